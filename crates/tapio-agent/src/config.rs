@@ -1,0 +1,332 @@
+//! The agent's local configuration: safe defaults, an optional strict TOML file, and the
+//! kernel config carriers derived from it.
+//!
+//! Unknown keys are errors naming the key, and every number is range-checked, so a typo or
+//! a bad value fails loudly at start instead of silently running with defaults.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use tapio_bpf::abi::{
+    tapio_ctr_config, tapio_net_config, TAPIO_CTR_EN_EXIT, TAPIO_CTR_EN_OOM, TAPIO_NET_EN_CONNECT,
+    TAPIO_NET_EN_RESET, TAPIO_NET_EN_RETRANSMIT, TAPIO_NET_EN_RTT,
+};
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Node name stamped on evidence (default: $NODE_NAME, then the hostname).
+    pub node_name: Option<String>,
+    /// Capacity of the queue between the ring-buffer drain and the sinks, in events.
+    pub queue_capacity: usize,
+    /// How often the loss counters are written to the log.
+    pub counters_log_interval_secs: u64,
+    /// Bound of the cgroup-id → workload identity cache.
+    pub identity_cache_capacity: usize,
+    pub sinks: SinksConfig,
+    pub network: NetworkConfig,
+    pub container: ContainerConfig,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            node_name: None,
+            queue_capacity: 16_384,
+            counters_log_interval_secs: 60,
+            identity_cache_capacity: 4096,
+            sinks: SinksConfig::default(),
+            network: NetworkConfig::default(),
+            container: ContainerConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinksConfig {
+    /// JSON lines on standard output.
+    pub stdout: bool,
+    /// JSON lines to a file, rotated by size.
+    pub file: Option<FileSinkConfig>,
+}
+
+impl Default for SinksConfig {
+    fn default() -> Self {
+        Self { stdout: true, file: None }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkConfig {
+    pub path: PathBuf,
+    /// Rotate when the file would grow past this size.
+    #[serde(default = "FileSinkConfig::default_max_bytes")]
+    pub max_bytes: u64,
+    /// Rotated files kept (`path.1` … `path.N`); older ones are deleted.
+    #[serde(default = "FileSinkConfig::default_keep_files")]
+    pub keep_files: u32,
+}
+
+impl FileSinkConfig {
+    fn default_max_bytes() -> u64 {
+        64 * 1024 * 1024
+    }
+    fn default_keep_files() -> u32 {
+        5
+    }
+    pub fn at(path: PathBuf) -> Self {
+        Self { path, max_bytes: Self::default_max_bytes(), keep_files: Self::default_keep_files() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    pub enabled: bool,
+    pub connect_failures: bool,
+    pub resets: bool,
+    pub retransmit_spikes: bool,
+    pub rtt_degradation: bool,
+    pub retransmit_window_ms: u32,
+    pub retransmit_count: u32,
+    pub rtt_ratio_percent: u32,
+    /// Absolute srtt ceiling; 0 turns the ceiling off.
+    pub rtt_ceiling_us: u32,
+    pub rtt_min_samples: u32,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            connect_failures: true,
+            resets: true,
+            retransmit_spikes: true,
+            rtt_degradation: true,
+            retransmit_window_ms: 10_000,
+            retransmit_count: 10,
+            rtt_ratio_percent: 200,
+            rtt_ceiling_us: 500_000,
+            rtt_min_samples: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContainerConfig {
+    pub enabled: bool,
+    pub oom_kills: bool,
+    pub abnormal_exits: bool,
+    /// Exit codes (1–255) that are not evidence, e.g. a tool's documented "not found".
+    pub exit_ignore_codes: Vec<u16>,
+    /// Fatal signals (1–64) that are not evidence.
+    pub exit_ignore_signals: Vec<u16>,
+}
+
+impl Default for ContainerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            oom_kills: true,
+            abnormal_exits: true,
+            exit_ignore_codes: Vec::new(),
+            exit_ignore_signals: Vec::new(),
+        }
+    }
+}
+
+/// A config that cannot be used, with the key at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn check_range(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError(format!("{key} = {value} is out of range {min}..={max}")))
+    }
+}
+
+impl AgentConfig {
+    /// Parses and validates a TOML document.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = basic_toml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        Self::from_toml(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_range("queue_capacity", self.queue_capacity as u64, 16, 1 << 20)?;
+        check_range("counters_log_interval_secs", self.counters_log_interval_secs, 1, 86_400)?;
+        check_range("identity_cache_capacity", self.identity_cache_capacity as u64, 16, 1 << 20)?;
+        if let Some(name) = &self.node_name {
+            if name.trim().is_empty() {
+                return Err(ConfigError("node_name must not be blank".into()));
+            }
+        }
+        if let Some(file) = &self.sinks.file {
+            if file.path.as_os_str().is_empty() {
+                return Err(ConfigError("sinks.file.path must not be empty".into()));
+            }
+            check_range("sinks.file.max_bytes", file.max_bytes, 4096, 1 << 40)?;
+            check_range("sinks.file.keep_files", u64::from(file.keep_files), 1, 100)?;
+        }
+        let n = &self.network;
+        check_range("network.retransmit_window_ms", n.retransmit_window_ms.into(), 10, 600_000)?;
+        check_range("network.retransmit_count", n.retransmit_count.into(), 2, 100_000)?;
+        check_range("network.rtt_ratio_percent", n.rtt_ratio_percent.into(), 101, 100_000)?;
+        if n.rtt_ceiling_us != 0 {
+            check_range("network.rtt_ceiling_us", n.rtt_ceiling_us.into(), 1_000, 60_000_000)?;
+        }
+        check_range("network.rtt_min_samples", n.rtt_min_samples.into(), 1, 1_000_000)?;
+        for code in &self.container.exit_ignore_codes {
+            check_range("container.exit_ignore_codes[]", u64::from(*code), 1, 255)?;
+        }
+        for sig in &self.container.exit_ignore_signals {
+            check_range("container.exit_ignore_signals[]", u64::from(*sig), 1, 64)?;
+        }
+        Ok(())
+    }
+}
+
+/// The local ephemeral port range (client sockets' ports), from the kernel.
+pub fn ephemeral_port_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|v| v.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32_768, 60_999))
+}
+
+/// The network object's config carrier for `generation`.
+pub fn network_carrier(n: &NetworkConfig, generation: u32, ports: (u16, u16)) -> tapio_net_config {
+    let mut enabled = 0;
+    if n.enabled {
+        for (on, bit) in [
+            (n.connect_failures, TAPIO_NET_EN_CONNECT),
+            (n.resets, TAPIO_NET_EN_RESET),
+            (n.retransmit_spikes, TAPIO_NET_EN_RETRANSMIT),
+            (n.rtt_degradation, TAPIO_NET_EN_RTT),
+        ] {
+            if on {
+                enabled |= bit;
+            }
+        }
+    }
+    let mut c = tapio_net_config::default();
+    c.hdr.abi_version = tapio_bpf::ABI_VERSION;
+    c.hdr.generation = generation;
+    c.generation_check = generation;
+    c.enabled = enabled;
+    c.retransmit_window_ms = n.retransmit_window_ms;
+    c.retransmit_count = n.retransmit_count;
+    c.rtt_ratio_percent = n.rtt_ratio_percent;
+    c.rtt_ceiling_us = n.rtt_ceiling_us;
+    c.rtt_min_samples = n.rtt_min_samples;
+    c.ephemeral_port_min = ports.0;
+    c.ephemeral_port_max = ports.1;
+    c
+}
+
+/// The container object's config carrier for `generation`.
+pub fn container_carrier(cc: &ContainerConfig, generation: u32) -> tapio_ctr_config {
+    let mut c = tapio_ctr_config::default();
+    c.hdr.abi_version = tapio_bpf::ABI_VERSION;
+    c.hdr.generation = generation;
+    c.generation_check = generation;
+    if cc.enabled {
+        if cc.oom_kills {
+            c.enabled |= TAPIO_CTR_EN_OOM;
+        }
+        if cc.abnormal_exits {
+            c.enabled |= TAPIO_CTR_EN_EXIT;
+        }
+    }
+    for &code in &cc.exit_ignore_codes {
+        let code = usize::from(code.min(255));
+        c.ignored_exit_codes[code / 64] |= 1 << (code % 64);
+    }
+    for &sig in &cc.exit_ignore_signals {
+        c.ignored_signals |= 1u64.checked_shl(u32::from(sig)).unwrap_or(0);
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_document_is_the_defaults() {
+        assert_eq!(AgentConfig::from_toml("").unwrap(), AgentConfig::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_key() {
+        let err = AgentConfig::from_toml("[network]\nrtt_ratio = 3\n").unwrap_err();
+        assert!(err.0.contains("rtt_ratio"), "{err}");
+        let err = AgentConfig::from_toml("bogus = 1\n").unwrap_err();
+        assert!(err.0.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_values_name_key_and_range() {
+        let err = AgentConfig::from_toml("[network]\nrtt_ratio_percent = 50\n").unwrap_err();
+        assert_eq!(err.0, "network.rtt_ratio_percent = 50 is out of range 101..=100000");
+        let err = AgentConfig::from_toml("[container]\nexit_ignore_signals = [65]\n").unwrap_err();
+        assert!(err.0.contains("exit_ignore_signals"), "{err}");
+        let err = AgentConfig::from_toml("[sinks.file]\npath = \"/tmp/x\"\nkeep_files = 0\n").unwrap_err();
+        assert!(err.0.contains("sinks.file.keep_files"), "{err}");
+    }
+
+    #[test]
+    fn full_document_parses() {
+        let c = AgentConfig::from_toml(
+            "node_name = \"n1\"\n[sinks]\nstdout = false\n[sinks.file]\npath = \"/var/log/tapio.jsonl\"\nmax_bytes = 1048576\n\
+             [network]\nretransmit_count = 3\n[container]\nexit_ignore_codes = [1, 2]\nexit_ignore_signals = [15]\n",
+        )
+        .unwrap();
+        assert_eq!(c.node_name.as_deref(), Some("n1"));
+        assert!(!c.sinks.stdout);
+        assert_eq!(c.sinks.file.as_ref().unwrap().keep_files, 5);
+        assert_eq!(c.network.retransmit_count, 3);
+    }
+
+    #[test]
+    fn carriers_encode_switches_generation_and_ignore_lists() {
+        let mut cc = ContainerConfig::default();
+        cc.exit_ignore_codes = vec![1, 64, 255];
+        cc.exit_ignore_signals = vec![15];
+        let c = container_carrier(&cc, 7);
+        assert_eq!((c.hdr.generation, c.generation_check, c.hdr.abi_version), (7, 7, tapio_bpf::ABI_VERSION));
+        assert_eq!(c.enabled, TAPIO_CTR_EN_OOM | TAPIO_CTR_EN_EXIT);
+        assert_eq!(c.ignored_exit_codes, [1 << 1, 1, 0, 1 << 63]);
+        assert_eq!(c.ignored_signals, 1 << 15);
+
+        let mut n = NetworkConfig::default();
+        n.resets = false;
+        let c = network_carrier(&n, 0, (1000, 2000));
+        assert_eq!(c.enabled, TAPIO_NET_EN_CONNECT | TAPIO_NET_EN_RETRANSMIT | TAPIO_NET_EN_RTT);
+        assert_eq!((c.ephemeral_port_min, c.ephemeral_port_max), (1000, 2000));
+        n.enabled = false;
+        assert_eq!(network_carrier(&n, 0, (1, 2)).enabled, 0);
+    }
+}

@@ -1,0 +1,121 @@
+//! Every place the agent can lose evidence, counted.
+//!
+//! Hot counters are atomics; rare, labelled ones (drop reasons, per-sink failures, the
+//! kernel's own counters) live in small maps behind a mutex. A [`Snapshot`] is what the log
+//! line, and later the heartbeat and metrics, report.
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Evidence records handed to the sink stage.
+    pub events_total: AtomicU64,
+    /// Ring-buffer records rejected by decoding.
+    pub malformed_events_total: AtomicU64,
+    /// Evidence dropped because the drain → sink queue was full.
+    pub queue_overflow_total: AtomicU64,
+    /// (observer, reason) → userspace correlation drops.
+    correlation_drops: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// (observer, counter) → the kernel side's counters, as last read.
+    kernel: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// sink → (written, failed)
+    sinks: Mutex<BTreeMap<&'static str, SinkCounts>>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SinkCounts {
+    pub written: u64,
+    pub failed: u64,
+}
+
+/// The kernel counters that mean evidence was lost or refused there.
+const KERNEL_LOSS: &[&str] = &["ringbuf_reserve_failed"];
+const KERNEL_CORRELATION: &[&str] = &["correlation_table_full", "ambiguous", "config_torn_read"];
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panicking holder cannot leave a counter map inconsistent: keep counting.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Counters {
+    pub fn correlation_drop(&self, observer: &'static str, reason: &'static str) {
+        *lock(&self.correlation_drops).entry((observer, reason)).or_default() += 1;
+    }
+
+    pub fn set_kernel(&self, observer: &'static str, name: &'static str, value: u64) {
+        lock(&self.kernel).insert((observer, name), value);
+    }
+
+    pub fn sink_result(&self, sink: &'static str, ok: bool) {
+        let mut sinks = lock(&self.sinks);
+        let c = sinks.entry(sink).or_default();
+        if ok {
+            c.written += 1;
+        } else {
+            c.failed += 1;
+        }
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let kernel = lock(&self.kernel).clone();
+        let drops = lock(&self.correlation_drops).clone();
+        let sinks = lock(&self.sinks).clone();
+        let queue_overflow = self.queue_overflow_total.load(Ordering::Relaxed);
+        let kernel_sum = |names: &[&str]| -> u64 {
+            kernel.iter().filter(|((_, n), _)| names.contains(n)).map(|(_, v)| v).sum()
+        };
+        Snapshot {
+            events_total: self.events_total.load(Ordering::Relaxed),
+            malformed_events_total: self.malformed_events_total.load(Ordering::Relaxed),
+            lost_events_total: kernel_sum(KERNEL_LOSS),
+            correlation_drops_total: kernel_sum(KERNEL_CORRELATION) + drops.values().sum::<u64>(),
+            sink_drops_total: queue_overflow + sinks.values().map(|c| c.failed).sum::<u64>(),
+            queue_overflow_total: queue_overflow,
+            kernel: kernel.into_iter().map(|((o, n), v)| (format!("{o}.{n}"), v)).collect(),
+            correlation_drops: drops.into_iter().map(|((o, r), v)| (format!("{o}.{r}"), v)).collect(),
+            sinks: sinks.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        }
+    }
+}
+
+/// A point-in-time copy of every counter; the totals are the heartbeat's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Snapshot {
+    pub events_total: u64,
+    pub malformed_events_total: u64,
+    pub lost_events_total: u64,
+    pub correlation_drops_total: u64,
+    pub sink_drops_total: u64,
+    pub queue_overflow_total: u64,
+    pub kernel: BTreeMap<String, u64>,
+    pub correlation_drops: BTreeMap<String, u64>,
+    pub sinks: BTreeMap<String, SinkCounts>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_add_up_every_loss_point() {
+        let c = Counters::default();
+        c.events_total.fetch_add(10, Ordering::Relaxed);
+        c.queue_overflow_total.fetch_add(2, Ordering::Relaxed);
+        c.correlation_drop("network", "ambiguous_connect_failure");
+        c.set_kernel("network", "ringbuf_reserve_failed", 5);
+        c.set_kernel("network", "correlation_table_full", 1);
+        c.set_kernel("container", "abi_mismatch", 9);
+        c.sink_result("stdout", true);
+        c.sink_result("file", false);
+        let s = c.snapshot();
+        assert_eq!(s.events_total, 10);
+        assert_eq!(s.lost_events_total, 5);
+        assert_eq!(s.correlation_drops_total, 2);
+        assert_eq!(s.sink_drops_total, 3);
+        assert_eq!(s.kernel["container.abi_mismatch"], 9);
+        assert_eq!(s.sinks["file"], SinkCounts { written: 0, failed: 1 });
+    }
+}

@@ -1,0 +1,142 @@
+//! The evidence record: the one shape Tapio emits everywhere (see spec/evidence.md).
+//!
+//! Observers build an [`Evidence`] from a decoded kernel record; the sink stage resolves its
+//! workload identity and serializes it. Facts are typed per evidence kind so serialization
+//! is direct and nothing reasoning-like can sneak in.
+
+use serde::Serialize;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Warning,
+    Error,
+    Critical,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Failure,
+    Timeout,
+    Degraded,
+}
+
+/// `{code, message}`: a stable SCREAMING_SNAKE code and one factual line.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ErrorInfo {
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// What the kernel told us about the workload, before identity resolution.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkloadIds {
+    /// cgroup2 id of the task (1 = the root: nothing to resolve on hybrid/v1 nodes).
+    pub cgroup_id: u64,
+    /// kernfs id of the task's memory cgroup (v1 memory hierarchy or cgroup2), 0 if unknown.
+    pub mem_cgroup_id: u64,
+}
+
+/// One piece of evidence. `workload` is filled by the sink stage (it may do syscalls, which
+/// must stay off the ring-buffer drain).
+#[derive(Debug, Clone, Serialize)]
+pub struct Evidence {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub observer: &'static str,
+    pub severity: Severity,
+    pub outcome: Outcome,
+    pub error: ErrorInfo,
+    pub timestamp: String,
+    pub timestamp_unix_nanos: u64,
+    pub node: Arc<str>,
+    pub config_generation: u32,
+    pub workload: Option<tapio_identity::Workload>,
+    #[serde(skip)]
+    pub workload_ids: WorkloadIds,
+    pub facts: Facts,
+}
+
+/// Observer-specific facts, in base units with the unit in the name.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Facts {
+    Connection(ConnectionFacts),
+    Oom(OomFacts),
+    Exit(ExitFacts),
+}
+
+/// Facts of every kernel.network.* evidence; fields a kind lacks are omitted.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ConnectionFacts {
+    /// The task that owns the connection; null when it could not be attributed.
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub family: &'static str,
+    pub src_addr: String,
+    pub src_port: u16,
+    pub dst_addr: String,
+    pub dst_port: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errno: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_state: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub syn_retries: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_duration_ns: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_acked: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_received: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retransmits_in_window: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_ms: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_retransmits: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub srtt_us: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cwnd: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_us: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_samples: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OomFacts {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub uid: u32,
+    pub oom_score_adj: i16,
+    pub total_vm_bytes: Option<u64>,
+    pub anon_rss_bytes: Option<u64>,
+    pub file_rss_bytes: Option<u64>,
+    pub shmem_rss_bytes: Option<u64>,
+    pub pgtables_bytes: Option<u64>,
+    pub memory_cgroup_id: Option<u64>,
+    /// The memory cgroup's limit; null when unlimited or unknown.
+    pub memory_cgroup_limit_bytes: Option<u64>,
+    pub memory_cgroup_usage_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExitFacts {
+    pub pid: u32,
+    /// The thread that exited last (the process's last thread).
+    pub tid: u32,
+    pub comm: String,
+    /// Exit code for a normal exit, null when killed by a signal.
+    pub exit_code: Option<u8>,
+    pub signal: Option<u8>,
+    pub signal_name: Option<&'static str>,
+    pub core_dumped: bool,
+    pub threads: u32,
+    pub lifetime_ns: Option<u64>,
+}

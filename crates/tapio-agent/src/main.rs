@@ -1,0 +1,68 @@
+//! tapio-agent: the node-local observer. See the README for what it emits and why.
+
+mod cli;
+mod clock;
+mod config;
+mod counters;
+mod drain;
+mod evidence;
+mod logger;
+mod observers;
+mod runtime;
+mod sink_stage;
+mod sinks;
+mod stamp;
+mod ulid;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    logger::init();
+    let args = match cli::parse(std::env::args_os().skip(1)) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("tapio-agent: {e}\n\n{}", cli::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    if args.help {
+        println!("{}", cli::USAGE);
+        return ExitCode::SUCCESS;
+    }
+    if args.version {
+        println!("tapio-agent {} (kernel ABI v{})", env!("CARGO_PKG_VERSION"), tapio_bpf::ABI_VERSION);
+        return ExitCode::SUCCESS;
+    }
+    let mut config = match &args.config {
+        Some(path) => match config::AgentConfig::from_file(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("tapio-agent: invalid config: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => config::AgentConfig::default(),
+    };
+    if let Some(path) = args.file {
+        config.sinks.file = Some(config::FileSinkConfig::at(path));
+    }
+    if args.no_stdout {
+        config.sinks.stdout = false;
+    }
+    if let Err(e) = config.validate() {
+        eprintln!("tapio-agent: invalid config: {e}");
+        return ExitCode::from(2);
+    }
+    if args.check_config {
+        println!("config ok");
+        return ExitCode::SUCCESS;
+    }
+    let node = runtime::node_name(args.node.as_deref().or(config.node_name.as_deref()));
+    match runtime::run(config, node) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

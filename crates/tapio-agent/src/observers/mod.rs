@@ -1,0 +1,213 @@
+//! Observers: loading each eBPF object, writing its config carrier, attaching its programs,
+//! and reporting honestly what attached and what did not.
+//!
+//! One observer is one folder: `network/` and `container/` hold the userspace half (attach
+//! list and classification); their kernel half lives in `tapio-bpf/src/<name>/`.
+
+pub mod container;
+pub mod network;
+
+use crate::counters::Counters;
+use crate::stamp::{Stamper, Verdict};
+use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
+use aya::programs::{BtfTracePoint, TracePoint};
+use aya::{Btf, Ebpf, EbpfLoader, Pod};
+use std::fmt;
+use tapio_bpf::record::Record;
+
+/// What an observer's status says, as the heartbeat will report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObserverState {
+    Running,
+    /// Some programs attached, some did not: the reason names them.
+    Degraded(String),
+    Failed(String),
+    Disabled,
+}
+
+impl ObserverState {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Degraded(_) => "degraded",
+            Self::Failed(_) => "failed",
+            Self::Disabled => "disabled",
+        }
+    }
+}
+
+impl fmt::Display for ObserverState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Running | Self::Disabled => f.write_str(self.label()),
+            Self::Degraded(why) | Self::Failed(why) => write!(f, "{}: {why}", self.label()),
+        }
+    }
+}
+
+/// A hook a program attaches to.
+#[derive(Debug, Clone, Copy)]
+pub enum Hook {
+    /// A classic tracepoint: (category, name).
+    TracePoint(&'static str, &'static str),
+    /// A BTF-typed tracepoint.
+    BtfTracePoint(&'static str),
+}
+
+impl fmt::Display for Hook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TracePoint(c, n) => write!(f, "tracepoint/{c}/{n}"),
+            Self::BtfTracePoint(n) => write!(f, "tp_btf/{n}"),
+        }
+    }
+}
+
+/// The outcome of attaching one program.
+#[derive(Debug, Clone)]
+pub struct ProgramStatus {
+    pub program: &'static str,
+    pub hook: Hook,
+    pub result: Result<(), String>,
+}
+
+/// A config struct written into an object's one-entry `config` map.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+struct Carrier<T>(T);
+
+// SAFETY: `Carrier` wraps ABI records, which are plain old data (`Record`).
+unsafe impl<T: Record + 'static> Pod for Carrier<T> {}
+
+/// Writes `value` into the object's config carrier. The map's value size is checked by aya
+/// against the Rust struct, so an object with another layout is refused here.
+pub fn write_config<T: Record + 'static>(ebpf: &mut Ebpf, value: T) -> Result<(), String> {
+    let map = ebpf
+        .map_mut(tapio_bpf::maps::CONFIG)
+        .ok_or_else(|| "object has no config map".to_string())?;
+    let mut array: Array<&mut MapData, Carrier<T>> =
+        Array::try_from(map).map_err(|e| format!("config map does not match this agent's ABI: {e}"))?;
+    array.set(0, Carrier(value), 0).map_err(|e| format!("writing config: {e}"))
+}
+
+/// A loaded observer: the object (which owns the attached programs), its ring buffer and
+/// its kernel counters.
+pub struct Loaded {
+    /// `None` once detached at shutdown.
+    pub ebpf: Option<Ebpf>,
+    pub ring: RingBuf<MapData>,
+    pub counters: PerCpuArray<MapData, u64>,
+    pub programs: Vec<ProgramStatus>,
+}
+
+/// Explains a load/attach error in terms an operator can act on.
+fn hint(err: &str) -> String {
+    let lower = err.to_ascii_lowercase();
+    // SAFETY: geteuid has no memory effects.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root && (lower.contains("permission") || lower.contains("operation not permitted")) {
+        format!("{err} (run as root, or with CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE)")
+    } else if lower.contains("btf") && !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        format!("{err} (this kernel exposes no BTF at /sys/kernel/btf/vmlinux; CO-RE needs CONFIG_DEBUG_INFO_BTF=y)")
+    } else {
+        err.to_string()
+    }
+}
+
+/// Loads `object`, writes its config with `configure`, attaches `hooks`, and returns what
+/// attached. Fails only when nothing usable remains.
+pub fn load(
+    object: &[u8],
+    btf: Option<&Btf>,
+    hooks: &[(&'static str, Hook)],
+    configure: impl FnOnce(&mut Ebpf) -> Result<(), String>,
+) -> Result<Loaded, String> {
+    let abi_symbol = tapio_bpf::abi_symbol();
+    let mut ebpf = EbpfLoader::new()
+        .btf(btf)
+        .override_global(abi_symbol.as_str(), &tapio_bpf::ABI_VERSION, true)
+        .load(object)
+        .map_err(|e| {
+            let text = format!("{e}");
+            if text.contains(&abi_symbol) {
+                format!("object was built for another kernel ABI (it lacks {abi_symbol}): {text}")
+            } else {
+                hint(&format!("loading eBPF object: {e:#}"))
+            }
+        })?;
+    // Programs are inert until their config is written: write it before attaching.
+    configure(&mut ebpf)?;
+
+    let mut programs = Vec::with_capacity(hooks.len());
+    for &(name, hook) in hooks {
+        let result = attach(&mut ebpf, btf, name, hook).map_err(|e| hint(&e));
+        programs.push(ProgramStatus { program: name, hook, result });
+    }
+    if programs.iter().all(|p| p.result.is_err()) {
+        let reasons: Vec<String> =
+            programs.iter().filter_map(|p| p.result.as_ref().err().map(|e| format!("{}: {e}", p.hook))).collect();
+        return Err(format!("no program attached ({})", reasons.join("; ")));
+    }
+    let ring = ebpf
+        .take_map(tapio_bpf::maps::EVENTS)
+        .ok_or("object has no events ring buffer")
+        .and_then(|m| RingBuf::try_from(m).map_err(|_| "events map is not a ring buffer"))?;
+    let counters = ebpf
+        .take_map(tapio_bpf::maps::COUNTERS)
+        .ok_or("object has no counters map")
+        .and_then(|m| PerCpuArray::try_from(m).map_err(|_| "counters map has the wrong type"))?;
+    Ok(Loaded { ebpf: Some(ebpf), ring, counters, programs })
+}
+
+fn attach(ebpf: &mut Ebpf, btf: Option<&Btf>, name: &str, hook: Hook) -> Result<(), String> {
+    let program = ebpf.program_mut(name).ok_or_else(|| format!("program {name} missing from object"))?;
+    match hook {
+        Hook::TracePoint(category, tracepoint) => {
+            let tp: &mut TracePoint = program.try_into().map_err(|e| format!("{e}"))?;
+            tp.load().map_err(|e| format!("verifier rejected {name}: {e:#}"))?;
+            tp.attach(category, tracepoint).map_err(|e| format!("attaching: {e:#}"))?;
+        }
+        Hook::BtfTracePoint(tracepoint) => {
+            let btf = btf.ok_or("BTF-typed tracepoints need kernel BTF")?;
+            let tp: &mut BtfTracePoint = program.try_into().map_err(|e| format!("{e}"))?;
+            tp.load(tracepoint, btf).map_err(|e| format!("verifier rejected {name}: {e:#}"))?;
+            tp.attach().map_err(|e| format!("attaching: {e:#}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The state implied by per-program results.
+pub fn state_of(programs: &[ProgramStatus]) -> ObserverState {
+    let failed: Vec<String> = programs
+        .iter()
+        .filter_map(|p| p.result.as_ref().err().map(|e| format!("{} not attached: {e}", p.hook)))
+        .collect();
+    if failed.is_empty() {
+        ObserverState::Running
+    } else {
+        ObserverState::Degraded(failed.join("; "))
+    }
+}
+
+/// Sums the per-CPU kernel counters into `counters`.
+pub fn read_kernel_counters(observer: &'static str, map: &PerCpuArray<MapData, u64>, counters: &Counters) {
+    for (index, name) in tapio_bpf::COUNTER_NAMES {
+        if let Ok(values) = map.get(&index, 0) {
+            counters.set_kernel(observer, name, values.iter().sum());
+        }
+    }
+}
+
+/// The userspace half of an observer: decodes and classifies its records.
+pub trait Classifier: Send {
+    /// Decodes one record; a decode error is counted as malformed by the caller.
+    fn classify(&mut self, record: &[u8], stamper: &mut Stamper) -> Result<Verdict, tapio_bpf::DecodeError>;
+}
+
+/// A running observer as the drain thread owns it.
+pub struct Running {
+    pub name: &'static str,
+    pub loaded: Loaded,
+    pub classifier: Box<dyn Classifier>,
+}

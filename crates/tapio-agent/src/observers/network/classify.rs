@@ -1,0 +1,327 @@
+//! Network records → evidence. Pure: every rule here is unit-tested with crafted records.
+//!
+//! A failed connect is exactly one of refused (an RST answered the SYN), timeout (the kernel
+//! gave up after its SYN retries), or unreachable (an ICMP error ended it). A connect whose
+//! outcome cannot be told apart without guessing is dropped and counted instead.
+
+use crate::evidence::{ConnectionFacts, Facts, Outcome, Severity, WorkloadIds};
+use crate::stamp::{Draft, Stamper, Verdict};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use tapio_bpf::abi::{
+    tapio_net_event, TAPIO_NET_CONNECT_FAILED, TAPIO_NET_F_RST_IN_SYN_SENT, TAPIO_NET_F_START_KNOWN,
+    TAPIO_NET_F_TASK_KNOWN, TAPIO_NET_RESET, TAPIO_NET_RETRANSMIT_SPIKE, TAPIO_NET_RTT_DEGRADED,
+};
+use tapio_bpf::record::comm_str;
+
+const OBSERVER: &str = "network";
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+const ETIMEDOUT: u32 = 110;
+const ECONNREFUSED: u32 = 111;
+
+/// Errors an ICMP unreachable (v4 or v6) leaves on a connecting socket.
+fn icmp_errno_name(errno: u32) -> Option<&'static str> {
+    Some(match errno {
+        101 => "ENETUNREACH",
+        113 => "EHOSTUNREACH",
+        112 => "EHOSTDOWN",
+        64 => "ENONET",
+        92 => "ENOPROTOOPT",
+        13 => "EACCES",
+        95 => "EOPNOTSUPP",
+        71 => "EPROTO",
+        ECONNREFUSED => "ECONNREFUSED",
+        _ => return None,
+    })
+}
+
+pub fn tcp_state_name(state: u32) -> &'static str {
+    match state {
+        1 => "ESTABLISHED",
+        2 => "SYN_SENT",
+        3 => "SYN_RECV",
+        4 => "FIN_WAIT1",
+        5 => "FIN_WAIT2",
+        6 => "TIME_WAIT",
+        7 => "CLOSE",
+        8 => "CLOSE_WAIT",
+        9 => "LAST_ACK",
+        10 => "LISTEN",
+        11 => "CLOSING",
+        12 => "NEW_SYN_RECV",
+        _ => "UNKNOWN",
+    }
+}
+
+fn endpoint(family: u16, raw: &[u8; 16], port: u16) -> String {
+    match family {
+        AF_INET6 => format!("[{}]:{port}", Ipv6Addr::from(*raw)),
+        _ => format!("{}:{port}", Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3])),
+    }
+}
+
+fn addr(family: u16, raw: &[u8; 16]) -> String {
+    match family {
+        AF_INET6 => Ipv6Addr::from(*raw).to_string(),
+        _ => Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]).to_string(),
+    }
+}
+
+fn base_facts(ev: &tapio_net_event) -> ConnectionFacts {
+    let known = u32::from(ev.flags) & TAPIO_NET_F_TASK_KNOWN != 0;
+    ConnectionFacts {
+        pid: known.then_some(ev.task.pid),
+        comm: known.then(|| comm_str(&ev.task.comm)),
+        family: if ev.family == AF_INET6 { "ipv6" } else { "ipv4" },
+        src_addr: addr(ev.family, &ev.saddr),
+        src_port: ev.sport,
+        dst_addr: addr(ev.family, &ev.daddr),
+        dst_port: ev.dport,
+        ..ConnectionFacts::default()
+    }
+}
+
+/// Classifies one network record.
+pub fn classify(ev: &tapio_net_event, stamper: &mut Stamper) -> Verdict {
+    if ev.family != AF_INET && ev.family != AF_INET6 {
+        return Verdict::Drop("unknown_address_family");
+    }
+    let dst = endpoint(ev.family, &ev.daddr, ev.dport);
+    let workload = WorkloadIds { cgroup_id: ev.task.cgroup_id, mem_cgroup_id: ev.task.mem_cgroup_id };
+    let mut facts = base_facts(ev);
+    let flags = u32::from(ev.flags);
+    let (kind, severity, outcome, code, message) = match ev.hdr.kind {
+        TAPIO_NET_CONNECT_FAILED => {
+            let rst = flags & TAPIO_NET_F_RST_IN_SYN_SENT != 0;
+            let start_known = flags & TAPIO_NET_F_START_KNOWN != 0;
+            facts.errno = Some(ev.sk_err);
+            facts.syn_retries = Some(ev.syn_retries);
+            facts.connect_duration_ns = (start_known && flags & TAPIO_NET_F_TASK_KNOWN != 0).then_some(ev.duration_ns);
+            if rst {
+                (
+                    "kernel.network.connection_refused",
+                    Severity::Warning,
+                    Outcome::Failure,
+                    "ECONNREFUSED",
+                    format!("TCP connect to {dst} was refused: the peer answered the SYN with RST"),
+                )
+            } else if ev.sk_err == ETIMEDOUT {
+                (
+                    "kernel.network.connection_timeout",
+                    Severity::Error,
+                    Outcome::Timeout,
+                    "ETIMEDOUT",
+                    format!("TCP connect to {dst} timed out after {} SYN retransmits with no answer", ev.syn_retries),
+                )
+            } else if ev.sk_err == ECONNREFUSED && !start_known {
+                // Refused by RST or by ICMP port unreachable: without the connect's start we
+                // did not see which. Counted, not guessed.
+                return Verdict::Drop("ambiguous_connect_failure");
+            } else if let Some(name) = icmp_errno_name(ev.sk_err) {
+                (
+                    "kernel.network.connection_unreachable",
+                    Severity::Error,
+                    Outcome::Failure,
+                    name,
+                    format!("TCP connect to {dst} failed on an ICMP unreachable ({name})"),
+                )
+            } else {
+                return Verdict::Drop("unclassified_connect_error");
+            }
+        }
+        TAPIO_NET_RESET => {
+            let state = tcp_state_name(ev.state);
+            facts.tcp_state = Some(state);
+            facts.bytes_acked = Some(ev.bytes_acked);
+            facts.bytes_received = Some(ev.bytes_received);
+            facts.srtt_us = Some(ev.srtt_us);
+            facts.total_retransmits = Some(ev.total_retransmits);
+            (
+                "kernel.network.connection_reset",
+                Severity::Warning,
+                Outcome::Failure,
+                "ECONNRESET",
+                format!("TCP connection with {dst} was reset by the peer in state {state}"),
+            )
+        }
+        TAPIO_NET_RETRANSMIT_SPIKE => {
+            facts.tcp_state = Some(tcp_state_name(ev.state));
+            facts.retransmits_in_window = Some(ev.retransmits_in_window);
+            facts.window_ms = Some(ev.window_ms);
+            facts.total_retransmits = Some(ev.total_retransmits);
+            facts.srtt_us = Some(ev.srtt_us);
+            facts.cwnd = Some(ev.cwnd);
+            (
+                "kernel.network.retransmit_spike",
+                Severity::Warning,
+                Outcome::Degraded,
+                "RETRANSMIT_SPIKE",
+                format!(
+                    "TCP connection with {dst} retransmitted {} segments within {} ms",
+                    ev.retransmits_in_window, ev.window_ms
+                ),
+            )
+        }
+        TAPIO_NET_RTT_DEGRADED => {
+            facts.srtt_us = Some(ev.srtt_us);
+            facts.cwnd = Some(ev.cwnd);
+            facts.baseline_us = Some(ev.baseline_us);
+            facts.baseline_samples = Some(ev.baseline_samples);
+            (
+                "kernel.network.rtt_degradation",
+                Severity::Warning,
+                Outcome::Degraded,
+                "RTT_DEGRADATION",
+                format!(
+                    "smoothed RTT to {dst} is {} us against a learned baseline of {} us",
+                    ev.srtt_us, ev.baseline_us
+                ),
+            )
+        }
+        _ => return Verdict::Drop("unknown_record_kind"),
+    };
+    stamper.stamp(Draft {
+        kind,
+        observer: OBSERVER,
+        severity,
+        outcome,
+        code,
+        message,
+        boot_ns: ev.hdr.boot_ns,
+        generation: ev.hdr.generation,
+        workload,
+        facts: Facts::Connection(facts),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::BootToWall;
+    use std::sync::Arc;
+
+    fn stamper() -> Stamper {
+        Stamper::new(Arc::from("node-a"), Arc::new(BootToWall::measured()))
+    }
+
+    fn connect_failure(sk_err: u32, flags: u32) -> tapio_net_event {
+        let mut ev = tapio_net_event::default();
+        ev.hdr.kind = TAPIO_NET_CONNECT_FAILED;
+        ev.hdr.generation = 3;
+        ev.family = AF_INET;
+        ev.saddr = [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        ev.daddr = [10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        ev.sport = 40000;
+        ev.dport = 5432;
+        ev.sk_err = sk_err;
+        ev.flags = flags as u16;
+        ev.task.pid = 42;
+        ev.task.comm[..4].copy_from_slice(b"curl");
+        ev.duration_ns = 1234;
+        ev
+    }
+
+    fn emitted(v: Verdict) -> crate::evidence::Evidence {
+        match v {
+            Verdict::Emit(e) => *e,
+            other => panic!("expected evidence, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rst_in_syn_sent_is_refused_with_task_and_addresses() {
+        let known = TAPIO_NET_F_RST_IN_SYN_SENT | TAPIO_NET_F_TASK_KNOWN | TAPIO_NET_F_START_KNOWN;
+        let e = emitted(classify(&connect_failure(ECONNREFUSED, known), &mut stamper()));
+        assert_eq!(e.kind, "kernel.network.connection_refused");
+        assert_eq!(e.config_generation, 3);
+        let Facts::Connection(f) = e.facts else { panic!() };
+        assert_eq!((f.pid, f.comm.as_deref()), (Some(42), Some("curl")));
+        assert_eq!((f.dst_addr.as_str(), f.dst_port, f.family), ("10.0.0.2", 5432, "ipv4"));
+        assert_eq!(f.connect_duration_ns, Some(1234));
+    }
+
+    #[test]
+    fn timeout_and_icmp_unreachable_are_told_apart_by_errno() {
+        let started = TAPIO_NET_F_TASK_KNOWN | TAPIO_NET_F_START_KNOWN;
+        let e = emitted(classify(&connect_failure(ETIMEDOUT, started), &mut stamper()));
+        assert_eq!((e.kind, e.outcome), ("kernel.network.connection_timeout", Outcome::Timeout));
+        let e = emitted(classify(&connect_failure(113, started), &mut stamper()));
+        assert_eq!((e.kind, e.error.code), ("kernel.network.connection_unreachable", "EHOSTUNREACH"));
+        // ICMP port unreachable (ECONNREFUSED without an RST) is unreachable, not refused.
+        let e = emitted(classify(&connect_failure(ECONNREFUSED, started), &mut stamper()));
+        assert_eq!(e.kind, "kernel.network.connection_unreachable");
+    }
+
+    #[test]
+    fn what_cannot_be_told_apart_is_dropped_not_guessed() {
+        assert!(matches!(
+            classify(&connect_failure(ECONNREFUSED, 0), &mut stamper()),
+            Verdict::Drop("ambiguous_connect_failure")
+        ));
+        assert!(matches!(
+            classify(&connect_failure(9999, TAPIO_NET_F_START_KNOWN), &mut stamper()),
+            Verdict::Drop("unclassified_connect_error")
+        ));
+        let mut bad = connect_failure(ETIMEDOUT, 0);
+        bad.family = 99;
+        assert!(matches!(classify(&bad, &mut stamper()), Verdict::Drop("unknown_address_family")));
+    }
+
+    #[test]
+    fn unattributed_connects_say_so_instead_of_naming_a_task() {
+        let e = emitted(classify(&connect_failure(ETIMEDOUT, TAPIO_NET_F_START_KNOWN), &mut stamper()));
+        let Facts::Connection(f) = e.facts else { panic!() };
+        assert_eq!((f.pid, f.comm), (None, None));
+    }
+
+    #[test]
+    fn ipv6_endpoints_are_formatted() {
+        let mut ev = connect_failure(ETIMEDOUT, TAPIO_NET_F_START_KNOWN);
+        ev.family = AF_INET6;
+        ev.daddr = Ipv6Addr::LOCALHOST.octets();
+        let e = emitted(classify(&ev, &mut stamper()));
+        assert!(e.error.message.contains("[::1]:5432"), "{}", e.error.message);
+        let Facts::Connection(f) = e.facts else { panic!() };
+        assert_eq!((f.dst_addr.as_str(), f.family), ("::1", "ipv6"));
+    }
+
+    #[test]
+    fn reset_spike_and_rtt_carry_their_facts() {
+        let mut ev = connect_failure(0, 0);
+        ev.hdr.kind = TAPIO_NET_RESET;
+        ev.state = 1;
+        ev.bytes_acked = 10;
+        let e = emitted(classify(&ev, &mut stamper()));
+        let Facts::Connection(f) = e.facts else { panic!() };
+        assert_eq!((f.tcp_state, f.bytes_acked, f.errno), (Some("ESTABLISHED"), Some(10), None));
+
+        ev.hdr.kind = TAPIO_NET_RETRANSMIT_SPIKE;
+        ev.retransmits_in_window = 5;
+        ev.window_ms = 1000;
+        let e = emitted(classify(&ev, &mut stamper()));
+        assert_eq!(e.kind, "kernel.network.retransmit_spike");
+        assert!(e.error.message.contains("5 segments within 1000 ms"));
+
+        ev.hdr.kind = TAPIO_NET_RTT_DEGRADED;
+        ev.srtt_us = 9000;
+        ev.baseline_us = 100;
+        let e = emitted(classify(&ev, &mut stamper()));
+        let Facts::Connection(f) = e.facts else { panic!() };
+        assert_eq!((f.srtt_us, f.baseline_us), (Some(9000), Some(100)));
+    }
+
+    #[test]
+    fn records_serialize_in_the_evidence_shape() {
+        let known = TAPIO_NET_F_RST_IN_SYN_SENT | TAPIO_NET_F_TASK_KNOWN | TAPIO_NET_F_START_KNOWN;
+        let e = emitted(classify(&connect_failure(ECONNREFUSED, known), &mut stamper()));
+        let v: serde_json::Value = serde_json::to_value(&e).unwrap();
+        for key in ["id", "type", "observer", "severity", "outcome", "error", "timestamp", "timestamp_unix_nanos", "node", "config_generation", "workload", "facts"] {
+            assert!(v.get(key).is_some(), "missing {key} in {v}");
+        }
+        assert_eq!(v["severity"], "warning");
+        assert_eq!(v["error"]["code"], "ECONNREFUSED");
+        assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
+        assert!(v["facts"].get("retransmits_in_window").is_none());
+    }
+}

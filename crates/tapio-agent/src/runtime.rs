@@ -1,0 +1,218 @@
+//! Agent start-up and shutdown: loads what can be loaded, says clearly what attached and
+//! what did not, runs the drain and sink threads, and flushes everything on SIGTERM/SIGINT.
+
+use crate::clock::BootToWall;
+use crate::config::{self, AgentConfig};
+use crate::counters::Counters;
+use crate::drain::Drain;
+use crate::observers::{self, container, network, ObserverState, Running};
+use crate::sink_stage::SinkStage;
+use crate::sinks::{FileSink, Sink, StdoutSink};
+use crate::stamp::Stamper;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+/// Where each observer ended up after start-up.
+pub struct StartupReport {
+    pub observers: Vec<(&'static str, ObserverState)>,
+}
+
+pub fn node_name(configured: Option<&str>) -> String {
+    if let Some(name) = configured {
+        return name.to_string();
+    }
+    if let Ok(name) = std::env::var("NODE_NAME") {
+        if !name.trim().is_empty() {
+            return name;
+        }
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+/// Classic tracepoints attach through tracefs; a node that has not mounted it gets it
+/// mounted at its standard place (the alternative is attaching nothing).
+fn ensure_tracefs() {
+    let events = Path::new("/sys/kernel/tracing/events");
+    if events.exists() || Path::new("/sys/kernel/debug/tracing/events").exists() {
+        return;
+    }
+    // SAFETY: the strings are NUL-terminated literals.
+    let rc = unsafe {
+        libc::mount(
+            c"tracefs".as_ptr(),
+            c"/sys/kernel/tracing".as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 {
+        log::info!("mounted tracefs at /sys/kernel/tracing (tracepoints attach through it)");
+    } else {
+        log::warn!("tracefs is not mounted and mounting it failed: {}", std::io::Error::last_os_error());
+    }
+}
+
+fn build_sinks(config: &AgentConfig) -> Result<Vec<Box<dyn Sink>>, String> {
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    if config.sinks.stdout {
+        sinks.push(Box::new(StdoutSink::new()));
+    }
+    if let Some(file) = &config.sinks.file {
+        let sink = FileSink::open(file).map_err(|e| format!("opening file sink {}: {e}", file.path.display()))?;
+        sinks.push(Box::new(sink));
+    }
+    if sinks.is_empty() {
+        return Err("no sink configured: enable sinks.stdout or set sinks.file (or --file)".into());
+    }
+    Ok(sinks)
+}
+
+fn start_observers(config: &AgentConfig, report: &mut StartupReport) -> Vec<Running> {
+    ensure_tracefs();
+    let btf = match aya::Btf::from_sys_fs() {
+        Ok(btf) => Some(btf),
+        Err(e) => {
+            log::error!("kernel BTF unavailable ({e}): CO-RE objects cannot be relocated on this kernel");
+            None
+        }
+    };
+    let mut running = Vec::new();
+    let generation = 0; // local defaults until a controller config is applied
+
+    if config.network.enabled {
+        let carrier = config::network_carrier(&config.network, generation, config::ephemeral_port_range());
+        let loaded = observers::load(tapio_bpf::network::object(), btf.as_ref(), &network::hooks(), |ebpf| {
+            observers::write_config(ebpf, carrier)
+        });
+        record(network::NAME, loaded, Box::new(network::NetworkClassifier), report, &mut running);
+    } else {
+        report.observers.push((network::NAME, ObserverState::Disabled));
+    }
+
+    if config.container.enabled {
+        let carrier = config::container_carrier(&config.container, generation);
+        let loaded = observers::load(tapio_bpf::container::object(), btf.as_ref(), &container::hooks(), |ebpf| {
+            observers::write_config(ebpf, carrier)
+        });
+        record(container::NAME, loaded, Box::new(container::ContainerClassifier::new()), report, &mut running);
+    } else {
+        report.observers.push((container::NAME, ObserverState::Disabled));
+    }
+    running
+}
+
+fn record(
+    name: &'static str,
+    loaded: Result<observers::Loaded, String>,
+    classifier: Box<dyn observers::Classifier>,
+    report: &mut StartupReport,
+    running: &mut Vec<Running>,
+) {
+    match loaded {
+        Ok(loaded) => {
+            for p in &loaded.programs {
+                match &p.result {
+                    Ok(()) => log::info!("observer {name}: attached {} ({})", p.hook, p.program),
+                    Err(e) => log::warn!("observer {name}: NOT attached {} ({}): {e}", p.hook, p.program),
+                }
+            }
+            let state = observers::state_of(&loaded.programs);
+            log::info!("observer {name}: {state}");
+            report.observers.push((name, state));
+            running.push(Running { name, loaded, classifier });
+        }
+        Err(e) => {
+            let state = ObserverState::Failed(e);
+            log::error!("observer {name}: {state}");
+            report.observers.push((name, state));
+        }
+    }
+}
+
+fn log_counters(label: &str, counters: &Counters) {
+    match serde_json::to_string(&counters.snapshot()) {
+        Ok(json) => log::info!("{label} {json}"),
+        Err(e) => log::error!("serializing counters: {e}"),
+    }
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, Arc::clone(&shutdown)).map_err(|e| format!("installing signal handler: {e}"))?;
+    }
+
+    let sinks = build_sinks(&config)?;
+    let sink_names: Vec<&str> = sinks.iter().map(|s| s.name()).collect();
+    let mut report = StartupReport { observers: Vec::new() };
+    let observers = start_observers(&config, &mut report);
+    if observers.is_empty() {
+        return Err("no observer could start; nothing to observe (see the errors above)".into());
+    }
+
+    let counters = Arc::new(Counters::default());
+    let clock = Arc::new(BootToWall::measured());
+    let (tx, rx) = mpsc::sync_channel(config.queue_capacity);
+    let identity = match tapio_identity::Resolver::new(tapio_identity::Config {
+        capacity: config.identity_cache_capacity,
+        ..tapio_identity::Config::default()
+    }) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            log::warn!("workload identity unavailable ({e}): evidence will carry cgroup ids only");
+            None
+        }
+    };
+
+    let sink_stage = SinkStage { queue: rx, sinks, identity, counters: Arc::clone(&counters) };
+    let drain = Drain {
+        observers,
+        stamper: Stamper::new(Arc::from(node.as_str()), Arc::clone(&clock)),
+        queue: tx,
+        counters: Arc::clone(&counters),
+        clock,
+        shutdown: Arc::clone(&shutdown),
+    };
+    let sink_thread = std::thread::Builder::new()
+        .name("tapio-sinks".into())
+        .spawn(move || sink_stage.run())
+        .map_err(|e| format!("spawning sink thread: {e}"))?;
+    let drain_thread = std::thread::Builder::new()
+        .name("tapio-drain".into())
+        .spawn(move || drain.run())
+        .map_err(|e| format!("spawning drain thread: {e}"))?;
+
+    let running: Vec<String> = report
+        .observers
+        .iter()
+        .map(|(n, s)| format!("{n}={}", s.label()))
+        .collect();
+    log::info!("ready: node {node}, observers [{}], sinks [{}]", running.join(", "), sink_names.join(", "));
+
+    let interval = Duration::from_secs(config.counters_log_interval_secs);
+    let mut last = Instant::now();
+    while !shutdown.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(200));
+        if last.elapsed() >= interval {
+            log_counters("counters", &counters);
+            last = Instant::now();
+        }
+    }
+    log::info!("shutting down: detaching, draining ring buffers and flushing sinks");
+    if drain_thread.join().is_err() {
+        log::error!("drain thread panicked");
+    }
+    if sink_thread.join().is_err() {
+        log::error!("sink thread panicked");
+    }
+    log_counters("counters final", &counters);
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! The sink stage: the thread behind the bounded queue. It resolves workload identity (which
+//! may cost syscalls, so it stays off the drain), serializes each record once, writes it to
+//! every sink, counts per-sink failures, and flushes whenever the queue runs dry.
+
+use crate::counters::Counters;
+use crate::evidence::{Evidence, WorkloadIds};
+use crate::sinks::Sink;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::Duration;
+use tapio_identity::{CgroupHierarchy, Resolver, Workload};
+
+pub struct SinkStage {
+    pub queue: Receiver<Box<Evidence>>,
+    pub sinks: Vec<Box<dyn Sink>>,
+    pub identity: Option<Resolver>,
+    pub counters: Arc<Counters>,
+}
+
+/// Which hierarchy names the workload: a real (non-root) cgroup2 id first; on hybrid/v1
+/// nodes, where every task's cgroup2 id is the root, the v1 memory cgroup.
+pub fn pick_cgroup(ids: WorkloadIds, v1_memory_mounted: bool) -> Option<(CgroupHierarchy, u64)> {
+    if ids.cgroup_id > 1 {
+        Some((CgroupHierarchy::Unified, ids.cgroup_id))
+    } else if ids.mem_cgroup_id > 0 && v1_memory_mounted {
+        Some((CgroupHierarchy::v1("memory"), ids.mem_cgroup_id))
+    } else if ids.cgroup_id > 0 {
+        Some((CgroupHierarchy::Unified, ids.cgroup_id))
+    } else {
+        None
+    }
+}
+
+impl SinkStage {
+    pub fn run(mut self) {
+        let v1_memory = self
+            .identity
+            .as_ref()
+            .is_some_and(|r| r.mount_point(&CgroupHierarchy::v1("memory")).is_some());
+        let mut line = Vec::with_capacity(1024);
+        loop {
+            match self.queue.recv_timeout(Duration::from_millis(200)) {
+                Ok(ev) => {
+                    self.deliver(ev, v1_memory, &mut line);
+                    while let Ok(ev) = self.queue.try_recv() {
+                        self.deliver(ev, v1_memory, &mut line);
+                    }
+                    self.flush();
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.flush();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn deliver(&mut self, mut ev: Box<Evidence>, v1_memory: bool, line: &mut Vec<u8>) {
+        ev.workload = pick_cgroup(ev.workload_ids, v1_memory).map(|(hierarchy, id)| match &mut self.identity {
+            Some(resolver) => resolver.workload(&hierarchy, id),
+            None => Workload::unknown(id),
+        });
+        line.clear();
+        if let Err(e) = serde_json::to_writer(&mut *line, &ev) {
+            // Cannot happen for these types; counted as a failure of every sink if it does.
+            log::error!("serializing evidence: {e}");
+            for sink in &self.sinks {
+                self.counters.sink_result(sink.name(), false);
+            }
+            return;
+        }
+        line.push(b'\n');
+        for sink in &mut self.sinks {
+            let ok = sink.write_line(line).is_ok();
+            self.counters.sink_result(sink.name(), ok);
+        }
+    }
+
+    fn flush(&mut self) {
+        for sink in &mut self.sinks {
+            if let Err(e) = sink.flush() {
+                log::warn!("flushing sink {}: {e}", sink.name());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefers_real_cgroup2_ids_then_v1_memory() {
+        let ids = |cgroup_id, mem_cgroup_id| WorkloadIds { cgroup_id, mem_cgroup_id };
+        assert_eq!(pick_cgroup(ids(77, 5), true), Some((CgroupHierarchy::Unified, 77)));
+        assert_eq!(pick_cgroup(ids(1, 5), true), Some((CgroupHierarchy::v1("memory"), 5)));
+        assert_eq!(pick_cgroup(ids(1, 5), false), Some((CgroupHierarchy::Unified, 1)));
+        assert_eq!(pick_cgroup(ids(0, 0), true), None);
+    }
+}

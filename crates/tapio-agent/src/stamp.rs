@@ -1,0 +1,63 @@
+//! Stamping: turns a classified kernel fact into a full evidence record (id, wall time,
+//! node, generation), the same way for every observer.
+
+use crate::clock::{rfc3339_nanos, BootToWall};
+use crate::evidence::{ErrorInfo, Evidence, Facts, Outcome, Severity, WorkloadIds};
+use crate::ulid::UlidGen;
+use std::sync::Arc;
+
+/// What an observer decided about one record.
+#[derive(Debug)]
+pub enum Verdict {
+    Emit(Box<Evidence>),
+    /// Not evidence, and counted as a correlation drop with this reason (never guessed at).
+    Drop(&'static str),
+    /// Not evidence by definition (e.g. filtered); nothing to count.
+    Ignore,
+}
+
+/// The classification of one fact, before stamping.
+pub struct Draft {
+    pub kind: &'static str,
+    pub observer: &'static str,
+    pub severity: Severity,
+    pub outcome: Outcome,
+    pub code: &'static str,
+    pub message: String,
+    pub boot_ns: u64,
+    pub generation: u32,
+    pub workload: WorkloadIds,
+    pub facts: Facts,
+}
+
+/// Per-drain-thread stamping context.
+pub struct Stamper {
+    pub node: Arc<str>,
+    pub clock: Arc<BootToWall>,
+    pub ids: UlidGen,
+}
+
+impl Stamper {
+    pub fn new(node: Arc<str>, clock: Arc<BootToWall>) -> Self {
+        Self { node, clock, ids: UlidGen::new() }
+    }
+
+    pub fn stamp(&mut self, d: Draft) -> Verdict {
+        let unix_ns = self.clock.to_wall(d.boot_ns);
+        Verdict::Emit(Box::new(Evidence {
+            id: self.ids.generate(unix_ns),
+            kind: d.kind,
+            observer: d.observer,
+            severity: d.severity,
+            outcome: d.outcome,
+            error: ErrorInfo { code: d.code, message: d.message },
+            timestamp: rfc3339_nanos(unix_ns),
+            timestamp_unix_nanos: unix_ns,
+            node: self.node.clone(),
+            config_generation: d.generation,
+            workload: None,
+            workload_ids: d.workload,
+            facts: d.facts,
+        }))
+    }
+}

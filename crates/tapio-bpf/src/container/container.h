@@ -1,0 +1,71 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* The container observer's kernel ABI: its config carrier and its event records. */
+#ifndef TAPIO_CONTAINER_H
+#define TAPIO_CONTAINER_H
+
+#include "tapio_common.h"
+
+enum tapio_ctr_enable {
+	TAPIO_CTR_EN_OOM = 1 << 0,
+	TAPIO_CTR_EN_EXIT = 1 << 1,
+};
+
+struct tapio_ctr_config {
+	struct tapio_config_header hdr;
+	__u32 enabled;
+	__u32 _pad;
+	/* Bit n set: exit code n produces no event. Bit 0 is ignored (exit 0 never does). */
+	__u64 ignored_exit_codes[4];
+	/* Bit n set: death by signal n produces no event. */
+	__u64 ignored_signals;
+	__u32 generation_check;
+	__u32 _pad2;
+};
+
+enum tapio_ctr_kind {
+	TAPIO_CTR_OOM_KILL = 1,
+	TAPIO_CTR_EXIT = 2,
+};
+
+/* Bits of the records' flags. */
+enum tapio_ctr_flag {
+	/* rss/total_vm/pgtables fields were read from the victim's mm. */
+	TAPIO_CTR_F_MM_KNOWN = 1 << 0,
+	/* mem_cgroup_id/limit/usage were read from the task's memory cgroup. */
+	TAPIO_CTR_F_MEMCG_KNOWN = 1 << 1,
+	/* start_boot_ns is the process start time. */
+	TAPIO_CTR_F_START_KNOWN = 1 << 2,
+};
+
+struct tapio_oom_event {
+	struct tapio_event_header hdr;
+	/* The victim, read from its task_struct at kill time. */
+	struct tapio_task task;
+	/* memory.max / memory.limit_in_bytes and usage, in pages. */
+	__u64 memcg_limit_pages;
+	__u64 memcg_usage_pages;
+	/* Victim sizes in pages (pgtables in bytes), as the kernel's OOM report counts them. */
+	__u64 total_vm_pages;
+	__u64 anon_rss_pages;
+	__u64 file_rss_pages;
+	__u64 shmem_rss_pages;
+	__u64 pgtables_bytes;
+	__u32 uid;
+	__s16 oom_score_adj;
+	__u16 flags;
+};
+
+struct tapio_exit_event {
+	struct tapio_event_header hdr;
+	/* pid is the process (tgid); comm is the process's (group leader's) name. */
+	struct tapio_task task;
+	/* Process start (boot clock), for its lifetime. */
+	__u64 start_boot_ns;
+	/* The wait status the parent will see: code << 8, or signal | 0x80 if core dumped. */
+	__u32 exit_status;
+	__u32 nr_threads;
+	__u16 flags;
+	__u16 _pad[3];
+};
+
+#endif

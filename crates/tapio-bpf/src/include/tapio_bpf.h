@@ -1,0 +1,103 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Helpers shared by Tapio's eBPF programs (kernel side only): counters, config reads and
+ * task attribution. Each program includes this after declaring its config type and maps.
+ */
+#ifndef TAPIO_BPF_H
+#define TAPIO_BPF_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include "tapio_common.h"
+
+#define TAPIO_CAT_(a, b) a##b
+#define TAPIO_CAT(a, b) TAPIO_CAT_(a, b)
+
+/*
+ * The object's ABI version, carried in a symbol whose name includes it: the agent sets
+ * `tapio_abi_v<its version>` by name before loading, so an object built for another ABI
+ * fails to load with a clear error instead of running with mismatched structs.
+ */
+const volatile __u32 TAPIO_CAT(tapio_abi_v, TAPIO_ABI_VERSION) = TAPIO_ABI_VERSION;
+
+#define AF_INET 2
+#define AF_INET6 10
+
+/* Declares the per-CPU loss/refusal counters every object exposes as "counters". */
+#define TAPIO_COUNTERS_MAP                                   \
+	struct {                                             \
+		__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);     \
+		__uint(max_entries, TAPIO_CNT_MAX);          \
+		__type(key, __u32);                          \
+		__type(value, __u64);                        \
+	} counters SEC(".maps")
+
+/* Declares the one-entry config carrier every object exposes as "config". */
+#define TAPIO_CONFIG_MAP(type_)                              \
+	struct {                                             \
+		__uint(type, BPF_MAP_TYPE_ARRAY);            \
+		__uint(max_entries, 1);                      \
+		__type(key, __u32);                          \
+		__type(value, type_);                        \
+	} config SEC(".maps")
+
+static __always_inline void tapio_count(void *counters_map, __u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(counters_map, &idx);
+	if (v)
+		*v += 1; /* per-CPU slot: no atomics needed */
+}
+
+/*
+ * Copies the config into *out and returns 1 when it may judge events: the agent has written
+ * it (abi_version != 0), with this object's ABI, and not mid-update.
+ */
+#define TAPIO_READ_CONFIG(config_map, counters_map, out)                                    \
+	({                                                                                  \
+		__u32 zero_ = 0;                                                            \
+		int ok_ = 0;                                                                \
+		void *cfg_ = bpf_map_lookup_elem(config_map, &zero_);                       \
+		if (cfg_) {                                                                 \
+			__builtin_memcpy(out, cfg_, sizeof(*(out)));                        \
+			if ((out)->hdr.abi_version == 0)                                    \
+				ok_ = 0;                                                    \
+			else if ((out)->hdr.abi_version != TAPIO_ABI_VERSION)               \
+				tapio_count(counters_map, TAPIO_CNT_ABI_MISMATCH);          \
+			else if ((out)->hdr.generation != (out)->generation_check)          \
+				tapio_count(counters_map, TAPIO_CNT_CONFIG_TORN);           \
+			else                                                                \
+				ok_ = 1;                                                    \
+		}                                                                           \
+		ok_;                                                                        \
+	})
+
+/* The kernfs id of a task's cgroup in the memory controller's hierarchy (v1 or v2); 0 if none. */
+static __always_inline __u64 tapio_task_memcg_id(struct task_struct *task)
+{
+	if (!bpf_core_enum_value_exists(enum cgroup_subsys_id, memory_cgrp_id))
+		return 0;
+	int idx = bpf_core_enum_value(enum cgroup_subsys_id, memory_cgrp_id);
+	if (idx < 0 || idx >= 16)
+		return 0;
+	struct css_set *cgroups = BPF_CORE_READ(task, cgroups);
+	struct cgroup_subsys_state *css = NULL;
+	bpf_core_read(&css, sizeof(css), &cgroups->subsys[idx]);
+	if (!css)
+		return 0;
+	return BPF_CORE_READ(css, cgroup, kn, id);
+}
+
+/* Fills *t with the current task: the right attribution only in process context. */
+static __always_inline void tapio_task_current(struct tapio_task *t)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	t->pid = id >> 32;
+	t->tid = (__u32)id;
+	t->cgroup_id = bpf_get_current_cgroup_id();
+	t->mem_cgroup_id = tapio_task_memcg_id((struct task_struct *)bpf_get_current_task());
+	bpf_get_current_comm(&t->comm, sizeof(t->comm));
+}
+
+#endif

@@ -1,0 +1,72 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The fixed-layout ABI shared by every Tapio eBPF object and the agent.
+ *
+ * This header is the single declaration of these structs: the eBPF programs include it,
+ * and the agent's Rust mirrors are generated from it by bindgen at build time, so the two
+ * sides cannot drift. Only fixed-width fields with explicit padding belong here.
+ */
+#ifndef TAPIO_COMMON_H
+#define TAPIO_COMMON_H
+
+/* Bumped whenever any struct in an ABI header changes shape or meaning. */
+#define TAPIO_ABI_VERSION 1
+
+/*
+ * Every observer's one-entry config map starts with this header and ends with a
+ * generation_check field equal to hdr.generation. A program copies the config before using
+ * it and skips (counting TAPIO_CNT_CONFIG_TORN) when the two differ, so one event is never
+ * judged by half of one config and half of another.
+ *
+ * The map starts all-zero, and all-zero means inert: programs do nothing until the agent writes a config whose
+ * abi_version matches the object's.
+ */
+struct tapio_config_header {
+	__u32 abi_version;
+	/* Config generation stamped on every event judged by this config (0 = local defaults). */
+	__u32 generation;
+};
+
+/* Every ring-buffer record starts with this header. */
+struct tapio_event_header {
+	/* bpf_ktime_get_boot_ns() at the kernel moment the fact happened. */
+	__u64 boot_ns;
+	/* An observer-specific enum value saying which struct follows. */
+	__u32 kind;
+	__u32 generation;
+};
+
+/* The task a fact is about (not necessarily the task the hook ran in). */
+struct tapio_task {
+	/* Process id (tgid) and thread id; 0 when the task could not be attributed. */
+	__u32 pid;
+	__u32 tid;
+	/* cgroup2 id of the task (bpf_get_current_cgroup_id() semantics). */
+	__u64 cgroup_id;
+	/* kernfs id of the task's memory cgroup: on hybrid/v1 nodes the cgroup2 id is the root
+	 * for every task, and this is what names the container. 0 if unknown. */
+	__u64 mem_cgroup_id;
+	__u8 comm[16];
+};
+
+/*
+ * Indexes of each object's per-CPU "counters" array: every place the kernel side can lose
+ * or refuse evidence has one.
+ */
+enum tapio_counter {
+	/* bpf_ringbuf_reserve failed: an event was lost in the kernel. */
+	TAPIO_CNT_RINGBUF_FULL = 0,
+	/* The config map holds another ABI version: the program stayed inert. */
+	TAPIO_CNT_ABI_MISMATCH = 1,
+	/* A bounded correlation table had no room for a new entry. */
+	TAPIO_CNT_TABLE_FULL = 2,
+	/* A fact could not be classified without guessing, so it was dropped. */
+	TAPIO_CNT_AMBIGUOUS = 3,
+	/* The running kernel lacks what this program needs (checked with CO-RE). */
+	TAPIO_CNT_UNSUPPORTED = 4,
+	/* The config was read mid-update (generation and generation_check differ): skipped. */
+	TAPIO_CNT_CONFIG_TORN = 5,
+	TAPIO_CNT_MAX = 8,
+};
+
+#endif

@@ -1,0 +1,66 @@
+//! Tapio's kernel side and the ABI it shares with the agent.
+//!
+//! Each observer is one folder under `src/`: its eBPF program (`<name>.bpf.c`), its ABI
+//! header (`<name>.h`, the only declaration of its config and event structs) and its Rust
+//! module (the embedded object and safe record decoding). The build script compiles the
+//! programs with clang (CO-RE) and generates [`abi`] from the headers, so the agent and the
+//! kernel cannot disagree about a layout.
+
+pub mod container;
+pub mod network;
+pub mod record;
+
+pub use record::{DecodeError, Record};
+
+/// Rust mirror of the ABI headers, generated at build time (see `build.rs`).
+#[allow(non_camel_case_types, non_upper_case_globals, non_snake_case, dead_code)]
+#[allow(clippy::all)]
+pub mod abi {
+    include!(concat!(env!("OUT_DIR"), "/abi.rs"));
+}
+
+/// The ABI version this build's objects and agent agree on (`TAPIO_ABI_VERSION`).
+pub const ABI_VERSION: u32 = abi::TAPIO_ABI_VERSION;
+
+/// Embeds a file 8-byte aligned, as ELF parsing of an eBPF object expects.
+macro_rules! include_object {
+    ($name:literal) => {{
+        #[repr(C)]
+        struct Aligned<B: ?Sized> {
+            _align: [u64; 0],
+            bytes: B,
+        }
+        static OBJECT: &Aligned<[u8]> = &Aligned {
+            _align: [],
+            bytes: *include_bytes!(concat!(env!("OUT_DIR"), "/", $name, ".bpf.o")),
+        };
+        &OBJECT.bytes
+    }};
+}
+pub(crate) use include_object;
+
+/// Names of the maps every object exposes (see `tapio_bpf.h`).
+pub mod maps {
+    /// The one-entry config carrier.
+    pub const CONFIG: &str = "config";
+    /// Per-CPU loss and refusal counters, indexed by `abi::TAPIO_CNT_*`.
+    pub const COUNTERS: &str = "counters";
+    /// The ring buffer of fixed event records.
+    pub const EVENTS: &str = "events";
+}
+
+/// Counter slots of the per-CPU `counters` map, with the names the agent reports.
+pub const COUNTER_NAMES: [(u32, &str); 6] = [
+    (abi::TAPIO_CNT_RINGBUF_FULL, "ringbuf_reserve_failed"),
+    (abi::TAPIO_CNT_ABI_MISMATCH, "abi_mismatch"),
+    (abi::TAPIO_CNT_TABLE_FULL, "correlation_table_full"),
+    (abi::TAPIO_CNT_AMBIGUOUS, "ambiguous"),
+    (abi::TAPIO_CNT_UNSUPPORTED, "unsupported_kernel"),
+    (abi::TAPIO_CNT_CONFIG_TORN, "config_torn_read"),
+];
+
+/// The name of the global through which an object declares its ABI version (see
+/// `tapio_bpf.h`): the loader sets it by name, which fails for an object of another ABI.
+pub fn abi_symbol() -> String {
+    format!("tapio_abi_v{ABI_VERSION}")
+}

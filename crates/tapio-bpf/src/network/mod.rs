@@ -1,0 +1,61 @@
+//! The network observer's kernel side: its embedded object and record decoding.
+
+use crate::abi::{tapio_net_config, tapio_net_event, TAPIO_NET_CONNECT_FAILED, TAPIO_NET_RTT_DEGRADED};
+use crate::record::{decode_as, read_header, DecodeError, Record};
+
+unsafe impl Record for tapio_net_event {}
+unsafe impl Record for tapio_net_config {}
+
+/// Tracepoint programs of this object: (program name, category, tracepoint).
+pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("tapio_inet_sock_set_state", "sock", "inet_sock_set_state"),
+    ("tapio_tcp_receive_reset", "tcp", "tcp_receive_reset"),
+    ("tapio_tcp_retransmit_skb", "tcp", "tcp_retransmit_skb"),
+    ("tapio_tcp_probe", "tcp", "tcp_probe"),
+];
+
+/// The compiled CO-RE object.
+pub fn object() -> &'static [u8] {
+    crate::include_object!("network")
+}
+
+/// Decodes one ring-buffer record of the network object.
+pub fn decode(bytes: &[u8]) -> Result<tapio_net_event, DecodeError> {
+    let header = read_header(bytes)?;
+    if !(TAPIO_NET_CONNECT_FAILED..=TAPIO_NET_RTT_DEGRADED).contains(&header.kind) {
+        return Err(DecodeError::UnknownKind { kind: header.kind });
+    }
+    decode_as(bytes, header.kind)
+}
+
+/// The raw bytes of a record, as the kernel writes them (for tests and benchmarks).
+pub fn encode(event: &tapio_net_event) -> Vec<u8> {
+    crate::record::as_bytes(event).to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::abi::TAPIO_NET_RESET;
+
+    #[test]
+    fn object_is_an_embedded_bpf_elf() {
+        let obj = object();
+        assert_eq!(&obj[..4], b"\x7fELF");
+        assert_eq!(obj.as_ptr() as usize % 8, 0, "object must be 8-byte aligned");
+    }
+
+    #[test]
+    fn decodes_round_trip_and_rejects_bad_records() {
+        let mut ev = tapio_net_event::default();
+        ev.hdr.kind = TAPIO_NET_RESET;
+        ev.dport = 443;
+        let bytes = encode(&ev);
+        assert_eq!(decode(&bytes).unwrap().dport, 443);
+        assert!(matches!(decode(&bytes[..bytes.len() - 1]), Err(DecodeError::WrongSize { .. })));
+        let mut unknown = bytes.clone();
+        unknown[8] = 99;
+        assert_eq!(decode(&unknown).unwrap_err(), DecodeError::UnknownKind { kind: 99 });
+        assert!(matches!(decode(&[1, 2, 3]), Err(DecodeError::TooShort { len: 3 })));
+    }
+}

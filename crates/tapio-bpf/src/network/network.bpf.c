@@ -1,0 +1,422 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Tapio network observer, kernel side.
+ *
+ * Facts, from TCP tracepoints only:
+ *  - a connect that leaves SYN_SENT for CLOSE with an error (refused / timed out /
+ *    unreachable is decided in userspace from the recorded facts: RST seen, sk_err);
+ *  - an RST received on a synchronized connection;
+ *  - a connection whose retransmits within a window reach the configured count;
+ *  - a destination whose smoothed RTT crosses its learned baseline * ratio or a ceiling.
+ * State is a few bounded maps keyed by socket or destination; nothing here reasons.
+ */
+#include "tapio_bpf.h"
+#include <bpf/bpf_endian.h>
+#include "network.h"
+
+#define IPPROTO_TCP 6
+
+enum {
+	TCP_ESTABLISHED = 1,
+	TCP_SYN_SENT = 2,
+	TCP_SYN_RECV = 3,
+	TCP_FIN_WAIT1 = 4,
+	TCP_FIN_WAIT2 = 5,
+	TCP_TIME_WAIT = 6,
+	TCP_CLOSE = 7,
+	TCP_CLOSE_WAIT = 8,
+	TCP_LAST_ACK = 9,
+	TCP_LISTEN = 10,
+	TCP_CLOSING = 11,
+	TCP_NEW_SYN_RECV = 12,
+};
+
+char LICENSE[] SEC("license") = "GPL";
+
+TAPIO_COUNTERS_MAP;
+TAPIO_CONFIG_MAP(struct tapio_net_config);
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} events SEC(".maps");
+
+/* A connect in SYN_SENT: who started it, when, and whether an RST came back. */
+struct connect_start {
+	struct tapio_task task;
+	__u64 start_ns;
+	__u16 flags;
+	__u16 _pad[3];
+};
+
+/* Exact, not LRU: an entry leaves only when its connect leaves SYN_SENT. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct connect_start);
+} connects SEC(".maps");
+
+/* Owner of an established active connection, for reset attribution. Losing one only
+ * loses the attribution (the event then says the task is unknown). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct tapio_task);
+} owners SEC(".maps");
+
+struct retransmit_window {
+	__u64 start_ns;
+	__u32 count;
+	__u32 reported;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct retransmit_window);
+} retransmits SEC(".maps");
+
+/* Baselines are per remote endpoint: address plus service port (0 when the remote port is
+ * a client's ephemeral port), never per connection. */
+struct rtt_key {
+	__u8 addr[16];
+	__u16 family;
+	__u16 port;
+};
+
+struct rtt_baseline {
+	__u64 srtt_x8; /* EWMA of srtt_us, scaled by 8 */
+	__u32 samples;
+	__u32 degraded;
+};
+
+/* Destinations currently degraded. Many sockets (on many CPUs) share one destination, and
+ * an insert with BPF_NOEXIST is atomic: the one that inserts reports the crossing. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct rtt_key);
+	__type(value, __u8);
+} rtt_degraded SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct rtt_key);
+	__type(value, struct rtt_baseline);
+} rtt_baselines SEC(".maps");
+
+static __always_inline struct tapio_net_event *reserve_event(__u32 kind, __u32 generation)
+{
+	struct tapio_net_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		tapio_count(&counters, TAPIO_CNT_RINGBUF_FULL);
+		return NULL;
+	}
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->hdr.boot_ns = bpf_ktime_get_boot_ns();
+	ev->hdr.kind = kind;
+	ev->hdr.generation = generation;
+	return ev;
+}
+
+/* Addresses and ports from the socket itself (for hooks whose context lacks them). */
+static __always_inline void fill_addrs_from_sock(struct tapio_net_event *ev, struct sock *sk)
+{
+	ev->family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	ev->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	ev->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (ev->family == AF_INET6) {
+		BPF_CORE_READ_INTO(&ev->saddr, sk, __sk_common.skc_v6_rcv_saddr);
+		BPF_CORE_READ_INTO(&ev->daddr, sk, __sk_common.skc_v6_daddr);
+	} else {
+		BPF_CORE_READ_INTO((__u32 *)ev->saddr, sk, __sk_common.skc_rcv_saddr);
+		BPF_CORE_READ_INTO((__u32 *)ev->daddr, sk, __sk_common.skc_daddr);
+	}
+}
+
+static __always_inline void fill_tcp_facts(struct tapio_net_event *ev, struct sock *sk)
+{
+	struct tcp_sock *tp = (struct tcp_sock *)sk;
+	ev->srtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
+	ev->cwnd = BPF_CORE_READ(tp, snd_cwnd);
+	ev->total_retransmits = BPF_CORE_READ(tp, total_retrans);
+	ev->bytes_acked = BPF_CORE_READ(tp, bytes_acked);
+	ev->bytes_received = BPF_CORE_READ(tp, bytes_received);
+}
+
+static __always_inline void emit_connect_failed(struct trace_event_raw_inet_sock_set_state *ctx,
+						struct sock *sk, const struct tapio_net_config *cfg,
+						struct connect_start *start, int sk_err)
+{
+	struct tapio_net_event *ev = reserve_event(TAPIO_NET_CONNECT_FAILED, cfg->hdr.generation);
+	if (!ev)
+		return;
+	ev->family = ctx->family;
+	ev->sport = ctx->sport;
+	ev->dport = ctx->dport;
+	if (ev->family == AF_INET6) {
+		BPF_CORE_READ_INTO(&ev->saddr, ctx, saddr_v6);
+		BPF_CORE_READ_INTO(&ev->daddr, ctx, daddr_v6);
+	} else {
+		BPF_CORE_READ_INTO((__u32 *)ev->saddr, ctx, saddr);
+		BPF_CORE_READ_INTO((__u32 *)ev->daddr, ctx, daddr);
+	}
+	ev->state = TCP_SYN_SENT;
+	ev->sk_err = sk_err;
+	ev->syn_retries = BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_retransmits);
+	if (start) {
+		ev->task = start->task;
+		ev->flags = start->flags | TAPIO_NET_F_START_KNOWN;
+		ev->duration_ns = ev->hdr.boot_ns - start->start_ns;
+	}
+	bpf_ringbuf_submit(ev, 0);
+}
+
+SEC("tracepoint/sock/inet_sock_set_state")
+int tapio_inet_sock_set_state(struct trace_event_raw_inet_sock_set_state *ctx)
+{
+	struct tapio_net_config cfg;
+	if (!TAPIO_READ_CONFIG(&config, &counters, &cfg))
+		return 0;
+	if (ctx->protocol != IPPROTO_TCP)
+		return 0;
+
+	__u64 key = (__u64)ctx->skaddr;
+	int oldstate = ctx->oldstate;
+	int newstate = ctx->newstate;
+
+	if (newstate == TCP_SYN_SENT) {
+		/* connect() runs in the caller's context: the one moment the task is known. */
+		struct connect_start start = {};
+		tapio_task_current(&start.task);
+		start.start_ns = bpf_ktime_get_boot_ns();
+		start.flags = TAPIO_NET_F_TASK_KNOWN;
+		if (bpf_map_update_elem(&connects, &key, &start, BPF_ANY))
+			tapio_count(&counters, TAPIO_CNT_TABLE_FULL);
+		return 0;
+	}
+
+	if (oldstate == TCP_SYN_SENT) {
+		struct connect_start *start = bpf_map_lookup_elem(&connects, &key);
+		if (newstate == TCP_CLOSE) {
+			struct sock *sk = (struct sock *)ctx->skaddr;
+			int sk_err = BPF_CORE_READ(sk, sk_err);
+			/* sk_err == 0: the application gave up its own connect; not evidence. */
+			if (sk_err != 0 && (cfg.enabled & TAPIO_NET_EN_CONNECT))
+				emit_connect_failed(ctx, sk, &cfg, start, sk_err);
+		} else if (newstate == TCP_ESTABLISHED && start) {
+			bpf_map_update_elem(&owners, &key, &start->task, BPF_ANY);
+		}
+		if (start)
+			bpf_map_delete_elem(&connects, &key);
+	}
+
+	if (newstate == TCP_CLOSE) {
+		bpf_map_delete_elem(&owners, &key);
+		bpf_map_delete_elem(&retransmits, &key);
+	}
+	return 0;
+}
+
+SEC("tracepoint/tcp/tcp_receive_reset")
+int tapio_tcp_receive_reset(struct trace_event_raw_tcp_event_sk *ctx)
+{
+	struct tapio_net_config cfg;
+	if (!TAPIO_READ_CONFIG(&config, &counters, &cfg))
+		return 0;
+
+	struct sock *sk = (struct sock *)ctx->skaddr;
+	__u64 key = (__u64)ctx->skaddr;
+	int state = BPF_CORE_READ(sk, __sk_common.skc_state);
+
+	if (state == TCP_SYN_SENT) {
+		/* Mark it; the one event comes when the connect leaves SYN_SENT. */
+		struct connect_start *start = bpf_map_lookup_elem(&connects, &key);
+		if (start) {
+			start->flags |= TAPIO_NET_F_RST_IN_SYN_SENT;
+		} else {
+			struct connect_start fresh = {};
+			fresh.flags = TAPIO_NET_F_RST_IN_SYN_SENT;
+			if (bpf_map_update_elem(&connects, &key, &fresh, BPF_NOEXIST))
+				tapio_count(&counters, TAPIO_CNT_TABLE_FULL);
+		}
+		return 0;
+	}
+	if (!(cfg.enabled & TAPIO_NET_EN_RESET))
+		return 0;
+	/* Only synchronized connections are "reset by the peer". */
+	if (state != TCP_ESTABLISHED && state != TCP_FIN_WAIT1 && state != TCP_FIN_WAIT2 &&
+	    state != TCP_CLOSE_WAIT && state != TCP_CLOSING && state != TCP_LAST_ACK)
+		return 0;
+
+	struct tapio_net_event *ev = reserve_event(TAPIO_NET_RESET, cfg.hdr.generation);
+	if (!ev)
+		return 0;
+	ev->family = ctx->family;
+	ev->sport = ctx->sport;
+	ev->dport = ctx->dport;
+	if (ev->family == AF_INET6) {
+		BPF_CORE_READ_INTO(&ev->saddr, ctx, saddr_v6);
+		BPF_CORE_READ_INTO(&ev->daddr, ctx, daddr_v6);
+	} else {
+		BPF_CORE_READ_INTO((__u32 *)ev->saddr, ctx, saddr);
+		BPF_CORE_READ_INTO((__u32 *)ev->daddr, ctx, daddr);
+	}
+	ev->state = state;
+	fill_tcp_facts(ev, sk);
+	struct tapio_task *owner = bpf_map_lookup_elem(&owners, &key);
+	if (owner) {
+		ev->task = *owner;
+		ev->flags |= TAPIO_NET_F_TASK_KNOWN;
+	}
+	bpf_ringbuf_submit(ev, 0);
+	return 0;
+}
+
+static __always_inline int on_retransmit(struct sock *sk, int state)
+{
+	struct tapio_net_config cfg;
+	if (!TAPIO_READ_CONFIG(&config, &counters, &cfg))
+		return 0;
+	if (!(cfg.enabled & TAPIO_NET_EN_RETRANSMIT) || cfg.retransmit_count == 0)
+		return 0;
+	/* SYN retransmits belong to the connect's own outcome (connection_timeout). */
+	if (state == TCP_SYN_SENT || state == TCP_SYN_RECV || state == TCP_NEW_SYN_RECV)
+		return 0;
+
+	__u64 key = (__u64)sk;
+	__u64 now = bpf_ktime_get_boot_ns();
+	__u64 window_ns = (__u64)cfg.retransmit_window_ms * 1000000ULL;
+	struct retransmit_window *w = bpf_map_lookup_elem(&retransmits, &key);
+	if (!w) {
+		struct retransmit_window fresh = { .start_ns = now, .count = 0, .reported = 0 };
+		bpf_map_update_elem(&retransmits, &key, &fresh, BPF_NOEXIST);
+		w = bpf_map_lookup_elem(&retransmits, &key);
+		if (!w)
+			return 0;
+	}
+	if (now - w->start_ns > window_ns) {
+		w->start_ns = now;
+		w->count = 0;
+		w->reported = 0;
+	}
+	/* A socket's retransmits are serialized by its lock: plain updates suffice (and keep
+	 * the program loadable on kernels without atomic fetch operations). */
+	__u32 count = ++w->count;
+	if (count < cfg.retransmit_count || w->reported)
+		return 0;
+	/* One event per window, however many retransmits follow in it. */
+	w->reported = 1;
+
+	struct tapio_net_event *ev = reserve_event(TAPIO_NET_RETRANSMIT_SPIKE, cfg.hdr.generation);
+	if (!ev)
+		return 0;
+	fill_addrs_from_sock(ev, sk);
+	fill_tcp_facts(ev, sk);
+	ev->state = state;
+	ev->retransmits_in_window = count;
+	ev->window_ms = cfg.retransmit_window_ms;
+	struct tapio_task *owner = bpf_map_lookup_elem(&owners, &key);
+	if (owner) {
+		ev->task = *owner;
+		ev->flags |= TAPIO_NET_F_TASK_KNOWN;
+	}
+	bpf_ringbuf_submit(ev, 0);
+	return 0;
+}
+
+SEC("tracepoint/tcp/tcp_retransmit_skb")
+int tapio_tcp_retransmit_skb(void *ctx)
+{
+	/* The event's context struct changed name and layout in 6.11; read either. */
+	if (bpf_core_type_exists(struct trace_event_raw_tcp_retransmit_skb)) {
+		struct trace_event_raw_tcp_retransmit_skb *c = ctx;
+		return on_retransmit((struct sock *)BPF_CORE_READ(c, skaddr), BPF_CORE_READ(c, state));
+	}
+	struct trace_event_raw_tcp_event_sk_skb *c = ctx;
+	return on_retransmit((struct sock *)BPF_CORE_READ(c, skaddr), BPF_CORE_READ(c, state));
+}
+
+SEC("tracepoint/tcp/tcp_probe")
+int tapio_tcp_probe(struct trace_event_raw_tcp_probe *ctx)
+{
+	struct tapio_net_config cfg;
+	if (!TAPIO_READ_CONFIG(&config, &counters, &cfg))
+		return 0;
+	if (!(cfg.enabled & TAPIO_NET_EN_RTT) || cfg.rtt_ratio_percent == 0)
+		return 0;
+	__u32 srtt = ctx->srtt;
+	if (srtt == 0)
+		return 0;
+
+	struct rtt_key key = {};
+	__u16 family = ctx->family;
+	__u16 sport = ctx->sport;
+	__u16 dport = ctx->dport;
+	key.family = family;
+	/* sockaddr_in: address at byte 4; sockaddr_in6: address at byte 8. */
+	if (family == AF_INET)
+		bpf_probe_read_kernel(key.addr, 4, (void *)ctx->daddr + 4);
+	else if (family == AF_INET6)
+		bpf_probe_read_kernel(key.addr, 16, (void *)ctx->daddr + 8);
+	else
+		return 0;
+	int local_ephemeral = sport >= cfg.ephemeral_port_min && sport <= cfg.ephemeral_port_max;
+	int remote_ephemeral = dport >= cfg.ephemeral_port_min && dport <= cfg.ephemeral_port_max;
+	key.port = (remote_ephemeral && !local_ephemeral) ? 0 : dport;
+
+	struct rtt_baseline *b = bpf_map_lookup_elem(&rtt_baselines, &key);
+	if (!b) {
+		struct rtt_baseline fresh = { .srtt_x8 = (__u64)srtt << 3, .samples = 1 };
+		bpf_map_update_elem(&rtt_baselines, &key, &fresh, BPF_NOEXIST);
+		return 0;
+	}
+	__u64 baseline = b->srtt_x8 >> 3;
+	if (b->samples >= cfg.rtt_min_samples) {
+		int over_ratio = (__u64)srtt * 100 > baseline * cfg.rtt_ratio_percent;
+		int over_ceiling = cfg.rtt_ceiling_us && srtt > cfg.rtt_ceiling_us;
+		if (over_ratio || over_ceiling) {
+			/* The baseline is frozen while degraded; one event per crossing. */
+			b->degraded = 1;
+			__u8 one = 1;
+			if (bpf_map_update_elem(&rtt_degraded, &key, &one, BPF_NOEXIST))
+				return 0;
+			struct tapio_net_event *ev =
+				reserve_event(TAPIO_NET_RTT_DEGRADED, cfg.hdr.generation);
+			if (!ev)
+				return 0;
+			ev->family = family;
+			ev->sport = sport;
+			ev->dport = dport;
+			__builtin_memcpy(ev->daddr, key.addr, 16);
+			if (family == AF_INET)
+				bpf_probe_read_kernel(ev->saddr, 4, (void *)ctx->saddr + 4);
+			else
+				bpf_probe_read_kernel(ev->saddr, 16, (void *)ctx->saddr + 8);
+			ev->srtt_us = srtt;
+			ev->cwnd = ctx->snd_cwnd;
+			ev->baseline_us = baseline;
+			ev->baseline_samples = b->samples;
+			ev->state = TCP_ESTABLISHED;
+			struct tapio_task *owner = bpf_map_lookup_elem(&owners, &(__u64){ (__u64)ctx->skaddr });
+			if (owner) {
+				ev->task = *owner;
+				ev->flags |= TAPIO_NET_F_TASK_KNOWN;
+			}
+			bpf_ringbuf_submit(ev, 0);
+			return 0;
+		}
+		if (b->degraded) {
+			b->degraded = 0;
+			bpf_map_delete_elem(&rtt_degraded, &key);
+		}
+	}
+	b->srtt_x8 = b->srtt_x8 - (b->srtt_x8 >> 3) + srtt;
+	if (b->samples < 0xffffffff)
+		b->samples++;
+	return 0;
+}

@@ -1,0 +1,84 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* The network observer's kernel ABI: its config carrier and its one event record. */
+#ifndef TAPIO_NETWORK_H
+#define TAPIO_NETWORK_H
+
+#include "tapio_common.h"
+
+/* Bits of tapio_net_config.enabled: each evidence family can be switched off. */
+enum tapio_net_enable {
+	TAPIO_NET_EN_CONNECT = 1 << 0,
+	TAPIO_NET_EN_RESET = 1 << 1,
+	TAPIO_NET_EN_RETRANSMIT = 1 << 2,
+	TAPIO_NET_EN_RTT = 1 << 3,
+};
+
+struct tapio_net_config {
+	struct tapio_config_header hdr;
+	__u32 enabled;
+	/* Retransmit spike: this many retransmits of one connection within the window. */
+	__u32 retransmit_window_ms;
+	__u32 retransmit_count;
+	/* RTT degradation: srtt > baseline * ratio_percent / 100, or > ceiling_us. */
+	__u32 rtt_ratio_percent;
+	__u32 rtt_ceiling_us;
+	/* Samples a destination's baseline needs before it is judged. */
+	__u32 rtt_min_samples;
+	/* The local ephemeral port range: tells client sockets from server sockets. */
+	__u16 ephemeral_port_min;
+	__u16 ephemeral_port_max;
+	__u32 generation_check;
+};
+
+enum tapio_net_kind {
+	/* An active connect left SYN_SENT for CLOSE with an error. */
+	TAPIO_NET_CONNECT_FAILED = 1,
+	/* An RST arrived on a synchronized connection. */
+	TAPIO_NET_RESET = 2,
+	TAPIO_NET_RETRANSMIT_SPIKE = 3,
+	TAPIO_NET_RTT_DEGRADED = 4,
+};
+
+/* Bits of tapio_net_event.flags. */
+enum tapio_net_flag {
+	/* An RST was received while the connect was in SYN_SENT. */
+	TAPIO_NET_F_RST_IN_SYN_SENT = 1 << 0,
+	/* The task was recorded when the connect started (else task is zero). */
+	TAPIO_NET_F_TASK_KNOWN = 1 << 1,
+	/* The start of the connect was observed (duration_ns is meaningful). */
+	TAPIO_NET_F_START_KNOWN = 1 << 2,
+};
+
+struct tapio_net_event {
+	struct tapio_event_header hdr;
+	struct tapio_task task;
+	/* IPv4 addresses use the first 4 bytes. Ports in host byte order. */
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u16 sport;
+	__u16 dport;
+	__u16 family;
+	__u16 flags;
+	/* TCP state when the fact happened (reset) or that was left (connect failure). */
+	__u32 state;
+	/* sk_err (positive errno) when the connect ended. */
+	__u32 sk_err;
+	/* SYN retransmits of a failed connect. */
+	__u32 syn_retries;
+	/* connect() start to failure. */
+	__u64 duration_ns;
+	__u64 bytes_acked;
+	__u64 bytes_received;
+	/* Retransmit spike facts. */
+	__u32 retransmits_in_window;
+	__u32 window_ms;
+	__u32 total_retransmits;
+	__u32 cwnd;
+	/* Smoothed RTT (all kinds where known), and the RTT baseline facts. */
+	__u32 srtt_us;
+	__u32 baseline_us;
+	__u32 baseline_samples;
+	__u32 _pad;
+};
+
+#endif

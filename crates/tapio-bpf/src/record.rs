@@ -1,0 +1,108 @@
+//! Safe decoding of fixed-layout records read from a ring buffer.
+//!
+//! Kernel records are untrusted bytes: a record is accepted only when its length is exactly
+//! the size of the struct its header announces; anything else is a [`DecodeError`] for the
+//! caller to count, never a guess.
+
+use crate::abi::tapio_event_header;
+
+/// A plain-old-data ABI struct: every bit pattern is a valid value.
+///
+/// # Safety
+/// Implement only for `#[repr(C)]` structs made solely of integers and arrays of integers.
+pub unsafe trait Record: Copy {}
+
+unsafe impl Record for tapio_event_header {}
+
+/// Why a ring-buffer record was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Shorter than the common header.
+    TooShort { len: usize },
+    /// The header names a kind this agent does not know.
+    UnknownKind { kind: u32 },
+    /// The length does not match the struct of the announced kind.
+    WrongSize { kind: u32, len: usize, expected: usize },
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::TooShort { len } => write!(f, "record of {len} bytes is shorter than the header"),
+            Self::UnknownKind { kind } => write!(f, "unknown record kind {kind}"),
+            Self::WrongSize { kind, len, expected } => {
+                write!(f, "record kind {kind} has {len} bytes, expected {expected}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// Reads a `T` from exactly `size_of::<T>()` bytes.
+pub fn read_exact<T: Record>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() != std::mem::size_of::<T>() {
+        return None;
+    }
+    // SAFETY: the length matches and `T: Record` accepts any bit pattern; the read is
+    // unaligned because ring-buffer records are only 8-byte aligned by convention.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// Reads the common header at the start of a record.
+pub fn read_header(bytes: &[u8]) -> Result<tapio_event_header, DecodeError> {
+    let size = std::mem::size_of::<tapio_event_header>();
+    if bytes.len() < size {
+        return Err(DecodeError::TooShort { len: bytes.len() });
+    }
+    read_exact(&bytes[..size]).ok_or(DecodeError::TooShort { len: bytes.len() })
+}
+
+/// Decodes a record of kind `kind` whose struct is `T`.
+pub fn decode_as<T: Record>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
+    read_exact(bytes).ok_or(DecodeError::WrongSize {
+        kind,
+        len: bytes.len(),
+        expected: std::mem::size_of::<T>(),
+    })
+}
+
+/// The bytes of a record, as the kernel lays them out (for tests, benchmarks, encoders).
+pub fn as_bytes<T: Record>(value: &T) -> &[u8] {
+    // SAFETY: `T: Record` is plain old data with no padding the ABI headers do not name.
+    unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+}
+
+/// A fixed comm field as text (up to the first NUL; invalid UTF-8 replaced).
+pub fn comm_str(comm: &[u8]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_needs_its_full_size() {
+        assert_eq!(read_header(&[0u8; 15]), Err(DecodeError::TooShort { len: 15 }));
+        let mut bytes = [0u8; 16];
+        bytes[8] = 2;
+        bytes[12] = 7;
+        let h = read_header(&bytes).unwrap();
+        assert_eq!((h.kind, h.generation), (2, 7));
+    }
+
+    #[test]
+    fn exact_size_is_required() {
+        assert!(read_exact::<tapio_event_header>(&[0u8; 17]).is_none());
+        assert!(read_exact::<tapio_event_header>(&[0u8; 16]).is_some());
+    }
+
+    #[test]
+    fn comm_stops_at_nul_and_tolerates_garbage() {
+        assert_eq!(comm_str(b"curl\0\0\0\0\0\0\0\0\0\0\0\0"), "curl");
+        assert_eq!(comm_str(b"0123456789abcdef"), "0123456789abcdef");
+        assert_eq!(comm_str(&[0xff, b'a', 0]), "\u{fffd}a");
+    }
+}

@@ -1,0 +1,214 @@
+//! Which cgroup hierarchies are mounted where, read from `/proc/self/mountinfo`.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
+use std::path::PathBuf;
+
+/// Which cgroup hierarchy an id belongs to. Ids are only unique within one hierarchy.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CgroupHierarchy {
+    /// cgroup2: the id from `bpf_get_current_cgroup_id()`.
+    Unified,
+    /// A cgroup v1 hierarchy, named by one of its controllers as `/proc/self/cgroup` shows
+    /// it: `"memory"`, `"cpu"`, or `"name=systemd"` for a named hierarchy.
+    V1(String),
+}
+
+impl CgroupHierarchy {
+    /// Shorthand for `CgroupHierarchy::V1(controller.to_owned())`.
+    pub fn v1(controller: &str) -> Self {
+        CgroupHierarchy::V1(controller.to_owned())
+    }
+}
+
+/// One mounted cgroup hierarchy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CgroupMount {
+    pub(crate) mount_point: PathBuf,
+    /// The directory of the hierarchy that is mounted (mountinfo's "root"), as a path from
+    /// the hierarchy root: "/" unless only a sub-tree is mounted.
+    pub(crate) root: String,
+    /// `None` for cgroup2, otherwise the v1 controllers and `name=` of the hierarchy.
+    pub(crate) controllers: Option<Vec<String>>,
+}
+
+impl CgroupMount {
+    pub(crate) fn serves(&self, hierarchy: &CgroupHierarchy) -> bool {
+        match (hierarchy, &self.controllers) {
+            (CgroupHierarchy::Unified, None) => true,
+            (CgroupHierarchy::V1(want), Some(have)) => have.iter().any(|c| c == want),
+            _ => false,
+        }
+    }
+}
+
+/// The cgroup mounts in mountinfo text. Lines that are not cgroup mounts or are malformed
+/// are skipped. Mounts of a whole hierarchy come first (otherwise file order), so the first
+/// mount serving a hierarchy is the one to use: a sub-tree mount cannot reach every id.
+pub(crate) fn parse_mountinfo(text: &str) -> Vec<CgroupMount> {
+    let mut mounts: Vec<CgroupMount> = text.lines().filter_map(parse_line).collect();
+    mounts.sort_by_key(|m| m.root != "/");
+    mounts
+}
+
+/// `<id> <parent> <maj:min> <root> <mount point> <options> [optional...] - <fstype> <source> <super options>`
+fn parse_line(line: &str) -> Option<CgroupMount> {
+    let mut fields = line.split(' ');
+    let root = fields.nth(3)?;
+    let mount_point = fields.next()?;
+    let mut after_separator = fields.skip_while(|f| *f != "-").skip(1);
+    let fstype = after_separator.next()?;
+    let _source = after_separator.next()?;
+    let super_options = after_separator.next()?;
+
+    let controllers = match fstype {
+        "cgroup2" => None,
+        "cgroup" => Some(
+            super_options
+                .split(',')
+                .filter(|o| !matches!(*o, "rw" | "ro"))
+                .map(str::to_owned)
+                .collect(),
+        ),
+        _ => return None,
+    };
+    let root = String::from_utf8(unescape(root)).ok()?;
+    // A root with "." or ".." segments cannot be joined with a path below it.
+    if !root.starts_with('/') || root.split('/').any(|s| s == "." || s == "..") {
+        return None;
+    }
+    Some(CgroupMount {
+        mount_point: PathBuf::from(OsString::from_vec(unescape(mount_point))),
+        root,
+        controllers,
+    })
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for space, `\011`, `\012`, `\134`).
+fn unescape(field: &str) -> Vec<u8> {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)))
+            .map(|d| d.iter().fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0')))
+            .and_then(|v| u8::try_from(v).ok());
+        match octal {
+            Some(v) => {
+                out.push(v);
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+36 31 0:33 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid,nodev,noexec,relatime shared:12 - cgroup cgroup rw,cpu,cpuacct
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime shared:4 master:1 - cgroup2 cgroup2 rw,nsdelegate
+";
+
+    /// The resolver's choice: the first mount that serves the hierarchy.
+    fn select<'a>(mounts: &'a [CgroupMount], h: &CgroupHierarchy) -> Option<&'a CgroupMount> {
+        mounts.iter().find(|m| m.serves(h))
+    }
+
+    #[test]
+    fn finds_hybrid_layout() {
+        let mounts = parse_mountinfo(HYBRID);
+        assert_eq!(mounts.len(), 5, "tmpfs is not a cgroup mount");
+        let unified = select(&mounts, &CgroupHierarchy::Unified).map(|m| &m.mount_point);
+        assert_eq!(unified, Some(&PathBuf::from("/sys/fs/cgroup/unified")));
+        let memory = select(&mounts, &CgroupHierarchy::v1("memory")).map(|m| &m.mount_point);
+        assert_eq!(memory, Some(&PathBuf::from("/sys/fs/cgroup/memory")));
+        let systemd = select(&mounts, &CgroupHierarchy::v1("name=systemd"));
+        assert_eq!(
+            systemd.map(|m| &m.mount_point),
+            Some(&PathBuf::from("/sys/fs/cgroup/systemd"))
+        );
+        // Co-mounted controllers are all listed; the first hierarchy that has one wins.
+        let cpu = select(&mounts, &CgroupHierarchy::v1("cpu"));
+        assert_eq!(
+            cpu.map(|m| &m.mount_point),
+            Some(&PathBuf::from("/sys/fs/cgroup/cpu"))
+        );
+        let cpuacct = select(&mounts, &CgroupHierarchy::v1("cpuacct"));
+        assert_eq!(
+            cpuacct.map(|m| &m.mount_point),
+            Some(&PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"))
+        );
+        assert!(select(&mounts, &CgroupHierarchy::v1("rw")).is_none());
+        assert!(select(&mounts, &CgroupHierarchy::v1("pids")).is_none());
+        assert!(select(&mounts, &CgroupHierarchy::v1("systemd")).is_none());
+    }
+
+    #[test]
+    fn pure_cgroup2() {
+        let mounts = parse_mountinfo(
+            "25 30 0:23 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot\n",
+        );
+        assert_eq!(mounts.len(), 1);
+        assert_eq!(mounts[0].controllers, None);
+        assert_eq!(mounts[0].root, "/");
+        assert!(select(&mounts, &CgroupHierarchy::v1("memory")).is_none());
+        assert!(select(&mounts, &CgroupHierarchy::Unified).is_some());
+    }
+
+    #[test]
+    fn prefers_whole_hierarchy_over_subtree_mount() {
+        let mounts = parse_mountinfo(
+            "\
+50 40 0:23 /kubepods.slice /host/cg rw - cgroup2 cgroup2 rw
+51 40 0:23 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw
+",
+        );
+        let chosen = select(&mounts, &CgroupHierarchy::Unified);
+        assert_eq!(
+            chosen.map(|m| &m.mount_point),
+            Some(&PathBuf::from("/sys/fs/cgroup"))
+        );
+        let only_sub =
+            parse_mountinfo("50 40 0:23 /kubepods.slice /host/cg rw - cgroup2 cgroup2 rw\n");
+        let chosen = select(&only_sub, &CgroupHierarchy::Unified);
+        assert_eq!(chosen.map(|m| m.root.as_str()), Some("/kubepods.slice"));
+    }
+
+    #[test]
+    fn escaped_mount_point_and_bad_lines() {
+        let mounts = parse_mountinfo(
+            "\
+60 40 0:23 / /mnt/with\\040space\\134x rw - cgroup2 cgroup2 rw
+61 40 0:23 /.. /mnt/escape rw - cgroup2 cgroup2 rw
+62 40 0:23 / /mnt/short rw - cgroup2
+garbage
+63 40 0:23 / /mnt/nosep rw cgroup2 cgroup2 rw
+
+",
+        );
+        assert_eq!(mounts.len(), 1);
+        assert_eq!(mounts[0].mount_point, PathBuf::from("/mnt/with space\\x"));
+    }
+
+    #[test]
+    fn unescape_leaves_incomplete_escapes() {
+        assert_eq!(unescape("a\\04"), b"a\\04".to_vec());
+        assert_eq!(unescape("\\999"), b"\\999".to_vec());
+        assert_eq!(unescape("\\012\\011"), b"\n\t".to_vec());
+        // 0o777 does not fit a byte: kept literally rather than truncated.
+        assert_eq!(unescape("\\777"), b"\\777".to_vec());
+    }
+}

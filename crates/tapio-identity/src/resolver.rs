@@ -1,0 +1,492 @@
+//! The resolver: cgroup id → `Workload`, from the caches when possible, else from the
+//! kernel (file handle or bounded walk), counting what it does.
+
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::cache::ClockCache;
+use crate::handle::{self, HandleError};
+use crate::mounts::{self, CgroupHierarchy, CgroupMount};
+use crate::walk::{self, WalkOutcome};
+use crate::Workload;
+
+/// Resolver limits. Every one of them bounds memory or kernel work.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Resolved ids kept.
+    pub capacity: usize,
+    /// Unresolvable ids remembered, so repeats cost no syscalls.
+    pub negative_capacity: usize,
+    /// How long an unresolvable id is remembered (errors may be transient).
+    pub negative_ttl: Duration,
+    /// Directories a fallback walk may read for one lookup.
+    pub max_walk_dirs: usize,
+    /// Try kernfs file handles before walking. Off only to force the walk (tests).
+    pub use_handles: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            capacity: 4096,
+            negative_capacity: 1024,
+            negative_ttl: Duration::from_secs(5),
+            max_walk_dirs: 65_536,
+            use_handles: true,
+        }
+    }
+}
+
+/// How ids of one hierarchy are turned into paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessMode {
+    /// Not decided yet: no lookup has needed the kernel.
+    Unprobed,
+    /// `open_by_handle_at`: one syscall per lookup.
+    Handles,
+    /// Bounded directory walk comparing inode numbers.
+    Walk,
+}
+
+/// Counters since the resolver was made, plus current cache sizes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Lookups answered from the cache of resolved ids.
+    pub hits: u64,
+    /// Lookups answered from the cache of unresolvable ids (no syscall).
+    pub negative_hits: u64,
+    /// Lookups that asked the kernel.
+    pub misses: u64,
+    /// Entries pushed out of either cache by its capacity.
+    pub evictions: u64,
+    /// Lookups that produced no path: cgroup gone, hierarchy not mounted, id 0, a kernel
+    /// error or a walk that hit its limit (negative-cache hits are not counted again).
+    pub failed_resolutions: u64,
+    pub entries: usize,
+    pub negative_entries: usize,
+}
+
+enum Access {
+    Unprobed,
+    Handles { mount: File, dev: u64 },
+    Walk { dev: u64 },
+}
+
+struct Hierarchy {
+    mount: CgroupMount,
+    access: Access,
+}
+
+/// Resolves cgroup ids to workloads. Not thread-safe by itself (`&mut self`); one per
+/// draining thread, or behind a mutex.
+pub struct Resolver {
+    /// In `parse_mountinfo` order: the first mount that serves a hierarchy is the one to use.
+    hierarchies: Vec<Hierarchy>,
+    positive: ClockCache<(usize, u64), Workload>,
+    negative: ClockCache<(usize, u64), Instant>,
+    config: Config,
+    stats: Stats,
+}
+
+impl Resolver {
+    /// A resolver for the cgroup mounts in `/proc/self/mountinfo`.
+    pub fn new(config: Config) -> io::Result<Self> {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
+        Ok(Self::from_mountinfo(&mountinfo, config))
+    }
+
+    /// A resolver for the cgroup mounts listed in `mountinfo` (the format of
+    /// `/proc/<pid>/mountinfo`; mount points must be valid in this process).
+    pub fn from_mountinfo(mountinfo: &str, config: Config) -> Self {
+        Resolver {
+            hierarchies: mounts::parse_mountinfo(mountinfo)
+                .into_iter()
+                .map(|mount| Hierarchy {
+                    mount,
+                    access: Access::Unprobed,
+                })
+                .collect(),
+            positive: ClockCache::new(config.capacity),
+            negative: ClockCache::new(config.negative_capacity),
+            config,
+            stats: Stats::default(),
+        }
+    }
+
+    /// The workload of cgroup `cgroup_id` of `hierarchy`. Never fails: what cannot be
+    /// found out is `None` in the result (and counted in [`Stats::failed_resolutions`]).
+    pub fn workload(&mut self, hierarchy: &CgroupHierarchy, cgroup_id: u64) -> Workload {
+        self.workload_at(hierarchy, cgroup_id, Instant::now())
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            entries: self.positive.len(),
+            negative_entries: self.negative.len(),
+            ..self.stats
+        }
+    }
+
+    /// How ids of `hierarchy` are looked up; `None` if it is not mounted.
+    pub fn access_mode(&self, hierarchy: &CgroupHierarchy) -> Option<AccessMode> {
+        let h = self.hierarchies.get(self.index_of(hierarchy)?)?;
+        Some(match h.access {
+            Access::Unprobed => AccessMode::Unprobed,
+            Access::Handles { .. } => AccessMode::Handles,
+            Access::Walk { .. } => AccessMode::Walk,
+        })
+    }
+
+    /// Where `hierarchy` is mounted; `None` if it is not.
+    pub fn mount_point(&self, hierarchy: &CgroupHierarchy) -> Option<&Path> {
+        let h = self.hierarchies.get(self.index_of(hierarchy)?)?;
+        Some(&h.mount.mount_point)
+    }
+
+    fn index_of(&self, hierarchy: &CgroupHierarchy) -> Option<usize> {
+        // Linear, but over a handful of mounts: cheaper than hashing the hierarchy name.
+        self.hierarchies
+            .iter()
+            .position(|h| h.mount.serves(hierarchy))
+    }
+
+    pub(crate) fn workload_at(
+        &mut self,
+        hierarchy: &CgroupHierarchy,
+        cgroup_id: u64,
+        now: Instant,
+    ) -> Workload {
+        // No cgroup has id 0; asking the kernel would only cost a syscall or a walk.
+        let Some(index) = self.index_of(hierarchy).filter(|_| cgroup_id != 0) else {
+            self.stats.failed_resolutions += 1;
+            return Workload::unknown(cgroup_id);
+        };
+        let key = (index, cgroup_id);
+        if let Some(workload) = self.positive.get(&key) {
+            self.stats.hits += 1;
+            return workload.clone();
+        }
+        if self.negative.get(&key).is_some_and(|&until| now < until) {
+            self.stats.negative_hits += 1;
+            return Workload::unknown(cgroup_id);
+        }
+        self.stats.misses += 1;
+        match self.lookup(index, cgroup_id) {
+            Some(path) => {
+                let workload = Workload::from_path(cgroup_id, path);
+                // Kernfs ids are 64-bit and never reused, so a resolved id stays true; it
+                // is kept even after the cgroup is removed (late events still name it).
+                if self.positive.insert(key, workload.clone()) {
+                    self.stats.evictions += 1;
+                }
+                workload
+            }
+            None => {
+                self.stats.failed_resolutions += 1;
+                let until = now.checked_add(self.config.negative_ttl).unwrap_or(now);
+                if self.negative.insert(key, until) {
+                    self.stats.evictions += 1;
+                }
+                Workload::unknown(cgroup_id)
+            }
+        }
+    }
+
+    /// The path of `id` from the hierarchy root, asking the kernel.
+    fn lookup(&mut self, index: usize, id: u64) -> Option<String> {
+        let use_handles = self.config.use_handles;
+        let max_walk_dirs = self.config.max_walk_dirs;
+        let h = self.hierarchies.get_mut(index)?;
+        if matches!(h.access, Access::Unprobed) {
+            h.access = probe(&h.mount, use_handles)?;
+        }
+        let dev = match &h.access {
+            Access::Unprobed => return None,
+            Access::Walk { dev } => *dev,
+            Access::Handles { mount, dev } => match handle::path_by_id(mount.as_fd(), id) {
+                Ok(abs) => return verified_relative(&h.mount, *dev, id, &abs),
+                Err(HandleError::Gone | HandleError::Other) => return None,
+                Err(HandleError::Unsupported) => {
+                    // E.g. the capability was dropped after probing: walk from now on.
+                    let dev = *dev;
+                    h.access = Access::Walk { dev };
+                    dev
+                }
+            },
+        };
+        match walk::find_dir(&h.mount.mount_point, dev, id, max_walk_dirs) {
+            Ok(WalkOutcome::Found(abs)) => relative(&h.mount, &abs),
+            Ok(WalkOutcome::NotFound | WalkOutcome::Truncated) | Err(_) => None,
+        }
+    }
+}
+
+/// Decides how a mount is accessed: handles if resolving the mount root's own id through
+/// a handle leads back to the mount point, else the walk. `None` (stay unprobed, retry
+/// later) if the mount cannot be opened now.
+fn probe(mount: &CgroupMount, use_handles: bool) -> Option<Access> {
+    let file = File::open(&mount.mount_point).ok()?;
+    let meta = file.metadata().ok()?;
+    let dev = meta.dev();
+    if use_handles {
+        match handle::path_by_id(file.as_fd(), meta.ino()) {
+            Ok(p) if p == mount.mount_point => return Some(Access::Handles { mount: file, dev }),
+            Err(HandleError::Other) => return None,
+            _ => {}
+        }
+    }
+    Some(Access::Walk { dev })
+}
+
+/// `abs` as a hierarchy path, after checking it still is the directory with this id: a
+/// cgroup removed after the handle was opened reads back as "<path> (deleted)", and one
+/// re-created under the same name has a new id.
+fn verified_relative(mount: &CgroupMount, dev: u64, id: u64, abs: &Path) -> Option<String> {
+    let meta = fs::symlink_metadata(abs).ok()?;
+    if !meta.is_dir() || meta.ino() != id || meta.dev() != dev {
+        return None;
+    }
+    relative(mount, abs)
+}
+
+/// The hierarchy path of `abs`, a path under the mount point. Non-UTF-8 names give `None`:
+/// a lossy path would name a cgroup that does not exist.
+fn relative(mount: &CgroupMount, abs: &Path) -> Option<String> {
+    let below = abs.strip_prefix(&mount.mount_point).ok()?;
+    let below = std::str::from_utf8(below.as_os_str().as_bytes()).ok()?;
+    Some(match (mount.root.as_str(), below) {
+        (root, "") => root.to_owned(),
+        ("/", below) => format!("/{below}"),
+        (root, below) => format!("{root}/{below}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testdir::TestDir;
+
+    const CID: &str = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
+    const UID: &str = "0a1b2c3d-4e5f-4061-8293-a4b5c6d7e8f9";
+
+    fn ino(p: &Path) -> u64 {
+        fs::metadata(p).unwrap().ino()
+    }
+
+    /// A resolver whose "cgroup2 mount" is a plain temporary directory, walked.
+    fn resolver_on(dir: &TestDir, root: &str, config: Config) -> Resolver {
+        let mountinfo = format!(
+            "99 1 0:99 {root} {} rw - cgroup2 cgroup2 rw\n",
+            dir.path().display()
+        );
+        Resolver::from_mountinfo(&mountinfo, config)
+    }
+
+    fn walk_config() -> Config {
+        Config {
+            use_handles: false,
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn resolves_through_the_walk_and_caches() {
+        let t = TestDir::new("res");
+        let scope = t.mkdirs(&format!("kubepods/burstable/pod{UID}/{CID}"));
+        let mut r = resolver_on(&t, "/", walk_config());
+        assert_eq!(
+            r.access_mode(&CgroupHierarchy::Unified),
+            Some(AccessMode::Unprobed)
+        );
+        let id = ino(&scope);
+        let expected = Workload {
+            cgroup_id: id,
+            cgroup_path: Some(format!("/kubepods/burstable/pod{UID}/{CID}")),
+            container_id: Some(CID.to_owned()),
+            pod_uid: Some(UID.to_owned()),
+        };
+        assert_eq!(r.workload(&CgroupHierarchy::Unified, id), expected);
+        assert_eq!(
+            r.access_mode(&CgroupHierarchy::Unified),
+            Some(AccessMode::Walk)
+        );
+        // Second time from the cache, even once the directory is gone (ids are not reused).
+        fs::remove_dir(&scope).unwrap();
+        assert_eq!(r.workload(&CgroupHierarchy::Unified, id), expected);
+        let s = r.stats();
+        assert_eq!((s.hits, s.misses, s.failed_resolutions), (1, 1, 0));
+        assert_eq!(s.entries, 1);
+    }
+
+    #[test]
+    fn root_and_subtree_mounts_give_hierarchy_paths() {
+        let t = TestDir::new("res-root");
+        let pod = t.mkdirs(&format!("pod{UID}"));
+        // As if only /kubepods/burstable of the hierarchy were mounted here.
+        let mut r = resolver_on(&t, "/kubepods/burstable", walk_config());
+        let w = r.workload(&CgroupHierarchy::Unified, ino(&pod));
+        assert_eq!(
+            w.cgroup_path.as_deref(),
+            Some(format!("/kubepods/burstable/pod{UID}").as_str())
+        );
+        assert_eq!(w.pod_uid.as_deref(), Some(UID));
+        let w = r.workload(&CgroupHierarchy::Unified, ino(t.path()));
+        assert_eq!(w.cgroup_path.as_deref(), Some("/kubepods/burstable"));
+
+        let mut r = resolver_on(&t, "/", walk_config());
+        let w = r.workload(&CgroupHierarchy::Unified, ino(t.path()));
+        assert_eq!(w.cgroup_path.as_deref(), Some("/"));
+        assert_eq!((w.container_id, w.pod_uid), (None, None));
+    }
+
+    #[test]
+    fn gone_cgroup_is_unknown_and_negatively_cached() {
+        let t = TestDir::new("res-neg");
+        let gone = t.mkdirs("gone");
+        let id = ino(&gone);
+        fs::remove_dir(&gone).unwrap();
+        let ttl = Duration::from_secs(5);
+        let mut r = resolver_on(
+            &t,
+            "/",
+            Config {
+                negative_ttl: ttl,
+                ..walk_config()
+            },
+        );
+        let start = Instant::now();
+        let h = CgroupHierarchy::Unified;
+        assert_eq!(r.workload_at(&h, id, start), Workload::unknown(id));
+        assert_eq!(
+            r.workload_at(&h, id, start + ttl / 2),
+            Workload::unknown(id)
+        );
+        let s = r.stats();
+        assert_eq!(
+            (
+                s.misses,
+                s.negative_hits,
+                s.failed_resolutions,
+                s.negative_entries
+            ),
+            (1, 1, 1, 1)
+        );
+        // After the TTL the kernel is asked again.
+        assert_eq!(r.workload_at(&h, id, start + ttl), Workload::unknown(id));
+        let s = r.stats();
+        assert_eq!((s.misses, s.negative_hits, s.failed_resolutions), (2, 1, 2));
+        assert_eq!(
+            s.negative_entries, 1,
+            "the expired entry was replaced, not added"
+        );
+    }
+
+    #[test]
+    fn negative_cache_is_bounded() {
+        let t = TestDir::new("res-negbound");
+        let mut r = resolver_on(
+            &t,
+            "/",
+            Config {
+                negative_capacity: 2,
+                ..walk_config()
+            },
+        );
+        let now = Instant::now();
+        // Ids that cannot exist in the fresh directory (no such inode number below it).
+        let base = u64::MAX - 10;
+        for id in base..base + 5 {
+            r.workload_at(&CgroupHierarchy::Unified, id, now);
+        }
+        let s = r.stats();
+        assert_eq!(s.negative_entries, 2);
+        assert_eq!(s.evictions, 3);
+        assert_eq!(s.misses, 5);
+        assert_eq!(s.failed_resolutions, 5);
+    }
+
+    #[test]
+    fn positive_cache_is_bounded() {
+        let t = TestDir::new("res-posbound");
+        let ids: Vec<u64> = ["a", "b", "c"].iter().map(|d| ino(&t.mkdirs(d))).collect();
+        let mut r = resolver_on(
+            &t,
+            "/",
+            Config {
+                capacity: 2,
+                ..walk_config()
+            },
+        );
+        for &id in &ids {
+            assert!(r
+                .workload(&CgroupHierarchy::Unified, id)
+                .cgroup_path
+                .is_some());
+        }
+        let s = r.stats();
+        assert_eq!((s.entries, s.evictions, s.misses, s.hits), (2, 1, 3, 0));
+        // The newest is still cached.
+        r.workload(&CgroupHierarchy::Unified, ids[2]);
+        assert_eq!(r.stats().hits, 1);
+    }
+
+    #[test]
+    fn unmounted_hierarchy_and_id_zero_cost_nothing() {
+        let t = TestDir::new("res-unmounted");
+        let mut r = resolver_on(&t, "/", walk_config());
+        let memory = CgroupHierarchy::v1("memory");
+        assert_eq!(r.workload(&memory, 5), Workload::unknown(5));
+        assert_eq!(
+            r.workload(&CgroupHierarchy::Unified, 0),
+            Workload::unknown(0)
+        );
+        assert_eq!(r.access_mode(&memory), None);
+        assert_eq!(r.mount_point(&memory), None);
+        let s = r.stats();
+        assert_eq!(
+            (s.misses, s.failed_resolutions, s.negative_entries),
+            (0, 2, 0)
+        );
+        assert_eq!(
+            r.access_mode(&CgroupHierarchy::Unified),
+            Some(AccessMode::Unprobed),
+            "nothing was probed"
+        );
+    }
+
+    #[test]
+    fn non_cgroup_filesystem_falls_back_to_walk_even_with_handles_allowed() {
+        let t = TestDir::new("res-probe");
+        let d = t.mkdirs("kubepods");
+        let mut r = resolver_on(&t, "/", Config::default());
+        let w = r.workload(&CgroupHierarchy::Unified, ino(&d));
+        assert_eq!(w.cgroup_path.as_deref(), Some("/kubepods"));
+        assert_eq!(
+            r.access_mode(&CgroupHierarchy::Unified),
+            Some(AccessMode::Walk)
+        );
+    }
+
+    #[test]
+    fn relative_joins_root_and_rejects_foreign_paths() {
+        let mount = |root: &str| CgroupMount {
+            mount_point: "/sys/fs/cgroup".into(),
+            root: root.to_owned(),
+            controllers: None,
+        };
+        let rel = |root: &str, p: &str| relative(&mount(root), Path::new(p));
+        assert_eq!(rel("/", "/sys/fs/cgroup").as_deref(), Some("/"));
+        assert_eq!(rel("/", "/sys/fs/cgroup/a/b").as_deref(), Some("/a/b"));
+        assert_eq!(rel("/sub", "/sys/fs/cgroup/a").as_deref(), Some("/sub/a"));
+        assert_eq!(rel("/sub", "/sys/fs/cgroup").as_deref(), Some("/sub"));
+        assert_eq!(rel("/", "/sys/fs/cgroupx/a"), None);
+        assert_eq!(rel("/", "/elsewhere"), None);
+        let non_utf8 = std::ffi::OsStr::from_bytes(b"/sys/fs/cgroup/\xff");
+        assert_eq!(relative(&mount("/"), Path::new(non_utf8)), None);
+    }
+}
