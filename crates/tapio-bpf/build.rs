@@ -10,7 +10,8 @@ use std::process::Command;
 const OBSERVERS: &[&str] = &["network", "container"];
 
 fn main() {
-    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let src = manifest.join("src");
     let include = src.join("include");
@@ -26,7 +27,11 @@ fn main() {
 }
 
 fn check_toolchain(clang: &str) {
-    let ok = Command::new(clang).arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
+    let ok = Command::new(clang)
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     if !ok {
         panic!("`{clang}` not found: Tapio compiles its eBPF programs with clang. Install it (Debian: `apt-get install clang libbpf-dev`, or run scripts/setup) or point CLANG at one.");
     }
@@ -45,15 +50,33 @@ fn compile_bpf(clang: &str, include: &Path, dir: &Path, name: &str, out: &Path) 
     let status = Command::new(clang)
         .args(["-g", "-O2", "-target", "bpf", "-Wall"])
         .arg(format!("-D__TARGET_ARCH_{arch}"))
-        .arg("-I").arg(include)
-        .arg("-I").arg(dir)
-        .arg("-c").arg(&source)
-        .arg("-o").arg(&object)
+        .arg("-I")
+        .arg(include)
+        .arg("-I")
+        .arg(dir)
+        .arg("-c")
+        .arg(&source)
+        .arg("-o")
+        .arg(&object)
         .status()
         .unwrap_or_else(|e| panic!("running {clang}: {e}"));
     if !status.success() {
         panic!("clang failed to compile {}", source.display());
     }
+    strip_debug_info(&object);
+}
+
+/// Drops DWARF from the object (the agent embeds it) while keeping .BTF and .BTF.ext, which
+/// CO-RE relocation needs. Without llvm-strip the object is only larger, so that is a warning.
+fn strip_debug_info(object: &Path) {
+    for tool in ["llvm-strip", "llvm-strip-19", "llvm-strip-14"] {
+        if let Ok(status) = Command::new(tool).arg("-g").arg(object).status() {
+            if status.success() {
+                return;
+            }
+        }
+    }
+    println!("cargo:warning=llvm-strip not found: eBPF objects keep their DWARF (install llvm)");
 }
 
 fn generate_abi(include: &Path, src: &Path, out: &Path) {
@@ -80,6 +103,10 @@ fn generate_abi(include: &Path, src: &Path, out: &Path) {
     for name in OBSERVERS {
         builder = builder.clang_arg(format!("-I{}", src.join(name).display()));
     }
-    let bindings = builder.generate().expect("bindgen could not read the ABI headers");
-    bindings.write_to_file(out.join("abi.rs")).expect("writing abi.rs");
+    let bindings = builder
+        .generate()
+        .expect("bindgen could not read the ABI headers");
+    bindings
+        .write_to_file(out.join("abi.rs"))
+        .expect("writing abi.rs");
 }

@@ -52,7 +52,10 @@ pub struct SinksConfig {
 
 impl Default for SinksConfig {
     fn default() -> Self {
-        Self { stdout: true, file: None }
+        Self {
+            stdout: true,
+            file: None,
+        }
     }
 }
 
@@ -76,7 +79,11 @@ impl FileSinkConfig {
         5
     }
     pub fn at(path: PathBuf) -> Self {
-        Self { path, max_bytes: Self::default_max_bytes(), keep_files: Self::default_keep_files() }
+        Self {
+            path,
+            max_bytes: Self::default_max_bytes(),
+            keep_files: Self::default_keep_files(),
+        }
     }
 }
 
@@ -94,6 +101,9 @@ pub struct NetworkConfig {
     /// Absolute srtt ceiling; 0 turns the ceiling off.
     pub rtt_ceiling_us: u32,
     pub rtt_min_samples: u32,
+    /// A ratio crossing also needs srtt to exceed the baseline by this much: same-node
+    /// baselines of a few microseconds jitter by multiples without anything being wrong.
+    pub rtt_min_increase_us: u32,
 }
 
 impl Default for NetworkConfig {
@@ -109,6 +119,7 @@ impl Default for NetworkConfig {
             rtt_ratio_percent: 200,
             rtt_ceiling_us: 500_000,
             rtt_min_samples: 20,
+            rtt_min_increase_us: 1_000,
         }
     }
 }
@@ -153,7 +164,9 @@ fn check_range(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigEr
     if (min..=max).contains(&value) {
         Ok(())
     } else {
-        Err(ConfigError(format!("{key} = {value} is out of range {min}..={max}")))
+        Err(ConfigError(format!(
+            "{key} = {value} is out of range {min}..={max}"
+        )))
     }
 }
 
@@ -173,8 +186,18 @@ impl AgentConfig {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_range("queue_capacity", self.queue_capacity as u64, 16, 1 << 20)?;
-        check_range("counters_log_interval_secs", self.counters_log_interval_secs, 1, 86_400)?;
-        check_range("identity_cache_capacity", self.identity_cache_capacity as u64, 16, 1 << 20)?;
+        check_range(
+            "counters_log_interval_secs",
+            self.counters_log_interval_secs,
+            1,
+            86_400,
+        )?;
+        check_range(
+            "identity_cache_capacity",
+            self.identity_cache_capacity as u64,
+            16,
+            1 << 20,
+        )?;
         if let Some(name) = &self.node_name {
             if name.trim().is_empty() {
                 return Err(ConfigError("node_name must not be blank".into()));
@@ -188,13 +211,44 @@ impl AgentConfig {
             check_range("sinks.file.keep_files", u64::from(file.keep_files), 1, 100)?;
         }
         let n = &self.network;
-        check_range("network.retransmit_window_ms", n.retransmit_window_ms.into(), 10, 600_000)?;
-        check_range("network.retransmit_count", n.retransmit_count.into(), 2, 100_000)?;
-        check_range("network.rtt_ratio_percent", n.rtt_ratio_percent.into(), 101, 100_000)?;
+        check_range(
+            "network.retransmit_window_ms",
+            n.retransmit_window_ms.into(),
+            10,
+            600_000,
+        )?;
+        check_range(
+            "network.retransmit_count",
+            n.retransmit_count.into(),
+            2,
+            100_000,
+        )?;
+        check_range(
+            "network.rtt_ratio_percent",
+            n.rtt_ratio_percent.into(),
+            101,
+            100_000,
+        )?;
         if n.rtt_ceiling_us != 0 {
-            check_range("network.rtt_ceiling_us", n.rtt_ceiling_us.into(), 1_000, 60_000_000)?;
+            check_range(
+                "network.rtt_ceiling_us",
+                n.rtt_ceiling_us.into(),
+                1_000,
+                60_000_000,
+            )?;
         }
-        check_range("network.rtt_min_samples", n.rtt_min_samples.into(), 1, 1_000_000)?;
+        check_range(
+            "network.rtt_min_samples",
+            n.rtt_min_samples.into(),
+            1,
+            1_000_000,
+        )?;
+        check_range(
+            "network.rtt_min_increase_us",
+            n.rtt_min_increase_us.into(),
+            0,
+            60_000_000,
+        )?;
         for code in &self.container.exit_ignore_codes {
             check_range("container.exit_ignore_codes[]", u64::from(*code), 1, 255)?;
         }
@@ -241,6 +295,7 @@ pub fn network_carrier(n: &NetworkConfig, generation: u32, ports: (u16, u16)) ->
     c.rtt_ratio_percent = n.rtt_ratio_percent;
     c.rtt_ceiling_us = n.rtt_ceiling_us;
     c.rtt_min_samples = n.rtt_min_samples;
+    c.rtt_min_increase_us = n.rtt_min_increase_us;
     c.ephemeral_port_min = ports.0;
     c.ephemeral_port_max = ports.1;
     c
@@ -290,10 +345,14 @@ mod tests {
     #[test]
     fn out_of_range_values_name_key_and_range() {
         let err = AgentConfig::from_toml("[network]\nrtt_ratio_percent = 50\n").unwrap_err();
-        assert_eq!(err.0, "network.rtt_ratio_percent = 50 is out of range 101..=100000");
+        assert_eq!(
+            err.0,
+            "network.rtt_ratio_percent = 50 is out of range 101..=100000"
+        );
         let err = AgentConfig::from_toml("[container]\nexit_ignore_signals = [65]\n").unwrap_err();
         assert!(err.0.contains("exit_ignore_signals"), "{err}");
-        let err = AgentConfig::from_toml("[sinks.file]\npath = \"/tmp/x\"\nkeep_files = 0\n").unwrap_err();
+        let err = AgentConfig::from_toml("[sinks.file]\npath = \"/tmp/x\"\nkeep_files = 0\n")
+            .unwrap_err();
         assert!(err.0.contains("sinks.file.keep_files"), "{err}");
     }
 
@@ -312,19 +371,29 @@ mod tests {
 
     #[test]
     fn carriers_encode_switches_generation_and_ignore_lists() {
-        let mut cc = ContainerConfig::default();
-        cc.exit_ignore_codes = vec![1, 64, 255];
-        cc.exit_ignore_signals = vec![15];
+        let cc = ContainerConfig {
+            exit_ignore_codes: vec![1, 64, 255],
+            exit_ignore_signals: vec![15],
+            ..ContainerConfig::default()
+        };
         let c = container_carrier(&cc, 7);
-        assert_eq!((c.hdr.generation, c.generation_check, c.hdr.abi_version), (7, 7, tapio_bpf::ABI_VERSION));
+        assert_eq!(
+            (c.hdr.generation, c.generation_check, c.hdr.abi_version),
+            (7, 7, tapio_bpf::ABI_VERSION)
+        );
         assert_eq!(c.enabled, TAPIO_CTR_EN_OOM | TAPIO_CTR_EN_EXIT);
         assert_eq!(c.ignored_exit_codes, [1 << 1, 1, 0, 1 << 63]);
         assert_eq!(c.ignored_signals, 1 << 15);
 
-        let mut n = NetworkConfig::default();
-        n.resets = false;
+        let mut n = NetworkConfig {
+            resets: false,
+            ..NetworkConfig::default()
+        };
         let c = network_carrier(&n, 0, (1000, 2000));
-        assert_eq!(c.enabled, TAPIO_NET_EN_CONNECT | TAPIO_NET_EN_RETRANSMIT | TAPIO_NET_EN_RTT);
+        assert_eq!(
+            c.enabled,
+            TAPIO_NET_EN_CONNECT | TAPIO_NET_EN_RETRANSMIT | TAPIO_NET_EN_RTT
+        );
         assert_eq!((c.ephemeral_port_min, c.ephemeral_port_max), (1000, 2000));
         n.enabled = false;
         assert_eq!(network_carrier(&n, 0, (1, 2)).enabled, 0);

@@ -42,7 +42,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Counters {
     pub fn correlation_drop(&self, observer: &'static str, reason: &'static str) {
-        *lock(&self.correlation_drops).entry((observer, reason)).or_default() += 1;
+        *lock(&self.correlation_drops)
+            .entry((observer, reason))
+            .or_default() += 1;
     }
 
     pub fn set_kernel(&self, observer: &'static str, name: &'static str, value: u64) {
@@ -65,7 +67,11 @@ impl Counters {
         let sinks = lock(&self.sinks).clone();
         let queue_overflow = self.queue_overflow_total.load(Ordering::Relaxed);
         let kernel_sum = |names: &[&str]| -> u64 {
-            kernel.iter().filter(|((_, n), _)| names.contains(n)).map(|(_, v)| v).sum()
+            kernel
+                .iter()
+                .filter(|((_, n), _)| names.contains(n))
+                .map(|(_, v)| v)
+                .sum()
         };
         Snapshot {
             events_total: self.events_total.load(Ordering::Relaxed),
@@ -74,8 +80,14 @@ impl Counters {
             correlation_drops_total: kernel_sum(KERNEL_CORRELATION) + drops.values().sum::<u64>(),
             sink_drops_total: queue_overflow + sinks.values().map(|c| c.failed).sum::<u64>(),
             queue_overflow_total: queue_overflow,
-            kernel: kernel.into_iter().map(|((o, n), v)| (format!("{o}.{n}"), v)).collect(),
-            correlation_drops: drops.into_iter().map(|((o, r), v)| (format!("{o}.{r}"), v)).collect(),
+            kernel: kernel
+                .into_iter()
+                .map(|((o, n), v)| (format!("{o}.{n}"), v))
+                .collect(),
+            correlation_drops: drops
+                .into_iter()
+                .map(|((o, r), v)| (format!("{o}.{r}"), v))
+                .collect(),
             sinks: sinks.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
         }
     }
@@ -116,6 +128,12 @@ mod tests {
         assert_eq!(s.correlation_drops_total, 2);
         assert_eq!(s.sink_drops_total, 3);
         assert_eq!(s.kernel["container.abi_mismatch"], 9);
-        assert_eq!(s.sinks["file"], SinkCounts { written: 0, failed: 1 });
+        assert_eq!(
+            s.sinks["file"],
+            SinkCounts {
+                written: 0,
+                failed: 1
+            }
+        );
     }
 }

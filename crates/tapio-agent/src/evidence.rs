@@ -82,6 +82,10 @@ pub struct ConnectionFacts {
     pub dst_port: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub errno: Option<u32>,
+    /// The error was the socket's soft error: an ICMP error the kernel recorded without
+    /// ending the connect, after which the application gave up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub soft_error: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tcp_state: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -1,18 +1,6 @@
 //! tapio-agent: the node-local observer. See the README for what it emits and why.
 
-mod cli;
-mod clock;
-mod config;
-mod counters;
-mod drain;
-mod evidence;
-mod logger;
-mod observers;
-mod runtime;
-mod sink_stage;
-mod sinks;
-mod stamp;
-mod ulid;
+use tapio_agent::{cli, config, logger, runtime};
 
 use std::process::ExitCode;
 
@@ -30,7 +18,11 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if args.version {
-        println!("tapio-agent {} (kernel ABI v{})", env!("CARGO_PKG_VERSION"), tapio_bpf::ABI_VERSION);
+        println!(
+            "tapio-agent {} (kernel ABI v{})",
+            env!("CARGO_PKG_VERSION"),
+            tapio_bpf::ABI_VERSION
+        );
         return ExitCode::SUCCESS;
     }
     let mut config = match &args.config {

@@ -55,7 +55,10 @@ fn ensure_tracefs() {
     if rc == 0 {
         log::info!("mounted tracefs at /sys/kernel/tracing (tracepoints attach through it)");
     } else {
-        log::warn!("tracefs is not mounted and mounting it failed: {}", std::io::Error::last_os_error());
+        log::warn!(
+            "tracefs is not mounted and mounting it failed: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
@@ -65,7 +68,8 @@ fn build_sinks(config: &AgentConfig) -> Result<Vec<Box<dyn Sink>>, String> {
         sinks.push(Box::new(StdoutSink::new()));
     }
     if let Some(file) = &config.sinks.file {
-        let sink = FileSink::open(file).map_err(|e| format!("opening file sink {}: {e}", file.path.display()))?;
+        let sink = FileSink::open(file)
+            .map_err(|e| format!("opening file sink {}: {e}", file.path.display()))?;
         sinks.push(Box::new(sink));
     }
     if sinks.is_empty() {
@@ -79,7 +83,9 @@ fn start_observers(config: &AgentConfig, report: &mut StartupReport) -> Vec<Runn
     let btf = match aya::Btf::from_sys_fs() {
         Ok(btf) => Some(btf),
         Err(e) => {
-            log::error!("kernel BTF unavailable ({e}): CO-RE objects cannot be relocated on this kernel");
+            log::error!(
+                "kernel BTF unavailable ({e}): CO-RE objects cannot be relocated on this kernel"
+            );
             None
         }
     };
@@ -87,23 +93,46 @@ fn start_observers(config: &AgentConfig, report: &mut StartupReport) -> Vec<Runn
     let generation = 0; // local defaults until a controller config is applied
 
     if config.network.enabled {
-        let carrier = config::network_carrier(&config.network, generation, config::ephemeral_port_range());
-        let loaded = observers::load(tapio_bpf::network::object(), btf.as_ref(), &network::hooks(), |ebpf| {
-            observers::write_config(ebpf, carrier)
-        });
-        record(network::NAME, loaded, Box::new(network::NetworkClassifier), report, &mut running);
+        let carrier =
+            config::network_carrier(&config.network, generation, config::ephemeral_port_range());
+        let loaded = observers::load(
+            tapio_bpf::network::object(),
+            btf.as_ref(),
+            &network::hooks(),
+            |ebpf| observers::write_config(ebpf, carrier),
+        );
+        record(
+            network::NAME,
+            loaded,
+            Box::new(network::NetworkClassifier),
+            report,
+            &mut running,
+        );
     } else {
-        report.observers.push((network::NAME, ObserverState::Disabled));
+        report
+            .observers
+            .push((network::NAME, ObserverState::Disabled));
     }
 
     if config.container.enabled {
         let carrier = config::container_carrier(&config.container, generation);
-        let loaded = observers::load(tapio_bpf::container::object(), btf.as_ref(), &container::hooks(), |ebpf| {
-            observers::write_config(ebpf, carrier)
-        });
-        record(container::NAME, loaded, Box::new(container::ContainerClassifier::new()), report, &mut running);
+        let loaded = observers::load(
+            tapio_bpf::container::object(),
+            btf.as_ref(),
+            &container::hooks(),
+            |ebpf| observers::write_config(ebpf, carrier),
+        );
+        record(
+            container::NAME,
+            loaded,
+            Box::new(container::ContainerClassifier::new()),
+            report,
+            &mut running,
+        );
     } else {
-        report.observers.push((container::NAME, ObserverState::Disabled));
+        report
+            .observers
+            .push((container::NAME, ObserverState::Disabled));
     }
     running
 }
@@ -120,13 +149,21 @@ fn record(
             for p in &loaded.programs {
                 match &p.result {
                     Ok(()) => log::info!("observer {name}: attached {} ({})", p.hook, p.program),
-                    Err(e) => log::warn!("observer {name}: NOT attached {} ({}): {e}", p.hook, p.program),
+                    Err(e) => log::warn!(
+                        "observer {name}: NOT attached {} ({}): {e}",
+                        p.hook,
+                        p.program
+                    ),
                 }
             }
             let state = observers::state_of(&loaded.programs);
             log::info!("observer {name}: {state}");
             report.observers.push((name, state));
-            running.push(Running { name, loaded, classifier });
+            running.push(Running {
+                name,
+                loaded,
+                classifier,
+            });
         }
         Err(e) => {
             let state = ObserverState::Failed(e);
@@ -147,12 +184,15 @@ fn log_counters(label: &str, counters: &Counters) {
 pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
     let shutdown = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(signal, Arc::clone(&shutdown)).map_err(|e| format!("installing signal handler: {e}"))?;
+        signal_hook::flag::register(signal, Arc::clone(&shutdown))
+            .map_err(|e| format!("installing signal handler: {e}"))?;
     }
 
     let sinks = build_sinks(&config)?;
     let sink_names: Vec<&str> = sinks.iter().map(|s| s.name()).collect();
-    let mut report = StartupReport { observers: Vec::new() };
+    let mut report = StartupReport {
+        observers: Vec::new(),
+    };
     let observers = start_observers(&config, &mut report);
     if observers.is_empty() {
         return Err("no observer could start; nothing to observe (see the errors above)".into());
@@ -172,7 +212,12 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
         }
     };
 
-    let sink_stage = SinkStage { queue: rx, sinks, identity, counters: Arc::clone(&counters) };
+    let sink_stage = SinkStage {
+        queue: rx,
+        sinks,
+        identity,
+        counters: Arc::clone(&counters),
+    };
     let drain = Drain {
         observers,
         stamper: Stamper::new(Arc::from(node.as_str()), Arc::clone(&clock)),
@@ -195,7 +240,11 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
         .iter()
         .map(|(n, s)| format!("{n}={}", s.label()))
         .collect();
-    log::info!("ready: node {node}, observers [{}], sinks [{}]", running.join(", "), sink_names.join(", "));
+    log::info!(
+        "ready: node {node}, observers [{}], sinks [{}]",
+        running.join(", "),
+        sink_names.join(", ")
+    );
 
     let interval = Duration::from_secs(config.counters_log_interval_secs);
     let mut last = Instant::now();

@@ -13,7 +13,12 @@ pub mod record;
 pub use record::{DecodeError, Record};
 
 /// Rust mirror of the ABI headers, generated at build time (see `build.rs`).
-#[allow(non_camel_case_types, non_upper_case_globals, non_snake_case, dead_code)]
+#[allow(
+    non_camel_case_types,
+    non_upper_case_globals,
+    non_snake_case,
+    dead_code
+)]
 #[allow(clippy::all)]
 pub mod abi {
     include!(concat!(env!("OUT_DIR"), "/abi.rs"));

@@ -85,9 +85,11 @@ pub fn write_config<T: Record + 'static>(ebpf: &mut Ebpf, value: T) -> Result<()
     let map = ebpf
         .map_mut(tapio_bpf::maps::CONFIG)
         .ok_or_else(|| "object has no config map".to_string())?;
-    let mut array: Array<&mut MapData, Carrier<T>> =
-        Array::try_from(map).map_err(|e| format!("config map does not match this agent's ABI: {e}"))?;
-    array.set(0, Carrier(value), 0).map_err(|e| format!("writing config: {e}"))
+    let mut array: Array<&mut MapData, Carrier<T>> = Array::try_from(map)
+        .map_err(|e| format!("config map does not match this agent's ABI: {e}"))?;
+    array
+        .set(0, Carrier(value), 0)
+        .map_err(|e| format!("writing config: {e}"))
 }
 
 /// A loaded observer: the object (which owns the attached programs), its ring buffer and
@@ -141,11 +143,17 @@ pub fn load(
     let mut programs = Vec::with_capacity(hooks.len());
     for &(name, hook) in hooks {
         let result = attach(&mut ebpf, btf, name, hook).map_err(|e| hint(&e));
-        programs.push(ProgramStatus { program: name, hook, result });
+        programs.push(ProgramStatus {
+            program: name,
+            hook,
+            result,
+        });
     }
     if programs.iter().all(|p| p.result.is_err()) {
-        let reasons: Vec<String> =
-            programs.iter().filter_map(|p| p.result.as_ref().err().map(|e| format!("{}: {e}", p.hook))).collect();
+        let reasons: Vec<String> = programs
+            .iter()
+            .filter_map(|p| p.result.as_ref().err().map(|e| format!("{}: {e}", p.hook)))
+            .collect();
         return Err(format!("no program attached ({})", reasons.join("; ")));
     }
     let ring = ebpf
@@ -156,21 +164,31 @@ pub fn load(
         .take_map(tapio_bpf::maps::COUNTERS)
         .ok_or("object has no counters map")
         .and_then(|m| PerCpuArray::try_from(m).map_err(|_| "counters map has the wrong type"))?;
-    Ok(Loaded { ebpf: Some(ebpf), ring, counters, programs })
+    Ok(Loaded {
+        ebpf: Some(ebpf),
+        ring,
+        counters,
+        programs,
+    })
 }
 
 fn attach(ebpf: &mut Ebpf, btf: Option<&Btf>, name: &str, hook: Hook) -> Result<(), String> {
-    let program = ebpf.program_mut(name).ok_or_else(|| format!("program {name} missing from object"))?;
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| format!("program {name} missing from object"))?;
     match hook {
         Hook::TracePoint(category, tracepoint) => {
             let tp: &mut TracePoint = program.try_into().map_err(|e| format!("{e}"))?;
-            tp.load().map_err(|e| format!("verifier rejected {name}: {e:#}"))?;
-            tp.attach(category, tracepoint).map_err(|e| format!("attaching: {e:#}"))?;
+            tp.load()
+                .map_err(|e| format!("verifier rejected {name}: {e:#}"))?;
+            tp.attach(category, tracepoint)
+                .map_err(|e| format!("attaching: {e:#}"))?;
         }
         Hook::BtfTracePoint(tracepoint) => {
             let btf = btf.ok_or("BTF-typed tracepoints need kernel BTF")?;
             let tp: &mut BtfTracePoint = program.try_into().map_err(|e| format!("{e}"))?;
-            tp.load(tracepoint, btf).map_err(|e| format!("verifier rejected {name}: {e:#}"))?;
+            tp.load(tracepoint, btf)
+                .map_err(|e| format!("verifier rejected {name}: {e:#}"))?;
             tp.attach().map_err(|e| format!("attaching: {e:#}"))?;
         }
     }
@@ -181,7 +199,12 @@ fn attach(ebpf: &mut Ebpf, btf: Option<&Btf>, name: &str, hook: Hook) -> Result<
 pub fn state_of(programs: &[ProgramStatus]) -> ObserverState {
     let failed: Vec<String> = programs
         .iter()
-        .filter_map(|p| p.result.as_ref().err().map(|e| format!("{} not attached: {e}", p.hook)))
+        .filter_map(|p| {
+            p.result
+                .as_ref()
+                .err()
+                .map(|e| format!("{} not attached: {e}", p.hook))
+        })
         .collect();
     if failed.is_empty() {
         ObserverState::Running
@@ -191,7 +214,11 @@ pub fn state_of(programs: &[ProgramStatus]) -> ObserverState {
 }
 
 /// Sums the per-CPU kernel counters into `counters`.
-pub fn read_kernel_counters(observer: &'static str, map: &PerCpuArray<MapData, u64>, counters: &Counters) {
+pub fn read_kernel_counters(
+    observer: &'static str,
+    map: &PerCpuArray<MapData, u64>,
+    counters: &Counters,
+) {
     for (index, name) in tapio_bpf::COUNTER_NAMES {
         if let Ok(values) = map.get(&index, 0) {
             counters.set_kernel(observer, name, values.iter().sum());
@@ -202,7 +229,11 @@ pub fn read_kernel_counters(observer: &'static str, map: &PerCpuArray<MapData, u
 /// The userspace half of an observer: decodes and classifies its records.
 pub trait Classifier: Send {
     /// Decodes one record; a decode error is counted as malformed by the caller.
-    fn classify(&mut self, record: &[u8], stamper: &mut Stamper) -> Result<Verdict, tapio_bpf::DecodeError>;
+    fn classify(
+        &mut self,
+        record: &[u8],
+        stamper: &mut Stamper,
+    ) -> Result<Verdict, tapio_bpf::DecodeError>;
 }
 
 /// A running observer as the drain thread owns it.

@@ -74,10 +74,6 @@ struct sock {
 	int sk_err_soft;
 };
 
-struct inet_connection_sock {
-	__u8 icsk_retransmits;
-};
-
 struct tcp_sock {
 	__u32 srtt_us;
 	__u32 snd_cwnd;

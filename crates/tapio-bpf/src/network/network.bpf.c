@@ -150,7 +150,7 @@ static __always_inline void fill_tcp_facts(struct tapio_net_event *ev, struct so
 
 static __always_inline void emit_connect_failed(struct trace_event_raw_inet_sock_set_state *ctx,
 						struct sock *sk, const struct tapio_net_config *cfg,
-						struct connect_start *start, int sk_err)
+						struct connect_start *start, int sk_err, __u16 flags)
 {
 	struct tapio_net_event *ev = reserve_event(TAPIO_NET_CONNECT_FAILED, cfg->hdr.generation);
 	if (!ev)
@@ -167,10 +167,12 @@ static __always_inline void emit_connect_failed(struct trace_event_raw_inet_sock
 	}
 	ev->state = TCP_SYN_SENT;
 	ev->sk_err = sk_err;
-	ev->syn_retries = BPF_CORE_READ((struct inet_connection_sock *)sk, icsk_retransmits);
+	/* Segments retransmitted on a socket that never left SYN_SENT are its SYNs. */
+	ev->syn_retries = BPF_CORE_READ((struct tcp_sock *)sk, total_retrans);
+	ev->flags = flags;
 	if (start) {
 		ev->task = start->task;
-		ev->flags = start->flags | TAPIO_NET_F_START_KNOWN;
+		ev->flags |= start->flags | TAPIO_NET_F_START_KNOWN;
 		ev->duration_ns = ev->hdr.boot_ns - start->start_ns;
 	}
 	bpf_ringbuf_submit(ev, 0);
@@ -205,9 +207,16 @@ int tapio_inet_sock_set_state(struct trace_event_raw_inet_sock_set_state *ctx)
 		if (newstate == TCP_CLOSE) {
 			struct sock *sk = (struct sock *)ctx->skaddr;
 			int sk_err = BPF_CORE_READ(sk, sk_err);
-			/* sk_err == 0: the application gave up its own connect; not evidence. */
+			__u16 flags = 0;
+			if (sk_err == 0) {
+				/* An ICMP error that arrived while the socket was locked is kept as a
+				 * soft error; the application reads it (SO_ERROR) and closes. */
+				sk_err = BPF_CORE_READ(sk, sk_err_soft);
+				flags = TAPIO_NET_F_SOFT_ERROR;
+			}
+			/* No error at all: the application gave up its own connect; not evidence. */
 			if (sk_err != 0 && (cfg.enabled & TAPIO_NET_EN_CONNECT))
-				emit_connect_failed(ctx, sk, &cfg, start, sk_err);
+				emit_connect_failed(ctx, sk, &cfg, start, sk_err, flags);
 		} else if (newstate == TCP_ESTABLISHED && start) {
 			bpf_map_update_elem(&owners, &key, &start->task, BPF_ANY);
 		}
@@ -377,7 +386,8 @@ int tapio_tcp_probe(struct trace_event_raw_tcp_probe *ctx)
 	}
 	__u64 baseline = b->srtt_x8 >> 3;
 	if (b->samples >= cfg.rtt_min_samples) {
-		int over_ratio = (__u64)srtt * 100 > baseline * cfg.rtt_ratio_percent;
+		int over_ratio = (__u64)srtt * 100 > baseline * cfg.rtt_ratio_percent &&
+				 srtt >= baseline + cfg.rtt_min_increase_us;
 		int over_ceiling = cfg.rtt_ceiling_us && srtt > cfg.rtt_ceiling_us;
 		if (over_ratio || over_ceiling) {
 			/* The baseline is frozen while degraded; one event per crossing. */

@@ -24,10 +24,14 @@ struct tapio_net_config {
 	__u32 rtt_ceiling_us;
 	/* Samples a destination's baseline needs before it is judged. */
 	__u32 rtt_min_samples;
+	/* A ratio crossing also needs srtt >= baseline + this: microsecond-scale baselines
+	 * (same-node traffic) jitter by multiples without anything being wrong. */
+	__u32 rtt_min_increase_us;
 	/* The local ephemeral port range: tells client sockets from server sockets. */
 	__u16 ephemeral_port_min;
 	__u16 ephemeral_port_max;
 	__u32 generation_check;
+	__u32 _pad;
 };
 
 enum tapio_net_kind {
@@ -47,6 +51,9 @@ enum tapio_net_flag {
 	TAPIO_NET_F_TASK_KNOWN = 1 << 1,
 	/* The start of the connect was observed (duration_ns is meaningful). */
 	TAPIO_NET_F_START_KNOWN = 1 << 2,
+	/* sk_err was empty; sk_err holds the socket's soft error (an ICMP error the kernel
+	 * recorded without ending the connect; the application then gave up). */
+	TAPIO_NET_F_SOFT_ERROR = 1 << 3,
 };
 
 struct tapio_net_event {

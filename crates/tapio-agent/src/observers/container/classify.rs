@@ -3,7 +3,8 @@
 use crate::evidence::{ExitFacts, Facts, OomFacts, Outcome, Severity, WorkloadIds};
 use crate::stamp::{Draft, Stamper, Verdict};
 use tapio_bpf::abi::{
-    tapio_exit_event, tapio_oom_event, TAPIO_CTR_F_MEMCG_KNOWN, TAPIO_CTR_F_MM_KNOWN, TAPIO_CTR_F_START_KNOWN,
+    tapio_exit_event, tapio_oom_event, TAPIO_CTR_F_MEMCG_KNOWN, TAPIO_CTR_F_MM_KNOWN,
+    TAPIO_CTR_F_START_KNOWN,
 };
 use tapio_bpf::container::ContainerRecord;
 use tapio_bpf::record::comm_str;
@@ -32,16 +33,45 @@ impl PageSize {
 
 pub fn signal_name(sig: u8) -> Option<&'static str> {
     const NAMES: [&str; 31] = [
-        "SIGHUP", "SIGINT", "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE", "SIGKILL", "SIGUSR1",
-        "SIGSEGV", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGTERM", "SIGSTKFLT", "SIGCHLD", "SIGCONT", "SIGSTOP",
-        "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGURG", "SIGXCPU", "SIGXFSZ", "SIGVTALRM", "SIGPROF", "SIGWINCH",
-        "SIGIO", "SIGPWR", "SIGSYS",
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
     ];
     NAMES.get(usize::from(sig).checked_sub(1)?).copied()
 }
 
+/// Bytes as MiB with one decimal, in integer arithmetic (no float formatting code).
 fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+    let tenths = (bytes.saturating_mul(10) + (1 << 19)) >> 20;
+    format!("{}.{} MiB", tenths / 10, tenths % 10)
 }
 
 pub fn classify(record: &ContainerRecord, pages: &PageSize, stamper: &mut Stamper) -> Verdict {
@@ -67,7 +97,11 @@ fn classify_oom(ev: &tapio_oom_event, pages: &PageSize, stamper: &mut Stamper) -
         shmem_rss_bytes: mm.then(|| pages.bytes(ev.shmem_rss_pages)),
         pgtables_bytes: mm.then_some(ev.pgtables_bytes),
         memory_cgroup_id: memcg.then_some(ev.task.mem_cgroup_id),
-        memory_cgroup_limit_bytes: if memcg { pages.limit_bytes(ev.memcg_limit_pages) } else { None },
+        memory_cgroup_limit_bytes: if memcg {
+            pages.limit_bytes(ev.memcg_limit_pages)
+        } else {
+            None
+        },
         memory_cgroup_usage_bytes: memcg.then(|| pages.bytes(ev.memcg_usage_pages)),
     };
     let mut message = format!("the OOM killer killed {comm} (pid {})", ev.task.pid);
@@ -86,7 +120,10 @@ fn classify_oom(ev: &tapio_oom_event, pages: &PageSize, stamper: &mut Stamper) -
         message,
         boot_ns: ev.hdr.boot_ns,
         generation: ev.hdr.generation,
-        workload: WorkloadIds { cgroup_id: ev.task.cgroup_id, mem_cgroup_id: ev.task.mem_cgroup_id },
+        workload: WorkloadIds {
+            cgroup_id: ev.task.cgroup_id,
+            mem_cgroup_id: ev.task.mem_cgroup_id,
+        },
         facts: Facts::Oom(facts),
     })
 }
@@ -103,11 +140,23 @@ fn classify_exit(ev: &tapio_exit_event, stamper: &mut Stamper) -> Verdict {
     let pid = ev.task.pid;
     let start_known = u32::from(ev.flags) & TAPIO_CTR_F_START_KNOWN != 0;
     let (severity, err_code, message, exit_code, signal) = if sig == 0 {
-        (Severity::Warning, "NONZERO_EXIT", format!("process {comm} (pid {pid}) exited with code {code}"), Some(code), None)
+        (
+            Severity::Warning,
+            "NONZERO_EXIT",
+            format!("process {comm} (pid {pid}) exited with code {code}"),
+            Some(code),
+            None,
+        )
     } else {
         let name = signal_name(sig).unwrap_or("SIGRT");
         let core = if core_dumped { " (core dumped)" } else { "" };
-        (Severity::Error, name, format!("process {comm} (pid {pid}) was killed by {name}{core}"), None, Some(sig))
+        (
+            Severity::Error,
+            name,
+            format!("process {comm} (pid {pid}) was killed by {name}{core}"),
+            None,
+            Some(sig),
+        )
     };
     stamper.stamp(Draft {
         kind: "kernel.container.abnormal_exit",
@@ -118,7 +167,10 @@ fn classify_exit(ev: &tapio_exit_event, stamper: &mut Stamper) -> Verdict {
         message,
         boot_ns: ev.hdr.boot_ns,
         generation: ev.hdr.generation,
-        workload: WorkloadIds { cgroup_id: ev.task.cgroup_id, mem_cgroup_id: ev.task.mem_cgroup_id },
+        workload: WorkloadIds {
+            cgroup_id: ev.task.cgroup_id,
+            mem_cgroup_id: ev.task.mem_cgroup_id,
+        },
         facts: Facts::Exit(ExitFacts {
             pid,
             tid: ev.task.tid,
@@ -151,9 +203,11 @@ mod tests {
         }
     }
 
-    fn exit(status: u32) -> tapio_exit_event {
-        let mut ev = tapio_exit_event::default();
-        ev.exit_status = status;
+    fn exit(exit_status: u32) -> tapio_exit_event {
+        let mut ev = tapio_exit_event {
+            exit_status,
+            ..Default::default()
+        };
         ev.task.pid = 100;
         ev.task.tid = 104;
         ev.task.comm[..2].copy_from_slice(b"sh");
@@ -167,20 +221,40 @@ mod tests {
     #[test]
     fn exit_codes_and_signals_are_decoded_from_the_wait_status() {
         let e = emitted(classify_exit(&exit(3 << 8), &mut stamper()));
-        assert_eq!((e.kind, e.error.code, e.severity), ("kernel.container.abnormal_exit", "NONZERO_EXIT", Severity::Warning));
+        assert_eq!(
+            (e.kind, e.error.code, e.severity),
+            (
+                "kernel.container.abnormal_exit",
+                "NONZERO_EXIT",
+                Severity::Warning
+            )
+        );
         let Facts::Exit(f) = e.facts else { panic!() };
-        assert_eq!((f.pid, f.exit_code, f.signal, f.lifetime_ns, f.threads), (100, Some(3), None, Some(4_000), 5));
+        assert_eq!(
+            (f.pid, f.exit_code, f.signal, f.lifetime_ns, f.threads),
+            (100, Some(3), None, Some(4_000), 5)
+        );
 
         let e = emitted(classify_exit(&exit(11 | 0x80), &mut stamper()));
         assert_eq!(e.error.code, "SIGSEGV");
-        assert!(e.error.message.ends_with("killed by SIGSEGV (core dumped)"), "{}", e.error.message);
+        assert!(
+            e.error.message.ends_with("killed by SIGSEGV (core dumped)"),
+            "{}",
+            e.error.message
+        );
         let Facts::Exit(f) = e.facts else { panic!() };
-        assert_eq!((f.exit_code, f.signal, f.core_dumped), (None, Some(11), true));
+        assert_eq!(
+            (f.exit_code, f.signal, f.core_dumped),
+            (None, Some(11), true)
+        );
     }
 
     #[test]
     fn a_clean_exit_is_never_evidence() {
-        assert!(matches!(classify_exit(&exit(0), &mut stamper()), Verdict::Ignore));
+        assert!(matches!(
+            classify_exit(&exit(0), &mut stamper()),
+            Verdict::Ignore
+        ));
     }
 
     #[test]

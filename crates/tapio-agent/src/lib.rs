@@ -1,0 +1,17 @@
+//! tapio-agent as a library: the pieces of the node agent, exposed for its binary, its
+//! tests and its benchmarks. The binary (`main.rs`) only parses arguments and calls
+//! [`runtime::run`].
+
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod counters;
+pub mod drain;
+pub mod evidence;
+pub mod logger;
+pub mod observers;
+pub mod runtime;
+pub mod sink_stage;
+pub mod sinks;
+pub mod stamp;
+pub mod ulid;
