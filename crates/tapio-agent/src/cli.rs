@@ -58,21 +58,9 @@ mod tests {
 
     #[test]
     fn parses_every_option() {
-        let a = p(&[
-            "--config",
-            "/etc/t.toml",
-            "--node",
-            "n1",
-            "--file",
-            "/tmp/e",
-            "--no-stdout",
-            "--check-config",
-        ])
-        .unwrap();
-        assert_eq!(
-            a.config.as_deref(),
-            Some(std::path::Path::new("/etc/t.toml"))
-        );
+        let a = p(&["--config", "/etc/t.toml", "--node", "n1", "--file", "/tmp/e", "--no-stdout", "--check-config"])
+            .unwrap();
+        assert_eq!(a.config.as_deref(), Some(std::path::Path::new("/etc/t.toml")));
         assert_eq!(a.node.as_deref(), Some("n1"));
         assert!(a.no_stdout && a.check_config);
     }

@@ -7,10 +7,7 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 
 fn now_ns(clock: libc::clockid_t) -> i64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes into the timespec we own; both clocks always exist.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec * 1_000_000_000 + ts.tv_nsec
@@ -63,12 +60,7 @@ pub fn rfc3339_nanos(unix_ns: u64) -> String {
     let days = secs / 86_400;
     let rem = secs % 86_400;
     let (year, month, day) = civil_from_days(days as i64);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
@@ -94,19 +86,10 @@ mod tests {
     fn formats_known_instants() {
         assert_eq!(rfc3339_nanos(0), "1970-01-01T00:00:00.000000000Z");
         // 2000-02-29 (a leap day in a century leap year) 12:34:56.000000789
-        assert_eq!(
-            rfc3339_nanos(951_827_696_000_000_789),
-            "2000-02-29T12:34:56.000000789Z"
-        );
+        assert_eq!(rfc3339_nanos(951_827_696_000_000_789), "2000-02-29T12:34:56.000000789Z");
         // 2026-11-21T06:12:28.5Z
-        assert_eq!(
-            rfc3339_nanos(1_795_241_548_500_000_000),
-            "2026-11-21T06:12:28.500000000Z"
-        );
-        assert_eq!(
-            rfc3339_nanos(4_102_444_799_999_999_999),
-            "2099-12-31T23:59:59.999999999Z"
-        );
+        assert_eq!(rfc3339_nanos(1_795_241_548_500_000_000), "2026-11-21T06:12:28.500000000Z");
+        assert_eq!(rfc3339_nanos(4_102_444_799_999_999_999), "2099-12-31T23:59:59.999999999Z");
     }
 
     #[test]
@@ -114,10 +97,6 @@ mod tests {
         let clock = BootToWall::measured();
         let wall = clock.to_wall(boot_now_ns());
         let now = wall_now_ns();
-        assert!(
-            now.abs_diff(wall) < 50_000_000,
-            "offset off by {} ns",
-            now.abs_diff(wall)
-        );
+        assert!(now.abs_diff(wall) < 50_000_000, "offset off by {} ns", now.abs_diff(wall));
     }
 }

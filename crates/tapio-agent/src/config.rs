@@ -7,8 +7,8 @@
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use tapio_bpf::abi::{
-    tapio_ctr_config, tapio_net_config, TAPIO_CTR_EN_EXIT, TAPIO_CTR_EN_OOM, TAPIO_NET_EN_CONNECT,
-    TAPIO_NET_EN_RESET, TAPIO_NET_EN_RETRANSMIT, TAPIO_NET_EN_RTT,
+    tapio_ctr_config, tapio_net_config, TAPIO_CTR_EN_EXIT, TAPIO_CTR_EN_OOM, TAPIO_NET_EN_CONNECT, TAPIO_NET_EN_RESET,
+    TAPIO_NET_EN_RETRANSMIT, TAPIO_NET_EN_RTT,
 };
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -25,6 +25,8 @@ pub struct AgentConfig {
     pub sinks: SinksConfig,
     pub network: NetworkConfig,
     pub container: ContainerConfig,
+    /// Controller mode (absent = standalone).
+    pub controller: Option<crate::controller::ControllerConfig>,
 }
 
 impl Default for AgentConfig {
@@ -37,6 +39,7 @@ impl Default for AgentConfig {
             sinks: SinksConfig::default(),
             network: NetworkConfig::default(),
             container: ContainerConfig::default(),
+            controller: None,
         }
     }
 }
@@ -52,10 +55,7 @@ pub struct SinksConfig {
 
 impl Default for SinksConfig {
     fn default() -> Self {
-        Self {
-            stdout: true,
-            file: None,
-        }
+        Self { stdout: true, file: None }
     }
 }
 
@@ -79,11 +79,7 @@ impl FileSinkConfig {
         5
     }
     pub fn at(path: PathBuf) -> Self {
-        Self {
-            path,
-            max_bytes: Self::default_max_bytes(),
-            keep_files: Self::default_keep_files(),
-        }
+        Self { path, max_bytes: Self::default_max_bytes(), keep_files: Self::default_keep_files() }
     }
 }
 
@@ -164,9 +160,7 @@ fn check_range(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigEr
     if (min..=max).contains(&value) {
         Ok(())
     } else {
-        Err(ConfigError(format!(
-            "{key} = {value} is out of range {min}..={max}"
-        )))
+        Err(ConfigError(format!("{key} = {value} is out of range {min}..={max}")))
     }
 }
 
@@ -179,25 +173,15 @@ impl AgentConfig {
     }
 
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
         Self::from_toml(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_range("queue_capacity", self.queue_capacity as u64, 16, 1 << 20)?;
-        check_range(
-            "counters_log_interval_secs",
-            self.counters_log_interval_secs,
-            1,
-            86_400,
-        )?;
-        check_range(
-            "identity_cache_capacity",
-            self.identity_cache_capacity as u64,
-            16,
-            1 << 20,
-        )?;
+        check_range("counters_log_interval_secs", self.counters_log_interval_secs, 1, 86_400)?;
+        check_range("identity_cache_capacity", self.identity_cache_capacity as u64, 16, 1 << 20)?;
         if let Some(name) = &self.node_name {
             if name.trim().is_empty() {
                 return Err(ConfigError("node_name must not be blank".into()));
@@ -211,49 +195,35 @@ impl AgentConfig {
             check_range("sinks.file.keep_files", u64::from(file.keep_files), 1, 100)?;
         }
         let n = &self.network;
-        check_range(
-            "network.retransmit_window_ms",
-            n.retransmit_window_ms.into(),
-            10,
-            600_000,
-        )?;
-        check_range(
-            "network.retransmit_count",
-            n.retransmit_count.into(),
-            2,
-            100_000,
-        )?;
-        check_range(
-            "network.rtt_ratio_percent",
-            n.rtt_ratio_percent.into(),
-            101,
-            100_000,
-        )?;
+        check_range("network.retransmit_window_ms", n.retransmit_window_ms.into(), 10, 600_000)?;
+        check_range("network.retransmit_count", n.retransmit_count.into(), 2, 100_000)?;
+        check_range("network.rtt_ratio_percent", n.rtt_ratio_percent.into(), 101, 100_000)?;
         if n.rtt_ceiling_us != 0 {
-            check_range(
-                "network.rtt_ceiling_us",
-                n.rtt_ceiling_us.into(),
-                1_000,
-                60_000_000,
-            )?;
+            check_range("network.rtt_ceiling_us", n.rtt_ceiling_us.into(), 1_000, 60_000_000)?;
         }
-        check_range(
-            "network.rtt_min_samples",
-            n.rtt_min_samples.into(),
-            1,
-            1_000_000,
-        )?;
-        check_range(
-            "network.rtt_min_increase_us",
-            n.rtt_min_increase_us.into(),
-            0,
-            60_000_000,
-        )?;
+        check_range("network.rtt_min_samples", n.rtt_min_samples.into(), 1, 1_000_000)?;
+        check_range("network.rtt_min_increase_us", n.rtt_min_increase_us.into(), 0, 60_000_000)?;
         for code in &self.container.exit_ignore_codes {
             check_range("container.exit_ignore_codes[]", u64::from(*code), 1, 255)?;
         }
         for sig in &self.container.exit_ignore_signals {
             check_range("container.exit_ignore_signals[]", u64::from(*sig), 1, 64)?;
+        }
+        if let Some(c) = &self.controller {
+            crate::controller::http::Endpoint::parse(&c.url)
+                .map_err(|e| ConfigError(format!("controller.url: {e}")))?;
+            check_range("controller.connect_timeout_ms", c.connect_timeout_ms, 10, 60_000)?;
+            check_range("controller.io_timeout_ms", c.io_timeout_ms, 10, 300_000)?;
+            check_range("controller.heartbeat_interval_secs", c.heartbeat_interval_secs, 1, 3_600)?;
+            check_range("controller.config_poll_interval_secs", c.config_poll_interval_secs, 1, 3_600)?;
+            check_range("controller.queue_capacity", c.queue_capacity as u64, 1, 1 << 20)?;
+            check_range("controller.max_batch_bytes", c.max_batch_bytes as u64, 1024, 64 << 20)?;
+            check_range("controller.max_retries", c.max_retries.into(), 0, 100)?;
+            check_range("controller.max_backoff_ms", c.max_backoff_ms, 100, 600_000)?;
+            check_range("controller.max_response_bytes", c.max_response_bytes as u64, 1024, 64 << 20)?;
+            if c.agent_id.as_deref().is_some_and(|id| id.trim().is_empty()) {
+                return Err(ConfigError("controller.agent_id must not be blank".into()));
+            }
         }
         Ok(())
     }
@@ -345,15 +315,21 @@ mod tests {
     #[test]
     fn out_of_range_values_name_key_and_range() {
         let err = AgentConfig::from_toml("[network]\nrtt_ratio_percent = 50\n").unwrap_err();
-        assert_eq!(
-            err.0,
-            "network.rtt_ratio_percent = 50 is out of range 101..=100000"
-        );
+        assert_eq!(err.0, "network.rtt_ratio_percent = 50 is out of range 101..=100000");
         let err = AgentConfig::from_toml("[container]\nexit_ignore_signals = [65]\n").unwrap_err();
         assert!(err.0.contains("exit_ignore_signals"), "{err}");
-        let err = AgentConfig::from_toml("[sinks.file]\npath = \"/tmp/x\"\nkeep_files = 0\n")
-            .unwrap_err();
+        let err = AgentConfig::from_toml("[sinks.file]\npath = \"/tmp/x\"\nkeep_files = 0\n").unwrap_err();
         assert!(err.0.contains("sinks.file.keep_files"), "{err}");
+    }
+
+    #[test]
+    fn controller_urls_must_be_plain_http() {
+        let err = AgentConfig::from_toml("[controller]\nurl = \"https://c:7470\"\n").unwrap_err();
+        assert!(err.0.contains("https:// is not supported"), "{err}");
+        let err = AgentConfig::from_toml("[controller]\n").unwrap_err();
+        assert!(err.0.contains("controller.url"), "{err}");
+        let c = AgentConfig::from_toml("[controller]\nurl = \"http://c:7470\"\ntoken_file = \"/t\"\n").unwrap();
+        assert_eq!(c.controller.unwrap().heartbeat_interval_secs, 10);
     }
 
     #[test]
@@ -377,23 +353,14 @@ mod tests {
             ..ContainerConfig::default()
         };
         let c = container_carrier(&cc, 7);
-        assert_eq!(
-            (c.hdr.generation, c.generation_check, c.hdr.abi_version),
-            (7, 7, tapio_bpf::ABI_VERSION)
-        );
+        assert_eq!((c.hdr.generation, c.generation_check, c.hdr.abi_version), (7, 7, tapio_bpf::ABI_VERSION));
         assert_eq!(c.enabled, TAPIO_CTR_EN_OOM | TAPIO_CTR_EN_EXIT);
         assert_eq!(c.ignored_exit_codes, [1 << 1, 1, 0, 1 << 63]);
         assert_eq!(c.ignored_signals, 1 << 15);
 
-        let mut n = NetworkConfig {
-            resets: false,
-            ..NetworkConfig::default()
-        };
+        let mut n = NetworkConfig { resets: false, ..NetworkConfig::default() };
         let c = network_carrier(&n, 0, (1000, 2000));
-        assert_eq!(
-            c.enabled,
-            TAPIO_NET_EN_CONNECT | TAPIO_NET_EN_RETRANSMIT | TAPIO_NET_EN_RTT
-        );
+        assert_eq!(c.enabled, TAPIO_NET_EN_CONNECT | TAPIO_NET_EN_RETRANSMIT | TAPIO_NET_EN_RTT);
         assert_eq!((c.ephemeral_port_min, c.ephemeral_port_max), (1000, 2000));
         n.enabled = false;
         assert_eq!(network_carrier(&n, 0, (1, 2)).enabled, 0);

@@ -17,6 +17,12 @@ pub struct Counters {
     pub malformed_events_total: AtomicU64,
     /// Evidence dropped because the drain → sink queue was full.
     pub queue_overflow_total: AtomicU64,
+    /// Failed requests to the controller (every attempt).
+    pub controller_send_failures_total: AtomicU64,
+    /// Evidence the controller accepted.
+    pub controller_events_sent_total: AtomicU64,
+    /// Controller configs refused (out of range) or that could not be applied.
+    pub config_rejected_total: AtomicU64,
     /// (observer, reason) → userspace correlation drops.
     correlation_drops: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// (observer, counter) → the kernel side's counters, as last read.
@@ -42,9 +48,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Counters {
     pub fn correlation_drop(&self, observer: &'static str, reason: &'static str) {
-        *lock(&self.correlation_drops)
-            .entry((observer, reason))
-            .or_default() += 1;
+        *lock(&self.correlation_drops).entry((observer, reason)).or_default() += 1;
     }
 
     pub fn set_kernel(&self, observer: &'static str, name: &'static str, value: u64) {
@@ -61,18 +65,18 @@ impl Counters {
         }
     }
 
+    /// Counts `n` lines a sink took but could not deliver (e.g. the controller dropped them).
+    pub fn sink_failures(&self, sink: &'static str, n: u64) {
+        lock(&self.sinks).entry(sink).or_default().failed += n;
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         let kernel = lock(&self.kernel).clone();
         let drops = lock(&self.correlation_drops).clone();
         let sinks = lock(&self.sinks).clone();
         let queue_overflow = self.queue_overflow_total.load(Ordering::Relaxed);
-        let kernel_sum = |names: &[&str]| -> u64 {
-            kernel
-                .iter()
-                .filter(|((_, n), _)| names.contains(n))
-                .map(|(_, v)| v)
-                .sum()
-        };
+        let kernel_sum =
+            |names: &[&str]| -> u64 { kernel.iter().filter(|((_, n), _)| names.contains(n)).map(|(_, v)| v).sum() };
         Snapshot {
             events_total: self.events_total.load(Ordering::Relaxed),
             malformed_events_total: self.malformed_events_total.load(Ordering::Relaxed),
@@ -80,14 +84,11 @@ impl Counters {
             correlation_drops_total: kernel_sum(KERNEL_CORRELATION) + drops.values().sum::<u64>(),
             sink_drops_total: queue_overflow + sinks.values().map(|c| c.failed).sum::<u64>(),
             queue_overflow_total: queue_overflow,
-            kernel: kernel
-                .into_iter()
-                .map(|((o, n), v)| (format!("{o}.{n}"), v))
-                .collect(),
-            correlation_drops: drops
-                .into_iter()
-                .map(|((o, r), v)| (format!("{o}.{r}"), v))
-                .collect(),
+            controller_send_failures_total: self.controller_send_failures_total.load(Ordering::Relaxed),
+            controller_events_sent_total: self.controller_events_sent_total.load(Ordering::Relaxed),
+            config_rejected_total: self.config_rejected_total.load(Ordering::Relaxed),
+            kernel: kernel.into_iter().map(|((o, n), v)| (format!("{o}.{n}"), v)).collect(),
+            correlation_drops: drops.into_iter().map(|((o, r), v)| (format!("{o}.{r}"), v)).collect(),
             sinks: sinks.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
         }
     }
@@ -102,6 +103,9 @@ pub struct Snapshot {
     pub correlation_drops_total: u64,
     pub sink_drops_total: u64,
     pub queue_overflow_total: u64,
+    pub controller_send_failures_total: u64,
+    pub controller_events_sent_total: u64,
+    pub config_rejected_total: u64,
     pub kernel: BTreeMap<String, u64>,
     pub correlation_drops: BTreeMap<String, u64>,
     pub sinks: BTreeMap<String, SinkCounts>,
@@ -128,12 +132,6 @@ mod tests {
         assert_eq!(s.correlation_drops_total, 2);
         assert_eq!(s.sink_drops_total, 3);
         assert_eq!(s.kernel["container.abi_mismatch"], 9);
-        assert_eq!(
-            s.sinks["file"],
-            SinkCounts {
-                written: 0,
-                failed: 1
-            }
-        );
+        assert_eq!(s.sinks["file"], SinkCounts { written: 0, failed: 1 });
     }
 }

@@ -40,17 +40,8 @@ fn epoll_for(observers: &[Running]) -> std::io::Result<OwnedFd> {
         }
         let epoll = OwnedFd::from_raw_fd(fd);
         for (i, obs) in observers.iter().enumerate() {
-            let mut ev = libc::epoll_event {
-                events: libc::EPOLLIN as u32,
-                u64: i as u64,
-            };
-            if libc::epoll_ctl(
-                fd,
-                libc::EPOLL_CTL_ADD,
-                obs.loaded.ring.as_raw_fd(),
-                &mut ev,
-            ) < 0
-            {
+            let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: i as u64 };
+            if libc::epoll_ctl(fd, libc::EPOLL_CTL_ADD, obs.loaded.ring.as_raw_fd(), &mut ev) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
         }
@@ -73,14 +64,7 @@ impl Drain {
         loop {
             if let Some(epoll) = &epoll {
                 // SAFETY: the buffer outlives the call and its length is passed.
-                unsafe {
-                    libc::epoll_wait(
-                        epoll.as_raw_fd(),
-                        events.as_mut_ptr(),
-                        events.len() as i32,
-                        IDLE_WAIT_MS,
-                    )
-                };
+                unsafe { libc::epoll_wait(epoll.as_raw_fd(), events.as_mut_ptr(), events.len() as i32, IDLE_WAIT_MS) };
             } else {
                 std::thread::sleep(Duration::from_millis(IDLE_WAIT_MS as u64));
             }
@@ -117,13 +101,7 @@ impl Drain {
     }
 
     fn drain_all(&mut self) {
-        let Self {
-            observers,
-            stamper,
-            queue,
-            counters,
-            ..
-        } = self;
+        let Self { observers, stamper, queue, counters, .. } = self;
         for obs in observers.iter_mut() {
             let mut taken = 0;
             while taken < BURST {
@@ -133,9 +111,7 @@ impl Drain {
                 taken += 1;
                 match obs.classifier.classify(&item, stamper) {
                     Err(e) => {
-                        counters
-                            .malformed_events_total
-                            .fetch_add(1, Ordering::Relaxed);
+                        counters.malformed_events_total.fetch_add(1, Ordering::Relaxed);
                         log::debug!("{}: malformed record: {e}", obs.name);
                     }
                     Ok(Verdict::Emit(ev)) => offer(queue, counters, ev),
@@ -154,9 +130,7 @@ pub fn offer(queue: &SyncSender<Box<Evidence>>, counters: &Counters, ev: Box<Evi
             counters.events_total.fetch_add(1, Ordering::Relaxed);
         }
         Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-            counters
-                .queue_overflow_total
-                .fetch_add(1, Ordering::Relaxed);
+            counters.queue_overflow_total.fetch_add(1, Ordering::Relaxed);
         }
     }
 }

@@ -2,9 +2,11 @@
 //! tests and its benchmarks. The binary (`main.rs`) only parses arguments and calls
 //! [`runtime::run`].
 
+pub mod carriers;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod controller;
 pub mod counters;
 pub mod drain;
 pub mod evidence;

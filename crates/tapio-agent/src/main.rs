@@ -18,11 +18,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if args.version {
-        println!(
-            "tapio-agent {} (kernel ABI v{})",
-            env!("CARGO_PKG_VERSION"),
-            tapio_bpf::ABI_VERSION
-        );
+        println!("tapio-agent {} (kernel ABI v{})", env!("CARGO_PKG_VERSION"), tapio_bpf::ABI_VERSION);
         return ExitCode::SUCCESS;
     }
     let mut config = match &args.config {

@@ -1,17 +1,23 @@
 //! Agent start-up and shutdown: loads what can be loaded, says clearly what attached and
 //! what did not, runs the drain and sink threads, and flushes everything on SIGTERM/SIGINT.
 
+use crate::carriers::{KernelCarriers, ObserverSettings};
 use crate::clock::BootToWall;
 use crate::config::{self, AgentConfig};
+use crate::controller::client::Client;
+use crate::controller::outbox::{Outbox, OutboxSink};
+use crate::controller::state::{self, AppliedConfig};
+use crate::controller::{apply, http::Endpoint, ControllerConfig, Token};
 use crate::counters::Counters;
 use crate::drain::Drain;
 use crate::observers::{self, container, network, ObserverState, Running};
 use crate::sink_stage::SinkStage;
 use crate::sinks::{FileSink, Sink, StdoutSink};
 use crate::stamp::Stamper;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Where each observer ended up after start-up.
@@ -44,21 +50,12 @@ fn ensure_tracefs() {
     }
     // SAFETY: the strings are NUL-terminated literals.
     let rc = unsafe {
-        libc::mount(
-            c"tracefs".as_ptr(),
-            c"/sys/kernel/tracing".as_ptr(),
-            c"tracefs".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
+        libc::mount(c"tracefs".as_ptr(), c"/sys/kernel/tracing".as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null())
     };
     if rc == 0 {
         log::info!("mounted tracefs at /sys/kernel/tracing (tracepoints attach through it)");
     } else {
-        log::warn!(
-            "tracefs is not mounted and mounting it failed: {}",
-            std::io::Error::last_os_error()
-        );
+        log::warn!("tracefs is not mounted and mounting it failed: {}", std::io::Error::last_os_error());
     }
 }
 
@@ -68,71 +65,62 @@ fn build_sinks(config: &AgentConfig) -> Result<Vec<Box<dyn Sink>>, String> {
         sinks.push(Box::new(StdoutSink::new()));
     }
     if let Some(file) = &config.sinks.file {
-        let sink = FileSink::open(file)
-            .map_err(|e| format!("opening file sink {}: {e}", file.path.display()))?;
+        let sink = FileSink::open(file).map_err(|e| format!("opening file sink {}: {e}", file.path.display()))?;
         sinks.push(Box::new(sink));
     }
-    if sinks.is_empty() {
-        return Err("no sink configured: enable sinks.stdout or set sinks.file (or --file)".into());
+    if sinks.is_empty() && config.controller.is_none() {
+        return Err("no sink configured: enable sinks.stdout, set sinks.file (or --file), or [controller]".into());
     }
     Ok(sinks)
 }
 
-fn start_observers(config: &AgentConfig, report: &mut StartupReport) -> Vec<Running> {
+fn start_observers(
+    config: &AgentConfig,
+    settings: &ObserverSettings,
+    carriers: &mut KernelCarriers,
+    report: &mut StartupReport,
+) -> Vec<Running> {
     ensure_tracefs();
     let btf = match aya::Btf::from_sys_fs() {
         Ok(btf) => Some(btf),
         Err(e) => {
-            log::error!(
-                "kernel BTF unavailable ({e}): CO-RE objects cannot be relocated on this kernel"
-            );
+            log::error!("kernel BTF unavailable ({e}): CO-RE objects cannot be relocated on this kernel");
             None
         }
     };
     let mut running = Vec::new();
-    let generation = 0; // local defaults until a controller config is applied
+    let generation = settings.generation;
 
     if config.network.enabled {
-        let carrier =
-            config::network_carrier(&config.network, generation, config::ephemeral_port_range());
-        let loaded = observers::load(
-            tapio_bpf::network::object(),
-            btf.as_ref(),
-            &network::hooks(),
-            |ebpf| observers::write_config(ebpf, carrier),
-        );
-        record(
-            network::NAME,
-            loaded,
-            Box::new(network::NetworkClassifier),
-            report,
-            &mut running,
-        );
+        let carrier = config::network_carrier(&settings.network, generation, carriers.ephemeral_ports);
+        let loaded = observers::load(tapio_bpf::network::object(), btf.as_ref(), &network::hooks(), |ebpf| {
+            observers::write_config(ebpf, carrier)
+        })
+        .and_then(|mut l| {
+            if let Some(map) = l.config.take() {
+                carriers.network = Some(observers::ConfigCarrier::from_map(map)?);
+            }
+            Ok(l)
+        });
+        record(network::NAME, loaded, Box::new(network::NetworkClassifier), report, &mut running);
     } else {
-        report
-            .observers
-            .push((network::NAME, ObserverState::Disabled));
+        report.observers.push((network::NAME, ObserverState::Disabled));
     }
 
     if config.container.enabled {
-        let carrier = config::container_carrier(&config.container, generation);
-        let loaded = observers::load(
-            tapio_bpf::container::object(),
-            btf.as_ref(),
-            &container::hooks(),
-            |ebpf| observers::write_config(ebpf, carrier),
-        );
-        record(
-            container::NAME,
-            loaded,
-            Box::new(container::ContainerClassifier::new()),
-            report,
-            &mut running,
-        );
+        let carrier = config::container_carrier(&settings.container, generation);
+        let loaded = observers::load(tapio_bpf::container::object(), btf.as_ref(), &container::hooks(), |ebpf| {
+            observers::write_config(ebpf, carrier)
+        })
+        .and_then(|mut l| {
+            if let Some(map) = l.config.take() {
+                carriers.container = Some(observers::ConfigCarrier::from_map(map)?);
+            }
+            Ok(l)
+        });
+        record(container::NAME, loaded, Box::new(container::ContainerClassifier::new()), report, &mut running);
     } else {
-        report
-            .observers
-            .push((container::NAME, ObserverState::Disabled));
+        report.observers.push((container::NAME, ObserverState::Disabled));
     }
     running
 }
@@ -149,26 +137,97 @@ fn record(
             for p in &loaded.programs {
                 match &p.result {
                     Ok(()) => log::info!("observer {name}: attached {} ({})", p.hook, p.program),
-                    Err(e) => log::warn!(
-                        "observer {name}: NOT attached {} ({}): {e}",
-                        p.hook,
-                        p.program
-                    ),
+                    Err(e) => log::warn!("observer {name}: NOT attached {} ({}): {e}", p.hook, p.program),
                 }
             }
             let state = observers::state_of(&loaded.programs);
             log::info!("observer {name}: {state}");
             report.observers.push((name, state));
-            running.push(Running {
-                name,
-                loaded,
-                classifier,
-            });
+            running.push(Running { name, loaded, classifier });
         }
         Err(e) => {
             let state = ObserverState::Failed(e);
             log::error!("observer {name}: {state}");
             report.observers.push((name, state));
+        }
+    }
+}
+
+/// Controller mode, prepared before the observers load (its saved config judges from the
+/// first event).
+struct ControllerSetup {
+    settings: ControllerConfig,
+    endpoint: Endpoint,
+    token: Option<Token>,
+    applied: Option<AppliedConfig>,
+    outbox: Arc<Outbox>,
+}
+
+impl ControllerSetup {
+    fn prepare(c: &ControllerConfig, config: &AgentConfig) -> Result<Self, String> {
+        let endpoint = Endpoint::parse(&c.url).map_err(|e| e.to_string())?;
+        let token = c.token_file.as_deref().map(Token::read).transpose()?;
+        let applied = match &c.state_file {
+            Some(path) => match state::load(path) {
+                Ok(Some(a)) if apply::settings_from(config, a.generation, &a.config).is_ok() => {
+                    log::info!(
+                        "using saved controller config {} ({}) until the controller answers",
+                        a.generation,
+                        a.config_hash
+                    );
+                    Some(a)
+                }
+                Ok(Some(_)) => {
+                    log::warn!("saved controller config is out of range for this agent: ignoring it");
+                    None
+                }
+                Ok(None) => None,
+                Err(e) => {
+                    log::warn!("{e}: starting unconfigured");
+                    None
+                }
+            },
+            None => None,
+        };
+        if applied.is_none() {
+            log::info!("no controller config yet: running on local defaults (unconfigured)");
+        }
+        log::info!("controller mode: {} (plaintext HTTP: for in-cluster or trusted networks)", c.url);
+        Ok(Self { settings: c.clone(), endpoint, token, applied, outbox: Outbox::new(c.queue_capacity) })
+    }
+
+    fn into_client(
+        self,
+        config: &AgentConfig,
+        node: &str,
+        report: &StartupReport,
+        counters: Arc<Counters>,
+        carriers: KernelCarriers,
+        stop: Arc<AtomicBool>,
+    ) -> Client {
+        let observers = report
+            .observers
+            .iter()
+            .map(|(name, state)| (name.to_string(), tapio_wire::ObserverStatus::from(state.label())))
+            .collect();
+        let object_sizes = BTreeMap::from([
+            ("network".to_string(), tapio_bpf::network::object().len() as u64),
+            ("container".to_string(), tapio_bpf::container::object().len() as u64),
+        ]);
+        Client {
+            agent_id: self.settings.agent_id.clone().unwrap_or_else(|| node.to_string()),
+            settings: self.settings,
+            endpoint: self.endpoint,
+            token: self.token,
+            node: node.to_string(),
+            local: config.clone(),
+            outbox: self.outbox,
+            counters,
+            carriers: Arc::new(Mutex::new(carriers)),
+            applied: Arc::new(Mutex::new(self.applied)),
+            observers,
+            object_sizes,
+            stop,
         }
     }
 }
@@ -188,17 +247,38 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
             .map_err(|e| format!("installing signal handler: {e}"))?;
     }
 
-    let sinks = build_sinks(&config)?;
-    let sink_names: Vec<&str> = sinks.iter().map(|s| s.name()).collect();
-    let mut report = StartupReport {
-        observers: Vec::new(),
+    let mut sinks = build_sinks(&config)?;
+    let controller = match &config.controller {
+        Some(c) => Some(ControllerSetup::prepare(c, &config)?),
+        None => None,
     };
-    let observers = start_observers(&config, &mut report);
+    let settings = match controller.as_ref().and_then(|c| c.applied.clone()) {
+        Some(applied) => apply::settings_from(&config, applied.generation, &applied.config)
+            .map_err(|e| format!("saved controller config: {e}"))?,
+        None => ObserverSettings { generation: 0, network: config.network.clone(), container: config.container.clone() },
+    };
+    let mut carriers = KernelCarriers { ephemeral_ports: config::ephemeral_port_range(), ..KernelCarriers::default() };
+    let mut report = StartupReport { observers: Vec::new() };
+    let observers = start_observers(&config, &settings, &mut carriers, &mut report);
     if observers.is_empty() {
         return Err("no observer could start; nothing to observe (see the errors above)".into());
     }
 
     let counters = Arc::new(Counters::default());
+    let client_stop = Arc::new(AtomicBool::new(false));
+    let client_thread = match controller {
+        Some(setup) => {
+            sinks.push(Box::new(OutboxSink(Arc::clone(&setup.outbox))));
+            let client = setup.into_client(&config, &node, &report, Arc::clone(&counters), carriers, Arc::clone(&client_stop));
+            let thread = std::thread::Builder::new()
+                .name("tapio-controller".into())
+                .spawn(move || client.run())
+                .map_err(|e| format!("spawning controller thread: {e}"))?;
+            Some(thread)
+        }
+        None => None,
+    };
+    let sink_names: Vec<&str> = sinks.iter().map(|s| s.name()).collect();
     let clock = Arc::new(BootToWall::measured());
     let (tx, rx) = mpsc::sync_channel(config.queue_capacity);
     let identity = match tapio_identity::Resolver::new(tapio_identity::Config {
@@ -212,12 +292,7 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
         }
     };
 
-    let sink_stage = SinkStage {
-        queue: rx,
-        sinks,
-        identity,
-        counters: Arc::clone(&counters),
-    };
+    let sink_stage = SinkStage { queue: rx, sinks, identity, counters: Arc::clone(&counters) };
     let drain = Drain {
         observers,
         stamper: Stamper::new(Arc::from(node.as_str()), Arc::clone(&clock)),
@@ -235,16 +310,8 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
         .spawn(move || drain.run())
         .map_err(|e| format!("spawning drain thread: {e}"))?;
 
-    let running: Vec<String> = report
-        .observers
-        .iter()
-        .map(|(n, s)| format!("{n}={}", s.label()))
-        .collect();
-    log::info!(
-        "ready: node {node}, observers [{}], sinks [{}]",
-        running.join(", "),
-        sink_names.join(", ")
-    );
+    let running: Vec<String> = report.observers.iter().map(|(n, s)| format!("{n}={}", s.label())).collect();
+    log::info!("ready: node {node}, observers [{}], sinks [{}]", running.join(", "), sink_names.join(", "));
 
     let interval = Duration::from_secs(config.counters_log_interval_secs);
     let mut last = Instant::now();
@@ -261,6 +328,13 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
     }
     if sink_thread.join().is_err() {
         log::error!("sink thread panicked");
+    }
+    // Only now is everything the sinks took in the outbox: let the client send it.
+    client_stop.store(true, Ordering::Relaxed);
+    if let Some(t) = client_thread {
+        if t.join().is_err() {
+            log::error!("controller thread panicked");
+        }
     }
     log_counters("counters final", &counters);
     Ok(())

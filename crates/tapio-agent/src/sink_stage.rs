@@ -33,10 +33,7 @@ pub fn pick_cgroup(ids: WorkloadIds, v1_memory_mounted: bool) -> Option<(CgroupH
 
 impl SinkStage {
     pub fn run(mut self) {
-        let v1_memory = self
-            .identity
-            .as_ref()
-            .is_some_and(|r| r.mount_point(&CgroupHierarchy::v1("memory")).is_some());
+        let v1_memory = self.identity.as_ref().is_some_and(|r| r.mount_point(&CgroupHierarchy::v1("memory")).is_some());
         let mut line = Vec::with_capacity(1024);
         loop {
             match self.queue.recv_timeout(Duration::from_millis(200)) {
@@ -57,13 +54,10 @@ impl SinkStage {
     }
 
     fn deliver(&mut self, mut ev: Box<Evidence>, v1_memory: bool, line: &mut Vec<u8>) {
-        ev.workload =
-            pick_cgroup(ev.workload_ids, v1_memory).map(|(hierarchy, id)| {
-                match &mut self.identity {
-                    Some(resolver) => resolver.workload(&hierarchy, id),
-                    None => Workload::unknown(id),
-                }
-            });
+        ev.workload = pick_cgroup(ev.workload_ids, v1_memory).map(|(hierarchy, id)| match &mut self.identity {
+            Some(resolver) => resolver.workload(&hierarchy, id),
+            None => Workload::unknown(id),
+        });
         line.clear();
         if let Err(e) = serde_json::to_writer(&mut *line, &ev) {
             // Cannot happen for these types; counted as a failure of every sink if it does.
@@ -95,22 +89,10 @@ mod tests {
 
     #[test]
     fn prefers_real_cgroup2_ids_then_v1_memory() {
-        let ids = |cgroup_id, mem_cgroup_id| WorkloadIds {
-            cgroup_id,
-            mem_cgroup_id,
-        };
-        assert_eq!(
-            pick_cgroup(ids(77, 5), true),
-            Some((CgroupHierarchy::Unified, 77))
-        );
-        assert_eq!(
-            pick_cgroup(ids(1, 5), true),
-            Some((CgroupHierarchy::v1("memory"), 5))
-        );
-        assert_eq!(
-            pick_cgroup(ids(1, 5), false),
-            Some((CgroupHierarchy::Unified, 1))
-        );
+        let ids = |cgroup_id, mem_cgroup_id| WorkloadIds { cgroup_id, mem_cgroup_id };
+        assert_eq!(pick_cgroup(ids(77, 5), true), Some((CgroupHierarchy::Unified, 77)));
+        assert_eq!(pick_cgroup(ids(1, 5), true), Some((CgroupHierarchy::v1("memory"), 5)));
+        assert_eq!(pick_cgroup(ids(1, 5), false), Some((CgroupHierarchy::Unified, 1)));
         assert_eq!(pick_cgroup(ids(0, 0), true), None);
     }
 }

@@ -39,11 +39,7 @@ pub struct Stamper {
 
 impl Stamper {
     pub fn new(node: Arc<str>, clock: Arc<BootToWall>) -> Self {
-        Self {
-            node,
-            clock,
-            ids: UlidGen::new(),
-        }
+        Self { node, clock, ids: UlidGen::new() }
     }
 
     pub fn stamp(&mut self, d: Draft) -> Verdict {
@@ -54,10 +50,7 @@ impl Stamper {
             observer: d.observer,
             severity: d.severity,
             outcome: d.outcome,
-            error: ErrorInfo {
-                code: d.code,
-                message: d.message,
-            },
+            error: ErrorInfo { code: d.code, message: d.message },
             timestamp: rfc3339_nanos(unix_ns),
             timestamp_unix_nanos: unix_ns,
             node: self.node.clone(),

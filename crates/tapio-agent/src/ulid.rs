@@ -32,8 +32,7 @@ impl UlidGen {
     /// A ULID for an event that happened at `unix_ns`.
     pub fn generate(&mut self, unix_ns: u64) -> String {
         let millis = (unix_ns / 1_000_000) as u128 & ((1 << 48) - 1);
-        let random = (u128::from(self.next_u64()) << 16 | u128::from(self.next_u64() >> 48))
-            & ((1 << 80) - 1);
+        let random = (u128::from(self.next_u64()) << 16 | u128::from(self.next_u64() >> 48)) & ((1 << 80) - 1);
         encode(millis << 80 | random)
     }
 }

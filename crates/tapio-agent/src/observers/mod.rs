@@ -74,7 +74,7 @@ pub struct ProgramStatus {
 /// A config struct written into an object's one-entry `config` map.
 #[derive(Clone, Copy)]
 #[repr(transparent)]
-struct Carrier<T>(T);
+pub struct Carrier<T>(T);
 
 // SAFETY: `Carrier` wraps ABI records, which are plain old data (`Record`).
 unsafe impl<T: Record + 'static> Pod for Carrier<T> {}
@@ -82,24 +82,41 @@ unsafe impl<T: Record + 'static> Pod for Carrier<T> {}
 /// Writes `value` into the object's config carrier. The map's value size is checked by aya
 /// against the Rust struct, so an object with another layout is refused here.
 pub fn write_config<T: Record + 'static>(ebpf: &mut Ebpf, value: T) -> Result<(), String> {
-    let map = ebpf
-        .map_mut(tapio_bpf::maps::CONFIG)
-        .ok_or_else(|| "object has no config map".to_string())?;
-    let mut array: Array<&mut MapData, Carrier<T>> = Array::try_from(map)
-        .map_err(|e| format!("config map does not match this agent's ABI: {e}"))?;
-    array
-        .set(0, Carrier(value), 0)
-        .map_err(|e| format!("writing config: {e}"))
+    let map = ebpf.map_mut(tapio_bpf::maps::CONFIG).ok_or_else(|| "object has no config map".to_string())?;
+    let mut array: Array<&mut MapData, Carrier<T>> =
+        Array::try_from(map).map_err(|e| format!("config map does not match this agent's ABI: {e}"))?;
+    array.set(0, Carrier(value), 0).map_err(|e| format!("writing config: {e}"))
 }
 
-/// A loaded observer: the object (which owns the attached programs), its ring buffer and
-/// its kernel counters.
+/// A loaded observer: the object (which owns the attached programs), its ring buffer, its
+/// kernel counters and its config carrier (taken out so config can be re-applied while the
+/// drain thread owns the rest).
 pub struct Loaded {
     /// `None` once detached at shutdown.
     pub ebpf: Option<Ebpf>,
     pub ring: RingBuf<MapData>,
     pub counters: PerCpuArray<MapData, u64>,
+    pub config: Option<aya::maps::Map>,
     pub programs: Vec<ProgramStatus>,
+}
+
+/// An object's config carrier, writable at any time (e.g. when the controller's config
+/// changes). Writing a new generation is atomic for the programs: they check the trailing
+/// generation copy and skip a torn read.
+pub struct ConfigCarrier<T: Record + 'static> {
+    array: Array<MapData, Carrier<T>>,
+}
+
+impl<T: Record + 'static> ConfigCarrier<T> {
+    pub fn from_map(map: aya::maps::Map) -> Result<Self, String> {
+        Array::try_from(map)
+            .map(|array| Self { array })
+            .map_err(|e| format!("config map does not match this agent's ABI: {e}"))
+    }
+
+    pub fn write(&mut self, value: T) -> Result<(), String> {
+        self.array.set(0, Carrier(value), 0).map_err(|e| format!("writing config: {e}"))
+    }
 }
 
 /// Explains a load/attach error in terms an operator can act on.
@@ -143,17 +160,11 @@ pub fn load(
     let mut programs = Vec::with_capacity(hooks.len());
     for &(name, hook) in hooks {
         let result = attach(&mut ebpf, btf, name, hook).map_err(|e| hint(&e));
-        programs.push(ProgramStatus {
-            program: name,
-            hook,
-            result,
-        });
+        programs.push(ProgramStatus { program: name, hook, result });
     }
     if programs.iter().all(|p| p.result.is_err()) {
-        let reasons: Vec<String> = programs
-            .iter()
-            .filter_map(|p| p.result.as_ref().err().map(|e| format!("{}: {e}", p.hook)))
-            .collect();
+        let reasons: Vec<String> =
+            programs.iter().filter_map(|p| p.result.as_ref().err().map(|e| format!("{}: {e}", p.hook))).collect();
         return Err(format!("no program attached ({})", reasons.join("; ")));
     }
     let ring = ebpf
@@ -164,31 +175,22 @@ pub fn load(
         .take_map(tapio_bpf::maps::COUNTERS)
         .ok_or("object has no counters map")
         .and_then(|m| PerCpuArray::try_from(m).map_err(|_| "counters map has the wrong type"))?;
-    Ok(Loaded {
-        ebpf: Some(ebpf),
-        ring,
-        counters,
-        programs,
-    })
+    let config = ebpf.take_map(tapio_bpf::maps::CONFIG);
+    Ok(Loaded { ebpf: Some(ebpf), ring, counters, config, programs })
 }
 
 fn attach(ebpf: &mut Ebpf, btf: Option<&Btf>, name: &str, hook: Hook) -> Result<(), String> {
-    let program = ebpf
-        .program_mut(name)
-        .ok_or_else(|| format!("program {name} missing from object"))?;
+    let program = ebpf.program_mut(name).ok_or_else(|| format!("program {name} missing from object"))?;
     match hook {
         Hook::TracePoint(category, tracepoint) => {
             let tp: &mut TracePoint = program.try_into().map_err(|e| format!("{e}"))?;
-            tp.load()
-                .map_err(|e| format!("verifier rejected {name}: {e:#}"))?;
-            tp.attach(category, tracepoint)
-                .map_err(|e| format!("attaching: {e:#}"))?;
+            tp.load().map_err(|e| format!("verifier rejected {name}: {e:#}"))?;
+            tp.attach(category, tracepoint).map_err(|e| format!("attaching: {e:#}"))?;
         }
         Hook::BtfTracePoint(tracepoint) => {
             let btf = btf.ok_or("BTF-typed tracepoints need kernel BTF")?;
             let tp: &mut BtfTracePoint = program.try_into().map_err(|e| format!("{e}"))?;
-            tp.load(tracepoint, btf)
-                .map_err(|e| format!("verifier rejected {name}: {e:#}"))?;
+            tp.load(tracepoint, btf).map_err(|e| format!("verifier rejected {name}: {e:#}"))?;
             tp.attach().map_err(|e| format!("attaching: {e:#}"))?;
         }
     }
@@ -199,12 +201,7 @@ fn attach(ebpf: &mut Ebpf, btf: Option<&Btf>, name: &str, hook: Hook) -> Result<
 pub fn state_of(programs: &[ProgramStatus]) -> ObserverState {
     let failed: Vec<String> = programs
         .iter()
-        .filter_map(|p| {
-            p.result
-                .as_ref()
-                .err()
-                .map(|e| format!("{} not attached: {e}", p.hook))
-        })
+        .filter_map(|p| p.result.as_ref().err().map(|e| format!("{} not attached: {e}", p.hook)))
         .collect();
     if failed.is_empty() {
         ObserverState::Running
@@ -214,11 +211,7 @@ pub fn state_of(programs: &[ProgramStatus]) -> ObserverState {
 }
 
 /// Sums the per-CPU kernel counters into `counters`.
-pub fn read_kernel_counters(
-    observer: &'static str,
-    map: &PerCpuArray<MapData, u64>,
-    counters: &Counters,
-) {
+pub fn read_kernel_counters(observer: &'static str, map: &PerCpuArray<MapData, u64>, counters: &Counters) {
     for (index, name) in tapio_bpf::COUNTER_NAMES {
         if let Ok(values) = map.get(&index, 0) {
             counters.set_kernel(observer, name, values.iter().sum());
@@ -229,11 +222,7 @@ pub fn read_kernel_counters(
 /// The userspace half of an observer: decodes and classifies its records.
 pub trait Classifier: Send {
     /// Decodes one record; a decode error is counted as malformed by the caller.
-    fn classify(
-        &mut self,
-        record: &[u8],
-        stamper: &mut Stamper,
-    ) -> Result<Verdict, tapio_bpf::DecodeError>;
+    fn classify(&mut self, record: &[u8], stamper: &mut Stamper) -> Result<Verdict, tapio_bpf::DecodeError>;
 }
 
 /// A running observer as the drain thread owns it.

@@ -24,13 +24,7 @@ fn open_append(path: &PathBuf) -> io::Result<(BufWriter<File>, u64)> {
 impl FileSink {
     pub fn open(config: &FileSinkConfig) -> io::Result<Self> {
         let (out, size) = open_append(&config.path)?;
-        Ok(Self {
-            path: config.path.clone(),
-            max_bytes: config.max_bytes,
-            keep_files: config.keep_files,
-            out,
-            size,
-        })
+        Ok(Self { path: config.path.clone(), max_bytes: config.max_bytes, keep_files: config.keep_files, out, size })
     }
 
     fn rotated(&self, n: u32) -> PathBuf {
@@ -80,8 +74,7 @@ mod tests {
     use super::*;
 
     fn temp_dir(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("tapio-file-sink-{name}-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("tapio-file-sink-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         dir
@@ -91,37 +84,20 @@ mod tests {
     fn rotates_by_size_and_keeps_a_bounded_number_of_files() {
         let dir = temp_dir("rotate");
         let path = dir.join("evidence.jsonl");
-        let mut sink = FileSink::open(&FileSinkConfig {
-            path: path.clone(),
-            max_bytes: 100,
-            keep_files: 2,
-        })
-        .unwrap();
-        let line = [b'x'; 39]
-            .iter()
-            .copied()
-            .chain([b'\n'])
-            .collect::<Vec<u8>>(); // 40 bytes
+        let mut sink = FileSink::open(&FileSinkConfig { path: path.clone(), max_bytes: 100, keep_files: 2 }).unwrap();
+        let line = [b'x'; 39].iter().copied().chain([b'\n']).collect::<Vec<u8>>(); // 40 bytes
         for _ in 0..10 {
             sink.write_line(&line).unwrap();
         }
         sink.flush().unwrap();
         // 10 lines of 40 bytes, at most 2 per 100-byte file: the live file plus .1 and .2.
-        let mut names: Vec<String> = fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
+        let mut names: Vec<String> =
+            fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         names.sort();
-        assert_eq!(
-            names,
-            ["evidence.jsonl", "evidence.jsonl.1", "evidence.jsonl.2"]
-        );
+        assert_eq!(names, ["evidence.jsonl", "evidence.jsonl.1", "evidence.jsonl.2"]);
         for name in &names {
             let len = fs::metadata(dir.join(name)).unwrap().len();
-            assert!(
-                len <= 100 && len.is_multiple_of(40),
-                "{name} has {len} bytes"
-            );
+            assert!(len <= 100 && len.is_multiple_of(40), "{name} has {len} bytes");
         }
         assert_eq!(fs::read(&path).unwrap().len(), 80);
         fs::remove_dir_all(&dir).unwrap();
@@ -132,12 +108,7 @@ mod tests {
         let dir = temp_dir("append");
         let path = dir.join("e.jsonl");
         fs::write(&path, b"{}\n").unwrap();
-        let mut sink = FileSink::open(&FileSinkConfig {
-            path: path.clone(),
-            max_bytes: 6,
-            keep_files: 1,
-        })
-        .unwrap();
+        let mut sink = FileSink::open(&FileSinkConfig { path: path.clone(), max_bytes: 6, keep_files: 1 }).unwrap();
         sink.write_line(b"{}\n").unwrap();
         sink.write_line(b"{}\n").unwrap(); // 9 > 6: rotates first
         sink.flush().unwrap();

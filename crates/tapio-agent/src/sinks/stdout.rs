@@ -9,9 +9,7 @@ pub struct StdoutSink {
 
 impl StdoutSink {
     pub fn new() -> Self {
-        Self {
-            out: BufWriter::with_capacity(64 * 1024, io::stdout()),
-        }
+        Self { out: BufWriter::with_capacity(64 * 1024, io::stdout()) }
     }
 }
 

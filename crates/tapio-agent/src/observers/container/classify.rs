@@ -3,8 +3,7 @@
 use crate::evidence::{ExitFacts, Facts, OomFacts, Outcome, Severity, WorkloadIds};
 use crate::stamp::{Draft, Stamper, Verdict};
 use tapio_bpf::abi::{
-    tapio_exit_event, tapio_oom_event, TAPIO_CTR_F_MEMCG_KNOWN, TAPIO_CTR_F_MM_KNOWN,
-    TAPIO_CTR_F_START_KNOWN,
+    tapio_exit_event, tapio_oom_event, TAPIO_CTR_F_MEMCG_KNOWN, TAPIO_CTR_F_MM_KNOWN, TAPIO_CTR_F_START_KNOWN,
 };
 use tapio_bpf::container::ContainerRecord;
 use tapio_bpf::record::comm_str;
@@ -97,11 +96,7 @@ fn classify_oom(ev: &tapio_oom_event, pages: &PageSize, stamper: &mut Stamper) -
         shmem_rss_bytes: mm.then(|| pages.bytes(ev.shmem_rss_pages)),
         pgtables_bytes: mm.then_some(ev.pgtables_bytes),
         memory_cgroup_id: memcg.then_some(ev.task.mem_cgroup_id),
-        memory_cgroup_limit_bytes: if memcg {
-            pages.limit_bytes(ev.memcg_limit_pages)
-        } else {
-            None
-        },
+        memory_cgroup_limit_bytes: if memcg { pages.limit_bytes(ev.memcg_limit_pages) } else { None },
         memory_cgroup_usage_bytes: memcg.then(|| pages.bytes(ev.memcg_usage_pages)),
     };
     let mut message = format!("the OOM killer killed {comm} (pid {})", ev.task.pid);
@@ -120,10 +115,7 @@ fn classify_oom(ev: &tapio_oom_event, pages: &PageSize, stamper: &mut Stamper) -
         message,
         boot_ns: ev.hdr.boot_ns,
         generation: ev.hdr.generation,
-        workload: WorkloadIds {
-            cgroup_id: ev.task.cgroup_id,
-            mem_cgroup_id: ev.task.mem_cgroup_id,
-        },
+        workload: WorkloadIds { cgroup_id: ev.task.cgroup_id, mem_cgroup_id: ev.task.mem_cgroup_id },
         facts: Facts::Oom(facts),
     })
 }
@@ -150,13 +142,7 @@ fn classify_exit(ev: &tapio_exit_event, stamper: &mut Stamper) -> Verdict {
     } else {
         let name = signal_name(sig).unwrap_or("SIGRT");
         let core = if core_dumped { " (core dumped)" } else { "" };
-        (
-            Severity::Error,
-            name,
-            format!("process {comm} (pid {pid}) was killed by {name}{core}"),
-            None,
-            Some(sig),
-        )
+        (Severity::Error, name, format!("process {comm} (pid {pid}) was killed by {name}{core}"), None, Some(sig))
     };
     stamper.stamp(Draft {
         kind: "kernel.container.abnormal_exit",
@@ -167,10 +153,7 @@ fn classify_exit(ev: &tapio_exit_event, stamper: &mut Stamper) -> Verdict {
         message,
         boot_ns: ev.hdr.boot_ns,
         generation: ev.hdr.generation,
-        workload: WorkloadIds {
-            cgroup_id: ev.task.cgroup_id,
-            mem_cgroup_id: ev.task.mem_cgroup_id,
-        },
+        workload: WorkloadIds { cgroup_id: ev.task.cgroup_id, mem_cgroup_id: ev.task.mem_cgroup_id },
         facts: Facts::Exit(ExitFacts {
             pid,
             tid: ev.task.tid,
@@ -204,10 +187,7 @@ mod tests {
     }
 
     fn exit(exit_status: u32) -> tapio_exit_event {
-        let mut ev = tapio_exit_event {
-            exit_status,
-            ..Default::default()
-        };
+        let mut ev = tapio_exit_event { exit_status, ..Default::default() };
         ev.task.pid = 100;
         ev.task.tid = 104;
         ev.task.comm[..2].copy_from_slice(b"sh");
@@ -223,38 +203,21 @@ mod tests {
         let e = emitted(classify_exit(&exit(3 << 8), &mut stamper()));
         assert_eq!(
             (e.kind, e.error.code, e.severity),
-            (
-                "kernel.container.abnormal_exit",
-                "NONZERO_EXIT",
-                Severity::Warning
-            )
+            ("kernel.container.abnormal_exit", "NONZERO_EXIT", Severity::Warning)
         );
         let Facts::Exit(f) = e.facts else { panic!() };
-        assert_eq!(
-            (f.pid, f.exit_code, f.signal, f.lifetime_ns, f.threads),
-            (100, Some(3), None, Some(4_000), 5)
-        );
+        assert_eq!((f.pid, f.exit_code, f.signal, f.lifetime_ns, f.threads), (100, Some(3), None, Some(4_000), 5));
 
         let e = emitted(classify_exit(&exit(11 | 0x80), &mut stamper()));
         assert_eq!(e.error.code, "SIGSEGV");
-        assert!(
-            e.error.message.ends_with("killed by SIGSEGV (core dumped)"),
-            "{}",
-            e.error.message
-        );
+        assert!(e.error.message.ends_with("killed by SIGSEGV (core dumped)"), "{}", e.error.message);
         let Facts::Exit(f) = e.facts else { panic!() };
-        assert_eq!(
-            (f.exit_code, f.signal, f.core_dumped),
-            (None, Some(11), true)
-        );
+        assert_eq!((f.exit_code, f.signal, f.core_dumped), (None, Some(11), true));
     }
 
     #[test]
     fn a_clean_exit_is_never_evidence() {
-        assert!(matches!(
-            classify_exit(&exit(0), &mut stamper()),
-            Verdict::Ignore
-        ));
+        assert!(matches!(classify_exit(&exit(0), &mut stamper()), Verdict::Ignore));
     }
 
     #[test]

@@ -9,12 +9,8 @@ use classify::PageSize;
 pub const NAME: &str = "container";
 
 pub fn hooks() -> Vec<(&'static str, Hook)> {
-    let classic = tapio_bpf::container::TRACEPOINTS
-        .iter()
-        .map(|&(prog, cat, tp)| (prog, Hook::TracePoint(cat, tp)));
-    let typed = tapio_bpf::container::BTF_TRACEPOINTS
-        .iter()
-        .map(|&(prog, tp)| (prog, Hook::BtfTracePoint(tp)));
+    let classic = tapio_bpf::container::TRACEPOINTS.iter().map(|&(prog, cat, tp)| (prog, Hook::TracePoint(cat, tp)));
+    let typed = tapio_bpf::container::BTF_TRACEPOINTS.iter().map(|&(prog, tp)| (prog, Hook::BtfTracePoint(tp)));
     classic.chain(typed).collect()
 }
 
@@ -24,9 +20,7 @@ pub struct ContainerClassifier {
 
 impl ContainerClassifier {
     pub fn new() -> Self {
-        Self {
-            pages: PageSize::of_this_system(),
-        }
+        Self { pages: PageSize::of_this_system() }
     }
 }
 
@@ -37,11 +31,7 @@ impl Default for ContainerClassifier {
 }
 
 impl Classifier for ContainerClassifier {
-    fn classify(
-        &mut self,
-        record: &[u8],
-        stamper: &mut Stamper,
-    ) -> Result<Verdict, tapio_bpf::DecodeError> {
+    fn classify(&mut self, record: &[u8], stamper: &mut Stamper) -> Result<Verdict, tapio_bpf::DecodeError> {
         let rec = tapio_bpf::container::decode(record)?;
         Ok(classify::classify(&rec, &self.pages, stamper))
     }

@@ -74,11 +74,7 @@ fn base_facts(ev: &tapio_net_event) -> ConnectionFacts {
     ConnectionFacts {
         pid: known.then_some(ev.task.pid),
         comm: known.then(|| comm_str(&ev.task.comm)),
-        family: if ev.family == AF_INET6 {
-            "ipv6"
-        } else {
-            "ipv4"
-        },
+        family: if ev.family == AF_INET6 { "ipv6" } else { "ipv4" },
         src_addr: addr(ev.family, &ev.saddr),
         src_port: ev.sport,
         dst_addr: addr(ev.family, &ev.daddr),
@@ -93,10 +89,7 @@ pub fn classify(ev: &tapio_net_event, stamper: &mut Stamper) -> Verdict {
         return Verdict::Drop("unknown_address_family");
     }
     let dst = endpoint(ev.family, &ev.daddr, ev.dport);
-    let workload = WorkloadIds {
-        cgroup_id: ev.task.cgroup_id,
-        mem_cgroup_id: ev.task.mem_cgroup_id,
-    };
+    let workload = WorkloadIds { cgroup_id: ev.task.cgroup_id, mem_cgroup_id: ev.task.mem_cgroup_id };
     let mut facts = base_facts(ev);
     let flags = u32::from(ev.flags);
     let (kind, severity, outcome, code, message) = match ev.hdr.kind {
@@ -107,8 +100,7 @@ pub fn classify(ev: &tapio_net_event, stamper: &mut Stamper) -> Verdict {
             facts.errno = Some(ev.sk_err);
             facts.soft_error = Some(soft);
             facts.syn_retries = Some(ev.syn_retries);
-            facts.connect_duration_ns =
-                (start_known && flags & TAPIO_NET_F_TASK_KNOWN != 0).then_some(ev.duration_ns);
+            facts.connect_duration_ns = (start_known && flags & TAPIO_NET_F_TASK_KNOWN != 0).then_some(ev.duration_ns);
             if rst {
                 (
                     "kernel.network.connection_refused",
@@ -123,21 +115,14 @@ pub fn classify(ev: &tapio_net_event, stamper: &mut Stamper) -> Verdict {
                     Severity::Error,
                     Outcome::Timeout,
                     "ETIMEDOUT",
-                    format!(
-                        "TCP connect to {dst} timed out after {} SYN retransmits with no answer",
-                        ev.syn_retries
-                    ),
+                    format!("TCP connect to {dst} timed out after {} SYN retransmits with no answer", ev.syn_retries),
                 )
             } else if ev.sk_err == ECONNREFUSED && !start_known && !soft {
                 // Refused by RST or by ICMP port unreachable: without the connect's start we
                 // did not see which. Counted, not guessed.
                 return Verdict::Drop("ambiguous_connect_failure");
             } else if let Some(name) = icmp_errno_name(ev.sk_err) {
-                let how = if soft {
-                    "; the application then gave up the connect"
-                } else {
-                    ""
-                };
+                let how = if soft { "; the application then gave up the connect" } else { "" };
                 (
                     "kernel.network.connection_unreachable",
                     Severity::Error,
@@ -251,44 +236,24 @@ mod tests {
     #[test]
     fn rst_in_syn_sent_is_refused_with_task_and_addresses() {
         let known = TAPIO_NET_F_RST_IN_SYN_SENT | TAPIO_NET_F_TASK_KNOWN | TAPIO_NET_F_START_KNOWN;
-        let e = emitted(classify(
-            &connect_failure(ECONNREFUSED, known),
-            &mut stamper(),
-        ));
+        let e = emitted(classify(&connect_failure(ECONNREFUSED, known), &mut stamper()));
         assert_eq!(e.kind, "kernel.network.connection_refused");
         assert_eq!(e.config_generation, 3);
-        let Facts::Connection(f) = e.facts else {
-            panic!()
-        };
+        let Facts::Connection(f) = e.facts else { panic!() };
         assert_eq!((f.pid, f.comm.as_deref()), (Some(42), Some("curl")));
-        assert_eq!(
-            (f.dst_addr.as_str(), f.dst_port, f.family),
-            ("10.0.0.2", 5432, "ipv4")
-        );
+        assert_eq!((f.dst_addr.as_str(), f.dst_port, f.family), ("10.0.0.2", 5432, "ipv4"));
         assert_eq!(f.connect_duration_ns, Some(1234));
     }
 
     #[test]
     fn timeout_and_icmp_unreachable_are_told_apart_by_errno() {
         let started = TAPIO_NET_F_TASK_KNOWN | TAPIO_NET_F_START_KNOWN;
-        let e = emitted(classify(
-            &connect_failure(ETIMEDOUT, started),
-            &mut stamper(),
-        ));
-        assert_eq!(
-            (e.kind, e.outcome),
-            ("kernel.network.connection_timeout", Outcome::Timeout)
-        );
+        let e = emitted(classify(&connect_failure(ETIMEDOUT, started), &mut stamper()));
+        assert_eq!((e.kind, e.outcome), ("kernel.network.connection_timeout", Outcome::Timeout));
         let e = emitted(classify(&connect_failure(113, started), &mut stamper()));
-        assert_eq!(
-            (e.kind, e.error.code),
-            ("kernel.network.connection_unreachable", "EHOSTUNREACH")
-        );
+        assert_eq!((e.kind, e.error.code), ("kernel.network.connection_unreachable", "EHOSTUNREACH"));
         // ICMP port unreachable (ECONNREFUSED without an RST) is unreachable, not refused.
-        let e = emitted(classify(
-            &connect_failure(ECONNREFUSED, started),
-            &mut stamper(),
-        ));
+        let e = emitted(classify(&connect_failure(ECONNREFUSED, started), &mut stamper()));
         assert_eq!(e.kind, "kernel.network.connection_unreachable");
     }
 
@@ -297,19 +262,11 @@ mod tests {
         let flags = TAPIO_NET_F_SOFT_ERROR | TAPIO_NET_F_TASK_KNOWN | TAPIO_NET_F_START_KNOWN;
         let e = emitted(classify(&connect_failure(113, flags), &mut stamper()));
         assert_eq!(e.kind, "kernel.network.connection_unreachable");
-        assert!(e
-            .error
-            .message
-            .ends_with("the application then gave up the connect"));
-        let Facts::Connection(f) = e.facts else {
-            panic!()
-        };
+        assert!(e.error.message.ends_with("the application then gave up the connect"));
+        let Facts::Connection(f) = e.facts else { panic!() };
         assert_eq!(f.soft_error, Some(true));
         // A soft ICMP port unreachable is still ICMP, even without the connect's start.
-        let e = emitted(classify(
-            &connect_failure(ECONNREFUSED, TAPIO_NET_F_SOFT_ERROR),
-            &mut stamper(),
-        ));
+        let e = emitted(classify(&connect_failure(ECONNREFUSED, TAPIO_NET_F_SOFT_ERROR), &mut stamper()));
         assert_eq!(e.kind, "kernel.network.connection_unreachable");
     }
 
@@ -320,29 +277,18 @@ mod tests {
             Verdict::Drop("ambiguous_connect_failure")
         ));
         assert!(matches!(
-            classify(
-                &connect_failure(9999, TAPIO_NET_F_START_KNOWN),
-                &mut stamper()
-            ),
+            classify(&connect_failure(9999, TAPIO_NET_F_START_KNOWN), &mut stamper()),
             Verdict::Drop("unclassified_connect_error")
         ));
         let mut bad = connect_failure(ETIMEDOUT, 0);
         bad.family = 99;
-        assert!(matches!(
-            classify(&bad, &mut stamper()),
-            Verdict::Drop("unknown_address_family")
-        ));
+        assert!(matches!(classify(&bad, &mut stamper()), Verdict::Drop("unknown_address_family")));
     }
 
     #[test]
     fn unattributed_connects_say_so_instead_of_naming_a_task() {
-        let e = emitted(classify(
-            &connect_failure(ETIMEDOUT, TAPIO_NET_F_START_KNOWN),
-            &mut stamper(),
-        ));
-        let Facts::Connection(f) = e.facts else {
-            panic!()
-        };
+        let e = emitted(classify(&connect_failure(ETIMEDOUT, TAPIO_NET_F_START_KNOWN), &mut stamper()));
+        let Facts::Connection(f) = e.facts else { panic!() };
         assert_eq!((f.pid, f.comm), (None, None));
     }
 
@@ -352,14 +298,8 @@ mod tests {
         ev.family = AF_INET6;
         ev.daddr = Ipv6Addr::LOCALHOST.octets();
         let e = emitted(classify(&ev, &mut stamper()));
-        assert!(
-            e.error.message.contains("[::1]:5432"),
-            "{}",
-            e.error.message
-        );
-        let Facts::Connection(f) = e.facts else {
-            panic!()
-        };
+        assert!(e.error.message.contains("[::1]:5432"), "{}", e.error.message);
+        let Facts::Connection(f) = e.facts else { panic!() };
         assert_eq!((f.dst_addr.as_str(), f.family), ("::1", "ipv6"));
     }
 
@@ -370,13 +310,8 @@ mod tests {
         ev.state = 1;
         ev.bytes_acked = 10;
         let e = emitted(classify(&ev, &mut stamper()));
-        let Facts::Connection(f) = e.facts else {
-            panic!()
-        };
-        assert_eq!(
-            (f.tcp_state, f.bytes_acked, f.errno),
-            (Some("ESTABLISHED"), Some(10), None)
-        );
+        let Facts::Connection(f) = e.facts else { panic!() };
+        assert_eq!((f.tcp_state, f.bytes_acked, f.errno), (Some("ESTABLISHED"), Some(10), None));
 
         ev.hdr.kind = TAPIO_NET_RETRANSMIT_SPIKE;
         ev.retransmits_in_window = 5;
@@ -389,19 +324,14 @@ mod tests {
         ev.srtt_us = 9000;
         ev.baseline_us = 100;
         let e = emitted(classify(&ev, &mut stamper()));
-        let Facts::Connection(f) = e.facts else {
-            panic!()
-        };
+        let Facts::Connection(f) = e.facts else { panic!() };
         assert_eq!((f.srtt_us, f.baseline_us), (Some(9000), Some(100)));
     }
 
     #[test]
     fn records_serialize_in_the_evidence_shape() {
         let known = TAPIO_NET_F_RST_IN_SYN_SENT | TAPIO_NET_F_TASK_KNOWN | TAPIO_NET_F_START_KNOWN;
-        let e = emitted(classify(
-            &connect_failure(ECONNREFUSED, known),
-            &mut stamper(),
-        ));
+        let e = emitted(classify(&connect_failure(ECONNREFUSED, known), &mut stamper()));
         let v: serde_json::Value = serde_json::to_value(&e).unwrap();
         for key in [
             "id",

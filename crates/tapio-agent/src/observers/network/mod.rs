@@ -8,20 +8,13 @@ use crate::stamp::{Stamper, Verdict};
 pub const NAME: &str = "network";
 
 pub fn hooks() -> Vec<(&'static str, Hook)> {
-    tapio_bpf::network::TRACEPOINTS
-        .iter()
-        .map(|&(prog, cat, tp)| (prog, Hook::TracePoint(cat, tp)))
-        .collect()
+    tapio_bpf::network::TRACEPOINTS.iter().map(|&(prog, cat, tp)| (prog, Hook::TracePoint(cat, tp))).collect()
 }
 
 pub struct NetworkClassifier;
 
 impl Classifier for NetworkClassifier {
-    fn classify(
-        &mut self,
-        record: &[u8],
-        stamper: &mut Stamper,
-    ) -> Result<Verdict, tapio_bpf::DecodeError> {
+    fn classify(&mut self, record: &[u8], stamper: &mut Stamper) -> Result<Verdict, tapio_bpf::DecodeError> {
         let ev = tapio_bpf::network::decode(record)?;
         Ok(classify::classify(&ev, stamper))
     }

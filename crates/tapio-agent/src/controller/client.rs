@@ -1,0 +1,472 @@
+//! The controller client loop: hello → config → apply → heartbeats and event batches.
+//!
+//! Everything here is bounded: requests have connect/read/write timeouts, responses have a
+//! size cap, one batch is in flight at a time and is retried with capped exponential
+//! backoff and jitter, then dropped and counted. Batches keep their sequence number across
+//! retries; a dropped batch leaves a gap the controller counts.
+
+use super::apply::settings_from;
+use super::http::{self, Endpoint, HttpError, Limits, Request, Response};
+use super::outbox::Outbox;
+use super::state::{self, AppliedConfig};
+use super::{ControllerConfig, Token};
+use crate::carriers::KernelCarriers;
+use crate::config::AgentConfig;
+use crate::counters::Counters;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tapio_wire::{
+    ConfigResponse, DegradedReason, EventsResponse, HeartbeatCounters, HeartbeatRequest, HeartbeatResponse,
+    HelloRequest, HelloResponse, ObserverStatus, WIRE_VERSION,
+};
+
+/// Upper bound of the events per batch whatever the controller asks.
+const MAX_BATCH_EVENTS: u64 = 10_000;
+/// How long a shutdown may spend sending what is still in the outbox.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(3);
+
+/// What the client needs from the rest of the agent.
+pub struct Client {
+    pub settings: ControllerConfig,
+    pub endpoint: Endpoint,
+    pub token: Option<Token>,
+    pub agent_id: String,
+    pub node: String,
+    pub local: AgentConfig,
+    pub outbox: Arc<Outbox>,
+    pub counters: Arc<Counters>,
+    pub carriers: Arc<Mutex<KernelCarriers>>,
+    /// The config in force (None = local defaults, "unconfigured"); shared with the runtime.
+    pub applied: Arc<Mutex<Option<AppliedConfig>>>,
+    pub observers: BTreeMap<String, ObserverStatus>,
+    pub object_sizes: BTreeMap<String, u64>,
+    /// Set by the runtime once the sink stage has flushed into the outbox.
+    pub stop: Arc<AtomicBool>,
+}
+
+struct Pending {
+    sequence: u64,
+    lines: Vec<Vec<u8>>,
+    attempts: u32,
+    retry_at: Instant,
+}
+
+struct Loop {
+    c: Client,
+    limits: Limits,
+    started: Instant,
+    registered: bool,
+    next_hello: Instant,
+    hello_attempts: u32,
+    next_heartbeat: Instant,
+    next_config: Instant,
+    next_send: Instant,
+    send_interval: Duration,
+    max_batch_events: u64,
+    sequence: u64,
+    pending: Option<Pending>,
+    rng: u64,
+    last_error: Option<String>,
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+impl Client {
+    pub fn run(self) {
+        let now = Instant::now();
+        let limits = Limits {
+            connect_timeout: Duration::from_millis(self.settings.connect_timeout_ms),
+            io_timeout: Duration::from_millis(self.settings.io_timeout_ms),
+            max_response_bytes: self.settings.max_response_bytes,
+        };
+        let mut l = Loop {
+            c: self,
+            limits,
+            started: now,
+            registered: false,
+            next_hello: now,
+            hello_attempts: 0,
+            next_heartbeat: now,
+            next_config: now,
+            next_send: now,
+            send_interval: Duration::from_millis(1_000),
+            max_batch_events: 500,
+            sequence: 1,
+            pending: None,
+            rng: crate::clock::wall_now_ns() | 1,
+            last_error: None,
+        };
+        l.run();
+    }
+}
+
+impl Loop {
+    fn run(&mut self) {
+        while !self.c.stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            if !self.registered && now >= self.next_hello {
+                self.hello();
+            }
+            if self.registered && now >= self.next_config {
+                self.fetch_config();
+            }
+            if self.registered && now >= self.next_heartbeat {
+                self.heartbeat();
+            }
+            self.send_due();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.flush_on_shutdown();
+    }
+
+    fn jitter(&mut self, d: Duration) -> Duration {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        // 50–100 % of the delay, so a fleet restarted together does not retry in step.
+        d.mul_f64(0.5 + (self.rng % 1000) as f64 / 2000.0)
+    }
+
+    fn backoff(&mut self, attempts: u32) -> Duration {
+        let base = 500u64.saturating_mul(1 << attempts.min(16));
+        let capped = Duration::from_millis(base.min(self.c.settings.max_backoff_ms));
+        self.jitter(capped)
+    }
+
+    fn request(
+        &mut self,
+        method: &'static str,
+        path: &str,
+        body: Option<&[u8]>,
+        extra: &[(&str, &str)],
+    ) -> Result<Response, HttpError> {
+        let auth = self.c.token.as_ref().map(Token::header_value);
+        let mut headers: Vec<(&str, &str)> = extra.to_vec();
+        if let Some(a) = &auth {
+            headers.push(("Authorization", a.as_str()));
+        }
+        let result = http::send(&self.c.endpoint, &self.limits, &Request { method, path, headers: &headers, body });
+        if let Ok(resp) = &result {
+            if resp.status == 401 {
+                self.reload_token();
+            }
+        }
+        result
+    }
+
+    /// A rotated token is picked up on the next request after a 401.
+    fn reload_token(&mut self) {
+        if let Some(path) = &self.c.settings.token_file {
+            match Token::read(path) {
+                Ok(t) => self.c.token = Some(t),
+                Err(e) => log::warn!("{e}"),
+            }
+        }
+    }
+
+    fn failure(&mut self, what: &str, detail: String) {
+        self.c.counters.controller_send_failures_total.fetch_add(1, Ordering::Relaxed);
+        let message = format!("controller {what} failed: {detail}");
+        // Log changes of state, not every retry of the same failure.
+        if self.last_error.as_deref() != Some(message.as_str()) {
+            log::warn!("{message}");
+            self.last_error = Some(message);
+        }
+    }
+
+    fn succeeded(&mut self) {
+        if self.last_error.take().is_some() {
+            log::info!("controller reachable again");
+        }
+    }
+
+    fn describe(resp: &Response) -> String {
+        let code = serde_json::from_slice::<tapio_wire::ErrorEnvelope>(&resp.body)
+            .map(|e| e.error.code.as_str().to_string())
+            .unwrap_or_default();
+        format!("HTTP {} {code}", resp.status)
+    }
+
+    fn hello(&mut self) {
+        let req = HelloRequest {
+            wire_version: WIRE_VERSION.into(),
+            agent_id: self.c.agent_id.clone(),
+            node_name: self.c.node.clone(),
+            tapio_version: env!("CARGO_PKG_VERSION").into(),
+            kernel_release: kernel_release(),
+            arch: std::env::consts::ARCH.into(),
+            capabilities: self.c.observers.keys().cloned().collect(),
+            object_sizes: self.c.object_sizes.clone(),
+            map_counts: BTreeMap::new(),
+        };
+        let body = serde_json::to_vec(&req).unwrap_or_default();
+        let outcome = self.request("POST", "/v1/agents/hello", Some(&body), &[]);
+        match outcome {
+            Ok(resp) if resp.status == 200 => match serde_json::from_slice::<HelloResponse>(&resp.body) {
+                Ok(h) if h.accepted => {
+                    self.succeeded();
+                    self.registered = true;
+                    self.hello_attempts = 0;
+                    self.set_batching(h.send_interval_ms, h.max_batch_events);
+                    log::info!("registered with controller {} as {}", h.controller_id, self.c.agent_id);
+                    self.next_config = Instant::now();
+                    self.next_heartbeat = Instant::now();
+                    return;
+                }
+                Ok(_) => self.failure("hello", "the controller refused this agent".into()),
+                Err(e) => self.failure("hello", format!("unreadable response: {e}")),
+            },
+            Ok(resp) => self.failure("hello", Self::describe(&resp)),
+            Err(e) => self.failure("hello", e.to_string()),
+        }
+        self.hello_attempts += 1;
+        let wait = self.backoff(self.hello_attempts);
+        self.next_hello = Instant::now() + wait;
+    }
+
+    fn set_batching(&mut self, send_interval_ms: u64, max_batch_events: u64) {
+        self.send_interval = Duration::from_millis(send_interval_ms.clamp(50, 60_000));
+        self.max_batch_events = max_batch_events.clamp(1, MAX_BATCH_EVENTS);
+    }
+
+    fn fetch_config(&mut self) {
+        self.next_config = Instant::now() + Duration::from_secs(self.c.settings.config_poll_interval_secs);
+        let path = format!(
+            "/v1/agents/config?agent_id={}&node_name={}",
+            percent_encode(&self.c.agent_id),
+            percent_encode(&self.c.node)
+        );
+        let etag =
+            self.c.applied.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|a| format!("\"{}\"", a.config_hash));
+        let headers: Vec<(&str, &str)> = etag.iter().map(|e| ("If-None-Match", e.as_str())).collect();
+        match self.request("GET", &path, None, &headers) {
+            Ok(resp) if resp.status == 304 => self.succeeded(),
+            Ok(resp) if resp.status == 200 => match serde_json::from_slice::<ConfigResponse>(&resp.body) {
+                Ok(cfg) => {
+                    self.succeeded();
+                    self.set_batching(cfg.batching.send_interval_ms, cfg.batching.max_batch_events);
+                    self.apply(cfg);
+                }
+                Err(e) => self.failure("config fetch", format!("unreadable config: {e}")),
+            },
+            Ok(resp) => self.failure("config fetch", Self::describe(&resp)),
+            Err(e) => self.failure("config fetch", e.to_string()),
+        }
+    }
+
+    fn apply(&mut self, cfg: ConfigResponse) {
+        let Ok(generation) = cfg.version.parse::<u32>() else {
+            log::warn!("controller config version {:?} is not a u32: keeping the current config", cfg.version);
+            self.c.counters.config_rejected_total.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let settings = match settings_from(&self.c.local, generation, &cfg.config) {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("controller config {generation} refused ({e}): keeping the current config");
+                self.c.counters.config_rejected_total.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        let result = self.c.carriers.lock().unwrap_or_else(|p| p.into_inner()).apply(&settings);
+        if let Err(e) = result {
+            log::error!("applying controller config {generation} to the kernel: {e}");
+            self.c.counters.config_rejected_total.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let applied = AppliedConfig { generation, config_hash: cfg.config_hash, config: cfg.config };
+        log::info!("applied controller config {generation} ({})", applied.config_hash);
+        if let Some(path) = &self.c.settings.state_file {
+            if let Err(e) = state::save(path, &applied) {
+                log::warn!("{e}");
+            }
+        }
+        *self.c.applied.lock().unwrap_or_else(|p| p.into_inner()) = Some(applied);
+    }
+
+    fn heartbeat(&mut self) {
+        self.next_heartbeat = Instant::now() + Duration::from_secs(self.c.settings.heartbeat_interval_secs);
+        let snap = self.c.counters.snapshot();
+        let applied = self.c.applied.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut degraded_reasons = Vec::new();
+        if applied.is_none() {
+            degraded_reasons.push(DegradedReason::Unconfigured);
+        }
+        let req = HeartbeatRequest {
+            wire_version: WIRE_VERSION.into(),
+            agent_id: self.c.agent_id.clone(),
+            node_name: self.c.node.clone(),
+            config_version: applied.as_ref().map_or("0".into(), |a| a.generation.to_string()),
+            config_hash: applied.as_ref().map_or(String::new(), |a| a.config_hash.clone()),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            observers: self.c.observers.clone(),
+            counters: HeartbeatCounters {
+                events_total: snap.events_total,
+                malformed_events_total: snap.malformed_events_total,
+                lost_events_total: snap.lost_events_total,
+                correlation_drops_total: snap.correlation_drops_total,
+                sink_drops_total: snap.sink_drops_total,
+                controller_send_failures_total: snap.controller_send_failures_total,
+            },
+            degraded_reasons,
+        };
+        let body = serde_json::to_vec(&req).unwrap_or_default();
+        match self.request("POST", "/v1/agents/heartbeat", Some(&body), &[]) {
+            Ok(resp) if resp.status == 200 => match serde_json::from_slice::<HeartbeatResponse>(&resp.body) {
+                Ok(hb) if !hb.accepted => {
+                    // "I do not know you" (e.g. the controller restarted): say hello at once.
+                    log::info!("controller does not know this agent: registering again");
+                    self.registered = false;
+                    self.next_hello = Instant::now();
+                }
+                Ok(hb) => {
+                    self.succeeded();
+                    let current = applied.as_ref().map(|a| a.generation.to_string());
+                    if current.as_deref() != Some(hb.next_config_version.as_str()) {
+                        self.next_config = Instant::now();
+                    }
+                }
+                Err(e) => self.failure("heartbeat", format!("unreadable response: {e}")),
+            },
+            Ok(resp) => self.failure("heartbeat", Self::describe(&resp)),
+            Err(e) => self.failure("heartbeat", e.to_string()),
+        }
+    }
+
+    fn send_due(&mut self) {
+        let now = Instant::now();
+        if self.pending.is_none() {
+            if now < self.next_send || self.c.outbox.is_empty() {
+                return;
+            }
+            self.next_send = now + self.send_interval;
+            let lines = self.c.outbox.take_batch(self.max_batch_events as usize, self.c.settings.max_batch_bytes);
+            if lines.is_empty() {
+                return;
+            }
+            let sequence = self.sequence;
+            self.sequence += 1;
+            self.pending = Some(Pending { sequence, lines, attempts: 0, retry_at: now });
+        }
+        if self.pending.as_ref().is_some_and(|p| now >= p.retry_at) {
+            self.send_pending();
+        }
+    }
+
+    fn batch_body(&self, p: &Pending) -> Vec<u8> {
+        let size: usize = p.lines.iter().map(|l| l.len() + 1).sum();
+        let mut body = Vec::with_capacity(size + 256);
+        body.extend_from_slice(b"{\"wire_version\":\"");
+        body.extend_from_slice(WIRE_VERSION.as_bytes());
+        body.extend_from_slice(b"\",\"agent_id\":");
+        body.extend_from_slice(&serde_json::to_vec(&self.c.agent_id).unwrap_or_default());
+        body.extend_from_slice(b",\"node_name\":");
+        body.extend_from_slice(&serde_json::to_vec(&self.c.node).unwrap_or_default());
+        body.extend_from_slice(
+            format!(",\"sequence\":{},\"sent_at_unix_nanos\":{},\"events\":[", p.sequence, crate::clock::wall_now_ns())
+                .as_bytes(),
+        );
+        for (i, line) in p.lines.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(line);
+        }
+        body.extend_from_slice(b"]}");
+        body
+    }
+
+    /// Sends the pending batch once. Returns true when it left the queue (sent or dropped).
+    fn send_pending(&mut self) -> bool {
+        let Some(mut p) = self.pending.take() else { return true };
+        let body = self.batch_body(&p);
+        let n = p.lines.len() as u64;
+        match self.request("POST", "/v1/events", Some(&body), &[]) {
+            Ok(resp) if resp.status == 200 => {
+                self.succeeded();
+                match serde_json::from_slice::<EventsResponse>(&resp.body) {
+                    Ok(r) if r.rejected > 0 => self.c.counters.sink_failures("controller", r.rejected),
+                    Ok(_) => {}
+                    Err(e) => log::warn!("controller accepted batch {} with an unreadable response: {e}", p.sequence),
+                }
+                self.c.counters.controller_events_sent_total.fetch_add(n, Ordering::Relaxed);
+                return true;
+            }
+            // The controller will never take this batch as it is (malformed, too large,
+            // reasoning in facts): retrying cannot help. Dropped and counted.
+            Ok(resp) if matches!(resp.status, 400 | 404 | 413 | 422) => {
+                self.failure(
+                    "event batch",
+                    format!("{} for batch {} of {n} events: dropped", Self::describe(&resp), p.sequence),
+                );
+                self.c.counters.sink_failures("controller", n);
+                return true;
+            }
+            Ok(resp) => self.failure("event batch", Self::describe(&resp)),
+            Err(e) => self.failure("event batch", e.to_string()),
+        }
+        p.attempts += 1;
+        if p.attempts > self.c.settings.max_retries {
+            log::warn!("dropping batch {} of {n} events after {} attempts", p.sequence, p.attempts);
+            self.c.counters.sink_failures("controller", n);
+            return true;
+        }
+        p.retry_at = Instant::now() + self.backoff(p.attempts);
+        self.pending = Some(p);
+        false
+    }
+
+    fn flush_on_shutdown(&mut self) {
+        let deadline = Instant::now() + SHUTDOWN_FLUSH;
+        loop {
+            if self.pending.is_none() {
+                let lines = self.c.outbox.take_batch(self.max_batch_events as usize, self.c.settings.max_batch_bytes);
+                if lines.is_empty() {
+                    return;
+                }
+                let sequence = self.sequence;
+                self.sequence += 1;
+                self.pending = Some(Pending { sequence, lines, attempts: 0, retry_at: Instant::now() });
+            }
+            if Instant::now() >= deadline || !self.send_pending() {
+                break;
+            }
+        }
+        // What could not be sent in time is counted, not silently lost.
+        let left = self.pending.take().map_or(0, |p| p.lines.len() as u64)
+            + self.c.outbox.take_batch(usize::MAX, usize::MAX).len() as u64;
+        if left > 0 {
+            log::warn!("shutdown: {left} events could not reach the controller");
+            self.c.counters.sink_failures("controller", left);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(percent_encode("node a/b&c=d"), "node%20a%2Fb%26c%3Dd");
+        assert_eq!(percent_encode("ip-10-0-0-1.ec2"), "ip-10-0-0-1.ec2");
+    }
+}
