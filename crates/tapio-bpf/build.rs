@@ -7,11 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// One folder per observer under `src/`, each holding `<name>.bpf.c` and `<name>.h`.
-const OBSERVERS: &[&str] = &["network", "container"];
+const OBSERVERS: &[&str] = &["network", "container", "storage"];
 
 fn main() {
-    let manifest =
-        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let src = manifest.join("src");
     let include = src.join("include");
@@ -27,11 +26,7 @@ fn main() {
 }
 
 fn check_toolchain(clang: &str) {
-    let ok = Command::new(clang)
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
+    let ok = Command::new(clang).arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
     if !ok {
         panic!("`{clang}` not found: Tapio compiles its eBPF programs with clang. Install it (Debian: `apt-get install clang libbpf-dev`, or run scripts/setup) or point CLANG at one.");
     }
@@ -103,10 +98,6 @@ fn generate_abi(include: &Path, src: &Path, out: &Path) {
     for name in OBSERVERS {
         builder = builder.clang_arg(format!("-I{}", src.join(name).display()));
     }
-    let bindings = builder
-        .generate()
-        .expect("bindgen could not read the ABI headers");
-    bindings
-        .write_to_file(out.join("abi.rs"))
-        .expect("writing abi.rs");
+    let bindings = builder.generate().expect("bindgen could not read the ABI headers");
+    bindings.write_to_file(out.join("abi.rs")).expect("writing abi.rs");
 }

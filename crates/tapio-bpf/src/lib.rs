@@ -9,16 +9,12 @@
 pub mod container;
 pub mod network;
 pub mod record;
+pub mod storage;
 
 pub use record::{DecodeError, Record};
 
 /// Rust mirror of the ABI headers, generated at build time (see `build.rs`).
-#[allow(
-    non_camel_case_types,
-    non_upper_case_globals,
-    non_snake_case,
-    dead_code
-)]
+#[allow(non_camel_case_types, non_upper_case_globals, non_snake_case, dead_code)]
 #[allow(clippy::all)]
 pub mod abi {
     include!(concat!(env!("OUT_DIR"), "/abi.rs"));
@@ -35,10 +31,8 @@ macro_rules! include_object {
             _align: [u64; 0],
             bytes: B,
         }
-        static OBJECT: &Aligned<[u8]> = &Aligned {
-            _align: [],
-            bytes: *include_bytes!(concat!(env!("OUT_DIR"), "/", $name, ".bpf.o")),
-        };
+        static OBJECT: &Aligned<[u8]> =
+            &Aligned { _align: [], bytes: *include_bytes!(concat!(env!("OUT_DIR"), "/", $name, ".bpf.o")) };
         &OBJECT.bytes
     }};
 }
@@ -63,6 +57,15 @@ pub const COUNTER_NAMES: [(u32, &str); 6] = [
     (abi::TAPIO_CNT_UNSUPPORTED, "unsupported_kernel"),
     (abi::TAPIO_CNT_CONFIG_TORN, "config_torn_read"),
 ];
+
+/// Observer-specific counter slots (from `abi::TAPIO_CNT_OBSERVER_BASE`) of the object of
+/// `observer`, with the names the agent reports; empty for objects that have none.
+pub fn observer_counter_names(observer: &str) -> &'static [(u32, &'static str)] {
+    match observer {
+        "storage" => storage::COUNTER_NAMES,
+        _ => &[],
+    }
+}
 
 /// The name of the global through which an object declares its ABI version (see
 /// `tapio_bpf.h`): the loader sets it by name, which fails for an object of another ABI.

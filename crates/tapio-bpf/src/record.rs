@@ -22,11 +22,7 @@ pub enum DecodeError {
     /// The header names a kind this agent does not know.
     UnknownKind { kind: u32 },
     /// The length does not match the struct of the announced kind.
-    WrongSize {
-        kind: u32,
-        len: usize,
-        expected: usize,
-    },
+    WrongSize { kind: u32, len: usize, expected: usize },
 }
 
 impl std::fmt::Display for DecodeError {
@@ -34,11 +30,7 @@ impl std::fmt::Display for DecodeError {
         match self {
             Self::TooShort { len } => write!(f, "record of {len} bytes is shorter than the header"),
             Self::UnknownKind { kind } => write!(f, "unknown record kind {kind}"),
-            Self::WrongSize {
-                kind,
-                len,
-                expected,
-            } => {
+            Self::WrongSize { kind, len, expected } => {
                 write!(f, "record kind {kind} has {len} bytes, expected {expected}")
             }
         }
@@ -68,19 +60,13 @@ pub fn read_header(bytes: &[u8]) -> Result<tapio_event_header, DecodeError> {
 
 /// Decodes a record of kind `kind` whose struct is `T`.
 pub fn decode_as<T: Record>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
-    read_exact(bytes).ok_or(DecodeError::WrongSize {
-        kind,
-        len: bytes.len(),
-        expected: std::mem::size_of::<T>(),
-    })
+    read_exact(bytes).ok_or(DecodeError::WrongSize { kind, len: bytes.len(), expected: std::mem::size_of::<T>() })
 }
 
 /// The bytes of a record, as the kernel lays them out (for tests, benchmarks, encoders).
 pub fn as_bytes<T: Record>(value: &T) -> &[u8] {
     // SAFETY: `T: Record` is plain old data with no padding the ABI headers do not name.
-    unsafe {
-        std::slice::from_raw_parts((value as *const T).cast::<u8>(), std::mem::size_of::<T>())
-    }
+    unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
 }
 
 /// A fixed comm field as text (up to the first NUL; invalid UTF-8 replaced).
@@ -95,10 +81,7 @@ mod tests {
 
     #[test]
     fn header_needs_its_full_size() {
-        assert_eq!(
-            read_header(&[0u8; 15]),
-            Err(DecodeError::TooShort { len: 15 })
-        );
+        assert_eq!(read_header(&[0u8; 15]), Err(DecodeError::TooShort { len: 15 }));
         let mut bytes = [0u8; 16];
         bytes[8] = 2;
         bytes[12] = 7;

@@ -23,6 +23,9 @@ struct {
 	__uint(max_entries, 1 << 18);
 } events SEC(".maps");
 
+/* Wake the agent once an eighth of the ring is waiting. */
+#define EVENTS_WAKEUP_BYTES ((1 << 18) / 8)
+
 /* Kernels without sched_process_exit's group_dead field: processes already reported, so
  * racing last threads cannot report one process twice. */
 struct exit_key {
@@ -112,7 +115,7 @@ int BPF_PROG(tapio_mark_victim, struct task_struct *task, uid_t uid)
 	}
 	/* The victim's cgroup2 id (what bpf_get_current_cgroup_id() would say in its context). */
 	ev->task.cgroup_id = BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
-	bpf_ringbuf_submit(ev, 0);
+	tapio_submit(&events, ev, EVENTS_WAKEUP_BYTES);
 	return 0;
 }
 
@@ -164,7 +167,7 @@ int tapio_sched_process_exit(struct trace_event_raw_sched_process_exit *ctx)
 	struct tapio_exit_event *ev = reserve(sizeof(*ev), TAPIO_CTR_EXIT, cfg.hdr.generation);
 	if (!ev)
 		return 0;
-	tapio_task_current(&ev->task);
+	tapio_task_current(&ev->task, 1);
 	/* The process's name, not whichever thread happened to exit last. */
 	BPF_CORE_READ_INTO(&ev->task.comm, leader, comm);
 	ev->exit_status = status;
@@ -173,6 +176,6 @@ int tapio_sched_process_exit(struct trace_event_raw_sched_process_exit *ctx)
 		ev->start_boot_ns = start;
 		ev->flags |= TAPIO_CTR_F_START_KNOWN;
 	}
-	bpf_ringbuf_submit(ev, 0);
+	tapio_submit(&events, ev, EVENTS_WAKEUP_BYTES);
 	return 0;
 }

@@ -1,8 +1,6 @@
 //! The container observer's kernel side: its embedded object and record decoding.
 
-use crate::abi::{
-    tapio_ctr_config, tapio_exit_event, tapio_oom_event, TAPIO_CTR_EXIT, TAPIO_CTR_OOM_KILL,
-};
+use crate::abi::{tapio_ctr_config, tapio_exit_event, tapio_oom_event, TAPIO_CTR_EXIT, TAPIO_CTR_OOM_KILL};
 use crate::record::{decode_as, read_header, DecodeError, Record};
 
 unsafe impl Record for tapio_oom_event {}
@@ -10,8 +8,7 @@ unsafe impl Record for tapio_exit_event {}
 unsafe impl Record for tapio_ctr_config {}
 
 /// Classic tracepoint programs: (program name, category, tracepoint).
-pub const TRACEPOINTS: &[(&str, &str, &str)] =
-    &[("tapio_sched_process_exit", "sched", "sched_process_exit")];
+pub const TRACEPOINTS: &[(&str, &str, &str)] = &[("tapio_sched_process_exit", "sched", "sched_process_exit")];
 
 /// BTF-typed tracepoint programs: (program name, tracepoint).
 pub const BTF_TRACEPOINTS: &[(&str, &str)] = &[("tapio_mark_victim", "mark_victim")];
@@ -55,9 +52,6 @@ mod tests {
         // An exit header on an OOM-sized record is malformed, not reinterpreted.
         let mut oom = tapio_oom_event::default();
         oom.hdr.kind = TAPIO_CTR_EXIT;
-        assert!(matches!(
-            decode(as_bytes(&oom)),
-            Err(DecodeError::WrongSize { .. })
-        ));
+        assert!(matches!(decode(as_bytes(&oom)), Err(DecodeError::WrongSize { .. })));
     }
 }

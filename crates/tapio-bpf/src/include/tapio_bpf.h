@@ -89,14 +89,27 @@ static __always_inline __u64 tapio_task_memcg_id(struct task_struct *task)
 	return BPF_CORE_READ(css, cgroup, kn, id);
 }
 
-/* Fills *t with the current task: the right attribution only in process context. */
-static __always_inline void tapio_task_current(struct tapio_task *t)
+/*
+ * Submits a reserved record. Waking the agent for every record costs more than the record
+ * itself, so the agent is woken only once `wakeup_bytes` are waiting; it also polls the ring
+ * every 100 ms, which bounds how long a lone record waits.
+ */
+static __always_inline void tapio_submit(void *ring, void *record, __u64 wakeup_bytes)
+{
+	__u64 waiting = bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA);
+	bpf_ringbuf_submit(record, waiting >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+}
+
+/* Fills *t with the current task: the right attribution only in process context.
+ * with_memcg: also read its memory-cgroup id (a few pointer reads). */
+static __always_inline void tapio_task_current(struct tapio_task *t, int with_memcg)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	t->pid = id >> 32;
 	t->tid = (__u32)id;
 	t->cgroup_id = bpf_get_current_cgroup_id();
-	t->mem_cgroup_id = tapio_task_memcg_id((struct task_struct *)bpf_get_current_task());
+	if (with_memcg)
+		t->mem_cgroup_id = tapio_task_memcg_id((struct task_struct *)bpf_get_current_task());
 	bpf_get_current_comm(&t->comm, sizeof(t->comm));
 }
 

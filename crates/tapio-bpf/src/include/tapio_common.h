@@ -66,7 +66,10 @@ enum tapio_counter {
 	TAPIO_CNT_UNSUPPORTED = 4,
 	/* The config was read mid-update (generation and generation_check differ): skipped. */
 	TAPIO_CNT_CONFIG_TORN = 5,
-	TAPIO_CNT_MAX = 8,
+	/* Slots from here on are observer-specific: each observer's header names its own (e.g.
+	 * one per correlation drop reason), and the agent reports them under those names. */
+	TAPIO_CNT_OBSERVER_BASE = 8,
+	TAPIO_CNT_MAX = 16,
 };
 
 #endif

@@ -36,6 +36,15 @@ enum bpf_map_type {
 };
 
 enum {
+	BPF_RB_NO_WAKEUP = 1,
+	BPF_RB_FORCE_WAKEUP = 2,
+};
+
+enum {
+	BPF_RB_AVAIL_DATA = 0,
+};
+
+enum {
 	BPF_ANY = 0,
 	BPF_NOEXIST = 1,
 	BPF_EXIST = 2,
@@ -220,7 +229,41 @@ struct trace_event_raw_mark_victim {
 	unsigned long anon_rss;
 };
 
+/* Block layer (storage observer): only what identifies and sizes a request. */
+struct gendisk {
+	int major;
+	int first_minor;
+};
+
+struct request_queue {
+	struct gendisk *disk;
+};
+
+struct request {
+	struct request_queue *q;
+	unsigned int cmd_flags;
+	unsigned int rq_flags;
+	unsigned int __data_len;
+	__u64 __sector;
+};
+
+/* Older kernels named the disk in the request itself (rq_disk), not in its queue. */
+struct request___old {
+	struct gendisk *rq_disk;
+};
+
 #pragma clang attribute pop
+
+/* Newer kernels number request flags in this enum; before it, RQF_FLUSH_SEQ was 1 << 4. */
+enum rqf_flags {
+	__RQF_FLUSH_SEQ = 1,
+};
+
+/* Request flag bit numbers (relocated per kernel). */
+enum req_flag_bits {
+	__REQ_FUA = 17,
+	__REQ_PREFLUSH = 18,
+};
 
 enum cgroup_subsys_id {
 	memory_cgrp_id = 4,

@@ -1,8 +1,6 @@
 //! The network observer's kernel side: its embedded object and record decoding.
 
-use crate::abi::{
-    tapio_net_config, tapio_net_event, TAPIO_NET_CONNECT_FAILED, TAPIO_NET_RTT_DEGRADED,
-};
+use crate::abi::{tapio_net_config, tapio_net_event, TAPIO_NET_CONNECT_FAILED, TAPIO_NET_RTT_DEGRADED};
 use crate::record::{decode_as, read_header, DecodeError, Record};
 
 unsafe impl Record for tapio_net_event {}
@@ -44,11 +42,7 @@ mod tests {
     fn object_is_an_embedded_bpf_elf() {
         let obj = object();
         assert_eq!(&obj[..4], b"\x7fELF");
-        assert_eq!(
-            obj.as_ptr() as usize % 8,
-            0,
-            "object must be 8-byte aligned"
-        );
+        assert_eq!(obj.as_ptr() as usize % 8, 0, "object must be 8-byte aligned");
     }
 
     #[test]
@@ -58,19 +52,10 @@ mod tests {
         ev.dport = 443;
         let bytes = encode(&ev);
         assert_eq!(decode(&bytes).unwrap().dport, 443);
-        assert!(matches!(
-            decode(&bytes[..bytes.len() - 1]),
-            Err(DecodeError::WrongSize { .. })
-        ));
+        assert!(matches!(decode(&bytes[..bytes.len() - 1]), Err(DecodeError::WrongSize { .. })));
         let mut unknown = bytes.clone();
         unknown[8] = 99;
-        assert_eq!(
-            decode(&unknown).unwrap_err(),
-            DecodeError::UnknownKind { kind: 99 }
-        );
-        assert!(matches!(
-            decode(&[1, 2, 3]),
-            Err(DecodeError::TooShort { len: 3 })
-        ));
+        assert_eq!(decode(&unknown).unwrap_err(), DecodeError::UnknownKind { kind: 99 });
+        assert!(matches!(decode(&[1, 2, 3]), Err(DecodeError::TooShort { len: 3 })));
     }
 }

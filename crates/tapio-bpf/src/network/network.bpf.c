@@ -41,6 +41,9 @@ struct {
 	__uint(max_entries, 1 << 20);
 } events SEC(".maps");
 
+/* Wake the agent once an eighth of the ring is waiting. */
+#define EVENTS_WAKEUP_BYTES ((1 << 20) / 8)
+
 /* A connect in SYN_SENT: who started it, when, and whether an RST came back. */
 struct connect_start {
 	struct tapio_task task;
@@ -175,26 +178,30 @@ static __always_inline void emit_connect_failed(struct trace_event_raw_inet_sock
 		ev->flags |= start->flags | TAPIO_NET_F_START_KNOWN;
 		ev->duration_ns = ev->hdr.boot_ns - start->start_ns;
 	}
-	bpf_ringbuf_submit(ev, 0);
+	tapio_submit(&events, ev, EVENTS_WAKEUP_BYTES);
 }
 
 SEC("tracepoint/sock/inet_sock_set_state")
 int tapio_inet_sock_set_state(struct trace_event_raw_inet_sock_set_state *ctx)
 {
+	if (ctx->protocol != IPPROTO_TCP)
+		return 0;
+	int oldstate = ctx->oldstate;
+	int newstate = ctx->newstate;
+	/* Most transitions of a connection's life neither start, end nor close a connect:
+	 * leave before paying for the config copy. */
+	if (newstate != TCP_SYN_SENT && oldstate != TCP_SYN_SENT && newstate != TCP_CLOSE)
+		return 0;
 	struct tapio_net_config cfg;
 	if (!TAPIO_READ_CONFIG(&config, &counters, &cfg))
 		return 0;
-	if (ctx->protocol != IPPROTO_TCP)
-		return 0;
 
 	__u64 key = (__u64)ctx->skaddr;
-	int oldstate = ctx->oldstate;
-	int newstate = ctx->newstate;
 
 	if (newstate == TCP_SYN_SENT) {
 		/* connect() runs in the caller's context: the one moment the task is known. */
 		struct connect_start start = {};
-		tapio_task_current(&start.task);
+		tapio_task_current(&start.task, cfg.capture_memcg);
 		start.start_ns = bpf_ktime_get_boot_ns();
 		start.flags = TAPIO_NET_F_TASK_KNOWN;
 		if (bpf_map_update_elem(&connects, &key, &start, BPF_ANY))
@@ -224,7 +231,8 @@ int tapio_inet_sock_set_state(struct trace_event_raw_inet_sock_set_state *ctx)
 			bpf_map_delete_elem(&connects, &key);
 	}
 
-	if (newstate == TCP_CLOSE) {
+	/* A connect that never left SYN_SENT has no owner or retransmit state to forget. */
+	if (newstate == TCP_CLOSE && oldstate != TCP_SYN_SENT) {
 		bpf_map_delete_elem(&owners, &key);
 		bpf_map_delete_elem(&retransmits, &key);
 	}
@@ -282,7 +290,7 @@ int tapio_tcp_receive_reset(struct trace_event_raw_tcp_event_sk *ctx)
 		ev->task = *owner;
 		ev->flags |= TAPIO_NET_F_TASK_KNOWN;
 	}
-	bpf_ringbuf_submit(ev, 0);
+	tapio_submit(&events, ev, EVENTS_WAKEUP_BYTES);
 	return 0;
 }
 
@@ -334,7 +342,7 @@ static __always_inline int on_retransmit(struct sock *sk, int state)
 		ev->task = *owner;
 		ev->flags |= TAPIO_NET_F_TASK_KNOWN;
 	}
-	bpf_ringbuf_submit(ev, 0);
+	tapio_submit(&events, ev, EVENTS_WAKEUP_BYTES);
 	return 0;
 }
 
@@ -417,7 +425,7 @@ int tapio_tcp_probe(struct trace_event_raw_tcp_probe *ctx)
 				ev->task = *owner;
 				ev->flags |= TAPIO_NET_F_TASK_KNOWN;
 			}
-			bpf_ringbuf_submit(ev, 0);
+			tapio_submit(&events, ev, EVENTS_WAKEUP_BYTES);
 			return 0;
 		}
 		if (b->degraded) {

@@ -27,6 +27,9 @@ struct tapio_net_config {
 	/* A ratio crossing also needs srtt >= baseline + this: microsecond-scale baselines
 	 * (same-node traffic) jitter by multiples without anything being wrong. */
 	__u32 rtt_min_increase_us;
+	/* 1: also record the connecting task's memory-cgroup id. Only hybrid/v1 nodes need it
+	 * (there every task's cgroup2 id is the root); it costs a few reads per connect. */
+	__u32 capture_memcg;
 	/* The local ephemeral port range: tells client sockets from server sockets. */
 	__u16 ephemeral_port_min;
 	__u16 ephemeral_port_max;

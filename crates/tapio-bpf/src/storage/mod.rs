@@ -1,0 +1,99 @@
+//! The storage observer's kernel side: its embedded object, its own counter names and record
+//! decoding.
+
+use crate::abi::{
+    tapio_sto_config, tapio_sto_event, tapio_sto_inflight, TAPIO_STO_CNT_AMBIGUOUS_INFLIGHT,
+    TAPIO_STO_CNT_INFLIGHT_FULL, TAPIO_STO_CNT_INFLIGHT_REPLACED, TAPIO_STO_CNT_REQUEUES,
+    TAPIO_STO_CNT_UNMATCHED_COMPLETION, TAPIO_STO_IO_ERROR, TAPIO_STO_LATENCY,
+};
+use crate::record::{decode_as, read_header, DecodeError, Record};
+
+unsafe impl Record for tapio_sto_event {}
+unsafe impl Record for tapio_sto_config {}
+unsafe impl Record for tapio_sto_inflight {}
+
+/// BTF-typed tracepoint programs: (program name, tracepoint). They take the `struct request`
+/// itself, which is what makes one request one key from submission to completion.
+pub const BTF_TRACEPOINTS: &[(&str, &str)] = &[
+    ("tapio_block_io_start", "block_io_start"),
+    ("tapio_block_rq_issue", "block_rq_issue"),
+    ("tapio_block_rq_requeue", "block_rq_requeue"),
+    ("tapio_block_rq_merge", "block_rq_merge"),
+    ("tapio_block_rq_complete", "block_rq_complete"),
+];
+
+/// The in-flight request table (key: the request's address).
+pub const INFLIGHT_MAP: &str = "inflight";
+
+/// Correlation drop reasons counted in the kernel, by counter slot.
+pub const AMBIGUOUS_INFLIGHT_IO: &str = "ambiguous_inflight_io";
+pub const UNMATCHED_COMPLETION: &str = "unmatched_completion";
+pub const INFLIGHT_REPLACED: &str = "inflight_replaced";
+
+/// This object's own counter slots and their names (see `storage.h`).
+pub const COUNTER_NAMES: &[(u32, &str)] = &[
+    (TAPIO_STO_CNT_AMBIGUOUS_INFLIGHT, AMBIGUOUS_INFLIGHT_IO),
+    (TAPIO_STO_CNT_UNMATCHED_COMPLETION, UNMATCHED_COMPLETION),
+    (TAPIO_STO_CNT_INFLIGHT_REPLACED, INFLIGHT_REPLACED),
+    (TAPIO_STO_CNT_INFLIGHT_FULL, "inflight_table_full"),
+    (TAPIO_STO_CNT_REQUEUES, "requeues"),
+];
+
+/// The compiled CO-RE object.
+pub fn object() -> &'static [u8] {
+    crate::include_object!("storage")
+}
+
+/// Decodes one ring-buffer record of the storage object.
+pub fn decode(bytes: &[u8]) -> Result<tapio_sto_event, DecodeError> {
+    let header = read_header(bytes)?;
+    match header.kind {
+        TAPIO_STO_IO_ERROR | TAPIO_STO_LATENCY => decode_as(bytes, header.kind),
+        kind => Err(DecodeError::UnknownKind { kind }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::abi::TAPIO_CNT_OBSERVER_BASE;
+    use crate::record::as_bytes;
+
+    #[test]
+    fn object_is_an_embedded_bpf_elf() {
+        let obj = object();
+        assert_eq!(&obj[..4], b"\x7fELF");
+        assert_eq!(obj.as_ptr() as usize % 8, 0, "object must be 8-byte aligned");
+    }
+
+    #[test]
+    fn decodes_known_kinds_and_rejects_truncated_or_garbage_records() {
+        let mut ev = tapio_sto_event::default();
+        ev.hdr.kind = TAPIO_STO_IO_ERROR;
+        ev.error = 10;
+        let bytes = as_bytes(&ev).to_vec();
+        assert_eq!(decode(&bytes).unwrap().error, 10);
+        assert!(matches!(decode(&bytes[..bytes.len() - 1]), Err(DecodeError::WrongSize { .. })));
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(matches!(decode(&longer), Err(DecodeError::WrongSize { .. })));
+        let mut unknown = bytes.clone();
+        unknown[8] = 0;
+        assert_eq!(decode(&unknown).unwrap_err(), DecodeError::UnknownKind { kind: 0 });
+        assert!(matches!(decode(&[0xff; 7]), Err(DecodeError::TooShort { len: 7 })));
+        // Garbage with a valid-looking header but the wrong length is never reinterpreted.
+        let mut garbage = vec![0xa5u8; 40];
+        garbage[8..12].copy_from_slice(&TAPIO_STO_LATENCY.to_ne_bytes());
+        assert!(matches!(decode(&garbage), Err(DecodeError::WrongSize { .. })));
+    }
+
+    #[test]
+    fn counter_slots_are_this_objects_own_and_distinct() {
+        let mut slots: Vec<u32> = COUNTER_NAMES.iter().map(|&(i, _)| i).collect();
+        assert!(slots.iter().all(|&i| (TAPIO_CNT_OBSERVER_BASE..crate::abi::TAPIO_CNT_MAX).contains(&i)));
+        slots.dedup();
+        assert_eq!(slots.len(), COUNTER_NAMES.len());
+        assert_eq!(crate::observer_counter_names("storage").len(), COUNTER_NAMES.len());
+        assert!(crate::observer_counter_names("network").is_empty());
+    }
+}

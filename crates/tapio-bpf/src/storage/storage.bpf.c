@@ -1,0 +1,263 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Tapio storage observer, kernel side.
+ *
+ * Facts, from the BTF-typed block request tracepoints (they pass the struct request, so
+ * one request is one key from submission to completion):
+ *  - a block request completes with an error;
+ *  - a block request takes longer than the configured threshold from issue to completion.
+ *
+ * Lifecycle of an in-flight entry (keyed by the request's address):
+ *  block_io_start  the submitter's bio became this request: who submitted it (that task is
+ *                  current here; at issue it may be kblockd or another task's plug flush);
+ *  block_rq_issue  the driver got it: latency runs from the last issue;
+ *  block_rq_requeue the driver gave it back: the next issue is the same request again;
+ *  block_rq_merge  it was merged into another request and is freed without completing;
+ *  block_rq_complete the one completion that judges it.
+ * A request issued twice with no requeue or completion in between cannot be told apart
+ * from two requests, so its completion is dropped and counted; so is a completion with no
+ * entry. Nothing here reasons beyond the thresholds of the config it stamps.
+ */
+#include "tapio_bpf.h"
+#include "storage.h"
+
+#define REQ_OP_MASK 0xff
+#define REQ_OP_FLUSH 2
+
+char LICENSE[] SEC("license") = "GPL";
+
+TAPIO_COUNTERS_MAP;
+TAPIO_CONFIG_MAP(struct tapio_sto_config);
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 18);
+} events SEC(".maps");
+
+/* Wake the agent once an eighth of the ring is waiting (it polls every 100 ms anyway). */
+#define EVENTS_WAKEUP_BYTES ((1 << 18) / 8)
+
+/* Exact, not LRU: an LRU could evict a live request and make its completion look
+ * unmatched. A full table is counted; the agent ages out entries that never complete. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u64);
+	__type(value, struct tapio_sto_inflight);
+} inflight SEC(".maps");
+
+static __always_inline int config_on(struct tapio_sto_config *cfg)
+{
+	return TAPIO_READ_CONFIG(&config, &counters, cfg) && cfg->enabled;
+}
+
+static __always_inline void fill_request(struct tapio_sto_inflight *e, struct request *rq)
+{
+	struct gendisk *disk;
+	if (bpf_core_field_exists(struct request_queue, disk))
+		disk = BPF_CORE_READ(rq, q, disk);
+	else
+		disk = BPF_CORE_READ((struct request___old *)rq, rq_disk);
+	if (disk) {
+		e->dev_major = BPF_CORE_READ(disk, major);
+		e->dev_minor = BPF_CORE_READ(disk, first_minor);
+	}
+	e->sector = BPF_CORE_READ(rq, __sector);
+	e->bytes = BPF_CORE_READ(rq, __data_len);
+	e->cmd_flags = BPF_CORE_READ(rq, cmd_flags);
+}
+
+static __always_inline int in_flush_sequence(struct request *rq)
+{
+	__u32 bit = 4;
+	if (bpf_core_enum_value_exists(enum rqf_flags, __RQF_FLUSH_SEQ))
+		bit = bpf_core_enum_value(enum rqf_flags, __RQF_FLUSH_SEQ);
+	return (BPF_CORE_READ(rq, rq_flags) >> (bit & 31)) & 1;
+}
+
+/*
+ * A request the block layer completes without ever issuing it, with an error, failed
+ * because its flush sequence's flush failed; that flush is a request of its own, issued and
+ * reported on its own completion, so this one is not reported a second time.
+ */
+static __always_inline int failed_with_its_flush(__u32 cmd_flags)
+{
+	if ((cmd_flags & REQ_OP_MASK) == REQ_OP_FLUSH)
+		return 1;
+	if (!bpf_core_enum_value_exists(enum req_flag_bits, __REQ_PREFLUSH) ||
+	    !bpf_core_enum_value_exists(enum req_flag_bits, __REQ_FUA))
+		return 0;
+	__u32 preflush = bpf_core_enum_value(enum req_flag_bits, __REQ_PREFLUSH);
+	__u32 fua = bpf_core_enum_value(enum req_flag_bits, __REQ_FUA);
+	return ((cmd_flags >> (preflush & 31)) & 1) || ((cmd_flags >> (fua & 31)) & 1);
+}
+
+SEC("tp_btf/block_io_start")
+int BPF_PROG(tapio_block_io_start, struct request *rq)
+{
+	struct tapio_sto_config cfg;
+	if (!config_on(&cfg))
+		return 0;
+	__u64 key = (__u64)rq;
+	struct tapio_sto_inflight *old = bpf_map_lookup_elem(&inflight, &key);
+	/* A request is only rebuilt after it completed; an issued entry still here means
+	 * that completion was never seen. */
+	if (old && old->issue_ns && !(old->flags & TAPIO_STO_IF_DATA_DONE))
+		tapio_count(&counters, TAPIO_STO_CNT_INFLIGHT_REPLACED);
+
+	struct tapio_sto_inflight fresh = {};
+	tapio_task_current(&fresh.task, cfg.capture_memcg);
+	fresh.flags = TAPIO_STO_F_TASK_KNOWN;
+	fresh.submit_ns = bpf_ktime_get_boot_ns();
+	fill_request(&fresh, rq);
+	if (bpf_map_update_elem(&inflight, &key, &fresh, BPF_ANY))
+		tapio_count(&counters, TAPIO_STO_CNT_INFLIGHT_FULL);
+	return 0;
+}
+
+SEC("tp_btf/block_rq_issue")
+int BPF_PROG(tapio_block_rq_issue, struct request *rq)
+{
+	struct tapio_sto_config cfg;
+	if (!config_on(&cfg))
+		return 0;
+	__u64 key = (__u64)rq;
+	__u64 now = bpf_ktime_get_boot_ns();
+	struct tapio_sto_inflight *e = bpf_map_lookup_elem(&inflight, &key);
+	if (!e) {
+		/* Not built from a bio we saw (a flush sequence's flush, passthrough, or submitted
+		 * before attach): the issuer is unknown, the latency is not. */
+		struct tapio_sto_inflight fresh = {};
+		fresh.issue_ns = now;
+		fill_request(&fresh, rq);
+		if (bpf_map_update_elem(&inflight, &key, &fresh, BPF_ANY))
+			tapio_count(&counters, TAPIO_STO_CNT_INFLIGHT_FULL);
+		return 0;
+	}
+	/* Issued before, and neither requeued nor completed since: two issues of one live
+	 * request, and no way to say which one the completion answers. */
+	if (e->issue_ns && !(e->flags & (TAPIO_STO_IF_REQUEUED | TAPIO_STO_IF_DATA_DONE)))
+		e->flags |= TAPIO_STO_IF_AMBIGUOUS;
+	/* A requeued request is the same request: its latency runs from this, its last issue. */
+	e->flags &= ~TAPIO_STO_IF_REQUEUED;
+	e->issue_ns = now;
+	fill_request(e, rq);
+	return 0;
+}
+
+SEC("tp_btf/block_rq_requeue")
+int BPF_PROG(tapio_block_rq_requeue, struct request *rq)
+{
+	struct tapio_sto_config cfg;
+	if (!config_on(&cfg))
+		return 0;
+	tapio_count(&counters, TAPIO_STO_CNT_REQUEUES);
+	__u64 key = (__u64)rq;
+	struct tapio_sto_inflight *e = bpf_map_lookup_elem(&inflight, &key);
+	if (e) {
+		e->flags |= TAPIO_STO_IF_REQUEUED;
+		if (e->requeues < 0xffffffff)
+			e->requeues++;
+	}
+	return 0;
+}
+
+SEC("tp_btf/block_rq_merge")
+int BPF_PROG(tapio_block_rq_merge, struct request *rq)
+{
+	struct tapio_sto_config cfg;
+	if (!config_on(&cfg))
+		return 0;
+	/* rq was merged into another request and is freed without a completion of its own. */
+	__u64 key = (__u64)rq;
+	bpf_map_delete_elem(&inflight, &key);
+	return 0;
+}
+
+static __always_inline void emit(struct tapio_sto_inflight *e, const struct tapio_sto_config *cfg,
+				 __u32 kind, __u64 now, int error, __u32 done_bytes, __u16 flags,
+				 __u64 threshold_ns)
+{
+	struct tapio_sto_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		tapio_count(&counters, TAPIO_CNT_RINGBUF_FULL);
+		return;
+	}
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->hdr.boot_ns = now;
+	ev->hdr.kind = kind;
+	ev->hdr.generation = cfg->hdr.generation;
+	ev->task = e->task;
+	ev->dev_major = e->dev_major;
+	ev->dev_minor = e->dev_minor;
+	ev->sector = e->sector;
+	ev->bytes = e->bytes;
+	ev->done_bytes = done_bytes;
+	ev->cmd_flags = e->cmd_flags;
+	ev->error = error;
+	ev->requeues = e->requeues;
+	ev->threshold_ns = threshold_ns;
+	ev->flags = flags | (e->flags & TAPIO_STO_F_TASK_KNOWN);
+	if (e->issue_ns) {
+		ev->latency_ns = now - e->issue_ns;
+		ev->flags |= TAPIO_STO_F_ISSUED;
+	}
+	tapio_submit(&events, ev, EVENTS_WAKEUP_BYTES);
+}
+
+/*
+ * The kernel passes a blk_status_t (a small positive number) since it converted this
+ * tracepoint, and a negative errno before: the sign tells which one arrived.
+ */
+SEC("tp_btf/block_rq_complete")
+int BPF_PROG(tapio_block_rq_complete, struct request *rq, int error, unsigned int nr_bytes)
+{
+	struct tapio_sto_config cfg;
+	if (!config_on(&cfg))
+		return 0;
+	__u64 key = (__u64)rq;
+	__u64 now = bpf_ktime_get_boot_ns();
+	struct tapio_sto_inflight *e = bpf_map_lookup_elem(&inflight, &key);
+	if (!e) {
+		tapio_count(&counters, TAPIO_STO_CNT_UNMATCHED_COMPLETION);
+		return 0;
+	}
+	__u16 status_flag = error > 0 ? TAPIO_STO_F_BLK_STATUS : 0;
+
+	if (e->flags & TAPIO_STO_IF_DATA_DONE) {
+		/* The end of a flush sequence whose data phase was judged already: its flush was
+		 * a request of its own, judged on its own completion. */
+		bpf_map_delete_elem(&inflight, &key);
+		return 0;
+	}
+	if (e->flags & TAPIO_STO_IF_AMBIGUOUS) {
+		tapio_count(&counters, TAPIO_STO_CNT_AMBIGUOUS_INFLIGHT);
+		bpf_map_delete_elem(&inflight, &key);
+		return 0;
+	}
+
+	/* A partial completion (the kernel completes the rest later) keeps the entry. */
+	int partial = nr_bytes < BPF_CORE_READ(rq, __data_len);
+	int keep = partial;
+	if (!partial && e->issue_ns && in_flush_sequence(rq)) {
+		e->flags |= TAPIO_STO_IF_DATA_DONE;
+		keep = 1;
+	}
+
+	if (error != 0) {
+		if ((cfg.enabled & TAPIO_STO_EN_ERRORS) && (e->issue_ns || !failed_with_its_flush(e->cmd_flags)))
+			emit(e, &cfg, TAPIO_STO_IO_ERROR, now, error, nr_bytes,
+			     status_flag | (partial ? TAPIO_STO_F_PARTIAL : 0), 0);
+	} else if (!partial && e->issue_ns && (cfg.enabled & TAPIO_STO_EN_LATENCY)) {
+		__u64 latency = now - e->issue_ns;
+		if (latency > cfg.latency_warning_ns) {
+			int critical = latency > cfg.latency_critical_ns;
+			emit(e, &cfg, TAPIO_STO_LATENCY, now, 0, nr_bytes,
+			     critical ? TAPIO_STO_F_CRITICAL : 0,
+			     critical ? cfg.latency_critical_ns : cfg.latency_warning_ns);
+		}
+	}
+	if (!keep)
+		bpf_map_delete_elem(&inflight, &key);
+	return 0;
+}
