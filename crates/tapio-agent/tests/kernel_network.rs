@@ -16,19 +16,9 @@ const BASE: &str = "[sinks]\nstdout = true\n";
 fn tcp_retrans_segs(ns: &str) -> u64 {
     let snmp = support::run(&["ip", "netns", "exec", ns, "cat", "/proc/net/snmp"]);
     let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
-    let (names, values) = (
-        tcp.next().expect("Tcp header"),
-        tcp.next().expect("Tcp values"),
-    );
-    let idx = names
-        .split_whitespace()
-        .position(|n| n == "RetransSegs")
-        .expect("RetransSegs");
-    values
-        .split_whitespace()
-        .nth(idx)
-        .and_then(|v| v.parse().ok())
-        .expect("RetransSegs value")
+    let (names, values) = (tcp.next().expect("Tcp header"), tcp.next().expect("Tcp values"));
+    let idx = names.split_whitespace().position(|n| n == "RetransSegs").expect("RetransSegs");
+    values.split_whitespace().nth(idx).and_then(|v| v.parse().ok()).expect("RetransSegs value")
 }
 
 fn our_pid() -> u64 {
@@ -55,22 +45,14 @@ fn refused_connects_give_exactly_one_refused_event_each_v4_and_v6() {
 
     for (port, family, dst) in [(port4, "ipv4", "127.0.0.1"), (port6, "ipv6", "::1")] {
         let events = run.to_port(port);
-        assert_eq!(
-            events.len(),
-            1,
-            "exactly one event for port {port}: {events:#?}"
-        );
+        assert_eq!(events.len(), 1, "exactly one event for port {port}: {events:#?}");
         let e = events[0];
         assert_eq!(e["type"], "kernel.network.connection_refused");
         assert_eq!(e["observer"], "network");
         assert_eq!(e["error"]["code"], "ECONNREFUSED");
         assert_eq!(e["facts"]["family"], family);
         assert_eq!(e["facts"]["dst_addr"], dst);
-        assert_eq!(
-            e["facts"]["pid"],
-            our_pid(),
-            "the connecting task, not the softirq context"
-        );
+        assert_eq!(e["facts"]["pid"], our_pid(), "the connecting task, not the softirq context");
         assert_eq!(e["facts"]["errno"], 111);
         assert_eq!(e["config_generation"], 0);
         assert!(e["id"].as_str().is_some_and(|id| id.len() == 26));
@@ -87,18 +69,12 @@ fn an_application_that_cancels_its_connect_is_not_evidence() {
     pair.nft_input(&pair.b, "tcp dport 7001 drop");
     let agent = Agent::start(BASE);
     let dst: SocketAddr = format!("{}:7001", pair.b_addr).parse().unwrap();
-    let h = pair.spawn_in(&pair.a.clone(), move || {
-        TcpStream::connect_timeout(&dst, Duration::from_millis(300))
-    });
+    let h = pair.spawn_in(&pair.a.clone(), move || TcpStream::connect_timeout(&dst, Duration::from_millis(300)));
     let res = h.join().expect("connect thread");
     assert!(res.is_err(), "connect should have been given up");
     std::thread::sleep(Duration::from_millis(300));
     let run = agent.stop();
-    assert_eq!(
-        run.to_port(7001),
-        Vec::<&Value>::new(),
-        "a cancelled connect produced evidence"
-    );
+    assert_eq!(run.to_port(7001), Vec::<&Value>::new(), "a cancelled connect produced evidence");
 }
 
 #[test]
@@ -109,46 +85,27 @@ fn a_connect_whose_syns_are_dropped_times_out_once_and_is_not_a_retransmit_spike
     let pair = NetnsPair::new("to", 12);
     pair.nft_input(&pair.b, "tcp dport 7002 drop");
     pair.sysctl(&pair.a, "net.ipv4.tcp_syn_retries=1");
-    let agent = Agent::start(&format!(
-        "{BASE}[network]\nretransmit_count = 2\nretransmit_window_ms = 60000\n"
-    ));
+    let agent = Agent::start(&format!("{BASE}[network]\nretransmit_count = 2\nretransmit_window_ms = 60000\n"));
     let dst: SocketAddr = format!("{}:7002", pair.b_addr).parse().unwrap();
     let retrans_before = tcp_retrans_segs(&pair.a);
     let h = pair.spawn_in(&pair.a.clone(), move || TcpStream::connect(dst));
-    let err = h
-        .join()
-        .expect("connect thread")
-        .expect_err("SYNs are dropped");
+    let err = h.join().expect("connect thread").expect_err("SYNs are dropped");
     assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
     let syns_retransmitted = tcp_retrans_segs(&pair.a) - retrans_before;
     let run = agent.stop();
     let events = run.to_port(7002);
-    assert_eq!(
-        events.len(),
-        1,
-        "one event for one failed connect: {events:#?}"
-    );
+    assert_eq!(events.len(), 1, "one event for one failed connect: {events:#?}");
     let e = events[0];
     assert_eq!(e["type"], "kernel.network.connection_timeout");
     assert_eq!(e["outcome"], "timeout");
     assert!(syns_retransmitted >= 1);
-    assert_eq!(
-        e["facts"]["syn_retries"], syns_retransmitted,
-        "the kernel's own RetransSegs count"
-    );
-    assert!(run
-        .of_type("kernel.network.retransmit_spike")
-        .all(|e| e["facts"]["dst_port"] != 7002));
+    assert_eq!(e["facts"]["syn_retries"], syns_retransmitted, "the kernel's own RetransSegs count");
+    assert!(run.of_type("kernel.network.retransmit_spike").all(|e| e["facts"]["dst_port"] != 7002));
     assert_eq!(e["facts"]["errno"], 110);
     assert_eq!(e["facts"]["pid"], our_pid());
     assert_eq!(e["facts"]["src_addr"], pair.a_addr.as_str());
-    let waited = e["facts"]["connect_duration_ns"]
-        .as_u64()
-        .expect("duration");
-    assert!(
-        (2_500_000_000..6_000_000_000).contains(&waited),
-        "1 s + 2 s of SYN backoff, got {waited} ns"
-    );
+    let waited = e["facts"]["connect_duration_ns"].as_u64().expect("duration");
+    assert!((2_500_000_000..6_000_000_000).contains(&waited), "1 s + 2 s of SYN backoff, got {waited} ns");
 }
 
 #[test]
@@ -157,10 +114,7 @@ fn an_icmp_unreachable_answer_is_unreachable_not_refused_or_timeout() {
         return;
     }
     let pair = NetnsPair::new("un", 13);
-    pair.nft_input(
-        &pair.b,
-        "tcp dport 7003 reject with icmp type host-unreachable",
-    );
+    pair.nft_input(&pair.b, "tcp dport 7003 reject with icmp type host-unreachable");
     let agent = Agent::start(BASE);
     let dst: SocketAddr = format!("{}:7003", pair.b_addr).parse().unwrap();
     // A blocking connect: with a non-blocking one, an ICMP error that arrives while the
@@ -190,10 +144,7 @@ fn a_peer_reset_of_an_established_connection_is_one_reset_event() {
         let mut buf = [0u8; 5];
         s.read_exact(&mut buf).expect("read hello");
         // Linger 0: close() sends an RST instead of a FIN.
-        let linger = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
+        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
         // SAFETY: setsockopt on a socket we own, with a correctly sized option.
         unsafe {
             use std::os::fd::AsRawFd;
@@ -219,11 +170,7 @@ fn a_peer_reset_of_an_established_connection_is_one_reset_event() {
     let e = events[0];
     assert_eq!(e["type"], "kernel.network.connection_reset");
     assert_eq!(e["facts"]["tcp_state"], "ESTABLISHED");
-    assert_eq!(
-        e["facts"]["pid"],
-        our_pid(),
-        "owner recorded at connect time"
-    );
+    assert_eq!(e["facts"]["pid"], our_pid(), "owner recorded at connect time");
     assert_eq!(e["facts"]["bytes_acked"], 6, "SYN + 5 bytes acked");
 }
 
@@ -235,23 +182,10 @@ fn lossy_bulk_transfer_gives_bounded_retransmit_spikes_per_window() {
     let pair = NetnsPair::new("rt", 14);
     // Drop ~20 % of the data at the receiver's input: the sender must retransmit (a drop on
     // the sender's side would be a local drop, which TCP does not count as a retransmit).
-    pair.nft_input(
-        &pair.b,
-        &format!(
-            "ip saddr {} tcp dport 7004 numgen random mod 100 < 20 drop",
-            pair.a_addr
-        ),
-    );
-    let agent = Agent::start(&format!(
-        "{BASE}[network]\nretransmit_count = 5\nretransmit_window_ms = 1000\n"
-    ));
+    pair.nft_input(&pair.b, &format!("ip saddr {} tcp dport 7004 numgen random mod 100 < 20 drop", pair.a_addr));
+    let agent = Agent::start(&format!("{BASE}[network]\nretransmit_count = 5\nretransmit_window_ms = 1000\n"));
     let bind: SocketAddr = format!("{}:7004", pair.b_addr).parse().unwrap();
-    let listener = pair
-        .spawn_in(&pair.b.clone(), move || {
-            TcpListener::bind(bind).expect("bind in b")
-        })
-        .join()
-        .unwrap();
+    let listener = pair.spawn_in(&pair.b.clone(), move || TcpListener::bind(bind).expect("bind in b")).join().unwrap();
     let server = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().expect("accept");
         let mut sink = Vec::new();
@@ -274,21 +208,11 @@ fn lossy_bulk_transfer_gives_bounded_retransmit_spikes_per_window() {
     let retransmitted = tcp_retrans_segs(&pair.a) - retrans_before;
     let run = agent.stop();
     assert!(received > 0);
-    let spikes: Vec<&Value> = run
-        .of_type("kernel.network.retransmit_spike")
-        .filter(|e| e["facts"]["dst_port"] == 7004)
-        .collect();
-    assert!(
-        !spikes.is_empty(),
-        "{retransmitted} retransmits but no spike: {:#?}",
-        run.to_port(7004)
-    );
+    let spikes: Vec<&Value> =
+        run.of_type("kernel.network.retransmit_spike").filter(|e| e["facts"]["dst_port"] == 7004).collect();
+    assert!(!spikes.is_empty(), "{retransmitted} retransmits but no spike: {:#?}", run.to_port(7004));
     // One event per window at most: never more spikes than windows the transfer spanned.
-    assert!(
-        spikes.len() as u64 <= elapsed_ms / 1000 + 1,
-        "{} spikes in {elapsed_ms} ms",
-        spikes.len()
-    );
+    assert!(spikes.len() as u64 <= elapsed_ms / 1000 + 1, "{} spikes in {elapsed_ms} ms", spikes.len());
     for e in &spikes {
         let f = &e["facts"];
         assert!(f["retransmits_in_window"].as_u64().unwrap() >= 5);
@@ -298,10 +222,7 @@ fn lossy_bulk_transfer_gives_bounded_retransmit_spikes_per_window() {
         assert_eq!(e["outcome"], "degraded");
     }
     // The lossy connection is not misreported as failed connects or resets.
-    assert!(run
-        .to_port(7004)
-        .iter()
-        .all(|e| e["type"] == "kernel.network.retransmit_spike"));
+    assert!(run.to_port(7004).iter().all(|e| e["type"] == "kernel.network.retransmit_spike"));
 }
 
 #[test]
@@ -312,12 +233,7 @@ fn queueing_delay_after_a_learned_baseline_is_one_rtt_degradation() {
     let pair = NetnsPair::new("rtt", 15);
     let agent = Agent::start(&format!("{BASE}[network]\nrtt_min_samples = 50\nrtt_ratio_percent = 300\nrtt_ceiling_us = 0\nrtt_min_increase_us = 1000\n"));
     let bind: SocketAddr = format!("{}:7005", pair.b_addr).parse().unwrap();
-    let listener = pair
-        .spawn_in(&pair.b.clone(), move || {
-            TcpListener::bind(bind).expect("bind in b")
-        })
-        .join()
-        .unwrap();
+    let listener = pair.spawn_in(&pair.b.clone(), move || TcpListener::bind(bind).expect("bind in b")).join().unwrap();
     // An echo server: every byte the client sends comes back.
     let server = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().expect("accept");
@@ -346,8 +262,8 @@ fn queueing_delay_after_a_learned_baseline_is_one_rtt_degradation() {
         }
         // Then throttle a's egress: the bulk data queues, and RTT grows by the queue delay.
         support::run(&[
-            "ip", "netns", "exec", &a_ns, "tc", "qdisc", "add", "dev", &a_dev, "root", "tbf",
-            "rate", "2mbit", "burst", "8kb", "latency", "400ms",
+            "ip", "netns", "exec", &a_ns, "tc", "qdisc", "add", "dev", &a_dev, "root", "tbf", "rate", "2mbit", "burst",
+            "8kb", "latency", "400ms",
         ]);
         let chunk = vec![0u8; 32 * 1024];
         let mut reader = c.try_clone().expect("clone");
@@ -370,25 +286,14 @@ fn queueing_delay_after_a_learned_baseline_is_one_rtt_degradation() {
     drop(pair);
     server.join().expect("server");
     let run = agent.stop();
-    let degraded: Vec<&Value> = run
-        .of_type("kernel.network.rtt_degradation")
-        .filter(|e| e["facts"]["dst_port"] == 7005)
-        .collect();
+    let degraded: Vec<&Value> =
+        run.of_type("kernel.network.rtt_degradation").filter(|e| e["facts"]["dst_port"] == 7005).collect();
     assert_eq!(degraded.len(), 1, "one crossing, one event: {degraded:#?}");
     eprintln!("rtt_degradation: {}", degraded[0]["facts"]);
     let f = &degraded[0]["facts"];
-    let (baseline, srtt) = (
-        f["baseline_us"].as_u64().unwrap(),
-        f["srtt_us"].as_u64().unwrap(),
-    );
-    assert!(
-        baseline > 0 && baseline < 5_000,
-        "baseline learned on an idle veth: {baseline} us"
-    );
-    assert!(
-        srtt * 100 > baseline * 300,
-        "srtt {srtt} us must exceed 3x the baseline {baseline} us"
-    );
+    let (baseline, srtt) = (f["baseline_us"].as_u64().unwrap(), f["srtt_us"].as_u64().unwrap());
+    assert!(baseline > 0 && baseline < 5_000, "baseline learned on an idle veth: {baseline} us");
+    assert!(srtt * 100 > baseline * 300, "srtt {srtt} us must exceed 3x the baseline {baseline} us");
     assert!(f["baseline_samples"].as_u64().unwrap() >= 50);
     assert_eq!(f["dst_addr"], "10.99.15.2");
     assert_eq!(f["pid"], our_pid());
@@ -401,7 +306,8 @@ fn a_flood_of_refused_connects_is_fully_accounted_for() {
     }
     const PER_THREAD: usize = 5000;
     const THREADS: usize = 4;
-    let agent = Agent::start(BASE);
+    // Only the network observer runs, so every loss counted below is a network loss.
+    let agent = Agent::start(&format!("{BASE}[container]\nenabled = false\n"));
     let port = closed_port();
     let started = std::time::Instant::now();
     let senders: Vec<_> = (0..THREADS)
@@ -422,21 +328,20 @@ fn a_flood_of_refused_connects_is_fully_accounted_for() {
     assert_eq!(made, PER_THREAD * THREADS, "every connect must be refused");
     let run = agent.stop();
     let received = run.to_port(port).len() as u64;
-    assert!(run
-        .to_port(port)
-        .iter()
-        .all(|e| e["type"] == "kernel.network.connection_refused"));
+    assert!(run.to_port(port).iter().all(|e| e["type"] == "kernel.network.connection_refused"));
     let losses = run.counter(&["lost_events_total"])
         + run.counter(&["malformed_events_total"])
         + run.counter(&["correlation_drops_total"])
         + run.counter(&["sink_drops_total"]);
-    eprintln!(
-        "flood: {made} refused connects in {secs:.2} s, {received} events, {losses} counted losses"
-    );
+    eprintln!("flood: {made} refused connects in {secs:.2} s, {received} events, {losses} counted losses");
     assert!(received > 0);
-    assert_eq!(
-        received + losses,
-        made as u64,
-        "events + counted losses must equal connects made"
-    );
+    let made = made as u64;
+    // Connects of other tests running at the same time can only add losses, never events
+    // for this port: with no loss the count is exact, and no connect is ever unaccounted.
+    assert!(received <= made, "{received} events for {made} connects");
+    if losses == 0 {
+        assert_eq!(received, made, "no loss counted, so every connect must be an event");
+    } else {
+        assert!(received + losses >= made, "{received} events + {losses} losses < {made} connects: unaccounted loss");
+    }
 }

@@ -28,7 +28,13 @@ pub fn kernel_test(name: &str) -> bool {
     false
 }
 
+/// Every agent sees every kernel fact on the machine, so two agents running at once would
+/// disturb each other's scenarios (a flood in one fills the other's ring buffer). Tests in
+/// one binary run on several threads: this lock runs their agents one at a time.
+static ONE_AGENT_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 pub struct Agent {
+    _turn: std::sync::MutexGuard<'static, ()>,
     child: Child,
     config_path: PathBuf,
     stdout: mpsc::Receiver<Vec<Value>>,
@@ -47,6 +53,7 @@ pub struct Finished {
 impl Agent {
     /// Starts the agent with `config` (TOML) and waits until it says it is ready.
     pub fn start(config: &str) -> Agent {
+        let turn = ONE_AGENT_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let config_path = std::env::temp_dir().join(format!(
             "tapio-test-{}-{:?}.toml",
             std::process::id(),
@@ -83,13 +90,7 @@ impl Agent {
                 }
             }
         });
-        let mut agent = Agent {
-            child,
-            config_path,
-            stdout: out_rx,
-            stderr: err_rx,
-            stderr_so_far: String::new(),
-        };
+        let mut agent = Agent { _turn: turn, child, config_path, stdout: out_rx, stderr: err_rx, stderr_so_far: String::new() };
         agent.wait_for_log("ready:", Duration::from_secs(30));
         agent
     }
@@ -103,10 +104,7 @@ impl Agent {
                 Ok(line) => self.stderr_so_far.push_str(&line),
                 Err(_) => {
                     let _ = self.child.kill();
-                    panic!(
-                        "agent did not log {needle:?} in {timeout:?}; stderr so far:\n{}",
-                        self.stderr_so_far
-                    );
+                    panic!("agent did not log {needle:?} in {timeout:?}; stderr so far:\n{}", self.stderr_so_far);
                 }
             }
         }
@@ -123,10 +121,7 @@ impl Agent {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let status = self.child.wait().expect("wait for agent");
-        let events = self
-            .stdout
-            .recv_timeout(Duration::from_secs(30))
-            .expect("agent stdout");
+        let events = self.stdout.recv_timeout(Duration::from_secs(30)).expect("agent stdout");
         while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(5)) {
             self.stderr_so_far.push_str(&line);
         }
@@ -134,20 +129,18 @@ impl Agent {
         let counters = self
             .stderr_so_far
             .lines()
-            .find_map(|l| {
-                l.split_once("counters final ")
-                    .map(|(_, json)| json.to_string())
-            })
+            .find_map(|l| l.split_once("counters final ").map(|(_, json)| json.to_string()))
             .and_then(|json| serde_json::from_str(&json).ok())
-            .unwrap_or_else(|| {
-                panic!("no final counters in agent stderr:\n{}", self.stderr_so_far)
-            });
-        Finished {
-            events,
-            stderr: self.stderr_so_far,
-            counters,
-            exit_ok: status.success(),
-        }
+            .unwrap_or_else(|| panic!("no final counters in agent stderr:\n{}", self.stderr_so_far));
+        Finished { events, stderr: std::mem::take(&mut self.stderr_so_far), counters, exit_ok: status.success() }
+    }
+}
+
+impl Drop for Agent {
+    /// A test that fails before `stop()` must not leave its agent running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -158,10 +151,7 @@ impl Finished {
 
     /// Events whose facts match `dst_port` (network evidence of one scenario).
     pub fn to_port(&self, port: u16) -> Vec<&Value> {
-        self.events
-            .iter()
-            .filter(|e| e["facts"]["dst_port"] == port)
-            .collect()
+        self.events.iter().filter(|e| e["facts"]["dst_port"] == port).collect()
     }
 
     pub fn counter(&self, path: &[&str]) -> u64 {
@@ -175,10 +165,7 @@ impl Finished {
 
 /// Runs `cmd` and panics with its output if it fails.
 pub fn run(cmd: &[&str]) -> String {
-    let out = Command::new(cmd[0])
-        .args(&cmd[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}{}",

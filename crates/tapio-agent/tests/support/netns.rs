@@ -30,39 +30,11 @@ impl NetnsPair {
         pair.cleanup();
         run(&["ip", "netns", "add", &pair.a]);
         run(&["ip", "netns", "add", &pair.b]);
-        run(&[
-            "ip",
-            "link",
-            "add",
-            &pair.a_dev,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &pair.b_dev,
-        ]);
+        run(&["ip", "link", "add", &pair.a_dev, "type", "veth", "peer", "name", &pair.b_dev]);
         run(&["ip", "link", "set", &pair.a_dev, "netns", &pair.a]);
         run(&["ip", "link", "set", &pair.b_dev, "netns", &pair.b]);
-        run(&[
-            "ip",
-            "-n",
-            &pair.a,
-            "addr",
-            "add",
-            &format!("{}/24", pair.a_addr),
-            "dev",
-            &pair.a_dev,
-        ]);
-        run(&[
-            "ip",
-            "-n",
-            &pair.b,
-            "addr",
-            "add",
-            &format!("{}/24", pair.b_addr),
-            "dev",
-            &pair.b_dev,
-        ]);
+        run(&["ip", "-n", &pair.a, "addr", "add", &format!("{}/24", pair.a_addr), "dev", &pair.a_dev]);
+        run(&["ip", "-n", &pair.b, "addr", "add", &format!("{}/24", pair.b_addr), "dev", &pair.b_dev]);
         for (ns, dev) in [(&pair.a, &pair.a_dev), (&pair.b, &pair.b_dev)] {
             run(&["ip", "-n", ns, "link", "set", dev, "up"]);
             run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
@@ -72,31 +44,26 @@ impl NetnsPair {
 
     fn cleanup(&self) {
         for ns in [&self.a, &self.b] {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", ns])
-                .output();
+            let _ = std::process::Command::new("ip").args(["netns", "del", ns]).output();
         }
     }
 
     /// Adds `rule` to an input-hook chain inside namespace `ns` (one rule per line, as the
     /// nft parser of older Debian releases wants).
     pub fn nft_input(&self, ns: &str, rule: &str) {
-        self.nft(ns, &format!("table inet tapio_test {{\n chain input {{\n  type filter hook input priority 0;\n  {rule}\n }}\n}}\n"));
+        self.nft(
+            ns,
+            &format!(
+                "table inet tapio_test {{\n chain input {{\n  type filter hook input priority 0;\n  {rule}\n }}\n}}\n"
+            ),
+        );
     }
 
     /// Loads an nftables ruleset inside namespace `ns`.
     pub fn nft(&self, ns: &str, ruleset: &str) {
         let path = std::env::temp_dir().join(format!("tapio-nft-{ns}.nft"));
         std::fs::write(&path, ruleset).expect("write nft ruleset");
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "nft",
-            "-f",
-            path.to_str().expect("utf-8 path"),
-        ]);
+        run(&["ip", "netns", "exec", ns, "nft", "-f", path.to_str().expect("utf-8 path")]);
         let _ = std::fs::remove_file(path);
     }
 

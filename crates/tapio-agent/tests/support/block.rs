@@ -1,0 +1,333 @@
+//! Block-device scaffolding for the real-kernel storage and node tests: loop devices,
+//! tmpfs/ext4 mounts, v1 cgroups, O_DIRECT I/O and tracefs event counting. Every piece is a
+//! guard that undoes itself on drop, so a failing test leaves nothing behind. Names carry
+//! the test process's pid so concurrent runs do not collide.
+
+#![allow(dead_code)]
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A name unique to this test process and `tag`.
+pub fn unique(tag: &str) -> String {
+    format!("tapio-{tag}-{}", std::process::id())
+}
+
+fn run(cmd: &[&str]) -> Result<String, String> {
+    let out = Command::new(cmd[0]).args(&cmd[1..]).output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn must(cmd: &[&str]) -> String {
+    run(cmd).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A directory removed (with its contents) on drop.
+pub struct Dir(pub PathBuf);
+
+impl Dir {
+    pub fn new(path: PathBuf) -> Dir {
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        Dir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A mount, unmounted on drop (lazily if it is busy).
+pub struct Mount {
+    pub path: PathBuf,
+}
+
+impl Mount {
+    pub fn tmpfs(path: &Path, size: &str) -> Mount {
+        must(&["mount", "-t", "tmpfs", "-o", &format!("size={size}"), "tapio-test", &path.to_string_lossy()]);
+        Mount { path: path.to_path_buf() }
+    }
+
+    pub fn device(dev: &str, path: &Path) -> Mount {
+        must(&["mount", dev, &path.to_string_lossy()]);
+        Mount { path: path.to_path_buf() }
+    }
+
+    /// Shuts the (ext4) filesystem down as if its disk had died: every later I/O to it
+    /// fails with EIO. EXT4_IOC_SHUTDOWN with EXT4_GOING_FLAGS_NOLOGFLUSH.
+    pub fn shutdown_ext4(&self) {
+        const EXT4_IOC_SHUTDOWN: libc::c_ulong = 0x8004_587D;
+        let dir = File::open(&self.path).expect("open mount point");
+        let flags: u32 = 2;
+        // SAFETY: the ioctl reads one u32 we own from a valid pointer.
+        let rc = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&dir), EXT4_IOC_SHUTDOWN, &flags) };
+        assert_eq!(rc, 0, "EXT4_IOC_SHUTDOWN: {}", io::Error::last_os_error());
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let p = self.path.to_string_lossy().into_owned();
+        if run(&["umount", &p]).is_err() {
+            let _ = run(&["umount", "-l", &p]);
+        }
+    }
+}
+
+/// A loop device, detached on drop.
+pub struct Loop {
+    pub path: String,
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl Loop {
+    pub fn attach(file: &Path, direct_io: bool) -> Loop {
+        let file = file.to_string_lossy().into_owned();
+        let mut cmd = vec!["losetup", "-f", "--show"];
+        if direct_io {
+            cmd.push("--direct-io=on");
+        }
+        cmd.push(&file);
+        let path = must(&cmd).trim().to_string();
+        let rdev = std::fs::metadata(&path).expect("stat loop device").rdev();
+        let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+        Loop { path, major, minor }
+    }
+
+    /// The device number as block tracepoints encode it (major << 20 | minor).
+    pub fn trace_dev(&self) -> u64 {
+        (u64::from(self.major) << 20) | u64::from(self.minor)
+    }
+
+    pub fn name(&self) -> &str {
+        self.path.trim_start_matches("/dev/")
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = run(&["losetup", "-d", &self.path]);
+    }
+}
+
+/// A file of `len` bytes, fully written (so later writes allocate nothing).
+pub fn filled_file(path: &Path, len: u64) {
+    let f = File::create(path).expect("create backing file");
+    let chunk = vec![0u8; 1 << 20];
+    let mut off = 0;
+    while off < len {
+        let n = chunk.len().min((len - off) as usize);
+        f.write_all_at(&chunk[..n], off).expect("fill backing file");
+        off += n as u64;
+    }
+    f.sync_all().expect("sync backing file");
+}
+
+/// A sparse file of `len` bytes.
+pub fn sparse_file(path: &Path, len: u64) {
+    File::create(path).and_then(|f| f.set_len(len)).expect("create sparse file");
+}
+
+pub fn mkfs_ext4(dev: &str) {
+    must(&["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", dev]);
+}
+
+/// A 4096-aligned buffer for O_DIRECT.
+pub struct Aligned {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Aligned {
+    pub fn new(len: usize, fill: u8) -> Aligned {
+        let layout = std::alloc::Layout::from_size_align(len, 4096).expect("layout");
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc(layout) };
+        assert!(!ptr.is_null());
+        // SAFETY: ptr points to len bytes we own.
+        unsafe { std::ptr::write_bytes(ptr, fill, len) };
+        Aligned { ptr, len }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: ptr is valid for len bytes for our lifetime.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and we hold &mut self.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for Aligned {
+    fn drop(&mut self) {
+        let layout = std::alloc::Layout::from_size_align(self.len, 4096).expect("layout");
+        // SAFETY: allocated with this layout in new().
+        unsafe { std::alloc::dealloc(self.ptr, layout) };
+    }
+}
+
+// SAFETY: the buffer is owned memory with no thread affinity.
+unsafe impl Send for Aligned {}
+
+pub fn open_direct(path: &str, write: bool) -> File {
+    OpenOptions::new()
+        .read(true)
+        .write(write)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {path} O_DIRECT: {e}"))
+}
+
+/// One O_DIRECT write: its result and how long the syscall took.
+pub fn timed_write(f: &File, buf: &Aligned, offset: u64) -> (io::Result<usize>, Duration) {
+    let t = Instant::now();
+    let r = f.write_at(buf.as_slice(), offset);
+    (r, t.elapsed())
+}
+
+pub fn timed_read(f: &File, buf: &mut Aligned, offset: u64) -> (io::Result<usize>, Duration) {
+    let t = Instant::now();
+    let r = f.read_at(buf.as_mut_slice(), offset);
+    (r, t.elapsed())
+}
+
+pub fn gettid() -> u32 {
+    // SAFETY: gettid has no side effects.
+    unsafe { libc::gettid() as u32 }
+}
+
+/// A v1 cgroup in `controller` that the calling thread can join; on drop the thread that
+/// joined goes back to the root group and the group is removed.
+pub struct Cgroup {
+    pub path: PathBuf,
+    root: PathBuf,
+    joined: Vec<u32>,
+}
+
+impl Cgroup {
+    pub fn new(controller: &str, name: &str) -> Cgroup {
+        let root = PathBuf::from("/sys/fs/cgroup").join(controller);
+        assert!(root.join("tasks").exists(), "no cgroup v1 {controller} hierarchy at {}", root.display());
+        let path = root.join(name);
+        let _ = std::fs::remove_dir(&path);
+        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        Cgroup { path, root, joined: Vec::new() }
+    }
+
+    pub fn set(&self, file: &str, value: &str) {
+        std::fs::write(self.path.join(file), value).unwrap_or_else(|e| panic!("write {value:?} to {file}: {e}"));
+    }
+
+    /// Moves the calling thread (only it) into the group.
+    pub fn join_this_thread(&mut self) {
+        let tid = gettid();
+        std::fs::write(self.path.join("tasks"), tid.to_string()).expect("join cgroup");
+        self.joined.push(tid);
+    }
+
+    /// Moves a whole process into the group.
+    pub fn add_process(&self, pid: u32) {
+        std::fs::write(self.path.join("cgroup.procs"), pid.to_string()).expect("add process to cgroup");
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        for tid in &self.joined {
+            let _ = std::fs::write(self.root.join("tasks"), tid.to_string());
+        }
+        if let Ok(tasks) = std::fs::read_to_string(self.path.join("tasks")) {
+            for t in tasks.lines() {
+                let _ = std::fs::write(self.root.join("tasks"), t);
+            }
+        }
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.path).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Counts one tracepoint's firings in a private tracefs instance, independently of the
+/// agent (entries plus overruns, so a full buffer does not hide any).
+pub struct TraceCounter {
+    dir: PathBuf,
+}
+
+impl TraceCounter {
+    pub fn new(name: &str, event: &str, filter: &str) -> TraceCounter {
+        let dir = PathBuf::from("/sys/kernel/tracing/instances").join(unique(name));
+        let _ = std::fs::remove_dir(&dir);
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("tracefs instance {}: {e}", dir.display()));
+        let ev = dir.join("events").join(event);
+        std::fs::write(ev.join("filter"), filter).expect("tracefs filter");
+        std::fs::write(ev.join("enable"), "1").expect("tracefs enable");
+        TraceCounter { dir }
+    }
+
+    pub fn count(&self) -> u64 {
+        let mut total = 0;
+        let Ok(cpus) = std::fs::read_dir(self.dir.join("per_cpu")) else { return 0 };
+        for cpu in cpus.flatten() {
+            let stats = std::fs::read_to_string(cpu.path().join("stats")).unwrap_or_default();
+            for line in stats.lines() {
+                for key in ["entries:", "overrun:"] {
+                    if let Some(v) = line.strip_prefix(key) {
+                        total += v.trim().parse::<u64>().unwrap_or(0);
+                    }
+                }
+            }
+        }
+        total
+    }
+}
+
+impl Drop for TraceCounter {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.dir.join("events/enable"), "0");
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Physical extents of a file (FS_IOC_FIEMAP): (logical, physical, length) in bytes.
+pub fn file_extents(f: &File) -> Vec<(u64, u64, u64)> {
+    const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
+    const MAX: usize = 256;
+    // struct fiemap (32 bytes) followed by MAX struct fiemap_extent (56 bytes each).
+    let mut buf = vec![0u64; (32 + 56 * MAX) / 8];
+    buf[1] = u64::MAX; // fm_length
+    buf[2] = 1; // fm_flags = FIEMAP_FLAG_SYNC (fm_mapped_extents is the high half)
+    buf[3] = MAX as u64; // fm_extent_count
+    // SAFETY: the buffer is large enough for the header and MAX extents.
+    let rc = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(f), FS_IOC_FIEMAP, buf.as_mut_ptr()) };
+    assert_eq!(rc, 0, "FIEMAP: {}", io::Error::last_os_error());
+    let mapped = (buf[2] >> 32) as usize; // fm_mapped_extents
+    (0..mapped.min(MAX))
+        .map(|i| {
+            let base = (32 + 56 * i) / 8;
+            (buf[base], buf[base + 1], buf[base + 2])
+        })
+        .collect()
+}
