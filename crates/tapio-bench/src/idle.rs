@@ -1,0 +1,89 @@
+//! Idle footprint of the running agent: resident memory and CPU with every observer
+//! attached and nothing happening (beyond whatever else runs on the machine, which the
+//! load average in the notes shows).
+
+use crate::agent::{self, Agent, Scratch};
+use crate::procfs;
+use crate::report::{thousands, Report, Verdict};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Resident set goal (decimal megabytes, like the size goal).
+const RSS_GOAL_BYTES: u64 = 8_000_000;
+/// CPU goal, percent of one core.
+const CPU_GOAL_PERCENT: f64 = 0.2;
+/// Time after "ready:" before measuring: start-up work (BTF parsing, loading) is not idle.
+const SETTLE: Duration = Duration::from_secs(3);
+
+pub fn measure(binary: &Path, window: Duration, report: &mut Report) {
+    if let Err(e) = run(binary, window, report) {
+        for m in ["idle RSS (VmRSS)", "idle CPU (utime+stime)"] {
+            report.not_measured("idle", m, "", e.clone());
+        }
+    }
+}
+
+fn run(binary: &Path, window: Duration, report: &mut Report) -> Result<(), String> {
+    let scratch = Scratch::new("idle")?;
+    let config = agent::write_config(&scratch.0, &scratch.0.join("evidence.jsonl"))?;
+    let agent = Agent::start(binary, &config)?;
+    if !agent.fully_attached() {
+        report.note(format!("idle: not every observer attached: {}", agent.ready_line));
+    }
+    let pid = agent.pid();
+    std::thread::sleep(SETTLE);
+    let load_before = procfs::loadavg();
+    let t0 = Instant::now();
+    let stat0 = procfs::cpu_stat_ns(pid)?;
+    let sched0 = procfs::cpu_sched_ns(pid)?;
+    std::thread::sleep(window);
+    let stat1 = procfs::cpu_stat_ns(pid)?;
+    let sched1 = procfs::cpu_sched_ns(pid)?;
+    let wall = t0.elapsed().as_nanos() as f64;
+    let rss = procfs::rss_kib(pid)?;
+    let breakdown = format!(
+        "RssAnon {} KiB, RssFile {} KiB, of which eBPF ring-buffer mappings {} KiB; peak VmHWM {} KiB",
+        procfs::status_kib(pid, "RssAnon:").map(thousands).unwrap_or_else(|e| e),
+        procfs::status_kib(pid, "RssFile:").map(thousands).unwrap_or_else(|e| e),
+        procfs::bpf_map_rss_kib(pid).map(thousands).unwrap_or_else(|e| e),
+        procfs::status_kib(pid, "VmHWM:").map(thousands).unwrap_or_else(|e| e),
+    );
+    let stopped = agent.stop()?;
+
+    let rss_bytes = rss * 1024;
+    report.row(
+        "idle",
+        "idle RSS (VmRSS)",
+        format!("{:.2} MB ({} KiB)", rss_bytes as f64 / 1e6, thousands(rss)),
+        "<= 8 MB (8,000,000 B)",
+        Verdict::check(rss_bytes <= RSS_GOAL_BYTES),
+    );
+    report.note(format!("idle: RSS breakdown: {breakdown}"));
+    let pct = |ns: u64| ns as f64 / wall * 100.0;
+    let stat_pct = pct(stat1.saturating_sub(stat0));
+    report.row(
+        "idle",
+        format!("idle CPU (utime+stime, {} s)", window.as_secs()),
+        format!("{stat_pct:.3} % of one core"),
+        format!("<= {CPU_GOAL_PERCENT} %"),
+        Verdict::check(stat_pct <= CPU_GOAL_PERCENT),
+    );
+    let sched_pct = pct(sched1.saturating_sub(sched0));
+    report.row(
+        "idle",
+        "idle CPU cross-check (schedstat, exact ns)",
+        format!("{sched_pct:.3} % of one core"),
+        format!("<= {CPU_GOAL_PERCENT} %"),
+        Verdict::check(sched_pct <= CPU_GOAL_PERCENT),
+    );
+    let events = stopped.counters.as_ref().map(|c| agent::counter(c, "events_total")).unwrap_or(0);
+    report.note(format!(
+        "idle: {} s window starting {} s after ready; 1-min load average {load_before} before, {} after; \
+         the agent emitted {events} evidence records over its whole run (activity elsewhere on the machine); utime+stime \
+         has one-tick (10 ms) resolution, schedstat is exact",
+        window.as_secs(),
+        SETTLE.as_secs(),
+        procfs::loadavg()
+    ));
+    Ok(())
+}

@@ -1,0 +1,317 @@
+//! Kernel cost of each tapio_* eBPF program: mean run time per invocation from the kernel's
+//! own BPF run-time statistics, over a window in which load makes every hook fire.
+//!
+//! Statistics are switched on with the BPF_ENABLE_STATS command (on while its fd is open);
+//! if that fails, with `kernel.bpf_stats_enabled`, whose previous value is restored. Only
+//! the programs the measured agent holds open are read (their ids come from the agent's
+//! fdinfo), so another agent or test on the machine cannot pollute the figures.
+
+use crate::agent::{self, Agent, Scratch};
+use crate::load;
+use crate::procfs;
+use crate::report::{thousands, Report, Verdict};
+use aya::programs::loaded_programs;
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::time::Duration;
+
+/// Mean cost goal per invocation of a network hook, in ns.
+const NETWORK_GOAL_NS: f64 = 250.0;
+
+const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// Keeps BPF run-time statistics on while it lives.
+pub enum StatsOn {
+    /// BPF_ENABLE_STATS: statistics stay on while this fd is open.
+    Fd { _fd: OwnedFd },
+    /// The sysctl was set to 1; holds its previous value to restore.
+    Sysctl(String),
+}
+
+impl StatsOn {
+    pub fn enable() -> Result<(Self, String), String> {
+        match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+            Ok(fd) => Ok((Self::Fd { _fd: fd }, "BPF_ENABLE_STATS (BPF_STATS_RUN_TIME)".into())),
+            Err(e) => {
+                let previous = std::fs::read_to_string(SYSCTL)
+                    .map_err(|r| format!("BPF_ENABLE_STATS failed ({e}) and {SYSCTL} is unreadable: {r}"))?;
+                std::fs::write(SYSCTL, "1")
+                    .map_err(|w| format!("BPF_ENABLE_STATS failed ({e}) and setting {SYSCTL} failed: {w}"))?;
+                Ok((
+                    Self::Sysctl(previous.trim().to_string()),
+                    format!("sysctl kernel.bpf_stats_enabled=1 (BPF_ENABLE_STATS failed: {e})"),
+                ))
+            }
+        }
+    }
+}
+
+impl Drop for StatsOn {
+    fn drop(&mut self) {
+        if let Self::Sysctl(previous) = self {
+            if let Err(e) = std::fs::write(SYSCTL, previous.as_bytes()) {
+                eprintln!("tapio-bench: could not restore {SYSCTL} to {previous}: {e}");
+            }
+        }
+    }
+}
+
+/// Cumulative run time and count of one program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgStats {
+    /// The kernel's name (truncated to 15 characters).
+    pub kernel_name: String,
+    pub run_time_ns: u64,
+    pub run_count: u64,
+}
+
+/// Stats of the loaded programs whose name starts with `tapio_`, restricted to `ids` unless
+/// it is empty; keyed by program id.
+pub fn snapshot(ids: &[u32]) -> Result<BTreeMap<u32, ProgStats>, String> {
+    let mut out = BTreeMap::new();
+    for info in loaded_programs() {
+        let info = info.map_err(|e| format!("listing loaded eBPF programs: {e}"))?;
+        let Some(name) = info.name_as_str() else {
+            continue;
+        };
+        if !name.starts_with("tapio_") || (!ids.is_empty() && !ids.contains(&info.id())) {
+            continue;
+        }
+        out.insert(
+            info.id(),
+            ProgStats {
+                kernel_name: name.to_string(),
+                run_time_ns: info.run_time().as_nanos() as u64,
+                run_count: info.run_count(),
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// The object's full program name for a kernel name (the kernel keeps 15 characters).
+pub fn full_name(kernel_name: &str) -> &str {
+    let known = tapio_bpf::network::TRACEPOINTS
+        .iter()
+        .map(|t| t.0)
+        .chain(tapio_bpf::container::TRACEPOINTS.iter().map(|t| t.0))
+        .chain(tapio_bpf::container::BTF_TRACEPOINTS.iter().map(|t| t.0));
+    for name in known {
+        if name.len() >= kernel_name.len() && name.as_bytes()[..kernel_name.len()] == *kernel_name.as_bytes() {
+            return name;
+        }
+    }
+    kernel_name
+}
+
+/// Whether a program belongs to the network observer (whose hooks have the cost goal).
+pub fn is_network(full: &str) -> bool {
+    tapio_bpf::network::TRACEPOINTS.iter().any(|t| t.0 == full)
+}
+
+/// Per-program (runs, mean ns) over the window between two snapshots.
+pub fn deltas(before: &BTreeMap<u32, ProgStats>, after: &BTreeMap<u32, ProgStats>) -> Vec<(String, u64, Option<f64>)> {
+    let mut out: Vec<(String, u64, Option<f64>)> = after
+        .iter()
+        .map(|(id, a)| {
+            let (t0, c0) = before.get(id).map(|b| (b.run_time_ns, b.run_count)).unwrap_or((0, 0));
+            let runs = a.run_count.saturating_sub(c0);
+            let time = a.run_time_ns.saturating_sub(t0);
+            let mean = (runs > 0).then(|| time as f64 / runs as f64);
+            (full_name(&a.kernel_name).to_string(), runs, mean)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Every program the agent attaches, network first.
+fn expected_programs() -> Vec<&'static str> {
+    tapio_bpf::network::TRACEPOINTS
+        .iter()
+        .map(|t| t.0)
+        .chain(tapio_bpf::container::TRACEPOINTS.iter().map(|t| t.0))
+        .chain(tapio_bpf::container::BTF_TRACEPOINTS.iter().map(|t| t.0))
+        .collect()
+}
+
+fn goal_of(program: &str) -> String {
+    if is_network(program) {
+        format!("<= {NETWORK_GOAL_NS} ns")
+    } else {
+        "(no goal)".into()
+    }
+}
+
+pub fn measure(binary: &Path, report: &mut Report) {
+    if let Err(e) = run(binary, report) {
+        for p in expected_programs() {
+            report.not_measured("kernel", &format!("{p} mean cost"), &goal_of(p), e.clone());
+        }
+    }
+}
+
+/// What the load phase did, for the notes.
+#[derive(Default)]
+struct Driven {
+    refused: u64,
+    rounds: u64,
+    resets: u64,
+    syn_pending: usize,
+    processes: u32,
+    oom: String,
+}
+
+/// Makes every hook fire: refused connects, loopback traffic, resets, SYN retransmits,
+/// process exits and one OOM kill. About 4 s, all of it bounded.
+fn drive_load() -> Result<Driven, String> {
+    let closed = load::ClosedPort::reserve().map_err(|e| format!("reserving a closed port: {e}"))?;
+    let port = closed.port;
+    let flood = std::thread::spawn(move || load::refused_flood(port, 1, Duration::from_secs(3), 300_000));
+    let pings = std::thread::spawn(|| load::ping_pong(100_000, Duration::from_secs(3)));
+    let syns = std::thread::spawn(|| load::syn_retransmits(20, Duration::from_millis(3500)));
+    let mut d = Driven {
+        resets: load::resets(2000, Duration::from_secs(3)).map_err(|e| format!("reset load: {e}"))?,
+        processes: load::process_exits(100, 100),
+        oom: match load::oom_kill() {
+            Ok(true) => "1 OOM kill".into(),
+            Ok(false) => "the OOM helper was not killed".into(),
+            Err(e) => format!("no OOM kill ({e})"),
+        },
+        ..Driven::default()
+    };
+    d.refused = flood.join().map_err(|_| "flood thread panicked")?.refused;
+    d.rounds = pings.join().map_err(|_| "ping-pong thread panicked")?.map_err(|e| format!("ping-pong load: {e}"))?;
+    d.syn_pending = syns.join().map_err(|_| "SYN thread panicked")?.map_err(|e| format!("SYN retransmit load: {e}"))?;
+    drop(closed);
+    Ok(d)
+}
+
+/// Refused connects made while the agent is paused (their records must fit the ring).
+const PAUSED_CONNECTS: u64 = 2000;
+
+/// Mean cost of the network programs that ran while the agent was paused.
+fn paused_window(agent: &Agent, ids: &[u32]) -> Result<Vec<(String, u64, f64)>, String> {
+    let closed = load::ClosedPort::reserve().map_err(|e| format!("reserving a closed port: {e}"))?;
+    // Let the drain take what the load phase left, so the paused window starts caught up.
+    std::thread::sleep(Duration::from_millis(500));
+    let before = snapshot(ids)?;
+    let guard = agent.pause();
+    std::thread::sleep(Duration::from_millis(100));
+    let flood = load::refused_flood(closed.port, 1, Duration::from_secs(3), PAUSED_CONNECTS);
+    let after = snapshot(ids);
+    drop(guard);
+    if flood.refused == 0 {
+        return Err("no refused connect was made".into());
+    }
+    Ok(deltas(&before, &after?)
+        .into_iter()
+        .filter_map(|(name, runs, mean)| Some((name, runs, mean?)))
+        .filter(|(name, _, _)| is_network(name))
+        .collect())
+}
+
+fn run(binary: &Path, report: &mut Report) -> Result<(), String> {
+    let scratch = Scratch::new("kernel")?;
+    let config = agent::write_config(&scratch.0, &scratch.0.join("evidence.jsonl"))?;
+    let agent = Agent::start(binary, &config)?;
+    if !agent.fully_attached() {
+        report.note(format!("kernel: not every observer attached: {}", agent.ready_line));
+    }
+    let ids = procfs::prog_ids(agent.pid());
+    let scope = if ids.is_empty() {
+        report.note("kernel: the agent's program ids were not found in its fdinfo; reading every tapio_* program");
+        "every loaded tapio_* program"
+    } else {
+        "the measured agent's programs only (ids from its fdinfo)"
+    };
+    let (stats, how) = StatsOn::enable()?;
+    let before = snapshot(&ids)?;
+    let driven = drive_load();
+    let after = snapshot(&ids);
+    let paused = if after.is_ok() { paused_window(&agent, &ids) } else { Err("skipped".into()) };
+    drop(stats);
+    let stopped = agent.stop();
+    let driven = driven?;
+    let after = after?;
+    stopped?;
+
+    let measured = deltas(&before, &after);
+    for program in expected_programs() {
+        let measure = format!("{program} mean cost");
+        let goal = goal_of(program);
+        match measured.iter().find(|m| m.0 == program) {
+            None => report.not_measured("kernel", &measure, &goal, "the agent did not load this program".into()),
+            Some((_, _, None)) => report.not_measured(
+                "kernel",
+                &measure,
+                &goal,
+                "no invocation during the load window (its hook did not fire)".into(),
+            ),
+            Some((_, runs, Some(mean))) => {
+                let verdict =
+                    if is_network(program) { Verdict::check(*mean <= NETWORK_GOAL_NS) } else { Verdict::Info };
+                report.row("kernel", measure, format!("{mean:.0} ns x {} runs", thousands(*runs)), goal, verdict);
+            }
+        }
+    }
+    match paused {
+        Ok(rows) => {
+            for (program, runs, mean) in rows {
+                report.row(
+                    "kernel",
+                    format!("{program}, drain paused (no wake-ups)"),
+                    format!("{mean:.0} ns x {} runs", thousands(runs)),
+                    "(diagnostic)",
+                    Verdict::Info,
+                );
+            }
+            report.note(format!(
+                "kernel: the 'drain paused' rows repeat {PAUSED_CONNECTS} refused connects with the agent stopped \
+                 (SIGSTOP): a ring-buffer submit wakes the consumer only when it has caught up, so the difference \
+                 to the row above is the wake-up the kernel does inside the program's run time"
+            ));
+        }
+        Err(e) => report.note(format!("kernel: the drain-paused decomposition was not measured: {e}")),
+    }
+    report.note(format!(
+        "kernel: run-time stats via {how}, read for {scope}; load: {} refused connects, {} loopback \
+         request/response rounds, {} RST-aborted connections, {} connects left to retransmit SYNs, {} process \
+         exits (half abnormal), {}",
+        thousands(driven.refused),
+        thousands(driven.rounds),
+        thousands(driven.resets),
+        driven.syn_pending,
+        driven.processes,
+        driven.oom
+    ));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncated_kernel_names_map_back() {
+        assert_eq!(full_name("tapio_inet_sock"), "tapio_inet_sock_set_state");
+        assert_eq!(full_name("tapio_tcp_probe"), "tapio_tcp_probe");
+        assert_eq!(full_name("tapio_tcp_retra"), "tapio_tcp_retransmit_skb");
+        assert_eq!(full_name("tapio_mark_vict"), "tapio_mark_victim");
+        assert_eq!(full_name("tapio_other"), "tapio_other");
+        assert!(is_network("tapio_tcp_receive_reset"));
+        assert!(!is_network("tapio_sched_process_exit"));
+    }
+
+    #[test]
+    fn deltas_are_per_window() {
+        let s = |t, c| ProgStats { kernel_name: "tapio_tcp_probe".into(), run_time_ns: t, run_count: c };
+        let before = BTreeMap::from([(1, s(1000, 10))]);
+        let after = BTreeMap::from([(1, s(3000, 20)), (2, s(0, 0))]);
+        let d = deltas(&before, &after);
+        assert_eq!(d[0], ("tapio_tcp_probe".to_string(), 10, Some(200.0)));
+        assert_eq!(d[1].1, 0);
+        assert_eq!(d[1].2, None);
+    }
+}

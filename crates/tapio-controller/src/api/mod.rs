@@ -1,0 +1,136 @@
+//! The HTTP surface: routes of the five v1 operations plus `/metrics`, `/healthz` and
+//! `/readyz`, and the middleware every request passes through.
+//!
+//! Layers, outermost first: request metrics → panic catcher (500 envelope, no details) →
+//! request timeout (408 envelope) → routes. Protected routes (`/v1/agents/*`,
+//! `/v1/events`) additionally pass the bearer check when auth is on. Unknown paths get a
+//! 404 envelope and known paths with a wrong method a 405 envelope: axum's plain-text
+//! defaults are never sent.
+
+pub mod agents;
+pub mod body;
+pub mod error;
+pub mod events;
+pub mod json;
+pub mod status;
+
+use std::any::Any;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use tapio_wire::{paths, ErrorCode};
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::metrics::RequestLabels;
+use crate::state::AppState;
+use error::{ApiError, ErrorCodeTag};
+
+/// Builds the router over `state`: [`routes`] inside [`layered`].
+pub fn router(state: Arc<AppState>) -> Router {
+    layered(routes(Arc::clone(&state)), state)
+}
+
+/// The routes of the controller, without the common layers.
+pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
+    let protected = Router::new()
+        .route(paths::HELLO, post(agents::hello).fallback(allow_post))
+        .route(paths::CONFIG, get(agents::config).fallback(allow_get))
+        .route(paths::HEARTBEAT, post(agents::heartbeat).fallback(allow_post))
+        .route(paths::EVENTS, post(events::events).fallback(allow_post))
+        .route_layer(middleware::from_fn_with_state(state, require_auth));
+
+    Router::new()
+        .merge(protected)
+        .route(paths::STATUS, get(status::status).fallback(allow_get))
+        .route("/metrics", get(status::metrics).fallback(allow_get))
+        .route("/healthz", get(status::healthz).fallback(allow_get))
+        .route("/readyz", get(status::readyz).fallback(allow_get))
+}
+
+/// Adds what every request passes through: the 404 fallback, the request timeout, the
+/// panic catcher and request metrics. Public so tests can exercise the same stack with
+/// routes that fail on purpose.
+pub fn layered(routes: Router<Arc<AppState>>, state: Arc<AppState>) -> Router {
+    routes
+        .fallback(unknown_endpoint)
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), request_timeout))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), track))
+        .with_state(state)
+}
+
+/// The operation label of a path (a closed set, so metrics stay bounded).
+pub fn operation_of(path: &str) -> &'static str {
+    match path {
+        paths::HELLO => "hello",
+        paths::CONFIG => "config",
+        paths::HEARTBEAT => "heartbeat",
+        paths::EVENTS => "events",
+        paths::STATUS => "status",
+        "/metrics" => "metrics",
+        "/healthz" => "healthz",
+        "/readyz" => "readyz",
+        _ => "unknown",
+    }
+}
+
+async fn unknown_endpoint() -> ApiError {
+    ApiError::new(ErrorCode::UnknownEndpoint, "no such endpoint")
+}
+
+async fn allow_post() -> ApiError {
+    ApiError::method_not_allowed("POST")
+}
+
+async fn allow_get() -> ApiError {
+    ApiError::method_not_allowed("GET")
+}
+
+fn panic_response(_: Box<dyn Any + Send + 'static>) -> Response {
+    // The panic payload may hold internal details: it is not logged into the response.
+    log::error!("a request handler panicked");
+    ApiError::internal().into_response()
+}
+
+/// Bearer check for the agent-facing routes. The presented value is never logged.
+async fn require_auth(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if let Some(token) = &st.auth {
+        let presented = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
+        if !token.authorizes(presented) {
+            let mut resp = ApiError::new(ErrorCode::Unauthenticated, "a valid Authorization: Bearer token is required")
+                .into_response();
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            return resp;
+        }
+    }
+    next.run(req).await
+}
+
+/// Bounds the time a request (including reading its body) may take, so a client that
+/// trickles a body cannot hold a handler forever.
+async fn request_timeout(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(st.request_timeout, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::new(
+            ErrorCode::RequestTimeout,
+            format!("request not completed within {} s", st.request_timeout.as_secs()),
+        )
+        .into_response(),
+    }
+}
+
+/// Counts every response by operation and status, and error responses by code.
+async fn track(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let operation = operation_of(req.uri().path());
+    let resp = next.run(req).await;
+    st.metrics.requests.get_or_create(&RequestLabels { operation, status: resp.status().as_u16() }).inc();
+    if let Some(ErrorCodeTag(code)) = resp.extensions().get::<ErrorCodeTag>() {
+        st.metrics.count_error(code.as_str());
+    }
+    resp
+}

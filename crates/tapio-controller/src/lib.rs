@@ -1,0 +1,35 @@
+//! tapio-controller: Tapio's one-per-cluster coordinator and its only HTTP server.
+//!
+//! It speaks `tapio-wire/v1` to agents (hello, config pull, heartbeat, event batches,
+//! status), keeps a bounded registry of agents with their reported counters and batch
+//! sequences, validates batches (facts, not reasoning) and writes accepted evidence to a
+//! sink. It never calls an agent. See `README.md` in this crate for flags and operation.
+//!
+//! Modules, one job each:
+//! * [`settings`]: flags → validated [`settings::Settings`].
+//! * [`server`]: accept loop, timeouts, connection bound, graceful shutdown.
+//! * [`api`]: routes, handlers, error envelope, body limit, auth and metrics middleware.
+//! * [`registry`] and [`sequence`]: agents, their reports and batch sequence facts.
+//! * [`config_hash`]: SHA-256 config hash and the served config body.
+//! * [`record`], [`timefmt`] and [`sink`]: evidence records and their bounded writer.
+//! * [`auth`]: bearer token holder and constant-time check.
+//! * [`metrics`]: Prometheus metrics. [`logging`]: stderr logger.
+//! * [`io_timeout`]: write deadline for connections.
+
+pub mod api;
+pub mod auth;
+pub mod config_hash;
+pub mod io_timeout;
+pub mod logging;
+pub mod metrics;
+pub mod record;
+pub mod registry;
+pub mod sequence;
+pub mod server;
+pub mod settings;
+pub mod sink;
+pub mod state;
+pub mod timefmt;
+
+pub use server::{RunningServer, Server};
+pub use settings::{Settings, SinkTarget};

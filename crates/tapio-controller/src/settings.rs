@@ -1,0 +1,381 @@
+//! Command-line flags and the validated [`Settings`] the server runs with.
+//!
+//! Secrets stay out of clap: the bearer token comes from `--auth-token-file` or the
+//! `TAPIO_CONTROLLER_TOKEN` environment variable, read here, never shown by `--help` and
+//! never logged.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use tapio_wire::CompiledConfig;
+
+use crate::auth::BearerToken;
+
+/// Environment variable that may carry the bearer token itself.
+pub const TOKEN_ENV: &str = "TAPIO_CONTROLLER_TOKEN";
+
+/// tapio-controller: serves tapio-wire/v1 to Tapio agents.
+///
+/// Plaintext HTTP only: run it on an in-cluster, local or trusted network, or behind a
+/// TLS-terminating proxy or service mesh.
+#[derive(Debug, Parser)]
+#[command(name = "tapio-controller", version)]
+pub struct Cli {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:7470")]
+    pub listen: SocketAddr,
+    /// Largest accepted request body; larger ones get 413 before parsing.
+    #[arg(long, default_value_t = 256 * 1024)]
+    pub body_limit_bytes: usize,
+    /// Most registered agents; a hello beyond it gets 429 TOO_MANY_AGENTS.
+    #[arg(long, default_value_t = 20_000)]
+    pub max_agents: usize,
+    /// Most agents tracked that sent batches without hello (default: --max-agents).
+    /// Their batches are still accepted beyond it, and counted as untracked.
+    #[arg(long)]
+    pub max_unregistered_agents: Option<usize>,
+    /// Heartbeat silence after which an agent counts as stale in metrics.
+    #[arg(long, default_value_t = 30)]
+    pub stale_after_secs: u64,
+    /// Silence after which an agent is forgotten.
+    #[arg(long, default_value_t = 600)]
+    pub evict_after_secs: u64,
+    /// File holding the bearer token agents must present (else env TAPIO_CONTROLLER_TOKEN;
+    /// neither: no auth).
+    #[arg(long)]
+    pub auth_token_file: Option<PathBuf>,
+    /// Where accepted events go, one JSON record per line.
+    #[arg(long, value_enum, default_value_t = SinkKind::Stdout)]
+    pub sink: SinkKind,
+    /// File for `--sink file`.
+    #[arg(long)]
+    pub sink_path: Option<PathBuf>,
+    /// Size at which the sink file is rotated.
+    #[arg(long, default_value_t = 100 * 1024 * 1024)]
+    pub sink_max_bytes: u64,
+    /// Rotated sink files kept besides the active one.
+    #[arg(long, default_value_t = 5)]
+    pub sink_keep_files: usize,
+    /// Bytes of records that may wait for the sink writer; beyond it records are dropped
+    /// and counted rather than stalling requests.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    pub sink_queue_bytes: usize,
+    /// JSON CompiledConfig to serve (default: built-in defaults).
+    #[arg(long)]
+    pub config_file: Option<PathBuf>,
+    /// Batch send interval handed to agents.
+    #[arg(long, default_value_t = 5_000)]
+    pub send_interval_ms: u64,
+    /// Most events per batch, handed to agents and enforced.
+    #[arg(long, default_value_t = 256)]
+    pub max_batch_events: u64,
+    /// Most concurrently open client connections; further clients wait in the backlog.
+    #[arg(long, default_value_t = 1_024)]
+    pub max_connections: usize,
+    /// Time a client has to send request headers (also the keep-alive idle limit).
+    #[arg(long, default_value_t = 10)]
+    pub header_read_timeout_secs: u64,
+    /// Time a request (body read and handling) may take.
+    #[arg(long, default_value_t = 30)]
+    pub request_timeout_secs: u64,
+    /// Time a blocked response write may take before the connection is dropped.
+    #[arg(long, default_value_t = 30)]
+    pub write_timeout_secs: u64,
+    /// Time open connections get to finish on SIGTERM/SIGINT.
+    #[arg(long, default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+    /// Controller id reported to agents (default: derived from host name and start time).
+    #[arg(long)]
+    pub controller_id: Option<String>,
+    /// Log level: error, warn, info, debug, trace.
+    #[arg(long, value_enum, default_value_t = LogLevel::Info)]
+    pub log_level: LogLevel,
+}
+
+/// Log levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Warnings and errors.
+    Warn,
+    /// Lifecycle events.
+    Info,
+    /// Per-connection detail.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl From<LogLevel> for log::LevelFilter {
+    fn from(l: LogLevel) -> Self {
+        match l {
+            LogLevel::Error => Self::Error,
+            LogLevel::Warn => Self::Warn,
+            LogLevel::Info => Self::Info,
+            LogLevel::Debug => Self::Debug,
+            LogLevel::Trace => Self::Trace,
+        }
+    }
+}
+
+/// Event sink kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SinkKind {
+    /// JSON lines on standard output.
+    Stdout,
+    /// JSON lines in a size-rotated file.
+    File,
+}
+
+/// Where accepted events are written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkTarget {
+    /// Standard output.
+    Stdout,
+    /// A rotated file.
+    File {
+        /// Active file.
+        path: PathBuf,
+        /// Rotation size.
+        max_bytes: u64,
+        /// Rotated files kept.
+        keep_files: usize,
+    },
+    /// Discard (tests and the load generator's in-process mode).
+    Discard,
+}
+
+/// Everything the server needs, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Body limit.
+    pub body_limit_bytes: usize,
+    /// Registered agent bound.
+    pub max_agents: usize,
+    /// Unregistered agent bound.
+    pub max_unregistered_agents: usize,
+    /// Stale threshold.
+    pub stale_after: Duration,
+    /// Eviction threshold.
+    pub evict_after: Duration,
+    /// Bearer token, if auth is on.
+    pub auth_token: Option<BearerToken>,
+    /// Sink.
+    pub sink: SinkTarget,
+    /// Sink queue budget.
+    pub sink_queue_bytes: usize,
+    /// Config served to agents.
+    pub config: CompiledConfig,
+    /// Batch interval for agents.
+    pub send_interval_ms: u64,
+    /// Batch size bound.
+    pub max_batch_events: u64,
+    /// Connection bound.
+    pub max_connections: usize,
+    /// Header read timeout.
+    pub header_read_timeout: Duration,
+    /// Request timeout.
+    pub request_timeout: Duration,
+    /// Response write timeout.
+    pub write_timeout: Duration,
+    /// Shutdown grace.
+    pub shutdown_grace: Duration,
+    /// Controller id override.
+    pub controller_id: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 7470)),
+            body_limit_bytes: 256 * 1024,
+            max_agents: 20_000,
+            max_unregistered_agents: 20_000,
+            stale_after: Duration::from_secs(30),
+            evict_after: Duration::from_secs(600),
+            auth_token: None,
+            sink: SinkTarget::Stdout,
+            sink_queue_bytes: 64 * 1024 * 1024,
+            config: CompiledConfig::default(),
+            send_interval_ms: 5_000,
+            max_batch_events: 256,
+            max_connections: 1_024,
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(10),
+            controller_id: None,
+        }
+    }
+}
+
+/// Why the flags could not become [`Settings`]. Messages name flags and files only.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// A flag value is out of range.
+    #[error("{0}")]
+    Invalid(String),
+    /// A file could not be read.
+    #[error("cannot read {what} {path}: {source}")]
+    Read {
+        /// Which file.
+        what: &'static str,
+        /// Its path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The config file is not a CompiledConfig.
+    #[error("config file {path} is not a CompiledConfig: {source}")]
+    Config {
+        /// Its path.
+        path: PathBuf,
+        /// The parse error.
+        source: serde_json::Error,
+    },
+}
+
+impl Cli {
+    /// Validates the flags and reads the token and config files.
+    /// `env_token` is the value of [`TOKEN_ENV`], passed in so tests need no process env.
+    pub fn into_settings(self, env_token: Option<String>) -> Result<Settings, SettingsError> {
+        let invalid = |m: &str| Err(SettingsError::Invalid(m.to_string()));
+        if self.body_limit_bytes == 0 {
+            return invalid("--body-limit-bytes must be at least 1");
+        }
+        if self.max_agents == 0 {
+            return invalid("--max-agents must be at least 1");
+        }
+        if self.max_batch_events == 0 {
+            return invalid("--max-batch-events must be at least 1");
+        }
+        if self.max_connections == 0 {
+            return invalid("--max-connections must be at least 1");
+        }
+        if self.evict_after_secs == 0 || self.stale_after_secs == 0 {
+            return invalid("--stale-after-secs and --evict-after-secs must be at least 1");
+        }
+        if self.header_read_timeout_secs == 0 || self.request_timeout_secs == 0 || self.write_timeout_secs == 0 {
+            return invalid("timeouts must be at least 1 second");
+        }
+
+        let auth_token = match (&self.auth_token_file, env_token) {
+            (Some(path), _) => {
+                let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+                    what: "token file",
+                    path: path.clone(),
+                    source,
+                })?;
+                Some(token_from(&text, "--auth-token-file")?)
+            }
+            (None, Some(text)) => Some(token_from(&text, TOKEN_ENV)?),
+            (None, None) => None,
+        };
+
+        let sink = match self.sink {
+            SinkKind::Stdout => SinkTarget::Stdout,
+            SinkKind::File => {
+                let Some(path) = self.sink_path.clone() else {
+                    return invalid("--sink file needs --sink-path");
+                };
+                if self.sink_max_bytes < 4096 {
+                    return invalid("--sink-max-bytes must be at least 4096");
+                }
+                SinkTarget::File { path, max_bytes: self.sink_max_bytes, keep_files: self.sink_keep_files }
+            }
+        };
+
+        let config = match &self.config_file {
+            None => CompiledConfig::default(),
+            Some(path) => {
+                let bytes = std::fs::read(path).map_err(|source| SettingsError::Read {
+                    what: "config file",
+                    path: path.clone(),
+                    source,
+                })?;
+                serde_json::from_slice(&bytes).map_err(|source| SettingsError::Config { path: path.clone(), source })?
+            }
+        };
+
+        Ok(Settings {
+            listen: self.listen,
+            body_limit_bytes: self.body_limit_bytes,
+            max_agents: self.max_agents,
+            max_unregistered_agents: self.max_unregistered_agents.unwrap_or(self.max_agents),
+            stale_after: Duration::from_secs(self.stale_after_secs),
+            evict_after: Duration::from_secs(self.evict_after_secs),
+            auth_token,
+            sink,
+            sink_queue_bytes: self.sink_queue_bytes,
+            config,
+            send_interval_ms: self.send_interval_ms,
+            max_batch_events: self.max_batch_events,
+            max_connections: self.max_connections,
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
+            request_timeout: Duration::from_secs(self.request_timeout_secs),
+            write_timeout: Duration::from_secs(self.write_timeout_secs),
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            controller_id: self.controller_id,
+        })
+    }
+}
+
+/// A token is the text with surrounding whitespace (a trailing newline) removed.
+fn token_from(text: &str, source: &str) -> Result<BearerToken, SettingsError> {
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(SettingsError::Invalid(format!("{source} holds an empty token")));
+    }
+    if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(SettingsError::Invalid(format!("{source} holds a token with whitespace or control characters")));
+    }
+    Ok(BearerToken::new(token.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut all = vec!["tapio-controller"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).unwrap()
+    }
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let s = cli(&[]).into_settings(None).unwrap();
+        assert_eq!(s.listen.to_string(), "0.0.0.0:7470");
+        assert_eq!(s.body_limit_bytes, 262_144);
+        assert!(s.auth_token.is_none());
+        assert_eq!(s.sink, SinkTarget::Stdout);
+        assert_eq!(s.max_unregistered_agents, s.max_agents);
+    }
+
+    #[test]
+    fn token_from_env_is_trimmed_and_redacted() {
+        let s = cli(&[]).into_settings(Some("s3cret\n".into())).unwrap();
+        let token = s.auth_token.unwrap();
+        assert!(token.matches(b"s3cret"));
+        assert!(!format!("{token:?}").contains("s3cret"));
+        assert!(cli(&[]).into_settings(Some("  ".into())).is_err());
+    }
+
+    #[test]
+    fn file_sink_needs_a_path() {
+        assert!(cli(&["--sink", "file"]).into_settings(None).is_err());
+        let s = cli(&["--sink", "file", "--sink-path", "/tmp/x.jsonl"]).into_settings(None).unwrap();
+        assert!(matches!(s.sink, SinkTarget::File { keep_files: 5, .. }));
+    }
+
+    #[test]
+    fn zero_bounds_are_refused() {
+        assert!(cli(&["--max-agents", "0"]).into_settings(None).is_err());
+        assert!(cli(&["--max-batch-events", "0"]).into_settings(None).is_err());
+    }
+}

@@ -1,0 +1,81 @@
+//! Shared state of the running controller, handed to every request handler.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tapio_wire::Batching;
+
+use crate::auth::BearerToken;
+use crate::config_hash::ActiveConfig;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::settings::Settings;
+use crate::sink::SinkHandle;
+
+/// Everything a handler reads or updates.
+#[derive(Debug)]
+pub struct AppState {
+    /// Identity reported to agents.
+    pub controller_id: String,
+    /// Start time.
+    pub started_at_unix: u64,
+    /// The config being served.
+    pub config: ActiveConfig,
+    /// Known agents.
+    pub registry: Registry,
+    /// Metrics (also the source of status totals).
+    pub metrics: Arc<Metrics>,
+    /// Where accepted records go.
+    pub sink: SinkHandle,
+    /// Bearer token, if auth is on.
+    pub auth: Option<BearerToken>,
+    /// Body limit.
+    pub body_limit: usize,
+    /// Batch interval handed to agents.
+    pub send_interval_ms: u64,
+    /// Batch size bound.
+    pub max_batch_events: u64,
+    /// Stale threshold for metrics.
+    pub stale_after: Duration,
+    /// Time a request may take.
+    pub request_timeout: Duration,
+}
+
+impl AppState {
+    /// Builds the state from settings, metrics and a started sink.
+    pub fn new(settings: &Settings, metrics: Arc<Metrics>, sink: SinkHandle) -> Self {
+        let started_at_unix = unix_now();
+        let batching =
+            Batching { send_interval_ms: settings.send_interval_ms, max_batch_events: settings.max_batch_events };
+        Self {
+            controller_id: settings.controller_id.clone().unwrap_or_else(|| default_controller_id(started_at_unix)),
+            started_at_unix,
+            // Generation 1 until the profile loader can replace the config at runtime.
+            config: ActiveConfig::new(settings.config.clone(), 1, batching),
+            registry: Registry::new(settings.max_agents, settings.max_unregistered_agents),
+            metrics,
+            sink,
+            auth: settings.auth_token.clone(),
+            body_limit: settings.body_limit_bytes,
+            send_interval_ms: settings.send_interval_ms,
+            max_batch_events: settings.max_batch_events,
+            stale_after: settings.stale_after,
+            request_timeout: settings.request_timeout,
+        }
+    }
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// `tapio-controller-<host>-<start time hex>`: distinct across restarts of one host.
+fn default_controller_id(started_at_unix: u64) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty() && h.len() <= 64)
+        .unwrap_or_else(|| "unknown".to_string());
+    format!("tapio-controller-{host}-{started_at_unix:x}")
+}

@@ -1,0 +1,93 @@
+//! `GET /v1/status`: a read-only snapshot of the controller's facts (no verdicts).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::heartbeat::HeartbeatCounters;
+use crate::open_enum::{DegradedReason, ObserverStatus};
+
+/// Status response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusResponse {
+    /// `tapio-wire/v1`.
+    pub wire_version: String,
+    /// Identity of this controller instance.
+    pub controller_id: String,
+    /// When it started.
+    pub started_at_unix: u64,
+    /// The active config.
+    pub config: StatusConfig,
+    /// Controller-wide totals.
+    pub totals: StatusTotals,
+    /// Known agents.
+    pub agents: Vec<AgentStatus>,
+}
+
+/// The active config generation and hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusConfig {
+    /// Generation.
+    pub version: String,
+    /// `sha256:<hex>`.
+    pub config_hash: String,
+}
+
+/// Controller-wide totals.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusTotals {
+    /// Events in accepted batches.
+    pub accepted_events_total: u64,
+    /// Events in rejected batches.
+    pub rejected_events_total: u64,
+    /// Batches accepted.
+    pub batches_accepted_total: u64,
+    /// Batches rejected.
+    pub batches_rejected_total: u64,
+    /// Extension: accepted batches whose sender could not be tracked (registry full).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub untracked_batches_total: Option<u64>,
+}
+
+/// One agent as the controller knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    /// Agent id.
+    pub agent_id: String,
+    /// Its node.
+    pub node_name: String,
+    /// Its build version ("" until it says hello).
+    pub tapio_version: String,
+    /// When it said hello (0 until it does).
+    pub registered_at_unix: u64,
+    /// Seconds since its last heartbeat; null before the first.
+    pub last_heartbeat_age_seconds: Option<u64>,
+    /// Config generation it reported applying ("" before its first heartbeat).
+    pub reported_config_version: String,
+    /// Counters from its last heartbeat.
+    pub reported_counters: HeartbeatCounters,
+    /// Observer states from its last heartbeat.
+    pub observers: BTreeMap<String, ObserverStatus>,
+    /// Batch sequence tracking.
+    pub sequence: SequenceStatus,
+    /// Extension: config hash it reported applying.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_config_hash: Option<String>,
+    /// Extension: false while the agent has sent batches but no hello.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registered: Option<bool>,
+    /// Extension: degraded reasons from its last heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded_reasons: Option<Vec<DegradedReason>>,
+}
+
+/// Per-agent batch sequence facts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SequenceStatus {
+    /// Sequence of the last accepted batch; null before the first.
+    pub last_seen: Option<u64>,
+    /// Batches that arrived with `seq > last + 1`.
+    pub gaps_total: u64,
+    /// Batches that arrived with `seq <= last`.
+    pub regressions_total: u64,
+}
