@@ -7,8 +7,8 @@
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use tapio_bpf::abi::{
-    tapio_ctr_config, tapio_net_config, TAPIO_CTR_EN_EXIT, TAPIO_CTR_EN_OOM, TAPIO_NET_EN_CONNECT, TAPIO_NET_EN_RESET,
-    TAPIO_NET_EN_RETRANSMIT, TAPIO_NET_EN_RTT,
+    tapio_ctr_config, tapio_net_config, tapio_sto_config, TAPIO_CTR_EN_EXIT, TAPIO_CTR_EN_OOM, TAPIO_NET_EN_CONNECT,
+    TAPIO_NET_EN_RESET, TAPIO_NET_EN_RETRANSMIT, TAPIO_NET_EN_RTT, TAPIO_STO_EN_ERRORS, TAPIO_STO_EN_LATENCY,
 };
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -25,6 +25,8 @@ pub struct AgentConfig {
     pub sinks: SinksConfig,
     pub network: NetworkConfig,
     pub container: ContainerConfig,
+    pub storage: StorageConfig,
+    pub node: NodeConfig,
     /// Controller mode (absent = standalone).
     pub controller: Option<crate::controller::ControllerConfig>,
 }
@@ -39,6 +41,8 @@ impl Default for AgentConfig {
             sinks: SinksConfig::default(),
             network: NetworkConfig::default(),
             container: ContainerConfig::default(),
+            storage: StorageConfig::default(),
+            node: NodeConfig::default(),
             controller: None,
         }
     }
@@ -100,6 +104,10 @@ pub struct NetworkConfig {
     /// A ratio crossing also needs srtt to exceed the baseline by this much: same-node
     /// baselines of a few microseconds jitter by multiples without anything being wrong.
     pub rtt_min_increase_us: u32,
+    /// Record the connecting task's memory-cgroup id (set by the agent on v1-hybrid nodes,
+    /// where it is what names the container; not a config-file key).
+    #[serde(skip)]
+    pub capture_memcg: bool,
 }
 
 impl Default for NetworkConfig {
@@ -116,6 +124,7 @@ impl Default for NetworkConfig {
             rtt_ceiling_us: 500_000,
             rtt_min_samples: 20,
             rtt_min_increase_us: 1_000,
+            capture_memcg: false,
         }
     }
 }
@@ -140,6 +149,83 @@ impl Default for ContainerConfig {
             abnormal_exits: true,
             exit_ignore_codes: Vec::new(),
             exit_ignore_signals: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub enabled: bool,
+    pub io_errors: bool,
+    pub latency_spikes: bool,
+    /// Issue-to-completion latency above which a request is a warning `latency_spike`.
+    pub latency_warning_ms: u32,
+    /// … and a critical one (at least latency_warning_ms).
+    pub latency_critical_ms: u32,
+    /// An in-flight request whose completion has not come after this long is dropped from
+    /// the kernel's table (counted as `inflight_expired`): the table stays bounded even if
+    /// completions are lost.
+    pub inflight_max_age_secs: u32,
+    /// Record the submitting task's memory-cgroup id (set by the agent on v1-hybrid nodes;
+    /// not a config-file key).
+    #[serde(skip)]
+    pub capture_memcg: bool,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            io_errors: true,
+            latency_spikes: true,
+            latency_warning_ms: 100,
+            latency_critical_ms: 1_000,
+            inflight_max_age_secs: 600,
+            capture_memcg: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    pub enabled: bool,
+    /// How often /proc/pressure/* and the hardware counters are sampled.
+    pub poll_interval_ms: u32,
+    /// Pressure (PSI) evidence.
+    pub psi: bool,
+    /// "some avg10" thresholds in percent; 0 turns that resource off.
+    pub psi_memory_some_avg10_percent: u32,
+    pub psi_cpu_some_avg10_percent: u32,
+    pub psi_io_some_avg10_percent: u32,
+    /// After a crossing, the next one needs avg10 to fall below threshold − margin first
+    /// (the margin is at most half the threshold).
+    pub psi_rearm_margin_percent: u32,
+    /// Hardware-counter evidence (cpu_stall, ipc_degradation).
+    pub pmc: bool,
+    /// A CPU whose instructions per cycle fall below this / 100 is an ipc_degradation.
+    pub pmc_ipc_min_percent: u32,
+    /// A CPU whose backend-stalled cycles exceed this share of its cycles is a cpu_stall.
+    pub pmc_stall_max_percent: u32,
+    /// CPUs that ran fewer cycles than this in one interval are not judged (near idle).
+    pub pmc_min_cycles: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            poll_interval_ms: 2_000,
+            psi: true,
+            psi_memory_some_avg10_percent: 10,
+            psi_cpu_some_avg10_percent: 50,
+            psi_io_some_avg10_percent: 30,
+            psi_rearm_margin_percent: 5,
+            pmc: true,
+            pmc_ipc_min_percent: 50,
+            pmc_stall_max_percent: 60,
+            pmc_min_cycles: 50_000_000,
         }
     }
 }
@@ -203,6 +289,25 @@ impl AgentConfig {
         }
         check_range("network.rtt_min_samples", n.rtt_min_samples.into(), 1, 1_000_000)?;
         check_range("network.rtt_min_increase_us", n.rtt_min_increase_us.into(), 0, 60_000_000)?;
+        let st = &self.storage;
+        check_range("storage.latency_warning_ms", st.latency_warning_ms.into(), 1, 600_000)?;
+        check_range("storage.latency_critical_ms", st.latency_critical_ms.into(), 1, 3_600_000)?;
+        if st.latency_critical_ms < st.latency_warning_ms {
+            return Err(ConfigError(format!(
+                "storage.latency_critical_ms = {} must be at least storage.latency_warning_ms = {}",
+                st.latency_critical_ms, st.latency_warning_ms
+            )));
+        }
+        check_range("storage.inflight_max_age_secs", st.inflight_max_age_secs.into(), 10, 86_400)?;
+        let nd = &self.node;
+        check_range("node.poll_interval_ms", nd.poll_interval_ms.into(), 100, 60_000)?;
+        check_range("node.psi_memory_some_avg10_percent", nd.psi_memory_some_avg10_percent.into(), 0, 100)?;
+        check_range("node.psi_cpu_some_avg10_percent", nd.psi_cpu_some_avg10_percent.into(), 0, 100)?;
+        check_range("node.psi_io_some_avg10_percent", nd.psi_io_some_avg10_percent.into(), 0, 100)?;
+        check_range("node.psi_rearm_margin_percent", nd.psi_rearm_margin_percent.into(), 0, 50)?;
+        check_range("node.pmc_ipc_min_percent", nd.pmc_ipc_min_percent.into(), 1, 1_000)?;
+        check_range("node.pmc_stall_max_percent", nd.pmc_stall_max_percent.into(), 1, 100)?;
+        check_range("node.pmc_min_cycles", nd.pmc_min_cycles, 0, 1 << 40)?;
         for code in &self.container.exit_ignore_codes {
             check_range("container.exit_ignore_codes[]", u64::from(*code), 1, 255)?;
         }
@@ -241,6 +346,14 @@ pub fn ephemeral_port_range() -> (u16, u16) {
 }
 
 /// The network object's config carrier for `generation`.
+/// True when the node has a cgroup v1 memory hierarchy: there every task's cgroup2 id is the
+/// root, and only the memory cgroup names the container.
+pub fn v1_memory_hierarchy() -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| m.lines().any(|l| l.contains(" - cgroup ") && l.split(',').any(|o| o.trim() == "memory")))
+        .unwrap_or(false)
+}
+
 pub fn network_carrier(n: &NetworkConfig, generation: u32, ports: (u16, u16)) -> tapio_net_config {
     let mut enabled = 0;
     if n.enabled {
@@ -268,6 +381,7 @@ pub fn network_carrier(n: &NetworkConfig, generation: u32, ports: (u16, u16)) ->
     c.rtt_min_increase_us = n.rtt_min_increase_us;
     c.ephemeral_port_min = ports.0;
     c.ephemeral_port_max = ports.1;
+    c.capture_memcg = u32::from(n.capture_memcg);
     c
 }
 
@@ -292,6 +406,26 @@ pub fn container_carrier(cc: &ContainerConfig, generation: u32) -> tapio_ctr_con
     for &sig in &cc.exit_ignore_signals {
         c.ignored_signals |= 1u64.checked_shl(u32::from(sig)).unwrap_or(0);
     }
+    c
+}
+
+/// The storage object's config carrier for `generation`.
+pub fn storage_carrier(st: &StorageConfig, generation: u32) -> tapio_sto_config {
+    let mut c = tapio_sto_config::default();
+    c.hdr.abi_version = tapio_bpf::ABI_VERSION;
+    c.hdr.generation = generation;
+    c.generation_check = generation;
+    if st.enabled {
+        if st.io_errors {
+            c.enabled |= TAPIO_STO_EN_ERRORS;
+        }
+        if st.latency_spikes {
+            c.enabled |= TAPIO_STO_EN_LATENCY;
+        }
+    }
+    c.capture_memcg = u32::from(st.capture_memcg);
+    c.latency_warning_ns = u64::from(st.latency_warning_ms) * 1_000_000;
+    c.latency_critical_ns = u64::from(st.latency_critical_ms) * 1_000_000;
     c
 }
 
@@ -343,6 +477,40 @@ mod tests {
         assert!(!c.sinks.stdout);
         assert_eq!(c.sinks.file.as_ref().unwrap().keep_files, 5);
         assert_eq!(c.network.retransmit_count, 3);
+    }
+
+    #[test]
+    fn storage_and_node_sections_are_strict_and_range_checked() {
+        let c = AgentConfig::from_toml(
+            "[storage]\nlatency_warning_ms = 50\nlatency_critical_ms = 50\n[node]\npoll_interval_ms = 500\n\
+             psi_memory_some_avg10_percent = 0\npmc = false\n",
+        )
+        .unwrap();
+        assert_eq!((c.storage.latency_warning_ms, c.storage.latency_critical_ms), (50, 50));
+        assert_eq!((c.node.poll_interval_ms, c.node.psi_memory_some_avg10_percent, c.node.pmc), (500, 0, false));
+        let err =
+            AgentConfig::from_toml("[storage]\nlatency_warning_ms = 200\nlatency_critical_ms = 100\n").unwrap_err();
+        assert!(err.0.contains("storage.latency_critical_ms = 100 must be at least"), "{err}");
+        let err = AgentConfig::from_toml("[storage]\nlatency_warning_ms = 0\n").unwrap_err();
+        assert_eq!(err.0, "storage.latency_warning_ms = 0 is out of range 1..=600000");
+        let err = AgentConfig::from_toml("[node]\npsi_cpu_some_avg10_percent = 101\n").unwrap_err();
+        assert!(err.0.contains("node.psi_cpu_some_avg10_percent"), "{err}");
+        let err = AgentConfig::from_toml("[node]\npsi_threshold = 3\n").unwrap_err();
+        assert!(err.0.contains("psi_threshold"), "{err}");
+        let err = AgentConfig::from_toml("[storage]\ncapture_memcg = true\n").unwrap_err();
+        assert!(err.0.contains("capture_memcg"), "an internal switch is not a config key: {err}");
+    }
+
+    #[test]
+    fn storage_carrier_holds_thresholds_in_ns_and_switches() {
+        let st = StorageConfig { latency_warning_ms: 100, latency_critical_ms: 1_000, ..StorageConfig::default() };
+        let c = storage_carrier(&st, 4);
+        assert_eq!((c.hdr.generation, c.generation_check, c.hdr.abi_version), (4, 4, tapio_bpf::ABI_VERSION));
+        assert_eq!((c.latency_warning_ns, c.latency_critical_ns), (100_000_000, 1_000_000_000));
+        assert_eq!(c.enabled, TAPIO_STO_EN_ERRORS | TAPIO_STO_EN_LATENCY);
+        let c = storage_carrier(&StorageConfig { latency_spikes: false, ..st.clone() }, 0);
+        assert_eq!(c.enabled, TAPIO_STO_EN_ERRORS);
+        assert_eq!(storage_carrier(&StorageConfig { enabled: false, ..st }, 0).enabled, 0);
     }
 
     #[test]

@@ -39,7 +39,15 @@ pub struct SinkCounts {
 
 /// The kernel counters that mean evidence was lost or refused there.
 const KERNEL_LOSS: &[&str] = &["ringbuf_reserve_failed"];
-const KERNEL_CORRELATION: &[&str] = &["correlation_table_full", "ambiguous", "config_torn_read"];
+const KERNEL_CORRELATION: &[&str] = &[
+    "correlation_table_full",
+    "ambiguous",
+    "config_torn_read",
+    // The storage object's per-reason correlation drops (tapio_bpf::storage::COUNTER_NAMES).
+    tapio_bpf::storage::AMBIGUOUS_INFLIGHT_IO,
+    tapio_bpf::storage::UNMATCHED_COMPLETION,
+    tapio_bpf::storage::INFLIGHT_REPLACED,
+];
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panicking holder cannot leave a counter map inconsistent: keep counting.
@@ -77,6 +85,15 @@ impl Counters {
         let queue_overflow = self.queue_overflow_total.load(Ordering::Relaxed);
         let kernel_sum =
             |names: &[&str]| -> u64 { kernel.iter().filter(|((_, n), _)| names.contains(n)).map(|(_, v)| v).sum() };
+        // Per (observer, reason): the userspace drops plus the kernel's own per-reason
+        // counters, so every reason in the total is visible by name.
+        let mut by_reason: BTreeMap<String, u64> = BTreeMap::new();
+        for ((o, r), v) in &drops {
+            *by_reason.entry(format!("{o}.{r}")).or_default() += v;
+        }
+        for ((o, n), v) in kernel.iter().filter(|((_, n), _)| KERNEL_CORRELATION.contains(n)) {
+            *by_reason.entry(format!("{o}.{n}")).or_default() += v;
+        }
         Snapshot {
             events_total: self.events_total.load(Ordering::Relaxed),
             malformed_events_total: self.malformed_events_total.load(Ordering::Relaxed),
@@ -88,7 +105,7 @@ impl Counters {
             controller_events_sent_total: self.controller_events_sent_total.load(Ordering::Relaxed),
             config_rejected_total: self.config_rejected_total.load(Ordering::Relaxed),
             kernel: kernel.into_iter().map(|((o, n), v)| (format!("{o}.{n}"), v)).collect(),
-            correlation_drops: drops.into_iter().map(|((o, r), v)| (format!("{o}.{r}"), v)).collect(),
+            correlation_drops: by_reason,
             sinks: sinks.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
         }
     }
@@ -133,5 +150,21 @@ mod tests {
         assert_eq!(s.sink_drops_total, 3);
         assert_eq!(s.kernel["container.abi_mismatch"], 9);
         assert_eq!(s.sinks["file"], SinkCounts { written: 0, failed: 1 });
+    }
+
+    #[test]
+    fn kernel_per_reason_drops_are_named_and_summed() {
+        let c = Counters::default();
+        c.set_kernel("storage", tapio_bpf::storage::AMBIGUOUS_INFLIGHT_IO, 2);
+        c.set_kernel("storage", tapio_bpf::storage::UNMATCHED_COMPLETION, 3);
+        c.set_kernel("storage", "requeues", 40); // informational: not a drop
+        c.correlation_drop("storage", "inflight_expired");
+        let s = c.snapshot();
+        assert_eq!(s.correlation_drops_total, 6);
+        assert_eq!(s.correlation_drops["storage.ambiguous_inflight_io"], 2);
+        assert_eq!(s.correlation_drops["storage.unmatched_completion"], 3);
+        assert_eq!(s.correlation_drops["storage.inflight_expired"], 1);
+        assert!(!s.correlation_drops.contains_key("storage.requeues"));
+        assert_eq!(s.kernel["storage.requeues"], 40);
     }
 }

@@ -67,6 +67,8 @@ pub enum Facts {
     Connection(ConnectionFacts),
     Oom(OomFacts),
     Exit(ExitFacts),
+    Storage(StorageFacts),
+    Node(NodeFacts),
 }
 
 /// Facts of every kernel.network.* evidence; fields a kind lacks are omitted.
@@ -143,4 +145,82 @@ pub struct ExitFacts {
     pub core_dumped: bool,
     pub threads: u32,
     pub lifetime_ns: Option<u64>,
+}
+
+/// Facts of kernel.storage.* evidence: one block request.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StorageFacts {
+    /// The task that submitted the request; null when it was not seen (e.g. a flush the
+    /// block layer issued on behalf of several writers).
+    pub pid: Option<u32>,
+    pub tid: Option<u32>,
+    pub comm: Option<String>,
+    pub dev_major: u32,
+    pub dev_minor: u32,
+    /// The disk's name (from /sys/dev/block/M:m/uevent); null if the disk is gone.
+    pub disk: Option<String>,
+    /// read, write, flush, discard, secure_erase, write_zeroes, driver_in, driver_out, other.
+    pub op: &'static str,
+    pub op_code: u32,
+    pub sector: u64,
+    pub bytes: u32,
+    /// Positive errno of an io_error; null when the kernel's status has no errno this agent
+    /// knows (blk_status says which).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errno: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errno_name: Option<&'static str>,
+    /// The block layer's own status code (kernels that report one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blk_status: Option<u8>,
+    /// Bytes the failing completion covered, when it covered only part of the request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partial_bytes: Option<u32>,
+    /// Last issue to completion; null when the request failed before reaching the driver.
+    pub latency_ns: Option<u64>,
+    /// The threshold a latency_spike crossed (warning or critical).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold_ns: Option<u64>,
+    /// Times the driver handed the request back before the issue that completed.
+    pub requeues: u32,
+}
+
+/// Facts of kernel.node.* evidence.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum NodeFacts {
+    Pressure(PressureFacts),
+    Pmc(PmcFacts),
+}
+
+/// A PSI reading (/proc/pressure/<resource>) at the moment "some avg10" crossed its
+/// threshold. Percentages have the kernel's two decimals.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PressureFacts {
+    pub resource: &'static str,
+    pub some_avg10_percent: f64,
+    pub some_avg60_percent: f64,
+    pub some_avg300_percent: f64,
+    pub some_total_us: u64,
+    pub full_avg10_percent: Option<f64>,
+    pub full_avg60_percent: Option<f64>,
+    pub full_avg300_percent: Option<f64>,
+    pub full_total_us: Option<u64>,
+    pub threshold_percent: u32,
+    /// avg10 must fall below this before another crossing is reported.
+    pub rearm_below_percent: f64,
+}
+
+/// One CPU's hardware counters over one sample interval (deltas, not totals).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PmcFacts {
+    pub cpu: u32,
+    pub interval_ns: u64,
+    pub cycles: u64,
+    pub instructions: u64,
+    pub ipc: f64,
+    pub stalled_cycles_backend: Option<u64>,
+    pub stall_percent: Option<f64>,
+    /// ipc_degradation: the minimum IPC; cpu_stall: the maximum stall share in percent.
+    pub threshold: f64,
 }

@@ -10,7 +10,8 @@ use crate::controller::state::{self, AppliedConfig};
 use crate::controller::{apply, http::Endpoint, ControllerConfig, Token};
 use crate::counters::Counters;
 use crate::drain::Drain;
-use crate::observers::{self, container, network, ObserverState, Running};
+use crate::observers::poll::{PollThread, Poller};
+use crate::observers::{self, container, network, node, storage, ObserverState, Running};
 use crate::sink_stage::SinkStage;
 use crate::sinks::{FileSink, Sink, StdoutSink};
 use crate::stamp::Stamper;
@@ -79,6 +80,7 @@ fn start_observers(
     settings: &ObserverSettings,
     carriers: &mut KernelCarriers,
     report: &mut StartupReport,
+    pollers: &mut Vec<Box<dyn Poller>>,
 ) -> Vec<Running> {
     ensure_tracefs();
     let btf = match aya::Btf::from_sys_fs() {
@@ -102,7 +104,8 @@ fn start_observers(
             }
             Ok(l)
         });
-        record(network::NAME, loaded, Box::new(network::NetworkClassifier), report, &mut running);
+        let classifier = network::classifier_for(loaded.as_ref().ok());
+        record(network::NAME, loaded, classifier, report, &mut running);
     } else {
         report.observers.push((network::NAME, ObserverState::Disabled));
     }
@@ -121,6 +124,47 @@ fn start_observers(
         record(container::NAME, loaded, Box::new(container::ContainerClassifier::new()), report, &mut running);
     } else {
         report.observers.push((container::NAME, ObserverState::Disabled));
+    }
+
+    if config.storage.enabled {
+        let carrier = config::storage_carrier(&settings.storage, generation);
+        let loaded = observers::load(tapio_bpf::storage::object(), btf.as_ref(), &storage::hooks(), |ebpf| {
+            observers::write_config(ebpf, carrier)
+        })
+        .and_then(|mut l| {
+            if let Some(map) = l.config.take() {
+                carriers.storage = Some(observers::ConfigCarrier::from_map(map)?);
+            }
+            // The in-flight table is aged on the poll thread (entries whose completion
+            // never comes must not fill it for good).
+            let inflight = l
+                .ebpf
+                .as_mut()
+                .and_then(|e| e.take_map(tapio_bpf::storage::INFLIGHT_MAP))
+                .ok_or("storage object has no inflight map")?;
+            pollers.push(Box::new(storage::InflightSweeper::new(inflight, settings.storage.inflight_max_age_secs)?));
+            Ok(l)
+        });
+        record(storage::NAME, loaded, Box::new(storage::StorageClassifier::new()), report, &mut running);
+    } else {
+        report.observers.push((storage::NAME, ObserverState::Disabled));
+    }
+
+    if config.node.enabled {
+        let shared = node::NodeSettings::new(generation, settings.node.clone());
+        let (state, poller) =
+            node::NodeObserver::start(Arc::clone(&shared), "/proc/pressure", "/sys/devices/system/cpu/online");
+        match &state {
+            ObserverState::Running | ObserverState::Disabled => log::info!("observer {}: {state}", node::NAME),
+            _ => log::warn!("observer {}: {state}", node::NAME),
+        }
+        if let Some(poller) = poller {
+            carriers.node = Some(shared);
+            pollers.push(Box::new(poller));
+        }
+        report.observers.push((node::NAME, state));
+    } else {
+        report.observers.push((node::NAME, ObserverState::Disabled));
     }
     running
 }
@@ -213,6 +257,7 @@ impl ControllerSetup {
         let object_sizes = BTreeMap::from([
             ("network".to_string(), tapio_bpf::network::object().len() as u64),
             ("container".to_string(), tapio_bpf::container::object().len() as u64),
+            ("storage".to_string(), tapio_bpf::storage::object().len() as u64),
         ]);
         Client {
             agent_id: self.settings.agent_id.clone().unwrap_or_else(|| node.to_string()),
@@ -252,24 +297,39 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
         Some(c) => Some(ControllerSetup::prepare(c, &config)?),
         None => None,
     };
+    let mut config = config;
+    config.network.capture_memcg = config::v1_memory_hierarchy();
+    config.storage.capture_memcg = config.network.capture_memcg;
     let settings = match controller.as_ref().and_then(|c| c.applied.clone()) {
         Some(applied) => apply::settings_from(&config, applied.generation, &applied.config)
             .map_err(|e| format!("saved controller config: {e}"))?,
-        None => ObserverSettings { generation: 0, network: config.network.clone(), container: config.container.clone() },
+        None => ObserverSettings {
+            generation: 0,
+            network: config.network.clone(),
+            container: config.container.clone(),
+            storage: config.storage.clone(),
+            node: config.node.clone(),
+        },
     };
     let mut carriers = KernelCarriers { ephemeral_ports: config::ephemeral_port_range(), ..KernelCarriers::default() };
     let mut report = StartupReport { observers: Vec::new() };
-    let observers = start_observers(&config, &settings, &mut carriers, &mut report);
-    if observers.is_empty() {
+    let mut pollers: Vec<Box<dyn Poller>> = Vec::new();
+    let observers = start_observers(&config, &settings, &mut carriers, &mut report, &mut pollers);
+    if observers.is_empty() && pollers.is_empty() {
         return Err("no observer could start; nothing to observe (see the errors above)".into());
     }
+    // Loading parsed the kernel's BTF (tens of MB of short-lived heap): give it back to the
+    // system instead of keeping it as idle RSS on every node.
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe { libc::malloc_trim(0) };
 
     let counters = Arc::new(Counters::default());
     let client_stop = Arc::new(AtomicBool::new(false));
     let client_thread = match controller {
         Some(setup) => {
             sinks.push(Box::new(OutboxSink(Arc::clone(&setup.outbox))));
-            let client = setup.into_client(&config, &node, &report, Arc::clone(&counters), carriers, Arc::clone(&client_stop));
+            let client =
+                setup.into_client(&config, &node, &report, Arc::clone(&counters), carriers, Arc::clone(&client_stop));
             let thread = std::thread::Builder::new()
                 .name("tapio-controller".into())
                 .spawn(move || client.run())
@@ -293,6 +353,13 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
     };
 
     let sink_stage = SinkStage { queue: rx, sinks, identity, counters: Arc::clone(&counters) };
+    let poll = PollThread {
+        pollers,
+        stamper: Stamper::new(Arc::from(node.as_str()), Arc::clone(&clock)),
+        queue: tx.clone(),
+        counters: Arc::clone(&counters),
+        shutdown: Arc::clone(&shutdown),
+    };
     let drain = Drain {
         observers,
         stamper: Stamper::new(Arc::from(node.as_str()), Arc::clone(&clock)),
@@ -309,6 +376,10 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
         .name("tapio-drain".into())
         .spawn(move || drain.run())
         .map_err(|e| format!("spawning drain thread: {e}"))?;
+    let poll_thread = std::thread::Builder::new()
+        .name("tapio-poll".into())
+        .spawn(move || poll.run())
+        .map_err(|e| format!("spawning poll thread: {e}"))?;
 
     let running: Vec<String> = report.observers.iter().map(|(n, s)| format!("{n}={}", s.label())).collect();
     log::info!("ready: node {node}, observers [{}], sinks [{}]", running.join(", "), sink_names.join(", "));
@@ -325,6 +396,10 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
     log::info!("shutting down: detaching, draining ring buffers and flushing sinks");
     if drain_thread.join().is_err() {
         log::error!("drain thread panicked");
+    }
+    // The poll thread holds a sender of the sink queue: the sink stage ends after it does.
+    if poll_thread.join().is_err() {
+        log::error!("poll thread panicked");
     }
     if sink_thread.join().is_err() {
         log::error!("sink thread panicked");

@@ -163,11 +163,15 @@ fn registers_applies_config_heartbeats_counters_and_delivers_kernel_evidence() {
     let controller = Controller::start(&dir, port, &[]);
     let agent = Agent::start(&agent_config(port, "agent-basic", &dir, ""));
     wait_until("registration and applied config", Duration::from_secs(15), || {
-        controller.agent_status("agent-basic").is_some_and(|a| a["reported_config_version"] != "0" && a["reported_config_version"] != Value::Null)
+        controller
+            .agent_status("agent-basic")
+            .is_some_and(|a| a["reported_config_version"] != "0" && a["reported_config_version"] != Value::Null)
     });
     let target = closed_port();
     refuse(target, 3);
-    wait_until("evidence in the controller sink", Duration::from_secs(15), || refused_to(&controller.sink_events(), target) == 3);
+    wait_until("evidence in the controller sink", Duration::from_secs(15), || {
+        refused_to(&controller.sink_events(), target) == 3
+    });
     // Heartbeats (every second) carry the real counters: wait for one sent after the facts.
     wait_until("a heartbeat reporting the events", Duration::from_secs(10), || {
         controller
@@ -214,9 +218,17 @@ fn a_restarted_controller_sees_the_agent_again_within_a_heartbeat_and_loses_noth
     refuse(target, 2); // while it is down: kept in the outbox
     let restarted = Controller::start(&dir, port, &[]);
     let back = Instant::now();
-    wait_until("re-registration", Duration::from_secs(10), || restarted.agent_status("agent-restart").is_some_and(|a| a["registered_at_unix"] != Value::Null));
-    assert!(back.elapsed() < Duration::from_secs(3), "re-registered after {:?} (heartbeat interval 1 s)", back.elapsed());
-    wait_until("evidence sent during the outage", Duration::from_secs(15), || refused_to(&restarted.sink_events(), target) == 4);
+    wait_until("re-registration", Duration::from_secs(10), || {
+        restarted.agent_status("agent-restart").is_some_and(|a| a["registered_at_unix"] != Value::Null)
+    });
+    assert!(
+        back.elapsed() < Duration::from_secs(3),
+        "re-registered after {:?} (heartbeat interval 1 s)",
+        back.elapsed()
+    );
+    wait_until("evidence sent during the outage", Duration::from_secs(15), || {
+        refused_to(&restarted.sink_events(), target) == 4
+    });
     let run = agent.stop();
     assert_eq!(run.to_port(target).len(), 4);
     assert_eq!(run.counter(&["sinks", "controller", "failed"]), 0, "nothing dropped: {}", run.counters);
@@ -239,7 +251,9 @@ fn with_the_controller_down_the_agent_keeps_observing_bounds_its_queue_and_recov
     wait_until("recovery", Duration::from_secs(15), || controller.agent_status("agent-outage").is_some());
     let after = closed_port();
     refuse(after, 1);
-    wait_until("evidence after recovery", Duration::from_secs(15), || refused_to(&controller.sink_events(), after) == 1);
+    wait_until("evidence after recovery", Duration::from_secs(15), || {
+        refused_to(&controller.sink_events(), after) == 1
+    });
     let run = agent.stop();
     // Observation never stopped: all 8 facts in the local sink.
     assert_eq!(run.to_port(target).len(), 8);
@@ -292,7 +306,8 @@ fn a_blackholed_controller_fails_within_the_connect_timeout_and_observation_goes
         .find(|l| l.contains("controller hello failed"))
         .unwrap_or_else(|| panic!("no counted failure within 2.5 s:\n{log}"));
     assert!(first_failure.contains("timed out") || first_failure.contains("Connection timed out"), "{first_failure}");
-    let counters: Value = serde_json::from_str(log.split("counters final ").nth(1).unwrap().lines().next().unwrap()).unwrap();
+    let counters: Value =
+        serde_json::from_str(log.split("counters final ").nth(1).unwrap().lines().next().unwrap()).unwrap();
     assert!(counters["controller_send_failures_total"].as_u64().unwrap() >= 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -323,4 +338,3 @@ fn a_wrong_token_is_refused_counted_and_never_logged() {
     controller.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
-

@@ -37,8 +37,23 @@ pub fn settings_from(
     merged.container.enabled = c.enabled;
     merged.container.exit_ignore_codes = codes("container.exit_ignore_codes", &c.exit_ignore_codes)?;
     merged.container.exit_ignore_signals = codes("container.exit_ignore_signals", &c.exit_ignore_signals)?;
+    let st = &compiled.storage;
+    merged.storage.enabled = st.enabled;
+    merged.storage.latency_warning_ms = narrow("storage.latency_warning_ms", st.latency_warning_ms)?;
+    merged.storage.latency_critical_ms = narrow("storage.latency_critical_ms", st.latency_critical_ms)?;
+    let nd = &compiled.node;
+    merged.node.enabled = nd.enabled;
+    merged.node.psi_memory_some_avg10_percent = nd.psi_memory_some_avg10_percent;
+    merged.node.psi_cpu_some_avg10_percent = nd.psi_cpu_some_avg10_percent;
+    merged.node.psi_io_some_avg10_percent = nd.psi_io_some_avg10_percent;
     merged.validate()?;
-    Ok(ObserverSettings { generation, network: merged.network, container: merged.container })
+    Ok(ObserverSettings {
+        generation,
+        network: merged.network,
+        container: merged.container,
+        storage: merged.storage,
+        node: merged.node,
+    })
 }
 
 #[cfg(test)]
@@ -55,6 +70,29 @@ mod tests {
         assert_eq!(s.container.exit_ignore_codes, vec![3]);
         // A knob the wire config does not carry keeps its local value.
         assert_eq!(s.network.rtt_min_increase_us, AgentConfig::default().network.rtt_min_increase_us);
+    }
+
+    #[test]
+    fn storage_and_node_thresholds_come_from_the_controller() {
+        let mut compiled = CompiledConfig::default();
+        compiled.storage.latency_warning_ms = 40;
+        compiled.storage.latency_critical_ms = 400;
+        compiled.node.psi_memory_some_avg10_percent = 3;
+        let s = settings_from(&AgentConfig::default(), 5, &compiled).unwrap();
+        assert_eq!((s.storage.latency_warning_ms, s.storage.latency_critical_ms), (40, 400));
+        assert_eq!(s.node.psi_memory_some_avg10_percent, 3);
+        // Knobs the wire config does not carry keep their local values.
+        assert_eq!(s.node.poll_interval_ms, AgentConfig::default().node.poll_interval_ms);
+        assert_eq!(s.storage.inflight_max_age_secs, AgentConfig::default().storage.inflight_max_age_secs);
+
+        compiled.storage.latency_critical_ms = 10; // below the warning threshold
+        let err = settings_from(&AgentConfig::default(), 6, &compiled).unwrap_err();
+        assert!(err.0.contains("storage.latency_critical_ms"), "{err}");
+        compiled.storage.latency_critical_ms = u64::MAX;
+        assert!(settings_from(&AgentConfig::default(), 6, &compiled).is_err());
+        let mut compiled = CompiledConfig::default();
+        compiled.node.psi_io_some_avg10_percent = 250;
+        assert!(settings_from(&AgentConfig::default(), 7, &compiled).is_err());
     }
 
     #[test]

@@ -6,6 +6,9 @@
 
 pub mod container;
 pub mod network;
+pub mod node;
+pub mod poll;
+pub mod storage;
 
 use crate::counters::Counters;
 use crate::stamp::{Stamper, Verdict};
@@ -23,6 +26,9 @@ pub enum ObserverState {
     Degraded(String),
     Failed(String),
     Disabled,
+    /// This node (kernel or hardware) lacks what the observer needs; the reason says what.
+    /// The wire carries it as the catch-all status "unsupported".
+    Unsupported(String),
 }
 
 impl ObserverState {
@@ -32,6 +38,7 @@ impl ObserverState {
             Self::Degraded(_) => "degraded",
             Self::Failed(_) => "failed",
             Self::Disabled => "disabled",
+            Self::Unsupported(_) => "unsupported",
         }
     }
 }
@@ -40,7 +47,7 @@ impl fmt::Display for ObserverState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Running | Self::Disabled => f.write_str(self.label()),
-            Self::Degraded(why) | Self::Failed(why) => write!(f, "{}: {why}", self.label()),
+            Self::Degraded(why) | Self::Failed(why) | Self::Unsupported(why) => write!(f, "{}: {why}", self.label()),
         }
     }
 }
@@ -119,6 +126,22 @@ impl<T: Record + 'static> ConfigCarrier<T> {
     }
 }
 
+/// An error with its chain of causes ("map error: failed to create map `x`: Operation not
+/// permitted"): the cause is usually what an operator can act on.
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// Explains a load/attach error in terms an operator can act on.
 fn hint(err: &str) -> String {
     let lower = err.to_ascii_lowercase();
@@ -151,7 +174,7 @@ pub fn load(
             if text.contains(&abi_symbol) {
                 format!("object was built for another kernel ABI (it lacks {abi_symbol}): {text}")
             } else {
-                hint(&format!("loading eBPF object: {e:#}"))
+                hint(&format!("loading eBPF object: {}", with_causes(&e)))
             }
         })?;
     // Programs are inert until their config is written: write it before attaching.
@@ -184,14 +207,22 @@ fn attach(ebpf: &mut Ebpf, btf: Option<&Btf>, name: &str, hook: Hook) -> Result<
     match hook {
         Hook::TracePoint(category, tracepoint) => {
             let tp: &mut TracePoint = program.try_into().map_err(|e| format!("{e}"))?;
-            tp.load().map_err(|e| format!("verifier rejected {name}: {e:#}"))?;
-            tp.attach(category, tracepoint).map_err(|e| format!("attaching: {e:#}"))?;
+            tp.load().map_err(|e| format!("loading {name}: {}", with_causes(&e)))?;
+            tp.attach(category, tracepoint).map_err(|e| format!("attaching: {}", with_causes(&e)))?;
         }
         Hook::BtfTracePoint(tracepoint) => {
             let btf = btf.ok_or("BTF-typed tracepoints need kernel BTF")?;
             let tp: &mut BtfTracePoint = program.try_into().map_err(|e| format!("{e}"))?;
-            tp.load(tracepoint, btf).map_err(|e| format!("verifier rejected {name}: {e:#}"))?;
-            tp.attach().map_err(|e| format!("attaching: {e:#}"))?;
+            tp.load(tracepoint, btf).map_err(|e| {
+                // A tracepoint newer than the kernel is not a verifier verdict: say what is missing.
+                let text = with_causes(&e);
+                if text.contains(&format!("`btf_trace_{tracepoint}`")) {
+                    format!("this kernel has no {tracepoint} tracepoint ({text})")
+                } else {
+                    format!("loading {name}: {text}")
+                }
+            })?;
+            tp.attach().map_err(|e| format!("attaching: {}", with_causes(&e)))?;
         }
     }
     Ok(())
@@ -212,7 +243,8 @@ pub fn state_of(programs: &[ProgramStatus]) -> ObserverState {
 
 /// Sums the per-CPU kernel counters into `counters`.
 pub fn read_kernel_counters(observer: &'static str, map: &PerCpuArray<MapData, u64>, counters: &Counters) {
-    for (index, name) in tapio_bpf::COUNTER_NAMES {
+    let own = tapio_bpf::observer_counter_names(observer).iter().copied();
+    for (index, name) in tapio_bpf::COUNTER_NAMES.into_iter().chain(own) {
         if let Ok(values) = map.get(&index, 0) {
             counters.set_kernel(observer, name, values.iter().sum());
         }

@@ -320,7 +320,7 @@ pub fn file_extents(f: &File) -> Vec<(u64, u64, u64)> {
     buf[1] = u64::MAX; // fm_length
     buf[2] = 1; // fm_flags = FIEMAP_FLAG_SYNC (fm_mapped_extents is the high half)
     buf[3] = MAX as u64; // fm_extent_count
-    // SAFETY: the buffer is large enough for the header and MAX extents.
+                         // SAFETY: the buffer is large enough for the header and MAX extents.
     let rc = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(f), FS_IOC_FIEMAP, buf.as_mut_ptr()) };
     assert_eq!(rc, 0, "FIEMAP: {}", io::Error::last_os_error());
     let mapped = (buf[2] >> 32) as usize; // fm_mapped_extents

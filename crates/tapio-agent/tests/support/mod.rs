@@ -90,7 +90,8 @@ impl Agent {
                 }
             }
         });
-        let mut agent = Agent { _turn: turn, child, config_path, stdout: out_rx, stderr: err_rx, stderr_so_far: String::new() };
+        let mut agent =
+            Agent { _turn: turn, child, config_path, stdout: out_rx, stderr: err_rx, stderr_so_far: String::new() };
         agent.wait_for_log("ready:", Duration::from_secs(30));
         agent
     }

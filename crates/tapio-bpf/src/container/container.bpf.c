@@ -3,15 +3,26 @@
  * Tapio container observer, kernel side.
  *
  * Facts:
- *  - the OOM killer marks a victim (sizes and memory cgroup read from the victim's own
+ *  - the OOM killer kills a victim (sizes and memory cgroup read from the victim's own
  *    task_struct, not from the task that triggered the OOM);
  *  - a process (its last thread) exits with a non-zero status not on the ignore lists,
  *    read from the exiting task at exit time.
+ *
+ * One fact, one event: an OOM victim's SIGKILL death is the OOM kill already reported, so
+ * it is not also an abnormal exit. Its exit status says only "SIGKILL"; the OOM event
+ * says who killed it and why, and a second event for the same death would read as a
+ * second failure (or as someone's kill -9).
  */
 #include "tapio_bpf.h"
 #include "container.h"
 
 #define SIGNAL_GROUP_EXIT 0x00000004
+#define SIGKILL 9
+/* The kernel's own "sent by the kernel" siginfo marker (SEND_SIG_PRIV). */
+#define SEND_SIG_PRIV 1
+#define NSEC_PER_SEC 1000000000ULL
+
+struct kernel_siginfo;
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -26,20 +37,81 @@ struct {
 /* Wake the agent once an eighth of the ring is waiting. */
 #define EVENTS_WAKEUP_BYTES ((1 << 18) / 8)
 
-/* Kernels without sched_process_exit's group_dead field: processes already reported, so
- * racing last threads cannot report one process twice. */
+/* A process that pid reuse cannot alias: its tgid and its leader's start time. */
 struct exit_key {
 	__u32 tgid;
 	__u32 _pad;
 	__u64 start_boottime;
 };
 
+/* Kernels without sched_process_exit's group_dead field: processes already reported, so
+ * racing last threads cannot report one process twice. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 4096);
 	__type(key, struct exit_key);
 	__type(value, __u8);
 } exits_reported SEC(".maps");
+
+/*
+ * Threads a multi-threaded process had when its group exit began, noted by the first of
+ * its threads to leave. By the time the last one leaves, the others may already be
+ * released and uncounted, so signal->nr_threads then says anything from 1 to the truth.
+ * Consumed by the last thread; LRU-bounded if that exit is never seen.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct exit_key);
+	__type(value, __u32);
+} group_exit_threads SEC(".maps");
+
+/* Processes the OOM killer killed (reported as oom_kill), until their SIGKILL exit. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct exit_key);
+	__type(value, __u8);
+} oom_victims SEC(".maps");
+
+/*
+ * The last SIGKILL the kernel itself sent on this CPU. The OOM killer sends its SIGKILL and
+ * marks the victim under one task_lock, so a kill is the note of the same CPU naming the
+ * marked thread. mark_victim also fires without a kill: for a victim that is already
+ * dying, which the kernel only lets finish (and does not log); that is not an OOM kill.
+ */
+struct kill_note {
+	__u64 boot_ns;
+	/* The victim's task_struct: on kernels whose mark_victim passes only a pid, the one
+	 * place its facts can be read from (tapio_mark_victim_pid). */
+	__u64 task;
+	__u32 tid;
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct kill_note);
+} kernel_kills SEC(".maps");
+
+/* Set once the signal hook has run: until then (or if it never attached) a mark cannot be
+ * told from a kill and is reported as one. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} kill_hook_live SEC(".maps");
+
+static __always_inline struct exit_key process_key(struct task_struct *task)
+{
+	struct exit_key k = { .tgid = BPF_CORE_READ(task, tgid) };
+	if (bpf_core_field_exists(task->start_boottime))
+		k.start_boottime = BPF_CORE_READ(task, group_leader, start_boottime);
+	return k;
+}
 
 static __always_inline void *reserve(__u64 size, __u32 kind, __u32 generation)
 {
@@ -55,33 +127,35 @@ static __always_inline void *reserve(__u64 size, __u32 kind, __u32 generation)
 	return hdr;
 }
 
-static __always_inline __u64 mm_counter(struct mm_struct *mm, int member)
+static __always_inline __u64 positive(__s64 v)
 {
-	if (bpf_core_type_exists(struct mm_rss_stat)) {
-		struct mm_struct___pre62 *old = (void *)mm;
-		return BPF_CORE_READ(old, rss_stat.count[member].counter);
-	}
-	__s64 v = BPF_CORE_READ(mm, rss_stat[member].count);
 	return v > 0 ? v : 0; /* what percpu_counter_read_positive() reports */
 }
 
-SEC("tp_btf/mark_victim")
-int BPF_PROG(tapio_mark_victim, struct task_struct *task, uid_t uid)
-{
-	struct tapio_ctr_config cfg;
-	if (!TAPIO_READ_CONFIG(&config, &counters, &cfg))
-		return 0;
-	if (!(cfg.enabled & TAPIO_CTR_EN_OOM))
-		return 0;
-	/* Before 6.9 this tracepoint passed only a pid: no task to read facts from. */
-	if (!bpf_core_field_exists(struct trace_event_raw_mark_victim, anon_rss)) {
-		tapio_count(&counters, TAPIO_CNT_UNSUPPORTED);
-		return 0;
-	}
+/* Indexes of mm->rss_stat[]. */
+#define MM_FILEPAGES 0
+#define MM_ANONPAGES 1
+#define MM_SHMEMPAGES 3
 
-	struct tapio_oom_event *ev = reserve(sizeof(*ev), TAPIO_CTR_OOM_KILL, cfg.hdr.generation);
+/*
+ * One rss counter of an mm. `member` must be a literal: CO-RE then steps through rss_stat[]
+ * by the running kernel's sizeof(struct percpu_counter). Through a variable index it would
+ * step by this header's (8 bytes), and every counter but the first reads the wrong bytes.
+ */
+#define MM_COUNTER(mm, member)                                                                     \
+	(bpf_core_type_exists(struct mm_rss_stat)                                                  \
+		 ? (__u64)BPF_CORE_READ((struct mm_struct___pre62 *)(mm), rss_stat.count[member].counter) \
+		 : positive(BPF_CORE_READ((mm), rss_stat[member].count)))
+
+/* The OOM kill of `task`, with its facts read from its own task_struct. */
+static __always_inline void emit_oom_kill(struct task_struct *task, uid_t uid, const struct tapio_ctr_config *cfg)
+{
+	struct tapio_oom_event *ev = reserve(sizeof(*ev), TAPIO_CTR_OOM_KILL, cfg->hdr.generation);
 	if (!ev)
-		return 0;
+		return; /* counted; the victim's exit then stays its only evidence */
+	struct exit_key victim = process_key(task);
+	__u8 one = 1;
+	bpf_map_update_elem(&oom_victims, &victim, &one, BPF_ANY);
 	ev->task.pid = BPF_CORE_READ(task, tgid);
 	ev->task.tid = BPF_CORE_READ(task, pid);
 	BPF_CORE_READ_INTO(&ev->task.comm, task, comm);
@@ -91,9 +165,9 @@ int BPF_PROG(tapio_mark_victim, struct task_struct *task, uid_t uid)
 	struct mm_struct *mm = BPF_CORE_READ(task, mm);
 	if (mm) {
 		ev->total_vm_pages = BPF_CORE_READ(mm, total_vm);
-		ev->file_rss_pages = mm_counter(mm, 0);  /* MM_FILEPAGES */
-		ev->anon_rss_pages = mm_counter(mm, 1);  /* MM_ANONPAGES */
-		ev->shmem_rss_pages = mm_counter(mm, 3); /* MM_SHMEMPAGES */
+		ev->file_rss_pages = MM_COUNTER(mm, MM_FILEPAGES);
+		ev->anon_rss_pages = MM_COUNTER(mm, MM_ANONPAGES);
+		ev->shmem_rss_pages = MM_COUNTER(mm, MM_SHMEMPAGES);
 		ev->pgtables_bytes = BPF_CORE_READ(mm, pgtables_bytes.counter);
 		ev->flags |= TAPIO_CTR_F_MM_KNOWN;
 	}
@@ -116,6 +190,92 @@ int BPF_PROG(tapio_mark_victim, struct task_struct *task, uid_t uid)
 	/* The victim's cgroup2 id (what bpf_get_current_cgroup_id() would say in its context). */
 	ev->task.cgroup_id = BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
 	tapio_submit(&events, ev, EVENTS_WAKEUP_BYTES);
+}
+
+SEC("tp_btf/mark_victim")
+int BPF_PROG(tapio_mark_victim, struct task_struct *task, uid_t uid)
+{
+	struct tapio_ctr_config cfg;
+	if (!TAPIO_READ_CONFIG(&config, &counters, &cfg))
+		return 0;
+	if (!(cfg.enabled & TAPIO_CTR_EN_OOM))
+		return 0;
+	/* Before 6.9 this tracepoint passed only a pid: no task to read facts from. */
+	if (!bpf_core_field_exists(struct trace_event_raw_mark_victim, anon_rss)) {
+		tapio_count(&counters, TAPIO_CNT_UNSUPPORTED);
+		return 0;
+	}
+
+	__u32 zero = 0;
+	__u32 *hook_live = bpf_map_lookup_elem(&kill_hook_live, &zero);
+	struct kill_note *note = bpf_map_lookup_elem(&kernel_kills, &zero);
+	if (hook_live && *hook_live && note) {
+		/* The kill and the mark happen under one spinlock: a second is generous, and
+		 * only keeps an old note from matching. */
+		int killed = note->tid == (__u32)BPF_CORE_READ(task, pid) && note->boot_ns &&
+			     bpf_ktime_get_boot_ns() - note->boot_ns < NSEC_PER_SEC;
+		note->boot_ns = 0;
+		note->tid = 0;
+		if (!killed)
+			return 0;
+	}
+
+	emit_oom_kill(task, uid, &cfg);
+	return 0;
+}
+
+/*
+ * Kernels whose oom:mark_victim passes only the victim's pid (mainline before 6.9, and
+ * stable releases without that change backported; Debian's 5.10.262 and 6.1.192 have it):
+ * the victim's task is the one the kernel's SIGKILL just went to, noted on this CPU by
+ * tapio_signal_generate under the same task_lock. The agent attaches this program or tapio_mark_victim, never
+ * both (see observers/container in the agent). Without a matching note there was no kill:
+ * an already dying victim is only marked.
+ */
+SEC("tracepoint/oom/mark_victim")
+int tapio_mark_victim_pid(struct trace_event_raw_mark_victim *ctx)
+{
+	struct tapio_ctr_config cfg;
+	if (!TAPIO_READ_CONFIG(&config, &counters, &cfg))
+		return 0;
+	if (!(cfg.enabled & TAPIO_CTR_EN_OOM))
+		return 0;
+	__u32 zero = 0;
+	struct kill_note *note = bpf_map_lookup_elem(&kernel_kills, &zero);
+	if (!note)
+		return 0;
+	int killed = note->tid == (__u32)ctx->pid && note->boot_ns && note->task &&
+		     bpf_ktime_get_boot_ns() - note->boot_ns < NSEC_PER_SEC;
+	struct task_struct *task = (struct task_struct *)note->task;
+	note->boot_ns = 0;
+	note->tid = 0;
+	note->task = 0;
+	if (!killed)
+		return 0;
+	/* What the kernel's own report prints: the victim's real uid in the initial namespace. */
+	uid_t uid = BPF_CORE_READ(task, real_cred, uid.val);
+	emit_oom_kill(task, uid, &cfg);
+	return 0;
+}
+
+/* Notes each SIGKILL the kernel sends (see kernel_kills). Not evidence itself. */
+SEC("tp_btf/signal_generate")
+int BPF_PROG(tapio_signal_generate, int sig, struct kernel_siginfo *info, struct task_struct *task, int group,
+	     int result)
+{
+	__u32 zero = 0;
+	/* Any signal proves the hook runs (SIGCHLD alone is constant on a live node). */
+	__u32 *hook_live = bpf_map_lookup_elem(&kill_hook_live, &zero);
+	if (hook_live && !*hook_live)
+		*hook_live = 1;
+	if (sig != SIGKILL || (unsigned long)info != SEND_SIG_PRIV)
+		return 0;
+	struct kill_note *note = bpf_map_lookup_elem(&kernel_kills, &zero);
+	if (note) {
+		note->boot_ns = bpf_ktime_get_boot_ns();
+		note->task = (__u64)task;
+		note->tid = BPF_CORE_READ(task, pid);
+	}
 	return 0;
 }
 
@@ -132,21 +292,45 @@ int tapio_sched_process_exit(struct trace_event_raw_sched_process_exit *ctx)
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct signal_struct *signal = BPF_CORE_READ(task, signal);
 
+	unsigned int flags = BPF_CORE_READ(signal, flags);
+	int group_exit = flags & SIGNAL_GROUP_EXIT;
+
 	/* One event per process: only its last thread reports. */
 	int use_group_dead = bpf_core_field_exists(ctx->group_dead);
-	if (use_group_dead) {
-		if (!BPF_CORE_READ(ctx, group_dead))
-			return 0;
-	} else if (BPF_CORE_READ(signal, live.counter) != 0) {
+	int last = use_group_dead ? BPF_CORE_READ(ctx, group_dead) : BPF_CORE_READ(signal, live.counter) == 0;
+	if (!last) {
+		/* A code-0 group exit never becomes evidence: nothing to remember for it. */
+		if (group_exit && BPF_CORE_READ(signal, group_exit_code) != 0) {
+			struct exit_key k = process_key(task);
+			__u32 threads = BPF_CORE_READ(signal, nr_threads);
+			bpf_map_update_elem(&group_exit_threads, &k, &threads, BPF_NOEXIST);
+		}
 		return 0;
 	}
 
-	unsigned int flags = BPF_CORE_READ(signal, flags);
-	__u32 status = (flags & SIGNAL_GROUP_EXIT) ? BPF_CORE_READ(signal, group_exit_code)
-						   : BPF_CORE_READ(task, exit_code);
+	/*
+	 * The status the parent's wait() will see: the group exit code, else the leader's exit
+	 * code (wait() reads the leader). When the leader left first with its own code, 6.18
+	 * reports the last thread's instead, and by this tracepoint these reads already say so
+	 * (checked by the kernel tests against wait()).
+	 */
+	struct task_struct *leader = BPF_CORE_READ(task, group_leader);
+	__u32 status = group_exit ? BPF_CORE_READ(signal, group_exit_code) : BPF_CORE_READ(leader, exit_code);
+	__u32 threads = BPF_CORE_READ(signal, nr_threads);
+	struct exit_key key = process_key(task);
+	if (group_exit && status != 0) {
+		__u32 *first = bpf_map_lookup_elem(&group_exit_threads, &key);
+		if (first) {
+			threads = *first;
+			bpf_map_delete_elem(&group_exit_threads, &key);
+		}
+	}
 	if (status == 0)
 		return 0;
 	__u32 sig = status & 0x7f;
+	/* Already reported as the OOM kill that caused it. */
+	if (sig == SIGKILL && bpf_map_delete_elem(&oom_victims, &key) == 0)
+		return 0;
 	if (sig == 0) {
 		__u32 code = (status >> 8) & 0xff;
 		if (cfg.ignored_exit_codes[(code >> 6) & 3] & (1ULL << (code & 63)))
@@ -155,12 +339,9 @@ int tapio_sched_process_exit(struct trace_event_raw_sched_process_exit *ctx)
 		return 0;
 	}
 
-	struct task_struct *leader = BPF_CORE_READ(task, group_leader);
-	__u64 start = BPF_CORE_READ(leader, start_boottime);
 	if (!use_group_dead) {
-		struct exit_key k = { .tgid = BPF_CORE_READ(task, tgid), .start_boottime = start };
 		__u8 one = 1;
-		if (bpf_map_update_elem(&exits_reported, &k, &one, BPF_NOEXIST))
+		if (bpf_map_update_elem(&exits_reported, &key, &one, BPF_NOEXIST))
 			return 0;
 	}
 
@@ -171,9 +352,9 @@ int tapio_sched_process_exit(struct trace_event_raw_sched_process_exit *ctx)
 	/* The process's name, not whichever thread happened to exit last. */
 	BPF_CORE_READ_INTO(&ev->task.comm, leader, comm);
 	ev->exit_status = status;
-	ev->nr_threads = BPF_CORE_READ(signal, nr_threads);
+	ev->nr_threads = threads;
 	if (bpf_core_field_exists(leader->start_boottime)) {
-		ev->start_boot_ns = start;
+		ev->start_boot_ns = key.start_boottime;
 		ev->flags |= TAPIO_CTR_F_START_KNOWN;
 	}
 	tapio_submit(&events, ev, EVENTS_WAKEUP_BYTES);

@@ -63,6 +63,9 @@ struct tapio_exit_event {
 	__u64 start_boot_ns;
 	/* The wait status the parent will see: code << 8, or signal | 0x80 if core dumped. */
 	__u32 exit_status;
+	/* Threads the process had when its exit began: in a group exit (exit_group, a fatal
+	 * signal) as the first thread to leave saw them; otherwise the threads not yet
+	 * released when the last one left (it and a zombie leader). */
 	__u32 nr_threads;
 	__u16 flags;
 	__u16 _pad[3];

@@ -11,7 +11,19 @@ unsafe impl Record for tapio_ctr_config {}
 pub const TRACEPOINTS: &[(&str, &str, &str)] = &[("tapio_sched_process_exit", "sched", "sched_process_exit")];
 
 /// BTF-typed tracepoint programs: (program name, tracepoint).
-pub const BTF_TRACEPOINTS: &[(&str, &str)] = &[("tapio_mark_victim", "mark_victim")];
+/// `signal_generate` only notes the kernel's own SIGKILLs, so `mark_victim` can tell an OOM
+/// kill from the mark the kernel gives an already dying victim.
+pub const BTF_TRACEPOINTS: &[(&str, &str)] =
+    &[("tapio_mark_victim", "mark_victim"), ("tapio_signal_generate", "signal_generate")];
+
+/// The typed OOM program, which reads the victim's task from `tp_btf/mark_victim`.
+pub const TYPED_OOM_PROGRAM: &str = "tapio_mark_victim";
+
+/// Its replacement on kernels whose `oom:mark_victim` passes only a pid: a classic
+/// tracepoint program that reads the victim's task noted by `tapio_signal_generate`.
+/// (program name, category, tracepoint); attached instead of [`TYPED_OOM_PROGRAM`], never
+/// with it, or one kill would be two events.
+pub const PID_OOM_TRACEPOINT: (&str, &str, &str) = ("tapio_mark_victim_pid", "oom", "mark_victim");
 
 /// The compiled CO-RE object.
 pub fn object() -> &'static [u8] {

@@ -146,6 +146,14 @@ struct signal_struct {
 	short oom_score_adj;
 };
 
+typedef struct {
+	uid_t val;
+} kuid_t;
+
+struct cred {
+	kuid_t uid;
+};
+
 struct task_struct {
 	pid_t pid;
 	pid_t tgid;
@@ -156,6 +164,7 @@ struct task_struct {
 	struct signal_struct *signal;
 	struct css_set *cgroups;
 	struct mm_struct *mm;
+	const struct cred *real_cred;
 };
 
 struct trace_entry {

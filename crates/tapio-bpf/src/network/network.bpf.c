@@ -273,7 +273,11 @@ int tapio_tcp_receive_reset(struct trace_event_raw_tcp_event_sk *ctx)
 	struct tapio_net_event *ev = reserve_event(TAPIO_NET_RESET, cfg.hdr.generation);
 	if (!ev)
 		return 0;
-	ev->family = ctx->family;
+	/* tcp_event_sk has no family on older kernels (5.10 lacks it, 6.1 has it): ask the socket. */
+	if (bpf_core_field_exists(ctx->family))
+		ev->family = ctx->family;
+	else
+		ev->family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	ev->sport = ctx->sport;
 	ev->dport = ctx->dport;
 	if (ev->family == AF_INET6) {
@@ -371,7 +375,13 @@ int tapio_tcp_probe(struct trace_event_raw_tcp_probe *ctx)
 		return 0;
 
 	struct rtt_key key = {};
-	__u16 family = ctx->family;
+	/* tcp_probe has no family on older kernels (5.10 lacks it, 6.1 has it); its addresses
+	 * are sockaddrs whose first field is the family (the tracepoint zeroes and fills them). */
+	__u16 family;
+	if (bpf_core_field_exists(ctx->family))
+		family = ctx->family;
+	else
+		bpf_probe_read_kernel(&family, sizeof(family), (void *)ctx->daddr);
 	__u16 sport = ctx->sport;
 	__u16 dport = ctx->dport;
 	key.family = family;
@@ -420,7 +430,11 @@ int tapio_tcp_probe(struct trace_event_raw_tcp_probe *ctx)
 			ev->baseline_us = baseline;
 			ev->baseline_samples = b->samples;
 			ev->state = TCP_ESTABLISHED;
-			struct tapio_task *owner = bpf_map_lookup_elem(&owners, &(__u64){ (__u64)ctx->skaddr });
+			/* tcp_probe has no skaddr on older kernels (6.1 lacks it, 6.12 has it): there
+			 * the owner stays unknown (the event says so) rather than guessed. */
+			struct tapio_task *owner = NULL;
+			if (bpf_core_field_exists(ctx->skaddr))
+				owner = bpf_map_lookup_elem(&owners, &(__u64){ (__u64)ctx->skaddr });
 			if (owner) {
 				ev->task = *owner;
 				ev->flags |= TAPIO_NET_F_TASK_KNOWN;

@@ -3,7 +3,7 @@
 
 use crate::abi::{
     tapio_sto_config, tapio_sto_event, tapio_sto_inflight, TAPIO_STO_CNT_AMBIGUOUS_INFLIGHT,
-    TAPIO_STO_CNT_INFLIGHT_FULL, TAPIO_STO_CNT_INFLIGHT_REPLACED, TAPIO_STO_CNT_REQUEUES,
+    TAPIO_STO_CNT_INFLIGHT_BUSY, TAPIO_STO_CNT_INFLIGHT_FULL, TAPIO_STO_CNT_INFLIGHT_REPLACED, TAPIO_STO_CNT_REQUEUES,
     TAPIO_STO_CNT_UNMATCHED_COMPLETION, TAPIO_STO_IO_ERROR, TAPIO_STO_LATENCY,
 };
 use crate::record::{decode_as, read_header, DecodeError, Record};
@@ -13,13 +13,15 @@ unsafe impl Record for tapio_sto_config {}
 unsafe impl Record for tapio_sto_inflight {}
 
 /// BTF-typed tracepoint programs: (program name, tracepoint). They take the `struct request`
-/// itself, which is what makes one request one key from submission to completion.
+/// itself, which is what makes one request one key from submission to completion. The
+/// names differ within the kernel's 15 characters, so each program can be told apart in
+/// the kernel's program list and run-time statistics.
 pub const BTF_TRACEPOINTS: &[(&str, &str)] = &[
-    ("tapio_block_io_start", "block_io_start"),
-    ("tapio_block_rq_issue", "block_rq_issue"),
-    ("tapio_block_rq_requeue", "block_rq_requeue"),
-    ("tapio_block_rq_merge", "block_rq_merge"),
-    ("tapio_block_rq_complete", "block_rq_complete"),
+    ("tapio_io_start", "block_io_start"),
+    ("tapio_rq_issue", "block_rq_issue"),
+    ("tapio_rq_requeue", "block_rq_requeue"),
+    ("tapio_rq_merge", "block_rq_merge"),
+    ("tapio_rq_complete", "block_rq_complete"),
 ];
 
 /// The in-flight request table (key: the request's address).
@@ -37,6 +39,7 @@ pub const COUNTER_NAMES: &[(u32, &str)] = &[
     (TAPIO_STO_CNT_INFLIGHT_REPLACED, INFLIGHT_REPLACED),
     (TAPIO_STO_CNT_INFLIGHT_FULL, "inflight_table_full"),
     (TAPIO_STO_CNT_REQUEUES, "requeues"),
+    (TAPIO_STO_CNT_INFLIGHT_BUSY, "inflight_busy"),
 ];
 
 /// The compiled CO-RE object.
@@ -85,6 +88,14 @@ mod tests {
         let mut garbage = vec![0xa5u8; 40];
         garbage[8..12].copy_from_slice(&TAPIO_STO_LATENCY.to_ne_bytes());
         assert!(matches!(decode(&garbage), Err(DecodeError::WrongSize { .. })));
+    }
+
+    #[test]
+    fn program_names_stay_distinct_in_the_kernels_15_characters() {
+        let mut short: Vec<&str> = BTF_TRACEPOINTS.iter().map(|&(p, _)| &p[..p.len().min(15)]).collect();
+        short.sort_unstable();
+        short.dedup();
+        assert_eq!(short.len(), BTF_TRACEPOINTS.len());
     }
 
     #[test]

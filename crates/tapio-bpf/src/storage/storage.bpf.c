@@ -38,13 +38,36 @@ struct {
 #define EVENTS_WAKEUP_BYTES ((1 << 18) / 8)
 
 /* Exact, not LRU: an LRU could evict a live request and make its completion look
- * unmatched. A full table is counted; the agent ages out entries that never complete. */
+ * unmatched. A full table is counted; the agent ages out entries that never complete.
+ *
+ * Updates and deletes take a bucket lock that a program interrupted on the same CPU may
+ * hold (a completion in a hard interrupt landing inside another hook's update): they then
+ * fail with -EBUSY. Lookups are lock-free and an entry belongs to one request, whose
+ * events the block layer serializes, so entries are changed in place where one exists, a
+ * failed delete leaves the entry marked completed, and a failed insert is retried at the
+ * next event of the request. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 8192);
 	__type(key, __u64);
 	__type(value, struct tapio_sto_inflight);
 } inflight SEC(".maps");
+
+#define EBUSY 16
+
+static __always_inline void count_insert_failure(long err)
+{
+	tapio_count(&counters, err == -EBUSY ? TAPIO_STO_CNT_INFLIGHT_BUSY : TAPIO_STO_CNT_INFLIGHT_FULL);
+}
+
+/* The request is done: its entry goes, or, if the table is busy, is marked dead. */
+static __always_inline void finish(__u64 *key, struct tapio_sto_inflight *e)
+{
+	if (bpf_map_delete_elem(&inflight, key)) {
+		e->flags |= TAPIO_STO_IF_COMPLETED;
+		tapio_count(&counters, TAPIO_STO_CNT_INFLIGHT_BUSY);
+	}
+}
 
 static __always_inline int config_on(struct tapio_sto_config *cfg)
 {
@@ -93,7 +116,7 @@ static __always_inline int failed_with_its_flush(__u32 cmd_flags)
 }
 
 SEC("tp_btf/block_io_start")
-int BPF_PROG(tapio_block_io_start, struct request *rq)
+int BPF_PROG(tapio_io_start, struct request *rq)
 {
 	struct tapio_sto_config cfg;
 	if (!config_on(&cfg))
@@ -102,7 +125,7 @@ int BPF_PROG(tapio_block_io_start, struct request *rq)
 	struct tapio_sto_inflight *old = bpf_map_lookup_elem(&inflight, &key);
 	/* A request is only rebuilt after it completed; an issued entry still here means
 	 * that completion was never seen. */
-	if (old && old->issue_ns && !(old->flags & TAPIO_STO_IF_DATA_DONE))
+	if (old && old->issue_ns && !(old->flags & (TAPIO_STO_IF_DATA_DONE | TAPIO_STO_IF_COMPLETED)))
 		tapio_count(&counters, TAPIO_STO_CNT_INFLIGHT_REPLACED);
 
 	struct tapio_sto_inflight fresh = {};
@@ -110,13 +133,18 @@ int BPF_PROG(tapio_block_io_start, struct request *rq)
 	fresh.flags = TAPIO_STO_F_TASK_KNOWN;
 	fresh.submit_ns = bpf_ktime_get_boot_ns();
 	fill_request(&fresh, rq);
-	if (bpf_map_update_elem(&inflight, &key, &fresh, BPF_ANY))
-		tapio_count(&counters, TAPIO_STO_CNT_INFLIGHT_FULL);
+	if (old) {
+		*old = fresh;
+		return 0;
+	}
+	long err = bpf_map_update_elem(&inflight, &key, &fresh, BPF_NOEXIST);
+	if (err)
+		count_insert_failure(err);
 	return 0;
 }
 
 SEC("tp_btf/block_rq_issue")
-int BPF_PROG(tapio_block_rq_issue, struct request *rq)
+int BPF_PROG(tapio_rq_issue, struct request *rq)
 {
 	struct tapio_sto_config cfg;
 	if (!config_on(&cfg))
@@ -124,14 +152,20 @@ int BPF_PROG(tapio_block_rq_issue, struct request *rq)
 	__u64 key = (__u64)rq;
 	__u64 now = bpf_ktime_get_boot_ns();
 	struct tapio_sto_inflight *e = bpf_map_lookup_elem(&inflight, &key);
-	if (!e) {
-		/* Not built from a bio we saw (a flush sequence's flush, passthrough, or submitted
-		 * before attach): the issuer is unknown, the latency is not. */
+	if (!e || (e->flags & TAPIO_STO_IF_COMPLETED)) {
+		/* Not built from a bio we saw (a flush sequence's flush, passthrough, submitted
+		 * before attach, or its entry could not be made then): the issuer is unknown, the
+		 * latency is not. */
 		struct tapio_sto_inflight fresh = {};
 		fresh.issue_ns = now;
 		fill_request(&fresh, rq);
-		if (bpf_map_update_elem(&inflight, &key, &fresh, BPF_ANY))
-			tapio_count(&counters, TAPIO_STO_CNT_INFLIGHT_FULL);
+		if (e) {
+			*e = fresh;
+			return 0;
+		}
+		long err = bpf_map_update_elem(&inflight, &key, &fresh, BPF_NOEXIST);
+		if (err)
+			count_insert_failure(err);
 		return 0;
 	}
 	/* Issued before, and neither requeued nor completed since: two issues of one live
@@ -146,7 +180,7 @@ int BPF_PROG(tapio_block_rq_issue, struct request *rq)
 }
 
 SEC("tp_btf/block_rq_requeue")
-int BPF_PROG(tapio_block_rq_requeue, struct request *rq)
+int BPF_PROG(tapio_rq_requeue, struct request *rq)
 {
 	struct tapio_sto_config cfg;
 	if (!config_on(&cfg))
@@ -154,7 +188,7 @@ int BPF_PROG(tapio_block_rq_requeue, struct request *rq)
 	tapio_count(&counters, TAPIO_STO_CNT_REQUEUES);
 	__u64 key = (__u64)rq;
 	struct tapio_sto_inflight *e = bpf_map_lookup_elem(&inflight, &key);
-	if (e) {
+	if (e && !(e->flags & TAPIO_STO_IF_COMPLETED)) {
 		e->flags |= TAPIO_STO_IF_REQUEUED;
 		if (e->requeues < 0xffffffff)
 			e->requeues++;
@@ -163,14 +197,16 @@ int BPF_PROG(tapio_block_rq_requeue, struct request *rq)
 }
 
 SEC("tp_btf/block_rq_merge")
-int BPF_PROG(tapio_block_rq_merge, struct request *rq)
+int BPF_PROG(tapio_rq_merge, struct request *rq)
 {
 	struct tapio_sto_config cfg;
 	if (!config_on(&cfg))
 		return 0;
 	/* rq was merged into another request and is freed without a completion of its own. */
 	__u64 key = (__u64)rq;
-	bpf_map_delete_elem(&inflight, &key);
+	struct tapio_sto_inflight *e = bpf_map_lookup_elem(&inflight, &key);
+	if (e)
+		finish(&key, e);
 	return 0;
 }
 
@@ -210,7 +246,7 @@ static __always_inline void emit(struct tapio_sto_inflight *e, const struct tapi
  * tracepoint, and a negative errno before: the sign tells which one arrived.
  */
 SEC("tp_btf/block_rq_complete")
-int BPF_PROG(tapio_block_rq_complete, struct request *rq, int error, unsigned int nr_bytes)
+int BPF_PROG(tapio_rq_complete, struct request *rq, int error, unsigned int nr_bytes)
 {
 	struct tapio_sto_config cfg;
 	if (!config_on(&cfg))
@@ -218,7 +254,7 @@ int BPF_PROG(tapio_block_rq_complete, struct request *rq, int error, unsigned in
 	__u64 key = (__u64)rq;
 	__u64 now = bpf_ktime_get_boot_ns();
 	struct tapio_sto_inflight *e = bpf_map_lookup_elem(&inflight, &key);
-	if (!e) {
+	if (!e || (e->flags & TAPIO_STO_IF_COMPLETED)) {
 		tapio_count(&counters, TAPIO_STO_CNT_UNMATCHED_COMPLETION);
 		return 0;
 	}
@@ -227,12 +263,12 @@ int BPF_PROG(tapio_block_rq_complete, struct request *rq, int error, unsigned in
 	if (e->flags & TAPIO_STO_IF_DATA_DONE) {
 		/* The end of a flush sequence whose data phase was judged already: its flush was
 		 * a request of its own, judged on its own completion. */
-		bpf_map_delete_elem(&inflight, &key);
+		finish(&key, e);
 		return 0;
 	}
 	if (e->flags & TAPIO_STO_IF_AMBIGUOUS) {
 		tapio_count(&counters, TAPIO_STO_CNT_AMBIGUOUS_INFLIGHT);
-		bpf_map_delete_elem(&inflight, &key);
+		finish(&key, e);
 		return 0;
 	}
 
@@ -258,6 +294,6 @@ int BPF_PROG(tapio_block_rq_complete, struct request *rq, int error, unsigned in
 		}
 	}
 	if (!keep)
-		bpf_map_delete_elem(&inflight, &key);
+		finish(&key, e);
 	return 0;
 }

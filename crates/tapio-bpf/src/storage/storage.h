@@ -80,6 +80,9 @@ enum tapio_sto_inflight_flag {
 	/* Part of a flush sequence whose data phase has completed and was judged; the block
 	 * layer completes it once more when the sequence ends. */
 	TAPIO_STO_IF_DATA_DONE = 1 << 10,
+	/* The request completed, but its entry could not be deleted then (see
+	 * TAPIO_STO_CNT_INFLIGHT_BUSY): a dead entry, reused in place by the next request. */
+	TAPIO_STO_IF_COMPLETED = 1 << 11,
 };
 
 /*
@@ -119,6 +122,11 @@ enum tapio_sto_counter {
 	TAPIO_STO_CNT_INFLIGHT_FULL = TAPIO_CNT_OBSERVER_BASE + 3,
 	/* Requeues seen (the driver gave a request back; not a loss). */
 	TAPIO_STO_CNT_REQUEUES = TAPIO_CNT_OBSERVER_BASE + 4,
+	/* A table update found its bucket locked by the program this hook interrupted on the
+	 * same CPU (a completion in an interrupt). Not a loss by itself: a failed delete marks
+	 * the entry completed instead, and a request whose entry could not be made at
+	 * submission gets one at issue (its submitter then unknown). */
+	TAPIO_STO_CNT_INFLIGHT_BUSY = TAPIO_CNT_OBSERVER_BASE + 5,
 };
 
 #endif

@@ -83,8 +83,15 @@ fn base_facts(ev: &tapio_net_event) -> ConnectionFacts {
     }
 }
 
-/// Classifies one network record.
+/// Classifies one network record, with every network hook attached.
 pub fn classify(ev: &tapio_net_event, stamper: &mut Stamper) -> Verdict {
+    classify_with(ev, stamper, true)
+}
+
+/// Classifies one network record. `resets_seen` says whether the RST hook
+/// (tcp:tcp_receive_reset) is attached: without it, a refused connect's missing RST mark
+/// proves nothing, so ECONNREFUSED cannot be told from an ICMP port unreachable.
+pub fn classify_with(ev: &tapio_net_event, stamper: &mut Stamper, resets_seen: bool) -> Verdict {
     if ev.family != AF_INET && ev.family != AF_INET6 {
         return Verdict::Drop("unknown_address_family");
     }
@@ -117,9 +124,9 @@ pub fn classify(ev: &tapio_net_event, stamper: &mut Stamper) -> Verdict {
                     "ETIMEDOUT",
                     format!("TCP connect to {dst} timed out after {} SYN retransmits with no answer", ev.syn_retries),
                 )
-            } else if ev.sk_err == ECONNREFUSED && !start_known && !soft {
-                // Refused by RST or by ICMP port unreachable: without the connect's start we
-                // did not see which. Counted, not guessed.
+            } else if ev.sk_err == ECONNREFUSED && (!start_known || !resets_seen) && !soft {
+                // Refused by RST or by ICMP port unreachable: without the connect's start, or
+                // with the RST hook not attached, we did not see which. Counted, not guessed.
                 return Verdict::Drop("ambiguous_connect_failure");
             } else if let Some(name) = icmp_errno_name(ev.sk_err) {
                 let how = if soft { "; the application then gave up the connect" } else { "" };
@@ -231,6 +238,25 @@ mod tests {
             Verdict::Emit(e) => *e,
             other => panic!("expected evidence, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn without_the_reset_hook_a_refusal_is_ambiguous_not_icmp() {
+        let known = TAPIO_NET_F_TASK_KNOWN | TAPIO_NET_F_START_KNOWN;
+        // With the hook attached, no RST mark means ICMP port unreachable; without it, it
+        // means nothing (the first kernel-matrix run on 5.10 reported RSTs as ICMP).
+        let with_hook = emitted(classify_with(&connect_failure(ECONNREFUSED, known), &mut stamper(), true));
+        assert_eq!(with_hook.kind, "kernel.network.connection_unreachable");
+        assert!(matches!(
+            classify_with(&connect_failure(ECONNREFUSED, known), &mut stamper(), false),
+            Verdict::Drop("ambiguous_connect_failure")
+        ));
+        // A soft error comes only from ICMP, and a timeout never involves an RST: both stay.
+        let soft = known | TAPIO_NET_F_SOFT_ERROR;
+        let e = emitted(classify_with(&connect_failure(ECONNREFUSED, soft), &mut stamper(), false));
+        assert_eq!(e.kind, "kernel.network.connection_unreachable");
+        let e = emitted(classify_with(&connect_failure(ETIMEDOUT, known), &mut stamper(), false));
+        assert_eq!(e.kind, "kernel.network.connection_timeout");
     }
 
     #[test]

@@ -1,0 +1,365 @@
+//! Storage records → evidence. Pure (the disk name is passed in): unit-tested with crafted
+//! records.
+
+use crate::evidence::{Facts, Outcome, Severity, StorageFacts, WorkloadIds};
+use crate::stamp::{Draft, Stamper, Verdict};
+use tapio_bpf::abi::{
+    tapio_sto_event, TAPIO_STO_F_BLK_STATUS, TAPIO_STO_F_CRITICAL, TAPIO_STO_F_ISSUED, TAPIO_STO_F_PARTIAL,
+    TAPIO_STO_F_TASK_KNOWN, TAPIO_STO_IO_ERROR, TAPIO_STO_LATENCY,
+};
+use tapio_bpf::record::comm_str;
+
+const OBSERVER: &str = "storage";
+
+/// Name of a request operation (the low 8 bits of cmd_flags). Only values that have been the
+/// same in every kernel since 4.10 are named; zone operations were renumbered, so they and
+/// anything newer are "other" (op_code keeps the number).
+pub fn op_name(op: u32) -> &'static str {
+    match op {
+        0 => "read",
+        1 => "write",
+        2 => "flush",
+        3 => "discard",
+        5 => "secure_erase",
+        9 => "write_zeroes",
+        34 => "driver_in",
+        35 => "driver_out",
+        _ => "other",
+    }
+}
+
+/// The errno the kernel's blk_status_to_errno() gives for a block status. Only statuses
+/// whose number has never changed are mapped; later ones were renumbered between releases
+/// (BLK_STS_INVAL moved from 19 to 18), so for them the errno is left unknown rather than
+/// guessed, and the raw status is reported.
+pub fn blk_status_errno(status: u8) -> Option<u32> {
+    Some(match status {
+        1 => 95,   // NOTSUPP: EOPNOTSUPP
+        2 => 110,  // TIMEOUT: ETIMEDOUT
+        3 => 28,   // NOSPC: ENOSPC
+        4 => 67,   // TRANSPORT: ENOLINK
+        5 => 121,  // TARGET: EREMOTEIO
+        6 => 52,   // NEXUS / RESV_CONFLICT: EBADE
+        7 => 61,   // MEDIUM: ENODATA
+        8 => 84,   // PROTECTION: EILSEQ
+        9 => 12,   // RESOURCE: ENOMEM
+        10 => 5,   // IOERR: EIO
+        11 => 78,  // DM_REQUEUE: EREMCHG
+        12 => 11,  // AGAIN: EAGAIN
+        13 => 16,  // DEV_RESOURCE: EBUSY
+        14 => 109, // ZONE_OPEN_RESOURCE: ETOOMANYREFS
+        15 => 75,  // ZONE_ACTIVE_RESOURCE: EOVERFLOW
+        16 => 19,  // OFFLINE: ENODEV
+        _ => return None,
+    })
+}
+
+/// The symbolic name of the errnos block I/O can fail with.
+pub fn errno_name(errno: u32) -> Option<&'static str> {
+    Some(match errno {
+        5 => "EIO",
+        11 => "EAGAIN",
+        12 => "ENOMEM",
+        16 => "EBUSY",
+        19 => "ENODEV",
+        22 => "EINVAL",
+        28 => "ENOSPC",
+        52 => "EBADE",
+        61 => "ENODATA",
+        62 => "ETIME",
+        67 => "ENOLINK",
+        75 => "EOVERFLOW",
+        78 => "EREMCHG",
+        84 => "EILSEQ",
+        95 => "EOPNOTSUPP",
+        109 => "ETOOMANYREFS",
+        110 => "ETIMEDOUT",
+        121 => "EREMOTEIO",
+        _ => return None,
+    })
+}
+
+/// Nanoseconds as milliseconds with one decimal, in integer arithmetic.
+fn ms(ns: u64) -> String {
+    let tenths = (ns + 50_000) / 100_000;
+    format!("{}.{} ms", tenths / 10, tenths % 10)
+}
+
+/// (errno, blk_status) of an error record: newer kernels pass a blk_status_t, older ones a
+/// negative errno; anything else is not a value the kernel produces.
+fn error_of(ev: &tapio_sto_event) -> Option<(Option<u32>, Option<u8>)> {
+    if u32::from(ev.flags) & TAPIO_STO_F_BLK_STATUS != 0 {
+        let status = u8::try_from(ev.error).ok().filter(|&s| s != 0)?;
+        Some((blk_status_errno(status), Some(status)))
+    } else if ev.error < 0 {
+        Some((Some(ev.error.unsigned_abs()), None))
+    } else {
+        None
+    }
+}
+
+/// Classifies one storage record; `disk` is the disk's name, if known.
+pub fn classify(ev: &tapio_sto_event, disk: Option<&str>, stamper: &mut Stamper) -> Verdict {
+    let flags = u32::from(ev.flags);
+    let task_known = flags & TAPIO_STO_F_TASK_KNOWN != 0;
+    let issued = flags & TAPIO_STO_F_ISSUED != 0;
+    let op_code = ev.cmd_flags & 0xff;
+    let op = op_name(op_code);
+    let device = match disk {
+        Some(name) => format!("{name} ({}:{})", ev.dev_major, ev.dev_minor),
+        None => format!("{}:{}", ev.dev_major, ev.dev_minor),
+    };
+    let mut facts = StorageFacts {
+        pid: task_known.then_some(ev.task.pid),
+        tid: task_known.then_some(ev.task.tid),
+        comm: task_known.then(|| comm_str(&ev.task.comm)),
+        dev_major: ev.dev_major,
+        dev_minor: ev.dev_minor,
+        disk: disk.map(str::to_string),
+        op,
+        op_code,
+        sector: ev.sector,
+        bytes: ev.bytes,
+        errno: None,
+        errno_name: None,
+        blk_status: None,
+        partial_bytes: None,
+        latency_ns: issued.then_some(ev.latency_ns),
+        threshold_ns: None,
+        requeues: ev.requeues,
+    };
+    let workload = if task_known {
+        WorkloadIds { cgroup_id: ev.task.cgroup_id, mem_cgroup_id: ev.task.mem_cgroup_id }
+    } else {
+        WorkloadIds::default()
+    };
+    let (kind, severity, outcome, code, message) = match ev.hdr.kind {
+        TAPIO_STO_IO_ERROR => {
+            // A record that says "error" without an error value is malformed, not evidence.
+            let Some((errno, status)) = error_of(ev) else {
+                return Verdict::Drop("invalid_error_status");
+            };
+            facts.errno = errno;
+            facts.errno_name = errno.and_then(errno_name);
+            facts.blk_status = status;
+            if flags & TAPIO_STO_F_PARTIAL != 0 {
+                facts.partial_bytes = Some(ev.done_bytes);
+            }
+            let what = match (facts.errno_name, errno, status) {
+                (Some(name), _, _) => name.to_string(),
+                (None, Some(e), _) => format!("errno {e}"),
+                (None, None, Some(s)) => format!("block status {s}"),
+                (None, None, None) => "an error".to_string(),
+            };
+            let when =
+                if issued { format!(" after {}", ms(ev.latency_ns)) } else { " before reaching the driver".into() };
+            let code = facts.errno_name.unwrap_or("IO_ERROR");
+            let message =
+                format!("{op} of {} bytes at sector {} on {device} failed with {what}{when}", ev.bytes, ev.sector);
+            ("kernel.storage.io_error", Severity::Error, Outcome::Failure, code, message)
+        }
+        TAPIO_STO_LATENCY => {
+            if !issued || ev.threshold_ns == 0 || ev.latency_ns <= ev.threshold_ns {
+                // The kernel judged this request slow: a record that says otherwise is corrupt.
+                return Verdict::Drop("invalid_latency_record");
+            }
+            let critical = flags & TAPIO_STO_F_CRITICAL != 0;
+            facts.threshold_ns = Some(ev.threshold_ns);
+            let level = if critical { "critical" } else { "warning" };
+            let message = format!(
+                "{op} of {} bytes at sector {} on {device} took {} from issue to completion ({level} threshold {})",
+                ev.bytes,
+                ev.sector,
+                ms(ev.latency_ns),
+                ms(ev.threshold_ns)
+            );
+            let severity = if critical { Severity::Critical } else { Severity::Warning };
+            ("kernel.storage.latency_spike", severity, Outcome::Degraded, "SLOW_IO", message)
+        }
+        // decode() admits only the two kinds above.
+        _ => return Verdict::Ignore,
+    };
+    stamper.stamp(Draft {
+        kind,
+        observer: OBSERVER,
+        severity,
+        outcome,
+        code,
+        message,
+        boot_ns: ev.hdr.boot_ns,
+        generation: ev.hdr.generation,
+        workload,
+        facts: Facts::Storage(facts),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::BootToWall;
+    use crate::evidence::Evidence;
+    use std::sync::Arc;
+
+    fn stamper() -> Stamper {
+        Stamper::new(Arc::from("n"), Arc::new(BootToWall::measured()))
+    }
+
+    fn emitted(v: Verdict) -> Evidence {
+        match v {
+            Verdict::Emit(e) => *e,
+            other => panic!("expected evidence, got {other:?}"),
+        }
+    }
+
+    fn record(kind: u32) -> tapio_sto_event {
+        let mut ev = tapio_sto_event::default();
+        ev.hdr.kind = kind;
+        ev.hdr.generation = 3;
+        ev.task.pid = 4242;
+        ev.task.tid = 4243;
+        ev.task.comm[..2].copy_from_slice(b"dd");
+        ev.dev_major = 7;
+        ev.dev_minor = 3;
+        ev.sector = 2048;
+        ev.bytes = 65_536;
+        ev.done_bytes = 65_536;
+        ev.cmd_flags = 1 | (1 << 11); // write, with a flag bit above the op
+        ev.latency_ns = 1_234_567;
+        ev.flags = (TAPIO_STO_F_TASK_KNOWN | TAPIO_STO_F_ISSUED) as u16;
+        ev
+    }
+
+    fn storage(e: &Evidence) -> &StorageFacts {
+        match &e.facts {
+            Facts::Storage(f) => f,
+            other => panic!("not storage facts: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_error_status_becomes_an_io_error_with_errno_and_the_issuer() {
+        let mut ev = record(TAPIO_STO_IO_ERROR);
+        ev.error = 3; // BLK_STS_NOSPC
+        ev.flags |= TAPIO_STO_F_BLK_STATUS as u16;
+        let e = emitted(classify(&ev, Some("loop3"), &mut stamper()));
+        assert_eq!(
+            (e.kind, e.severity, e.outcome, e.error.code),
+            ("kernel.storage.io_error", Severity::Error, Outcome::Failure, "ENOSPC")
+        );
+        assert_eq!(e.config_generation, 3);
+        let f = storage(&e);
+        assert_eq!((f.errno, f.errno_name, f.blk_status), (Some(28), Some("ENOSPC"), Some(3)));
+        assert_eq!((f.pid, f.tid, f.comm.as_deref()), (Some(4242), Some(4243), Some("dd")));
+        assert_eq!((f.dev_major, f.dev_minor, f.disk.as_deref(), f.op, f.op_code), (7, 3, Some("loop3"), "write", 1));
+        assert_eq!((f.latency_ns, f.threshold_ns, f.partial_bytes), (Some(1_234_567), None, None));
+        assert_eq!(
+            e.error.message,
+            "write of 65536 bytes at sector 2048 on loop3 (7:3) failed with ENOSPC after 1.2 ms"
+        );
+        assert_eq!(e.workload_ids.cgroup_id, 0);
+    }
+
+    #[test]
+    fn older_kernels_negative_errno_is_taken_as_is() {
+        let mut ev = record(TAPIO_STO_IO_ERROR);
+        ev.error = -5;
+        let e = emitted(classify(&ev, None, &mut stamper()));
+        let f = storage(&e);
+        assert_eq!((f.errno, f.errno_name, f.blk_status, e.error.code), (Some(5), Some("EIO"), None, "EIO"));
+        assert!(e.error.message.contains("on 7:3 failed with EIO"), "{}", e.error.message);
+    }
+
+    #[test]
+    fn renumbered_block_statuses_are_reported_raw_not_guessed() {
+        let mut ev = record(TAPIO_STO_IO_ERROR);
+        ev.error = 18;
+        ev.flags |= TAPIO_STO_F_BLK_STATUS as u16;
+        let e = emitted(classify(&ev, None, &mut stamper()));
+        let f = storage(&e);
+        assert_eq!((f.errno, f.blk_status, e.error.code), (None, Some(18), "IO_ERROR"));
+        assert!(e.error.message.contains("block status 18"), "{}", e.error.message);
+    }
+
+    #[test]
+    fn impossible_error_values_are_dropped_not_guessed() {
+        let mut ev = record(TAPIO_STO_IO_ERROR);
+        ev.error = 0;
+        assert!(matches!(classify(&ev, None, &mut stamper()), Verdict::Drop("invalid_error_status")));
+        ev.error = 300; // not a u8 blk_status_t
+        ev.flags |= TAPIO_STO_F_BLK_STATUS as u16;
+        assert!(matches!(classify(&ev, None, &mut stamper()), Verdict::Drop("invalid_error_status")));
+        ev.flags &= !(TAPIO_STO_F_BLK_STATUS as u16);
+        ev.error = 5; // positive without the blk_status flag
+        assert!(matches!(classify(&ev, None, &mut stamper()), Verdict::Drop("invalid_error_status")));
+    }
+
+    #[test]
+    fn a_request_that_failed_before_the_driver_has_no_latency_and_unknown_issuer_is_null() {
+        let mut ev = record(TAPIO_STO_IO_ERROR);
+        ev.error = 10;
+        ev.flags = TAPIO_STO_F_BLK_STATUS as u16;
+        let e = emitted(classify(&ev, None, &mut stamper()));
+        let f = storage(&e);
+        assert_eq!((f.pid, f.comm.as_deref(), f.latency_ns), (None, None, None));
+        assert!(e.error.message.ends_with("failed with EIO before reaching the driver"), "{}", e.error.message);
+    }
+
+    #[test]
+    fn partial_failures_say_how_much_failed() {
+        let mut ev = record(TAPIO_STO_IO_ERROR);
+        ev.error = 7;
+        ev.done_bytes = 4096;
+        ev.flags |= (TAPIO_STO_F_BLK_STATUS | TAPIO_STO_F_PARTIAL) as u16;
+        let e = emitted(classify(&ev, None, &mut stamper()));
+        assert_eq!((storage(&e).partial_bytes, storage(&e).errno_name), (Some(4096), Some("ENODATA")));
+    }
+
+    #[test]
+    fn latency_spikes_carry_the_threshold_that_judged_them() {
+        let mut ev = record(TAPIO_STO_LATENCY);
+        ev.latency_ns = 251_300_000;
+        ev.threshold_ns = 100_000_000;
+        ev.requeues = 2;
+        let e = emitted(classify(&ev, Some("loop5"), &mut stamper()));
+        assert_eq!(
+            (e.kind, e.severity, e.outcome, e.error.code),
+            ("kernel.storage.latency_spike", Severity::Warning, Outcome::Degraded, "SLOW_IO")
+        );
+        let f = storage(&e);
+        assert_eq!(
+            (f.latency_ns, f.threshold_ns, f.requeues, f.errno),
+            (Some(251_300_000), Some(100_000_000), 2, None)
+        );
+        assert!(
+            e.error.message.contains("took 251.3 ms from issue to completion (warning threshold 100.0 ms)"),
+            "{}",
+            e.error.message
+        );
+
+        ev.flags |= TAPIO_STO_F_CRITICAL as u16;
+        ev.latency_ns = 1_500_000_000;
+        ev.threshold_ns = 1_000_000_000;
+        let e = emitted(classify(&ev, None, &mut stamper()));
+        assert_eq!(e.severity, Severity::Critical);
+    }
+
+    #[test]
+    fn a_latency_record_under_its_own_threshold_is_corrupt() {
+        let mut ev = record(TAPIO_STO_LATENCY);
+        ev.latency_ns = 50;
+        ev.threshold_ns = 100;
+        assert!(matches!(classify(&ev, None, &mut stamper()), Verdict::Drop("invalid_latency_record")));
+        ev.latency_ns = 500;
+        ev.flags = TAPIO_STO_F_TASK_KNOWN as u16; // not issued: no latency to judge
+        assert!(matches!(classify(&ev, None, &mut stamper()), Verdict::Drop("invalid_latency_record")));
+    }
+
+    #[test]
+    fn op_names_cover_the_stable_operations_only() {
+        assert_eq!((op_name(0), op_name(2), op_name(3), op_name(9)), ("read", "flush", "discard", "write_zeroes"));
+        assert_eq!(op_name(13), "other");
+        assert_eq!(blk_status_errno(10), Some(5));
+        assert_eq!(blk_status_errno(17), None);
+        assert_eq!(errno_name(28), Some("ENOSPC"));
+    }
+}
