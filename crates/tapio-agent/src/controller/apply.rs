@@ -33,19 +33,34 @@ pub fn settings_from(
     merged.network.rtt_ratio_percent = n.rtt_ratio_percent;
     merged.network.rtt_ceiling_us = narrow("network.rtt_ceiling_us", n.rtt_ceiling_us)?;
     merged.network.rtt_min_samples = n.rtt_min_samples;
+    merged.network.rtt_min_increase_us = narrow("network.rtt_min_increase_us", n.rtt_min_increase_us)?;
+    merged.network.connect_failures = n.connect_failures;
+    merged.network.resets = n.resets;
+    merged.network.retransmit_spikes = n.retransmit_spikes;
+    merged.network.rtt_degradation = n.rtt_degradation;
     let c = &compiled.container;
     merged.container.enabled = c.enabled;
+    merged.container.oom_kills = c.oom_kills;
+    merged.container.abnormal_exits = c.abnormal_exits;
     merged.container.exit_ignore_codes = codes("container.exit_ignore_codes", &c.exit_ignore_codes)?;
     merged.container.exit_ignore_signals = codes("container.exit_ignore_signals", &c.exit_ignore_signals)?;
     let st = &compiled.storage;
     merged.storage.enabled = st.enabled;
     merged.storage.latency_warning_ms = narrow("storage.latency_warning_ms", st.latency_warning_ms)?;
     merged.storage.latency_critical_ms = narrow("storage.latency_critical_ms", st.latency_critical_ms)?;
+    merged.storage.io_errors = st.io_errors;
+    merged.storage.latency_spikes = st.latency_spikes;
     let nd = &compiled.node;
     merged.node.enabled = nd.enabled;
     merged.node.psi_memory_some_avg10_percent = nd.psi_memory_some_avg10_percent;
     merged.node.psi_cpu_some_avg10_percent = nd.psi_cpu_some_avg10_percent;
     merged.node.psi_io_some_avg10_percent = nd.psi_io_some_avg10_percent;
+    merged.node.psi = nd.psi;
+    merged.node.psi_rearm_margin_percent = nd.psi_rearm_margin_percent;
+    merged.node.pmc = nd.pmc;
+    merged.node.pmc_ipc_min_percent = nd.pmc_ipc_min_percent;
+    merged.node.pmc_stall_max_percent = nd.pmc_stall_max_percent;
+    merged.node.pmc_min_cycles = nd.pmc_min_cycles;
     merged.validate()?;
     Ok(ObserverSettings {
         generation,
@@ -59,6 +74,93 @@ pub fn settings_from(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_wire_default_reproduces_the_local_default() {
+        // A controller serving production-default (the wire default) changes nothing on a
+        // node running with local defaults.
+        let local = AgentConfig::default();
+        let s = settings_from(&local, 1, &CompiledConfig::default()).unwrap();
+        assert_eq!(s.network, local.network);
+        assert_eq!(s.container, local.container);
+        assert_eq!(s.storage, local.storage);
+        assert_eq!(s.node, local.node);
+    }
+
+    /// A profile that validates is never refused by an agent, and the agent accepts nothing
+    /// a profile could not say: every range in tapio-profile's field table is this
+    /// validator's range, bound for bound.
+    #[test]
+    fn profile_ranges_are_exactly_the_agents_ranges() {
+        use tapio_profile::{FieldValue, Kind, FIELDS};
+        // Storage thresholds are judged together (critical ≥ warning): a base that lets
+        // each one reach both of its bounds.
+        let mut base = CompiledConfig::default();
+        base.storage.latency_warning_ms = 1;
+        base.storage.latency_critical_ms = 3_600_000;
+        // None: the wire type itself cannot hold the value (exit code 256 in a u8).
+        let try_accept = |f: &tapio_profile::Field, v: FieldValue| {
+            let mut c = base.clone();
+            f.set(&mut c, &v);
+            (f.get(&c) == v).then(|| settings_from(&AgentConfig::default(), 1, &c).is_ok())
+        };
+        let accepts = |f: &tapio_profile::Field, v: FieldValue| {
+            try_accept(f, v.clone()).unwrap_or_else(|| panic!("{}: {v} does not fit the wire type", f.key()))
+        };
+        let mut checked = 0;
+        for f in FIELDS {
+            let (range, wrap): (tapio_profile::Range, fn(u64) -> FieldValue) = match f.kind {
+                Kind::Bool => {
+                    assert!(accepts(f, FieldValue::Bool(false)) || f.name == "enabled", "{}", f.key());
+                    continue;
+                }
+                Kind::Int(r) => (r, FieldValue::Int),
+                Kind::List { item, .. } => (item, |n| FieldValue::List(vec![n])),
+            };
+            assert!(accepts(f, wrap(range.min)), "{} = {} refused", f.key(), range.min);
+            assert!(accepts(f, wrap(range.max)), "{} = {} refused", f.key(), range.max);
+            assert_ne!(try_accept(f, wrap(range.max + 1)), Some(true), "{} = {} accepted", f.key(), range.max + 1);
+            if range.min > 0 {
+                let below = range.min - 1;
+                assert_eq!(accepts(f, wrap(below)), below == 0 && range.zero_means_off, "{} = {below}", f.key());
+            }
+            checked += 1;
+        }
+        assert!(checked >= 17, "only {checked} ranged fields checked");
+    }
+
+    #[test]
+    fn every_switch_and_threshold_of_the_profile_reaches_the_settings() {
+        let mut compiled = CompiledConfig::default();
+        let n = &mut compiled.network;
+        (n.connect_failures, n.resets, n.retransmit_spikes, n.rtt_degradation) = (false, true, false, true);
+        n.rtt_min_increase_us = 2_500;
+        compiled.container.oom_kills = false;
+        compiled.storage.io_errors = false;
+        let nd = &mut compiled.node;
+        (nd.psi, nd.pmc, nd.psi_rearm_margin_percent) = (false, false, 7);
+        (nd.pmc_ipc_min_percent, nd.pmc_stall_max_percent, nd.pmc_min_cycles) = (40, 70, 1_000);
+        let s = settings_from(&AgentConfig::default(), 3, &compiled).unwrap();
+        let n = &s.network;
+        assert_eq!((n.connect_failures, n.resets, n.retransmit_spikes, n.rtt_degradation), (false, true, false, true));
+        assert_eq!(n.rtt_min_increase_us, 2_500);
+        assert!(!s.container.oom_kills && s.container.abnormal_exits);
+        assert!(!s.storage.io_errors && s.storage.latency_spikes);
+        assert_eq!((s.node.psi, s.node.pmc, s.node.psi_rearm_margin_percent), (false, false, 7));
+        assert_eq!((s.node.pmc_ipc_min_percent, s.node.pmc_stall_max_percent, s.node.pmc_min_cycles), (40, 70, 1_000));
+        // …and the kernel carriers.
+        let carrier = crate::config::network_carrier(&s.network, 3, (1, 2));
+        assert_eq!(carrier.enabled, tapio_bpf::abi::TAPIO_NET_EN_RESET | tapio_bpf::abi::TAPIO_NET_EN_RTT);
+        assert_eq!(carrier.rtt_min_increase_us, 2_500);
+        assert_eq!(crate::config::container_carrier(&s.container, 3).enabled, tapio_bpf::abi::TAPIO_CTR_EN_EXIT);
+
+        compiled.network.rtt_min_increase_us = 60_000_001;
+        let err = settings_from(&AgentConfig::default(), 4, &compiled).unwrap_err();
+        assert!(err.0.contains("network.rtt_min_increase_us"), "{err}");
+        let mut compiled = CompiledConfig::default();
+        compiled.node.pmc_stall_max_percent = 0;
+        assert!(settings_from(&AgentConfig::default(), 4, &compiled).unwrap_err().0.contains("node.pmc_stall_max_percent"));
+    }
 
     #[test]
     fn controller_values_override_local_thresholds() {

@@ -241,6 +241,13 @@ int tapio_mark_victim_pid(struct trace_event_raw_mark_victim *ctx)
 	if (!(cfg.enabled & TAPIO_CTR_EN_OOM))
 		return 0;
 	__u32 zero = 0;
+	__u32 *hook_live = bpf_map_lookup_elem(&kill_hook_live, &zero);
+	if (!hook_live || !*hook_live) {
+		/* The signal hook never ran (not attached): no victim task can be known here, and
+		 * a kill that cannot be reported is counted rather than silently missed. */
+		tapio_count(&counters, TAPIO_CNT_UNSUPPORTED);
+		return 0;
+	}
 	struct kill_note *note = bpf_map_lookup_elem(&kernel_kills, &zero);
 	if (!note)
 		return 0;

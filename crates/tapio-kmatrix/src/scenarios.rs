@@ -1,0 +1,440 @@
+//! The scenarios: each makes one kernel fact happen for real in the guest and checks the
+//! agent's evidence for it: exactly the expected events, with facts that match what the
+//! kernel itself reports, and nothing wrong besides.
+
+use crate::agent::{tail, Agent};
+use crate::cgroup::{Scope, POD_UID};
+use crate::kmsg::Kmsg;
+use crate::report::{Report, Status};
+use serde_json::Value;
+use std::io::{ErrorKind, Read};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long evidence may take to show up once the fact happened (TCG is slow).
+const EVIDENCE_TIMEOUT: Duration = Duration::from_secs(10);
+/// After the expected event, how long to keep watching for duplicates or wrong ones.
+const SETTLE: Duration = Duration::from_millis(1500);
+const MIB: u64 = 1 << 20;
+/// The OOM scenario's memory.max.
+const OOM_LIMIT: u64 = 64 * MIB;
+/// Observers every matrix kernel must run in full: one that does not load there is the
+/// portability regression this matrix exists to catch.
+const REQUIRED_OBSERVERS: [&str; 2] = ["network", "container"];
+
+/// Container ids of the scenario workloads (64 hex, as a runtime names containers).
+const EXIT_CONTAINER: &str = "0e1e2e3e4e5e6e7e8e9eaebecedeeefe0f1f2f3f4f5f6f7f8f9fafbfcfdfefff";
+const OOM_CONTAINER: &str = "00aa11bb22cc33dd44ee55ff66007711882299aa33bb44cc55dd66ee77ff8800";
+
+pub fn run_all(agent_path: &Path, report: &mut Report) {
+    let mut agent = match Agent::start(agent_path, &[]) {
+        Ok(agent) => agent,
+        Err(e) => {
+            // Nothing else can be checked without a running agent: every scenario fails.
+            for s in ["startup", "refused", "abnormal_exit", "oom_kill", "oom_kill_pid_hook"] {
+                report.record(s, Status::Fail, &e);
+            }
+            report.record("storage", Status::Todo, "no storage scenario yet");
+            return;
+        }
+    };
+    let states = observer_states(&agent.log());
+    report.outcome("refused", refused(&agent));
+    report.outcome("abnormal_exit", abnormal_exit(&agent));
+    report.outcome("oom_kill", oom_kill(&agent));
+    match states.iter().find(|(n, _)| n == "storage") {
+        Some((_, state)) => report.outcome("storage", storage_io_error(&agent, state == "running")),
+        None => report.record("storage", Status::Todo, "TODO: no storage observer in this agent yet"),
+    }
+    let alive = agent.alive();
+    let stopped = agent.stop();
+    report.outcome("startup", startup(&states, alive, &stopped));
+    report.outcome("oom_kill_pid_hook", oom_kill_pid_hook(agent_path));
+}
+
+/// The OOM path for kernels whose mark_victim passes only a pid, forced on this kernel
+/// (every matrix kernel has the typed tracepoint, so the fallback would otherwise never
+/// run on a real kernel): a second agent, the same OOM scenario, the same checks.
+fn oom_kill_pid_hook(agent_path: &Path) -> Result<String, String> {
+    let mut agent = Agent::start(agent_path, &[("TAPIO_OOM_HOOK", "pid")])?;
+    let log = agent.log();
+    let chosen = "OOM kills via tracepoint/oom/mark_victim";
+    if !log.iter().any(|l| l.contains(chosen)) {
+        return Err(format!("the agent did not say it took the pid hook ({chosen}…)"));
+    }
+    let states = observer_states(&log);
+    match states.iter().find(|(n, _)| n == "container") {
+        Some((_, state)) if state == "running" => {}
+        other => return Err(format!("container observer with the pid hook: {other:?}")),
+    }
+    let result = oom_kill(&agent);
+    let alive = agent.alive();
+    let stopped = agent.stop();
+    let detail = result?;
+    if !alive || !stopped.exit.is_some_and(|s| s.success()) {
+        return Err(format!("the agent did not stay up and exit cleanly: {}", tail(&stopped.log)));
+    }
+    Ok(format!("tracepoint/oom/mark_victim + tp_btf/signal_generate: {detail}"))
+}
+
+/// `observer <name>: <state…>` lines of the agent's start-up log, in order.
+fn observer_states(log: &[String]) -> Vec<(String, String)> {
+    let mut states = Vec::new();
+    for line in log {
+        let Some(at) = line.find("observer ") else { continue };
+        let Some((name, state)) = line[at + "observer ".len()..].split_once(": ") else { continue };
+        let known = ["running", "degraded: ", "failed: ", "disabled"];
+        if !name.contains(' ') && known.iter().any(|k| state.starts_with(k)) {
+            states.push((name.to_string(), state.to_string()));
+        }
+    }
+    states
+}
+
+/// Every observer said clearly where it stands, the required ones run in full, the agent
+/// stayed up through every scenario, wrote only evidence to stdout, and shut down cleanly
+/// with loss counters that show no kernel-side refusal.
+fn startup(states: &[(String, String)], alive: bool, stopped: &crate::agent::Stopped) -> Result<String, String> {
+    // Why an observer is not running is part of the result: that is what a user on this
+    // kernel would read.
+    let summary: Vec<String> = states
+        .iter()
+        .map(|(n, s)| match s.split_once(": ") {
+            Some((label, why)) => format!("{n}={label} ({})", why.chars().take(200).collect::<String>()),
+            None => format!("{n}={s}"),
+        })
+        .collect();
+    let summary = summary.join(" ");
+    let mut problems = Vec::new();
+    for required in REQUIRED_OBSERVERS {
+        match states.iter().find(|(n, _)| n == required) {
+            None => problems.push(format!("no status line for observer {required}")),
+            Some((_, state)) if state != "running" => problems.push(format!("observer {required}: {state}")),
+            Some(_) => {}
+        }
+    }
+    for (name, state) in states {
+        // "degraded"/"failed" must say why.
+        if let Some((_, why)) = state.split_once(": ") {
+            if why.trim().is_empty() {
+                problems.push(format!("observer {name} gives no reason: {state}"));
+            }
+        }
+    }
+    if !stopped.log.iter().any(|l| l.contains(" ready: ")) {
+        problems.push("no ready: line".into());
+    }
+    if !alive {
+        problems.push(format!("the agent died during the scenarios: {}", tail(&stopped.log)));
+    }
+    match stopped.exit {
+        Some(status) if status.success() => {}
+        Some(status) => problems.push(format!("agent exited with {status} on SIGTERM: {}", tail(&stopped.log))),
+        None => problems.push("agent did not exit within its stop timeout after SIGTERM".into()),
+    }
+    if let Some(line) = stopped.garbage.first() {
+        problems.push(format!("{} non-evidence line(s) on stdout, first: {line}", stopped.garbage.len()));
+    }
+    match final_counters(&stopped.log) {
+        None => problems.push("no parsable `counters final` line at exit".into()),
+        Some(c) => {
+            if c["malformed_events_total"] != 0 {
+                problems.push(format!("malformed_events_total = {}", c["malformed_events_total"]));
+            }
+            // A program that stood down (unsupported kernel, ABI mismatch, torn config)
+            // counts it: on a matrix kernel none may.
+            if let Some(kernel) = c["kernel"].as_object() {
+                for (name, value) in kernel {
+                    let refusal = ["unsupported_kernel", "abi_mismatch", "config_torn_read"];
+                    if refusal.iter().any(|r| name.ends_with(r)) && *value != 0 {
+                        problems.push(format!("kernel counter {name} = {value}"));
+                    }
+                }
+            } else {
+                problems.push("counters final has no kernel counters".into());
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(format!("{summary}; ready, stayed up, clean SIGTERM exit"))
+    } else {
+        Err(format!("{summary}; {}", problems.join("; ")))
+    }
+}
+
+fn final_counters(log: &[String]) -> Option<Value> {
+    let line = log.iter().rev().find(|l| l.contains("counters final "))?;
+    let json = &line[line.find("counters final ")? + "counters final ".len()..];
+    serde_json::from_str(json).ok()
+}
+
+/// The guest's NVMe disk (NVMe is built into every matrix kernel; loop is a module there).
+const DISK: &str = "nvme0n1";
+/// The one sector whose reads fail: scripts/kmatrix gives qemu a blkdebug rule for it.
+const BAD_SECTOR: u64 = 8192;
+
+/// A direct 4 KiB read of the disk's failing sector: exactly one io_error naming the disk,
+/// the sector, the size, this process, and the error the kernel returned to the reader (the
+/// driver retries the command first: retries are requeues of one request, not new ones).
+/// The reader is named when every storage hook attached (`running`); an observer that said
+/// it is degraded may leave it unknown (null), but never name another task.
+fn storage_io_error(agent: &Agent, running: bool) -> Result<String, String> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let dev_id = std::fs::read_to_string(format!("/sys/block/{DISK}/dev"))
+        .map_err(|e| format!("no {DISK} in the guest ({e}): scripts/kmatrix attaches one"))?;
+    let (major, minor) = dev_id.trim().split_once(':').ok_or_else(|| format!("odd dev id {dev_id:?}"))?;
+    let disk = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(format!("/dev/{DISK}"))
+        .map_err(|e| format!("open /dev/{DISK}: {e}"))?;
+    // O_DIRECT: one 4 KiB request straight to the device, no page cache or readahead.
+    let mut buf = vec![0u8; 8192];
+    let start = buf.as_ptr().align_offset(4096);
+    let errno = match disk.read_at(&mut buf[start..start + 4096], BAD_SECTOR * 512) {
+        Ok(n) => return Err(format!("reading sector {BAD_SECTOR} succeeded ({n} bytes): no error was injected")),
+        Err(e) => e.raw_os_error().ok_or_else(|| format!("read failed without an errno: {e}"))?,
+    };
+    let about = |e: &Value| e["observer"] == "storage" && e["facts"]["sector"] == BAD_SECTOR;
+    agent.wait_for(EVIDENCE_TIMEOUT, about);
+    std::thread::sleep(SETTLE);
+    let events: Vec<Value> = agent.events().into_iter().filter(about).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap_or("?")).collect();
+    if events.len() != 1 || events[0]["type"] != "kernel.storage.io_error" {
+        return Err(format!("expected exactly one io_error at sector {BAD_SECTOR}, got {kinds:?}"));
+    }
+    let e = &events[0];
+    let f = &e["facts"];
+    let expect = [
+        ("disk", Value::from(DISK)),
+        ("dev_major", Value::from(major.parse::<u32>().unwrap_or(u32::MAX))),
+        ("dev_minor", Value::from(minor.parse::<u32>().unwrap_or(u32::MAX))),
+        ("op", Value::from("read")),
+        ("bytes", Value::from(4096)),
+        ("errno", Value::from(errno)),
+    ];
+    for (key, want) in expect {
+        if f[key] != want {
+            return Err(format!("facts.{key} = {} (want {want}): {e}", f[key]));
+        }
+    }
+    let pid = std::process::id();
+    let reader = match (&f["pid"], running) {
+        (p, _) if *p == pid => format!("reader pid {pid} named"),
+        (Value::Null, false) => "reader unknown (null), as the degraded observer said".to_string(),
+        (p, _) => return Err(format!("facts.pid = {p} (want {pid}): {e}")),
+    };
+    Ok(format!(
+        "1 io_error ({DISK} {major}:{minor}, sector {BAD_SECTOR}, 4096 B read, errno {errno} as the reader got, {} requeues, {reader})",
+        f["requeues"]
+    ))
+}
+
+fn of_type<'a>(events: &'a [Value], kind: &str) -> impl Iterator<Item = &'a Value> + 'a {
+    let kind = kind.to_string();
+    events.iter().filter(move |e| e["type"] == kind.as_str())
+}
+
+/// A connect to a closed port on 127.0.0.1: one connection_refused naming this process and
+/// the destination, and no timeout or unreachable for the same connect.
+fn refused(agent: &Agent) -> Result<String, String> {
+    const PORT: u16 = 1;
+    let target = SocketAddr::from(([127, 0, 0, 1], PORT));
+    match TcpStream::connect_timeout(&target, Duration::from_secs(5)) {
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => {}
+        Err(e) => return Err(format!("connect to {target} failed with {e}, not ECONNREFUSED")),
+        Ok(_) => return Err(format!("something listens on {target} in the guest")),
+    }
+    let pid = std::process::id();
+    let to_port = |e: &Value| e["observer"] == "network" && e["facts"]["dst_port"] == PORT;
+    agent.wait_for(EVIDENCE_TIMEOUT, |e| to_port(e) && e["type"] == "kernel.network.connection_refused");
+    std::thread::sleep(SETTLE);
+    let events: Vec<Value> = agent.events().into_iter().filter(to_port).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap_or("?")).collect();
+    let refused: Vec<&Value> = of_type(&events, "kernel.network.connection_refused").collect();
+    if refused.len() != 1 || events.len() != 1 {
+        return Err(format!("expected exactly one connection_refused for {target}, got {kinds:?}"));
+    }
+    let f = &refused[0]["facts"];
+    let expect = [
+        ("pid", Value::from(pid)),
+        ("comm", Value::from("tapio-kmatrix")),
+        ("dst_addr", Value::from("127.0.0.1")),
+        ("errno", Value::from(111)),
+        ("family", Value::from("ipv4")),
+    ];
+    for (key, want) in expect {
+        if f[key] != want {
+            return Err(format!("facts.{key} = {} (want {want}): {}", f[key], refused[0]));
+        }
+    }
+    Ok(format!("1 connection_refused (pid {pid}, {target}, errno 111), no timeout/unreachable"))
+}
+
+/// Waits for `child` up to `timeout`; kills it if it is still running then.
+fn wait_child(child: &mut Child, timeout: Duration) -> Result<ExitStatus, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Ok(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("workload {} did not end within {timeout:?}", child.id()));
+            }
+            Err(e) => return Err(format!("waiting for workload: {e}")),
+        }
+    }
+}
+
+fn spawn_workload(mode: &str, scope: &Scope) -> Result<Child, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
+    Command::new(exe)
+        .arg(mode)
+        .arg(scope.procs())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawning {mode}: {e}"))
+}
+
+/// The workload's cgroup identity as evidence must carry it.
+fn check_workload(e: &Value, scope: &Scope) -> Result<(), String> {
+    let w = &e["workload"];
+    let expect = [("cgroup_path", scope.path.as_str()), ("container_id", &scope.container_id), ("pod_uid", POD_UID)];
+    for (key, want) in expect {
+        if w[key] != want {
+            return Err(format!("workload.{key} = {} (want {want})", w[key]));
+        }
+    }
+    Ok(())
+}
+
+/// A five-thread process in a container exits 3: exactly one abnormal_exit, with its code,
+/// its name and its container.
+fn abnormal_exit(agent: &Agent) -> Result<String, String> {
+    let scope = Scope::new(EXIT_CONTAINER, None)?;
+    let mut child = spawn_workload("threads-exit", &scope)?;
+    let pid = child.id();
+    // Waited for first: its one line fits the pipe, and a hung workload cannot hang us.
+    let status = wait_child(&mut child, Duration::from_secs(30))?;
+    let mut out = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        let _ = stdout.read_to_string(&mut out);
+    }
+    if status.code() != Some(3) {
+        return Err(format!("workload ended with {status}, not exit code 3 (output {out:?})"));
+    }
+    let threads: u32 = out.trim().strip_prefix("threads ").and_then(|n| n.parse().ok()).unwrap_or(0);
+    if threads < 5 {
+        return Err(format!("workload had {threads} threads, not the 5 this scenario needs ({out:?})"));
+    }
+    let about = |e: &Value| e["observer"] == "container" && e["facts"]["pid"] == pid;
+    agent.wait_for(EVIDENCE_TIMEOUT, about);
+    std::thread::sleep(SETTLE);
+    let events: Vec<Value> = agent.events().into_iter().filter(about).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap_or("?")).collect();
+    if events.len() != 1 || events[0]["type"] != "kernel.container.abnormal_exit" {
+        return Err(format!("expected exactly one abnormal_exit for pid {pid}, got {kinds:?}"));
+    }
+    let e = &events[0];
+    let f = &e["facts"];
+    if f["exit_code"] != 3 || !f["signal"].is_null() || f["comm"] != "tapio-kmatrix" {
+        return Err(format!("wrong facts: {e}"));
+    }
+    check_workload(e, &scope)?;
+    Ok(format!(
+        "1 abnormal_exit (pid {pid}, exit 3, {threads} threads, facts.threads {}, container named)",
+        f["threads"]
+    ))
+}
+
+/// A process in a container with memory.max = 64 MiB allocates until the OOM killer kills
+/// it: one oom_kill naming the victim, its anon rss within 10 % of the kernel's own report,
+/// its memory cgroup's limit, and its container.
+fn oom_kill(agent: &Agent) -> Result<String, String> {
+    let scope = Scope::new(OOM_CONTAINER, Some(OOM_LIMIT))?;
+    let mut kmsg = Kmsg::from_now()?;
+    let mut child = spawn_workload("hog", &scope)?;
+    let pid = child.id();
+    let status = wait_child(&mut child, Duration::from_secs(60))?;
+    if status.signal() != Some(libc::SIGKILL) {
+        return Err(format!("the hog ended with {status}, not by the OOM killer's SIGKILL"));
+    }
+    let kernel = kmsg
+        .killed(pid, Duration::from_secs(5))
+        .ok_or_else(|| format!("no 'Killed process {pid}' line in the kernel log"))?;
+    let about = |e: &Value| e["type"] == "kernel.container.oom_kill" && e["facts"]["pid"] == pid;
+    agent.wait_for(EVIDENCE_TIMEOUT, about);
+    std::thread::sleep(SETTLE);
+    let events: Vec<Value> = agent.events().into_iter().filter(about).collect();
+    if events.len() != 1 {
+        return Err(format!("expected exactly one oom_kill for pid {pid}, got {}", events.len()));
+    }
+    let e = &events[0];
+    let f = &e["facts"];
+    if f["comm"] != kernel.comm.as_str() {
+        return Err(format!("facts.comm = {} but the kernel killed {:?}", f["comm"], kernel.comm));
+    }
+    let anon = f["anon_rss_bytes"].as_u64().ok_or_else(|| format!("no anon_rss_bytes: {e}"))?;
+    let kernel_anon = kernel.anon_rss_kb * 1024;
+    if kernel_anon == 0 || anon.abs_diff(kernel_anon) * 100 > kernel_anon * 10 {
+        return Err(format!("anon rss {anon} B vs the kernel's {} kB: not within 10 %", kernel.anon_rss_kb));
+    }
+    if f["memory_cgroup_limit_bytes"] != OOM_LIMIT {
+        return Err(format!("memory_cgroup_limit_bytes = {} (want {OOM_LIMIT})", f["memory_cgroup_limit_bytes"]));
+    }
+    check_workload(e, &scope)?;
+    Ok(format!(
+        "1 oom_kill (pid {pid}): anon rss {anon} B vs kernel {} kB, total_vm {} B vs kernel {} kB, limit 64 MiB, container named",
+        kernel.anon_rss_kb, f["total_vm_bytes"], kernel.total_vm_kb
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_status_lines_and_skips_per_program_lines() {
+        let log = [
+            "2026-01-01T00:00:00Z INFO tapio_agent::runtime: observer network: attached tracepoint/sock/x (p)",
+            "2026-01-01T00:00:00Z WARN tapio_agent::runtime: observer network: NOT attached tracepoint/tcp/y (q): no",
+            "2026-01-01T00:00:00Z INFO tapio_agent::runtime: observer network: degraded: tracepoint/tcp/y not attached",
+            "2026-01-01T00:00:00Z INFO tapio_agent::runtime: observer container: running",
+        ]
+        .map(String::from);
+        let states = observer_states(&log);
+        assert_eq!(states.len(), 2, "{states:?}");
+        assert_eq!(states[0], ("network".into(), "degraded: tracepoint/tcp/y not attached".into()));
+        assert_eq!(states[1], ("container".into(), "running".into()));
+    }
+
+    fn stopped(log: &[&str]) -> crate::agent::Stopped {
+        crate::agent::Stopped {
+            exit: Some(ExitStatus::from_raw(0)),
+            log: log.iter().map(|s| s.to_string()).collect(),
+            garbage: Vec::new(),
+        }
+    }
+
+    const FINAL: &str =
+        r#"x INFO r: counters final {"malformed_events_total":0,"kernel":{"network.unsupported_kernel":0}}"#;
+
+    #[test]
+    fn startup_passes_only_with_both_observers_running_and_a_clean_exit() {
+        let running = vec![("network".to_string(), "running".to_string()), ("container".into(), "running".into())];
+        let ok = stopped(&["x INFO r: ready: node n", FINAL]);
+        assert!(startup(&running, true, &ok).is_ok());
+        assert!(startup(&running, false, &ok).is_err(), "an agent that died is a failure");
+        assert!(startup(&running[..1], true, &ok).is_err(), "a missing observer status is a failure");
+        let degraded = vec![running[0].clone(), ("container".into(), "degraded: tp_btf/x not attached".into())];
+        assert!(startup(&degraded, true, &ok).is_err(), "a required observer must run in full");
+        assert!(startup(&running, true, &stopped(&["x INFO r: ready: node n"])).is_err(), "no final counters");
+        let unsupported = FINAL.replace("unsupported_kernel\":0", "unsupported_kernel\":2");
+        assert!(startup(&running, true, &stopped(&["x INFO r: ready: node n", &unsupported])).is_err());
+    }
+}
