@@ -126,6 +126,21 @@ static __always_inline struct tapio_net_event *reserve_event(__u32 kind, __u32 g
 	return ev;
 }
 
+/* Ports and addresses from a tracepoint context that carries them (inet_sock_set_state,
+ * tcp_receive_reset: different structs, same field names); ev->family must be set. */
+#define FILL_ADDRS_FROM_CTX(ev, ctx)                                          \
+	do {                                                                  \
+		(ev)->sport = (ctx)->sport;                                   \
+		(ev)->dport = (ctx)->dport;                                   \
+		if ((ev)->family == AF_INET6) {                               \
+			BPF_CORE_READ_INTO(&(ev)->saddr, ctx, saddr_v6);      \
+			BPF_CORE_READ_INTO(&(ev)->daddr, ctx, daddr_v6);      \
+		} else {                                                      \
+			BPF_CORE_READ_INTO((__u32 *)(ev)->saddr, ctx, saddr); \
+			BPF_CORE_READ_INTO((__u32 *)(ev)->daddr, ctx, daddr); \
+		}                                                             \
+	} while (0)
+
 /* Addresses and ports from the socket itself (for hooks whose context lacks them). */
 static __always_inline void fill_addrs_from_sock(struct tapio_net_event *ev, struct sock *sk)
 {
@@ -159,15 +174,7 @@ static __always_inline void emit_connect_failed(struct trace_event_raw_inet_sock
 	if (!ev)
 		return;
 	ev->family = ctx->family;
-	ev->sport = ctx->sport;
-	ev->dport = ctx->dport;
-	if (ev->family == AF_INET6) {
-		BPF_CORE_READ_INTO(&ev->saddr, ctx, saddr_v6);
-		BPF_CORE_READ_INTO(&ev->daddr, ctx, daddr_v6);
-	} else {
-		BPF_CORE_READ_INTO((__u32 *)ev->saddr, ctx, saddr);
-		BPF_CORE_READ_INTO((__u32 *)ev->daddr, ctx, daddr);
-	}
+	FILL_ADDRS_FROM_CTX(ev, ctx);
 	ev->state = TCP_SYN_SENT;
 	ev->sk_err = sk_err;
 	/* Segments retransmitted on a socket that never left SYN_SENT are its SYNs. */
@@ -278,15 +285,7 @@ int tapio_tcp_receive_reset(struct trace_event_raw_tcp_event_sk *ctx)
 		ev->family = ctx->family;
 	else
 		ev->family = BPF_CORE_READ(sk, __sk_common.skc_family);
-	ev->sport = ctx->sport;
-	ev->dport = ctx->dport;
-	if (ev->family == AF_INET6) {
-		BPF_CORE_READ_INTO(&ev->saddr, ctx, saddr_v6);
-		BPF_CORE_READ_INTO(&ev->daddr, ctx, daddr_v6);
-	} else {
-		BPF_CORE_READ_INTO((__u32 *)ev->saddr, ctx, saddr);
-		BPF_CORE_READ_INTO((__u32 *)ev->daddr, ctx, daddr);
-	}
+	FILL_ADDRS_FROM_CTX(ev, ctx);
 	ev->state = state;
 	fill_tcp_facts(ev, sk);
 	struct tapio_task *owner = bpf_map_lookup_elem(&owners, &key);
