@@ -16,6 +16,7 @@ mod pipeline;
 mod procfs;
 mod report;
 mod size;
+mod storage;
 
 use report::{thousands, Report, Verdict};
 use std::path::PathBuf;
@@ -33,6 +34,7 @@ PARTS (default: all):
   idle        idle RSS and CPU of the running agent (root)
   kernel      mean cost per invocation of each tapio_* eBPF program (root)
   e2e         refused-connect flood: made vs written vs counted losses (root)
+  storage     block hook cost and agent CPU at ~10k IOPS on a loop device (root)
   all         every part above
 
 OPTIONS:
@@ -61,9 +63,10 @@ enum Part {
     Idle,
     Kernel,
     E2e,
+    Storage,
 }
 
-const ALL: [Part; 5] = [Part::Size, Part::Pipeline, Part::Idle, Part::Kernel, Part::E2e];
+const ALL: [Part; 6] = [Part::Size, Part::Pipeline, Part::Idle, Part::Kernel, Part::E2e, Part::Storage];
 
 struct Options {
     parts: Vec<Part>,
@@ -111,6 +114,7 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Option<Options>, String> 
             "idle" => o.parts.push(Part::Idle),
             "kernel" => o.parts.push(Part::Kernel),
             "e2e" => o.parts.push(Part::E2e),
+            "storage" => o.parts.push(Part::Storage),
             "all" => o.parts.extend(ALL),
             "--agent" => o.agent = args.next().ok_or("--agent needs a path")?.into(),
             "--release-agent" => o.release_agent = args.next().ok_or("--release-agent needs a path")?.into(),
@@ -198,12 +202,12 @@ fn main() -> ExitCode {
 
     agent::stop_agent_on_interrupt();
     let root = procfs::is_root();
-    if !root && options.parts.iter().any(|p| matches!(p, Part::Idle | Part::Kernel | Part::E2e)) {
-        eprintln!("tapio-bench: NOT ROOT: the idle, kernel and e2e parts will be SKIPPED (they run the agent, which loads eBPF)");
+    if !root && options.parts.iter().any(|p| matches!(p, Part::Idle | Part::Kernel | Part::E2e | Part::Storage)) {
+        eprintln!("tapio-bench: NOT ROOT: the idle, kernel, e2e and storage parts will be SKIPPED (they run the agent, which loads eBPF)");
     }
     let mut report = Report::default();
     for part in &options.parts {
-        let needs_root = matches!(part, Part::Idle | Part::Kernel | Part::E2e);
+        let needs_root = matches!(part, Part::Idle | Part::Kernel | Part::E2e | Part::Storage);
         if needs_root && !root {
             let why = "needs root: it runs the agent, which loads eBPF (rerun with sudo)";
             match part {
@@ -212,6 +216,9 @@ fn main() -> ExitCode {
                     report.skipped("idle", "idle CPU (utime+stime)", "<= 0.2 %", why);
                 }
                 Part::Kernel => report.skipped("kernel", "mean cost per tapio_* program", "<= 250 ns (network)", why),
+                Part::Storage => {
+                    report.skipped("storage", "block hook cost and agent CPU at ~10k IOPS", "<= 300 ns, < 1 %", why)
+                }
                 _ => report.skipped("e2e", "refused-connect flood accounting", "unaccounted 0", why),
             }
             continue;
@@ -230,6 +237,10 @@ fn main() -> ExitCode {
             Part::E2e => {
                 eprintln!("tapio-bench: e2e ({} s flood, {} senders)", options.secs, options.senders);
                 e2e::measure(&options.agent, Duration::from_secs(options.secs), options.senders, &mut report);
+            }
+            Part::Storage => {
+                eprintln!("tapio-bench: storage ({} s of paced random I/O on a loop device)", options.secs);
+                storage::measure(&options.agent, options.secs, &mut report);
             }
         }
     }

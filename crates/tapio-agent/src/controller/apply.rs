@@ -159,7 +159,10 @@ mod tests {
         assert!(err.0.contains("network.rtt_min_increase_us"), "{err}");
         let mut compiled = CompiledConfig::default();
         compiled.node.pmc_stall_max_percent = 0;
-        assert!(settings_from(&AgentConfig::default(), 4, &compiled).unwrap_err().0.contains("node.pmc_stall_max_percent"));
+        assert!(settings_from(&AgentConfig::default(), 4, &compiled)
+            .unwrap_err()
+            .0
+            .contains("node.pmc_stall_max_percent"));
     }
 
     #[test]

@@ -268,6 +268,11 @@ enum rqf_flags {
 	__RQF_FLUSH_SEQ = 1,
 };
 
+/* Helper ids, only to ask the running kernel's BTF whether a helper exists. */
+enum bpf_func_id {
+	BPF_FUNC_get_current_task_btf = 158,
+};
+
 /* Request flag bit numbers (relocated per kernel). */
 enum req_flag_bits {
 	__REQ_FUA = 17,

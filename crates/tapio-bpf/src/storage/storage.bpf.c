@@ -37,18 +37,22 @@ struct {
 /* Wake the agent once an eighth of the ring is waiting (it polls every 100 ms anyway). */
 #define EVENTS_WAKEUP_BYTES ((1 << 18) / 8)
 
-/* Exact, not LRU: an LRU could evict a live request and make its completion look
- * unmatched. A full table is counted; the agent ages out entries that never complete.
+/*
+ * Exact, not LRU: an LRU could evict a live request and make its completion look
+ * unmatched. A full table is counted.
  *
- * Updates and deletes take a bucket lock that a program interrupted on the same CPU may
- * hold (a completion in a hard interrupt landing inside another hook's update): they then
- * fail with -EBUSY. Lookups are lock-free and an entry belongs to one request, whose
- * events the block layer serializes, so entries are changed in place where one exists, a
- * failed delete leaves the entry marked completed, and a failed insert is retried at the
- * next event of the request. */
+ * An entry belongs to one struct request, and the block layer serializes each request's
+ * events, so entries are changed in place. A completed request's entry is marked completed
+ * rather than deleted, and the next request built on the same struct reuses it in place:
+ * inserts and deletes (an allocation and a bucket lock each) happen only the first time a
+ * request struct is seen, and when the agent reclaims entries idle for a while. Updates
+ * take a bucket lock that a program interrupted on the same CPU may hold (a completion in a
+ * hard interrupt landing inside another hook's insert): they then fail with -EBUSY, which
+ * is counted, and the request gets its entry at its next event instead.
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 8192);
+	__uint(max_entries, 16384);
 	__type(key, __u64);
 	__type(value, struct tapio_sto_inflight);
 } inflight SEC(".maps");
@@ -60,34 +64,43 @@ static __always_inline void count_insert_failure(long err)
 	tapio_count(&counters, err == -EBUSY ? TAPIO_STO_CNT_INFLIGHT_BUSY : TAPIO_STO_CNT_INFLIGHT_FULL);
 }
 
-/* The request is done: its entry goes, or, if the table is busy, is marked dead. */
-static __always_inline void finish(__u64 *key, struct tapio_sto_inflight *e)
+/* The request is done; its entry stays, dead, for the next request on the same struct. */
+static __always_inline void finish(struct tapio_sto_inflight *e)
 {
-	if (bpf_map_delete_elem(&inflight, key)) {
-		e->flags |= TAPIO_STO_IF_COMPLETED;
-		tapio_count(&counters, TAPIO_STO_CNT_INFLIGHT_BUSY);
-	}
+	e->flags |= TAPIO_STO_IF_COMPLETED;
 }
 
+/* The full, consistent config: for the hook that judges. */
 static __always_inline int config_on(struct tapio_sto_config *cfg)
 {
 	return TAPIO_READ_CONFIG(&config, &counters, cfg) && cfg->enabled;
 }
 
+/* The hooks that only track requests need no consistent copy: the switches, read in place,
+ * from a config this object's ABI wrote (0 while unwritten or of another ABI). */
+static __always_inline const struct tapio_sto_config *config_live(void)
+{
+	__u32 zero = 0;
+	const struct tapio_sto_config *cfg = bpf_map_lookup_elem(&config, &zero);
+	if (!cfg || cfg->hdr.abi_version != TAPIO_ABI_VERSION || !cfg->enabled)
+		return NULL;
+	return cfg;
+}
+
+/* rq is the tracepoint's typed argument: plain loads (relocated by CO-RE and guarded by the
+ * kernel's fault handling) instead of a helper call per field. */
 static __always_inline void fill_request(struct tapio_sto_inflight *e, struct request *rq)
 {
 	struct gendisk *disk;
 	if (bpf_core_field_exists(struct request_queue, disk))
-		disk = BPF_CORE_READ(rq, q, disk);
+		disk = rq->q->disk;
 	else
-		disk = BPF_CORE_READ((struct request___old *)rq, rq_disk);
-	if (disk) {
-		e->dev_major = BPF_CORE_READ(disk, major);
-		e->dev_minor = BPF_CORE_READ(disk, first_minor);
-	}
-	e->sector = BPF_CORE_READ(rq, __sector);
-	e->bytes = BPF_CORE_READ(rq, __data_len);
-	e->cmd_flags = BPF_CORE_READ(rq, cmd_flags);
+		disk = ((struct request___old *)rq)->rq_disk;
+	e->dev_major = disk ? disk->major : 0;
+	e->dev_minor = disk ? disk->first_minor : 0;
+	e->sector = rq->__sector;
+	e->bytes = rq->__data_len;
+	e->cmd_flags = rq->cmd_flags;
 }
 
 static __always_inline int in_flush_sequence(struct request *rq)
@@ -95,7 +108,7 @@ static __always_inline int in_flush_sequence(struct request *rq)
 	__u32 bit = 4;
 	if (bpf_core_enum_value_exists(enum rqf_flags, __RQF_FLUSH_SEQ))
 		bit = bpf_core_enum_value(enum rqf_flags, __RQF_FLUSH_SEQ);
-	return (BPF_CORE_READ(rq, rq_flags) >> (bit & 31)) & 1;
+	return (rq->rq_flags >> (bit & 31)) & 1;
 }
 
 /*
@@ -115,11 +128,38 @@ static __always_inline int failed_with_its_flush(__u32 cmd_flags)
 	return ((cmd_flags >> (preflush & 31)) & 1) || ((cmd_flags >> (fua & 31)) & 1);
 }
 
+/*
+ * The submitting task. Its memory cgroup (on v1 nodes) is read through typed pointers where
+ * the kernel has bpf_get_current_task_btf (5.11+): plain loads instead of one helper call
+ * per pointer, which is most of this hook's cost.
+ */
+static __always_inline void submitter(struct tapio_task *t, __u32 with_memcg)
+{
+	if (!with_memcg || !bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_current_task_btf)) {
+		tapio_task_current(t, with_memcg);
+		return;
+	}
+	__u64 id = bpf_get_current_pid_tgid();
+	t->pid = id >> 32;
+	t->tid = (__u32)id;
+	t->cgroup_id = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(&t->comm, sizeof(t->comm));
+	if (!bpf_core_enum_value_exists(enum cgroup_subsys_id, memory_cgrp_id))
+		return;
+	int idx = bpf_core_enum_value(enum cgroup_subsys_id, memory_cgrp_id);
+	if (idx < 0 || idx >= 16)
+		return;
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct cgroup_subsys_state *css = task->cgroups->subsys[idx];
+	if (css)
+		t->mem_cgroup_id = css->cgroup->kn->id;
+}
+
 SEC("tp_btf/block_io_start")
 int BPF_PROG(tapio_io_start, struct request *rq)
 {
-	struct tapio_sto_config cfg;
-	if (!config_on(&cfg))
+	const struct tapio_sto_config *cfg = config_live();
+	if (!cfg)
 		return 0;
 	__u64 key = (__u64)rq;
 	struct tapio_sto_inflight *old = bpf_map_lookup_elem(&inflight, &key);
@@ -128,26 +168,34 @@ int BPF_PROG(tapio_io_start, struct request *rq)
 	if (old && old->issue_ns && !(old->flags & (TAPIO_STO_IF_DATA_DONE | TAPIO_STO_IF_COMPLETED)))
 		tapio_count(&counters, TAPIO_STO_CNT_INFLIGHT_REPLACED);
 
-	struct tapio_sto_inflight fresh = {};
-	tapio_task_current(&fresh.task, cfg.capture_memcg);
-	fresh.flags = TAPIO_STO_F_TASK_KNOWN;
-	fresh.submit_ns = bpf_ktime_get_boot_ns();
-	fill_request(&fresh, rq);
-	if (old) {
-		*old = fresh;
-		return 0;
+	struct tapio_sto_inflight *e = old;
+	if (!e) {
+		/* First request on this struct: make its entry, then fill it like a reused one. */
+		struct tapio_sto_inflight fresh = {};
+		long err = bpf_map_update_elem(&inflight, &key, &fresh, BPF_NOEXIST);
+		if (err) {
+			count_insert_failure(err);
+			return 0;
+		}
+		e = bpf_map_lookup_elem(&inflight, &key);
+		if (!e)
+			return 0;
 	}
-	long err = bpf_map_update_elem(&inflight, &key, &fresh, BPF_NOEXIST);
-	if (err)
-		count_insert_failure(err);
+	/* Written in place: no copy of a whole entry per I/O. */
+	e->task.mem_cgroup_id = 0;
+	submitter(&e->task, cfg->capture_memcg);
+	e->flags = TAPIO_STO_F_TASK_KNOWN;
+	e->submit_ns = bpf_ktime_get_boot_ns();
+	e->issue_ns = 0;
+	e->requeues = 0;
+	fill_request(e, rq);
 	return 0;
 }
 
 SEC("tp_btf/block_rq_issue")
 int BPF_PROG(tapio_rq_issue, struct request *rq)
 {
-	struct tapio_sto_config cfg;
-	if (!config_on(&cfg))
+	if (!config_live())
 		return 0;
 	__u64 key = (__u64)rq;
 	__u64 now = bpf_ktime_get_boot_ns();
@@ -182,8 +230,7 @@ int BPF_PROG(tapio_rq_issue, struct request *rq)
 SEC("tp_btf/block_rq_requeue")
 int BPF_PROG(tapio_rq_requeue, struct request *rq)
 {
-	struct tapio_sto_config cfg;
-	if (!config_on(&cfg))
+	if (!config_live())
 		return 0;
 	tapio_count(&counters, TAPIO_STO_CNT_REQUEUES);
 	__u64 key = (__u64)rq;
@@ -199,14 +246,13 @@ int BPF_PROG(tapio_rq_requeue, struct request *rq)
 SEC("tp_btf/block_rq_merge")
 int BPF_PROG(tapio_rq_merge, struct request *rq)
 {
-	struct tapio_sto_config cfg;
-	if (!config_on(&cfg))
+	if (!config_live())
 		return 0;
 	/* rq was merged into another request and is freed without a completion of its own. */
 	__u64 key = (__u64)rq;
 	struct tapio_sto_inflight *e = bpf_map_lookup_elem(&inflight, &key);
 	if (e)
-		finish(&key, e);
+		finish(e);
 	return 0;
 }
 
@@ -263,17 +309,17 @@ int BPF_PROG(tapio_rq_complete, struct request *rq, int error, unsigned int nr_b
 	if (e->flags & TAPIO_STO_IF_DATA_DONE) {
 		/* The end of a flush sequence whose data phase was judged already: its flush was
 		 * a request of its own, judged on its own completion. */
-		finish(&key, e);
+		finish(e);
 		return 0;
 	}
 	if (e->flags & TAPIO_STO_IF_AMBIGUOUS) {
 		tapio_count(&counters, TAPIO_STO_CNT_AMBIGUOUS_INFLIGHT);
-		finish(&key, e);
+		finish(e);
 		return 0;
 	}
 
 	/* A partial completion (the kernel completes the rest later) keeps the entry. */
-	int partial = nr_bytes < BPF_CORE_READ(rq, __data_len);
+	int partial = nr_bytes < rq->__data_len;
 	int keep = partial;
 	if (!partial && e->issue_ns && in_flush_sequence(rq)) {
 		e->flags |= TAPIO_STO_IF_DATA_DONE;
@@ -294,6 +340,6 @@ int BPF_PROG(tapio_rq_complete, struct request *rq, int error, unsigned int nr_b
 		}
 	}
 	if (!keep)
-		finish(&key, e);
+		finish(e);
 	return 0;
 }

@@ -80,15 +80,16 @@ enum tapio_sto_inflight_flag {
 	/* Part of a flush sequence whose data phase has completed and was judged; the block
 	 * layer completes it once more when the sequence ends. */
 	TAPIO_STO_IF_DATA_DONE = 1 << 10,
-	/* The request completed, but its entry could not be deleted then (see
-	 * TAPIO_STO_CNT_INFLIGHT_BUSY): a dead entry, reused in place by the next request. */
+	/* The request completed (or was merged away): a dead entry, kept to be reused in
+	 * place by the next request built on the same struct. */
 	TAPIO_STO_IF_COMPLETED = 1 << 11,
 };
 
 /*
- * One request in flight, in the "inflight" hash map keyed by the address of its struct
- * request: unique while the request lives, and unchanged when the driver requeues it. The
- * agent reads entries only to age out those whose completion never comes.
+ * One request, in the "inflight" hash map keyed by the address of its struct request:
+ * unique while the request lives, and unchanged when the driver requeues it. The agent
+ * reads entries only to reclaim completed ones that sit idle and to age out those whose
+ * completion never comes.
  */
 struct tapio_sto_inflight {
 	struct tapio_task task;
@@ -122,10 +123,9 @@ enum tapio_sto_counter {
 	TAPIO_STO_CNT_INFLIGHT_FULL = TAPIO_CNT_OBSERVER_BASE + 3,
 	/* Requeues seen (the driver gave a request back; not a loss). */
 	TAPIO_STO_CNT_REQUEUES = TAPIO_CNT_OBSERVER_BASE + 4,
-	/* A table update found its bucket locked by the program this hook interrupted on the
-	 * same CPU (a completion in an interrupt). Not a loss by itself: a failed delete marks
-	 * the entry completed instead, and a request whose entry could not be made at
-	 * submission gets one at issue (its submitter then unknown). */
+	/* An insert found its bucket locked by the program this hook interrupted on the same
+	 * CPU (a completion in an interrupt). Not a loss by itself: a request whose entry could
+	 * not be made at submission gets one at issue (its submitter then unknown). */
 	TAPIO_STO_CNT_INFLIGHT_BUSY = TAPIO_CNT_OBSERVER_BASE + 5,
 };
 

@@ -64,24 +64,29 @@ pub fn expired(seen_ns: u64, now_ns: u64, max_age_ns: u64) -> bool {
     now_ns.saturating_sub(seen_ns) > max_age_ns
 }
 
-/// Ages out in-flight entries whose completion never came, so the kernel's table stays
-/// usable even if completions are lost; each is counted as `inflight_expired`.
+/// Keeps the kernel's request table bounded: reclaims the entries of completed requests
+/// whose struct request has not been reused for a while (the kernel keeps them to reuse in
+/// place), and ages out in-flight entries whose completion never came, each counted as
+/// `inflight_expired`.
 ///
-/// The kernel may complete and reuse a request between this reading an entry and deleting
-/// it; then the fresh entry is deleted, and its completion is counted as unmatched. Such a
-/// race needs a request that was in flight longer than the maximum age, and it loses
-/// nothing silently.
+/// The kernel may reuse a request struct between this reading its entry and deleting it;
+/// then the fresh entry is deleted, and that request is attributed at its issue (submitter
+/// unknown) or, if already issued, its completion is counted as unmatched. The window is a
+/// few microseconds on a struct idle for at least `RECLAIM_IDLE`, and nothing is lost
+/// silently.
 pub struct InflightSweeper {
     map: BpfHashMap<MapData, u64, Inflight>,
     max_age_ns: u64,
     keys: Vec<u64>,
 }
 
-/// How often the table is scanned; entries live at least `inflight_max_age_secs` (>= 10 s).
-const SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// How often the table is scanned: one syscall or two per entry, so not often.
+const SWEEP_EVERY: Duration = Duration::from_secs(15);
+/// A completed request's entry is reclaimed once its struct has been idle this long.
+const RECLAIM_IDLE_NS: u64 = 30_000_000_000;
 /// The kernel table's size: a scan never reads more keys than twice this (keys deleted
 /// while iterating restart the kernel's iteration).
-const MAX_KEYS: usize = 8192 * 2;
+const MAX_KEYS: usize = 16384 * 2;
 
 impl InflightSweeper {
     pub fn new(map: aya::maps::Map, max_age_secs: u32) -> Result<Self, String> {
@@ -102,11 +107,13 @@ impl InflightSweeper {
         let mut expired_count = 0;
         for key in &self.keys {
             let Ok(entry) = self.map.get(key, 0) else { continue };
-            if !expired(last_seen_ns(&entry.0), now_ns, self.max_age_ns) || self.map.remove(key).is_err() {
+            let completed = u32::from(entry.0.flags) & TAPIO_STO_IF_COMPLETED != 0;
+            let max_age = if completed { RECLAIM_IDLE_NS } else { self.max_age_ns };
+            if !expired(last_seen_ns(&entry.0), now_ns, max_age) || self.map.remove(key).is_err() {
                 continue;
             }
-            // A dead entry (its request completed while the table was busy) loses nothing.
-            if u32::from(entry.0.flags) & TAPIO_STO_IF_COMPLETED == 0 {
+            // Reclaiming a completed request's entry loses nothing.
+            if !completed {
                 expired_count += 1;
             }
         }

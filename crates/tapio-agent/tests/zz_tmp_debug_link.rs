@@ -1,0 +1,340 @@
+//! The agent's controller mode against the real tapio-controller binary on loopback:
+//! registration, config with ETag, heartbeats carrying real counters, kernel evidence
+//! arriving in the controller's sink, restarts, outages, blackholes and bad tokens.
+
+mod support;
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::netns::NetnsPair;
+use support::{closed_port, kernel_test, Agent};
+
+/// The controller binary, built next to the agent by `cargo test --workspace`.
+fn controller_bin() -> PathBuf {
+    let agent = Path::new(env!("CARGO_BIN_EXE_tapio-agent"));
+    let bin = agent.with_file_name("tapio-controller");
+    assert!(bin.exists(), "{} missing: run `cargo build --workspace` (scripts/test does)", bin.display());
+    bin
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Controller {
+    child: Child,
+    port: u16,
+    sink: PathBuf,
+    dir: PathBuf,
+}
+
+impl Controller {
+    fn start(dir: &Path, port: u16, extra: &[&str]) -> Controller {
+        let sink = dir.join("controller-sink.jsonl");
+        let child = Command::new(controller_bin())
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--sink", "file", "--sink-path"])
+            .arg(&sink)
+            .args(["--send-interval-ms", "200"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(dir.join(format!("controller-{port}.log"))).unwrap()))
+            .spawn()
+            .expect("spawn tapio-controller");
+        let c = Controller { child, port, sink, dir: dir.to_path_buf() };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while get(port, "/healthz").map(|(s, _)| s) != Some(200) {
+            assert!(Instant::now() < deadline, "controller did not come up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        c
+    }
+
+    fn status(&self) -> Value {
+        let (code, body) = get(self.port, "/v1/status").expect("status");
+        assert_eq!(code, 200);
+        serde_json::from_slice(&body).expect("status JSON")
+    }
+
+    fn agent_status(&self, agent_id: &str) -> Option<Value> {
+        self.status()["agents"].as_array()?.iter().find(|a| a["agent_id"] == agent_id).cloned()
+    }
+
+    fn sink_events(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.sink)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("sink line is JSON"))
+            .collect()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join(format!("controller-{}.log", self.port))).unwrap_or_default()
+    }
+
+    fn stop(mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal GET for test assertions (the agent's own client is what is under test).
+fn get(port: u16, path: &str) -> Option<(u16, Vec<u8>)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").ok()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    let mut body = raw[split + 4..].to_vec();
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    Some((code, body))
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + size]);
+        b = &b[eol + 2 + size + 2..];
+    }
+    out
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tapio-link-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn agent_config(port: u16, agent_id: &str, dir: &Path, extra: &str) -> String {
+    format!(
+        "[sinks]\nstdout = true\n[controller]\nurl = \"http://127.0.0.1:{port}\"\nagent_id = \"{agent_id}\"\n\
+         state_file = \"{}\"\nheartbeat_interval_secs = 1\nconfig_poll_interval_secs = 1\nconnect_timeout_ms = 500\n\
+         io_timeout_ms = 2000\nmax_backoff_ms = 1000\n{extra}",
+        dir.join("agent-state.json").display()
+    )
+}
+
+fn refuse(port: u16, n: usize) {
+    for _ in 0..n {
+        assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+    }
+}
+
+fn refused_to(events: &[Value], port: u16) -> usize {
+    events.iter().filter(|e| e["type"] == "kernel.network.connection_refused" && e["facts"]["dst_port"] == port).count()
+}
+
+#[test]
+fn registers_applies_config_heartbeats_counters_and_delivers_kernel_evidence() {
+    if !kernel_test("controller_link_basic") {
+        return;
+    }
+    let dir = temp_dir("basic");
+    let port = free_port();
+    let controller = Controller::start(&dir, port, &[]);
+    let agent = Agent::start(&agent_config(port, "agent-basic", &dir, ""));
+    wait_until("registration and applied config", Duration::from_secs(15), || {
+        controller
+            .agent_status("agent-basic")
+            .is_some_and(|a| a["reported_config_version"] != "0" && a["reported_config_version"] != Value::Null)
+    });
+    let target = closed_port();
+    refuse(target, 3);
+    wait_until("evidence in the controller sink", Duration::from_secs(15), || {
+        refused_to(&controller.sink_events(), target) == 3
+    });
+    // Heartbeats (every second) carry the real counters: wait for one sent after the facts.
+    wait_until("a heartbeat reporting the events", Duration::from_secs(10), || {
+        controller
+            .agent_status("agent-basic")
+            .and_then(|a| a["reported_counters"]["events_total"].as_u64())
+            .is_some_and(|n| n >= 3)
+    });
+    let status = controller.agent_status("agent-basic").expect("agent in status");
+    let hash = controller.status()["config"]["config_hash"].clone();
+    assert_eq!(status["reported_config_hash"], hash, "the agent heartbeats the hash it applied");
+    assert_eq!(status["observers"]["network"], "running");
+    assert_eq!(status["sequence"]["gaps_total"], 0);
+    let run = agent.stop();
+    assert!(run.exit_ok);
+    // The same three facts, locally and at the controller, with the same ids.
+    let local: Vec<&Value> = run.to_port(target);
+    assert_eq!(local.len(), 3);
+    let remote = controller.sink_events();
+    for e in local {
+        assert!(remote.iter().any(|r| r["id"] == e["id"] && r["type"] == e["type"]), "{e} missing at the controller");
+    }
+    // After the first fetch the agent revalidates with If-None-Match and gets 304s.
+    assert!(run.counter(&["config_rejected_total"]) == 0);
+    let saved: Value = serde_json::from_slice(&std::fs::read(dir.join("agent-state.json")).unwrap()).unwrap();
+    assert_eq!(saved["config_hash"], hash, "the applied config is persisted");
+    controller.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_restarted_controller_sees_the_agent_again_within_a_heartbeat_and_loses_nothing_accepted() {
+    if !kernel_test("controller_link_restart") {
+        return;
+    }
+    let dir = temp_dir("restart");
+    let port = free_port();
+    let controller = Controller::start(&dir, port, &[]);
+    let agent = Agent::start(&agent_config(port, "agent-restart", &dir, ""));
+    wait_until("registration", Duration::from_secs(15), || controller.agent_status("agent-restart").is_some());
+    let target = closed_port();
+    refuse(target, 2);
+    wait_until("first evidence", Duration::from_secs(15), || refused_to(&controller.sink_events(), target) == 2);
+    controller.stop();
+    refuse(target, 2); // while it is down: kept in the outbox
+    let restarted = Controller::start(&dir, port, &[]);
+    let back = Instant::now();
+    wait_until("re-registration", Duration::from_secs(10), || {
+        restarted.agent_status("agent-restart").is_some_and(|a| a["registered_at_unix"] != Value::Null)
+    });
+    assert!(
+        back.elapsed() < Duration::from_secs(3),
+        "re-registered after {:?} (heartbeat interval 1 s)",
+        back.elapsed()
+    );
+    wait_until("evidence sent during the outage", Duration::from_secs(15), || {
+        refused_to(&restarted.sink_events(), target) == 4
+    });
+    let run = agent.stop();
+    assert_eq!(run.to_port(target).len(), 4);
+    assert_eq!(run.counter(&["sinks", "controller", "failed"]), 0, "nothing dropped: {}", run.counters);
+    restarted.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn with_the_controller_down_the_agent_keeps_observing_bounds_its_queue_and_recovers() {
+    if !kernel_test("controller_link_outage") {
+        return;
+    }
+    let dir = temp_dir("outage");
+    let port = free_port(); // nothing listens yet
+    let agent = Agent::start(&agent_config(port, "agent-outage", &dir, "queue_capacity = 5\n"));
+    let target = closed_port();
+    refuse(target, 8);
+    std::thread::sleep(Duration::from_secs(30));
+    let controller = Controller::start(&dir, port, &[]);
+    wait_until("recovery", Duration::from_secs(15), || controller.agent_status("agent-outage").is_some());
+    let after = closed_port();
+    refuse(after, 1);
+    wait_until("evidence after recovery", Duration::from_secs(15), || {
+        refused_to(&controller.sink_events(), after) == 1
+    });
+    let run = agent.stop();
+    // Observation never stopped: all 8 facts in the local sink.
+    assert_eq!(run.to_port(target).len(), 8);
+    let delivered = refused_to(&controller.sink_events(), target) as u64;
+    let dropped = run.counter(&["sinks", "controller", "failed"]);
+    assert!(dropped >= 3, "a 5-line outbox must drop at least 3 of 8: {}", run.counters);
+    assert!(delivered + dropped >= 8, "delivered {delivered} + dropped {dropped} must cover all 8");
+    assert!(run.counter(&["controller_send_failures_total"]) > 0);
+    controller.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_blackholed_controller_fails_within_the_connect_timeout_and_observation_goes_on() {
+    if !kernel_test("controller_link_blackhole") {
+        return;
+    }
+    // 10.99.21.2 answers nothing: b drops every packet to the controller port.
+    let pair = NetnsPair::new("bh", 21);
+    pair.nft_input(&pair.b, "tcp dport 7470 drop");
+    let dir = temp_dir("blackhole");
+    let config = format!(
+        "[sinks]\nstdout = true\n[controller]\nurl = \"http://{}:7470\"\nconnect_timeout_ms = 500\nmax_backoff_ms = 1000\n",
+        pair.b_addr
+    );
+    std::fs::write(dir.join("agent.toml"), &config).unwrap();
+    // The agent runs inside namespace a, where the blackhole is reachable.
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &pair.a, env!("CARGO_BIN_EXE_tapio-agent"), "--config"])
+        .arg(dir.join("agent.toml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    std::thread::sleep(Duration::from_millis(2_500));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    let log = reader.join().unwrap();
+    let ready = log.lines().position(|l| l.contains("ready:")).expect("agent became ready");
+    let first_failure = log
+        .lines()
+        .skip(ready)
+        .find(|l| l.contains("controller hello failed"))
+        .unwrap_or_else(|| panic!("no counted failure within 2.5 s:\n{log}"));
+    assert!(first_failure.contains("timed out") || first_failure.contains("Connection timed out"), "{first_failure}");
+    let counters: Value =
+        serde_json::from_str(log.split("counters final ").nth(1).unwrap().lines().next().unwrap()).unwrap();
+    assert!(counters["controller_send_failures_total"].as_u64().unwrap() >= 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_wrong_token_is_refused_counted_and_never_logged() {
+    if !kernel_test("controller_link_auth") {
+        return;
+    }
+    let dir = temp_dir("auth");
+    std::fs::write(dir.join("controller.token"), "right-token-0123456789\n").unwrap();
+    std::fs::write(dir.join("agent.token"), "wrong-token-9876543210\n").unwrap();
+    let port = free_port();
+    let token_arg = dir.join("controller.token");
+    let controller = Controller::start(&dir, port, &["--auth-token-file", token_arg.to_str().unwrap()]);
+    let extra = format!("token_file = \"{}\"\n", dir.join("agent.token").display());
+    let agent = Agent::start(&agent_config(port, "agent-auth", &dir, &extra));
+    std::thread::sleep(Duration::from_secs(3));
+    let run = agent.stop();
+    assert!(run.counter(&["controller_send_failures_total"]) > 0);
+    assert!(run.stderr.contains("HTTP 401 UNAUTHENTICATED"), "{}", run.stderr);
+    assert!(controller.agent_status("agent-auth").is_none(), "an unauthenticated agent must not register");
+    for (who, log) in [("agent", run.stderr.as_str()), ("controller", controller.log().as_str())] {
+        for secret in ["right-token-0123456789", "wrong-token-9876543210"] {
+            assert!(!log.contains(secret), "{who} log contains a token");
+        }
+    }
+    controller.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
