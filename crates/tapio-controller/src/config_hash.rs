@@ -10,26 +10,21 @@ use tapio_wire::{Batching, CompiledConfig, ConfigResponse, WIRE_VERSION};
 
 /// `sha256:<lowercase hex>` of `bytes`.
 pub fn sha256_tagged(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    let mut out = String::with_capacity(7 + 64);
-    out.push_str("sha256:");
-    for b in digest {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 0x0f)]));
-    }
-    out
+    tapio_wire::compiled::tagged_sha256(&Sha256::digest(bytes).into())
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
-/// The fleet convergence key of a config.
+/// The fleet convergence key of a config: tapio-wire's canonical bytes and `sha256:` text,
+/// with this crate's SHA-256 (the `tapio` CLI computes it the same way, from the same
+/// function in tapio-wire).
 pub fn config_hash(config: &CompiledConfig) -> String {
-    sha256_tagged(&config.canonical_json())
+    config.config_hash_with(|bytes| Sha256::digest(bytes).into())
 }
 
 /// The config being served, with everything a request needs precomputed.
 #[derive(Debug, Clone)]
 pub struct ActiveConfig {
+    /// Generation.
+    pub generation: u32,
     /// Generation, base-10 u32 as a string.
     pub version: String,
     /// `sha256:<hex>`.
@@ -38,6 +33,8 @@ pub struct ActiveConfig {
     pub etag: String,
     /// JSON body of the 200 response.
     pub body: Bytes,
+    /// The config itself.
+    pub config: CompiledConfig,
 }
 
 impl ActiveConfig {
@@ -53,7 +50,14 @@ impl ActiveConfig {
         };
         // Serializing plain structs of strings and integers cannot fail.
         let body = serde_json::to_vec(&response).unwrap_or_default();
-        Self { version: generation.to_string(), etag: format!("\"{hash}\""), hash, body: Bytes::from(body) }
+        Self {
+            generation,
+            version: generation.to_string(),
+            etag: format!("\"{hash}\""),
+            hash,
+            body: Bytes::from(body),
+            config: response.config,
+        }
     }
 
     /// True when an `If-None-Match` value names the current ETag (or is `*`).

@@ -11,6 +11,7 @@
 //! * [`api`]: routes, handlers, error envelope, body limit, auth and metrics middleware.
 //! * [`registry`] and [`sequence`]: agents, their reports and batch sequence facts.
 //! * [`config_hash`]: SHA-256 config hash and the served config body.
+//! * [`profile`]: Evidence Profile loading (YAML or JSON), SIGHUP and change reloads.
 //! * [`record`], [`timefmt`] and [`sink`]: evidence records and their bounded writer.
 //! * [`auth`]: bearer token holder and constant-time check.
 //! * [`metrics`]: Prometheus metrics. [`logging`]: stderr logger.
@@ -22,6 +23,7 @@ pub mod config_hash;
 pub mod io_timeout;
 pub mod logging;
 pub mod metrics;
+pub mod profile;
 pub mod record;
 pub mod registry;
 pub mod sequence;

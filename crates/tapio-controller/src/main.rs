@@ -28,11 +28,12 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         let auth = if settings.auth_token.is_some() { "bearer" } else { "off" };
         let server = Server::bind(settings).await?;
+        let config = server.state().config();
         log::info!(
             "listening on {} (wire tapio-wire/v1, auth {auth}, config {} {})",
             server.local_addr()?,
-            server.state().config.version,
-            server.state().config.hash
+            config.version,
+            config.hash
         );
         server.run(shutdown_signal()).await
     });

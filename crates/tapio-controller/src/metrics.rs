@@ -85,6 +85,16 @@ pub struct Metrics {
     pub sink_queue_bytes: Gauge,
     /// Open client connections.
     pub connections_open: Gauge,
+    /// Generation of the config being served.
+    pub config_generation: Gauge,
+    /// Registered agents by whether the hash they applied is the one served, refreshed
+    /// at scrape time (state: current, outdated, unreported).
+    pub agents_config: Family<StateLabels, Gauge>,
+    /// Profile reloads that were read and valid, by result (applied: a new generation;
+    /// unchanged: the file changed but compiles to the config already served).
+    pub profile_reloads: Family<ResultLabels, Counter>,
+    /// Profile reloads refused (unreadable or invalid file); the served config stays.
+    pub profile_reload_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -115,6 +125,10 @@ impl Metrics {
             sink_dropped: Family::default(),
             sink_queue_bytes: Gauge::default(),
             connections_open: Gauge::default(),
+            config_generation: Gauge::default(),
+            agents_config: Family::default(),
+            profile_reloads: Family::default(),
+            profile_reload_failures: Counter::default(),
             registry: Registry::default(),
         };
         // Counter names get their `_total` suffix from the encoder.
@@ -143,6 +157,19 @@ impl Metrics {
         registry.register("sink_records_dropped", "Records the sink dropped, by reason", m.sink_dropped.clone());
         registry.register("sink_queue_bytes", "Bytes waiting for the sink writer", m.sink_queue_bytes.clone());
         registry.register("connections_open", "Open client connections", m.connections_open.clone());
+        registry.register("config_generation", "Generation of the config being served", m.config_generation.clone());
+        registry.register(
+            "agents_config",
+            "Registered agents by whether their applied config hash is the served one",
+            m.agents_config.clone(),
+        );
+        registry.register("profile_reloads", "Valid profile reloads by result", m.profile_reloads.clone());
+        registry.register(
+            "profile_reload_failures",
+            "Profile reloads refused (unreadable or invalid); the served config stays",
+            m.profile_reload_failures.clone(),
+        );
+        m.config_generation.set(1);
         Self { registry, ..m }
     }
 
@@ -160,6 +187,12 @@ impl Metrics {
     pub fn set_agents(&self, state: &'static str, n: usize) {
         let n = i64::try_from(n).unwrap_or(i64::MAX);
         self.agents.get_or_create(&StateLabels { state }).set(n);
+    }
+
+    /// Sets an agents-by-config-state gauge.
+    pub fn set_agents_config(&self, state: &'static str, n: usize) {
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        self.agents_config.get_or_create(&StateLabels { state }).set(n);
     }
 
     /// OpenMetrics text of every metric.
@@ -185,6 +218,8 @@ mod tests {
         assert!(text.contains("tapio_controller_events_accepted_total 3"), "{text}");
         assert!(text.contains("tapio_controller_errors_total{code=\"MALFORMED_JSON\"} 1"));
         assert!(text.contains("tapio_controller_agents{state=\"registered\"} 2"));
+        assert!(text.contains("tapio_controller_config_generation 1"), "{text}");
+        assert!(text.contains("tapio_controller_profile_reload_failures_total 0"), "{text}");
         assert!(text.ends_with("# EOF\n"));
     }
 }

@@ -51,6 +51,12 @@ pub struct Census {
     pub unregistered: usize,
     /// Registered agents whose last heartbeat (or hello) is older than the stale bound.
     pub stale: usize,
+    /// Registered agents whose last heartbeat reported the target config hash.
+    pub config_current: usize,
+    /// Registered agents whose last heartbeat reported another hash (or none applied).
+    pub config_outdated: usize,
+    /// Registered agents with no heartbeat yet.
+    pub config_unreported: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -208,24 +214,32 @@ impl Registry {
         evicted
     }
 
-    /// Counts agents by state.
-    pub fn census(&self, now: Instant, stale_after: Duration) -> Census {
+    /// Counts agents by state; `target_hash` is the config hash being served.
+    pub fn census(&self, now: Instant, stale_after: Duration, target_hash: &str) -> Census {
         let inner = self.lock();
-        let stale = inner
-            .agents
-            .values()
-            .filter_map(|a| {
-                let reg = a.registration.as_ref()?;
-                let since = a.last_heartbeat.unwrap_or(reg.registered_at);
-                Some(now.saturating_duration_since(since) > stale_after)
-            })
-            .filter(|stale| *stale)
-            .count();
-        Census { registered: inner.registered, unregistered: inner.agents.len() - inner.registered, stale }
+        let mut census = Census {
+            registered: inner.registered,
+            unregistered: inner.agents.len() - inner.registered,
+            ..Census::default()
+        };
+        for a in inner.agents.values() {
+            let Some(reg) = a.registration.as_ref() else { continue };
+            let since = a.last_heartbeat.unwrap_or(reg.registered_at);
+            if now.saturating_duration_since(since) > stale_after {
+                census.stale += 1;
+            }
+            match &a.report {
+                None => census.config_unreported += 1,
+                Some(r) if r.config_hash == target_hash => census.config_current += 1,
+                Some(_) => census.config_outdated += 1,
+            }
+        }
+        census
     }
 
-    /// The status view of every agent, sorted by id.
-    pub fn snapshot(&self, now: Instant) -> Vec<AgentStatus> {
+    /// The status view of every agent, sorted by id; `target_hash` is the config hash
+    /// being served (each agent says whether it runs it).
+    pub fn snapshot(&self, now: Instant, target_hash: &str) -> Vec<AgentStatus> {
         let inner = self.lock();
         let mut out: Vec<AgentStatus> = inner
             .agents
@@ -247,6 +261,7 @@ impl Registry {
                         regressions_total: a.seq.regressions_total,
                     },
                     reported_config_hash: report.map(|r| r.config_hash.clone()),
+                    config_current: report.map(|r| r.config_hash == target_hash),
                     registered: Some(a.registration.is_some()),
                     degraded_reasons: report.map(|r| r.degraded_reasons.clone()),
                 }
@@ -299,7 +314,7 @@ mod tests {
         assert_eq!(r.hello(&hello("c"), t, 1), Err(RegistryFull(2)));
         // A known agent may always say hello again.
         assert_eq!(r.hello(&hello("a"), t, 1), Ok(HelloOutcome::Renewed));
-        assert_eq!(r.census(t, Duration::from_secs(30)).registered, 2);
+        assert_eq!(r.census(t, Duration::from_secs(30), "sha256:ab").registered, 2);
     }
 
     #[test]
@@ -311,9 +326,17 @@ mod tests {
         assert!(!r.heartbeat(&heartbeat("a"), t), "batch-only agents must say hello");
         r.hello(&hello("a"), t, 1).unwrap();
         assert!(r.heartbeat(&heartbeat("a"), t));
-        let snap = r.snapshot(t);
+        let snap = r.snapshot(t, "sha256:ab");
         assert_eq!(snap[0].reported_config_version, "1");
         assert_eq!(snap[0].last_heartbeat_age_seconds, Some(0));
+        assert_eq!(snap[0].config_current, Some(true), "it reported the target hash");
+        assert_eq!(r.snapshot(t, "sha256:cd")[0].config_current, Some(false));
+        let c = r.census(t, Duration::from_secs(30), "sha256:cd");
+        assert_eq!((c.config_current, c.config_outdated, c.config_unreported), (0, 1, 0));
+        r.hello(&hello("b"), t, 1).unwrap();
+        assert_eq!(r.snapshot(t, "sha256:ab")[1].config_current, None, "no heartbeat yet");
+        let c = r.census(t, Duration::from_secs(30), "sha256:ab");
+        assert_eq!((c.config_current, c.config_outdated, c.config_unreported), (1, 0, 1));
     }
 
     #[test]
@@ -322,12 +345,12 @@ mod tests {
         let t = Instant::now();
         assert!(matches!(r.batch("x", "n", 1, t), BatchTracking::Tracked(_)));
         assert_eq!(r.batch("y", "n", 1, t), BatchTracking::Untracked);
-        let c = r.census(t, Duration::from_secs(30));
+        let c = r.census(t, Duration::from_secs(30), "sha256:ab");
         assert_eq!((c.registered, c.unregistered), (0, 1));
         // Saying hello moves x to registered and frees the unregistered slot.
         r.hello(&hello("x"), t, 1).unwrap();
         assert!(matches!(r.batch("y", "n", 1, t), BatchTracking::Tracked(_)));
-        let snap = r.snapshot(t);
+        let snap = r.snapshot(t, "sha256:ab");
         assert_eq!(snap[0].registered, Some(true));
         assert_eq!(snap[1].registered, Some(false));
         assert_eq!(snap[1].registered_at_unix, 0);
@@ -341,7 +364,7 @@ mod tests {
         r.batch("a", "n", 10, t);
         r.hello(&hello("a"), t, 1).unwrap();
         assert_eq!(r.batch("a", "n", 0, t), BatchTracking::Tracked(SeqObservation::InOrder));
-        assert_eq!(r.snapshot(t)[0].sequence.regressions_total, 0);
+        assert_eq!(r.snapshot(t, "sha256:ab")[0].sequence.regressions_total, 0);
     }
 
     #[test]
@@ -353,13 +376,13 @@ mod tests {
         r.batch("u", "n", 1, t0);
         let t1 = t0 + Duration::from_secs(40);
         assert!(r.heartbeat(&heartbeat("b"), t1));
-        let c = r.census(t1, Duration::from_secs(30));
+        let c = r.census(t1, Duration::from_secs(30), "sha256:ab");
         assert_eq!(c.stale, 1, "a has been silent 40 s");
         let t2 = t0 + Duration::from_secs(61);
         let mut gone = r.evict_silent(t2, Duration::from_secs(60));
         gone.sort();
         assert_eq!(gone, ["a", "u"]);
-        let c = r.census(t2, Duration::from_secs(30));
+        let c = r.census(t2, Duration::from_secs(30), "sha256:ab");
         assert_eq!((c.registered, c.unregistered), (1, 0));
         // The freed slot can be taken again.
         assert_eq!(r.hello(&hello("c"), t2, 1), Ok(HelloOutcome::Registered));

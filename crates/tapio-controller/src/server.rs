@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 use crate::api;
 use crate::io_timeout::WriteTimeout;
 use crate::metrics::Metrics;
+use crate::profile;
 use crate::settings::Settings;
 use crate::sink::{self, SinkWriter};
 use crate::state::AppState;
@@ -34,6 +35,10 @@ pub struct Server {
     state: Arc<AppState>,
     writer: SinkWriter,
     settings: Settings,
+    /// SIGHUP stream, registered at bind (before the server says it is listening) so that a
+    /// reload request sent right after start is not lost. Only with `--profile`: without
+    /// one, SIGHUP keeps its default meaning.
+    hangup: Option<tokio::signal::unix::Signal>,
 }
 
 impl Server {
@@ -49,7 +54,11 @@ impl Server {
                 return Err(e);
             }
         };
-        Ok(Self { listener, state, writer, settings })
+        let hangup = match &settings.profile {
+            None => None,
+            Some(_) => Some(tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?),
+        };
+        Ok(Self { listener, state, writer, settings, hangup })
     }
 
     /// The bound address (useful with port 0).
@@ -67,13 +76,16 @@ impl Server {
     where
         F: Future<Output = ()> + Send,
     {
-        let Self { listener, state, writer, settings } = self;
+        let Self { listener, state, writer, settings, hangup } = self;
         let service = TowerToHyperService::new(api::router(Arc::clone(&state)));
         let graceful = GracefulShutdown::new();
         let slots = Arc::new(Semaphore::new(settings.max_connections));
         let mut builder = http1::Builder::new();
         builder.timer(TokioTimer::new()).header_read_timeout(settings.header_read_timeout).keep_alive(true);
         let evictor = tokio::spawn(evict_loop(Arc::clone(&state), settings.evict_after));
+        let watcher = settings.profile.clone().map(|path| {
+            tokio::spawn(profile::watch(Arc::clone(&state), profile::Watcher::new(path), settings.profile_poll, hangup))
+        });
 
         tokio::pin!(shutdown);
         loop {
@@ -116,6 +128,9 @@ impl Server {
 
         drop(listener);
         evictor.abort();
+        if let Some(w) = watcher {
+            w.abort();
+        }
         log::info!("shutting down: finishing open requests");
         if tokio::time::timeout(settings.shutdown_grace, graceful.shutdown()).await.is_err() {
             log::warn!("connections still open after {} s; closing them", settings.shutdown_grace.as_secs());

@@ -62,7 +62,14 @@ pub struct Cli {
     /// and counted rather than stalling requests.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     pub sink_queue_bytes: usize,
-    /// JSON CompiledConfig to serve (default: built-in defaults).
+    /// Evidence Profile to compile and serve (YAML `.yaml`/`.yml` or JSON `.json`); reloaded
+    /// on SIGHUP and when the file changes. Default: the production-default profile.
+    #[arg(long, conflicts_with = "config_file")]
+    pub profile: Option<PathBuf>,
+    /// How often the profile file is checked for changes.
+    #[arg(long, default_value_t = 2)]
+    pub profile_poll_secs: u64,
+    /// JSON CompiledConfig to serve as is (for tests and tools; operators use --profile).
     #[arg(long)]
     pub config_file: Option<PathBuf>,
     /// Batch send interval handed to agents.
@@ -169,8 +176,12 @@ pub struct Settings {
     pub sink: SinkTarget,
     /// Sink queue budget.
     pub sink_queue_bytes: usize,
-    /// Config served to agents.
+    /// Config served to agents (at start; a profile may replace it later).
     pub config: CompiledConfig,
+    /// The profile file `config` was compiled from, watched for changes.
+    pub profile: Option<PathBuf>,
+    /// How often the profile file is checked.
+    pub profile_poll: Duration,
     /// Batch interval for agents.
     pub send_interval_ms: u64,
     /// Batch size bound.
@@ -202,6 +213,8 @@ impl Default for Settings {
             sink: SinkTarget::Stdout,
             sink_queue_bytes: 64 * 1024 * 1024,
             config: CompiledConfig::default(),
+            profile: None,
+            profile_poll: Duration::from_secs(2),
             send_interval_ms: 5_000,
             max_batch_events: 256,
             max_connections: 1_024,
@@ -230,6 +243,9 @@ pub enum SettingsError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The profile cannot be read or is not a valid Evidence Profile.
+    #[error("{0}")]
+    Profile(#[from] crate::profile::LoadError),
     /// The config file is not a CompiledConfig.
     #[error("config file {path} is not a CompiledConfig: {source}")]
     Config {
@@ -290,9 +306,13 @@ impl Cli {
             }
         };
 
-        let config = match &self.config_file {
-            None => CompiledConfig::default(),
-            Some(path) => {
+        if self.profile_poll_secs == 0 || self.profile_poll_secs > 3_600 {
+            return invalid("--profile-poll-secs must be in 1..=3600");
+        }
+        let config = match (&self.profile, &self.config_file) {
+            (Some(path), _) => crate::profile::load(path)?.config,
+            (None, None) => CompiledConfig::default(),
+            (None, Some(path)) => {
                 let bytes = std::fs::read(path).map_err(|source| SettingsError::Read {
                     what: "config file",
                     path: path.clone(),
@@ -313,6 +333,8 @@ impl Cli {
             sink,
             sink_queue_bytes: self.sink_queue_bytes,
             config,
+            profile: self.profile,
+            profile_poll: Duration::from_secs(self.profile_poll_secs),
             send_interval_ms: self.send_interval_ms,
             max_batch_events: self.max_batch_events,
             max_connections: self.max_connections,
@@ -371,6 +393,38 @@ mod tests {
         assert!(cli(&["--sink", "file"]).into_settings(None).is_err());
         let s = cli(&["--sink", "file", "--sink-path", "/tmp/x.jsonl"]).into_settings(None).unwrap();
         assert!(matches!(s.sink, SinkTarget::File { keep_files: 5, .. }));
+    }
+
+    #[test]
+    fn a_profile_is_compiled_at_start_and_a_bad_one_names_the_field() {
+        let dir = std::env::temp_dir().join(format!("tapio-settings-profile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("p.yaml");
+        std::fs::write(
+            &good,
+            "apiVersion: tapio.dev/v1alpha1\nkind: EvidenceProfile\nmetadata:\n  name: t\nbase: quiet\n\
+             overrides:\n  storage:\n    latency_warning_ms: 70\n",
+        )
+        .unwrap();
+        let s = cli(&["--profile", good.to_str().unwrap()]).into_settings(None).unwrap();
+        assert_eq!(s.config.storage.latency_warning_ms, 70);
+        assert_eq!(s.config.network.retransmit_count, 25, "quiet base");
+        assert_eq!(s.profile.as_deref(), Some(good.as_path()));
+        let bad = dir.join("bad.yaml");
+        std::fs::write(
+            &bad,
+            "apiVersion: tapio.dev/v1alpha1\nkind: EvidenceProfile\nmetadata:\n  name: t\nbase: quiet\n\
+             overrides:\n  storage:\n    latency_critical_ms: 0\n",
+        )
+        .unwrap();
+        let err = cli(&["--profile", bad.to_str().unwrap()]).into_settings(None).unwrap_err().to_string();
+        assert!(
+            err.contains("overrides.storage.latency_critical_ms: 0 is out of range; allowed: 1..=3600000"),
+            "{err}"
+        );
+        assert!(err.contains("bad.yaml"), "{err}");
+        assert!(Cli::try_parse_from(["c", "--profile", "a.yaml", "--config-file", "b.json"]).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! Shared state of the running controller, handed to every request handler.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tapio_wire::Batching;
+use tapio_wire::{Batching, CompiledConfig};
 
 use crate::auth::BearerToken;
 use crate::config_hash::ActiveConfig;
@@ -19,8 +19,9 @@ pub struct AppState {
     pub controller_id: String,
     /// Start time.
     pub started_at_unix: u64,
-    /// The config being served.
-    pub config: ActiveConfig,
+    /// The config being served; replaced whole when the profile changes, so a request
+    /// sees one generation's version, hash and body together.
+    config: RwLock<Arc<ActiveConfig>>,
     /// Known agents.
     pub registry: Registry,
     /// Metrics (also the source of status totals).
@@ -50,8 +51,7 @@ impl AppState {
         Self {
             controller_id: settings.controller_id.clone().unwrap_or_else(|| default_controller_id(started_at_unix)),
             started_at_unix,
-            // Generation 1 until the profile loader can replace the config at runtime.
-            config: ActiveConfig::new(settings.config.clone(), 1, batching),
+            config: RwLock::new(Arc::new(ActiveConfig::new(settings.config.clone(), 1, batching))),
             registry: Registry::new(settings.max_agents, settings.max_unregistered_agents),
             metrics,
             sink,
@@ -62,6 +62,30 @@ impl AppState {
             stale_after: settings.stale_after,
             request_timeout: settings.request_timeout,
         }
+    }
+}
+
+impl AppState {
+    /// The config being served now.
+    pub fn config(&self) -> Arc<ActiveConfig> {
+        // A panic while holding the lock leaves a complete Arc behind; keep serving it.
+        Arc::clone(&self.config.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Serves `config` from now on if its hash differs from the current one, as the next
+    /// generation. Returns the new generation, or None when nothing changed (an edit that
+    /// compiles to the same config does not disturb the fleet).
+    pub fn replace_config(&self, config: CompiledConfig) -> Option<u32> {
+        let mut slot = self.config.write().unwrap_or_else(|p| p.into_inner());
+        if crate::config_hash::config_hash(&config) == slot.hash {
+            return None;
+        }
+        // u32 generations: 4 billion reloads would be needed to wrap; saturate rather than wrap.
+        let generation = slot.generation.saturating_add(1);
+        let batching = Batching { send_interval_ms: self.send_interval_ms, max_batch_events: self.max_batch_events };
+        *slot = Arc::new(ActiveConfig::new(config, generation, batching));
+        self.metrics.config_generation.set(i64::from(generation));
+        Some(generation)
     }
 }
 

@@ -54,11 +54,7 @@ impl<K: Hash + Eq + Clone, V> ClockCache<K, V> {
         }
         if self.slots.len() < self.capacity {
             self.index.insert(key.clone(), self.slots.len());
-            self.slots.push(Slot {
-                key,
-                value,
-                referenced: false,
-            });
+            self.slots.push(Slot { key, value, referenced: false });
             return false;
         }
         // Full: sweep, clearing reference bits, until an unreferenced slot comes up. At
@@ -73,14 +69,7 @@ impl<K: Hash + Eq + Clone, V> ClockCache<K, V> {
                 slot.referenced = false;
                 continue;
             }
-            let old = std::mem::replace(
-                slot,
-                Slot {
-                    key: key.clone(),
-                    value,
-                    referenced: false,
-                },
-            );
+            let old = std::mem::replace(slot, Slot { key: key.clone(), value, referenced: false });
             self.index.remove(&old.key);
             self.index.insert(key, i);
             return true;

@@ -34,22 +34,14 @@ pub(crate) enum HandleError {
 /// The absolute path (in this process's mount namespace) of the directory with kernfs id
 /// `id` in the filesystem that `mount_fd` belongs to.
 pub(crate) fn path_by_id(mount_fd: BorrowedFd<'_>, id: u64) -> Result<PathBuf, HandleError> {
-    let mut handle = KernfsHandle {
-        handle_bytes: 8,
-        handle_type: FILEID_KERNFS,
-        f_handle: id.to_ne_bytes(),
-    };
+    let mut handle = KernfsHandle { handle_bytes: 8, handle_type: FILEID_KERNFS, f_handle: id.to_ne_bytes() };
     // O_PATH: we only need a name, not to read the directory. O_DIRECTORY: the id of a
     // cgroup control file must not pass for a cgroup.
     let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
     // SAFETY: `handle` is a live, properly laid out `struct file_handle` (a header followed
     // by `handle_bytes` bytes) for the duration of the call; the kernel only reads it.
     let fd = unsafe {
-        libc::open_by_handle_at(
-            mount_fd.as_raw_fd(),
-            std::ptr::addr_of_mut!(handle).cast::<libc::file_handle>(),
-            flags,
-        )
+        libc::open_by_handle_at(mount_fd.as_raw_fd(), std::ptr::addr_of_mut!(handle).cast::<libc::file_handle>(), flags)
     };
     if fd < 0 {
         let err = io::Error::last_os_error();
@@ -63,10 +55,8 @@ pub(crate) fn path_by_id(mount_fd: BorrowedFd<'_>, id: u64) -> Result<PathBuf, H
     }
     // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(|err| {
-        match err.raw_os_error() {
-            Some(libc::ENOENT) => HandleError::Unsupported,
-            _ => HandleError::Other,
-        }
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(|err| match err.raw_os_error() {
+        Some(libc::ENOENT) => HandleError::Unsupported,
+        _ => HandleError::Other,
     })
 }

@@ -43,26 +43,13 @@ pub struct Workload {
 impl Workload {
     /// A workload about which nothing but the id is known.
     pub fn unknown(cgroup_id: u64) -> Self {
-        Workload {
-            cgroup_id,
-            cgroup_path: None,
-            container_id: None,
-            pod_uid: None,
-        }
+        Workload { cgroup_id, cgroup_path: None, container_id: None, pod_uid: None }
     }
 
     /// The workload of a cgroup whose path is known.
     pub fn from_path(cgroup_id: u64, cgroup_path: String) -> Self {
-        let PathIdentity {
-            container_id,
-            pod_uid,
-        } = parse_cgroup_path(&cgroup_path);
-        Workload {
-            cgroup_id,
-            cgroup_path: Some(cgroup_path),
-            container_id,
-            pod_uid,
-        }
+        let PathIdentity { container_id, pod_uid } = parse_cgroup_path(&cgroup_path);
+        Workload { cgroup_id, cgroup_path: Some(cgroup_path), container_id, pod_uid }
     }
 }
 
@@ -87,17 +74,11 @@ mod tests {
     #[test]
     fn from_path_fills_identity() {
         let cid = "ab".repeat(32);
-        let w = Workload::from_path(
-            9,
-            format!("/kubepods/pod11111111-2222-3333-4444-555555555555/{cid}"),
-        );
+        let w = Workload::from_path(9, format!("/kubepods/pod11111111-2222-3333-4444-555555555555/{cid}"));
         let json = serde_json::to_value(&w).unwrap();
         assert_eq!(json["cgroup_id"], 9);
         assert_eq!(json["container_id"], cid.as_str());
         assert_eq!(json["pod_uid"], "11111111-2222-3333-4444-555555555555");
-        assert_eq!(
-            json["cgroup_path"],
-            format!("/kubepods/pod11111111-2222-3333-4444-555555555555/{cid}").as_str()
-        );
+        assert_eq!(json["cgroup_path"], format!("/kubepods/pod11111111-2222-3333-4444-555555555555/{cid}").as_str());
     }
 }

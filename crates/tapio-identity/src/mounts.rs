@@ -63,13 +63,7 @@ fn parse_line(line: &str) -> Option<CgroupMount> {
 
     let controllers = match fstype {
         "cgroup2" => None,
-        "cgroup" => Some(
-            super_options
-                .split(',')
-                .filter(|o| !matches!(*o, "rw" | "ro"))
-                .map(str::to_owned)
-                .collect(),
-        ),
+        "cgroup" => Some(super_options.split(',').filter(|o| !matches!(*o, "rw" | "ro")).map(str::to_owned).collect()),
         _ => return None,
     };
     let root = String::from_utf8(unescape(root)).ok()?;
@@ -77,11 +71,7 @@ fn parse_line(line: &str) -> Option<CgroupMount> {
     if !root.starts_with('/') || root.split('/').any(|s| s == "." || s == "..") {
         return None;
     }
-    Some(CgroupMount {
-        mount_point: PathBuf::from(OsString::from_vec(unescape(mount_point))),
-        root,
-        controllers,
-    })
+    Some(CgroupMount { mount_point: PathBuf::from(OsString::from_vec(unescape(mount_point))), root, controllers })
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for space, `\011`, `\012`, `\134`).
@@ -136,21 +126,12 @@ mod tests {
         let memory = select(&mounts, &CgroupHierarchy::v1("memory")).map(|m| &m.mount_point);
         assert_eq!(memory, Some(&PathBuf::from("/sys/fs/cgroup/memory")));
         let systemd = select(&mounts, &CgroupHierarchy::v1("name=systemd"));
-        assert_eq!(
-            systemd.map(|m| &m.mount_point),
-            Some(&PathBuf::from("/sys/fs/cgroup/systemd"))
-        );
+        assert_eq!(systemd.map(|m| &m.mount_point), Some(&PathBuf::from("/sys/fs/cgroup/systemd")));
         // Co-mounted controllers are all listed; the first hierarchy that has one wins.
         let cpu = select(&mounts, &CgroupHierarchy::v1("cpu"));
-        assert_eq!(
-            cpu.map(|m| &m.mount_point),
-            Some(&PathBuf::from("/sys/fs/cgroup/cpu"))
-        );
+        assert_eq!(cpu.map(|m| &m.mount_point), Some(&PathBuf::from("/sys/fs/cgroup/cpu")));
         let cpuacct = select(&mounts, &CgroupHierarchy::v1("cpuacct"));
-        assert_eq!(
-            cpuacct.map(|m| &m.mount_point),
-            Some(&PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"))
-        );
+        assert_eq!(cpuacct.map(|m| &m.mount_point), Some(&PathBuf::from("/sys/fs/cgroup/cpu,cpuacct")));
         assert!(select(&mounts, &CgroupHierarchy::v1("rw")).is_none());
         assert!(select(&mounts, &CgroupHierarchy::v1("pids")).is_none());
         assert!(select(&mounts, &CgroupHierarchy::v1("systemd")).is_none());
@@ -177,12 +158,8 @@ mod tests {
 ",
         );
         let chosen = select(&mounts, &CgroupHierarchy::Unified);
-        assert_eq!(
-            chosen.map(|m| &m.mount_point),
-            Some(&PathBuf::from("/sys/fs/cgroup"))
-        );
-        let only_sub =
-            parse_mountinfo("50 40 0:23 /kubepods.slice /host/cg rw - cgroup2 cgroup2 rw\n");
+        assert_eq!(chosen.map(|m| &m.mount_point), Some(&PathBuf::from("/sys/fs/cgroup")));
+        let only_sub = parse_mountinfo("50 40 0:23 /kubepods.slice /host/cg rw - cgroup2 cgroup2 rw\n");
         let chosen = select(&only_sub, &CgroupHierarchy::Unified);
         assert_eq!(chosen.map(|m| m.root.as_str()), Some("/kubepods.slice"));
     }

@@ -28,10 +28,7 @@ pub fn parse_cgroup_path(path: &str) -> PathIdentity {
     };
     let segments: Vec<&str> = rest.split('/').collect();
     // Empty, "." or ".." segments never come from the kernel; refuse rather than normalise.
-    if segments
-        .iter()
-        .any(|s| s.is_empty() || *s == "." || *s == "..")
-    {
+    if segments.iter().any(|s| s.is_empty() || *s == "." || *s == "..") {
         return PathIdentity::default();
     }
     systemd_kubepods(&segments)
@@ -73,17 +70,11 @@ fn systemd_kubepods(segments: &[&str]) -> Option<PathIdentity> {
         }
         other => other,
     };
-    let Some(pod_uid) = pod_slice
-        .and_then(|c| c.strip_prefix("pod"))
-        .and_then(|raw| pod_uid(raw, b'_'))
-    else {
+    let Some(pod_uid) = pod_slice.and_then(|c| c.strip_prefix("pod")).and_then(|raw| pod_uid(raw, b'_')) else {
         return Some(PathIdentity::default());
     };
     let container_id = rest.next().and_then(systemd_container_id);
-    Some(PathIdentity {
-        container_id,
-        pod_uid: Some(pod_uid),
-    })
+    Some(PathIdentity { container_id, pod_uid: Some(pod_uid) })
 }
 
 /// cgroupfs driver: `kubepods[/<qos>]/pod<uid>/<id>` at the hierarchy root.
@@ -97,36 +88,23 @@ fn cgroupfs_kubepods(segments: &[&str]) -> Option<PathIdentity> {
         Some("burstable" | "besteffort") => rest.next(),
         other => other,
     };
-    let Some(pod_uid) = pod_segment
-        .and_then(|s| s.strip_prefix("pod"))
-        .and_then(|raw| pod_uid(raw, b'-'))
-    else {
+    let Some(pod_uid) = pod_segment.and_then(|s| s.strip_prefix("pod")).and_then(|raw| pod_uid(raw, b'-')) else {
         return Some(PathIdentity::default());
     };
     // containerd and dockershim name the cgroup after the bare id; CRI-O prefixes "crio-"
     // (and "crio-conmon-" for its monitor, which then fails the hex check).
-    let container_id = rest
-        .next()
-        .and_then(|s| container_hex(s.strip_prefix("crio-").unwrap_or(s)));
-    Some(PathIdentity {
-        container_id,
-        pod_uid: Some(pod_uid),
-    })
+    let container_id = rest.next().and_then(|s| container_hex(s.strip_prefix("crio-").unwrap_or(s)));
+    Some(PathIdentity { container_id, pod_uid: Some(pod_uid) })
 }
 
 /// Docker without Kubernetes: `/docker/<id>` (cgroupfs) or `/system.slice/docker-<id>.scope`.
 fn plain_docker(segments: &[&str]) -> Option<PathIdentity> {
     let container_id = match segments {
         ["docker", id, ..] => container_hex(id),
-        ["system.slice", scope, ..] => {
-            container_hex(scope.strip_prefix("docker-")?.strip_suffix(".scope")?)
-        }
+        ["system.slice", scope, ..] => container_hex(scope.strip_prefix("docker-")?.strip_suffix(".scope")?),
         _ => None,
     }?;
-    Some(PathIdentity {
-        container_id: Some(container_id),
-        pod_uid: None,
-    })
+    Some(PathIdentity { container_id: Some(container_id), pod_uid: None })
 }
 
 /// Whether slice `name` (without ".slice") is a valid child of slice `parent`.
@@ -152,17 +130,13 @@ fn child_component<'a>(parent: &str, name: &'a str) -> Option<&'a str> {
 /// container, and is rejected because "conmon-<id>" is not a hex id.
 fn systemd_container_id(unit: &str) -> Option<String> {
     let name = unit.strip_suffix(".scope")?;
-    ["cri-containerd-", "crio-", "docker-"]
-        .iter()
-        .find_map(|prefix| name.strip_prefix(prefix))
-        .and_then(container_hex)
+    ["cri-containerd-", "crio-", "docker-"].iter().find_map(|prefix| name.strip_prefix(prefix)).and_then(container_hex)
 }
 
 /// Exactly 64 lowercase hex characters: what containerd, CRI-O and Docker all use.
 /// Short (12-char) ids are display abbreviations and are never accepted.
 fn container_hex(s: &str) -> Option<String> {
-    (s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-        .then(|| s.to_owned())
+    (s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))).then(|| s.to_owned())
 }
 
 /// A pod UID as written in a cgroup name, with `sep` between the UUID groups (`_` under
@@ -224,9 +198,8 @@ mod tests {
 
     #[test]
     fn systemd_besteffort_crio() {
-        let p = format!(
-            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_US}.slice/crio-{CID}.scope"
-        );
+        let p =
+            format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_US}.slice/crio-{CID}.scope");
         assert_eq!(both(&p), full());
     }
 
@@ -240,9 +213,8 @@ mod tests {
 
     #[test]
     fn systemd_docker_scope() {
-        let p = format!(
-            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_US}.slice/docker-{CID}.scope"
-        );
+        let p =
+            format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_US}.slice/docker-{CID}.scope");
         assert_eq!(both(&p), full());
     }
 
@@ -254,9 +226,7 @@ mod tests {
 
     #[test]
     fn systemd_pod_slice_without_container() {
-        let p = format!(
-            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_US}.slice"
-        );
+        let p = format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_US}.slice");
         assert_eq!(both(&p), pod_only());
         let p = format!("/kubepods.slice/kubepods-pod{UID_US}.slice");
         assert_eq!(both(&p), pod_only());
@@ -264,9 +234,7 @@ mod tests {
 
     #[test]
     fn systemd_nested_below_container_scope() {
-        let p = format!(
-            "/kubepods.slice/kubepods-pod{UID_US}.slice/cri-containerd-{CID}.scope/init.scope/deeper"
-        );
+        let p = format!("/kubepods.slice/kubepods-pod{UID_US}.slice/cri-containerd-{CID}.scope/init.scope/deeper");
         assert_eq!(both(&p), full());
     }
 
@@ -300,18 +268,13 @@ mod tests {
         );
         assert_eq!(both(&p), NOTHING);
         // Pod slice named as if it were in a QoS slice, placed directly under kubepods.
-        let p = format!(
-            "/kubepods.slice/kubepods-burstable-pod{UID_US}.slice/cri-containerd-{CID}.scope"
-        );
+        let p = format!("/kubepods.slice/kubepods-burstable-pod{UID_US}.slice/cri-containerd-{CID}.scope");
         assert_eq!(both(&p), NOTHING);
         // kubepods hidden inside some other unit is not the kubelet's tree.
-        let p = format!(
-            "/system.slice/foo.service/kubepods.slice/kubepods-pod{UID_US}.slice/cri-containerd-{CID}.scope"
-        );
+        let p =
+            format!("/system.slice/foo.service/kubepods.slice/kubepods-pod{UID_US}.slice/cri-containerd-{CID}.scope");
         assert_eq!(both(&p), NOTHING);
-        let p = format!(
-            "/user.slice/kubepods.slice/kubepods-pod{UID_US}.slice/cri-containerd-{CID}.scope"
-        );
+        let p = format!("/user.slice/kubepods.slice/kubepods-pod{UID_US}.slice/cri-containerd-{CID}.scope");
         assert_eq!(both(&p), NOTHING);
     }
 
@@ -325,10 +288,7 @@ mod tests {
     #[test]
     fn cgroupfs_burstable_and_besteffort() {
         assert_eq!(both(&format!("/kubepods/burstable/pod{UID}/{CID}")), full());
-        assert_eq!(
-            both(&format!("/kubepods/besteffort/pod{UID}/{CID}")),
-            full()
-        );
+        assert_eq!(both(&format!("/kubepods/besteffort/pod{UID}/{CID}")), full());
     }
 
     #[test]
@@ -338,14 +298,8 @@ mod tests {
 
     #[test]
     fn cgroupfs_crio_and_conmon() {
-        assert_eq!(
-            both(&format!("/kubepods/burstable/pod{UID}/crio-{CID}")),
-            full()
-        );
-        assert_eq!(
-            both(&format!("/kubepods/burstable/pod{UID}/crio-conmon-{CID}")),
-            pod_only()
-        );
+        assert_eq!(both(&format!("/kubepods/burstable/pod{UID}/crio-{CID}")), full());
+        assert_eq!(both(&format!("/kubepods/burstable/pod{UID}/crio-conmon-{CID}")), pod_only());
     }
 
     #[test]
@@ -374,9 +328,7 @@ mod tests {
             (Some(CID.to_owned()), Some(hash.to_owned()))
         );
         assert_eq!(
-            both(&format!(
-                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{hash}.slice"
-            )),
+            both(&format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{hash}.slice")),
             (None, Some(hash.to_owned()))
         );
     }
@@ -387,10 +339,7 @@ mod tests {
         assert_eq!(both(&format!("/docker/{CID}")), only_cid);
         assert_eq!(both(&format!("/docker/{CID}/nested")), only_cid);
         assert_eq!(both(&format!("/system.slice/docker-{CID}.scope")), only_cid);
-        assert_eq!(
-            both(&format!("/system.slice/docker-{CID}.scope/init.scope")),
-            only_cid
-        );
+        assert_eq!(both(&format!("/system.slice/docker-{CID}.scope/init.scope")), only_cid);
         assert_eq!(both("/system.slice/docker.service"), NOTHING);
         assert_eq!(both("/docker"), NOTHING);
     }

@@ -106,10 +106,7 @@ impl Resolver {
         Resolver {
             hierarchies: mounts::parse_mountinfo(mountinfo)
                 .into_iter()
-                .map(|mount| Hierarchy {
-                    mount,
-                    access: Access::Unprobed,
-                })
+                .map(|mount| Hierarchy { mount, access: Access::Unprobed })
                 .collect(),
             positive: ClockCache::new(config.capacity),
             negative: ClockCache::new(config.negative_capacity),
@@ -125,11 +122,7 @@ impl Resolver {
     }
 
     pub fn stats(&self) -> Stats {
-        Stats {
-            entries: self.positive.len(),
-            negative_entries: self.negative.len(),
-            ..self.stats
-        }
+        Stats { entries: self.positive.len(), negative_entries: self.negative.len(), ..self.stats }
     }
 
     /// How ids of `hierarchy` are looked up; `None` if it is not mounted.
@@ -150,17 +143,10 @@ impl Resolver {
 
     fn index_of(&self, hierarchy: &CgroupHierarchy) -> Option<usize> {
         // Linear, but over a handful of mounts: cheaper than hashing the hierarchy name.
-        self.hierarchies
-            .iter()
-            .position(|h| h.mount.serves(hierarchy))
+        self.hierarchies.iter().position(|h| h.mount.serves(hierarchy))
     }
 
-    pub(crate) fn workload_at(
-        &mut self,
-        hierarchy: &CgroupHierarchy,
-        cgroup_id: u64,
-        now: Instant,
-    ) -> Workload {
+    pub(crate) fn workload_at(&mut self, hierarchy: &CgroupHierarchy, cgroup_id: u64, now: Instant) -> Workload {
         // No cgroup has id 0; asking the kernel would only cost a syscall or a walk.
         let Some(index) = self.index_of(hierarchy).filter(|_| cgroup_id != 0) else {
             self.stats.failed_resolutions += 1;
@@ -280,18 +266,12 @@ mod tests {
 
     /// A resolver whose "cgroup2 mount" is a plain temporary directory, walked.
     fn resolver_on(dir: &TestDir, root: &str, config: Config) -> Resolver {
-        let mountinfo = format!(
-            "99 1 0:99 {root} {} rw - cgroup2 cgroup2 rw\n",
-            dir.path().display()
-        );
+        let mountinfo = format!("99 1 0:99 {root} {} rw - cgroup2 cgroup2 rw\n", dir.path().display());
         Resolver::from_mountinfo(&mountinfo, config)
     }
 
     fn walk_config() -> Config {
-        Config {
-            use_handles: false,
-            ..Config::default()
-        }
+        Config { use_handles: false, ..Config::default() }
     }
 
     #[test]
@@ -299,10 +279,7 @@ mod tests {
         let t = TestDir::new("res");
         let scope = t.mkdirs(&format!("kubepods/burstable/pod{UID}/{CID}"));
         let mut r = resolver_on(&t, "/", walk_config());
-        assert_eq!(
-            r.access_mode(&CgroupHierarchy::Unified),
-            Some(AccessMode::Unprobed)
-        );
+        assert_eq!(r.access_mode(&CgroupHierarchy::Unified), Some(AccessMode::Unprobed));
         let id = ino(&scope);
         let expected = Workload {
             cgroup_id: id,
@@ -311,10 +288,7 @@ mod tests {
             pod_uid: Some(UID.to_owned()),
         };
         assert_eq!(r.workload(&CgroupHierarchy::Unified, id), expected);
-        assert_eq!(
-            r.access_mode(&CgroupHierarchy::Unified),
-            Some(AccessMode::Walk)
-        );
+        assert_eq!(r.access_mode(&CgroupHierarchy::Unified), Some(AccessMode::Walk));
         // Second time from the cache, even once the directory is gone (ids are not reused).
         fs::remove_dir(&scope).unwrap();
         assert_eq!(r.workload(&CgroupHierarchy::Unified, id), expected);
@@ -330,10 +304,7 @@ mod tests {
         // As if only /kubepods/burstable of the hierarchy were mounted here.
         let mut r = resolver_on(&t, "/kubepods/burstable", walk_config());
         let w = r.workload(&CgroupHierarchy::Unified, ino(&pod));
-        assert_eq!(
-            w.cgroup_path.as_deref(),
-            Some(format!("/kubepods/burstable/pod{UID}").as_str())
-        );
+        assert_eq!(w.cgroup_path.as_deref(), Some(format!("/kubepods/burstable/pod{UID}").as_str()));
         assert_eq!(w.pod_uid.as_deref(), Some(UID));
         let w = r.workload(&CgroupHierarchy::Unified, ino(t.path()));
         assert_eq!(w.cgroup_path.as_deref(), Some("/kubepods/burstable"));
@@ -351,52 +322,24 @@ mod tests {
         let id = ino(&gone);
         fs::remove_dir(&gone).unwrap();
         let ttl = Duration::from_secs(5);
-        let mut r = resolver_on(
-            &t,
-            "/",
-            Config {
-                negative_ttl: ttl,
-                ..walk_config()
-            },
-        );
+        let mut r = resolver_on(&t, "/", Config { negative_ttl: ttl, ..walk_config() });
         let start = Instant::now();
         let h = CgroupHierarchy::Unified;
         assert_eq!(r.workload_at(&h, id, start), Workload::unknown(id));
-        assert_eq!(
-            r.workload_at(&h, id, start + ttl / 2),
-            Workload::unknown(id)
-        );
+        assert_eq!(r.workload_at(&h, id, start + ttl / 2), Workload::unknown(id));
         let s = r.stats();
-        assert_eq!(
-            (
-                s.misses,
-                s.negative_hits,
-                s.failed_resolutions,
-                s.negative_entries
-            ),
-            (1, 1, 1, 1)
-        );
+        assert_eq!((s.misses, s.negative_hits, s.failed_resolutions, s.negative_entries), (1, 1, 1, 1));
         // After the TTL the kernel is asked again.
         assert_eq!(r.workload_at(&h, id, start + ttl), Workload::unknown(id));
         let s = r.stats();
         assert_eq!((s.misses, s.negative_hits, s.failed_resolutions), (2, 1, 2));
-        assert_eq!(
-            s.negative_entries, 1,
-            "the expired entry was replaced, not added"
-        );
+        assert_eq!(s.negative_entries, 1, "the expired entry was replaced, not added");
     }
 
     #[test]
     fn negative_cache_is_bounded() {
         let t = TestDir::new("res-negbound");
-        let mut r = resolver_on(
-            &t,
-            "/",
-            Config {
-                negative_capacity: 2,
-                ..walk_config()
-            },
-        );
+        let mut r = resolver_on(&t, "/", Config { negative_capacity: 2, ..walk_config() });
         let now = Instant::now();
         // Ids that cannot exist in the fresh directory (no such inode number below it).
         let base = u64::MAX - 10;
@@ -414,19 +357,9 @@ mod tests {
     fn positive_cache_is_bounded() {
         let t = TestDir::new("res-posbound");
         let ids: Vec<u64> = ["a", "b", "c"].iter().map(|d| ino(&t.mkdirs(d))).collect();
-        let mut r = resolver_on(
-            &t,
-            "/",
-            Config {
-                capacity: 2,
-                ..walk_config()
-            },
-        );
+        let mut r = resolver_on(&t, "/", Config { capacity: 2, ..walk_config() });
         for &id in &ids {
-            assert!(r
-                .workload(&CgroupHierarchy::Unified, id)
-                .cgroup_path
-                .is_some());
+            assert!(r.workload(&CgroupHierarchy::Unified, id).cgroup_path.is_some());
         }
         let s = r.stats();
         assert_eq!((s.entries, s.evictions, s.misses, s.hits), (2, 1, 3, 0));
@@ -441,22 +374,12 @@ mod tests {
         let mut r = resolver_on(&t, "/", walk_config());
         let memory = CgroupHierarchy::v1("memory");
         assert_eq!(r.workload(&memory, 5), Workload::unknown(5));
-        assert_eq!(
-            r.workload(&CgroupHierarchy::Unified, 0),
-            Workload::unknown(0)
-        );
+        assert_eq!(r.workload(&CgroupHierarchy::Unified, 0), Workload::unknown(0));
         assert_eq!(r.access_mode(&memory), None);
         assert_eq!(r.mount_point(&memory), None);
         let s = r.stats();
-        assert_eq!(
-            (s.misses, s.failed_resolutions, s.negative_entries),
-            (0, 2, 0)
-        );
-        assert_eq!(
-            r.access_mode(&CgroupHierarchy::Unified),
-            Some(AccessMode::Unprobed),
-            "nothing was probed"
-        );
+        assert_eq!((s.misses, s.failed_resolutions, s.negative_entries), (0, 2, 0));
+        assert_eq!(r.access_mode(&CgroupHierarchy::Unified), Some(AccessMode::Unprobed), "nothing was probed");
     }
 
     #[test]
@@ -466,19 +389,13 @@ mod tests {
         let mut r = resolver_on(&t, "/", Config::default());
         let w = r.workload(&CgroupHierarchy::Unified, ino(&d));
         assert_eq!(w.cgroup_path.as_deref(), Some("/kubepods"));
-        assert_eq!(
-            r.access_mode(&CgroupHierarchy::Unified),
-            Some(AccessMode::Walk)
-        );
+        assert_eq!(r.access_mode(&CgroupHierarchy::Unified), Some(AccessMode::Walk));
     }
 
     #[test]
     fn relative_joins_root_and_rejects_foreign_paths() {
-        let mount = |root: &str| CgroupMount {
-            mount_point: "/sys/fs/cgroup".into(),
-            root: root.to_owned(),
-            controllers: None,
-        };
+        let mount =
+            |root: &str| CgroupMount { mount_point: "/sys/fs/cgroup".into(), root: root.to_owned(), controllers: None };
         let rel = |root: &str, p: &str| relative(&mount(root), Path::new(p));
         assert_eq!(rel("/", "/sys/fs/cgroup").as_deref(), Some("/"));
         assert_eq!(rel("/", "/sys/fs/cgroup/a/b").as_deref(), Some("/a/b"));

@@ -10,9 +10,7 @@ pub(crate) struct TestDir(PathBuf);
 impl TestDir {
     pub(crate) fn new(tag: &str) -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let path = std::env::temp_dir().join(format!(
             "tapio-identity-{tag}-{}-{nanos}-{}",
             std::process::id(),

@@ -47,9 +47,7 @@ pub(crate) fn find_dir(root: &Path, dev: u64, id: u64, max_dirs: usize) -> io::R
             let path = entry.path();
             // The d_ino match is confirmed with a stat, which also rules out a directory of
             // some other filesystem mounted inside the tree that happens to share the number.
-            if entry.ino() == id
-                && fs::symlink_metadata(&path).is_ok_and(|m| m.ino() == id && m.dev() == dev)
-            {
+            if entry.ino() == id && fs::symlink_metadata(&path).is_ok_and(|m| m.ino() == id && m.dev() == dev) {
                 return Ok(WalkOutcome::Found(path));
             }
             pending.push(path);
@@ -71,15 +69,9 @@ mod tests {
         std::fs::write(t.path().join("a/file"), b"").unwrap();
         let dev = std::fs::metadata(t.path()).unwrap().dev();
         let ino = std::fs::metadata(&deep).unwrap().ino();
-        assert_eq!(
-            find_dir(t.path(), dev, ino, 100).unwrap(),
-            WalkOutcome::Found(deep)
-        );
+        assert_eq!(find_dir(t.path(), dev, ino, 100).unwrap(), WalkOutcome::Found(deep));
         let root_ino = std::fs::metadata(t.path()).unwrap().ino();
-        assert_eq!(
-            find_dir(t.path(), dev, root_ino, 100).unwrap(),
-            WalkOutcome::Found(t.path().to_path_buf())
-        );
+        assert_eq!(find_dir(t.path(), dev, root_ino, 100).unwrap(), WalkOutcome::Found(t.path().to_path_buf()));
     }
 
     #[test]
@@ -90,16 +82,10 @@ mod tests {
         std::fs::write(&file, b"").unwrap();
         let dev = std::fs::metadata(t.path()).unwrap().dev();
         let file_ino = std::fs::metadata(&file).unwrap().ino();
-        assert_eq!(
-            find_dir(t.path(), dev, file_ino, 100).unwrap(),
-            WalkOutcome::NotFound
-        );
+        assert_eq!(find_dir(t.path(), dev, file_ino, 100).unwrap(), WalkOutcome::NotFound);
         // Wrong device: the right inode number on another filesystem is not a match.
         let b_ino = std::fs::metadata(t.path().join("a/b")).unwrap().ino();
-        assert_eq!(
-            find_dir(t.path(), dev.wrapping_add(1), b_ino, 100).unwrap(),
-            WalkOutcome::NotFound
-        );
+        assert_eq!(find_dir(t.path(), dev.wrapping_add(1), b_ino, 100).unwrap(), WalkOutcome::NotFound);
     }
 
     #[test]
@@ -109,14 +95,8 @@ mod tests {
         let dev = std::fs::metadata(t.path()).unwrap().dev();
         let ino = std::fs::metadata(&deep).unwrap().ino();
         // Reading root, 1, 2, 3 and 4 finds 5; four reads are not enough.
-        assert_eq!(
-            find_dir(t.path(), dev, ino, 4).unwrap(),
-            WalkOutcome::Truncated
-        );
-        assert_eq!(
-            find_dir(t.path(), dev, ino, 5).unwrap(),
-            WalkOutcome::Found(deep)
-        );
+        assert_eq!(find_dir(t.path(), dev, ino, 4).unwrap(), WalkOutcome::Truncated);
+        assert_eq!(find_dir(t.path(), dev, ino, 5).unwrap(), WalkOutcome::Found(deep));
     }
 
     #[test]

@@ -54,16 +54,12 @@ impl Drop for Cgroups {
 }
 
 fn ino(p: &Path) -> u64 {
-    fs::metadata(p)
-        .unwrap_or_else(|e| panic!("stat {}: {e}", p.display()))
-        .ino()
+    fs::metadata(p).unwrap_or_else(|e| panic!("stat {}: {e}", p.display())).ino()
 }
 
 /// Distinct per process and per call, so parallel runs do not collide.
 fn unique() -> u64 {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     nanos ^ (u64::from(std::process::id()) << 40)
 }
 
@@ -71,10 +67,7 @@ fn exercise(hierarchy: CgroupHierarchy) {
     let what = format!("kernel test for {hierarchy:?}");
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    if !can_run(
-        &what,
-        (euid != 0).then(|| format!("needs root (euid {euid})")),
-    ) {
+    if !can_run(&what, (euid != 0).then(|| format!("needs root (euid {euid})"))) {
         return;
     }
     let mut resolver = Resolver::new(Config::default()).expect("read mountinfo");
@@ -93,12 +86,7 @@ fn exercise(hierarchy: CgroupHierarchy) {
         (u >> 28) & 0xfff,
         u & 0xffff_ffff_ffff
     );
-    let cid = format!(
-        "{u:016x}{:016x}{:016x}{:016x}",
-        !u,
-        u.rotate_left(17),
-        u ^ 0x5a5a
-    );
+    let cid = format!("{u:016x}{:016x}{:016x}{:016x}", !u, u.rotate_left(17), u ^ 0x5a5a);
     let uid_us = uid.replace('-', "_");
 
     let mut dirs = Cgroups(Vec::new());
@@ -110,22 +98,11 @@ fn exercise(hierarchy: CgroupHierarchy) {
     let scope = dirs.mkdir(pod.join(format!("cri-containerd-{cid}.scope")));
     let nested = dirs.mkdir(scope.join("inner"));
 
-    let pod_path =
-        format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_us}.slice");
+    let pod_path = format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_us}.slice");
     let scope_path = format!("{pod_path}/cri-containerd-{cid}.scope");
     let expected = [
-        Workload {
-            cgroup_id: ino(&plain),
-            cgroup_path: Some(format!("/{name}")),
-            container_id: None,
-            pod_uid: None,
-        },
-        Workload {
-            cgroup_id: ino(&pod),
-            cgroup_path: Some(pod_path),
-            container_id: None,
-            pod_uid: Some(uid.clone()),
-        },
+        Workload { cgroup_id: ino(&plain), cgroup_path: Some(format!("/{name}")), container_id: None, pod_uid: None },
+        Workload { cgroup_id: ino(&pod), cgroup_path: Some(pod_path), container_id: None, pod_uid: Some(uid.clone()) },
         Workload {
             cgroup_id: ino(&scope),
             cgroup_path: Some(scope_path.clone()),
@@ -152,11 +129,7 @@ fn exercise(hierarchy: CgroupHierarchy) {
     assert_eq!((stats.misses, stats.failed_resolutions), (4, 0));
 
     // The fallback walk must agree with the handles.
-    let mut walker = Resolver::new(Config {
-        use_handles: false,
-        ..Config::default()
-    })
-    .expect("read mountinfo");
+    let mut walker = Resolver::new(Config { use_handles: false, ..Config::default() }).expect("read mountinfo");
     for w in &expected {
         assert_eq!(&walker.workload(&hierarchy, w.cgroup_id), w, "walk");
     }
@@ -164,14 +137,8 @@ fn exercise(hierarchy: CgroupHierarchy) {
 
     // A control file's inode number is not a cgroup.
     let file_id = ino(&plain.join("cgroup.procs"));
-    assert_eq!(
-        resolver.workload(&hierarchy, file_id),
-        Workload::unknown(file_id)
-    );
-    assert_eq!(
-        walker.workload(&hierarchy, file_id),
-        Workload::unknown(file_id)
-    );
+    assert_eq!(resolver.workload(&hierarchy, file_id), Workload::unknown(file_id));
+    assert_eq!(walker.workload(&hierarchy, file_id), Workload::unknown(file_id));
 
     // A removed cgroup is unknown, not guessed, and asked about only once.
     let gone_id = ino(&gone);

@@ -8,9 +8,10 @@
 //! * [`hello`], [`config`], [`heartbeat`], [`events`], [`status`]: request and response
 //!   bodies of the five operations.
 //! * [`compiled`]: [`CompiledConfig`], the config object served to agents.
-//! * [`canonical`]: deterministic JSON bytes, the input of the config hash. The SHA-256
-//!   itself is computed by `tapio-controller` (crate `sha2`), which keeps this crate free of
-//!   a hashing dependency.
+//! * [`canonical`]: deterministic JSON bytes, the input of the config hash, formatted as
+//!   `sha256:<hex>` by [`CompiledConfig::config_hash_with`]. The SHA-256 primitive itself
+//!   is passed in by the controller and the `tapio` CLI (crate `sha2`), which keeps this
+//!   crate free of a hashing dependency while both compute the hash the same way.
 //! * [`open_enum`]: enums that keep unknown values instead of rejecting a payload.
 //! * [`error`]: the error envelope and [`ErrorCode`].
 //! * [`validate`] and [`reasoning`]: the receiver-side rules, returning [`WireError`]

@@ -73,6 +73,10 @@ pub struct AgentStatus {
     /// Extension: config hash it reported applying.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reported_config_hash: Option<String>,
+    /// Extension: whether the config hash it reported applying is the controller's target
+    /// hash (`config.config_hash`); absent before its first heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_current: Option<bool>,
     /// Extension: false while the agent has sent batches but no hello.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registered: Option<bool>,

@@ -64,6 +64,10 @@ fn config_response_fixtures() {
     assert_eq!(full.config.container.exit_ignore_signals, vec![13, 15]);
     assert!(!full.config.storage.enabled);
     assert_eq!(full.batching.max_batch_events, 512);
+    // Extension fields are read when sent and defaulted when not.
+    assert_eq!(full.config.network.rtt_min_increase_us, 2500);
+    assert!(!full.config.network.resets && full.config.network.connect_failures);
+    assert!(!full.config.container.oom_kills && full.config.container.abnormal_exits);
 }
 
 #[test]
@@ -137,6 +141,8 @@ fn status_response_fixtures() {
     let a = &full.agents[0];
     assert_eq!(a.observers["dns"], ObserverStatus::Other("warming-up".into()));
     assert_eq!(a.registered, Some(true));
+    assert_eq!(a.config_current, Some(false));
+    assert_eq!(full.agents[1].config_current, None);
     assert_eq!(a.sequence.last_seen, Some(7));
     assert_eq!(full.agents[1].registered, Some(false));
 }

@@ -48,7 +48,7 @@ pub async fn hello(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Bo
             wire_version: WIRE_VERSION.to_string(),
             accepted: true,
             controller_id: st.controller_id.clone(),
-            config_version: st.config.version.clone(),
+            config_version: st.config().version.clone(),
             send_interval_ms: st.send_interval_ms,
             max_batch_events: st.max_batch_events,
         },
@@ -67,7 +67,7 @@ pub async fn config(
     let (agent_id, _node) = validate_config_query(&query)?;
     st.registry.touch(agent_id, Instant::now());
 
-    let cfg = &st.config;
+    let cfg = st.config();
     let etag = HeaderValue::from_str(&cfg.etag).map_err(|_| ApiError::internal())?;
     let hit =
         headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|v| cfg.if_none_match_hits(v));
@@ -90,7 +90,7 @@ pub async fn heartbeat(State(st): State<Arc<AppState>>, headers: HeaderMap, body
         &HeartbeatResponse {
             wire_version: WIRE_VERSION.to_string(),
             accepted,
-            next_config_version: st.config.version.clone(),
+            next_config_version: st.config().version.clone(),
         },
     ))
 }

@@ -60,7 +60,7 @@ pub async fn events(State(st): State<Arc<AppState>>, headers: HeaderMap, body: B
             wire_version: WIRE_VERSION.to_string(),
             accepted: n,
             rejected: 0,
-            next_config_version: st.config.version.clone(),
+            next_config_version: st.config().version.clone(),
         },
     ))
 }

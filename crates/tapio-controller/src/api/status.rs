@@ -16,14 +16,15 @@ use crate::state::AppState;
 /// `GET /v1/status`.
 pub async fn status(State(st): State<Arc<AppState>>) -> Response {
     let m = &st.metrics;
-    let agents = st.registry.snapshot(Instant::now());
+    let config = st.config();
+    let agents = st.registry.snapshot(Instant::now(), &config.hash);
     json(
         StatusCode::OK,
         &StatusResponse {
             wire_version: WIRE_VERSION.to_string(),
             controller_id: st.controller_id.clone(),
             started_at_unix: st.started_at_unix,
-            config: StatusConfig { version: st.config.version.clone(), config_hash: st.config.hash.clone() },
+            config: StatusConfig { version: config.version.clone(), config_hash: config.hash.clone() },
             totals: StatusTotals {
                 accepted_events_total: m.events_accepted.get(),
                 rejected_events_total: m.events_rejected.get(),
@@ -52,10 +53,13 @@ pub async fn readyz(State(st): State<Arc<AppState>>) -> Response {
 
 /// `GET /metrics`: OpenMetrics text; agent gauges are refreshed at scrape time.
 pub async fn metrics(State(st): State<Arc<AppState>>) -> Response {
-    let census = st.registry.census(Instant::now(), st.stale_after);
+    let census = st.registry.census(Instant::now(), st.stale_after, &st.config().hash);
     st.metrics.set_agents("registered", census.registered);
     st.metrics.set_agents("unregistered", census.unregistered);
     st.metrics.set_agents("stale", census.stale);
+    st.metrics.set_agents_config("current", census.config_current);
+    st.metrics.set_agents_config("outdated", census.config_outdated);
+    st.metrics.set_agents_config("unreported", census.config_unreported);
     let mut resp = (StatusCode::OK, st.metrics.encode()).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

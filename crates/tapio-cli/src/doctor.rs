@@ -1,0 +1,370 @@
+//! `tapio doctor`: what this node offers the agent, and so what will and will not work.
+//!
+//! Each check reads the kernel's own interfaces (`/proc`, `/sys`, one `perf_event_open`);
+//! nothing is loaded or changed. Run it with the agent's privileges (root, or its
+//! capabilities): capabilities are those of this process. The exit status is 1 when the
+//! agent cannot run at all (kernel without ring buffers or BTF, or no privilege to load
+//! eBPF programs), else 0.
+
+use std::process::ExitCode;
+
+use serde_json::json;
+
+use crate::{out, table};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Level {
+    Ok,
+    /// Works, or works partly; worth knowing.
+    Warn,
+    /// The agent cannot run.
+    Fail,
+}
+
+impl Level {
+    fn as_str(self) -> &'static str {
+        match self {
+            Level::Ok => "ok",
+            Level::Warn => "warn",
+            Level::Fail => "FAIL",
+        }
+    }
+}
+
+struct Check {
+    name: &'static str,
+    level: Level,
+    detail: String,
+}
+
+/// What the checks found, for the per-observer verdicts.
+#[derive(Default)]
+struct Facts {
+    kernel: Option<(u32, u32)>,
+    btf: bool,
+    can_load: bool,
+    pmu: bool,
+    psi: bool,
+    tracefs: Option<String>,
+}
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_SYS_RESOURCE: u32 = 24;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// One line of /proc/self/mountinfo: mount point, filesystem type, super options.
+struct Mount {
+    point: String,
+    fstype: String,
+    options: String,
+}
+
+fn mounts() -> Vec<Mount> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let point = left.split_whitespace().nth(4)?.to_string();
+            let mut r = right.split_whitespace();
+            let fstype = r.next()?.to_string();
+            let options = r.nth(1).unwrap_or_default().to_string();
+            Some(Mount { point, fstype, options })
+        })
+        .collect()
+}
+
+fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut it = release.split(|c: char| !c.is_ascii_digit());
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+fn check_kernel(f: &mut Facts) -> Check {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+    f.kernel = kernel_version(&release);
+    let (level, detail) = match f.kernel {
+        None => (Level::Warn, format!("cannot read the kernel version ({release:?})")),
+        Some(v) if v < (5, 8) => (Level::Fail, format!("{release}: BPF ring buffers need Linux 5.8 or later")),
+        Some(v) if v < (6, 9) => {
+            (Level::Warn, format!("{release}: runs; the OOM hook needs 6.9+ (mark_victim with the victim task)"))
+        }
+        Some(_) => (Level::Ok, format!("{release} (ring buffers ≥ 5.8, OOM hook ≥ 6.9)")),
+    };
+    Check { name: "kernel", level, detail }
+}
+
+fn check_btf(f: &mut Facts) -> Check {
+    let path = "/sys/kernel/btf/vmlinux";
+    match std::fs::metadata(path) {
+        Ok(m) => {
+            f.btf = true;
+            Check { name: "btf", level: Level::Ok, detail: format!("{path} present ({} bytes)", m.len()) }
+        }
+        Err(e) => Check {
+            name: "btf",
+            level: Level::Fail,
+            detail: format!(
+                "{path}: {e}: the CO-RE programs cannot be loaded (kernel built without CONFIG_DEBUG_INFO_BTF)"
+            ),
+        },
+    }
+}
+
+fn check_tracefs(f: &mut Facts, mounts: &[Mount]) -> Check {
+    if let Some(m) = mounts.iter().find(|m| m.fstype == "tracefs") {
+        f.tracefs = Some(m.point.clone());
+        return Check { name: "tracefs", level: Level::Ok, detail: format!("mounted at {}", m.point) };
+    }
+    Check {
+        name: "tracefs",
+        level: Level::Warn,
+        detail: "not mounted; the agent mounts it at /sys/kernel/tracing at start (needs CAP_SYS_ADMIN)".into(),
+    }
+}
+
+fn check_bpffs(mounts: &[Mount]) -> Check {
+    match mounts.iter().find(|m| m.fstype == "bpf") {
+        Some(m) => Check { name: "bpffs", level: Level::Ok, detail: format!("mounted at {}", m.point) },
+        None => {
+            Check { name: "bpffs", level: Level::Ok, detail: "not mounted; not needed (the agent pins nothing)".into() }
+        }
+    }
+}
+
+fn check_caps(f: &mut Facts) -> Check {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let Some(eff) =
+        status.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+    else {
+        return Check { name: "capabilities", level: Level::Warn, detail: "cannot read CapEff".into() };
+    };
+    let has = |bit: u32| eff & (1u64 << bit) != 0;
+    let names: Vec<&str> = [
+        (CAP_BPF, "CAP_BPF"),
+        (CAP_PERFMON, "CAP_PERFMON"),
+        (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
+        (CAP_SYS_RESOURCE, "CAP_SYS_RESOURCE"),
+    ]
+    .iter()
+    .filter(|(b, _)| has(*b))
+    .map(|(_, n)| *n)
+    .collect();
+    let held =
+        if names.is_empty() { "none of CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN".to_string() } else { names.join(", ") };
+    f.can_load = (has(CAP_BPF) && has(CAP_PERFMON)) || has(CAP_SYS_ADMIN);
+    if !f.can_load {
+        return Check {
+            name: "capabilities",
+            level: Level::Fail,
+            detail: format!("CapEff {eff:016x}: {held}: loading eBPF programs needs CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN); run as root or grant them"),
+        };
+    }
+    let mut detail = format!("CapEff {eff:016x}: {held}");
+    if !has(CAP_SYS_RESOURCE) {
+        detail.push_str(" (CAP_SYS_RESOURCE absent: fine on 5.11+, where BPF memory is cgroup-accounted)");
+    }
+    Check { name: "capabilities", level: Level::Ok, detail }
+}
+
+fn check_cgroups(mounts: &[Mount]) -> Check {
+    let v2: Vec<&Mount> = mounts.iter().filter(|m| m.fstype == "cgroup2").collect();
+    let v1: Vec<&Mount> = mounts.iter().filter(|m| m.fstype == "cgroup").collect();
+    let v1_memory = v1.iter().find(|m| m.options.split(',').any(|o| o == "memory"));
+    let v2_memory = v2.iter().find(|m| {
+        std::fs::read_to_string(format!("{}/cgroup.controllers", m.point))
+            .is_ok_and(|c| c.split_whitespace().any(|x| x == "memory"))
+    });
+    let memory = match (v1_memory, v2_memory) {
+        (Some(m), _) => format!("memory controller: v1 at {} (it names the containers)", m.point),
+        (None, Some(m)) => format!("memory controller: v2 at {}", m.point),
+        (None, None) => "memory controller: not found".to_string(),
+    };
+    let (level, layout) = match (v2.first(), v1.is_empty()) {
+        (Some(m), true) => (Level::Ok, format!("unified (cgroup v2 at {})", m.point)),
+        (Some(m), false) => (Level::Ok, format!("hybrid (cgroup v2 at {}, {} v1 hierarchies)", m.point, v1.len())),
+        (None, false) => {
+            (Level::Warn, format!("legacy (v1 only, {} hierarchies): workload identity is coarser", v1.len()))
+        }
+        (None, true) => (Level::Warn, "no cgroup filesystem mounted: no workload identity".to_string()),
+    };
+    let level = if v1_memory.is_none() && v2_memory.is_none() { Level::Warn } else { level };
+    Check { name: "cgroups", level, detail: format!("{layout}; {memory}") }
+}
+
+/// `struct perf_event_attr`, first version (64 bytes): enough for a cycles counter.
+#[repr(C)]
+#[derive(Default)]
+struct PerfEventAttr {
+    kind: u32,
+    size: u32,
+    config: u64,
+    sample_period: u64,
+    sample_type: u64,
+    read_format: u64,
+    flags: u64,
+    wakeup_events: u32,
+    bp_type: u32,
+    config1: u64,
+}
+
+const PERF_TYPE_HARDWARE: u32 = 0;
+const PERF_COUNT_HW_CPU_CYCLES: u64 = 0;
+const FLAG_DISABLED: u64 = 1;
+const FLAG_EXCLUDE_KERNEL: u64 = 1 << 5;
+const FLAG_EXCLUDE_HV: u64 = 1 << 6;
+
+fn check_pmu(f: &mut Facts) -> Check {
+    let attr = PerfEventAttr {
+        kind: PERF_TYPE_HARDWARE,
+        size: std::mem::size_of::<PerfEventAttr>() as u32,
+        config: PERF_COUNT_HW_CPU_CYCLES,
+        flags: FLAG_DISABLED | FLAG_EXCLUDE_KERNEL | FLAG_EXCLUDE_HV,
+        ..PerfEventAttr::default()
+    };
+    // SAFETY: attr is a valid, initialized perf_event_attr of the size it declares; the
+    // counter is this process's own (pid 0, any cpu), created disabled and closed at once.
+    let fd = unsafe {
+        libc::syscall(libc::SYS_perf_event_open, &attr as *const PerfEventAttr, 0 as libc::pid_t, -1i32, -1i32, 0u64)
+    };
+    if fd >= 0 {
+        // SAFETY: closing the descriptor just opened.
+        unsafe { libc::close(fd as libc::c_int) };
+        f.pmu = true;
+        return Check { name: "pmu", level: Level::Ok, detail: "hardware cycle counter opens".into() };
+    }
+    let err = std::io::Error::last_os_error();
+    let detail = match err.raw_os_error() {
+        Some(libc::ENOENT | libc::EOPNOTSUPP | libc::ENODEV) => {
+            format!("no hardware PMU ({err}): typical of VMs without PMU passthrough")
+        }
+        Some(libc::EACCES | libc::EPERM) => {
+            let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid").unwrap_or_default();
+            format!("not permitted ({err}; perf_event_paranoid = {})", paranoid.trim())
+        }
+        _ => format!("perf_event_open failed: {err}"),
+    };
+    Check { name: "pmu", level: Level::Warn, detail }
+}
+
+fn check_psi(f: &mut Facts) -> Check {
+    let missing: Vec<&str> = ["cpu", "memory", "io"]
+        .into_iter()
+        .filter(|r| std::fs::read_to_string(format!("/proc/pressure/{r}")).is_err())
+        .collect();
+    f.psi = missing.len() < 3;
+    if missing.is_empty() {
+        Check { name: "psi", level: Level::Ok, detail: "/proc/pressure/{cpu,memory,io} readable".into() }
+    } else {
+        Check {
+            name: "psi",
+            level: Level::Warn,
+            detail: format!(
+                "/proc/pressure/{{{}}} unreadable: kernel without CONFIG_PSI or booted with psi=0",
+                missing.join(",")
+            ),
+        }
+    }
+}
+
+/// (observer or evidence, works, why).
+fn verdicts(f: &Facts) -> Vec<(&'static str, bool, String)> {
+    let base = f.btf && f.can_load && f.kernel.is_none_or(|v| v >= (5, 8));
+    let why_not = |extra: &str| {
+        if base {
+            extra.to_string()
+        } else {
+            "the agent cannot load eBPF programs here (see the checks above)".to_string()
+        }
+    };
+    let oom = f.kernel.is_none_or(|v| v >= (6, 9));
+    let block = f.tracefs.as_ref().map(|t| std::path::Path::new(&format!("{t}/events/block")).exists());
+    vec![
+        ("network", base, why_not("")),
+        ("container: abnormal_exit", base, why_not("")),
+        (
+            "container: oom_kill",
+            base && oom,
+            if base && !oom { "needs Linux 6.9+ (mark_victim with the victim task)".into() } else { why_not("") },
+        ),
+        (
+            "storage",
+            base && block != Some(false),
+            if base && block == Some(false) { "no block tracepoints on this kernel".into() } else { why_not("") },
+        ),
+        (
+            "node: pressure (psi)",
+            f.psi,
+            if f.psi { String::new() } else { "no /proc/pressure: PSI is off in this kernel".into() },
+        ),
+        (
+            "node: cpu_stall / ipc_degradation (pmc)",
+            f.pmu,
+            if f.pmu {
+                String::new()
+            } else {
+                "no usable hardware PMU: the pmc part reports itself unsupported".into()
+            },
+        ),
+    ]
+}
+
+pub fn run(as_json: bool) -> Result<ExitCode, String> {
+    let mut f = Facts::default();
+    let m = mounts();
+    let checks = [
+        check_kernel(&mut f),
+        check_btf(&mut f),
+        check_tracefs(&mut f, &m),
+        check_bpffs(&m),
+        check_caps(&mut f),
+        check_cgroups(&m),
+        check_pmu(&mut f),
+        check_psi(&mut f),
+    ];
+    let verdicts = verdicts(&f);
+    let can_run = !checks.iter().any(|c| c.level == Level::Fail);
+    let warnings = checks.iter().filter(|c| c.level == Level::Warn).count();
+    if as_json {
+        let v = json!({
+            "agent_can_run": can_run,
+            "checks": checks.iter().map(|c| json!({"name": c.name, "result": c.level.as_str().to_ascii_lowercase(), "detail": c.detail})).collect::<Vec<_>>(),
+            "observers": verdicts.iter().map(|(n, w, d)| json!({"name": n, "works": w, "detail": d})).collect::<Vec<_>>(),
+        });
+        out(&format!("{v}\n"));
+    } else {
+        let rows: Vec<Vec<String>> =
+            checks.iter().map(|c| vec![c.name.to_string(), c.level.as_str().to_string(), c.detail.clone()]).collect();
+        let mut text = table::render(&["CHECK", "RESULT", "DETAIL"], &rows);
+        text.push('\n');
+        let rows: Vec<Vec<String>> = verdicts
+            .iter()
+            .map(|(n, w, d)| vec![n.to_string(), if *w { "yes" } else { "no" }.to_string(), d.clone()])
+            .collect();
+        text.push_str(&table::render(&["EVIDENCE", "WORKS", "WHY NOT"], &rows));
+        text.push('\n');
+        text.push_str(&if can_run {
+            format!("verdict: the agent can run here ({warnings} warning{})\n", if warnings == 1 { "" } else { "s" })
+        } else {
+            "verdict: the agent cannot run here (see FAIL above)\n".to_string()
+        });
+        out(&text);
+    }
+    Ok(if can_run { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_versions() {
+        assert_eq!(kernel_version("6.18.44-fc-v657"), Some((6, 18)));
+        assert_eq!(kernel_version("5.4.0"), Some((5, 4)));
+        assert_eq!(kernel_version("x"), None);
+    }
+
+    #[test]
+    fn perf_event_attr_is_the_first_abi_version() {
+        assert_eq!(std::mem::size_of::<PerfEventAttr>(), 64); // PERF_ATTR_SIZE_VER0
+    }
+}

@@ -1,0 +1,531 @@
+//! `tapio events`: evidence JSON lines (the agent's stdout/file, the controller's sink) as a
+//! readable table, filtered by type, minimum severity, time and node.
+//!
+//! Streaming with constant memory whatever the file size: lines are read into one bounded
+//! buffer (a line over [`MAX_LINE`] is skipped and counted, without being held). A line that
+//! is not an evidence record is counted as malformed and reported at the end; it never stops
+//! the read. `--follow` keeps polling the files as they grow, reopening one that is rotated
+//! or truncated, until Ctrl-C (the summary is still printed).
+
+use std::fs::File;
+use std::io::{ErrorKind, IsTerminal, Read};
+use std::os::unix::fs::MetadataExt;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::Value as Json;
+
+use crate::{out, table, time};
+
+/// Longest line accepted (an evidence record is well under 4 KiB).
+pub const MAX_LINE: usize = 1 << 20;
+const READ_CHUNK: usize = 64 * 1024;
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+
+/// What `tapio events` was asked for.
+pub struct Options {
+    pub files: Vec<String>,
+    pub follow: bool,
+    pub types: Vec<String>,
+    pub severity: Option<String>,
+    pub since: Option<String>,
+    pub nodes: Vec<String>,
+    pub json: bool,
+}
+
+const SEVERITIES: [&str; 5] = ["debug", "info", "warning", "error", "critical"];
+
+fn severity_rank(s: &str) -> Option<usize> {
+    SEVERITIES.iter().position(|x| *x == s)
+}
+
+/// The fields of a record this command reads (from the parsed line; the rest is ignored).
+struct Record {
+    kind: String,
+    severity: String,
+    observer: String,
+    node: Option<String>,
+    message: String,
+    facts: Json,
+}
+
+impl Record {
+    /// The record and its time, or None when the line is not an evidence record (no
+    /// `kernel.` type, or no timestamp).
+    fn from_json(mut v: Json) -> Option<(Record, i128)> {
+        let string = |v: &Json| v.as_str().map(str::to_string);
+        let at = match (v["timestamp_unix_nanos"].as_u64(), v["timestamp"].as_str()) {
+            (Some(ns), _) => i128::from(ns),
+            (None, Some(t)) => time::parse_rfc3339(t)?,
+            (None, None) => return None,
+        };
+        let kind = string(&v["type"]).filter(|k| k.starts_with("kernel."))?;
+        let r = Record {
+            kind,
+            severity: string(&v["severity"]).unwrap_or_default(),
+            observer: string(&v["observer"]).unwrap_or_default(),
+            node: string(&v["node"]),
+            message: string(&v["error"]["message"]).unwrap_or_default(),
+            facts: v.get_mut("facts").map(Json::take).unwrap_or(Json::Null),
+        };
+        Some((r, at))
+    }
+}
+
+struct Filter {
+    types: Vec<String>,
+    min_severity: Option<usize>,
+    since_ns: Option<i128>,
+    nodes: Vec<String>,
+}
+
+impl Filter {
+    fn type_matches(&self, kind: &str) -> bool {
+        self.types.is_empty()
+            || self.types.iter().any(|t| {
+                let full = if t.starts_with("kernel.") { t.clone() } else { format!("kernel.{t}") };
+                kind == full || kind.strip_prefix(full.as_str()).is_some_and(|rest| rest.starts_with('.'))
+            })
+    }
+
+    fn matches(&self, r: &Record, at_ns: i128) -> bool {
+        self.type_matches(&r.kind)
+            // An unknown severity cannot be ranked: it passes only when no minimum is set.
+            && self.min_severity.is_none_or(|min| severity_rank(&r.severity).is_some_and(|s| s >= min))
+            && self.since_ns.is_none_or(|since| at_ns >= since)
+            && (self.nodes.is_empty() || r.node.as_ref().is_some_and(|n| self.nodes.contains(n)))
+    }
+}
+
+/// Counts reported at the end.
+#[derive(Default)]
+struct Tally {
+    shown: u64,
+    filtered: u64,
+    malformed: u64,
+    oversized: u64,
+    first_bad: Option<String>,
+}
+
+struct Printer {
+    json: bool,
+    color: bool,
+    header_done: bool,
+}
+
+impl Printer {
+    fn row(&mut self, line: &[u8], r: &Record, at_ns: i128) {
+        if self.json {
+            let mut l = line.to_vec();
+            l.push(b'\n');
+            out(&String::from_utf8_lossy(&l));
+            return;
+        }
+        let mut text = String::new();
+        if !self.header_done {
+            self.header_done = true;
+            text.push_str(&format!("{:<24}  {:<8}  {:<34}  {:<16}  DETAIL\n", "TIME", "SEVERITY", "TYPE", "NODE"));
+        }
+        let kind = r.kind.strip_prefix("kernel.").unwrap_or(&r.kind);
+        let sev = format!("{:<8}", table::truncate(&r.severity, 8));
+        let sev = match (self.color, r.severity.as_str()) {
+            (true, "critical") => format!("\x1b[1;31m{sev}\x1b[0m"),
+            (true, "error") => format!("\x1b[31m{sev}\x1b[0m"),
+            (true, "warning") => format!("\x1b[33m{sev}\x1b[0m"),
+            (true, "debug") => format!("\x1b[2m{sev}\x1b[0m"),
+            _ => sev,
+        };
+        let row = format!(
+            "{:<24}  {sev}  {:<34}  {:<16}  {}",
+            time::format_ms(at_ns),
+            table::truncate(kind, 34),
+            table::truncate(r.node.as_deref().unwrap_or("-"), 16),
+            detail(r)
+        );
+        text.push_str(row.trim_end());
+        text.push('\n');
+        out(&text);
+    }
+}
+
+/// One line of what happened: the task, then the record's own factual message, or its
+/// scalar facts when it has none.
+fn detail(r: &Record) -> String {
+    let facts = r.facts.as_object();
+    let get = |k: &str| facts.and_then(|f| f.get(k));
+    let mut parts = Vec::new();
+    match (get("comm").and_then(Json::as_str), get("pid").and_then(Json::as_u64)) {
+        (Some(comm), Some(pid)) => parts.push(format!("{comm}[{pid}]")),
+        (Some(comm), None) => parts.push(comm.to_string()),
+        (None, Some(pid)) => parts.push(format!("pid {pid}")),
+        (None, None) => {}
+    }
+    match r.message.as_str() {
+        "" => {
+            let scalars: Vec<String> = facts
+                .into_iter()
+                .flatten()
+                .filter(|(k, v)| !matches!(k.as_str(), "comm" | "pid") && !v.is_object() && !v.is_array())
+                .take(8)
+                .map(|(k, v)| match v {
+                    Json::String(s) => format!("{k}={s}"),
+                    other => format!("{k}={other}"),
+                })
+                .collect();
+            if !scalars.is_empty() {
+                parts.push(scalars.join(" "));
+            } else if !r.observer.is_empty() && parts.is_empty() {
+                parts.push(format!("observer {}", r.observer));
+            }
+        }
+        message => parts.push(message.to_string()),
+    }
+    table::truncate(&parts.join(" "), 200)
+}
+
+/// The result of asking a reader for its next line.
+enum Next {
+    Line,
+    /// A line longer than [`MAX_LINE`] was skipped.
+    Oversized,
+    /// No more data for now (end of file, or of the stream).
+    End,
+    /// A signal interrupted a blocking read.
+    Interrupted,
+}
+
+/// A line reader over any `Read`, with a fixed chunk buffer and a bounded line buffer.
+/// At end of data a partial last line is kept, so a file that is still being written is
+/// read whole on the next try.
+struct Lines<R> {
+    inner: R,
+    chunk: Vec<u8>,
+    start: usize,
+    end: usize,
+    line: Vec<u8>,
+    /// Inside an over-long line: drop bytes until its newline.
+    discarding: bool,
+    number: u64,
+}
+
+impl<R: Read> Lines<R> {
+    fn new(inner: R) -> Self {
+        Self { inner, chunk: vec![0; READ_CHUNK], start: 0, end: 0, line: Vec::new(), discarding: false, number: 0 }
+    }
+
+    fn next(&mut self) -> std::io::Result<Next> {
+        loop {
+            if self.start < self.end {
+                let window = &self.chunk[self.start..self.end];
+                match window.iter().position(|&b| b == b'\n') {
+                    Some(i) => {
+                        let take = &window[..i];
+                        self.start += i + 1;
+                        self.number += 1;
+                        if self.discarding || self.line.len() + take.len() > MAX_LINE {
+                            self.discarding = false;
+                            self.line.clear();
+                            return Ok(Next::Oversized);
+                        }
+                        self.line.extend_from_slice(take);
+                        return Ok(Next::Line);
+                    }
+                    None => {
+                        if !self.discarding {
+                            if self.line.len() + window.len() > MAX_LINE {
+                                self.discarding = true;
+                                self.line = Vec::new(); // give the memory back
+                            } else {
+                                self.line.extend_from_slice(window);
+                            }
+                        }
+                        self.start = self.end;
+                    }
+                }
+            }
+            match self.inner.read(&mut self.chunk) {
+                Ok(0) => return Ok(Next::End),
+                Ok(n) => {
+                    self.start = 0;
+                    self.end = n;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => return Ok(Next::Interrupted),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// At the very end: a last line without its newline counts as a line.
+    fn finish(&mut self) -> Option<Next> {
+        if self.discarding {
+            self.discarding = false;
+            self.number += 1;
+            return Some(Next::Oversized);
+        }
+        if self.line.is_empty() {
+            return None;
+        }
+        self.number += 1;
+        Some(Next::Line)
+    }
+}
+
+/// Set by SIGINT/SIGTERM while following: stop reading and print the summary.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+/// Installs the stop handler without SA_RESTART, so a blocked read returns EINTR.
+fn install_stop_handler() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: a zeroed sigaction is valid; the handler only stores to an atomic, which
+        // is async-signal-safe.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_stop_signal as *const () as libc::sighandler_t;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(sig, &action, std::ptr::null_mut());
+        }
+    }
+}
+
+struct Source {
+    name: String,
+    lines: Lines<Box<dyn Read>>,
+    /// For files: device and inode of the open file, and bytes consumed, to notice
+    /// rotation and truncation while following.
+    identity: Option<(u64, u64)>,
+    consumed: u64,
+}
+
+fn open(name: &str) -> std::io::Result<Source> {
+    if name == "-" {
+        return Ok(Source {
+            name: "stdin".into(),
+            lines: Lines::new(Box::new(std::io::stdin().lock())),
+            identity: None,
+            consumed: 0,
+        });
+    }
+    let file = File::open(name)?;
+    let meta = file.metadata()?;
+    if meta.is_dir() {
+        return Err(std::io::Error::other("is a directory"));
+    }
+    Ok(Source {
+        name: name.to_string(),
+        lines: Lines::new(Box::new(file)),
+        identity: Some((meta.dev(), meta.ino())),
+        consumed: 0,
+    })
+}
+
+struct Run {
+    filter: Filter,
+    printer: Printer,
+    tally: Tally,
+}
+
+impl Run {
+    fn line(&mut self, src: &str, number: u64, line: &[u8]) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return; // blank lines are not records, nor malformed ones
+        }
+        let parsed = serde_json::from_slice::<Json>(line).ok().and_then(Record::from_json);
+        match parsed {
+            None => self.bad(src, number),
+            Some((r, at)) if self.filter.matches(&r, at) => {
+                self.tally.shown += 1;
+                self.printer.row(line, &r, at);
+            }
+            Some(_) => self.tally.filtered += 1,
+        }
+    }
+
+    fn bad(&mut self, src: &str, number: u64) {
+        self.tally.malformed += 1;
+        if self.tally.first_bad.is_none() {
+            self.tally.first_bad = Some(format!("{src}:{number}"));
+        }
+    }
+
+    fn oversized(&mut self, src: &str, number: u64) {
+        self.tally.oversized += 1;
+        self.bad(src, number);
+    }
+
+    /// Reads what `src` has now. Returns false when interrupted by a stop signal.
+    fn drain(&mut self, src: &mut Source, at_end: bool) -> Result<bool, String> {
+        loop {
+            let next = src.lines.next().map_err(|e| format!("reading {}: {e}", src.name))?;
+            match next {
+                Next::Line => {
+                    src.consumed += src.lines.line.len() as u64 + 1;
+                    let line = std::mem::take(&mut src.lines.line);
+                    self.line(&src.name, src.lines.number, &line);
+                    src.lines.line = line;
+                    src.lines.line.clear();
+                }
+                Next::Oversized => self.oversized(&src.name, src.lines.number),
+                Next::Interrupted if STOP.load(Ordering::Relaxed) => return Ok(false),
+                Next::Interrupted => {}
+                Next::End => {
+                    if at_end {
+                        match src.lines.finish() {
+                            Some(Next::Oversized) => self.oversized(&src.name, src.lines.number),
+                            Some(_) => {
+                                let line = std::mem::take(&mut src.lines.line);
+                                self.line(&src.name, src.lines.number, &line);
+                            }
+                            None => {}
+                        }
+                    }
+                    return Ok(true);
+                }
+            }
+        }
+    }
+}
+
+/// `tapio events`.
+pub fn run(opts: Options) -> Result<ExitCode, String> {
+    let min_severity = match &opts.severity {
+        None => None,
+        Some(s) => Some(
+            severity_rank(&s.to_ascii_lowercase())
+                .ok_or_else(|| format!("--severity {s:?} is not one of {}", SEVERITIES.join(", ")))?,
+        ),
+    };
+    let since_ns = opts.since.as_deref().map(|s| time::parse_since(s, time::now_ns())).transpose()?;
+    let mut files = opts.files;
+    if files.is_empty() {
+        files.push("-".into());
+    }
+    if opts.follow && files.len() > 1 && files.iter().any(|f| f == "-") {
+        return Err("--follow reads either standard input or files, not both".into());
+    }
+    let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let mut run = Run {
+        filter: Filter { types: opts.types, min_severity, since_ns, nodes: opts.nodes },
+        printer: Printer { json: opts.json, color, header_done: false },
+        tally: Tally::default(),
+    };
+    if opts.follow {
+        install_stop_handler();
+    }
+    let mut failed_opens = 0;
+    let mut sources = Vec::new();
+    for name in &files {
+        match open(name) {
+            Ok(s) => sources.push(s),
+            Err(e) => {
+                eprintln!("tapio events: cannot read {name}: {e}");
+                failed_opens += 1;
+            }
+        }
+    }
+    let mut stopped = false;
+    for src in &mut sources {
+        // A pipe's end of data is final (its read blocks until there is more); only a
+        // file's end can be followed.
+        let final_end = !opts.follow || src.identity.is_none();
+        if !run.drain(src, final_end)? {
+            stopped = true;
+            break;
+        }
+    }
+    sources.retain(|s| s.identity.is_some());
+    if opts.follow && !stopped && !sources.is_empty() {
+        follow(&mut run, &mut sources)?;
+    }
+
+    let t = &run.tally;
+    let mut summary = format!("tapio events: {} shown, {} filtered out", t.shown, t.filtered);
+    if t.malformed > 0 {
+        summary.push_str(&format!(
+            ", {} malformed line{} skipped (first at {}",
+            t.malformed,
+            if t.malformed == 1 { "" } else { "s" },
+            t.first_bad.as_deref().unwrap_or("?")
+        ));
+        if t.oversized > 0 {
+            summary.push_str(&format!("; {} over {MAX_LINE} bytes", t.oversized));
+        }
+        summary.push(')');
+    }
+    eprintln!("{summary}");
+    Ok(if failed_opens > 0 { ExitCode::from(2) } else { ExitCode::SUCCESS })
+}
+
+/// Polls the files for new lines until a stop signal; reopens a file whose path now names
+/// another file (rotation) or that shrank (truncation), after reading what the old one had.
+fn follow(run: &mut Run, sources: &mut [Source]) -> Result<(), String> {
+    while !STOP.load(Ordering::Relaxed) {
+        for src in sources.iter_mut() {
+            if !run.drain(src, false)? {
+                return Ok(());
+            }
+            let Some(identity) = src.identity else { continue };
+            let Ok(meta) = std::fs::metadata(&src.name) else { continue };
+            let rotated = (meta.dev(), meta.ino()) != identity;
+            if rotated || meta.len() < src.consumed {
+                if let Ok(fresh) = open(&src.name) {
+                    *src = fresh;
+                    if !run.drain(src, false)? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        std::thread::sleep(FOLLOW_POLL);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines_of(input: &[u8]) -> Vec<Result<Vec<u8>, &'static str>> {
+        let mut l = Lines::new(input);
+        let mut out = Vec::new();
+        loop {
+            match l.next().unwrap() {
+                Next::Line => out.push(Ok(std::mem::take(&mut l.line))),
+                Next::Oversized => out.push(Err("oversized")),
+                Next::Interrupted => unreachable!(),
+                Next::End => {
+                    match l.finish() {
+                        Some(Next::Line) => out.push(Ok(std::mem::take(&mut l.line))),
+                        Some(_) => out.push(Err("oversized")),
+                        None => {}
+                    }
+                    return out;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn lines_are_split_bounded_and_the_last_one_kept() {
+        assert_eq!(lines_of(b"a\nbb\n\nc"), vec![Ok(b"a".to_vec()), Ok(b"bb".to_vec()), Ok(vec![]), Ok(b"c".to_vec())]);
+        let mut big = vec![b'x'; MAX_LINE + 10];
+        big.extend_from_slice(b"\nok\n");
+        big.extend(vec![b'y'; MAX_LINE + 1]);
+        assert_eq!(lines_of(&big), vec![Err("oversized"), Ok(b"ok".to_vec()), Err("oversized")]);
+    }
+
+    #[test]
+    fn type_filters_take_full_names_and_prefixes() {
+        let f = |t: &str| Filter { types: vec![t.into()], min_severity: None, since_ns: None, nodes: vec![] };
+        assert!(f("kernel.network").type_matches("kernel.network.connection_refused"));
+        assert!(f("network").type_matches("kernel.network.connection_refused"));
+        assert!(f("network.connection_refused").type_matches("kernel.network.connection_refused"));
+        assert!(!f("network.connection").type_matches("kernel.network.connection_refused"));
+        assert!(!f("net").type_matches("kernel.network.connection_refused"));
+    }
+}

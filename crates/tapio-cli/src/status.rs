@@ -1,0 +1,177 @@
+//! `tapio status --controller URL`: the controller's `/v1/status` as a table of agents:
+//! heartbeat age, the config each applied against the one served, and loss counters.
+//!
+//! The body is read as a JSON tree rather than into tapio-wire's typed structs: fields a
+//! newer controller adds are shown as they come, and a missing optional one is a "-", and
+//! the binary stays within its size budget (typed deserializers cost code per struct).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::http::{self, Url};
+use crate::{out, table};
+
+pub fn run(controller: &str, as_json: bool, timeout_secs: u64) -> Result<ExitCode, String> {
+    let url = Url::parse(controller)?;
+    let timeout = Duration::from_secs(timeout_secs.clamp(1, 300));
+    let resp = http::get(&url, tapio_wire::paths::STATUS, timeout)?;
+    if (300..400).contains(&resp.status) {
+        let to = resp.location.as_deref().unwrap_or("?");
+        return Err(format!("{controller} answered {} (redirect to {to}); redirects are not followed", resp.status));
+    }
+    let body: Option<Value> = serde_json::from_slice(&resp.body).ok();
+    if resp.status != 200 {
+        let e = body.as_ref().map(|b| &b["error"]);
+        let detail = e.map(|e| format!(" {} {}", text(&e["code"]), text(&e["message"]))).unwrap_or_default();
+        return Err(format!("{controller} answered HTTP {}{detail}", resp.status));
+    }
+    let status = body
+        .filter(|b| b["wire_version"] == tapio_wire::WIRE_VERSION && b["agents"].is_array())
+        .ok_or_else(|| format!("{controller}: /v1/status did not answer a tapio-wire/v1 status"))?;
+    if as_json {
+        let mut body = resp.body;
+        if body.last() != Some(&b'\n') {
+            body.push(b'\n');
+        }
+        out(&String::from_utf8_lossy(&body));
+    } else {
+        out(&render(&status));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A string field, or "-".
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn num(v: &Value) -> String {
+    v.as_u64().map_or_else(|| "-".into(), |n| n.to_string())
+}
+
+/// `sha256:` plus the first 12 hex digits: enough to tell configs apart at a glance.
+fn short(hash: &str) -> String {
+    match hash.strip_prefix("sha256:") {
+        Some(hex) => format!("sha256:{}", hex.get(..12).unwrap_or(hex)),
+        None if hash.is_empty() => "-".into(),
+        None => table::truncate(hash, 19),
+    }
+}
+
+fn age(secs: Option<u64>) -> String {
+    match secs {
+        None => "never".into(),
+        Some(s) if s < 120 => format!("{s}s"),
+        Some(s) if s < 7_200 => format!("{}m", s / 60),
+        Some(s) => format!("{}h", s / 3_600),
+    }
+}
+
+/// Where an agent stands against the target config.
+#[derive(PartialEq)]
+enum ConfigState {
+    Current,
+    Outdated,
+    Unreported,
+}
+
+fn config_state(a: &Value, target: &str) -> ConfigState {
+    if a["last_heartbeat_age_seconds"].as_u64().is_none() {
+        return ConfigState::Unreported;
+    }
+    // The controller's own verdict when it gives one, else compare the hashes here.
+    let current = a["config_current"].as_bool().unwrap_or(a["reported_config_hash"] == target);
+    if current {
+        ConfigState::Current
+    } else {
+        ConfigState::Outdated
+    }
+}
+
+/// Observers that are not running, `name:state`.
+fn observers(a: &Value) -> String {
+    let Some(map) = a["observers"].as_object().filter(|m| !m.is_empty()) else {
+        return "-".into();
+    };
+    let off: Vec<String> =
+        map.iter().filter(|(_, s)| *s != "running").map(|(n, s)| format!("{n}:{}", text(s))).collect();
+    if off.is_empty() {
+        "all running".into()
+    } else {
+        off.join(",")
+    }
+}
+
+pub fn render(s: &Value) -> String {
+    let target = s["config"]["config_hash"].as_str().unwrap_or("");
+    let empty = Vec::new();
+    let agents = s["agents"].as_array().unwrap_or(&empty);
+    let count = |st: ConfigState| agents.iter().filter(|a| config_state(a, target) == st).count();
+    let totals = &s["totals"];
+    let mut text_out = format!(
+        "controller {}  target config generation {} {}\n{} agents: {} current, {} outdated, {} unreported; \
+         {} events accepted, {} rejected\n\n",
+        text(&s["controller_id"]),
+        text(&s["config"]["version"]),
+        target,
+        agents.len(),
+        count(ConfigState::Current),
+        count(ConfigState::Outdated),
+        count(ConfigState::Unreported),
+        num(&totals["accepted_events_total"]),
+        num(&totals["rejected_events_total"]),
+    );
+    let rows: Vec<Vec<String>> = agents
+        .iter()
+        .map(|a| {
+            let c = &a["reported_counters"];
+            let applied = match config_state(a, target) {
+                ConfigState::Unreported => "unreported".to_string(),
+                st => format!(
+                    "{} {} {}",
+                    text(&a["reported_config_version"]),
+                    short(a["reported_config_hash"].as_str().unwrap_or("")),
+                    if st == ConfigState::Current { "current" } else { "OUTDATED" }
+                ),
+            };
+            vec![
+                table::truncate(&text(&a["agent_id"]), 40),
+                table::truncate(&text(&a["node_name"]), 40),
+                age(a["last_heartbeat_age_seconds"].as_u64()),
+                applied,
+                num(&c["events_total"]),
+                num(&c["lost_events_total"]),
+                num(&c["malformed_events_total"]),
+                num(&c["correlation_drops_total"]),
+                num(&c["sink_drops_total"]),
+                num(&c["controller_send_failures_total"]),
+                num(&a["sequence"]["gaps_total"]),
+                observers(a),
+            ]
+        })
+        .collect();
+    text_out.push_str(&table::render(
+        &[
+            "AGENT",
+            "NODE",
+            "HEARTBEAT",
+            "APPLIED CONFIG",
+            "EVENTS",
+            "LOST",
+            "MALFORMED",
+            "CORR-DROPS",
+            "SINK-DROPS",
+            "SEND-FAIL",
+            "SEQ-GAPS",
+            "OBSERVERS",
+        ],
+        &rows,
+    ));
+    text_out
+}

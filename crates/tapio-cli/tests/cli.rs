@@ -1,0 +1,578 @@
+//! The built `tapio` binary on fixture files and against a real controller: every profile
+//! subcommand (including the documented errors), the hash agreement with the controller,
+//! `status` tables, `events` filters, malformed lines, bounded memory and `--follow`, and
+//! `doctor` on this machine.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tapio");
+
+fn fixture(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name).to_string_lossy().into_owned()
+}
+
+fn tapio(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("run tapio")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn json_out(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(o)))
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tapio-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+// ---- profiles ----
+
+#[test]
+fn validate_accepts_a_good_profile_in_yaml_and_json() {
+    let o = tapio(&["profile", "validate", &fixture("payments.yaml")]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("valid Evidence Profile \"payments-prod\" (base quiet, 4 overrides:"), "{text}");
+    assert!(text.contains("storage.latency_warning_ms"), "{text}");
+    let v = json_out(&tapio(&["profile", "validate", "--json", &fixture("payments.json")]));
+    assert_eq!(v["valid"], true);
+    assert_eq!(v["base"], "quiet");
+    assert_eq!(v["overrides"].as_array().unwrap().len(), 4);
+    assert!(v["config_hash"].as_str().unwrap().starts_with("sha256:"));
+}
+
+/// (fixture, code, path, exact message tail).
+const INVALID: &[(&str, &str, &str, &str)] = &[
+    (
+        "typo.yaml",
+        "UNKNOWN_FIELD",
+        "overrides.storage.latency_critcal_ms",
+        "overrides.storage.latency_critcal_ms: unknown field (did you mean \"latency_critical_ms\"?); allowed here: \
+         enabled, io_errors, latency_spikes, latency_warning_ms, latency_critical_ms",
+    ),
+    (
+        "out_of_range.yaml",
+        "OUT_OF_RANGE",
+        "overrides.network.retransmit_count",
+        "overrides.network.retransmit_count: 1 is out of range; allowed: 2..=100000",
+    ),
+    (
+        "cross_field.yaml",
+        "CROSS_FIELD",
+        "overrides.storage.latency_warning_ms",
+        "overrides.storage.latency_warning_ms: latency_critical_ms = 500 (from base sensitive) must be at least \
+         latency_warning_ms = 900",
+    ),
+    (
+        "wrong_version.yaml",
+        "UNSUPPORTED_API_VERSION",
+        "apiVersion",
+        "apiVersion: \"tapio.dev/v2\" is not supported; this build reads \"tapio.dev/v1alpha1\"",
+    ),
+    ("wrong_kind.yaml", "WRONG_KIND", "kind", "kind: \"ConfigMap\" is not \"EvidenceProfile\""),
+];
+
+#[test]
+fn validate_reports_each_documented_error_with_path_and_range() {
+    for (file, code, path, message) in INVALID {
+        let o = tapio(&["profile", "validate", &fixture(file)]);
+        assert_eq!(o.status.code(), Some(1), "{file}: {}", stderr(&o));
+        assert_eq!(stderr(&o).trim_end(), format!("{}: invalid: {message}", fixture(file)), "{file}");
+        let o = tapio(&["profile", "validate", "--json", &fixture(file)]);
+        assert_eq!(o.status.code(), Some(1));
+        let v = json_out(&o);
+        assert_eq!(v["valid"], false);
+        assert_eq!(v["error"]["code"], *code, "{file}");
+        assert_eq!(v["error"]["path"], *path, "{file}");
+        assert_eq!(v["error"]["message"], *message, "{file}");
+    }
+}
+
+#[test]
+fn unreadable_inputs_are_command_errors() {
+    let o = tapio(&["profile", "validate", &fixture("not_yaml.yaml")]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("is not valid YAML"), "{}", stderr(&o));
+    let o = tapio(&["profile", "compile", "/nonexistent/p.yaml"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("cannot read /nonexistent/p.yaml"), "{}", stderr(&o));
+    let o = tapio(&["profile", "compile", &fixture("evidence.jsonl")]);
+    assert!(stderr(&o).contains("unknown file type; name it .yaml, .yml or .json"), "{}", stderr(&o));
+    let o = tapio(&["profile", "compile", "builtin:loud"]);
+    assert!(stderr(&o).contains("builtins: production-default, quiet, sensitive"), "{}", stderr(&o));
+    let o = tapio(&["profile", "compile", &fixture("typo.yaml")]);
+    assert_eq!(o.status.code(), Some(2), "compile of an invalid profile fails");
+    assert!(stderr(&o).contains("overrides.storage.latency_critcal_ms"));
+}
+
+#[test]
+fn compile_prints_the_config_and_the_same_hash_as_the_controller() {
+    let o = tapio(&["profile", "compile", "--json", &fixture("payments.yaml")]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v = json_out(&o);
+    let config: tapio_wire::CompiledConfig = serde_json::from_value(v["config"].clone()).unwrap();
+    assert_eq!(config.storage.latency_warning_ms, 80);
+    assert_eq!(config.container.exit_ignore_codes, vec![1, 42]);
+    assert_eq!(config.container.exit_ignore_signals, vec![13, 15], "from base quiet");
+    // The controller's own function, in-process, over the same compiled config.
+    assert_eq!(v["config_hash"], tapio_controller::config_hash::config_hash(&config));
+    // And the controller's own loader reading the same file.
+    let served = tapio_controller::profile::load(Path::new(&fixture("payments.yaml"))).unwrap();
+    assert_eq!(v["config_hash"], tapio_controller::config_hash::config_hash(&served.config));
+    // The JSON twin (keys reordered, duplicates in a list) compiles to the same bytes.
+    let j = json_out(&tapio(&["profile", "compile", "--json", &fixture("payments.json")]));
+    assert_eq!(j["config_hash"], v["config_hash"]);
+    // Human form: the pretty config, then the hash.
+    let text = stdout(&tapio(&["profile", "compile", &fixture("payments.yaml")]));
+    assert!(text.contains("\"latency_warning_ms\": 80"), "{text}");
+    assert!(text.trim_end().ends_with(&format!("config_hash: {}", v["config_hash"].as_str().unwrap())), "{text}");
+    // Deterministic across runs.
+    assert_eq!(json_out(&tapio(&["profile", "compile", "--json", &fixture("payments.yaml")])), v);
+}
+
+#[test]
+fn diff_lists_exactly_the_changed_fields() {
+    let o = tapio(&["profile", "diff", "builtin:quiet", &fixture("payments.yaml")]);
+    assert_eq!(o.status.code(), Some(1), "profiles differ: exit 1");
+    let text = stdout(&o);
+    let rows: Vec<&str> = text.lines().skip(1).take_while(|l| !l.ends_with("differ")).collect();
+    let fields: Vec<&str> = rows.iter().map(|r| r.split_whitespace().next().unwrap()).collect();
+    assert_eq!(
+        fields,
+        ["network.resets", "container.exit_ignore_codes", "storage.latency_warning_ms", "storage.latency_critical_ms"],
+        "{text}"
+    );
+    assert!(rows[1].contains("[]") && rows[1].contains("[1, 42]"), "{}", rows[1]);
+    assert!(text.contains("4 fields differ"));
+    let v = json_out(&tapio(&["profile", "diff", "--json", "builtin:quiet", &fixture("payments.yaml")]));
+    assert_eq!(v["differences"][2], serde_json::json!({"field": "storage.latency_warning_ms", "a": 250, "b": 80}));
+    assert_eq!(v["differences"][0], serde_json::json!({"field": "network.resets", "a": true, "b": false}));
+    let same = tapio(&["profile", "diff", &fixture("payments.json"), &fixture("payments.yaml")]);
+    assert_eq!(same.status.code(), Some(0));
+    assert!(stdout(&same).starts_with("no differences: both compile to sha256:"), "{}", stdout(&same));
+}
+
+#[test]
+fn help_and_usage_errors() {
+    let o = tapio(&["events", "--help"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(stdout(&o).contains("--severity <SEV>"));
+    let o = tapio(&["status"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--controller <URL>"), "{}", stderr(&o));
+    let o = tapio(&["events", "--severity", "loud", &fixture("evidence.jsonl")]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--severity \"loud\" is not one of debug, info, warning, error, critical"));
+}
+
+// ---- events ----
+
+/// Data rows of an events table (the header excluded).
+fn rows(o: &Output) -> Vec<String> {
+    stdout(o).lines().skip(1).map(str::to_string).collect()
+}
+
+#[test]
+fn events_table_counts_and_reports_malformed_lines() {
+    let o = tapio(&["events", &fixture("evidence.jsonl")]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.starts_with("TIME"), "{text}");
+    let rows = rows(&o);
+    assert_eq!(rows.len(), 5, "{text}");
+    assert!(rows[0].starts_with("2024-11-21T06:26:24.941Z  warning "), "{}", rows[0]);
+    assert!(rows[0].contains("network.connection_refused"));
+    assert!(rows[0].contains("curl[11100] TCP connect to 127.0.0.1:1 was refused"), "{}", rows[0]);
+    assert!(rows[1].contains("critical") && rows[1].contains("java[4242]"));
+    // The controller's record form (RFC 3339 timestamp only) reads the same way.
+    assert!(rows[2].starts_with("2024-11-21T06:30:00.500Z  error"), "{}", rows[2]);
+    assert!(rows[3].contains("iperf[99] retransmits_in_window=12 window_ms=1000"), "{}", rows[3]);
+    assert!(rows[4].contains("page-th…"), "unknown severities are shown: {}", rows[4]);
+    assert!(!text.contains('\x1b'), "no colour into a pipe");
+    let summary = stderr(&o);
+    assert_eq!(
+        summary.trim_end(),
+        format!(
+            "tapio events: 5 shown, 0 filtered out, 5 malformed lines skipped (first at {}:2)",
+            fixture("evidence.jsonl")
+        )
+    );
+}
+
+#[test]
+fn events_filters_by_type_severity_node_and_time() {
+    let f = fixture("evidence.jsonl");
+    let count = |args: &[&str]| {
+        let mut all = vec!["events"];
+        all.extend_from_slice(args);
+        all.push(&f);
+        let o = tapio(&all);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+        rows(&o).len()
+    };
+    assert_eq!(count(&["--type", "network"]), 2);
+    assert_eq!(count(&["--type", "kernel.network.retransmit_spike"]), 1);
+    assert_eq!(count(&["--type", "container", "--type", "node"]), 3);
+    assert_eq!(count(&["--type", "netw"]), 0, "a prefix must end at a dot");
+    assert_eq!(count(&["--severity", "error"]), 2, "error and critical; the unknown severity is not ranked");
+    assert_eq!(count(&["--severity", "debug"]), 4);
+    assert_eq!(count(&["--node", "node-a"]), 2);
+    assert_eq!(count(&["--since", "2024-11-21T06:30:00Z"]), 3);
+    assert_eq!(count(&["--since", "2024-11-21T08:30:00+02:00"]), 3, "offsets are honoured");
+    assert_eq!(count(&["--since", "10m"]), 0, "the fixture is from the past");
+    assert_eq!(count(&["--type", "network", "--node", "node-c", "--severity", "warning"]), 1);
+    let o = tapio(&["events", "--type", "network", &f]);
+    assert!(stderr(&o).contains("2 shown, 3 filtered out, 5 malformed"), "{}", stderr(&o));
+}
+
+#[test]
+fn events_json_passes_matching_lines_through_unchanged() {
+    let f = fixture("evidence.jsonl");
+    let o = tapio(&["events", "--json", "--type", "container", &f]);
+    let original: Vec<String> = std::fs::read_to_string(&f).unwrap().lines().map(String::from).collect();
+    let got: Vec<String> = stdout(&o).lines().map(String::from).collect();
+    assert_eq!(got, vec![original[2].clone(), original[5].clone()]);
+}
+
+#[test]
+fn events_reads_stdin_and_relative_times() {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let line = |ago_s: u64, port: u16| {
+        format!(
+            r#"{{"type":"kernel.network.connection_refused","observer":"network","severity":"warning","timestamp_unix_nanos":{},"node":"n","facts":{{"dst_port":{port}}}}}"#,
+            now - ago_s * 1_000_000_000
+        )
+    };
+    let input = format!("{}\n{}\ngarbage\n{}", line(3_600, 1), line(60, 2), line(5, 3)); // no final newline
+    let mut child = Command::new(BIN)
+        .args(["events", "--since", "10m", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    let r = rows(&o);
+    assert_eq!(r.len(), 2, "{}", stdout(&o));
+    assert!(r[0].contains("dst_port=2") && r[1].contains("dst_port=3"), "{r:?}");
+    assert!(
+        stderr(&o).contains("2 shown, 1 filtered out, 1 malformed line skipped (first at stdin:3)"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn events_follow_on_a_pipe_ends_with_the_pipe() {
+    // A pipe's end is final: --follow on standard input prints the last (unterminated)
+    // line and the summary, and exits, instead of polling a closed pipe forever.
+    let mut child = Command::new(BIN)
+        .args(["events", "-f", "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input = format!("{}\n{}", record(1), record(2));
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "tapio events -f did not end with its input");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success());
+    assert_eq!(stdout(&o), format!("{}\n{}\n", record(1), record(2)));
+    assert!(stderr(&o).contains("2 shown, 0 filtered out"), "{}", stderr(&o));
+}
+
+fn record(i: u64) -> String {
+    format!(
+        r#"{{"id":"{i:026}","type":"kernel.network.connection_refused","observer":"network","severity":"warning","timestamp_unix_nanos":{},"node":"node-{}","facts":{{"pid":{i},"comm":"c","dst_port":{}}},"error":{{"code":"ECONNREFUSED","message":"refused, padded to a realistic record size: {}"}}}}"#,
+        1_795_242_384_000_000_000 + i,
+        i % 7,
+        i % 65_536,
+        "x".repeat(120)
+    )
+}
+
+fn vm_hwm_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Waits until `path` (the child's stdout file) holds `n` lines.
+fn wait_lines(path: &Path, n: usize, timeout: Duration) -> usize {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let have = std::fs::read(path).map(|b| b.iter().filter(|&&c| c == b'\n').count()).unwrap_or(0);
+        if have >= n || Instant::now() > deadline {
+            return have;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn events_follow_streams_with_bounded_memory_follows_rotation_and_reports_on_ctrl_c() {
+    let dir = temp_dir("follow");
+    let log = dir.join("evidence.jsonl");
+    // 40 MB of evidence plus a 3 MiB line with no newline in it: far more than the reader
+    // may hold.
+    let n: u64 = 100_000;
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&log).unwrap());
+        for i in 0..n / 2 {
+            writeln!(f, "{}", record(i)).unwrap();
+        }
+        f.write_all(&vec![b'{'; 3 << 20]).unwrap();
+        f.write_all(b"\n").unwrap();
+        for i in n / 2..n {
+            writeln!(f, "{}", record(i)).unwrap();
+        }
+    }
+    let size = std::fs::metadata(&log).unwrap().len();
+    assert!(size > 40 << 20, "{size}");
+    let out_path = dir.join("out.txt");
+    let mut child = Command::new(BIN)
+        .args(["events", "--follow", "--json"])
+        .arg(&log)
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert_eq!(wait_lines(&out_path, n as usize, Duration::from_secs(120)), n as usize, "every record passed through");
+    let hwm = vm_hwm_kib(child.id());
+    assert!(hwm < 16 * 1024, "peak RSS {hwm} KiB reading a {} MiB file", size >> 20);
+
+    // Appended lines are picked up.
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    writeln!(f, "{}", record(n)).unwrap();
+    f.write_all(record(n + 1).as_bytes()).unwrap(); // half-written: no newline yet
+    assert_eq!(wait_lines(&out_path, n as usize + 1, Duration::from_secs(10)), n as usize + 1);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        wait_lines(&out_path, n as usize + 2, Duration::from_millis(10)),
+        n as usize + 1,
+        "a partial line waits"
+    );
+    f.write_all(b"\nnot json\n").unwrap();
+    drop(f);
+    assert_eq!(wait_lines(&out_path, n as usize + 2, Duration::from_secs(10)), n as usize + 2);
+    // Rotation: the file is renamed and a new one takes its path.
+    std::fs::rename(&log, dir.join("evidence.jsonl.1")).unwrap();
+    std::fs::write(&log, format!("{}\n", record(n + 2))).unwrap();
+    assert_eq!(wait_lines(&out_path, n as usize + 3, Duration::from_secs(10)), n as usize + 3, "rotated file followed");
+
+    // Ctrl-C: a clean stop with the summary.
+    // SAFETY: signalling our own child.
+    unsafe { libc_kill(child.id() as i32, 2) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(
+        err.contains(&format!("tapio events: {} shown, 0 filtered out, 2 malformed lines skipped", n + 3)),
+        "{err}"
+    );
+    assert!(err.contains(&format!("{}:{}", log.display(), n / 2 + 1)) && err.contains("1 over 1048576 bytes"), "{err}");
+    let got = std::fs::read_to_string(&out_path).unwrap();
+    assert_eq!(got.lines().nth(7), Some(record(7).as_str()), "lines pass through byte for byte");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+// ---- status ----
+
+fn post(addr: std::net::SocketAddr, path: &str, body: &Value) -> u16 {
+    let body = body.to_string();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    raw.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn heartbeat(agent: &str, hash: &str, events: u64, lost: u64) -> Value {
+    serde_json::json!({"wire_version":"tapio-wire/v1","agent_id":agent,"node_name":format!("node-{agent}"),
+        "config_version":"1","config_hash":hash,"uptime_seconds":5,"observers":{"network":"running","node":"degraded"},
+        "counters":{"events_total":events,"malformed_events_total":0,"lost_events_total":lost,"correlation_drops_total":0,
+        "sink_drops_total":0,"controller_send_failures_total":0}})
+}
+
+#[test]
+fn status_shows_agents_config_state_and_loss_counters() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let dir = temp_dir("status");
+    let settings = tapio_controller::Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        sink: tapio_controller::SinkTarget::File { path: dir.join("sink.jsonl"), max_bytes: 1 << 20, keep_files: 1 },
+        controller_id: Some("ctl-test".into()),
+        ..tapio_controller::Settings::default()
+    };
+    let server = rt.block_on(tapio_controller::RunningServer::start(settings)).unwrap();
+    let addr = server.addr;
+    let target = server.state.config().hash.clone();
+    for agent in ["a-current", "b-behind", "c-silent"] {
+        let hello = serde_json::json!({"wire_version":"tapio-wire/v1","agent_id":agent,"node_name":format!("node-{agent}"),
+            "tapio_version":"0.1.0","kernel_release":"6.18","arch":"x86_64"});
+        assert_eq!(post(addr, "/v1/agents/hello", &hello), 200);
+    }
+    assert_eq!(post(addr, "/v1/agents/heartbeat", &heartbeat("a-current", &target, 12, 3)), 200);
+    assert_eq!(post(addr, "/v1/agents/heartbeat", &heartbeat("b-behind", "sha256:0123456789abcdef", 7, 0)), 200);
+
+    let url = format!("http://{addr}");
+    let o = tapio(&["status", "--controller", &url]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("controller ctl-test  target config generation 1 sha256:"), "{text}");
+    assert!(text.contains("3 agents: 1 current, 1 outdated, 1 unreported"), "{text}");
+    let line = |id: &str| {
+        text.lines().find(|l| l.starts_with(id)).unwrap_or_else(|| panic!("{id} missing: {text}")).to_string()
+    };
+    let a: Vec<String> = line("a-current").split_whitespace().map(String::from).collect();
+    assert_eq!(
+        &a[1..],
+        ["node-a-current", "0s", "1", &target[..19], "current", "12", "3", "0", "0", "0", "0", "0", "node:degraded"]
+    );
+    assert!(line("b-behind").contains("1 sha256:0123456789ab OUTDATED  7"), "{}", line("b-behind"));
+    assert!(line("c-silent").contains("never      unreported"), "{}", line("c-silent"));
+
+    let v = json_out(&tapio(&["status", "--json", "--controller", &url]));
+    let parsed: tapio_wire::StatusResponse = serde_json::from_value(v).unwrap();
+    assert_eq!(parsed.agents.len(), 3);
+    assert_eq!(parsed.agents[0].config_current, Some(true));
+
+    let o = tapio(&["status", "--controller", &format!("https://{addr}")]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("https:// is not supported"), "{}", stderr(&o));
+    rt.block_on(server.stop()).unwrap();
+    let o = tapio(&["status", "--controller", &url, "--timeout-secs", "2"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("cannot connect"), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn status_refuses_redirects_and_names_error_envelopes() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let envelope = r#"{"error":{"code":"UNKNOWN_ENDPOINT","message":"no such x"}}"#;
+        for answer in [
+            "HTTP/1.1 302 Found\r\nLocation: http://elsewhere/\r\nContent-Length: 0\r\n\r\n".to_string(),
+            format!("HTTP/1.1 404 Not Found\r\nContent-Length: {}\r\n\r\n{envelope}", envelope.len()),
+        ] {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            s.write_all(answer.as_bytes()).unwrap();
+        }
+    });
+    let url = format!("http://{addr}");
+    let o = tapio(&["status", "--controller", &url]);
+    assert!(
+        stderr(&o).contains("answered 302 (redirect to http://elsewhere/); redirects are not followed"),
+        "{}",
+        stderr(&o)
+    );
+    let o = tapio(&["status", "--controller", &url]);
+    assert!(stderr(&o).contains("answered HTTP 404 UNKNOWN_ENDPOINT no such x"), "{}", stderr(&o));
+    server.join().unwrap();
+}
+
+// ---- doctor ----
+
+/// What this machine is, read independently of `tapio doctor`'s own code paths.
+fn has_hardware_pmu() -> bool {
+    std::fs::read_dir("/sys/bus/event_source/devices").into_iter().flatten().flatten().any(|e| {
+        let n = e.file_name().to_string_lossy().into_owned();
+        n == "cpu" || n.starts_with("cpu_") || n.starts_with("armv8_pmu") || n.starts_with("armv7_")
+    })
+}
+
+fn cgroup_layout() -> &'static str {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    let v2 = mounts.lines().any(|l| l.split_whitespace().nth(2) == Some("cgroup2"));
+    let v1 = mounts.lines().any(|l| l.split_whitespace().nth(2) == Some("cgroup"));
+    match (v2, v1) {
+        (true, false) => "unified",
+        (true, true) => "hybrid",
+        _ => "legacy",
+    }
+}
+
+#[test]
+fn doctor_reports_the_facts_of_this_machine() {
+    let o = tapio(&["doctor"]);
+    let text = stdout(&o);
+    let check = |name: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no {name}: {text}"))
+            .to_string()
+    };
+    // This project's VMs: BTF present, no hardware PMU, hybrid cgroups (v1 memory).
+    let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
+    assert_eq!(check("btf").split_whitespace().nth(1), Some(if btf { "ok" } else { "FAIL" }), "{text}");
+    let pmu = check("pmu");
+    if has_hardware_pmu() {
+        assert!(pmu.contains(" ok "), "{pmu}");
+    } else {
+        assert!(pmu.contains("warn") && pmu.contains("no hardware PMU"), "{pmu}");
+        assert!(
+            text.lines().any(|l| l.starts_with("node: cpu_stall / ipc_degradation (pmc)") && l.contains(" no ")),
+            "{text}"
+        );
+    }
+    let cg = check("cgroups");
+    assert!(cg.contains(cgroup_layout()), "{cg}");
+    if cgroup_layout() == "hybrid" {
+        assert!(cg.contains("memory controller: v1 at"), "{cg}");
+    }
+    let psi = Path::new("/proc/pressure/memory").exists();
+    assert_eq!(check("psi").split_whitespace().nth(1), Some(if psi { "ok" } else { "warn" }));
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert!(check("kernel").contains(kernel.trim()));
+    // Root in these tests' environment (kernel tests need it too): the agent can run.
+    let root = unsafe { libc_geteuid() } == 0;
+    if root && btf {
+        assert_eq!(o.status.code(), Some(0), "{text}");
+        assert!(text.contains("verdict: the agent can run here"), "{text}");
+    }
+    let v = json_out(&tapio(&["doctor", "--json"]));
+    assert_eq!(v["agent_can_run"], o.status.code() == Some(0));
+    let pmc = v["observers"].as_array().unwrap().iter().find(|x| x["name"].as_str().unwrap().contains("pmc")).unwrap();
+    assert_eq!(pmc["works"], has_hardware_pmu());
+    assert_eq!(v["checks"].as_array().unwrap().len(), 8);
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
