@@ -248,10 +248,10 @@ fn with_the_controller_down_the_agent_keeps_observing_bounds_its_queue_and_recov
     refuse(target, 8);
     std::thread::sleep(Duration::from_secs(30));
     let controller = Controller::start(&dir, port, &[]);
-    wait_until("recovery", Duration::from_secs(15), || controller.agent_status("agent-outage").is_some());
+    wait_until("recovery", Duration::from_secs(30), || controller.agent_status("agent-outage").is_some());
     let after = closed_port();
     refuse(after, 1);
-    wait_until("evidence after recovery", Duration::from_secs(15), || {
+    wait_until("evidence after recovery", Duration::from_secs(30), || {
         refused_to(&controller.sink_events(), after) == 1
     });
     let run = agent.stop();
