@@ -5,9 +5,8 @@
 use crate::counters::Counters;
 use crate::evidence::{Evidence, WorkloadIds};
 use crate::sinks::Sink;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
-use std::time::Duration;
 use tapio_identity::{CgroupHierarchy, Resolver, Workload};
 
 pub struct SinkStage {
@@ -35,22 +34,15 @@ impl SinkStage {
     pub fn run(mut self) {
         let v1_memory = self.identity.as_ref().is_some_and(|r| r.mount_point(&CgroupHierarchy::v1("memory")).is_some());
         let mut line = Vec::with_capacity(1024);
-        loop {
-            match self.queue.recv_timeout(Duration::from_millis(200)) {
-                Ok(ev) => {
-                    self.deliver(ev, v1_memory, &mut line);
-                    while let Ok(ev) = self.queue.try_recv() {
-                        self.deliver(ev, v1_memory, &mut line);
-                    }
-                    self.flush();
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    self.flush();
-                    return;
-                }
+        // Blocks while idle (no periodic wake-ups); ends when the drain drops its sender.
+        while let Ok(ev) = self.queue.recv() {
+            self.deliver(ev, v1_memory, &mut line);
+            while let Ok(ev) = self.queue.try_recv() {
+                self.deliver(ev, v1_memory, &mut line);
             }
+            self.flush();
         }
+        self.flush();
     }
 
     fn deliver(&mut self, mut ev: Box<Evidence>, v1_memory: bool, line: &mut Vec<u8>) {

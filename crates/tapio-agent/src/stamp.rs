@@ -61,3 +61,25 @@ impl Stamper {
         }))
     }
 }
+
+/// Helpers for the observers' classification tests.
+#[cfg(test)]
+pub mod testing {
+    use super::{Stamper, Verdict};
+    use crate::clock::BootToWall;
+    use crate::evidence::Evidence;
+    use std::sync::Arc;
+
+    /// A stamper for node "node-a" with a freshly measured clock.
+    pub fn stamper() -> Stamper {
+        Stamper::new(Arc::from("node-a"), Arc::new(BootToWall::measured()))
+    }
+
+    /// The evidence of a verdict that must be one.
+    pub fn emitted(v: Verdict) -> Evidence {
+        match v {
+            Verdict::Emit(e) => *e,
+            other => panic!("expected evidence, got {other:?}"),
+        }
+    }
+}

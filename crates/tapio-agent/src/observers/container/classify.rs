@@ -171,20 +171,7 @@ fn classify_exit(ev: &tapio_exit_event, stamper: &mut Stamper) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::BootToWall;
-    use crate::evidence::Evidence;
-    use std::sync::Arc;
-
-    fn stamper() -> Stamper {
-        Stamper::new(Arc::from("n"), Arc::new(BootToWall::measured()))
-    }
-
-    fn emitted(v: Verdict) -> Evidence {
-        match v {
-            Verdict::Emit(e) => *e,
-            other => panic!("expected evidence, got {other:?}"),
-        }
-    }
+    use crate::stamp::testing::{emitted, stamper};
 
     fn exit(exit_status: u32) -> tapio_exit_event {
         let mut ev = tapio_exit_event { exit_status, ..Default::default() };

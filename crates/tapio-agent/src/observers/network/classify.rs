@@ -209,12 +209,7 @@ pub fn classify_with(ev: &tapio_net_event, stamper: &mut Stamper, resets_seen: b
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::BootToWall;
-    use std::sync::Arc;
-
-    fn stamper() -> Stamper {
-        Stamper::new(Arc::from("node-a"), Arc::new(BootToWall::measured()))
-    }
+    use crate::stamp::testing::{emitted, stamper};
 
     fn connect_failure(sk_err: u32, flags: u32) -> tapio_net_event {
         let mut ev = tapio_net_event::default();
@@ -231,13 +226,6 @@ mod tests {
         ev.task.comm[..4].copy_from_slice(b"curl");
         ev.duration_ns = 1234;
         ev
-    }
-
-    fn emitted(v: Verdict) -> crate::evidence::Evidence {
-        match v {
-            Verdict::Emit(e) => *e,
-            other => panic!("expected evidence, got {other:?}"),
-        }
     }
 
     #[test]

@@ -351,19 +351,7 @@ impl Poller for NodeObserver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::BootToWall;
-    use crate::evidence::Evidence;
-
-    fn stamper() -> Stamper {
-        Stamper::new(Arc::from("n"), Arc::new(BootToWall::measured()))
-    }
-
-    fn emitted(v: Verdict) -> Evidence {
-        match v {
-            Verdict::Emit(e) => *e,
-            other => panic!("expected evidence, got {other:?}"),
-        }
-    }
+    use crate::stamp::testing::{emitted, stamper};
 
     #[test]
     fn a_pressure_crossing_carries_the_reading_and_threshold() {

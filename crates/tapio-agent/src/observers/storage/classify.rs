@@ -196,20 +196,8 @@ pub fn classify(ev: &tapio_sto_event, disk: Option<&str>, stamper: &mut Stamper)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::BootToWall;
     use crate::evidence::Evidence;
-    use std::sync::Arc;
-
-    fn stamper() -> Stamper {
-        Stamper::new(Arc::from("n"), Arc::new(BootToWall::measured()))
-    }
-
-    fn emitted(v: Verdict) -> Evidence {
-        match v {
-            Verdict::Emit(e) => *e,
-            other => panic!("expected evidence, got {other:?}"),
-        }
-    }
+    use crate::stamp::testing::{emitted, stamper};
 
     fn record(kind: u32) -> tapio_sto_event {
         let mut ev = tapio_sto_event::default();
