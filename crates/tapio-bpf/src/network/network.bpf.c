@@ -141,6 +141,16 @@ static __always_inline struct tapio_net_event *reserve_event(__u32 kind, __u32 g
 		}                                                             \
 	} while (0)
 
+/* The task that started the connection, when its connect was seen (else left unknown). */
+static __always_inline void attach_owner(struct tapio_net_event *ev, __u64 sock)
+{
+	struct tapio_task *owner = bpf_map_lookup_elem(&owners, &sock);
+	if (owner) {
+		ev->task = *owner;
+		ev->flags |= TAPIO_NET_F_TASK_KNOWN;
+	}
+}
+
 /* Addresses and ports from the socket itself (for hooks whose context lacks them). */
 static __always_inline void fill_addrs_from_sock(struct tapio_net_event *ev, struct sock *sk)
 {
@@ -288,11 +298,7 @@ int tapio_tcp_receive_reset(struct trace_event_raw_tcp_event_sk *ctx)
 	FILL_ADDRS_FROM_CTX(ev, ctx);
 	ev->state = state;
 	fill_tcp_facts(ev, sk);
-	struct tapio_task *owner = bpf_map_lookup_elem(&owners, &key);
-	if (owner) {
-		ev->task = *owner;
-		ev->flags |= TAPIO_NET_F_TASK_KNOWN;
-	}
+	attach_owner(ev, key);
 	tapio_submit(&events, ev, EVENTS_WAKEUP_BYTES);
 	return 0;
 }
@@ -340,11 +346,7 @@ static __always_inline int on_retransmit(struct sock *sk, int state)
 	ev->state = state;
 	ev->retransmits_in_window = count;
 	ev->window_ms = cfg.retransmit_window_ms;
-	struct tapio_task *owner = bpf_map_lookup_elem(&owners, &key);
-	if (owner) {
-		ev->task = *owner;
-		ev->flags |= TAPIO_NET_F_TASK_KNOWN;
-	}
+	attach_owner(ev, key);
 	tapio_submit(&events, ev, EVENTS_WAKEUP_BYTES);
 	return 0;
 }
@@ -431,13 +433,8 @@ int tapio_tcp_probe(struct trace_event_raw_tcp_probe *ctx)
 			ev->state = TCP_ESTABLISHED;
 			/* tcp_probe has no skaddr on older kernels (6.1 lacks it, 6.12 has it): there
 			 * the owner stays unknown (the event says so) rather than guessed. */
-			struct tapio_task *owner = NULL;
 			if (bpf_core_field_exists(ctx->skaddr))
-				owner = bpf_map_lookup_elem(&owners, &(__u64){ (__u64)ctx->skaddr });
-			if (owner) {
-				ev->task = *owner;
-				ev->flags |= TAPIO_NET_F_TASK_KNOWN;
-			}
+				attach_owner(ev, (__u64)ctx->skaddr);
 			tapio_submit(&events, ev, EVENTS_WAKEUP_BYTES);
 			return 0;
 		}
