@@ -66,9 +66,3 @@ pub fn observer_counter_names(observer: &str) -> &'static [(u32, &'static str)] 
         _ => &[],
     }
 }
-
-/// The name of the global through which an object declares its ABI version (see
-/// `tapio_bpf.h`): the loader sets it by name, which fails for an object of another ABI.
-pub fn abi_symbol() -> String {
-    format!("tapio_abi_v{ABI_VERSION}")
-}

@@ -156,18 +156,14 @@ fn hint(err: &str) -> String {
     }
 }
 
-/// Loads `object`, writes its config with `configure`, attaches `hooks`, and returns what
-/// attached. Fails only when nothing usable remains.
-pub fn load(
-    object: &[u8],
-    btf: Option<&Btf>,
-    hooks: &[(&'static str, Hook)],
-    configure: impl FnOnce(&mut Ebpf) -> Result<(), String>,
-) -> Result<Loaded, String> {
-    let abi_symbol = tapio_bpf::abi_symbol();
-    let mut ebpf = EbpfLoader::new()
+/// Loads an object built for kernel ABI `abi_version`: the loader sets the object's
+/// `tapio_abi_v<version>` global by name, so an object of another ABI (which lacks that
+/// name) is refused here, loudly, before anything runs.
+pub fn load_object(object: &[u8], btf: Option<&Btf>, abi_version: u32) -> Result<Ebpf, String> {
+    let abi_symbol = format!("tapio_abi_v{abi_version}");
+    EbpfLoader::new()
         .btf(btf)
-        .override_global(abi_symbol.as_str(), &tapio_bpf::ABI_VERSION, true)
+        .override_global(abi_symbol.as_str(), &abi_version, true)
         .load(object)
         .map_err(|e| {
             let text = format!("{e}");
@@ -176,7 +172,18 @@ pub fn load(
             } else {
                 hint(&format!("loading eBPF object: {}", with_causes(&e)))
             }
-        })?;
+        })
+}
+
+/// Loads `object`, writes its config with `configure`, attaches `hooks`, and returns what
+/// attached. Fails only when nothing usable remains.
+pub fn load(
+    object: &[u8],
+    btf: Option<&Btf>,
+    hooks: &[(&'static str, Hook)],
+    configure: impl FnOnce(&mut Ebpf) -> Result<(), String>,
+) -> Result<Loaded, String> {
+    let mut ebpf = load_object(object, btf, tapio_bpf::ABI_VERSION)?;
     // Programs are inert until their config is written: write it before attaching.
     configure(&mut ebpf)?;
 
