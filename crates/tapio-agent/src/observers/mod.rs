@@ -161,18 +161,14 @@ fn hint(err: &str) -> String {
 /// name) is refused here, loudly, before anything runs.
 pub fn load_object(object: &[u8], btf: Option<&Btf>, abi_version: u32) -> Result<Ebpf, String> {
     let abi_symbol = format!("tapio_abi_v{abi_version}");
-    EbpfLoader::new()
-        .btf(btf)
-        .override_global(abi_symbol.as_str(), &abi_version, true)
-        .load(object)
-        .map_err(|e| {
-            let text = format!("{e}");
-            if text.contains(&abi_symbol) {
-                format!("object was built for another kernel ABI (it lacks {abi_symbol}): {text}")
-            } else {
-                hint(&format!("loading eBPF object: {}", with_causes(&e)))
-            }
-        })
+    EbpfLoader::new().btf(btf).override_global(abi_symbol.as_str(), &abi_version, true).load(object).map_err(|e| {
+        let text = format!("{e}");
+        if text.contains(&abi_symbol) {
+            format!("object was built for another kernel ABI (it lacks {abi_symbol}): {text}")
+        } else {
+            hint(&format!("loading eBPF object: {}", with_causes(&e)))
+        }
+    })
 }
 
 /// Loads `object`, writes its config with `configure`, attaches `hooks`, and returns what
