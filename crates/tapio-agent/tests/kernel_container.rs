@@ -322,15 +322,8 @@ def thread_count():
 print(os.getpid(), open('/proc/self/comm').read().strip(), flush=True)
 "#;
 
-#[test]
-fn a_five_thread_process_that_exit_groups_is_one_event_counting_five_threads() {
-    if !kernel_test("exit_group_five_threads") {
-        return;
-    }
-    // All five threads are parked when main calls exit_group(4); any of them may be the
-    // last to leave the kernel, and the workers carry other names.
-    let script = format!(
-        "{PY_PRELUDE}
+/// Starts four renamed workers and returns once all five threads are parked.
+const PY_FIVE_PARKED_THREADS: &str = r#"
 ready = threading.Barrier(5)
 def work(i):
     rename('tapio-w%d' % i)
@@ -340,7 +333,17 @@ def work(i):
 for i in range(4):
     threading.Thread(target=work, args=(i,), daemon=True).start()
 ready.wait()
-if thread_count() != 5:
+"#;
+
+#[test]
+fn a_five_thread_process_that_exit_groups_is_one_event_counting_five_threads() {
+    if !kernel_test("exit_group_five_threads") {
+        return;
+    }
+    // All five threads are parked when main calls exit_group(4); any of them may be the
+    // last to leave the kernel, and the workers carry other names.
+    let script = format!(
+        "{PY_PRELUDE}{PY_FIVE_PARKED_THREADS}if thread_count() != 5:
     os._exit(99)
 os._exit(4)
 "
@@ -456,18 +459,8 @@ fn a_multi_threaded_process_killed_by_a_signal_is_one_event() {
         return;
     }
     let script = format!(
-        "{PY_PRELUDE}
-import signal
-ready = threading.Barrier(5)
-def work(i):
-    rename('tapio-w%d' % i)
-    ready.wait()
-    while True:
-        time.sleep(1)
-for i in range(4):
-    threading.Thread(target=work, args=(i,), daemon=True).start()
-ready.wait()
-os.kill(os.getpid(), signal.SIGSEGV)
+        "{PY_PRELUDE}import signal
+{PY_FIVE_PARKED_THREADS}os.kill(os.getpid(), signal.SIGSEGV)
 time.sleep(10)
 "
     );
