@@ -319,6 +319,10 @@ def rename(name):
     libc.prctl(15, name.encode(), 0, 0, 0)
 def thread_count():
     return len(os.listdir('/proc/self/task'))
+def join_cgroup():
+    # argv[1] is the test cgroup's cgroup.procs: move this process into it.
+    with open(sys.argv[1], 'w') as f:
+        f.write(str(os.getpid()))
 print(os.getpid(), open('/proc/self/comm').read().strip(), flush=True)
 "#;
 
@@ -732,8 +736,7 @@ fn a_multi_threaded_oom_victim_is_one_oom_kill() {
     // Joins the cgroup before any thread exists, then four threads allocate at once.
     let script = format!(
         "{PY_PRELUDE}
-with open(sys.argv[1], 'w') as f:
-    f.write(str(os.getpid()))
+join_cgroup()
 ready = threading.Barrier(4)
 def hog():
     ready.wait()
@@ -822,8 +825,7 @@ fn an_already_dying_process_that_the_oom_killer_only_marks_is_not_an_oom_kill() 
     let cg = MemCgroup::new("dying", limit);
     let holder_script = format!(
         "{PY_PRELUDE}
-with open(sys.argv[1], 'w') as f:
-    f.write(str(os.getpid()))
+join_cgroup()
 with open('/proc/self/oom_score_adj', 'w') as f:
     f.write('1000')
 keep = b'x' * (40 << 20)
@@ -855,8 +857,7 @@ time.sleep(3600)
     // the allocator's would need CAP_SYS_RESOURCE, which the test-bed's root lacks).
     let alloc_script = format!(
         "{PY_PRELUDE}
-with open(sys.argv[1], 'w') as f:
-    f.write(str(os.getpid()))
+join_cgroup()
 keep = b'x' * (40 << 20)
 "
     );
