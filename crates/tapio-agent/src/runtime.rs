@@ -95,15 +95,11 @@ fn start_observers(
 
     if config.network.enabled {
         let carrier = config::network_carrier(&settings.network, generation, carriers.ephemeral_ports);
-        let loaded = observers::load(tapio_bpf::network::object(), btf.as_ref(), &network::hooks(), |ebpf| {
-            observers::write_config(ebpf, carrier)
-        })
-        .and_then(|mut l| {
-            if let Some(map) = l.config.take() {
-                carriers.network = Some(observers::ConfigCarrier::from_map(map)?);
-            }
-            Ok(l)
-        });
+        let loaded =
+            observers::load(tapio_bpf::network::object(), btf.as_ref(), &network::hooks(), carrier).map(|(l, c)| {
+                carriers.network = Some(c);
+                l
+            });
         let classifier = network::classifier_for(loaded.as_ref().ok());
         record(network::NAME, loaded, classifier, report, &mut running);
     } else {
@@ -112,15 +108,12 @@ fn start_observers(
 
     if config.container.enabled {
         let carrier = config::container_carrier(&settings.container, generation);
-        let loaded = observers::load(tapio_bpf::container::object(), btf.as_ref(), &container::hooks(), |ebpf| {
-            observers::write_config(ebpf, carrier)
-        })
-        .and_then(|mut l| {
-            if let Some(map) = l.config.take() {
-                carriers.container = Some(observers::ConfigCarrier::from_map(map)?);
-            }
-            Ok(l)
-        });
+        let loaded = observers::load(tapio_bpf::container::object(), btf.as_ref(), &container::hooks(), carrier).map(
+            |(l, c)| {
+                carriers.container = Some(c);
+                l
+            },
+        );
         record(container::NAME, loaded, Box::new(container::ContainerClassifier::new()), report, &mut running);
     } else {
         report.observers.push((container::NAME, ObserverState::Disabled));
@@ -128,23 +121,21 @@ fn start_observers(
 
     if config.storage.enabled {
         let carrier = config::storage_carrier(&settings.storage, generation);
-        let loaded = observers::load(tapio_bpf::storage::object(), btf.as_ref(), &storage::hooks(), |ebpf| {
-            observers::write_config(ebpf, carrier)
-        })
-        .and_then(|mut l| {
-            if let Some(map) = l.config.take() {
-                carriers.storage = Some(observers::ConfigCarrier::from_map(map)?);
-            }
-            // The in-flight table is aged on the poll thread (entries whose completion
-            // never comes must not fill it for good).
-            let inflight = l
-                .ebpf
-                .as_mut()
-                .and_then(|e| e.take_map(tapio_bpf::storage::INFLIGHT_MAP))
-                .ok_or("storage object has no inflight map")?;
-            pollers.push(Box::new(storage::InflightSweeper::new(inflight, settings.storage.inflight_max_age_secs)?));
-            Ok(l)
-        });
+        let loaded = observers::load(tapio_bpf::storage::object(), btf.as_ref(), &storage::hooks(), carrier).and_then(
+            |(mut l, c)| {
+                carriers.storage = Some(c);
+                // The in-flight table is aged on the poll thread (entries whose completion
+                // never comes must not fill it for good).
+                let inflight = l
+                    .ebpf
+                    .as_mut()
+                    .and_then(|e| e.take_map(tapio_bpf::storage::INFLIGHT_MAP))
+                    .ok_or("storage object has no inflight map")?;
+                pollers
+                    .push(Box::new(storage::InflightSweeper::new(inflight, settings.storage.inflight_max_age_secs)?));
+                Ok(l)
+            },
+        );
         record(storage::NAME, loaded, Box::new(storage::StorageClassifier::new()), report, &mut running);
     } else {
         report.observers.push((storage::NAME, ObserverState::Disabled));

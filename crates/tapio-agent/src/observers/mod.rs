@@ -86,29 +86,20 @@ pub struct Carrier<T>(T);
 // SAFETY: `Carrier` wraps ABI records, which are plain old data (`Record`).
 unsafe impl<T: Record + 'static> Pod for Carrier<T> {}
 
-/// Writes `value` into the object's config carrier. The map's value size is checked by aya
-/// against the Rust struct, so an object with another layout is refused here.
-pub fn write_config<T: Record + 'static>(ebpf: &mut Ebpf, value: T) -> Result<(), String> {
-    let map = ebpf.map_mut(tapio_bpf::maps::CONFIG).ok_or_else(|| "object has no config map".to_string())?;
-    let mut array: Array<&mut MapData, Carrier<T>> =
-        Array::try_from(map).map_err(|e| format!("config map does not match this agent's ABI: {e}"))?;
-    array.set(0, Carrier(value), 0).map_err(|e| format!("writing config: {e}"))
-}
-
-/// A loaded observer: the object (which owns the attached programs), its ring buffer, its
-/// kernel counters and its config carrier (taken out so config can be re-applied while the
-/// drain thread owns the rest).
+/// A loaded observer: the object (which owns the attached programs), its ring buffer and
+/// its kernel counters.
 pub struct Loaded {
     /// `None` once detached at shutdown.
     pub ebpf: Option<Ebpf>,
     pub ring: RingBuf<MapData>,
     pub counters: PerCpuArray<MapData, u64>,
-    pub config: Option<aya::maps::Map>,
     pub programs: Vec<ProgramStatus>,
 }
 
-/// An object's config carrier, writable at any time (e.g. when the controller's config
-/// changes). Writing a new generation is atomic for the programs: they check the trailing
+/// An object's config carrier, taken out of the object so it stays writable at any time
+/// (e.g. when the controller's config changes) while the drain thread owns the rest. The
+/// map's value size is checked by aya against the Rust struct, so an object with another
+/// layout is refused. Writing a new generation is atomic for the programs: they check the trailing
 /// generation copy and skip a torn read.
 pub struct ConfigCarrier<T: Record + 'static> {
     array: Array<MapData, Carrier<T>>,
@@ -171,17 +162,19 @@ pub fn load_object(object: &[u8], btf: Option<&Btf>, abi_version: u32) -> Result
     })
 }
 
-/// Loads `object`, writes its config with `configure`, attaches `hooks`, and returns what
-/// attached. Fails only when nothing usable remains.
-pub fn load(
+/// Loads `object`, writes `initial` into its config carrier, attaches `hooks`, and returns
+/// what attached with the carrier. Fails only when nothing usable remains.
+pub fn load<T: Record + 'static>(
     object: &[u8],
     btf: Option<&Btf>,
     hooks: &[(&'static str, Hook)],
-    configure: impl FnOnce(&mut Ebpf) -> Result<(), String>,
-) -> Result<Loaded, String> {
+    initial: T,
+) -> Result<(Loaded, ConfigCarrier<T>), String> {
     let mut ebpf = load_object(object, btf, tapio_bpf::ABI_VERSION)?;
     // Programs are inert until their config is written: write it before attaching.
-    configure(&mut ebpf)?;
+    let map = ebpf.take_map(tapio_bpf::maps::CONFIG).ok_or("object has no config map")?;
+    let mut carrier = ConfigCarrier::from_map(map)?;
+    carrier.write(initial)?;
 
     let mut programs = Vec::with_capacity(hooks.len());
     for &(name, hook) in hooks {
@@ -201,8 +194,7 @@ pub fn load(
         .take_map(tapio_bpf::maps::COUNTERS)
         .ok_or("object has no counters map")
         .and_then(|m| PerCpuArray::try_from(m).map_err(|_| "counters map has the wrong type"))?;
-    let config = ebpf.take_map(tapio_bpf::maps::CONFIG);
-    Ok(Loaded { ebpf: Some(ebpf), ring, counters, config, programs })
+    Ok((Loaded { ebpf: Some(ebpf), ring, counters, programs }, carrier))
 }
 
 fn attach(ebpf: &mut Ebpf, btf: Option<&Btf>, name: &str, hook: Hook) -> Result<(), String> {
