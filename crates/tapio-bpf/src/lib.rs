@@ -40,8 +40,10 @@ pub(crate) use include_object;
 
 /// Names of the maps every object exposes (see `tapio_bpf.h`).
 pub mod maps {
-    /// The one-entry config carrier.
+    /// The config carrier: two copies of the object's config (entries 0 and 1).
     pub const CONFIG: &str = "config";
+    /// The latch sequence saying which copy of `config` programs read (`seq & 1`).
+    pub const CONFIG_SEQ: &str = "config_seq";
     /// Per-CPU loss and refusal counters, indexed by `abi::TAPIO_CNT_*`.
     pub const COUNTERS: &str = "counters";
     /// The ring buffer of fixed event records.

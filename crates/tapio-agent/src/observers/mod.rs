@@ -99,21 +99,42 @@ pub struct Loaded {
 /// An object's config carrier, taken out of the object so it stays writable at any time
 /// (e.g. when the controller's config changes) while the drain thread owns the rest. The
 /// map's value size is checked by aya against the Rust struct, so an object with another
-/// layout is refused. Writing a new generation is atomic for the programs: they check the trailing
-/// generation copy and skip a torn read.
+/// layout is refused.
+///
+/// The carrier is two copies of the config behind a latch sequence (`tapio_bpf.h`,
+/// `TAPIO_READ_CONFIG`): programs copy the copy `seq & 1` names and copy again if `seq`
+/// moved meanwhile. A write bumps `seq` (readers move to copy 1), rewrites copy 0, bumps it
+/// again (readers move back to copy 0) and rewrites copy 1. Each step is one map update
+/// (one syscall, which the kernel performs whole), so a program always copies a config that
+/// was written in full, and never waits. This agent is the only writer.
 pub struct ConfigCarrier<T: Record + 'static> {
-    array: Array<MapData, Carrier<T>>,
+    slots: Array<MapData, Carrier<T>>,
+    seq: Array<MapData, u64>,
+    /// The sequence as this writer last set it (the map starts at 0).
+    current: u64,
 }
 
 impl<T: Record + 'static> ConfigCarrier<T> {
-    pub fn from_map(map: aya::maps::Map) -> Result<Self, String> {
-        Array::try_from(map)
-            .map(|array| Self { array })
-            .map_err(|e| format!("config map does not match this agent's ABI: {e}"))
+    pub fn from_maps(slots: aya::maps::Map, seq: aya::maps::Map) -> Result<Self, String> {
+        let slots = Array::try_from(slots).map_err(|e| format!("config map does not match this agent's ABI: {e}"))?;
+        let seq = Array::try_from(seq).map_err(|e| format!("config_seq map does not match this agent's ABI: {e}"))?;
+        let current = seq.get(&0, 0).map_err(|e| format!("reading config_seq: {e}"))?;
+        Ok(Self { slots, seq, current })
     }
 
+    /// Writes `value` so that every later program run judges with it. On an error the
+    /// programs keep judging with one whole config (the old one, or the new one if only the
+    /// last copy failed): the sequence always names a copy that was written in full.
     pub fn write(&mut self, value: T) -> Result<(), String> {
-        self.array.set(0, Carrier(value), 0).map_err(|e| format!("writing config: {e}"))
+        for _ in 0..2 {
+            let next = self.current + 1;
+            self.seq.set(0, next, 0).map_err(|e| format!("writing config_seq: {e}"))?;
+            self.current = next;
+            // Readers now use copy `next & 1`: rewrite the other one.
+            let idle = 1 - (next & 1) as u32;
+            self.slots.set(idle, Carrier(value), 0).map_err(|e| format!("writing config copy {idle}: {e}"))?;
+        }
+        Ok(())
     }
 }
 
@@ -172,8 +193,9 @@ pub fn load<T: Record + 'static>(
 ) -> Result<(Loaded, ConfigCarrier<T>), String> {
     let mut ebpf = load_object(object, btf, tapio_bpf::ABI_VERSION)?;
     // Programs are inert until their config is written: write it before attaching.
-    let map = ebpf.take_map(tapio_bpf::maps::CONFIG).ok_or("object has no config map")?;
-    let mut carrier = ConfigCarrier::from_map(map)?;
+    let slots = ebpf.take_map(tapio_bpf::maps::CONFIG).ok_or("object has no config map")?;
+    let seq = ebpf.take_map(tapio_bpf::maps::CONFIG_SEQ).ok_or("object has no config_seq map")?;
+    let mut carrier = ConfigCarrier::from_maps(slots, seq)?;
     carrier.write(initial)?;
 
     let mut programs = Vec::with_capacity(hooks.len());

@@ -323,17 +323,29 @@ int tapio_sched_process_exit(struct trace_event_raw_sched_process_exit *ctx)
 	 */
 	struct task_struct *leader = BPF_CORE_READ(task, group_leader);
 	__u32 status = group_exit ? BPF_CORE_READ(signal, group_exit_code) : BPF_CORE_READ(leader, exit_code);
-	__u32 threads = BPF_CORE_READ(signal, nr_threads);
+	if (status == 0)
+		return 0;
 	struct exit_key key = process_key(task);
-	if (group_exit && status != 0) {
+	/*
+	 * Without group_dead, two threads can both see live == 0. Only the first past this
+	 * insert decides anything for the process: it must come before every other outcome
+	 * (the OOM victim's entry is consumed once, so a second thread past it would report
+	 * the OOM kill's SIGKILL again as an abnormal exit; the first thread's thread count
+	 * is consumed once too).
+	 */
+	if (!use_group_dead) {
+		__u8 one = 1;
+		if (bpf_map_update_elem(&exits_reported, &key, &one, BPF_NOEXIST))
+			return 0;
+	}
+	__u32 threads = BPF_CORE_READ(signal, nr_threads);
+	if (group_exit) {
 		__u32 *first = bpf_map_lookup_elem(&group_exit_threads, &key);
 		if (first) {
 			threads = *first;
 			bpf_map_delete_elem(&group_exit_threads, &key);
 		}
 	}
-	if (status == 0)
-		return 0;
 	__u32 sig = status & 0x7f;
 	/* Already reported as the OOM kill that caused it. */
 	if (sig == SIGKILL && bpf_map_delete_elem(&oom_victims, &key) == 0)
@@ -344,12 +356,6 @@ int tapio_sched_process_exit(struct trace_event_raw_sched_process_exit *ctx)
 			return 0;
 	} else if (cfg.ignored_signals & (1ULL << (sig & 63))) {
 		return 0;
-	}
-
-	if (!use_group_dead) {
-		__u8 one = 1;
-		if (bpf_map_update_elem(&exits_reported, &key, &one, BPF_NOEXIST))
-			return 0;
 	}
 
 	struct tapio_exit_event *ev = reserve(sizeof(*ev), TAPIO_CTR_EXIT, cfg.hdr.generation);

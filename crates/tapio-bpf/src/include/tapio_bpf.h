@@ -34,14 +34,26 @@ const volatile __u32 TAPIO_CAT(tapio_abi_v, TAPIO_ABI_VERSION) = TAPIO_ABI_VERSI
 		__type(value, __u64);                        \
 	} counters SEC(".maps")
 
-/* Declares the one-entry config carrier every object exposes as "config". */
+/*
+ * Declares the config carrier every object exposes: two copies of its config ("config",
+ * entries 0 and 1) and the latch sequence ("config_seq") that says which copy readers use
+ * (seq & 1). The agent, the only writer, moves readers to one copy while it rewrites the
+ * other, then back (see TAPIO_READ_CONFIG): a reader never has to wait, and always has one
+ * whole config to copy.
+ */
 #define TAPIO_CONFIG_MAP(type_)                              \
+	struct {                                             \
+		__uint(type, BPF_MAP_TYPE_ARRAY);            \
+		__uint(max_entries, 2);                      \
+		__type(key, __u32);                          \
+		__type(value, type_);                        \
+	} config SEC(".maps");                               \
 	struct {                                             \
 		__uint(type, BPF_MAP_TYPE_ARRAY);            \
 		__uint(max_entries, 1);                      \
 		__type(key, __u32);                          \
-		__type(value, type_);                        \
-	} config SEC(".maps")
+		__type(value, __u64);                        \
+	} config_seq SEC(".maps")
 
 static __always_inline void tapio_count(void *counters_map, __u32 idx)
 {
@@ -50,26 +62,54 @@ static __always_inline void tapio_count(void *counters_map, __u32 idx)
 		*v += 1; /* per-CPU slot: no atomics needed */
 }
 
+/* Reads that the compiler must not merge, drop or move across the barrier below. */
+#define TAPIO_READ_ONCE_U64(p) (*(volatile __u64 *)(p))
+#define TAPIO_COMPILER_BARRIER() asm volatile("" ::: "memory")
+
+/* Copies a reader makes before it gives up on a config that keeps changing under it (each
+ * retry needs the agent to have rewritten the config during the previous copy). */
+#define TAPIO_CONFIG_TRIES 4
+
 /*
  * Copies the config into *out and returns 1 when it may judge events: the agent has written
- * it (abi_version != 0), with this object's ABI, and not mid-update.
+ * it (abi_version != 0), with this object's ABI.
+ *
+ * The copy is one config by construction (a latch, the technique of the kernel's
+ * seqcount_latch): the sequence is read, the copy it names (seq & 1) is copied, and the
+ * sequence is read again. The agent bumps the sequence before rewriting each copy and
+ * rewrites only the copy readers were just moved away from, so an unchanged sequence means
+ * nobody wrote the copied slot meanwhile; a changed one means copy again. Ordering: x86-64
+ * keeps loads in program order and stores in program order (TSO), so only the compiler
+ * must be kept from reordering, which the volatile reads and the barriers do. A config
+ * that changed under every try is counted (config_torn_read) and not used.
  */
 #define TAPIO_READ_CONFIG(config_map, counters_map, out)                                    \
 	({                                                                                  \
 		__u32 zero_ = 0;                                                            \
 		int ok_ = 0;                                                                \
-		void *cfg_ = bpf_map_lookup_elem(config_map, &zero_);                       \
-		if (cfg_) {                                                                 \
+		int copied_ = 0;                                                            \
+		__u64 *seq_ = bpf_map_lookup_elem(&config_seq, &zero_);                     \
+		for (int try_ = 0; seq_ && try_ < TAPIO_CONFIG_TRIES && !copied_; try_++) { \
+			__u64 before_ = TAPIO_READ_ONCE_U64(seq_);                          \
+			TAPIO_COMPILER_BARRIER();                                           \
+			__u32 slot_ = before_ & 1;                                          \
+			void *cfg_ = bpf_map_lookup_elem(config_map, &slot_);               \
+			if (!cfg_)                                                          \
+				break;                                                      \
 			__builtin_memcpy(out, cfg_, sizeof(*(out)));                        \
-			if ((out)->hdr.abi_version == 0)                                    \
-				ok_ = 0;                                                    \
-			else if ((out)->hdr.abi_version != TAPIO_ABI_VERSION)               \
-				tapio_count(counters_map, TAPIO_CNT_ABI_MISMATCH);          \
-			else if ((out)->hdr.generation != (out)->generation_check)          \
-				tapio_count(counters_map, TAPIO_CNT_CONFIG_TORN);           \
-			else                                                                \
-				ok_ = 1;                                                    \
+			TAPIO_COMPILER_BARRIER();                                           \
+			copied_ = TAPIO_READ_ONCE_U64(seq_) == before_;                     \
 		}                                                                           \
+		if (!seq_)                                                                  \
+			ok_ = 0;                                                            \
+		else if (!copied_)                                                          \
+			tapio_count(counters_map, TAPIO_CNT_CONFIG_TORN);                   \
+		else if ((out)->hdr.abi_version == 0)                                       \
+			ok_ = 0;                                                            \
+		else if ((out)->hdr.abi_version != TAPIO_ABI_VERSION)                       \
+			tapio_count(counters_map, TAPIO_CNT_ABI_MISMATCH);                  \
+		else                                                                        \
+			ok_ = 1;                                                            \
 		ok_;                                                                        \
 	})
 

@@ -13,13 +13,13 @@
 #define TAPIO_ABI_VERSION 1
 
 /*
- * Every observer's one-entry config map starts with this header and ends with a
- * generation_check field equal to hdr.generation. A program copies the config before using
- * it and skips (counting TAPIO_CNT_CONFIG_TORN) when the two differ, so one event is never
- * judged by half of one config and half of another.
+ * Every observer's config starts with this header. Its carrier holds two copies behind a
+ * latch sequence (TAPIO_CONFIG_MAP and TAPIO_READ_CONFIG in tapio_bpf.h), so a program
+ * always copies one whole config. The configs' trailing generation_check fields date from
+ * an earlier torn-read check; nothing reads them any more (the agent still fills them in).
  *
- * The map starts all-zero, and all-zero means inert: programs do nothing until the agent writes a config whose
- * abi_version matches the object's.
+ * The maps start all-zero, and all-zero means inert: programs do nothing until the agent
+ * writes a config whose abi_version matches the object's.
  */
 struct tapio_config_header {
 	__u32 abi_version;
@@ -64,7 +64,7 @@ enum tapio_counter {
 	TAPIO_CNT_AMBIGUOUS = 3,
 	/* The running kernel lacks what this program needs (checked with CO-RE). */
 	TAPIO_CNT_UNSUPPORTED = 4,
-	/* The config was read mid-update (generation and generation_check differ): skipped. */
+	/* The config changed under every copy a program made (TAPIO_CONFIG_TRIES): not used. */
 	TAPIO_CNT_CONFIG_TORN = 5,
 	/* Slots from here on are observer-specific: each observer's header names its own (e.g.
 	 * one per correlation drop reason), and the agent reports them under those names. */
