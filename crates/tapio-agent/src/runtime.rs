@@ -81,6 +81,7 @@ fn start_observers(
     carriers: &mut KernelCarriers,
     report: &mut StartupReport,
     pollers: &mut Vec<Box<dyn Poller>>,
+    learner: Option<tapio_identity::Learner>,
 ) -> Vec<Running> {
     ensure_tracefs();
     let btf = match aya::Btf::from_sys_fs() {
@@ -114,7 +115,7 @@ fn start_observers(
                 l
             },
         );
-        record(container::NAME, loaded, Box::new(container::ContainerClassifier::new()), report, &mut running);
+        record(container::NAME, loaded, Box::new(container::ContainerClassifier::new(learner)), report, &mut running);
     } else {
         report.observers.push((container::NAME, ObserverState::Disabled));
     }
@@ -305,7 +306,32 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
     let mut carriers = KernelCarriers { ephemeral_ports: config::ephemeral_port_range(), ..KernelCarriers::default() };
     let mut report = StartupReport { observers: Vec::new() };
     let mut pollers: Vec<Box<dyn Poller>> = Vec::new();
-    let observers = start_observers(&config, &settings, &mut carriers, &mut report, &mut pollers);
+    let identity = match tapio_identity::Resolver::new(tapio_identity::Config {
+        capacity: config.identity_cache_capacity,
+        ..tapio_identity::Config::default()
+    }) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            log::warn!("workload identity unavailable ({e}): evidence will carry cgroup ids only");
+            None
+        }
+    };
+    // The hierarchies evidence names workloads by (see sink_stage::pick_cgroup): their new
+    // cgroups are learned from the kernel as they are made, the existing ones by one walk
+    // after the hook is attached, so a cgroup removed before its evidence is resolved is
+    // still named.
+    let named = [tapio_identity::CgroupHierarchy::Unified, tapio_identity::CgroupHierarchy::v1("memory")];
+    let mut identity = identity;
+    let learner = identity.as_ref().map(|r| r.learner(&named));
+    let observers = start_observers(&config, &settings, &mut carriers, &mut report, &mut pollers, learner);
+    if let Some(resolver) = identity.as_mut() {
+        let (learned, complete) = resolver.learn_existing(&named);
+        if complete {
+            log::info!("workload identity: {learned} existing cgroups learned");
+        } else {
+            log::warn!("workload identity: {learned} existing cgroups learned; a walk stopped at its bound");
+        }
+    }
     if observers.is_empty() && pollers.is_empty() {
         return Err("no observer could start; nothing to observe (see the errors above)".into());
     }
@@ -332,16 +358,6 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
     let sink_names: Vec<&str> = sinks.iter().map(|s| s.name()).collect();
     let clock = Arc::new(BootToWall::measured());
     let (tx, rx) = mpsc::sync_channel(config.queue_capacity);
-    let identity = match tapio_identity::Resolver::new(tapio_identity::Config {
-        capacity: config.identity_cache_capacity,
-        ..tapio_identity::Config::default()
-    }) {
-        Ok(r) => Some(r),
-        Err(e) => {
-            log::warn!("workload identity unavailable ({e}): evidence will carry cgroup ids only");
-            None
-        }
-    };
 
     let sink_stage = SinkStage { queue: rx, sinks, identity, counters: Arc::clone(&counters) };
     let poll = PollThread {

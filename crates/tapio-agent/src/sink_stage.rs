@@ -43,6 +43,10 @@ impl SinkStage {
             self.flush();
         }
         self.flush();
+        if let Some(r) = &self.identity {
+            // Learned paths pushed out before use mean evidence that may name no workload.
+            log::info!("identity final {:?} learned {:?}", r.stats(), r.learned_stats());
+        }
     }
 
     fn deliver(&mut self, mut ev: Box<Evidence>, v1_memory: bool, line: &mut Vec<u8>) {

@@ -885,3 +885,152 @@ keep = b'x' * (40 << 20)
     check_exit_signal(e, libc::SIGKILL, "SIGKILL", false);
     assert_nothing_about(&run, allocator.pid, "the allocator's clean exit");
 }
+
+// Workload identity of a container whose cgroup is removed the moment its process is reaped
+
+const V2_UNIFIED: &str = "/sys/fs/cgroup/unified";
+
+/// A Kubernetes-shaped container cgroup made for one scenario: the cgroupfs driver's
+/// `kubepods/burstable/pod<uid>/<id>` or the systemd driver's
+/// `kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice/cri-containerd-<id>.scope`.
+/// Pod UID and container id are unique to this test run; only the directories it made are
+/// removed (the shared `kubepods` tops stay if they were there before).
+struct KubeCgroup {
+    leaf: PathBuf,
+    made: Vec<PathBuf>,
+    /// From the hierarchy root, as the agent should name it.
+    path: String,
+    container_id: String,
+    pod_uid: String,
+}
+
+impl KubeCgroup {
+    fn new(mount: &str, systemd: bool, n: u32, memory_limit: Option<u64>) -> KubeCgroup {
+        assert!(Path::new(mount).join("cgroup.procs").exists(), "no cgroup hierarchy at {mount} (the test-bed has it)");
+        let pid = std::process::id();
+        // "a14c": this branch's tag in hex, so nobody else's cgroups can have these names.
+        let pod_uid =
+            format!("{pid:08x}-a14c-4{n:03x}-8{:03x}-{:012x}", u32::from(systemd), wall_ns() & 0xffff_ffff_ffff);
+        let container_id = format!("{pid:08x}a14c{n:04x}{}", "0123456789abcdef".repeat(3));
+        let segments: Vec<String> = if systemd {
+            let pod = pod_uid.replace('-', "_");
+            vec![
+                "kubepods.slice".into(),
+                "kubepods-burstable.slice".into(),
+                format!("kubepods-burstable-pod{pod}.slice"),
+                format!("cri-containerd-{container_id}.scope"),
+            ]
+        } else {
+            vec!["kubepods".into(), "burstable".into(), format!("pod{pod_uid}"), container_id.clone()]
+        };
+        let mut dir = PathBuf::from(mount);
+        let mut made = Vec::new();
+        for segment in &segments {
+            dir.push(segment);
+            if !dir.exists() {
+                fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+                made.push(dir.clone());
+            }
+        }
+        if let Some(limit) = memory_limit {
+            fs::write(dir.join("memory.limit_in_bytes"), limit.to_string()).expect("memory.limit_in_bytes");
+            let swap_on = fs::read_to_string("/proc/swaps").map(|s| s.lines().count() > 1).unwrap_or(false);
+            if swap_on {
+                fs::write(dir.join("memory.memsw.limit_in_bytes"), limit.to_string()).expect("memsw limit");
+            }
+        }
+        KubeCgroup { leaf: dir, made, path: format!("/{}", segments.join("/")), container_id, pod_uid }
+    }
+
+    fn procs(&self) -> String {
+        self.leaf.join("cgroup.procs").display().to_string()
+    }
+
+    /// What a runtime does once the container's last process is reaped: removes its cgroup
+    /// (and here the pod's, which this test made). Retries only while the kernel still
+    /// finishes the exit (EBUSY), a few milliseconds.
+    fn remove(&mut self) {
+        while let Some(dir) = self.made.pop() {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while let Err(e) = fs::remove_dir(&dir) {
+                if Instant::now() >= deadline || !dir.exists() {
+                    eprintln!("could not remove {}: {e}", dir.display());
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+impl Drop for KubeCgroup {
+    fn drop(&mut self) {
+        if self.made.is_empty() {
+            return;
+        }
+        // A failed test may leave members: kill them first.
+        let pids = fs::read_to_string(self.leaf.join("cgroup.procs")).unwrap_or_default();
+        for pid in pids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            // SAFETY: signalling a process this test put in its own cgroup.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        self.remove();
+    }
+}
+
+/// The event names the container as its cgroup said, though the cgroup is gone.
+fn check_identity(e: &Value, cg: &KubeCgroup) {
+    let w = &e["workload"];
+    assert_eq!(w["cgroup_path"], cg.path.as_str(), "{e:#}");
+    assert_eq!(w["container_id"], cg.container_id.as_str(), "{e:#}");
+    assert_eq!(w["pod_uid"], cg.pod_uid.as_str(), "{e:#}");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn containers_removed_at_reap_keep_their_identity_v1_v2_cgroupfs_systemd_exit_and_oom() {
+    if !kernel_test("identity_after_cgroup_removal") {
+        return;
+    }
+    // Made before the agent starts: learned by its start-up walk, not from the kernel hook.
+    let mut existing = KubeCgroup::new(V1_MEMORY, false, 0, None);
+    let agent = Agent::start(BASE);
+    let mut exits = Vec::new();
+    for (n, (mount, systemd)) in
+        [(V1_MEMORY, false), (V1_MEMORY, true), (V2_UNIFIED, false), (V2_UNIFIED, true)].into_iter().enumerate()
+    {
+        let mut cg = KubeCgroup::new(mount, systemd, n as u32 + 1, None);
+        let p = sh(&format!("echo $$ > {} && exit 7", cg.procs()));
+        cg.remove();
+        assert_eq!(p.status.code(), Some(7), "{mount} systemd={systemd}");
+        exits.push((p, cg, format!("exit in {mount} (systemd layout: {systemd})")));
+    }
+    let p = sh(&format!("echo $$ > {} && exit 7", existing.procs()));
+    existing.remove();
+    exits.push((p, existing, "exit in a cgroup made before the agent started".into()));
+    // OOM kills: the v1 memory controller (cgroup2 here has none), both layouts.
+    let limit = 32 * MIB;
+    let mut kills = Vec::new();
+    for (n, systemd) in [false, true].into_iter().enumerate() {
+        let mut cg = KubeCgroup::new(V1_MEMORY, systemd, n as u32 + 10, Some(limit));
+        let p = sh(&format!("echo $$ > {} && exec dd if=/dev/zero of=/dev/null bs=128M count=1", cg.procs()));
+        cg.remove();
+        assert_eq!(p.status.signal(), Some(libc::SIGKILL), "dd must have been OOM-killed: {:?}", p.status);
+        kills.push((p, cg, format!("OOM kill (systemd layout: {systemd})")));
+    }
+    let run = agent.stop();
+    assert!(run.exit_ok, "agent exit: {}", run.stderr);
+    for (p, cg, what) in &exits {
+        assert!(!cg.leaf.exists(), "{what}: the cgroup must be gone before the agent resolves it");
+        eprintln!("{what}: {}", cg.path);
+        let e = only(&run, p.pid, "kernel.container.abnormal_exit");
+        check_exit_code(e, 7);
+        check_identity(e, cg);
+    }
+    for (p, cg, what) in &kills {
+        eprintln!("{what}: {}", cg.path);
+        let e = only(&run, p.pid, "kernel.container.oom_kill");
+        assert_eq!(e["facts"]["memory_cgroup_limit_bytes"], limit, "{e:#}");
+        check_identity(e, cg);
+    }
+}

@@ -218,7 +218,7 @@ impl Pipeline {
         Self {
             records: (0..SET).map(|i| craft(i, now)).collect(),
             network: NetworkClassifier,
-            container: ContainerClassifier::new(),
+            container: ContainerClassifier::new(None),
             stamper: Stamper::new(Arc::from("node-bench-01"), Arc::new(BootToWall::measured())),
             workloads: workloads(),
             line: Vec::with_capacity(1024),

@@ -15,6 +15,7 @@
 
 mod cache;
 mod handle;
+mod learned;
 mod mounts;
 mod parse;
 mod resolver;
@@ -22,6 +23,7 @@ mod resolver;
 mod testdir;
 mod walk;
 
+pub use learned::{LearnedStats, Learner};
 pub use mounts::CgroupHierarchy;
 pub use parse::{parse_cgroup_path, PathIdentity};
 pub use resolver::{AccessMode, Config, Resolver, Stats};

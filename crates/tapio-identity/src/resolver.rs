@@ -1,6 +1,7 @@
 //! The resolver: cgroup id → `Workload`, from the caches when possible, else from the
 //! kernel (file handle or bounded walk), counting what it does.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::AsFd;
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::cache::ClockCache;
 use crate::handle::{self, HandleError};
+use crate::learned::{self, LearnedStats, Learner};
 use crate::mounts::{self, CgroupHierarchy, CgroupMount};
 use crate::walk::{self, WalkOutcome};
 use crate::Workload;
@@ -28,6 +30,9 @@ pub struct Config {
     pub max_walk_dirs: usize,
     /// Try kernfs file handles before walking. Off only to force the walk (tests).
     pub use_handles: bool,
+    /// Paths learned while their cgroups existed (kernel reports at creation and the walk
+    /// at start), kept for when a cgroup is gone by the time its evidence is resolved.
+    pub learned_capacity: usize,
 }
 
 impl Default for Config {
@@ -38,6 +43,7 @@ impl Default for Config {
             negative_ttl: Duration::from_secs(5),
             max_walk_dirs: 65_536,
             use_handles: true,
+            learned_capacity: 4096,
         }
     }
 }
@@ -89,6 +95,9 @@ pub struct Resolver {
     hierarchies: Vec<Hierarchy>,
     positive: ClockCache<(usize, u64), Workload>,
     negative: ClockCache<(usize, u64), Instant>,
+    learned: learned::Shared,
+    /// v1 controller → the kernel's id of its hierarchy (`/proc/cgroups`).
+    v1_kernel_ids: HashMap<String, u32>,
     config: Config,
     stats: Stats,
 }
@@ -97,7 +106,10 @@ impl Resolver {
     /// A resolver for the cgroup mounts in `/proc/self/mountinfo`.
     pub fn new(config: Config) -> io::Result<Self> {
         let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
-        Ok(Self::from_mountinfo(&mountinfo, config))
+        let mut resolver = Self::from_mountinfo(&mountinfo, config);
+        // Unreadable: nothing is learned for v1 hierarchies, which only costs those misses.
+        resolver.v1_kernel_ids = learned::v1_hierarchy_ids(&fs::read_to_string("/proc/cgroups").unwrap_or_default());
+        Ok(resolver)
     }
 
     /// A resolver for the cgroup mounts listed in `mountinfo` (the format of
@@ -110,6 +122,8 @@ impl Resolver {
                 .collect(),
             positive: ClockCache::new(config.capacity),
             negative: ClockCache::new(config.negative_capacity),
+            learned: learned::shared(config.learned_capacity),
+            v1_kernel_ids: HashMap::new(),
             config,
             stats: Stats::default(),
         }
@@ -123,6 +137,52 @@ impl Resolver {
 
     pub fn stats(&self) -> Stats {
         Stats { entries: self.positive.len(), negative_entries: self.negative.len(), ..self.stats }
+    }
+
+    /// What was learned while cgroups existed (see [`Resolver::learner`]).
+    pub fn learned_stats(&self) -> LearnedStats {
+        learned::lock(&self.learned).stats()
+    }
+
+    /// A handle that teaches this resolver the paths of cgroups the kernel reports as
+    /// created, for the `hierarchies` workloads are named by (mounted ones only; others
+    /// are ignored when reported).
+    pub fn learner(&self, hierarchies: &[CgroupHierarchy]) -> Learner {
+        let mut by_kernel_id = HashMap::new();
+        for hierarchy in hierarchies {
+            let kernel_id = match hierarchy {
+                // The kernel's default hierarchy (cgroup2) always has id 0.
+                CgroupHierarchy::Unified => Some(0),
+                CgroupHierarchy::V1(controller) => self.v1_kernel_ids.get(controller).copied(),
+            };
+            if let (Some(kernel_id), Some(index)) = (kernel_id, self.index_of(hierarchy)) {
+                by_kernel_id.insert(kernel_id, index);
+            }
+        }
+        Learner::new(self.learned.clone(), by_kernel_id)
+    }
+
+    /// Learns every cgroup that exists now in the mounted `hierarchies` (whole-hierarchy
+    /// mounts; at most `max_walk_dirs` directories each), so a workload that started before
+    /// the agent is still named after its cgroup is removed. Returns how many were learned,
+    /// and false if a walk stopped at its bound.
+    pub fn learn_existing(&mut self, hierarchies: &[CgroupHierarchy]) -> (usize, bool) {
+        let mut count = 0;
+        let mut all_read = true;
+        for hierarchy in hierarchies {
+            let Some(index) = self.index_of(hierarchy) else { continue };
+            let Some(h) = self.hierarchies.get(index) else { continue };
+            let mut learned = learned::lock(&self.learned);
+            let root = h.mount.root.trim_end_matches('/');
+            let complete = learned::each_dir(&h.mount.mount_point, self.config.max_walk_dirs, |id, rel| {
+                let path = if rel.is_empty() { format!("{root}/") } else { format!("{root}/{rel}") };
+                let path = if path.len() > 1 { path.trim_end_matches('/').to_owned() } else { path };
+                learned.insert((index, id), path);
+                count += 1;
+            });
+            all_read &= complete;
+        }
+        (count, all_read)
     }
 
     /// How ids of `hierarchy` are looked up; `None` if it is not mounted.
@@ -156,6 +216,10 @@ impl Resolver {
         if let Some(workload) = self.positive.get(&key) {
             self.stats.hits += 1;
             return workload.clone();
+        }
+        // Learned while the cgroup existed: right even if it is gone now (ids are not reused).
+        if let Some(workload) = learned::lock(&self.learned).get(&key) {
+            return workload;
         }
         if self.negative.get(&key).is_some_and(|&until| now < until) {
             self.stats.negative_hits += 1;
@@ -295,6 +359,35 @@ mod tests {
         let s = r.stats();
         assert_eq!((s.hits, s.misses, s.failed_resolutions), (1, 1, 0));
         assert_eq!(s.entries, 1);
+    }
+
+    #[test]
+    fn learned_paths_name_cgroups_that_are_gone() {
+        let t = TestDir::new("res-learned");
+        let before = t.mkdirs(&format!("kubepods/pod{UID}/{CID}"));
+        let mut r = resolver_on(&t, "/", walk_config());
+        let h = CgroupHierarchy::Unified;
+        // Existing at start: learned by the walk (root, kubepods, the pod, the container).
+        assert_eq!(r.learn_existing(&[h.clone(), CgroupHierarchy::v1("memory")]), (4, true));
+        // Created later: as the kernel's cgroup_mkdir reports it (id, path from the root).
+        let later = t.mkdirs(&format!("kubepods/pod{UID}/{}", "cd".repeat(32)));
+        let learner = r.learner(std::slice::from_ref(&h));
+        assert!(learner.learn(0, ino(&later), &format!("/kubepods/pod{UID}/{}", "cd".repeat(32))));
+        let (before_id, later_id) = (ino(&before), ino(&later));
+        fs::remove_dir(&before).unwrap();
+        fs::remove_dir(&later).unwrap();
+        let w = r.workload(&h, before_id);
+        assert_eq!((w.container_id.as_deref(), w.pod_uid.as_deref()), (Some(CID), Some(UID)));
+        assert_eq!(w.cgroup_path, Some(format!("/kubepods/pod{UID}/{CID}")));
+        assert_eq!(r.workload(&h, later_id).container_id, Some("cd".repeat(32)));
+        let s = r.stats();
+        assert_eq!((s.misses, s.failed_resolutions), (0, 0), "the kernel was not asked");
+        assert_eq!(r.learned_stats().hits, 2);
+        // Never learned and gone: unknown, as before.
+        let gone = t.mkdirs("gone");
+        let gone_id = ino(&gone);
+        fs::remove_dir(&gone).unwrap();
+        assert_eq!(r.workload(&h, gone_id), Workload::unknown(gone_id));
     }
 
     #[test]

@@ -8,6 +8,9 @@
  *  - a process (its last thread) exits with a non-zero status not on the ignore lists,
  *    read from the exiting task at exit time.
  *
+ *  - a cgroup is created: its id and path, not evidence, but what names the workload of
+ *    later evidence once the cgroup is gone.
+ *
  * One fact, one event: an OOM victim's SIGKILL death is the OOM kill already reported, so
  * it is not also an abnormal exit. Its exit status says only "SIGKILL"; the OOM event
  * says who killed it and why, and a second event for the same death would read as a
@@ -369,6 +372,34 @@ int tapio_sched_process_exit(struct trace_event_raw_sched_process_exit *ctx)
 	if (bpf_core_field_exists(leader->start_boottime)) {
 		ev->start_boot_ns = key.start_boottime;
 		ev->flags |= TAPIO_CTR_F_START_KNOWN;
+	}
+	tapio_submit(&events, ev, EVENTS_WAKEUP_BYTES);
+	return 0;
+}
+
+/*
+ * Every cgroup the kernel creates, with its path, while it exists. Not judged by the config
+ * (identity is bookkeeping, not evidence): a cgroup missed here is one whose later evidence
+ * may carry no workload names once the cgroup is removed.
+ */
+SEC("tracepoint/cgroup/cgroup_mkdir")
+int tapio_cgroup_mkdir(struct trace_event_raw_cgroup *ctx)
+{
+	struct tapio_cgroup_event *ev = reserve(sizeof(*ev), TAPIO_CTR_CGROUP_MKDIR, 0);
+	if (!ev)
+		return 0;
+	ev->cgroup_id = BPF_CORE_READ(ctx, id);
+	ev->hierarchy_id = BPF_CORE_READ(ctx, root);
+	__u32 loc = BPF_CORE_READ(ctx, __data_loc_path);
+	/* __data_loc: offset from the record's start in the low 16 bits, length above. */
+	const char *path = (const char *)ctx + (loc & 0xffff);
+	long n = bpf_probe_read_kernel_str(ev->path, sizeof(ev->path), path);
+	if (n <= 0 || (loc >> 16) > sizeof(ev->path)) {
+		/* Too long (or unreadable): say so rather than carry a cut path. */
+		__builtin_memset(ev->path, 0, sizeof(ev->path));
+		ev->flags |= TAPIO_CTR_F_NO_PATH;
+	} else {
+		ev->path_len = n - 1;
 	}
 	tapio_submit(&events, ev, EVENTS_WAKEUP_BYTES);
 	return 0;

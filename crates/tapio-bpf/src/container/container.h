@@ -25,7 +25,13 @@ struct tapio_ctr_config {
 enum tapio_ctr_kind {
 	TAPIO_CTR_OOM_KILL = 1,
 	TAPIO_CTR_EXIT = 2,
+	/* Not evidence: a cgroup was created (its path, for workload identity). */
+	TAPIO_CTR_CGROUP_MKDIR = 3,
 };
+
+/* Longest cgroup path (with its NUL) a cgroup record carries; a longer one is reported
+ * with path_len 0 and TAPIO_CTR_F_NO_PATH, never cut short. Kubernetes paths are ~200. */
+#define TAPIO_CGROUP_PATH_MAX 512
 
 /* Bits of the records' flags. */
 enum tapio_ctr_flag {
@@ -35,6 +41,8 @@ enum tapio_ctr_flag {
 	TAPIO_CTR_F_MEMCG_KNOWN = 1 << 1,
 	/* start_boot_ns is the process start time. */
 	TAPIO_CTR_F_START_KNOWN = 1 << 2,
+	/* The cgroup record carries no path: it did not fit TAPIO_CGROUP_PATH_MAX or was unreadable. */
+	TAPIO_CTR_F_NO_PATH = 1 << 3,
 };
 
 struct tapio_oom_event {
@@ -69,6 +77,24 @@ struct tapio_exit_event {
 	__u32 nr_threads;
 	__u16 flags;
 	__u16 _pad[3];
+};
+
+/*
+ * A cgroup the kernel just created (cgroup:cgroup_mkdir), read while it exists: the agent
+ * keeps its path so evidence about it still names the workload after the cgroup is removed
+ * (runtimes remove a container's cgroup as soon as its last process is reaped).
+ */
+struct tapio_cgroup_event {
+	struct tapio_event_header hdr;
+	/* The cgroup's kernfs id (what bpf_get_current_cgroup_id() / the memcg id report). */
+	__u64 cgroup_id;
+	/* The kernel's id of its hierarchy: 0 for cgroup2, else a v1 hierarchy (/proc/cgroups). */
+	__u32 hierarchy_id;
+	/* Bytes of path, without the NUL. */
+	__u16 path_len;
+	__u16 flags;
+	/* The path from the hierarchy root, as the kernel's cgroup_path() writes it. */
+	__u8 path[TAPIO_CGROUP_PATH_MAX];
 };
 
 #endif

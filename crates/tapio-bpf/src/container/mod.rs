@@ -1,14 +1,21 @@
 //! The container observer's kernel side: its embedded object and record decoding.
 
-use crate::abi::{tapio_ctr_config, tapio_exit_event, tapio_oom_event, TAPIO_CTR_EXIT, TAPIO_CTR_OOM_KILL};
+use crate::abi::{
+    tapio_cgroup_event, tapio_ctr_config, tapio_exit_event, tapio_oom_event, TAPIO_CTR_CGROUP_MKDIR, TAPIO_CTR_EXIT,
+    TAPIO_CTR_OOM_KILL,
+};
 use crate::record::{decode_as, read_header, DecodeError, Record};
 
 unsafe impl Record for tapio_oom_event {}
 unsafe impl Record for tapio_exit_event {}
 unsafe impl Record for tapio_ctr_config {}
+unsafe impl Record for tapio_cgroup_event {}
 
 /// Classic tracepoint programs: (program name, category, tracepoint).
-pub const TRACEPOINTS: &[(&str, &str, &str)] = &[("tapio_sched_process_exit", "sched", "sched_process_exit")];
+/// `cgroup_mkdir` is not evidence: it reports each new cgroup's path while it exists, for
+/// workload identity (see `tapio_cgroup_event`).
+pub const TRACEPOINTS: &[(&str, &str, &str)] =
+    &[("tapio_sched_process_exit", "sched", "sched_process_exit"), ("tapio_cgroup_mkdir", "cgroup", "cgroup_mkdir")];
 
 /// BTF-typed tracepoint programs: (program name, tracepoint).
 /// `signal_generate` only notes the kernel's own SIGKILLs, so `mark_victim` can tell an OOM
@@ -31,10 +38,23 @@ pub fn object() -> &'static [u8] {
 }
 
 /// One decoded record of the container object.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum ContainerRecord {
     OomKill(tapio_oom_event),
     Exit(tapio_exit_event),
+    /// A cgroup was created (not evidence). Boxed: its path makes it 4x the others, and
+    /// cgroups are made far less often than evidence.
+    CgroupMkdir(Box<tapio_cgroup_event>),
+}
+
+impl tapio_cgroup_event {
+    /// The path the record carries; `None` when it carries none (too long or unreadable).
+    pub fn path_bytes(&self) -> Option<&[u8]> {
+        if u32::from(self.flags) & crate::abi::TAPIO_CTR_F_NO_PATH != 0 {
+            return None;
+        }
+        self.path.get(..usize::from(self.path_len))
+    }
 }
 
 /// Decodes one ring-buffer record of the container object.
@@ -43,6 +63,7 @@ pub fn decode(bytes: &[u8]) -> Result<ContainerRecord, DecodeError> {
     match header.kind {
         TAPIO_CTR_OOM_KILL => decode_as(bytes, header.kind).map(ContainerRecord::OomKill),
         TAPIO_CTR_EXIT => decode_as(bytes, header.kind).map(ContainerRecord::Exit),
+        TAPIO_CTR_CGROUP_MKDIR => decode_as(bytes, header.kind).map(|ev| ContainerRecord::CgroupMkdir(Box::new(ev))),
         kind => Err(DecodeError::UnknownKind { kind }),
     }
 }

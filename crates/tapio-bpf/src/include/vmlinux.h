@@ -232,6 +232,15 @@ struct trace_event_raw_sched_process_exit {
 	bool group_dead;
 };
 
+/* cgroup:cgroup_mkdir (and the other cgroup events of this class). */
+struct trace_event_raw_cgroup {
+	struct trace_entry ent;
+	int root;
+	int level;
+	__u64 id;
+	__u32 __data_loc_path;
+};
+
 struct trace_event_raw_mark_victim {
 	struct trace_entry ent;
 	int pid;

@@ -77,6 +77,8 @@ pub fn classify(record: &ContainerRecord, pages: &PageSize, stamper: &mut Stampe
     match record {
         ContainerRecord::OomKill(ev) => classify_oom(ev, pages, stamper),
         ContainerRecord::Exit(ev) => classify_exit(ev, stamper),
+        // Not evidence; the classifier hands it to workload identity before this point.
+        ContainerRecord::CgroupMkdir(_) => Verdict::Ignore,
     }
 }
 

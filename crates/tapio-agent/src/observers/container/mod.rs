@@ -1,10 +1,14 @@
-//! Container observer (userspace half): the hooks it attaches and its classifier.
+//! Container observer (userspace half): the hooks it attaches and its classifier, which also
+//! hands the kernel's reports of new cgroups to workload identity (see [`learn_cgroup`]).
 
 pub mod classify;
 
 use super::{Classifier, Hook};
 use crate::stamp::{Stamper, Verdict};
 use classify::PageSize;
+use tapio_bpf::abi::tapio_cgroup_event;
+use tapio_bpf::container::ContainerRecord;
+use tapio_identity::Learner;
 
 pub const NAME: &str = "container";
 
@@ -88,23 +92,37 @@ pub fn hooks_for(oom: OomHook) -> Vec<(&'static str, Hook)> {
 
 pub struct ContainerClassifier {
     pages: PageSize,
+    /// Where new cgroups' paths go; `None` when the agent resolves no identity.
+    learner: Option<Learner>,
 }
 
 impl ContainerClassifier {
-    pub fn new() -> Self {
-        Self { pages: PageSize::of_this_system() }
+    pub fn new(learner: Option<Learner>) -> Self {
+        Self { pages: PageSize::of_this_system(), learner }
     }
 }
 
-impl Default for ContainerClassifier {
-    fn default() -> Self {
-        Self::new()
+/// Teaches workload identity the path of a cgroup the kernel just created, so evidence
+/// about it still names the workload once the cgroup is removed. A path the record could
+/// not carry (too long, unreadable) or that is not UTF-8 is counted, never guessed at.
+pub fn learn_cgroup(learner: Option<&Learner>, ev: &tapio_cgroup_event) -> Verdict {
+    let Some(learner) = learner else { return Verdict::Ignore };
+    match ev.path_bytes().map(std::str::from_utf8) {
+        None => Verdict::Drop("cgroup_path_too_long"),
+        Some(Err(_)) => Verdict::Drop("cgroup_path_not_utf8"),
+        Some(Ok(path)) => {
+            learner.learn(ev.hierarchy_id, ev.cgroup_id, path);
+            Verdict::Ignore
+        }
     }
 }
 
 impl Classifier for ContainerClassifier {
     fn classify(&mut self, record: &[u8], stamper: &mut Stamper) -> Result<Verdict, tapio_bpf::DecodeError> {
         let rec = tapio_bpf::container::decode(record)?;
+        if let ContainerRecord::CgroupMkdir(ev) = &rec {
+            return Ok(learn_cgroup(self.learner.as_ref(), ev));
+        }
         Ok(classify::classify(&rec, &self.pages, stamper))
     }
 }
@@ -126,6 +144,28 @@ mod tests {
         for p in [&typed, &pid] {
             assert!(p.contains(&"tapio_signal_generate") && p.contains(&"tapio_sched_process_exit"), "{p:?}");
         }
+    }
+
+    #[test]
+    fn cgroup_records_teach_identity_and_paths_they_cannot_carry_are_counted() {
+        use tapio_bpf::abi::TAPIO_CTR_F_NO_PATH;
+        let resolver = tapio_identity::Resolver::from_mountinfo(
+            "30 1 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n",
+            tapio_identity::Config::default(),
+        );
+        let learner = resolver.learner(&[tapio_identity::CgroupHierarchy::Unified]);
+        let mut ev = tapio_cgroup_event { cgroup_id: 77, hierarchy_id: 0, ..Default::default() };
+        let path = b"/kubepods/burstable/pod1";
+        ev.path[..path.len()].copy_from_slice(path);
+        ev.path_len = path.len() as u16;
+        assert!(matches!(learn_cgroup(Some(&learner), &ev), Verdict::Ignore));
+        assert_eq!(learner.stats().learned, 1);
+        ev.path[0] = 0xff;
+        assert!(matches!(learn_cgroup(Some(&learner), &ev), Verdict::Drop("cgroup_path_not_utf8")));
+        ev.flags = TAPIO_CTR_F_NO_PATH as u16;
+        assert!(matches!(learn_cgroup(Some(&learner), &ev), Verdict::Drop("cgroup_path_too_long")));
+        assert!(matches!(learn_cgroup(None, &ev), Verdict::Ignore), "no identity, nothing to learn");
+        assert_eq!(learner.stats().learned, 1);
     }
 
     #[test]

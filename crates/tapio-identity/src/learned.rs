@@ -1,0 +1,172 @@
+//! Cgroup paths learned while the cgroups exist: from the kernel when a cgroup is created
+//! (the agent's `cgroup:cgroup_mkdir` hook) and from one walk of the mounts at start.
+//!
+//! A container runtime removes a container's cgroup as soon as its last process is reaped,
+//! which is before the agent resolves that process's exit or OOM kill: asked then, the
+//! kernel no longer knows the id. What was learned earlier still names it. Bounded (CLOCK
+//! eviction, counted); shared between the thread that learns (the agent's drain) and the
+//! resolver behind one mutex held only for a lookup or an insert.
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::{DirEntryExt, MetadataExt};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::cache::ClockCache;
+use crate::Workload;
+
+/// Counters of what was learned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LearnedStats {
+    /// Paths taken in (kernel reports and the start walk).
+    pub learned: u64,
+    /// Kernel reports about a hierarchy that workloads are not named by (ignored, by design).
+    pub other_hierarchy: u64,
+    /// Learned entries pushed out by the capacity before anything asked for them again.
+    pub evictions: u64,
+    /// Lookups answered from what was learned.
+    pub hits: u64,
+    /// Entries held now.
+    pub entries: usize,
+}
+
+pub(crate) struct Learned {
+    cache: ClockCache<(usize, u64), Workload>,
+    stats: LearnedStats,
+}
+
+pub(crate) type Shared = Arc<Mutex<Learned>>;
+
+pub(crate) fn shared(capacity: usize) -> Shared {
+    Arc::new(Mutex::new(Learned { cache: ClockCache::new(capacity), stats: LearnedStats::default() }))
+}
+
+pub(crate) fn lock(shared: &Shared) -> MutexGuard<'_, Learned> {
+    // A panicking holder leaves a consistent cache (every update is one insert): keep using it.
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Learned {
+    pub(crate) fn insert(&mut self, key: (usize, u64), path: String) {
+        self.stats.learned += 1;
+        if self.cache.insert(key, Workload::from_path(key.1, path)) {
+            self.stats.evictions += 1;
+        }
+    }
+
+    pub(crate) fn get(&mut self, key: &(usize, u64)) -> Option<Workload> {
+        let found = self.cache.get(key).cloned();
+        if found.is_some() {
+            self.stats.hits += 1;
+        }
+        found
+    }
+
+    pub(crate) fn stats(&self) -> LearnedStats {
+        LearnedStats { entries: self.cache.len(), ..self.stats }
+    }
+}
+
+/// The handle the agent's kernel-record reader uses to teach the resolver: cheap to clone
+/// and `Send`.
+#[derive(Clone)]
+pub struct Learner {
+    shared: Shared,
+    /// Kernel hierarchy id (cgroup_root.hierarchy_id: 0 for cgroup2) → the resolver's index
+    /// of that hierarchy, for the hierarchies workloads are named by.
+    by_kernel_id: Arc<HashMap<u32, usize>>,
+}
+
+impl Learner {
+    pub(crate) fn new(shared: Shared, by_kernel_id: HashMap<u32, usize>) -> Self {
+        Learner { shared, by_kernel_id: Arc::new(by_kernel_id) }
+    }
+
+    /// Records that the cgroup with id `cgroup_id` in kernel hierarchy `hierarchy_id` has
+    /// `path` (from the hierarchy root, as the kernel's `cgroup_mkdir` event gives it).
+    /// Returns false when that hierarchy is not one workloads are named by (nothing kept).
+    pub fn learn(&self, hierarchy_id: u32, cgroup_id: u64, path: &str) -> bool {
+        let Some(&index) = self.by_kernel_id.get(&hierarchy_id) else {
+            lock(&self.shared).stats.other_hierarchy += 1;
+            return false;
+        };
+        lock(&self.shared).insert((index, cgroup_id), path.to_owned());
+        true
+    }
+
+    pub fn stats(&self) -> LearnedStats {
+        lock(&self.shared).stats()
+    }
+}
+
+/// The kernel's hierarchy id of each v1 controller, from `/proc/cgroups` text
+/// (`subsys_name hierarchy num_cgroups enabled`). Controllers on cgroup2 or unused say 0.
+pub(crate) fn v1_hierarchy_ids(proc_cgroups: &str) -> HashMap<String, u32> {
+    proc_cgroups
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let name = f.next()?;
+            let id: u32 = f.next()?.parse().ok()?;
+            (id != 0).then(|| (name.to_owned(), id))
+        })
+        .collect()
+}
+
+/// Every directory below `root` (included) with its path relative to `root` ("" for the
+/// root), reading at most `max_dirs` directories. Returns false if it stopped at the bound.
+pub(crate) fn each_dir(root: &Path, max_dirs: usize, mut f: impl FnMut(u64, &str)) -> bool {
+    let Ok(meta) = fs::symlink_metadata(root) else { return true };
+    f(meta.ino(), "");
+    let mut pending = vec![root.to_path_buf()];
+    let mut visited = 0usize;
+    while let Some(dir) = pending.pop() {
+        if visited >= max_dirs {
+            return false;
+        }
+        visited += 1;
+        let Ok(entries) = fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let path = entry.path();
+            if let Some(rel) = path.strip_prefix(root).ok().and_then(|r| r.to_str()) {
+                f(entry.ino(), rel);
+            }
+            pending.push(path);
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_cgroups_gives_v1_hierarchy_ids_only() {
+        let text = "#subsys_name\thierarchy\tnum_cgroups\tenabled\ncpu\t1\t3\t1\nmemory\t4\t33\t1\nhugetlb\t0\t2\t1\n";
+        let ids = v1_hierarchy_ids(text);
+        assert_eq!(ids.get("memory"), Some(&4));
+        assert_eq!(ids.get("cpu"), Some(&1));
+        assert_eq!(ids.get("hugetlb"), None, "a controller on cgroup2 has no v1 hierarchy");
+    }
+
+    #[test]
+    fn learning_is_bounded_and_counted() {
+        let shared = shared(2);
+        let learner = Learner::new(shared.clone(), HashMap::from([(0, 0)]));
+        assert!(learner.learn(0, 10, "/a"));
+        assert!(learner.learn(0, 11, "/b"));
+        assert!(learner.learn(0, 12, "/c"));
+        assert!(!learner.learn(7, 13, "/d"), "hierarchy 7 names no workloads");
+        let s = learner.stats();
+        assert_eq!((s.learned, s.evictions, s.other_hierarchy, s.entries), (3, 1, 1, 2));
+        assert_eq!(lock(&shared).get(&(0, 12)).and_then(|w| w.cgroup_path).as_deref(), Some("/c"));
+        assert_eq!(lock(&shared).get(&(0, 99)), None);
+        assert_eq!(learner.stats().hits, 1);
+    }
+}
