@@ -69,21 +69,32 @@ impl Scope {
     }
 }
 
-impl Drop for Scope {
-    fn drop(&mut self) {
-        for dir in self.made.iter().rev() {
-            // A killed member is removed from the cgroup shortly after it is reaped.
+impl Scope {
+    /// Removes the scope and the slices it made, as a runtime does the moment the
+    /// container's last process is reaped. Retries only while the kernel still finishes
+    /// the exit (a killed member leaves its cgroup shortly after it is reaped).
+    pub fn remove(&mut self) -> Result<(), String> {
+        while let Some(dir) = self.made.pop() {
             let mut removed = false;
-            for _ in 0..250 {
-                if fs::remove_dir(dir).is_ok() {
+            for _ in 0..1000 {
+                if fs::remove_dir(&dir).is_ok() {
                     removed = true;
                     break;
                 }
-                std::thread::sleep(Duration::from_millis(20));
+                std::thread::sleep(Duration::from_millis(5));
             }
             if !removed {
-                eprintln!("tapio-kmatrix: could not remove {}", dir.display());
+                return Err(format!("could not remove {}", dir.display()));
             }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Scope {
+    fn drop(&mut self) {
+        if let Err(e) = self.remove() {
+            eprintln!("tapio-kmatrix: {e}");
         }
     }
 }

@@ -20,7 +20,7 @@ use std::process::ExitCode;
 
 const USAGE: &str = "usage: tapio-kmatrix guest --agent PATH [--results PATH]
        tapio-kmatrix threads-exit CGROUP_PROCS   (workload: a 5-thread process that exits 3)
-       tapio-kmatrix hog CGROUP_PROCS            (workload: allocates until its memory cgroup kills it)";
+       tapio-kmatrix hog CGROUP_PROCS [THREADS]  (workload: THREADS threads allocate until its memory cgroup kills it)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -291,11 +291,12 @@ fn wait_child(child: &mut Child, timeout: Duration) -> Result<ExitStatus, String
     }
 }
 
-fn spawn_workload(mode: &str, scope: &Scope) -> Result<Child, String> {
+fn spawn_workload(mode: &str, scope: &Scope, args: &[&str]) -> Result<Child, String> {
     let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
     Command::new(exe)
         .arg(mode)
         .arg(scope.procs())
+        .args(args)
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| format!("spawning {mode}: {e}"))
@@ -313,66 +314,94 @@ fn check_workload(e: &Value, scope: &Scope) -> Result<(), String> {
     Ok(())
 }
 
-/// A five-thread process in a container exits 3: exactly one abnormal_exit, with its code,
-/// its name and its container.
+/// Threaded exits per kernel: kernels without `group_dead` race their last threads, so one
+/// run proves little.
+const EXIT_REPEATS: usize = 10;
+
+/// A five-thread process in a container exits 3 while its workers run, its container's
+/// cgroup removed the moment it is reaped (as a runtime does), [`EXIT_REPEATS`] times:
+/// each exactly one abnormal_exit, with its code, its name, its five threads and its
+/// container.
 fn abnormal_exit(agent: &Agent) -> Result<String, String> {
-    let scope = Scope::new(EXIT_CONTAINER, None)?;
-    let mut child = spawn_workload("threads-exit", &scope)?;
-    let pid = child.id();
-    // Waited for first: its one line fits the pipe, and a hung workload cannot hang us.
-    let status = wait_child(&mut child, Duration::from_secs(30))?;
-    let mut out = String::new();
-    if let Some(mut stdout) = child.stdout.take() {
-        let _ = stdout.read_to_string(&mut out);
+    let mut runs = Vec::new();
+    for _ in 0..EXIT_REPEATS {
+        let mut scope = Scope::new(EXIT_CONTAINER, None)?;
+        let mut child = spawn_workload("threads-exit", &scope, &[])?;
+        let pid = child.id();
+        // Waited for first: its one line fits the pipe, and a hung workload cannot hang us.
+        let status = wait_child(&mut child, Duration::from_secs(30))?;
+        let path = scope.path.clone();
+        scope.remove()?;
+        let mut out = String::new();
+        if let Some(mut stdout) = child.stdout.take() {
+            let _ = stdout.read_to_string(&mut out);
+        }
+        if status.code() != Some(3) {
+            return Err(format!("workload ended with {status}, not exit code 3 (output {out:?})"));
+        }
+        let threads: u32 = out.trim().strip_prefix("threads ").and_then(|n| n.parse().ok()).unwrap_or(0);
+        if threads != 5 {
+            return Err(format!("workload had {threads} threads, not the 5 this scenario needs ({out:?})"));
+        }
+        runs.push((pid, scope, path));
     }
-    if status.code() != Some(3) {
-        return Err(format!("workload ended with {status}, not exit code 3 (output {out:?})"));
-    }
-    let threads: u32 = out.trim().strip_prefix("threads ").and_then(|n| n.parse().ok()).unwrap_or(0);
-    if threads < 5 {
-        return Err(format!("workload had {threads} threads, not the 5 this scenario needs ({out:?})"));
-    }
-    let about = |e: &Value| e["observer"] == "container" && e["facts"]["pid"] == pid;
-    agent.wait_for(EVIDENCE_TIMEOUT, about);
+    let last = runs.last().map_or(0, |r| r.0);
+    agent.wait_for(EVIDENCE_TIMEOUT, |e| e["observer"] == "container" && e["facts"]["pid"] == last);
     std::thread::sleep(SETTLE);
-    let events: Vec<Value> = agent.events().into_iter().filter(about).collect();
-    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap_or("?")).collect();
-    if events.len() != 1 || events[0]["type"] != "kernel.container.abnormal_exit" {
-        return Err(format!("expected exactly one abnormal_exit for pid {pid}, got {kinds:?}"));
+    let all = agent.events();
+    for (pid, scope, path) in &runs {
+        let about = |e: &&Value| e["observer"] == "container" && e["facts"]["pid"] == *pid;
+        let events: Vec<&Value> = all.iter().filter(about).collect();
+        let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap_or("?")).collect();
+        if events.len() != 1 || events[0]["type"] != "kernel.container.abnormal_exit" {
+            return Err(format!("expected exactly one abnormal_exit for pid {pid}, got {kinds:?}"));
+        }
+        let e = events[0];
+        let f = &e["facts"];
+        if f["exit_code"] != 3 || !f["signal"].is_null() || f["comm"] != "tapio-kmatrix" || f["threads"] != 5 {
+            return Err(format!("wrong facts (want exit 3, 5 threads): {e}"));
+        }
+        check_workload(e, scope).map_err(|m| format!("{m} (cgroup {path} removed at reap)"))?;
     }
-    let e = &events[0];
-    let f = &e["facts"];
-    if f["exit_code"] != 3 || !f["signal"].is_null() || f["comm"] != "tapio-kmatrix" {
-        return Err(format!("wrong facts: {e}"));
-    }
-    check_workload(e, &scope)?;
     Ok(format!(
-        "1 abnormal_exit (pid {pid}, exit 3, {threads} threads, facts.threads {}, container named)",
-        f["threads"]
+        "{EXIT_REPEATS} five-thread exits: 1 abnormal_exit each (exit 3, facts.threads 5), container named after its cgroup was removed"
     ))
 }
 
-/// A process in a container with memory.max = 64 MiB allocates until the OOM killer kills
-/// it: one oom_kill naming the victim, its anon rss within 10 % of the kernel's own report,
-/// its memory cgroup's limit, and its container.
+/// OOM kills per kernel and hook after the first, each of a victim whose threads all
+/// allocate: the race a kernel without `group_dead` has needs many tries to show.
+const OOM_REPEATS: usize = 30;
+/// Their memory.max: small, so each kill is quick under TCG.
+const OOM_REPEAT_LIMIT: u64 = 16 * MIB;
+/// Allocating threads of the repeated victims, in turn.
+const OOM_THREADS: [u32; 3] = [5, 9, 17];
+
+/// A four-thread process in a container with memory.max = 64 MiB allocates until the OOM
+/// killer kills it: one oom_kill naming the victim, its anon rss within 10 % of the
+/// kernel's own report, its memory cgroup's limit, and its container. Then
+/// [`OOM_REPEATS`] more victims of 5, 9 and 17 allocating threads, each container's cgroup
+/// removed the moment its victim is reaped: each exactly one oom_kill naming its container,
+/// and no abnormal_exit (its SIGKILL death is the OOM kill already reported).
 fn oom_kill(agent: &Agent) -> Result<String, String> {
-    let scope = Scope::new(OOM_CONTAINER, Some(OOM_LIMIT))?;
+    let mut scope = Scope::new(OOM_CONTAINER, Some(OOM_LIMIT))?;
     let mut kmsg = Kmsg::from_now()?;
-    let mut child = spawn_workload("hog", &scope)?;
+    let mut child = spawn_workload("hog", &scope, &["4"])?;
     let pid = child.id();
     let status = wait_child(&mut child, Duration::from_secs(60))?;
+    scope.remove()?;
     if status.signal() != Some(libc::SIGKILL) {
         return Err(format!("the hog ended with {status}, not by the OOM killer's SIGKILL"));
     }
     let kernel = kmsg
         .killed(pid, Duration::from_secs(5))
         .ok_or_else(|| format!("no 'Killed process {pid}' line in the kernel log"))?;
-    let about = |e: &Value| e["type"] == "kernel.container.oom_kill" && e["facts"]["pid"] == pid;
+    let about = |e: &Value| e["observer"] == "container" && e["facts"]["pid"] == pid;
     agent.wait_for(EVIDENCE_TIMEOUT, about);
     std::thread::sleep(SETTLE);
     let events: Vec<Value> = agent.events().into_iter().filter(about).collect();
-    if events.len() != 1 {
-        return Err(format!("expected exactly one oom_kill for pid {pid}, got {}", events.len()));
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap_or("?")).collect();
+    if events.len() != 1 || events[0]["type"] != "kernel.container.oom_kill" {
+        return Err(format!("expected exactly one oom_kill (and nothing else) for pid {pid}, got {kinds:?}"));
     }
     let e = &events[0];
     let f = &e["facts"];
@@ -388,9 +417,47 @@ fn oom_kill(agent: &Agent) -> Result<String, String> {
         return Err(format!("memory_cgroup_limit_bytes = {} (want {OOM_LIMIT})", f["memory_cgroup_limit_bytes"]));
     }
     check_workload(e, &scope)?;
-    Ok(format!(
-        "1 oom_kill (pid {pid}): anon rss {anon} B vs kernel {} kB, total_vm {} B vs kernel {} kB, limit 64 MiB, container named",
+    let first = format!(
+        "1 oom_kill (pid {pid}, 4 threads): anon rss {anon} B vs kernel {} kB, total_vm {} B vs kernel {} kB, limit 64 MiB, container named",
         kernel.anon_rss_kb, f["total_vm_bytes"], kernel.total_vm_kb
+    );
+    Ok(format!("{first}; {}", oom_kill_repeats(agent)?))
+}
+
+fn oom_kill_repeats(agent: &Agent) -> Result<String, String> {
+    let mut victims = Vec::new();
+    for i in 0..OOM_REPEATS {
+        let threads = OOM_THREADS[i % OOM_THREADS.len()];
+        let mut scope = Scope::new(OOM_CONTAINER, Some(OOM_REPEAT_LIMIT))?;
+        let mut child = spawn_workload("hog", &scope, &[&threads.to_string()])?;
+        let pid = child.id();
+        let status = wait_child(&mut child, Duration::from_secs(60))?;
+        scope.remove()?;
+        if status.signal() != Some(libc::SIGKILL) {
+            return Err(format!("hog {i} ({threads} threads) ended with {status}, not by the OOM killer's SIGKILL"));
+        }
+        victims.push((pid, threads, scope));
+    }
+    let last = victims.last().map_or(0, |v| v.0);
+    agent.wait_for(EVIDENCE_TIMEOUT, |e| e["observer"] == "container" && e["facts"]["pid"] == last);
+    std::thread::sleep(SETTLE);
+    let all = agent.events();
+    for (pid, threads, scope) in &victims {
+        let events: Vec<&Value> =
+            all.iter().filter(|e| e["observer"] == "container" && e["facts"]["pid"] == *pid).collect();
+        let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap_or("?")).collect();
+        if events.len() != 1 || events[0]["type"] != "kernel.container.oom_kill" {
+            return Err(format!(
+                "expected exactly one oom_kill and no abnormal_exit for pid {pid} ({threads} allocating threads), got {kinds:?}"
+            ));
+        }
+        if events[0]["facts"]["memory_cgroup_limit_bytes"] != OOM_REPEAT_LIMIT {
+            return Err(format!("wrong memory_cgroup_limit_bytes: {}", events[0]));
+        }
+        check_workload(events[0], scope).map_err(|m| format!("pid {pid}: {m} (cgroup removed at reap)"))?;
+    }
+    Ok(format!(
+        "{OOM_REPEATS} more victims of 5/9/17 allocating threads: 1 oom_kill each, 0 abnormal_exit, container named after its cgroup was removed"
     ))
 }
 

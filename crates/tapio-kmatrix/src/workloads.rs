@@ -45,17 +45,40 @@ pub fn threads_exit(args: &[String]) -> ExitCode {
     std::process::exit(3);
 }
 
-/// Touches memory a MiB at a time until its memory cgroup's OOM killer kills it. Bounded:
-/// a hog that is never killed stops at 256 MiB and exits 0, which the scenario reports.
+/// `threads` threads (the main one included) that all touch memory a MiB at a time, from
+/// the same moment on, until their memory cgroup's OOM killer kills the process: a
+/// multi-threaded victim whose threads all leave at once, the case where kernels without
+/// `group_dead` let two of them see themselves as the last. Bounded: a hog that is never
+/// killed stops at 256 MiB per thread and exits 0, which the scenario reports.
 pub fn hog(args: &[String]) -> ExitCode {
     if let Err(code) = join_cgroup(args) {
         return code;
     }
+    let threads: usize = match args.get(1).map(|n| n.parse()) {
+        None => 1,
+        Some(Ok(n)) if (1..=64).contains(&n) => n,
+        Some(_) => {
+            eprintln!("hog: THREADS must be 1..=64");
+            return ExitCode::from(2);
+        }
+    };
+    let start = Arc::new(Barrier::new(threads));
+    for _ in 1..threads {
+        let start = Arc::clone(&start);
+        std::thread::spawn(move || allocate(&start));
+    }
+    let kept = allocate(&start);
+    println!("hog: allocated {kept} MiB without being killed");
+    ExitCode::SUCCESS
+}
+
+/// Waits for every thread, then fills 1 MiB blocks (filled, not just reserved: only touched
+/// pages count as anon rss) up to 256 MiB. Returns how many it kept.
+fn allocate(start: &Barrier) -> usize {
+    start.wait();
     let mut kept: Vec<Vec<u8>> = Vec::new();
     for i in 0..256u32 {
-        // Filled, not just reserved: only touched pages count as anon rss.
         kept.push(vec![(i % 251) as u8 + 1; 1 << 20]);
     }
-    println!("hog: allocated {} MiB without being killed", kept.len());
-    ExitCode::SUCCESS
+    kept.len()
 }
