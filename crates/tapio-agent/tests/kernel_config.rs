@@ -20,6 +20,9 @@ use tapio_bpf::abi::{tapio_ctr_config, TAPIO_CNT_CONFIG_TORN, TAPIO_CNT_RINGBUF_
 use tapio_bpf::container::ContainerRecord;
 
 const WRITES: u32 = 10_000;
+
+/// Per pid, the (wait status, generation) of each exit record.
+type ExitsByPid = HashMap<u32, Vec<(u32, u32)>>;
 /// The exit code no generation ignores.
 const ALWAYS: i32 = 63;
 
@@ -70,7 +73,7 @@ fn ten_thousand_config_rewrites_while_exits_flow_judge_every_event_by_one_writte
 
     // Drains the ring into (pid → [(status, generation)]) until told to stop and empty.
     let done = Arc::new(AtomicBool::new(false));
-    let seen: Arc<Mutex<HashMap<u32, Vec<(u32, u32)>>>> = Arc::default();
+    let seen: Arc<Mutex<ExitsByPid>> = Arc::default();
     let drain = {
         let (done, seen) = (Arc::clone(&done), Arc::clone(&seen));
         let mut ring = loaded.ring;
