@@ -8,6 +8,9 @@
 //! counted (`tapio_controller_profile_reload_failures_total`); the config already served
 //! stays. A valid reload bumps the generation only when the compiled config's hash
 //! changes, so editing a comment does not make the fleet re-apply anything.
+//!
+//! Generations name one config across controller restarts (evidence carries them as
+//! `config_generation`): see [`next_generation`].
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -107,6 +110,21 @@ pub fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
 /// Reads, parses and compiles the profile at `path`.
 pub fn load(path: &Path) -> Result<Loaded, LoadError> {
     parse(path, &read(path)?)
+}
+
+/// The generation to serve a new config as: the Unix time (seconds) at which it is first
+/// served, or one more than `previous` when that is later (several reloads within one
+/// second). A counter from 1 would start again at every restart, and a restarted controller
+/// with an edited profile would serve "1" for another config than the one evidence already
+/// names; from the clock, a restart never reuses a number as long as the clock does not go
+/// back and reloads average under one a second. u32 seconds last until 2106.
+pub fn next_generation(previous: Option<u32>, now_unix: u64) -> u32 {
+    let clock = u32::try_from(now_unix).unwrap_or(u32::MAX).max(1);
+    match previous {
+        None => clock,
+        // Saturates rather than wraps: 4 billion reloads in one run are not a real case.
+        Some(previous) => previous.saturating_add(1).max(clock),
+    }
 }
 
 /// What one check of the profile file did.
@@ -210,5 +228,27 @@ pub async fn watch(state: Arc<AppState>, mut watcher: Watcher, poll: Duration, m
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_generation;
+
+    #[test]
+    fn generations_follow_the_clock_and_never_repeat() {
+        let start = 1_800_000_000;
+        assert_eq!(next_generation(None, start), 1_800_000_000);
+        // Reloads within one second still get a new number each.
+        assert_eq!(next_generation(Some(1_800_000_000), start), 1_800_000_001);
+        assert_eq!(next_generation(Some(1_800_000_001), start), 1_800_000_002);
+        // Later ones follow the clock again.
+        assert_eq!(next_generation(Some(1_800_000_002), start + 60), 1_800_000_060);
+        // A restart a minute later serves a number no earlier run of this controller served.
+        assert!(next_generation(None, start + 120) > 1_800_000_060);
+        // A clock before 1970 or past 2106 still gives a valid, rising generation.
+        assert_eq!(next_generation(None, 0), 1);
+        assert_eq!(next_generation(Some(7), u64::MAX), u32::MAX);
+        assert_eq!(next_generation(Some(u32::MAX), 5), u32::MAX);
     }
 }

@@ -51,7 +51,11 @@ impl AppState {
         Self {
             controller_id: settings.controller_id.clone().unwrap_or_else(|| default_controller_id(started_at_unix)),
             started_at_unix,
-            config: RwLock::new(Arc::new(ActiveConfig::new(settings.config.clone(), 1, batching))),
+            config: RwLock::new(Arc::new(ActiveConfig::new(
+                settings.config.clone(),
+                crate::profile::next_generation(None, started_at_unix),
+                batching,
+            ))),
             registry: Registry::new(settings.max_agents, settings.max_unregistered_agents),
             metrics,
             sink,
@@ -80,8 +84,7 @@ impl AppState {
         if crate::config_hash::config_hash(&config) == slot.hash {
             return None;
         }
-        // u32 generations: 4 billion reloads would be needed to wrap; saturate rather than wrap.
-        let generation = slot.generation.saturating_add(1);
+        let generation = crate::profile::next_generation(Some(slot.generation), unix_now());
         let batching = Batching { send_interval_ms: self.send_interval_ms, max_batch_events: self.max_batch_events };
         *slot = Arc::new(ActiveConfig::new(config, generation, batching));
         self.metrics.config_generation.set(i64::from(generation));

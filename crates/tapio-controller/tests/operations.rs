@@ -25,7 +25,7 @@ async fn hello_is_accepted_with_batching_parameters() {
     assert_eq!(v["wire_version"], "tapio-wire/v1");
     assert_eq!(v["accepted"], true);
     assert_eq!(v["controller_id"], "test-controller");
-    assert_eq!(v["config_version"], "1");
+    assert_eq!(v["config_version"], served_generation(&c).await);
     assert_eq!(v["send_interval_ms"], 1234);
     assert_eq!(v["max_batch_events"], 77);
 
@@ -46,7 +46,7 @@ async fn config_has_hash_etag_and_304() {
     assert_eq!(r.status, 200, "{r:?}");
     let v = r.json();
     assert_eq!(v["wire_version"], "tapio-wire/v1");
-    assert_eq!(v["version"], "1");
+    assert_eq!(v["version"], served_generation(&c).await);
     assert_eq!(v["batching"]["max_batch_events"], 256);
     assert_eq!(v["batching"]["send_interval_ms"], 5000);
 
@@ -132,21 +132,22 @@ async fn heartbeat_from_unknown_agent_is_not_accepted_then_known_after_hello() {
     let v = r.json();
     assert_eq!(v["accepted"], false);
     assert_eq!(v["wire_version"], "tapio-wire/v1");
-    assert_eq!(v["next_config_version"], "1");
+    let served = served_generation(&c).await;
+    assert_eq!(v["next_config_version"], served);
     assert!(agent_status(&c, "a1").await.is_none(), "a heartbeat alone registers nothing");
 
     assert_eq!(c.post_json("/v1/agents/hello", &hello("a1")).await.status, 200);
     let mut hb = heartbeat("a1");
     hb["observers"]["dns"] = json!("hibernating"); // unknown status: accepted, kept
     hb["degraded_reasons"] = json!(["unconfigured", "brand-new-reason"]);
-    hb["config_version"] = json!("1");
+    hb["config_version"] = served.clone();
     hb["config_hash"] = json!("sha256:abc");
     let r = c.post_json("/v1/agents/heartbeat", &hb).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["accepted"], true);
 
     let a = agent_status(&c, "a1").await.unwrap();
-    assert_eq!(a["reported_config_version"], "1");
+    assert_eq!(a["reported_config_version"], served);
     assert_eq!(a["reported_config_hash"], "sha256:abc");
     assert_eq!(a["observers"]["dns"], "hibernating");
     assert_eq!(a["observers"]["network"], "running");
@@ -165,7 +166,7 @@ async fn batch_from_unknown_agent_is_accepted_and_listed_unregistered() {
     let v = r.json();
     assert_eq!(v["accepted"], 2);
     assert_eq!(v["rejected"], 0);
-    assert_eq!(v["next_config_version"], "1");
+    assert_eq!(v["next_config_version"], served_generation(&c).await);
     assert_eq!(v["wire_version"], "tapio-wire/v1");
 
     let a = agent_status(&c, "ghost").await.expect("listed");
@@ -327,4 +328,16 @@ async fn health_readiness_and_metrics() {
         assert_eq!(metric(&c, series).await, Some(value), "{series}");
     }
     t.stop().await;
+}
+
+/// The generation the controller serves (from /v1/status): a base-10 u32 from the clock at
+/// which its config was first served, so a restarted controller never serves an old number.
+async fn served_generation(c: &Client) -> serde_json::Value {
+    let s = c.get("/v1/status").await;
+    assert_eq!(s.status, 200);
+    let version = s.json()["config"]["version"].clone();
+    let g: u64 = version.as_str().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("generation {version}"));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert!(g.abs_diff(now) < 600, "generation {g} is not the serving time ({now})");
+    version
 }

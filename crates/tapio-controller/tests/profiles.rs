@@ -39,14 +39,27 @@ async fn metrics(t: &TestServer) -> String {
     String::from_utf8(t.client().get("/metrics").await.body).unwrap()
 }
 
-async fn wait_for_version(t: &TestServer, version: &str) -> Value {
+/// The generation a config response or status names.
+fn generation(v: &Value) -> u32 {
+    v.as_str().and_then(|g| g.parse().ok()).unwrap_or_else(|| panic!("generation is a base-10 u32 string: {v}"))
+}
+
+/// Generations come from the clock (unique across restarts): a fresh controller serves one
+/// near now, not "1".
+fn assert_fresh_generation(g: u32) {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert!(u64::from(g).abs_diff(now) < 600, "generation {g} is not the serving time ({now})");
+}
+
+/// Waits for a generation after `previous` and returns the config served with it.
+async fn wait_for_version_after(t: &TestServer, previous: u32) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let v = config(t).await;
-        if v["version"] == version {
+        if generation(&v["version"]) > previous {
             return v;
         }
-        assert!(Instant::now() < deadline, "generation {version} not served within 10 s: {v}");
+        assert!(Instant::now() < deadline, "no generation after {previous} served within 10 s: {v}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -65,38 +78,40 @@ async fn profile_changes_become_generations_and_bad_ones_are_refused_and_counted
     .await;
 
     let v = config(&t).await;
-    assert_eq!(v["version"], "1");
+    let g1 = generation(&v["version"]);
+    assert_fresh_generation(g1);
     assert_eq!(v["config"]["container"]["exit_ignore_codes"], serde_json::json!([3]));
     assert_eq!(v["config_hash"], expected_hash(body1));
     // The watcher's first look finds the same config: no new generation.
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(config(&t).await["version"], "1");
+    assert_eq!(generation(&config(&t).await["version"]), g1);
 
-    // An agent runs generation 1.
+    // An agent runs the first generation.
     let c = t.client();
     assert_eq!(c.post_json("/v1/agents/hello", &hello("a1")).await.status, 200);
     let mut hb = heartbeat("a1");
-    hb["config_version"] = "1".into();
+    hb["config_version"] = g1.to_string().into();
     hb["config_hash"] = v["config_hash"].clone();
     assert_eq!(c.post_json("/v1/agents/heartbeat", &hb).await.status, 200);
     let status = c.get("/v1/status").await.json();
     assert_eq!(status["agents"][0]["config_current"], true);
     assert!(metrics(&t).await.contains("tapio_controller_agents_config{state=\"current\"} 1"));
 
-    // An effective change: generation 2, new hash; the agent is now behind.
+    // An effective change: a later generation, new hash; the agent is now behind.
     let body2 = "base: production-default\noverrides:\n  container:\n    exit_ignore_codes: [3, 42]\n";
     profile(&dir, "p.yaml", body2);
-    let v2 = wait_for_version(&t, "2").await;
+    let v2 = wait_for_version_after(&t, g1).await;
+    let g2 = generation(&v2["version"]);
     assert_eq!(v2["config_hash"], expected_hash(body2));
     assert_eq!(v2["config"]["container"]["exit_ignore_codes"], serde_json::json!([3, 42]));
     let status = c.get("/v1/status").await.json();
-    assert_eq!(status["config"]["version"], "2");
+    assert_eq!(generation(&status["config"]["version"]), g2);
     assert_eq!(status["agents"][0]["config_current"], false);
     let hb_resp = c.post_json("/v1/agents/heartbeat", &hb).await.json();
-    assert_eq!(hb_resp["next_config_version"], "2", "heartbeats announce the new generation");
+    assert_eq!(generation(&hb_resp["next_config_version"]), g2, "heartbeats announce the new generation");
     let m = metrics(&t).await;
     assert!(m.contains("tapio_controller_agents_config{state=\"outdated\"} 1"), "{m}");
-    assert!(m.contains("tapio_controller_config_generation 2"), "{m}");
+    assert!(m.contains(&format!("tapio_controller_config_generation {g2}\n")), "{m}");
     assert!(m.contains("tapio_controller_profile_reloads_total{result=\"applied\"} 1"), "{m}");
 
     // Same config, different text (a comment, reordered list): no new generation.
@@ -106,7 +121,7 @@ async fn profile_changes_become_generations_and_bad_ones_are_refused_and_counted
         assert!(Instant::now() < deadline, "the reordered profile was not read: {}", metrics(&t).await);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(config(&t).await["version"], "2");
+    assert_eq!(generation(&config(&t).await["version"]), g2);
 
     // A bad profile: refused, counted once however many polls see it, old config stays.
     profile(&dir, "p.yaml", "base: production-default\noverrides:\n  storage:\n    latency_critical_ms: 0\n");
@@ -118,7 +133,7 @@ async fn profile_changes_become_generations_and_bad_ones_are_refused_and_counted
     tokio::time::sleep(Duration::from_millis(500)).await; // several more polls
     assert!(metrics(&t).await.contains("tapio_controller_profile_reload_failures_total 1"));
     let still = config(&t).await;
-    assert_eq!((still["version"].clone(), still["config_hash"].clone()), ("2".into(), v2["config_hash"].clone()));
+    assert_eq!((generation(&still["version"]), still["config_hash"].clone()), (g2, v2["config_hash"].clone()));
 
     // Not YAML at all, then a vanished file: each refused and counted once more.
     std::fs::write(&path, "base: [unclosed\n").unwrap();
@@ -133,12 +148,12 @@ async fn profile_changes_become_generations_and_bad_ones_are_refused_and_counted
         assert!(Instant::now() < deadline, "missing file not counted");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(config(&t).await["version"], "2");
+    assert_eq!(generation(&config(&t).await["version"]), g2);
 
-    // Fixed: generation 3.
+    // Fixed: the next generation.
     let body3 = "base: quiet\n";
     profile(&dir, "p.yaml", body3);
-    let v3 = wait_for_version(&t, "3").await;
+    let v3 = wait_for_version_after(&t, g2).await;
     assert_eq!(v3["config_hash"], expected_hash(body3));
     t.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -222,18 +237,20 @@ fn sighup_reloads_the_profile_of_the_running_binary() {
         assert!(Instant::now() < deadline, "controller did not come up");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(status("version"), Some("1".into()));
+    let first = status("version").map(|v| generation(&v)).unwrap_or(0);
+    assert_fresh_generation(first);
     profile(&dir, "p.yaml", "base: sensitive\n");
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(status("version"), Some("1".into()), "no reload without SIGHUP");
+    assert_eq!(status("version").map(|v| generation(&v)), Some(first), "no reload without SIGHUP");
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while status("version") != Some("2".into()) {
+    while status("version").map(|v| generation(&v)).unwrap_or(0) <= first {
         assert!(Instant::now() < deadline, "SIGHUP did not reload");
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(status("config_hash"), Some(config_hash(&tapio_profile::Builtin::Sensitive.config()).into()));
+    let reloaded = status("version").unwrap_or_default();
     // A bad profile on SIGHUP: counted, generation and hash stay.
     profile(&dir, "p.yaml", "base: loud\n");
     unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
@@ -253,7 +270,7 @@ fn sighup_reloads_the_profile_of_the_running_binary() {
         assert!(Instant::now() < deadline, "bad profile on SIGHUP not counted: {resp}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(status("version"), Some("2".into()));
+    assert_eq!(status("version"), Some(reloaded));
     assert!(child.try_wait().unwrap().is_none(), "SIGHUP must not stop the controller");
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
