@@ -214,7 +214,7 @@ fn a_profile_change_reaches_the_kernel_within_two_polls() {
     );
     let controller = Controller::start(&dir, &profile, 1);
     let (v1, h1) = controller.target();
-    assert_eq!(v1, "1");
+    let g1: u32 = v1.parse().expect("generation is a base-10 u32");
     assert_eq!(cli_hash(&profile), h1, "the CLI and the controller hash the same profile alike");
 
     let mut agent = Agent::start(&agent_config(controller.port, "agent-rollout", &dir));
@@ -234,13 +234,15 @@ fn a_profile_change_reaches_the_kernel_within_two_polls() {
         "base: production-default\noverrides:\n  container:\n    exit_ignore_codes: [42]\n  network:\n    \
          retransmit_count: 5\n    retransmit_window_ms: 1000\n",
     );
-    wait_until("the controller to serve generation 2", Duration::from_secs(5), || controller.target().0 == "2");
+    wait_until("the controller to serve generation 2", Duration::from_secs(5), || controller.target().0 != v1);
     let served = Instant::now();
-    let (_, h2) = controller.target();
+    let (v2, h2) = controller.target();
+    let g2: u32 = v2.parse().expect("generation is a base-10 u32");
+    assert!(g2 > g1, "generations rise: {g1} then {g2}");
     assert_ne!(h1, h2);
     assert_eq!(cli_hash(&profile), h2);
     // Two config polls (1 s each), plus the request itself and the log line's way here.
-    agent.wait_for_log(&format!("applied controller config 2 ({h2})"), Duration::from_millis(2_500));
+    agent.wait_for_log(&format!("applied controller config {g2} ({h2})"), Duration::from_millis(2_500));
     let applied_after = served.elapsed();
     wait_until("a heartbeat with the new hash", Duration::from_secs(3), || {
         controller.agent("agent-rollout").is_some_and(|a| a["reported_config_hash"] == h2.as_str())
@@ -257,18 +259,18 @@ fn a_profile_change_reaches_the_kernel_within_two_polls() {
     let before = exits_of(&run, exit42_before);
     assert_eq!(before.len(), 1, "{before:#?}");
     assert_eq!(before[0]["facts"]["exit_code"], 42);
-    assert_eq!(before[0]["config_generation"], 1);
+    assert_eq!(before[0]["config_generation"], g1);
     // After: 42 is ignored in the kernel, 43 still evidence, judged by generation 2.
     assert!(exits_of(&run, exit42_after).is_empty(), "exit 42 must be ignored under generation 2");
     let after = exits_of(&run, exit43_after);
     assert_eq!(after.len(), 1, "{after:#?}");
-    assert_eq!(after[0]["config_generation"], 2);
+    assert_eq!(after[0]["config_generation"], g2);
     // Retransmits: none judged a spike under generation 1 (though there were plenty), some
     // under generation 2.
     assert!(retrans_before >= 20 && retrans_after >= 20, "too few retransmits: {retrans_before}, {retrans_after}");
     let spikes: Vec<&Value> =
         run.of_type("kernel.network.retransmit_spike").filter(|e| e["facts"]["dst_port"] == 7031).collect();
-    assert!(spikes.iter().all(|e| e["config_generation"] == 2), "a spike judged by generation 1: {spikes:#?}");
+    assert!(spikes.iter().all(|e| e["config_generation"] == g2), "a spike judged by generation 1: {spikes:#?}");
     assert!(!spikes.is_empty(), "{retrans_after} retransmits under generation 2 but no spike");
     for e in &spikes {
         assert!(e["facts"]["retransmits_in_window"].as_u64().unwrap() >= 5);
@@ -287,7 +289,8 @@ fn sighup_reloads_and_a_bad_profile_keeps_the_applied_hash() {
     write_profile(&profile, "base: production-default\n");
     // Polling slowed to an hour: only SIGHUP makes a change seen.
     let controller = Controller::start(&dir, &profile, 3_600);
-    let (_, h1) = controller.target();
+    let (v1, h1) = controller.target();
+    let g1: u32 = v1.parse().expect("generation is a base-10 u32");
     let mut agent = Agent::start(&agent_config(controller.port, "agent-sighup", &dir));
     wait_until("the agent to apply generation 1", Duration::from_secs(15), || {
         controller.agent("agent-sighup").is_some_and(|a| a["reported_config_hash"] == h1.as_str())
@@ -305,27 +308,28 @@ fn sighup_reloads_and_a_bad_profile_keeps_the_applied_hash() {
         controller.log()
     );
     std::thread::sleep(Duration::from_millis(2_500)); // two agent polls and heartbeats
-    assert_eq!(controller.target(), ("1".to_string(), h1.clone()));
+    assert_eq!(controller.target(), (v1.clone(), h1.clone()));
     let a = controller.agent("agent-sighup").unwrap();
     assert_eq!(
         (a["reported_config_version"].as_str(), a["reported_config_hash"].as_str()),
-        (Some("1"), Some(h1.as_str()))
+        (Some(v1.as_str()), Some(h1.as_str()))
     );
     let exit42_kept = exit_with(42);
 
     // A good one on SIGHUP: generation 2 reaches the kernel.
     write_profile(&profile, "base: production-default\noverrides:\n  container:\n    exit_ignore_codes: [42]\n");
     controller.signal(libc::SIGHUP);
-    wait_until("generation 2", Duration::from_secs(5), || controller.target().0 == "2");
-    let (_, h2) = controller.target();
+    wait_until("generation 2", Duration::from_secs(5), || controller.target().0 != v1);
+    let (v2, h2) = controller.target();
+    assert!(v2.parse::<u32>().expect("generation is a base-10 u32") > g1, "generations rise: {v1} then {v2}");
     assert_eq!(cli_hash(&profile), h2);
-    agent.wait_for_log(&format!("applied controller config 2 ({h2})"), Duration::from_millis(2_500));
+    agent.wait_for_log(&format!("applied controller config {v2} ({h2})"), Duration::from_millis(2_500));
     let exit42_ignored = exit_with(42);
     let run = agent.stop();
     assert!(!run.stderr.contains("refused"), "the agent never saw the bad profile: {}", run.stderr);
     let kept = exits_of(&run, exit42_kept);
     assert_eq!(kept.len(), 1, "under the kept generation 1, exit 42 is evidence: {kept:#?}");
-    assert_eq!(kept[0]["config_generation"], 1);
+    assert_eq!(kept[0]["config_generation"], g1);
     assert!(exits_of(&run, exit42_ignored).is_empty());
     assert_eq!(run.counter(&["config_rejected_total"]), 0);
     controller.signal(libc::SIGTERM);

@@ -438,6 +438,7 @@ fn status_shows_agents_config_state_and_loss_counters() {
     let server = rt.block_on(tapio_controller::RunningServer::start(settings)).unwrap();
     let addr = server.addr;
     let target = server.state.config().hash.clone();
+    let generation = server.state.config().generation;
     for agent in ["a-current", "b-behind", "c-silent"] {
         let hello = serde_json::json!({"wire_version":"tapio-wire/v1","agent_id":agent,"node_name":format!("node-{agent}"),
             "tapio_version":"0.1.0","kernel_release":"6.18","arch":"x86_64"});
@@ -450,7 +451,7 @@ fn status_shows_agents_config_state_and_loss_counters() {
     let o = tapio(&["status", "--controller", &url]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let text = stdout(&o);
-    assert!(text.contains("controller ctl-test  target config generation 1 sha256:"), "{text}");
+    assert!(text.contains(&format!("controller ctl-test  target config generation {generation} sha256:")), "{text}");
     assert!(text.contains("3 agents: 1 current, 1 outdated, 1 unreported"), "{text}");
     let line = |id: &str| {
         text.lines().find(|l| l.starts_with(id)).unwrap_or_else(|| panic!("{id} missing: {text}")).to_string()
