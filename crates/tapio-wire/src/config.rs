@@ -28,7 +28,9 @@ pub struct Batching {
 pub struct ConfigResponse {
     /// `tapio-wire/v1`.
     pub wire_version: String,
-    /// Config generation: a base-10 u32 as a string, starting at "1".
+    /// Config generation: a base-10 u32 as a string, never "0" (the tapio controller serves
+    /// the Unix second at which the config was first served, so numbers are unique across
+    /// its restarts).
     pub version: String,
     /// `sha256:<lowercase hex>` of the canonical JSON of `config`.
     pub config_hash: String,

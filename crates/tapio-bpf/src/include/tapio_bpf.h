@@ -80,8 +80,10 @@ static __always_inline void tapio_count(void *counters_map, __u32 idx)
  * rewrites only the copy readers were just moved away from, so an unchanged sequence means
  * nobody wrote the copied slot meanwhile; a changed one means copy again. Ordering: x86-64
  * keeps loads in program order and stores in program order (TSO), so only the compiler
- * must be kept from reordering, which the volatile reads and the barriers do. A config
- * that changed under every try is counted (config_torn_read) and not used.
+ * must be kept from reordering, which the volatile reads and the barriers do (BPF has no
+ * read barrier before 6.15, so on a weakly ordered CPU such as arm64 a torn copy is unlikely
+ * but not excluded). A config that changed under every try is counted (config_torn_read)
+ * and not used.
  */
 #define TAPIO_READ_CONFIG(config_map, counters_map, out)                                    \
 	({                                                                                  \
