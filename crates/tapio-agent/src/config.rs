@@ -20,7 +20,8 @@ pub struct AgentConfig {
     pub queue_capacity: usize,
     /// How often the loss counters are written to the log.
     pub counters_log_interval_secs: u64,
-    /// Bound of the cgroup-id → workload identity cache.
+    /// Bound of the cgroup-id → workload identity cache, and of the cgroup paths learned
+    /// while their cgroups existed (each holds at most this many).
     pub identity_cache_capacity: usize,
     pub sinks: SinksConfig,
     pub network: NetworkConfig,

@@ -308,6 +308,7 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
     let mut pollers: Vec<Box<dyn Poller>> = Vec::new();
     let identity = match tapio_identity::Resolver::new(tapio_identity::Config {
         capacity: config.identity_cache_capacity,
+        learned_capacity: config.identity_cache_capacity,
         ..tapio_identity::Config::default()
     }) {
         Ok(r) => Some(r),
