@@ -306,7 +306,7 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
     let mut carriers = KernelCarriers { ephemeral_ports: config::ephemeral_port_range(), ..KernelCarriers::default() };
     let mut report = StartupReport { observers: Vec::new() };
     let mut pollers: Vec<Box<dyn Poller>> = Vec::new();
-    let identity = match tapio_identity::Resolver::new(tapio_identity::Config {
+    let mut identity = match tapio_identity::Resolver::new(tapio_identity::Config {
         capacity: config.identity_cache_capacity,
         learned_capacity: config.identity_cache_capacity,
         ..tapio_identity::Config::default()
@@ -322,7 +322,6 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
     // after the hook is attached, so a cgroup removed before its evidence is resolved is
     // still named.
     let named = [tapio_identity::CgroupHierarchy::Unified, tapio_identity::CgroupHierarchy::v1("memory")];
-    let mut identity = identity;
     let learner = identity.as_ref().map(|r| r.learner(&named));
     let observers = start_observers(&config, &settings, &mut carriers, &mut report, &mut pollers, learner);
     if let Some(resolver) = identity.as_mut() {
