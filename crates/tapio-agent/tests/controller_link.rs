@@ -154,6 +154,7 @@ fn refused_to(events: &[Value], port: u16) -> usize {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn registers_applies_config_heartbeats_counters_and_delivers_kernel_evidence() {
     if !kernel_test("controller_link_basic") {
         return;
@@ -202,6 +203,7 @@ fn registers_applies_config_heartbeats_counters_and_delivers_kernel_evidence() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_restarted_controller_sees_the_agent_again_within_a_heartbeat_and_loses_nothing_accepted() {
     if !kernel_test("controller_link_restart") {
         return;
@@ -237,6 +239,7 @@ fn a_restarted_controller_sees_the_agent_again_within_a_heartbeat_and_loses_noth
 }
 
 #[test]
+#[ignore = "needs root"]
 fn with_the_controller_down_the_agent_keeps_observing_bounds_its_queue_and_recovers() {
     if !kernel_test("controller_link_outage") {
         return;
@@ -267,6 +270,7 @@ fn with_the_controller_down_the_agent_keeps_observing_bounds_its_queue_and_recov
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_blackholed_controller_fails_within_the_connect_timeout_and_observation_goes_on() {
     if !kernel_test("controller_link_blackhole") {
         return;
@@ -313,6 +317,7 @@ fn a_blackholed_controller_fails_within_the_connect_timeout_and_observation_goes
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_wrong_token_is_refused_counted_and_never_logged() {
     if !kernel_test("controller_link_auth") {
         return;
