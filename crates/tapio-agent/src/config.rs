@@ -322,8 +322,10 @@ impl AgentConfig {
         for code in &self.container.exit_ignore_codes {
             check_range("container.exit_ignore_codes[]", u64::from(*code), 1, 255)?;
         }
+        // 1..=63: the kernel side keeps the ignored signals in one 64-bit mask (bit n =
+        // signal n); signal 64 (SIGRTMAX) has no bit, so accepting it would change nothing.
         for sig in &self.container.exit_ignore_signals {
-            check_range("container.exit_ignore_signals[]", u64::from(*sig), 1, 64)?;
+            check_range("container.exit_ignore_signals[]", u64::from(*sig), 1, 63)?;
         }
         if let Some(c) = &self.controller {
             crate::controller::http::Endpoint::parse(&c.url)
@@ -457,6 +459,31 @@ mod tests {
         assert!(err.0.contains("bogus"), "{err}");
     }
 
+    /// Every ignore value the config accepts sets exactly the bit the container program
+    /// reads for it (`ignored_exit_codes[code >> 6] & 1 << (code & 63)`, `ignored_signals &
+    /// 1 << (sig & 63)`): no accepted value is a no-op, and none silences another.
+    #[test]
+    fn every_accepted_ignore_value_sets_the_bit_the_kernel_reads() {
+        for code in 1u16..=255 {
+            let toml = format!("[container]\nexit_ignore_codes = [{code}]\n");
+            let c = container_carrier(&AgentConfig::from_toml(&toml).unwrap().container, 1);
+            let mut want = [0u64; 4];
+            want[usize::from(code >> 6) & 3] = 1 << (code & 63);
+            assert_eq!(c.ignored_exit_codes, want, "exit code {code}");
+        }
+        for sig in 1u16..=127 {
+            let toml = format!("[container]\nexit_ignore_signals = [{sig}]\n");
+            match AgentConfig::from_toml(&toml) {
+                Ok(config) => {
+                    let c = container_carrier(&config.container, 1);
+                    assert_eq!(c.ignored_signals, 1u64 << (sig & 63), "signal {sig}");
+                    assert!(sig < 64, "signal {sig} accepted but the kernel's mask has no bit for it");
+                }
+                Err(e) => assert!(sig >= 64, "signal {sig} refused: {e}"),
+            }
+        }
+    }
+
     #[test]
     fn wrong_types_name_the_key() {
         let err = AgentConfig::from_toml("[network]\nrtt_ratio_percent = \"high\"\n").unwrap_err();
@@ -469,6 +496,9 @@ mod tests {
         assert_eq!(err.0, "network.rtt_ratio_percent = 50 is out of range 101..=100000");
         let err = AgentConfig::from_toml("[container]\nexit_ignore_signals = [65]\n").unwrap_err();
         assert!(err.0.contains("exit_ignore_signals"), "{err}");
+        // Signal 64 has no bit in the kernel's mask: refused rather than accepted and ignored.
+        let err = AgentConfig::from_toml("[container]\nexit_ignore_signals = [64]\n").unwrap_err();
+        assert_eq!(err.0, "container.exit_ignore_signals[] = 64 is out of range 1..=63");
         let err = AgentConfig::from_toml("[sinks.file]\npath = \"/tmp/x\"\nkeep_files = 0\n").unwrap_err();
         assert!(err.0.contains("sinks.file.keep_files"), "{err}");
     }

@@ -48,6 +48,12 @@ const KERNEL_CORRELATION: &[&str] = &[
     tapio_bpf::storage::UNMATCHED_COMPLETION,
     tapio_bpf::storage::INFLIGHT_REPLACED,
 ];
+/// Kernel counters of facts a program saw but could not judge, so no evidence was produced:
+/// a config carrier of another ABI, or a kernel lacking what the hook needs to read.
+const KERNEL_NOT_JUDGED: &[&str] = &["abi_mismatch", "unsupported_kernel"];
+/// Kernel counters that lose nothing themselves (what they lead to is counted elsewhere:
+/// a full in-flight table shows up as unmatched completions).
+const KERNEL_INFORMATIONAL: &[&str] = &["requeues", "inflight_busy", "inflight_table_full"];
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panicking holder cannot leave a counter map inconsistent: keep counting.
@@ -99,6 +105,7 @@ impl Counters {
             malformed_events_total: self.malformed_events_total.load(Ordering::Relaxed),
             lost_events_total: kernel_sum(KERNEL_LOSS),
             correlation_drops_total: kernel_sum(KERNEL_CORRELATION) + drops.values().sum::<u64>(),
+            not_judged_total: kernel_sum(KERNEL_NOT_JUDGED),
             sink_drops_total: queue_overflow + sinks.values().map(|c| c.failed).sum::<u64>(),
             queue_overflow_total: queue_overflow,
             controller_send_failures_total: self.controller_send_failures_total.load(Ordering::Relaxed),
@@ -118,6 +125,9 @@ pub struct Snapshot {
     pub malformed_events_total: u64,
     pub lost_events_total: u64,
     pub correlation_drops_total: u64,
+    /// Facts the kernel side saw but could not judge (`kernel`: `*.abi_mismatch`,
+    /// `*.unsupported_kernel`).
+    pub not_judged_total: u64,
     pub sink_drops_total: u64,
     pub queue_overflow_total: u64,
     pub controller_send_failures_total: u64,
@@ -149,7 +159,34 @@ mod tests {
         assert_eq!(s.correlation_drops_total, 2);
         assert_eq!(s.sink_drops_total, 3);
         assert_eq!(s.kernel["container.abi_mismatch"], 9);
+        assert_eq!(s.not_judged_total, 9);
         assert_eq!(s.sinks["file"], SinkCounts { written: 0, failed: 1 });
+    }
+
+    /// Every kernel counter the agent reads belongs to a total the heartbeat carries, or is
+    /// declared informational: a new counter meaning "evidence not produced" cannot be
+    /// added without reaching a total.
+    #[test]
+    fn every_kernel_counter_reaches_a_total_or_is_declared_informational() {
+        let observers = ["network", "container", "storage"];
+        for observer in observers {
+            let own = tapio_bpf::observer_counter_names(observer).iter().copied();
+            for (_, name) in tapio_bpf::COUNTER_NAMES.into_iter().chain(own) {
+                let c = Counters::default();
+                c.set_kernel(observer, name, 7);
+                let s = c.snapshot();
+                let in_totals = s.lost_events_total + s.correlation_drops_total + s.not_judged_total;
+                if KERNEL_INFORMATIONAL.contains(&name) {
+                    assert_eq!(in_totals, 0, "{observer}.{name} is informational yet counted");
+                } else {
+                    assert_eq!(in_totals, 7, "{observer}.{name} reaches no total (or more than one)");
+                }
+            }
+        }
+        let c = Counters::default();
+        c.set_kernel("container", "unsupported_kernel", 2);
+        c.set_kernel("network", "abi_mismatch", 3);
+        assert_eq!(c.snapshot().not_judged_total, 5);
     }
 
     #[test]

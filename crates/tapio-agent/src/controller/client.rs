@@ -83,6 +83,19 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
+/// The heartbeat's totals: every loss counter of the snapshot reaches one of them.
+pub fn heartbeat_counters(snap: &crate::counters::Snapshot) -> HeartbeatCounters {
+    HeartbeatCounters {
+        events_total: snap.events_total,
+        malformed_events_total: snap.malformed_events_total,
+        lost_events_total: snap.lost_events_total,
+        correlation_drops_total: snap.correlation_drops_total,
+        sink_drops_total: snap.sink_drops_total,
+        controller_send_failures_total: snap.controller_send_failures_total,
+        not_judged_total: snap.not_judged_total,
+    }
+}
+
 fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
@@ -318,14 +331,7 @@ impl Loop {
             config_hash: applied.as_ref().map_or(String::new(), |a| a.config_hash.clone()),
             uptime_seconds: self.started.elapsed().as_secs(),
             observers: self.c.observers.clone(),
-            counters: HeartbeatCounters {
-                events_total: snap.events_total,
-                malformed_events_total: snap.malformed_events_total,
-                lost_events_total: snap.lost_events_total,
-                correlation_drops_total: snap.correlation_drops_total,
-                sink_drops_total: snap.sink_drops_total,
-                controller_send_failures_total: snap.controller_send_failures_total,
-            },
+            counters: heartbeat_counters(&snap),
             degraded_reasons,
         };
         let body = serde_json::to_vec(&req).unwrap_or_default();
@@ -463,6 +469,18 @@ impl Loop {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_heartbeat_carries_kernel_counters_of_unjudged_facts() {
+        let c = Counters::default();
+        c.set_kernel("container", "unsupported_kernel", 4);
+        c.set_kernel("network", "abi_mismatch", 1);
+        c.set_kernel("network", "ringbuf_reserve_failed", 2);
+        let hb = heartbeat_counters(&c.snapshot());
+        assert_eq!((hb.not_judged_total, hb.lost_events_total), (5, 2));
+        let json = serde_json::to_value(&hb).unwrap();
+        assert_eq!(json["not_judged_total"], 5);
+    }
 
     #[test]
     fn query_values_are_percent_encoded() {
