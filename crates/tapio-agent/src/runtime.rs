@@ -318,7 +318,7 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
     let client_stop = Arc::new(AtomicBool::new(false));
     let client_thread = match controller {
         Some(setup) => {
-            sinks.push(Box::new(OutboxSink(Arc::clone(&setup.outbox))));
+            sinks.push(Box::new(OutboxSink::new(Arc::clone(&setup.outbox))));
             let client =
                 setup.into_client(&config, &node, &report, Arc::clone(&counters), carriers, Arc::clone(&client_stop));
             let thread = std::thread::Builder::new()

@@ -1,10 +1,11 @@
 //! The sink stage: the thread behind the bounded queue. It resolves workload identity (which
-//! may cost syscalls, so it stays off the drain), serializes each record once, writes it to
-//! every sink, counts per-sink failures, and flushes whenever the queue runs dry.
+//! may cost syscalls, so it stays off the drain), serializes each record once, hands it to
+//! every sink, writes out whenever the queue runs dry (or a sink holds 64 KiB), and counts
+//! per sink the lines that reached their destination and those that failed.
 
 use crate::counters::Counters;
 use crate::evidence::{Evidence, WorkloadIds};
-use crate::sinks::Sink;
+use crate::sinks::{Sink, FLUSH_AT_BYTES};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use tapio_identity::{CgroupHierarchy, Resolver, Workload};
@@ -39,10 +40,25 @@ impl SinkStage {
             self.deliver(ev, v1_memory, &mut line);
             while let Ok(ev) = self.queue.try_recv() {
                 self.deliver(ev, v1_memory, &mut line);
+                for sink in &mut self.sinks {
+                    if sink.buffered_bytes() >= FLUSH_AT_BYTES {
+                        sink.flush();
+                    }
+                }
+                self.report();
             }
             self.flush();
         }
         self.flush();
+    }
+
+    fn report(&mut self) {
+        for sink in &mut self.sinks {
+            let d = sink.take_delivered();
+            if d.written > 0 || d.failed > 0 {
+                self.counters.sink_delivered(sink.name(), d.written, d.failed);
+            }
+        }
     }
 
     fn deliver(&mut self, mut ev: Box<Evidence>, v1_memory: bool, line: &mut Vec<u8>) {
@@ -55,23 +71,21 @@ impl SinkStage {
             // Cannot happen for these types; counted as a failure of every sink if it does.
             log::error!("serializing evidence: {e}");
             for sink in &self.sinks {
-                self.counters.sink_result(sink.name(), false);
+                self.counters.sink_failures(sink.name(), 1);
             }
             return;
         }
         line.push(b'\n');
         for sink in &mut self.sinks {
-            let ok = sink.write_line(line).is_ok();
-            self.counters.sink_result(sink.name(), ok);
+            sink.write_line(line);
         }
     }
 
     fn flush(&mut self) {
         for sink in &mut self.sinks {
-            if let Err(e) = sink.flush() {
-                log::warn!("flushing sink {}: {e}", sink.name());
-            }
+            sink.flush();
         }
+        self.report();
     }
 }
 

@@ -12,7 +12,7 @@ use super::state::{self, AppliedConfig};
 use super::{ControllerConfig, Token};
 use crate::carriers::KernelCarriers;
 use crate::config::AgentConfig;
-use crate::counters::Counters;
+use crate::counters::{Counters, CONTROLLER_SINK};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -408,12 +408,17 @@ impl Loop {
         match self.request("POST", "/v1/events", Some(&body), &[]) {
             Ok(resp) if resp.status == 200 => {
                 self.succeeded();
-                match serde_json::from_slice::<EventsResponse>(&resp.body) {
-                    Ok(r) if r.rejected > 0 => self.c.counters.sink_failures("controller", r.rejected),
-                    Ok(_) => {}
-                    Err(e) => log::warn!("controller accepted batch {} with an unreadable response: {e}", p.sequence),
-                }
-                self.c.counters.controller_events_sent_total.fetch_add(n, Ordering::Relaxed);
+                // Events the controller rejected one by one are failed, not sent: each line
+                // of the batch has exactly one outcome.
+                let rejected = match serde_json::from_slice::<EventsResponse>(&resp.body) {
+                    Ok(r) => r.rejected.min(n),
+                    Err(e) => {
+                        log::warn!("controller accepted batch {} with an unreadable response: {e}", p.sequence);
+                        0
+                    }
+                };
+                self.c.counters.sink_failures(CONTROLLER_SINK, rejected);
+                self.c.counters.controller_sent(n - rejected);
                 return true;
             }
             // The controller will never take this batch as it is (malformed, too large,
@@ -423,7 +428,7 @@ impl Loop {
                     "event batch",
                     format!("{} for batch {} of {n} events: dropped", Self::describe(&resp), p.sequence),
                 );
-                self.c.counters.sink_failures("controller", n);
+                self.c.counters.sink_failures(CONTROLLER_SINK, n);
                 return true;
             }
             Ok(resp) => self.failure("event batch", Self::describe(&resp)),
@@ -432,7 +437,7 @@ impl Loop {
         p.attempts += 1;
         if p.attempts > self.c.settings.max_retries {
             log::warn!("dropping batch {} of {n} events after {} attempts", p.sequence, p.attempts);
-            self.c.counters.sink_failures("controller", n);
+            self.c.counters.sink_failures(CONTROLLER_SINK, n);
             return true;
         }
         p.retry_at = Instant::now() + self.backoff(p.attempts);
@@ -461,7 +466,7 @@ impl Loop {
             + self.c.outbox.take_batch(usize::MAX, usize::MAX).len() as u64;
         if left > 0 {
             log::warn!("shutdown: {left} events could not reach the controller");
-            self.c.counters.sink_failures("controller", left);
+            self.c.counters.sink_failures(CONTROLLER_SINK, left);
         }
     }
 }
