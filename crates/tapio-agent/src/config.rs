@@ -332,6 +332,7 @@ impl AgentConfig {
                 .map_err(|e| ConfigError(format!("controller.url: {e}")))?;
             check_range("controller.connect_timeout_ms", c.connect_timeout_ms, 10, 60_000)?;
             check_range("controller.io_timeout_ms", c.io_timeout_ms, 10, 300_000)?;
+            check_range("controller.request_timeout_ms", c.request_timeout_ms, 100, 600_000)?;
             check_range("controller.heartbeat_interval_secs", c.heartbeat_interval_secs, 1, 3_600)?;
             check_range("controller.config_poll_interval_secs", c.config_poll_interval_secs, 1, 3_600)?;
             check_range("controller.queue_capacity", c.queue_capacity as u64, 1, 1 << 20)?;

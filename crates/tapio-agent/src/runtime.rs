@@ -21,6 +21,36 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Shutdown bounds. From SIGTERM/SIGINT the agent exits within their sum plus one
+/// 200 ms tick (about 12 s; README "Start-up, status and shutdown"): whatever a step could
+/// not finish in its time is counted as lost, by name, and the final counters are logged.
+/// The drain empties the rings within `drain::SHUTDOWN_DRAIN`; this adds its margin.
+const SHUTDOWN_DRAIN_JOIN: Duration = Duration::from_secs(3);
+/// The poll thread ends after at most one sampling pass.
+const SHUTDOWN_POLL_JOIN: Duration = Duration::from_secs(1);
+/// The sink stage writes out what is queued (a stdout pipe nobody reads blocks it for good).
+pub const SHUTDOWN_SINKS: Duration = Duration::from_secs(5);
+/// The controller link sends what is in its outbox (`client::SHUTDOWN_FLUSH`), plus the
+/// end of a request that was in flight when shutdown began.
+const SHUTDOWN_CONTROLLER_JOIN: Duration = Duration::from_secs(3);
+
+/// Waits for `thread` at most `within`; false (the thread still running) when it did not
+/// end in time. A thread that panicked is logged.
+fn join_within(what: &str, thread: std::thread::JoinHandle<()>, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while !thread.is_finished() {
+        if Instant::now() >= deadline {
+            log::warn!("shutdown: the {what} did not finish within {within:?}");
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if thread.join().is_err() {
+        log::error!("{what} panicked");
+    }
+    true
+}
+
 /// Where each observer ended up after start-up.
 pub struct StartupReport {
     pub observers: Vec<(&'static str, ObserverState)>,
@@ -329,7 +359,7 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
         }
         None => None,
     };
-    let sink_names: Vec<&str> = sinks.iter().map(|s| s.name()).collect();
+    let sink_names: Vec<&'static str> = sinks.iter().map(|s| s.name()).collect();
     let clock = Arc::new(BootToWall::measured());
     let (tx, rx) = mpsc::sync_channel(config.queue_capacity);
     let identity = match tapio_identity::Resolver::new(tapio_identity::Config {
@@ -385,21 +415,23 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
         }
     }
     log::info!("shutting down: detaching, draining ring buffers and flushing sinks");
-    if drain_thread.join().is_err() {
-        log::error!("drain thread panicked");
-    }
+    join_within("drain thread", drain_thread, SHUTDOWN_DRAIN_JOIN);
     // The poll thread holds a sender of the sink queue: the sink stage ends after it does.
-    if poll_thread.join().is_err() {
-        log::error!("poll thread panicked");
-    }
-    if sink_thread.join().is_err() {
-        log::error!("sink thread panicked");
-    }
+    join_within("poll thread", poll_thread, SHUTDOWN_POLL_JOIN);
+    join_within("sink stage", sink_thread, SHUTDOWN_SINKS);
     // Only now is everything the sinks took in the outbox: let the client send it.
     client_stop.store(true, Ordering::Relaxed);
     if let Some(t) = client_thread {
-        if t.join().is_err() {
-            log::error!("controller thread panicked");
+        join_within("controller link", t, SHUTDOWN_CONTROLLER_JOIN + crate::controller::client::SHUTDOWN_FLUSH);
+    }
+    // Close the books: every record handed to the sinks has an outcome. A sink that could
+    // not finish in time (a blocked pipe, a stalled controller) gets what it still held, or
+    // never received, counted as failed; a thread still stuck in a write dies with the
+    // process.
+    for name in sink_names {
+        let left = counters.settle_sink(name);
+        if left > 0 {
+            log::warn!("shutdown: {left} records could not be written to sink {name} in time (counted as failed)");
         }
     }
     log_counters("counters final", &counters);

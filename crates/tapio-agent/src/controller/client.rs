@@ -24,8 +24,12 @@ use tapio_wire::{
 
 /// Upper bound of the events per batch whatever the controller asks.
 const MAX_BATCH_EVENTS: u64 = 10_000;
-/// How long a shutdown may spend sending what is still in the outbox.
-const SHUTDOWN_FLUSH: Duration = Duration::from_secs(3);
+/// How long a shutdown may spend sending what is still in the outbox (a request in flight
+/// included: each is cut at what is left of it).
+pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(3);
+/// At most one failure log line per this period (a changed failure included); the ones in
+/// between are counted in `controller_send_failures_total` and summed in the next line.
+const FAILURE_LOG_PERIOD: Duration = Duration::from_secs(30);
 
 /// What the client needs from the rest of the agent.
 pub struct Client {
@@ -69,6 +73,27 @@ struct Loop {
     pending: Option<Pending>,
     rng: u64,
     last_error: Option<String>,
+    failure_log: LogLimiter,
+}
+
+/// Rate-limits a repeated warning: the first, then at most one per period, each saying how
+/// many were not logged since.
+#[derive(Debug, Default)]
+struct LogLimiter {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    /// Some(suppressed since the last logged one) when this one may be logged.
+    fn admit(&mut self, now: Instant, period: Duration) -> Option<u64> {
+        if self.last.is_some_and(|last| now.duration_since(last) < period) {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
 }
 
 fn percent_encode(s: &str) -> String {
@@ -108,6 +133,7 @@ impl Client {
         let limits = Limits {
             connect_timeout: Duration::from_millis(self.settings.connect_timeout_ms),
             io_timeout: Duration::from_millis(self.settings.io_timeout_ms),
+            request_timeout: Duration::from_millis(self.settings.request_timeout_ms),
             max_response_bytes: self.settings.max_response_bytes,
         };
         let mut l = Loop {
@@ -126,6 +152,7 @@ impl Client {
             pending: None,
             rng: crate::clock::wall_now_ns() | 1,
             last_error: None,
+            failure_log: LogLimiter::default(),
         };
         l.run();
     }
@@ -198,9 +225,14 @@ impl Loop {
     fn failure(&mut self, what: &str, detail: String) {
         self.c.counters.controller_send_failures_total.fetch_add(1, Ordering::Relaxed);
         let message = format!("controller {what} failed: {detail}");
-        // Log changes of state, not every retry of the same failure.
+        // Log changes of state, not every retry of the same failure, and even changing
+        // failures (a peer answering garbage) at most once per period.
         if self.last_error.as_deref() != Some(message.as_str()) {
-            log::warn!("{message}");
+            match self.failure_log.admit(Instant::now(), FAILURE_LOG_PERIOD) {
+                Some(0) => log::warn!("{message}"),
+                Some(n) => log::warn!("{message} ({n} other failures since the last one logged)"),
+                None => {}
+            }
             self.last_error = Some(message);
         }
     }
@@ -447,7 +479,14 @@ impl Loop {
 
     fn flush_on_shutdown(&mut self) {
         let deadline = Instant::now() + SHUTDOWN_FLUSH;
+        let request_timeout = self.limits.request_timeout;
         loop {
+            // A request may take only what is left of the shutdown's time.
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            self.limits.request_timeout = request_timeout.min(left);
             if self.pending.is_none() {
                 let lines = self.c.outbox.take_batch(self.max_batch_events as usize, self.c.settings.max_batch_bytes);
                 if lines.is_empty() {
@@ -485,6 +524,21 @@ mod tests {
         assert_eq!((hb.not_judged_total, hb.lost_events_total), (5, 2));
         let json = serde_json::to_value(&hb).unwrap();
         assert_eq!(json["not_judged_total"], 5);
+    }
+
+    #[test]
+    fn failure_logs_are_rate_limited_and_say_how_many_were_not_logged() {
+        let mut l = LogLimiter::default();
+        let t0 = Instant::now();
+        let period = Duration::from_secs(30);
+        assert_eq!(l.admit(t0, period), Some(0));
+        // 15 garbage answers in 11 s: none of them logged…
+        for i in 1..=15 {
+            assert_eq!(l.admit(t0 + Duration::from_millis(i * 700), period), None);
+        }
+        // …and the next line, a period later, counts them.
+        assert_eq!(l.admit(t0 + period, period), Some(15));
+        assert_eq!(l.admit(t0 + period + Duration::from_secs(1), period), None);
     }
 
     #[test]
