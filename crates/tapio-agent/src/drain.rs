@@ -58,11 +58,7 @@ pub fn take_records(source: &mut dyn RecordSource, limit: usize, handle: &mut dy
 /// Empties a source whose producers have stopped: records are handled until it is empty or
 /// `deadline` passes; the rest are read without handling and counted. Returns (handled,
 /// unread).
-pub fn take_until_empty(
-    source: &mut dyn RecordSource,
-    deadline: Instant,
-    handle: &mut dyn FnMut(&[u8]),
-) -> (u64, u64) {
+pub fn take_until_empty(source: &mut dyn RecordSource, deadline: Instant, handle: &mut dyn FnMut(&[u8])) -> (u64, u64) {
     let mut handled = 0;
     while Instant::now() < deadline {
         let n = take_records(source, BURST, handle);

@@ -5,10 +5,13 @@
 
 use crate::counters::Counters;
 use crate::evidence::{Evidence, WorkloadIds};
-use crate::sinks::{Sink, FLUSH_AT_BYTES};
+use crate::sinks::{Delivered, Sink, FLUSH_AT_BYTES};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use tapio_identity::{CgroupHierarchy, Resolver, Workload};
+
+/// Records after which the sinks are written out even while the queue is not dry.
+const FLUSH_AT_RECORDS: usize = 256;
 
 pub struct SinkStage {
     pub queue: Receiver<Box<Evidence>>,
@@ -38,27 +41,21 @@ impl SinkStage {
         // Blocks while idle (no periodic wake-ups); ends when the drain drops its sender.
         while let Ok(ev) = self.queue.recv() {
             self.deliver(ev, v1_memory, &mut line);
+            let mut since_flush = 1;
             while let Ok(ev) = self.queue.try_recv() {
                 self.deliver(ev, v1_memory, &mut line);
-                for sink in &mut self.sinks {
-                    if sink.buffered_bytes() >= FLUSH_AT_BYTES {
-                        sink.flush();
-                    }
+                since_flush += 1;
+                // Under sustained load the queue may never run dry: write out (and count)
+                // at least every 64 KiB per sink and every FLUSH_AT_RECORDS records.
+                let full = self.sinks.iter().any(|s| s.buffered_bytes() >= FLUSH_AT_BYTES);
+                if full || since_flush >= FLUSH_AT_RECORDS {
+                    self.flush();
+                    since_flush = 0;
                 }
-                self.report();
             }
             self.flush();
         }
         self.flush();
-    }
-
-    fn report(&mut self) {
-        for sink in &mut self.sinks {
-            let d = sink.take_delivered();
-            if d.written > 0 || d.failed > 0 {
-                self.counters.sink_delivered(sink.name(), d.written, d.failed);
-            }
-        }
     }
 
     fn deliver(&mut self, mut ev: Box<Evidence>, v1_memory: bool, line: &mut Vec<u8>) {
@@ -82,10 +79,15 @@ impl SinkStage {
     }
 
     fn flush(&mut self) {
+        let counters = &self.counters;
         for sink in &mut self.sinks {
-            sink.flush();
+            let name = sink.name();
+            sink.flush(&mut |d: Delivered| {
+                if d.written > 0 || d.failed > 0 {
+                    counters.sink_delivered(name, d.written, d.failed);
+                }
+            });
         }
-        self.report();
     }
 }
 

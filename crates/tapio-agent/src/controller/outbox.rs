@@ -93,10 +93,8 @@ impl Sink for OutboxSink {
         0
     }
 
-    fn flush(&mut self) {}
-
-    fn take_delivered(&mut self) -> Delivered {
-        std::mem::take(&mut self.delivered)
+    fn flush(&mut self, report: &mut dyn FnMut(Delivered)) {
+        report(std::mem::take(&mut self.delivered));
     }
 }
 
@@ -112,7 +110,9 @@ mod tests {
             sink.write_line(b"{\"a\":1}\n");
         }
         sink.write_line(b"{}\n");
-        assert_eq!(sink.take_delivered(), Delivered { written: 3, failed: 1 }, "a full outbox refuses, never blocks");
+        let mut d = Delivered::default();
+        sink.flush(&mut |x| d.add(x));
+        assert_eq!(d, Delivered { written: 3, failed: 1 }, "a full outbox refuses, never blocks");
         assert_eq!(outbox.take_batch(2, 1000), vec![b"{\"a\":1}".to_vec(); 2]);
         assert_eq!(outbox.len(), 1);
         sink.write_line(b"{\"b\":2}\n");

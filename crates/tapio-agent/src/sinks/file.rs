@@ -87,7 +87,7 @@ impl Sink for FileSink {
     fn write_line(&mut self, line: &[u8]) {
         let after = self.size + self.lines.bytes() as u64 + line.len() as u64;
         if after > self.max_bytes && self.size + self.lines.bytes() as u64 > 0 {
-            self.flush();
+            self.write_out();
             if self.size > 0 {
                 if let Err(e) = self.rotate() {
                     // The size bound holds: the line is refused (counted), not appended.
@@ -104,11 +104,19 @@ impl Sink for FileSink {
         self.lines.bytes()
     }
 
-    fn flush(&mut self) {
+    fn flush(&mut self, report: &mut dyn FnMut(Delivered)) {
+        self.write_out();
+        report(std::mem::take(&mut self.delivered));
+    }
+}
+
+impl FileSink {
+    /// Writes the buffered lines to the file; their outcomes wait in `delivered`.
+    fn write_out(&mut self) {
         if self.lines.lines() == 0 {
             return;
         }
-        let w = self.lines.write_to(&mut self.file);
+        let w = self.lines.write_to(&mut self.file, None, &mut |_| {});
         self.size += w.complete_bytes as u64;
         if w.torn_bytes > 0 {
             // A torn line would be a malformed record for every reader: cut it off (the
@@ -122,15 +130,17 @@ impl Sink for FileSink {
         self.delivered.add(w.delivered);
         self.failing = log_transition("file", self.failing, w.error.as_ref(), w.delivered.failed);
     }
-
-    fn take_delivered(&mut self) -> Delivered {
-        std::mem::take(&mut self.delivered)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn flush(sink: &mut FileSink) -> Delivered {
+        let mut total = Delivered::default();
+        sink.flush(&mut |d| total.add(d));
+        total
+    }
 
     fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("tapio-file-sink-{name}-{}", std::process::id()));
@@ -148,8 +158,7 @@ mod tests {
         for _ in 0..10 {
             sink.write_line(&line);
         }
-        sink.flush();
-        assert_eq!(sink.take_delivered(), Delivered { written: 10, failed: 0 });
+        assert_eq!(flush(&mut sink), Delivered { written: 10, failed: 0 });
         // 10 lines of 40 bytes, at most 2 per 100-byte file: the live file plus .1 and .2.
         let mut names: Vec<String> =
             fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
@@ -171,7 +180,7 @@ mod tests {
         let mut sink = FileSink::open(&FileSinkConfig { path: path.clone(), max_bytes: 6, keep_files: 1 }).unwrap();
         sink.write_line(b"{}\n");
         sink.write_line(b"{}\n"); // 9 > 6: rotates first
-        sink.flush();
+        flush(&mut sink);
         assert_eq!(fs::read(&path).unwrap(), b"{}\n");
         assert_eq!(fs::read(dir.join("e.jsonl.1")).unwrap(), b"{}\n{}\n");
         fs::remove_dir_all(&dir).unwrap();
@@ -228,8 +237,7 @@ mod tests {
             for _ in 0..10 {
                 sink.write_line(&line);
             }
-            sink.flush();
-            total.add(sink.take_delivered());
+            total.add(flush(&mut sink));
         }
         assert_eq!(total.written + total.failed, 1500, "every line has an outcome");
         assert!(total.failed > 0 && total.written > 500, "the disk filled part way: {total:?}");
@@ -239,8 +247,7 @@ mod tests {
         for _ in 0..100 {
             sink.write_line(&line);
         }
-        sink.flush();
-        assert_eq!(sink.take_delivered(), Delivered { written: 100, failed: 0 }, "writing resumes");
+        assert_eq!(flush(&mut sink), Delivered { written: 100, failed: 0 }, "writing resumes");
         assert_eq!(whole_lines(&path, &line), total.written + 100);
     }
 }

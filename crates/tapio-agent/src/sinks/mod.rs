@@ -18,12 +18,12 @@ pub trait Sink: Send {
     /// A short stable name for counters ("stdout", "file", "controller").
     fn name(&self) -> &'static str;
     /// Takes one complete line (it ends with `\n`). It is not delivered yet: its outcome is
-    /// reported by a later [`Sink::take_delivered`].
+    /// reported by a later [`Sink::flush`].
     fn write_line(&mut self, line: &[u8]);
     /// Bytes taken and not yet written out.
     fn buffered_bytes(&self) -> usize;
-    /// Writes out what is buffered.
-    fn flush(&mut self);
-    /// Lines that reached the destination, and lines that failed, since the last call.
-    fn take_delivered(&mut self) -> Delivered;
+    /// Writes out what is buffered, and passes to `report` the lines that reached the
+    /// destination and those that failed since the last call (as soon as it knows them: a
+    /// write that blocks for good leaves what came before it counted).
+    fn flush(&mut self, report: &mut dyn FnMut(Delivered));
 }

@@ -2,7 +2,9 @@
 //!
 //! It writes to file descriptor 1 directly rather than through `std::io::stdout()`: a
 //! write blocked on a pipe nobody reads then holds no lock that the exit path or anything
-//! else could wait for, so the agent can still count what it could not write and exit.
+//! else could wait for, so the agent can still count what it could not write and exit. On
+//! a pipe (a container's stdout) it writes whole lines at most `PIPE_BUF` bytes at a time,
+//! so a write blocked for good has delivered none of its lines.
 
 use super::lines::Lines;
 use super::{Delivered, Sink};
@@ -14,8 +16,17 @@ pub struct StdoutSink {
     /// Never closed by us: fd 1 belongs to the process.
     out: ManuallyDrop<File>,
     lines: Lines,
-    delivered: Delivered,
     failing: bool,
+    /// `Some(PIPE_BUF)` when stdout is a pipe (see [`Lines::write_to`]).
+    atomic_writes: Option<usize>,
+}
+
+fn is_pipe(fd: i32) -> bool {
+    // SAFETY: fstat writes only into the struct passed.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::fstat(fd, &mut st) == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFIFO
+    }
 }
 
 impl StdoutSink {
@@ -23,7 +34,8 @@ impl StdoutSink {
         // SAFETY: fd 1 is open for the life of the process, and ManuallyDrop keeps this
         // File from closing it.
         let out = ManuallyDrop::new(unsafe { File::from_raw_fd(1) });
-        Self { out, lines: Lines::default(), delivered: Delivered::default(), failing: false }
+        let atomic_writes = is_pipe(1).then_some(libc::PIPE_BUF);
+        Self { out, lines: Lines::default(), failing: false, atomic_writes }
     }
 }
 
@@ -46,16 +58,12 @@ impl Sink for StdoutSink {
         self.lines.bytes()
     }
 
-    fn flush(&mut self) {
+    fn flush(&mut self, report: &mut dyn FnMut(Delivered)) {
         if self.lines.lines() == 0 {
             return;
         }
-        let w = self.lines.write_to(&mut *self.out);
-        self.delivered.add(w.delivered);
+        let w = self.lines.write_to(&mut *self.out, self.atomic_writes, report);
+        report(w.delivered);
         self.failing = super::file::log_transition("stdout", self.failing, w.error.as_ref(), w.delivered.failed);
-    }
-
-    fn take_delivered(&mut self) -> Delivered {
-        std::mem::take(&mut self.delivered)
     }
 }
