@@ -23,6 +23,8 @@ pub struct Counters {
     pub controller_events_sent_total: AtomicU64,
     /// Controller configs refused (out of range) or that could not be applied.
     pub config_rejected_total: AtomicU64,
+    /// Config polls the controller answered 304 (If-None-Match: unchanged).
+    pub config_unchanged_total: AtomicU64,
     /// (observer, reason) → userspace correlation drops.
     correlation_drops: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// (observer, counter) → the kernel side's counters, as last read.
@@ -166,6 +168,7 @@ impl Counters {
             controller_send_failures_total: self.controller_send_failures_total.load(Ordering::Relaxed),
             controller_events_sent_total: self.controller_events_sent_total.load(Ordering::Relaxed),
             config_rejected_total: self.config_rejected_total.load(Ordering::Relaxed),
+            config_unchanged_total: self.config_unchanged_total.load(Ordering::Relaxed),
             kernel: kernel.into_iter().map(|((o, n), v)| (format!("{o}.{n}"), v)).collect(),
             correlation_drops: by_reason,
             sinks: sinks.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
@@ -189,6 +192,7 @@ pub struct Snapshot {
     pub controller_send_failures_total: u64,
     pub controller_events_sent_total: u64,
     pub config_rejected_total: u64,
+    pub config_unchanged_total: u64,
     pub kernel: BTreeMap<String, u64>,
     pub correlation_drops: BTreeMap<String, u64>,
     pub sinks: BTreeMap<String, SinkCounts>,

@@ -336,6 +336,7 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
     let mut report = StartupReport { observers: Vec::new() };
     let mut pollers: Vec<Box<dyn Poller>> = Vec::new();
     let observers = start_observers(&config, &settings, &mut carriers, &mut report, &mut pollers);
+    carriers.current = Some(settings.clone());
     if observers.is_empty() && pollers.is_empty() {
         return Err("no observer could start; nothing to observe (see the errors above)".into());
     }

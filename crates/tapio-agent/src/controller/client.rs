@@ -303,7 +303,10 @@ impl Loop {
             self.c.applied.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|a| format!("\"{}\"", a.config_hash));
         let headers: Vec<(&str, &str)> = etag.iter().map(|e| ("If-None-Match", e.as_str())).collect();
         match self.request("GET", &path, None, &headers) {
-            Ok(resp) if resp.status == 304 => self.succeeded(),
+            Ok(resp) if resp.status == 304 => {
+                self.succeeded();
+                self.c.counters.config_unchanged_total.fetch_add(1, Ordering::Relaxed);
+            }
             Ok(resp) if resp.status == 200 => match serde_json::from_slice::<ConfigResponse>(&resp.body) {
                 Ok(cfg) => {
                     self.succeeded();

@@ -114,12 +114,33 @@ impl Agent {
     }
 
     /// Sends SIGTERM and collects everything the agent wrote.
-    pub fn stop(mut self) -> Finished {
+    pub fn stop(self) -> Finished {
+        self.stop_within(Duration::from_secs(60)).0
+    }
+
+    /// Sends SIGTERM, waits at most `bound` for the exit (else kills the agent and fails),
+    /// and collects everything the agent wrote, with the time it took to exit.
+    pub fn stop_within(mut self, bound: Duration) -> (Finished, Duration) {
         // Give the drain a moment to take records that are still in flight in the kernel.
         std::thread::sleep(Duration::from_millis(500));
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait().expect("wait for agent");
+        let asked = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait for agent") {
+                break status;
+            }
+            if asked.elapsed() > bound {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(1)) {
+                    self.stderr_so_far.push_str(&line);
+                }
+                panic!("agent did not exit within {bound:?} of SIGTERM; stderr:\n{}", self.stderr_so_far);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let took = asked.elapsed();
         let events = self.stdout.recv_timeout(Duration::from_secs(30)).expect("agent stdout");
         while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(5)) {
             self.stderr_so_far.push_str(&line);
@@ -131,7 +152,10 @@ impl Agent {
             .find_map(|l| l.split_once("counters final ").map(|(_, json)| json.to_string()))
             .and_then(|json| serde_json::from_str(&json).ok())
             .unwrap_or_else(|| panic!("no final counters in agent stderr:\n{}", self.stderr_so_far));
-        Finished { events, stderr: std::mem::take(&mut self.stderr_so_far), counters, exit_ok: status.success() }
+        (
+            Finished { events, stderr: std::mem::take(&mut self.stderr_so_far), counters, exit_ok: status.success() },
+            took,
+        )
     }
 }
 
