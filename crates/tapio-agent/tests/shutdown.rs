@@ -2,8 +2,10 @@
 //! was stopped is emptied at SIGTERM; stdout closed by its reader, or a pipe nobody reads,
 //! ends in an exit within the documented bound with every record accounted for.
 //!
-//! Only the network observer runs in these tests, so every kernel loss counted is a loss of
-//! the refused connects the test makes.
+//! Only the network observer's connect failures are on in these tests, so every kernel loss
+//! counted is a loss of the refused connects the test makes (or of another process's
+//! refused connect at the same moment: on a busy shared machine that can add to the losses;
+//! CI runs alone).
 
 mod support;
 
@@ -20,7 +22,10 @@ use support::{closed_port, counter_at, kernel_test};
 /// slack for a loaded 2-core machine.
 const EXIT_BOUND: Duration = Duration::from_secs(20);
 
-const NETWORK_ONLY: &str = "[container]\nenabled = false\n[storage]\nenabled = false\n[node]\nenabled = false\n";
+/// Refused/failed connects only: other processes on a shared machine (resets, RTT
+/// samples, exits, block I/O) then cannot crowd the scenario's records out.
+const NETWORK_ONLY: &str = "[network]\nresets = false\nretransmit_spikes = false\nrtt_degradation = false\n\
+                            [container]\nenabled = false\n[storage]\nenabled = false\n[node]\nenabled = false\n";
 
 /// One agent at a time: each sees every refused connect on the machine.
 static ONE_AGENT_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
