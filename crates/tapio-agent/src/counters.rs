@@ -31,8 +31,6 @@ pub struct Counters {
     kernel: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// sink → (written, failed), and the sinks whose books were closed at shutdown.
     sinks: Mutex<SinkBooks>,
-    /// observer → ring-buffer records left unread when the shutdown deadline passed.
-    unread_at_shutdown: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 #[derive(Debug, Default)]
@@ -51,8 +49,12 @@ pub struct SinkCounts {
 /// The sink name of the controller link's outbox.
 pub const CONTROLLER_SINK: &str = "controller";
 
+/// Records of an observer's ring buffer still unread when the shutdown drain's deadline
+/// passed; kept with the kernel counters (`kernel`: `<observer>.unread_at_shutdown`).
+pub const UNREAD_AT_SHUTDOWN: &str = "unread_at_shutdown";
+
 /// The kernel counters that mean evidence was lost or refused there.
-const KERNEL_LOSS: &[&str] = &["ringbuf_reserve_failed"];
+const KERNEL_LOSS: &[&str] = &["ringbuf_reserve_failed", UNREAD_AT_SHUTDOWN];
 const KERNEL_CORRELATION: &[&str] = &[
     "correlation_table_full",
     "ambiguous",
@@ -135,16 +137,13 @@ impl Counters {
     /// Counts records of `observer` still in its ring buffer when the shutdown deadline
     /// passed.
     pub fn unread_at_shutdown(&self, observer: &'static str, n: u64) {
-        if n > 0 {
-            *lock(&self.unread_at_shutdown).entry(observer).or_default() += n;
-        }
+        *lock(&self.kernel).entry((observer, UNREAD_AT_SHUTDOWN)).or_default() += n;
     }
 
     pub fn snapshot(&self) -> Snapshot {
         let kernel = lock(&self.kernel).clone();
         let drops = lock(&self.correlation_drops).clone();
         let sinks = lock(&self.sinks).counts.clone();
-        let unread = lock(&self.unread_at_shutdown).clone();
         let queue_overflow = self.queue_overflow_total.load(Ordering::Relaxed);
         let kernel_sum =
             |names: &[&str]| -> u64 { kernel.iter().filter(|((_, n), _)| names.contains(n)).map(|(_, v)| v).sum() };
@@ -160,7 +159,7 @@ impl Counters {
         Snapshot {
             events_total: self.events_total.load(Ordering::Relaxed),
             malformed_events_total: self.malformed_events_total.load(Ordering::Relaxed),
-            lost_events_total: kernel_sum(KERNEL_LOSS) + unread.values().sum::<u64>(),
+            lost_events_total: kernel_sum(KERNEL_LOSS),
             correlation_drops_total: kernel_sum(KERNEL_CORRELATION) + drops.values().sum::<u64>(),
             not_judged_total: kernel_sum(KERNEL_NOT_JUDGED),
             sink_drops_total: queue_overflow + sinks.values().map(|c| c.failed).sum::<u64>(),
@@ -172,7 +171,6 @@ impl Counters {
             kernel: kernel.into_iter().map(|((o, n), v)| (format!("{o}.{n}"), v)).collect(),
             correlation_drops: by_reason,
             sinks: sinks.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-            unread_at_shutdown: unread.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
         }
     }
 }
@@ -196,9 +194,6 @@ pub struct Snapshot {
     pub kernel: BTreeMap<String, u64>,
     pub correlation_drops: BTreeMap<String, u64>,
     pub sinks: BTreeMap<String, SinkCounts>,
-    /// Per observer: records left in its ring buffer at the shutdown deadline (in
-    /// `lost_events_total`).
-    pub unread_at_shutdown: BTreeMap<String, u64>,
 }
 
 #[cfg(test)]
@@ -220,7 +215,7 @@ mod tests {
         let s = c.snapshot();
         assert_eq!(s.events_total, 10);
         assert_eq!(s.lost_events_total, 9, "kernel losses and records unread at shutdown");
-        assert_eq!(s.unread_at_shutdown["network"], 4);
+        assert_eq!(s.kernel["network.unread_at_shutdown"], 4);
         assert_eq!(s.correlation_drops_total, 2);
         assert_eq!(s.sink_drops_total, 3);
         assert_eq!(s.kernel["container.abi_mismatch"], 9);

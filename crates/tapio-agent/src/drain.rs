@@ -25,7 +25,7 @@ const IDLE_WAIT_MS: i32 = 100;
 const REFRESH: Duration = Duration::from_secs(1);
 /// At shutdown, how long the drain may take to classify what is left in the rings (a 1 MiB
 /// ring holds a few thousand records: milliseconds). What is still there after it is read
-/// without classifying and counted per observer (`unread_at_shutdown`).
+/// without classifying and counted per observer (`kernel`: `<observer>.unread_at_shutdown`).
 pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
 
 /// Where records come from: a ring buffer, or a list in tests.

@@ -40,7 +40,7 @@ fn join_within(what: &str, thread: std::thread::JoinHandle<()>, within: Duration
     let deadline = Instant::now() + within;
     while !thread.is_finished() {
         if Instant::now() >= deadline {
-            log::warn!("shutdown: the {what} did not finish within {within:?}");
+            log::warn!("shutdown: the {what} did not finish within {} s", within.as_secs());
             return false;
         }
         std::thread::sleep(Duration::from_millis(10));

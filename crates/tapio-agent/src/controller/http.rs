@@ -248,12 +248,9 @@ pub fn read_response(mut r: impl BufRead, max_body: usize) -> Result<Response, H
     read_line(&mut r, &mut line, &mut budget)?;
     let status_line = String::from_utf8_lossy(&line).into_owned();
     // Whatever the peer sent is quoted in errors (which reach the log) only in part.
-    let quoted = || {
-        let mut q: String = status_line.chars().take(QUOTED_STATUS_CHARS).collect();
-        if q.len() < status_line.len() {
-            q.push('…');
-        }
-        format!("status line {q:?}")
+    let quoted = || match status_line.char_indices().nth(QUOTED_STATUS_CHARS) {
+        Some((cut, _)) => format!("status line {:?}…", &status_line[..cut]),
+        None => format!("status line {status_line:?}"),
     };
     let mut parts = status_line.splitn(3, ' ');
     let version = parts.next().unwrap_or_default();
