@@ -22,7 +22,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Shutdown bounds. From SIGTERM/SIGINT the agent exits within their sum plus one
-/// 200 ms tick (about 12 s; README "Start-up, status and shutdown"): whatever a step could
+/// 200 ms tick (at most about 15 s; README "Start-up, status and shutdown"): whatever a step could
 /// not finish in its time is counted as lost, by name, and the final counters are logged.
 /// The drain empties the rings within `drain::SHUTDOWN_DRAIN`; this adds its margin.
 const SHUTDOWN_DRAIN_JOIN: Duration = Duration::from_secs(3);
