@@ -6,6 +6,7 @@ use crate::config::{self, ContainerConfig, NetworkConfig, NodeConfig, StorageCon
 use crate::controller::apply::{apply_all_or_none, SettingsCarrier};
 use crate::observers::node::NodeSettings;
 use crate::observers::ConfigCarrier;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tapio_bpf::abi::{tapio_ctr_config, tapio_net_config, tapio_sto_config};
 
@@ -30,6 +31,9 @@ pub struct KernelCarriers {
     pub ephemeral_ports: (u16, u16),
     /// The settings every carrier holds (what a failed apply restores).
     pub current: Option<ObserverSettings>,
+    /// The storage in-flight table's age limit, read by its sweeper (it follows the
+    /// critical latency threshold: `StorageConfig::inflight_max_age_ns`).
+    pub storage_max_age_ns: Option<Arc<AtomicU64>>,
 }
 
 /// One kernel carrier with the function that makes its struct from the settings.
@@ -73,6 +77,9 @@ impl KernelCarriers {
         drop(steps);
         if let Some(node) = &self.node {
             node.set(settings.generation, settings.node.clone());
+        }
+        if let Some(age) = &self.storage_max_age_ns {
+            age.store(settings.storage.inflight_max_age_ns(), Ordering::Relaxed);
         }
         self.current = Some(settings.clone());
         Ok(())

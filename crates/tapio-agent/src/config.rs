@@ -165,12 +165,25 @@ pub struct StorageConfig {
     pub latency_critical_ms: u32,
     /// An in-flight request whose completion has not come after this long is dropped from
     /// the kernel's table (counted as `inflight_expired`): the table stays bounded even if
-    /// completions are lost.
+    /// completions are lost. Never shorter than the critical threshold plus a second (see
+    /// [`StorageConfig::inflight_max_age_ns`]).
     pub inflight_max_age_secs: u32,
     /// Record the submitting task's memory-cgroup id (set by the agent on v1-hybrid nodes;
     /// not a config-file key).
     #[serde(skip)]
     pub capture_memcg: bool,
+}
+
+impl StorageConfig {
+    /// The age at which an in-flight request leaves the table: `inflight_max_age_secs`, but
+    /// never less than `latency_critical_ms` plus a second. A request is judged only at its
+    /// completion, so one aged out earlier could never be the latency spike the thresholds
+    /// describe: a threshold above the age would be accepted and do nothing.
+    pub fn inflight_max_age_ns(&self) -> u64 {
+        let configured = u64::from(self.inflight_max_age_secs) * 1_000_000_000;
+        let judged = (u64::from(self.latency_critical_ms) + 1_000) * 1_000_000;
+        configured.max(judged)
+    }
 }
 
 impl Default for StorageConfig {
@@ -483,6 +496,20 @@ mod tests {
                 Err(e) => assert!(sig >= 64, "signal {sig} refused: {e}"),
             }
         }
+    }
+
+    #[test]
+    fn in_flight_requests_live_long_enough_to_be_judged_critical() {
+        let mut st = AgentConfig::default().storage;
+        assert_eq!(st.inflight_max_age_ns(), 600_000_000_000, "the configured age when it covers the thresholds");
+        // Both thresholds at their maximum (accepted) are still judged: a request slower
+        // than the critical threshold stays in the table past it.
+        st.latency_warning_ms = 600_000;
+        st.latency_critical_ms = 3_600_000;
+        assert!(st.inflight_max_age_ns() > 3_600_000_000_000);
+        st.inflight_max_age_secs = 10;
+        st.latency_critical_ms = 60_000;
+        assert_eq!(st.inflight_max_age_ns(), 61_000_000_000);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::sinks::{FileSink, Sink, StdoutSink};
 use crate::stamp::Stamper;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -161,8 +161,9 @@ fn start_observers(
                     .as_mut()
                     .and_then(|e| e.take_map(tapio_bpf::storage::INFLIGHT_MAP))
                     .ok_or("storage object has no inflight map")?;
-                pollers
-                    .push(Box::new(storage::InflightSweeper::new(inflight, settings.storage.inflight_max_age_secs)?));
+                let max_age = Arc::new(AtomicU64::new(settings.storage.inflight_max_age_ns()));
+                carriers.storage_max_age_ns = Some(Arc::clone(&max_age));
+                pollers.push(Box::new(storage::InflightSweeper::new(inflight, max_age)?));
                 Ok(l)
             },
         );
