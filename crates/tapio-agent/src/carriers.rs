@@ -3,8 +3,10 @@
 //! controller serves a new one.
 
 use crate::config::{self, ContainerConfig, NetworkConfig, NodeConfig, StorageConfig};
+use crate::controller::apply::{apply_all_or_none, SettingsCarrier};
 use crate::observers::node::NodeSettings;
 use crate::observers::ConfigCarrier;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tapio_bpf::abi::{tapio_ctr_config, tapio_net_config, tapio_sto_config};
 
@@ -27,23 +29,59 @@ pub struct KernelCarriers {
     /// The node observer judges in userspace: its poller reads these on every sample.
     pub node: Option<Arc<NodeSettings>>,
     pub ephemeral_ports: (u16, u16),
+    /// The settings every carrier holds (what a failed apply restores).
+    pub current: Option<ObserverSettings>,
+    /// The storage in-flight table's age limit, read by its sweeper (it follows the
+    /// critical latency threshold: `StorageConfig::inflight_max_age_ns`).
+    pub storage_max_age_ns: Option<Arc<AtomicU64>>,
+}
+
+/// One kernel carrier with the function that makes its struct from the settings.
+struct Step<'a, T: tapio_bpf::record::Record + 'static> {
+    name: &'static str,
+    carrier: &'a mut ConfigCarrier<T>,
+    make: Box<dyn Fn(&ObserverSettings) -> T + 'a>,
+}
+
+impl<T: tapio_bpf::record::Record + 'static> SettingsCarrier for Step<'_, T> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn write_settings(&mut self, settings: &ObserverSettings) -> Result<(), String> {
+        self.carrier.write((self.make)(settings))
+    }
 }
 
 impl KernelCarriers {
-    /// Writes `settings` into every loaded object's carrier.
+    /// Writes `settings` into every loaded object's carrier, or into none (see
+    /// [`apply_all_or_none`]); the node observer, judged in userspace, follows only a
+    /// complete write.
     pub fn apply(&mut self, settings: &ObserverSettings) -> Result<(), String> {
-        if let Some(c) = &mut self.network {
-            c.write(config::network_carrier(&settings.network, settings.generation, self.ephemeral_ports))?;
+        let ports = self.ephemeral_ports;
+        let mut steps: Vec<Box<dyn SettingsCarrier + '_>> = Vec::new();
+        if let Some(carrier) = &mut self.network {
+            let make = move |s: &ObserverSettings| config::network_carrier(&s.network, s.generation, ports);
+            steps.push(Box::new(Step { name: "network", carrier, make: Box::new(make) }));
         }
-        if let Some(c) = &mut self.container {
-            c.write(config::container_carrier(&settings.container, settings.generation))?;
+        if let Some(carrier) = &mut self.container {
+            let make = |s: &ObserverSettings| config::container_carrier(&s.container, s.generation);
+            steps.push(Box::new(Step { name: "container", carrier, make: Box::new(make) }));
         }
-        if let Some(c) = &mut self.storage {
-            c.write(config::storage_carrier(&settings.storage, settings.generation))?;
+        if let Some(carrier) = &mut self.storage {
+            let make = |s: &ObserverSettings| config::storage_carrier(&s.storage, s.generation);
+            steps.push(Box::new(Step { name: "storage", carrier, make: Box::new(make) }));
         }
+        let mut refs: Vec<&mut dyn SettingsCarrier> = steps.iter_mut().map(|s| s.as_mut() as _).collect();
+        apply_all_or_none(&mut refs, settings, self.current.as_ref())?;
+        drop(refs);
+        drop(steps);
         if let Some(node) = &self.node {
             node.set(settings.generation, settings.node.clone());
         }
+        if let Some(age) = &self.storage_max_age_ns {
+            age.store(settings.storage.inflight_max_age_ns(), Ordering::Relaxed);
+        }
+        self.current = Some(settings.clone());
         Ok(())
     }
 }

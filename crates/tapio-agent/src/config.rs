@@ -166,12 +166,25 @@ pub struct StorageConfig {
     pub latency_critical_ms: u32,
     /// An in-flight request whose completion has not come after this long is dropped from
     /// the kernel's table (counted as `inflight_expired`): the table stays bounded even if
-    /// completions are lost.
+    /// completions are lost. Never shorter than the critical threshold plus a second (see
+    /// [`StorageConfig::inflight_max_age_ns`]).
     pub inflight_max_age_secs: u32,
     /// Record the submitting task's memory-cgroup id (set by the agent on v1-hybrid nodes;
     /// not a config-file key).
     #[serde(skip)]
     pub capture_memcg: bool,
+}
+
+impl StorageConfig {
+    /// The age at which an in-flight request leaves the table: `inflight_max_age_secs`, but
+    /// never less than `latency_critical_ms` plus a second. A request is judged only at its
+    /// completion, so one aged out earlier could never be the latency spike the thresholds
+    /// describe: a threshold above the age would be accepted and do nothing.
+    pub fn inflight_max_age_ns(&self) -> u64 {
+        let configured = u64::from(self.inflight_max_age_secs) * 1_000_000_000;
+        let judged = (u64::from(self.latency_critical_ms) + 1_000) * 1_000_000;
+        configured.max(judged)
+    }
 }
 
 impl Default for StorageConfig {
@@ -323,14 +336,17 @@ impl AgentConfig {
         for code in &self.container.exit_ignore_codes {
             check_range("container.exit_ignore_codes[]", u64::from(*code), 1, 255)?;
         }
+        // 1..=63: the kernel side keeps the ignored signals in one 64-bit mask (bit n =
+        // signal n); signal 64 (SIGRTMAX) has no bit, so accepting it would change nothing.
         for sig in &self.container.exit_ignore_signals {
-            check_range("container.exit_ignore_signals[]", u64::from(*sig), 1, 64)?;
+            check_range("container.exit_ignore_signals[]", u64::from(*sig), 1, 63)?;
         }
         if let Some(c) = &self.controller {
             crate::controller::http::Endpoint::parse(&c.url)
                 .map_err(|e| ConfigError(format!("controller.url: {e}")))?;
             check_range("controller.connect_timeout_ms", c.connect_timeout_ms, 10, 60_000)?;
             check_range("controller.io_timeout_ms", c.io_timeout_ms, 10, 300_000)?;
+            check_range("controller.request_timeout_ms", c.request_timeout_ms, 100, 600_000)?;
             check_range("controller.heartbeat_interval_secs", c.heartbeat_interval_secs, 1, 3_600)?;
             check_range("controller.config_poll_interval_secs", c.config_poll_interval_secs, 1, 3_600)?;
             check_range("controller.queue_capacity", c.queue_capacity as u64, 1, 1 << 20)?;
@@ -458,6 +474,45 @@ mod tests {
         assert!(err.0.contains("bogus"), "{err}");
     }
 
+    /// Every ignore value the config accepts sets exactly the bit the container program
+    /// reads for it (`ignored_exit_codes[code >> 6] & 1 << (code & 63)`, `ignored_signals &
+    /// 1 << (sig & 63)`): no accepted value is a no-op, and none silences another.
+    #[test]
+    fn every_accepted_ignore_value_sets_the_bit_the_kernel_reads() {
+        for code in 1u16..=255 {
+            let toml = format!("[container]\nexit_ignore_codes = [{code}]\n");
+            let c = container_carrier(&AgentConfig::from_toml(&toml).unwrap().container, 1);
+            let mut want = [0u64; 4];
+            want[usize::from(code >> 6) & 3] = 1 << (code & 63);
+            assert_eq!(c.ignored_exit_codes, want, "exit code {code}");
+        }
+        for sig in 1u16..=127 {
+            let toml = format!("[container]\nexit_ignore_signals = [{sig}]\n");
+            match AgentConfig::from_toml(&toml) {
+                Ok(config) => {
+                    let c = container_carrier(&config.container, 1);
+                    assert_eq!(c.ignored_signals, 1u64 << (sig & 63), "signal {sig}");
+                    assert!(sig < 64, "signal {sig} accepted but the kernel's mask has no bit for it");
+                }
+                Err(e) => assert!(sig >= 64, "signal {sig} refused: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn in_flight_requests_live_long_enough_to_be_judged_critical() {
+        let mut st = AgentConfig::default().storage;
+        assert_eq!(st.inflight_max_age_ns(), 600_000_000_000, "the configured age when it covers the thresholds");
+        // Both thresholds at their maximum (accepted) are still judged: a request slower
+        // than the critical threshold stays in the table past it.
+        st.latency_warning_ms = 600_000;
+        st.latency_critical_ms = 3_600_000;
+        assert!(st.inflight_max_age_ns() > 3_600_000_000_000);
+        st.inflight_max_age_secs = 10;
+        st.latency_critical_ms = 60_000;
+        assert_eq!(st.inflight_max_age_ns(), 61_000_000_000);
+    }
+
     #[test]
     fn wrong_types_name_the_key() {
         let err = AgentConfig::from_toml("[network]\nrtt_ratio_percent = \"high\"\n").unwrap_err();
@@ -470,6 +525,9 @@ mod tests {
         assert_eq!(err.0, "network.rtt_ratio_percent = 50 is out of range 101..=100000");
         let err = AgentConfig::from_toml("[container]\nexit_ignore_signals = [65]\n").unwrap_err();
         assert!(err.0.contains("exit_ignore_signals"), "{err}");
+        // Signal 64 has no bit in the kernel's mask: refused rather than accepted and ignored.
+        let err = AgentConfig::from_toml("[container]\nexit_ignore_signals = [64]\n").unwrap_err();
+        assert_eq!(err.0, "container.exit_ignore_signals[] = 64 is out of range 1..=63");
         let err = AgentConfig::from_toml("[sinks.file]\npath = \"/tmp/x\"\nkeep_files = 0\n").unwrap_err();
         assert!(err.0.contains("sinks.file.keep_files"), "{err}");
     }

@@ -23,12 +23,21 @@ pub struct Counters {
     pub controller_events_sent_total: AtomicU64,
     /// Controller configs refused (out of range) or that could not be applied.
     pub config_rejected_total: AtomicU64,
+    /// Config polls the controller answered 304 (If-None-Match: unchanged).
+    pub config_unchanged_total: AtomicU64,
     /// (observer, reason) → userspace correlation drops.
     correlation_drops: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// (observer, counter) → the kernel side's counters, as last read.
     kernel: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
-    /// sink → (written, failed)
-    sinks: Mutex<BTreeMap<&'static str, SinkCounts>>,
+    /// sink → (written, failed), and the sinks whose books were closed at shutdown.
+    sinks: Mutex<SinkBooks>,
+}
+
+#[derive(Debug, Default)]
+struct SinkBooks {
+    counts: BTreeMap<&'static str, SinkCounts>,
+    /// Sinks settled at shutdown: what they still report after that is not counted again.
+    settled: Vec<&'static str>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -37,8 +46,15 @@ pub struct SinkCounts {
     pub failed: u64,
 }
 
+/// The sink name of the controller link's outbox.
+pub const CONTROLLER_SINK: &str = "controller";
+
+/// Records of an observer's ring buffer still unread when the shutdown drain's deadline
+/// passed; kept with the kernel counters (`kernel`: `<observer>.unread_at_shutdown`).
+pub const UNREAD_AT_SHUTDOWN: &str = "unread_at_shutdown";
+
 /// The kernel counters that mean evidence was lost or refused there.
-const KERNEL_LOSS: &[&str] = &["ringbuf_reserve_failed"];
+const KERNEL_LOSS: &[&str] = &["ringbuf_reserve_failed", UNREAD_AT_SHUTDOWN];
 const KERNEL_CORRELATION: &[&str] = &[
     "correlation_table_full",
     "ambiguous",
@@ -48,6 +64,14 @@ const KERNEL_CORRELATION: &[&str] = &[
     tapio_bpf::storage::UNMATCHED_COMPLETION,
     tapio_bpf::storage::INFLIGHT_REPLACED,
 ];
+/// Kernel counters of facts a program saw but could not judge, so no evidence was produced:
+/// a config carrier of another ABI, or a kernel lacking what the hook needs to read.
+const KERNEL_NOT_JUDGED: &[&str] = &["abi_mismatch", "unsupported_kernel"];
+/// Kernel counters that lose nothing themselves (what they lead to is counted elsewhere:
+/// a full in-flight table shows up as unmatched completions). The test below holds every
+/// kernel counter to one of these lists.
+#[cfg(test)]
+const KERNEL_INFORMATIONAL: &[&str] = &["requeues", "inflight_busy", "inflight_table_full"];
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panicking holder cannot leave a counter map inconsistent: keep counting.
@@ -63,25 +87,63 @@ impl Counters {
         lock(&self.kernel).insert((observer, name), value);
     }
 
-    pub fn sink_result(&self, sink: &'static str, ok: bool) {
-        let mut sinks = lock(&self.sinks);
-        let c = sinks.entry(sink).or_default();
-        if ok {
-            c.written += 1;
-        } else {
-            c.failed += 1;
+    /// Counts lines that reached a sink's destination and lines that failed.
+    pub fn sink_delivered(&self, sink: &'static str, written: u64, failed: u64) {
+        let mut books = lock(&self.sinks);
+        if books.settled.contains(&sink) {
+            return;
         }
+        let c = books.counts.entry(sink).or_default();
+        c.written += written;
+        c.failed += failed;
     }
 
     /// Counts `n` lines a sink took but could not deliver (e.g. the controller dropped them).
     pub fn sink_failures(&self, sink: &'static str, n: u64) {
-        lock(&self.sinks).entry(sink).or_default().failed += n;
+        self.sink_delivered(sink, 0, n);
+    }
+
+    /// Counts evidence the controller accepted (the controller sink's delivery).
+    pub fn controller_sent(&self, n: u64) {
+        let books = lock(&self.sinks);
+        if !books.settled.contains(&CONTROLLER_SINK) {
+            self.controller_events_sent_total.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Closes a sink's books at shutdown when it could not finish in time: every record
+    /// handed to the sink stage that has no outcome yet counts as failed, and whatever the
+    /// sink reports later is ignored. Returns the number counted.
+    pub fn settle_sink(&self, sink: &'static str) -> u64 {
+        let mut books = lock(&self.sinks);
+        if books.settled.contains(&sink) {
+            return 0;
+        }
+        let events = self.events_total.load(Ordering::Relaxed);
+        let c = books.counts.entry(sink).or_default();
+        // The controller sink's "written" means taken into the outbox; its outcome is
+        // "accepted by the controller" or failed.
+        let resolved = if sink == CONTROLLER_SINK {
+            self.controller_events_sent_total.load(Ordering::Relaxed) + c.failed
+        } else {
+            c.written + c.failed
+        };
+        let left = events.saturating_sub(resolved);
+        c.failed += left;
+        books.settled.push(sink);
+        left
+    }
+
+    /// Counts records of `observer` still in its ring buffer when the shutdown deadline
+    /// passed.
+    pub fn unread_at_shutdown(&self, observer: &'static str, n: u64) {
+        *lock(&self.kernel).entry((observer, UNREAD_AT_SHUTDOWN)).or_default() += n;
     }
 
     pub fn snapshot(&self) -> Snapshot {
         let kernel = lock(&self.kernel).clone();
         let drops = lock(&self.correlation_drops).clone();
-        let sinks = lock(&self.sinks).clone();
+        let sinks = lock(&self.sinks).counts.clone();
         let queue_overflow = self.queue_overflow_total.load(Ordering::Relaxed);
         let kernel_sum =
             |names: &[&str]| -> u64 { kernel.iter().filter(|((_, n), _)| names.contains(n)).map(|(_, v)| v).sum() };
@@ -99,11 +161,13 @@ impl Counters {
             malformed_events_total: self.malformed_events_total.load(Ordering::Relaxed),
             lost_events_total: kernel_sum(KERNEL_LOSS),
             correlation_drops_total: kernel_sum(KERNEL_CORRELATION) + drops.values().sum::<u64>(),
+            not_judged_total: kernel_sum(KERNEL_NOT_JUDGED),
             sink_drops_total: queue_overflow + sinks.values().map(|c| c.failed).sum::<u64>(),
             queue_overflow_total: queue_overflow,
             controller_send_failures_total: self.controller_send_failures_total.load(Ordering::Relaxed),
             controller_events_sent_total: self.controller_events_sent_total.load(Ordering::Relaxed),
             config_rejected_total: self.config_rejected_total.load(Ordering::Relaxed),
+            config_unchanged_total: self.config_unchanged_total.load(Ordering::Relaxed),
             kernel: kernel.into_iter().map(|((o, n), v)| (format!("{o}.{n}"), v)).collect(),
             correlation_drops: by_reason,
             sinks: sinks.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
@@ -118,11 +182,15 @@ pub struct Snapshot {
     pub malformed_events_total: u64,
     pub lost_events_total: u64,
     pub correlation_drops_total: u64,
+    /// Facts the kernel side saw but could not judge (`kernel`: `*.abi_mismatch`,
+    /// `*.unsupported_kernel`).
+    pub not_judged_total: u64,
     pub sink_drops_total: u64,
     pub queue_overflow_total: u64,
     pub controller_send_failures_total: u64,
     pub controller_events_sent_total: u64,
     pub config_rejected_total: u64,
+    pub config_unchanged_total: u64,
     pub kernel: BTreeMap<String, u64>,
     pub correlation_drops: BTreeMap<String, u64>,
     pub sinks: BTreeMap<String, SinkCounts>,
@@ -141,15 +209,63 @@ mod tests {
         c.set_kernel("network", "ringbuf_reserve_failed", 5);
         c.set_kernel("network", "correlation_table_full", 1);
         c.set_kernel("container", "abi_mismatch", 9);
-        c.sink_result("stdout", true);
-        c.sink_result("file", false);
+        c.sink_delivered("stdout", 1, 0);
+        c.sink_delivered("file", 0, 1);
+        c.unread_at_shutdown("network", 4);
         let s = c.snapshot();
         assert_eq!(s.events_total, 10);
-        assert_eq!(s.lost_events_total, 5);
+        assert_eq!(s.lost_events_total, 9, "kernel losses and records unread at shutdown");
+        assert_eq!(s.kernel["network.unread_at_shutdown"], 4);
         assert_eq!(s.correlation_drops_total, 2);
         assert_eq!(s.sink_drops_total, 3);
         assert_eq!(s.kernel["container.abi_mismatch"], 9);
+        assert_eq!(s.not_judged_total, 9);
         assert_eq!(s.sinks["file"], SinkCounts { written: 0, failed: 1 });
+    }
+
+    #[test]
+    fn settling_a_stuck_sink_counts_every_record_without_an_outcome_once() {
+        let c = Counters::default();
+        c.events_total.fetch_add(10, Ordering::Relaxed);
+        c.sink_delivered("stdout", 6, 1);
+        c.sink_delivered(CONTROLLER_SINK, 10, 1); // 10 into the outbox, 1 refused there
+        c.controller_sent(7);
+        assert_eq!(c.settle_sink("stdout"), 3);
+        assert_eq!(c.settle_sink(CONTROLLER_SINK), 2);
+        // What the stuck threads report afterwards is not counted twice.
+        c.sink_delivered("stdout", 3, 0);
+        c.controller_sent(2);
+        assert_eq!(c.settle_sink("stdout"), 0);
+        let s = c.snapshot();
+        assert_eq!(s.sinks["stdout"], SinkCounts { written: 6, failed: 4 });
+        assert_eq!(s.sinks[CONTROLLER_SINK].failed + s.controller_events_sent_total, 10);
+        assert_eq!(s.sink_drops_total, 4 + 3);
+    }
+
+    /// Every kernel counter the agent reads belongs to a total the heartbeat carries, or is
+    /// declared informational: a new counter meaning "evidence not produced" cannot be
+    /// added without reaching a total.
+    #[test]
+    fn every_kernel_counter_reaches_a_total_or_is_declared_informational() {
+        let observers = ["network", "container", "storage"];
+        for observer in observers {
+            let own = tapio_bpf::observer_counter_names(observer).iter().copied();
+            for (_, name) in tapio_bpf::COUNTER_NAMES.into_iter().chain(own) {
+                let c = Counters::default();
+                c.set_kernel(observer, name, 7);
+                let s = c.snapshot();
+                let in_totals = s.lost_events_total + s.correlation_drops_total + s.not_judged_total;
+                if KERNEL_INFORMATIONAL.contains(&name) {
+                    assert_eq!(in_totals, 0, "{observer}.{name} is informational yet counted");
+                } else {
+                    assert_eq!(in_totals, 7, "{observer}.{name} reaches no total (or more than one)");
+                }
+            }
+        }
+        let c = Counters::default();
+        c.set_kernel("container", "unsupported_kernel", 2);
+        c.set_kernel("network", "abi_mismatch", 3);
+        assert_eq!(c.snapshot().not_judged_total, 5);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use crate::clock::BootToWall;
 use crate::counters::Counters;
 use crate::evidence::Evidence;
-use crate::observers::{read_kernel_counters, Running};
+use crate::observers::{read_kernel_counters, Classifier, Running};
 use crate::stamp::{Stamper, Verdict};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +23,58 @@ const BURST: usize = 4096;
 const IDLE_WAIT_MS: i32 = 100;
 /// How often the boot→wall offset and the kernel counters are refreshed.
 const REFRESH: Duration = Duration::from_secs(1);
+/// At shutdown, how long the drain may take to classify what is left in the rings (a 1 MiB
+/// ring holds a few thousand records: milliseconds). What is still there after it is read
+/// without classifying and counted per observer (`kernel`: `<observer>.unread_at_shutdown`).
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
+
+/// Where records come from: a ring buffer, or a list in tests.
+pub trait RecordSource {
+    /// Hands the next record to `f`; false when there is none.
+    fn take_one(&mut self, f: &mut dyn FnMut(&[u8])) -> bool;
+}
+
+impl RecordSource for aya::maps::RingBuf<aya::maps::MapData> {
+    fn take_one(&mut self, f: &mut dyn FnMut(&[u8])) -> bool {
+        match self.next() {
+            Some(item) => {
+                f(&item);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Takes up to `limit` records, handing each to `handle`. Returns how many it took.
+pub fn take_records(source: &mut dyn RecordSource, limit: usize, handle: &mut dyn FnMut(&[u8])) -> usize {
+    let mut taken = 0;
+    while taken < limit && source.take_one(handle) {
+        taken += 1;
+    }
+    taken
+}
+
+/// Empties a source whose producers have stopped: records are handled until it is empty or
+/// `deadline` passes; the rest are read without handling and counted. Returns (handled,
+/// unread).
+pub fn take_until_empty(source: &mut dyn RecordSource, deadline: Instant, handle: &mut dyn FnMut(&[u8])) -> (u64, u64) {
+    let mut handled = 0;
+    while Instant::now() < deadline {
+        let n = take_records(source, BURST, handle);
+        handled += n as u64;
+        if n < BURST {
+            return (handled, 0);
+        }
+    }
+    // Reading a record without classifying it is a pointer bump, and the source is finite
+    // (the programs are detached): this ends quickly.
+    let mut unread = 0;
+    while source.take_one(&mut |_| {}) {
+        unread += 1;
+    }
+    (handled, unread)
+}
 
 pub struct Drain {
     pub observers: Vec<Running>,
@@ -82,15 +134,29 @@ impl Drain {
         }
     }
 
-    /// Detaches every program, then takes what is left in the rings: nothing that reached a
-    /// ring before shutdown is left behind.
+    /// Detaches every program, then empties every ring: nothing that reached a ring before
+    /// shutdown is left behind. If classifying it all takes longer than [`SHUTDOWN_DRAIN`],
+    /// the rest is counted by observer as unread.
     fn finish(mut self) {
         for obs in &mut self.observers {
             // Dropping the object detaches and unloads its programs; the ring buffer and
             // counters were taken out of it and stay readable.
             drop(obs.loaded.ebpf.take());
         }
-        self.drain_all();
+        let deadline = Instant::now() + SHUTDOWN_DRAIN;
+        let Self { observers, stamper, queue, counters, .. } = &mut self;
+        for obs in observers.iter_mut() {
+            let name = obs.name;
+            let classifier = &mut obs.classifier;
+            let (handled, unread) = take_until_empty(&mut obs.loaded.ring, deadline, &mut |record| {
+                classify_one(name, classifier.as_mut(), record, stamper, queue, counters)
+            });
+            log::debug!("shutdown: {name}: {handled} records taken from the ring");
+            if unread > 0 {
+                log::warn!("shutdown: {name}: {unread} records left unread at the deadline (counted)");
+                counters.unread_at_shutdown(name, unread);
+            }
+        }
         self.refresh();
         // Dropping the queue's sender lets the sink stage finish after the last record.
     }
@@ -105,23 +171,31 @@ impl Drain {
     fn drain_all(&mut self) {
         let Self { observers, stamper, queue, counters, .. } = self;
         for obs in observers.iter_mut() {
-            let mut taken = 0;
-            while taken < BURST {
-                let Some(item) = obs.loaded.ring.next() else {
-                    break;
-                };
-                taken += 1;
-                match obs.classifier.classify(&item, stamper) {
-                    Err(e) => {
-                        counters.malformed_events_total.fetch_add(1, Ordering::Relaxed);
-                        log::debug!("{}: malformed record: {e}", obs.name);
-                    }
-                    Ok(Verdict::Emit(ev)) => offer(queue, counters, ev),
-                    Ok(Verdict::Drop(reason)) => counters.correlation_drop(obs.name, reason),
-                    Ok(Verdict::Ignore) => {}
-                }
-            }
+            let name = obs.name;
+            let classifier = &mut obs.classifier;
+            take_records(&mut obs.loaded.ring, BURST, &mut |record| {
+                classify_one(name, classifier.as_mut(), record, stamper, queue, counters)
+            });
         }
+    }
+}
+
+fn classify_one(
+    name: &'static str,
+    classifier: &mut dyn Classifier,
+    record: &[u8],
+    stamper: &mut Stamper,
+    queue: &SyncSender<Box<Evidence>>,
+    counters: &Counters,
+) {
+    match classifier.classify(record, stamper) {
+        Err(e) => {
+            counters.malformed_events_total.fetch_add(1, Ordering::Relaxed);
+            log::debug!("{name}: malformed record: {e}");
+        }
+        Ok(Verdict::Emit(ev)) => offer(queue, counters, ev),
+        Ok(Verdict::Drop(reason)) => counters.correlation_drop(name, reason),
+        Ok(Verdict::Ignore) => {}
     }
 }
 
@@ -134,5 +208,51 @@ pub fn offer(queue: &SyncSender<Box<Evidence>>, counters: &Counters, ev: Box<Evi
         Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
             counters.queue_overflow_total.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    struct Listed(VecDeque<Vec<u8>>);
+
+    impl RecordSource for Listed {
+        fn take_one(&mut self, f: &mut dyn FnMut(&[u8])) -> bool {
+            match self.0.pop_front() {
+                Some(r) => {
+                    f(&r);
+                    true
+                }
+                None => false,
+            }
+        }
+    }
+
+    fn records(n: usize) -> Listed {
+        Listed((0..n).map(|i| (i as u32).to_le_bytes().to_vec()).collect())
+    }
+
+    /// A ring holding several bursts (a bigger ring, smaller records) is emptied at
+    /// shutdown, not cut at one burst.
+    #[test]
+    fn shutdown_empties_a_ring_holding_many_bursts() {
+        let mut ring = records(3 * BURST + 17);
+        let mut seen = 0u64;
+        let (handled, unread) =
+            take_until_empty(&mut ring, Instant::now() + Duration::from_secs(60), &mut |_| seen += 1);
+        assert_eq!((handled, unread, seen), (3 * BURST as u64 + 17, 0, 3 * BURST as u64 + 17));
+        assert!(ring.0.is_empty());
+    }
+
+    /// Past the deadline the rest is read unclassified and counted, not left behind.
+    #[test]
+    fn what_the_deadline_leaves_is_counted_not_lost() {
+        let mut ring = records(2 * BURST);
+        let mut seen = 0u64;
+        let (handled, unread) = take_until_empty(&mut ring, Instant::now(), &mut |_| seen += 1);
+        assert_eq!((handled, unread, seen), (0, 2 * BURST as u64, 0));
+        assert!(ring.0.is_empty());
     }
 }

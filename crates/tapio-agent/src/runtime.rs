@@ -17,9 +17,39 @@ use crate::sinks::{FileSink, Sink, StdoutSink};
 use crate::stamp::Stamper;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Shutdown bounds. From SIGTERM/SIGINT the agent exits within their sum plus one
+/// 200 ms tick (at most about 15 s; README "Start-up, status and shutdown"): whatever a step could
+/// not finish in its time is counted as lost, by name, and the final counters are logged.
+/// The drain empties the rings within `drain::SHUTDOWN_DRAIN`; this adds its margin.
+const SHUTDOWN_DRAIN_JOIN: Duration = Duration::from_secs(3);
+/// The poll thread ends after at most one sampling pass.
+const SHUTDOWN_POLL_JOIN: Duration = Duration::from_secs(1);
+/// The sink stage writes out what is queued (a stdout pipe nobody reads blocks it for good).
+pub const SHUTDOWN_SINKS: Duration = Duration::from_secs(5);
+/// The controller link sends what is in its outbox (`client::SHUTDOWN_FLUSH`), plus the
+/// end of a request that was in flight when shutdown began.
+const SHUTDOWN_CONTROLLER_JOIN: Duration = Duration::from_secs(3);
+
+/// Waits for `thread` at most `within`; false (the thread still running) when it did not
+/// end in time. A thread that panicked is logged.
+fn join_within(what: &str, thread: std::thread::JoinHandle<()>, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while !thread.is_finished() {
+        if Instant::now() >= deadline {
+            log::warn!("shutdown: the {what} did not finish within {} s", within.as_secs());
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if thread.join().is_err() {
+        log::error!("{what} panicked");
+    }
+    true
+}
 
 /// Where each observer ended up after start-up.
 pub struct StartupReport {
@@ -132,8 +162,9 @@ fn start_observers(
                     .as_mut()
                     .and_then(|e| e.take_map(tapio_bpf::storage::INFLIGHT_MAP))
                     .ok_or("storage object has no inflight map")?;
-                pollers
-                    .push(Box::new(storage::InflightSweeper::new(inflight, settings.storage.inflight_max_age_secs)?));
+                let max_age = Arc::new(AtomicU64::new(settings.storage.inflight_max_age_ns()));
+                carriers.storage_max_age_ns = Some(Arc::clone(&max_age));
+                pollers.push(Box::new(storage::InflightSweeper::new(inflight, max_age)?));
                 Ok(l)
             },
         );
@@ -332,6 +363,7 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
             log::warn!("workload identity: {learned} existing cgroups learned; a walk stopped at its bound");
         }
     }
+    carriers.current = Some(settings.clone());
     if observers.is_empty() && pollers.is_empty() {
         return Err("no observer could start; nothing to observe (see the errors above)".into());
     }
@@ -344,7 +376,7 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
     let client_stop = Arc::new(AtomicBool::new(false));
     let client_thread = match controller {
         Some(setup) => {
-            sinks.push(Box::new(OutboxSink(Arc::clone(&setup.outbox))));
+            sinks.push(Box::new(OutboxSink::new(Arc::clone(&setup.outbox))));
             let client =
                 setup.into_client(&config, &node, &report, Arc::clone(&counters), carriers, Arc::clone(&client_stop));
             let thread = std::thread::Builder::new()
@@ -355,7 +387,7 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
         }
         None => None,
     };
-    let sink_names: Vec<&str> = sinks.iter().map(|s| s.name()).collect();
+    let sink_names: Vec<&'static str> = sinks.iter().map(|s| s.name()).collect();
     let clock = Arc::new(BootToWall::measured());
     let (tx, rx) = mpsc::sync_channel(config.queue_capacity);
 
@@ -401,21 +433,23 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
         }
     }
     log::info!("shutting down: detaching, draining ring buffers and flushing sinks");
-    if drain_thread.join().is_err() {
-        log::error!("drain thread panicked");
-    }
+    join_within("drain thread", drain_thread, SHUTDOWN_DRAIN_JOIN);
     // The poll thread holds a sender of the sink queue: the sink stage ends after it does.
-    if poll_thread.join().is_err() {
-        log::error!("poll thread panicked");
-    }
-    if sink_thread.join().is_err() {
-        log::error!("sink thread panicked");
-    }
+    join_within("poll thread", poll_thread, SHUTDOWN_POLL_JOIN);
+    join_within("sink stage", sink_thread, SHUTDOWN_SINKS);
     // Only now is everything the sinks took in the outbox: let the client send it.
     client_stop.store(true, Ordering::Relaxed);
     if let Some(t) = client_thread {
-        if t.join().is_err() {
-            log::error!("controller thread panicked");
+        join_within("controller link", t, SHUTDOWN_CONTROLLER_JOIN + crate::controller::client::SHUTDOWN_FLUSH);
+    }
+    // Close the books: every record handed to the sinks has an outcome. A sink that could
+    // not finish in time (a blocked pipe, a stalled controller) gets what it still held, or
+    // never received, counted as failed; a thread still stuck in a write dies with the
+    // process.
+    for name in sink_names {
+        let left = counters.settle_sink(name);
+        if left > 0 {
+            log::warn!("shutdown: {left} records could not be written to sink {name} in time (counted as failed)");
         }
     }
     log_counters("counters final", &counters);

@@ -1,13 +1,17 @@
 //! The sink stage: the thread behind the bounded queue. It resolves workload identity (which
-//! may cost syscalls, so it stays off the drain), serializes each record once, writes it to
-//! every sink, counts per-sink failures, and flushes whenever the queue runs dry.
+//! may cost syscalls, so it stays off the drain), serializes each record once, hands it to
+//! every sink, writes out whenever the queue runs dry (or a sink holds 64 KiB), and counts
+//! per sink the lines that reached their destination and those that failed.
 
 use crate::counters::Counters;
 use crate::evidence::{Evidence, WorkloadIds};
-use crate::sinks::Sink;
+use crate::sinks::{Delivered, Sink, FLUSH_AT_BYTES};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use tapio_identity::{CgroupHierarchy, Resolver, Workload};
+
+/// Records after which the sinks are written out even while the queue is not dry.
+const FLUSH_AT_RECORDS: usize = 256;
 
 pub struct SinkStage {
     pub queue: Receiver<Box<Evidence>>,
@@ -37,8 +41,17 @@ impl SinkStage {
         // Blocks while idle (no periodic wake-ups); ends when the drain drops its sender.
         while let Ok(ev) = self.queue.recv() {
             self.deliver(ev, v1_memory, &mut line);
+            let mut since_flush = 1;
             while let Ok(ev) = self.queue.try_recv() {
                 self.deliver(ev, v1_memory, &mut line);
+                since_flush += 1;
+                // Under sustained load the queue may never run dry: write out (and count)
+                // at least every 64 KiB per sink and every FLUSH_AT_RECORDS records.
+                let full = self.sinks.iter().any(|s| s.buffered_bytes() >= FLUSH_AT_BYTES);
+                if full || since_flush >= FLUSH_AT_RECORDS {
+                    self.flush();
+                    since_flush = 0;
+                }
             }
             self.flush();
         }
@@ -59,22 +72,25 @@ impl SinkStage {
             // Cannot happen for these types; counted as a failure of every sink if it does.
             log::error!("serializing evidence: {e}");
             for sink in &self.sinks {
-                self.counters.sink_result(sink.name(), false);
+                self.counters.sink_failures(sink.name(), 1);
             }
             return;
         }
         line.push(b'\n');
         for sink in &mut self.sinks {
-            let ok = sink.write_line(line).is_ok();
-            self.counters.sink_result(sink.name(), ok);
+            sink.write_line(line);
         }
     }
 
     fn flush(&mut self) {
+        let counters = &self.counters;
         for sink in &mut self.sinks {
-            if let Err(e) = sink.flush() {
-                log::warn!("flushing sink {}: {e}", sink.name());
-            }
+            let name = sink.name();
+            sink.flush(&mut |d: Delivered| {
+                if d.written > 0 || d.failed > 0 {
+                    counters.sink_delivered(name, d.written, d.failed);
+                }
+            });
         }
     }
 }

@@ -143,6 +143,11 @@ fn agent_config(port: u16, agent_id: &str, dir: &Path, extra: &str) -> String {
     )
 }
 
+/// Refused/failed connects only: other processes on a shared machine (resets, RTT
+/// samples, exits, block I/O) then cannot crowd the scenario's records out.
+const NETWORK_ONLY: &str = "[network]\nresets = false\nretransmit_spikes = false\nrtt_degradation = false\n\
+                            [container]\nenabled = false\n[storage]\nenabled = false\n[node]\nenabled = false\n";
+
 fn refuse(port: u16, n: usize) {
     for _ in 0..n {
         assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
@@ -154,6 +159,7 @@ fn refused_to(events: &[Value], port: u16) -> usize {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn registers_applies_config_heartbeats_counters_and_delivers_kernel_evidence() {
     if !kernel_test("controller_link_basic") {
         return;
@@ -193,8 +199,11 @@ fn registers_applies_config_heartbeats_counters_and_delivers_kernel_evidence() {
     for e in local {
         assert!(remote.iter().any(|r| r["id"] == e["id"] && r["type"] == e["type"]), "{e} missing at the controller");
     }
-    // After the first fetch the agent revalidates with If-None-Match and gets 304s.
-    assert!(run.counter(&["config_rejected_total"]) == 0);
+    // After the first fetch the agent revalidates with If-None-Match and gets 304s (polls
+    // every second): the config was applied once, and every later poll was answered 304.
+    assert_eq!(run.counter(&["config_rejected_total"]), 0);
+    assert!(run.counter(&["config_unchanged_total"]) >= 1, "no 304 answer: {}", run.counters);
+    assert_eq!(run.stderr.matches("applied controller config").count(), 1, "{}", run.stderr);
     let saved: Value = serde_json::from_slice(&std::fs::read(dir.join("agent-state.json")).unwrap()).unwrap();
     assert_eq!(saved["config_hash"], hash, "the applied config is persisted");
     controller.stop();
@@ -202,6 +211,7 @@ fn registers_applies_config_heartbeats_counters_and_delivers_kernel_evidence() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_restarted_controller_sees_the_agent_again_within_a_heartbeat_and_loses_nothing_accepted() {
     if !kernel_test("controller_link_restart") {
         return;
@@ -237,36 +247,60 @@ fn a_restarted_controller_sees_the_agent_again_within_a_heartbeat_and_loses_noth
 }
 
 #[test]
+#[ignore = "needs root"]
 fn with_the_controller_down_the_agent_keeps_observing_bounds_its_queue_and_recovers() {
     if !kernel_test("controller_link_outage") {
         return;
     }
     let dir = temp_dir("outage");
     let port = free_port(); // nothing listens yet
-    let agent = Agent::start(&agent_config(port, "agent-outage", &dir, "queue_capacity = 5\n"));
+                            // Network only: evidence of other processes on a busy machine (exits, block I/O) would
+                            // otherwise keep the 5-line outbox full and crowd out the record sent after recovery.
+    let extra = format!("queue_capacity = 5\n{NETWORK_ONLY}");
+    let agent = Agent::start(&agent_config(port, "agent-outage", &dir, &extra));
     let target = closed_port();
     refuse(target, 8);
     std::thread::sleep(Duration::from_secs(30));
     let controller = Controller::start(&dir, port, &[]);
     wait_until("recovery", Duration::from_secs(30), || controller.agent_status("agent-outage").is_some());
+    // On a busy machine other evidence can fill the 5-line outbox at any moment, so a fact
+    // after recovery is made once a second until one gets through.
     let after = closed_port();
-    refuse(after, 1);
+    let mut last_try = Instant::now() - Duration::from_secs(1);
     wait_until("evidence after recovery", Duration::from_secs(30), || {
-        refused_to(&controller.sink_events(), after) == 1
+        if last_try.elapsed() >= Duration::from_secs(1) {
+            refuse(after, 1);
+            last_try = Instant::now();
+        }
+        refused_to(&controller.sink_events(), after) >= 1
     });
     let run = agent.stop();
     // Observation never stopped: all 8 facts in the local sink.
     assert_eq!(run.to_port(target).len(), 8);
-    let delivered = refused_to(&controller.sink_events(), target) as u64;
-    let dropped = run.counter(&["sinks", "controller", "failed"]);
-    assert!(dropped >= 3, "a 5-line outbox must drop at least 3 of 8: {}", run.counters);
-    assert!(delivered + dropped >= 8, "delivered {delivered} + dropped {dropped} must cover all 8");
-    assert!(run.counter(&["controller_send_failures_total"]) > 0);
+    // Stopped first, so that everything it acknowledged is in its sink file.
+    let sink_path = controller.sink.clone();
     controller.stop();
+    let remote: Vec<Value> = std::fs::read_to_string(&sink_path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("sink line is JSON"))
+        .collect();
+    let delivered = refused_to(&remote, target) as u64;
+    let dropped = run.counter(&["sinks", "controller", "failed"]);
+    // Every record the agent wrote locally has exactly one controller outcome: it is in the
+    // controller's sink, or counted as dropped (other evidence on the machine included, so
+    // this holds exactly however busy the machine is).
+    let at_controller = |e: &Value| remote.iter().any(|r| r["id"] == e["id"]);
+    let not_delivered = run.events.iter().filter(|e| !at_controller(e)).count() as u64;
+    assert_eq!(dropped, not_delivered, "dropped == local records the controller never got: {}", run.counters);
+    assert_eq!(run.counter(&["controller_events_sent_total"]), run.events.len() as u64 - not_delivered);
+    assert!(8 - delivered >= 3, "a 5-line outbox must drop at least 3 of 8: {}", run.counters);
+    assert!(run.counter(&["controller_send_failures_total"]) > 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_blackholed_controller_fails_within_the_connect_timeout_and_observation_goes_on() {
     if !kernel_test("controller_link_blackhole") {
         return;
@@ -313,6 +347,7 @@ fn a_blackholed_controller_fails_within_the_connect_timeout_and_observation_goes
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_wrong_token_is_refused_counted_and_never_logged() {
     if !kernel_test("controller_link_auth") {
         return;
@@ -336,5 +371,70 @@ fn a_wrong_token_is_refused_counted_and_never_logged() {
         }
     }
     controller.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A "controller" that accepts, reads the request, then trickles a never-ending header one
+/// byte every 200 ms: every read gets data well within the io timeout.
+fn trickling_controller() -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let done = std::sync::Arc::clone(&stop);
+    std::thread::spawn(move || {
+        while !done.load(Ordering::Relaxed) {
+            let Ok((mut conn, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            };
+            let done = std::sync::Arc::clone(&done);
+            std::thread::spawn(move || {
+                let _ = conn.set_nonblocking(false);
+                let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf);
+                for b in b"HTTP/1.1 200 OK\r\nX-Trickle: ".iter().chain(std::iter::repeat(&b'a')) {
+                    if done.load(Ordering::Relaxed) || conn.write_all(&[*b]).is_err() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            });
+        }
+    });
+    (port, stop)
+}
+
+/// A controller that trickles its response headers cannot stall the link: each request
+/// ends at its deadline and is counted as a failure, SIGTERM ends the agent within the
+/// documented bound, and every record has one controller outcome (sent or failed).
+#[test]
+#[ignore = "needs root"]
+fn a_controller_trickling_its_headers_is_cut_off_counted_and_shutdown_stays_bounded() {
+    kernel_test("controller_link_trickle");
+    let (port, stop) = trickling_controller();
+    let dir = temp_dir("trickle");
+    let agent =
+        Agent::start(&agent_config(port, "agent-trickle", &dir, &format!("request_timeout_ms = 1000\n{NETWORK_ONLY}")));
+    let target = closed_port();
+    refuse(target, 5);
+    std::thread::sleep(Duration::from_secs(4));
+    let (run, took) = agent.stop_within(Duration::from_secs(20));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(run.exit_ok, "{}", run.stderr);
+    assert!(run.stderr.contains("request deadline passed"), "{}", run.stderr);
+    // One request per second at most (hello, with backoff): a few failures, all counted.
+    assert!(run.counter(&["controller_send_failures_total"]) >= 2, "{}", run.counters);
+    let events = run.counter(&["events_total"]);
+    assert_eq!(run.to_port(target).len(), 5, "the local sink got everything");
+    assert_eq!(
+        run.counter(&["controller_events_sent_total"]) + run.counter(&["sinks", "controller", "failed"]),
+        events,
+        "every record has one controller outcome: {}",
+        run.counters
+    );
+    eprintln!("trickling controller: exit {took:?} after SIGTERM; {}", run.counters);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -251,6 +251,7 @@ impl Drop for TempDir {
 // Exits
 
 #[test]
+#[ignore = "needs root"]
 fn a_nonzero_exit_is_one_abnormal_exit_with_its_code() {
     if !kernel_test("nonzero_exit") {
         return;
@@ -280,6 +281,7 @@ fn a_nonzero_exit_is_one_abnormal_exit_with_its_code() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn death_by_sigsegv_reports_the_signal_and_whether_the_kernel_dumped_a_core() {
     if !kernel_test("sigsegv_exit") {
         return;
@@ -340,6 +342,7 @@ ready.wait()
 "#;
 
 #[test]
+#[ignore = "needs root"]
 fn a_five_thread_process_that_exit_groups_is_one_event_counting_five_threads() {
     if !kernel_test("exit_group_five_threads") {
         return;
@@ -365,6 +368,7 @@ os._exit(4)
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_process_whose_workers_finished_first_is_one_event_for_its_main_thread() {
     if !kernel_test("workers_first") {
         return;
@@ -412,6 +416,7 @@ fn sys_exit_number() -> u32 {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_process_whose_renamed_worker_exits_last_is_one_event_named_by_its_leader() {
     if !kernel_test("worker_last") {
         return;
@@ -458,6 +463,7 @@ libc.syscall(NR_EXIT, 4)
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_multi_threaded_process_killed_by_a_signal_is_one_event() {
     if !kernel_test("signal_five_threads") {
         return;
@@ -481,6 +487,7 @@ time.sleep(10)
 }
 
 #[test]
+#[ignore = "needs root"]
 fn clean_exits_and_ignored_codes_and_signals_are_not_evidence() {
     if !kernel_test("ignored_exits") {
         return;
@@ -702,6 +709,7 @@ fn check_oom(e: &Value, pid: u32, kernel: &KernelKill, cg: &MemCgroup, limit: u6
 }
 
 #[test]
+#[ignore = "needs root"]
 fn an_oom_kill_in_a_v1_memory_cgroup_is_one_oom_kill_matching_the_kernel_log() {
     if !kernel_test("oom_kill") {
         return;
@@ -727,6 +735,7 @@ fn an_oom_kill_in_a_v1_memory_cgroup_is_one_oom_kill_matching_the_kernel_log() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_multi_threaded_oom_victim_is_one_oom_kill() {
     if !kernel_test("oom_kill_threads") {
         return;
@@ -813,6 +822,7 @@ impl Drop for Freezer {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn an_already_dying_process_that_the_oom_killer_only_marks_is_not_an_oom_kill() {
     if !kernel_test("oom_marked_dying") {
         return;

@@ -26,6 +26,7 @@ fn our_pid() -> u64 {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn refused_connects_give_exactly_one_refused_event_each_v4_and_v6() {
     if !kernel_test("refused_connects") {
         return;
@@ -60,6 +61,7 @@ fn refused_connects_give_exactly_one_refused_event_each_v4_and_v6() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn an_application_that_cancels_its_connect_is_not_evidence() {
     if !kernel_test("cancelled_connect") {
         return;
@@ -78,6 +80,7 @@ fn an_application_that_cancels_its_connect_is_not_evidence() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_connect_whose_syns_are_dropped_times_out_once_and_is_not_a_retransmit_spike() {
     if !kernel_test("connection_timeout") {
         return;
@@ -109,6 +112,7 @@ fn a_connect_whose_syns_are_dropped_times_out_once_and_is_not_a_retransmit_spike
 }
 
 #[test]
+#[ignore = "needs root"]
 fn an_icmp_unreachable_answer_is_unreachable_not_refused_or_timeout() {
     if !kernel_test("connection_unreachable") {
         return;
@@ -132,6 +136,7 @@ fn an_icmp_unreachable_answer_is_unreachable_not_refused_or_timeout() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_peer_reset_of_an_established_connection_is_one_reset_event() {
     if !kernel_test("connection_reset") {
         return;
@@ -175,6 +180,7 @@ fn a_peer_reset_of_an_established_connection_is_one_reset_event() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn lossy_bulk_transfer_gives_bounded_retransmit_spikes_per_window() {
     if !kernel_test("retransmit_spike") {
         return;
@@ -226,6 +232,7 @@ fn lossy_bulk_transfer_gives_bounded_retransmit_spikes_per_window() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn queueing_delay_after_a_learned_baseline_is_one_rtt_degradation() {
     if !kernel_test("rtt_degradation") {
         return;
@@ -300,6 +307,7 @@ fn queueing_delay_after_a_learned_baseline_is_one_rtt_degradation() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_flood_of_refused_connects_is_fully_accounted_for() {
     if !kernel_test("refused_flood") {
         return;

@@ -68,6 +68,7 @@ fn memory_some_avg10() -> u32 {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn memory_reclaim_in_a_small_cgroup_is_one_memory_pressure_crossing() {
     if !kernel_test("node_memory_pressure") {
         return;
@@ -156,6 +157,7 @@ fn has_pmu() -> bool {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn hardware_counters_report_themselves_and_the_rest_keeps_running() {
     if !kernel_test("node_pmc_status") {
         return;

@@ -55,6 +55,7 @@ fn on_device<'a>(events: &'a [Value], kind: &str, dev: &Loop) -> Vec<&'a Value> 
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_write_into_a_full_tmpfs_is_an_enospc_io_error_of_the_writing_process() {
     if !kernel_test("storage_enospc") {
         return;
@@ -112,6 +113,7 @@ fn a_write_into_a_full_tmpfs_is_an_enospc_io_error_of_the_writing_process() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_direct_io_loop_on_a_shut_down_ext4_gives_eio_for_the_writing_process() {
     if !kernel_test("storage_eio") {
         return;
@@ -161,6 +163,7 @@ fn a_direct_io_loop_on_a_shut_down_ext4_gives_eio_for_the_writing_process() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn throttled_writes_are_latency_spikes_matching_what_the_writer_measured() {
     if !kernel_test("storage_latency") {
         return;
@@ -267,6 +270,7 @@ fn root_disk() -> Option<(u32, u32, String)> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn heavy_io_with_requeues_keeps_every_request_one_request() {
     if !kernel_test("storage_requeue") {
         return;

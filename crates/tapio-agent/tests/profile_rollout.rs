@@ -201,6 +201,7 @@ fn lossy_transfer(pair: &NetnsPair, port: u16) -> u64 {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_profile_change_reaches_the_kernel_within_two_polls() {
     if !kernel_test("profile_rollout") {
         return;
@@ -280,6 +281,7 @@ fn a_profile_change_reaches_the_kernel_within_two_polls() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn sighup_reloads_and_a_bad_profile_keeps_the_applied_hash() {
     if !kernel_test("profile_sighup") {
         return;

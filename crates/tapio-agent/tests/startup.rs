@@ -40,6 +40,7 @@ fn a_config_with_an_unknown_key_is_refused_at_start_naming_the_key() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn without_privileges_the_agent_says_why_and_keeps_what_can_run() {
     if !kernel_test("startup_not_root") {
         return;
@@ -82,6 +83,7 @@ fn without_privileges_the_agent_says_why_and_keeps_what_can_run() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn sigint_flushes_what_was_observed_and_counters_are_logged_periodically() {
     if !kernel_test("startup_sigint") {
         return;
@@ -117,6 +119,7 @@ fn sigint_flushes_what_was_observed_and_counters_are_logged_periodically() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn an_object_of_another_kernel_abi_is_refused_loudly() {
     if !kernel_test("abi_mismatch") {
         return;

@@ -196,7 +196,7 @@ pub static FIELDS: &[Field] = &[
     switch!(container.oom_kills, "oom_kill evidence"),
     switch!(container.abnormal_exits, "abnormal_exit evidence"),
     list!(container.exit_ignore_codes, range(1, 255), 255, "exit codes that are not evidence"),
-    list!(container.exit_ignore_signals, range(1, 64), 64, "fatal signals that are not evidence"),
+    list!(container.exit_ignore_signals, range(1, 63), 64, "fatal signals that are not evidence"),
     switch!(storage.enabled, "storage observer on or off"),
     switch!(storage.io_errors, "io_error evidence"),
     switch!(storage.latency_spikes, "latency_spike evidence"),

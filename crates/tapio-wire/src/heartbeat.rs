@@ -46,6 +46,16 @@ pub struct HeartbeatCounters {
     pub sink_drops_total: u64,
     /// Failed sends to the controller.
     pub controller_send_failures_total: u64,
+    /// Extension (additive; absent from older agents, read as 0): facts the kernel side saw
+    /// but could not judge, so no evidence was produced (config of another ABI, a kernel
+    /// lacking what the hook reads). Sent only when non-zero, so a v1 heartbeat without it
+    /// keeps its exact shape.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub not_judged_total: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Heartbeat response.
@@ -57,4 +67,21 @@ pub struct HeartbeatResponse {
     pub accepted: bool,
     /// The config generation the agent should be on.
     pub next_config_version: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_judged_total_is_an_additive_extension() {
+        let v1 = r#"{"events_total":1,"malformed_events_total":0,"lost_events_total":0,
+            "correlation_drops_total":0,"sink_drops_total":0,"controller_send_failures_total":0}"#;
+        let c: HeartbeatCounters = serde_json::from_str(v1).unwrap();
+        assert_eq!(c.not_judged_total, 0);
+        assert!(!serde_json::to_string(&c).unwrap().contains("not_judged_total"));
+        let c = HeartbeatCounters { not_judged_total: 3, ..c };
+        let back: HeartbeatCounters = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back.not_judged_total, 3);
+    }
 }

@@ -9,6 +9,41 @@ use crate::carriers::ObserverSettings;
 use crate::config::{AgentConfig, ConfigError};
 use tapio_wire::CompiledConfig;
 
+/// One observer's config carrier, as a step of applying a config to all of them.
+pub trait SettingsCarrier {
+    fn name(&self) -> &'static str;
+    fn write_settings(&mut self, settings: &ObserverSettings) -> Result<(), String>;
+}
+
+/// Writes `new` into every carrier, or leaves every carrier on `previous`: when a write
+/// fails, the carriers written before it get `previous` back, so no observer judges with a
+/// generation the heartbeat does not report.
+pub fn apply_all_or_none(
+    carriers: &mut [&mut dyn SettingsCarrier],
+    new: &ObserverSettings,
+    previous: Option<&ObserverSettings>,
+) -> Result<(), String> {
+    for i in 0..carriers.len() {
+        let Err(e) = carriers[i].write_settings(new) else { continue };
+        let failed = format!("writing generation {} into {}: {e}", new.generation, carriers[i].name());
+        let Some(previous) = previous else {
+            return Err(failed);
+        };
+        let mut not_restored = Vec::new();
+        for c in carriers[..i].iter_mut().rev() {
+            if let Err(e) = c.write_settings(previous) {
+                not_restored.push(format!("{}: {e}", c.name()));
+            }
+        }
+        return Err(if not_restored.is_empty() {
+            format!("{failed}; every observer stays on generation {}", previous.generation)
+        } else {
+            format!("{failed}; restoring generation {} failed too ({})", previous.generation, not_restored.join("; "))
+        });
+    }
+    Ok(())
+}
+
 fn narrow(key: &str, value: u64) -> Result<u32, ConfigError> {
     u32::try_from(value).map_err(|_| ConfigError(format!("{key} = {value} does not fit the kernel config")))
 }
@@ -74,6 +109,44 @@ pub fn settings_from(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A carrier whose writes can be made to fail.
+    struct Fake {
+        name: &'static str,
+        generation: u32,
+        fail_generation: Option<u32>,
+    }
+
+    impl SettingsCarrier for Fake {
+        fn name(&self) -> &'static str {
+            self.name
+        }
+        fn write_settings(&mut self, s: &ObserverSettings) -> Result<(), String> {
+            if self.fail_generation == Some(s.generation) {
+                return Err("injected failure".into());
+            }
+            self.generation = s.generation;
+            Ok(())
+        }
+    }
+
+    fn generation(n: u32) -> ObserverSettings {
+        settings_from(&AgentConfig::default(), n, &CompiledConfig::default()).unwrap()
+    }
+
+    #[test]
+    fn a_failed_carrier_write_leaves_every_carrier_on_the_previous_generation() {
+        let fake = |name, fail_generation| Fake { name, generation: 1, fail_generation };
+        let (mut net, mut ctr, mut sto) = (fake("network", None), fake("container", None), fake("storage", Some(2)));
+        let err =
+            apply_all_or_none(&mut [&mut net, &mut ctr, &mut sto], &generation(2), Some(&generation(1))).unwrap_err();
+        assert!(err.contains("storage") && err.contains("injected failure"), "{err}");
+        assert_eq!((net.generation, ctr.generation, sto.generation), (1, 1, 1), "all or none: none");
+
+        let (mut net, mut ctr) = (fake("network", None), fake("container", None));
+        apply_all_or_none(&mut [&mut net, &mut ctr], &generation(3), Some(&generation(1))).unwrap();
+        assert_eq!((net.generation, ctr.generation), (3, 3), "all or none: all");
+    }
 
     #[test]
     fn the_wire_default_reproduces_the_local_default() {

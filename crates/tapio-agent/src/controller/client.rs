@@ -12,7 +12,7 @@ use super::state::{self, AppliedConfig};
 use super::{ControllerConfig, Token};
 use crate::carriers::KernelCarriers;
 use crate::config::AgentConfig;
-use crate::counters::Counters;
+use crate::counters::{Counters, CONTROLLER_SINK};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,8 +24,12 @@ use tapio_wire::{
 
 /// Upper bound of the events per batch whatever the controller asks.
 const MAX_BATCH_EVENTS: u64 = 10_000;
-/// How long a shutdown may spend sending what is still in the outbox.
-const SHUTDOWN_FLUSH: Duration = Duration::from_secs(3);
+/// How long a shutdown may spend sending what is still in the outbox (a request in flight
+/// included: each is cut at what is left of it).
+pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(3);
+/// At most one failure log line per this period (a changed failure included); the ones in
+/// between are counted in `controller_send_failures_total` and summed in the next line.
+const FAILURE_LOG_PERIOD: Duration = Duration::from_secs(30);
 
 /// What the client needs from the rest of the agent.
 pub struct Client {
@@ -69,6 +73,27 @@ struct Loop {
     pending: Option<Pending>,
     rng: u64,
     last_error: Option<String>,
+    failure_log: LogLimiter,
+}
+
+/// Rate-limits a repeated warning: the first, then at most one per period, each saying how
+/// many were not logged since.
+#[derive(Debug, Default)]
+struct LogLimiter {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    /// Some(suppressed since the last logged one) when this one may be logged.
+    fn admit(&mut self, now: Instant, period: Duration) -> Option<u64> {
+        if self.last.is_some_and(|last| now.duration_since(last) < period) {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
 }
 
 fn percent_encode(s: &str) -> String {
@@ -83,6 +108,19 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
+/// The heartbeat's totals: every loss counter of the snapshot reaches one of them.
+pub fn heartbeat_counters(snap: &crate::counters::Snapshot) -> HeartbeatCounters {
+    HeartbeatCounters {
+        events_total: snap.events_total,
+        malformed_events_total: snap.malformed_events_total,
+        lost_events_total: snap.lost_events_total,
+        correlation_drops_total: snap.correlation_drops_total,
+        sink_drops_total: snap.sink_drops_total,
+        controller_send_failures_total: snap.controller_send_failures_total,
+        not_judged_total: snap.not_judged_total,
+    }
+}
+
 fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
@@ -95,6 +133,7 @@ impl Client {
         let limits = Limits {
             connect_timeout: Duration::from_millis(self.settings.connect_timeout_ms),
             io_timeout: Duration::from_millis(self.settings.io_timeout_ms),
+            request_timeout: Duration::from_millis(self.settings.request_timeout_ms),
             max_response_bytes: self.settings.max_response_bytes,
         };
         let mut l = Loop {
@@ -113,6 +152,7 @@ impl Client {
             pending: None,
             rng: crate::clock::wall_now_ns() | 1,
             last_error: None,
+            failure_log: LogLimiter::default(),
         };
         l.run();
     }
@@ -185,9 +225,14 @@ impl Loop {
     fn failure(&mut self, what: &str, detail: String) {
         self.c.counters.controller_send_failures_total.fetch_add(1, Ordering::Relaxed);
         let message = format!("controller {what} failed: {detail}");
-        // Log changes of state, not every retry of the same failure.
+        // Log changes of state, not every retry of the same failure, and even changing
+        // failures (a peer answering garbage) at most once per period.
         if self.last_error.as_deref() != Some(message.as_str()) {
-            log::warn!("{message}");
+            match self.failure_log.admit(Instant::now(), FAILURE_LOG_PERIOD) {
+                Some(0) => log::warn!("{message}"),
+                Some(n) => log::warn!("{message} ({n} other failures since the last one logged)"),
+                None => {}
+            }
             self.last_error = Some(message);
         }
     }
@@ -258,7 +303,10 @@ impl Loop {
             self.c.applied.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|a| format!("\"{}\"", a.config_hash));
         let headers: Vec<(&str, &str)> = etag.iter().map(|e| ("If-None-Match", e.as_str())).collect();
         match self.request("GET", &path, None, &headers) {
-            Ok(resp) if resp.status == 304 => self.succeeded(),
+            Ok(resp) if resp.status == 304 => {
+                self.succeeded();
+                self.c.counters.config_unchanged_total.fetch_add(1, Ordering::Relaxed);
+            }
             Ok(resp) if resp.status == 200 => match serde_json::from_slice::<ConfigResponse>(&resp.body) {
                 Ok(cfg) => {
                     self.succeeded();
@@ -318,14 +366,7 @@ impl Loop {
             config_hash: applied.as_ref().map_or(String::new(), |a| a.config_hash.clone()),
             uptime_seconds: self.started.elapsed().as_secs(),
             observers: self.c.observers.clone(),
-            counters: HeartbeatCounters {
-                events_total: snap.events_total,
-                malformed_events_total: snap.malformed_events_total,
-                lost_events_total: snap.lost_events_total,
-                correlation_drops_total: snap.correlation_drops_total,
-                sink_drops_total: snap.sink_drops_total,
-                controller_send_failures_total: snap.controller_send_failures_total,
-            },
+            counters: heartbeat_counters(&snap),
             degraded_reasons,
         };
         let body = serde_json::to_vec(&req).unwrap_or_default();
@@ -402,12 +443,17 @@ impl Loop {
         match self.request("POST", "/v1/events", Some(&body), &[]) {
             Ok(resp) if resp.status == 200 => {
                 self.succeeded();
-                match serde_json::from_slice::<EventsResponse>(&resp.body) {
-                    Ok(r) if r.rejected > 0 => self.c.counters.sink_failures("controller", r.rejected),
-                    Ok(_) => {}
-                    Err(e) => log::warn!("controller accepted batch {} with an unreadable response: {e}", p.sequence),
-                }
-                self.c.counters.controller_events_sent_total.fetch_add(n, Ordering::Relaxed);
+                // Events the controller rejected one by one are failed, not sent: each line
+                // of the batch has exactly one outcome.
+                let rejected = match serde_json::from_slice::<EventsResponse>(&resp.body) {
+                    Ok(r) => r.rejected.min(n),
+                    Err(e) => {
+                        log::warn!("controller accepted batch {} with an unreadable response: {e}", p.sequence);
+                        0
+                    }
+                };
+                self.c.counters.sink_failures(CONTROLLER_SINK, rejected);
+                self.c.counters.controller_sent(n - rejected);
                 return true;
             }
             // The controller will never take this batch as it is (malformed, too large,
@@ -417,7 +463,7 @@ impl Loop {
                     "event batch",
                     format!("{} for batch {} of {n} events: dropped", Self::describe(&resp), p.sequence),
                 );
-                self.c.counters.sink_failures("controller", n);
+                self.c.counters.sink_failures(CONTROLLER_SINK, n);
                 return true;
             }
             Ok(resp) => self.failure("event batch", Self::describe(&resp)),
@@ -426,7 +472,7 @@ impl Loop {
         p.attempts += 1;
         if p.attempts > self.c.settings.max_retries {
             log::warn!("dropping batch {} of {n} events after {} attempts", p.sequence, p.attempts);
-            self.c.counters.sink_failures("controller", n);
+            self.c.counters.sink_failures(CONTROLLER_SINK, n);
             return true;
         }
         p.retry_at = Instant::now() + self.backoff(p.attempts);
@@ -436,7 +482,14 @@ impl Loop {
 
     fn flush_on_shutdown(&mut self) {
         let deadline = Instant::now() + SHUTDOWN_FLUSH;
+        let request_timeout = self.limits.request_timeout;
         loop {
+            // A request may take only what is left of the shutdown's time.
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            self.limits.request_timeout = request_timeout.min(left);
             if self.pending.is_none() {
                 let lines = self.c.outbox.take_batch(self.max_batch_events as usize, self.c.settings.max_batch_bytes);
                 if lines.is_empty() {
@@ -455,7 +508,7 @@ impl Loop {
             + self.c.outbox.take_batch(usize::MAX, usize::MAX).len() as u64;
         if left > 0 {
             log::warn!("shutdown: {left} events could not reach the controller");
-            self.c.counters.sink_failures("controller", left);
+            self.c.counters.sink_failures(CONTROLLER_SINK, left);
         }
     }
 }
@@ -463,6 +516,33 @@ impl Loop {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_heartbeat_carries_kernel_counters_of_unjudged_facts() {
+        let c = Counters::default();
+        c.set_kernel("container", "unsupported_kernel", 4);
+        c.set_kernel("network", "abi_mismatch", 1);
+        c.set_kernel("network", "ringbuf_reserve_failed", 2);
+        let hb = heartbeat_counters(&c.snapshot());
+        assert_eq!((hb.not_judged_total, hb.lost_events_total), (5, 2));
+        let json = serde_json::to_value(&hb).unwrap();
+        assert_eq!(json["not_judged_total"], 5);
+    }
+
+    #[test]
+    fn failure_logs_are_rate_limited_and_say_how_many_were_not_logged() {
+        let mut l = LogLimiter::default();
+        let t0 = Instant::now();
+        let period = Duration::from_secs(30);
+        assert_eq!(l.admit(t0, period), Some(0));
+        // 15 garbage answers in 11 s: none of them logged…
+        for i in 1..=15 {
+            assert_eq!(l.admit(t0 + Duration::from_millis(i * 700), period), None);
+        }
+        // …and the next line, a period later, counts them.
+        assert_eq!(l.admit(t0 + period, period), Some(15));
+        assert_eq!(l.admit(t0 + period + Duration::from_secs(1), period), None);
+    }
 
     #[test]
     fn query_values_are_percent_encoded() {

@@ -4,15 +4,19 @@
 //! its own code (and reqwest is forbidden there). The protocol needs one request per
 //! connection with a JSON body and a bounded JSON response, so this client does that:
 //! plain `http://` only (an `https://` URL is refused when the URL is parsed — no silent
-//! downgrade), connect/read/write timeouts, capped header and body sizes, Content-Length
-//! and chunked responses, and no redirects (a 3xx is returned as a status, never followed).
+//! downgrade), connect/read/write timeouts and a deadline for the whole request (a peer that
+//! trickles its answer a byte at a time cannot hold it longer), capped header and body
+//! sizes, Content-Length and chunked responses, and no redirects (a 3xx is returned as a
+//! status, never followed).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Response headers larger than this are refused.
 const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// How much of a peer's unparseable status line an error (and so a log line) quotes.
+const QUOTED_STATUS_CHARS: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
@@ -100,7 +104,10 @@ impl Endpoint {
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub connect_timeout: Duration,
+    /// Longest wait for one read or write.
     pub io_timeout: Duration,
+    /// Longest time for the whole request: connect, send, and the full response.
+    pub request_timeout: Duration,
     pub max_response_bytes: usize,
 }
 
@@ -125,10 +132,56 @@ pub struct Request<'a> {
     pub body: Option<&'a [u8]>,
 }
 
+/// A connection whose every read and write waits at most the io timeout and never past the
+/// request's deadline.
+struct Deadlined<'a> {
+    stream: &'a TcpStream,
+    deadline: Instant,
+    io_timeout: Duration,
+}
+
+impl Deadlined<'_> {
+    fn wait(&self) -> io::Result<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "request deadline passed"));
+        }
+        Ok(left.min(self.io_timeout))
+    }
+
+    /// A socket timeout surfaces as EAGAIN: say which limit ran out.
+    fn timed_out(&self, e: io::Error) -> io::Error {
+        if !matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
+            e
+        } else if Instant::now() >= self.deadline {
+            io::Error::new(io::ErrorKind::TimedOut, "request deadline passed")
+        } else {
+            io::Error::new(io::ErrorKind::TimedOut, "no progress within the io timeout")
+        }
+    }
+}
+
+impl Read for Deadlined<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.set_read_timeout(Some(self.wait()?))?;
+        (&mut &*self.stream).read(buf).map_err(|e| self.timed_out(e))
+    }
+}
+
+impl Write for Deadlined<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.set_write_timeout(Some(self.wait()?))?;
+        (&mut &*self.stream).write(buf).map_err(|e| self.timed_out(e))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 pub fn send(endpoint: &Endpoint, limits: &Limits, req: &Request<'_>) -> Result<Response, HttpError> {
-    let stream = connect(endpoint, limits)?;
-    stream.set_read_timeout(Some(limits.io_timeout)).map_err(HttpError::Io)?;
-    stream.set_write_timeout(Some(limits.io_timeout)).map_err(HttpError::Io)?;
+    let deadline = Instant::now() + limits.request_timeout;
+    let stream = connect(endpoint, limits, deadline)?;
     let mut head = format!(
         "{} {}{} HTTP/1.1\r\nHost: {}\r\nUser-Agent: tapio-agent/{}\r\nAccept: application/json\r\nConnection: close\r\n",
         req.method,
@@ -147,19 +200,22 @@ pub fn send(endpoint: &Endpoint, limits: &Limits, req: &Request<'_>) -> Result<R
         head.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
     }
     head.push_str("\r\n");
-    let mut writer = &stream;
-    writer.write_all(head.as_bytes()).map_err(HttpError::Io)?;
+    let mut conn = Deadlined { stream: &stream, deadline, io_timeout: limits.io_timeout };
+    conn.write_all(head.as_bytes()).map_err(HttpError::Io)?;
     if let Some(body) = req.body {
-        writer.write_all(body).map_err(HttpError::Io)?;
+        conn.write_all(body).map_err(HttpError::Io)?;
     }
-    writer.flush().map_err(HttpError::Io)?;
-    read_response(BufReader::new(&stream), limits.max_response_bytes)
+    read_response(BufReader::new(conn), limits.max_response_bytes)
 }
 
-fn connect(endpoint: &Endpoint, limits: &Limits) -> Result<TcpStream, HttpError> {
+fn connect(endpoint: &Endpoint, limits: &Limits, deadline: Instant) -> Result<TcpStream, HttpError> {
     let mut last = None;
     for addr in endpoint.addrs()? {
-        match TcpStream::connect_timeout(&addr, limits.connect_timeout) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match TcpStream::connect_timeout(&addr, limits.connect_timeout.min(left)) {
             Ok(s) => return Ok(s),
             Err(e) => last = Some(e),
         }
@@ -191,16 +247,21 @@ pub fn read_response(mut r: impl BufRead, max_body: usize) -> Result<Response, H
     let mut line = Vec::new();
     read_line(&mut r, &mut line, &mut budget)?;
     let status_line = String::from_utf8_lossy(&line).into_owned();
+    // Whatever the peer sent is quoted in errors (which reach the log) only in part.
+    let quoted = || match status_line.char_indices().nth(QUOTED_STATUS_CHARS) {
+        Some((cut, _)) => format!("status line {:?}…", &status_line[..cut]),
+        None => format!("status line {status_line:?}"),
+    };
     let mut parts = status_line.splitn(3, ' ');
     let version = parts.next().unwrap_or_default();
     if version != "HTTP/1.1" && version != "HTTP/1.0" {
-        return Err(HttpError::Protocol(format!("status line {status_line:?}")));
+        return Err(HttpError::Protocol(quoted()));
     }
     let status: u16 = parts
         .next()
         .and_then(|s| s.parse().ok())
         .filter(|s| (100..600).contains(s))
-        .ok_or_else(|| HttpError::Protocol(format!("status line {status_line:?}")))?;
+        .ok_or_else(|| HttpError::Protocol(quoted()))?;
     let mut headers = Vec::new();
     loop {
         read_line(&mut r, &mut line, &mut budget)?;
@@ -319,6 +380,47 @@ mod tests {
             Err(HttpError::Protocol(_))
         ));
         assert!(matches!(read_response(Cursor::new(&b"HTTP/1.1 999 X\r\n\r\n"[..]), 100), Err(HttpError::Protocol(_))));
+    }
+
+    #[test]
+    fn a_garbage_status_line_is_quoted_only_in_part() {
+        let mut garbage = vec![b'G'; 2007];
+        garbage.extend_from_slice(b"\r\n\r\n");
+        let err = read_response(Cursor::new(garbage), 100).unwrap_err().to_string();
+        assert!(err.len() < 100 && err.contains('…'), "{} chars: {err}", err.len());
+    }
+
+    /// A peer that trickles its headers a byte at a time (each read well within the io
+    /// timeout) is cut off at the request deadline, not after 16 KiB of trickle.
+    #[test]
+    fn a_trickling_peer_is_cut_off_at_the_request_deadline() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let trickler = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let started = Instant::now();
+            for b in b"HTTP/1.1 200 OK\r\nX-Slow: ".iter().chain(std::iter::repeat(&b'a')) {
+                if conn.write_all(&[*b]).is_err() || started.elapsed() > Duration::from_secs(20) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let endpoint = Endpoint::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+        let limits = Limits {
+            connect_timeout: Duration::from_secs(1),
+            io_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_millis(700),
+            max_response_bytes: 1024,
+        };
+        let started = Instant::now();
+        let req = Request { method: "GET", path: "/", headers: &[], body: None };
+        let err = send(&endpoint, &limits, &req).unwrap_err();
+        let took = started.elapsed();
+        assert!(err.to_string().contains("request deadline passed"), "{err}");
+        // Generous: the bound is the deadline plus one scheduling delay, not the trickle.
+        assert!(took < Duration::from_secs(5), "took {took:?}");
+        trickler.join().unwrap();
     }
 
     #[test]

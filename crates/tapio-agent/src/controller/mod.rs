@@ -27,7 +27,10 @@ pub struct ControllerConfig {
     /// Where the last valid controller config is kept across restarts.
     pub state_file: Option<PathBuf>,
     pub connect_timeout_ms: u64,
+    /// Longest wait for one read or write.
     pub io_timeout_ms: u64,
+    /// Longest time for one whole request (connect, send, full response).
+    pub request_timeout_ms: u64,
     pub heartbeat_interval_secs: u64,
     pub config_poll_interval_secs: u64,
     /// Evidence lines waiting for the controller; overflow is dropped and counted.
@@ -50,6 +53,7 @@ impl Default for ControllerConfig {
             state_file: None,
             connect_timeout_ms: 2_000,
             io_timeout_ms: 5_000,
+            request_timeout_ms: 10_000,
             heartbeat_interval_secs: 10,
             config_poll_interval_secs: 30,
             queue_capacity: 10_000,

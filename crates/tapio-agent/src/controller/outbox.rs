@@ -4,9 +4,9 @@
 //! (controller slow or down for long) the line is refused and counted as a sink failure of
 //! the `controller` sink, so observation and the local sinks never stall.
 
-use crate::sinks::Sink;
+use crate::counters::CONTROLLER_SINK;
+use crate::sinks::{Delivered, Sink};
 use std::collections::VecDeque;
-use std::io;
 use std::sync::{Arc, Mutex};
 
 pub struct Outbox {
@@ -60,25 +60,41 @@ impl Outbox {
     }
 }
 
-/// The sink side of the outbox.
-pub struct OutboxSink(pub Arc<Outbox>);
+/// The sink side of the outbox. "Written" here means taken into the outbox; whether the
+/// controller accepted it is counted by the client (`controller_events_sent_total`, or
+/// failed).
+pub struct OutboxSink {
+    outbox: Arc<Outbox>,
+    delivered: Delivered,
+}
+
+impl OutboxSink {
+    pub fn new(outbox: Arc<Outbox>) -> Self {
+        Self { outbox, delivered: Delivered::default() }
+    }
+}
 
 impl Sink for OutboxSink {
     fn name(&self) -> &'static str {
-        "controller"
+        CONTROLLER_SINK
     }
 
-    fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
+    fn write_line(&mut self, line: &[u8]) {
         let trimmed = line.strip_suffix(b"\n").unwrap_or(line);
-        if self.0.push(trimmed.to_vec()) {
-            Ok(())
+        // A full outbox refuses at once (counted), never blocks.
+        if self.outbox.push(trimmed.to_vec()) {
+            self.delivered.written += 1;
         } else {
-            Err(io::Error::new(io::ErrorKind::WouldBlock, "controller outbox full"))
+            self.delivered.failed += 1;
         }
     }
 
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+    fn buffered_bytes(&self) -> usize {
+        0
+    }
+
+    fn flush(&mut self, report: &mut dyn FnMut(Delivered)) {
+        report(std::mem::take(&mut self.delivered));
     }
 }
 
@@ -89,14 +105,17 @@ mod tests {
     #[test]
     fn bounded_and_batched_by_count_and_bytes() {
         let outbox = Outbox::new(3);
-        let mut sink = OutboxSink(Arc::clone(&outbox));
+        let mut sink = OutboxSink::new(Arc::clone(&outbox));
         for _ in 0..3 {
-            sink.write_line(b"{\"a\":1}\n").unwrap();
+            sink.write_line(b"{\"a\":1}\n");
         }
-        assert!(sink.write_line(b"{}\n").is_err(), "a full outbox refuses, never blocks");
+        sink.write_line(b"{}\n");
+        let mut d = Delivered::default();
+        sink.flush(&mut |x| d.add(x));
+        assert_eq!(d, Delivered { written: 3, failed: 1 }, "a full outbox refuses, never blocks");
         assert_eq!(outbox.take_batch(2, 1000), vec![b"{\"a\":1}".to_vec(); 2]);
         assert_eq!(outbox.len(), 1);
-        sink.write_line(b"{\"b\":2}\n").unwrap();
+        sink.write_line(b"{\"b\":2}\n");
         // 8 bytes per line + separator: a 10-byte budget takes one.
         assert_eq!(outbox.take_batch(10, 10).len(), 1);
         assert_eq!(outbox.take_batch(10, 1).len(), 1, "an oversized line still leaves");

@@ -1,18 +1,29 @@
-//! Evidence sinks: where serialized records go. Each sink takes one JSON line at a time;
-//! a failure is counted per sink by the caller and never stops the others.
+//! Evidence sinks: where serialized records go. Each sink takes one JSON line at a time and
+//! reports, per line, whether it reached its destination: a line counts as written only once
+//! the file or pipe took all of its bytes, and every line a failed write held counts as
+//! failed. A failure never stops the other sinks.
 
 mod file;
+mod lines;
 mod stdout;
 
 pub use file::FileSink;
+pub use lines::{Delivered, Lines};
 pub use stdout::StdoutSink;
 
-use std::io;
+/// Bytes a sink buffers before it writes them out, even while the queue is not dry.
+pub const FLUSH_AT_BYTES: usize = 64 * 1024;
 
 pub trait Sink: Send {
-    /// A short stable name for counters ("stdout", "file").
+    /// A short stable name for counters ("stdout", "file", "controller").
     fn name(&self) -> &'static str;
-    /// Writes one complete line (it ends with `\n`).
-    fn write_line(&mut self, line: &[u8]) -> io::Result<()>;
-    fn flush(&mut self) -> io::Result<()>;
+    /// Takes one complete line (it ends with `\n`). It is not delivered yet: its outcome is
+    /// reported by a later [`Sink::flush`].
+    fn write_line(&mut self, line: &[u8]);
+    /// Bytes taken and not yet written out.
+    fn buffered_bytes(&self) -> usize;
+    /// Writes out what is buffered, and passes to `report` the lines that reached the
+    /// destination and those that failed since the last call (as soon as it knows them: a
+    /// write that blocks for good leaves what came before it counted).
+    fn flush(&mut self, report: &mut dyn FnMut(Delivered));
 }

@@ -1,8 +1,9 @@
 //! Shared harness of the real-kernel tests: runs the real agent binary, makes kernel facts
 //! happen, and reads back the evidence and the final loss counters.
 //!
-//! Kernel tests need root. Without it they print why and skip, except under CI (CI is set
-//! there and runs as root), where a skip is a failure.
+//! Kernel tests need root. Each carries `#[ignore = "needs root"]`, so a plain `cargo test`
+//! lists them as ignored (never "ok"); `scripts/test` runs them as root with
+//! `--include-ignored`. Asked to run without root, they fail.
 
 #![allow(dead_code)]
 
@@ -15,17 +16,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// True when this test may touch the kernel; false (after saying why) when it must skip.
+/// Checks that this kernel test can run: it needs root. A test that was asked to run
+/// (`--include-ignored`) and cannot fails here, so a run without root never reports a
+/// kernel fact as checked. Returns true so call sites read `if !kernel_test(..) { return }`.
 pub fn kernel_test(name: &str) -> bool {
     // SAFETY: geteuid has no memory effects.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{name}: kernel tests must run as root in CI, and this run is not root");
-    }
-    eprintln!("SKIPPED {name}: needs root to load eBPF programs (run the tests with sudo)");
-    false
+    let euid = unsafe { libc::geteuid() };
+    assert!(euid == 0, "{name}: needs root to load eBPF programs (euid {euid}); run the kernel tests as root");
+    true
 }
 
 /// Every agent sees every kernel fact on the machine, so two agents running at once would
@@ -116,12 +114,33 @@ impl Agent {
     }
 
     /// Sends SIGTERM and collects everything the agent wrote.
-    pub fn stop(mut self) -> Finished {
+    pub fn stop(self) -> Finished {
+        self.stop_within(Duration::from_secs(60)).0
+    }
+
+    /// Sends SIGTERM, waits at most `bound` for the exit (else kills the agent and fails),
+    /// and collects everything the agent wrote, with the time it took to exit.
+    pub fn stop_within(mut self, bound: Duration) -> (Finished, Duration) {
         // Give the drain a moment to take records that are still in flight in the kernel.
         std::thread::sleep(Duration::from_millis(500));
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait().expect("wait for agent");
+        let asked = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait for agent") {
+                break status;
+            }
+            if asked.elapsed() > bound {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(1)) {
+                    self.stderr_so_far.push_str(&line);
+                }
+                panic!("agent did not exit within {bound:?} of SIGTERM; stderr:\n{}", self.stderr_so_far);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let took = asked.elapsed();
         let events = self.stdout.recv_timeout(Duration::from_secs(30)).expect("agent stdout");
         while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(5)) {
             self.stderr_so_far.push_str(&line);
@@ -133,7 +152,10 @@ impl Agent {
             .find_map(|l| l.split_once("counters final ").map(|(_, json)| json.to_string()))
             .and_then(|json| serde_json::from_str(&json).ok())
             .unwrap_or_else(|| panic!("no final counters in agent stderr:\n{}", self.stderr_so_far));
-        Finished { events, stderr: std::mem::take(&mut self.stderr_so_far), counters, exit_ok: status.success() }
+        (
+            Finished { events, stderr: std::mem::take(&mut self.stderr_so_far), counters, exit_ok: status.success() },
+            took,
+        )
     }
 }
 
@@ -155,13 +177,20 @@ impl Finished {
         self.events.iter().filter(|e| e["facts"]["dst_port"] == port).collect()
     }
 
+    /// The final counter at `path`. A missing or non-numeric counter fails the test: a
+    /// renamed counter must not pass as `== 0`.
     pub fn counter(&self, path: &[&str]) -> u64 {
-        let mut v = &self.counters;
-        for key in path {
-            v = &v[*key];
-        }
-        v.as_u64().unwrap_or(0)
+        counter_at(&self.counters, path)
     }
+}
+
+/// The counter at `path` in a counters snapshot; panics, naming the path, when it is absent.
+pub fn counter_at(counters: &Value, path: &[&str]) -> u64 {
+    let mut v = counters;
+    for key in path {
+        v = v.get(*key).unwrap_or_else(|| panic!("no counter {path:?} in {counters}"));
+    }
+    v.as_u64().unwrap_or_else(|| panic!("counter {path:?} is not a number: {v}"))
 }
 
 /// Runs `cmd` and panics with its output if it fails.

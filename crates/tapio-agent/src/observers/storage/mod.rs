@@ -10,6 +10,8 @@ use crate::stamp::{Stamper, Verdict};
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use aya::Pod;
 use disks::DiskNames;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tapio_bpf::abi::{tapio_sto_inflight, TAPIO_STO_IF_COMPLETED};
 
@@ -76,7 +78,8 @@ pub fn expired(seen_ns: u64, now_ns: u64, max_age_ns: u64) -> bool {
 /// silently.
 pub struct InflightSweeper {
     map: BpfHashMap<MapData, u64, Inflight>,
-    max_age_ns: u64,
+    /// Shared with the config carriers: a new config's thresholds can lengthen it.
+    max_age_ns: Arc<AtomicU64>,
     keys: Vec<u64>,
 }
 
@@ -89,10 +92,10 @@ const RECLAIM_IDLE_NS: u64 = 30_000_000_000;
 const MAX_KEYS: usize = 16384 * 2;
 
 impl InflightSweeper {
-    pub fn new(map: aya::maps::Map, max_age_secs: u32) -> Result<Self, String> {
+    pub fn new(map: aya::maps::Map, max_age_ns: Arc<AtomicU64>) -> Result<Self, String> {
         let map =
             BpfHashMap::try_from(map).map_err(|e| format!("inflight map does not match this agent's ABI: {e}"))?;
-        Ok(Self { map, max_age_ns: u64::from(max_age_secs) * 1_000_000_000, keys: Vec::new() })
+        Ok(Self { map, max_age_ns, keys: Vec::new() })
     }
 
     /// Deletes expired entries; returns how many.
@@ -105,10 +108,11 @@ impl InflightSweeper {
             }
         }
         let mut expired_count = 0;
+        let inflight_max_age = self.max_age_ns.load(Ordering::Relaxed);
         for key in &self.keys {
             let Ok(entry) = self.map.get(key, 0) else { continue };
             let completed = u32::from(entry.0.flags) & TAPIO_STO_IF_COMPLETED != 0;
-            let max_age = if completed { RECLAIM_IDLE_NS } else { self.max_age_ns };
+            let max_age = if completed { RECLAIM_IDLE_NS } else { inflight_max_age };
             if !expired(last_seen_ns(&entry.0), now_ns, max_age) || self.map.remove(key).is_err() {
                 continue;
             }
