@@ -81,6 +81,9 @@ struct sock {
 	struct sock_common __sk_common;
 	int sk_err;
 	int sk_err_soft;
+	/* A plain byte on current kernels; read with BPF_CORE_READ_BITFIELD_PROBED so an
+	 * older bitfield layout relocates too. */
+	__u8 sk_shutdown;
 };
 
 struct tcp_sock {
@@ -220,6 +223,8 @@ struct trace_event_raw_tcp_probe {
 	__u16 sport;
 	__u16 dport;
 	__u16 family;
+	__u32 snd_nxt;
+	__u32 snd_una;
 	__u32 snd_cwnd;
 	__u32 srtt;
 	const void *skaddr;
