@@ -70,9 +70,12 @@ struct {
 	__type(value, struct tapio_task);
 } owners SEC(".maps");
 
+/* A window counts the segments the kernel itself counts as retransmitted (the socket's
+ * total_retrans, which RetransSegs sums): one retransmit call can carry many segments. */
 struct retransmit_window {
 	__u64 start_ns;
-	__u32 count;
+	/* total_retrans before the window's first retransmit. */
+	__u32 base_total;
 	__u32 reported;
 };
 
@@ -324,7 +327,7 @@ int tapio_tcp_receive_reset(struct trace_event_raw_tcp_event_sk *ctx)
 	return 0;
 }
 
-static __always_inline int on_retransmit(struct sock *sk, int state)
+static __always_inline int on_retransmit(struct sock *sk, int state, struct sk_buff *skb)
 {
 	struct tapio_net_config cfg;
 	if (!TAPIO_READ_CONFIG(&config, &counters, &cfg))
@@ -338,22 +341,29 @@ static __always_inline int on_retransmit(struct sock *sk, int state)
 	__u64 key = (__u64)sk;
 	__u64 now = bpf_ktime_get_boot_ns();
 	__u64 window_ns = (__u64)cfg.retransmit_window_ms * 1000000ULL;
+	/* The kernel has added this retransmit's segments before the tracepoint fires. */
+	__u32 total = BPF_CORE_READ((struct tcp_sock *)sk, total_retrans);
 	struct retransmit_window *w = bpf_map_lookup_elem(&retransmits, &key);
-	if (!w) {
-		struct retransmit_window fresh = { .start_ns = now, .count = 0, .reported = 0 };
-		bpf_map_update_elem(&retransmits, &key, &fresh, BPF_NOEXIST);
-		w = bpf_map_lookup_elem(&retransmits, &key);
-		if (!w)
-			return 0;
-	}
-	if (now - w->start_ns > window_ns) {
-		w->start_ns = now;
-		w->count = 0;
-		w->reported = 0;
+	if (!w || now - w->start_ns > window_ns) {
+		/* A window starts with this retransmit: its base is the count before it. */
+		unsigned char *head = BPF_CORE_READ(skb, head);
+		unsigned int end = BPF_CORE_READ(skb, end);
+		__u16 segs = BPF_CORE_READ((struct skb_shared_info *)(head + end), gso_segs);
+		if (segs == 0)
+			segs = 1;
+		struct retransmit_window fresh = { .start_ns = now, .base_total = total - segs };
+		if (w) {
+			*w = fresh;
+		} else {
+			bpf_map_update_elem(&retransmits, &key, &fresh, BPF_ANY);
+			w = bpf_map_lookup_elem(&retransmits, &key);
+			if (!w)
+				return 0;
+		}
 	}
 	/* A socket's retransmits are serialized by its lock: plain updates suffice (and keep
 	 * the program loadable on kernels without atomic fetch operations). */
-	__u32 count = ++w->count;
+	__u32 count = total - w->base_total;
 	if (count < cfg.retransmit_count || w->reported)
 		return 0;
 	/* One event per window, however many retransmits follow in it. */
@@ -375,13 +385,18 @@ static __always_inline int on_retransmit(struct sock *sk, int state)
 SEC("tracepoint/tcp/tcp_retransmit_skb")
 int tapio_tcp_retransmit_skb(void *ctx)
 {
-	/* The event's context struct changed name and layout in 6.11; read either. */
+	/* The event's context struct changed name and layout in 6.11; read either. Since then
+	 * it also fires for a retransmit that failed (err), which the kernel did not send. */
 	if (bpf_core_type_exists(struct trace_event_raw_tcp_retransmit_skb)) {
 		struct trace_event_raw_tcp_retransmit_skb *c = ctx;
-		return on_retransmit((struct sock *)BPF_CORE_READ(c, skaddr), BPF_CORE_READ(c, state));
+		if (bpf_core_field_exists(c->err) && BPF_CORE_READ(c, err) != 0)
+			return 0;
+		return on_retransmit((struct sock *)BPF_CORE_READ(c, skaddr), BPF_CORE_READ(c, state),
+				     (struct sk_buff *)BPF_CORE_READ(c, skbaddr));
 	}
 	struct trace_event_raw_tcp_event_sk_skb *c = ctx;
-	return on_retransmit((struct sock *)BPF_CORE_READ(c, skaddr), BPF_CORE_READ(c, state));
+	return on_retransmit((struct sock *)BPF_CORE_READ(c, skaddr), BPF_CORE_READ(c, state),
+			     (struct sk_buff *)BPF_CORE_READ(c, skbaddr));
 }
 
 /* A degraded period lasts until no sample has been above the re-arm level for this long:
