@@ -153,6 +153,7 @@ fn map_update(id: &str, key: &[String], value: &[String]) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn refused_connects_give_exactly_one_refused_event_each_v4_and_v6() {
     if !kernel_test("refused_connects") {
         return;
@@ -187,6 +188,7 @@ fn refused_connects_give_exactly_one_refused_event_each_v4_and_v6() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn an_application_that_cancels_its_connect_is_not_evidence() {
     if !kernel_test("cancelled_connect") {
         return;
@@ -239,6 +241,7 @@ fn a_connect_whose_syns_are_dropped_times_out_once_and_is_not_a_retransmit_spike
 }
 
 #[test]
+#[ignore = "needs root"]
 fn an_icmp_unreachable_answer_is_unreachable_not_refused_or_timeout() {
     if !kernel_test("connection_unreachable") {
         return;
@@ -262,6 +265,7 @@ fn an_icmp_unreachable_answer_is_unreachable_not_refused_or_timeout() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_peer_reset_of_an_established_connection_is_one_reset_event() {
     if !kernel_test("connection_reset") {
         return;
@@ -305,6 +309,7 @@ fn a_peer_reset_of_an_established_connection_is_one_reset_event() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn lossy_bulk_transfer_gives_bounded_retransmit_spikes_per_window() {
     if !kernel_test("retransmit_spike") {
         return;
@@ -360,6 +365,7 @@ fn lossy_bulk_transfer_gives_bounded_retransmit_spikes_per_window() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn queueing_delay_after_a_learned_baseline_is_one_rtt_degradation() {
     if !kernel_test("rtt_degradation") {
         return;
@@ -858,6 +864,7 @@ fn a_retransmit_spike_counts_what_the_kernel_counts() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_flood_of_refused_connects_is_fully_accounted_for() {
     if !kernel_test("refused_flood") {
         return;
@@ -865,7 +872,9 @@ fn a_flood_of_refused_connects_is_fully_accounted_for() {
     const PER_THREAD: usize = 5000;
     const THREADS: usize = 4;
     // Only the network observer runs, so every loss counted below is a network loss.
-    let agent = Agent::start(&format!("{BASE}[container]\nenabled = false\n"));
+    let agent = Agent::start(&format!(
+        "{BASE}[container]\nenabled = false\n[storage]\nenabled = false\n[node]\nenabled = false\n"
+    ));
     let port = closed_port();
     let started = std::time::Instant::now();
     let senders: Vec<_> = (0..THREADS)
@@ -885,6 +894,16 @@ fn a_flood_of_refused_connects_is_fully_accounted_for() {
     let secs = started.elapsed().as_secs_f64();
     assert_eq!(made, PER_THREAD * THREADS, "every connect must be refused");
     let run = agent.stop();
+    let ready = run.stderr.lines().find(|l| l.contains("ready:")).expect("ready line");
+    assert!(
+        ready.contains("network=running") && ready.matches("=running").count() == 1,
+        "only the network observer may run: {ready}"
+    );
+    let kernel_counters = run.counters["kernel"].as_object().expect("kernel counters");
+    assert!(
+        !kernel_counters.is_empty() && kernel_counters.keys().all(|k| k.starts_with("network.")),
+        "only the network observer may run: {kernel_counters:?}"
+    );
     let received = run.to_port(port).len() as u64;
     assert!(run.to_port(port).iter().all(|e| e["type"] == "kernel.network.connection_refused"));
     let losses = run.counter(&["lost_events_total"])
