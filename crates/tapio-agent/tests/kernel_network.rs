@@ -548,6 +548,45 @@ fn the_kernels_own_abort_on_data_is_not_a_peer_reset_but_the_rst_it_sends_is() {
     );
 }
 
+#[test]
+#[ignore = "needs root"]
+fn a_clients_own_abort_on_data_is_not_a_peer_reset_but_the_server_sees_one() {
+    if !kernel_test("abort_on_data_client") {
+        return;
+    }
+    let pair = NetnsPair::new("i14nac", 24);
+    let agent = Agent::start(BASE);
+    let bind: SocketAddr = format!("{}:7013", pair.b_addr).parse().unwrap();
+    let listener = pair.spawn_in(&pair.b.clone(), move || TcpListener::bind(bind).expect("bind in b")).join().unwrap();
+    let aborts_before = ns_counter(&pair.a, "/proc/net/netstat", "TcpExt", "TCPAbortOnData");
+    let client = pair.spawn_in(&pair.a.clone(), move || {
+        let c = TcpStream::connect(bind).expect("connect");
+        // The client shuts down both directions, then the server still sends data.
+        c.shutdown(std::net::Shutdown::Both).expect("shutdown");
+        (c.local_addr().expect("local addr").port(), c)
+    });
+    let (mut server, _) = listener.accept().expect("accept");
+    let (client_port, client_socket) = client.join().expect("client thread");
+    let mut buf = [0u8; 16];
+    assert_eq!(server.read(&mut buf).expect("read EOF"), 0);
+    server.write_all(b"late").expect("write");
+    std::thread::sleep(Duration::from_millis(200));
+    let err = server.write_all(b"again").expect_err("the client's kernel reset the connection");
+    assert!(matches!(err.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe), "{err}");
+    let aborts = ns_counter(&pair.a, "/proc/net/netstat", "TcpExt", "TCPAbortOnData") - aborts_before;
+    drop(client_socket);
+    let run = agent.stop();
+    assert_eq!(aborts, 1, "the client's kernel aborted once");
+    // The server's socket received the RST from the network: a peer reset, in CLOSE_WAIT.
+    let to_client = run.to_port(client_port);
+    assert_eq!(to_client.len(), 1, "{to_client:#?}");
+    assert_eq!(to_client[0]["type"], "kernel.network.connection_reset");
+    assert_eq!(to_client[0]["facts"]["tcp_state"], "CLOSE_WAIT");
+    // The client's socket reset itself.
+    assert_eq!(run.to_port(7013), Vec::<&Value>::new(), "the client's own abort reported as a peer reset");
+    assert_eq!(run.counters["correlation_drops"]["network.reset_after_local_shutdown"], 1, "{}", run.counters);
+}
+
 fn tcp_out_rsts(ns: &str) -> u64 {
     ns_counter(ns, "/proc/net/snmp", "Tcp", "OutRsts")
 }
