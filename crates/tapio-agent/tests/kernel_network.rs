@@ -485,7 +485,18 @@ fn socket_bookkeeping_does_not_depend_on_a_readable_config() {
     linger_zero(&client);
     drop(client);
     drop(server);
+    // A connect refused while no config can be read: recorded, marked and forgotten all the
+    // same (no evidence is judged without a config).
+    let port = closed_port();
+    let refused_tid = std::thread::spawn(move || {
+        let err = TcpStream::connect(("127.0.0.1", port)).expect_err("nothing listens");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+        gettid()
+    })
+    .join()
+    .expect("refused connect thread");
     std::thread::sleep(Duration::from_millis(200));
+    let leaked_refused = maps.entries_of_thread("connects", refused_tid);
     let leaked_connects = maps.entries_of_thread("connects", pending_tid);
     let stale_owners = maps.entries_of_thread("owners", client_tid);
     maps.restore_config(&saved);
@@ -493,6 +504,8 @@ fn socket_bookkeeping_does_not_depend_on_a_readable_config() {
     assert!(run.exit_ok, "agent exit: {}", run.stderr);
     assert_eq!(leaked_connects, Vec::<Value>::new(), "a connect's entry outlived its socket");
     assert_eq!(stale_owners, Vec::<Value>::new(), "a closed socket still has an owner");
+    assert_eq!(leaked_refused, Vec::<Value>::new(), "a refused connect's entry outlived its socket");
+    assert_eq!(run.to_port(port), Vec::<&Value>::new(), "judged without a config");
 }
 
 #[test]
