@@ -81,6 +81,9 @@ struct sock {
 	struct sock_common __sk_common;
 	int sk_err;
 	int sk_err_soft;
+	/* A plain byte on current kernels; read with BPF_CORE_READ_BITFIELD_PROBED so an
+	 * older bitfield layout relocates too. */
+	__u8 sk_shutdown;
 };
 
 struct tcp_sock {
@@ -202,15 +205,29 @@ struct trace_event_raw_tcp_event_sk {
 /* tcp:tcp_retransmit_skb since 6.11 (its own event, with err). */
 struct trace_event_raw_tcp_retransmit_skb {
 	struct trace_entry ent;
+	const void *skbaddr;
 	const void *skaddr;
 	int state;
+	int err;
 };
 
 /* tcp:tcp_retransmit_skb before 6.11 (event class tcp_event_sk_skb). */
 struct trace_event_raw_tcp_event_sk_skb {
 	struct trace_entry ent;
+	const void *skbaddr;
 	const void *skaddr;
 	int state;
+};
+
+/* A socket buffer's segment count (tcp_skb_pcount): skb_shinfo(skb)->gso_segs, the shared
+ * info living at head + end (end is an offset on 64-bit kernels). */
+struct sk_buff {
+	unsigned char *head;
+	unsigned int end;
+};
+
+struct skb_shared_info {
+	__u16 gso_segs;
 };
 
 struct trace_event_raw_tcp_probe {
@@ -220,6 +237,8 @@ struct trace_event_raw_tcp_probe {
 	__u16 sport;
 	__u16 dport;
 	__u16 family;
+	__u32 snd_nxt;
+	__u32 snd_una;
 	__u32 snd_cwnd;
 	__u32 srtt;
 	const void *skaddr;

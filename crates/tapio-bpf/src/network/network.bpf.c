@@ -7,7 +7,8 @@
  *    unreachable is decided in userspace from the recorded facts: RST seen, sk_err);
  *  - an RST received on a synchronized connection;
  *  - a connection whose retransmits within a window reach the configured count;
- *  - a destination whose smoothed RTT crosses its learned baseline * ratio or a ceiling.
+ *  - a service endpoint whose smoothed RTT, seen from its clients, crosses its learned
+ *    baseline * ratio or a ceiling (once per degraded period).
  * State is a few bounded maps keyed by socket or destination; nothing here reasons.
  */
 #include "tapio_bpf.h"
@@ -69,9 +70,12 @@ struct {
 	__type(value, struct tapio_task);
 } owners SEC(".maps");
 
+/* A window counts the segments the kernel itself counts as retransmitted (the socket's
+ * total_retrans, which RetransSegs sums): one retransmit call can carry many segments. */
 struct retransmit_window {
 	__u64 start_ns;
-	__u32 count;
+	/* total_retrans before the window's first retransmit. */
+	__u32 base_total;
 	__u32 reported;
 };
 
@@ -82,8 +86,8 @@ struct {
 	__type(value, struct retransmit_window);
 } retransmits SEC(".maps");
 
-/* Baselines are per remote endpoint: address plus service port (0 when the remote port is
- * a client's ephemeral port), never per connection. */
+/* Baselines are per remote service endpoint (address plus port), never per connection:
+ * two ports of one server are two baselines. */
 struct rtt_key {
 	__u8 addr[16];
 	__u16 family;
@@ -93,7 +97,15 @@ struct rtt_key {
 struct rtt_baseline {
 	__u64 srtt_x8; /* EWMA of srtt_us, scaled by 8 */
 	__u32 samples;
-	__u32 degraded;
+	__u32 _pad;
+};
+
+/* A destination's degraded period: it began with the one event, and it ends (re-arms) only
+ * after no sample above the re-arm level for a hold time (see tapio_tcp_probe). */
+struct rtt_degraded_period {
+	__u64 last_bad_ns;
+	__u32 worst_srtt_us;
+	__u32 _pad;
 };
 
 /* Destinations currently degraded. Many sockets (on many CPUs) share one destination, and
@@ -102,7 +114,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 4096);
 	__type(key, struct rtt_key);
-	__type(value, __u8);
+	__type(value, struct rtt_degraded_period);
 } rtt_degraded SEC(".maps");
 
 struct {
@@ -205,20 +217,21 @@ int tapio_inet_sock_set_state(struct trace_event_raw_inet_sock_set_state *ctx)
 		return 0;
 	int oldstate = ctx->oldstate;
 	int newstate = ctx->newstate;
-	/* Most transitions of a connection's life neither start, end nor close a connect:
-	 * leave before paying for the config copy. */
+	/* Most transitions of a connection's life neither start, end nor close a connect. */
 	if (newstate != TCP_SYN_SENT && oldstate != TCP_SYN_SENT && newstate != TCP_CLOSE)
 		return 0;
+	/* Bookkeeping (the connects/owners/retransmits entries) never depends on the config:
+	 * an unreadable config only withholds judgement, it must not leak entries or leave a
+	 * stale owner for the next socket at the same address. The config is read only where
+	 * it is needed. */
 	struct tapio_net_config cfg;
-	if (!TAPIO_READ_CONFIG(&config, &counters, &cfg))
-		return 0;
-
 	__u64 key = (__u64)ctx->skaddr;
 
 	if (newstate == TCP_SYN_SENT) {
 		/* connect() runs in the caller's context: the one moment the task is known. */
 		struct connect_start start = {};
-		tapio_task_current(&start.task, cfg.capture_memcg);
+		int with_memcg = TAPIO_READ_CONFIG(&config, &counters, &cfg) && cfg.capture_memcg;
+		tapio_task_current(&start.task, with_memcg);
 		start.start_ns = bpf_ktime_get_boot_ns();
 		start.flags = TAPIO_NET_F_TASK_KNOWN;
 		if (bpf_map_update_elem(&connects, &key, &start, BPF_ANY))
@@ -239,7 +252,8 @@ int tapio_inet_sock_set_state(struct trace_event_raw_inet_sock_set_state *ctx)
 				flags = TAPIO_NET_F_SOFT_ERROR;
 			}
 			/* No error at all: the application gave up its own connect; not evidence. */
-			if (sk_err != 0 && (cfg.enabled & TAPIO_NET_EN_CONNECT))
+			if (sk_err != 0 && TAPIO_READ_CONFIG(&config, &counters, &cfg) &&
+			    (cfg.enabled & TAPIO_NET_EN_CONNECT))
 				emit_connect_failed(ctx, sk, &cfg, start, sk_err, flags);
 		} else if (newstate == TCP_ESTABLISHED && start) {
 			bpf_map_update_elem(&owners, &key, &start->task, BPF_ANY);
@@ -256,19 +270,18 @@ int tapio_inet_sock_set_state(struct trace_event_raw_inet_sock_set_state *ctx)
 	return 0;
 }
 
+#define RCV_SHUTDOWN 1
+
 SEC("tracepoint/tcp/tcp_receive_reset")
 int tapio_tcp_receive_reset(struct trace_event_raw_tcp_event_sk *ctx)
 {
-	struct tapio_net_config cfg;
-	if (!TAPIO_READ_CONFIG(&config, &counters, &cfg))
-		return 0;
-
 	struct sock *sk = (struct sock *)ctx->skaddr;
 	__u64 key = (__u64)ctx->skaddr;
 	int state = BPF_CORE_READ(sk, __sk_common.skc_state);
 
 	if (state == TCP_SYN_SENT) {
-		/* Mark it; the one event comes when the connect leaves SYN_SENT. */
+		/* Mark it, config or not (the mark is what tells a refusal from an ICMP error);
+		 * the one event comes when the connect leaves SYN_SENT. */
 		struct connect_start *start = bpf_map_lookup_elem(&connects, &key);
 		if (start) {
 			start->flags |= TAPIO_NET_F_RST_IN_SYN_SENT;
@@ -280,11 +293,14 @@ int tapio_tcp_receive_reset(struct trace_event_raw_tcp_event_sk *ctx)
 		}
 		return 0;
 	}
-	if (!(cfg.enabled & TAPIO_NET_EN_RESET))
-		return 0;
 	/* Only synchronized connections are "reset by the peer". */
 	if (state != TCP_ESTABLISHED && state != TCP_FIN_WAIT1 && state != TCP_FIN_WAIT2 &&
 	    state != TCP_CLOSE_WAIT && state != TCP_CLOSING && state != TCP_LAST_ACK)
+		return 0;
+	struct tapio_net_config cfg;
+	if (!TAPIO_READ_CONFIG(&config, &counters, &cfg))
+		return 0;
+	if (!(cfg.enabled & TAPIO_NET_EN_RESET))
 		return 0;
 
 	struct tapio_net_event *ev = reserve_event(TAPIO_NET_RESET, cfg.hdr.generation);
@@ -297,13 +313,21 @@ int tapio_tcp_receive_reset(struct trace_event_raw_tcp_event_sk *ctx)
 		ev->family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	FILL_ADDRS_FROM_CTX(ev, ctx);
 	ev->state = state;
+	/* tcp_reset() is also the kernel's own abort when data arrives after the application
+	 * shut down reading (FIN_WAIT1/2 only; the tracepoint carries no segment to tell).
+	 * Userspace decides; the kernel only records the fact. */
+	if (state == TCP_FIN_WAIT1 || state == TCP_FIN_WAIT2) {
+		__u8 shutdown = BPF_CORE_READ_BITFIELD_PROBED(sk, sk_shutdown);
+		if (shutdown & RCV_SHUTDOWN)
+			ev->flags |= TAPIO_NET_F_LOCAL_SHUTDOWN;
+	}
 	fill_tcp_facts(ev, sk);
 	attach_owner(ev, key);
 	tapio_submit(&events, ev, EVENTS_WAKEUP_BYTES);
 	return 0;
 }
 
-static __always_inline int on_retransmit(struct sock *sk, int state)
+static __always_inline int on_retransmit(struct sock *sk, int state, struct sk_buff *skb)
 {
 	struct tapio_net_config cfg;
 	if (!TAPIO_READ_CONFIG(&config, &counters, &cfg))
@@ -317,22 +341,29 @@ static __always_inline int on_retransmit(struct sock *sk, int state)
 	__u64 key = (__u64)sk;
 	__u64 now = bpf_ktime_get_boot_ns();
 	__u64 window_ns = (__u64)cfg.retransmit_window_ms * 1000000ULL;
+	/* The kernel has added this retransmit's segments before the tracepoint fires. */
+	__u32 total = BPF_CORE_READ((struct tcp_sock *)sk, total_retrans);
 	struct retransmit_window *w = bpf_map_lookup_elem(&retransmits, &key);
-	if (!w) {
-		struct retransmit_window fresh = { .start_ns = now, .count = 0, .reported = 0 };
-		bpf_map_update_elem(&retransmits, &key, &fresh, BPF_NOEXIST);
-		w = bpf_map_lookup_elem(&retransmits, &key);
-		if (!w)
-			return 0;
-	}
-	if (now - w->start_ns > window_ns) {
-		w->start_ns = now;
-		w->count = 0;
-		w->reported = 0;
+	if (!w || now - w->start_ns > window_ns) {
+		/* A window starts with this retransmit: its base is the count before it. */
+		unsigned char *head = BPF_CORE_READ(skb, head);
+		unsigned int end = BPF_CORE_READ(skb, end);
+		__u16 segs = BPF_CORE_READ((struct skb_shared_info *)(head + end), gso_segs);
+		if (segs == 0)
+			segs = 1;
+		struct retransmit_window fresh = { .start_ns = now, .base_total = total - segs };
+		if (w) {
+			*w = fresh;
+		} else {
+			bpf_map_update_elem(&retransmits, &key, &fresh, BPF_ANY);
+			w = bpf_map_lookup_elem(&retransmits, &key);
+			if (!w)
+				return 0;
+		}
 	}
 	/* A socket's retransmits are serialized by its lock: plain updates suffice (and keep
 	 * the program loadable on kernels without atomic fetch operations). */
-	__u32 count = ++w->count;
+	__u32 count = total - w->base_total;
 	if (count < cfg.retransmit_count || w->reported)
 		return 0;
 	/* One event per window, however many retransmits follow in it. */
@@ -354,25 +385,50 @@ static __always_inline int on_retransmit(struct sock *sk, int state)
 SEC("tracepoint/tcp/tcp_retransmit_skb")
 int tapio_tcp_retransmit_skb(void *ctx)
 {
-	/* The event's context struct changed name and layout in 6.11; read either. */
+	/* The event's context struct changed name and layout in 6.11; read either. Since then
+	 * it also fires for a retransmit that failed (err), which the kernel did not send. */
 	if (bpf_core_type_exists(struct trace_event_raw_tcp_retransmit_skb)) {
 		struct trace_event_raw_tcp_retransmit_skb *c = ctx;
-		return on_retransmit((struct sock *)BPF_CORE_READ(c, skaddr), BPF_CORE_READ(c, state));
+		if (bpf_core_field_exists(c->err) && BPF_CORE_READ(c, err) != 0)
+			return 0;
+		return on_retransmit((struct sock *)BPF_CORE_READ(c, skaddr), BPF_CORE_READ(c, state),
+				     (struct sk_buff *)BPF_CORE_READ(c, skbaddr));
 	}
 	struct trace_event_raw_tcp_event_sk_skb *c = ctx;
-	return on_retransmit((struct sock *)BPF_CORE_READ(c, skaddr), BPF_CORE_READ(c, state));
+	return on_retransmit((struct sock *)BPF_CORE_READ(c, skaddr), BPF_CORE_READ(c, state),
+			     (struct sk_buff *)BPF_CORE_READ(c, skbaddr));
 }
+
+/* A degraded period lasts until no sample has been above the re-arm level for this long:
+ * a second, or four of the worst srtt seen in it (a slow path's samples come about once
+ * per its RTT, so a shorter hold would re-arm between two of them). */
+#define RTT_HOLD_MIN_NS 1000000000ULL
+#define RTT_HOLD_SRTTS 4
 
 SEC("tracepoint/tcp/tcp_probe")
 int tapio_tcp_probe(struct trace_event_raw_tcp_probe *ctx)
 {
+	__u32 srtt = ctx->srtt;
+	if (srtt == 0)
+		return 0;
+	/* Nothing of ours in flight: this segment acknowledges nothing, so the srtt it shows
+	 * is not a fresh measurement (a socket that only receives keeps a stale one). */
+	if (ctx->snd_nxt == ctx->snd_una)
+		return 0;
 	struct tapio_net_config cfg;
 	if (!TAPIO_READ_CONFIG(&config, &counters, &cfg))
 		return 0;
 	if (!(cfg.enabled & TAPIO_NET_EN_RTT) || cfg.rtt_ratio_percent == 0)
 		return 0;
-	__u32 srtt = ctx->srtt;
-	if (srtt == 0)
+	__u16 sport = ctx->sport;
+	__u16 dport = ctx->dport;
+	/* A server-side socket (local service port, remote ephemeral port) is not judged: its
+	 * srtt is the time its client takes to acknowledge a response, which a delayed ACK or
+	 * the client's own pause between requests sets, not the path. The path is judged from
+	 * the client's side, per service endpoint. */
+	int local_ephemeral = sport >= cfg.ephemeral_port_min && sport <= cfg.ephemeral_port_max;
+	int remote_ephemeral = dport >= cfg.ephemeral_port_min && dport <= cfg.ephemeral_port_max;
+	if (remote_ephemeral && !local_ephemeral)
 		return 0;
 
 	struct rtt_key key = {};
@@ -383,8 +439,6 @@ int tapio_tcp_probe(struct trace_event_raw_tcp_probe *ctx)
 		family = ctx->family;
 	else
 		bpf_probe_read_kernel(&family, sizeof(family), (void *)ctx->daddr);
-	__u16 sport = ctx->sport;
-	__u16 dport = ctx->dport;
 	key.family = family;
 	/* sockaddr_in: address at byte 4; sockaddr_in6: address at byte 8. */
 	if (family == AF_INET)
@@ -393,9 +447,7 @@ int tapio_tcp_probe(struct trace_event_raw_tcp_probe *ctx)
 		bpf_probe_read_kernel(key.addr, 16, (void *)ctx->daddr + 8);
 	else
 		return 0;
-	int local_ephemeral = sport >= cfg.ephemeral_port_min && sport <= cfg.ephemeral_port_max;
-	int remote_ephemeral = dport >= cfg.ephemeral_port_min && dport <= cfg.ephemeral_port_max;
-	key.port = (remote_ephemeral && !local_ephemeral) ? 0 : dport;
+	key.port = dport;
 
 	struct rtt_baseline *b = bpf_map_lookup_elem(&rtt_baselines, &key);
 	if (!b) {
@@ -403,48 +455,78 @@ int tapio_tcp_probe(struct trace_event_raw_tcp_probe *ctx)
 		bpf_map_update_elem(&rtt_baselines, &key, &fresh, BPF_NOEXIST);
 		return 0;
 	}
+	if (b->samples < cfg.rtt_min_samples) {
+		b->srtt_x8 = b->srtt_x8 - (b->srtt_x8 >> 3) + srtt;
+		b->samples++;
+		return 0;
+	}
+
 	__u64 baseline = b->srtt_x8 >> 3;
-	if (b->samples >= cfg.rtt_min_samples) {
-		int over_ratio = (__u64)srtt * 100 > baseline * cfg.rtt_ratio_percent &&
-				 srtt >= baseline + cfg.rtt_min_increase_us;
-		int over_ceiling = cfg.rtt_ceiling_us && srtt > cfg.rtt_ceiling_us;
-		if (over_ratio || over_ceiling) {
-			/* The baseline is frozen while degraded; one event per crossing. */
-			b->degraded = 1;
-			__u8 one = 1;
-			if (bpf_map_update_elem(&rtt_degraded, &key, &one, BPF_NOEXIST))
-				return 0;
-			struct tapio_net_event *ev =
-				reserve_event(TAPIO_NET_RTT_DEGRADED, cfg.hdr.generation);
-			if (!ev)
-				return 0;
-			ev->family = family;
-			ev->sport = sport;
-			ev->dport = dport;
-			__builtin_memcpy(ev->daddr, key.addr, 16);
-			if (family == AF_INET)
-				bpf_probe_read_kernel(ev->saddr, 4, (void *)ctx->saddr + 4);
-			else
-				bpf_probe_read_kernel(ev->saddr, 16, (void *)ctx->saddr + 8);
-			ev->srtt_us = srtt;
-			ev->cwnd = ctx->snd_cwnd;
-			ev->baseline_us = baseline;
-			ev->baseline_samples = b->samples;
-			ev->state = TCP_ESTABLISHED;
-			/* tcp_probe has no skaddr on older kernels (6.1 lacks it, 6.12 has it): there
-			 * the owner stays unknown (the event says so) rather than guessed. */
-			if (bpf_core_field_exists(ctx->skaddr))
-				attach_owner(ev, (__u64)ctx->skaddr);
-			tapio_submit(&events, ev, EVENTS_WAKEUP_BYTES);
+	/* Degraded above the threshold; healthy again (re-armed) only at or below the level
+	 * half-way between baseline and threshold (three quarters of the ceiling): an srtt
+	 * hovering at the threshold is one crossing, not one per wobble. */
+	__u64 threshold = baseline * cfg.rtt_ratio_percent / 100;
+	if (threshold < baseline + cfg.rtt_min_increase_us)
+		threshold = baseline + cfg.rtt_min_increase_us;
+	__u64 rearm = baseline + (threshold - baseline) / 2;
+	int bad = srtt > threshold;
+	if (cfg.rtt_ceiling_us) {
+		__u64 ceiling_rearm = (__u64)cfg.rtt_ceiling_us - cfg.rtt_ceiling_us / 4;
+		if (srtt > cfg.rtt_ceiling_us)
+			bad = 1;
+		if (rearm > ceiling_rearm)
+			rearm = ceiling_rearm;
+	}
+	__u64 now = bpf_ktime_get_boot_ns();
+	struct rtt_degraded_period *period = bpf_map_lookup_elem(&rtt_degraded, &key);
+	if (period) {
+		/* Degraded: nothing is learned, and any sample above the re-arm level (from any
+		 * socket to this endpoint) extends the period. */
+		if (srtt > rearm) {
+			period->last_bad_ns = now;
+			if (srtt > period->worst_srtt_us)
+				period->worst_srtt_us = srtt;
 			return 0;
 		}
-		if (b->degraded) {
-			b->degraded = 0;
-			bpf_map_delete_elem(&rtt_degraded, &key);
-		}
+		__u64 hold = (__u64)period->worst_srtt_us * 1000 * RTT_HOLD_SRTTS;
+		if (hold < RTT_HOLD_MIN_NS)
+			hold = RTT_HOLD_MIN_NS;
+		if (now - period->last_bad_ns < hold)
+			return 0;
+		bpf_map_delete_elem(&rtt_degraded, &key);
+	} else if (bad) {
+		struct rtt_degraded_period fresh = { .last_bad_ns = now, .worst_srtt_us = srtt };
+		if (bpf_map_update_elem(&rtt_degraded, &key, &fresh, BPF_NOEXIST))
+			return 0;
+		struct tapio_net_event *ev = reserve_event(TAPIO_NET_RTT_DEGRADED, cfg.hdr.generation);
+		if (!ev)
+			return 0;
+		ev->family = family;
+		ev->sport = sport;
+		ev->dport = dport;
+		__builtin_memcpy(ev->daddr, key.addr, 16);
+		if (family == AF_INET)
+			bpf_probe_read_kernel(ev->saddr, 4, (void *)ctx->saddr + 4);
+		else
+			bpf_probe_read_kernel(ev->saddr, 16, (void *)ctx->saddr + 8);
+		ev->srtt_us = srtt;
+		ev->cwnd = ctx->snd_cwnd;
+		ev->baseline_us = baseline;
+		ev->baseline_samples = b->samples;
+		ev->state = TCP_ESTABLISHED;
+		/* tcp_probe has no skaddr on older kernels (6.1 lacks it, 6.12 has it): there
+		 * the owner stays unknown (the event says so) rather than guessed. */
+		if (bpf_core_field_exists(ctx->skaddr))
+			attach_owner(ev, (__u64)ctx->skaddr);
+		tapio_submit(&events, ev, EVENTS_WAKEUP_BYTES);
+		return 0;
 	}
-	b->srtt_x8 = b->srtt_x8 - (b->srtt_x8 >> 3) + srtt;
-	if (b->samples < 0xffffffff)
-		b->samples++;
+	/* Only healthy samples teach the baseline: a slow period that stays under the
+	 * threshold must not walk it up to the degraded level. */
+	if (srtt <= rearm) {
+		b->srtt_x8 = b->srtt_x8 - (b->srtt_x8 >> 3) + srtt;
+		if (b->samples < 0xffffffff)
+			b->samples++;
+	}
 	return 0;
 }

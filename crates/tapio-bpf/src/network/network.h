@@ -57,6 +57,10 @@ enum tapio_net_flag {
 	/* sk_err was empty; sk_err holds the socket's soft error (an ICMP error the kernel
 	 * recorded without ending the connect; the application then gave up). */
 	TAPIO_NET_F_SOFT_ERROR = 1 << 3,
+	/* Reset: the local application had already shut down reading, in FIN_WAIT1/2. Then
+	 * the kernel itself calls tcp_reset() when data arrives (TCPAbortOnData), and this
+	 * hook cannot tell that abort from an RST that came from the network. */
+	TAPIO_NET_F_LOCAL_SHUTDOWN = 1 << 4,
 };
 
 struct tapio_net_event {

@@ -8,9 +8,9 @@ use crate::evidence::{ConnectionFacts, Facts, Outcome, Severity, WorkloadIds};
 use crate::stamp::{Draft, Stamper, Verdict};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use tapio_bpf::abi::{
-    tapio_net_event, TAPIO_NET_CONNECT_FAILED, TAPIO_NET_F_RST_IN_SYN_SENT, TAPIO_NET_F_SOFT_ERROR,
-    TAPIO_NET_F_START_KNOWN, TAPIO_NET_F_TASK_KNOWN, TAPIO_NET_RESET, TAPIO_NET_RETRANSMIT_SPIKE,
-    TAPIO_NET_RTT_DEGRADED,
+    tapio_net_event, TAPIO_NET_CONNECT_FAILED, TAPIO_NET_F_LOCAL_SHUTDOWN, TAPIO_NET_F_RST_IN_SYN_SENT,
+    TAPIO_NET_F_SOFT_ERROR, TAPIO_NET_F_START_KNOWN, TAPIO_NET_F_TASK_KNOWN, TAPIO_NET_RESET,
+    TAPIO_NET_RETRANSMIT_SPIKE, TAPIO_NET_RTT_DEGRADED,
 };
 use tapio_bpf::record::comm_str;
 
@@ -142,6 +142,14 @@ pub fn classify_with(ev: &tapio_net_event, stamper: &mut Stamper, resets_seen: b
             }
         }
         TAPIO_NET_RESET => {
+            // The application had shut down reading and the connection was in FIN_WAIT1/2:
+            // there the kernel aborts on arriving data with the same tcp_reset() a peer's
+            // RST causes, and the hook cannot see which segment it was. Not "reset by the
+            // peer" without proof; counted by name. (The application had closed both
+            // directions already, so no reader of the connection loses anything.)
+            if flags & TAPIO_NET_F_LOCAL_SHUTDOWN != 0 {
+                return Verdict::Drop("reset_after_local_shutdown");
+            }
             let state = tcp_state_name(ev.state);
             facts.tcp_state = Some(state);
             facts.bytes_acked = Some(ev.bytes_acked);
@@ -340,6 +348,16 @@ mod tests {
         let e = emitted(classify(&ev, &mut stamper()));
         let Facts::Connection(f) = e.facts else { panic!() };
         assert_eq!((f.srtt_us, f.baseline_us), (Some(9000), Some(100)));
+    }
+
+    #[test]
+    fn a_reset_after_the_application_shut_down_reading_is_not_a_peer_reset() {
+        let mut ev = connect_failure(0, TAPIO_NET_F_LOCAL_SHUTDOWN);
+        ev.hdr.kind = TAPIO_NET_RESET;
+        ev.state = 5;
+        assert!(matches!(classify(&ev, &mut stamper()), Verdict::Drop("reset_after_local_shutdown")));
+        ev.flags = 0;
+        assert_eq!(emitted(classify(&ev, &mut stamper())).kind, "kernel.network.connection_reset");
     }
 
     #[test]
