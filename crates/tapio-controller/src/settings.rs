@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use tapio_wire::capped::{caps, read_capped, read_capped_string};
 use tapio_wire::CompiledConfig;
 
 use crate::auth::BearerToken;
@@ -282,7 +283,7 @@ impl Cli {
 
         let auth_token = match (&self.auth_token_file, env_token) {
             (Some(path), _) => {
-                let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+                let text = read_capped_string(path, caps::TOKEN_BYTES).map_err(|source| SettingsError::Read {
                     what: "token file",
                     path: path.clone(),
                     source,
@@ -313,7 +314,7 @@ impl Cli {
             (Some(path), _) => crate::profile::load(path)?.config,
             (None, None) => CompiledConfig::default(),
             (None, Some(path)) => {
-                let bytes = std::fs::read(path).map_err(|source| SettingsError::Read {
+                let bytes = read_capped(path, caps::CONFIG_BYTES).map_err(|source| SettingsError::Read {
                     what: "config file",
                     path: path.clone(),
                     source,
@@ -425,6 +426,16 @@ mod tests {
         assert!(err.contains("bad.yaml"), "{err}");
         assert!(Cli::try_parse_from(["c", "--profile", "a.yaml", "--config-file", "b.json"]).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn endless_token_and_config_files_fail_fast_with_the_flag_named() {
+        for flag in ["--auth-token-file", "--config-file"] {
+            let err = cli(&[flag, "/dev/zero"]).into_settings(None).unwrap_err().to_string();
+            assert!(err.contains("/dev/zero") && err.contains("larger than"), "{flag}: {err}");
+        }
+        let err = cli(&["--profile", "/dev/zero"]).into_settings(None).unwrap_err().to_string();
+        assert!(err.contains("/dev/zero"), "{err}");
     }
 
     #[test]

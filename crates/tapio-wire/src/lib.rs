@@ -14,6 +14,8 @@
 //!   crate free of a hashing dependency while both compute the hash the same way.
 //! * [`open_enum`]: enums that keep unknown values instead of rejecting a payload.
 //! * [`error`]: the error envelope and [`ErrorCode`].
+//! * [`capped`]: the size-capped file reader every binary uses for its config, profile
+//!   and token files (std only).
 //! * [`validate`] and [`reasoning`]: the receiver-side rules, returning [`WireError`]
 //!   whose [`WireError::code`] is the spec's error code.
 //!
@@ -22,6 +24,7 @@
 //! omitted from the JSON when unset, so a plain v1 peer never sees it.
 
 pub mod canonical;
+pub mod capped;
 pub mod compiled;
 pub mod config;
 pub mod error;
