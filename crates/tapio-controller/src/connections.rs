@@ -1,0 +1,298 @@
+//! The table of open client connections: admission under a total and a per-peer bound,
+//! and eviction of connections that hold a slot without a request in progress.
+//!
+//! A connection is *waiting* from accept until its first request's headers are complete,
+//! and again between keep-alive requests; it is *busy* while a request is handled and its
+//! response written. Waiting connections cost the server nothing to drop (no request has
+//! been seen, no answer is owed), so when a bound is reached the oldest waiting one is
+//! closed to make room. That is what keeps slowloris clients (headers trickled),
+//! connect-and-say-nothing clients and idle-connection floods from starving health probes
+//! and agents: they can hold a slot only until someone needs it.
+//!
+//! Busy connections are never cut: once every slot of the total bound is busy, new
+//! clients wait in the listen backlog until one frees. A single peer can hold at most the
+//! per-peer bound, so one hostile host trickling request bodies cannot take every slot;
+//! a new connection from a peer at its bound with no waiting connection is closed at once.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use tokio::sync::Notify;
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Every slot is busy; the caller waits for [`Connections::freed`].
+    Full,
+    /// The peer holds its bound and none of its connections is waiting.
+    PeerFull,
+}
+
+/// What admission did to make room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admitted {
+    /// A slot was free.
+    Free,
+    /// A waiting connection was closed to make room.
+    Evicted,
+}
+
+/// Request activity of one connection, updated by its service and read by eviction.
+#[derive(Debug)]
+pub struct Activity {
+    epoch: Instant,
+    busy: AtomicUsize,
+    /// Milliseconds since the table's epoch when the connection last became waiting.
+    waiting_since_ms: AtomicU64,
+}
+
+impl Activity {
+    /// Marks a request in progress until the returned guard is dropped (after the
+    /// response is written).
+    pub fn begin(self: &Arc<Self>) -> BusyGuard {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        BusyGuard { activity: Arc::clone(self) }
+    }
+
+    /// True while a request is in progress.
+    pub fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::Acquire) > 0
+    }
+}
+
+/// Ends a request's busy period when dropped.
+#[derive(Debug)]
+pub struct BusyGuard {
+    activity: Arc<Activity>,
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.activity.waiting_since_ms.store(millis_since(self.activity.epoch), Ordering::Release);
+        self.activity.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn millis_since(epoch: Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+#[derive(Debug)]
+struct Entry {
+    peer: IpAddr,
+    activity: Arc<Activity>,
+    close: Arc<Notify>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    next_id: u64,
+    conns: HashMap<u64, Entry>,
+    per_peer: HashMap<IpAddr, usize>,
+    /// Most connections open at once since the last [`Connections::take_peak`].
+    peak: usize,
+}
+
+impl Table {
+    fn remove(&mut self, id: u64) -> Option<Entry> {
+        let entry = self.conns.remove(&id)?;
+        if let Some(n) = self.per_peer.get_mut(&entry.peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_peer.remove(&entry.peer);
+            }
+        }
+        Some(entry)
+    }
+
+    /// The waiting connection that has waited longest, among those of `peer` if given.
+    fn oldest_waiting(&self, peer: Option<IpAddr>) -> Option<u64> {
+        self.conns
+            .iter()
+            .filter(|(_, e)| peer.is_none_or(|p| e.peer == p) && !e.activity.is_busy())
+            .min_by_key(|(_, e)| e.activity.waiting_since_ms.load(Ordering::Acquire))
+            .map(|(id, _)| *id)
+    }
+
+    /// Removes `id` and tells its task to close it (at once if still waiting).
+    fn evict(&mut self, id: u64) {
+        if let Some(e) = self.remove(id) {
+            e.close.notify_one();
+        }
+    }
+}
+
+/// The connection table. Shared by the accept loop and every connection task.
+#[derive(Debug)]
+pub struct Connections {
+    table: Mutex<Table>,
+    max_total: usize,
+    max_per_peer: usize,
+    epoch: Instant,
+    freed: Notify,
+}
+
+/// A connection's slot; dropping it frees the slot.
+#[derive(Debug)]
+pub struct Slot {
+    table: Arc<Connections>,
+    id: u64,
+    /// The connection's request activity.
+    pub activity: Arc<Activity>,
+    /// Notified when the connection should close (evicted, or the server shuts down).
+    pub close: Arc<Notify>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let removed = self.table.lock().remove(self.id).is_some();
+        if removed {
+            self.table.freed.notify_one();
+        }
+    }
+}
+
+impl Connections {
+    /// A table admitting at most `max_total` connections, `max_per_peer` from one address.
+    pub fn new(max_total: usize, max_per_peer: usize) -> Arc<Self> {
+        Arc::new(Self {
+            table: Mutex::new(Table::default()),
+            max_total,
+            max_per_peer,
+            epoch: Instant::now(),
+            freed: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        // Plain counters behind the lock: a panic elsewhere leaves them usable.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Admits a connection from `peer`, closing the oldest waiting connection (of that
+    /// peer at the per-peer bound, of anyone at the total bound) when needed.
+    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<(Slot, Admitted), Refusal> {
+        let peer = peer.to_canonical();
+        let mut t = self.lock();
+        let mut how = Admitted::Free;
+        if t.per_peer.get(&peer).copied().unwrap_or(0) >= self.max_per_peer {
+            let id = t.oldest_waiting(Some(peer)).ok_or(Refusal::PeerFull)?;
+            t.evict(id);
+            how = Admitted::Evicted;
+        }
+        if t.conns.len() >= self.max_total {
+            let id = t.oldest_waiting(None).ok_or(Refusal::Full)?;
+            t.evict(id);
+            how = Admitted::Evicted;
+        }
+        let id = t.next_id;
+        t.next_id += 1;
+        let activity = Arc::new(Activity {
+            epoch: self.epoch,
+            busy: AtomicUsize::new(0),
+            waiting_since_ms: AtomicU64::new(millis_since(self.epoch)),
+        });
+        let close = Arc::new(Notify::new());
+        t.conns.insert(id, Entry { peer, activity: Arc::clone(&activity), close: Arc::clone(&close) });
+        *t.per_peer.entry(peer).or_insert(0) += 1;
+        t.peak = t.peak.max(t.conns.len());
+        drop(t);
+        Ok((Slot { table: Arc::clone(self), id, activity, close }, how))
+    }
+
+    /// Resolves when a slot may have been freed (a connection ended).
+    pub async fn freed(&self) {
+        self.freed.notified().await;
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.lock().conns.len()
+    }
+
+    /// The most connections open at once since the last call, then resets it to now's.
+    pub fn take_peak(&self) -> usize {
+        let mut t = self.lock();
+        let peak = t.peak;
+        t.peak = t.conns.len();
+        peak
+    }
+
+    /// Asks every connection to close: waiting ones at once, busy ones after their
+    /// response.
+    pub fn close_all(&self) {
+        for e in self.lock().conns.values() {
+            e.close.notify_one();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([127, 0, 0, last])
+    }
+
+    #[test]
+    fn total_bound_evicts_the_oldest_waiting_connection() {
+        let table = Connections::new(2, 10);
+        let (a, _) = table.admit(ip(1)).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let (b, _) = table.admit(ip(2)).unwrap();
+        // a is older, so a goes.
+        let (c, how) = table.admit(ip(3)).unwrap();
+        assert_eq!(how, Admitted::Evicted);
+        assert_eq!(table.open(), 2);
+        // The evicted slot's drop does not free a second slot.
+        drop(a);
+        assert_eq!(table.open(), 2);
+        // With both remaining connections busy, nothing can be evicted.
+        let _gb = b.activity.begin();
+        let _gc = c.activity.begin();
+        assert_eq!(table.admit(ip(4)).unwrap_err(), Refusal::Full);
+        drop(_gb);
+        assert_eq!(table.admit(ip(4)).unwrap().1, Admitted::Evicted, "b waits again, so it can go");
+    }
+
+    #[test]
+    fn per_peer_bound_takes_only_from_that_peer() {
+        let table = Connections::new(10, 2);
+        let (x1, _) = table.admit(ip(9)).unwrap();
+        let (x2, _) = table.admit(ip(9)).unwrap();
+        let (other, _) = table.admit(ip(1)).unwrap();
+        let _g1 = x1.activity.begin();
+        let _g2 = x2.activity.begin();
+        assert_eq!(table.admit(ip(9)).unwrap_err(), Refusal::PeerFull);
+        // Another peer is unaffected, and its waiting connection was not taken.
+        let (_second, how) = table.admit(ip(1)).unwrap();
+        assert_eq!(how, Admitted::Free);
+        assert_eq!(table.open(), 4);
+        drop(other);
+        assert_eq!(table.open(), 3);
+        // IPv4-mapped IPv6 is the same peer.
+        let mapped = IpAddr::from(std::net::Ipv4Addr::new(127, 0, 0, 9).to_ipv6_mapped());
+        assert_eq!(table.admit(mapped).unwrap_err(), Refusal::PeerFull);
+    }
+
+    #[test]
+    fn close_all_and_peak() {
+        let table = Connections::new(4, 4);
+        let (a, _) = table.admit(ip(1)).unwrap();
+        let (b, _) = table.admit(ip(1)).unwrap();
+        assert_eq!(table.take_peak(), 2);
+        drop(b);
+        assert_eq!(table.take_peak(), 2, "peak since the last call");
+        assert_eq!(table.take_peak(), 1);
+        table.close_all();
+        // The notification is stored for the connection's task.
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_secs(1), a.close.notified()).await.unwrap()
+        });
+    }
+}
