@@ -273,3 +273,69 @@ async fn a_fat_heartbeat_is_refused_and_nothing_of_it_is_stored() {
     assert_eq!(c.post_json("/v1/agents/heartbeat", &heartbeat("a1")).await.status, 200);
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_pages_in_id_order_filters_by_state_and_summarises_the_fleet() {
+    let t = TestServer::start("status-pages-i13").await;
+    let c = t.client();
+    for i in 0..25 {
+        assert_eq!(c.post_json("/v1/agents/hello", &hello(&format!("agent-{i:02}"))).await.status, 200);
+    }
+    for i in 0..4 {
+        let mut hb = heartbeat(&format!("agent-{i:02}"));
+        if i < 2 {
+            hb["observers"]["storage"] = serde_json::json!("failed");
+        }
+        assert_eq!(c.post_json("/v1/agents/heartbeat", &hb).await.status, 200);
+    }
+    for i in 0..3 {
+        assert_eq!(c.post_json("/v1/events", &batch(&format!("batch-only-{i}"), 1, vec![event(1)])).await.status, 200);
+    }
+
+    let mut seen = Vec::new();
+    let mut after = String::new();
+    let mut pages = 0;
+    loop {
+        let r = c.get(&format!("/v1/status?limit=10&after={after}")).await;
+        assert_eq!(r.status, 200);
+        let body = r.json();
+        assert!(body["agents"].as_array().unwrap().len() <= 10);
+        seen.extend(body["agents"].as_array().unwrap().iter().map(|a| a["agent_id"].as_str().unwrap().to_string()));
+        pages += 1;
+        let summary = &body["summary"];
+        assert_eq!(
+            (summary["agents_total"].as_u64(), summary["registered"].as_u64(), summary["unregistered"].as_u64()),
+            (Some(28), Some(25), Some(3))
+        );
+        assert_eq!((summary["unreported"].as_u64(), summary["degraded"].as_u64()), (Some(21), Some(2)));
+        match body["next_after"].as_str() {
+            Some(next) => after = next.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!((seen.len(), &seen), (28, &sorted), "every agent once, in id order");
+
+    let ids = |body: serde_json::Value| -> Vec<String> {
+        body["agents"].as_array().unwrap().iter().map(|a| a["agent_id"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(
+        ids(c.get("/v1/status?state=unregistered").await.json()),
+        ["batch-only-0", "batch-only-1", "batch-only-2"]
+    );
+    assert_eq!(ids(c.get("/v1/status?state=degraded").await.json()), ["agent-00", "agent-01"]);
+    let summary_only = c.get("/v1/status?limit=0").await.json();
+    assert!(summary_only["agents"].as_array().unwrap().is_empty());
+    assert_eq!(summary_only["summary"]["agents_total"], 28);
+    // A plain v1 query (no parameters) gets the whole first page: all 28 here.
+    assert_eq!(ids(c.get("/v1/status").await.json()).len(), 28);
+
+    for bad in ["limit=5001", "limit=abc", "state=sleepy", "limit=1&limit=2"] {
+        let r = c.get(&format!("/v1/status?{bad}")).await;
+        assert_eq!((r.status, r.error_code().as_str()), (400, "INVALID_FIELD"), "{bad}");
+    }
+    t.stop().await;
+}

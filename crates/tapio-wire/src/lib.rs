@@ -43,7 +43,9 @@ pub use events::{EventBatch, EventError, EventsResponse, WireEvent, Workload};
 pub use heartbeat::{HeartbeatCounters, HeartbeatRequest, HeartbeatResponse};
 pub use hello::{HelloRequest, HelloResponse};
 pub use open_enum::{DegradedReason, ObserverStatus, Outcome, Severity};
-pub use status::{AgentStatus, SequenceStatus, StatusConfig, StatusResponse, StatusTotals};
+pub use status::{
+    AgentState, AgentStatus, SequenceStatus, StatusConfig, StatusQuery, StatusResponse, StatusSummary, StatusTotals,
+};
 pub use validate::WireError;
 
 /// The protocol version carried in every body's `wire_version` field.
