@@ -9,18 +9,29 @@
 //! connect-and-say-nothing clients and idle-connection floods from starving health probes
 //! and agents: they can hold a slot only until someone needs it.
 //!
-//! Busy connections are never cut: once every slot of the total bound is busy, new
-//! clients wait in the listen backlog until one frees. A single peer can hold at most the
-//! per-peer bound, so one hostile host trickling request bodies cannot take every slot;
-//! a new connection from a peer at its bound with no waiting connection is closed at once.
+//! When no connection is waiting, the one that has been receiving its request body the
+//! longest is cut, provided it has taken more than [`SLOW_BODY_GRACE`]: an agent's body
+//! (at most the body limit) arrives in milliseconds, so a body still arriving after that
+//! while others wait for a slot is a slow-body attack or a broken client. Its request was
+//! never acknowledged, so cutting it loses nothing; a real agent retries it. Requests
+//! being handled or answered are never cut: once every slot is busy that way, new clients
+//! wait in the listen backlog until one frees. A single peer can hold at most the per-peer
+//! bound; a new connection from a peer at its bound with nothing to evict is closed at once.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
+
+/// How long a request body may take to arrive before its connection may be cut to make
+/// room for another client.
+pub const SLOW_BODY_GRACE: Duration = Duration::from_secs(1);
+
+/// Marks "not receiving a request body".
+const NO_BODY: u64 = u64::MAX;
 
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,19 +58,38 @@ pub struct Activity {
     busy: AtomicUsize,
     /// Milliseconds since the table's epoch when the connection last became waiting.
     waiting_since_ms: AtomicU64,
+    /// Milliseconds since the epoch when the current request's body started to arrive;
+    /// [`NO_BODY`] when no body is arriving.
+    body_since_ms: AtomicU64,
+    /// Set when eviction chose to cut this connection although a body is arriving.
+    cut: AtomicBool,
 }
 
 impl Activity {
     /// Marks a request in progress until the returned guard is dropped (after the
     /// response is written).
-    pub fn begin(self: &Arc<Self>) -> BusyGuard {
+    /// `body_pending`: the request has a body still to arrive.
+    pub fn begin(self: &Arc<Self>, body_pending: bool) -> BusyGuard {
+        let since = if body_pending { millis_since(self.epoch) } else { NO_BODY };
+        self.body_since_ms.store(since, Ordering::Release);
         self.busy.fetch_add(1, Ordering::AcqRel);
         BusyGuard { activity: Arc::clone(self) }
+    }
+
+    /// The request body has arrived (or failed): the request is no longer cuttable.
+    pub fn body_done(&self) {
+        self.body_since_ms.store(NO_BODY, Ordering::Release);
     }
 
     /// True while a request is in progress.
     pub fn is_busy(&self) -> bool {
         self.busy.load(Ordering::Acquire) > 0
+    }
+
+    /// True when the connection may be closed now without losing an answer: no request
+    /// is in progress, or eviction cut it while its body was still arriving.
+    pub fn may_drop(&self) -> bool {
+        !self.is_busy() || (self.cut.load(Ordering::Acquire) && self.body_since_ms.load(Ordering::Acquire) != NO_BODY)
     }
 }
 
@@ -71,6 +101,7 @@ pub struct BusyGuard {
 
 impl Drop for BusyGuard {
     fn drop(&mut self) {
+        self.activity.body_since_ms.store(NO_BODY, Ordering::Release);
         self.activity.waiting_since_ms.store(millis_since(self.activity.epoch), Ordering::Release);
         self.activity.busy.fetch_sub(1, Ordering::AcqRel);
     }
@@ -108,18 +139,28 @@ impl Table {
         Some(entry)
     }
 
-    /// The waiting connection that has waited longest, among those of `peer` if given.
-    fn oldest_waiting(&self, peer: Option<IpAddr>) -> Option<u64> {
-        self.conns
-            .iter()
-            .filter(|(_, e)| peer.is_none_or(|p| e.peer == p) && !e.activity.is_busy())
+    /// The connection to close to make room, among those of `peer` if given: the one
+    /// that has waited longest without a request, else the one whose request body has
+    /// been arriving longest, if for more than `grace_ms`.
+    fn victim(&self, peer: Option<IpAddr>, now_ms: u64, grace_ms: u64) -> Option<u64> {
+        let candidates = || self.conns.iter().filter(move |(_, e)| peer.is_none_or(|p| e.peer == p));
+        let waiting = candidates()
+            .filter(|(_, e)| !e.activity.is_busy())
             .min_by_key(|(_, e)| e.activity.waiting_since_ms.load(Ordering::Acquire))
-            .map(|(id, _)| *id)
+            .map(|(id, _)| *id);
+        waiting.or_else(|| {
+            candidates()
+                .map(|(id, e)| (*id, e.activity.body_since_ms.load(Ordering::Acquire)))
+                .filter(|&(_, since)| since != NO_BODY && now_ms.saturating_sub(since) > grace_ms)
+                .min_by_key(|&(_, since)| since)
+                .map(|(id, _)| id)
+        })
     }
 
-    /// Removes `id` and tells its task to close it (at once if still waiting).
+    /// Removes `id` and tells its task to close it (at once if it may be dropped).
     fn evict(&mut self, id: u64) {
         if let Some(e) = self.remove(id) {
+            e.activity.cut.store(true, Ordering::Release);
             e.close.notify_one();
         }
     }
@@ -178,13 +219,15 @@ impl Connections {
         let peer = peer.to_canonical();
         let mut t = self.lock();
         let mut how = Admitted::Free;
+        let now_ms = millis_since(self.epoch);
+        let grace_ms = u64::try_from(SLOW_BODY_GRACE.as_millis()).unwrap_or(u64::MAX);
         if t.per_peer.get(&peer).copied().unwrap_or(0) >= self.max_per_peer {
-            let id = t.oldest_waiting(Some(peer)).ok_or(Refusal::PeerFull)?;
+            let id = t.victim(Some(peer), now_ms, grace_ms).ok_or(Refusal::PeerFull)?;
             t.evict(id);
             how = Admitted::Evicted;
         }
         if t.conns.len() >= self.max_total {
-            let id = t.oldest_waiting(None).ok_or(Refusal::Full)?;
+            let id = t.victim(None, now_ms, grace_ms).ok_or(Refusal::Full)?;
             t.evict(id);
             how = Admitted::Evicted;
         }
@@ -194,6 +237,8 @@ impl Connections {
             epoch: self.epoch,
             busy: AtomicUsize::new(0),
             waiting_since_ms: AtomicU64::new(millis_since(self.epoch)),
+            body_since_ms: AtomicU64::new(NO_BODY),
+            cut: AtomicBool::new(false),
         });
         let close = Arc::new(Notify::new());
         t.conns.insert(id, Entry { peer, activity: Arc::clone(&activity), close: Arc::clone(&close) });
@@ -221,8 +266,8 @@ impl Connections {
         peak
     }
 
-    /// Asks every connection to close: waiting ones at once, busy ones after their
-    /// response.
+    /// Asks every connection to close: waiting ones at once, busy ones (bodies still
+    /// arriving included) after their response.
     pub fn close_all(&self) {
         for e in self.lock().conns.values() {
             e.close.notify_one();
@@ -252,8 +297,8 @@ mod tests {
         drop(a);
         assert_eq!(table.open(), 2);
         // With both remaining connections busy, nothing can be evicted.
-        let _gb = b.activity.begin();
-        let _gc = c.activity.begin();
+        let _gb = b.activity.begin(false);
+        let _gc = c.activity.begin(false);
         assert_eq!(table.admit(ip(4)).unwrap_err(), Refusal::Full);
         drop(_gb);
         assert_eq!(table.admit(ip(4)).unwrap().1, Admitted::Evicted, "b waits again, so it can go");
@@ -265,8 +310,8 @@ mod tests {
         let (x1, _) = table.admit(ip(9)).unwrap();
         let (x2, _) = table.admit(ip(9)).unwrap();
         let (other, _) = table.admit(ip(1)).unwrap();
-        let _g1 = x1.activity.begin();
-        let _g2 = x2.activity.begin();
+        let _g1 = x1.activity.begin(false);
+        let _g2 = x2.activity.begin(false);
         assert_eq!(table.admit(ip(9)).unwrap_err(), Refusal::PeerFull);
         // Another peer is unaffected, and its waiting connection was not taken.
         let (_second, how) = table.admit(ip(1)).unwrap();
@@ -277,6 +322,27 @@ mod tests {
         // IPv4-mapped IPv6 is the same peer.
         let mapped = IpAddr::from(std::net::Ipv4Addr::new(127, 0, 0, 9).to_ipv6_mapped());
         assert_eq!(table.admit(mapped).unwrap_err(), Refusal::PeerFull);
+    }
+
+    #[test]
+    fn a_slow_body_is_cut_only_after_the_grace_and_only_when_nothing_waits() {
+        let table = Connections::new(2, 10);
+        let (a, _) = table.admit(ip(1)).unwrap();
+        let (b, _) = table.admit(ip(2)).unwrap();
+        let _ga = a.activity.begin(true); // body arriving
+        let gb = b.activity.begin(false); // being handled
+        assert_eq!(table.admit(ip(3)).unwrap_err(), Refusal::Full, "within the grace nothing is cut");
+        std::thread::sleep(SLOW_BODY_GRACE + std::time::Duration::from_millis(50));
+        let (_c, how) = table.admit(ip(3)).unwrap();
+        assert_eq!(how, Admitted::Evicted);
+        assert!(a.activity.may_drop(), "the slow body was cut");
+        assert!(!b.activity.may_drop(), "a request being handled is never cut");
+        // Once its body has arrived, a request is no longer cuttable.
+        let (d, _) = (b, ());
+        drop(gb);
+        let _gd = d.activity.begin(true);
+        d.activity.body_done();
+        assert!(!d.activity.may_drop());
     }
 
     #[test]

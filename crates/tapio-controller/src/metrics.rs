@@ -85,8 +85,9 @@ pub struct Metrics {
     pub sink_queue_bytes: Gauge,
     /// Open client connections.
     pub connections_open: Gauge,
-    /// Connections the server closed to stay available, by reason (`evicted_waiting`:
-    /// a connection without a request made room; `peer_limit`: refused at once).
+    /// Connections the server closed to stay available, by reason (`evicted`: one
+    /// without a request, or with a body arriving too slowly, made room; `peer_limit`:
+    /// refused at once).
     pub connections_shed: Family<ReasonLabels, Counter>,
     /// Generation of the config being served.
     pub config_generation: Gauge,

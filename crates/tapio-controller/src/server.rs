@@ -15,10 +15,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use axum::body::Body;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::server::conn::http1;
 use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -28,7 +30,7 @@ use tokio::task::JoinHandle;
 use tower::ServiceExt;
 
 use crate::api;
-use crate::connections::{Admitted, Connections, Refusal};
+use crate::connections::{Activity, Admitted, Connections, Refusal};
 use crate::io_timeout::WriteTimeout;
 use crate::metrics::Metrics;
 use crate::metrics::ReasonLabels;
@@ -121,11 +123,7 @@ impl Server {
                 match conns.admit(peer.ip()) {
                     Ok((slot, how)) => {
                         if how == Admitted::Evicted {
-                            state
-                                .metrics
-                                .connections_shed
-                                .get_or_create(&ReasonLabels { reason: "evicted_waiting" })
-                                .inc();
+                            state.metrics.connections_shed.get_or_create(&ReasonLabels { reason: "evicted" }).inc();
                         }
                         break Some(slot);
                     }
@@ -153,10 +151,12 @@ impl Server {
             let router = router.clone();
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 // Busy from complete request head until the response body is written.
-                let busy = activity.begin();
+                let busy = activity.begin(!req.body().is_end_stream());
+                let activity = Arc::clone(&activity);
                 let router = router.clone();
                 async move {
-                    let resp = match router.oneshot(req.map(Body::new)).await {
+                    let req = req.map(|inner| Body::new(TrackedBody { inner, activity }));
+                    let resp = match router.oneshot(req).await {
                         Ok(resp) => resp,
                         Err(never) => match never {},
                     };
@@ -186,7 +186,7 @@ impl Server {
                         () = slot.close.notified(), if !closing => {
                             // Evicted or shutting down: a connection without a request in
                             // progress is dropped now; a busy one answers, then closes.
-                            if !slot.activity.is_busy() {
+                            if slot.activity.may_drop() {
                                 break;
                             }
                             conn.as_mut().graceful_shutdown();
@@ -223,6 +223,41 @@ impl Server {
         let _ = tokio::task::spawn_blocking(move || writer.close(Duration::from_secs(5))).await;
         log::info!("shutdown complete");
         Ok(())
+    }
+}
+
+/// A request body that tells the connection's [`Activity`] when it has fully arrived.
+struct TrackedBody {
+    inner: Incoming,
+    activity: Arc<Activity>,
+}
+
+impl hyper::body::Body for TrackedBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let arrived = match &polled {
+            Poll::Ready(None | Some(Err(_))) => true,
+            Poll::Ready(Some(Ok(_))) => self.inner.is_end_stream(),
+            Poll::Pending => false,
+        };
+        if arrived {
+            self.activity.body_done();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
