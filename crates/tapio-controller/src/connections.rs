@@ -5,7 +5,8 @@
 //! and again between keep-alive requests; it is *busy* while a request is handled and its
 //! response written. Waiting connections cost the server nothing to drop (no request has
 //! been seen, no answer is owed), so when a bound is reached the oldest waiting one is
-//! closed to make room. That is what keeps slowloris clients (headers trickled),
+//! closed to make room (once it has waited [`WAITING_GRACE`], so a fresh connection gets
+//! the time to send its request). That is what keeps slowloris clients (headers trickled),
 //! connect-and-say-nothing clients and idle-connection floods from starving health probes
 //! and agents: they can hold a slot only until someone needs it.
 //!
@@ -29,6 +30,11 @@ use tokio::sync::Notify;
 /// How long a request body may take to arrive before its connection may be cut to make
 /// room for another client.
 pub const SLOW_BODY_GRACE: Duration = Duration::from_secs(1);
+
+/// How long a new or idle connection is safe from eviction: long enough for a client
+/// that just connected to send its request head, so a flood of reconnecting clients
+/// cannot close a probe's fresh connection before it says anything.
+pub const WAITING_GRACE: Duration = Duration::from_millis(250);
 
 /// Marks "not receiving a request body".
 const NO_BODY: u64 = u64::MAX;
@@ -140,18 +146,24 @@ impl Table {
     }
 
     /// The connection to close to make room, among those of `peer` if given: the one
-    /// that has waited longest without a request, else the one whose request body has
-    /// been arriving longest, if for more than `grace_ms`.
-    fn victim(&self, peer: Option<IpAddr>, now_ms: u64, grace_ms: u64) -> Option<u64> {
+    /// that has waited longest without a request (for more than [`WAITING_GRACE`]), else
+    /// the one whose request body has been arriving longest (for more than
+    /// [`SLOW_BODY_GRACE`]).
+    fn victim(&self, peer: Option<IpAddr>, now_ms: u64) -> Option<u64> {
+        let older_than = |since: u64, grace: Duration| {
+            since != NO_BODY && u128::from(now_ms.saturating_sub(since)) > grace.as_millis()
+        };
         let candidates = || self.conns.iter().filter(move |(_, e)| peer.is_none_or(|p| e.peer == p));
         let waiting = candidates()
             .filter(|(_, e)| !e.activity.is_busy())
-            .min_by_key(|(_, e)| e.activity.waiting_since_ms.load(Ordering::Acquire))
-            .map(|(id, _)| *id);
+            .map(|(id, e)| (*id, e.activity.waiting_since_ms.load(Ordering::Acquire)))
+            .filter(|&(_, since)| older_than(since, WAITING_GRACE))
+            .min_by_key(|&(_, since)| since)
+            .map(|(id, _)| id);
         waiting.or_else(|| {
             candidates()
                 .map(|(id, e)| (*id, e.activity.body_since_ms.load(Ordering::Acquire)))
-                .filter(|&(_, since)| since != NO_BODY && now_ms.saturating_sub(since) > grace_ms)
+                .filter(|&(_, since)| older_than(since, SLOW_BODY_GRACE))
                 .min_by_key(|&(_, since)| since)
                 .map(|(id, _)| id)
         })
@@ -220,14 +232,13 @@ impl Connections {
         let mut t = self.lock();
         let mut how = Admitted::Free;
         let now_ms = millis_since(self.epoch);
-        let grace_ms = u64::try_from(SLOW_BODY_GRACE.as_millis()).unwrap_or(u64::MAX);
         if t.per_peer.get(&peer).copied().unwrap_or(0) >= self.max_per_peer {
-            let id = t.victim(Some(peer), now_ms, grace_ms).ok_or(Refusal::PeerFull)?;
+            let id = t.victim(Some(peer), now_ms).ok_or(Refusal::PeerFull)?;
             t.evict(id);
             how = Admitted::Evicted;
         }
         if t.conns.len() >= self.max_total {
-            let id = t.victim(None, now_ms, grace_ms).ok_or(Refusal::Full)?;
+            let id = t.victim(None, now_ms).ok_or(Refusal::Full)?;
             t.evict(id);
             how = Admitted::Evicted;
         }
@@ -287,8 +298,11 @@ mod tests {
     fn total_bound_evicts_the_oldest_waiting_connection() {
         let table = Connections::new(2, 10);
         let (a, _) = table.admit(ip(1)).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(2));
+        std::thread::sleep(std::time::Duration::from_millis(20));
         let (b, _) = table.admit(ip(2)).unwrap();
+        // Fresh connections are safe for a moment.
+        assert_eq!(table.admit(ip(3)).unwrap_err(), Refusal::Full);
+        std::thread::sleep(WAITING_GRACE);
         // a is older, so a goes.
         let (c, how) = table.admit(ip(3)).unwrap();
         assert_eq!(how, Admitted::Evicted);
@@ -301,7 +315,9 @@ mod tests {
         let _gc = c.activity.begin(false);
         assert_eq!(table.admit(ip(4)).unwrap_err(), Refusal::Full);
         drop(_gb);
-        assert_eq!(table.admit(ip(4)).unwrap().1, Admitted::Evicted, "b waits again, so it can go");
+        assert_eq!(table.admit(ip(4)).unwrap_err(), Refusal::Full, "b waits again, but only just");
+        std::thread::sleep(WAITING_GRACE + std::time::Duration::from_millis(20));
+        assert_eq!(table.admit(ip(4)).unwrap().1, Admitted::Evicted, "b has waited, so it can go");
     }
 
     #[test]
