@@ -34,7 +34,7 @@ pub const SLOW_BODY_GRACE: Duration = Duration::from_secs(1);
 /// How long a new or idle connection is safe from eviction: long enough for a client
 /// that just connected to send its request head, so a flood of reconnecting clients
 /// cannot close a probe's fresh connection before it says anything.
-pub const WAITING_GRACE: Duration = Duration::from_millis(250);
+pub const WAITING_GRACE: Duration = Duration::from_millis(100);
 
 /// Marks "not receiving a request body".
 const NO_BODY: u64 = u64::MAX;

@@ -24,7 +24,7 @@ use hyper::body::{Body as _, Incoming};
 use hyper::server::conn::http1;
 use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tower::ServiceExt;
@@ -57,7 +57,7 @@ impl Server {
         let metrics = Arc::new(Metrics::new());
         let (sink, writer) = sink::start(&settings.sink, settings.sink_queue_bytes, &metrics)?;
         let state = Arc::new(AppState::new(&settings, metrics, sink));
-        let listener = match TcpListener::bind(settings.listen).await {
+        let listener = match listen(settings.listen) {
             Ok(l) => l,
             Err(e) => {
                 writer.close(Duration::from_secs(1));
@@ -259,6 +259,18 @@ impl hyper::body::Body for TrackedBody {
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// Listen backlog: room for a fleet's reconnect burst (and a flood's) while the accept loop
+/// catches up; the kernel caps it at `net.core.somaxconn`. tokio's `bind` uses 1024.
+const LISTEN_BACKLOG: u32 = 2048;
+
+/// Binds `addr` with [`LISTEN_BACKLOG`].
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Most header lines a request may carry (agents send fewer than ten).
