@@ -162,7 +162,8 @@ fn heartbeat_fields_are_bounded_in_count_and_length() {
     v["config_hash"] = json!("h".repeat(MAX_CONFIG_HASH_LEN));
     heartbeat_result(&v).unwrap();
     // One past any bound: INVALID_FIELD naming the field.
-    let past: [(&str, Box<dyn Fn(&mut Value)>); 6] = [
+    type Grow = Box<dyn Fn(&mut Value)>;
+    let past: [(&str, Grow); 6] = [
         ("observers", Box::new(|v| v["observers"][format!("{:0>64}", "extra")] = json!("running"))),
         ("observers", Box::new(|v| v["observers"]["x".repeat(65)] = json!("running"))),
         ("observers.0000", Box::new(|v| v["observers"][format!("{:0>64}", 0)] = json!("s".repeat(65)))),
