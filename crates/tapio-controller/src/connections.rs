@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,9 @@ pub const WAITING_GRACE: Duration = Duration::from_millis(100);
 
 /// Marks "not receiving a request body".
 const NO_BODY: u64 = u64::MAX;
+
+/// Marks "eviction has not cut this connection's request body".
+const NOT_CUT: u64 = u64::MAX - 1;
 
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,8 +70,9 @@ pub struct Activity {
     /// Milliseconds since the epoch when the current request's body started to arrive;
     /// [`NO_BODY`] when no body is arriving.
     body_since_ms: AtomicU64,
-    /// Set when eviction chose to cut this connection although a body is arriving.
-    cut: AtomicBool,
+    /// The `body_since_ms` of the request whose slow body eviction chose to cut
+    /// ([`NOT_CUT`] if none): only that request may be cut, not a later one.
+    cut_body_since_ms: AtomicU64,
 }
 
 impl Activity {
@@ -95,7 +99,8 @@ impl Activity {
     /// True when the connection may be closed now without losing an answer: no request
     /// is in progress, or eviction cut it while its body was still arriving.
     pub fn may_drop(&self) -> bool {
-        !self.is_busy() || (self.cut.load(Ordering::Acquire) && self.body_since_ms.load(Ordering::Acquire) != NO_BODY)
+        let cut = self.cut_body_since_ms.load(Ordering::Acquire);
+        !self.is_busy() || (cut != NOT_CUT && self.body_since_ms.load(Ordering::Acquire) == cut)
     }
 }
 
@@ -149,7 +154,8 @@ impl Table {
     /// that has waited longest without a request (for more than [`WAITING_GRACE`]), else
     /// the one whose request body has been arriving longest (for more than
     /// [`SLOW_BODY_GRACE`]).
-    fn victim(&self, peer: Option<IpAddr>, now_ms: u64) -> Option<u64> {
+    /// Returns its id and, for a slow body, when that body started.
+    fn victim(&self, peer: Option<IpAddr>, now_ms: u64) -> Option<(u64, Option<u64>)> {
         let older_than = |since: u64, grace: Duration| {
             since != NO_BODY && u128::from(now_ms.saturating_sub(since)) > grace.as_millis()
         };
@@ -159,20 +165,23 @@ impl Table {
             .map(|(id, e)| (*id, e.activity.waiting_since_ms.load(Ordering::Acquire)))
             .filter(|&(_, since)| older_than(since, WAITING_GRACE))
             .min_by_key(|&(_, since)| since)
-            .map(|(id, _)| id);
+            .map(|(id, _)| (id, None));
         waiting.or_else(|| {
             candidates()
                 .map(|(id, e)| (*id, e.activity.body_since_ms.load(Ordering::Acquire)))
                 .filter(|&(_, since)| older_than(since, SLOW_BODY_GRACE))
                 .min_by_key(|&(_, since)| since)
-                .map(|(id, _)| id)
+                .map(|(id, since)| (id, Some(since)))
         })
     }
 
-    /// Removes `id` and tells its task to close it (at once if it may be dropped).
-    fn evict(&mut self, id: u64) {
+    /// Removes `id` and tells its task to close it (at once if it may be dropped);
+    /// `slow_body` is when the body being cut started, if one is.
+    fn evict(&mut self, (id, slow_body): (u64, Option<u64>)) {
         if let Some(e) = self.remove(id) {
-            e.activity.cut.store(true, Ordering::Release);
+            if let Some(since) = slow_body {
+                e.activity.cut_body_since_ms.store(since, Ordering::Release);
+            }
             e.close.notify_one();
         }
     }
@@ -233,13 +242,13 @@ impl Connections {
         let mut how = Admitted::Free;
         let now_ms = millis_since(self.epoch);
         if t.per_peer.get(&peer).copied().unwrap_or(0) >= self.max_per_peer {
-            let id = t.victim(Some(peer), now_ms).ok_or(Refusal::PeerFull)?;
-            t.evict(id);
+            let victim = t.victim(Some(peer), now_ms).ok_or(Refusal::PeerFull)?;
+            t.evict(victim);
             how = Admitted::Evicted;
         }
         if t.conns.len() >= self.max_total {
-            let id = t.victim(None, now_ms).ok_or(Refusal::Full)?;
-            t.evict(id);
+            let victim = t.victim(None, now_ms).ok_or(Refusal::Full)?;
+            t.evict(victim);
             how = Admitted::Evicted;
         }
         let id = t.next_id;
@@ -249,7 +258,7 @@ impl Connections {
             busy: AtomicUsize::new(0),
             waiting_since_ms: AtomicU64::new(millis_since(self.epoch)),
             body_since_ms: AtomicU64::new(NO_BODY),
-            cut: AtomicBool::new(false),
+            cut_body_since_ms: AtomicU64::new(NOT_CUT),
         });
         let close = Arc::new(Notify::new());
         t.conns.insert(id, Entry { peer, activity: Arc::clone(&activity), close: Arc::clone(&close) });
@@ -345,7 +354,7 @@ mod tests {
         let table = Connections::new(2, 10);
         let (a, _) = table.admit(ip(1)).unwrap();
         let (b, _) = table.admit(ip(2)).unwrap();
-        let _ga = a.activity.begin(true); // body arriving
+        let ga = a.activity.begin(true); // body arriving
         let gb = b.activity.begin(false); // being handled
         assert_eq!(table.admit(ip(3)).unwrap_err(), Refusal::Full, "within the grace nothing is cut");
         std::thread::sleep(SLOW_BODY_GRACE + std::time::Duration::from_millis(50));
@@ -353,6 +362,11 @@ mod tests {
         assert_eq!(how, Admitted::Evicted);
         assert!(a.activity.may_drop(), "the slow body was cut");
         assert!(!b.activity.may_drop(), "a request being handled is never cut");
+        // Had that body arrived and a next request begun before the connection's task
+        // acted on the cut, the next request would not be cut.
+        drop(ga);
+        let _next = a.activity.begin(true);
+        assert!(!a.activity.may_drop());
         // Once its body has arrived, a request is no longer cuttable.
         let (d, _) = (b, ());
         drop(gb);

@@ -2,8 +2,9 @@
 //!
 //! This crate is shared by every Tapio peer that speaks v1 (the agent's outbound client,
 //! the controller's HTTP server, test tools). It holds only data types, validation and
-//! canonical encoding, so it depends on `serde`, `serde_json` and `thiserror` and nothing
-//! else: no HTTP stack, no async runtime, no hashing crate.
+//! canonical encoding (plus one std-only capped file reader every binary shares), so it
+//! depends on `serde`, `serde_json` and `thiserror` and nothing else: no HTTP stack, no
+//! async runtime, no hashing crate.
 //!
 //! * [`hello`], [`config`], [`heartbeat`], [`events`], [`status`]: request and response
 //!   bodies of the five operations.
