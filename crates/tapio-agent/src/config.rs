@@ -284,8 +284,8 @@ impl AgentConfig {
     }
 
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        let text = tapio_wire::capped::read_capped_string(path, tapio_wire::capped::caps::CONFIG_BYTES)
+            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
         Self::from_toml(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
     }
 
@@ -460,6 +460,12 @@ pub fn storage_carrier(st: &StorageConfig, generation: u32) -> tapio_sto_config 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_endless_config_file_fails_fast() {
+        let err = AgentConfig::from_file(Path::new("/dev/zero")).unwrap_err();
+        assert!(err.0.contains("/dev/zero") && err.0.contains("larger than"), "{err}");
+    }
 
     #[test]
     fn empty_document_is_the_defaults() {

@@ -90,12 +90,15 @@ Options:
 pub const STATUS: &str = "\
 Agents known to a controller: heartbeat ages, applied vs target config hash, loss counters
 
-Usage: tapio status --controller <URL> [--json] [--timeout-secs <SECS>]
+Usage: tapio status --controller <URL> [--state <STATE>] [--json] [--timeout-secs <SECS>]
 
 Options:
       --controller <URL>     Controller base URL, e.g. http://tapio-controller:7470
                              (plain HTTP only: https:// is refused; redirects are not followed)
-      --json                 Print the controller's /v1/status JSON as received
+      --state <STATE>        Only agents in this state: registered, unregistered, stale,
+                             current, outdated, unreported, degraded
+      --page-size <N>        Agents fetched per request, 1..=5000 [default: 5000]
+      --json                 Print the controller's /v1/status JSON (pages merged into one)
       --timeout-secs <SECS>  Connect and read timeout [default: 10]
   -h, --help                 Print help
 ";

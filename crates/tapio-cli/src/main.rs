@@ -66,7 +66,29 @@ fn cli() -> Command {
                         .value_name("URL")
                         .help("Controller base URL, e.g. http://tapio-controller:7470 (plain HTTP only)"),
                 )
-                .arg(json("Print the controller's status JSON as received"))
+                .arg(json("Print the controller's status JSON (its pages merged into one document)"))
+                .arg(
+                    Arg::new("state")
+                        .long("state")
+                        .value_name("STATE")
+                        .value_parser([
+                            "registered",
+                            "unregistered",
+                            "stale",
+                            "current",
+                            "outdated",
+                            "unreported",
+                            "degraded",
+                        ])
+                        .help("Only agents in this state"),
+                )
+                .arg(
+                    Arg::new("page-size")
+                        .long("page-size")
+                        .value_name("N")
+                        .default_value("5000")
+                        .help("Agents fetched per request (1..=5000)"),
+                )
                 .arg(
                     Arg::new("timeout-secs")
                         .long("timeout-secs")
@@ -155,9 +177,16 @@ fn main() -> ExitCode {
             Some(("diff", m)) => profile::diff(&one(m, "a"), &one(m, "b"), m.get_flag("json")),
             _ => Err("usage: tapio profile validate|compile|diff".into()),
         },
-        Some(("status", m)) => match one(m, "timeout-secs").parse::<u64>() {
-            Ok(t) => status::run(&one(m, "controller"), m.get_flag("json"), t),
-            Err(_) => Err("--timeout-secs takes a whole number of seconds".into()),
+        Some(("status", m)) => match (one(m, "timeout-secs").parse::<u64>(), one(m, "page-size").parse::<usize>()) {
+            (Ok(t), Ok(page @ 1..=tapio_wire::status::STATUS_PAGE_MAX)) => status::run(
+                &one(m, "controller"),
+                m.get_flag("json"),
+                t,
+                m.get_one::<String>("state").map(String::as_str),
+                page,
+            ),
+            (Err(_), _) => Err("--timeout-secs takes a whole number of seconds".into()),
+            (_, _) => Err(format!("--page-size takes 1..={}", tapio_wire::status::STATUS_PAGE_MAX)),
         },
         Some(("events", m)) => events::run(events::Options {
             files: many(m, "files"),

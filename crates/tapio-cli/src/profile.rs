@@ -5,7 +5,6 @@
 //! `config_hash_with` over the canonical bytes, with sha2's SHA-256: the same function the
 //! controller uses, so the hash printed here is the hash the fleet will report.
 
-use std::io::Read;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -44,14 +43,13 @@ fn load(arg: &str) -> Result<Profile, LoadError> {
         Some("json") => false,
         _ => return Err(LoadError::Io(format!("{arg}: unknown file type; name it .yaml, .yml or .json"))),
     };
-    let file = std::fs::File::open(path).map_err(|e| LoadError::Io(format!("cannot read {arg}: {e}")))?;
-    let mut bytes = Vec::new();
-    file.take(MAX_PROFILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| LoadError::Io(format!("cannot read {arg}: {e}")))?;
-    if bytes.len() as u64 > MAX_PROFILE_BYTES {
-        return Err(LoadError::Io(format!("{arg} is larger than {MAX_PROFILE_BYTES} bytes")));
-    }
+    let bytes = tapio_wire::capped::read_capped(path, MAX_PROFILE_BYTES).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::InvalidData {
+            LoadError::Io(format!("{arg} is larger than {MAX_PROFILE_BYTES} bytes"))
+        } else {
+            LoadError::Io(format!("cannot read {arg}: {e}"))
+        }
+    })?;
     let doc: Document = if yaml {
         serde_yaml_ng::from_slice(&bytes).map_err(|e| LoadError::Io(format!("{arg} is not valid YAML: {e}")))?
     } else {

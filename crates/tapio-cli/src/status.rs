@@ -1,6 +1,9 @@
 //! `tapio status --controller URL`: the controller's `/v1/status` as a table of agents:
 //! heartbeat age, the config each applied against the one served, and loss counters.
 //!
+//! The agent list is fetched page by page (`?limit=&after=`, optionally `&state=`) and
+//! shown as one table; a controller without paging answers everything in one page.
+//!
 //! The body is read as a JSON tree rather than into tapio-wire's typed structs: fields a
 //! newer controller adds are shown as they come, and a missing optional one is a "-", and
 //! the binary stays within its size budget (typed deserializers cost code per struct).
@@ -13,10 +16,63 @@ use serde_json::Value;
 use crate::http::{self, Url};
 use crate::{out, table};
 
-pub fn run(controller: &str, as_json: bool, timeout_secs: u64) -> Result<ExitCode, String> {
+/// Most pages fetched: far beyond any fleet (5,000 agents a page), a stop for a server
+/// that keeps answering `next_after`.
+const MAX_PAGES: usize = 1_000;
+
+pub fn run(
+    controller: &str,
+    as_json: bool,
+    timeout_secs: u64,
+    state: Option<&str>,
+    page_size: usize,
+) -> Result<ExitCode, String> {
     let url = Url::parse(controller)?;
     let timeout = Duration::from_secs(timeout_secs.clamp(1, 300));
-    let resp = http::get(&url, tapio_wire::paths::STATUS, timeout)?;
+    let mut merged: Option<Value> = None;
+    let mut after = String::new();
+    for _ in 0..MAX_PAGES {
+        let mut path = format!("{}?limit={page_size}", tapio_wire::paths::STATUS);
+        if !after.is_empty() {
+            path.push_str(&format!("&after={}", percent_encode(&after)));
+        }
+        if let Some(state) = state {
+            path.push_str(&format!("&state={}", percent_encode(state)));
+        }
+        let mut page = fetch(controller, &url, &path, timeout)?;
+        let next = page["next_after"].as_str().map(str::to_string);
+        let agents = page["agents"].take();
+        let all = merged.get_or_insert_with(|| {
+            page["agents"] = Value::Array(Vec::new());
+            page
+        });
+        if let (Some(list), Value::Array(more)) = (all["agents"].as_array_mut(), agents) {
+            list.extend(more);
+        }
+        match next {
+            // A controller that ignores paging (or is done) sends no `next_after`; one that
+            // does not move forward would loop, so it ends the walk too.
+            Some(next) if next > after => after = next,
+            _ => break,
+        }
+    }
+    let Some(mut status) = merged else {
+        return Err(format!("{controller}: /v1/status sent no page"));
+    };
+    if let Some(obj) = status.as_object_mut() {
+        obj.remove("next_after");
+    }
+    if as_json {
+        out(&format!("{status}\n"));
+    } else {
+        out(&render(&status));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One status page, checked to be a tapio-wire/v1 status.
+fn fetch(controller: &str, url: &Url, path: &str, timeout: Duration) -> Result<Value, String> {
+    let resp = http::get(url, path, timeout)?;
     if (300..400).contains(&resp.status) {
         let to = resp.location.as_deref().unwrap_or("?");
         return Err(format!("{controller} answered {} (redirect to {to}); redirects are not followed", resp.status));
@@ -27,19 +83,21 @@ pub fn run(controller: &str, as_json: bool, timeout_secs: u64) -> Result<ExitCod
         let detail = e.map(|e| format!(" {} {}", text(&e["code"]), text(&e["message"]))).unwrap_or_default();
         return Err(format!("{controller} answered HTTP {}{detail}", resp.status));
     }
-    let status = body
-        .filter(|b| b["wire_version"] == tapio_wire::WIRE_VERSION && b["agents"].is_array())
-        .ok_or_else(|| format!("{controller}: /v1/status did not answer a tapio-wire/v1 status"))?;
-    if as_json {
-        let mut body = resp.body;
-        if body.last() != Some(&b'\n') {
-            body.push(b'\n');
+    body.filter(|b| b["wire_version"] == tapio_wire::WIRE_VERSION && b["agents"].is_array())
+        .ok_or_else(|| format!("{controller}: /v1/status did not answer a tapio-wire/v1 status"))
+}
+
+/// Percent-encodes a query value (agent ids may hold any character).
+fn percent_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
         }
-        out(&String::from_utf8_lossy(&body));
-    } else {
-        out(&render(&status));
     }
-    Ok(ExitCode::SUCCESS)
+    out
 }
 
 /// A string field, or "-".
@@ -114,9 +172,22 @@ pub fn render(s: &Value) -> String {
     let agents = s["agents"].as_array().unwrap_or(&empty);
     let count = |st: ConfigState| agents.iter().filter(|a| config_state(a, target) == st).count();
     let totals = &s["totals"];
+    let fleet = &s["summary"];
+    let fleet_line = if fleet.is_object() {
+        format!(
+            "fleet: {} agents ({} registered, {} unregistered), {} stale, {} degraded\n",
+            num(&fleet["agents_total"]),
+            num(&fleet["registered"]),
+            num(&fleet["unregistered"]),
+            num(&fleet["stale"]),
+            num(&fleet["degraded"]),
+        )
+    } else {
+        String::new()
+    };
     let mut text_out = format!(
         "controller {}  target config generation {} {}\n{} agents: {} current, {} outdated, {} unreported; \
-         {} events accepted, {} rejected\n\n",
+         {} events accepted, {} rejected\n{fleet_line}\n",
         text(&s["controller_id"]),
         text(&s["config"]["version"]),
         target,
@@ -174,4 +245,13 @@ pub fn render(s: &Value) -> String {
         &rows,
     ));
     text_out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(super::percent_encode("node-1.a_b~"), "node-1.a_b~");
+        assert_eq!(super::percent_encode("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
+    }
 }

@@ -480,6 +480,43 @@ fn status_shows_agents_config_state_and_loss_counters() {
 }
 
 #[test]
+fn status_pages_through_a_large_fleet_and_filters_by_state() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let dir = temp_dir("status-pages-i13");
+    let settings = tapio_controller::Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        sink: tapio_controller::SinkTarget::File { path: dir.join("sink.jsonl"), max_bytes: 1 << 20, keep_files: 1 },
+        ..tapio_controller::Settings::default()
+    };
+    let server = rt.block_on(tapio_controller::RunningServer::start(settings)).unwrap();
+    let addr = server.addr;
+    let target = server.state.config().hash.clone();
+    for i in 0..12 {
+        let agent = format!("agent {i:02}/x"); // needs encoding in `after`
+        let hello = serde_json::json!({"wire_version":"tapio-wire/v1","agent_id":agent,"node_name":"n",
+            "tapio_version":"0.1.0","kernel_release":"6.18","arch":"x86_64"});
+        assert_eq!(post(addr, "/v1/agents/hello", &hello), 200);
+    }
+    assert_eq!(post(addr, "/v1/agents/heartbeat", &heartbeat("agent 03/x", &target, 1, 0)), 200);
+    let url = format!("http://{addr}");
+    let v = json_out(&tapio(&["status", "--json", "--page-size", "5", "--controller", &url]));
+    let ids: Vec<&str> = v["agents"].as_array().unwrap().iter().map(|a| a["agent_id"].as_str().unwrap()).collect();
+    let want: Vec<String> = (0..12).map(|i| format!("agent {i:02}/x")).collect();
+    assert_eq!(ids, want, "three pages of 5, 5 and 2, merged in order");
+    assert!(v.get("next_after").is_none());
+    let o = tapio(&["status", "--page-size", "5", "--controller", &url]);
+    let text = stdout(&o);
+    assert!(text.contains("12 agents: 1 current, 0 outdated, 11 unreported"), "{text}");
+    assert!(text.contains("fleet: 12 agents (12 registered, 0 unregistered), 0 stale, 1 degraded"), "{text}");
+    let v = json_out(&tapio(&["status", "--json", "--state", "current", "--controller", &url]));
+    assert_eq!(v["agents"].as_array().unwrap().len(), 1);
+    assert_eq!(v["agents"][0]["agent_id"], "agent 03/x");
+    assert_eq!(tapio(&["status", "--page-size", "0", "--controller", &url]).status.code(), Some(2));
+    rt.block_on(server.stop()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn status_refuses_redirects_and_names_error_envelopes() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();

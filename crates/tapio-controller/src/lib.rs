@@ -7,7 +7,8 @@
 //!
 //! Modules, one job each:
 //! * [`settings`]: flags → validated [`settings::Settings`].
-//! * [`server`]: accept loop, timeouts, connection bound, graceful shutdown.
+//! * [`server`]: accept loop, timeouts, graceful shutdown. [`connections`]: connection
+//!   bounds (total and per peer) and eviction of connections without a request.
 //! * [`api`]: routes, handlers, error envelope, body limit, auth and metrics middleware.
 //! * [`registry`] and [`sequence`]: agents, their reports and batch sequence facts.
 //! * [`config_hash`]: SHA-256 config hash and the served config body.
@@ -20,6 +21,7 @@
 pub mod api;
 pub mod auth;
 pub mod config_hash;
+pub mod connections;
 pub mod io_timeout;
 pub mod logging;
 pub mod metrics;

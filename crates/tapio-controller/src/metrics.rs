@@ -85,6 +85,10 @@ pub struct Metrics {
     pub sink_queue_bytes: Gauge,
     /// Open client connections.
     pub connections_open: Gauge,
+    /// Connections the server closed to stay available, by reason (`evicted`: one
+    /// without a request, or with a body arriving too slowly, made room; `peer_limit`:
+    /// refused at once).
+    pub connections_shed: Family<ReasonLabels, Counter>,
     /// Generation of the config being served.
     pub config_generation: Gauge,
     /// Registered agents by whether the hash they applied is the one served, refreshed
@@ -125,6 +129,7 @@ impl Metrics {
             sink_dropped: Family::default(),
             sink_queue_bytes: Gauge::default(),
             connections_open: Gauge::default(),
+            connections_shed: Family::default(),
             config_generation: Gauge::default(),
             agents_config: Family::default(),
             profile_reloads: Family::default(),
@@ -157,6 +162,11 @@ impl Metrics {
         registry.register("sink_records_dropped", "Records the sink dropped, by reason", m.sink_dropped.clone());
         registry.register("sink_queue_bytes", "Bytes waiting for the sink writer", m.sink_queue_bytes.clone());
         registry.register("connections_open", "Open client connections", m.connections_open.clone());
+        registry.register(
+            "connections_shed",
+            "Connections closed to stay available, by reason",
+            m.connections_shed.clone(),
+        );
         registry.register("config_generation", "Generation of the config being served", m.config_generation.clone());
         registry.register(
             "agents_config",

@@ -12,7 +12,6 @@
 //! Generations name one config across controller restarts (evidence carries them as
 //! `config_generation`): see [`next_generation`].
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,14 +96,13 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Loaded, LoadError> {
 
 /// Reads at most [`MAX_PROFILE_BYTES`] of `path`.
 pub fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
-    let read_err = |source| LoadError::Read { path: path.to_path_buf(), source };
-    let file = std::fs::File::open(path).map_err(read_err)?;
-    let mut bytes = Vec::new();
-    file.take(MAX_PROFILE_BYTES + 1).read_to_end(&mut bytes).map_err(read_err)?;
-    if bytes.len() as u64 > MAX_PROFILE_BYTES {
-        return Err(LoadError::TooLarge { path: path.to_path_buf() });
-    }
-    Ok(bytes)
+    tapio_wire::capped::read_capped(path, MAX_PROFILE_BYTES).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::InvalidData {
+            LoadError::TooLarge { path: path.to_path_buf() }
+        } else {
+            LoadError::Read { path: path.to_path_buf(), source }
+        }
+    })
 }
 
 /// Reads, parses and compiles the profile at `path`.

@@ -6,15 +6,20 @@
 //! batches before any hello (their batches are still accepted beyond the bound; the
 //! caller counts them as untracked). Silent agents are evicted, freeing their slots.
 //!
+//! Agents are kept in id order, so a status page is a range walk from the previous
+//! page's last id rather than a sort of the whole fleet per request.
+//!
 //! A hello resets the agent's sequence tracking: a hello starts a new registration, most
 //! often a new agent process whose batch numbers start over.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tapio_wire::{
-    AgentStatus, DegradedReason, HeartbeatCounters, HeartbeatRequest, HelloRequest, ObserverStatus, SequenceStatus,
+    AgentState, AgentStatus, DegradedReason, HeartbeatCounters, HeartbeatRequest, HelloRequest, ObserverStatus,
+    SequenceStatus,
 };
 
 use crate::sequence::{SeqObservation, SeqState};
@@ -57,6 +62,8 @@ pub struct Census {
     pub config_outdated: usize,
     /// Registered agents with no heartbeat yet.
     pub config_unreported: usize,
+    /// Agents whose last heartbeat reported degradation.
+    pub degraded: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -86,6 +93,49 @@ struct Agent {
 }
 
 impl Agent {
+    /// Whether the agent is in `state`; `target_hash` is the config hash being served.
+    fn is(&self, state: AgentState, now: Instant, stale_after: Duration, target_hash: &str) -> bool {
+        let report = self.report.as_ref();
+        match state {
+            AgentState::Registered => self.registration.is_some(),
+            AgentState::Unregistered => self.registration.is_none(),
+            AgentState::Stale => self.registration.as_ref().is_some_and(|reg| {
+                let since = self.last_heartbeat.unwrap_or(reg.registered_at);
+                now.saturating_duration_since(since) > stale_after
+            }),
+            AgentState::Current => report.is_some_and(|r| r.config_hash == target_hash),
+            AgentState::Outdated => report.is_some_and(|r| r.config_hash != target_hash),
+            AgentState::Unreported => self.registration.is_some() && report.is_none(),
+            AgentState::Degraded => report.is_some_and(|r| {
+                !r.degraded_reasons.is_empty()
+                    || r.observers.values().any(|s| !matches!(s, ObserverStatus::Running | ObserverStatus::Disabled))
+            }),
+        }
+    }
+
+    fn status(&self, id: &str, now: Instant, target_hash: &str) -> AgentStatus {
+        let report = self.report.as_ref();
+        AgentStatus {
+            agent_id: id.to_string(),
+            node_name: self.node_name.clone(),
+            tapio_version: self.registration.as_ref().map(|r| r.tapio_version.clone()).unwrap_or_default(),
+            registered_at_unix: self.registration.as_ref().map_or(0, |r| r.registered_at_unix),
+            last_heartbeat_age_seconds: self.last_heartbeat.map(|t| now.saturating_duration_since(t).as_secs()),
+            reported_config_version: report.map(|r| r.config_version.clone()).unwrap_or_default(),
+            reported_counters: report.map(|r| r.counters.clone()).unwrap_or_default(),
+            observers: report.map(|r| r.observers.clone()).unwrap_or_default(),
+            sequence: SequenceStatus {
+                last_seen: self.seq.last_seen,
+                gaps_total: self.seq.gaps_total,
+                regressions_total: self.seq.regressions_total,
+            },
+            reported_config_hash: report.map(|r| r.config_hash.clone()),
+            config_current: report.map(|r| r.config_hash == target_hash),
+            registered: Some(self.registration.is_some()),
+            degraded_reasons: report.map(|r| r.degraded_reasons.clone()),
+        }
+    }
+
     fn new(node_name: &str, now: Instant) -> Self {
         Self {
             node_name: node_name.to_string(),
@@ -100,7 +150,7 @@ impl Agent {
 
 #[derive(Debug, Default)]
 struct Inner {
-    agents: HashMap<String, Agent>,
+    agents: BTreeMap<String, Agent>,
     registered: usize,
 }
 
@@ -223,10 +273,11 @@ impl Registry {
             ..Census::default()
         };
         for a in inner.agents.values() {
-            let Some(reg) = a.registration.as_ref() else { continue };
-            let since = a.last_heartbeat.unwrap_or(reg.registered_at);
-            if now.saturating_duration_since(since) > stale_after {
-                census.stale += 1;
+            let is = |state| a.is(state, now, stale_after, target_hash);
+            census.stale += usize::from(is(AgentState::Stale));
+            census.degraded += usize::from(is(AgentState::Degraded));
+            if a.registration.is_none() {
+                continue;
             }
             match &a.report {
                 None => census.config_unreported += 1,
@@ -240,36 +291,40 @@ impl Registry {
     /// The status view of every agent, sorted by id; `target_hash` is the config hash
     /// being served (each agent says whether it runs it).
     pub fn snapshot(&self, now: Instant, target_hash: &str) -> Vec<AgentStatus> {
-        let inner = self.lock();
-        let mut out: Vec<AgentStatus> = inner
-            .agents
-            .iter()
-            .map(|(id, a)| {
-                let report = a.report.as_ref();
-                AgentStatus {
-                    agent_id: id.clone(),
-                    node_name: a.node_name.clone(),
-                    tapio_version: a.registration.as_ref().map(|r| r.tapio_version.clone()).unwrap_or_default(),
-                    registered_at_unix: a.registration.as_ref().map_or(0, |r| r.registered_at_unix),
-                    last_heartbeat_age_seconds: a.last_heartbeat.map(|t| now.saturating_duration_since(t).as_secs()),
-                    reported_config_version: report.map(|r| r.config_version.clone()).unwrap_or_default(),
-                    reported_counters: report.map(|r| r.counters.clone()).unwrap_or_default(),
-                    observers: report.map(|r| r.observers.clone()).unwrap_or_default(),
-                    sequence: SequenceStatus {
-                        last_seen: a.seq.last_seen,
-                        gaps_total: a.seq.gaps_total,
-                        regressions_total: a.seq.regressions_total,
-                    },
-                    reported_config_hash: report.map(|r| r.config_hash.clone()),
-                    config_current: report.map(|r| r.config_hash == target_hash),
-                    registered: Some(a.registration.is_some()),
-                    degraded_reasons: report.map(|r| r.degraded_reasons.clone()),
-                }
-            })
-            .collect();
-        out.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
-        out
+        self.lock().agents.iter().map(|(id, a)| a.status(id, now, target_hash)).collect()
     }
+
+    /// One status page: up to `limit` agents with ids after `after`, in id order, that
+    /// are in `state` (any when None). The second value is the last id returned when
+    /// more matching agents follow (the next page's `after`).
+    pub fn page(&self, now: Instant, query: &PageQuery<'_>) -> (Vec<AgentStatus>, Option<String>) {
+        let inner = self.lock();
+        let start = query.after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut matching = inner
+            .agents
+            .range::<str, _>((start, Bound::Unbounded))
+            .filter(|(_, a)| query.state.is_none_or(|st| a.is(st, now, query.stale_after, query.target_hash)));
+        let page: Vec<AgentStatus> =
+            matching.by_ref().take(query.limit).map(|(id, a)| a.status(id, now, query.target_hash)).collect();
+        let more = matching.next().is_some();
+        let next = if more { page.last().map(|a| a.agent_id.clone()) } else { None };
+        (page, next)
+    }
+}
+
+/// What a status page asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct PageQuery<'a> {
+    /// Start after this agent id.
+    pub after: Option<&'a str>,
+    /// Most agents returned.
+    pub limit: usize,
+    /// Only agents in this state.
+    pub state: Option<AgentState>,
+    /// The stale bound, for [`AgentState::Stale`].
+    pub stale_after: Duration,
+    /// The config hash being served.
+    pub target_hash: &'a str,
 }
 
 #[cfg(test)]

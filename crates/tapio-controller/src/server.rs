@@ -1,11 +1,12 @@
-//! The HTTP/1.1 server loop: accepts connections under a bound, serves the router with
-//! header-read, request and write timeouts, evicts silent agents, and shuts down
-//! gracefully (stop accepting, let open requests finish within a grace period, flush
-//! the sink).
+//! The HTTP/1.1 server loop: admits connections through the [`Connections`] table (total
+//! and per-peer bounds, eviction of connections without a request), serves the router
+//! with header-size, header-read, request and write bounds, evicts silent agents, returns
+//! memory after floods, and shuts down gracefully (stop accepting, close connections
+//! without a request, let open requests finish within a grace period, flush the sink).
 //!
 //! hyper's connection builder is used directly instead of `axum::serve` because only it
-//! exposes the header read timeout that closes clients which connect and send nothing
-//! (the same timer closes idle keep-alive connections).
+//! exposes the header read timeout and buffer bound, and the per-connection shutdown
+//! that eviction needs.
 
 use std::future::Future;
 use std::io;
@@ -13,17 +14,26 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Incoming};
 use hyper::server::conn::http1;
+use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tower::ServiceExt;
 
 use crate::api;
+use crate::connections::{Activity, Admitted, Connections, Refusal};
 use crate::io_timeout::WriteTimeout;
 use crate::metrics::Metrics;
+use crate::metrics::ReasonLabels;
 use crate::profile;
 use crate::settings::Settings;
 use crate::sink::{self, SinkWriter};
@@ -47,7 +57,7 @@ impl Server {
         let metrics = Arc::new(Metrics::new());
         let (sink, writer) = sink::start(&settings.sink, settings.sink_queue_bytes, &metrics)?;
         let state = Arc::new(AppState::new(&settings, metrics, sink));
-        let listener = match TcpListener::bind(settings.listen).await {
+        let listener = match listen(settings.listen) {
             Ok(l) => l,
             Err(e) => {
                 writer.close(Duration::from_secs(1));
@@ -77,32 +87,30 @@ impl Server {
         F: Future<Output = ()> + Send,
     {
         let Self { listener, state, writer, settings, hangup } = self;
-        let service = TowerToHyperService::new(api::router(Arc::clone(&state)));
-        let graceful = GracefulShutdown::new();
-        let slots = Arc::new(Semaphore::new(settings.max_connections));
+        let router = api::router(Arc::clone(&state));
+        let conns = Connections::new(settings.max_connections, settings.max_connections_per_peer);
         let mut builder = http1::Builder::new();
-        builder.timer(TokioTimer::new()).header_read_timeout(settings.header_read_timeout).keep_alive(true);
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(settings.header_read_timeout)
+            .keep_alive(true)
+            // The read buffer holds a request head; hyper's default lets each connection
+            // grow it to ~400 KiB, so a thousand unfinished heads cost ~400 MB.
+            .max_buf_size(settings.max_header_bytes)
+            .max_headers(MAX_REQUEST_HEADERS);
         let evictor = tokio::spawn(evict_loop(Arc::clone(&state), settings.evict_after));
+        let trimmer = tokio::spawn(return_memory_loop(Arc::clone(&conns)));
         let watcher = settings.profile.clone().map(|path| {
             tokio::spawn(profile::watch(Arc::clone(&state), profile::Watcher::new(path), settings.profile_poll, hangup))
         });
 
         tokio::pin!(shutdown);
-        loop {
-            // Wait for a free slot first: beyond the bound, clients wait in the backlog.
-            let permit = tokio::select! {
-                biased;
-                () = &mut shutdown => break,
-                p = Arc::clone(&slots).acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-            };
-            let stream = tokio::select! {
+        'accept: loop {
+            let (stream, peer) = tokio::select! {
                 biased;
                 () = &mut shutdown => break,
                 r = listener.accept() => match r {
-                    Ok((stream, _peer)) => stream,
+                    Ok(accepted) => accepted,
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
                         log::warn!("accept failed: {e}");
@@ -111,28 +119,104 @@ impl Server {
                     }
                 },
             };
+            let slot = loop {
+                match conns.admit(peer.ip()) {
+                    Ok((slot, how)) => {
+                        if how == Admitted::Evicted {
+                            state.metrics.connections_shed.get_or_create(&ReasonLabels { reason: "evicted" }).inc();
+                        }
+                        break Some(slot);
+                    }
+                    Err(Refusal::PeerFull) => {
+                        state.metrics.connections_shed.get_or_create(&ReasonLabels { reason: "peer_limit" }).inc();
+                        break None;
+                    }
+                    // Every slot is busy with a request: wait (further clients wait in the
+                    // backlog) until one ends.
+                    Err(Refusal::Full) => tokio::select! {
+                        biased;
+                        () = &mut shutdown => break 'accept,
+                        () = conns.freed() => {}
+                        () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    },
+                }
+            };
+            let Some(slot) = slot else {
+                drop(stream);
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let io = TokioIo::new(WriteTimeout::new(stream, settings.write_timeout));
-            let conn = graceful.watch(builder.serve_connection(io, service.clone()));
+            let activity = Arc::clone(&slot.activity);
+            let router = router.clone();
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                // Busy from complete request head until the response body is written.
+                let busy = activity.begin(!req.body().is_end_stream());
+                let activity = Arc::clone(&activity);
+                let router = router.clone();
+                async move {
+                    let req = req.map(|inner| Body::new(TrackedBody { inner, activity }));
+                    let resp = match router.oneshot(req).await {
+                        Ok(resp) => resp,
+                        Err(never) => match never {},
+                    };
+                    Ok::<_, Infallible>(resp.map(|body| {
+                        Body::new(body.map_frame(move |frame| {
+                            let _held_until_written = &busy;
+                            frame
+                        }))
+                    }))
+                }
+            });
+            let conn = builder.serve_connection(io, service);
             let open = state.metrics.connections_open.clone();
             open.inc();
             tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    // Clients vanish, time out or send garbage: routine, so debug only.
-                    log::debug!("connection ended: {e}");
+                tokio::pin!(conn);
+                let mut closing = false;
+                loop {
+                    tokio::select! {
+                        r = conn.as_mut() => {
+                            if let Err(e) = r {
+                                // Clients vanish, time out or send garbage: routine, so debug only.
+                                log::debug!("connection ended: {e}");
+                            }
+                            break;
+                        }
+                        () = slot.close.notified(), if !closing => {
+                            // Evicted or shutting down: a connection without a request in
+                            // progress is dropped now; a busy one answers, then closes.
+                            if slot.activity.may_drop() {
+                                break;
+                            }
+                            conn.as_mut().graceful_shutdown();
+                            closing = true;
+                        }
+                    }
                 }
                 open.dec();
-                drop(permit);
+                drop(slot);
             });
         }
 
         drop(listener);
         evictor.abort();
+        trimmer.abort();
         if let Some(w) = watcher {
             w.abort();
         }
         log::info!("shutting down: finishing open requests");
-        if tokio::time::timeout(settings.shutdown_grace, graceful.shutdown()).await.is_err() {
+        conns.close_all();
+        let drained = tokio::time::timeout(settings.shutdown_grace, async {
+            while conns.open() > 0 {
+                tokio::select! {
+                    () = conns.freed() => {}
+                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
             log::warn!("connections still open after {} s; closing them", settings.shutdown_grace.as_secs());
         }
         // Flushing may block on a slow stdout pipe: keep it off the async workers.
@@ -141,6 +225,81 @@ impl Server {
         Ok(())
     }
 }
+
+/// A request body that tells the connection's [`Activity`] when it has fully arrived.
+struct TrackedBody {
+    inner: Incoming,
+    activity: Arc<Activity>,
+}
+
+impl hyper::body::Body for TrackedBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let arrived = match &polled {
+            Poll::Ready(None | Some(Err(_))) => true,
+            Poll::Ready(Some(Ok(_))) => self.inner.is_end_stream(),
+            Poll::Pending => false,
+        };
+        if arrived {
+            self.activity.body_done();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Listen backlog: room for a fleet's reconnect burst (and a flood's) while the accept loop
+/// catches up; the kernel caps it at `net.core.somaxconn`. tokio's `bind` uses 1024.
+const LISTEN_BACKLOG: u32 = 2048;
+
+/// Binds `addr` with [`LISTEN_BACKLOG`].
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Most header lines a request may carry (agents send fewer than ten).
+const MAX_REQUEST_HEADERS: usize = 64;
+
+/// Gives memory back to the OS after a connection flood ends: glibc keeps freed buffers
+/// in its arenas, so without this a flood's peak stays resident long after it is over.
+async fn return_memory_loop(conns: Arc<Connections>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let peak = conns.take_peak();
+        if peak >= conns.open() + 64 {
+            trim_heap();
+        }
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim_heap() {
+    // SAFETY: malloc_trim only walks and releases the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_heap() {}
 
 /// Forgets silent agents periodically.
 async fn evict_loop(state: Arc<AppState>, after: Duration) {

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use tapio_wire::capped::{caps, read_capped, read_capped_string};
 use tapio_wire::CompiledConfig;
 
 use crate::auth::BearerToken;
@@ -78,9 +79,20 @@ pub struct Cli {
     /// Most events per batch, handed to agents and enforced.
     #[arg(long, default_value_t = 256)]
     pub max_batch_events: u64,
-    /// Most concurrently open client connections; further clients wait in the backlog.
+    /// Most concurrently open client connections. At the bound, the connection that has
+    /// waited longest without a request is closed to make room; when every connection is
+    /// busy with a request, further clients wait in the backlog.
     #[arg(long, default_value_t = 1_024)]
     pub max_connections: usize,
+    /// Most concurrently open connections from one IP address (same eviction rule; a
+    /// further one with nothing to evict is closed at once). Raise it when many agents
+    /// reach the controller through one address (a NAT or proxy).
+    #[arg(long, default_value_t = 128)]
+    pub max_connections_per_peer: usize,
+    /// Largest request head (request line and headers) a client may send; larger gets
+    /// 431. Also the bound of each connection's read buffer. At least 8192.
+    #[arg(long, default_value_t = 16 * 1024)]
+    pub max_header_bytes: usize,
     /// Time a client has to send request headers (also the keep-alive idle limit).
     #[arg(long, default_value_t = 10)]
     pub header_read_timeout_secs: u64,
@@ -188,6 +200,10 @@ pub struct Settings {
     pub max_batch_events: u64,
     /// Connection bound.
     pub max_connections: usize,
+    /// Connection bound per peer address.
+    pub max_connections_per_peer: usize,
+    /// Request head and read buffer bound.
+    pub max_header_bytes: usize,
     /// Header read timeout.
     pub header_read_timeout: Duration,
     /// Request timeout.
@@ -218,6 +234,8 @@ impl Default for Settings {
             send_interval_ms: 5_000,
             max_batch_events: 256,
             max_connections: 1_024,
+            max_connections_per_peer: 128,
+            max_header_bytes: 16 * 1024,
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(30),
@@ -273,6 +291,13 @@ impl Cli {
         if self.max_connections == 0 {
             return invalid("--max-connections must be at least 1");
         }
+        if self.max_connections_per_peer == 0 {
+            return invalid("--max-connections-per-peer must be at least 1");
+        }
+        // hyper refuses (panics on) a read buffer below 8 KiB.
+        if !(8192..=1 << 20).contains(&self.max_header_bytes) {
+            return invalid("--max-header-bytes must be in 8192..=1048576");
+        }
         if self.evict_after_secs == 0 || self.stale_after_secs == 0 {
             return invalid("--stale-after-secs and --evict-after-secs must be at least 1");
         }
@@ -282,7 +307,7 @@ impl Cli {
 
         let auth_token = match (&self.auth_token_file, env_token) {
             (Some(path), _) => {
-                let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+                let text = read_capped_string(path, caps::TOKEN_BYTES).map_err(|source| SettingsError::Read {
                     what: "token file",
                     path: path.clone(),
                     source,
@@ -313,7 +338,7 @@ impl Cli {
             (Some(path), _) => crate::profile::load(path)?.config,
             (None, None) => CompiledConfig::default(),
             (None, Some(path)) => {
-                let bytes = std::fs::read(path).map_err(|source| SettingsError::Read {
+                let bytes = read_capped(path, caps::CONFIG_BYTES).map_err(|source| SettingsError::Read {
                     what: "config file",
                     path: path.clone(),
                     source,
@@ -338,6 +363,8 @@ impl Cli {
             send_interval_ms: self.send_interval_ms,
             max_batch_events: self.max_batch_events,
             max_connections: self.max_connections,
+            max_connections_per_peer: self.max_connections_per_peer,
+            max_header_bytes: self.max_header_bytes,
             header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
             request_timeout: Duration::from_secs(self.request_timeout_secs),
             write_timeout: Duration::from_secs(self.write_timeout_secs),
@@ -425,6 +452,16 @@ mod tests {
         assert!(err.contains("bad.yaml"), "{err}");
         assert!(Cli::try_parse_from(["c", "--profile", "a.yaml", "--config-file", "b.json"]).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn endless_token_and_config_files_fail_fast_with_the_flag_named() {
+        for flag in ["--auth-token-file", "--config-file"] {
+            let err = cli(&[flag, "/dev/zero"]).into_settings(None).unwrap_err().to_string();
+            assert!(err.contains("/dev/zero") && err.contains("larger than"), "{flag}: {err}");
+        }
+        let err = cli(&["--profile", "/dev/zero"]).into_settings(None).unwrap_err().to_string();
+        assert!(err.contains("/dev/zero"), "{err}");
     }
 
     #[test]

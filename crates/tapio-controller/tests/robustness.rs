@@ -1,4 +1,8 @@
-//! Slow and idle clients, graceful shutdown, sink back-pressure.
+//! Slow, idle and flooding clients, oversized heads and heartbeats, graceful shutdown,
+//! sink back-pressure.
+//!
+//! Floods here are small (a few hundred connections against a bound of 32) so the suite
+//! stays fast; `tapio-loadgen --mode flood` runs the issue's full-size floods.
 
 mod common;
 
@@ -6,7 +10,32 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
+
+/// A connection from the loopback address `127.0.0.<last>`: floods come from their own
+/// peer address, as hostile hosts would, while probes and agents use 127.0.0.1.
+async fn connect_from(last: u8, to: std::net::SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::from(([127, 0, 0, last], 0)))?;
+    socket.connect(to).await
+}
+
+/// Opens `n` connections from `127.0.0.<last>`, each sending `first` and then nothing.
+async fn flood(last: u8, to: std::net::SocketAddr, n: usize, first: &[u8]) -> Vec<TcpStream> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        // The server may close an evicted one before or while it writes: that is fine.
+        if let Ok(mut s) = connect_from(last, to).await {
+            let _ = s.write_all(first).await;
+            out.push(s);
+        }
+    }
+    out
+}
+
+/// The request must be answered well before the floods' 30 s header timeout would free
+/// a slot (before the fix, a probe waited for exactly that).
+const ANSWERED_WITHIN: Duration = Duration::from_secs(10);
 
 /// Reads until EOF or error; returns how long that took and what was read.
 async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<(Duration, Vec<u8>)> {
@@ -146,4 +175,199 @@ async fn sink_file_rotates_and_keeps_a_bounded_number_of_files() {
         assert!(!read_lines(&p).is_empty(), "whole JSON lines in {}", p.display());
     }
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_and_idle_floods_beyond_the_bound_leave_health_and_agents_served() {
+    let t = TestServer::start_with("flood-i13", |s| {
+        s.max_connections = 32;
+        s.max_connections_per_peer = 1_000;
+        s.header_read_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let c = t.client();
+    // Ten times the bound: half trickle an unfinished head, half say nothing.
+    let slowloris = flood(2, t.server.addr, 160, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-a: ").await;
+    let idle = flood(3, t.server.addr, 160, b"").await;
+    assert!(slowloris.len() + idle.len() >= 300, "the flood itself connected");
+    for _ in 0..3 {
+        let health = tokio::time::timeout(ANSWERED_WITHIN, c.get("/healthz")).await.expect("healthz answered");
+        assert_eq!(health.status, 200);
+        let hello = tokio::time::timeout(ANSWERED_WITHIN, c.post_json("/v1/agents/hello", &hello("a1")))
+            .await
+            .expect("hello answered");
+        assert_eq!(hello.status, 200);
+    }
+    let shed = metric(&c, "tapio_controller_connections_shed_total{reason=\"evicted\"}").await;
+    assert!(shed.is_some_and(|n| n >= 280.0), "waiting connections made room: {shed:?}");
+    let open = metric(&c, "tapio_controller_connections_open").await;
+    assert!(open.is_some_and(|n| n <= 32.0), "the bound holds: {open:?}");
+    drop((slowloris, idle));
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_from_one_peer_take_at_most_its_share() {
+    let t = TestServer::start_with("slowbody-i13", |s| {
+        s.max_connections = 32;
+        s.max_connections_per_peer = 8;
+        s.request_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let c = t.client();
+    // Complete heads with a body that never comes: busy requests, which are never cut.
+    let head =
+        b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{";
+    let mut bodies = flood(2, t.server.addr, 40, head).await;
+    for _ in 0..3 {
+        let health = tokio::time::timeout(ANSWERED_WITHIN, c.get("/healthz")).await.expect("healthz answered");
+        assert_eq!(health.status, 200);
+        let r = tokio::time::timeout(ANSWERED_WITHIN, c.post_json("/v1/events", &batch("a1", 1, vec![event(1)])))
+            .await
+            .expect("events answered");
+        assert_eq!(r.status, 200);
+    }
+    // The peer's connections beyond its 8 were closed at once.
+    let mut closed = 0;
+    for s in &mut bodies {
+        if read_until_closed(s, Duration::from_millis(200)).await.is_some() {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 32, "40 sent, 8 held");
+    // Refused at once, or (if the flood took longer than the slow-body grace) an older
+    // slow body of the same peer cut in its place: 32 in all, nothing of anyone else.
+    let refused = metric(&c, "tapio_controller_connections_shed_total{reason=\"peer_limit\"}").await;
+    let evicted = metric(&c, "tapio_controller_connections_shed_total{reason=\"evicted\"}").await;
+    assert_eq!(refused.unwrap_or(0.0) + evicted.unwrap_or(0.0), 32.0, "{refused:?} {evicted:?}");
+    drop(bodies);
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_from_many_peers_beyond_the_bound_are_cut_for_new_clients() {
+    let t = TestServer::start_with("slowbodies-i13", |s| {
+        s.max_connections = 32;
+        s.max_connections_per_peer = 1_000;
+        s.request_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let c = t.client();
+    let head =
+        b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{";
+    // Every slot holds a body that is still arriving; more wait in the backlog.
+    let bodies = flood(2, t.server.addr, 64, head).await;
+    // Past the slow-body grace (1 s), a new client's connection cuts the slowest body.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    for _ in 0..3 {
+        let health = tokio::time::timeout(ANSWERED_WITHIN, c.get("/healthz")).await.expect("healthz answered");
+        assert_eq!(health.status, 200);
+        let r = tokio::time::timeout(ANSWERED_WITHIN, c.post_json("/v1/events", &batch("a1", 1, vec![event(1)])))
+            .await
+            .expect("events answered");
+        assert_eq!(r.status, 200);
+    }
+    let s = c.get("/v1/status").await.json();
+    assert_eq!(s["totals"]["batches_rejected_total"], 0, "a cut body is no verdict on a batch");
+    drop(bodies);
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_over_the_bound_is_refused_with_431() {
+    let t = TestServer::start("bighead-i13").await; // 16 KiB heads
+    let c = t.client();
+    let fits = c.send("GET", "/healthz", &[("X-Pad", &"p".repeat(12 * 1024))], None).await;
+    assert_eq!(fits.status, 200);
+    let mut s = TcpStream::connect(t.server.addr).await.unwrap();
+    let big = format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n", "p".repeat(20 * 1024));
+    let _ = s.write_all(big.as_bytes()).await;
+    let (_, bytes) = read_until_closed(&mut s, Duration::from_secs(5)).await.expect("closed after the answer");
+    assert!(bytes.starts_with(b"HTTP/1.1 431"), "{:?}", String::from_utf8_lossy(&bytes[..bytes.len().min(80)]));
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fat_heartbeat_is_refused_and_nothing_of_it_is_stored() {
+    let t = TestServer::start("fatbeat-i13").await;
+    let c = t.client();
+    assert_eq!(c.post_json("/v1/agents/hello", &hello("a1")).await.status, 200);
+    let mut fat = heartbeat("a1");
+    fat["observers"] = (0..2_000).map(|i| (format!("observer-{i}"), serde_json::json!("running"))).collect();
+    let r = c.post_json("/v1/agents/heartbeat", &fat).await;
+    assert_eq!((r.status, r.error_code().as_str()), (400, "INVALID_FIELD"));
+    let mut fat = heartbeat("a1");
+    fat["degraded_reasons"] = serde_json::json!(["r".repeat(200_000)]);
+    let r = c.post_json("/v1/agents/heartbeat", &fat).await;
+    assert_eq!((r.status, r.error_code().as_str()), (400, "INVALID_FIELD"));
+    let a = agent_status(&c, "a1").await.unwrap();
+    assert_eq!(a["last_heartbeat_age_seconds"], serde_json::Value::Null, "no refused heartbeat was stored");
+    assert_eq!(c.post_json("/v1/agents/heartbeat", &heartbeat("a1")).await.status, 200);
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_pages_in_id_order_filters_by_state_and_summarises_the_fleet() {
+    let t = TestServer::start("status-pages-i13").await;
+    let c = t.client();
+    for i in 0..25 {
+        assert_eq!(c.post_json("/v1/agents/hello", &hello(&format!("agent-{i:02}"))).await.status, 200);
+    }
+    for i in 0..4 {
+        let mut hb = heartbeat(&format!("agent-{i:02}"));
+        if i < 2 {
+            hb["observers"]["storage"] = serde_json::json!("failed");
+        }
+        assert_eq!(c.post_json("/v1/agents/heartbeat", &hb).await.status, 200);
+    }
+    for i in 0..3 {
+        assert_eq!(c.post_json("/v1/events", &batch(&format!("batch-only-{i}"), 1, vec![event(1)])).await.status, 200);
+    }
+
+    let mut seen = Vec::new();
+    let mut after = String::new();
+    let mut pages = 0;
+    loop {
+        let r = c.get(&format!("/v1/status?limit=10&after={after}")).await;
+        assert_eq!(r.status, 200);
+        let body = r.json();
+        assert!(body["agents"].as_array().unwrap().len() <= 10);
+        seen.extend(body["agents"].as_array().unwrap().iter().map(|a| a["agent_id"].as_str().unwrap().to_string()));
+        pages += 1;
+        let summary = &body["summary"];
+        assert_eq!(
+            (summary["agents_total"].as_u64(), summary["registered"].as_u64(), summary["unregistered"].as_u64()),
+            (Some(28), Some(25), Some(3))
+        );
+        assert_eq!((summary["unreported"].as_u64(), summary["degraded"].as_u64()), (Some(21), Some(2)));
+        match body["next_after"].as_str() {
+            Some(next) => after = next.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!((seen.len(), &seen), (28, &sorted), "every agent once, in id order");
+
+    let ids = |body: serde_json::Value| -> Vec<String> {
+        body["agents"].as_array().unwrap().iter().map(|a| a["agent_id"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(
+        ids(c.get("/v1/status?state=unregistered").await.json()),
+        ["batch-only-0", "batch-only-1", "batch-only-2"]
+    );
+    assert_eq!(ids(c.get("/v1/status?state=degraded").await.json()), ["agent-00", "agent-01"]);
+    let summary_only = c.get("/v1/status?limit=0").await.json();
+    assert!(summary_only["agents"].as_array().unwrap().is_empty());
+    assert_eq!(summary_only["summary"]["agents_total"], 28);
+    // A plain v1 query (no parameters) gets the whole first page: all 28 here.
+    assert_eq!(ids(c.get("/v1/status").await.json()).len(), 28);
+
+    for bad in ["limit=5001", "limit=abc", "state=sleepy", "limit=1&limit=2"] {
+        let r = c.get(&format!("/v1/status?{bad}")).await;
+        assert_eq!((r.status, r.error_code().as_str()), (400, "INVALID_FIELD"), "{bad}");
+    }
+    t.stop().await;
 }

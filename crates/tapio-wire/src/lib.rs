@@ -2,8 +2,9 @@
 //!
 //! This crate is shared by every Tapio peer that speaks v1 (the agent's outbound client,
 //! the controller's HTTP server, test tools). It holds only data types, validation and
-//! canonical encoding, so it depends on `serde`, `serde_json` and `thiserror` and nothing
-//! else: no HTTP stack, no async runtime, no hashing crate.
+//! canonical encoding (plus one std-only capped file reader every binary shares), so it
+//! depends on `serde`, `serde_json` and `thiserror` and nothing else: no HTTP stack, no
+//! async runtime, no hashing crate.
 //!
 //! * [`hello`], [`config`], [`heartbeat`], [`events`], [`status`]: request and response
 //!   bodies of the five operations.
@@ -14,6 +15,8 @@
 //!   crate free of a hashing dependency while both compute the hash the same way.
 //! * [`open_enum`]: enums that keep unknown values instead of rejecting a payload.
 //! * [`error`]: the error envelope and [`ErrorCode`].
+//! * [`capped`]: the size-capped file reader every binary uses for its config, profile
+//!   and token files (std only).
 //! * [`validate`] and [`reasoning`]: the receiver-side rules, returning [`WireError`]
 //!   whose [`WireError::code`] is the spec's error code.
 //!
@@ -22,6 +25,7 @@
 //! omitted from the JSON when unset, so a plain v1 peer never sees it.
 
 pub mod canonical;
+pub mod capped;
 pub mod compiled;
 pub mod config;
 pub mod error;
@@ -40,7 +44,9 @@ pub use events::{EventBatch, EventError, EventsResponse, WireEvent, Workload};
 pub use heartbeat::{HeartbeatCounters, HeartbeatRequest, HeartbeatResponse};
 pub use hello::{HelloRequest, HelloResponse};
 pub use open_enum::{DegradedReason, ObserverStatus, Outcome, Severity};
-pub use status::{AgentStatus, SequenceStatus, StatusConfig, StatusResponse, StatusTotals};
+pub use status::{
+    AgentState, AgentStatus, SequenceStatus, StatusConfig, StatusQuery, StatusResponse, StatusSummary, StatusTotals,
+};
 pub use validate::WireError;
 
 /// The protocol version carried in every body's `wire_version` field.

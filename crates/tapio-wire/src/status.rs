@@ -1,4 +1,9 @@
 //! `GET /v1/status`: a read-only snapshot of the controller's facts (no verdicts).
+//!
+//! Extension for fleets: the agent list is paged (`?limit=&after=`, in agent id order) and
+//! may be filtered by state (`?state=`); every response carries a `summary` of agent
+//! counts by state over the whole registry, and `next_after` while more agents follow.
+//! A plain v1 client that sends no query gets the first [`STATUS_PAGE_DEFAULT`] agents.
 
 use std::collections::BTreeMap;
 
@@ -20,8 +25,104 @@ pub struct StatusResponse {
     pub config: StatusConfig,
     /// Controller-wide totals.
     pub totals: StatusTotals,
-    /// Known agents.
+    /// Known agents (one page of them, in agent id order).
     pub agents: Vec<AgentStatus>,
+    /// Extension: agent counts by state over the whole registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<StatusSummary>,
+    /// Extension: present while more agents match; pass it as `after` for the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<String>,
+}
+
+/// Agents per status page when the query names no `limit`.
+pub const STATUS_PAGE_DEFAULT: usize = 1_000;
+
+/// Largest `limit` a status query may ask for.
+pub const STATUS_PAGE_MAX: usize = 5_000;
+
+/// Query of `GET /v1/status` (extension; every parameter optional).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusQuery {
+    /// Agents per page, 0..=[`STATUS_PAGE_MAX`] (0: the summary only); default
+    /// [`STATUS_PAGE_DEFAULT`].
+    pub limit: Option<usize>,
+    /// Start after this agent id (the previous page's `next_after`).
+    pub after: Option<String>,
+    /// Only agents in this state (see [`AgentState`]).
+    pub state: Option<String>,
+}
+
+/// Agent states a status query can filter by; the `summary` counts each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentState {
+    /// Said hello.
+    Registered,
+    /// Known only from its batches.
+    Unregistered,
+    /// Registered, and silent for longer than the stale bound.
+    Stale,
+    /// Its last heartbeat reported the config hash being served.
+    Current,
+    /// Its last heartbeat reported another hash.
+    Outdated,
+    /// Registered, no heartbeat yet.
+    Unreported,
+    /// Its last heartbeat named a degraded reason or an observer not running (and not
+    /// disabled).
+    Degraded,
+}
+
+impl AgentState {
+    /// Every state, in summary order.
+    pub const ALL: [Self; 7] = [
+        Self::Registered,
+        Self::Unregistered,
+        Self::Stale,
+        Self::Current,
+        Self::Outdated,
+        Self::Unreported,
+        Self::Degraded,
+    ];
+
+    /// The query spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Registered => "registered",
+            Self::Unregistered => "unregistered",
+            Self::Stale => "stale",
+            Self::Current => "current",
+            Self::Outdated => "outdated",
+            Self::Unreported => "unreported",
+            Self::Degraded => "degraded",
+        }
+    }
+
+    /// Parses a query spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+/// Agent counts by state over the whole registry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusSummary {
+    /// Every known agent.
+    pub agents_total: u64,
+    /// Agents that said hello.
+    pub registered: u64,
+    /// Agents known only from their batches.
+    pub unregistered: u64,
+    /// Registered agents silent for longer than the stale bound.
+    pub stale: u64,
+    /// Agents whose last heartbeat reported the served config hash.
+    pub current: u64,
+    /// Agents whose last heartbeat reported another hash.
+    pub outdated: u64,
+    /// Registered agents with no heartbeat yet.
+    pub unreported: u64,
+    /// Agents whose last heartbeat reported degradation.
+    pub degraded: u64,
 }
 
 /// The active config generation and hash.

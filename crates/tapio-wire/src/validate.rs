@@ -18,6 +18,24 @@ use crate::WIRE_VERSION;
 /// The registry stores these per agent, so they are bounded.
 pub const MAX_IDENTITY_LEN: usize = 253;
 
+/// Most observers a heartbeat may name (an agent runs a handful). The registry keeps the
+/// last heartbeat of every agent, so each of its fields is bounded in count and length.
+pub const MAX_OBSERVERS: usize = 32;
+
+/// Longest observer name, and longest observer status string (a value this build does
+/// not know is kept verbatim, so it is bounded too).
+pub const MAX_OBSERVER_TEXT_LEN: usize = 64;
+
+/// Most degraded reasons a heartbeat may carry.
+pub const MAX_DEGRADED_REASONS: usize = 32;
+
+/// Longest degraded reason.
+pub const MAX_DEGRADED_REASON_LEN: usize = 128;
+
+/// Longest `config_hash` (`sha256:` plus 64 hex digits is 71 bytes; room for another
+/// algorithm's spelling).
+pub const MAX_CONFIG_HASH_LEN: usize = 128;
+
 /// Longest piece of client-supplied text echoed back in an error message.
 const MAX_ECHO: usize = 96;
 
@@ -175,7 +193,8 @@ pub fn validate_config_query(q: &ConfigQuery) -> Result<(&str, &str), WireError>
     Ok((agent_id, node_name))
 }
 
-/// Heartbeat: version, identity, applied config version, non-empty observers.
+/// Heartbeat: version, identity, applied config version, non-empty observers, and every
+/// field the registry keeps bounded in count and length.
 pub fn validate_heartbeat(req: &HeartbeatRequest) -> Result<(), WireError> {
     check_version(&req.wire_version)?;
     check_identity("agent_id", &req.agent_id)?;
@@ -184,8 +203,43 @@ pub fn validate_heartbeat(req: &HeartbeatRequest) -> Result<(), WireError> {
     if req.observers.is_empty() {
         return Err(WireError::invalid("observers", "must name at least one observer"));
     }
-    if req.observers.keys().any(|name| name.trim().is_empty()) {
-        return Err(WireError::invalid("observers", "observer names must not be blank"));
+    if req.observers.len() > MAX_OBSERVERS {
+        return Err(WireError::invalid(
+            "observers",
+            format!("names {} observers; at most {MAX_OBSERVERS} are accepted", req.observers.len()),
+        ));
+    }
+    for (name, status) in &req.observers {
+        if name.trim().is_empty() {
+            return Err(WireError::invalid("observers", "observer names must not be blank"));
+        }
+        if name.len() > MAX_OBSERVER_TEXT_LEN {
+            return Err(WireError::invalid(
+                "observers",
+                format!("observer name `{}` is longer than {MAX_OBSERVER_TEXT_LEN} bytes", clip(name)),
+            ));
+        }
+        if status.as_str().len() > MAX_OBSERVER_TEXT_LEN {
+            return Err(WireError::invalid(
+                format!("observers.{}", clip(name)),
+                format!("status is longer than {MAX_OBSERVER_TEXT_LEN} bytes"),
+            ));
+        }
+    }
+    if req.config_hash.len() > MAX_CONFIG_HASH_LEN {
+        return Err(WireError::invalid("config_hash", format!("longer than {MAX_CONFIG_HASH_LEN} bytes")));
+    }
+    if req.degraded_reasons.len() > MAX_DEGRADED_REASONS {
+        return Err(WireError::invalid(
+            "degraded_reasons",
+            format!("carries {} reasons; at most {MAX_DEGRADED_REASONS} are accepted", req.degraded_reasons.len()),
+        ));
+    }
+    if let Some(i) = req.degraded_reasons.iter().position(|r| r.as_str().len() > MAX_DEGRADED_REASON_LEN) {
+        return Err(WireError::invalid(
+            format!("degraded_reasons[{i}]"),
+            format!("longer than {MAX_DEGRADED_REASON_LEN} bytes"),
+        ));
     }
     Ok(())
 }

@@ -154,6 +154,34 @@ fn heartbeat_rules() {
 }
 
 #[test]
+fn heartbeat_fields_are_bounded_in_count_and_length() {
+    // At each bound: accepted.
+    let mut v = heartbeat();
+    v["observers"] = (0..MAX_OBSERVERS).map(|i| (format!("{i:0>64}"), json!("x".repeat(64)))).collect();
+    v["degraded_reasons"] = json!(vec!["r".repeat(MAX_DEGRADED_REASON_LEN); MAX_DEGRADED_REASONS]);
+    v["config_hash"] = json!("h".repeat(MAX_CONFIG_HASH_LEN));
+    heartbeat_result(&v).unwrap();
+    // One past any bound: INVALID_FIELD naming the field.
+    type Grow = Box<dyn Fn(&mut Value)>;
+    let past: [(&str, Grow); 6] = [
+        ("observers", Box::new(|v| v["observers"][format!("{:0>64}", "extra")] = json!("running"))),
+        ("observers", Box::new(|v| v["observers"]["x".repeat(65)] = json!("running"))),
+        ("observers.0000", Box::new(|v| v["observers"][format!("{:0>64}", 0)] = json!("s".repeat(65)))),
+        ("config_hash", Box::new(|v| v["config_hash"] = json!("h".repeat(MAX_CONFIG_HASH_LEN + 1)))),
+        ("degraded_reasons", Box::new(|v| v["degraded_reasons"].as_array_mut().unwrap().push(json!("r")))),
+        ("degraded_reasons[3]", Box::new(|v| v["degraded_reasons"][3] = json!("r".repeat(129)))),
+    ];
+    for (field, grow) in past {
+        let mut fat = v.clone();
+        grow(&mut fat);
+        match heartbeat_result(&fat).unwrap_err() {
+            WireError::InvalidField { field: f, .. } => assert!(f.starts_with(field), "{f} vs {field}"),
+            other => panic!("{field}: {other:?}"),
+        }
+    }
+}
+
+#[test]
 fn batch_size_bounds() {
     assert_eq!(code(batch_result(&batch(vec![]), 10)), ErrorCode::InvalidField);
     let three = batch(vec![event(json!({})), event(json!({})), event(json!({}))]);

@@ -71,7 +71,8 @@ pub struct Token(String);
 
 impl Token {
     pub fn read(path: &std::path::Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("reading token file {}: {e}", path.display()))?;
+        let text = tapio_wire::capped::read_capped_string(path, tapio_wire::capped::caps::TOKEN_BYTES)
+            .map_err(|e| format!("reading token file {}: {e}", path.display()))?;
         let token = text.trim();
         if token.is_empty() || token.contains(['\r', '\n']) {
             return Err(format!("token file {} must hold one non-empty line", path.display()));
@@ -106,5 +107,11 @@ mod tests {
         std::fs::write(&path, "a\nb\n").unwrap();
         assert!(Token::read(&path).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_endless_token_file_fails_fast() {
+        let err = Token::read(std::path::Path::new("/dev/zero")).unwrap_err();
+        assert!(err.contains("/dev/zero") && err.contains("larger than"), "{err}");
     }
 }

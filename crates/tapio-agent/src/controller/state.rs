@@ -16,7 +16,7 @@ pub struct AppliedConfig {
 }
 
 pub fn load(path: &Path) -> Result<Option<AppliedConfig>, String> {
-    match std::fs::read(path) {
+    match tapio_wire::capped::read_capped(path, tapio_wire::capped::caps::CONFIG_BYTES) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| format!("state file {} is not a saved config: {e}", path.display())),

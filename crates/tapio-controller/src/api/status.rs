@@ -1,24 +1,64 @@
-//! `GET /v1/status`: a read-only snapshot of facts, plus the operational endpoints
+//! `GET /v1/status`: a read-only snapshot of facts, paged and filtered by agent state
+//! (the summary is a count over the registry without copying any agent), plus the operational endpoints
 //! `/healthz`, `/readyz` and `/metrics`.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use tapio_wire::{ErrorCode, StatusConfig, StatusResponse, StatusTotals, WIRE_VERSION};
+use tapio_wire::status::{STATUS_PAGE_DEFAULT, STATUS_PAGE_MAX};
+use tapio_wire::validate::MAX_IDENTITY_LEN;
+use tapio_wire::{
+    AgentState, ErrorCode, StatusConfig, StatusQuery, StatusResponse, StatusSummary, StatusTotals, WIRE_VERSION,
+};
 
 use super::error::ApiError;
 use super::json::{json, json_bytes};
+use crate::registry::PageQuery;
 use crate::state::AppState;
 
-/// `GET /v1/status`.
-pub async fn status(State(st): State<Arc<AppState>>) -> Response {
+/// `GET /v1/status[?limit=&after=&state=]`: one page of agents plus the summary.
+pub async fn status(
+    State(st): State<Arc<AppState>>,
+    query: Result<Query<StatusQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|_| {
+        ApiError::new(
+            ErrorCode::InvalidField,
+            "query string is limit=<0..=5000>&after=<agent id>&state=<state> (each optional, given once)",
+        )
+    })?;
+    let limit = query.limit.unwrap_or(STATUS_PAGE_DEFAULT);
+    if limit > STATUS_PAGE_MAX {
+        return Err(ApiError::new(ErrorCode::InvalidField, format!("limit must be at most {STATUS_PAGE_MAX}")));
+    }
+    let state = match query.state.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(AgentState::parse(s).ok_or_else(|| {
+            let known: Vec<&str> = AgentState::ALL.iter().map(|s| s.as_str()).collect();
+            ApiError::new(ErrorCode::InvalidField, format!("state must be one of {}", known.join(", ")))
+        })?),
+    };
+    if query.after.as_ref().is_some_and(|a| a.len() > MAX_IDENTITY_LEN) {
+        return Err(ApiError::new(ErrorCode::InvalidField, format!("after is longer than {MAX_IDENTITY_LEN} bytes")));
+    }
     let m = &st.metrics;
     let config = st.config();
-    let agents = st.registry.snapshot(Instant::now(), &config.hash);
-    json(
+    let now = Instant::now();
+    let census = st.registry.census(now, st.stale_after, &config.hash);
+    let page = PageQuery {
+        after: query.after.as_deref().filter(|a| !a.is_empty()),
+        limit,
+        state,
+        stale_after: st.stale_after,
+        target_hash: &config.hash,
+    };
+    let (agents, next_after) = st.registry.page(now, &page);
+    let n = |v: usize| v as u64;
+    Ok(json(
         StatusCode::OK,
         &StatusResponse {
             wire_version: WIRE_VERSION.to_string(),
@@ -33,8 +73,19 @@ pub async fn status(State(st): State<Arc<AppState>>) -> Response {
                 untracked_batches_total: Some(m.untracked_batches.get()),
             },
             agents,
+            summary: Some(StatusSummary {
+                agents_total: n(census.registered + census.unregistered),
+                registered: n(census.registered),
+                unregistered: n(census.unregistered),
+                stale: n(census.stale),
+                current: n(census.config_current),
+                outdated: n(census.config_outdated),
+                unreported: n(census.config_unreported),
+                degraded: n(census.degraded),
+            }),
+            next_after,
         },
-    )
+    ))
 }
 
 /// `GET /healthz`: the process serves requests.

@@ -1,11 +1,19 @@
 //! tapio-loadgen: drives a tapio-controller on loopback and prints a small table.
 //!
-//! Two modes (both by default):
+//! Two throughput modes (both by default):
 //! * `throughput`: N keep-alive connections, each an agent sending 256-event batches
 //!   back to back; reports accepted events/s and request latency percentiles.
 //! * `agents`: 10,000 simulated agents say hello, then heartbeat every 10 s (spread
 //!   evenly) over a small connection pool; reports heartbeat latency and the
 //!   controller's CPU and RSS from `/proc/<pid>/stat` and `/proc/<pid>/status`.
+//!
+//! Hostile modes (each on its own; see README.md, "Floods it survives"):
+//! * `flood`: slowloris, idle, slow-body and unfinished-header connection floods from
+//!   their own loopback addresses while a prober times `/healthz` and an agent's hello
+//!   every 500 ms; reports probe latency, failures and the controller's RSS during and
+//!   after each flood.
+//! * `fat-heartbeats`: agents send heartbeats near the body limit; reports how many are
+//!   refused and what the controller's RSS and `/v1/status` cost afterwards.
 //!
 //! By default it starts the `tapio-controller` binary next to its own executable (build
 //! both with `cargo build --release -p tapio-controller`) with records going to
@@ -35,6 +43,23 @@ type Res<T> = Result<T, Box<dyn Error + Send + Sync>>;
 enum Mode {
     Throughput,
     Agents,
+    All,
+    Flood,
+    FatHeartbeats,
+}
+
+/// Connection floods of `--mode flood`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Flood {
+    /// Request heads trickled one header line at a time, never finished.
+    Slowloris,
+    /// Connect and send nothing.
+    Idle,
+    /// A complete head, then the body one byte a second.
+    SlowBody,
+    /// 380 KiB of unfinished head each (the memory flood).
+    Headers,
+    /// Each of the above in turn.
     All,
 }
 
@@ -74,6 +99,26 @@ struct Args {
     /// Agents: connections the simulated agents share.
     #[arg(long, default_value_t = 32)]
     agent_connections: usize,
+    /// `--max-connections` of the started controller (default: 1024 for the hostile
+    /// modes, as in issue 13; 4096 otherwise).
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Flood: which flood.
+    #[arg(long, value_enum, default_value_t = Flood::All)]
+    flood: Flood,
+    /// Flood: hostile connections kept open at once.
+    #[arg(long, default_value_t = 1_500)]
+    flood_connections: usize,
+    /// Flood: distinct source addresses (127.0.2.x) the flood comes from; 1 shows the
+    /// per-peer bound, many the total bound.
+    #[arg(long, default_value_t = 1)]
+    flood_peers: u8,
+    /// Flood: seconds each flood lasts.
+    #[arg(long, default_value_t = 15)]
+    flood_secs: u64,
+    /// Fat heartbeats: agents sending them.
+    #[arg(long, default_value_t = 200)]
+    fat_agents: usize,
 }
 
 fn main() -> Res<()> {
@@ -102,6 +147,12 @@ async fn run(args: Args) -> Res<()> {
         if matches!(args.mode, Mode::Agents | Mode::All) {
             agents(&args, &target, &mut rows).await?;
         }
+        if args.mode == Mode::Flood {
+            hostile::floods(&args, &target, &mut rows).await?;
+        }
+        if args.mode == Mode::FatHeartbeats {
+            hostile::fat_heartbeats(&args, &target, &mut rows).await?;
+        }
         Res::Ok(())
     }
     .await;
@@ -120,6 +171,8 @@ fn start_controller(args: &Args) -> Res<Target> {
             std::env::current_exe()?.parent().ok_or("no parent dir of the loadgen binary")?.join("tapio-controller")
         }
     };
+    let hostile = matches!(args.mode, Mode::Flood | Mode::FatHeartbeats);
+    let max_connections = args.max_connections.unwrap_or(if hostile { 1_024 } else { 4_096 });
     // Reserve a free port, then hand it to the controller.
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -132,7 +185,7 @@ fn start_controller(args: &Args) -> Res<Target> {
             "--max-batch-events",
             &args.batch_events.to_string(),
             "--max-connections",
-            "4096",
+            &max_connections.to_string(),
             "--log-level",
             "warn",
         ])
@@ -398,12 +451,32 @@ async fn agents(args: &Args, target: &Target, rows: &mut Vec<(String, String, St
     let elapsed = started.elapsed();
     let after = ProcSample::read(target.pid)?;
 
-    // One status snapshot with every agent in it.
+    // The status a plain client gets (the first page), the summary alone, and a walk of
+    // every page as `tapio status` does it.
     let mut conn = Conn::open(target.addr).await?;
     let t = Instant::now();
     let (_, status_body) = conn.request("GET", "/v1/status", None).await?;
     let status_ms = t.elapsed().as_secs_f64() * 1000.0;
     let listed = serde_json::from_slice::<Value>(&status_body)?["agents"].as_array().map_or(0, Vec::len);
+    let t = Instant::now();
+    let (_, summary_body) = conn.request("GET", "/v1/status?limit=0", None).await?;
+    let summary_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let t = Instant::now();
+    let (mut walked, mut pages, mut largest, mut cursor) = (0, 0, 0, String::new());
+    loop {
+        let path = format!("/v1/status?limit=5000&after={cursor}");
+        let (_, page) = conn.request("GET", &path, None).await?;
+        let v = serde_json::from_slice::<Value>(&page)?;
+        walked += v["agents"].as_array().map_or(0, Vec::len);
+        pages += 1;
+        largest = largest.max(page.len());
+        match v["next_after"].as_str() {
+            // Loadgen agent ids need no percent-encoding.
+            Some(next) => cursor = next.to_string(),
+            None => break,
+        }
+    }
+    let walk_ms = t.elapsed().as_secs_f64() * 1000.0;
 
     let add = |rows: &mut Vec<_>, k: &str, v: String| rows.push(("agents".to_string(), k.to_string(), v));
     add(rows, "simulated agents", format!("{n} ({registered} registered in {hello_secs:.1} s)"));
@@ -423,6 +496,12 @@ async fn agents(args: &Args, target: &Target, rows: &mut Vec<(String, String, St
     add(rows, "controller CPU", after.cpu_since(&before));
     add(rows, "controller RSS (peak)", after.rss());
     add(rows, "GET /v1/status", format!("{status_ms:.1} ms, {} KiB, {listed} agents", status_body.len() / 1024));
+    add(rows, "GET /v1/status?limit=0", format!("{summary_ms:.1} ms, {} B (summary)", summary_body.len()));
+    add(
+        rows,
+        "status walk, limit=5000",
+        format!("{walk_ms:.1} ms, {pages} pages, {walked} agents, largest {} KiB", largest / 1024),
+    );
     Ok(())
 }
 
@@ -487,5 +566,217 @@ fn print_table(pid: u32, rows: &[(String, String, String)]) {
     println!("{}  {}  {}", "-".repeat(w0), "-".repeat(w1), "-".repeat(40));
     for (m, k, v) in rows {
         println!("{m:<w0$}  {k:<w1$}  {v}");
+    }
+}
+
+/// The hostile modes.
+mod hostile {
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpSocket, TcpStream};
+
+    use super::{hello_body, percentiles, Args, Conn, Flood, ProcSample, Res, Target};
+
+    type Rows = Vec<(String, String, String)>;
+
+    /// A probe that got no answer within this long counts as failed.
+    const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
+
+    async fn connect_from(src: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(IpAddr::V4(src), 0))?;
+        socket.connect(to).await
+    }
+
+    /// One hostile connection slot: connects, plays `flood`, reconnects whenever the
+    /// server closes it, until `stop`.
+    async fn attacker(flood: Flood, src: Ipv4Addr, to: SocketAddr, stop: Arc<AtomicBool>, closed: Arc<AtomicU64>) {
+        let pad = "a".repeat(1024);
+        while !stop.load(Ordering::Relaxed) {
+            let Ok(mut s) = connect_from(src, to).await else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            let first: Vec<u8> = match flood {
+                Flood::Idle | Flood::All => Vec::new(),
+                Flood::Slowloris => b"GET /healthz HTTP/1.1\r\nHost: x\r\n".to_vec(),
+                Flood::SlowBody => b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                    Content-Length: 100000\r\n\r\n{"
+                    .to_vec(),
+                Flood::Headers => {
+                    let mut h = b"GET /healthz HTTP/1.1\r\nHost: x\r\n".to_vec();
+                    while h.len() < 380 * 1024 {
+                        h.extend_from_slice(format!("X-Pad-{}: {pad}\r\n", h.len()).as_bytes());
+                    }
+                    h
+                }
+            };
+            let mut alive = s.write_all(&first).await.is_ok();
+            let mut buf = [0u8; 512];
+            while alive && !stop.load(Ordering::Relaxed) {
+                let trickle: &[u8] = match flood {
+                    Flood::Slowloris => b"X-a: b\r\n",
+                    Flood::SlowBody => b" ",
+                    _ => b"",
+                };
+                tokio::select! {
+                    r = s.read(&mut buf) => alive = matches!(r, Ok(n) if n > 0),
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {
+                        if !trickle.is_empty() {
+                            alive = s.write_all(trickle).await.is_ok();
+                        }
+                    }
+                }
+            }
+            if !stop.load(Ordering::Relaxed) {
+                closed.fetch_add(1, Ordering::Relaxed);
+                // A closed slot comes back, but not in a tight loop on a shared machine.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    /// Times a fresh-connection `/healthz` and an agent's hello every 500 ms until `stop`.
+    async fn prober(to: SocketAddr, stop: Arc<AtomicBool>) -> (Vec<Duration>, Vec<Duration>, u64) {
+        let (mut health, mut hello, mut failed) = (Vec::new(), Vec::new(), 0);
+        while !stop.load(Ordering::Relaxed) {
+            for (path, body, lat) in
+                [("/healthz", None, &mut health), ("/v1/agents/hello", Some(hello_body("probe-agent")), &mut hello)]
+            {
+                let t = Instant::now();
+                let once = async {
+                    let mut conn = Conn::open(to).await?;
+                    conn.request(if body.is_some() { "POST" } else { "GET" }, path, body).await
+                };
+                match tokio::time::timeout(PROBE_TIMEOUT, once).await {
+                    Ok(Ok((200, _))) => lat.push(t.elapsed()),
+                    _ => failed += 1,
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        (health, hello, failed)
+    }
+
+    fn mib(kib: u64) -> String {
+        format!("{:.1} MiB", kib as f64 / 1024.0)
+    }
+
+    pub async fn floods(args: &Args, target: &Target, rows: &mut Rows) -> Res<()> {
+        let kinds = match args.flood {
+            Flood::All => vec![Flood::Slowloris, Flood::Idle, Flood::SlowBody, Flood::Headers],
+            one => vec![one],
+        };
+        for kind in kinds {
+            let base = ProcSample::read(target.pid)?;
+            let stop = Arc::new(AtomicBool::new(false));
+            let closed = Arc::new(AtomicU64::new(0));
+            let mut attackers = Vec::new();
+            for i in 0..args.flood_connections {
+                let peer = 1 + (i % usize::from(args.flood_peers.max(1))) as u8;
+                let src = Ipv4Addr::new(127, 0, 2, peer);
+                attackers.push(tokio::spawn(attacker(kind, src, target.addr, Arc::clone(&stop), Arc::clone(&closed))));
+            }
+            // Let the flood build up before probing.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let probe_stop = Arc::new(AtomicBool::new(false));
+            let probe = tokio::spawn(prober(target.addr, Arc::clone(&probe_stop)));
+            let mut peak_rss = 0;
+            let until = Instant::now() + Duration::from_secs(args.flood_secs);
+            while Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                peak_rss = peak_rss.max(ProcSample::read(target.pid)?.rss_kib);
+            }
+            probe_stop.store(true, Ordering::Relaxed);
+            let (mut health, mut hello, failed) = probe.await?;
+            stop.store(true, Ordering::Relaxed);
+            for a in attackers {
+                a.abort();
+            }
+            // The controller returns memory within one 5 s trim period of the flood's end.
+            tokio::time::sleep(Duration::from_secs(7)).await;
+            let after = ProcSample::read(target.pid)?;
+            let name = format!("flood {kind:?}").to_lowercase();
+            let add = |rows: &mut Rows, k: &str, v: String| rows.push((name.clone(), k.to_string(), v));
+            add(
+                rows,
+                "hostile connections",
+                format!(
+                    "{} from {} address(es) for {} s; server closed {} of them",
+                    args.flood_connections,
+                    args.flood_peers.max(1),
+                    args.flood_secs,
+                    closed.load(Ordering::Relaxed)
+                ),
+            );
+            add(rows, "/healthz p50/p99/max", percentiles(&mut health));
+            add(rows, "hello p50/p99/max", percentiles(&mut hello));
+            add(rows, "probes failed (>15 s or error)", failed.to_string());
+            add(
+                rows,
+                "controller RSS before/peak/7 s after",
+                format!("{} / {} / {}", mib(base.rss_kib), mib(peak_rss), mib(after.rss_kib)),
+            );
+        }
+        Ok(())
+    }
+
+    /// A heartbeat of about `bytes`: many observers with long names.
+    fn fat_heartbeat(agent: &str, bytes: usize) -> bytes::Bytes {
+        let mut observers = serde_json::Map::new();
+        let mut size = 0;
+        let mut i = 0;
+        while size < bytes {
+            let name = format!("observer-{i:05}-{}", "n".repeat(100));
+            size += name.len() + 14;
+            observers.insert(name, serde_json::json!("running"));
+            i += 1;
+        }
+        let hb = serde_json::json!({"wire_version": "tapio-wire/v1", "agent_id": agent, "node_name": "fat-node",
+            "config_version": "1", "config_hash": "", "uptime_seconds": 1, "observers": observers,
+            "counters": {"events_total": 0, "malformed_events_total": 0, "lost_events_total": 0,
+                "correlation_drops_total": 0, "sink_drops_total": 0, "controller_send_failures_total": 0}});
+        bytes::Bytes::from(hb.to_string())
+    }
+
+    pub async fn fat_heartbeats(args: &Args, target: &Target, rows: &mut Rows) -> Res<()> {
+        let before = ProcSample::read(target.pid)?;
+        let mut conn = Conn::open(target.addr).await?;
+        let (mut refused, mut accepted, mut sent_bytes) = (0u64, 0u64, 0usize);
+        for i in 0..args.fat_agents {
+            let agent = format!("fat-agent-{i:05}");
+            conn.request("POST", "/v1/agents/hello", Some(hello_body(&agent))).await?;
+            // 250 KB: just under the default 256 KiB body limit.
+            let body = fat_heartbeat(&agent, 250_000);
+            sent_bytes = body.len();
+            match conn.request("POST", "/v1/agents/heartbeat", Some(body)).await?.0 {
+                200 => accepted += 1,
+                _ => refused += 1,
+            }
+        }
+        let t = Instant::now();
+        let (_, status) = conn.request("GET", "/v1/status?limit=5000", None).await?;
+        let status_ms = t.elapsed().as_secs_f64() * 1000.0;
+        let after = ProcSample::read(target.pid)?;
+        let add = |rows: &mut Rows, k: &str, v: String| rows.push(("fat heartbeats".into(), k.to_string(), v));
+        add(rows, "agents x heartbeat size", format!("{} x {} KB", args.fat_agents, sent_bytes / 1000));
+        add(rows, "accepted / refused", format!("{accepted} / {refused}"));
+        let grown = after.rss_kib.saturating_sub(before.rss_kib);
+        add(
+            rows,
+            "controller RSS before/after",
+            format!(
+                "{} / {} ({:.1} KiB per agent)",
+                mib(before.rss_kib),
+                mib(after.rss_kib),
+                grown as f64 / args.fat_agents.max(1) as f64
+            ),
+        );
+        add(rows, "GET /v1/status (all of them)", format!("{status_ms:.1} ms, {} KiB", status.len() / 1024));
+        Ok(())
     }
 }
