@@ -84,6 +84,8 @@ struct Shared {
     inner: Mutex<Inner>,
     live: broadcast::Sender<Line>,
     reviews: AtomicU64,
+    /// Tokens presented for review, in order.
+    reviewed: Mutex<Vec<String>>,
     lists: AtomicU64,
     watches: AtomicU64,
     owner_gets: AtomicU64,
@@ -112,6 +114,7 @@ impl FakeKube {
             }),
             live,
             reviews: AtomicU64::new(0),
+            reviewed: Mutex::new(Vec::new()),
             lists: AtomicU64::new(0),
             watches: AtomicU64::new(0),
             owner_gets: AtomicU64::new(0),
@@ -219,6 +222,11 @@ impl FakeKube {
     /// TokenReviews served.
     pub fn reviews(&self) -> u64 {
         self.shared.reviews.load(Ordering::SeqCst)
+    }
+
+    /// Whether `token` was presented for review.
+    pub fn was_reviewed(&self, token: &str) -> bool {
+        self.shared.reviewed.lock().unwrap().iter().any(|t| t == token)
     }
 
     /// List requests served.
@@ -467,6 +475,7 @@ async fn token_review(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
     };
     s.reviews.fetch_add(1, Ordering::SeqCst);
     let token = review.spec.token.clone().unwrap_or_default();
+    s.reviewed.lock().unwrap().push(token.clone());
     let wanted = review.spec.audiences.clone().unwrap_or_default();
     let fixture = s.inner.lock().unwrap().tokens.get(&token).cloned();
     let denied = |error: String| TokenReviewStatus {
