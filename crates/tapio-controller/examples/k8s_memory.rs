@@ -8,7 +8,7 @@
 //!
 //! ```sh
 //! cargo build --release -p tapio-controller
-//! cargo run --release -p tapio-controller --example k8s_memory [PODS]
+//! cargo run -p tapio-controller --example k8s_memory [PODS]
 //! ```
 
 #[path = "../tests/fake_kube/mod.rs"]
@@ -24,8 +24,10 @@ const PODS_PER_DEPLOYMENT: usize = 20;
 
 fn controller_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("own path");
-    // target/release/examples/k8s_memory → target/release/tapio-controller
-    let bin = exe.parent().and_then(|p| p.parent()).expect("target dir").join("tapio-controller");
+    // target/<profile>/examples/k8s_memory → target/release/tapio-controller: the figure is
+    // the release binary's whatever profile this script itself was built with.
+    let target = exe.parent().and_then(|p| p.parent()).and_then(|p| p.parent()).expect("target dir");
+    let bin = target.join("release").join("tapio-controller");
     assert!(bin.exists(), "{} missing: cargo build --release -p tapio-controller", bin.display());
     bin
 }

@@ -246,6 +246,14 @@ async fn a_real_agent_is_authenticated_bound_to_its_node_and_its_evidence_carrie
     wait_until("a heartbeat with the new token", Duration::from_secs(10), || heartbeats(200) > ok_before).await;
     assert_eq!(heartbeats(401), 0, "the agent was never refused");
     assert_eq!(heartbeats(403), 0);
+    // One TokenReview per token; every other request of the agent came from the cache.
+    let (hits, misses) = (metrics.k8s.token_cache_hits.get(), metrics.k8s.token_cache_misses.get());
+    assert_eq!(misses, 2, "one review per token");
+    assert!(hits >= 5, "hits {hits}");
+    eprintln!(
+        "token cache: {hits} hits, {misses} misses ({:.1}% hit rate)",
+        100.0 * hits as f64 / (hits + misses) as f64
+    );
     drop(agent);
     drop(cgroup);
     t.stop().await;
