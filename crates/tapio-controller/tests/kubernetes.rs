@@ -371,25 +371,38 @@ async fn token_review_refuses_unknown_expired_wrong_audience_and_wrong_service_a
 
 #[tokio::test]
 async fn a_token_bound_only_to_a_pod_is_bound_to_that_pods_node() {
-    let api = FakeKube::start().await;
-    let agent_pod = "a9e8d7c6-0000-4000-8000-000000000001";
-    api.put_pod(pod(
-        "tapio-system",
-        "tapio-agent-x",
-        agent_pod,
-        "node-a1",
-        &[("agent", CID_DS)],
-        Some(("DaemonSet", "tapio-agent")),
-    ));
-    let token = jwt("podbound", unix_now() + 3_600);
-    api.put_token(&token, fixture(None));
-    let t = authenticating_controller("k8s-auth-pod", &api, 100, true).await;
-    let m = &t.server.state.metrics.k8s;
-    wait_for("the first pod list", || m.synced.get() == 1).await;
-    let c = t.client().with_header("Authorization", &format!("Bearer {token}"));
-    assert_eq!(c.post_json("/v1/agents/hello", &hello("a1")).await.status, 200);
-    assert_eq!(c.post_json("/v1/agents/hello", &hello("b2")).await.status, 403);
-    t.stop().await;
+    for with_pod_store in [true, false] {
+        let api = FakeKube::start().await;
+        let agent_pod = "a9e8d7c6-0000-4000-8000-000000000001";
+        api.put_pod(pod(
+            "tapio-system",
+            "tapio-agent-x",
+            agent_pod,
+            "node-a1",
+            &[("agent", CID_DS)],
+            Some(("DaemonSet", "tapio-agent")),
+        ));
+        let token = jwt("podbound", unix_now() + 3_600);
+        api.put_token(&token, fixture(None));
+        // The bound pod was replaced by a newer one of the same name: not this token's.
+        let stale = jwt("stale", unix_now() + 3_600);
+        api.put_token(
+            &stale,
+            TokenFixture { pod_uid: Some("a9e8d7c6-0000-4000-8000-0000000000ff".into()), ..fixture(None) },
+        );
+        let t = authenticating_controller("k8s-auth-pod", &api, 100, with_pod_store).await;
+        if with_pod_store {
+            let m = &t.server.state.metrics.k8s;
+            wait_for("the first pod list", || m.synced.get() == 1).await;
+        }
+        let c = t.client().with_header("Authorization", &format!("Bearer {token}"));
+        assert_eq!(c.post_json("/v1/agents/hello", &hello("a1")).await.status, 200, "store {with_pod_store}");
+        assert_eq!(c.post_json("/v1/agents/hello", &hello("b2")).await.status, 403);
+        let c = t.client().with_header("Authorization", &format!("Bearer {stale}"));
+        let r = c.post_json("/v1/agents/hello", &hello("a1")).await;
+        assert_eq!((r.status, r.error_code().as_str()), (403, "FORBIDDEN"), "store {with_pod_store}");
+        t.stop().await;
+    }
 }
 
 #[tokio::test]

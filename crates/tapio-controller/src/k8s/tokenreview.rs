@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
@@ -29,6 +30,16 @@ const REVIEW_TIMEOUT: Duration = Duration::from_secs(5);
 pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
 /// Bound pod UID claim, used to find the node when the node claim is absent.
 pub const POD_UID_EXTRA: &str = "authentication.kubernetes.io/pod-uid";
+/// Bound pod name claim (the pod is in the ServiceAccount's namespace).
+pub const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
+
+/// What a TokenReview says about the token's binding.
+enum Binding {
+    /// Bound to this node.
+    Node(String),
+    /// Bound to a pod only (clusters before the node claim): its node is looked up.
+    Pod { name: Option<String>, uid: String },
+}
 
 /// Who an accepted token belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,11 +180,42 @@ impl TokenReviewer {
             Ok(Err(e)) => return Err(Denial::Unavailable(format!("TokenReview failed: {e}"))),
             Err(_) => return Err(Denial::Unavailable("TokenReview timed out".into())),
         };
-        self.judge(status, m)
+        let node = match self.judge(status, m)? {
+            Binding::Node(node) => Some(node),
+            Binding::Pod { name, uid } => self.node_of_pod(name.as_deref(), &uid).await,
+        };
+        match node {
+            Some(node) => Ok(Arc::new(AgentIdentity { node })),
+            None => {
+                m.token_review("no_node");
+                Err(Denial::Forbidden("the token is not bound to a pod on a known node".into()))
+            }
+        }
     }
 
-    /// Turns a TokenReview status into a decision.
-    fn judge(&self, status: TokenReviewStatus, m: &K8sMetrics) -> Result<Arc<AgentIdentity>, Denial> {
+    /// The node of the pod a token is bound to: from the pod store when it holds the pod,
+    /// else by a GET of the pod (in the ServiceAccount's namespace) whose UID must match.
+    async fn node_of_pod(&self, name: Option<&str>, uid: &str) -> Option<String> {
+        let stored = self.pods.as_ref().and_then(|pods| {
+            pods.read(|s| match s.get(uid) {
+                Lookup::Live(p) if !p.node.is_empty() => Some(p.node.to_string()),
+                _ => None,
+            })
+        });
+        if stored.is_some() {
+            return stored;
+        }
+        let (namespace, _) = self.settings.service_account.split_once(':')?;
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let pod = tokio::time::timeout(REVIEW_TIMEOUT, api.get_opt(name?)).await.ok()?.ok()??;
+        if pod.metadata.uid.as_deref() != Some(uid) {
+            return None; // a newer pod of the same name: not the one the token was bound to
+        }
+        pod.spec?.node_name.filter(|n| !n.is_empty())
+    }
+
+    /// Checks a TokenReview status; returns what the token is bound to.
+    fn judge(&self, status: TokenReviewStatus, m: &K8sMetrics) -> Result<Binding, Denial> {
         if status.authenticated != Some(true) {
             m.token_review("denied");
             let why = status.error.unwrap_or_else(|| "not authenticated".into());
@@ -195,18 +237,16 @@ impl TokenReviewer {
         }
         let extra = user.extra.unwrap_or_default();
         let first = |k: &str| extra.get(k).and_then(|v| v.first()).filter(|s| !s.is_empty()).cloned();
-        let node = first(NODE_NAME_EXTRA).or_else(|| {
-            let uid = first(POD_UID_EXTRA)?;
-            self.pods.as_ref()?.read(|s| match s.get(&uid) {
-                Lookup::Live(p) if !p.node.is_empty() => Some(p.node.to_string()),
-                _ => None,
-            })
-        });
-        let Some(node) = node else {
-            m.token_review("no_node");
-            return Err(Denial::Forbidden("the token is not bound to a pod on a known node".into()));
-        };
-        Ok(Arc::new(AgentIdentity { node }))
+        if let Some(node) = first(NODE_NAME_EXTRA) {
+            return Ok(Binding::Node(node));
+        }
+        match first(POD_UID_EXTRA) {
+            Some(uid) => Ok(Binding::Pod { name: first(POD_NAME_EXTRA), uid }),
+            None => {
+                m.token_review("no_node");
+                Err(Denial::Forbidden("the token is not bound to a pod or a node".into()))
+            }
+        }
     }
 }
 
@@ -229,6 +269,47 @@ mod tests {
     fn jwt(exp: u64) -> String {
         let enc = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
         format!("{}.{}.sig", enc(serde_json::json!({"alg": "RS256"})), enc(serde_json::json!({"exp": exp})))
+    }
+
+    #[tokio::test]
+    async fn an_authenticator_that_ignores_audiences_is_not_trusted_and_bindings_are_required() {
+        use k8s_openapi::api::authentication::v1::UserInfo;
+        let client = crate::k8s::client(Some("http://127.0.0.1:9")).await.unwrap();
+        let settings = ReviewSettings {
+            audience: "tapio".into(),
+            service_account: "tapio-system:tapio-agent".into(),
+            cache_ttl: Duration::from_secs(60),
+            cache_entries: 4,
+        };
+        let r = TokenReviewer::new(client, settings, None);
+        let m = K8sMetrics::default();
+        let user = |name: &str, extra: &[(&str, &str)]| UserInfo {
+            username: Some(name.into()),
+            extra: Some(extra.iter().map(|(k, v)| (k.to_string(), vec![v.to_string()])).collect()),
+            ..UserInfo::default()
+        };
+        let agent = "system:serviceaccount:tapio-system:tapio-agent";
+        let status = |audiences: Option<Vec<String>>, u: UserInfo| TokenReviewStatus {
+            authenticated: Some(true),
+            audiences,
+            user: Some(u),
+            error: None,
+        };
+        let tapio = Some(vec!["tapio".to_string()]);
+        // Authenticated, but the answer does not say the token is for `tapio`.
+        let e = r.judge(status(None, user(agent, &[(NODE_NAME_EXTRA, "n1")])), &m).err().unwrap();
+        assert!(matches!(e, Denial::Unauthenticated(_)), "{e:?}");
+        let e = r.judge(status(tapio.clone(), user("system:serviceaccount:default:default", &[])), &m).err().unwrap();
+        assert!(matches!(e, Denial::Forbidden(_)), "{e:?}");
+        let e = r.judge(status(tapio.clone(), user(agent, &[])), &m).err().unwrap();
+        assert!(matches!(e, Denial::Forbidden(_)), "{e:?}");
+        let ok = r.judge(status(tapio.clone(), user(agent, &[(NODE_NAME_EXTRA, "n1")])), &m).ok().unwrap();
+        assert!(matches!(ok, Binding::Node(ref n) if n == "n1"));
+        let pod = r.judge(status(tapio, user(agent, &[(POD_UID_EXTRA, "u"), (POD_NAME_EXTRA, "p")])), &m).ok().unwrap();
+        assert!(matches!(pod, Binding::Pod { ref name, ref uid } if name.as_deref() == Some("p") && uid == "u"));
+        for (result, n) in [("wrong_audience", 1), ("wrong_service_account", 1), ("no_node", 1)] {
+            assert_eq!(m.token_reviews.get_or_create(&super::super::metrics::OutcomeLabels { result }).get(), n);
+        }
     }
 
     #[test]

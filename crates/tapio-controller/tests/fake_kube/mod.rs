@@ -121,6 +121,7 @@ impl FakeKube {
         });
         let app = Router::new()
             .route("/api/v1/pods", get(pods))
+            .route("/api/v1/namespaces/{ns}/pods/{name}", get(one_pod))
             .route("/apis/apps/v1/namespaces/{ns}/replicasets/{name}", get(replicaset))
             .route("/apis/batch/v1/namespaces/{ns}/jobs/{name}", get(job))
             .route("/apis/authentication.k8s.io/v1/tokenreviews", post(token_review))
@@ -441,6 +442,22 @@ fn watch(s: Arc<Shared>, q: ListQuery) -> Response {
             |mut rx| async move { rx.recv().await.map(|b| (Ok::<Bytes, Infallible>(b), rx)) },
         );
     Response::builder().header("content-type", "application/json").body(Body::from_stream(stream)).unwrap()
+}
+
+async fn one_pod(State(s): State<Arc<Shared>>, Path((ns, name)): Path<(String, String)>) -> Response {
+    let g = s.inner.lock().unwrap();
+    let found = g.pods.values().find(|p| {
+        p.metadata.namespace.as_deref() == Some(ns.as_str()) && p.metadata.name.as_deref() == Some(name.as_str())
+    });
+    match found {
+        Some(p) => {
+            let mut v = serde_json::to_value(p).unwrap();
+            v["apiVersion"] = json!("v1");
+            v["kind"] = json!("Pod");
+            json_response(StatusCode::OK, &v)
+        }
+        None => status_response(StatusCode::NOT_FOUND, "NotFound", "pods not found"),
+    }
 }
 
 async fn replicaset(State(s): State<Arc<Shared>>, Path((ns, name)): Path<(String, String)>) -> Response {
