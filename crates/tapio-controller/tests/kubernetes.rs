@@ -463,3 +463,14 @@ async fn with_the_api_server_down_an_unknown_token_gets_503_and_a_cached_one_sti
     assert_eq!(reviews(&t, "unavailable"), 1);
     t.stop().await;
 }
+
+#[tokio::test]
+async fn names_sent_by_an_agent_are_never_stored_even_without_the_pod_watch() {
+    let t = TestServer::start("k8s-spoof").await;
+    let mut spoofed = ev(Some(UID_WEB), Some(CID_WEB));
+    spoofed["k8s"] = json!({"k8s.pod.name": "someone-else", "k8s.namespace.name": "kube-system"});
+    let out = send(&t, 1, vec![spoofed]).await;
+    assert!(out[0].get("k8s").is_none(), "{}", out[0]);
+    assert_eq!(out[0]["workload"]["pod_uid"], UID_WEB, "the rest is stored as sent");
+    t.stop().await;
+}

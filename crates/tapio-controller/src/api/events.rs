@@ -61,9 +61,7 @@ pub async fn events(
         }
     }
 
-    if let Some(pods) = &st.pods {
-        pods.enrich(&mut batch.events, &m.k8s);
-    }
+    crate::k8s::enrich_batch(st.pods.as_deref(), &mut batch.events, &m.k8s);
     let n = batch.events.len() as u64;
     let (lines, records) = encode_batch(batch);
     st.sink.submit(lines, records);

@@ -72,7 +72,8 @@ impl PodIndex {
         m.pods_deleted_kept.set(i64::try_from(deleted).unwrap_or(i64::MAX));
     }
 
-    /// Sets `k8s` on every record whose workload names a known pod. Any `k8s` an agent
+    /// Sets `k8s` on every record whose workload names a known pod (the events path's one
+    /// call into this module, through [`enrich_batch`]). Any `k8s` an agent
     /// sent is removed first: these names are the controller's to give. A record that
     /// cannot be enriched passes through otherwise unchanged, counted by reason.
     pub fn enrich(&self, events: &mut [WireEvent], m: &K8sMetrics) {
@@ -114,6 +115,15 @@ impl PodIndex {
             event.k8s = Some(names);
             m.enrichment(result);
         }
+    }
+}
+
+/// The events path's call: enrich from `pods` when the pod watch is on; without it,
+/// remove any `k8s` an agent sent, since only the controller gives those names.
+pub fn enrich_batch(pods: Option<&PodIndex>, events: &mut [WireEvent], m: &K8sMetrics) {
+    match pods {
+        Some(index) => index.enrich(events, m),
+        None => events.iter_mut().for_each(|e| e.k8s = None),
     }
 }
 
