@@ -130,6 +130,16 @@ pub fn enrich_batch(pods: Option<&PodIndex>, events: &mut [WireEvent], m: &K8sMe
 #[cfg(test)]
 mod tests {
     use super::store::PodFacts;
+
+    #[tokio::test]
+    async fn an_https_api_server_gets_a_tls_client_that_fails_cleanly_when_unreachable() {
+        // rustls needs a crypto provider (ring here) at connect time: a missing one panics.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let c = client(Some(&format!("https://127.0.0.1:{port}"))).await.unwrap();
+        let api: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::all(c);
+        let err = api.list(&kube::api::ListParams::default()).await.unwrap_err();
+        assert!(!err.to_string().is_empty());
+    }
     use super::*;
     use serde_json::json;
 
