@@ -49,14 +49,14 @@ impl OwnerResolver {
         namespace: &str,
         owner: Option<OwnerRef>,
         metrics: &K8sMetrics,
-    ) -> Box<[(&'static str, Box<str>)]> {
+    ) -> Box<[(&'static str, std::sync::Arc<str>)]> {
         let Some(owner) = owner else {
             return Box::new([]);
         };
         let Some(key) = owner_key(&owner.kind) else {
             return Box::new([]);
         };
-        let mut chain = vec![(key, Box::<str>::from(owner.name.as_str()))];
+        let mut chain = vec![(key, std::sync::Arc::<str>::from(owner.name.as_str()))];
         let kind: &'static str = match owner.kind.as_str() {
             "ReplicaSet" => "ReplicaSet",
             "Job" => "Job",
@@ -137,12 +137,12 @@ mod tests {
         let m = K8sMetrics::default();
         let mut r = OwnerResolver::new(None, 4, Duration::from_secs(60));
         let ss = r.chain("ns", Some(OwnerRef { kind: "StatefulSet".into(), name: "db".into() }), &m).await;
-        assert_eq!(&*ss, &[("k8s.statefulset.name", Box::<str>::from("db"))]);
+        assert_eq!(&*ss, &[("k8s.statefulset.name", std::sync::Arc::<str>::from("db"))]);
         let node = r.chain("ns", Some(OwnerRef { kind: "Node".into(), name: "n1".into() }), &m).await;
         assert!(node.is_empty());
         // Without a client a ReplicaSet is named but its Deployment is not guessed.
         let rs = r.chain("ns", Some(OwnerRef { kind: "ReplicaSet".into(), name: "web-5d".into() }), &m).await;
-        assert_eq!(&*rs, &[("k8s.replicaset.name", Box::<str>::from("web-5d"))]);
+        assert_eq!(&*rs, &[("k8s.replicaset.name", std::sync::Arc::<str>::from("web-5d"))]);
     }
 
     #[test]

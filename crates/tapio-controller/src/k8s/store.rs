@@ -4,9 +4,11 @@
 //! all, often arrives after the pod object is gone), then forgotten. A relist marks every
 //! entry with the list's generation; entries the new list did not contain are treated as
 //! deleted when it completes. The store never grows past its capacity: a pod that does not
-//! fit is not stored and is counted.
+//! fit is not stored and is counted. Names that many pods share (namespace, node, container
+//! and owner names) are stored once and shared.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
@@ -65,18 +67,18 @@ pub struct PodFacts {
     /// `metadata.uid`.
     pub uid: String,
     /// `metadata.namespace`.
-    pub namespace: Box<str>,
+    pub namespace: Arc<str>,
     /// `metadata.name`.
     pub name: Box<str>,
     /// `spec.nodeName` (empty while unscheduled).
-    pub node: Box<str>,
+    pub node: Arc<str>,
     /// Container runtime id (scheme stripped) → container name, for current containers and
     /// the last terminated instance of each (a restarted container's evidence names the
     /// old id).
-    pub containers: Box<[(Box<str>, Box<str>)]>,
+    pub containers: Box<[(Box<str>, Arc<str>)]>,
     /// Owner chain as attribute key → name, pod's own owner first (e.g. replicaset, then
     /// deployment).
-    pub owners: Box<[(&'static str, Box<str>)]>,
+    pub owners: Box<[(&'static str, Arc<str>)]>,
 }
 
 impl PodFacts {
@@ -119,7 +121,7 @@ impl PodFacts {
     }
 }
 
-fn push_container_ids(cs: &ContainerStatus, out: &mut Vec<(Box<str>, Box<str>)>) {
+fn push_container_ids(cs: &ContainerStatus, out: &mut Vec<(Box<str>, Arc<str>)>) {
     let current = cs.container_id.as_deref();
     let last = cs.last_state.as_ref().and_then(|s| s.terminated.as_ref()).and_then(|t| t.container_id.as_deref());
     for id in [current, last].into_iter().flatten() {
@@ -172,12 +174,14 @@ pub struct PodStore {
     grace: Duration,
     generation: u64,
     synced: bool,
+    /// Shared names; one no pod uses any more is dropped at the next expiry.
+    names: HashSet<Arc<str>>,
 }
 
 impl PodStore {
     /// An empty, not yet synced store.
     pub fn new(capacity: usize, grace: Duration) -> Self {
-        Self { pods: HashMap::new(), capacity, grace, generation: 0, synced: false }
+        Self { pods: HashMap::new(), capacity, grace, generation: 0, synced: false, names: HashSet::new() }
     }
 
     /// Whether an initial list has completed.
@@ -212,7 +216,8 @@ impl PodStore {
 
     /// Adds or replaces a live pod. A full store first forgets expired deleted pods, then
     /// refuses the new one (an existing pod is always updated in place).
-    pub fn upsert(&mut self, facts: PodFacts, now: Instant) -> Upsert {
+    pub fn upsert(&mut self, mut facts: PodFacts, now: Instant) -> Upsert {
+        self.share_names(&mut facts);
         if let Some(e) = self.pods.get_mut(&facts.uid) {
             *e = Entry { facts, deleted_at: None, generation: self.generation };
             return Upsert::Stored;
@@ -226,6 +231,24 @@ impl PodStore {
         let uid = facts.uid.clone();
         self.pods.insert(uid, Entry { facts, deleted_at: None, generation: self.generation });
         Upsert::Stored
+    }
+
+    fn share_names(&mut self, facts: &mut PodFacts) {
+        let names = &mut self.names;
+        let mut share = |name: &mut Arc<str>| match names.get(&**name) {
+            Some(known) => *name = Arc::clone(known),
+            None => {
+                names.insert(Arc::clone(name));
+            }
+        };
+        share(&mut facts.namespace);
+        share(&mut facts.node);
+        for (_, name) in facts.containers.iter_mut() {
+            share(name);
+        }
+        for (_, name) in facts.owners.iter_mut() {
+            share(name);
+        }
     }
 
     /// Marks a pod deleted as of `now` (kept for the grace period).
@@ -242,6 +265,8 @@ impl PodStore {
         let before = self.pods.len();
         let grace = self.grace;
         self.pods.retain(|_, e| e.deleted_at.is_none_or(|at| now.saturating_duration_since(at) < grace));
+        // Held only by the set itself: no stored pod uses the name.
+        self.names.retain(|n| Arc::strong_count(n) > 1);
         before - self.pods.len()
     }
 
@@ -312,6 +337,24 @@ mod tests {
         assert_eq!(s.end_list(t0), 1);
         assert!(matches!(s.get("a"), Lookup::Live(_)));
         assert!(matches!(s.get("b"), Lookup::Deleted(_)));
+    }
+
+    #[test]
+    fn shared_names_are_stored_once_and_dropped_with_their_last_pod() {
+        let mut s = PodStore::new(10, Duration::from_secs(1));
+        let t0 = Instant::now();
+        s.upsert(facts("a"), t0);
+        s.upsert(facts("b"), t0);
+        let ns = |s: &PodStore, uid: &str| match s.get(uid) {
+            Lookup::Live(p) | Lookup::Deleted(p) => Arc::clone(&p.namespace),
+            Lookup::Unknown => panic!("{uid} unknown"),
+        };
+        assert!(Arc::ptr_eq(&ns(&s, "a"), &ns(&s, "b")));
+        assert_eq!(s.names.len(), 2, "namespace and node");
+        s.delete("a", t0);
+        s.delete("b", t0);
+        s.expire(t0 + Duration::from_secs(2));
+        assert!(s.names.is_empty());
     }
 
     #[test]
