@@ -207,6 +207,8 @@ async fn a_watch_that_gets_410_gone_relists_and_catches_up() {
     let m = &t.server.state.metrics.k8s;
     wait_for("the first pod list", || m.synced.get() == 1).await;
     assert_eq!(m.lists.get(), 1);
+    // The watch asked for bookmarks and got them (the stand-in sends one every 500 ms).
+    wait_for("a bookmark", || api.bookmarks() >= 1).await;
 
     // While the watch is down, a pod goes, a pod comes, and the history is compacted:
     // resuming from the last version seen gets 410 Gone, so the controller must relist.
@@ -413,9 +415,6 @@ async fn the_cache_is_bounded_never_outlives_the_token_and_rotation_needs_no_res
     for tok in &tokens {
         api.put_token(tok, fixture(Some("node-a1")));
     }
-    // Lives 2 more seconds: cached no longer than that.
-    let short = jwt("short", now + 2);
-    api.put_token(&short, TokenFixture { exp: now + 2, ..fixture(Some("node-a1")) });
     let t = authenticating_controller("k8s-auth-cache", &api, 2, false).await;
     let m = &t.server.state.metrics.k8s;
 
@@ -432,13 +431,30 @@ async fn the_cache_is_bounded_never_outlives_the_token_and_rotation_needs_no_res
     assert_eq!(c2.post_json("/v1/agents/heartbeat", &heartbeat("a1")).await.status, 200);
     assert_eq!(api.reviews(), before + 1);
 
-    // Rotation: the agent's next token (same ServiceAccount, same node) is accepted at
-    // once; the expiring one stops working when it expires, cache or not.
+    t.stop().await;
+
+    // A token that lives 3 more seconds is cached (300 s TTL, room to spare) no longer
+    // than that: after its exp the next request asks the API server again, which refuses
+    // it. The agent's rotated token (same ServiceAccount, same node) is accepted at once.
+    let t = authenticating_controller("k8s-auth-expiry", &api, 100, false).await;
+    let exp = unix_now() + 3;
+    let short = jwt("short", exp);
+    api.put_token(&short, TokenFixture { exp, ..fixture(Some("node-a1")) });
     let c = t.client().with_header("Authorization", &format!("Bearer {short}"));
+    let before = api.reviews();
     assert_eq!(c.post_json("/v1/agents/heartbeat", &heartbeat("a1")).await.status, 200);
-    tokio::time::sleep(Duration::from_millis(3_100)).await;
+    assert_eq!(c.post_json("/v1/agents/heartbeat", &heartbeat("a1")).await.status, 200);
+    assert_eq!(api.reviews(), before + 1, "the second request came from the cache");
+    while unix_now() <= exp {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let r = c.post_json("/v1/agents/heartbeat", &heartbeat("a1")).await;
     assert_eq!((r.status, r.error_code().as_str()), (401, "UNAUTHENTICATED"));
+    assert_eq!(api.reviews(), before + 2, "the expired token was not served from the cache");
+    let next = jwt("next", unix_now() + 3_600);
+    api.put_token(&next, fixture(Some("node-a1")));
+    let c = t.client().with_header("Authorization", &format!("Bearer {next}"));
+    assert_eq!(c.post_json("/v1/agents/heartbeat", &heartbeat("a1")).await.status, 200);
     t.stop().await;
 }
 

@@ -88,6 +88,7 @@ struct Shared {
     reviewed: Mutex<Vec<String>>,
     lists: AtomicU64,
     watches: AtomicU64,
+    bookmarks: AtomicU64,
     owner_gets: AtomicU64,
 }
 
@@ -117,6 +118,7 @@ impl FakeKube {
             reviewed: Mutex::new(Vec::new()),
             lists: AtomicU64::new(0),
             watches: AtomicU64::new(0),
+            bookmarks: AtomicU64::new(0),
             owner_gets: AtomicU64::new(0),
         });
         let app = Router::new()
@@ -238,6 +240,11 @@ impl FakeKube {
     /// Watch requests served.
     pub fn watches(&self) -> u64 {
         self.shared.watches.load(Ordering::SeqCst)
+    }
+
+    /// BOOKMARK events sent (only to watches that asked for them).
+    pub fn bookmarks(&self) -> u64 {
+        self.shared.bookmarks.load(Ordering::SeqCst)
     }
 
     /// Owner GETs served.
@@ -401,6 +408,7 @@ fn watch(s: Arc<Shared>, q: ListQuery) -> Response {
         };
         (replay, s.live.subscribe(), gone, g.rv)
     };
+    let counters = Arc::clone(&s);
     tokio::spawn(async move {
         let line = |v: &Value| Bytes::from(format!("{v}\n"));
         if gone {
@@ -424,6 +432,7 @@ fn watch(s: Arc<Shared>, q: ListQuery) -> Response {
                     let b = json!({"type": "BOOKMARK", "object": {"kind": "Pod", "apiVersion": "v1",
                         "metadata": {"resourceVersion": last_rv.to_string()}}});
                     if tx.send(line(&b)).await.is_err() { return; }
+                    counters.bookmarks.fetch_add(1, Ordering::SeqCst);
                 }
                 msg = live.recv() => match msg {
                     Ok(Line::Event(rv, e)) if rv > from => {
