@@ -1,5 +1,6 @@
 //! `tapio events`: evidence JSON lines (the agent's stdout/file, the controller's sink) as a
-//! readable table, filtered by type, minimum severity, time and node.
+//! readable table, filtered by type, minimum severity, time, node and Kubernetes workload
+//! (namespace, pod, container: the controller's `k8s` names), with the workload shown.
 //!
 //! Streaming with constant memory whatever the file size: lines are read into one bounded
 //! buffer (a line over [`MAX_LINE`] is skipped and counted, without being held). A line that
@@ -31,6 +32,9 @@ pub struct Options {
     pub severity: Option<String>,
     pub since: Option<String>,
     pub nodes: Vec<String>,
+    pub namespaces: Vec<String>,
+    pub pods: Vec<String>,
+    pub containers: Vec<String>,
     pub json: bool,
 }
 
@@ -48,6 +52,15 @@ struct Record {
     node: Option<String>,
     message: String,
     facts: Json,
+    /// `k8s.namespace.name`, `k8s.pod.name`, `k8s.container.name` (controller records of
+    /// known pods).
+    namespace: Option<String>,
+    pod: Option<String>,
+    container: Option<String>,
+    /// What the node knows: pod UID, container id, cgroup path.
+    pod_uid: Option<String>,
+    container_id: Option<String>,
+    cgroup_path: Option<String>,
 }
 
 impl Record {
@@ -68,16 +81,33 @@ impl Record {
             node: string(&v["node"]),
             message: string(&v["error"]["message"]).unwrap_or_default(),
             facts: v.get_mut("facts").map(Json::take).unwrap_or(Json::Null),
+            namespace: string(&v["k8s"]["k8s.namespace.name"]),
+            pod: string(&v["k8s"]["k8s.pod.name"]),
+            container: string(&v["k8s"]["k8s.container.name"]),
+            pod_uid: string(&v["workload"]["pod_uid"]),
+            container_id: string(&v["workload"]["container_id"]),
+            cgroup_path: string(&v["workload"]["cgroup_path"]),
         };
         Some((r, at))
     }
 }
 
+#[derive(Default)]
 struct Filter {
     types: Vec<String>,
     min_severity: Option<usize>,
     since_ns: Option<i128>,
     nodes: Vec<String>,
+    namespaces: Vec<String>,
+    /// Pod names, or pod UIDs (which records carry even when the controller could not
+    /// name the pod).
+    pods: Vec<String>,
+    containers: Vec<String>,
+}
+
+/// An empty filter list allows everything; otherwise the value must be one of them.
+fn one_of(wanted: &[String], value: Option<&String>) -> bool {
+    wanted.is_empty() || value.is_some_and(|v| wanted.contains(v))
 }
 
 impl Filter {
@@ -94,7 +124,10 @@ impl Filter {
             // An unknown severity cannot be ranked: it passes only when no minimum is set.
             && self.min_severity.is_none_or(|min| severity_rank(&r.severity).is_some_and(|s| s >= min))
             && self.since_ns.is_none_or(|since| at_ns >= since)
-            && (self.nodes.is_empty() || r.node.as_ref().is_some_and(|n| self.nodes.contains(n)))
+            && one_of(&self.nodes, r.node.as_ref())
+            && one_of(&self.namespaces, r.namespace.as_ref())
+            && (one_of(&self.pods, r.pod.as_ref()) || one_of(&self.pods, r.pod_uid.as_ref()))
+            && one_of(&self.containers, r.container.as_ref())
     }
 }
 
@@ -125,7 +158,10 @@ impl Printer {
         let mut text = String::new();
         if !self.header_done {
             self.header_done = true;
-            text.push_str(&format!("{:<24}  {:<8}  {:<34}  {:<16}  DETAIL\n", "TIME", "SEVERITY", "TYPE", "NODE"));
+            text.push_str(&format!(
+                "{:<24}  {:<8}  {:<34}  {:<16}  {:<40}  DETAIL\n",
+                "TIME", "SEVERITY", "TYPE", "NODE", "WORKLOAD"
+            ));
         }
         let kind = r.kind.strip_prefix("kernel.").unwrap_or(&r.kind);
         let sev = format!("{:<8}", table::truncate(&r.severity, 8));
@@ -137,15 +173,33 @@ impl Printer {
             _ => sev,
         };
         let row = format!(
-            "{:<24}  {sev}  {:<34}  {:<16}  {}",
+            "{:<24}  {sev}  {:<34}  {:<16}  {:<40}  {}",
             time::format_ms(at_ns),
             table::truncate(kind, 34),
             table::truncate(r.node.as_deref().unwrap_or("-"), 16),
+            table::truncate(&workload(r), 40),
             detail(r)
         );
         text.push_str(row.trim_end());
         text.push('\n');
         out(&text);
+    }
+}
+
+/// Who it happened to: `namespace/pod/container` when the controller named the pod, else
+/// what the node knows (short container id, pod UID, cgroup path), else `-`.
+fn workload(r: &Record) -> String {
+    if let (Some(ns), Some(pod)) = (&r.namespace, &r.pod) {
+        return match &r.container {
+            Some(c) => format!("{ns}/{pod}/{c}"),
+            None => format!("{ns}/{pod}"),
+        };
+    }
+    match (&r.container_id, &r.pod_uid, &r.cgroup_path) {
+        (Some(cid), _, _) => format!("container {}", cid.get(..12).unwrap_or(cid)),
+        (None, Some(uid), _) => format!("pod {uid}"),
+        (None, None, Some(path)) => path.clone(),
+        (None, None, None) => "-".into(),
     }
 }
 
@@ -410,7 +464,15 @@ pub fn run(opts: Options) -> Result<ExitCode, String> {
     }
     let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let mut run = Run {
-        filter: Filter { types: opts.types, min_severity, since_ns, nodes: opts.nodes },
+        filter: Filter {
+            types: opts.types,
+            min_severity,
+            since_ns,
+            nodes: opts.nodes,
+            namespaces: opts.namespaces,
+            pods: opts.pods,
+            containers: opts.containers,
+        },
         printer: Printer { json: opts.json, color, header_done: false },
         tally: Tally::default(),
     };
@@ -521,7 +583,7 @@ mod tests {
 
     #[test]
     fn type_filters_take_full_names_and_prefixes() {
-        let f = |t: &str| Filter { types: vec![t.into()], min_severity: None, since_ns: None, nodes: vec![] };
+        let f = |t: &str| Filter { types: vec![t.into()], ..Filter::default() };
         assert!(f("kernel.network").type_matches("kernel.network.connection_refused"));
         assert!(f("network").type_matches("kernel.network.connection_refused"));
         assert!(f("network.connection_refused").type_matches("kernel.network.connection_refused"));

@@ -120,11 +120,17 @@ Options:
       --since <TIME>     Only events at or after: RFC 3339 (2026-11-21T06:00:00Z) or relative
                          (90s, 10m, 2h, 1d)
       --node <NODE>      Only events from this node (repeatable)
+  -n, --namespace <NS>   Only events of pods in this Kubernetes namespace (repeatable)
+      --pod <POD>        Only events of this pod, by name or UID (repeatable)
+  -c, --container <C>    Only events of this container name (repeatable)
       --json             Print matching lines unchanged instead of a table
   -h, --help             Print help
 
 Lines that are not evidence records are skipped and counted; the count and the first one's
 place are reported on stderr at the end, with the numbers shown and filtered out.
+The WORKLOAD column is namespace/pod/container when the controller named the pod (its
+`k8s` names), else what the node knows (container id, pod UID or cgroup path).
+Namespace, pod name and container filters match only records the controller named.
 Colour is used only when stdout is a terminal (and NO_COLOR is not set).
 ";
 

@@ -132,6 +132,29 @@ fn cli() -> Command {
                         .action(ArgAction::Append)
                         .help("Only events from this node (repeatable)"),
                 )
+                .arg(
+                    Arg::new("namespace")
+                        .long("namespace")
+                        .short('n')
+                        .value_name("NAMESPACE")
+                        .action(ArgAction::Append)
+                        .help("Only events of pods in this Kubernetes namespace (repeatable)"),
+                )
+                .arg(
+                    Arg::new("pod")
+                        .long("pod")
+                        .value_name("POD")
+                        .action(ArgAction::Append)
+                        .help("Only events of this pod, by name or UID (repeatable)"),
+                )
+                .arg(
+                    Arg::new("container")
+                        .long("container")
+                        .short('c')
+                        .value_name("CONTAINER")
+                        .action(ArgAction::Append)
+                        .help("Only events of this container name (repeatable)"),
+                )
                 .arg(json("Print matching lines unchanged (JSON lines) instead of a table")),
         )
         .subcommand(
@@ -195,6 +218,9 @@ fn main() -> ExitCode {
             severity: m.get_one::<String>("severity").cloned(),
             since: m.get_one::<String>("since").cloned(),
             nodes: many(m, "node"),
+            namespaces: many(m, "namespace"),
+            pods: many(m, "pod"),
+            containers: many(m, "container"),
             json: m.get_flag("json"),
         }),
         Some(("doctor", m)) => doctor::run(m.get_flag("json")),

@@ -614,3 +614,40 @@ extern "C" {
     #[link_name = "geteuid"]
     fn libc_geteuid() -> u32;
 }
+
+// ---- events: Kubernetes workload (records the controller named with `k8s`) ----
+
+#[test]
+fn events_show_the_workload_and_filter_by_namespace_pod_and_container() {
+    let f = fixture("evidence-k8s.jsonl");
+    let table = |args: &[&str]| {
+        let mut all = vec!["events"];
+        all.extend_from_slice(args);
+        all.push(&f);
+        let o = tapio(&all);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+        rows(&o)
+    };
+    let all = table(&[]);
+    assert_eq!(all.len(), 5);
+    assert!(all[0].contains("shop/web-6d4b9c7f5d-x2x7q/app"), "{}", all[0]);
+    assert!(all[1].contains("shop/db-0/postgres"), "{}", all[1]);
+    // Not named by the controller: what the node knows, shortest first.
+    assert!(all[2].contains("container ff1c0a1b2c3d"), "{}", all[2]);
+    assert!(all[3].contains("/user.slice"), "{}", all[3]);
+    assert!(all[4].contains("  -  "), "{}", all[4]);
+
+    assert_eq!(table(&["--namespace", "shop"]).len(), 2);
+    assert_eq!(table(&["-n", "kube-system"]).len(), 0);
+    let db = table(&["--pod", "db-0"]);
+    assert_eq!(db.len(), 1);
+    assert!(db[0].contains("psql[77]"), "{}", db[0]);
+    assert_eq!(table(&["--pod", "0f0f0f0f-0000-4000-8000-000000000000"]).len(), 1, "by pod UID too");
+    assert_eq!(table(&["--container", "app", "--container", "postgres"]).len(), 2);
+    assert_eq!(table(&["-n", "shop", "-c", "app"]).len(), 1);
+    assert_eq!(table(&["-n", "shop", "--type", "network"]).len(), 1);
+    let o = tapio(&["events", "--json", "--pod", "web-6d4b9c7f5d-x2x7q", &f]);
+    let line: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(line["k8s"]["k8s.deployment.name"], "web", "--json passes the record through unchanged");
+    assert!(stderr(&o).contains("1 shown, 4 filtered out"), "{}", stderr(&o));
+}

@@ -1,4 +1,6 @@
-//! Optional bearer-token auth for `/v1/agents/*` and `/v1/events`.
+//! Optional bearer-token auth for `/v1/agents/*` and `/v1/events`: one shared token, or
+//! (`--auth kubernetes`) each agent's ServiceAccount token checked by
+//! [`crate::k8s::tokenreview`], which binds the agent to a node ([`AuthorizedNode`]).
 //!
 //! Only a SHA-256 digest of the token is kept, and a presented token is compared by
 //! digest with a constant-time fold, so neither the token's length nor the position of
@@ -40,8 +42,34 @@ impl BearerToken {
     }
 }
 
+/// The node an authenticated agent may report for, put in the request's extensions by the
+/// auth middleware under `--auth kubernetes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizedNode(pub std::sync::Arc<crate::k8s::tokenreview::AgentIdentity>);
+
+impl AuthorizedNode {
+    /// Refuses (403 FORBIDDEN) a request that names a node other than the token's.
+    /// Without node binding (shared token or no auth) every node is allowed.
+    pub fn check(
+        bound: Option<&Self>,
+        node_name: &str,
+        m: &crate::metrics::Metrics,
+    ) -> Result<(), crate::api::error::ApiError> {
+        match bound {
+            Some(b) if b.0.node != node_name => {
+                m.k8s.token_review("wrong_node");
+                Err(crate::api::error::ApiError::new(
+                    tapio_wire::ErrorCode::Forbidden,
+                    format!("this agent's token is bound to node {:?}, not {:?}", b.0.node, node_name),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Returns the credentials after a `Bearer` scheme and its spaces.
-fn strip_scheme(value: &[u8]) -> Option<&[u8]> {
+pub fn strip_scheme(value: &[u8]) -> Option<&[u8]> {
     const SCHEME: &[u8] = b"bearer";
     if value.len() <= SCHEME.len() || !value[..SCHEME.len()].eq_ignore_ascii_case(SCHEME) {
         return None;

@@ -17,12 +17,14 @@
 //! * [`auth`]: bearer token holder and constant-time check.
 //! * [`metrics`]: Prometheus metrics. [`logging`]: stderr logger.
 //! * [`io_timeout`]: write deadline for connections.
+//! * [`k8s`]: pod names on records (pod watch) and `--auth kubernetes` (TokenReview).
 
 pub mod api;
 pub mod auth;
 pub mod config_hash;
 pub mod connections;
 pub mod io_timeout;
+pub mod k8s;
 pub mod logging;
 pub mod metrics;
 pub mod profile;

@@ -26,11 +26,16 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        let auth = if settings.auth_token.is_some() { "bearer" } else { "off" };
+        let auth = match (&settings.kubernetes_auth, &settings.auth_token) {
+            (Some(_), _) => "kubernetes",
+            (None, Some(_)) => "bearer",
+            (None, None) => "off",
+        };
+        let pods = if settings.pod_watch.is_some() { "on" } else { "off" };
         let server = Server::bind(settings).await?;
         let config = server.state().config();
         log::info!(
-            "listening on {} (wire tapio-wire/v1, auth {auth}, config {} {})",
+            "listening on {} (wire tapio-wire/v1, auth {auth}, pod names {pods}, config {} {})",
             server.local_addr()?,
             config.version,
             config.hash

@@ -99,6 +99,8 @@ pub struct Metrics {
     pub profile_reloads: Family<ResultLabels, Counter>,
     /// Profile reloads refused (unreadable or invalid file); the served config stays.
     pub profile_reload_failures: Counter,
+    /// Kubernetes enrichment, pod watch and TokenReview.
+    pub k8s: crate::k8s::metrics::K8sMetrics,
 }
 
 impl Default for Metrics {
@@ -134,6 +136,7 @@ impl Metrics {
             agents_config: Family::default(),
             profile_reloads: Family::default(),
             profile_reload_failures: Counter::default(),
+            k8s: crate::k8s::metrics::K8sMetrics::default(),
             registry: Registry::default(),
         };
         // Counter names get their `_total` suffix from the encoder.
@@ -179,6 +182,7 @@ impl Metrics {
             "Profile reloads refused (unreadable or invalid); the served config stays",
             m.profile_reload_failures.clone(),
         );
+        m.k8s.register(&mut registry);
         m.config_generation.set(1);
         Self { registry, ..m }
     }

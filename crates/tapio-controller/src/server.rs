@@ -49,6 +49,8 @@ pub struct Server {
     /// reload request sent right after start is not lost. Only with `--profile`: without
     /// one, SIGHUP keeps its default meaning.
     hangup: Option<tokio::signal::unix::Signal>,
+    /// The pod watch to start with the server (`--k8s-pods`).
+    pod_watch: Option<(kube::Client, crate::k8s::owners::OwnerResolver)>,
 }
 
 impl Server {
@@ -56,7 +58,15 @@ impl Server {
     pub async fn bind(settings: Settings) -> io::Result<Self> {
         let metrics = Arc::new(Metrics::new());
         let (sink, writer) = sink::start(&settings.sink, settings.sink_queue_bytes, &metrics)?;
-        let state = Arc::new(AppState::new(&settings, metrics, sink));
+        let mut state = AppState::new(&settings, metrics, sink);
+        let pod_watch = match attach_kubernetes(&settings, &mut state).await {
+            Ok(w) => w,
+            Err(e) => {
+                writer.close(Duration::from_secs(1));
+                return Err(io::Error::other(e));
+            }
+        };
+        let state = Arc::new(state);
         let listener = match listen(settings.listen) {
             Ok(l) => l,
             Err(e) => {
@@ -68,7 +78,7 @@ impl Server {
             None => None,
             Some(_) => Some(tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?),
         };
-        Ok(Self { listener, state, writer, settings, hangup })
+        Ok(Self { listener, state, writer, settings, hangup, pod_watch })
     }
 
     /// The bound address (useful with port 0).
@@ -86,7 +96,7 @@ impl Server {
     where
         F: Future<Output = ()> + Send,
     {
-        let Self { listener, state, writer, settings, hangup } = self;
+        let Self { listener, state, writer, settings, hangup, pod_watch } = self;
         let router = api::router(Arc::clone(&state));
         let conns = Connections::new(settings.max_connections, settings.max_connections_per_peer);
         let mut builder = http1::Builder::new();
@@ -100,6 +110,15 @@ impl Server {
             .max_headers(MAX_REQUEST_HEADERS);
         let evictor = tokio::spawn(evict_loop(Arc::clone(&state), settings.evict_after));
         let trimmer = tokio::spawn(return_memory_loop(Arc::clone(&conns)));
+        let pod_watcher = match (pod_watch, &state.pods) {
+            (Some((client, owners)), Some(index)) => Some(tokio::spawn(crate::k8s::watch::run(
+                client,
+                Arc::clone(index),
+                Arc::clone(&state.metrics),
+                owners,
+            ))),
+            _ => None,
+        };
         let watcher = settings.profile.clone().map(|path| {
             tokio::spawn(profile::watch(Arc::clone(&state), profile::Watcher::new(path), settings.profile_poll, hangup))
         });
@@ -202,6 +221,9 @@ impl Server {
         drop(listener);
         evictor.abort();
         trimmer.abort();
+        if let Some(w) = pod_watcher {
+            w.abort();
+        }
         if let Some(w) = watcher {
             w.abort();
         }
@@ -300,6 +322,33 @@ fn trim_heap() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn trim_heap() {}
+
+/// Builds the Kubernetes client when a Kubernetes feature is on, sets up the pod store and
+/// the TokenReview checker in `state`, and returns the pod watch to start with the server.
+async fn attach_kubernetes(
+    settings: &Settings,
+    state: &mut AppState,
+) -> Result<Option<(kube::Client, crate::k8s::owners::OwnerResolver)>, String> {
+    if settings.pod_watch.is_none() && settings.kubernetes_auth.is_none() {
+        return Ok(None);
+    }
+    let client = crate::k8s::client(settings.k8s_api_server.as_deref()).await?;
+    let mut watch = None;
+    if let Some(w) = &settings.pod_watch {
+        state.pods = Some(Arc::new(crate::k8s::PodIndex::new(w.max_pods, w.deleted_grace)));
+        let owners = crate::k8s::owners::OwnerResolver::new(
+            Some(client.clone()),
+            w.owner_cache_entries,
+            Duration::from_secs(600),
+        );
+        watch = Some((client.clone(), owners));
+    }
+    if let Some(review) = &settings.kubernetes_auth {
+        state.kubernetes_auth =
+            Some(Arc::new(crate::k8s::tokenreview::TokenReviewer::new(client, review.clone(), state.pods.clone())));
+    }
+    Ok(watch)
+}
 
 /// Forgets silent agents periodically.
 async fn evict_loop(state: Arc<AppState>, after: Duration) {

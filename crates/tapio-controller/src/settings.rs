@@ -111,6 +111,62 @@ pub struct Cli {
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
+    /// How agents authenticate: `token` (one shared bearer token; the default when one is
+    /// given), `kubernetes` (each agent's projected ServiceAccount token, checked with a
+    /// TokenReview and bound to its node) or `none` (the default without a token).
+    #[arg(long, value_enum)]
+    pub auth: Option<AuthMode>,
+    /// With `--auth kubernetes`: the agents' ServiceAccount as `namespace:name`.
+    #[arg(long)]
+    pub agent_service_account: Option<String>,
+    /// With `--auth kubernetes`: the audience agent tokens must carry.
+    #[arg(long, default_value = "tapio")]
+    pub token_audience: String,
+    /// With `--auth kubernetes`: longest time an accepted token is trusted without a new
+    /// TokenReview (never past the token's own expiry).
+    #[arg(long, default_value_t = 300)]
+    pub token_cache_secs: u64,
+    /// With `--auth kubernetes`: most tokens cached.
+    #[arg(long, default_value_t = 20_000)]
+    pub token_cache_entries: usize,
+    /// Watch pods and add their names (`k8s.pod.name`, …) to records.
+    #[arg(long)]
+    pub k8s_pods: bool,
+    /// Kubernetes API server URL used as is, without credentials (`kubectl proxy`, tests).
+    /// Default: in-cluster config, else the kubeconfig.
+    #[arg(long)]
+    pub k8s_api_server: Option<String>,
+    /// Most pods kept (live and recently deleted); pods beyond it are counted, not stored.
+    #[arg(long, default_value_t = 200_000)]
+    pub k8s_max_pods: usize,
+    /// How long a deleted pod's names stay available for late evidence.
+    #[arg(long, default_value_t = 300)]
+    pub k8s_deleted_pod_grace_secs: u64,
+    /// Most cached owner lookups (ReplicaSet → Deployment, Job → CronJob).
+    #[arg(long, default_value_t = 10_000)]
+    pub k8s_owner_cache_entries: usize,
+}
+
+/// Agent authentication modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// No authentication.
+    None,
+    /// One shared bearer token.
+    Token,
+    /// Projected ServiceAccount tokens checked with TokenReview.
+    Kubernetes,
+}
+
+/// The pod watch, when on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodWatchSettings {
+    /// Store bound.
+    pub max_pods: usize,
+    /// Grace period of deleted pods.
+    pub deleted_grace: Duration,
+    /// Owner lookup cache bound.
+    pub owner_cache_entries: usize,
 }
 
 /// Log levels.
@@ -214,6 +270,12 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Controller id override.
     pub controller_id: Option<String>,
+    /// Kubernetes API server URL override (else in-cluster config or kubeconfig).
+    pub k8s_api_server: Option<String>,
+    /// Pod watch and enrichment, if on.
+    pub pod_watch: Option<PodWatchSettings>,
+    /// `--auth kubernetes`, if on.
+    pub kubernetes_auth: Option<crate::k8s::tokenreview::ReviewSettings>,
 }
 
 impl Default for Settings {
@@ -241,6 +303,9 @@ impl Default for Settings {
             write_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
             controller_id: None,
+            k8s_api_server: None,
+            pod_watch: None,
+            kubernetes_auth: None,
         }
     }
 }
@@ -303,6 +368,58 @@ impl Cli {
         }
         if self.header_read_timeout_secs == 0 || self.request_timeout_secs == 0 || self.write_timeout_secs == 0 {
             return invalid("timeouts must be at least 1 second");
+        }
+
+        let token_given = self.auth_token_file.is_some() || env_token.is_some();
+        let mode = self.auth.unwrap_or(if token_given { AuthMode::Token } else { AuthMode::None });
+        if mode == AuthMode::Token && !token_given {
+            return invalid("--auth token needs --auth-token-file or TAPIO_CONTROLLER_TOKEN");
+        }
+        if mode != AuthMode::Token && token_given {
+            return invalid("a shared token (--auth-token-file or TAPIO_CONTROLLER_TOKEN) is only for --auth token");
+        }
+        let kubernetes_auth = if mode == AuthMode::Kubernetes {
+            let Some(sa) = self.agent_service_account.clone() else {
+                return invalid("--auth kubernetes needs --agent-service-account NAMESPACE:NAME");
+            };
+            let valid_part = |s: &str| !s.is_empty() && s.len() <= 253 && !s.contains([':', ' ']);
+            if !sa.split_once(':').is_some_and(|(ns, name)| valid_part(ns) && valid_part(name)) {
+                return invalid("--agent-service-account must be NAMESPACE:NAME");
+            }
+            if self.token_audience.trim().is_empty() {
+                return invalid("--token-audience must not be empty");
+            }
+            if self.token_cache_entries == 0 || self.token_cache_secs > 3_600 {
+                return invalid("--token-cache-entries must be at least 1 and --token-cache-secs at most 3600");
+            }
+            Some(crate::k8s::tokenreview::ReviewSettings {
+                audience: self.token_audience.clone(),
+                service_account: sa,
+                cache_ttl: Duration::from_secs(self.token_cache_secs),
+                cache_entries: self.token_cache_entries,
+            })
+        } else {
+            if self.agent_service_account.is_some() {
+                return invalid("--agent-service-account is only for --auth kubernetes");
+            }
+            None
+        };
+        let pod_watch = if self.k8s_pods {
+            if self.k8s_max_pods == 0 || self.k8s_owner_cache_entries == 0 {
+                return invalid("--k8s-max-pods and --k8s-owner-cache-entries must be at least 1");
+            }
+            Some(PodWatchSettings {
+                max_pods: self.k8s_max_pods,
+                deleted_grace: Duration::from_secs(self.k8s_deleted_pod_grace_secs),
+                owner_cache_entries: self.k8s_owner_cache_entries,
+            })
+        } else {
+            None
+        };
+        if let Some(url) = &self.k8s_api_server {
+            if url.parse::<axum::http::Uri>().ok().and_then(|u| u.host().map(|_| ())).is_none() {
+                return invalid("--k8s-api-server must be a URL such as http://127.0.0.1:8001");
+            }
         }
 
         let auth_token = match (&self.auth_token_file, env_token) {
@@ -370,6 +487,9 @@ impl Cli {
             write_timeout: Duration::from_secs(self.write_timeout_secs),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             controller_id: self.controller_id,
+            k8s_api_server: self.k8s_api_server,
+            pod_watch,
+            kubernetes_auth,
         })
     }
 }
@@ -462,6 +582,27 @@ mod tests {
         }
         let err = cli(&["--profile", "/dev/zero"]).into_settings(None).unwrap_err().to_string();
         assert!(err.contains("/dev/zero"), "{err}");
+    }
+
+    #[test]
+    fn kubernetes_auth_needs_a_service_account_and_excludes_a_shared_token() {
+        let s = cli(&["--auth", "kubernetes", "--agent-service-account", "tapio-system:tapio-agent"])
+            .into_settings(None)
+            .unwrap();
+        let k = s.kubernetes_auth.unwrap();
+        assert_eq!(k.audience, "tapio");
+        assert_eq!(k.service_account, "tapio-system:tapio-agent");
+        assert!(s.auth_token.is_none());
+        assert!(cli(&["--auth", "kubernetes"]).into_settings(None).is_err());
+        assert!(cli(&["--auth", "kubernetes", "--agent-service-account", "nocolon"]).into_settings(None).is_err());
+        let both = cli(&["--auth", "kubernetes", "--agent-service-account", "a:b"]).into_settings(Some("t".into()));
+        assert!(both.is_err());
+        assert!(cli(&["--auth", "token"]).into_settings(None).is_err());
+        assert!(cli(&["--agent-service-account", "a:b"]).into_settings(None).is_err());
+        assert!(cli(&["--k8s-api-server", "not a url"]).into_settings(None).is_err());
+        let w = cli(&["--k8s-pods"]).into_settings(None).unwrap().pod_watch.unwrap();
+        assert_eq!(w.max_pods, 200_000);
+        assert_eq!(w.deleted_grace, Duration::from_secs(300));
     }
 
     #[test]

@@ -40,6 +40,10 @@ pub struct AppState {
     pub stale_after: Duration,
     /// Time a request may take.
     pub request_timeout: Duration,
+    /// Pod store for enrichment (`--k8s-pods`).
+    pub pods: Option<Arc<crate::k8s::PodIndex>>,
+    /// TokenReview checker (`--auth kubernetes`).
+    pub kubernetes_auth: Option<Arc<crate::k8s::tokenreview::TokenReviewer>>,
 }
 
 impl AppState {
@@ -65,6 +69,8 @@ impl AppState {
             max_batch_events: settings.max_batch_events,
             stale_after: settings.stale_after,
             request_timeout: settings.request_timeout,
+            pods: None,
+            kubernetes_auth: None,
         }
     }
 }

@@ -15,6 +15,9 @@ pub enum ErrorCode {
     MalformedJson,
     /// 401 (extension): auth is on and the bearer token is missing or wrong.
     Unauthenticated,
+    /// 403 (extension): the credentials are valid but do not allow this request (an agent
+    /// reporting for a node its token is not bound to, or the wrong ServiceAccount).
+    Forbidden,
     /// 404: no route.
     UnknownEndpoint,
     /// 405 (extension): known route, wrong method.
@@ -44,6 +47,7 @@ impl ErrorCode {
             Self::InvalidField => "INVALID_FIELD",
             Self::MalformedJson => "MALFORMED_JSON",
             Self::Unauthenticated => "UNAUTHENTICATED",
+            Self::Forbidden => "FORBIDDEN",
             Self::UnknownEndpoint => "UNKNOWN_ENDPOINT",
             Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Self::RequestTimeout => "REQUEST_TIMEOUT",
@@ -61,6 +65,7 @@ impl ErrorCode {
         match self {
             Self::MissingField | Self::UnsupportedVersion | Self::InvalidField | Self::MalformedJson => 400,
             Self::Unauthenticated => 401,
+            Self::Forbidden => 403,
             Self::UnknownEndpoint => 404,
             Self::MethodNotAllowed => 405,
             Self::RequestTimeout => 408,
@@ -81,6 +86,7 @@ impl From<&str> for ErrorCode {
             "INVALID_FIELD" => Self::InvalidField,
             "MALFORMED_JSON" => Self::MalformedJson,
             "UNAUTHENTICATED" => Self::Unauthenticated,
+            "FORBIDDEN" => Self::Forbidden,
             "UNKNOWN_ENDPOINT" => Self::UnknownEndpoint,
             "METHOD_NOT_ALLOWED" => Self::MethodNotAllowed,
             "REQUEST_TIMEOUT" => Self::RequestTimeout,

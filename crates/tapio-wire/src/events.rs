@@ -59,6 +59,10 @@ pub struct WireEvent {
     /// Extension: what the node knows about the workload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<Workload>,
+    /// Extension, set by the controller only: Kubernetes names of the workload, keyed by
+    /// their OpenTelemetry attribute names (`k8s.pod.name`, `k8s.namespace.name`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k8s: Option<std::collections::BTreeMap<String, String>>,
     /// Observer-specific facts, numbers in base units. Never reasoning.
     pub facts: Map<String, Value>,
 }

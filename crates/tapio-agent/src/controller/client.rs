@@ -9,7 +9,7 @@ use super::apply::settings_from;
 use super::http::{self, Endpoint, HttpError, Limits, Request, Response};
 use super::outbox::Outbox;
 use super::state::{self, AppliedConfig};
-use super::{ControllerConfig, Token};
+use super::{ControllerConfig, FileStamp, Token};
 use crate::carriers::KernelCarriers;
 use crate::config::AgentConfig;
 use crate::counters::{Counters, CONTROLLER_SINK};
@@ -73,6 +73,8 @@ struct Loop {
     pending: Option<Pending>,
     rng: u64,
     last_error: Option<String>,
+    /// Version of the token file the token in use was read from.
+    token_stamp: Option<FileStamp>,
     failure_log: LogLimiter,
 }
 
@@ -153,7 +155,11 @@ impl Client {
             rng: crate::clock::wall_now_ns() | 1,
             last_error: None,
             failure_log: LogLimiter::default(),
+            token_stamp: None,
         };
+        if let Some(path) = &l.c.settings.token_file {
+            l.token_stamp = FileStamp::of(path);
+        }
         l.run();
     }
 }
@@ -198,6 +204,7 @@ impl Loop {
         body: Option<&[u8]>,
         extra: &[(&str, &str)],
     ) -> Result<Response, HttpError> {
+        self.reload_token_if_changed();
         let auth = self.c.token.as_ref().map(Token::header_value);
         let mut headers: Vec<(&str, &str)> = extra.to_vec();
         if let Some(a) = &auth {
@@ -212,9 +219,24 @@ impl Loop {
         result
     }
 
-    /// A rotated token is picked up on the next request after a 401.
+    /// A rotated token file is picked up by the next request (one stat per request).
+    fn reload_token_if_changed(&mut self) {
+        let Some(path) = &self.c.settings.token_file else {
+            return;
+        };
+        let stamp = FileStamp::of(path);
+        if stamp.is_some() && stamp != self.token_stamp {
+            self.reload_token();
+        }
+    }
+
+    /// Reads the token file again (after a change, or a 401). A file that cannot be read
+    /// leaves the token in use as it is.
     fn reload_token(&mut self) {
         if let Some(path) = &self.c.settings.token_file {
+            // Remembered even when the read fails, so a broken file is reported once per
+            // change rather than on every request.
+            self.token_stamp = FileStamp::of(path);
             match Token::read(path) {
                 Ok(t) => self.c.token = Some(t),
                 Err(e) => log::warn!("{e}"),

@@ -22,7 +22,10 @@ pub struct ControllerConfig {
     pub url: String,
     /// Stable id of this agent (default: the node name).
     pub agent_id: Option<String>,
-    /// File holding the bearer token (re-read when the controller answers 401).
+    /// File holding the bearer token: a shared token, or under Kubernetes the agent's
+    /// projected ServiceAccount token (`/var/run/secrets/tapio/token` in the chart).
+    /// Re-read when the file changes (the kubelet rotates projected tokens) and when the
+    /// controller answers 401.
     pub token_file: Option<PathBuf>,
     /// Where the last valid controller config is kept across restarts.
     pub state_file: Option<PathBuf>,
@@ -65,13 +68,38 @@ impl Default for ControllerConfig {
     }
 }
 
+/// Largest token file the agent reads: a projected ServiceAccount token is about 1 KiB.
+/// (A capped read of its own: the agent has no other file it reads whole, and one
+/// `take()` is smaller than a shared helper crate.)
+pub const MAX_TOKEN_BYTES: u64 = 16 * 1024;
+
 /// A bearer token. Its Debug output is redacted so it cannot reach a log by accident.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Token(String);
 
+/// What identifies one version of the token file: the kubelet replaces a projected token
+/// by swapping a symlink (new inode); an edit in place changes its mtime or size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    dev: u64,
+    ino: u64,
+    mtime_ns: i128,
+    len: u64,
+}
+
+impl FileStamp {
+    /// The stamp of the file `path` resolves to, or None when it cannot be read.
+    pub fn of(path: &std::path::Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        let mtime_ns = i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec());
+        Some(Self { dev: m.dev(), ino: m.ino(), mtime_ns, len: m.len() })
+    }
+}
+
 impl Token {
     pub fn read(path: &std::path::Path) -> Result<Self, String> {
-        let text = tapio_wire::capped::read_capped_string(path, tapio_wire::capped::caps::TOKEN_BYTES)
+        let text = tapio_wire::capped::read_capped_string(path, MAX_TOKEN_BYTES)
             .map_err(|e| format!("reading token file {}: {e}", path.display()))?;
         let token = text.trim();
         if token.is_empty() || token.contains(['\r', '\n']) {
@@ -106,6 +134,10 @@ mod tests {
         assert!(!format!("{token:?}").contains("s3cr3t"));
         std::fs::write(&path, "a\nb\n").unwrap();
         assert!(Token::read(&path).is_err());
+        std::fs::write(&path, "x".repeat(MAX_TOKEN_BYTES as usize + 1)).unwrap();
+        let err = Token::read(&path).unwrap_err();
+        assert!(err.contains("larger than"), "{err}");
+        assert!(Token::read(&dir.join("absent")).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

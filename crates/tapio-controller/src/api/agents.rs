@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tapio_wire::config::ConfigQuery;
@@ -15,15 +15,22 @@ use tapio_wire::{ErrorCode, HeartbeatRequest, HeartbeatResponse, HelloRequest, H
 use super::body::read_limited;
 use super::error::ApiError;
 use super::json::{json, json_bytes};
+use crate::auth::AuthorizedNode;
 use crate::metrics::ResultLabels;
 use crate::registry::HelloOutcome;
 use crate::state::{unix_now, AppState};
 
 /// `POST /v1/agents/hello`.
-pub async fn hello(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+pub async fn hello(
+    State(st): State<Arc<AppState>>,
+    bound: Option<Extension<AuthorizedNode>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let bytes = read_limited(&headers, body, st.body_limit).await?;
     let req: HelloRequest = parse_body(&bytes)?;
     validate_hello(&req)?;
+    AuthorizedNode::check(bound.as_deref(), &req.node_name, &st.metrics)?;
     let result = match st.registry.hello(&req, Instant::now(), unix_now()) {
         Ok(outcome) => {
             if outcome == HelloOutcome::Registered {
@@ -58,13 +65,15 @@ pub async fn hello(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Bo
 /// `GET /v1/agents/config?agent_id=…&node_name=…`.
 pub async fn config(
     State(st): State<Arc<AppState>>,
+    bound: Option<Extension<AuthorizedNode>>,
     headers: HeaderMap,
     query: Result<Query<ConfigQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|_| {
         ApiError::new(ErrorCode::InvalidField, "query string is not agent_id=…&node_name=… (each given once)")
     })?;
-    let (agent_id, _node) = validate_config_query(&query)?;
+    let (agent_id, node) = validate_config_query(&query)?;
+    AuthorizedNode::check(bound.as_deref(), node, &st.metrics)?;
     st.registry.touch(agent_id, Instant::now());
 
     let cfg = st.config();
@@ -78,10 +87,16 @@ pub async fn config(
 }
 
 /// `POST /v1/agents/heartbeat`.
-pub async fn heartbeat(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+pub async fn heartbeat(
+    State(st): State<Arc<AppState>>,
+    bound: Option<Extension<AuthorizedNode>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let bytes = read_limited(&headers, body, st.body_limit).await?;
     let req: HeartbeatRequest = parse_body(&bytes)?;
     validate_heartbeat(&req)?;
+    AuthorizedNode::check(bound.as_deref(), &req.node_name, &st.metrics)?;
     let accepted = st.registry.heartbeat(&req, Instant::now());
     let result = if accepted { "accepted" } else { "unknown_agent" };
     st.metrics.heartbeats.get_or_create(&ResultLabels { result }).inc();

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use tapio_wire::validate::{parse_body, validate_batch};
@@ -18,13 +18,19 @@ use tapio_wire::{EventBatch, EventsResponse, WIRE_VERSION};
 use super::body::read_limited;
 use super::error::ApiError;
 use super::json::json;
+use crate::auth::AuthorizedNode;
 use crate::record::encode_batch;
 use crate::registry::BatchTracking;
 use crate::sequence::SeqObservation;
 use crate::state::AppState;
 
 /// `POST /v1/events`.
-pub async fn events(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+pub async fn events(
+    State(st): State<Arc<AppState>>,
+    bound: Option<Extension<AuthorizedNode>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let m = &st.metrics;
     let reject = |events: usize, e: ApiError| {
         m.batches_rejected.inc();
@@ -32,9 +38,15 @@ pub async fn events(State(st): State<Arc<AppState>>, headers: HeaderMap, body: B
         e
     };
     let bytes = read_limited(&headers, body, st.body_limit).await.map_err(|e| reject(0, e))?;
-    let batch: EventBatch = parse_body(&bytes).map_err(|e| reject(0, e.into()))?;
+    let mut batch: EventBatch = parse_body(&bytes).map_err(|e| reject(0, e.into()))?;
     let max = usize::try_from(st.max_batch_events).unwrap_or(usize::MAX);
     validate_batch(&batch, max).map_err(|e| reject(batch.events.len(), e.into()))?;
+    // A node-bound agent reports for its own node only, in the batch and in every record.
+    let bound = bound.as_deref();
+    AuthorizedNode::check(bound, &batch.node_name, m).map_err(|e| reject(batch.events.len(), e))?;
+    for node in batch.events.iter().filter_map(|e| e.node.as_deref()) {
+        AuthorizedNode::check(bound, node, m).map_err(|e| reject(batch.events.len(), e))?;
+    }
 
     match st.registry.batch(&batch.agent_id, &batch.node_name, batch.sequence, Instant::now()) {
         BatchTracking::Tracked(SeqObservation::Gap) => {
@@ -49,6 +61,7 @@ pub async fn events(State(st): State<Arc<AppState>>, headers: HeaderMap, body: B
         }
     }
 
+    crate::k8s::enrich_batch(st.pods.as_deref(), &mut batch.events, &m.k8s);
     let n = batch.events.len() as u64;
     let (lines, records) = encode_batch(batch);
     st.sink.submit(lines, records);

@@ -98,7 +98,36 @@ fn panic_response(_: Box<dyn Any + Send + 'static>) -> Response {
 }
 
 /// Bearer check for the agent-facing routes. The presented value is never logged.
-async fn require_auth(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+async fn require_auth(State(st): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    if let Some(reviewer) = &st.kubernetes_auth {
+        let presented = req.headers().get(header::AUTHORIZATION).and_then(|v| crate::auth::strip_scheme(v.as_bytes()));
+        let denial = match presented {
+            None | Some(&[]) => crate::k8s::tokenreview::Denial::Unauthenticated(
+                "a ServiceAccount token is required (Authorization: Bearer)".into(),
+            ),
+            Some(token) => match reviewer.authenticate(token, &st.metrics.k8s).await {
+                Ok(identity) => {
+                    req.extensions_mut().insert(crate::auth::AuthorizedNode(identity));
+                    return next.run(req).await;
+                }
+                Err(d) => d,
+            },
+        };
+        use crate::k8s::tokenreview::Denial;
+        let (code, message) = match denial {
+            Denial::Unauthenticated(m) => (ErrorCode::Unauthenticated, m),
+            Denial::Forbidden(m) => (ErrorCode::Forbidden, m),
+            Denial::Unavailable(m) => {
+                log::warn!("cannot check an agent token: {m}");
+                (ErrorCode::NotReady, "cannot check the token now: the Kubernetes API is unavailable".into())
+            }
+        };
+        let mut resp = ApiError::new(code.clone(), message).into_response();
+        if code == ErrorCode::Unauthenticated {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        return resp;
+    }
     if let Some(token) = &st.auth {
         let presented = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
         if !token.authorizes(presented) {

@@ -1,0 +1,159 @@
+//! Owner resolution: a pod's controlling owner, and that owner's own controller for the two
+//! kinds that have one in practice (ReplicaSet → Deployment, Job → CronJob).
+//!
+//! StatefulSet and DaemonSet own their pods directly and need no lookup. Lookups of a
+//! ReplicaSet or Job go to the API server once and are kept in a bounded cache (oldest
+//! out first, each entry for a limited time), so a relist of 100,000 pods costs one GET
+//! per ReplicaSet, not per pod. A failed lookup is not cached and not guessed at: the pod
+//! keeps the owner it names itself, and the failure is counted.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::Api;
+
+use super::metrics::K8sMetrics;
+use super::store::{owner_key, OwnerRef};
+
+/// How long one GET of an owner may take before the pod is stored without it.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+type CacheKey = (Box<str>, &'static str, Box<str>);
+
+/// Resolves owner chains with a bounded cache.
+pub struct OwnerResolver {
+    client: Option<kube::Client>,
+    cache: HashMap<CacheKey, (Option<OwnerRef>, Instant)>,
+    order: VecDeque<CacheKey>,
+    capacity: usize,
+    ttl: Duration,
+}
+
+impl OwnerResolver {
+    /// A resolver that asks `client` (None: no lookups, only the pod's own owner).
+    pub fn new(client: Option<kube::Client>, capacity: usize, ttl: Duration) -> Self {
+        Self { client, cache: HashMap::new(), order: VecDeque::new(), capacity: capacity.max(1), ttl }
+    }
+
+    /// Entries in the cache.
+    pub fn cached(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// The owner chain of a pod whose controlling owner is `owner`, as attribute key → name.
+    pub async fn chain(
+        &mut self,
+        namespace: &str,
+        owner: Option<OwnerRef>,
+        metrics: &K8sMetrics,
+    ) -> Box<[(&'static str, std::sync::Arc<str>)]> {
+        let Some(owner) = owner else {
+            return Box::new([]);
+        };
+        let Some(key) = owner_key(&owner.kind) else {
+            return Box::new([]);
+        };
+        let mut chain = vec![(key, std::sync::Arc::<str>::from(owner.name.as_str()))];
+        let kind: &'static str = match owner.kind.as_str() {
+            "ReplicaSet" => "ReplicaSet",
+            "Job" => "Job",
+            _ => return chain.into_boxed_slice(),
+        };
+        if let Some(parent) = self.parent(namespace, kind, &owner.name, metrics).await {
+            if let Some(parent_key) = owner_key(&parent.kind) {
+                chain.push((parent_key, parent.name.into()));
+            }
+        }
+        chain.into_boxed_slice()
+    }
+
+    async fn parent(&mut self, namespace: &str, kind: &'static str, name: &str, m: &K8sMetrics) -> Option<OwnerRef> {
+        let key: CacheKey = (namespace.into(), kind, name.into());
+        let now = Instant::now();
+        if let Some((parent, at)) = self.cache.get(&key) {
+            if now.saturating_duration_since(*at) < self.ttl {
+                m.owner_lookup("hit");
+                return parent.clone();
+            }
+        }
+        let client = self.client.clone()?;
+        let fetched = match kind {
+            "ReplicaSet" => {
+                let api: Api<ReplicaSet> = Api::namespaced(client, namespace);
+                tokio::time::timeout(LOOKUP_TIMEOUT, api.get_opt(name)).await.map(|r| r.map(|o| o.map(|o| o.metadata)))
+            }
+            _ => {
+                let api: Api<Job> = Api::namespaced(client, namespace);
+                tokio::time::timeout(LOOKUP_TIMEOUT, api.get_opt(name)).await.map(|r| r.map(|o| o.map(|o| o.metadata)))
+            }
+        };
+        let parent = match fetched {
+            Ok(Ok(Some(meta))) => controller_of(meta.owner_references.as_deref()),
+            // Gone already (the pod outlived its ReplicaSet): nothing more to name.
+            Ok(Ok(None)) => None,
+            Ok(Err(e)) => {
+                m.owner_lookup("error");
+                log::debug!("owner lookup {kind} {namespace}/{name} failed: {e}");
+                return None;
+            }
+            Err(_) => {
+                m.owner_lookup("error");
+                return None;
+            }
+        };
+        m.owner_lookup("miss");
+        self.insert(key, parent.clone(), now);
+        parent
+    }
+
+    fn insert(&mut self, key: CacheKey, parent: Option<OwnerRef>, now: Instant) {
+        if self.cache.insert(key.clone(), (parent, now)).is_none() {
+            self.order.push_back(key);
+        }
+        while self.cache.len() > self.capacity {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.cache.remove(&old);
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+fn controller_of(refs: Option<&[OwnerReference]>) -> Option<OwnerRef> {
+    refs?.iter().find(|r| r.controller == Some(true)).map(|r| OwnerRef { kind: r.kind.clone(), name: r.name.clone() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn direct_owners_need_no_lookup_and_unknown_kinds_are_not_named() {
+        let m = K8sMetrics::default();
+        let mut r = OwnerResolver::new(None, 4, Duration::from_secs(60));
+        let ss = r.chain("ns", Some(OwnerRef { kind: "StatefulSet".into(), name: "db".into() }), &m).await;
+        assert_eq!(&*ss, &[("k8s.statefulset.name", std::sync::Arc::<str>::from("db"))]);
+        let node = r.chain("ns", Some(OwnerRef { kind: "Node".into(), name: "n1".into() }), &m).await;
+        assert!(node.is_empty());
+        // Without a client a ReplicaSet is named but its Deployment is not guessed.
+        let rs = r.chain("ns", Some(OwnerRef { kind: "ReplicaSet".into(), name: "web-5d".into() }), &m).await;
+        assert_eq!(&*rs, &[("k8s.replicaset.name", std::sync::Arc::<str>::from("web-5d"))]);
+    }
+
+    #[test]
+    fn the_cache_keeps_at_most_its_capacity_oldest_out_first() {
+        let mut r = OwnerResolver::new(None, 2, Duration::from_secs(60));
+        let now = Instant::now();
+        for name in ["a", "b", "c"] {
+            r.insert(("ns".into(), "ReplicaSet", name.into()), None, now);
+        }
+        assert_eq!(r.cached(), 2);
+        assert!(!r.cache.contains_key(&(Box::<str>::from("ns"), "ReplicaSet", Box::<str>::from("a"))));
+        assert!(r.cache.contains_key(&(Box::<str>::from("ns"), "ReplicaSet", Box::<str>::from("c"))));
+    }
+}

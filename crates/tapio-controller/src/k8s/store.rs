@@ -1,0 +1,366 @@
+//! The bounded pod store: only what enrichment needs from each pod, keyed by pod UID.
+//!
+//! A deleted pod is kept for a grace period (evidence about a pod, an OOM kill above
+//! all, often arrives after the pod object is gone), then forgotten. A relist marks every
+//! entry with the list's generation; entries the new list did not contain are treated as
+//! deleted when it completes. The store never grows past its capacity: a pod that does not
+//! fit is not stored and is counted. Names that many pods share (namespace, node, container
+//! and owner names) are stored once and shared.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+
+/// Owner attribute keys, in OpenTelemetry's spelling.
+pub mod keys {
+    /// `k8s.namespace.name`.
+    pub const NAMESPACE: &str = "k8s.namespace.name";
+    /// `k8s.pod.name`.
+    pub const POD_NAME: &str = "k8s.pod.name";
+    /// `k8s.pod.uid`.
+    pub const POD_UID: &str = "k8s.pod.uid";
+    /// `k8s.container.name`.
+    pub const CONTAINER_NAME: &str = "k8s.container.name";
+    /// `k8s.node.name`.
+    pub const NODE_NAME: &str = "k8s.node.name";
+    /// `k8s.deployment.name`.
+    pub const DEPLOYMENT: &str = "k8s.deployment.name";
+    /// `k8s.replicaset.name`.
+    pub const REPLICASET: &str = "k8s.replicaset.name";
+    /// `k8s.statefulset.name`.
+    pub const STATEFULSET: &str = "k8s.statefulset.name";
+    /// `k8s.daemonset.name`.
+    pub const DAEMONSET: &str = "k8s.daemonset.name";
+    /// `k8s.job.name`.
+    pub const JOB: &str = "k8s.job.name";
+    /// `k8s.cronjob.name`.
+    pub const CRONJOB: &str = "k8s.cronjob.name";
+}
+
+/// The attribute key of an owner kind, or None for kinds OpenTelemetry has no name for.
+pub fn owner_key(kind: &str) -> Option<&'static str> {
+    Some(match kind {
+        "Deployment" => keys::DEPLOYMENT,
+        "ReplicaSet" => keys::REPLICASET,
+        "StatefulSet" => keys::STATEFULSET,
+        "DaemonSet" => keys::DAEMONSET,
+        "Job" => keys::JOB,
+        "CronJob" => keys::CRONJOB,
+        _ => return None,
+    })
+}
+
+/// The pod's controlling owner as written in its metadata (kind and name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerRef {
+    /// `ReplicaSet`, `Job`, …
+    pub kind: String,
+    /// Its name.
+    pub name: String,
+}
+
+/// What the store keeps of one pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodFacts {
+    /// `metadata.uid`.
+    pub uid: String,
+    /// `metadata.namespace`.
+    pub namespace: Arc<str>,
+    /// `metadata.name`.
+    pub name: Box<str>,
+    /// `spec.nodeName` (empty while unscheduled).
+    pub node: Arc<str>,
+    /// Container runtime id (scheme stripped) → container name, for current containers and
+    /// the last terminated instance of each (a restarted container's evidence names the
+    /// old id).
+    pub containers: Box<[(Box<str>, Arc<str>)]>,
+    /// Owner chain as attribute key → name, pod's own owner first (e.g. replicaset, then
+    /// deployment).
+    pub owners: Box<[(&'static str, Arc<str>)]>,
+}
+
+impl PodFacts {
+    /// Extracts the facts from a Pod object; None when it has no UID, name or namespace.
+    pub fn from_pod(pod: &Pod) -> Option<(Self, Option<OwnerRef>)> {
+        let meta = &pod.metadata;
+        let uid = meta.uid.clone().filter(|u| !u.is_empty())?;
+        let name = meta.name.clone().filter(|n| !n.is_empty())?;
+        let namespace = meta.namespace.clone().unwrap_or_else(|| "default".to_string());
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+        let mut containers = Vec::new();
+        if let Some(status) = &pod.status {
+            let lists =
+                [&status.container_statuses, &status.init_container_statuses, &status.ephemeral_container_statuses];
+            for list in lists.into_iter().flatten() {
+                for cs in list {
+                    push_container_ids(cs, &mut containers);
+                }
+            }
+        }
+        let owner = meta
+            .owner_references
+            .as_ref()
+            .and_then(|refs| refs.iter().find(|r| r.controller == Some(true)))
+            .map(|r| OwnerRef { kind: r.kind.clone(), name: r.name.clone() });
+        let facts = Self {
+            uid,
+            namespace: namespace.into(),
+            name: name.into(),
+            node: node.into(),
+            containers: containers.into_boxed_slice(),
+            owners: Box::new([]),
+        };
+        Some((facts, owner))
+    }
+
+    /// The name of the container with this runtime id.
+    pub fn container_name(&self, container_id: &str) -> Option<&str> {
+        self.containers.iter().find(|(id, _)| &**id == container_id).map(|(_, n)| &**n)
+    }
+}
+
+fn push_container_ids(cs: &ContainerStatus, out: &mut Vec<(Box<str>, Arc<str>)>) {
+    let current = cs.container_id.as_deref();
+    let last = cs.last_state.as_ref().and_then(|s| s.terminated.as_ref()).and_then(|t| t.container_id.as_deref());
+    for id in [current, last].into_iter().flatten() {
+        let id = strip_runtime_scheme(id);
+        if !id.is_empty() && !out.iter().any(|(known, _)| &**known == id) {
+            out.push((id.into(), cs.name.as_str().into()));
+        }
+    }
+}
+
+/// `containerd://abc` → `abc` (the agent knows the id from the cgroup path, without scheme).
+pub fn strip_runtime_scheme(id: &str) -> &str {
+    id.split_once("://").map_or(id, |(_, rest)| rest)
+}
+
+#[derive(Debug)]
+struct Entry {
+    facts: PodFacts,
+    /// When the pod was deleted (or found missing by a relist); None while it exists.
+    deleted_at: Option<Instant>,
+    /// Generation of the list or watch event that last saw it.
+    generation: u64,
+}
+
+/// What a lookup found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup<'a> {
+    /// A live pod.
+    Live(&'a PodFacts),
+    /// A pod deleted within the grace period.
+    Deleted(&'a PodFacts),
+    /// Not in the store.
+    Unknown,
+}
+
+/// Result of an upsert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upsert {
+    /// Stored (new or replaced).
+    Stored,
+    /// The store is full: not stored.
+    Full,
+}
+
+/// Bounded pod store. Not synchronized: the owner wraps it in a lock.
+#[derive(Debug)]
+pub struct PodStore {
+    pods: HashMap<String, Entry>,
+    capacity: usize,
+    grace: Duration,
+    generation: u64,
+    synced: bool,
+    /// Shared names; one no pod uses any more is dropped at the next expiry.
+    names: HashSet<Arc<str>>,
+}
+
+impl PodStore {
+    /// An empty, not yet synced store.
+    pub fn new(capacity: usize, grace: Duration) -> Self {
+        Self { pods: HashMap::new(), capacity, grace, generation: 0, synced: false, names: HashSet::new() }
+    }
+
+    /// Whether an initial list has completed.
+    pub fn synced(&self) -> bool {
+        self.synced
+    }
+
+    /// Live and deleted-but-kept pods.
+    pub fn counts(&self) -> (usize, usize) {
+        let deleted = self.pods.values().filter(|e| e.deleted_at.is_some()).count();
+        (self.pods.len() - deleted, deleted)
+    }
+
+    /// A (re)list begins: entries it does not contain will count as deleted when it ends.
+    pub fn begin_list(&mut self) {
+        self.generation += 1;
+    }
+
+    /// The list completed: pods it did not contain are deleted as of `now`.
+    /// Returns how many were marked.
+    pub fn end_list(&mut self, now: Instant) -> usize {
+        let mut marked = 0;
+        for e in self.pods.values_mut() {
+            if e.deleted_at.is_none() && e.generation != self.generation {
+                e.deleted_at = Some(now);
+                marked += 1;
+            }
+        }
+        self.synced = true;
+        marked
+    }
+
+    /// Adds or replaces a live pod. A full store first forgets expired deleted pods, then
+    /// refuses the new one (an existing pod is always updated in place).
+    pub fn upsert(&mut self, mut facts: PodFacts, now: Instant) -> Upsert {
+        self.share_names(&mut facts);
+        if let Some(e) = self.pods.get_mut(&facts.uid) {
+            *e = Entry { facts, deleted_at: None, generation: self.generation };
+            return Upsert::Stored;
+        }
+        if self.pods.len() >= self.capacity {
+            self.expire(now);
+            if self.pods.len() >= self.capacity {
+                return Upsert::Full;
+            }
+        }
+        let uid = facts.uid.clone();
+        self.pods.insert(uid, Entry { facts, deleted_at: None, generation: self.generation });
+        Upsert::Stored
+    }
+
+    fn share_names(&mut self, facts: &mut PodFacts) {
+        let names = &mut self.names;
+        let mut share = |name: &mut Arc<str>| match names.get(&**name) {
+            Some(known) => *name = Arc::clone(known),
+            None => {
+                names.insert(Arc::clone(name));
+            }
+        };
+        share(&mut facts.namespace);
+        share(&mut facts.node);
+        for (_, name) in facts.containers.iter_mut() {
+            share(name);
+        }
+        for (_, name) in facts.owners.iter_mut() {
+            share(name);
+        }
+    }
+
+    /// Marks a pod deleted as of `now` (kept for the grace period).
+    pub fn delete(&mut self, uid: &str, now: Instant) {
+        if let Some(e) = self.pods.get_mut(uid) {
+            if e.deleted_at.is_none() {
+                e.deleted_at = Some(now);
+            }
+        }
+    }
+
+    /// Forgets deleted pods older than the grace period; returns how many.
+    pub fn expire(&mut self, now: Instant) -> usize {
+        let before = self.pods.len();
+        let grace = self.grace;
+        self.pods.retain(|_, e| e.deleted_at.is_none_or(|at| now.saturating_duration_since(at) < grace));
+        // Held only by the set itself: no stored pod uses the name.
+        self.names.retain(|n| Arc::strong_count(n) > 1);
+        before - self.pods.len()
+    }
+
+    /// Finds a pod by UID.
+    pub fn get(&self, uid: &str) -> Lookup<'_> {
+        match self.pods.get(uid) {
+            None => Lookup::Unknown,
+            Some(Entry { facts, deleted_at: None, .. }) => Lookup::Live(facts),
+            Some(Entry { facts, .. }) => Lookup::Deleted(facts),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(uid: &str) -> PodFacts {
+        PodFacts {
+            uid: uid.into(),
+            namespace: "ns".into(),
+            name: format!("pod-{uid}").into(),
+            node: "n".into(),
+            containers: Box::new([]),
+            owners: Box::new([]),
+        }
+    }
+
+    #[test]
+    fn deleted_pods_stay_for_the_grace_period_then_go() {
+        let mut s = PodStore::new(10, Duration::from_secs(60));
+        let t0 = Instant::now();
+        s.upsert(facts("a"), t0);
+        s.delete("a", t0);
+        assert!(matches!(s.get("a"), Lookup::Deleted(_)));
+        assert_eq!(s.expire(t0 + Duration::from_secs(59)), 0);
+        assert_eq!(s.expire(t0 + Duration::from_secs(60)), 1);
+        assert_eq!(s.get("a"), Lookup::Unknown);
+    }
+
+    #[test]
+    fn a_full_store_refuses_new_pods_but_updates_known_ones() {
+        let mut s = PodStore::new(2, Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert_eq!(s.upsert(facts("a"), t0), Upsert::Stored);
+        assert_eq!(s.upsert(facts("b"), t0), Upsert::Stored);
+        assert_eq!(s.upsert(facts("c"), t0), Upsert::Full);
+        assert_eq!(s.upsert(facts("a"), t0), Upsert::Stored);
+        s.delete("b", t0);
+        // The deleted pod still holds its slot until its grace period is over.
+        assert_eq!(s.upsert(facts("c"), t0), Upsert::Full);
+        assert_eq!(s.upsert(facts("c"), t0 + Duration::from_secs(61)), Upsert::Stored);
+        assert_eq!(s.counts(), (2, 0));
+    }
+
+    #[test]
+    fn a_relist_marks_missing_pods_deleted() {
+        let mut s = PodStore::new(10, Duration::from_secs(60));
+        let t0 = Instant::now();
+        s.begin_list();
+        s.upsert(facts("a"), t0);
+        s.upsert(facts("b"), t0);
+        assert!(!s.synced());
+        assert_eq!(s.end_list(t0), 0);
+        assert!(s.synced());
+        s.begin_list();
+        s.upsert(facts("a"), t0);
+        assert_eq!(s.end_list(t0), 1);
+        assert!(matches!(s.get("a"), Lookup::Live(_)));
+        assert!(matches!(s.get("b"), Lookup::Deleted(_)));
+    }
+
+    #[test]
+    fn shared_names_are_stored_once_and_dropped_with_their_last_pod() {
+        let mut s = PodStore::new(10, Duration::from_secs(1));
+        let t0 = Instant::now();
+        s.upsert(facts("a"), t0);
+        s.upsert(facts("b"), t0);
+        let ns = |s: &PodStore, uid: &str| match s.get(uid) {
+            Lookup::Live(p) | Lookup::Deleted(p) => Arc::clone(&p.namespace),
+            Lookup::Unknown => panic!("{uid} unknown"),
+        };
+        assert!(Arc::ptr_eq(&ns(&s, "a"), &ns(&s, "b")));
+        assert_eq!(s.names.len(), 2, "namespace and node");
+        s.delete("a", t0);
+        s.delete("b", t0);
+        s.expire(t0 + Duration::from_secs(2));
+        assert!(s.names.is_empty());
+    }
+
+    #[test]
+    fn container_ids_lose_their_runtime_scheme() {
+        assert_eq!(strip_runtime_scheme("containerd://abc"), "abc");
+        assert_eq!(strip_runtime_scheme("cri-o://abc"), "abc");
+        assert_eq!(strip_runtime_scheme("abc"), "abc");
+    }
+}
