@@ -168,6 +168,8 @@ class AgentImageTest(KernelRuns):
                 self.assertEqual(statuses.get(observer), "failed", agent.stderr())
             self.assertIn("failed to create map", agent.stderr())
             self.assertIn("Operation not permitted", agent.stderr())
+            # The agent says why: it holds CAP_BPF and CAP_PERFMON, and a filter is active.
+            self.assertIn("a seccomp filter is active", agent.stderr())
             self.assertEqual(agent.stop(), 0)
         finally:
             agent.cleanup()
