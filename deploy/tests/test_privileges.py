@@ -5,7 +5,13 @@ metal. Needs root (CI runs it as root; there a skip fails). Run under
 flock /tmp/tapio-kernel-tests.lock (scripts/test-deploy does)."""
 
 import os
+import secrets
+import shutil
+import tempfile
+import time
 import unittest
+import urllib.request
+from pathlib import Path
 
 from support import (AGENT_BINARY, REPO, AgentRun, Privileges, closed_local_port, committed_daemonset, find,
                      helm_template, kernel_test_allowed, refused_connect, run)
@@ -178,3 +184,112 @@ class AgentImageTest(KernelRuns):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class ImagesEndToEndTest(unittest.TestCase):
+    """Both images as the chart runs them (auth.mode=token): the controller with the
+    Deployment's args, user and profile ConfigMap, the agent with the DaemonSet's
+    privileges and config, which reports a refused connect made on the host to the
+    controller. The only change to the rendered objects: the controller's Service name
+    becomes 127.0.0.1 (no cluster DNS here) and it listens on loopback only."""
+
+    @classmethod
+    def setUpClass(cls):
+        kernel_test_allowed()
+        tag = f"e2e-i11d-{os.getpid()}"
+        build = run([REPO / "scripts" / "image", "--tag", tag], cwd=REPO)
+        assert build.returncode == 0, build.stdout + build.stderr
+        cls.images = {name: f"localhost/tapio-{name}:{tag}" for name in ("agent", "controller")}
+
+    @classmethod
+    def tearDownClass(cls):
+        for image in getattr(cls, "images", {}).values():
+            run(["podman", "rmi", "--force", image])
+
+    def test_agent_image_reports_to_controller_image(self):
+        port = closed_local_port()
+        out, docs = helm_template("auth.mode=token", f"controller.port={port}")
+        self.assertEqual(out.returncode, 0, out.stderr)
+        deployment = find(docs, "Deployment", "tapio-controller")["spec"]["template"]["spec"]
+        (ctl,) = deployment["containers"]
+        daemonset = find(docs, "DaemonSet", "tapio-agent")
+        (agent_container,) = daemonset["spec"]["template"]["spec"]["containers"]
+        service_url = f"http://tapio-controller.tapio-system.svc:{port}"
+
+        work = Path(tempfile.mkdtemp(prefix="tapio-i11d-e2e-"))
+        work.chmod(0o755)
+        dirs = {}
+        for name in ("profile", "token", "config", "state"):
+            dirs[name] = work / name
+            dirs[name].mkdir()
+            dirs[name].chmod(0o755)
+        (dirs["profile"] / "profile.yaml").write_text(find(docs, "ConfigMap", "tapio-profile")["data"]["profile.yaml"])
+        token = dirs["token"] / "token"
+        token.write_text(secrets.token_hex(24))
+        token.chmod(0o644)  # the controller runs as the Deployment's non-root user
+        agent_toml = find(docs, "ConfigMap", "tapio-agent")["data"]["agent.toml"]
+        self.assertIn(service_url, agent_toml)
+        (dirs["config"] / "agent.toml").write_text(agent_toml.replace(service_url, f"http://127.0.0.1:{port}"))
+
+        pod_sc = deployment["securityContext"]
+        ctl_args = [a.replace("--listen=0.0.0.0:", "--listen=127.0.0.1:") for a in ctl["args"]]
+        ctl_name, agent_name = f"tapio-i11d-ctl-{os.getpid()}", f"tapio-i11d-e2e-{os.getpid()}"
+        controller = AgentRun(
+            PODMAN + ["run", "--rm", "--name", ctl_name] + HOST_ONLY_ARGS + [
+                "--network", "host", "--user", f"{pod_sc['runAsUser']}:{pod_sc['runAsGroup']}",
+                "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--read-only", "--read-only-tmpfs=false",
+                "-v", f"{dirs['profile']}:/etc/tapio/profile:ro", "-v", f"{dirs['token']}:/var/run/secrets/tapio:ro",
+                self.images["controller"]] + ctl_args,
+            stop=PODMAN + ["kill", "--signal", "INT", ctl_name], name="controller")
+        agent = None
+        try:
+            self.wait_ready_endpoint(port, controller)
+            privileges = Privileges(daemonset)
+            agent = AgentRun(
+                PODMAN + ["run", "--rm", "--name", agent_name] + HOST_ONLY_ARGS + privileges.podman_args() + [
+                    "-e", "NODE_NAME=i11d-e2e-node",
+                    "-v", f"{dirs['config']}:/etc/tapio:ro", "-v", f"{dirs['token']}:/var/run/secrets/tapio:ro",
+                    "-v", f"{dirs['state']}:/var/lib/tapio:rw",
+                    self.images["agent"]] + agent_container["args"],
+                stop=PODMAN + ["kill", "--signal", "INT", agent_name], name="e2e-agent")
+            node, statuses = agent.wait_ready()
+            self.assertEqual(node, "i11d-e2e-node")
+            target = closed_local_port()
+            refused_connect(target)
+            # The controller receives it in the agent's next batch (every 5 s by default).
+            deadline = time.monotonic() + 60
+            record = None
+            while record is None and time.monotonic() < deadline:
+                record = next((r for r in controller.records()
+                               if r.get("type") == "kernel.network.connection_refused"
+                               and r["facts"]["dst_port"] == target), None)
+                time.sleep(0.5)
+            self.assertIsNotNone(record, f"controller got no record:\n{controller.stderr()}\n{agent.stderr()}")
+            self.assertEqual(record["node"], "i11d-e2e-node")
+            self.assertEqual(record["facts"]["pid"], os.getpid())
+            self.assertEqual(agent.stop(), 0, agent.stderr())
+            self.assertEqual(controller.stop(), 0, controller.stderr())
+            self.assertNotIn(token.read_text(), controller.stderr() + agent.stderr())
+        finally:
+            for proc in (agent, controller):
+                if proc:
+                    proc.cleanup()
+            for name in (agent_name, ctl_name):
+                run(PODMAN + ["rm", "--force", "--ignore", name])
+            shutil.rmtree(work, ignore_errors=True)
+
+    @staticmethod
+    def wait_ready_endpoint(port, controller, timeout=60):
+        """Polls the controller's /readyz (the Deployment's readiness probe) until 200."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            if controller.proc.poll() is not None:
+                raise AssertionError(f"controller exited ({controller.proc.returncode}):\n{controller.stderr()}")
+            time.sleep(0.3)
+        raise AssertionError(f"controller not ready within {timeout}s:\n{controller.stderr()}")
