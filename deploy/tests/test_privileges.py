@@ -62,7 +62,8 @@ class KernelRuns(unittest.TestCase):
         build = run(["cargo", "build", "--quiet", "--profile", "agent", "-p", "tapio-agent"], cwd=REPO)
         assert build.returncode == 0, build.stderr
         # The reference: the agent as root with every capability, on this kernel.
-        cls.bare_statuses = cls.observe(cls, [AGENT_BINARY, "--node", "i11d-bare"], "bare")["statuses"]
+        bare = cls.observe(cls, [AGENT_BINARY, "--node", "i11d-bare"], "bare")
+        cls.bare_statuses, cls.bare_workload = bare["statuses"], bare["record"]["workload"]
 
     def observe(self, argv, name, stop=None, pid_of=None):
         """Runs the agent, makes a refused connect from this process, stops the agent; returns
@@ -86,6 +87,8 @@ class KernelRuns(unittest.TestCase):
             self.assertEqual(result["statuses"].get(observer), "running", result["stderr"])
         facts = result["record"]["facts"]
         self.assertEqual(facts["pid"], os.getpid())
+        # The same workload identity (this process's cgroup) as the bare agent found.
+        self.assertEqual(result["record"]["workload"], self.bare_workload)
         self.assertEqual(result["record"]["error"]["code"], "ECONNREFUSED")
         self.assertEqual(result["code"], 0, result["stderr"])
         self.assertIn("counters final", result["stderr"])
@@ -119,9 +122,10 @@ class AgentImageTest(KernelRuns):
     def tearDownClass(cls):
         run(["podman", "rmi", "--force", IMAGE])
 
-    def run_image(self, privileges, name):
+    def run_image(self, privileges, name, extra_args=()):
         container = f"tapio-i11d-{name}-{os.getpid()}"
         argv = PODMAN + ["run", "--rm", "--name", container] + HOST_ONLY_ARGS + privileges.podman_args()
+        argv += list(extra_args)
         argv += ["-e", f"NODE_NAME=i11d-{name}", IMAGE]
         stop = PODMAN + ["kill", "--signal", "INT", container]
 
@@ -142,6 +146,14 @@ class AgentImageTest(KernelRuns):
         self.assertEqual(result["proc"]["CapBnd"], mask(privileges.capabilities))
         self.assertEqual(result["proc"]["NoNewPrivs"], "1")
         self.assertEqual(result["proc"]["Seccomp"], "0")  # seccompProfile Unconfined
+        self.assert_as_on_bare_metal(result)
+
+    def test_image_in_a_private_cgroup_namespace(self):
+        # Kubernetes gives non-privileged containers their own cgroup namespace on cgroup v2
+        # nodes; the host hierarchies mounted from the node then show roots like "/../..".
+        privileges = Privileges(committed_daemonset())
+        result = self.run_image(privileges, "podman-cgroupns", extra_args=["--cgroupns", "private"])
+        self.assertIsNotNone(result["record"]["workload"]["cgroup_path"], result["stderr"])
         self.assert_as_on_bare_metal(result)
 
     def test_image_with_runtime_default_seccomp_and_sys_admin(self):
