@@ -16,7 +16,7 @@ VALUE_SETS = {
     "defaults": [],
     "plain-manifests": ["createNamespace=true"],
     "auth-token": ["auth.mode=token", "auth.tokenSecret=my-token"],
-    "auth-none": ["auth.mode=none"],
+    "auth-none": ["auth.mode=none", "controller.podNames=false"],
     "runtime-default-seccomp": [
         "agent.seccompProfile=RuntimeDefault",
         "agent.capabilities={BPF,PERFMON,DAC_READ_SEARCH,SYS_ADMIN}",
@@ -188,7 +188,11 @@ class AuthModesTest(unittest.TestCase):
 
     def test_kubernetes_mode(self):
         ds, ctl, _ = self.render("kubernetes")
-        self.assertIn("--auth=kubernetes", ctl["containers"][0]["args"])
+        args = ctl["containers"][0]["args"]
+        self.assertIn("--auth=kubernetes", args)
+        # Only the agents' ServiceAccount, with the audience their tokens are projected with.
+        self.assertIn("--agent-service-account=tapio-system:tapio-agent", args)
+        self.assertIn("--token-audience=tapio", args)
         token = next(v for v in ds["volumes"] if v["name"] == "token")
         self.assertIn("serviceAccountToken", token["projected"]["sources"][0])
 
@@ -232,6 +236,12 @@ class ControllerTest(unittest.TestCase):
         self.assertIs(sc["allowPrivilegeEscalation"], False)
         self.assertIs(self.pod["securityContext"]["runAsNonRoot"], True)
         self.assertEqual(self.pod["securityContext"]["seccompProfile"], {"type": "RuntimeDefault"})
+
+    def test_pod_names_on_by_default(self):
+        self.assertIn("--k8s-pods", self.container["args"])
+        _, docs = helm_template("controller.podNames=false")
+        args = find(docs, "Deployment", "tapio-controller")["spec"]["template"]["spec"]["containers"][0]["args"]
+        self.assertNotIn("--k8s-pods", args)
 
     def test_profile_is_reloadable(self):
         # A subPath mount would never see ConfigMap edits; the directory mount does.
