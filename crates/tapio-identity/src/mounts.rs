@@ -2,7 +2,8 @@
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
 /// Which cgroup hierarchy an id belongs to. Ids are only unique within one hierarchy.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -46,13 +47,24 @@ impl CgroupMount {
 /// are skipped. Mounts of a whole hierarchy come first (otherwise file order), so the first
 /// mount serving a hierarchy is the one to use: a sub-tree mount cannot reach every id.
 pub(crate) fn parse_mountinfo(text: &str) -> Vec<CgroupMount> {
-    let mut mounts: Vec<CgroupMount> = text.lines().filter_map(parse_line).collect();
+    parse_mountinfo_with(text, &is_hierarchy_root)
+}
+
+/// True when `dir` is the root directory of its cgroup hierarchy: kernfs gives that
+/// directory inode number 1.
+fn is_hierarchy_root(dir: &Path) -> bool {
+    std::fs::metadata(dir).is_ok_and(|m| m.ino() == 1)
+}
+
+/// [`parse_mountinfo`] with the hierarchy-root check passed in (tests).
+fn parse_mountinfo_with(text: &str, is_root: &dyn Fn(&Path) -> bool) -> Vec<CgroupMount> {
+    let mut mounts: Vec<CgroupMount> = text.lines().filter_map(|l| parse_line(l, is_root)).collect();
     mounts.sort_by_key(|m| m.root != "/");
     mounts
 }
 
 /// `<id> <parent> <maj:min> <root> <mount point> <options> [optional...] - <fstype> <source> <super options>`
-fn parse_line(line: &str) -> Option<CgroupMount> {
+fn parse_line(line: &str, is_root: &dyn Fn(&Path) -> bool) -> Option<CgroupMount> {
     let mut fields = line.split(' ');
     let root = fields.nth(3)?;
     let mount_point = fields.next()?;
@@ -66,12 +78,22 @@ fn parse_line(line: &str) -> Option<CgroupMount> {
         "cgroup" => Some(super_options.split(',').filter(|o| !matches!(*o, "rw" | "ro")).map(str::to_owned).collect()),
         _ => return None,
     };
-    let root = String::from_utf8(unescape(root)).ok()?;
-    // A root with "." or ".." segments cannot be joined with a path below it.
-    if !root.starts_with('/') || root.split('/').any(|s| s == "." || s == "..") {
+    let mut root = String::from_utf8(unescape(root)).ok()?;
+    let mount_point = PathBuf::from(OsString::from_vec(unescape(mount_point)));
+    if !root.starts_with('/') {
         return None;
     }
-    Some(CgroupMount { mount_point: PathBuf::from(OsString::from_vec(unescape(mount_point))), root, controllers })
+    // A root with "." or ".." segments cannot be joined with a path below it. Such roots are
+    // what a cgroup namespace shows (relative to the namespace's own cgroup): a container
+    // with the host's hierarchy bind-mounted reads "/../..". When the mounted directory is
+    // the hierarchy's root, that is the one root it can be; any other stays unusable.
+    if root.split('/').any(|s| s == "." || s == "..") {
+        if !is_root(&mount_point) {
+            return None;
+        }
+        root = "/".to_owned();
+    }
+    Some(CgroupMount { mount_point, root, controllers })
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for space, `\011`, `\012`, `\134`).
@@ -178,6 +200,24 @@ garbage
         );
         assert_eq!(mounts.len(), 1);
         assert_eq!(mounts[0].mount_point, PathBuf::from("/mnt/with space\\x"));
+    }
+
+    #[test]
+    fn namespaced_root_is_usable_only_for_a_whole_hierarchy() {
+        // A pod's private cgroup namespace: the host's hierarchies, bind-mounted, show roots
+        // relative to the pod's cgroup.
+        let text = "\
+101 97 0:32 /../.. /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+107 97 0:38 /../.. /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
+108 97 0:38 /../../kubepods /host/sub rw - cgroup2 cgroup2 rw
+";
+        let hierarchy_roots = [Path::new("/sys/fs/cgroup/memory"), Path::new("/sys/fs/cgroup/unified")];
+        let mounts = parse_mountinfo_with(text, &|p: &Path| hierarchy_roots.contains(&p));
+        assert_eq!(mounts.len(), 2, "{mounts:?}");
+        assert!(mounts.iter().all(|m| m.root == "/"));
+        let memory = select(&mounts, &CgroupHierarchy::v1("memory")).map(|m| &m.mount_point);
+        assert_eq!(memory, Some(&PathBuf::from("/sys/fs/cgroup/memory")));
+        assert!(parse_mountinfo_with(text, &|_: &Path| false).is_empty());
     }
 
     #[test]

@@ -157,14 +157,40 @@ pub fn with_causes(e: &dyn std::error::Error) -> String {
 /// Explains a load/attach error in terms an operator can act on.
 fn hint(err: &str) -> String {
     let lower = err.to_ascii_lowercase();
-    // SAFETY: geteuid has no memory effects.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root && (lower.contains("permission") || lower.contains("operation not permitted")) {
-        format!("{err} (run as root, or with CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE)")
+    if lower.contains("permission") || lower.contains("operation not permitted") {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        format!("{err} ({})", permission_hint(&status))
     } else if lower.contains("btf") && !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
         format!("{err} (this kernel exposes no BTF at /sys/kernel/btf/vmlinux; CO-RE needs CONFIG_DEBUG_INFO_BTF=y)")
     } else {
         err.to_string()
+    }
+}
+
+/// Why the kernel refused a BPF operation, from this process's /proc/self/status: missing
+/// capabilities, or (holding them) a seccomp filter, as container runtimes install, whose
+/// default profile may refuse bpf() and perf_event_open() without CAP_SYS_ADMIN.
+fn permission_hint(status: &str) -> String {
+    const CAP_BPF: u32 = 39;
+    const CAP_PERFMON: u32 = 38;
+    let field =
+        |name: &str| status.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(':')).map(str::trim));
+    let effective = field("CapEff").and_then(|v| u64::from_str_radix(v, 16).ok()).unwrap_or(0);
+    let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
+        .into_iter()
+        .filter(|(bit, _)| effective & (1u64 << bit) == 0)
+        .map(|(_, name)| name)
+        .collect();
+    if !missing.is_empty() {
+        format!("missing {}: run as root, or with CAP_BPF and CAP_PERFMON (kernel 5.8+)", missing.join(" and "))
+    } else if field("Seccomp").is_some_and(|mode| mode != "0") {
+        "CAP_BPF and CAP_PERFMON are held, but a seccomp filter is active: a container runtime's default profile \
+         may allow bpf() and perf_event_open() only with CAP_SYS_ADMIN; run the agent with seccomp Unconfined, \
+         or add CAP_SYS_ADMIN"
+            .to_string()
+    } else {
+        "CAP_BPF and CAP_PERFMON are held and no seccomp filter is active: a security module (LSM) may refuse it"
+            .to_string()
     }
 }
 
@@ -279,4 +305,36 @@ pub struct Running {
     pub name: &'static str,
     pub loaded: Loaded,
     pub classifier: Box<dyn Classifier>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::permission_hint;
+
+    const BPF_PERFMON: &str = "000000c000000000";
+
+    fn status(cap_eff: &str, seccomp: &str) -> String {
+        format!("Name:\ttapio-agent\nCapEff:\t{cap_eff}\nNoNewPrivs:\t1\nSeccomp:\t{seccomp}\n")
+    }
+
+    #[test]
+    fn names_the_missing_capabilities() {
+        let hint = permission_hint(&status("0000000000000000", "0"));
+        assert!(hint.starts_with("missing CAP_BPF and CAP_PERFMON"), "{hint}");
+        let hint = permission_hint(&status("0000008000000000", "2"));
+        assert!(hint.starts_with("missing CAP_PERFMON:"), "{hint}");
+    }
+
+    #[test]
+    fn blames_a_seccomp_filter_when_the_capabilities_are_held() {
+        let hint = permission_hint(&status(BPF_PERFMON, "2"));
+        assert!(hint.contains("seccomp filter is active"), "{hint}");
+        assert!(hint.contains("CAP_SYS_ADMIN"), "{hint}");
+    }
+
+    #[test]
+    fn otherwise_points_at_a_security_module() {
+        let hint = permission_hint(&status(BPF_PERFMON, "0"));
+        assert!(hint.contains("LSM"), "{hint}");
+    }
 }

@@ -1,0 +1,279 @@
+"""The Helm chart and the plain manifests: lint, rendering under several value sets, offline
+validation of every object against the Kubernetes schemas (kubernetes-validate --strict),
+drift between the chart and deploy/manifests, and the shape of what the agent and the
+controller are granted. No cluster and no root needed."""
+
+import tempfile
+import unittest
+from pathlib import Path
+
+import yaml
+
+from support import (AGENT_BINARY, CHART, HELM, MANIFESTS, REPO, VALIDATE, find, helm_template, run)
+
+# Value sets the chart must render into valid objects (each a list of --set arguments).
+VALUE_SETS = {
+    "defaults": [],
+    "plain-manifests": ["createNamespace=true"],
+    "auth-token": ["auth.mode=token", "auth.tokenSecret=my-token"],
+    "auth-none": ["auth.mode=none", "controller.podNames=false"],
+    "runtime-default-seccomp": [
+        "agent.seccompProfile=RuntimeDefault",
+        "agent.capabilities={BPF,PERFMON,DAC_READ_SEARCH,SYS_ADMIN}",
+    ],
+    "agent-only": ["controller.enabled=false"],
+    "controller-only": ["agent.enabled=false"],
+    "tuned": [
+        "controller.allowFrom[0].ipBlock.cidr=10.0.0.0/16",
+        "agent.extraConfig=[network]\nretransmit_count = 15",
+        "image.agent.tag=dev",
+        "agent.nodeSelector.kubernetes\\.io/os=linux",
+        "controller.extraArgs={--max-agents=5000}",
+    ],
+}
+
+# Oldest Kubernetes the chart declares (Chart.yaml kubeVersion), kubectl's, and the newest
+# schema kubernetes-validate ships.
+KUBERNETES_VERSIONS = ["1.25.0", "1.33.0", "1.37.0"]
+
+
+def validate(text):
+    """kubernetes-validate --strict on `text` against every version; returns failures."""
+    failures = []
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="tapio-i11d-") as f:
+        f.write(text)
+        f.flush()
+        for version in KUBERNETES_VERSIONS:
+            out = run([VALIDATE, "--strict", "--quiet", "-k", version, f.name])
+            if out.returncode != 0:
+                failures.append(f"{version}: {out.stdout}{out.stderr}")
+    return failures
+
+
+class ChartTest(unittest.TestCase):
+    def test_lint_under_every_value_set(self):
+        for name, sets in VALUE_SETS.items():
+            with self.subTest(values=name):
+                args = [HELM, "lint", "--strict", CHART]
+                for s in sets:
+                    args += ["--set", s]
+                out = run(args)
+                self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+
+    def test_every_rendered_object_passes_the_kubernetes_schemas(self):
+        for name, sets in VALUE_SETS.items():
+            with self.subTest(values=name):
+                out, docs = helm_template(*sets)
+                self.assertEqual(out.returncode, 0, out.stderr)
+                self.assertGreaterEqual(len(docs), 3, "too few objects rendered")
+                self.assertEqual(validate(out.stdout), [])
+
+    def test_the_validator_rejects_an_unknown_field(self):
+        # The schema check above can fail: an unknown field in the agent's securityContext
+        # is refused under --strict.
+        ds = find([d for d in yaml.safe_load_all(MANIFESTS.read_text()) if d], "DaemonSet", "tapio-agent")
+        ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]["privilegedd"] = True
+        failures = validate(yaml.safe_dump(ds))
+        self.assertEqual(len(failures), len(KUBERNETES_VERSIONS))
+        self.assertIn("privilegedd", failures[0])
+
+    def test_committed_manifests_are_the_chart_rendered(self):
+        out = run([REPO / "scripts" / "render-manifests", "--stdout"])
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertTrue(
+            out.stdout == MANIFESTS.read_text(),
+            "deploy/manifests/tapio.yaml differs from the chart: run scripts/render-manifests",
+        )
+
+    def test_bad_values_fail_with_the_value_named(self):
+        for sets, message in [
+            (["auth.mode=oidc"], "auth.mode must be kubernetes, token or none"),
+            (["agent.seccompProfile=Localhost"], "agent.seccompProfile must be Unconfined or RuntimeDefault"),
+        ]:
+            with self.subTest(sets=sets):
+                out, _ = helm_template(*sets)
+                self.assertNotEqual(out.returncode, 0)
+                self.assertIn(message, out.stderr)
+
+
+class AgentDaemonSetTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        out, cls.docs = helm_template()
+        assert out.returncode == 0, out.stderr
+        cls.ds = find(cls.docs, "DaemonSet", "tapio-agent")
+        cls.pod = cls.ds["spec"]["template"]["spec"]
+        (cls.container,) = cls.pod["containers"]
+
+    def test_node_name_comes_from_the_pod_spec(self):
+        env = {e["name"]: e for e in self.container["env"]}
+        self.assertEqual(env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName")
+
+    def test_least_privilege(self):
+        sc = self.container["securityContext"]
+        self.assertEqual(sc["capabilities"]["drop"], ["ALL"])
+        self.assertEqual(sc["capabilities"]["add"], ["BPF", "PERFMON", "DAC_READ_SEARCH"])
+        self.assertIs(sc["privileged"], False)
+        self.assertIs(sc["allowPrivilegeEscalation"], False)
+        self.assertIs(sc["readOnlyRootFilesystem"], True)
+        self.assertEqual(sc["seccompProfile"], {"type": "Unconfined"})
+        self.assertNotIn("hostPID", self.pod)
+        self.assertIs(self.pod["automountServiceAccountToken"], False)
+        sa = find(self.docs, "ServiceAccount", "tapio-agent")
+        self.assertIs(sa["automountServiceAccountToken"], False)
+        # The agent calls no API: nothing binds a role to its ServiceAccount.
+        for d in self.docs:
+            if d["kind"] in ("RoleBinding", "ClusterRoleBinding"):
+                self.assertNotIn("tapio-agent", [s["name"] for s in d["subjects"]])
+
+    def test_host_facts_the_agent_reads(self):
+        self.assertIs(self.pod["hostNetwork"], True)  # ip_local_port_range is per netns
+        self.assertEqual(self.pod["dnsPolicy"], "ClusterFirstWithHostNet")
+        host = {v["name"]: v["hostPath"]["path"] for v in self.pod["volumes"] if "hostPath" in v}
+        mounts = {m["name"]: m for m in self.container["volumeMounts"]}
+        self.assertEqual(set(host.values()), {"/sys/kernel/btf", "/sys/kernel/tracing", "/sys/fs/cgroup"})
+        for name, path in host.items():
+            self.assertEqual(mounts[name]["mountPath"], path)
+            self.assertIs(mounts[name]["readOnly"], True)
+
+    def test_every_node_at_node_critical_priority(self):
+        self.assertEqual(self.pod["tolerations"], [{"operator": "Exists"}])
+        self.assertEqual(self.pod["priorityClassName"], "system-node-critical")
+
+    def test_requests_and_limits(self):
+        res = self.container["resources"]
+        for kind in ("requests", "limits"):
+            self.assertEqual(set(res[kind]), {"cpu", "memory"})
+
+    def test_projected_token_with_the_tapio_audience(self):
+        token = next(v for v in self.pod["volumes"] if v["name"] == "token")
+        (source,) = token["projected"]["sources"]
+        self.assertEqual(source["serviceAccountToken"]["audience"], "tapio")
+        self.assertEqual(source["serviceAccountToken"]["path"], "token")
+        mount = next(m for m in self.container["volumeMounts"] if m["name"] == "token")
+        self.assertEqual(mount["mountPath"], "/var/run/secrets/tapio")
+        config = find(self.docs, "ConfigMap", "tapio-agent")["data"]["agent.toml"]
+        self.assertIn('token_file = "/var/run/secrets/tapio/token"', config)
+        self.assertIn('url = "http://tapio-controller.tapio-system.svc:7470"', config)
+
+    def test_rendered_agent_config_passes_the_agents_own_check(self):
+        build = run(["cargo", "build", "--quiet", "--profile", "agent", "-p", "tapio-agent"], cwd=REPO)
+        self.assertEqual(build.returncode, 0, build.stderr)
+        for name, sets in VALUE_SETS.items():
+            out, docs = helm_template(*sets)
+            configs = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "tapio-agent"]
+            for cm in configs:
+                with self.subTest(values=name), tempfile.TemporaryDirectory(prefix="tapio-i11d-") as tmp:
+                    path = Path(tmp) / "agent.toml"
+                    path.write_text(cm["data"]["agent.toml"])
+                    check = run([AGENT_BINARY, "--check-config", "--config", path])
+                    self.assertEqual(check.returncode, 0, check.stdout + check.stderr)
+                    self.assertIn("config ok", check.stdout + check.stderr)
+
+    def test_config_change_rolls_the_agents(self):
+        _, tuned = helm_template("agent.extraConfig=[network]\nretransmit_count = 15")
+        before = self.ds["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+        after = find(tuned, "DaemonSet", "tapio-agent")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+        self.assertNotEqual(before, after)
+
+
+class AuthModesTest(unittest.TestCase):
+    def render(self, mode):
+        out, docs = helm_template(f"auth.mode={mode}")
+        self.assertEqual(out.returncode, 0, out.stderr)
+        ds = find(docs, "DaemonSet", "tapio-agent")["spec"]["template"]["spec"]
+        ctl = find(docs, "Deployment", "tapio-controller")["spec"]["template"]["spec"]
+        config = find(docs, "ConfigMap", "tapio-agent")["data"]["agent.toml"]
+        return ds, ctl, config
+
+    def test_kubernetes_mode(self):
+        ds, ctl, _ = self.render("kubernetes")
+        args = ctl["containers"][0]["args"]
+        self.assertIn("--auth=kubernetes", args)
+        # Only the agents' ServiceAccount, with the audience their tokens are projected with.
+        self.assertIn("--agent-service-account=tapio-system:tapio-agent", args)
+        self.assertIn("--token-audience=tapio", args)
+        token = next(v for v in ds["volumes"] if v["name"] == "token")
+        self.assertIn("serviceAccountToken", token["projected"]["sources"][0])
+
+    def test_token_mode_shares_one_secret(self):
+        ds, ctl, config = self.render("token")
+        args = ctl["containers"][0]["args"]
+        self.assertIn("--auth-token-file=/var/run/secrets/tapio/token", args)
+        self.assertFalse([a for a in args if a.startswith("--auth=")])
+        agent_token = next(v for v in ds["volumes"] if v["name"] == "token")
+        self.assertEqual(agent_token["projected"]["sources"][0]["secret"]["name"], "tapio-token")
+        ctl_token = next(v for v in ctl["volumes"] if v["name"] == "token")
+        self.assertEqual(ctl_token["secret"]["secretName"], "tapio-token")
+        self.assertIn("token_file", config)
+
+    def test_none_mode_mounts_no_token(self):
+        ds, ctl, config = self.render("none")
+        self.assertFalse([a for a in ctl["containers"][0]["args"] if a.startswith("--auth")])
+        self.assertNotIn("token", [v["name"] for v in ds["volumes"]])
+        self.assertNotIn("token_file", config)
+
+
+class ControllerTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        out, cls.docs = helm_template()
+        assert out.returncode == 0, out.stderr
+        cls.deploy = find(cls.docs, "Deployment", "tapio-controller")
+        cls.pod = cls.deploy["spec"]["template"]["spec"]
+        (cls.container,) = cls.pod["containers"]
+
+    def test_one_replica_with_probes(self):
+        self.assertEqual(self.deploy["spec"]["replicas"], 1)
+        self.assertEqual(self.container["livenessProbe"]["httpGet"]["path"], "/healthz")
+        self.assertEqual(self.container["readinessProbe"]["httpGet"]["path"], "/readyz")
+        self.assertEqual(set(self.container["resources"]), {"requests", "limits"})
+
+    def test_unprivileged(self):
+        sc = self.container["securityContext"]
+        self.assertEqual(sc["capabilities"], {"drop": ["ALL"]})
+        self.assertIs(sc["readOnlyRootFilesystem"], True)
+        self.assertIs(sc["allowPrivilegeEscalation"], False)
+        self.assertIs(self.pod["securityContext"]["runAsNonRoot"], True)
+        self.assertEqual(self.pod["securityContext"]["seccompProfile"], {"type": "RuntimeDefault"})
+
+    def test_pod_names_on_by_default(self):
+        self.assertIn("--k8s-pods", self.container["args"])
+        _, docs = helm_template("controller.podNames=false")
+        args = find(docs, "Deployment", "tapio-controller")["spec"]["template"]["spec"]["containers"][0]["args"]
+        self.assertNotIn("--k8s-pods", args)
+
+    def test_profile_is_reloadable(self):
+        # A subPath mount would never see ConfigMap edits; the directory mount does.
+        mount = next(m for m in self.container["volumeMounts"] if m["name"] == "profile")
+        self.assertNotIn("subPath", mount)
+        self.assertIn(f"--profile={mount['mountPath']}/profile.yaml", self.container["args"])
+        profile = yaml.safe_load(find(self.docs, "ConfigMap", "tapio-profile")["data"]["profile.yaml"])
+        self.assertEqual(profile["kind"], "EvidenceProfile")
+        self.assertEqual(profile["base"], "production-default")
+
+    def test_rbac_is_exactly_what_the_controller_reads(self):
+        role = find(self.docs, "ClusterRole", "tapio-controller-tapio-system")
+        rules = {(r["apiGroups"][0], tuple(r["resources"]), tuple(r["verbs"])) for r in role["rules"]}
+        self.assertEqual(rules, {
+            ("", ("pods",), ("list", "watch")),
+            ("apps", ("replicasets",), ("get",)),
+            ("batch", ("jobs",), ("get",)),
+            ("authentication.k8s.io", ("tokenreviews",), ("create",)),
+        })
+        binding = find(self.docs, "ClusterRoleBinding", "tapio-controller-tapio-system")
+        self.assertEqual(binding["subjects"], [
+            {"kind": "ServiceAccount", "name": "tapio-controller", "namespace": "tapio-system"},
+        ])
+
+    def test_network_policy_opens_only_the_controller_port(self):
+        policy = find(self.docs, "NetworkPolicy", "tapio-controller")["spec"]
+        self.assertEqual(policy["policyTypes"], ["Ingress"])
+        (rule,) = policy["ingress"]
+        self.assertEqual(rule["ports"], [{"port": 7470, "protocol": "TCP"}])
+        service = find(self.docs, "Service", "tapio-controller")["spec"]
+        self.assertEqual(service["ports"][0]["port"], 7470)
+
+
+if __name__ == "__main__":
+    unittest.main()
