@@ -40,10 +40,19 @@ pub struct StateLabels {
     pub state: &'static str,
 }
 
-/// Labels for sink drops.
+/// Labels naming one sink (`stdout`, `file`, `nats`, `otlp`, `discard`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabels {
-    /// Why records were dropped.
+pub struct SinkLabels {
+    /// The sink.
+    pub sink: &'static str,
+}
+
+/// Labels naming a sink and a closed-set reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkReasonLabels {
+    /// The sink.
+    pub sink: &'static str,
+    /// Why.
     pub reason: &'static str,
 }
 
@@ -77,12 +86,19 @@ pub struct Metrics {
     pub agents: Family<StateLabels, Gauge>,
     /// Agents forgotten after silence.
     pub agents_evicted: Counter,
-    /// Records written by the sink.
-    pub sink_written: Counter,
-    /// Records the sink dropped, by reason.
-    pub sink_dropped: Family<ReasonLabels, Counter>,
-    /// Bytes waiting for the sink writer.
-    pub sink_queue_bytes: Gauge,
+    /// Records each sink holds (written, published, exported).
+    pub sink_written: Family<SinkLabels, Counter>,
+    /// Records a sink dropped, by sink and reason.
+    pub sink_dropped: Family<SinkReasonLabels, Counter>,
+    /// Bytes waiting for each sink.
+    pub sink_queue_bytes: Family<SinkLabels, Gauge>,
+    /// Batches refused with 503 because a durable sink could not keep them (the agent
+    /// retries them), by sink and reason.
+    pub sink_refused: Family<SinkReasonLabels, Counter>,
+    /// Torn file tails set aside at start.
+    pub sink_torn_tails: Family<SinkLabels, Counter>,
+    /// Export attempts repeated after a retryable answer or a connection failure.
+    pub sink_retries: Family<SinkLabels, Counter>,
     /// Open client connections.
     pub connections_open: Gauge,
     /// Generation of the config being served.
@@ -121,9 +137,12 @@ impl Metrics {
             heartbeats: Family::default(),
             agents: Family::default(),
             agents_evicted: Counter::default(),
-            sink_written: Counter::default(),
+            sink_written: Family::default(),
             sink_dropped: Family::default(),
-            sink_queue_bytes: Gauge::default(),
+            sink_queue_bytes: Family::default(),
+            sink_refused: Family::default(),
+            sink_torn_tails: Family::default(),
+            sink_retries: Family::default(),
             connections_open: Gauge::default(),
             config_generation: Gauge::default(),
             agents_config: Family::default(),
@@ -153,9 +172,20 @@ impl Metrics {
         registry.register("heartbeats", "Heartbeats by result", m.heartbeats.clone());
         registry.register("agents", "Agents by state", m.agents.clone());
         registry.register("agents_evicted", "Agents forgotten after silence", m.agents_evicted.clone());
-        registry.register("sink_records_written", "Records written by the sink", m.sink_written.clone());
-        registry.register("sink_records_dropped", "Records the sink dropped, by reason", m.sink_dropped.clone());
-        registry.register("sink_queue_bytes", "Bytes waiting for the sink writer", m.sink_queue_bytes.clone());
+        registry.register("sink_records_written", "Records each sink holds", m.sink_written.clone());
+        registry.register("sink_records_dropped", "Records a sink dropped, by reason", m.sink_dropped.clone());
+        registry.register("sink_queue_bytes", "Bytes waiting for each sink", m.sink_queue_bytes.clone());
+        registry.register(
+            "sink_batches_refused",
+            "Batches answered 503 because a durable sink could not keep them (agents retry)",
+            m.sink_refused.clone(),
+        );
+        registry.register(
+            "sink_torn_tails",
+            "Partial records set aside from the sink file at start",
+            m.sink_torn_tails.clone(),
+        );
+        registry.register("sink_retries", "Sink export attempts repeated", m.sink_retries.clone());
         registry.register("connections_open", "Open client connections", m.connections_open.clone());
         registry.register("config_generation", "Generation of the config being served", m.config_generation.clone());
         registry.register(
@@ -176,11 +206,6 @@ impl Metrics {
     /// Counts an error response.
     pub fn count_error(&self, code: &str) {
         self.errors.get_or_create(&CodeLabels { code: code.to_string() }).inc();
-    }
-
-    /// Counts sink drops.
-    pub fn count_sink_drop(&self, reason: &'static str, records: u64) {
-        self.sink_dropped.get_or_create(&ReasonLabels { reason }).inc_by(records);
     }
 
     /// Sets an agent-state gauge.

@@ -2,8 +2,9 @@
 //!
 //! A batch is accepted or rejected whole (the spec's errors are per batch), so a 200
 //! always reports `rejected: 0`. A rejected batch does not touch sequence tracking.
-//! "Accepted" means validated and counted; a sink that cannot keep up drops records and
-//! counts them rather than failing the agent's request.
+//! A 200 means safe: every durable sink (file, JetStream) holds every record of the
+//! batch. When one cannot, the batch is refused with 503 `NOT_READY` and the agent
+//! retries it (see `crate::sink`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,7 +14,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use tapio_wire::validate::{parse_body, validate_batch};
-use tapio_wire::{EventBatch, EventsResponse, WIRE_VERSION};
+use tapio_wire::{ErrorCode, EventBatch, EventsResponse, WIRE_VERSION};
 
 use super::body::read_limited;
 use super::error::ApiError;
@@ -36,7 +37,21 @@ pub async fn events(State(st): State<Arc<AppState>>, headers: HeaderMap, body: B
     let max = usize::try_from(st.max_batch_events).unwrap_or(usize::MAX);
     validate_batch(&batch, max).map_err(|e| reject(batch.events.len(), e.into()))?;
 
-    match st.registry.batch(&batch.agent_id, &batch.node_name, batch.sequence, Instant::now()) {
+    let n = batch.events.len() as u64;
+    // Sequence tracking waits for the sinks: a refused batch comes back with the same
+    // sequence, and must not count as a regression then.
+    let (agent_id, node_name, sequence) = (batch.agent_id.clone(), batch.node_name.clone(), batch.sequence);
+    let (lines, records) = encode_batch(batch);
+    if let Err(refusal) = st.sinks.deliver(lines, records).await {
+        return Err(reject(
+            n as usize,
+            ApiError::new(
+                ErrorCode::NotReady,
+                format!("the {} sink could not keep this batch ({}); retry it", refusal.sink, refusal.reason),
+            ),
+        ));
+    }
+    match st.registry.batch(&agent_id, &node_name, sequence, Instant::now()) {
         BatchTracking::Tracked(SeqObservation::Gap) => {
             m.sequence_gaps.inc();
         }
@@ -49,9 +64,6 @@ pub async fn events(State(st): State<Arc<AppState>>, headers: HeaderMap, body: B
         }
     }
 
-    let n = batch.events.len() as u64;
-    let (lines, records) = encode_batch(batch);
-    st.sink.submit(lines, records);
     m.batches_accepted.inc();
     m.events_accepted.inc_by(n);
     Ok(json(

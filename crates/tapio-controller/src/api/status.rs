@@ -42,12 +42,12 @@ pub async fn healthz() -> Response {
     json_bytes(StatusCode::OK, &br#"{"status":"ok"}"#[..])
 }
 
-/// `GET /readyz`: ready while the sink writer runs.
+/// `GET /readyz`: ready while every sink runs and every durable sink's last write worked
+/// (a full disk or an unreachable JetStream makes it fail, so traffic moves elsewhere).
 pub async fn readyz(State(st): State<Arc<AppState>>) -> Response {
-    if st.sink.is_alive() {
-        json_bytes(StatusCode::OK, &br#"{"status":"ready"}"#[..])
-    } else {
-        ApiError::new(ErrorCode::NotReady, "the event sink writer has stopped").into_response()
+    match st.sinks.not_ready() {
+        None => json_bytes(StatusCode::OK, &br#"{"status":"ready"}"#[..]),
+        Some(why) => ApiError::new(ErrorCode::NotReady, why).into_response(),
     }
 }
 

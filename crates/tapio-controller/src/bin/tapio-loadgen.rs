@@ -298,8 +298,8 @@ async fn throughput(args: &Args, target: &Target, rows: &mut Vec<(String, String
         "sink records written/dropped",
         format!(
             "{} / {}",
-            series(&text, "tapio_controller_sink_records_written_total"),
-            series(&text, "tapio_controller_sink_records_dropped_total{reason=\"queue_full\"}")
+            series_sum(&text, "tapio_controller_sink_records_written_total{"),
+            series_sum(&text, "tapio_controller_sink_records_dropped_total{")
         ),
     );
     Ok(())
@@ -311,11 +311,14 @@ async fn metrics_text(addr: SocketAddr) -> Res<String> {
     Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
-/// The value of one series in OpenMetrics text ("?" when absent).
-fn series(text: &str, name: &str) -> String {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
-        .map_or_else(|| "?".to_string(), |v| v.trim().to_string())
+/// The sum of every series whose name and labels start with `prefix` (all sinks).
+fn series_sum(text: &str, prefix: &str) -> String {
+    let sum: f64 = text
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.trim().parse::<f64>().ok()))
+        .sum();
+    format!("{sum:.0}")
 }
 
 async fn agents(args: &Args, target: &Target, rows: &mut Vec<(String, String, String)>) -> Res<()> {
