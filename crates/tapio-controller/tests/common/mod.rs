@@ -3,6 +3,9 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod ingest;
+pub mod servers;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
