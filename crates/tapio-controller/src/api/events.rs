@@ -19,6 +19,7 @@ use tapio_wire::{ErrorCode, EventBatch, EventsResponse, WIRE_VERSION};
 use super::body::read_limited;
 use super::error::ApiError;
 use super::json::json;
+use crate::metrics::{evidence_labels, EvidenceLabels};
 use crate::record::encode_batch;
 use crate::registry::BatchTracking;
 use crate::sequence::SeqObservation;
@@ -41,6 +42,7 @@ pub async fn events(State(st): State<Arc<AppState>>, headers: HeaderMap, body: B
     // Sequence tracking waits for the sinks: a refused batch comes back with the same
     // sequence, and must not count as a regression then.
     let (agent_id, node_name, sequence) = (batch.agent_id.clone(), batch.node_name.clone(), batch.sequence);
+    let evidence = evidence_counts(&batch);
     let (lines, records) = encode_batch(batch);
     if let Err(refusal) = st.sinks.deliver(lines, records).await {
         return Err(reject(
@@ -66,6 +68,7 @@ pub async fn events(State(st): State<Arc<AppState>>, headers: HeaderMap, body: B
 
     m.batches_accepted.inc();
     m.events_accepted.inc_by(n);
+    m.count_evidence(&evidence);
     Ok(json(
         StatusCode::OK,
         &EventsResponse {
@@ -75,4 +78,17 @@ pub async fn events(State(st): State<Arc<AppState>>, headers: HeaderMap, body: B
             next_config_version: st.config().version.clone(),
         },
     ))
+}
+
+/// Accepted evidence per (type, severity) label pair; a batch has few distinct pairs.
+fn evidence_counts(batch: &EventBatch) -> Vec<(EvidenceLabels, u64)> {
+    let mut counts: Vec<(EvidenceLabels, u64)> = Vec::new();
+    for e in &batch.events {
+        let labels = evidence_labels(&e.event_type, e.severity.as_str());
+        match counts.iter_mut().find(|(l, _)| *l == labels) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((labels, 1)),
+        }
+    }
+    counts
 }

@@ -60,7 +60,8 @@ pub async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     st.metrics.set_agents_config("current", census.config_current);
     st.metrics.set_agents_config("outdated", census.config_outdated);
     st.metrics.set_agents_config("unreported", census.config_unreported);
-    let mut resp = (StatusCode::OK, st.metrics.encode()).into_response();
+    let agents = st.registry.snapshot(Instant::now(), &st.config().hash);
+    let mut resp = (StatusCode::OK, st.metrics.encode_with_agents(&agents)).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),

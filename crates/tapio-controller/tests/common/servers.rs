@@ -117,10 +117,9 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
         s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes()).await.ok()?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.ok()?;
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let status = text.split(' ').nth(1)?.parse().ok()?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-        Some((status, body))
+        buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let resp = super::parse_response(&buf);
+        Some((resp.status, String::from_utf8_lossy(&resp.body).into_owned()))
     };
     tokio::time::timeout(Duration::from_secs(10), exchange).await.ok().flatten()
 }
