@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::ingest::{check_all_kept, id_batch, try_post, Ingest};
 use common::servers::{controller, free_port, http_get, scrape};
 use common::{temp_dir, TestServer};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 fn file_sink_args(path: &Path, fsync: &str) -> Vec<String> {
     ["--sink", "file", "--sink-path", path.to_str().unwrap(), "--sink-fsync", fsync, "--max-batch-events", "512"]
@@ -145,6 +145,14 @@ async fn a_full_disk_refuses_batches_counts_exactly_and_fails_readiness() {
     let (status, body) = http_get(addr, "/readyz").await.unwrap();
     assert_eq!(status, 503, "not ready while the sink cannot write: {body}");
     assert!(body.contains("NOT_READY") && body.contains("file"), "{body}");
+    let (_, status) = http_get(addr, "/v1/status").await.unwrap();
+    let status: Value = serde_json::from_str(&status).unwrap();
+    let sink_status = &status["sinks"][0];
+    assert_eq!(
+        (&sink_status["name"], &sink_status["durable"], &sink_status["ready"]),
+        (&json!("file"), &json!(true), &json!(false))
+    );
+    assert!(sink_status["last_error"].as_str().unwrap().contains("space"), "{sink_status}");
 
     let stored = stored_ids(&sink);
     let written = scrape(addr, "tapio_controller_sink_records_written_total{sink=\"file\"}").await.unwrap();
@@ -165,6 +173,8 @@ async fn a_full_disk_refuses_batches_counts_exactly_and_fails_readiness() {
     assert_eq!(try_post(addr, &body).await, Some(200));
     acked.extend(ids);
     assert_eq!(http_get(addr, "/readyz").await.unwrap().0, 200);
+    let (_, status) = http_get(addr, "/v1/status").await.unwrap();
+    assert!(status.contains(r#""sinks":[{"name":"file","durable":true,"ready":true}]"#), "{status}");
     t.server.stop().await.unwrap();
     let stored = stored_ids(&sink);
     assert_eq!(check_all_kept(&acked, &stored), 0);

@@ -40,7 +40,7 @@ pub use events::{EventBatch, EventError, EventsResponse, WireEvent, Workload};
 pub use heartbeat::{HeartbeatCounters, HeartbeatRequest, HeartbeatResponse};
 pub use hello::{HelloRequest, HelloResponse};
 pub use open_enum::{DegradedReason, ObserverStatus, Outcome, Severity};
-pub use status::{AgentStatus, SequenceStatus, StatusConfig, StatusResponse, StatusTotals};
+pub use status::{AgentStatus, SequenceStatus, SinkStatus, StatusConfig, StatusResponse, StatusTotals};
 pub use validate::WireError;
 
 /// The protocol version carried in every body's `wire_version` field.

@@ -33,6 +33,7 @@ pub async fn status(State(st): State<Arc<AppState>>) -> Response {
                 untracked_batches_total: Some(m.untracked_batches.get()),
             },
             agents,
+            sinks: st.sinks.status(),
         },
     )
 }

@@ -285,6 +285,19 @@ impl Sinks {
         &self.handles
     }
 
+    /// Each sink as `/v1/status` reports it.
+    pub fn status(&self) -> Vec<tapio_wire::SinkStatus> {
+        self.handles
+            .iter()
+            .map(|h| tapio_wire::SinkStatus {
+                name: h.name().to_string(),
+                durable: h.durable,
+                ready: h.is_ready(),
+                last_error: if h.shared.is_healthy() { None } else { h.shared.last_error() },
+            })
+            .collect()
+    }
+
     /// Ready when every worker runs and every durable sink's last write worked.
     /// Returns the first sink that is not, with why.
     pub fn not_ready(&self) -> Option<String> {
