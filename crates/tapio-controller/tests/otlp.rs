@@ -281,3 +281,43 @@ async fn retries_honour_retry_after_are_bounded_and_counted() {
     assert_eq!(receiver.got.lock().unwrap().len() - before, 1);
     writers.close(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_never_answers_stalls_neither_ingest_nor_the_file_sink() {
+    // A collector that accepts connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}/v1/logs", silent.local_addr().unwrap());
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let t = TestServer::start_with("i12-otlp-slow", |s| {
+        s.sink_queue_bytes = 16 * 1024;
+        s.sinks.push(SinkTarget::Otlp(otlp(&endpoint, 100)));
+    })
+    .await;
+    let started = Instant::now();
+    for seq in 1..=30 {
+        let (body, _) = common::ingest::id_batch("slow", seq, &format!("slow-{seq}"), 40);
+        assert_eq!(try_post(t.server.addr, &body).await, Some(200), "ingest goes on");
+    }
+    let elapsed = started.elapsed();
+    let addr = t.server.addr;
+    assert_eq!(scrape(addr, "tapio_controller_sink_records_written_total{sink=\"file\"}").await, Some(1200.0));
+    let dropped =
+        scrape(addr, "tapio_controller_sink_records_dropped_total{sink=\"otlp\",reason=\"queue_full\"}").await;
+    assert!(dropped.is_some_and(|d| d > 0.0), "the stuck sink's overflow is dropped and counted: {dropped:?}");
+    assert_eq!(scrape(addr, "tapio_controller_sink_records_written_total{sink=\"otlp\"}").await, Some(0.0));
+    // Best effort: readiness does not depend on the collector.
+    assert_eq!(common::servers::http_get(addr, "/readyz").await.unwrap().0, 200);
+    eprintln!("30 batches through a file sink beside a stuck OTLP collector in {elapsed:?}");
+    let metrics = std::sync::Arc::clone(&t.server.state.metrics);
+    t.stop().await;
+    hold.abort();
+    // What the stuck sink still held at shutdown is counted too.
+    let queue_full = metrics.sink_dropped.get_or_create(&SinkReasonLabels { sink: "otlp", reason: "queue_full" }).get();
+    let shutdown = metrics.sink_dropped.get_or_create(&SinkReasonLabels { sink: "otlp", reason: "shutdown" }).get();
+    assert_eq!(queue_full + shutdown, 1200, "every record the otlp sink did not export is counted");
+}

@@ -155,7 +155,7 @@ fn finish_group(group: Vec<Delivery>, result: io::Result<()>, shared: &SinkShare
             false
         }
     };
-    shared.dequeued(bytes);
+    shared.dequeued(bytes, records);
     for d in group {
         d.finish(ok);
     }

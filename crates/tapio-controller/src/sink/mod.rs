@@ -84,6 +84,7 @@ pub struct SinkShared {
     /// The sink's name, also its metric label: `stdout`, `file`, `nats`, `otlp`, `discard`.
     pub name: &'static str,
     queued: AtomicUsize,
+    queued_records: std::sync::atomic::AtomicU64,
     alive: AtomicBool,
     healthy: AtomicBool,
     last_error: Mutex<Option<String>>,
@@ -100,6 +101,7 @@ impl SinkShared {
         Self {
             name,
             queued: AtomicUsize::new(0),
+            queued_records: std::sync::atomic::AtomicU64::new(0),
             alive: AtomicBool::new(true),
             healthy: AtomicBool::new(true),
             last_error: Mutex::new(None),
@@ -114,9 +116,10 @@ impl SinkShared {
         self.dropped.get_or_create(&SinkReasonLabels { sink: self.name, reason }).inc_by(records);
     }
 
-    /// Releases a delivered batch's bytes from the budget.
-    pub fn dequeued(&self, bytes: usize) {
+    /// Releases a handled batch's bytes from the budget.
+    pub fn dequeued(&self, bytes: usize, records: u64) {
         let left = self.queued.fetch_sub(bytes, Ordering::AcqRel).saturating_sub(bytes);
+        self.queued_records.fetch_sub(records, Ordering::AcqRel);
         self.queue_gauge.set(gauge_value(left));
     }
 
@@ -179,6 +182,7 @@ impl SinkHandle {
     /// Enqueues without blocking; false when the budget or the queue is full.
     fn enqueue(&self, d: Delivery) -> bool {
         let len = d.batch.lines.len();
+        let records = d.batch.records;
         let before = self.shared.queued.fetch_add(len, Ordering::AcqRel);
         if before + len > self.budget {
             self.shared.queued.fetch_sub(len, Ordering::AcqRel);
@@ -195,6 +199,7 @@ impl SinkHandle {
             }
         };
         if sent {
+            self.shared.queued_records.fetch_add(records, Ordering::AcqRel);
             self.shared.queue_gauge.set(gauge_value(before + len));
         } else {
             self.shared.queued.fetch_sub(len, Ordering::AcqRel);
@@ -329,7 +334,7 @@ enum Worker {
 
 /// Owns every sink worker.
 pub struct SinkWriters {
-    workers: Vec<(&'static str, Worker)>,
+    workers: Vec<(Arc<SinkShared>, Worker)>,
 }
 
 /// Sink options that are not per target.
@@ -350,7 +355,7 @@ pub async fn start(targets: &[SinkTarget], opts: &SinkOptions, metrics: &Metrics
         match started {
             Ok((handle, worker)) => {
                 if let Some(w) = worker {
-                    writers.workers.push((handle.name(), w));
+                    writers.workers.push((Arc::clone(&handle.shared), w));
                 }
                 handles.push(handle);
             }
@@ -461,7 +466,7 @@ fn stdout_loop(rx: mpsc::Receiver<Msg>, shared: &SinkShared) {
                         shared.dropped("write_error", d.batch.records);
                     }
                 }
-                shared.dequeued(d.batch.lines.len());
+                shared.dequeued(d.batch.lines.len(), d.batch.records);
                 d.finish(true);
                 dirty = true;
             }
@@ -476,7 +481,7 @@ impl SinkWriters {
     /// `timeout` for each (a wedged stdout pipe or an unreachable server must not hold
     /// shutdown forever).
     pub async fn close(mut self, timeout: Duration) {
-        for (name, worker) in self.workers.drain(..) {
+        for (shared, worker) in self.workers.drain(..) {
             match worker {
                 Worker::Thread { tx, thread } => {
                     let joined = tokio::task::spawn_blocking(move || {
@@ -492,7 +497,7 @@ impl SinkWriters {
                     .await
                     .unwrap_or(false);
                     if !joined {
-                        log::warn!("sink {name} did not finish within {timeout:?}; queued records may be lost");
+                        abandon(&shared, timeout);
                     }
                 }
                 Worker::Task { tx, task } => {
@@ -502,12 +507,19 @@ impl SinkWriters {
                     })
                     .await;
                     if stopped.is_err() {
-                        log::warn!("sink {name} did not finish within {timeout:?}; queued records may be lost");
+                        abandon(&shared, timeout);
                     }
                 }
             }
         }
     }
+}
+
+/// A sink that did not finish in time: what it still held is dropped, and counted.
+fn abandon(shared: &SinkShared, timeout: Duration) {
+    let left = shared.queued_records.swap(0, Ordering::AcqRel);
+    shared.dropped("shutdown", left);
+    log::warn!("sink {} did not finish within {timeout:?}; {left} queued records dropped", shared.name);
 }
 
 #[cfg(test)]

@@ -183,7 +183,7 @@ async fn deliver(js: &jetstream::Context, prefix: &str, sem: &Arc<Semaphore>, d:
             false
         }
     };
-    shared.dequeued(d.batch.lines.len());
+    shared.dequeued(d.batch.lines.len(), records);
     d.finish(ok);
 }
 

@@ -166,7 +166,7 @@ impl Exporter {
             }
             self.export_group(&group, shared).await;
             let bytes: usize = group.iter().map(|d| d.batch.lines.len()).sum();
-            shared.dequeued(bytes);
+            shared.dequeued(bytes, records);
             for d in group {
                 d.finish(true);
             }
