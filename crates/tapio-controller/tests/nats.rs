@@ -159,6 +159,11 @@ async fn a_nats_server_restart_mid_stream_loses_nothing_acknowledged() {
     let during = ingest.acked_now();
     let _nats2 = nats(&dir, port);
     wait_for(|| ingest.acked_now() >= during + 2_000, Duration::from_secs(60)).await;
+    let until = Instant::now() + Duration::from_secs(15);
+    while http_get(server.addr, "/readyz").await.is_none_or(|(s, _)| s != 200) {
+        assert!(Instant::now() < until, "readiness returns once JetStream is back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let retries = ingest.retries.load(std::sync::atomic::Ordering::Relaxed);
     let acked = ingest.stop().await;
     server.stop().await.unwrap();

@@ -36,6 +36,8 @@ pub struct DurableFile {
     file: RotatingFile,
     fsync: FsyncPolicy,
     buf: Vec<u8>,
+    /// Size of the last group whose write failed (the probe waits for that much room).
+    failed_bytes: usize,
 }
 
 impl DurableFile {
@@ -53,6 +55,7 @@ impl DurableFile {
             file: RotatingFile::open(cfg.path.clone(), cfg.max_bytes, cfg.keep_files)?,
             fsync: cfg.fsync,
             buf: Vec::new(),
+            failed_bytes: 0,
         })
     }
 
@@ -61,19 +64,30 @@ impl DurableFile {
         let mut unsynced_since: Option<Instant> = None;
         let mut closing = false;
         while !closing {
-            let first = match (self.fsync, unsynced_since) {
-                (FsyncPolicy::Interval(every), Some(since)) => {
-                    match rx.recv_timeout(every.saturating_sub(since.elapsed())) {
-                        Ok(m) => m,
-                        Err(RecvTimeoutError::Timeout) => {
-                            self.sync_quietly();
+            // Wake up for the interval fsync, and, while the sink cannot write, to probe
+            // for free space: a replica out of its Service's endpoints gets no batches
+            // that could show it recovered.
+            let wake = match (self.fsync, unsynced_since) {
+                (FsyncPolicy::Interval(every), Some(since)) => Some(every.saturating_sub(since.elapsed())),
+                _ => None,
+            };
+            let wake = if shared.is_healthy() { wake } else { Some(wake.map_or(PROBE_EVERY, |w| w.min(PROBE_EVERY))) };
+            let first = match wake {
+                Some(after) => match rx.recv_timeout(after) {
+                    Ok(m) => m,
+                    Err(RecvTimeoutError::Timeout) => {
+                        if unsynced_since.is_some_and(|since| since.elapsed() >= after) {
+                            self.sync_or_flag(shared);
                             unsynced_since = None;
-                            continue;
                         }
-                        Err(RecvTimeoutError::Disconnected) => break,
+                        if !shared.is_healthy() {
+                            self.probe(shared);
+                        }
+                        continue;
                     }
-                }
-                _ => match rx.recv() {
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
+                None => match rx.recv() {
                     Ok(m) => m,
                     Err(_) => break,
                 },
@@ -100,18 +114,21 @@ impl DurableFile {
             if group.is_empty() {
                 continue;
             }
-            let result = self.append_group(&group);
-            if result.is_ok() && matches!(self.fsync, FsyncPolicy::Interval(_)) && unsynced_since.is_none() {
+            let outcome = self.append_group(&group);
+            if outcome.appended && matches!(self.fsync, FsyncPolicy::Interval(_)) && unsynced_since.is_none() {
                 unsynced_since = Some(Instant::now());
             }
-            finish_group(group, result, shared);
+            if outcome.error.is_some() {
+                self.failed_bytes = bytes;
+            }
+            finish_group(group, outcome, shared);
         }
-        self.sync_quietly();
+        self.sync_or_flag(shared);
     }
 
     /// Appends the group's records in one write and, under `always`, syncs them.
-    fn append_group(&mut self, group: &[Delivery]) -> io::Result<()> {
-        let result = if let [one] = group {
+    fn append_group(&mut self, group: &[Delivery]) -> Outcome {
+        let appended = if let [one] = group {
             self.file.append(&one.batch.lines)
         } else {
             self.buf.clear();
@@ -125,32 +142,76 @@ impl DurableFile {
             }
             r
         };
-        result?;
-        if matches!(self.fsync, FsyncPolicy::Always) {
-            self.file.sync()?;
+        if let Err(e) = appended {
+            return Outcome { appended: false, error: Some(e) };
         }
-        Ok(())
+        let error = match self.fsync {
+            FsyncPolicy::Always => self.file.sync().err(),
+            FsyncPolicy::Interval(_) => None,
+        };
+        Outcome { appended: true, error }
     }
 
-    fn sync_quietly(&mut self) {
+    fn sync_or_flag(&mut self, shared: &SinkShared) {
         if let Err(e) = self.file.sync() {
             log::warn!("sink file fsync failed: {e}");
+            shared.set_health(Err(format!("fsync failed: {e}")));
+        }
+    }
+
+    /// While unhealthy: ready again once the file's filesystem has room for the write
+    /// that failed (at least 64 KiB).
+    fn probe(&mut self, shared: &SinkShared) {
+        let dir = match self.file.path().parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if free_bytes(&dir).is_some_and(|free| free >= self.failed_bytes.max(64 * 1024) as u64) {
+            shared.set_health(Ok(()));
         }
     }
 }
 
-/// Counts and acknowledges (or refuses) every batch of a group.
-fn finish_group(group: Vec<Delivery>, result: io::Result<()>, shared: &SinkShared) {
+/// How often an unhealthy file sink checks for free space.
+const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What became of a group.
+struct Outcome {
+    /// The records are in the file.
+    appended: bool,
+    /// The write or its fsync failed: not durable.
+    error: Option<io::Error>,
+}
+
+/// Bytes available to unprivileged writers on the filesystem holding `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs fills the zeroed struct we pass; `c` is a valid NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// Counts and acknowledges (or refuses) every batch of a group. Records in the file are
+/// counted written even when their fsync failed; the batch is refused all the same (not
+/// durable), and its retry will be a duplicate, recognisable by id.
+fn finish_group(group: Vec<Delivery>, outcome: Outcome, shared: &SinkShared) {
     let records: u64 = group.iter().map(|d| d.batch.records).sum();
     let bytes: usize = group.iter().map(|d| d.batch.lines.len()).sum();
-    let ok = match result {
-        Ok(()) => {
-            shared.written.inc_by(records);
+    if outcome.appended {
+        shared.written.inc_by(records);
+    } else {
+        shared.dropped("write_error", records);
+    }
+    let ok = match outcome.error {
+        None => {
             shared.set_health(Ok(()));
             true
         }
-        Err(e) => {
-            shared.dropped("write_error", records);
+        Some(e) => {
             shared.set_health(Err(e.to_string()));
             false
         }

@@ -31,8 +31,8 @@ pub struct Publisher {
     js: jetstream::Context,
     prefix: String,
     in_flight: Arc<Semaphore>,
-    /// Kept so the connection lives as long as the sink.
-    _client: async_nats::Client,
+    /// The connection (its state drives recovery of readiness).
+    client: async_nats::Client,
 }
 
 /// The fields a subject and a message id need, read from a record line.
@@ -89,14 +89,30 @@ impl Publisher {
             js,
             prefix: cfg.subject_prefix.clone(),
             in_flight: Arc::new(Semaphore::new(cfg.max_in_flight)),
-            _client: client,
+            client,
         })
     }
 
     /// Publishes every delivered batch until Close, then waits for those in flight.
     pub async fn run(self, mut rx: mpsc::Receiver<Msg>, shared: &Arc<SinkShared>) {
         let mut tasks = JoinSet::new();
-        while let Some(msg) = rx.recv().await {
+        // While unhealthy, a reconnected client makes the sink ready again: a replica out
+        // of its Service's endpoints gets no batch that could show it.
+        let mut probe = tokio::time::interval(Duration::from_secs(1));
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let msg = tokio::select! {
+                m = rx.recv() => match m {
+                    Some(m) => m,
+                    None => break,
+                },
+                _ = probe.tick(), if !shared.is_healthy() => {
+                    if self.client.connection_state() == async_nats::connection::State::Connected {
+                        shared.set_health(Ok(()));
+                    }
+                    continue;
+                }
+            };
             // Reap finished batches so the set stays as small as the work in flight.
             while tasks.try_join_next().is_some() {}
             match msg {
