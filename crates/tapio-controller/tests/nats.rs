@@ -11,10 +11,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::ingest::{check_all_kept, id_batch, try_post, Ingest};
-use common::servers::{controller, free_port, http_get, nats_server, scrape, Proc};
+use common::servers::{controller, free_port, http_get, nats_server, nats_server_with, scrape, Proc};
 use common::temp_dir;
 use serde_json::Value;
-use tapio_controller::settings::NatsConfig;
+use tapio_controller::settings::{NatsConfig, Secret};
 use tapio_controller::{RunningServer, Settings, SinkTarget};
 
 const SUBJECT: &str = "tapio.evidence.network.kernel.network.connection_refused";
@@ -229,4 +229,46 @@ async fn wait_for(cond: impl Fn() -> bool, within: Duration) {
         assert!(Instant::now() < end, "condition not met within {within:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_password_and_token_authentication_work_and_wrong_secrets_fail_at_start() {
+    let dir = temp_dir("i12-nats-auth");
+    let start = |cfg: NatsConfig| async move {
+        let settings = Settings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            sinks: vec![SinkTarget::Nats(Box::new(cfg))],
+            ..Settings::default()
+        };
+        RunningServer::start(settings).await
+    };
+    // User and password.
+    let port = free_port();
+    let store = dir.join("js-user");
+    let server =
+        nats_server_with(port, &store, &dir.join("nats-user.log"), &["--user", "tapio", "--pass", "s3cret-pw"]);
+    let mut cfg = nats_config(port, "TAPIO_I12_AUTH");
+    cfg.user_password = Some(("tapio".into(), Secret("wrong".into())));
+    let err = start(cfg.clone()).await.err().expect("a wrong password fails at start");
+    assert!(!err.to_string().contains("wrong"), "no secret in the error: {err}");
+    cfg.user_password = Some(("tapio".into(), Secret("s3cret-pw".into())));
+    let c = start(cfg).await.expect("the right password connects");
+    let (body, _) = id_batch("auth", 1, "auth-user", 5);
+    assert_eq!(try_post(c.addr, &body).await, Some(200));
+    c.stop().await.unwrap();
+    drop(server);
+    // Token.
+    let port = free_port();
+    let store = dir.join("js-token");
+    let server = nats_server_with(port, &store, &dir.join("nats-token.log"), &["--auth", "t0ken-value"]);
+    let mut cfg = nats_config(port, "TAPIO_I12_TOKEN");
+    cfg.token = Some(Secret("not-it".into()));
+    assert!(start(cfg.clone()).await.is_err(), "a wrong token fails at start");
+    cfg.token = Some(Secret("t0ken-value".into()));
+    let c = start(cfg).await.expect("the right token connects");
+    let (body, _) = id_batch("auth", 1, "auth-token", 5);
+    assert_eq!(try_post(c.addr, &body).await, Some(200));
+    c.stop().await.unwrap();
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
 }

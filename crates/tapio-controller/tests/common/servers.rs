@@ -83,11 +83,17 @@ pub fn controller(dir: &Path, log: &str, addr: SocketAddr, args: &[String]) -> P
 
 /// Starts `nats-server` with JetStream on `port`, storing in `store`.
 pub fn nats_server(port: u16, store: &Path, log: &Path) -> Proc {
+    nats_server_with(port, store, log, &[])
+}
+
+/// As [`nats_server`], with extra flags (`--user`, `--auth`, …).
+pub fn nats_server_with(port: u16, store: &Path, log: &Path, extra: &[&str]) -> Proc {
     let bin = which("nats-server");
     let stderr = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
     let child = Command::new(bin)
         .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
         .arg(store)
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr)
