@@ -71,8 +71,9 @@ pub struct Cli {
     /// batch (503, the agent retries) and a best-effort sink drops and counts the records.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     pub sink_queue_bytes: usize,
-    /// Longest a batch waits for the durable sinks before it is refused with 503.
-    #[arg(long, default_value_t = 10)]
+    /// Longest a batch waits for the durable sinks before it is refused with 503; below
+    /// the agents' default 5 s I/O timeout, so they get an answer rather than give up.
+    #[arg(long, default_value_t = 4)]
     pub sink_ack_timeout_secs: u64,
     /// NATS server URL(s) for `--sink nats`, comma-separated (`nats://host:4222`, `tls://…`).
     #[arg(long, default_value = "nats://127.0.0.1:4222")]
@@ -405,7 +406,7 @@ impl Default for Settings {
             auth_token: None,
             sinks: vec![SinkTarget::Stdout],
             sink_queue_bytes: 64 * 1024 * 1024,
-            sink_ack_timeout: Duration::from_secs(10),
+            sink_ack_timeout: Duration::from_secs(4),
             config: CompiledConfig::default(),
             profile: None,
             profile_poll: Duration::from_secs(2),
