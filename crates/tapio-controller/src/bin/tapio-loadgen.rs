@@ -366,7 +366,7 @@ fn series_sum(text: &str, prefix: &str) -> String {
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.trim().parse::<f64>().ok()))
         .sum();
-    format!("{sum:.0}")
+    format!("{:.0}", sum + 0.0) // an empty f64 sum is -0.0
 }
 
 async fn agents(args: &Args, target: &Target, rows: &mut Vec<(String, String, String)>) -> Res<()> {

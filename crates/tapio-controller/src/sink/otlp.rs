@@ -174,24 +174,39 @@ impl Exporter {
     }
 
     async fn export_group(&mut self, group: &[Delivery], shared: &SinkShared) {
-        let lines = group.iter().flat_map(|d| d.batch.record_lines());
-        let (request, malformed) = build_request(lines, unix_nanos_now());
-        if malformed > 0 {
-            shared.dropped("malformed", malformed);
-        }
-        let records: u64 =
-            request.resource_logs.iter().flat_map(|r| &r.scope_logs).map(|s| s.log_records.len() as u64).sum();
-        if records == 0 {
-            return;
-        }
-        let body = match gzip(&request.encode_to_vec()) {
-            Ok(b) => b,
-            Err(e) => {
+        // Parsing, encoding and compressing is CPU work: keep it off the async workers
+        // that serve agents' requests.
+        let batches: Vec<_> = group.iter().map(|d| std::sync::Arc::clone(&d.batch)).collect();
+        let group_records: u64 = batches.iter().map(|b| b.records).sum();
+        let encoded = tokio::task::spawn_blocking(move || {
+            let lines = batches.iter().flat_map(|b| b.record_lines());
+            let (request, malformed) = build_request(lines, unix_nanos_now());
+            let records: u64 =
+                request.resource_logs.iter().flat_map(|r| &r.scope_logs).map(|s| s.log_records.len() as u64).sum();
+            (gzip(&request.encode_to_vec()), records, malformed)
+        })
+        .await;
+        let (body, records) = match encoded {
+            Ok((Ok(body), records, malformed)) => {
+                if malformed > 0 {
+                    shared.dropped("malformed", malformed);
+                }
+                (body, records)
+            }
+            Ok((Err(e), records, _)) => {
                 log::warn!("otlp: cannot compress an export: {e}");
                 shared.dropped("encode_error", records);
                 return;
             }
+            Err(e) => {
+                log::warn!("otlp: encoding an export failed: {e}");
+                shared.dropped("encode_error", group_records);
+                return;
+            }
         };
+        if records == 0 {
+            return;
+        }
         match self.export_with_retries(Bytes::from(body)).await {
             Ok(rejected) => {
                 let rejected = rejected.min(records);
