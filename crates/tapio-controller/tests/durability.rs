@@ -190,3 +190,52 @@ async fn a_full_disk_refuses_batches_counts_exactly_and_fails_readiness() {
     drop(_fs);
     let _ = std::fs::remove_dir_all(base);
 }
+
+#[test]
+fn bad_sink_settings_stop_the_controller_at_start_with_the_reason() {
+    let dir = temp_dir("i12-bad-sinks");
+    let secret = dir.join("password");
+    std::fs::write(&secret, "hunter2-i12\n").unwrap();
+    let dead_nats = format!("nats://127.0.0.1:{}", free_port());
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["--sink".into(), "otlp".into()], "--otlp-endpoint"),
+        (
+            vec!["--sink".into(), "file".into(), "--sink".into(), "file".into(), "--sink-path".into(), "/tmp/x".into()],
+            "twice",
+        ),
+        (
+            vec![
+                "--sink".into(),
+                "file".into(),
+                "--sink-path".into(),
+                dir.join("absent/dir/e.jsonl").display().to_string(),
+            ],
+            "No such file",
+        ),
+        (
+            vec![
+                "--sink".into(),
+                "nats".into(),
+                "--nats-url".into(),
+                dead_nats,
+                "--nats-user".into(),
+                "u".into(),
+                "--nats-password-file".into(),
+                secret.display().to_string(),
+            ],
+            "cannot connect to NATS",
+        ),
+    ];
+    for (args, reason) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_tapio-controller"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} must not start");
+        assert!(stderr.contains(reason), "{args:?}: {stderr}");
+        assert!(!stderr.contains("hunter2"), "no secret in the log: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
