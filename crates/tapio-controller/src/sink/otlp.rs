@@ -14,7 +14,9 @@
 //! * one ResourceLogs per node: `host.name` = node, `service.name` = `tapio`.
 //!
 //! Best effort, not durable: batches reach it after the durable sinks acknowledged them,
-//! its queue is bounded (overflow dropped and counted), and an export is retried on
+//! its queue is bounded (overflow dropped and counted), up to four exports run at once
+//! (each on its own keep-alive connection, so records may arrive out of order), and an
+//! export is retried on
 //! 429/502/503/504 and on connection failures, honouring `Retry-After` (seconds or an
 //! HTTP date) up to `--otlp-max-retry-delay-secs`, at most `--otlp-max-retries` times,
 //! each retry counted in `sink_retries_total{sink="otlp"}`. Records of an export that
@@ -23,6 +25,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -112,8 +115,13 @@ pub struct Exporter {
     endpoint: Endpoint,
     cfg: OtlpConfig,
     retries: Counter,
-    conn: Option<SendRequest<Full<Bytes>>>,
+    /// Idle keep-alive connections, at most one per export in flight.
+    pool: std::sync::Mutex<Vec<SendRequest<Full<Bytes>>>>,
 }
+
+/// Exports in flight at once, each on its own connection: one export's encoding overlaps
+/// another's round trip, and one slow answer does not hold up the rest.
+const EXPORTS_IN_FLIGHT: usize = 4;
 
 /// Why an export ended without the collector holding every record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,13 +140,15 @@ impl Exporter {
             endpoint,
             cfg: cfg.clone(),
             retries: metrics.sink_retries.get_or_create(&SinkLabels { sink: "otlp" }).clone(),
-            conn: None,
+            pool: std::sync::Mutex::new(Vec::new()),
         })
     }
 
     /// Exports delivered batches, several per request up to `--otlp-max-batch-records`,
     /// until Close; what is queued before Close is exported first.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Msg>, shared: &SinkShared) {
+    pub async fn run(self, mut rx: mpsc::Receiver<Msg>, shared: &Arc<SinkShared>) {
+        let me = Arc::new(self);
+        let mut tasks = tokio::task::JoinSet::new();
         let mut closing = false;
         while !closing {
             let Some(first) = rx.recv().await else { break };
@@ -151,7 +161,7 @@ impl Exporter {
                 }
                 Msg::Close => closing = true,
             }
-            while !closing && records < self.cfg.max_batch_records as u64 {
+            while !closing && records < me.cfg.max_batch_records as u64 {
                 match rx.try_recv() {
                     Ok(Msg::Deliver(d)) => {
                         records += d.batch.records;
@@ -164,19 +174,26 @@ impl Exporter {
             if group.is_empty() {
                 continue;
             }
-            self.export_group(&group, shared).await;
-            let bytes: usize = group.iter().map(|d| d.batch.lines.len()).sum();
-            shared.dequeued(bytes, records);
-            for d in group {
-                d.finish(true);
+            while tasks.len() >= EXPORTS_IN_FLIGHT {
+                tasks.join_next().await;
             }
+            let (me, shared) = (Arc::clone(&me), Arc::clone(shared));
+            tasks.spawn(async move {
+                me.export_group(&group, &shared).await;
+                let bytes: usize = group.iter().map(|d| d.batch.lines.len()).sum();
+                shared.dequeued(bytes, records);
+                for d in group {
+                    d.finish(true);
+                }
+            });
         }
+        while tasks.join_next().await.is_some() {}
     }
 
-    async fn export_group(&mut self, group: &[Delivery], shared: &SinkShared) {
+    async fn export_group(&self, group: &[Delivery], shared: &SinkShared) {
         // Parsing, encoding and compressing is CPU work: keep it off the async workers
         // that serve agents' requests.
-        let batches: Vec<_> = group.iter().map(|d| std::sync::Arc::clone(&d.batch)).collect();
+        let batches: Vec<_> = group.iter().map(|d| Arc::clone(&d.batch)).collect();
         let group_records: u64 = batches.iter().map(|b| b.records).sum();
         let encoded = tokio::task::spawn_blocking(move || {
             let lines = batches.iter().flat_map(|b| b.record_lines());
@@ -228,7 +245,7 @@ impl Exporter {
     }
 
     /// Returns the records the collector reported rejected in a partial success.
-    async fn export_with_retries(&mut self, body: Bytes) -> Result<u64, (Failure, String)> {
+    async fn export_with_retries(&self, body: Bytes) -> Result<u64, (Failure, String)> {
         let mut attempt = 0u32;
         loop {
             let outcome = tokio::time::timeout(self.cfg.timeout, self.post(body.clone())).await;
@@ -241,14 +258,8 @@ impl Exporter {
                 Ok(Ok(answer)) => {
                     return Err((Failure::Rejected, format!("collector answered {} (not retryable)", answer.status)));
                 }
-                Ok(Err(e)) => {
-                    self.conn = None;
-                    (backoff(attempt), format!("export failed: {e}"))
-                }
-                Err(_) => {
-                    self.conn = None;
-                    (backoff(attempt), format!("export took over {:?}", self.cfg.timeout))
-                }
+                Ok(Err(e)) => (backoff(attempt), format!("export failed: {e}")),
+                Err(_) => (backoff(attempt), format!("export took over {:?}", self.cfg.timeout)),
             };
             if attempt >= self.cfg.max_retries {
                 log::warn!("otlp: giving up an export after {} retries: {why}", attempt);
@@ -261,8 +272,9 @@ impl Exporter {
         }
     }
 
-    async fn post(&mut self, body: Bytes) -> Result<Answer, String> {
-        let reusable = match self.conn.take() {
+    async fn post(&self, body: Bytes) -> Result<Answer, String> {
+        let idle = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let reusable = match idle {
             Some(mut s) => s.ready().await.is_ok().then_some(s),
             None => None,
         };
@@ -304,7 +316,10 @@ impl Exporter {
         } else {
             0
         };
-        self.conn = Some(sender);
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < EXPORTS_IN_FLIGHT {
+            pool.push(sender);
+        }
         Ok(Answer { status, retry_after, rejected })
     }
 }
