@@ -272,3 +272,80 @@ async fn user_password_and_token_authentication_work_and_wrong_secrets_fail_at_s
     drop(server);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A throwaway CA and a server certificate for 127.0.0.1, made with the openssl CLI.
+fn make_certs(dir: &Path) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    run(&[
+        &["req", "-x509"][..],
+        &ec[..],
+        &["-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=tapio-i12-test-ca"],
+    ]
+    .concat());
+    run(&[&["req"][..], &ec[..], &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]].concat());
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+    ]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_nats_verifies_the_server_with_the_given_ca() {
+    let dir = temp_dir("i12-nats-tls");
+    make_certs(&dir);
+    let port = free_port();
+    let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
+    let _nats = nats_server_with(
+        port,
+        &dir.join("js"),
+        &dir.join("nats.log"),
+        &["--tls", "--tlscert", cert.to_str().unwrap(), "--tlskey", key.to_str().unwrap()],
+    );
+    let start = |cfg: NatsConfig| async move {
+        let settings = Settings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            sinks: vec![SinkTarget::Nats(Box::new(cfg))],
+            ..Settings::default()
+        };
+        RunningServer::start(settings).await
+    };
+    let mut cfg = nats_config(port, "TAPIO_I12_TLS");
+    cfg.url = format!("tls://127.0.0.1:{port}");
+    cfg.tls_required = true;
+    // Without the CA the server's certificate is not trusted: refused at start.
+    assert!(start(cfg.clone()).await.is_err(), "an unverified server is refused");
+    cfg.tls_ca = Some(dir.join("ca.pem"));
+    let c = start(cfg).await.expect("TLS with the CA connects");
+    let (body, ids) = id_batch("tls", 1, "tls", 10);
+    assert_eq!(try_post(c.addr, &body).await, Some(200));
+    c.stop().await.unwrap();
+    // Reading back needs TLS too: the test's own client trusts the same CA.
+    let client = async_nats::ConnectOptions::new()
+        .add_root_certificates(dir.join("ca.pem"))
+        .require_tls(true)
+        .connect(format!("tls://127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client);
+    let info = js.get_stream("TAPIO_I12_TLS").await.unwrap().info().await.unwrap().clone();
+    assert_eq!(info.state.messages, ids.len() as u64);
+    let _ = std::fs::remove_dir_all(dir);
+}
