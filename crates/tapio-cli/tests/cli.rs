@@ -431,7 +431,12 @@ fn status_shows_agents_config_state_and_loss_counters() {
     let dir = temp_dir("status");
     let settings = tapio_controller::Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
-        sink: tapio_controller::SinkTarget::File { path: dir.join("sink.jsonl"), max_bytes: 1 << 20, keep_files: 1 },
+        sinks: vec![tapio_controller::SinkTarget::File(tapio_controller::settings::FileSinkConfig {
+            path: dir.join("sink.jsonl"),
+            max_bytes: 1 << 20,
+            keep_files: 1,
+            fsync: tapio_controller::settings::FsyncPolicy::Always,
+        })],
         controller_id: Some("ctl-test".into()),
         ..tapio_controller::Settings::default()
     };
@@ -485,7 +490,12 @@ fn status_pages_through_a_large_fleet_and_filters_by_state() {
     let dir = temp_dir("status-pages-i13");
     let settings = tapio_controller::Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
-        sink: tapio_controller::SinkTarget::File { path: dir.join("sink.jsonl"), max_bytes: 1 << 20, keep_files: 1 },
+        sinks: vec![tapio_controller::SinkTarget::File(tapio_controller::settings::FileSinkConfig {
+            path: dir.join("sink.jsonl"),
+            max_bytes: 1 << 20,
+            keep_files: 1,
+            fsync: tapio_controller::settings::FsyncPolicy::Always,
+        })],
         ..tapio_controller::Settings::default()
     };
     let server = rt.block_on(tapio_controller::RunningServer::start(settings)).unwrap();

@@ -33,6 +33,13 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// Labels for connections shed, by reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// Why the connection was closed.
+    pub reason: &'static str,
+}
+
 /// Labels for agent states.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
@@ -40,11 +47,107 @@ pub struct StateLabels {
     pub state: &'static str,
 }
 
-/// Labels for sink drops.
+/// Labels naming one sink (`stdout`, `file`, `nats`, `otlp`, `discard`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabels {
-    /// Why records were dropped.
+pub struct SinkLabels {
+    /// The sink.
+    pub sink: &'static str,
+}
+
+/// Labels naming a sink and a closed-set reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkReasonLabels {
+    /// The sink.
+    pub sink: &'static str,
+    /// Why.
     pub reason: &'static str,
+}
+
+/// Evidence types that become label values of `evidence_total`; any other type is
+/// counted as `other`, so a client cannot create series.
+pub const KNOWN_EVIDENCE_TYPES: &[&str] = &[
+    "kernel.network.connection_refused",
+    "kernel.network.connection_timeout",
+    "kernel.network.connection_unreachable",
+    "kernel.network.connection_reset",
+    "kernel.network.retransmit_spike",
+    "kernel.network.rtt_degradation",
+    "kernel.dns.failure",
+    "kernel.dns.timeout",
+    "kernel.dns.latency_spike",
+    "kernel.container.oom_kill",
+    "kernel.container.abnormal_exit",
+    "kernel.storage.io_error",
+    "kernel.storage.latency_spike",
+    "kernel.node.memory_pressure",
+    "kernel.node.cpu_pressure",
+    "kernel.node.io_pressure",
+    "kernel.node.cpu_stall",
+    "kernel.node.ipc_degradation",
+];
+
+const KNOWN_SEVERITIES: &[&str] = &["debug", "info", "warning", "error", "critical"];
+const KNOWN_OBSERVERS: &[&str] = &["network", "container", "storage", "node", "dns"];
+const KNOWN_OBSERVER_STATES: &[&str] = &["running", "disabled", "degraded", "failed", "unsupported"];
+
+/// `s` if it is in `known`, else `other`.
+fn closed(known: &'static [&'static str], s: &str) -> &'static str {
+    known.iter().find(|k| **k == s).copied().unwrap_or("other")
+}
+
+/// Labels of `evidence_total`: type and severity, both from closed sets.
+pub fn evidence_labels(event_type: &str, severity: &str) -> EvidenceLabels {
+    EvidenceLabels { r#type: closed(KNOWN_EVIDENCE_TYPES, event_type), severity: closed(KNOWN_SEVERITIES, severity) }
+}
+
+/// `evidence_total` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct EvidenceLabels {
+    /// Evidence type (or `other`).
+    pub r#type: &'static str,
+    /// Severity (or `other`).
+    pub severity: &'static str,
+}
+
+impl prometheus_client::encoding::EncodeLabelSet for EvidenceLabels {
+    fn encode(&self, encoder: &mut prometheus_client::encoding::LabelSetEncoder<'_>) -> std::fmt::Result {
+        [("type", self.r#type), ("severity", self.severity)].encode(encoder)
+    }
+}
+
+/// Per-agent series labels. `agent_id` and `node` are the agent's own (validated,
+/// at most 253 bytes); the series are bounded by the registry's `--max-agents` and
+/// `--max-unregistered-agents` and rebuilt at every scrape, so evicted agents vanish.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AgentLabels {
+    /// Agent id.
+    pub agent_id: String,
+    /// Node name.
+    pub node: String,
+}
+
+/// An agent's loss counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AgentLossLabels {
+    /// Agent id.
+    pub agent_id: String,
+    /// Node name.
+    pub node: String,
+    /// lost_events, malformed_events, correlation_drops, sink_drops, controller_send_failures.
+    pub kind: &'static str,
+}
+
+/// An agent's observer state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AgentObserverLabels {
+    /// Agent id.
+    pub agent_id: String,
+    /// Node name.
+    pub node: String,
+    /// Observer (closed set, else `other`).
+    pub observer: &'static str,
+    /// Its status (closed set, else `other`).
+    pub status: &'static str,
 }
 
 /// Every metric, cheap to clone (handles share their values).
@@ -77,12 +180,19 @@ pub struct Metrics {
     pub agents: Family<StateLabels, Gauge>,
     /// Agents forgotten after silence.
     pub agents_evicted: Counter,
-    /// Records written by the sink.
-    pub sink_written: Counter,
-    /// Records the sink dropped, by reason.
-    pub sink_dropped: Family<ReasonLabels, Counter>,
-    /// Bytes waiting for the sink writer.
-    pub sink_queue_bytes: Gauge,
+    /// Records each sink holds (written, published, exported).
+    pub sink_written: Family<SinkLabels, Counter>,
+    /// Records a sink dropped, by sink and reason.
+    pub sink_dropped: Family<SinkReasonLabels, Counter>,
+    /// Bytes waiting for each sink.
+    pub sink_queue_bytes: Family<SinkLabels, Gauge>,
+    /// Batches refused with 503 because a durable sink could not keep them (the agent
+    /// retries them), by sink and reason.
+    pub sink_refused: Family<SinkReasonLabels, Counter>,
+    /// Torn file tails set aside at start.
+    pub sink_torn_tails: Family<SinkLabels, Counter>,
+    /// Export attempts repeated after a retryable answer or a connection failure.
+    pub sink_retries: Family<SinkLabels, Counter>,
     /// Open client connections.
     pub connections_open: Gauge,
     /// Connections the server closed to stay available, by reason (`evicted`: one
@@ -101,6 +211,16 @@ pub struct Metrics {
     pub profile_reload_failures: Counter,
     /// Kubernetes enrichment, pod watch and TokenReview.
     pub k8s: crate::k8s::metrics::K8sMetrics,
+    /// Accepted evidence by type and severity.
+    pub evidence: Family<EvidenceLabels, Counter>,
+    /// Seconds since each agent's last heartbeat (refreshed at scrape).
+    pub agent_heartbeat_age: Family<AgentLabels, Gauge>,
+    /// Each agent's reported loss counters (refreshed at scrape).
+    pub agent_losses: Family<AgentLossLabels, Counter>,
+    /// 1 per agent and observer, labelled with the observer's reported status.
+    pub agent_observers: Family<AgentObserverLabels, Gauge>,
+    /// Serializes the per-agent refresh and encoding of concurrent scrapes.
+    scrape: std::sync::Mutex<()>,
 }
 
 impl Default for Metrics {
@@ -127,9 +247,12 @@ impl Metrics {
             heartbeats: Family::default(),
             agents: Family::default(),
             agents_evicted: Counter::default(),
-            sink_written: Counter::default(),
+            sink_written: Family::default(),
             sink_dropped: Family::default(),
-            sink_queue_bytes: Gauge::default(),
+            sink_queue_bytes: Family::default(),
+            sink_refused: Family::default(),
+            sink_torn_tails: Family::default(),
+            sink_retries: Family::default(),
             connections_open: Gauge::default(),
             connections_shed: Family::default(),
             config_generation: Gauge::default(),
@@ -137,6 +260,11 @@ impl Metrics {
             profile_reloads: Family::default(),
             profile_reload_failures: Counter::default(),
             k8s: crate::k8s::metrics::K8sMetrics::default(),
+            evidence: Family::default(),
+            agent_heartbeat_age: Family::default(),
+            agent_losses: Family::default(),
+            agent_observers: Family::default(),
+            scrape: std::sync::Mutex::new(()),
             registry: Registry::default(),
         };
         // Counter names get their `_total` suffix from the encoder.
@@ -161,9 +289,20 @@ impl Metrics {
         registry.register("heartbeats", "Heartbeats by result", m.heartbeats.clone());
         registry.register("agents", "Agents by state", m.agents.clone());
         registry.register("agents_evicted", "Agents forgotten after silence", m.agents_evicted.clone());
-        registry.register("sink_records_written", "Records written by the sink", m.sink_written.clone());
-        registry.register("sink_records_dropped", "Records the sink dropped, by reason", m.sink_dropped.clone());
-        registry.register("sink_queue_bytes", "Bytes waiting for the sink writer", m.sink_queue_bytes.clone());
+        registry.register("sink_records_written", "Records each sink holds", m.sink_written.clone());
+        registry.register("sink_records_dropped", "Records a sink dropped, by reason", m.sink_dropped.clone());
+        registry.register("sink_queue_bytes", "Bytes waiting for each sink", m.sink_queue_bytes.clone());
+        registry.register(
+            "sink_batches_refused",
+            "Batches answered 503 because a durable sink could not keep them (agents retry)",
+            m.sink_refused.clone(),
+        );
+        registry.register(
+            "sink_torn_tails",
+            "Partial records set aside from the sink file at start",
+            m.sink_torn_tails.clone(),
+        );
+        registry.register("sink_retries", "Sink export attempts repeated", m.sink_retries.clone());
         registry.register("connections_open", "Open client connections", m.connections_open.clone());
         registry.register(
             "connections_shed",
@@ -183,6 +322,22 @@ impl Metrics {
             m.profile_reload_failures.clone(),
         );
         m.k8s.register(&mut registry);
+        registry.register("evidence", "Accepted evidence by type and severity", m.evidence.clone());
+        registry.register(
+            "agent_heartbeat_age_seconds",
+            "Seconds since the agent's last heartbeat",
+            m.agent_heartbeat_age.clone(),
+        );
+        registry.register(
+            "agent_losses",
+            "Records the agent reports lost, by kind (its own counters)",
+            m.agent_losses.clone(),
+        );
+        registry.register(
+            "agent_observers",
+            "1 per agent and observer, labelled with the status the agent reports",
+            m.agent_observers.clone(),
+        );
         m.config_generation.set(1);
         Self { registry, ..m }
     }
@@ -190,11 +345,6 @@ impl Metrics {
     /// Counts an error response.
     pub fn count_error(&self, code: &str) {
         self.errors.get_or_create(&CodeLabels { code: code.to_string() }).inc();
-    }
-
-    /// Counts sink drops.
-    pub fn count_sink_drop(&self, reason: &'static str, records: u64) {
-        self.sink_dropped.get_or_create(&ReasonLabels { reason }).inc_by(records);
     }
 
     /// Sets an agent-state gauge.
@@ -207,6 +357,53 @@ impl Metrics {
     pub fn set_agents_config(&self, state: &'static str, n: usize) {
         let n = i64::try_from(n).unwrap_or(i64::MAX);
         self.agents_config.get_or_create(&StateLabels { state }).set(n);
+    }
+
+    /// Counts accepted evidence.
+    pub fn count_evidence(&self, counts: &[(EvidenceLabels, u64)]) {
+        for (labels, n) in counts {
+            self.evidence.get_or_create(labels).inc_by(*n);
+        }
+    }
+
+    /// OpenMetrics text with the per-agent series rebuilt from `agents` first.
+    pub fn encode_with_agents(&self, agents: &[tapio_wire::AgentStatus]) -> String {
+        let _one_scrape_at_a_time = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        self.agent_heartbeat_age.clear();
+        self.agent_losses.clear();
+        self.agent_observers.clear();
+        for a in agents {
+            let id = || AgentLabels { agent_id: a.agent_id.clone(), node: a.node_name.clone() };
+            // An agent that said hello but never heartbeated is as silent as its age
+            // since hello; one that only sent batches has no age (it is not registered).
+            let age = a.last_heartbeat_age_seconds.or_else(|| {
+                (a.registered_at_unix > 0).then(|| crate::state::unix_now().saturating_sub(a.registered_at_unix))
+            });
+            if let Some(age) = age {
+                self.agent_heartbeat_age.get_or_create(&id()).set(i64::try_from(age).unwrap_or(i64::MAX));
+            }
+            let c = &a.reported_counters;
+            for (kind, v) in [
+                ("lost_events", c.lost_events_total),
+                ("malformed_events", c.malformed_events_total),
+                ("correlation_drops", c.correlation_drops_total),
+                ("sink_drops", c.sink_drops_total),
+                ("controller_send_failures", c.controller_send_failures_total),
+            ] {
+                let labels = AgentLossLabels { agent_id: a.agent_id.clone(), node: a.node_name.clone(), kind };
+                self.agent_losses.get_or_create(&labels).inner().store(v, std::sync::atomic::Ordering::Relaxed);
+            }
+            for (observer, status) in &a.observers {
+                let labels = AgentObserverLabels {
+                    agent_id: a.agent_id.clone(),
+                    node: a.node_name.clone(),
+                    observer: closed(KNOWN_OBSERVERS, observer),
+                    status: closed(KNOWN_OBSERVER_STATES, status.as_str()),
+                };
+                self.agent_observers.get_or_create(&labels).set(1);
+            }
+        }
+        self.encode()
     }
 
     /// OpenMetrics text of every metric.
@@ -235,5 +432,27 @@ mod tests {
         assert!(text.contains("tapio_controller_config_generation 1"), "{text}");
         assert!(text.contains("tapio_controller_profile_reload_failures_total 0"), "{text}");
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn evidence_labels_come_from_closed_sets() {
+        let m = Metrics::new();
+        m.count_evidence(&[
+            (evidence_labels("kernel.container.oom_kill", "critical"), 2),
+            (evidence_labels("kernel.\"injected", "warning"), 1),
+            (evidence_labels("kernel.network.connection_reset", "bogus"), 1),
+        ]);
+        let text = m.encode();
+        assert!(
+            text.contains(
+                "tapio_controller_evidence_total{type=\"kernel.container.oom_kill\",severity=\"critical\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("tapio_controller_evidence_total{type=\"other\",severity=\"warning\"} 1"), "{text}");
+        assert!(text.contains(
+            "tapio_controller_evidence_total{type=\"kernel.network.connection_reset\",severity=\"other\"} 1"
+        ));
+        assert!(!text.contains("injected"));
     }
 }

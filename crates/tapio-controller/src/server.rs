@@ -36,14 +36,14 @@ use crate::metrics::Metrics;
 use crate::metrics::ReasonLabels;
 use crate::profile;
 use crate::settings::Settings;
-use crate::sink::{self, SinkWriter};
+use crate::sink::{self, SinkOptions, SinkWriters};
 use crate::state::AppState;
 
 /// A bound, not yet running server.
 pub struct Server {
     listener: TcpListener,
     state: Arc<AppState>,
-    writer: SinkWriter,
+    writer: SinkWriters,
     settings: Settings,
     /// SIGHUP stream, registered at bind (before the server says it is listening) so that a
     /// reload request sent right after start is not lost. Only with `--profile`: without
@@ -57,12 +57,13 @@ impl Server {
     /// Starts the sink and binds the listen address.
     pub async fn bind(settings: Settings) -> io::Result<Self> {
         let metrics = Arc::new(Metrics::new());
-        let (sink, writer) = sink::start(&settings.sink, settings.sink_queue_bytes, &metrics)?;
-        let mut state = AppState::new(&settings, metrics, sink);
+        let opts = SinkOptions { queue_bytes: settings.sink_queue_bytes, ack_timeout: settings.sink_ack_timeout };
+        let (sinks, writer) = sink::start(&settings.sinks, &opts, &metrics).await?;
+        let mut state = AppState::new(&settings, metrics, sinks);
         let pod_watch = match attach_kubernetes(&settings, &mut state).await {
             Ok(w) => w,
             Err(e) => {
-                writer.close(Duration::from_secs(1));
+                writer.close(Duration::from_secs(1)).await;
                 return Err(io::Error::other(e));
             }
         };
@@ -70,7 +71,7 @@ impl Server {
         let listener = match listen(settings.listen) {
             Ok(l) => l,
             Err(e) => {
-                writer.close(Duration::from_secs(1));
+                writer.close(Duration::from_secs(1)).await;
                 return Err(e);
             }
         };
@@ -241,8 +242,9 @@ impl Server {
         if drained.is_err() {
             log::warn!("connections still open after {} s; closing them", settings.shutdown_grace.as_secs());
         }
-        // Flushing may block on a slow stdout pipe: keep it off the async workers.
-        let _ = tokio::task::spawn_blocking(move || writer.close(Duration::from_secs(5))).await;
+        // Each sink drains what is queued, bounded in time (a wedged pipe or an
+        // unreachable server must not hold shutdown forever).
+        writer.close(Duration::from_secs(5)).await;
         log::info!("shutdown complete");
         Ok(())
     }

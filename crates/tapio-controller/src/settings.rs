@@ -47,9 +47,10 @@ pub struct Cli {
     /// neither: no auth).
     #[arg(long)]
     pub auth_token_file: Option<PathBuf>,
-    /// Where accepted events go, one JSON record per line.
-    #[arg(long, value_enum, default_value_t = SinkKind::Stdout)]
-    pub sink: SinkKind,
+    /// Where accepted events go; repeat for several sinks (`--sink file --sink nats`).
+    /// `file` and `nats` are durable: a batch is acknowledged only once they hold it.
+    #[arg(long = "sink", value_enum, default_values_t = vec![SinkKind::Stdout])]
+    pub sinks: Vec<SinkKind>,
     /// File for `--sink file`.
     #[arg(long)]
     pub sink_path: Option<PathBuf>,
@@ -59,10 +60,89 @@ pub struct Cli {
     /// Rotated sink files kept besides the active one.
     #[arg(long, default_value_t = 5)]
     pub sink_keep_files: usize,
-    /// Bytes of records that may wait for the sink writer; beyond it records are dropped
-    /// and counted rather than stalling requests.
+    /// When the file sink fsyncs: `always` (before every acknowledgement; survives power
+    /// loss) or `interval` (acknowledge once in the file, which survives a controller
+    /// crash; fsync every --sink-fsync-interval-ms).
+    #[arg(long, value_enum, default_value_t = FsyncKind::Always)]
+    pub sink_fsync: FsyncKind,
+    /// Fsync period for `--sink-fsync interval`.
+    #[arg(long, default_value_t = 1_000)]
+    pub sink_fsync_interval_ms: u64,
+    /// Bytes of records that may wait for each sink. Beyond it a durable sink refuses the
+    /// batch (503, the agent retries) and a best-effort sink drops and counts the records.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     pub sink_queue_bytes: usize,
+    /// Longest a batch waits for the durable sinks before it is refused with 503; below
+    /// the agents' default 5 s I/O timeout, so they get an answer rather than give up.
+    #[arg(long, default_value_t = 4)]
+    pub sink_ack_timeout_secs: u64,
+    /// NATS server URL(s) for `--sink nats`, comma-separated (`nats://host:4222`, `tls://…`).
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Subject prefix: records go to `<prefix>.<observer>.<type>`.
+    #[arg(long, default_value = "tapio.evidence")]
+    pub nats_subject_prefix: String,
+    /// JetStream stream that must capture the subjects; checked at start (created too
+    /// with --nats-create-stream). Without it, publishing still needs a stream to PubAck.
+    #[arg(long)]
+    pub nats_stream: Option<String>,
+    /// Create the stream (subjects `<prefix>.>`) when it does not exist.
+    #[arg(long)]
+    pub nats_create_stream: bool,
+    /// Created stream: oldest message age kept, seconds (0: no limit).
+    #[arg(long, default_value_t = 7 * 24 * 3600)]
+    pub nats_stream_max_age_secs: u64,
+    /// Created stream: most bytes kept (0: no limit); the oldest are removed beyond it.
+    #[arg(long, default_value_t = 0)]
+    pub nats_stream_max_bytes: u64,
+    /// Created stream: replicas (clustered JetStream).
+    #[arg(long, default_value_t = 1)]
+    pub nats_stream_replicas: usize,
+    /// Created stream: window in which a repeated `Nats-Msg-Id` is dropped by the server.
+    #[arg(long, default_value_t = 120)]
+    pub nats_duplicate_window_secs: u64,
+    /// NATS credentials file (JWT + NKey seed).
+    #[arg(long)]
+    pub nats_creds_file: Option<PathBuf>,
+    /// File holding a NATS token.
+    #[arg(long)]
+    pub nats_token_file: Option<PathBuf>,
+    /// NATS user (with --nats-password-file).
+    #[arg(long)]
+    pub nats_user: Option<String>,
+    /// File holding the NATS user's password.
+    #[arg(long)]
+    pub nats_password_file: Option<PathBuf>,
+    /// CA certificate(s) (PEM) to verify the NATS server with.
+    #[arg(long)]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS, with --nats-tls-key.
+    #[arg(long)]
+    pub nats_tls_cert: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS.
+    #[arg(long)]
+    pub nats_tls_key: Option<PathBuf>,
+    /// Refuse to talk to the NATS server without TLS.
+    #[arg(long)]
+    pub nats_tls_required: bool,
+    /// Most publishes awaiting their PubAck at once.
+    #[arg(long, default_value_t = 4_096)]
+    pub nats_max_in_flight: usize,
+    /// OTLP/HTTP logs endpoint for `--sink otlp` (`http://collector:4318/v1/logs`).
+    #[arg(long)]
+    pub otlp_endpoint: Option<String>,
+    /// Most records in one OTLP export request.
+    #[arg(long, default_value_t = 2_048)]
+    pub otlp_max_batch_records: usize,
+    /// Retries of one export after 429/502/503/504 or a connection failure.
+    #[arg(long, default_value_t = 5)]
+    pub otlp_max_retries: u32,
+    /// Longest wait between retries, also the cap on a `Retry-After`.
+    #[arg(long, default_value_t = 30)]
+    pub otlp_max_retry_delay_secs: u64,
+    /// Time one export request may take.
+    #[arg(long, default_value_t = 10)]
+    pub otlp_timeout_secs: u64,
     /// Evidence Profile to compile and serve (YAML `.yaml`/`.yml` or JSON `.json`); reloaded
     /// on SIGHUP and when the file changes. Default: the production-default profile.
     #[arg(long, conflicts_with = "config_file")]
@@ -199,10 +279,107 @@ impl From<LogLevel> for log::LevelFilter {
 /// Event sink kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SinkKind {
-    /// JSON lines on standard output.
+    /// JSON lines on standard output (best effort).
     Stdout,
-    /// JSON lines in a size-rotated file.
+    /// JSON lines in a size-rotated file (durable).
     File,
+    /// NATS JetStream, one message per record (durable: PubAck).
+    Nats,
+    /// OTLP/HTTP logs, protobuf + gzip (best effort, retried).
+    Otlp,
+}
+
+/// `--sink-fsync` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FsyncKind {
+    /// fdatasync before every acknowledgement (one per group of batches).
+    Always,
+    /// Acknowledge once written to the file; fdatasync periodically.
+    Interval,
+}
+
+/// When the file sink makes records durable on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Before every acknowledgement.
+    Always,
+    /// At most this long after a write.
+    Interval(Duration),
+}
+
+/// The file sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSinkConfig {
+    /// Active file.
+    pub path: PathBuf,
+    /// Rotation size.
+    pub max_bytes: u64,
+    /// Rotated files kept.
+    pub keep_files: usize,
+    /// Fsync policy.
+    pub fsync: FsyncPolicy,
+}
+
+/// A secret read from a file: redacted in Debug output, never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// The NATS JetStream sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsConfig {
+    /// Server URL(s), comma-separated.
+    pub url: String,
+    /// Subject prefix.
+    pub subject_prefix: String,
+    /// Stream to check (and create).
+    pub stream: Option<String>,
+    /// Create the stream when absent.
+    pub create_stream: bool,
+    /// Created stream's max age (zero: unlimited).
+    pub stream_max_age: Duration,
+    /// Created stream's byte limit (0: unlimited).
+    pub stream_max_bytes: u64,
+    /// Created stream's replicas.
+    pub stream_replicas: usize,
+    /// Created stream's duplicate window.
+    pub duplicate_window: Duration,
+    /// Credentials file.
+    pub creds_file: Option<PathBuf>,
+    /// Token.
+    pub token: Option<Secret>,
+    /// User and password.
+    pub user_password: Option<(String, Secret)>,
+    /// CA file.
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate and key.
+    pub tls_client: Option<(PathBuf, PathBuf)>,
+    /// TLS required.
+    pub tls_required: bool,
+    /// Publishes awaiting PubAck at once.
+    pub max_in_flight: usize,
+    /// Longest wait for one PubAck.
+    pub ack_timeout: Duration,
+}
+
+/// The OTLP/HTTP logs sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpConfig {
+    /// `http://host:port/path`.
+    pub endpoint: String,
+    /// Records per export request.
+    pub max_batch_records: usize,
+    /// Retries per export.
+    pub max_retries: u32,
+    /// Cap on one retry delay (and on Retry-After).
+    pub max_retry_delay: Duration,
+    /// Time one request may take.
+    pub timeout: Duration,
 }
 
 /// Where accepted events are written.
@@ -211,16 +388,31 @@ pub enum SinkTarget {
     /// Standard output.
     Stdout,
     /// A rotated file.
-    File {
-        /// Active file.
-        path: PathBuf,
-        /// Rotation size.
-        max_bytes: u64,
-        /// Rotated files kept.
-        keep_files: usize,
-    },
+    File(FileSinkConfig),
+    /// NATS JetStream.
+    Nats(Box<NatsConfig>),
+    /// OTLP/HTTP logs.
+    Otlp(OtlpConfig),
     /// Discard (tests and the load generator's in-process mode).
     Discard,
+}
+
+impl SinkTarget {
+    /// The sink's name, also its metric label.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Stdout => "stdout",
+            Self::File(_) => "file",
+            Self::Nats(_) => "nats",
+            Self::Otlp(_) => "otlp",
+            Self::Discard => "discard",
+        }
+    }
+
+    /// Whether a 200 waits for this sink.
+    pub fn is_durable(&self) -> bool {
+        matches!(self, Self::File(_) | Self::Nats(_))
+    }
 }
 
 /// Everything the server needs, validated.
@@ -240,10 +432,12 @@ pub struct Settings {
     pub evict_after: Duration,
     /// Bearer token, if auth is on.
     pub auth_token: Option<BearerToken>,
-    /// Sink.
-    pub sink: SinkTarget,
-    /// Sink queue budget.
+    /// Sinks, each fed every accepted batch.
+    pub sinks: Vec<SinkTarget>,
+    /// Byte budget of each sink's queue.
     pub sink_queue_bytes: usize,
+    /// Longest a batch waits for the durable sinks.
+    pub sink_ack_timeout: Duration,
     /// Config served to agents (at start; a profile may replace it later).
     pub config: CompiledConfig,
     /// The profile file `config` was compiled from, watched for changes.
@@ -288,8 +482,9 @@ impl Default for Settings {
             stale_after: Duration::from_secs(30),
             evict_after: Duration::from_secs(600),
             auth_token: None,
-            sink: SinkTarget::Stdout,
+            sinks: vec![SinkTarget::Stdout],
             sink_queue_bytes: 64 * 1024 * 1024,
+            sink_ack_timeout: Duration::from_secs(4),
             config: CompiledConfig::default(),
             profile: None,
             profile_poll: Duration::from_secs(2),
@@ -435,18 +630,7 @@ impl Cli {
             (None, None) => None,
         };
 
-        let sink = match self.sink {
-            SinkKind::Stdout => SinkTarget::Stdout,
-            SinkKind::File => {
-                let Some(path) = self.sink_path.clone() else {
-                    return invalid("--sink file needs --sink-path");
-                };
-                if self.sink_max_bytes < 4096 {
-                    return invalid("--sink-max-bytes must be at least 4096");
-                }
-                SinkTarget::File { path, max_bytes: self.sink_max_bytes, keep_files: self.sink_keep_files }
-            }
-        };
+        let sinks = self.sink_targets()?;
 
         if self.profile_poll_secs == 0 || self.profile_poll_secs > 3_600 {
             return invalid("--profile-poll-secs must be in 1..=3600");
@@ -472,8 +656,9 @@ impl Cli {
             stale_after: Duration::from_secs(self.stale_after_secs),
             evict_after: Duration::from_secs(self.evict_after_secs),
             auth_token,
-            sink,
+            sinks,
             sink_queue_bytes: self.sink_queue_bytes,
+            sink_ack_timeout: Duration::from_secs(self.sink_ack_timeout_secs),
             config,
             profile: self.profile,
             profile_poll: Duration::from_secs(self.profile_poll_secs),
@@ -492,6 +677,162 @@ impl Cli {
             kubernetes_auth,
         })
     }
+}
+
+impl Cli {
+    /// Validates the sink flags into targets; each kind may appear once.
+    fn sink_targets(&self) -> Result<Vec<SinkTarget>, SettingsError> {
+        let invalid = |m: String| Err(SettingsError::Invalid(m));
+        if self.sink_ack_timeout_secs == 0 || self.sink_ack_timeout_secs > 300 {
+            return invalid("--sink-ack-timeout-secs must be in 1..=300".into());
+        }
+        if self.sink_queue_bytes < 1024 {
+            return invalid("--sink-queue-bytes must be at least 1024".into());
+        }
+        let mut targets = Vec::new();
+        for (i, kind) in self.sinks.iter().enumerate() {
+            if self.sinks[..i].contains(kind) {
+                return invalid(format!("--sink {kind:?} is given twice").to_lowercase());
+            }
+            targets.push(match kind {
+                SinkKind::Stdout => SinkTarget::Stdout,
+                SinkKind::File => {
+                    let Some(path) = self.sink_path.clone() else {
+                        return invalid("--sink file needs --sink-path".into());
+                    };
+                    if self.sink_max_bytes < 4096 {
+                        return invalid("--sink-max-bytes must be at least 4096".into());
+                    }
+                    let fsync = match self.sink_fsync {
+                        FsyncKind::Always => FsyncPolicy::Always,
+                        FsyncKind::Interval => {
+                            if self.sink_fsync_interval_ms == 0 || self.sink_fsync_interval_ms > 60_000 {
+                                return invalid("--sink-fsync-interval-ms must be in 1..=60000".into());
+                            }
+                            FsyncPolicy::Interval(Duration::from_millis(self.sink_fsync_interval_ms))
+                        }
+                    };
+                    SinkTarget::File(FileSinkConfig {
+                        path,
+                        max_bytes: self.sink_max_bytes,
+                        keep_files: self.sink_keep_files,
+                        fsync,
+                    })
+                }
+                SinkKind::Nats => SinkTarget::Nats(Box::new(self.nats_config()?)),
+                SinkKind::Otlp => SinkTarget::Otlp(self.otlp_config()?),
+            });
+        }
+        Ok(targets)
+    }
+
+    fn nats_config(&self) -> Result<NatsConfig, SettingsError> {
+        let invalid = |m: &str| Err(SettingsError::Invalid(m.to_string()));
+        if self.nats_url.trim().is_empty() {
+            return invalid("--nats-url is empty");
+        }
+        if !valid_subject(&self.nats_subject_prefix) {
+            return invalid("--nats-subject-prefix must be dot-separated tokens without spaces, '*' or '>'");
+        }
+        if self.nats_max_in_flight == 0 || self.nats_max_in_flight > 65_536 {
+            return invalid("--nats-max-in-flight must be in 1..=65536");
+        }
+        if self.nats_stream.as_deref().is_some_and(|s| s.is_empty() || s.contains(['.', '*', '>', ' ', '/', '\\'])) {
+            return invalid("--nats-stream must be a name without '.', '*', '>', '/', '\\' or spaces");
+        }
+        if self.nats_create_stream && self.nats_stream.is_none() {
+            return invalid("--nats-create-stream needs --nats-stream");
+        }
+        if self.nats_stream_replicas == 0 || self.nats_stream_replicas > 5 {
+            return invalid("--nats-stream-replicas must be in 1..=5");
+        }
+        if self.nats_duplicate_window_secs == 0 {
+            return invalid("--nats-duplicate-window-secs must be at least 1");
+        }
+        let token = match &self.nats_token_file {
+            Some(p) => Some(Secret(read_secret(p, "--nats-token-file")?)),
+            None => None,
+        };
+        let user_password = match (&self.nats_user, &self.nats_password_file) {
+            (Some(u), Some(p)) => Some((u.clone(), Secret(read_secret(p, "--nats-password-file")?))),
+            (None, None) => None,
+            _ => return invalid("--nats-user and --nats-password-file go together"),
+        };
+        let tls_client = match (&self.nats_tls_cert, &self.nats_tls_key) {
+            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+            (None, None) => None,
+            _ => return invalid("--nats-tls-cert and --nats-tls-key go together"),
+        };
+        if [self.nats_creds_file.is_some(), token.is_some(), user_password.is_some()].iter().filter(|b| **b).count() > 1
+        {
+            return invalid("give one of --nats-creds-file, --nats-token-file, --nats-user");
+        }
+        Ok(NatsConfig {
+            url: self.nats_url.clone(),
+            subject_prefix: self.nats_subject_prefix.clone(),
+            stream: self.nats_stream.clone(),
+            create_stream: self.nats_create_stream,
+            stream_max_age: Duration::from_secs(self.nats_stream_max_age_secs),
+            stream_max_bytes: self.nats_stream_max_bytes,
+            stream_replicas: self.nats_stream_replicas,
+            duplicate_window: Duration::from_secs(self.nats_duplicate_window_secs),
+            creds_file: self.nats_creds_file.clone(),
+            token,
+            user_password,
+            tls_ca: self.nats_tls_ca.clone(),
+            tls_client,
+            tls_required: self.nats_tls_required,
+            max_in_flight: self.nats_max_in_flight,
+            ack_timeout: Duration::from_secs(self.sink_ack_timeout_secs),
+        })
+    }
+
+    fn otlp_config(&self) -> Result<OtlpConfig, SettingsError> {
+        let invalid = |m: &str| Err(SettingsError::Invalid(m.to_string()));
+        let Some(endpoint) = self.otlp_endpoint.clone() else {
+            return invalid("--sink otlp needs --otlp-endpoint");
+        };
+        if crate::sink::otlp::Endpoint::parse(&endpoint).is_none() {
+            return invalid("--otlp-endpoint must be http://host:port/path (plain HTTP; put TLS in a local collector)");
+        }
+        if self.otlp_max_batch_records == 0 || self.otlp_max_batch_records > 65_536 {
+            return invalid("--otlp-max-batch-records must be in 1..=65536");
+        }
+        if self.otlp_max_retries > 100 {
+            return invalid("--otlp-max-retries must be at most 100");
+        }
+        if self.otlp_timeout_secs == 0 || self.otlp_max_retry_delay_secs == 0 {
+            return invalid("--otlp-timeout-secs and --otlp-max-retry-delay-secs must be at least 1");
+        }
+        Ok(OtlpConfig {
+            endpoint,
+            max_batch_records: self.otlp_max_batch_records,
+            max_retries: self.otlp_max_retries,
+            max_retry_delay: Duration::from_secs(self.otlp_max_retry_delay_secs),
+            timeout: Duration::from_secs(self.otlp_timeout_secs),
+        })
+    }
+}
+
+/// NATS subject tokens: non-empty, no whitespace or wildcards.
+pub fn valid_subject(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('.')
+            .all(|t| !t.is_empty() && !t.chars().any(|c| c.is_whitespace() || c.is_control() || c == '*' || c == '>'))
+}
+
+/// Reads a secret file (at most 64 KiB), trimmed; empty is an error.
+fn read_secret(path: &std::path::Path, flag: &str) -> Result<String, SettingsError> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(64 * 1024).read_to_string(&mut text))
+        .map_err(|source| SettingsError::Read { what: "secret file", path: path.to_path_buf(), source })?;
+    let t = text.trim();
+    if t.is_empty() {
+        return Err(SettingsError::Invalid(format!("{flag} holds an empty secret")));
+    }
+    Ok(t.to_string())
 }
 
 /// A token is the text with surrounding whitespace (a trailing newline) removed.
@@ -522,7 +863,7 @@ mod tests {
         assert_eq!(s.listen.to_string(), "0.0.0.0:7470");
         assert_eq!(s.body_limit_bytes, 262_144);
         assert!(s.auth_token.is_none());
-        assert_eq!(s.sink, SinkTarget::Stdout);
+        assert_eq!(s.sinks, vec![SinkTarget::Stdout]);
         assert_eq!(s.max_unregistered_agents, s.max_agents);
     }
 
@@ -539,7 +880,37 @@ mod tests {
     fn file_sink_needs_a_path() {
         assert!(cli(&["--sink", "file"]).into_settings(None).is_err());
         let s = cli(&["--sink", "file", "--sink-path", "/tmp/x.jsonl"]).into_settings(None).unwrap();
-        assert!(matches!(s.sink, SinkTarget::File { keep_files: 5, .. }));
+        assert!(
+            matches!(
+                &s.sinks[..],
+                [SinkTarget::File(FileSinkConfig { keep_files: 5, fsync: FsyncPolicy::Always, .. })]
+            ),
+            "{:?}",
+            s.sinks
+        );
+    }
+
+    #[test]
+    fn sinks_repeat_but_each_kind_once_and_each_checks_its_flags() {
+        let s = cli(&["--sink", "file", "--sink-path", "/tmp/x", "--sink", "stdout", "--sink-fsync", "interval"])
+            .into_settings(None)
+            .unwrap();
+        assert_eq!(s.sinks.iter().map(SinkTarget::name).collect::<Vec<_>>(), ["file", "stdout"]);
+        assert!(matches!(&s.sinks[0], SinkTarget::File(FileSinkConfig { fsync: FsyncPolicy::Interval(_), .. })));
+        let twice = cli(&["--sink", "stdout", "--sink", "stdout"]).into_settings(None).unwrap_err();
+        assert!(twice.to_string().contains("twice"), "{twice}");
+        let no_endpoint = cli(&["--sink", "otlp"]).into_settings(None).unwrap_err();
+        assert!(no_endpoint.to_string().contains("--otlp-endpoint"), "{no_endpoint}");
+        let https = cli(&["--sink", "otlp", "--otlp-endpoint", "https://c:4318/v1/logs"]).into_settings(None);
+        assert!(https.is_err());
+        let wild = cli(&["--sink", "nats", "--nats-subject-prefix", "tapio.*"]).into_settings(None);
+        assert!(wild.is_err());
+        let half = cli(&["--sink", "nats", "--nats-user", "u"]).into_settings(None);
+        assert!(half.is_err());
+        let s = cli(&["--sink", "nats", "--sink", "otlp", "--otlp-endpoint", "http://127.0.0.1:4318/v1/logs"])
+            .into_settings(None)
+            .unwrap();
+        assert!(s.sinks[0].is_durable() && !s.sinks[1].is_durable());
     }
 
     #[test]

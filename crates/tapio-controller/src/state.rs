@@ -10,7 +10,7 @@ use crate::config_hash::ActiveConfig;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::settings::Settings;
-use crate::sink::SinkHandle;
+use crate::sink::Sinks;
 
 /// Everything a handler reads or updates.
 #[derive(Debug)]
@@ -27,7 +27,7 @@ pub struct AppState {
     /// Metrics (also the source of status totals).
     pub metrics: Arc<Metrics>,
     /// Where accepted records go.
-    pub sink: SinkHandle,
+    pub sinks: Sinks,
     /// Bearer token, if auth is on.
     pub auth: Option<BearerToken>,
     /// Body limit.
@@ -48,7 +48,7 @@ pub struct AppState {
 
 impl AppState {
     /// Builds the state from settings, metrics and a started sink.
-    pub fn new(settings: &Settings, metrics: Arc<Metrics>, sink: SinkHandle) -> Self {
+    pub fn new(settings: &Settings, metrics: Arc<Metrics>, sinks: Sinks) -> Self {
         let started_at_unix = unix_now();
         let batching =
             Batching { send_interval_ms: settings.send_interval_ms, max_batch_events: settings.max_batch_events };
@@ -62,7 +62,7 @@ impl AppState {
             ))),
             registry: Registry::new(settings.max_agents, settings.max_unregistered_agents),
             metrics,
-            sink,
+            sinks,
             auth: settings.auth_token.clone(),
             body_limit: settings.body_limit_bytes,
             send_interval_ms: settings.send_interval_ms,

@@ -318,11 +318,13 @@ async fn a_panicking_handler_gives_a_bare_500_envelope() {
     // only reachable through a bug, so no production route can produce it on demand.
     let metrics = Arc::new(Metrics::new());
     let settings = tapio_controller::Settings {
-        sink: tapio_controller::SinkTarget::Discard,
+        sinks: vec![tapio_controller::SinkTarget::Discard],
         ..tapio_controller::Settings::default()
     };
-    let (sink, writer) = tapio_controller::sink::start(&settings.sink, 1024, &metrics).unwrap();
-    let state = Arc::new(AppState::new(&settings, Arc::clone(&metrics), sink));
+    let opts =
+        tapio_controller::sink::SinkOptions { queue_bytes: 1024, ack_timeout: std::time::Duration::from_secs(1) };
+    let (sinks, writer) = tapio_controller::sink::start(&settings.sinks, &opts, &metrics).await.unwrap();
+    let state = Arc::new(AppState::new(&settings, Arc::clone(&metrics), sinks));
     async fn boom() -> &'static str {
         panic!("secret internal detail at /work/src/x.rs:1")
     }
@@ -343,5 +345,5 @@ async fn a_panicking_handler_gives_a_bare_500_envelope() {
     // The stack still serves normal requests afterwards.
     let ok = app.oneshot(Request::get("/healthz").body(Body::empty()).unwrap()).await.unwrap();
     assert_eq!(ok.status().as_u16(), 200);
-    writer.close(std::time::Duration::from_secs(5));
+    writer.close(std::time::Duration::from_secs(5)).await;
 }

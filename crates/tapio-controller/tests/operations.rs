@@ -272,7 +272,7 @@ async fn sink_receives_events_in_record_shape() {
     assert_eq!(lines[2]["facts"]["pid"], 103);
     // No extension key appears that nobody sent.
     assert!(lines[2].get("workload").is_none() && lines[2].get("id").is_none());
-    assert_eq!(metric(&c, "tapio_controller_sink_records_written_total").await, Some(3.0));
+    assert_eq!(metric(&c, "tapio_controller_sink_records_written_total{sink=\"file\"}").await, Some(3.0));
     t.stop().await;
 }
 

@@ -138,23 +138,30 @@ async fn shutdown_flushes_the_sink() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_sink_queue_drops_and_counts_without_failing_requests() {
-    // A queue budget smaller than one batch's records: every batch is dropped at the sink.
+async fn a_full_durable_sink_queue_refuses_the_batch_for_a_retry() {
+    // A queue budget smaller than one batch: the file sink cannot take it, so the batch
+    // is refused (503, the agent keeps it and retries) instead of acknowledged and lost.
     let t = TestServer::start_with("sink-full", |s| s.sink_queue_bytes = 64).await;
     let c = t.client();
     let r = c.post_json("/v1/events", &batch("a1", 1, vec![event(1), event(2)])).await;
-    assert_eq!(r.status, 200);
-    assert_eq!(r.json()["accepted"], 2);
-    assert_eq!(metric(&c, "tapio_controller_sink_records_dropped_total{reason=\"queue_full\"}").await, Some(2.0));
+    assert_eq!(r.status, 503);
+    assert_eq!(r.error_code(), "NOT_READY");
+    assert_eq!(
+        metric(&c, "tapio_controller_sink_batches_refused_total{sink=\"file\",reason=\"queue_full\"}").await,
+        Some(1.0)
+    );
+    assert_eq!(metric(&c, "tapio_controller_events_accepted_total").await, Some(0.0));
+    assert_eq!(metric(&c, "tapio_controller_events_rejected_total").await, Some(2.0));
+    assert!(read_lines(&t.sink_path).is_empty());
     t.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sink_file_rotates_and_keeps_a_bounded_number_of_files() {
     let t = TestServer::start_with("rotate", |s| {
-        if let tapio_controller::SinkTarget::File { max_bytes, keep_files, .. } = &mut s.sink {
-            *max_bytes = 4096;
-            *keep_files = 2;
+        if let [tapio_controller::SinkTarget::File(f)] = &mut s.sinks[..] {
+            f.max_bytes = 4096;
+            f.keep_files = 2;
         }
     })
     .await;

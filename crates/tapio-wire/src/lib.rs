@@ -45,7 +45,8 @@ pub use heartbeat::{HeartbeatCounters, HeartbeatRequest, HeartbeatResponse};
 pub use hello::{HelloRequest, HelloResponse};
 pub use open_enum::{DegradedReason, ObserverStatus, Outcome, Severity};
 pub use status::{
-    AgentState, AgentStatus, SequenceStatus, StatusConfig, StatusQuery, StatusResponse, StatusSummary, StatusTotals,
+    AgentState, AgentStatus, SequenceStatus, SinkStatus, StatusConfig, StatusQuery, StatusResponse, StatusSummary,
+    StatusTotals,
 };
 pub use validate::WireError;
 

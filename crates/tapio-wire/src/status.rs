@@ -33,6 +33,24 @@ pub struct StatusResponse {
     /// Extension: present while more agents match; pass it as `after` for the next page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_after: Option<String>,
+    /// Extension: the controller's event sinks (absent from controllers without it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sinks: Vec<SinkStatus>,
+}
+
+/// Extension: one controller sink, as `/v1/status` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SinkStatus {
+    /// `stdout`, `file`, `nats`, `otlp`.
+    pub name: String,
+    /// True when a 200 on `/v1/events` waits for this sink to hold the batch; false for a
+    /// best-effort sink (fed after the acknowledgement, its overflow dropped and counted).
+    pub durable: bool,
+    /// Its worker runs and its last write worked.
+    pub ready: bool,
+    /// The last failure, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// Agents per status page when the query names no `limit`.

@@ -2,8 +2,9 @@
 //!
 //! A batch is accepted or rejected whole (the spec's errors are per batch), so a 200
 //! always reports `rejected: 0`. A rejected batch does not touch sequence tracking.
-//! "Accepted" means validated and counted; a sink that cannot keep up drops records and
-//! counts them rather than failing the agent's request.
+//! A 200 means safe: every durable sink (file, JetStream) holds every record of the
+//! batch. When one cannot, the batch is refused with 503 `NOT_READY` and the agent
+//! retries it (see `crate::sink`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,12 +14,13 @@ use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use tapio_wire::validate::{parse_body, validate_batch};
-use tapio_wire::{EventBatch, EventsResponse, WIRE_VERSION};
+use tapio_wire::{ErrorCode, EventBatch, EventsResponse, WIRE_VERSION};
 
 use super::body::read_limited;
 use super::error::ApiError;
 use super::json::json;
 use crate::auth::AuthorizedNode;
+use crate::metrics::{evidence_labels, EvidenceLabels};
 use crate::record::encode_batch;
 use crate::registry::BatchTracking;
 use crate::sequence::SeqObservation;
@@ -48,7 +50,24 @@ pub async fn events(
         AuthorizedNode::check(bound, node, m).map_err(|e| reject(batch.events.len(), e))?;
     }
 
-    match st.registry.batch(&batch.agent_id, &batch.node_name, batch.sequence, Instant::now()) {
+    let n = batch.events.len() as u64;
+    // Sequence tracking waits for the sinks: a refused batch comes back with the same
+    // sequence, and must not count as a regression then.
+    let (agent_id, node_name, sequence) = (batch.agent_id.clone(), batch.node_name.clone(), batch.sequence);
+    // Names are added before the sinks see the records, so every sink stores the same record.
+    crate::k8s::enrich_batch(st.pods.as_deref(), &mut batch.events, &m.k8s);
+    let evidence = evidence_counts(&batch);
+    let (lines, records) = encode_batch(batch);
+    if let Err(refusal) = st.sinks.deliver(lines, records).await {
+        return Err(reject(
+            n as usize,
+            ApiError::new(
+                ErrorCode::NotReady,
+                format!("the {} sink could not keep this batch ({}); retry it", refusal.sink, refusal.reason),
+            ),
+        ));
+    }
+    match st.registry.batch(&agent_id, &node_name, sequence, Instant::now()) {
         BatchTracking::Tracked(SeqObservation::Gap) => {
             m.sequence_gaps.inc();
         }
@@ -61,12 +80,9 @@ pub async fn events(
         }
     }
 
-    crate::k8s::enrich_batch(st.pods.as_deref(), &mut batch.events, &m.k8s);
-    let n = batch.events.len() as u64;
-    let (lines, records) = encode_batch(batch);
-    st.sink.submit(lines, records);
     m.batches_accepted.inc();
     m.events_accepted.inc_by(n);
+    m.count_evidence(&evidence);
     Ok(json(
         StatusCode::OK,
         &EventsResponse {
@@ -76,4 +92,17 @@ pub async fn events(
             next_config_version: st.config().version.clone(),
         },
     ))
+}
+
+/// Accepted evidence per (type, severity) label pair; a batch has few distinct pairs.
+fn evidence_counts(batch: &EventBatch) -> Vec<(EvidenceLabels, u64)> {
+    let mut counts: Vec<(EvidenceLabels, u64)> = Vec::new();
+    for e in &batch.events {
+        let labels = evidence_labels(&e.event_type, e.severity.as_str());
+        match counts.iter_mut().find(|(l, _)| *l == labels) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((labels, 1)),
+        }
+    }
+    counts
 }

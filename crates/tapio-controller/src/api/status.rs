@@ -84,6 +84,7 @@ pub async fn status(
                 degraded: n(census.degraded),
             }),
             next_after,
+            sinks: st.sinks.status(),
         },
     ))
 }
@@ -93,12 +94,12 @@ pub async fn healthz() -> Response {
     json_bytes(StatusCode::OK, &br#"{"status":"ok"}"#[..])
 }
 
-/// `GET /readyz`: ready while the sink writer runs.
+/// `GET /readyz`: ready while every sink runs and every durable sink's last write worked
+/// (a full disk or an unreachable JetStream makes it fail, so traffic moves elsewhere).
 pub async fn readyz(State(st): State<Arc<AppState>>) -> Response {
-    if st.sink.is_alive() {
-        json_bytes(StatusCode::OK, &br#"{"status":"ready"}"#[..])
-    } else {
-        ApiError::new(ErrorCode::NotReady, "the event sink writer has stopped").into_response()
+    match st.sinks.not_ready() {
+        None => json_bytes(StatusCode::OK, &br#"{"status":"ready"}"#[..]),
+        Some(why) => ApiError::new(ErrorCode::NotReady, why).into_response(),
     }
 }
 
@@ -111,7 +112,8 @@ pub async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     st.metrics.set_agents_config("current", census.config_current);
     st.metrics.set_agents_config("outdated", census.config_outdated);
     st.metrics.set_agents_config("unreported", census.config_unreported);
-    let mut resp = (StatusCode::OK, st.metrics.encode()).into_response();
+    let agents = st.registry.snapshot(Instant::now(), &st.config().hash);
+    let mut resp = (StatusCode::OK, st.metrics.encode_with_agents(&agents)).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),

@@ -119,6 +119,14 @@ struct Args {
     /// Fat heartbeats: agents sending them.
     #[arg(long, default_value_t = 200)]
     fat_agents: usize,
+    /// Extra flag for the started controller, repeatable (`--controller-arg=--sink
+    /// --controller-arg=file`); the default sink is stdout (to /dev/null).
+    #[arg(long = "controller-arg", allow_hyphen_values = true)]
+    controller_args: Vec<String>,
+    /// Start a null OTLP collector on loopback (answers 200 to every export) and add
+    /// `--sink otlp --otlp-endpoint <it>` to the started controller.
+    #[arg(long)]
+    otlp_null_collector: bool,
 }
 
 fn main() -> Res<()> {
@@ -134,9 +142,17 @@ struct Target {
 }
 
 async fn run(args: Args) -> Res<()> {
+    let mut extra = args.controller_args.clone();
+    let collector = if args.otlp_null_collector {
+        let (endpoint, exports) = null_collector().await?;
+        extra.extend(["--sink".into(), "otlp".into(), "--otlp-endpoint".into(), endpoint]);
+        Some(exports)
+    } else {
+        None
+    };
     let mut target = match (args.addr, args.pid) {
         (Some(addr), Some(pid)) => Target { addr, pid, child: None },
-        _ => start_controller(&args)?,
+        _ => start_controller(&args, &extra)?,
     };
     wait_healthy(target.addr).await?;
     let mut rows: Vec<(String, String, String)> = Vec::new();
@@ -160,11 +176,42 @@ async fn run(args: Args) -> Res<()> {
         stop_controller(child);
     }
     outcome?;
+    if let Some(exports) = collector {
+        let (n, bytes) = (exports.0.load(Ordering::Relaxed), exports.1.load(Ordering::Relaxed));
+        rows.push(("otlp".into(), "exports received (gzip bytes)".into(), format!("{n} ({} KiB)", bytes / 1024)));
+    }
     print_table(target.pid, &rows);
     Ok(())
 }
 
-fn start_controller(args: &Args) -> Res<Target> {
+/// Export requests and body bytes the null collector received.
+type Exports = Arc<(AtomicU64, AtomicU64)>;
+
+/// An OTLP/HTTP receiver on loopback that answers 200 to everything and counts.
+async fn null_collector() -> Res<(String, Exports)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let endpoint = format!("http://{}/v1/logs", listener.local_addr()?);
+    let exports: Exports = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+    let counted = Arc::clone(&exports);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let counted = Arc::clone(&counted);
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let counted = Arc::clone(&counted);
+                async move {
+                    let body = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+                    counted.0.fetch_add(1, Ordering::Relaxed);
+                    counted.1.fetch_add(body as u64, Ordering::Relaxed);
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::new())))
+                }
+            });
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+        }
+    });
+    Ok((endpoint, exports))
+}
+
+fn start_controller(args: &Args, extra: &[String]) -> Res<Target> {
     let bin = match &args.controller_bin {
         Some(b) => b.clone(),
         None => {
@@ -189,6 +236,7 @@ fn start_controller(args: &Args) -> Res<Target> {
             "--log-level",
             "warn",
         ])
+        .args(extra)
         .stdout(Stdio::null()) // the stdout sink still serializes every record
         .stderr(Stdio::inherit())
         .spawn()
@@ -351,8 +399,8 @@ async fn throughput(args: &Args, target: &Target, rows: &mut Vec<(String, String
         "sink records written/dropped",
         format!(
             "{} / {}",
-            series(&text, "tapio_controller_sink_records_written_total"),
-            series(&text, "tapio_controller_sink_records_dropped_total{reason=\"queue_full\"}")
+            series_sum(&text, "tapio_controller_sink_records_written_total{"),
+            series_sum(&text, "tapio_controller_sink_records_dropped_total{")
         ),
     );
     Ok(())
@@ -364,11 +412,14 @@ async fn metrics_text(addr: SocketAddr) -> Res<String> {
     Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
-/// The value of one series in OpenMetrics text ("?" when absent).
-fn series(text: &str, name: &str) -> String {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
-        .map_or_else(|| "?".to_string(), |v| v.trim().to_string())
+/// The sum of every series whose name and labels start with `prefix` (all sinks).
+fn series_sum(text: &str, prefix: &str) -> String {
+    let sum: f64 = text
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.trim().parse::<f64>().ok()))
+        .sum();
+    format!("{:.0}", sum + 0.0) // an empty f64 sum is -0.0
 }
 
 async fn agents(args: &Args, target: &Target, rows: &mut Vec<(String, String, String)>) -> Res<()> {

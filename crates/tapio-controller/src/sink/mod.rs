@@ -1,130 +1,324 @@
-//! The event sink: accepted records go through a bounded queue to one writer thread.
+//! Event sinks: every accepted batch goes to each configured sink through that sink's own
+//! bounded queue, and `/v1/events` answers 200 only once every *durable* sink holds it.
 //!
-//! Request handlers never wait on the disk or a stdout pipe: [`SinkHandle::submit`] only
-//! enqueues, and when the queued bytes would exceed the budget the records are dropped
-//! and counted (`tapio_controller_sink_records_dropped_total{reason="queue_full"}`).
-//! Write failures are counted the same way (`reason="write_error"`). On shutdown
-//! [`SinkWriter::close`] drains what is queued, flushes and joins the thread.
+//! * Durable sinks (`file`, `nats`) acknowledge each batch back to the request handler
+//!   after the records are safe (file: written to the file, and fsynced under
+//!   `--sink-fsync always`; JetStream: every record's PubAck). A full queue, a failed
+//!   write or no acknowledgement within `--sink-ack-timeout-secs` refuses the batch with
+//!   503 `NOT_READY`: the agent keeps it and retries, so nothing is acknowledged into the
+//!   void. Refusals are counted in `sink_batches_refused_total{sink,reason}`.
+//! * Best-effort sinks (`stdout`, `otlp`) get the batch only after the durable ones
+//!   acknowledged it; when their queue is full the records are dropped and counted
+//!   (`sink_records_dropped_total{sink,reason="queue_full"}`), never stalling ingest.
+//!
+//! Each sink has its own byte budget (`--sink-queue-bytes`), so a slow sink delays only
+//! the requests that wait for it (durable: at most the ack timeout) and never another
+//! sink. On shutdown [`SinkWriters::close`] drains what is queued and stops every sink.
 
+pub mod file;
+pub mod nats;
+pub mod otlp;
+pub mod otlp_proto;
 pub mod rotate;
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::oneshot;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SinkLabels, SinkReasonLabels};
 use crate::settings::SinkTarget;
-use rotate::RotatingFile;
 
-/// Queue slots; the byte budget is the real bound, this only caps tiny messages.
+/// Queue slots per sink; the byte budget is the real bound, this only caps tiny batches.
 const QUEUE_SLOTS: usize = 65_536;
 
-enum Msg {
-    Lines { bytes: Vec<u8>, records: u64 },
+/// One accepted batch as JSON lines (one record per line), shared by every sink.
+#[derive(Debug)]
+pub struct Batch {
+    /// The records, each a JSON object followed by `\n`.
+    pub lines: Vec<u8>,
+    /// Number of records (lines).
+    pub records: u64,
+}
+
+impl Batch {
+    /// The record lines without their newline.
+    pub fn record_lines(&self) -> impl Iterator<Item = &[u8]> {
+        self.lines.split(|b| *b == b'\n').filter(|l| !l.is_empty())
+    }
+}
+
+/// A batch handed to one sink; `done` carries a durable sink's verdict back (true: safe).
+pub struct Delivery {
+    /// The batch.
+    pub batch: Arc<Batch>,
+    /// Where the durable outcome goes; None for best-effort sinks.
+    pub done: Option<oneshot::Sender<bool>>,
+}
+
+impl Delivery {
+    /// Reports the outcome to the waiting request, if any (it may have timed out).
+    pub fn finish(self, ok: bool) {
+        if let Some(done) = self.done {
+            let _ = done.send(ok);
+        }
+    }
+}
+
+/// What a sink's worker receives.
+pub enum Msg {
+    /// A batch to keep.
+    Deliver(Delivery),
+    /// Drain what came before, flush, stop.
     Close,
 }
 
-/// Where the writer thread writes.
-enum Output {
-    Stdout(io::BufWriter<io::Stdout>),
-    File(RotatingFile),
-    Discard,
-}
-
-impl Output {
-    fn write_lines(&mut self, buf: &[u8]) -> io::Result<()> {
-        match self {
-            Self::Stdout(w) => w.write_all(buf),
-            Self::File(f) => f.write_lines(buf),
-            Self::Discard => Ok(()),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Self::Stdout(w) => w.flush(),
-            Self::File(f) => f.flush(),
-            Self::Discard => Ok(()),
-        }
-    }
-}
-
-/// Counters the writer and the handle share.
-#[derive(Clone)]
-struct SinkCounters {
-    written: Counter,
-    dropped_queue_full: Counter,
-    dropped_write_error: Counter,
+/// State one sink shares between its handle (request side) and its worker.
+#[derive(Debug)]
+pub struct SinkShared {
+    /// The sink's name, also its metric label: `stdout`, `file`, `nats`, `otlp`, `discard`.
+    pub name: &'static str,
+    queued: AtomicUsize,
+    queued_records: std::sync::atomic::AtomicU64,
+    alive: AtomicBool,
+    healthy: AtomicBool,
+    last_error: Mutex<Option<String>>,
+    /// Records the sink holds (file: in the file; nats: PubAck; otlp: 2xx; stdout: written).
+    pub written: Counter,
+    dropped: prometheus_client::metrics::family::Family<SinkReasonLabels, Counter>,
     queue_gauge: Gauge,
 }
 
-impl SinkCounters {
-    fn new(m: &Metrics) -> Self {
-        use crate::metrics::ReasonLabels;
-        // One statement per lookup: a Family guard held across a second lookup of a new
-        // label set would deadlock (the second needs the write lock).
-        let dropped_queue_full = m.sink_dropped.get_or_create(&ReasonLabels { reason: "queue_full" }).clone();
-        let dropped_write_error = m.sink_dropped.get_or_create(&ReasonLabels { reason: "write_error" }).clone();
+impl SinkShared {
+    fn new(name: &'static str, m: &Metrics) -> Self {
+        let written = m.sink_written.get_or_create(&SinkLabels { sink: name }).clone();
+        let queue_gauge = m.sink_queue_bytes.get_or_create(&SinkLabels { sink: name }).clone();
         Self {
-            written: m.sink_written.clone(),
-            dropped_queue_full,
-            dropped_write_error,
-            queue_gauge: m.sink_queue_bytes.clone(),
+            name,
+            queued: AtomicUsize::new(0),
+            queued_records: std::sync::atomic::AtomicU64::new(0),
+            alive: AtomicBool::new(true),
+            healthy: AtomicBool::new(true),
+            last_error: Mutex::new(None),
+            written,
+            dropped: m.sink_dropped.clone(),
+            queue_gauge,
         }
     }
-}
 
-/// Enqueues records; cloned into every request handler.
-#[derive(Clone)]
-pub struct SinkHandle {
-    tx: SyncSender<Msg>,
-    queued: Arc<AtomicUsize>,
-    alive: Arc<AtomicBool>,
-    budget: usize,
-    counters: SinkCounters,
-}
-
-impl std::fmt::Debug for SinkHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SinkHandle")
-            .field("queued", &self.queued.load(Ordering::Relaxed))
-            .field("budget", &self.budget)
-            .finish()
+    /// Counts `records` dropped for `reason`.
+    pub fn dropped(&self, reason: &'static str, records: u64) {
+        self.dropped.get_or_create(&SinkReasonLabels { sink: self.name, reason }).inc_by(records);
     }
+
+    /// Releases a handled batch's bytes from the budget.
+    pub fn dequeued(&self, bytes: usize, records: u64) {
+        let left = self.queued.fetch_sub(bytes, Ordering::AcqRel).saturating_sub(bytes);
+        self.queued_records.fetch_sub(records, Ordering::AcqRel);
+        self.queue_gauge.set(gauge_value(left));
+    }
+
+    /// Records whether the last attempt to keep records worked (readiness).
+    pub fn set_health(&self, result: Result<(), String>) {
+        match result {
+            Ok(()) => {
+                if !self.healthy.swap(true, Ordering::AcqRel) {
+                    log::info!("sink {} is writing again", self.name);
+                }
+            }
+            Err(e) => {
+                if self.healthy.swap(false, Ordering::AcqRel) {
+                    log::warn!("sink {} cannot keep records: {e}", self.name);
+                }
+                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+            }
+        }
+    }
+
+    /// True while the last write worked.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    /// The last failure, for `/readyz`.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Clears a sink's alive flag when its worker ends, even by a panic.
+pub struct AliveGuard(Arc<SinkShared>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.alive.store(false, Ordering::Release);
+    }
+}
+
+/// The sending side of a sink's queue: a thread worker (file, stdout) or a task (nats, otlp).
+#[derive(Clone, Debug)]
+enum Queue {
+    Thread(mpsc::SyncSender<Msg>),
+    Task(tokio::sync::mpsc::Sender<Msg>),
+    /// Counted as written at once (tests and the load generator).
+    Discard,
+}
+
+/// The request side of one sink.
+#[derive(Clone, Debug)]
+pub struct SinkHandle {
+    shared: Arc<SinkShared>,
+    queue: Queue,
+    budget: usize,
+    durable: bool,
 }
 
 impl SinkHandle {
-    /// Enqueues JSON lines holding `records` records. Never blocks. False when dropped.
-    pub fn submit(&self, bytes: Vec<u8>, records: u64) -> bool {
-        let len = bytes.len();
-        let before = self.queued.fetch_add(len, Ordering::AcqRel);
+    /// Enqueues without blocking; false when the budget or the queue is full.
+    fn enqueue(&self, d: Delivery) -> bool {
+        let len = d.batch.lines.len();
+        let records = d.batch.records;
+        let before = self.shared.queued.fetch_add(len, Ordering::AcqRel);
         if before + len > self.budget {
-            self.queued.fetch_sub(len, Ordering::AcqRel);
-            self.counters.dropped_queue_full.inc_by(records);
+            self.shared.queued.fetch_sub(len, Ordering::AcqRel);
             return false;
         }
-        match self.tx.try_send(Msg::Lines { bytes, records }) {
-            Ok(()) => {
-                self.counters.queue_gauge.set(gauge_value(before + len));
-                true
+        let sent = match &self.queue {
+            Queue::Thread(tx) => tx.try_send(Msg::Deliver(d)).is_ok(),
+            Queue::Task(tx) => tx.try_send(Msg::Deliver(d)).is_ok(),
+            Queue::Discard => {
+                self.shared.written.inc_by(d.batch.records);
+                self.shared.queued.fetch_sub(len, Ordering::AcqRel);
+                d.finish(true);
+                return true;
             }
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.queued.fetch_sub(len, Ordering::AcqRel);
-                self.counters.dropped_queue_full.inc_by(records);
-                false
-            }
+        };
+        if sent {
+            self.shared.queued_records.fetch_add(records, Ordering::AcqRel);
+            self.shared.queue_gauge.set(gauge_value(before + len));
+        } else {
+            self.shared.queued.fetch_sub(len, Ordering::AcqRel);
         }
+        sent
     }
 
-    /// True while the writer thread runs (readiness).
+    /// The sink's name.
+    pub fn name(&self) -> &'static str {
+        self.shared.name
+    }
+
+    /// Whether a 200 waits for this sink.
+    pub fn is_durable(&self) -> bool {
+        self.durable
+    }
+
+    /// True while the worker runs.
     pub fn is_alive(&self) -> bool {
-        self.alive.load(Ordering::Acquire)
+        self.shared.alive.load(Ordering::Acquire)
+    }
+
+    /// Worker running and its last write worked.
+    pub fn is_ready(&self) -> bool {
+        self.is_alive() && self.shared.is_healthy()
+    }
+
+    /// Shared state (for status and tests).
+    pub fn shared(&self) -> &SinkShared {
+        &self.shared
+    }
+}
+
+/// Why a batch was not acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The durable sink that could not take it.
+    pub sink: &'static str,
+    /// `queue_full`, `write_failed`, `ack_timeout` or `stopped`.
+    pub reason: &'static str,
+}
+
+/// Every configured sink, cloned into the request handlers.
+#[derive(Clone, Debug)]
+pub struct Sinks {
+    handles: Vec<SinkHandle>,
+    ack_timeout: Duration,
+    refused: prometheus_client::metrics::family::Family<SinkReasonLabels, Counter>,
+}
+
+impl Sinks {
+    /// Hands a batch to every sink. Ok once every durable sink holds it; the best-effort
+    /// sinks get it only then (a refused batch comes back, and would be a duplicate there).
+    pub async fn deliver(&self, lines: Vec<u8>, records: u64) -> Result<(), Refusal> {
+        let batch = Arc::new(Batch { lines, records });
+        let mut waits = Vec::new();
+        for h in self.handles.iter().filter(|h| h.durable) {
+            let (tx, rx) = oneshot::channel();
+            if !h.enqueue(Delivery { batch: Arc::clone(&batch), done: Some(tx) }) {
+                return Err(self.refuse(h.name(), if h.is_alive() { "queue_full" } else { "stopped" }));
+            }
+            waits.push((h.name(), rx));
+        }
+        let deadline = tokio::time::Instant::now() + self.ack_timeout;
+        for (name, rx) in waits {
+            match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => return Err(self.refuse(name, "write_failed")),
+                Ok(Err(_)) => return Err(self.refuse(name, "stopped")),
+                Err(_) => return Err(self.refuse(name, "ack_timeout")),
+            }
+        }
+        for h in self.handles.iter().filter(|h| !h.durable) {
+            if !h.enqueue(Delivery { batch: Arc::clone(&batch), done: None }) {
+                h.shared.dropped("queue_full", records);
+            }
+        }
+        Ok(())
+    }
+
+    fn refuse(&self, sink: &'static str, reason: &'static str) -> Refusal {
+        self.refused.get_or_create(&SinkReasonLabels { sink, reason }).inc();
+        Refusal { sink, reason }
+    }
+
+    /// Every sink, in configuration order.
+    pub fn handles(&self) -> &[SinkHandle] {
+        &self.handles
+    }
+
+    /// Each sink as `/v1/status` reports it.
+    pub fn status(&self) -> Vec<tapio_wire::SinkStatus> {
+        self.handles
+            .iter()
+            .map(|h| tapio_wire::SinkStatus {
+                name: h.name().to_string(),
+                durable: h.durable,
+                ready: h.is_ready(),
+                last_error: if h.shared.is_healthy() { None } else { h.shared.last_error() },
+            })
+            .collect()
+    }
+
+    /// Ready when every worker runs and every durable sink's last write worked.
+    /// Returns the first sink that is not, with why.
+    pub fn not_ready(&self) -> Option<String> {
+        self.handles.iter().find_map(|h| {
+            if !h.is_alive() {
+                Some(format!("the {} sink has stopped", h.name()))
+            } else if h.durable && !h.shared.is_healthy() {
+                Some(format!(
+                    "the {} sink cannot keep records: {}",
+                    h.name(),
+                    h.shared.last_error().unwrap_or_else(|| "unknown error".into())
+                ))
+            } else {
+                None
+            }
+        })
     }
 }
 
@@ -132,65 +326,128 @@ fn gauge_value(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// Owns the writer thread.
-pub struct SinkWriter {
-    tx: SyncSender<Msg>,
-    thread: Option<JoinHandle<()>>,
+/// How a sink worker is stopped.
+enum Worker {
+    Thread { tx: mpsc::SyncSender<Msg>, thread: JoinHandle<()> },
+    Task { tx: tokio::sync::mpsc::Sender<Msg>, task: tokio::task::JoinHandle<()> },
 }
 
-/// Starts the writer for `target`.
-pub fn start(
-    target: &SinkTarget,
-    queue_budget_bytes: usize,
-    metrics: &Metrics,
-) -> io::Result<(SinkHandle, SinkWriter)> {
-    let output = match target {
-        SinkTarget::Stdout => Output::Stdout(io::BufWriter::with_capacity(64 * 1024, io::stdout())),
-        SinkTarget::File { path, max_bytes, keep_files } => {
-            Output::File(RotatingFile::open(path.clone(), *max_bytes, *keep_files)?)
+/// Owns every sink worker.
+pub struct SinkWriters {
+    workers: Vec<(Arc<SinkShared>, Worker)>,
+}
+
+/// Sink options that are not per target.
+#[derive(Debug, Clone)]
+pub struct SinkOptions {
+    /// Byte budget of each sink's queue.
+    pub queue_bytes: usize,
+    /// How long a request waits for the durable sinks.
+    pub ack_timeout: Duration,
+}
+
+/// Starts every sink in `targets` (on the current tokio runtime for the async ones).
+pub async fn start(targets: &[SinkTarget], opts: &SinkOptions, metrics: &Metrics) -> io::Result<(Sinks, SinkWriters)> {
+    let mut handles = Vec::new();
+    let mut writers = SinkWriters { workers: Vec::new() };
+    for target in targets {
+        let started = start_one(target, opts, metrics).await;
+        match started {
+            Ok((handle, worker)) => {
+                if let Some(w) = worker {
+                    writers.workers.push((Arc::clone(&handle.shared), w));
+                }
+                handles.push(handle);
+            }
+            Err(e) => {
+                writers.close(Duration::from_secs(1)).await;
+                return Err(e);
+            }
         }
-        SinkTarget::Discard => Output::Discard,
-    };
-    let (tx, rx) = mpsc::sync_channel(QUEUE_SLOTS);
-    let queued = Arc::new(AtomicUsize::new(0));
-    let alive = Arc::new(AtomicBool::new(true));
-    let counters = SinkCounters::new(metrics);
-    let thread = {
-        let queued = Arc::clone(&queued);
-        let counters = counters.clone();
-        let alive = AliveGuard(Arc::clone(&alive));
-        std::thread::Builder::new().name("tapio-sink".into()).spawn(move || {
-            let _alive = alive;
-            writer_loop(rx, output, &queued, &counters);
-        })?
-    };
-    let handle = SinkHandle { tx: tx.clone(), queued, alive, budget: queue_budget_bytes, counters };
-    Ok((handle, SinkWriter { tx, thread: Some(thread) }))
-}
-
-/// Clears the alive flag when the writer thread ends, even by a panic.
-struct AliveGuard(Arc<AtomicBool>);
-
-impl Drop for AliveGuard {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
     }
+    Ok((Sinks { handles, ack_timeout: opts.ack_timeout, refused: metrics.sink_refused.clone() }, writers))
 }
 
-fn writer_loop(rx: Receiver<Msg>, mut out: Output, queued: &AtomicUsize, c: &SinkCounters) {
+async fn start_one(
+    target: &SinkTarget,
+    opts: &SinkOptions,
+    metrics: &Metrics,
+) -> io::Result<(SinkHandle, Option<Worker>)> {
+    let name = target.name();
+    let shared = Arc::new(SinkShared::new(name, metrics));
+    let mut handle =
+        SinkHandle { shared: Arc::clone(&shared), queue: Queue::Discard, budget: opts.queue_bytes, durable: false };
+    let worker = match target {
+        SinkTarget::Discard => None,
+        SinkTarget::Stdout => {
+            let (tx, rx) = mpsc::sync_channel(QUEUE_SLOTS);
+            let guard = AliveGuard(Arc::clone(&shared));
+            let s = Arc::clone(&shared);
+            let thread = std::thread::Builder::new().name("tapio-sink-stdout".into()).spawn(move || {
+                let _alive = guard;
+                stdout_loop(rx, &s);
+            })?;
+            handle.queue = Queue::Thread(tx.clone());
+            Some(Worker::Thread { tx, thread })
+        }
+        SinkTarget::File(cfg) => {
+            let writer = file::DurableFile::open(cfg, metrics)?;
+            let (tx, rx) = mpsc::sync_channel(QUEUE_SLOTS);
+            let guard = AliveGuard(Arc::clone(&shared));
+            let s = Arc::clone(&shared);
+            let thread = std::thread::Builder::new().name("tapio-sink-file".into()).spawn(move || {
+                let _alive = guard;
+                writer.run(rx, &s);
+            })?;
+            handle.queue = Queue::Thread(tx.clone());
+            handle.durable = true;
+            Some(Worker::Thread { tx, thread })
+        }
+        SinkTarget::Nats(cfg) => {
+            let (tx, rx) = tokio::sync::mpsc::channel(QUEUE_SLOTS);
+            let publisher = nats::Publisher::connect(cfg).await?;
+            let guard = AliveGuard(Arc::clone(&shared));
+            let task = tokio::spawn(async move {
+                let shared = Arc::clone(&guard.0);
+                publisher.run(rx, &shared).await;
+                drop(guard);
+            });
+            handle.queue = Queue::Task(tx.clone());
+            handle.durable = true;
+            Some(Worker::Task { tx, task })
+        }
+        SinkTarget::Otlp(cfg) => {
+            let (tx, rx) = tokio::sync::mpsc::channel(QUEUE_SLOTS);
+            let exporter = otlp::Exporter::new(cfg, metrics)?;
+            let guard = AliveGuard(Arc::clone(&shared));
+            let task = tokio::spawn(async move {
+                let shared = Arc::clone(&guard.0);
+                exporter.run(rx, &shared).await;
+                drop(guard);
+            });
+            handle.queue = Queue::Task(tx.clone());
+            Some(Worker::Task { tx, task })
+        }
+    };
+    Ok((handle, worker))
+}
+
+/// Best-effort JSON lines on stdout, flushed when the queue goes quiet.
+fn stdout_loop(rx: mpsc::Receiver<Msg>, shared: &SinkShared) {
+    let mut out = io::BufWriter::with_capacity(64 * 1024, io::stdout());
     let mut dirty = false;
     loop {
-        // Flush when the queue goes quiet, so lines reach the file promptly without a
-        // flush per batch under load.
         let msg = if dirty {
             match rx.recv_timeout(Duration::from_millis(50)) {
                 Ok(m) => m,
-                Err(RecvTimeoutError::Timeout) => {
-                    flush(&mut out);
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Err(e) = out.flush() {
+                        log::warn!("stdout sink flush failed: {e}");
+                    }
                     dirty = false;
                     continue;
                 }
-                Err(RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         } else {
             match rx.recv() {
@@ -199,81 +456,103 @@ fn writer_loop(rx: Receiver<Msg>, mut out: Output, queued: &AtomicUsize, c: &Sin
             }
         };
         match msg {
-            Msg::Lines { bytes, records } => {
-                match out.write_lines(&bytes) {
+            Msg::Deliver(d) => {
+                match out.write_all(&d.batch.lines) {
                     Ok(()) => {
-                        c.written.inc_by(records);
+                        shared.written.inc_by(d.batch.records);
                     }
                     Err(e) => {
-                        log::warn!("sink write failed: {e}");
-                        c.dropped_write_error.inc_by(records);
+                        log::warn!("stdout sink write failed: {e}");
+                        shared.dropped("write_error", d.batch.records);
                     }
                 }
-                let left = queued.fetch_sub(bytes.len(), Ordering::AcqRel) - bytes.len();
-                c.queue_gauge.set(gauge_value(left));
+                shared.dequeued(d.batch.lines.len(), d.batch.records);
+                d.finish(true);
                 dirty = true;
             }
             Msg::Close => break,
         }
     }
-    flush(&mut out);
+    let _ = out.flush();
 }
 
-fn flush(out: &mut Output) {
-    if let Err(e) = out.flush() {
-        log::warn!("sink flush failed: {e}");
-    }
-}
-
-impl SinkWriter {
-    /// Writes everything already queued, flushes and stops the thread, waiting at most
-    /// `timeout` (a wedged stdout pipe must not hold shutdown forever).
-    pub fn close(mut self, timeout: Duration) {
-        // Blocking send is fine here: this is the shutdown path, not a request.
-        let _ = self.tx.send(Msg::Close);
-        let Some(thread) = self.thread.take() else {
-            return;
-        };
-        let (done_tx, done_rx) = mpsc::channel();
-        let waiter = std::thread::spawn(move || {
-            let _ = thread.join();
-            let _ = done_tx.send(());
-        });
-        if done_rx.recv_timeout(timeout).is_ok() {
-            let _ = waiter.join();
-        } else {
-            log::warn!("sink writer did not finish within {timeout:?}; records may be lost");
+impl SinkWriters {
+    /// Stops every sink after it has handled what is already queued, waiting at most
+    /// `timeout` for each (a wedged stdout pipe or an unreachable server must not hold
+    /// shutdown forever).
+    pub async fn close(mut self, timeout: Duration) {
+        for (shared, worker) in self.workers.drain(..) {
+            match worker {
+                Worker::Thread { tx, thread } => {
+                    let joined = tokio::task::spawn_blocking(move || {
+                        // Blocking send is fine: this is the shutdown path, not a request.
+                        let _ = tx.send(Msg::Close);
+                        let (done_tx, done_rx) = mpsc::channel();
+                        std::thread::spawn(move || {
+                            let _ = thread.join();
+                            let _ = done_tx.send(());
+                        });
+                        done_rx.recv_timeout(timeout).is_ok()
+                    })
+                    .await
+                    .unwrap_or(false);
+                    if !joined {
+                        abandon(&shared, timeout);
+                    }
+                }
+                Worker::Task { tx, task } => {
+                    let stopped = tokio::time::timeout(timeout, async move {
+                        let _ = tx.send(Msg::Close).await;
+                        let _ = task.await;
+                    })
+                    .await;
+                    if stopped.is_err() {
+                        abandon(&shared, timeout);
+                    }
+                }
+            }
         }
     }
+}
+
+/// A sink that did not finish in time: what it still held is dropped, and counted.
+fn abandon(shared: &SinkShared, timeout: Duration) {
+    let left = shared.queued_records.swap(0, Ordering::AcqRel);
+    shared.dropped("shutdown", left);
+    log::warn!("sink {} did not finish within {timeout:?}; {left} queued records dropped", shared.name);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn close_drains_and_stops_the_writer() {
-        let m = Metrics::new();
-        let (handle, writer) = start(&SinkTarget::Discard, 1 << 20, &m).unwrap();
-        assert!(handle.is_alive());
-        assert!(handle.submit(b"{}\n{}\n".to_vec(), 2));
-        writer.close(Duration::from_secs(5));
-        assert_eq!(m.sink_written.get(), 2, "queued records are written before stopping");
-        assert!(!handle.is_alive());
-        // After the writer is gone, submissions are dropped and counted, never blocked.
-        assert!(!handle.submit(b"{}\n".to_vec(), 1));
-        let dropped = m.sink_dropped.get_or_create(&crate::metrics::ReasonLabels { reason: "queue_full" }).get();
-        assert_eq!(dropped, 1);
+    fn opts(queue_bytes: usize) -> SinkOptions {
+        SinkOptions { queue_bytes, ack_timeout: Duration::from_secs(5) }
     }
 
-    #[test]
-    fn budget_bounds_queued_bytes() {
+    fn written(m: &Metrics, sink: &'static str) -> u64 {
+        m.sink_written.get_or_create(&SinkLabels { sink }).get()
+    }
+
+    #[tokio::test]
+    async fn discard_counts_and_acknowledges() {
         let m = Metrics::new();
-        let (handle, writer) = start(&SinkTarget::Discard, 10, &m).unwrap();
-        assert!(!handle.submit(vec![b'x'; 11], 3), "bigger than the whole budget");
-        assert!(handle.submit(vec![b'x'; 10], 1));
-        writer.close(Duration::from_secs(5));
-        let dropped = m.sink_dropped.get_or_create(&crate::metrics::ReasonLabels { reason: "queue_full" }).get();
+        let (sinks, writers) = start(&[SinkTarget::Discard], &opts(1 << 20), &m).await.unwrap();
+        sinks.deliver(b"{}\n{}\n".to_vec(), 2).await.unwrap();
+        writers.close(Duration::from_secs(5)).await;
+        assert_eq!(written(&m, "discard"), 2);
+        assert!(sinks.not_ready().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_full_best_effort_queue_drops_and_counts() {
+        let m = Metrics::new();
+        let (sinks, writers) = start(&[SinkTarget::Stdout], &opts(10), &m).await.unwrap();
+        assert!(sinks.deliver(vec![b'x'; 11], 3).await.is_ok(), "best effort: the batch is still accepted");
+        writers.close(Duration::from_secs(5)).await;
+        let dropped = m.sink_dropped.get_or_create(&SinkReasonLabels { sink: "stdout", reason: "queue_full" }).get();
         assert_eq!(dropped, 3);
+        // After the worker is gone the sink is not ready.
+        assert!(sinks.not_ready().is_some_and(|r| r.contains("stdout")));
     }
 }

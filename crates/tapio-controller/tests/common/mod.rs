@@ -3,10 +3,14 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod ingest;
+pub mod servers;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
+use tapio_controller::settings::{FileSinkConfig, FsyncPolicy};
 use tapio_controller::{RunningServer, Settings, SinkTarget};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -25,7 +29,12 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 pub fn test_settings(dir: &std::path::Path) -> Settings {
     Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
-        sink: SinkTarget::File { path: dir.join("events.jsonl"), max_bytes: 64 * 1024 * 1024, keep_files: 2 },
+        sinks: vec![SinkTarget::File(FileSinkConfig {
+            path: dir.join("events.jsonl"),
+            max_bytes: 64 * 1024 * 1024,
+            keep_files: 2,
+            fsync: FsyncPolicy::Always,
+        })],
         header_read_timeout: Duration::from_secs(1),
         request_timeout: Duration::from_secs(2),
         write_timeout: Duration::from_secs(2),

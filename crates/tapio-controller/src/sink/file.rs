@@ -1,0 +1,324 @@
+//! The durable file sink: JSON lines appended by one writer thread with group commit.
+//!
+//! The writer takes every batch waiting in its queue (up to [`GROUP_MAX_BYTES`]), appends
+//! them in one all-or-nothing write, and under `--sink-fsync always` fdatasyncs before it
+//! acknowledges: one fsync covers many concurrent requests. Under `interval` it
+//! acknowledges once the records are in the file (they survive the controller being
+//! killed, not the machine losing power) and fsyncs every `--sink-fsync-interval-ms`.
+//!
+//! A record is counted written only once it is in the file. A failed append (a full disk)
+//! leaves no fragment behind (see [`super::rotate`]), counts every record it held as
+//! dropped (`reason="write_error"`), refuses those batches so agents retry them, and marks
+//! the sink not ready until an append works again.
+//!
+//! At start a file that does not end in a newline (a write torn by a crash) has its
+//! fragment moved to `<path>.torn-<unix nanos>` and counted in
+//! `tapio_controller_sink_torn_tails_total`, so every line of the file parses and new
+//! records never append onto a fragment.
+
+use std::fs::OpenOptions;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Instant;
+
+use super::rotate::RotatingFile;
+use super::{Delivery, Msg, SinkShared};
+use crate::metrics::{Metrics, SinkLabels};
+use crate::settings::{FileSinkConfig, FsyncPolicy};
+
+/// Most bytes appended (and synced) in one group.
+pub const GROUP_MAX_BYTES: usize = 8 * 1024 * 1024;
+
+/// The file and its policy, owned by the writer thread.
+pub struct DurableFile {
+    file: RotatingFile,
+    fsync: FsyncPolicy,
+    buf: Vec<u8>,
+    /// Size of the last group whose write failed (the probe waits for that much room).
+    failed_bytes: usize,
+}
+
+impl DurableFile {
+    /// Repairs a torn tail (counted), then opens the file for appending.
+    pub fn open(cfg: &FileSinkConfig, metrics: &Metrics) -> io::Result<Self> {
+        if let Some((bytes, aside)) = repair_torn_tail(&cfg.path)? {
+            metrics.sink_torn_tails.get_or_create(&SinkLabels { sink: "file" }).inc();
+            log::warn!(
+                "sink file {} ended in a partial record ({bytes} bytes, from an earlier crash); moved it to {}",
+                cfg.path.display(),
+                aside.display()
+            );
+        }
+        Ok(Self {
+            file: RotatingFile::open(cfg.path.clone(), cfg.max_bytes, cfg.keep_files)?,
+            fsync: cfg.fsync,
+            buf: Vec::new(),
+            failed_bytes: 0,
+        })
+    }
+
+    /// The writer loop: runs until Close or until every sender is gone.
+    pub fn run(mut self, rx: Receiver<Msg>, shared: &SinkShared) {
+        let mut unsynced_since: Option<Instant> = None;
+        let mut closing = false;
+        while !closing {
+            // Wake up for the interval fsync, and, while the sink cannot write, to probe
+            // for free space: a replica out of its Service's endpoints gets no batches
+            // that could show it recovered.
+            let wake = match (self.fsync, unsynced_since) {
+                (FsyncPolicy::Interval(every), Some(since)) => Some(every.saturating_sub(since.elapsed())),
+                _ => None,
+            };
+            let wake = if shared.is_healthy() { wake } else { Some(wake.map_or(PROBE_EVERY, |w| w.min(PROBE_EVERY))) };
+            let first = match wake {
+                Some(after) => match rx.recv_timeout(after) {
+                    Ok(m) => m,
+                    Err(RecvTimeoutError::Timeout) => {
+                        if unsynced_since.is_some_and(|since| since.elapsed() >= after) {
+                            self.sync_or_flag(shared);
+                            unsynced_since = None;
+                        }
+                        if !shared.is_healthy() {
+                            self.probe(shared);
+                        }
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
+                None => match rx.recv() {
+                    Ok(m) => m,
+                    Err(_) => break,
+                },
+            };
+            let mut group = Vec::new();
+            let mut bytes = 0;
+            match first {
+                Msg::Deliver(d) => {
+                    bytes += d.batch.lines.len();
+                    group.push(d);
+                }
+                Msg::Close => closing = true,
+            }
+            while !closing && bytes < GROUP_MAX_BYTES {
+                match rx.try_recv() {
+                    Ok(Msg::Deliver(d)) => {
+                        bytes += d.batch.lines.len();
+                        group.push(d);
+                    }
+                    Ok(Msg::Close) => closing = true,
+                    Err(_) => break,
+                }
+            }
+            if group.is_empty() {
+                continue;
+            }
+            let outcome = self.append_group(&group);
+            if outcome.appended && matches!(self.fsync, FsyncPolicy::Interval(_)) && unsynced_since.is_none() {
+                unsynced_since = Some(Instant::now());
+            }
+            if outcome.error.is_some() {
+                self.failed_bytes = bytes;
+            }
+            finish_group(group, outcome, shared);
+        }
+        self.sync_or_flag(shared);
+    }
+
+    /// Appends the group's records in one write and, under `always`, syncs them.
+    fn append_group(&mut self, group: &[Delivery]) -> Outcome {
+        let appended = if let [one] = group {
+            self.file.append(&one.batch.lines)
+        } else {
+            self.buf.clear();
+            for d in group {
+                self.buf.extend_from_slice(&d.batch.lines);
+            }
+            let r = self.file.append(&self.buf);
+            // Do not keep a multi-MiB buffer around after a burst.
+            if self.buf.capacity() > GROUP_MAX_BYTES * 2 {
+                self.buf = Vec::new();
+            }
+            r
+        };
+        if let Err(e) = appended {
+            return Outcome { appended: false, error: Some(e) };
+        }
+        let error = match self.fsync {
+            FsyncPolicy::Always => self.file.sync().err(),
+            FsyncPolicy::Interval(_) => None,
+        };
+        Outcome { appended: true, error }
+    }
+
+    fn sync_or_flag(&mut self, shared: &SinkShared) {
+        if let Err(e) = self.file.sync() {
+            log::warn!("sink file fsync failed: {e}");
+            shared.set_health(Err(format!("fsync failed: {e}")));
+        }
+    }
+
+    /// While unhealthy: ready again once the file's filesystem has room for the write
+    /// that failed (at least 64 KiB).
+    fn probe(&mut self, shared: &SinkShared) {
+        let dir = match self.file.path().parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if free_bytes(&dir).is_some_and(|free| free >= self.failed_bytes.max(64 * 1024) as u64) {
+            shared.set_health(Ok(()));
+        }
+    }
+}
+
+/// How often an unhealthy file sink checks for free space.
+const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What became of a group.
+struct Outcome {
+    /// The records are in the file.
+    appended: bool,
+    /// The write or its fsync failed: not durable.
+    error: Option<io::Error>,
+}
+
+/// Bytes available to unprivileged writers on the filesystem holding `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs fills the zeroed struct we pass; `c` is a valid NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// Counts and acknowledges (or refuses) every batch of a group. Records in the file are
+/// counted written even when their fsync failed; the batch is refused all the same (not
+/// durable), and its retry will be a duplicate, recognisable by id.
+fn finish_group(group: Vec<Delivery>, outcome: Outcome, shared: &SinkShared) {
+    let records: u64 = group.iter().map(|d| d.batch.records).sum();
+    let bytes: usize = group.iter().map(|d| d.batch.lines.len()).sum();
+    if outcome.appended {
+        shared.written.inc_by(records);
+    } else {
+        shared.dropped("write_error", records);
+    }
+    let ok = match outcome.error {
+        None => {
+            shared.set_health(Ok(()));
+            true
+        }
+        Some(e) => {
+            shared.set_health(Err(e.to_string()));
+            false
+        }
+    };
+    shared.dequeued(bytes, records);
+    for d in group {
+        d.finish(ok);
+    }
+}
+
+/// If `path` does not end in a newline, moves the bytes after its last newline to
+/// `<path>.torn-<unix nanos>` and cuts the file there. Returns the bytes set aside and
+/// where they went; None when the file is absent, empty or whole.
+pub fn repair_torn_tail(path: &Path) -> io::Result<Option<(u64, PathBuf)>> {
+    let file = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut end = len;
+    // Scan backwards for the last newline; `keep` is the length of the whole-line prefix.
+    let keep = loop {
+        if end == 0 {
+            break 0;
+        }
+        let start = end.saturating_sub(chunk.len() as u64);
+        let part = &mut chunk[..(end - start) as usize];
+        file.read_exact_at(part, start)?;
+        if end == len && part.last() == Some(&b'\n') {
+            return Ok(None);
+        }
+        if let Some(i) = part.iter().rposition(|b| *b == b'\n') {
+            break start + i as u64 + 1;
+        }
+        end = start;
+    };
+    let torn = len - keep;
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let mut aside_name = path.as_os_str().to_owned();
+    aside_name.push(format!(".torn-{nanos}"));
+    let aside = PathBuf::from(aside_name);
+    {
+        let mut out = OpenOptions::new().create_new(true).write(true).open(&aside)?;
+        let mut at = keep;
+        while at < len {
+            let n = ((len - at) as usize).min(chunk.len());
+            file.read_exact_at(&mut chunk[..n], at)?;
+            out.write_all(&chunk[..n])?;
+            at += n as u64;
+        }
+        out.sync_all()?;
+    }
+    file.set_len(keep)?;
+    file.sync_all()?;
+    Ok(Some((torn, aside)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::SinkTarget;
+    use crate::sink::{start, SinkOptions};
+    use std::time::Duration;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let dir = std::env::temp_dir().join(format!("tapio-i12-file-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_torn_tail_is_set_aside_and_whole_files_are_left_alone() {
+        let dir = temp_dir("torn");
+        let path = dir.join("e.jsonl");
+        std::fs::write(&path, b"{\"a\":1}\n{\"b\":2}\n{\"c\":").unwrap();
+        let (bytes, aside) = repair_torn_tail(&path).unwrap().unwrap();
+        assert_eq!(bytes, 5);
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"a\":1}\n{\"b\":2}\n");
+        assert_eq!(std::fs::read(&aside).unwrap(), b"{\"c\":");
+        assert!(repair_torn_tail(&path).unwrap().is_none(), "a whole file is not touched");
+        // A file that is one long fragment (no newline at all) is set aside whole.
+        let frag = dir.join("f.jsonl");
+        std::fs::write(&frag, vec![b'x'; 200_000]).unwrap();
+        assert_eq!(repair_torn_tail(&frag).unwrap().unwrap().0, 200_000);
+        assert_eq!(std::fs::metadata(&frag).unwrap().len(), 0);
+        assert!(repair_torn_tail(&dir.join("absent")).unwrap().is_none());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn opening_repairs_and_counts_then_acknowledges_after_the_write() {
+        let dir = temp_dir("open");
+        let path = dir.join("e.jsonl");
+        std::fs::write(&path, b"{\"a\":1}\n{\"tor").unwrap();
+        let m = Metrics::new();
+        let cfg = FileSinkConfig { path: path.clone(), max_bytes: 1 << 20, keep_files: 1, fsync: FsyncPolicy::Always };
+        let opts = SinkOptions { queue_bytes: 1 << 20, ack_timeout: Duration::from_secs(5) };
+        let (sinks, writers) = start(&[SinkTarget::File(cfg)], &opts, &m).await.unwrap();
+        assert_eq!(m.sink_torn_tails.get_or_create(&SinkLabels { sink: "file" }).get(), 1);
+        sinks.deliver(b"{\"n\":1}\n{\"n\":2}\n".to_vec(), 2).await.unwrap();
+        // Acknowledged means already in the file: no flush or close needed to see it.
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"a\":1}\n{\"n\":1}\n{\"n\":2}\n");
+        assert_eq!(m.sink_written.get_or_create(&SinkLabels { sink: "file" }).get(), 2);
+        writers.close(Duration::from_secs(5)).await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

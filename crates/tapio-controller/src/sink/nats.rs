@@ -1,0 +1,276 @@
+//! The NATS JetStream sink: one message per record, acknowledged by the stream.
+//!
+//! Subject `<prefix>.<observer>.<type>` (`tapio.evidence.network.kernel.network.connection_refused`),
+//! payload the record's JSON line, header `Nats-Msg-Id` = the evidence id, so the server
+//! drops a record published twice within the stream's duplicate window (an agent retry
+//! after a lost acknowledgement, or the same batch sent through two replicas).
+//!
+//! A batch is acknowledged to the request only when every record's PubAck has arrived:
+//! the stream holds it. A failed or late PubAck refuses the batch (the agent retries).
+//! Publishes awaiting a PubAck are bounded by `--nats-max-in-flight`; batches are
+//! published concurrently within that bound. The client reconnects by itself with
+//! exponential backoff (100 ms doubling to 10 s); while it is away publishes fail fast,
+//! the sink reports not ready and batches are refused rather than held.
+
+use std::borrow::Cow;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, context::GetStreamErrorKind, message::PublishMessage, stream};
+use bytes::Bytes;
+use serde::Deserialize;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+
+use super::{Batch, Delivery, Msg, SinkShared};
+use crate::settings::NatsConfig;
+
+/// A connected JetStream publisher.
+pub struct Publisher {
+    js: jetstream::Context,
+    prefix: String,
+    in_flight: Arc<Semaphore>,
+    /// The connection (its state drives recovery of readiness).
+    client: async_nats::Client,
+}
+
+/// The fields a subject and a message id need, read from a record line.
+#[derive(Deserialize)]
+struct RecordKey<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    observer: Cow<'a, str>,
+    #[serde(borrow, rename = "type")]
+    event_type: Cow<'a, str>,
+}
+
+impl Publisher {
+    /// Connects (failing at start when the server cannot be reached or refuses the
+    /// credentials) and checks or creates the stream.
+    pub async fn connect(cfg: &NatsConfig) -> io::Result<Self> {
+        let mut opts = async_nats::ConnectOptions::new()
+            .name("tapio-controller")
+            .connection_timeout(Duration::from_secs(5))
+            .reconnect_delay_callback(reconnect_delay)
+            .event_callback(|event| async move {
+                log::info!("nats: {event}");
+            });
+        if let Some(path) = &cfg.creds_file {
+            opts = opts.credentials_file(path).await.map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot read --nats-creds-file {}: {e}", path.display()))
+            })?;
+        }
+        if let Some(token) = &cfg.token {
+            opts = opts.token(token.0.clone());
+        }
+        if let Some((user, password)) = &cfg.user_password {
+            opts = opts.user_and_password(user.clone(), password.0.clone());
+        }
+        if let Some(ca) = &cfg.tls_ca {
+            opts = opts.add_root_certificates(ca.clone());
+        }
+        if let Some((cert, key)) = &cfg.tls_client {
+            opts = opts.add_client_certificate(cert.clone(), key.clone());
+        }
+        opts = opts.require_tls(cfg.tls_required);
+        let servers: Vec<&str> = cfg.url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        let client = opts
+            .connect(servers)
+            .await
+            .map_err(|e| io::Error::other(format!("cannot connect to NATS at {}: {e}", cfg.url)))?;
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(cfg.ack_timeout);
+        if let Some(name) = &cfg.stream {
+            ensure_stream(&js, name, cfg).await?;
+        }
+        Ok(Self {
+            js,
+            prefix: cfg.subject_prefix.clone(),
+            in_flight: Arc::new(Semaphore::new(cfg.max_in_flight)),
+            client,
+        })
+    }
+
+    /// Publishes every delivered batch until Close, then waits for those in flight.
+    pub async fn run(self, mut rx: mpsc::Receiver<Msg>, shared: &Arc<SinkShared>) {
+        let mut tasks = JoinSet::new();
+        // While unhealthy, a reconnected client makes the sink ready again: a replica out
+        // of its Service's endpoints gets no batch that could show it.
+        let mut probe = tokio::time::interval(Duration::from_secs(1));
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let msg = tokio::select! {
+                m = rx.recv() => match m {
+                    Some(m) => m,
+                    None => break,
+                },
+                _ = probe.tick(), if !shared.is_healthy() => {
+                    if self.client.connection_state() == async_nats::connection::State::Connected {
+                        shared.set_health(Ok(()));
+                    }
+                    continue;
+                }
+            };
+            // Reap finished batches so the set stays as small as the work in flight.
+            while tasks.try_join_next().is_some() {}
+            match msg {
+                Msg::Deliver(d) => {
+                    let js = self.js.clone();
+                    let prefix = self.prefix.clone();
+                    let sem = Arc::clone(&self.in_flight);
+                    let shared = Arc::clone(shared);
+                    tasks.spawn(async move { deliver(&js, &prefix, &sem, d, &shared).await });
+                }
+                Msg::Close => break,
+            }
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// 100 ms doubling to 10 s between reconnect attempts.
+fn reconnect_delay(attempts: usize) -> Duration {
+    let exp = u32::try_from(attempts.min(7)).unwrap_or(7);
+    Duration::from_millis(100u64.saturating_mul(1 << exp)).min(Duration::from_secs(10))
+}
+
+async fn ensure_stream(js: &jetstream::Context, name: &str, cfg: &NatsConfig) -> io::Result<()> {
+    let wanted = format!("{}.>", cfg.subject_prefix);
+    match js.get_stream(name).await {
+        Ok(mut s) => {
+            let info = s.info().await.map_err(|e| io::Error::other(format!("nats stream {name}: {e}")))?;
+            let covered = info.config.subjects.iter().any(|s| s == &wanted || s == ">");
+            if !covered {
+                return Err(io::Error::other(format!(
+                    "nats stream {name} exists but does not capture {wanted} (its subjects: {:?})",
+                    info.config.subjects
+                )));
+            }
+            log::info!("nats stream {name} found, capturing {wanted}");
+            Ok(())
+        }
+        Err(e)
+            if cfg.create_stream
+                && matches!(e.kind(), GetStreamErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            let config = stream::Config {
+                name: name.to_string(),
+                subjects: vec![wanted.clone()],
+                retention: stream::RetentionPolicy::Limits,
+                storage: stream::StorageType::File,
+                max_age: cfg.stream_max_age,
+                max_bytes: i64::try_from(cfg.stream_max_bytes).ok().filter(|b| *b > 0).unwrap_or(-1),
+                num_replicas: cfg.stream_replicas,
+                duplicate_window: cfg.duplicate_window,
+                ..Default::default()
+            };
+            js.create_stream(config)
+                .await
+                .map_err(|e| io::Error::other(format!("cannot create nats stream {name}: {e}")))?;
+            log::info!("nats stream {name} created, capturing {wanted}");
+            Ok(())
+        }
+        Err(e) => Err(io::Error::other(format!(
+            "nats stream {name}: {e}{}",
+            if cfg.create_stream { "" } else { " (--nats-create-stream creates it)" }
+        ))),
+    }
+}
+
+/// Publishes one batch and reports whether every record was acknowledged.
+async fn deliver(js: &jetstream::Context, prefix: &str, sem: &Arc<Semaphore>, d: Delivery, shared: &SinkShared) {
+    let result = publish_batch(js, prefix, sem, &d.batch).await;
+    let records = d.batch.records;
+    let ok = match result {
+        Ok(duplicates) => {
+            shared.written.inc_by(records);
+            if duplicates > 0 {
+                // Already in the stream (a retried batch): held, and not stored twice.
+                log::debug!("nats: {duplicates} records were duplicates the stream dropped");
+            }
+            shared.set_health(Ok(()));
+            true
+        }
+        Err(e) => {
+            shared.dropped("publish_error", records);
+            shared.set_health(Err(e));
+            false
+        }
+    };
+    shared.dequeued(d.batch.lines.len(), records);
+    d.finish(ok);
+}
+
+/// Returns how many records the stream reported as duplicates.
+async fn publish_batch(
+    js: &jetstream::Context,
+    prefix: &str,
+    sem: &Arc<Semaphore>,
+    batch: &Batch,
+) -> Result<u64, String> {
+    let mut pending = Vec::with_capacity(usize::try_from(batch.records).unwrap_or(0));
+    for line in batch.record_lines() {
+        let key: RecordKey<'_> =
+            serde_json::from_slice(line).map_err(|e| format!("record without observer/type: {e}"))?;
+        let subject = subject_for(prefix, &key.observer, &key.event_type);
+        let permit = Arc::clone(sem).acquire_owned().await.map_err(|_| "publisher closed".to_string())?;
+        let mut publish = PublishMessage::build().payload(Bytes::copy_from_slice(line));
+        if let Some(id) = key.id.as_deref().filter(|id| !id.is_empty()) {
+            publish = publish.message_id(id);
+        }
+        let ack = js.send_publish(subject, publish).await.map_err(|e| format!("publish failed: {e}"))?;
+        pending.push((ack, permit));
+    }
+    let mut duplicates = 0;
+    for (ack, permit) in pending {
+        let ack = ack.await.map_err(|e| format!("no PubAck: {e}"))?;
+        duplicates += u64::from(ack.duplicate);
+        drop(permit);
+    }
+    Ok(duplicates)
+}
+
+/// `<prefix>.<observer>.<type>` with each token made subject-safe: whitespace, `*` and
+/// `>` become `_`, and an empty token becomes `_`.
+pub fn subject_for(prefix: &str, observer: &str, event_type: &str) -> String {
+    let mut s = String::with_capacity(prefix.len() + observer.len() + event_type.len() + 2);
+    s.push_str(prefix);
+    for token in std::iter::once(observer).chain(event_type.split('.')) {
+        s.push('.');
+        if token.is_empty() {
+            s.push('_');
+        }
+        s.extend(token.chars().map(|c| {
+            if c.is_whitespace() || c.is_control() || c == '*' || c == '>' || c == '.' {
+                '_'
+            } else {
+                c
+            }
+        }));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_are_prefix_observer_type_and_always_valid() {
+        assert_eq!(
+            subject_for("tapio.evidence", "network", "kernel.network.connection_refused"),
+            "tapio.evidence.network.kernel.network.connection_refused"
+        );
+        assert_eq!(subject_for("p", "a b.c", "kernel..x>*"), "p.a_b_c.kernel._.x__");
+        assert!(crate::settings::valid_subject(&subject_for("p", "", "")));
+    }
+
+    #[test]
+    fn reconnect_backoff_doubles_to_a_cap() {
+        assert_eq!(reconnect_delay(0), Duration::from_millis(100));
+        assert_eq!(reconnect_delay(1), Duration::from_millis(200));
+        assert_eq!(reconnect_delay(50), Duration::from_secs(10));
+    }
+}

@@ -1,0 +1,524 @@
+//! The OTLP logs sink: evidence exported as OTLP/HTTP protobuf, gzip-compressed.
+//!
+//! One LogRecord per evidence record:
+//! * `event_name` = the evidence type; `time_unix_nano` = the fact's moment;
+//!   `observed_time_unix_nano` = when the controller exported it.
+//! * `severity_text` = the record's severity as sent; `severity_number` debug → DEBUG (5),
+//!   info → INFO (9), warning → WARN (13), error → ERROR (17), critical → FATAL (21),
+//!   anything else UNSPECIFIED (0).
+//! * `body` = the error message, when the record has one.
+//! * attributes named by the OpenTelemetry semantic conventions where a name exists
+//!   ([`FACT_ATTRIBUTES`], `log.record.uid` = id, `error.type` = error code,
+//!   `container.id`, `k8s.pod.uid`, and every key of the record's `k8s` object verbatim);
+//!   everything else under `tapio.` (`tapio.observer`, `tapio.fact.<name>`, …).
+//! * one ResourceLogs per node: `host.name` = node, `service.name` = `tapio`.
+//!
+//! Best effort, not durable: batches reach it after the durable sinks acknowledged them,
+//! its queue is bounded (overflow dropped and counted), up to four exports run at once
+//! (each on its own keep-alive connection, so records may arrive out of order), and an
+//! export is retried on
+//! 429/502/503/504 and on connection failures, honouring `Retry-After` (seconds or an
+//! HTTP date) up to `--otlp-max-retry-delay-secs`, at most `--otlp-max-retries` times,
+//! each retry counted in `sink_retries_total{sink="otlp"}`. Records of an export that
+//! still fails are dropped and counted (`retries_exhausted`, or `rejected` for other
+//! statuses and for a collector's partial-success rejections).
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use flate2::write::GzEncoder;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{CONTENT_ENCODING, CONTENT_TYPE, HOST, RETRY_AFTER};
+use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
+use prost::Message;
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+
+use super::otlp_proto::{
+    any_value, severity, AnyValue, ArrayValue, ExportLogsServiceRequest, InstrumentationScope, KeyValue, KeyValueList,
+    LogRecord, Resource, ResourceLogs, ScopeLogs,
+};
+use super::{Delivery, Msg, SinkShared};
+use crate::metrics::{Metrics, SinkLabels};
+use crate::settings::OtlpConfig;
+
+/// Facts whose OpenTelemetry semantic-convention name exists.
+pub const FACT_ATTRIBUTES: &[(&str, &str)] = &[
+    ("pid", "process.pid"),
+    ("comm", "process.executable.name"),
+    ("exit_code", "process.exit.code"),
+    ("src_addr", "network.local.address"),
+    ("src_port", "network.local.port"),
+    ("dst_addr", "network.peer.address"),
+    ("dst_port", "network.peer.port"),
+    ("family", "network.type"),
+];
+
+/// Semantic-conventions version the attribute names follow.
+const SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.26.0";
+
+/// Largest response body read from the collector.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// A parsed `http://host:port/path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `host:port` as given (the Host header).
+    pub authority: String,
+    /// Where to connect.
+    pub host: String,
+    /// Port (default 80).
+    pub port: u16,
+    /// Request path.
+    pub path: String,
+}
+
+impl Endpoint {
+    /// Parses a plain-HTTP URL; None for anything else.
+    pub fn parse(url: &str) -> Option<Self> {
+        let rest = url.strip_prefix("http://")?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/v1/logs"),
+        };
+        if authority.is_empty() || authority.contains('@') || path.contains(['?', '#', ' ']) {
+            return None;
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (h, after) = v6.split_once(']')?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => p.parse().ok()?,
+                None if after.is_empty() => 80,
+                None => return None,
+            };
+            (h.to_string(), port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), p.parse().ok()?),
+                None => (authority.to_string(), 80),
+            }
+        };
+        if host.is_empty() {
+            return None;
+        }
+        Some(Self { authority: authority.to_string(), host, port, path: path.to_string() })
+    }
+}
+
+/// The exporter, owned by its task.
+pub struct Exporter {
+    endpoint: Endpoint,
+    cfg: OtlpConfig,
+    retries: Counter,
+    /// Idle keep-alive connections, at most one per export in flight.
+    pool: std::sync::Mutex<Vec<SendRequest<Full<Bytes>>>>,
+}
+
+/// Exports in flight at once, each on its own connection: one export's encoding overlaps
+/// another's round trip, and one slow answer does not hold up the rest.
+const EXPORTS_IN_FLIGHT: usize = 4;
+
+/// Why an export ended without the collector holding every record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    RetriesExhausted,
+    Rejected,
+}
+
+impl Exporter {
+    /// Builds the exporter (connections are made when exporting).
+    pub fn new(cfg: &OtlpConfig, metrics: &Metrics) -> io::Result<Self> {
+        let endpoint = Endpoint::parse(&cfg.endpoint).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "--otlp-endpoint is not http://host:port/path")
+        })?;
+        Ok(Self {
+            endpoint,
+            cfg: cfg.clone(),
+            retries: metrics.sink_retries.get_or_create(&SinkLabels { sink: "otlp" }).clone(),
+            pool: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Exports delivered batches, several per request up to `--otlp-max-batch-records`,
+    /// until Close; what is queued before Close is exported first.
+    pub async fn run(self, mut rx: mpsc::Receiver<Msg>, shared: &Arc<SinkShared>) {
+        let me = Arc::new(self);
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut closing = false;
+        while !closing {
+            let Some(first) = rx.recv().await else { break };
+            let mut group: Vec<Delivery> = Vec::new();
+            let mut records = 0u64;
+            match first {
+                Msg::Deliver(d) => {
+                    records += d.batch.records;
+                    group.push(d);
+                }
+                Msg::Close => closing = true,
+            }
+            while !closing && records < me.cfg.max_batch_records as u64 {
+                match rx.try_recv() {
+                    Ok(Msg::Deliver(d)) => {
+                        records += d.batch.records;
+                        group.push(d);
+                    }
+                    Ok(Msg::Close) => closing = true,
+                    Err(_) => break,
+                }
+            }
+            if group.is_empty() {
+                continue;
+            }
+            while tasks.len() >= EXPORTS_IN_FLIGHT {
+                tasks.join_next().await;
+            }
+            let (me, shared) = (Arc::clone(&me), Arc::clone(shared));
+            tasks.spawn(async move {
+                me.export_group(&group, &shared).await;
+                let bytes: usize = group.iter().map(|d| d.batch.lines.len()).sum();
+                shared.dequeued(bytes, records);
+                for d in group {
+                    d.finish(true);
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    async fn export_group(&self, group: &[Delivery], shared: &SinkShared) {
+        // Parsing, encoding and compressing is CPU work: keep it off the async workers
+        // that serve agents' requests.
+        let batches: Vec<_> = group.iter().map(|d| Arc::clone(&d.batch)).collect();
+        let group_records: u64 = batches.iter().map(|b| b.records).sum();
+        let encoded = tokio::task::spawn_blocking(move || {
+            let lines = batches.iter().flat_map(|b| b.record_lines());
+            let (request, malformed) = build_request(lines, unix_nanos_now());
+            let records: u64 =
+                request.resource_logs.iter().flat_map(|r| &r.scope_logs).map(|s| s.log_records.len() as u64).sum();
+            (gzip(&request.encode_to_vec()), records, malformed)
+        })
+        .await;
+        let (body, records) = match encoded {
+            Ok((Ok(body), records, malformed)) => {
+                if malformed > 0 {
+                    shared.dropped("malformed", malformed);
+                }
+                (body, records)
+            }
+            Ok((Err(e), records, _)) => {
+                log::warn!("otlp: cannot compress an export: {e}");
+                shared.dropped("encode_error", records);
+                return;
+            }
+            Err(e) => {
+                log::warn!("otlp: encoding an export failed: {e}");
+                shared.dropped("encode_error", group_records);
+                return;
+            }
+        };
+        if records == 0 {
+            return;
+        }
+        match self.export_with_retries(Bytes::from(body)).await {
+            Ok(rejected) => {
+                let rejected = rejected.min(records);
+                shared.written.inc_by(records - rejected);
+                if rejected > 0 {
+                    shared.dropped("rejected", rejected);
+                }
+                shared.set_health(Ok(()));
+            }
+            Err((failure, why)) => {
+                let reason = match failure {
+                    Failure::RetriesExhausted => "retries_exhausted",
+                    Failure::Rejected => "rejected",
+                };
+                shared.dropped(reason, records);
+                shared.set_health(Err(why));
+            }
+        }
+    }
+
+    /// Returns the records the collector reported rejected in a partial success.
+    async fn export_with_retries(&self, body: Bytes) -> Result<u64, (Failure, String)> {
+        let mut attempt = 0u32;
+        loop {
+            let outcome = tokio::time::timeout(self.cfg.timeout, self.post(body.clone())).await;
+            let (delay, why) = match outcome {
+                Ok(Ok(answer)) if (200..300).contains(&answer.status) => return Ok(answer.rejected),
+                Ok(Ok(answer)) if matches!(answer.status, 429 | 502 | 503 | 504) => (
+                    answer.retry_after.unwrap_or_else(|| backoff(attempt)),
+                    format!("collector answered {}", answer.status),
+                ),
+                Ok(Ok(answer)) => {
+                    return Err((Failure::Rejected, format!("collector answered {} (not retryable)", answer.status)));
+                }
+                Ok(Err(e)) => (backoff(attempt), format!("export failed: {e}")),
+                Err(_) => (backoff(attempt), format!("export took over {:?}", self.cfg.timeout)),
+            };
+            if attempt >= self.cfg.max_retries {
+                log::warn!("otlp: giving up an export after {} retries: {why}", attempt);
+                return Err((Failure::RetriesExhausted, why));
+            }
+            attempt += 1;
+            self.retries.inc();
+            log::debug!("otlp: {why}; retry {attempt} in {delay:?}");
+            tokio::time::sleep(delay.min(self.cfg.max_retry_delay)).await;
+        }
+    }
+
+    async fn post(&self, body: Bytes) -> Result<Answer, String> {
+        let idle = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let reusable = match idle {
+            Some(mut s) => s.ready().await.is_ok().then_some(s),
+            None => None,
+        };
+        let mut sender = match reusable {
+            Some(s) => s,
+            None => {
+                let stream = tokio::net::TcpStream::connect((self.endpoint.host.as_str(), self.endpoint.port))
+                    .await
+                    .map_err(|e| format!("connect {}: {e}", self.endpoint.authority))?;
+                let _ = stream.set_nodelay(true);
+                let (sender, conn) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                sender
+            }
+        };
+        let request = hyper::Request::post(self.endpoint.path.as_str())
+            .header(HOST, self.endpoint.authority.as_str())
+            .header(CONTENT_TYPE, "application/x-protobuf")
+            .header(CONTENT_ENCODING, "gzip")
+            .body(Full::new(body))
+            .map_err(|e| e.to_string())?;
+        let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let retry_after = response.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
+        let protobuf = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/x-protobuf"));
+        let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES).collect().await.map_err(|e| e.to_string())?;
+        let rejected = if protobuf && (200..300).contains(&status) {
+            super::otlp_proto::ExportLogsServiceResponse::decode(body.to_bytes())
+                .ok()
+                .and_then(|r| r.partial_success)
+                .map_or(0, |p| u64::try_from(p.rejected_log_records).unwrap_or(0))
+        } else {
+            0
+        };
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < EXPORTS_IN_FLIGHT {
+            pool.push(sender);
+        }
+        Ok(Answer { status, retry_after, rejected })
+    }
+}
+
+struct Answer {
+    status: u16,
+    retry_after: Option<Duration>,
+    rejected: u64,
+}
+
+/// 1 s doubling, before the cap.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_secs(1u64 << attempt.min(10))
+}
+
+/// `Retry-After`: delta seconds or an HTTP date.
+pub fn parse_retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+}
+
+fn gzip(data: &[u8]) -> io::Result<Vec<u8>> {
+    let mut enc = GzEncoder::new(Vec::with_capacity(data.len() / 4), flate2::Compression::fast());
+    enc.write_all(data)?;
+    enc.finish()
+}
+
+fn unix_nanos_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Builds one export request from record lines, grouped by node. Returns it and the
+/// number of lines that were not records (never expected: the controller wrote them).
+pub fn build_request<'a>(
+    lines: impl Iterator<Item = &'a [u8]>,
+    observed_nanos: u64,
+) -> (ExportLogsServiceRequest, u64) {
+    let mut by_node: BTreeMap<String, Vec<LogRecord>> = BTreeMap::new();
+    let mut malformed = 0;
+    for line in lines {
+        match serde_json::from_slice::<Map<String, Value>>(line) {
+            Ok(record) => {
+                let node = record.get("node").and_then(Value::as_str).unwrap_or_default().to_string();
+                by_node.entry(node).or_default().push(log_record(&record, observed_nanos));
+            }
+            Err(_) => malformed += 1,
+        }
+    }
+    let scope = InstrumentationScope { name: "tapio-controller".into(), version: env!("CARGO_PKG_VERSION").into() };
+    let resource_logs = by_node
+        .into_iter()
+        .map(|(node, log_records)| {
+            let mut attributes = vec![kv_str("service.name", "tapio")];
+            if !node.is_empty() {
+                attributes.push(kv_str("host.name", &node));
+            }
+            ResourceLogs {
+                resource: Some(Resource { attributes, dropped_attributes_count: 0 }),
+                scope_logs: vec![ScopeLogs { scope: Some(scope.clone()), log_records, schema_url: SCHEMA_URL.into() }],
+                schema_url: SCHEMA_URL.into(),
+            }
+        })
+        .collect();
+    (ExportLogsServiceRequest { resource_logs }, malformed)
+}
+
+/// Maps one evidence record (evidence.md's shape) to a LogRecord.
+pub fn log_record(r: &Map<String, Value>, observed_nanos: u64) -> LogRecord {
+    let s = |k: &str| r.get(k).and_then(Value::as_str);
+    let severity_text = s("severity").unwrap_or_default().to_string();
+    let severity_number = match severity_text.as_str() {
+        "debug" => severity::DEBUG,
+        "info" => severity::INFO,
+        "warning" => severity::WARN,
+        "error" => severity::ERROR,
+        "critical" => severity::FATAL,
+        _ => severity::UNSPECIFIED,
+    };
+    let error = r.get("error").and_then(Value::as_object);
+    let body = error
+        .and_then(|e| e.get("message"))
+        .and_then(Value::as_str)
+        .map(|m| AnyValue { value: Some(any_value::Value::StringValue(m.to_string())) });
+    let mut attributes = Vec::new();
+    let mut put = |key: &str, v: Option<&Value>| {
+        if let Some(value) = v.and_then(any_value_of) {
+            attributes.push(KeyValue { key: key.to_string(), value: Some(value) });
+        }
+    };
+    put("log.record.uid", r.get("id"));
+    put("tapio.observer", r.get("observer"));
+    put("tapio.outcome", r.get("outcome"));
+    put("error.type", error.and_then(|e| e.get("code")));
+    put("tapio.config_generation", r.get("config_generation"));
+    put("tapio.node", r.get("node"));
+    if let Some(w) = r.get("workload").and_then(Value::as_object) {
+        put("container.id", w.get("container_id"));
+        put("k8s.pod.uid", w.get("pod_uid"));
+        put("tapio.workload.cgroup_id", w.get("cgroup_id"));
+        put("tapio.workload.cgroup_path", w.get("cgroup_path"));
+    }
+    if let Some(k8s) = r.get("k8s").and_then(Value::as_object) {
+        for (k, v) in k8s {
+            put(k, Some(v));
+        }
+    }
+    if let Some(facts) = r.get("facts").and_then(Value::as_object) {
+        for (k, v) in facts {
+            match FACT_ATTRIBUTES.iter().find(|(fact, _)| fact == k) {
+                Some((_, name)) => put(name, Some(v)),
+                None => put(&format!("tapio.fact.{k}"), Some(v)),
+            }
+        }
+    }
+    LogRecord {
+        time_unix_nano: r.get("timestamp_unix_nanos").and_then(Value::as_u64).unwrap_or(0),
+        observed_time_unix_nano: observed_nanos,
+        severity_number,
+        severity_text,
+        body,
+        attributes,
+        dropped_attributes_count: 0,
+        flags: 0,
+        event_name: s("type").unwrap_or_default().to_string(),
+    }
+}
+
+fn kv_str(key: &str, v: &str) -> KeyValue {
+    KeyValue { key: key.into(), value: Some(AnyValue { value: Some(any_value::Value::StringValue(v.into())) }) }
+}
+
+/// JSON → AnyValue; null has no value and is left out.
+fn any_value_of(v: &Value) -> Option<AnyValue> {
+    let value = match v {
+        Value::Null => return None,
+        Value::Bool(b) => any_value::Value::BoolValue(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => any_value::Value::IntValue(i),
+            // Above i64::MAX: OTLP has no unsigned integer; keep the exact digits.
+            (None, Some(u), _) => any_value::Value::StringValue(u.to_string()),
+            (_, _, Some(f)) => any_value::Value::DoubleValue(f),
+            _ => any_value::Value::StringValue(n.to_string()),
+        },
+        Value::String(s) => any_value::Value::StringValue(s.clone()),
+        Value::Array(a) => {
+            any_value::Value::ArrayValue(ArrayValue { values: a.iter().filter_map(any_value_of).collect() })
+        }
+        Value::Object(o) => any_value::Value::KvlistValue(KeyValueList {
+            values: o
+                .iter()
+                .filter_map(|(k, v)| any_value_of(v).map(|value| KeyValue { key: k.clone(), value: Some(value) }))
+                .collect(),
+        }),
+    };
+    Some(AnyValue { value: Some(value) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse_plain_http_only() {
+        let e = Endpoint::parse("http://127.0.0.1:4318/v1/logs").unwrap();
+        assert_eq!((e.host.as_str(), e.port, e.path.as_str()), ("127.0.0.1", 4318, "/v1/logs"));
+        let e = Endpoint::parse("http://[::1]:9/x").unwrap();
+        assert_eq!((e.host.as_str(), e.port, e.authority.as_str()), ("::1", 9, "[::1]:9"));
+        assert_eq!(Endpoint::parse("http://collector").unwrap().path, "/v1/logs");
+        for bad in ["https://c:4318/v1/logs", "c:4318", "http://:80/x", "http://u@c/x", "http://c:x/y"] {
+            assert!(Endpoint::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_and_dates() {
+        assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO), "a past date: now");
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn a_record_maps_to_semantic_convention_attributes() {
+        let line = br#"{"id":"01J","type":"kernel.network.connection_refused","observer":"network","severity":"warning","error":{"code":"ECONNREFUSED","message":"refused"},"timestamp_unix_nanos":42,"node":"n1","facts":{"pid":7,"dst_port":80,"weird":null,"big":18446744073709551615}}"#;
+        let (req, malformed) = build_request([&line[..], b"not json"].into_iter(), 99);
+        assert_eq!(malformed, 1);
+        let rl = &req.resource_logs[0];
+        assert!(rl.resource.as_ref().unwrap().attributes.contains(&kv_str("host.name", "n1")));
+        let rec = &rl.scope_logs[0].log_records[0];
+        assert_eq!((rec.time_unix_nano, rec.observed_time_unix_nano, rec.severity_number), (42, 99, severity::WARN));
+        assert_eq!(rec.event_name, "kernel.network.connection_refused");
+        let attr = |k: &str| rec.attributes.iter().find(|a| a.key == k).and_then(|a| a.value.clone()?.value);
+        assert_eq!(attr("process.pid"), Some(any_value::Value::IntValue(7)));
+        assert_eq!(attr("network.peer.port"), Some(any_value::Value::IntValue(80)));
+        assert_eq!(attr("tapio.fact.big"), Some(any_value::Value::StringValue("18446744073709551615".into())));
+        assert_eq!(attr("tapio.fact.weird"), None, "null is left out");
+        assert_eq!(attr("error.type"), Some(any_value::Value::StringValue("ECONNREFUSED".into())));
+    }
+}

@@ -1,0 +1,351 @@
+//! The NATS JetStream sink against a real `nats-server -js` (Debian's package, started
+//! here on a free loopback port): every record arrives once, on `<prefix>.<observer>.<type>`
+//! with `Nats-Msg-Id` = its id; a batch sent twice is stored once; a server restarted
+//! mid-stream loses nothing acknowledged; and two controller replicas sharing the stream
+//! lose nothing when one is SIGKILLed during ingest.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::ingest::{check_all_kept, id_batch, try_post, Ingest};
+use common::servers::{controller, free_port, http_get, nats_server, nats_server_with, scrape, Proc};
+use common::temp_dir;
+use serde_json::Value;
+use tapio_controller::settings::{NatsConfig, Secret};
+use tapio_controller::{RunningServer, Settings, SinkTarget};
+
+const SUBJECT: &str = "tapio.evidence.network.kernel.network.connection_refused";
+
+fn nats_config(port: u16, stream: &str) -> NatsConfig {
+    NatsConfig {
+        url: format!("nats://127.0.0.1:{port}"),
+        subject_prefix: "tapio.evidence".into(),
+        stream: Some(stream.into()),
+        create_stream: true,
+        stream_max_age: Duration::from_secs(3600),
+        stream_max_bytes: 0,
+        stream_replicas: 1,
+        duplicate_window: Duration::from_secs(120),
+        creds_file: None,
+        token: None,
+        user_password: None,
+        tls_ca: None,
+        tls_client: None,
+        tls_required: false,
+        max_in_flight: 1024,
+        ack_timeout: Duration::from_secs(2),
+    }
+}
+
+async fn start_controller(port: u16, stream: &str) -> RunningServer {
+    let settings = Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        sinks: vec![SinkTarget::Nats(Box::new(nats_config(port, stream)))],
+        sink_ack_timeout: Duration::from_secs(3),
+        max_batch_events: 512,
+        ..Settings::default()
+    };
+    RunningServer::start(settings).await.expect("controller starts with the nats sink")
+}
+
+/// One stored message.
+struct Stored {
+    subject: String,
+    msg_id: Option<String>,
+    id: String,
+}
+
+/// Every message of `stream`, read back by sequence with an independent client.
+async fn read_stream(port: u16, stream: &str) -> Vec<Stored> {
+    let client = async_nats::connect(format!("127.0.0.1:{port}")).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut s = js.get_stream(stream).await.unwrap();
+    let info = s.info().await.unwrap();
+    let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+    let mut out = Vec::new();
+    for seq in first..=last {
+        let m = s.get_raw_message(seq).await.unwrap();
+        let v: Value = serde_json::from_slice(&m.payload).expect("payload is the JSON record");
+        out.push(Stored {
+            subject: m.subject.to_string(),
+            msg_id: m.headers.get("Nats-Msg-Id").map(|h| h.as_str().to_string()),
+            id: v["id"].as_str().unwrap().to_string(),
+        });
+    }
+    out
+}
+
+fn nats(dir: &Path, port: u16) -> Proc {
+    nats_server(port, &dir.join("jetstream"), &dir.join("nats.log"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_record_arrives_once_on_its_subject_and_a_resent_batch_is_dropped_by_the_server() {
+    let dir = temp_dir("i12-nats-once");
+    let port = free_port();
+    let _nats = nats(&dir, port);
+    let server = start_controller(port, "TAPIO_I12_ONCE").await;
+    let mut acked = Vec::new();
+    let mut first_body = None;
+    for seq in 1..=10 {
+        let (body, ids) = id_batch("n1", seq, &format!("once-{seq}"), 50);
+        assert_eq!(try_post(server.addr, &body).await, Some(200));
+        acked.extend(ids);
+        first_body.get_or_insert(body);
+    }
+    // The same batch again (an agent retrying after a lost answer): acknowledged, not stored twice.
+    assert_eq!(try_post(server.addr, first_body.as_ref().unwrap()).await, Some(200));
+    assert_eq!(scrape(server.addr, "tapio_controller_sink_records_written_total{sink=\"nats\"}").await, Some(550.0));
+    assert_eq!(http_get(server.addr, "/readyz").await.unwrap().0, 200);
+    server.stop().await.unwrap();
+
+    let stored = read_stream(port, "TAPIO_I12_ONCE").await;
+    assert_eq!(stored.len(), 500, "each record once: the resent batch was dropped as duplicates");
+    for m in &stored {
+        assert_eq!(m.subject, SUBJECT);
+        assert_eq!(m.msg_id.as_deref(), Some(m.id.as_str()), "Nats-Msg-Id is the evidence id");
+    }
+    let ids: Vec<String> = stored.into_iter().map(|m| m.id).collect();
+    assert_eq!(check_all_kept(&acked, &ids), 0);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_stream_is_refused_at_start_unless_creation_is_asked() {
+    let dir = temp_dir("i12-nats-nostream");
+    let port = free_port();
+    let _nats = nats(&dir, port);
+    let mut cfg = nats_config(port, "TAPIO_I12_ABSENT");
+    cfg.create_stream = false;
+    let settings = Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        sinks: vec![SinkTarget::Nats(Box::new(cfg))],
+        ..Settings::default()
+    };
+    let err = RunningServer::start(settings).await.err().expect("start fails");
+    assert!(err.to_string().contains("TAPIO_I12_ABSENT"), "{err}");
+    // An unreachable server fails at start too, naming the URL.
+    let settings = Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        sinks: vec![SinkTarget::Nats(Box::new(nats_config(free_port(), "X")))],
+        ..Settings::default()
+    };
+    let err = RunningServer::start(settings).await.err().expect("start fails");
+    assert!(err.to_string().contains("cannot connect to NATS"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_nats_server_restart_mid_stream_loses_nothing_acknowledged() {
+    let dir = temp_dir("i12-nats-restart");
+    let port = free_port();
+    let mut nats_proc = nats(&dir, port);
+    let server = start_controller(port, "TAPIO_I12_RESTART").await;
+    let ingest = Ingest::start(vec![server.addr], "restart", 4, 100);
+    wait_for(|| ingest.acked_now() >= 2_000, Duration::from_secs(30)).await;
+    nats_proc.kill();
+    // While the server is away the sink cannot keep records: batches are refused, the
+    // controller reports not ready.
+    let mut saw_not_ready = false;
+    let until = Instant::now() + Duration::from_secs(15);
+    while !saw_not_ready && Instant::now() < until {
+        saw_not_ready = http_get(server.addr, "/readyz").await.is_some_and(|(s, _)| s == 503);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(saw_not_ready, "readiness fails while JetStream is unreachable");
+    let during = ingest.acked_now();
+    let _nats2 = nats(&dir, port);
+    wait_for(|| ingest.acked_now() >= during + 2_000, Duration::from_secs(60)).await;
+    let until = Instant::now() + Duration::from_secs(15);
+    while http_get(server.addr, "/readyz").await.is_none_or(|(s, _)| s != 200) {
+        assert!(Instant::now() < until, "readiness returns once JetStream is back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let retries = ingest.retries.load(std::sync::atomic::Ordering::Relaxed);
+    let acked = ingest.stop().await;
+    server.stop().await.unwrap();
+    let stored: Vec<String> = read_stream(port, "TAPIO_I12_RESTART").await.into_iter().map(|m| m.id).collect();
+    let duplicates = check_all_kept(&acked, &stored);
+    eprintln!(
+        "nats restart: {} events acknowledged, all in the stream ({} stored, {duplicates} duplicates, {retries} batch retries)",
+        acked.len(),
+        stored.len()
+    );
+    assert_eq!(duplicates, 0, "the server drops re-published ids");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_share_the_stream_and_killing_one_during_ingest_loses_nothing() {
+    let dir = temp_dir("i12-replicas");
+    let port = free_port();
+    let _nats = nats(&dir, port);
+    let args: Vec<String> = [
+        "--sink",
+        "nats",
+        "--nats-url",
+        &format!("nats://127.0.0.1:{port}"),
+        "--nats-stream",
+        "TAPIO_I12_REPLICAS",
+        "--nats-create-stream",
+        "--max-batch-events",
+        "512",
+        "--sink-ack-timeout-secs",
+        "3",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let a = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let b = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut replica_a = controller(&dir, "a.log", a, &args);
+    let mut replica_b = controller(&dir, "b.log", b, &args);
+    // Half the agents start on each replica; an agent whose replica fails moves on to the
+    // other with the same batch, as behind a Service.
+    let ingest = Ingest::start(vec![a, b], "replicas", 8, 100);
+    wait_for(|| ingest.acked_now() >= 4_000, Duration::from_secs(30)).await;
+    replica_a.kill();
+    let after_kill = ingest.acked_now();
+    wait_for(|| ingest.acked_now() >= after_kill + 4_000, Duration::from_secs(60)).await;
+    let acked = ingest.stop().await;
+    assert!(replica_b.terminate(Duration::from_secs(20)));
+    let stored: Vec<String> = read_stream(port, "TAPIO_I12_REPLICAS").await.into_iter().map(|m| m.id).collect();
+    let duplicates = check_all_kept(&acked, &stored);
+    eprintln!(
+        "two replicas, one SIGKILLed: {} events acknowledged, all in the stream ({} stored, {duplicates} duplicates)",
+        acked.len(),
+        stored.len()
+    );
+    assert_eq!(duplicates, 0, "JetStream drops ids published through both replicas");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+async fn wait_for(cond: impl Fn() -> bool, within: Duration) {
+    let end = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < end, "condition not met within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_password_and_token_authentication_work_and_wrong_secrets_fail_at_start() {
+    let dir = temp_dir("i12-nats-auth");
+    let start = |cfg: NatsConfig| async move {
+        let settings = Settings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            sinks: vec![SinkTarget::Nats(Box::new(cfg))],
+            ..Settings::default()
+        };
+        RunningServer::start(settings).await
+    };
+    // User and password.
+    let port = free_port();
+    let store = dir.join("js-user");
+    let server =
+        nats_server_with(port, &store, &dir.join("nats-user.log"), &["--user", "tapio", "--pass", "s3cret-pw"]);
+    let mut cfg = nats_config(port, "TAPIO_I12_AUTH");
+    cfg.user_password = Some(("tapio".into(), Secret("wrong".into())));
+    let err = start(cfg.clone()).await.err().expect("a wrong password fails at start");
+    assert!(!err.to_string().contains("wrong"), "no secret in the error: {err}");
+    cfg.user_password = Some(("tapio".into(), Secret("s3cret-pw".into())));
+    let c = start(cfg).await.expect("the right password connects");
+    let (body, _) = id_batch("auth", 1, "auth-user", 5);
+    assert_eq!(try_post(c.addr, &body).await, Some(200));
+    c.stop().await.unwrap();
+    drop(server);
+    // Token.
+    let port = free_port();
+    let store = dir.join("js-token");
+    let server = nats_server_with(port, &store, &dir.join("nats-token.log"), &["--auth", "t0ken-value"]);
+    let mut cfg = nats_config(port, "TAPIO_I12_TOKEN");
+    cfg.token = Some(Secret("not-it".into()));
+    assert!(start(cfg.clone()).await.is_err(), "a wrong token fails at start");
+    cfg.token = Some(Secret("t0ken-value".into()));
+    let c = start(cfg).await.expect("the right token connects");
+    let (body, _) = id_batch("auth", 1, "auth-token", 5);
+    assert_eq!(try_post(c.addr, &body).await, Some(200));
+    c.stop().await.unwrap();
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A throwaway CA and a server certificate for 127.0.0.1, made with the openssl CLI.
+fn make_certs(dir: &Path) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    run(&[
+        &["req", "-x509"][..],
+        &ec[..],
+        &["-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=tapio-i12-test-ca"],
+    ]
+    .concat());
+    run(&[&["req"][..], &ec[..], &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]].concat());
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+    ]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_nats_verifies_the_server_with_the_given_ca() {
+    let dir = temp_dir("i12-nats-tls");
+    make_certs(&dir);
+    let port = free_port();
+    let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
+    let _nats = nats_server_with(
+        port,
+        &dir.join("js"),
+        &dir.join("nats.log"),
+        &["--tls", "--tlscert", cert.to_str().unwrap(), "--tlskey", key.to_str().unwrap()],
+    );
+    let start = |cfg: NatsConfig| async move {
+        let settings = Settings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            sinks: vec![SinkTarget::Nats(Box::new(cfg))],
+            ..Settings::default()
+        };
+        RunningServer::start(settings).await
+    };
+    let mut cfg = nats_config(port, "TAPIO_I12_TLS");
+    cfg.url = format!("tls://127.0.0.1:{port}");
+    cfg.tls_required = true;
+    // Without the CA the server's certificate is not trusted: refused at start.
+    assert!(start(cfg.clone()).await.is_err(), "an unverified server is refused");
+    cfg.tls_ca = Some(dir.join("ca.pem"));
+    let c = start(cfg).await.expect("TLS with the CA connects");
+    let (body, ids) = id_batch("tls", 1, "tls", 10);
+    assert_eq!(try_post(c.addr, &body).await, Some(200));
+    c.stop().await.unwrap();
+    // Reading back needs TLS too: the test's own client trusts the same CA.
+    let client = async_nats::ConnectOptions::new()
+        .add_root_certificates(dir.join("ca.pem"))
+        .require_tls(true)
+        .connect(format!("tls://127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client);
+    let info = js.get_stream("TAPIO_I12_TLS").await.unwrap().info().await.unwrap().clone();
+    assert_eq!(info.state.messages, ids.len() as u64);
+    let _ = std::fs::remove_dir_all(dir);
+}
