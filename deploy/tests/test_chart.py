@@ -3,6 +3,8 @@ validation of every object against the Kubernetes schemas (kubernetes-validate -
 drift between the chart and deploy/manifests, and the shape of what the agent and the
 controller are granted. No cluster and no root needed."""
 
+import os
+import subprocess
 import tempfile
 import unittest
 from pathlib import Path
@@ -169,6 +171,52 @@ class AgentDaemonSetTest(unittest.TestCase):
                     check = run([AGENT_BINARY, "--check-config", "--config", path])
                     self.assertEqual(check.returncode, 0, check.stdout + check.stderr)
                     self.assertIn("config ok", check.stdout + check.stderr)
+
+    def test_rendered_controller_args_are_the_controllers_own(self):
+        # The controller is started with exactly the rendered arguments (files the pod
+        # mounts replaced by local copies, the listen address by a free loopback port).
+        # A flag it does not know, or settings it refuses, end it at once with exit 2
+        # ("invalid configuration"); accepted ones get past that to binding and, in the
+        # Kubernetes modes, to looking for in-cluster credentials, which this host lacks.
+        build = run(["cargo", "build", "--quiet", "-p", "tapio-controller"], cwd=REPO)
+        self.assertEqual(build.returncode, 0, build.stderr)
+        binary = REPO / "target" / "debug" / "tapio-controller"
+        for name, sets in VALUE_SETS.items():
+            _, docs = helm_template(*sets)
+            deployments = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "tapio-controller"]
+            for deployment in deployments:
+                args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+                with self.subTest(values=name), tempfile.TemporaryDirectory(prefix="tapio-i11d-") as tmp:
+                    profile = Path(tmp) / "profile.yaml"
+                    profile.write_text(find(docs, "ConfigMap", "tapio-profile")["data"]["profile.yaml"])
+                    token = Path(tmp) / "token"
+                    token.write_text("local-test-token\n")
+                    local = []
+                    for a in args:
+                        if a.startswith("--listen="):
+                            a = "--listen=127.0.0.1:0"
+                        elif a.startswith("--profile="):
+                            a = f"--profile={profile}"
+                        elif a.startswith("--auth-token-file="):
+                            a = f"--auth-token-file={token}"
+                        local.append(a)
+                    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
+                    env["KUBECONFIG"] = str(Path(tmp) / "no-kubeconfig")
+                    proc = subprocess.Popen([str(binary), *local], stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.PIPE, text=True, env=env)
+                    try:
+                        _, stderr = proc.communicate(timeout=3)
+                    except subprocess.TimeoutExpired:
+                        proc.terminate()
+                        _, stderr = proc.communicate(timeout=10)
+                        self.assertIn("listening on", stderr)
+                        continue
+                    code = proc.returncode
+                    self.assertNotEqual(code, 2, f"{local}: {stderr}")
+                    self.assertNotIn("invalid configuration", stderr)
+                    self.assertNotIn("unexpected argument", stderr)
+                    # It got as far as the Kubernetes client, which only these modes build.
+                    self.assertTrue("--k8s-pods" in local or "--auth=kubernetes" in local, f"{local}: {stderr}")
 
     def test_config_change_rolls_the_agents(self):
         _, tuned = helm_template("agent.extraConfig=[network]\nretransmit_count = 15")
