@@ -302,13 +302,14 @@ int BPF_PROG(tapio_signal_generate, int sig, struct kernel_siginfo *info, struct
 static __always_inline int exit_is_clean(struct trace_event_raw_sched_process_exit *ctx)
 {
 	int use_group_dead = bpf_core_field_exists(ctx->group_dead);
-	unsigned int flags;
-	int group_code, last, leader_code;
+	int last;
+	/* A group exit's status is its group code, for the last thread (the status) and for the
+	 * others (the code worth remembering) alike; otherwise only the last thread counts. */
 	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_current_task_btf)) {
 		struct task_struct *task = bpf_get_current_task_btf();
 		struct signal_struct *signal = task->signal;
-		flags = signal->flags;
-		group_code = signal->group_exit_code;
+		if (signal->flags & SIGNAL_GROUP_EXIT)
+			return signal->group_exit_code == 0;
 		if (use_group_dead) {
 			/* Kept from being hoisted above the existence check (the load is relocated
 			 * to nothing where the field is missing). */
@@ -317,23 +318,17 @@ static __always_inline int exit_is_clean(struct trace_event_raw_sched_process_ex
 		} else {
 			last = signal->live.counter == 0;
 		}
-		if (!last || (flags & SIGNAL_GROUP_EXIT))
-			return (flags & SIGNAL_GROUP_EXIT) ? group_code == 0 : 1;
-		leader_code = task->group_leader->exit_code;
-		return leader_code == 0;
+		return !last || task->group_leader->exit_code == 0;
 	}
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct signal_struct *signal = BPF_CORE_READ(task, signal);
-	flags = BPF_CORE_READ(signal, flags);
-	group_code = BPF_CORE_READ(signal, group_exit_code);
+	if (BPF_CORE_READ(signal, flags) & SIGNAL_GROUP_EXIT)
+		return BPF_CORE_READ(signal, group_exit_code) == 0;
 	if (use_group_dead)
 		last = BPF_CORE_READ(ctx, group_dead);
 	else
 		last = BPF_CORE_READ(signal, live.counter) == 0;
-	if (!last || (flags & SIGNAL_GROUP_EXIT))
-		return (flags & SIGNAL_GROUP_EXIT) ? group_code == 0 : 1;
-	leader_code = BPF_CORE_READ(task, group_leader, exit_code);
-	return leader_code == 0;
+	return !last || BPF_CORE_READ(task, group_leader, exit_code) == 0;
 }
 
 SEC("tracepoint/sched/sched_process_exit")
