@@ -8,6 +8,7 @@
 //! SKIPPED otherwise.
 
 mod agent;
+mod budgets;
 mod e2e;
 mod idle;
 mod kernel;
@@ -38,6 +39,7 @@ PARTS (default: all):
   storage     block hook cost and agent CPU at ~10k IOPS on a loop device (root)
   overhead    connect-heavy workload: the generator's CPU per connect with the agent
               vs without, alternating rounds; network hook cost under it (root)
+  budgets     eBPF object sizes and map memory against their budgets (no root)
   all         every part above
 
 OPTIONS:
@@ -68,9 +70,11 @@ enum Part {
     E2e,
     Storage,
     Overhead,
+    Budgets,
 }
 
-const ALL: [Part; 7] = [Part::Size, Part::Pipeline, Part::Idle, Part::Kernel, Part::E2e, Part::Storage, Part::Overhead];
+const ALL: [Part; 8] =
+    [Part::Size, Part::Budgets, Part::Pipeline, Part::Idle, Part::Kernel, Part::E2e, Part::Storage, Part::Overhead];
 
 struct Options {
     parts: Vec<Part>,
@@ -120,6 +124,7 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Option<Options>, String> 
             "e2e" => o.parts.push(Part::E2e),
             "storage" => o.parts.push(Part::Storage),
             "overhead" => o.parts.push(Part::Overhead),
+            "budgets" => o.parts.push(Part::Budgets),
             "all" => o.parts.extend(ALL),
             "--agent" => o.agent = args.next().ok_or("--agent needs a path")?.into(),
             "--release-agent" => o.release_agent = args.next().ok_or("--release-agent needs a path")?.into(),
@@ -239,6 +244,7 @@ fn main() -> ExitCode {
         match part {
             Part::Size => size::measure(&options.agent, &options.release_agent, &options.controller, &mut report),
             Part::Pipeline => pipeline_rows(options.pipeline_secs, &mut report),
+            Part::Budgets => budgets::measure(&mut report),
             Part::Idle => {
                 eprintln!("tapio-bench: idle ({} s window)", options.idle_secs);
                 idle::measure(&options.agent, Duration::from_secs(options.idle_secs), &mut report);
