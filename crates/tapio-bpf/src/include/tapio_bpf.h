@@ -153,12 +153,13 @@ static __always_inline __u64 tapio_task_memcg_id(struct task_struct *task)
 
 /*
  * Submits a reserved record. Waking the agent costs far more than the record itself (an
- * interrupt, and in a VM an exit to the hypervisor), so a record wakes it only when it
- * carries the waiting bytes across a multiple of `wakeup_bytes` (once per that much data,
- * not once per record while the agent is behind), and every record does once half the
- * ring (4 x wakeup_bytes) is waiting: a crossing missed because other CPUs reserved at the
- * same moment costs latency, never data. The agent also polls every 100 ms, which bounds
- * how long a lone record waits.
+ * interrupt, and in a VM an exit to the hypervisor: about 3 us), so a record wakes it only
+ * when it carries the waiting bytes across a multiple of `wakeup_bytes` (once per that much
+ * data, not once per record while the agent is behind). Past half the ring (4 x
+ * wakeup_bytes) the marks are sixteen times closer: a crossing missed because other CPUs
+ * reserved at the same moment then costs a little latency, never data, and an agent that
+ * is behind because it is busy (already awake) is not interrupted for every record. The
+ * agent also polls every 100 ms, which bounds how long a lone record waits.
  */
 #define tapio_submit(ring, record, wakeup_bytes) \
 	tapio_submit_sized(ring, record, sizeof(*(record)), wakeup_bytes)
@@ -169,7 +170,8 @@ static __always_inline void tapio_submit_sized(void *ring, void *record, __u64 s
 	__u64 occupies = 8 + ((size + 7) & ~7ULL);
 	__u64 waiting = bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA);
 	__u64 before = waiting > occupies ? waiting - occupies : 0;
-	int wake = waiting >= 4 * wakeup_bytes || waiting / wakeup_bytes != before / wakeup_bytes;
+	__u64 mark = waiting >= 4 * wakeup_bytes ? wakeup_bytes / 16 : wakeup_bytes;
+	int wake = waiting / mark != before / mark;
 	bpf_ringbuf_submit(record, wake ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
