@@ -8,10 +8,12 @@
 //! SKIPPED otherwise.
 
 mod agent;
+mod budgets;
 mod e2e;
 mod idle;
 mod kernel;
 mod load;
+mod overhead;
 mod pipeline;
 mod procfs;
 mod report;
@@ -35,6 +37,9 @@ PARTS (default: all):
   kernel      mean cost per invocation of each tapio_* eBPF program (root)
   e2e         refused-connect flood: made vs written vs counted losses (root)
   storage     block hook cost and agent CPU at ~10k IOPS on a loop device (root)
+  overhead    connect-heavy workload: the generator's CPU per connect with the agent
+              vs without, alternating rounds; network hook cost under it (root)
+  budgets     eBPF object sizes and map memory against their budgets (no root)
   all         every part above
 
 OPTIONS:
@@ -64,9 +69,12 @@ enum Part {
     Kernel,
     E2e,
     Storage,
+    Overhead,
+    Budgets,
 }
 
-const ALL: [Part; 6] = [Part::Size, Part::Pipeline, Part::Idle, Part::Kernel, Part::E2e, Part::Storage];
+const ALL: [Part; 8] =
+    [Part::Size, Part::Budgets, Part::Pipeline, Part::Idle, Part::Kernel, Part::E2e, Part::Storage, Part::Overhead];
 
 struct Options {
     parts: Vec<Part>,
@@ -115,6 +123,8 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Option<Options>, String> 
             "kernel" => o.parts.push(Part::Kernel),
             "e2e" => o.parts.push(Part::E2e),
             "storage" => o.parts.push(Part::Storage),
+            "overhead" => o.parts.push(Part::Overhead),
+            "budgets" => o.parts.push(Part::Budgets),
             "all" => o.parts.extend(ALL),
             "--agent" => o.agent = args.next().ok_or("--agent needs a path")?.into(),
             "--release-agent" => o.release_agent = args.next().ok_or("--release-agent needs a path")?.into(),
@@ -202,12 +212,17 @@ fn main() -> ExitCode {
 
     agent::stop_agent_on_interrupt();
     let root = procfs::is_root();
-    if !root && options.parts.iter().any(|p| matches!(p, Part::Idle | Part::Kernel | Part::E2e | Part::Storage)) {
-        eprintln!("tapio-bench: NOT ROOT: the idle, kernel, e2e and storage parts will be SKIPPED (they run the agent, which loads eBPF)");
+    if !root
+        && options
+            .parts
+            .iter()
+            .any(|p| matches!(p, Part::Idle | Part::Kernel | Part::E2e | Part::Storage | Part::Overhead))
+    {
+        eprintln!("tapio-bench: NOT ROOT: the idle, kernel, e2e, storage and overhead parts will be SKIPPED (they run the agent, which loads eBPF)");
     }
     let mut report = Report::default();
     for part in &options.parts {
-        let needs_root = matches!(part, Part::Idle | Part::Kernel | Part::E2e | Part::Storage);
+        let needs_root = matches!(part, Part::Idle | Part::Kernel | Part::E2e | Part::Storage | Part::Overhead);
         if needs_root && !root {
             let why = "needs root: it runs the agent, which loads eBPF (rerun with sudo)";
             match part {
@@ -215,7 +230,10 @@ fn main() -> ExitCode {
                     report.skipped("idle", "idle RSS (VmRSS)", "<= 8 MB", why);
                     report.skipped("idle", "idle CPU (utime+stime)", "<= 0.2 %", why);
                 }
-                Part::Kernel => report.skipped("kernel", "mean cost per tapio_* program", "<= 250 ns (network)", why),
+                Part::Kernel => report.skipped("kernel", "mean cost per tapio_* program", "<= 250 ns", why),
+                Part::Overhead => {
+                    report.skipped("overhead", "connect-heavy CPU per connect, agent vs none", "<= +5 %", why)
+                }
                 Part::Storage => {
                     report.skipped("storage", "block hook cost and agent CPU at ~10k IOPS", "<= 300 ns, < 1 %", why)
                 }
@@ -226,6 +244,7 @@ fn main() -> ExitCode {
         match part {
             Part::Size => size::measure(&options.agent, &options.release_agent, &options.controller, &mut report),
             Part::Pipeline => pipeline_rows(options.pipeline_secs, &mut report),
+            Part::Budgets => budgets::measure(&mut report),
             Part::Idle => {
                 eprintln!("tapio-bench: idle ({} s window)", options.idle_secs);
                 idle::measure(&options.agent, Duration::from_secs(options.idle_secs), &mut report);
@@ -237,6 +256,10 @@ fn main() -> ExitCode {
             Part::E2e => {
                 eprintln!("tapio-bench: e2e ({} s flood, {} senders)", options.secs, options.senders);
                 e2e::measure(&options.agent, Duration::from_secs(options.secs), options.senders, &mut report);
+            }
+            Part::Overhead => {
+                eprintln!("tapio-bench: overhead (connect-heavy rounds with and without the agent)");
+                overhead::measure(&options.agent, &mut report);
             }
             Part::Storage => {
                 eprintln!("tapio-bench: storage ({} s of paced random I/O on a loop device)", options.secs);

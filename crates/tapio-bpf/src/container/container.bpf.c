@@ -289,9 +289,53 @@ int BPF_PROG(tapio_signal_generate, int sig, struct kernel_siginfo *info, struct
 	return 0;
 }
 
+/*
+ * Whether this exit cannot be evidence, decided from the exiting task alone: a last thread
+ * whose process leaves with status 0, or a thread that is not the last and whose group exit
+ * (if any) carries no code to remember. Nearly every exit on a node is one of those, so
+ * they leave before any map or config access. The values are the ones the full path below
+ * reads (it reads them again for the rare exit that passes).
+ *
+ * Where the kernel has bpf_get_current_task_btf (5.11+) the task is read through typed
+ * pointers: plain loads instead of one helper call per field.
+ */
+static __always_inline int exit_is_clean(struct trace_event_raw_sched_process_exit *ctx)
+{
+	int use_group_dead = bpf_core_field_exists(ctx->group_dead);
+	int last;
+	/* A group exit's status is its group code, for the last thread (the status) and for the
+	 * others (the code worth remembering) alike; otherwise only the last thread counts. */
+	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_current_task_btf)) {
+		struct task_struct *task = bpf_get_current_task_btf();
+		struct signal_struct *signal = task->signal;
+		if (signal->flags & SIGNAL_GROUP_EXIT)
+			return signal->group_exit_code == 0;
+		if (use_group_dead) {
+			/* Kept from being hoisted above the existence check (the load is relocated
+			 * to nothing where the field is missing). */
+			TAPIO_COMPILER_BARRIER();
+			last = ctx->group_dead;
+		} else {
+			last = signal->live.counter == 0;
+		}
+		return !last || task->group_leader->exit_code == 0;
+	}
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct signal_struct *signal = BPF_CORE_READ(task, signal);
+	if (BPF_CORE_READ(signal, flags) & SIGNAL_GROUP_EXIT)
+		return BPF_CORE_READ(signal, group_exit_code) == 0;
+	if (use_group_dead)
+		last = BPF_CORE_READ(ctx, group_dead);
+	else
+		last = BPF_CORE_READ(signal, live.counter) == 0;
+	return !last || BPF_CORE_READ(task, group_leader, exit_code) == 0;
+}
+
 SEC("tracepoint/sched/sched_process_exit")
 int tapio_sched_process_exit(struct trace_event_raw_sched_process_exit *ctx)
 {
+	if (exit_is_clean(ctx))
+		return 0;
 	struct tapio_ctr_config cfg;
 	if (!TAPIO_READ_CONFIG(&config, &counters, &cfg))
 		return 0;

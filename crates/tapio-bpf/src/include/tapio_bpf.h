@@ -115,6 +115,26 @@ static __always_inline void tapio_count(void *counters_map, __u32 idx)
 		ok_;                                                                        \
 	})
 
+/*
+ * The config copy readers are currently directed to, read in place, or NULL while it is
+ * unwritten or of another ABI. For hooks that only read single switches to decide how much
+ * bookkeeping to do (one aligned word is never torn): no copy, no retry loop. A hook that
+ * judges evidence by several fields together must use TAPIO_READ_CONFIG.
+ */
+#define TAPIO_CONFIG_LIVE(config_map)                                                      \
+	({                                                                                 \
+		__u32 zero_ = 0;                                                           \
+		void *live_ = NULL;                                                        \
+		__u64 *seq_ = bpf_map_lookup_elem(&config_seq, &zero_);                    \
+		if (seq_) {                                                                \
+			__u32 slot_ = TAPIO_READ_ONCE_U64(seq_) & 1;                       \
+			struct tapio_config_header *h_ = bpf_map_lookup_elem(config_map, &slot_); \
+			if (h_ && h_->abi_version == TAPIO_ABI_VERSION)                    \
+				live_ = h_;                                                \
+		}                                                                          \
+		live_;                                                                     \
+	})
+
 /* The kernfs id of a task's cgroup in the memory controller's hierarchy (v1 or v2); 0 if none. */
 static __always_inline __u64 tapio_task_memcg_id(struct task_struct *task)
 {
@@ -132,20 +152,55 @@ static __always_inline __u64 tapio_task_memcg_id(struct task_struct *task)
 }
 
 /*
- * Submits a reserved record. Waking the agent for every record costs more than the record
- * itself, so the agent is woken only once `wakeup_bytes` are waiting; it also polls the ring
- * every 100 ms, which bounds how long a lone record waits.
+ * Submits a reserved record. Waking the agent costs far more than the record itself (an
+ * interrupt, and in a VM an exit to the hypervisor: about 3 us), so a record wakes it only
+ * when it carries the waiting bytes across a multiple of `wakeup_bytes` (once per that much
+ * data, not once per record while the agent is behind). Past half the ring (4 x
+ * wakeup_bytes) the marks are sixteen times closer: a crossing missed because other CPUs
+ * reserved at the same moment then costs a little latency, never data, and an agent that
+ * is behind because it is busy (already awake) is not interrupted for every record. The
+ * agent also polls every 100 ms, which bounds how long a lone record waits.
  */
-static __always_inline void tapio_submit(void *ring, void *record, __u64 wakeup_bytes)
+#define tapio_submit(ring, record, wakeup_bytes) \
+	tapio_submit_sized(ring, record, sizeof(*(record)), wakeup_bytes)
+
+static __always_inline void tapio_submit_sized(void *ring, void *record, __u64 size, __u64 wakeup_bytes)
 {
+	/* What this record occupies: its 8-byte header plus its size rounded up to 8. */
+	__u64 occupies = 8 + ((size + 7) & ~7ULL);
 	__u64 waiting = bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA);
-	bpf_ringbuf_submit(record, waiting >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+	__u64 before = waiting > occupies ? waiting - occupies : 0;
+	__u64 mark = waiting >= 4 * wakeup_bytes ? wakeup_bytes / 16 : wakeup_bytes;
+	int wake = waiting / mark != before / mark;
+	bpf_ringbuf_submit(record, wake ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
 /* Fills *t with the current task: the right attribution only in process context.
- * with_memcg: also read its memory-cgroup id (a few pointer reads). */
+ * with_memcg: also read its memory-cgroup id (a few pointer reads).
+ *
+ * Where the kernel has bpf_get_current_task_btf (5.11+) every fact is a plain load through
+ * the task's typed pointers (the same values the pid/cgroup/comm helpers return: tgid and
+ * pid, the default hierarchy's cgroup kernfs id, the NUL-padded comm), which costs a
+ * fraction of the three helper calls; older kernels take the helpers. */
 static __always_inline void tapio_task_current(struct tapio_task *t, int with_memcg)
 {
+	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_current_task_btf)) {
+		struct task_struct *task = bpf_get_current_task_btf();
+		struct css_set *cgroups = task->cgroups;
+		t->pid = task->tgid;
+		t->tid = task->pid;
+		t->cgroup_id = cgroups->dfl_cgrp->kn->id;
+		__builtin_memcpy(t->comm, task->comm, sizeof(t->comm));
+		if (!with_memcg || !bpf_core_enum_value_exists(enum cgroup_subsys_id, memory_cgrp_id))
+			return;
+		int idx = bpf_core_enum_value(enum cgroup_subsys_id, memory_cgrp_id);
+		if (idx < 0 || idx >= 16)
+			return;
+		struct cgroup_subsys_state *css = cgroups->subsys[idx];
+		if (css)
+			t->mem_cgroup_id = css->cgroup->kn->id;
+		return;
+	}
 	__u64 id = bpf_get_current_pid_tgid();
 	t->pid = id >> 32;
 	t->tid = (__u32)id;

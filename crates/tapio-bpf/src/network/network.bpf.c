@@ -196,7 +196,18 @@ static __always_inline void emit_connect_failed(struct trace_event_raw_inet_sock
 	if (!ev)
 		return;
 	ev->family = ctx->family;
-	FILL_ADDRS_FROM_CTX(ev, ctx);
+	if (ev->family != AF_INET6 &&
+	    bpf_core_field_offset(ctx->daddr) == bpf_core_field_offset(ctx->saddr) + 4) {
+		/* Both IPv4 addresses in one read (adjacent in this tracepoint's record). */
+		__u32 both[2];
+		bpf_probe_read_kernel(both, sizeof(both), (void *)ctx + bpf_core_field_offset(ctx->saddr));
+		__builtin_memcpy(ev->saddr, &both[0], 4);
+		__builtin_memcpy(ev->daddr, &both[1], 4);
+		ev->sport = ctx->sport;
+		ev->dport = ctx->dport;
+	} else {
+		FILL_ADDRS_FROM_CTX(ev, ctx);
+	}
 	ev->state = TCP_SYN_SENT;
 	ev->sk_err = sk_err;
 	/* Segments retransmitted on a socket that never left SYN_SENT are its SYNs. */
@@ -228,10 +239,11 @@ int tapio_inet_sock_set_state(struct trace_event_raw_inet_sock_set_state *ctx)
 	__u64 key = (__u64)ctx->skaddr;
 
 	if (newstate == TCP_SYN_SENT) {
-		/* connect() runs in the caller's context: the one moment the task is known. */
+		/* connect() runs in the caller's context: the one moment the task is known. Only
+		 * one switch is needed here, read in place (no config copy per connect). */
 		struct connect_start start = {};
-		int with_memcg = TAPIO_READ_CONFIG(&config, &counters, &cfg) && cfg.capture_memcg;
-		tapio_task_current(&start.task, with_memcg);
+		const struct tapio_net_config *live = TAPIO_CONFIG_LIVE(&config);
+		tapio_task_current(&start.task, live && live->capture_memcg);
 		start.start_ns = bpf_ktime_get_boot_ns();
 		start.flags = TAPIO_NET_F_TASK_KNOWN;
 		if (bpf_map_update_elem(&connects, &key, &start, BPF_ANY))
@@ -262,10 +274,15 @@ int tapio_inet_sock_set_state(struct trace_event_raw_inet_sock_set_state *ctx)
 			bpf_map_delete_elem(&connects, &key);
 	}
 
-	/* A connect that never left SYN_SENT has no owner or retransmit state to forget. */
+	/* A connect that never left SYN_SENT has no owner or retransmit state to forget. Most
+	 * closing sockets have neither (server sides, connections that never retransmitted):
+	 * the lock-free lookup spares them the delete's bucket lock. A socket's transitions
+	 * are serialized by its lock, so nothing inserts between the lookup and the delete. */
 	if (newstate == TCP_CLOSE && oldstate != TCP_SYN_SENT) {
-		bpf_map_delete_elem(&owners, &key);
-		bpf_map_delete_elem(&retransmits, &key);
+		if (bpf_map_lookup_elem(&owners, &key))
+			bpf_map_delete_elem(&owners, &key);
+		if (bpf_map_lookup_elem(&retransmits, &key))
+			bpf_map_delete_elem(&retransmits, &key);
 	}
 	return 0;
 }

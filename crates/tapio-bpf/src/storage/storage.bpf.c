@@ -76,13 +76,12 @@ static __always_inline int config_on(struct tapio_sto_config *cfg)
 	return TAPIO_READ_CONFIG(&config, &counters, cfg) && cfg->enabled;
 }
 
-/* The hooks that only track requests need no consistent copy: the switches, read in place,
- * from a config this object's ABI wrote (0 while unwritten or of another ABI). */
+/* The hooks that only track requests need no consistent copy: the switches, read in place
+ * from the copy readers are directed to (NULL while unwritten, of another ABI, or off). */
 static __always_inline const struct tapio_sto_config *config_live(void)
 {
-	__u32 zero = 0;
-	const struct tapio_sto_config *cfg = bpf_map_lookup_elem(&config, &zero);
-	if (!cfg || cfg->hdr.abi_version != TAPIO_ABI_VERSION || !cfg->enabled)
+	const struct tapio_sto_config *cfg = TAPIO_CONFIG_LIVE(&config);
+	if (!cfg || !cfg->enabled)
 		return NULL;
 	return cfg;
 }
@@ -128,33 +127,6 @@ static __always_inline int failed_with_its_flush(__u32 cmd_flags)
 	return ((cmd_flags >> (preflush & 31)) & 1) || ((cmd_flags >> (fua & 31)) & 1);
 }
 
-/*
- * The submitting task. Its memory cgroup (on v1 nodes) is read through typed pointers where
- * the kernel has bpf_get_current_task_btf (5.11+): plain loads instead of one helper call
- * per pointer, which is most of this hook's cost.
- */
-static __always_inline void submitter(struct tapio_task *t, __u32 with_memcg)
-{
-	if (!with_memcg || !bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_current_task_btf)) {
-		tapio_task_current(t, with_memcg);
-		return;
-	}
-	__u64 id = bpf_get_current_pid_tgid();
-	t->pid = id >> 32;
-	t->tid = (__u32)id;
-	t->cgroup_id = bpf_get_current_cgroup_id();
-	bpf_get_current_comm(&t->comm, sizeof(t->comm));
-	if (!bpf_core_enum_value_exists(enum cgroup_subsys_id, memory_cgrp_id))
-		return;
-	int idx = bpf_core_enum_value(enum cgroup_subsys_id, memory_cgrp_id);
-	if (idx < 0 || idx >= 16)
-		return;
-	struct task_struct *task = bpf_get_current_task_btf();
-	struct cgroup_subsys_state *css = task->cgroups->subsys[idx];
-	if (css)
-		t->mem_cgroup_id = css->cgroup->kn->id;
-}
-
 SEC("tp_btf/block_io_start")
 int BPF_PROG(tapio_io_start, struct request *rq)
 {
@@ -183,12 +155,13 @@ int BPF_PROG(tapio_io_start, struct request *rq)
 	}
 	/* Written in place: no copy of a whole entry per I/O. */
 	e->task.mem_cgroup_id = 0;
-	submitter(&e->task, cfg->capture_memcg);
+	tapio_task_current(&e->task, cfg->capture_memcg);
 	e->flags = TAPIO_STO_F_TASK_KNOWN;
 	e->submit_ns = bpf_ktime_get_boot_ns();
 	e->issue_ns = 0;
 	e->requeues = 0;
-	fill_request(e, rq);
+	/* The request's device, sector and size are read at its issue (a bio merged in after
+	 * this changes them), or at its completion if it is never issued: not here. */
 	return 0;
 }
 
@@ -305,6 +278,10 @@ int BPF_PROG(tapio_rq_complete, struct request *rq, int error, unsigned int nr_b
 		return 0;
 	}
 	__u16 status_flag = error > 0 ? TAPIO_STO_F_BLK_STATUS : 0;
+	/* Never issued: its facts were not read yet (the tracepoint fires before the request
+	 * is advanced, so they are still its own). */
+	if (!e->issue_ns)
+		fill_request(e, rq);
 
 	if (e->flags & TAPIO_STO_IF_DATA_DONE) {
 		/* The end of a flush sequence whose data phase was judged already: its flush was

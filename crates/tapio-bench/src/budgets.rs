@@ -1,0 +1,142 @@
+//! The eBPF object and map budgets (checked by `scripts/verify-lean`): each embedded
+//! object's size, each map's declared memory (max_entries × (key + value); a ring buffer's
+//! size; per-CPU maps once per possible CPU of this machine) and the total the agent asks
+//! the kernel to lock, each against the budget the README documents ("Budgets").
+//!
+//! The figures are read from the objects the agent embeds (parsed with aya-obj, the parser
+//! aya itself loads them with), so a map resized in C is checked without anyone updating a
+//! list. The kernel adds its own per-element overhead to hash maps; the budget is on what
+//! Tapio declares.
+
+use crate::report::{thousands, Report, Verdict};
+
+/// Budget for each embedded object (ELF with BTF, DWARF stripped), in bytes.
+pub const OBJECT_BUDGET_BYTES: u64 = 96 * 1024;
+/// Budget for each map, in bytes.
+pub const MAP_BUDGET_BYTES: u64 = 2 * 1024 * 1024;
+/// Budget for the sum over every map of every object, in bytes.
+pub const TOTAL_BUDGET_BYTES: u64 = 8 * 1024 * 1024;
+
+const BPF_MAP_TYPE_PERCPU_HASH: u32 = 5;
+const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+const BPF_MAP_TYPE_LRU_PERCPU_HASH: u32 = 10;
+const BPF_MAP_TYPE_RINGBUF: u32 = 27;
+
+/// One map's declared memory.
+#[derive(Debug, PartialEq, Eq)]
+pub struct MapMemory {
+    pub name: String,
+    pub bytes: u64,
+    /// How the figure was made, for the table.
+    pub how: String,
+}
+
+/// A map's declared bytes: a ring buffer is its size; every other map is max_entries ×
+/// (key + value), once per possible CPU for per-CPU maps.
+pub fn map_bytes(map_type: u32, max_entries: u32, key: u32, value: u32, cpus: u64) -> (u64, String) {
+    let entries = u64::from(max_entries);
+    if map_type == BPF_MAP_TYPE_RINGBUF {
+        return (entries, format!("ring of {} B", thousands(entries)));
+    }
+    let per_copy = entries * (u64::from(key) + u64::from(value));
+    let per_cpu =
+        matches!(map_type, BPF_MAP_TYPE_PERCPU_HASH | BPF_MAP_TYPE_PERCPU_ARRAY | BPF_MAP_TYPE_LRU_PERCPU_HASH);
+    if per_cpu {
+        (per_copy * cpus, format!("{} x ({key} + {value}) x {cpus} CPUs", thousands(entries)))
+    } else {
+        (per_copy, format!("{} x ({key} + {value})", thousands(entries)))
+    }
+}
+
+/// The maps of one object, by name.
+pub fn maps_of(object: &[u8], cpus: u64) -> Result<Vec<MapMemory>, String> {
+    let parsed = aya_obj::Object::parse(object).map_err(|e| format!("parsing the object: {e}"))?;
+    let mut maps: Vec<MapMemory> = parsed
+        .maps
+        .iter()
+        .map(|(name, m)| {
+            let (bytes, how) = map_bytes(m.map_type(), m.max_entries(), m.key_size(), m.value_size(), cpus);
+            MapMemory { name: name.clone(), bytes, how }
+        })
+        .collect();
+    maps.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(maps)
+}
+
+/// Possible CPUs of this machine (what per-CPU maps are allocated for).
+fn possible_cpus() -> u64 {
+    // "0-1", "0-3,5", …: the highest index + 1, as the kernel sizes per-CPU areas.
+    std::fs::read_to_string("/sys/devices/system/cpu/possible")
+        .ok()
+        .and_then(|s| s.trim().split([',', '-']).filter_map(|n| n.parse::<u64>().ok()).max().map(|m| m + 1))
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1))
+}
+
+pub fn measure(report: &mut Report) {
+    let cpus = possible_cpus();
+    let objects: [(&str, &[u8]); 3] = [
+        ("network", tapio_bpf::network::object()),
+        ("container", tapio_bpf::container::object()),
+        ("storage", tapio_bpf::storage::object()),
+    ];
+    let object_goal = format!("<= {} B", thousands(OBJECT_BUDGET_BYTES));
+    let map_goal = format!("<= {} B", thousands(MAP_BUDGET_BYTES));
+    let mut total = 0u64;
+    for (name, object) in objects {
+        let size = object.len() as u64;
+        report.row(
+            "budgets",
+            format!("{name}.bpf.o embedded size"),
+            format!("{} B", thousands(size)),
+            object_goal.clone(),
+            Verdict::check(size <= OBJECT_BUDGET_BYTES),
+        );
+        match maps_of(object, cpus) {
+            Ok(maps) => {
+                for m in maps {
+                    total += m.bytes;
+                    report.row(
+                        "budgets",
+                        format!("{name} map {}", m.name),
+                        format!("{} B ({})", thousands(m.bytes), m.how),
+                        map_goal.clone(),
+                        Verdict::check(m.bytes <= MAP_BUDGET_BYTES),
+                    );
+                }
+            }
+            Err(e) => report.not_measured("budgets", &format!("{name} maps"), &map_goal, e),
+        }
+    }
+    report.row(
+        "budgets",
+        "every map of every object (kernel memory the agent locks)",
+        format!("{} B", thousands(total)),
+        format!("<= {} B", thousands(TOTAL_BUDGET_BYTES)),
+        Verdict::check(total <= TOTAL_BUDGET_BYTES),
+    );
+    report.note(format!(
+        "budgets: declared map memory (entries x (key + value); ring buffers by size; per-CPU maps x {cpus} possible \
+         CPUs), read from the embedded objects; the kernel's per-element overhead is not included"
+    ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map_memory_by_kind() {
+        assert_eq!(map_bytes(BPF_MAP_TYPE_RINGBUF, 1 << 20, 0, 0, 2).0, 1 << 20);
+        assert_eq!(map_bytes(1, 16384, 8, 64, 2).0, 16384 * 72); // hash
+        assert_eq!(map_bytes(BPF_MAP_TYPE_PERCPU_ARRAY, 32, 4, 8, 4).0, 32 * 12 * 4);
+    }
+
+    #[test]
+    fn every_embedded_object_declares_its_maps() {
+        let maps = maps_of(tapio_bpf::network::object(), 2).unwrap();
+        let connects = maps.iter().find(|m| m.name == "connects").expect("the connects map");
+        assert!(connects.bytes > 0);
+        let events = maps.iter().find(|m| m.name == "events").expect("the ring buffer");
+        assert_eq!(events.bytes, 1 << 20);
+    }
+}

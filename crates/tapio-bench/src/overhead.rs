@@ -1,0 +1,173 @@
+//! The connect-heavy overhead part: what the agent costs a workload that does nothing but
+//! connect. Two threads make refused loopback connects; the figure is their own CPU time
+//! per connect (CLOCK_THREAD_CPUTIME_ID, user + system: the connect's kernel work, every
+//! hook's run and each record's submission happen inside connect() on loopback) with the
+//! agent running against the same without it, in alternating rounds of one run so that the
+//! machine's drift hits both sides alike. Run-time stats stay off in these rounds (their
+//! accounting is a cost of its own); one extra round with the agent and stats on gives the
+//! network hooks' cost under exactly this workload.
+
+use crate::agent::{self, Agent, Scratch};
+use crate::kernel::{deltas, snapshot, StatsOn};
+use crate::load::{self, ClosedPort, Flood};
+use crate::procfs;
+use crate::report::{thousands, Report, Verdict};
+use std::path::Path;
+use std::time::Duration;
+
+/// Goal: the generator's CPU per connect with the agent, over without, in percent.
+pub const GOAL_PERCENT: f64 = 5.0;
+/// Goal for `tapio_inet_sock_set_state` (two runs per refused connect), ns per run.
+pub const SET_STATE_GOAL_NS: f64 = 200.0;
+/// Goal for every other hook, ns per run.
+pub const HOOK_GOAL_NS: f64 = 250.0;
+/// Round pairs (one round without the agent, one with, in alternating order).
+const PAIRS: usize = 4;
+const ROUND: Duration = Duration::from_secs(2);
+const THREADS: usize = 2;
+
+/// CPU per connect of a set of rounds, in ns (pooled: total CPU over total connects).
+fn per_connect(rounds: &[Flood]) -> Option<f64> {
+    let connects: u64 = rounds.iter().map(|f| f.refused).sum();
+    let cpu: u64 = rounds.iter().map(|f| f.cpu_ns).sum();
+    (connects > 0).then(|| cpu as f64 / connects as f64)
+}
+
+/// The agent's extra cost in percent of the cost without it.
+pub fn overhead_percent(without_ns: f64, with_ns: f64) -> f64 {
+    (with_ns / without_ns - 1.0) * 100.0
+}
+
+fn flood(port: u16) -> Result<Flood, String> {
+    let f = load::refused_flood(port, THREADS, ROUND, u64::MAX);
+    if f.refused == 0 || f.cpu_ns == 0 {
+        return Err(format!("a round made {} refused connects using {} ns of CPU", f.refused, f.cpu_ns));
+    }
+    Ok(f)
+}
+
+/// One round with the agent running (started and stopped around it).
+fn round_with_agent(binary: &Path, config: &Path, evidence: &Path, port: u16) -> Result<Flood, String> {
+    let agent = Agent::start(binary, config)?;
+    // A moment for the agent to finish its start-up work (identity walk, first polls).
+    std::thread::sleep(Duration::from_millis(300));
+    let f = flood(port);
+    agent.stop()?;
+    // Each round's evidence is a few hundred thousand lines: not kept.
+    let _ = std::fs::remove_file(evidence);
+    f
+}
+
+pub fn measure(binary: &Path, report: &mut Report) {
+    if let Err(e) = run(binary, report) {
+        report.not_measured("overhead", "connect-heavy CPU per connect, agent vs none", &goal(), e);
+    }
+}
+
+fn goal() -> String {
+    format!("<= +{GOAL_PERCENT} %")
+}
+
+fn run(binary: &Path, report: &mut Report) -> Result<(), String> {
+    let scratch = Scratch::new("overhead")?;
+    let evidence = scratch.0.join("evidence.jsonl");
+    let config = agent::write_config(&scratch.0, &evidence)?;
+    let closed = ClosedPort::reserve().map_err(|e| format!("reserving a closed port: {e}"))?;
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    let mut pair_overheads = Vec::new();
+    for pair in 0..PAIRS {
+        // ABBA order: neither side always runs first (warmer caches, a rising load).
+        let agent_first = pair % 2 == 1;
+        let (w, wo) = if agent_first {
+            let w = round_with_agent(binary, &config, &evidence, closed.port)?;
+            (w, flood(closed.port)?)
+        } else {
+            let wo = flood(closed.port)?;
+            (round_with_agent(binary, &config, &evidence, closed.port)?, wo)
+        };
+        if let (Some(a), Some(b)) = (per_connect(&[wo]), per_connect(&[w])) {
+            pair_overheads.push(overhead_percent(a, b));
+        }
+        with.push(w);
+        without.push(wo);
+    }
+    let (Some(without_ns), Some(with_ns)) = (per_connect(&without), per_connect(&with)) else {
+        return Err("no connect was made".into());
+    };
+    let overhead = overhead_percent(without_ns, with_ns);
+    let (lo, hi) =
+        pair_overheads.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &p| (lo.min(p), hi.max(p)));
+    report.row(
+        "overhead",
+        format!(
+            "connect-heavy ({THREADS} threads of refused loopback connects): generator CPU per connect, agent vs none"
+        ),
+        format!("{overhead:+.1} % ({with_ns:.0} vs {without_ns:.0} ns; pairs {lo:+.1}..{hi:+.1} %)"),
+        goal(),
+        Verdict::check(overhead <= GOAL_PERCENT),
+    );
+    let connects = |rounds: &[Flood]| thousands(rounds.iter().map(|f| f.refused).sum());
+    report.note(format!(
+        "overhead: {PAIRS} pairs of {} s rounds in ABBA order, {} connects with the agent and {} without; CPU is \
+         the sender threads' own (CLOCK_THREAD_CPUTIME_ID), run-time stats off",
+        ROUND.as_secs(),
+        connects(&with),
+        connects(&without)
+    ));
+
+    // The hooks' cost under this workload: one more round, stats on.
+    let agent = Agent::start(binary, &config)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let ids = procfs::prog_ids(agent.pid());
+    let stats = StatsOn::enable();
+    let measured = match &stats {
+        Ok(_) => {
+            let before = snapshot(&ids);
+            let f = flood(closed.port);
+            let after = snapshot(&ids);
+            match (before, f, after) {
+                (Ok(b), Ok(_), Ok(a)) => Ok(deltas(&b, &a)),
+                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e),
+            }
+        }
+        Err(e) => Err(e.clone()),
+    };
+    drop(stats);
+    agent.stop()?;
+    let _ = std::fs::remove_file(&evidence);
+    let measured = measured?;
+    for program in ["tapio_inet_sock_set_state", "tapio_tcp_receive_reset"] {
+        let goal_ns = if program == "tapio_inet_sock_set_state" { SET_STATE_GOAL_NS } else { HOOK_GOAL_NS };
+        let measure = format!("{program}, connect-heavy round");
+        let goal = format!("<= {goal_ns} ns");
+        match measured.iter().find(|m| m.0 == program) {
+            Some((_, runs, Some(mean))) => report.row(
+                "overhead",
+                measure,
+                format!("{mean:.0} ns x {} runs", thousands(*runs)),
+                goal,
+                Verdict::check(*mean <= goal_ns),
+            ),
+            _ => report.not_measured("overhead", &measure, &goal, "the hook did not run in the round".into()),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overhead_is_relative_to_the_run_without_the_agent() {
+        assert!((overhead_percent(1000.0, 1050.0) - 5.0).abs() < 1e-9);
+        assert!((overhead_percent(1000.0, 950.0) + 5.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn per_connect_pools_rounds() {
+        let f = |refused, cpu_ns| Flood { refused, cpu_ns, ..Flood::default() };
+        assert_eq!(per_connect(&[f(100, 1_000_000), f(300, 1_000_000)]), Some(5000.0));
+        assert_eq!(per_connect(&[f(0, 10)]), None);
+    }
+}
