@@ -363,8 +363,16 @@ fn lossy_bulk_transfer_gives_bounded_retransmit_spikes_per_window() {
         assert_eq!(f["pid"], our_pid());
         assert_eq!(e["outcome"], "degraded");
     }
-    // The lossy connection is not misreported as failed connects or resets.
-    assert!(run.to_port(7004).iter().all(|e| e["type"] == "kernel.network.retransmit_spike"));
+    // The lossy connection is not misreported as failed connects or resets. (Its bulk
+    // queueing may also raise the endpoint's srtt past its baseline: that is a real
+    // rtt_degradation, not a misreport.)
+    let to_port = run.to_port(7004);
+    assert!(
+        to_port
+            .iter()
+            .all(|e| e["type"] == "kernel.network.retransmit_spike" || e["type"] == "kernel.network.rtt_degradation"),
+        "{to_port:#?}"
+    );
 }
 
 #[test]
