@@ -425,11 +425,9 @@ fn heartbeat(agent: &str, hash: &str, events: u64, lost: u64) -> Value {
         "sink_drops_total":0,"controller_send_failures_total":0}})
 }
 
-#[test]
-fn status_shows_agents_config_state_and_loss_counters() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let dir = temp_dir("status");
-    let settings = tapio_controller::Settings {
+/// A controller on a free loopback port writing its records to a file in `dir`.
+fn loopback_controller_settings(dir: &std::path::Path) -> tapio_controller::Settings {
+    tapio_controller::Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
         sinks: vec![tapio_controller::SinkTarget::File(tapio_controller::settings::FileSinkConfig {
             path: dir.join("sink.jsonl"),
@@ -437,9 +435,16 @@ fn status_shows_agents_config_state_and_loss_counters() {
             keep_files: 1,
             fsync: tapio_controller::settings::FsyncPolicy::Always,
         })],
-        controller_id: Some("ctl-test".into()),
         ..tapio_controller::Settings::default()
-    };
+    }
+}
+
+#[test]
+fn status_shows_agents_config_state_and_loss_counters() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let dir = temp_dir("status");
+    let settings =
+        tapio_controller::Settings { controller_id: Some("ctl-test".into()), ..loopback_controller_settings(&dir) };
     let server = rt.block_on(tapio_controller::RunningServer::start(settings)).unwrap();
     let addr = server.addr;
     let target = server.state.config().hash.clone();
@@ -488,16 +493,7 @@ fn status_shows_agents_config_state_and_loss_counters() {
 fn status_pages_through_a_large_fleet_and_filters_by_state() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let dir = temp_dir("status-pages-i13");
-    let settings = tapio_controller::Settings {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        sinks: vec![tapio_controller::SinkTarget::File(tapio_controller::settings::FileSinkConfig {
-            path: dir.join("sink.jsonl"),
-            max_bytes: 1 << 20,
-            keep_files: 1,
-            fsync: tapio_controller::settings::FsyncPolicy::Always,
-        })],
-        ..tapio_controller::Settings::default()
-    };
+    let settings = loopback_controller_settings(&dir);
     let server = rt.block_on(tapio_controller::RunningServer::start(settings)).unwrap();
     let addr = server.addr;
     let target = server.state.config().hash.clone();
