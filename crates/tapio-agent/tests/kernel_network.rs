@@ -46,19 +46,23 @@ fn gettid() -> u64 {
 
 /// Sets SO_LINGER 0 so that dropping `s` aborts the connection (RST, ESTABLISHED → CLOSE).
 fn linger_zero(s: &TcpStream) {
+    set_socket_option(s, libc::SO_LINGER, libc::linger { l_onoff: 1, l_linger: 0 }, "SO_LINGER");
+}
+
+/// Sets a SOL_SOCKET option of `s` to `value`, failing the test if the kernel refuses it.
+fn set_socket_option<T>(s: &TcpStream, name: libc::c_int, value: T, what: &str) {
     use std::os::fd::AsRawFd;
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-    // SAFETY: setsockopt on a socket we own, with a correctly sized option.
+    // SAFETY: setsockopt on a socket we own, with the option's own value and size.
     let rc = unsafe {
         libc::setsockopt(
             s.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as u32,
+            name,
+            (&value as *const T).cast(),
+            std::mem::size_of::<T>() as u32,
         )
     };
-    assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+    assert_eq!(rc, 0, "{what}: {}", std::io::Error::last_os_error());
 }
 
 /// The running agent's network maps, read and written with bpftool: what the kernel side
@@ -281,18 +285,7 @@ fn a_peer_reset_of_an_established_connection_is_one_reset_event() {
         let mut buf = [0u8; 5];
         s.read_exact(&mut buf).expect("read hello");
         // Linger 0: close() sends an RST instead of a FIN.
-        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-        // SAFETY: setsockopt on a socket we own, with a correctly sized option.
-        unsafe {
-            use std::os::fd::AsRawFd;
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&linger as *const libc::linger).cast(),
-                std::mem::size_of::<libc::linger>() as u32,
-            );
-        }
+        linger_zero(&s);
         drop(s);
     });
     let mut client = TcpStream::connect(("127.0.0.1", port)).expect("connect");
@@ -726,18 +719,7 @@ fn a_slow_and_a_fast_connection_to_one_endpoint_are_one_crossing_not_a_storm() {
         ping_pong(&mut fast, 300, Duration::ZERO);
         let mut slow = TcpStream::connect(bind).expect("connect slow");
         let class: libc::c_int = 0x10020;
-        // SAFETY: setsockopt on a socket we own, with a correctly sized option.
-        let rc = unsafe {
-            use std::os::fd::AsRawFd;
-            libc::setsockopt(
-                slow.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_PRIORITY,
-                (&class as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as u32,
-            )
-        };
-        assert_eq!(rc, 0, "SO_PRIORITY: {}", std::io::Error::last_os_error());
+        set_socket_option(&slow, libc::SO_PRIORITY, class, "SO_PRIORITY");
         let bulk = std::thread::spawn(move || bulk_echo(&mut slow, 12));
         // The fast connection keeps exchanging while the slow one is queued for seconds.
         let until = std::time::Instant::now() + Duration::from_secs(4);
