@@ -68,10 +68,9 @@ impl Default for ControllerConfig {
     }
 }
 
-/// Largest token file the agent reads: a projected ServiceAccount token is about 1 KiB.
-/// (A capped read of its own: the agent has no other file it reads whole, and one
-/// `take()` is smaller than a shared helper crate.)
-pub const MAX_TOKEN_BYTES: u64 = 16 * 1024;
+/// Largest token file the agent reads (a projected ServiceAccount token is about 1 KiB):
+/// the workspace's one token cap, the same the controller applies to its own token file.
+pub const MAX_TOKEN_BYTES: u64 = tapio_wire::capped::caps::TOKEN_BYTES;
 
 /// A bearer token. Its Debug output is redacted so it cannot reach a log by accident.
 #[derive(Clone, PartialEq, Eq)]
