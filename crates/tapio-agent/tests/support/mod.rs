@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod dns;
 pub mod netns;
 
 use serde_json::Value;

@@ -1,0 +1,264 @@
+//! Self-test of the DNS laboratory (tests/support/dns.rs): every scenario produces, seen
+//! from the client, exactly the DNS outcome it claims, and BIND's query log agrees on what
+//! reached the server. The DNS observer's tests rely on these facts, so they are proven
+//! here against the real servers and clients, without the agent.
+
+mod support;
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+use support::dns::{self, DnsLab, Family, Query, Server};
+use support::kernel_test;
+
+/// The queries BIND logged for `name` (any type).
+fn logged(lab: &DnsLab, name: &str) -> Vec<dns::ServerQuery> {
+    lab.server_queries().into_iter().filter(|q| q.name == name).collect()
+}
+
+#[test]
+#[ignore = "needs root"]
+fn rcodes_noerror_nxdomain_refused_servfail_each_reach_the_server_once() {
+    if !kernel_test("dns_lab_rcodes") {
+        return;
+    }
+    let lab = DnsLab::start("rcodes");
+    for (name, qtype, rcode) in [
+        (dns::ANSWERED, "A", "NOERROR"),
+        (dns::ANSWERED, "AAAA", "NOERROR"),
+        (dns::NXDOMAIN, "A", "NXDOMAIN"),
+        (dns::REFUSED, "A", "REFUSED"),
+        (dns::SERVFAIL, "A", "SERVFAIL"),
+    ] {
+        // A source port of our choosing: the server's log must name exactly this client.
+        let before = lab.server_queries().len();
+        let port = 20_000 + before as u16;
+        let a = lab.query(&Query::new(name).qtype(qtype).source_port(port));
+        assert_eq!(a.rcode(), rcode, "{name} {qtype}:\n{}", a.output);
+        assert_eq!(a.exit_code, Some(0), "{}", a.output);
+        assert!(a.id.is_some(), "an answer has a transaction id:\n{}", a.output);
+        assert!(a.client_latency_ms.is_some(), "{}", a.output);
+        assert!(a.client_pid > 0);
+        assert_eq!(a.server, lab.server_socket(Server::Main, Family::V4));
+        assert_eq!(a.client, std::net::SocketAddr::new(lab.client_addr(Family::V4), port));
+        match (rcode, qtype) {
+            ("NOERROR", "A") => assert_eq!(a.data("A"), [dns::ANSWERED_V4.to_string()], "{}", a.output),
+            ("NOERROR", _) => assert_eq!(a.data("AAAA"), [dns::ANSWERED_V6.to_string()], "{}", a.output),
+            _ => assert!(a.records.is_empty(), "an error answer carries no records:\n{}", a.output),
+        }
+        let seen = lab.server_queries()[before..].to_vec();
+        assert_eq!(seen.len(), 1, "BIND got the query once: {seen:?}");
+        assert_eq!((seen[0].name.as_str(), seen[0].qtype.as_str()), (name, qtype));
+        assert_eq!(seen[0].client, a.client, "from the client's address and port");
+        assert_eq!(seen[0].server, lab.server_v4());
+        assert!(!seen[0].tcp);
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn blackholed_server_gets_the_query_packet_but_never_answers_until_released() {
+    if !kernel_test("dns_lab_blackhole") {
+        return;
+    }
+    let lab = DnsLab::start("blackhole");
+    let before = lab.server_queries().len();
+    lab.blackhole(true);
+    for q in [Query::new(dns::ANSWERED), Query::new(dns::ANSWERED).v6(), Query::new(dns::NXDOMAIN).tcp()] {
+        let a = lab.query(&q.clone().wait(Duration::from_secs(1)));
+        assert!(!a.answered(), "{q:?} was answered through the black hole:\n{}", a.output);
+        assert!(a.client_latency_ms.is_none() && a.id.is_none());
+        // dig's exit status 9: no reply from any server.
+        assert_eq!(a.exit_code, Some(9), "{}", a.output);
+        assert!(a.wall >= Duration::from_secs(1), "dig waited its second: {:?}", a.wall);
+    }
+    // The slow relay asks BIND too: black-holed behind it as well.
+    let a = lab.query(&Query::new(dns::ANSWERED).slow().wait(Duration::from_secs(1)));
+    assert!(!a.answered(), "{}", a.output);
+    assert_eq!(lab.server_queries().len(), before, "nothing sent into the black hole reached BIND");
+    lab.blackhole(false);
+    let a = lab.query(&Query::new(dns::ANSWERED));
+    assert_eq!(a.rcode(), "NOERROR", "released: {}", a.output);
+    assert_eq!(lab.server_queries().len(), before + 1, "the answered query reached BIND");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn slow_server_answers_no_sooner_than_its_delay_udp_tcp_v4_v6() {
+    if !kernel_test("dns_lab_slow") {
+        return;
+    }
+    let lab = DnsLab::start("slow");
+    let delay = Duration::from_millis(450);
+    lab.set_slow_delay(delay);
+    assert_eq!(lab.slow_delay(), delay);
+    for q in [
+        Query::new(dns::ANSWERED).slow(),
+        Query::new(dns::ANSWERED).slow().v6(),
+        Query::new(dns::ANSWERED).slow().tcp(),
+        Query::new(dns::NXDOMAIN).slow().v6().tcp(),
+    ] {
+        let a = lab.query(&q);
+        let want = if q.name == dns::NXDOMAIN { "NXDOMAIN" } else { "NOERROR" };
+        assert_eq!(a.rcode(), want, "{q:?}: {}", a.output);
+        let ms = a.client_latency_ms.expect("dig's query time");
+        assert!(ms >= delay.as_millis() as u64, "{q:?}: the client measured {ms} ms, the relay held {delay:?}");
+        assert!(a.wall >= delay);
+        assert_eq!(a.server, lab.server_socket(Server::Slow, q.family));
+    }
+    // Changed at run time, the delay applies to the next query.
+    let longer = Duration::from_millis(900);
+    lab.set_slow_delay(longer);
+    let a = lab.query(&Query::new(dns::ANSWERED).slow());
+    assert!(a.client_latency_ms.expect("query time") >= 900, "{}", a.output);
+    assert_eq!(lab.slow_relay_dropped(), 0);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn ipv6_and_tcp_answer_with_the_transport_asked() {
+    if !kernel_test("dns_lab_v6_tcp") {
+        return;
+    }
+    let lab = DnsLab::start("v6tcp");
+    for (q, transport) in [
+        (Query::new(dns::ANSWERED).qtype("AAAA").v6(), "(UDP)"),
+        (Query::new(dns::ANSWERED).qtype("AAAA").v6().tcp(), "(TCP)"),
+        (Query::new(dns::ANSWERED).tcp(), "(TCP)"),
+        (Query::new(dns::REFUSED).v6().tcp(), "(TCP)"),
+        (Query::new(dns::SERVFAIL).v6(), "(UDP)"),
+    ] {
+        let a = lab.query(&q);
+        let want = match q.name.as_str() {
+            dns::REFUSED => "REFUSED",
+            dns::SERVFAIL => "SERVFAIL",
+            _ => "NOERROR",
+        };
+        assert_eq!(a.rcode(), want, "{q:?}: {}", a.output);
+        let server_line = a.output.lines().find(|l| l.starts_with(";; SERVER:")).unwrap_or("");
+        assert!(server_line.contains(&a.server.ip().to_string()), "{}", a.output);
+        assert!(server_line.ends_with(transport), "{q:?} went over {server_line}");
+        assert_eq!(a.tcp, q.tcp);
+    }
+    let v6 = lab.server_queries().into_iter().filter(|q| q.server == lab.server_v6()).collect::<Vec<_>>();
+    // Start-up probed v6 once (UDP); then 2 UDP + 2 TCP above.
+    assert_eq!(v6.iter().filter(|q| q.tcp).count(), 2, "{v6:?}");
+    assert!(v6.iter().all(|q| q.client.ip() == lab.client_addr(Family::V6)), "{v6:?}");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn getent_walks_the_kubernetes_search_list_through_nxdomains_to_an_answer() {
+    if !kernel_test("dns_lab_getent") {
+        return;
+    }
+    let lab = DnsLab::start("getent");
+    let resolv = std::fs::read_to_string(Path::new("/etc/netns").join(lab.client_netns()).join("resolv.conf"))
+        .expect("the client namespace's resolv.conf");
+    assert!(resolv.contains("search a.svc.cluster.local svc.cluster.local cluster.local"), "{resolv}");
+    assert!(resolv.contains("ndots:5"), "{resolv}");
+    // Seen from inside the namespace, /etc/resolv.conf is the lab's (ip netns exec binds it).
+    let inside = lab.run_client(&["cat", "/etc/resolv.conf"], None);
+    assert_eq!(inside.stdout, lab.resolv_conf());
+
+    // An external name (fewer than five dots): every expansion is NXDOMAIN, then the name.
+    let g = lab.getent(dns::ANSWERED, false, None);
+    assert_eq!(g.exit_code, Some(0), "{}", g.output);
+    assert!(g.addresses().contains(&IpAddr::V6(dns::ANSWERED_V6)), "{}", g.output);
+    let asked: Vec<String> = lab.server_queries().into_iter().filter(|q| q.qtype == "AAAA").map(|q| q.name).collect();
+    assert_eq!(asked, dns::search_expansions(dns::ANSWERED), "the resolver's path through the search list");
+    for expansion in &dns::search_expansions(dns::ANSWERED)[..3] {
+        let a = lab.query(&Query::new(expansion).qtype("AAAA"));
+        assert_eq!(a.rcode(), "NXDOMAIN", "{expansion}: {}", a.output);
+    }
+
+    // A service name: the first expansion is NXDOMAIN, the second answers (A and AAAA).
+    let before = lab.server_queries().len();
+    let g = lab.getent(dns::SERVICE_SHORT, true, None);
+    assert_eq!(g.exit_code, Some(0), "{}", g.output);
+    assert!(g.addresses().contains(&IpAddr::V4(dns::SERVICE_V4)), "{}", g.output);
+    let asked: Vec<_> = lab.server_queries()[before..].to_vec();
+    let names: Vec<&str> = asked.iter().map(|q| q.name.as_str()).collect();
+    let first = format!("{}.{}", dns::SERVICE_SHORT, dns::SEARCH[0]);
+    assert!(names.iter().take_while(|n| **n == first).count() >= 1, "{names:?}");
+    assert!(names.ends_with(&[dns::SERVICE_FQDN, dns::SERVICE_FQDN]), "getaddrinfo asks A and AAAA: {names:?}");
+    assert!(names.iter().all(|n| *n == first || *n == dns::SERVICE_FQDN), "{names:?}");
+    assert!(asked.iter().all(|q| q.client.ip() == lab.client_addr(Family::V4)), "{asked:?}");
+    let a = lab.query(&Query::new(&first));
+    assert_eq!(a.rcode(), "NXDOMAIN", "{}", a.output);
+    assert!(g.pid > 0);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn pod_clients_query_from_their_own_netns_and_kubernetes_cgroup() {
+    if !kernel_test("dns_lab_pod") {
+        return;
+    }
+    let lab = DnsLab::start("pod");
+    for systemd in [false, true] {
+        let pod = lab.pod(systemd);
+        assert_ne!(pod.netns(), lab.client_netns());
+        assert!(pod.cgroup_path().starts_with(if systemd { "/kubepods.slice/" } else { "/kubepods/burstable/pod" }));
+        assert!(pod.cgroup_path().contains(pod.container_id()), "{}", pod.cgroup_path());
+        assert_eq!(pod.container_id().len(), 64);
+        // What the pod's processes see: the cgroup in each hierarchy, the pod's netns.
+        let who =
+            lab.run_client(&["sh", "-c", "echo $$; cat /proc/self/cgroup; readlink /proc/self/ns/net"], Some(&pod));
+        assert_eq!(who.exit_code, Some(0), "{}", who.stderr);
+        let mut lines = who.stdout.lines();
+        assert_eq!(lines.next().and_then(|l| l.parse().ok()), Some(who.pid), "the reported pid is the process's own");
+        let cgroups: Vec<&str> = who.stdout.lines().filter(|l| l.contains("kubepods")).collect();
+        assert_eq!(cgroups.len(), pod.cgroup.leaves.len(), "{}", who.stdout);
+        assert!(cgroups.iter().all(|l| l.ends_with(pod.cgroup_path())), "{}", who.stdout);
+        let pod_net = std::fs::read_link(format!("/proc/{}/ns/net", lab.named_pid())).expect("named's netns");
+        assert!(!who.stdout.contains(&pod_net.display().to_string()), "the pod is not in the server namespace");
+
+        for q in [Query::new(dns::ANSWERED).in_pod(&pod), Query::new(dns::NXDOMAIN).v6().tcp().in_pod(&pod)] {
+            let a = lab.query(&q);
+            let want = if q.name == dns::ANSWERED { "NOERROR" } else { "NXDOMAIN" };
+            assert_eq!(a.rcode(), want, "{}", a.output);
+            assert_eq!(a.client_netns, pod.netns());
+            let seen = logged(&lab, &q.name);
+            let last = seen.last().expect("BIND logged the pod's query");
+            assert_eq!(last.client.ip(), pod.addr(q.family), "from the pod's address");
+        }
+        let g = lab.getent(dns::SERVICE_SHORT, false, Some(&pod));
+        assert_eq!(g.exit_code, Some(0), "{}", g.output);
+        let leaves = pod.cgroup.leaves.clone();
+        drop(pod);
+        assert!(leaves.iter().all(|l| !l.exists()), "the pod's cgroups are removed");
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn everything_the_lab_made_is_removed_on_drop_also_after_a_panic() {
+    if !kernel_test("dns_lab_cleanup") {
+        return;
+    }
+    let made = std::thread::spawn(|| {
+        let lab = DnsLab::start("cleanup");
+        let pod = lab.pod(false);
+        lab.blackhole(true);
+        let made = (
+            lab.server_netns().to_string(),
+            lab.client_netns().to_string(),
+            pod.netns().to_string(),
+            lab.named_pid(),
+            pod.cgroup.leaves.clone(),
+        );
+        // Hand out what was made, then fail the way a test does: Drop must still run.
+        std::panic::panic_any(made);
+    })
+    .join()
+    .expect_err("the thread panicked");
+    let (server, client, pod, named, leaves) =
+        *made.downcast::<(String, String, String, u32, Vec<std::path::PathBuf>)>().expect("what the lab made");
+    for ns in [&server, &client, &pod] {
+        assert!(!Path::new("/var/run/netns").join(ns).exists(), "netns {ns} is left");
+        assert!(!Path::new("/etc/netns").join(ns).exists(), "/etc/netns/{ns} is left");
+    }
+    assert!(!Path::new(&format!("/proc/{named}")).exists(), "named ({named}) still runs");
+    assert!(leaves.iter().all(|l| !l.exists()), "cgroups left: {leaves:?}");
+}
