@@ -68,6 +68,10 @@ const NS_PREFIX: &str = "dnslab-";
 /// One lab number per lab in this process: it picks the lab's addresses, so two labs in one
 /// test binary never share one and their evidence cannot be confused.
 static NEXT_LAB: AtomicU8 = AtomicU8::new(0);
+/// How far dig's "Query time" can fall short of the true send-to-receive time: BIND's tools
+/// read a coarse clock that advances by one kernel tick (at most 10 ms at HZ=100). Seen here:
+/// 448 ms for a relay that held the query 450 ms.
+pub const DIG_CLOCK_TICK: Duration = Duration::from_millis(10);
 /// Queries the slow relay holds at once; more are dropped and counted (bounded threads).
 const RELAY_IN_FLIGHT: usize = 64;
 
@@ -78,6 +82,28 @@ pub enum Server {
     Main,
     /// The delaying relay in front of BIND.
     Slow,
+    /// Unbound, a second server independent of BIND (another implementation, its own
+    /// address): NOERROR for [`ANSWERED`] (A and AAAA), NXDOMAIN for other names under
+    /// `dnslab.test`, REFUSED for [`REFUSED`]. For a resolver's second `nameserver`.
+    Second,
+}
+
+impl Server {
+    pub const ALL: [Server; 3] = [Server::Main, Server::Slow, Server::Second];
+    fn host(self) -> u8 {
+        match self {
+            Server::Main => 1,
+            Server::Slow => 2,
+            Server::Second => 3,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Server::Main => "main",
+            Server::Slow => "slow",
+            Server::Second => "second",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,6 +193,8 @@ pub struct Answer {
     pub id: Option<u16>,
     pub records: Vec<Record>,
     /// dig's own "Query time" (send to receive, milliseconds); None when no answer came.
+    /// dig reads a coarse clock (one tick, a few milliseconds): compare with a tolerance of
+    /// [`DIG_CLOCK_TICK`].
     pub client_latency_ms: Option<u64>,
     /// Wall clock around the whole dig process (start-up included): an upper bound.
     pub wall: Duration,
@@ -262,9 +290,11 @@ pub struct DnsLab {
     client: Link,
     dir: PathBuf,
     named: Option<Child>,
+    unbound: Option<Child>,
     relay: Option<Relay>,
     next_link: AtomicU8,
-    blackholed: AtomicBool,
+    /// Which servers are black-holed, by [`Server::host`] bit.
+    blackholed: AtomicU8,
 }
 
 impl DnsLab {
@@ -304,13 +334,14 @@ impl DnsLab {
             },
             dir,
             named: None,
+            unbound: None,
             relay: None,
             next_link: AtomicU8::new(0),
-            blackholed: AtomicBool::new(false),
+            blackholed: AtomicU8::new(0),
         };
         run(&["ip", "netns", "add", &server_ns]);
         run(&["ip", "-n", &server_ns, "link", "set", "lo", "up"]);
-        for server in [Server::Main, Server::Slow] {
+        for server in Server::ALL {
             let v4 = this.server_addr(server, Family::V4);
             let v6 = this.server_addr(server, Family::V6);
             run(&["ip", "-n", &server_ns, "addr", "add", &format!("{v4}/32"), "dev", "lo"]);
@@ -320,6 +351,8 @@ impl DnsLab {
         this.client = this.add_link(&client_ns, k);
         this.write_named_config();
         this.start_named();
+        this.write_unbound_config();
+        this.start_unbound();
         this.relay = Some(Relay::start(
             &server_ns,
             [this.server_socket(Server::Slow, Family::V4), this.server_socket(Server::Slow, Family::V6)],
@@ -334,12 +367,9 @@ impl DnsLab {
     }
 
     /// The address of `server` in `family`: 10.53.<lab>.1 / fd00:d5:1ab:<lab>::1 for Main,
-    /// .2 / ::2 for Slow, on the server namespace's loopback.
+    /// .2 / ::2 for Slow, .3 / ::3 for Second, on the server namespace's loopback.
     pub fn server_addr(&self, server: Server, family: Family) -> IpAddr {
-        let host = match server {
-            Server::Main => 1,
-            Server::Slow => 2,
-        };
+        let host = server.host();
         match family {
             Family::V4 => IpAddr::V4(Ipv4Addr::new(10, 53, self.lab, host)),
             Family::V6 => IpAddr::V6(Ipv6Addr::new(0xfd00, 0xd5, 0x1ab, u16::from(self.lab), 0, 0, 0, u16::from(host))),
@@ -398,24 +428,34 @@ impl DnsLab {
     /// TCP, both families) at input, so queries to [`Server::Main`] get no answer (queries
     /// through the slow relay neither). Off: removes the table.
     pub fn blackhole(&self, on: bool) {
-        let was = self.blackholed.swap(on, Ordering::SeqCst);
-        if on == was {
+        self.blackhole_server(Server::Main, on);
+    }
+
+    /// [`DnsLab::blackhole`] for any one server: each has its own nftables table
+    /// (`tapio_dnslab_blackhole_<server>`) in the server namespace.
+    pub fn blackhole_server(&self, server: Server, on: bool) {
+        let bit = 1u8 << server.host();
+        let was = self
+            .blackholed
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| Some(if on { b | bit } else { b & !bit }));
+        if was.map(|b| b & bit != 0).unwrap_or(false) == on {
             return;
         }
+        let table = format!("tapio_dnslab_blackhole_{}", server.name());
         if on {
-            let v4 = self.server_v4();
-            let v6 = self.server_v6();
+            let v4 = self.server_addr(server, Family::V4);
+            let v6 = self.server_addr(server, Family::V6);
             // One rule per line: the nft parser of older Debian releases wants it so.
             let ruleset = format!(
-                "table inet tapio_dnslab_blackhole {{\n chain input {{\n  type filter hook input priority 0;\n  \
+                "table inet {table} {{\n chain input {{\n  type filter hook input priority 0;\n  \
                  ip daddr {v4} udp dport 53 drop\n  ip daddr {v4} tcp dport 53 drop\n  \
                  ip6 daddr {v6} udp dport 53 drop\n  ip6 daddr {v6} tcp dport 53 drop\n }}\n}}\n"
             );
-            let path = self.dir.join("blackhole.nft");
+            let path = self.dir.join(format!("{table}.nft"));
             fs::write(&path, ruleset).expect("write nft ruleset");
             run(&["ip", "netns", "exec", &self.server_ns, "nft", "-f", &path.display().to_string()]);
         } else {
-            run(&["ip", "netns", "exec", &self.server_ns, "nft", "delete", "table", "inet", "tapio_dnslab_blackhole"]);
+            run(&["ip", "netns", "exec", &self.server_ns, "nft", "delete", "table", "inet", &table]);
         }
     }
 
@@ -521,7 +561,7 @@ impl DnsLab {
 
     /// The resolv.conf every lab client (client namespace, pods) has.
     pub fn resolv_conf(&self) -> String {
-        format!("nameserver {}\nsearch {}\n{RESOLV_OPTIONS}\n", self.server_v4(), SEARCH.join(" "))
+        self.resolv_conf_with(&[self.server_v4()])
     }
 
     /// Makes namespace `netns` with a veth to the server namespace: link k uses
@@ -579,6 +619,30 @@ impl DnsLab {
     }
 
     fn exec_in(&self, link: &Link, pod: Option<&Pod>, argv: &[String]) -> Ran {
+        let mut cmd = self.client_command(link, pod, argv);
+        let started = SystemTime::now();
+        let t0 = Instant::now();
+        let child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("ip netns exec {} {argv:?}: {e}", link.netns));
+        let pid = child.id();
+        let out = child.wait_with_output().expect("wait for the client");
+        let wall = t0.elapsed();
+        Ran {
+            pid,
+            exit_code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            wall,
+            started,
+            finished: SystemTime::now(),
+        }
+    }
+
+    /// `ip netns exec <netns> argv`, joining the pod's cgroups first when there is a pod.
+    fn client_command(&self, link: &Link, pod: Option<&Pod>, argv: &[String]) -> Command {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &link.netns]).args(argv).stdin(Stdio::null());
         if let Some(pod) = pod {
@@ -607,25 +671,7 @@ impl DnsLab {
                 });
             }
         }
-        let started = SystemTime::now();
-        let t0 = Instant::now();
-        let child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("ip netns exec {} {argv:?}: {e}", link.netns));
-        let pid = child.id();
-        let out = child.wait_with_output().expect("wait for the client");
-        let wall = t0.elapsed();
-        Ran {
-            pid,
-            exit_code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            wall,
-            started,
-            finished: SystemTime::now(),
-        }
+        cmd
     }
 
     fn write_named_config(&self) {
@@ -697,11 +743,20 @@ zone "servfail.dnslab.test" {{ type secondary; primaries {{ 127.0.0.1 port 9; }}
     /// BIND's log after 15 s.
     fn wait_until_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(15);
-        let probes = [Query::new(ANSWERED), Query::new(ANSWERED).v6(), Query::new(ANSWERED).slow()];
+        let probes = [
+            Query::new(ANSWERED),
+            Query::new(ANSWERED).v6(),
+            Query::new(ANSWERED).slow(),
+            Query::new(ANSWERED).server(Server::Second),
+            Query::new(ANSWERED).server(Server::Second).v6(),
+        ];
         for probe in probes {
             loop {
                 if let Some(Ok(Some(status))) = self.named.as_mut().map(Child::try_wait) {
                     panic!("named exited ({status}):\n{}", self.named_log());
+                }
+                if let Some(Ok(Some(status))) = self.unbound.as_mut().map(Child::try_wait) {
+                    panic!("unbound exited ({status}):\n{}", self.unbound_log());
                 }
                 let answer = self.query(&probe.clone().wait(Duration::from_secs(1)));
                 if answer.rcode.as_deref() == Some("NOERROR") {
@@ -709,9 +764,10 @@ zone "servfail.dnslab.test" {{ type secondary; primaries {{ 127.0.0.1 port 9; }}
                 }
                 assert!(
                     Instant::now() < deadline,
-                    "the DNS lab did not answer {probe:?} in 15 s: {}\n{}",
+                    "the DNS lab did not answer {probe:?} in 15 s: {}\n{}\n{}",
                     answer.output,
-                    self.named_log()
+                    self.named_log(),
+                    self.unbound_log()
                 );
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -722,6 +778,115 @@ zone "servfail.dnslab.test" {{ type secondary; primaries {{ 127.0.0.1 port 9; }}
     pub fn named_log(&self) -> String {
         fs::read_to_string(self.dir.join("named.out")).unwrap_or_default()
     }
+
+    fn write_unbound_config(&self) {
+        let dir = self.dir.display().to_string();
+        let (v4, v6) = (self.server_addr(Server::Second, Family::V4), self.server_addr(Server::Second, Family::V6));
+        let lab = self.lab;
+        let conf = format!(
+            r#"server:
+  interface: {v4}
+  interface: {v6}
+  port: 53
+  do-daemonize: no
+  username: ""
+  chroot: ""
+  directory: "{dir}"
+  pidfile: ""
+  use-syslog: no
+  logfile: ""
+  log-queries: yes
+  log-replies: yes
+  num-threads: 1
+  do-ip6: yes
+  module-config: "iterator"
+  access-control: 10.53.{lab}.0/24 allow
+  access-control: fd00:d5:1ab:{lab:x}::/64 allow
+  local-zone: "dnslab.test." static
+  local-data: "{ANSWERED}. 60 IN A {ANSWERED_V4}"
+  local-data: "{ANSWERED}. 60 IN AAAA {ANSWERED_V6}"
+  local-zone: "refused.dnslab.test." refuse
+remote-control:
+  control-enable: no
+"#
+        );
+        fs::write(self.dir.join("unbound.conf"), conf).expect("write unbound.conf");
+    }
+
+    fn start_unbound(&mut self) {
+        let log = File::create(self.dir.join("unbound.out")).expect("create unbound.out");
+        let conf = self.dir.join("unbound.conf").display().to_string();
+        // -d: foreground (a child this lab owns); it logs each query and reply to stderr.
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.server_ns, "unbound", "-d", "-c", &conf])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("start unbound");
+        self.unbound = Some(child);
+    }
+
+    /// Unbound's own log (queries and replies included), for failure messages.
+    pub fn unbound_log(&self) -> String {
+        fs::read_to_string(self.dir.join("unbound.out")).unwrap_or_default()
+    }
+
+    /// The pid of Unbound ([`Server::Second`], in the server namespace).
+    pub fn unbound_pid(&self) -> u32 {
+        self.unbound.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// Rewrites the resolv.conf of the lab's client namespace (or `pod`'s) to use these
+    /// servers in this order, keeping the search list and options; glibc tries them in turn
+    /// (each `timeout:1`, once).
+    pub fn set_nameservers(&self, servers: &[IpAddr], pod: Option<&Pod>) {
+        let link = pod.map(|p| &p.link).unwrap_or(&self.client);
+        let path = Path::new("/etc/netns").join(&link.netns).join("resolv.conf");
+        fs::write(&path, self.resolv_conf_with(servers)).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
+
+    /// The resolv.conf text for `servers` with the lab's search list and options.
+    pub fn resolv_conf_with(&self, servers: &[IpAddr]) -> String {
+        let mut text: String = servers.iter().map(|s| format!("nameserver {s}\n")).collect();
+        let _ = writeln!(text, "search {}\n{RESOLV_OPTIONS}", SEARCH.join(" "));
+        text
+    }
+
+    /// Starts `argv` in the lab's client namespace (or `pod`'s namespace and cgroup) and
+    /// returns once it runs there (its own program, in the namespace): a long-lived client
+    /// whose pid the test knows ([`Child::id`]), with stdin, stdout and stderr piped. The
+    /// caller waits for or kills it; the lab kills whatever still runs in its namespaces
+    /// when dropped.
+    pub fn spawn_client(&self, argv: &[&str], pod: Option<&Pod>) -> Child {
+        let link = pod.map(|p| &p.link).unwrap_or(&self.client);
+        let owned: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+        let mut child = self
+            .client_command(link, pod, &owned)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("ip netns exec {} {argv:?}: {e}", link.netns));
+        // `ip` joins the namespace, then execs the command: wait for both.
+        let want = format!("net:[{}]", netns_inode(&link.netns));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let pid = child.id();
+            let ns = fs::read_link(format!("/proc/{pid}/ns/net")).map(|p| p.display().to_string()).unwrap_or_default();
+            let exe = fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+            let execed = exe.file_name().map(|n| n != "ip").unwrap_or(false);
+            if ns == want && execed {
+                return child;
+            }
+            if Instant::now() > deadline || matches!(child.try_wait(), Ok(Some(_))) {
+                let _ = child.kill();
+                let out = child.wait_with_output().map(|o| String::from_utf8_lossy(&o.stderr).into_owned());
+                panic!("{argv:?} did not start in {} ({ns} {exe:?}): {out:?}", link.netns);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
 }
 
 impl Drop for DnsLab {
@@ -729,9 +894,9 @@ impl Drop for DnsLab {
         if let Some(relay) = self.relay.take() {
             relay.stop();
         }
-        if let Some(mut named) = self.named.take() {
-            let _ = named.kill();
-            let _ = named.wait();
+        for mut server in [self.named.take(), self.unbound.take()].into_iter().flatten() {
+            let _ = server.kill();
+            let _ = server.wait();
         }
         let mut namespaces: Vec<String> = vec![self.client.netns.clone()];
         let base = format!("{NS_PREFIX}{}-{}-{}-pod", self.tag, std::process::id(), self.lab);
@@ -1103,6 +1268,13 @@ fn parse_query_log_line(line: &str) -> Option<ServerQuery> {
 fn which(tool: &str) -> bool {
     std::env::var_os("PATH").map(|paths| std::env::split_paths(&paths).any(|p| p.join(tool).is_file())).unwrap_or(false)
         || ["/usr/sbin", "/sbin"].iter().any(|p| Path::new(p).join(tool).is_file())
+}
+
+/// The inode of network namespace `ns` (what /proc/<pid>/ns/net names as `net:[inode]`).
+pub fn netns_inode(ns: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let path = format!("/var/run/netns/{ns}");
+    fs::metadata(&path).unwrap_or_else(|e| panic!("stat {path}: {e}")).ino()
 }
 
 fn list_netns() -> Vec<String> {
