@@ -133,11 +133,13 @@ fn ipv6_and_tcp_answer_with_the_transport_asked() {
         (Query::new(dns::ANSWERED).tcp(), "(TCP)"),
         (Query::new(dns::REFUSED).v6().tcp(), "(TCP)"),
         (Query::new(dns::SERVFAIL).v6(), "(UDP)"),
+        (Query::new(dns::NXDOMAIN).tcp().source_port(20_053), "(TCP)"),
     ] {
         let a = lab.query(&q);
         let want = match q.name.as_str() {
             dns::REFUSED => "REFUSED",
             dns::SERVFAIL => "SERVFAIL",
+            dns::NXDOMAIN => "NXDOMAIN",
             _ => "NOERROR",
         };
         assert_eq!(a.rcode(), want, "{q:?}: {}", a.output);
@@ -147,9 +149,13 @@ fn ipv6_and_tcp_answer_with_the_transport_asked() {
         assert_eq!(a.tcp, q.tcp);
     }
     let v6 = lab.server_queries().into_iter().filter(|q| q.server == lab.server_v6()).collect::<Vec<_>>();
-    // Start-up probed v6 once (UDP); then 2 UDP + 2 TCP above.
+    // Start-up probed v6 over UDP; then 2 UDP + 2 TCP above.
     assert_eq!(v6.iter().filter(|q| q.tcp).count(), 2, "{v6:?}");
     assert!(v6.iter().all(|q| q.client.ip() == lab.client_addr(Family::V6)), "{v6:?}");
+    let tcp_from_port = logged(&lab, dns::NXDOMAIN);
+    assert_eq!(tcp_from_port.len(), 1, "{tcp_from_port:?}");
+    assert!(tcp_from_port[0].tcp);
+    assert_eq!(tcp_from_port[0].client, std::net::SocketAddr::new(lab.client_addr(Family::V4), 20_053));
 }
 
 #[test]
@@ -267,6 +273,28 @@ fn everything_the_lab_made_is_removed_on_drop_also_after_a_panic() {
     }
     assert!(!Path::new(&format!("/proc/{named}")).exists(), "named ({named}) still runs");
     assert!(leaves.iter().all(|l| !l.exists()), "cgroups left: {leaves:?}");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_lab_left_by_a_killed_test_process_is_removed_by_the_next_lab() {
+    if !kernel_test("dns_lab_leftovers") {
+        return;
+    }
+    // A pid above pid_max belongs to no process: as if its test binary had been killed.
+    let pid_max: u32 =
+        std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse().ok()).expect("pid_max");
+    let dead = pid_max + 1;
+    let leftover = format!("dnslab-left-over-{dead}-0-srv");
+    support::run(&["ip", "netns", "add", &leftover]);
+    std::fs::create_dir_all(Path::new("/etc/netns").join(&leftover)).expect("mkdir");
+    let _lab = DnsLab::start("leftovers");
+    let gone = !Path::new("/var/run/netns").join(&leftover).exists();
+    if !gone {
+        let _ = std::process::Command::new("ip").args(["netns", "del", &leftover]).status();
+    }
+    assert!(gone, "the dead process's namespace {leftover} is still there");
+    assert!(!Path::new("/etc/netns").join(&leftover).exists());
 }
 
 #[test]
