@@ -369,3 +369,56 @@ fn a_spawned_client_keeps_its_pid_netns_and_pod_cgroup_while_it_runs() {
     let asked = lab.server_queries();
     assert!(asked.iter().any(|q| q.name == dns::SERVICE_FQDN && q.client.ip() == pod.addr(Family::V4)), "{asked:?}");
 }
+
+#[test]
+#[ignore = "needs root"]
+fn raw_packets_distinct_and_reused_ids_formerr_notimp_and_counted_black_hole_packets() {
+    if !kernel_test("dns_lab_raw") {
+        return;
+    }
+    let lab = DnsLab::start("raw");
+    let main = lab.server_socket(Server::Main, Family::V4);
+    let wait = Duration::from_millis(1500);
+
+    // Fifty queries with distinct ids at once from one socket: fifty answers, ids matched.
+    let before = lab.server_queries().len();
+    let packets: Vec<Vec<u8>> = (0..50u16).map(|i| dns::query_packet(1000 + i, dns::ANSWERED, 1)).collect();
+    let x = lab.send_udp(&packets, main, wait, None);
+    let mut ids: Vec<u16> = x.replies.iter().map(|r| r.id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (1000..1050).collect::<Vec<u16>>());
+    assert!(x.replies.iter().all(|r| r.rcode_name() == "NOERROR"));
+    let logged_now = lab.server_queries()[before..].to_vec();
+    assert_eq!(logged_now.len(), 50);
+    assert!(logged_now.iter().all(|q| q.client == x.local), "{logged_now:?}");
+
+    // One id reused for two names: two answers with that id, each with its own rcode.
+    let reused = [dns::query_packet(7, dns::ANSWERED, 1), dns::query_packet(7, dns::NXDOMAIN, 1)];
+    let x = lab.send_udp(&reused, main, wait, None);
+    let mut rcodes: Vec<(u16, &str)> = x.replies.iter().map(|r| (r.id, r.rcode_name())).collect();
+    rcodes.sort_unstable();
+    assert_eq!(rcodes, [(7, "NOERROR"), (7, "NXDOMAIN")]);
+
+    // A retired opcode: NOTIMP. A question cut short: FORMERR.
+    let x = lab.send_udp(&[dns::query_packet_with_opcode(8, dns::ANSWERED, 1, 1)], main, wait, None);
+    assert_eq!(x.replies.iter().map(|r| (r.id, r.rcode_name())).collect::<Vec<_>>(), [(8, "NOTIMP")]);
+    let mut cut = dns::query_packet(9, dns::ANSWERED, 1);
+    cut.truncate(cut.len() - 3);
+    let x = lab.send_udp(&[cut], main, wait, None);
+    assert_eq!(x.replies.iter().map(|r| (r.id, r.rcode_name())).collect::<Vec<_>>(), [(9, "FORMERR")]);
+
+    // The black hole swallows and counts: twenty raw packets, then dig retransmitting once.
+    lab.blackhole(true);
+    let packets: Vec<Vec<u8>> = (0..20u16).map(|i| dns::query_packet(2000 + i, dns::ANSWERED, 1)).collect();
+    let x = lab.send_udp(&packets, main, Duration::from_millis(500), None);
+    assert!(x.replies.is_empty(), "{:?}", x.replies);
+    assert_eq!(lab.blackholed_packets(Server::Main), 20);
+    let a = lab.query(&Query::new(dns::ANSWERED).wait(Duration::from_secs(1)).tries(2));
+    assert!(!a.answered(), "{}", a.output);
+    assert_eq!(lab.blackholed_packets(Server::Main), 22, "dig +tries=2 sent the query twice");
+    let a = lab.query(&Query::new(dns::ANSWERED).wait(Duration::from_secs(1)));
+    assert!(!a.answered());
+    assert_eq!(lab.blackholed_packets(Server::Main), 23, "dig +tries=1 sent it once");
+    lab.blackhole(false);
+    assert_eq!(lab.blackholed_packets(Server::Main), 0);
+}

@@ -121,9 +121,11 @@ pub struct Query<'a> {
     pub server: Server,
     pub family: Family,
     pub tcp: bool,
-    /// How long dig waits for the answer (`+time`, whole seconds, at least 1). dig sends
-    /// each query once (`+tries=1`): an unanswered query is exactly one packet.
+    /// How long dig waits for the answer (`+time`, whole seconds, at least 1).
     pub wait: Duration,
+    /// How often dig sends the query (`+tries`, default 1: an unanswered query is exactly
+    /// one packet). More tries over UDP are retransmissions: same id, same source port.
+    pub tries: u8,
     /// The client's source port (`dig -b addr#port`); None lets the kernel choose.
     pub source_port: Option<u16>,
     /// Ask from this pod's namespace and cgroup instead of the lab's client namespace.
@@ -139,6 +141,7 @@ impl<'a> Query<'a> {
             family: Family::V4,
             tcp: false,
             wait: Duration::from_secs(2),
+            tries: 1,
             source_port: None,
             pod: None,
         }
@@ -164,6 +167,10 @@ impl<'a> Query<'a> {
     }
     pub fn wait(mut self, wait: Duration) -> Self {
         self.wait = wait;
+        self
+    }
+    pub fn tries(mut self, tries: u8) -> Self {
+        self.tries = tries.max(1);
         self
     }
     pub fn source_port(mut self, port: u16) -> Self {
@@ -273,6 +280,73 @@ pub struct Ran {
     pub wall: Duration,
     pub started: SystemTime,
     pub finished: SystemTime,
+}
+
+/// What [`DnsLab::send_udp`] sent and got back.
+#[derive(Clone, Debug)]
+pub struct RawExchange {
+    /// The sending socket's address (the client address and port every packet came from).
+    pub local: SocketAddr,
+    pub started: SystemTime,
+    pub finished: SystemTime,
+    pub replies: Vec<RawReply>,
+}
+
+/// One reply datagram, read only as far as its header.
+#[derive(Clone, Debug)]
+pub struct RawReply {
+    pub id: u16,
+    /// The header's rcode (0 NOERROR, 1 FORMERR, 2 SERVFAIL, 3 NXDOMAIN, 4 NOTIMP, 5 REFUSED).
+    pub rcode: u8,
+    pub bytes: Vec<u8>,
+}
+
+impl RawReply {
+    fn read(bytes: &[u8]) -> RawReply {
+        let id = if bytes.len() >= 2 { u16::from_be_bytes([bytes[0], bytes[1]]) } else { 0 };
+        let rcode = if bytes.len() >= 4 { bytes[3] & 0x0f } else { 0xff };
+        RawReply { id, rcode, bytes: bytes.to_vec() }
+    }
+    pub fn rcode_name(&self) -> &'static str {
+        rcode_name(self.rcode)
+    }
+}
+
+/// The mnemonic of a header rcode.
+pub fn rcode_name(rcode: u8) -> &'static str {
+    match rcode {
+        0 => "NOERROR",
+        1 => "FORMERR",
+        2 => "SERVFAIL",
+        3 => "NXDOMAIN",
+        4 => "NOTIMP",
+        5 => "REFUSED",
+        _ => "OTHER",
+    }
+}
+
+/// A standard query (opcode 0, recursion desired, one question of class IN) for `name` and
+/// `qtype` (1 A, 28 AAAA, ...) with transaction id `id`, as a stub resolver sends it.
+pub fn query_packet(id: u16, name: &str, qtype: u16) -> Vec<u8> {
+    query_packet_with_opcode(id, name, qtype, 0)
+}
+
+/// [`query_packet`] with another opcode: BIND answers opcode 1 (IQUERY, retired) NOTIMP.
+pub fn query_packet_with_opcode(id: u16, name: &str, qtype: u16, opcode: u8) -> Vec<u8> {
+    let mut p = Vec::with_capacity(12 + name.len() + 6);
+    p.extend_from_slice(&id.to_be_bytes());
+    p.push(((opcode & 0x0f) << 3) | 0x01); // QR=0, opcode, RD=1
+    p.push(0);
+    p.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]); // one question, nothing else
+    for label in name.trim_end_matches('.').split('.').filter(|l| !l.is_empty()) {
+        assert!(label.len() < 64, "label {label:?} longer than 63 bytes: build that packet by hand");
+        p.push(label.len() as u8);
+        p.extend_from_slice(label.as_bytes());
+    }
+    p.push(0);
+    p.extend_from_slice(&qtype.to_be_bytes());
+    p.extend_from_slice(&1u16.to_be_bytes());
+    p
 }
 
 /// A client network of the lab: a namespace with a veth to the server namespace.
@@ -448,8 +522,8 @@ impl DnsLab {
             // One rule per line: the nft parser of older Debian releases wants it so.
             let ruleset = format!(
                 "table inet {table} {{\n chain input {{\n  type filter hook input priority 0;\n  \
-                 ip daddr {v4} udp dport 53 drop\n  ip daddr {v4} tcp dport 53 drop\n  \
-                 ip6 daddr {v6} udp dport 53 drop\n  ip6 daddr {v6} tcp dport 53 drop\n }}\n}}\n"
+                 ip daddr {v4} udp dport 53 counter drop\n  ip daddr {v4} tcp dport 53 counter drop\n  \
+                 ip6 daddr {v6} udp dport 53 counter drop\n  ip6 daddr {v6} tcp dport 53 counter drop\n }}\n}}\n"
             );
             let path = self.dir.join(format!("{table}.nft"));
             fs::write(&path, ruleset).expect("write nft ruleset");
@@ -457,6 +531,21 @@ impl DnsLab {
         } else {
             run(&["ip", "netns", "exec", &self.server_ns, "nft", "delete", "table", "inet", &table]);
         }
+    }
+
+    /// Packets the black hole of `server` has swallowed since it was last turned on (0 when
+    /// it is off): proof of how many queries went unanswered, retransmissions included.
+    pub fn blackholed_packets(&self, server: Server) -> u64 {
+        let table = format!("tapio_dnslab_blackhole_{}", server.name());
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.server_ns, "nft", "list", "table", "inet", &table])
+            .output()
+            .expect("nft list table");
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split("counter packets ")
+            .skip(1)
+            .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+            .sum()
     }
 
     /// Runs one `dig` query as the [`Query`] says and reports what the client saw.
@@ -474,7 +563,7 @@ impl DnsLab {
         argv.push(q.name.clone());
         argv.push(q.qtype.clone());
         argv.push(format!("+time={}", q.wait.as_secs().max(1)));
-        argv.push("+tries=1".into());
+        argv.push(format!("+tries={}", q.tries.max(1)));
         if q.tcp {
             argv.push("+tcp".into());
         }
@@ -533,6 +622,42 @@ impl DnsLab {
         let link = pod.map(|p| &p.link).unwrap_or(&self.client);
         let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
         self.exec_in(link, pod, &argv)
+    }
+
+    /// Sends each of `packets` as one UDP datagram from one socket in the lab's client
+    /// namespace (or `pod`'s namespace; the sender is this test process, not in the pod's
+    /// cgroup) to `server`, all at once, then collects replies for `wait` (or until there
+    /// are as many replies as packets: a server answers a query once). For what `dig`
+    /// cannot send: floods of distinct ids, reused ids, malformed queries (see
+    /// [`query_packet`]).
+    pub fn send_udp(&self, packets: &[Vec<u8>], server: SocketAddr, wait: Duration, pod: Option<&Pod>) -> RawExchange {
+        let link = pod.map(|p| &p.link).unwrap_or(&self.client);
+        let bind: SocketAddr = SocketAddr::new(link.addr(if server.is_ipv4() { Family::V4 } else { Family::V6 }), 0);
+        let packets = packets.to_vec();
+        in_netns(&link.netns, move || {
+            let socket = UdpSocket::bind(bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
+            let local = socket.local_addr().expect("local addr");
+            let started = SystemTime::now();
+            for p in &packets {
+                socket.send_to(p, server).unwrap_or_else(|e| panic!("send to {server}: {e}"));
+            }
+            let deadline = Instant::now() + wait;
+            let mut replies = Vec::new();
+            let mut buf = [0u8; 65535];
+            while replies.len() < packets.len() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                socket.set_read_timeout(Some(left)).expect("read timeout");
+                match socket.recv_from(&mut buf) {
+                    Ok((n, from)) if from == server => replies.push(RawReply::read(&buf[..n])),
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            RawExchange { local, started, finished: SystemTime::now(), replies }
+        })
     }
 
     /// What BIND's query log holds so far: every query that reached BIND, oldest first
