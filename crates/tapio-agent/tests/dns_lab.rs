@@ -249,8 +249,10 @@ fn everything_the_lab_made_is_removed_on_drop_also_after_a_panic() {
     if !kernel_test("dns_lab_cleanup") {
         return;
     }
+    let host_resolver = std::fs::read("/etc/resolv.conf").expect("the host's resolv.conf");
     let made = std::thread::spawn(|| {
         let lab = DnsLab::start("cleanup");
+        assert_eq!(lab.run_client(&["cat", "/etc/resolv.conf"], None).stdout, lab.resolv_conf());
         let pod = lab.pod(false);
         lab.blackhole(true);
         let made = (
@@ -273,6 +275,8 @@ fn everything_the_lab_made_is_removed_on_drop_also_after_a_panic() {
     }
     assert!(!Path::new(&format!("/proc/{named}")).exists(), "named ({named}) still runs");
     assert!(leaves.iter().all(|l| !l.exists()), "cgroups left: {leaves:?}");
+    let after = std::fs::read("/etc/resolv.conf").expect("the host's resolv.conf");
+    assert_eq!(after, host_resolver, "the host's resolver config is untouched");
 }
 
 #[test]

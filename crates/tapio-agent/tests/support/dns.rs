@@ -11,8 +11,13 @@
 //! - [`Server::Slow`] is a relay written here (netem is not built into the test-bed's
 //!   kernel) that holds every query for [`DnsLab::set_slow_delay`] before passing it to BIND:
 //!   UDP and TCP, IPv4 and IPv6.
+//! - [`Server::Second`] is Unbound, an independent second server (for a resolver's second
+//!   `nameserver` line, [`DnsLab::set_nameservers`]).
 //! - [`DnsLab::blackhole`] drops everything sent to [`Server::Main`] with nftables in the
-//!   server namespace: the queries reach the namespace and get no answer.
+//!   server namespace: the queries reach the namespace and get no answer; its counters say
+//!   how many packets it swallowed ([`DnsLab::blackholed_packets`]).
+//! - [`DnsLab::send_udp`] sends hand-made datagrams ([`query_packet`]) for what dig cannot:
+//!   floods of ids, reused ids, malformed queries (BIND answers FORMERR or NOTIMP).
 //! - [`DnsLab::pod`] adds a client namespace whose processes run in a Kubernetes-shaped
 //!   cgroup (`kubepods/...` or `kubepods.slice/...`), with pod UID and container id known.
 //!
@@ -372,18 +377,19 @@ pub struct DnsLab {
 }
 
 impl DnsLab {
-    /// Builds a lab: namespaces `dnslab-<tag>-<pid>-<n>-srv` and `...-cli`, BIND and the
-    /// slow relay in the first, ready to answer when this returns. `tag` (letters, digits,
+    /// Builds a lab: namespaces `dnslab-<tag>-<pid>-<n>-srv` and `...-cli`, BIND, Unbound and
+    /// the slow relay in the first, ready to answer when this returns (each has answered a
+    /// probe query for [`ANSWERED`]). `tag` (letters, digits,
     /// '-') names the test; the namespaces carry it.
     pub fn start(tag: &str) -> DnsLab {
         assert!(
             !tag.is_empty() && tag.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
             "lab tag {tag:?}: use letters, digits and '-'"
         );
-        for tool in ["named", "dig", "getent", "nft", "ip"] {
+        for tool in ["named", "unbound", "dig", "getent", "nft", "ip"] {
             assert!(
                 which(tool),
-                "the DNS lab needs `{tool}` (Debian bind9, bind9-dnsutils, nftables, iproute2): run scripts/setup"
+                "the DNS lab needs `{tool}` (Debian bind9, unbound, bind9-dnsutils, nftables, iproute2): run scripts/setup"
             );
         }
         remove_leftovers_of_dead_labs();
