@@ -48,6 +48,7 @@ fn rcodes_noerror_nxdomain_refused_servfail_each_reach_the_server_once() {
         }
         let seen = lab.server_queries()[before..].to_vec();
         assert_eq!(seen.len(), 1, "BIND got the query once: {seen:?}");
+        assert_eq!(lab.server_view(&a).as_ref(), Some(&seen[0]));
         assert_eq!((seen[0].name.as_str(), seen[0].qtype.as_str()), (name, qtype));
         assert_eq!(seen[0].client, a.client, "from the client's address and port");
         assert_eq!(seen[0].server, lab.server_v4());
@@ -75,6 +76,7 @@ fn blackholed_server_gets_the_query_packet_but_never_answers_until_released() {
     // The slow relay asks BIND too: black-holed behind it as well.
     let a = lab.query(&Query::new(dns::ANSWERED).slow().wait(Duration::from_secs(1)));
     assert!(!a.answered(), "{}", a.output);
+    assert!(lab.server_view(&a).is_none());
     assert_eq!(lab.server_queries().len(), before, "nothing sent into the black hole reached BIND");
     lab.blackhole(false);
     let a = lab.query(&Query::new(dns::ANSWERED));
@@ -152,6 +154,10 @@ fn ipv6_and_tcp_answer_with_the_transport_asked() {
     // Start-up probed v6 over UDP; then 2 UDP + 2 TCP above.
     assert_eq!(v6.iter().filter(|q| q.tcp).count(), 2, "{v6:?}");
     assert!(v6.iter().all(|q| q.client.ip() == lab.client_addr(Family::V6)), "{v6:?}");
+    // A port the kernel chose, named by BIND's view of the query.
+    let a = lab.query(&Query::new(dns::ANSWERED).qtype("AAAA").v6().tcp());
+    let seen = lab.server_view(&a).expect("BIND logged the query");
+    assert!(seen.tcp && seen.client.port() != 0 && seen.client.ip() == a.client.ip(), "{seen:?}");
     let tcp_from_port = logged(&lab, dns::NXDOMAIN);
     assert_eq!(tcp_from_port.len(), 1, "{tcp_from_port:?}");
     assert!(tcp_from_port[0].tcp);

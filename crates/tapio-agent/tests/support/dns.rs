@@ -199,6 +199,9 @@ pub struct Record {
 /// What the client saw for one query.
 #[derive(Clone, Debug)]
 pub struct Answer {
+    /// The question as asked.
+    pub name: String,
+    pub qtype: String,
     /// "NOERROR", "NXDOMAIN", "SERVFAIL", "REFUSED", ...; None when no answer came.
     pub rcode: Option<String>,
     /// The transaction id of the answer (dig prints it only for an answer).
@@ -576,6 +579,8 @@ impl DnsLab {
         let ran = self.exec_in(link, q.pod, &argv);
         let parsed = parse_dig(&ran.stdout);
         Answer {
+            name: q.name.clone(),
+            qtype: q.qtype.clone(),
             rcode: parsed.rcode,
             id: parsed.id,
             records: parsed.records,
@@ -628,6 +633,21 @@ impl DnsLab {
         let link = pod.map(|p| &p.link).unwrap_or(&self.client);
         let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
         self.exec_in(link, pod, &argv)
+    }
+
+    /// This answer's query as BIND logged it (the newest match: same name, type, transport,
+    /// client address and server), which names the client's port when the kernel chose it.
+    /// None for queries that never reached BIND (black-holed, or sent to Unbound; through
+    /// the slow relay BIND sees the relay as the client).
+    pub fn server_view(&self, answer: &Answer) -> Option<ServerQuery> {
+        let name = answer.name.trim_end_matches('.').to_ascii_lowercase();
+        self.server_queries().into_iter().rev().find(|q| {
+            q.name.to_ascii_lowercase() == name
+                && q.qtype.eq_ignore_ascii_case(&answer.qtype)
+                && q.tcp == answer.tcp
+                && q.client.ip() == answer.client.ip()
+                && q.server == answer.server.ip()
+        })
     }
 
     /// Sends each of `packets` as one UDP datagram from one socket in the lab's client
