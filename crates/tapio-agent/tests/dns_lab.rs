@@ -2,6 +2,9 @@
 //! from the client, exactly the DNS outcome it claims, and BIND's query log agrees on what
 //! reached the server. The DNS observer's tests rely on these facts, so they are proven
 //! here against the real servers and clients, without the agent.
+//!
+//! Run as root, one kernel test run at a time on the machine:
+//! `flock /tmp/tapio-kernel-tests.lock cargo test -p tapio-agent --test dns_lab -- --include-ignored`
 
 mod support;
 

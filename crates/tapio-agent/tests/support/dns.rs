@@ -508,8 +508,8 @@ impl DnsLab {
     }
 
     /// On: nftables in the server namespace drops every packet to BIND's addresses (UDP and
-    /// TCP, both families) at input, so queries to [`Server::Main`] get no answer (queries
-    /// through the slow relay neither). Off: removes the table.
+    /// TCP, both families) at input, so queries to [`Server::Main`] get no answer (nor do
+    /// queries through the slow relay, which asks BIND). Off: removes the table.
     pub fn blackhole(&self, on: bool) {
         self.blackhole_server(Server::Main, on);
     }
