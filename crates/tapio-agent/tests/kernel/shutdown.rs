@@ -7,16 +7,12 @@
 //! refused connect at the same moment: on a busy shared machine that can add to the losses;
 //! CI runs alone).
 
-mod support;
-
+use crate::support::agent::{Launch, Stdout};
+use crate::support::{closed_port, counter_at, kernel_test, refuse, tmp, Agent};
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read};
-use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
-use support::{closed_port, counter_at, kernel_test};
+use std::io::Read;
+use std::process::Stdio;
+use std::time::Duration;
 
 /// The agent's documented shutdown bound (README "Start-up, status and shutdown") plus
 /// slack for a loaded 2-core machine.
@@ -27,107 +23,16 @@ const EXIT_BOUND: Duration = Duration::from_secs(20);
 const NETWORK_ONLY: &str = "[network]\nresets = false\nretransmit_spikes = false\nrtt_degradation = false\n\
                             [container]\nenabled = false\n[storage]\nenabled = false\n[node]\nenabled = false\n";
 
-/// One agent at a time: each sees every refused connect on the machine.
-static ONE_AGENT_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-struct Running {
-    child: Child,
-    stderr: mpsc::Receiver<String>,
-    log: String,
-    config: PathBuf,
+/// Starts an agent with [`NETWORK_ONLY`] and `stdout`.
+fn start(stdout: Stdio) -> Agent {
+    Launch::with_config(NETWORK_ONLY).stdout(Stdout::To(stdout)).start()
 }
 
-impl Running {
-    fn start(name: &str, stdout: Stdio) -> Running {
-        let config = std::env::temp_dir().join(format!("tapio-i14l-shutdown-{name}-{}.toml", std::process::id()));
-        std::fs::write(&config, NETWORK_ONLY).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tapio-agent"))
-            .arg("--config")
-            .arg(&config)
-            .stdout(stdout)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn tapio-agent");
-        let err = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut r = Running { child, stderr: rx, log: String::new(), config };
-        r.wait_for("ready:", Duration::from_secs(30));
-        r
-    }
-
-    fn wait_for(&mut self, needle: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while !self.log.contains(needle) {
-            match self.stderr.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) => {
-                    self.log.push_str(&line);
-                    self.log.push('\n');
-                }
-                Err(_) => panic!("agent did not log {needle:?} in {timeout:?}:\n{}", self.log),
-            }
-        }
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
-    }
-
-    /// SIGTERM (and SIGCONT, for a stopped agent); waits for the exit within [`EXIT_BOUND`]
-    /// and returns (exit success, time to exit, final counters).
-    fn terminate(mut self) -> (bool, Duration, Value, String) {
-        let asked = Instant::now();
-        self.signal(libc::SIGTERM);
-        self.signal(libc::SIGCONT);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            if asked.elapsed() > EXIT_BOUND {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(1)) {
-                    self.log.push_str(&line);
-                    self.log.push('\n');
-                }
-                panic!("agent did not exit within {EXIT_BOUND:?} of SIGTERM:\n{}", self.log);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let took = asked.elapsed();
-        while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(5)) {
-            self.log.push_str(&line);
-            self.log.push('\n');
-        }
-        let _ = std::fs::remove_file(&self.config);
-        let counters = self
-            .log
-            .lines()
-            .find_map(|l| l.split_once("counters final ").map(|(_, json)| json.to_string()))
-            .and_then(|json| serde_json::from_str(&json).ok())
-            .unwrap_or_else(|| panic!("no final counters in the agent's log:\n{}", self.log));
-        (status.success(), took, counters, std::mem::take(&mut self.log))
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn refuse(port: u16, n: usize) {
-    for _ in 0..n {
-        assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "port {port} must refuse");
-    }
+/// SIGTERM (and SIGCONT, for a stopped agent); waits for the exit within [`EXIT_BOUND`]
+/// and returns (exit success, time to exit, final counters, log).
+fn terminate(agent: Agent) -> (bool, Duration, Value, String) {
+    let (run, took) = agent.exit_on(libc::SIGTERM, EXIT_BOUND);
+    (run.exit_ok, took, run.counters, run.stderr)
 }
 
 /// Every loss counter of the final snapshot that a refused connect can end in.
@@ -151,15 +56,14 @@ fn events_to(text: &str, port: u16) -> u64 {
 #[test]
 #[ignore = "needs root"]
 fn a_ring_filled_while_the_agent_was_stopped_is_emptied_at_shutdown_and_fully_accounted_for() {
-    kernel_test("shutdown_sigstop_flood");
-    let _turn = ONE_AGENT_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let out_path = std::env::temp_dir().join(format!("tapio-i14l-flood-{}.jsonl", std::process::id()));
-    let agent = Running::start("flood", Stdio::from(std::fs::File::create(&out_path).unwrap()));
+    let _turn = kernel_test("shutdown_sigstop_flood");
+    let out_path = tmp::path("flood.jsonl");
+    let agent = start(Stdio::from(std::fs::File::create(&out_path).unwrap()));
     agent.signal(libc::SIGSTOP);
     let port = closed_port();
     const CONNECTS: usize = 30_000;
     refuse(port, CONNECTS);
-    let (ok, took, counters, log) = agent.terminate();
+    let (ok, took, counters, log) = terminate(agent);
     let text = std::fs::read_to_string(&out_path).unwrap();
     let _ = std::fs::remove_file(&out_path);
     assert!(ok, "{log}");
@@ -179,14 +83,13 @@ fn a_ring_filled_while_the_agent_was_stopped_is_emptied_at_shutdown_and_fully_ac
 #[test]
 #[ignore = "needs root"]
 fn stdout_closed_by_its_reader_counts_every_line_failed_and_exits_cleanly() {
-    kernel_test("shutdown_stdout_closed");
-    let _turn = ONE_AGENT_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let mut agent = Running::start("closed", Stdio::piped());
-    drop(agent.child.stdout.take());
+    let _turn = kernel_test("shutdown_stdout_closed");
+    let mut agent = start(Stdio::piped());
+    drop(agent.take_stdout());
     let port = closed_port();
     refuse(port, 50);
     std::thread::sleep(Duration::from_millis(500));
-    let (ok, _, counters, log) = agent.terminate();
+    let (ok, _, counters, log) = terminate(agent);
     assert!(ok, "a closed stdout is not a crash:\n{log}");
     let events = counter_at(&counters, &["events_total"]);
     assert!(events >= 50, "{counters}");
@@ -201,15 +104,14 @@ fn stdout_closed_by_its_reader_counts_every_line_failed_and_exits_cleanly() {
 #[test]
 #[ignore = "needs root"]
 fn a_stdout_pipe_nobody_reads_still_exits_in_bounded_time_with_exact_accounting() {
-    kernel_test("shutdown_stdout_blocked");
-    let _turn = ONE_AGENT_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let mut agent = Running::start("blocked", Stdio::piped());
-    let mut pipe = agent.child.stdout.take().unwrap();
+    let _turn = kernel_test("shutdown_stdout_blocked");
+    let mut agent = start(Stdio::piped());
+    let mut pipe = agent.take_stdout();
     let port = closed_port();
     // About 700 bytes per record: far more than a 64 KiB pipe holds.
     refuse(port, 2_000);
     std::thread::sleep(Duration::from_millis(500));
-    let (ok, took, counters, log) = agent.terminate();
+    let (ok, took, counters, log) = terminate(agent);
     assert!(ok, "{log}");
     let mut text = String::new();
     pipe.read_to_string(&mut text).unwrap();
