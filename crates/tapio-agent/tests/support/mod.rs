@@ -71,6 +71,11 @@ pub fn kernel_test(name: &str) -> KernelTurn {
     // SAFETY: geteuid has no memory effects.
     let euid = unsafe { libc::geteuid() };
     assert!(euid == 0, "{name}: needs root to load eBPF programs (euid {euid}); run the kernel tests as root");
+    take_turn()
+}
+
+/// Waits for the kernel-test turn.
+fn take_turn() -> KernelTurn {
     // A test that panicked while holding the lock poisons it; the next test still runs.
     let guard = ONE_KERNEL_TEST_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     HOLDS_TURN.with(|held| held.set(true));
@@ -151,4 +156,31 @@ pub fn read_available(r: &mut impl Read) -> Vec<u8> {
         buf.extend_from_slice(&chunk[..n]);
     }
     buf
+}
+
+/// The turn itself (no root needed): while one thread holds it, no other thread can take
+/// it or start an agent, and once it is released the next one can.
+#[test]
+fn the_kernel_test_turn_is_held_by_one_thread_at_a_time() {
+    let turn = take_turn();
+    assert_turn("the holder");
+    let other = std::thread::spawn(|| {
+        let busy = matches!(ONE_KERNEL_TEST_AT_A_TIME.try_lock(), Err(std::sync::TryLockError::WouldBlock));
+        (busy, HOLDS_TURN.with(Cell::get))
+    });
+    assert_eq!(other.join().expect("other thread"), (true, false), "taken while held, and not held by another thread");
+    drop(turn);
+    assert!(!HOLDS_TURN.with(Cell::get), "released with the turn");
+    let next = std::thread::spawn(|| {
+        let _turn = take_turn();
+        HOLDS_TURN.with(Cell::get)
+    });
+    assert!(next.join().expect("next thread"), "the next test gets the turn once it is released");
+}
+
+/// An agent started without the turn fails the test before anything is spawned.
+#[test]
+#[should_panic(expected = "starting the agent outside a kernel test's turn")]
+fn an_agent_cannot_start_outside_a_kernel_tests_turn() {
+    let _ = Agent::start("");
 }
