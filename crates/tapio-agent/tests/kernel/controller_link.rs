@@ -2,7 +2,7 @@
 //! registration, config with ETag, heartbeats carrying real counters, kernel evidence
 //! arriving in the controller's sink, restarts, outages, blackholes and bad tokens.
 
-use crate::support::agent::{final_counters, ready_line, Launch, Stdout};
+use crate::support::agent::{final_counters, ready_line, Launch, Stdout, NETWORK_ONLY};
 use crate::support::controller::{agent_config, free_port, read_sink, wait_until, Controller};
 use crate::support::netns::NetnsPair;
 use crate::support::tmp::Dir;
@@ -12,11 +12,6 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-/// Refused/failed connects only: other processes on a shared machine (resets, RTT
-/// samples, exits, block I/O) then cannot crowd the scenario's records out.
-const NETWORK_ONLY: &str = "[network]\nresets = false\nretransmit_spikes = false\nrtt_degradation = false\n\
-                            [container]\nenabled = false\n[storage]\nenabled = false\n[node]\nenabled = false\n";
 
 fn refused_to(events: &[Value], port: u16) -> usize {
     events.iter().filter(|e| e["type"] == "kernel.network.connection_refused" && e["facts"]["dst_port"] == port).count()

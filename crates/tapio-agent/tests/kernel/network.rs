@@ -271,7 +271,7 @@ fn lossy_bulk_transfer_gives_bounded_retransmit_spikes_per_window() {
     pair.nft_input(&pair.b, &format!("ip saddr {} tcp dport 7004 numgen random mod 100 < 20 drop", pair.a_addr));
     let agent = Agent::start(&format!("{BASE}[network]\nretransmit_count = 5\nretransmit_window_ms = 1000\n"));
     let bind: SocketAddr = format!("{}:7004", pair.b_addr).parse().unwrap();
-    let listener = pair.spawn_in(&pair.b.clone(), move || TcpListener::bind(bind).expect("bind in b")).join().unwrap();
+    let listener = pair.listen_in_b(bind);
     let server = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().expect("accept");
         let mut sink = Vec::new();
@@ -330,7 +330,7 @@ fn queueing_delay_after_a_learned_baseline_is_one_rtt_degradation() {
     let pair = NetnsPair::new("rtt", 15);
     let agent = Agent::start(&format!("{BASE}[network]\nrtt_min_samples = 50\nrtt_ratio_percent = 300\nrtt_ceiling_us = 0\nrtt_min_increase_us = 1000\n"));
     let bind: SocketAddr = format!("{}:7005", pair.b_addr).parse().unwrap();
-    let listener = pair.spawn_in(&pair.b.clone(), move || TcpListener::bind(bind).expect("bind in b")).join().unwrap();
+    let listener = pair.listen_in_b(bind);
     // An echo server: every byte the client sends comes back.
     let server = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().expect("accept");
@@ -406,8 +406,7 @@ fn socket_bookkeeping_does_not_depend_on_a_readable_config() {
     let agent = Agent::start(BASE);
     let maps = NetworkMaps::of_agent(agent.pid());
     let established: SocketAddr = format!("{}:7011", pair.b_addr).parse().unwrap();
-    let listener =
-        pair.spawn_in(&pair.b.clone(), move || TcpListener::bind(established).expect("bind in b")).join().unwrap();
+    let listener = pair.listen_in_b(established);
 
     // An established connection, made while the config was readable: its owner is recorded.
     let (client, client_tid) = pair
@@ -467,7 +466,7 @@ fn the_kernels_own_abort_on_data_is_not_a_peer_reset_but_the_rst_it_sends_is() {
     let pair = NetnsPair::new("i14nab", 17);
     let agent = Agent::start(BASE);
     let bind: SocketAddr = format!("{}:7012", pair.b_addr).parse().unwrap();
-    let listener = pair.spawn_in(&pair.b.clone(), move || TcpListener::bind(bind).expect("bind in b")).join().unwrap();
+    let listener = pair.listen_in_b(bind);
     let (aborts_before, rsts_before) =
         (ns_counter(&pair.b, "/proc/net/netstat", "TcpExt", "TCPAbortOnData"), tcp_out_rsts(&pair.b));
     let (client_port_tx, client_port_rx) = std::sync::mpsc::channel();
@@ -518,7 +517,7 @@ fn a_clients_own_abort_on_data_is_not_a_peer_reset_but_the_server_sees_one() {
     let pair = NetnsPair::new("i14nac", 24);
     let agent = Agent::start(BASE);
     let bind: SocketAddr = format!("{}:7013", pair.b_addr).parse().unwrap();
-    let listener = pair.spawn_in(&pair.b.clone(), move || TcpListener::bind(bind).expect("bind in b")).join().unwrap();
+    let listener = pair.listen_in_b(bind);
     let aborts_before = ns_counter(&pair.a, "/proc/net/netstat", "TcpExt", "TCPAbortOnData");
     let client = pair.spawn_in(&pair.a.clone(), move || {
         let c = TcpStream::connect(bind).expect("connect");
@@ -614,7 +613,7 @@ fn bulk_echo(c: &mut TcpStream, chunks: usize) {
 
 fn listen_in(pair: &NetnsPair, port: u16) -> (SocketAddr, TcpListener) {
     let bind: SocketAddr = format!("{}:{port}", pair.b_addr).parse().unwrap();
-    (bind, pair.spawn_in(&pair.b.clone(), move || TcpListener::bind(bind).expect("bind in b")).join().unwrap())
+    (bind, pair.listen_in_b(bind))
 }
 
 /// Throttles `ns`'s `dev` egress with a token bucket: bulk data queues, RTT grows by the

@@ -11,7 +11,7 @@ use crate::support::tmp::Dir;
 use crate::support::{kernel_test, Agent, Finished};
 use serde_json::Value;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -55,7 +55,7 @@ fn exits_of(run: &Finished, pid: u32) -> Vec<&Value> {
 /// sender's retransmitted segments.
 fn lossy_transfer(pair: &NetnsPair, port: u16) -> u64 {
     let bind: SocketAddr = format!("{}:{port}", pair.b_addr).parse().unwrap();
-    let listener = pair.spawn_in(&pair.b.clone(), move || TcpListener::bind(bind).expect("bind in b")).join().unwrap();
+    let listener = pair.listen_in_b(bind);
     let server = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().expect("accept");
         let mut sink = Vec::new();

@@ -7,7 +7,7 @@
 //! refused connect at the same moment: on a busy shared machine that can add to the losses;
 //! CI runs alone).
 
-use crate::support::agent::{Launch, Stdout};
+use crate::support::agent::{Launch, Stdout, NETWORK_ONLY};
 use crate::support::{closed_port, counter_at, kernel_test, refuse, tmp, Agent};
 use serde_json::Value;
 use std::io::Read;
@@ -17,11 +17,6 @@ use std::time::Duration;
 /// The agent's documented shutdown bound (README "Start-up, status and shutdown") plus
 /// slack for a loaded 2-core machine.
 const EXIT_BOUND: Duration = Duration::from_secs(20);
-
-/// Refused/failed connects only: other processes on a shared machine (resets, RTT
-/// samples, exits, block I/O) then cannot crowd the scenario's records out.
-const NETWORK_ONLY: &str = "[network]\nresets = false\nretransmit_spikes = false\nrtt_degradation = false\n\
-                            [container]\nenabled = false\n[storage]\nenabled = false\n[node]\nenabled = false\n";
 
 /// Starts an agent with [`NETWORK_ONLY`] and `stdout`.
 fn start(stdout: Stdio) -> Agent {

@@ -32,7 +32,6 @@ pub use agent::{Agent, Finished};
 
 use serde_json::Value;
 use std::cell::Cell;
-use std::io::Read;
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 
@@ -143,19 +142,6 @@ pub fn our_pid() -> u64 {
 pub fn gettid() -> u32 {
     // SAFETY: gettid has no side effects.
     unsafe { libc::gettid() as u32 }
-}
-
-/// Reads whatever is available from a non-blocking reader.
-pub fn read_available(r: &mut impl Read) -> Vec<u8> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    while let Ok(n) = r.read(&mut chunk) {
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    buf
 }
 
 /// The turn itself (no root needed): while one thread holds it, no other thread can take

@@ -4,6 +4,7 @@
 
 use super::run;
 use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 
 pub struct NetnsPair {
@@ -86,6 +87,13 @@ impl NetnsPair {
             assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
             f()
         })
+    }
+}
+
+impl NetnsPair {
+    /// A TCP listener on `addr` inside namespace b (bound there, usable from any thread).
+    pub fn listen_in_b(&self, addr: SocketAddr) -> TcpListener {
+        self.spawn_in(&self.b, move || TcpListener::bind(addr).expect("bind in b")).join().expect("bind thread")
     }
 }
 
