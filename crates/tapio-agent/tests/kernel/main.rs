@@ -5,17 +5,20 @@
 //! flock /tmp/tapio-kernel-tests.lock cargo test -p tapio-agent --test kernel -- --include-ignored --test-threads=2
 //! ```
 //!
-//! One binary, so that one lock covers every kernel test by construction: each test begins
-//! with `support::kernel_test(..)`, which waits for the process-wide turn, and the agent (and
-//! every in-process eBPF load here) refuses to start without it. Two tests never run agents
-//! at once, however many test threads cargo uses. The external `flock` keeps this binary
-//! apart from other crates' kernel tests and other checkouts.
+//! One binary, so that one lock covers every kernel test by construction: each kernel test
+//! begins with `let _turn = support::kernel_test(..)`, which waits for the process-wide
+//! turn, and `support::agent` refuses to start an agent on a thread without it (the two
+//! tests that load eBPF in-process, `config` and `startup`'s ABI test, take it the same
+//! way). Two tests never run agents at once, however many test threads cargo uses. The
+//! external `flock` keeps this binary apart from other crates' kernel tests and other
+//! checkouts. New kernel tests join as a module here and use `tests/support/`.
 //!
-//! The agent's tests that need neither root nor the kernel are unit tests in `src/`; the
-//! one here (`startup::a_config_with_an_unknown_key_is_refused_at_start_naming_the_key`) runs
-//! the built binary with `--check-config` and stays next to the start-up tests it belongs
-//! with. `controller_link` and `profile_rollout` start real agents against the real
-//! controller, so they are kernel tests and live here too.
+//! The agent's tests that need neither root nor the kernel are unit tests in `src/`. Three
+//! here need neither too and stay where they belong rather than in a binary of their own:
+//! `startup::a_config_with_an_unknown_key_is_refused_at_start_naming_the_key` (the built
+//! binary's `--check-config`, next to the other start-up tests) and `support`'s two tests of
+//! the turn itself. `controller_link` and `profile_rollout` start real agents against the
+//! real controller, so they are kernel tests and live here too.
 //!
 //! Areas: `network`, `container`, `storage`, `node` (evidence of each observer), `config`
 //! (the kernel config carrier under rewrites), `startup` and `shutdown` (what an operator
