@@ -31,6 +31,7 @@
 //! fd00:d5:1ab:<lab>::/64. The answers' addresses are documentation addresses (192.0.2.0/24,
 //! 2001:db8::/32) that nothing contacts.
 
+use super::cgroup::{KubeCgroup, V1_MEMORY, V2_UNIFIED};
 use super::run;
 use std::fmt::Write as _;
 use std::fs::{self, File};
@@ -1102,14 +1103,14 @@ impl Link {
     }
 }
 
-/// A container cgroup shaped as the kubelet makes it, in every hierarchy here that has a
-/// place for it: the v1 memory controller (hybrid nodes name containers there) and the
-/// cgroup2 tree (`/sys/fs/cgroup/unified` on hybrid nodes, `/sys/fs/cgroup` on pure v2).
+/// A pod's container cgroup, shaped as the kubelet makes it ([`KubeCgroup`]), in every
+/// hierarchy here that has a place for it: the v1 memory controller (hybrid nodes name
+/// containers there) and the cgroup2 tree (`/sys/fs/cgroup/unified` on hybrid nodes,
+/// `/sys/fs/cgroup` on pure v2), with one pod UID and container id in all of them.
 #[derive(Debug)]
 pub struct PodCgroup {
-    /// The leaf directory in each hierarchy.
-    pub leaves: Vec<PathBuf>,
-    made: Vec<PathBuf>,
+    parts: Vec<KubeCgroup>,
+    /// From the hierarchy root, as the agent names it (the same in every hierarchy).
     pub path: String,
     pub pod_uid: String,
     pub container_id: String,
@@ -1122,56 +1123,22 @@ impl PodCgroup {
         // "d15b" marks the DNS lab's pods; pid, lab and pod number make them unique.
         let pod_uid = format!("{pid:08x}-d15b-4{lab:03x}-8{k:03x}-{:012x}", nanos & 0xffff_ffff_ffff);
         let container_id = format!("{pid:08x}d15b{lab:02x}{k:02x}{}", "0123456789abcdef".repeat(3));
-        let segments: Vec<String> = if systemd {
-            let pod = pod_uid.replace('-', "_");
-            vec![
-                "kubepods.slice".into(),
-                "kubepods-burstable.slice".into(),
-                format!("kubepods-burstable-pod{pod}.slice"),
-                format!("cri-containerd-{container_id}.scope"),
-            ]
-        } else {
-            vec!["kubepods".into(), "burstable".into(), format!("pod{pod_uid}"), container_id.clone()]
-        };
-        let mut cg = PodCgroup {
-            leaves: Vec::new(),
-            made: Vec::new(),
-            path: format!("/{}", segments.join("/")),
-            pod_uid,
-            container_id,
-        };
+        let mut parts = Vec::new();
         for mount in cgroup_hierarchies() {
-            let mut dir = mount;
-            for segment in &segments {
-                dir.push(segment);
-                if !dir.exists() {
-                    fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-                    cg.made.push(dir.clone());
-                }
-            }
-            cg.leaves.push(dir);
+            let mount = mount.display().to_string();
+            parts.push(KubeCgroup::with_ids(&mount, systemd, &pod_uid, &container_id, None));
         }
-        assert!(!cg.leaves.is_empty(), "no cgroup hierarchy for a pod (neither v1 memory nor cgroup2)");
-        cg
+        assert!(!parts.is_empty(), "no cgroup hierarchy for a pod (neither v1 memory nor cgroup2)");
+        PodCgroup { path: parts[0].path.clone(), parts, pod_uid, container_id }
+    }
+
+    /// The container's directory in each hierarchy.
+    pub fn leaves(&self) -> Vec<PathBuf> {
+        self.parts.iter().map(|p| p.leaf.clone()).collect()
     }
 
     fn procs_files(&self) -> Vec<PathBuf> {
-        self.leaves.iter().map(|l| l.join("cgroup.procs")).collect()
-    }
-}
-
-impl Drop for PodCgroup {
-    fn drop(&mut self) {
-        for leaf in &self.leaves {
-            kill_pids(&fs::read_to_string(leaf.join("cgroup.procs")).unwrap_or_default());
-        }
-        // Deepest first; a directory whose last member is still exiting is busy a moment.
-        while let Some(dir) = self.made.pop() {
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while dir.exists() && fs::remove_dir(&dir).is_err() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
+        self.parts.iter().map(|p| p.leaf.join("cgroup.procs")).collect()
     }
 }
 
@@ -1181,7 +1148,7 @@ fn cgroup_hierarchies() -> Vec<PathBuf> {
     if root.join("cgroup.controllers").exists() {
         return vec![root.to_path_buf()];
     }
-    ["memory", "unified"].iter().map(|h| root.join(h)).filter(|p| p.join("cgroup.procs").exists()).collect()
+    [V1_MEMORY, V2_UNIFIED].iter().map(PathBuf::from).filter(|p| p.join("cgroup.procs").exists()).collect()
 }
 
 /// The slow server: UDP and TCP listeners on the Slow addresses that hold each query for

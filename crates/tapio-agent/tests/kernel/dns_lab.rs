@@ -4,15 +4,13 @@
 //! here against the real servers and clients, without the agent.
 //!
 //! Run as root, one kernel test run at a time on the machine:
-//! `flock /tmp/tapio-kernel-tests.lock cargo test -p tapio-agent --test dns_lab -- --include-ignored`
+//! `flock /tmp/tapio-kernel-tests.lock cargo test -p tapio-agent --test kernel -- --include-ignored dns_lab::`
 
-mod support;
-
+use crate::support::dns::{self, DnsLab, Family, Query, Server};
+use crate::support::{kernel_test, run};
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
-use support::dns::{self, DnsLab, Family, Query, Server};
-use support::kernel_test;
 
 /// The queries BIND logged for `name` (any type).
 fn logged(lab: &DnsLab, name: &str) -> Vec<dns::ServerQuery> {
@@ -22,9 +20,7 @@ fn logged(lab: &DnsLab, name: &str) -> Vec<dns::ServerQuery> {
 #[test]
 #[ignore = "needs root"]
 fn rcodes_noerror_nxdomain_refused_servfail_each_reach_the_server_once() {
-    if !kernel_test("dns_lab_rcodes") {
-        return;
-    }
+    let _turn = kernel_test("dns_lab_rcodes");
     let lab = DnsLab::start("rcodes");
     for (name, qtype, rcode) in [
         (dns::ANSWERED, "A", "NOERROR"),
@@ -62,9 +58,7 @@ fn rcodes_noerror_nxdomain_refused_servfail_each_reach_the_server_once() {
 #[test]
 #[ignore = "needs root"]
 fn blackholed_server_gets_the_query_packet_but_never_answers_until_released() {
-    if !kernel_test("dns_lab_blackhole") {
-        return;
-    }
+    let _turn = kernel_test("dns_lab_blackhole");
     let lab = DnsLab::start("blackhole");
     let before = lab.server_queries().len();
     lab.blackhole(true);
@@ -90,9 +84,7 @@ fn blackholed_server_gets_the_query_packet_but_never_answers_until_released() {
 #[test]
 #[ignore = "needs root"]
 fn slow_server_answers_no_sooner_than_its_delay_udp_tcp_v4_v6() {
-    if !kernel_test("dns_lab_slow") {
-        return;
-    }
+    let _turn = kernel_test("dns_lab_slow");
     let lab = DnsLab::start("slow");
     let delay = Duration::from_millis(450);
     lab.set_slow_delay(delay);
@@ -128,9 +120,7 @@ fn slow_server_answers_no_sooner_than_its_delay_udp_tcp_v4_v6() {
 #[test]
 #[ignore = "needs root"]
 fn ipv6_and_tcp_answer_with_the_transport_asked() {
-    if !kernel_test("dns_lab_v6_tcp") {
-        return;
-    }
+    let _turn = kernel_test("dns_lab_v6_tcp");
     let lab = DnsLab::start("v6tcp");
     for (q, transport) in [
         (Query::new(dns::ANSWERED).qtype("AAAA").v6(), "(UDP)"),
@@ -170,9 +160,7 @@ fn ipv6_and_tcp_answer_with_the_transport_asked() {
 #[test]
 #[ignore = "needs root"]
 fn getent_walks_the_kubernetes_search_list_through_nxdomains_to_an_answer() {
-    if !kernel_test("dns_lab_getent") {
-        return;
-    }
+    let _turn = kernel_test("dns_lab_getent");
     let lab = DnsLab::start("getent");
     let resolv = std::fs::read_to_string(Path::new("/etc/netns").join(lab.client_netns()).join("resolv.conf"))
         .expect("the client namespace's resolv.conf");
@@ -213,9 +201,7 @@ fn getent_walks_the_kubernetes_search_list_through_nxdomains_to_an_answer() {
 #[test]
 #[ignore = "needs root"]
 fn pod_clients_query_from_their_own_netns_and_kubernetes_cgroup() {
-    if !kernel_test("dns_lab_pod") {
-        return;
-    }
+    let _turn = kernel_test("dns_lab_pod");
     let lab = DnsLab::start("pod");
     for systemd in [false, true] {
         let pod = lab.pod(systemd);
@@ -230,7 +216,7 @@ fn pod_clients_query_from_their_own_netns_and_kubernetes_cgroup() {
         let mut lines = who.stdout.lines();
         assert_eq!(lines.next().and_then(|l| l.parse().ok()), Some(who.pid), "the reported pid is the process's own");
         let cgroups: Vec<&str> = who.stdout.lines().filter(|l| l.contains("kubepods")).collect();
-        assert_eq!(cgroups.len(), pod.cgroup.leaves.len(), "{}", who.stdout);
+        assert_eq!(cgroups.len(), pod.cgroup.leaves().len(), "{}", who.stdout);
         assert!(cgroups.iter().all(|l| l.ends_with(pod.cgroup_path())), "{}", who.stdout);
         let pod_net = std::fs::read_link(format!("/proc/{}/ns/net", lab.named_pid())).expect("named's netns");
         assert!(!who.stdout.contains(&pod_net.display().to_string()), "the pod is not in the server namespace");
@@ -246,7 +232,7 @@ fn pod_clients_query_from_their_own_netns_and_kubernetes_cgroup() {
         }
         let g = lab.getent(dns::SERVICE_SHORT, false, Some(&pod));
         assert_eq!(g.exit_code, Some(0), "{}", g.output);
-        let leaves = pod.cgroup.leaves.clone();
+        let leaves = pod.cgroup.leaves();
         drop(pod);
         assert!(leaves.iter().all(|l| !l.exists()), "the pod's cgroups are removed");
     }
@@ -255,9 +241,7 @@ fn pod_clients_query_from_their_own_netns_and_kubernetes_cgroup() {
 #[test]
 #[ignore = "needs root"]
 fn everything_the_lab_made_is_removed_on_drop_also_after_a_panic() {
-    if !kernel_test("dns_lab_cleanup") {
-        return;
-    }
+    let _turn = kernel_test("dns_lab_cleanup");
     let host_resolver = std::fs::read("/etc/resolv.conf").expect("the host's resolv.conf");
     let made = std::thread::spawn(|| {
         let lab = DnsLab::start("cleanup");
@@ -269,7 +253,7 @@ fn everything_the_lab_made_is_removed_on_drop_also_after_a_panic() {
             lab.client_netns().to_string(),
             pod.netns().to_string(),
             lab.named_pid(),
-            pod.cgroup.leaves.clone(),
+            pod.cgroup.leaves(),
         );
         // Hand out what was made, then fail the way a test does: Drop must still run.
         std::panic::panic_any(made);
@@ -291,15 +275,13 @@ fn everything_the_lab_made_is_removed_on_drop_also_after_a_panic() {
 #[test]
 #[ignore = "needs root"]
 fn a_lab_left_by_a_killed_test_process_is_removed_by_the_next_lab() {
-    if !kernel_test("dns_lab_leftovers") {
-        return;
-    }
+    let _turn = kernel_test("dns_lab_leftovers");
     // A pid above pid_max belongs to no process: as if its test binary had been killed.
     let pid_max: u32 =
         std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse().ok()).expect("pid_max");
     let dead = pid_max + 1;
     let leftover = format!("dnslab-left-over-{dead}-0-srv");
-    support::run(&["ip", "netns", "add", &leftover]);
+    run(&["ip", "netns", "add", &leftover]);
     std::fs::create_dir_all(Path::new("/etc/netns").join(&leftover)).expect("mkdir");
     let _lab = DnsLab::start("leftovers");
     let gone = !Path::new("/var/run/netns").join(&leftover).exists();
@@ -313,9 +295,7 @@ fn a_lab_left_by_a_killed_test_process_is_removed_by_the_next_lab() {
 #[test]
 #[ignore = "needs root"]
 fn unbound_is_a_second_independent_server_and_glibc_falls_back_to_it_past_a_silent_first() {
-    if !kernel_test("dns_lab_second") {
-        return;
-    }
+    let _turn = kernel_test("dns_lab_second");
     let lab = DnsLab::start("second");
     let second = |q: Query<'static>| q.server(Server::Second);
     for (q, rcode) in [
@@ -358,16 +338,18 @@ fn unbound_is_a_second_independent_server_and_glibc_falls_back_to_it_past_a_sile
 #[test]
 #[ignore = "needs root"]
 fn a_spawned_client_keeps_its_pid_netns_and_pod_cgroup_while_it_runs() {
-    if !kernel_test("dns_lab_spawn") {
-        return;
-    }
+    let _turn = kernel_test("dns_lab_spawn");
     let lab = DnsLab::start("spawn");
     let pod = lab.pod(true);
     let script = format!("read _; getent hosts {}", dns::SERVICE_SHORT);
     let mut child = lab.spawn_client(&["sh", "-c", &script], Some(&pod));
     let pid = child.id();
     let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("the client's cgroups");
-    assert_eq!(cgroup.lines().filter(|l| l.ends_with(pod.cgroup_path())).count(), pod.cgroup.leaves.len(), "{cgroup}");
+    assert_eq!(
+        cgroup.lines().filter(|l| l.ends_with(pod.cgroup_path())).count(),
+        pod.cgroup.leaves().len(),
+        "{cgroup}"
+    );
     let ns = std::fs::read_link(format!("/proc/{pid}/ns/net")).expect("the client's netns");
     let pod_ns = lab.run_client(&["readlink", "/proc/self/ns/net"], Some(&pod));
     assert_eq!(ns.display().to_string(), pod_ns.stdout.trim());
@@ -386,9 +368,7 @@ fn a_spawned_client_keeps_its_pid_netns_and_pod_cgroup_while_it_runs() {
 #[test]
 #[ignore = "needs root"]
 fn raw_packets_distinct_and_reused_ids_formerr_notimp_and_counted_black_hole_packets() {
-    if !kernel_test("dns_lab_raw") {
-        return;
-    }
+    let _turn = kernel_test("dns_lab_raw");
     let lab = DnsLab::start("raw");
     let main = lab.server_socket(Server::Main, Family::V4);
     let wait = Duration::from_millis(1500);
