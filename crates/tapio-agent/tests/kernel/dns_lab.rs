@@ -243,7 +243,7 @@ fn pod_clients_query_from_their_own_netns_and_kubernetes_cgroup() {
 fn everything_the_lab_made_is_removed_on_drop_also_after_a_panic() {
     let _turn = kernel_test("dns_lab_cleanup");
     let host_resolver = std::fs::read("/etc/resolv.conf").expect("the host's resolv.conf");
-    let made = std::thread::spawn(|| {
+    let made = std::panic::catch_unwind(|| {
         let lab = DnsLab::start("cleanup");
         assert_eq!(lab.run_client(&["cat", "/etc/resolv.conf"], None).stdout, lab.resolv_conf());
         let pod = lab.pod(false);
@@ -258,8 +258,7 @@ fn everything_the_lab_made_is_removed_on_drop_also_after_a_panic() {
         // Hand out what was made, then fail the way a test does: Drop must still run.
         std::panic::panic_any(made);
     })
-    .join()
-    .expect_err("the thread panicked");
+    .expect_err("the lab's user panicked");
     let (server, client, pod, named, leaves) =
         *made.downcast::<(String, String, String, u32, Vec<std::path::PathBuf>)>().expect("what the lab made");
     for ns in [&server, &client, &pod] {

@@ -386,6 +386,8 @@ impl DnsLab {
     /// probe query for [`ANSWERED`]). `tag` (letters, digits,
     /// '-') names the test; the namespaces carry it.
     pub fn start(tag: &str) -> DnsLab {
+        // Namespaces, cgroups and servers are kernel work: only inside a kernel test's turn.
+        super::assert_turn("a DNS lab");
         assert!(
             !tag.is_empty() && tag.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
             "lab tag {tag:?}: use letters, digits and '-'"
