@@ -104,6 +104,16 @@ fn slow_server_answers_no_sooner_than_its_delay_udp_tcp_v4_v6() {
         assert!(a.wall >= delay);
         assert_eq!(a.server, lab.server_socket(Server::Slow, q.family));
     }
+    // Measured precisely on the client's own socket: never sooner than the delay.
+    let x = lab.send_udp(
+        &[dns::query_packet(4242, dns::ANSWERED, 1)],
+        lab.server_socket(Server::Slow, Family::V4),
+        Duration::from_secs(3),
+        None,
+    );
+    assert_eq!(x.replies.len(), 1, "{x:?}");
+    assert_eq!((x.replies[0].id, x.replies[0].rcode_name()), (4242, "NOERROR"));
+    assert!(x.replies[0].latency >= delay, "{:?} < {delay:?}", x.replies[0].latency);
     // Changed at run time, the delay applies to the next query.
     let longer = Duration::from_millis(900);
     lab.set_slow_delay(longer);

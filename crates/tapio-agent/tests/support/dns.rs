@@ -305,16 +305,19 @@ pub struct RawExchange {
 #[derive(Clone, Debug)]
 pub struct RawReply {
     pub id: u16,
+    /// From the send of the first packet to this reply's arrival, on the monotonic clock:
+    /// a precise client-side latency (dig's own figure is coarse, see [`DIG_CLOCK_TICK`]).
+    pub latency: Duration,
     /// The header's rcode (0 NOERROR, 1 FORMERR, 2 SERVFAIL, 3 NXDOMAIN, 4 NOTIMP, 5 REFUSED).
     pub rcode: u8,
     pub bytes: Vec<u8>,
 }
 
 impl RawReply {
-    fn read(bytes: &[u8]) -> RawReply {
+    fn read(bytes: &[u8], latency: Duration) -> RawReply {
         let id = if bytes.len() >= 2 { u16::from_be_bytes([bytes[0], bytes[1]]) } else { 0 };
         let rcode = if bytes.len() >= 4 { bytes[3] & 0x0f } else { 0xff };
-        RawReply { id, rcode, bytes: bytes.to_vec() }
+        RawReply { id, latency, rcode, bytes: bytes.to_vec() }
     }
     pub fn rcode_name(&self) -> &'static str {
         rcode_name(self.rcode)
@@ -667,6 +670,7 @@ impl DnsLab {
             let socket = UdpSocket::bind(bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
             let local = socket.local_addr().expect("local addr");
             let started = SystemTime::now();
+            let sent = Instant::now();
             for p in &packets {
                 socket.send_to(p, server).unwrap_or_else(|e| panic!("send to {server}: {e}"));
             }
@@ -680,7 +684,7 @@ impl DnsLab {
                 }
                 socket.set_read_timeout(Some(left)).expect("read timeout");
                 match socket.recv_from(&mut buf) {
-                    Ok((n, from)) if from == server => replies.push(RawReply::read(&buf[..n])),
+                    Ok((n, from)) if from == server => replies.push(RawReply::read(&buf[..n], sent.elapsed())),
                     Ok(_) => {}
                     Err(_) => break,
                 }
