@@ -118,6 +118,7 @@ fn write_token(path: &Path, token: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root"]
 async fn a_real_agent_is_authenticated_bound_to_its_node_and_its_evidence_carries_pod_names() {
+    // SAFETY: geteuid takes no arguments and cannot fail.
     assert_eq!(unsafe { libc::geteuid() }, 0, "this kernel test needs root");
     let u = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64 ^ u64::from(std::process::id());
     let uid = format!(
