@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::http::{self, Url};
+use crate::http::{self, Endpoint};
 use crate::{out, table};
 
 /// Most pages fetched: far beyond any fleet (5,000 agents a page), a stop for a server
@@ -27,7 +27,7 @@ pub fn run(
     state: Option<&str>,
     page_size: usize,
 ) -> Result<ExitCode, String> {
-    let url = Url::parse(controller)?;
+    let url = http::parse_url(controller)?;
     let timeout = Duration::from_secs(timeout_secs.clamp(1, 300));
     let mut merged: Option<Value> = None;
     let mut after = String::new();
@@ -71,10 +71,10 @@ pub fn run(
 }
 
 /// One status page, checked to be a tapio-wire/v1 status.
-fn fetch(controller: &str, url: &Url, path: &str, timeout: Duration) -> Result<Value, String> {
+fn fetch(controller: &str, url: &Endpoint, path: &str, timeout: Duration) -> Result<Value, String> {
     let resp = http::get(url, path, timeout)?;
     if (300..400).contains(&resp.status) {
-        let to = resp.location.as_deref().unwrap_or("?");
+        let to = resp.header("location").unwrap_or("?");
         return Err(format!("{controller} answered {} (redirect to {to}); redirects are not followed", resp.status));
     }
     let body: Option<Value> = serde_json::from_slice(&resp.body).ok();

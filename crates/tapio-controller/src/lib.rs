@@ -13,9 +13,10 @@
 //! * [`registry`] and [`sequence`]: agents, their reports and batch sequence facts.
 //! * [`config_hash`]: SHA-256 config hash and the served config body.
 //! * [`profile`]: Evidence Profile loading (YAML or JSON), SIGHUP and change reloads.
-//! * [`record`], [`timefmt`] and [`sink`]: evidence records and their bounded writer.
+//! * [`record`] and [`sink`]: evidence records and their bounded writer.
 //! * [`auth`]: bearer token holder and constant-time check.
-//! * [`metrics`]: Prometheus metrics. [`logging`]: stderr logger.
+//! * [`metrics`]: Prometheus metrics. The stderr logger is the workspace's one log line
+//!   format ([`tapio_util::logger`]).
 //! * [`io_timeout`]: write deadline for connections.
 //! * [`k8s`]: pod names on records (pod watch) and `--auth kubernetes` (TokenReview).
 
@@ -25,7 +26,6 @@ pub mod config_hash;
 pub mod connections;
 pub mod io_timeout;
 pub mod k8s;
-pub mod logging;
 pub mod metrics;
 pub mod profile;
 pub mod record;
@@ -35,7 +35,6 @@ pub mod server;
 pub mod settings;
 pub mod sink;
 pub mod state;
-pub mod timefmt;
 
 pub use server::{RunningServer, Server};
 pub use settings::{Settings, SinkTarget};

@@ -36,13 +36,8 @@ fn agent_bin() -> PathBuf {
 /// on hybrid ones such as this project's VMs).
 fn cgroup2_mount() -> PathBuf {
     let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    info.lines()
-        .find_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            let mount = left.split_whitespace().nth(4)?;
-            (right.split_whitespace().next() == Some("cgroup2")).then(|| PathBuf::from(mount))
-        })
-        .expect("a cgroup2 mount")
+    let mount = tapio_util::mountinfo::parse(&info).find(|m| m.fstype == "cgroup2").expect("a cgroup2 mount");
+    mount.mount_point
 }
 
 /// Directories made for the pod, removed (deepest first) when dropped; a directory that

@@ -212,7 +212,7 @@ fn the_binary_refuses_a_bad_profile_at_start_naming_the_field() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    // The log line is logfmt, which escapes the quotes around the suggestion.
+    // The log line quotes the field as written and suggests the known one.
     assert!(stderr.contains("overrides.network.retransmit_cont: unknown field (did you mean"), "{stderr}");
     assert!(stderr.contains("retransmit_count"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);

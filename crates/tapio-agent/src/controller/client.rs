@@ -207,6 +207,7 @@ impl Loop {
         self.reload_token_if_changed();
         let auth = self.c.token.as_ref().map(Token::header_value);
         let mut headers: Vec<(&str, &str)> = extra.to_vec();
+        headers.push(("User-Agent", http::USER_AGENT));
         if let Some(a) = &auth {
             headers.push(("Authorization", a.as_str()));
         }

@@ -19,7 +19,6 @@ pub mod file;
 pub mod nats;
 pub mod otlp;
 pub mod otlp_proto;
-pub mod rotate;
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
