@@ -64,7 +64,7 @@ fn mounts() -> Vec<Mount> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     tapio_util::mountinfo::parse(&text)
         .map(|m| Mount {
-            point: m.mount_point.display().to_string(),
+            point: m.mount_point().display().to_string(),
             fstype: m.fstype.to_string(),
             options: m.super_options.to_string(),
         })

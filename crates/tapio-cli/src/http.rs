@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use tapio_util::http::{send, HttpError, Limits, Request};
+use tapio_util::http::{normalize, send, HttpError, Limits, Request};
 pub use tapio_util::http::{Endpoint, Response};
 
 /// Largest response read (a status with 10,000 agents is about 6 MiB).
@@ -17,7 +17,7 @@ const TIMEOUTS_PER_REQUEST: u32 = 6;
 
 /// Parses `http://host[:port][/prefix]`; the error names the URL as given.
 pub fn parse_url(url: &str) -> Result<Endpoint, String> {
-    Endpoint::parse(url).map_err(|e| format!("{url}: {e}"))
+    Endpoint::parse(&normalize(url)).map_err(|e| format!("{url}: {e}"))
 }
 
 /// GETs `path` below the endpoint's prefix.
@@ -27,9 +27,9 @@ pub fn get(endpoint: &Endpoint, path: &str, timeout: Duration) -> Result<Respons
         io_timeout: timeout,
         request_timeout: timeout.saturating_mul(TIMEOUTS_PER_REQUEST),
         max_response_bytes: MAX_RESPONSE_BYTES,
+        user_agent: concat!("tapio/", env!("CARGO_PKG_VERSION")),
     };
-    let user_agent = concat!("tapio/", env!("CARGO_PKG_VERSION"));
-    let request = Request { method: "GET", path, headers: &[("User-Agent", user_agent)], body: None };
+    let request = Request { method: "GET", path, headers: &[], body: None };
     let target = &endpoint.authority;
     send(endpoint, &limits, &request).map_err(|e| match e {
         HttpError::Connect(e) => format!("cannot connect to {target}: {e}"),

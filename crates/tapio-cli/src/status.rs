@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use crate::http::{self, Endpoint};
 use crate::{out, table};
+use tapio_util::http::percent_encode;
 
 /// Most pages fetched: far beyond any fleet (5,000 agents a page), a stop for a server
 /// that keeps answering `next_after`.
@@ -85,19 +86,6 @@ fn fetch(controller: &str, url: &Endpoint, path: &str, timeout: Duration) -> Res
     }
     body.filter(|b| b["wire_version"] == tapio_wire::WIRE_VERSION && b["agents"].is_array())
         .ok_or_else(|| format!("{controller}: /v1/status did not answer a tapio-wire/v1 status"))
-}
-
-/// Percent-encodes a query value (agent ids may hold any character).
-fn percent_encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// A string field, or "-".
@@ -245,13 +233,4 @@ pub fn render(s: &Value) -> String {
         &rows,
     ));
     text_out
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn query_values_are_percent_encoded() {
-        assert_eq!(super::percent_encode("node-1.a_b~"), "node-1.a_b~");
-        assert_eq!(super::percent_encode("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
-    }
 }

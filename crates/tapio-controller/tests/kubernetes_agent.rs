@@ -37,7 +37,7 @@ fn agent_bin() -> PathBuf {
 fn cgroup2_mount() -> PathBuf {
     let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     let mount = tapio_util::mountinfo::parse(&info).find(|m| m.fstype == "cgroup2").expect("a cgroup2 mount");
-    mount.mount_point
+    mount.mount_point()
 }
 
 /// Directories made for the pod, removed (deepest first) when dropped; a directory that

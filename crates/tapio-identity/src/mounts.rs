@@ -71,8 +71,8 @@ fn parse_line(line: &str, is_root: &dyn Fn(&Path) -> bool) -> Option<CgroupMount
         }
         _ => return None,
     };
-    let mut root = String::from_utf8(mount.root).ok()?;
-    let mount_point = mount.mount_point;
+    let mut root = String::from_utf8(mount.root()).ok()?;
+    let mount_point = mount.mount_point();
     if !root.starts_with('/') {
         return None;
     }

@@ -55,15 +55,14 @@ impl std::fmt::Display for HttpError {
 impl std::error::Error for HttpError {}
 
 impl Endpoint {
-    /// Parses `http://host[:port][/path]` (the scheme in any case). `https://` is refused:
+    /// Parses `http://host[:port][/path]` (a lower-case scheme, as configuration files
+    /// write it; see [`normalize`] for typed input). `https://` is refused:
     /// Tapio has no TLS compiled in, and silently speaking plaintext to an https URL would
     /// be a downgrade.
     pub fn parse(url: &str) -> Result<Self, HttpError> {
-        let url = url.trim();
-        let scheme_is = |scheme: &str| url.get(..scheme.len()).is_some_and(|s| s.eq_ignore_ascii_case(scheme));
-        let rest = if scheme_is("http://") {
-            &url["http://".len()..]
-        } else if scheme_is("https://") {
+        let rest = if let Some(rest) = url.strip_prefix("http://") {
+            rest
+        } else if url.starts_with("https://") {
             return Err(HttpError::Url(
                 "https:// is not supported: Tapio has no TLS support compiled in. Use http:// \
                  on an in-cluster or trusted network (or kubectl port-forward), or a local \
@@ -80,20 +79,25 @@ impl Endpoint {
         if authority.is_empty() || authority.contains('@') {
             return Err(HttpError::Url("missing host (and user info is not supported)".into()));
         }
+        // `[v6]:port`, `[v6]`, `host:port`, `host`: one host and an optional port text.
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
             let (h, after) = v6.split_once(']').ok_or_else(|| HttpError::Url("unclosed [".into()))?;
-            let port = match after.strip_prefix(':') {
-                Some(p) => p.parse().map_err(|_| HttpError::Url(format!("bad port {p:?}")))?,
-                None if after.is_empty() => 80,
+            match after.strip_prefix(':') {
+                Some(p) => (h, Some(p)),
+                None if after.is_empty() => (h, None),
                 None => return Err(HttpError::Url("junk after ]".into())),
-            };
-            (h.to_string(), port)
+            }
         } else {
             match authority.rsplit_once(':') {
-                Some((h, p)) => (h.to_string(), p.parse().map_err(|_| HttpError::Url(format!("bad port {p:?}")))?),
-                None => (authority.to_string(), 80),
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
             }
         };
+        let port = match port {
+            Some(p) => p.parse().map_err(|_| HttpError::Url(format!("bad port {p:?}")))?,
+            None => 80,
+        };
+        let host = host.to_string();
         if path.contains(['?', '#']) {
             return Err(HttpError::Url("the URL must not carry a query or fragment".into()));
         }
@@ -105,6 +109,30 @@ impl Endpoint {
     }
 }
 
+/// A URL as a person typed it: surrounding blanks dropped and the scheme in lower case
+/// (`HTTP://c/` → `http://c/`), for [`Endpoint::parse`].
+pub fn normalize(url: &str) -> String {
+    let url = url.trim();
+    match url.split_once("://") {
+        Some((scheme, rest)) => format!("{}://{rest}", scheme.to_ascii_lowercase()),
+        None => url.to_string(),
+    }
+}
+
+/// `s` percent-encoded for a query value: everything but RFC 3986's unreserved characters
+/// (an agent id may hold any character).
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Timeouts and caps of one client.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -114,6 +142,8 @@ pub struct Limits {
     /// Longest time for the whole request: connect, send, and the full response.
     pub request_timeout: Duration,
     pub max_response_bytes: usize,
+    /// The `User-Agent` of every request (`tapio-agent/0.1.0`).
+    pub user_agent: &'static str,
 }
 
 #[derive(Debug)]
@@ -129,8 +159,8 @@ impl Response {
     }
 }
 
-/// One request: method, path (below the endpoint's base path), extra headers (the caller's
-/// `User-Agent` among them), body (sent as JSON).
+/// One request: method, path (below the endpoint's base path), extra headers, body (sent
+/// as JSON).
 pub struct Request<'a> {
     pub method: &'static str,
     pub path: &'a str,
@@ -189,8 +219,8 @@ pub fn send(endpoint: &Endpoint, limits: &Limits, req: &Request<'_>) -> Result<R
     let deadline = Instant::now() + limits.request_timeout;
     let stream = connect(endpoint, limits, deadline)?;
     let mut head = format!(
-        "{} {}{} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nConnection: close\r\n",
-        req.method, endpoint.base_path, req.path, endpoint.authority,
+        "{} {}{} HTTP/1.1\r\nHost: {}\r\nUser-Agent: {}\r\nAccept: application/json\r\nConnection: close\r\n",
+        req.method, endpoint.base_path, req.path, endpoint.authority, limits.user_agent,
     );
     for (k, v) in req.headers {
         head.push_str(k);
@@ -278,7 +308,9 @@ pub fn read_response(mut r: impl BufRead, max_body: usize) -> Result<Response, H
     if status == 204 || status == 304 || (100..200).contains(&status) {
         return Ok(resp);
     }
-    let chunked = resp.header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+    let chunked = resp
+        .header("transfer-encoding")
+        .is_some_and(|v| v.split(',').any(|coding| coding.trim_ascii().eq_ignore_ascii_case("chunked")));
     if chunked {
         resp.body = read_chunked(&mut r, max_body)?;
     } else if let Some(len) = resp.header("content-length") {
@@ -348,11 +380,21 @@ mod tests {
         assert!(Endpoint::parse("http://x:notaport").is_err());
         assert!(Endpoint::parse("http://x/?q=1").is_err());
         // As people type them (`tapio status --controller`).
-        let e = Endpoint::parse(" HTTP://c/ ").unwrap();
+        let e = Endpoint::parse(&normalize(" HTTP://c/ ")).unwrap();
         assert_eq!((e.host.as_str(), e.port, e.base_path.as_str(), e.authority.as_str()), ("c", 80, "", "c"));
-        assert!(Endpoint::parse("HTTPS://c").unwrap_err().to_string().contains("https:// is not supported"));
+        let err = Endpoint::parse(&normalize("HTTPS://c")).unwrap_err().to_string();
+        assert!(err.contains("https:// is not supported"), "{err}");
+        assert_eq!(normalize("c:7470"), "c:7470");
         assert!(Endpoint::parse("c:7470").is_err());
         assert!(Endpoint::parse("http://").is_err());
+    }
+
+    #[test]
+    fn percent_encodes_all_but_unreserved_characters() {
+        assert_eq!(percent_encode("node-1.a_b~"), "node-1.a_b~");
+        assert_eq!(percent_encode("a b/ü&"), "a%20b%2F%C3%BC%26");
+        assert_eq!(percent_encode("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
+        assert_eq!(percent_encode(""), "");
     }
 
     /// The request as a peer receives it: method, prefixed path, Host, the caller's
@@ -379,14 +421,19 @@ mod tests {
             io_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             max_response_bytes: 1024,
+            user_agent: "t/1",
         };
-        let req =
-            Request { method: "POST", path: "/v1/x", headers: &[("User-Agent", "t/1")], body: Some(b"{\"a\":1}") };
+        let req = Request { method: "POST", path: "/v1/x", headers: &[("X-Extra", "e")], body: Some(b"{\"a\":1}") };
         let resp = send(&endpoint, &limits, &req).unwrap();
         assert_eq!((resp.status, resp.body.as_slice()), (201, &b"{}"[..]));
         let sent = peer.join().unwrap();
         assert!(sent.starts_with("POST /base/v1/x HTTP/1.1\r\n"), "{sent}");
-        for header in [&format!("Host: 127.0.0.1:{port}\r\n")[..], "User-Agent: t/1\r\n", "Content-Length: 7\r\n"] {
+        for header in [
+            &format!("Host: 127.0.0.1:{port}\r\n")[..],
+            "User-Agent: t/1\r\n",
+            "X-Extra: e\r\n",
+            "Content-Length: 7\r\n",
+        ] {
             assert!(sent.contains(header), "{header:?} missing from {sent}");
         }
     }
@@ -456,6 +503,7 @@ mod tests {
             io_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_millis(700),
             max_response_bytes: 1024,
+            user_agent: "t/1",
         };
         let started = Instant::now();
         let req = Request { method: "GET", path: "/", headers: &[], body: None };

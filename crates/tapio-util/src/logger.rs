@@ -2,13 +2,12 @@
 //!
 //! `2026-11-21T06:12:28.123456789Z INFO tapio_agent::runtime: ready: node n`
 //!
-//! UTC timestamp, level, target, message; one record is one line. Control characters in
-//! the message (a newline in a peer's error text) are escaped so that no record can forge
-//! or split another. Scripts and tests match on `LEVEL target: message`.
+//! UTC timestamp, level, target, message; one record is one line. A line break in the
+//! message (a newline in a peer's error text) becomes a space, so that no record can
+//! forge or split another. Scripts and tests match on `LEVEL target: message`.
 //! (env_logger and friends would cost the agent more binary than its whole logging.)
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
-use std::fmt::Write as _;
 use std::io::Write as _;
 
 struct StderrLogger {
@@ -24,24 +23,19 @@ pub fn format_line(unix_ns: u64, level: Level, target: &str, message: &std::fmt:
         Level::Debug => "DEBUG",
         Level::Trace => "TRACE",
     };
-    let mut line = crate::time::rfc3339_nanos(unix_ns);
-    // Writing to a String cannot fail.
-    let _ = write!(line, " {level} {target}: ");
-    let start = line.len();
-    let _ = line.write_fmt(*message);
-    if line[start..].contains(char::is_control) {
-        let mut escaped = String::with_capacity(line.len() - start + 8);
-        for c in line[start..].chars() {
-            if c.is_control() {
-                escaped.extend(c.escape_default());
-            } else {
-                escaped.push(c);
-            }
+    let ts = crate::time::rfc3339_nanos(unix_ns);
+    let mut line = format!("{ts} {level} {target}: {message}\n");
+    let end = line.len() - 1;
+    // Only CR and LF can end a line early (the time, level and target hold neither): each
+    // becomes a space. A byte scan keeps this small in the agent.
+    // SAFETY: only the ASCII bytes CR and LF are replaced, by the ASCII space, so the
+    // String stays valid UTF-8.
+    let bytes = unsafe { line.as_bytes_mut() };
+    for b in &mut bytes[..end] {
+        if matches!(*b, b'\n' | b'\r') {
+            *b = b' ';
         }
-        line.truncate(start);
-        line.push_str(&escaped);
     }
-    line.push('\n');
     line
 }
 
@@ -60,14 +54,20 @@ impl Log for StderrLogger {
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
 
-    fn flush(&self) {
-        let _ = std::io::stderr().flush();
-    }
+    // stderr is unbuffered: every line is written when it is logged.
+    fn flush(&self) {}
 }
 
-/// The level a setting names (`error`, `warn`, `info`, `debug`, `trace`, any case).
+/// The level a setting names (`error`, `warn`, `info`, `debug`, `trace`).
 pub fn parse_level(text: &str) -> Option<LevelFilter> {
-    text.trim().parse().ok()
+    match text {
+        "error" => Some(LevelFilter::Error),
+        "warn" => Some(LevelFilter::Warn),
+        "info" => Some(LevelFilter::Info),
+        "debug" => Some(LevelFilter::Debug),
+        "trace" => Some(LevelFilter::Trace),
+        _ => None,
+    }
 }
 
 /// Installs the stderr logger at `level` (once per process; later calls change nothing).
@@ -101,13 +101,13 @@ mod tests {
         let line =
             format_line(0, Level::Error, "t", &format_args!("peer said: \"x\"\n1970-01-01T00:00:00Z INFO t: forged\r"));
         assert_eq!(line.matches('\n').count(), 1, "{line}");
-        assert!(line.ends_with("peer said: \"x\"\\n1970-01-01T00:00:00Z INFO t: forged\\r\n"), "{line}");
+        assert!(line.ends_with("peer said: \"x\" 1970-01-01T00:00:00Z INFO t: forged \n"), "{line}");
     }
 
     #[test]
-    fn levels_parse_in_any_case() {
+    fn levels_parse_by_their_names() {
         assert_eq!(parse_level("debug"), Some(LevelFilter::Debug));
-        assert_eq!(parse_level("WARN"), Some(LevelFilter::Warn));
+        assert_eq!(parse_level("warn"), Some(LevelFilter::Warn));
         assert_eq!(parse_level("loud"), None);
     }
 }

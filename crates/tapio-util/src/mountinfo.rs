@@ -3,21 +3,22 @@
 //! `<id> <parent> <maj:min> <root> <mount point> <options> [optional fields…] - <fstype> <source> <super options>`
 //!
 //! The optional fields vary in number, so everything after them is found from the lone `-`
-//! separator field. Root and mount point come unescaped (the kernel writes space, tab,
-//! newline and backslash as `\040`, `\011`, `\012`, `\134`). tapio-identity reads cgroup
+//! separator field. Root and mount point are unescaped on request (the kernel writes
+//! space, tab, newline and backslash as `\040`, `\011`, `\012`, `\134`), so lines that
+//! are skipped cost no allocation. tapio-identity reads cgroup
 //! hierarchies with it; `tapio doctor` reads bpffs, tracefs and cgroup mounts.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 
-/// The fields of one mount that Tapio reads.
+/// The fields of one mount that Tapio reads, as written (see [`Mount::root`] and
+/// [`Mount::mount_point`] for the unescaped paths).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mount<'a> {
-    /// The directory of the mounted filesystem that is mounted here (`/` for all of it),
-    /// unescaped; bytes, since nothing makes it UTF-8.
-    pub root: Vec<u8>,
-    pub mount_point: PathBuf,
+    /// The directory of the mounted filesystem that is mounted here (`/` for all of it).
+    pub root_escaped: &'a str,
+    pub mount_point_escaped: &'a str,
     pub fstype: &'a str,
     pub source: &'a str,
     /// Per-superblock options (`rw,memory` on a cgroup v1 hierarchy).
@@ -33,13 +34,19 @@ pub fn parse_line(line: &str) -> Option<Mount<'_>> {
     let fstype = after_separator.next()?;
     let source = after_separator.next()?;
     let super_options = after_separator.next()?;
-    Some(Mount {
-        root: unescape(root),
-        mount_point: PathBuf::from(OsString::from_vec(unescape(mount_point))),
-        fstype,
-        source,
-        super_options,
-    })
+    Some(Mount { root_escaped: root, mount_point_escaped: mount_point, fstype, source, super_options })
+}
+
+impl Mount<'_> {
+    /// The root, unescaped; bytes, since nothing makes it UTF-8.
+    pub fn root(&self) -> Vec<u8> {
+        unescape(self.root_escaped)
+    }
+
+    /// The mount point, unescaped.
+    pub fn mount_point(&self) -> PathBuf {
+        PathBuf::from(OsString::from_vec(unescape(self.mount_point_escaped)))
+    }
 }
 
 /// The mounts of `text` (a whole mountinfo file), in file order; malformed lines skipped.
@@ -83,11 +90,11 @@ mod tests {
             "36 31 0:33 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid shared:12 master:1 - cgroup cgroup rw,cpu,cpuacct",
         )
         .unwrap();
-        assert_eq!(m.root, b"/");
-        assert_eq!(m.mount_point, PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"));
+        assert_eq!(m.root(), b"/");
+        assert_eq!(m.mount_point(), PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"));
         assert_eq!((m.fstype, m.source, m.super_options), ("cgroup", "cgroup", "rw,cpu,cpuacct"));
         let m = parse_line("25 30 0:23 /kubepods /sys/fs/bpf rw - bpf bpf rw").unwrap();
-        assert_eq!((m.root.as_slice(), m.fstype), (&b"/kubepods"[..], "bpf"));
+        assert_eq!((m.root().as_slice(), m.fstype), (&b"/kubepods"[..], "bpf"));
     }
 
     #[test]
@@ -98,7 +105,8 @@ mod tests {
                     63 40 0:23 / /mnt/nosep rw cgroup2 cgroup2 rw\n\n";
         let mounts: Vec<Mount<'_>> = parse(text).collect();
         assert_eq!(mounts.len(), 1, "{mounts:?}");
-        assert_eq!(mounts[0].mount_point, PathBuf::from("/mnt/with space\\x"));
+        assert_eq!(mounts[0].mount_point(), PathBuf::from("/mnt/with space\\x"));
+        assert_eq!(mounts[0].mount_point_escaped, "/mnt/with\\040space\\134x");
     }
 
     #[test]
@@ -113,6 +121,6 @@ mod tests {
     #[test]
     fn this_process_sees_its_root_mount() {
         let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        assert!(parse(&text).any(|m| m.mount_point == std::path::Path::new("/")), "{text}");
+        assert!(parse(&text).any(|m| m.mount_point() == std::path::Path::new("/")), "{text}");
     }
 }

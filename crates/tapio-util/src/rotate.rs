@@ -27,12 +27,10 @@ pub fn rotated(path: &Path, n: usize) -> PathBuf {
 }
 
 /// Rotates the files of `path` by one: `path.(keep-1)` → `path.keep`, …, `path` →
-/// `path.1`, the rename over `path.keep` deleting the oldest; `keep` 0 deletes `path`.
-/// Missing files are skipped. The caller opens a fresh `path` afterwards.
+/// `path.1`, the rename over `path.keep` deleting the oldest (`keep` is at least 1; with
+/// none to keep, delete `path` instead). Missing files are skipped. The caller opens a
+/// fresh `path` afterwards.
 pub fn shift(path: &Path, keep_files: usize) -> io::Result<()> {
-    if keep_files == 0 {
-        return std::fs::remove_file(path).or_else(ignore_missing);
-    }
     for n in (1..keep_files).rev() {
         std::fs::rename(rotated(path, n), rotated(path, n + 1)).or_else(ignore_missing)?;
     }
@@ -87,7 +85,11 @@ impl RotatingFile {
             // renamed file complete on disk before the name moves.
             f.sync_data()?;
         }
-        shift(&self.path, self.keep_files)?;
+        if self.keep_files == 0 {
+            std::fs::remove_file(&self.path).or_else(ignore_missing)?;
+        } else {
+            shift(&self.path, self.keep_files)?;
+        }
         self.reopen()
     }
 

@@ -3,26 +3,25 @@
 //! (`tapio events --since`). Calendar arithmetic is Howard Hinnant's proleptic Gregorian
 //! day-count algorithm (400-year eras of 146,097 days).
 
-use std::fmt::Write;
-
 const NANOS_PER_SEC: i128 = 1_000_000_000;
 const SECS_PER_DAY: i64 = 86_400;
 
-/// Wall-clock nanoseconds since the Unix epoch (0 before 1970, saturating after 2554).
+/// Wall-clock nanoseconds since the Unix epoch (CLOCK_REALTIME; 0 before 1970).
 pub fn now_unix_nanos() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime only writes the timespec we own; CLOCK_REALTIME always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+    (ts.tv_sec.max(0) as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec.max(0) as u64)
 }
 
 /// `unix_ns` as RFC 3339 UTC with nine fractional digits: `2026-11-21T06:12:28.123456789Z`.
 pub fn rfc3339_nanos(unix_ns: u64) -> String {
-    let secs = (unix_ns / 1_000_000_000) as i64;
+    let secs = unix_ns / 1_000_000_000;
     let nanos = unix_ns % 1_000_000_000;
-    let mut out = date_time(secs);
-    // Writing to a String cannot fail.
-    let _ = write!(out, ".{nanos:09}Z");
-    out
+    let (days, sod) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    // One format call: this runs for every record and log line the agent writes.
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z", sod / 3_600, sod % 3_600 / 60, sod % 60)
 }
 
 /// `unix_ns` as RFC 3339 UTC with milliseconds: `2026-11-21T06:12:28.123Z`. Instants
@@ -32,23 +31,14 @@ pub fn rfc3339_millis(unix_ns: i128) -> String {
     let millis = unix_ns.rem_euclid(NANOS_PER_SEC) / 1_000_000;
     // About 35 million years either way: far past any real instant, far from overflow.
     let secs = secs.clamp(-(1 << 50), 1 << 50) as i64;
-    let mut out = date_time(secs);
-    let _ = write!(out, ".{millis:03}Z");
-    out
-}
-
-/// `YYYY-MM-DDTHH:MM:SS` of a second since the epoch.
-fn date_time(secs: i64) -> String {
     let (days, sod) = (secs.div_euclid(SECS_PER_DAY), secs.rem_euclid(SECS_PER_DAY));
     let (y, m, d) = civil_from_days(days);
-    let mut out = String::with_capacity(30);
-    let _ = write!(out, "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}", sod / 3_600, sod % 3_600 / 60, sod % 60);
-    out
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z", sod / 3_600, sod % 3_600 / 60, sod % 60)
 }
 
 /// (year, month, day) of a day count since 1970-01-01.
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days.saturating_add(719_468);
+    let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
     let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
