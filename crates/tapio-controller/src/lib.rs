@@ -12,7 +12,8 @@
 //! * [`api`]: routes, handlers, error envelope, body limit, auth and metrics middleware.
 //! * [`registry`] and [`sequence`]: agents, their reports and batch sequence facts.
 //! * [`config_hash`]: SHA-256 config hash and the served config body.
-//! * [`profile`]: Evidence Profile loading (YAML or JSON), SIGHUP and change reloads.
+//! * [`profile`]: Evidence Profile loading (YAML or JSON); [`profile_reload`]: SIGHUP and
+//!   change reloads.
 //! * [`record`] and [`sink`]: evidence records and their bounded writer.
 //! * [`auth`]: bearer token holder and constant-time check.
 //! * [`metrics`]: Prometheus metrics. The stderr logger is the workspace's one log line
@@ -28,6 +29,7 @@ pub mod io_timeout;
 pub mod k8s;
 pub mod metrics;
 pub mod profile;
+pub mod profile_reload;
 pub mod record;
 pub mod registry;
 pub mod sequence;

@@ -14,6 +14,11 @@ pub fn now_unix_nanos() -> u64 {
     (ts.tv_sec.max(0) as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec.max(0) as u64)
 }
 
+/// Wall-clock seconds since the Unix epoch (0 before 1970).
+pub fn now_unix_secs() -> u64 {
+    now_unix_nanos() / 1_000_000_000
+}
+
 /// `unix_ns` as RFC 3339 UTC with nine fractional digits: `2026-11-21T06:12:28.123456789Z`.
 pub fn rfc3339_nanos(unix_ns: u64) -> String {
     let secs = unix_ns / 1_000_000_000;
@@ -157,5 +162,6 @@ mod tests {
     #[test]
     fn now_is_after_this_code_was_written() {
         assert!(now_unix_nanos() > 1_790_000_000_000_000_000);
+        assert!(now_unix_secs() > 1_790_000_000);
     }
 }

@@ -21,9 +21,9 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Instant;
 
+use super::config::{FileSinkConfig, FsyncPolicy};
 use super::{Delivery, Msg, SinkShared};
 use crate::metrics::{Metrics, SinkLabels};
-use crate::settings::{FileSinkConfig, FsyncPolicy};
 use tapio_util::rotate::{repair_torn_tail, RotatingFile};
 
 /// Most bytes appended (and synced) in one group.
@@ -224,7 +224,7 @@ fn finish_group(group: Vec<Delivery>, outcome: Outcome, shared: &SinkShared) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settings::SinkTarget;
+    use crate::sink::config::SinkTarget;
     use crate::sink::{start, SinkOptions};
     use std::time::Duration;
 
