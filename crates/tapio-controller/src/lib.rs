@@ -5,7 +5,7 @@
 //! sequences, validates batches (facts, not reasoning) and writes accepted evidence to a
 //! sink. It never calls an agent. See `README.md` in this crate for flags and operation.
 //!
-//! Modules, one job each:
+//! Modules, one job each (and no cycles among `settings`, `state`, `profile` and `sink`):
 //! * [`settings`]: flags → validated [`settings::Settings`].
 //! * [`server`]: accept loop, timeouts, graceful shutdown. [`connections`]: connection
 //!   bounds (total and per peer) and eviction of connections without a request.
@@ -14,7 +14,8 @@
 //! * [`config_hash`]: SHA-256 config hash and the served config body.
 //! * [`profile`]: Evidence Profile loading (YAML or JSON); [`profile_reload`]: SIGHUP and
 //!   change reloads.
-//! * [`record`] and [`sink`]: evidence records and their bounded writer.
+//! * [`record`] and [`sink`]: evidence records and their bounded writer; each sink's
+//!   settings live with it ([`sink::config`]), so sinks depend on nothing above them.
 //! * [`auth`]: bearer token holder and constant-time check.
 //! * [`metrics`]: Prometheus metrics. The stderr logger is the workspace's one log line
 //!   format ([`tapio_util::logger`]).

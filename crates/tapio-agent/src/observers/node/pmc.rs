@@ -2,8 +2,9 @@
 //! opened with perf_event_open and read as deltas over each sample interval.
 //!
 //! The judgement is a pure function of two readings ([`delta`] then [`judge`]), unit-tested
-//! with counter sequences; only [`Pmc`] touches the kernel. Where the machine has no PMU
-//! (most VMs), opening the counters fails and the observer reports that, with the reason.
+//! with counter sequences; only [`CpuGroup`] touches the kernel (through
+//! [`tapio_util::perf`]). Where the machine has no PMU (most VMs), opening the counters
+//! fails and the observer reports that, with the reason.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use tapio_util::perf::{
