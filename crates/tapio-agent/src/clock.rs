@@ -6,12 +6,8 @@
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
-fn now_ns(clock: libc::clockid_t) -> i64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes into the timespec we own; both clocks always exist.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
-}
+// Reads a clock through the workspace's one clock_gettime call.
+use tapio_util::time::clock_ns as now_ns;
 
 /// Nanoseconds since boot, on the clock `bpf_ktime_get_boot_ns()` reads.
 pub fn boot_now_ns() -> u64 {
@@ -19,9 +15,7 @@ pub fn boot_now_ns() -> u64 {
 }
 
 /// Wall-clock nanoseconds since the Unix epoch.
-pub fn wall_now_ns() -> u64 {
-    now_ns(libc::CLOCK_REALTIME).max(0) as u64
-}
+pub use tapio_util::time::now_unix_nanos as wall_now_ns;
 
 /// The current offset between the wall clock and the boot clock.
 #[derive(Debug, Default)]

@@ -6,12 +6,19 @@
 const NANOS_PER_SEC: i128 = 1_000_000_000;
 const SECS_PER_DAY: i64 = 86_400;
 
+/// Nanoseconds on `clock` (`libc::CLOCK_REALTIME`, `CLOCK_BOOTTIME`, …), signed as the
+/// kernel keeps them.
+pub fn clock_ns(clock: libc::clockid_t) -> i64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime only writes the timespec we own; an unknown clock is an error
+    // that leaves it zero.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+}
+
 /// Wall-clock nanoseconds since the Unix epoch (CLOCK_REALTIME; 0 before 1970).
 pub fn now_unix_nanos() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime only writes the timespec we own; CLOCK_REALTIME always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
-    (ts.tv_sec.max(0) as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec.max(0) as u64)
+    clock_ns(libc::CLOCK_REALTIME).max(0) as u64
 }
 
 /// Wall-clock seconds since the Unix epoch (0 before 1970).
