@@ -3,7 +3,8 @@
 //!
 //! Hand-written rather than taken from crates because the node agent links them and its
 //! binary size is budgeted (README, "Budgets"): each module does exactly what Tapio needs
-//! with std (and libc for one syscall), where a general crate would bring far more.
+//! with std (libc for `clock_gettime` and `perf_event_open`, the `log` facade for the
+//! logger), where a general crate would bring far more.
 //!
 //! - [`time`]: RFC 3339 UTC formatting and parsing.
 //! - [`http`]: the plain HTTP/1.1 client (bounded, no TLS, no redirects) and its URL.
