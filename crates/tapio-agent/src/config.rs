@@ -77,28 +77,27 @@ impl Default for LocalKnobs {
 /// One agent-only key of an observer section: (section, key, min, max).
 struct LocalKey(&'static str, &'static str, u64, u64);
 
-const INFLIGHT_MAX_AGE: LocalKey = LocalKey("storage", "inflight_max_age_secs", 10, 86_400);
-const POLL_INTERVAL: LocalKey = LocalKey("node", "poll_interval_ms", 100, 60_000);
+const LOCAL_KEYS: [LocalKey; 2] =
+    [LocalKey("storage", "inflight_max_age_secs", 10, 86_400), LocalKey("node", "poll_interval_ms", 100, 60_000)];
 
 impl LocalKnobs {
-    /// Takes the agent-only keys out of the observer sections (what is left is profile
-    /// overrides), range-checked.
-    fn take(sections: &mut [(&'static str, serde_json::Value)]) -> Result<Self, ConfigError> {
-        let mut knobs = Self::default();
-        for (key, slot) in
-            [(INFLIGHT_MAX_AGE, &mut knobs.inflight_max_age_secs), (POLL_INTERVAL, &mut knobs.poll_interval_ms)]
-        {
-            let LocalKey(section, name, min, max) = key;
-            let body = sections.iter_mut().find(|(s, _)| *s == section).and_then(|(_, b)| b.as_object_mut());
-            let Some(value) = body.and_then(|b| b.remove(name)) else { continue };
-            let n = value
-                .as_u64()
-                .ok_or_else(|| ConfigError(format!("{section}.{name}: invalid type: {value}, expected an integer")))?;
-            check_range(&format!("{section}.{name}"), n, min, max)?;
-            // In range means it fits: every bound above is far below u32::MAX.
-            *slot = u32::try_from(n).unwrap_or(u32::MAX);
+    /// Sets the agent-only key `name` of `section`, if it is one; false when it is not
+    /// (then it is a profile field, or unknown).
+    fn set(&mut self, section: &str, name: &str, value: &serde_json::Value) -> Result<bool, ConfigError> {
+        let Some(LocalKey(_, _, min, max)) = LOCAL_KEYS.iter().find(|k| k.0 == section && k.1 == name) else {
+            return Ok(false);
+        };
+        let n = value
+            .as_u64()
+            .ok_or_else(|| ConfigError(format!("{section}.{name}: invalid type: expected an integer")))?;
+        check_range(&format!("{section}.{name}"), n, *min, *max)?;
+        // In range means it fits: every bound above is far below u32::MAX.
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        match name {
+            "inflight_max_age_secs" => self.inflight_max_age_secs = n,
+            _ => self.poll_interval_ms = n,
         }
-        Ok(knobs)
+        Ok(true)
     }
 }
 
@@ -211,17 +210,37 @@ impl AgentConfig {
         // TOML → JSON value → config: the TOML parser is instantiated once (for Value) instead
         // of once per config struct, which keeps ~60 KB out of every node's binary; the
         // strictness (unknown keys named) comes from serde either way.
-        let mut value: serde_json::Value = basic_toml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
-        // The observer sections go to tapio-profile; the rest is the agent's own.
-        let mut sections = Vec::new();
-        if let Some(top) = value.as_object_mut() {
-            for &name in tapio_profile::fields::SECTIONS {
-                if let Some(body) = top.remove(name) {
-                    sections.push((name, body));
-                }
+        let value: serde_json::Value = basic_toml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
+        // The observer sections go to tapio-profile (but for the agent-only keys in them);
+        // the rest is the agent's own. (Split by moving entries, not removing them: map
+        // removal code would cost the binary more than this.)
+        let mut local = LocalKnobs::default();
+        let mut overrides = Vec::new();
+        let mut own = serde_json::Map::new();
+        let top = match value {
+            serde_json::Value::Object(top) => top,
+            _ => return Err(ConfigError("a config file is a TOML table".into())),
+        };
+        for (key, body) in top {
+            if !tapio_profile::fields::SECTIONS.contains(&key.as_str()) {
+                own.insert(key, body);
+                continue;
             }
+            let body = match body {
+                serde_json::Value::Object(fields) => {
+                    let mut kept = Vec::new();
+                    for (name, v) in fields {
+                        if !local.set(&key, &name, &v)? {
+                            kept.push((tapio_profile::Value::Str(name), profile_value(v)));
+                        }
+                    }
+                    tapio_profile::Value::Map(kept)
+                }
+                other => profile_value(other),
+            };
+            overrides.push((tapio_profile::Value::Str(key), body));
         }
-        let mut config: Self = serde_path_to_error::deserialize(value).map_err(|e| {
+        let mut config: Self = serde_path_to_error::deserialize(serde_json::Value::Object(own)).map_err(|e| {
             let path = e.path().to_string();
             if path == "." {
                 ConfigError(e.into_inner().to_string())
@@ -229,10 +248,8 @@ impl AgentConfig {
                 ConfigError(format!("{path}: {}", e.into_inner()))
             }
         })?;
-        config.local = LocalKnobs::take(&mut sections)?;
-        let overrides = tapio_profile::Value::Map(
-            sections.into_iter().map(|(name, body)| (tapio_profile::Value::from(name), profile_value(body))).collect(),
-        );
+        config.local = local;
+        let overrides = tapio_profile::Value::Map(overrides);
         config.observers = tapio_profile::overlay(Builtin::ProductionDefault, &overrides, "").map_err(config_error)?;
         config.validate()?;
         Ok(config)

@@ -159,8 +159,14 @@ fn start_observers(
                     }
                 }
                 let state = userspace.state.unwrap_or_else(|| observers::state_of(&loaded.programs));
-                let ctx = ClassifierContext { programs: &loaded.programs, learner: learner.clone() };
-                let classifier = (half.classifier)(&ctx);
+                let mut ctx = ClassifierContext {
+                    programs: &loaded.programs,
+                    learner: learner.clone(),
+                    config,
+                    generation,
+                    followers: &mut carriers.followers,
+                };
+                let classifier = (half.classifier)(&mut ctx);
                 carriers.kernel.push((name, carrier));
                 running.push(Running { name, counters: half.counters, loaded, classifier });
                 state
@@ -240,10 +246,12 @@ impl ControllerSetup {
             .iter()
             .map(|(name, state)| (name.to_string(), tapio_wire::ObserverStatus::from(state.label())))
             .collect();
-        let object_sizes = REGISTRY
-            .iter()
-            .filter_map(|o| o.kernel.as_ref().map(|k| (o.name.to_string(), (k.object)().len() as u64)))
-            .collect::<BTreeMap<_, _>>();
+        let mut object_sizes = BTreeMap::new();
+        for o in REGISTRY {
+            if let Some(k) = &o.kernel {
+                object_sizes.insert(o.name.to_string(), (k.object)().len() as u64);
+            }
+        }
         Client {
             agent_id: self.settings.agent_id.clone().unwrap_or_else(|| node.to_string()),
             settings: self.settings,

@@ -82,7 +82,7 @@ fn mapping<'a>(v: &'a Value, path: &str) -> Result<Vec<(&'a str, &'a Value)>, Pr
     for (k, v) in entries {
         let Value::Str(key) = k else {
             return Err(ProfileError::Invalid {
-                path: join(path, &format!("{k:?}")),
+                path: join(path, &key_text(k)),
                 message: format!("keys must be strings, found {}", k.type_name()),
             });
         };
@@ -92,6 +92,18 @@ fn mapping<'a>(v: &'a Value, path: &str) -> Result<Vec<(&'a str, &'a Value)>, Pr
         out.push((key, v));
     }
     Ok(out)
+}
+
+/// A non-string key as a path segment: its value when it is a plain one. (Without float
+/// or `Debug` formatting, which would cost every agent binary ~15 KB for a case that only
+/// YAML can produce.)
+fn key_text(k: &Value) -> String {
+    match k {
+        Value::Int(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Null => "null".to_string(),
+        other => format!("({})", other.type_name()),
+    }
 }
 
 fn lookup<'a>(entries: &[(&str, &'a Value)], key: &str) -> Option<&'a Value> {

@@ -36,7 +36,7 @@ pub struct KernelHalf {
     /// config struct and its [`CarrierLayout`] builds it from a config.
     pub carrier: fn(CarrierMaps, RuntimeFacts) -> Result<Box<dyn KernelCarrier>, LoadError>,
     /// The classifier of its records, fitted to what attached.
-    pub classifier: fn(&ClassifierContext<'_>) -> Box<dyn Classifier>,
+    pub classifier: fn(&mut ClassifierContext<'_>) -> Box<dyn Classifier>,
     /// Slots of its own in the `counters` map (after `tapio_bpf::COUNTER_NAMES`), with the
     /// names the agent reports.
     pub counters: &'static [(u32, &'static str)],
@@ -132,6 +132,12 @@ pub struct ClassifierContext<'a> {
     pub programs: &'a [ProgramStatus],
     /// Where kernel reports of new cgroups go; `None` when the agent resolves no identity.
     pub learner: Option<tapio_identity::Learner>,
+    /// The config it judges with first, and its generation.
+    pub config: &'a CompiledConfig,
+    pub generation: u32,
+    /// A classifier that judges with settings in userspace registers here what must follow
+    /// each new config (shared with it, e.g. through an `Arc`).
+    pub followers: &'a mut Vec<Arc<dyn Follower>>,
 }
 
 /// What an observer's userspace half starts with.

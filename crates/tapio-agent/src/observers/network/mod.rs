@@ -24,7 +24,7 @@ pub static OBSERVER: Observer = Observer {
         object: tapio_bpf::network::object,
         hooks,
         carrier: open_carrier::<tapio_net_config>,
-        classifier: |ctx: &ClassifierContext<'_>| classifier_for(Some(ctx.programs)),
+        classifier: |ctx: &mut ClassifierContext<'_>| classifier_for(Some(ctx.programs)),
         counters: &[],
         correlation_counters: &[],
     }),
