@@ -54,6 +54,72 @@ fn join_within(what: &str, thread: std::thread::JoinHandle<()>, within: Duration
 /// Where each observer ended up after start-up.
 pub struct StartupReport {
     pub observers: Vec<(&'static str, ObserverState)>,
+    /// Each observer's programs and what became of them, and why it failed (in registry
+    /// order, as `observers`): the `status` JSON line.
+    pub details: Vec<ObserverDetail>,
+}
+
+/// One observer in the `status` JSON line.
+#[derive(serde::Serialize)]
+pub struct ObserverDetail {
+    name: &'static str,
+    /// `running`, `degraded`, `failed`, `disabled` or `unsupported`.
+    state: &'static str,
+    /// Why it is not running (null when it is, or is disabled).
+    reason: Option<String>,
+    /// For a failed kernel half: `not_permitted`, `no_btf`, `abi_mismatch`,
+    /// `missing_hook` or `other` (`LoadError::kind`).
+    reason_kind: Option<&'static str>,
+    /// Each program of its kernel half (empty without one, or when it did not load).
+    programs: Vec<ProgramDetail>,
+}
+
+#[derive(serde::Serialize)]
+struct ProgramDetail {
+    program: &'static str,
+    hook: String,
+    attached: bool,
+    error_kind: Option<&'static str>,
+    error: Option<String>,
+}
+
+/// The `status` JSON line: the start-up outcome as data (what the `observer …:` and
+/// `ready:` lines say for people).
+#[derive(serde::Serialize)]
+struct StartupStatus<'a> {
+    node: &'a str,
+    observers: &'a [ObserverDetail],
+    sinks: &'a [&'static str],
+}
+
+impl StartupReport {
+    fn push(
+        &mut self,
+        name: &'static str,
+        state: ObserverState,
+        programs: &[observers::ProgramStatus],
+        failure: Option<&observers::LoadError>,
+    ) {
+        let reason = match &state {
+            ObserverState::Running | ObserverState::Disabled => None,
+            ObserverState::Degraded(why) | ObserverState::Failed(why) | ObserverState::Unsupported(why) => {
+                Some(why.clone())
+            }
+        };
+        let programs = programs
+            .iter()
+            .map(|p| ProgramDetail {
+                program: p.program,
+                hook: p.hook.to_string(),
+                attached: p.result.is_ok(),
+                error_kind: p.result.as_ref().err().map(observers::LoadError::kind),
+                error: p.result.as_ref().err().map(ToString::to_string),
+            })
+            .collect();
+        let reason_kind = failure.map(observers::LoadError::kind);
+        self.details.push(ObserverDetail { name, state: state.label(), reason, reason_kind, programs });
+        self.observers.push((name, state));
+    }
 }
 
 pub fn node_name(configured: Option<&str>) -> String {
@@ -128,14 +194,14 @@ fn start_observers(
     for observer in REGISTRY {
         let name = observer.name;
         if !(observer.enabled)(config) {
-            report.observers.push((name, ObserverState::Disabled));
+            report.push(name, ObserverState::Disabled, &[], None);
             continue;
         }
         let mut kernel = match &observer.kernel {
             Some(half) => match observers::load_kernel_half(half, btf.as_ref(), config, generation, facts) {
                 Ok((loaded, carrier)) => Some((half, loaded, carrier)),
                 Err(e) => {
-                    failed(name, e.to_string(), report);
+                    failed(name, e.to_string(), report, Some(&e));
                     continue;
                 }
             },
@@ -146,10 +212,11 @@ fn start_observers(
         let userspace = match (observer.userspace)(&mut start) {
             Ok(u) => u,
             Err(e) => {
-                failed(name, e, report);
+                failed(name, e, report, None);
                 continue;
             }
         };
+        let mut programs = Vec::new();
         let state = match kernel {
             Some((half, loaded, carrier)) => {
                 for p in &loaded.programs {
@@ -168,6 +235,7 @@ fn start_observers(
                 };
                 let classifier = (half.classifier)(&mut ctx);
                 carriers.kernel.push((name, carrier));
+                programs.clone_from(&loaded.programs);
                 running.push(Running { name, counters: half.counters, loaded, classifier });
                 state
             }
@@ -179,15 +247,15 @@ fn start_observers(
         }
         pollers.extend(userspace.pollers);
         carriers.followers.extend(userspace.followers);
-        report.observers.push((name, state));
+        report.push(name, state, &programs, None);
     }
     running
 }
 
-fn failed(name: &'static str, reason: String, report: &mut StartupReport) {
+fn failed(name: &'static str, reason: String, report: &mut StartupReport, cause: Option<&observers::LoadError>) {
     let state = ObserverState::Failed(reason);
     log::error!("observer {name}: {state}");
-    report.observers.push((name, state));
+    report.push(name, state, &[], cause);
 }
 
 /// Controller mode, prepared before the observers load (its saved config judges from the
@@ -295,7 +363,7 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
         None => ObserverSettings { generation: 0, config: config.observers.clone() },
     };
     let mut carriers = Carriers::default();
-    let mut report = StartupReport { observers: Vec::new() };
+    let mut report = StartupReport { observers: Vec::new(), details: Vec::new() };
     let mut pollers: Vec<Box<dyn Poller>> = Vec::new();
     let mut identity = match tapio_identity::Resolver::new(tapio_identity::Config {
         capacity: config.identity_cache_capacity,
@@ -379,6 +447,11 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
         .spawn(move || poll.run())
         .map_err(|e| format!("spawning poll thread: {e}"))?;
 
+    let status = StartupStatus { node: &node, observers: &report.details, sinks: &sink_names };
+    match serde_json::to_string(&status) {
+        Ok(json) => log::info!("status {json}"),
+        Err(e) => log::error!("serializing the start-up status: {e}"),
+    }
     let running: Vec<String> = report.observers.iter().map(|(n, s)| format!("{n}={}", s.label())).collect();
     log::info!("ready: node {node}, observers [{}], sinks [{}]", running.join(", "), sink_names.join(", "));
 

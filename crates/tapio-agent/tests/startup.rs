@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{closed_port, kernel_test};
+use support::{closed_port, kernel_test, observer_status, startup_status, STATUS};
 
 fn agent() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tapio-agent"))
@@ -69,6 +69,15 @@ fn without_privileges_the_agent_says_why_and_keeps_what_can_run() {
         assert!(Instant::now() < deadline, "no end:\n{log}");
     }
     let status = child.wait().unwrap();
+    if log.contains(STATUS) {
+        // Ready with what could start: the status JSON says, per observer, why not.
+        let startup = startup_status(&log);
+        for observer in ["network", "container"] {
+            let s = observer_status(&startup, observer);
+            assert_eq!((&s["state"], &s["reason_kind"]), (&"failed".into(), &"not_permitted".into()), "{s}");
+            assert!(s["reason"].as_str().is_some_and(|r| r.contains("run as root, or with CAP_BPF")), "{s}");
+        }
+    }
     for observer in ["network", "container"] {
         let failed = log
             .lines()

@@ -40,8 +40,35 @@ pub struct Agent {
     stderr_so_far: String,
 }
 
+/// What precedes the agent's start-up status JSON in its log.
+pub const STATUS: &str = "tapio_agent::runtime: status ";
+
+/// The start-up status the agent logged as JSON (`status {...}`: node, each observer's
+/// state, reason, reason_kind and programs, the sinks); panics when there is none.
+pub fn startup_status(log: &str) -> Value {
+    log.lines()
+        .find_map(|l| l.split_once(STATUS).map(|(_, json)| json.to_string()))
+        .and_then(|json| serde_json::from_str(&json).ok())
+        .unwrap_or_else(|| panic!("no start-up status JSON in the agent's log:\n{log}"))
+}
+
+/// The state (`running`, `degraded`, …) of `observer` in a start-up status.
+pub fn observer_state<'a>(status: &'a Value, observer: &str) -> &'a str {
+    observer_status(status, observer)["state"].as_str().unwrap_or_else(|| panic!("no state of {observer}: {status}"))
+}
+
+/// The entry of `observer` in a start-up status.
+pub fn observer_status<'a>(status: &'a Value, observer: &str) -> &'a Value {
+    status["observers"]
+        .as_array()
+        .and_then(|all| all.iter().find(|o| o["name"] == observer))
+        .unwrap_or_else(|| panic!("no observer {observer} in the start-up status: {status}"))
+}
+
 pub struct Finished {
     pub events: Vec<Value>,
+    /// The start-up status JSON.
+    pub status: Value,
     pub stderr: String,
     /// The `counters final` snapshot the agent logs at exit.
     pub counters: Value,
@@ -90,7 +117,7 @@ impl Agent {
         });
         let mut agent =
             Agent { _turn: turn, child, config_path, stdout: out_rx, stderr: err_rx, stderr_so_far: String::new() };
-        agent.wait_for_log("ready:", Duration::from_secs(30));
+        agent.wait_for_log(STATUS, Duration::from_secs(30));
         agent
     }
 
@@ -153,7 +180,13 @@ impl Agent {
             .and_then(|json| serde_json::from_str(&json).ok())
             .unwrap_or_else(|| panic!("no final counters in agent stderr:\n{}", self.stderr_so_far));
         (
-            Finished { events, stderr: std::mem::take(&mut self.stderr_so_far), counters, exit_ok: status.success() },
+            Finished {
+                events,
+                status: startup_status(&self.stderr_so_far),
+                stderr: std::mem::take(&mut self.stderr_so_far),
+                counters,
+                exit_ok: status.success(),
+            },
             took,
         )
     }
