@@ -240,19 +240,49 @@ impl AgentConfig {
             };
             overrides.push((tapio_profile::Value::Str(key), body));
         }
-        let mut config: Self = serde_path_to_error::deserialize(serde_json::Value::Object(own)).map_err(|e| {
-            let path = e.path().to_string();
-            if path == "." {
-                ConfigError(e.into_inner().to_string())
-            } else {
-                ConfigError(format!("{path}: {}", e.into_inner()))
-            }
-        })?;
+        let own = serde_json::Value::Object(own);
+        let mut config = match Self::deserialize(&own) {
+            Ok(config) => config,
+            Err(e) => return Err(ConfigError(format!("{}: {e}", Self::key_at_fault(own)))),
+        };
         config.local = local;
         let overrides = tapio_profile::Value::Map(overrides);
         config.observers = tapio_profile::overlay(Builtin::ProductionDefault, &overrides, "").map_err(config_error)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Where in the agent's own keys deserializing failed: the first key (or key of a
+    /// table) whose value fails on its own. serde's messages name an unknown key but not
+    /// where a mistyped value sits. Finding it this way, only on the error path, costs the
+    /// binary far less than tracking the path on every parse (serde_path_to_error: ~13 KB
+    /// on every node).
+    fn key_at_fault(own: serde_json::Value) -> String {
+        let alone = |key: String, value: serde_json::Value| {
+            let mut single = serde_json::Map::new();
+            single.insert(key, value);
+            Self::deserialize(&serde_json::Value::Object(single)).is_err()
+        };
+        let serde_json::Value::Object(own) = own else { return "(top level)".to_string() };
+        for (key, value) in own {
+            match value {
+                serde_json::Value::Object(table) => {
+                    for (inner, v) in table {
+                        let mut nested = serde_json::Map::new();
+                        nested.insert(inner.clone(), v);
+                        if alone(key.clone(), serde_json::Value::Object(nested)) {
+                            return format!("{key}.{inner}");
+                        }
+                    }
+                }
+                other => {
+                    if alone(key.clone(), other) {
+                        return key;
+                    }
+                }
+            }
+        }
+        "(top level)".to_string()
     }
 
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
@@ -338,6 +368,19 @@ mod tests {
         assert_eq!(err.0, "container.exit_ignore_signals[] = 64 is out of range 1..=63");
         let err = AgentConfig::from_toml("[sinks.file]\npath = \"/tmp/x\"\nkeep_files = 0\n").unwrap_err();
         assert!(err.0.contains("sinks.file.keep_files"), "{err}");
+    }
+
+    #[test]
+    fn the_agents_own_keys_are_named_in_type_errors() {
+        let err = AgentConfig::from_toml("queue_capacity = \"big\"\n").unwrap_err();
+        assert!(err.0.starts_with("queue_capacity: invalid type"), "{err}");
+        let err = AgentConfig::from_toml("[sinks]\nstdout = 1\n").unwrap_err();
+        assert!(err.0.starts_with("sinks.stdout: invalid type"), "{err}");
+        let err = AgentConfig::from_toml("[controller]\nurl = \"http://c:1\"\nheartbeat_interval_secs = \"x\"\n")
+            .unwrap_err();
+        assert!(err.0.starts_with("controller.heartbeat_interval_secs: invalid type"), "{err}");
+        let err = AgentConfig::from_toml("[sinks]\nbogus = true\n").unwrap_err();
+        assert!(err.0.starts_with("sinks.bogus: unknown field `bogus`"), "{err}");
     }
 
     #[test]

@@ -169,6 +169,7 @@ fn check_name(name: &str) -> Result<(), ProfileError> {
 /// This is the schema the agent's local config file shares with profiles. Unlike
 /// [`validate()`], it accepts an observer that is enabled with every evidence family off
 /// (it starts and emits nothing), as the agent always has.
+#[inline] // A caller's constant base leaves the other builtins out of its binary.
 pub fn overlay(base: Builtin, sections: &Value, at: &str) -> Result<CompiledConfig, ProfileError> {
     let mut config = base.config();
     let mut overridden: Vec<&'static Field> = Vec::new();

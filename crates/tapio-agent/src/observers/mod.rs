@@ -131,17 +131,41 @@ pub struct Loaded {
 /// was written in full, and never waits. This agent is the only writer.
 pub struct ConfigCarrier<T: Record + 'static> {
     slots: Array<MapData, Carrier<T>>,
+    latch: Latch,
+}
+
+/// The carrier's latch sequence (`config_seq`), the part of a carrier that does not depend
+/// on the config struct (kept out of the generic code: one copy in the binary).
+struct Latch {
     seq: Array<MapData, u64>,
     /// The sequence as this writer last set it (the map starts at 0).
     current: u64,
 }
 
+impl Latch {
+    fn open(seq: aya::maps::Map) -> Result<Self, String> {
+        let seq = Array::try_from(seq).map_err(|e| format!("config_seq map does not match this agent's ABI: {e}"))?;
+        let current = seq.get(&0, 0).map_err(|e| format!("reading config_seq: {e}"))?;
+        Ok(Self { seq, current })
+    }
+
+    /// Moves readers to the other copy; returns the copy they no longer read.
+    fn advance(&mut self) -> Result<u32, String> {
+        let next = self.current + 1;
+        self.seq.set(0, next, 0).map_err(|e| format!("writing config_seq: {e}"))?;
+        self.current = next;
+        Ok(1 - (next & 1) as u32)
+    }
+}
+
+fn slot_error(idle: u32, e: aya::maps::MapError) -> String {
+    format!("writing config copy {idle}: {e}")
+}
+
 impl<T: Record + 'static> ConfigCarrier<T> {
     pub fn from_maps(slots: aya::maps::Map, seq: aya::maps::Map) -> Result<Self, String> {
         let slots = Array::try_from(slots).map_err(|e| format!("config map does not match this agent's ABI: {e}"))?;
-        let seq = Array::try_from(seq).map_err(|e| format!("config_seq map does not match this agent's ABI: {e}"))?;
-        let current = seq.get(&0, 0).map_err(|e| format!("reading config_seq: {e}"))?;
-        Ok(Self { slots, seq, current })
+        Ok(Self { slots, latch: Latch::open(seq)? })
     }
 
     /// Writes `value` so that every later program run judges with it. On an error the
@@ -149,12 +173,9 @@ impl<T: Record + 'static> ConfigCarrier<T> {
     /// last copy failed): the sequence always names a copy that was written in full.
     pub fn write(&mut self, value: T) -> Result<(), String> {
         for _ in 0..2 {
-            let next = self.current + 1;
-            self.seq.set(0, next, 0).map_err(|e| format!("writing config_seq: {e}"))?;
-            self.current = next;
-            // Readers now use copy `next & 1`: rewrite the other one.
-            let idle = 1 - (next & 1) as u32;
-            self.slots.set(idle, Carrier(value), 0).map_err(|e| format!("writing config copy {idle}: {e}"))?;
+            // Readers now use the other copy: rewrite this one.
+            let idle = self.latch.advance()?;
+            self.slots.set(idle, Carrier(value), 0).map_err(|e| slot_error(idle, e))?;
         }
         Ok(())
     }
