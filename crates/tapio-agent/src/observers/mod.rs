@@ -400,35 +400,45 @@ fn attach(ebpf: &mut Ebpf, btf: Option<&Btf>, name: &str, hook: Hook) -> Result<
         Hook::TracePoint(category, tracepoint) => {
             let tp: &mut TracePoint = program.try_into().map_err(|e| LoadError::Other(format!("{e}")))?;
             tp.load().map_err(|e| LoadError::from_aya(&format!("loading {name}: "), &e, missing))?;
-            tp.attach(category, tracepoint).map_err(|e| match e {
-                // The tracepoint's id file is absent: this kernel has no such tracepoint.
-                ProgramError::TracePointError(TracePointError::FileError { ref io_error, .. })
-                    if io_error.kind() == std::io::ErrorKind::NotFound =>
-                {
-                    LoadError::MissingHook(format!(
-                        "this kernel has no {category}/{tracepoint} tracepoint (attaching: {})",
-                        with_causes(&e)
-                    ))
-                }
-                _ => LoadError::from_aya("attaching: ", &e, missing),
-            })?;
+            tp.attach(category, tracepoint).map_err(|e| attach_error(category, tracepoint, &e, missing))?;
         }
         Hook::BtfTracePoint(tracepoint) => {
             let btf = btf.ok_or_else(|| LoadError::NoBtf("BTF-typed tracepoints need kernel BTF".into()))?;
             let tp: &mut BtfTracePoint = program.try_into().map_err(|e| LoadError::Other(format!("{e}")))?;
-            tp.load(tracepoint, btf).map_err(|e| match &e {
-                // A tracepoint newer than the kernel is not a verifier verdict: say what is missing.
-                ProgramError::Btf(BtfError::UnknownBtfTypeName { type_name })
-                    if *type_name == format!("btf_trace_{tracepoint}") =>
-                {
-                    LoadError::MissingHook(format!("this kernel has no {tracepoint} tracepoint ({})", with_causes(&e)))
-                }
-                _ => LoadError::from_aya(&format!("loading {name}: "), &e, false),
-            })?;
+            tp.load(tracepoint, btf).map_err(|e| btf_load_error(name, tracepoint, &e))?;
             tp.attach().map_err(|e| LoadError::from_aya("attaching: ", &e, false))?;
         }
     }
     Ok(())
+}
+
+/// Why a classic tracepoint did not attach: its id file is absent when this kernel has no
+/// such tracepoint.
+fn attach_error(category: &str, tracepoint: &str, e: &ProgramError, btf_missing: bool) -> LoadError {
+    match e {
+        ProgramError::TracePointError(TracePointError::FileError { io_error, .. })
+            if io_error.kind() == std::io::ErrorKind::NotFound =>
+        {
+            LoadError::MissingHook(format!(
+                "this kernel has no {category}/{tracepoint} tracepoint (attaching: {})",
+                with_causes(e)
+            ))
+        }
+        _ => LoadError::from_aya("attaching: ", e, btf_missing),
+    }
+}
+
+/// Why a BTF-typed tracepoint program did not load: a tracepoint newer than the kernel
+/// (its `btf_trace_<name>` type is absent) is not a verifier verdict.
+fn btf_load_error(program: &str, tracepoint: &str, e: &ProgramError) -> LoadError {
+    match e {
+        ProgramError::Btf(BtfError::UnknownBtfTypeName { type_name })
+            if *type_name == format!("btf_trace_{tracepoint}") =>
+        {
+            LoadError::MissingHook(format!("this kernel has no {tracepoint} tracepoint ({})", with_causes(e)))
+        }
+        _ => LoadError::from_aya(&format!("loading {program}: "), e, false),
+    }
 }
 
 /// The state implied by per-program results.
@@ -477,7 +487,85 @@ pub struct Running {
 
 #[cfg(test)]
 mod tests {
-    use super::permission_hint;
+    use super::*;
+
+    /// An error whose cause is an OS error, as aya's map and program errors are.
+    #[derive(Debug)]
+    struct Caused(std::io::Error);
+
+    impl fmt::Display for Caused {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("failed to create map `x`")
+        }
+    }
+
+    impl std::error::Error for Caused {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    /// The registry is what the runtime loads: every observer once, and every program a
+    /// kernel half attaches is in its object, with the maps every carrier and drain needs.
+    #[test]
+    fn every_registered_observer_is_whole() {
+        let names: std::collections::BTreeSet<&str> = REGISTRY.iter().map(|o| o.name).collect();
+        assert_eq!(names.len(), REGISTRY.len(), "observer names are unique");
+        assert!(REGISTRY.iter().any(|o| o.kernel.is_none()), "an observer without eBPF is possible (node)");
+        for o in REGISTRY {
+            assert_eq!(find(o.name).map(|f| f.name), Some(o.name));
+            assert!((o.enabled)(&tapio_wire::CompiledConfig::default()), "{} is on by default", o.name);
+            let Some(kernel) = &o.kernel else { continue };
+            let object = aya_obj::Object::parse((kernel.object)()).unwrap_or_else(|e| panic!("{}: {e}", o.name));
+            for (program, hook) in (kernel.hooks)() {
+                assert!(object.programs.contains_key(program), "{}: {program} ({hook}) is not in its object", o.name);
+            }
+            for map in [
+                tapio_bpf::maps::CONFIG,
+                tapio_bpf::maps::CONFIG_SEQ,
+                tapio_bpf::maps::EVENTS,
+                tapio_bpf::maps::COUNTERS,
+            ] {
+                assert!(object.maps.contains_key(map), "{}: no {map} map", o.name);
+            }
+            for name in kernel.correlation_counters {
+                assert!(
+                    kernel.counters.iter().any(|(_, n)| n == name),
+                    "{}: {name} is not one of its counters",
+                    o.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn load_errors_are_told_by_type_not_by_wording() {
+        let eperm = Caused(std::io::Error::from_raw_os_error(libc::EPERM));
+        let e = LoadError::from_aya("loading: ", &eperm, false);
+        assert_eq!(e.kind(), "not_permitted", "{e}");
+        assert!(e.message().starts_with("loading: failed to create map `x`"), "{e}");
+        let eacces = Caused(std::io::Error::from_raw_os_error(libc::EACCES));
+        assert!(matches!(LoadError::from_aya("", &eacces, true), LoadError::NotPermitted(_)));
+        // The same wording with another cause is not a permission problem.
+        let einval = Caused(std::io::Error::from_raw_os_error(libc::EINVAL));
+        assert!(matches!(LoadError::from_aya("", &einval, false), LoadError::Other(_)));
+        assert!(matches!(LoadError::from_aya("", &einval, true), LoadError::NoBtf(_)));
+
+        let unknown = ProgramError::Btf(BtfError::UnknownBtfTypeName { type_name: "btf_trace_block_io_start".into() });
+        let e = btf_load_error("tapio_block_io_start", "block_io_start", &unknown);
+        assert_eq!(e.kind(), "missing_hook");
+        assert!(e.message().starts_with("this kernel has no block_io_start tracepoint"), "{e}");
+        // Another missing type is not this hook missing.
+        let other = ProgramError::Btf(BtfError::UnknownBtfTypeName { type_name: "task_struct".into() });
+        assert_eq!(btf_load_error("p", "block_io_start", &other).kind(), "other");
+
+        let absent = ProgramError::TracePointError(TracePointError::FileError {
+            filename: "/sys/kernel/tracing/events/tcp/tcp_x/id".into(),
+            io_error: std::io::Error::from(std::io::ErrorKind::NotFound),
+        });
+        assert_eq!(attach_error("tcp", "tcp_x", &absent, false).kind(), "missing_hook");
+        assert_eq!(LoadError::Other("x".into()).with_message("y".into()), LoadError::Other("y".into()));
+    }
 
     const BPF_PERFMON: &str = "000000c000000000";
 
