@@ -446,3 +446,29 @@ fn check_refuses_what_no_profile_compiles_to_and_accepts_every_builtin() {
         "storage.latency_critical_ms: latency_critical_ms = 10 must be at least latency_warning_ms = 100"
     );
 }
+
+/// The README's field table is the field table: each field's range, default and help text
+/// (declared once, in `fields.rs`) as documented.
+#[test]
+fn the_readme_fields_table_is_the_field_table() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let header = "| section | field | allowed | production-default | meaning |";
+    let start = text.find(header).expect("README lacks the fields table");
+    let rows: Vec<&str> = text[start..].lines().skip(2).take_while(|l| l.starts_with('|')).collect();
+    let defaults = CompiledConfig::default();
+    let mut section = "";
+    let expected: Vec<String> = FIELDS
+        .iter()
+        .map(|f| {
+            let shown = if f.section == section { String::new() } else { format!("`{}` ", f.section) };
+            section = f.section;
+            let allowed = match f.kind {
+                Kind::Bool => "bool".to_string(),
+                Kind::Int(r) => r.to_string(),
+                Kind::List { item, max_len } => format!("list of {item} (≤ {max_len} items)"),
+            };
+            format!("| {shown}| `{}` | {allowed} | {} | {} |", f.name, f.get(&defaults), f.help)
+        })
+        .collect();
+    assert_eq!(rows, expected, "README fields table out of date");
+}
