@@ -8,10 +8,10 @@ use crate::clock::BootToWall;
 use crate::counters::Counters;
 use crate::evidence::Evidence;
 use crate::observers::{read_kernel_counters, Classifier, Running};
+use crate::queue::QueueSender;
 use crate::stamp::{Stamper, Verdict};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -79,7 +79,7 @@ pub fn take_until_empty(source: &mut dyn RecordSource, deadline: Instant, handle
 pub struct Drain {
     pub observers: Vec<Running>,
     pub stamper: Stamper,
-    pub queue: SyncSender<Box<Evidence>>,
+    pub queue: QueueSender,
     pub counters: Arc<Counters>,
     pub clock: Arc<BootToWall>,
     pub shutdown: Arc<AtomicBool>,
@@ -185,7 +185,7 @@ fn classify_one(
     classifier: &mut dyn Classifier,
     record: &[u8],
     stamper: &mut Stamper,
-    queue: &SyncSender<Box<Evidence>>,
+    queue: &QueueSender,
     counters: &Counters,
 ) {
     match classifier.classify(record, stamper) {
@@ -199,16 +199,9 @@ fn classify_one(
     }
 }
 
-/// Hands one record to the sink stage without ever waiting.
-pub fn offer(queue: &SyncSender<Box<Evidence>>, counters: &Counters, ev: Box<Evidence>) {
-    match queue.try_send(ev) {
-        Ok(()) => {
-            counters.events_total.fetch_add(1, Ordering::Relaxed);
-        }
-        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-            counters.queue_overflow_total.fetch_add(1, Ordering::Relaxed);
-        }
-    }
+/// Hands one record to the sink stage without ever waiting (see [`QueueSender::offer`]).
+pub fn offer(queue: &QueueSender, counters: &Counters, ev: Box<Evidence>) {
+    queue.offer(counters, &ev);
 }
 
 #[cfg(test)]

@@ -60,6 +60,41 @@ pub struct Evidence {
     pub facts: Facts,
 }
 
+/// The fields of an [`Evidence`] before its workload, in record order: what the drain
+/// encodes for the queue, the sink stage adding the workload and the facts after them
+/// (see `queue`).
+#[derive(Serialize)]
+pub struct Head<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    observer: &'a str,
+    severity: Severity,
+    outcome: Outcome,
+    error: &'a ErrorInfo,
+    timestamp: &'a str,
+    timestamp_unix_nanos: u64,
+    node: &'a str,
+    config_generation: u32,
+}
+
+impl Evidence {
+    pub fn head(&self) -> Head<'_> {
+        Head {
+            id: &self.id,
+            kind: self.kind,
+            observer: self.observer,
+            severity: self.severity,
+            outcome: self.outcome,
+            error: &self.error,
+            timestamp: &self.timestamp,
+            timestamp_unix_nanos: self.timestamp_unix_nanos,
+            node: &self.node,
+            config_generation: self.config_generation,
+        }
+    }
+}
+
 /// Observer-specific facts, in base units with the unit in the name.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
