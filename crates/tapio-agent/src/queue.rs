@@ -7,14 +7,14 @@
 //!
 //! The queue is bounded twice: by records (`queue_capacity`) and by encoded bytes
 //! ([`QUEUE_MAX_BYTES`]). A record that fits neither is dropped and counted
-//! (`queue_overflow_total`); sending never waits.
+//! (`queue_overflow_total`); sending never waits for the sinks.
 
 use crate::counters::Counters;
 use crate::evidence::{Evidence, WorkloadIds};
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// Encoded bytes the queue may hold. At about 560 bytes per connection record that is some
 /// 7,500 records of backlog, seconds of a flood; the record bound applies as well.
@@ -84,24 +84,52 @@ impl Encoded {
 }
 
 /// The sending half; one per thread that emits evidence (the drain, the poll thread).
-#[derive(Clone)]
 pub struct QueueSender {
-    tx: SyncSender<Encoded>,
-    bytes: Arc<AtomicUsize>,
-    max_bytes: usize,
+    shared: Arc<Shared>,
 }
 
 /// The receiving half, owned by the sink stage.
 pub struct QueueReceiver {
-    rx: Receiver<Encoded>,
-    bytes: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
 }
+
+struct Shared {
+    state: Mutex<State>,
+    /// Signalled when a record arrives for a waiting receiver, or the last sender leaves.
+    arrived: Condvar,
+    max_records: usize,
+    max_bytes: usize,
+}
+
+struct State {
+    /// Grows with the backlog and shrinks when it is gone: an idle agent does not keep the
+    /// room for a full queue resident (a preallocated channel of 16,384 slots would).
+    records: VecDeque<Encoded>,
+    bytes: usize,
+    senders: usize,
+    receiver_waiting: bool,
+}
+
+/// Room kept when the queue runs dry; more is given back.
+const KEPT_SLOTS: usize = 256;
 
 /// A queue of at most `records` records and `max_bytes` encoded bytes.
 pub fn bounded(records: usize, max_bytes: usize) -> (QueueSender, QueueReceiver) {
-    let (tx, rx) = mpsc::sync_channel(records);
-    let bytes = Arc::new(AtomicUsize::new(0));
-    (QueueSender { tx, bytes: Arc::clone(&bytes), max_bytes }, QueueReceiver { rx, bytes })
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State { records: VecDeque::new(), bytes: 0, senders: 1, receiver_waiting: false }),
+        arrived: Condvar::new(),
+        max_records: records,
+        max_bytes,
+    });
+    (QueueSender { shared: Arc::clone(&shared) }, QueueReceiver { shared })
+}
+
+impl Shared {
+    /// The lock is held for a few pointer moves on either side and never across I/O, so the
+    /// drain never waits for a sink; a panic while holding it cannot leave it inconsistent.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 thread_local! {
@@ -110,7 +138,7 @@ thread_local! {
 }
 
 impl QueueSender {
-    /// Encodes one record and hands it to the sink stage without ever waiting: what does
+    /// Encodes one record and hands it to the sink stage without waiting for it: what does
     /// not fit is counted as queue overflow. Counts `events_total` for what was queued.
     pub fn offer(&self, counters: &Counters, ev: &Evidence) {
         let encoded = SCRATCH.with(|s| Encoded::new(ev, &mut s.borrow_mut()));
@@ -124,22 +152,38 @@ impl QueueSender {
                 return;
             }
         };
-        let size = encoded.size();
-        // Two senders may both pass this check and overshoot by at most one record each.
-        if self.bytes.load(Ordering::Relaxed) + size > self.max_bytes {
+        let shared = &*self.shared;
+        let mut state = shared.lock();
+        if state.records.len() >= shared.max_records || state.bytes + encoded.size() > shared.max_bytes {
+            drop(state);
             counters.queue_overflow_total.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        // Counted before the send so that the receiver's subtraction can never come first.
-        self.bytes.fetch_add(size, Ordering::Relaxed);
-        match self.tx.try_send(encoded) {
-            Ok(()) => {
-                counters.events_total.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.bytes.fetch_sub(size, Ordering::Relaxed);
-                counters.queue_overflow_total.fetch_add(1, Ordering::Relaxed);
-            }
+        state.bytes += encoded.size();
+        state.records.push_back(encoded);
+        let wake = std::mem::take(&mut state.receiver_waiting);
+        drop(state);
+        counters.events_total.fetch_add(1, Ordering::Relaxed);
+        if wake {
+            shared.arrived.notify_one();
+        }
+    }
+}
+
+impl Clone for QueueSender {
+    fn clone(&self) -> Self {
+        self.shared.lock().senders += 1;
+        Self { shared: Arc::clone(&self.shared) }
+    }
+}
+
+impl Drop for QueueSender {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        state.senders -= 1;
+        if state.senders == 0 {
+            drop(state);
+            self.shared.arrived.notify_all();
         }
     }
 }
@@ -147,23 +191,37 @@ impl QueueSender {
 impl QueueReceiver {
     /// The next record, waiting for one; `None` once every sender is gone and it is empty.
     pub fn recv(&self) -> Option<Encoded> {
-        self.rx.recv().ok().map(|e| self.taken(e))
+        let mut state = self.shared.lock();
+        loop {
+            if let Some(e) = take(&mut state) {
+                return Some(e);
+            }
+            if state.senders == 0 {
+                return None;
+            }
+            if state.records.capacity() > KEPT_SLOTS {
+                state.records.shrink_to(KEPT_SLOTS);
+            }
+            state.receiver_waiting = true;
+            state = self.shared.arrived.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
     }
 
     /// The next record if one is waiting.
     pub fn try_recv(&self) -> Option<Encoded> {
-        self.rx.try_recv().ok().map(|e| self.taken(e))
-    }
-
-    fn taken(&self, e: Encoded) -> Encoded {
-        self.bytes.fetch_sub(e.size(), Ordering::Relaxed);
-        e
+        take(&mut self.shared.lock())
     }
 
     /// Encoded bytes in the queue now.
     pub fn queued_bytes(&self) -> usize {
-        self.bytes.load(Ordering::Relaxed)
+        self.shared.lock().bytes
     }
+}
+
+fn take(state: &mut State) -> Option<Encoded> {
+    let e = state.records.pop_front()?;
+    state.bytes -= e.size();
+    Some(e)
 }
 
 #[cfg(test)]
@@ -255,9 +313,44 @@ mod tests {
         tx.offer(&counters, &ev);
         assert_eq!(counters.events_total.load(Ordering::Relaxed), 5);
         assert_eq!(rx.queued_bytes(), 2 * size);
+        let second = tx.clone();
         drop(tx);
         assert!(rx.recv().is_some() && rx.recv().is_some());
-        assert!(rx.recv().is_none());
+        second.offer(&counters, &ev);
+        drop(second);
+        assert!(rx.recv().is_some());
+        assert!(rx.recv().is_none(), "every sender is gone and the queue is empty");
         assert_eq!(rx.queued_bytes(), 0);
+    }
+
+    /// A receiver waiting on an empty queue wakes for a record from another thread, and
+    /// ends when the last sender leaves.
+    #[test]
+    fn a_waiting_receiver_wakes_for_records_and_ends_with_the_senders() {
+        let counters = Arc::new(Counters::default());
+        let (tx, rx) = bounded(4, usize::MAX);
+        let sender = {
+            let counters = Arc::clone(&counters);
+            std::thread::spawn(move || {
+                for i in 0..100 {
+                    // The receiver keeps up; a full queue would drop (and count) instead.
+                    while rx_is_full(&tx) {
+                        std::thread::yield_now();
+                    }
+                    tx.offer(&counters, &evidence(&i.to_string()));
+                }
+            })
+        };
+        let mut got = 0;
+        while rx.recv().is_some() {
+            got += 1;
+        }
+        sender.join().unwrap();
+        assert_eq!(got, 100);
+        assert_eq!(counters.queue_overflow_total.load(Ordering::Relaxed), 0);
+    }
+
+    fn rx_is_full(tx: &QueueSender) -> bool {
+        tx.shared.lock().records.len() >= tx.shared.max_records
     }
 }

@@ -137,6 +137,6 @@ mod tests {
         let connects = maps.iter().find(|m| m.name == "connects").expect("the connects map");
         assert!(connects.bytes > 0);
         let events = maps.iter().find(|m| m.name == "events").expect("the ring buffer");
-        assert_eq!(events.bytes, 1 << 20);
+        assert_eq!(events.bytes, 1 << 19);
     }
 }
