@@ -1,9 +1,11 @@
-//! The drain → sink queue. Evidence crosses it as one compact encoded record: its final
-//! JSON line without the workload (which the sink stage resolves, off the drain), in one
-//! allocation of exactly its size, instead of a boxed [`Evidence`] with its half-dozen
-//! strings. A full queue of 16,384 boxed records held about 14 MB; the same records
-//! encoded take about a third of that, and a byte budget bounds the queue whatever the
-//! records' sizes, so a slow consumer cannot grow the agent past its memory goal.
+//! The drain → sink queue. Evidence crosses it as a compact encoded record: its final JSON
+//! line without the workload (which the sink stage resolves, off the drain), packed into
+//! one byte ring, instead of a boxed [`Evidence`] with its half-dozen strings. A full queue
+//! of 16,384 boxed records held about 14 MB; encoded they take about a third of that, and
+//! a byte budget bounds the queue whatever the records' sizes, so a slow consumer cannot
+//! grow the agent past its memory goal. One ring rather than an allocation per record
+//! also keeps the two threads out of each other's allocator: a record allocated by the
+//! drain and freed by the sink stage made them queue on the allocator's lock.
 //!
 //! The queue is bounded twice: by records (`queue_capacity`) and by encoded bytes
 //! ([`QUEUE_MAX_BYTES`]). A record that fits neither is dropped and counted
@@ -24,40 +26,39 @@ pub const QUEUE_MAX_BYTES: usize = 4 << 20;
 const WORKLOAD_KEY: &[u8] = b",\"workload\":";
 /// Bytes before the JSON: the cgroup ids (2 × u64) and the split offset (u32), little endian.
 const HEADER: usize = 20;
+/// Each record in the ring is preceded by its length (u32, little endian).
+const FRAME: usize = 4;
 
 /// One piece of evidence as the queue carries it: `[cgroup_id][mem_cgroup_id][split]` then
 /// the JSON line up to and including `"workload":` (the head), then the rest from
-/// `,"facts":` (the tail), with no newline.
-#[derive(Debug)]
-pub struct Encoded(Box<[u8]>);
+/// `,"facts":` (the tail), with no newline. A reusable buffer: each thread keeps one.
+#[derive(Debug, Default)]
+pub struct Encoded(Vec<u8>);
 
 impl Encoded {
-    /// Encodes `ev` (its `workload` is left to the sink stage and must still be empty).
-    pub fn new(ev: &Evidence, scratch: &mut Vec<u8>) -> serde_json::Result<Self> {
-        scratch.clear();
-        scratch.extend_from_slice(&ev.workload_ids.cgroup_id.to_le_bytes());
-        scratch.extend_from_slice(&ev.workload_ids.mem_cgroup_id.to_le_bytes());
-        scratch.extend_from_slice(&[0; 4]);
-        serde_json::to_writer(&mut *scratch, &ev.head())?;
+    /// Encodes `ev` in place of what this buffer held (its `workload` is left to the sink
+    /// stage and must still be empty).
+    pub fn encode(&mut self, ev: &Evidence) -> serde_json::Result<()> {
+        let out = &mut self.0;
+        out.clear();
+        out.extend_from_slice(&ev.workload_ids.cgroup_id.to_le_bytes());
+        out.extend_from_slice(&ev.workload_ids.mem_cgroup_id.to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
+        serde_json::to_writer(&mut *out, &ev.head())?;
         // The head serializes as an object: its closing brace gives way to the workload key.
-        scratch.pop();
-        scratch.extend_from_slice(WORKLOAD_KEY);
-        let split = (scratch.len() - HEADER) as u32;
-        scratch[16..HEADER].copy_from_slice(&split.to_le_bytes());
-        scratch.extend_from_slice(b",\"facts\":");
-        serde_json::to_writer(&mut *scratch, &ev.facts)?;
-        scratch.push(b'}');
-        Ok(Self(Box::from(&scratch[..])))
+        out.pop();
+        out.extend_from_slice(WORKLOAD_KEY);
+        let split = (out.len() - HEADER) as u32;
+        out[16..HEADER].copy_from_slice(&split.to_le_bytes());
+        out.extend_from_slice(b",\"facts\":");
+        serde_json::to_writer(&mut *out, &ev.facts)?;
+        out.push(b'}');
+        Ok(())
     }
 
     /// The kernel's ids of the record's workload, for the sink stage to resolve.
     pub fn workload_ids(&self) -> WorkloadIds {
-        let u64_at = |at: usize| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&self.0[at..at + 8]);
-            u64::from_le_bytes(b)
-        };
-        WorkloadIds { cgroup_id: u64_at(0), mem_cgroup_id: u64_at(8) }
+        WorkloadIds { cgroup_id: u64_at(&self.0, 0), mem_cgroup_id: u64_at(&self.0, 8) }
     }
 
     /// Appends the complete line to `line`: head, the workload as `write_workload` writes
@@ -67,9 +68,8 @@ impl Encoded {
         line: &mut Vec<u8>,
         write_workload: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
     ) -> Result<(), E> {
-        let mut split = [0u8; 4];
-        split.copy_from_slice(&self.0[16..HEADER]);
-        let (head, tail) = self.0[HEADER..].split_at(u32::from_le_bytes(split) as usize);
+        let split = u32_at(&self.0, 16) as usize;
+        let (head, tail) = self.0[HEADER..].split_at(split);
         line.extend_from_slice(head);
         write_workload(line)?;
         line.extend_from_slice(tail);
@@ -77,10 +77,22 @@ impl Encoded {
         Ok(())
     }
 
-    /// Bytes this record holds in the queue.
+    /// Bytes this record takes in the queue.
     pub fn size(&self) -> usize {
-        self.0.len()
+        FRAME + self.0.len()
     }
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(b)
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(b)
 }
 
 /// The sending half; one per thread that emits evidence (the drain, the poll thread).
@@ -102,21 +114,21 @@ struct Shared {
 }
 
 struct State {
-    /// Grows with the backlog and shrinks when it is gone: an idle agent does not keep the
-    /// room for a full queue resident (a preallocated channel of 16,384 slots would).
-    records: VecDeque<Encoded>,
-    bytes: usize,
+    /// The framed records, oldest first. It grows with the backlog and shrinks when the
+    /// backlog is gone: an idle agent keeps no room for a full queue resident.
+    ring: VecDeque<u8>,
+    records: usize,
     senders: usize,
     receiver_waiting: bool,
 }
 
 /// Room kept when the queue runs dry; more is given back.
-const KEPT_SLOTS: usize = 256;
+const KEPT_BYTES: usize = 64 * 1024;
 
 /// A queue of at most `records` records and `max_bytes` encoded bytes.
 pub fn bounded(records: usize, max_bytes: usize) -> (QueueSender, QueueReceiver) {
     let shared = Arc::new(Shared {
-        state: Mutex::new(State { records: VecDeque::new(), bytes: 0, senders: 1, receiver_waiting: false }),
+        state: Mutex::new(State { ring: VecDeque::new(), records: 0, senders: 1, receiver_waiting: false }),
         arrived: Condvar::new(),
         max_records: records,
         max_bytes,
@@ -125,7 +137,7 @@ pub fn bounded(records: usize, max_bytes: usize) -> (QueueSender, QueueReceiver)
 }
 
 impl Shared {
-    /// The lock is held for a few pointer moves on either side and never across I/O, so the
+    /// The lock is held for one record's copy on either side and never across I/O, so the
     /// drain never waits for a sink; a panic while holding it cannot leave it inconsistent.
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -133,40 +145,46 @@ impl Shared {
 }
 
 thread_local! {
-    /// Each sending thread's encoding buffer: one allocation per record, of its exact size.
-    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1024));
+    /// Each sending thread's encoding buffer.
+    static SCRATCH: RefCell<Encoded> = RefCell::new(Encoded(Vec::with_capacity(1024)));
 }
 
 impl QueueSender {
     /// Encodes one record and hands it to the sink stage without waiting for it: what does
     /// not fit is counted as queue overflow. Counts `events_total` for what was queued.
     pub fn offer(&self, counters: &Counters, ev: &Evidence) {
-        let encoded = SCRATCH.with(|s| Encoded::new(ev, &mut s.borrow_mut()));
-        let encoded = match encoded {
-            Ok(e) => e,
-            Err(e) => {
+        SCRATCH.with(|scratch| {
+            let mut encoded = scratch.borrow_mut();
+            if let Err(e) = encoded.encode(ev) {
                 // Cannot happen for these types (no maps with non-string keys, no failing
                 // writer); if it did, the record is lost at the queue, and counted there.
                 log::error!("encoding evidence: {e}");
                 counters.queue_overflow_total.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-        };
+            if self.push(&encoded) {
+                counters.events_total.fetch_add(1, Ordering::Relaxed);
+            } else {
+                counters.queue_overflow_total.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    }
+
+    fn push(&self, encoded: &Encoded) -> bool {
         let shared = &*self.shared;
         let mut state = shared.lock();
-        if state.records.len() >= shared.max_records || state.bytes + encoded.size() > shared.max_bytes {
-            drop(state);
-            counters.queue_overflow_total.fetch_add(1, Ordering::Relaxed);
-            return;
+        if state.records >= shared.max_records || state.ring.len() + encoded.size() > shared.max_bytes {
+            return false;
         }
-        state.bytes += encoded.size();
-        state.records.push_back(encoded);
+        state.ring.extend((encoded.0.len() as u32).to_le_bytes());
+        state.ring.extend(&encoded.0);
+        state.records += 1;
         let wake = std::mem::take(&mut state.receiver_waiting);
         drop(state);
-        counters.events_total.fetch_add(1, Ordering::Relaxed);
         if wake {
             shared.arrived.notify_one();
         }
+        true
     }
 }
 
@@ -189,39 +207,64 @@ impl Drop for QueueSender {
 }
 
 impl QueueReceiver {
-    /// The next record, waiting for one; `None` once every sender is gone and it is empty.
-    pub fn recv(&self) -> Option<Encoded> {
+    /// Moves the next record into `into`, waiting for one; false once every sender is gone
+    /// and the queue is empty.
+    pub fn recv(&self, into: &mut Encoded) -> bool {
         let mut state = self.shared.lock();
         loop {
-            if let Some(e) = take(&mut state) {
-                return Some(e);
+            if take(&mut state, into) {
+                return true;
             }
             if state.senders == 0 {
-                return None;
+                return false;
             }
-            if state.records.capacity() > KEPT_SLOTS {
-                state.records.shrink_to(KEPT_SLOTS);
+            if state.ring.capacity() > KEPT_BYTES {
+                state.ring.shrink_to(KEPT_BYTES);
             }
             state.receiver_waiting = true;
             state = self.shared.arrived.wait(state).unwrap_or_else(|p| p.into_inner());
         }
     }
 
-    /// The next record if one is waiting.
-    pub fn try_recv(&self) -> Option<Encoded> {
-        take(&mut self.shared.lock())
+    /// Moves the next record into `into` if one is waiting.
+    pub fn try_recv(&self, into: &mut Encoded) -> bool {
+        take(&mut self.shared.lock(), into)
     }
 
     /// Encoded bytes in the queue now.
     pub fn queued_bytes(&self) -> usize {
-        self.shared.lock().bytes
+        self.shared.lock().ring.len()
     }
 }
 
-fn take(state: &mut State) -> Option<Encoded> {
-    let e = state.records.pop_front()?;
-    state.bytes -= e.size();
-    Some(e)
+fn take(state: &mut State, into: &mut Encoded) -> bool {
+    if state.records == 0 {
+        return false;
+    }
+    let mut len = [0u8; FRAME];
+    copy_front(&state.ring, &mut len);
+    let len = u32::from_le_bytes(len) as usize;
+    into.0.resize(len, 0);
+    let (a, b) = state.ring.as_slices();
+    // The record starts FRAME bytes in; the ring's two slices may split it anywhere.
+    let skip = FRAME.min(a.len());
+    let a = &a[skip..];
+    let b = &b[FRAME - skip..];
+    let from_a = len.min(a.len());
+    into.0[..from_a].copy_from_slice(&a[..from_a]);
+    into.0[from_a..].copy_from_slice(&b[..len - from_a]);
+    state.ring.drain(..FRAME + len);
+    state.records -= 1;
+    true
+}
+
+/// Copies the ring's first `out.len()` bytes into `out`.
+fn copy_front(ring: &VecDeque<u8>, out: &mut [u8]) {
+    let (a, b) = ring.as_slices();
+    let from_a = out.len().min(a.len());
+    let (head, rest) = out.split_at_mut(from_a);
+    head.copy_from_slice(&a[..from_a]);
+    rest.copy_from_slice(&b[..rest.len()]);
 }
 
 #[cfg(test)]
@@ -265,7 +308,8 @@ mod tests {
     fn a_spliced_line_is_the_record_serialized_whole() {
         for workload in [None, Some(Workload::unknown(2675)), Some(pod_workload())] {
             let mut ev = evidence("refused ,\"workload\": and \"facts\"");
-            let encoded = Encoded::new(&ev, &mut Vec::new()).unwrap();
+            let mut encoded = Encoded::default();
+            encoded.encode(&ev).unwrap();
             assert_eq!(encoded.workload_ids(), WorkloadIds { cgroup_id: 2675, mem_cgroup_id: 12 });
             let mut line = b"left over ".to_vec();
             encoded.write_line(&mut line, |out| serde_json::to_writer(out, &workload)).unwrap();
@@ -292,7 +336,9 @@ mod tests {
     fn both_bounds_refuse_and_count_and_taking_frees_space() {
         let counters = Counters::default();
         let ev = evidence("m");
-        let size = Encoded::new(&ev, &mut Vec::new()).unwrap().size();
+        let mut got = Encoded::default();
+        got.encode(&ev).unwrap();
+        let size = got.size();
 
         let (tx, rx) = bounded(2, usize::MAX);
         for _ in 0..3 {
@@ -308,18 +354,18 @@ mod tests {
         }
         assert_eq!(counters.events_total.load(Ordering::Relaxed), 4);
         assert_eq!(counters.queue_overflow_total.load(Ordering::Relaxed), 2);
-        assert!(rx.try_recv().is_some());
+        assert!(rx.try_recv(&mut got));
         assert_eq!(rx.queued_bytes(), size);
         tx.offer(&counters, &ev);
         assert_eq!(counters.events_total.load(Ordering::Relaxed), 5);
         assert_eq!(rx.queued_bytes(), 2 * size);
         let second = tx.clone();
         drop(tx);
-        assert!(rx.recv().is_some() && rx.recv().is_some());
+        assert!(rx.recv(&mut got) && rx.recv(&mut got));
         second.offer(&counters, &ev);
         drop(second);
-        assert!(rx.recv().is_some());
-        assert!(rx.recv().is_none(), "every sender is gone and the queue is empty");
+        assert!(rx.recv(&mut got));
+        assert!(!rx.recv(&mut got), "every sender is gone and the queue is empty");
         assert_eq!(rx.queued_bytes(), 0);
     }
 
@@ -341,8 +387,13 @@ mod tests {
                 }
             })
         };
-        let mut got = 0;
-        while rx.recv().is_some() {
+        let (mut got, mut record) = (0, Encoded::default());
+        while rx.recv(&mut record) {
+            let mut line = Vec::new();
+            record.write_line(&mut line, |out| serde_json::to_writer(out, &None::<Workload>)).unwrap();
+            let value: serde_json::Value = serde_json::from_slice(&line).unwrap();
+            // In order, each one whole.
+            assert_eq!(value["error"]["message"], got.to_string());
             got += 1;
         }
         sender.join().unwrap();
@@ -351,6 +402,6 @@ mod tests {
     }
 
     fn rx_is_full(tx: &QueueSender) -> bool {
-        tx.shared.lock().records.len() >= tx.shared.max_records
+        tx.shared.lock().records >= tx.shared.max_records
     }
 }

@@ -38,12 +38,13 @@ impl SinkStage {
     pub fn run(mut self) {
         let v1_memory = self.identity.as_ref().is_some_and(|r| r.mount_point(&CgroupHierarchy::v1("memory")).is_some());
         let mut line = Vec::with_capacity(1024);
+        let mut record = Encoded::default();
         // Blocks while idle (no periodic wake-ups); ends when the drain drops its sender.
-        while let Some(ev) = self.queue.recv() {
-            self.deliver(ev, v1_memory, &mut line);
+        while self.queue.recv(&mut record) {
+            self.deliver(&record, v1_memory, &mut line);
             let mut since_flush = 1;
-            while let Some(ev) = self.queue.try_recv() {
-                self.deliver(ev, v1_memory, &mut line);
+            while self.queue.try_recv(&mut record) {
+                self.deliver(&record, v1_memory, &mut line);
                 since_flush += 1;
                 // Under sustained load the queue may never run dry: write out (and count)
                 // at least every 64 KiB per sink and every FLUSH_AT_RECORDS records.
@@ -62,7 +63,7 @@ impl SinkStage {
         }
     }
 
-    fn deliver(&mut self, ev: Encoded, v1_memory: bool, line: &mut Vec<u8>) {
+    fn deliver(&mut self, ev: &Encoded, v1_memory: bool, line: &mut Vec<u8>) {
         let workload = pick_cgroup(ev.workload_ids(), v1_memory).map(|(hierarchy, id)| match &mut self.identity {
             Some(resolver) => resolver.workload(&hierarchy, id),
             None => Workload::unknown(id),
