@@ -245,7 +245,7 @@ fn main() -> ExitCode {
             let why = "needs root: it runs the agent, which loads eBPF (rerun with sudo)";
             match part {
                 Part::Idle => {
-                    report.skipped("idle", "idle RSS (VmRSS)", "<= 8 MB", why);
+                    report.skipped("idle", "idle RSS (VmRSS)", "<= 6 MB", why);
                     report.skipped("idle", "idle CPU (utime+stime)", "<= 0.2 %", why);
                 }
                 Part::Kernel => report.skipped("kernel", "mean cost per tapio_* program", "<= 250 ns", why),
