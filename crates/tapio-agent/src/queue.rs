@@ -44,9 +44,7 @@ impl Encoded {
         out.extend_from_slice(&ev.workload_ids.cgroup_id.to_le_bytes());
         out.extend_from_slice(&ev.workload_ids.mem_cgroup_id.to_le_bytes());
         out.extend_from_slice(&[0; 4]);
-        serde_json::to_writer(&mut *out, &ev.head())?;
-        // The head serializes as an object: its closing brace gives way to the workload key.
-        out.pop();
+        ev.write_head(out)?;
         out.extend_from_slice(WORKLOAD_KEY);
         let split = (out.len() - HEADER) as u32;
         out[16..HEADER].copy_from_slice(&split.to_le_bytes());
@@ -307,7 +305,7 @@ mod tests {
     #[test]
     fn a_spliced_line_is_the_record_serialized_whole() {
         for workload in [None, Some(Workload::unknown(2675)), Some(pod_workload())] {
-            let mut ev = evidence("refused ,\"workload\": and \"facts\"");
+            let mut ev = evidence("refused ,\"workload\": and \"facts\" \\ \n\u{1} é");
             let mut encoded = Encoded::default();
             encoded.encode(&ev).unwrap();
             assert_eq!(encoded.workload_ids(), WorkloadIds { cgroup_id: 2675, mem_cgroup_id: 12 });
@@ -318,6 +316,17 @@ mod tests {
             serde_json::to_writer(&mut whole, &ev).unwrap();
             whole.push(b'\n');
             assert_eq!(String::from_utf8(line).unwrap(), String::from_utf8(whole).unwrap());
+        }
+    }
+
+    /// The hand-written head names severities and outcomes as their derived serialization.
+    #[test]
+    fn severity_and_outcome_names_are_their_serialized_names() {
+        for s in [Severity::Warning, Severity::Error, Severity::Critical] {
+            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{}\"", s.as_str()));
+        }
+        for o in [Outcome::Failure, Outcome::Timeout, Outcome::Degraded] {
+            assert_eq!(serde_json::to_string(&o).unwrap(), format!("\"{}\"", o.as_str()));
         }
     }
 
