@@ -18,7 +18,7 @@ use crate::stamp::Stamper;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Shutdown bounds. From SIGTERM/SIGINT the agent exits within their sum plus one
@@ -416,7 +416,7 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
     };
     let sink_names: Vec<&'static str> = sinks.iter().map(|s| s.name()).collect();
     let clock = Arc::new(BootToWall::measured());
-    let (tx, rx) = mpsc::sync_channel(config.queue_capacity);
+    let (tx, rx) = crate::queue::bounded(config.queue_capacity, crate::queue::QUEUE_MAX_BYTES);
 
     let sink_stage = SinkStage { queue: rx, sinks, identity, counters: Arc::clone(&counters) };
     let poll = PollThread {

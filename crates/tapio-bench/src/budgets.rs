@@ -14,8 +14,9 @@ use crate::report::{thousands, Report, Verdict};
 pub const OBJECT_BUDGET_BYTES: u64 = 96 * 1024;
 /// Budget for each map, in bytes.
 pub const MAP_BUDGET_BYTES: u64 = 2 * 1024 * 1024;
-/// Budget for the sum over every map of every object, in bytes.
-pub const TOTAL_BUDGET_BYTES: u64 = 8 * 1024 * 1024;
+/// Budget for the sum over every map of every object, in bytes (5,626,444 B measured on 2
+/// CPUs after the rings were halved for the agent's resident set).
+pub const TOTAL_BUDGET_BYTES: u64 = 6 * 1024 * 1024;
 
 const BPF_MAP_TYPE_PERCPU_HASH: u32 = 5;
 const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
@@ -135,6 +136,6 @@ mod tests {
         let connects = maps.iter().find(|m| m.name == "connects").expect("the connects map");
         assert!(connects.bytes > 0);
         let events = maps.iter().find(|m| m.name == "events").expect("the ring buffer");
-        assert_eq!(events.bytes, 1 << 20);
+        assert_eq!(events.bytes, 1 << 19);
     }
 }
