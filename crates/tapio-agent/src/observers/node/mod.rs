@@ -9,7 +9,7 @@
 pub mod pmc;
 pub mod psi;
 
-use super::poll::{PollContext, Poller};
+use super::poll::{PollContext, Poller, SharedSettings};
 use super::ObserverState;
 use crate::config::NodeConfig;
 use crate::evidence::{Facts, NodeFacts, Outcome, PmcFacts, PressureFacts, Severity, WorkloadIds};
@@ -18,30 +18,13 @@ use psi::{percent_text, Crossing, PsiReading, Threshold};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub const NAME: &str = "node";
 
 /// The settings the poller judges with, replaced when the controller's config changes.
-#[derive(Debug)]
-pub struct NodeSettings {
-    current: Mutex<(u32, NodeConfig)>,
-}
-
-impl NodeSettings {
-    pub fn new(generation: u32, config: NodeConfig) -> Arc<Self> {
-        Arc::new(Self { current: Mutex::new((generation, config)) })
-    }
-
-    pub fn set(&self, generation: u32, config: NodeConfig) {
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = (generation, config);
-    }
-
-    pub fn get(&self) -> (u32, NodeConfig) {
-        self.current.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
+pub type NodeSettings = SharedSettings<NodeConfig>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resource {
