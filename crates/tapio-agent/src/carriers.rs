@@ -2,8 +2,9 @@
 //! of them: at start (local defaults or the persisted controller config) and whenever the
 //! controller serves a new one.
 
-use crate::config::{self, ContainerConfig, NetworkConfig, NodeConfig, StorageConfig};
+use crate::config::{self, ContainerConfig, ContainerPressureConfig, NetworkConfig, NodeConfig, StorageConfig};
 use crate::controller::apply::{apply_all_or_none, SettingsCarrier};
+use crate::observers::container_pressure::PressureSettings;
 use crate::observers::node::NodeSettings;
 use crate::observers::ConfigCarrier;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +20,7 @@ pub struct ObserverSettings {
     pub container: ContainerConfig,
     pub storage: StorageConfig,
     pub node: NodeConfig,
+    pub container_pressure: ContainerPressureConfig,
 }
 
 #[derive(Default)]
@@ -28,6 +30,8 @@ pub struct KernelCarriers {
     pub storage: Option<ConfigCarrier<tapio_sto_config>>,
     /// The node observer judges in userspace: its poller reads these on every sample.
     pub node: Option<Arc<NodeSettings>>,
+    /// The container pressure observer judges in userspace too.
+    pub container_pressure: Option<Arc<PressureSettings>>,
     pub ephemeral_ports: (u16, u16),
     /// The settings every carrier holds (what a failed apply restores).
     pub current: Option<ObserverSettings>,
@@ -77,6 +81,9 @@ impl KernelCarriers {
         drop(steps);
         if let Some(node) = &self.node {
             node.set(settings.generation, settings.node.clone());
+        }
+        if let Some(pressure) = &self.container_pressure {
+            pressure.set(settings.generation, settings.container_pressure.clone());
         }
         if let Some(age) = &self.storage_max_age_ns {
             age.store(settings.storage.inflight_max_age_ns(), Ordering::Relaxed);

@@ -28,6 +28,7 @@ pub struct AgentConfig {
     pub container: ContainerConfig,
     pub storage: StorageConfig,
     pub node: NodeConfig,
+    pub container_pressure: ContainerPressureConfig,
     /// Controller mode (absent = standalone).
     pub controller: Option<crate::controller::ControllerConfig>,
 }
@@ -44,6 +45,7 @@ impl Default for AgentConfig {
             container: ContainerConfig::default(),
             storage: StorageConfig::default(),
             node: NodeConfig::default(),
+            container_pressure: ContainerPressureConfig::default(),
             controller: None,
         }
     }
@@ -244,6 +246,53 @@ impl Default for NodeConfig {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContainerPressureConfig {
+    pub enabled: bool,
+    /// How often each watched container's cpu.stat and pressure files are read.
+    pub poll_interval_ms: u32,
+    /// How often the cgroup hierarchies are walked again for new and removed containers.
+    pub rescan_interval_ms: u32,
+    /// Most containers watched at once; those beyond are counted
+    /// (`correlation_drops{observer="container_pressure",reason="container_not_watched"}`).
+    pub max_containers: u32,
+    /// CPU throttling evidence.
+    pub cpu_throttling: bool,
+    /// Share of an interval's CFS periods that were throttled making a cpu_throttling.
+    pub throttled_periods_percent: u32,
+    /// Intervals with fewer CFS periods are not judged (a nearly idle container).
+    pub throttling_min_periods: u32,
+    /// Per-container pressure (PSI) evidence.
+    pub psi: bool,
+    /// "some avg10" thresholds in percent; 0 turns that resource off.
+    pub psi_memory_some_avg10_percent: u32,
+    pub psi_cpu_some_avg10_percent: u32,
+    pub psi_io_some_avg10_percent: u32,
+    /// After a crossing, the next one needs the value to fall below threshold − margin
+    /// first (the margin is at most half the threshold).
+    pub rearm_margin_percent: u32,
+}
+
+impl Default for ContainerPressureConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            poll_interval_ms: 5_000,
+            rescan_interval_ms: 10_000,
+            max_containers: 1_000,
+            cpu_throttling: true,
+            throttled_periods_percent: 25,
+            throttling_min_periods: 10,
+            psi: true,
+            psi_memory_some_avg10_percent: 10,
+            psi_cpu_some_avg10_percent: 50,
+            psi_io_some_avg10_percent: 30,
+            rearm_margin_percent: 5,
+        }
+    }
+}
+
 /// A config that cannot be used, with the key at fault.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError(pub String);
@@ -333,6 +382,20 @@ impl AgentConfig {
         check_range("node.pmc_ipc_min_percent", nd.pmc_ipc_min_percent.into(), 1, 1_000)?;
         check_range("node.pmc_stall_max_percent", nd.pmc_stall_max_percent.into(), 1, 100)?;
         check_range("node.pmc_min_cycles", nd.pmc_min_cycles, 0, 1 << 40)?;
+        let cp = &self.container_pressure;
+        check_range("container_pressure.poll_interval_ms", cp.poll_interval_ms.into(), 100, 60_000)?;
+        check_range("container_pressure.rescan_interval_ms", cp.rescan_interval_ms.into(), 100, 600_000)?;
+        check_range("container_pressure.max_containers", cp.max_containers.into(), 1, 100_000)?;
+        check_range("container_pressure.throttled_periods_percent", cp.throttled_periods_percent.into(), 1, 100)?;
+        check_range("container_pressure.throttling_min_periods", cp.throttling_min_periods.into(), 1, 1_000_000)?;
+        for (key, value) in [
+            ("container_pressure.psi_memory_some_avg10_percent", cp.psi_memory_some_avg10_percent),
+            ("container_pressure.psi_cpu_some_avg10_percent", cp.psi_cpu_some_avg10_percent),
+            ("container_pressure.psi_io_some_avg10_percent", cp.psi_io_some_avg10_percent),
+        ] {
+            check_range(key, value.into(), 0, 100)?;
+        }
+        check_range("container_pressure.rearm_margin_percent", cp.rearm_margin_percent.into(), 0, 50)?;
         for code in &self.container.exit_ignore_codes {
             check_range("container.exit_ignore_codes[]", u64::from(*code), 1, 255)?;
         }

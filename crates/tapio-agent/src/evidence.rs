@@ -69,6 +69,8 @@ pub enum Facts {
     Exit(ExitFacts),
     Storage(StorageFacts),
     Node(NodeFacts),
+    Throttling(ThrottlingFacts),
+    ContainerPressure(ContainerPressureFacts),
 }
 
 /// Facts of every kernel.network.* evidence; fields a kind lacks are omitted.
@@ -223,4 +225,59 @@ pub struct PmcFacts {
     pub stall_percent: Option<f64>,
     /// ipc_degradation: the minimum IPC; cpu_stall: the maximum stall share in percent.
     pub threshold: f64,
+}
+
+/// A container's CFS bandwidth throttling over one poll interval: deltas of its cpu.stat
+/// between two reads, and the totals at the second read (so a reader of cpu.stat can place
+/// the interval exactly).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ThrottlingFacts {
+    /// "cgroup2" or "cgroup1": whose cpu.stat was read.
+    pub cgroup_version: &'static str,
+    pub interval_ns: u64,
+    pub periods: u64,
+    pub throttled_periods: u64,
+    pub throttled_time_us: u64,
+    pub throttled_periods_percent: f64,
+    pub nr_periods_total: u64,
+    pub nr_throttled_total: u64,
+    pub throttled_time_total_us: u64,
+    /// CPU time the container may use per period; null when unlimited or unreadable.
+    pub quota_us: Option<u64>,
+    pub period_us: Option<u64>,
+    pub threshold_percent: u32,
+    /// The throttled share must fall below this before another crossing is reported.
+    pub rearm_below_percent: f64,
+}
+
+/// A container's PSI reading (cgroup2 `<resource>.pressure`) when "some avg10" crossed its
+/// threshold; for memory also how close the container is to its limit.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ContainerPressureFacts {
+    pub resource: &'static str,
+    pub some_avg10_percent: f64,
+    pub some_avg60_percent: f64,
+    pub some_avg300_percent: f64,
+    pub some_total_us: u64,
+    pub full_avg10_percent: Option<f64>,
+    pub full_avg60_percent: Option<f64>,
+    pub full_avg300_percent: Option<f64>,
+    pub full_total_us: Option<u64>,
+    pub threshold_percent: u32,
+    pub rearm_below_percent: f64,
+    /// memory_pressure only: how close the container is to its memory limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryUse>,
+}
+
+/// A container's memory use and limits as its memory cgroup reports them; each null when
+/// unreadable, a limit also when there is none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MemoryUse {
+    /// cgroup2 memory.current, cgroup1 memory.usage_in_bytes.
+    pub usage_bytes: Option<u64>,
+    /// The hard limit: memory.max, memory.limit_in_bytes.
+    pub limit_bytes: Option<u64>,
+    /// cgroup2 memory.high, where reclaim throttling starts.
+    pub high_bytes: Option<u64>,
 }

@@ -11,7 +11,7 @@ use crate::controller::{apply, http::Endpoint, ControllerConfig, Token};
 use crate::counters::Counters;
 use crate::drain::Drain;
 use crate::observers::poll::{PollThread, Poller};
-use crate::observers::{self, container, network, node, storage, ObserverState, Running};
+use crate::observers::{self, container, container_pressure, network, node, storage, ObserverState, Running};
 use crate::sink_stage::SinkStage;
 use crate::sinks::{FileSink, Sink, StdoutSink};
 use crate::stamp::Stamper;
@@ -189,6 +189,22 @@ fn start_observers(
     } else {
         report.observers.push((node::NAME, ObserverState::Disabled));
     }
+
+    if config.container_pressure.enabled {
+        let shared = container_pressure::PressureSettings::new(generation, settings.container_pressure.clone());
+        let (state, poller) = container_pressure::PressureObserver::start(Arc::clone(&shared));
+        match &state {
+            ObserverState::Running => log::info!("observer {}: {state}", container_pressure::NAME),
+            _ => log::warn!("observer {}: {state}", container_pressure::NAME),
+        }
+        if let Some(poller) = poller {
+            carriers.container_pressure = Some(shared);
+            pollers.push(Box::new(poller));
+        }
+        report.observers.push((container_pressure::NAME, state));
+    } else {
+        report.observers.push((container_pressure::NAME, ObserverState::Disabled));
+    }
     running
 }
 
@@ -332,6 +348,7 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
             container: config.container.clone(),
             storage: config.storage.clone(),
             node: config.node.clone(),
+            container_pressure: config.container_pressure.clone(),
         },
     };
     let mut carriers = KernelCarriers { ephemeral_ports: config::ephemeral_port_range(), ..KernelCarriers::default() };

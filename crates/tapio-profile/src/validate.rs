@@ -299,7 +299,8 @@ fn cross_field(c: &CompiledConfig, overridden: &[&'static Field], base: Builtin)
             });
         }
     }
-    for (section, on, any) in [("node", nd.enabled && nd.psi, psi_any), ("container_pressure", cp.enabled && cp.psi, cp_psi_any)]
+    for (section, on, any) in
+        [("node", nd.enabled && nd.psi, psi_any), ("container_pressure", cp.enabled && cp.psi, cp_psi_any)]
     {
         if on && !any {
             return Err(ProfileError::CrossField {

@@ -96,6 +96,17 @@ pub fn settings_from(
     merged.node.pmc_ipc_min_percent = nd.pmc_ipc_min_percent;
     merged.node.pmc_stall_max_percent = nd.pmc_stall_max_percent;
     merged.node.pmc_min_cycles = nd.pmc_min_cycles;
+    let cp = &compiled.container_pressure;
+    let local_cp = &mut merged.container_pressure;
+    local_cp.enabled = cp.enabled;
+    local_cp.cpu_throttling = cp.cpu_throttling;
+    local_cp.throttled_periods_percent = cp.throttled_periods_percent;
+    local_cp.throttling_min_periods = cp.throttling_min_periods;
+    local_cp.psi = cp.psi;
+    local_cp.psi_memory_some_avg10_percent = cp.psi_memory_some_avg10_percent;
+    local_cp.psi_cpu_some_avg10_percent = cp.psi_cpu_some_avg10_percent;
+    local_cp.psi_io_some_avg10_percent = cp.psi_io_some_avg10_percent;
+    local_cp.rearm_margin_percent = cp.rearm_margin_percent;
     merged.validate()?;
     Ok(ObserverSettings {
         generation,
@@ -103,6 +114,7 @@ pub fn settings_from(
         container: merged.container,
         storage: merged.storage,
         node: merged.node,
+        container_pressure: merged.container_pressure,
     })
 }
 
@@ -158,6 +170,7 @@ mod tests {
         assert_eq!(s.container, local.container);
         assert_eq!(s.storage, local.storage);
         assert_eq!(s.node, local.node);
+        assert_eq!(s.container_pressure, local.container_pressure);
     }
 
     /// A profile that validates is never refused by an agent, and the agent accepts nothing
@@ -213,7 +226,15 @@ mod tests {
         let nd = &mut compiled.node;
         (nd.psi, nd.pmc, nd.psi_rearm_margin_percent) = (false, false, 7);
         (nd.pmc_ipc_min_percent, nd.pmc_stall_max_percent, nd.pmc_min_cycles) = (40, 70, 1_000);
+        let cp = &mut compiled.container_pressure;
+        (cp.cpu_throttling, cp.throttled_periods_percent, cp.throttling_min_periods) = (false, 40, 3);
+        (cp.psi, cp.psi_memory_some_avg10_percent, cp.psi_cpu_some_avg10_percent) = (false, 7, 0);
+        (cp.psi_io_some_avg10_percent, cp.rearm_margin_percent) = (9, 1);
         let s = settings_from(&AgentConfig::default(), 3, &compiled).unwrap();
+        let cp = &s.container_pressure;
+        assert_eq!((cp.cpu_throttling, cp.throttled_periods_percent, cp.throttling_min_periods), (false, 40, 3));
+        assert_eq!((cp.psi, cp.psi_memory_some_avg10_percent, cp.psi_cpu_some_avg10_percent), (false, 7, 0));
+        assert_eq!((cp.psi_io_some_avg10_percent, cp.rearm_margin_percent), (9, 1));
         let n = &s.network;
         assert_eq!((n.connect_failures, n.resets, n.retransmit_spikes, n.rtt_degradation), (false, true, false, true));
         assert_eq!(n.rtt_min_increase_us, 2_500);

@@ -5,6 +5,7 @@
 //! list and classification); their kernel half lives in `tapio-bpf/src/<name>/`.
 
 pub mod container;
+pub mod container_pressure;
 pub mod network;
 pub mod node;
 pub mod poll;

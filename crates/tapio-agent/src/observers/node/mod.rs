@@ -52,7 +52,7 @@ impl Resource {
         }
     }
 
-    fn code(self) -> &'static str {
+    pub(crate) fn code(self) -> &'static str {
         match self {
             Self::Memory => "MEMORY_PRESSURE",
             Self::Cpu => "CPU_PRESSURE",
@@ -69,7 +69,7 @@ impl Resource {
     }
 }
 
-fn pct(hundredths: u32) -> f64 {
+pub(crate) fn pct(hundredths: u32) -> f64 {
     f64::from(hundredths) / 100.0
 }
 
