@@ -386,6 +386,9 @@ pub struct PressureObserver {
     /// Containers beyond the bound at the last rescan (each counted once).
     not_watched: BTreeSet<String>,
     next_rescan: Instant,
+    /// Containers left unwatched by the start-up walk, counted at the first poll (the
+    /// counters are the poll thread's).
+    uncounted: u64,
     buf: Vec<u8>,
 }
 
@@ -412,10 +415,12 @@ impl PressureObserver {
             watched: BTreeMap::new(),
             not_watched: BTreeSet::new(),
             next_rescan: Instant::now(),
+            uncounted: 0,
             buf: vec![0; READ_BUF],
         };
         let (_, config) = observer.settings.get();
         let skipped = observer.rescan(&config);
+        observer.uncounted = skipped;
         log::info!(
             "observer {NAME}: watching {} containers{}",
             observer.watched.len(),
@@ -475,9 +480,10 @@ impl Poller for PressureObserver {
             return;
         }
         if Instant::now() >= self.next_rescan {
-            for _ in 0..self.rescan(&config) {
-                ctx.counters.correlation_drop(NAME, NOT_WATCHED);
-            }
+            self.uncounted += self.rescan(&config);
+        }
+        for _ in 0..std::mem::take(&mut self.uncounted) {
+            ctx.counters.correlation_drop(NAME, NOT_WATCHED);
         }
         let buf = &mut self.buf;
         self.watched.retain(|_, w| !matches!(w.poll(&config, generation, buf, ctx), Err(Fault::Gone)));
