@@ -15,6 +15,7 @@ mod kernel;
 mod load;
 mod overhead;
 mod pipeline;
+mod pressure;
 mod procfs;
 mod report;
 mod size;
@@ -40,6 +41,8 @@ PARTS (default: all):
   overhead    connect-heavy workload: the generator's CPU per connect with the agent
               vs without, alternating rounds; network hook cost under it (root)
   budgets     eBPF object sizes and map memory against their budgets (no root)
+  pressure    agent CPU per poll with 500 container cgroups watched by the
+              container pressure observer (root; --idle-secs sets the window)
   all         every part above
 
 OPTIONS:
@@ -71,10 +74,20 @@ enum Part {
     Storage,
     Overhead,
     Budgets,
+    Pressure,
 }
 
-const ALL: [Part; 8] =
-    [Part::Size, Part::Budgets, Part::Pipeline, Part::Idle, Part::Kernel, Part::E2e, Part::Storage, Part::Overhead];
+const ALL: [Part; 9] = [
+    Part::Size,
+    Part::Budgets,
+    Part::Pipeline,
+    Part::Idle,
+    Part::Kernel,
+    Part::E2e,
+    Part::Storage,
+    Part::Overhead,
+    Part::Pressure,
+];
 
 struct Options {
     parts: Vec<Part>,
@@ -125,6 +138,7 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Option<Options>, String> 
             "storage" => o.parts.push(Part::Storage),
             "overhead" => o.parts.push(Part::Overhead),
             "budgets" => o.parts.push(Part::Budgets),
+            "pressure" => o.parts.push(Part::Pressure),
             "all" => o.parts.extend(ALL),
             "--agent" => o.agent = args.next().ok_or("--agent needs a path")?.into(),
             "--release-agent" => o.release_agent = args.next().ok_or("--release-agent needs a path")?.into(),
@@ -213,16 +227,16 @@ fn main() -> ExitCode {
     agent::stop_agent_on_interrupt();
     let root = procfs::is_root();
     if !root
-        && options
-            .parts
-            .iter()
-            .any(|p| matches!(p, Part::Idle | Part::Kernel | Part::E2e | Part::Storage | Part::Overhead))
+        && options.parts.iter().any(|p| {
+            matches!(p, Part::Idle | Part::Kernel | Part::E2e | Part::Storage | Part::Overhead | Part::Pressure)
+        })
     {
-        eprintln!("tapio-bench: NOT ROOT: the idle, kernel, e2e, storage and overhead parts will be SKIPPED (they run the agent, which loads eBPF)");
+        eprintln!("tapio-bench: NOT ROOT: the idle, kernel, e2e, storage, overhead and pressure parts will be SKIPPED (they run the agent as root)");
     }
     let mut report = Report::default();
     for part in &options.parts {
-        let needs_root = matches!(part, Part::Idle | Part::Kernel | Part::E2e | Part::Storage | Part::Overhead);
+        let needs_root =
+            matches!(part, Part::Idle | Part::Kernel | Part::E2e | Part::Storage | Part::Overhead | Part::Pressure);
         if needs_root && !root {
             let why = "needs root: it runs the agent, which loads eBPF (rerun with sudo)";
             match part {
@@ -237,6 +251,7 @@ fn main() -> ExitCode {
                 Part::Storage => {
                     report.skipped("storage", "block hook cost and agent CPU at ~10k IOPS", "<= 300 ns, < 1 %", why)
                 }
+                Part::Pressure => report.skipped("pressure", "CPU per poll of 500 containers", "<= 25 ms", why),
                 _ => report.skipped("e2e", "refused-connect flood accounting", "unaccounted 0", why),
             }
             continue;
@@ -264,6 +279,10 @@ fn main() -> ExitCode {
             Part::Storage => {
                 eprintln!("tapio-bench: storage ({} s of paced random I/O on a loop device)", options.secs);
                 storage::measure(&options.agent, options.secs, &mut report);
+            }
+            Part::Pressure => {
+                eprintln!("tapio-bench: pressure (500 container cgroups, {} s window)", options.idle_secs);
+                pressure::measure(&options.agent, Duration::from_secs(options.idle_secs), &mut report);
             }
         }
     }
