@@ -9,7 +9,6 @@
 //! chains), to a bounded depth and number of directories, so a rescan stays cheap.
 
 use crate::evidence::WorkloadIds;
-use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use tapio_identity::CgroupHierarchy;
@@ -63,10 +62,11 @@ fn worth_descending(first: &str, name: &str, depth: usize) -> bool {
     depth < MAX_DEPTH && (first == "kubepods" || first == "docker" || name.ends_with(".slice"))
 }
 
-/// Adds the container paths under `root` to `found`, reading at most `max_dirs`
-/// directories. Returns false when the bound stopped the walk. Unreadable directories (a
-/// cgroup removed mid-walk) are skipped: the next rescan sees the tree as it is then.
-pub fn find_containers(root: &Path, max_dirs: usize, found: &mut BTreeSet<String>) -> bool {
+/// Adds the container paths under `root` to `found` (unsorted; a path may already be there
+/// from another hierarchy), reading at most `max_dirs` directories. Returns false when the
+/// bound stopped the walk. Unreadable directories (a cgroup removed mid-walk) are skipped:
+/// the next rescan sees the tree as it is then.
+pub fn find_containers(root: &Path, max_dirs: usize, found: &mut Vec<String>) -> bool {
     let mut stack: Vec<(PathBuf, String, usize)> = vec![(root.to_path_buf(), String::new(), 0)];
     let mut read = 0;
     while let Some((dir, rel, depth)) = stack.pop() {
@@ -83,7 +83,7 @@ pub fn find_containers(root: &Path, max_dirs: usize, found: &mut BTreeSet<String
             let Ok(name) = entry.file_name().into_string() else { continue };
             let path = format!("{rel}/{name}");
             if is_container(&path) {
-                found.insert(path);
+                found.push(path);
             } else {
                 let first = path[1..].split('/').next().unwrap_or_default();
                 if worth_descending(first, &name, depth + 1) {
@@ -205,11 +205,10 @@ mod tests {
         for dir in [format!("{pod}/{CID}/sub"), format!("{pod}/not-a-container"), "system.slice/x.service".into()] {
             std::fs::create_dir_all(root.join(dir)).unwrap();
         }
-        let mut found = BTreeSet::new();
+        let mut found = Vec::new();
         assert!(find_containers(&root, 100, &mut found));
-        let expected: BTreeSet<String> = [format!("/{pod}/{CID}")].into();
-        assert_eq!(found, expected, "the sub-group below the container is not another one");
-        let mut partial = BTreeSet::new();
+        assert_eq!(found, vec![format!("/{pod}/{CID}")], "the sub-group below the container is not another one");
+        let mut partial = Vec::new();
         assert!(!find_containers(&root, 2, &mut partial), "the bound stops the walk and says so");
         std::fs::remove_dir_all(&root).unwrap();
     }

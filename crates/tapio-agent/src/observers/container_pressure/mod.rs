@@ -27,7 +27,6 @@ use crate::evidence::{ContainerPressureFacts, Facts, MemoryUse, Outcome, Severit
 use crate::stamp::{Draft, Stamper, Verdict};
 use cgroups::{ContainerFiles, Layout, Version};
 use stat::{CpuStat, Interval, ThrottleJudge};
-use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -208,6 +207,8 @@ fn read_number(path: &Path, buf: &mut [u8], parse: fn(&str) -> Option<u64>) -> O
 
 /// One watched container.
 struct Watched {
+    /// Its cgroup path from the hierarchy root (the watch list is sorted by it).
+    path: String,
     files: ContainerFiles,
     /// PSI files in `Resource::ALL` order, when the container has them.
     psi_files: Option<[PathBuf; 3]>,
@@ -218,10 +219,11 @@ struct Watched {
 }
 
 impl Watched {
-    fn new(files: ContainerFiles) -> Self {
+    fn new(path: String, files: ContainerFiles) -> Self {
         let psi_files = files.psi.as_ref().map(|dir| Resource::ALL.map(|r| dir.join(format!("{}.pressure", r.name()))));
         let cpu_stat = files.cpu.as_ref().map(|(dir, _)| dir.join("cpu.stat"));
         Self {
+            path,
             files,
             psi_files,
             cpu_stat,
@@ -382,9 +384,11 @@ fn psi_missing(layout: &Layout) -> Option<String> {
 pub struct PressureObserver {
     settings: Arc<PressureSettings>,
     layout: Layout,
-    watched: BTreeMap<String, Watched>,
-    /// Containers beyond the bound at the last rescan (each counted once).
-    not_watched: BTreeSet<String>,
+    /// Sorted by path. (Sorted vectors rather than B-trees: the same lookups in a
+    /// fraction of the agent's code size.)
+    watched: Vec<Watched>,
+    /// Containers beyond the bound at the last rescan (each counted once), sorted.
+    not_watched: Vec<String>,
     next_rescan: Instant,
     /// Containers left unwatched by the start-up walk, counted at the first poll (the
     /// counters are the poll thread's).
@@ -412,8 +416,8 @@ impl PressureObserver {
         let mut observer = Self {
             settings,
             layout,
-            watched: BTreeMap::new(),
-            not_watched: BTreeSet::new(),
+            watched: Vec::new(),
+            not_watched: Vec::new(),
             next_rescan: Instant::now(),
             uncounted: 0,
             buf: vec![0; READ_BUF],
@@ -437,28 +441,26 @@ impl PressureObserver {
     /// Walks the hierarchies again: new containers are watched (up to the bound), removed
     /// ones forgotten. Returns how many containers newly went unwatched (beyond the bound).
     fn rescan(&mut self, config: &ContainerPressureConfig) -> u64 {
-        let mut found = BTreeSet::new();
+        let mut found = Vec::new();
         for root in self.layout.roots() {
             if !cgroups::find_containers(root, MAX_WALK_DIRS, &mut found) {
                 log::warn!("observer {NAME}: the walk of {} stopped after {MAX_WALK_DIRS} directories", root.display());
             }
         }
-        self.watched.retain(|path, _| found.contains(path));
+        found.sort_unstable();
+        found.dedup();
+        self.watched.retain(|w| found.binary_search(&w.path).is_ok());
         let bound = config.max_containers as usize;
-        let mut not_watched = BTreeSet::new();
+        let mut not_watched = Vec::new();
         for path in found {
-            if self.watched.contains_key(&path) {
-                continue;
-            }
+            let Err(at) = self.watched.binary_search_by(|w| w.path.cmp(&path)) else { continue };
             if self.watched.len() >= bound {
-                not_watched.insert(path);
-                continue;
-            }
-            if let Some(files) = cgroups::locate(&self.layout, &path) {
-                self.watched.insert(path, Watched::new(files));
+                not_watched.push(path);
+            } else if let Some(files) = cgroups::locate(&self.layout, &path) {
+                self.watched.insert(at, Watched::new(path, files));
             }
         }
-        let newly = not_watched.difference(&self.not_watched).count() as u64;
+        let newly = not_watched.iter().filter(|p| self.not_watched.binary_search(p).is_err()).count() as u64;
         self.not_watched = not_watched;
         self.next_rescan = Instant::now() + Duration::from_millis(config.rescan_interval_ms.into());
         newly
@@ -486,7 +488,7 @@ impl Poller for PressureObserver {
             ctx.counters.correlation_drop(NAME, NOT_WATCHED);
         }
         let buf = &mut self.buf;
-        self.watched.retain(|_, w| !matches!(w.poll(&config, generation, buf, ctx), Err(Fault::Gone)));
+        self.watched.retain_mut(|w| !matches!(w.poll(&config, generation, buf, ctx), Err(Fault::Gone)));
     }
 }
 
