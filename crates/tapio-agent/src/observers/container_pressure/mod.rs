@@ -21,8 +21,8 @@ pub mod stat;
 use super::node::psi::{self, percent_text, Crossing, PsiReading, Threshold};
 use super::node::{pct, Resource};
 use super::poll::{PollContext, Poller, SharedSettings};
-use super::ObserverState;
-use crate::config::ContainerPressureConfig;
+use super::{Follower, Observer, ObserverState, Start, Userspace};
+use crate::config::LocalKnobs;
 use crate::evidence::{ContainerPressureFacts, Facts, MemoryUse, Outcome, Severity, ThrottlingFacts, WorkloadIds};
 use crate::stamp::{Draft, Stamper, Verdict};
 use cgroups::{ContainerFiles, Layout, Version};
@@ -32,6 +32,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tapio_wire::compiled::ContainerPressureConfig;
+use tapio_wire::CompiledConfig;
 
 /// The observer's name in the agent's status.
 pub const NAME: &str = "container_pressure";
@@ -44,7 +46,49 @@ const MAX_WALK_DIRS: usize = 20_000;
 /// The files read are a few hundred bytes; a longer one is not what the kernel writes.
 const READ_BUF: usize = 4096;
 
+/// The container pressure observer: CFS throttling and PSI per container, judged in
+/// userspace (no eBPF).
+pub static OBSERVER: Observer =
+    Observer { name: NAME, enabled: |c| c.container_pressure.enabled, kernel: None, userspace: start };
+
+fn start(start: &mut Start<'_>) -> Result<Userspace, String> {
+    let shared = PressureSettings::new(start.generation, start.config.container_pressure.clone());
+    let (state, poller) = PressureObserver::start(Arc::clone(&shared), Knobs::from(start.local));
+    let mut userspace = Userspace { state: Some(state), ..Userspace::default() };
+    if let Some(poller) = poller {
+        userspace.pollers.push(Box::new(poller));
+        userspace.followers.push(shared);
+    }
+    Ok(userspace)
+}
+
+/// The thresholds and switches the poller judges with, replaced when the controller's
+/// config changes.
 pub type PressureSettings = SharedSettings<ContainerPressureConfig>;
+
+impl Follower for PressureSettings {
+    fn follow(&self, config: &CompiledConfig, generation: u32) {
+        self.set(generation, config.container_pressure.clone());
+    }
+}
+
+/// This agent's own bounds and intervals (not fleet settings: see `LocalKnobs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Knobs {
+    pub poll_interval: Duration,
+    pub rescan_interval: Duration,
+    pub max_containers: usize,
+}
+
+impl From<&LocalKnobs> for Knobs {
+    fn from(k: &LocalKnobs) -> Self {
+        Self {
+            poll_interval: Duration::from_millis(u64::from(k.pressure_poll_interval_ms.max(100))),
+            rescan_interval: Duration::from_millis(u64::from(k.pressure_rescan_interval_ms.max(100))),
+            max_containers: k.pressure_max_containers as usize,
+        }
+    }
+}
 
 fn kind(resource: Resource) -> &'static str {
     match resource {
@@ -383,6 +427,7 @@ fn psi_missing(layout: &Layout) -> Option<String> {
 
 pub struct PressureObserver {
     settings: Arc<PressureSettings>,
+    knobs: Knobs,
     layout: Layout,
     /// Sorted by path. (Sorted vectors rather than B-trees: the same lookups in a
     /// fraction of the agent's code size.)
@@ -398,11 +443,11 @@ pub struct PressureObserver {
 
 impl PressureObserver {
     /// Finds this node's hierarchies and containers; None when nothing can be observed.
-    pub fn start(settings: Arc<PressureSettings>) -> (ObserverState, Option<Self>) {
-        Self::start_with(settings, Layout::of_this_node())
+    pub fn start(settings: Arc<PressureSettings>, knobs: Knobs) -> (ObserverState, Option<Self>) {
+        Self::start_with(settings, knobs, Layout::of_this_node())
     }
 
-    pub fn start_with(settings: Arc<PressureSettings>, layout: Layout) -> (ObserverState, Option<Self>) {
+    pub fn start_with(settings: Arc<PressureSettings>, knobs: Knobs, layout: Layout) -> (ObserverState, Option<Self>) {
         if layout.unified.is_none() && layout.cpu_v1.is_none() {
             let why = "neither a cgroup2 nor a cgroup1 cpu hierarchy is mounted: containers cannot be read";
             return (ObserverState::Unsupported(why.into()), None);
@@ -415,6 +460,7 @@ impl PressureObserver {
         };
         let mut observer = Self {
             settings,
+            knobs,
             layout,
             watched: Vec::new(),
             not_watched: Vec::new(),
@@ -422,8 +468,7 @@ impl PressureObserver {
             uncounted: 0,
             buf: vec![0; READ_BUF],
         };
-        let (_, config) = observer.settings.get();
-        let skipped = observer.rescan(&config);
+        let skipped = observer.rescan();
         observer.uncounted = skipped;
         log::info!(
             "observer {NAME}: watching {} containers{}",
@@ -440,7 +485,7 @@ impl PressureObserver {
 
     /// Walks the hierarchies again: new containers are watched (up to the bound), removed
     /// ones forgotten. Returns how many containers newly went unwatched (beyond the bound).
-    fn rescan(&mut self, config: &ContainerPressureConfig) -> u64 {
+    fn rescan(&mut self) -> u64 {
         let mut found = Vec::new();
         for root in self.layout.roots() {
             if !cgroups::find_containers(root, MAX_WALK_DIRS, &mut found) {
@@ -450,7 +495,7 @@ impl PressureObserver {
         found.sort_unstable();
         found.dedup();
         self.watched.retain(|w| found.binary_search(&w.path).is_ok());
-        let bound = config.max_containers as usize;
+        let bound = self.knobs.max_containers;
         let mut not_watched = Vec::new();
         for path in found {
             let Err(at) = self.watched.binary_search_by(|w| w.path.cmp(&path)) else { continue };
@@ -462,7 +507,7 @@ impl PressureObserver {
         }
         let newly = not_watched.iter().filter(|p| self.not_watched.binary_search(p).is_err()).count() as u64;
         self.not_watched = not_watched;
-        self.next_rescan = Instant::now() + Duration::from_millis(config.rescan_interval_ms.into());
+        self.next_rescan = Instant::now() + self.knobs.rescan_interval;
         newly
     }
 }
@@ -473,7 +518,7 @@ impl Poller for PressureObserver {
     }
 
     fn interval(&self) -> Duration {
-        Duration::from_millis(u64::from(self.settings.get().1.poll_interval_ms.max(100)))
+        self.knobs.poll_interval
     }
 
     fn poll(&mut self, ctx: &mut PollContext) {
@@ -482,7 +527,7 @@ impl Poller for PressureObserver {
             return;
         }
         if Instant::now() >= self.next_rescan {
-            self.uncounted += self.rescan(&config);
+            self.uncounted += self.rescan();
         }
         for _ in 0..std::mem::take(&mut self.uncounted) {
             ctx.counters.correlation_drop(NAME, NOT_WATCHED);
@@ -549,10 +594,14 @@ mod tests {
         assert!(serde_json::to_value(&e).unwrap()["facts"].get("memory").is_none());
     }
 
+    fn knobs() -> Knobs {
+        Knobs::from(&LocalKnobs::default())
+    }
+
     #[test]
     fn no_cgroup_hierarchy_is_unsupported() {
         let settings = PressureSettings::new(0, ContainerPressureConfig::default());
-        let (state, poller) = PressureObserver::start_with(settings, Layout::default());
+        let (state, poller) = PressureObserver::start_with(settings, knobs(), Layout::default());
         assert!(poller.is_none());
         assert!(matches!(state, ObserverState::Unsupported(ref why) if why.contains("cgroup")), "{state:?}");
     }
@@ -561,7 +610,7 @@ mod tests {
     fn a_cgroup1_only_node_keeps_throttling_and_says_psi_is_missing() {
         let layout = Layout { cpu_v1: Some(std::env::temp_dir()), ..Layout::default() };
         let settings = PressureSettings::new(0, ContainerPressureConfig::default());
-        let (state, poller) = PressureObserver::start_with(settings, layout);
+        let (state, poller) = PressureObserver::start_with(settings, knobs(), layout);
         assert!(poller.is_some());
         match state {
             ObserverState::Degraded(why) => {
