@@ -470,10 +470,13 @@ impl PressureObserver {
         };
         let skipped = observer.rescan();
         observer.uncounted = skipped;
+        // A hybrid node's runtime may make no cgroup2 group for a container: its PSI is then
+        // unknown and only its throttling is judged. Said here, as the status cannot.
+        let without_psi = observer.watched.iter().filter(|w| w.psi_files.is_none()).count();
         log::info!(
-            "observer {NAME}: watching {} containers{}",
+            "observer {NAME}: watching {} containers, {skipped} beyond max_containers not watched, \
+             {without_psi} without per-cgroup PSI (throttling only)",
             observer.watched.len(),
-            if skipped > 0 { format!(", {skipped} beyond max_containers not watched") } else { String::new() }
         );
         (state, Some(observer))
     }
