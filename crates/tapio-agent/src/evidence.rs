@@ -70,7 +70,8 @@ pub enum Facts {
     Storage(StorageFacts),
     Node(NodeFacts),
     Throttling(ThrottlingFacts),
-    ContainerPressure(ContainerPressureFacts),
+    /// A container's PSI crossing (the node's facts, with its memory use).
+    ContainerPressure(PressureFacts),
 }
 
 /// Facts of every kernel.network.* evidence; fields a kind lacks are omitted.
@@ -195,8 +196,9 @@ pub enum NodeFacts {
     Pmc(PmcFacts),
 }
 
-/// A PSI reading (/proc/pressure/<resource>) at the moment "some avg10" crossed its
-/// threshold. Percentages have the kernel's two decimals.
+/// A PSI reading (/proc/pressure/<resource>, or a container's cgroup2
+/// `<resource>.pressure`) at the moment "some avg10" crossed its threshold. Percentages
+/// have the kernel's two decimals.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PressureFacts {
     pub resource: &'static str,
@@ -211,6 +213,9 @@ pub struct PressureFacts {
     pub threshold_percent: u32,
     /// avg10 must fall below this before another crossing is reported.
     pub rearm_below_percent: f64,
+    /// A container's memory_pressure only: how close the container is to its memory limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryUse>,
 }
 
 /// One CPU's hardware counters over one sample interval (deltas, not totals).
@@ -248,26 +253,6 @@ pub struct ThrottlingFacts {
     pub threshold_percent: u32,
     /// The throttled share must fall below this before another crossing is reported.
     pub rearm_below_percent: f64,
-}
-
-/// A container's PSI reading (cgroup2 `<resource>.pressure`) when "some avg10" crossed its
-/// threshold; for memory also how close the container is to its limit.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ContainerPressureFacts {
-    pub resource: &'static str,
-    pub some_avg10_percent: f64,
-    pub some_avg60_percent: f64,
-    pub some_avg300_percent: f64,
-    pub some_total_us: u64,
-    pub full_avg10_percent: Option<f64>,
-    pub full_avg60_percent: Option<f64>,
-    pub full_avg300_percent: Option<f64>,
-    pub full_total_us: Option<u64>,
-    pub threshold_percent: u32,
-    pub rearm_below_percent: f64,
-    /// memory_pressure only: how close the container is to its memory limit.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub memory: Option<MemoryUse>,
 }
 
 /// A container's memory use and limits as its memory cgroup reports them; each null when

@@ -19,11 +19,11 @@ pub mod cgroups;
 pub mod stat;
 
 use super::node::psi::{self, percent_text, Crossing, PsiReading, Threshold};
-use super::node::{pct, Resource};
+use super::node::{pct, pressure_facts, Resource};
 use super::poll::{PollContext, Poller, SharedSettings};
 use super::{Follower, Observer, ObserverState, Start, Userspace};
 use crate::config::LocalKnobs;
-use crate::evidence::{ContainerPressureFacts, Facts, MemoryUse, Outcome, Severity, ThrottlingFacts, WorkloadIds};
+use crate::evidence::{Facts, MemoryUse, Outcome, PressureFacts, Severity, ThrottlingFacts, WorkloadIds};
 use crate::stamp::{Draft, Stamper, Verdict};
 use cgroups::{ContainerFiles, Layout, Version};
 use stat::{CpuStat, Interval, ThrottleJudge};
@@ -179,20 +179,7 @@ pub fn pressure_evidence(
     stamper: &mut Stamper,
 ) -> Verdict {
     let some = reading.some;
-    let facts = ContainerPressureFacts {
-        resource: resource.name(),
-        some_avg10_percent: pct(some.avg10),
-        some_avg60_percent: pct(some.avg60),
-        some_avg300_percent: pct(some.avg300),
-        some_total_us: some.total_us,
-        full_avg10_percent: reading.full.map(|f| pct(f.avg10)),
-        full_avg60_percent: reading.full.map(|f| pct(f.avg60)),
-        full_avg300_percent: reading.full.map(|f| pct(f.avg300)),
-        full_total_us: reading.full.map(|f| f.total_us),
-        threshold_percent: threshold.percent,
-        rearm_below_percent: pct(threshold.rearm_below()),
-        memory,
-    };
+    let facts = PressureFacts { memory, ..pressure_facts(resource, reading, threshold) };
     let message = format!(
         "some tasks of the container were stalled on {} {}% of the last 10 s (threshold {}%)",
         resource.name(),

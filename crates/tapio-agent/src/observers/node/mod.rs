@@ -100,17 +100,10 @@ pub(crate) fn pct(hundredths: u32) -> f64 {
     f64::from(hundredths) / 100.0
 }
 
-/// The evidence of one PSI crossing. Pure.
-pub fn pressure_evidence(
-    resource: Resource,
-    reading: &PsiReading,
-    threshold: Threshold,
-    generation: u32,
-    boot_ns: u64,
-    stamper: &mut Stamper,
-) -> Verdict {
+/// The facts of one PSI crossing (the node's, or a container's without its memory use).
+pub(crate) fn pressure_facts(resource: Resource, reading: &PsiReading, threshold: Threshold) -> PressureFacts {
     let some = reading.some;
-    let facts = PressureFacts {
+    PressureFacts {
         resource: resource.name(),
         some_avg10_percent: pct(some.avg10),
         some_avg60_percent: pct(some.avg60),
@@ -122,7 +115,21 @@ pub fn pressure_evidence(
         full_total_us: reading.full.map(|f| f.total_us),
         threshold_percent: threshold.percent,
         rearm_below_percent: pct(threshold.rearm_below()),
-    };
+        memory: None,
+    }
+}
+
+/// The evidence of one PSI crossing. Pure.
+pub fn pressure_evidence(
+    resource: Resource,
+    reading: &PsiReading,
+    threshold: Threshold,
+    generation: u32,
+    boot_ns: u64,
+    stamper: &mut Stamper,
+) -> Verdict {
+    let some = reading.some;
+    let facts = pressure_facts(resource, reading, threshold);
     let message = format!(
         "some tasks were stalled on {} {}% of the last 10 s (threshold {}%)",
         resource.name(),
