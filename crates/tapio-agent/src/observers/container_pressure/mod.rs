@@ -251,17 +251,40 @@ struct Watched {
 
 impl Watched {
     fn new(path: String, files: ContainerFiles) -> Self {
-        let psi_files = files.psi.as_ref().map(|dir| Resource::ALL.map(|r| dir.join(format!("{}.pressure", r.name()))));
-        let cpu_stat = files.cpu.as_ref().map(|(dir, _)| dir.join("cpu.stat"));
-        Self {
+        let mut w = Self {
             path,
             files,
-            psi_files,
-            cpu_stat,
+            psi_files: None,
+            cpu_stat: None,
             last_cpu: None,
             throttling: Crossing::default(),
             pressure: Default::default(),
+        };
+        w.relocate(w.files.clone());
+        w
+    }
+
+    /// Takes the container's files as found now, keeping what was judged so far: a part
+    /// found later (a runtime makes a container's groups one hierarchy at a time) starts
+    /// fresh, as it had no state.
+    fn relocate(&mut self, files: ContainerFiles) {
+        let dir_of = |part: &Option<(PathBuf, Version)>| part.as_ref().map(|(dir, _)| dir.clone());
+        if dir_of(&files.cpu) != dir_of(&self.files.cpu) || self.cpu_stat.is_none() {
+            self.cpu_stat = files.cpu.as_ref().map(|(dir, _)| dir.join("cpu.stat"));
+            // Counters of another file are no baseline for these.
+            self.last_cpu = None;
         }
+        if files.psi != self.files.psi || self.psi_files.is_none() {
+            self.psi_files =
+                files.psi.as_ref().map(|dir| Resource::ALL.map(|r| dir.join(format!("{}.pressure", r.name()))));
+        }
+        self.files = files;
+    }
+
+    /// Whether a part of the container (its CFS counters, its PSI) was missing when it was
+    /// found, so the next rescan looks again.
+    fn incomplete(&self) -> bool {
+        self.cpu_stat.is_none() || self.psi_files.is_none()
     }
 
     fn quota(&self, buf: &mut [u8]) -> (Option<u64>, Option<u64>) {
@@ -485,6 +508,11 @@ impl PressureObserver {
         found.sort_unstable();
         found.dedup();
         self.watched.retain(|w| found.binary_search(&w.path).is_ok());
+        for w in self.watched.iter_mut().filter(|w| w.incomplete()) {
+            if let Some(files) = cgroups::locate(&self.layout, &w.path) {
+                w.relocate(files);
+            }
+        }
         let bound = self.knobs.max_containers;
         let mut not_watched = Vec::new();
         for path in found {
@@ -586,6 +614,38 @@ mod tests {
 
     fn knobs() -> Knobs {
         Knobs::from(&LocalKnobs::default())
+    }
+
+    /// A runtime makes a container's groups one hierarchy at a time: a part missing when
+    /// the container was found is picked up by a later rescan, and the bound holds.
+    #[test]
+    fn a_part_made_after_discovery_is_found_by_the_next_rescan() {
+        let base = std::env::temp_dir().join(format!("tapio-i15-pressure-relocate-{}", std::process::id()));
+        let (cpu_root, unified) = (base.join("cpu"), base.join("unified"));
+        let rel = "kubepods/pod1b2c3d4e-5f60-4718-89ab-cdef01234567";
+        let cid = "ab".repeat(32);
+        let other = "cd".repeat(32);
+        for id in [&cid, &other] {
+            let dir = cpu_root.join(rel).join(id);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("cpu.stat"), "nr_periods 1\nnr_throttled 0\nthrottled_time 0\n").unwrap();
+        }
+        std::fs::create_dir_all(&unified).unwrap();
+        let layout = Layout { unified: Some(unified.clone()), cpu_v1: Some(cpu_root), memory_v1: None };
+        let settings = PressureSettings::new(0, ContainerPressureConfig::default());
+        let knobs = Knobs { max_containers: 1, ..knobs() };
+        let (_, observer) = PressureObserver::start_with(settings, knobs, layout);
+        let mut observer = observer.unwrap();
+        assert_eq!((observer.watched(), observer.not_watched.len()), (1, 1), "the bound holds");
+        let w = &observer.watched[0];
+        assert!(w.cpu_stat.is_some() && w.psi_files.is_none(), "no cgroup2 group yet");
+        let v2 = unified.join(rel).join(&cid);
+        std::fs::create_dir_all(&v2).unwrap();
+        std::fs::write(v2.join("cpu.pressure"), "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\n").unwrap();
+        assert_eq!(observer.rescan(), 0, "the unwatched one was counted already");
+        let w = &observer.watched[0];
+        assert_eq!(w.psi_files.as_ref().map(|f| f[1].clone()), Some(v2.join("cpu.pressure")));
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]
