@@ -129,6 +129,10 @@ impl KubeContainer {
 
     /// Kills everything in the container and removes its directories.
     fn remove(&mut self) {
+        // Tests run on several threads and share the slices above their containers: one
+        // removal at a time, so the last one always finds them empty.
+        static ONE_REMOVAL_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _turn = ONE_REMOVAL_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         for c in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
@@ -153,12 +157,28 @@ impl KubeContainer {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        for dir in self.created.iter().rev() {
+        // The scope itself: a killed member may leave it a moment after it is reaped (EBUSY).
+        for root in [V1_CPU, V1_MEMORY, UNIFIED] {
+            let scope = self.dir(root);
             for _ in 0..50 {
-                if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+                if std::fs::remove_dir(&scope).is_ok() || !scope.exists() {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        // The slices above it, shared by this test's containers: whoever is removed last
+        // empties them, so each is tried once, deepest first, whoever made it.
+        for dir in self.created.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+        for root in [V1_CPU, V1_MEMORY, UNIFIED] {
+            let mut dir = self.dir(root);
+            while dir.pop() && dir != Path::new(root) {
+                match std::fs::remove_dir(&dir) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => break, // still shared
+                    _ => {}
+                }
             }
         }
         self.removed = true;
