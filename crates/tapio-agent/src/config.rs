@@ -1,6 +1,7 @@
 //! The agent's local configuration: safe defaults and an optional strict TOML file.
 //!
-//! The observer sections (`[network]`, `[container]`, `[storage]`, `[node]`) are an
+//! The observer sections (`[network]`, `[container]`, `[storage]`, `[node]`,
+//! `[container_pressure]`) are an
 //! Evidence Profile's `overrides` on `production-default`: tapio-profile's field table
 //! validates and compiles them into the same [`CompiledConfig`] a controller serves, so a
 //! setting has one default, one range and one help text. Next to them the sections may hold
@@ -66,19 +67,39 @@ pub struct LocalKnobs {
     /// `node.poll_interval_ms`: how often /proc/pressure/* and the hardware counters are
     /// sampled.
     pub poll_interval_ms: u32,
+    /// `container_pressure.poll_interval_ms`: how often each watched container's cpu.stat
+    /// and pressure files are read.
+    pub pressure_poll_interval_ms: u32,
+    /// `container_pressure.rescan_interval_ms`: how often the cgroup hierarchies are walked
+    /// again for new and removed containers.
+    pub pressure_rescan_interval_ms: u32,
+    /// `container_pressure.max_containers`: most containers watched at once; those beyond
+    /// are counted (`container_pressure.container_not_watched`).
+    pub pressure_max_containers: u32,
 }
 
 impl Default for LocalKnobs {
     fn default() -> Self {
-        Self { inflight_max_age_secs: 600, poll_interval_ms: 2_000 }
+        Self {
+            inflight_max_age_secs: 600,
+            poll_interval_ms: 2_000,
+            pressure_poll_interval_ms: 5_000,
+            pressure_rescan_interval_ms: 10_000,
+            pressure_max_containers: 1_000,
+        }
     }
 }
 
 /// One agent-only key of an observer section: (section, key, min, max).
 struct LocalKey(&'static str, &'static str, u64, u64);
 
-const LOCAL_KEYS: [LocalKey; 2] =
-    [LocalKey("storage", "inflight_max_age_secs", 10, 86_400), LocalKey("node", "poll_interval_ms", 100, 60_000)];
+const LOCAL_KEYS: [LocalKey; 5] = [
+    LocalKey("storage", "inflight_max_age_secs", 10, 86_400),
+    LocalKey("node", "poll_interval_ms", 100, 60_000),
+    LocalKey("container_pressure", "poll_interval_ms", 100, 60_000),
+    LocalKey("container_pressure", "rescan_interval_ms", 100, 600_000),
+    LocalKey("container_pressure", "max_containers", 1, 100_000),
+];
 
 impl LocalKnobs {
     /// Sets the agent-only key `name` of `section`, if it is one; false when it is not
@@ -93,9 +114,12 @@ impl LocalKnobs {
         check_range(&format!("{section}.{name}"), n, *min, *max)?;
         // In range means it fits: every bound above is far below u32::MAX.
         let n = u32::try_from(n).unwrap_or(u32::MAX);
-        match name {
-            "inflight_max_age_secs" => self.inflight_max_age_secs = n,
-            _ => self.poll_interval_ms = n,
+        match (section, name) {
+            ("storage", _) => self.inflight_max_age_secs = n,
+            ("node", _) => self.poll_interval_ms = n,
+            (_, "poll_interval_ms") => self.pressure_poll_interval_ms = n,
+            (_, "rescan_interval_ms") => self.pressure_rescan_interval_ms = n,
+            _ => self.pressure_max_containers = n,
         }
         Ok(true)
     }
@@ -405,6 +429,23 @@ mod tests {
         assert_eq!(c.sinks.file.as_ref().unwrap().keep_files, 5);
         assert_eq!(c.observers.network.retransmit_count, 3);
         assert_eq!(c.observers.container.exit_ignore_codes, vec![1, 2]);
+    }
+
+    #[test]
+    fn container_pressure_local_knobs_are_their_own_and_range_checked() {
+        let c = AgentConfig::from_toml(
+            "[node]\npoll_interval_ms = 700\n[container_pressure]\npoll_interval_ms = 500\n\
+             rescan_interval_ms = 2000\nmax_containers = 3\nthrottled_periods_percent = 40\n",
+        )
+        .unwrap();
+        let l = c.local;
+        assert_eq!((l.poll_interval_ms, l.pressure_poll_interval_ms), (700, 500), "one key name, two sections");
+        assert_eq!((l.pressure_rescan_interval_ms, l.pressure_max_containers), (2_000, 3));
+        assert_eq!(c.observers.container_pressure.throttled_periods_percent, 40);
+        let err = AgentConfig::from_toml("[container_pressure]\nmax_containers = 0\n").unwrap_err();
+        assert!(err.0.contains("container_pressure.max_containers"), "{err}");
+        let err = AgentConfig::from_toml("[container_pressure]\nthrottled_periods_percent = 101\n").unwrap_err();
+        assert!(err.0.contains("container_pressure.throttled_periods_percent"), "{err}");
     }
 
     #[test]

@@ -135,6 +135,9 @@ pub enum Facts {
     Exit(ExitFacts),
     Storage(StorageFacts),
     Node(NodeFacts),
+    Throttling(ThrottlingFacts),
+    /// A container's PSI crossing (the node's facts, with its memory use).
+    ContainerPressure(PressureFacts),
 }
 
 /// Facts of every kernel.network.* evidence; fields a kind lacks are omitted.
@@ -259,8 +262,9 @@ pub enum NodeFacts {
     Pmc(PmcFacts),
 }
 
-/// A PSI reading (/proc/pressure/<resource>) at the moment "some avg10" crossed its
-/// threshold. Percentages have the kernel's two decimals.
+/// A PSI reading (/proc/pressure/<resource>, or a container's cgroup2
+/// `<resource>.pressure`) at the moment "some avg10" crossed its threshold. Percentages
+/// have the kernel's two decimals.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PressureFacts {
     pub resource: &'static str,
@@ -275,6 +279,9 @@ pub struct PressureFacts {
     pub threshold_percent: u32,
     /// avg10 must fall below this before another crossing is reported.
     pub rearm_below_percent: f64,
+    /// A container's memory_pressure only: how close the container is to its memory limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryUse>,
 }
 
 /// One CPU's hardware counters over one sample interval (deltas, not totals).
@@ -289,4 +296,39 @@ pub struct PmcFacts {
     pub stall_percent: Option<f64>,
     /// ipc_degradation: the minimum IPC; cpu_stall: the maximum stall share in percent.
     pub threshold: f64,
+}
+
+/// A container's CFS bandwidth throttling over one poll interval: deltas of its cpu.stat
+/// between two reads, and the totals at the second read (so a reader of cpu.stat can place
+/// the interval exactly).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ThrottlingFacts {
+    /// "cgroup2" or "cgroup1": whose cpu.stat was read.
+    pub cgroup_version: &'static str,
+    pub interval_ns: u64,
+    pub periods: u64,
+    pub throttled_periods: u64,
+    pub throttled_time_us: u64,
+    pub throttled_periods_percent: f64,
+    pub nr_periods_total: u64,
+    pub nr_throttled_total: u64,
+    pub throttled_time_total_us: u64,
+    /// CPU time the container may use per period; null when unlimited or unreadable.
+    pub quota_us: Option<u64>,
+    pub period_us: Option<u64>,
+    pub threshold_percent: u32,
+    /// The throttled share must fall below this before another crossing is reported.
+    pub rearm_below_percent: f64,
+}
+
+/// A container's memory use and limits as its memory cgroup reports them; each null when
+/// unreadable, a limit also when there is none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MemoryUse {
+    /// cgroup2 memory.current, cgroup1 memory.usage_in_bytes.
+    pub usage_bytes: Option<u64>,
+    /// The hard limit: memory.max, memory.limit_in_bytes.
+    pub limit_bytes: Option<u64>,
+    /// cgroup2 memory.high, where reclaim throttling starts.
+    pub high_bytes: Option<u64>,
 }

@@ -15,6 +15,7 @@ mod kernel;
 mod load;
 mod overhead;
 mod pipeline;
+mod pressure;
 mod procfs;
 mod report;
 mod size;
@@ -43,6 +44,8 @@ PARTS (default: all):
   overhead    connect-heavy workload: the generator's CPU per connect with the agent
               vs without, alternating rounds; network hook cost under it (root)
   budgets     eBPF object sizes and map memory against their budgets (no root)
+  pressure    agent CPU per poll with 500 container cgroups watched by the
+              container pressure observer (root; --idle-secs sets the window)
   all         every part above
 
 OPTIONS:
@@ -78,9 +81,10 @@ enum Part {
     Overhead,
     Budgets,
     Slow,
+    Pressure,
 }
 
-const ALL: [Part; 9] = [
+const ALL: [Part; 10] = [
     Part::Size,
     Part::Budgets,
     Part::Pipeline,
@@ -90,6 +94,7 @@ const ALL: [Part; 9] = [
     Part::Slow,
     Part::Storage,
     Part::Overhead,
+    Part::Pressure,
 ];
 
 struct Options {
@@ -142,6 +147,7 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Option<Options>, String> 
             "overhead" => o.parts.push(Part::Overhead),
             "budgets" => o.parts.push(Part::Budgets),
             "slow" => o.parts.push(Part::Slow),
+            "pressure" => o.parts.push(Part::Pressure),
             "all" => o.parts.extend(ALL),
             "--agent" => o.agent = args.next().ok_or("--agent needs a path")?.into(),
             "--release-agent" => o.release_agent = args.next().ok_or("--release-agent needs a path")?.into(),
@@ -230,17 +236,21 @@ fn main() -> ExitCode {
     agent::stop_agent_on_interrupt();
     let root = procfs::is_root();
     if !root
-        && options
-            .parts
-            .iter()
-            .any(|p| matches!(p, Part::Idle | Part::Kernel | Part::E2e | Part::Slow | Part::Storage | Part::Overhead))
+        && options.parts.iter().any(|p| {
+            matches!(
+                p,
+                Part::Idle | Part::Kernel | Part::E2e | Part::Slow | Part::Storage | Part::Overhead | Part::Pressure
+            )
+        })
     {
-        eprintln!("tapio-bench: NOT ROOT: the idle, kernel, e2e, slow, storage and overhead parts will be SKIPPED (they run the agent, which loads eBPF)");
+        eprintln!("tapio-bench: NOT ROOT: the idle, kernel, e2e, slow, storage, overhead and pressure parts will be SKIPPED (they run the agent, which loads eBPF)");
     }
     let mut report = Report::default();
     for part in &options.parts {
-        let needs_root =
-            matches!(part, Part::Idle | Part::Kernel | Part::E2e | Part::Slow | Part::Storage | Part::Overhead);
+        let needs_root = matches!(
+            part,
+            Part::Idle | Part::Kernel | Part::E2e | Part::Slow | Part::Storage | Part::Overhead | Part::Pressure
+        );
         if needs_root && !root {
             let why = "needs root: it runs the agent, which loads eBPF (rerun with sudo)";
             match part {
@@ -256,6 +266,7 @@ fn main() -> ExitCode {
                     report.skipped("storage", "block hook cost and agent CPU at ~10k IOPS", "<= 300 ns, < 1 %", why)
                 }
                 Part::Slow => report.skipped("slow", "peak RSS, stdout read by a slow consumer", "<= 12 MB", why),
+                Part::Pressure => report.skipped("pressure", "CPU per poll of 500 containers", "<= 25 ms", why),
                 _ => report.skipped("e2e", "refused-connect flood accounting", "unaccounted 0", why),
             }
             continue;
@@ -290,6 +301,10 @@ fn main() -> ExitCode {
             Part::Storage => {
                 eprintln!("tapio-bench: storage ({} s of paced random I/O on a loop device)", options.secs);
                 storage::measure(&options.agent, options.secs, &mut report);
+            }
+            Part::Pressure => {
+                eprintln!("tapio-bench: pressure (500 container cgroups, {} s window)", options.idle_secs);
+                pressure::measure(&options.agent, Duration::from_secs(options.idle_secs), &mut report);
             }
         }
     }

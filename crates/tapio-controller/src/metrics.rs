@@ -77,6 +77,10 @@ pub const KNOWN_EVIDENCE_TYPES: &[&str] = &[
     "kernel.dns.latency_spike",
     "kernel.container.oom_kill",
     "kernel.container.abnormal_exit",
+    "kernel.container.cpu_throttling",
+    "kernel.container.memory_pressure",
+    "kernel.container.cpu_pressure",
+    "kernel.container.io_pressure",
     "kernel.storage.io_error",
     "kernel.storage.latency_spike",
     "kernel.node.memory_pressure",
@@ -87,7 +91,7 @@ pub const KNOWN_EVIDENCE_TYPES: &[&str] = &[
 ];
 
 const KNOWN_SEVERITIES: &[&str] = &["debug", "info", "warning", "error", "critical"];
-const KNOWN_OBSERVERS: &[&str] = &["network", "container", "storage", "node", "dns"];
+const KNOWN_OBSERVERS: &[&str] = &["network", "container", "storage", "node", "dns", "container_pressure"];
 const KNOWN_OBSERVER_STATES: &[&str] = &["running", "disabled", "degraded", "failed", "unsupported"];
 
 /// `s` if it is in `known`, else `other`.

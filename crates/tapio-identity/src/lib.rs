@@ -24,7 +24,7 @@ mod testdir;
 mod walk;
 
 pub use learned::{LearnedStats, Learner};
-pub use mounts::CgroupHierarchy;
+pub use mounts::{whole_mount_point, CgroupHierarchy};
 pub use parse::{parse_cgroup_path, PathIdentity};
 pub use resolver::{AccessMode, Config, Resolver, Stats};
 

@@ -48,6 +48,13 @@ pub(crate) fn parse_mountinfo(text: &str) -> Vec<CgroupMount> {
     parse_mountinfo_with(text, &is_hierarchy_root)
 }
 
+/// Where the whole of `hierarchy` is mounted, from mountinfo text: for callers that read
+/// cgroup files themselves (e.g. the agent's container pressure poller). A mount of only a
+/// sub-tree is not returned: paths from the hierarchy root would not resolve below it.
+pub fn whole_mount_point(mountinfo: &str, hierarchy: &CgroupHierarchy) -> Option<PathBuf> {
+    parse_mountinfo(mountinfo).into_iter().find(|m| m.root == "/" && m.serves(hierarchy)).map(|m| m.mount_point)
+}
+
 /// True when `dir` is the root directory of its cgroup hierarchy: kernfs gives that
 /// directory inode number 1.
 fn is_hierarchy_root(dir: &Path) -> bool {
@@ -101,6 +108,17 @@ mod tests {
 40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,name=systemd
 41 31 0:38 / /sys/fs/cgroup/unified rw,relatime shared:4 master:1 - cgroup2 cgroup2 rw,nsdelegate
 ";
+
+    #[test]
+    fn whole_mount_points_of_a_hybrid_node() {
+        let at = |h: &CgroupHierarchy| whole_mount_point(HYBRID, h);
+        assert_eq!(at(&CgroupHierarchy::Unified), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(at(&CgroupHierarchy::v1("cpu")), Some(PathBuf::from("/sys/fs/cgroup/cpu")));
+        assert_eq!(at(&CgroupHierarchy::v1("memory")), Some(PathBuf::from("/sys/fs/cgroup/memory")));
+        assert_eq!(at(&CgroupHierarchy::v1("blkio")), None);
+        let subtree = "41 31 0:38 /kubepods /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(whole_mount_point(subtree, &CgroupHierarchy::Unified), None, "a sub-tree mount is not the whole");
+    }
 
     /// The resolver's choice: the first mount that serves the hierarchy.
     fn select<'a>(mounts: &'a [CgroupMount], h: &CgroupHierarchy) -> Option<&'a CgroupMount> {

@@ -43,8 +43,17 @@ impl Agent {
     /// Starts `path` with extra environment `env` and waits for its start-up status JSON
     /// (logged with the `ready:` line).
     pub fn start(path: &Path, env: &[(&str, &str)]) -> Result<Agent, String> {
+        Self::start_with(path, &[], env)
+    }
+
+    /// [`Agent::start`] with extra command-line arguments (e.g. `--config FILE`).
+    pub fn start_with(path: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<Agent, String> {
         let mut cmd = Command::new(path);
-        cmd.args(["--node", "kmatrix-guest"]).env("TAPIO_LOG", "info").stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.args(["--node", "kmatrix-guest"])
+            .args(args)
+            .env("TAPIO_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }

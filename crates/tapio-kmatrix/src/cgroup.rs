@@ -25,6 +25,12 @@ impl Scope {
     /// Makes the scope of container `container_id` (64 hex) in pod [`POD_UID`], with the
     /// memory controller enabled down to it and `memory_max` bytes as its limit if given.
     pub fn new(container_id: &str, memory_max: Option<u64>) -> Result<Scope, String> {
+        Self::with_cpu(container_id, memory_max, None)
+    }
+
+    /// [`Scope::new`], with the cpu controller also enabled down to the scope and `cpu_max`
+    /// (cgroup2 `cpu.max`: "<quota> <period>" in microseconds) as its CFS bandwidth, if given.
+    pub fn with_cpu(container_id: &str, memory_max: Option<u64>, cpu_max: Option<&str>) -> Result<Scope, String> {
         let controllers = fs::read_to_string(Path::new(ROOT).join("cgroup.controllers"))
             .map_err(|e| format!("{ROOT} is not a cgroup2 root: {e}"))?;
         if !controllers.split_whitespace().any(|c| c == "memory") {
@@ -46,11 +52,17 @@ impl Scope {
         for segment in &segments {
             // Children get the memory controller only if their parent hands it down.
             write(&scope.dir.join("cgroup.subtree_control"), "+memory")?;
+            if cpu_max.is_some() {
+                write(&scope.dir.join("cgroup.subtree_control"), "+cpu")?;
+            }
             scope.dir.push(segment);
             if !scope.dir.exists() {
                 fs::create_dir(&scope.dir).map_err(|e| format!("mkdir {}: {e}", scope.dir.display()))?;
                 scope.made.push(scope.dir.clone());
             }
+        }
+        if let Some(max) = cpu_max {
+            write(&scope.dir.join("cpu.max"), max)?;
         }
         if let Some(max) = memory_max {
             write(&scope.dir.join("memory.max"), &max.to_string())?;
@@ -66,6 +78,11 @@ impl Scope {
 
     pub fn procs(&self) -> PathBuf {
         self.dir.join("cgroup.procs")
+    }
+
+    /// The scope's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 }
 

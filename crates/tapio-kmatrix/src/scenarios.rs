@@ -28,13 +28,14 @@ const REQUIRED_OBSERVERS: [&str; 2] = ["network", "container"];
 /// Container ids of the scenario workloads (64 hex, as a runtime names containers).
 const EXIT_CONTAINER: &str = "0e1e2e3e4e5e6e7e8e9eaebecedeeefe0f1f2f3f4f5f6f7f8f9fafbfcfdfefff";
 const OOM_CONTAINER: &str = "00aa11bb22cc33dd44ee55ff66007711882299aa33bb44cc55dd66ee77ff8800";
+const THROTTLED_CONTAINER: &str = "7a7b7c7d7e7f70717273747576777879707a7b7c7d7e7f707172737475767778";
 
 pub fn run_all(agent_path: &Path, report: &mut Report) {
     let mut agent = match Agent::start(agent_path, &[]) {
         Ok(agent) => agent,
         Err(e) => {
             // Nothing else can be checked without a running agent: every scenario fails.
-            for s in ["startup", "refused", "abnormal_exit", "oom_kill", "oom_kill_pid_hook"] {
+            for s in ["startup", "refused", "abnormal_exit", "oom_kill", "oom_kill_pid_hook", "cpu_throttling"] {
                 report.record(s, Status::Fail, &e);
             }
             report.record("storage", Status::Todo, "no storage scenario yet");
@@ -53,6 +54,7 @@ pub fn run_all(agent_path: &Path, report: &mut Report) {
     let stopped = agent.stop();
     report.outcome("startup", startup(&states, alive, &stopped));
     report.outcome("oom_kill_pid_hook", oom_kill_pid_hook(agent_path));
+    report.outcome("cpu_throttling", cpu_throttling(agent_path));
 }
 
 /// The OOM path for kernels whose mark_victim passes only a pid, forced on this kernel
@@ -466,6 +468,103 @@ fn oom_kill_repeats(agent: &Agent) -> Result<String, String> {
     }
     Ok(format!(
         "{OOM_REPEATS} more victims of 5/9/17 allocating threads: 1 oom_kill each, 0 abnormal_exit, container named after its cgroup was removed"
+    ))
+}
+
+/// The CFS bandwidth counters of a cgroup2 cpu.stat: (nr_periods, nr_throttled, throttled_usec).
+fn cpu_stat(dir: &Path) -> Result<[u64; 3], String> {
+    let text = std::fs::read_to_string(dir.join("cpu.stat")).map_err(|e| format!("reading cpu.stat: {e}"))?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .ok_or_else(|| format!("no {name} in cpu.stat: {text:?}"))
+    };
+    Ok([field("nr_periods")?, field("nr_throttled")?, field("throttled_usec")?])
+}
+
+/// The container pressure observer's agent config: nothing else on, polled every second.
+const PRESSURE_CONFIG: &str = "[sinks]\nstdout = true\n[network]\nenabled = false\n[container]\nenabled = false\n\
+    [storage]\nenabled = false\n[node]\nenabled = false\n[container_pressure]\npoll_interval_ms = 1000\n\
+    rescan_interval_ms = 1000\nthrottled_periods_percent = 50\nthrottling_min_periods = 3\n";
+
+/// A busy loop in a container whose cpu.max is 10 ms per 100 ms: the container pressure
+/// observer (its own agent, polling every second) runs with per-cgroup PSI on this pure
+/// cgroup2 guest and reports exactly one cpu_throttling naming the container, whose
+/// interval lies within cpu.stat as read before the agent started and after the event; the
+/// container then removed while watched yields nothing more, and no malformed read.
+fn cpu_throttling(agent_path: &Path) -> Result<String, String> {
+    let dir = std::env::temp_dir();
+    std::fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+    let config = dir.join("tapio-kmatrix-pressure.toml");
+    std::fs::write(&config, PRESSURE_CONFIG).map_err(|e| format!("writing {}: {e}", config.display()))?;
+    let mut scope = Scope::with_cpu(THROTTLED_CONTAINER, None, Some("10000 100000"))?;
+    let mut child = spawn_workload("spin", &scope, &["300"])?;
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cpu_stat(scope.dir())?;
+    let config_arg = config.to_string_lossy().into_owned();
+    let agent = Agent::start_with(agent_path, &["--config", &config_arg], &[])?;
+    let states = observer_states(&agent.log());
+    let about = |e: &Value| e["workload"]["container_id"] == THROTTLED_CONTAINER;
+    let throttled = |e: &Value| about(e) && e["type"] == "kernel.container.cpu_throttling";
+    let came = agent.wait_for(Duration::from_secs(30), throttled);
+    // More intervals over the threshold: still one crossing.
+    std::thread::sleep(Duration::from_secs(3));
+    let after = cpu_stat(scope.dir())?;
+    let _ = child.kill();
+    let _ = child.wait();
+    scope.remove()?;
+    let removed_events = agent.events().iter().filter(|e| about(e)).count();
+    // Polls and rescans after the removal.
+    std::thread::sleep(Duration::from_secs(3));
+    let events: Vec<Value> = agent.events().into_iter().filter(about).collect();
+    let stopped = agent.stop();
+    match states.iter().find(|(n, _)| n == "container_pressure") {
+        Some((_, state)) if state == "running" => {}
+        other => return Err(format!("container_pressure on a pure cgroup2 guest: {other:?}")),
+    }
+    if !came {
+        return Err(format!("no cpu_throttling for the container within 30 s: {}", tail(&stopped.log)));
+    }
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap_or("?")).collect();
+    if events.len() != 1 || events[0]["type"] != "kernel.container.cpu_throttling" {
+        return Err(format!("expected exactly one cpu_throttling for the container, got {kinds:?}"));
+    }
+    if events.len() != removed_events {
+        return Err(format!("evidence after the container was removed: {kinds:?}"));
+    }
+    let e = &events[0];
+    check_workload(e, &scope)?;
+    let f = &e["facts"];
+    let num = |k: &str| f[k].as_u64().ok_or_else(|| format!("no facts.{k}: {e}"));
+    if f["cgroup_version"] != "cgroup2" || num("quota_us")? != 10_000 || num("period_us")? != 100_000 {
+        return Err(format!("want cgroup2 cpu.max 10000 100000: {e}"));
+    }
+    let end = [num("nr_periods_total")?, num("nr_throttled_total")?, num("throttled_time_total_us")?];
+    let delta = [num("periods")?, num("throttled_periods")?, num("throttled_time_us")?];
+    for (i, name) in ["nr_periods", "nr_throttled", "throttled_usec"].iter().enumerate() {
+        let start = end[i].checked_sub(delta[i]).ok_or_else(|| format!("{name}: delta over total: {e}"))?;
+        if !(before[i] <= start && end[i] <= after[i]) {
+            return Err(format!(
+                "{name}: interval {start}..{} outside cpu.stat {}..{} read around it",
+                end[i], before[i], after[i]
+            ));
+        }
+    }
+    if delta[1] * 2 < delta[0] {
+        return Err(format!("under half the periods throttled, below the 50 % threshold: {e}"));
+    }
+    match final_counters(&stopped.log) {
+        Some(c) if c["malformed_events_total"] == 0 => {}
+        other => return Err(format!("final counters: {other:?}")),
+    }
+    if !stopped.exit.is_some_and(|s| s.success()) {
+        return Err(format!("the agent did not exit cleanly: {}", tail(&stopped.log)));
+    }
+    Ok(format!(
+        "1 cpu_throttling ({} of {} periods, cpu.max 10000 100000, cgroup2 cpu.stat bracketed), container named, \
+         nothing after its removal, PSI running",
+        delta[1], delta[0]
     ))
 }
 

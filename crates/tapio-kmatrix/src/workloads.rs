@@ -82,3 +82,18 @@ fn allocate(start: &Barrier) -> usize {
     }
     kept.len()
 }
+
+/// A busy loop in its cgroup for SECS seconds (default 60): CPU demand for a CFS quota to
+/// throttle.
+pub fn spin(args: &[String]) -> ExitCode {
+    if let Err(code) = join_cgroup(args) {
+        return code;
+    }
+    let secs = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(60u64);
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let mut spins = 0u64;
+    while std::time::Instant::now() < end {
+        spins = std::hint::black_box(spins.wrapping_add(1));
+    }
+    ExitCode::SUCCESS
+}

@@ -5,7 +5,7 @@
 //! `sensitive` move every threshold one way: fewer, surer events, or earlier ones. The
 //! README's table lists each difference; a test keeps it honest.
 
-use tapio_wire::compiled::{ContainerConfig, NetworkConfig, NodeConfig, StorageConfig};
+use tapio_wire::compiled::{ContainerConfig, ContainerPressureConfig, NetworkConfig, NodeConfig, StorageConfig};
 use tapio_wire::CompiledConfig;
 
 /// A builtin profile.
@@ -86,6 +86,14 @@ impl Builtin {
                     pmc_min_cycles: 100_000_000,
                     ..NodeConfig::default()
                 },
+                container_pressure: ContainerPressureConfig {
+                    throttled_periods_percent: 50,
+                    psi_memory_some_avg10_percent: 20,
+                    psi_cpu_some_avg10_percent: 80,
+                    psi_io_some_avg10_percent: 50,
+                    rearm_margin_percent: 10,
+                    ..ContainerPressureConfig::default()
+                },
             },
             Builtin::Sensitive => CompiledConfig {
                 network: NetworkConfig {
@@ -107,6 +115,14 @@ impl Builtin {
                     pmc_stall_max_percent: 40,
                     pmc_min_cycles: 20_000_000,
                     ..NodeConfig::default()
+                },
+                container_pressure: ContainerPressureConfig {
+                    throttled_periods_percent: 10,
+                    psi_memory_some_avg10_percent: 5,
+                    psi_cpu_some_avg10_percent: 25,
+                    psi_io_some_avg10_percent: 15,
+                    rearm_margin_percent: 2,
+                    ..ContainerPressureConfig::default()
                 },
             },
         }

@@ -14,7 +14,7 @@ use tapio_wire::CompiledConfig;
 use crate::error::Range;
 
 /// The sections of `overrides`, in document order.
-pub const SECTIONS: &[&str] = &["network", "container", "storage", "node"];
+pub const SECTIONS: &[&str] = &["network", "container", "storage", "node", "container_pressure"];
 
 /// The type of a field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +65,7 @@ impl fmt::Display for FieldValue {
 
 /// One settable field.
 pub struct Field {
-    /// `network`, `container`, `storage` or `node`.
+    /// `network`, `container`, `storage`, `node` or `container_pressure`.
     pub section: &'static str,
     /// Key inside the section (the same name as in the compiled config).
     pub name: &'static str,
@@ -217,6 +217,27 @@ pub static FIELDS: &[Field] = &[
     number!(node.pmc_ipc_min_percent, range(1, 1_000), "instructions per cycle below this / 100 is an ipc_degradation"),
     number!(node.pmc_stall_max_percent, range(1, 100), "backend-stalled share of cycles above this is a cpu_stall"),
     number!(node.pmc_min_cycles, range(0, 1 << 40), "CPUs that ran fewer cycles in an interval are not judged"),
+    switch!(container_pressure.enabled, "container pressure observer on or off"),
+    switch!(container_pressure.cpu_throttling, "cpu_throttling evidence"),
+    number!(
+        container_pressure.throttled_periods_percent,
+        range(1, 100),
+        "share of an interval's CFS periods throttled that makes a cpu_throttling"
+    ),
+    number!(
+        container_pressure.throttling_min_periods,
+        range(1, 1_000_000),
+        "intervals with fewer CFS periods are not judged"
+    ),
+    switch!(container_pressure.psi, "container memory_pressure / cpu_pressure / io_pressure evidence"),
+    number!(container_pressure.psi_memory_some_avg10_percent, range(0, 100), "memory some-avg10 threshold (0 = off)"),
+    number!(container_pressure.psi_cpu_some_avg10_percent, range(0, 100), "cpu some-avg10 threshold (0 = off)"),
+    number!(container_pressure.psi_io_some_avg10_percent, range(0, 100), "io some-avg10 threshold (0 = off)"),
+    number!(
+        container_pressure.rearm_margin_percent,
+        range(0, 50),
+        "a value must fall this far below its threshold to re-arm"
+    ),
 ];
 
 /// The fields of one section.

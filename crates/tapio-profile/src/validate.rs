@@ -346,7 +346,10 @@ fn silent_observers(c: &CompiledConfig) -> Result<(), ProfileError> {
     let k = &c.container;
     let nd = &c.node;
     let psi_any = nd.psi_memory_some_avg10_percent + nd.psi_cpu_some_avg10_percent + nd.psi_io_some_avg10_percent > 0;
-    let families: [(&str, bool, bool, &str); 4] = [
+    let cp = &c.container_pressure;
+    let cp_psi_any =
+        cp.psi_memory_some_avg10_percent + cp.psi_cpu_some_avg10_percent + cp.psi_io_some_avg10_percent > 0;
+    let families: [(&str, bool, bool, &str); 5] = [
         (
             "network",
             n.enabled,
@@ -356,6 +359,12 @@ fn silent_observers(c: &CompiledConfig) -> Result<(), ProfileError> {
         ("container", k.enabled, k.oom_kills || k.abnormal_exits, "oom_kills and abnormal_exits"),
         ("storage", st.enabled, st.io_errors || st.latency_spikes, "io_errors and latency_spikes"),
         ("node", nd.enabled, (nd.psi && psi_any) || nd.pmc, "psi (or every PSI threshold) and pmc"),
+        (
+            "container_pressure",
+            cp.enabled,
+            cp.cpu_throttling || (cp.psi && cp_psi_any),
+            "cpu_throttling and psi (or every PSI threshold)",
+        ),
     ];
     for (section, enabled, any, names) in families {
         if enabled && !any {
@@ -368,11 +377,15 @@ fn silent_observers(c: &CompiledConfig) -> Result<(), ProfileError> {
             });
         }
     }
-    if nd.enabled && nd.psi && !psi_any {
-        return Err(ProfileError::CrossField {
-            path: path("node", "psi"),
-            message: "psi is on but every PSI threshold is 0 (off); set psi: false or a threshold".into(),
-        });
+    for (section, on, any) in
+        [("node", nd.enabled && nd.psi, psi_any), ("container_pressure", cp.enabled && cp.psi, cp_psi_any)]
+    {
+        if on && !any {
+            return Err(ProfileError::CrossField {
+                path: path(section, "psi"),
+                message: "psi is on but every PSI threshold is 0 (off); set psi: false or a threshold".into(),
+            });
+        }
     }
     Ok(())
 }

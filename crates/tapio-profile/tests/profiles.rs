@@ -309,6 +309,14 @@ fn cross_field_rules_name_the_overridden_field() {
         r#"{"node":{"psi_memory_some_avg10_percent":0,"psi_cpu_some_avg10_percent":0,"psi_io_some_avg10_percent":0}}"#,
     ));
     assert_eq!((e.path(), e.code()), ("overrides.node.psi", "CROSS_FIELD"));
+    let e = err(&with_overrides(r#"{"container_pressure":{"cpu_throttling":false,"psi":false}}"#));
+    assert_eq!(e.path(), "overrides.container_pressure.enabled");
+    let e = err(&with_overrides(
+        r#"{"container_pressure":{"psi_memory_some_avg10_percent":0,"psi_cpu_some_avg10_percent":0,
+            "psi_io_some_avg10_percent":0}}"#,
+    ));
+    assert_eq!((e.path(), e.code()), ("overrides.container_pressure.psi", "CROSS_FIELD"));
+    assert!(validate(&with_overrides(r#"{"container_pressure":{"psi":false}}"#)).is_ok(), "throttling alone");
 }
 
 #[test]

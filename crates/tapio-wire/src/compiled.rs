@@ -30,6 +30,8 @@ pub struct CompiledConfig {
     pub storage: StorageConfig,
     /// Node pressure observer.
     pub node: NodeConfig,
+    /// Per-container CPU throttling and pressure (PSI) observer (extension).
+    pub container_pressure: ContainerPressureConfig,
 }
 
 impl CompiledConfig {
@@ -204,6 +206,48 @@ impl Default for NodeConfig {
     }
 }
 
+/// Container pressure observer knobs (extension): CFS throttling share and PSI "some avg10"
+/// thresholds per container, in whole percent (a PSI threshold of 0 turns that resource off).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ContainerPressureConfig {
+    /// Observer on or off.
+    pub enabled: bool,
+    /// `cpu_throttling` evidence on or off.
+    pub cpu_throttling: bool,
+    /// Share of a poll interval's CFS periods that were throttled making a `cpu_throttling`.
+    pub throttled_periods_percent: u32,
+    /// Intervals with fewer CFS periods than this are not judged (a nearly idle container).
+    pub throttling_min_periods: u32,
+    /// `memory_pressure`, `cpu_pressure` and `io_pressure` evidence on or off.
+    pub psi: bool,
+    /// Memory pressure threshold.
+    pub psi_memory_some_avg10_percent: u32,
+    /// CPU pressure threshold.
+    pub psi_cpu_some_avg10_percent: u32,
+    /// I/O pressure threshold.
+    pub psi_io_some_avg10_percent: u32,
+    /// After a crossing, the value must fall this far below its threshold before the next
+    /// one counts (throttling share and PSI alike).
+    pub rearm_margin_percent: u32,
+}
+
+impl Default for ContainerPressureConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            cpu_throttling: true,
+            throttled_periods_percent: 25,
+            throttling_min_periods: 10,
+            psi: true,
+            psi_memory_some_avg10_percent: 10,
+            psi_cpu_some_avg10_percent: 50,
+            psi_io_some_avg10_percent: 30,
+            rearm_margin_percent: 5,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,12 +266,13 @@ mod tests {
         let bytes = CompiledConfig::default().canonical_json();
         let text = String::from_utf8(bytes).unwrap();
         assert!(!text.contains(' ') && !text.contains('\n'));
-        // Top-level keys in byte order: container < network < node < storage.
+        // Top-level keys in byte order: container < container_pressure < network < node < storage.
         let c = text.find("\"container\"").unwrap();
+        let p = text.find("\"container_pressure\"").unwrap();
         let n = text.find("\"network\"").unwrap();
         let o = text.find("\"node\"").unwrap();
         let s = text.find("\"storage\"").unwrap();
-        assert!(c < n && n < o && o < s, "{text}");
+        assert!(c < p && p < n && n < o && o < s, "{text}");
         // Golden bytes (also computed independently with Python's
         // `json.dumps(sort_keys=True, separators=(",", ":"))`): other implementations must
         // produce exactly these for the same config, or the fleet never converges.
@@ -236,6 +281,10 @@ mod tests {
             concat!(
                 r#"{"container":{"abnormal_exits":true,"enabled":true,"exit_ignore_codes":[],"#,
                 r#""exit_ignore_signals":[],"oom_kills":true},"#,
+                r#""container_pressure":{"cpu_throttling":true,"enabled":true,"psi":true,"#,
+                r#""psi_cpu_some_avg10_percent":50,"psi_io_some_avg10_percent":30,"#,
+                r#""psi_memory_some_avg10_percent":10,"rearm_margin_percent":5,"#,
+                r#""throttled_periods_percent":25,"throttling_min_periods":10},"#,
                 r#""network":{"connect_failures":true,"enabled":true,"resets":true,"retransmit_count":10,"#,
                 r#""retransmit_spikes":true,"retransmit_window_ms":10000,"rtt_ceiling_us":500000,"#,
                 r#""rtt_degradation":true,"rtt_min_increase_us":1000,"rtt_min_samples":20,"rtt_ratio_percent":200},"#,

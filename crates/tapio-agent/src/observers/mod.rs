@@ -24,7 +24,7 @@ macro_rules! registry {
 }
 
 // Adding an observer: its folder, and its name here.
-registry!(network, container, storage, node);
+registry!(network, container, storage, node, container_pressure);
 
 /// The observer called `name`.
 pub fn find(name: &str) -> Option<&'static Observer> {

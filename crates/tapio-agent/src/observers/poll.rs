@@ -1,6 +1,6 @@
 //! Observer work that runs on a timer rather than on a ring buffer: the node observer's
-//! pressure and hardware-counter sampling, and the storage observer's ageing of its
-//! in-flight table. All of it shares one thread, which hands evidence to the sink stage
+//! pressure and hardware-counter sampling, the container pressure observer's cgroup reads,
+//! and the storage observer's ageing of its in-flight table. All of it shares one thread, which hands evidence to the sink stage
 //! the same way the drain does (a non-blocking send, overflow counted).
 
 use crate::counters::Counters;
@@ -8,7 +8,7 @@ use crate::drain::offer;
 use crate::queue::QueueSender;
 use crate::stamp::{Stamper, Verdict};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// What a poller may touch while it runs.
@@ -26,6 +26,27 @@ impl PollContext<'_> {
             Verdict::Drop(reason) => self.counters.correlation_drop(observer, reason),
             Verdict::Ignore => {}
         }
+    }
+}
+
+/// The settings a poller judges with and their config generation, replaced whole when the
+/// controller's config changes (the poller reads a copy at each poll).
+#[derive(Debug)]
+pub struct SharedSettings<T> {
+    current: Mutex<(u32, T)>,
+}
+
+impl<T: Clone> SharedSettings<T> {
+    pub fn new(generation: u32, config: T) -> Arc<Self> {
+        Arc::new(Self { current: Mutex::new((generation, config)) })
+    }
+
+    pub fn set(&self, generation: u32, config: T) {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = (generation, config);
+    }
+
+    pub fn get(&self) -> (u32, T) {
+        self.current.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 

@@ -20,7 +20,7 @@
 //! the turn itself. `controller_link` and `profile_rollout` start real agents against the
 //! real controller, so they are kernel tests and live here too.
 //!
-//! Areas: `network`, `container`, `storage`, `node` (evidence of each observer), `config`
+//! Areas: `network`, `container`, `storage`, `node`, `pressure` (evidence of each observer), `config`
 //! (the kernel config carrier under rewrites), `startup` and `shutdown` (what an operator
 //! sees), `controller_link` and `profile_rollout` (controller mode end to end), `dns_lab`
 //! (the DNS laboratory of `support::dns` proves its own scenarios, without the agent).
@@ -34,6 +34,7 @@ mod controller_link;
 mod dns_lab;
 mod network;
 mod node;
+mod pressure;
 mod profile_rollout;
 mod shutdown;
 mod startup;

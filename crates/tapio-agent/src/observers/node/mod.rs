@@ -9,7 +9,7 @@
 pub mod pmc;
 pub mod psi;
 
-use super::poll::{PollContext, Poller};
+use super::poll::{PollContext, Poller, SharedSettings};
 use super::{Follower, Observer, ObserverState, Start, Userspace};
 use crate::evidence::{Facts, NodeFacts, Outcome, PmcFacts, PressureFacts, Severity, WorkloadIds};
 use crate::stamp::{Draft, Stamper, Verdict};
@@ -17,7 +17,7 @@ use psi::{percent_text, Crossing, PsiReading, Threshold};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tapio_wire::compiled::NodeConfig;
@@ -45,28 +45,11 @@ fn start(start: &mut Start<'_>) -> Result<Userspace, String> {
 }
 
 /// The settings the poller judges with, replaced when the controller's config changes.
-#[derive(Debug)]
-pub struct NodeSettings {
-    current: Mutex<(u32, NodeConfig)>,
-}
+pub type NodeSettings = SharedSettings<NodeConfig>;
 
 impl Follower for NodeSettings {
     fn follow(&self, config: &CompiledConfig, generation: u32) {
         self.set(generation, config.node.clone());
-    }
-}
-
-impl NodeSettings {
-    pub fn new(generation: u32, config: NodeConfig) -> Arc<Self> {
-        Arc::new(Self { current: Mutex::new((generation, config)) })
-    }
-
-    pub fn set(&self, generation: u32, config: NodeConfig) {
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = (generation, config);
-    }
-
-    pub fn get(&self) -> (u32, NodeConfig) {
-        self.current.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -96,7 +79,7 @@ impl Resource {
         }
     }
 
-    fn code(self) -> &'static str {
+    pub(crate) fn code(self) -> &'static str {
         match self {
             Self::Memory => "MEMORY_PRESSURE",
             Self::Cpu => "CPU_PRESSURE",
@@ -113,8 +96,27 @@ impl Resource {
     }
 }
 
-fn pct(hundredths: u32) -> f64 {
+pub(crate) fn pct(hundredths: u32) -> f64 {
     f64::from(hundredths) / 100.0
+}
+
+/// The facts of one PSI crossing (the node's, or a container's without its memory use).
+pub(crate) fn pressure_facts(resource: Resource, reading: &PsiReading, threshold: Threshold) -> PressureFacts {
+    let some = reading.some;
+    PressureFacts {
+        resource: resource.name(),
+        some_avg10_percent: pct(some.avg10),
+        some_avg60_percent: pct(some.avg60),
+        some_avg300_percent: pct(some.avg300),
+        some_total_us: some.total_us,
+        full_avg10_percent: reading.full.map(|f| pct(f.avg10)),
+        full_avg60_percent: reading.full.map(|f| pct(f.avg60)),
+        full_avg300_percent: reading.full.map(|f| pct(f.avg300)),
+        full_total_us: reading.full.map(|f| f.total_us),
+        threshold_percent: threshold.percent,
+        rearm_below_percent: pct(threshold.rearm_below()),
+        memory: None,
+    }
 }
 
 /// The evidence of one PSI crossing. Pure.
@@ -127,19 +129,7 @@ pub fn pressure_evidence(
     stamper: &mut Stamper,
 ) -> Verdict {
     let some = reading.some;
-    let facts = PressureFacts {
-        resource: resource.name(),
-        some_avg10_percent: pct(some.avg10),
-        some_avg60_percent: pct(some.avg60),
-        some_avg300_percent: pct(some.avg300),
-        some_total_us: some.total_us,
-        full_avg10_percent: reading.full.map(|f| pct(f.avg10)),
-        full_avg60_percent: reading.full.map(|f| pct(f.avg60)),
-        full_avg300_percent: reading.full.map(|f| pct(f.avg300)),
-        full_total_us: reading.full.map(|f| f.total_us),
-        threshold_percent: threshold.percent,
-        rearm_below_percent: pct(threshold.rearm_below()),
-    };
+    let facts = pressure_facts(resource, reading, threshold);
     let message = format!(
         "some tasks were stalled on {} {}% of the last 10 s (threshold {}%)",
         resource.name(),
