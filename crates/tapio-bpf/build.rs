@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// One folder per observer under `src/`, each holding `<name>.bpf.c` and `<name>.h`.
-const OBSERVERS: &[&str] = &["network", "container", "storage"];
+const OBSERVERS: &[&str] = &["network", "container", "storage", "dns"];
 
 fn main() {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));

@@ -2,13 +2,14 @@
 //! of them: at start (local defaults or the persisted controller config) and whenever the
 //! controller serves a new one.
 
-use crate::config::{self, ContainerConfig, NetworkConfig, NodeConfig, StorageConfig};
+use crate::config::{self, ContainerConfig, DnsConfig, NetworkConfig, NodeConfig, StorageConfig};
 use crate::controller::apply::{apply_all_or_none, SettingsCarrier};
+use crate::observers::dns::SweepSettings;
 use crate::observers::node::NodeSettings;
 use crate::observers::ConfigCarrier;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tapio_bpf::abi::{tapio_ctr_config, tapio_net_config, tapio_sto_config};
+use tapio_bpf::abi::{tapio_ctr_config, tapio_dns_config, tapio_net_config, tapio_sto_config};
 
 /// What the observers judge with: thresholds and switches, plus the generation stamped on
 /// the evidence they produce.
@@ -19,6 +20,7 @@ pub struct ObserverSettings {
     pub container: ContainerConfig,
     pub storage: StorageConfig,
     pub node: NodeConfig,
+    pub dns: DnsConfig,
 }
 
 #[derive(Default)]
@@ -26,6 +28,9 @@ pub struct KernelCarriers {
     pub network: Option<ConfigCarrier<tapio_net_config>>,
     pub container: Option<ConfigCarrier<tapio_ctr_config>>,
     pub storage: Option<ConfigCarrier<tapio_sto_config>>,
+    pub dns: Option<ConfigCarrier<tapio_dns_config>>,
+    /// What the DNS observer's timeout sweep judges with.
+    pub dns_sweep: Option<Arc<SweepSettings>>,
     /// The node observer judges in userspace: its poller reads these on every sample.
     pub node: Option<Arc<NodeSettings>>,
     pub ephemeral_ports: (u16, u16),
@@ -71,12 +76,19 @@ impl KernelCarriers {
             let make = |s: &ObserverSettings| config::storage_carrier(&s.storage, s.generation);
             steps.push(Box::new(Step { name: "storage", carrier, make: Box::new(make) }));
         }
+        if let Some(carrier) = &mut self.dns {
+            let make = |s: &ObserverSettings| config::dns_carrier(&s.dns, s.generation);
+            steps.push(Box::new(Step { name: "dns", carrier, make: Box::new(make) }));
+        }
         let mut refs: Vec<&mut dyn SettingsCarrier> = steps.iter_mut().map(|s| s.as_mut() as _).collect();
         apply_all_or_none(&mut refs, settings, self.current.as_ref())?;
         drop(refs);
         drop(steps);
         if let Some(node) = &self.node {
             node.set(settings.generation, settings.node.clone());
+        }
+        if let Some(sweep) = &self.dns_sweep {
+            sweep.set(settings.generation, settings.dns.clone());
         }
         if let Some(age) = &self.storage_max_age_ns {
             age.store(settings.storage.inflight_max_age_ns(), Ordering::Relaxed);

@@ -7,7 +7,8 @@
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use tapio_bpf::abi::{
-    tapio_ctr_config, tapio_net_config, tapio_sto_config, TAPIO_CTR_EN_EXIT, TAPIO_CTR_EN_OOM, TAPIO_NET_EN_CONNECT,
+    tapio_ctr_config, tapio_dns_config, tapio_net_config, tapio_sto_config, TAPIO_CTR_EN_EXIT, TAPIO_CTR_EN_OOM,
+    TAPIO_DNS_EN_FAILURE, TAPIO_DNS_EN_LATENCY, TAPIO_DNS_EN_NXDOMAIN, TAPIO_DNS_EN_TIMEOUT, TAPIO_NET_EN_CONNECT,
     TAPIO_NET_EN_RESET, TAPIO_NET_EN_RETRANSMIT, TAPIO_NET_EN_RTT, TAPIO_STO_EN_ERRORS, TAPIO_STO_EN_LATENCY,
 };
 
@@ -28,6 +29,7 @@ pub struct AgentConfig {
     pub container: ContainerConfig,
     pub storage: StorageConfig,
     pub node: NodeConfig,
+    pub dns: DnsConfig,
     /// Controller mode (absent = standalone).
     pub controller: Option<crate::controller::ControllerConfig>,
 }
@@ -44,6 +46,7 @@ impl Default for AgentConfig {
             container: ContainerConfig::default(),
             storage: StorageConfig::default(),
             node: NodeConfig::default(),
+            dns: DnsConfig::default(),
             controller: None,
         }
     }
@@ -244,6 +247,71 @@ impl Default for NodeConfig {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    pub enabled: bool,
+    /// Answers with an error rcode (kernel.dns.failure).
+    pub failures: bool,
+    /// Queries unanswered within `timeout_ms` (kernel.dns.timeout).
+    pub timeouts: bool,
+    /// Answers slower than the thresholds (kernel.dns.latency_spike).
+    pub latency_spikes: bool,
+    /// NXDOMAIN is a failure too. Off by default: Kubernetes' `ndots:5` search lists make
+    /// NXDOMAIN answers routine on a healthy cluster.
+    pub report_nxdomain: bool,
+    /// A query no answer from its server came for within this long timed out (glibc's
+    /// resolver waits 5 s per try by default).
+    pub timeout_ms: u32,
+    pub latency_warning_ms: u32,
+    /// At least the warning threshold, and below `timeout_ms`.
+    pub latency_critical_ms: u32,
+    /// Record the querying task's memory-cgroup id (set by the agent on v1-hybrid nodes;
+    /// not a config-file key).
+    #[serde(skip)]
+    pub capture_memcg: bool,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            failures: true,
+            timeouts: true,
+            latency_spikes: true,
+            report_nxdomain: false,
+            timeout_ms: 5_000,
+            latency_warning_ms: 500,
+            latency_critical_ms: 2_000,
+            capture_memcg: false,
+        }
+    }
+}
+
+impl DnsConfig {
+    /// The ranges every source of a DNS config (file, controller) is held to.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_range("dns.timeout_ms", self.timeout_ms.into(), 100, 60_000)?;
+        check_range("dns.latency_warning_ms", self.latency_warning_ms.into(), 1, 59_000)?;
+        check_range("dns.latency_critical_ms", self.latency_critical_ms.into(), 1, 59_000)?;
+        if self.latency_critical_ms < self.latency_warning_ms {
+            return Err(ConfigError(format!(
+                "dns.latency_critical_ms = {} must be at least dns.latency_warning_ms = {}",
+                self.latency_critical_ms, self.latency_warning_ms
+            )));
+        }
+        // An answer after the timeout is a timeout: a latency threshold at or past it would
+        // be accepted and never judged.
+        if self.latency_critical_ms >= self.timeout_ms {
+            return Err(ConfigError(format!(
+                "dns.latency_critical_ms = {} must be below dns.timeout_ms = {}",
+                self.latency_critical_ms, self.timeout_ms
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// A config that cannot be used, with the key at fault.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError(pub String);
@@ -324,6 +392,7 @@ impl AgentConfig {
             )));
         }
         check_range("storage.inflight_max_age_secs", st.inflight_max_age_secs.into(), 10, 86_400)?;
+        self.dns.validate()?;
         let nd = &self.node;
         check_range("node.poll_interval_ms", nd.poll_interval_ms.into(), 100, 60_000)?;
         check_range("node.psi_memory_some_avg10_percent", nd.psi_memory_some_avg10_percent.into(), 0, 100)?;
@@ -457,9 +526,56 @@ pub fn storage_carrier(st: &StorageConfig, generation: u32) -> tapio_sto_config 
     c
 }
 
+/// The DNS object's config carrier for `generation`.
+pub fn dns_carrier(d: &DnsConfig, generation: u32) -> tapio_dns_config {
+    let mut c = tapio_dns_config::default();
+    c.hdr.abi_version = tapio_bpf::ABI_VERSION;
+    c.hdr.generation = generation;
+    if d.enabled {
+        for (on, bit) in [
+            (d.failures, TAPIO_DNS_EN_FAILURE),
+            (d.failures && d.report_nxdomain, TAPIO_DNS_EN_NXDOMAIN),
+            (d.latency_spikes, TAPIO_DNS_EN_LATENCY),
+            (d.timeouts, TAPIO_DNS_EN_TIMEOUT),
+        ] {
+            // With every switch off the kernel tracks nothing (its programs test `enabled`).
+            if on {
+                c.enabled |= bit;
+            }
+        }
+    }
+    c.timeout_ms = d.timeout_ms;
+    c.latency_warning_ms = d.latency_warning_ms;
+    c.latency_critical_ms = d.latency_critical_ms;
+    c.capture_memcg = u32::from(d.capture_memcg);
+    c
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dns_thresholds_are_ordered_and_below_the_timeout() {
+        assert!(AgentConfig::from_toml("[dns]\nlatency_warning_ms = 300\nlatency_critical_ms = 200\n").is_err());
+        let err = AgentConfig::from_toml("[dns]\ntimeout_ms = 1000\nlatency_critical_ms = 1000\n").unwrap_err();
+        assert!(err.0.contains("below dns.timeout_ms"), "{err}");
+        assert!(AgentConfig::from_toml("[dns]\ntimeout_ms = 50\n").unwrap_err().0.contains("dns.timeout_ms"));
+        let ok = AgentConfig::from_toml("[dns]\nreport_nxdomain = true\ntimeout_ms = 3000\n").unwrap();
+        assert!(ok.dns.report_nxdomain && ok.dns.timeout_ms == 3000);
+    }
+
+    #[test]
+    fn the_nxdomain_switch_reaches_the_kernel_only_with_failures_on() {
+        let mut d = DnsConfig::default();
+        assert_eq!(dns_carrier(&d, 1).enabled & TAPIO_DNS_EN_NXDOMAIN, 0, "off by default");
+        d.report_nxdomain = true;
+        assert_ne!(dns_carrier(&d, 1).enabled & TAPIO_DNS_EN_NXDOMAIN, 0);
+        d.failures = false;
+        assert_eq!(dns_carrier(&d, 1).enabled & (TAPIO_DNS_EN_NXDOMAIN | TAPIO_DNS_EN_FAILURE), 0);
+        d.enabled = false;
+        assert_eq!(dns_carrier(&d, 1).enabled, 0);
+    }
 
     #[test]
     fn an_endless_config_file_fails_fast() {

@@ -63,6 +63,8 @@ const KERNEL_CORRELATION: &[&str] = &[
     tapio_bpf::storage::AMBIGUOUS_INFLIGHT_IO,
     tapio_bpf::storage::UNMATCHED_COMPLETION,
     tapio_bpf::storage::INFLIGHT_REPLACED,
+    // A port-53 packet the DNS object could not read as a message.
+    tapio_bpf::dns::UNPARSABLE,
 ];
 /// Kernel counters of facts a program saw but could not judge, so no evidence was produced:
 /// a config carrier of another ABI, or a kernel lacking what the hook needs to read.
@@ -71,7 +73,17 @@ const KERNEL_NOT_JUDGED: &[&str] = &["abi_mismatch", "unsupported_kernel"];
 /// a full in-flight table shows up as unmatched completions). The test below holds every
 /// kernel counter to one of these lists.
 #[cfg(test)]
-const KERNEL_INFORMATIONAL: &[&str] = &["requeues", "inflight_busy", "inflight_table_full"];
+const KERNEL_INFORMATIONAL: &[&str] = &[
+    "requeues",
+    "inflight_busy",
+    "inflight_table_full",
+    // DNS: an answer no query waits for (already judged timed out, a duplicate, another
+    // server's), a retransmission folded into its query, a query whose owner was unseen
+    // (its evidence says so with a null pid).
+    tapio_bpf::dns::UNMATCHED_ANSWER,
+    tapio_bpf::dns::RETRANSMISSIONS,
+    tapio_bpf::dns::OWNER_UNKNOWN,
+];
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panicking holder cannot leave a counter map inconsistent: keep counting.
@@ -247,7 +259,7 @@ mod tests {
     /// added without reaching a total.
     #[test]
     fn every_kernel_counter_reaches_a_total_or_is_declared_informational() {
-        let observers = ["network", "container", "storage"];
+        let observers = ["network", "container", "storage", "dns"];
         for observer in observers {
             let own = tapio_bpf::observer_counter_names(observer).iter().copied();
             for (_, name) in tapio_bpf::COUNTER_NAMES.into_iter().chain(own) {

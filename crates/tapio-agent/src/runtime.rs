@@ -11,7 +11,7 @@ use crate::controller::{apply, http::Endpoint, ControllerConfig, Token};
 use crate::counters::Counters;
 use crate::drain::Drain;
 use crate::observers::poll::{PollThread, Poller};
-use crate::observers::{self, container, network, node, storage, ObserverState, Running};
+use crate::observers::{self, container, dns, network, node, storage, ObserverState, Running};
 use crate::sink_stage::SinkStage;
 use crate::sinks::{FileSink, Sink, StdoutSink};
 use crate::stamp::Stamper;
@@ -173,6 +173,27 @@ fn start_observers(
         report.observers.push((storage::NAME, ObserverState::Disabled));
     }
 
+    if config.dns.enabled {
+        let carrier = config::dns_carrier(&settings.dns, generation);
+        let loaded =
+            observers::load(tapio_bpf::dns::object(), btf.as_ref(), &dns::hooks(), carrier).and_then(|(mut l, c)| {
+                carriers.dns = Some(c);
+                // Unanswered queries are judged on the poll thread (silence has no packet).
+                let queries = l
+                    .ebpf
+                    .as_mut()
+                    .and_then(|e| e.take_map(tapio_bpf::dns::QUERIES_MAP))
+                    .ok_or("dns object has no queries map")?;
+                let sweep = dns::SweepSettings::new(generation, settings.dns.clone());
+                carriers.dns_sweep = Some(Arc::clone(&sweep));
+                pollers.push(Box::new(dns::TimeoutSweeper::new(queries, sweep)?));
+                Ok(l)
+            });
+        record(dns::NAME, loaded, Box::new(dns::DnsClassifier), report, &mut running);
+    } else {
+        report.observers.push((dns::NAME, ObserverState::Disabled));
+    }
+
     if config.node.enabled {
         let shared = node::NodeSettings::new(generation, settings.node.clone());
         let (state, poller) =
@@ -281,6 +302,7 @@ impl ControllerSetup {
             ("network".to_string(), tapio_bpf::network::object().len() as u64),
             ("container".to_string(), tapio_bpf::container::object().len() as u64),
             ("storage".to_string(), tapio_bpf::storage::object().len() as u64),
+            ("dns".to_string(), tapio_bpf::dns::object().len() as u64),
         ]);
         Client {
             agent_id: self.settings.agent_id.clone().unwrap_or_else(|| node.to_string()),
@@ -323,6 +345,7 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
     let mut config = config;
     config.network.capture_memcg = config::v1_memory_hierarchy();
     config.storage.capture_memcg = config.network.capture_memcg;
+    config.dns.capture_memcg = config.network.capture_memcg;
     let settings = match controller.as_ref().and_then(|c| c.applied.clone()) {
         Some(applied) => apply::settings_from(&config, applied.generation, &applied.config)
             .map_err(|e| format!("saved controller config: {e}"))?,
@@ -332,6 +355,7 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
             container: config.container.clone(),
             storage: config.storage.clone(),
             node: config.node.clone(),
+            dns: config.dns.clone(),
         },
     };
     let mut carriers = KernelCarriers { ephemeral_ports: config::ephemeral_port_range(), ..KernelCarriers::default() };

@@ -7,6 +7,7 @@
 //! kernel cannot disagree about a layout.
 
 pub mod container;
+pub mod dns;
 pub mod network;
 pub mod record;
 pub mod storage;
@@ -65,6 +66,7 @@ pub const COUNTER_NAMES: [(u32, &str); 6] = [
 pub fn observer_counter_names(observer: &str) -> &'static [(u32, &'static str)] {
     match observer {
         "storage" => storage::COUNTER_NAMES,
+        "dns" => dns::COUNTER_NAMES,
         _ => &[],
     }
 }

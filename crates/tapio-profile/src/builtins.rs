@@ -5,7 +5,7 @@
 //! `sensitive` move every threshold one way: fewer, surer events, or earlier ones. The
 //! README's table lists each difference; a test keeps it honest.
 
-use tapio_wire::compiled::{ContainerConfig, NetworkConfig, NodeConfig, StorageConfig};
+use tapio_wire::compiled::{ContainerConfig, DnsConfig, NetworkConfig, NodeConfig, StorageConfig};
 use tapio_wire::CompiledConfig;
 
 /// A builtin profile.
@@ -85,6 +85,7 @@ impl Builtin {
                     pmc_min_cycles: 100_000_000,
                     ..NodeConfig::default()
                 },
+                dns: DnsConfig { latency_warning_ms: 1_000, latency_critical_ms: 3_000, ..DnsConfig::default() },
             },
             Builtin::Sensitive => CompiledConfig {
                 network: NetworkConfig {
@@ -107,6 +108,7 @@ impl Builtin {
                     pmc_min_cycles: 20_000_000,
                     ..NodeConfig::default()
                 },
+                dns: DnsConfig { latency_warning_ms: 200, latency_critical_ms: 1_000, ..DnsConfig::default() },
             },
         }
     }

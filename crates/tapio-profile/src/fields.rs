@@ -14,7 +14,7 @@ use tapio_wire::CompiledConfig;
 use crate::error::Range;
 
 /// The sections of `overrides`, in document order.
-pub const SECTIONS: &[&str] = &["network", "container", "storage", "node"];
+pub const SECTIONS: &[&str] = &["network", "container", "storage", "node", "dns"];
 
 /// The type of a field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +65,7 @@ impl fmt::Display for FieldValue {
 
 /// One settable field.
 pub struct Field {
-    /// `network`, `container`, `storage` or `node`.
+    /// `network`, `container`, `storage`, `node` or `dns`.
     pub section: &'static str,
     /// Key inside the section (the same name as in the compiled config).
     pub name: &'static str,
@@ -212,6 +212,18 @@ pub static FIELDS: &[Field] = &[
     number!(node.pmc_ipc_min_percent, range(1, 1_000), "instructions per cycle below this / 100 is an ipc_degradation"),
     number!(node.pmc_stall_max_percent, range(1, 100), "backend-stalled share of cycles above this is a cpu_stall"),
     number!(node.pmc_min_cycles, range(0, 1 << 40), "CPUs that ran fewer cycles in an interval are not judged"),
+    switch!(dns.enabled, "DNS observer on or off"),
+    switch!(dns.failures, "failure evidence (an answer with an error rcode)"),
+    switch!(dns.timeouts, "timeout evidence (no answer from the server within timeout_ms)"),
+    switch!(dns.latency_spikes, "latency_spike evidence"),
+    switch!(dns.report_nxdomain, "NXDOMAIN is failure evidence too (off: ndots:5 search lists make it routine)"),
+    number!(dns.timeout_ms, range(100, 60_000), "a query its server has not answered within this long timed out"),
+    number!(dns.latency_warning_ms, range(1, 59_000), "query-to-answer latency of a warning latency_spike"),
+    number!(
+        dns.latency_critical_ms,
+        range(1, 59_000),
+        "… and of a critical one (at least the warning, below timeout_ms)"
+    ),
 ];
 
 /// The fields of one section.

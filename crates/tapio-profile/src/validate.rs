@@ -262,13 +262,43 @@ fn cross_field(c: &CompiledConfig, overridden: &[&'static Field], base: Builtin)
         });
     }
 
+    let d = &c.dns;
+    if d.latency_critical_ms < d.latency_warning_ms {
+        let at = if set("dns", "latency_critical_ms") { "latency_critical_ms" } else { "latency_warning_ms" };
+        return Err(ProfileError::CrossField {
+            path: path("dns", at),
+            message: format!(
+                "latency_critical_ms = {}{} must be at least latency_warning_ms = {}{}",
+                d.latency_critical_ms,
+                origin("dns", "latency_critical_ms"),
+                d.latency_warning_ms,
+                origin("dns", "latency_warning_ms"),
+            ),
+        });
+    }
+    // An answer after the timeout is a timeout, so a latency threshold at or past it would
+    // never be judged.
+    if d.latency_critical_ms >= d.timeout_ms {
+        let at = if set("dns", "latency_critical_ms") { "latency_critical_ms" } else { "timeout_ms" };
+        return Err(ProfileError::CrossField {
+            path: path("dns", at),
+            message: format!(
+                "latency_critical_ms = {}{} must be below timeout_ms = {}{}",
+                d.latency_critical_ms,
+                origin("dns", "latency_critical_ms"),
+                d.timeout_ms,
+                origin("dns", "timeout_ms"),
+            ),
+        });
+    }
+
     // An observer switched on with every evidence family off emits nothing: almost always
     // a mistake in the overrides, and `enabled: false` says it plainly.
     let n = &c.network;
     let k = &c.container;
     let nd = &c.node;
     let psi_any = nd.psi_memory_some_avg10_percent + nd.psi_cpu_some_avg10_percent + nd.psi_io_some_avg10_percent > 0;
-    let families: [(&str, bool, bool, &str); 4] = [
+    let families: [(&str, bool, bool, &str); 5] = [
         (
             "network",
             n.enabled,
@@ -278,6 +308,7 @@ fn cross_field(c: &CompiledConfig, overridden: &[&'static Field], base: Builtin)
         ("container", k.enabled, k.oom_kills || k.abnormal_exits, "oom_kills and abnormal_exits"),
         ("storage", st.enabled, st.io_errors || st.latency_spikes, "io_errors and latency_spikes"),
         ("node", nd.enabled, (nd.psi && psi_any) || nd.pmc, "psi (or every PSI threshold) and pmc"),
+        ("dns", d.enabled, d.failures || d.timeouts || d.latency_spikes, "failures, timeouts and latency_spikes"),
     ];
     for (section, enabled, any, names) in families {
         if enabled && !any {

@@ -96,6 +96,15 @@ pub fn settings_from(
     merged.node.pmc_ipc_min_percent = nd.pmc_ipc_min_percent;
     merged.node.pmc_stall_max_percent = nd.pmc_stall_max_percent;
     merged.node.pmc_min_cycles = nd.pmc_min_cycles;
+    let d = &compiled.dns;
+    merged.dns.enabled = d.enabled;
+    merged.dns.failures = d.failures;
+    merged.dns.timeouts = d.timeouts;
+    merged.dns.latency_spikes = d.latency_spikes;
+    merged.dns.report_nxdomain = d.report_nxdomain;
+    merged.dns.timeout_ms = narrow("dns.timeout_ms", d.timeout_ms)?;
+    merged.dns.latency_warning_ms = narrow("dns.latency_warning_ms", d.latency_warning_ms)?;
+    merged.dns.latency_critical_ms = narrow("dns.latency_critical_ms", d.latency_critical_ms)?;
     merged.validate()?;
     Ok(ObserverSettings {
         generation,
@@ -103,6 +112,7 @@ pub fn settings_from(
         container: merged.container,
         storage: merged.storage,
         node: merged.node,
+        dns: merged.dns,
     })
 }
 
@@ -158,6 +168,7 @@ mod tests {
         assert_eq!(s.container, local.container);
         assert_eq!(s.storage, local.storage);
         assert_eq!(s.node, local.node);
+        assert_eq!(s.dns, local.dns);
     }
 
     /// A profile that validates is never refused by an agent, and the agent accepts nothing
@@ -171,9 +182,21 @@ mod tests {
         let mut base = CompiledConfig::default();
         base.storage.latency_warning_ms = 1;
         base.storage.latency_critical_ms = 3_600_000;
+        // DNS thresholds are judged with the timeout too (warning ≤ critical < timeout): the
+        // timeout reaches its minimum over the lowest thresholds, the rest over the highest.
+        base.dns.timeout_ms = 60_000;
+        base.dns.latency_warning_ms = 1;
+        base.dns.latency_critical_ms = 59_000;
+        let base_for = |f: &tapio_profile::Field| {
+            let mut c = base.clone();
+            if f.key() == "dns.timeout_ms" {
+                c.dns.latency_critical_ms = 1;
+            }
+            c
+        };
         // None: the wire type itself cannot hold the value (exit code 256 in a u8).
         let try_accept = |f: &tapio_profile::Field, v: FieldValue| {
-            let mut c = base.clone();
+            let mut c = base_for(f);
             f.set(&mut c, &v);
             (f.get(&c) == v).then(|| settings_from(&AgentConfig::default(), 1, &c).is_ok())
         };

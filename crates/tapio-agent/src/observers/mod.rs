@@ -5,6 +5,7 @@
 //! list and classification); their kernel half lives in `tapio-bpf/src/<name>/`.
 
 pub mod container;
+pub mod dns;
 pub mod network;
 pub mod node;
 pub mod poll;
@@ -13,7 +14,7 @@ pub mod storage;
 use crate::counters::Counters;
 use crate::stamp::{Stamper, Verdict};
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
-use aya::programs::{BtfTracePoint, TracePoint};
+use aya::programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader, Pod};
 use std::fmt;
 use tapio_bpf::record::Record;
@@ -59,6 +60,11 @@ pub enum Hook {
     TracePoint(&'static str, &'static str),
     /// A BTF-typed tracepoint.
     BtfTracePoint(&'static str),
+    /// A cgroup_skb program on the cgroup2 root (every socket of the node, in every network
+    /// namespace): egress (true) or ingress.
+    CgroupSkb(bool),
+    /// A cgroup sock_addr program on the cgroup2 root (its attach type is in the object).
+    CgroupSockAddr,
 }
 
 impl fmt::Display for Hook {
@@ -66,6 +72,9 @@ impl fmt::Display for Hook {
         match self {
             Self::TracePoint(c, n) => write!(f, "tracepoint/{c}/{n}"),
             Self::BtfTracePoint(n) => write!(f, "tp_btf/{n}"),
+            Self::CgroupSkb(true) => f.write_str("cgroup_skb/egress"),
+            Self::CgroupSkb(false) => f.write_str("cgroup_skb/ingress"),
+            Self::CgroupSockAddr => f.write_str("cgroup/sock_addr"),
         }
     }
 }
@@ -267,8 +276,50 @@ fn attach(ebpf: &mut Ebpf, btf: Option<&Btf>, name: &str, hook: Hook) -> Result<
             })?;
             tp.attach().map_err(|e| format!("attaching: {}", with_causes(&e)))?;
         }
+        Hook::CgroupSkb(egress) => {
+            let root = cgroup2_root()?;
+            let p: &mut CgroupSkb = program.try_into().map_err(|e| format!("{e}"))?;
+            p.load().map_err(|e| format!("loading {name}: {}", with_causes(&e)))?;
+            let direction = if egress { CgroupSkbAttachType::Egress } else { CgroupSkbAttachType::Ingress };
+            // Multi-attach: programs others attached to the root (systemd, a CNI) keep running.
+            p.attach(&root, direction, CgroupAttachMode::AllowMultiple)
+                .map_err(|e| format!("attaching to {}: {}", CGROUP2_ROOT_HINT, with_causes(&e)))?;
+        }
+        Hook::CgroupSockAddr => {
+            let root = cgroup2_root()?;
+            let p: &mut CgroupSockAddr = program.try_into().map_err(|e| format!("{e}"))?;
+            p.load().map_err(|e| format!("loading {name}: {}", with_causes(&e)))?;
+            p.attach(&root, CgroupAttachMode::AllowMultiple)
+                .map_err(|e| format!("attaching to {}: {}", CGROUP2_ROOT_HINT, with_causes(&e)))?;
+        }
     }
     Ok(())
+}
+
+const CGROUP2_ROOT_HINT: &str = "the cgroup2 root";
+
+/// The root of the node's cgroup2 hierarchy (`/sys/fs/cgroup` on a pure cgroup2 node,
+/// `/sys/fs/cgroup/unified` on a hybrid one), from this process's mount table. Programs
+/// attached there run for every socket on the node, whatever its network namespace.
+pub fn cgroup2_root() -> Result<std::fs::File, String> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("reading mountinfo: {e}"))?;
+    let path = cgroup2_mount(&mounts).ok_or("no cgroup2 hierarchy is mounted")?;
+    std::fs::File::open(&path).map_err(|e| format!("opening {path}: {e}"))
+}
+
+/// The mount point of the cgroup2 hierarchy's root in a mountinfo table (a mount of a
+/// sub-tree, as inside a cgroup namespace, is not the root and is skipped).
+pub fn cgroup2_mount(mountinfo: &str) -> Option<String> {
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        if right.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        let mut fields = left.split_whitespace();
+        let root = fields.nth(3)?;
+        let point = fields.next()?;
+        (root == "/").then(|| point.replace("\\040", " "))
+    })
 }
 
 /// The state implied by per-program results.
@@ -309,7 +360,20 @@ pub struct Running {
 
 #[cfg(test)]
 mod tests {
-    use super::permission_hint;
+    use super::{cgroup2_mount, permission_hint};
+
+    #[test]
+    fn finds_the_cgroup2_root_on_hybrid_and_pure_nodes() {
+        let hybrid = "35 25 0:30 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
+                      36 35 0:31 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n\
+                      37 35 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
+        assert_eq!(cgroup2_mount(hybrid).as_deref(), Some("/sys/fs/cgroup/unified"));
+        let pure = "30 22 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_mount(pure).as_deref(), Some("/sys/fs/cgroup"));
+        let namespaced = "30 22 0:26 /kubepods/pod1 /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_mount(namespaced), None, "a sub-tree is not the root");
+        assert_eq!(cgroup2_mount(""), None);
+    }
 
     const BPF_PERFMON: &str = "000000c000000000";
 
