@@ -89,6 +89,8 @@ struct scratch {
 	__u32 out;
 	__u32 label_left;
 	__u32 hash;
+	__u32 avail;
+	__u32 done;
 };
 
 struct {
@@ -230,21 +232,35 @@ static __always_inline int read_l4(struct __sk_buff *skb, struct l4 *l, __u8 *sr
 	return 1;
 }
 
-/* Parses the DNS header and the single question at l->payload into s (key fields, query
- * name, qtype). Returns the header's flags word, or -1 when the message cannot be read. */
-static __always_inline int parse_question(struct __sk_buff *skb, struct l4 *l, struct scratch *s)
+/*
+ * Parses the DNS header and the single question of the message at `payload` into this
+ * CPU's scratch (key fields, query name, qtype, answer count). Returns the header's flags
+ * word, or -1 when the message cannot be read.
+ *
+ * A global (not inlined) function: the verifier checks it once, on its own, instead of once
+ * per combination of what the caller knows (family, transport, …), which multiplied the
+ * bounded name walk past the verifier's budget.
+ */
+__attribute__((noinline)) int tapio_dns_parse(struct __sk_buff *skb, __u32 payload)
 {
-	__u32 len = skb->len;
-	if (len <= l->payload)
+	__u32 zero = 0;
+	struct scratch *s = bpf_map_lookup_elem(&scratch_map, &zero);
+	if (!s)
 		return -1;
-	__u32 avail = len - l->payload;
+	__u32 len = skb->len;
+	if (len <= payload)
+		return -1;
+	__u32 avail = len - payload;
 	if (avail > DNS_QUESTION_MAX)
 		avail = DNS_QUESTION_MAX;
 	/* Header, a one-byte root name, qtype and qclass at the least. */
 	if (avail < DNS_HEADER_LEN + 5)
 		return -1;
-	if (bpf_skb_load_bytes(skb, l->payload, s->buf, avail))
+	if (bpf_skb_load_bytes(skb, payload, s->buf, avail))
 		return -1;
+	/* From here on the length is read back from memory: one unknown value for the
+	 * verifier, rather than one walk for "exactly the cap" and one for "less". */
+	s->avail = avail;
 	__u8 *b = s->buf;
 	__u16 flags = ((__u16)b[2] << 8) | b[3];
 	__u16 qdcount = ((__u16)b[4] << 8) | b[5];
@@ -252,22 +268,24 @@ static __always_inline int parse_question(struct __sk_buff *skb, struct l4 *l, s
 		return -1;
 	s->key.txid = ((__u16)b[0] << 8) | b[1];
 	s->ev.query.txid = s->key.txid;
+	s->ev.answer_count = ((__u16)b[6] << 8) | b[7];
 
-	/* One flat, bounded walk over the name: label lengths and characters. */
+	/* One flat, bounded walk over the name: label lengths and characters. The walk's
+	 * state lives in the scratch, so that paths through one step meet again at the next. */
 	s->pos = DNS_HEADER_LEN;
 	s->out = 0;
 	s->label_left = 0;
 	s->hash = 2166136261u; /* FNV-1a */
-	int done = 0;
+	s->done = 0;
 	for (int i = 0; i < DNS_NAME_WIRE_MAX; i++) {
 		__u32 pos = s->pos;
-		if (pos >= avail)
+		if (pos >= *(volatile __u32 *)&s->avail)
 			return -1;
 		__u8 c = s->buf[pos & BUF_MASK];
 		s->pos = pos + 1;
 		if (s->label_left == 0) {
 			if (c == 0) {
-				done = 1;
+				s->done = 1;
 				break;
 			}
 			/* A compression pointer (or a reserved label type) in the question: refused. */
@@ -275,10 +293,9 @@ static __always_inline int parse_question(struct __sk_buff *skb, struct l4 *l, s
 				return -1;
 			s->label_left = c;
 			s->hash = (s->hash ^ c) * 16777619u;
-			if (pos != DNS_HEADER_LEN)
-				c = '.';
-			else
+			if (pos == DNS_HEADER_LEN)
 				continue;
+			c = '.';
 		} else {
 			s->label_left -= 1;
 			if (c >= 'A' && c <= 'Z')
@@ -293,17 +310,16 @@ static __always_inline int parse_question(struct __sk_buff *skb, struct l4 *l, s
 			s->ev.query.flags |= TAPIO_DNS_Q_NAME_TRUNCATED;
 		}
 	}
-	if (!done)
+	if (!s->done)
 		return -1;
 	__u32 pos = s->pos;
-	if (pos + 4 > avail)
+	if (pos + 4 > s->avail)
 		return -1;
 	s->ev.query.qname[s->out & (TAPIO_DNS_NAME_MAX - 1)] = 0;
 	__u16 qtype = ((__u16)s->buf[pos & BUF_MASK] << 8) | s->buf[(pos + 1) & BUF_MASK];
 	s->key.qtype = qtype;
 	s->key.qname_hash = s->hash;
 	s->ev.query.qtype = qtype;
-	s->ev.answer_count = ((__u16)b[6] << 8) | b[7];
 	return flags;
 }
 
@@ -334,7 +350,7 @@ int tapio_dns_egress(struct __sk_buff *skb)
 	/* A TCP segment without data (handshake, acknowledgements) is not a message. */
 	if (l.transport == TAPIO_DNS_TCP && skb->len <= l.payload)
 		return 1;
-	int flags = parse_question(skb, &l, s);
+	int flags = tapio_dns_parse(skb, l.payload);
 	if (flags < 0) {
 		tapio_count(&counters, TAPIO_DNS_CNT_UNPARSABLE);
 		return 1;
@@ -402,7 +418,7 @@ int tapio_dns_ingress(struct __sk_buff *skb)
 		return 1;
 	if (l.transport == TAPIO_DNS_TCP && skb->len <= l.payload)
 		return 1;
-	int flags = parse_question(skb, &l, s);
+	int flags = tapio_dns_parse(skb, l.payload);
 	if (flags < 0) {
 		tapio_count(&counters, TAPIO_DNS_CNT_UNPARSABLE);
 		return 1;
