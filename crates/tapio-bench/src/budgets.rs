@@ -74,10 +74,11 @@ fn possible_cpus() -> u64 {
 
 pub fn measure(report: &mut Report) {
     let cpus = possible_cpus();
-    let objects: [(&str, &[u8]); 3] = [
+    let objects: [(&str, &[u8]); 4] = [
         ("network", tapio_bpf::network::object()),
         ("container", tapio_bpf::container::object()),
         ("storage", tapio_bpf::storage::object()),
+        ("dns", tapio_bpf::dns::object()),
     ];
     let object_goal = format!("<= {} B", thousands(OBJECT_BUDGET_BYTES));
     let map_goal = format!("<= {} B", thousands(MAP_BUDGET_BYTES));

@@ -5,7 +5,7 @@
 //! line per scenario to a second serial port that the host reads (the console, ttyS0, also
 //! carries the kernel's messages, which would interleave with results).
 //!
-//! The same binary is also every scenario's workload (`threads-exit`, `hog`), so a guest
+//! The same binary is also every scenario's workload (`threads-exit`, `hog`, `dns-query`), so a guest
 //! needs nothing but busybox, the agent and this runner.
 
 mod agent;
@@ -20,7 +20,8 @@ use std::process::ExitCode;
 
 const USAGE: &str = "usage: tapio-kmatrix guest --agent PATH [--results PATH]
        tapio-kmatrix threads-exit CGROUP_PROCS   (workload: a 5-thread process that exits 3)
-       tapio-kmatrix hog CGROUP_PROCS [THREADS]  (workload: THREADS threads allocate until its memory cgroup kills it)";
+       tapio-kmatrix hog CGROUP_PROCS [THREADS]  (workload: THREADS threads allocate until its memory cgroup kills it)
+       tapio-kmatrix dns-query CGROUP_PROCS SERVER NAME  (workload: one DNS query, prints the answer's rcode)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -28,6 +29,7 @@ fn main() -> ExitCode {
         Some("guest") => guest(&args[1..]),
         Some("threads-exit") => workloads::threads_exit(&args[1..]),
         Some("hog") => workloads::hog(&args[1..]),
+        Some("dns-query") => workloads::dns_query(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
             ExitCode::from(2)
