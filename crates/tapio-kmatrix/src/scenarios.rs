@@ -466,51 +466,6 @@ fn oom_kill_repeats(agent: &Agent) -> Result<String, String> {
     ))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_status_lines_and_skips_per_program_lines() {
-        let log = [
-            "2026-01-01T00:00:00Z INFO tapio_agent::runtime: observer network: attached tracepoint/sock/x (p)",
-            "2026-01-01T00:00:00Z WARN tapio_agent::runtime: observer network: NOT attached tracepoint/tcp/y (q): no",
-            "2026-01-01T00:00:00Z INFO tapio_agent::runtime: observer network: degraded: tracepoint/tcp/y not attached",
-            "2026-01-01T00:00:00Z INFO tapio_agent::runtime: observer container: running",
-        ]
-        .map(String::from);
-        let states = observer_states(&log);
-        assert_eq!(states.len(), 2, "{states:?}");
-        assert_eq!(states[0], ("network".into(), "degraded: tracepoint/tcp/y not attached".into()));
-        assert_eq!(states[1], ("container".into(), "running".into()));
-    }
-
-    fn stopped(log: &[&str]) -> crate::agent::Stopped {
-        crate::agent::Stopped {
-            exit: Some(ExitStatus::from_raw(0)),
-            log: log.iter().map(|s| s.to_string()).collect(),
-            garbage: Vec::new(),
-        }
-    }
-
-    const FINAL: &str =
-        r#"x INFO r: counters final {"malformed_events_total":0,"kernel":{"network.unsupported_kernel":0}}"#;
-
-    #[test]
-    fn startup_passes_only_with_both_observers_running_and_a_clean_exit() {
-        let running = vec![("network".to_string(), "running".to_string()), ("container".into(), "running".into())];
-        let ok = stopped(&["x INFO r: ready: node n", FINAL]);
-        assert!(startup(&running, true, &ok).is_ok());
-        assert!(startup(&running, false, &ok).is_err(), "an agent that died is a failure");
-        assert!(startup(&running[..1], true, &ok).is_err(), "a missing observer status is a failure");
-        let degraded = vec![running[0].clone(), ("container".into(), "degraded: tp_btf/x not attached".into())];
-        assert!(startup(&degraded, true, &ok).is_err(), "a required observer must run in full");
-        assert!(startup(&running, true, &stopped(&["x INFO r: ready: node n"])).is_err(), "no final counters");
-        let unsupported = FINAL.replace("unsupported_kernel\":0", "unsupported_kernel\":2");
-        assert!(startup(&running, true, &stopped(&["x INFO r: ready: node n", &unsupported])).is_err());
-    }
-}
-
 /// A server on 127.0.0.1:53 that answers every query SERVFAIL (the runner's own thread),
 /// and one on 127.0.0.2:53 that never answers: a containerized client's query to each is
 /// one `failure` (SERVFAIL) and one `timeout` (the agent's default 5 s), each naming the
@@ -592,4 +547,49 @@ fn dns(agent: &Agent, state: &str) -> Result<String, String> {
         summary.push(format!("1 {kind} ({code}, {who}, container named)"));
     }
     Ok(summary.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_status_lines_and_skips_per_program_lines() {
+        let log = [
+            "2026-01-01T00:00:00Z INFO tapio_agent::runtime: observer network: attached tracepoint/sock/x (p)",
+            "2026-01-01T00:00:00Z WARN tapio_agent::runtime: observer network: NOT attached tracepoint/tcp/y (q): no",
+            "2026-01-01T00:00:00Z INFO tapio_agent::runtime: observer network: degraded: tracepoint/tcp/y not attached",
+            "2026-01-01T00:00:00Z INFO tapio_agent::runtime: observer container: running",
+        ]
+        .map(String::from);
+        let states = observer_states(&log);
+        assert_eq!(states.len(), 2, "{states:?}");
+        assert_eq!(states[0], ("network".into(), "degraded: tracepoint/tcp/y not attached".into()));
+        assert_eq!(states[1], ("container".into(), "running".into()));
+    }
+
+    fn stopped(log: &[&str]) -> crate::agent::Stopped {
+        crate::agent::Stopped {
+            exit: Some(ExitStatus::from_raw(0)),
+            log: log.iter().map(|s| s.to_string()).collect(),
+            garbage: Vec::new(),
+        }
+    }
+
+    const FINAL: &str =
+        r#"x INFO r: counters final {"malformed_events_total":0,"kernel":{"network.unsupported_kernel":0}}"#;
+
+    #[test]
+    fn startup_passes_only_with_both_observers_running_and_a_clean_exit() {
+        let running = vec![("network".to_string(), "running".to_string()), ("container".into(), "running".into())];
+        let ok = stopped(&["x INFO r: ready: node n", FINAL]);
+        assert!(startup(&running, true, &ok).is_ok());
+        assert!(startup(&running, false, &ok).is_err(), "an agent that died is a failure");
+        assert!(startup(&running[..1], true, &ok).is_err(), "a missing observer status is a failure");
+        let degraded = vec![running[0].clone(), ("container".into(), "degraded: tp_btf/x not attached".into())];
+        assert!(startup(&degraded, true, &ok).is_err(), "a required observer must run in full");
+        assert!(startup(&running, true, &stopped(&["x INFO r: ready: node n"])).is_err(), "no final counters");
+        let unsupported = FINAL.replace("unsupported_kernel\":0", "unsupported_kernel\":2");
+        assert!(startup(&running, true, &stopped(&["x INFO r: ready: node n", &unsupported])).is_err());
+    }
 }
