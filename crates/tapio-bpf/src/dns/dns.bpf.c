@@ -79,18 +79,13 @@ struct {
 } queries SEC(".maps");
 
 /* Per-CPU scratch: the packet bytes being parsed and the record being built (too large
- * for the 512-byte stack). The parser's cursor lives here too, so that the verifier sees
- * unknown values rather than a new constant each iteration and the loop stays linear. */
+ * for the 512-byte stack). */
 struct scratch {
 	__u8 buf[BUF_SIZE];
 	struct tapio_dns_key key;
 	struct tapio_dns_event ev;
-	__u32 pos;
-	__u32 out;
-	__u32 label_left;
-	__u32 hash;
-	__u32 avail;
-	__u32 done;
+	/* The question name's wire length, passed through memory on purpose (see below). */
+	__u32 name_len;
 };
 
 struct {
@@ -241,6 +236,9 @@ static __always_inline int read_l4(struct __sk_buff *skb, struct l4 *l, __u8 *sr
  * per combination of what the caller knows (family, transport, …), which multiplied the
  * bounded name walk past the verifier's budget.
  */
+/* Labels a name can have: 255 bytes on the wire hold at most 127 one-byte labels. */
+#define DNS_LABELS_MAX 128
+
 __attribute__((noinline)) int tapio_dns_parse(struct __sk_buff *skb, __u32 payload)
 {
 	__u32 zero = 0;
@@ -250,17 +248,17 @@ __attribute__((noinline)) int tapio_dns_parse(struct __sk_buff *skb, __u32 paylo
 	__u32 len = skb->len;
 	if (len <= payload)
 		return -1;
-	__u32 avail = len - payload;
+	__u64 avail = len - payload; /* 64-bit: bounds checked on the register itself */
 	if (avail > DNS_QUESTION_MAX)
 		avail = DNS_QUESTION_MAX;
+	/* A no-op the compiler must keep: the verifier needs to see the bounds on the register
+	 * the helper gets (the compiler would otherwise test a copy). */
+	asm volatile("%[v] &= 511" : [v] "+r"(avail));
 	/* Header, a one-byte root name, qtype and qclass at the least. */
 	if (avail < DNS_HEADER_LEN + 5)
 		return -1;
 	if (bpf_skb_load_bytes(skb, payload, s->buf, avail))
 		return -1;
-	/* From here on the length is read back from memory: one unknown value for the
-	 * verifier, rather than one walk for "exactly the cap" and one for "less". */
-	s->avail = avail;
 	__u8 *b = s->buf;
 	__u16 flags = ((__u16)b[2] << 8) | b[3];
 	__u16 qdcount = ((__u16)b[4] << 8) | b[5];
@@ -270,55 +268,49 @@ __attribute__((noinline)) int tapio_dns_parse(struct __sk_buff *skb, __u32 paylo
 	s->ev.query.txid = s->key.txid;
 	s->ev.answer_count = ((__u16)b[6] << 8) | b[7];
 
-	/* One flat, bounded walk over the name: label lengths and characters. The walk's
-	 * state lives in the scratch, so that paths through one step meet again at the next. */
-	s->pos = DNS_HEADER_LEN;
-	s->out = 0;
-	s->label_left = 0;
-	s->hash = 2166136261u; /* FNV-1a */
-	s->done = 0;
-	for (int i = 0; i < DNS_NAME_WIRE_MAX; i++) {
-		__u32 pos = s->pos;
-		if (pos >= *(volatile __u32 *)&s->avail)
+	/* Walk the labels to the name's end: lengths only, a few branches per label. */
+	__u32 pos = DNS_HEADER_LEN;
+	int done = 0;
+	for (int i = 0; i < DNS_LABELS_MAX; i++) {
+		__u8 label = b[pos & BUF_MASK];
+		if (label == 0) {
+			done = 1;
+			break;
+		}
+		/* A compression pointer (or a reserved label type) in the question: refused. */
+		if (label & 0xc0)
 			return -1;
-		__u8 c = s->buf[pos & BUF_MASK];
-		s->pos = pos + 1;
-		if (s->label_left == 0) {
-			if (c == 0) {
-				s->done = 1;
-				break;
-			}
-			/* A compression pointer (or a reserved label type) in the question: refused. */
-			if (c & 0xc0)
-				return -1;
-			s->label_left = c;
-			s->hash = (s->hash ^ c) * 16777619u;
-			if (pos == DNS_HEADER_LEN)
-				continue;
-			c = '.';
-		} else {
-			s->label_left -= 1;
-			if (c >= 'A' && c <= 'Z')
-				c += 'a' - 'A';
-			s->hash = (s->hash ^ c) * 16777619u;
-		}
-		__u32 out = s->out;
-		if (out < TAPIO_DNS_NAME_MAX - 1) {
-			s->ev.query.qname[out & (TAPIO_DNS_NAME_MAX - 1)] = c;
-			s->out = out + 1;
-		} else {
-			s->ev.query.flags |= TAPIO_DNS_Q_NAME_TRUNCATED;
-		}
+		pos += label + 1;
+		if (pos >= avail)
+			return -1;
 	}
-	if (!s->done)
+	if (!done)
 		return -1;
-	__u32 pos = s->pos;
-	if (pos + 4 > s->avail)
+	/* The name on the wire, terminating zero included. It is read back from memory: each
+	 * label count would otherwise bring its own range of `pos` into the rest, and the
+	 * verifier would walk the loop below once per count. */
+	s->name_len = pos + 1 - DNS_HEADER_LEN;
+	__u32 name_len = *(volatile __u32 *)&s->name_len;
+	pos = DNS_HEADER_LEN + name_len - 1;
+	if (name_len > DNS_NAME_WIRE_MAX || pos + 5 > avail)
 		return -1;
-	s->ev.query.qname[s->out & (TAPIO_DNS_NAME_MAX - 1)] = 0;
-	__u16 qtype = ((__u16)s->buf[pos & BUF_MASK] << 8) | s->buf[(pos + 1) & BUF_MASK];
+	/* Matching uses the name exactly as sent: a server echoes the question byte for byte
+	 * (also its mixed case, where a resolver randomizes it). One exit per step, no other
+	 * branch: the verifier walks it once. */
+	__u32 hash = 2166136261u; /* FNV-1a */
+	for (int i = 0; i < DNS_NAME_WIRE_MAX; i++) {
+		if (i >= name_len)
+			break;
+		hash = (hash ^ b[(DNS_HEADER_LEN + i) & BUF_MASK]) * 16777619u;
+	}
+	/* The agent turns the wire form into text (dotted, lower-cased). */
+	__builtin_memcpy(s->ev.query.qname, b + DNS_HEADER_LEN, TAPIO_DNS_NAME_MAX);
+	if (name_len > TAPIO_DNS_NAME_MAX)
+		s->ev.query.flags |= TAPIO_DNS_Q_NAME_TRUNCATED;
+	pos += 1;
+	__u16 qtype = ((__u16)b[pos & BUF_MASK] << 8) | b[(pos + 1) & BUF_MASK];
 	s->key.qtype = qtype;
-	s->key.qname_hash = s->hash;
+	s->key.qname_hash = hash;
 	s->ev.query.qtype = qtype;
 	return flags;
 }

@@ -29,8 +29,9 @@ struct tapio_dns_config {
 	__u32 _pad;
 };
 
-/* The query name as text: at most TAPIO_DNS_NAME_MAX - 1 characters, lower-cased, dotted,
- * NUL-terminated; a longer name is cut there and flagged (TAPIO_DNS_Q_NAME_TRUNCATED). */
+/* The query name in its wire form (length-prefixed labels, ending with a zero length) as
+ * the query carried it: its first TAPIO_DNS_NAME_MAX bytes; a longer name is cut there and
+ * flagged (TAPIO_DNS_Q_NAME_TRUNCATED). The agent turns it into dotted, lower-cased text. */
 #define TAPIO_DNS_NAME_MAX 128
 
 /* Transport of a query (tapio_dns_query.transport). */

@@ -56,10 +56,31 @@ pub fn encode(event: &tapio_dns_event) -> Vec<u8> {
     crate::record::as_bytes(event).to_vec()
 }
 
-/// The query name a record carries, as text (up to its NUL; bytes that are not UTF-8 are
-/// replaced, as the kernel copies names byte for byte).
+/// The query name a record carries (wire form: length-prefixed labels), as dotted,
+/// lower-cased text: `""` for the root name. Bytes that are not printable ASCII, and a dot
+/// or backslash inside a label, are written `\DDD` (decimal, as dig does), so a label can
+/// never pass for two. A name cut short by the record's bound ends where its bytes end.
 pub fn qname(query: &tapio_dns_query) -> String {
-    crate::record::comm_str(&query.qname)
+    let wire = &query.qname;
+    let mut text = String::new();
+    let mut pos = 0;
+    while let Some(&len) = wire.get(pos) {
+        if len == 0 || len & 0xc0 != 0 {
+            break;
+        }
+        let end = (pos + 1 + usize::from(len)).min(wire.len());
+        if !text.is_empty() {
+            text.push('.');
+        }
+        for &b in &wire[pos + 1..end] {
+            match b.to_ascii_lowercase() {
+                c @ (b'!'..=b'~') if c != b'.' && c != b'\\' => text.push(char::from(c)),
+                c => text.push_str(&format!("\\{c:03}")),
+            }
+        }
+        pos = end;
+    }
+    text
 }
 
 #[cfg(test)]
@@ -79,7 +100,7 @@ mod tests {
         let mut ev = tapio_dns_event::default();
         ev.hdr.kind = TAPIO_DNS_ANSWER;
         ev.rcode = 2;
-        ev.query.qname[..11].copy_from_slice(b"example.org");
+        ev.query.qname[..13].copy_from_slice(b"\x07example\x03org\x00");
         let bytes = encode(&ev);
         let back = decode(&bytes).unwrap();
         assert_eq!((back.rcode, qname(&back.query).as_str()), (2, "example.org"));
@@ -87,6 +108,28 @@ mod tests {
         let mut unknown = bytes.clone();
         unknown[8] = 9;
         assert_eq!(decode(&unknown).unwrap_err(), DecodeError::UnknownKind { kind: 9 });
+    }
+
+    fn named(wire: &[u8]) -> String {
+        let mut q = tapio_dns_query::default();
+        q.qname[..wire.len()].copy_from_slice(wire);
+        qname(&q)
+    }
+
+    #[test]
+    fn wire_names_become_dotted_lower_case_text_that_cannot_be_forged() {
+        assert_eq!(named(b"\x03API\x07Example\x03ORG\x00"), "api.example.org");
+        assert_eq!(named(b"\x00"), "", "the root name");
+        assert_eq!(named(b"\x03a.b\x01c\x00"), "a\\046b.c", "a dot inside a label is escaped");
+        assert_eq!(named(b"\x02\x00\xff\x00"), "\\000\\255");
+        // Cut at the record's bound: the last label ends where the bytes end.
+        let mut long = Vec::new();
+        for _ in 0..3 {
+            long.push(63);
+            long.extend_from_slice(&[b'a'; 63]);
+        }
+        let a63 = "a".repeat(63);
+        assert_eq!(named(&long[..128]), format!("{a63}.{a63}"));
     }
 
     #[test]
