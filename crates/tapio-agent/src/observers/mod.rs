@@ -281,15 +281,17 @@ fn attach(ebpf: &mut Ebpf, btf: Option<&Btf>, name: &str, hook: Hook) -> Result<
             let p: &mut CgroupSkb = program.try_into().map_err(|e| format!("{e}"))?;
             p.load().map_err(|e| format!("loading {name}: {}", with_causes(&e)))?;
             let direction = if egress { CgroupSkbAttachType::Egress } else { CgroupSkbAttachType::Ingress };
-            // Multi-attach: programs others attached to the root (systemd, a CNI) keep running.
-            p.attach(&root, direction, CgroupAttachMode::AllowMultiple)
+            // A bpf_link (every kernel Tapio supports has them) runs next to the programs
+            // others attached to the root (systemd, a CNI); link_create takes no attach
+            // flags, which is what aya sends for `Single`.
+            p.attach(&root, direction, CgroupAttachMode::Single)
                 .map_err(|e| format!("attaching to {}: {}", CGROUP2_ROOT_HINT, with_causes(&e)))?;
         }
         Hook::CgroupSockAddr => {
             let root = cgroup2_root()?;
             let p: &mut CgroupSockAddr = program.try_into().map_err(|e| format!("{e}"))?;
             p.load().map_err(|e| format!("loading {name}: {}", with_causes(&e)))?;
-            p.attach(&root, CgroupAttachMode::AllowMultiple)
+            p.attach(&root, CgroupAttachMode::Single)
                 .map_err(|e| format!("attaching to {}: {}", CGROUP2_ROOT_HINT, with_causes(&e)))?;
         }
     }
