@@ -131,5 +131,7 @@ fn an_object_of_another_kernel_abi_is_refused_loudly() {
     // … and an agent of any other ABI refuses it, saying so, instead of misreading structs.
     let other = tapio_bpf::ABI_VERSION + 1;
     let err = tapio_agent::observers::load_object(object, btf.as_ref(), other).map(|_| ()).unwrap_err();
+    assert!(matches!(err, tapio_agent::observers::LoadError::AbiMismatch(_)), "{err:?}");
+    let err = err.to_string();
     assert!(err.contains(&format!("object was built for another kernel ABI (it lacks tapio_abi_v{other})")), "{err}");
 }

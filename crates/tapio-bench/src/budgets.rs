@@ -74,12 +74,9 @@ fn possible_cpus() -> u64 {
 
 pub fn measure(report: &mut Report) {
     let cpus = possible_cpus();
-    let objects: [(&str, &[u8]); 4] = [
-        ("network", tapio_bpf::network::object()),
-        ("container", tapio_bpf::container::object()),
-        ("storage", tapio_bpf::storage::object()),
-        ("dns", tapio_bpf::dns::object()),
-    ];
+    // Every object the agent embeds: the kernel halves of its observer registry.
+    let objects =
+        tapio_agent::observers::REGISTRY.iter().filter_map(|o| o.kernel.as_ref().map(|k| (o.name, (k.object)())));
     let object_goal = format!("<= {} B", thousands(OBJECT_BUDGET_BYTES));
     let map_goal = format!("<= {} B", thousands(MAP_BUDGET_BYTES));
     let mut total = 0u64;

@@ -4,13 +4,13 @@
 //! header (`<name>.h`, the only declaration of its config and event structs) and its Rust
 //! module (the embedded object and safe record decoding). The build script compiles the
 //! programs with clang (CO-RE) and generates [`abi`] from the headers, so the agent and the
-//! kernel cannot disagree about a layout.
+//! kernel cannot disagree about a layout. The build script finds the observer folders
+//! and declares their modules, so adding one is adding its folder.
 
-pub mod container;
-pub mod dns;
-pub mod network;
 pub mod record;
-pub mod storage;
+
+// `pub mod <observer>;` for every `src/<observer>/` (see build.rs).
+include!(concat!(env!("OUT_DIR"), "/observers.rs"));
 
 pub use record::{DecodeError, Record};
 
@@ -60,13 +60,3 @@ pub const COUNTER_NAMES: [(u32, &str); 6] = [
     (abi::TAPIO_CNT_UNSUPPORTED, "unsupported_kernel"),
     (abi::TAPIO_CNT_CONFIG_TORN, "config_torn_read"),
 ];
-
-/// Observer-specific counter slots (from `abi::TAPIO_CNT_OBSERVER_BASE`) of the object of
-/// `observer`, with the names the agent reports; empty for objects that have none.
-pub fn observer_counter_names(observer: &str) -> &'static [(u32, &'static str)] {
-    match observer {
-        "storage" => storage::COUNTER_NAMES,
-        "dns" => dns::COUNTER_NAMES,
-        _ => &[],
-    }
-}

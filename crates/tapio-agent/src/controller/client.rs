@@ -10,8 +10,7 @@ use super::http::{self, Endpoint, HttpError, Limits, Request, Response};
 use super::outbox::Outbox;
 use super::state::{self, AppliedConfig};
 use super::{ControllerConfig, FileStamp, Token};
-use crate::carriers::KernelCarriers;
-use crate::config::AgentConfig;
+use crate::carriers::Carriers;
 use crate::counters::{Counters, CONTROLLER_SINK};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,10 +37,9 @@ pub struct Client {
     pub token: Option<Token>,
     pub agent_id: String,
     pub node: String,
-    pub local: AgentConfig,
     pub outbox: Arc<Outbox>,
     pub counters: Arc<Counters>,
-    pub carriers: Arc<Mutex<KernelCarriers>>,
+    pub carriers: Arc<Mutex<Carriers>>,
     /// The config in force (None = local defaults, "unconfigured"); shared with the runtime.
     pub applied: Arc<Mutex<Option<AppliedConfig>>>,
     pub observers: BTreeMap<String, ObserverStatus>,
@@ -348,7 +346,7 @@ impl Loop {
             self.c.counters.config_rejected_total.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        let settings = match settings_from(&self.c.local, generation, &cfg.config) {
+        let settings = match settings_from(generation, &cfg.config) {
             Ok(s) => s,
             Err(e) => {
                 log::warn!("controller config {generation} refused ({e}): keeping the current config");

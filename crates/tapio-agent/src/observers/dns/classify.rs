@@ -210,7 +210,7 @@ mod tests {
         q.task.comm[..4].copy_from_slice(b"curl");
         q.client[..4].copy_from_slice(&[10, 99, 0, 2]);
         q.server[..4].copy_from_slice(&[10, 99, 0, 1]);
-        q.qname[..15].copy_from_slice(b"api.example.org");
+        q.qname[..17].copy_from_slice(b"\x03API\x07example\x03org\x00");
         q
     }
 

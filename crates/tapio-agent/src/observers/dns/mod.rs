@@ -10,16 +10,77 @@
 pub mod classify;
 
 use super::poll::{PollContext, Poller};
-use super::{Classifier, Hook};
-use crate::config::DnsConfig;
+use super::{open_carrier, CarrierLayout, Classifier, Follower, Hook, KernelHalf, Observer, RuntimeFacts, Start, Userspace};
 use crate::stamp::{Stamper, Verdict};
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use aya::Pod;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tapio_bpf::abi::{tapio_dns_key, tapio_dns_query};
+use tapio_bpf::abi::{
+    tapio_dns_config, tapio_dns_key, tapio_dns_query, TAPIO_DNS_EN_FAILURE, TAPIO_DNS_EN_LATENCY, TAPIO_DNS_EN_NXDOMAIN,
+    TAPIO_DNS_EN_TIMEOUT,
+};
+use tapio_wire::compiled::DnsConfig;
+use tapio_wire::CompiledConfig;
 
 pub const NAME: &str = "dns";
+
+/// The DNS observer: failed, unanswered and slow DNS queries of every socket on the node.
+pub static OBSERVER: Observer = Observer {
+    name: NAME,
+    enabled: |c| c.dns.enabled,
+    kernel: Some(KernelHalf {
+        object: tapio_bpf::dns::object,
+        hooks,
+        carrier: open_carrier::<tapio_dns_config>,
+        classifier: |_| Box::new(DnsClassifier),
+        counters: tapio_bpf::dns::COUNTER_NAMES,
+        // The others lose no evidence: an unmatched answer was judged already (or is not
+        // ours), a retransmission folds into its query, an unseen owner is a null pid.
+        correlation_counters: &[tapio_bpf::dns::UNPARSABLE],
+    }),
+    userspace: start_sweeper,
+};
+
+impl CarrierLayout for tapio_dns_config {
+    fn build(config: &CompiledConfig, generation: u32, facts: &RuntimeFacts) -> Self {
+        let d = &config.dns;
+        let mut c = tapio_dns_config::default();
+        c.hdr.abi_version = tapio_bpf::ABI_VERSION;
+        c.hdr.generation = generation;
+        if d.enabled {
+            // With every switch off the kernel tracks nothing (its programs test `enabled`).
+            for (on, bit) in [
+                (d.failures, TAPIO_DNS_EN_FAILURE),
+                (d.failures && d.report_nxdomain, TAPIO_DNS_EN_NXDOMAIN),
+                (d.latency_spikes, TAPIO_DNS_EN_LATENCY),
+                (d.timeouts, TAPIO_DNS_EN_TIMEOUT),
+            ] {
+                if on {
+                    c.enabled |= bit;
+                }
+            }
+        }
+        // Validation bounds these far below u32::MAX (tapio-profile's field table).
+        c.timeout_ms = u32::try_from(d.timeout_ms).unwrap_or(u32::MAX);
+        c.latency_warning_ms = u32::try_from(d.latency_warning_ms).unwrap_or(u32::MAX);
+        c.latency_critical_ms = u32::try_from(d.latency_critical_ms).unwrap_or(u32::MAX);
+        c.capture_memcg = u32::from(facts.capture_memcg);
+        c
+    }
+}
+
+/// The userspace half: the timeout sweep of the query table, which it takes from the object.
+fn start_sweeper(start: &mut Start<'_>) -> Result<Userspace, String> {
+    let queries = start
+        .ebpf
+        .as_mut()
+        .and_then(|e| e.take_map(tapio_bpf::dns::QUERIES_MAP))
+        .ok_or("dns object has no queries map")?;
+    let settings = SweepSettings::new(start.generation, start.config.dns.clone());
+    let sweeper = TimeoutSweeper::new(queries, Arc::clone(&settings))?;
+    Ok(Userspace { pollers: vec![Box::new(sweeper)], followers: vec![settings], state: None })
+}
 
 pub fn hooks() -> Vec<(&'static str, Hook)> {
     let owners = tapio_bpf::dns::OWNER_PROGRAMS.iter().map(|&p| (p, Hook::CgroupSockAddr));
@@ -53,6 +114,12 @@ impl SweepSettings {
     }
 }
 
+impl Follower for SweepSettings {
+    fn follow(&self, config: &CompiledConfig, generation: u32) {
+        self.set(generation, config.dns.clone());
+    }
+}
+
 #[derive(Clone, Copy)]
 #[repr(transparent)]
 pub struct Key(pub tapio_dns_key);
@@ -80,8 +147,8 @@ pub fn due(last_sent_ns: u64, now_ns: u64, timeout_ns: u64) -> bool {
 
 /// How often the table is read: a tenth of the timeout, between 100 ms and 1 s (a timeout
 /// is reported at most that late; each read costs a syscall or two per outstanding query).
-pub fn sweep_interval(timeout_ms: u32) -> Duration {
-    Duration::from_millis(u64::from(timeout_ms / 10).clamp(100, 1_000))
+pub fn sweep_interval(timeout_ms: u64) -> Duration {
+    Duration::from_millis((timeout_ms / 10).clamp(100, 1_000))
 }
 
 pub struct TimeoutSweeper {
@@ -108,7 +175,7 @@ impl Poller for TimeoutSweeper {
 
     fn poll(&mut self, ctx: &mut PollContext) {
         let (generation, config) = self.settings.get();
-        let timeout_ns = u64::from(config.timeout_ms) * 1_000_000;
+        let timeout_ns = config.timeout_ms.saturating_mul(1_000_000);
         self.keys.clear();
         for key in self.map.keys().take(MAX_KEYS) {
             match key {
@@ -134,6 +201,22 @@ impl Poller for TimeoutSweeper {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_nxdomain_switch_reaches_the_kernel_only_with_failures_on() {
+        let facts = RuntimeFacts::default();
+        let mut c = CompiledConfig::default();
+        let bits = |c: &CompiledConfig| tapio_dns_config::build(c, 1, &facts).enabled;
+        assert_eq!(bits(&c) & TAPIO_DNS_EN_NXDOMAIN, 0, "off by default");
+        c.dns.report_nxdomain = true;
+        assert_ne!(bits(&c) & TAPIO_DNS_EN_NXDOMAIN, 0);
+        c.dns.failures = false;
+        assert_eq!(bits(&c) & (TAPIO_DNS_EN_NXDOMAIN | TAPIO_DNS_EN_FAILURE), 0);
+        c.dns.enabled = false;
+        assert_eq!(bits(&c), 0);
+        let k = tapio_dns_config::build(&CompiledConfig::default(), 7, &facts);
+        assert_eq!((k.hdr.generation, k.timeout_ms, k.latency_warning_ms, k.latency_critical_ms), (7, 5_000, 500, 2_000));
+    }
 
     #[test]
     fn a_query_is_due_only_after_its_latest_transmission_plus_the_timeout() {
