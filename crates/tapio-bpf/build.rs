@@ -125,6 +125,9 @@ fn generate_abi(include: &Path, src: &Path, names: &[String], out: &Path) {
         .derive_debug(true)
         .derive_partialeq(true)
         .layout_tests(true)
+        // Any padding the C compiler inserts becomes a named field, so the Rust mirror
+        // has no uninitialised bytes and `record::as_bytes` may view a record as bytes.
+        .explicit_padding(true)
         .use_core();
     for name in names {
         builder = builder.clang_arg(format!("-I{}", src.join(name).display()));

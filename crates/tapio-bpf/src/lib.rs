@@ -17,6 +17,8 @@ pub use record::{DecodeError, Record};
 /// Rust mirror of the ABI headers, generated at build time (see `build.rs`).
 #[allow(non_camel_case_types, non_upper_case_globals, non_snake_case, dead_code)]
 #[allow(clippy::all)]
+// Generated code: bindgen's zero-filling `Default` impls carry no SAFETY comments.
+#[allow(clippy::undocumented_unsafe_blocks)]
 pub mod abi {
     include!(concat!(env!("OUT_DIR"), "/abi.rs"));
 }

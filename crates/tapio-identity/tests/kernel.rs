@@ -2,10 +2,16 @@
 //! their ids (their directories' inode numbers) and checks path, container id and pod UID.
 //! Needs root: marked `#[ignore = "needs root"]` (run with `--include-ignored` as root, as
 //! `scripts/test` does); run without root or without a needed hierarchy, it fails.
+//!
+//! This is the crate's one kernel test binary. Its tests take one process-wide turn (they
+//! make and remove cgroups), so it is safe under any number of test threads; run it as
+//! `flock /tmp/tapio-kernel-tests.lock cargo test -p tapio-identity --test kernel --
+//! --include-ignored`, the lock keeping it apart from other crates' kernel tests.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tapio_identity::{AccessMode, CgroupHierarchy, Config, Resolver, Workload};
@@ -18,6 +24,9 @@ fn can_run(what: &str, why_not: Option<String>) -> bool {
     }
     true
 }
+
+/// One kernel test at a time in this binary: see the module doc.
+static ONE_KERNEL_TEST_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// cgroup directories this test made, removed deepest first on drop (also on panic).
 /// Directories that already existed are used but never removed.
@@ -66,6 +75,8 @@ fn exercise(hierarchy: CgroupHierarchy) {
     if !can_run(&what, (euid != 0).then(|| format!("needs root (euid {euid})"))) {
         return;
     }
+    // A test that panicked while holding the turn poisons it; the next test still runs.
+    let _turn = ONE_KERNEL_TEST_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let mut resolver = Resolver::new(Config::default()).expect("read mountinfo");
     let Some(mount) = resolver.mount_point(&hierarchy).map(Path::to_path_buf) else {
         can_run(&what, Some(format!("{hierarchy:?} is not mounted")));

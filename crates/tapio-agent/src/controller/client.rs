@@ -6,7 +6,7 @@
 //! retries; a dropped batch leaves a gap the controller counts.
 
 use super::apply::settings_from;
-use super::http::{self, Endpoint, HttpError, Limits, Request, Response};
+use super::http::{self, percent_encode, Endpoint, HttpError, Limits, Request, Response};
 use super::outbox::Outbox;
 use super::state::{self, AppliedConfig};
 use super::{ControllerConfig, FileStamp, Token};
@@ -96,18 +96,6 @@ impl LogLimiter {
     }
 }
 
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// The heartbeat's totals: every loss counter of the snapshot reaches one of them.
 pub fn heartbeat_counters(snap: &crate::counters::Snapshot) -> HeartbeatCounters {
     HeartbeatCounters {
@@ -135,6 +123,7 @@ impl Client {
             io_timeout: Duration::from_millis(self.settings.io_timeout_ms),
             request_timeout: Duration::from_millis(self.settings.request_timeout_ms),
             max_response_bytes: self.settings.max_response_bytes,
+            user_agent: http::USER_AGENT,
         };
         let mut l = Loop {
             c: self,

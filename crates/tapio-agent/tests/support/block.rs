@@ -1,58 +1,14 @@
 //! Block-device scaffolding for the real-kernel storage and node tests: loop devices,
-//! tmpfs/ext4 mounts, v1 cgroups, O_DIRECT I/O and tracefs event counting. Every piece is a
+//! tmpfs/ext4 mounts, O_DIRECT I/O and tracefs event counting. Every piece is a
 //! guard that undoes itself on drop, so a failing test leaves nothing behind. Names carry
 //! the test process's pid so concurrent runs do not collide.
 
-#![allow(dead_code)]
-
+use super::{run, tmp, try_run};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// A name unique to this test process and `tag`.
-pub fn unique(tag: &str) -> String {
-    format!("tapio-{tag}-{}", std::process::id())
-}
-
-fn run(cmd: &[&str]) -> Result<String, String> {
-    let out = Command::new(cmd[0]).args(&cmd[1..]).output().map_err(|e| format!("{cmd:?}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{cmd:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn must(cmd: &[&str]) -> String {
-    run(cmd).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// A directory removed (with its contents) on drop.
-pub struct Dir(pub PathBuf);
-
-impl Dir {
-    pub fn new(path: PathBuf) -> Dir {
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-        Dir(path)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A mount, unmounted on drop (lazily if it is busy).
 pub struct Mount {
@@ -61,12 +17,12 @@ pub struct Mount {
 
 impl Mount {
     pub fn tmpfs(path: &Path, size: &str) -> Mount {
-        must(&["mount", "-t", "tmpfs", "-o", &format!("size={size}"), "tapio-test", &path.to_string_lossy()]);
+        run(&["mount", "-t", "tmpfs", "-o", &format!("size={size}"), "tapio-test", &path.to_string_lossy()]);
         Mount { path: path.to_path_buf() }
     }
 
     pub fn device(dev: &str, path: &Path) -> Mount {
-        must(&["mount", dev, &path.to_string_lossy()]);
+        run(&["mount", dev, &path.to_string_lossy()]);
         Mount { path: path.to_path_buf() }
     }
 
@@ -85,8 +41,8 @@ impl Mount {
 impl Drop for Mount {
     fn drop(&mut self) {
         let p = self.path.to_string_lossy().into_owned();
-        if run(&["umount", &p]).is_err() {
-            let _ = run(&["umount", "-l", &p]);
+        if try_run(&["umount", &p]).is_err() {
+            let _ = try_run(&["umount", "-l", &p]);
         }
     }
 }
@@ -106,7 +62,7 @@ impl Loop {
             cmd.push("--direct-io=on");
         }
         cmd.push(&file);
-        let path = must(&cmd).trim().to_string();
+        let path = run(&cmd).trim().to_string();
         let rdev = std::fs::metadata(&path).expect("stat loop device").rdev();
         let (major, minor) = (libc::major(rdev), libc::minor(rdev));
         Loop { path, major, minor }
@@ -124,7 +80,7 @@ impl Loop {
 
 impl Drop for Loop {
     fn drop(&mut self) {
-        let _ = run(&["losetup", "-d", &self.path]);
+        let _ = try_run(&["losetup", "-d", &self.path]);
     }
 }
 
@@ -147,7 +103,7 @@ pub fn sparse_file(path: &Path, len: u64) {
 }
 
 pub fn mkfs_ext4(dev: &str) {
-    must(&["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", dev]);
+    run(&["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", dev]);
 }
 
 /// A 4096-aligned buffer for O_DIRECT.
@@ -211,65 +167,6 @@ pub fn timed_read(f: &File, buf: &mut Aligned, offset: u64) -> (io::Result<usize
     (r, t.elapsed())
 }
 
-pub fn gettid() -> u32 {
-    // SAFETY: gettid has no side effects.
-    unsafe { libc::gettid() as u32 }
-}
-
-/// A v1 cgroup in `controller` that the calling thread can join; on drop the thread that
-/// joined goes back to the root group and the group is removed.
-pub struct Cgroup {
-    pub path: PathBuf,
-    root: PathBuf,
-    joined: Vec<u32>,
-}
-
-impl Cgroup {
-    pub fn new(controller: &str, name: &str) -> Cgroup {
-        let root = PathBuf::from("/sys/fs/cgroup").join(controller);
-        assert!(root.join("tasks").exists(), "no cgroup v1 {controller} hierarchy at {}", root.display());
-        let path = root.join(name);
-        let _ = std::fs::remove_dir(&path);
-        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-        Cgroup { path, root, joined: Vec::new() }
-    }
-
-    pub fn set(&self, file: &str, value: &str) {
-        std::fs::write(self.path.join(file), value).unwrap_or_else(|e| panic!("write {value:?} to {file}: {e}"));
-    }
-
-    /// Moves the calling thread (only it) into the group.
-    pub fn join_this_thread(&mut self) {
-        let tid = gettid();
-        std::fs::write(self.path.join("tasks"), tid.to_string()).expect("join cgroup");
-        self.joined.push(tid);
-    }
-
-    /// Moves a whole process into the group.
-    pub fn add_process(&self, pid: u32) {
-        std::fs::write(self.path.join("cgroup.procs"), pid.to_string()).expect("add process to cgroup");
-    }
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        for tid in &self.joined {
-            let _ = std::fs::write(self.root.join("tasks"), tid.to_string());
-        }
-        if let Ok(tasks) = std::fs::read_to_string(self.path.join("tasks")) {
-            for t in tasks.lines() {
-                let _ = std::fs::write(self.root.join("tasks"), t);
-            }
-        }
-        for _ in 0..50 {
-            if std::fs::remove_dir(&self.path).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
 /// Counts one tracepoint's firings in a private tracefs instance, independently of the
 /// agent (entries plus overruns, so a full buffer does not hide any).
 pub struct TraceCounter {
@@ -278,7 +175,7 @@ pub struct TraceCounter {
 
 impl TraceCounter {
     pub fn new(name: &str, event: &str, filter: &str) -> TraceCounter {
-        let dir = PathBuf::from("/sys/kernel/tracing/instances").join(unique(name));
+        let dir = PathBuf::from("/sys/kernel/tracing/instances").join(tmp::unique(name));
         let _ = std::fs::remove_dir(&dir);
         std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("tracefs instance {}: {e}", dir.display()));
         let ev = dir.join("events").join(event);

@@ -1,190 +1,99 @@
-//! Shared harness of the real-kernel tests: runs the real agent binary, makes kernel facts
-//! happen, and reads back the evidence and the final loss counters.
+//! Shared harness of the agent's real-kernel tests (the `kernel` test binary): runs the real
+//! agent binary, makes kernel facts happen, and reads back the evidence and the final loss
+//! counters. One module per kind of scaffolding, each written once:
+//!
+//! - [`agent`]: starting the agent, reading what it writes (evidence, start-up status, final
+//!   counters) and stopping it;
+//! - [`cgroup`]: v1 memory, freezer and blkio groups and Kubernetes-shaped container groups;
+//! - [`kmsg`]: the kernel log (`/dev/kmsg`) from a moment on;
+//! - [`block`]: loop devices, mounts, O_DIRECT I/O, tracefs counting;
+//! - [`netns`]: network namespace pairs joined by a veth, nftables, per-namespace counters;
+//! - [`dns`]: the DNS laboratory (real servers and clients in namespaces of their own);
+//! - [`controller`]: the real tapio-controller on loopback and a small HTTP GET;
+//! - [`tmp`]: names unique to this test process, and scratch directories.
 //!
 //! Kernel tests need root. Each carries `#[ignore = "needs root"]`, so a plain `cargo test`
 //! lists them as ignored (never "ok"); `scripts/test` runs them as root with
 //! `--include-ignored`. Asked to run without root, they fail.
+//!
+//! Every kernel test begins with `let _turn = kernel_test("name");`: the turn serialises the
+//! tests of this binary (see [`KernelTurn`]), and the agent refuses to start without it.
 
 #![allow(dead_code)]
 
+pub mod agent;
+pub mod block;
+pub mod cgroup;
+pub mod controller;
+pub mod dns;
+pub mod kmsg;
 pub mod netns;
+pub mod tmp;
+
+pub use agent::{Agent, Finished};
 
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::cell::Cell;
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
 
-/// Checks that this kernel test can run: it needs root. A test that was asked to run
-/// (`--include-ignored`) and cannot fails here, so a run without root never reports a
-/// kernel fact as checked. Returns true so call sites read `if !kernel_test(..) { return }`.
-pub fn kernel_test(name: &str) -> bool {
+/// Every agent sees every kernel fact on the machine, and the scenarios change machine-wide
+/// state (cgroups, block tracepoint links, ring-buffer floods): two at once would disturb
+/// each other (a flood in one fills the other's ring buffer; one agent attaching to the
+/// block tracepoints makes the kernel skip invocations of another's). Tests in this binary
+/// run on several threads; this lock runs them one at a time. Other processes (another
+/// crate's kernel tests, another checkout) are kept apart by `scripts/test`'s
+/// `flock /tmp/tapio-kernel-tests.lock`; this lock is in-process so that it cannot deadlock
+/// against that one.
+static ONE_KERNEL_TEST_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+thread_local! {
+    /// Whether this thread holds the kernel-test turn: the agent checks it before it starts.
+    static HOLDS_TURN: Cell<bool> = const { Cell::new(false) };
+}
+
+/// A kernel test's turn: while it lives, no other kernel test of this binary runs. Bind it
+/// for the whole test (`let _turn = …`); it is released when the test ends, also by panic.
+#[must_use = "the turn serialises the test only while it is held: bind it with `let _turn = …`"]
+pub struct KernelTurn {
+    _guard: MutexGuard<'static, ()>,
+}
+
+impl Drop for KernelTurn {
+    fn drop(&mut self) {
+        HOLDS_TURN.with(|held| held.set(false));
+    }
+}
+
+/// Starts a kernel test: checks that it can run (it needs root) and waits for its turn. A
+/// test that was asked to run (`--include-ignored`) and cannot fails here, so a run without
+/// root never reports a kernel fact as checked.
+pub fn kernel_test(name: &str) -> KernelTurn {
     // SAFETY: geteuid has no memory effects.
     let euid = unsafe { libc::geteuid() };
     assert!(euid == 0, "{name}: needs root to load eBPF programs (euid {euid}); run the kernel tests as root");
-    true
+    take_turn()
 }
 
-/// Every agent sees every kernel fact on the machine, so two agents running at once would
-/// disturb each other's scenarios (a flood in one fills the other's ring buffer). Tests in
-/// one binary run on several threads: this lock runs their agents one at a time.
-static ONE_AGENT_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-pub struct Agent {
-    _turn: std::sync::MutexGuard<'static, ()>,
-    child: Child,
-    config_path: PathBuf,
-    stdout: mpsc::Receiver<Vec<Value>>,
-    stderr: mpsc::Receiver<String>,
-    stderr_so_far: String,
+/// Waits for the kernel-test turn.
+fn take_turn() -> KernelTurn {
+    // A test that panicked while holding the lock poisons it; the next test still runs.
+    let guard = ONE_KERNEL_TEST_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    HOLDS_TURN.with(|held| held.set(true));
+    KernelTurn { _guard: guard }
 }
 
-pub struct Finished {
-    pub events: Vec<Value>,
-    pub stderr: String,
-    /// The `counters final` snapshot the agent logs at exit.
-    pub counters: Value,
-    pub exit_ok: bool,
+/// Fails the test unless the calling thread holds a kernel-test turn: what starts an agent
+/// or loads eBPF calls this, so that no kernel work escapes the lock.
+pub fn assert_turn(what: &str) {
+    assert!(
+        HOLDS_TURN.with(Cell::get),
+        "{what} outside a kernel test's turn: begin the test with `let _turn = support::kernel_test(\"…\");`"
+    );
 }
 
-impl Agent {
-    /// Starts the agent with `config` (TOML) and waits until it says it is ready.
-    pub fn start(config: &str) -> Agent {
-        let turn = ONE_AGENT_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let config_path = std::env::temp_dir().join(format!(
-            "tapio-test-{}-{:?}.toml",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        std::fs::write(&config_path, config).expect("write test config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tapio-agent"))
-            .arg("--config")
-            .arg(&config_path)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn tapio-agent");
-        let out = child.stdout.take().expect("stdout");
-        let err = child.stderr.take().expect("stderr");
-        let (out_tx, out_rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut events = Vec::new();
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                match serde_json::from_str(&line) {
-                    Ok(v) => events.push(v),
-                    Err(e) => panic!("agent wrote a line that is not JSON ({e}): {line}"),
-                }
-            }
-            let _ = out_tx.send(events);
-        });
-        let (err_tx, err_rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(err);
-            let mut line = String::new();
-            while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
-                if err_tx.send(std::mem::take(&mut line)).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut agent =
-            Agent { _turn: turn, child, config_path, stdout: out_rx, stderr: err_rx, stderr_so_far: String::new() };
-        agent.wait_for_log("ready:", Duration::from_secs(30));
-        agent
-    }
-
-    /// Waits until the agent logs a line containing `needle`.
-    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while !self.stderr_so_far.contains(needle) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.stderr.recv_timeout(left) {
-                Ok(line) => self.stderr_so_far.push_str(&line),
-                Err(_) => {
-                    let _ = self.child.kill();
-                    panic!("agent did not log {needle:?} in {timeout:?}; stderr so far:\n{}", self.stderr_so_far);
-                }
-            }
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Sends SIGTERM and collects everything the agent wrote.
-    pub fn stop(self) -> Finished {
-        self.stop_within(Duration::from_secs(60)).0
-    }
-
-    /// Sends SIGTERM, waits at most `bound` for the exit (else kills the agent and fails),
-    /// and collects everything the agent wrote, with the time it took to exit.
-    pub fn stop_within(mut self, bound: Duration) -> (Finished, Duration) {
-        // Give the drain a moment to take records that are still in flight in the kernel.
-        std::thread::sleep(Duration::from_millis(500));
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let asked = Instant::now();
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("wait for agent") {
-                break status;
-            }
-            if asked.elapsed() > bound {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(1)) {
-                    self.stderr_so_far.push_str(&line);
-                }
-                panic!("agent did not exit within {bound:?} of SIGTERM; stderr:\n{}", self.stderr_so_far);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let took = asked.elapsed();
-        let events = self.stdout.recv_timeout(Duration::from_secs(30)).expect("agent stdout");
-        while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(5)) {
-            self.stderr_so_far.push_str(&line);
-        }
-        let _ = std::fs::remove_file(&self.config_path);
-        let counters = self
-            .stderr_so_far
-            .lines()
-            .find_map(|l| l.split_once("counters final ").map(|(_, json)| json.to_string()))
-            .and_then(|json| serde_json::from_str(&json).ok())
-            .unwrap_or_else(|| panic!("no final counters in agent stderr:\n{}", self.stderr_so_far));
-        (
-            Finished { events, stderr: std::mem::take(&mut self.stderr_so_far), counters, exit_ok: status.success() },
-            took,
-        )
-    }
-}
-
-impl Drop for Agent {
-    /// A test that fails before `stop()` must not leave its agent running.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Finished {
-    pub fn of_type<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
-        self.events.iter().filter(move |e| e["type"] == kind)
-    }
-
-    /// Events whose facts match `dst_port` (network evidence of one scenario).
-    pub fn to_port(&self, port: u16) -> Vec<&Value> {
-        self.events.iter().filter(|e| e["facts"]["dst_port"] == port).collect()
-    }
-
-    /// The final counter at `path`. A missing or non-numeric counter fails the test: a
-    /// renamed counter must not pass as `== 0`.
-    pub fn counter(&self, path: &[&str]) -> u64 {
-        counter_at(&self.counters, path)
-    }
-}
-
-/// The counter at `path` in a counters snapshot; panics, naming the path, when it is absent.
+/// The final counter at `path` in a counters snapshot; panics, naming the path, when it is
+/// absent or not a number: a renamed counter must not pass as `== 0`.
 pub fn counter_at(counters: &Value, path: &[&str]) -> u64 {
     let mut v = counters;
     for key in path {
@@ -193,16 +102,22 @@ pub fn counter_at(counters: &Value, path: &[&str]) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("counter {path:?} is not a number: {v}"))
 }
 
+/// Runs `cmd`: its stdout, or what went wrong (with its output).
+pub fn try_run(cmd: &[&str]) -> Result<String, String> {
+    let out = Command::new(cmd[0]).args(&cmd[1..]).output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Runs `cmd` and panics with its output if it fails.
 pub fn run(cmd: &[&str]) -> String {
-    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    try_run(cmd).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A port on 127.0.0.1 (and ::1) that nothing listens on: bound then released.
@@ -213,15 +128,47 @@ pub fn closed_port() -> u16 {
     port
 }
 
-/// Reads whatever is available from a non-blocking reader.
-pub fn read_available(r: &mut impl Read) -> Vec<u8> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    while let Ok(n) = r.read(&mut chunk) {
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
+/// Connects to 127.0.0.1:`port` `n` times; each connect must be refused.
+pub fn refuse(port: u16, n: usize) {
+    for _ in 0..n {
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "port {port} must refuse");
     }
-    buf
+}
+
+/// This test process's pid, as events carry it.
+pub fn our_pid() -> u64 {
+    u64::from(std::process::id())
+}
+
+/// The calling thread's id.
+pub fn gettid() -> u32 {
+    // SAFETY: gettid has no side effects.
+    unsafe { libc::gettid() as u32 }
+}
+
+/// The turn itself (no root needed): while one thread holds it, no other thread can take
+/// it or start an agent, and once it is released the next one can.
+#[test]
+fn the_kernel_test_turn_is_held_by_one_thread_at_a_time() {
+    let turn = take_turn();
+    assert_turn("the holder");
+    let other = std::thread::spawn(|| {
+        let busy = matches!(ONE_KERNEL_TEST_AT_A_TIME.try_lock(), Err(std::sync::TryLockError::WouldBlock));
+        (busy, HOLDS_TURN.with(Cell::get))
+    });
+    assert_eq!(other.join().expect("other thread"), (true, false), "taken while held, and not held by another thread");
+    drop(turn);
+    assert!(!HOLDS_TURN.with(Cell::get), "released with the turn");
+    let next = std::thread::spawn(|| {
+        let _turn = take_turn();
+        HOLDS_TURN.with(Cell::get)
+    });
+    assert!(next.join().expect("next thread"), "the next test gets the turn once it is released");
+}
+
+/// An agent started without the turn fails the test before anything is spawned.
+#[test]
+#[should_panic(expected = "starting the agent outside a kernel test's turn")]
+fn an_agent_cannot_start_outside_a_kernel_tests_turn() {
+    let _ = Agent::start("");
 }

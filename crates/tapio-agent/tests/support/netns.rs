@@ -4,6 +4,7 @@
 
 use super::run;
 use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 
 pub struct NetnsPair {
@@ -89,9 +90,35 @@ impl NetnsPair {
     }
 }
 
+impl NetnsPair {
+    /// A TCP listener on `addr` inside namespace b (bound there, usable from any thread).
+    pub fn listen_in_b(&self, addr: SocketAddr) -> TcpListener {
+        self.spawn_in(&self.b, move || TcpListener::bind(addr).expect("bind in b")).join().expect("bind thread")
+    }
+}
+
 impl Drop for NetnsPair {
     fn drop(&mut self) {
         // Deleting the namespaces removes the veth pair and every rule and qdisc in them.
         self.cleanup();
     }
+}
+
+/// A named counter of namespace `ns`'s /proc/net/snmp or /proc/net/netstat (e.g. ("TcpExt",
+/// "TCPAbortOnData")), read from inside it. A missing counter fails the test.
+pub fn ns_counter(ns: &str, file: &str, group: &str, name: &str) -> u64 {
+    let text = run(&["ip", "netns", "exec", ns, "cat", file]);
+    let prefix = format!("{group}:");
+    let mut rows = text.lines().filter(|l| l.starts_with(&prefix));
+    while let (Some(names), Some(values)) = (rows.next(), rows.next()) {
+        if let Some(idx) = names.split_whitespace().position(|n| n == name) {
+            return values.split_whitespace().nth(idx).and_then(|v| v.parse().ok()).expect("counter value");
+        }
+    }
+    panic!("no counter {group}:{name} in {file}")
+}
+
+/// Namespace `ns`'s TCP RetransSegs counter (/proc/net/snmp), read from inside it.
+pub fn tcp_retrans_segs(ns: &str) -> u64 {
+    ns_counter(ns, "/proc/net/snmp", "Tcp", "RetransSegs")
 }

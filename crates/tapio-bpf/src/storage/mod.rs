@@ -8,8 +8,11 @@ use crate::abi::{
 };
 use crate::record::{decode_as, read_header, DecodeError, Record};
 
+// SAFETY: a bindgen repr(C) mirror of an ABI header struct: integers only, padding explicit.
 unsafe impl Record for tapio_sto_event {}
+// SAFETY: a bindgen repr(C) mirror of an ABI header struct: integers only, padding explicit.
 unsafe impl Record for tapio_sto_config {}
+// SAFETY: a bindgen repr(C) mirror of an ABI header struct: integers only, padding explicit.
 unsafe impl Record for tapio_sto_inflight {}
 
 /// BTF-typed tracepoint programs: (program name, tracepoint). They take the `struct request`

@@ -4,24 +4,13 @@
 //! absence of wrong ones; a heavy-I/O run on the VM's own disk checks that requeued
 //! requests stay one request.
 
-#[path = "support/block.rs"]
-mod block;
-mod support;
-
-use block::{Aligned, Cgroup, Dir, Loop, Mount};
+use crate::support::agent::{periodic_counters, PERIODIC_COUNTERS};
+use crate::support::block::{self, Aligned, Loop, Mount};
+use crate::support::cgroup::Cgroup;
+use crate::support::tmp::{self, Dir};
+use crate::support::{self, gettid, kernel_test, our_pid, Agent};
 use serde_json::Value;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use support::{kernel_test, Agent};
-
-/// One storage scenario at a time: while one agent attaches its programs to the block
-/// tracepoints, the kernel may skip invocations of another's (see `block_tracepoint_links`),
-/// and each scenario here counts on seeing every request.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Ids of every BPF link on a block tracepoint, system-wide (ids only grow, so an unchanged
 /// set means nobody attached or detached in between).
@@ -43,10 +32,6 @@ fn block_tracepoint_links() -> Vec<u64> {
 const STORAGE_ONLY: &str = "[sinks]\nstdout = true\n[network]\nenabled = false\n[container]\nenabled = false\n\
                             [node]\nenabled = false\n";
 
-fn our_pid() -> u64 {
-    u64::from(std::process::id())
-}
-
 fn on_device<'a>(events: &'a [Value], kind: &str, dev: &Loop) -> Vec<&'a Value> {
     events
         .iter()
@@ -57,11 +42,8 @@ fn on_device<'a>(events: &'a [Value], kind: &str, dev: &Loop) -> Vec<&'a Value> 
 #[test]
 #[ignore = "needs root"]
 fn a_write_into_a_full_tmpfs_is_an_enospc_io_error_of_the_writing_process() {
-    if !kernel_test("storage_enospc") {
-        return;
-    }
-    let _serial = serial();
-    let dir = Dir::new(std::env::temp_dir().join(block::unique("enospc")));
+    let _turn = kernel_test("storage_enospc");
+    let dir = Dir::scratch("enospc");
     let mnt = Mount::tmpfs(dir.path(), "4m");
     let backing = mnt.path.join("backing.img");
     block::sparse_file(&backing, 32 << 20);
@@ -115,11 +97,8 @@ fn a_write_into_a_full_tmpfs_is_an_enospc_io_error_of_the_writing_process() {
 #[test]
 #[ignore = "needs root"]
 fn a_direct_io_loop_on_a_shut_down_ext4_gives_eio_for_the_writing_process() {
-    if !kernel_test("storage_eio") {
-        return;
-    }
-    let _serial = serial();
-    let dir = Dir::new(std::env::temp_dir().join(block::unique("eio")));
+    let _turn = kernel_test("storage_eio");
+    let dir = Dir::scratch("eio");
     let outer = Mount::tmpfs(dir.path(), "96m");
     let image = outer.path.join("ext4.img");
     block::sparse_file(&image, 64 << 20);
@@ -154,7 +133,7 @@ fn a_direct_io_loop_on_a_shut_down_ext4_gives_eio_for_the_writing_process() {
         (Some(u64::from(dev.major)), Some(u64::from(dev.minor)))
     );
     assert_eq!(f["pid"], our_pid());
-    assert_eq!(f["tid"], u64::from(block::gettid()));
+    assert_eq!(f["tid"], u64::from(gettid()));
     assert_eq!((f["op"].as_str(), f["sector"].as_u64(), f["bytes"].as_u64()), (Some("write"), Some(2048), Some(65536)));
     assert_eq!(f["requeues"], 0);
     assert_eq!(e["config_generation"], 0);
@@ -165,11 +144,8 @@ fn a_direct_io_loop_on_a_shut_down_ext4_gives_eio_for_the_writing_process() {
 #[test]
 #[ignore = "needs root"]
 fn throttled_writes_are_latency_spikes_matching_what_the_writer_measured() {
-    if !kernel_test("storage_latency") {
-        return;
-    }
-    let _serial = serial();
-    let dir = Dir::new(std::env::temp_dir().join(block::unique("slow")));
+    let _turn = kernel_test("storage_latency");
+    let dir = Dir::scratch("slow");
     let outer = Mount::tmpfs(dir.path(), "160m");
     let image = outer.path.join("ext4.img");
     block::sparse_file(&image, 128 << 20);
@@ -182,7 +158,7 @@ fn throttled_writes_are_latency_spikes_matching_what_the_writer_measured() {
     let dev = Loop::attach(&data, true);
 
     // 1 MiB/s on the ext4's disk: a write through the direct-io loop above it waits for it.
-    let mut cg = Cgroup::new("blkio", &block::unique("slow"));
+    let mut cg = Cgroup::new("blkio", &tmp::unique("slow"));
     cg.set("blkio.throttle.write_bps_device", &format!("{}:{} 1048576", fs_dev.major, fs_dev.minor));
     cg.join_this_thread();
 
@@ -272,14 +248,11 @@ fn root_disk() -> Option<(u32, u32, String)> {
 #[test]
 #[ignore = "needs root"]
 fn heavy_io_with_requeues_keeps_every_request_one_request() {
-    if !kernel_test("storage_requeue") {
-        return;
-    }
-    let _serial = serial();
+    let _turn = kernel_test("storage_requeue");
     let Some((major, minor, disk)) = root_disk() else {
         panic!("/ is not on a whole disk here; this test maps file extents to its sectors");
     };
-    let dir = Dir::new(std::path::PathBuf::from("/var/tmp").join(block::unique("heavy")));
+    let dir = Dir::new(std::path::PathBuf::from("/var/tmp").join(tmp::unique("heavy")));
     let path = dir.path().join("data");
     const FILE: u64 = 256 << 20;
     block::filled_file(&path, FILE);
@@ -298,7 +271,7 @@ fn heavy_io_with_requeues_keeps_every_request_one_request() {
     ));
     // Completions of requests issued before the programs attached are unmatched by nature:
     // take the count once the agent has settled, and require no more after it.
-    agent.wait_for_log("INFO tapio_agent::runtime: counters {", Duration::from_secs(10));
+    agent.wait_for_log(PERIODIC_COUNTERS, Duration::from_secs(10));
     let requeues_before = requeues.count();
     let links_before = block_tracepoint_links();
 
@@ -310,7 +283,7 @@ fn heavy_io_with_requeues_keeps_every_request_one_request() {
             std::thread::spawn(move || {
                 let f = block::open_direct(&path, true);
                 let mut buf = Aligned::new(16 << 10, t as u8);
-                let tid = block::gettid();
+                let tid = gettid();
                 let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ (t << 17);
                 let mut log = Vec::new();
                 while Instant::now() < deadline {
@@ -337,12 +310,7 @@ fn heavy_io_with_requeues_keeps_every_request_one_request() {
     assert!(run.exit_ok, "agent exit: {}", run.stderr);
 
     // The settled baseline of unmatched completions, from the first periodic counters line.
-    let baseline: Value = run
-        .stderr
-        .lines()
-        .find_map(|l| l.split_once("runtime: counters {").map(|(_, rest)| format!("{{{rest}")))
-        .and_then(|json| serde_json::from_str(&json).ok())
-        .expect("a periodic counters line");
+    let baseline: Value = run.stderr.lines().find_map(periodic_counters).expect("a periodic counters line");
     let drop_of = |v: &Value, reason: &str| v["correlation_drops"][format!("storage.{reason}")].as_u64().unwrap_or(0);
     let agent_requeues = run.counter(&["kernel", "storage.requeues"]);
     eprintln!(

@@ -5,126 +5,19 @@
 //! retransmit_spike), and each event carries the generation that judged it. SIGHUP reloads;
 //! a bad profile is refused and the agent keeps the hash it applied.
 
-mod support;
-
+use crate::support::controller::{agent_config, free_port, sibling, wait_until, Controller};
+use crate::support::netns::{tcp_retrans_segs, NetnsPair};
+use crate::support::tmp::Dir;
+use crate::support::{kernel_test, Agent, Finished};
 use serde_json::Value;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
-use support::netns::NetnsPair;
-use support::{kernel_test, Agent, Finished};
 
-/// A sibling binary of the agent (`cargo test --workspace` builds them all).
-fn sibling(name: &str) -> PathBuf {
-    let bin = Path::new(env!("CARGO_BIN_EXE_tapio-agent")).with_file_name(name);
-    assert!(bin.exists(), "{} missing: run `cargo build --workspace` (scripts/test does)", bin.display());
-    bin
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    let (head, body) = raw.split_once("\r\n\r\n")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return None;
-    }
-    // The controller answers small bodies with Content-Length; larger ones may be chunked.
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        let mut out = String::new();
-        let mut rest = body;
-        while let Some((size, after)) = rest.split_once("\r\n") {
-            let n = usize::from_str_radix(size.trim(), 16).ok()?;
-            if n == 0 {
-                break;
-            }
-            out.push_str(after.get(..n)?);
-            rest = after.get(n + 2..)?;
-        }
-        return Some(out);
-    }
-    Some(body.to_string())
-}
-
-struct Controller {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Controller {
-    fn start(dir: &Path, profile: &Path, poll_secs: u32) -> Controller {
-        let port = free_port();
-        let log = dir.join("controller.log");
-        let child = Command::new(sibling("tapio-controller"))
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--sink", "file", "--sink-path"])
-            .arg(dir.join("sink.jsonl"))
-            .args(["--send-interval-ms", "200", "--profile-poll-secs", &poll_secs.to_string(), "--profile"])
-            .arg(profile)
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-            .spawn()
-            .expect("spawn tapio-controller");
-        let c = Controller { child, port, log };
-        wait_until("the controller", Duration::from_secs(20), || c.status().is_some());
-        c
-    }
-
-    fn status(&self) -> Option<Value> {
-        serde_json::from_str(&http_get(self.port, "/v1/status")?).ok()
-    }
-
-    fn target(&self) -> (String, String) {
-        let s = self.status().expect("status");
-        (s["config"]["version"].as_str().unwrap().to_string(), s["config"]["config_hash"].as_str().unwrap().to_string())
-    }
-
-    fn agent(&self, id: &str) -> Option<Value> {
-        self.status()?["agents"].as_array()?.iter().find(|a| a["agent_id"] == id).cloned()
-    }
-
-    fn metrics(&self) -> String {
-        http_get(self.port, "/metrics").unwrap_or_default()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tapio-profile-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn profile_arg(profile: &Path) -> &str {
+    profile.to_str().expect("a UTF-8 profile path")
 }
 
 /// Replaces the profile the way an editor or a ConfigMap update does (write, then rename).
@@ -146,15 +39,6 @@ fn cli_hash(profile: &Path) -> String {
     v["config_hash"].as_str().unwrap().to_string()
 }
 
-fn agent_config(port: u16, id: &str, dir: &Path) -> String {
-    format!(
-        "[sinks]\nstdout = true\n[controller]\nurl = \"http://127.0.0.1:{port}\"\nagent_id = \"{id}\"\n\
-         state_file = \"{}\"\nheartbeat_interval_secs = 1\nconfig_poll_interval_secs = 1\nconnect_timeout_ms = 500\n\
-         io_timeout_ms = 2000\nmax_backoff_ms = 1000\n",
-        dir.join("agent-state.json").display()
-    )
-}
-
 /// Runs `sh -c 'exit CODE'` and returns its pid.
 fn exit_with(code: i32) -> u32 {
     let mut child = Command::new("sh").args(["-c", &format!("exit {code}")]).spawn().unwrap();
@@ -167,19 +51,11 @@ fn exits_of(run: &Finished, pid: u32) -> Vec<&Value> {
     run.of_type("kernel.container.abnormal_exit").filter(|e| e["facts"]["pid"] == pid).collect()
 }
 
-fn tcp_retrans_segs(ns: &str) -> u64 {
-    let snmp = support::run(&["ip", "netns", "exec", ns, "cat", "/proc/net/snmp"]);
-    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
-    let (names, values) = (tcp.next().expect("Tcp header"), tcp.next().expect("Tcp values"));
-    let idx = names.split_whitespace().position(|n| n == "RetransSegs").expect("RetransSegs");
-    values.split_whitespace().nth(idx).and_then(|v| v.parse().ok()).expect("RetransSegs value")
-}
-
 /// Three seconds of bulk data from a to b through a 20 % receive-side drop; returns the
 /// sender's retransmitted segments.
 fn lossy_transfer(pair: &NetnsPair, port: u16) -> u64 {
     let bind: SocketAddr = format!("{}:{port}", pair.b_addr).parse().unwrap();
-    let listener = pair.spawn_in(&pair.b.clone(), move || TcpListener::bind(bind).expect("bind in b")).join().unwrap();
+    let listener = pair.listen_in_b(bind);
     let server = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().expect("accept");
         let mut sink = Vec::new();
@@ -203,26 +79,26 @@ fn lossy_transfer(pair: &NetnsPair, port: u16) -> u64 {
 #[test]
 #[ignore = "needs root"]
 fn a_profile_change_reaches_the_kernel_within_two_polls() {
-    if !kernel_test("profile_rollout") {
-        return;
-    }
-    let dir = temp_dir("rollout");
+    let _turn = kernel_test("profile_rollout");
+    let scratch = Dir::scratch("profile-rollout");
+    let dir = scratch.path();
     let profile = dir.join("profile.yaml");
     // Generation 1: retransmits never make a spike (the highest count allowed in 1 s).
     write_profile(
         &profile,
         "base: production-default\noverrides:\n  network:\n    retransmit_count: 100000\n    retransmit_window_ms: 1000\n",
     );
-    let controller = Controller::start(&dir, &profile, 1);
+    let controller =
+        Controller::start(dir, free_port(), &["--profile-poll-secs", "1", "--profile", profile_arg(&profile)]);
     let (v1, h1) = controller.target();
     let g1: u32 = v1.parse().expect("generation is a base-10 u32");
     assert_eq!(cli_hash(&profile), h1, "the CLI and the controller hash the same profile alike");
 
-    let mut agent = Agent::start(&agent_config(controller.port, "agent-rollout", &dir));
+    let mut agent = Agent::start(&agent_config(controller.port, "agent-rollout", dir, ""));
     wait_until("the agent to apply generation 1", Duration::from_secs(15), || {
-        controller.agent("agent-rollout").is_some_and(|a| a["reported_config_hash"] == h1.as_str())
+        controller.agent_status("agent-rollout").is_some_and(|a| a["reported_config_hash"] == h1.as_str())
     });
-    assert_eq!(controller.agent("agent-rollout").unwrap()["config_current"], true);
+    assert_eq!(controller.agent_status("agent-rollout").unwrap()["config_current"], true);
 
     let pair = NetnsPair::new("pr", 31);
     pair.nft_input(&pair.b, &format!("ip saddr {} tcp dport 7031 numgen random mod 100 < 20 drop", pair.a_addr));
@@ -246,7 +122,7 @@ fn a_profile_change_reaches_the_kernel_within_two_polls() {
     agent.wait_for_log(&format!("applied controller config {g2} ({h2})"), Duration::from_millis(2_500));
     let applied_after = served.elapsed();
     wait_until("a heartbeat with the new hash", Duration::from_secs(3), || {
-        controller.agent("agent-rollout").is_some_and(|a| a["reported_config_hash"] == h2.as_str())
+        controller.agent_status("agent-rollout").is_some_and(|a| a["reported_config_hash"] == h2.as_str())
     });
     assert!(controller.metrics().contains("tapio_controller_agents_config{state=\"current\"} 1"));
 
@@ -277,25 +153,24 @@ fn a_profile_change_reaches_the_kernel_within_two_polls() {
         assert!(e["facts"]["retransmits_in_window"].as_u64().unwrap() >= 5);
         assert_eq!(e["facts"]["window_ms"], 1000);
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 #[ignore = "needs root"]
 fn sighup_reloads_and_a_bad_profile_keeps_the_applied_hash() {
-    if !kernel_test("profile_sighup") {
-        return;
-    }
-    let dir = temp_dir("sighup");
+    let _turn = kernel_test("profile_sighup");
+    let scratch = Dir::scratch("profile-sighup");
+    let dir = scratch.path();
     let profile = dir.join("profile.yml");
     write_profile(&profile, "base: production-default\n");
     // Polling slowed to an hour: only SIGHUP makes a change seen.
-    let controller = Controller::start(&dir, &profile, 3_600);
+    let controller =
+        Controller::start(dir, free_port(), &["--profile-poll-secs", "3600", "--profile", profile_arg(&profile)]);
     let (v1, h1) = controller.target();
     let g1: u32 = v1.parse().expect("generation is a base-10 u32");
-    let mut agent = Agent::start(&agent_config(controller.port, "agent-sighup", &dir));
+    let mut agent = Agent::start(&agent_config(controller.port, "agent-sighup", dir, ""));
     wait_until("the agent to apply generation 1", Duration::from_secs(15), || {
-        controller.agent("agent-sighup").is_some_and(|a| a["reported_config_hash"] == h1.as_str())
+        controller.agent_status("agent-sighup").is_some_and(|a| a["reported_config_hash"] == h1.as_str())
     });
 
     // A bad profile: refused and counted; the controller and the agent keep generation 1.
@@ -311,7 +186,7 @@ fn sighup_reloads_and_a_bad_profile_keeps_the_applied_hash() {
     );
     std::thread::sleep(Duration::from_millis(2_500)); // two agent polls and heartbeats
     assert_eq!(controller.target(), (v1.clone(), h1.clone()));
-    let a = controller.agent("agent-sighup").unwrap();
+    let a = controller.agent_status("agent-sighup").unwrap();
     assert_eq!(
         (a["reported_config_version"].as_str(), a["reported_config_hash"].as_str()),
         (Some(v1.as_str()), Some(h1.as_str()))
@@ -335,5 +210,4 @@ fn sighup_reloads_and_a_bad_profile_keeps_the_applied_hash() {
     assert!(exits_of(&run, exit42_ignored).is_empty());
     assert_eq!(run.counter(&["config_rejected_total"]), 0);
     controller.signal(libc::SIGTERM);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -2,20 +2,18 @@
 //! a non-root start says what is missing, SIGINT flushes what was already observed, and the
 //! loss counters reach the log periodically.
 
-mod support;
-
-use std::io::{BufRead, BufReader};
+use crate::support::agent::{observer_line, ready_line, Launch, Stdout, BIN, PERIODIC_COUNTERS};
+use crate::support::{closed_port, kernel_test, tmp, Agent};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-use support::{closed_port, kernel_test};
+use std::time::Duration;
 
 fn agent() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tapio-agent"))
+    Command::new(BIN)
 }
 
 fn write_config(name: &str, text: &str) -> std::path::PathBuf {
-    let path = std::env::temp_dir().join(format!("tapio-startup-{name}-{}.toml", std::process::id()));
+    let path = tmp::path(&format!("startup-{name}.toml"));
     std::fs::write(&path, text).unwrap();
     path
 }
@@ -42,41 +40,24 @@ fn a_config_with_an_unknown_key_is_refused_at_start_naming_the_key() {
 #[test]
 #[ignore = "needs root"]
 fn without_privileges_the_agent_says_why_and_keeps_what_can_run() {
-    if !kernel_test("startup_not_root") {
-        return;
-    }
+    let _turn = kernel_test("startup_not_root");
     // Root drops to nobody for this one run (setpriv is in util-linux, on every Debian).
-    let mut child = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
-        .arg(env!("CARGO_BIN_EXE_tapio-agent"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run setpriv");
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut log = String::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut line = String::new();
+    let mut agent = Launch::without_config()
+        .wrapped_in(&["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .stdout(Stdout::To(Stdio::null()))
+        .spawn();
     // It either exits (nothing could start) or says it is ready with what could.
-    while stderr.read_line(&mut line).unwrap_or(0) > 0 {
-        log.push_str(&line);
-        line.clear();
-        if log.contains("ready:") {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        }
-        assert!(Instant::now() < deadline, "no end:\n{log}");
+    let ready = agent.wait_ready_or_exit(Duration::from_secs(30));
+    if ready {
+        agent.signal(libc::SIGTERM);
     }
-    let status = child.wait().unwrap();
+    let exited = agent.wait_exit(Duration::from_secs(30));
+    let (status, log) = (exited.status, exited.stderr);
     for observer in ["network", "container"] {
-        let failed = log
-            .lines()
-            .find(|l| l.contains(&format!("observer {observer}: failed")))
-            .unwrap_or_else(|| panic!("{log}"));
+        let failed = observer_line(&log, observer, "failed").unwrap_or_else(|| panic!("{log}"));
         assert!(failed.contains("run as root, or with CAP_BPF"), "{failed}");
     }
-    if !log.contains("ready:") {
+    if ready_line(&log).is_none() {
         assert!(!status.success());
         assert!(log.contains("no observer could start"), "{log}");
     }
@@ -85,45 +66,23 @@ fn without_privileges_the_agent_says_why_and_keeps_what_can_run() {
 #[test]
 #[ignore = "needs root"]
 fn sigint_flushes_what_was_observed_and_counters_are_logged_periodically() {
-    if !kernel_test("startup_sigint") {
-        return;
-    }
-    let path = write_config("sigint", "counters_log_interval_secs = 1\n");
-    let mut child = agent().arg("--config").arg(&path).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut log = String::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let _turn = kernel_test("startup_sigint");
+    let mut agent = Agent::start("counters_log_interval_secs = 1\n");
     // Ready, then one periodic counters line.
-    while !(log.contains("ready:") && log.contains("INFO tapio_agent::runtime: counters {")) {
-        assert!(Instant::now() < deadline, "no ready/periodic counters line:\n{log}");
-        let mut line = String::new();
-        if stderr.read_line(&mut line).unwrap_or(0) == 0 {
-            panic!("agent exited early:\n{log}");
-        }
-        log.push_str(&line);
-    }
+    agent.wait_for_log(PERIODIC_COUNTERS, Duration::from_secs(30));
     let port = closed_port();
     assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
     // At once: the record may still be in the ring buffer or the queue.
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let out = child.wait_with_output().unwrap();
-    let mut rest = String::new();
-    while stderr.read_line(&mut rest).unwrap_or(0) > 0 {}
-    assert!(out.status.success(), "{rest}");
-    assert!(rest.contains("counters final {"), "{rest}");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let events: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let ours = events.iter().filter(|e| e["facts"]["dst_port"] == port).count();
-    assert_eq!(ours, 1, "the refused connect observed before SIGINT must be flushed");
+    let (run, _) = agent.exit_on(libc::SIGINT, Duration::from_secs(60));
+    assert!(run.exit_ok, "{}", run.stderr);
+    assert!(run.stderr.contains("counters final {"), "{}", run.stderr);
+    assert_eq!(run.to_port(port).len(), 1, "the refused connect observed before SIGINT must be flushed");
 }
 
 #[test]
 #[ignore = "needs root"]
 fn an_object_of_another_kernel_abi_is_refused_loudly() {
-    if !kernel_test("abi_mismatch") {
-        return;
-    }
+    let _turn = kernel_test("abi_mismatch");
     let btf = aya::Btf::from_sys_fs().ok();
     let object = tapio_bpf::network::object();
     // The object this agent was built with loads under its ABI …

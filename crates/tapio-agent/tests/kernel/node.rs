@@ -3,14 +3,13 @@
 //! once; and the hardware-counter half must say honestly whether this machine has a PMU,
 //! while everything else keeps running.
 
-#[path = "support/block.rs"]
-mod block;
-mod support;
-
-use block::{Aligned, Cgroup, Dir};
+use crate::support::agent::{observer_line, ready_line};
+use crate::support::block::{self, Aligned};
+use crate::support::cgroup::Cgroup;
+use crate::support::tmp::{self, Dir};
+use crate::support::{kernel_test, Agent};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
-use support::{kernel_test, Agent};
 
 /// Readers started in a cgroup; killed (with everything left in the cgroup) on drop.
 struct Readers {
@@ -70,11 +69,9 @@ fn memory_some_avg10() -> u32 {
 #[test]
 #[ignore = "needs root"]
 fn memory_reclaim_in_a_small_cgroup_is_one_memory_pressure_crossing() {
-    if !kernel_test("node_memory_pressure") {
-        return;
-    }
+    let _turn = kernel_test("node_memory_pressure");
     const THRESHOLD: u32 = 3;
-    let dir = Dir::new(std::path::PathBuf::from("/var/tmp").join(block::unique("psi")));
+    let dir = Dir::new(std::path::PathBuf::from("/var/tmp").join(tmp::unique("psi")));
     let file = dir.path().join("working-set");
     // Written with O_DIRECT: its pages are not in the page cache (charged to nobody) until
     // the readers fault them in, inside their cgroup.
@@ -86,7 +83,7 @@ fn memory_reclaim_in_a_small_cgroup_is_one_memory_pressure_crossing() {
             assert!(block::timed_write(&f, &buf, i << 20).0.is_ok());
         }
     }
-    let cg = Cgroup::new("memory", &block::unique("psi"));
+    let cg = Cgroup::new("memory", &tmp::unique("psi"));
     cg.set("memory.limit_in_bytes", &(32u64 << 20).to_string());
 
     let agent = Agent::start(&format!(
@@ -159,16 +156,14 @@ fn has_pmu() -> bool {
 #[test]
 #[ignore = "needs root"]
 fn hardware_counters_report_themselves_and_the_rest_keeps_running() {
-    if !kernel_test("node_pmc_status") {
-        return;
-    }
+    let _turn = kernel_test("node_pmc_status");
     let agent = Agent::start(
         "[sinks]\nstdout = true\n[network]\nenabled = false\n[container]\nenabled = false\n[node]\npoll_interval_ms = 200\n",
     );
     std::thread::sleep(Duration::from_millis(600));
     let run = agent.stop();
     assert!(run.exit_ok, "agent exit: {}", run.stderr);
-    let ready = run.stderr.lines().find(|l| l.contains("ready:")).expect("ready line");
+    let ready = ready_line(&run.stderr).expect("ready line");
     assert!(ready.contains("storage=running"), "the other observers keep running: {ready}");
     if has_pmu() {
         eprintln!("this machine has a hardware PMU: the node observer runs with counters");
@@ -176,7 +171,7 @@ fn hardware_counters_report_themselves_and_the_rest_keeps_running() {
     } else {
         eprintln!("no hardware PMU here: the node observer must say so and keep its PSI half");
         assert!(ready.contains("node=degraded"), "{ready}");
-        let status = run.stderr.lines().find(|l| l.contains("observer node:")).expect("node status line");
+        let status = observer_line(&run.stderr, "node", "").expect("node status line");
         assert!(status.contains("WARN"), "{status}");
         assert!(status.contains("hardware counters unsupported"), "{status}");
         assert!(status.contains("perf_event_open(cycles, cpu 0)"), "the reason names what failed: {status}");

@@ -8,13 +8,11 @@
 //! ignores; exit code 63 is ignored by no generation, so each of those exits must be
 //! exactly one event whatever was being written at the time.
 
-mod support;
-
+use crate::support::kernel_test;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::kernel_test;
 use tapio_agent::observers::{self, Hook};
 use tapio_bpf::abi::{tapio_ctr_config, TAPIO_CNT_CONFIG_TORN, TAPIO_CNT_RINGBUF_FULL, TAPIO_CTR_EN_EXIT};
 use tapio_bpf::container::ContainerRecord;
@@ -62,9 +60,7 @@ fn exit_with(code: i32) -> u32 {
 #[test]
 #[ignore = "needs root"]
 fn ten_thousand_config_rewrites_while_exits_flow_judge_every_event_by_one_written_config() {
-    if !kernel_test("config_rewrites") {
-        return;
-    }
+    let _turn = kernel_test("config_rewrites");
     let btf = aya::Btf::from_sys_fs().expect("kernel BTF");
     let hooks = [("tapio_sched_process_exit", Hook::TracePoint("sched", "sched_process_exit"))];
     let (mut loaded, mut carrier) =

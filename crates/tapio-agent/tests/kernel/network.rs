@@ -1,48 +1,15 @@
 //! Network evidence on the real kernel: each scenario makes the fact happen for real and
 //! checks the exact events, their key facts, and the absence of wrong ones.
 
-mod support;
-
+use crate::support::agent::ready_line;
+use crate::support::netns::{ns_counter, tcp_retrans_segs, NetnsPair};
+use crate::support::{self, closed_port, gettid, kernel_test, our_pid, Agent};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
-use support::netns::NetnsPair;
-use support::{closed_port, kernel_test, Agent};
 
 const BASE: &str = "[sinks]\nstdout = true\n";
-
-/// The namespace's TCP RetransSegs counter (/proc/net/snmp), read from inside it.
-fn tcp_retrans_segs(ns: &str) -> u64 {
-    let snmp = support::run(&["ip", "netns", "exec", ns, "cat", "/proc/net/snmp"]);
-    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
-    let (names, values) = (tcp.next().expect("Tcp header"), tcp.next().expect("Tcp values"));
-    let idx = names.split_whitespace().position(|n| n == "RetransSegs").expect("RetransSegs");
-    values.split_whitespace().nth(idx).and_then(|v| v.parse().ok()).expect("RetransSegs value")
-}
-
-/// A named counter of the namespace's /proc/net/snmp or /proc/net/netstat (e.g. ("TcpExt",
-/// "TCPAbortOnData")), read from inside it. A missing counter fails the test.
-fn ns_counter(ns: &str, file: &str, group: &str, name: &str) -> u64 {
-    let text = support::run(&["ip", "netns", "exec", ns, "cat", file]);
-    let prefix = format!("{group}:");
-    let mut rows = text.lines().filter(|l| l.starts_with(&prefix));
-    while let (Some(names), Some(values)) = (rows.next(), rows.next()) {
-        if let Some(idx) = names.split_whitespace().position(|n| n == name) {
-            return values.split_whitespace().nth(idx).and_then(|v| v.parse().ok()).expect("counter value");
-        }
-    }
-    panic!("no counter {group}:{name} in {file}")
-}
-
-fn our_pid() -> u64 {
-    u64::from(std::process::id())
-}
-
-fn gettid() -> u64 {
-    // SAFETY: gettid has no memory effects.
-    u64::try_from(unsafe { libc::gettid() }).expect("tid")
-}
 
 /// Sets SO_LINGER 0 so that dropping `s` aborts the connection (RST, ESTABLISHED → CLOSE).
 fn linger_zero(s: &TcpStream) {
@@ -159,9 +126,7 @@ fn map_update(id: &str, key: &[String], value: &[String]) {
 #[test]
 #[ignore = "needs root"]
 fn refused_connects_give_exactly_one_refused_event_each_v4_and_v6() {
-    if !kernel_test("refused_connects") {
-        return;
-    }
+    let _turn = kernel_test("refused_connects");
     let agent = Agent::start(BASE);
     let port4 = closed_port();
     let port6 = {
@@ -194,9 +159,7 @@ fn refused_connects_give_exactly_one_refused_event_each_v4_and_v6() {
 #[test]
 #[ignore = "needs root"]
 fn an_application_that_cancels_its_connect_is_not_evidence() {
-    if !kernel_test("cancelled_connect") {
-        return;
-    }
+    let _turn = kernel_test("cancelled_connect");
     let pair = NetnsPair::new("cc", 11);
     // b silently drops SYNs: the connect would hang; the app gives up after 300 ms.
     pair.nft_input(&pair.b, "tcp dport 7001 drop");
@@ -213,9 +176,7 @@ fn an_application_that_cancels_its_connect_is_not_evidence() {
 #[test]
 #[ignore = "needs root"]
 fn a_connect_whose_syns_are_dropped_times_out_once_and_is_not_a_retransmit_spike() {
-    if !kernel_test("connection_timeout") {
-        return;
-    }
+    let _turn = kernel_test("connection_timeout");
     let pair = NetnsPair::new("to", 12);
     pair.nft_input(&pair.b, "tcp dport 7002 drop");
     // Two SYN retransmits against a spike threshold of two: were SYN retransmits counted as
@@ -250,9 +211,7 @@ fn a_connect_whose_syns_are_dropped_times_out_once_and_is_not_a_retransmit_spike
 #[test]
 #[ignore = "needs root"]
 fn an_icmp_unreachable_answer_is_unreachable_not_refused_or_timeout() {
-    if !kernel_test("connection_unreachable") {
-        return;
-    }
+    let _turn = kernel_test("connection_unreachable");
     let pair = NetnsPair::new("un", 13);
     pair.nft_input(&pair.b, "tcp dport 7003 reject with icmp type host-unreachable");
     let agent = Agent::start(BASE);
@@ -274,9 +233,7 @@ fn an_icmp_unreachable_answer_is_unreachable_not_refused_or_timeout() {
 #[test]
 #[ignore = "needs root"]
 fn a_peer_reset_of_an_established_connection_is_one_reset_event() {
-    if !kernel_test("connection_reset") {
-        return;
-    }
+    let _turn = kernel_test("connection_reset");
     let agent = Agent::start(BASE);
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().unwrap().port();
@@ -307,16 +264,14 @@ fn a_peer_reset_of_an_established_connection_is_one_reset_event() {
 #[test]
 #[ignore = "needs root"]
 fn lossy_bulk_transfer_gives_bounded_retransmit_spikes_per_window() {
-    if !kernel_test("retransmit_spike") {
-        return;
-    }
+    let _turn = kernel_test("retransmit_spike");
     let pair = NetnsPair::new("rt", 14);
     // Drop ~20 % of the data at the receiver's input: the sender must retransmit (a drop on
     // the sender's side would be a local drop, which TCP does not count as a retransmit).
     pair.nft_input(&pair.b, &format!("ip saddr {} tcp dport 7004 numgen random mod 100 < 20 drop", pair.a_addr));
     let agent = Agent::start(&format!("{BASE}[network]\nretransmit_count = 5\nretransmit_window_ms = 1000\n"));
     let bind: SocketAddr = format!("{}:7004", pair.b_addr).parse().unwrap();
-    let listener = pair.spawn_in(&pair.b.clone(), move || TcpListener::bind(bind).expect("bind in b")).join().unwrap();
+    let listener = pair.listen_in_b(bind);
     let server = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().expect("accept");
         let mut sink = Vec::new();
@@ -371,13 +326,11 @@ fn lossy_bulk_transfer_gives_bounded_retransmit_spikes_per_window() {
 #[test]
 #[ignore = "needs root"]
 fn queueing_delay_after_a_learned_baseline_is_one_rtt_degradation() {
-    if !kernel_test("rtt_degradation") {
-        return;
-    }
+    let _turn = kernel_test("rtt_degradation");
     let pair = NetnsPair::new("rtt", 15);
     let agent = Agent::start(&format!("{BASE}[network]\nrtt_min_samples = 50\nrtt_ratio_percent = 300\nrtt_ceiling_us = 0\nrtt_min_increase_us = 1000\n"));
     let bind: SocketAddr = format!("{}:7005", pair.b_addr).parse().unwrap();
-    let listener = pair.spawn_in(&pair.b.clone(), move || TcpListener::bind(bind).expect("bind in b")).join().unwrap();
+    let listener = pair.listen_in_b(bind);
     // An echo server: every byte the client sends comes back.
     let server = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().expect("accept");
@@ -446,21 +399,18 @@ fn queueing_delay_after_a_learned_baseline_is_one_rtt_degradation() {
 #[test]
 #[ignore = "needs root"]
 fn socket_bookkeeping_does_not_depend_on_a_readable_config() {
-    if !kernel_test("bookkeeping_without_config") {
-        return;
-    }
+    let _turn = kernel_test("bookkeeping_without_config");
     let pair = NetnsPair::new("i14nbk", 16);
     // b drops SYNs to 7010: a connect there stays in SYN_SENT until the app gives up.
     pair.nft_input(&pair.b, "tcp dport 7010 drop");
     let agent = Agent::start(BASE);
     let maps = NetworkMaps::of_agent(agent.pid());
     let established: SocketAddr = format!("{}:7011", pair.b_addr).parse().unwrap();
-    let listener =
-        pair.spawn_in(&pair.b.clone(), move || TcpListener::bind(established).expect("bind in b")).join().unwrap();
+    let listener = pair.listen_in_b(established);
 
     // An established connection, made while the config was readable: its owner is recorded.
     let (client, client_tid) = pair
-        .spawn_in(&pair.a.clone(), move || (TcpStream::connect(established).expect("connect"), gettid()))
+        .spawn_in(&pair.a.clone(), move || (TcpStream::connect(established).expect("connect"), u64::from(gettid())))
         .join()
         .expect("connect thread");
     let (server, _) = listener.accept().expect("accept");
@@ -470,7 +420,7 @@ fn socket_bookkeeping_does_not_depend_on_a_readable_config() {
     let (tid_tx, tid_rx) = std::sync::mpsc::channel();
     let dropped: SocketAddr = format!("{}:7010", pair.b_addr).parse().unwrap();
     let pending = pair.spawn_in(&pair.a.clone(), move || {
-        tid_tx.send(gettid()).expect("send tid");
+        tid_tx.send(u64::from(gettid())).expect("send tid");
         TcpStream::connect_timeout(&dropped, Duration::from_millis(1500))
     });
     let pending_tid = tid_rx.recv().expect("tid");
@@ -492,7 +442,7 @@ fn socket_bookkeeping_does_not_depend_on_a_readable_config() {
     let refused_tid = std::thread::spawn(move || {
         let err = TcpStream::connect(("127.0.0.1", port)).expect_err("nothing listens");
         assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
-        gettid()
+        u64::from(gettid())
     })
     .join()
     .expect("refused connect thread");
@@ -512,13 +462,11 @@ fn socket_bookkeeping_does_not_depend_on_a_readable_config() {
 #[test]
 #[ignore = "needs root"]
 fn the_kernels_own_abort_on_data_is_not_a_peer_reset_but_the_rst_it_sends_is() {
-    if !kernel_test("abort_on_data") {
-        return;
-    }
+    let _turn = kernel_test("abort_on_data");
     let pair = NetnsPair::new("i14nab", 17);
     let agent = Agent::start(BASE);
     let bind: SocketAddr = format!("{}:7012", pair.b_addr).parse().unwrap();
-    let listener = pair.spawn_in(&pair.b.clone(), move || TcpListener::bind(bind).expect("bind in b")).join().unwrap();
+    let listener = pair.listen_in_b(bind);
     let (aborts_before, rsts_before) =
         (ns_counter(&pair.b, "/proc/net/netstat", "TcpExt", "TCPAbortOnData"), tcp_out_rsts(&pair.b));
     let (client_port_tx, client_port_rx) = std::sync::mpsc::channel();
@@ -565,13 +513,11 @@ fn the_kernels_own_abort_on_data_is_not_a_peer_reset_but_the_rst_it_sends_is() {
 #[test]
 #[ignore = "needs root"]
 fn a_clients_own_abort_on_data_is_not_a_peer_reset_but_the_server_sees_one() {
-    if !kernel_test("abort_on_data_client") {
-        return;
-    }
+    let _turn = kernel_test("abort_on_data_client");
     let pair = NetnsPair::new("i14nac", 24);
     let agent = Agent::start(BASE);
     let bind: SocketAddr = format!("{}:7013", pair.b_addr).parse().unwrap();
-    let listener = pair.spawn_in(&pair.b.clone(), move || TcpListener::bind(bind).expect("bind in b")).join().unwrap();
+    let listener = pair.listen_in_b(bind);
     let aborts_before = ns_counter(&pair.a, "/proc/net/netstat", "TcpExt", "TCPAbortOnData");
     let client = pair.spawn_in(&pair.a.clone(), move || {
         let c = TcpStream::connect(bind).expect("connect");
@@ -667,7 +613,7 @@ fn bulk_echo(c: &mut TcpStream, chunks: usize) {
 
 fn listen_in(pair: &NetnsPair, port: u16) -> (SocketAddr, TcpListener) {
     let bind: SocketAddr = format!("{}:{port}", pair.b_addr).parse().unwrap();
-    (bind, pair.spawn_in(&pair.b.clone(), move || TcpListener::bind(bind).expect("bind in b")).join().unwrap())
+    (bind, pair.listen_in_b(bind))
 }
 
 /// Throttles `ns`'s `dev` egress with a token bucket: bulk data queues, RTT grows by the
@@ -694,9 +640,7 @@ const RTT_CONFIG: &str =
 #[test]
 #[ignore = "needs root"]
 fn a_slow_and_a_fast_connection_to_one_endpoint_are_one_crossing_not_a_storm() {
-    if !kernel_test("rtt_two_connections") {
-        return;
-    }
+    let _turn = kernel_test("rtt_two_connections");
     let pair = NetnsPair::new("i14nhb", 18);
     // a's egress: HTB with a fast default class and a 1 mbit class; a socket picks the slow
     // class with SO_PRIORITY 1:20 (HTB classifies by priority, no filter module needed).
@@ -742,9 +686,7 @@ fn a_slow_and_a_fast_connection_to_one_endpoint_are_one_crossing_not_a_storm() {
 #[test]
 #[ignore = "needs root"]
 fn delayed_acks_of_a_request_response_client_are_not_rtt_degradation_but_a_path_delay_is() {
-    if !kernel_test("rtt_delayed_ack") {
-        return;
-    }
+    let _turn = kernel_test("rtt_delayed_ack");
     let pair = NetnsPair::new("i14nda", 19);
     let agent = Agent::start(&format!("{BASE}{RTT_CONFIG}"));
     let (bind, listener) = listen_in(&pair, 7021);
@@ -780,9 +722,7 @@ fn delayed_acks_of_a_request_response_client_are_not_rtt_degradation_but_a_path_
 #[test]
 #[ignore = "needs root"]
 fn the_ceiling_alone_judges_once_per_degraded_period() {
-    if !kernel_test("rtt_ceiling") {
-        return;
-    }
+    let _turn = kernel_test("rtt_ceiling");
     let pair = NetnsPair::new("i14nce", 20);
     // The ratio is out of reach: only the 20 ms ceiling can judge.
     let agent = Agent::start(&format!(
@@ -818,9 +758,7 @@ fn the_ceiling_alone_judges_once_per_degraded_period() {
 #[test]
 #[ignore = "needs root"]
 fn an_srtt_hovering_at_the_threshold_is_one_crossing() {
-    if !kernel_test("rtt_hovering") {
-        return;
-    }
+    let _turn = kernel_test("rtt_hovering");
     const LEARN: usize = 200;
     const BLOCK: usize = 8;
     const CYCLES: usize = 10;
@@ -866,9 +804,7 @@ fn an_srtt_hovering_at_the_threshold_is_one_crossing() {
 #[test]
 #[ignore = "needs root"]
 fn two_ports_of_one_server_are_two_baselines() {
-    if !kernel_test("rtt_endpoint_keys") {
-        return;
-    }
+    let _turn = kernel_test("rtt_endpoint_keys");
     let pair = NetnsPair::new("i14nek", 21);
     let agent = Agent::start(&format!("{BASE}{RTT_CONFIG}"));
     let maps = NetworkMaps::of_agent(agent.pid());
@@ -918,9 +854,7 @@ fn two_ports_of_one_server_are_two_baselines() {
 #[test]
 #[ignore = "needs root"]
 fn a_retransmit_spike_counts_what_the_kernel_counts() {
-    if !kernel_test("retransmit_spike_count") {
-        return;
-    }
+    let _turn = kernel_test("retransmit_spike_count");
     let pair = NetnsPair::new("i14nrc", 22);
     // Data segments (not the SYN) lost at the receiver; one window spans the whole transfer,
     // so the spike's count must be the socket's own retransmit count when it fired.
@@ -965,9 +899,7 @@ fn a_retransmit_spike_counts_what_the_kernel_counts() {
 #[test]
 #[ignore = "needs root"]
 fn a_flood_of_refused_connects_is_fully_accounted_for() {
-    if !kernel_test("refused_flood") {
-        return;
-    }
+    let _turn = kernel_test("refused_flood");
     const PER_THREAD: usize = 5000;
     const THREADS: usize = 4;
     // Only the network observer runs, so every loss counted below is a network loss.
@@ -993,7 +925,7 @@ fn a_flood_of_refused_connects_is_fully_accounted_for() {
     let secs = started.elapsed().as_secs_f64();
     assert_eq!(made, PER_THREAD * THREADS, "every connect must be refused");
     let run = agent.stop();
-    let ready = run.stderr.lines().find(|l| l.contains("ready:")).expect("ready line");
+    let ready = ready_line(&run.stderr).expect("ready line");
     assert!(
         ready.contains("network=running") && ready.matches("=running").count() == 1,
         "only the network observer may run: {ready}"

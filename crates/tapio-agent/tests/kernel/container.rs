@@ -10,17 +10,16 @@
 //! shell cannot express, and a compiled helper would need a build target outside this test.
 //! python3 is part of the test-bed image; without it these tests fail saying so.
 
-mod support;
-
+use crate::support::cgroup::{Freezer, KubeCgroup, MemCgroup, V1_MEMORY, V2_UNIFIED};
+use crate::support::kmsg::{KernelKill, Kmsg};
+use crate::support::tmp::Dir;
+use crate::support::{kernel_test, Agent, Finished};
 use serde_json::Value;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self};
 use std::io::{BufRead, BufReader, Read};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use support::{kernel_test, Agent, Finished};
 
 /// Only the container observer: the network one has nothing to say here.
 const BASE: &str = "[sinks]\nstdout = true\n[network]\nenabled = false\n";
@@ -229,33 +228,13 @@ fn core_limit(cmd: &mut Command, limit: u64) -> &mut Command {
     }
 }
 
-/// A scratch directory removed on drop (a dumped core lands in the dying process's cwd).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("tapio-test-{}-{tag}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("create scratch dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // Exits
 
 #[test]
 #[ignore = "needs root"]
 fn a_nonzero_exit_is_one_abnormal_exit_with_its_code() {
-    if !kernel_test("nonzero_exit") {
-        return;
-    }
+    let _turn = kernel_test("nonzero_exit");
     let agent = Agent::start(BASE);
     let three = sh("exit 3");
     // Reported under the default config (the ignore-list test below turns these off).
@@ -283,10 +262,9 @@ fn a_nonzero_exit_is_one_abnormal_exit_with_its_code() {
 #[test]
 #[ignore = "needs root"]
 fn death_by_sigsegv_reports_the_signal_and_whether_the_kernel_dumped_a_core() {
-    if !kernel_test("sigsegv_exit") {
-        return;
-    }
-    let scratch = TempDir::new("core");
+    let _turn = kernel_test("sigsegv_exit");
+    // A dumped core lands in the dying process's cwd: a scratch directory, removed at the end.
+    let scratch = Dir::scratch("core");
     let agent = Agent::start(BASE);
     // No core allowed: the kernel cannot dump one.
     let no_core = run_to_exit(core_limit(Command::new("sh").arg("-c").arg("kill -SEGV $$"), 0));
@@ -344,9 +322,7 @@ ready.wait()
 #[test]
 #[ignore = "needs root"]
 fn a_five_thread_process_that_exit_groups_is_one_event_counting_five_threads() {
-    if !kernel_test("exit_group_five_threads") {
-        return;
-    }
+    let _turn = kernel_test("exit_group_five_threads");
     // All five threads are parked when main calls exit_group(4); any of them may be the
     // last to leave the kernel, and the workers carry other names.
     let script = format!(
@@ -370,9 +346,7 @@ os._exit(4)
 #[test]
 #[ignore = "needs root"]
 fn a_process_whose_workers_finished_first_is_one_event_for_its_main_thread() {
-    if !kernel_test("workers_first") {
-        return;
-    }
+    let _turn = kernel_test("workers_first");
     // Four workers run and end (their exits are thread exits, not evidence); main waits
     // until the kernel has released them, then exits with 4 as a single-threaded process.
     let script = format!(
@@ -418,9 +392,7 @@ fn sys_exit_number() -> u32 {
 #[test]
 #[ignore = "needs root"]
 fn a_process_whose_renamed_worker_exits_last_is_one_event_named_by_its_leader() {
-    if !kernel_test("worker_last") {
-        return;
-    }
+    let _turn = kernel_test("worker_last");
     // Main leaves first with SYS_exit(4) (that thread only; the process lives on), then a
     // renamed worker, once main is a zombie, leaves with SYS_exit(5) as the last thread.
     // Which of the two codes the parent's wait() reports is the kernel's call (6.18 reports
@@ -465,9 +437,7 @@ libc.syscall(NR_EXIT, 4)
 #[test]
 #[ignore = "needs root"]
 fn a_multi_threaded_process_killed_by_a_signal_is_one_event() {
-    if !kernel_test("signal_five_threads") {
-        return;
-    }
+    let _turn = kernel_test("signal_five_threads");
     let script = format!(
         "{PY_PRELUDE}import signal
 {PY_FIVE_PARKED_THREADS}os.kill(os.getpid(), signal.SIGSEGV)
@@ -489,9 +459,7 @@ time.sleep(10)
 #[test]
 #[ignore = "needs root"]
 fn clean_exits_and_ignored_codes_and_signals_are_not_evidence() {
-    if !kernel_test("ignored_exits") {
-        return;
-    }
+    let _turn = kernel_test("ignored_exits");
     let agent = Agent::start(&format!("{BASE}[container]\nexit_ignore_codes = [5]\nexit_ignore_signals = [15]\n"));
     let clean = sh("exit 0");
     let ignored_code = sh("exit 5");
@@ -520,149 +488,6 @@ fn clean_exits_and_ignored_codes_and_signals_are_not_evidence() {
 
 // ---------------------------------------------------------------------------------------
 // OOM kills
-
-const V1_MEMORY: &str = "/sys/fs/cgroup/memory";
-
-/// A v1 memory cgroup with a limit, removed on drop after whatever this test left in it is
-/// killed (only processes this test started are ever put there).
-struct MemCgroup {
-    dir: PathBuf,
-    /// Its path in the memory hierarchy, as the agent should name it.
-    path: String,
-}
-
-impl MemCgroup {
-    fn new(tag: &str, limit: u64) -> MemCgroup {
-        assert!(
-            Path::new(V1_MEMORY).join("memory.limit_in_bytes").exists(),
-            "these tests need the v1 memory controller at {V1_MEMORY} (the test-bed has it)"
-        );
-        let name = format!("tapio-test-{}-{tag}", std::process::id());
-        let cg = MemCgroup { dir: Path::new(V1_MEMORY).join(&name), path: format!("/{name}") };
-        cg.remove();
-        fs::create_dir(&cg.dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", cg.dir.display()));
-        cg.write("memory.limit_in_bytes", &limit.to_string());
-        // With swap on, the limit alone would let the workload swap instead of dying.
-        let swap_on = fs::read_to_string("/proc/swaps").map(|s| s.lines().count() > 1).unwrap_or(false);
-        if swap_on && cg.dir.join("memory.memsw.limit_in_bytes").exists() {
-            cg.write("memory.memsw.limit_in_bytes", &limit.to_string());
-        }
-        cg
-    }
-
-    fn write(&self, file: &str, value: &str) {
-        fs::write(self.dir.join(file), value).unwrap_or_else(|e| panic!("write {value} to {file}: {e}"));
-    }
-
-    fn procs(&self) -> String {
-        self.dir.join("cgroup.procs").display().to_string()
-    }
-
-    fn id(&self) -> u64 {
-        // The kernfs id of a cgroup is its directory's inode number (64-bit kernels).
-        fs::metadata(&self.dir).expect("stat cgroup").ino()
-    }
-
-    fn remove(&self) {
-        if !self.dir.exists() {
-            return;
-        }
-        for _ in 0..500 {
-            let pids = fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default();
-            if pids.trim().is_empty() && fs::remove_dir(&self.dir).is_ok() {
-                return;
-            }
-            for pid in pids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                // SAFETY: signalling a process this test put in its own cgroup.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        eprintln!("could not remove {}", self.dir.display());
-    }
-}
-
-impl Drop for MemCgroup {
-    fn drop(&mut self) {
-        self.remove();
-    }
-}
-
-/// What the kernel logged when it killed one process: "Killed process <pid> (<comm>)
-/// total-vm:…kB, anon-rss:…kB, file-rss:…kB, shmem-rss:…kB, …".
-#[derive(Debug)]
-struct KernelKill {
-    comm: String,
-    total_vm_kb: u64,
-    anon_rss_kb: u64,
-    file_rss_kb: u64,
-    shmem_rss_kb: u64,
-}
-
-/// The kernel log from the moment this is made on.
-struct Kmsg {
-    file: File,
-    lines: Vec<String>,
-}
-
-impl Kmsg {
-    fn from_now() -> Kmsg {
-        let file =
-            OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open("/dev/kmsg").expect("open /dev/kmsg");
-        // SAFETY: seeking a descriptor we own; /dev/kmsg's SEEK_END skips existing records.
-        let rc = unsafe { libc::lseek(std::os::fd::AsRawFd::as_raw_fd(&file), 0, libc::SEEK_END) };
-        assert!(rc >= 0, "seek /dev/kmsg: {}", std::io::Error::last_os_error());
-        Kmsg { file, lines: Vec::new() }
-    }
-
-    /// Reads what is new; each read of /dev/kmsg returns one record.
-    fn read_new(&mut self) {
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            match self.file.read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => {
-                    let rec = String::from_utf8_lossy(&buf[..n]);
-                    if let Some((_, msg)) = rec.split_once(';') {
-                        self.lines.push(msg.lines().next().unwrap_or("").to_string());
-                    }
-                }
-                // EPIPE: records were overwritten before we read them; the next read resumes.
-                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
-                Err(_) => return,
-            }
-        }
-    }
-
-    fn killed(&mut self, pid: u32, timeout: Duration) -> Option<KernelKill> {
-        let deadline = Instant::now() + timeout;
-        let needle = format!("Killed process {pid} (");
-        loop {
-            self.read_new();
-            if let Some(line) = self.lines.iter().find(|l| l.contains(&needle)) {
-                let rest = &line[line.find(&needle).unwrap_or(0) + needle.len()..];
-                let (comm, sizes) = rest.rsplit_once(") total-vm:").expect("kernel OOM line shape");
-                let kb = |field: &str| -> u64 {
-                    let at = line.find(field).unwrap_or_else(|| panic!("{field} in {line}")) + field.len();
-                    line[at..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().expect("kB")
-                };
-                let total_vm_kb =
-                    sizes.chars().take_while(char::is_ascii_digit).collect::<String>().parse().expect("kB");
-                return Some(KernelKill {
-                    comm: comm.to_string(),
-                    total_vm_kb,
-                    anon_rss_kb: kb("anon-rss:"),
-                    file_rss_kb: kb("file-rss:"),
-                    shmem_rss_kb: kb("shmem-rss:"),
-                });
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
 
 fn within_percent(ours: u64, kernel: u64, percent: u64) -> bool {
     ours.abs_diff(kernel) * 100 <= kernel * percent
@@ -711,9 +536,7 @@ fn check_oom(e: &Value, pid: u32, kernel: &KernelKill, cg: &MemCgroup, limit: u6
 #[test]
 #[ignore = "needs root"]
 fn an_oom_kill_in_a_v1_memory_cgroup_is_one_oom_kill_matching_the_kernel_log() {
-    if !kernel_test("oom_kill") {
-        return;
-    }
+    let _turn = kernel_test("oom_kill");
     let limit = 64 * MIB;
     // Outlives the agent: the agent names the cgroup by looking its id up until it stops.
     let cg = MemCgroup::new("oom", limit);
@@ -737,9 +560,7 @@ fn an_oom_kill_in_a_v1_memory_cgroup_is_one_oom_kill_matching_the_kernel_log() {
 #[test]
 #[ignore = "needs root"]
 fn a_multi_threaded_oom_victim_is_one_oom_kill() {
-    if !kernel_test("oom_kill_threads") {
-        return;
-    }
+    let _turn = kernel_test("oom_kill_threads");
     let limit = 64 * MIB;
     let cg = MemCgroup::new("oomt", limit);
     // Joins the cgroup before any thread exists, then four threads allocate at once.
@@ -770,63 +591,10 @@ hog()
     check_oom(e, p.pid, &kernel, &cg, limit, p.window);
 }
 
-const V1_FREEZER: &str = "/sys/fs/cgroup/freezer";
-
-/// A v1 freezer cgroup; thawed (so its members can die) and removed on drop.
-struct Freezer {
-    dir: PathBuf,
-}
-
-impl Freezer {
-    fn new(tag: &str) -> Freezer {
-        assert!(Path::new(V1_FREEZER).exists(), "this test needs the v1 freezer at {V1_FREEZER} (the test-bed has it)");
-        let f = Freezer { dir: Path::new(V1_FREEZER).join(format!("tapio-test-{}-{tag}", std::process::id())) };
-        f.remove();
-        fs::create_dir(&f.dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", f.dir.display()));
-        f
-    }
-
-    fn state(&self) -> String {
-        fs::read_to_string(self.dir.join("freezer.state")).unwrap_or_default().trim().to_string()
-    }
-
-    fn freeze(&self, pid: u32) {
-        fs::write(self.dir.join("cgroup.procs"), pid.to_string()).expect("join freezer");
-        fs::write(self.dir.join("freezer.state"), "FROZEN").expect("freeze");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.state() != "FROZEN" {
-            assert!(Instant::now() < deadline, "freezer stuck in {}", self.state());
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn remove(&self) {
-        if !self.dir.exists() {
-            return;
-        }
-        let _ = fs::write(self.dir.join("freezer.state"), "THAWED");
-        for _ in 0..500 {
-            if fs::remove_dir(&self.dir).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        eprintln!("could not remove {}", self.dir.display());
-    }
-}
-
-impl Drop for Freezer {
-    fn drop(&mut self) {
-        self.remove();
-    }
-}
-
 #[test]
 #[ignore = "needs root"]
 fn an_already_dying_process_that_the_oom_killer_only_marks_is_not_an_oom_kill() {
-    if !kernel_test("oom_marked_dying") {
-        return;
-    }
+    let _turn = kernel_test("oom_marked_dying");
     // The kernel's OOM killer does not kill a victim that is already dying: it marks it
     // (mark_victim fires), thaws it and lets it exit, and logs nothing ("don't alarm the
     // sysadmin"). Make that happen: a frozen process holding 40 MiB gets a SIGKILL it
@@ -898,96 +666,6 @@ keep = b'x' * (40 << 20)
 
 // Workload identity of a container whose cgroup is removed the moment its process is reaped
 
-const V2_UNIFIED: &str = "/sys/fs/cgroup/unified";
-
-/// A Kubernetes-shaped container cgroup made for one scenario: the cgroupfs driver's
-/// `kubepods/burstable/pod<uid>/<id>` or the systemd driver's
-/// `kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice/cri-containerd-<id>.scope`.
-/// Pod UID and container id are unique to this test run; only the directories it made are
-/// removed (the shared `kubepods` tops stay if they were there before).
-struct KubeCgroup {
-    leaf: PathBuf,
-    made: Vec<PathBuf>,
-    /// From the hierarchy root, as the agent should name it.
-    path: String,
-    container_id: String,
-    pod_uid: String,
-}
-
-impl KubeCgroup {
-    fn new(mount: &str, systemd: bool, n: u32, memory_limit: Option<u64>) -> KubeCgroup {
-        assert!(Path::new(mount).join("cgroup.procs").exists(), "no cgroup hierarchy at {mount} (the test-bed has it)");
-        let pid = std::process::id();
-        // "a14c": this branch's tag in hex, so nobody else's cgroups can have these names.
-        let pod_uid =
-            format!("{pid:08x}-a14c-4{n:03x}-8{:03x}-{:012x}", u32::from(systemd), wall_ns() & 0xffff_ffff_ffff);
-        let container_id = format!("{pid:08x}a14c{n:04x}{}", "0123456789abcdef".repeat(3));
-        let segments: Vec<String> = if systemd {
-            let pod = pod_uid.replace('-', "_");
-            vec![
-                "kubepods.slice".into(),
-                "kubepods-burstable.slice".into(),
-                format!("kubepods-burstable-pod{pod}.slice"),
-                format!("cri-containerd-{container_id}.scope"),
-            ]
-        } else {
-            vec!["kubepods".into(), "burstable".into(), format!("pod{pod_uid}"), container_id.clone()]
-        };
-        let mut dir = PathBuf::from(mount);
-        let mut made = Vec::new();
-        for segment in &segments {
-            dir.push(segment);
-            if !dir.exists() {
-                fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-                made.push(dir.clone());
-            }
-        }
-        if let Some(limit) = memory_limit {
-            fs::write(dir.join("memory.limit_in_bytes"), limit.to_string()).expect("memory.limit_in_bytes");
-            let swap_on = fs::read_to_string("/proc/swaps").map(|s| s.lines().count() > 1).unwrap_or(false);
-            if swap_on {
-                fs::write(dir.join("memory.memsw.limit_in_bytes"), limit.to_string()).expect("memsw limit");
-            }
-        }
-        KubeCgroup { leaf: dir, made, path: format!("/{}", segments.join("/")), container_id, pod_uid }
-    }
-
-    fn procs(&self) -> String {
-        self.leaf.join("cgroup.procs").display().to_string()
-    }
-
-    /// What a runtime does once the container's last process is reaped: removes its cgroup
-    /// (and here the pod's, which this test made). Retries only while the kernel still
-    /// finishes the exit (EBUSY), a few milliseconds.
-    fn remove(&mut self) {
-        while let Some(dir) = self.made.pop() {
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while let Err(e) = fs::remove_dir(&dir) {
-                if Instant::now() >= deadline || !dir.exists() {
-                    eprintln!("could not remove {}: {e}", dir.display());
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-    }
-}
-
-impl Drop for KubeCgroup {
-    fn drop(&mut self) {
-        if self.made.is_empty() {
-            return;
-        }
-        // A failed test may leave members: kill them first.
-        let pids = fs::read_to_string(self.leaf.join("cgroup.procs")).unwrap_or_default();
-        for pid in pids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-            // SAFETY: signalling a process this test put in its own cgroup.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        self.remove();
-    }
-}
-
 /// The event names the container as its cgroup said, though the cgroup is gone.
 fn check_identity(e: &Value, cg: &KubeCgroup) {
     let w = &e["workload"];
@@ -999,9 +677,7 @@ fn check_identity(e: &Value, cg: &KubeCgroup) {
 #[test]
 #[ignore = "needs root"]
 fn containers_removed_at_reap_keep_their_identity_v1_v2_cgroupfs_systemd_exit_and_oom() {
-    if !kernel_test("identity_after_cgroup_removal") {
-        return;
-    }
+    let _turn = kernel_test("identity_after_cgroup_removal");
     // Made before the agent starts: learned by its start-up walk, not from the kernel hook.
     let mut existing = KubeCgroup::new(V1_MEMORY, false, 0, None);
     let agent = Agent::start(BASE);

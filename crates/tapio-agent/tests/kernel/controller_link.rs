@@ -2,157 +2,16 @@
 //! registration, config with ETag, heartbeats carrying real counters, kernel evidence
 //! arriving in the controller's sink, restarts, outages, blackholes and bad tokens.
 
-mod support;
-
+use crate::support::agent::{final_counters, ready_line, Launch, Stdout, NETWORK_ONLY};
+use crate::support::controller::{agent_config, free_port, read_sink, wait_until, Controller};
+use crate::support::netns::NetnsPair;
+use crate::support::tmp::Dir;
+use crate::support::{closed_port, kernel_test, refuse, Agent};
 use serde_json::Value;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpListener;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
-use support::netns::NetnsPair;
-use support::{closed_port, kernel_test, Agent};
-
-/// The controller binary, built next to the agent by `cargo test --workspace`.
-fn controller_bin() -> PathBuf {
-    let agent = Path::new(env!("CARGO_BIN_EXE_tapio-agent"));
-    let bin = agent.with_file_name("tapio-controller");
-    assert!(bin.exists(), "{} missing: run `cargo build --workspace` (scripts/test does)", bin.display());
-    bin
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct Controller {
-    child: Child,
-    port: u16,
-    sink: PathBuf,
-    dir: PathBuf,
-}
-
-impl Controller {
-    fn start(dir: &Path, port: u16, extra: &[&str]) -> Controller {
-        let sink = dir.join("controller-sink.jsonl");
-        let child = Command::new(controller_bin())
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--sink", "file", "--sink-path"])
-            .arg(&sink)
-            .args(["--send-interval-ms", "200"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(dir.join(format!("controller-{port}.log"))).unwrap()))
-            .spawn()
-            .expect("spawn tapio-controller");
-        let c = Controller { child, port, sink, dir: dir.to_path_buf() };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while get(port, "/healthz").map(|(s, _)| s) != Some(200) {
-            assert!(Instant::now() < deadline, "controller did not come up");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        c
-    }
-
-    fn status(&self) -> Value {
-        let (code, body) = get(self.port, "/v1/status").expect("status");
-        assert_eq!(code, 200);
-        serde_json::from_slice(&body).expect("status JSON")
-    }
-
-    fn agent_status(&self, agent_id: &str) -> Option<Value> {
-        self.status()["agents"].as_array()?.iter().find(|a| a["agent_id"] == agent_id).cloned()
-    }
-
-    fn sink_events(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.sink)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("sink line is JSON"))
-            .collect()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join(format!("controller-{}.log", self.port))).unwrap_or_default()
-    }
-
-    fn stop(mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A minimal GET for test assertions (the agent's own client is what is under test).
-fn get(port: u16, path: &str) -> Option<(u16, Vec<u8>)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").ok()?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).ok()?;
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = String::from_utf8_lossy(&raw[..split]);
-    let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    let mut body = raw[split + 4..].to_vec();
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        body = dechunk(&body);
-    }
-    Some((code, body))
-}
-
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
-        let size = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
-        if size == 0 {
-            break;
-        }
-        out.extend_from_slice(&b[eol + 2..eol + 2 + size]);
-        b = &b[eol + 2 + size + 2..];
-    }
-    out
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tapio-link-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn agent_config(port: u16, agent_id: &str, dir: &Path, extra: &str) -> String {
-    format!(
-        "[sinks]\nstdout = true\n[controller]\nurl = \"http://127.0.0.1:{port}\"\nagent_id = \"{agent_id}\"\n\
-         state_file = \"{}\"\nheartbeat_interval_secs = 1\nconfig_poll_interval_secs = 1\nconnect_timeout_ms = 500\n\
-         io_timeout_ms = 2000\nmax_backoff_ms = 1000\n{extra}",
-        dir.join("agent-state.json").display()
-    )
-}
-
-/// Refused/failed connects only: other processes on a shared machine (resets, RTT
-/// samples, exits, block I/O) then cannot crowd the scenario's records out.
-const NETWORK_ONLY: &str = "[network]\nresets = false\nretransmit_spikes = false\nrtt_degradation = false\n\
-                            [container]\nenabled = false\n[storage]\nenabled = false\n[node]\nenabled = false\n";
-
-fn refuse(port: u16, n: usize) {
-    for _ in 0..n {
-        assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
-    }
-}
 
 fn refused_to(events: &[Value], port: u16) -> usize {
     events.iter().filter(|e| e["type"] == "kernel.network.connection_refused" && e["facts"]["dst_port"] == port).count()
@@ -161,13 +20,12 @@ fn refused_to(events: &[Value], port: u16) -> usize {
 #[test]
 #[ignore = "needs root"]
 fn registers_applies_config_heartbeats_counters_and_delivers_kernel_evidence() {
-    if !kernel_test("controller_link_basic") {
-        return;
-    }
-    let dir = temp_dir("basic");
+    let _turn = kernel_test("controller_link_basic");
+    let scratch = Dir::scratch("link-basic");
+    let dir = scratch.path();
     let port = free_port();
-    let controller = Controller::start(&dir, port, &[]);
-    let agent = Agent::start(&agent_config(port, "agent-basic", &dir, ""));
+    let controller = Controller::start(dir, port, &[]);
+    let agent = Agent::start(&agent_config(port, "agent-basic", dir, ""));
     wait_until("registration and applied config", Duration::from_secs(15), || {
         controller
             .agent_status("agent-basic")
@@ -207,26 +65,24 @@ fn registers_applies_config_heartbeats_counters_and_delivers_kernel_evidence() {
     let saved: Value = serde_json::from_slice(&std::fs::read(dir.join("agent-state.json")).unwrap()).unwrap();
     assert_eq!(saved["config_hash"], hash, "the applied config is persisted");
     controller.stop();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 #[ignore = "needs root"]
 fn a_restarted_controller_sees_the_agent_again_within_a_heartbeat_and_loses_nothing_accepted() {
-    if !kernel_test("controller_link_restart") {
-        return;
-    }
-    let dir = temp_dir("restart");
+    let _turn = kernel_test("controller_link_restart");
+    let scratch = Dir::scratch("link-restart");
+    let dir = scratch.path();
     let port = free_port();
-    let controller = Controller::start(&dir, port, &[]);
-    let agent = Agent::start(&agent_config(port, "agent-restart", &dir, ""));
+    let controller = Controller::start(dir, port, &[]);
+    let agent = Agent::start(&agent_config(port, "agent-restart", dir, ""));
     wait_until("registration", Duration::from_secs(15), || controller.agent_status("agent-restart").is_some());
     let target = closed_port();
     refuse(target, 2);
     wait_until("first evidence", Duration::from_secs(15), || refused_to(&controller.sink_events(), target) == 2);
     controller.stop();
     refuse(target, 2); // while it is down: kept in the outbox
-    let restarted = Controller::start(&dir, port, &[]);
+    let restarted = Controller::start(dir, port, &[]);
     let back = Instant::now();
     wait_until("re-registration", Duration::from_secs(10), || {
         restarted.agent_status("agent-restart").is_some_and(|a| a["registered_at_unix"] != Value::Null)
@@ -243,25 +99,23 @@ fn a_restarted_controller_sees_the_agent_again_within_a_heartbeat_and_loses_noth
     assert_eq!(run.to_port(target).len(), 4);
     assert_eq!(run.counter(&["sinks", "controller", "failed"]), 0, "nothing dropped: {}", run.counters);
     restarted.stop();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 #[ignore = "needs root"]
 fn with_the_controller_down_the_agent_keeps_observing_bounds_its_queue_and_recovers() {
-    if !kernel_test("controller_link_outage") {
-        return;
-    }
-    let dir = temp_dir("outage");
+    let _turn = kernel_test("controller_link_outage");
+    let scratch = Dir::scratch("link-outage");
+    let dir = scratch.path();
     let port = free_port(); // nothing listens yet
                             // Network only: evidence of other processes on a busy machine (exits, block I/O) would
                             // otherwise keep the 5-line outbox full and crowd out the record sent after recovery.
     let extra = format!("queue_capacity = 5\n{NETWORK_ONLY}");
-    let agent = Agent::start(&agent_config(port, "agent-outage", &dir, &extra));
+    let agent = Agent::start(&agent_config(port, "agent-outage", dir, &extra));
     let target = closed_port();
     refuse(target, 8);
     std::thread::sleep(Duration::from_secs(30));
-    let controller = Controller::start(&dir, port, &[]);
+    let controller = Controller::start(dir, port, &[]);
     wait_until("recovery", Duration::from_secs(30), || controller.agent_status("agent-outage").is_some());
     // On a busy machine other evidence can fill the 5-line outbox at any moment, so a fact
     // after recovery is made once a second until one gets through.
@@ -280,11 +134,7 @@ fn with_the_controller_down_the_agent_keeps_observing_bounds_its_queue_and_recov
     // Stopped first, so that everything it acknowledged is in its sink file.
     let sink_path = controller.sink.clone();
     controller.stop();
-    let remote: Vec<Value> = std::fs::read_to_string(&sink_path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("sink line is JSON"))
-        .collect();
+    let remote: Vec<Value> = read_sink(&sink_path);
     let delivered = refused_to(&remote, target) as u64;
     let dropped = run.counter(&["sinks", "controller", "failed"]);
     // Every record the agent wrote locally has exactly one controller outcome: it is in the
@@ -296,70 +146,51 @@ fn with_the_controller_down_the_agent_keeps_observing_bounds_its_queue_and_recov
     assert_eq!(run.counter(&["controller_events_sent_total"]), run.events.len() as u64 - not_delivered);
     assert!(8 - delivered >= 3, "a 5-line outbox must drop at least 3 of 8: {}", run.counters);
     assert!(run.counter(&["controller_send_failures_total"]) > 0);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 #[ignore = "needs root"]
 fn a_blackholed_controller_fails_within_the_connect_timeout_and_observation_goes_on() {
-    if !kernel_test("controller_link_blackhole") {
-        return;
-    }
+    let _turn = kernel_test("controller_link_blackhole");
     // 10.99.21.2 answers nothing: b drops every packet to the controller port.
     let pair = NetnsPair::new("bh", 21);
     pair.nft_input(&pair.b, "tcp dport 7470 drop");
-    let dir = temp_dir("blackhole");
     let config = format!(
         "[sinks]\nstdout = true\n[controller]\nurl = \"http://{}:7470\"\nconnect_timeout_ms = 500\nmax_backoff_ms = 1000\n",
         pair.b_addr
     );
-    std::fs::write(dir.join("agent.toml"), &config).unwrap();
     // The agent runs inside namespace a, where the blackhole is reachable.
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &pair.a, env!("CARGO_BIN_EXE_tapio-agent"), "--config"])
-        .arg(dir.join("agent.toml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
-    });
+    let agent = Launch::with_config(&config)
+        .wrapped_in(&["ip", "netns", "exec", &pair.a])
+        .stdout(Stdout::To(Stdio::null()))
+        .spawn();
     std::thread::sleep(Duration::from_millis(2_500));
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let _ = child.wait();
-    let log = reader.join().unwrap();
-    let ready = log.lines().position(|l| l.contains("ready:")).expect("agent became ready");
+    agent.signal(libc::SIGTERM);
+    let log = agent.wait_exit(Duration::from_secs(60)).stderr;
+    let ready = log.lines().position(|l| Some(l) == ready_line(&log)).expect("agent became ready");
     let first_failure = log
         .lines()
         .skip(ready)
         .find(|l| l.contains("controller hello failed"))
         .unwrap_or_else(|| panic!("no counted failure within 2.5 s:\n{log}"));
     assert!(first_failure.contains("timed out") || first_failure.contains("Connection timed out"), "{first_failure}");
-    let counters: Value =
-        serde_json::from_str(log.split("counters final ").nth(1).unwrap().lines().next().unwrap()).unwrap();
+    let counters = final_counters(&log).expect("final counters");
     assert!(counters["controller_send_failures_total"].as_u64().unwrap() >= 1);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 #[ignore = "needs root"]
 fn a_wrong_token_is_refused_counted_and_never_logged() {
-    if !kernel_test("controller_link_auth") {
-        return;
-    }
-    let dir = temp_dir("auth");
+    let _turn = kernel_test("controller_link_auth");
+    let scratch = Dir::scratch("link-auth");
+    let dir = scratch.path();
     std::fs::write(dir.join("controller.token"), "right-token-0123456789\n").unwrap();
     std::fs::write(dir.join("agent.token"), "wrong-token-9876543210\n").unwrap();
     let port = free_port();
     let token_arg = dir.join("controller.token");
-    let controller = Controller::start(&dir, port, &["--auth-token-file", token_arg.to_str().unwrap()]);
+    let controller = Controller::start(dir, port, &["--auth-token-file", token_arg.to_str().unwrap()]);
     let extra = format!("token_file = \"{}\"\n", dir.join("agent.token").display());
-    let agent = Agent::start(&agent_config(port, "agent-auth", &dir, &extra));
+    let agent = Agent::start(&agent_config(port, "agent-auth", dir, &extra));
     std::thread::sleep(Duration::from_secs(3));
     let run = agent.stop();
     assert!(run.counter(&["controller_send_failures_total"]) > 0);
@@ -371,7 +202,6 @@ fn a_wrong_token_is_refused_counted_and_never_logged() {
         }
     }
     controller.stop();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A "controller" that accepts, reads the request, then trickles a never-ending header one
@@ -413,11 +243,12 @@ fn trickling_controller() -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>
 #[test]
 #[ignore = "needs root"]
 fn a_controller_trickling_its_headers_is_cut_off_counted_and_shutdown_stays_bounded() {
-    kernel_test("controller_link_trickle");
+    let _turn = kernel_test("controller_link_trickle");
     let (port, stop) = trickling_controller();
-    let dir = temp_dir("trickle");
+    let scratch = Dir::scratch("link-trickle");
+    let dir = scratch.path();
     let agent =
-        Agent::start(&agent_config(port, "agent-trickle", &dir, &format!("request_timeout_ms = 1000\n{NETWORK_ONLY}")));
+        Agent::start(&agent_config(port, "agent-trickle", dir, &format!("request_timeout_ms = 1000\n{NETWORK_ONLY}")));
     let target = closed_port();
     refuse(target, 5);
     std::thread::sleep(Duration::from_secs(4));
@@ -436,5 +267,4 @@ fn a_controller_trickling_its_headers_is_cut_off_counted_and_shutdown_stays_boun
         run.counters
     );
     eprintln!("trickling controller: exit {took:?} after SIGTERM; {}", run.counters);
-    let _ = std::fs::remove_dir_all(&dir);
 }
