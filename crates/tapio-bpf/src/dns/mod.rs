@@ -7,9 +7,13 @@ use crate::abi::{
 };
 use crate::record::{decode_as, read_header, DecodeError, Record};
 
+// SAFETY: a bindgen repr(C) mirror of an ABI header struct: integers only, padding explicit.
 unsafe impl Record for tapio_dns_event {}
+// SAFETY: a bindgen repr(C) mirror of an ABI header struct: integers only, padding explicit.
 unsafe impl Record for tapio_dns_config {}
+// SAFETY: a bindgen repr(C) mirror of an ABI header struct: integers only, padding explicit.
 unsafe impl Record for tapio_dns_query {}
+// SAFETY: a bindgen repr(C) mirror of an ABI header struct: integers only, padding explicit.
 unsafe impl Record for tapio_dns_key {}
 
 /// Programs attached to the cgroup2 root: (program name, what it sees). The sock_addr
