@@ -97,13 +97,15 @@ struct {
 
 /* ---- owners: process context ---- */
 
-static __always_inline void remember_owner(struct bpf_sock_addr *ctx)
+/* A global function (verified once, shared by the four hooks below instead of inlined in
+ * each): records the caller as the owner of a socket connecting or sending to port 53. */
+__attribute__((noinline)) int tapio_dns_remember_owner(struct bpf_sock_addr *ctx)
 {
 	if (ctx->user_port != bpf_htons(DNS_PORT))
-		return;
+		return 0;
 	struct tapio_dns_config *live = TAPIO_CONFIG_LIVE(&config);
 	if (!live || !live->enabled)
-		return;
+		return 0;
 	__u64 cookie = bpf_get_socket_cookie(ctx);
 	struct tapio_task t = {};
 	__u64 id = bpf_get_current_pid_tgid();
@@ -114,33 +116,34 @@ static __always_inline void remember_owner(struct bpf_sock_addr *ctx)
 	if (live->capture_memcg && bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_current_task_btf))
 		t.mem_cgroup_id = tapio_task_memcg_id(bpf_get_current_task_btf());
 	bpf_map_update_elem(&owners, &cookie, &t, BPF_ANY);
+	return 0;
 }
 
 SEC("cgroup/connect4")
 int tapio_dns_connect4(struct bpf_sock_addr *ctx)
 {
-	remember_owner(ctx);
+	tapio_dns_remember_owner(ctx);
 	return 1;
 }
 
 SEC("cgroup/connect6")
 int tapio_dns_connect6(struct bpf_sock_addr *ctx)
 {
-	remember_owner(ctx);
+	tapio_dns_remember_owner(ctx);
 	return 1;
 }
 
 SEC("cgroup/sendmsg4")
 int tapio_dns_sendmsg4(struct bpf_sock_addr *ctx)
 {
-	remember_owner(ctx);
+	tapio_dns_remember_owner(ctx);
 	return 1;
 }
 
 SEC("cgroup/sendmsg6")
 int tapio_dns_sendmsg6(struct bpf_sock_addr *ctx)
 {
-	remember_owner(ctx);
+	tapio_dns_remember_owner(ctx);
 	return 1;
 }
 
@@ -429,17 +432,13 @@ int tapio_dns_ingress(struct __sk_buff *skb)
 		tapio_count(&counters, TAPIO_DNS_CNT_UNMATCHED_ANSWER);
 		return 1;
 	}
-	/* Keep the answer's count; take everything else from the query. */
-	__u16 answers = s->ev.answer_count;
-	__builtin_memcpy(q, known, sizeof(*q));
-	/* Whoever deletes the entry judges the query (the agent's timeout sweep races this). */
-	if (bpf_map_delete_elem(&queries, &s->key))
-		return 1;
-
 	struct tapio_dns_config cfg;
-	if (!TAPIO_READ_CONFIG(&config, &counters, &cfg))
+	if (!TAPIO_READ_CONFIG(&config, &counters, &cfg)) {
+		bpf_map_delete_elem(&queries, &s->key);
 		return 1;
-	__u64 latency = now > q->last_sent_ns ? now - q->last_sent_ns : 0;
+	}
+	__u64 last_sent = known->last_sent_ns;
+	__u64 latency = now > last_sent ? now - last_sent : 0;
 	__u16 rcode = flags & 0xf;
 	__u16 verdict = 0;
 	__u64 threshold = 0;
@@ -459,14 +458,22 @@ int tapio_dns_ingress(struct __sk_buff *skb)
 		verdict = TAPIO_DNS_V_LATENCY_WARNING;
 		threshold = warning_ns;
 	}
-	if (!verdict)
+	if (!verdict) {
+		bpf_map_delete_elem(&queries, &s->key);
 		return 1;
+	}
 	struct tapio_dns_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
 	if (!ev) {
+		bpf_map_delete_elem(&queries, &s->key);
 		tapio_count(&counters, TAPIO_CNT_RINGBUF_FULL);
 		return 1;
 	}
-	__builtin_memcpy(&ev->query, q, sizeof(*q));
+	__builtin_memcpy(&ev->query, known, sizeof(*known));
+	/* Whoever deletes the entry judges the query (the agent's timeout sweep races this). */
+	if (bpf_map_delete_elem(&queries, &s->key)) {
+		bpf_ringbuf_discard(ev, BPF_RB_NO_WAKEUP);
+		return 1;
+	}
 	ev->hdr.boot_ns = now;
 	ev->hdr.kind = TAPIO_DNS_ANSWER;
 	ev->hdr.generation = cfg.hdr.generation;
@@ -474,7 +481,7 @@ int tapio_dns_ingress(struct __sk_buff *skb)
 	ev->threshold_ns = threshold;
 	ev->rcode = rcode;
 	ev->verdict = verdict;
-	ev->answer_count = answers;
+	ev->answer_count = s->ev.answer_count;
 	ev->_pad = 0;
 	ev->_pad2 = 0;
 	tapio_submit(&events, ev, EVENTS_WAKEUP_BYTES);
