@@ -1,7 +1,7 @@
 //! The agent's local configuration: safe defaults and an optional strict TOML file.
 //!
 //! The observer sections (`[network]`, `[container]`, `[storage]`, `[node]`,
-//! `[container_pressure]`) are an
+//! `[container_pressure]`, `[dns]`) are an
 //! Evidence Profile's `overrides` on `production-default`: tapio-profile's field table
 //! validates and compiles them into the same [`CompiledConfig`] a controller serves, so a
 //! setting has one default, one range and one help text. Next to them the sections may hold

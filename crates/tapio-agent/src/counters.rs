@@ -73,7 +73,17 @@ const KERNEL_NOT_JUDGED: &[&str] = &["abi_mismatch", "unsupported_kernel"];
 /// a full in-flight table shows up as unmatched completions). The test below holds every
 /// kernel counter to one of these lists.
 #[cfg(test)]
-const KERNEL_INFORMATIONAL: &[&str] = &["requeues", "inflight_busy", "inflight_table_full"];
+const KERNEL_INFORMATIONAL: &[&str] = &[
+    "requeues",
+    "inflight_busy",
+    "inflight_table_full",
+    // DNS: an answer no query waits for (already judged timed out, a duplicate, another
+    // server's), a retransmission folded into its query, a query whose owner was unseen
+    // (its evidence says so with a null pid).
+    tapio_bpf::dns::UNMATCHED_ANSWER,
+    tapio_bpf::dns::RETRANSMISSIONS,
+    tapio_bpf::dns::OWNER_UNKNOWN,
+];
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panicking holder cannot leave a counter map inconsistent: keep counting.

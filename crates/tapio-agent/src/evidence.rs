@@ -138,6 +138,7 @@ pub enum Facts {
     Throttling(ThrottlingFacts),
     /// A container's PSI crossing (the node's facts, with its memory use).
     ContainerPressure(PressureFacts),
+    Dns(DnsFacts),
 }
 
 /// Facts of every kernel.network.* evidence; fields a kind lacks are omitted.
@@ -331,4 +332,43 @@ pub struct MemoryUse {
     pub limit_bytes: Option<u64>,
     /// cgroup2 memory.high, where reclaim throttling starts.
     pub high_bytes: Option<u64>,
+}
+
+/// Facts of kernel.dns.* evidence: one query to one server, and its answer if one came.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DnsFacts {
+    /// The task that owns the querying socket (seen when it connected or sent to port 53);
+    /// null when the socket's owner was not seen.
+    pub pid: Option<u32>,
+    pub tid: Option<u32>,
+    pub comm: Option<String>,
+    /// Lower-cased, dotted, at most 127 characters (`query_name_truncated` says it was cut).
+    pub query_name: String,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub query_name_truncated: bool,
+    pub query_type: u16,
+    /// A, AAAA, … for the common types; null for others (`query_type` has the number).
+    pub query_type_name: Option<&'static str>,
+    /// The answer's rcode; null for a timeout (no answer).
+    pub rcode: Option<u16>,
+    pub rcode_name: Option<&'static str>,
+    pub family: &'static str,
+    /// udp or tcp.
+    pub transport: &'static str,
+    pub server_addr: String,
+    pub server_port: u16,
+    pub client_addr: String,
+    pub client_port: u16,
+    pub transaction_id: u16,
+    /// Latest transmission of the query to its answer; null for a timeout.
+    pub latency_ns: Option<u64>,
+    /// First transmission to the answer, or to the moment the timeout was judged.
+    pub waited_ns: u64,
+    /// Transmissions of this query on its socket to this server (1 = no retransmission).
+    pub transmissions: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answer_count: Option<u16>,
+    /// The threshold crossed: a latency threshold, or the timeout.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold_ns: Option<u64>,
 }

@@ -5,7 +5,7 @@
 //! line per scenario to a second serial port that the host reads (the console, ttyS0, also
 //! carries the kernel's messages, which would interleave with results).
 //!
-//! The same binary is also every scenario's workload (`threads-exit`, `hog`, `spin`), so a guest
+//! The same binary is also every scenario's workload (`threads-exit`, `hog`, `spin`, `dns-query`), so a guest
 //! needs nothing but busybox, the agent and this runner.
 
 mod agent;
@@ -21,7 +21,8 @@ use std::process::ExitCode;
 const USAGE: &str = "usage: tapio-kmatrix guest --agent PATH [--results PATH]
        tapio-kmatrix threads-exit CGROUP_PROCS   (workload: a 5-thread process that exits 3)
        tapio-kmatrix hog CGROUP_PROCS [THREADS]  (workload: THREADS threads allocate until its memory cgroup kills it)
-       tapio-kmatrix spin CGROUP_PROCS [SECS]    (workload: a busy loop for SECS seconds)";
+       tapio-kmatrix spin CGROUP_PROCS [SECS]    (workload: a busy loop for SECS seconds)
+       tapio-kmatrix dns-query CGROUP_PROCS SERVER NAME  (workload: one DNS query, prints the answer's rcode)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -30,6 +31,7 @@ fn main() -> ExitCode {
         Some("threads-exit") => workloads::threads_exit(&args[1..]),
         Some("hog") => workloads::hog(&args[1..]),
         Some("spin") => workloads::spin(&args[1..]),
+        Some("dns-query") => workloads::dns_query(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
             ExitCode::from(2)

@@ -29,13 +29,14 @@ const REQUIRED_OBSERVERS: [&str; 2] = ["network", "container"];
 const EXIT_CONTAINER: &str = "0e1e2e3e4e5e6e7e8e9eaebecedeeefe0f1f2f3f4f5f6f7f8f9fafbfcfdfefff";
 const OOM_CONTAINER: &str = "00aa11bb22cc33dd44ee55ff66007711882299aa33bb44cc55dd66ee77ff8800";
 const THROTTLED_CONTAINER: &str = "7a7b7c7d7e7f70717273747576777879707a7b7c7d7e7f707172737475767778";
+const DNS_CONTAINER: &str = "d0d1d2d3d4d5d6d7d8d9dadbdcdddedfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf";
 
 pub fn run_all(agent_path: &Path, report: &mut Report) {
     let mut agent = match Agent::start(agent_path, &[]) {
         Ok(agent) => agent,
         Err(e) => {
             // Nothing else can be checked without a running agent: every scenario fails.
-            for s in ["startup", "refused", "abnormal_exit", "oom_kill", "oom_kill_pid_hook", "cpu_throttling"] {
+            for s in ["startup", "refused", "abnormal_exit", "oom_kill", "oom_kill_pid_hook", "cpu_throttling", "dns"] {
                 report.record(s, Status::Fail, &e);
             }
             report.record("storage", Status::Todo, "no storage scenario yet");
@@ -49,6 +50,10 @@ pub fn run_all(agent_path: &Path, report: &mut Report) {
     match states.iter().find(|(n, _)| n == "storage") {
         Some((_, state)) => report.outcome("storage", storage_io_error(&agent, state == "running")),
         None => report.record("storage", Status::Todo, "TODO: no storage observer in this agent yet"),
+    }
+    match states.iter().find(|(n, _)| n == "dns") {
+        Some((_, state)) => report.outcome("dns", dns(&agent, state)),
+        None => report.record("dns", Status::Fail, "no status line for observer dns"),
     }
     let alive = agent.alive();
     let stopped = agent.stop();
@@ -566,6 +571,89 @@ fn cpu_throttling(agent_path: &Path) -> Result<String, String> {
          nothing after its removal, PSI running",
         delta[1], delta[0]
     ))
+}
+
+/// A server on 127.0.0.1:53 that answers every query SERVFAIL (the runner's own thread),
+/// and one on 127.0.0.2:53 that never answers: a containerized client's query to each is
+/// one `failure` (SERVFAIL) and one `timeout` (the agent's default 5 s), each naming the
+/// client's container, and, where the observer runs in full, its pid and name. An observer
+/// that said it is degraded (its owner hooks did not attach) may leave the task unknown
+/// (null), never name another one.
+fn dns(agent: &Agent, state: &str) -> Result<String, String> {
+    if state != "running" && !state.starts_with("degraded: ") {
+        return Err(format!("dns observer: {state}"));
+    }
+    let running = state == "running";
+    let answering = std::net::UdpSocket::bind("127.0.0.1:53").map_err(|e| format!("bind 127.0.0.1:53: {e}"))?;
+    let silent = std::net::UdpSocket::bind("127.0.0.2:53").map_err(|e| format!("bind 127.0.0.2:53: {e}"))?;
+    let server = std::thread::spawn(move || {
+        let _ = answering.set_read_timeout(Some(Duration::from_secs(10)));
+        let mut buf = [0u8; 512];
+        if let Ok((n, from)) = answering.recv_from(&mut buf) {
+            if n >= 12 {
+                buf[2] |= 0x80; // an answer
+                buf[3] = (buf[3] & 0xf0) | 2; // SERVFAIL
+                buf[6..12].fill(0);
+                let _ = answering.send_to(&buf[..n], from);
+            }
+        }
+    });
+    let mut results = Vec::new();
+    for (target, name) in [("127.0.0.1:53", "fail.kmatrix.lab"), ("127.0.0.2:53", "silent.kmatrix.lab")] {
+        let mut scope = Scope::new(DNS_CONTAINER, None)?;
+        let mut child = spawn_workload("dns-query", &scope, &[target, name])?;
+        let pid = child.id();
+        let status = wait_child(&mut child, Duration::from_secs(30))?;
+        let mut out = String::new();
+        if let Some(mut stdout) = child.stdout.take() {
+            let _ = stdout.read_to_string(&mut out);
+        }
+        results.push((pid, name, scope.path.clone(), out.trim().to_string(), status));
+        scope.remove()?;
+    }
+    let _ = server.join();
+    drop(silent);
+    let mut summary = Vec::new();
+    for (pid, name, path, out, status) in &results {
+        let want_out = if name.starts_with("fail") { "rcode 2" } else { "rcode none" };
+        if !status.success() || out != want_out {
+            return Err(format!("dns-query {name} ended with {status}, printed {out:?} (want {want_out:?})"));
+        }
+        let (kind, code) = if name.starts_with("fail") {
+            ("kernel.dns.failure", "SERVFAIL")
+        } else {
+            ("kernel.dns.timeout", "DNS_TIMEOUT")
+        };
+        let about = |e: &Value| e["observer"] == "dns" && e["facts"]["query_name"] == *name;
+        // The timeout is judged 5 s (+ one sweep) after the query.
+        agent.wait_for(EVIDENCE_TIMEOUT, about);
+        std::thread::sleep(SETTLE);
+        let events: Vec<Value> = agent.events().into_iter().filter(about).collect();
+        let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap_or("?")).collect();
+        if events.len() != 1 || events[0]["type"] != kind {
+            return Err(format!("expected exactly one {kind} for {name}, got {kinds:?}"));
+        }
+        let e = &events[0];
+        let f = &e["facts"];
+        if e["error"]["code"] != code
+            || f["server_port"] != 53
+            || f["transport"] != "udp"
+            || f["query_type_name"] != "A"
+        {
+            return Err(format!("wrong facts (want {code}, port 53, udp, A): {e}"));
+        }
+        let who = match (&f["pid"], running) {
+            (p, _) if *p == *pid && f["comm"] == "tapio-kmatrix" => format!("pid {pid}"),
+            (Value::Null, false) => "task unknown (null), as the degraded observer said".to_string(),
+            (p, _) => return Err(format!("facts.pid = {p} (want {pid}): {e}")),
+        };
+        let w = &e["workload"];
+        if w["cgroup_path"] != path.as_str() || w["container_id"] != DNS_CONTAINER || w["pod_uid"] != POD_UID {
+            return Err(format!("workload {w} (want {path})"));
+        }
+        summary.push(format!("1 {kind} ({code}, {who}, container named)"));
+    }
+    Ok(summary.join("; "))
 }
 
 #[cfg(test)]

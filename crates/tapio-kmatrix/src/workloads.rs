@@ -97,3 +97,42 @@ pub fn spin(args: &[String]) -> ExitCode {
     }
     ExitCode::SUCCESS
 }
+
+/// One DNS query (type A) for NAME from a UDP socket connected to SERVER (ip:53), waiting
+/// up to a second for the answer; prints the answer's rcode, or `rcode none` when none
+/// came. A real client's order: connect, send, receive.
+pub fn dns_query(args: &[String]) -> ExitCode {
+    if let Err(code) = join_cgroup(args) {
+        return code;
+    }
+    let (Some(server), Some(name)) = (args.get(1), args.get(2)) else {
+        eprintln!("dns-query: usage: dns-query CGROUP_PROCS SERVER NAME");
+        return ExitCode::from(2);
+    };
+    let socket = match std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.connect(server.as_str()).map(|()| s)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("dns-query: {server}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // Header: id, flags (recursion desired), one question.
+    let mut query = vec![0x4b, 0x51, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        query.push(label.len() as u8);
+        query.extend_from_slice(label.as_bytes());
+    }
+    query.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let _ = socket.set_read_timeout(Some(std::time::Duration::from_secs(1)));
+    if let Err(e) = socket.send(&query) {
+        eprintln!("dns-query: send: {e}");
+        return ExitCode::from(2);
+    }
+    let mut answer = [0u8; 512];
+    match socket.recv(&mut answer) {
+        Ok(n) if n >= 12 => println!("rcode {}", answer[3] & 0x0f),
+        _ => println!("rcode none"),
+    }
+    let _ = std::io::stdout().flush();
+    ExitCode::SUCCESS
+}

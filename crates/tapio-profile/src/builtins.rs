@@ -5,7 +5,9 @@
 //! `sensitive` move every threshold one way: fewer, surer events, or earlier ones. The
 //! README's table lists each difference; a test keeps it honest.
 
-use tapio_wire::compiled::{ContainerConfig, ContainerPressureConfig, NetworkConfig, NodeConfig, StorageConfig};
+use tapio_wire::compiled::{
+    ContainerConfig, ContainerPressureConfig, DnsConfig, NetworkConfig, NodeConfig, StorageConfig,
+};
 use tapio_wire::CompiledConfig;
 
 /// A builtin profile.
@@ -94,6 +96,7 @@ impl Builtin {
                     rearm_margin_percent: 10,
                     ..ContainerPressureConfig::default()
                 },
+                dns: DnsConfig { latency_warning_ms: 1_000, latency_critical_ms: 3_000, ..DnsConfig::default() },
             },
             Builtin::Sensitive => CompiledConfig {
                 network: NetworkConfig {
@@ -124,6 +127,7 @@ impl Builtin {
                     rearm_margin_percent: 2,
                     ..ContainerPressureConfig::default()
                 },
+                dns: DnsConfig { latency_warning_ms: 200, latency_critical_ms: 1_000, ..DnsConfig::default() },
             },
         }
     }

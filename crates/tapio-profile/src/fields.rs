@@ -14,7 +14,7 @@ use tapio_wire::CompiledConfig;
 use crate::error::Range;
 
 /// The sections of `overrides`, in document order.
-pub const SECTIONS: &[&str] = &["network", "container", "storage", "node", "container_pressure"];
+pub const SECTIONS: &[&str] = &["network", "container", "storage", "node", "container_pressure", "dns"];
 
 /// The type of a field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +65,7 @@ impl fmt::Display for FieldValue {
 
 /// One settable field.
 pub struct Field {
-    /// `network`, `container`, `storage`, `node` or `container_pressure`.
+    /// `network`, `container`, `storage`, `node`, `container_pressure` or `dns`.
     pub section: &'static str,
     /// Key inside the section (the same name as in the compiled config).
     pub name: &'static str,
@@ -237,6 +237,18 @@ pub static FIELDS: &[Field] = &[
         container_pressure.rearm_margin_percent,
         range(0, 50),
         "a value must fall this far below its threshold to re-arm"
+    ),
+    switch!(dns.enabled, "DNS observer on or off"),
+    switch!(dns.failures, "failure evidence (an answer with an error rcode)"),
+    switch!(dns.timeouts, "timeout evidence (no answer from the server within timeout_ms)"),
+    switch!(dns.latency_spikes, "latency_spike evidence"),
+    switch!(dns.report_nxdomain, "NXDOMAIN is failure evidence too (off: ndots:5 search lists make it routine)"),
+    number!(dns.timeout_ms, range(100, 60_000), "a query its server has not answered within this long timed out"),
+    number!(dns.latency_warning_ms, range(1, 59_000), "query-to-answer latency of a warning latency_spike"),
+    number!(
+        dns.latency_critical_ms,
+        range(1, 59_000),
+        "… and of a critical one (at least the warning, below timeout_ms)"
     ),
 ];
 

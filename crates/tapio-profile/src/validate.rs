@@ -332,6 +332,36 @@ fn contradictions(
         });
     }
 
+    let d = &c.dns;
+    if d.latency_critical_ms < d.latency_warning_ms {
+        let at = if set("dns", "latency_critical_ms") { "latency_critical_ms" } else { "latency_warning_ms" };
+        return Err(ProfileError::CrossField {
+            path: path("dns", at),
+            message: format!(
+                "latency_critical_ms = {}{} must be at least latency_warning_ms = {}{}",
+                d.latency_critical_ms,
+                origin("dns", "latency_critical_ms"),
+                d.latency_warning_ms,
+                origin("dns", "latency_warning_ms"),
+            ),
+        });
+    }
+    // An answer after the timeout is a timeout, so a latency threshold at or past it would
+    // never be judged.
+    if d.latency_critical_ms >= d.timeout_ms {
+        let at = if set("dns", "latency_critical_ms") { "latency_critical_ms" } else { "timeout_ms" };
+        return Err(ProfileError::CrossField {
+            path: path("dns", at),
+            message: format!(
+                "latency_critical_ms = {}{} must be below timeout_ms = {}{}",
+                d.latency_critical_ms,
+                origin("dns", "latency_critical_ms"),
+                d.timeout_ms,
+                origin("dns", "timeout_ms"),
+            ),
+        });
+    }
+
     Ok(())
 }
 
@@ -349,7 +379,8 @@ fn silent_observers(c: &CompiledConfig) -> Result<(), ProfileError> {
     let cp = &c.container_pressure;
     let cp_psi_any =
         cp.psi_memory_some_avg10_percent + cp.psi_cpu_some_avg10_percent + cp.psi_io_some_avg10_percent > 0;
-    let families: [(&str, bool, bool, &str); 5] = [
+    let d = &c.dns;
+    let families: [(&str, bool, bool, &str); 6] = [
         (
             "network",
             n.enabled,
@@ -365,6 +396,7 @@ fn silent_observers(c: &CompiledConfig) -> Result<(), ProfileError> {
             cp.cpu_throttling || (cp.psi && cp_psi_any),
             "cpu_throttling and psi (or every PSI threshold)",
         ),
+        ("dns", d.enabled, d.failures || d.timeouts || d.latency_spikes, "failures, timeouts and latency_spikes"),
     ];
     for (section, enabled, any, names) in families {
         if enabled && !any {

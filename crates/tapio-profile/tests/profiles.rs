@@ -209,9 +209,9 @@ fn typos_are_unknown_fields_with_their_path_and_a_suggestion() {
         ),
         "{e}"
     );
-    let e = err(&with_overrides(r#"{"dns":{"enabled":true}}"#));
-    assert_eq!(e.path(), "overrides.dns");
-    assert!(e.to_string().contains("allowed here: network, container, storage, node"), "{e}");
+    let e = err(&with_overrides(r#"{"dsn":{"enabled":true}}"#));
+    assert_eq!(e.path(), "overrides.dsn");
+    assert!(e.to_string().contains("allowed here: network, container, storage, node, container_pressure, dns"), "{e}");
     let top = doc(r#"{"apiVersion":"tapio.dev/v1alpha1","kind":"EvidenceProfile","metadata":{"name":"t"},
         "base":"quiet","overides":{}}"#);
     let e = err(&top);

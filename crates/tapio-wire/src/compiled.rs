@@ -32,6 +32,8 @@ pub struct CompiledConfig {
     pub node: NodeConfig,
     /// Per-container CPU throttling and pressure (PSI) observer (extension).
     pub container_pressure: ContainerPressureConfig,
+    /// DNS observer (added within v1: a peer that lacks it uses the defaults).
+    pub dns: DnsConfig,
 }
 
 impl CompiledConfig {
@@ -248,6 +250,43 @@ impl Default for ContainerPressureConfig {
     }
 }
 
+/// DNS observer knobs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DnsConfig {
+    /// Observer on or off.
+    pub enabled: bool,
+    /// `failure` evidence (an error rcode) on or off.
+    pub failures: bool,
+    /// `timeout` evidence on or off.
+    pub timeouts: bool,
+    /// `latency_spike` evidence on or off.
+    pub latency_spikes: bool,
+    /// NXDOMAIN answers are `failure` evidence too (off: `ndots:5` makes them routine).
+    pub report_nxdomain: bool,
+    /// A query unanswered by its server within this long is a `timeout`.
+    pub timeout_ms: u64,
+    /// Query-to-answer latency that makes a warning `latency_spike`.
+    pub latency_warning_ms: u64,
+    /// … and a critical one (below `timeout_ms`).
+    pub latency_critical_ms: u64,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            failures: true,
+            timeouts: true,
+            latency_spikes: true,
+            report_nxdomain: false,
+            timeout_ms: 5_000,
+            latency_warning_ms: 500,
+            latency_critical_ms: 2_000,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,7 +305,7 @@ mod tests {
         let bytes = CompiledConfig::default().canonical_json();
         let text = String::from_utf8(bytes).unwrap();
         assert!(!text.contains(' ') && !text.contains('\n'));
-        // Top-level keys in byte order: container < container_pressure < network < node < storage.
+        // Top-level keys in byte order: container < container_pressure < dns < network < node < storage.
         let c = text.find("\"container\"").unwrap();
         let p = text.find("\"container_pressure\"").unwrap();
         let n = text.find("\"network\"").unwrap();
@@ -285,6 +324,8 @@ mod tests {
                 r#""psi_cpu_some_avg10_percent":50,"psi_io_some_avg10_percent":30,"#,
                 r#""psi_memory_some_avg10_percent":10,"rearm_margin_percent":5,"#,
                 r#""throttled_periods_percent":25,"throttling_min_periods":10},"#,
+                r#""dns":{"enabled":true,"failures":true,"latency_critical_ms":2000,"latency_spikes":true,"#,
+                r#""latency_warning_ms":500,"report_nxdomain":false,"timeout_ms":5000,"timeouts":true},"#,
                 r#""network":{"connect_failures":true,"enabled":true,"resets":true,"retransmit_count":10,"#,
                 r#""retransmit_spikes":true,"retransmit_window_ms":10000,"rtt_ceiling_us":500000,"#,
                 r#""rtt_degradation":true,"rtt_min_increase_us":1000,"rtt_min_samples":20,"rtt_ratio_percent":200},"#,

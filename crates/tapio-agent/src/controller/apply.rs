@@ -111,9 +111,21 @@ mod tests {
         let mut base = CompiledConfig::default();
         base.storage.latency_warning_ms = 1;
         base.storage.latency_critical_ms = 3_600_000;
+        // DNS thresholds are judged with the timeout too (warning ≤ critical < timeout): the
+        // timeout reaches its minimum over the lowest thresholds, the rest over the highest.
+        base.dns.timeout_ms = 60_000;
+        base.dns.latency_warning_ms = 1;
+        base.dns.latency_critical_ms = 59_000;
+        let base_for = |f: &tapio_profile::Field| {
+            let mut c = base.clone();
+            if f.key() == "dns.timeout_ms" {
+                c.dns.latency_critical_ms = 1;
+            }
+            c
+        };
         // None: the wire type itself cannot hold the value (exit code 256 in a u8).
         let try_accept = |f: &tapio_profile::Field, v: FieldValue| {
-            let mut c = base.clone();
+            let mut c = base_for(f);
             f.set(&mut c, &v);
             (f.get(&c) == v).then(|| settings_from(1, &c).is_ok())
         };

@@ -24,7 +24,7 @@ macro_rules! registry {
 }
 
 // Adding an observer: its folder, and its name here.
-registry!(network, container, storage, node, container_pressure);
+registry!(network, container, storage, node, container_pressure, dns);
 
 /// The observer called `name`.
 pub fn find(name: &str) -> Option<&'static Observer> {
@@ -34,7 +34,7 @@ pub fn find(name: &str) -> Option<&'static Observer> {
 use crate::counters::Counters;
 use crate::stamp::{Stamper, Verdict};
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
-use aya::programs::{BtfTracePoint, TracePoint};
+use aya::programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, TracePoint};
 use aya::programs::{ProgramError, TracePointError};
 use aya::{Btf, BtfError, Ebpf, EbpfError, EbpfLoader, Pod};
 use std::fmt;
@@ -81,6 +81,11 @@ pub enum Hook {
     TracePoint(&'static str, &'static str),
     /// A BTF-typed tracepoint.
     BtfTracePoint(&'static str),
+    /// A cgroup_skb program on the cgroup2 root (every socket of the node, in every network
+    /// namespace): egress (true) or ingress.
+    CgroupSkb(bool),
+    /// A cgroup sock_addr program on the cgroup2 root (its attach type is in the object).
+    CgroupSockAddr,
 }
 
 impl fmt::Display for Hook {
@@ -88,6 +93,9 @@ impl fmt::Display for Hook {
         match self {
             Self::TracePoint(c, n) => write!(f, "tracepoint/{c}/{n}"),
             Self::BtfTracePoint(n) => write!(f, "tp_btf/{n}"),
+            Self::CgroupSkb(true) => f.write_str("cgroup_skb/egress"),
+            Self::CgroupSkb(false) => f.write_str("cgroup_skb/ingress"),
+            Self::CgroupSockAddr => f.write_str("cgroup/sock_addr"),
         }
     }
 }
@@ -408,6 +416,24 @@ fn attach(ebpf: &mut Ebpf, btf: Option<&Btf>, name: &str, hook: Hook) -> Result<
             tp.load(tracepoint, btf).map_err(|e| btf_load_error(name, tracepoint, &e))?;
             tp.attach().map_err(|e| LoadError::from_aya("attaching: ", &e, false))?;
         }
+        Hook::CgroupSkb(egress) => {
+            let root = cgroup2_root().map_err(LoadError::MissingHook)?;
+            let p: &mut CgroupSkb = program.try_into().map_err(|e| LoadError::Other(format!("{e}")))?;
+            p.load().map_err(|e| LoadError::from_aya(&format!("loading {name}: "), &e, missing))?;
+            let direction = if egress { CgroupSkbAttachType::Egress } else { CgroupSkbAttachType::Ingress };
+            // A bpf_link (every kernel Tapio supports has them) runs next to the programs
+            // others attached to the root (systemd, a CNI); link_create takes no attach
+            // flags, which is what aya sends for `Single`.
+            p.attach(&root, direction, CgroupAttachMode::Single)
+                .map_err(|e| LoadError::from_aya("attaching to the cgroup2 root: ", &e, false))?;
+        }
+        Hook::CgroupSockAddr => {
+            let root = cgroup2_root().map_err(LoadError::MissingHook)?;
+            let p: &mut CgroupSockAddr = program.try_into().map_err(|e| LoadError::Other(format!("{e}")))?;
+            p.load().map_err(|e| LoadError::from_aya(&format!("loading {name}: "), &e, missing))?;
+            p.attach(&root, CgroupAttachMode::Single)
+                .map_err(|e| LoadError::from_aya("attaching to the cgroup2 root: ", &e, false))?;
+        }
     }
     Ok(())
 }
@@ -439,6 +465,23 @@ fn btf_load_error(program: &str, tracepoint: &str, e: &ProgramError) -> LoadErro
         }
         _ => LoadError::from_aya(&format!("loading {program}: "), e, false),
     }
+}
+
+/// The root of the node's cgroup2 hierarchy (`/sys/fs/cgroup` on a pure cgroup2 node,
+/// `/sys/fs/cgroup/unified` on a hybrid one), from this process's mount table. Programs
+/// attached there run for every socket on the node, whatever its network namespace.
+pub fn cgroup2_root() -> Result<std::fs::File, String> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("reading mountinfo: {e}"))?;
+    let path = cgroup2_mount(&mounts).ok_or("no cgroup2 hierarchy is mounted")?;
+    std::fs::File::open(&path).map_err(|e| format!("opening {path}: {e}"))
+}
+
+/// The mount point of the cgroup2 hierarchy's root in a mountinfo table (a mount of a
+/// sub-tree, as inside a cgroup namespace, is not the root and is skipped).
+pub fn cgroup2_mount(mountinfo: &str) -> Option<String> {
+    tapio_util::mountinfo::parse(mountinfo)
+        .find(|m| m.fstype == "cgroup2" && m.root() == b"/")
+        .map(|m| m.mount_point().to_string_lossy().into_owned())
 }
 
 /// The state implied by per-program results.
@@ -565,6 +608,19 @@ mod tests {
         });
         assert_eq!(attach_error("tcp", "tcp_x", &absent, false).kind(), "missing_hook");
         assert_eq!(LoadError::Other("x".into()).with_message("y".into()), LoadError::Other("y".into()));
+    }
+
+    #[test]
+    fn finds_the_cgroup2_root_on_hybrid_and_pure_nodes() {
+        let hybrid = "35 25 0:30 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
+                      36 35 0:31 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n\
+                      37 35 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
+        assert_eq!(cgroup2_mount(hybrid).as_deref(), Some("/sys/fs/cgroup/unified"));
+        let pure = "30 22 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_mount(pure).as_deref(), Some("/sys/fs/cgroup"));
+        let namespaced = "30 22 0:26 /kubepods/pod1 /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_mount(namespaced), None, "a sub-tree is not the root");
+        assert_eq!(cgroup2_mount(""), None);
     }
 
     const BPF_PERFMON: &str = "000000c000000000";

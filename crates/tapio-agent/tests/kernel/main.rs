@@ -22,7 +22,8 @@
 //!
 //! Areas: `network`, `container`, `storage`, `node`, `pressure` (evidence of each observer), `config`
 //! (the kernel config carrier under rewrites), `startup` and `shutdown` (what an operator
-//! sees), `controller_link` and `profile_rollout` (controller mode end to end), `dns_lab`
+//! sees), `controller_link` and `profile_rollout` (controller mode end to end), `dns` (the DNS
+//! observer's evidence against the laboratory's real servers and clients), `dns_lab`
 //! (the DNS laboratory of `support::dns` proves its own scenarios, without the agent).
 
 #[path = "../support/mod.rs"]
@@ -31,6 +32,7 @@ mod support;
 mod config;
 mod container;
 mod controller_link;
+mod dns;
 mod dns_lab;
 mod network;
 mod node;

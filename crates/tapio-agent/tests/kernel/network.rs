@@ -903,7 +903,7 @@ fn a_flood_of_refused_connects_is_fully_accounted_for() {
     const THREADS: usize = 4;
     // Only the network observer runs, so every loss counted below is a network loss.
     let agent = Agent::start(&format!(
-        "{BASE}[container]\nenabled = false\n[storage]\nenabled = false\n[node]\nenabled = false\n"
+        "{BASE}[container]\nenabled = false\n[storage]\nenabled = false\n[node]\nenabled = false\n[dns]\nenabled = false\n[container_pressure]\nenabled = false\n"
     ));
     let port = closed_port();
     let started = std::time::Instant::now();

@@ -28,7 +28,7 @@ const UNIFIED: &str = "/sys/fs/cgroup/unified";
 fn config(extra: &str) -> String {
     format!(
         "[sinks]\nstdout = true\n[network]\nenabled = false\n[container]\nenabled = false\n\
-         [storage]\nenabled = false\n[node]\nenabled = false\n\
+         [storage]\nenabled = false\n[node]\nenabled = false\n[dns]\nenabled = false\n\
          [container_pressure]\npoll_interval_ms = 500\nrescan_interval_ms = 500\n{extra}"
     )
 }

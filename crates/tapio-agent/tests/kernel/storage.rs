@@ -30,7 +30,7 @@ fn block_tracepoint_links() -> Vec<u64> {
 
 /// Only the storage observer: other observers' evidence is not what these tests are about.
 const STORAGE_ONLY: &str = "[sinks]\nstdout = true\n[network]\nenabled = false\n[container]\nenabled = false\n\
-                            [node]\nenabled = false\n";
+                            [node]\nenabled = false\n[dns]\nenabled = false\n[container_pressure]\nenabled = false\n";
 
 fn on_device<'a>(events: &'a [Value], kind: &str, dev: &Loop) -> Vec<&'a Value> {
     events

@@ -27,7 +27,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// A config section for connect failures only: other processes on a shared machine
 /// (resets, RTT samples, exits, block I/O) then cannot crowd a scenario's records out.
 pub const NETWORK_ONLY: &str = "[network]\nresets = false\nretransmit_spikes = false\nrtt_degradation = false\n\
-                                [container]\nenabled = false\n[storage]\nenabled = false\n[node]\nenabled = false\n";
+                                [container]\nenabled = false\n[storage]\nenabled = false\n[node]\nenabled = false\n[dns]\nenabled = false\n[container_pressure]\nenabled = false\n";
 
 /// What a periodic (not final) counters line starts with in the agent's log.
 pub const PERIODIC_COUNTERS: &str = "INFO tapio_agent::runtime: counters {";

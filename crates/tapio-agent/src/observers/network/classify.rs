@@ -55,14 +55,16 @@ pub fn tcp_state_name(state: u32) -> &'static str {
     }
 }
 
-fn endpoint(family: u16, raw: &[u8; 16], port: u16) -> String {
+/// `addr:port` (IPv6 in brackets) of a kernel address (IPv4 in the first 4 bytes).
+pub(crate) fn endpoint(family: u16, raw: &[u8; 16], port: u16) -> String {
     match family {
         AF_INET6 => format!("[{}]:{port}", Ipv6Addr::from(*raw)),
         _ => format!("{}:{port}", Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3])),
     }
 }
 
-fn addr(family: u16, raw: &[u8; 16]) -> String {
+/// The text of a kernel address (IPv4 in the first 4 bytes).
+pub(crate) fn addr(family: u16, raw: &[u8; 16]) -> String {
     match family {
         AF_INET6 => Ipv6Addr::from(*raw).to_string(),
         _ => Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]).to_string(),

@@ -1,0 +1,231 @@
+//! DNS observer (userspace half): the programs it attaches to the cgroup2 root, its
+//! classifier, and the sweep that judges queries no answer came for.
+//!
+//! The kernel keeps every outstanding query in a bounded table and judges answers itself;
+//! silence has no packet, so the agent reads the table and judges a query timed out once
+//! `timeout_ms` has passed since its latest transmission. The kernel's answer path and this
+//! sweep both delete the entry before they judge it, and only the one whose delete succeeds
+//! emits: a query is judged once.
+
+pub mod classify;
+
+use super::poll::{PollContext, Poller};
+use super::{open_carrier, CarrierLayout, Classifier, Follower, Hook, KernelHalf, Observer, RuntimeFacts, Start, Userspace};
+use crate::stamp::{Stamper, Verdict};
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use aya::Pod;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tapio_bpf::abi::{
+    tapio_dns_config, tapio_dns_key, tapio_dns_query, TAPIO_DNS_EN_FAILURE, TAPIO_DNS_EN_LATENCY, TAPIO_DNS_EN_NXDOMAIN,
+    TAPIO_DNS_EN_TIMEOUT,
+};
+use tapio_wire::compiled::DnsConfig;
+use tapio_wire::CompiledConfig;
+
+pub const NAME: &str = "dns";
+
+/// The DNS observer: failed, unanswered and slow DNS queries of every socket on the node.
+pub static OBSERVER: Observer = Observer {
+    name: NAME,
+    enabled: |c| c.dns.enabled,
+    kernel: Some(KernelHalf {
+        object: tapio_bpf::dns::object,
+        hooks,
+        carrier: open_carrier::<tapio_dns_config>,
+        classifier: |_| Box::new(DnsClassifier),
+        counters: tapio_bpf::dns::COUNTER_NAMES,
+        // The others lose no evidence: an unmatched answer was judged already (or is not
+        // ours), a retransmission folds into its query, an unseen owner is a null pid.
+        correlation_counters: &[tapio_bpf::dns::UNPARSABLE],
+    }),
+    userspace: start_sweeper,
+};
+
+impl CarrierLayout for tapio_dns_config {
+    fn build(config: &CompiledConfig, generation: u32, facts: &RuntimeFacts) -> Self {
+        let d = &config.dns;
+        let mut c = tapio_dns_config::default();
+        c.hdr.abi_version = tapio_bpf::ABI_VERSION;
+        c.hdr.generation = generation;
+        if d.enabled {
+            // With every switch off the kernel tracks nothing (its programs test `enabled`).
+            for (on, bit) in [
+                (d.failures, TAPIO_DNS_EN_FAILURE),
+                (d.failures && d.report_nxdomain, TAPIO_DNS_EN_NXDOMAIN),
+                (d.latency_spikes, TAPIO_DNS_EN_LATENCY),
+                (d.timeouts, TAPIO_DNS_EN_TIMEOUT),
+            ] {
+                if on {
+                    c.enabled |= bit;
+                }
+            }
+        }
+        // Validation bounds these far below u32::MAX (tapio-profile's field table).
+        c.timeout_ms = u32::try_from(d.timeout_ms).unwrap_or(u32::MAX);
+        c.latency_warning_ms = u32::try_from(d.latency_warning_ms).unwrap_or(u32::MAX);
+        c.latency_critical_ms = u32::try_from(d.latency_critical_ms).unwrap_or(u32::MAX);
+        c.capture_memcg = u32::from(facts.capture_memcg);
+        c
+    }
+}
+
+/// The userspace half: the timeout sweep of the query table, which it takes from the object.
+fn start_sweeper(start: &mut Start<'_>) -> Result<Userspace, String> {
+    let queries = start
+        .ebpf
+        .as_mut()
+        .and_then(|e| e.take_map(tapio_bpf::dns::QUERIES_MAP))
+        .ok_or("dns object has no queries map")?;
+    let settings = SweepSettings::new(start.generation, start.config.dns.clone());
+    let sweeper = TimeoutSweeper::new(queries, Arc::clone(&settings))?;
+    Ok(Userspace { pollers: vec![Box::new(sweeper)], followers: vec![settings], state: None })
+}
+
+pub fn hooks() -> Vec<(&'static str, Hook)> {
+    let owners = tapio_bpf::dns::OWNER_PROGRAMS.iter().map(|&p| (p, Hook::CgroupSockAddr));
+    let packets = tapio_bpf::dns::PACKET_PROGRAMS.iter().map(|&(p, egress)| (p, Hook::CgroupSkb(egress)));
+    packets.chain(owners).collect()
+}
+
+pub struct DnsClassifier;
+
+impl Classifier for DnsClassifier {
+    fn classify(&mut self, record: &[u8], stamper: &mut Stamper) -> Result<Verdict, tapio_bpf::DecodeError> {
+        let ev = tapio_bpf::dns::decode(record)?;
+        Ok(classify::answer(&ev, stamper))
+    }
+}
+
+/// The settings the sweep judges with (the controller may change them at any time).
+pub struct SweepSettings(Mutex<(u32, DnsConfig)>);
+
+impl SweepSettings {
+    pub fn new(generation: u32, config: DnsConfig) -> Arc<Self> {
+        Arc::new(Self(Mutex::new((generation, config))))
+    }
+
+    pub fn set(&self, generation: u32, config: DnsConfig) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = (generation, config);
+    }
+
+    fn get(&self) -> (u32, DnsConfig) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl Follower for SweepSettings {
+    fn follow(&self, config: &CompiledConfig, generation: u32) {
+        self.set(generation, config.dns.clone());
+    }
+}
+
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+pub struct Key(pub tapio_dns_key);
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+pub struct Query(pub tapio_dns_query);
+
+// SAFETY: ABI records: plain old data (`tapio_bpf::Record`).
+unsafe impl Pod for Key {}
+// SAFETY: as above.
+unsafe impl Pod for Query {}
+
+/// A resolver that retries at exactly its own timeout (glibc: 5 s, the default here too)
+/// sends its retry this long at most after the sweep could first judge the query: the
+/// retry then folds into the same query instead of racing the sweep.
+const RETRY_GRACE_NS: u64 = 100_000_000;
+/// The kernel table's size: a sweep never reads more keys than twice this (keys deleted
+/// while iterating restart the kernel's iteration).
+const MAX_KEYS: usize = 4096 * 2;
+
+/// Whether a query last sent at `last_sent_ns` is due to be judged at `now_ns`.
+pub fn due(last_sent_ns: u64, now_ns: u64, timeout_ns: u64) -> bool {
+    now_ns.saturating_sub(last_sent_ns) >= timeout_ns + RETRY_GRACE_NS
+}
+
+/// How often the table is read: a tenth of the timeout, between 100 ms and 1 s (a timeout
+/// is reported at most that late; each read costs a syscall or two per outstanding query).
+pub fn sweep_interval(timeout_ms: u64) -> Duration {
+    Duration::from_millis((timeout_ms / 10).clamp(100, 1_000))
+}
+
+pub struct TimeoutSweeper {
+    map: BpfHashMap<MapData, Key, Query>,
+    settings: Arc<SweepSettings>,
+    keys: Vec<Key>,
+}
+
+impl TimeoutSweeper {
+    pub fn new(map: aya::maps::Map, settings: Arc<SweepSettings>) -> Result<Self, String> {
+        let map = BpfHashMap::try_from(map).map_err(|e| format!("queries map does not match this agent's ABI: {e}"))?;
+        Ok(Self { map, settings, keys: Vec::new() })
+    }
+}
+
+impl Poller for TimeoutSweeper {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn interval(&self) -> Duration {
+        sweep_interval(self.settings.get().1.timeout_ms)
+    }
+
+    fn poll(&mut self, ctx: &mut PollContext) {
+        let (generation, config) = self.settings.get();
+        let timeout_ns = config.timeout_ms.saturating_mul(1_000_000);
+        self.keys.clear();
+        for key in self.map.keys().take(MAX_KEYS) {
+            match key {
+                Ok(k) => self.keys.push(k),
+                Err(_) => break,
+            }
+        }
+        let now = crate::clock::boot_now_ns();
+        for key in &self.keys {
+            let Ok(entry) = self.map.get(key, 0) else { continue };
+            // The kernel may judge the answer meanwhile: whoever deletes the entry judges it.
+            if !due(entry.0.last_sent_ns, now, timeout_ns) || self.map.remove(key).is_err() {
+                continue;
+            }
+            if config.enabled && config.timeouts {
+                let verdict = classify::timeout(&entry.0, now, timeout_ns, generation, ctx.stamper);
+                ctx.deliver(NAME, verdict);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_nxdomain_switch_reaches_the_kernel_only_with_failures_on() {
+        let facts = RuntimeFacts::default();
+        let mut c = CompiledConfig::default();
+        let bits = |c: &CompiledConfig| tapio_dns_config::build(c, 1, &facts).enabled;
+        assert_eq!(bits(&c) & TAPIO_DNS_EN_NXDOMAIN, 0, "off by default");
+        c.dns.report_nxdomain = true;
+        assert_ne!(bits(&c) & TAPIO_DNS_EN_NXDOMAIN, 0);
+        c.dns.failures = false;
+        assert_eq!(bits(&c) & (TAPIO_DNS_EN_NXDOMAIN | TAPIO_DNS_EN_FAILURE), 0);
+        c.dns.enabled = false;
+        assert_eq!(bits(&c), 0);
+        let k = tapio_dns_config::build(&CompiledConfig::default(), 7, &facts);
+        assert_eq!((k.hdr.generation, k.timeout_ms, k.latency_warning_ms, k.latency_critical_ms), (7, 5_000, 500, 2_000));
+    }
+
+    #[test]
+    fn a_query_is_due_only_after_its_latest_transmission_plus_the_timeout() {
+        let t = 5_000_000_000;
+        assert!(!due(1_000, 1_000 + t, t), "a retry at exactly the timeout still folds in");
+        assert!(due(1_000, 1_000 + t + RETRY_GRACE_NS, t));
+        assert!(!due(10_000, 5_000, t), "clock skew never judges");
+        assert_eq!(sweep_interval(5_000), Duration::from_millis(500));
+        assert_eq!(sweep_interval(100), Duration::from_millis(100));
+        assert_eq!(sweep_interval(60_000), Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,200 @@
+//! DNS evidence on the real kernel, with the DNS laboratory's real servers (BIND, Unbound)
+//! and clients (dig, glibc through getent) in their own network namespaces
+//! (`support::dns`): each scenario makes the DNS fact happen for real and checks the exact
+//! events, their facts against what the client saw, and the absence of wrong ones.
+
+use crate::support::dns::{self, DnsLab, Family, Query, Server};
+use crate::support::{kernel_test, Agent, Finished};
+use serde_json::Value;
+use std::time::Duration;
+
+/// Only the DNS observer: the others' evidence is not what these tests are about.
+const ONLY_DNS: &str = "[sinks]\nstdout = true\n[network]\nenabled = false\n[container]\nenabled = false\n\
+                        [storage]\nenabled = false\n[node]\nenabled = false\n[container_pressure]\nenabled = false\n";
+
+fn started(config: &str) -> Agent {
+    let mut agent = Agent::start(config);
+    agent.wait_for_log("ready:", Duration::from_secs(60));
+    agent
+}
+
+fn dns_events(f: &Finished) -> Vec<&Value> {
+    f.events.iter().filter(|e| e["observer"] == "dns").collect()
+}
+
+fn named<'a>(events: &[&'a Value], name: &str) -> Vec<&'a Value> {
+    events.iter().copied().filter(|e| e["facts"]["query_name"] == name).collect()
+}
+
+/// The thread that sent the query: dig sends from its network thread.
+fn dig_thread(comm: &Value) -> bool {
+    comm.as_str().is_some_and(|c| c == "dig" || c.starts_with("isc-net-"))
+}
+
+#[test]
+#[ignore = "needs root"]
+fn servfail_refused_and_tcp_failures_name_the_querying_task_and_its_pod() {
+    let _turn = kernel_test("dns_failures");
+    let lab = DnsLab::start("i10f");
+    let pod = lab.pod(false);
+    let agent = started(ONLY_DNS);
+    let in_pod = lab.query(&Query::new(dns::SERVFAIL).in_pod(&pod));
+    let over_tcp = lab.query(&Query::new(dns::SERVFAIL).tcp());
+    let refused = lab.query(&Query::new(dns::REFUSED));
+    let answered = lab.query(&Query::new(dns::ANSWERED));
+    assert_eq!(
+        (in_pod.rcode(), over_tcp.rcode(), refused.rcode(), answered.rcode()),
+        ("SERVFAIL", "SERVFAIL", "REFUSED", "NOERROR")
+    );
+    let finished = agent.stop();
+    let events = dns_events(&finished);
+
+    let servfails = named(&events, dns::SERVFAIL);
+    assert_eq!(servfails.len(), 2, "one per query: {servfails:#?}");
+    let e = servfails.iter().find(|e| e["facts"]["transport"] == "udp").expect("the UDP SERVFAIL");
+    assert_eq!((e["type"].as_str(), e["error"]["code"].as_str()), (Some("kernel.dns.failure"), Some("SERVFAIL")));
+    let f = &e["facts"];
+    assert_eq!(f["pid"], in_pod.client_pid, "the querying task, not whoever ran the packet path: {e}");
+    assert!(dig_thread(&f["comm"]), "{e}");
+    assert_eq!(f["transaction_id"], in_pod.id.expect("answer id"));
+    assert_eq!((f["family"].as_str(), f["server_port"].as_u64()), (Some("ipv4"), Some(53)));
+    assert_eq!(f["server_addr"], lab.server_v4().to_string());
+    assert_eq!(f["client_addr"], pod.addr(Family::V4).to_string(), "the pod's own address: {e}");
+    assert_eq!((f["query_type_name"].as_str(), f["rcode"].as_u64()), (Some("A"), Some(2)));
+    assert_eq!(e["workload"]["cgroup_path"], pod.cgroup_path(), "the pod's container: {e}");
+    assert_eq!(e["workload"]["pod_uid"], pod.pod_uid());
+    assert_eq!(e["workload"]["container_id"], pod.container_id());
+
+    let e = servfails.iter().find(|e| e["facts"]["transport"] == "tcp").expect("the TCP SERVFAIL");
+    assert_eq!(e["facts"]["pid"], over_tcp.client_pid);
+    let r = named(&events, dns::REFUSED);
+    assert_eq!(r.len(), 1, "{events:#?}");
+    assert_eq!(
+        (r[0]["error"]["code"].as_str(), &r[0]["facts"]["pid"]),
+        (Some("REFUSED"), &Value::from(refused.client_pid))
+    );
+    assert!(named(&events, dns::ANSWERED).is_empty(), "an answered query is not evidence: {events:#?}");
+    assert_eq!(events.len(), 3, "{events:#?}");
+    assert_eq!(finished.counter(&["kernel", "dns.unparsable_message"]), 0);
+    assert_eq!(finished.counter(&["kernel", "dns.correlation_table_full"]), 0);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn nxdomain_is_evidence_only_when_switched_on_and_a_search_list_ending_in_an_answer_is_silent() {
+    let _turn = kernel_test("dns_nxdomain");
+    let lab = DnsLab::start("i10n");
+    for report in [false, true] {
+        let agent = started(&format!("{ONLY_DNS}[dns]\nreport_nxdomain = {report}\n"));
+        let nx = lab.query(&Query::new(dns::NXDOMAIN));
+        assert_eq!(nx.rcode(), "NXDOMAIN");
+        // ndots:5: the search list's misses (NXDOMAIN) come first, then the answer.
+        let getent = lab.getent(dns::SERVICE_SHORT, false, None);
+        assert_eq!(getent.exit_code, Some(0), "{}", getent.output);
+        let finished = agent.stop();
+        let events = dns_events(&finished);
+        if !report {
+            assert!(events.is_empty(), "NXDOMAIN is not evidence by default: {events:#?}");
+            continue;
+        }
+        let e = named(&events, dns::NXDOMAIN);
+        assert_eq!(e.len(), 1, "{events:#?}");
+        assert_eq!(
+            (e[0]["type"].as_str(), e[0]["error"]["code"].as_str()),
+            (Some("kernel.dns.failure"), Some("NXDOMAIN"))
+        );
+        assert_eq!(e[0]["severity"], "warning");
+        let misses = named(&events, &format!("{}.{}", dns::SERVICE_SHORT, dns::SEARCH[0]));
+        assert!(!misses.is_empty(), "{events:#?}");
+        assert!(
+            misses.iter().all(|m| m["facts"]["pid"] == getent.pid && m["facts"]["comm"] == "getent"),
+            "{misses:#?}"
+        );
+        let mut types: Vec<&str> = misses.iter().filter_map(|m| m["facts"]["query_type_name"].as_str()).collect();
+        types.sort_unstable();
+        types.dedup();
+        assert_eq!(types.len(), misses.len(), "one event per query: {misses:#?}");
+        assert!(named(&events, dns::SERVICE_FQDN).is_empty(), "the answer is not evidence: {events:#?}");
+        assert_eq!(events.len(), 1 + misses.len(), "{events:#?}");
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_black_holed_server_gives_one_timeout_per_unanswered_query_and_none_for_answered_ones() {
+    let _turn = kernel_test("dns_black_hole");
+    let lab = DnsLab::start("i10t");
+    let agent =
+        started(&format!("{ONLY_DNS}[dns]\ntimeout_ms = 1000\nlatency_warning_ms = 300\nlatency_critical_ms = 900\n"));
+    lab.blackhole(true);
+    let mut unanswered = Vec::new();
+    for i in 0..3 {
+        let name = format!("q{i}.dnslab.test");
+        let a = lab.query(&Query::new(&name).wait(Duration::from_secs(2)));
+        assert!(a.rcode.is_none(), "{}", a.output);
+        unanswered.push((name, a.client_pid));
+    }
+    assert_eq!(lab.blackholed_packets(Server::Main), 3, "one packet per unanswered query");
+    lab.blackhole(false);
+    let answered = lab.query(&Query::new(dns::ANSWERED));
+    assert_eq!(answered.rcode(), "NOERROR");
+    // Past the timeout and its sweep.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let finished = agent.stop();
+    let events = dns_events(&finished);
+    for (name, pid) in &unanswered {
+        let e = named(&events, name);
+        assert_eq!(e.len(), 1, "exactly one timeout for {name}: {events:#?}");
+        let (e, f) = (e[0], &e[0]["facts"]);
+        assert_eq!((e["type"].as_str(), e["outcome"].as_str()), (Some("kernel.dns.timeout"), Some("timeout")));
+        assert_eq!((f["pid"].as_u64(), f["transmissions"].as_u64()), (Some(u64::from(*pid)), Some(1)));
+        assert!(f["rcode"].is_null() && f["latency_ns"].is_null(), "{e}");
+        assert_eq!(f["threshold_ns"], 1_000_000_000u64);
+        assert_eq!(f["server_addr"], lab.server_v4().to_string());
+    }
+    assert!(named(&events, dns::ANSWERED).is_empty(), "{events:#?}");
+    assert_eq!(events.len(), 3, "{events:#?}");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_slow_answer_is_a_latency_spike_whose_latency_matches_what_the_client_measured() {
+    let _turn = kernel_test("dns_slow_answer");
+    let lab = DnsLab::start("i10s");
+    lab.set_slow_delay(Duration::from_millis(700));
+    let agent = started(&format!("{ONLY_DNS}[dns]\nlatency_warning_ms = 300\nlatency_critical_ms = 2000\n"));
+    let a = lab.query(&Query::new(dns::ANSWERED).slow().wait(Duration::from_secs(4)));
+    assert_eq!(a.rcode(), "NOERROR");
+    let measured_ms = a.client_latency_ms.expect("dig's Query time");
+    assert!(measured_ms >= 690, "{}", a.output);
+    let finished = agent.stop();
+    let events = dns_events(&finished);
+    let e = named(&events, dns::ANSWERED);
+    assert_eq!(e.len(), 1, "{events:#?}");
+    let e = e[0];
+    assert_eq!((e["type"].as_str(), e["severity"].as_str()), (Some("kernel.dns.latency_spike"), Some("warning")));
+    assert_eq!(e["facts"]["pid"], a.client_pid);
+    assert_eq!(e["facts"]["server_addr"], lab.server_addr(Server::Slow, Family::V4).to_string());
+    let latency_ms = e["facts"]["latency_ns"].as_u64().expect("latency") as f64 / 1e6;
+    let diff = (latency_ms - measured_ms as f64).abs();
+    assert!(diff <= measured_ms as f64 * 0.10, "kernel {latency_ms:.1} ms vs dig {measured_ms} ms");
+    assert_eq!(e["facts"]["threshold_ns"], 300_000_000u64);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn ipv6_queries_are_judged_like_ipv4() {
+    let _turn = kernel_test("dns_ipv6");
+    let lab = DnsLab::start("i10v");
+    let agent = started(ONLY_DNS);
+    let a = lab.query(&Query::new(dns::REFUSED).v6());
+    assert_eq!(a.rcode(), "REFUSED");
+    let finished = agent.stop();
+    let events = dns_events(&finished);
+    let e = named(&events, dns::REFUSED);
+    assert_eq!(e.len(), 1, "{events:#?}");
+    let f = &e[0]["facts"];
+    assert_eq!((f["family"].as_str(), &f["server_addr"]), (Some("ipv6"), &Value::from(lab.server_v6().to_string())));
+    assert_eq!(f["client_addr"], lab.client_addr(Family::V6).to_string());
+    assert_eq!((f["pid"].as_u64(), e[0]["error"]["code"].as_str()), (Some(u64::from(a.client_pid)), Some("REFUSED")));
+}

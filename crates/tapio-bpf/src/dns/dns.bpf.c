@@ -1,0 +1,489 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Tapio DNS observer, kernel side.
+ *
+ * Programs attached to the cgroup2 root see every socket's packets, whatever its network
+ * namespace:
+ *  - cgroup/connect4|6 and cgroup/sendmsg4|6 run in the caller's own context when a socket
+ *    is connected to, or sends to, port 53: they record the socket's owner (pid, comm,
+ *    cgroup) by socket cookie. They never change or refuse anything (always return 1).
+ *  - cgroup_skb/egress parses a query leaving a socket for port 53 (UDP, or TCP with its
+ *    length prefix) and keeps it in a bounded table with the owner recorded for its socket.
+ *  - cgroup_skb/ingress parses an answer arriving from port 53, takes its query out of the
+ *    table and judges it (error rcode, latency, answered after the timeout).
+ * Unanswered queries are judged by the agent, which sweeps the table (see the agent's
+ * observers/dns). Whoever deletes an entry first judges it, so a query is judged once.
+ */
+#include "tapio_bpf.h"
+#include <bpf/bpf_endian.h>
+#include "dns.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* The UAPI contexts of cgroup_skb and cgroup sock_addr programs (from linux/bpf.h; the
+ * verifier rewrites these accesses, so only the fields read are declared). */
+struct __sk_buff {
+	__u32 len;
+	__u32 pkt_type;
+	__u32 mark;
+	__u32 queue_mapping;
+	__u32 protocol;
+};
+
+struct bpf_sock_addr {
+	__u32 user_family;
+	__u32 user_ip4;
+	__u32 user_ip6[4];
+	__u32 user_port;
+};
+
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define DNS_PORT 53
+#define DNS_HEADER_LEN 12
+/* A name on the wire is at most 255 bytes (RFC 1035 2.3.4), then qtype and qclass. */
+#define DNS_NAME_WIRE_MAX 255
+#define DNS_QUESTION_MAX (DNS_HEADER_LEN + DNS_NAME_WIRE_MAX + 4)
+#define BUF_SIZE 512
+#define BUF_MASK (BUF_SIZE - 1)
+
+TAPIO_COUNTERS_MAP;
+TAPIO_CONFIG_MAP(struct tapio_dns_config);
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 18);
+} events SEC(".maps");
+
+#define EVENTS_WAKEUP_BYTES ((1 << 18) / 8)
+
+/* Owners of sockets that connected or sent to port 53, by socket cookie. LRU: losing one
+ * loses only the attribution of that socket's queries (counted: owner_unknown). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u64);
+	__type(value, struct tapio_task);
+} owners SEC(".maps");
+
+/* Outstanding queries. Exact, not LRU: an entry leaves only when its answer comes or the
+ * agent judges it timed out, so no unanswered query is forgotten silently; a full table is
+ * counted (correlation_table_full). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct tapio_dns_key);
+	__type(value, struct tapio_dns_query);
+} queries SEC(".maps");
+
+/* Per-CPU scratch: the packet bytes being parsed and the record being built (too large
+ * for the 512-byte stack). */
+struct scratch {
+	__u8 buf[BUF_SIZE];
+	struct tapio_dns_key key;
+	struct tapio_dns_event ev;
+	/* The question name's wire length, passed through memory on purpose (see below). */
+	__u32 name_len;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} scratch_map SEC(".maps");
+
+/* ---- owners: process context ---- */
+
+/* A global function (verified once, shared by the four hooks below instead of inlined in
+ * each): records the caller as the owner of a socket connecting or sending to port 53. */
+__attribute__((noinline)) int tapio_dns_remember_owner(struct bpf_sock_addr *ctx)
+{
+	if (ctx->user_port != bpf_htons(DNS_PORT))
+		return 0;
+	struct tapio_dns_config *live = TAPIO_CONFIG_LIVE(&config);
+	if (!live || !live->enabled)
+		return 0;
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct tapio_task t = {};
+	__u64 id = bpf_get_current_pid_tgid();
+	t.pid = id >> 32;
+	t.tid = (__u32)id;
+	t.cgroup_id = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(&t.comm, sizeof(t.comm));
+	if (live->capture_memcg && bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_current_task_btf))
+		t.mem_cgroup_id = tapio_task_memcg_id(bpf_get_current_task_btf());
+	bpf_map_update_elem(&owners, &cookie, &t, BPF_ANY);
+	return 0;
+}
+
+SEC("cgroup/connect4")
+int tapio_dns_connect4(struct bpf_sock_addr *ctx)
+{
+	tapio_dns_remember_owner(ctx);
+	return 1;
+}
+
+SEC("cgroup/connect6")
+int tapio_dns_connect6(struct bpf_sock_addr *ctx)
+{
+	tapio_dns_remember_owner(ctx);
+	return 1;
+}
+
+SEC("cgroup/sendmsg4")
+int tapio_dns_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	tapio_dns_remember_owner(ctx);
+	return 1;
+}
+
+SEC("cgroup/sendmsg6")
+int tapio_dns_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	tapio_dns_remember_owner(ctx);
+	return 1;
+}
+
+/* ---- packets ---- */
+
+/* What the IP and transport headers said. */
+struct l4 {
+	__u32 payload; /* offset of the DNS message */
+	__u16 sport;
+	__u16 dport;
+	__u16 family;
+	__u8 transport;
+};
+
+/* Reads the IP and transport headers into q's addresses; 0 when the packet is not UDP or
+ * TCP (IPv6 extension headers are not followed: such packets are not read). The source
+ * goes to `src`, the destination to `dst`. */
+static __always_inline int read_l4(struct __sk_buff *skb, struct l4 *l, __u8 *src, __u8 *dst)
+{
+	__u8 first;
+	if (bpf_skb_load_bytes(skb, 0, &first, 1))
+		return 0;
+	__u32 off;
+	__u8 proto;
+	if ((first >> 4) == 4) {
+		struct {
+			__u8 vihl, tos;
+			__u16 tot_len, id, frag_off;
+			__u8 ttl, protocol;
+			__u16 check;
+			__u32 saddr, daddr;
+		} ip;
+		if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)))
+			return 0;
+		/* Not a first fragment: no transport header. */
+		if (bpf_ntohs(ip.frag_off) & 0x1fff)
+			return 0;
+		off = (ip.vihl & 0xf) * 4;
+		proto = ip.protocol;
+		l->family = AF_INET;
+		__builtin_memcpy(src, &ip.saddr, 4);
+		__builtin_memcpy(dst, &ip.daddr, 4);
+	} else if ((first >> 4) == 6) {
+		struct {
+			__u32 vtcfl;
+			__u16 payload_len;
+			__u8 nexthdr, hop;
+			__u8 saddr[16], daddr[16];
+		} ip6;
+		if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)))
+			return 0;
+		off = 40;
+		proto = ip6.nexthdr;
+		l->family = AF_INET6;
+		__builtin_memcpy(src, ip6.saddr, 16);
+		__builtin_memcpy(dst, ip6.daddr, 16);
+	} else {
+		return 0;
+	}
+	if (proto == IPPROTO_UDP) {
+		__u16 ports[2];
+		if (bpf_skb_load_bytes(skb, off, ports, sizeof(ports)))
+			return 0;
+		l->sport = bpf_ntohs(ports[0]);
+		l->dport = bpf_ntohs(ports[1]);
+		l->payload = off + 8;
+		l->transport = TAPIO_DNS_UDP;
+	} else if (proto == IPPROTO_TCP) {
+		struct {
+			__u16 sport, dport;
+			__u32 seq, ack;
+			__u8 doff_res, flags;
+		} th;
+		if (bpf_skb_load_bytes(skb, off, &th, sizeof(th)))
+			return 0;
+		l->sport = bpf_ntohs(th.sport);
+		l->dport = bpf_ntohs(th.dport);
+		/* DNS over TCP: a two-byte length, then the message. */
+		l->payload = off + (th.doff_res >> 4) * 4 + 2;
+		l->transport = TAPIO_DNS_TCP;
+	} else {
+		return 0;
+	}
+	return 1;
+}
+
+/*
+ * Parses the DNS header and the single question of the message at `payload` into this
+ * CPU's scratch (key fields, query name, qtype, answer count). Returns the header's flags
+ * word, or -1 when the message cannot be read.
+ *
+ * A global (not inlined) function: the verifier checks it once, on its own, instead of once
+ * per combination of what the caller knows (family, transport, …), which multiplied the
+ * bounded name walk past the verifier's budget.
+ */
+/* Labels a name can have: 255 bytes on the wire hold at most 127 one-byte labels. */
+#define DNS_LABELS_MAX 128
+
+__attribute__((noinline)) int tapio_dns_parse(struct __sk_buff *skb, __u32 payload)
+{
+	__u32 zero = 0;
+	struct scratch *s = bpf_map_lookup_elem(&scratch_map, &zero);
+	if (!s)
+		return -1;
+	__u32 len = skb->len;
+	if (len <= payload)
+		return -1;
+	__u64 avail = len - payload; /* 64-bit: bounds checked on the register itself */
+	if (avail > DNS_QUESTION_MAX)
+		avail = DNS_QUESTION_MAX;
+	/* A no-op the compiler must keep: the verifier needs to see the bounds on the register
+	 * the helper gets (the compiler would otherwise test a copy). */
+	asm volatile("%[v] &= 511" : [v] "+r"(avail));
+	/* Header, a one-byte root name, qtype and qclass at the least. */
+	if (avail < DNS_HEADER_LEN + 5)
+		return -1;
+	if (bpf_skb_load_bytes(skb, payload, s->buf, avail))
+		return -1;
+	__u8 *b = s->buf;
+	__u16 flags = ((__u16)b[2] << 8) | b[3];
+	__u16 qdcount = ((__u16)b[4] << 8) | b[5];
+	if (qdcount != 1)
+		return -1;
+	s->key.txid = ((__u16)b[0] << 8) | b[1];
+	s->ev.query.txid = s->key.txid;
+	s->ev.answer_count = ((__u16)b[6] << 8) | b[7];
+
+	/* Walk the labels to the name's end: lengths only, a few branches per label. */
+	__u32 pos = DNS_HEADER_LEN;
+	int done = 0;
+	for (int i = 0; i < DNS_LABELS_MAX; i++) {
+		__u8 label = b[pos & BUF_MASK];
+		if (label == 0) {
+			done = 1;
+			break;
+		}
+		/* A compression pointer (or a reserved label type) in the question: refused. */
+		if (label & 0xc0)
+			return -1;
+		pos += label + 1;
+		if (pos >= avail)
+			return -1;
+	}
+	if (!done)
+		return -1;
+	/* The name on the wire, terminating zero included. It is read back from memory: each
+	 * label count would otherwise bring its own range of `pos` into the rest, and the
+	 * verifier would walk the loop below once per count. */
+	s->name_len = pos + 1 - DNS_HEADER_LEN;
+	__u32 name_len = *(volatile __u32 *)&s->name_len;
+	pos = DNS_HEADER_LEN + name_len - 1;
+	if (name_len > DNS_NAME_WIRE_MAX || pos + 5 > avail)
+		return -1;
+	/* Matching uses the name exactly as sent: a server echoes the question byte for byte
+	 * (also its mixed case, where a resolver randomizes it). One exit per step, no other
+	 * branch: the verifier walks it once. */
+	__u32 hash = 2166136261u; /* FNV-1a */
+	for (int i = 0; i < DNS_NAME_WIRE_MAX; i++) {
+		if (i >= name_len)
+			break;
+		hash = (hash ^ b[(DNS_HEADER_LEN + i) & BUF_MASK]) * 16777619u;
+	}
+	/* The agent turns the wire form into text (dotted, lower-cased). */
+	__builtin_memcpy(s->ev.query.qname, b + DNS_HEADER_LEN, TAPIO_DNS_NAME_MAX);
+	if (name_len > TAPIO_DNS_NAME_MAX)
+		s->ev.query.flags |= TAPIO_DNS_Q_NAME_TRUNCATED;
+	pos += 1;
+	__u16 qtype = ((__u16)b[pos & BUF_MASK] << 8) | b[(pos + 1) & BUF_MASK];
+	s->key.qtype = qtype;
+	s->key.qname_hash = hash;
+	s->ev.query.qtype = qtype;
+	return flags;
+}
+
+static __always_inline struct scratch *fresh_scratch(void)
+{
+	__u32 zero = 0;
+	struct scratch *s = bpf_map_lookup_elem(&scratch_map, &zero);
+	if (!s)
+		return NULL;
+	__builtin_memset(&s->key, 0, sizeof(s->key));
+	__builtin_memset(&s->ev, 0, sizeof(s->ev));
+	return s;
+}
+
+SEC("cgroup_skb/egress")
+int tapio_dns_egress(struct __sk_buff *skb)
+{
+	struct tapio_dns_config *live = TAPIO_CONFIG_LIVE(&config);
+	if (!live || !live->enabled)
+		return 1;
+	struct scratch *s = fresh_scratch();
+	if (!s)
+		return 1;
+	struct tapio_dns_query *q = &s->ev.query;
+	struct l4 l = {};
+	if (!read_l4(skb, &l, q->client, q->server) || l.dport != DNS_PORT)
+		return 1;
+	/* A TCP segment without data (handshake, acknowledgements) is not a message. */
+	if (l.transport == TAPIO_DNS_TCP && skb->len <= l.payload)
+		return 1;
+	int flags = tapio_dns_parse(skb, l.payload);
+	if (flags < 0) {
+		tapio_count(&counters, TAPIO_DNS_CNT_UNPARSABLE);
+		return 1;
+	}
+	/* Only standard queries (QR = 0, opcode QUERY) are timed. */
+	if (flags & 0xf800)
+		return 1;
+
+	__u64 now = bpf_ktime_get_boot_ns();
+	__u64 cookie = bpf_get_socket_cookie(skb);
+	s->key.sock_cookie = cookie;
+	__builtin_memcpy(s->key.server, q->server, 16);
+	s->key.server_port = l.dport;
+	s->key.family = l.family;
+	q->client_port = l.sport;
+	q->server_port = l.dport;
+	q->family = l.family;
+	q->transport = l.transport;
+	q->first_sent_ns = now;
+	q->last_sent_ns = now;
+	q->transmissions = 1;
+
+	struct tapio_dns_query *known = bpf_map_lookup_elem(&queries, &s->key);
+	if (known) {
+		/* The same query again on the same socket to the same server: one query. */
+		__sync_fetch_and_add(&known->transmissions, 1);
+		known->last_sent_ns = now;
+		tapio_count(&counters, TAPIO_DNS_CNT_RETRANSMISSION);
+		return 1;
+	}
+	struct tapio_task *owner = bpf_map_lookup_elem(&owners, &cookie);
+	if (owner) {
+		q->task = *owner;
+		q->flags |= TAPIO_DNS_Q_TASK_KNOWN;
+	} else {
+		/* The socket's own cgroup (set when it was created), never the current task's. */
+		q->task.cgroup_id = bpf_skb_cgroup_id(skb);
+		tapio_count(&counters, TAPIO_DNS_CNT_OWNER_UNKNOWN);
+	}
+	long err = bpf_map_update_elem(&queries, &s->key, q, BPF_NOEXIST);
+	if (err == -17 /* EEXIST: a copy on another CPU won the race */) {
+		known = bpf_map_lookup_elem(&queries, &s->key);
+		if (known)
+			__sync_fetch_and_add(&known->transmissions, 1);
+		tapio_count(&counters, TAPIO_DNS_CNT_RETRANSMISSION);
+	} else if (err) {
+		tapio_count(&counters, TAPIO_CNT_TABLE_FULL);
+	}
+	return 1;
+}
+
+SEC("cgroup_skb/ingress")
+int tapio_dns_ingress(struct __sk_buff *skb)
+{
+	struct tapio_dns_config *live = TAPIO_CONFIG_LIVE(&config);
+	if (!live || !live->enabled)
+		return 1;
+	struct scratch *s = fresh_scratch();
+	if (!s)
+		return 1;
+	struct tapio_dns_query *q = &s->ev.query;
+	struct l4 l = {};
+	/* An answer: from the server (source) to the client (destination). */
+	if (!read_l4(skb, &l, q->server, q->client) || l.sport != DNS_PORT)
+		return 1;
+	if (l.transport == TAPIO_DNS_TCP && skb->len <= l.payload)
+		return 1;
+	int flags = tapio_dns_parse(skb, l.payload);
+	if (flags < 0) {
+		tapio_count(&counters, TAPIO_DNS_CNT_UNPARSABLE);
+		return 1;
+	}
+	/* Only answers (QR = 1) to standard queries. */
+	if (!(flags & 0x8000) || (flags & 0x7800))
+		return 1;
+	__u64 now = bpf_ktime_get_boot_ns();
+	s->key.sock_cookie = bpf_get_socket_cookie(skb);
+	__builtin_memcpy(s->key.server, q->server, 16);
+	s->key.server_port = l.sport;
+	s->key.family = l.family;
+
+	struct tapio_dns_query *known = bpf_map_lookup_elem(&queries, &s->key);
+	if (!known) {
+		tapio_count(&counters, TAPIO_DNS_CNT_UNMATCHED_ANSWER);
+		return 1;
+	}
+	struct tapio_dns_config cfg;
+	if (!TAPIO_READ_CONFIG(&config, &counters, &cfg)) {
+		bpf_map_delete_elem(&queries, &s->key);
+		return 1;
+	}
+	__u64 last_sent = known->last_sent_ns;
+	__u64 latency = now > last_sent ? now - last_sent : 0;
+	__u16 rcode = flags & 0xf;
+	__u16 verdict = 0;
+	__u64 threshold = 0;
+	__u64 timeout_ns = (__u64)cfg.timeout_ms * 1000000;
+	__u64 warning_ns = (__u64)cfg.latency_warning_ms * 1000000;
+	__u64 critical_ns = (__u64)cfg.latency_critical_ms * 1000000;
+	if ((cfg.enabled & TAPIO_DNS_EN_TIMEOUT) && latency >= timeout_ns) {
+		verdict = TAPIO_DNS_V_LATE;
+		threshold = timeout_ns;
+	} else if (rcode != 0 && (cfg.enabled & TAPIO_DNS_EN_FAILURE) &&
+		   (rcode != 3 || (cfg.enabled & TAPIO_DNS_EN_NXDOMAIN))) {
+		verdict = TAPIO_DNS_V_FAILURE;
+	} else if ((cfg.enabled & TAPIO_DNS_EN_LATENCY) && latency >= critical_ns) {
+		verdict = TAPIO_DNS_V_LATENCY_CRITICAL;
+		threshold = critical_ns;
+	} else if ((cfg.enabled & TAPIO_DNS_EN_LATENCY) && latency >= warning_ns) {
+		verdict = TAPIO_DNS_V_LATENCY_WARNING;
+		threshold = warning_ns;
+	}
+	if (!verdict) {
+		bpf_map_delete_elem(&queries, &s->key);
+		return 1;
+	}
+	struct tapio_dns_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		bpf_map_delete_elem(&queries, &s->key);
+		tapio_count(&counters, TAPIO_CNT_RINGBUF_FULL);
+		return 1;
+	}
+	__builtin_memcpy(&ev->query, known, sizeof(*known));
+	/* Whoever deletes the entry judges the query (the agent's timeout sweep races this). */
+	if (bpf_map_delete_elem(&queries, &s->key)) {
+		bpf_ringbuf_discard(ev, BPF_RB_NO_WAKEUP);
+		return 1;
+	}
+	ev->hdr.boot_ns = now;
+	ev->hdr.kind = TAPIO_DNS_ANSWER;
+	ev->hdr.generation = cfg.hdr.generation;
+	ev->latency_ns = latency;
+	ev->threshold_ns = threshold;
+	ev->rcode = rcode;
+	ev->verdict = verdict;
+	ev->answer_count = s->ev.answer_count;
+	ev->_pad = 0;
+	ev->_pad2 = 0;
+	tapio_submit(&events, ev, EVENTS_WAKEUP_BYTES);
+	return 1;
+}
