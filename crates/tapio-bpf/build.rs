@@ -59,6 +59,24 @@ fn compile_bpf(clang: &str, include: &Path, dir: &Path, name: &str, out: &Path) 
         panic!("clang failed to compile {}", source.display());
     }
     strip_debug_info(&object);
+    compress_object(&object, out, name);
+}
+
+/// Deflates the object for embedding (the agent inflates it once at start-up; see
+/// `include_object!`): the objects are most of the agent's read-only data and shrink to a
+/// quarter. The raw length goes beside it, and the round trip is checked here so that
+/// inflating the embedded bytes cannot fail at run time.
+fn compress_object(object: &Path, out: &Path, name: &str) {
+    let raw = std::fs::read(object).unwrap_or_else(|e| panic!("reading {}: {e}", object.display()));
+    let packed = miniz_oxide::deflate::compress_to_vec_zlib(&raw, 10);
+    let mut check = vec![0u8; raw.len()];
+    let inflated =
+        miniz_oxide::inflate::decompress_slice_iter_to_slice(&mut check, std::iter::once(&packed[..]), true, false);
+    if inflated != Ok(raw.len()) || check != raw {
+        panic!("{name}.bpf.o does not survive deflate and inflate ({inflated:?})");
+    }
+    std::fs::write(out.join(format!("{name}.bpf.o.zlib")), &packed).expect("writing the deflated object");
+    std::fs::write(out.join(format!("{name}.bpf.o.len")), raw.len().to_string()).expect("writing the object length");
 }
 
 /// Drops DWARF from the object (the agent embeds it) while keeping .BTF and .BTF.ext, which
