@@ -6,12 +6,8 @@
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
-fn now_ns(clock: libc::clockid_t) -> i64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes into the timespec we own; both clocks always exist.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
-}
+// Reads a clock through the workspace's one clock_gettime call.
+use tapio_util::time::clock_ns as now_ns;
 
 /// Nanoseconds since boot, on the clock `bpf_ktime_get_boot_ns()` reads.
 pub fn boot_now_ns() -> u64 {
@@ -19,9 +15,7 @@ pub fn boot_now_ns() -> u64 {
 }
 
 /// Wall-clock nanoseconds since the Unix epoch.
-pub fn wall_now_ns() -> u64 {
-    now_ns(libc::CLOCK_REALTIME).max(0) as u64
-}
+pub use tapio_util::time::now_unix_nanos as wall_now_ns;
 
 /// The current offset between the wall clock and the boot clock.
 #[derive(Debug, Default)]
@@ -53,44 +47,12 @@ impl BootToWall {
     }
 }
 
-/// RFC 3339 UTC with nanoseconds, e.g. `2026-11-21T06:12:28.123456789Z`.
-pub fn rfc3339_nanos(unix_ns: u64) -> String {
-    let secs = unix_ns / 1_000_000_000;
-    let nanos = unix_ns % 1_000_000_000;
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (year, month, day) = civil_from_days(days as i64);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
-/// (the era-based algorithm: 400-year eras of 146097 days).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
+/// RFC 3339 UTC with nanoseconds (the record's `timestamp`), written once for the workspace.
+pub use tapio_util::time::rfc3339_nanos;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn formats_known_instants() {
-        assert_eq!(rfc3339_nanos(0), "1970-01-01T00:00:00.000000000Z");
-        // 2000-02-29 (a leap day in a century leap year) 12:34:56.000000789
-        assert_eq!(rfc3339_nanos(951_827_696_000_000_789), "2000-02-29T12:34:56.000000789Z");
-        // 2026-11-21T06:12:28.5Z
-        assert_eq!(rfc3339_nanos(1_795_241_548_500_000_000), "2026-11-21T06:12:28.500000000Z");
-        assert_eq!(rfc3339_nanos(4_102_444_799_999_999_999), "2099-12-31T23:59:59.999999999Z");
-    }
 
     #[test]
     fn boot_instants_map_near_now() {

@@ -1,15 +1,19 @@
-//! The agent's local configuration: safe defaults, an optional strict TOML file, and the
-//! kernel config carriers derived from it.
+//! The agent's local configuration: safe defaults and an optional strict TOML file.
+//!
+//! The observer sections (`[network]`, `[container]`, `[storage]`, `[node]`) are an
+//! Evidence Profile's `overrides` on `production-default`: tapio-profile's field table
+//! validates and compiles them into the same [`CompiledConfig`] a controller serves, so a
+//! setting has one default, one range and one help text. Next to them the sections may hold
+//! the few agent-only knobs ([`LocalKnobs`]); everything else here (sinks, queues, the
+//! controller link) is the agent's own.
 //!
 //! Unknown keys are errors naming the key, and every number is range-checked, so a typo or
 //! a bad value fails loudly at start instead of silently running with defaults.
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
-use tapio_bpf::abi::{
-    tapio_ctr_config, tapio_net_config, tapio_sto_config, TAPIO_CTR_EN_EXIT, TAPIO_CTR_EN_OOM, TAPIO_NET_EN_CONNECT,
-    TAPIO_NET_EN_RESET, TAPIO_NET_EN_RETRANSMIT, TAPIO_NET_EN_RTT, TAPIO_STO_EN_ERRORS, TAPIO_STO_EN_LATENCY,
-};
+use tapio_profile::{Builtin, ProfileError};
+use tapio_wire::CompiledConfig;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -24,12 +28,15 @@ pub struct AgentConfig {
     /// while their cgroups existed (each holds at most this many).
     pub identity_cache_capacity: usize,
     pub sinks: SinksConfig,
-    pub network: NetworkConfig,
-    pub container: ContainerConfig,
-    pub storage: StorageConfig,
-    pub node: NodeConfig,
     /// Controller mode (absent = standalone).
     pub controller: Option<crate::controller::ControllerConfig>,
+    /// What the observers judge with until a controller config is in force: the file's
+    /// observer sections laid over `production-default` (not a key of its own).
+    #[serde(skip)]
+    pub observers: CompiledConfig,
+    /// The agent-only knobs written in the observer sections (not a key of its own).
+    #[serde(skip)]
+    pub local: LocalKnobs,
 }
 
 impl Default for AgentConfig {
@@ -40,13 +47,102 @@ impl Default for AgentConfig {
             counters_log_interval_secs: 60,
             identity_cache_capacity: 4096,
             sinks: SinksConfig::default(),
-            network: NetworkConfig::default(),
-            container: ContainerConfig::default(),
-            storage: StorageConfig::default(),
-            node: NodeConfig::default(),
             controller: None,
+            observers: CompiledConfig::default(),
+            local: LocalKnobs::default(),
         }
     }
+}
+
+/// Knobs of this agent's own that sit in an observer section but are not part of the
+/// fleet-wide config (a controller's config leaves them as the file set them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalKnobs {
+    /// `storage.inflight_max_age_secs`: an in-flight request whose completion has not come
+    /// after this long is dropped from the kernel's table (counted as `inflight_expired`), so
+    /// the table stays bounded even if completions are lost. Never shorter than the critical
+    /// threshold plus a second (see `observers::storage::inflight_max_age_ns`).
+    pub inflight_max_age_secs: u32,
+    /// `node.poll_interval_ms`: how often /proc/pressure/* and the hardware counters are
+    /// sampled.
+    pub poll_interval_ms: u32,
+}
+
+impl Default for LocalKnobs {
+    fn default() -> Self {
+        Self { inflight_max_age_secs: 600, poll_interval_ms: 2_000 }
+    }
+}
+
+/// One agent-only key of an observer section: (section, key, min, max).
+struct LocalKey(&'static str, &'static str, u64, u64);
+
+const LOCAL_KEYS: [LocalKey; 2] =
+    [LocalKey("storage", "inflight_max_age_secs", 10, 86_400), LocalKey("node", "poll_interval_ms", 100, 60_000)];
+
+impl LocalKnobs {
+    /// Sets the agent-only key `name` of `section`, if it is one; false when it is not
+    /// (then it is a profile field, or unknown).
+    fn set(&mut self, section: &str, name: &str, value: &serde_json::Value) -> Result<bool, ConfigError> {
+        let Some(LocalKey(_, _, min, max)) = LOCAL_KEYS.iter().find(|k| k.0 == section && k.1 == name) else {
+            return Ok(false);
+        };
+        let n = value
+            .as_u64()
+            .ok_or_else(|| ConfigError(format!("{section}.{name}: invalid type: expected an integer")))?;
+        check_range(&format!("{section}.{name}"), n, *min, *max)?;
+        // In range means it fits: every bound above is far below u32::MAX.
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        match name {
+            "inflight_max_age_secs" => self.inflight_max_age_secs = n,
+            _ => self.poll_interval_ms = n,
+        }
+        Ok(true)
+    }
+}
+
+/// A parsed TOML value as tapio-profile's document tree.
+fn profile_value(v: serde_json::Value) -> tapio_profile::Value {
+    use tapio_profile::Value;
+    match v {
+        serde_json::Value::Null => Value::Null,
+        serde_json::Value::Bool(b) => Value::Bool(b),
+        serde_json::Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+            (Some(u), _) => Value::Int(i128::from(u)),
+            (None, Some(i)) => Value::Int(i128::from(i)),
+            (None, None) => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        serde_json::Value::String(s) => Value::Str(s),
+        serde_json::Value::Array(items) => Value::Seq(items.into_iter().map(profile_value).collect()),
+        serde_json::Value::Object(entries) => {
+            Value::Map(entries.into_iter().map(|(k, v)| (Value::Str(k), profile_value(v))).collect())
+        }
+    }
+}
+
+/// A profile error in the agent's words: `key = value is out of range min..=max` (the key
+/// as written in the file; a list item as `key[]`), `key: invalid type: …`,
+/// `section.key = value must be …`, otherwise the profile's own message, which names the
+/// key too.
+pub(crate) fn config_error(e: ProfileError) -> ConfigError {
+    ConfigError(match e {
+        ProfileError::OutOfRange { path, value, range } => {
+            let key = match path.find('[') {
+                Some(i) => format!("{}[]", &path[..i]),
+                None => path,
+            };
+            format!("{key} = {value} is out of range {range}")
+        }
+        ProfileError::WrongType { path, expected, found } => {
+            format!("{path}: invalid type: {found}, expected {expected}")
+        }
+        // The rule's message begins with the name of a field of the section at fault.
+        ProfileError::CrossField { path, message } => match path.rsplit_once('.') {
+            Some((section, _)) => format!("{section}.{message}"),
+            None => message,
+        },
+        other => other.to_string(),
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -88,162 +184,6 @@ impl FileSinkConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct NetworkConfig {
-    pub enabled: bool,
-    pub connect_failures: bool,
-    pub resets: bool,
-    pub retransmit_spikes: bool,
-    pub rtt_degradation: bool,
-    pub retransmit_window_ms: u32,
-    pub retransmit_count: u32,
-    pub rtt_ratio_percent: u32,
-    /// Absolute srtt ceiling; 0 turns the ceiling off.
-    pub rtt_ceiling_us: u32,
-    pub rtt_min_samples: u32,
-    /// A ratio crossing also needs srtt to exceed the baseline by this much: same-node
-    /// baselines of a few microseconds jitter by multiples without anything being wrong.
-    pub rtt_min_increase_us: u32,
-    /// Record the connecting task's memory-cgroup id (set by the agent on v1-hybrid nodes,
-    /// where it is what names the container; not a config-file key).
-    #[serde(skip)]
-    pub capture_memcg: bool,
-}
-
-impl Default for NetworkConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            connect_failures: true,
-            resets: true,
-            retransmit_spikes: true,
-            rtt_degradation: true,
-            retransmit_window_ms: 10_000,
-            retransmit_count: 10,
-            rtt_ratio_percent: 200,
-            rtt_ceiling_us: 500_000,
-            rtt_min_samples: 20,
-            rtt_min_increase_us: 1_000,
-            capture_memcg: false,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ContainerConfig {
-    pub enabled: bool,
-    pub oom_kills: bool,
-    pub abnormal_exits: bool,
-    /// Exit codes (1–255) that are not evidence, e.g. a tool's documented "not found".
-    pub exit_ignore_codes: Vec<u16>,
-    /// Fatal signals (1–64) that are not evidence.
-    pub exit_ignore_signals: Vec<u16>,
-}
-
-impl Default for ContainerConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            oom_kills: true,
-            abnormal_exits: true,
-            exit_ignore_codes: Vec::new(),
-            exit_ignore_signals: Vec::new(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StorageConfig {
-    pub enabled: bool,
-    pub io_errors: bool,
-    pub latency_spikes: bool,
-    /// Issue-to-completion latency above which a request is a warning `latency_spike`.
-    pub latency_warning_ms: u32,
-    /// … and a critical one (at least latency_warning_ms).
-    pub latency_critical_ms: u32,
-    /// An in-flight request whose completion has not come after this long is dropped from
-    /// the kernel's table (counted as `inflight_expired`): the table stays bounded even if
-    /// completions are lost. Never shorter than the critical threshold plus a second (see
-    /// [`StorageConfig::inflight_max_age_ns`]).
-    pub inflight_max_age_secs: u32,
-    /// Record the submitting task's memory-cgroup id (set by the agent on v1-hybrid nodes;
-    /// not a config-file key).
-    #[serde(skip)]
-    pub capture_memcg: bool,
-}
-
-impl StorageConfig {
-    /// The age at which an in-flight request leaves the table: `inflight_max_age_secs`, but
-    /// never less than `latency_critical_ms` plus a second. A request is judged only at its
-    /// completion, so one aged out earlier could never be the latency spike the thresholds
-    /// describe: a threshold above the age would be accepted and do nothing.
-    pub fn inflight_max_age_ns(&self) -> u64 {
-        let configured = u64::from(self.inflight_max_age_secs) * 1_000_000_000;
-        let judged = (u64::from(self.latency_critical_ms) + 1_000) * 1_000_000;
-        configured.max(judged)
-    }
-}
-
-impl Default for StorageConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            io_errors: true,
-            latency_spikes: true,
-            latency_warning_ms: 100,
-            latency_critical_ms: 1_000,
-            inflight_max_age_secs: 600,
-            capture_memcg: false,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct NodeConfig {
-    pub enabled: bool,
-    /// How often /proc/pressure/* and the hardware counters are sampled.
-    pub poll_interval_ms: u32,
-    /// Pressure (PSI) evidence.
-    pub psi: bool,
-    /// "some avg10" thresholds in percent; 0 turns that resource off.
-    pub psi_memory_some_avg10_percent: u32,
-    pub psi_cpu_some_avg10_percent: u32,
-    pub psi_io_some_avg10_percent: u32,
-    /// After a crossing, the next one needs avg10 to fall below threshold − margin first
-    /// (the margin is at most half the threshold).
-    pub psi_rearm_margin_percent: u32,
-    /// Hardware-counter evidence (cpu_stall, ipc_degradation).
-    pub pmc: bool,
-    /// A CPU whose instructions per cycle fall below this / 100 is an ipc_degradation.
-    pub pmc_ipc_min_percent: u32,
-    /// A CPU whose backend-stalled cycles exceed this share of its cycles is a cpu_stall.
-    pub pmc_stall_max_percent: u32,
-    /// CPUs that ran fewer cycles than this in one interval are not judged (near idle).
-    pub pmc_min_cycles: u64,
-}
-
-impl Default for NodeConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            poll_interval_ms: 2_000,
-            psi: true,
-            psi_memory_some_avg10_percent: 10,
-            psi_cpu_some_avg10_percent: 50,
-            psi_io_some_avg10_percent: 30,
-            psi_rearm_margin_percent: 5,
-            pmc: true,
-            pmc_ipc_min_percent: 50,
-            pmc_stall_max_percent: 60,
-            pmc_min_cycles: 50_000_000,
-        }
-    }
-}
-
 /// A config that cannot be used, with the key at fault.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError(pub String);
@@ -271,16 +211,78 @@ impl AgentConfig {
         // of once per config struct, which keeps ~60 KB out of every node's binary; the
         // strictness (unknown keys named) comes from serde either way.
         let value: serde_json::Value = basic_toml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
-        let config: Self = serde_path_to_error::deserialize(value).map_err(|e| {
-            let path = e.path().to_string();
-            if path == "." {
-                ConfigError(e.into_inner().to_string())
-            } else {
-                ConfigError(format!("{path}: {}", e.into_inner()))
+        // The observer sections go to tapio-profile (but for the agent-only keys in them);
+        // the rest is the agent's own. (Split by moving entries, not removing them: map
+        // removal code would cost the binary more than this.)
+        let mut local = LocalKnobs::default();
+        let mut overrides = Vec::new();
+        let mut own = serde_json::Map::new();
+        let top = match value {
+            serde_json::Value::Object(top) => top,
+            _ => return Err(ConfigError("a config file is a TOML table".into())),
+        };
+        for (key, body) in top {
+            if !tapio_profile::fields::SECTIONS.contains(&key.as_str()) {
+                own.insert(key, body);
+                continue;
             }
-        })?;
+            let body = match body {
+                serde_json::Value::Object(fields) => {
+                    let mut kept = Vec::new();
+                    for (name, v) in fields {
+                        if !local.set(&key, &name, &v)? {
+                            kept.push((tapio_profile::Value::Str(name), profile_value(v)));
+                        }
+                    }
+                    tapio_profile::Value::Map(kept)
+                }
+                other => profile_value(other),
+            };
+            overrides.push((tapio_profile::Value::Str(key), body));
+        }
+        let own = serde_json::Value::Object(own);
+        let mut config = match Self::deserialize(&own) {
+            Ok(config) => config,
+            Err(e) => return Err(ConfigError(format!("{}: {e}", Self::key_at_fault(own)))),
+        };
+        config.local = local;
+        let overrides = tapio_profile::Value::Map(overrides);
+        config.observers = tapio_profile::overlay(Builtin::ProductionDefault, &overrides, "").map_err(config_error)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Where in the agent's own keys deserializing failed: the first key (or key of a
+    /// table) whose value fails on its own. serde's messages name an unknown key but not
+    /// where a mistyped value sits. Finding it this way, only on the error path, costs the
+    /// binary far less than tracking the path on every parse (serde_path_to_error: ~13 KB
+    /// on every node).
+    fn key_at_fault(own: serde_json::Value) -> String {
+        let alone = |key: String, value: serde_json::Value| {
+            let mut single = serde_json::Map::new();
+            single.insert(key, value);
+            Self::deserialize(&serde_json::Value::Object(single)).is_err()
+        };
+        let serde_json::Value::Object(own) = own else { return "(top level)".to_string() };
+        for (key, value) in own {
+            match value {
+                serde_json::Value::Object(table) => {
+                    for (inner, v) in table {
+                        let mut nested = serde_json::Map::new();
+                        nested.insert(inner.clone(), v);
+                        if alone(key.clone(), serde_json::Value::Object(nested)) {
+                            return format!("{key}.{inner}");
+                        }
+                    }
+                }
+                other => {
+                    if alone(key.clone(), other) {
+                        return key;
+                    }
+                }
+            }
+        }
+        "(top level)".to_string()
     }
 
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
@@ -305,42 +307,6 @@ impl AgentConfig {
             check_range("sinks.file.max_bytes", file.max_bytes, 4096, 1 << 40)?;
             check_range("sinks.file.keep_files", u64::from(file.keep_files), 1, 100)?;
         }
-        let n = &self.network;
-        check_range("network.retransmit_window_ms", n.retransmit_window_ms.into(), 10, 600_000)?;
-        check_range("network.retransmit_count", n.retransmit_count.into(), 2, 100_000)?;
-        check_range("network.rtt_ratio_percent", n.rtt_ratio_percent.into(), 101, 100_000)?;
-        if n.rtt_ceiling_us != 0 {
-            check_range("network.rtt_ceiling_us", n.rtt_ceiling_us.into(), 1_000, 60_000_000)?;
-        }
-        check_range("network.rtt_min_samples", n.rtt_min_samples.into(), 1, 1_000_000)?;
-        check_range("network.rtt_min_increase_us", n.rtt_min_increase_us.into(), 0, 60_000_000)?;
-        let st = &self.storage;
-        check_range("storage.latency_warning_ms", st.latency_warning_ms.into(), 1, 600_000)?;
-        check_range("storage.latency_critical_ms", st.latency_critical_ms.into(), 1, 3_600_000)?;
-        if st.latency_critical_ms < st.latency_warning_ms {
-            return Err(ConfigError(format!(
-                "storage.latency_critical_ms = {} must be at least storage.latency_warning_ms = {}",
-                st.latency_critical_ms, st.latency_warning_ms
-            )));
-        }
-        check_range("storage.inflight_max_age_secs", st.inflight_max_age_secs.into(), 10, 86_400)?;
-        let nd = &self.node;
-        check_range("node.poll_interval_ms", nd.poll_interval_ms.into(), 100, 60_000)?;
-        check_range("node.psi_memory_some_avg10_percent", nd.psi_memory_some_avg10_percent.into(), 0, 100)?;
-        check_range("node.psi_cpu_some_avg10_percent", nd.psi_cpu_some_avg10_percent.into(), 0, 100)?;
-        check_range("node.psi_io_some_avg10_percent", nd.psi_io_some_avg10_percent.into(), 0, 100)?;
-        check_range("node.psi_rearm_margin_percent", nd.psi_rearm_margin_percent.into(), 0, 50)?;
-        check_range("node.pmc_ipc_min_percent", nd.pmc_ipc_min_percent.into(), 1, 1_000)?;
-        check_range("node.pmc_stall_max_percent", nd.pmc_stall_max_percent.into(), 1, 100)?;
-        check_range("node.pmc_min_cycles", nd.pmc_min_cycles, 0, 1 << 40)?;
-        for code in &self.container.exit_ignore_codes {
-            check_range("container.exit_ignore_codes[]", u64::from(*code), 1, 255)?;
-        }
-        // 1..=63: the kernel side keeps the ignored signals in one 64-bit mask (bit n =
-        // signal n); signal 64 (SIGRTMAX) has no bit, so accepting it would change nothing.
-        for sig in &self.container.exit_ignore_signals {
-            check_range("container.exit_ignore_signals[]", u64::from(*sig), 1, 63)?;
-        }
         if let Some(c) = &self.controller {
             crate::controller::http::Endpoint::parse(&c.url)
                 .map_err(|e| ConfigError(format!("controller.url: {e}")))?;
@@ -360,101 +326,6 @@ impl AgentConfig {
         }
         Ok(())
     }
-}
-
-/// The local ephemeral port range (client sockets' ports), from the kernel.
-pub fn ephemeral_port_range() -> (u16, u16) {
-    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| {
-            let mut it = s.split_whitespace().map(|v| v.parse::<u16>().ok());
-            Some((it.next()??, it.next()??))
-        })
-        .unwrap_or((32_768, 60_999))
-}
-
-/// The network object's config carrier for `generation`.
-/// True when the node has a cgroup v1 memory hierarchy: there every task's cgroup2 id is the
-/// root, and only the memory cgroup names the container.
-pub fn v1_memory_hierarchy() -> bool {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|m| m.lines().any(|l| l.contains(" - cgroup ") && l.split(',').any(|o| o.trim() == "memory")))
-        .unwrap_or(false)
-}
-
-pub fn network_carrier(n: &NetworkConfig, generation: u32, ports: (u16, u16)) -> tapio_net_config {
-    let mut enabled = 0;
-    if n.enabled {
-        for (on, bit) in [
-            (n.connect_failures, TAPIO_NET_EN_CONNECT),
-            (n.resets, TAPIO_NET_EN_RESET),
-            (n.retransmit_spikes, TAPIO_NET_EN_RETRANSMIT),
-            (n.rtt_degradation, TAPIO_NET_EN_RTT),
-        ] {
-            if on {
-                enabled |= bit;
-            }
-        }
-    }
-    let mut c = tapio_net_config::default();
-    c.hdr.abi_version = tapio_bpf::ABI_VERSION;
-    c.hdr.generation = generation;
-    c.generation_check = generation;
-    c.enabled = enabled;
-    c.retransmit_window_ms = n.retransmit_window_ms;
-    c.retransmit_count = n.retransmit_count;
-    c.rtt_ratio_percent = n.rtt_ratio_percent;
-    c.rtt_ceiling_us = n.rtt_ceiling_us;
-    c.rtt_min_samples = n.rtt_min_samples;
-    c.rtt_min_increase_us = n.rtt_min_increase_us;
-    c.ephemeral_port_min = ports.0;
-    c.ephemeral_port_max = ports.1;
-    c.capture_memcg = u32::from(n.capture_memcg);
-    c
-}
-
-/// The container object's config carrier for `generation`.
-pub fn container_carrier(cc: &ContainerConfig, generation: u32) -> tapio_ctr_config {
-    let mut c = tapio_ctr_config::default();
-    c.hdr.abi_version = tapio_bpf::ABI_VERSION;
-    c.hdr.generation = generation;
-    c.generation_check = generation;
-    if cc.enabled {
-        if cc.oom_kills {
-            c.enabled |= TAPIO_CTR_EN_OOM;
-        }
-        if cc.abnormal_exits {
-            c.enabled |= TAPIO_CTR_EN_EXIT;
-        }
-    }
-    for &code in &cc.exit_ignore_codes {
-        let code = usize::from(code.min(255));
-        c.ignored_exit_codes[code / 64] |= 1 << (code % 64);
-    }
-    for &sig in &cc.exit_ignore_signals {
-        c.ignored_signals |= 1u64.checked_shl(u32::from(sig)).unwrap_or(0);
-    }
-    c
-}
-
-/// The storage object's config carrier for `generation`.
-pub fn storage_carrier(st: &StorageConfig, generation: u32) -> tapio_sto_config {
-    let mut c = tapio_sto_config::default();
-    c.hdr.abi_version = tapio_bpf::ABI_VERSION;
-    c.hdr.generation = generation;
-    c.generation_check = generation;
-    if st.enabled {
-        if st.io_errors {
-            c.enabled |= TAPIO_STO_EN_ERRORS;
-        }
-        if st.latency_spikes {
-            c.enabled |= TAPIO_STO_EN_LATENCY;
-        }
-    }
-    c.capture_memcg = u32::from(st.capture_memcg);
-    c.latency_warning_ns = u64::from(st.latency_warning_ms) * 1_000_000;
-    c.latency_critical_ns = u64::from(st.latency_critical_ms) * 1_000_000;
-    c
 }
 
 #[cfg(test)]
@@ -480,45 +351,6 @@ mod tests {
         assert!(err.0.contains("bogus"), "{err}");
     }
 
-    /// Every ignore value the config accepts sets exactly the bit the container program
-    /// reads for it (`ignored_exit_codes[code >> 6] & 1 << (code & 63)`, `ignored_signals &
-    /// 1 << (sig & 63)`): no accepted value is a no-op, and none silences another.
-    #[test]
-    fn every_accepted_ignore_value_sets_the_bit_the_kernel_reads() {
-        for code in 1u16..=255 {
-            let toml = format!("[container]\nexit_ignore_codes = [{code}]\n");
-            let c = container_carrier(&AgentConfig::from_toml(&toml).unwrap().container, 1);
-            let mut want = [0u64; 4];
-            want[usize::from(code >> 6) & 3] = 1 << (code & 63);
-            assert_eq!(c.ignored_exit_codes, want, "exit code {code}");
-        }
-        for sig in 1u16..=127 {
-            let toml = format!("[container]\nexit_ignore_signals = [{sig}]\n");
-            match AgentConfig::from_toml(&toml) {
-                Ok(config) => {
-                    let c = container_carrier(&config.container, 1);
-                    assert_eq!(c.ignored_signals, 1u64 << (sig & 63), "signal {sig}");
-                    assert!(sig < 64, "signal {sig} accepted but the kernel's mask has no bit for it");
-                }
-                Err(e) => assert!(sig >= 64, "signal {sig} refused: {e}"),
-            }
-        }
-    }
-
-    #[test]
-    fn in_flight_requests_live_long_enough_to_be_judged_critical() {
-        let mut st = AgentConfig::default().storage;
-        assert_eq!(st.inflight_max_age_ns(), 600_000_000_000, "the configured age when it covers the thresholds");
-        // Both thresholds at their maximum (accepted) are still judged: a request slower
-        // than the critical threshold stays in the table past it.
-        st.latency_warning_ms = 600_000;
-        st.latency_critical_ms = 3_600_000;
-        assert!(st.inflight_max_age_ns() > 3_600_000_000_000);
-        st.inflight_max_age_secs = 10;
-        st.latency_critical_ms = 60_000;
-        assert_eq!(st.inflight_max_age_ns(), 61_000_000_000);
-    }
-
     #[test]
     fn wrong_types_name_the_key() {
         let err = AgentConfig::from_toml("[network]\nrtt_ratio_percent = \"high\"\n").unwrap_err();
@@ -536,6 +368,19 @@ mod tests {
         assert_eq!(err.0, "container.exit_ignore_signals[] = 64 is out of range 1..=63");
         let err = AgentConfig::from_toml("[sinks.file]\npath = \"/tmp/x\"\nkeep_files = 0\n").unwrap_err();
         assert!(err.0.contains("sinks.file.keep_files"), "{err}");
+    }
+
+    #[test]
+    fn the_agents_own_keys_are_named_in_type_errors() {
+        let err = AgentConfig::from_toml("queue_capacity = \"big\"\n").unwrap_err();
+        assert!(err.0.starts_with("queue_capacity: invalid type"), "{err}");
+        let err = AgentConfig::from_toml("[sinks]\nstdout = 1\n").unwrap_err();
+        assert!(err.0.starts_with("sinks.stdout: invalid type"), "{err}");
+        let err = AgentConfig::from_toml("[controller]\nurl = \"http://c:1\"\nheartbeat_interval_secs = \"x\"\n")
+            .unwrap_err();
+        assert!(err.0.starts_with("controller.heartbeat_interval_secs: invalid type"), "{err}");
+        let err = AgentConfig::from_toml("[sinks]\nbogus = true\n").unwrap_err();
+        assert!(err.0.starts_with("sinks.bogus: unknown field `bogus`"), "{err}");
     }
 
     #[test]
@@ -558,7 +403,8 @@ mod tests {
         assert_eq!(c.node_name.as_deref(), Some("n1"));
         assert!(!c.sinks.stdout);
         assert_eq!(c.sinks.file.as_ref().unwrap().keep_files, 5);
-        assert_eq!(c.network.retransmit_count, 3);
+        assert_eq!(c.observers.network.retransmit_count, 3);
+        assert_eq!(c.observers.container.exit_ignore_codes, vec![1, 2]);
     }
 
     #[test]
@@ -568,8 +414,9 @@ mod tests {
              psi_memory_some_avg10_percent = 0\npmc = false\n",
         )
         .unwrap();
-        assert_eq!((c.storage.latency_warning_ms, c.storage.latency_critical_ms), (50, 50));
-        assert_eq!((c.node.poll_interval_ms, c.node.psi_memory_some_avg10_percent, c.node.pmc), (500, 0, false));
+        let o = &c.observers;
+        assert_eq!((o.storage.latency_warning_ms, o.storage.latency_critical_ms), (50, 50));
+        assert_eq!((c.local.poll_interval_ms, o.node.psi_memory_some_avg10_percent, o.node.pmc), (500, 0, false));
         let err =
             AgentConfig::from_toml("[storage]\nlatency_warning_ms = 200\nlatency_critical_ms = 100\n").unwrap_err();
         assert!(err.0.contains("storage.latency_critical_ms = 100 must be at least"), "{err}");
@@ -581,38 +428,5 @@ mod tests {
         assert!(err.0.contains("psi_threshold"), "{err}");
         let err = AgentConfig::from_toml("[storage]\ncapture_memcg = true\n").unwrap_err();
         assert!(err.0.contains("capture_memcg"), "an internal switch is not a config key: {err}");
-    }
-
-    #[test]
-    fn storage_carrier_holds_thresholds_in_ns_and_switches() {
-        let st = StorageConfig { latency_warning_ms: 100, latency_critical_ms: 1_000, ..StorageConfig::default() };
-        let c = storage_carrier(&st, 4);
-        assert_eq!((c.hdr.generation, c.generation_check, c.hdr.abi_version), (4, 4, tapio_bpf::ABI_VERSION));
-        assert_eq!((c.latency_warning_ns, c.latency_critical_ns), (100_000_000, 1_000_000_000));
-        assert_eq!(c.enabled, TAPIO_STO_EN_ERRORS | TAPIO_STO_EN_LATENCY);
-        let c = storage_carrier(&StorageConfig { latency_spikes: false, ..st.clone() }, 0);
-        assert_eq!(c.enabled, TAPIO_STO_EN_ERRORS);
-        assert_eq!(storage_carrier(&StorageConfig { enabled: false, ..st }, 0).enabled, 0);
-    }
-
-    #[test]
-    fn carriers_encode_switches_generation_and_ignore_lists() {
-        let cc = ContainerConfig {
-            exit_ignore_codes: vec![1, 64, 255],
-            exit_ignore_signals: vec![15],
-            ..ContainerConfig::default()
-        };
-        let c = container_carrier(&cc, 7);
-        assert_eq!((c.hdr.generation, c.generation_check, c.hdr.abi_version), (7, 7, tapio_bpf::ABI_VERSION));
-        assert_eq!(c.enabled, TAPIO_CTR_EN_OOM | TAPIO_CTR_EN_EXIT);
-        assert_eq!(c.ignored_exit_codes, [1 << 1, 1, 0, 1 << 63]);
-        assert_eq!(c.ignored_signals, 1 << 15);
-
-        let mut n = NetworkConfig { resets: false, ..NetworkConfig::default() };
-        let c = network_carrier(&n, 0, (1000, 2000));
-        assert_eq!(c.enabled, TAPIO_NET_EN_CONNECT | TAPIO_NET_EN_RETRANSMIT | TAPIO_NET_EN_RTT);
-        assert_eq!((c.ephemeral_port_min, c.ephemeral_port_max), (1000, 2000));
-        n.enabled = false;
-        assert_eq!(network_carrier(&n, 0, (1, 2)).enabled, 0);
     }
 }

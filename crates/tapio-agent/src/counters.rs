@@ -55,15 +55,17 @@ pub const UNREAD_AT_SHUTDOWN: &str = "unread_at_shutdown";
 
 /// The kernel counters that mean evidence was lost or refused there.
 const KERNEL_LOSS: &[&str] = &["ringbuf_reserve_failed", UNREAD_AT_SHUTDOWN];
-const KERNEL_CORRELATION: &[&str] = &[
-    "correlation_table_full",
-    "ambiguous",
-    "config_torn_read",
-    // The storage object's per-reason correlation drops (tapio_bpf::storage::COUNTER_NAMES).
-    tapio_bpf::storage::AMBIGUOUS_INFLIGHT_IO,
-    tapio_bpf::storage::UNMATCHED_COMPLETION,
-    tapio_bpf::storage::INFLIGHT_REPLACED,
-];
+/// The common kernel counters that are correlation drops; an observer's own are declared
+/// in its descriptor (`KernelHalf::correlation_counters`).
+const KERNEL_CORRELATION: &[&str] = &["correlation_table_full", "ambiguous", "config_torn_read"];
+
+/// Whether `observer`'s kernel counter `name` counts a correlation drop.
+fn is_correlation(observer: &str, name: &str) -> bool {
+    KERNEL_CORRELATION.contains(&name)
+        || crate::observers::find(observer)
+            .and_then(|o| o.kernel.as_ref())
+            .is_some_and(|k| k.correlation_counters.contains(&name))
+}
 /// Kernel counters of facts a program saw but could not judge, so no evidence was produced:
 /// a config carrier of another ABI, or a kernel lacking what the hook needs to read.
 const KERNEL_NOT_JUDGED: &[&str] = &["abi_mismatch", "unsupported_kernel"];
@@ -153,14 +155,15 @@ impl Counters {
         for ((o, r), v) in &drops {
             *by_reason.entry(format!("{o}.{r}")).or_default() += v;
         }
-        for ((o, n), v) in kernel.iter().filter(|((_, n), _)| KERNEL_CORRELATION.contains(n)) {
+        let correlation: u64 = kernel.iter().filter(|((o, n), _)| is_correlation(o, n)).map(|(_, v)| v).sum();
+        for ((o, n), v) in kernel.iter().filter(|((o, n), _)| is_correlation(o, n)) {
             *by_reason.entry(format!("{o}.{n}")).or_default() += v;
         }
         Snapshot {
             events_total: self.events_total.load(Ordering::Relaxed),
             malformed_events_total: self.malformed_events_total.load(Ordering::Relaxed),
             lost_events_total: kernel_sum(KERNEL_LOSS),
-            correlation_drops_total: kernel_sum(KERNEL_CORRELATION) + drops.values().sum::<u64>(),
+            correlation_drops_total: correlation + drops.values().sum::<u64>(),
             not_judged_total: kernel_sum(KERNEL_NOT_JUDGED),
             sink_drops_total: queue_overflow + sinks.values().map(|c| c.failed).sum::<u64>(),
             queue_overflow_total: queue_overflow,
@@ -247,9 +250,9 @@ mod tests {
     /// added without reaching a total.
     #[test]
     fn every_kernel_counter_reaches_a_total_or_is_declared_informational() {
-        let observers = ["network", "container", "storage"];
-        for observer in observers {
-            let own = tapio_bpf::observer_counter_names(observer).iter().copied();
+        let kernel_halves = crate::observers::REGISTRY.iter().filter_map(|o| o.kernel.as_ref().map(|k| (o.name, k)));
+        for (observer, half) in kernel_halves {
+            let own = half.counters.iter().copied();
             for (_, name) in tapio_bpf::COUNTER_NAMES.into_iter().chain(own) {
                 let c = Counters::default();
                 c.set_kernel(observer, name, 7);

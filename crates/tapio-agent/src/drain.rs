@@ -8,22 +8,23 @@ use crate::clock::BootToWall;
 use crate::counters::Counters;
 use crate::evidence::Evidence;
 use crate::observers::{read_kernel_counters, Classifier, Running};
+use crate::queue::QueueSender;
 use crate::stamp::{Stamper, Verdict};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Records taken from one ring before the others get a turn.
-const BURST: usize = 4096;
+/// Records taken from one ring before the others get a turn (a 512 KiB network ring holds
+/// about three of these).
+pub const BURST: usize = 1024;
 /// Poll period: the kernel side wakes the drain only once a batch is waiting (a wake-up
 /// per record would cost more than the record), so this bounds how long a lone record
 /// waits, as well as shutdown latency.
 const IDLE_WAIT_MS: i32 = 100;
 /// How often the boot→wall offset and the kernel counters are refreshed.
 const REFRESH: Duration = Duration::from_secs(1);
-/// At shutdown, how long the drain may take to classify what is left in the rings (a 1 MiB
+/// At shutdown, how long the drain may take to classify what is left in the rings (a 512 KiB
 /// ring holds a few thousand records: milliseconds). What is still there after it is read
 /// without classifying and counted per observer (`kernel`: `<observer>.unread_at_shutdown`).
 pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
@@ -79,7 +80,7 @@ pub fn take_until_empty(source: &mut dyn RecordSource, deadline: Instant, handle
 pub struct Drain {
     pub observers: Vec<Running>,
     pub stamper: Stamper,
-    pub queue: SyncSender<Box<Evidence>>,
+    pub queue: QueueSender,
     pub counters: Arc<Counters>,
     pub clock: Arc<BootToWall>,
     pub shutdown: Arc<AtomicBool>,
@@ -105,6 +106,10 @@ fn epoll_for(observers: &[Running]) -> std::io::Result<OwnedFd> {
 
 impl Drain {
     pub fn run(mut self) {
+        // Loading parsed the kernel's BTF (tens of MB, freed again): give the freed heap
+        // pages back, or they stay resident for the agent's life.
+        // SAFETY: malloc_trim only releases free memory of the allocator; no pointers change.
+        unsafe { libc::malloc_trim(0) };
         let epoll = match epoll_for(&self.observers) {
             Ok(fd) => Some(fd),
             Err(e) => {
@@ -164,7 +169,7 @@ impl Drain {
     fn refresh(&mut self) {
         self.clock.remeasure();
         for obs in &self.observers {
-            read_kernel_counters(obs.name, &obs.loaded.counters, &self.counters);
+            read_kernel_counters(obs.name, obs.counters, &obs.loaded.counters, &self.counters);
         }
     }
 
@@ -185,7 +190,7 @@ fn classify_one(
     classifier: &mut dyn Classifier,
     record: &[u8],
     stamper: &mut Stamper,
-    queue: &SyncSender<Box<Evidence>>,
+    queue: &QueueSender,
     counters: &Counters,
 ) {
     match classifier.classify(record, stamper) {
@@ -199,16 +204,9 @@ fn classify_one(
     }
 }
 
-/// Hands one record to the sink stage without ever waiting.
-pub fn offer(queue: &SyncSender<Box<Evidence>>, counters: &Counters, ev: Box<Evidence>) {
-    match queue.try_send(ev) {
-        Ok(()) => {
-            counters.events_total.fetch_add(1, Ordering::Relaxed);
-        }
-        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-            counters.queue_overflow_total.fetch_add(1, Ordering::Relaxed);
-        }
-    }
+/// Hands one record to the sink stage without ever waiting (see [`QueueSender::offer`]).
+pub fn offer(queue: &QueueSender, counters: &Counters, ev: Box<Evidence>) {
+    queue.offer(counters, &ev);
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub mod drain;
 pub mod evidence;
 pub mod logger;
 pub mod observers;
+pub mod queue;
 pub mod runtime;
 pub mod sink_stage;
 pub mod sinks;

@@ -1,9 +1,9 @@
 //! Agent start-up and shutdown: loads what can be loaded, says clearly what attached and
 //! what did not, runs the drain and sink threads, and flushes everything on SIGTERM/SIGINT.
 
-use crate::carriers::{KernelCarriers, ObserverSettings};
+use crate::carriers::{Carriers, ObserverSettings};
 use crate::clock::BootToWall;
-use crate::config::{self, AgentConfig};
+use crate::config::AgentConfig;
 use crate::controller::client::Client;
 use crate::controller::outbox::{Outbox, OutboxSink};
 use crate::controller::state::{self, AppliedConfig};
@@ -11,14 +11,14 @@ use crate::controller::{apply, http::Endpoint, ControllerConfig, Token};
 use crate::counters::Counters;
 use crate::drain::Drain;
 use crate::observers::poll::{PollThread, Poller};
-use crate::observers::{self, container, network, node, storage, ObserverState, Running};
+use crate::observers::{self, ClassifierContext, ObserverState, Running, RuntimeFacts, Start, REGISTRY};
 use crate::sink_stage::SinkStage;
 use crate::sinks::{FileSink, Sink, StdoutSink};
 use crate::stamp::Stamper;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Shutdown bounds. From SIGTERM/SIGINT the agent exits within their sum plus one
@@ -54,6 +54,72 @@ fn join_within(what: &str, thread: std::thread::JoinHandle<()>, within: Duration
 /// Where each observer ended up after start-up.
 pub struct StartupReport {
     pub observers: Vec<(&'static str, ObserverState)>,
+    /// Each observer's programs and what became of them, and why it failed (in registry
+    /// order, as `observers`): the `status` JSON line.
+    pub details: Vec<ObserverDetail>,
+}
+
+/// One observer in the `status` JSON line.
+#[derive(serde::Serialize)]
+pub struct ObserverDetail {
+    name: &'static str,
+    /// `running`, `degraded`, `failed`, `disabled` or `unsupported`.
+    state: &'static str,
+    /// Why it is not running (null when it is, or is disabled).
+    reason: Option<String>,
+    /// For a failed kernel half: `not_permitted`, `no_btf`, `abi_mismatch`,
+    /// `missing_hook` or `other` (`LoadError::kind`).
+    reason_kind: Option<&'static str>,
+    /// Each program of its kernel half (empty without one, or when it did not load).
+    programs: Vec<ProgramDetail>,
+}
+
+#[derive(serde::Serialize)]
+struct ProgramDetail {
+    program: &'static str,
+    hook: String,
+    attached: bool,
+    error_kind: Option<&'static str>,
+    error: Option<String>,
+}
+
+/// The `status` JSON line: the start-up outcome as data (what the `observer …:` and
+/// `ready:` lines say for people).
+#[derive(serde::Serialize)]
+struct StartupStatus<'a> {
+    node: &'a str,
+    observers: &'a [ObserverDetail],
+    sinks: &'a [&'static str],
+}
+
+impl StartupReport {
+    fn push(
+        &mut self,
+        name: &'static str,
+        state: ObserverState,
+        programs: &[observers::ProgramStatus],
+        failure: Option<&observers::LoadError>,
+    ) {
+        let reason = match &state {
+            ObserverState::Running | ObserverState::Disabled => None,
+            ObserverState::Degraded(why) | ObserverState::Failed(why) | ObserverState::Unsupported(why) => {
+                Some(why.clone())
+            }
+        };
+        let programs = programs
+            .iter()
+            .map(|p| ProgramDetail {
+                program: p.program,
+                hook: p.hook.to_string(),
+                attached: p.result.is_ok(),
+                error_kind: p.result.as_ref().err().map(observers::LoadError::kind),
+                error: p.result.as_ref().err().map(ToString::to_string),
+            })
+            .collect();
+        let reason_kind = failure.map(observers::LoadError::kind);
+        self.details.push(ObserverDetail { name, state: state.label(), reason, reason_kind, programs });
+        self.observers.push((name, state));
+    }
 }
 
 pub fn node_name(configured: Option<&str>) -> String {
@@ -105,10 +171,11 @@ fn build_sinks(config: &AgentConfig) -> Result<Vec<Box<dyn Sink>>, String> {
     Ok(sinks)
 }
 
+/// Starts every observer of the registry that `settings` enables, in registry order.
 fn start_observers(
-    config: &AgentConfig,
     settings: &ObserverSettings,
-    carriers: &mut KernelCarriers,
+    local: &crate::config::LocalKnobs,
+    carriers: &mut Carriers,
     report: &mut StartupReport,
     pollers: &mut Vec<Box<dyn Poller>>,
     learner: Option<tapio_identity::Learner>,
@@ -121,103 +188,74 @@ fn start_observers(
             None
         }
     };
+    let facts = RuntimeFacts::of_this_node();
+    let (config, generation) = (&settings.config, settings.generation);
     let mut running = Vec::new();
-    let generation = settings.generation;
-
-    if config.network.enabled {
-        let carrier = config::network_carrier(&settings.network, generation, carriers.ephemeral_ports);
-        let loaded =
-            observers::load(tapio_bpf::network::object(), btf.as_ref(), &network::hooks(), carrier).map(|(l, c)| {
-                carriers.network = Some(c);
-                l
-            });
-        let classifier = network::classifier_for(loaded.as_ref().ok());
-        record(network::NAME, loaded, classifier, report, &mut running);
-    } else {
-        report.observers.push((network::NAME, ObserverState::Disabled));
-    }
-
-    if config.container.enabled {
-        let carrier = config::container_carrier(&settings.container, generation);
-        let loaded = observers::load(tapio_bpf::container::object(), btf.as_ref(), &container::hooks(), carrier).map(
-            |(l, c)| {
-                carriers.container = Some(c);
-                l
+    for observer in REGISTRY {
+        let name = observer.name;
+        if !(observer.enabled)(config) {
+            report.push(name, ObserverState::Disabled, &[], None);
+            continue;
+        }
+        let mut kernel = match &observer.kernel {
+            Some(half) => match observers::load_kernel_half(half, btf.as_ref(), config, generation, facts) {
+                Ok((loaded, carrier)) => Some((half, loaded, carrier)),
+                Err(e) => {
+                    failed(name, e.to_string(), report, Some(&e));
+                    continue;
+                }
             },
-        );
-        record(container::NAME, loaded, Box::new(container::ContainerClassifier::new(learner)), report, &mut running);
-    } else {
-        report.observers.push((container::NAME, ObserverState::Disabled));
-    }
-
-    if config.storage.enabled {
-        let carrier = config::storage_carrier(&settings.storage, generation);
-        let loaded = observers::load(tapio_bpf::storage::object(), btf.as_ref(), &storage::hooks(), carrier).and_then(
-            |(mut l, c)| {
-                carriers.storage = Some(c);
-                // The in-flight table is aged on the poll thread (entries whose completion
-                // never comes must not fill it for good).
-                let inflight = l
-                    .ebpf
-                    .as_mut()
-                    .and_then(|e| e.take_map(tapio_bpf::storage::INFLIGHT_MAP))
-                    .ok_or("storage object has no inflight map")?;
-                let max_age = Arc::new(AtomicU64::new(settings.storage.inflight_max_age_ns()));
-                carriers.storage_max_age_ns = Some(Arc::clone(&max_age));
-                pollers.push(Box::new(storage::InflightSweeper::new(inflight, max_age)?));
-                Ok(l)
-            },
-        );
-        record(storage::NAME, loaded, Box::new(storage::StorageClassifier::new()), report, &mut running);
-    } else {
-        report.observers.push((storage::NAME, ObserverState::Disabled));
-    }
-
-    if config.node.enabled {
-        let shared = node::NodeSettings::new(generation, settings.node.clone());
-        let (state, poller) =
-            node::NodeObserver::start(Arc::clone(&shared), "/proc/pressure", "/sys/devices/system/cpu/online");
+            None => None,
+        };
+        let mut start =
+            Start { config, generation, local, ebpf: kernel.as_mut().and_then(|(_, loaded, _)| loaded.ebpf.as_mut()) };
+        let userspace = match (observer.userspace)(&mut start) {
+            Ok(u) => u,
+            Err(e) => {
+                failed(name, e, report, None);
+                continue;
+            }
+        };
+        let mut programs = Vec::new();
+        let state = match kernel {
+            Some((half, loaded, carrier)) => {
+                for p in &loaded.programs {
+                    match &p.result {
+                        Ok(()) => log::info!("observer {name}: attached {} ({})", p.hook, p.program),
+                        Err(e) => log::warn!("observer {name}: NOT attached {} ({}): {e}", p.hook, p.program),
+                    }
+                }
+                let state = userspace.state.unwrap_or_else(|| observers::state_of(&loaded.programs));
+                let mut ctx = ClassifierContext {
+                    programs: &loaded.programs,
+                    learner: learner.clone(),
+                    config,
+                    generation,
+                    followers: &mut carriers.followers,
+                };
+                let classifier = (half.classifier)(&mut ctx);
+                carriers.kernel.push((name, carrier));
+                programs.clone_from(&loaded.programs);
+                running.push(Running { name, counters: half.counters, loaded, classifier });
+                state
+            }
+            None => userspace.state.unwrap_or(ObserverState::Running),
+        };
         match &state {
-            ObserverState::Running | ObserverState::Disabled => log::info!("observer {}: {state}", node::NAME),
-            _ => log::warn!("observer {}: {state}", node::NAME),
+            ObserverState::Running | ObserverState::Disabled => log::info!("observer {name}: {state}"),
+            _ => log::warn!("observer {name}: {state}"),
         }
-        if let Some(poller) = poller {
-            carriers.node = Some(shared);
-            pollers.push(Box::new(poller));
-        }
-        report.observers.push((node::NAME, state));
-    } else {
-        report.observers.push((node::NAME, ObserverState::Disabled));
+        pollers.extend(userspace.pollers);
+        carriers.followers.extend(userspace.followers);
+        report.push(name, state, &programs, None);
     }
     running
 }
 
-fn record(
-    name: &'static str,
-    loaded: Result<observers::Loaded, String>,
-    classifier: Box<dyn observers::Classifier>,
-    report: &mut StartupReport,
-    running: &mut Vec<Running>,
-) {
-    match loaded {
-        Ok(loaded) => {
-            for p in &loaded.programs {
-                match &p.result {
-                    Ok(()) => log::info!("observer {name}: attached {} ({})", p.hook, p.program),
-                    Err(e) => log::warn!("observer {name}: NOT attached {} ({}): {e}", p.hook, p.program),
-                }
-            }
-            let state = observers::state_of(&loaded.programs);
-            log::info!("observer {name}: {state}");
-            report.observers.push((name, state));
-            running.push(Running { name, loaded, classifier });
-        }
-        Err(e) => {
-            let state = ObserverState::Failed(e);
-            log::error!("observer {name}: {state}");
-            report.observers.push((name, state));
-        }
-    }
+fn failed(name: &'static str, reason: String, report: &mut StartupReport, cause: Option<&observers::LoadError>) {
+    let state = ObserverState::Failed(reason);
+    log::error!("observer {name}: {state}");
+    report.push(name, state, &[], cause);
 }
 
 /// Controller mode, prepared before the observers load (its saved config judges from the
@@ -231,12 +269,12 @@ struct ControllerSetup {
 }
 
 impl ControllerSetup {
-    fn prepare(c: &ControllerConfig, config: &AgentConfig) -> Result<Self, String> {
+    fn prepare(c: &ControllerConfig) -> Result<Self, String> {
         let endpoint = Endpoint::parse(&c.url).map_err(|e| e.to_string())?;
         let token = c.token_file.as_deref().map(Token::read).transpose()?;
         let applied = match &c.state_file {
             Some(path) => match state::load(path) {
-                Ok(Some(a)) if apply::settings_from(config, a.generation, &a.config).is_ok() => {
+                Ok(Some(a)) if apply::settings_from(a.generation, &a.config).is_ok() => {
                     log::info!(
                         "using saved controller config {} ({}) until the controller answers",
                         a.generation,
@@ -265,11 +303,10 @@ impl ControllerSetup {
 
     fn into_client(
         self,
-        config: &AgentConfig,
         node: &str,
         report: &StartupReport,
         counters: Arc<Counters>,
-        carriers: KernelCarriers,
+        carriers: Carriers,
         stop: Arc<AtomicBool>,
     ) -> Client {
         let observers = report
@@ -277,18 +314,18 @@ impl ControllerSetup {
             .iter()
             .map(|(name, state)| (name.to_string(), tapio_wire::ObserverStatus::from(state.label())))
             .collect();
-        let object_sizes = BTreeMap::from([
-            ("network".to_string(), tapio_bpf::network::object().len() as u64),
-            ("container".to_string(), tapio_bpf::container::object().len() as u64),
-            ("storage".to_string(), tapio_bpf::storage::object().len() as u64),
-        ]);
+        let mut object_sizes = BTreeMap::new();
+        for o in REGISTRY {
+            if let Some(k) = &o.kernel {
+                object_sizes.insert(o.name.to_string(), (k.object)().len() as u64);
+            }
+        }
         Client {
             agent_id: self.settings.agent_id.clone().unwrap_or_else(|| node.to_string()),
             settings: self.settings,
             endpoint: self.endpoint,
             token: self.token,
             node: node.to_string(),
-            local: config.clone(),
             outbox: self.outbox,
             counters,
             carriers: Arc::new(Mutex::new(carriers)),
@@ -317,25 +354,16 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
 
     let mut sinks = build_sinks(&config)?;
     let controller = match &config.controller {
-        Some(c) => Some(ControllerSetup::prepare(c, &config)?),
+        Some(c) => Some(ControllerSetup::prepare(c)?),
         None => None,
     };
-    let mut config = config;
-    config.network.capture_memcg = config::v1_memory_hierarchy();
-    config.storage.capture_memcg = config.network.capture_memcg;
     let settings = match controller.as_ref().and_then(|c| c.applied.clone()) {
-        Some(applied) => apply::settings_from(&config, applied.generation, &applied.config)
+        Some(applied) => apply::settings_from(applied.generation, &applied.config)
             .map_err(|e| format!("saved controller config: {e}"))?,
-        None => ObserverSettings {
-            generation: 0,
-            network: config.network.clone(),
-            container: config.container.clone(),
-            storage: config.storage.clone(),
-            node: config.node.clone(),
-        },
+        None => ObserverSettings { generation: 0, config: config.observers.clone() },
     };
-    let mut carriers = KernelCarriers { ephemeral_ports: config::ephemeral_port_range(), ..KernelCarriers::default() };
-    let mut report = StartupReport { observers: Vec::new() };
+    let mut carriers = Carriers::default();
+    let mut report = StartupReport { observers: Vec::new(), details: Vec::new() };
     let mut pollers: Vec<Box<dyn Poller>> = Vec::new();
     let mut identity = match tapio_identity::Resolver::new(tapio_identity::Config {
         capacity: config.identity_cache_capacity,
@@ -354,7 +382,7 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
     // still named.
     let named = [tapio_identity::CgroupHierarchy::Unified, tapio_identity::CgroupHierarchy::v1("memory")];
     let learner = identity.as_ref().map(|r| r.learner(&named));
-    let observers = start_observers(&config, &settings, &mut carriers, &mut report, &mut pollers, learner);
+    let observers = start_observers(&settings, &config.local, &mut carriers, &mut report, &mut pollers, learner);
     if let Some(resolver) = identity.as_mut() {
         let (learned, complete) = resolver.learn_existing(&named);
         if complete {
@@ -377,8 +405,7 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
     let client_thread = match controller {
         Some(setup) => {
             sinks.push(Box::new(OutboxSink::new(Arc::clone(&setup.outbox))));
-            let client =
-                setup.into_client(&config, &node, &report, Arc::clone(&counters), carriers, Arc::clone(&client_stop));
+            let client = setup.into_client(&node, &report, Arc::clone(&counters), carriers, Arc::clone(&client_stop));
             let thread = std::thread::Builder::new()
                 .name("tapio-controller".into())
                 .spawn(move || client.run())
@@ -389,7 +416,7 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
     };
     let sink_names: Vec<&'static str> = sinks.iter().map(|s| s.name()).collect();
     let clock = Arc::new(BootToWall::measured());
-    let (tx, rx) = mpsc::sync_channel(config.queue_capacity);
+    let (tx, rx) = crate::queue::bounded(config.queue_capacity, crate::queue::QUEUE_MAX_BYTES);
 
     let sink_stage = SinkStage { queue: rx, sinks, identity, counters: Arc::clone(&counters) };
     let poll = PollThread {
@@ -420,6 +447,11 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
         .spawn(move || poll.run())
         .map_err(|e| format!("spawning poll thread: {e}"))?;
 
+    let status = StartupStatus { node: &node, observers: &report.details, sinks: &sink_names };
+    match serde_json::to_string(&status) {
+        Ok(json) => log::info!("status {json}"),
+        Err(e) => log::error!("serializing the start-up status: {e}"),
+    }
     let running: Vec<String> = report.observers.iter().map(|(n, s)| format!("{n}={}", s.label())).collect();
     log::info!("ready: node {node}, observers [{}], sinks [{}]", running.join(", "), sink_names.join(", "));
 

@@ -4,9 +4,9 @@
 //! per sink the lines that reached their destination and those that failed.
 
 use crate::counters::Counters;
-use crate::evidence::{Evidence, WorkloadIds};
+use crate::evidence::WorkloadIds;
+use crate::queue::{Encoded, QueueReceiver};
 use crate::sinks::{Delivered, Sink, FLUSH_AT_BYTES};
-use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use tapio_identity::{CgroupHierarchy, Resolver, Workload};
 
@@ -14,7 +14,7 @@ use tapio_identity::{CgroupHierarchy, Resolver, Workload};
 const FLUSH_AT_RECORDS: usize = 256;
 
 pub struct SinkStage {
-    pub queue: Receiver<Box<Evidence>>,
+    pub queue: QueueReceiver,
     pub sinks: Vec<Box<dyn Sink>>,
     pub identity: Option<Resolver>,
     pub counters: Arc<Counters>,
@@ -38,12 +38,13 @@ impl SinkStage {
     pub fn run(mut self) {
         let v1_memory = self.identity.as_ref().is_some_and(|r| r.mount_point(&CgroupHierarchy::v1("memory")).is_some());
         let mut line = Vec::with_capacity(1024);
+        let mut record = Encoded::default();
         // Blocks while idle (no periodic wake-ups); ends when the drain drops its sender.
-        while let Ok(ev) = self.queue.recv() {
-            self.deliver(ev, v1_memory, &mut line);
+        while self.queue.recv(&mut record) {
+            self.deliver(&record, v1_memory, &mut line);
             let mut since_flush = 1;
-            while let Ok(ev) = self.queue.try_recv() {
-                self.deliver(ev, v1_memory, &mut line);
+            while self.queue.try_recv(&mut record) {
+                self.deliver(&record, v1_memory, &mut line);
                 since_flush += 1;
                 // Under sustained load the queue may never run dry: write out (and count)
                 // at least every 64 KiB per sink and every FLUSH_AT_RECORDS records.
@@ -62,13 +63,13 @@ impl SinkStage {
         }
     }
 
-    fn deliver(&mut self, mut ev: Box<Evidence>, v1_memory: bool, line: &mut Vec<u8>) {
-        ev.workload = pick_cgroup(ev.workload_ids, v1_memory).map(|(hierarchy, id)| match &mut self.identity {
+    fn deliver(&mut self, ev: &Encoded, v1_memory: bool, line: &mut Vec<u8>) {
+        let workload = pick_cgroup(ev.workload_ids(), v1_memory).map(|(hierarchy, id)| match &mut self.identity {
             Some(resolver) => resolver.workload(&hierarchy, id),
             None => Workload::unknown(id),
         });
         line.clear();
-        if let Err(e) = serde_json::to_writer(&mut *line, &ev) {
+        if let Err(e) = ev.write_line(line, |out| serde_json::to_writer(out, &workload)) {
             // Cannot happen for these types; counted as a failure of every sink if it does.
             log::error!("serializing evidence: {e}");
             for sink in &self.sinks {
@@ -76,7 +77,6 @@ impl SinkStage {
             }
             return;
         }
-        line.push(b'\n');
         for sink in &mut self.sinks {
             sink.write_line(line);
         }

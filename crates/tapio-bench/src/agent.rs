@@ -68,6 +68,14 @@ pub struct Stopped {
     pub exit: String,
 }
 
+/// Writes the agent's config with the stdout sink only (node name "tapio-bench").
+pub fn write_stdout_config(dir: &Path) -> Result<PathBuf, String> {
+    let path = dir.join("agent.toml");
+    std::fs::write(&path, "node_name = \"tapio-bench\"\n\n[sinks]\nstdout = true\n")
+        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    Ok(path)
+}
+
 /// Writes the agent's config: file sink only, and no rotation within a run (the largest
 /// `max_bytes` the agent accepts), so every line can be counted afterwards.
 pub fn write_config(dir: &Path, evidence: &Path) -> Result<PathBuf, String> {
@@ -97,6 +105,16 @@ fn toml_string(s: &str) -> String {
 impl Agent {
     /// Starts `binary --config <config>` and waits until it logs "ready:".
     pub fn start(binary: &Path, config: &Path) -> Result<Agent, String> {
+        Self::start_with_stdout(binary, config, Stdio::null()).map(|(agent, _)| agent)
+    }
+
+    /// Like [`Agent::start`], with the agent's stdout connected as given; returns the pipe's
+    /// read end when `stdout` is [`Stdio::piped`].
+    pub fn start_with_stdout(
+        binary: &Path,
+        config: &Path,
+        stdout: Stdio,
+    ) -> Result<(Agent, Option<std::process::ChildStdout>), String> {
         if !binary.exists() {
             return Err(format!("{} does not exist (run scripts/bench, which builds it)", binary.display()));
         }
@@ -105,12 +123,13 @@ impl Agent {
             .arg(config)
             .env("TAPIO_LOG", "info")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("starting {}: {e}", binary.display()))?;
         let pid = child.id() as i32;
         let stderr = child.stderr.take().expect("stderr is piped");
+        let evidence_out = child.stdout.take();
         // The process is reaped with wait4 (for its rusage); the Child handle is not needed.
         drop(child);
 
@@ -151,7 +170,7 @@ impl Agent {
             Some(line) => {
                 drop(s);
                 agent.ready_line = line;
-                Ok(agent)
+                Ok((agent, evidence_out))
             }
             None => {
                 let why = if s.closed { "exited before it was ready" } else { "was not ready in time" };

@@ -14,8 +14,9 @@ use crate::report::{thousands, Report, Verdict};
 pub const OBJECT_BUDGET_BYTES: u64 = 96 * 1024;
 /// Budget for each map, in bytes.
 pub const MAP_BUDGET_BYTES: u64 = 2 * 1024 * 1024;
-/// Budget for the sum over every map of every object, in bytes.
-pub const TOTAL_BUDGET_BYTES: u64 = 8 * 1024 * 1024;
+/// Budget for the sum over every map of every object, in bytes (5,626,444 B measured on 2
+/// CPUs after the rings were halved for the agent's resident set).
+pub const TOTAL_BUDGET_BYTES: u64 = 6 * 1024 * 1024;
 
 const BPF_MAP_TYPE_PERCPU_HASH: u32 = 5;
 const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
@@ -74,11 +75,9 @@ fn possible_cpus() -> u64 {
 
 pub fn measure(report: &mut Report) {
     let cpus = possible_cpus();
-    let objects: [(&str, &[u8]); 3] = [
-        ("network", tapio_bpf::network::object()),
-        ("container", tapio_bpf::container::object()),
-        ("storage", tapio_bpf::storage::object()),
-    ];
+    // Every object the agent embeds: the kernel halves of its observer registry.
+    let objects =
+        tapio_agent::observers::REGISTRY.iter().filter_map(|o| o.kernel.as_ref().map(|k| (o.name, (k.object)())));
     let object_goal = format!("<= {} B", thousands(OBJECT_BUDGET_BYTES));
     let map_goal = format!("<= {} B", thousands(MAP_BUDGET_BYTES));
     let mut total = 0u64;
@@ -137,6 +136,6 @@ mod tests {
         let connects = maps.iter().find(|m| m.name == "connects").expect("the connects map");
         assert!(connects.bytes > 0);
         let events = maps.iter().find(|m| m.name == "events").expect("the ring buffer");
-        assert_eq!(events.bytes, 1 << 20);
+        assert_eq!(events.bytes, 1 << 19);
     }
 }

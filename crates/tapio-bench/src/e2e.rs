@@ -8,7 +8,7 @@ use crate::procfs;
 use crate::report::{thousands, Report, Verdict};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const SETTLE: Duration = Duration::from_secs(1);
@@ -36,16 +36,8 @@ struct Written {
 }
 
 fn count_lines(path: &Path, port: u16) -> Result<Written, String> {
-    let mut files = vec![path.to_path_buf()];
-    for n in 1..=100 {
-        let mut p = path.as_os_str().to_owned();
-        p.push(format!(".{n}"));
-        let p = PathBuf::from(p);
-        if !p.exists() {
-            break;
-        }
-        files.push(p);
-    }
+    // The sink's own rotation names (the agent keeps at most 100 rotated files).
+    let files = tapio_util::rotate::oldest_first(path, 100);
     let mut w = Written::default();
     for file in files {
         let f = std::fs::File::open(&file).map_err(|e| format!("opening {}: {e}", file.display()))?;

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Resident set goal (decimal megabytes, like the size goal).
-const RSS_GOAL_BYTES: u64 = 8_000_000;
+const RSS_GOAL_BYTES: u64 = 6_000_000;
 /// CPU goal, percent of one core.
 const CPU_GOAL_PERCENT: f64 = 0.2;
 /// Time after "ready:" before measuring: start-up work (BTF parsing, loading) is not idle.
@@ -55,7 +55,7 @@ fn run(binary: &Path, window: Duration, report: &mut Report) -> Result<(), Strin
         "idle",
         "idle RSS (VmRSS)",
         format!("{:.2} MB ({} KiB)", rss_bytes as f64 / 1e6, thousands(rss)),
-        "<= 8 MB (8,000,000 B)",
+        "<= 6 MB (6,000,000 B)",
         Verdict::check(rss_bytes <= RSS_GOAL_BYTES),
     );
     report.note(format!("idle: RSS breakdown: {breakdown}"));

@@ -18,6 +18,7 @@ mod pipeline;
 mod procfs;
 mod report;
 mod size;
+mod slow;
 mod storage;
 
 use report::{thousands, Report, Verdict};
@@ -36,6 +37,8 @@ PARTS (default: all):
   idle        idle RSS and CPU of the running agent (root)
   kernel      mean cost per invocation of each tapio_* eBPF program (root)
   e2e         refused-connect flood: made vs written vs counted losses (root)
+  slow        peak RSS while a slow consumer reads the agent's stdout during a
+              refused-connect flood (root)
   storage     block hook cost and agent CPU at ~10k IOPS on a loop device (root)
   overhead    connect-heavy workload: the generator's CPU per connect with the agent
               vs without, alternating rounds; network hook cost under it (root)
@@ -61,6 +64,9 @@ Binaries are measured as built: build the agent on its own (`cargo build --profi
 -p tapio-agent`, and `--release` for the release-profile size); building other packages
 in the same cargo invocation can unify dependency features into it. scripts/bench does this.";
 
+/// The slow-consumer flood: long enough to fill the queue many times over.
+const SLOW_SECS: u64 = 5;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Part {
     Size,
@@ -71,10 +77,20 @@ enum Part {
     Storage,
     Overhead,
     Budgets,
+    Slow,
 }
 
-const ALL: [Part; 8] =
-    [Part::Size, Part::Budgets, Part::Pipeline, Part::Idle, Part::Kernel, Part::E2e, Part::Storage, Part::Overhead];
+const ALL: [Part; 9] = [
+    Part::Size,
+    Part::Budgets,
+    Part::Pipeline,
+    Part::Idle,
+    Part::Kernel,
+    Part::E2e,
+    Part::Slow,
+    Part::Storage,
+    Part::Overhead,
+];
 
 struct Options {
     parts: Vec<Part>,
@@ -125,6 +141,7 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Option<Options>, String> 
             "storage" => o.parts.push(Part::Storage),
             "overhead" => o.parts.push(Part::Overhead),
             "budgets" => o.parts.push(Part::Budgets),
+            "slow" => o.parts.push(Part::Slow),
             "all" => o.parts.extend(ALL),
             "--agent" => o.agent = args.next().ok_or("--agent needs a path")?.into(),
             "--release-agent" => o.release_agent = args.next().ok_or("--release-agent needs a path")?.into(),
@@ -216,18 +233,19 @@ fn main() -> ExitCode {
         && options
             .parts
             .iter()
-            .any(|p| matches!(p, Part::Idle | Part::Kernel | Part::E2e | Part::Storage | Part::Overhead))
+            .any(|p| matches!(p, Part::Idle | Part::Kernel | Part::E2e | Part::Slow | Part::Storage | Part::Overhead))
     {
-        eprintln!("tapio-bench: NOT ROOT: the idle, kernel, e2e, storage and overhead parts will be SKIPPED (they run the agent, which loads eBPF)");
+        eprintln!("tapio-bench: NOT ROOT: the idle, kernel, e2e, slow, storage and overhead parts will be SKIPPED (they run the agent, which loads eBPF)");
     }
     let mut report = Report::default();
     for part in &options.parts {
-        let needs_root = matches!(part, Part::Idle | Part::Kernel | Part::E2e | Part::Storage | Part::Overhead);
+        let needs_root =
+            matches!(part, Part::Idle | Part::Kernel | Part::E2e | Part::Slow | Part::Storage | Part::Overhead);
         if needs_root && !root {
             let why = "needs root: it runs the agent, which loads eBPF (rerun with sudo)";
             match part {
                 Part::Idle => {
-                    report.skipped("idle", "idle RSS (VmRSS)", "<= 8 MB", why);
+                    report.skipped("idle", "idle RSS (VmRSS)", "<= 6 MB", why);
                     report.skipped("idle", "idle CPU (utime+stime)", "<= 0.2 %", why);
                 }
                 Part::Kernel => report.skipped("kernel", "mean cost per tapio_* program", "<= 250 ns", why),
@@ -237,6 +255,7 @@ fn main() -> ExitCode {
                 Part::Storage => {
                     report.skipped("storage", "block hook cost and agent CPU at ~10k IOPS", "<= 300 ns, < 1 %", why)
                 }
+                Part::Slow => report.skipped("slow", "peak RSS, stdout read by a slow consumer", "<= 12 MB", why),
                 _ => report.skipped("e2e", "refused-connect flood accounting", "unaccounted 0", why),
             }
             continue;
@@ -256,6 +275,13 @@ fn main() -> ExitCode {
             Part::E2e => {
                 eprintln!("tapio-bench: e2e ({} s flood, {} senders)", options.secs, options.senders);
                 e2e::measure(&options.agent, Duration::from_secs(options.secs), options.senders, &mut report);
+            }
+            Part::Slow => {
+                eprintln!(
+                    "tapio-bench: slow ({} s flood, {} senders, slow stdout consumer)",
+                    SLOW_SECS, options.senders
+                );
+                slow::measure(&options.agent, Duration::from_secs(SLOW_SECS), options.senders, &mut report);
             }
             Part::Overhead => {
                 eprintln!("tapio-bench: overhead (connect-heavy rounds with and without the agent)");

@@ -210,6 +210,7 @@ struct Pipeline {
     stamper: Stamper,
     workloads: Vec<Workload>,
     line: Vec<u8>,
+    encoded: tapio_agent::queue::Encoded,
 }
 
 impl Pipeline {
@@ -222,6 +223,7 @@ impl Pipeline {
             stamper: Stamper::new(Arc::from("node-bench-01"), Arc::new(BootToWall::measured())),
             workloads: workloads(),
             line: Vec::with_capacity(1024),
+            encoded: Default::default(),
         }
     }
 
@@ -241,15 +243,17 @@ impl Pipeline {
         let mut bytes = 0;
         for i in 0..self.records.len() {
             match self.classify(i) {
-                Verdict::Emit(mut ev) => {
+                Verdict::Emit(ev) => {
                     emitted += 1;
                     if serialize {
-                        // What the sink stage does per record: attach the (cached) workload,
-                        // serialize once into a reused buffer, end the line.
-                        ev.workload = Some(self.workloads[i % self.workloads.len()].clone());
+                        // What the drain and the sink stage do per record: encode it for the
+                        // queue, then attach the (cached) workload and write out the line.
+                        self.encoded.encode(&ev).expect("evidence encodes");
+                        let workload = Some(self.workloads[i % self.workloads.len()].clone());
                         self.line.clear();
-                        serde_json::to_writer(&mut self.line, &ev).expect("evidence serializes");
-                        self.line.push(b'\n');
+                        self.encoded
+                            .write_line(&mut self.line, |out| serde_json::to_writer(out, &workload))
+                            .expect("evidence serializes");
                         bytes += self.line.len() as u64;
                         black_box(&self.line);
                     }

@@ -9,9 +9,11 @@ use crate::abi::tapio_event_header;
 /// A plain-old-data ABI struct: every bit pattern is a valid value.
 ///
 /// # Safety
-/// Implement only for `#[repr(C)]` structs made solely of integers and arrays of integers.
+/// Implement only for `#[repr(C)]` structs made solely of integers, arrays of integers and
+/// other `Record` structs, with no implicit padding (bindgen names every pad as a field).
 pub unsafe trait Record: Copy {}
 
+// SAFETY: a bindgen repr(C) mirror of an ABI header struct: integers only, padding explicit.
 unsafe impl Record for tapio_event_header {}
 
 /// Why a ring-buffer record was rejected.
@@ -65,7 +67,8 @@ pub fn decode_as<T: Record>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
 
 /// The bytes of a record, as the kernel lays them out (for tests, benchmarks, encoders).
 pub fn as_bytes<T: Record>(value: &T) -> &[u8] {
-    // SAFETY: `T: Record` is plain old data with no padding the ABI headers do not name.
+    // SAFETY: `T: Record` is plain old data with no implicit padding (build.rs asks bindgen
+    // for explicit padding fields), so all `size_of::<T>()` bytes are initialised.
     unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
 }
 

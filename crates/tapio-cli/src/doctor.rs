@@ -62,14 +62,11 @@ struct Mount {
 
 fn mounts() -> Vec<Mount> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    text.lines()
-        .filter_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            let point = left.split_whitespace().nth(4)?.to_string();
-            let mut r = right.split_whitespace();
-            let fstype = r.next()?.to_string();
-            let options = r.nth(1).unwrap_or_default().to_string();
-            Some(Mount { point, fstype, options })
+    tapio_util::mountinfo::parse(&text)
+        .map(|m| Mount {
+            point: m.mount_point().display().to_string(),
+            fstype: m.fstype.to_string(),
+            options: m.super_options.to_string(),
         })
         .collect()
 }
@@ -191,48 +188,22 @@ fn check_cgroups(mounts: &[Mount]) -> Check {
     Check { name: "cgroups", level, detail: format!("{layout}; {memory}") }
 }
 
-/// `struct perf_event_attr`, first version (64 bytes): enough for a cycles counter.
-#[repr(C)]
-#[derive(Default)]
-struct PerfEventAttr {
-    kind: u32,
-    size: u32,
-    config: u64,
-    sample_period: u64,
-    sample_type: u64,
-    read_format: u64,
-    flags: u64,
-    wakeup_events: u32,
-    bp_type: u32,
-    config1: u64,
-}
-
-const PERF_TYPE_HARDWARE: u32 = 0;
-const PERF_COUNT_HW_CPU_CYCLES: u64 = 0;
-const FLAG_DISABLED: u64 = 1;
-const FLAG_EXCLUDE_KERNEL: u64 = 1 << 5;
-const FLAG_EXCLUDE_HV: u64 = 1 << 6;
-
 fn check_pmu(f: &mut Facts) -> Check {
+    use tapio_util::perf::{
+        perf_event_open, PerfEventAttr, ATTR_DISABLED, ATTR_EXCLUDE_HV, ATTR_EXCLUDE_KERNEL, PERF_COUNT_HW_CPU_CYCLES,
+    };
+    // This process's own cycle counter (pid 0, any cpu), created disabled, closed at once.
     let attr = PerfEventAttr {
-        kind: PERF_TYPE_HARDWARE,
-        size: std::mem::size_of::<PerfEventAttr>() as u32,
-        config: PERF_COUNT_HW_CPU_CYCLES,
-        flags: FLAG_DISABLED | FLAG_EXCLUDE_KERNEL | FLAG_EXCLUDE_HV,
-        ..PerfEventAttr::default()
+        flags: ATTR_DISABLED | ATTR_EXCLUDE_KERNEL | ATTR_EXCLUDE_HV,
+        ..PerfEventAttr::hardware(PERF_COUNT_HW_CPU_CYCLES)
     };
-    // SAFETY: attr is a valid, initialized perf_event_attr of the size it declares; the
-    // counter is this process's own (pid 0, any cpu), created disabled and closed at once.
-    let fd = unsafe {
-        libc::syscall(libc::SYS_perf_event_open, &attr as *const PerfEventAttr, 0 as libc::pid_t, -1i32, -1i32, 0u64)
+    let err = match perf_event_open(&attr, 0, -1, None, 0) {
+        Ok(_counter) => {
+            f.pmu = true;
+            return Check { name: "pmu", level: Level::Ok, detail: "hardware cycle counter opens".into() };
+        }
+        Err(e) => e,
     };
-    if fd >= 0 {
-        // SAFETY: closing the descriptor just opened.
-        unsafe { libc::close(fd as libc::c_int) };
-        f.pmu = true;
-        return Check { name: "pmu", level: Level::Ok, detail: "hardware cycle counter opens".into() };
-    }
-    let err = std::io::Error::last_os_error();
     let detail = match err.raw_os_error() {
         Some(libc::ENOENT | libc::EOPNOTSUPP | libc::ENODEV) => {
             format!("no hardware PMU ({err}): typical of VMs without PMU passthrough")
@@ -361,10 +332,5 @@ mod tests {
         assert_eq!(kernel_version("6.18.44-fc-v657"), Some((6, 18)));
         assert_eq!(kernel_version("5.4.0"), Some((5, 4)));
         assert_eq!(kernel_version("x"), None);
-    }
-
-    #[test]
-    fn perf_event_attr_is_the_first_abi_version() {
-        assert_eq!(std::mem::size_of::<PerfEventAttr>(), 64); // PERF_ATTR_SIZE_VER0
     }
 }

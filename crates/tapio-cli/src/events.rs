@@ -6,7 +6,10 @@
 //! buffer (a line over [`MAX_LINE`] is skipped and counted, without being held). A line that
 //! is not an evidence record is counted as malformed and reported at the end; it never stops
 //! the read. `--follow` keeps polling the files as they grow, reopening one that is rotated
-//! or truncated, until Ctrl-C (the summary is still printed).
+//! or truncated, until Ctrl-C (the summary is still printed). A rotation is followed as the
+//! agent's and controller's file sinks rotate (`path` → `path.1` → …, `tapio_util::rotate`):
+//! the rest of the old file, then any files rotated through since the last poll, oldest
+//! first, then the new `path`.
 
 use std::fs::File;
 use std::io::{ErrorKind, IsTerminal, Read};
@@ -534,6 +537,21 @@ fn follow(run: &mut Run, sources: &mut [Source]) -> Result<(), String> {
             let Some(identity) = src.identity else { continue };
             let Ok(meta) = std::fs::metadata(&src.name) else { continue };
             let rotated = (meta.dev(), meta.ino()) != identity;
+            if rotated {
+                // The writer is done with the old file: read what came after the last
+                // poll, then every file it rotated through since (several rotations can
+                // fall between two polls), oldest first, as tapio_util::rotate names them.
+                if !run.drain(src, true)? {
+                    return Ok(());
+                }
+                for name in rotated_since(&src.name, identity) {
+                    if let Ok(mut between) = open(&name) {
+                        if !run.drain(&mut between, true)? {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
             if rotated || meta.len() < src.consumed {
                 if let Ok(fresh) = open(&src.name) {
                     *src = fresh;
@@ -548,9 +566,51 @@ fn follow(run: &mut Run, sources: &mut [Source]) -> Result<(), String> {
     Ok(())
 }
 
+/// Most rotated files looked at: above both writers' `keep_files` limits.
+const MAX_ROTATED: usize = 1_000;
+
+/// The rotated files of `path` newer than the file `identity` (device, inode) names now,
+/// oldest first: `path.(k-1)` … `path.1` when the followed file is `path.k`. Nothing when
+/// it is no rotated file of `path` (deleted, or replaced by other means): what came in
+/// between cannot be told then, and nothing is read twice.
+fn rotated_since(path: &str, identity: (u64, u64)) -> Vec<String> {
+    let path = std::path::Path::new(path);
+    for k in 1..=MAX_ROTATED {
+        let Ok(meta) = std::fs::metadata(tapio_util::rotate::rotated(path, k)) else { break };
+        if (meta.dev(), meta.ino()) == identity {
+            return (1..k).rev().map(|n| tapio_util::rotate::rotated(path, n).to_string_lossy().into_owned()).collect();
+        }
+    }
+    Vec::new()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Three rotations between two polls: the followed file is now `.3`; `.2` and `.1`
+    /// came after it, in that order.
+    #[test]
+    fn files_rotated_through_since_the_last_poll_are_named_oldest_first() {
+        let dir = std::env::temp_dir().join(format!("tapio-i9-house-rotated-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("e.jsonl");
+        let mut file = tapio_util::rotate::RotatingFile::open(path.clone(), 3, 5).unwrap();
+        file.append(b"0\n").unwrap();
+        let followed = std::fs::metadata(&path).unwrap();
+        let identity = (followed.dev(), followed.ino());
+        let name = path.to_str().unwrap();
+        assert!(rotated_since(name, identity).is_empty(), "not rotated yet");
+        for n in 1..=3 {
+            file.append(format!("{n}\n").as_bytes()).unwrap();
+        }
+        let at = |n: usize| tapio_util::rotate::rotated(&path, n).to_string_lossy().into_owned();
+        assert_eq!(rotated_since(name, identity), [at(2), at(1)]);
+        assert_eq!(std::fs::read(at(3)).unwrap(), b"0\n", "the followed file is .3");
+        assert!(rotated_since(name, (0, 0)).is_empty(), "an unknown file: nothing guessed");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     fn lines_of(input: &[u8]) -> Vec<Result<Vec<u8>, &'static str>> {
         let mut l = Lines::new(input);

@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::http::{self, Url};
+use crate::http::{self, Endpoint};
 use crate::{out, table};
+use tapio_util::http::percent_encode;
 
 /// Most pages fetched: far beyond any fleet (5,000 agents a page), a stop for a server
 /// that keeps answering `next_after`.
@@ -27,7 +28,7 @@ pub fn run(
     state: Option<&str>,
     page_size: usize,
 ) -> Result<ExitCode, String> {
-    let url = Url::parse(controller)?;
+    let url = http::parse_url(controller)?;
     let timeout = Duration::from_secs(timeout_secs.clamp(1, 300));
     let mut merged: Option<Value> = None;
     let mut after = String::new();
@@ -71,10 +72,10 @@ pub fn run(
 }
 
 /// One status page, checked to be a tapio-wire/v1 status.
-fn fetch(controller: &str, url: &Url, path: &str, timeout: Duration) -> Result<Value, String> {
+fn fetch(controller: &str, url: &Endpoint, path: &str, timeout: Duration) -> Result<Value, String> {
     let resp = http::get(url, path, timeout)?;
     if (300..400).contains(&resp.status) {
-        let to = resp.location.as_deref().unwrap_or("?");
+        let to = resp.header("location").unwrap_or("?");
         return Err(format!("{controller} answered {} (redirect to {to}); redirects are not followed", resp.status));
     }
     let body: Option<Value> = serde_json::from_slice(&resp.body).ok();
@@ -85,19 +86,6 @@ fn fetch(controller: &str, url: &Url, path: &str, timeout: Duration) -> Result<V
     }
     body.filter(|b| b["wire_version"] == tapio_wire::WIRE_VERSION && b["agents"].is_array())
         .ok_or_else(|| format!("{controller}: /v1/status did not answer a tapio-wire/v1 status"))
-}
-
-/// Percent-encodes a query value (agent ids may hold any character).
-fn percent_encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// A string field, or "-".
@@ -245,13 +233,4 @@ pub fn render(s: &Value) -> String {
         &rows,
     ));
     text_out
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn query_values_are_percent_encoded() {
-        assert_eq!(super::percent_encode("node-1.a_b~"), "node-1.a_b~");
-        assert_eq!(super::percent_encode("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
-    }
 }

@@ -604,6 +604,7 @@ fn doctor_reports_the_facts_of_this_machine() {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
     assert!(check("kernel").contains(kernel.trim()));
     // Root in these tests' environment (kernel tests need it too): the agent can run.
+    // SAFETY: geteuid takes no arguments and cannot fail.
     let root = unsafe { libc_geteuid() } == 0;
     if root && btf {
         assert_eq!(o.status.code(), Some(0), "{text}");

@@ -47,27 +47,6 @@ impl BearerToken {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthorizedNode(pub std::sync::Arc<crate::k8s::tokenreview::AgentIdentity>);
 
-impl AuthorizedNode {
-    /// Refuses (403 FORBIDDEN) a request that names a node other than the token's.
-    /// Without node binding (shared token or no auth) every node is allowed.
-    pub fn check(
-        bound: Option<&Self>,
-        node_name: &str,
-        m: &crate::metrics::Metrics,
-    ) -> Result<(), crate::api::error::ApiError> {
-        match bound {
-            Some(b) if b.0.node != node_name => {
-                m.k8s.token_review("wrong_node");
-                Err(crate::api::error::ApiError::new(
-                    tapio_wire::ErrorCode::Forbidden,
-                    format!("this agent's token is bound to node {:?}, not {:?}", b.0.node, node_name),
-                ))
-            }
-            _ => Ok(()),
-        }
-    }
-}
-
 /// Returns the credentials after a `Bearer` scheme and its spaces.
 pub fn strip_scheme(value: &[u8]) -> Option<&[u8]> {
     const SCHEME: &[u8] = b"bearer";

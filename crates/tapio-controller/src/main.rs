@@ -3,13 +3,12 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tapio_controller::logging;
 use tapio_controller::settings::{Cli, TOKEN_ENV};
 use tapio_controller::Server;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_level.into());
+    tapio_util::logger::init(cli.log_level.into());
     let env_token = std::env::var(TOKEN_ENV).ok();
     let settings = match cli.into_settings(env_token) {
         Ok(s) => s,

@@ -377,7 +377,8 @@ impl Metrics {
             // An agent that said hello but never heartbeated is as silent as its age
             // since hello; one that only sent batches has no age (it is not registered).
             let age = a.last_heartbeat_age_seconds.or_else(|| {
-                (a.registered_at_unix > 0).then(|| crate::state::unix_now().saturating_sub(a.registered_at_unix))
+                (a.registered_at_unix > 0)
+                    .then(|| tapio_util::time::now_unix_secs().saturating_sub(a.registered_at_unix))
             });
             if let Some(age) = age {
                 self.agent_heartbeat_age.get_or_create(&id()).set(i64::try_from(age).unwrap_or(i64::MAX));

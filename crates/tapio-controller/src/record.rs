@@ -7,7 +7,7 @@
 
 use tapio_wire::{EventBatch, WireEvent};
 
-use crate::timefmt::rfc3339_nanos;
+use tapio_util::time::rfc3339_nanos;
 
 /// Completes one event's record fields from its batch.
 pub fn complete(event: &mut WireEvent, node_name: &str) {

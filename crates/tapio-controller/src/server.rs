@@ -34,7 +34,7 @@ use crate::connections::{Activity, Admitted, Connections, Refusal};
 use crate::io_timeout::WriteTimeout;
 use crate::metrics::Metrics;
 use crate::metrics::ReasonLabels;
-use crate::profile;
+use crate::profile_reload;
 use crate::settings::Settings;
 use crate::sink::{self, SinkOptions, SinkWriters};
 use crate::state::AppState;
@@ -121,7 +121,12 @@ impl Server {
             _ => None,
         };
         let watcher = settings.profile.clone().map(|path| {
-            tokio::spawn(profile::watch(Arc::clone(&state), profile::Watcher::new(path), settings.profile_poll, hangup))
+            tokio::spawn(profile_reload::watch(
+                Arc::clone(&state),
+                profile_reload::Watcher::new(path),
+                settings.profile_poll,
+                hangup,
+            ))
         });
 
         tokio::pin!(shutdown);

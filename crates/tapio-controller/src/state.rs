@@ -1,7 +1,7 @@
 //! Shared state of the running controller, handed to every request handler.
 
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tapio_wire::{Batching, CompiledConfig};
 
@@ -99,9 +99,7 @@ impl AppState {
 }
 
 /// Seconds since the Unix epoch (0 if the clock is before it).
-pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
+pub use tapio_util::time::now_unix_secs as unix_now;
 
 /// `tapio-controller-<host>-<start time hex>`: distinct across restarts of one host.
 fn default_controller_id(started_at_unix: u64) -> String {

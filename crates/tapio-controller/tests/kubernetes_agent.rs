@@ -36,13 +36,8 @@ fn agent_bin() -> PathBuf {
 /// on hybrid ones such as this project's VMs).
 fn cgroup2_mount() -> PathBuf {
     let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    info.lines()
-        .find_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            let mount = left.split_whitespace().nth(4)?;
-            (right.split_whitespace().next() == Some("cgroup2")).then(|| PathBuf::from(mount))
-        })
-        .expect("a cgroup2 mount")
+    let mount = tapio_util::mountinfo::parse(&info).find(|m| m.fstype == "cgroup2").expect("a cgroup2 mount");
+    mount.mount_point()
 }
 
 /// Directories made for the pod, removed (deepest first) when dropped; a directory that
@@ -118,6 +113,7 @@ fn write_token(path: &Path, token: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs root"]
 async fn a_real_agent_is_authenticated_bound_to_its_node_and_its_evidence_carries_pod_names() {
+    // SAFETY: geteuid takes no arguments and cannot fail.
     assert_eq!(unsafe { libc::geteuid() }, 0, "this kernel test needs root");
     let u = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64 ^ u64::from(std::process::id());
     let uid = format!(

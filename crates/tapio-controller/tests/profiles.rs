@@ -212,7 +212,7 @@ fn the_binary_refuses_a_bad_profile_at_start_naming_the_field() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    // The log line is logfmt, which escapes the quotes around the suggestion.
+    // The log line quotes the field as written and suggests the known one.
     assert!(stderr.contains("overrides.network.retransmit_cont: unknown field (did you mean"), "{stderr}");
     assert!(stderr.contains("retransmit_count"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
@@ -243,6 +243,7 @@ fn sighup_reloads_the_profile_of_the_running_binary() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(status("version").map(|v| generation(&v)), Some(first), "no reload without SIGHUP");
     // SAFETY: signalling our own child.
+    // SAFETY: kill takes plain integers and touches no memory of ours.
     unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
     let deadline = Instant::now() + Duration::from_secs(10);
     while status("version").map(|v| generation(&v)).unwrap_or(0) <= first {
@@ -253,6 +254,7 @@ fn sighup_reloads_the_profile_of_the_running_binary() {
     let reloaded = status("version").unwrap_or_default();
     // A bad profile on SIGHUP: counted, generation and hash stay.
     profile(&dir, "p.yaml", "base: loud\n");
+    // SAFETY: kill takes plain integers and touches no memory of ours.
     unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -273,6 +275,7 @@ fn sighup_reloads_the_profile_of_the_running_binary() {
     assert_eq!(status("version"), Some(reloaded));
     assert!(child.try_wait().unwrap().is_none(), "SIGHUP must not stop the controller");
     // SAFETY: signalling our own child.
+    // SAFETY: kill takes plain integers and touches no memory of ours.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
     let _ = std::fs::remove_dir_all(&dir);

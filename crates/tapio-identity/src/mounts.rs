@@ -1,7 +1,5 @@
 //! Which cgroup hierarchies are mounted where, read from `/proc/self/mountinfo`.
 
-use std::ffi::OsString;
-use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -63,23 +61,18 @@ fn parse_mountinfo_with(text: &str, is_root: &dyn Fn(&Path) -> bool) -> Vec<Cgro
     mounts
 }
 
-/// `<id> <parent> <maj:min> <root> <mount point> <options> [optional...] - <fstype> <source> <super options>`
+/// A cgroup mount of one mountinfo line ([`tapio_util::mountinfo`] reads the fields).
 fn parse_line(line: &str, is_root: &dyn Fn(&Path) -> bool) -> Option<CgroupMount> {
-    let mut fields = line.split(' ');
-    let root = fields.nth(3)?;
-    let mount_point = fields.next()?;
-    let mut after_separator = fields.skip_while(|f| *f != "-").skip(1);
-    let fstype = after_separator.next()?;
-    let _source = after_separator.next()?;
-    let super_options = after_separator.next()?;
-
-    let controllers = match fstype {
+    let mount = tapio_util::mountinfo::parse_line(line)?;
+    let controllers = match mount.fstype {
         "cgroup2" => None,
-        "cgroup" => Some(super_options.split(',').filter(|o| !matches!(*o, "rw" | "ro")).map(str::to_owned).collect()),
+        "cgroup" => {
+            Some(mount.super_options.split(',').filter(|o| !matches!(*o, "rw" | "ro")).map(str::to_owned).collect())
+        }
         _ => return None,
     };
-    let mut root = String::from_utf8(unescape(root)).ok()?;
-    let mount_point = PathBuf::from(OsString::from_vec(unescape(mount_point)));
+    let mut root = String::from_utf8(mount.root()).ok()?;
+    let mount_point = mount.mount_point();
     if !root.starts_with('/') {
         return None;
     }
@@ -94,31 +87,6 @@ fn parse_line(line: &str, is_root: &dyn Fn(&Path) -> bool) -> Option<CgroupMount
         root = "/".to_owned();
     }
     Some(CgroupMount { mount_point, root, controllers })
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for space, `\011`, `\012`, `\134`).
-fn unescape(field: &str) -> Vec<u8> {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)))
-            .map(|d| d.iter().fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0')))
-            .and_then(|v| u8::try_from(v).ok());
-        match octal {
-            Some(v) => {
-                out.push(v);
-                i += 4;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -218,14 +186,5 @@ garbage
         let memory = select(&mounts, &CgroupHierarchy::v1("memory")).map(|m| &m.mount_point);
         assert_eq!(memory, Some(&PathBuf::from("/sys/fs/cgroup/memory")));
         assert!(parse_mountinfo_with(text, &|_: &Path| false).is_empty());
-    }
-
-    #[test]
-    fn unescape_leaves_incomplete_escapes() {
-        assert_eq!(unescape("a\\04"), b"a\\04".to_vec());
-        assert_eq!(unescape("\\999"), b"\\999".to_vec());
-        assert_eq!(unescape("\\012\\011"), b"\n\t".to_vec());
-        // 0o777 does not fit a byte: kept literally rather than truncated.
-        assert_eq!(unescape("\\777"), b"\\777".to_vec());
     }
 }

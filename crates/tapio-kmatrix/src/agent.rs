@@ -28,6 +28,10 @@ pub struct Agent {
     readers: Vec<JoinHandle<()>>,
 }
 
+/// What precedes the agent's start-up status JSON in its log (`status {"node":…,
+/// "observers":[{"name","state","reason","reason_kind","programs"}…],"sinks":[…]}`).
+pub const STATUS: &str = "tapio_agent::runtime: status ";
+
 /// What the agent left behind once stopped.
 pub struct Stopped {
     pub exit: Option<ExitStatus>,
@@ -36,7 +40,8 @@ pub struct Stopped {
 }
 
 impl Agent {
-    /// Starts `path` with extra environment `env` and waits for its `ready:` line.
+    /// Starts `path` with extra environment `env` and waits for its start-up status JSON
+    /// (logged with the `ready:` line).
     pub fn start(path: &Path, env: &[(&str, &str)]) -> Result<Agent, String> {
         let mut cmd = Command::new(path);
         cmd.args(["--node", "kmatrix-guest"]).env("TAPIO_LOG", "info").stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -68,7 +73,7 @@ impl Agent {
         let mut agent = Agent { child, seen, readers: vec![out_reader, err_reader] };
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if agent.log().iter().any(|l| l.contains(" ready: ")) {
+            if agent.log().iter().any(|l| l.contains(STATUS)) {
                 return Ok(agent);
             }
             if let Ok(Some(status)) = agent.child.try_wait() {

@@ -2,7 +2,7 @@
 //! agent's evidence for it: exactly the expected events, with facts that match what the
 //! kernel itself reports, and nothing wrong besides.
 
-use crate::agent::{tail, Agent};
+use crate::agent::{tail, Agent, STATUS};
 use crate::cgroup::{Scope, POD_UID};
 use crate::kmsg::Kmsg;
 use crate::report::{Report, Status};
@@ -80,18 +80,26 @@ fn oom_kill_pid_hook(agent_path: &Path) -> Result<String, String> {
     Ok(format!("tracepoint/oom/mark_victim + tp_btf/signal_generate: {detail}"))
 }
 
-/// `observer <name>: <state…>` lines of the agent's start-up log, in order.
+/// Each observer's state from the agent's start-up status JSON, in order: `running`,
+/// `disabled`, or `<state>: <reason>`. Empty when there is no (parsable) status line.
 fn observer_states(log: &[String]) -> Vec<(String, String)> {
-    let mut states = Vec::new();
-    for line in log {
-        let Some(at) = line.find("observer ") else { continue };
-        let Some((name, state)) = line[at + "observer ".len()..].split_once(": ") else { continue };
-        let known = ["running", "degraded: ", "failed: ", "disabled"];
-        if !name.contains(' ') && known.iter().any(|k| state.starts_with(k)) {
-            states.push((name.to_string(), state.to_string()));
-        }
-    }
-    states
+    let status = log
+        .iter()
+        .find_map(|l| l.split_once(STATUS).map(|(_, json)| json))
+        .and_then(|json| serde_json::from_str::<Value>(json).ok());
+    let Some(observers) = status.as_ref().and_then(|s| s["observers"].as_array()) else { return Vec::new() };
+    observers
+        .iter()
+        .filter_map(|o| {
+            let name = o["name"].as_str()?;
+            let state = o["state"].as_str()?;
+            let text = match o["reason"].as_str() {
+                Some(why) => format!("{state}: {why}"),
+                None => state.to_string(),
+            };
+            Some((name.to_string(), text))
+        })
+        .collect()
 }
 
 /// Every observer said clearly where it stands, the required ones run in full, the agent
@@ -124,8 +132,8 @@ fn startup(states: &[(String, String)], alive: bool, stopped: &crate::agent::Sto
             }
         }
     }
-    if !stopped.log.iter().any(|l| l.contains(" ready: ")) {
-        problems.push("no ready: line".into());
+    if !stopped.log.iter().any(|l| l.contains(STATUS)) {
+        problems.push("no start-up status line".into());
     }
     if !alive {
         problems.push(format!("the agent died during the scenarios: {}", tail(&stopped.log)));
@@ -466,18 +474,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_status_lines_and_skips_per_program_lines() {
+    fn reads_the_status_json_with_each_reason() {
         let log = [
-            "2026-01-01T00:00:00Z INFO tapio_agent::runtime: observer network: attached tracepoint/sock/x (p)",
-            "2026-01-01T00:00:00Z WARN tapio_agent::runtime: observer network: NOT attached tracepoint/tcp/y (q): no",
-            "2026-01-01T00:00:00Z INFO tapio_agent::runtime: observer network: degraded: tracepoint/tcp/y not attached",
-            "2026-01-01T00:00:00Z INFO tapio_agent::runtime: observer container: running",
+            "2026-01-01T00:00:00Z WARN tapio_agent::runtime: observer network: degraded: tracepoint/tcp/y not attached",
+            concat!(
+                r#"2026-01-01T00:00:00Z INFO tapio_agent::runtime: status {"node":"n","observers":["#,
+                r#"{"name":"network","state":"degraded","reason":"tracepoint/tcp/y not attached","reason_kind":null,"programs":[]},"#,
+                r#"{"name":"container","state":"running","reason":null,"reason_kind":null,"programs":[]},"#,
+                r#"{"name":"node","state":"disabled","reason":null,"reason_kind":null,"programs":[]}],"sinks":["stdout"]}"#
+            ),
         ]
         .map(String::from);
         let states = observer_states(&log);
-        assert_eq!(states.len(), 2, "{states:?}");
+        assert_eq!(states.len(), 3, "{states:?}");
         assert_eq!(states[0], ("network".into(), "degraded: tracepoint/tcp/y not attached".into()));
         assert_eq!(states[1], ("container".into(), "running".into()));
+        assert_eq!(states[2], ("node".into(), "disabled".into()));
+        assert!(observer_states(&log[..1]).is_empty(), "prose alone is not a status");
     }
 
     fn stopped(log: &[&str]) -> crate::agent::Stopped {
@@ -488,20 +501,22 @@ mod tests {
         }
     }
 
+    const STATUS_LINE: &str = r#"x INFO tapio_agent::runtime: status {"node":"n","observers":[],"sinks":[]}"#;
     const FINAL: &str =
         r#"x INFO r: counters final {"malformed_events_total":0,"kernel":{"network.unsupported_kernel":0}}"#;
 
     #[test]
     fn startup_passes_only_with_both_observers_running_and_a_clean_exit() {
         let running = vec![("network".to_string(), "running".to_string()), ("container".into(), "running".into())];
-        let ok = stopped(&["x INFO r: ready: node n", FINAL]);
+        let ok = stopped(&[STATUS_LINE, FINAL]);
         assert!(startup(&running, true, &ok).is_ok());
         assert!(startup(&running, false, &ok).is_err(), "an agent that died is a failure");
         assert!(startup(&running[..1], true, &ok).is_err(), "a missing observer status is a failure");
         let degraded = vec![running[0].clone(), ("container".into(), "degraded: tp_btf/x not attached".into())];
         assert!(startup(&degraded, true, &ok).is_err(), "a required observer must run in full");
-        assert!(startup(&running, true, &stopped(&["x INFO r: ready: node n"])).is_err(), "no final counters");
+        assert!(startup(&running, true, &stopped(&[STATUS_LINE])).is_err(), "no final counters");
+        assert!(startup(&running, true, &stopped(&["x INFO r: ready: node n", FINAL])).is_err(), "no status JSON");
         let unsupported = FINAL.replace("unsupported_kernel\":0", "unsupported_kernel\":2");
-        assert!(startup(&running, true, &stopped(&["x INFO r: ready: node n", &unsupported])).is_err());
+        assert!(startup(&running, true, &stopped(&[STATUS_LINE, &unsupported])).is_err());
     }
 }

@@ -52,6 +52,7 @@ impl Builtin {
     }
 
     /// The compiled config of this builtin.
+    #[inline]
     pub fn config(self) -> CompiledConfig {
         match self {
             Builtin::ProductionDefault => CompiledConfig::default(),

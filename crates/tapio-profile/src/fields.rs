@@ -71,7 +71,9 @@ pub struct Field {
     pub name: &'static str,
     /// Type and range.
     pub kind: Kind,
-    /// One line for people.
+    /// One line for people (feature `help`, on by default: the node agent, which never
+    /// shows it, leaves it out of its binary).
+    #[cfg(feature = "help")]
     pub help: &'static str,
     get: fn(&CompiledConfig) -> FieldValue,
     set: fn(&mut CompiledConfig, &FieldValue),
@@ -119,6 +121,7 @@ macro_rules! switch {
             section: stringify!($sec),
             name: stringify!($f),
             kind: Kind::Bool,
+            #[cfg(feature = "help")]
             help: $help,
             get: |c| FieldValue::Bool(c.$sec.$f),
             set: |c, v| {
@@ -136,6 +139,7 @@ macro_rules! number {
             section: stringify!($sec),
             name: stringify!($f),
             kind: Kind::Int($range),
+            #[cfg(feature = "help")]
             help: $help,
             get: |c| FieldValue::Int(u64::from(c.$sec.$f)),
             set: |c, v| {
@@ -153,6 +157,7 @@ macro_rules! list {
             section: stringify!($sec),
             name: stringify!($f),
             kind: Kind::List { item: $range, max_len: $max_len },
+            #[cfg(feature = "help")]
             help: $help,
             get: |c| FieldValue::List(c.$sec.$f.iter().map(|&n| u64::from(n)).collect()),
             set: |c, v| {

@@ -22,6 +22,10 @@
 //! assert_eq!(config.storage.latency_warning_ms, 300);
 //! ```
 //!
+//! The same table is the schema of the agent's local config file: its `[network]`,
+//! `[container]`, `[storage]` and `[node]` sections are overrides on `production-default`,
+//! compiled with [`overlay()`]; a config the controller served is checked with [`check()`].
+//!
 //! Compilation is deterministic: the same document gives the same config, hence the same
 //! canonical bytes ([`CompiledConfig::canonical_json`]) and the same `sha256:` hash
 //! wherever it is computed. Lists are sorted and deduplicated, so the order an operator
@@ -43,7 +47,7 @@ pub use diff::{diff, FieldDiff};
 pub use error::{ProfileError, Range};
 pub use fields::{Field, FieldValue, Kind, FIELDS};
 pub use tapio_wire::CompiledConfig;
-pub use validate::validate;
+pub use validate::{check, overlay, validate};
 pub use value::{Document, Value};
 
 /// The only `apiVersion` this build reads.

@@ -58,9 +58,10 @@ pub fn validate(doc: &Document) -> Result<Profile, ProfileError> {
     let mut config = base.config();
     let mut overridden: Vec<&'static Field> = Vec::new();
     if let Some(overrides) = lookup(&top, "overrides") {
-        apply_overrides(overrides, &mut config, &mut overridden)?;
+        apply_overrides(overrides, "overrides", &mut config, &mut overridden)?;
     }
-    cross_field(&config, &overridden, base)?;
+    contradictions(&config, &overridden, Some(base), "overrides")?;
+    silent_observers(&config)?;
 
     Ok(Profile {
         name: name.to_string(),
@@ -81,7 +82,7 @@ fn mapping<'a>(v: &'a Value, path: &str) -> Result<Vec<(&'a str, &'a Value)>, Pr
     for (k, v) in entries {
         let Value::Str(key) = k else {
             return Err(ProfileError::Invalid {
-                path: join(path, &format!("{k:?}")),
+                path: join(path, &key_text(k)),
                 message: format!("keys must be strings, found {}", k.type_name()),
             });
         };
@@ -91,6 +92,18 @@ fn mapping<'a>(v: &'a Value, path: &str) -> Result<Vec<(&'a str, &'a Value)>, Pr
         out.push((key, v));
     }
     Ok(out)
+}
+
+/// A non-string key as a path segment: its value when it is a plain one. (Without float
+/// or `Debug` formatting, which would cost every agent binary ~15 KB for a case that only
+/// YAML can produce.)
+fn key_text(k: &Value) -> String {
+    match k {
+        Value::Int(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Null => "null".to_string(),
+        other => format!("({})", other.type_name()),
+    }
 }
 
 fn lookup<'a>(entries: &[(&str, &'a Value)], key: &str) -> Option<&'a Value> {
@@ -148,18 +161,74 @@ fn check_name(name: &str) -> Result<(), ProfileError> {
     Ok(())
 }
 
+/// Lays `sections` (a mapping of `network:`, `container:`, … to their fields) over `base`,
+/// checking each value's type and range and the rules that make a config contradictory.
+/// `at` is where the sections live in what the user wrote (`overrides` in a profile
+/// document, `""` in the agent's TOML file), so every error names the key as written.
+///
+/// This is the schema the agent's local config file shares with profiles. Unlike
+/// [`validate()`], it accepts an observer that is enabled with every evidence family off
+/// (it starts and emits nothing), as the agent always has.
+#[inline] // A caller's constant base leaves the other builtins out of its binary.
+pub fn overlay(base: Builtin, sections: &Value, at: &str) -> Result<CompiledConfig, ProfileError> {
+    let mut config = base.config();
+    let mut overridden: Vec<&'static Field> = Vec::new();
+    apply_overrides(sections, at, &mut config, &mut overridden)?;
+    contradictions(&config, &overridden, Some(base), at)?;
+    Ok(config)
+}
+
+/// Checks an already compiled config (one a controller served, or a saved copy of it):
+/// every field's range and list length from the field table, and the rules that make a
+/// config contradictory. Errors name fields as `section.field`. A config that [`compile`]
+/// produced always passes.
+///
+/// [`compile`]: crate::compile()
+pub fn check(config: &CompiledConfig) -> Result<(), ProfileError> {
+    for field in fields::FIELDS {
+        let path = field.key();
+        match (field.kind, field.get(config)) {
+            (Kind::Int(range), FieldValue::Int(n)) => in_range(i128::from(n), range, &path)?,
+            (Kind::List { item, max_len }, FieldValue::List(items)) => {
+                if items.len() > max_len {
+                    return Err(ProfileError::Invalid {
+                        path,
+                        message: format!("{} items; at most {max_len} allowed", items.len()),
+                    });
+                }
+                for (i, n) in items.iter().enumerate() {
+                    in_range(i128::from(*n), item, &format!("{path}[{i}]"))?;
+                }
+            }
+            _ => {}
+        }
+    }
+    // Every field counts as set: the rule names its own subject, with no base to blame.
+    let all: Vec<&'static Field> = fields::FIELDS.iter().collect();
+    contradictions(config, &all, None, "")
+}
+
+fn in_range(n: i128, range: Range, path: &str) -> Result<(), ProfileError> {
+    if range.contains(n) {
+        Ok(())
+    } else {
+        Err(ProfileError::OutOfRange { path: path.to_string(), value: n, range })
+    }
+}
+
 fn apply_overrides(
     overrides: &Value,
+    at: &str,
     config: &mut CompiledConfig,
     overridden: &mut Vec<&'static Field>,
 ) -> Result<(), ProfileError> {
     if *overrides == Value::Null {
         return Ok(()); // `overrides:` with nothing under it
     }
-    let sections = mapping(overrides, "overrides")?;
-    reject_unknown(&sections, SECTIONS, "overrides")?;
+    let sections = mapping(overrides, at)?;
+    reject_unknown(&sections, SECTIONS, at)?;
     for (section, body) in sections {
-        let section_path = format!("overrides.{section}");
+        let section_path = join(at, section);
         if *body == Value::Null {
             continue;
         }
@@ -227,24 +296,25 @@ fn integer(v: &Value, range: Range, path: &str) -> Result<u64, ProfileError> {
             })
         }
     };
-    if !range.contains(n) {
-        return Err(ProfileError::OutOfRange { path: path.to_string(), value: n, range });
-    }
+    in_range(n, range, path)?;
     // In range means 0..=max of a u64 range.
     u64::try_from(n).map_err(|_| ProfileError::OutOfRange { path: path.to_string(), value: n, range })
 }
 
-/// Rules between fields, judged on the effective config. The path names the overridden
-/// field of the pair (the base alone always passes), or the section's `enabled` switch.
-fn cross_field(c: &CompiledConfig, overridden: &[&'static Field], base: Builtin) -> Result<(), ProfileError> {
+/// Rules between fields that make a config contradictory, judged on the effective config.
+/// The path (under `at`) names the overridden field of the pair (the base alone always
+/// passes); a value that came from `base` says so.
+fn contradictions(
+    c: &CompiledConfig,
+    overridden: &[&'static Field],
+    base: Option<Builtin>,
+    at: &str,
+) -> Result<(), ProfileError> {
     let set = |section: &str, name: &str| overridden.iter().any(|f| f.section == section && f.name == name);
-    let path = |section: &str, name: &str| format!("overrides.{section}.{name}");
-    let origin = |section: &str, name: &str| {
-        if set(section, name) {
-            String::new()
-        } else {
-            format!(" (from base {})", base.name())
-        }
+    let path = |section: &str, name: &str| join(at, &format!("{section}.{name}"));
+    let origin = |section: &str, name: &str| match base {
+        Some(base) if !set(section, name) => format!(" (from base {})", base.name()),
+        _ => String::new(),
     };
 
     let st = &c.storage;
@@ -262,6 +332,14 @@ fn cross_field(c: &CompiledConfig, overridden: &[&'static Field], base: Builtin)
         });
     }
 
+    Ok(())
+}
+
+/// A profile's rules against observers that would run and emit nothing (the path names the
+/// section's `enabled` switch, or `node.psi`).
+fn silent_observers(c: &CompiledConfig) -> Result<(), ProfileError> {
+    let path = |section: &str, name: &str| format!("overrides.{section}.{name}");
+    let st = &c.storage;
     // An observer switched on with every evidence family off emits nothing: almost always
     // a mistake in the overrides, and `enabled: false` says it plainly.
     let n = &c.network;

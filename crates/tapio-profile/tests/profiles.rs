@@ -7,7 +7,8 @@ use std::collections::BTreeSet;
 
 use serde_json::Value as Json;
 use tapio_profile::{
-    compile, diff, validate, Builtin, CompiledConfig, Document, FieldValue, Kind, Profile, ProfileError, Range, FIELDS,
+    check, compile, diff, overlay, validate, Builtin, CompiledConfig, Document, FieldValue, Kind, Profile,
+    ProfileError, Range, FIELDS,
 };
 
 fn doc(text: &str) -> Document {
@@ -388,4 +389,86 @@ fn documents_round_trip_through_json_values() {
         "metadata":{"name":"x"},"base":"sensitive","overrides":{"network":{"retransmit_count":7}}});
     let d: Document = serde_json::from_value(json).unwrap();
     assert_eq!(compile(&d).unwrap().network.retransmit_count, 7);
+}
+
+/// The sections of an agent's config file, as a profile value tree.
+fn sections(text: &str) -> tapio_profile::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("test sections are not JSON ({e}): {text}"))
+}
+
+#[test]
+fn overlay_is_the_overrides_schema_with_paths_as_the_agent_file_writes_them() {
+    let c = overlay(Builtin::ProductionDefault, &sections(r#"{"storage":{"latency_warning_ms":50}}"#), "").unwrap();
+    assert_eq!(c.storage.latency_warning_ms, 50);
+    assert_eq!(c.network, CompiledConfig::default().network);
+    let e = overlay(Builtin::ProductionDefault, &sections(r#"{"network":{"rtt_ratio_percent":50}}"#), "").unwrap_err();
+    assert_eq!(e.to_string(), "network.rtt_ratio_percent: 50 is out of range; allowed: 101..=100000");
+    let e = overlay(Builtin::ProductionDefault, &sections(r#"{"netwrk":{}}"#), "").unwrap_err();
+    assert_eq!((e.code(), e.path()), ("UNKNOWN_FIELD", "netwrk"));
+    let e =
+        overlay(Builtin::ProductionDefault, &sections(r#"{"storage":{"latency_critical_ms":50}}"#), "").unwrap_err();
+    assert_eq!(e.path(), "storage.latency_critical_ms");
+    assert!(e.to_string().contains("must be at least latency_warning_ms = 100 (from base production-default)"), "{e}");
+    // Under `overrides` the same input gives the document's paths.
+    let e = overlay(Builtin::Quiet, &sections(r#"{"node":{"pmc_min_cycles":-1}}"#), "overrides").unwrap_err();
+    assert_eq!(e.path(), "overrides.node.pmc_min_cycles");
+}
+
+#[test]
+fn overlay_accepts_an_observer_with_every_family_off_which_a_profile_refuses() {
+    let off = r#"{"node":{"psi":false,"pmc":false}}"#;
+    let c = overlay(Builtin::ProductionDefault, &sections(off), "").unwrap();
+    assert!(c.node.enabled && !c.node.psi && !c.node.pmc);
+    assert_eq!(err(&with_overrides(off)).path(), "overrides.node.enabled");
+}
+
+#[test]
+fn check_refuses_what_no_profile_compiles_to_and_accepts_every_builtin() {
+    for b in Builtin::ALL {
+        check(&b.config()).unwrap_or_else(|e| panic!("{}: {e}", b.name()));
+    }
+    let mut c = CompiledConfig::default();
+    c.network.rtt_ceiling_us = 500; // neither 0 (off) nor ≥ 1000
+    let e = check(&c).unwrap_err();
+    assert_eq!(e.to_string(), "network.rtt_ceiling_us: 500 is out of range; allowed: 0 (off) or 1000..=60000000");
+    let mut c = CompiledConfig::default();
+    c.container.exit_ignore_signals = vec![15, 64];
+    assert_eq!(check(&c).unwrap_err().path(), "container.exit_ignore_signals[1]");
+    let mut c = CompiledConfig::default();
+    c.container.exit_ignore_codes = (1..=255).chain(1..=10).collect();
+    assert_eq!(check(&c).unwrap_err().code(), "INVALID_VALUE");
+    let mut c = CompiledConfig::default();
+    c.storage.latency_critical_ms = 10;
+    let e = check(&c).unwrap_err();
+    assert_eq!(e.path(), "storage.latency_critical_ms");
+    assert_eq!(
+        e.to_string(),
+        "storage.latency_critical_ms: latency_critical_ms = 10 must be at least latency_warning_ms = 100"
+    );
+}
+
+/// The README's field table is the field table: each field's range, default and help text
+/// (declared once, in `fields.rs`) as documented.
+#[test]
+fn the_readme_fields_table_is_the_field_table() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let header = "| section | field | allowed | production-default | meaning |";
+    let start = text.find(header).expect("README lacks the fields table");
+    let rows: Vec<&str> = text[start..].lines().skip(2).take_while(|l| l.starts_with('|')).collect();
+    let defaults = CompiledConfig::default();
+    let mut section = "";
+    let expected: Vec<String> = FIELDS
+        .iter()
+        .map(|f| {
+            let shown = if f.section == section { String::new() } else { format!("`{}` ", f.section) };
+            section = f.section;
+            let allowed = match f.kind {
+                Kind::Bool => "bool".to_string(),
+                Kind::Int(r) => r.to_string(),
+                Kind::List { item, max_len } => format!("list of {item} (≤ {max_len} items)"),
+            };
+            format!("| {shown}| `{}` | {allowed} | {} | {} |", f.name, f.get(&defaults), f.help)
+        })
+        .collect();
+    assert_eq!(rows, expected, "README fields table out of date");
 }

@@ -1,12 +1,12 @@
 //! From the controller's compiled config to what the observers judge with.
 //!
-//! The controller's values override the local thresholds; switches and knobs the compiled
-//! config does not carry keep their local values. The result passes the same range checks
-//! as a local config file, so a controller cannot push a value the kernel side would
+//! The controller's config replaces the observer settings whole (the agent-only knobs of
+//! the config file stay). It is checked against the same field table that validated the
+//! local file (tapio-profile), so a controller cannot push a value the kernel side would
 //! misjudge with: such a config is refused and the last valid one stays.
 
 use crate::carriers::ObserverSettings;
-use crate::config::{AgentConfig, ConfigError};
+use crate::config::ConfigError;
 use tapio_wire::CompiledConfig;
 
 /// One observer's config carrier, as a step of applying a config to all of them.
@@ -44,66 +44,10 @@ pub fn apply_all_or_none(
     Ok(())
 }
 
-fn narrow(key: &str, value: u64) -> Result<u32, ConfigError> {
-    u32::try_from(value).map_err(|_| ConfigError(format!("{key} = {value} does not fit the kernel config")))
-}
-
-fn codes(key: &str, values: &[u8]) -> Result<Vec<u16>, ConfigError> {
-    values
-        .iter()
-        .map(|&v| if v == 0 { Err(ConfigError(format!("{key} must not contain 0"))) } else { Ok(u16::from(v)) })
-        .collect()
-}
-
-pub fn settings_from(
-    local: &AgentConfig,
-    generation: u32,
-    compiled: &CompiledConfig,
-) -> Result<ObserverSettings, ConfigError> {
-    let mut merged = local.clone();
-    let n = &compiled.network;
-    merged.network.enabled = n.enabled;
-    merged.network.retransmit_window_ms = narrow("network.retransmit_window_ms", n.retransmit_window_ms)?;
-    merged.network.retransmit_count = n.retransmit_count;
-    merged.network.rtt_ratio_percent = n.rtt_ratio_percent;
-    merged.network.rtt_ceiling_us = narrow("network.rtt_ceiling_us", n.rtt_ceiling_us)?;
-    merged.network.rtt_min_samples = n.rtt_min_samples;
-    merged.network.rtt_min_increase_us = narrow("network.rtt_min_increase_us", n.rtt_min_increase_us)?;
-    merged.network.connect_failures = n.connect_failures;
-    merged.network.resets = n.resets;
-    merged.network.retransmit_spikes = n.retransmit_spikes;
-    merged.network.rtt_degradation = n.rtt_degradation;
-    let c = &compiled.container;
-    merged.container.enabled = c.enabled;
-    merged.container.oom_kills = c.oom_kills;
-    merged.container.abnormal_exits = c.abnormal_exits;
-    merged.container.exit_ignore_codes = codes("container.exit_ignore_codes", &c.exit_ignore_codes)?;
-    merged.container.exit_ignore_signals = codes("container.exit_ignore_signals", &c.exit_ignore_signals)?;
-    let st = &compiled.storage;
-    merged.storage.enabled = st.enabled;
-    merged.storage.latency_warning_ms = narrow("storage.latency_warning_ms", st.latency_warning_ms)?;
-    merged.storage.latency_critical_ms = narrow("storage.latency_critical_ms", st.latency_critical_ms)?;
-    merged.storage.io_errors = st.io_errors;
-    merged.storage.latency_spikes = st.latency_spikes;
-    let nd = &compiled.node;
-    merged.node.enabled = nd.enabled;
-    merged.node.psi_memory_some_avg10_percent = nd.psi_memory_some_avg10_percent;
-    merged.node.psi_cpu_some_avg10_percent = nd.psi_cpu_some_avg10_percent;
-    merged.node.psi_io_some_avg10_percent = nd.psi_io_some_avg10_percent;
-    merged.node.psi = nd.psi;
-    merged.node.psi_rearm_margin_percent = nd.psi_rearm_margin_percent;
-    merged.node.pmc = nd.pmc;
-    merged.node.pmc_ipc_min_percent = nd.pmc_ipc_min_percent;
-    merged.node.pmc_stall_max_percent = nd.pmc_stall_max_percent;
-    merged.node.pmc_min_cycles = nd.pmc_min_cycles;
-    merged.validate()?;
-    Ok(ObserverSettings {
-        generation,
-        network: merged.network,
-        container: merged.container,
-        storage: merged.storage,
-        node: merged.node,
-    })
+/// The settings of `compiled` at `generation`, if every field is in range.
+pub fn settings_from(generation: u32, compiled: &CompiledConfig) -> Result<ObserverSettings, ConfigError> {
+    tapio_profile::check(compiled).map_err(crate::config::config_error)?;
+    Ok(ObserverSettings { generation, config: compiled.clone() })
 }
 
 #[cfg(test)]
@@ -131,7 +75,7 @@ mod tests {
     }
 
     fn generation(n: u32) -> ObserverSettings {
-        settings_from(&AgentConfig::default(), n, &CompiledConfig::default()).unwrap()
+        settings_from(n, &CompiledConfig::default()).unwrap()
     }
 
     #[test]
@@ -152,17 +96,13 @@ mod tests {
     fn the_wire_default_reproduces_the_local_default() {
         // A controller serving production-default (the wire default) changes nothing on a
         // node running with local defaults.
-        let local = AgentConfig::default();
-        let s = settings_from(&local, 1, &CompiledConfig::default()).unwrap();
-        assert_eq!(s.network, local.network);
-        assert_eq!(s.container, local.container);
-        assert_eq!(s.storage, local.storage);
-        assert_eq!(s.node, local.node);
+        let local = crate::config::AgentConfig::default();
+        assert_eq!(settings_from(1, &CompiledConfig::default()).unwrap().config, local.observers);
     }
 
     /// A profile that validates is never refused by an agent, and the agent accepts nothing
-    /// a profile could not say: every range in tapio-profile's field table is this
-    /// validator's range, bound for bound.
+    /// a profile could not say: every range in tapio-profile's field table is the range a
+    /// served config is checked against, bound for bound.
     #[test]
     fn profile_ranges_are_exactly_the_agents_ranges() {
         use tapio_profile::{FieldValue, Kind, FIELDS};
@@ -175,7 +115,7 @@ mod tests {
         let try_accept = |f: &tapio_profile::Field, v: FieldValue| {
             let mut c = base.clone();
             f.set(&mut c, &v);
-            (f.get(&c) == v).then(|| settings_from(&AgentConfig::default(), 1, &c).is_ok())
+            (f.get(&c) == v).then(|| settings_from(1, &c).is_ok())
         };
         let accepts = |f: &tapio_profile::Field, v: FieldValue| {
             try_accept(f, v.clone()).unwrap_or_else(|| panic!("{}: {v} does not fit the wire type", f.key()))
@@ -204,6 +144,10 @@ mod tests {
 
     #[test]
     fn every_switch_and_threshold_of_the_profile_reaches_the_settings() {
+        use crate::observers::{CarrierLayout, RuntimeFacts};
+        use tapio_bpf::abi::{
+            tapio_ctr_config, tapio_net_config, TAPIO_CTR_EN_EXIT, TAPIO_NET_EN_RESET, TAPIO_NET_EN_RTT,
+        };
         let mut compiled = CompiledConfig::default();
         let n = &mut compiled.network;
         (n.connect_failures, n.resets, n.retransmit_spikes, n.rtt_degradation) = (false, true, false, true);
@@ -213,77 +157,58 @@ mod tests {
         let nd = &mut compiled.node;
         (nd.psi, nd.pmc, nd.psi_rearm_margin_percent) = (false, false, 7);
         (nd.pmc_ipc_min_percent, nd.pmc_stall_max_percent, nd.pmc_min_cycles) = (40, 70, 1_000);
-        let s = settings_from(&AgentConfig::default(), 3, &compiled).unwrap();
-        let n = &s.network;
-        assert_eq!((n.connect_failures, n.resets, n.retransmit_spikes, n.rtt_degradation), (false, true, false, true));
-        assert_eq!(n.rtt_min_increase_us, 2_500);
-        assert!(!s.container.oom_kills && s.container.abnormal_exits);
-        assert!(!s.storage.io_errors && s.storage.latency_spikes);
-        assert_eq!((s.node.psi, s.node.pmc, s.node.psi_rearm_margin_percent), (false, false, 7));
-        assert_eq!((s.node.pmc_ipc_min_percent, s.node.pmc_stall_max_percent, s.node.pmc_min_cycles), (40, 70, 1_000));
+        let s = settings_from(3, &compiled).unwrap();
+        assert_eq!((s.generation, &s.config), (3, &compiled));
         // …and the kernel carriers.
-        let carrier = crate::config::network_carrier(&s.network, 3, (1, 2));
-        assert_eq!(carrier.enabled, tapio_bpf::abi::TAPIO_NET_EN_RESET | tapio_bpf::abi::TAPIO_NET_EN_RTT);
+        let facts = RuntimeFacts::default();
+        let carrier = tapio_net_config::build(&s.config, 3, &facts);
+        assert_eq!(carrier.enabled, TAPIO_NET_EN_RESET | TAPIO_NET_EN_RTT);
         assert_eq!(carrier.rtt_min_increase_us, 2_500);
-        assert_eq!(crate::config::container_carrier(&s.container, 3).enabled, tapio_bpf::abi::TAPIO_CTR_EN_EXIT);
+        assert_eq!(tapio_ctr_config::build(&s.config, 3, &facts).enabled, TAPIO_CTR_EN_EXIT);
 
         compiled.network.rtt_min_increase_us = 60_000_001;
-        let err = settings_from(&AgentConfig::default(), 4, &compiled).unwrap_err();
+        let err = settings_from(4, &compiled).unwrap_err();
         assert!(err.0.contains("network.rtt_min_increase_us"), "{err}");
         let mut compiled = CompiledConfig::default();
         compiled.node.pmc_stall_max_percent = 0;
-        assert!(settings_from(&AgentConfig::default(), 4, &compiled)
-            .unwrap_err()
-            .0
-            .contains("node.pmc_stall_max_percent"));
+        assert!(settings_from(4, &compiled).unwrap_err().0.contains("node.pmc_stall_max_percent"));
     }
 
     #[test]
-    fn controller_values_override_local_thresholds() {
+    fn controller_values_replace_the_local_settings() {
         let mut compiled = CompiledConfig::default();
         compiled.network.retransmit_count = 7;
         compiled.container.exit_ignore_codes = vec![3];
-        let s = settings_from(&AgentConfig::default(), 9, &compiled).unwrap();
-        assert_eq!((s.generation, s.network.retransmit_count), (9, 7));
-        assert_eq!(s.container.exit_ignore_codes, vec![3]);
-        // A knob the wire config does not carry keeps its local value.
-        assert_eq!(s.network.rtt_min_increase_us, AgentConfig::default().network.rtt_min_increase_us);
-    }
-
-    #[test]
-    fn storage_and_node_thresholds_come_from_the_controller() {
-        let mut compiled = CompiledConfig::default();
         compiled.storage.latency_warning_ms = 40;
         compiled.storage.latency_critical_ms = 400;
         compiled.node.psi_memory_some_avg10_percent = 3;
-        let s = settings_from(&AgentConfig::default(), 5, &compiled).unwrap();
-        assert_eq!((s.storage.latency_warning_ms, s.storage.latency_critical_ms), (40, 400));
-        assert_eq!(s.node.psi_memory_some_avg10_percent, 3);
-        // Knobs the wire config does not carry keep their local values.
-        assert_eq!(s.node.poll_interval_ms, AgentConfig::default().node.poll_interval_ms);
-        assert_eq!(s.storage.inflight_max_age_secs, AgentConfig::default().storage.inflight_max_age_secs);
-
-        compiled.storage.latency_critical_ms = 10; // below the warning threshold
-        let err = settings_from(&AgentConfig::default(), 6, &compiled).unwrap_err();
-        assert!(err.0.contains("storage.latency_critical_ms"), "{err}");
-        compiled.storage.latency_critical_ms = u64::MAX;
-        assert!(settings_from(&AgentConfig::default(), 6, &compiled).is_err());
-        let mut compiled = CompiledConfig::default();
-        compiled.node.psi_io_some_avg10_percent = 250;
-        assert!(settings_from(&AgentConfig::default(), 7, &compiled).is_err());
+        let s = settings_from(9, &compiled).unwrap();
+        assert_eq!((s.generation, s.config.network.retransmit_count), (9, 7));
+        assert_eq!(s.config.container.exit_ignore_codes, vec![3]);
+        assert_eq!((s.config.storage.latency_warning_ms, s.config.storage.latency_critical_ms), (40, 400));
+        assert_eq!(s.config.node.psi_memory_some_avg10_percent, 3);
     }
 
     #[test]
-    fn out_of_range_controller_values_are_refused() {
+    fn contradictory_or_out_of_range_controller_values_are_refused() {
+        let mut compiled = CompiledConfig::default();
+        compiled.storage.latency_critical_ms = 10; // below the warning threshold
+        let err = settings_from(6, &compiled).unwrap_err();
+        assert!(err.0.contains("storage.latency_critical_ms"), "{err}");
+        compiled.storage.latency_critical_ms = u64::MAX;
+        assert!(settings_from(6, &compiled).is_err());
+        let mut compiled = CompiledConfig::default();
+        compiled.node.psi_io_some_avg10_percent = 250;
+        assert!(settings_from(7, &compiled).is_err());
         let mut compiled = CompiledConfig::default();
         compiled.network.rtt_ratio_percent = 50;
-        let err = settings_from(&AgentConfig::default(), 2, &compiled).unwrap_err();
-        assert!(err.0.contains("rtt_ratio_percent"), "{err}");
+        let err = settings_from(2, &compiled).unwrap_err();
+        assert_eq!(err.0, "network.rtt_ratio_percent = 50 is out of range 101..=100000");
         let mut compiled = CompiledConfig::default();
         compiled.network.rtt_ceiling_us = u64::MAX;
-        assert!(settings_from(&AgentConfig::default(), 2, &compiled).is_err());
+        assert!(settings_from(2, &compiled).is_err());
         let mut compiled = CompiledConfig::default();
         compiled.container.exit_ignore_signals = vec![0];
-        assert!(settings_from(&AgentConfig::default(), 2, &compiled).is_err());
+        assert!(settings_from(2, &compiled).is_err());
     }
 }

@@ -6,12 +6,11 @@
 //! retries; a dropped batch leaves a gap the controller counts.
 
 use super::apply::settings_from;
-use super::http::{self, Endpoint, HttpError, Limits, Request, Response};
+use super::http::{self, percent_encode, Endpoint, HttpError, Limits, Request, Response};
 use super::outbox::Outbox;
 use super::state::{self, AppliedConfig};
 use super::{ControllerConfig, FileStamp, Token};
-use crate::carriers::KernelCarriers;
-use crate::config::AgentConfig;
+use crate::carriers::Carriers;
 use crate::counters::{Counters, CONTROLLER_SINK};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,10 +37,9 @@ pub struct Client {
     pub token: Option<Token>,
     pub agent_id: String,
     pub node: String,
-    pub local: AgentConfig,
     pub outbox: Arc<Outbox>,
     pub counters: Arc<Counters>,
-    pub carriers: Arc<Mutex<KernelCarriers>>,
+    pub carriers: Arc<Mutex<Carriers>>,
     /// The config in force (None = local defaults, "unconfigured"); shared with the runtime.
     pub applied: Arc<Mutex<Option<AppliedConfig>>>,
     pub observers: BTreeMap<String, ObserverStatus>,
@@ -98,18 +96,6 @@ impl LogLimiter {
     }
 }
 
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// The heartbeat's totals: every loss counter of the snapshot reaches one of them.
 pub fn heartbeat_counters(snap: &crate::counters::Snapshot) -> HeartbeatCounters {
     HeartbeatCounters {
@@ -137,6 +123,7 @@ impl Client {
             io_timeout: Duration::from_millis(self.settings.io_timeout_ms),
             request_timeout: Duration::from_millis(self.settings.request_timeout_ms),
             max_response_bytes: self.settings.max_response_bytes,
+            user_agent: http::USER_AGENT,
         };
         let mut l = Loop {
             c: self,
@@ -348,7 +335,7 @@ impl Loop {
             self.c.counters.config_rejected_total.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        let settings = match settings_from(&self.c.local, generation, &cfg.config) {
+        let settings = match settings_from(generation, &cfg.config) {
             Ok(s) => s,
             Err(e) => {
                 log::warn!("controller config {generation} refused ({e}): keeping the current config");

@@ -1,20 +1,42 @@
 //! Observers: loading each eBPF object, writing its config carrier, attaching its programs,
 //! and reporting honestly what attached and what did not.
 //!
-//! One observer is one folder: `network/` and `container/` hold the userspace half (attach
-//! list and classification); their kernel half lives in `tapio-bpf/src/<name>/`.
+//! One observer is one folder: `observers/<name>/` holds its userspace half and declares
+//! its [`Observer`] descriptor (`pub static OBSERVER`); its kernel half, if it has one,
+//! lives in `tapio-bpf/src/<name>/`. [`REGISTRY`] lists them, and the runtime, the
+//! carriers, the counters and the bench iterate it: nothing else names an observer.
 
-pub mod container;
-pub mod network;
-pub mod node;
+pub mod descriptor;
 pub mod poll;
-pub mod storage;
+
+pub use descriptor::{
+    no_userspace, open_carrier, CarrierLayout, CarrierMaps, ClassifierContext, Follower, KernelCarrier, KernelHalf,
+    Observer, RuntimeFacts, Start, Userspace,
+};
+
+/// Declares the observer modules and [`REGISTRY`] from one list of folder names.
+macro_rules! registry {
+    ($($name:ident),+ $(,)?) => {
+        $(pub mod $name;)+
+        /// Every observer this agent has, in start-up order.
+        pub static REGISTRY: &[&Observer] = &[$(&$name::OBSERVER),+];
+    };
+}
+
+// Adding an observer: its folder, and its name here.
+registry!(network, container, storage, node);
+
+/// The observer called `name`.
+pub fn find(name: &str) -> Option<&'static Observer> {
+    REGISTRY.iter().copied().find(|o| o.name == name)
+}
 
 use crate::counters::Counters;
 use crate::stamp::{Stamper, Verdict};
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use aya::programs::{BtfTracePoint, TracePoint};
-use aya::{Btf, Ebpf, EbpfLoader, Pod};
+use aya::programs::{ProgramError, TracePointError};
+use aya::{Btf, BtfError, Ebpf, EbpfError, EbpfLoader, Pod};
 use std::fmt;
 use tapio_bpf::record::Record;
 
@@ -75,7 +97,7 @@ impl fmt::Display for Hook {
 pub struct ProgramStatus {
     pub program: &'static str,
     pub hook: Hook,
-    pub result: Result<(), String>,
+    pub result: Result<(), LoadError>,
 }
 
 /// A config struct written into an object's one-entry `config` map.
@@ -109,17 +131,41 @@ pub struct Loaded {
 /// was written in full, and never waits. This agent is the only writer.
 pub struct ConfigCarrier<T: Record + 'static> {
     slots: Array<MapData, Carrier<T>>,
+    latch: Latch,
+}
+
+/// The carrier's latch sequence (`config_seq`), the part of a carrier that does not depend
+/// on the config struct (kept out of the generic code: one copy in the binary).
+struct Latch {
     seq: Array<MapData, u64>,
     /// The sequence as this writer last set it (the map starts at 0).
     current: u64,
 }
 
+impl Latch {
+    fn open(seq: aya::maps::Map) -> Result<Self, String> {
+        let seq = Array::try_from(seq).map_err(|e| format!("config_seq map does not match this agent's ABI: {e}"))?;
+        let current = seq.get(&0, 0).map_err(|e| format!("reading config_seq: {e}"))?;
+        Ok(Self { seq, current })
+    }
+
+    /// Moves readers to the other copy; returns the copy they no longer read.
+    fn advance(&mut self) -> Result<u32, String> {
+        let next = self.current + 1;
+        self.seq.set(0, next, 0).map_err(|e| format!("writing config_seq: {e}"))?;
+        self.current = next;
+        Ok(1 - (next & 1) as u32)
+    }
+}
+
+fn slot_error(idle: u32, e: aya::maps::MapError) -> String {
+    format!("writing config copy {idle}: {e}")
+}
+
 impl<T: Record + 'static> ConfigCarrier<T> {
     pub fn from_maps(slots: aya::maps::Map, seq: aya::maps::Map) -> Result<Self, String> {
         let slots = Array::try_from(slots).map_err(|e| format!("config map does not match this agent's ABI: {e}"))?;
-        let seq = Array::try_from(seq).map_err(|e| format!("config_seq map does not match this agent's ABI: {e}"))?;
-        let current = seq.get(&0, 0).map_err(|e| format!("reading config_seq: {e}"))?;
-        Ok(Self { slots, seq, current })
+        Ok(Self { slots, latch: Latch::open(seq)? })
     }
 
     /// Writes `value` so that every later program run judges with it. On an error the
@@ -127,12 +173,9 @@ impl<T: Record + 'static> ConfigCarrier<T> {
     /// last copy failed): the sequence always names a copy that was written in full.
     pub fn write(&mut self, value: T) -> Result<(), String> {
         for _ in 0..2 {
-            let next = self.current + 1;
-            self.seq.set(0, next, 0).map_err(|e| format!("writing config_seq: {e}"))?;
-            self.current = next;
-            // Readers now use copy `next & 1`: rewrite the other one.
-            let idle = 1 - (next & 1) as u32;
-            self.slots.set(idle, Carrier(value), 0).map_err(|e| format!("writing config copy {idle}: {e}"))?;
+            // Readers now use the other copy: rewrite this one.
+            let idle = self.latch.advance()?;
+            self.slots.set(idle, Carrier(value), 0).map_err(|e| slot_error(idle, e))?;
         }
         Ok(())
     }
@@ -154,16 +197,88 @@ pub fn with_causes(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Explains a load/attach error in terms an operator can act on.
-fn hint(err: &str) -> String {
-    let lower = err.to_ascii_lowercase();
-    if lower.contains("permission") || lower.contains("operation not permitted") {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        format!("{err} ({})", permission_hint(&status))
-    } else if lower.contains("btf") && !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
-        format!("{err} (this kernel exposes no BTF at /sys/kernel/btf/vmlinux; CO-RE needs CONFIG_DEBUG_INFO_BTF=y)")
-    } else {
-        err.to_string()
+/// Why an object did not load or a program did not attach, told by the error's type (not
+/// its wording), each with a message an operator can act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadError {
+    /// The kernel refused a BPF operation for want of privilege (capabilities, a seccomp
+    /// filter or a security module; the message says which is likely).
+    NotPermitted(String),
+    /// The kernel exposes no BTF, which CO-RE relocation and typed tracepoints need.
+    NoBtf(String),
+    /// The object, or one of its maps, was built for another ABI than this agent's.
+    AbiMismatch(String),
+    /// This kernel lacks the hook (tracepoint) a program attaches to.
+    MissingHook(String),
+    /// Anything else (a verifier verdict, a malformed object, …).
+    Other(String),
+}
+
+impl LoadError {
+    /// A stable snake_case name of the variant (the status JSON's `reason_kind`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::NotPermitted(_) => "not_permitted",
+            Self::NoBtf(_) => "no_btf",
+            Self::AbiMismatch(_) => "abi_mismatch",
+            Self::MissingHook(_) => "missing_hook",
+            Self::Other(_) => "other",
+        }
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        match self {
+            Self::NotPermitted(m) | Self::NoBtf(m) | Self::AbiMismatch(m) | Self::MissingHook(m) | Self::Other(m) => m,
+        }
+    }
+
+    /// The same kind of error with another message.
+    pub fn with_message(&self, message: String) -> Self {
+        match self {
+            Self::NotPermitted(_) => Self::NotPermitted(message),
+            Self::NoBtf(_) => Self::NoBtf(message),
+            Self::AbiMismatch(_) => Self::AbiMismatch(message),
+            Self::MissingHook(_) => Self::MissingHook(message),
+            Self::Other(_) => Self::Other(message),
+        }
+    }
+
+    /// Classifies an aya error by its chain of causes: a refused syscall (EPERM, EACCES)
+    /// is a permission problem; without kernel BTF, anything else is the missing BTF's
+    /// doing; the rest is `Other`. `context` prefixes the message.
+    fn from_aya(context: &str, e: &(dyn std::error::Error + 'static), btf_missing: bool) -> Self {
+        let text = format!("{context}{}", with_causes(e));
+        let mut cause: Option<&dyn std::error::Error> = Some(e);
+        while let Some(c) = cause {
+            let errno = c.downcast_ref::<std::io::Error>().and_then(std::io::Error::raw_os_error);
+            if errno == Some(libc::EPERM) || errno == Some(libc::EACCES) {
+                let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+                return Self::NotPermitted(format!("{text} ({})", permission_hint(&status)));
+            }
+            cause = c.source();
+        }
+        if btf_missing {
+            Self::NoBtf(format!(
+                "{text} (this kernel exposes no BTF at /sys/kernel/btf/vmlinux; CO-RE needs CONFIG_DEBUG_INFO_BTF=y)"
+            ))
+        } else {
+            Self::Other(text)
+        }
+    }
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+impl From<&str> for LoadError {
+    fn from(message: &str) -> Self {
+        Self::Other(message.to_string())
     }
 }
 
@@ -197,14 +312,14 @@ fn permission_hint(status: &str) -> String {
 /// Loads an object built for kernel ABI `abi_version`: the loader sets the object's
 /// `tapio_abi_v<version>` global by name, so an object of another ABI (which lacks that
 /// name) is refused here, loudly, before anything runs.
-pub fn load_object(object: &[u8], btf: Option<&Btf>, abi_version: u32) -> Result<Ebpf, String> {
+pub fn load_object(object: &[u8], btf: Option<&Btf>, abi_version: u32) -> Result<Ebpf, LoadError> {
     let abi_symbol = format!("tapio_abi_v{abi_version}");
     EbpfLoader::new().btf(btf).override_global(abi_symbol.as_str(), &abi_version, true).load(object).map_err(|e| {
-        let text = format!("{e}");
-        if text.contains(&abi_symbol) {
-            format!("object was built for another kernel ABI (it lacks {abi_symbol}): {text}")
-        } else {
-            hint(&format!("loading eBPF object: {}", with_causes(&e)))
+        match &e {
+            EbpfError::ParseError(aya_obj::ParseError::SymbolNotFound { name }) if *name == abi_symbol => {
+                LoadError::AbiMismatch(format!("object was built for another kernel ABI (it lacks {abi_symbol}): {e}"))
+            }
+            _ => LoadError::from_aya("loading eBPF object: ", &e, btf.is_none()),
         }
     })
 }
@@ -216,23 +331,55 @@ pub fn load<T: Record + 'static>(
     btf: Option<&Btf>,
     hooks: &[(&'static str, Hook)],
     initial: T,
-) -> Result<(Loaded, ConfigCarrier<T>), String> {
+) -> Result<(Loaded, ConfigCarrier<T>), LoadError> {
+    load_with(object, btf, hooks, |maps| {
+        let mut carrier = ConfigCarrier::from_maps(maps.slots, maps.seq).map_err(LoadError::AbiMismatch)?;
+        carrier.write(initial).map_err(LoadError::Other)?;
+        Ok(carrier)
+    })
+}
+
+/// Loads an observer's kernel half: its object, its carrier holding `config` at
+/// `generation`, and the programs attached.
+pub fn load_kernel_half(
+    kernel: &KernelHalf,
+    btf: Option<&Btf>,
+    config: &tapio_wire::CompiledConfig,
+    generation: u32,
+    facts: RuntimeFacts,
+) -> Result<(Loaded, Box<dyn KernelCarrier>), LoadError> {
+    load_with((kernel.object)(), btf, &(kernel.hooks)(), |maps| {
+        let mut carrier = (kernel.carrier)(maps, facts)?;
+        carrier.write(config, generation).map_err(LoadError::Other)?;
+        Ok(carrier)
+    })
+}
+
+/// Loads `object`, opens its config carrier with `open` (which writes the first config:
+/// programs are inert until it is there), then attaches `hooks`.
+fn load_with<C>(
+    object: &[u8],
+    btf: Option<&Btf>,
+    hooks: &[(&'static str, Hook)],
+    open: impl FnOnce(CarrierMaps) -> Result<C, LoadError>,
+) -> Result<(Loaded, C), LoadError> {
     let mut ebpf = load_object(object, btf, tapio_bpf::ABI_VERSION)?;
-    // Programs are inert until their config is written: write it before attaching.
     let slots = ebpf.take_map(tapio_bpf::maps::CONFIG).ok_or("object has no config map")?;
     let seq = ebpf.take_map(tapio_bpf::maps::CONFIG_SEQ).ok_or("object has no config_seq map")?;
-    let mut carrier = ConfigCarrier::from_maps(slots, seq)?;
-    carrier.write(initial)?;
+    let carrier = open(CarrierMaps { slots, seq })?;
 
     let mut programs = Vec::with_capacity(hooks.len());
     for &(name, hook) in hooks {
-        let result = attach(&mut ebpf, btf, name, hook).map_err(|e| hint(&e));
+        let result = attach(&mut ebpf, btf, name, hook);
         programs.push(ProgramStatus { program: name, hook, result });
     }
-    if programs.iter().all(|p| p.result.is_err()) {
+    if let Some(first) =
+        programs.iter().find_map(|p| p.result.as_ref().err()).filter(|_| programs.iter().all(|p| p.result.is_err()))
+    {
         let reasons: Vec<String> =
             programs.iter().filter_map(|p| p.result.as_ref().err().map(|e| format!("{}: {e}", p.hook))).collect();
-        return Err(format!("no program attached ({})", reasons.join("; ")));
+        // Nothing attached: the first program's reason is the observer's kind of failure.
+        return Err(first.with_message(format!("no program attached ({})", reasons.join("; "))));
     }
     let ring = ebpf
         .take_map(tapio_bpf::maps::EVENTS)
@@ -245,30 +392,53 @@ pub fn load<T: Record + 'static>(
     Ok((Loaded { ebpf: Some(ebpf), ring, counters, programs }, carrier))
 }
 
-fn attach(ebpf: &mut Ebpf, btf: Option<&Btf>, name: &str, hook: Hook) -> Result<(), String> {
-    let program = ebpf.program_mut(name).ok_or_else(|| format!("program {name} missing from object"))?;
+fn attach(ebpf: &mut Ebpf, btf: Option<&Btf>, name: &str, hook: Hook) -> Result<(), LoadError> {
+    let program =
+        ebpf.program_mut(name).ok_or_else(|| LoadError::AbiMismatch(format!("program {name} missing from object")))?;
+    let missing = btf.is_none();
     match hook {
         Hook::TracePoint(category, tracepoint) => {
-            let tp: &mut TracePoint = program.try_into().map_err(|e| format!("{e}"))?;
-            tp.load().map_err(|e| format!("loading {name}: {}", with_causes(&e)))?;
-            tp.attach(category, tracepoint).map_err(|e| format!("attaching: {}", with_causes(&e)))?;
+            let tp: &mut TracePoint = program.try_into().map_err(|e| LoadError::Other(format!("{e}")))?;
+            tp.load().map_err(|e| LoadError::from_aya(&format!("loading {name}: "), &e, missing))?;
+            tp.attach(category, tracepoint).map_err(|e| attach_error(category, tracepoint, &e, missing))?;
         }
         Hook::BtfTracePoint(tracepoint) => {
-            let btf = btf.ok_or("BTF-typed tracepoints need kernel BTF")?;
-            let tp: &mut BtfTracePoint = program.try_into().map_err(|e| format!("{e}"))?;
-            tp.load(tracepoint, btf).map_err(|e| {
-                // A tracepoint newer than the kernel is not a verifier verdict: say what is missing.
-                let text = with_causes(&e);
-                if text.contains(&format!("`btf_trace_{tracepoint}`")) {
-                    format!("this kernel has no {tracepoint} tracepoint ({text})")
-                } else {
-                    format!("loading {name}: {text}")
-                }
-            })?;
-            tp.attach().map_err(|e| format!("attaching: {}", with_causes(&e)))?;
+            let btf = btf.ok_or_else(|| LoadError::NoBtf("BTF-typed tracepoints need kernel BTF".into()))?;
+            let tp: &mut BtfTracePoint = program.try_into().map_err(|e| LoadError::Other(format!("{e}")))?;
+            tp.load(tracepoint, btf).map_err(|e| btf_load_error(name, tracepoint, &e))?;
+            tp.attach().map_err(|e| LoadError::from_aya("attaching: ", &e, false))?;
         }
     }
     Ok(())
+}
+
+/// Why a classic tracepoint did not attach: its id file is absent when this kernel has no
+/// such tracepoint.
+fn attach_error(category: &str, tracepoint: &str, e: &ProgramError, btf_missing: bool) -> LoadError {
+    match e {
+        ProgramError::TracePointError(TracePointError::FileError { io_error, .. })
+            if io_error.kind() == std::io::ErrorKind::NotFound =>
+        {
+            LoadError::MissingHook(format!(
+                "this kernel has no {category}/{tracepoint} tracepoint (attaching: {})",
+                with_causes(e)
+            ))
+        }
+        _ => LoadError::from_aya("attaching: ", e, btf_missing),
+    }
+}
+
+/// Why a BTF-typed tracepoint program did not load: a tracepoint newer than the kernel
+/// (its `btf_trace_<name>` type is absent) is not a verifier verdict.
+fn btf_load_error(program: &str, tracepoint: &str, e: &ProgramError) -> LoadError {
+    match e {
+        ProgramError::Btf(BtfError::UnknownBtfTypeName { type_name })
+            if *type_name == format!("btf_trace_{tracepoint}") =>
+        {
+            LoadError::MissingHook(format!("this kernel has no {tracepoint} tracepoint ({})", with_causes(e)))
+        }
+        _ => LoadError::from_aya(&format!("loading {program}: "), e, false),
+    }
 }
 
 /// The state implied by per-program results.
@@ -284,9 +454,15 @@ pub fn state_of(programs: &[ProgramStatus]) -> ObserverState {
     }
 }
 
-/// Sums the per-CPU kernel counters into `counters`.
-pub fn read_kernel_counters(observer: &'static str, map: &PerCpuArray<MapData, u64>, counters: &Counters) {
-    let own = tapio_bpf::observer_counter_names(observer).iter().copied();
+/// Sums the per-CPU kernel counters of `observer` (the common ones and `own`) into
+/// `counters`.
+pub fn read_kernel_counters(
+    observer: &'static str,
+    own: &'static [(u32, &'static str)],
+    map: &PerCpuArray<MapData, u64>,
+    counters: &Counters,
+) {
+    let own = own.iter().copied();
     for (index, name) in tapio_bpf::COUNTER_NAMES.into_iter().chain(own) {
         if let Ok(values) = map.get(&index, 0) {
             counters.set_kernel(observer, name, values.iter().sum());
@@ -303,13 +479,93 @@ pub trait Classifier: Send {
 /// A running observer as the drain thread owns it.
 pub struct Running {
     pub name: &'static str,
+    /// Its own kernel counter slots ([`KernelHalf::counters`]).
+    pub counters: &'static [(u32, &'static str)],
     pub loaded: Loaded,
     pub classifier: Box<dyn Classifier>,
 }
 
 #[cfg(test)]
 mod tests {
-    use super::permission_hint;
+    use super::*;
+
+    /// An error whose cause is an OS error, as aya's map and program errors are.
+    #[derive(Debug)]
+    struct Caused(std::io::Error);
+
+    impl fmt::Display for Caused {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("failed to create map `x`")
+        }
+    }
+
+    impl std::error::Error for Caused {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    /// The registry is what the runtime loads: every observer once, and every program a
+    /// kernel half attaches is in its object, with the maps every carrier and drain needs.
+    #[test]
+    fn every_registered_observer_is_whole() {
+        let names: std::collections::BTreeSet<&str> = REGISTRY.iter().map(|o| o.name).collect();
+        assert_eq!(names.len(), REGISTRY.len(), "observer names are unique");
+        assert!(REGISTRY.iter().any(|o| o.kernel.is_none()), "an observer without eBPF is possible (node)");
+        for o in REGISTRY {
+            assert_eq!(find(o.name).map(|f| f.name), Some(o.name));
+            assert!((o.enabled)(&tapio_wire::CompiledConfig::default()), "{} is on by default", o.name);
+            let Some(kernel) = &o.kernel else { continue };
+            let object = aya_obj::Object::parse((kernel.object)()).unwrap_or_else(|e| panic!("{}: {e}", o.name));
+            for (program, hook) in (kernel.hooks)() {
+                assert!(object.programs.contains_key(program), "{}: {program} ({hook}) is not in its object", o.name);
+            }
+            for map in [
+                tapio_bpf::maps::CONFIG,
+                tapio_bpf::maps::CONFIG_SEQ,
+                tapio_bpf::maps::EVENTS,
+                tapio_bpf::maps::COUNTERS,
+            ] {
+                assert!(object.maps.contains_key(map), "{}: no {map} map", o.name);
+            }
+            for name in kernel.correlation_counters {
+                assert!(
+                    kernel.counters.iter().any(|(_, n)| n == name),
+                    "{}: {name} is not one of its counters",
+                    o.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn load_errors_are_told_by_type_not_by_wording() {
+        let eperm = Caused(std::io::Error::from_raw_os_error(libc::EPERM));
+        let e = LoadError::from_aya("loading: ", &eperm, false);
+        assert_eq!(e.kind(), "not_permitted", "{e}");
+        assert!(e.message().starts_with("loading: failed to create map `x`"), "{e}");
+        let eacces = Caused(std::io::Error::from_raw_os_error(libc::EACCES));
+        assert!(matches!(LoadError::from_aya("", &eacces, true), LoadError::NotPermitted(_)));
+        // The same wording with another cause is not a permission problem.
+        let einval = Caused(std::io::Error::from_raw_os_error(libc::EINVAL));
+        assert!(matches!(LoadError::from_aya("", &einval, false), LoadError::Other(_)));
+        assert!(matches!(LoadError::from_aya("", &einval, true), LoadError::NoBtf(_)));
+
+        let unknown = ProgramError::Btf(BtfError::UnknownBtfTypeName { type_name: "btf_trace_block_io_start".into() });
+        let e = btf_load_error("tapio_block_io_start", "block_io_start", &unknown);
+        assert_eq!(e.kind(), "missing_hook");
+        assert!(e.message().starts_with("this kernel has no block_io_start tracepoint"), "{e}");
+        // Another missing type is not this hook missing.
+        let other = ProgramError::Btf(BtfError::UnknownBtfTypeName { type_name: "task_struct".into() });
+        assert_eq!(btf_load_error("p", "block_io_start", &other).kind(), "other");
+
+        let absent = ProgramError::TracePointError(TracePointError::FileError {
+            filename: "/sys/kernel/tracing/events/tcp/tcp_x/id".into(),
+            io_error: std::io::Error::from(std::io::ErrorKind::NotFound),
+        });
+        assert_eq!(attach_error("tcp", "tcp_x", &absent, false).kind(), "missing_hook");
+        assert_eq!(LoadError::Other("x".into()).with_message("y".into()), LoadError::Other("y".into()));
+    }
 
     const BPF_PERFMON: &str = "000000c000000000";
 

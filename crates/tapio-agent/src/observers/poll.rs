@@ -5,17 +5,16 @@
 
 use crate::counters::Counters;
 use crate::drain::offer;
-use crate::evidence::Evidence;
+use crate::queue::QueueSender;
 use crate::stamp::{Stamper, Verdict};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What a poller may touch while it runs.
 pub struct PollContext<'a> {
     pub stamper: &'a mut Stamper,
-    pub queue: &'a SyncSender<Box<Evidence>>,
+    pub queue: &'a QueueSender,
     pub counters: &'a Counters,
 }
 
@@ -43,7 +42,7 @@ const TICK: Duration = Duration::from_millis(100);
 pub struct PollThread {
     pub pollers: Vec<Box<dyn Poller>>,
     pub stamper: Stamper,
-    pub queue: SyncSender<Box<Evidence>>,
+    pub queue: QueueSender,
     pub counters: Arc<Counters>,
     pub shutdown: Arc<AtomicBool>,
 }

@@ -1,10 +1,13 @@
 //! JSON lines to a file, rotated by size: `path` → `path.1` → … → `path.N`, the oldest
-//! deleted, so disk use is bounded by about (N + 1) × max_bytes.
+//! deleted, so disk use is bounded by about (N + 1) × max_bytes ([`tapio_util::rotate`]).
+//! Unlike the controller's all-or-nothing appends, lines are buffered and written in
+//! batches, and a write that fails part way keeps (and counts written) the whole lines
+//! that reached the file.
 
 use super::lines::Lines;
 use super::{Delivered, Sink};
 use crate::config::FileSinkConfig;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::PathBuf;
 
@@ -57,21 +60,10 @@ impl FileSink {
         })
     }
 
-    fn rotated(&self, n: u32) -> PathBuf {
-        let mut p = self.path.clone().into_os_string();
-        p.push(format!(".{n}"));
-        PathBuf::from(p)
-    }
-
     fn rotate(&mut self) -> io::Result<()> {
-        // Shift path.(N-1) → path.N … path → path.1; renaming over path.N deletes the oldest.
-        for n in (1..self.keep_files).rev() {
-            let from = self.rotated(n);
-            if from.exists() {
-                fs::rename(&from, self.rotated(n + 1))?;
-            }
-        }
-        fs::rename(&self.path, self.rotated(1))?;
+        // The workspace's one rotation (tapio_util::rotate): names and order are the ones
+        // the controller's file sink writes and `tapio events` reads.
+        tapio_util::rotate::shift(&self.path, self.keep_files as usize)?;
         let (file, size) = open_append(&self.path)?;
         self.file = file;
         self.size = size;
@@ -135,6 +127,7 @@ impl FileSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn flush(sink: &mut FileSink) -> Delivered {
         let mut total = Delivered::default();

@@ -22,7 +22,8 @@
 //!
 //! Areas: `network`, `container`, `storage`, `node` (evidence of each observer), `config`
 //! (the kernel config carrier under rewrites), `startup` and `shutdown` (what an operator
-//! sees), `controller_link` and `profile_rollout` (controller mode end to end).
+//! sees), `controller_link` and `profile_rollout` (controller mode end to end), `dns_lab`
+//! (the DNS laboratory of `support::dns` proves its own scenarios, without the agent).
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -30,6 +31,7 @@ mod support;
 mod config;
 mod container;
 mod controller_link;
+mod dns_lab;
 mod network;
 mod node;
 mod profile_rollout;

@@ -1,7 +1,6 @@
 //! Network evidence on the real kernel: each scenario makes the fact happen for real and
 //! checks the exact events, their key facts, and the absence of wrong ones.
 
-use crate::support::agent::ready_line;
 use crate::support::netns::{ns_counter, tcp_retrans_segs, NetnsPair};
 use crate::support::{self, closed_port, gettid, kernel_test, our_pid, Agent};
 use serde_json::Value;
@@ -925,11 +924,9 @@ fn a_flood_of_refused_connects_is_fully_accounted_for() {
     let secs = started.elapsed().as_secs_f64();
     assert_eq!(made, PER_THREAD * THREADS, "every connect must be refused");
     let run = agent.stop();
-    let ready = ready_line(&run.stderr).expect("ready line");
-    assert!(
-        ready.contains("network=running") && ready.matches("=running").count() == 1,
-        "only the network observer may run: {ready}"
-    );
+    let observers = run.status["observers"].as_array().expect("observers in the start-up status");
+    let running: Vec<&Value> = observers.iter().filter(|o| o["state"] == "running").map(|o| &o["name"]).collect();
+    assert_eq!(running, ["network"], "only the network observer may run: {}", run.status);
     let kernel_counters = run.counters["kernel"].as_object().expect("kernel counters");
     assert!(
         !kernel_counters.is_empty() && kernel_counters.keys().all(|k| k.starts_with("network.")),

@@ -3,7 +3,7 @@
 //! once; and the hardware-counter half must say honestly whether this machine has a PMU,
 //! while everything else keeps running.
 
-use crate::support::agent::{observer_line, ready_line};
+use crate::support::agent::{observer_state, observer_status};
 use crate::support::block::{self, Aligned};
 use crate::support::cgroup::Cgroup;
 use crate::support::tmp::{self, Dir};
@@ -163,19 +163,21 @@ fn hardware_counters_report_themselves_and_the_rest_keeps_running() {
     std::thread::sleep(Duration::from_millis(600));
     let run = agent.stop();
     assert!(run.exit_ok, "agent exit: {}", run.stderr);
-    let ready = ready_line(&run.stderr).expect("ready line");
-    assert!(ready.contains("storage=running"), "the other observers keep running: {ready}");
+    assert_eq!(observer_state(&run.status, "storage"), "running", "the other observers keep running");
     if has_pmu() {
         eprintln!("this machine has a hardware PMU: the node observer runs with counters");
-        assert!(ready.contains("node=running"), "{ready}");
+        assert_eq!(observer_state(&run.status, "node"), "running", "{}", run.status);
     } else {
         eprintln!("no hardware PMU here: the node observer must say so and keep its PSI half");
-        assert!(ready.contains("node=degraded"), "{ready}");
-        let status = observer_line(&run.stderr, "node", "").expect("node status line");
-        assert!(status.contains("WARN"), "{status}");
-        assert!(status.contains("hardware counters unsupported"), "{status}");
-        assert!(status.contains("perf_event_open(cycles, cpu 0)"), "the reason names what failed: {status}");
-        assert!(status.contains("cpu_stall and ipc_degradation are not reported"), "{status}");
+        let node = observer_status(&run.status, "node");
+        assert_eq!(node["state"], "degraded", "{node}");
+        let reason = node["reason"].as_str().expect("a degraded observer says why");
+        assert!(reason.contains("hardware counters unsupported"), "{reason}");
+        assert!(reason.contains("perf_event_open(cycles, cpu 0)"), "the reason names what failed: {reason}");
+        assert!(reason.contains("cpu_stall and ipc_degradation are not reported"), "{reason}");
+        // The prose line for people says the same, as a warning.
+        let status = run.stderr.lines().find(|l| l.contains("observer node:")).expect("node status line");
+        assert!(status.contains("WARN") && status.contains("hardware counters unsupported"), "{status}");
         assert_eq!(
             run.of_type("kernel.node.cpu_stall").count() + run.of_type("kernel.node.ipc_degradation").count(),
             0

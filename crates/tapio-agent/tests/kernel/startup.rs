@@ -3,6 +3,7 @@
 //! loss counters reach the log periodically.
 
 use crate::support::agent::{observer_line, ready_line, Launch, Stdout, BIN, PERIODIC_COUNTERS};
+use crate::support::agent::{observer_status, startup_status, STATUS};
 use crate::support::{closed_port, kernel_test, tmp, Agent};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
@@ -53,6 +54,15 @@ fn without_privileges_the_agent_says_why_and_keeps_what_can_run() {
     }
     let exited = agent.wait_exit(Duration::from_secs(30));
     let (status, log) = (exited.status, exited.stderr);
+    if log.contains(STATUS) {
+        // Ready with what could start: the status JSON says, per observer, why not.
+        let startup = startup_status(&log);
+        for observer in ["network", "container"] {
+            let s = observer_status(&startup, observer);
+            assert_eq!((&s["state"], &s["reason_kind"]), (&"failed".into(), &"not_permitted".into()), "{s}");
+            assert!(s["reason"].as_str().is_some_and(|r| r.contains("run as root, or with CAP_BPF")), "{s}");
+        }
+    }
     for observer in ["network", "container"] {
         let failed = observer_line(&log, observer, "failed").unwrap_or_else(|| panic!("{log}"));
         assert!(failed.contains("run as root, or with CAP_BPF"), "{failed}");
@@ -90,5 +100,7 @@ fn an_object_of_another_kernel_abi_is_refused_loudly() {
     // … and an agent of any other ABI refuses it, saying so, instead of misreading structs.
     let other = tapio_bpf::ABI_VERSION + 1;
     let err = tapio_agent::observers::load_object(object, btf.as_ref(), other).map(|_| ()).unwrap_err();
+    assert!(matches!(err, tapio_agent::observers::LoadError::AbiMismatch(_)), "{err:?}");
+    let err = err.to_string();
     assert!(err.contains(&format!("object was built for another kernel ABI (it lacks tapio_abi_v{other})")), "{err}");
 }

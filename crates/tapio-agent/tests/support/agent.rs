@@ -3,7 +3,8 @@
 //! own threads, stopped by a signal within a bound, and its final counters parsed.
 //!
 //! Everything the tests read from the agent's output goes through this module: the
-//! start-up status (`ready_line`, `observer_line`), the final counters (`final_counters`),
+//! start-up status (`startup_status` and its JSON; `ready_line`, `observer_line` for the
+//! prose lines people read), the final counters (`final_counters`),
 //! the periodic counters lines (`PERIODIC_COUNTERS`, `periodic_counters`) and the evidence
 //! lines on stdout. A
 //! change of the agent's output format is one change here.
@@ -35,6 +36,31 @@ pub const PERIODIC_COUNTERS: &str = "INFO tapio_agent::runtime: counters {";
 pub fn periodic_counters(line: &str) -> Option<Value> {
     let (_, rest) = line.split_once(PERIODIC_COUNTERS)?;
     serde_json::from_str(&format!("{{{rest}")).ok()
+}
+
+/// What precedes the agent's start-up status JSON in its log.
+pub const STATUS: &str = "tapio_agent::runtime: status ";
+
+/// The start-up status the agent logged as JSON (`status {...}`: node, each observer's
+/// state, reason, reason_kind and programs, the sinks); panics when there is none.
+pub fn startup_status(log: &str) -> Value {
+    log.lines()
+        .find_map(|l| l.split_once(STATUS).map(|(_, json)| json.to_string()))
+        .and_then(|json| serde_json::from_str(&json).ok())
+        .unwrap_or_else(|| panic!("no start-up status JSON in the agent's log:\n{log}"))
+}
+
+/// The state (`running`, `degraded`, …) of `observer` in a start-up status.
+pub fn observer_state<'a>(status: &'a Value, observer: &str) -> &'a str {
+    observer_status(status, observer)["state"].as_str().unwrap_or_else(|| panic!("no state of {observer}: {status}"))
+}
+
+/// The entry of `observer` in a start-up status.
+pub fn observer_status<'a>(status: &'a Value, observer: &str) -> &'a Value {
+    status["observers"]
+        .as_array()
+        .and_then(|all| all.iter().find(|o| o["name"] == observer))
+        .unwrap_or_else(|| panic!("no observer {observer} in the start-up status: {status}"))
 }
 
 /// The start-up status line (`ready: network=running …`) in an agent's log, if it came.
@@ -178,6 +204,8 @@ pub struct Agent {
 /// Everything an agent wrote, once it exited.
 pub struct Finished {
     pub events: Vec<Value>,
+    /// The start-up status JSON.
+    pub status: Value,
     pub stderr: String,
     /// The `counters final` snapshot the agent logs at exit.
     pub counters: Value,
@@ -283,7 +311,16 @@ impl Agent {
         self.drain_stderr();
         let counters =
             final_counters(&self.log).unwrap_or_else(|| panic!("no final counters in agent stderr:\n{}", self.log));
-        (Finished { events, stderr: std::mem::take(&mut self.log), counters, exit_ok: status.success() }, took)
+        (
+            Finished {
+                events,
+                status: startup_status(&self.log),
+                stderr: std::mem::take(&mut self.log),
+                counters,
+                exit_ok: status.success(),
+            },
+            took,
+        )
     }
 
     /// Waits at most `bound` for the agent to exit by itself (else kills it and fails), and

@@ -193,6 +193,7 @@ pub const V2_UNIFIED: &str = "/sys/fs/cgroup/unified";
 /// `kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice/cri-containerd-<id>.scope`.
 /// Pod UID and container id are unique to this test run; only the directories it made are
 /// removed (the shared `kubepods` tops stay if they were there before).
+#[derive(Debug)]
 pub struct KubeCgroup {
     pub leaf: PathBuf,
     made: Vec<PathBuf>,
@@ -204,13 +205,27 @@ pub struct KubeCgroup {
 
 impl KubeCgroup {
     pub fn new(mount: &str, systemd: bool, n: u32, memory_limit: Option<u64>) -> KubeCgroup {
-        assert!(Path::new(mount).join("cgroup.procs").exists(), "no cgroup hierarchy at {mount} (the test-bed has it)");
         let pid = std::process::id();
         let wall_ns = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_nanos() as u64;
         // "a14c": this branch's tag in hex, so nobody else's cgroups can have these names.
         let pod_uid =
             format!("{pid:08x}-a14c-4{n:03x}-8{:03x}-{:012x}", u32::from(systemd), wall_ns & 0xffff_ffff_ffff);
         let container_id = format!("{pid:08x}a14c{n:04x}{}", "0123456789abcdef".repeat(3));
+        KubeCgroup::with_ids(mount, systemd, &pod_uid, &container_id, memory_limit)
+    }
+
+    /// The container cgroup of a pod UID and container id the caller chose: the same
+    /// container in several hierarchies (v1 memory and cgroup2, as the kubelet makes it on a
+    /// hybrid node) has one name in each.
+    pub fn with_ids(
+        mount: &str,
+        systemd: bool,
+        pod_uid: &str,
+        container_id: &str,
+        memory_limit: Option<u64>,
+    ) -> KubeCgroup {
+        assert!(Path::new(mount).join("cgroup.procs").exists(), "no cgroup hierarchy at {mount} (the test-bed has it)");
+        let (pod_uid, container_id) = (pod_uid.to_string(), container_id.to_string());
         let segments: Vec<String> = if systemd {
             let pod = pod_uid.replace('-', "_");
             vec![

@@ -8,6 +8,7 @@
 //! - [`kmsg`]: the kernel log (`/dev/kmsg`) from a moment on;
 //! - [`block`]: loop devices, mounts, O_DIRECT I/O, tracefs counting;
 //! - [`netns`]: network namespace pairs joined by a veth, nftables, per-namespace counters;
+//! - [`dns`]: the DNS laboratory (real servers and clients in namespaces of their own);
 //! - [`controller`]: the real tapio-controller on loopback and a small HTTP GET;
 //! - [`tmp`]: names unique to this test process, and scratch directories.
 //!
@@ -24,6 +25,7 @@ pub mod agent;
 pub mod block;
 pub mod cgroup;
 pub mod controller;
+pub mod dns;
 pub mod kmsg;
 pub mod netns;
 pub mod tmp;

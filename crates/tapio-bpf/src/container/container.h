@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: Apache-2.0 */
+/* SPDX-License-Identifier: Apache-2.0 OR GPL-2.0-only */
 /* The container observer's kernel ABI: its config carrier and its event records. */
 #ifndef TAPIO_CONTAINER_H
 #define TAPIO_CONTAINER_H

@@ -6,9 +6,13 @@ use crate::abi::{
 };
 use crate::record::{decode_as, read_header, DecodeError, Record};
 
+// SAFETY: a bindgen repr(C) mirror of an ABI header struct: integers only, padding explicit.
 unsafe impl Record for tapio_oom_event {}
+// SAFETY: a bindgen repr(C) mirror of an ABI header struct: integers only, padding explicit.
 unsafe impl Record for tapio_exit_event {}
+// SAFETY: a bindgen repr(C) mirror of an ABI header struct: integers only, padding explicit.
 unsafe impl Record for tapio_ctr_config {}
+// SAFETY: a bindgen repr(C) mirror of an ABI header struct: integers only, padding explicit.
 unsafe impl Record for tapio_cgroup_event {}
 
 /// Classic tracepoint programs: (program name, category, tracepoint).

@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: Apache-2.0 */
+/* SPDX-License-Identifier: Apache-2.0 OR GPL-2.0-only */
 /*
  * Helpers shared by Tapio's eBPF programs (kernel side only): counters, config reads and
  * task attribution. Each program includes this after declaring its config type and maps.

@@ -3,7 +3,9 @@
 use crate::abi::{tapio_net_config, tapio_net_event, TAPIO_NET_CONNECT_FAILED, TAPIO_NET_RTT_DEGRADED};
 use crate::record::{decode_as, read_header, DecodeError, Record};
 
+// SAFETY: a bindgen repr(C) mirror of an ABI header struct: integers only, padding explicit.
 unsafe impl Record for tapio_net_event {}
+// SAFETY: a bindgen repr(C) mirror of an ABI header struct: integers only, padding explicit.
 unsafe impl Record for tapio_net_config {}
 
 /// Tracepoint programs of this object: (program name, category, tracepoint).

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: GPL-2.0
+// SPDX-License-Identifier: GPL-2.0-only
 /*
  * Tapio network observer, kernel side.
  *
@@ -37,13 +37,18 @@ char LICENSE[] SEC("license") = "GPL";
 TAPIO_COUNTERS_MAP;
 TAPIO_CONFIG_MAP(struct tapio_net_config);
 
+/* 512 KiB: some 4,000 records, tens of milliseconds of the fastest refused-connect flood
+ * this project's machine makes. The agent maps the ring's data twice, so every byte of it
+ * is two bytes of the agent's resident set (1 MiB here). */
+#define EVENTS_RING_BYTES (1 << 19)
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 20);
+	__uint(max_entries, EVENTS_RING_BYTES);
 } events SEC(".maps");
 
 /* Wake the agent once an eighth of the ring is waiting. */
-#define EVENTS_WAKEUP_BYTES ((1 << 20) / 8)
+#define EVENTS_WAKEUP_BYTES (EVENTS_RING_BYTES / 8)
 
 /* A connect in SYN_SENT: who started it, when, and whether an RST came back. */
 struct connect_start {

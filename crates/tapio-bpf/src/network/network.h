@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: Apache-2.0 */
+/* SPDX-License-Identifier: Apache-2.0 OR GPL-2.0-only */
 /* The network observer's kernel ABI: its config carrier and its one event record. */
 #ifndef TAPIO_NETWORK_H
 #define TAPIO_NETWORK_H

@@ -8,8 +8,11 @@ use crate::abi::{
 };
 use crate::record::{decode_as, read_header, DecodeError, Record};
 
+// SAFETY: a bindgen repr(C) mirror of an ABI header struct: integers only, padding explicit.
 unsafe impl Record for tapio_sto_event {}
+// SAFETY: a bindgen repr(C) mirror of an ABI header struct: integers only, padding explicit.
 unsafe impl Record for tapio_sto_config {}
+// SAFETY: a bindgen repr(C) mirror of an ABI header struct: integers only, padding explicit.
 unsafe impl Record for tapio_sto_inflight {}
 
 /// BTF-typed tracepoint programs: (program name, tracepoint). They take the `struct request`
@@ -104,7 +107,5 @@ mod tests {
         assert!(slots.iter().all(|&i| (TAPIO_CNT_OBSERVER_BASE..crate::abi::TAPIO_CNT_MAX).contains(&i)));
         slots.dedup();
         assert_eq!(slots.len(), COUNTER_NAMES.len());
-        assert_eq!(crate::observer_counter_names("storage").len(), COUNTER_NAMES.len());
-        assert!(crate::observer_counter_names("network").is_empty());
     }
 }

@@ -1,4 +1,4 @@
-// SPDX-License-Identifier: GPL-2.0
+// SPDX-License-Identifier: GPL-2.0-only
 /*
  * Tapio storage observer, kernel side.
  *
@@ -29,13 +29,17 @@ char LICENSE[] SEC("license") = "GPL";
 TAPIO_COUNTERS_MAP;
 TAPIO_CONFIG_MAP(struct tapio_sto_config);
 
+/* 128 KiB: only failed and slow requests are records, some 1,500 of them; the agent maps
+ * the ring's data twice, so it costs twice that in the agent's resident set. */
+#define EVENTS_RING_BYTES (1 << 17)
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 18);
+	__uint(max_entries, EVENTS_RING_BYTES);
 } events SEC(".maps");
 
 /* Wake the agent once an eighth of the ring is waiting (it polls every 100 ms anyway). */
-#define EVENTS_WAKEUP_BYTES ((1 << 18) / 8)
+#define EVENTS_WAKEUP_BYTES (EVENTS_RING_BYTES / 8)
 
 /*
  * Exact, not LRU: an LRU could evict a live request and make its completion look

@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: Apache-2.0 */
+/* SPDX-License-Identifier: Apache-2.0 OR GPL-2.0-only */
 /* The storage observer's kernel ABI: its config carrier, its event record and its counters. */
 #ifndef TAPIO_STORAGE_H
 #define TAPIO_STORAGE_H

@@ -30,7 +30,7 @@ pub async fn hello(
     let bytes = read_limited(&headers, body, st.body_limit).await?;
     let req: HelloRequest = parse_body(&bytes)?;
     validate_hello(&req)?;
-    AuthorizedNode::check(bound.as_deref(), &req.node_name, &st.metrics)?;
+    super::check_node(bound.as_deref(), &req.node_name, &st.metrics)?;
     let result = match st.registry.hello(&req, Instant::now(), unix_now()) {
         Ok(outcome) => {
             if outcome == HelloOutcome::Registered {
@@ -73,7 +73,7 @@ pub async fn config(
         ApiError::new(ErrorCode::InvalidField, "query string is not agent_id=…&node_name=… (each given once)")
     })?;
     let (agent_id, node) = validate_config_query(&query)?;
-    AuthorizedNode::check(bound.as_deref(), node, &st.metrics)?;
+    super::check_node(bound.as_deref(), node, &st.metrics)?;
     st.registry.touch(agent_id, Instant::now());
 
     let cfg = st.config();
@@ -96,7 +96,7 @@ pub async fn heartbeat(
     let bytes = read_limited(&headers, body, st.body_limit).await?;
     let req: HeartbeatRequest = parse_body(&bytes)?;
     validate_heartbeat(&req)?;
-    AuthorizedNode::check(bound.as_deref(), &req.node_name, &st.metrics)?;
+    super::check_node(bound.as_deref(), &req.node_name, &st.metrics)?;
     let accepted = st.registry.heartbeat(&req, Instant::now());
     let result = if accepted { "accepted" } else { "unknown_agent" };
     st.metrics.heartbeats.get_or_create(&ResultLabels { result }).inc();

@@ -45,9 +45,9 @@ pub async fn events(
     validate_batch(&batch, max).map_err(|e| reject(batch.events.len(), e.into()))?;
     // A node-bound agent reports for its own node only, in the batch and in every record.
     let bound = bound.as_deref();
-    AuthorizedNode::check(bound, &batch.node_name, m).map_err(|e| reject(batch.events.len(), e))?;
+    super::check_node(bound, &batch.node_name, m).map_err(|e| reject(batch.events.len(), e))?;
     for node in batch.events.iter().filter_map(|e| e.node.as_deref()) {
-        AuthorizedNode::check(bound, node, m).map_err(|e| reject(batch.events.len(), e))?;
+        super::check_node(bound, node, m).map_err(|e| reject(batch.events.len(), e))?;
     }
 
     let n = batch.events.len() as u64;

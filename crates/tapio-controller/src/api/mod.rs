@@ -163,3 +163,22 @@ async fn track(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Res
     }
     resp
 }
+
+/// Refuses (403 FORBIDDEN) a request that names a node other than the one the agent's
+/// token is bound to. Without node binding (shared token or no auth) every node is allowed.
+pub(crate) fn check_node(
+    bound: Option<&crate::auth::AuthorizedNode>,
+    node_name: &str,
+    m: &crate::metrics::Metrics,
+) -> Result<(), error::ApiError> {
+    match bound {
+        Some(b) if b.0.node != node_name => {
+            m.k8s.token_review("wrong_node");
+            Err(error::ApiError::new(
+                tapio_wire::ErrorCode::Forbidden,
+                format!("this agent's token is bound to node {:?}, not {:?}", b.0.node, node_name),
+            ))
+        }
+        _ => Ok(()),
+    }
+}

@@ -247,6 +247,7 @@ fn start_controller(args: &Args, extra: &[String]) -> Res<Target> {
 fn stop_controller(child: &mut Child) {
     if let Ok(pid) = i32::try_from(child.id()) {
         // SIGTERM for a graceful stop; this is the child we started.
+        // SAFETY: kill takes plain integers and touches no memory of ours.
         unsafe {
             libc::kill(pid, libc::SIGTERM);
         }
@@ -597,6 +598,7 @@ impl ProcSample {
     }
 
     fn cpu_since(&self, before: &ProcSample) -> String {
+        // SAFETY: sysconf takes a constant and touches no memory of ours.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
         let cpu = (self.cpu_ticks.saturating_sub(before.cpu_ticks)) as f64 / hz;
         let wall = self.at.duration_since(before.at).as_secs_f64();

@@ -7,7 +7,7 @@
 //! killed, not the machine losing power) and fsyncs every `--sink-fsync-interval-ms`.
 //!
 //! A record is counted written only once it is in the file. A failed append (a full disk)
-//! leaves no fragment behind (see [`super::rotate`]), counts every record it held as
+//! leaves no fragment behind (see [`tapio_util::rotate`]), counts every record it held as
 //! dropped (`reason="write_error"`), refuses those batches so agents retry them, and marks
 //! the sink not ready until an append works again.
 //!
@@ -16,17 +16,15 @@
 //! `tapio_controller_sink_torn_tails_total`, so every line of the file parses and new
 //! records never append onto a fragment.
 
-use std::fs::OpenOptions;
-use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Instant;
 
-use super::rotate::RotatingFile;
+use super::config::{FileSinkConfig, FsyncPolicy};
 use super::{Delivery, Msg, SinkShared};
 use crate::metrics::{Metrics, SinkLabels};
-use crate::settings::{FileSinkConfig, FsyncPolicy};
+use tapio_util::rotate::{repair_torn_tail, RotatingFile};
 
 /// Most bytes appended (and synced) in one group.
 pub const GROUP_MAX_BYTES: usize = 8 * 1024 * 1024;
@@ -187,8 +185,9 @@ struct Outcome {
 fn free_bytes(dir: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs fills the zeroed struct we pass; `c` is a valid NUL-terminated path.
+    // SAFETY: statvfs is a plain C struct of integers, for which all-zero bytes are valid.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a struct we own for the call.
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
         return None;
     }
@@ -222,59 +221,10 @@ fn finish_group(group: Vec<Delivery>, outcome: Outcome, shared: &SinkShared) {
     }
 }
 
-/// If `path` does not end in a newline, moves the bytes after its last newline to
-/// `<path>.torn-<unix nanos>` and cuts the file there. Returns the bytes set aside and
-/// where they went; None when the file is absent, empty or whole.
-pub fn repair_torn_tail(path: &Path) -> io::Result<Option<(u64, PathBuf)>> {
-    let file = match OpenOptions::new().read(true).write(true).open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let len = file.metadata()?.len();
-    let mut chunk = vec![0u8; 64 * 1024];
-    let mut end = len;
-    // Scan backwards for the last newline; `keep` is the length of the whole-line prefix.
-    let keep = loop {
-        if end == 0 {
-            break 0;
-        }
-        let start = end.saturating_sub(chunk.len() as u64);
-        let part = &mut chunk[..(end - start) as usize];
-        file.read_exact_at(part, start)?;
-        if end == len && part.last() == Some(&b'\n') {
-            return Ok(None);
-        }
-        if let Some(i) = part.iter().rposition(|b| *b == b'\n') {
-            break start + i as u64 + 1;
-        }
-        end = start;
-    };
-    let torn = len - keep;
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    let mut aside_name = path.as_os_str().to_owned();
-    aside_name.push(format!(".torn-{nanos}"));
-    let aside = PathBuf::from(aside_name);
-    {
-        let mut out = OpenOptions::new().create_new(true).write(true).open(&aside)?;
-        let mut at = keep;
-        while at < len {
-            let n = ((len - at) as usize).min(chunk.len());
-            file.read_exact_at(&mut chunk[..n], at)?;
-            out.write_all(&chunk[..n])?;
-            at += n as u64;
-        }
-        out.sync_all()?;
-    }
-    file.set_len(keep)?;
-    file.sync_all()?;
-    Ok(Some((torn, aside)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settings::SinkTarget;
+    use crate::sink::config::SinkTarget;
     use crate::sink::{start, SinkOptions};
     use std::time::Duration;
 
@@ -283,25 +233,6 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tapio-i12-file-{tag}-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         dir
-    }
-
-    #[test]
-    fn a_torn_tail_is_set_aside_and_whole_files_are_left_alone() {
-        let dir = temp_dir("torn");
-        let path = dir.join("e.jsonl");
-        std::fs::write(&path, b"{\"a\":1}\n{\"b\":2}\n{\"c\":").unwrap();
-        let (bytes, aside) = repair_torn_tail(&path).unwrap().unwrap();
-        assert_eq!(bytes, 5);
-        assert_eq!(std::fs::read(&path).unwrap(), b"{\"a\":1}\n{\"b\":2}\n");
-        assert_eq!(std::fs::read(&aside).unwrap(), b"{\"c\":");
-        assert!(repair_torn_tail(&path).unwrap().is_none(), "a whole file is not touched");
-        // A file that is one long fragment (no newline at all) is set aside whole.
-        let frag = dir.join("f.jsonl");
-        std::fs::write(&frag, vec![b'x'; 200_000]).unwrap();
-        assert_eq!(repair_torn_tail(&frag).unwrap().unwrap().0, 200_000);
-        assert_eq!(std::fs::metadata(&frag).unwrap().len(), 0);
-        assert!(repair_torn_tail(&dir.join("absent")).unwrap().is_none());
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[tokio::test]

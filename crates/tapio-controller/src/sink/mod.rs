@@ -15,11 +15,11 @@
 //! the requests that wait for it (durable: at most the ack timeout) and never another
 //! sink. On shutdown [`SinkWriters::close`] drains what is queued and stops every sink.
 
+pub mod config;
 pub mod file;
 pub mod nats;
 pub mod otlp;
 pub mod otlp_proto;
-pub mod rotate;
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -32,7 +32,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::oneshot;
 
 use crate::metrics::{Metrics, SinkLabels, SinkReasonLabels};
-use crate::settings::SinkTarget;
+use config::SinkTarget;
 
 /// Queue slots per sink; the byte budget is the real bound, this only caps tiny batches.
 const QUEUE_SLOTS: usize = 65_536;

@@ -23,8 +23,8 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
+use super::config::NatsConfig;
 use super::{Batch, Delivery, Msg, SinkShared};
-use crate::settings::NatsConfig;
 
 /// A connected JetStream publisher.
 pub struct Publisher {
@@ -264,7 +264,7 @@ mod tests {
             "tapio.evidence.network.kernel.network.connection_refused"
         );
         assert_eq!(subject_for("p", "a b.c", "kernel..x>*"), "p.a_b_c.kernel._.x__");
-        assert!(crate::settings::valid_subject(&subject_for("p", "", "")));
+        assert!(crate::sink::config::valid_subject(&subject_for("p", "", "")));
     }
 
     #[test]

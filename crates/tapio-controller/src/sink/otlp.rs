@@ -39,13 +39,13 @@ use prost::Message;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
+use super::config::OtlpConfig;
 use super::otlp_proto::{
     any_value, severity, AnyValue, ArrayValue, ExportLogsServiceRequest, InstrumentationScope, KeyValue, KeyValueList,
     LogRecord, Resource, ResourceLogs, ScopeLogs,
 };
 use super::{Delivery, Msg, SinkShared};
 use crate::metrics::{Metrics, SinkLabels};
-use crate::settings::OtlpConfig;
 
 /// Facts whose OpenTelemetry semantic-convention name exists.
 pub const FACT_ATTRIBUTES: &[(&str, &str)] = &[

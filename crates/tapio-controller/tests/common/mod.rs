@@ -206,49 +206,12 @@ pub async fn raw_exchange(addr: std::net::SocketAddr, request: Vec<u8>) -> Resp 
     parse_response(&buf)
 }
 
+/// Parses a complete response with the workspace's HTTP/1.1 reader (the one the agent and
+/// the CLI use), so these tests read the controller as its real clients do.
 pub fn parse_response(buf: &[u8]) -> Resp {
-    let split = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(buf)));
-    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap();
-    let status: u16 = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
-    let headers: Vec<(String, String)> =
-        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
-    let rest = &buf[split + 4..];
-    let find = |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
-    let body = if let Some(len) = find("content-length") {
-        let len: usize = len.parse().unwrap();
-        assert!(rest.len() >= len, "truncated body");
-        rest[..len].to_vec()
-    } else if find("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-        dechunk(rest)
-    } else {
-        rest.to_vec()
-    };
-    Resp { status, headers, body }
-}
-
-fn dechunk(mut rest: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
-            return out;
-        };
-        let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..eol]).trim(), 16).unwrap_or(0);
-        rest = &rest[eol + 2..];
-        if size == 0 || rest.len() < size {
-            return out;
-        }
-        out.extend_from_slice(&rest[..size]);
-        rest = &rest[(size + 2).min(rest.len())..];
-    }
+    let r = tapio_util::http::read_response(std::io::Cursor::new(buf), usize::MAX)
+        .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(buf)));
+    Resp { status: r.status, headers: r.headers, body: r.body }
 }
 
 // ---- message builders ----

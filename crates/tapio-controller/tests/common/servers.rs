@@ -22,6 +22,7 @@ impl Proc {
 
     /// SIGTERM, then wait for a clean exit (true) within `within`.
     pub fn terminate(&mut self, within: Duration) -> bool {
+        // SAFETY: kill takes plain integers and touches no memory of ours.
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
         }

@@ -3,14 +3,57 @@
 
 pub mod classify;
 
-use super::{Classifier, Hook};
+use super::{no_userspace, open_carrier, CarrierLayout, Classifier, Hook, KernelHalf, Observer, RuntimeFacts};
 use crate::stamp::{Stamper, Verdict};
 use classify::PageSize;
-use tapio_bpf::abi::tapio_cgroup_event;
+use tapio_bpf::abi::{tapio_cgroup_event, tapio_ctr_config, TAPIO_CTR_EN_EXIT, TAPIO_CTR_EN_OOM};
 use tapio_bpf::container::ContainerRecord;
 use tapio_identity::Learner;
+use tapio_wire::CompiledConfig;
 
 pub const NAME: &str = "container";
+
+/// The container observer: OOM kills and abnormal process exits, and the cgroups workload
+/// identity learns from.
+pub static OBSERVER: Observer = Observer {
+    name: NAME,
+    enabled: |c| c.container.enabled,
+    kernel: Some(KernelHalf {
+        object: tapio_bpf::container::object,
+        hooks,
+        carrier: open_carrier::<tapio_ctr_config>,
+        classifier: |ctx| Box::new(ContainerClassifier::new(ctx.learner.clone())),
+        counters: &[],
+        correlation_counters: &[],
+    }),
+    userspace: no_userspace,
+};
+
+impl CarrierLayout for tapio_ctr_config {
+    fn build(config: &CompiledConfig, generation: u32, _facts: &RuntimeFacts) -> Self {
+        let cc = &config.container;
+        let mut c = tapio_ctr_config::default();
+        c.hdr.abi_version = tapio_bpf::ABI_VERSION;
+        c.hdr.generation = generation;
+        c.generation_check = generation;
+        if cc.enabled {
+            if cc.oom_kills {
+                c.enabled |= TAPIO_CTR_EN_OOM;
+            }
+            if cc.abnormal_exits {
+                c.enabled |= TAPIO_CTR_EN_EXIT;
+            }
+        }
+        for &code in &cc.exit_ignore_codes {
+            let code = usize::from(code);
+            c.ignored_exit_codes[code / 64] |= 1 << (code % 64);
+        }
+        for &sig in &cc.exit_ignore_signals {
+            c.ignored_signals |= 1u64.checked_shl(u32::from(sig)).unwrap_or(0);
+        }
+        c
+    }
+}
 
 /// How the kernel's `oom:mark_victim` becomes oom_kill evidence on this kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +173,48 @@ impl Classifier for ContainerClassifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::AgentConfig;
+
+    fn carrier(toml: &str) -> Result<tapio_ctr_config, String> {
+        let config = AgentConfig::from_toml(toml).map_err(|e| e.to_string())?;
+        Ok(tapio_ctr_config::build(&config.observers, 1, &RuntimeFacts::default()))
+    }
+
+    /// Every ignore value the config accepts sets exactly the bit the container program
+    /// reads for it (`ignored_exit_codes[code >> 6] & 1 << (code & 63)`, `ignored_signals &
+    /// 1 << (sig & 63)`): no accepted value is a no-op, and none silences another.
+    #[test]
+    fn every_accepted_ignore_value_sets_the_bit_the_kernel_reads() {
+        for code in 1u16..=255 {
+            let c = carrier(&format!("[container]\nexit_ignore_codes = [{code}]\n")).unwrap();
+            let mut want = [0u64; 4];
+            want[usize::from(code >> 6) & 3] = 1 << (code & 63);
+            assert_eq!(c.ignored_exit_codes, want, "exit code {code}");
+        }
+        for sig in 1u16..=127 {
+            match carrier(&format!("[container]\nexit_ignore_signals = [{sig}]\n")) {
+                Ok(c) => {
+                    assert_eq!(c.ignored_signals, 1u64 << (sig & 63), "signal {sig}");
+                    assert!(sig < 64, "signal {sig} accepted but the kernel's mask has no bit for it");
+                }
+                Err(e) => assert!(sig >= 64, "signal {sig} refused: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_carrier_encodes_switches_generation_and_ignore_lists() {
+        let mut config = CompiledConfig::default();
+        config.container.exit_ignore_codes = vec![1, 64, 255];
+        config.container.exit_ignore_signals = vec![15];
+        let c = tapio_ctr_config::build(&config, 7, &RuntimeFacts::default());
+        assert_eq!((c.hdr.generation, c.generation_check, c.hdr.abi_version), (7, 7, tapio_bpf::ABI_VERSION));
+        assert_eq!(c.enabled, TAPIO_CTR_EN_OOM | TAPIO_CTR_EN_EXIT);
+        assert_eq!(c.ignored_exit_codes, [1 << 1, 1, 0, 1 << 63]);
+        assert_eq!(c.ignored_signals, 1 << 15);
+        config.container.oom_kills = false;
+        assert_eq!(tapio_ctr_config::build(&config, 7, &RuntimeFacts::default()).enabled, TAPIO_CTR_EN_EXIT);
+    }
 
     fn programs(oom: OomHook) -> Vec<&'static str> {
         hooks_for(oom).into_iter().map(|(p, _)| p).collect()

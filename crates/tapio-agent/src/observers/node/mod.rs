@@ -10,8 +10,7 @@ pub mod pmc;
 pub mod psi;
 
 use super::poll::{PollContext, Poller};
-use super::ObserverState;
-use crate::config::NodeConfig;
+use super::{Follower, Observer, ObserverState, Start, Userspace};
 use crate::evidence::{Facts, NodeFacts, Outcome, PmcFacts, PressureFacts, Severity, WorkloadIds};
 use crate::stamp::{Draft, Stamper, Verdict};
 use psi::{percent_text, Crossing, PsiReading, Threshold};
@@ -21,12 +20,40 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tapio_wire::compiled::NodeConfig;
+use tapio_wire::CompiledConfig;
+
 pub const NAME: &str = "node";
+
+/// Where the kernel reports pressure, and which CPUs are online.
+const PRESSURE_DIR: &str = "/proc/pressure";
+const ONLINE_CPUS: &str = "/sys/devices/system/cpu/online";
+
+/// The node observer: pressure and hardware counters, judged in userspace (no eBPF).
+pub static OBSERVER: Observer = Observer { name: NAME, enabled: |c| c.node.enabled, kernel: None, userspace: start };
+
+fn start(start: &mut Start<'_>) -> Result<Userspace, String> {
+    let shared = NodeSettings::new(start.generation, start.config.node.clone());
+    let interval = Duration::from_millis(u64::from(start.local.poll_interval_ms.max(100)));
+    let (state, poller) = NodeObserver::start(Arc::clone(&shared), interval, PRESSURE_DIR, ONLINE_CPUS);
+    let mut userspace = Userspace { state: Some(state), ..Userspace::default() };
+    if let Some(poller) = poller {
+        userspace.pollers.push(Box::new(poller));
+        userspace.followers.push(shared);
+    }
+    Ok(userspace)
+}
 
 /// The settings the poller judges with, replaced when the controller's config changes.
 #[derive(Debug)]
 pub struct NodeSettings {
     current: Mutex<(u32, NodeConfig)>,
+}
+
+impl Follower for NodeSettings {
+    fn follow(&self, config: &CompiledConfig, generation: u32) {
+        self.set(generation, config.node.clone());
+    }
 }
 
 impl NodeSettings {
@@ -210,6 +237,8 @@ struct CpuState {
 
 pub struct NodeObserver {
     settings: Arc<NodeSettings>,
+    /// The sampling interval (`node.poll_interval_ms`, an agent-only knob).
+    interval: Duration,
     psi: Vec<PsiSource>,
     cpus: Vec<CpuState>,
     buf: Vec<u8>,
@@ -220,7 +249,12 @@ const PSI_BUF: usize = 512;
 
 impl NodeObserver {
     /// Opens what the config asks for and says how far that got. None when nothing can run.
-    pub fn start(settings: Arc<NodeSettings>, pressure_dir: &str, cpu_list: &str) -> (ObserverState, Option<Self>) {
+    pub fn start(
+        settings: Arc<NodeSettings>,
+        interval: Duration,
+        pressure_dir: &str,
+        cpu_list: &str,
+    ) -> (ObserverState, Option<Self>) {
         let (_, config) = settings.get();
         if !config.enabled {
             return (ObserverState::Disabled, None);
@@ -268,7 +302,7 @@ impl NodeObserver {
             (false, false) => ObserverState::Degraded(problems.join("; ")),
             (false, true) => return (ObserverState::Unsupported(problems.join("; ")), None),
         };
-        (state, Some(Self { settings, psi, cpus, buf: vec![0; PSI_BUF] }))
+        (state, Some(Self { settings, interval, psi, cpus, buf: vec![0; PSI_BUF] }))
     }
 
     fn poll_psi(&mut self, config: &NodeConfig, generation: u32, ctx: &mut PollContext) {
@@ -331,7 +365,7 @@ impl Poller for NodeObserver {
     }
 
     fn interval(&self) -> Duration {
-        Duration::from_millis(u64::from(self.settings.get().1.poll_interval_ms.max(100)))
+        self.interval
     }
 
     fn poll(&mut self, ctx: &mut PollContext) {
@@ -396,7 +430,7 @@ mod tests {
     #[test]
     fn missing_psi_and_counters_make_the_observer_unsupported_with_reasons() {
         let settings = NodeSettings::new(0, NodeConfig::default());
-        let (state, poller) = NodeObserver::start(settings, "/nonexistent/pressure", "/nonexistent/online");
+        let (state, poller) = NodeObserver::start(settings, Duration::from_secs(2), "/nonexistent/pressure", "/nonexistent/online");
         assert!(poller.is_none());
         match state {
             ObserverState::Unsupported(why) => {
@@ -406,7 +440,7 @@ mod tests {
             other => panic!("expected unsupported, got {other:?}"),
         }
         let off = NodeConfig { psi: false, pmc: false, ..NodeConfig::default() };
-        let (state, poller) = NodeObserver::start(NodeSettings::new(0, off), "/x", "/y");
+        let (state, poller) = NodeObserver::start(NodeSettings::new(0, off), Duration::from_secs(2), "/x", "/y");
         assert_eq!((state, poller.is_none()), (ObserverState::Disabled, true));
     }
 }

@@ -2,10 +2,16 @@
 //! opened with perf_event_open and read as deltas over each sample interval.
 //!
 //! The judgement is a pure function of two readings ([`delta`] then [`judge`]), unit-tested
-//! with counter sequences; only [`Pmc`] touches the kernel. Where the machine has no PMU
-//! (most VMs), opening the counters fails and the observer reports that, with the reason.
+//! with counter sequences; only [`CpuGroup`] touches the kernel (through
+//! [`tapio_util::perf`]). Where the machine has no PMU (most VMs), opening the counters
+//! fails and the observer reports that, with the reason.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
+use tapio_util::perf::{
+    perf_event_open, PerfEventAttr, PERF_COUNT_HW_CPU_CYCLES, PERF_COUNT_HW_INSTRUCTIONS,
+    PERF_COUNT_HW_STALLED_CYCLES_BACKEND, PERF_FLAG_FD_CLOEXEC, PERF_FORMAT_GROUP, PERF_FORMAT_TOTAL_TIME_ENABLED,
+    PERF_FORMAT_TOTAL_TIME_RUNNING,
+};
 
 /// A cumulative reading of one CPU's counter group.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -117,58 +123,13 @@ pub fn parse_cpu_list(text: &str) -> Option<Vec<u32>> {
     (!cpus.is_empty()).then_some(cpus)
 }
 
-// perf_event_open(2) ABI: the first (64-byte) version of perf_event_attr, which every
-// kernel accepts.
-const PERF_TYPE_HARDWARE: u32 = 0;
-const PERF_COUNT_HW_CPU_CYCLES: u64 = 0;
-const PERF_COUNT_HW_INSTRUCTIONS: u64 = 1;
-const PERF_COUNT_HW_STALLED_CYCLES_BACKEND: u64 = 8;
-const PERF_FORMAT_TOTAL_TIME_ENABLED: u64 = 1;
-const PERF_FORMAT_TOTAL_TIME_RUNNING: u64 = 2;
-const PERF_FORMAT_GROUP: u64 = 8;
-const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
-
-#[repr(C)]
-#[derive(Default)]
-struct PerfEventAttr {
-    kind: u32,
-    size: u32,
-    config: u64,
-    sample_period: u64,
-    sample_type: u64,
-    read_format: u64,
-    flags: u64,
-    wakeup_events: u32,
-    bp_type: u32,
-    config1: u64,
-}
-
+/// One hardware counter on `cpu`, counting every task there, read as part of a group.
 fn open_counter(config: u64, cpu: u32, group: Option<&OwnedFd>) -> std::io::Result<OwnedFd> {
     let attr = PerfEventAttr {
-        kind: PERF_TYPE_HARDWARE,
-        size: std::mem::size_of::<PerfEventAttr>() as u32,
-        config,
         read_format: PERF_FORMAT_GROUP | PERF_FORMAT_TOTAL_TIME_ENABLED | PERF_FORMAT_TOTAL_TIME_RUNNING,
-        ..Default::default()
+        ..PerfEventAttr::hardware(config)
     };
-    let group_fd = group.map_or(-1, |g| g.as_raw_fd());
-    // SAFETY: attr outlives the call and its size field is its true size; pid -1 with a
-    // cpu counts everything on that CPU.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_perf_event_open,
-            &attr as *const PerfEventAttr,
-            -1 as libc::pid_t,
-            cpu as libc::c_int,
-            group_fd as libc::c_int,
-            PERF_FLAG_FD_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel returned a new file descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+    perf_event_open(&attr, -1, cpu as libc::c_int, group, PERF_FLAG_FD_CLOEXEC)
 }
 
 /// One CPU's open counter group.

@@ -5,7 +5,10 @@ pub mod classify;
 pub mod disks;
 
 use super::poll::{PollContext, Poller};
-use super::{Classifier, Hook};
+use super::{
+    open_carrier, CarrierLayout, Classifier, Follower, Hook, KernelHalf, Observer, RuntimeFacts, Start, Userspace,
+};
+use crate::config::LocalKnobs;
 use crate::stamp::{Stamper, Verdict};
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use aya::Pod;
@@ -13,9 +16,99 @@ use disks::DiskNames;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tapio_bpf::abi::{tapio_sto_inflight, TAPIO_STO_IF_COMPLETED};
+use tapio_bpf::abi::{
+    tapio_sto_config, tapio_sto_inflight, TAPIO_STO_EN_ERRORS, TAPIO_STO_EN_LATENCY, TAPIO_STO_IF_COMPLETED,
+};
+use tapio_wire::CompiledConfig;
 
 pub const NAME: &str = "storage";
+
+/// The storage observer: failed and slow block I/O, judged in the kernel, with the ageing
+/// of its in-flight table on the poll thread.
+pub static OBSERVER: Observer = Observer {
+    name: NAME,
+    enabled: |c| c.storage.enabled,
+    kernel: Some(KernelHalf {
+        object: tapio_bpf::storage::object,
+        hooks,
+        carrier: open_carrier::<tapio_sto_config>,
+        classifier: |_| Box::new(StorageClassifier::new()),
+        counters: tapio_bpf::storage::COUNTER_NAMES,
+        correlation_counters: &[
+            tapio_bpf::storage::AMBIGUOUS_INFLIGHT_IO,
+            tapio_bpf::storage::UNMATCHED_COMPLETION,
+            tapio_bpf::storage::INFLIGHT_REPLACED,
+        ],
+    }),
+    userspace: start_sweeper,
+};
+
+impl CarrierLayout for tapio_sto_config {
+    fn build(config: &CompiledConfig, generation: u32, facts: &RuntimeFacts) -> Self {
+        let st = &config.storage;
+        let mut c = tapio_sto_config::default();
+        c.hdr.abi_version = tapio_bpf::ABI_VERSION;
+        c.hdr.generation = generation;
+        c.generation_check = generation;
+        if st.enabled {
+            if st.io_errors {
+                c.enabled |= TAPIO_STO_EN_ERRORS;
+            }
+            if st.latency_spikes {
+                c.enabled |= TAPIO_STO_EN_LATENCY;
+            }
+        }
+        c.capture_memcg = u32::from(facts.capture_memcg);
+        c.latency_warning_ns = st.latency_warning_ms.saturating_mul(1_000_000);
+        c.latency_critical_ns = st.latency_critical_ms.saturating_mul(1_000_000);
+        c
+    }
+}
+
+/// The age at which an in-flight request leaves the table: `storage.inflight_max_age_secs`,
+/// but never less than `latency_critical_ms` plus a second. A request is judged only at its
+/// completion, so one aged out earlier could never be the latency spike the thresholds
+/// describe: a threshold above the age would be accepted and do nothing.
+pub fn inflight_max_age_ns(local: &LocalKnobs, config: &CompiledConfig) -> u64 {
+    let configured = u64::from(local.inflight_max_age_secs) * 1_000_000_000;
+    let judged = config.storage.latency_critical_ms.saturating_add(1_000).saturating_mul(1_000_000);
+    configured.max(judged)
+}
+
+/// The in-flight age limit the sweeper reads, following the critical threshold of every
+/// applied config.
+pub struct InflightMaxAge {
+    ns: AtomicU64,
+    local: LocalKnobs,
+}
+
+impl InflightMaxAge {
+    pub fn new(local: LocalKnobs, config: &CompiledConfig) -> Arc<Self> {
+        Arc::new(Self { ns: AtomicU64::new(inflight_max_age_ns(&local, config)), local })
+    }
+
+    pub fn get(&self) -> u64 {
+        self.ns.load(Ordering::Relaxed)
+    }
+}
+
+impl Follower for InflightMaxAge {
+    fn follow(&self, config: &CompiledConfig, _generation: u32) {
+        self.ns.store(inflight_max_age_ns(&self.local, config), Ordering::Relaxed);
+    }
+}
+
+/// The userspace half: the sweeper of the in-flight table, which it takes from the object.
+fn start_sweeper(start: &mut Start<'_>) -> Result<Userspace, String> {
+    let inflight = start
+        .ebpf
+        .as_mut()
+        .and_then(|e| e.take_map(tapio_bpf::storage::INFLIGHT_MAP))
+        .ok_or("storage object has no inflight map")?;
+    let max_age = InflightMaxAge::new(*start.local, start.config);
+    let sweeper = InflightSweeper::new(inflight, Arc::clone(&max_age))?;
+    Ok(Userspace { pollers: vec![Box::new(sweeper)], followers: vec![max_age], state: None })
+}
 
 /// The userspace correlation drop reason for entries aged out of the in-flight table.
 pub const INFLIGHT_EXPIRED: &str = "inflight_expired";
@@ -78,8 +171,8 @@ pub fn expired(seen_ns: u64, now_ns: u64, max_age_ns: u64) -> bool {
 /// silently.
 pub struct InflightSweeper {
     map: BpfHashMap<MapData, u64, Inflight>,
-    /// Shared with the config carriers: a new config's thresholds can lengthen it.
-    max_age_ns: Arc<AtomicU64>,
+    /// Follows the applied config: a new config's thresholds can lengthen it.
+    max_age_ns: Arc<InflightMaxAge>,
     keys: Vec<u64>,
 }
 
@@ -92,7 +185,7 @@ const RECLAIM_IDLE_NS: u64 = 30_000_000_000;
 const MAX_KEYS: usize = 16384 * 2;
 
 impl InflightSweeper {
-    pub fn new(map: aya::maps::Map, max_age_ns: Arc<AtomicU64>) -> Result<Self, String> {
+    pub fn new(map: aya::maps::Map, max_age_ns: Arc<InflightMaxAge>) -> Result<Self, String> {
         let map =
             BpfHashMap::try_from(map).map_err(|e| format!("inflight map does not match this agent's ABI: {e}"))?;
         Ok(Self { map, max_age_ns, keys: Vec::new() })
@@ -108,7 +201,7 @@ impl InflightSweeper {
             }
         }
         let mut expired_count = 0;
-        let inflight_max_age = self.max_age_ns.load(Ordering::Relaxed);
+        let inflight_max_age = self.max_age_ns.get();
         for key in &self.keys {
             let Ok(entry) = self.map.get(key, 0) else { continue };
             let completed = u32::from(entry.0.flags) & TAPIO_STO_IF_COMPLETED != 0;
@@ -148,6 +241,42 @@ impl Poller for InflightSweeper {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_flight_requests_live_long_enough_to_be_judged_critical() {
+        let mut local = LocalKnobs::default();
+        let mut config = CompiledConfig::default();
+        assert_eq!(inflight_max_age_ns(&local, &config), 600_000_000_000, "the configured age when it covers the thresholds");
+        // Both thresholds at their maximum (accepted) are still judged: a request slower
+        // than the critical threshold stays in the table past it.
+        config.storage.latency_warning_ms = 600_000;
+        config.storage.latency_critical_ms = 3_600_000;
+        assert!(inflight_max_age_ns(&local, &config) > 3_600_000_000_000);
+        local.inflight_max_age_secs = 10;
+        config.storage.latency_critical_ms = 60_000;
+        assert_eq!(inflight_max_age_ns(&local, &config), 61_000_000_000);
+        // … and the sweeper's limit follows an applied config.
+        let age = InflightMaxAge::new(local, &CompiledConfig::default());
+        assert_eq!(age.get(), 10_000_000_000);
+        age.follow(&config, 2);
+        assert_eq!(age.get(), 61_000_000_000);
+    }
+
+    #[test]
+    fn the_carrier_holds_thresholds_in_ns_and_switches() {
+        let mut config = CompiledConfig::default();
+        let facts = RuntimeFacts::default();
+        let c = tapio_sto_config::build(&config, 4, &facts);
+        assert_eq!((c.hdr.generation, c.generation_check, c.hdr.abi_version), (4, 4, tapio_bpf::ABI_VERSION));
+        assert_eq!((c.latency_warning_ns, c.latency_critical_ns), (100_000_000, 1_000_000_000));
+        assert_eq!(c.enabled, TAPIO_STO_EN_ERRORS | TAPIO_STO_EN_LATENCY);
+        config.storage.latency_spikes = false;
+        assert_eq!(tapio_sto_config::build(&config, 0, &facts).enabled, TAPIO_STO_EN_ERRORS);
+        config.storage.enabled = false;
+        assert_eq!(tapio_sto_config::build(&config, 0, &facts).enabled, 0);
+        let memcg = RuntimeFacts { capture_memcg: true, ..facts };
+        assert_eq!(tapio_sto_config::build(&config, 0, &memcg).capture_memcg, 1);
+    }
 
     #[test]
     fn entries_expire_by_their_last_issue_or_submission() {

@@ -1,0 +1,416 @@
+//! The drain → sink queue. Evidence crosses it as a compact encoded record: its final JSON
+//! line without the workload (which the sink stage resolves, off the drain), packed into
+//! one byte ring, instead of a boxed [`Evidence`] with its half-dozen strings. A full queue
+//! of 16,384 boxed records held about 14 MB; encoded they take about a third of that, and
+//! a byte budget bounds the queue whatever the records' sizes, so a slow consumer cannot
+//! grow the agent past its memory goal. One ring rather than an allocation per record
+//! also keeps the two threads out of each other's allocator: a record allocated by the
+//! drain and freed by the sink stage made them queue on the allocator's lock.
+//!
+//! The queue is bounded twice: by records (`queue_capacity`) and by encoded bytes
+//! ([`QUEUE_MAX_BYTES`]). A record that fits neither is dropped and counted
+//! (`queue_overflow_total`); sending never waits for the sinks.
+
+use crate::counters::Counters;
+use crate::evidence::{Evidence, WorkloadIds};
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+/// Encoded bytes the queue may hold. At about 560 bytes per connection record that is some
+/// 7,500 records of backlog, seconds of a flood; the record bound applies as well.
+pub const QUEUE_MAX_BYTES: usize = 4 << 20;
+
+/// The JSON key the sink stage's workload goes under; the record is encoded up to it.
+const WORKLOAD_KEY: &[u8] = b",\"workload\":";
+/// Bytes before the JSON: the cgroup ids (2 × u64) and the split offset (u32), little endian.
+const HEADER: usize = 20;
+/// Each record in the ring is preceded by its length (u32, little endian).
+const FRAME: usize = 4;
+
+/// One piece of evidence as the queue carries it: `[cgroup_id][mem_cgroup_id][split]` then
+/// the JSON line up to and including `"workload":` (the head), then the rest from
+/// `,"facts":` (the tail), with no newline. A reusable buffer: each thread keeps one.
+#[derive(Debug, Default)]
+pub struct Encoded(Vec<u8>);
+
+impl Encoded {
+    /// Encodes `ev` in place of what this buffer held (its `workload` is left to the sink
+    /// stage and must still be empty).
+    pub fn encode(&mut self, ev: &Evidence) -> serde_json::Result<()> {
+        let out = &mut self.0;
+        out.clear();
+        out.extend_from_slice(&ev.workload_ids.cgroup_id.to_le_bytes());
+        out.extend_from_slice(&ev.workload_ids.mem_cgroup_id.to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
+        ev.write_head(out)?;
+        out.extend_from_slice(WORKLOAD_KEY);
+        let split = (out.len() - HEADER) as u32;
+        out[16..HEADER].copy_from_slice(&split.to_le_bytes());
+        out.extend_from_slice(b",\"facts\":");
+        serde_json::to_writer(&mut *out, &ev.facts)?;
+        out.push(b'}');
+        Ok(())
+    }
+
+    /// The kernel's ids of the record's workload, for the sink stage to resolve.
+    pub fn workload_ids(&self) -> WorkloadIds {
+        WorkloadIds { cgroup_id: u64_at(&self.0, 0), mem_cgroup_id: u64_at(&self.0, 8) }
+    }
+
+    /// Appends the complete line to `line`: head, the workload as `write_workload` writes
+    /// it (a JSON value), tail, newline.
+    pub fn write_line<E>(
+        &self,
+        line: &mut Vec<u8>,
+        write_workload: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let split = u32_at(&self.0, 16) as usize;
+        let (head, tail) = self.0[HEADER..].split_at(split);
+        line.extend_from_slice(head);
+        write_workload(line)?;
+        line.extend_from_slice(tail);
+        line.push(b'\n');
+        Ok(())
+    }
+
+    /// Bytes this record takes in the queue.
+    pub fn size(&self) -> usize {
+        FRAME + self.0.len()
+    }
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(b)
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(b)
+}
+
+/// The sending half; one per thread that emits evidence (the drain, the poll thread).
+pub struct QueueSender {
+    shared: Arc<Shared>,
+}
+
+/// The receiving half, owned by the sink stage.
+pub struct QueueReceiver {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Signalled when a record arrives for a waiting receiver, or the last sender leaves.
+    arrived: Condvar,
+    max_records: usize,
+    max_bytes: usize,
+}
+
+struct State {
+    /// The framed records, oldest first. It grows with the backlog and shrinks when the
+    /// backlog is gone: an idle agent keeps no room for a full queue resident.
+    ring: VecDeque<u8>,
+    records: usize,
+    senders: usize,
+    receiver_waiting: bool,
+}
+
+/// Room kept when the queue runs dry; more is given back.
+const KEPT_BYTES: usize = 64 * 1024;
+
+/// A queue of at most `records` records and `max_bytes` encoded bytes.
+pub fn bounded(records: usize, max_bytes: usize) -> (QueueSender, QueueReceiver) {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State { ring: VecDeque::new(), records: 0, senders: 1, receiver_waiting: false }),
+        arrived: Condvar::new(),
+        max_records: records,
+        max_bytes,
+    });
+    (QueueSender { shared: Arc::clone(&shared) }, QueueReceiver { shared })
+}
+
+impl Shared {
+    /// The lock is held for one record's copy on either side and never across I/O, so the
+    /// drain never waits for a sink; a panic while holding it cannot leave it inconsistent.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+thread_local! {
+    /// Each sending thread's encoding buffer.
+    static SCRATCH: RefCell<Encoded> = RefCell::new(Encoded(Vec::with_capacity(1024)));
+}
+
+impl QueueSender {
+    /// Encodes one record and hands it to the sink stage without waiting for it: what does
+    /// not fit is counted as queue overflow. Counts `events_total` for what was queued.
+    pub fn offer(&self, counters: &Counters, ev: &Evidence) {
+        SCRATCH.with(|scratch| {
+            let mut encoded = scratch.borrow_mut();
+            if let Err(e) = encoded.encode(ev) {
+                // Cannot happen for these types (no maps with non-string keys, no failing
+                // writer); if it did, the record is lost at the queue, and counted there.
+                log::error!("encoding evidence: {e}");
+                counters.queue_overflow_total.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            if self.push(&encoded) {
+                counters.events_total.fetch_add(1, Ordering::Relaxed);
+            } else {
+                counters.queue_overflow_total.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    }
+
+    fn push(&self, encoded: &Encoded) -> bool {
+        let shared = &*self.shared;
+        let mut state = shared.lock();
+        if state.records >= shared.max_records || state.ring.len() + encoded.size() > shared.max_bytes {
+            return false;
+        }
+        state.ring.extend((encoded.0.len() as u32).to_le_bytes());
+        state.ring.extend(&encoded.0);
+        state.records += 1;
+        let wake = std::mem::take(&mut state.receiver_waiting);
+        drop(state);
+        if wake {
+            shared.arrived.notify_one();
+        }
+        true
+    }
+}
+
+impl Clone for QueueSender {
+    fn clone(&self) -> Self {
+        self.shared.lock().senders += 1;
+        Self { shared: Arc::clone(&self.shared) }
+    }
+}
+
+impl Drop for QueueSender {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        state.senders -= 1;
+        if state.senders == 0 {
+            drop(state);
+            self.shared.arrived.notify_all();
+        }
+    }
+}
+
+impl QueueReceiver {
+    /// Moves the next record into `into`, waiting for one; false once every sender is gone
+    /// and the queue is empty.
+    pub fn recv(&self, into: &mut Encoded) -> bool {
+        let mut state = self.shared.lock();
+        loop {
+            if take(&mut state, into) {
+                return true;
+            }
+            if state.senders == 0 {
+                return false;
+            }
+            if state.ring.capacity() > KEPT_BYTES {
+                state.ring.shrink_to(KEPT_BYTES);
+            }
+            state.receiver_waiting = true;
+            state = self.shared.arrived.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Moves the next record into `into` if one is waiting.
+    pub fn try_recv(&self, into: &mut Encoded) -> bool {
+        take(&mut self.shared.lock(), into)
+    }
+
+    /// Encoded bytes in the queue now.
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.lock().ring.len()
+    }
+}
+
+fn take(state: &mut State, into: &mut Encoded) -> bool {
+    if state.records == 0 {
+        return false;
+    }
+    let mut len = [0u8; FRAME];
+    copy_front(&state.ring, &mut len);
+    let len = u32::from_le_bytes(len) as usize;
+    into.0.resize(len, 0);
+    let (a, b) = state.ring.as_slices();
+    // The record starts FRAME bytes in; the ring's two slices may split it anywhere.
+    let skip = FRAME.min(a.len());
+    let a = &a[skip..];
+    let b = &b[FRAME - skip..];
+    let from_a = len.min(a.len());
+    into.0[..from_a].copy_from_slice(&a[..from_a]);
+    into.0[from_a..].copy_from_slice(&b[..len - from_a]);
+    state.ring.drain(..FRAME + len);
+    state.records -= 1;
+    true
+}
+
+/// Copies the ring's first `out.len()` bytes into `out`.
+fn copy_front(ring: &VecDeque<u8>, out: &mut [u8]) {
+    let (a, b) = ring.as_slices();
+    let from_a = out.len().min(a.len());
+    let (head, rest) = out.split_at_mut(from_a);
+    head.copy_from_slice(&a[..from_a]);
+    rest.copy_from_slice(&b[..rest.len()]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::evidence::{ConnectionFacts, ErrorInfo, Facts, Outcome, Severity};
+    use tapio_identity::Workload;
+
+    fn evidence(message: &str) -> Evidence {
+        Evidence {
+            id: "01M7YCHQHDA8Q5QBQCRKCQWTAQ".into(),
+            kind: "kernel.network.connection_refused",
+            observer: "network",
+            severity: Severity::Warning,
+            outcome: Outcome::Failure,
+            error: ErrorInfo { code: "ECONNREFUSED", message: message.into() },
+            timestamp: "2026-11-21T06:26:24.941531851Z".into(),
+            timestamp_unix_nanos: 1_795_242_384_941_531_851,
+            node: "node \"a\"".into(),
+            config_generation: 7,
+            workload: None,
+            workload_ids: WorkloadIds { cgroup_id: 2675, mem_cgroup_id: 12 },
+            facts: Facts::Connection(ConnectionFacts {
+                pid: Some(11100),
+                comm: Some("curl".into()),
+                family: "ipv4",
+                src_addr: "127.0.0.1".into(),
+                src_port: 48906,
+                dst_addr: "127.0.0.1".into(),
+                dst_port: 1,
+                errno: Some(111),
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// The spliced line is byte for byte what serializing the whole record gives: the
+    /// queue changes how evidence travels, never its shape. A message that spells the
+    /// workload key is only data.
+    #[test]
+    fn a_spliced_line_is_the_record_serialized_whole() {
+        for workload in [None, Some(Workload::unknown(2675)), Some(pod_workload())] {
+            let mut ev = evidence("refused ,\"workload\": and \"facts\" \\ \n\u{1} é");
+            let mut encoded = Encoded::default();
+            encoded.encode(&ev).unwrap();
+            assert_eq!(encoded.workload_ids(), WorkloadIds { cgroup_id: 2675, mem_cgroup_id: 12 });
+            let mut line = b"left over ".to_vec();
+            encoded.write_line(&mut line, |out| serde_json::to_writer(out, &workload)).unwrap();
+            ev.workload = workload;
+            let mut whole = b"left over ".to_vec();
+            serde_json::to_writer(&mut whole, &ev).unwrap();
+            whole.push(b'\n');
+            assert_eq!(String::from_utf8(line).unwrap(), String::from_utf8(whole).unwrap());
+        }
+    }
+
+    /// The hand-written head names severities and outcomes as their derived serialization.
+    #[test]
+    fn severity_and_outcome_names_are_their_serialized_names() {
+        for s in [Severity::Warning, Severity::Error, Severity::Critical] {
+            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{}\"", s.as_str()));
+        }
+        for o in [Outcome::Failure, Outcome::Timeout, Outcome::Degraded] {
+            assert_eq!(serde_json::to_string(&o).unwrap(), format!("\"{}\"", o.as_str()));
+        }
+    }
+
+    fn pod_workload() -> Workload {
+        Workload {
+            cgroup_id: 2675,
+            cgroup_path: Some("/kubepods/burstable/pod1/abc".into()),
+            container_id: Some("abc".into()),
+            pod_uid: Some("1".into()),
+        }
+    }
+
+    /// The record bound and the byte bound each refuse what does not fit, counted as
+    /// overflow; what was taken frees its bytes for the next.
+    #[test]
+    fn both_bounds_refuse_and_count_and_taking_frees_space() {
+        let counters = Counters::default();
+        let ev = evidence("m");
+        let mut got = Encoded::default();
+        got.encode(&ev).unwrap();
+        let size = got.size();
+
+        let (tx, rx) = bounded(2, usize::MAX);
+        for _ in 0..3 {
+            tx.offer(&counters, &ev);
+        }
+        assert_eq!(counters.events_total.load(Ordering::Relaxed), 2);
+        assert_eq!(counters.queue_overflow_total.load(Ordering::Relaxed), 1);
+        assert_eq!(rx.queued_bytes(), 2 * size);
+
+        let (tx, rx) = bounded(100, 2 * size + size / 2);
+        for _ in 0..3 {
+            tx.offer(&counters, &ev);
+        }
+        assert_eq!(counters.events_total.load(Ordering::Relaxed), 4);
+        assert_eq!(counters.queue_overflow_total.load(Ordering::Relaxed), 2);
+        assert!(rx.try_recv(&mut got));
+        assert_eq!(rx.queued_bytes(), size);
+        tx.offer(&counters, &ev);
+        assert_eq!(counters.events_total.load(Ordering::Relaxed), 5);
+        assert_eq!(rx.queued_bytes(), 2 * size);
+        let second = tx.clone();
+        drop(tx);
+        assert!(rx.recv(&mut got) && rx.recv(&mut got));
+        second.offer(&counters, &ev);
+        drop(second);
+        assert!(rx.recv(&mut got));
+        assert!(!rx.recv(&mut got), "every sender is gone and the queue is empty");
+        assert_eq!(rx.queued_bytes(), 0);
+    }
+
+    /// A receiver waiting on an empty queue wakes for a record from another thread, and
+    /// ends when the last sender leaves.
+    #[test]
+    fn a_waiting_receiver_wakes_for_records_and_ends_with_the_senders() {
+        let counters = Arc::new(Counters::default());
+        let (tx, rx) = bounded(4, usize::MAX);
+        let sender = {
+            let counters = Arc::clone(&counters);
+            std::thread::spawn(move || {
+                for i in 0..100 {
+                    // The receiver keeps up; a full queue would drop (and count) instead.
+                    while rx_is_full(&tx) {
+                        std::thread::yield_now();
+                    }
+                    tx.offer(&counters, &evidence(&i.to_string()));
+                }
+            })
+        };
+        let (mut got, mut record) = (0, Encoded::default());
+        while rx.recv(&mut record) {
+            let mut line = Vec::new();
+            record.write_line(&mut line, |out| serde_json::to_writer(out, &None::<Workload>)).unwrap();
+            let value: serde_json::Value = serde_json::from_slice(&line).unwrap();
+            // In order, each one whole.
+            assert_eq!(value["error"]["message"], got.to_string());
+            got += 1;
+        }
+        sender.join().unwrap();
+        assert_eq!(got, 100);
+        assert_eq!(counters.queue_overflow_total.load(Ordering::Relaxed), 0);
+    }
+
+    fn rx_is_full(tx: &QueueSender) -> bool {
+        tx.shared.lock().records >= tx.shared.max_records
+    }
+}

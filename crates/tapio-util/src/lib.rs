@@ -1,0 +1,21 @@
+//! Small utilities that Tapio's agent, controller, CLI and test tools share, each written
+//! once here instead of once per binary.
+//!
+//! Hand-written rather than taken from crates because the node agent links them and its
+//! binary size is budgeted (README, "Budgets"): each module does exactly what Tapio needs
+//! with std (libc for `clock_gettime` and `perf_event_open`, the `log` facade for the
+//! logger), where a general crate would bring far more.
+//!
+//! - [`time`]: RFC 3339 UTC formatting and parsing.
+//! - [`http`]: the plain HTTP/1.1 client (bounded, no TLS, no redirects) and its URL.
+//! - [`rotate`]: the size-rotated JSON-lines file and its rotation names.
+//! - [`mountinfo`]: one `/proc/<pid>/mountinfo` line.
+//! - [`perf`]: `perf_event_open(2)` with the first `perf_event_attr` ABI.
+//! - [`logger`]: the one stderr log line format of the agent and the controller.
+
+pub mod http;
+pub mod logger;
+pub mod mountinfo;
+pub mod perf;
+pub mod rotate;
+pub mod time;

@@ -1,0 +1,285 @@
+//! The size-rotated JSON-lines file of the agent's and the controller's file sinks, and
+//! the rotation names `tapio events` reads: a file with size-based rotation, a bounded
+//! number of kept files, and all-or-nothing appends.
+//!
+//! Each [`RotatingFile::append`] writes whole records straight to the file descriptor (no
+//! user-space buffer that could hold records already counted). If the write fails part
+//! way (a full disk), the file is cut back to its length before the append, so it never
+//! ends in a fragment and never holds a record that was reported as not written.
+//!
+//! When an append would push the active file past `max_bytes`, files shift ([`shift`]:
+//! `path.N-1` → `path.N`, …, `path` → `path.1`) and a fresh `path` is opened; the shift
+//! overwrites the oldest, so at most `keep_files` rotated files exist, and oldest to
+//! newest they are `path.N`, …, `path.1`, `path` ([`oldest_first`]). Rotation happens between appends
+//! (one group of batches), so every file holds whole records and a file may exceed
+//! `max_bytes` by at most one append.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// `path.n`: the `n`th newest rotated file (1 is the newest).
+pub fn rotated(path: &Path, n: usize) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{n}"));
+    PathBuf::from(name)
+}
+
+/// Rotates the files of `path` by one: `path.(keep-1)` → `path.keep`, …, `path` →
+/// `path.1`, the rename over `path.keep` deleting the oldest (`keep` is at least 1; with
+/// none to keep, delete `path` instead). Missing files are skipped. The caller opens a
+/// fresh `path` afterwards.
+pub fn shift(path: &Path, keep_files: usize) -> io::Result<()> {
+    for n in (1..keep_files).rev() {
+        std::fs::rename(rotated(path, n), rotated(path, n + 1)).or_else(ignore_missing)?;
+    }
+    std::fs::rename(path, rotated(path, 1)).or_else(ignore_missing)
+}
+
+/// The files a rotated `path` may consist of, oldest first (`path.keep` … `path.1`,
+/// `path`), those that exist: reading them in this order reads the records in the order
+/// they were written.
+pub fn oldest_first(path: &Path, keep_files: usize) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = (1..=keep_files).rev().map(|n| rotated(path, n)).filter(|p| p.exists()).collect();
+    if path.exists() {
+        files.push(path.to_path_buf());
+    }
+    files
+}
+
+/// The rotating file.
+#[derive(Debug)]
+pub struct RotatingFile {
+    path: PathBuf,
+    max_bytes: u64,
+    keep_files: usize,
+    file: Option<File>,
+    size: u64,
+}
+
+impl RotatingFile {
+    /// Opens (appending to) `path`.
+    pub fn open(path: PathBuf, max_bytes: u64, keep_files: usize) -> io::Result<Self> {
+        let mut me = Self { path, max_bytes, keep_files, file: None, size: 0 };
+        me.reopen()?;
+        Ok(me)
+    }
+
+    /// The active file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn reopen(&mut self) -> io::Result<()> {
+        let file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+        self.size = file.metadata()?.len();
+        self.file = Some(file);
+        sync_parent(&self.path);
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        if let Some(f) = self.file.take() {
+            // The old file's records were acknowledged under the fsync policy; make the
+            // renamed file complete on disk before the name moves.
+            f.sync_data()?;
+        }
+        if self.keep_files == 0 {
+            std::fs::remove_file(&self.path).or_else(ignore_missing)?;
+        } else {
+            shift(&self.path, self.keep_files)?;
+        }
+        self.reopen()
+    }
+
+    /// Appends `buf` (whole lines) entirely or not at all.
+    pub fn append(&mut self, buf: &[u8]) -> io::Result<()> {
+        let len = buf.len() as u64;
+        if self.size > 0 && self.size + len > self.max_bytes {
+            self.rotate()?;
+        }
+        if self.file.is_none() {
+            // A previous failure closed the file: try again rather than give up forever.
+            // A fragment it may have left is set aside first.
+            repair_torn_tail(&self.path)?;
+            self.reopen()?;
+        }
+        let file = self.file.as_mut().ok_or_else(|| io::Error::other("sink file closed"))?;
+        if let Err(e) = file.write_all(buf) {
+            // Cut the partial append away so the file ends on a whole record. If even
+            // that fails, close: the next append repairs the tail before writing.
+            if file.set_len(self.size).is_err() {
+                self.file = None;
+            }
+            return Err(e);
+        }
+        self.size += len;
+        Ok(())
+    }
+
+    /// Makes appended data durable (fdatasync).
+    pub fn sync(&mut self) -> io::Result<()> {
+        match self.file.as_mut() {
+            Some(f) => f.sync_data(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// If `path` does not end in a newline, moves the bytes after its last newline to
+/// `<path>.torn-<unix nanos>` and cuts the file there. Returns the bytes set aside and
+/// where they went; None when the file is absent, empty or whole.
+pub fn repair_torn_tail(path: &Path) -> io::Result<Option<(u64, PathBuf)>> {
+    let file = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut end = len;
+    // Scan backwards for the last newline; `keep` is the length of the whole-line prefix.
+    let keep = loop {
+        if end == 0 {
+            break 0;
+        }
+        let start = end.saturating_sub(chunk.len() as u64);
+        let part = &mut chunk[..(end - start) as usize];
+        file.read_exact_at(part, start)?;
+        if end == len && part.last() == Some(&b'\n') {
+            return Ok(None);
+        }
+        if let Some(i) = part.iter().rposition(|b| *b == b'\n') {
+            break start + i as u64 + 1;
+        }
+        end = start;
+    };
+    let torn = len - keep;
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let mut aside_name = path.as_os_str().to_owned();
+    aside_name.push(format!(".torn-{nanos}"));
+    let aside = PathBuf::from(aside_name);
+    {
+        let mut out = OpenOptions::new().create_new(true).write(true).open(&aside)?;
+        let mut at = keep;
+        while at < len {
+            let n = ((len - at) as usize).min(chunk.len());
+            file.read_exact_at(&mut chunk[..n], at)?;
+            out.write_all(&chunk[..n])?;
+            at += n as u64;
+        }
+        out.sync_all()?;
+    }
+    file.set_len(keep)?;
+    file.sync_all()?;
+    Ok(Some((torn, aside)))
+}
+
+/// Makes a created or renamed directory entry durable; best effort (some filesystems
+/// refuse fsync on directories, and the data itself is synced separately).
+fn sync_parent(path: &Path) {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+}
+
+fn ignore_missing(e: io::Error) -> io::Result<()> {
+    if e.kind() == io::ErrorKind::NotFound {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let dir = std::env::temp_dir().join(format!("tapio-rotate-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn rotates_by_size_and_keeps_a_bounded_number() {
+        let dir = temp_dir("keep");
+        let path = dir.join("events.jsonl");
+        let mut f = RotatingFile::open(path.clone(), 100, 2).unwrap();
+        let line = format!("{}\n", "x".repeat(39)); // 40 bytes: two lines per file
+        for _ in 0..9 {
+            f.append(line.as_bytes()).unwrap();
+        }
+        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).ok();
+        assert_eq!(size(&path), Some(40));
+        assert_eq!(size(&rotated(&path, 1)), Some(80));
+        assert_eq!(size(&rotated(&path, 2)), Some(80));
+        assert_eq!(size(&rotated(&path, 3)), None, "only 2 kept");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_append_is_never_split_across_files() {
+        let dir = temp_dir("split");
+        let path = dir.join("e.jsonl");
+        let mut f = RotatingFile::open(path.clone(), 10, 1).unwrap();
+        f.append(b"aaaa\nbbbb\n").unwrap();
+        f.append(b"cccc\n").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"cccc\n");
+        assert_eq!(std::fs::read(rotated(&path, 1)).unwrap(), b"aaaa\nbbbb\n");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_torn_tail_is_set_aside_and_whole_files_are_left_alone() {
+        let dir = temp_dir("torn");
+        let path = dir.join("e.jsonl");
+        std::fs::write(&path, b"{\"a\":1}\n{\"b\":2}\n{\"c\":").unwrap();
+        let (bytes, aside) = repair_torn_tail(&path).unwrap().unwrap();
+        assert_eq!(bytes, 5);
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"a\":1}\n{\"b\":2}\n");
+        assert_eq!(std::fs::read(&aside).unwrap(), b"{\"c\":");
+        assert!(repair_torn_tail(&path).unwrap().is_none(), "a whole file is not touched");
+        // A file that is one long fragment (no newline at all) is set aside whole.
+        let frag = dir.join("f.jsonl");
+        std::fs::write(&frag, vec![b'x'; 200_000]).unwrap();
+        assert_eq!(repair_torn_tail(&frag).unwrap().unwrap().0, 200_000);
+        assert_eq!(std::fs::metadata(&frag).unwrap().len(), 0);
+        assert!(repair_torn_tail(&dir.join("absent")).unwrap().is_none());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn keep_zero_discards_old_data() {
+        let dir = temp_dir("zero");
+        let path = dir.join("e.jsonl");
+        let mut f = RotatingFile::open(path.clone(), 10, 0).unwrap();
+        f.append(b"aaaaaaaa\n").unwrap();
+        f.append(b"bbbbbbbb\n").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"bbbbbbbb\n");
+        assert!(!rotated(&path, 1).exists());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The names `tapio events` reads, oldest first, are the ones rotation wrote: records
+    /// read in that order come in the order they were appended.
+    #[test]
+    fn oldest_first_lists_the_rotated_files_in_write_order() {
+        let dir = temp_dir("order");
+        let path = dir.join("e.jsonl");
+        let mut f = RotatingFile::open(path.clone(), 4, 3).unwrap();
+        for n in 0..5 {
+            f.append(format!("{n}\n").repeat(2).as_bytes()).unwrap();
+        }
+        let files = oldest_first(&path, 3);
+        assert_eq!(files, [rotated(&path, 3), rotated(&path, 2), rotated(&path, 1), path.clone()]);
+        let all: Vec<u8> = files.iter().flat_map(|p| std::fs::read(p).unwrap()).collect();
+        assert_eq!(all, b"1\n1\n2\n2\n3\n3\n4\n4\n", "the oldest (0) was rotated out");
+        assert_eq!(oldest_first(&dir.join("absent"), 3), Vec::<PathBuf>::new());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

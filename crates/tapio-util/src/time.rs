@@ -1,0 +1,191 @@
+//! RFC 3339 UTC time without a date library: formatting Unix nanoseconds (the evidence
+//! record's `timestamp`, log lines, the CLI's table) and parsing what a user types
+//! (`tapio events --since`). Calendar arithmetic is Howard Hinnant's proleptic Gregorian
+//! day-count algorithm (400-year eras of 146,097 days).
+
+const NANOS_PER_SEC: i128 = 1_000_000_000;
+const SECS_PER_DAY: i64 = 86_400;
+
+/// Nanoseconds on `clock` (`libc::CLOCK_REALTIME`, `CLOCK_BOOTTIME`, …), signed as the
+/// kernel keeps them.
+pub fn clock_ns(clock: libc::clockid_t) -> i64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime only writes the timespec we own; an unknown clock is an error
+    // that leaves it zero.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+}
+
+/// Wall-clock nanoseconds since the Unix epoch (CLOCK_REALTIME; 0 before 1970).
+pub fn now_unix_nanos() -> u64 {
+    clock_ns(libc::CLOCK_REALTIME).max(0) as u64
+}
+
+/// Wall-clock seconds since the Unix epoch (0 before 1970).
+pub fn now_unix_secs() -> u64 {
+    now_unix_nanos() / 1_000_000_000
+}
+
+/// `unix_ns` as RFC 3339 UTC with nine fractional digits: `2026-11-21T06:12:28.123456789Z`.
+pub fn rfc3339_nanos(unix_ns: u64) -> String {
+    let secs = unix_ns / 1_000_000_000;
+    let nanos = unix_ns % 1_000_000_000;
+    let (days, sod) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    // Written digit by digit: this runs for every record and log line the agent writes, and
+    // the formatting machinery cost several times as much. A u64 of nanoseconds ends in 2554.
+    let mut out = *b"0000-00-00T00:00:00.000000000Z";
+    for (range, value) in [
+        (0..4, y as u64),
+        (5..7, u64::from(m)),
+        (8..10, u64::from(d)),
+        (11..13, sod / 3_600),
+        (14..16, sod % 3_600 / 60),
+        (17..19, sod % 60),
+        (20..29, nanos),
+    ] {
+        let mut v = value;
+        for digit in out[range].iter_mut().rev() {
+            *digit = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    }
+    out.iter().map(|&b| char::from(b)).collect()
+}
+
+/// `unix_ns` as RFC 3339 UTC with milliseconds: `2026-11-21T06:12:28.123Z`. Instants
+/// before 1970 are negative; ones beyond the calendar's reach saturate.
+pub fn rfc3339_millis(unix_ns: i128) -> String {
+    let secs = unix_ns.div_euclid(NANOS_PER_SEC);
+    let millis = unix_ns.rem_euclid(NANOS_PER_SEC) / 1_000_000;
+    // About 35 million years either way: far past any real instant, far from overflow.
+    let secs = secs.clamp(-(1 << 50), 1 << 50) as i64;
+    let (days, sod) = (secs.div_euclid(SECS_PER_DAY), secs.rem_euclid(SECS_PER_DAY));
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z", sod / 3_600, sod % 3_600 / 60, sod % 60)
+}
+
+/// (year, month, day) of a day count since 1970-01-01.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
+/// Day count since 1970-01-01 of a proleptic Gregorian date.
+fn days_from_civil(y: i128, m: i128, d: i128) -> i128 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn digits(s: &[u8]) -> Option<i128> {
+    if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(s).ok()?.parse().ok()
+}
+
+/// An RFC 3339 date-time (`2026-11-21T06:00:00Z`, `…T08:00:00.5+02:00`) as Unix
+/// nanoseconds; `None` for anything else (a date alone, no offset, out-of-range fields).
+/// Fractions beyond nanoseconds are cut off.
+pub fn parse_rfc3339(t: &str) -> Option<i128> {
+    let b = t.as_bytes();
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let (y, mo, d) = (digits(&b[0..4])?, digits(&b[5..7])?, digits(&b[8..10])?);
+    let (h, mi, s) = (digits(&b[11..13])?, digits(&b[14..16])?, digits(&b[17..19])?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
+        return None;
+    }
+    let mut rest = &b[19..];
+    let mut frac_ns: i128 = 0;
+    if let Some(after_dot) = rest.strip_prefix(b".") {
+        let n = after_dot.iter().take_while(|c| c.is_ascii_digit()).count();
+        if n == 0 {
+            return None;
+        }
+        for (i, c) in after_dot[..n].iter().enumerate().take(9) {
+            frac_ns += i128::from(c - b'0') * 10i128.pow(8 - i as u32);
+        }
+        rest = &after_dot[n..];
+    }
+    let offset_s = match rest {
+        b"Z" | b"z" => 0,
+        [sign @ (b'+' | b'-'), oh1, oh2, b':', om1, om2] => {
+            let v = digits(&[*oh1, *oh2])? * 3_600 + digits(&[*om1, *om2])? * 60;
+            if *sign == b'+' {
+                v
+            } else {
+                -v
+            }
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(y, mo, d);
+    Some(((days * 86_400 + h * 3_600 + mi * 60 + s) - offset_s) * NANOS_PER_SEC + frac_ns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_known_instants_with_nanoseconds() {
+        assert_eq!(rfc3339_nanos(0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(rfc3339_nanos(1_763_700_000_000_000_002), "2025-11-21T04:40:00.000000002Z");
+        // A leap day of a century leap year, and the end of a leap year.
+        assert_eq!(rfc3339_nanos(951_827_696_000_000_789), "2000-02-29T12:34:56.000000789Z");
+        assert_eq!(rfc3339_nanos(1_735_603_199_999_999_999), "2024-12-30T23:59:59.999999999Z");
+        assert_eq!(rfc3339_nanos(4_102_444_799_999_999_999), "2099-12-31T23:59:59.999999999Z");
+        assert_eq!(rfc3339_nanos(u64::MAX), "2554-07-21T23:34:33.709551615Z");
+    }
+
+    #[test]
+    fn formats_milliseconds_also_before_the_epoch() {
+        assert_eq!(rfc3339_millis(1_795_242_384_941_531_851), "2026-11-21T06:26:24.941Z");
+        assert_eq!(rfc3339_millis(951_825_600_500_000_000), "2000-02-29T12:00:00.500Z");
+        assert_eq!(rfc3339_millis(-1_000_000), "1969-12-31T23:59:59.999Z");
+        // Far outside the calendar: saturates instead of overflowing.
+        assert!(!rfc3339_millis(i128::MAX).is_empty());
+        assert!(!rfc3339_millis(i128::MIN).is_empty());
+    }
+
+    #[test]
+    fn parses_what_it_formats_and_refuses_the_rest() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
+        // The README's example record.
+        assert_eq!(parse_rfc3339("2026-11-21T06:26:24.941531851Z"), Some(1_795_242_384_941_531_851));
+        assert_eq!(parse_rfc3339("2026-11-21T08:26:24+02:00"), parse_rfc3339("2026-11-21T06:26:24Z"));
+        assert_eq!(parse_rfc3339("2000-02-29T12:00:00.5Z"), Some(951_825_600_500_000_000));
+        for ns in [0u64, 951_827_696_000_000_789, 1_795_242_384_941_531_851, u64::MAX] {
+            assert_eq!(parse_rfc3339(&rfc3339_nanos(ns)), Some(i128::from(ns)), "{ns}");
+        }
+        for bad in ["2026-11-21", "2026-13-01T00:00:00Z", "2026-11-21T06:26:24", "2026-11-21T06:26:24.Z", "x", ""] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn now_is_after_this_code_was_written() {
+        assert!(now_unix_nanos() > 1_790_000_000_000_000_000);
+        assert!(now_unix_secs() > 1_790_000_000);
+    }
+}
