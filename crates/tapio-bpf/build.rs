@@ -90,16 +90,35 @@ fn compile_bpf(clang: &str, include: &Path, dir: &Path, name: &str, out: &Path) 
         panic!("clang failed to compile {}", source.display());
     }
     strip_debug_info(&object);
+    compress_object(&object, out, name);
 }
 
-/// Drops DWARF and the BTF.ext relocations from the object (the agent embeds it) while keeping
-/// .BTF and .BTF.ext, which CO-RE relocation needs. Without llvm-strip the object is only larger, so that is a warning.
+/// Deflates the object for embedding (the agent inflates it once at start-up; see
+/// `include_object!`): the objects are most of the agent's read-only data and shrink to a
+/// quarter. The raw length goes beside it, and the round trip is checked here so that
+/// inflating the embedded bytes cannot fail at run time.
+fn compress_object(object: &Path, out: &Path, name: &str) {
+    let raw = std::fs::read(object).unwrap_or_else(|e| panic!("reading {}: {e}", object.display()));
+    let packed = miniz_oxide::deflate::compress_to_vec_zlib(&raw, 10);
+    let mut check = vec![0u8; raw.len()];
+    let inflated =
+        miniz_oxide::inflate::decompress_slice_iter_to_slice(&mut check, std::iter::once(&packed[..]), true, false);
+    if inflated != Ok(raw.len()) || check != raw {
+        panic!("{name}.bpf.o does not survive deflate and inflate ({inflated:?})");
+    }
+    std::fs::write(out.join(format!("{name}.bpf.o.zlib")), &packed).expect("writing the deflated object");
+    std::fs::write(out.join(format!("{name}.bpf.o.len")), raw.len().to_string()).expect("writing the object length");
+}
+
+/// Drops DWARF from the object (the agent embeds it) while keeping .BTF and .BTF.ext, which
+/// CO-RE relocation needs, and the relocations of .BTF and .BTF.ext, which loaders do not
+/// apply (libbpf and aya read BTF.ext offsets as section offsets; aya relocates program
+/// sections only): a fifth of each object. Without llvm-strip the object is only larger, so
+/// that is a warning.
 fn strip_debug_info(object: &Path) {
+    let unused = ["-g", "--remove-section=.rel.BTF", "--remove-section=.rel.BTF.ext", "--remove-section=.llvm_addrsig"];
     for tool in ["llvm-strip", "llvm-strip-19", "llvm-strip-14"] {
-        // .rel.BTF.ext relocates the line and function records for a static linker; a
-        // loader reads those records by section-relative offsets and never applies them
-        // (aya does not), so they are only bytes in the agent (~6 KB per object).
-        if let Ok(status) = Command::new(tool).args(["-g", "--remove-section=.rel.BTF.ext"]).arg(object).status() {
+        if let Ok(status) = Command::new(tool).args(unused).arg(object).status() {
             if status.success() {
                 return;
             }

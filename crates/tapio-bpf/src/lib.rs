@@ -26,20 +26,56 @@ pub mod abi {
 /// The ABI version this build's objects and agent agree on (`TAPIO_ABI_VERSION`).
 pub const ABI_VERSION: u32 = abi::TAPIO_ABI_VERSION;
 
-/// Embeds a file 8-byte aligned, as ELF parsing of an eBPF object expects.
+/// Embeds an object deflated (`build.rs` compresses it; the objects are most of the
+/// agent's read-only data and shrink to a quarter) and inflates it on first use into an
+/// 8-byte aligned buffer, as ELF parsing of an eBPF object expects. The copy lives for the
+/// process, so callers keep a plain `&'static [u8]`.
 macro_rules! include_object {
     ($name:literal) => {{
-        #[repr(C)]
-        struct Aligned<B: ?Sized> {
-            _align: [u64; 0],
-            bytes: B,
-        }
-        static OBJECT: &Aligned<[u8]> =
-            &Aligned { _align: [], bytes: *include_bytes!(concat!(env!("OUT_DIR"), "/", $name, ".bpf.o")) };
-        &OBJECT.bytes
+        static DEFLATED: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/", $name, ".bpf.o.zlib"));
+        const LEN: usize = include!(concat!(env!("OUT_DIR"), "/", $name, ".bpf.o.len"));
+        static OBJECT: std::sync::OnceLock<Box<[u64]>> = std::sync::OnceLock::new();
+        crate::inflate_object(&OBJECT, $name, DEFLATED, LEN)
     }};
 }
 pub(crate) use include_object;
+
+/// Inflates `deflated` (zlib, `len` bytes raw) into `cell` once and returns the bytes.
+/// `build.rs` checked this exact round trip, so a failure here means the binary itself is
+/// corrupt: that is a panic, not an error to handle.
+fn inflate_object(
+    cell: &'static std::sync::OnceLock<Box<[u64]>>,
+    name: &str,
+    deflated: &[u8],
+    len: usize,
+) -> &'static [u8] {
+    let words = cell.get_or_init(|| {
+        let mut words = vec![0u64; len.div_ceil(8)].into_boxed_slice();
+        let inflated = miniz_oxide::inflate::decompress_slice_iter_to_slice(
+            as_bytes_mut(&mut words),
+            std::iter::once(deflated),
+            true,
+            false,
+        );
+        if inflated != Ok(len) {
+            panic!("the embedded {name} object does not inflate ({inflated:?}): the binary is corrupt");
+        }
+        words
+    });
+    &as_bytes(words)[..len]
+}
+
+fn as_bytes(words: &[u64]) -> &[u8] {
+    // SAFETY: u8 has alignment 1 and no invalid values; the byte view covers exactly the
+    // words' memory and borrows them for its lifetime.
+    unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), std::mem::size_of_val(words)) }
+}
+
+fn as_bytes_mut(words: &mut [u64]) -> &mut [u8] {
+    // SAFETY: as in `as_bytes`; every byte pattern written is a valid u64, and the mutable
+    // borrow of the words is held for the view's lifetime.
+    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(words)) }
+}
 
 /// Names of the maps every object exposes (see `tapio_bpf.h`).
 pub mod maps {
@@ -62,3 +98,34 @@ pub const COUNTER_NAMES: [(u32, &str); 6] = [
     (abi::TAPIO_CNT_UNSUPPORTED, "unsupported_kernel"),
     (abi::TAPIO_CNT_CONFIG_TORN, "config_torn_read"),
 ];
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each object inflates to exactly the object build.rs compiled, once: a second call
+    /// returns the same bytes at the same address.
+    #[test]
+    fn embedded_objects_inflate_to_the_built_objects_once() {
+        let out = env!("OUT_DIR");
+        for (name, object) in
+            [("network", network::object()), ("container", container::object()), ("storage", storage::object())]
+        {
+            let built =
+                std::fs::read(format!("{out}/{name}.bpf.o")).expect("build.rs leaves the raw object in OUT_DIR");
+            assert!(object == built.as_slice(), "{name}: inflated bytes differ from the built object");
+            let deflated = std::fs::metadata(format!("{out}/{name}.bpf.o.zlib")).expect("deflated object").len();
+            assert!(deflated * 2 < built.len() as u64, "{name}: {deflated} B deflated of {} B raw", built.len());
+        }
+        assert_eq!(network::object().as_ptr(), network::object().as_ptr());
+    }
+
+    #[test]
+    #[should_panic(expected = "does not inflate")]
+    fn a_corrupt_embedded_object_is_refused_loudly() {
+        static CELL: std::sync::OnceLock<Box<[u64]>> = std::sync::OnceLock::new();
+        let mut deflated = std::fs::read(concat!(env!("OUT_DIR"), "/storage.bpf.o.zlib")).expect("deflated object");
+        let middle = deflated.len() / 2;
+        deflated[middle] ^= 0xff;
+        inflate_object(&CELL, "storage", &deflated, storage::object().len());
+    }
+}
