@@ -14,9 +14,10 @@ use crate::report::{thousands, Report, Verdict};
 pub const OBJECT_BUDGET_BYTES: u64 = 96 * 1024;
 /// Budget for each map, in bytes.
 pub const MAP_BUDGET_BYTES: u64 = 2 * 1024 * 1024;
-/// Budget for the sum over every map of every object, in bytes (5,626,444 B measured on 2
-/// CPUs after the rings were halved for the agent's resident set).
-pub const TOTAL_BUDGET_BYTES: u64 = 6 * 1024 * 1024;
+/// Budget for the sum over every map of every object, in bytes: 5,626,444 B measured on 2
+/// CPUs for the first three observers after their rings were halved, plus the DNS
+/// observer's query table, owners and 64 KiB ring (~1.58 MB).
+pub const TOTAL_BUDGET_BYTES: u64 = 7 * 1024 * 1024;
 
 const BPF_MAP_TYPE_PERCPU_HASH: u32 = 5;
 const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;

@@ -52,12 +52,17 @@ struct bpf_sock_addr {
 TAPIO_COUNTERS_MAP;
 TAPIO_CONFIG_MAP(struct tapio_dns_config);
 
+/* Only judged queries reach the ring (failures and slow answers; timeouts are read from
+ * the query table by the agent's sweep), so a small ring holds a long burst of them; the
+ * agent maps a ring twice, so every KiB here is two of its resident memory. */
+#define EVENTS_RING_BYTES (1 << 16)
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 18);
+	__uint(max_entries, EVENTS_RING_BYTES);
 } events SEC(".maps");
 
-#define EVENTS_WAKEUP_BYTES ((1 << 18) / 8)
+#define EVENTS_WAKEUP_BYTES (EVENTS_RING_BYTES / 8)
 
 /* Owners of sockets that connected or sent to port 53, by socket cookie. LRU: losing one
  * loses only the attribution of that socket's queries (counted: owner_unknown). */
