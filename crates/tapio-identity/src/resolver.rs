@@ -374,6 +374,10 @@ mod tests {
         let learner = r.learner(std::slice::from_ref(&h));
         assert!(learner.learn(0, ino(&later), &format!("/kubepods/pod{UID}/{}", "cd".repeat(32))));
         let (before_id, later_id) = (ino(&before), ino(&later));
+        // Made while the others still exist, so the filesystem cannot hand it an inode number
+        // of theirs (inode reuse after their removal made this test flaky).
+        let gone = t.mkdirs("gone");
+        let gone_id = ino(&gone);
         fs::remove_dir(&before).unwrap();
         fs::remove_dir(&later).unwrap();
         let w = r.workload(&h, before_id);
@@ -384,8 +388,6 @@ mod tests {
         assert_eq!((s.misses, s.failed_resolutions), (0, 0), "the kernel was not asked");
         assert_eq!(r.learned_stats().hits, 2);
         // Never learned and gone: unknown, as before.
-        let gone = t.mkdirs("gone");
-        let gone_id = ino(&gone);
         fs::remove_dir(&gone).unwrap();
         assert_eq!(r.workload(&h, gone_id), Workload::unknown(gone_id));
     }
