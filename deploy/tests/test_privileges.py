@@ -160,7 +160,7 @@ class AgentImageTest(KernelRuns):
         # The chart's setting for runtimes whose seccomp profile allows bpf() and
         # perf_event_open() only with CAP_SYS_ADMIN, such as this podman 4.3.
         out, docs = helm_template("agent.seccompProfile=RuntimeDefault",
-                                  "agent.capabilities={BPF,PERFMON,DAC_READ_SEARCH,SYS_ADMIN}")
+                                  "agent.capabilities={BPF,PERFMON,NET_ADMIN,DAC_READ_SEARCH,SYS_ADMIN}")
         self.assertEqual(out.returncode, 0, out.stderr)
         privileges = Privileges(find(docs, "DaemonSet", "tapio-agent"))
         result = self.run_image(privileges, "podman-sysadmin")

@@ -296,6 +296,7 @@ impl From<&str> for LoadError {
 fn permission_hint(status: &str) -> String {
     const CAP_BPF: u32 = 39;
     const CAP_PERFMON: u32 = 38;
+    const CAP_NET_ADMIN: u32 = 12;
     let field =
         |name: &str| status.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(':')).map(str::trim));
     let effective = field("CapEff").and_then(|v| u64::from_str_radix(v, 16).ok()).unwrap_or(0);
@@ -310,6 +311,10 @@ fn permission_hint(status: &str) -> String {
         "CAP_BPF and CAP_PERFMON are held, but a seccomp filter is active: a container runtime's default profile \
          may allow bpf() and perf_event_open() only with CAP_SYS_ADMIN; run the agent with seccomp Unconfined, \
          or add CAP_SYS_ADMIN"
+            .to_string()
+    } else if effective & (1u64 << CAP_NET_ADMIN) == 0 {
+        "CAP_BPF and CAP_PERFMON are held, but not CAP_NET_ADMIN, which the kernel requires to load and attach \
+         network program types (the DNS observer's cgroup socket and packet programs)"
             .to_string()
     } else {
         "CAP_BPF and CAP_PERFMON are held and no seccomp filter is active: a security module (LSM) may refuse it"
@@ -472,16 +477,25 @@ fn btf_load_error(program: &str, tracepoint: &str, e: &ProgramError) -> LoadErro
 /// attached there run for every socket on the node, whatever its network namespace.
 pub fn cgroup2_root() -> Result<std::fs::File, String> {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("reading mountinfo: {e}"))?;
-    let path = cgroup2_mount(&mounts).ok_or("no cgroup2 hierarchy is mounted")?;
+    // Only the hierarchy's root lacks `cgroup.type` (the kernel puts it on every other
+    // cgroup): that tells the node's root from a cgroup namespace's own root.
+    let path = cgroup2_mounts(&mounts)
+        .into_iter()
+        .find(|p| !std::path::Path::new(p).join("cgroup.type").exists())
+        .ok_or("no cgroup2 hierarchy root is mounted (a cgroup namespace's sub-tree sees only its own sockets)")?;
     std::fs::File::open(&path).map_err(|e| format!("opening {path}: {e}"))
 }
 
-/// The mount point of the cgroup2 hierarchy's root in a mountinfo table (a mount of a
-/// sub-tree, as inside a cgroup namespace, is not the root and is skipped).
-pub fn cgroup2_mount(mountinfo: &str) -> Option<String> {
+/// The mount points of cgroup2 mounts that may be the hierarchy's root: a mount of `/`,
+/// or, seen from a private cgroup namespace (Kubernetes' default on cgroup v2), a bind of
+/// the node's hierarchy, whose root lies above the namespace's and reads `/..`, `/../..`.
+/// A mount of a sub-tree below the namespace's root is never the root.
+pub fn cgroup2_mounts(mountinfo: &str) -> Vec<String> {
     tapio_util::mountinfo::parse(mountinfo)
-        .find(|m| m.fstype == "cgroup2" && m.root() == b"/")
+        .filter(|m| m.fstype == "cgroup2")
+        .filter(|m| m.root_escaped == "/" || m.root_escaped.split('/').skip(1).all(|c| c == ".."))
         .map(|m| m.mount_point().to_string_lossy().into_owned())
+        .collect()
 }
 
 /// The state implied by per-program results.
@@ -615,12 +629,15 @@ mod tests {
         let hybrid = "35 25 0:30 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
                       36 35 0:31 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n\
                       37 35 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
-        assert_eq!(cgroup2_mount(hybrid).as_deref(), Some("/sys/fs/cgroup/unified"));
+        assert_eq!(cgroup2_mounts(hybrid), ["/sys/fs/cgroup/unified"]);
         let pure = "30 22 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n";
-        assert_eq!(cgroup2_mount(pure).as_deref(), Some("/sys/fs/cgroup"));
+        assert_eq!(cgroup2_mounts(pure), ["/sys/fs/cgroup"]);
         let namespaced = "30 22 0:26 /kubepods/pod1 /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
-        assert_eq!(cgroup2_mount(namespaced), None, "a sub-tree is not the root");
-        assert_eq!(cgroup2_mount(""), None);
+        assert!(cgroup2_mounts(namespaced).is_empty(), "a sub-tree is not the root");
+        // The node's hierarchy bound into a container with a private cgroup namespace.
+        let bound = "40 30 0:26 /../../.. /sys/fs/cgroup ro - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_mounts(bound), ["/sys/fs/cgroup"]);
+        assert!(cgroup2_mounts("").is_empty());
     }
 
     const BPF_PERFMON: &str = "000000c000000000";
@@ -645,8 +662,14 @@ mod tests {
     }
 
     #[test]
-    fn otherwise_points_at_a_security_module() {
+    fn names_cap_net_admin_for_network_program_types() {
         let hint = permission_hint(&status(BPF_PERFMON, "0"));
+        assert!(hint.contains("not CAP_NET_ADMIN"), "{hint}");
+    }
+
+    #[test]
+    fn otherwise_points_at_a_security_module() {
+        let hint = permission_hint(&status("000000c000001000", "0"));
         assert!(hint.contains("LSM"), "{hint}");
     }
 }
