@@ -41,13 +41,6 @@ mod tests {
     use crate::abi::TAPIO_NET_RESET;
 
     #[test]
-    fn object_is_an_embedded_bpf_elf() {
-        let obj = object();
-        assert_eq!(&obj[..4], b"\x7fELF");
-        assert_eq!(obj.as_ptr() as usize % 8, 0, "object must be 8-byte aligned");
-    }
-
-    #[test]
     fn decodes_round_trip_and_rejects_bad_records() {
         let mut ev = tapio_net_event::default();
         ev.hdr.kind = TAPIO_NET_RESET;

@@ -66,13 +66,6 @@ mod tests {
     use crate::record::as_bytes;
 
     #[test]
-    fn object_is_an_embedded_bpf_elf() {
-        let obj = object();
-        assert_eq!(&obj[..4], b"\x7fELF");
-        assert_eq!(obj.as_ptr() as usize % 8, 0, "object must be 8-byte aligned");
-    }
-
-    #[test]
     fn decodes_known_kinds_and_rejects_truncated_or_garbage_records() {
         let mut ev = tapio_sto_event::default();
         ev.hdr.kind = TAPIO_STO_IO_ERROR;
