@@ -37,7 +37,7 @@ fn declare_modules(src: &Path, names: &[String], out: &Path) {
         text.push_str(&format!("#[path = {:?}]\npub mod {name};\n", path.display().to_string()));
     }
     text.push_str("/// Every observer's embedded object, by observer name.\n");
-    text.push_str("pub const OBJECTS: &[(&str, fn() -> &'static [u8])] = &[\n");
+    text.push_str("pub const OBJECTS: &[(&str, crate::EmbeddedObject)] = &[\n");
     for name in names {
         text.push_str(&format!("    ({name:?}, {name}::object),\n"));
     }

@@ -10,6 +10,9 @@
 pub mod record;
 
 // `pub mod <observer>;` for every `src/<observer>/` (see build.rs).
+/// An observer's embedded object: its bytes, inflated on first use.
+pub type EmbeddedObject = fn() -> &'static [u8];
+
 include!(concat!(env!("OUT_DIR"), "/observers.rs"));
 
 pub use record::{DecodeError, Record};
