@@ -98,12 +98,8 @@ pub fn snapshot(ids: &[u32]) -> Result<BTreeMap<u32, ProgStats>, String> {
 
 /// The object's full program name for a kernel name (the kernel keeps 15 characters).
 pub fn full_name(kernel_name: &str) -> &str {
-    let known = tapio_bpf::network::TRACEPOINTS
-        .iter()
-        .map(|t| t.0)
-        .chain(tapio_bpf::container::TRACEPOINTS.iter().map(|t| t.0))
-        .chain(tapio_bpf::container::BTF_TRACEPOINTS.iter().map(|t| t.0));
-    for name in known {
+    let block = tapio_bpf::storage::BTF_TRACEPOINTS.iter().map(|t| t.0);
+    for name in expected_programs().into_iter().chain(block) {
         if name.len() >= kernel_name.len() && name.as_bytes()[..kernel_name.len()] == *kernel_name.as_bytes() {
             return name;
         }
@@ -113,7 +109,11 @@ pub fn full_name(kernel_name: &str) -> &str {
 
 /// Whether a program belongs to the network observer (whose hooks have the cost goal).
 pub fn is_network(full: &str) -> bool {
-    tapio_bpf::network::TRACEPOINTS.iter().any(|t| t.0 == full)
+    tapio_bpf::network::BTF_TRACEPOINTS
+        .iter()
+        .map(|t| t.0)
+        .chain(tapio_bpf::network::TRACEPOINTS.iter().map(|t| t.0))
+        .any(|t| t == full)
 }
 
 /// Per-program (runs, mean ns) over the window between two snapshots.
@@ -132,17 +132,21 @@ pub fn deltas(before: &BTreeMap<u32, ProgStats>, after: &BTreeMap<u32, ProgStats
     out
 }
 
-/// Every program the agent attaches, network first.
+/// Every program the agent attaches, network first. (The storage part measures the block
+/// hooks under block load.)
 fn expected_programs() -> Vec<&'static str> {
-    tapio_bpf::network::TRACEPOINTS
+    tapio_bpf::network::BTF_TRACEPOINTS
         .iter()
         .map(|t| t.0)
+        .chain(tapio_bpf::network::TRACEPOINTS.iter().map(|t| t.0))
         .chain(tapio_bpf::container::TRACEPOINTS.iter().map(|t| t.0))
         .chain(tapio_bpf::container::BTF_TRACEPOINTS.iter().map(|t| t.0))
+        .chain(tapio_bpf::dns::OWNER_PROGRAMS.iter().copied())
+        .chain(tapio_bpf::dns::PACKET_PROGRAMS.iter().map(|p| p.0))
         .collect()
 }
 
-fn goal_ns(program: &str) -> f64 {
+pub fn goal_ns(program: &str) -> f64 {
     if program == "tapio_inet_sock_set_state" {
         SET_STATE_GOAL_NS
     } else {

@@ -125,28 +125,28 @@ __attribute__((noinline)) int tapio_dns_remember_owner(struct bpf_sock_addr *ctx
 }
 
 SEC("cgroup/connect4")
-int tapio_dns_connect4(struct bpf_sock_addr *ctx)
+int tapio_dns_conn4(struct bpf_sock_addr *ctx)
 {
 	tapio_dns_remember_owner(ctx);
 	return 1;
 }
 
 SEC("cgroup/connect6")
-int tapio_dns_connect6(struct bpf_sock_addr *ctx)
+int tapio_dns_conn6(struct bpf_sock_addr *ctx)
 {
 	tapio_dns_remember_owner(ctx);
 	return 1;
 }
 
 SEC("cgroup/sendmsg4")
-int tapio_dns_sendmsg4(struct bpf_sock_addr *ctx)
+int tapio_dns_send4(struct bpf_sock_addr *ctx)
 {
 	tapio_dns_remember_owner(ctx);
 	return 1;
 }
 
 SEC("cgroup/sendmsg6")
-int tapio_dns_sendmsg6(struct bpf_sock_addr *ctx)
+int tapio_dns_send6(struct bpf_sock_addr *ctx)
 {
 	tapio_dns_remember_owner(ctx);
 	return 1;
@@ -157,80 +157,73 @@ int tapio_dns_sendmsg6(struct bpf_sock_addr *ctx)
 /* What the IP and transport headers said. */
 struct l4 {
 	__u32 payload; /* offset of the DNS message */
+	__u32 addrs; /* offset of the source address; the destination follows it */
 	__u16 sport;
 	__u16 dport;
 	__u16 family;
 	__u8 transport;
 };
 
-/* Reads the IP and transport headers into q's addresses; 0 when the packet is not UDP or
- * TCP (IPv6 extension headers are not followed: such packets are not read). The source
- * goes to `src`, the destination to `dst`. */
-static __always_inline int read_l4(struct __sk_buff *skb, struct l4 *l, __u8 *src, __u8 *dst)
+/*
+ * Reads the IP and transport headers; 0 when the packet is not UDP or TCP (IPv6 extension
+ * headers are not followed: such packets are not read). Every packet on the node passes
+ * here, so the common case is one helper call: an IPv4 header without options and the
+ * ports that follow it are read together. Addresses are left in the packet until the port
+ * says DNS (see `dns_packet`).
+ */
+static __always_inline int read_l4(struct __sk_buff *skb, struct l4 *l)
 {
-	__u8 first;
-	if (bpf_skb_load_bytes(skb, 0, &first, 1))
+	struct {
+		__u8 vihl, tos;
+		__u16 tot_len, id, frag_off;
+		__u8 ttl, protocol;
+		__u16 check;
+		__u32 saddr, daddr;
+		__u16 ports[2]; /* when the header has no options */
+	} head;
+	if (bpf_skb_load_bytes(skb, 0, &head, sizeof(head)))
 		return 0;
 	__u32 off;
 	__u8 proto;
-	if ((first >> 4) == 4) {
-		struct {
-			__u8 vihl, tos;
-			__u16 tot_len, id, frag_off;
-			__u8 ttl, protocol;
-			__u16 check;
-			__u32 saddr, daddr;
-		} ip;
-		if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)))
-			return 0;
+	__u16 ports[2];
+	if ((head.vihl >> 4) == 4) {
 		/* Not a first fragment: no transport header. */
-		if (bpf_ntohs(ip.frag_off) & 0x1fff)
+		if (bpf_ntohs(head.frag_off) & 0x1fff)
 			return 0;
-		off = (ip.vihl & 0xf) * 4;
-		proto = ip.protocol;
+		off = (head.vihl & 0xf) * 4;
+		proto = head.protocol;
 		l->family = AF_INET;
-		__builtin_memcpy(src, &ip.saddr, 4);
-		__builtin_memcpy(dst, &ip.daddr, 4);
-	} else if ((first >> 4) == 6) {
-		struct {
-			__u32 vtcfl;
-			__u16 payload_len;
-			__u8 nexthdr, hop;
-			__u8 saddr[16], daddr[16];
-		} ip6;
-		if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)))
-			return 0;
+		l->addrs = 12;
+	} else if ((head.vihl >> 4) == 6) {
+		/* next header: the seventh byte of an IPv6 header */
 		off = 40;
-		proto = ip6.nexthdr;
+		proto = ((__u8 *)&head)[6];
 		l->family = AF_INET6;
-		__builtin_memcpy(src, ip6.saddr, 16);
-		__builtin_memcpy(dst, ip6.daddr, 16);
+		l->addrs = 8;
 	} else {
 		return 0;
 	}
+	if (proto != IPPROTO_UDP && proto != IPPROTO_TCP)
+		return 0;
+	if (off == 20) {
+		ports[0] = head.ports[0];
+		ports[1] = head.ports[1];
+	} else if (bpf_skb_load_bytes(skb, off, ports, sizeof(ports))) {
+		return 0;
+	}
+	l->sport = bpf_ntohs(ports[0]);
+	l->dport = bpf_ntohs(ports[1]);
 	if (proto == IPPROTO_UDP) {
-		__u16 ports[2];
-		if (bpf_skb_load_bytes(skb, off, ports, sizeof(ports)))
-			return 0;
-		l->sport = bpf_ntohs(ports[0]);
-		l->dport = bpf_ntohs(ports[1]);
 		l->payload = off + 8;
 		l->transport = TAPIO_DNS_UDP;
-	} else if (proto == IPPROTO_TCP) {
-		struct {
-			__u16 sport, dport;
-			__u32 seq, ack;
-			__u8 doff_res, flags;
-		} th;
-		if (bpf_skb_load_bytes(skb, off, &th, sizeof(th)))
-			return 0;
-		l->sport = bpf_ntohs(th.sport);
-		l->dport = bpf_ntohs(th.dport);
-		/* DNS over TCP: a two-byte length, then the message. */
-		l->payload = off + (th.doff_res >> 4) * 4 + 2;
-		l->transport = TAPIO_DNS_TCP;
 	} else {
-		return 0;
+		/* The data offset: the upper nibble of the TCP header's 13th byte. */
+		__u8 doff_res;
+		if (bpf_skb_load_bytes(skb, off + 12, &doff_res, 1))
+			return 0;
+		/* DNS over TCP: a two-byte length, then the message. */
+		l->payload = off + (doff_res >> 4) * 4 + 2;
+		l->transport = TAPIO_DNS_TCP;
 	}
 	return 1;
 }
@@ -323,33 +316,47 @@ __attribute__((noinline)) int tapio_dns_parse(struct __sk_buff *skb, __u32 paylo
 	return flags;
 }
 
-static __always_inline struct scratch *fresh_scratch(void)
+/*
+ * The start both packet programs share: this CPU's scratch, cleared, with the packet's
+ * addresses in the query record, when the packet is DNS in the direction asked (a query
+ * to port 53, or an answer from it) and carries a message; NULL for anything else. The
+ * port is judged before anything is cleared or copied: almost no packet is DNS.
+ */
+static __always_inline struct scratch *dns_packet(struct __sk_buff *skb, struct l4 *l,
+						  int answer)
 {
+	struct tapio_dns_config *live = TAPIO_CONFIG_LIVE(&config);
+	if (!live || !live->enabled)
+		return NULL;
+	if (!read_l4(skb, l) || (answer ? l->sport : l->dport) != DNS_PORT)
+		return NULL;
+	/* A TCP segment without data (handshake, acknowledgements) is not a message. */
+	if (l->transport == TAPIO_DNS_TCP && skb->len <= l->payload)
+		return NULL;
 	__u32 zero = 0;
 	struct scratch *s = bpf_map_lookup_elem(&scratch_map, &zero);
 	if (!s)
 		return NULL;
 	__builtin_memset(&s->key, 0, sizeof(s->key));
 	__builtin_memset(&s->ev, 0, sizeof(s->ev));
+	/* An answer comes from the server (source) to the client (destination). */
+	__u8 *src = answer ? s->ev.query.server : s->ev.query.client;
+	__u8 *dst = answer ? s->ev.query.client : s->ev.query.server;
+	__u32 alen = l->family == AF_INET ? 4 : 16;
+	if (bpf_skb_load_bytes(skb, l->addrs, src, alen) ||
+	    bpf_skb_load_bytes(skb, l->addrs + alen, dst, alen))
+		return NULL;
 	return s;
 }
 
 SEC("cgroup_skb/egress")
-int tapio_dns_egress(struct __sk_buff *skb)
+int tapio_dns_out(struct __sk_buff *skb)
 {
-	struct tapio_dns_config *live = TAPIO_CONFIG_LIVE(&config);
-	if (!live || !live->enabled)
-		return 1;
-	struct scratch *s = fresh_scratch();
+	struct l4 l = {};
+	struct scratch *s = dns_packet(skb, &l, 0);
 	if (!s)
 		return 1;
 	struct tapio_dns_query *q = &s->ev.query;
-	struct l4 l = {};
-	if (!read_l4(skb, &l, q->client, q->server) || l.dport != DNS_PORT)
-		return 1;
-	/* A TCP segment without data (handshake, acknowledgements) is not a message. */
-	if (l.transport == TAPIO_DNS_TCP && skb->len <= l.payload)
-		return 1;
 	int flags = tapio_dns_parse(skb, l.payload);
 	if (flags < 0) {
 		tapio_count(&counters, TAPIO_DNS_CNT_UNPARSABLE);
@@ -403,21 +410,13 @@ int tapio_dns_egress(struct __sk_buff *skb)
 }
 
 SEC("cgroup_skb/ingress")
-int tapio_dns_ingress(struct __sk_buff *skb)
+int tapio_dns_in(struct __sk_buff *skb)
 {
-	struct tapio_dns_config *live = TAPIO_CONFIG_LIVE(&config);
-	if (!live || !live->enabled)
-		return 1;
-	struct scratch *s = fresh_scratch();
+	struct l4 l = {};
+	struct scratch *s = dns_packet(skb, &l, 1);
 	if (!s)
 		return 1;
 	struct tapio_dns_query *q = &s->ev.query;
-	struct l4 l = {};
-	/* An answer: from the server (source) to the client (destination). */
-	if (!read_l4(skb, &l, q->server, q->client) || l.sport != DNS_PORT)
-		return 1;
-	if (l.transport == TAPIO_DNS_TCP && skb->len <= l.payload)
-		return 1;
 	int flags = tapio_dns_parse(skb, l.payload);
 	if (flags < 0) {
 		tapio_count(&counters, TAPIO_DNS_CNT_UNPARSABLE);

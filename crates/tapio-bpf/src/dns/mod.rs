@@ -16,12 +16,12 @@ unsafe impl Record for tapio_dns_query {}
 // SAFETY: a bindgen repr(C) mirror of an ABI header struct: integers only, padding explicit.
 unsafe impl Record for tapio_dns_key {}
 
-/// Programs attached to the cgroup2 root: (program name, what it sees). The sock_addr
-/// programs record a socket's owner in its own context; the skb programs see the messages.
-pub const OWNER_PROGRAMS: &[&str] =
-    &["tapio_dns_connect4", "tapio_dns_connect6", "tapio_dns_sendmsg4", "tapio_dns_sendmsg6"];
-/// The packet programs: (program name, true for egress).
-pub const PACKET_PROGRAMS: &[(&str, bool)] = &[("tapio_dns_egress", true), ("tapio_dns_ingress", false)];
+/// Programs attached to the cgroup2 root. The sock_addr programs (connect4|6, sendmsg4|6)
+/// record a socket's owner in its own context; the skb programs see the messages. Names
+/// fit the kernel's 15 characters, so the kernel's run-time statistics tell them apart.
+pub const OWNER_PROGRAMS: &[&str] = &["tapio_dns_conn4", "tapio_dns_conn6", "tapio_dns_send4", "tapio_dns_send6"];
+/// The packet programs: (program name, true for egress, where queries leave).
+pub const PACKET_PROGRAMS: &[(&str, bool)] = &[("tapio_dns_out", true), ("tapio_dns_in", false)];
 
 /// The outstanding-query table (key `tapio_dns_key`, value `tapio_dns_query`).
 pub const QUERIES_MAP: &str = "queries";

@@ -84,6 +84,8 @@ struct sock {
 	/* A plain byte on current kernels; read with BPF_CORE_READ_BITFIELD_PROBED so an
 	 * older bitfield layout relocates too. */
 	__u8 sk_shutdown;
+	/* A whole u16 since 5.6 (older kernels, not supported, had a bitfield). */
+	__u16 sk_protocol;
 };
 
 struct tcp_sock {

@@ -10,11 +10,14 @@ unsafe impl Record for tapio_net_config {}
 
 /// Tracepoint programs of this object: (program name, category, tracepoint).
 pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
-    ("tapio_inet_sock_set_state", "sock", "inet_sock_set_state"),
     ("tapio_tcp_receive_reset", "tcp", "tcp_receive_reset"),
     ("tapio_tcp_retransmit_skb", "tcp", "tcp_retransmit_skb"),
     ("tapio_tcp_probe", "tcp", "tcp_probe"),
 ];
+
+/// BTF tracepoint programs of this object (the hottest hooks: no tracepoint record is
+/// built for them): (program name, tracepoint).
+pub const BTF_TRACEPOINTS: &[(&str, &str)] = &[("tapio_inet_sock_set_state", "inet_sock_set_state")];
 
 /// The compiled CO-RE object.
 pub fn object() -> &'static [u8] {

@@ -193,29 +193,38 @@ static __always_inline void fill_tcp_facts(struct tapio_net_event *ev, struct so
 	ev->bytes_received = BPF_CORE_READ(tp, bytes_received);
 }
 
-static __always_inline void emit_connect_failed(struct trace_event_raw_inet_sock_set_state *ctx,
-						struct sock *sk, const struct tapio_net_config *cfg,
+/* A connect's addresses and ports, from its socket's typed pointer (plain loads, where
+ * fill_addrs_from_sock has to use the helper). A connecting socket's bound address and port
+ * are the ones its SYNs carry: connect() sets inet_saddr and the bound address together,
+ * and the kernel releases the port only after this tracepoint. */
+static __always_inline void fill_connect_addrs(struct tapio_net_event *ev, struct sock *sk)
+{
+	ev->family = sk->__sk_common.skc_family;
+	ev->sport = sk->__sk_common.skc_num;
+	ev->dport = bpf_ntohs(sk->__sk_common.skc_dport);
+	if (ev->family == AF_INET6) {
+		__builtin_memcpy(ev->saddr, &sk->__sk_common.skc_v6_rcv_saddr, 16);
+		__builtin_memcpy(ev->daddr, &sk->__sk_common.skc_v6_daddr, 16);
+	} else {
+		__u32 saddr = sk->__sk_common.skc_rcv_saddr;
+		__u32 daddr = sk->__sk_common.skc_daddr;
+		__builtin_memcpy(ev->saddr, &saddr, 4);
+		__builtin_memcpy(ev->daddr, &daddr, 4);
+	}
+}
+
+static __always_inline void emit_connect_failed(struct sock *sk, const struct tapio_net_config *cfg,
 						struct connect_start *start, int sk_err, __u16 flags)
 {
 	struct tapio_net_event *ev = reserve_event(TAPIO_NET_CONNECT_FAILED, cfg->hdr.generation);
 	if (!ev)
 		return;
-	ev->family = ctx->family;
-	if (ev->family != AF_INET6 &&
-	    bpf_core_field_offset(ctx->daddr) == bpf_core_field_offset(ctx->saddr) + 4) {
-		/* Both IPv4 addresses in one read (adjacent in this tracepoint's record). */
-		__u32 both[2];
-		bpf_probe_read_kernel(both, sizeof(both), (void *)ctx + bpf_core_field_offset(ctx->saddr));
-		__builtin_memcpy(ev->saddr, &both[0], 4);
-		__builtin_memcpy(ev->daddr, &both[1], 4);
-		ev->sport = ctx->sport;
-		ev->dport = ctx->dport;
-	} else {
-		FILL_ADDRS_FROM_CTX(ev, ctx);
-	}
+	fill_connect_addrs(ev, sk);
 	ev->state = TCP_SYN_SENT;
 	ev->sk_err = sk_err;
-	/* Segments retransmitted on a socket that never left SYN_SENT are its SYNs. */
+	/* Segments retransmitted on a socket that never left SYN_SENT are its SYNs. (A read
+	 * through the helper: the typed pointer is a struct sock, which ends before tcp_sock's
+	 * fields.) */
 	ev->syn_retries = BPF_CORE_READ((struct tcp_sock *)sk, total_retrans);
 	ev->flags = flags;
 	if (start) {
@@ -226,22 +235,25 @@ static __always_inline void emit_connect_failed(struct trace_event_raw_inet_sock
 	tapio_submit(&events, ev, EVENTS_WAKEUP_BYTES);
 }
 
-SEC("tracepoint/sock/inet_sock_set_state")
-int tapio_inet_sock_set_state(struct trace_event_raw_inet_sock_set_state *ctx)
+/*
+ * Every TCP state change of every socket on the node passes here, so it is a BTF tracepoint
+ * (a raw tracepoint with typed arguments): the kernel builds no tracepoint record for it,
+ * and the socket's fields are plain loads instead of helper calls.
+ */
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(tapio_inet_sock_set_state, struct sock *sk, int oldstate, int newstate)
 {
-	if (ctx->protocol != IPPROTO_TCP)
-		return 0;
-	int oldstate = ctx->oldstate;
-	int newstate = ctx->newstate;
 	/* Most transitions of a connection's life neither start, end nor close a connect. */
 	if (newstate != TCP_SYN_SENT && oldstate != TCP_SYN_SENT && newstate != TCP_CLOSE)
+		return 0;
+	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
 	/* Bookkeeping (the connects/owners/retransmits entries) never depends on the config:
 	 * an unreadable config only withholds judgement, it must not leak entries or leave a
 	 * stale owner for the next socket at the same address. The config is read only where
 	 * it is needed. */
 	struct tapio_net_config cfg;
-	__u64 key = (__u64)ctx->skaddr;
+	__u64 key = (__u64)sk;
 
 	if (newstate == TCP_SYN_SENT) {
 		/* connect() runs in the caller's context: the one moment the task is known. Only
@@ -259,19 +271,18 @@ int tapio_inet_sock_set_state(struct trace_event_raw_inet_sock_set_state *ctx)
 	if (oldstate == TCP_SYN_SENT) {
 		struct connect_start *start = bpf_map_lookup_elem(&connects, &key);
 		if (newstate == TCP_CLOSE) {
-			struct sock *sk = (struct sock *)ctx->skaddr;
-			int sk_err = BPF_CORE_READ(sk, sk_err);
+			int sk_err = sk->sk_err;
 			__u16 flags = 0;
 			if (sk_err == 0) {
 				/* An ICMP error that arrived while the socket was locked is kept as a
 				 * soft error; the application reads it (SO_ERROR) and closes. */
-				sk_err = BPF_CORE_READ(sk, sk_err_soft);
+				sk_err = sk->sk_err_soft;
 				flags = TAPIO_NET_F_SOFT_ERROR;
 			}
 			/* No error at all: the application gave up its own connect; not evidence. */
 			if (sk_err != 0 && TAPIO_READ_CONFIG(&config, &counters, &cfg) &&
 			    (cfg.enabled & TAPIO_NET_EN_CONNECT))
-				emit_connect_failed(ctx, sk, &cfg, start, sk_err, flags);
+				emit_connect_failed(sk, &cfg, start, sk_err, flags);
 		} else if (newstate == TCP_ESTABLISHED && start) {
 			bpf_map_update_elem(&owners, &key, &start->task, BPF_ANY);
 		}

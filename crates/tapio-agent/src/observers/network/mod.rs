@@ -71,7 +71,9 @@ impl CarrierLayout for tapio_net_config {
 }
 
 pub fn hooks() -> Vec<(&'static str, Hook)> {
-    tapio_bpf::network::TRACEPOINTS.iter().map(|&(prog, cat, tp)| (prog, Hook::TracePoint(cat, tp))).collect()
+    use tapio_bpf::network::{BTF_TRACEPOINTS, TRACEPOINTS};
+    let typed = BTF_TRACEPOINTS.iter().map(|&(prog, tp)| (prog, Hook::BtfTracePoint(tp)));
+    typed.chain(TRACEPOINTS.iter().map(|&(prog, cat, tp)| (prog, Hook::TracePoint(cat, tp)))).collect()
 }
 
 /// The RST hook's program: without it, refused connects cannot be told from ICMP ones.
