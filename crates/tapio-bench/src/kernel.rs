@@ -109,11 +109,13 @@ pub fn full_name(kernel_name: &str) -> &str {
 
 /// Whether a program belongs to the network observer (whose hooks have the cost goal).
 pub fn is_network(full: &str) -> bool {
-    tapio_bpf::network::BTF_TRACEPOINTS
-        .iter()
-        .map(|t| t.0)
-        .chain(tapio_bpf::network::TRACEPOINTS.iter().map(|t| t.0))
-        .any(|t| t == full)
+    network_programs().any(|t| t == full)
+}
+
+/// The network observer's programs, typed tracepoints and classic ones.
+fn network_programs() -> impl Iterator<Item = &'static str> {
+    let typed = tapio_bpf::network::BTF_TRACEPOINTS.iter().map(|t| t.0);
+    typed.chain(tapio_bpf::network::TRACEPOINTS.iter().map(|t| t.0))
 }
 
 /// Per-program (runs, mean ns) over the window between two snapshots.
@@ -135,10 +137,7 @@ pub fn deltas(before: &BTreeMap<u32, ProgStats>, after: &BTreeMap<u32, ProgStats
 /// Every program the agent attaches, network first. (The storage part measures the block
 /// hooks under block load.)
 fn expected_programs() -> Vec<&'static str> {
-    tapio_bpf::network::BTF_TRACEPOINTS
-        .iter()
-        .map(|t| t.0)
-        .chain(tapio_bpf::network::TRACEPOINTS.iter().map(|t| t.0))
+    network_programs()
         .chain(tapio_bpf::container::TRACEPOINTS.iter().map(|t| t.0))
         .chain(tapio_bpf::container::BTF_TRACEPOINTS.iter().map(|t| t.0))
         .chain(tapio_bpf::dns::OWNER_PROGRAMS.iter().copied())

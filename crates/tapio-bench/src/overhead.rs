@@ -152,6 +152,14 @@ fn run(binary: &Path, report: &mut Report) -> Result<(), String> {
             Verdict::check(*mean <= goal),
         );
     }
+    // The hooks every refused connect must pass: a row even when they did not run.
+    for program in ["tapio_inet_sock_set_state", "tapio_tcp_receive_reset"] {
+        if !measured.iter().any(|m| m.0 == program && m.2.is_some()) {
+            let measure = format!("{program}, connect-heavy round");
+            let goal = format!("<= {} ns", goal_ns(program));
+            report.not_measured("overhead", &measure, &goal, "the hook did not run in the round".into());
+        }
+    }
     if round.refused > 0 {
         report.row(
             "overhead",
