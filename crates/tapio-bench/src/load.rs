@@ -276,6 +276,39 @@ pub fn process_exits(ok: u32, failing: u32) -> u32 {
     ran
 }
 
+/// Creates and removes `count` empty cgroups in the first cgroup hierarchy (cgroup2 first)
+/// that lets this process make one. Returns the cgroups made and where.
+pub fn cgroup_churn(count: u32) -> Result<(u32, PathBuf), String> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").map_err(|e| format!("reading mounts: {e}"))?;
+    let mut roots: Vec<(bool, PathBuf)> = mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (dir, fstype) = (fields.nth(1)?, fields.next()?);
+            matches!(fstype, "cgroup2" | "cgroup").then(|| (fstype != "cgroup2", PathBuf::from(dir)))
+        })
+        .collect();
+    roots.sort();
+    let base = format!("tapio-bench-churn-{}", std::process::id());
+    for (_, root) in roots {
+        let mut made = 0;
+        for i in 0..count {
+            let dir = root.join(format!("{base}-{i}"));
+            if std::fs::create_dir(&dir).is_err() {
+                break;
+            }
+            made += 1;
+            if let Err(e) = std::fs::remove_dir(&dir) {
+                return Err(format!("removing {}: {e}", dir.display()));
+            }
+        }
+        if made > 0 {
+            return Ok((made, root));
+        }
+    }
+    Err("no cgroup hierarchy accepted a new cgroup".into())
+}
+
 /// A private memory cgroup (v1 memory controller, or cgroup2 with memory enabled), removed
 /// when dropped.
 struct MemCgroup {

@@ -116,18 +116,25 @@ static __always_inline struct exit_key process_key(struct task_struct *task)
 	return k;
 }
 
-static __always_inline void *reserve(__u64 size, __u32 kind, __u32 generation)
+/* A record of `size` bytes whose first `zeroed` bytes are cleared (the rest the caller
+ * fills, or the record says how much of it counts). */
+static __always_inline void *reserve_zeroed(__u64 size, __u64 zeroed, __u32 kind, __u32 generation)
 {
 	struct tapio_event_header *hdr = bpf_ringbuf_reserve(&events, size, 0);
 	if (!hdr) {
 		tapio_count(&counters, TAPIO_CNT_RINGBUF_FULL);
 		return NULL;
 	}
-	__builtin_memset(hdr, 0, size);
+	__builtin_memset(hdr, 0, zeroed);
 	hdr->boot_ns = bpf_ktime_get_boot_ns();
 	hdr->kind = kind;
 	hdr->generation = generation;
 	return hdr;
+}
+
+static __always_inline void *reserve(__u64 size, __u32 kind, __u32 generation)
+{
+	return reserve_zeroed(size, size, kind, generation);
 }
 
 static __always_inline __u64 positive(__s64 v)
@@ -289,52 +296,46 @@ int BPF_PROG(tapio_signal_generate, int sig, struct kernel_siginfo *info, struct
 	return 0;
 }
 
+/* Whether the running kernel's sched_process_exit passes group_dead (6.16+): the raw
+ * tracepoint's second argument and the classic event's field came in together. */
+#define HAS_GROUP_DEAD bpf_core_field_exists(struct trace_event_raw_sched_process_exit, group_dead)
+
 /*
  * Whether this exit cannot be evidence, decided from the exiting task alone: a last thread
  * whose process leaves with status 0, or a thread that is not the last and whose group exit
  * (if any) carries no code to remember. Nearly every exit on a node is one of those, so
- * they leave before any map or config access. The values are the ones the full path below
- * reads (it reads them again for the rare exit that passes).
- *
- * Where the kernel has bpf_get_current_task_btf (5.11+) the task is read through typed
- * pointers: plain loads instead of one helper call per field.
+ * they leave after a few plain loads through the typed task pointer, before any helper,
+ * map or config access. The values are the ones the full path below reads.
  */
-static __always_inline int exit_is_clean(struct trace_event_raw_sched_process_exit *ctx)
+static __always_inline int exit_is_clean(struct task_struct *task, int last)
 {
-	int use_group_dead = bpf_core_field_exists(ctx->group_dead);
-	int last;
+	struct signal_struct *signal = task->signal;
 	/* A group exit's status is its group code, for the last thread (the status) and for the
 	 * others (the code worth remembering) alike; otherwise only the last thread counts. */
-	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_current_task_btf)) {
-		struct task_struct *task = bpf_get_current_task_btf();
-		struct signal_struct *signal = task->signal;
-		if (signal->flags & SIGNAL_GROUP_EXIT)
-			return signal->group_exit_code == 0;
-		if (use_group_dead) {
-			/* Kept from being hoisted above the existence check (the load is relocated
-			 * to nothing where the field is missing). */
-			TAPIO_COMPILER_BARRIER();
-			last = ctx->group_dead;
-		} else {
-			last = signal->live.counter == 0;
-		}
-		return !last || task->group_leader->exit_code == 0;
-	}
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct signal_struct *signal = BPF_CORE_READ(task, signal);
-	if (BPF_CORE_READ(signal, flags) & SIGNAL_GROUP_EXIT)
-		return BPF_CORE_READ(signal, group_exit_code) == 0;
-	if (use_group_dead)
-		last = BPF_CORE_READ(ctx, group_dead);
-	else
-		last = BPF_CORE_READ(signal, live.counter) == 0;
-	return !last || BPF_CORE_READ(task, group_leader, exit_code) == 0;
+	if (signal->flags & SIGNAL_GROUP_EXIT)
+		return signal->group_exit_code == 0;
+	if (last < 0)
+		last = signal->live.counter == 0;
+	return !last || task->group_leader->exit_code == 0;
 }
 
-SEC("tracepoint/sched/sched_process_exit")
-int tapio_sched_process_exit(struct trace_event_raw_sched_process_exit *ctx)
+/*
+ * Every exit on the node passes here, so it is a BTF tracepoint: the kernel builds no
+ * tracepoint record (comm copy, pid and priority lookups) for it, and the exiting task
+ * (which is current) comes as a typed pointer.
+ */
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(tapio_sched_process_exit, struct task_struct *task)
 {
-	if (exit_is_clean(ctx))
+	/* group_dead, where the kernel passes it; -1 where the thread count must decide. */
+	int last = -1;
+	if (HAS_GROUP_DEAD) {
+		/* Kept below the existence check: where the argument is missing the verifier
+		 * rejects the load, and only this branch being dead keeps it unverified. */
+		TAPIO_COMPILER_BARRIER();
+		last = (__u8)ctx[1];
+	}
+	if (exit_is_clean(task, last))
 		return 0;
 	struct tapio_ctr_config cfg;
 	if (!TAPIO_READ_CONFIG(&config, &counters, &cfg))
@@ -342,21 +343,18 @@ int tapio_sched_process_exit(struct trace_event_raw_sched_process_exit *ctx)
 	if (!(cfg.enabled & TAPIO_CTR_EN_EXIT))
 		return 0;
 
-	/* The exiting task is current here. */
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct signal_struct *signal = BPF_CORE_READ(task, signal);
-
-	unsigned int flags = BPF_CORE_READ(signal, flags);
-	int group_exit = flags & SIGNAL_GROUP_EXIT;
+	/* Plain loads through the typed task, as in exit_is_clean. */
+	struct signal_struct *signal = task->signal;
+	int group_exit = signal->flags & SIGNAL_GROUP_EXIT;
 
 	/* One event per process: only its last thread reports. */
-	int use_group_dead = bpf_core_field_exists(ctx->group_dead);
-	int last = use_group_dead ? BPF_CORE_READ(ctx, group_dead) : BPF_CORE_READ(signal, live.counter) == 0;
+	if (last < 0)
+		last = signal->live.counter == 0;
 	if (!last) {
 		/* A code-0 group exit never becomes evidence: nothing to remember for it. */
-		if (group_exit && BPF_CORE_READ(signal, group_exit_code) != 0) {
+		if (group_exit && signal->group_exit_code != 0) {
 			struct exit_key k = process_key(task);
-			__u32 threads = BPF_CORE_READ(signal, nr_threads);
+			__u32 threads = signal->nr_threads;
 			bpf_map_update_elem(&group_exit_threads, &k, &threads, BPF_NOEXIST);
 		}
 		return 0;
@@ -368,8 +366,8 @@ int tapio_sched_process_exit(struct trace_event_raw_sched_process_exit *ctx)
 	 * reports the last thread's instead, and by this tracepoint these reads already say so
 	 * (checked by the kernel tests against wait()).
 	 */
-	struct task_struct *leader = BPF_CORE_READ(task, group_leader);
-	__u32 status = group_exit ? BPF_CORE_READ(signal, group_exit_code) : BPF_CORE_READ(leader, exit_code);
+	struct task_struct *leader = task->group_leader;
+	__u32 status = group_exit ? signal->group_exit_code : leader->exit_code;
 	if (status == 0)
 		return 0;
 	struct exit_key key = process_key(task);
@@ -380,12 +378,12 @@ int tapio_sched_process_exit(struct trace_event_raw_sched_process_exit *ctx)
 	 * the OOM kill's SIGKILL again as an abnormal exit; the first thread's thread count
 	 * is consumed once too).
 	 */
-	if (!use_group_dead) {
+	if (!HAS_GROUP_DEAD) {
 		__u8 one = 1;
 		if (bpf_map_update_elem(&exits_reported, &key, &one, BPF_NOEXIST))
 			return 0;
 	}
-	__u32 threads = BPF_CORE_READ(signal, nr_threads);
+	__u32 threads = signal->nr_threads;
 	if (group_exit) {
 		__u32 *first = bpf_map_lookup_elem(&group_exit_threads, &key);
 		if (first) {
@@ -410,7 +408,7 @@ int tapio_sched_process_exit(struct trace_event_raw_sched_process_exit *ctx)
 		return 0;
 	tapio_task_current(&ev->task, 1);
 	/* The process's name, not whichever thread happened to exit last. */
-	BPF_CORE_READ_INTO(&ev->task.comm, leader, comm);
+	__builtin_memcpy(ev->task.comm, leader->comm, sizeof(ev->task.comm));
 	ev->exit_status = status;
 	ev->nr_threads = threads;
 	if (bpf_core_field_exists(leader->start_boottime)) {
@@ -429,12 +427,15 @@ int tapio_sched_process_exit(struct trace_event_raw_sched_process_exit *ctx)
 SEC("tracepoint/cgroup/cgroup_mkdir")
 int tapio_cgroup_mkdir(struct trace_event_raw_cgroup *ctx)
 {
-	struct tapio_cgroup_event *ev = reserve(sizeof(*ev), TAPIO_CTR_CGROUP_MKDIR, 0);
+	/* The path counts only up to path_len, so its 512 bytes are not cleared first. */
+	struct tapio_cgroup_event *ev = reserve_zeroed(sizeof(*ev), __builtin_offsetof(struct tapio_cgroup_event, path),
+						       TAPIO_CTR_CGROUP_MKDIR, 0);
 	if (!ev)
 		return 0;
-	ev->cgroup_id = BPF_CORE_READ(ctx, id);
-	ev->hierarchy_id = BPF_CORE_READ(ctx, root);
-	__u32 loc = BPF_CORE_READ(ctx, __data_loc_path);
+	/* The record is this program's context: plain loads. */
+	ev->cgroup_id = ctx->id;
+	ev->hierarchy_id = ctx->root;
+	__u32 loc = ctx->__data_loc_path;
 	/* __data_loc: offset from the record's start in the low 16 bits, length above. */
 	const char *path = (const char *)ctx + (loc & 0xffff);
 	long n = bpf_probe_read_kernel_str(ev->path, sizeof(ev->path), path);

@@ -18,14 +18,17 @@ unsafe impl Record for tapio_cgroup_event {}
 /// Classic tracepoint programs: (program name, category, tracepoint).
 /// `cgroup_mkdir` is not evidence: it reports each new cgroup's path while it exists, for
 /// workload identity (see `tapio_cgroup_event`).
-pub const TRACEPOINTS: &[(&str, &str, &str)] =
-    &[("tapio_sched_process_exit", "sched", "sched_process_exit"), ("tapio_cgroup_mkdir", "cgroup", "cgroup_mkdir")];
+pub const TRACEPOINTS: &[(&str, &str, &str)] = &[("tapio_cgroup_mkdir", "cgroup", "cgroup_mkdir")];
 
-/// BTF-typed tracepoint programs: (program name, tracepoint).
-/// `signal_generate` only notes the kernel's own SIGKILLs, so `mark_victim` can tell an OOM
-/// kill from the mark the kernel gives an already dying victim.
-pub const BTF_TRACEPOINTS: &[(&str, &str)] =
-    &[("tapio_mark_victim", "mark_victim"), ("tapio_signal_generate", "signal_generate")];
+/// BTF-typed tracepoint programs: (program name, tracepoint). `sched_process_exit` runs
+/// on every exit of the node, so the kernel builds no tracepoint record for it.
+/// `signal_generate` only notes the kernel's own SIGKILLs, so `mark_victim` can tell an
+/// OOM kill from the mark the kernel gives an already dying victim.
+pub const BTF_TRACEPOINTS: &[(&str, &str)] = &[
+    ("tapio_sched_process_exit", "sched_process_exit"),
+    ("tapio_mark_victim", "mark_victim"),
+    ("tapio_signal_generate", "signal_generate"),
+];
 
 /// The typed OOM program, which reads the victim's task from `tp_btf/mark_victim`.
 pub const TYPED_OOM_PROGRAM: &str = "tapio_mark_victim";

@@ -90,6 +90,8 @@ struct sock {
 
 struct tcp_sock {
 	__u32 srtt_us;
+	__u32 snd_nxt;
+	__u32 snd_una;
 	__u32 snd_cwnd;
 	__u32 total_retrans;
 	__u64 bytes_acked;
@@ -176,34 +178,6 @@ struct trace_entry {
 	unsigned short type;
 };
 
-struct trace_event_raw_inet_sock_set_state {
-	struct trace_entry ent;
-	const void *skaddr;
-	int oldstate;
-	int newstate;
-	__u16 sport;
-	__u16 dport;
-	__u16 family;
-	__u16 protocol;
-	__u8 saddr[4];
-	__u8 daddr[4];
-	__u8 saddr_v6[16];
-	__u8 daddr_v6[16];
-};
-
-/* tcp:tcp_receive_reset (event class tcp_event_sk). */
-struct trace_event_raw_tcp_event_sk {
-	struct trace_entry ent;
-	const void *skaddr;
-	__u16 sport;
-	__u16 dport;
-	__u16 family;
-	__u8 saddr[4];
-	__u8 daddr[4];
-	__u8 saddr_v6[16];
-	__u8 daddr_v6[16];
-};
-
 /* tcp:tcp_retransmit_skb since 6.11 (its own event, with err). */
 struct trace_event_raw_tcp_retransmit_skb {
 	struct trace_entry ent;
@@ -232,20 +206,7 @@ struct skb_shared_info {
 	__u16 gso_segs;
 };
 
-struct trace_event_raw_tcp_probe {
-	struct trace_entry ent;
-	__u8 saddr[28];
-	__u8 daddr[28];
-	__u16 sport;
-	__u16 dport;
-	__u16 family;
-	__u32 snd_nxt;
-	__u32 snd_una;
-	__u32 snd_cwnd;
-	__u32 srtt;
-	const void *skaddr;
-};
-
+/* sched:sched_process_exit: only group_dead's existence is asked (the program is tp_btf). */
 struct trace_event_raw_sched_process_exit {
 	struct trace_entry ent;
 	char comm[16];

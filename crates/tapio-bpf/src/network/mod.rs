@@ -9,15 +9,17 @@ unsafe impl Record for tapio_net_event {}
 unsafe impl Record for tapio_net_config {}
 
 /// Tracepoint programs of this object: (program name, category, tracepoint).
-pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
-    ("tapio_tcp_receive_reset", "tcp", "tcp_receive_reset"),
-    ("tapio_tcp_retransmit_skb", "tcp", "tcp_retransmit_skb"),
-    ("tapio_tcp_probe", "tcp", "tcp_probe"),
-];
+/// `tcp_retransmit_skb` fires only for retransmits, and its context's layout is read
+/// either way across kernels.
+pub const TRACEPOINTS: &[(&str, &str, &str)] = &[("tapio_tcp_retransmit_skb", "tcp", "tcp_retransmit_skb")];
 
-/// BTF tracepoint programs of this object (the hottest hooks: no tracepoint record is
-/// built for them): (program name, tracepoint).
-pub const BTF_TRACEPOINTS: &[(&str, &str)] = &[("tapio_inet_sock_set_state", "inet_sock_set_state")];
+/// BTF tracepoint programs of this object (the hooks every connection, RST or received
+/// segment passes: no tracepoint record is built for them): (program name, tracepoint).
+pub const BTF_TRACEPOINTS: &[(&str, &str)] = &[
+    ("tapio_inet_sock_set_state", "inet_sock_set_state"),
+    ("tapio_tcp_receive_reset", "tcp_receive_reset"),
+    ("tapio_tcp_probe", "tcp_probe"),
+];
 
 /// The compiled CO-RE object.
 pub fn object() -> &'static [u8] {

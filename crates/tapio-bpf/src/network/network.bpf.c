@@ -143,21 +143,6 @@ static __always_inline struct tapio_net_event *reserve_event(__u32 kind, __u32 g
 	return ev;
 }
 
-/* Ports and addresses from a tracepoint context that carries them (inet_sock_set_state,
- * tcp_receive_reset: different structs, same field names); ev->family must be set. */
-#define FILL_ADDRS_FROM_CTX(ev, ctx)                                          \
-	do {                                                                  \
-		(ev)->sport = (ctx)->sport;                                   \
-		(ev)->dport = (ctx)->dport;                                   \
-		if ((ev)->family == AF_INET6) {                               \
-			BPF_CORE_READ_INTO(&(ev)->saddr, ctx, saddr_v6);      \
-			BPF_CORE_READ_INTO(&(ev)->daddr, ctx, daddr_v6);      \
-		} else {                                                      \
-			BPF_CORE_READ_INTO((__u32 *)(ev)->saddr, ctx, saddr); \
-			BPF_CORE_READ_INTO((__u32 *)(ev)->daddr, ctx, daddr); \
-		}                                                             \
-	} while (0)
-
 /* The task that started the connection, when its connect was seen (else left unknown). */
 static __always_inline void attach_owner(struct tapio_net_event *ev, __u64 sock)
 {
@@ -193,11 +178,12 @@ static __always_inline void fill_tcp_facts(struct tapio_net_event *ev, struct so
 	ev->bytes_received = BPF_CORE_READ(tp, bytes_received);
 }
 
-/* A connect's addresses and ports, from its socket's typed pointer (plain loads, where
- * fill_addrs_from_sock has to use the helper). A connecting socket's bound address and port
- * are the ones its SYNs carry: connect() sets inet_saddr and the bound address together,
- * and the kernel releases the port only after this tracepoint. */
-static __always_inline void fill_connect_addrs(struct tapio_net_event *ev, struct sock *sk)
+/* Addresses and ports from a socket's typed pointer (plain loads, where
+ * fill_addrs_from_sock has to use the helper). A connected or connecting socket's bound
+ * address and port are the ones its segments carry: connect() (and accept) set inet_saddr
+ * and the bound address together, and the kernel releases the port only after the
+ * socket's last tracepoint. */
+static __always_inline void fill_addrs_typed(struct tapio_net_event *ev, struct sock *sk)
 {
 	ev->family = sk->__sk_common.skc_family;
 	ev->sport = sk->__sk_common.skc_num;
@@ -219,7 +205,7 @@ static __always_inline void emit_connect_failed(struct sock *sk, const struct ta
 	struct tapio_net_event *ev = reserve_event(TAPIO_NET_CONNECT_FAILED, cfg->hdr.generation);
 	if (!ev)
 		return;
-	fill_connect_addrs(ev, sk);
+	fill_addrs_typed(ev, sk);
 	ev->state = TCP_SYN_SENT;
 	ev->sk_err = sk_err;
 	/* Segments retransmitted on a socket that never left SYN_SENT are its SYNs. (A read
@@ -305,12 +291,14 @@ int BPF_PROG(tapio_inet_sock_set_state, struct sock *sk, int oldstate, int newst
 
 #define RCV_SHUTDOWN 1
 
-SEC("tracepoint/tcp/tcp_receive_reset")
-int tapio_tcp_receive_reset(struct trace_event_raw_tcp_event_sk *ctx)
+/* Every RST a socket accepts, including the refusal of each refused connect: a BTF
+ * tracepoint, so the kernel builds no record for it (the classic one also generates the
+ * socket's cookie). */
+SEC("tp_btf/tcp_receive_reset")
+int BPF_PROG(tapio_tcp_receive_reset, struct sock *sk)
 {
-	struct sock *sk = (struct sock *)ctx->skaddr;
-	__u64 key = (__u64)ctx->skaddr;
-	int state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	__u64 key = (__u64)sk;
+	int state = sk->__sk_common.skc_state;
 
 	if (state == TCP_SYN_SENT) {
 		/* Mark it, config or not (the mark is what tells a refusal from an ICMP error);
@@ -339,12 +327,9 @@ int tapio_tcp_receive_reset(struct trace_event_raw_tcp_event_sk *ctx)
 	struct tapio_net_event *ev = reserve_event(TAPIO_NET_RESET, cfg.hdr.generation);
 	if (!ev)
 		return 0;
-	/* tcp_event_sk has no family on older kernels (5.10 lacks it, 6.1 has it): ask the socket. */
-	if (bpf_core_field_exists(ctx->family))
-		ev->family = ctx->family;
-	else
-		ev->family = BPF_CORE_READ(sk, __sk_common.skc_family);
-	FILL_ADDRS_FROM_CTX(ev, ctx);
+	/* The addresses the classic event carries: a synchronized socket's bound address is
+	 * its source address. */
+	fill_addrs_typed(ev, sk);
 	ev->state = state;
 	/* tcp_reset() is also the kernel's own abort when data arrives after the application
 	 * shut down reading (FIN_WAIT1/2 only; the tracepoint carries no segment to tell).
@@ -438,23 +423,30 @@ int tapio_tcp_retransmit_skb(void *ctx)
 #define RTT_HOLD_MIN_NS 1000000000ULL
 #define RTT_HOLD_SRTTS 4
 
-SEC("tracepoint/tcp/tcp_probe")
-int tapio_tcp_probe(struct trace_event_raw_tcp_probe *ctx)
+/* Every segment an established socket receives passes here: a BTF tracepoint, so the kernel
+ * builds no record for it (the classic one reads a dozen socket fields and generates the
+ * socket's cookie), and the socket's fields are plain loads. */
+SEC("tp_btf/tcp_probe")
+int BPF_PROG(tapio_tcp_probe, struct sock *sk, struct sk_buff *skb)
 {
-	__u32 srtt = ctx->srtt;
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		return 0;
+	/* What the classic event calls srtt: the smoothed RTT in microseconds. */
+	__u32 srtt = tp->srtt_us >> 3;
 	if (srtt == 0)
 		return 0;
 	/* Nothing of ours in flight: this segment acknowledges nothing, so the srtt it shows
 	 * is not a fresh measurement (a socket that only receives keeps a stale one). */
-	if (ctx->snd_nxt == ctx->snd_una)
+	if (tp->snd_nxt == tp->snd_una)
 		return 0;
 	struct tapio_net_config cfg;
 	if (!TAPIO_READ_CONFIG(&config, &counters, &cfg))
 		return 0;
 	if (!(cfg.enabled & TAPIO_NET_EN_RTT) || cfg.rtt_ratio_percent == 0)
 		return 0;
-	__u16 sport = ctx->sport;
-	__u16 dport = ctx->dport;
+	__u16 sport = sk->__sk_common.skc_num;
+	__u16 dport = bpf_ntohs(sk->__sk_common.skc_dport);
 	/* A server-side socket (local service port, remote ephemeral port) is not judged: its
 	 * srtt is the time its client takes to acknowledge a response, which a delayed ACK or
 	 * the client's own pause between requests sets, not the path. The path is judged from
@@ -465,21 +457,16 @@ int tapio_tcp_probe(struct trace_event_raw_tcp_probe *ctx)
 		return 0;
 
 	struct rtt_key key = {};
-	/* tcp_probe has no family on older kernels (5.10 lacks it, 6.1 has it); its addresses
-	 * are sockaddrs whose first field is the family (the tracepoint zeroes and fills them). */
-	__u16 family;
-	if (bpf_core_field_exists(ctx->family))
-		family = ctx->family;
-	else
-		bpf_probe_read_kernel(&family, sizeof(family), (void *)ctx->daddr);
+	__u16 family = sk->__sk_common.skc_family;
 	key.family = family;
-	/* sockaddr_in: address at byte 4; sockaddr_in6: address at byte 8. */
-	if (family == AF_INET)
-		bpf_probe_read_kernel(key.addr, 4, (void *)ctx->daddr + 4);
-	else if (family == AF_INET6)
-		bpf_probe_read_kernel(key.addr, 16, (void *)ctx->daddr + 8);
-	else
+	if (family == AF_INET) {
+		__u32 daddr = sk->__sk_common.skc_daddr;
+		__builtin_memcpy(key.addr, &daddr, 4);
+	} else if (family == AF_INET6) {
+		__builtin_memcpy(key.addr, &sk->__sk_common.skc_v6_daddr, 16);
+	} else {
 		return 0;
+	}
 	key.port = dport;
 
 	struct rtt_baseline *b = bpf_map_lookup_elem(&rtt_baselines, &key);
@@ -534,23 +521,13 @@ int tapio_tcp_probe(struct trace_event_raw_tcp_probe *ctx)
 		struct tapio_net_event *ev = reserve_event(TAPIO_NET_RTT_DEGRADED, cfg.hdr.generation);
 		if (!ev)
 			return 0;
-		ev->family = family;
-		ev->sport = sport;
-		ev->dport = dport;
-		__builtin_memcpy(ev->daddr, key.addr, 16);
-		if (family == AF_INET)
-			bpf_probe_read_kernel(ev->saddr, 4, (void *)ctx->saddr + 4);
-		else
-			bpf_probe_read_kernel(ev->saddr, 16, (void *)ctx->saddr + 8);
+		fill_addrs_typed(ev, sk);
 		ev->srtt_us = srtt;
-		ev->cwnd = ctx->snd_cwnd;
+		ev->cwnd = tp->snd_cwnd;
 		ev->baseline_us = baseline;
 		ev->baseline_samples = b->samples;
 		ev->state = TCP_ESTABLISHED;
-		/* tcp_probe has no skaddr on older kernels (6.1 lacks it, 6.12 has it): there
-		 * the owner stays unknown (the event says so) rather than guessed. */
-		if (bpf_core_field_exists(ctx->skaddr))
-			attach_owner(ev, (__u64)ctx->skaddr);
+		attach_owner(ev, (__u64)sk);
 		tapio_submit(&events, ev, EVENTS_WAKEUP_BYTES);
 		return 0;
 	}
