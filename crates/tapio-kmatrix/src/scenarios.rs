@@ -278,6 +278,7 @@ fn refused(agent: &Agent) -> Result<String, String> {
         ("pid", Value::from(pid)),
         ("comm", Value::from("tapio-kmatrix")),
         ("dst_addr", Value::from("127.0.0.1")),
+        ("src_addr", Value::from("127.0.0.1")),
         ("errno", Value::from(111)),
         ("family", Value::from("ipv4")),
     ];
@@ -286,7 +287,12 @@ fn refused(agent: &Agent) -> Result<String, String> {
             return Err(format!("facts.{key} = {} (want {want}): {}", f[key], refused[0]));
         }
     }
-    Ok(format!("1 connection_refused (pid {pid}, {target}, errno 111), no timeout/unreachable"))
+    // The autobound port the SYN carried (the kernel releases it as the connect fails).
+    let src_port = f["src_port"].as_u64().unwrap_or(0);
+    if src_port < 1024 {
+        return Err(format!("facts.src_port = {} (want the autobound port): {}", f["src_port"], refused[0]));
+    }
+    Ok(format!("1 connection_refused (pid {pid}, {target} from port {src_port}, errno 111), no timeout/unreachable"))
 }
 
 /// Waits for `child` up to `timeout`; kills it if it is still running then.

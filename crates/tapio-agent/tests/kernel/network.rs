@@ -138,6 +138,7 @@ fn refused_connects_give_exactly_one_refused_event_each_v4_and_v6() {
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
     let run = agent.stop();
     assert!(run.exit_ok, "agent exit: {}", run.stderr);
+    let ephemeral_ports = local_port_range();
 
     for (port, family, dst) in [(port4, "ipv4", "127.0.0.1"), (port6, "ipv6", "::1")] {
         let events = run.to_port(port);
@@ -148,6 +149,11 @@ fn refused_connects_give_exactly_one_refused_event_each_v4_and_v6() {
         assert_eq!(e["error"]["code"], "ECONNREFUSED");
         assert_eq!(e["facts"]["family"], family);
         assert_eq!(e["facts"]["dst_addr"], dst);
+        assert_eq!(e["facts"]["src_addr"], dst, "loopback connects come from loopback");
+        // The kernel releases an autobound port as the connect fails, before the last
+        // state change is traced: the port its SYN carried must still be reported.
+        let src_port = e["facts"]["src_port"].as_u64().expect("src_port");
+        assert!(ephemeral_ports.contains(&src_port), "src_port {src_port} outside {ephemeral_ports:?}");
         assert_eq!(e["facts"]["pid"], our_pid(), "the connecting task, not the softirq context");
         assert_eq!(e["facts"]["errno"], 111);
         assert_eq!(e["config_generation"], 0);
@@ -245,6 +251,7 @@ fn a_peer_reset_of_an_established_connection_is_one_reset_event() {
         drop(s);
     });
     let mut client = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let client_port = client.local_addr().expect("client address").port();
     client.write_all(b"hello").expect("write");
     server.join().expect("server");
     let mut buf = [0u8; 1];
@@ -258,6 +265,17 @@ fn a_peer_reset_of_an_established_connection_is_one_reset_event() {
     assert_eq!(e["facts"]["tcp_state"], "ESTABLISHED");
     assert_eq!(e["facts"]["pid"], our_pid(), "owner recorded at connect time");
     assert_eq!(e["facts"]["bytes_acked"], 6, "SYN + 5 bytes acked");
+    assert_eq!(e["facts"]["src_port"], client_port);
+    assert_eq!(e["facts"]["src_addr"], "127.0.0.1");
+}
+
+/// This network namespace's ephemeral ports (`ip_local_port_range`).
+fn local_port_range() -> std::ops::RangeInclusive<u64> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").expect("ip_local_port_range");
+    let mut bounds = text.split_whitespace().map(|n| n.parse::<u64>().expect("a port number"));
+    let low = bounds.next().expect("low bound");
+    let high = bounds.next().expect("high bound");
+    low..=high
 }
 
 #[test]

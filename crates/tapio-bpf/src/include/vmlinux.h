@@ -88,7 +88,20 @@ struct sock {
 	__u16 sk_protocol;
 };
 
+/* The local port a socket's segments carry. (skc_num is that port too, but the kernel
+ * zeroes it when it releases the port: before the last state change is traced, on current
+ * kernels.) */
+struct inet_sock {
+	struct sock sk;
+	__be16 inet_sport;
+};
+
+struct inet_connection_sock {
+	struct inet_sock icsk_inet;
+};
+
 struct tcp_sock {
+	struct inet_connection_sock inet_conn;
 	__u32 srtt_us;
 	__u32 snd_nxt;
 	__u32 snd_una;

@@ -153,11 +153,13 @@ static __always_inline void attach_owner(struct tapio_net_event *ev, __u64 sock)
 	}
 }
 
-/* Addresses and ports from the socket itself (for hooks whose context lacks them). */
+/* Addresses and ports from the socket itself, through the helper (for a socket pointer
+ * that is not typed). The local port is inet_sport, which stays set until the socket is
+ * freed (see struct inet_sock in vmlinux.h). */
 static __always_inline void fill_addrs_from_sock(struct tapio_net_event *ev, struct sock *sk)
 {
 	ev->family = BPF_CORE_READ(sk, __sk_common.skc_family);
-	ev->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	ev->sport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
 	ev->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	if (ev->family == AF_INET6) {
 		BPF_CORE_READ_INTO(&ev->saddr, sk, __sk_common.skc_v6_rcv_saddr);
@@ -178,15 +180,23 @@ static __always_inline void fill_tcp_facts(struct tapio_net_event *ev, struct so
 	ev->bytes_received = BPF_CORE_READ(tp, bytes_received);
 }
 
-/* Addresses and ports from a socket's typed pointer (plain loads, where
- * fill_addrs_from_sock has to use the helper). A connected or connecting socket's bound
- * address and port are the ones its segments carry: connect() (and accept) set inet_saddr
- * and the bound address together, and the kernel releases the port only after the
- * socket's last tracepoint. */
-static __always_inline void fill_addrs_typed(struct tapio_net_event *ev, struct sock *sk)
+/* fill_tcp_facts through the typed pointer bpf_skc_to_tcp_sock gives: plain loads. */
+static __always_inline void fill_tcp_facts_typed(struct tapio_net_event *ev, struct tcp_sock *tp)
+{
+	ev->srtt_us = tp->srtt_us >> 3;
+	ev->cwnd = tp->snd_cwnd;
+	ev->total_retransmits = tp->total_retrans;
+	ev->bytes_acked = tp->bytes_acked;
+	ev->bytes_received = tp->bytes_received;
+}
+
+/* fill_addrs_from_sock through the typed pointers: plain loads. A connected or connecting
+ * socket's bound address is the one its segments carry (connect() and accept set it with
+ * the route's source address, and it stays set when the socket closes). */
+static __always_inline void fill_addrs_typed(struct tapio_net_event *ev, struct sock *sk, struct tcp_sock *tp)
 {
 	ev->family = sk->__sk_common.skc_family;
-	ev->sport = sk->__sk_common.skc_num;
+	ev->sport = bpf_ntohs(tp->inet_conn.icsk_inet.inet_sport);
 	ev->dport = bpf_ntohs(sk->__sk_common.skc_dport);
 	if (ev->family == AF_INET6) {
 		__builtin_memcpy(ev->saddr, &sk->__sk_common.skc_v6_rcv_saddr, 16);
@@ -205,13 +215,19 @@ static __always_inline void emit_connect_failed(struct sock *sk, const struct ta
 	struct tapio_net_event *ev = reserve_event(TAPIO_NET_CONNECT_FAILED, cfg->hdr.generation);
 	if (!ev)
 		return;
-	fill_addrs_typed(ev, sk);
+	/* Segments retransmitted on a socket that never left SYN_SENT are its SYNs. (The
+	 * checked cast never fails for the TCP sockets that reach here; the helper reads
+	 * remain for the case it would.) */
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	if (tp) {
+		fill_addrs_typed(ev, sk, tp);
+		ev->syn_retries = tp->total_retrans;
+	} else {
+		fill_addrs_from_sock(ev, sk);
+		ev->syn_retries = BPF_CORE_READ((struct tcp_sock *)sk, total_retrans);
+	}
 	ev->state = TCP_SYN_SENT;
 	ev->sk_err = sk_err;
-	/* Segments retransmitted on a socket that never left SYN_SENT are its SYNs. (A read
-	 * through the helper: the typed pointer is a struct sock, which ends before tcp_sock's
-	 * fields.) */
-	ev->syn_retries = BPF_CORE_READ((struct tcp_sock *)sk, total_retrans);
 	ev->flags = flags;
 	if (start) {
 		ev->task = start->task;
@@ -327,9 +343,14 @@ int BPF_PROG(tapio_tcp_receive_reset, struct sock *sk)
 	struct tapio_net_event *ev = reserve_event(TAPIO_NET_RESET, cfg.hdr.generation);
 	if (!ev)
 		return 0;
-	/* The addresses the classic event carries: a synchronized socket's bound address is
-	 * its source address. */
-	fill_addrs_typed(ev, sk);
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	if (tp) {
+		fill_addrs_typed(ev, sk, tp);
+		fill_tcp_facts_typed(ev, tp);
+	} else {
+		fill_addrs_from_sock(ev, sk);
+		fill_tcp_facts(ev, sk);
+	}
 	ev->state = state;
 	/* tcp_reset() is also the kernel's own abort when data arrives after the application
 	 * shut down reading (FIN_WAIT1/2 only; the tracepoint carries no segment to tell).
@@ -339,7 +360,6 @@ int BPF_PROG(tapio_tcp_receive_reset, struct sock *sk)
 		if (shutdown & RCV_SHUTDOWN)
 			ev->flags |= TAPIO_NET_F_LOCAL_SHUTDOWN;
 	}
-	fill_tcp_facts(ev, sk);
 	attach_owner(ev, key);
 	tapio_submit(&events, ev, EVENTS_WAKEUP_BYTES);
 	return 0;
@@ -521,7 +541,7 @@ int BPF_PROG(tapio_tcp_probe, struct sock *sk, struct sk_buff *skb)
 		struct tapio_net_event *ev = reserve_event(TAPIO_NET_RTT_DEGRADED, cfg.hdr.generation);
 		if (!ev)
 			return 0;
-		fill_addrs_typed(ev, sk);
+		fill_addrs_typed(ev, sk, tp);
 		ev->srtt_us = srtt;
 		ev->cwnd = tp->snd_cwnd;
 		ev->baseline_us = baseline;
