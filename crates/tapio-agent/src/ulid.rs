@@ -44,12 +44,21 @@ impl Default for UlidGen {
 }
 
 fn encode(value: u128) -> String {
+    // Every record's id: the 26 digits are taken from the low end of each 64-bit half (the
+    // high half's 2 spare bits are the first digit's), then the text is copied once.
+    let (high, low) = ((value >> 64) as u64, value as u64);
     let mut out = [0u8; 26];
-    for (i, slot) in out.iter_mut().enumerate() {
-        let shift = 125 - 5 * i as u32;
-        *slot = ALPHABET[((value >> shift) & 0x1f) as usize];
+    for (i, slot) in out.iter_mut().rev().enumerate() {
+        // Digit i from the right holds bits 5i..5i+5: digit 12 straddles the halves.
+        let bits = match i {
+            0..=11 => low >> (5 * i),
+            12 => (low >> 60) | (high << 4),
+            _ => high >> (5 * i - 64),
+        };
+        *slot = ALPHABET[(bits & 0x1f) as usize];
     }
-    out.iter().map(|&b| b as char).collect()
+    // The alphabet is ASCII: this never falls back.
+    std::str::from_utf8(&out).map(String::from).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -63,6 +72,18 @@ mod tests {
         assert_eq!(&id[..10], "01ARYZ6S41");
         assert_eq!(id.len(), 26);
         assert!(id.bytes().all(|b| ALPHABET.contains(&b)));
+    }
+
+    #[test]
+    fn each_digit_is_five_bits_of_the_128_bit_value() {
+        let mut g = UlidGen::new();
+        for value in [0, u128::MAX, 1 << 60, 1 << 64, (1 << 64) - 1, 0x1f << 60]
+            .into_iter()
+            .chain((0..1000).map(|_| u128::from(g.next_u64()) << 64 | u128::from(g.next_u64())))
+        {
+            let slow: String = (0..26).map(|i| ALPHABET[((value >> (125 - 5 * i)) & 0x1f) as usize] as char).collect();
+            assert_eq!(encode(value), slow, "{value:#x}");
+        }
     }
 
     #[test]

@@ -50,7 +50,8 @@ pub fn rfc3339_nanos(unix_ns: u64) -> String {
             v /= 10;
         }
     }
-    out.iter().map(|&b| char::from(b)).collect()
+    // Digits and ASCII punctuation: this never falls back.
+    std::str::from_utf8(&out).map(String::from).unwrap_or_default()
 }
 
 /// `unix_ns` as RFC 3339 UTC with milliseconds: `2026-11-21T06:12:28.123Z`. Instants
