@@ -62,7 +62,7 @@ fn exit_with(code: i32) -> u32 {
 fn ten_thousand_config_rewrites_while_exits_flow_judge_every_event_by_one_written_config() {
     let _turn = kernel_test("config_rewrites");
     let btf = aya::Btf::from_sys_fs().expect("kernel BTF");
-    let hooks = [("tapio_sched_process_exit", Hook::TracePoint("sched", "sched_process_exit"))];
+    let hooks = [("tapio_sched_process_exit", Hook::BtfTracePoint("sched_process_exit"))];
     let (mut loaded, mut carrier) =
         observers::load(tapio_bpf::container::object(), Some(&btf), &hooks, config(0)).expect("load container object");
     assert!(loaded.programs.iter().all(|p| p.result.is_ok()), "attach: {:?}", loaded.programs);
