@@ -308,8 +308,8 @@ int BPF_PROG(tapio_inet_sock_set_state, struct sock *sk, int oldstate, int newst
 #define RCV_SHUTDOWN 1
 
 /* Every RST a socket accepts, including the refusal of each refused connect: a BTF
- * tracepoint, so the kernel builds no record for it (the classic one also generates the
- * socket's cookie). */
+ * tracepoint, so the kernel builds no record for it (the classic one, on current kernels,
+ * also generates the socket's cookie). */
 SEC("tp_btf/tcp_receive_reset")
 int BPF_PROG(tapio_tcp_receive_reset, struct sock *sk)
 {
@@ -444,8 +444,8 @@ int tapio_tcp_retransmit_skb(void *ctx)
 #define RTT_HOLD_SRTTS 4
 
 /* Every segment an established socket receives passes here: a BTF tracepoint, so the kernel
- * builds no record for it (the classic one reads a dozen socket fields and generates the
- * socket's cookie), and the socket's fields are plain loads. */
+ * builds no record for it (the classic one reads a dozen socket fields and, on current
+ * kernels, generates the socket's cookie), and the socket's fields are plain loads. */
 SEC("tp_btf/tcp_probe")
 int BPF_PROG(tapio_tcp_probe, struct sock *sk, struct sk_buff *skb)
 {
