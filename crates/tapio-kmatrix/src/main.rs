@@ -22,7 +22,7 @@ const USAGE: &str = "usage: tapio-kmatrix guest --agent PATH [--results PATH]
        tapio-kmatrix threads-exit CGROUP_PROCS   (workload: a 5-thread process that exits 3)
        tapio-kmatrix hog CGROUP_PROCS [THREADS]  (workload: THREADS threads allocate until its memory cgroup kills it)
        tapio-kmatrix spin CGROUP_PROCS [SECS]    (workload: a busy loop for SECS seconds)
-       tapio-kmatrix dns-query CGROUP_PROCS SERVER NAME  (workload: one DNS query, prints the answer's rcode)";
+       tapio-kmatrix dns-query CGROUP_PROCS SERVER NAME [tcp]  (workload: one DNS query, prints the answer's rcode)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

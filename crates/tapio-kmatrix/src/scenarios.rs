@@ -592,44 +592,81 @@ fn dns(agent: &Agent, state: &str) -> Result<String, String> {
     let running = state == "running";
     let answering = std::net::UdpSocket::bind("127.0.0.1:53").map_err(|e| format!("bind 127.0.0.1:53: {e}"))?;
     let silent = std::net::UdpSocket::bind("127.0.0.2:53").map_err(|e| format!("bind 127.0.0.2:53: {e}"))?;
+    let answering_tcp =
+        std::net::TcpListener::bind("127.0.0.1:53").map_err(|e| format!("bind 127.0.0.1:53 (TCP): {e}"))?;
+    // Turns a query into its SERVFAIL answer (no records).
+    fn servfail(message: &mut [u8]) {
+        message[2] |= 0x80; // an answer
+        message[3] = (message[3] & 0xf0) | 2; // SERVFAIL
+        message[6..12].fill(0);
+    }
     let server = std::thread::spawn(move || {
         let _ = answering.set_read_timeout(Some(Duration::from_secs(10)));
         let mut buf = [0u8; 512];
         if let Ok((n, from)) = answering.recv_from(&mut buf) {
             if n >= 12 {
-                buf[2] |= 0x80; // an answer
-                buf[3] = (buf[3] & 0xf0) | 2; // SERVFAIL
-                buf[6..12].fill(0);
+                servfail(&mut buf[..n]);
                 let _ = answering.send_to(&buf[..n], from);
             }
         }
     });
+    let tcp_server = std::thread::spawn(move || -> std::io::Result<()> {
+        use std::io::{Read, Write};
+        // Never blocks the scenario for longer than the query's own wait would.
+        answering_tcp.set_nonblocking(true)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut stream = loop {
+            match answering_tcp.accept() {
+                Ok((stream, _)) => break stream,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut length = [0u8; 2];
+        stream.read_exact(&mut length)?;
+        let mut message = vec![0u8; usize::from(u16::from_be_bytes(length))];
+        stream.read_exact(&mut message)?;
+        if message.len() >= 12 {
+            servfail(&mut message);
+            let mut framed = length.to_vec();
+            framed.extend_from_slice(&message);
+            stream.write_all(&framed)?;
+        }
+        Ok(())
+    });
     let mut results = Vec::new();
-    for (target, name) in [("127.0.0.1:53", "fail.kmatrix.lab"), ("127.0.0.2:53", "silent.kmatrix.lab")] {
+    for (target, name, transport) in [
+        ("127.0.0.1:53", "fail.kmatrix.lab", "udp"),
+        ("127.0.0.1:53", "tcp-fail.kmatrix.lab", "tcp"),
+        ("127.0.0.2:53", "silent.kmatrix.lab", "udp"),
+    ] {
         let mut scope = Scope::new(DNS_CONTAINER, None)?;
-        let mut child = spawn_workload("dns-query", &scope, &[target, name])?;
+        let mut child = spawn_workload("dns-query", &scope, &[target, name, transport])?;
         let pid = child.id();
         let status = wait_child(&mut child, Duration::from_secs(30))?;
         let mut out = String::new();
         if let Some(mut stdout) = child.stdout.take() {
             let _ = stdout.read_to_string(&mut out);
         }
-        results.push((pid, name, scope.path.clone(), out.trim().to_string(), status));
+        results.push((pid, name, transport, scope.path.clone(), out.trim().to_string(), status));
         scope.remove()?;
     }
     let _ = server.join();
+    let _ = tcp_server.join();
     drop(silent);
     let mut summary = Vec::new();
-    for (pid, name, path, out, status) in &results {
-        let want_out = if name.starts_with("fail") { "rcode 2" } else { "rcode none" };
+    for (pid, name, transport, path, out, status) in &results {
+        let failing = name.contains("fail");
+        let want_out = if failing { "rcode 2" } else { "rcode none" };
         if !status.success() || out != want_out {
             return Err(format!("dns-query {name} ended with {status}, printed {out:?} (want {want_out:?})"));
         }
-        let (kind, code) = if name.starts_with("fail") {
-            ("kernel.dns.failure", "SERVFAIL")
-        } else {
-            ("kernel.dns.timeout", "DNS_TIMEOUT")
-        };
+        let (kind, code) =
+            if failing { ("kernel.dns.failure", "SERVFAIL") } else { ("kernel.dns.timeout", "DNS_TIMEOUT") };
         let about = |e: &Value| e["observer"] == "dns" && e["facts"]["query_name"] == *name;
         // The timeout is judged 5 s (+ one sweep) after the query.
         agent.wait_for(EVIDENCE_TIMEOUT, about);
@@ -643,10 +680,10 @@ fn dns(agent: &Agent, state: &str) -> Result<String, String> {
         let f = &e["facts"];
         if e["error"]["code"] != code
             || f["server_port"] != 53
-            || f["transport"] != "udp"
+            || f["transport"] != *transport
             || f["query_type_name"] != "A"
         {
-            return Err(format!("wrong facts (want {code}, port 53, udp, A): {e}"));
+            return Err(format!("wrong facts (want {code}, port 53, {transport}, A): {e}"));
         }
         let who = match (&f["pid"], running) {
             (p, _) if *p == *pid && f["comm"] == "tapio-kmatrix" => format!("pid {pid}"),
@@ -657,7 +694,7 @@ fn dns(agent: &Agent, state: &str) -> Result<String, String> {
         if w["cgroup_path"] != path.as_str() || w["container_id"] != DNS_CONTAINER || w["pod_uid"] != POD_UID {
             return Err(format!("workload {w} (want {path})"));
         }
-        summary.push(format!("1 {kind} ({code}, {who}, container named)"));
+        summary.push(format!("1 {kind} ({code}, {transport}, {who}, container named)"));
     }
     Ok(summary.join("; "))
 }

@@ -2,7 +2,7 @@
 //! joins its cgroup first (before it has any other thread), so everything it does is
 //! accounted there.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::process::ExitCode;
 use std::sync::{Arc, Barrier};
 
@@ -98,24 +98,19 @@ pub fn spin(args: &[String]) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// One DNS query (type A) for NAME from a UDP socket connected to SERVER (ip:53), waiting
-/// up to a second for the answer; prints the answer's rcode, or `rcode none` when none
-/// came. A real client's order: connect, send, receive.
+/// One DNS query (type A) for NAME to SERVER (ip:53), waiting up to a second for the
+/// answer; prints the answer's rcode, or `rcode none` when none came. Over UDP from a
+/// connected socket (a real client's order: connect, send, receive), or with a fourth
+/// argument `tcp` over TCP (the message behind its two-byte length, in one write).
 pub fn dns_query(args: &[String]) -> ExitCode {
     if let Err(code) = join_cgroup(args) {
         return code;
     }
     let (Some(server), Some(name)) = (args.get(1), args.get(2)) else {
-        eprintln!("dns-query: usage: dns-query CGROUP_PROCS SERVER NAME");
+        eprintln!("dns-query: usage: dns-query CGROUP_PROCS SERVER NAME [tcp]");
         return ExitCode::from(2);
     };
-    let socket = match std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.connect(server.as_str()).map(|()| s)) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("dns-query: {server}: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let over_tcp = args.get(3).is_some_and(|t| t == "tcp");
     // Header: id, flags (recursion desired), one question.
     let mut query = vec![0x4b, 0x51, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
     for label in name.split('.') {
@@ -123,15 +118,48 @@ pub fn dns_query(args: &[String]) -> ExitCode {
         query.extend_from_slice(label.as_bytes());
     }
     query.extend_from_slice(&[0, 0, 1, 0, 1]);
-    let _ = socket.set_read_timeout(Some(std::time::Duration::from_secs(1)));
-    if let Err(e) = socket.send(&query) {
-        eprintln!("dns-query: send: {e}");
-        return ExitCode::from(2);
-    }
-    let mut answer = [0u8; 512];
-    match socket.recv(&mut answer) {
-        Ok(n) if n >= 12 => println!("rcode {}", answer[3] & 0x0f),
-        _ => println!("rcode none"),
+    let timeout = Some(std::time::Duration::from_secs(1));
+    let rcode = if over_tcp {
+        let mut framed = (query.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&query);
+        let exchange = std::net::TcpStream::connect(server.as_str()).and_then(|mut stream| {
+            stream.set_read_timeout(timeout)?;
+            stream.write_all(&framed)?;
+            let mut answer = [0u8; 2 + 12];
+            stream.read_exact(&mut answer)?;
+            Ok(answer[2 + 3] & 0x0f)
+        });
+        match exchange {
+            Ok(rcode) => Some(rcode),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                eprintln!("dns-query: {server}: {e}");
+                return ExitCode::from(2);
+            }
+            Err(_) => None,
+        }
+    } else {
+        let socket = match std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.connect(server.as_str()).map(|()| s))
+        {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("dns-query: {server}: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let _ = socket.set_read_timeout(timeout);
+        if let Err(e) = socket.send(&query) {
+            eprintln!("dns-query: send: {e}");
+            return ExitCode::from(2);
+        }
+        let mut answer = [0u8; 512];
+        match socket.recv(&mut answer) {
+            Ok(n) if n >= 12 => Some(answer[3] & 0x0f),
+            _ => None,
+        }
+    };
+    match rcode {
+        Some(rcode) => println!("rcode {rcode}"),
+        None => println!("rcode none"),
     }
     let _ = std::io::stdout().flush();
     ExitCode::SUCCESS

@@ -21,13 +21,61 @@
 char LICENSE[] SEC("license") = "GPL";
 
 /* The UAPI contexts of cgroup_skb and cgroup sock_addr programs (from linux/bpf.h; the
- * verifier rewrites these accesses, so only the fields read are declared). */
+ * verifier rewrites these accesses by offset, so the layout is declared up to the last
+ * field read). */
 struct __sk_buff {
 	__u32 len;
 	__u32 pkt_type;
 	__u32 mark;
 	__u32 queue_mapping;
 	__u32 protocol;
+	__u32 vlan_present;
+	__u32 vlan_tci;
+	__u32 vlan_proto;
+	__u32 priority;
+	__u32 ingress_ifindex;
+	__u32 ifindex;
+	__u32 tc_index;
+	__u32 cb[5];
+	__u32 hash;
+	__u32 tc_classid;
+	__u32 data;
+	__u32 data_end;
+	__u32 napi_id;
+	__u32 family;
+	__u32 remote_ip4;
+	__u32 local_ip4;
+	__u32 remote_ip6[4];
+	__u32 local_ip6[4];
+	__u32 remote_port;
+	__u32 local_port;
+	__u32 data_meta;
+	union {
+		struct bpf_flow_keys *flow_keys;
+		__u64 : 64;
+	} __attribute__((aligned(8)));
+	__u64 tstamp;
+	__u32 wire_len;
+	__u32 gso_segs;
+	union {
+		struct bpf_sock *sk;
+		__u64 : 64;
+	} __attribute__((aligned(8)));
+};
+
+/* The socket a packet program sees (5.10 declared dst_port as 32 bits; the two-byte load of
+ * its first half reads the same port there). */
+struct bpf_sock {
+	__u32 bound_dev_if;
+	__u32 family;
+	__u32 type;
+	__u32 protocol;
+	__u32 mark;
+	__u32 priority;
+	__u32 src_ip4;
+	__u32 src_ip6[4];
+	__u32 src_port;
+	__u16 dst_port;
 };
 
 struct bpf_sock_addr {
@@ -325,6 +373,17 @@ __attribute__((noinline)) int tapio_dns_parse(struct __sk_buff *skb, __u32 paylo
 static __always_inline struct scratch *dns_packet(struct __sk_buff *skb, struct l4 *l,
 						  int answer)
 {
+	/* A TCP connection's segments all go to, and come from, its peer's port: a connection
+	 * whose peer port is not 53 carries no query and no answer, and is told from its socket
+	 * without reading the packet. (Request and time-wait sockets are not full sockets and
+	 * take the parse below; so does every UDP socket, as a connected one may still send to
+	 * another address.) */
+	struct bpf_sock *sk = skb->sk;
+	if (sk) {
+		struct bpf_sock *full = bpf_sk_fullsock(sk);
+		if (full && full->protocol == IPPROTO_TCP && full->dst_port != bpf_htons(DNS_PORT))
+			return NULL;
+	}
 	struct tapio_dns_config *live = TAPIO_CONFIG_LIVE(&config);
 	if (!live || !live->enabled)
 		return NULL;
