@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Records taken from one ring before the others get a turn (a 512 KiB network ring holds
-/// about three of these).
+/// Records taken from one ring before the others get a turn (a CPU's 256 KiB network ring on
+/// a two-CPU node holds about one and a half of these).
 pub const BURST: usize = 1024;
 /// Poll period: the kernel side wakes the drain only once a batch is waiting (a wake-up
 /// per record would cost more than the record), so this bounds how long a lone record
@@ -94,9 +94,10 @@ fn epoll_for(observers: &[Running]) -> std::io::Result<OwnedFd> {
             return Err(std::io::Error::last_os_error());
         }
         let epoll = OwnedFd::from_raw_fd(fd);
-        for (i, obs) in observers.iter().enumerate() {
+        // Any ready ring wakes the loop, which then takes from every ring.
+        for (i, ring) in observers.iter().flat_map(|obs| &obs.loaded.rings).enumerate() {
             let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: i as u64 };
-            if libc::epoll_ctl(fd, libc::EPOLL_CTL_ADD, obs.loaded.ring.as_raw_fd(), &mut ev) < 0 {
+            if libc::epoll_ctl(fd, libc::EPOLL_CTL_ADD, ring.as_raw_fd(), &mut ev) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
         }
@@ -153,9 +154,14 @@ impl Drain {
         for obs in observers.iter_mut() {
             let name = obs.name;
             let classifier = &mut obs.classifier;
-            let (handled, unread) = take_until_empty(&mut obs.loaded.ring, deadline, &mut |record| {
-                classify_one(name, classifier.as_mut(), record, stamper, queue, counters)
-            });
+            let (mut handled, mut unread) = (0, 0);
+            for ring in &mut obs.loaded.rings {
+                let (h, u) = take_until_empty(ring, deadline, &mut |record| {
+                    classify_one(name, classifier.as_mut(), record, stamper, queue, counters)
+                });
+                handled += h;
+                unread += u;
+            }
             log::debug!("shutdown: {name}: {handled} records taken from the ring");
             if unread > 0 {
                 log::warn!("shutdown: {name}: {unread} records left unread at the deadline (counted)");
@@ -178,9 +184,11 @@ impl Drain {
         for obs in observers.iter_mut() {
             let name = obs.name;
             let classifier = &mut obs.classifier;
-            take_records(&mut obs.loaded.ring, BURST, &mut |record| {
-                classify_one(name, classifier.as_mut(), record, stamper, queue, counters)
-            });
+            for ring in &mut obs.loaded.rings {
+                take_records(ring, BURST, &mut |record| {
+                    classify_one(name, classifier.as_mut(), record, stamper, queue, counters)
+                });
+            }
         }
     }
 }

@@ -22,6 +22,7 @@ pub const TOTAL_BUDGET_BYTES: u64 = 7 * 1024 * 1024;
 const BPF_MAP_TYPE_PERCPU_HASH: u32 = 5;
 const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 const BPF_MAP_TYPE_LRU_PERCPU_HASH: u32 = 10;
+const BPF_MAP_TYPE_ARRAY_OF_MAPS: u32 = 12;
 const BPF_MAP_TYPE_RINGBUF: u32 = 27;
 
 /// One map's declared memory.
@@ -50,6 +51,13 @@ pub fn map_bytes(map_type: u32, max_entries: u32, key: u32, value: u32, cpus: u6
     }
 }
 
+/// An array of per-CPU rings sharing `total_bytes` (`TAPIO_EVENT_RINGS_PER_CPU`): the rings the
+/// agent creates for `cpus` CPUs (`tapio_bpf::per_cpu_ring_bytes`, 4 KiB pages).
+pub fn per_cpu_rings_bytes(total_bytes: u32, cpus: u64) -> (u64, String) {
+    let each = tapio_bpf::per_cpu_ring_bytes(total_bytes, u32::try_from(cpus).unwrap_or(u32::MAX), 4096);
+    (u64::from(each) * cpus, format!("{cpus} per-CPU rings of {} B", thousands(u64::from(each))))
+}
+
 /// The maps of one object, by name.
 pub fn maps_of(object: &[u8], cpus: u64) -> Result<Vec<MapMemory>, String> {
     let parsed = aya_obj::Object::parse(object).map_err(|e| format!("parsing the object: {e}"))?;
@@ -57,7 +65,14 @@ pub fn maps_of(object: &[u8], cpus: u64) -> Result<Vec<MapMemory>, String> {
         .maps
         .iter()
         .map(|(name, m)| {
-            let (bytes, how) = map_bytes(m.map_type(), m.max_entries(), m.key_size(), m.value_size(), cpus);
+            let per_cpu_rings = m
+                .inner()
+                .filter(|inner| m.map_type() == BPF_MAP_TYPE_ARRAY_OF_MAPS && inner.map_type() == BPF_MAP_TYPE_RINGBUF);
+            let (bytes, how) = match per_cpu_rings {
+                // The agent makes one ring per possible CPU, each its share of the template's size.
+                Some(template) => per_cpu_rings_bytes(template.max_entries(), cpus),
+                None => map_bytes(m.map_type(), m.max_entries(), m.key_size(), m.value_size(), cpus),
+            };
             MapMemory { name: name.clone(), bytes, how }
         })
         .collect();
@@ -136,7 +151,14 @@ mod tests {
         let maps = maps_of(tapio_bpf::network::object(), 2).unwrap();
         let connects = maps.iter().find(|m| m.name == "connects").expect("the connects map");
         assert!(connects.bytes > 0);
-        let events = maps.iter().find(|m| m.name == "events").expect("the ring buffer");
-        assert_eq!(events.bytes, 1 << 19);
+        // The network object's rings are per CPU, sharing 512 KiB.
+        let events = maps.iter().find(|m| m.name == "events").expect("the ring buffers");
+        assert_eq!(events.bytes, 1 << 19, "{}", events.how);
+        let on_64 = maps_of(tapio_bpf::network::object(), 64).unwrap();
+        let events = on_64.iter().find(|m| m.name == "events").unwrap();
+        assert_eq!(events.bytes, 64 * 16 * 1024, "{}", events.how);
+        let storage = maps_of(tapio_bpf::storage::object(), 2).unwrap();
+        let ring = storage.iter().find(|m| m.name == "events").unwrap();
+        assert!(ring.how.starts_with("ring of"), "{}", ring.how);
     }
 }

@@ -88,8 +88,22 @@ pub mod maps {
     pub const CONFIG_SEQ: &str = "config_seq";
     /// Per-CPU loss and refusal counters, indexed by `abi::TAPIO_CNT_*`.
     pub const COUNTERS: &str = "counters";
-    /// The ring buffer of fixed event records.
+    /// The ring buffer of fixed event records, or (`TAPIO_EVENT_RINGS_PER_CPU`) the array
+    /// of one such ring per CPU.
     pub const EVENTS: &str = "events";
+}
+
+/// The smallest ring a CPU gets: about a hundred network records.
+pub const MIN_PER_CPU_RING_BYTES: u32 = 16 * 1024;
+
+/// Each CPU's ring of an object whose rings share `total_bytes` (`TAPIO_EVENT_RINGS_PER_CPU`):
+/// an equal share, at least [`MIN_PER_CPU_RING_BYTES`] and a page, rounded up to the power
+/// of two a ring's size must be. On a node with many CPUs the rings together exceed the
+/// total (64 CPUs: 1 MiB for the network object's 512 KiB); the agent maps each ring twice,
+/// so its resident set grows by twice the excess.
+pub fn per_cpu_ring_bytes(total_bytes: u32, cpus: u32, page_bytes: u32) -> u32 {
+    let share = total_bytes / cpus.max(1);
+    share.max(MIN_PER_CPU_RING_BYTES).max(page_bytes).checked_next_power_of_two().unwrap_or(1 << 31)
 }
 
 /// Counter slots of the per-CPU `counters` map, with the names the agent reports.
@@ -104,6 +118,20 @@ pub const COUNTER_NAMES: [(u32, &str); 6] = [
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_cpu_gets_a_power_of_two_share_of_at_least_the_minimum_and_a_page() {
+        const TOTAL: u32 = 512 * 1024;
+        assert_eq!(per_cpu_ring_bytes(TOTAL, 1, 4096), TOTAL);
+        assert_eq!(per_cpu_ring_bytes(TOTAL, 2, 4096), TOTAL / 2);
+        // 3 CPUs: a third, rounded up (the rings together exceed the total).
+        assert_eq!(per_cpu_ring_bytes(TOTAL, 3, 4096), 256 * 1024);
+        assert_eq!(per_cpu_ring_bytes(TOTAL, 64, 4096), 16 * 1024);
+        assert_eq!(per_cpu_ring_bytes(TOTAL, 1024, 4096), 16 * 1024);
+        assert_eq!(per_cpu_ring_bytes(TOTAL, 1024, 65536), 65536);
+        assert_eq!(per_cpu_ring_bytes(TOTAL, 0, 4096), TOTAL);
+        assert_eq!(per_cpu_ring_bytes(u32::MAX, 1, 4096), 1 << 31);
+    }
 
     /// Each observer's object is an ELF aligned for the loader and inflates to exactly the
     /// object build.rs compiled, once: a second call returns the same bytes at the same address.

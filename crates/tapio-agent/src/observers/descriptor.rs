@@ -43,6 +43,18 @@ pub struct KernelHalf {
     /// Which of [`KernelHalf::counters`] count a correlation drop (evidence lost because a
     /// fact could not be attributed); the others are informational.
     pub correlation_counters: &'static [&'static str],
+    /// How its `events` map holds its records.
+    pub event_rings: EventRings,
+}
+
+/// How an object's `events` map holds its records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventRings {
+    /// One ring buffer, which every CPU writes to.
+    Shared,
+    /// One ring per CPU (`TAPIO_EVENT_RINGS_PER_CPU`), which the agent creates at load, the
+    /// rings together sharing `total_bytes` (`tapio_bpf::per_cpu_ring_bytes`).
+    PerCpu { total_bytes: u32 },
 }
 
 /// What the node is, as the kernel carriers need it: facts read at start, not settings.

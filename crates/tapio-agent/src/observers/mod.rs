@@ -10,8 +10,8 @@ pub mod descriptor;
 pub mod poll;
 
 pub use descriptor::{
-    no_userspace, open_carrier, CarrierLayout, CarrierMaps, ClassifierContext, Follower, KernelCarrier, KernelHalf,
-    Observer, RuntimeFacts, Start, Userspace,
+    no_userspace, open_carrier, CarrierLayout, CarrierMaps, ClassifierContext, EventRings, Follower, KernelCarrier,
+    KernelHalf, Observer, RuntimeFacts, Start, Userspace,
 };
 
 /// Declares the observer modules and [`REGISTRY`] from one list of folder names.
@@ -33,7 +33,7 @@ pub fn find(name: &str) -> Option<&'static Observer> {
 
 use crate::counters::Counters;
 use crate::stamp::{Stamper, Verdict};
-use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, ArrayOfMaps, Map, MapData, PerCpuArray, RingBuf};
 use aya::programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, TracePoint};
 use aya::programs::{ProgramError, TracePointError};
 use aya::{Btf, BtfError, Ebpf, EbpfError, EbpfLoader, Pod};
@@ -116,12 +116,16 @@ pub struct Carrier<T>(T);
 // SAFETY: `Carrier` wraps ABI records, which are plain old data (`Record`).
 unsafe impl<T: Record + 'static> Pod for Carrier<T> {}
 
-/// A loaded observer: the object (which owns the attached programs), its ring buffer and
+/// A loaded observer: the object (which owns the attached programs), its ring buffers and
 /// its kernel counters.
 pub struct Loaded {
     /// `None` once detached at shutdown.
     pub ebpf: Option<Ebpf>,
-    pub ring: RingBuf<MapData>,
+    /// Its one shared ring, or one ring per CPU (see [`EventRings`]).
+    pub rings: Vec<RingBuf<MapData>>,
+    /// The array of per-CPU rings, held open: programs are loaded (at attach) with the map
+    /// descriptors the object was relocated with.
+    pub ring_slots: Option<ArrayOfMaps<MapData, MapData>>,
     pub counters: PerCpuArray<MapData, u64>,
     pub programs: Vec<ProgramStatus>,
 }
@@ -326,14 +330,27 @@ fn permission_hint(status: &str) -> String {
 /// `tapio_abi_v<version>` global by name, so an object of another ABI (which lacks that
 /// name) is refused here, loudly, before anything runs.
 pub fn load_object(object: &[u8], btf: Option<&Btf>, abi_version: u32) -> Result<Ebpf, LoadError> {
+    load_object_with(object, btf, abi_version, None)
+}
+
+/// [`load_object`], with the `events` array of per-CPU rings sized to `per_cpu_slots`.
+fn load_object_with(
+    object: &[u8],
+    btf: Option<&Btf>,
+    abi_version: u32,
+    per_cpu_slots: Option<u32>,
+) -> Result<Ebpf, LoadError> {
     let abi_symbol = format!("tapio_abi_v{abi_version}");
-    EbpfLoader::new().btf(btf).override_global(abi_symbol.as_str(), &abi_version, true).load(object).map_err(|e| {
-        match &e {
-            EbpfError::ParseError(aya_obj::ParseError::SymbolNotFound { name }) if *name == abi_symbol => {
-                LoadError::AbiMismatch(format!("object was built for another kernel ABI (it lacks {abi_symbol}): {e}"))
-            }
-            _ => LoadError::from_aya("loading eBPF object: ", &e, btf.is_none()),
+    let mut loader = EbpfLoader::new();
+    loader.btf(btf).override_global(abi_symbol.as_str(), &abi_version, true);
+    if let Some(slots) = per_cpu_slots {
+        loader.map_max_entries(tapio_bpf::maps::EVENTS, slots);
+    }
+    loader.load(object).map_err(|e| match &e {
+        EbpfError::ParseError(aya_obj::ParseError::SymbolNotFound { name }) if *name == abi_symbol => {
+            LoadError::AbiMismatch(format!("object was built for another kernel ABI (it lacks {abi_symbol}): {e}"))
         }
+        _ => LoadError::from_aya("loading eBPF object: ", &e, btf.is_none()),
     })
 }
 
@@ -345,7 +362,7 @@ pub fn load<T: Record + 'static>(
     hooks: &[(&'static str, Hook)],
     initial: T,
 ) -> Result<(Loaded, ConfigCarrier<T>), LoadError> {
-    load_with(object, btf, hooks, |maps| {
+    load_with(object, btf, hooks, EventRings::Shared, |maps| {
         let mut carrier = ConfigCarrier::from_maps(maps.slots, maps.seq).map_err(LoadError::AbiMismatch)?;
         carrier.write(initial).map_err(LoadError::Other)?;
         Ok(carrier)
@@ -361,7 +378,7 @@ pub fn load_kernel_half(
     generation: u32,
     facts: RuntimeFacts,
 ) -> Result<(Loaded, Box<dyn KernelCarrier>), LoadError> {
-    load_with((kernel.object)(), btf, &(kernel.hooks)(), |maps| {
+    load_with((kernel.object)(), btf, &(kernel.hooks)(), kernel.event_rings, |maps| {
         let mut carrier = (kernel.carrier)(maps, facts)?;
         carrier.write(config, generation).map_err(LoadError::Other)?;
         Ok(carrier)
@@ -374,9 +391,22 @@ fn load_with<C>(
     object: &[u8],
     btf: Option<&Btf>,
     hooks: &[(&'static str, Hook)],
+    event_rings: EventRings,
     open: impl FnOnce(CarrierMaps) -> Result<C, LoadError>,
 ) -> Result<(Loaded, C), LoadError> {
-    let mut ebpf = load_object(object, btf, tapio_bpf::ABI_VERSION)?;
+    let cpus = match event_rings {
+        EventRings::Shared => None,
+        EventRings::PerCpu { .. } => Some(
+            aya::util::nr_cpus()
+                .map_err(|(path, e)| LoadError::Other(format!("reading {path}: {e}")))
+                .and_then(|n| u32::try_from(n).map_err(|_| LoadError::Other(format!("{n} possible CPUs"))))?,
+        ),
+    };
+    let mut ebpf = load_object_with(object, btf, tapio_bpf::ABI_VERSION, cpus)?;
+    // The rings are in place before any program runs: a record never finds its CPU's slot
+    // empty.
+    let events = ebpf.take_map(tapio_bpf::maps::EVENTS).ok_or("object has no events map")?;
+    let (rings, ring_slots) = open_event_rings(events, event_rings, cpus.unwrap_or(1))?;
     let slots = ebpf.take_map(tapio_bpf::maps::CONFIG).ok_or("object has no config map")?;
     let seq = ebpf.take_map(tapio_bpf::maps::CONFIG_SEQ).ok_or("object has no config_seq map")?;
     let carrier = open(CarrierMaps { slots, seq })?;
@@ -394,15 +424,53 @@ fn load_with<C>(
         // Nothing attached: the first program's reason is the observer's kind of failure.
         return Err(first.with_message(format!("no program attached ({})", reasons.join("; "))));
     }
-    let ring = ebpf
-        .take_map(tapio_bpf::maps::EVENTS)
-        .ok_or("object has no events ring buffer")
-        .and_then(|m| RingBuf::try_from(m).map_err(|_| "events map is not a ring buffer"))?;
     let counters = ebpf
         .take_map(tapio_bpf::maps::COUNTERS)
         .ok_or("object has no counters map")
         .and_then(|m| PerCpuArray::try_from(m).map_err(|_| "counters map has the wrong type"))?;
-    Ok((Loaded { ebpf: Some(ebpf), ring, counters, programs }, carrier))
+    Ok((Loaded { ebpf: Some(ebpf), rings, ring_slots, counters, programs }, carrier))
+}
+
+type OpenedRings = (Vec<RingBuf<MapData>>, Option<ArrayOfMaps<MapData, MapData>>);
+
+/// The object's event rings from its `events` map, as the observer declares it holds them:
+/// the one ring, or a ring created for each of `cpus` CPUs and put in its slot.
+fn open_event_rings(events: Map, declared: EventRings, cpus: u32) -> Result<OpenedRings, LoadError> {
+    let ring_error = |e: aya::maps::MapError| LoadError::Other(format!("creating a per-CPU ring: {e}"));
+    match (declared, events) {
+        (EventRings::Shared, events @ Map::RingBuf(_)) => {
+            Ok((vec![RingBuf::try_from(events).map_err(|e| LoadError::Other(format!("events ring: {e}")))?], None))
+        }
+        (EventRings::PerCpu { total_bytes }, events @ Map::ArrayOfMaps(_)) => {
+            let mut slots: ArrayOfMaps<MapData, MapData> = ArrayOfMaps::try_from(events)
+                .map_err(|e| LoadError::AbiMismatch(format!("events array of rings: {e}")))?;
+            // SAFETY: sysconf only reads a system constant.
+            let page = u32::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+            let bytes = tapio_bpf::per_cpu_ring_bytes(total_bytes, cpus, page);
+            let mut rings = Vec::with_capacity(cpus as usize);
+            for cpu in 0..cpus {
+                let definition = aya_obj::Map::new_from_params(
+                    aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32,
+                    0,
+                    0,
+                    bytes,
+                    0,
+                );
+                let ring = MapData::create(definition, tapio_bpf::maps::EVENTS, None).map_err(ring_error)?;
+                slots.set(cpu, &ring, 0).map_err(ring_error)?;
+                rings.push(RingBuf::try_from(Map::RingBuf(ring)).map_err(ring_error)?);
+            }
+            Ok((rings, Some(slots)))
+        }
+        (declared, events) => {
+            let kind = match events {
+                Map::RingBuf(_) => "a ring buffer",
+                Map::ArrayOfMaps(_) => "an array of maps",
+                _ => "neither a ring buffer nor an array of rings",
+            };
+            Err(LoadError::AbiMismatch(format!("the events map is {kind}; the observer expects {declared:?}")))
+        }
+    }
 }
 
 fn attach(ebpf: &mut Ebpf, btf: Option<&Btf>, name: &str, hook: Hook) -> Result<(), LoadError> {

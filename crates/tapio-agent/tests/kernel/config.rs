@@ -72,7 +72,8 @@ fn ten_thousand_config_rewrites_while_exits_flow_judge_every_event_by_one_writte
     let seen: Arc<Mutex<ExitsByPid>> = Arc::default();
     let drain = {
         let (done, seen) = (Arc::clone(&done), Arc::clone(&seen));
-        let mut ring = loaded.ring;
+        assert_eq!(loaded.rings.len(), 1, "the container object has one shared ring");
+        let mut ring = loaded.rings.remove(0);
         std::thread::spawn(move || loop {
             let finishing = done.load(Ordering::Acquire);
             let mut got = 0;

@@ -122,6 +122,59 @@ fn map_update(id: &str, key: &[String], value: &[String]) {
     support::run(&cmd);
 }
 
+/// The CPUs this thread may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills the set it is given.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set), 0, "sched_getaffinity");
+        (0..libc::CPU_SETSIZE as usize).filter(|&cpu| libc::CPU_ISSET(cpu, &set)).collect()
+    }
+}
+
+/// Moves the calling thread to `cpu` and returns the CPU it then runs on.
+fn pin_to(cpu: usize) -> usize {
+    // SAFETY: as above; sched_setaffinity only reads the set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set), 0, "pin to CPU {cpu}");
+        usize::try_from(libc::sched_getcpu()).expect("sched_getcpu")
+    }
+}
+
+/// The network object writes to one ring per CPU: a refused connect made on each CPU in turn
+/// is one event each, so every CPU's ring is created, in its slot and drained.
+#[test]
+#[ignore = "needs root"]
+fn a_refused_connect_on_each_cpu_is_one_event_through_that_cpus_ring() {
+    let _turn = kernel_test("per_cpu_rings");
+    let agent = Agent::start(BASE);
+    let cpus = allowed_cpus();
+    assert!(!cpus.is_empty());
+    let mut ports = Vec::new();
+    for &cpu in &cpus {
+        let port = closed_port();
+        let ran_on = std::thread::spawn(move || {
+            let ran_on = pin_to(cpu);
+            let err = TcpStream::connect(("127.0.0.1", port)).expect_err("nothing listens");
+            assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+            ran_on
+        })
+        .join()
+        .expect("connecting thread");
+        assert_eq!(ran_on, cpu, "the connecting thread runs on the CPU it was pinned to");
+        ports.push((cpu, port));
+    }
+    let run = agent.stop();
+    assert!(run.exit_ok, "agent exit: {}", run.stderr);
+    for (cpu, port) in ports {
+        let events = run.to_port(port);
+        assert_eq!(events.len(), 1, "one event for the connect made on CPU {cpu}: {events:#?}");
+        assert_eq!(events[0]["type"], "kernel.network.connection_refused");
+    }
+}
+
 #[test]
 #[ignore = "needs root"]
 fn refused_connects_give_exactly_one_refused_event_each_v4_and_v6() {

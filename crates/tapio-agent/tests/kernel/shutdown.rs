@@ -65,10 +65,11 @@ fn a_ring_filled_while_the_agent_was_stopped_is_emptied_at_shutdown_and_fully_ac
     let written = events_to(&text, port);
     let lost = losses(&counters);
     eprintln!("sigstop flood: {CONNECTS} connects, {written} events written, {lost} counted losses, exit in {took:?}");
-    // The ring holds thousands of records: the shutdown drain must take them all, so the
-    // events exceed two bursts and the kernel counted the rest as reserve failures.
-    let bursts = 2 * tapio_agent::drain::BURST as u64;
-    assert!(written > bursts, "only {written} events: the ring was not emptied\n{log}");
+    // The connecting CPU's ring holds well over a thousand records: the shutdown drain must
+    // take them all, so the events exceed one burst and the kernel counted the rest as
+    // reserve failures.
+    let burst = tapio_agent::drain::BURST as u64;
+    assert!(written > burst, "only {written} events: the ring was not emptied\n{log}");
     assert!(counter_at(&counters, &["kernel", "network.ringbuf_reserve_failed"]) > 0, "{counters}");
     assert_eq!(counter_at(&counters, &["sinks", "stdout", "written"]), counter_at(&counters, &["events_total"]));
     assert_eq!(written + lost, CONNECTS as u64, "events written + every loss counter == connects: {counters}");

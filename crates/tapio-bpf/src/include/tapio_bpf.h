@@ -175,6 +175,57 @@ static __always_inline void tapio_submit_sized(void *ring, void *record, __u64 s
 	bpf_ringbuf_submit(record, wake ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
+/*
+ * Declares the object's event rings as one ring per CPU ("events", an array of ring
+ * buffers): a record goes to the ring of the CPU that made it, so producers on different
+ * CPUs never take the same ring's lock or write the same position words (on a busy node
+ * that contention cost more than the hook that produced the record). Programs cannot create
+ * maps: the agent sizes the array to the possible CPUs, creates each CPU's ring (its share
+ * of `total_bytes`, `tapio_bpf::per_cpu_ring_bytes`) and puts it in its slot. The template
+ * below only gives the rings' type to the verifier.
+ */
+#define TAPIO_EVENT_RINGS_PER_CPU(total_bytes)                       \
+	struct tapio_event_ring {                                    \
+		__uint(type, BPF_MAP_TYPE_RINGBUF);                  \
+		__uint(max_entries, total_bytes);                    \
+	};                                                           \
+	struct {                                                     \
+		__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);            \
+		__uint(max_entries, 1);                              \
+		__type(key, __u32);                                  \
+		__array(values, struct tapio_event_ring);            \
+	} events SEC(".maps")
+
+/* This CPU's ring of a TAPIO_EVENT_RINGS_PER_CPU array; NULL only if the agent made none
+ * for this CPU (the caller counts the record as not reserved). */
+static __always_inline void *tapio_cpu_ring(void *rings)
+{
+	__u32 cpu = bpf_get_smp_processor_id();
+	return bpf_map_lookup_elem(rings, &cpu);
+}
+
+/*
+ * Submits a record reserved in this CPU's ring (tapio_cpu_ring). It wakes the agent when it
+ * carries the waiting bytes across a multiple of a quarter of the ring (the agent sized the
+ * ring at load): a CPU's ring is a share of what one shared ring would be, and a quarter
+ * of it keeps the forced wake-ups (about 3 us each in a VM, inside the program's run time)
+ * as rare per record as an eighth of the shared ring did. Only this CPU reserves in this
+ * ring, so no crossing goes unseen between the reservation and this count, and the closer
+ * marks a shared ring needs past its half (tapio_submit) are not needed: an agent behind on
+ * its rings is not interrupted more often than once per quarter of a ring.
+ */
+#define tapio_submit_to_cpu_ring(ring, record) tapio_submit_cpu_ring_sized(ring, record, sizeof(*(record)))
+
+static __always_inline void tapio_submit_cpu_ring_sized(void *ring, void *record, __u64 size)
+{
+	__u64 occupies = 8 + ((size + 7) & ~7ULL);
+	__u64 mark = bpf_ringbuf_query(ring, BPF_RB_RING_SIZE) / 4;
+	__u64 waiting = bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA);
+	__u64 before = waiting > occupies ? waiting - occupies : 0;
+	int wake = mark && waiting / mark != before / mark;
+	bpf_ringbuf_submit(record, wake ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+}
+
 /* Fills *t with the current task: the right attribution only in process context.
  * with_memcg: also read its memory-cgroup id (a few pointer reads).
  *

@@ -37,18 +37,9 @@ char LICENSE[] SEC("license") = "GPL";
 TAPIO_COUNTERS_MAP;
 TAPIO_CONFIG_MAP(struct tapio_net_config);
 
-/* 512 KiB: some 4,000 records, tens of milliseconds of the fastest refused-connect flood
- * this project's machine makes. The agent maps the ring's data twice, so every byte of it
- * is two bytes of the agent's resident set (1 MiB here). */
-#define EVENTS_RING_BYTES (1 << 19)
-
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, EVENTS_RING_BYTES);
-} events SEC(".maps");
-
-/* Wake the agent once an eighth of the ring is waiting. */
-#define EVENTS_WAKEUP_BYTES (EVENTS_RING_BYTES / 8)
+/* One ring per CPU (every connect on the node may make a record, on any CPU), sharing
+ * TAPIO_NET_EVENTS_RING_BYTES (network.h). */
+TAPIO_EVENT_RINGS_PER_CPU(TAPIO_NET_EVENTS_RING_BYTES);
 
 /* A connect in SYN_SENT: who started it, when, and whether an RST came back. */
 struct connect_start {
@@ -129,18 +120,26 @@ struct {
 	__type(value, struct rtt_baseline);
 } rtt_baselines SEC(".maps");
 
-static __always_inline struct tapio_net_event *reserve_event(__u32 kind, __u32 generation)
+/* Reserves a record in this CPU's ring; *ring is the ring to submit it to. */
+static __always_inline struct tapio_net_event *reserve_event(void **ring, __u32 kind, __u32 generation)
 {
-	struct tapio_net_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	void *cpu_ring = tapio_cpu_ring(&events);
+	struct tapio_net_event *ev = cpu_ring ? bpf_ringbuf_reserve(cpu_ring, sizeof(*ev), 0) : NULL;
 	if (!ev) {
 		tapio_count(&counters, TAPIO_CNT_RINGBUF_FULL);
 		return NULL;
 	}
+	*ring = cpu_ring;
 	__builtin_memset(ev, 0, sizeof(*ev));
 	ev->hdr.boot_ns = bpf_ktime_get_boot_ns();
 	ev->hdr.kind = kind;
 	ev->hdr.generation = generation;
 	return ev;
+}
+
+static __always_inline void submit_event(void *ring, struct tapio_net_event *ev)
+{
+	tapio_submit_to_cpu_ring(ring, ev);
 }
 
 /* The task that started the connection, when its connect was seen (else left unknown). */
@@ -212,7 +211,8 @@ static __always_inline void fill_addrs_typed(struct tapio_net_event *ev, struct 
 static __always_inline void emit_connect_failed(struct sock *sk, const struct tapio_net_config *cfg,
 						struct connect_start *start, int sk_err, __u16 flags)
 {
-	struct tapio_net_event *ev = reserve_event(TAPIO_NET_CONNECT_FAILED, cfg->hdr.generation);
+	void *ring;
+	struct tapio_net_event *ev = reserve_event(&ring, TAPIO_NET_CONNECT_FAILED, cfg->hdr.generation);
 	if (!ev)
 		return;
 	/* Segments retransmitted on a socket that never left SYN_SENT are its SYNs. (The
@@ -234,7 +234,7 @@ static __always_inline void emit_connect_failed(struct sock *sk, const struct ta
 		ev->flags |= start->flags | TAPIO_NET_F_START_KNOWN;
 		ev->duration_ns = ev->hdr.boot_ns - start->start_ns;
 	}
-	tapio_submit(&events, ev, EVENTS_WAKEUP_BYTES);
+	submit_event(ring, ev);
 }
 
 /*
@@ -340,7 +340,8 @@ int BPF_PROG(tapio_tcp_receive_reset, struct sock *sk)
 	if (!(cfg.enabled & TAPIO_NET_EN_RESET))
 		return 0;
 
-	struct tapio_net_event *ev = reserve_event(TAPIO_NET_RESET, cfg.hdr.generation);
+	void *ring;
+	struct tapio_net_event *ev = reserve_event(&ring, TAPIO_NET_RESET, cfg.hdr.generation);
 	if (!ev)
 		return 0;
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
@@ -361,7 +362,7 @@ int BPF_PROG(tapio_tcp_receive_reset, struct sock *sk)
 			ev->flags |= TAPIO_NET_F_LOCAL_SHUTDOWN;
 	}
 	attach_owner(ev, key);
-	tapio_submit(&events, ev, EVENTS_WAKEUP_BYTES);
+	submit_event(ring, ev);
 	return 0;
 }
 
@@ -407,7 +408,8 @@ static __always_inline int on_retransmit(struct sock *sk, int state, struct sk_b
 	/* One event per window, however many retransmits follow in it. */
 	w->reported = 1;
 
-	struct tapio_net_event *ev = reserve_event(TAPIO_NET_RETRANSMIT_SPIKE, cfg.hdr.generation);
+	void *ring;
+	struct tapio_net_event *ev = reserve_event(&ring, TAPIO_NET_RETRANSMIT_SPIKE, cfg.hdr.generation);
 	if (!ev)
 		return 0;
 	fill_addrs_from_sock(ev, sk);
@@ -416,7 +418,7 @@ static __always_inline int on_retransmit(struct sock *sk, int state, struct sk_b
 	ev->retransmits_in_window = count;
 	ev->window_ms = cfg.retransmit_window_ms;
 	attach_owner(ev, key);
-	tapio_submit(&events, ev, EVENTS_WAKEUP_BYTES);
+	submit_event(ring, ev);
 	return 0;
 }
 
@@ -538,7 +540,8 @@ int BPF_PROG(tapio_tcp_probe, struct sock *sk, struct sk_buff *skb)
 		struct rtt_degraded_period fresh = { .last_bad_ns = now, .worst_srtt_us = srtt };
 		if (bpf_map_update_elem(&rtt_degraded, &key, &fresh, BPF_NOEXIST))
 			return 0;
-		struct tapio_net_event *ev = reserve_event(TAPIO_NET_RTT_DEGRADED, cfg.hdr.generation);
+		void *ring;
+		struct tapio_net_event *ev = reserve_event(&ring, TAPIO_NET_RTT_DEGRADED, cfg.hdr.generation);
 		if (!ev)
 			return 0;
 		fill_addrs_typed(ev, sk, tp);
@@ -548,7 +551,7 @@ int BPF_PROG(tapio_tcp_probe, struct sock *sk, struct sk_buff *skb)
 		ev->baseline_samples = b->samples;
 		ev->state = TCP_ESTABLISHED;
 		attach_owner(ev, (__u64)sk);
-		tapio_submit(&events, ev, EVENTS_WAKEUP_BYTES);
+		submit_event(ring, ev);
 		return 0;
 	}
 	/* Only healthy samples teach the baseline: a slow period that stays under the

@@ -6,6 +6,12 @@
 #include "tapio_common.h"
 
 /* Bits of tapio_net_config.enabled: each evidence family can be switched off. */
+/* The network object's event rings together, shared by the CPUs' rings (the agent gives
+ * each CPU a power-of-two share, `tapio_bpf::per_cpu_ring_bytes`). 512 KiB: some 4,000
+ * records, tens of milliseconds of the fastest refused-connect flood this project's machine
+ * makes. The agent maps a ring's data twice, so every byte is two of its resident set. */
+#define TAPIO_NET_EVENTS_RING_BYTES (1 << 19)
+
 enum tapio_net_enable {
 	TAPIO_NET_EN_CONNECT = 1 << 0,
 	TAPIO_NET_EN_RESET = 1 << 1,

@@ -3,7 +3,7 @@
 
 pub mod classify;
 
-use super::{no_userspace, open_carrier, CarrierLayout, Classifier, Hook, KernelHalf, Observer, RuntimeFacts};
+use super::{no_userspace, open_carrier, CarrierLayout, Classifier, EventRings, Hook, KernelHalf, Observer, RuntimeFacts};
 use crate::stamp::{Stamper, Verdict};
 use classify::PageSize;
 use tapio_bpf::abi::{tapio_cgroup_event, tapio_ctr_config, TAPIO_CTR_EN_EXIT, TAPIO_CTR_EN_OOM};
@@ -25,6 +25,7 @@ pub static OBSERVER: Observer = Observer {
         classifier: |ctx| Box::new(ContainerClassifier::new(ctx.learner.clone())),
         counters: &[],
         correlation_counters: &[],
+        event_rings: EventRings::Shared,
     }),
     userspace: no_userspace,
 };

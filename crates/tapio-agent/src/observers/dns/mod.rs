@@ -10,7 +10,7 @@
 pub mod classify;
 
 use super::poll::{PollContext, Poller};
-use super::{open_carrier, CarrierLayout, Classifier, Follower, Hook, KernelHalf, Observer, RuntimeFacts, Start, Userspace};
+use super::{open_carrier, CarrierLayout, Classifier, EventRings, Follower, Hook, KernelHalf, Observer, RuntimeFacts, Start, Userspace};
 use crate::stamp::{Stamper, Verdict};
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use aya::Pod;
@@ -38,6 +38,7 @@ pub static OBSERVER: Observer = Observer {
         // The others lose no evidence: an unmatched answer was judged already (or is not
         // ours), a retransmission folds into its query, an unseen owner is a null pid.
         correlation_counters: &[tapio_bpf::dns::UNPARSABLE],
+        event_rings: EventRings::Shared,
     }),
     userspace: start_sweeper,
 };

@@ -4,7 +4,7 @@
 pub mod classify;
 
 use super::{
-    no_userspace, open_carrier, CarrierLayout, Classifier, ClassifierContext, Hook, KernelHalf, Observer,
+    no_userspace, open_carrier, CarrierLayout, Classifier, ClassifierContext, EventRings, Hook, KernelHalf, Observer,
     ProgramStatus, RuntimeFacts,
 };
 use crate::stamp::{Stamper, Verdict};
@@ -27,6 +27,7 @@ pub static OBSERVER: Observer = Observer {
         classifier: |ctx: &mut ClassifierContext<'_>| classifier_for(Some(ctx.programs)),
         counters: &[],
         correlation_counters: &[],
+        event_rings: EventRings::PerCpu { total_bytes: tapio_bpf::abi::TAPIO_NET_EVENTS_RING_BYTES },
     }),
     userspace: no_userspace,
 };

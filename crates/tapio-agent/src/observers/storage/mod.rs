@@ -6,7 +6,7 @@ pub mod disks;
 
 use super::poll::{PollContext, Poller};
 use super::{
-    open_carrier, CarrierLayout, Classifier, Follower, Hook, KernelHalf, Observer, RuntimeFacts, Start, Userspace,
+    open_carrier, CarrierLayout, Classifier, EventRings, Follower, Hook, KernelHalf, Observer, RuntimeFacts, Start, Userspace,
 };
 use crate::config::LocalKnobs;
 use crate::stamp::{Stamper, Verdict};
@@ -39,6 +39,7 @@ pub static OBSERVER: Observer = Observer {
             tapio_bpf::storage::UNMATCHED_COMPLETION,
             tapio_bpf::storage::INFLIGHT_REPLACED,
         ],
+        event_rings: EventRings::Shared,
     }),
     userspace: start_sweeper,
 };
