@@ -82,11 +82,9 @@ pub fn maps_of(object: &[u8], cpus: u64) -> Result<Vec<MapMemory>, String> {
 
 /// Possible CPUs of this machine (what per-CPU maps are allocated for).
 fn possible_cpus() -> u64 {
-    // "0-1", "0-3,5", …: the highest index + 1, as the kernel sizes per-CPU areas.
-    std::fs::read_to_string("/sys/devices/system/cpu/possible")
-        .ok()
-        .and_then(|s| s.trim().split([',', '-']).filter_map(|n| n.parse::<u64>().ok()).max().map(|m| m + 1))
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1))
+    tapio_util::cpus::possible_slots()
+        .map(u64::from)
+        .unwrap_or_else(|_| std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1))
 }
 
 pub fn measure(report: &mut Report) {

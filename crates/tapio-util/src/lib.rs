@@ -12,7 +12,9 @@
 //! - [`mountinfo`]: one `/proc/<pid>/mountinfo` line.
 //! - [`perf`]: `perf_event_open(2)` with the first `perf_event_attr` ABI.
 //! - [`logger`]: the one stderr log line format of the agent and the controller.
+//! - [`cpus`]: the kernel's CPU lists, as slots of per-CPU maps.
 
+pub mod cpus;
 pub mod http;
 pub mod logger;
 pub mod mountinfo;

@@ -396,11 +396,8 @@ fn load_with<C>(
 ) -> Result<(Loaded, C), LoadError> {
     let cpus = match event_rings {
         EventRings::Shared => None,
-        EventRings::PerCpu { .. } => Some(
-            aya::util::nr_cpus()
-                .map_err(|(path, e)| LoadError::Other(format!("reading {path}: {e}")))
-                .and_then(|n| u32::try_from(n).map_err(|_| LoadError::Other(format!("{n} possible CPUs"))))?,
-        ),
+        // A slot for every CPU id the kernel may ever run a program on.
+        EventRings::PerCpu { .. } => Some(tapio_util::cpus::possible_slots().map_err(LoadError::Other)?),
     };
     let mut ebpf = load_object_with(object, btf, tapio_bpf::ABI_VERSION, cpus)?;
     // The rings are in place before any program runs: a record never finds its CPU's slot

@@ -264,7 +264,7 @@ impl NodeObserver {
         }
         let mut cpus = Vec::new();
         if config.pmc {
-            let online = std::fs::read_to_string(cpu_list).ok().and_then(|t| pmc::parse_cpu_list(&t));
+            let online = std::fs::read_to_string(cpu_list).ok().and_then(|t| tapio_util::cpus::parse_list(&t));
             match online {
                 None => {
                     problems.push(format!("hardware counters unsupported: cannot read the online CPUs ({cpu_list})"))

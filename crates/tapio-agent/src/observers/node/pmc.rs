@@ -104,25 +104,6 @@ pub fn stall_hundredths(d: &Delta) -> Option<u64> {
     d.stalled_backend.map(|s| (u128::from(s) * 10_000 / u128::from(d.cycles.max(1))) as u64)
 }
 
-/// "0-3,5,7-8" (the kernel's CPU list format) → [0, 1, 2, 3, 5, 7, 8]; None if malformed.
-pub fn parse_cpu_list(text: &str) -> Option<Vec<u32>> {
-    let mut cpus = Vec::new();
-    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
-        let (a, b) = match part.split_once('-') {
-            Some((a, b)) => (a.parse::<u32>().ok()?, b.parse::<u32>().ok()?),
-            None => {
-                let a = part.parse::<u32>().ok()?;
-                (a, a)
-            }
-        };
-        if b < a || b - a > 4096 || cpus.len() > 8192 {
-            return None;
-        }
-        cpus.extend(a..=b);
-    }
-    (!cpus.is_empty()).then_some(cpus)
-}
-
 /// One hardware counter on `cpu`, counting every task there, read as part of a group.
 fn open_counter(config: u64, cpu: u32, group: Option<&OwnedFd>) -> std::io::Result<OwnedFd> {
     let attr = PerfEventAttr {
@@ -270,14 +251,5 @@ mod tests {
         .unwrap();
         let j = judge(&d, &T).unwrap();
         assert!(j.ipc_low && j.stall_high.is_none(), "no stall counter: only IPC is judged");
-    }
-
-    #[test]
-    fn cpu_lists_parse_like_the_kernel_prints_them() {
-        assert_eq!(parse_cpu_list("0-1\n"), Some(vec![0, 1]));
-        assert_eq!(parse_cpu_list("0,2-3,7"), Some(vec![0, 2, 3, 7]));
-        assert_eq!(parse_cpu_list(""), None);
-        assert_eq!(parse_cpu_list("3-1"), None);
-        assert_eq!(parse_cpu_list("a"), None);
     }
 }
