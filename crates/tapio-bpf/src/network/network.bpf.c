@@ -137,11 +137,6 @@ static __always_inline struct tapio_net_event *reserve_event(void **ring, __u32 
 	return ev;
 }
 
-static __always_inline void submit_event(void *ring, struct tapio_net_event *ev)
-{
-	tapio_submit_to_cpu_ring(ring, ev);
-}
-
 /* The task that started the connection, when its connect was seen (else left unknown). */
 static __always_inline void attach_owner(struct tapio_net_event *ev, __u64 sock)
 {
@@ -234,7 +229,7 @@ static __always_inline void emit_connect_failed(struct sock *sk, const struct ta
 		ev->flags |= start->flags | TAPIO_NET_F_START_KNOWN;
 		ev->duration_ns = ev->hdr.boot_ns - start->start_ns;
 	}
-	submit_event(ring, ev);
+	tapio_submit_to_cpu_ring(ring, ev);
 }
 
 /*
@@ -362,7 +357,7 @@ int BPF_PROG(tapio_tcp_receive_reset, struct sock *sk)
 			ev->flags |= TAPIO_NET_F_LOCAL_SHUTDOWN;
 	}
 	attach_owner(ev, key);
-	submit_event(ring, ev);
+	tapio_submit_to_cpu_ring(ring, ev);
 	return 0;
 }
 
@@ -418,7 +413,7 @@ static __always_inline int on_retransmit(struct sock *sk, int state, struct sk_b
 	ev->retransmits_in_window = count;
 	ev->window_ms = cfg.retransmit_window_ms;
 	attach_owner(ev, key);
-	submit_event(ring, ev);
+	tapio_submit_to_cpu_ring(ring, ev);
 	return 0;
 }
 
@@ -551,7 +546,7 @@ int BPF_PROG(tapio_tcp_probe, struct sock *sk, struct sk_buff *skb)
 		ev->baseline_samples = b->samples;
 		ev->state = TCP_ESTABLISHED;
 		attach_owner(ev, (__u64)sk);
-		submit_event(ring, ev);
+		tapio_submit_to_cpu_ring(ring, ev);
 		return 0;
 	}
 	/* Only healthy samples teach the baseline: a slow period that stays under the
