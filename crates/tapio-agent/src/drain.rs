@@ -162,7 +162,7 @@ impl Drain {
                 handled += h;
                 unread += u;
             }
-            log::debug!("shutdown: {name}: {handled} records taken from the ring");
+            log::debug!("shutdown: {name}: {handled} records taken from its rings");
             if unread > 0 {
                 log::warn!("shutdown: {name}: {unread} records left unread at the deadline (counted)");
                 counters.unread_at_shutdown(name, unread);

@@ -441,8 +441,7 @@ fn open_event_rings(events: Map, declared: EventRings, cpus: u32) -> Result<Open
         (EventRings::PerCpu { total_bytes }, events @ Map::ArrayOfMaps(_)) => {
             let mut slots: ArrayOfMaps<MapData, MapData> = ArrayOfMaps::try_from(events)
                 .map_err(|e| LoadError::AbiMismatch(format!("events array of rings: {e}")))?;
-            // SAFETY: sysconf only reads a system constant.
-            let page = u32::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+            let page = u32::try_from(container::classify::PageSize::of_this_system().0).unwrap_or(4096);
             let bytes = tapio_bpf::per_cpu_ring_bytes(total_bytes, cpus, page);
             let mut rings = Vec::with_capacity(cpus as usize);
             for cpu in 0..cpus {
