@@ -47,9 +47,6 @@ impl BootToWall {
     }
 }
 
-/// RFC 3339 UTC with nanoseconds (the record's `timestamp`), written once for the workspace.
-pub use tapio_util::time::rfc3339_nanos;
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,15 @@
 //! The queue is bounded twice: by records (`queue_capacity`) and by encoded bytes
 //! ([`QUEUE_MAX_BYTES`]). A record that fits neither is dropped and counted
 //! (`queue_overflow_total`); sending never waits for the sinks.
+//!
+//! Between bursts, the drain paces itself on a queue more than three quarters full
+//! ([`QueueSender::wait_for_room`]): it waits, for a bounded time, until the sink stage has
+//! taken the queue down to half, and its records wait in the kernel's ring buffers meanwhile.
+//! On a machine short of CPU the two threads otherwise take turns: the drain turns a ring's
+//! backlog into records faster than the starved sink stage writes them, and encodes
+//! thousands only to drop them at the full queue, CPU the sink stage needed. A sink stage
+//! that does not make room within the limit is stuck, not slow, and the drain goes on
+//! without waiting again until it has caught up.
 
 use crate::counters::Counters;
 use crate::evidence::{Evidence, WorkloadIds};
@@ -17,6 +26,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 /// Encoded bytes the queue may hold. At about 560 bytes per connection record that is some
 /// 7,500 records of backlog, seconds of a flood; the record bound applies as well.
@@ -107,8 +117,12 @@ struct Shared {
     state: Mutex<State>,
     /// Signalled when a record arrives for a waiting receiver, or the last sender leaves.
     arrived: Condvar,
+    /// Signalled when the receiver has taken a paced sender's queue down to half.
+    room: Condvar,
     max_records: usize,
     max_bytes: usize,
+    /// How long the queue stays empty before its room beyond [`KEPT_BYTES`] is given back.
+    idle_release: Duration,
 }
 
 struct State {
@@ -118,18 +132,40 @@ struct State {
     records: usize,
     senders: usize,
     receiver_waiting: bool,
+    /// A sender waits in [`QueueSender::wait_for_room`].
+    sender_waiting: bool,
+    /// A pacing wait ran out: the receiver is stuck, not slow. Until it has taken the queue
+    /// down to half, senders do not wait again (they drop at the queue, counted).
+    receiver_stuck: bool,
 }
 
-/// Room kept when the queue runs dry; more is given back.
+/// Room kept when the queue has run dry; more is given back after [`IDLE_RELEASE`].
 const KEPT_BYTES: usize = 64 * 1024;
+/// Under a flood the queue runs dry thousands of times a second between bursts; giving its
+/// room back each time made the drain grow it again, copying the backlog under the lock at
+/// every doubling. It is given back once the queue has stayed empty this long.
+const IDLE_RELEASE: Duration = Duration::from_secs(1);
 
 /// A queue of at most `records` records and `max_bytes` encoded bytes.
 pub fn bounded(records: usize, max_bytes: usize) -> (QueueSender, QueueReceiver) {
+    bounded_releasing_after(records, max_bytes, IDLE_RELEASE)
+}
+
+fn bounded_releasing_after(records: usize, max_bytes: usize, idle_release: Duration) -> (QueueSender, QueueReceiver) {
     let shared = Arc::new(Shared {
-        state: Mutex::new(State { ring: VecDeque::new(), records: 0, senders: 1, receiver_waiting: false }),
+        state: Mutex::new(State {
+            ring: VecDeque::new(),
+            records: 0,
+            senders: 1,
+            receiver_waiting: false,
+            sender_waiting: false,
+            receiver_stuck: false,
+        }),
         arrived: Condvar::new(),
+        room: Condvar::new(),
         max_records: records,
         max_bytes,
+        idle_release,
     });
     (QueueSender { shared: Arc::clone(&shared) }, QueueReceiver { shared })
 }
@@ -186,6 +222,34 @@ impl QueueSender {
     }
 }
 
+impl QueueSender {
+    /// Paces a sender that has a ring buffer behind it: while the queue is more than three
+    /// quarters full, waits (at most `limit`) for the receiver to take it down to half.
+    /// Returns at once when the receiver has missed such a deadline and not yet caught up.
+    pub fn wait_for_room(&self, limit: Duration) {
+        let shared = &*self.shared;
+        let mut state = shared.lock();
+        if state.receiver_stuck || !shared.above(&state, 3) {
+            return;
+        }
+        state.sender_waiting = true;
+        let (mut state, wait) =
+            shared.room.wait_timeout_while(state, limit, |s| shared.above(s, 2)).unwrap_or_else(|p| p.into_inner());
+        state.sender_waiting = false;
+        if wait.timed_out() {
+            state.receiver_stuck = true;
+        }
+    }
+}
+
+impl Shared {
+    /// Whether the queue holds more than `quarters` quarters of either bound.
+    fn above(&self, state: &State, quarters: usize) -> bool {
+        state.records * 4 > self.max_records.saturating_mul(quarters)
+            || state.ring.len() * 4 > self.max_bytes.saturating_mul(quarters)
+    }
+}
+
 impl Clone for QueueSender {
     fn clone(&self) -> Self {
         self.shared.lock().senders += 1;
@@ -216,17 +280,40 @@ impl QueueReceiver {
             if state.senders == 0 {
                 return false;
             }
-            if state.ring.capacity() > KEPT_BYTES {
-                state.ring.shrink_to(KEPT_BYTES);
+            state.receiver_stuck = false;
+            if std::mem::take(&mut state.sender_waiting) {
+                self.shared.room.notify_all();
             }
             state.receiver_waiting = true;
-            state = self.shared.arrived.wait(state).unwrap_or_else(|p| p.into_inner());
+            if state.ring.capacity() > KEPT_BYTES {
+                let (s, wait) = self
+                    .shared
+                    .arrived
+                    .wait_timeout(state, self.shared.idle_release)
+                    .unwrap_or_else(|p| p.into_inner());
+                state = s;
+                if wait.timed_out() && state.records == 0 {
+                    state.ring.shrink_to(KEPT_BYTES);
+                }
+            } else {
+                state = self.shared.arrived.wait(state).unwrap_or_else(|p| p.into_inner());
+            }
         }
     }
 
     /// Moves the next record into `into` if one is waiting.
     pub fn try_recv(&self, into: &mut Encoded) -> bool {
-        take(&mut self.shared.lock(), into)
+        let shared = &*self.shared;
+        let mut state = shared.lock();
+        let took = take(&mut state, into);
+        if (state.sender_waiting || state.receiver_stuck) && !shared.above(&state, 2) {
+            state.receiver_stuck = false;
+            if std::mem::take(&mut state.sender_waiting) {
+                drop(state);
+                shared.room.notify_all();
+            }
+        }
+        took
     }
 
     /// Encoded bytes in the queue now.
@@ -376,6 +463,96 @@ mod tests {
         assert!(rx.recv(&mut got));
         assert!(!rx.recv(&mut got), "every sender is gone and the queue is empty");
         assert_eq!(rx.queued_bytes(), 0);
+    }
+
+    /// A backlog's room stays while the queue only runs dry between bursts, and is given
+    /// back once the queue has stayed empty for the release delay.
+    #[test]
+    fn room_is_given_back_only_after_the_queue_stays_empty() {
+        let counters = Arc::new(Counters::default());
+        let ev = evidence(&"x".repeat(1000));
+        let (tx, rx) = bounded_releasing_after(1000, usize::MAX, Duration::from_millis(300));
+        for _ in 0..200 {
+            tx.offer(&counters, &ev);
+        }
+        let room = |rx: &QueueReceiver| rx.shared.lock().ring.capacity();
+        let backlog_room = room(&rx);
+        assert!(backlog_room > KEPT_BYTES * 3, "200 records of 1 KB: {backlog_room}");
+        let receiver = std::thread::spawn(move || {
+            let mut got = Encoded::default();
+            let mut taken = 0;
+            while rx.recv(&mut got) {
+                taken += 1;
+            }
+            (taken, rx)
+        });
+        // The receiver empties the queue and waits; a record 50 ms later finds the room kept.
+        std::thread::sleep(Duration::from_millis(50));
+        tx.offer(&counters, &ev);
+        std::thread::sleep(Duration::from_millis(50));
+        let kept = room_of(&tx);
+        assert!(kept >= backlog_room, "room kept between bursts: {kept} < {backlog_room}");
+        // Empty for longer than the delay: given back.
+        std::thread::sleep(Duration::from_millis(900));
+        let released = room_of(&tx);
+        assert!(released <= KEPT_BYTES, "room given back after the delay: {released}");
+        drop(tx);
+        let (taken, _rx) = receiver.join().unwrap();
+        assert_eq!(taken, 201);
+    }
+
+    /// A sender pacing itself on a nearly full queue goes on once the receiver has taken it
+    /// down to half, and at once while the queue is below three quarters.
+    #[test]
+    fn a_paced_sender_waits_for_the_receiver_to_take_the_queue_to_half() {
+        let counters = Counters::default();
+        let ev = evidence("m");
+        let (tx, rx) = bounded(8, usize::MAX);
+        for _ in 0..6 {
+            tx.offer(&counters, &ev);
+        }
+        // 6 of 8 is three quarters, not more: no wait even with a limit far beyond the test.
+        tx.wait_for_room(Duration::from_secs(3600));
+        tx.offer(&counters, &ev);
+        let receiver = std::thread::spawn(move || {
+            let mut got = Encoded::default();
+            // Let the sender wait first; then take 7 → 4 (half), one at a time.
+            std::thread::sleep(Duration::from_millis(100));
+            for _ in 0..3 {
+                assert!(rx.try_recv(&mut got));
+            }
+            rx
+        });
+        tx.wait_for_room(Duration::from_secs(3600));
+        let rx = receiver.join().unwrap();
+        assert_eq!(rx.shared.lock().records, 4, "the sender went on at half, not before");
+        assert!(!rx.shared.lock().receiver_stuck);
+    }
+
+    /// A receiver that does not make room within the limit is stuck: the sender goes on (and
+    /// drops at the queue, counted) without waiting again until the receiver is at half.
+    #[test]
+    fn a_stuck_receiver_costs_a_paced_sender_one_wait() {
+        let counters = Counters::default();
+        let ev = evidence("m");
+        let (tx, rx) = bounded(4, usize::MAX);
+        for _ in 0..5 {
+            tx.offer(&counters, &ev);
+        }
+        assert_eq!(counters.queue_overflow_total.load(Ordering::Relaxed), 1);
+        tx.wait_for_room(Duration::from_millis(10));
+        assert!(rx.shared.lock().receiver_stuck, "the limit ran out");
+        // Stuck: a second wait returns at once, whatever its limit.
+        tx.wait_for_room(Duration::from_secs(3600));
+        let mut got = Encoded::default();
+        assert!(rx.try_recv(&mut got));
+        assert!(rx.shared.lock().receiver_stuck, "3 of 4 is above half");
+        assert!(rx.try_recv(&mut got));
+        assert!(!rx.shared.lock().receiver_stuck, "at half the receiver has caught up");
+    }
+
+    fn room_of(tx: &QueueSender) -> usize {
+        tx.shared.lock().ring.capacity()
     }
 
     /// A receiver waiting on an empty queue wakes for a record from another thread, and

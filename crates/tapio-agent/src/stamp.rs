@@ -1,7 +1,7 @@
 //! Stamping: turns a classified kernel fact into a full evidence record (id, wall time,
 //! node, generation), the same way for every observer.
 
-use crate::clock::{rfc3339_nanos, BootToWall};
+use crate::clock::BootToWall;
 use crate::evidence::{ErrorInfo, Evidence, Facts, Outcome, Severity, WorkloadIds};
 use crate::ulid::UlidGen;
 use std::sync::Arc;
@@ -35,11 +35,12 @@ pub struct Stamper {
     pub node: Arc<str>,
     pub clock: Arc<BootToWall>,
     pub ids: UlidGen,
+    timestamps: tapio_util::time::Rfc3339Nanos,
 }
 
 impl Stamper {
     pub fn new(node: Arc<str>, clock: Arc<BootToWall>) -> Self {
-        Self { node, clock, ids: UlidGen::new() }
+        Self { node, clock, ids: UlidGen::new(), timestamps: Default::default() }
     }
 
     pub fn stamp(&mut self, d: Draft) -> Verdict {
@@ -51,7 +52,7 @@ impl Stamper {
             severity: d.severity,
             outcome: d.outcome,
             error: ErrorInfo { code: d.code, message: d.message },
-            timestamp: rfc3339_nanos(unix_ns),
+            timestamp: self.timestamps.format(unix_ns),
             timestamp_unix_nanos: unix_ns,
             node: self.node.clone(),
             config_generation: d.generation,

@@ -9,6 +9,10 @@ const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 /// Generates ULIDs; one per thread that stamps events.
 pub struct UlidGen {
     state: u64,
+    /// The millisecond `time_digits` encode (`u64::MAX`: none yet): under load many records
+    /// share one, so its ten digits are worked out once.
+    millis: u64,
+    time_digits: [u8; 10],
 }
 
 impl UlidGen {
@@ -18,7 +22,7 @@ impl UlidGen {
         // with the clock below so the generator never starts from a fixed state.
         unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
         let state = u64::from_ne_bytes(seed) ^ crate::clock::wall_now_ns() ^ 0x9e37_79b9_7f4a_7c15;
-        Self { state: state | 1 }
+        Self { state: state | 1, millis: u64::MAX, time_digits: [b'0'; 10] }
     }
 
     fn next_u64(&mut self) -> u64 {
@@ -31,15 +35,31 @@ impl UlidGen {
 
     /// A ULID for an event that happened at `unix_ns`.
     pub fn generate(&mut self, unix_ns: u64) -> String {
-        let millis = (unix_ns / 1_000_000) as u128 & ((1 << 48) - 1);
-        let random = (u128::from(self.next_u64()) << 16 | u128::from(self.next_u64() >> 48)) & ((1 << 80) - 1);
-        encode(millis << 80 | random)
+        let millis = (unix_ns / 1_000_000) & ((1 << 48) - 1);
+        if millis != self.millis {
+            self.time_digits.copy_from_slice(&encode(u128::from(millis) << 80).as_bytes()[..10]);
+            self.millis = millis;
+        }
+        // The 80 random bits, as two 40-bit halves of eight digits each.
+        let (high, low) = (self.next_u64(), self.next_u64() >> 48);
+        let mut out = [0u8; 26];
+        out[..10].copy_from_slice(&self.time_digits);
+        encode_40_bits(&mut out[10..18], high >> 24);
+        encode_40_bits(&mut out[18..], (high & 0xff_ffff) << 16 | low);
+        std::str::from_utf8(&out).map(String::from).unwrap_or_default()
     }
 }
 
 impl Default for UlidGen {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Eight digits of 40 bits, most significant first.
+fn encode_40_bits(out: &mut [u8], bits: u64) {
+    for (i, slot) in out.iter_mut().enumerate() {
+        *slot = ALPHABET[((bits >> (35 - 5 * i)) & 0x1f) as usize];
     }
 }
 
@@ -83,6 +103,22 @@ mod tests {
         {
             let slow: String = (0..26).map(|i| ALPHABET[((value >> (125 - 5 * i)) & 0x1f) as usize] as char).collect();
             assert_eq!(encode(value), slow, "{value:#x}");
+        }
+    }
+
+    /// An id is the encoding of its millisecond and the generator's next 80 bits, whether
+    /// its millisecond's digits were kept from the id before or worked out anew.
+    #[test]
+    fn ids_encode_their_millisecond_and_80_random_bits() {
+        let mut g = UlidGen::new();
+        let mut replay = UlidGen { state: g.state, millis: u64::MAX, time_digits: [0; 10] };
+        for unix_ns in [0, 1_469_918_176_385_000_000, 1_469_918_176_385_999_999, 1_469_918_176_386_000_000, u64::MAX]
+            .into_iter()
+            .chain((0..500).map(|i| 1_795_242_384_941_531_851 + i * 77_777))
+        {
+            let millis = u128::from(unix_ns / 1_000_000) & ((1 << 48) - 1);
+            let random = (u128::from(replay.next_u64()) << 16 | u128::from(replay.next_u64() >> 48)) & ((1 << 80) - 1);
+            assert_eq!(g.generate(unix_ns), encode(millis << 80 | random), "{unix_ns}");
         }
     }
 

@@ -28,30 +28,58 @@ pub fn now_unix_secs() -> u64 {
 
 /// `unix_ns` as RFC 3339 UTC with nine fractional digits: `2026-11-21T06:12:28.123456789Z`.
 pub fn rfc3339_nanos(unix_ns: u64) -> String {
-    let secs = unix_ns / 1_000_000_000;
-    let nanos = unix_ns % 1_000_000_000;
-    let (days, sod) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
-    // Written digit by digit: this runs for every record and log line the agent writes, and
-    // the formatting machinery cost several times as much. A u64 of nanoseconds ends in 2554.
-    let mut out = *b"0000-00-00T00:00:00.000000000Z";
-    for (range, value) in [
-        (0..4, y as u64),
-        (5..7, u64::from(m)),
-        (8..10, u64::from(d)),
-        (11..13, sod / 3_600),
-        (14..16, sod % 3_600 / 60),
-        (17..19, sod % 60),
-        (20..29, nanos),
-    ] {
-        let mut v = value;
-        for digit in out[range].iter_mut().rev() {
-            *digit = b'0' + (v % 10) as u8;
-            v /= 10;
-        }
+    Rfc3339Nanos::default().format(unix_ns)
+}
+
+/// [`rfc3339_nanos`] for a stream of nearby instants (the agent's records): the date and
+/// time of day are worked out once per second and kept, so most calls write only the nine
+/// fractional digits.
+#[derive(Debug, Clone)]
+pub struct Rfc3339Nanos {
+    /// The second `text` holds the date and time of day of (`u64::MAX`: none yet).
+    secs: u64,
+    text: [u8; 30],
+}
+
+impl Default for Rfc3339Nanos {
+    fn default() -> Self {
+        Self { secs: u64::MAX, text: *b"0000-00-00T00:00:00.000000000Z" }
     }
-    // Digits and ASCII punctuation: this never falls back.
-    std::str::from_utf8(&out).map(String::from).unwrap_or_default()
+}
+
+impl Rfc3339Nanos {
+    pub fn format(&mut self, unix_ns: u64) -> String {
+        let secs = unix_ns / 1_000_000_000;
+        if secs != self.secs {
+            let (days, sod) = (secs / 86_400, secs % 86_400);
+            let (y, m, d) = civil_from_days(days as i64);
+            for (range, value) in [
+                (0..4, y as u64),
+                (5..7, u64::from(m)),
+                (8..10, u64::from(d)),
+                (11..13, sod / 3_600),
+                (14..16, sod % 3_600 / 60),
+                (17..19, sod % 60),
+            ] {
+                write_digits(&mut self.text[range], value);
+            }
+            self.secs = secs;
+        }
+        // A u64 of nanoseconds ends in 2554: four digits of year are always enough.
+        write_digits(&mut self.text[20..29], unix_ns % 1_000_000_000);
+        // Digits and ASCII punctuation: this never falls back.
+        std::str::from_utf8(&self.text).map(String::from).unwrap_or_default()
+    }
+}
+
+/// `value`'s last `out.len()` decimal digits, zero-padded. Written digit by digit: this runs
+/// for every record and log line the agent writes, and the formatting machinery cost
+/// several times as much.
+fn write_digits(out: &mut [u8], mut value: u64) {
+    for digit in out.iter_mut().rev() {
+        *digit = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
 }
 
 /// `unix_ns` as RFC 3339 UTC with milliseconds: `2026-11-21T06:12:28.123Z`. Instants
@@ -157,6 +185,21 @@ mod tests {
         assert_eq!(rfc3339_nanos(1_735_603_199_999_999_999), "2024-12-30T23:59:59.999999999Z");
         assert_eq!(rfc3339_nanos(4_102_444_799_999_999_999), "2099-12-31T23:59:59.999999999Z");
         assert_eq!(rfc3339_nanos(u64::MAX), "2554-07-21T23:34:33.709551615Z");
+    }
+
+    /// One formatter kept across instants (forward, back, across seconds, days and years)
+    /// writes what a fresh one writes for each.
+    #[test]
+    fn a_kept_formatter_matches_a_fresh_one_for_every_instant() {
+        let mut kept = Rfc3339Nanos::default();
+        let mut instants = vec![0, 999_999_999, 1_000_000_000, u64::MAX, 1_735_603_199_999_999_999];
+        instants.extend((0..2_000u64).map(|i| 1_735_603_198_000_000_000 + i * 1_234_567));
+        instants.extend((0..200u64).rev().map(|i| 1_735_603_199_999_000_000 + i * 7_000_001));
+        for ns in instants {
+            let fresh = Rfc3339Nanos::default().format(ns);
+            assert_eq!(kept.format(ns), fresh, "{ns}");
+            assert_eq!(fresh.len(), 30);
+        }
     }
 
     #[test]
