@@ -104,7 +104,7 @@ pub fn measure(report: &mut Report) {
             object_goal.clone(),
             Verdict::check(size <= OBJECT_BUDGET_BYTES),
         );
-        match maps_of(object, cpus) {
+        match maps_of(&object, cpus) {
             Ok(maps) => {
                 for m in maps {
                     total += m.bytes;
@@ -146,16 +146,16 @@ mod tests {
 
     #[test]
     fn every_embedded_object_declares_its_maps() {
-        let maps = maps_of(tapio_bpf::network::object(), 2).unwrap();
+        let maps = maps_of(&tapio_bpf::network::object(), 2).unwrap();
         let connects = maps.iter().find(|m| m.name == "connects").expect("the connects map");
         assert!(connects.bytes > 0);
         // The network object's rings are per CPU, sharing 512 KiB.
         let events = maps.iter().find(|m| m.name == "events").expect("the ring buffers");
         assert_eq!(events.bytes, 1 << 19, "{}", events.how);
-        let on_64 = maps_of(tapio_bpf::network::object(), 64).unwrap();
+        let on_64 = maps_of(&tapio_bpf::network::object(), 64).unwrap();
         let events = on_64.iter().find(|m| m.name == "events").unwrap();
         assert_eq!(events.bytes, 64 * 16 * 1024, "{}", events.how);
-        let storage = maps_of(tapio_bpf::storage::object(), 2).unwrap();
+        let storage = maps_of(&tapio_bpf::storage::object(), 2).unwrap();
         let ring = storage.iter().find(|m| m.name == "events").unwrap();
         assert!(ring.how.starts_with("ring of"), "{}", ring.how);
     }

@@ -10,8 +10,23 @@
 pub mod record;
 
 // `pub mod <observer>;` for every `src/<observer>/` (see build.rs).
-/// An observer's embedded object: its bytes, inflated on first use.
-pub type EmbeddedObject = fn() -> &'static [u8];
+/// An observer's embedded object: inflates it anew at each call.
+pub type EmbeddedObject = fn() -> Object;
+
+/// An inflated eBPF object, 8-byte aligned as ELF parsing expects. Owned by whoever loads
+/// it: the loader copies what it keeps, so the object's bytes (over 170 KB for the four)
+/// go back to the allocator after loading instead of staying resident on every node.
+pub struct Object {
+    words: Box<[u64]>,
+    len: usize,
+}
+
+impl std::ops::Deref for Object {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &as_bytes(&self.words)[..self.len]
+    }
+}
 
 include!(concat!(env!("OUT_DIR"), "/observers.rs"));
 
@@ -30,42 +45,31 @@ pub mod abi {
 pub const ABI_VERSION: u32 = abi::TAPIO_ABI_VERSION;
 
 /// Embeds an object deflated (`build.rs` compresses it; the objects are most of the
-/// agent's read-only data and shrink to a quarter) and inflates it on first use into an
-/// 8-byte aligned buffer, as ELF parsing of an eBPF object expects. The copy lives for the
-/// process, so callers keep a plain `&'static [u8]`.
+/// agent's read-only data and shrink to a quarter) and inflates it at each call.
 macro_rules! include_object {
     ($name:literal) => {{
         static DEFLATED: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/", $name, ".bpf.o.zlib"));
         const LEN: usize = include!(concat!(env!("OUT_DIR"), "/", $name, ".bpf.o.len"));
-        static OBJECT: std::sync::OnceLock<Box<[u64]>> = std::sync::OnceLock::new();
-        crate::inflate_object(&OBJECT, $name, DEFLATED, LEN)
+        crate::inflate_object($name, DEFLATED, LEN)
     }};
 }
 pub(crate) use include_object;
 
-/// Inflates `deflated` (zlib, `len` bytes raw) into `cell` once and returns the bytes.
-/// `build.rs` checked this exact round trip, so a failure here means the binary itself is
-/// corrupt: that is a panic, not an error to handle.
-fn inflate_object(
-    cell: &'static std::sync::OnceLock<Box<[u64]>>,
-    name: &str,
-    deflated: &[u8],
-    len: usize,
-) -> &'static [u8] {
-    let words = cell.get_or_init(|| {
-        let mut words = vec![0u64; len.div_ceil(8)].into_boxed_slice();
-        let inflated = miniz_oxide::inflate::decompress_slice_iter_to_slice(
-            as_bytes_mut(&mut words),
-            std::iter::once(deflated),
-            true,
-            false,
-        );
-        if inflated != Ok(len) {
-            panic!("the embedded {name} object does not inflate ({inflated:?}): the binary is corrupt");
-        }
-        words
-    });
-    &as_bytes(words)[..len]
+/// Inflates `deflated` (zlib, `len` bytes raw). `build.rs` checked this exact round trip,
+/// so a failure here means the binary itself is corrupt: that is a panic, not an error to
+/// handle.
+fn inflate_object(name: &str, deflated: &[u8], len: usize) -> Object {
+    let mut words = vec![0u64; len.div_ceil(8)].into_boxed_slice();
+    let inflated = miniz_oxide::inflate::decompress_slice_iter_to_slice(
+        as_bytes_mut(&mut words),
+        std::iter::once(deflated),
+        true,
+        false,
+    );
+    if inflated != Ok(len) {
+        panic!("the embedded {name} object does not inflate ({inflated:?}): the binary is corrupt");
+    }
+    Object { words, len }
 }
 
 fn as_bytes(words: &[u64]) -> &[u8] {
@@ -134,9 +138,9 @@ mod tests {
     }
 
     /// Each observer's object is an ELF aligned for the loader and inflates to exactly the
-    /// object build.rs compiled, once: a second call returns the same bytes at the same address.
+    /// object build.rs compiled.
     #[test]
-    fn embedded_objects_inflate_to_the_built_objects_once() {
+    fn embedded_objects_inflate_to_the_built_objects() {
         let out = env!("OUT_DIR");
         assert!(OBJECTS.len() >= 4, "every observer folder has an object");
         for &(name, object) in OBJECTS {
@@ -145,20 +149,18 @@ mod tests {
             assert_eq!(object.as_ptr() as usize % 8, 0, "{name}: object must be 8-byte aligned");
             let built =
                 std::fs::read(format!("{out}/{name}.bpf.o")).expect("build.rs leaves the raw object in OUT_DIR");
-            assert!(object == built.as_slice(), "{name}: inflated bytes differ from the built object");
+            assert!(*object == *built.as_slice(), "{name}: inflated bytes differ from the built object");
             let deflated = std::fs::metadata(format!("{out}/{name}.bpf.o.zlib")).expect("deflated object").len();
             assert!(deflated * 2 < built.len() as u64, "{name}: {deflated} B deflated of {} B raw", built.len());
         }
-        assert_eq!(network::object().as_ptr(), network::object().as_ptr());
     }
 
     #[test]
     #[should_panic(expected = "does not inflate")]
     fn a_corrupt_embedded_object_is_refused_loudly() {
-        static CELL: std::sync::OnceLock<Box<[u64]>> = std::sync::OnceLock::new();
         let mut deflated = std::fs::read(concat!(env!("OUT_DIR"), "/storage.bpf.o.zlib")).expect("deflated object");
         let middle = deflated.len() / 2;
         deflated[middle] ^= 0xff;
-        inflate_object(&CELL, "storage", &deflated, storage::object().len());
+        inflate_object("storage", &deflated, storage::object().len());
     }
 }

@@ -29,7 +29,7 @@ pub struct Observer {
 /// The eBPF half of an observer.
 pub struct KernelHalf {
     /// The embedded CO-RE object (`tapio_bpf::<name>::object`).
-    pub object: fn() -> &'static [u8],
+    pub object: tapio_bpf::EmbeddedObject,
     /// The programs to attach, for this kernel.
     pub hooks: fn() -> Vec<(&'static str, Hook)>,
     /// Opens the object's config carrier: `open_carrier::<T>`, where `T` is the object's

@@ -96,10 +96,10 @@ fn an_object_of_another_kernel_abi_is_refused_loudly() {
     let btf = aya::Btf::from_sys_fs().ok();
     let object = tapio_bpf::network::object();
     // The object this agent was built with loads under its ABI …
-    assert!(tapio_agent::observers::load_object(object, btf.as_ref(), tapio_bpf::ABI_VERSION).is_ok());
+    assert!(tapio_agent::observers::load_object(&object, btf.as_ref(), tapio_bpf::ABI_VERSION).is_ok());
     // … and an agent of any other ABI refuses it, saying so, instead of misreading structs.
     let other = tapio_bpf::ABI_VERSION + 1;
-    let err = tapio_agent::observers::load_object(object, btf.as_ref(), other).map(|_| ()).unwrap_err();
+    let err = tapio_agent::observers::load_object(&object, btf.as_ref(), other).map(|_| ()).unwrap_err();
     assert!(matches!(err, tapio_agent::observers::LoadError::AbiMismatch(_)), "{err:?}");
     let err = err.to_string();
     assert!(err.contains(&format!("object was built for another kernel ABI (it lacks tapio_abi_v{other})")), "{err}");

@@ -40,7 +40,7 @@ pub const TYPED_OOM_PROGRAM: &str = "tapio_mark_victim";
 pub const PID_OOM_TRACEPOINT: (&str, &str, &str) = ("tapio_mark_victim_pid", "oom", "mark_victim");
 
 /// The compiled CO-RE object.
-pub fn object() -> &'static [u8] {
+pub fn object() -> crate::Object {
     crate::include_object!("container")
 }
 

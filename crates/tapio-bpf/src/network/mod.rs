@@ -22,7 +22,7 @@ pub const BTF_TRACEPOINTS: &[(&str, &str)] = &[
 ];
 
 /// The compiled CO-RE object.
-pub fn object() -> &'static [u8] {
+pub fn object() -> crate::Object {
     crate::include_object!("network")
 }
 

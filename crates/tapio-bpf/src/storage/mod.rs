@@ -46,7 +46,7 @@ pub const COUNTER_NAMES: &[(u32, &str)] = &[
 ];
 
 /// The compiled CO-RE object.
-pub fn object() -> &'static [u8] {
+pub fn object() -> crate::Object {
     crate::include_object!("storage")
 }
 
