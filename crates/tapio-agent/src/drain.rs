@@ -2,9 +2,7 @@
 //!
 //! One thread waits on every observer's ring buffer with epoll, decodes and classifies each
 //! record, and hands evidence to the sink stage through a bounded queue without waiting: a
-//! slow or broken sink makes the queue overflow (counted), never this loop block. Between
-//! bursts it paces itself on a nearly full queue for at most `PACE_WAIT` (see `queue`),
-//! leaving records in the rings while a sink stage that is short of CPU catches up.
+//! slow or broken sink makes the queue overflow (counted), never this loop block.
 
 use crate::clock::BootToWall;
 use crate::counters::Counters;
@@ -20,10 +18,6 @@ use std::time::{Duration, Instant};
 /// Records taken from one ring before the others get a turn (a CPU's 256 KiB network ring on
 /// a two-CPU node holds about one and a half of these).
 pub const BURST: usize = 1024;
-/// Longest the drain waits for the sink stage to take a nearly full queue down to half
-/// before its next burst (the rings keep filling meanwhile). A sink that misses it is
-/// stuck, not slow: the drain then goes on, and what does not fit is dropped and counted.
-const PACE_WAIT: Duration = Duration::from_millis(20);
 /// Poll period: the kernel side wakes the drain only once a batch is waiting (a wake-up
 /// per record would cost more than the record), so this bounds how long a lone record
 /// waits, as well as shutdown latency.
@@ -165,6 +159,7 @@ impl Drain {
                 let (h, u) = take_until_empty(ring, deadline, &mut |record| {
                     classify_one(name, classifier.as_mut(), record, stamper, queue, counters)
                 });
+                queue.wake();
                 handled += h;
                 unread += u;
             }
@@ -191,10 +186,10 @@ impl Drain {
             let name = obs.name;
             let classifier = &mut obs.classifier;
             for ring in &mut obs.loaded.rings {
-                queue.wait_for_room(PACE_WAIT);
                 take_records(ring, BURST, &mut |record| {
                     classify_one(name, classifier.as_mut(), record, stamper, queue, counters)
                 });
+                queue.wake();
             }
         }
     }
@@ -213,7 +208,7 @@ fn classify_one(
             counters.malformed_events_total.fetch_add(1, Ordering::Relaxed);
             log::debug!("{name}: malformed record: {e}");
         }
-        Ok(Verdict::Emit(ev)) => offer(queue, counters, ev),
+        Ok(Verdict::Emit(ev)) => queue.offer_batched(counters, &ev),
         Ok(Verdict::Drop(reason)) => counters.correlation_drop(name, reason),
         Ok(Verdict::Ignore) => {}
     }

@@ -10,15 +10,6 @@
 //! The queue is bounded twice: by records (`queue_capacity`) and by encoded bytes
 //! ([`QUEUE_MAX_BYTES`]). A record that fits neither is dropped and counted
 //! (`queue_overflow_total`); sending never waits for the sinks.
-//!
-//! Between bursts, the drain paces itself on a queue more than three quarters full
-//! ([`QueueSender::wait_for_room`]): it waits, for a bounded time, until the sink stage has
-//! taken the queue down to half, and its records wait in the kernel's ring buffers meanwhile.
-//! On a machine short of CPU the two threads otherwise take turns: the drain turns a ring's
-//! backlog into records faster than the starved sink stage writes them, and encodes
-//! thousands only to drop them at the full queue, CPU the sink stage needed. A sink stage
-//! that does not make room within the limit is stuck, not slow, and the drain goes on
-//! without waiting again until it has caught up.
 
 use crate::counters::Counters;
 use crate::evidence::{Evidence, WorkloadIds};
@@ -117,8 +108,6 @@ struct Shared {
     state: Mutex<State>,
     /// Signalled when a record arrives for a waiting receiver, or the last sender leaves.
     arrived: Condvar,
-    /// Signalled when the receiver has taken a paced sender's queue down to half.
-    room: Condvar,
     max_records: usize,
     max_bytes: usize,
     /// How long the queue stays empty before its room beyond [`KEPT_BYTES`] is given back.
@@ -132,12 +121,10 @@ struct State {
     records: usize,
     senders: usize,
     receiver_waiting: bool,
-    /// A sender waits in [`QueueSender::wait_for_room`].
-    sender_waiting: bool,
-    /// A pacing wait ran out: the receiver is stuck, not slow. Until it has taken the queue
-    /// down to half, senders do not wait again (they drop at the queue, counted).
-    receiver_stuck: bool,
 }
+
+/// Records a batching sender queues before it wakes a waiting receiver itself.
+pub const WAKE_AT_RECORDS: usize = 64;
 
 /// Room kept when the queue has run dry; more is given back after [`IDLE_RELEASE`].
 const KEPT_BYTES: usize = 64 * 1024;
@@ -153,16 +140,8 @@ pub fn bounded(records: usize, max_bytes: usize) -> (QueueSender, QueueReceiver)
 
 fn bounded_releasing_after(records: usize, max_bytes: usize, idle_release: Duration) -> (QueueSender, QueueReceiver) {
     let shared = Arc::new(Shared {
-        state: Mutex::new(State {
-            ring: VecDeque::new(),
-            records: 0,
-            senders: 1,
-            receiver_waiting: false,
-            sender_waiting: false,
-            receiver_stuck: false,
-        }),
+        state: Mutex::new(State { ring: VecDeque::new(), records: 0, senders: 1, receiver_waiting: false }),
         arrived: Condvar::new(),
-        room: Condvar::new(),
         max_records: records,
         max_bytes,
         idle_release,
@@ -187,6 +166,29 @@ impl QueueSender {
     /// Encodes one record and hands it to the sink stage without waiting for it: what does
     /// not fit is counted as queue overflow. Counts `events_total` for what was queued.
     pub fn offer(&self, counters: &Counters, ev: &Evidence) {
+        self.offer_waking(counters, ev, 1);
+    }
+
+    /// [`offer`](Self::offer) for a sender that calls [`wake`](Self::wake) once it has
+    /// handed over a batch: a waiting receiver is woken only once [`WAKE_AT_RECORDS`] records
+    /// are queued. Under a flood, waking the sink stage for each first record after it ran
+    /// dry made thousands of futex calls and context switches a second, each for a handful
+    /// of records.
+    pub fn offer_batched(&self, counters: &Counters, ev: &Evidence) {
+        self.offer_waking(counters, ev, WAKE_AT_RECORDS);
+    }
+
+    /// Wakes a waiting receiver if records are queued (the end of a sender's batch).
+    pub fn wake(&self) {
+        let shared = &*self.shared;
+        let mut state = shared.lock();
+        if state.records > 0 && std::mem::take(&mut state.receiver_waiting) {
+            drop(state);
+            shared.arrived.notify_one();
+        }
+    }
+
+    fn offer_waking(&self, counters: &Counters, ev: &Evidence, wake_at: usize) {
         SCRATCH.with(|scratch| {
             let mut encoded = scratch.borrow_mut();
             if let Err(e) = encoded.encode(ev) {
@@ -196,7 +198,7 @@ impl QueueSender {
                 counters.queue_overflow_total.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            if self.push(&encoded) {
+            if self.push(&encoded, wake_at) {
                 counters.events_total.fetch_add(1, Ordering::Relaxed);
             } else {
                 counters.queue_overflow_total.fetch_add(1, Ordering::Relaxed);
@@ -204,7 +206,7 @@ impl QueueSender {
         })
     }
 
-    fn push(&self, encoded: &Encoded) -> bool {
+    fn push(&self, encoded: &Encoded, wake_at: usize) -> bool {
         let shared = &*self.shared;
         let mut state = shared.lock();
         if state.records >= shared.max_records || state.ring.len() + encoded.size() > shared.max_bytes {
@@ -213,40 +215,12 @@ impl QueueSender {
         state.ring.extend((encoded.0.len() as u32).to_le_bytes());
         state.ring.extend(&encoded.0);
         state.records += 1;
-        let wake = std::mem::take(&mut state.receiver_waiting);
+        let wake = state.records >= wake_at && std::mem::take(&mut state.receiver_waiting);
         drop(state);
         if wake {
             shared.arrived.notify_one();
         }
         true
-    }
-}
-
-impl QueueSender {
-    /// Paces a sender that has a ring buffer behind it: while the queue is more than three
-    /// quarters full, waits (at most `limit`) for the receiver to take it down to half.
-    /// Returns at once when the receiver has missed such a deadline and not yet caught up.
-    pub fn wait_for_room(&self, limit: Duration) {
-        let shared = &*self.shared;
-        let mut state = shared.lock();
-        if state.receiver_stuck || !shared.above(&state, 3) {
-            return;
-        }
-        state.sender_waiting = true;
-        let (mut state, wait) =
-            shared.room.wait_timeout_while(state, limit, |s| shared.above(s, 2)).unwrap_or_else(|p| p.into_inner());
-        state.sender_waiting = false;
-        if wait.timed_out() {
-            state.receiver_stuck = true;
-        }
-    }
-}
-
-impl Shared {
-    /// Whether the queue holds more than `quarters` quarters of either bound.
-    fn above(&self, state: &State, quarters: usize) -> bool {
-        state.records * 4 > self.max_records.saturating_mul(quarters)
-            || state.ring.len() * 4 > self.max_bytes.saturating_mul(quarters)
     }
 }
 
@@ -280,10 +254,6 @@ impl QueueReceiver {
             if state.senders == 0 {
                 return false;
             }
-            state.receiver_stuck = false;
-            if std::mem::take(&mut state.sender_waiting) {
-                self.shared.room.notify_all();
-            }
             state.receiver_waiting = true;
             if state.ring.capacity() > KEPT_BYTES {
                 let (s, wait) = self
@@ -303,17 +273,7 @@ impl QueueReceiver {
 
     /// Moves the next record into `into` if one is waiting.
     pub fn try_recv(&self, into: &mut Encoded) -> bool {
-        let shared = &*self.shared;
-        let mut state = shared.lock();
-        let took = take(&mut state, into);
-        if (state.sender_waiting || state.receiver_stuck) && !shared.above(&state, 2) {
-            state.receiver_stuck = false;
-            if std::mem::take(&mut state.sender_waiting) {
-                drop(state);
-                shared.room.notify_all();
-            }
-        }
-        took
+        take(&mut self.shared.lock(), into)
     }
 
     /// Encoded bytes in the queue now.
@@ -501,54 +461,39 @@ mod tests {
         assert_eq!(taken, 201);
     }
 
-    /// A sender pacing itself on a nearly full queue goes on once the receiver has taken it
-    /// down to half, and at once while the queue is below three quarters.
+    /// A batching sender wakes a waiting receiver at the batch's end, or once
+    /// WAKE_AT_RECORDS records are queued; a plain offer wakes it at once.
     #[test]
-    fn a_paced_sender_waits_for_the_receiver_to_take_the_queue_to_half() {
+    fn a_batching_sender_wakes_the_receiver_at_the_batch_end_or_when_enough_is_queued() {
         let counters = Counters::default();
         let ev = evidence("m");
-        let (tx, rx) = bounded(8, usize::MAX);
-        for _ in 0..6 {
-            tx.offer(&counters, &ev);
-        }
-        // 6 of 8 is three quarters, not more: no wait even with a limit far beyond the test.
-        tx.wait_for_room(Duration::from_secs(3600));
-        tx.offer(&counters, &ev);
-        let receiver = std::thread::spawn(move || {
-            let mut got = Encoded::default();
-            // Let the sender wait first; then take 7 → 4 (half), one at a time.
-            std::thread::sleep(Duration::from_millis(100));
-            for _ in 0..3 {
-                assert!(rx.try_recv(&mut got));
-            }
-            rx
-        });
-        tx.wait_for_room(Duration::from_secs(3600));
-        let rx = receiver.join().unwrap();
-        assert_eq!(rx.shared.lock().records, 4, "the sender went on at half, not before");
-        assert!(!rx.shared.lock().receiver_stuck);
-    }
+        let (tx, rx) = bounded(1000, usize::MAX);
+        let waiting = |rx: &QueueReceiver| rx.shared.lock().receiver_waiting;
+        let set_waiting = |rx: &QueueReceiver| rx.shared.lock().receiver_waiting = true;
 
-    /// A receiver that does not make room within the limit is stuck: the sender goes on (and
-    /// drops at the queue, counted) without waiting again until the receiver is at half.
-    #[test]
-    fn a_stuck_receiver_costs_a_paced_sender_one_wait() {
-        let counters = Counters::default();
-        let ev = evidence("m");
-        let (tx, rx) = bounded(4, usize::MAX);
-        for _ in 0..5 {
-            tx.offer(&counters, &ev);
-        }
-        assert_eq!(counters.queue_overflow_total.load(Ordering::Relaxed), 1);
-        tx.wait_for_room(Duration::from_millis(10));
-        assert!(rx.shared.lock().receiver_stuck, "the limit ran out");
-        // Stuck: a second wait returns at once, whatever its limit.
-        tx.wait_for_room(Duration::from_secs(3600));
+        set_waiting(&rx);
+        tx.offer_batched(&counters, &ev);
+        assert!(waiting(&rx), "one batched record does not wake");
+        tx.wake();
+        assert!(!waiting(&rx), "the batch's end does");
+        tx.wake();
+
         let mut got = Encoded::default();
-        assert!(rx.try_recv(&mut got));
-        assert!(rx.shared.lock().receiver_stuck, "3 of 4 is above half");
-        assert!(rx.try_recv(&mut got));
-        assert!(!rx.shared.lock().receiver_stuck, "at half the receiver has caught up");
+        while rx.try_recv(&mut got) {}
+        set_waiting(&rx);
+        tx.wake();
+        assert!(waiting(&rx), "nothing queued: nothing to wake for");
+        for _ in 0..WAKE_AT_RECORDS - 1 {
+            tx.offer_batched(&counters, &ev);
+        }
+        assert!(waiting(&rx));
+        tx.offer_batched(&counters, &ev);
+        assert!(!waiting(&rx), "WAKE_AT_RECORDS queued wake the receiver");
+
+        while rx.try_recv(&mut got) {}
+        set_waiting(&rx);
+        tx.offer(&counters, &ev);
+        assert!(!waiting(&rx), "a plain offer wakes at once");
     }
 
     fn room_of(tx: &QueueSender) -> usize {
