@@ -7,6 +7,7 @@ use crate::counters::Counters;
 use crate::evidence::WorkloadIds;
 use crate::queue::{Encoded, QueueReceiver};
 use crate::sinks::{Delivered, Sink, FLUSH_AT_BYTES};
+use std::collections::HashMap;
 use std::sync::Arc;
 use tapio_identity::{CgroupHierarchy, Resolver, Workload};
 
@@ -18,6 +19,56 @@ pub struct SinkStage {
     pub sinks: Vec<Box<dyn Sink>>,
     pub identity: Option<Resolver>,
     pub counters: Arc<Counters>,
+}
+
+/// Resolved workloads kept serialized ([`WorkloadJson`]); at most this many.
+const WORKLOAD_JSON_ENTRIES: usize = 512;
+
+/// The JSON of resolved workloads, by (cgroup2?, cgroup id). A busy container's records
+/// otherwise each cloned its workload from the resolver and escaped its cgroup path,
+/// container id and pod uid again (about a tenth of a record's serialization with
+/// Kubernetes paths). Only resolved workloads are kept: a resolved id stays true (kernfs
+/// ids are never reused), an unresolved one may resolve later. Bounded: when full it starts
+/// over, and the resolver's own cache still answers.
+#[derive(Default)]
+pub struct WorkloadJson {
+    entries: HashMap<(bool, u64), Box<[u8]>>,
+    hits: u64,
+}
+
+impl WorkloadJson {
+    /// Writes the workload of `picked` (`null` for none), asking `resolve` on a miss.
+    pub fn write(
+        &mut self,
+        out: &mut Vec<u8>,
+        picked: Option<(CgroupHierarchy, u64)>,
+        resolve: impl FnOnce(&CgroupHierarchy, u64) -> Workload,
+    ) -> serde_json::Result<()> {
+        let Some((hierarchy, id)) = picked else {
+            out.extend_from_slice(b"null");
+            return Ok(());
+        };
+        let key = (hierarchy == CgroupHierarchy::Unified, id);
+        if let Some(json) = self.entries.get(&key) {
+            self.hits += 1;
+            out.extend_from_slice(json);
+            return Ok(());
+        }
+        let workload = resolve(&hierarchy, id);
+        let start = out.len();
+        serde_json::to_writer(&mut *out, &workload)?;
+        if workload.cgroup_path.is_some() {
+            self.keep(key, &out[start..]);
+        }
+        Ok(())
+    }
+
+    fn keep(&mut self, key: (bool, u64), json: &[u8]) {
+        if self.entries.len() >= WORKLOAD_JSON_ENTRIES {
+            self.entries.clear();
+        }
+        self.entries.insert(key, json.into());
+    }
 }
 
 /// Which hierarchy names the workload: a real (non-root) cgroup2 id first; on hybrid/v1
@@ -39,12 +90,13 @@ impl SinkStage {
         let v1_memory = self.identity.as_ref().is_some_and(|r| r.mount_point(&CgroupHierarchy::v1("memory")).is_some());
         let mut line = Vec::with_capacity(1024);
         let mut record = Encoded::default();
+        let mut workloads = WorkloadJson::default();
         // Blocks while idle (no periodic wake-ups); ends when the drain drops its sender.
         while self.queue.recv(&mut record) {
-            self.deliver(&record, v1_memory, &mut line);
+            self.deliver(&record, v1_memory, &mut line, &mut workloads);
             let mut since_flush = 1;
             while self.queue.try_recv(&mut record) {
-                self.deliver(&record, v1_memory, &mut line);
+                self.deliver(&record, v1_memory, &mut line, &mut workloads);
                 since_flush += 1;
                 // Under sustained load the queue may never run dry: write out (and count)
                 // at least every 64 KiB per sink and every FLUSH_AT_RECORDS records.
@@ -59,17 +111,24 @@ impl SinkStage {
         self.flush();
         if let Some(r) = &self.identity {
             // Learned paths pushed out before use mean evidence that may name no workload.
-            log::info!("identity final {:?} learned {:?}", r.stats(), r.learned_stats());
+            log::info!(
+                "identity final {:?} learned {:?}, serialized workloads reused {}",
+                r.stats(),
+                r.learned_stats(),
+                workloads.hits
+            );
         }
     }
 
-    fn deliver(&mut self, ev: &Encoded, v1_memory: bool, line: &mut Vec<u8>) {
-        let workload = pick_cgroup(ev.workload_ids(), v1_memory).map(|(hierarchy, id)| match &mut self.identity {
-            Some(resolver) => resolver.workload(&hierarchy, id),
-            None => Workload::unknown(id),
-        });
+    fn deliver(&mut self, ev: &Encoded, v1_memory: bool, line: &mut Vec<u8>, workloads: &mut WorkloadJson) {
+        let picked = pick_cgroup(ev.workload_ids(), v1_memory);
         line.clear();
-        if let Err(e) = ev.write_line(line, |out| serde_json::to_writer(out, &workload)) {
+        let identity = &mut self.identity;
+        let resolve = |hierarchy: &CgroupHierarchy, id| match identity {
+            Some(resolver) => resolver.workload(hierarchy, id),
+            None => Workload::unknown(id),
+        };
+        if let Err(e) = ev.write_line(line, |out| workloads.write(out, picked, resolve)) {
             // Cannot happen for these types; counted as a failure of every sink if it does.
             log::error!("serializing evidence: {e}");
             for sink in &self.sinks {
@@ -98,6 +157,53 @@ impl SinkStage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the cache writes is what serializing the workload writes; unresolved workloads
+    /// (no path) are not kept, and the cache never holds more than its bound.
+    #[test]
+    fn serialized_workloads_match_serde_and_only_resolved_ones_are_kept() {
+        let unresolved = |_: &CgroupHierarchy, id| Workload::unknown(id);
+        let mut cache = WorkloadJson::default();
+        let mut out = Vec::new();
+        cache.write(&mut out, None, unresolved).unwrap();
+        assert_eq!(out, b"null");
+
+        out.clear();
+        cache.write(&mut out, Some((CgroupHierarchy::Unified, 42)), unresolved).unwrap();
+        assert_eq!(out, serde_json::to_vec(&Some(Workload::unknown(42))).unwrap());
+        assert!(cache.entries.is_empty(), "an unresolved workload may resolve later: not kept");
+
+        let resolved = Workload::from_path(
+            77,
+            "/kubepods.slice/kubepods-pod6f1c2a9e_0b1d_4c7e_9a3f_000000005e01.slice/cri-containerd-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope".into(),
+        );
+        assert!(resolved.pod_uid.is_some(), "a Kubernetes path: {resolved:?}");
+        let json = serde_json::to_vec(&resolved).unwrap();
+        out.clear();
+        cache.write(&mut out, Some((CgroupHierarchy::Unified, 77)), |_, _| resolved.clone()).unwrap();
+        assert_eq!(out, json, "a miss writes the resolved workload");
+        assert_eq!(cache.entries.get(&(true, 77)).map(|j| j.to_vec()), Some(json.clone()), "and keeps it");
+        for _ in 0..2 {
+            out.clear();
+            cache
+                .write(&mut out, Some((CgroupHierarchy::Unified, 77)), |_, _| {
+                    panic!("a kept workload is not resolved again")
+                })
+                .unwrap();
+            assert_eq!(out, json);
+        }
+        assert_eq!(cache.hits, 2);
+        // The same id in another hierarchy is another cgroup.
+        out.clear();
+        cache.write(&mut out, Some((CgroupHierarchy::v1("memory"), 77)), unresolved).unwrap();
+        assert_eq!(out, serde_json::to_vec(&Workload::unknown(77)).unwrap());
+
+        for id in 1000..1000 + 3 * WORKLOAD_JSON_ENTRIES as u64 {
+            cache.keep((true, id), &json);
+            assert!(cache.entries.len() <= WORKLOAD_JSON_ENTRIES);
+            assert!(cache.entries.contains_key(&(true, id)), "the newest is kept");
+        }
+    }
 
     #[test]
     fn prefers_real_cgroup2_ids_then_v1_memory() {

@@ -18,7 +18,7 @@ use tapio_bpf::abi::{
     TAPIO_NET_RTT_DEGRADED,
 };
 use tapio_bpf::record::as_bytes;
-use tapio_identity::Workload;
+use tapio_identity::{CgroupHierarchy, Workload};
 
 /// Distinct records in the working set (addresses, ports, pids and names vary).
 const SET: usize = 4096;
@@ -211,6 +211,7 @@ struct Pipeline {
     workloads: Vec<Workload>,
     line: Vec<u8>,
     encoded: tapio_agent::queue::Encoded,
+    workload_json: tapio_agent::sink_stage::WorkloadJson,
 }
 
 impl Pipeline {
@@ -224,6 +225,7 @@ impl Pipeline {
             workloads: workloads(),
             line: Vec::with_capacity(1024),
             encoded: Default::default(),
+            workload_json: Default::default(),
         }
     }
 
@@ -247,12 +249,15 @@ impl Pipeline {
                     emitted += 1;
                     if serialize {
                         // What the drain and the sink stage do per record: encode it for the
-                        // queue, then attach the (cached) workload and write out the line.
+                        // queue, then attach the workload (resolved once per cgroup, as the
+                        // identity cache would) and write out the line.
                         self.encoded.encode(&ev).expect("evidence encodes");
-                        let workload = Some(self.workloads[i % self.workloads.len()].clone());
+                        let workload = &self.workloads[i % self.workloads.len()];
+                        let picked = Some((CgroupHierarchy::Unified, workload.cgroup_id));
                         self.line.clear();
+                        let workload_json = &mut self.workload_json;
                         self.encoded
-                            .write_line(&mut self.line, |out| serde_json::to_writer(out, &workload))
+                            .write_line(&mut self.line, |out| workload_json.write(out, picked, |_, _| workload.clone()))
                             .expect("evidence serializes");
                         bytes += self.line.len() as u64;
                         black_box(&self.line);
