@@ -317,7 +317,7 @@ impl ControllerSetup {
         let mut object_sizes = BTreeMap::new();
         for o in REGISTRY {
             if let Some(k) = &o.kernel {
-                object_sizes.insert(o.name.to_string(), (k.object)().len() as u64);
+                object_sizes.insert(o.name.to_string(), k.object.raw_len() as u64);
             }
         }
         Client {

@@ -91,7 +91,7 @@ pub fn measure(report: &mut Report) {
     let cpus = possible_cpus();
     // Every object the agent embeds: the kernel halves of its observer registry.
     let objects =
-        tapio_agent::observers::REGISTRY.iter().filter_map(|o| o.kernel.as_ref().map(|k| (o.name, (k.object)())));
+        tapio_agent::observers::REGISTRY.iter().filter_map(|o| o.kernel.as_ref().map(|k| (o.name, k.object.inflate())));
     let object_goal = format!("<= {} B", thousands(OBJECT_BUDGET_BYTES));
     let map_goal = format!("<= {} B", thousands(MAP_BUDGET_BYTES));
     let mut total = 0u64;
@@ -146,16 +146,16 @@ mod tests {
 
     #[test]
     fn every_embedded_object_declares_its_maps() {
-        let maps = maps_of(&tapio_bpf::network::object(), 2).unwrap();
+        let maps = maps_of(&tapio_bpf::network::OBJECT.inflate(), 2).unwrap();
         let connects = maps.iter().find(|m| m.name == "connects").expect("the connects map");
         assert!(connects.bytes > 0);
         // The network object's rings are per CPU, sharing 512 KiB.
         let events = maps.iter().find(|m| m.name == "events").expect("the ring buffers");
         assert_eq!(events.bytes, 1 << 19, "{}", events.how);
-        let on_64 = maps_of(&tapio_bpf::network::object(), 64).unwrap();
+        let on_64 = maps_of(&tapio_bpf::network::OBJECT.inflate(), 64).unwrap();
         let events = on_64.iter().find(|m| m.name == "events").unwrap();
         assert_eq!(events.bytes, 64 * 16 * 1024, "{}", events.how);
-        let storage = maps_of(&tapio_bpf::storage::object(), 2).unwrap();
+        let storage = maps_of(&tapio_bpf::storage::OBJECT.inflate(), 2).unwrap();
         let ring = storage.iter().find(|m| m.name == "events").unwrap();
         assert!(ring.how.starts_with("ring of"), "{}", ring.how);
     }

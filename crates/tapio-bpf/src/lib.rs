@@ -9,9 +9,32 @@
 
 pub mod record;
 
-// `pub mod <observer>;` for every `src/<observer>/` (see build.rs).
-/// An observer's embedded object: inflates it anew at each call.
-pub type EmbeddedObject = fn() -> Object;
+/// An observer's object as the binary carries it: deflated, with its raw length (what the
+/// agent reports without inflating it). [`EmbeddedObject::inflate`] makes a loadable copy.
+pub struct EmbeddedObject {
+    name: &'static str,
+    deflated: &'static [u8],
+    raw_len: usize,
+}
+
+impl EmbeddedObject {
+    /// The observer the object belongs to.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Bytes of the object once inflated.
+    pub fn raw_len(&self) -> usize {
+        self.raw_len
+    }
+
+    /// A fresh copy of the object, inflated. `build.rs` checked this exact round trip, so a
+    /// failure here means the binary itself is corrupt: that is a panic, not an error to
+    /// handle.
+    pub fn inflate(&self) -> Object {
+        inflate_object(self.name, self.deflated, self.raw_len)
+    }
+}
 
 /// An inflated eBPF object, 8-byte aligned as ELF parsing expects. Owned by whoever loads
 /// it: the loader copies what it keeps, so the object's bytes (over 170 KB for the four)
@@ -28,6 +51,7 @@ impl std::ops::Deref for Object {
     }
 }
 
+// `pub mod <observer>;` for every `src/<observer>/` (see build.rs).
 include!(concat!(env!("OUT_DIR"), "/observers.rs"));
 
 pub use record::{DecodeError, Record};
@@ -45,19 +69,19 @@ pub mod abi {
 pub const ABI_VERSION: u32 = abi::TAPIO_ABI_VERSION;
 
 /// Embeds an object deflated (`build.rs` compresses it; the objects are most of the
-/// agent's read-only data and shrink to a quarter) and inflates it at each call.
+/// agent's read-only data and shrink to a quarter).
 macro_rules! include_object {
-    ($name:literal) => {{
-        static DEFLATED: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/", $name, ".bpf.o.zlib"));
-        const LEN: usize = include!(concat!(env!("OUT_DIR"), "/", $name, ".bpf.o.len"));
-        crate::inflate_object($name, DEFLATED, LEN)
-    }};
+    ($name:literal) => {
+        crate::EmbeddedObject {
+            name: $name,
+            deflated: include_bytes!(concat!(env!("OUT_DIR"), "/", $name, ".bpf.o.zlib")),
+            raw_len: include!(concat!(env!("OUT_DIR"), "/", $name, ".bpf.o.len")),
+        }
+    };
 }
 pub(crate) use include_object;
 
-/// Inflates `deflated` (zlib, `len` bytes raw). `build.rs` checked this exact round trip,
-/// so a failure here means the binary itself is corrupt: that is a panic, not an error to
-/// handle.
+/// Inflates `deflated` (zlib, `len` bytes raw), or panics (see [`EmbeddedObject::inflate`]).
 fn inflate_object(name: &str, deflated: &[u8], len: usize) -> Object {
     let mut words = vec![0u64; len.div_ceil(8)].into_boxed_slice();
     let inflated = miniz_oxide::inflate::decompress_slice_iter_to_slice(
@@ -143,8 +167,10 @@ mod tests {
     fn embedded_objects_inflate_to_the_built_objects() {
         let out = env!("OUT_DIR");
         assert!(OBJECTS.len() >= 4, "every observer folder has an object");
-        for &(name, object) in OBJECTS {
-            let object = object();
+        for embedded in OBJECTS {
+            let name = embedded.name();
+            let object = embedded.inflate();
+            assert_eq!(object.len(), embedded.raw_len(), "{name}");
             assert_eq!(&object[..4], b"\x7fELF", "{name}");
             assert_eq!(object.as_ptr() as usize % 8, 0, "{name}: object must be 8-byte aligned");
             let built =
@@ -161,6 +187,6 @@ mod tests {
         let mut deflated = std::fs::read(concat!(env!("OUT_DIR"), "/storage.bpf.o.zlib")).expect("deflated object");
         let middle = deflated.len() / 2;
         deflated[middle] ^= 0xff;
-        inflate_object("storage", &deflated, storage::object().len());
+        inflate_object("storage", &deflated, storage::OBJECT.raw_len());
     }
 }

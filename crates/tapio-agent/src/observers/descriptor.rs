@@ -28,8 +28,8 @@ pub struct Observer {
 
 /// The eBPF half of an observer.
 pub struct KernelHalf {
-    /// The embedded CO-RE object (`tapio_bpf::<name>::object`).
-    pub object: tapio_bpf::EmbeddedObject,
+    /// The embedded CO-RE object (`tapio_bpf::<name>::OBJECT`), inflated for loading.
+    pub object: &'static tapio_bpf::EmbeddedObject,
     /// The programs to attach, for this kernel.
     pub hooks: fn() -> Vec<(&'static str, Hook)>,
     /// Opens the object's config carrier: `open_carrier::<T>`, where `T` is the object's

@@ -378,7 +378,7 @@ pub fn load_kernel_half(
     generation: u32,
     facts: RuntimeFacts,
 ) -> Result<(Loaded, Box<dyn KernelCarrier>), LoadError> {
-    load_with(&(kernel.object)(), btf, &(kernel.hooks)(), kernel.event_rings, |maps| {
+    load_with(&kernel.object.inflate(), btf, &(kernel.hooks)(), kernel.event_rings, |maps| {
         let mut carrier = (kernel.carrier)(maps, facts)?;
         carrier.write(config, generation).map_err(LoadError::Other)?;
         Ok(carrier)
@@ -637,7 +637,7 @@ mod tests {
             assert_eq!(find(o.name).map(|f| f.name), Some(o.name));
             assert!((o.enabled)(&tapio_wire::CompiledConfig::default()), "{} is on by default", o.name);
             let Some(kernel) = &o.kernel else { continue };
-            let object = aya_obj::Object::parse(&(kernel.object)()).unwrap_or_else(|e| panic!("{}: {e}", o.name));
+            let object = aya_obj::Object::parse(&kernel.object.inflate()).unwrap_or_else(|e| panic!("{}: {e}", o.name));
             for (program, hook) in (kernel.hooks)() {
                 assert!(object.programs.contains_key(program), "{}: {program} ({hook}) is not in its object", o.name);
             }

@@ -64,7 +64,8 @@ fn ten_thousand_config_rewrites_while_exits_flow_judge_every_event_by_one_writte
     let btf = aya::Btf::from_sys_fs().expect("kernel BTF");
     let hooks = [("tapio_sched_process_exit", Hook::BtfTracePoint("sched_process_exit"))];
     let (mut loaded, mut carrier) =
-        observers::load(&tapio_bpf::container::object(), Some(&btf), &hooks, config(0)).expect("load container object");
+        observers::load(&tapio_bpf::container::OBJECT.inflate(), Some(&btf), &hooks, config(0))
+            .expect("load container object");
     assert!(loaded.programs.iter().all(|p| p.result.is_ok()), "attach: {:?}", loaded.programs);
 
     // Drains the ring into (pid → [(status, generation)]) until told to stop and empty.

@@ -94,7 +94,7 @@ fn sigint_flushes_what_was_observed_and_counters_are_logged_periodically() {
 fn an_object_of_another_kernel_abi_is_refused_loudly() {
     let _turn = kernel_test("abi_mismatch");
     let btf = aya::Btf::from_sys_fs().ok();
-    let object = tapio_bpf::network::object();
+    let object = tapio_bpf::network::OBJECT.inflate();
     // The object this agent was built with loads under its ABI …
     assert!(tapio_agent::observers::load_object(&object, btf.as_ref(), tapio_bpf::ABI_VERSION).is_ok());
     // … and an agent of any other ABI refuses it, saying so, instead of misreading structs.

@@ -40,9 +40,7 @@ pub const TYPED_OOM_PROGRAM: &str = "tapio_mark_victim";
 pub const PID_OOM_TRACEPOINT: (&str, &str, &str) = ("tapio_mark_victim_pid", "oom", "mark_victim");
 
 /// The compiled CO-RE object.
-pub fn object() -> crate::Object {
-    crate::include_object!("container")
-}
+pub static OBJECT: crate::EmbeddedObject = crate::include_object!("container");
 
 /// One decoded record of the container object.
 #[derive(Debug, Clone)]

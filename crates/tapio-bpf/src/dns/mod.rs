@@ -42,9 +42,7 @@ pub const COUNTER_NAMES: &[(u32, &str)] = &[
 ];
 
 /// The compiled CO-RE object.
-pub fn object() -> crate::Object {
-    crate::include_object!("dns")
-}
+pub static OBJECT: crate::EmbeddedObject = crate::include_object!("dns");
 
 /// Decodes one ring-buffer record of the DNS object.
 pub fn decode(bytes: &[u8]) -> Result<tapio_dns_event, DecodeError> {

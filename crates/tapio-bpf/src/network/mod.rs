@@ -22,9 +22,7 @@ pub const BTF_TRACEPOINTS: &[(&str, &str)] = &[
 ];
 
 /// The compiled CO-RE object.
-pub fn object() -> crate::Object {
-    crate::include_object!("network")
-}
+pub static OBJECT: crate::EmbeddedObject = crate::include_object!("network");
 
 /// Decodes one ring-buffer record of the network object.
 pub fn decode(bytes: &[u8]) -> Result<tapio_net_event, DecodeError> {

@@ -46,9 +46,7 @@ pub const COUNTER_NAMES: &[(u32, &str)] = &[
 ];
 
 /// The compiled CO-RE object.
-pub fn object() -> crate::Object {
-    crate::include_object!("storage")
-}
+pub static OBJECT: crate::EmbeddedObject = crate::include_object!("storage");
 
 /// Decodes one ring-buffer record of the storage object.
 pub fn decode(bytes: &[u8]) -> Result<tapio_sto_event, DecodeError> {

@@ -19,7 +19,7 @@ pub static OBSERVER: Observer = Observer {
     name: NAME,
     enabled: |c| c.container.enabled,
     kernel: Some(KernelHalf {
-        object: tapio_bpf::container::object,
+        object: &tapio_bpf::container::OBJECT,
         hooks,
         carrier: open_carrier::<tapio_ctr_config>,
         classifier: |ctx| Box::new(ContainerClassifier::new(ctx.learner.clone())),

@@ -30,7 +30,7 @@ pub static OBSERVER: Observer = Observer {
     name: NAME,
     enabled: |c| c.dns.enabled,
     kernel: Some(KernelHalf {
-        object: tapio_bpf::dns::object,
+        object: &tapio_bpf::dns::OBJECT,
         hooks,
         carrier: open_carrier::<tapio_dns_config>,
         classifier: |_| Box::new(DnsClassifier),

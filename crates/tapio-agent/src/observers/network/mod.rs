@@ -21,7 +21,7 @@ pub static OBSERVER: Observer = Observer {
     name: NAME,
     enabled: |c| c.network.enabled,
     kernel: Some(KernelHalf {
-        object: tapio_bpf::network::object,
+        object: &tapio_bpf::network::OBJECT,
         hooks,
         carrier: open_carrier::<tapio_net_config>,
         classifier: |ctx: &mut ClassifierContext<'_>| classifier_for(Some(ctx.programs)),

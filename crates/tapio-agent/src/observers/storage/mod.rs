@@ -29,7 +29,7 @@ pub static OBSERVER: Observer = Observer {
     name: NAME,
     enabled: |c| c.storage.enabled,
     kernel: Some(KernelHalf {
-        object: tapio_bpf::storage::object,
+        object: &tapio_bpf::storage::OBJECT,
         hooks,
         carrier: open_carrier::<tapio_sto_config>,
         classifier: |_| Box::new(StorageClassifier::new()),
