@@ -273,7 +273,8 @@ pub struct StorageFacts {
     /// The threshold a latency_spike crossed (warning or critical).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threshold_ns: Option<u64>,
-    /// Times the driver handed the request back before the issue that completed.
+    /// Times the driver handed the request back before the issue that completed (the kernel
+    /// counts to 65,535 and stays there).
     pub requeues: u32,
 }
 

@@ -99,8 +99,7 @@ static __always_inline void fill_request(struct tapio_sto_inflight *e, struct re
 		disk = rq->q->disk;
 	else
 		disk = ((struct request___old *)rq)->rq_disk;
-	e->dev_major = disk ? disk->major : 0;
-	e->dev_minor = disk ? disk->first_minor : 0;
+	e->dev = disk ? ((__u32)disk->major << TAPIO_STO_MINOR_BITS) | (__u32)disk->first_minor : 0;
 	e->sector = rq->__sector;
 	e->bytes = rq->__data_len;
 	e->cmd_flags = rq->cmd_flags;
@@ -141,7 +140,8 @@ int BPF_PROG(tapio_io_start, struct request *rq)
 	struct tapio_sto_inflight *old = bpf_map_lookup_elem(&inflight, &key);
 	/* A request is only rebuilt after it completed; an issued entry still here means
 	 * that completion was never seen. */
-	if (old && old->issue_ns && !(old->flags & (TAPIO_STO_IF_DATA_DONE | TAPIO_STO_IF_COMPLETED)))
+	if (old && (old->flags & TAPIO_STO_IF_ISSUED) &&
+	    !(old->flags & (TAPIO_STO_IF_DATA_DONE | TAPIO_STO_IF_COMPLETED)))
 		tapio_count(&counters, TAPIO_STO_CNT_INFLIGHT_REPLACED);
 
 	struct tapio_sto_inflight *e = old;
@@ -160,9 +160,8 @@ int BPF_PROG(tapio_io_start, struct request *rq)
 	/* Written in place: no copy of a whole entry per I/O. */
 	e->task.mem_cgroup_id = 0;
 	tapio_task_current(&e->task, cfg->capture_memcg);
-	e->flags = TAPIO_STO_F_TASK_KNOWN;
-	e->submit_ns = bpf_ktime_get_boot_ns();
-	e->issue_ns = 0;
+	e->flags = TAPIO_STO_F_TASK_KNOWN; /* not issued yet */
+	e->stamp_ns = bpf_ktime_get_boot_ns();
 	e->requeues = 0;
 	/* The request's device, sector and size are read at its issue (a bio merged in after
 	 * this changes them), or at its completion if it is never issued: not here. */
@@ -182,7 +181,8 @@ int BPF_PROG(tapio_rq_issue, struct request *rq)
 		 * before attach, or its entry could not be made then): the issuer is unknown, the
 		 * latency is not. */
 		struct tapio_sto_inflight fresh = {};
-		fresh.issue_ns = now;
+		fresh.flags = TAPIO_STO_IF_ISSUED;
+		fresh.stamp_ns = now;
 		fill_request(&fresh, rq);
 		if (e) {
 			*e = fresh;
@@ -195,11 +195,11 @@ int BPF_PROG(tapio_rq_issue, struct request *rq)
 	}
 	/* Issued before, and neither requeued nor completed since: two issues of one live
 	 * request, and no way to say which one the completion answers. */
-	if (e->issue_ns && !(e->flags & (TAPIO_STO_IF_REQUEUED | TAPIO_STO_IF_DATA_DONE)))
+	if ((e->flags & TAPIO_STO_IF_ISSUED) && !(e->flags & (TAPIO_STO_IF_REQUEUED | TAPIO_STO_IF_DATA_DONE)))
 		e->flags |= TAPIO_STO_IF_AMBIGUOUS;
 	/* A requeued request is the same request: its latency runs from this, its last issue. */
-	e->flags &= ~TAPIO_STO_IF_REQUEUED;
-	e->issue_ns = now;
+	e->flags = (e->flags & ~TAPIO_STO_IF_REQUEUED) | TAPIO_STO_IF_ISSUED;
+	e->stamp_ns = now;
 	fill_request(e, rq);
 	return 0;
 }
@@ -214,7 +214,7 @@ int BPF_PROG(tapio_rq_requeue, struct request *rq)
 	struct tapio_sto_inflight *e = bpf_map_lookup_elem(&inflight, &key);
 	if (e && !(e->flags & TAPIO_STO_IF_COMPLETED)) {
 		e->flags |= TAPIO_STO_IF_REQUEUED;
-		if (e->requeues < 0xffffffff)
+		if (e->requeues < 0xffff)
 			e->requeues++;
 	}
 	return 0;
@@ -247,8 +247,8 @@ static __always_inline void emit(struct tapio_sto_inflight *e, const struct tapi
 	ev->hdr.kind = kind;
 	ev->hdr.generation = cfg->hdr.generation;
 	ev->task = e->task;
-	ev->dev_major = e->dev_major;
-	ev->dev_minor = e->dev_minor;
+	ev->dev_major = e->dev >> TAPIO_STO_MINOR_BITS;
+	ev->dev_minor = e->dev & ((1U << TAPIO_STO_MINOR_BITS) - 1);
 	ev->sector = e->sector;
 	ev->bytes = e->bytes;
 	ev->done_bytes = done_bytes;
@@ -257,8 +257,8 @@ static __always_inline void emit(struct tapio_sto_inflight *e, const struct tapi
 	ev->requeues = e->requeues;
 	ev->threshold_ns = threshold_ns;
 	ev->flags = flags | (e->flags & TAPIO_STO_F_TASK_KNOWN);
-	if (e->issue_ns) {
-		ev->latency_ns = now - e->issue_ns;
+	if (e->flags & TAPIO_STO_IF_ISSUED) {
+		ev->latency_ns = now - e->stamp_ns;
 		ev->flags |= TAPIO_STO_F_ISSUED;
 	}
 	tapio_submit(&events, ev, EVENTS_WAKEUP_BYTES);
@@ -284,7 +284,8 @@ int BPF_PROG(tapio_rq_complete, struct request *rq, int error, unsigned int nr_b
 	__u16 status_flag = error > 0 ? TAPIO_STO_F_BLK_STATUS : 0;
 	/* Never issued: its facts were not read yet (the tracepoint fires before the request
 	 * is advanced, so they are still its own). */
-	if (!e->issue_ns)
+	int issued = e->flags & TAPIO_STO_IF_ISSUED;
+	if (!issued)
 		fill_request(e, rq);
 
 	if (e->flags & TAPIO_STO_IF_DATA_DONE) {
@@ -302,17 +303,17 @@ int BPF_PROG(tapio_rq_complete, struct request *rq, int error, unsigned int nr_b
 	/* A partial completion (the kernel completes the rest later) keeps the entry. */
 	int partial = nr_bytes < rq->__data_len;
 	int keep = partial;
-	if (!partial && e->issue_ns && in_flush_sequence(rq)) {
+	if (!partial && issued && in_flush_sequence(rq)) {
 		e->flags |= TAPIO_STO_IF_DATA_DONE;
 		keep = 1;
 	}
 
 	if (error != 0) {
-		if ((cfg.enabled & TAPIO_STO_EN_ERRORS) && (e->issue_ns || !failed_with_its_flush(e->cmd_flags)))
+		if ((cfg.enabled & TAPIO_STO_EN_ERRORS) && (issued || !failed_with_its_flush(e->cmd_flags)))
 			emit(e, &cfg, TAPIO_STO_IO_ERROR, now, error, nr_bytes,
 			     status_flag | (partial ? TAPIO_STO_F_PARTIAL : 0), 0);
-	} else if (!partial && e->issue_ns && (cfg.enabled & TAPIO_STO_EN_LATENCY)) {
-		__u64 latency = now - e->issue_ns;
+	} else if (!partial && issued && (cfg.enabled & TAPIO_STO_EN_LATENCY)) {
+		__u64 latency = now - e->stamp_ns;
 		if (latency > cfg.latency_warning_ns) {
 			int critical = latency > cfg.latency_critical_ns;
 			emit(e, &cfg, TAPIO_STO_LATENCY, now, 0, nr_bytes,

@@ -150,9 +150,10 @@ pub struct Inflight(pub tapio_sto_inflight);
 // SAFETY: an ABI record: plain old data (`tapio_bpf::Record`).
 unsafe impl Pod for Inflight {}
 
-/// The moment an entry was last touched (its last issue, or its submission if not issued).
+/// The moment an entry was last touched: its last issue, or its submission if not issued
+/// (the kernel keeps one stamp for both).
 pub fn last_seen_ns(e: &tapio_sto_inflight) -> u64 {
-    e.issue_ns.max(e.submit_ns)
+    e.stamp_ns
 }
 
 /// Whether an entry last touched at `seen_ns` is older than `max_age_ns` at `now_ns`.
@@ -281,9 +282,7 @@ mod tests {
 
     #[test]
     fn entries_expire_by_their_last_issue_or_submission() {
-        let mut e = tapio_sto_inflight { submit_ns: 1_000, ..Default::default() };
-        assert_eq!(last_seen_ns(&e), 1_000);
-        e.issue_ns = 5_000; // requeued and issued again later: age from the last issue
+        let e = tapio_sto_inflight { stamp_ns: 5_000, ..Default::default() };
         assert_eq!(last_seen_ns(&e), 5_000);
         assert!(!expired(5_000, 15_000, 10_000));
         assert!(expired(5_000, 15_001, 10_000));
