@@ -13,9 +13,13 @@
 //! newest they are `path.N`, …, `path.1`, `path` ([`oldest_first`]). Rotation happens between appends
 //! (one group of batches), so every file holds whole records and a file may exceed
 //! `max_bytes` by at most one append.
+//!
+//! Both file sinks (the agent's and the controller's) write behind themselves with
+//! [`DropBehind`]: what they wrote leaves the page cache once it is on disk.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -48,6 +52,68 @@ pub fn oldest_first(path: &Path, keep_files: usize) -> Vec<PathBuf> {
     files
 }
 
+/// The file is handed to writeback, and then dropped from the page cache, in steps of this
+/// many bytes (see [`DropBehind`]).
+pub const DROP_BEHIND_STEP: u64 = 8 << 20;
+
+/// Keeps the evidence file from piling up in the node's page cache: each whole step behind
+/// the end is handed to writeback as it fills, and dropped from the cache one step later,
+/// when its writeback has had a step's time to finish. A node agent writing gigabytes of
+/// evidence would otherwise crowd out its workloads' cached files, and every page it writes
+/// would be a page newly taken from the allocator (on a VM with free-page reporting, also a
+/// page the hypervisor must back again: there the copy into fresh pages was half the
+/// agent's time under a flood). Pages still dirty or under writeback when their drop comes
+/// are left alone by the kernel; nothing waits. A reader tailing the file within a step or
+/// two of its end still reads from the cache.
+#[derive(Debug, Default)]
+pub struct DropBehind {
+    /// Bytes below this offset have been handed to writeback.
+    writeback_to: u64,
+    /// Bytes below this offset have been dropped (or were before this process).
+    dropped_to: u64,
+}
+
+impl DropBehind {
+    /// For a file opened at `size` bytes (what lies before it is left as it is).
+    pub fn starting_at(size: u64) -> Self {
+        let at = size / DROP_BEHIND_STEP * DROP_BEHIND_STEP;
+        Self { writeback_to: at, dropped_to: at }
+    }
+
+    /// After the file grew to `size`.
+    pub fn advance(&mut self, file: &File, size: u64) {
+        let whole = size / DROP_BEHIND_STEP * DROP_BEHIND_STEP;
+        if whole <= self.writeback_to {
+            return;
+        }
+        let fd = file.as_raw_fd();
+        // What was handed to writeback a step ago goes now.
+        if self.writeback_to > self.dropped_to {
+            // SAFETY: a plain syscall on the open descriptor `file` borrows; no memory is passed.
+            unsafe {
+                libc::posix_fadvise(
+                    fd,
+                    self.dropped_to as libc::off_t,
+                    (self.writeback_to - self.dropped_to) as libc::off_t,
+                    libc::POSIX_FADV_DONTNEED,
+                )
+            };
+            self.dropped_to = self.writeback_to;
+        }
+        // SAFETY: as above. Errors only mean the pages stay cached until the kernel's own
+        // writeback, as without this.
+        unsafe {
+            libc::sync_file_range(
+                fd,
+                self.writeback_to as libc::off64_t,
+                (whole - self.writeback_to) as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            )
+        };
+        self.writeback_to = whole;
+    }
+}
+
 /// The rotating file.
 #[derive(Debug)]
 pub struct RotatingFile {
@@ -56,12 +122,13 @@ pub struct RotatingFile {
     keep_files: usize,
     file: Option<File>,
     size: u64,
+    drop_behind: DropBehind,
 }
 
 impl RotatingFile {
     /// Opens (appending to) `path`.
     pub fn open(path: PathBuf, max_bytes: u64, keep_files: usize) -> io::Result<Self> {
-        let mut me = Self { path, max_bytes, keep_files, file: None, size: 0 };
+        let mut me = Self { path, max_bytes, keep_files, file: None, size: 0, drop_behind: DropBehind::default() };
         me.reopen()?;
         Ok(me)
     }
@@ -74,6 +141,7 @@ impl RotatingFile {
     fn reopen(&mut self) -> io::Result<()> {
         let file = OpenOptions::new().create(true).append(true).open(&self.path)?;
         self.size = file.metadata()?.len();
+        self.drop_behind = DropBehind::starting_at(self.size);
         self.file = Some(file);
         sync_parent(&self.path);
         Ok(())
@@ -115,6 +183,7 @@ impl RotatingFile {
             return Err(e);
         }
         self.size += len;
+        self.drop_behind.advance(file, self.size);
         Ok(())
     }
 
@@ -203,6 +272,58 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tapio-rotate-{tag}-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    /// Which pages of the first `len` bytes of `file` are in the page cache.
+    fn cached_pages(file: &File, len: usize) -> Vec<bool> {
+        // SAFETY: a private read-only mapping of a file this test owns and does not change
+        // while it is mapped; mincore writes one byte per page into a vector of that size,
+        // and the mapping is removed before returning.
+        unsafe {
+            let page = libc::sysconf(libc::_SC_PAGESIZE) as usize;
+            let map = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0);
+            assert_ne!(map, libc::MAP_FAILED, "mmap: {}", io::Error::last_os_error());
+            let mut vec = vec![0u8; len.div_ceil(page)];
+            let rc = libc::mincore(map, len, vec.as_mut_ptr());
+            libc::munmap(map, len);
+            assert_eq!(rc, 0, "mincore: {}", io::Error::last_os_error());
+            vec.iter().map(|b| b & 1 == 1).collect()
+        }
+    }
+
+    /// The page cache of a disk-backed file (tmpfs pages are the data and never drop): the
+    /// checkout's target directory, not /tmp, which may be a tmpfs.
+    fn disk_dir(tag: &str) -> PathBuf {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../target/tapio-util-tests")
+            .join(format!("{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn written_steps_leave_the_page_cache_once_on_disk_and_the_newest_stay() {
+        let dir = disk_dir("drop-behind");
+        let path = dir.join("evidence.jsonl");
+        let _ = std::fs::remove_file(&path);
+        let mut file = OpenOptions::new().create(true).read(true).append(true).open(&path).unwrap();
+        let step = DROP_BEHIND_STEP as usize;
+        let mut behind = DropBehind::starting_at(0);
+        let chunk = vec![b'x'; step];
+        file.write_all(&chunk).unwrap();
+        behind.advance(&file, step as u64); // the first step goes to writeback…
+        file.sync_data().unwrap(); // …and is surely on disk before the next step crosses
+        file.write_all(&chunk).unwrap();
+        file.write_all(&chunk[..4096]).unwrap();
+        behind.advance(&file, 2 * step as u64 + 4096);
+        let cached = cached_pages(&file, 2 * step + 4096);
+        let pages = step / 4096;
+        let first = cached[..pages].iter().filter(|&&c| c).count();
+        let second = cached[pages..2 * pages].iter().filter(|&&c| c).count();
+        assert_eq!(first, 0, "the first step, written back, left the page cache: {first} of {pages} pages stayed");
+        assert_eq!(second, pages, "the step being written back stays cached until its turn");
+        assert!(cached[2 * pages], "the page being appended to stays cached");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

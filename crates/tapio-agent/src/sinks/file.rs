@@ -10,6 +10,7 @@ use crate::config::FileSinkConfig;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::PathBuf;
+use tapio_util::rotate::DropBehind;
 
 pub struct FileSink {
     path: PathBuf,
@@ -21,6 +22,7 @@ pub struct FileSink {
     lines: Lines,
     delivered: Delivered,
     failing: bool,
+    drop_behind: DropBehind,
 }
 
 fn open_append(path: &PathBuf) -> io::Result<(File, u64)> {
@@ -57,6 +59,7 @@ impl FileSink {
             lines: Lines::default(),
             delivered: Delivered::default(),
             failing: false,
+            drop_behind: DropBehind::starting_at(size),
         })
     }
 
@@ -67,6 +70,7 @@ impl FileSink {
         let (file, size) = open_append(&self.path)?;
         self.file = file;
         self.size = size;
+        self.drop_behind = DropBehind::starting_at(size);
         Ok(())
     }
 }
@@ -119,6 +123,7 @@ impl FileSink {
                 self.size += w.torn_bytes as u64;
             }
         }
+        self.drop_behind.advance(&self.file, self.size);
         self.delivered.add(w.delivered);
         self.failing = log_transition("file", self.failing, w.error.as_ref(), w.delivered.failed);
     }
