@@ -76,7 +76,7 @@ fn net_base(i: usize, kind: u32, now: u64) -> tapio_net_event {
 /// unreachables, 15 resets, 8 retransmit spikes, 5 RTT degradations, 8 non-zero exits,
 /// 3 signal deaths and 1 OOM kill (the kernel side only reports abnormal exits).
 fn craft(i: usize, now: u64) -> Crafted {
-    let net = |ev: tapio_net_event| Crafted { source: Source::Network, bytes: as_bytes(&ev).to_vec() };
+    let net = |ev: tapio_net_event| Crafted { source: Source::Network, bytes: tapio_bpf::network::encode(&ev) };
     let known = TAPIO_NET_F_TASK_KNOWN | TAPIO_NET_F_START_KNOWN;
     match i % 100 {
         0..=49 => {

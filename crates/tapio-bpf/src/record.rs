@@ -65,6 +65,20 @@ pub fn decode_as<T: Record>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
     read_exact(bytes).ok_or(DecodeError::WrongSize { kind, len: bytes.len(), expected: std::mem::size_of::<T>() })
 }
 
+/// Decodes a record of kind `kind` that the kernel writes as only the first `prefix` bytes of
+/// `T` (a kind whose facts end early); the rest of `T` reads as zero. Exactly `prefix` bytes
+/// are accepted.
+pub fn decode_prefix<T: Record + Default>(bytes: &[u8], kind: u32, prefix: usize) -> Result<T, DecodeError> {
+    if bytes.len() != prefix || prefix > std::mem::size_of::<T>() {
+        return Err(DecodeError::WrongSize { kind, len: bytes.len(), expected: prefix });
+    }
+    let mut value = T::default();
+    // SAFETY: `prefix` bytes fit inside `value` (checked above), `T: Record` accepts any bit
+    // pattern, and the source and the local value do not overlap.
+    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), (&mut value as *mut T).cast::<u8>(), prefix) };
+    Ok(value)
+}
+
 /// The bytes of a record, as the kernel lays them out (for tests, benchmarks, encoders).
 pub fn as_bytes<T: Record>(value: &T) -> &[u8] {
     // SAFETY: `T: Record` is plain old data with no implicit padding (build.rs asks bindgen

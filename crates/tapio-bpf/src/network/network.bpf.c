@@ -120,21 +120,32 @@ struct {
 	__type(value, struct rtt_baseline);
 } rtt_baselines SEC(".maps");
 
-/* Reserves a record in this CPU's ring; *ring is the ring to submit it to. */
-static __always_inline struct tapio_net_event *reserve_event(void **ring, __u32 kind, __u32 generation)
+/* A connect failure's record: the prefix of struct tapio_net_event before bytes_acked (see
+ * network.h). The verifier refuses any write past what was reserved. */
+#define CONNECT_FAILED_BYTES __builtin_offsetof(struct tapio_net_event, bytes_acked)
+
+/* Reserves a record of `size` bytes (a constant: the whole event or a kind's prefix) in this
+ * CPU's ring; *ring is the ring to submit it to. */
+static __always_inline struct tapio_net_event *reserve_event_sized(void **ring, __u32 kind, __u32 generation,
+								   __u64 size)
 {
 	void *cpu_ring = tapio_cpu_ring(&events);
-	struct tapio_net_event *ev = cpu_ring ? bpf_ringbuf_reserve(cpu_ring, sizeof(*ev), 0) : NULL;
+	struct tapio_net_event *ev = cpu_ring ? bpf_ringbuf_reserve(cpu_ring, size, 0) : NULL;
 	if (!ev) {
 		tapio_count(&counters, TAPIO_CNT_RINGBUF_FULL);
 		return NULL;
 	}
 	*ring = cpu_ring;
-	__builtin_memset(ev, 0, sizeof(*ev));
+	__builtin_memset(ev, 0, size);
 	ev->hdr.boot_ns = bpf_ktime_get_boot_ns();
 	ev->hdr.kind = kind;
 	ev->hdr.generation = generation;
 	return ev;
+}
+
+static __always_inline struct tapio_net_event *reserve_event(void **ring, __u32 kind, __u32 generation)
+{
+	return reserve_event_sized(ring, kind, generation, sizeof(struct tapio_net_event));
 }
 
 /* The task that started the connection, when its connect was seen (else left unknown). */
@@ -207,7 +218,8 @@ static __always_inline void emit_connect_failed(struct sock *sk, const struct ta
 						struct connect_start *start, int sk_err, __u16 flags)
 {
 	void *ring;
-	struct tapio_net_event *ev = reserve_event(&ring, TAPIO_NET_CONNECT_FAILED, cfg->hdr.generation);
+	struct tapio_net_event *ev =
+		reserve_event_sized(&ring, TAPIO_NET_CONNECT_FAILED, cfg->hdr.generation, CONNECT_FAILED_BYTES);
 	if (!ev)
 		return;
 	/* Segments retransmitted on a socket that never left SYN_SENT are its SYNs. (The
@@ -229,7 +241,7 @@ static __always_inline void emit_connect_failed(struct sock *sk, const struct ta
 		ev->flags |= start->flags | TAPIO_NET_F_START_KNOWN;
 		ev->duration_ns = ev->hdr.boot_ns - start->start_ns;
 	}
-	tapio_submit_to_cpu_ring(ring, ev);
+	tapio_submit_cpu_ring_sized(ring, ev, CONNECT_FAILED_BYTES);
 }
 
 /*

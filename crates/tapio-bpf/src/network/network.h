@@ -5,12 +5,14 @@
 
 #include "tapio_common.h"
 
-/* Bits of tapio_net_config.enabled: each evidence family can be switched off. */
 /* The network object's event rings together, shared by the CPUs' rings (the agent gives
- * each CPU a power-of-two share, `tapio_bpf::per_cpu_ring_bytes`). 512 KiB: some 4,000
- * records, tens of milliseconds of the fastest refused-connect flood this project's machine
- * makes. The agent maps a ring's data twice, so every byte is two of its resident set. */
+ * each CPU a power-of-two share, `tapio_bpf::per_cpu_ring_bytes`). 512 KiB: 4,096 connect
+ * failures (128 bytes each in a ring), tens of milliseconds of the fastest refused-connect
+ * flood this project's machine makes. The agent maps a ring's data twice, so every byte is
+ * two of its resident set. */
 #define TAPIO_NET_EVENTS_RING_BYTES (1 << 19)
+
+/* Bits of tapio_net_config.enabled: each evidence family can be switched off. */
 
 enum tapio_net_enable {
 	TAPIO_NET_EN_CONNECT = 1 << 0,
@@ -69,6 +71,12 @@ enum tapio_net_flag {
 	TAPIO_NET_F_LOCAL_SHUTDOWN = 1 << 4,
 };
 
+/*
+ * One record layout for every kind. A connect failure (the one kind a flood makes, once per
+ * failed connect) fills nothing past duration_ns, so its record is only the prefix that
+ * ends before bytes_acked: 120 bytes instead of 168, and a ring holds 40 % more of them.
+ * The agent decodes that kind from exactly that prefix (the rest reads as zero).
+ */
 struct tapio_net_event {
 	struct tapio_event_header hdr;
 	struct tapio_task task;
