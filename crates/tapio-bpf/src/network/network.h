@@ -13,7 +13,6 @@
 #define TAPIO_NET_EVENTS_RING_BYTES (1 << 19)
 
 /* Bits of tapio_net_config.enabled: each evidence family can be switched off. */
-
 enum tapio_net_enable {
 	TAPIO_NET_EN_CONNECT = 1 << 0,
 	TAPIO_NET_EN_RESET = 1 << 1,
