@@ -56,61 +56,174 @@ pub fn oldest_first(path: &Path, keep_files: usize) -> Vec<PathBuf> {
 /// many bytes (see [`DropBehind`]).
 pub const DROP_BEHIND_STEP: u64 = 8 << 20;
 
+/// Steps handed to the helper and not yet done: beyond this the writer skips a step rather
+/// than wait.
+const DROP_BEHIND_PENDING: usize = 2;
+
 /// Keeps the evidence file from piling up in the node's page cache: each whole step behind
 /// the end is handed to writeback as it fills, and dropped from the cache one step later,
 /// when its writeback has had a step's time to finish. A node agent writing gigabytes of
 /// evidence would otherwise crowd out its workloads' cached files, and every page it writes
 /// would be a page newly taken from the allocator (on a VM with free-page reporting, also a
 /// page the hypervisor must back again: there the copy into fresh pages was half the
-/// agent's time under a flood). Pages still dirty or under writeback when their drop comes
-/// are left alone by the kernel; nothing waits. A reader tailing the file within a step or
-/// two of its end still reads from the cache.
+/// agent's time under a flood). A reader tailing the file within a step or two of its end
+/// still reads from the cache.
+///
+/// Starting writeback can wait for the disk (the block layer's request slots), so a helper
+/// thread does it, and the writer never waits: while the helper is behind (a disk slower
+/// than the evidence), a step is skipped and stays cached until the kernel's own writeback,
+/// exactly as without this. Pages still dirty or under writeback when their drop comes are
+/// left alone by the kernel.
 #[derive(Debug, Default)]
 pub struct DropBehind {
-    /// Bytes below this offset have been handed to writeback.
+    /// Bytes below this offset have been handed on for writeback (or skipped).
     writeback_to: u64,
-    /// Bytes below this offset have been dropped (or were before this process).
+    /// Bytes below this offset have been handed on to be dropped (or skipped, or were there
+    /// before this file was opened).
     dropped_to: u64,
+    helper: Option<Helper>,
+}
+
+/// The helper thread and its mailbox of at most [`DROP_BEHIND_PENDING`] steps (a mutex and a
+/// condition variable, which the agent links anyway, rather than a channel type: ~16 KB of
+/// the agent's size).
+#[derive(Debug)]
+struct Helper {
+    mailbox: std::sync::Arc<Mailbox>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+#[derive(Debug, Default)]
+struct Mailbox {
+    /// Steps waiting, and whether the writer is gone.
+    state: std::sync::Mutex<(std::collections::VecDeque<DropJob>, bool)>,
+    posted: std::sync::Condvar,
+}
+
+impl Mailbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (std::collections::VecDeque<DropJob>, bool)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The helper's loop: each step in order, until the writer is gone and none is left.
+    fn serve(&self) {
+        loop {
+            let job = {
+                let mut state = self.lock();
+                loop {
+                    if let Some(job) = state.0.pop_front() {
+                        break job;
+                    }
+                    if state.1 {
+                        return;
+                    }
+                    state = self.posted.wait(state).unwrap_or_else(|p| p.into_inner());
+                }
+            };
+            job.run();
+        }
+    }
+}
+
+/// One step's work: drop `drop` (already written back) and start writing back `writeback`.
+#[derive(Debug)]
+struct DropJob {
+    file: File,
+    drop: (u64, u64),
+    writeback: (u64, u64),
+}
+
+impl DropJob {
+    fn run(&self) {
+        let fd = self.file.as_raw_fd();
+        let (from, to) = self.drop;
+        if to > from {
+            // SAFETY: a plain syscall on the descriptor this job owns; no memory is passed.
+            // Errors only mean the pages stay cached, as without this.
+            unsafe {
+                libc::posix_fadvise(fd, from as libc::off_t, (to - from) as libc::off_t, libc::POSIX_FADV_DONTNEED)
+            };
+        }
+        let (from, to) = self.writeback;
+        if to > from {
+            // SAFETY: as above.
+            unsafe {
+                libc::sync_file_range(
+                    fd,
+                    from as libc::off64_t,
+                    (to - from) as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                )
+            };
+        }
+    }
 }
 
 impl DropBehind {
     /// For a file opened at `size` bytes (what lies before it is left as it is).
     pub fn starting_at(size: u64) -> Self {
-        let at = size / DROP_BEHIND_STEP * DROP_BEHIND_STEP;
-        Self { writeback_to: at, dropped_to: at }
+        let mut me = Self::default();
+        me.restart_at(size);
+        me
     }
 
-    /// After the file grew to `size`.
+    /// Follows a newly opened file of `size` bytes (after a rotation); the helper stays.
+    pub fn restart_at(&mut self, size: u64) {
+        let at = size / DROP_BEHIND_STEP * DROP_BEHIND_STEP;
+        self.writeback_to = at;
+        self.dropped_to = at;
+    }
+
+    /// After `file` grew to `size`.
     pub fn advance(&mut self, file: &File, size: u64) {
         let whole = size / DROP_BEHIND_STEP * DROP_BEHIND_STEP;
         if whole <= self.writeback_to {
             return;
         }
-        let fd = file.as_raw_fd();
-        // What was handed to writeback a step ago goes now.
-        if self.writeback_to > self.dropped_to {
-            // SAFETY: a plain syscall on the open descriptor `file` borrows; no memory is passed.
-            unsafe {
-                libc::posix_fadvise(
-                    fd,
-                    self.dropped_to as libc::off_t,
-                    (self.writeback_to - self.dropped_to) as libc::off_t,
-                    libc::POSIX_FADV_DONTNEED,
-                )
-            };
-            self.dropped_to = self.writeback_to;
-        }
-        // SAFETY: as above. Errors only mean the pages stay cached until the kernel's own
-        // writeback, as without this.
-        unsafe {
-            libc::sync_file_range(
-                fd,
-                self.writeback_to as libc::off64_t,
-                (whole - self.writeback_to) as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            )
-        };
+        // What was handed to writeback a step ago goes now; the new whole steps go to
+        // writeback. Either way the offsets move on: a skipped step is not retried.
+        let dropped = (self.dropped_to, self.writeback_to);
+        let writeback = (self.writeback_to, whole);
+        self.dropped_to = self.writeback_to;
         self.writeback_to = whole;
+        let Ok(file) = file.try_clone() else { return };
+        let job = DropJob { file, drop: dropped, writeback };
+        if self.helper.is_none() {
+            let mailbox = std::sync::Arc::new(Mailbox::default());
+            let served = std::sync::Arc::clone(&mailbox);
+            match std::thread::Builder::new().name("tapio-writeback".into()).spawn(move || served.serve()) {
+                Ok(thread) => self.helper = Some(Helper { mailbox, thread }),
+                // No thread, no drop-behind: the file behaves as a plain file.
+                Err(e) => {
+                    log::warn!("file sink: no write-behind helper ({e}); the page cache keeps what it writes");
+                    return;
+                }
+            }
+        }
+        if let Some(helper) = &self.helper {
+            let mut state = helper.mailbox.lock();
+            // Full: the step is skipped (see above).
+            if state.0.len() < DROP_BEHIND_PENDING {
+                state.0.push_back(job);
+                drop(state);
+                helper.mailbox.posted.notify_one();
+            }
+        }
+    }
+
+    /// Waits until the helper has done every step handed to it, and stops it.
+    pub fn finish(&mut self) {
+        if let Some(Helper { mailbox, thread }) = self.helper.take() {
+            mailbox.lock().1 = true;
+            mailbox.posted.notify_one();
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for DropBehind {
+    fn drop(&mut self) {
+        self.finish();
     }
 }
 
@@ -141,7 +254,7 @@ impl RotatingFile {
     fn reopen(&mut self) -> io::Result<()> {
         let file = OpenOptions::new().create(true).append(true).open(&self.path)?;
         self.size = file.metadata()?.len();
-        self.drop_behind = DropBehind::starting_at(self.size);
+        self.drop_behind.restart_at(self.size);
         self.file = Some(file);
         sync_parent(&self.path);
         Ok(())
@@ -316,6 +429,7 @@ mod tests {
         file.write_all(&chunk).unwrap();
         file.write_all(&chunk[..4096]).unwrap();
         behind.advance(&file, 2 * step as u64 + 4096);
+        behind.finish(); // the helper has done both steps
         let cached = cached_pages(&file, 2 * step + 4096);
         let pages = step / 4096;
         let first = cached[..pages].iter().filter(|&&c| c).count();

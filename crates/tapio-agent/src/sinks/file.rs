@@ -70,7 +70,7 @@ impl FileSink {
         let (file, size) = open_append(&self.path)?;
         self.file = file;
         self.size = size;
-        self.drop_behind = DropBehind::starting_at(size);
+        self.drop_behind.restart_at(size);
         Ok(())
     }
 }
