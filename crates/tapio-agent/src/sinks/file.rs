@@ -2,7 +2,8 @@
 //! deleted, so disk use is bounded by about (N + 1) × max_bytes ([`tapio_util::rotate`]).
 //! Unlike the controller's all-or-nothing appends, lines are buffered and written in
 //! batches, and a write that fails part way keeps (and counts written) the whole lines
-//! that reached the file.
+//! that reached the file. What is written leaves the page cache once it is on disk
+//! ([`DropBehind`]).
 
 use super::lines::Lines;
 use super::{Delivered, Sink};
