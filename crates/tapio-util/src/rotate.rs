@@ -440,6 +440,46 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// Writing behind across many steps and rotations keeps every record: each file holds
+    /// whole lines, in order, and together they hold exactly what was appended.
+    #[test]
+    fn writing_behind_across_steps_and_rotations_keeps_every_record() {
+        let dir = disk_dir("drop-behind-rotate");
+        let path = dir.join("evidence.jsonl");
+        for p in oldest_first(&path, 3) {
+            std::fs::remove_file(p).unwrap();
+        }
+        // Files of 20 MiB: each crosses two 8 MiB steps before it rotates.
+        let max_bytes = 20 << 20;
+        let mut f = RotatingFile::open(path.clone(), max_bytes, 3).unwrap();
+        let line_len = format!("{{\"n\":{:010},\"pad\":\"{}\"}}\n", 0, "p".repeat(1000)).len() as u64;
+        let records = 100_000u64; // ~100 MiB: four rotations, the oldest file deleted
+        for i in 0..records {
+            let line = format!("{{\"n\":{i:010},\"pad\":\"{}\"}}\n", "p".repeat(1000));
+            f.append(line.as_bytes()).unwrap();
+        }
+        f.drop_behind.finish();
+        let mut next = records - 1;
+        let mut seen = 0u64;
+        // Newest first: the live file, then .1, .2, .3, each read backwards.
+        for p in oldest_first(&path, 3).iter().rev() {
+            let text = std::fs::read_to_string(p).unwrap();
+            assert!(
+                text.ends_with('\n') && text.len() as u64 <= max_bytes,
+                "{} holds whole lines within the limit",
+                p.display()
+            );
+            for line in text.lines().rev() {
+                assert_eq!(line[5..15].parse::<u64>().unwrap(), next, "records are whole and in order");
+                next = next.wrapping_sub(1);
+                seen += 1;
+            }
+        }
+        assert_eq!(next.wrapping_add(1), records - seen, "the newest records, none missing");
+        assert!(seen > 3 * (max_bytes / line_len) && seen < records, "three full files and the live one: {seen}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn rotates_by_size_and_keeps_a_bounded_number() {
         let dir = temp_dir("keep");
