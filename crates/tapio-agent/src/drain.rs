@@ -6,7 +6,6 @@
 
 use crate::clock::BootToWall;
 use crate::counters::Counters;
-use crate::evidence::Evidence;
 use crate::observers::{read_kernel_counters, Classifier, Running};
 use crate::queue::QueueSender;
 use crate::stamp::{Stamper, Verdict};
@@ -212,11 +211,6 @@ fn classify_one(
         Ok(Verdict::Drop(reason)) => counters.correlation_drop(name, reason),
         Ok(Verdict::Ignore) => {}
     }
-}
-
-/// Hands one record to the sink stage without ever waiting (see [`QueueSender::offer`]).
-pub fn offer(queue: &QueueSender, counters: &Counters, ev: Box<Evidence>) {
-    queue.offer(counters, &ev);
 }
 
 #[cfg(test)]

@@ -4,7 +4,6 @@
 //! the same way the drain does (a non-blocking send, overflow counted).
 
 use crate::counters::Counters;
-use crate::drain::offer;
 use crate::queue::QueueSender;
 use crate::stamp::{Stamper, Verdict};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,7 +21,7 @@ impl PollContext<'_> {
     /// Emits, counts or ignores one verdict of `observer`.
     pub fn deliver(&mut self, observer: &'static str, verdict: Verdict) {
         match verdict {
-            Verdict::Emit(ev) => offer(self.queue, self.counters, ev),
+            Verdict::Emit(ev) => self.queue.offer(self.counters, &ev),
             Verdict::Drop(reason) => self.counters.correlation_drop(observer, reason),
             Verdict::Ignore => {}
         }
