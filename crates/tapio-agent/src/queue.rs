@@ -12,7 +12,7 @@
 //! (`queue_overflow_total`); sending never waits for the sinks.
 
 use crate::counters::Counters;
-use crate::evidence::{Evidence, Facts, WorkloadIds};
+use crate::evidence::{Evidence, WorkloadIds};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -50,10 +50,7 @@ impl Encoded {
         let split = (out.len() - HEADER) as u32;
         out[16..HEADER].copy_from_slice(&split.to_le_bytes());
         out.extend_from_slice(b",\"facts\":");
-        match &ev.facts {
-            Facts::Connection(facts) => facts.write_json(out)?,
-            facts => serde_json::to_writer(&mut *out, facts)?,
-        }
+        ev.facts.write_json(out)?;
         out.push(b'}');
         Ok(())
     }
