@@ -10,7 +10,7 @@
 #define TAPIO_COMMON_H
 
 /* Bumped whenever any struct in an ABI header changes shape or meaning. */
-#define TAPIO_ABI_VERSION 2
+#define TAPIO_ABI_VERSION 3
 
 /*
  * Every observer's config starts with this header. Its carrier holds two copies behind a

@@ -1,10 +1,15 @@
 //! The network observer's kernel side: its embedded object and record decoding.
 
-use crate::abi::{tapio_net_config, tapio_net_event, TAPIO_NET_CONNECT_FAILED, TAPIO_NET_RTT_DEGRADED};
+use crate::abi::{
+    tapio_net_config, tapio_net_connect4, tapio_net_event, TAPIO_NET_CONNECT_FAILED, TAPIO_NET_CONNECT_FAILED_V4,
+    TAPIO_NET_RTT_DEGRADED,
+};
 use crate::record::{decode_as, decode_prefix, read_header, DecodeError, Record};
 
 // SAFETY: a bindgen repr(C) mirror of an ABI header struct: integers only, padding explicit.
 unsafe impl Record for tapio_net_event {}
+// SAFETY: a bindgen repr(C) mirror of an ABI header struct: integers only, padding explicit.
+unsafe impl Record for tapio_net_connect4 {}
 // SAFETY: a bindgen repr(C) mirror of an ABI header struct: integers only, padding explicit.
 unsafe impl Record for tapio_net_config {}
 
@@ -24,24 +29,60 @@ pub const BTF_TRACEPOINTS: &[(&str, &str)] = &[
 /// The compiled CO-RE object.
 pub static OBJECT: crate::EmbeddedObject = crate::include_object!("network");
 
-/// Bytes of a connect failure's record: the event up to `bytes_acked`, where its facts end
-/// (network.h; the kernel reserves only this prefix, so a ring holds more of them).
+/// Bytes of an IPv6 connect failure's record: the event up to `bytes_acked`, where its facts
+/// end (network.h; the kernel reserves only this prefix, so a ring holds more of them).
 pub const CONNECT_FAILED_BYTES: usize = std::mem::offset_of!(tapio_net_event, bytes_acked);
 
-/// Decodes one ring-buffer record of the network object.
+const AF_INET: u16 = 2;
+/// The state a connect failure left (the compact IPv4 record does not carry it).
+const TCP_SYN_SENT: u32 = 2;
+
+/// Decodes one ring-buffer record of the network object. An IPv4 connect failure arrives in
+/// its compact record and comes out as every other connect failure: the shared layout, kind
+/// `TAPIO_NET_CONNECT_FAILED`.
 pub fn decode(bytes: &[u8]) -> Result<tapio_net_event, DecodeError> {
     let header = read_header(bytes)?;
-    if !(TAPIO_NET_CONNECT_FAILED..=TAPIO_NET_RTT_DEGRADED).contains(&header.kind) {
-        return Err(DecodeError::UnknownKind { kind: header.kind });
+    match header.kind {
+        TAPIO_NET_CONNECT_FAILED_V4 => decode_as::<tapio_net_connect4>(bytes, header.kind).map(|v4| widen(&v4)),
+        TAPIO_NET_CONNECT_FAILED => decode_prefix(bytes, header.kind, CONNECT_FAILED_BYTES),
+        kind if (TAPIO_NET_CONNECT_FAILED..=TAPIO_NET_RTT_DEGRADED).contains(&kind) => decode_as(bytes, kind),
+        kind => Err(DecodeError::UnknownKind { kind }),
     }
-    if header.kind == TAPIO_NET_CONNECT_FAILED {
-        return decode_prefix(bytes, header.kind, CONNECT_FAILED_BYTES);
-    }
-    decode_as(bytes, header.kind)
 }
 
-/// The raw bytes of a record, as the kernel writes them (for tests and benchmarks).
+/// An IPv4 connect failure in the shared layout.
+fn widen(v4: &tapio_net_connect4) -> tapio_net_event {
+    let mut ev = tapio_net_event { hdr: v4.hdr, task: v4.task, ..Default::default() };
+    ev.hdr.kind = TAPIO_NET_CONNECT_FAILED;
+    ev.saddr[..4].copy_from_slice(&v4.saddr);
+    ev.daddr[..4].copy_from_slice(&v4.daddr);
+    ev.sport = v4.sport;
+    ev.dport = v4.dport;
+    ev.family = AF_INET;
+    ev.flags = v4.flags;
+    ev.state = TCP_SYN_SENT;
+    ev.sk_err = v4.sk_err;
+    ev.syn_retries = v4.syn_retries;
+    ev.duration_ns = v4.duration_ns;
+    ev
+}
+
+/// The raw bytes of a record, as the kernel writes them (for tests and benchmarks): an IPv4
+/// connect failure as its compact record, an IPv6 one as its prefix.
 pub fn encode(event: &tapio_net_event) -> Vec<u8> {
+    if event.hdr.kind == TAPIO_NET_CONNECT_FAILED && event.family == AF_INET {
+        let mut v4 = tapio_net_connect4 { hdr: event.hdr, task: event.task, ..Default::default() };
+        v4.hdr.kind = TAPIO_NET_CONNECT_FAILED_V4;
+        v4.saddr.copy_from_slice(&event.saddr[..4]);
+        v4.daddr.copy_from_slice(&event.daddr[..4]);
+        v4.sport = event.sport;
+        v4.dport = event.dport;
+        v4.flags = event.flags;
+        v4.sk_err = event.sk_err;
+        v4.syn_retries = event.syn_retries;
+        v4.duration_ns = event.duration_ns;
+        return crate::record::as_bytes(&v4).to_vec();
+    }
     let all = crate::record::as_bytes(event);
     let len = if event.hdr.kind == TAPIO_NET_CONNECT_FAILED { CONNECT_FAILED_BYTES } else { all.len() };
     all[..len].to_vec()
@@ -66,11 +107,44 @@ mod tests {
         assert!(matches!(decode(&[1, 2, 3]), Err(DecodeError::TooShort { len: 3 })));
     }
 
+    /// An IPv4 connect failure is its 88-byte compact record, read back as the shared layout
+    /// with every fact in place; any other length of it is malformed.
     #[test]
-    fn a_connect_failure_is_its_prefix_and_nothing_else() {
+    fn an_ipv4_connect_failure_is_its_compact_record_read_back_whole() {
+        assert_eq!(std::mem::size_of::<tapio_net_connect4>(), 88);
+        let mut ev = tapio_net_event::default();
+        ev.hdr = crate::abi::tapio_event_header { boot_ns: 9, kind: TAPIO_NET_CONNECT_FAILED, generation: 4 };
+        ev.task.pid = 11;
+        ev.task.tid = 12;
+        ev.task.cgroup_id = 13;
+        ev.task.mem_cgroup_id = 14;
+        ev.task.comm[..4].copy_from_slice(b"curl");
+        ev.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        ev.daddr[..4].copy_from_slice(&[10, 1, 2, 3]);
+        ev.sport = 40_000;
+        ev.dport = 1;
+        ev.family = AF_INET;
+        ev.flags = 7;
+        ev.state = TCP_SYN_SENT;
+        ev.sk_err = 111;
+        ev.syn_retries = 2;
+        ev.duration_ns = 5_000;
+        let bytes = encode(&ev);
+        assert_eq!(bytes.len(), 88);
+        assert_eq!(read_header(&bytes).unwrap().kind, TAPIO_NET_CONNECT_FAILED_V4);
+        assert_eq!(crate::record::as_bytes(&decode(&bytes).unwrap()), crate::record::as_bytes(&ev));
+        assert!(matches!(decode(&bytes[..87]), Err(DecodeError::WrongSize { .. })));
+        let mut longer = bytes.clone();
+        longer.extend_from_slice(&[0; 8]);
+        assert!(matches!(decode(&longer), Err(DecodeError::WrongSize { .. })));
+    }
+
+    #[test]
+    fn an_ipv6_connect_failure_is_its_prefix_and_nothing_else() {
         assert_eq!(CONNECT_FAILED_BYTES, 120);
         let mut ev = tapio_net_event::default();
         ev.hdr.kind = TAPIO_NET_CONNECT_FAILED;
+        ev.family = 10;
         ev.sk_err = 111;
         ev.duration_ns = 7;
         ev.bytes_acked = 5; // past the prefix: never written by the kernel for this kind

@@ -124,23 +124,28 @@ struct {
  * network.h). The verifier refuses any write past what was reserved. */
 #define CONNECT_FAILED_BYTES __builtin_offsetof(struct tapio_net_event, bytes_acked)
 
-/* Reserves a record of `size` bytes (a constant: the whole event or a kind's prefix) in this
- * CPU's ring; *ring is the ring to submit it to. */
-static __always_inline struct tapio_net_event *reserve_event_sized(void **ring, __u32 kind, __u32 generation,
-								   __u64 size)
+/* Reserves a cleared record of `size` bytes (a constant: a record struct or a kind's prefix)
+ * in this CPU's ring, its header filled; *ring is the ring to submit it to. */
+static __always_inline void *reserve_record(void **ring, __u32 kind, __u32 generation, __u64 size)
 {
 	void *cpu_ring = tapio_cpu_ring(&events);
-	struct tapio_net_event *ev = cpu_ring ? bpf_ringbuf_reserve(cpu_ring, size, 0) : NULL;
-	if (!ev) {
+	struct tapio_event_header *hdr = cpu_ring ? bpf_ringbuf_reserve(cpu_ring, size, 0) : NULL;
+	if (!hdr) {
 		tapio_count(&counters, TAPIO_CNT_RINGBUF_FULL);
 		return NULL;
 	}
 	*ring = cpu_ring;
-	__builtin_memset(ev, 0, size);
-	ev->hdr.boot_ns = bpf_ktime_get_boot_ns();
-	ev->hdr.kind = kind;
-	ev->hdr.generation = generation;
-	return ev;
+	__builtin_memset(hdr, 0, size);
+	hdr->boot_ns = bpf_ktime_get_boot_ns();
+	hdr->kind = kind;
+	hdr->generation = generation;
+	return hdr;
+}
+
+static __always_inline struct tapio_net_event *reserve_event_sized(void **ring, __u32 kind, __u32 generation,
+								   __u64 size)
+{
+	return reserve_record(ring, kind, generation, size);
 }
 
 static __always_inline struct tapio_net_event *reserve_event(void **ring, __u32 kind, __u32 generation)
@@ -214,9 +219,47 @@ static __always_inline void fill_addrs_typed(struct tapio_net_event *ev, struct 
 	}
 }
 
+/* An IPv4 connect failure, in its compact record (network.h). */
+static __always_inline void emit_connect4_failed(struct sock *sk, const struct tapio_net_config *cfg,
+						 struct connect_start *start, int sk_err, __u16 flags)
+{
+	void *ring;
+	struct tapio_net_connect4 *ev =
+		reserve_record(&ring, TAPIO_NET_CONNECT_FAILED_V4, cfg->hdr.generation, sizeof(*ev));
+	if (!ev)
+		return;
+	__u32 saddr = sk->__sk_common.skc_rcv_saddr;
+	__u32 daddr = sk->__sk_common.skc_daddr;
+	__builtin_memcpy(ev->saddr, &saddr, 4);
+	__builtin_memcpy(ev->daddr, &daddr, 4);
+	ev->dport = bpf_ntohs(sk->__sk_common.skc_dport);
+	/* As in emit_connect_failed: the checked cast, with the helper reads kept for the case
+	 * it would fail. */
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	if (tp) {
+		ev->sport = bpf_ntohs(tp->inet_conn.icsk_inet.inet_sport);
+		ev->syn_retries = tp->total_retrans;
+	} else {
+		ev->sport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
+		ev->syn_retries = BPF_CORE_READ((struct tcp_sock *)sk, total_retrans);
+	}
+	ev->sk_err = sk_err;
+	ev->flags = flags;
+	if (start) {
+		ev->task = start->task;
+		ev->flags |= start->flags | TAPIO_NET_F_START_KNOWN;
+		ev->duration_ns = ev->hdr.boot_ns - start->start_ns;
+	}
+	tapio_submit_to_cpu_ring(ring, ev);
+}
+
 static __always_inline void emit_connect_failed(struct sock *sk, const struct tapio_net_config *cfg,
 						struct connect_start *start, int sk_err, __u16 flags)
 {
+	if (sk->__sk_common.skc_family == AF_INET) {
+		emit_connect4_failed(sk, cfg, start, sk_err, flags);
+		return;
+	}
 	void *ring;
 	struct tapio_net_event *ev =
 		reserve_event_sized(&ring, TAPIO_NET_CONNECT_FAILED, cfg->hdr.generation, CONNECT_FAILED_BYTES);
