@@ -112,8 +112,10 @@ mod tests {
     #[test]
     fn an_ipv4_connect_failure_is_its_compact_record_read_back_whole() {
         assert_eq!(std::mem::size_of::<tapio_net_connect4>(), 88);
-        let mut ev = tapio_net_event::default();
-        ev.hdr = crate::abi::tapio_event_header { boot_ns: 9, kind: TAPIO_NET_CONNECT_FAILED, generation: 4 };
+        let mut ev = tapio_net_event {
+            hdr: crate::abi::tapio_event_header { boot_ns: 9, kind: TAPIO_NET_CONNECT_FAILED, generation: 4 },
+            ..Default::default()
+        };
         ev.task.pid = 11;
         ev.task.tid = 12;
         ev.task.cgroup_id = 13;
