@@ -142,15 +142,9 @@ static __always_inline void *reserve_record(void **ring, __u32 kind, __u32 gener
 	return hdr;
 }
 
-static __always_inline struct tapio_net_event *reserve_event_sized(void **ring, __u32 kind, __u32 generation,
-								   __u64 size)
-{
-	return reserve_record(ring, kind, generation, size);
-}
-
 static __always_inline struct tapio_net_event *reserve_event(void **ring, __u32 kind, __u32 generation)
 {
-	return reserve_event_sized(ring, kind, generation, sizeof(struct tapio_net_event));
+	return reserve_record(ring, kind, generation, sizeof(struct tapio_net_event));
 }
 
 /* The task that started the connection, when its connect was seen (else left unknown). */
@@ -262,7 +256,7 @@ static __always_inline void emit_connect_failed(struct sock *sk, const struct ta
 	}
 	void *ring;
 	struct tapio_net_event *ev =
-		reserve_event_sized(&ring, TAPIO_NET_CONNECT_FAILED, cfg->hdr.generation, CONNECT_FAILED_BYTES);
+		reserve_record(&ring, TAPIO_NET_CONNECT_FAILED, cfg->hdr.generation, CONNECT_FAILED_BYTES);
 	if (!ev)
 		return;
 	/* Segments retransmitted on a socket that never left SYN_SENT are its SYNs. (The
