@@ -113,9 +113,9 @@ struct tapio_net_event {
 
 /*
  * An IPv4 connect failure: the facts of the prefix above with 4-byte addresses and without
- * the state (always SYN_SENT), 88 bytes instead of 120: a CPU's ring holds a third more of these (2,730 against 2,048 in 256 KiB), so
- * an agent kept off the CPU for a while loses none of them for that much longer. The
- * agent decodes it into the shared layout.
+ * the state (always SYN_SENT), 88 bytes instead of 120. A CPU's ring holds a third more of
+ * these (2,730 against 2,048 in 256 KiB), so an agent kept off the CPU for a while loses
+ * none of them for that much longer. The agent decodes it into the shared layout.
  */
 struct tapio_net_connect4 {
 	struct tapio_event_header hdr;
