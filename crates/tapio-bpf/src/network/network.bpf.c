@@ -213,6 +213,19 @@ static __always_inline void fill_addrs_typed(struct tapio_net_event *ev, struct 
 	}
 }
 
+/* What both connect-failure records say about the connect itself (the two structs name
+ * these members alike): its error, and who started it and when, if that was seen. */
+#define FILL_CONNECT_OUTCOME(ev, start, sk_err_, flags_)                          \
+	do {                                                                       \
+		(ev)->sk_err = (sk_err_);                                          \
+		(ev)->flags = (flags_);                                            \
+		if (start) {                                                       \
+			(ev)->task = (start)->task;                                \
+			(ev)->flags |= (start)->flags | TAPIO_NET_F_START_KNOWN;   \
+			(ev)->duration_ns = (ev)->hdr.boot_ns - (start)->start_ns; \
+		}                                                                  \
+	} while (0)
+
 /* An IPv4 connect failure, in its compact record (network.h). */
 static __always_inline void emit_connect4_failed(struct sock *sk, const struct tapio_net_config *cfg,
 						 struct connect_start *start, int sk_err, __u16 flags)
@@ -237,13 +250,7 @@ static __always_inline void emit_connect4_failed(struct sock *sk, const struct t
 		ev->sport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
 		ev->syn_retries = BPF_CORE_READ((struct tcp_sock *)sk, total_retrans);
 	}
-	ev->sk_err = sk_err;
-	ev->flags = flags;
-	if (start) {
-		ev->task = start->task;
-		ev->flags |= start->flags | TAPIO_NET_F_START_KNOWN;
-		ev->duration_ns = ev->hdr.boot_ns - start->start_ns;
-	}
+	FILL_CONNECT_OUTCOME(ev, start, sk_err, flags);
 	tapio_submit_to_cpu_ring(ring, ev);
 }
 
@@ -271,13 +278,7 @@ static __always_inline void emit_connect_failed(struct sock *sk, const struct ta
 		ev->syn_retries = BPF_CORE_READ((struct tcp_sock *)sk, total_retrans);
 	}
 	ev->state = TCP_SYN_SENT;
-	ev->sk_err = sk_err;
-	ev->flags = flags;
-	if (start) {
-		ev->task = start->task;
-		ev->flags |= start->flags | TAPIO_NET_F_START_KNOWN;
-		ev->duration_ns = ev->hdr.boot_ns - start->start_ns;
-	}
+	FILL_CONNECT_OUTCOME(ev, start, sk_err, flags);
 	tapio_submit_cpu_ring_sized(ring, ev, CONNECT_FAILED_BYTES);
 }
 
