@@ -7,6 +7,14 @@
 use serde::Serialize;
 use std::sync::Arc;
 
+/// A member name as `Members` takes it: `key!("pid")` is `,"pid":`, its separator, quotes
+/// and colon in one literal (the first member of an object leaves the comma out).
+macro_rules! key {
+    ($name:literal) => {
+        concat!(",\"", $name, "\":")
+    };
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
@@ -85,31 +93,26 @@ impl Outcome {
 impl Evidence {
     /// Writes the record's fields before its workload, in record order, as the derived
     /// serialization does but without the closing brace: `{"id":…,"config_generation":N`.
-    /// Written out by hand because it runs once per record on the drain and most of it is
-    /// constant keys; `queue`'s tests hold it to the derived serialization byte for byte.
+    /// Written member by member (`Members`) because it runs once per record on the drain
+    /// and most of it is constant keys; `queue`'s tests hold it to the derived serialization
+    /// byte for byte.
     pub fn write_head(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
-        out.extend_from_slice(b"{\"id\":");
-        json_string(out, &self.id)?;
-        out.extend_from_slice(b",\"type\":");
-        json_string(out, self.kind)?;
-        out.extend_from_slice(b",\"observer\":");
-        json_string(out, self.observer)?;
-        out.extend_from_slice(b",\"severity\":");
-        json_string(out, self.severity.as_str())?;
-        out.extend_from_slice(b",\"outcome\":");
-        json_string(out, self.outcome.as_str())?;
-        out.extend_from_slice(b",\"error\":{\"code\":");
-        json_string(out, self.error.code)?;
-        out.extend_from_slice(b",\"message\":");
-        json_string(out, &self.error.message)?;
-        out.extend_from_slice(b"},\"timestamp\":");
-        json_string(out, &self.timestamp)?;
-        out.extend_from_slice(b",\"timestamp_unix_nanos\":");
-        serde_json::to_writer(&mut *out, &self.timestamp_unix_nanos)?;
-        out.extend_from_slice(b",\"node\":");
-        json_string(out, &self.node)?;
-        out.extend_from_slice(b",\"config_generation\":");
-        serde_json::to_writer(&mut *out, &self.config_generation)
+        let mut m = Members::open(out);
+        m.string(key!("id"), &self.id)?;
+        m.string(key!("type"), self.kind)?;
+        m.string(key!("observer"), self.observer)?;
+        m.string(key!("severity"), self.severity.as_str())?;
+        m.string(key!("outcome"), self.outcome.as_str())?;
+        let mut error = m.object(key!("error"));
+        error.string(key!("code"), self.error.code)?;
+        error.string(key!("message"), &self.error.message)?;
+        error.close();
+        m.string(key!("timestamp"), &self.timestamp)?;
+        m.number(key!("timestamp_unix_nanos"), self.timestamp_unix_nanos);
+        m.string(key!("node"), &self.node)?;
+        m.number(key!("config_generation"), self.config_generation);
+        // Left open: the queue appends the workload and the facts, then the brace.
+        Ok(())
     }
 }
 
@@ -206,18 +209,11 @@ pub struct ConnectionFacts {
     pub baseline_samples: Option<u32>,
 }
 
-/// A member name as `Members` takes it: `key!("pid")` is `"pid":` with its quotes.
-macro_rules! key {
-    ($name:literal) => {
-        concat!("\"", $name, "\":")
-    };
-}
-
 /// Writes one JSON object member by member, as serde_json writes a derived struct (no
 /// spaces; an absent optional either `null` or left out, as the field's attribute says).
-/// By hand for the facts every evidence of a flood carries (connections, DNS queries, block
-/// requests): serde_json escapes every key and walks every field through its serializer,
-/// which `perf` put at a third of the drain's time under a connect flood. Keys are Rust
+/// By hand for the record head and the facts every evidence of a flood carries (connections,
+/// DNS queries, block requests): serde_json escapes every key and walks every field through
+/// its serializer, which `perf` put at a third of the drain's time under a connect flood. Keys are Rust
 /// field names, which need no escaping; values that may need it go through `json_string`.
 struct Members<'a> {
     out: &'a mut Vec<u8>,
@@ -231,12 +227,10 @@ impl<'a> Members<'a> {
         Self { out, digits: itoa::Buffer::new(), first: true }
     }
 
-    /// `key` is the member's name as JSON writes it, quotes and colon included (`key!`).
+    /// `key` is the member as `key!` writes it; one copy per member.
     fn key(&mut self, key: &str) {
-        if !std::mem::take(&mut self.first) {
-            self.out.push(b',');
-        }
-        self.out.extend_from_slice(key.as_bytes());
+        let skip = usize::from(std::mem::take(&mut self.first));
+        self.out.extend_from_slice(&key.as_bytes()[skip..]);
     }
 
     fn number(&mut self, key: &str, value: impl itoa::Integer) {
@@ -283,6 +277,12 @@ impl<'a> Members<'a> {
     fn boolean(&mut self, key: &str, value: bool) {
         self.key(key);
         self.out.extend_from_slice(if value { b"true" } else { b"false" });
+    }
+
+    /// A member whose value is an object, written through the returned writer.
+    fn object(&mut self, key: &str) -> Members<'_> {
+        self.key(key);
+        Members::open(self.out)
     }
 
     fn null(&mut self, key: &str) {

@@ -120,7 +120,7 @@ struct {
 	__type(value, struct rtt_baseline);
 } rtt_baselines SEC(".maps");
 
-/* A connect failure's record: the prefix of struct tapio_net_event before bytes_acked (see
+/* An IPv6 connect failure's record: the prefix of struct tapio_net_event before bytes_acked (see
  * network.h). The verifier refuses any write past what was reserved. */
 #define CONNECT_FAILED_BYTES __builtin_offsetof(struct tapio_net_event, bytes_acked)
 
