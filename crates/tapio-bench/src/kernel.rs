@@ -7,6 +7,7 @@
 //! fdinfo), so another agent or test on the machine cannot pollute the figures.
 
 use crate::agent::{self, Agent, Scratch};
+use crate::floor;
 use crate::load;
 use crate::procfs;
 use crate::report::{thousands, Report, Verdict};
@@ -80,8 +81,8 @@ pub struct ProgStats {
     pub run_count: u64,
 }
 
-/// Stats of the loaded programs whose name starts with `tapio_`, restricted to `ids` unless
-/// it is empty; keyed by program id.
+/// Stats of the programs in `ids`, or, when it is empty, of every loaded program whose name
+/// starts with `tapio_`; keyed by program id.
 pub fn snapshot(ids: &[u32]) -> Result<BTreeMap<u32, ProgStats>, String> {
     let mut out = BTreeMap::new();
     for info in loaded_programs() {
@@ -89,7 +90,7 @@ pub fn snapshot(ids: &[u32]) -> Result<BTreeMap<u32, ProgStats>, String> {
         let Some(name) = info.name_as_str() else {
             continue;
         };
-        if !name.starts_with("tapio_") || (!ids.is_empty() && !ids.contains(&info.id())) {
+        if (ids.is_empty() && !name.starts_with("tapio_")) || (!ids.is_empty() && !ids.contains(&info.id())) {
             continue;
         }
         out.insert(
@@ -267,7 +268,55 @@ fn paused_window(agent: &Agent, ids: &[u32]) -> Result<Vec<(String, u64, f64)>, 
         .collect())
 }
 
+/// What the empty programs cost in the own-window hooks' windows (runs, mean ns), each
+/// measured alone on its hook before the agent starts.
+struct Floors {
+    clean_exit: Result<(u64, f64), String>,
+    cgroup_mkdir: Result<(u64, f64), String>,
+    mark_victim: Result<(u64, f64), String>,
+}
+
+fn floor_windows() -> Floors {
+    let attached = match floor::attach(&[floor::EXIT, floor::MKDIR, floor::VICTIM]) {
+        Ok(a) => a,
+        Err(e) => {
+            return Floors { clean_exit: Err(e.clone()), cgroup_mkdir: Err(e.clone()), mark_victim: Err(e) };
+        }
+    };
+    let one = |f: floor::Floor, make: &dyn Fn() -> Result<(), String>| -> Result<(u64, f64), String> {
+        if let Some((_, why)) = attached.failed.iter().find(|(name, _)| *name == f.0) {
+            return Err(why.clone());
+        }
+        let (_stats, _) = StatsOn::enable()?;
+        window(&attached.ids, &[f.0], make).map(|(_, runs, mean, _)| (runs, mean))
+    };
+    Floors {
+        clean_exit: one(floor::EXIT, &|| {
+            load::process_exits(WINDOW_EXITS, 0);
+            Ok(())
+        }),
+        cgroup_mkdir: one(floor::MKDIR, &|| load::cgroup_churn(WINDOW_CGROUPS).map(|_| ())),
+        mark_victim: one(floor::VICTIM, &|| oom_kills(WINDOW_OOM_KILLS).map(|_| ())),
+    }
+}
+
+/// The row of an empty program's cost beside the Tapio figure it is the floor of.
+fn floor_row(report: &mut Report, hook: &str, window: &str, floor: Result<(u64, f64), String>) {
+    let measure = format!("floor: an empty program alone on {hook}, {window}");
+    match floor {
+        Ok((runs, mean)) => report.row(
+            "kernel",
+            measure,
+            format!("{mean:.0} ns x {} runs", thousands(runs)),
+            "(diagnostic: no program costs less)",
+            Verdict::Info,
+        ),
+        Err(e) => report.not_measured("kernel", &measure, "(diagnostic)", e),
+    }
+}
+
 fn run(binary: &Path, report: &mut Report) -> Result<(), String> {
+    let floors = floor_windows();
     let scratch = Scratch::new("kernel")?;
     let config = agent::write_config(&scratch.0, &scratch.0.join("evidence.jsonl"))?;
     let agent = Agent::start(binary, &config)?;
@@ -332,6 +381,7 @@ fn run(binary: &Path, report: &mut Report) -> Result<(), String> {
         ),
         Err(e) => report.not_measured("kernel", "tapio_sched_process_exit, clean exits only", &clean_goal, e),
     }
+    floor_row(report, "sched_process_exit", "clean exits", floors.clean_exit);
     match abnormal_exits {
         Ok((runs, mean)) => report.row(
             "kernel",
@@ -360,6 +410,7 @@ fn run(binary: &Path, report: &mut Report) -> Result<(), String> {
         }
         Err(e) => report.not_measured("kernel", "tapio_cgroup_mkdir, cgroup window", &hook_goal, e),
     }
+    floor_row(report, "cgroup_mkdir", "the same cgroup churn", floors.cgroup_mkdir);
     match ooms {
         Ok((program, runs, mean, killed)) => report.row(
             "kernel",
@@ -370,6 +421,7 @@ fn run(binary: &Path, report: &mut Report) -> Result<(), String> {
         ),
         Err(e) => report.not_measured("kernel", "tapio_mark_victim, OOM window", &hook_goal, e),
     }
+    floor_row(report, "mark_victim", "the same OOM kills", floors.mark_victim);
     report.note(format!(
         "kernel: the exit windows run {WINDOW_EXITS} `sh -c 'exit 0'` (clean) and then {WINDOW_EXITS} `sh -c 'exit 3'` \
          (abnormal); exits of other processes on the machine in the same moment are counted too"

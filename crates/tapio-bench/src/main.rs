@@ -10,6 +10,7 @@
 mod agent;
 mod budgets;
 mod e2e;
+mod floor;
 mod idle;
 mod kernel;
 mod load;

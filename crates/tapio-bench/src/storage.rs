@@ -7,7 +7,8 @@
 //! underneath). Everything it sets up (tmpfs, file, loop device) is undone on drop.
 
 use crate::agent::{self, Agent, Scratch};
-use crate::kernel::{snapshot, StatsOn};
+use crate::floor;
+use crate::kernel::{deltas, snapshot, StatsOn};
 use crate::procfs;
 use crate::report::{thousands, Report, Verdict};
 use std::fs::OpenOptions;
@@ -151,10 +152,27 @@ pub fn measure(binary: &Path, secs: u64, report: &mut Report) {
     }
 }
 
+/// Seconds of the same paced I/O under the empty programs alone (before the agent starts).
+const FLOOR_SECS: u64 = 3;
+
+/// Mean ns per call of each empty block program over FLOOR_SECS of the same I/O, in the
+/// order io_start, rq_issue, rq_complete (None: it did not attach or did not run).
+fn floor_window(dev: &str) -> Result<[Option<f64>; 3], String> {
+    let floors = [floor::IO_START, floor::RQ_ISSUE, floor::RQ_COMPLETE];
+    let attached = floor::attach(&floors)?;
+    let (_stats, _) = StatsOn::enable()?;
+    let before = snapshot(&attached.ids)?;
+    random_io(dev, FLOOR_SECS)?;
+    let after = snapshot(&attached.ids)?;
+    let measured = deltas(&before, &after);
+    Ok(floors.map(|(name, _)| measured.iter().find(|m| m.0 == name).and_then(|m| m.2)))
+}
+
 fn run(binary: &Path, secs: u64, report: &mut Report) -> Result<(), String> {
     let scratch = Scratch::new("storage")?;
     let disk = LoopOnTmpfs::new(&scratch.0)?;
     let dev = disk.device.clone().ok_or("no loop device")?;
+    let floors = floor_window(&dev);
     let config = agent::write_config(&scratch.0, &scratch.0.join("evidence.jsonl"))?;
     let agent = Agent::start(binary, &config)?;
     if !agent.ready_line.contains("storage=running") {
@@ -228,6 +246,19 @@ fn run(binary: &Path, secs: u64, report: &mut Report) -> Result<(), String> {
             &submission_goal,
             "a submission hook did not fire".into(),
         ),
+    }
+    let floor_measure = "floor: empty programs alone on the three block hooks, the same I/O (io_start, rq_issue, \
+                         rq_complete; submission)";
+    match floors {
+        Ok([Some(start), Some(issue), Some(complete)]) => report.row(
+            "storage",
+            floor_measure,
+            format!("{start:.0}, {issue:.0}, {complete:.0} ns; {:.0} ns", start + issue),
+            "(diagnostic: no program costs less)",
+            Verdict::Info,
+        ),
+        Ok(_) => report.not_measured("storage", floor_measure, "(diagnostic)", "an empty program did not run".into()),
+        Err(e) => report.not_measured("storage", floor_measure, "(diagnostic)", e),
     }
     let mean = total_ns as f64 / total_runs as f64;
     report.row(

@@ -82,7 +82,8 @@ struct tapio_exit_event {
 /*
  * A cgroup the kernel just created (cgroup:cgroup_mkdir), read while it exists: the agent
  * keeps its path so evidence about it still names the workload after the cgroup is removed
- * (runtimes remove a container's cgroup as soon as its last process is reaped).
+ * (runtimes remove a container's cgroup as soon as its last process is reaped). Bookkeeping,
+ * not a fact in time: its header's boot_ns and generation are 0.
  */
 struct tapio_cgroup_event {
 	struct tapio_event_header hdr;
