@@ -21,7 +21,7 @@ VALUE_SETS = {
     "auth-none": ["auth.mode=none", "controller.podNames=false"],
     "runtime-default-seccomp": [
         "agent.seccompProfile=RuntimeDefault",
-        "agent.capabilities={BPF,PERFMON,NET_ADMIN,DAC_READ_SEARCH,SYS_ADMIN}",
+        "agent.capabilities={BPF,PERFMON,NET_ADMIN,DAC_READ_SEARCH,SYS_NICE,SYS_ADMIN}",
     ],
     "agent-only": ["controller.enabled=false"],
     "controller-only": ["agent.enabled=false"],
@@ -114,7 +114,7 @@ class AgentDaemonSetTest(unittest.TestCase):
     def test_least_privilege(self):
         sc = self.container["securityContext"]
         self.assertEqual(sc["capabilities"]["drop"], ["ALL"])
-        self.assertEqual(sc["capabilities"]["add"], ["BPF", "PERFMON", "NET_ADMIN", "DAC_READ_SEARCH"])
+        self.assertEqual(sc["capabilities"]["add"], ["BPF", "PERFMON", "NET_ADMIN", "DAC_READ_SEARCH", "SYS_NICE"])
         self.assertIs(sc["privileged"], False)
         self.assertIs(sc["allowPrivilegeEscalation"], False)
         self.assertIs(sc["readOnlyRootFilesystem"], True)

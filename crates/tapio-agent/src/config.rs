@@ -23,6 +23,8 @@ pub struct AgentConfig {
     pub node_name: Option<String>,
     /// Capacity of the queue between the ring-buffer drain and the sinks, in events.
     pub queue_capacity: usize,
+    /// Whether the drain thread runs real-time while its work is light (drain_priority).
+    pub drain_realtime: bool,
     /// How often the loss counters are written to the log.
     pub counters_log_interval_secs: u64,
     /// Bound of the cgroup-id → workload identity cache, and of the cgroup paths learned
@@ -45,6 +47,7 @@ impl Default for AgentConfig {
         Self {
             node_name: None,
             queue_capacity: 16_384,
+            drain_realtime: true,
             counters_log_interval_secs: 60,
             identity_cache_capacity: 4096,
             sinks: SinksConfig::default(),

@@ -6,6 +6,7 @@
 
 use crate::clock::BootToWall;
 use crate::counters::Counters;
+use crate::drain_priority::Governor;
 use crate::observers::{read_kernel_counters, Classifier, Running};
 use crate::queue::QueueSender;
 use crate::stamp::{Stamper, Verdict};
@@ -83,6 +84,8 @@ pub struct Drain {
     pub counters: Arc<Counters>,
     pub clock: Arc<BootToWall>,
     pub shutdown: Arc<AtomicBool>,
+    /// Run real-time while the work is light (`drain_realtime`).
+    pub realtime: bool,
 }
 
 fn epoll_for(observers: &[Running]) -> std::io::Result<OwnedFd> {
@@ -119,6 +122,7 @@ impl Drain {
             }
         };
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; 8];
+        let mut priority = Governor::start(self.realtime);
         let mut last_refresh = Instant::now();
         loop {
             if let Some(epoll) = &epoll {
@@ -130,9 +134,11 @@ impl Drain {
             self.drain_all();
             if last_refresh.elapsed() >= REFRESH {
                 self.refresh();
+                priority.tick();
                 last_refresh = Instant::now();
             }
             if self.shutdown.load(Ordering::Relaxed) {
+                priority.stop();
                 self.finish();
                 return;
             }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod controller;
 pub mod counters;
 pub mod drain;
+pub mod drain_priority;
 pub mod evidence;
 pub mod logger;
 pub mod observers;

@@ -433,6 +433,7 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
         counters: Arc::clone(&counters),
         clock,
         shutdown: Arc::clone(&shutdown),
+        realtime: config.drain_realtime,
     };
     let sink_thread = std::thread::Builder::new()
         .name("tapio-sinks".into())

@@ -104,3 +104,37 @@ fn an_object_of_another_kernel_abi_is_refused_loudly() {
     let err = err.to_string();
     assert!(err.contains(&format!("object was built for another kernel ABI (it lacks tapio_abi_v{other})")), "{err}");
 }
+
+/// The drain thread's (scheduling policy, real-time priority): fields 41 and 40 of its
+/// `/proc` stat line (SCHED_FIFO is 1, SCHED_OTHER 0).
+fn drain_scheduling(pid: u32) -> (u32, u32) {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() != "tapio-drain" {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
+        // Fields after the command name (which may hold spaces) start at field 3.
+        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        return (fields[41 - 3].parse().unwrap(), fields[40 - 3].parse().unwrap());
+    }
+    panic!("agent {pid} has no tapio-drain thread");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn the_drain_runs_real_time_at_the_lowest_priority_unless_switched_off() {
+    let _turn = kernel_test("drain_priority");
+    let mut agent = Agent::start("");
+    agent.wait_for_log("drain: real-time scheduling (SCHED_FIFO 1)", Duration::from_secs(30));
+    assert_eq!(drain_scheduling(agent.pid()), (libc::SCHED_FIFO as u32, 1));
+    assert!(agent.stop().exit_ok);
+    let agent = Agent::start("drain_realtime = false\n");
+    // Past the moment the drain thread would have asked (its first step, right after ready).
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(drain_scheduling(agent.pid()), (libc::SCHED_OTHER as u32, 0));
+    let run = agent.stop();
+    assert!(run.exit_ok);
+    assert!(!run.stderr.contains("drain: real-time"), "{}", run.stderr);
+}
