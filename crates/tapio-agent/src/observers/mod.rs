@@ -294,9 +294,6 @@ impl From<&str> for LoadError {
     }
 }
 
-/// Why the kernel refused a BPF operation, from this process's /proc/self/status: missing
-/// capabilities, or (holding them) a seccomp filter, as container runtimes install, whose
-/// default profile may refuse bpf() and perf_event_open() without CAP_SYS_ADMIN.
 /// A field of a /proc/<pid>/status text, trimmed.
 fn status_field<'a>(status: &'a str, name: &str) -> Option<&'a str> {
     status.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(':')).map(str::trim))
@@ -307,6 +304,9 @@ pub(crate) fn effective_capabilities(status: &str) -> u64 {
     status_field(status, "CapEff").and_then(|v| u64::from_str_radix(v, 16).ok()).unwrap_or(0)
 }
 
+/// Why the kernel refused a BPF operation, from this process's /proc/self/status: missing
+/// capabilities, or (holding them) a seccomp filter, as container runtimes install, whose
+/// default profile may refuse bpf() and perf_event_open() without CAP_SYS_ADMIN.
 fn permission_hint(status: &str) -> String {
     const CAP_BPF: u32 = 39;
     const CAP_PERFMON: u32 = 38;
