@@ -90,7 +90,8 @@ pub fn snapshot(ids: &[u32]) -> Result<BTreeMap<u32, ProgStats>, String> {
         let Some(name) = info.name_as_str() else {
             continue;
         };
-        if (ids.is_empty() && !name.starts_with("tapio_")) || (!ids.is_empty() && !ids.contains(&info.id())) {
+        let wanted = if ids.is_empty() { name.starts_with("tapio_") } else { ids.contains(&info.id()) };
+        if !wanted {
             continue;
         }
         out.insert(
