@@ -313,12 +313,12 @@ fn copy_front(ring: &VecDeque<u8>, out: &mut [u8]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::evidence::{ConnectionFacts, ErrorInfo, Facts, Outcome, Severity};
     use tapio_identity::Workload;
 
-    fn evidence(message: &str) -> Evidence {
+    pub(crate) fn evidence(message: &str) -> Evidence {
         Evidence {
             id: "01M7YCHQHDA8Q5QBQCRKCQWTAQ".into(),
             kind: "kernel.network.connection_refused",

@@ -418,7 +418,8 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
     let clock = Arc::new(BootToWall::measured());
     let (tx, rx) = crate::queue::bounded(config.queue_capacity, crate::queue::QUEUE_MAX_BYTES);
 
-    let sink_stage = SinkStage { queue: rx, sinks, identity, counters: Arc::clone(&counters) };
+    let sink_stage =
+        SinkStage { queue: rx, sinks, identity, counters: Arc::clone(&counters), linger: crate::sink_stage::LINGER };
     let poll = PollThread {
         pollers,
         stamper: Stamper::new(Arc::from(node.as_str()), Arc::clone(&clock)),

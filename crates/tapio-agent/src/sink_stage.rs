@@ -1,6 +1,7 @@
 //! The sink stage: the thread behind the bounded queue. It resolves workload identity (which
 //! may cost syscalls, so it stays off the drain), serializes each record once, hands it to
-//! every sink, writes out whenever the queue runs dry (or a sink holds 64 KiB), and counts
+//! every sink, writes out once the queue has run dry and its first record has waited
+//! [`LINGER`] (or a sink holds 64 KiB, or 256 records are buffered), and counts
 //! per sink the lines that reached their destination and those that failed.
 
 use crate::counters::Counters;
@@ -9,16 +10,25 @@ use crate::queue::{Encoded, QueueReceiver};
 use crate::sinks::{Delivered, Sink, FLUSH_AT_BYTES};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tapio_identity::{CgroupHierarchy, Resolver, Workload};
 
 /// Records after which the sinks are written out even while the queue is not dry.
 const FLUSH_AT_RECORDS: usize = 256;
+
+/// How long a record may wait in a sink's buffer for others to share its write, once the
+/// queue has run dry. Under a flood the queue runs dry between the drain's passes, tens of
+/// thousands of times a second: writing out at each of those made a write call per ten
+/// records or so, most of the sink stage's time.
+pub const LINGER: Duration = Duration::from_millis(5);
 
 pub struct SinkStage {
     pub queue: QueueReceiver,
     pub sinks: Vec<Box<dyn Sink>>,
     pub identity: Option<Resolver>,
     pub counters: Arc<Counters>,
+    /// [`LINGER`] (tests give a longer one, to be independent of the machine's speed).
+    pub linger: Duration,
 }
 
 /// Resolved workloads kept serialized ([`WorkloadJson`]); at most this many.
@@ -93,17 +103,25 @@ impl SinkStage {
         let mut workloads = WorkloadJson::default();
         // Blocks while idle (no periodic wake-ups); ends when the drain drops its sender.
         while self.queue.recv(&mut record) {
+            let first = Instant::now();
             self.deliver(&record, v1_memory, &mut line, &mut workloads);
             let mut since_flush = 1;
-            while self.queue.try_recv(&mut record) {
-                self.deliver(&record, v1_memory, &mut line, &mut workloads);
-                since_flush += 1;
-                // Under sustained load the queue may never run dry: write out (and count)
-                // at least every 64 KiB per sink and every FLUSH_AT_RECORDS records.
-                let full = self.sinks.iter().any(|s| s.buffered_bytes() >= FLUSH_AT_BYTES);
-                if full || since_flush >= FLUSH_AT_RECORDS {
-                    self.flush();
-                    since_flush = 0;
+            loop {
+                while self.queue.try_recv(&mut record) {
+                    self.deliver(&record, v1_memory, &mut line, &mut workloads);
+                    since_flush += 1;
+                    // Under sustained load the queue may never run dry: write out (and count)
+                    // at least every 64 KiB per sink and every FLUSH_AT_RECORDS records.
+                    let full = self.sinks.iter().any(|s| s.buffered_bytes() >= FLUSH_AT_BYTES);
+                    if full || since_flush >= FLUSH_AT_RECORDS {
+                        self.flush();
+                        since_flush = 0;
+                    }
+                }
+                // The queue ran dry: what is buffered waits out the linger for company.
+                match self.linger.checked_sub(first.elapsed()) {
+                    Some(rest) if since_flush > 0 => std::thread::sleep(rest),
+                    _ => break,
                 }
             }
             self.flush();
@@ -203,6 +221,60 @@ mod tests {
             assert!(cache.entries.len() <= WORKLOAD_JSON_ENTRIES);
             assert!(cache.entries.contains_key(&(true, id)), "the newest is kept");
         }
+    }
+
+    /// Lines per write, as a sink saw them.
+    struct RecordingSink {
+        buffered: Vec<usize>,
+        writes: Arc<std::sync::Mutex<Vec<usize>>>,
+    }
+
+    impl Sink for RecordingSink {
+        fn name(&self) -> &'static str {
+            "recording"
+        }
+        fn write_line(&mut self, line: &[u8]) {
+            self.buffered.push(line.len());
+        }
+        fn buffered_bytes(&self) -> usize {
+            self.buffered.iter().sum()
+        }
+        fn flush(&mut self, report: &mut dyn FnMut(Delivered)) {
+            if self.buffered.is_empty() {
+                return;
+            }
+            self.writes.lock().unwrap().push(self.buffered.len());
+            report(Delivered { written: self.buffered.len() as u64, failed: 0 });
+            self.buffered.clear();
+        }
+    }
+
+    /// A line that finds the queue dry waits out the linger, and what arrives meanwhile
+    /// shares its write; a line after the linger is a write of its own.
+    #[test]
+    fn lines_arriving_within_the_linger_share_one_write() {
+        let (tx, rx) = crate::queue::bounded(100, usize::MAX);
+        let writes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let counters = Arc::new(Counters::default());
+        let stage = SinkStage {
+            queue: rx,
+            sinks: vec![Box::new(RecordingSink { buffered: Vec::new(), writes: Arc::clone(&writes) })],
+            identity: None,
+            counters: Arc::clone(&counters),
+            linger: Duration::from_millis(400),
+        };
+        let thread = std::thread::spawn(move || stage.run());
+        let ev = crate::queue::tests::evidence("m");
+        tx.offer(&counters, &ev);
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(writes.lock().unwrap().is_empty(), "the first line lingers");
+        tx.offer(&counters, &ev);
+        std::thread::sleep(Duration::from_millis(900));
+        assert_eq!(*writes.lock().unwrap(), [2], "both lines in one write, once the linger is over");
+        tx.offer(&counters, &ev);
+        drop(tx);
+        thread.join().unwrap();
+        assert_eq!(*writes.lock().unwrap(), [2, 1]);
     }
 
     #[test]

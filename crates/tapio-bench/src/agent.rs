@@ -46,8 +46,15 @@ struct LogState {
     ready: Option<String>,
     final_counters: Option<String>,
     last_lines: Vec<String>,
+    /// The drain's and the sink stage's scheduling changes (real-time, demoted, promoted),
+    /// the first [`KEPT_SCHEDULING_LINES`] of them.
+    scheduling_lines: Vec<String>,
     closed: bool,
 }
+
+const KEPT_SCHEDULING_LINES: usize = 20;
+/// The agent's log lines about its threads' scheduling carry this module path.
+pub const REALTIME_LOG: &str = "tapio_agent::realtime: ";
 
 /// A running agent; killed (SIGKILL) if dropped without [`Agent::stop`].
 pub struct Agent {
@@ -66,6 +73,8 @@ pub struct Stopped {
     /// The `counters final` JSON, if the agent logged it.
     pub counters: Option<Value>,
     pub exit: String,
+    /// What the agent logged about its evidence path's scheduling (the agent's `realtime`).
+    pub scheduling_lines: Vec<String>,
 }
 
 /// Writes the agent's config with the stdout sink only (node name "tapio-bench").
@@ -146,6 +155,9 @@ impl Agent {
                 }
                 if let Some(at) = line.find("counters final ") {
                     s.final_counters = Some(line[at + "counters final ".len()..].to_string());
+                }
+                if line.contains(REALTIME_LOG) && s.scheduling_lines.len() < KEPT_SCHEDULING_LINES {
+                    s.scheduling_lines.push(line.clone());
                 }
                 if s.last_lines.len() == KEPT_LINES {
                     s.last_lines.remove(0);
@@ -236,7 +248,7 @@ impl Agent {
         };
         let s = self.log.0.lock().unwrap_or_else(|p| p.into_inner());
         let counters = s.final_counters.as_deref().and_then(|j| serde_json::from_str(j).ok());
-        Ok(Stopped { cpu_ns, counters, exit })
+        Ok(Stopped { cpu_ns, counters, exit, scheduling_lines: s.scheduling_lines.clone() })
     }
 }
 

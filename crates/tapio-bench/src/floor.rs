@@ -2,9 +2,10 @@
 //! `bpf/floor.bpf.c`) attached alone to the hooks of the programs judged in windows of their
 //! own, before the agent starts, under the same load as the agent's window. What one of them
 //! costs per call is what BPF run-time statistics charge on this machine for any program on
-//! that hook, so each Tapio figure can be read against it.
+//! that hook, so each Tapio figure can be read against it. The connect-heavy part attaches
+//! the set a refused connect passes ([`CONNECT`]) for rounds of its own.
 
-use aya::programs::{BtfTracePoint, TracePoint};
+use aya::programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, TracePoint};
 use aya::{Btf, Ebpf};
 
 /// The compiled object (build.rs), aligned for the ELF parser.
@@ -17,6 +18,22 @@ pub enum Hook {
     Typed(&'static str),
     /// A classic tracepoint: category and name.
     Classic(&'static str, &'static str),
+    /// A packet program at the cgroup2 root, where the agent attaches its own (true: egress).
+    CgroupSkb(bool),
+    /// A socket-address program at the cgroup2 root (its attach type is the section's).
+    CgroupSockAddr,
+}
+
+impl std::fmt::Display for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Typed(tracepoint) => write!(f, "tp_btf/{tracepoint}"),
+            Self::Classic(category, tracepoint) => write!(f, "tracepoint/{category}/{tracepoint}"),
+            Self::CgroupSkb(true) => f.write_str("cgroup_skb/egress"),
+            Self::CgroupSkb(false) => f.write_str("cgroup_skb/ingress"),
+            Self::CgroupSockAddr => f.write_str("cgroup/connect4"),
+        }
+    }
 }
 
 /// One empty program: its name in the object (also the kernel's name: under 16 characters)
@@ -29,6 +46,17 @@ pub const VICTIM: Floor = ("floor_victim", Hook::Typed("mark_victim"));
 pub const IO_START: Floor = ("floor_io_start", Hook::Typed("block_io_start"));
 pub const RQ_ISSUE: Floor = ("floor_rq_issue", Hook::Typed("block_rq_issue"));
 pub const RQ_COMPLETE: Floor = ("floor_rq_done", Hook::Typed("block_rq_complete"));
+
+/// Every hook a refused IPv4 connect passes with the agent running: the network observer's
+/// two tracepoints, and the DNS observer's connect and packet programs (each packet, both
+/// directions, of every socket).
+pub const CONNECT: [Floor; 5] = [
+    ("floor_set_state", Hook::Typed("inet_sock_set_state")),
+    ("floor_rst", Hook::Typed("tcp_receive_reset")),
+    ("floor_conn4", Hook::CgroupSockAddr),
+    ("floor_skb_in", Hook::CgroupSkb(false)),
+    ("floor_skb_out", Hook::CgroupSkb(true)),
+];
 
 /// Empty programs attached while this lives (dropping it detaches them).
 pub struct Attached {
@@ -61,14 +89,30 @@ fn attach_one(object: &mut Ebpf, btf: &Btf, name: &str, hook: Hook) -> Result<u3
         Hook::Typed(tracepoint) => {
             let p: &mut BtfTracePoint = program.try_into().map_err(|e| format!("{name}: {e}"))?;
             p.load(tracepoint, btf).map_err(|e| format!("loading {name}: {e}"))?;
-            p.attach().map_err(|e| format!("attaching {name} to tp_btf/{tracepoint}: {e}"))?;
+            p.attach().map_err(|e| format!("attaching {name} to {hook}: {e}"))?;
             p.info().map(|i| i.id()).map_err(|e| format!("{name}: {e}"))
         }
         Hook::Classic(category, tracepoint) => {
             let p: &mut TracePoint = program.try_into().map_err(|e| format!("{name}: {e}"))?;
             p.load().map_err(|e| format!("loading {name}: {e}"))?;
-            p.attach(category, tracepoint)
-                .map_err(|e| format!("attaching {name} to tracepoint/{category}/{tracepoint}: {e}"))?;
+            p.attach(category, tracepoint).map_err(|e| format!("attaching {name} to {hook}: {e}"))?;
+            p.info().map(|i| i.id()).map_err(|e| format!("{name}: {e}"))
+        }
+        Hook::CgroupSkb(egress) => {
+            let root = tapio_agent::observers::cgroup2_root()?;
+            let p: &mut CgroupSkb = program.try_into().map_err(|e| format!("{name}: {e}"))?;
+            p.load().map_err(|e| format!("loading {name}: {e}"))?;
+            let direction = if egress { CgroupSkbAttachType::Egress } else { CgroupSkbAttachType::Ingress };
+            p.attach(&root, direction, CgroupAttachMode::Single)
+                .map_err(|e| format!("attaching {name} to {hook} at the cgroup2 root: {e}"))?;
+            p.info().map(|i| i.id()).map_err(|e| format!("{name}: {e}"))
+        }
+        Hook::CgroupSockAddr => {
+            let root = tapio_agent::observers::cgroup2_root()?;
+            let p: &mut CgroupSockAddr = program.try_into().map_err(|e| format!("{name}: {e}"))?;
+            p.load().map_err(|e| format!("loading {name}: {e}"))?;
+            p.attach(&root, CgroupAttachMode::Single)
+                .map_err(|e| format!("attaching {name} to {hook} at the cgroup2 root: {e}"))?;
             p.info().map(|i| i.id()).map_err(|e| format!("{name}: {e}"))
         }
     }
@@ -83,15 +127,21 @@ mod tests {
     #[test]
     fn every_floor_is_a_program_of_the_object() {
         let object = aya_obj::Object::parse(OBJECT).expect("the floor object parses");
-        for (name, hook) in [EXIT, MKDIR, VICTIM, IO_START, RQ_ISSUE, RQ_COMPLETE] {
+        let judged = [EXIT, MKDIR, VICTIM, IO_START, RQ_ISSUE, RQ_COMPLETE];
+        for (name, hook) in judged.into_iter().chain(CONNECT) {
             assert!(name.len() <= 15, "{name} would be truncated by the kernel");
             let program = object.programs.get(name).unwrap_or_else(|| panic!("no program {name}"));
             let section = format!("{:?}", program.section);
             match hook {
                 Hook::Typed(tp) => assert!(section.starts_with("BtfTracePoint"), "{name}: {section} for {tp}"),
                 Hook::Classic(..) => assert!(section.starts_with("TracePoint"), "{name}: {section}"),
+                Hook::CgroupSkb(egress) => {
+                    let wanted = if egress { "Egress" } else { "Ingress" };
+                    assert!(section.starts_with("CgroupSkb") && section.contains(wanted), "{name}: {section}")
+                }
+                Hook::CgroupSockAddr => assert!(section.contains("Connect4"), "{name}: {section}"),
             }
         }
-        assert_eq!(object.programs.len(), 6, "a program of the object no floor names");
+        assert_eq!(object.programs.len(), 11, "a program of the object no floor names");
     }
 }

@@ -3,11 +3,15 @@
 //! per connect (CLOCK_THREAD_CPUTIME_ID, user + system: the connect's kernel work, every
 //! hook's run and each record's submission happen inside connect() on loopback) with the
 //! agent running against the same without it, in alternating rounds of one run so that the
-//! machine's drift hits both sides alike. Run-time stats stay off in these rounds (their
-//! accounting is a cost of its own); one extra round with the agent and stats on gives the
-//! network hooks' cost under exactly this workload.
+//! machine's drift hits both sides alike. A third kind of round, with empty programs alone on
+//! the same hooks instead of the agent ([`floor::CONNECT`]), gives the floor: what merely
+//! having programs on those hooks costs the workload, which no program there could avoid.
+//! Run-time stats stay off in these rounds (their accounting is a cost of its own); one
+//! extra round with the agent and stats on gives the network hooks' cost under exactly this
+//! workload.
 
 use crate::agent::{self, Agent, Scratch};
+use crate::floor;
 use crate::kernel::{deltas, goal_ns, snapshot, StatsOn};
 use crate::load::{self, ClosedPort, Flood};
 use crate::procfs;
@@ -17,8 +21,9 @@ use std::time::Duration;
 
 /// Goal: the generator's CPU per connect with the agent, over without, in percent.
 pub const GOAL_PERCENT: f64 = 5.0;
-/// Round pairs (one round without the agent, one with, in alternating order).
-const PAIRS: usize = 4;
+/// Round sets (one round without the agent, one with, one with the empty programs, each set
+/// in a rotated order).
+const SETS: usize = 4;
 const ROUND: Duration = Duration::from_secs(2);
 const THREADS: usize = 2;
 
@@ -54,6 +59,23 @@ fn round_with_agent(binary: &Path, config: &Path, evidence: &Path, port: u16) ->
     f
 }
 
+/// One round with the empty programs attached in the agent's place.
+fn round_with_floor(port: u16) -> Result<Flood, String> {
+    let attached = floor::attach(&floor::CONNECT)?;
+    if let Some((name, e)) = attached.failed.first() {
+        return Err(format!("the floor program {name} did not attach: {e}"));
+    }
+    flood(port)
+}
+
+/// What a round measures, in the order of the first set (later sets rotate it).
+#[derive(Clone, Copy)]
+enum Side {
+    Without,
+    Floor,
+    Agent,
+}
+
 pub fn measure(binary: &Path, report: &mut Report) {
     if let Err(e) = run(binary, report) {
         report.not_measured("overhead", "connect-heavy CPU per connect, agent vs none", &goal(), e);
@@ -69,25 +91,30 @@ fn run(binary: &Path, report: &mut Report) -> Result<(), String> {
     let evidence = scratch.0.join("evidence.jsonl");
     let config = agent::write_config(&scratch.0, &evidence)?;
     let closed = ClosedPort::reserve().map_err(|e| format!("reserving a closed port: {e}"))?;
-    let (mut with, mut without) = (Vec::new(), Vec::new());
+    let (mut with, mut without, mut floors) = (Vec::new(), Vec::new(), Vec::new());
     let mut pair_overheads = Vec::new();
-    for pair in 0..PAIRS {
-        // ABBA order: neither side always runs first (warmer caches, a rising load).
-        let agent_first = pair % 2 == 1;
-        let (w, wo) = if agent_first {
-            let w = round_with_agent(binary, &config, &evidence, closed.port)?;
-            (w, flood(closed.port)?)
-        } else {
-            let wo = flood(closed.port)?;
-            (round_with_agent(binary, &config, &evidence, closed.port)?, wo)
-        };
+    for set in 0..SETS {
+        // Rotated order: no side always runs first (warmer caches, a rising load).
+        let mut order = [Side::Without, Side::Floor, Side::Agent];
+        order.rotate_left(set % 3);
+        let (mut w, mut wo) = (None, None);
+        for side in order {
+            match side {
+                Side::Without => wo = Some(flood(closed.port)?),
+                Side::Floor => floors.push(round_with_floor(closed.port)?),
+                Side::Agent => w = Some(round_with_agent(binary, &config, &evidence, closed.port)?),
+            }
+        }
+        let (Some(w), Some(wo)) = (w, wo) else { return Err("a set of rounds missed a side".into()) };
         if let (Some(a), Some(b)) = (per_connect(&[wo]), per_connect(&[w])) {
             pair_overheads.push(overhead_percent(a, b));
         }
         with.push(w);
         without.push(wo);
     }
-    let (Some(without_ns), Some(with_ns)) = (per_connect(&without), per_connect(&with)) else {
+    let (Some(without_ns), Some(with_ns), Some(floor_ns)) =
+        (per_connect(&without), per_connect(&with), per_connect(&floors))
+    else {
         return Err("no connect was made".into());
     };
     let overhead = overhead_percent(without_ns, with_ns);
@@ -102,13 +129,24 @@ fn run(binary: &Path, report: &mut Report) -> Result<(), String> {
         goal(),
         Verdict::check(overhead <= GOAL_PERCENT),
     );
+    report.row(
+        "overhead",
+        "floor: empty programs alone on the hooks a refused connect passes, generator CPU per connect vs none",
+        format!("{:+.1} % ({floor_ns:.0} ns)", overhead_percent(without_ns, floor_ns)),
+        "(diagnostic)",
+        Verdict::Info,
+    );
     let connects = |rounds: &[Flood]| thousands(rounds.iter().map(|f| f.refused).sum());
+    let hooks: Vec<String> = floor::CONNECT.iter().map(|(_, hook)| hook.to_string()).collect();
     report.note(format!(
-        "overhead: {PAIRS} pairs of {} s rounds in ABBA order, {} connects with the agent and {} without; CPU is \
-         the sender threads' own (CLOCK_THREAD_CPUTIME_ID), run-time stats off",
+        "overhead: {SETS} sets of {} s rounds (none, floor, agent; the order rotated each set), {} connects with \
+         the agent, {} without, {} with empty programs on {}; CPU is the sender threads' own \
+         (CLOCK_THREAD_CPUTIME_ID), run-time stats off",
         ROUND.as_secs(),
         connects(&with),
-        connects(&without)
+        connects(&without),
+        connects(&floors),
+        hooks.join(", ")
     ));
 
     // The hooks' cost under this workload: one more round, stats on.

@@ -1,4 +1,5 @@
-//! JSON lines on standard output, buffered and written out whenever the queue runs dry.
+//! JSON lines on standard output, buffered and written out as the sink stage says (within
+//! 5 ms of a quiet queue).
 //!
 //! It writes to file descriptor 1 directly rather than through `std::io::stdout()`: a
 //! write blocked on a pipe nobody reads then holds no lock that the exit path or anything
