@@ -46,15 +46,15 @@ struct LogState {
     ready: Option<String>,
     final_counters: Option<String>,
     last_lines: Vec<String>,
-    /// The drain's and the sink stage's scheduling changes (real-time, demoted, promoted),
-    /// the first [`KEPT_SCHEDULING_LINES`] of them.
+    /// The drain's scheduling changes (real-time, demoted, promoted), the first
+    /// [`KEPT_SCHEDULING_LINES`] of them.
     scheduling_lines: Vec<String>,
     closed: bool,
 }
 
 const KEPT_SCHEDULING_LINES: usize = 20;
-/// The agent's log lines about its threads' scheduling carry this module path.
-pub const REALTIME_LOG: &str = "tapio_agent::realtime: ";
+/// The agent's log lines about its drain's scheduling carry this module path.
+pub const DRAIN_PRIORITY_LOG: &str = "tapio_agent::drain_priority: ";
 
 /// A running agent; killed (SIGKILL) if dropped without [`Agent::stop`].
 pub struct Agent {
@@ -73,7 +73,7 @@ pub struct Stopped {
     /// The `counters final` JSON, if the agent logged it.
     pub counters: Option<Value>,
     pub exit: String,
-    /// What the agent logged about its evidence path's scheduling (the agent's `realtime`).
+    /// What the agent logged about its drain's scheduling (the agent's `drain_priority`).
     pub scheduling_lines: Vec<String>,
 }
 
@@ -156,7 +156,7 @@ impl Agent {
                 if let Some(at) = line.find("counters final ") {
                     s.final_counters = Some(line[at + "counters final ".len()..].to_string());
                 }
-                if line.contains(REALTIME_LOG) && s.scheduling_lines.len() < KEPT_SCHEDULING_LINES {
+                if line.contains(DRAIN_PRIORITY_LOG) && s.scheduling_lines.len() < KEPT_SCHEDULING_LINES {
                     s.scheduling_lines.push(line.clone());
                 }
                 if s.last_lines.len() == KEPT_LINES {

@@ -184,13 +184,13 @@ fn run(binary: &Path, duration: Duration, senders: usize, report: &mut Report) -
         caught_up.as_secs_f64(),
         stopped.exit
     ));
-    // Whether the evidence path stayed real-time through the flood: a demotion explains losses.
+    // Whether the drain stayed real-time through the flood: a demotion explains ring losses.
     let lines: Vec<&str> = stopped
         .scheduling_lines
         .iter()
-        .map(|l| l.split_once(agent::REALTIME_LOG).map_or(l.as_str(), |(_, what)| what))
+        .map(|l| l.split_once(agent::DRAIN_PRIORITY_LOG).map_or(l.as_str(), |(_, what)| what))
         .collect();
-    report.note(format!("e2e: the agent's scheduling: {}", lines.join("; ")));
+    report.note(format!("e2e: the drain's scheduling: {}", lines.join("; ")));
     drop(closed);
     Ok(())
 }
