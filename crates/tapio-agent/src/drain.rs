@@ -164,7 +164,8 @@ impl Drain {
                 let (h, u) = take_until_empty(ring, deadline, &mut |record| {
                     classify_one(name, classifier.as_mut(), record, stamper, queue, counters)
                 });
-                queue.wake();
+                // Shutdown: what was taken goes to the queue now, lock or no lock.
+                queue.hand_over_all(counters);
                 handled += h;
                 unread += u;
             }
@@ -194,7 +195,7 @@ impl Drain {
                 take_records(ring, BURST, &mut |record| {
                     classify_one(name, classifier.as_mut(), record, stamper, queue, counters)
                 });
-                queue.wake();
+                queue.hand_over(counters);
             }
         }
     }

@@ -9,7 +9,9 @@
 //!
 //! The queue is bounded twice: by records (`queue_capacity`) and by encoded bytes
 //! ([`QUEUE_MAX_BYTES`]). A record that fits neither is dropped and counted
-//! (`queue_overflow_total`); sending never waits for the sinks.
+//! (`queue_overflow_total`); sending never waits for the sinks. The drain hands its records
+//! over in batches, and only when the lock is free ([`QueueSender::offer_batched`]), so it
+//! never waits for a sink stage that lost its CPU while holding the lock.
 
 use crate::counters::Counters;
 use crate::evidence::{Evidence, WorkloadIds};
@@ -97,7 +99,24 @@ fn u32_at(bytes: &[u8], at: usize) -> u32 {
 /// The sending half; one per thread that emits evidence (the drain, the poll thread).
 pub struct QueueSender {
     shared: Arc<Shared>,
+    /// Records a batching sender has encoded and not yet handed over (see
+    /// [`QueueSender::offer_batched`]).
+    pending: RefCell<Pending>,
 }
+
+/// A batching sender's records waiting for their hand-over, framed as in the queue.
+#[derive(Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    records: usize,
+}
+
+/// Pending bytes at which a batching sender tries a hand-over before its batch ends.
+pub const HANDOVER_AT_BYTES: usize = 32 * 1024;
+/// Pending bytes past which a batching sender waits for the lock rather than keep more:
+/// the bound on what the drain holds back (a sink stage holds the lock for one record's
+/// copy at a time, so this is reached only if it is kept from running while it holds it).
+pub const PENDING_MAX_BYTES: usize = 128 * 1024;
 
 /// The receiving half, owned by the sink stage.
 pub struct QueueReceiver {
@@ -123,9 +142,6 @@ struct State {
     receiver_waiting: bool,
 }
 
-/// Records a batching sender queues before it wakes a waiting receiver itself.
-pub const WAKE_AT_RECORDS: usize = 64;
-
 /// Room kept when the queue has run dry; more is given back after [`IDLE_RELEASE`].
 const KEPT_BYTES: usize = 64 * 1024;
 /// Under a flood the queue runs dry thousands of times a second between bursts; giving its
@@ -146,7 +162,7 @@ fn bounded_releasing_after(records: usize, max_bytes: usize, idle_release: Durat
         max_bytes,
         idle_release,
     });
-    (QueueSender { shared: Arc::clone(&shared) }, QueueReceiver { shared })
+    (QueueSender { shared: Arc::clone(&shared), pending: RefCell::default() }, QueueReceiver { shared })
 }
 
 impl Shared {
@@ -166,29 +182,6 @@ impl QueueSender {
     /// Encodes one record and hands it to the sink stage without waiting for it: what does
     /// not fit is counted as queue overflow. Counts `events_total` for what was queued.
     pub fn offer(&self, counters: &Counters, ev: &Evidence) {
-        self.offer_waking(counters, ev, 1);
-    }
-
-    /// [`offer`](Self::offer) for a sender that calls [`wake`](Self::wake) once it has
-    /// handed over a batch: a waiting receiver is woken only once [`WAKE_AT_RECORDS`] records
-    /// are queued. Under a flood, waking the sink stage for each first record after it ran
-    /// dry made thousands of futex calls and context switches a second, each for a handful
-    /// of records.
-    pub fn offer_batched(&self, counters: &Counters, ev: &Evidence) {
-        self.offer_waking(counters, ev, WAKE_AT_RECORDS);
-    }
-
-    /// Wakes a waiting receiver if records are queued (the end of a sender's batch).
-    pub fn wake(&self) {
-        let shared = &*self.shared;
-        let mut state = shared.lock();
-        if state.records > 0 && std::mem::take(&mut state.receiver_waiting) {
-            drop(state);
-            shared.arrived.notify_one();
-        }
-    }
-
-    fn offer_waking(&self, counters: &Counters, ev: &Evidence, wake_at: usize) {
         SCRATCH.with(|scratch| {
             let mut encoded = scratch.borrow_mut();
             if let Err(e) = encoded.encode(ev) {
@@ -198,7 +191,7 @@ impl QueueSender {
                 counters.queue_overflow_total.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            if self.push(&encoded, wake_at) {
+            if self.push(&encoded) {
                 counters.events_total.fetch_add(1, Ordering::Relaxed);
             } else {
                 counters.queue_overflow_total.fetch_add(1, Ordering::Relaxed);
@@ -206,7 +199,86 @@ impl QueueSender {
         })
     }
 
-    fn push(&self, encoded: &Encoded, wake_at: usize) -> bool {
+    /// [`offer`](Self::offer) for the drain, which must never wait for the sink stage: the
+    /// record is encoded into this sender's pending batch, and the batch is handed over
+    /// under one lock at [`hand_over`](Self::hand_over) (the end of each ring's burst) or
+    /// once [`HANDOVER_AT_BYTES`] are pending, and only if the lock is free right then.
+    /// (The sink stage, normally scheduled, can be preempted while it holds the lock; a
+    /// real-time drain waiting for it would wait for that stage's next time slice while its
+    /// rings fill.) Counts `events_total` or `queue_overflow_total` at the hand-over.
+    pub fn offer_batched(&self, counters: &Counters, ev: &Evidence) {
+        SCRATCH.with(|scratch| {
+            let mut encoded = scratch.borrow_mut();
+            if let Err(e) = encoded.encode(ev) {
+                log::error!("encoding evidence: {e}");
+                counters.queue_overflow_total.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            let mut pending = self.pending.borrow_mut();
+            pending.bytes.extend((encoded.0.len() as u32).to_le_bytes());
+            pending.bytes.extend_from_slice(&encoded.0);
+            pending.records += 1;
+        });
+        if self.pending.borrow().bytes.len() >= HANDOVER_AT_BYTES {
+            self.hand_over(counters);
+        }
+    }
+
+    /// Hands the pending batch to the queue if its lock is free, or whatever it takes once
+    /// more than [`PENDING_MAX_BYTES`] are pending, and wakes a waiting receiver.
+    pub fn hand_over(&self, counters: &Counters) {
+        let mut pending = self.pending.borrow_mut();
+        if pending.records == 0 {
+            return;
+        }
+        let shared = &*self.shared;
+        let state = match shared.state.try_lock() {
+            Ok(state) => state,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) if pending.bytes.len() <= PENDING_MAX_BYTES => return,
+            Err(std::sync::TryLockError::WouldBlock) => shared.lock(),
+        };
+        Self::queue_pending(shared, state, &mut pending, counters);
+    }
+
+    /// Hands the pending batch over, waiting for the lock if need be (at shutdown).
+    pub fn hand_over_all(&self, counters: &Counters) {
+        let mut pending = self.pending.borrow_mut();
+        if pending.records > 0 {
+            Self::queue_pending(&self.shared, self.shared.lock(), &mut pending, counters);
+        }
+    }
+
+    /// Moves every pending record into the queue (what does not fit is counted as
+    /// overflow), then wakes a waiting receiver.
+    fn queue_pending(shared: &Shared, mut state: MutexGuard<'_, State>, pending: &mut Pending, counters: &Counters) {
+        let (mut queued, mut refused) = (0u64, 0u64);
+        let mut at = 0;
+        while let Some(&[a, b, c, d]) = pending.bytes.get(at..at + FRAME) {
+            let framed = FRAME + u32::from_le_bytes([a, b, c, d]) as usize;
+            if state.records < shared.max_records && state.ring.len() + framed <= shared.max_bytes {
+                state.ring.extend(&pending.bytes[at..at + framed]);
+                state.records += 1;
+                queued += 1;
+            } else {
+                refused += 1;
+            }
+            at += framed;
+        }
+        let wake = state.records > 0 && std::mem::take(&mut state.receiver_waiting);
+        drop(state);
+        pending.bytes.clear();
+        pending.records = 0;
+        if wake {
+            shared.arrived.notify_one();
+        }
+        counters.events_total.fetch_add(queued, Ordering::Relaxed);
+        if refused > 0 {
+            counters.queue_overflow_total.fetch_add(refused, Ordering::Relaxed);
+        }
+    }
+
+    fn push(&self, encoded: &Encoded) -> bool {
         let shared = &*self.shared;
         let mut state = shared.lock();
         if state.records >= shared.max_records || state.ring.len() + encoded.size() > shared.max_bytes {
@@ -215,7 +287,7 @@ impl QueueSender {
         state.ring.extend((encoded.0.len() as u32).to_le_bytes());
         state.ring.extend(&encoded.0);
         state.records += 1;
-        let wake = state.records >= wake_at && std::mem::take(&mut state.receiver_waiting);
+        let wake = std::mem::take(&mut state.receiver_waiting);
         drop(state);
         if wake {
             shared.arrived.notify_one();
@@ -227,12 +299,17 @@ impl QueueSender {
 impl Clone for QueueSender {
     fn clone(&self) -> Self {
         self.shared.lock().senders += 1;
-        Self { shared: Arc::clone(&self.shared) }
+        Self { shared: Arc::clone(&self.shared), pending: RefCell::default() }
     }
 }
 
 impl Drop for QueueSender {
     fn drop(&mut self) {
+        let left = self.pending.get_mut().records;
+        if left > 0 {
+            // The drain's shutdown hands everything over (hand_over_all) before it lets go.
+            log::error!("queue sender dropped with {left} records never handed over (lost)");
+        }
         let mut state = self.shared.lock();
         state.senders -= 1;
         if state.senders == 0 {
@@ -461,39 +538,114 @@ pub(crate) mod tests {
         assert_eq!(taken, 201);
     }
 
-    /// A batching sender wakes a waiting receiver at the batch's end, or once
-    /// WAKE_AT_RECORDS records are queued; a plain offer wakes it at once.
+    /// A batching sender keeps its records until it hands them over (the end of a ring's
+    /// burst), or until HANDOVER_AT_BYTES are pending; the hand-over queues and counts them
+    /// and wakes a waiting receiver. A plain offer queues and wakes at once.
     #[test]
-    fn a_batching_sender_wakes_the_receiver_at_the_batch_end_or_when_enough_is_queued() {
+    fn a_batching_sender_hands_over_at_the_batch_end_or_when_enough_is_pending() {
         let counters = Counters::default();
         let ev = evidence("m");
-        let (tx, rx) = bounded(1000, usize::MAX);
+        let mut one = Encoded::default();
+        one.encode(&ev).unwrap();
+        let (tx, rx) = bounded(10_000, usize::MAX);
         let waiting = |rx: &QueueReceiver| rx.shared.lock().receiver_waiting;
         let set_waiting = |rx: &QueueReceiver| rx.shared.lock().receiver_waiting = true;
+        let events = |c: &Counters| c.events_total.load(Ordering::Relaxed);
 
         set_waiting(&rx);
         tx.offer_batched(&counters, &ev);
-        assert!(waiting(&rx), "one batched record does not wake");
-        tx.wake();
-        assert!(!waiting(&rx), "the batch's end does");
-        tx.wake();
+        assert_eq!((rx.queued_bytes(), events(&counters)), (0, 0), "pending, not queued yet");
+        assert!(waiting(&rx));
+        tx.hand_over(&counters);
+        assert_eq!((rx.queued_bytes(), events(&counters)), (one.size(), 1));
+        assert!(!waiting(&rx), "the hand-over wakes the receiver");
+        tx.hand_over(&counters);
+        assert_eq!(events(&counters), 1, "nothing pending: nothing handed over");
+
+        let per_handover = HANDOVER_AT_BYTES.div_ceil(one.size());
+        for _ in 0..per_handover - 1 {
+            tx.offer_batched(&counters, &ev);
+        }
+        assert_eq!(events(&counters), 1, "below HANDOVER_AT_BYTES the records wait");
+        tx.offer_batched(&counters, &ev);
+        assert_eq!(events(&counters), 1 + per_handover as u64, "HANDOVER_AT_BYTES pending are handed over");
 
         let mut got = Encoded::default();
         while rx.try_recv(&mut got) {}
         set_waiting(&rx);
-        tx.wake();
-        assert!(waiting(&rx), "nothing queued: nothing to wake for");
-        for _ in 0..WAKE_AT_RECORDS - 1 {
-            tx.offer_batched(&counters, &ev);
-        }
-        assert!(waiting(&rx));
-        tx.offer_batched(&counters, &ev);
-        assert!(!waiting(&rx), "WAKE_AT_RECORDS queued wake the receiver");
-
-        while rx.try_recv(&mut got) {}
-        set_waiting(&rx);
         tx.offer(&counters, &ev);
         assert!(!waiting(&rx), "a plain offer wakes at once");
+    }
+
+    /// The drain never waits for the lock while it holds little: with the lock taken (by a
+    /// sink stage that lost its CPU), a hand-over keeps the records for the next one. Past
+    /// PENDING_MAX_BYTES it waits, and what does not fit the queue is counted at once.
+    #[test]
+    fn a_hand_over_does_not_wait_for_a_held_lock_until_too_much_is_pending() {
+        let counters = Arc::new(Counters::default());
+        let ev = evidence("m");
+        let mut one = Encoded::default();
+        one.encode(&ev).unwrap();
+        let (tx, rx) = bounded(3, usize::MAX);
+        let events = |c: &Counters| c.events_total.load(Ordering::Relaxed);
+
+        let held = rx.shared.lock();
+        tx.offer_batched(&counters, &ev);
+        tx.hand_over(&counters);
+        assert_eq!(events(&counters), 0, "the lock is held: kept, without waiting");
+        drop(held);
+        tx.hand_over(&counters);
+        assert_eq!(events(&counters), 1, "the next hand-over queues it");
+
+        // Held longer, by another thread: records up to PENDING_MAX_BYTES are kept, and the
+        // one past it waits until the lock is free; the queue (3 records) counts the rest.
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            let held = rx.shared.lock();
+            locked_tx.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            drop(held);
+            rx
+        });
+        locked_rx.recv().unwrap();
+        let kept = PENDING_MAX_BYTES / one.size();
+        for _ in 0..kept {
+            tx.offer_batched(&counters, &ev);
+            tx.hand_over(&counters);
+        }
+        assert_eq!(events(&counters), 1, "nothing handed over while the lock is held");
+        let started = std::time::Instant::now();
+        tx.offer_batched(&counters, &ev);
+        tx.hand_over(&counters);
+        assert!(started.elapsed() >= Duration::from_millis(100), "past the bound it waited for the lock");
+        let rx = holder.join().unwrap();
+        assert_eq!(events(&counters), 3, "the queue's three records");
+        assert_eq!(counters.queue_overflow_total.load(Ordering::Relaxed), kept as u64 + 1 - 2, "the rest counted");
+        let mut got = Encoded::default();
+        let mut taken = 0;
+        while rx.try_recv(&mut got) {
+            taken += 1;
+        }
+        assert_eq!(taken, 3);
+    }
+
+    /// At shutdown the drain hands everything over, waiting for the lock.
+    #[test]
+    fn hand_over_all_waits_for_the_lock() {
+        let counters = Counters::default();
+        let (tx, rx) = bounded(10, usize::MAX);
+        tx.offer_batched(&counters, &evidence("m"));
+        let holder = std::thread::spawn(move || {
+            let held = rx.shared.lock();
+            std::thread::sleep(Duration::from_millis(200));
+            drop(held);
+            rx
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        tx.hand_over_all(&counters);
+        let rx = holder.join().unwrap();
+        assert_eq!(counters.events_total.load(Ordering::Relaxed), 1);
+        assert!(rx.queued_bytes() > 0);
     }
 
     fn room_of(tx: &QueueSender) -> usize {
