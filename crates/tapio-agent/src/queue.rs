@@ -178,20 +178,29 @@ thread_local! {
     static SCRATCH: RefCell<Encoded> = RefCell::new(Encoded(Vec::with_capacity(1024)));
 }
 
+/// Encodes `ev` into this thread's scratch buffer and passes it to `then`; a record that
+/// cannot be encoded is lost at the queue, and counted there.
+fn with_encoded(counters: &Counters, ev: &Evidence, then: impl FnOnce(&Encoded)) {
+    SCRATCH.with(|scratch| {
+        let mut encoded = scratch.borrow_mut();
+        match encoded.encode(ev) {
+            Ok(()) => then(&encoded),
+            Err(e) => {
+                // Cannot happen for these types (no maps with non-string keys, no failing
+                // writer).
+                log::error!("encoding evidence: {e}");
+                counters.queue_overflow_total.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    })
+}
+
 impl QueueSender {
     /// Encodes one record and hands it to the sink stage without waiting for it: what does
     /// not fit is counted as queue overflow. Counts `events_total` for what was queued.
     pub fn offer(&self, counters: &Counters, ev: &Evidence) {
-        SCRATCH.with(|scratch| {
-            let mut encoded = scratch.borrow_mut();
-            if let Err(e) = encoded.encode(ev) {
-                // Cannot happen for these types (no maps with non-string keys, no failing
-                // writer); if it did, the record is lost at the queue, and counted there.
-                log::error!("encoding evidence: {e}");
-                counters.queue_overflow_total.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            if self.push(&encoded) {
+        with_encoded(counters, ev, |encoded| {
+            if self.push(encoded) {
                 counters.events_total.fetch_add(1, Ordering::Relaxed);
             } else {
                 counters.queue_overflow_total.fetch_add(1, Ordering::Relaxed);
@@ -207,13 +216,7 @@ impl QueueSender {
     /// real-time drain waiting for it would wait for that stage's next time slice while its
     /// rings fill.) Counts `events_total` or `queue_overflow_total` at the hand-over.
     pub fn offer_batched(&self, counters: &Counters, ev: &Evidence) {
-        SCRATCH.with(|scratch| {
-            let mut encoded = scratch.borrow_mut();
-            if let Err(e) = encoded.encode(ev) {
-                log::error!("encoding evidence: {e}");
-                counters.queue_overflow_total.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
+        with_encoded(counters, ev, |encoded| {
             let mut pending = self.pending.borrow_mut();
             pending.bytes.extend((encoded.0.len() as u32).to_le_bytes());
             pending.bytes.extend_from_slice(&encoded.0);
