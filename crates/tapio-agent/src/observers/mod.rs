@@ -478,7 +478,9 @@ fn open_event_rings(events: Map, declared: EventRings, cpus: u32) -> Result<Open
     }
 }
 
-fn attach(ebpf: &mut Ebpf, btf: Option<&Btf>, name: &str, hook: Hook) -> Result<(), LoadError> {
+/// Loads program `name` of `ebpf` and attaches it to `hook` (also the bench's way to place
+/// its empty floor programs exactly where the agent's go).
+pub fn attach(ebpf: &mut Ebpf, btf: Option<&Btf>, name: &str, hook: Hook) -> Result<(), LoadError> {
     let program =
         ebpf.program_mut(name).ok_or_else(|| LoadError::AbiMismatch(format!("program {name} missing from object")))?;
     let missing = btf.is_none();
