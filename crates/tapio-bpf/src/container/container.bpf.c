@@ -333,6 +333,8 @@ static __always_inline int exit_is_clean(struct task_struct *task, int last)
 	return !last || task->group_leader->exit_code == 0;
 }
 
+static __noinline int exit_judged(struct task_struct *task, int last);
+
 /*
  * Every exit on the node passes here, so it is a BTF tracepoint: the kernel builds no
  * tracepoint record (comm copy, pid and priority lookups) for it, and the exiting task
@@ -351,6 +353,17 @@ int BPF_PROG(tapio_sched_process_exit, struct task_struct *task)
 	}
 	if (exit_is_clean(task, last))
 		return 0;
+	return exit_judged(task, last);
+}
+
+/*
+ * Every exit that may be evidence. A function of its own, not inlined: the JIT compiles it
+ * apart, and the code every exit runs is only the clean test above. Measured (`tapio-bench
+ * kernel`, three alternating runs): clean exits 78-93 ns in the hook against 115-132 ns
+ * with this inlined; abnormal exits, each one evidence, took 990-1,036 ns against 843-981.
+ */
+static __noinline int exit_judged(struct task_struct *task, int last)
+{
 	struct tapio_ctr_config cfg;
 	if (!TAPIO_READ_CONFIG(&config, &counters, &cfg))
 		return 0;

@@ -135,6 +135,34 @@ static __always_inline void tapio_count(void *counters_map, __u32 idx)
 		live_;                                                                     \
 	})
 
+/*
+ * One word of the config, read in place for a hot path's first decision, by the same latch
+ * as TAPIO_READ_CONFIG with a copy of one field and no retry: the field of the copy readers
+ * are directed to if the sequence was the same after the read as before it (nobody rewrote
+ * that copy meanwhile), else `fallback`. A hook must only use it for a decision it takes
+ * again on a full copy whenever the word (or the fallback) does not settle it.
+ */
+#define TAPIO_CONFIG_WORD(config_map, type_, field, fallback)                                      \
+	({                                                                                         \
+		__u32 zero_ = 0;                                                                   \
+		__u64 word_ = (fallback);                                                          \
+		__u64 *seq_ = bpf_map_lookup_elem(&config_seq, &zero_);                            \
+		if (seq_) {                                                                        \
+			__u64 before_ = TAPIO_READ_ONCE_U64(seq_);                                 \
+			TAPIO_COMPILER_BARRIER();                                                  \
+			__u32 slot_ = before_ & 1;                                                 \
+			type_ *c_ = bpf_map_lookup_elem(config_map, &slot_);                       \
+			if (c_ && c_->hdr.abi_version == TAPIO_ABI_VERSION) {                      \
+				_Static_assert(sizeof(c_->field) == sizeof(__u64), "one aligned word"); \
+				__u64 read_ = TAPIO_READ_ONCE_U64(&c_->field);                     \
+				TAPIO_COMPILER_BARRIER();                                          \
+				if (TAPIO_READ_ONCE_U64(seq_) == before_)                          \
+					word_ = read_;                                             \
+			}                                                                          \
+		}                                                                                  \
+		word_;                                                                             \
+	})
+
 /* The kernfs id of a task's cgroup in the memory controller's hierarchy (v1 or v2); 0 if none. */
 static __always_inline __u64 tapio_task_memcg_id(struct task_struct *task)
 {

@@ -85,6 +85,9 @@ enum tapio_sto_inflight_flag {
 	TAPIO_STO_IF_COMPLETED = 1 << 11,
 	/* The request reached the driver: stamp_ns is its last issue (else its submission). */
 	TAPIO_STO_IF_ISSUED = 1 << 12,
+	/* dev, sector, bytes and cmd_flags hold this request's (read at its first completion,
+	 * only when that completion is judged). */
+	TAPIO_STO_IF_FACTS = 1 << 13,
 };
 
 /*
