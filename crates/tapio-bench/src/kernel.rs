@@ -180,9 +180,9 @@ fn exit_window(ids: &[u32], clean: u32, failing: u32) -> Result<(u64, f64), Stri
 
 /// The means of repeated windows of the same load: judged by their median.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Rounds {
-    pub runs: u64,
-    pub means: Vec<f64>,
+struct Rounds {
+    runs: u64,
+    means: Vec<f64>,
 }
 
 impl Rounds {
@@ -198,7 +198,7 @@ impl Rounds {
     }
 
     /// The median window mean (the lower middle one of an even count).
-    pub fn median(&self) -> f64 {
+    fn median(&self) -> f64 {
         let mut sorted = self.means.clone();
         sorted.sort_by(f64::total_cmp);
         sorted.get(sorted.len().saturating_sub(1) / 2).copied().unwrap_or(f64::NAN)
