@@ -15,6 +15,7 @@ pub mod logger;
 pub mod observers;
 pub mod queue;
 pub mod runtime;
+pub mod shutdown;
 pub mod sink_stage;
 pub mod sinks;
 pub mod stamp;

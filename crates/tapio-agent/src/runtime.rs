@@ -12,6 +12,7 @@ use crate::counters::Counters;
 use crate::drain::Drain;
 use crate::observers::poll::{PollThread, Poller};
 use crate::observers::{self, ClassifierContext, ObserverState, Running, RuntimeFacts, Start, REGISTRY};
+use crate::shutdown::ShutdownSignal;
 use crate::sink_stage::SinkStage;
 use crate::sinks::{FileSink, Sink, StdoutSink};
 use crate::stamp::Stamper;
@@ -347,10 +348,7 @@ fn log_counters(label: &str, counters: &Counters) {
 /// Runs the agent until SIGTERM or SIGINT.
 pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
     let shutdown = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(signal, Arc::clone(&shutdown))
-            .map_err(|e| format!("installing signal handler: {e}"))?;
-    }
+    let signal = ShutdownSignal::install(Arc::clone(&shutdown))?;
 
     let mut sinks = build_sinks(&config)?;
     let controller = match &config.controller {
@@ -402,6 +400,7 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
 
     let counters = Arc::new(Counters::default());
     let client_stop = Arc::new(AtomicBool::new(false));
+    let client_outbox = controller.as_ref().map(|setup| Arc::clone(&setup.outbox));
     let client_thread = match controller {
         Some(setup) => {
             sinks.push(Box::new(OutboxSink::new(Arc::clone(&setup.outbox))));
@@ -457,22 +456,27 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
     let running: Vec<String> = report.observers.iter().map(|(n, s)| format!("{n}={}", s.label())).collect();
     log::info!("ready: node {node}, observers [{}], sinks [{}]", running.join(", "), sink_names.join(", "));
 
+    // Idle, the main thread wakes only for its counters line (or a signal).
     let interval = Duration::from_secs(config.counters_log_interval_secs);
-    let mut last = Instant::now();
-    while !shutdown.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(200));
-        if last.elapsed() >= interval {
+    let mut next_log = Instant::now() + interval;
+    while !signal.wait(next_log.saturating_duration_since(Instant::now())) {
+        if Instant::now() >= next_log {
             log_counters("counters", &counters);
-            last = Instant::now();
+            next_log = Instant::now() + interval;
         }
     }
     log::info!("shutting down: detaching, draining ring buffers and flushing sinks");
+    // The poll thread sleeps until its next poll is due: wake it to see the flag.
+    poll_thread.thread().unpark();
     join_within("drain thread", drain_thread, SHUTDOWN_DRAIN_JOIN);
     // The poll thread holds a sender of the sink queue: the sink stage ends after it does.
     join_within("poll thread", poll_thread, SHUTDOWN_POLL_JOIN);
     join_within("sink stage", sink_thread, SHUTDOWN_SINKS);
     // Only now is everything the sinks took in the outbox: let the client send it.
     client_stop.store(true, Ordering::Relaxed);
+    if let Some(outbox) = &client_outbox {
+        outbox.wake();
+    }
     if let Some(t) = client_thread {
         join_within("controller link", t, SHUTDOWN_CONTROLLER_JOIN + crate::controller::client::SHUTDOWN_FLUSH);
     }

@@ -1,11 +1,14 @@
 //! Idle footprint of the running agent: resident memory and CPU with every observer
 //! attached and nothing happening (beyond whatever else runs on the machine, which the
-//! load average in the notes shows).
+//! load average in the notes shows); then its CPU once more, registered to a real
+//! controller, as it runs when deployed.
 
 use crate::agent::{self, Agent, Scratch};
 use crate::procfs;
 use crate::report::{thousands, Report, Verdict};
+use std::net::{TcpListener, TcpStream};
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Resident set goal (decimal megabytes, like the size goal).
@@ -15,11 +18,17 @@ const CPU_GOAL_PERCENT: f64 = 0.2;
 /// Time after "ready:" before measuring: start-up work (BTF parsing, loading) is not idle.
 const SETTLE: Duration = Duration::from_secs(3);
 
-pub fn measure(binary: &Path, window: Duration, report: &mut Report) {
+/// The connected measurement's row.
+const CONNECTED_CPU: &str = "idle CPU, agent connected to a controller (schedstat)";
+
+pub fn measure(binary: &Path, controller: &Path, window: Duration, report: &mut Report) {
     if let Err(e) = run(binary, window, report) {
         for m in ["idle RSS (VmRSS)", "idle CPU (utime+stime)"] {
             report.not_measured("idle", m, "", e.clone());
         }
+    }
+    if let Err(e) = run_connected(binary, controller, window, report) {
+        report.not_measured("idle", CONNECTED_CPU, &format!("<= {CPU_GOAL_PERCENT} %"), e);
     }
 }
 
@@ -84,6 +93,81 @@ fn run(binary: &Path, window: Duration, report: &mut Report) -> Result<(), Strin
         window.as_secs(),
         SETTLE.as_secs(),
         procfs::loadavg()
+    ));
+    Ok(())
+}
+
+/// A controller on a loopback port, killed on drop.
+struct Controller(Child);
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The deployed mode: the same idle window with the agent registered to a real controller
+/// (its link's heartbeats, config polls and loop included).
+fn run_connected(binary: &Path, controller: &Path, window: Duration, report: &mut Report) -> Result<(), String> {
+    if !controller.exists() {
+        return Err(format!("{} does not exist (scripts/bench builds it)", controller.display()));
+    }
+    let scratch = Scratch::new("idle-connected")?;
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("finding a free port: {e}"))?
+        .port();
+    let log = std::fs::File::create(scratch.0.join("controller.log")).map_err(|e| format!("controller log: {e}"))?;
+    let _controller = Controller(
+        Command::new(controller)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--sink", "file", "--sink-path"])
+            .arg(scratch.0.join("controller-sink.jsonl"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", controller.display()))?,
+    );
+    let listening = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if listening.elapsed() > Duration::from_secs(20) {
+            return Err(format!("the controller did not listen on port {port} within 20 s"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let state = scratch.0.join("agent-state.json");
+    let config = scratch.0.join("agent.toml");
+    let text = format!(
+        "node_name = \"tapio-bench\"\n\n[sinks]\nstdout = false\n\n[controller]\nurl = \"http://127.0.0.1:{port}\"\n\
+         agent_id = \"tapio-bench-idle\"\nstate_file = \"{}\"\n",
+        state.display()
+    );
+    std::fs::write(&config, text).map_err(|e| format!("writing {}: {e}", config.display()))?;
+    let agent = Agent::start(binary, &config)?;
+    let pid = agent.pid();
+    std::thread::sleep(SETTLE);
+    let t0 = Instant::now();
+    let sched0 = procfs::cpu_sched_ns(pid)?;
+    std::thread::sleep(window);
+    let sched1 = procfs::cpu_sched_ns(pid)?;
+    let wall = t0.elapsed().as_nanos() as f64;
+    agent.stop()?;
+    // The agent saves the controller's config once it registered and fetched it: proof the
+    // window was spent connected, not retrying.
+    if !state.exists() {
+        return Err("the agent never registered with the controller (no state file)".into());
+    }
+    let pct = sched1.saturating_sub(sched0) as f64 / wall * 100.0;
+    report.row(
+        "idle",
+        CONNECTED_CPU,
+        format!("{pct:.3} % of one core"),
+        format!("<= {CPU_GOAL_PERCENT} %"),
+        Verdict::check(pct <= CPU_GOAL_PERCENT),
+    );
+    report.note(format!(
+        "idle: connected: the same window with the agent registered to tapio-controller on 127.0.0.1:{port} \
+         (default heartbeat and config-poll intervals)"
     ));
     Ok(())
 }

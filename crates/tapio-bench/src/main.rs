@@ -36,7 +36,8 @@ USAGE: tapio-bench [PART...] [OPTIONS]
 PARTS (default: all):
   size        release binary sizes (no root)
   pipeline    userspace decode/classify/serialize throughput, one thread (no root)
-  idle        idle RSS and CPU of the running agent (root)
+  idle        idle RSS and CPU of the running agent, alone and connected to a
+              controller (root)
   kernel      mean cost per invocation of each tapio_* eBPF program (root)
   e2e         refused-connect flood: made vs written vs counted losses (root)
   slow        peak RSS while a slow consumer reads the agent's stdout during a
@@ -55,8 +56,9 @@ OPTIONS:
                       this binary)
   --release-agent PATH  release-profile agent whose size is also reported
                       (default: tapio-agent next to this binary)
-  --controller PATH   controller binary whose size is reported if it exists
-                      (default: tapio-controller next to this binary)
+  --controller PATH   controller binary: its size is reported, and the idle part
+                      also runs the agent connected to it (default: tapio-controller
+                      next to this binary)
   --secs N            end-to-end flood duration in seconds (default 10)
   --senders N         end-to-end sender threads (default 3, the fastest here)
   --idle-secs N       idle measurement window in seconds (default 10)
@@ -258,6 +260,7 @@ fn main() -> ExitCode {
                 Part::Idle => {
                     report.skipped("idle", "idle RSS (VmRSS)", "<= 6 MB", why);
                     report.skipped("idle", "idle CPU (utime+stime)", "<= 0.2 %", why);
+                    report.skipped("idle", "idle CPU, agent connected to a controller", "<= 0.2 %", why);
                 }
                 Part::Kernel => report.skipped("kernel", "mean cost per tapio_* program", "<= 250 ns", why),
                 Part::Overhead => {
@@ -278,7 +281,7 @@ fn main() -> ExitCode {
             Part::Budgets => budgets::measure(&mut report),
             Part::Idle => {
                 eprintln!("tapio-bench: idle ({} s window)", options.idle_secs);
-                idle::measure(&options.agent, Duration::from_secs(options.idle_secs), &mut report);
+                idle::measure(&options.agent, &options.controller, Duration::from_secs(options.idle_secs), &mut report);
             }
             Part::Kernel => {
                 eprintln!("tapio-bench: kernel (eBPF run-time stats under load)");

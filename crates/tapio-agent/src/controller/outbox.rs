@@ -7,33 +7,70 @@
 use crate::counters::CONTROLLER_SINK;
 use crate::sinks::{Delivered, Sink};
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
 
 pub struct Outbox {
-    lines: Mutex<VecDeque<Vec<u8>>>,
+    state: Mutex<State>,
+    /// Signalled when a line lands in an empty outbox, and by [`Outbox::wake`].
+    changed: Condvar,
     capacity: usize,
+}
+
+#[derive(Default)]
+struct State {
+    lines: VecDeque<Vec<u8>>,
+    /// Set by [`Outbox::wake`]: every wait from then on returns at once.
+    woken: bool,
 }
 
 impl Outbox {
     pub fn new(capacity: usize) -> Arc<Self> {
-        Arc::new(Self { lines: Mutex::new(VecDeque::new()), capacity })
+        Arc::new(Self { state: Mutex::new(State::default()), changed: Condvar::new(), capacity })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Vec<u8>>> {
-        self.lines.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn push(&self, line: Vec<u8>) -> bool {
-        let mut lines = self.lock();
-        if lines.len() >= self.capacity {
+        let mut state = self.lock();
+        if state.lines.len() >= self.capacity {
             return false;
         }
-        lines.push_back(line);
+        state.lines.push_back(line);
+        // Only a waiter for lines needs telling, and it waits only on an empty outbox.
+        if state.lines.len() == 1 {
+            self.changed.notify_all();
+        }
         true
     }
 
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().lines.len()
+    }
+
+    /// Sleeps until `deadline`, or sooner: when `for_lines` and the outbox holds a line (or
+    /// gets one), or once [`Outbox::wake`] was called. The client's loop sleeps here
+    /// instead of waking every few milliseconds to look.
+    pub fn wait(&self, deadline: Instant, for_lines: bool) {
+        let mut state = self.lock();
+        loop {
+            if state.woken || (for_lines && !state.lines.is_empty()) {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            state = self.changed.wait_timeout(state, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+
+    /// Ends every wait, now and later: the client is to stop.
+    pub fn wake(&self) {
+        self.lock().woken = true;
+        self.changed.notify_all();
     }
 
     pub fn is_empty(&self) -> bool {
@@ -43,7 +80,8 @@ impl Outbox {
     /// Takes up to `max_events` lines whose total size stays within `max_bytes` (always at
     /// least one line if any is waiting, so one oversized line cannot wedge the queue).
     pub fn take_batch(&self, max_events: usize, max_bytes: usize) -> Vec<Vec<u8>> {
-        let mut lines = self.lock();
+        let mut state = self.lock();
+        let lines = &mut state.lines;
         let mut batch = Vec::new();
         let mut bytes = 0;
         while batch.len() < max_events {
@@ -101,6 +139,7 @@ impl Sink for OutboxSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn bounded_and_batched_by_count_and_bytes() {
@@ -120,5 +159,46 @@ mod tests {
         assert_eq!(outbox.take_batch(10, 10).len(), 1);
         assert_eq!(outbox.take_batch(10, 1).len(), 1, "an oversized line still leaves");
         assert!(outbox.is_empty());
+    }
+
+    #[test]
+    fn a_wait_for_lines_ends_when_one_arrives_and_any_wait_ends_once_woken() {
+        let outbox = Outbox::new(8);
+        let started = Instant::now();
+        outbox.wait(started + Duration::from_millis(30), true);
+        assert!(started.elapsed() >= Duration::from_millis(30), "nothing arrived: it waited out its deadline");
+
+        let pusher = {
+            let outbox = Arc::clone(&outbox);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                outbox.push(b"{}".to_vec());
+            })
+        };
+        let started = Instant::now();
+        outbox.wait(started + Duration::from_secs(60), true);
+        assert_eq!(outbox.len(), 1, "woken by the line");
+        assert!(started.elapsed() < Duration::from_secs(30));
+        pusher.join().expect("pusher");
+
+        // Lines waiting do not end a wait that is not for lines (the client is not due).
+        let started = Instant::now();
+        outbox.wait(started + Duration::from_millis(30), false);
+        assert!(started.elapsed() >= Duration::from_millis(30));
+
+        let waker = {
+            let outbox = Arc::clone(&outbox);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                outbox.wake();
+            })
+        };
+        let started = Instant::now();
+        outbox.wait(started + Duration::from_secs(60), false);
+        assert!(started.elapsed() < Duration::from_secs(30), "woken to stop");
+        waker.join().expect("waker");
+        let started = Instant::now();
+        outbox.wait(started + Duration::from_secs(60), false);
+        assert!(started.elapsed() < Duration::from_secs(30), "and every later wait returns at once");
     }
 }
