@@ -136,28 +136,22 @@ fn run_connected(binary: &Path, controller: &Path, window: Duration, report: &mu
         std::thread::sleep(Duration::from_millis(50));
     }
     let state = scratch.0.join("agent-state.json");
-    let config = scratch.0.join("agent.toml");
-    let text = format!(
-        "node_name = \"tapio-bench\"\n\n[sinks]\nstdout = false\n\n[controller]\nurl = \"http://127.0.0.1:{port}\"\n\
-         agent_id = \"tapio-bench-idle\"\nstate_file = \"{}\"\n",
+    let config = agent::write_config(&scratch.0, &scratch.0.join("evidence.jsonl"))?;
+    let mut text = std::fs::read_to_string(&config).map_err(|e| format!("reading {}: {e}", config.display()))?;
+    text.push_str(&format!(
+        "\n[controller]\nurl = \"http://127.0.0.1:{port}\"\nagent_id = \"tapio-bench-idle\"\nstate_file = \"{}\"\n",
         state.display()
-    );
+    ));
     std::fs::write(&config, text).map_err(|e| format!("writing {}: {e}", config.display()))?;
     let agent = Agent::start(binary, &config)?;
-    let pid = agent.pid();
-    std::thread::sleep(SETTLE);
-    let t0 = Instant::now();
-    let sched0 = procfs::cpu_sched_ns(pid)?;
-    std::thread::sleep(window);
-    let sched1 = procfs::cpu_sched_ns(pid)?;
-    let wall = t0.elapsed().as_nanos() as f64;
+    let (cpu_ns, wall) = procfs::cpu_sched_ns_over(agent.pid(), SETTLE, window)?;
     agent.stop()?;
     // The agent saves the controller's config once it registered and fetched it: proof the
     // window was spent connected, not retrying.
     if !state.exists() {
         return Err("the agent never registered with the controller (no state file)".into());
     }
-    let pct = sched1.saturating_sub(sched0) as f64 / wall * 100.0;
+    let pct = cpu_ns as f64 / wall.as_nanos() as f64 * 100.0;
     report.row(
         "idle",
         CONNECTED_CPU,

@@ -10,7 +10,7 @@ use crate::agent::{self, Agent, Scratch};
 use crate::procfs;
 use crate::report::{Report, Verdict};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const CONTAINERS: u32 = 500;
 const POLL_MS: u64 = 1_000;
@@ -87,18 +87,11 @@ fn run(binary: &Path, window: Duration, report: &mut Report) -> Result<(), Strin
     ));
     std::fs::write(&config, text).map_err(|e| e.to_string())?;
     let agent = Agent::start(binary, &config)?;
-    let pid = agent.pid();
-    std::thread::sleep(SETTLE);
-    let t0 = Instant::now();
-    let sched0 = procfs::cpu_sched_ns(pid)?;
-    std::thread::sleep(window);
-    let sched1 = procfs::cpu_sched_ns(pid)?;
-    let wall = t0.elapsed();
+    let (cpu_ns, wall) = procfs::cpu_sched_ns_over(agent.pid(), SETTLE, window)?;
     let stopped = agent.stop()?;
     drop(containers);
 
     let polls = (wall.as_millis() as u64 / POLL_MS).max(1);
-    let cpu_ns = sched1.saturating_sub(sched0);
     let per_poll_ms = cpu_ns as f64 / polls as f64 / 1e6;
     report.row(
         "pressure",

@@ -3,6 +3,7 @@
 //! another agent or test that happens to be loaded on the same machine).
 
 use std::fs;
+use std::time::{Duration, Instant};
 
 /// utime + stime of the whole process (all threads) from `/proc/<pid>/stat`, in ns.
 /// The kernel reports clock ticks, so the resolution is one tick (10 ms at USER_HZ 100).
@@ -48,6 +49,17 @@ pub fn cpu_sched_ns(pid: i32) -> Result<u64, String> {
         }
     }
     Ok(total)
+}
+
+/// The on-CPU time ([`cpu_sched_ns`]) `pid` uses over `window`, measured after `settle`
+/// has passed: (ns, the window's actual length).
+pub fn cpu_sched_ns_over(pid: i32, settle: Duration, window: Duration) -> Result<(u64, Duration), String> {
+    std::thread::sleep(settle);
+    let t0 = Instant::now();
+    let before = cpu_sched_ns(pid)?;
+    std::thread::sleep(window);
+    let after = cpu_sched_ns(pid)?;
+    Ok((after.saturating_sub(before), t0.elapsed()))
 }
 
 /// VmRSS of `pid`, in KiB.
