@@ -20,8 +20,15 @@ use std::time::{Duration, Instant};
 pub const BURST: usize = 1024;
 /// Poll period: the kernel side wakes the drain only once a batch is waiting (a wake-up
 /// per record would cost more than the record), so this bounds how long a lone record
-/// waits, as well as shutdown latency.
+/// waits.
 const IDLE_WAIT_MS: i32 = 100;
+/// Empty polls in a row (a second of them) after which the drain raises every object's
+/// `drain_asleep` flag and sleeps without the poll period: any record then wakes it. An
+/// idle agent's ten wake-ups a second were most of its idle CPU.
+const EMPTY_POLLS_BEFORE_SLEEP: u32 = 10;
+/// Asleep, the drain still wakes this often: for the counters and clock refresh, and for a
+/// record whose program read the flag just before it was raised.
+const ASLEEP_WAIT_MS: i32 = 1_000;
 /// How often the boot→wall offset and the kernel counters are refreshed.
 const REFRESH: Duration = Duration::from_secs(1);
 /// At shutdown, how long the drain may take to classify what is left in the rings (a 512 KiB
@@ -84,11 +91,13 @@ pub struct Drain {
     pub counters: Arc<Counters>,
     pub clock: Arc<BootToWall>,
     pub shutdown: Arc<AtomicBool>,
+    /// Readable once shutdown is asked (`ShutdownSignal::waker`): wakes a sleeping drain.
+    pub shutdown_waker: Option<OwnedFd>,
     /// Run real-time while the work is light (`drain_realtime`).
     pub realtime: bool,
 }
 
-fn epoll_for(observers: &[Running]) -> std::io::Result<OwnedFd> {
+fn epoll_for(observers: &[Running], shutdown_waker: Option<&OwnedFd>) -> std::io::Result<OwnedFd> {
     // SAFETY: plain syscalls on fds we own; the epoll fd is wrapped in OwnedFd at once.
     unsafe {
         let fd = libc::epoll_create1(libc::EPOLL_CLOEXEC);
@@ -103,6 +112,12 @@ fn epoll_for(observers: &[Running]) -> std::io::Result<OwnedFd> {
                 return Err(std::io::Error::last_os_error());
             }
         }
+        if let Some(waker) = shutdown_waker {
+            let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: u64::MAX };
+            if libc::epoll_ctl(fd, libc::EPOLL_CTL_ADD, waker.as_raw_fd(), &mut ev) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
         Ok(epoll)
     }
 }
@@ -113,7 +128,7 @@ impl Drain {
         // pages back, or they stay resident for the agent's life.
         // SAFETY: malloc_trim only releases free memory of the allocator; no pointers change.
         unsafe { libc::malloc_trim(0) };
-        let epoll = match epoll_for(&self.observers) {
+        let epoll = match epoll_for(&self.observers, self.shutdown_waker.as_ref()) {
             Ok(fd) => Some(fd),
             Err(e) => {
                 // Polling still drains everything, only with more latency.
@@ -124,14 +139,26 @@ impl Drain {
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; 8];
         let mut priority = Governor::start(self.realtime);
         let mut last_refresh = Instant::now();
+        let mut empty_polls = 0u32;
+        let mut asleep = false;
         loop {
             if let Some(epoll) = &epoll {
+                let wait_ms = if asleep { ASLEEP_WAIT_MS } else { IDLE_WAIT_MS };
                 // SAFETY: the buffer outlives the call and its length is passed.
-                unsafe { libc::epoll_wait(epoll.as_raw_fd(), events.as_mut_ptr(), events.len() as i32, IDLE_WAIT_MS) };
+                unsafe { libc::epoll_wait(epoll.as_raw_fd(), events.as_mut_ptr(), events.len() as i32, wait_ms) };
             } else {
                 std::thread::sleep(Duration::from_millis(IDLE_WAIT_MS as u64));
             }
-            self.drain_all();
+            if asleep {
+                // Awake: records go back to waking the drain only in bulk.
+                self.set_asleep(false);
+                asleep = false;
+            }
+            empty_polls = if self.drain_all() == 0 { empty_polls.saturating_add(1) } else { 0 };
+            // Only an epoll that the shutdown waker is part of may sleep without a period.
+            if epoll.is_some() && self.shutdown_waker.is_some() && empty_polls >= EMPTY_POLLS_BEFORE_SLEEP {
+                asleep = self.fall_asleep();
+            }
             if last_refresh.elapsed() >= REFRESH {
                 self.refresh();
                 priority.tick();
@@ -186,18 +213,48 @@ impl Drain {
         }
     }
 
-    fn drain_all(&mut self) {
+    /// Takes a burst from every ring; returns how many records it took.
+    fn drain_all(&mut self) -> usize {
         let Self { observers, stamper, queue, counters, .. } = self;
+        let mut taken = 0;
         for obs in observers.iter_mut() {
             let name = obs.name;
             let classifier = &mut obs.classifier;
             for ring in &mut obs.loaded.rings {
-                take_records(ring, BURST, &mut |record| {
+                taken += take_records(ring, BURST, &mut |record| {
                     classify_one(name, classifier.as_mut(), record, stamper, queue, counters)
                 });
                 queue.hand_over(counters);
             }
         }
+        taken
+    }
+
+    /// Sets every object's `drain_asleep` flag; false if one could not be written.
+    fn set_asleep(&mut self, asleep: bool) -> bool {
+        let mut all = true;
+        for obs in &mut self.observers {
+            if let Err(e) = obs.loaded.drain_asleep.set(0, u32::from(asleep), 0) {
+                log::debug!("{}: drain_asleep not written: {e}", obs.name);
+                all = false;
+            }
+        }
+        all
+    }
+
+    /// Raises the flags, then takes from the rings once more: a record committed before its
+    /// program could see the flag is taken now rather than at the backstop. True when the
+    /// drain may sleep without its poll period.
+    fn fall_asleep(&mut self) -> bool {
+        if self.set_asleep(true) {
+            // The flags' stores (made in the syscalls, on this CPU) before the rings' loads.
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if self.drain_all() == 0 {
+                return true;
+            }
+        }
+        self.set_asleep(false);
+        false
     }
 }
 

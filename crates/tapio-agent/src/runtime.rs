@@ -433,6 +433,11 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
         counters: Arc::clone(&counters),
         clock,
         shutdown: Arc::clone(&shutdown),
+        // Without it the drain keeps its poll period (it could not be woken for shutdown).
+        shutdown_waker: signal
+            .waker()
+            .map_err(|e| log::warn!("the drain keeps polling every 100 ms while idle: no shutdown waker: {e}"))
+            .ok(),
         realtime: config.drain_realtime,
     };
     let sink_thread = std::thread::Builder::new()

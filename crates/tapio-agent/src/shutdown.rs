@@ -6,7 +6,7 @@
 //! waking every few hundred milliseconds to look at the flag: each wake-up of an idle
 //! thread costs tens of microseconds of CPU on a virtual machine, on every node.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -32,6 +32,12 @@ impl ShutdownSignal {
                 .map_err(|e| format!("installing signal handler: {e}"))?;
         }
         Ok(Self { flag, woken_by })
+    }
+
+    /// A descriptor that becomes readable (and stays so) once SIGTERM or SIGINT arrived,
+    /// for a thread that sleeps in epoll (the drain).
+    pub fn waker(&self) -> std::io::Result<OwnedFd> {
+        self.woken_by.try_clone().map(OwnedFd::from)
     }
 
     /// Sleeps until a signal arrives or `timeout` has passed; true when shutdown was asked.
@@ -75,6 +81,11 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(30), "woken by the signal, not by the timeout");
         assert!(flag.load(Ordering::Relaxed), "the handler set the shared flag");
         assert!(signal.wait(Duration::ZERO), "and it stays asked");
+        let waker = signal.waker().expect("waker");
+        let mut fds = libc::pollfd { fd: waker.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let ready = unsafe { libc::poll(&mut fds, 1, 0) };
+        assert_eq!(ready, 1, "the waker a sleeping drain polls is readable too");
         raiser.join().expect("raiser");
     }
 }

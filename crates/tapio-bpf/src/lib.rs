@@ -116,6 +116,9 @@ pub mod maps {
     pub const CONFIG_SEQ: &str = "config_seq";
     /// Per-CPU loss and refusal counters, indexed by `abi::TAPIO_CNT_*`.
     pub const COUNTERS: &str = "counters";
+    /// One u32, nonzero while the agent's drain sleeps without a timer: any record then
+    /// wakes it.
+    pub const DRAIN_ASLEEP: &str = "drain_asleep";
     /// The ring buffer of fixed event records, or (`TAPIO_EVENT_RINGS_PER_CPU`) the array
     /// of one such ring per CPU.
     pub const EVENTS: &str = "events";

@@ -127,6 +127,8 @@ pub struct Loaded {
     /// descriptors the object was relocated with.
     pub ring_slots: Option<ArrayOfMaps<MapData, MapData>>,
     pub counters: PerCpuArray<MapData, u64>,
+    /// Raised while the drain sleeps without a timer (`tapio_bpf.h`, `drain_asleep`).
+    pub drain_asleep: Array<MapData, u32>,
     pub programs: Vec<ProgramStatus>,
 }
 
@@ -434,7 +436,11 @@ fn load_with<C>(
         .take_map(tapio_bpf::maps::COUNTERS)
         .ok_or("object has no counters map")
         .and_then(|m| PerCpuArray::try_from(m).map_err(|_| "counters map has the wrong type"))?;
-    Ok((Loaded { ebpf: Some(ebpf), rings, ring_slots, counters, programs }, carrier))
+    let drain_asleep = ebpf
+        .take_map(tapio_bpf::maps::DRAIN_ASLEEP)
+        .ok_or("object has no drain_asleep map")
+        .and_then(|m| Array::try_from(m).map_err(|_| "drain_asleep map has the wrong type"))?;
+    Ok((Loaded { ebpf: Some(ebpf), rings, ring_slots, counters, drain_asleep, programs }, carrier))
 }
 
 type OpenedRings = (Vec<RingBuf<MapData>>, Option<ArrayOfMaps<MapData, MapData>>);

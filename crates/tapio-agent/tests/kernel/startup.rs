@@ -7,7 +7,7 @@ use crate::support::agent::{observer_status, startup_status, STATUS};
 use crate::support::{closed_port, kernel_test, tmp, Agent};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn agent() -> Command {
     Command::new(BIN)
@@ -105,21 +105,72 @@ fn an_object_of_another_kernel_abi_is_refused_loudly() {
     assert!(err.contains(&format!("object was built for another kernel ABI (it lacks tapio_abi_v{other})")), "{err}");
 }
 
-/// The drain thread's (scheduling policy, real-time priority): fields 41 and 40 of its
-/// `/proc` stat line (SCHED_FIFO is 1, SCHED_OTHER 0).
-fn drain_scheduling(pid: u32) -> (u32, u32) {
+/// The agent's drain thread's `/proc/<pid>/task/<tid>` directory.
+fn drain_task(pid: u32) -> std::path::PathBuf {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
     for task in tasks.flatten() {
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if comm.trim() != "tapio-drain" {
-            continue;
+        if comm.trim() == "tapio-drain" {
+            return task.path();
         }
-        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
-        // Fields after the command name (which may hold spaces) start at field 3.
-        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
-        return (fields[41 - 3].parse().unwrap(), fields[40 - 3].parse().unwrap());
     }
     panic!("agent {pid} has no tapio-drain thread");
+}
+
+/// The drain thread's (scheduling policy, real-time priority): fields 41 and 40 of its
+/// `/proc` stat line (SCHED_FIFO is 1, SCHED_OTHER 0).
+fn drain_scheduling(pid: u32) -> (u32, u32) {
+    let stat = std::fs::read_to_string(drain_task(pid).join("stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    (fields[41 - 3].parse().unwrap(), fields[40 - 3].parse().unwrap())
+}
+
+/// How many times the drain thread has run on a CPU (the third field of its schedstat).
+fn drain_runs(pid: u32) -> u64 {
+    let schedstat = std::fs::read_to_string(drain_task(pid).join("schedstat")).unwrap();
+    schedstat.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+#[test]
+#[ignore = "needs root"]
+fn an_idle_drain_sleeps_and_the_first_record_after_a_quiet_spell_wakes_it() {
+    let _turn = kernel_test("drain_asleep");
+    let out = tmp::Dir::scratch("drain-asleep");
+    let lines = out.path().join("evidence.jsonl");
+    let file = std::fs::File::create(&lines).unwrap();
+    let agent = Launch::with_config("[sinks]\nstdout = true\n[network]\nenabled = false\n")
+        .stdout(Stdout::To(Stdio::from(file)))
+        .start();
+    // A second without records puts the drain to sleep; then it runs about once a second
+    // (its backstop) plus once per record, where a 100 ms poll period would run it 30 times.
+    std::thread::sleep(Duration::from_millis(2500));
+    let before = drain_runs(agent.pid());
+    std::thread::sleep(Duration::from_secs(3));
+    let runs = drain_runs(agent.pid()) - before;
+    assert!(runs <= 15, "the idle drain ran {runs} times in 3 s");
+
+    // A lone abnormal exit after each quiet spell reaches the sink at once: the program saw
+    // the drain asleep and woke it (asleep, the drain's own backstop is a second).
+    let mut latencies = Vec::new();
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(1500));
+        let started = Instant::now();
+        let child = Command::new("sh").args(["-c", "exit 3"]).spawn().unwrap();
+        let pid = child.id();
+        let status = { child }.wait().unwrap();
+        assert_eq!(status.code(), Some(3));
+        let needle = format!("\"pid\":{pid},");
+        while !std::fs::read_to_string(&lines).unwrap().contains(&needle) {
+            assert!(started.elapsed() < Duration::from_secs(10), "the exit of {pid} never reached the sink");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    assert!(latencies[2] < Duration::from_millis(100), "lone records took {latencies:?} to reach the sink");
+    let run = agent.stop();
+    assert!(run.exit_ok, "{}", run.stderr);
 }
 
 #[test]

@@ -180,14 +180,37 @@ static __always_inline __u64 tapio_task_memcg_id(struct task_struct *task)
 }
 
 /*
+ * "drain_asleep": entry 0 is nonzero while the agent's drain sleeps without a timer (it
+ * does after a second without records). Then any record wakes it, whatever the marks
+ * below say: the first record after a quiet spell pays one wake-up, and an idle agent
+ * need not wake ten times a second to look for lone records. The agent clears it once
+ * awake. (A record whose flag read is ordered before the agent's raising of the flag
+ * waits for the drain's backstop, one second: late, never lost.)
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} drain_asleep SEC(".maps");
+
+static __always_inline int tapio_drain_asleep(void)
+{
+	__u32 zero = 0;
+	__u32 *asleep = bpf_map_lookup_elem(&drain_asleep, &zero);
+	return asleep && *asleep;
+}
+
+/*
  * Submits a reserved record. Waking the agent costs far more than the record itself (an
  * interrupt, and in a VM an exit to the hypervisor: about 3 us), so a record wakes it only
  * when it carries the waiting bytes across a multiple of `wakeup_bytes` (once per that much
- * data, not once per record while the agent is behind). Past half the ring (4 x
- * wakeup_bytes) the marks are sixteen times closer: a crossing missed because other CPUs
- * reserved at the same moment then costs a little latency, never data, and an agent that
- * is behind because it is busy (already awake) is not interrupted for every record. The
- * agent also polls every 100 ms, which bounds how long a lone record waits.
+ * data, not once per record while the agent is behind), or when the drain is asleep. Past
+ * half the ring (4 x wakeup_bytes) the marks are sixteen times closer: a crossing missed
+ * because other CPUs reserved at the same moment then costs a little latency, never data,
+ * and an agent that is behind because it is busy (already awake) is not interrupted for
+ * every record. An awake drain polls every 100 ms, which bounds how long a lone record
+ * waits.
  */
 #define tapio_submit(ring, record, wakeup_bytes) \
 	tapio_submit_sized(ring, record, sizeof(*(record)), wakeup_bytes)
@@ -199,7 +222,7 @@ static __always_inline void tapio_submit_sized(void *ring, void *record, __u64 s
 	__u64 waiting = bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA);
 	__u64 before = waiting > occupies ? waiting - occupies : 0;
 	__u64 mark = waiting >= 4 * wakeup_bytes ? wakeup_bytes / 16 : wakeup_bytes;
-	int wake = waiting / mark != before / mark;
+	int wake = waiting / mark != before / mark || tapio_drain_asleep();
 	bpf_ringbuf_submit(record, wake ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
@@ -255,7 +278,7 @@ static __always_inline void tapio_submit_cpu_ring_sized(void *ring, void *record
 	 * it. The mark is only known at run time, so dividing by it was two 64-bit divisions
 	 * per record (tens of cycles each on older CPUs; on the test VM's the difference was
 	 * within tapio-bench's noise). */
-	int wake = mark && (waiting ^ before) >= mark;
+	int wake = (mark && (waiting ^ before) >= mark) || tapio_drain_asleep();
 	bpf_ringbuf_submit(record, wake ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
