@@ -42,8 +42,9 @@ struct {
 /* Evidence wakes the agent once an eighth of the ring is waiting. */
 #define EVENTS_WAKEUP_BYTES (EVENTS_RING_BYTES / 8)
 /*
- * Cgroup records (bookkeeping, 552 bytes each) wake it only once half the ring is waiting:
- * the agent drains every 100 ms anyway, and the forced wake-ups at every eighth cost the
+ * Cgroup records (bookkeeping, 552 bytes each) wake it only once half the ring is waiting
+ * (or when it sleeps, tapio_submit): an awake agent drains every 100 ms anyway, and the
+ * forced wake-ups at every eighth cost the
  * cgroup hook more than the rest of it together (measured by tapio-bench). A burst of new
  * cgroups (237 records) still wakes it with half the ring, which exits and OOM kills share,
  * left.

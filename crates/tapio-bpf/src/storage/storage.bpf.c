@@ -38,7 +38,8 @@ struct {
 	__uint(max_entries, EVENTS_RING_BYTES);
 } events SEC(".maps");
 
-/* Wake the agent once an eighth of the ring is waiting (it polls every 100 ms anyway). */
+/* Wake the agent once an eighth of the ring is waiting (awake, it polls every 100 ms anyway;
+ * asleep, any record wakes it: tapio_submit). */
 #define EVENTS_WAKEUP_BYTES (EVENTS_RING_BYTES / 8)
 
 /*
