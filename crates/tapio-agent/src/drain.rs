@@ -149,14 +149,16 @@ impl Drain {
             } else {
                 std::thread::sleep(Duration::from_millis(IDLE_WAIT_MS as u64));
             }
-            if asleep {
-                // Awake: records go back to waking the drain only in bulk.
+            let taken = self.drain_all();
+            // Woken with nothing to take (the backstop), it sleeps on with the flags up.
+            if asleep && taken > 0 {
+                // Records again: they go back to waking the drain only in bulk.
                 self.set_asleep(false);
                 asleep = false;
             }
-            empty_polls = if self.drain_all() == 0 { empty_polls.saturating_add(1) } else { 0 };
+            empty_polls = if taken == 0 { empty_polls.saturating_add(1) } else { 0 };
             // Only an epoll that the shutdown waker is part of may sleep without a period.
-            if epoll.is_some() && self.shutdown_waker.is_some() && empty_polls >= EMPTY_POLLS_BEFORE_SLEEP {
+            if !asleep && epoll.is_some() && self.shutdown_waker.is_some() && empty_polls >= EMPTY_POLLS_BEFORE_SLEEP {
                 asleep = self.fall_asleep();
             }
             if last_refresh.elapsed() >= REFRESH {

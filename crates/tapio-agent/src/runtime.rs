@@ -18,7 +18,7 @@ use crate::sinks::{FileSink, Sink, StdoutSink};
 use crate::stamp::Stamper;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -302,14 +302,7 @@ impl ControllerSetup {
         Ok(Self { settings: c.clone(), endpoint, token, applied, outbox: Outbox::new(c.queue_capacity) })
     }
 
-    fn into_client(
-        self,
-        node: &str,
-        report: &StartupReport,
-        counters: Arc<Counters>,
-        carriers: Carriers,
-        stop: Arc<AtomicBool>,
-    ) -> Client {
+    fn into_client(self, node: &str, report: &StartupReport, counters: Arc<Counters>, carriers: Carriers) -> Client {
         let observers = report
             .observers
             .iter()
@@ -333,7 +326,6 @@ impl ControllerSetup {
             applied: Arc::new(Mutex::new(self.applied)),
             observers,
             object_sizes,
-            stop,
         }
     }
 }
@@ -399,12 +391,11 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
     unsafe { libc::malloc_trim(0) };
 
     let counters = Arc::new(Counters::default());
-    let client_stop = Arc::new(AtomicBool::new(false));
     let client_outbox = controller.as_ref().map(|setup| Arc::clone(&setup.outbox));
     let client_thread = match controller {
         Some(setup) => {
             sinks.push(Box::new(OutboxSink::new(Arc::clone(&setup.outbox))));
-            let client = setup.into_client(&node, &report, Arc::clone(&counters), carriers, Arc::clone(&client_stop));
+            let client = setup.into_client(&node, &report, Arc::clone(&counters), carriers);
             let thread = std::thread::Builder::new()
                 .name("tapio-controller".into())
                 .spawn(move || client.run())
@@ -478,9 +469,8 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
     join_within("poll thread", poll_thread, SHUTDOWN_POLL_JOIN);
     join_within("sink stage", sink_thread, SHUTDOWN_SINKS);
     // Only now is everything the sinks took in the outbox: let the client send it.
-    client_stop.store(true, Ordering::Relaxed);
     if let Some(outbox) = &client_outbox {
-        outbox.wake();
+        outbox.stop();
     }
     if let Some(t) = client_thread {
         join_within("controller link", t, SHUTDOWN_CONTROLLER_JOIN + crate::controller::client::SHUTDOWN_FLUSH);

@@ -13,7 +13,7 @@ use super::{ControllerConfig, FileStamp, Token};
 use crate::carriers::Carriers;
 use crate::counters::{Counters, CONTROLLER_SINK};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tapio_wire::{
@@ -47,8 +47,6 @@ pub struct Client {
     pub applied: Arc<Mutex<Option<AppliedConfig>>>,
     pub observers: BTreeMap<String, ObserverStatus>,
     pub object_sizes: BTreeMap<String, u64>,
-    /// Set by the runtime once the sink stage has flushed into the outbox.
-    pub stop: Arc<AtomicBool>,
 }
 
 struct Pending {
@@ -156,7 +154,7 @@ impl Client {
 
 impl Loop {
     fn run(&mut self) {
-        while !self.c.stop.load(Ordering::Relaxed) {
+        while !self.c.outbox.stopped() {
             let now = Instant::now();
             if !self.registered && now >= self.next_hello {
                 self.hello();
@@ -175,7 +173,7 @@ impl Loop {
 
     /// Sleeps until the next step is due: hello, config, heartbeat, a batch's retry, or the
     /// next batch of lines waiting; with nothing waiting, until a line arrives. The
-    /// runtime's [`Outbox::wake`] ends it at shutdown. (It had woken every 50 ms to look:
+    /// runtime's [`Outbox::stop`] ends it at shutdown. (It had woken every 50 ms to look:
     /// on a virtual machine, some 1 ms of CPU a second on an idle node.)
     fn sleep_until_due(&self) {
         let mut at = Instant::now() + LONGEST_SLEEP;

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 pub struct Outbox {
     state: Mutex<State>,
-    /// Signalled when a line lands in an empty outbox, and by [`Outbox::wake`].
+    /// Signalled when a line lands in an empty outbox, and by [`Outbox::stop`].
     changed: Condvar,
     capacity: usize,
 }
@@ -20,8 +20,9 @@ pub struct Outbox {
 #[derive(Default)]
 struct State {
     lines: VecDeque<Vec<u8>>,
-    /// Set by [`Outbox::wake`]: every wait from then on returns at once.
-    woken: bool,
+    /// Set by [`Outbox::stop`]: the client is to flush and end; every wait from then on
+    /// returns at once.
+    stopped: bool,
 }
 
 impl Outbox {
@@ -51,12 +52,12 @@ impl Outbox {
     }
 
     /// Sleeps until `deadline`, or sooner: when `for_lines` and the outbox holds a line (or
-    /// gets one), or once [`Outbox::wake`] was called. The client's loop sleeps here
+    /// gets one), or once [`Outbox::stop`] was called. The client's loop sleeps here
     /// instead of waking every few milliseconds to look.
     pub fn wait(&self, deadline: Instant, for_lines: bool) {
         let mut state = self.lock();
         loop {
-            if state.woken || (for_lines && !state.lines.is_empty()) {
+            if state.stopped || (for_lines && !state.lines.is_empty()) {
                 return;
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -67,10 +68,15 @@ impl Outbox {
         }
     }
 
-    /// Ends every wait, now and later: the client is to stop.
-    pub fn wake(&self) {
-        self.lock().woken = true;
+    /// Tells the client to stop (once the sink stage has flushed into the outbox): ends
+    /// every wait, now and later.
+    pub fn stop(&self) {
+        self.lock().stopped = true;
         self.changed.notify_all();
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.lock().stopped
     }
 
     pub fn is_empty(&self) -> bool {
@@ -190,7 +196,7 @@ mod tests {
             let outbox = Arc::clone(&outbox);
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(100));
-                outbox.wake();
+                outbox.stop();
             })
         };
         let started = Instant::now();
