@@ -20,6 +20,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tapio_bpf::abi::{TAPIO_CTR_OOM_VICTIM_BUCKETS, TAPIO_CTR_OOM_VICTIM_WAYS};
 
 /// Only the container observer: the network one has nothing to say here.
 const BASE: &str = "[sinks]\nstdout = true\n[network]\nenabled = false\n";
@@ -589,6 +590,72 @@ hog()
     assert_eq!(pid, p.pid);
     let e = only(&run, p.pid, "kernel.container.oom_kill");
     check_oom(e, p.pid, &kernel, &cg, limit, p.window);
+}
+
+/// The agent's table of reported OOM victims, found among the kernel's maps by its name (one
+/// agent runs at a time in these tests).
+fn oom_victims_table() -> aya::maps::Array<aya::maps::MapData, [u64; 2 * TAPIO_CTR_OOM_VICTIM_WAYS as usize]> {
+    let ids: Vec<u32> = aya::maps::loaded_maps()
+        .filter_map(Result::ok)
+        .filter(|m| m.name_as_str() == Some(tapio_bpf::container::OOM_VICTIMS_MAP))
+        .map(|m| m.id())
+        .collect();
+    assert_eq!(ids.len(), 1, "exactly one {} map loaded: ids {ids:?}", tapio_bpf::container::OOM_VICTIMS_MAP);
+    let data = aya::maps::MapData::from_id(ids[0]).expect("open the OOM victims map");
+    aya::maps::Array::try_from(aya::maps::Map::Array(data)).expect("the OOM victims map is an array of buckets")
+}
+
+#[test]
+#[ignore = "needs root"]
+fn an_oom_victim_whose_table_bucket_is_full_is_still_one_oom_kill_and_the_reuse_is_counted() {
+    let _turn = kernel_test("oom_bucket_full");
+    let limit = 64 * MIB;
+    let cg = MemCgroup::new("oomfull", limit);
+    // Allocates only once told to, so that its bucket can be filled first.
+    let script = format!(
+        "{PY_PRELUDE}
+join_cgroup()
+sys.stdin.readline()
+keep = []
+while True:
+    keep.append(b'x' * (1 << 20))
+"
+    );
+    let mut kmsg = Kmsg::from_now();
+    let agent = Agent::start(BASE);
+    let mut victim = Running::spawn(python(&script).arg(cg.procs()).stdin(Stdio::piped()));
+    let mut out = BufReader::new(victim.stdout());
+    let mut line = String::new();
+    out.read_line(&mut line).expect("victim output");
+    let (pid, _) = pid_and_comm(&line);
+    assert_eq!(pid, victim.pid);
+
+    // Its bucket full of victims whose exits never come (no process has these keys).
+    let bucket = victim.pid % TAPIO_CTR_OOM_VICTIM_BUCKETS;
+    let mut table = oom_victims_table();
+    let mut full = [0u64; 2 * TAPIO_CTR_OOM_VICTIM_WAYS as usize];
+    for way in 0..TAPIO_CTR_OOM_VICTIM_WAYS as usize {
+        full[2 * way] = u64::from(victim.pid + (way as u32 + 1) * TAPIO_CTR_OOM_VICTIM_BUCKETS);
+        full[2 * way + 1] = 1;
+    }
+    table.set(bucket, full, 0).expect("fill the victim's bucket");
+
+    let mut stdin = victim.child.as_mut().and_then(|c| c.stdin.take()).expect("victim stdin");
+    std::io::Write::write_all(&mut stdin, b"go\n").expect("start the allocation");
+    let exited = victim.wait(Duration::from_secs(60));
+    let kernel = kmsg.killed(victim.pid, Duration::from_secs(5));
+    let after = table.get(&bucket, 0).expect("read the victim's bucket");
+    let run = agent.stop();
+
+    assert_eq!(exited.status.signal(), Some(libc::SIGKILL), "python3 must have been OOM-killed: {:?}", exited.status);
+    let kernel =
+        kernel.unwrap_or_else(|| panic!("no 'Killed process {}' in the kernel log: {:#?}", victim.pid, kmsg.lines));
+    let e = only(&run, victim.pid, "kernel.container.oom_kill");
+    check_oom(e, victim.pid, &kernel, &cg, limit, exited.window);
+    assert_eq!(run.counter(&["kernel", "container.oom_victim_slot_reused"]), 1, "{}", run.counters);
+    // The victim took the first slot and its exit cleared it; the others are untouched.
+    assert_eq!(&after[..2], &[0, 0], "{after:?}");
+    assert_eq!(&after[2..], &full[2..], "{after:?}");
 }
 
 #[test]

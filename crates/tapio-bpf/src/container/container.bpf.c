@@ -80,12 +80,25 @@ struct {
 	__type(value, __u32);
 } group_exit_threads SEC(".maps");
 
-/* Processes the OOM killer killed (reported as oom_kill), until their SIGKILL exit. */
+/*
+ * Processes the OOM killer killed (reported as oom_kill), until their SIGKILL exit, each in
+ * one of the slots of the bucket its tgid picks (container.h), written and cleared with
+ * plain stores: a hash map's insert (bucket lock, free list, element) on the OOM path's cold
+ * memory had cost the kill's hook 3-4 us of its 6-7 (tapio-bench kernel). The kernel
+ * serializes OOM kills (oom_lock), so only an exit clearing its own slot runs beside a
+ * mark. A bucket whose slots all hold victims not yet seen exiting gives up its first one,
+ * counted (oom_victim_slot_reused): if that victim still exits, its SIGKILL exit is
+ * reported as an exit too.
+ */
+struct oom_victim_bucket {
+	struct exit_key slot[TAPIO_CTR_OOM_VICTIM_WAYS];
+};
+
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 1024);
-	__type(key, struct exit_key);
-	__type(value, __u8);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, TAPIO_CTR_OOM_VICTIM_BUCKETS);
+	__type(key, __u32);
+	__type(value, struct oom_victim_bucket);
 } oom_victims SEC(".maps");
 
 /*
@@ -172,15 +185,58 @@ static __always_inline __u64 positive(__s64 v)
 		 ? (__u64)BPF_CORE_READ((struct mm_struct___pre62 *)(mm), rss_stat.count[member].counter) \
 		 : positive(BPF_CORE_READ((mm), rss_stat[member].count)))
 
+static __always_inline int same_process(const struct exit_key *a, const struct exit_key *b)
+{
+	return a->tgid == b->tgid && a->start_boottime == b->start_boottime;
+}
+
+/* Notes a reported victim, so that its SIGKILL exit is not reported again. */
+static __always_inline void remember_oom_victim(struct exit_key victim)
+{
+	__u32 idx = victim.tgid % TAPIO_CTR_OOM_VICTIM_BUCKETS;
+	struct oom_victim_bucket *b = bpf_map_lookup_elem(&oom_victims, &idx);
+	if (!b)
+		return;
+	int free = -1;
+	for (int i = 0; i < TAPIO_CTR_OOM_VICTIM_WAYS; i++) {
+		if (same_process(&b->slot[i], &victim))
+			return;
+		if (free < 0 && b->slot[i].tgid == 0)
+			free = i;
+	}
+	if (free < 0) {
+		tapio_count(&counters, TAPIO_CTR_CNT_OOM_VICTIM_SLOT_REUSED);
+		free = 0;
+	}
+	b->slot[free & (TAPIO_CTR_OOM_VICTIM_WAYS - 1)] = victim;
+}
+
+/* Whether this exit is a reported victim's; its slot is cleared (one exit per victim). */
+static __always_inline int forget_oom_victim(const struct exit_key *key)
+{
+	__u32 idx = key->tgid % TAPIO_CTR_OOM_VICTIM_BUCKETS;
+	struct oom_victim_bucket *b = bpf_map_lookup_elem(&oom_victims, &idx);
+	if (!b)
+		return 0;
+	for (int i = 0; i < TAPIO_CTR_OOM_VICTIM_WAYS; i++) {
+		if (same_process(&b->slot[i], key)) {
+			b->slot[i].tgid = 0;
+			b->slot[i].start_boottime = 0;
+			return 1;
+		}
+	}
+	return 0;
+}
+
 /* The OOM kill of `task`, with its facts read from its own task_struct. */
 static __always_inline void emit_oom_kill(struct task_struct *task, uid_t uid, const struct tapio_ctr_config *cfg)
 {
 	struct tapio_oom_event *ev = reserve(sizeof(*ev), TAPIO_CTR_OOM_KILL, cfg->hdr.generation);
 	if (!ev)
 		return; /* counted; the victim's exit then stays its only evidence */
-	struct exit_key victim = process_key(task);
-	__u8 one = 1;
-	bpf_map_update_elem(&oom_victims, &victim, &one, BPF_ANY);
+	/* Exits not reported at all need no guard (and would never clear their slot). */
+	if (cfg->enabled & TAPIO_CTR_EN_EXIT)
+		remember_oom_victim(process_key(task));
 	ev->task.pid = BPF_CORE_READ(task, tgid);
 	ev->task.tid = BPF_CORE_READ(task, pid);
 	BPF_CORE_READ_INTO(&ev->task.comm, task, comm);
@@ -421,7 +477,7 @@ static __noinline int exit_judged(struct task_struct *task, int last)
 	}
 	__u32 sig = status & 0x7f;
 	/* Already reported as the OOM kill that caused it. */
-	if (sig == SIGKILL && bpf_map_delete_elem(&oom_victims, &key) == 0)
+	if (sig == SIGKILL && forget_oom_victim(&key))
 		return 0;
 	if (sig == 0) {
 		__u32 code = (status >> 8) & 0xff;

@@ -22,6 +22,19 @@ struct tapio_ctr_config {
 	__u32 _pad2;
 };
 
+/* The table of reported OOM victims (oom_victims in container.bpf.c): a victim's slot is one
+ * of the WAYS slots of bucket tgid % BUCKETS, each slot a process key (tgid, 4 bytes of
+ * padding, its leader's start_boottime). */
+#define TAPIO_CTR_OOM_VICTIM_BUCKETS 256
+#define TAPIO_CTR_OOM_VICTIM_WAYS 4
+
+/* The container object's own counter slots (after TAPIO_CNT_OBSERVER_BASE). */
+enum tapio_ctr_counter {
+	/* An OOM victim's bucket was full of victims not yet seen exiting: one of them was
+	 * forgotten, and its SIGKILL exit, if it comes, is reported as an exit too. */
+	TAPIO_CTR_CNT_OOM_VICTIM_SLOT_REUSED = TAPIO_CNT_OBSERVER_BASE,
+};
+
 enum tapio_ctr_kind {
 	TAPIO_CTR_OOM_KILL = 1,
 	TAPIO_CTR_EXIT = 2,

@@ -1,8 +1,9 @@
-//! The container observer's kernel side: its embedded object and record decoding.
+//! The container observer's kernel side: its embedded object, its own counter names and
+//! record decoding.
 
 use crate::abi::{
-    tapio_cgroup_event, tapio_ctr_config, tapio_exit_event, tapio_oom_event, TAPIO_CTR_CGROUP_MKDIR, TAPIO_CTR_EXIT,
-    TAPIO_CTR_OOM_KILL,
+    tapio_cgroup_event, tapio_ctr_config, tapio_exit_event, tapio_oom_event, TAPIO_CTR_CGROUP_MKDIR,
+    TAPIO_CTR_CNT_OOM_VICTIM_SLOT_REUSED, TAPIO_CTR_EXIT, TAPIO_CTR_OOM_KILL,
 };
 use crate::record::{decode_as, read_header, DecodeError, Record};
 
@@ -38,6 +39,13 @@ pub const TYPED_OOM_PROGRAM: &str = "tapio_mark_victim";
 /// (program name, category, tracepoint); attached instead of [`TYPED_OOM_PROGRAM`], never
 /// with it, or one kill would be two events.
 pub const PID_OOM_TRACEPOINT: (&str, &str, &str) = ("tapio_mark_victim_pid", "oom", "mark_victim");
+
+/// The table of reported OOM victims (buckets of `TAPIO_CTR_OOM_VICTIM_WAYS` process keys,
+/// see `container.h`).
+pub const OOM_VICTIMS_MAP: &str = "oom_victims";
+
+/// This object's own counter slots and their names (see `container.h`).
+pub const COUNTER_NAMES: &[(u32, &str)] = &[(TAPIO_CTR_CNT_OOM_VICTIM_SLOT_REUSED, "oom_victim_slot_reused")];
 
 /// The compiled CO-RE object.
 pub static OBJECT: crate::EmbeddedObject = crate::include_object!("container");
@@ -76,7 +84,17 @@ pub fn decode(bytes: &[u8]) -> Result<ContainerRecord, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::abi::TAPIO_CNT_OBSERVER_BASE;
     use crate::record::as_bytes;
+
+    #[test]
+    fn counter_slots_are_this_objects_own_and_distinct() {
+        let mut slots: Vec<u32> = COUNTER_NAMES.iter().map(|&(i, _)| i).collect();
+        assert!(slots.iter().all(|&i| (TAPIO_CNT_OBSERVER_BASE..crate::abi::TAPIO_CNT_MAX).contains(&i)));
+        slots.sort_unstable();
+        slots.dedup();
+        assert_eq!(slots.len(), COUNTER_NAMES.len());
+    }
 
     #[test]
     fn decodes_each_kind_by_its_own_size() {

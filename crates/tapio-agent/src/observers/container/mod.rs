@@ -23,7 +23,7 @@ pub static OBSERVER: Observer = Observer {
         hooks,
         carrier: open_carrier::<tapio_ctr_config>,
         classifier: |ctx| Box::new(ContainerClassifier::new(ctx.learner.clone())),
-        counters: &[],
+        counters: tapio_bpf::container::COUNTER_NAMES,
         correlation_counters: &[],
         event_rings: EventRings::Shared,
     }),
