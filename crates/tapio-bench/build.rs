@@ -1,5 +1,5 @@
-//! Compiles the bench's own eBPF object (`bpf/floor.bpf.c`: empty programs, the floor of the
-//! kernel measurement) with clang, as tapio-bpf compiles the agent's, against the same
+//! Compiles the bench's own eBPF object (`bpf/floor.bpf.c`: empty programs and one that only
+//! writes a record, the floors of the kernel measurement) with clang, as tapio-bpf compiles the agent's, against the same
 //! headers.
 
 use std::env;
@@ -11,8 +11,11 @@ fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let source = manifest.join("bpf/floor.bpf.c");
     let include = manifest.join("../tapio-bpf/src/include");
+    // The container observer's record layout: one floor writes a record of its size.
+    let container = manifest.join("../tapio-bpf/src/container");
     println!("cargo:rerun-if-changed={}", source.display());
     println!("cargo:rerun-if-changed={}", include.display());
+    println!("cargo:rerun-if-changed={}", container.join("container.h").display());
     println!("cargo:rerun-if-env-changed=CLANG");
     let clang = env::var("CLANG").unwrap_or_else(|_| "clang".to_string());
     let arch = match env::var("CARGO_CFG_TARGET_ARCH").as_deref() {
@@ -24,6 +27,8 @@ fn main() {
         .arg(format!("-D__TARGET_ARCH_{arch}"))
         .arg("-I")
         .arg(&include)
+        .arg("-I")
+        .arg(&container)
         .arg("-c")
         .arg(&source)
         .arg("-o")

@@ -317,30 +317,41 @@ struct Floors {
     clean_exit: Result<Rounds, String>,
     cgroup_mkdir: Result<Rounds, String>,
     mark_victim: Result<Rounds, String>,
+    /// A program that only writes one OOM kill's record, alone on mark_victim.
+    mark_victim_record: Result<Rounds, String>,
+}
+
+/// Runs `make` in `rounds` windows with `f` attached, reading only its run-time stats.
+fn floor_rounds(
+    attached: &floor::Attached,
+    f: floor::Floor,
+    rounds: usize,
+    make: &dyn Fn() -> Result<(), String>,
+) -> Result<Rounds, String> {
+    if let Some((_, why)) = attached.failed.iter().find(|(name, _)| *name == f.0) {
+        return Err(why.clone());
+    }
+    let (_stats, _) = StatsOn::enable()?;
+    Rounds::of(rounds, || window(&attached.ids, &[f.0], make).map(|(_, runs, mean, _)| (runs, mean)))
 }
 
 fn floor_windows() -> Floors {
-    let attached = match floor::attach(&[floor::EXIT, floor::MKDIR, floor::VICTIM]) {
-        Ok(a) => a,
-        Err(e) => {
-            return Floors { clean_exit: Err(e.clone()), cgroup_mkdir: Err(e.clone()), mark_victim: Err(e) };
-        }
+    let ooms = || oom_kills(WINDOW_OOM_KILLS).map(|_| ());
+    let (clean_exit, cgroup_mkdir, mark_victim) = match floor::attach(&[floor::EXIT, floor::MKDIR, floor::VICTIM]) {
+        Ok(attached) => (
+            floor_rounds(&attached, floor::EXIT, WINDOW_ROUNDS, &|| {
+                load::process_exits(WINDOW_EXITS, 0);
+                Ok(())
+            }),
+            floor_rounds(&attached, floor::MKDIR, WINDOW_ROUNDS, &|| load::cgroup_churn(WINDOW_CGROUPS).map(|_| ())),
+            floor_rounds(&attached, floor::VICTIM, 1, &ooms),
+        ),
+        Err(e) => (Err(e.clone()), Err(e.clone()), Err(e)),
     };
-    let one = |f: floor::Floor, rounds: usize, make: &dyn Fn() -> Result<(), String>| -> Result<Rounds, String> {
-        if let Some((_, why)) = attached.failed.iter().find(|(name, _)| *name == f.0) {
-            return Err(why.clone());
-        }
-        let (_stats, _) = StatsOn::enable()?;
-        Rounds::of(rounds, || window(&attached.ids, &[f.0], make).map(|(_, runs, mean, _)| (runs, mean)))
-    };
-    Floors {
-        clean_exit: one(floor::EXIT, WINDOW_ROUNDS, &|| {
-            load::process_exits(WINDOW_EXITS, 0);
-            Ok(())
-        }),
-        cgroup_mkdir: one(floor::MKDIR, WINDOW_ROUNDS, &|| load::cgroup_churn(WINDOW_CGROUPS).map(|_| ())),
-        mark_victim: one(floor::VICTIM, 1, &|| oom_kills(WINDOW_OOM_KILLS).map(|_| ())),
-    }
+    // Alone on mark_victim: the empty floor there is detached by now.
+    let mark_victim_record = floor::attach(&[floor::VICTIM_RECORD])
+        .and_then(|attached| floor_rounds(&attached, floor::VICTIM_RECORD, 1, &ooms));
+    Floors { clean_exit, cgroup_mkdir, mark_victim, mark_victim_record }
 }
 
 /// The row of an empty program's cost beside the Tapio figure it is the floor of.
@@ -479,6 +490,18 @@ fn run(binary: &Path, report: &mut Report) -> Result<(), String> {
         Err(e) => report.not_measured("kernel", "tapio_mark_victim, OOM window", &hook_goal, e),
     }
     floor_row(report, "mark_victim", "the same OOM kills", floors.mark_victim);
+    let measure = "floor: a program that only writes one OOM kill's record (cleared, stamped) to a ring, alone on \
+                   mark_victim, the same OOM kills";
+    match floors.mark_victim_record {
+        Ok(rounds) => report.row(
+            "kernel",
+            measure,
+            format!("{:.0} ns x {} runs", rounds.median(), thousands(rounds.runs)),
+            "(diagnostic: no program that reports costs less)",
+            Verdict::Info,
+        ),
+        Err(e) => report.not_measured("kernel", measure, "(diagnostic)", e),
+    }
     report.note(format!(
         "kernel: each clean-exit window runs {WINDOW_EXITS} `sh -c 'exit 0'`, and the abnormal one {WINDOW_EXITS} \
          `sh -c 'exit 3'`; exits of other processes on the machine in the same moment are counted too; the clean-exit \
