@@ -17,6 +17,9 @@ pub type Floor = (&'static str, Hook);
 
 pub const EXIT: Floor = ("floor_exit", Hook::BtfTracePoint("sched_process_exit"));
 pub const MKDIR: Floor = ("floor_mkdir", Hook::TracePoint("cgroup", "cgroup_mkdir"));
+/// Not empty: it only writes a cgroup record's header to a ring of its own (no path), the
+/// floor of a hook that reports each cgroup. Never attached with [`MKDIR`].
+pub const MKDIR_RECORD: Floor = ("floor_mkdir_rec", Hook::TracePoint("cgroup", "cgroup_mkdir"));
 pub const VICTIM: Floor = ("floor_victim", Hook::BtfTracePoint("mark_victim"));
 /// Not empty: it only writes one OOM kill's record to a ring of its own (cleared and
 /// stamped), the floor of a hook that reports where its context leaves the ring cold. Never
@@ -78,7 +81,7 @@ mod tests {
     #[test]
     fn every_floor_is_a_program_of_the_object() {
         let object = aya_obj::Object::parse(OBJECT).expect("the floor object parses");
-        let judged = [EXIT, MKDIR, VICTIM, VICTIM_RECORD, IO_START, RQ_ISSUE, RQ_COMPLETE];
+        let judged = [EXIT, MKDIR, MKDIR_RECORD, VICTIM, VICTIM_RECORD, IO_START, RQ_ISSUE, RQ_COMPLETE];
         for (name, hook) in judged.into_iter().chain(CONNECT) {
             assert!(name.len() <= 15, "{name} would be truncated by the kernel");
             let program = object.programs.get(name).unwrap_or_else(|| panic!("no program {name}"));
@@ -93,6 +96,6 @@ mod tests {
                 Hook::CgroupSockAddr => assert!(section.contains("Connect4"), "{name}: {section}"),
             }
         }
-        assert_eq!(object.programs.len(), 12, "a program of the object no floor names");
+        assert_eq!(object.programs.len(), 13, "a program of the object no floor names");
     }
 }

@@ -317,7 +317,8 @@ struct Floors {
     clean_exit: Result<Rounds, String>,
     cgroup_mkdir: Result<Rounds, String>,
     mark_victim: Result<Rounds, String>,
-    /// A program that only writes one OOM kill's record, alone on mark_victim.
+    /// Programs that only write one record (no facts read), each alone on its hook.
+    cgroup_mkdir_record: Result<Rounds, String>,
     mark_victim_record: Result<Rounds, String>,
 }
 
@@ -348,15 +349,33 @@ fn floor_windows() -> Floors {
         ),
         Err(e) => (Err(e.clone()), Err(e.clone()), Err(e)),
     };
-    // Alone on mark_victim: the empty floor there is detached by now.
-    let mark_victim_record = floor::attach(&[floor::VICTIM_RECORD])
-        .and_then(|attached| floor_rounds(&attached, floor::VICTIM_RECORD, 1, &ooms));
-    Floors { clean_exit, cgroup_mkdir, mark_victim, mark_victim_record }
+    // Alone on their hooks: the empty floors there are detached by now.
+    let (cgroup_mkdir_record, mark_victim_record) = match floor::attach(&[floor::MKDIR_RECORD, floor::VICTIM_RECORD]) {
+        Ok(attached) => (
+            floor_rounds(&attached, floor::MKDIR_RECORD, WINDOW_ROUNDS, &|| {
+                load::cgroup_churn(WINDOW_CGROUPS).map(|_| ())
+            }),
+            floor_rounds(&attached, floor::VICTIM_RECORD, 1, &ooms),
+        ),
+        Err(e) => (Err(e.clone()), Err(e)),
+    };
+    Floors { clean_exit, cgroup_mkdir, mark_victim, cgroup_mkdir_record, mark_victim_record }
 }
 
 /// The row of an empty program's cost beside the Tapio figure it is the floor of.
 fn floor_row(report: &mut Report, hook: &str, window: &str, floor: Result<Rounds, String>) {
     let measure = format!("floor: an empty program alone on {hook}, {window}");
+    floor_figure(report, measure, "(diagnostic: no program costs less)", floor);
+}
+
+/// The row of a program that only writes `record` there: what any program that reports
+/// pays on that hook before it reads a fact.
+fn record_floor_row(report: &mut Report, hook: &str, record: &str, window: &str, floor: Result<Rounds, String>) {
+    let measure = format!("floor: a program that only writes {record} to a ring, alone on {hook}, {window}");
+    floor_figure(report, measure, "(diagnostic: no program that reports costs less)", floor);
+}
+
+fn floor_figure(report: &mut Report, measure: String, goal: &str, floor: Result<Rounds, String>) {
     match floor {
         Ok(rounds) => {
             let value = if rounds.means.len() == 1 {
@@ -365,7 +384,7 @@ fn floor_row(report: &mut Report, hook: &str, window: &str, floor: Result<Rounds
                 report.note(format!("kernel: {measure}: window means {} ns", rounds.listed()));
                 rounds.value()
             };
-            report.row("kernel", measure, value, "(diagnostic: no program costs less)", Verdict::Info);
+            report.row("kernel", measure, value, goal, Verdict::Info);
         }
         Err(e) => report.not_measured("kernel", &measure, "(diagnostic)", e),
     }
@@ -479,6 +498,13 @@ fn run(binary: &Path, report: &mut Report) -> Result<(), String> {
         }
     }
     floor_row(report, "cgroup_mkdir", "the same cgroup churn", floors.cgroup_mkdir);
+    record_floor_row(
+        report,
+        "cgroup_mkdir",
+        "each cgroup's record (its header cleared, no path)",
+        "the same cgroup churn",
+        floors.cgroup_mkdir_record,
+    );
     match ooms {
         Ok((program, runs, mean, killed)) => report.row(
             "kernel",
@@ -490,18 +516,13 @@ fn run(binary: &Path, report: &mut Report) -> Result<(), String> {
         Err(e) => report.not_measured("kernel", "tapio_mark_victim, OOM window", &hook_goal, e),
     }
     floor_row(report, "mark_victim", "the same OOM kills", floors.mark_victim);
-    let measure = "floor: a program that only writes one OOM kill's record (cleared, stamped) to a ring, alone on \
-                   mark_victim, the same OOM kills";
-    match floors.mark_victim_record {
-        Ok(rounds) => report.row(
-            "kernel",
-            measure,
-            format!("{:.0} ns x {} runs", rounds.median(), thousands(rounds.runs)),
-            "(diagnostic: no program that reports costs less)",
-            Verdict::Info,
-        ),
-        Err(e) => report.not_measured("kernel", measure, "(diagnostic)", e),
-    }
+    record_floor_row(
+        report,
+        "mark_victim",
+        "one OOM kill's record (cleared, stamped)",
+        "the same OOM kills",
+        floors.mark_victim_record,
+    );
     report.note(format!(
         "kernel: each clean-exit window runs {WINDOW_EXITS} `sh -c 'exit 0'`, and the abnormal one {WINDOW_EXITS} \
          `sh -c 'exit 3'`; exits of other processes on the machine in the same moment are counted too; the clean-exit \
