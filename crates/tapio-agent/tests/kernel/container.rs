@@ -495,6 +495,12 @@ fn within_percent(ours: u64, kernel: u64, percent: u64) -> bool {
 }
 
 /// The facts of an oom_kill event against the kernel's own log line and the cgroup.
+/// The kernel's own record of the OOM kill of `p`, which must have died of its SIGKILL.
+fn killed_by_oom(p: &Exited, kernel: Option<KernelKill>, kmsg: &Kmsg) -> KernelKill {
+    assert_eq!(p.status.signal(), Some(libc::SIGKILL), "pid {} must have been OOM-killed: {:?}", p.pid, p.status);
+    kernel.unwrap_or_else(|| panic!("no 'Killed process {}' in the kernel log: {:#?}", p.pid, kmsg.lines))
+}
+
 fn check_oom(e: &Value, pid: u32, kernel: &KernelKill, cg: &MemCgroup, limit: u64, (start, end): (u64, u64)) {
     assert_eq!(e["type"], "kernel.container.oom_kill");
     assert_eq!(e["severity"], "critical");
@@ -547,8 +553,7 @@ fn an_oom_kill_in_a_v1_memory_cgroup_is_one_oom_kill_matching_the_kernel_log() {
     let p = sh(&format!("echo $$ > {} && exec dd if=/dev/zero of=/dev/null bs=256M count=1", cg.procs()));
     let kernel = kmsg.killed(p.pid, Duration::from_secs(5));
     let run = agent.stop();
-    assert_eq!(p.status.signal(), Some(libc::SIGKILL), "dd must have been OOM-killed: {:?}", p.status);
-    let kernel = kernel.unwrap_or_else(|| panic!("no 'Killed process {}' in the kernel log: {:#?}", p.pid, kmsg.lines));
+    let kernel = killed_by_oom(&p, kernel, &kmsg);
     assert_eq!(kernel.comm, "dd");
 
     let e = only(&run, p.pid, "kernel.container.oom_kill");
@@ -584,8 +589,7 @@ hog()
     let p = run_to_exit(python(&script).arg(cg.procs()));
     let kernel = kmsg.killed(p.pid, Duration::from_secs(5));
     let run = agent.stop();
-    assert_eq!(p.status.signal(), Some(libc::SIGKILL), "python3 must have been OOM-killed: {:?}", p.status);
-    let kernel = kernel.unwrap_or_else(|| panic!("no 'Killed process {}' in the kernel log: {:#?}", p.pid, kmsg.lines));
+    let kernel = killed_by_oom(&p, kernel, &kmsg);
     let (pid, _) = pid_and_comm(&p.stdout);
     assert_eq!(pid, p.pid);
     let e = only(&run, p.pid, "kernel.container.oom_kill");
@@ -647,9 +651,7 @@ while True:
     let after = table.get(&bucket, 0).expect("read the victim's bucket");
     let run = agent.stop();
 
-    assert_eq!(exited.status.signal(), Some(libc::SIGKILL), "python3 must have been OOM-killed: {:?}", exited.status);
-    let kernel =
-        kernel.unwrap_or_else(|| panic!("no 'Killed process {}' in the kernel log: {:#?}", victim.pid, kmsg.lines));
+    let kernel = killed_by_oom(&exited, kernel, &kmsg);
     let e = only(&run, victim.pid, "kernel.container.oom_kill");
     check_oom(e, victim.pid, &kernel, &cg, limit, exited.window);
     assert_eq!(run.counter(&["kernel", "container.oom_victim_slot_reused"]), 1, "{}", run.counters);

@@ -90,6 +90,9 @@ struct {
  * counted (oom_victim_slot_reused): if that victim still exits, its SIGKILL exit is
  * reported as an exit too.
  */
+_Static_assert((TAPIO_CTR_OOM_VICTIM_WAYS & (TAPIO_CTR_OOM_VICTIM_WAYS - 1)) == 0,
+	       "a slot index is masked with WAYS - 1 for the verifier");
+
 struct oom_victim_bucket {
 	struct exit_key slot[TAPIO_CTR_OOM_VICTIM_WAYS];
 };
