@@ -83,6 +83,9 @@ const KERNEL_INFORMATIONAL: &[&str] = &[
     tapio_bpf::dns::UNMATCHED_ANSWER,
     tapio_bpf::dns::RETRANSMISSIONS,
     tapio_bpf::dns::OWNER_UNKNOWN,
+    // Container: an OOM victim forgotten before its exit was seen loses nothing; its exit,
+    // if it comes, is reported as well.
+    "oom_victim_slot_reused",
 ];
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
