@@ -327,6 +327,22 @@ fn paused_window(agent: &Agent, ids: &[u32]) -> Result<Vec<(String, u64, f64)>, 
         .collect())
 }
 
+/// The container object's failed reservations over the whole part (its exit, cgroup and OOM
+/// windows included). A record that finds its ring full costs its hook almost nothing, so a
+/// build whose records are lost would measure cheap in those windows: their figures only
+/// stand when this is 0.
+fn ring_losses_row(report: &mut Report, counters: Option<&serde_json::Value>) {
+    let measure = "container ring reservations that failed during the part (their windows' figures stand only at 0)";
+    let failed = counters.and_then(|c| c["kernel"]["container.ringbuf_reserve_failed"].as_u64());
+    match failed {
+        Some(n) => report.row("kernel", measure, thousands(n), "0", Verdict::check(n == 0)),
+        None => report.not_measured("kernel", measure, "0", "the agent logged no final counters".into()),
+    }
+    if let Some(lost) = counters.and_then(|c| c["lost_events_total"].as_u64()) {
+        report.note(format!("kernel: records lost in every ring over the part (lost_events_total): {lost}"));
+    }
+}
+
 /// What the empty programs cost in the own-window hooks' windows (runs, mean ns), each
 /// measured alone on its hook before the agent starts.
 struct Floors {
@@ -439,7 +455,8 @@ fn run(binary: &Path, report: &mut Report) -> Result<(), String> {
     let stopped = agent.stop();
     let driven = driven?;
     let after = after?;
-    stopped?;
+    let stopped = stopped?;
+    ring_losses_row(report, stopped.counters.as_ref());
 
     let measured = deltas(&before, &after);
     for program in expected_programs() {
