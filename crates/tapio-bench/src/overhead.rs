@@ -47,16 +47,20 @@ fn flood(port: u16) -> Result<Flood, String> {
     Ok(f)
 }
 
-/// One round with the agent running (started and stopped around it).
-fn round_with_agent(binary: &Path, config: &Path, evidence: &Path, port: u16) -> Result<Flood, String> {
+/// One round with the agent running (started and stopped around it), and the records its
+/// kernel side lost (`lost_events_total`; `None` if it logged no final counters). A record
+/// that finds its ring full costs the connect almost nothing, so a round that lost records
+/// would understate the agent's cost.
+fn round_with_agent(binary: &Path, config: &Path, evidence: &Path, port: u16) -> Result<(Flood, Option<u64>), String> {
     let agent = Agent::start(binary, config)?;
     // A moment for the agent to finish its start-up work (identity walk, first polls).
     std::thread::sleep(Duration::from_millis(300));
     let f = flood(port);
-    agent.stop()?;
+    let stopped = agent.stop()?;
     // Each round's evidence is a few hundred thousand lines: not kept.
     let _ = std::fs::remove_file(evidence);
-    f
+    let lost = stopped.counters.as_ref().and_then(|c| c["lost_events_total"].as_u64());
+    Ok((f?, lost))
 }
 
 /// One round with the empty programs attached in the agent's place.
@@ -93,6 +97,7 @@ fn run(binary: &Path, report: &mut Report) -> Result<(), String> {
     let closed = ClosedPort::reserve().map_err(|e| format!("reserving a closed port: {e}"))?;
     let (mut with, mut without, mut floors) = (Vec::new(), Vec::new(), Vec::new());
     let mut pair_overheads = Vec::new();
+    let mut lost_in_rounds = Vec::new();
     for set in 0..SETS {
         // Rotated order: no side always runs first (warmer caches, a rising load).
         let mut order = [Side::Without, Side::Floor, Side::Agent];
@@ -102,7 +107,11 @@ fn run(binary: &Path, report: &mut Report) -> Result<(), String> {
             match side {
                 Side::Without => wo = Some(flood(closed.port)?),
                 Side::Floor => floors.push(round_with_floor(closed.port)?),
-                Side::Agent => w = Some(round_with_agent(binary, &config, &evidence, closed.port)?),
+                Side::Agent => {
+                    let (round, lost) = round_with_agent(binary, &config, &evidence, closed.port)?;
+                    w = Some(round);
+                    lost_in_rounds.push(lost);
+                }
             }
         }
         let (Some(w), Some(wo)) = (w, wo) else { return Err("a set of rounds missed a side".into()) };
@@ -136,6 +145,12 @@ fn run(binary: &Path, report: &mut Report) -> Result<(), String> {
         "(diagnostic)",
         Verdict::Info,
     );
+    let lost_measure =
+        "records the agent's rounds lost in the kernel (lost_events_total; the overhead stands only at 0)";
+    match lost_in_rounds.iter().copied().sum::<Option<u64>>() {
+        Some(lost) => report.row("overhead", lost_measure, thousands(lost), "0", Verdict::check(lost == 0)),
+        None => report.not_measured("overhead", lost_measure, "0", "an agent round logged no final counters".into()),
+    }
     let connects = |rounds: &[Flood]| thousands(rounds.iter().map(|f| f.refused).sum());
     let hooks: Vec<String> = floor::CONNECT.iter().map(|(_, hook)| hook.to_string()).collect();
     report.note(format!(
