@@ -240,7 +240,7 @@ fn oom_windows(ids: &[u32]) -> Result<(String, Rounds, u32), String> {
     let mut program = String::new();
     let mut killed = 0;
     let rounds = Rounds::of(OOM_WINDOWS, || {
-        let (name, runs, mean, k) = window(ids, &["tapio_mark_victim", "tapio_mark_victim_pid"], || oom_kills(1))?;
+        let (name, runs, mean, k) = window(ids, &["tapio_mark_victim", "tapio_mark_victim_pid"], one_oom_kill)?;
         program = name;
         killed += k;
         Ok((runs, mean))
@@ -248,15 +248,9 @@ fn oom_windows(ids: &[u32]) -> Result<(String, Rounds, u32), String> {
     Ok((program, rounds, killed))
 }
 
-/// Makes `count` OOM kills; returns how many the helper died of.
-fn oom_kills(count: u32) -> Result<u32, String> {
-    let mut killed = 0;
-    for _ in 0..count {
-        if load::oom_kill()? {
-            killed += 1;
-        }
-    }
-    Ok(killed)
+/// Makes one OOM kill; 1 if the helper died of it, else 0.
+fn one_oom_kill() -> Result<u32, String> {
+    load::oom_kill().map(u32::from)
 }
 
 pub fn measure(binary: &Path, report: &mut Report) {
@@ -338,7 +332,8 @@ fn ring_losses_row(report: &mut Report, counters: Option<&serde_json::Value>) {
         Some(n) => report.row("kernel", measure, thousands(n), "0", Verdict::check(n == 0)),
         None => report.not_measured("kernel", measure, "0", "the agent logged no final counters".into()),
     }
-    if let Some(lost) = counters.and_then(|c| c["lost_events_total"].as_u64()) {
+    if let Some(c) = counters {
+        let lost = agent::counter(c, "lost_events_total");
         report.note(format!("kernel: records lost in every ring over the part (lost_events_total): {lost}"));
     }
 }
@@ -369,7 +364,7 @@ fn floor_rounds(
 }
 
 fn floor_windows() -> Floors {
-    let ooms = || oom_kills(1).map(|_| ());
+    let ooms = || one_oom_kill().map(|_| ());
     let (clean_exit, cgroup_mkdir, mark_victim) = match floor::attach(&[floor::EXIT, floor::MKDIR, floor::VICTIM]) {
         Ok(attached) => (
             floor_rounds(&attached, floor::EXIT, WINDOW_ROUNDS, &|| {

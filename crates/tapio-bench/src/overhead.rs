@@ -59,7 +59,7 @@ fn round_with_agent(binary: &Path, config: &Path, evidence: &Path, port: u16) ->
     let stopped = agent.stop()?;
     // Each round's evidence is a few hundred thousand lines: not kept.
     let _ = std::fs::remove_file(evidence);
-    let lost = stopped.counters.as_ref().and_then(|c| c["lost_events_total"].as_u64());
+    let lost = stopped.counters.as_ref().map(|c| agent::counter(c, "lost_events_total"));
     Ok((f?, lost))
 }
 
