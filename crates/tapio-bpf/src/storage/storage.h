@@ -99,9 +99,16 @@ enum tapio_sto_inflight_flag {
  * 72 bytes: the kernel's hash element (a 48-byte header, the 8-byte key, this) is then 128
  * bytes, and the table's 16,384 preallocated elements lock 2 MiB of kernel memory instead
  * of the 2.25 MiB an 88-byte value did (one stamp serves submission and issue, the disk is
- * one dev_t, requeues count to 65,535).
+ * one dev_t, requeues count to 65,535). The first 8 bytes share the element's first cache
+ * line with its key: the flags every hook tests sit there, so the lookup's line answers
+ * them and the rest of the entry is only written at submission and issue.
  */
 struct tapio_sto_inflight {
+	/* Saturates at 65535. */
+	__u16 requeues;
+	__u16 flags;
+	/* The whole disk, packed as the kernel's own dev_t: major << 20 | minor. */
+	__u32 dev;
 	struct tapio_task task;
 	/* The last issue to the driver with TAPIO_STO_IF_ISSUED; else when the submitter's bio
 	 * became this request (0 if neither was seen). */
@@ -109,11 +116,6 @@ struct tapio_sto_inflight {
 	__u64 sector;
 	__u32 bytes;
 	__u32 cmd_flags;
-	/* The whole disk, packed as the kernel's own dev_t: major << 20 | minor. */
-	__u32 dev;
-	/* Saturates at 65535. */
-	__u16 requeues;
-	__u16 flags;
 };
 
 _Static_assert(sizeof(struct tapio_sto_inflight) == 72, "the inflight table's memory budget assumes 72-byte values");
