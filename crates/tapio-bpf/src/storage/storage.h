@@ -100,8 +100,8 @@ enum tapio_sto_inflight_flag {
  * bytes, and the table's 16,384 preallocated elements lock 2 MiB of kernel memory instead
  * of the 2.25 MiB an 88-byte value did (one stamp serves submission and issue, the disk is
  * one dev_t, requeues count to 65,535). The first 8 bytes share the element's first cache
- * line with its key: the flags every hook tests sit there, so the lookup's line answers
- * them and the rest of the entry is only written at submission and issue.
+ * line with its key: the flags every hook tests first sit there, so testing them needs only
+ * the line the lookup has just read.
  */
 struct tapio_sto_inflight {
 	/* Saturates at 65535. */
