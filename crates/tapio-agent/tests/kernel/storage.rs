@@ -2,7 +2,8 @@
 //! for real (loop devices on a full tmpfs, on a shut-down ext4, behind a blkio throttle)
 //! and checks the exact events, their facts against what the test itself measured, and the
 //! absence of wrong ones; a heavy-I/O run on the VM's own disk checks that requeued
-//! requests stay one request.
+//! requests stay one request, and a table filled through its map that requests still get
+//! entries once it has run full.
 
 use crate::support::agent::{periodic_counters, PERIODIC_COUNTERS};
 use crate::support::block::{self, Aligned, Loop, Mount};
@@ -92,6 +93,143 @@ fn a_write_into_a_full_tmpfs_is_an_enospc_io_error_of_the_writing_process() {
         );
     }
     assert!(on_device(&run.events, "kernel.storage.latency_spike", &dev).is_empty());
+}
+
+/// The running agent's in-flight request table and its "ran full" flag, found among the
+/// kernel's maps by name (one agent runs at a time in these tests).
+fn inflight_maps(
+) -> (aya::maps::HashMap<aya::maps::MapData, u64, [u8; INFLIGHT_VALUE]>, aya::maps::Array<aya::maps::MapData, u32>) {
+    let open = |name: &str| {
+        let ids: Vec<u32> = aya::maps::loaded_maps()
+            .filter_map(Result::ok)
+            .filter(|m| m.name_as_str() == Some(name))
+            .map(|m| m.id())
+            .collect();
+        assert_eq!(ids.len(), 1, "exactly one {name} map loaded: ids {ids:?}");
+        aya::maps::MapData::from_id(ids[0]).unwrap_or_else(|e| panic!("open the {name} map: {e}"))
+    };
+    let table = aya::maps::HashMap::try_from(aya::maps::Map::HashMap(open(tapio_bpf::storage::INFLIGHT_MAP)))
+        .expect("the in-flight table is a hash of u64 to the inflight record");
+    let ran_full = aya::maps::Array::try_from(aya::maps::Map::Array(open(tapio_bpf::storage::INFLIGHT_FULL_MAP)))
+        .expect("inflight_full is an array of u32");
+    (table, ran_full)
+}
+
+const INFLIGHT_VALUE: usize = std::mem::size_of::<tapio_bpf::abi::tapio_sto_inflight>();
+
+fn boot_now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    assert_eq!(unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) }, 0);
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn inflight_flags(value: &[u8; INFLIGHT_VALUE]) -> u32 {
+    let e = tapio_bpf::abi::tapio_sto_inflight::default();
+    let at = std::ptr::addr_of!(e.flags) as usize - std::ptr::addr_of!(e) as usize;
+    u32::from(u16::from_ne_bytes([value[at], value[at + 1]]))
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_full_inflight_table_makes_completions_free_their_entries_and_errors_are_still_reported() {
+    let _turn = kernel_test("storage_table_full");
+    let dir = Dir::scratch("tablefull");
+    let mnt = Mount::tmpfs(dir.path(), "4m");
+    let backing = mnt.path.join("backing.img");
+    block::sparse_file(&backing, 32 << 20);
+    let dev = Loop::attach(&backing, false);
+
+    let mut agent = Agent::start(STORAGE_ONLY);
+    let (mut table, ran_full) = inflight_maps();
+    let write_pages = |pages: u64| {
+        let f = block::open_direct(&dev.path, true);
+        let page = Aligned::new(4096, 0x11);
+        for i in 0..pages {
+            let (r, _) = block::timed_write(&f, &page, (i % 128) * 4096);
+            r.expect("a write that fits the tmpfs");
+        }
+    };
+
+    // What a node with more request structs than the table looks like: the table full of
+    // entries kept for structs that are not coming back (their keys are no kernel address),
+    // stamped now so that the usual 30 s reclaim would leave them for this whole test.
+    assert_eq!(ran_full.get(&0, 0).expect("read inflight_full"), 0, "a fresh table has not run full");
+    let existing: std::collections::HashSet<u64> = table.keys().map(|k| k.expect("read a key")).collect();
+    let mut kept = tapio_bpf::abi::tapio_sto_inflight {
+        flags: tapio_bpf::abi::TAPIO_STO_IF_COMPLETED as u16,
+        stamp_ns: boot_now_ns(),
+        ..Default::default()
+    };
+    kept.task.pid = 1;
+    let mut value = [0u8; INFLIGHT_VALUE];
+    value.copy_from_slice(tapio_bpf::record::as_bytes(&kept));
+    let mut fakes = Vec::new();
+    for key in 1..=u64::from(tapio_bpf::abi::TAPIO_STO_INFLIGHT_ENTRIES) {
+        if table.insert(key, value, 0).is_err() {
+            break;
+        }
+        fakes.push(key);
+    }
+    assert!(table.insert(u64::MAX >> 1, value, 0).is_err(), "the table is full");
+
+    // Requests on structs without an entry find it full: the kernel says so.
+    write_pages(300);
+    assert_eq!(ran_full.get(&0, 0).expect("read inflight_full"), 1, "an insert found the table full");
+
+    // With room again, requests get entries and free them at completion instead of keeping
+    // them: after the writes, no entry of a request made since then is left completed.
+    for key in fakes.drain(..64) {
+        table.remove(&key).expect("make room");
+    }
+    write_pages(600);
+    let fake_set: std::collections::HashSet<u64> = fakes.iter().copied().collect();
+    let kept_since: Vec<u64> = table
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(k, v)| {
+            !fake_set.contains(k)
+                && !existing.contains(k)
+                && inflight_flags(v) & tapio_bpf::abi::TAPIO_STO_IF_COMPLETED != 0
+        })
+        .map(|(k, _)| k)
+        .collect();
+    assert!(kept_since.is_empty(), "completed requests kept their entries in a table that ran full: {kept_since:x?}");
+
+    // The agent's sweep (every 15 s) then reclaims kept entries idle for a second, not 30.
+    agent.wait_for_log("in-flight table (16384 entries) ran full", Duration::from_secs(20));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fakes.iter().any(|k| table.get(k, 0).is_ok()) {
+        assert!(Instant::now() < deadline, "kept entries idle for seconds were not reclaimed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // And a failing write is evidence, as on a node whose table never filled.
+    let f = block::open_direct(&dev.path, true);
+    let buf = Aligned::new(1 << 20, 0x5a);
+    let mut failed_offsets = Vec::new();
+    for i in 0..12u64 {
+        if let (Err(e), _) = block::timed_write(&f, &buf, i << 20) {
+            assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "the write's own error");
+            failed_offsets.push(i << 20);
+        }
+    }
+    drop(f);
+    assert!(!failed_offsets.is_empty(), "12 MiB into a 4 MiB tmpfs must fail");
+    let run = agent.stop();
+    assert!(run.exit_ok, "agent exit: {}", run.stderr);
+    assert!(run.counter(&["kernel", "storage.inflight_table_full"]) >= 1, "{}", run.counters);
+    let errors = on_device(&run.events, "kernel.storage.io_error", &dev);
+    for off in &failed_offsets {
+        let (start, end) = (off / 512, (off + (1 << 20)) / 512);
+        assert!(
+            errors.iter().any(|e| {
+                (start..end).contains(&e["facts"]["sector"].as_u64().unwrap_or(u64::MAX))
+                    && e["facts"]["pid"] == our_pid()
+            }),
+            "no io_error of this process for the failed write at {off}: {errors:#?}"
+        );
+    }
 }
 
 #[test]

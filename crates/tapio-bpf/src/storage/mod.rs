@@ -29,6 +29,9 @@ pub const BTF_TRACEPOINTS: &[(&str, &str)] = &[
 
 /// The in-flight request table (key: the request's address).
 pub const INFLIGHT_MAP: &str = "inflight";
+/// One u32, nonzero once the in-flight table has run full (completions then delete their
+/// entries instead of keeping them for reuse: `storage.bpf.c`).
+pub const INFLIGHT_FULL_MAP: &str = "inflight_full";
 
 /// Correlation drop reasons counted in the kernel, by counter slot.
 pub const AMBIGUOUS_INFLIGHT_IO: &str = "ambiguous_inflight_io";

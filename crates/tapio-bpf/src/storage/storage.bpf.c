@@ -50,28 +50,73 @@ struct {
  * events, so entries are changed in place. A completed request's entry is marked completed
  * rather than deleted, and the next request built on the same struct reuses it in place:
  * inserts and deletes (an allocation and a bucket lock each) happen only the first time a
- * request struct is seen, and when the agent reclaims entries idle for a while. Updates
+ * request struct is seen, and when the agent reclaims entries idle for a while. That holds
+ * while the structs the node uses fit in the table, and they need not: each hardware queue
+ * of each disk has a queue depth of them, and each CPU submitting to a disk cycles through
+ * at least a word of 64 of its queue's tags (the allocator takes freed tags back only once
+ * the word runs out), so a node with many CPUs and disks uses tens of thousands. The first
+ * insert that finds the table full switches completions to deleting their entries
+ * ("inflight_full"). Updates
  * take a bucket lock that a program interrupted on the same CPU may hold (a completion in a
  * hard interrupt landing inside another hook's insert): they then fail with -EBUSY, which
  * is counted, and the request gets its entry at its next event instead.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
+	__uint(max_entries, TAPIO_STO_INFLIGHT_ENTRIES);
 	__type(key, __u64);
 	__type(value, struct tapio_sto_inflight);
 } inflight SEC(".maps");
 
+/*
+ * Entry 0 turns nonzero, for the life of the table, at the first insert that finds it full:
+ * the entries kept for reuse have taken the room that requests on structs not seen yet
+ * need, and from then on a completion deletes its request's entry, so the table holds
+ * requests in flight (an insert and a delete per request, as if nothing were kept). Set by
+ * the kernel, so the switch is immediate; the agent reads it to reclaim idle kept entries
+ * sooner and to say so in its log.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} inflight_full SEC(".maps");
+
 #define EBUSY 16
+#define E2BIG 7
+
+static __always_inline int table_ran_full(void)
+{
+	__u32 zero = 0;
+	__u32 *ran_full = bpf_map_lookup_elem(&inflight_full, &zero);
+	return ran_full && *ran_full;
+}
 
 static __always_inline void count_insert_failure(long err)
 {
-	tapio_count(&counters, err == -EBUSY ? TAPIO_STO_CNT_INFLIGHT_BUSY : TAPIO_STO_CNT_INFLIGHT_FULL);
+	if (err == -EBUSY) {
+		tapio_count(&counters, TAPIO_STO_CNT_INFLIGHT_BUSY);
+		return;
+	}
+	tapio_count(&counters, TAPIO_STO_CNT_INFLIGHT_FULL);
+	__u32 zero = 0;
+	__u32 *ran_full = bpf_map_lookup_elem(&inflight_full, &zero);
+	if (err == -E2BIG && ran_full)
+		*ran_full = 1;
 }
 
-/* The request is done; its entry stays, dead, for the next request on the same struct. */
-static __always_inline void finish(struct tapio_sto_inflight *e)
+/*
+ * The request is done. Its entry stays, dead, for the next request on the same struct;
+ * once the table has run full it is deleted instead, and not touched again (its element may
+ * already hold another request). A delete that fails (-EBUSY, as above) leaves it dead, to
+ * be reused or reclaimed.
+ */
+static __always_inline void finish(struct tapio_sto_inflight *e, struct request *rq)
 {
+	__u64 key = (__u64)rq;
+	if (table_ran_full() && bpf_map_delete_elem(&inflight, &key) == 0)
+		return;
 	e->flags |= TAPIO_STO_IF_COMPLETED;
 }
 
@@ -230,7 +275,7 @@ int BPF_PROG(tapio_rq_merge, struct request *rq)
 	__u64 key = (__u64)rq;
 	struct tapio_sto_inflight *e = bpf_map_lookup_elem(&inflight, &key);
 	if (e)
-		finish(e);
+		finish(e, rq);
 	return 0;
 }
 
@@ -294,12 +339,12 @@ static __noinline int complete_judged(struct tapio_sto_inflight *e, struct reque
 	if (e->flags & TAPIO_STO_IF_DATA_DONE) {
 		/* The end of a flush sequence whose data phase was judged already: its flush was
 		 * a request of its own, judged on its own completion. */
-		finish(e);
+		finish(e, rq);
 		return 0;
 	}
 	if (e->flags & TAPIO_STO_IF_AMBIGUOUS) {
 		tapio_count(&counters, TAPIO_STO_CNT_AMBIGUOUS_INFLIGHT);
-		finish(e);
+		finish(e, rq);
 		return 0;
 	}
 
@@ -325,7 +370,7 @@ static __noinline int complete_judged(struct tapio_sto_inflight *e, struct reque
 		}
 	}
 	if (!keep)
-		finish(e);
+		finish(e, rq);
 	return 0;
 }
 
@@ -349,7 +394,7 @@ int BPF_PROG(tapio_rq_complete, struct request *rq, int error, unsigned int nr_b
 	    !(e->flags & (TAPIO_STO_IF_DATA_DONE | TAPIO_STO_IF_AMBIGUOUS)) && nr_bytes >= rq->__data_len &&
 	    !in_flush_sequence(rq) &&
 	    now - e->stamp_ns <= TAPIO_CONFIG_WORD(&config, struct tapio_sto_config, latency_warning_ns, 0)) {
-		finish(e);
+		finish(e, rq);
 		return 0;
 	}
 	return complete_judged(e, rq, error, nr_bytes, now);

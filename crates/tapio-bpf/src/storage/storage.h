@@ -81,13 +81,19 @@ enum tapio_sto_inflight_flag {
 	 * layer completes it once more when the sequence ends. */
 	TAPIO_STO_IF_DATA_DONE = 1 << 10,
 	/* The request completed (or was merged away): a dead entry, kept to be reused in
-	 * place by the next request built on the same struct. */
+	 * place by the next request built on the same struct (until the table first runs
+	 * full: see "inflight_full" in storage.bpf.c). */
 	TAPIO_STO_IF_COMPLETED = 1 << 11,
 	/* The request reached the driver: stamp_ns is its last issue (else its submission). */
 	TAPIO_STO_IF_ISSUED = 1 << 12,
 	/* dev, sector, bytes and cmd_flags hold this request's (read at its first completion,
 	 * only when that completion is judged). */
 	TAPIO_STO_IF_FACTS = 1 << 13,
+};
+
+/* Entries of the in-flight table ("inflight" below). */
+enum tapio_sto_table {
+	TAPIO_STO_INFLIGHT_ENTRIES = 16384,
 };
 
 /*
@@ -135,7 +141,8 @@ enum tapio_sto_counter {
 	TAPIO_STO_CNT_UNMATCHED_COMPLETION = TAPIO_CNT_OBSERVER_BASE + 1,
 	/* A request was reused for new I/O while its previous issue had no completion. */
 	TAPIO_STO_CNT_INFLIGHT_REPLACED = TAPIO_CNT_OBSERVER_BASE + 2,
-	/* The in-flight table was full; that request's completion counts as unmatched. */
+	/* The in-flight table was full; that request's completion counts as unmatched. The
+	 * first time, completed requests start freeing their entries (storage.bpf.c). */
 	TAPIO_STO_CNT_INFLIGHT_FULL = TAPIO_CNT_OBSERVER_BASE + 3,
 	/* Requeues seen (the driver gave a request back; not a loss). */
 	TAPIO_STO_CNT_REQUEUES = TAPIO_CNT_OBSERVER_BASE + 4,

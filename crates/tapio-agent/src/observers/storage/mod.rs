@@ -10,7 +10,7 @@ use super::{
 };
 use crate::config::LocalKnobs;
 use crate::stamp::{Stamper, Verdict};
-use aya::maps::{HashMap as BpfHashMap, MapData};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use aya::Pod;
 use disks::DiskNames;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tapio_bpf::abi::{
     tapio_sto_config, tapio_sto_inflight, TAPIO_STO_EN_ERRORS, TAPIO_STO_EN_LATENCY, TAPIO_STO_IF_COMPLETED,
+    TAPIO_STO_INFLIGHT_ENTRIES,
 };
 use tapio_wire::CompiledConfig;
 
@@ -101,13 +102,13 @@ impl Follower for InflightMaxAge {
 
 /// The userspace half: the sweeper of the in-flight table, which it takes from the object.
 fn start_sweeper(start: &mut Start<'_>) -> Result<Userspace, String> {
-    let inflight = start
-        .ebpf
-        .as_mut()
-        .and_then(|e| e.take_map(tapio_bpf::storage::INFLIGHT_MAP))
-        .ok_or("storage object has no inflight map")?;
+    let mut take = |name: &str| {
+        start.ebpf.as_mut().and_then(|e| e.take_map(name)).ok_or(format!("storage object has no {name} map"))
+    };
+    let inflight = take(tapio_bpf::storage::INFLIGHT_MAP)?;
+    let ran_full = take(tapio_bpf::storage::INFLIGHT_FULL_MAP)?;
     let max_age = InflightMaxAge::new(*start.local, start.config);
-    let sweeper = InflightSweeper::new(inflight, Arc::clone(&max_age))?;
+    let sweeper = InflightSweeper::new(inflight, ran_full, Arc::clone(&max_age))?;
     Ok(Userspace { pollers: vec![Box::new(sweeper)], followers: vec![max_age], state: None })
 }
 
@@ -164,7 +165,9 @@ pub fn expired(seen_ns: u64, now_ns: u64, max_age_ns: u64) -> bool {
 /// Keeps the kernel's request table bounded: reclaims the entries of completed requests
 /// whose struct request has not been reused for a while (the kernel keeps them to reuse in
 /// place), and ages out in-flight entries whose completion never came, each counted as
-/// `inflight_expired`.
+/// `inflight_expired`. Once the table has run full (the kernel then deletes entries at
+/// completion), kept entries are reclaimed after a second idle: they belong to structs the
+/// node stopped using and hold room that requests on other structs need.
 ///
 /// The kernel may reuse a request struct between this reading its entry and deleting it;
 /// then the fresh entry is deleted, and that request is attributed at its issue (submitter
@@ -173,6 +176,9 @@ pub fn expired(seen_ns: u64, now_ns: u64, max_age_ns: u64) -> bool {
 /// silently.
 pub struct InflightSweeper {
     map: BpfHashMap<MapData, u64, Inflight>,
+    ran_full: Array<MapData, u32>,
+    /// Whether the table's running full has been logged (once per agent).
+    ran_full_logged: bool,
     /// Follows the applied config: a new config's thresholds can lengthen it.
     max_age_ns: Arc<InflightMaxAge>,
     keys: Vec<u64>,
@@ -180,21 +186,50 @@ pub struct InflightSweeper {
 
 /// How often the table is scanned: one syscall or two per entry, so not often.
 const SWEEP_EVERY: Duration = Duration::from_secs(15);
-/// A completed request's entry is reclaimed once its struct has been idle this long.
+/// A completed request's entry is reclaimed once its struct has been idle this long…
 const RECLAIM_IDLE_NS: u64 = 30_000_000_000;
-/// The kernel table's size: a scan never reads more keys than twice this (keys deleted
-/// while iterating restart the kernel's iteration).
-const MAX_KEYS: usize = 16384 * 2;
+/// … or this long once the table has run full.
+const RECLAIM_IDLE_AFTER_FULL_NS: u64 = 1_000_000_000;
+/// A scan never reads more keys than twice the table's size (keys deleted while iterating
+/// restart the kernel's iteration).
+const MAX_KEYS: usize = TAPIO_STO_INFLIGHT_ENTRIES as usize * 2;
+
+/// How long a completed request's entry may sit idle before it is reclaimed.
+pub fn reclaim_idle_ns(table_ran_full: bool) -> u64 {
+    if table_ran_full {
+        RECLAIM_IDLE_AFTER_FULL_NS
+    } else {
+        RECLAIM_IDLE_NS
+    }
+}
 
 impl InflightSweeper {
-    pub fn new(map: aya::maps::Map, max_age_ns: Arc<InflightMaxAge>) -> Result<Self, String> {
+    pub fn new(map: aya::maps::Map, ran_full: aya::maps::Map, max_age_ns: Arc<InflightMaxAge>) -> Result<Self, String> {
         let map =
             BpfHashMap::try_from(map).map_err(|e| format!("inflight map does not match this agent's ABI: {e}"))?;
-        Ok(Self { map, max_age_ns, keys: Vec::new() })
+        let ran_full = Array::try_from(ran_full)
+            .map_err(|e| format!("inflight_full map does not match this agent's ABI: {e}"))?;
+        Ok(Self { map, ran_full, ran_full_logged: false, max_age_ns, keys: Vec::new() })
+    }
+
+    /// Whether the kernel found the table full at least once (unreadable: as if not).
+    fn table_ran_full(&self) -> bool {
+        self.ran_full.get(&0, 0).is_ok_and(|v| v != 0)
     }
 
     /// Deletes expired entries; returns how many.
     pub fn sweep(&mut self, now_ns: u64) -> u64 {
+        let ran_full = self.table_ran_full();
+        if ran_full && !self.ran_full_logged {
+            self.ran_full_logged = true;
+            log::warn!(
+                "storage: the in-flight table ({TAPIO_STO_INFLIGHT_ENTRIES} entries) ran full (this node has more \
+                 block request structs than it holds); completed requests now free their entries, at the cost of \
+                 an insert and a delete per request, and requests that found it full are counted \
+                 (inflight_table_full)"
+            );
+        }
+        let reclaim_idle = reclaim_idle_ns(ran_full);
         self.keys.clear();
         for key in self.map.keys().take(MAX_KEYS) {
             match key {
@@ -207,7 +242,7 @@ impl InflightSweeper {
         for key in &self.keys {
             let Ok(entry) = self.map.get(key, 0) else { continue };
             let completed = u32::from(entry.0.flags) & TAPIO_STO_IF_COMPLETED != 0;
-            let max_age = if completed { RECLAIM_IDLE_NS } else { inflight_max_age };
+            let max_age = if completed { reclaim_idle } else { inflight_max_age };
             if !expired(last_seen_ns(&entry.0), now_ns, max_age) || self.map.remove(key).is_err() {
                 continue;
             }
