@@ -53,8 +53,9 @@ struct {
  * request struct is seen, and when the agent reclaims entries idle for a while. That holds
  * while the structs the node uses fit in the table, and they need not: each hardware queue
  * of each disk has a queue depth of them, and each CPU submitting to a disk cycles through
- * at least a word of 64 of its queue's tags (the allocator takes freed tags back only once
- * the word runs out), so a node with many CPUs and disks uses tens of thousands. The first
+ * a word of its queue's tags (64 on a queue 256 deep or more; the allocator takes freed
+ * tags back only once the word runs out), so a node with many CPUs and disks can use tens
+ * of thousands. The first
  * insert that finds the table full switches completions to deleting their entries
  * ("inflight_full"). Updates
  * take a bucket lock that a program interrupted on the same CPU may hold (a completion in a
