@@ -599,13 +599,7 @@ hog()
 /// The agent's table of reported OOM victims, found among the kernel's maps by its name (one
 /// agent runs at a time in these tests).
 fn oom_victims_table() -> aya::maps::Array<aya::maps::MapData, [u64; 2 * TAPIO_CTR_OOM_VICTIM_WAYS as usize]> {
-    let ids: Vec<u32> = aya::maps::loaded_maps()
-        .filter_map(Result::ok)
-        .filter(|m| m.name_as_str() == Some(tapio_bpf::container::OOM_VICTIMS_MAP))
-        .map(|m| m.id())
-        .collect();
-    assert_eq!(ids.len(), 1, "exactly one {} map loaded: ids {ids:?}", tapio_bpf::container::OOM_VICTIMS_MAP);
-    let data = aya::maps::MapData::from_id(ids[0]).expect("open the OOM victims map");
+    let data = crate::support::loaded_map(tapio_bpf::container::OOM_VICTIMS_MAP);
     aya::maps::Array::try_from(aya::maps::Map::Array(data)).expect("the OOM victims map is an array of buckets")
 }
 

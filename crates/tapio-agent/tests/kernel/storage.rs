@@ -40,33 +40,68 @@ fn on_device<'a>(events: &'a [Value], kind: &str, dev: &Loop) -> Vec<&'a Value> 
         .collect()
 }
 
+/// A 32 MiB loop device backed by a sparse file on a 4 MiB tmpfs: writes past the tmpfs's
+/// room fail with ENOSPC. Fields drop in order: the device, then the mount, then its dir.
+struct FullTmpfsDisk {
+    dev: Loop,
+    _mnt: Mount,
+    _dir: Dir,
+}
+
+impl FullTmpfsDisk {
+    fn new(name: &str) -> FullTmpfsDisk {
+        let dir = Dir::scratch(name);
+        let mnt = Mount::tmpfs(dir.path(), "4m");
+        let backing = mnt.path.join("backing.img");
+        block::sparse_file(&backing, 32 << 20);
+        FullTmpfsDisk { dev: Loop::attach(&backing, false), _mnt: mnt, _dir: dir }
+    }
+
+    /// Writes 12 MiB, 1 MiB at a time; returns the offsets of the writes that failed (each
+    /// with ENOSPC, and some must).
+    fn write_past_its_room(&self) -> Vec<u64> {
+        let f = block::open_direct(&self.dev.path, true);
+        let buf = Aligned::new(1 << 20, 0x5a);
+        let mut failed_offsets = Vec::new();
+        for i in 0..12u64 {
+            if let (Err(e), _) = block::timed_write(&f, &buf, i << 20) {
+                assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "the write's own error");
+                failed_offsets.push(i << 20);
+            }
+        }
+        assert!(!failed_offsets.is_empty(), "12 MiB into a 4 MiB tmpfs must fail");
+        failed_offsets
+    }
+}
+
+/// Every failed 1 MiB write at `failed_offsets` shows up: an io_error of this process for
+/// one of its requests at least starts inside it.
+fn assert_each_failed_write_reported(errors: &[&Value], failed_offsets: &[u64]) {
+    for off in failed_offsets {
+        let (start, end) = (off / 512, (off + (1 << 20)) / 512);
+        assert!(
+            errors.iter().any(|e| {
+                (start..end).contains(&e["facts"]["sector"].as_u64().unwrap_or(u64::MAX))
+                    && e["facts"]["pid"] == our_pid()
+            }),
+            "no io_error of this process for the failed write at {off}: {errors:#?}"
+        );
+    }
+}
+
 #[test]
 #[ignore = "needs root"]
 fn a_write_into_a_full_tmpfs_is_an_enospc_io_error_of_the_writing_process() {
     let _turn = kernel_test("storage_enospc");
-    let dir = Dir::scratch("enospc");
-    let mnt = Mount::tmpfs(dir.path(), "4m");
-    let backing = mnt.path.join("backing.img");
-    block::sparse_file(&backing, 32 << 20);
-    let dev = Loop::attach(&backing, false);
+    let disk = FullTmpfsDisk::new("enospc");
+    let dev = &disk.dev;
 
     let agent = Agent::start(STORAGE_ONLY);
-    let f = block::open_direct(&dev.path, true);
-    let buf = Aligned::new(1 << 20, 0x5a);
-    let mut failed_offsets = Vec::new();
-    for i in 0..12u64 {
-        let (r, _) = block::timed_write(&f, &buf, i << 20);
-        if let Err(e) = r {
-            assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "the write's own error");
-            failed_offsets.push(i << 20);
-        }
-    }
-    drop(f);
-    assert!(!failed_offsets.is_empty(), "12 MiB into a 4 MiB tmpfs must fail");
+    let failed_offsets = disk.write_past_its_room();
     let run = agent.stop();
     assert!(run.exit_ok, "agent exit: {}", run.stderr);
 
-    let errors = on_device(&run.events, "kernel.storage.io_error", &dev);
+    let errors = on_device(&run.events, "kernel.storage.io_error", dev);
     assert!(!errors.is_empty(), "no io_error on {}: {:#?}", dev.path, run.events);
     for e in &errors {
         let f = &e["facts"];
@@ -83,35 +118,20 @@ fn a_write_into_a_full_tmpfs_is_an_enospc_io_error_of_the_writing_process() {
         let bytes = f["bytes"].as_u64().expect("bytes");
         assert!(bytes > 0 && bytes <= 1 << 20 && sector * 512 < 12 << 20, "within what we wrote: {e}");
     }
-    // Every failed write shows up: one of its requests at least starts inside it.
-    for off in &failed_offsets {
-        let start = off / 512;
-        let end = (off + (1 << 20)) / 512;
-        assert!(
-            errors.iter().any(|e| (start..end).contains(&e["facts"]["sector"].as_u64().unwrap_or(u64::MAX))),
-            "no io_error for the failed write at {off}: {errors:#?}"
-        );
-    }
-    assert!(on_device(&run.events, "kernel.storage.latency_spike", &dev).is_empty());
+    assert_each_failed_write_reported(&errors, &failed_offsets);
+    assert!(on_device(&run.events, "kernel.storage.latency_spike", dev).is_empty());
 }
 
 /// The running agent's in-flight request table and its "ran full" flag, found among the
 /// kernel's maps by name (one agent runs at a time in these tests).
 fn inflight_maps(
 ) -> (aya::maps::HashMap<aya::maps::MapData, u64, [u8; INFLIGHT_VALUE]>, aya::maps::Array<aya::maps::MapData, u32>) {
-    let open = |name: &str| {
-        let ids: Vec<u32> = aya::maps::loaded_maps()
-            .filter_map(Result::ok)
-            .filter(|m| m.name_as_str() == Some(name))
-            .map(|m| m.id())
-            .collect();
-        assert_eq!(ids.len(), 1, "exactly one {name} map loaded: ids {ids:?}");
-        aya::maps::MapData::from_id(ids[0]).unwrap_or_else(|e| panic!("open the {name} map: {e}"))
-    };
-    let table = aya::maps::HashMap::try_from(aya::maps::Map::HashMap(open(tapio_bpf::storage::INFLIGHT_MAP)))
-        .expect("the in-flight table is a hash of u64 to the inflight record");
-    let ran_full = aya::maps::Array::try_from(aya::maps::Map::Array(open(tapio_bpf::storage::INFLIGHT_FULL_MAP)))
-        .expect("inflight_full is an array of u32");
+    let table =
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(support::loaded_map(tapio_bpf::storage::INFLIGHT_MAP)))
+            .expect("the in-flight table is a hash of u64 to the inflight record");
+    let ran_full =
+        aya::maps::Array::try_from(aya::maps::Map::Array(support::loaded_map(tapio_bpf::storage::INFLIGHT_FULL_MAP)))
+            .expect("inflight_full is an array of u32");
     (table, ran_full)
 }
 
@@ -134,11 +154,8 @@ fn inflight_flags(value: &[u8; INFLIGHT_VALUE]) -> u32 {
 #[ignore = "needs root"]
 fn a_full_inflight_table_makes_completions_free_their_entries_and_errors_are_still_reported() {
     let _turn = kernel_test("storage_table_full");
-    let dir = Dir::scratch("tablefull");
-    let mnt = Mount::tmpfs(dir.path(), "4m");
-    let backing = mnt.path.join("backing.img");
-    block::sparse_file(&backing, 32 << 20);
-    let dev = Loop::attach(&backing, false);
+    let disk = FullTmpfsDisk::new("tablefull");
+    let dev = &disk.dev;
 
     let mut agent = Agent::start(STORAGE_ONLY);
     let (mut table, ran_full) = inflight_maps();
@@ -205,31 +222,11 @@ fn a_full_inflight_table_makes_completions_free_their_entries_and_errors_are_sti
     }
 
     // And a failing write is evidence, as on a node whose table never filled.
-    let f = block::open_direct(&dev.path, true);
-    let buf = Aligned::new(1 << 20, 0x5a);
-    let mut failed_offsets = Vec::new();
-    for i in 0..12u64 {
-        if let (Err(e), _) = block::timed_write(&f, &buf, i << 20) {
-            assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "the write's own error");
-            failed_offsets.push(i << 20);
-        }
-    }
-    drop(f);
-    assert!(!failed_offsets.is_empty(), "12 MiB into a 4 MiB tmpfs must fail");
+    let failed_offsets = disk.write_past_its_room();
     let run = agent.stop();
     assert!(run.exit_ok, "agent exit: {}", run.stderr);
     assert!(run.counter(&["kernel", "storage.inflight_table_full"]) >= 1, "{}", run.counters);
-    let errors = on_device(&run.events, "kernel.storage.io_error", &dev);
-    for off in &failed_offsets {
-        let (start, end) = (off / 512, (off + (1 << 20)) / 512);
-        assert!(
-            errors.iter().any(|e| {
-                (start..end).contains(&e["facts"]["sector"].as_u64().unwrap_or(u64::MAX))
-                    && e["facts"]["pid"] == our_pid()
-            }),
-            "no io_error of this process for the failed write at {off}: {errors:#?}"
-        );
-    }
+    assert_each_failed_write_reported(&on_device(&run.events, "kernel.storage.io_error", dev), &failed_offsets);
 }
 
 #[test]

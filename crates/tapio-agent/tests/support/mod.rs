@@ -136,6 +136,18 @@ pub fn refuse(port: u16, n: usize) {
 }
 
 /// This test process's pid, as events carry it.
+/// The one loaded BPF map named `name` (kernel tests run one agent at a time), opened by id:
+/// how a test reads or writes the running agent's kernel state.
+pub fn loaded_map(name: &str) -> aya::maps::MapData {
+    let ids: Vec<u32> = aya::maps::loaded_maps()
+        .filter_map(Result::ok)
+        .filter(|m| m.name_as_str() == Some(name))
+        .map(|m| m.id())
+        .collect();
+    assert_eq!(ids.len(), 1, "exactly one {name} map loaded: ids {ids:?}");
+    aya::maps::MapData::from_id(ids[0]).unwrap_or_else(|e| panic!("open the {name} map: {e}"))
+}
+
 pub fn our_pid() -> u64 {
     u64::from(std::process::id())
 }
