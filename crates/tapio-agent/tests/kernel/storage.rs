@@ -172,6 +172,17 @@ fn a_full_inflight_table_makes_completions_free_their_entries_and_errors_are_sti
     // entries kept for structs that are not coming back (their keys are no kernel address),
     // stamped now so that the usual 30 s reclaim would leave them for this whole test.
     assert_eq!(ran_full.get(&0, 0).expect("read inflight_full"), 0, "a fresh table has not run full");
+    // Entries kept since the agent started (the device's probing at attach, say) are
+    // reclaimed first, as the sweep would: the test's own writes must find no entry to reuse.
+    let reclaimed: Vec<u64> = table
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, v)| inflight_flags(v) & tapio_bpf::abi::TAPIO_STO_IF_COMPLETED != 0)
+        .map(|(k, _)| k)
+        .collect();
+    for key in &reclaimed {
+        let _ = table.remove(key);
+    }
     let existing: std::collections::HashSet<u64> = table.keys().map(|k| k.expect("read a key")).collect();
     let mut kept = tapio_bpf::abi::tapio_sto_inflight {
         flags: tapio_bpf::abi::TAPIO_STO_IF_COMPLETED as u16,
