@@ -195,7 +195,7 @@ const RECLAIM_IDLE_AFTER_FULL_NS: u64 = 1_000_000_000;
 const MAX_KEYS: usize = TAPIO_STO_INFLIGHT_ENTRIES as usize * 2;
 
 /// How long a completed request's entry may sit idle before it is reclaimed.
-pub fn reclaim_idle_ns(table_ran_full: bool) -> u64 {
+fn reclaim_idle_ns(table_ran_full: bool) -> u64 {
     if table_ran_full {
         RECLAIM_IDLE_AFTER_FULL_NS
     } else {
