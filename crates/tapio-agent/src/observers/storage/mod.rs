@@ -223,9 +223,9 @@ impl InflightSweeper {
         if ran_full && !self.ran_full_logged {
             self.ran_full_logged = true;
             log::warn!(
-                "storage: the in-flight table ({TAPIO_STO_INFLIGHT_ENTRIES} entries) ran full (this node has more \
-                 block request structs than it holds); completed requests now free their entries, at the cost of \
-                 an insert and a delete per request, and requests that found it full are counted \
+                "storage: the in-flight table ({TAPIO_STO_INFLIGHT_ENTRIES} entries) ran full: this node uses more \
+                 block request structs than the table holds; completed requests now free their entries, at the \
+                 cost of an insert and a delete per request, and requests that found it full are counted \
                  (inflight_table_full)"
             );
         }
