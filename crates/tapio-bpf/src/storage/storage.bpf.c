@@ -55,12 +55,11 @@ struct {
  * of each disk has a queue depth of them, and each CPU submitting to a disk cycles through
  * a word of its queue's tags (64 on a queue 256 deep or more; the allocator takes freed
  * tags back only once the word runs out), so a node with many CPUs and disks can use tens
- * of thousands. The first
- * insert that finds the table full switches completions to deleting their entries
- * ("inflight_full"). Updates
- * take a bucket lock that a program interrupted on the same CPU may hold (a completion in a
- * hard interrupt landing inside another hook's insert): they then fail with -EBUSY, which
- * is counted, and the request gets its entry at its next event instead.
+ * of thousands. The first insert that finds the table full switches completions to
+ * deleting their entries ("inflight_full"). Updates take a bucket lock that a program
+ * interrupted on the same CPU may hold (a completion in a hard interrupt landing inside
+ * another hook's insert): they then fail with -EBUSY, which is counted, and the request
+ * gets its entry at its next event instead.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -87,10 +86,15 @@ struct {
 #define EBUSY 16
 #define E2BIG 7
 
-static __always_inline int table_ran_full(void)
+static __always_inline __u32 *ran_full_flag(void)
 {
 	__u32 zero = 0;
-	__u32 *ran_full = bpf_map_lookup_elem(&inflight_full, &zero);
+	return bpf_map_lookup_elem(&inflight_full, &zero);
+}
+
+static __always_inline int table_ran_full(void)
+{
+	__u32 *ran_full = ran_full_flag();
 	return ran_full && *ran_full;
 }
 
@@ -101,8 +105,7 @@ static __always_inline void count_insert_failure(long err)
 		return;
 	}
 	tapio_count(&counters, TAPIO_STO_CNT_INFLIGHT_FULL);
-	__u32 zero = 0;
-	__u32 *ran_full = bpf_map_lookup_elem(&inflight_full, &zero);
+	__u32 *ran_full = ran_full_flag();
 	if (err == -E2BIG && ran_full)
 		*ran_full = 1;
 }
