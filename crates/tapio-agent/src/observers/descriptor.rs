@@ -45,6 +45,14 @@ pub struct KernelHalf {
     pub correlation_counters: &'static [&'static str],
     /// How its `events` map holds its records.
     pub event_rings: EventRings,
+    /// Maps sized for this node at load, as (map, entries): the object declares each one's
+    /// largest size (what the budgets hold). [`no_sized_maps`] for none.
+    pub sized_maps: fn() -> Vec<(&'static str, u32)>,
+}
+
+/// [`KernelHalf::sized_maps`] of an object whose maps keep their declared sizes.
+pub fn no_sized_maps() -> Vec<(&'static str, u32)> {
+    Vec::new()
 }
 
 /// How an object's `events` map holds its records.

@@ -135,6 +135,36 @@ fn inflight_maps(
     (table, ran_full)
 }
 
+/// The size the running agent created its in-flight table with.
+fn loaded_inflight_entries() -> u32 {
+    support::loaded_map(tapio_bpf::storage::INFLIGHT_MAP).info().expect("the in-flight table's info").max_entries()
+}
+
+#[test]
+#[ignore = "needs root"]
+fn the_inflight_table_is_sized_at_load_for_the_request_structs_of_this_nodes_disks() {
+    use tapio_agent::observers::storage::table_size::{inflight_entries, request_structs};
+    let _turn = kernel_test("storage_table_size");
+    let max = tapio_bpf::abi::TAPIO_STO_INFLIGHT_ENTRIES;
+    let structs = |when: &str| {
+        request_structs(std::path::Path::new("/sys/block"), u64::from(max))
+            .unwrap_or_else(|| panic!("/sys/block readable {when}"))
+    };
+    let before = structs("before the agent starts");
+    let mut agent = Agent::start(STORAGE_ONLY);
+    let entries = loaded_inflight_entries();
+    let after = structs("after");
+    assert!(
+        [before, after].iter().any(|&s| inflight_entries(s, max) == entries),
+        "a table of {entries} entries for {before} (then {after}) request structs"
+    );
+    // Every disk with blk-mq requests counts: this node has at least its loop devices.
+    assert!(before > 0, "no request structs found under /sys/block");
+    agent.wait_for_log(&format!("storage: in-flight table of {entries} entries, for "), Duration::from_secs(5));
+    let run = agent.stop();
+    assert!(run.exit_ok, "agent exit: {}", run.stderr);
+}
+
 const INFLIGHT_VALUE: usize = std::mem::size_of::<tapio_bpf::abi::tapio_sto_inflight>();
 
 fn boot_now_ns() -> u64 {
@@ -159,6 +189,7 @@ fn a_full_inflight_table_makes_completions_free_their_entries_and_errors_are_sti
 
     let mut agent = Agent::start(STORAGE_ONLY);
     let (mut table, ran_full) = inflight_maps();
+    let entries = loaded_inflight_entries();
     let write_pages = |pages: u64| {
         let f = block::open_direct(&dev.path, true);
         let page = Aligned::new(4096, 0x11);
@@ -193,7 +224,7 @@ fn a_full_inflight_table_makes_completions_free_their_entries_and_errors_are_sti
     let mut value = [0u8; INFLIGHT_VALUE];
     value.copy_from_slice(tapio_bpf::record::as_bytes(&kept));
     let mut fakes = Vec::new();
-    for key in 1..=u64::from(tapio_bpf::abi::TAPIO_STO_INFLIGHT_ENTRIES) {
+    for key in 1..=u64::from(entries) {
         if table.insert(key, value, 0).is_err() {
             break;
         }
@@ -225,7 +256,7 @@ fn a_full_inflight_table_makes_completions_free_their_entries_and_errors_are_sti
     assert!(kept_since.is_empty(), "completed requests kept their entries in a table that ran full: {kept_since:x?}");
 
     // The agent's sweep (every 15 s) then reclaims kept entries idle for a second, not 30.
-    agent.wait_for_log("in-flight table (16384 entries) ran full", Duration::from_secs(20));
+    agent.wait_for_log(&format!("in-flight table ({entries} entries) ran full"), Duration::from_secs(20));
     let deadline = Instant::now() + Duration::from_secs(5);
     while fakes.iter().any(|k| table.get(k, 0).is_ok()) {
         assert!(Instant::now() < deadline, "kept entries idle for seconds were not reclaimed");

@@ -55,7 +55,9 @@ struct {
  * of each disk has a queue depth of them, and each CPU submitting to a disk cycles through
  * a word of its queue's tags (64 on a queue 256 deep or more; the allocator takes freed
  * tags back only once the word runs out), so a node with many CPUs and disks can use tens
- * of thousands. The first insert that finds the table full switches completions to
+ * of thousands. The agent sizes the table at load for twice the structs the node's disks
+ * have (declared here at its largest: smaller is faster, its buckets and elements spread
+ * over fewer pages). The first insert that finds the table full switches completions to
  * deleting their entries ("inflight_full"). Updates take a bucket lock that a program
  * interrupted on the same CPU may hold (a completion in a hard interrupt landing inside
  * another hook's insert): they then fail with -EBUSY, which is counted, and the request

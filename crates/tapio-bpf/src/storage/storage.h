@@ -91,7 +91,8 @@ enum tapio_sto_inflight_flag {
 	TAPIO_STO_IF_FACTS = 1 << 13,
 };
 
-/* Entries of the in-flight table ("inflight" below). */
+/* Entries of the in-flight table ("inflight" below) at most: the agent sizes it at load for
+ * the node's disks (observers/storage/table_size.rs), from 4,096 up to this. */
 enum tapio_sto_table {
 	TAPIO_STO_INFLIGHT_ENTRIES = 16384,
 };

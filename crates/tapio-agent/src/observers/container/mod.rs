@@ -3,7 +3,8 @@
 
 pub mod classify;
 
-use super::{no_userspace, open_carrier, CarrierLayout, Classifier, EventRings, Hook, KernelHalf, Observer, RuntimeFacts};
+use super::{
+    no_sized_maps,no_userspace, open_carrier, CarrierLayout, Classifier, EventRings, Hook, KernelHalf, Observer, RuntimeFacts};
 use crate::stamp::{Stamper, Verdict};
 use classify::PageSize;
 use tapio_bpf::abi::{tapio_cgroup_event, tapio_ctr_config, TAPIO_CTR_EN_EXIT, TAPIO_CTR_EN_OOM};
@@ -26,6 +27,7 @@ pub static OBSERVER: Observer = Observer {
         counters: tapio_bpf::container::COUNTER_NAMES,
         correlation_counters: &[],
         event_rings: EventRings::Shared,
+        sized_maps: no_sized_maps,
     }),
     userspace: no_userspace,
 };

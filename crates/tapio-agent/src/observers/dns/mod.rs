@@ -10,7 +10,8 @@
 pub mod classify;
 
 use super::poll::{PollContext, Poller};
-use super::{open_carrier, CarrierLayout, Classifier, EventRings, Follower, Hook, KernelHalf, Observer, RuntimeFacts, Start, Userspace};
+use super::{
+    no_sized_maps,open_carrier, CarrierLayout, Classifier, EventRings, Follower, Hook, KernelHalf, Observer, RuntimeFacts, Start, Userspace};
 use crate::stamp::{Stamper, Verdict};
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use aya::Pod;
@@ -39,6 +40,7 @@ pub static OBSERVER: Observer = Observer {
         // ours), a retransmission folds into its query, an unseen owner is a null pid.
         correlation_counters: &[tapio_bpf::dns::UNPARSABLE],
         event_rings: EventRings::Shared,
+        sized_maps: no_sized_maps,
     }),
     userspace: start_sweeper,
 };

@@ -4,6 +4,7 @@
 pub mod classify;
 
 use super::{
+    no_sized_maps,
     no_userspace, open_carrier, CarrierLayout, Classifier, ClassifierContext, EventRings, Hook, KernelHalf, Observer,
     ProgramStatus, RuntimeFacts,
 };
@@ -28,6 +29,7 @@ pub static OBSERVER: Observer = Observer {
         counters: &[],
         correlation_counters: &[],
         event_rings: EventRings::PerCpu { total_bytes: tapio_bpf::abi::TAPIO_NET_EVENTS_RING_BYTES },
+        sized_maps: no_sized_maps,
     }),
     userspace: no_userspace,
 };

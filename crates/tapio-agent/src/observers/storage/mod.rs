@@ -3,6 +3,7 @@
 
 pub mod classify;
 pub mod disks;
+pub mod table_size;
 
 use super::poll::{PollContext, Poller};
 use super::{
@@ -41,6 +42,7 @@ pub static OBSERVER: Observer = Observer {
             tapio_bpf::storage::INFLIGHT_REPLACED,
         ],
         event_rings: EventRings::Shared,
+        sized_maps,
     }),
     userspace: start_sweeper,
 };
@@ -100,6 +102,25 @@ impl Follower for InflightMaxAge {
     }
 }
 
+/// The in-flight table, sized for this node's disks ([`table_size`]).
+fn sized_maps() -> Vec<(&'static str, u32)> {
+    let max = TAPIO_STO_INFLIGHT_ENTRIES;
+    let enough = u64::from(max);
+    let entries = match table_size::request_structs(std::path::Path::new("/sys/block"), enough) {
+        Some(structs) => {
+            let entries = table_size::inflight_entries(structs, max);
+            let counted = if structs >= enough { "at least " } else { "" };
+            log::info!("storage: in-flight table of {entries} entries, for {counted}{structs} block request structs");
+            entries
+        }
+        None => {
+            log::warn!("storage: /sys/block is unreadable: the in-flight table takes its largest size, {max} entries");
+            max
+        }
+    };
+    vec![(tapio_bpf::storage::INFLIGHT_MAP, entries)]
+}
+
 /// The userspace half: the sweeper of the in-flight table, which it takes from the object.
 fn start_sweeper(start: &mut Start<'_>) -> Result<Userspace, String> {
     let mut take = |name: &str| {
@@ -107,8 +128,14 @@ fn start_sweeper(start: &mut Start<'_>) -> Result<Userspace, String> {
     };
     let inflight = take(tapio_bpf::storage::INFLIGHT_MAP)?;
     let ran_full = take(tapio_bpf::storage::INFLIGHT_FULL_MAP)?;
+    // The size the table was created with (sized_maps), as the kernel reports it.
+    let entries = match &inflight {
+        aya::maps::Map::HashMap(data) => data.info().map(|info| info.max_entries()).ok(),
+        _ => None,
+    }
+    .unwrap_or(TAPIO_STO_INFLIGHT_ENTRIES);
     let max_age = InflightMaxAge::new(*start.local, start.config);
-    let sweeper = InflightSweeper::new(inflight, ran_full, Arc::clone(&max_age))?;
+    let sweeper = InflightSweeper::new(inflight, ran_full, entries, Arc::clone(&max_age))?;
     Ok(Userspace { pollers: vec![Box::new(sweeper)], followers: vec![max_age], state: None })
 }
 
@@ -177,6 +204,8 @@ pub fn expired(seen_ns: u64, now_ns: u64, max_age_ns: u64) -> bool {
 pub struct InflightSweeper {
     map: BpfHashMap<MapData, u64, Inflight>,
     ran_full: Array<MapData, u32>,
+    /// The table's size.
+    entries: u32,
     /// Whether the table's running full has been logged (once per agent).
     ran_full_logged: bool,
     /// Follows the applied config: a new config's thresholds can lengthen it.
@@ -190,9 +219,6 @@ const SWEEP_EVERY: Duration = Duration::from_secs(15);
 const RECLAIM_IDLE_NS: u64 = 30_000_000_000;
 /// … or this long once the table has run full.
 const RECLAIM_IDLE_AFTER_FULL_NS: u64 = 1_000_000_000;
-/// A scan never reads more keys than twice the table's size (keys deleted while iterating
-/// restart the kernel's iteration).
-const MAX_KEYS: usize = TAPIO_STO_INFLIGHT_ENTRIES as usize * 2;
 
 /// How long a completed request's entry may sit idle before it is reclaimed.
 fn reclaim_idle_ns(table_ran_full: bool) -> u64 {
@@ -204,12 +230,17 @@ fn reclaim_idle_ns(table_ran_full: bool) -> u64 {
 }
 
 impl InflightSweeper {
-    pub fn new(map: aya::maps::Map, ran_full: aya::maps::Map, max_age_ns: Arc<InflightMaxAge>) -> Result<Self, String> {
+    pub fn new(
+        map: aya::maps::Map,
+        ran_full: aya::maps::Map,
+        entries: u32,
+        max_age_ns: Arc<InflightMaxAge>,
+    ) -> Result<Self, String> {
         let map =
             BpfHashMap::try_from(map).map_err(|e| format!("inflight map does not match this agent's ABI: {e}"))?;
         let ran_full = Array::try_from(ran_full)
             .map_err(|e| format!("inflight_full map does not match this agent's ABI: {e}"))?;
-        Ok(Self { map, ran_full, ran_full_logged: false, max_age_ns, keys: Vec::new() })
+        Ok(Self { map, ran_full, entries, ran_full_logged: false, max_age_ns, keys: Vec::new() })
     }
 
     /// Whether the kernel found the table full at least once (unreadable: as if not).
@@ -223,15 +254,18 @@ impl InflightSweeper {
         if ran_full && !self.ran_full_logged {
             self.ran_full_logged = true;
             log::warn!(
-                "storage: the in-flight table ({TAPIO_STO_INFLIGHT_ENTRIES} entries) ran full: this node uses more \
+                "storage: the in-flight table ({} entries) ran full: this node uses more \
                  block request structs than the table holds; completed requests now free their entries, at the \
                  cost of an insert and a delete per request, and requests that found it full are counted \
-                 (inflight_table_full)"
+                 (inflight_table_full)",
+                self.entries
             );
         }
         let reclaim_idle = reclaim_idle_ns(ran_full);
         self.keys.clear();
-        for key in self.map.keys().take(MAX_KEYS) {
+        // Never more keys than twice the table's size: keys deleted while iterating restart
+        // the kernel's iteration.
+        for key in self.map.keys().take(self.entries as usize * 2) {
             match key {
                 Ok(k) => self.keys.push(k),
                 Err(_) => break,
