@@ -18,9 +18,6 @@ use std::path::Path;
 /// node with few disks may still have thousands of those at once.
 pub const MIN_INFLIGHT_ENTRIES: u32 = 4096;
 
-/// A sysfs number file is a short line.
-const MAX_NUMBER_BYTES: u64 = 64;
-
 /// Entries for a node whose disks have `structs` request structs: room for twice as many,
 /// a power of two (the kernel's bucket count is one anyway), within
 /// [`MIN_INFLIGHT_ENTRIES`] and `max` (the object's declared size, which the budgets hold).
@@ -76,12 +73,10 @@ fn read_number(path: &Path) -> Option<u64> {
     read_short(path)?.trim().parse().ok()
 }
 
-/// A small sysfs file's text; None when unreadable or longer than any such file.
+/// A sysfs attribute's text (the kernel hands out at most a page of one); None when
+/// unreadable.
 fn read_short(path: &Path) -> Option<String> {
-    use std::io::Read;
-    let mut text = String::new();
-    std::fs::File::open(path).ok()?.take(MAX_NUMBER_BYTES * 4).read_to_string(&mut text).ok()?;
-    Some(text)
+    std::fs::read_to_string(path).ok()
 }
 
 #[cfg(test)]
