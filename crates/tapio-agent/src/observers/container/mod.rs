@@ -4,7 +4,9 @@
 pub mod classify;
 
 use super::{
-    no_sized_maps,no_userspace, open_carrier, CarrierLayout, Classifier, EventRings, Hook, KernelHalf, Observer, RuntimeFacts};
+    no_sized_maps, no_userspace, open_carrier, CarrierLayout, Classifier, EventRings, Hook, KernelHalf, Observer,
+    RuntimeFacts,
+};
 use crate::stamp::{Stamper, Verdict};
 use classify::PageSize;
 use tapio_bpf::abi::{tapio_cgroup_event, tapio_ctr_config, TAPIO_CTR_EN_EXIT, TAPIO_CTR_EN_OOM};

@@ -11,15 +11,17 @@ pub mod classify;
 
 use super::poll::{PollContext, Poller};
 use super::{
-    no_sized_maps,open_carrier, CarrierLayout, Classifier, EventRings, Follower, Hook, KernelHalf, Observer, RuntimeFacts, Start, Userspace};
+    no_sized_maps, open_carrier, CarrierLayout, Classifier, EventRings, Follower, Hook, KernelHalf, Observer,
+    RuntimeFacts, Start, Userspace,
+};
 use crate::stamp::{Stamper, Verdict};
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use aya::Pod;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tapio_bpf::abi::{
-    tapio_dns_config, tapio_dns_key, tapio_dns_query, TAPIO_DNS_EN_FAILURE, TAPIO_DNS_EN_LATENCY, TAPIO_DNS_EN_NXDOMAIN,
-    TAPIO_DNS_EN_TIMEOUT,
+    tapio_dns_config, tapio_dns_key, tapio_dns_query, TAPIO_DNS_EN_FAILURE, TAPIO_DNS_EN_LATENCY,
+    TAPIO_DNS_EN_NXDOMAIN, TAPIO_DNS_EN_TIMEOUT,
 };
 use tapio_wire::compiled::DnsConfig;
 use tapio_wire::CompiledConfig;
@@ -218,7 +220,10 @@ mod tests {
         c.dns.enabled = false;
         assert_eq!(bits(&c), 0);
         let k = tapio_dns_config::build(&CompiledConfig::default(), 7, &facts);
-        assert_eq!((k.hdr.generation, k.timeout_ms, k.latency_warning_ms, k.latency_critical_ms), (7, 5_000, 500, 2_000));
+        assert_eq!(
+            (k.hdr.generation, k.timeout_ms, k.latency_warning_ms, k.latency_critical_ms),
+            (7, 5_000, 500, 2_000)
+        );
     }
 
     #[test]

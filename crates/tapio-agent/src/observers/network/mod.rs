@@ -4,9 +4,8 @@
 pub mod classify;
 
 use super::{
-    no_sized_maps,
-    no_userspace, open_carrier, CarrierLayout, Classifier, ClassifierContext, EventRings, Hook, KernelHalf, Observer,
-    ProgramStatus, RuntimeFacts,
+    no_sized_maps, no_userspace, open_carrier, CarrierLayout, Classifier, ClassifierContext, EventRings, Hook,
+    KernelHalf, Observer, ProgramStatus, RuntimeFacts,
 };
 use crate::stamp::{Stamper, Verdict};
 use tapio_bpf::abi::{

@@ -420,7 +420,8 @@ mod tests {
     #[test]
     fn missing_psi_and_counters_make_the_observer_unsupported_with_reasons() {
         let settings = NodeSettings::new(0, NodeConfig::default());
-        let (state, poller) = NodeObserver::start(settings, Duration::from_secs(2), "/nonexistent/pressure", "/nonexistent/online");
+        let (state, poller) =
+            NodeObserver::start(settings, Duration::from_secs(2), "/nonexistent/pressure", "/nonexistent/online");
         assert!(poller.is_none());
         match state {
             ObserverState::Unsupported(why) => {

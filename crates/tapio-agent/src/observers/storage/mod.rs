@@ -7,7 +7,8 @@ pub mod table_size;
 
 use super::poll::{PollContext, Poller};
 use super::{
-    open_carrier, CarrierLayout, Classifier, EventRings, Follower, Hook, KernelHalf, Observer, RuntimeFacts, Start, Userspace,
+    open_carrier, CarrierLayout, Classifier, EventRings, Follower, Hook, KernelHalf, Observer, RuntimeFacts, Start,
+    Userspace,
 };
 use crate::config::LocalKnobs;
 use crate::stamp::{Stamper, Verdict};
@@ -238,8 +239,8 @@ impl InflightSweeper {
     ) -> Result<Self, String> {
         let map =
             BpfHashMap::try_from(map).map_err(|e| format!("inflight map does not match this agent's ABI: {e}"))?;
-        let ran_full = Array::try_from(ran_full)
-            .map_err(|e| format!("inflight_full map does not match this agent's ABI: {e}"))?;
+        let ran_full =
+            Array::try_from(ran_full).map_err(|e| format!("inflight_full map does not match this agent's ABI: {e}"))?;
         Ok(Self { map, ran_full, entries, ran_full_logged: false, max_age_ns, keys: Vec::new() })
     }
 
@@ -317,7 +318,11 @@ mod tests {
     fn in_flight_requests_live_long_enough_to_be_judged_critical() {
         let mut local = LocalKnobs::default();
         let mut config = CompiledConfig::default();
-        assert_eq!(inflight_max_age_ns(&local, &config), 600_000_000_000, "the configured age when it covers the thresholds");
+        assert_eq!(
+            inflight_max_age_ns(&local, &config),
+            600_000_000_000,
+            "the configured age when it covers the thresholds"
+        );
         // Both thresholds at their maximum (accepted) are still judged: a request slower
         // than the critical threshold stays in the table past it.
         config.storage.latency_warning_ms = 600_000;

@@ -64,9 +64,8 @@ fn disk_request_structs(disk: &Path) -> u64 {
 
 /// Whether an I/O scheduler is selected (`queue/scheduler` brackets the one in use).
 fn has_scheduler(disk: &Path) -> bool {
-    read_short(&disk.join("queue/scheduler")).is_some_and(|text| {
-        text.split_whitespace().any(|s| s.starts_with('[') && s != "[none]")
-    })
+    read_short(&disk.join("queue/scheduler"))
+        .is_some_and(|text| text.split_whitespace().any(|s| s.starts_with('[') && s != "[none]"))
 }
 
 fn read_number(path: &Path) -> Option<u64> {
