@@ -32,13 +32,14 @@ struct {
 	__uint(max_entries, 1 << 20);
 } floor_cgroups SEC(".maps");
 
-/* The floor of a hook that reports a cgroup: its record reserved, its header cleared (as
+/* The floor of a hook that reports a cgroup: its record reserved (the short one, which
+ * Tapio writes for any path under 256 bytes: Kubernetes' are), its header cleared (as
  * Tapio's is; the path after it is written only as far as it goes) and submitted without
  * waking anyone, and no path copied. */
 SEC("tracepoint/cgroup/cgroup_mkdir")
 int floor_mkdir_rec(void *ctx)
 {
-	struct tapio_cgroup_event *ev = bpf_ringbuf_reserve(&floor_cgroups, sizeof(*ev), 0);
+	struct tapio_cgroup_event *ev = bpf_ringbuf_reserve(&floor_cgroups, TAPIO_CGROUP_SHORT_BYTES, 0);
 	if (!ev)
 		return 0;
 	__builtin_memset(ev, 0, __builtin_offsetof(struct tapio_cgroup_event, path));

@@ -276,8 +276,25 @@ pub fn process_exits(ok: u32, failing: u32) -> u32 {
     ran
 }
 
-/// Creates and removes `count` empty cgroups in the first cgroup hierarchy (cgroup2 first)
-/// that lets this process make one. Returns the cgroups made and where.
+/// The length of each churned cgroup's path from its hierarchy's root: a container's under
+/// the systemd driver, `/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid
+/// with underscores>.slice/cri-containerd-<64 hex>.scope`. The hook copies the path, and its
+/// record's size depends on the path's length.
+pub const CHURN_PATH_BYTES: usize = 191;
+
+/// The name of churned cgroup `i` of `base`: padded so that its path (a `/` and the name)
+/// is [`CHURN_PATH_BYTES`] long, as a container's is.
+fn churn_name(base: &str, i: u32) -> String {
+    let mut name = format!("{base}-{i:05}-");
+    while name.len() + 1 < CHURN_PATH_BYTES {
+        name.push('k');
+    }
+    name
+}
+
+/// Creates and removes `count` empty cgroups, each with a path as long as a Kubernetes
+/// container's, in the first cgroup hierarchy (cgroup2 first) that lets this process make
+/// one. Returns the cgroups made and where.
 pub fn cgroup_churn(count: u32) -> Result<(u32, PathBuf), String> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").map_err(|e| format!("reading mounts: {e}"))?;
     let mut roots: Vec<(bool, PathBuf)> = mounts
@@ -293,7 +310,7 @@ pub fn cgroup_churn(count: u32) -> Result<(u32, PathBuf), String> {
     for (_, root) in roots {
         let mut made = 0;
         for i in 0..count {
-            let dir = root.join(format!("{base}-{i}"));
+            let dir = root.join(churn_name(&base, i));
             if std::fs::create_dir(&dir).is_err() {
                 break;
             }
@@ -382,6 +399,17 @@ pub fn hog(procs: &Path) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn churned_cgroup_paths_are_as_long_as_a_containers() {
+        let base = format!("tapio-bench-churn-{}", u32::MAX);
+        for i in [0, 7, 99_999] {
+            let name = churn_name(&base, i);
+            assert_eq!(1 + name.len(), CHURN_PATH_BYTES, "{name}");
+            assert!(name.starts_with(&format!("{base}-{i:05}-")), "{name}");
+        }
+        assert_ne!(churn_name(&base, 1), churn_name(&base, 2));
+    }
 
     #[test]
     fn closed_port_refuses_and_flood_is_bounded() {

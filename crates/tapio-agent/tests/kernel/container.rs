@@ -783,3 +783,37 @@ fn containers_removed_at_reap_keep_their_identity_v1_v2_cgroupfs_systemd_exit_an
         check_identity(e, cg);
     }
 }
+
+/// A cgroup whose path is too long for the short cgroup record (255 bytes and its NUL) comes
+/// in the full one: a sub-cgroup below a container, as runtimes and workloads make them,
+/// removed at reap like its container, still names the container in its evidence.
+#[test]
+#[ignore = "needs root"]
+fn a_sub_cgroup_whose_path_needs_the_full_cgroup_record_keeps_its_containers_identity() {
+    let _turn = kernel_test("identity_long_cgroup_path");
+    const PATH_BYTES: usize = 300;
+    let agent = Agent::start(BASE);
+    let mut cg = KubeCgroup::new(V2_UNIFIED, true, 30, None);
+    let name = "s".repeat(PATH_BYTES - cg.path.len() - 1);
+    let sub_path = format!("{}/{name}", cg.path);
+    assert_eq!(sub_path.len(), PATH_BYTES);
+    let sub = cg.leaf.join(&name);
+    fs::create_dir(&sub).unwrap_or_else(|e| panic!("mkdir {}: {e}", sub.display()));
+    let p = sh(&format!("echo $$ > {} && exit 7", sub.join("cgroup.procs").display()));
+    // Removed as soon as its process is reaped (retried while the kernel finishes the exit).
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while let Err(e) = fs::remove_dir(&sub) {
+        assert!(Instant::now() < deadline, "rmdir {}: {e}", sub.display());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    cg.remove();
+    let run = agent.stop();
+    assert!(run.exit_ok, "agent exit: {}", run.stderr);
+    assert_eq!(p.status.code(), Some(7));
+    let e = only(&run, p.pid, "kernel.container.abnormal_exit");
+    check_exit_code(e, 7);
+    let w = &e["workload"];
+    assert_eq!(w["cgroup_path"], sub_path.as_str(), "{e:#}");
+    assert_eq!(w["container_id"], cg.container_id.as_str(), "{e:#}");
+    assert_eq!(w["pod_uid"], cg.pod_uid.as_str(), "{e:#}");
+}

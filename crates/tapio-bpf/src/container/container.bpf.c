@@ -42,7 +42,7 @@ struct {
 /* Evidence wakes the agent once an eighth of the ring is waiting. */
 #define EVENTS_WAKEUP_BYTES (EVENTS_RING_BYTES / 8)
 /*
- * Cgroup records (bookkeeping, 552 bytes each) wake it only once half the ring is waiting
+ * Cgroup records (bookkeeping, 288 bytes each, 544 for a path over 255 bytes) wake it only once half the ring is waiting
  * (or when it sleeps, tapio_submit): an awake agent drains every 100 ms anyway, and the
  * forced wake-ups at every eighth cost the
  * cgroup hook more than the rest of it together (measured by tapio-bench). A burst of new
@@ -512,40 +512,58 @@ static __noinline int exit_judged(struct task_struct *task, int last)
  * may carry no workload names once the cgroup is removed. For the same reason the record
  * carries no time (its header's boot_ns is 0): nothing orders or dates it.
  */
-SEC("tracepoint/cgroup/cgroup_mkdir")
-int tapio_cgroup_mkdir(struct trace_event_raw_cgroup *ctx)
+/*
+ * Reserves a cgroup record with `path_room` path bytes (a constant at each call: the
+ * verifier checks the copy against the reservation), fills it and submits it. The path is
+ * the tracepoint's (`len` bytes with its NUL), copied as one block of that length (a
+ * string copy goes a byte at a time), or, when it does not fit, none: the record says so.
+ */
+static __always_inline void emit_cgroup(struct trace_event_raw_cgroup *ctx, const char *path, __u32 len,
+					__u32 path_room)
 {
-	/* The path counts only up to path_len, so its 512 bytes are not cleared first. */
-	struct tapio_cgroup_event *ev = reserve_unstamped(
-		sizeof(*ev), __builtin_offsetof(struct tapio_cgroup_event, path), TAPIO_CTR_CGROUP_MKDIR);
+	__u32 path_at = __builtin_offsetof(struct tapio_cgroup_event, path);
+	/* The path is not cleared first: it counts only up to path_len. */
+	struct tapio_cgroup_event *ev = reserve_unstamped(path_at + path_room, path_at, TAPIO_CTR_CGROUP_MKDIR);
 	if (!ev)
-		return 0;
+		return;
 	/* The record is this program's context: plain loads. */
 	ev->cgroup_id = ctx->id;
 	ev->hierarchy_id = ctx->root;
-	__u32 loc = ctx->__data_loc_path;
-	/* __data_loc: offset from the record's start in the low 16 bits, length above (the
-	 * path's bytes with its NUL). Copied as one block of that length: a string copy goes a
-	 * byte at a time. */
-	const char *path = (const char *)ctx + (loc & 0xffff);
-	__u32 len = loc >> 16;
 	long err = -1;
-	if (len >= 1 && len <= sizeof(ev->path)) {
+	if (len >= 1 && len <= path_room) {
 		__u64 last = len - 1;
-		/* A no-op the compiler must keep: the verifier needs the bound on this register. */
-		_Static_assert(sizeof(ev->path) == 512, "the mask below is the path's size less one");
-		asm volatile("%[v] &= 511" : [v] "+r"(last));
+		__u64 mask = path_room - 1;
+		/* The room is a power of two, so this is a no-op; the compiler must keep it, as the
+		 * verifier needs the bound on this register. */
+		asm volatile("%[v] &= %[m]" : [v] "+r"(last) : [m] "r"(mask));
 		err = bpf_probe_read_kernel(ev->path, last + 1, path);
 		if (!err && ev->path[last] != 0)
 			err = -1;
 	}
 	if (err) {
 		/* Too long (or unreadable): say so rather than carry a cut path. */
-		__builtin_memset(ev->path, 0, sizeof(ev->path));
+		__builtin_memset(ev->path, 0, path_room);
 		ev->flags |= TAPIO_CTR_F_NO_PATH;
 	} else {
 		ev->path_len = len - 1;
 	}
 	tapio_submit(&events, ev, CGROUP_WAKEUP_BYTES);
+}
+
+SEC("tracepoint/cgroup/cgroup_mkdir")
+int tapio_cgroup_mkdir(struct trace_event_raw_cgroup *ctx)
+{
+	_Static_assert(TAPIO_CGROUP_PATH_SHORT < TAPIO_CGROUP_PATH_MAX, "two record sizes");
+	_Static_assert(sizeof(((struct tapio_cgroup_event *)0)->path) == TAPIO_CGROUP_PATH_MAX, "the full record");
+	/* __data_loc: offset from the record's start in the low 16 bits, length above (the
+	 * path's bytes with its NUL). */
+	__u32 loc = ctx->__data_loc_path;
+	const char *path = (const char *)ctx + (loc & 0xffff);
+	__u32 len = loc >> 16;
+	/* A path that fits the short record, or none at all, travels in one. */
+	if (len > TAPIO_CGROUP_PATH_SHORT && len <= TAPIO_CGROUP_PATH_MAX)
+		emit_cgroup(ctx, path, len, TAPIO_CGROUP_PATH_MAX);
+	else
+		emit_cgroup(ctx, path, len, TAPIO_CGROUP_PATH_SHORT);
 	return 0;
 }

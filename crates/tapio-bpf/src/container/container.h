@@ -45,6 +45,12 @@ enum tapio_ctr_kind {
 /* Longest cgroup path (with its NUL) a cgroup record carries; a longer one is reported
  * with path_len 0 and TAPIO_CTR_F_NO_PATH, never cut short. Kubernetes paths are ~200. */
 #define TAPIO_CGROUP_PATH_MAX 512
+/* A path of at most this many bytes (with its NUL), or none, travels in a short record:
+ * the first TAPIO_CGROUP_SHORT_BYTES of struct tapio_cgroup_event (the rest is not sent;
+ * its path_len is under this). Half the ring space per cgroup, and each hook pays for the
+ * ring pages its records touch (measured by tapio-bench). */
+#define TAPIO_CGROUP_PATH_SHORT 256
+#define TAPIO_CGROUP_SHORT_BYTES (__builtin_offsetof(struct tapio_cgroup_event, path) + TAPIO_CGROUP_PATH_SHORT)
 
 /* Bits of the records' flags. */
 enum tapio_ctr_flag {

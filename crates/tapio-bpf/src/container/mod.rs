@@ -2,10 +2,11 @@
 //! record decoding.
 
 use crate::abi::{
-    tapio_cgroup_event, tapio_ctr_config, tapio_exit_event, tapio_oom_event, TAPIO_CTR_CGROUP_MKDIR,
-    TAPIO_CTR_CNT_OOM_VICTIM_SLOT_REUSED, TAPIO_CTR_EXIT, TAPIO_CTR_OOM_KILL,
+    tapio_cgroup_event, tapio_ctr_config, tapio_exit_event, tapio_oom_event, TAPIO_CGROUP_PATH_SHORT,
+    TAPIO_CTR_CGROUP_MKDIR, TAPIO_CTR_CNT_OOM_VICTIM_SLOT_REUSED, TAPIO_CTR_EXIT, TAPIO_CTR_F_NO_PATH,
+    TAPIO_CTR_OOM_KILL,
 };
-use crate::record::{decode_as, read_header, DecodeError, Record};
+use crate::record::{decode_as, decode_prefix, read_header, DecodeError, Record};
 
 // SAFETY: a bindgen repr(C) mirror of an ABI header struct: integers only, padding explicit.
 unsafe impl Record for tapio_oom_event {}
@@ -70,13 +71,38 @@ impl tapio_cgroup_event {
     }
 }
 
+/// Bytes of a short cgroup record: the event up to the end of its first
+/// `TAPIO_CGROUP_PATH_SHORT` path bytes (container.h), which carries any path shorter than
+/// that, or none.
+pub const CGROUP_SHORT_BYTES: usize = std::mem::offset_of!(tapio_cgroup_event, path) + TAPIO_CGROUP_PATH_SHORT as usize;
+
+/// A cgroup record, short or full. A short one whose path would not end inside it is
+/// malformed (its path would read the zeros past what was sent).
+fn decode_cgroup(bytes: &[u8], kind: u32) -> Result<tapio_cgroup_event, DecodeError> {
+    if bytes.len() != CGROUP_SHORT_BYTES {
+        return decode_as(bytes, kind);
+    }
+    let ev: tapio_cgroup_event = decode_prefix(bytes, kind, CGROUP_SHORT_BYTES)?;
+    let carries_path = u32::from(ev.flags) & TAPIO_CTR_F_NO_PATH == 0;
+    if carries_path && u32::from(ev.path_len) >= TAPIO_CGROUP_PATH_SHORT {
+        return Err(DecodeError::WrongSize {
+            kind,
+            len: bytes.len(),
+            expected: std::mem::size_of::<tapio_cgroup_event>(),
+        });
+    }
+    Ok(ev)
+}
+
 /// Decodes one ring-buffer record of the container object.
 pub fn decode(bytes: &[u8]) -> Result<ContainerRecord, DecodeError> {
     let header = read_header(bytes)?;
     match header.kind {
         TAPIO_CTR_OOM_KILL => decode_as(bytes, header.kind).map(ContainerRecord::OomKill),
         TAPIO_CTR_EXIT => decode_as(bytes, header.kind).map(ContainerRecord::Exit),
-        TAPIO_CTR_CGROUP_MKDIR => decode_as(bytes, header.kind).map(|ev| ContainerRecord::CgroupMkdir(Box::new(ev))),
+        TAPIO_CTR_CGROUP_MKDIR => {
+            decode_cgroup(bytes, header.kind).map(|ev| ContainerRecord::CgroupMkdir(Box::new(ev)))
+        }
         kind => Err(DecodeError::UnknownKind { kind }),
     }
 }
@@ -109,5 +135,43 @@ mod tests {
         let mut oom = tapio_oom_event::default();
         oom.hdr.kind = TAPIO_CTR_EXIT;
         assert!(matches!(decode(as_bytes(&oom)), Err(DecodeError::WrongSize { .. })));
+    }
+
+    fn cgroup_record(path: &[u8]) -> tapio_cgroup_event {
+        let mut ev = tapio_cgroup_event { cgroup_id: 9, ..Default::default() };
+        ev.hdr.kind = TAPIO_CTR_CGROUP_MKDIR;
+        ev.path[..path.len()].copy_from_slice(path);
+        ev.path_len = path.len() as u16;
+        ev
+    }
+
+    fn path_of(bytes: &[u8]) -> Result<Option<Vec<u8>>, DecodeError> {
+        match decode(bytes)? {
+            ContainerRecord::CgroupMkdir(ev) => Ok(ev.path_bytes().map(<[u8]>::to_vec)),
+            other => panic!("wrong record {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_cgroup_record_is_short_or_full_and_a_short_one_carries_only_a_path_that_ends_in_it() {
+        let short_path = vec![b'k'; TAPIO_CGROUP_PATH_SHORT as usize - 1];
+        let ev = cgroup_record(&short_path);
+        // The kernel sends a path of 255 bytes (256 with its NUL) in the short record…
+        assert_eq!(path_of(&as_bytes(&ev)[..CGROUP_SHORT_BYTES]), Ok(Some(short_path.clone())));
+        // … and the same record in full reads the same.
+        assert_eq!(path_of(as_bytes(&ev)), Ok(Some(short_path)));
+        // A longer path comes only in full.
+        let long_path = vec![b'l'; TAPIO_CGROUP_PATH_SHORT as usize];
+        let ev = cgroup_record(&long_path);
+        assert_eq!(path_of(as_bytes(&ev)), Ok(Some(long_path)));
+        // A short record claiming it is malformed, not read as zeros.
+        assert!(matches!(path_of(&as_bytes(&ev)[..CGROUP_SHORT_BYTES]), Err(DecodeError::WrongSize { .. })));
+        // A short record without a path (too long for the full one, or unreadable) is whole.
+        let mut none = cgroup_record(b"");
+        none.flags = TAPIO_CTR_F_NO_PATH as u16;
+        none.path_len = 0;
+        assert_eq!(path_of(&as_bytes(&none)[..CGROUP_SHORT_BYTES]), Ok(None));
+        // Any other length is malformed.
+        assert!(matches!(decode(&as_bytes(&none)[..CGROUP_SHORT_BYTES + 8]), Err(DecodeError::WrongSize { .. })));
     }
 }
