@@ -81,6 +81,7 @@ fn read_short(path: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_dirs::scratch;
     use std::fs;
 
     fn disk(root: &Path, name: &str, queues: &[(u64, u64)], scheduler: &str, nr_requests: u64) {
@@ -96,16 +97,9 @@ mod tests {
         }
     }
 
-    fn scratch(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("tapio-table-size-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     #[test]
     fn structs_are_tags_flushes_and_scheduler_tags_per_hardware_queue() {
-        let root = scratch("count");
+        let root = scratch("table-size-count");
         // No scheduler: 2 queues of 1,023 tags and one reserved, a flush request each.
         disk(&root, "nvme0n1", &[(1023, 1), (1023, 1)], "[none] mq-deadline kyber", 1023);
         // A scheduler: its 256 tags per queue come on top of the 128 driver tags.
@@ -122,7 +116,7 @@ mod tests {
 
     #[test]
     fn a_queue_without_a_readable_tag_count_is_not_counted() {
-        let root = scratch("unreadable");
+        let root = scratch("table-size-unreadable");
         disk(&root, "sda", &[(64, 0), (64, 0)], "none [mq-deadline]", 64);
         fs::write(root.join("sda/mq/1/nr_tags"), "many\n").unwrap();
         // One queue left: its tags, its flush, and the scheduler's tags for it.
