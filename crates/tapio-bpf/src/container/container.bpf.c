@@ -42,12 +42,11 @@ struct {
 /* Evidence wakes the agent once an eighth of the ring is waiting. */
 #define EVENTS_WAKEUP_BYTES (EVENTS_RING_BYTES / 8)
 /*
- * Cgroup records (bookkeeping, 288 bytes each, 544 for a path over 255 bytes) wake it only once half the ring is waiting
- * (or when it sleeps, tapio_submit): an awake agent drains every 100 ms anyway, and the
- * forced wake-ups at every eighth cost the
- * cgroup hook more than the rest of it together (measured by tapio-bench). A burst of new
- * cgroups (237 records) still wakes it with half the ring, which exits and OOM kills share,
- * left.
+ * Cgroup records (bookkeeping: 288 bytes, 544 for a path over 255 bytes) wake it only once
+ * half the ring is waiting (or when it sleeps, tapio_submit): an awake agent drains every
+ * 100 ms anyway, and the forced wake-ups at every eighth cost the cgroup hook more than the
+ * rest of it together (measured by tapio-bench). A burst of new cgroups (455 short records)
+ * still wakes it with half the ring, which exits and OOM kills share, left.
  */
 #define CGROUP_WAKEUP_BYTES (EVENTS_RING_BYTES / 2)
 
@@ -507,12 +506,6 @@ static __noinline int exit_judged(struct task_struct *task, int last)
 }
 
 /*
- * Every cgroup the kernel creates, with its path, while it exists. Not judged by the config
- * (identity is bookkeeping, not evidence): a cgroup missed here is one whose later evidence
- * may carry no workload names once the cgroup is removed. For the same reason the record
- * carries no time (its header's boot_ns is 0): nothing orders or dates it.
- */
-/*
  * Reserves a cgroup record with `path_room` path bytes (a constant at each call: the
  * verifier checks the copy against the reservation), fills it and submits it. The path is
  * the tracepoint's (`len` bytes with its NUL), copied as one block of that length (a
@@ -550,6 +543,12 @@ static __always_inline void emit_cgroup(struct trace_event_raw_cgroup *ctx, cons
 	tapio_submit(&events, ev, CGROUP_WAKEUP_BYTES);
 }
 
+/*
+ * Every cgroup the kernel creates, with its path, while it exists. Not judged by the config
+ * (identity is bookkeeping, not evidence): a cgroup missed here is one whose later evidence
+ * may carry no workload names once the cgroup is removed. For the same reason the record
+ * carries no time (its header's boot_ns is 0): nothing orders or dates it.
+ */
 SEC("tracepoint/cgroup/cgroup_mkdir")
 int tapio_cgroup_mkdir(struct trace_event_raw_cgroup *ctx)
 {
