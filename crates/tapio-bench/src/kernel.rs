@@ -268,18 +268,22 @@ struct Driven {
     rounds: u64,
     resets: u64,
     syn_pending: usize,
+    v6_connects: u64,
+    datagrams: u64,
     processes: u32,
     oom: String,
 }
 
-/// Makes every hook fire: refused connects, loopback traffic, resets, SYN retransmits,
-/// process exits and one OOM kill. About 4 s, all of it bounded.
+/// Makes every hook fire: refused connects, loopback traffic, resets, SYN retransmits, IPv6
+/// connects and addressed UDP sends, process exits and one OOM kill. About 4 s, all of it
+/// bounded.
 fn drive_load() -> Result<Driven, String> {
     let closed = load::ClosedPort::reserve().map_err(|e| format!("reserving a closed port: {e}"))?;
     let port = closed.port;
     let flood = std::thread::spawn(move || load::refused_flood(port, 1, Duration::from_secs(3), 300_000));
     let pings = std::thread::spawn(|| load::ping_pong(100_000, Duration::from_secs(3)));
     let syns = std::thread::spawn(|| load::syn_retransmits(20, Duration::from_millis(3500)));
+    let addressed = std::thread::spawn(|| load::addressed_sends(2000, Duration::from_secs(3)));
     let mut d = Driven {
         resets: load::resets(2000, Duration::from_secs(3)).map_err(|e| format!("reset load: {e}"))?,
         processes: load::process_exits(100, 100),
@@ -293,6 +297,10 @@ fn drive_load() -> Result<Driven, String> {
     d.refused = flood.join().map_err(|_| "flood thread panicked")?.refused;
     d.rounds = pings.join().map_err(|_| "ping-pong thread panicked")?.map_err(|e| format!("ping-pong load: {e}"))?;
     d.syn_pending = syns.join().map_err(|_| "SYN thread panicked")?.map_err(|e| format!("SYN retransmit load: {e}"))?;
+    (d.v6_connects, d.datagrams) = addressed
+        .join()
+        .map_err(|_| "addressed-send thread panicked")?
+        .map_err(|e| format!("IPv6 connect and UDP send load: {e}"))?;
     drop(closed);
     Ok(d)
 }
@@ -582,12 +590,15 @@ fn run(binary: &Path, report: &mut Report) -> Result<(), String> {
     }
     report.note(format!(
         "kernel: run-time stats via {how}, read for {scope}; load: {} refused connects, {} loopback \
-         request/response rounds, {} RST-aborted connections, {} connects left to retransmit SYNs, {} process \
-         exits (half abnormal), {}",
+         request/response rounds, {} RST-aborted connections, {} connects left to retransmit SYNs, {} IPv6 \
+         loopback connects, {} UDP datagrams sent with an address (IPv4 and IPv6), {} process exits (half \
+         abnormal), {}",
         thousands(driven.refused),
         thousands(driven.rounds),
         thousands(driven.resets),
         driven.syn_pending,
+        thousands(driven.v6_connects),
+        thousands(driven.datagrams),
         driven.processes,
         driven.oom
     ));

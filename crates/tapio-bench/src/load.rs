@@ -12,7 +12,7 @@
 
 use std::io::{Read, Write};
 use std::mem::size_of;
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -229,6 +229,38 @@ pub fn resets(count: u64, deadline: Duration) -> std::io::Result<u64> {
     Ok(done)
 }
 
+/// What the DNS observer's address programs see on any node, none of it to port 53 (the
+/// common case): IPv6 loopback connects, accepted and closed (`cgroup/connect6`), and
+/// datagrams sent with an address from unconnected UDP sockets, IPv4 and IPv6
+/// (`cgroup/sendmsg4`, `sendmsg6`). Up to `count` of each; returns the connects and the
+/// datagrams made. Nobody reads the datagrams: the receiver's buffer bounds them.
+pub fn addressed_sends(count: u64, deadline: Duration) -> std::io::Result<(u64, u64)> {
+    let end = Instant::now() + deadline;
+    let listener = TcpListener::bind(SocketAddrV6::new(Ipv6Addr::LOCALHOST, 0, 0, 0))?;
+    let addr = listener.local_addr()?;
+    let mut connects = 0;
+    while connects < count && Instant::now() < end {
+        let client = TcpStream::connect(addr)?;
+        let (server, _) = listener.accept()?;
+        drop((client, server));
+        connects += 1;
+    }
+    let mut datagrams = 0;
+    for local in ["127.0.0.1:0", "[::1]:0"] {
+        let receiver = UdpSocket::bind(local)?;
+        let sender = UdpSocket::bind(local)?;
+        let to = receiver.local_addr()?;
+        for _ in 0..count {
+            if Instant::now() >= end {
+                break;
+            }
+            sender.send_to(b"tapio-bench", to)?;
+            datagrams += 1;
+        }
+    }
+    Ok((connects, datagrams))
+}
+
 /// Connects to a listener whose accept queue is full: their SYNs are dropped and the
 /// kernel retransmits them (about 1 s, then 3 s after the connect). Holds `sockets`
 /// such connects for `hold`, then closes them all. Returns the connects left pending.
@@ -399,6 +431,11 @@ pub fn hog(procs: &Path) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addressed_sends_make_what_they_count() {
+        assert_eq!(addressed_sends(20, Duration::from_secs(10)).unwrap(), (20, 40));
+    }
 
     #[test]
     fn churned_cgroup_paths_are_as_long_as_a_containers() {
