@@ -7,7 +7,7 @@
 //! `nr_reserved_tags`) and one for flushes, and a disk with an I/O scheduler one per
 //! scheduler tag (`queue/nr_requests`, per hardware queue). A table no larger than that
 //! keeps the hooks' cache and TLB footprint small: on the bench's VM a 4,096-entry table
-//! measured 15–25 ns less per block hook than the 16,384 entries every node got before
+//! measured about 10–25 ns less per block hook than the 16,384 entries every node got before
 //! (crates/tapio-bench/README.md, fifteenth round). Disks added later, or a scheduler
 //! switched on, can bring more structs than that: room for twice the structs at load covers
 //! most of it, and past it the table switches to its full-table mode (correct, slower).
