@@ -189,6 +189,7 @@ async fn a_full_disk_refuses_batches_counts_exactly_and_fails_readiness() {
     );
     drop(_fs);
     let _ = std::fs::remove_dir_all(base);
+    let _ = std::fs::remove_dir_all(&t.dir);
 }
 
 #[test]

@@ -13,24 +13,25 @@ fn agent() -> Command {
     Command::new(BIN)
 }
 
-fn write_config(name: &str, text: &str) -> std::path::PathBuf {
-    let path = tmp::path(&format!("startup-{name}.toml"));
+fn write_config(dir: &tmp::Dir, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.path().join(format!("{name}.toml"));
     std::fs::write(&path, text).unwrap();
     path
 }
 
 #[test]
 fn a_config_with_an_unknown_key_is_refused_at_start_naming_the_key() {
-    let path = write_config("typo", "[network]\nretransmit_cuont = 3\n");
+    let dir = tmp::Dir::scratch("startup-configs");
+    let path = write_config(&dir, "typo", "[network]\nretransmit_cuont = 3\n");
     let out = agent().arg("--config").arg(&path).arg("--check-config").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("retransmit_cuont"), "{stderr}");
-    let path = write_config("range", "[network]\nrtt_ratio_percent = 20\n");
+    let path = write_config(&dir, "range", "[network]\nrtt_ratio_percent = 20\n");
     let out = agent().arg("--config").arg(&path).arg("--check-config").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("network.rtt_ratio_percent = 20 is out of range"));
-    let path = write_config("good", "[network]\nretransmit_count = 3\n");
+    let path = write_config(&dir, "good", "[network]\nretransmit_count = 3\n");
     let out = agent().arg("--config").arg(&path).arg("--check-config").output().unwrap();
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "config ok");
