@@ -38,6 +38,158 @@ pub struct ErrorInfo {
     pub message: String,
 }
 
+/// An evidence message written piece by piece, for the kinds a flood repeats: through
+/// `format!` (the formatting machinery, and a string grown as it goes) a connection record's
+/// message cost about a third of its classification (`callgrind`, see the bench README).
+pub(crate) struct Message(String);
+
+impl Message {
+    /// A message that starts with `text`.
+    pub fn new(text: &str) -> Self {
+        let mut line = String::with_capacity(128);
+        line.push_str(text);
+        Self(line)
+    }
+
+    pub fn text(mut self, text: &str) -> Self {
+        self.0.push_str(text);
+        self
+    }
+
+    pub fn number(mut self, value: impl itoa::Integer) -> Self {
+        self.0.push_str(itoa::Buffer::new().format(value));
+        self
+    }
+
+    /// A piece that writes itself (an address, say).
+    pub fn with(mut self, write: impl FnOnce(&mut String)) -> Self {
+        write(&mut self.0);
+        self
+    }
+
+    pub fn done(self) -> String {
+        self.0
+    }
+}
+
+/// An IP address's text, held inline: a connection record carries two, and as `String`s
+/// they were two allocations and frees per record on the drain. Only made from an address
+/// (so it is always the address's plain ASCII text), ordered and compared as that text.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct AddrText {
+    len: u8,
+    /// The longest IPv6 text, an IPv4-mapped one of eight groups, is 45 bytes.
+    bytes: [u8; 45],
+}
+
+impl AddrText {
+    /// The dotted text of an IPv4 address, each octet's digits taken from a table: IPv4 is
+    /// the common case and the one a flood repeats, and through the formatting machinery (or
+    /// a number formatter per octet) a record's addresses cost about as much as the rest of
+    /// its classification.
+    pub fn ipv4(octets: [u8; 4]) -> Self {
+        let mut text = Self { len: 0, bytes: [0; 45] };
+        let mut len = 0;
+        for octet in octets {
+            // Its digits and a dot, four bytes whatever its length (the buffer has room past
+            // the longest text): the next octet's digits land on what follows the dot.
+            let (digits, width) = OCTET_TEXT[usize::from(octet)];
+            text.bytes[len..len + 4].copy_from_slice(&digits);
+            len += usize::from(width) + 1;
+        }
+        // Without the last octet's dot.
+        text.len = (len - 1) as u8;
+        text
+    }
+
+    /// An IPv6 address as the standard library writes it (RFC 5952).
+    pub fn ipv6(addr: std::net::Ipv6Addr) -> Self {
+        use std::fmt::Write;
+        let mut text = Self { len: 0, bytes: [0; 45] };
+        // The standard library writes at most 45 ASCII bytes of an address (so this never
+        // fails; see `write_str`).
+        let _ = write!(text, "{addr}");
+        text
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
+    pub fn as_str(&self) -> &str {
+        // SAFETY: only `ipv4` (digits and dots) and `ipv6` (through `write_str`, which takes
+        // ASCII only) write the bytes, so the first `len` are ASCII, hence UTF-8.
+        unsafe { std::str::from_utf8_unchecked(self.as_bytes()) }
+    }
+}
+
+/// Each octet value's decimal digits followed by a dot (then padding), and how many
+/// digits it has.
+const OCTET_TEXT: [([u8; 4], u8); 256] = {
+    let mut table = [([0u8; 4], 0u8); 256];
+    let mut value = 0;
+    while value < 256 {
+        let (hundreds, tens, ones) = ((value / 100) as u8, (value / 10 % 10) as u8, (value % 10) as u8);
+        table[value] = if value >= 100 {
+            ([b'0' + hundreds, b'0' + tens, b'0' + ones, b'.'], 3)
+        } else if value >= 10 {
+            ([b'0' + tens, b'0' + ones, b'.', 0], 2)
+        } else {
+            ([b'0' + ones, b'.', 0, 0], 1)
+        };
+        value += 1;
+    }
+    table
+};
+
+impl std::fmt::Write for AddrText {
+    /// Appends ASCII text that fits; anything else is refused and leaves the text as it was.
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let at = usize::from(self.len);
+        let room = self.bytes.get_mut(at..at + s.len()).ok_or(std::fmt::Error)?;
+        if !s.is_ascii() {
+            return Err(std::fmt::Error);
+        }
+        room.copy_from_slice(s.as_bytes());
+        self.len += s.len() as u8;
+        Ok(())
+    }
+}
+
+impl From<std::net::IpAddr> for AddrText {
+    fn from(addr: std::net::IpAddr) -> Self {
+        match addr {
+            std::net::IpAddr::V4(v4) => Self::ipv4(v4.octets()),
+            std::net::IpAddr::V6(v6) => Self::ipv6(v6),
+        }
+    }
+}
+
+impl Default for AddrText {
+    /// The unspecified IPv4 address, 0.0.0.0.
+    fn default() -> Self {
+        Self::ipv4([0; 4])
+    }
+}
+
+impl AsRef<str> for AddrText {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for AddrText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for AddrText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
 /// What the kernel told us about the workload, before identity resolution.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WorkloadIds {
@@ -51,14 +203,16 @@ pub struct WorkloadIds {
 /// must stay off the ring-buffer drain).
 #[derive(Debug, Clone, Serialize)]
 pub struct Evidence {
-    pub id: String,
+    #[serde(serialize_with = "text")]
+    pub id: crate::ulid::Ulid,
     #[serde(rename = "type")]
     pub kind: &'static str,
     pub observer: &'static str,
     pub severity: Severity,
     pub outcome: Outcome,
     pub error: ErrorInfo,
-    pub timestamp: String,
+    #[serde(serialize_with = "text")]
+    pub timestamp: tapio_util::time::Rfc3339Text,
     pub timestamp_unix_nanos: u64,
     pub node: Arc<str>,
     pub config_generation: u32,
@@ -66,6 +220,11 @@ pub struct Evidence {
     #[serde(skip)]
     pub workload_ids: WorkloadIds,
     pub facts: Facts,
+}
+
+/// Serializes a value held as text inline (the id, the timestamp) as its text.
+fn text<S: serde::Serializer>(value: &impl AsRef<str>, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(value.as_ref())
 }
 
 impl Severity {
@@ -98,16 +257,16 @@ impl Evidence {
     /// byte for byte.
     pub fn write_head(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
         let mut m = Members::open(out);
-        m.string(key!("id"), &self.id)?;
-        m.string(key!("type"), self.kind)?;
-        m.string(key!("observer"), self.observer)?;
-        m.string(key!("severity"), self.severity.as_str())?;
-        m.string(key!("outcome"), self.outcome.as_str())?;
+        m.ascii(key!("id"), self.id.as_bytes());
+        m.literal(key!("type"), self.kind);
+        m.literal(key!("observer"), self.observer);
+        m.literal(key!("severity"), self.severity.as_str());
+        m.literal(key!("outcome"), self.outcome.as_str());
         let mut error = m.object(key!("error"));
-        error.string(key!("code"), self.error.code)?;
+        error.literal(key!("code"), self.error.code);
         error.string(key!("message"), &self.error.message)?;
         error.close();
-        m.string(key!("timestamp"), &self.timestamp)?;
+        m.ascii(key!("timestamp"), self.timestamp.as_bytes());
         m.number(key!("timestamp_unix_nanos"), self.timestamp_unix_nanos);
         m.string(key!("node"), &self.node)?;
         m.number(key!("config_generation"), self.config_generation);
@@ -116,12 +275,30 @@ impl Evidence {
     }
 }
 
+/// Appends `bytes` to `out`: `Vec::extend_from_slice`, inlined where it is used. A record
+/// is some forty small copies (a member name, a value), and through the library's out-of-line
+/// function each one was a call, a capacity check and a call to `memcpy`; inlined, a member
+/// name (a constant length) becomes a few moves. (`callgrind` counted the drain's encoding
+/// of a record, per record, before and after: see the bench README.)
+#[inline(always)]
+pub(crate) fn put(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.reserve(bytes.len());
+    let len = out.len();
+    // SAFETY: `reserve` left room for `bytes.len()` more bytes after `len`; they are written
+    // (from a slice that cannot overlap `out`'s buffer, which `out` borrows mutably) before
+    // the length is moved over them.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), out.as_mut_ptr().add(len), bytes.len());
+        out.set_len(len + bytes.len());
+    }
+}
+
 /// A JSON string: copied as is when nothing in it needs escaping (what JSON escapes: control
 /// characters, quote, backslash), else escaped by serde_json.
 fn json_string(out: &mut Vec<u8>, s: &str) -> serde_json::Result<()> {
     if !needs_escape(s.as_bytes()) {
         out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
+        put(out, s.as_bytes());
         out.push(b'"');
         Ok(())
     } else {
@@ -173,9 +350,11 @@ pub struct ConnectionFacts {
     pub pid: Option<u32>,
     pub comm: Option<String>,
     pub family: &'static str,
-    pub src_addr: String,
+    #[serde(serialize_with = "text")]
+    pub src_addr: AddrText,
     pub src_port: u16,
-    pub dst_addr: String,
+    #[serde(serialize_with = "text")]
+    pub dst_addr: AddrText,
     pub dst_port: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub errno: Option<u32>,
@@ -229,13 +408,16 @@ impl<'a> Members<'a> {
 
     /// `key` is the member as `key!` writes it; one copy per member.
     fn key(&mut self, key: &str) {
-        let skip = usize::from(std::mem::take(&mut self.first));
-        self.out.extend_from_slice(&key.as_bytes()[skip..]);
+        if std::mem::take(&mut self.first) {
+            put(self.out, &key.as_bytes()[1..]);
+        } else {
+            put(self.out, key.as_bytes());
+        }
     }
 
     fn number(&mut self, key: &str, value: impl itoa::Integer) {
         self.key(key);
-        self.out.extend_from_slice(self.digits.format(value).as_bytes());
+        put(self.out, self.digits.format(value).as_bytes());
     }
 
     fn number_or_null(&mut self, key: &str, value: Option<impl itoa::Integer>) {
@@ -257,6 +439,42 @@ impl<'a> Members<'a> {
         json_string(self.out, value)
     }
 
+    /// A value that is one of Tapio's own literals: nothing read from the kernel, a file or
+    /// the config is ever leaked to `'static` in the agent, so a `&'static str` is a name,
+    /// code or kind written in its source, plain ASCII that JSON never escapes. It skips the
+    /// escape check, which under a flood was a tenth of the drain's time (the derived
+    /// serialization tests, and this assertion in every test build, hold it to that).
+    fn literal(&mut self, key: &str, value: &'static str) {
+        debug_assert!(!needs_escape(value.as_bytes()), "literal {value:?} needs escaping");
+        self.key(key);
+        self.out.push(b'"');
+        put(self.out, value.as_bytes());
+        self.out.push(b'"');
+    }
+
+    /// Text Tapio wrote from an alphabet JSON never escapes (an id's base32, a timestamp's
+    /// digits), as its bytes: neither the escape check nor the UTF-8 check a `str` needs.
+    fn ascii(&mut self, key: &str, value: &[u8]) {
+        debug_assert!(value.is_ascii() && !needs_escape(value), "{value:?} needs escaping");
+        self.key(key);
+        self.out.push(b'"');
+        put(self.out, value);
+        self.out.push(b'"');
+    }
+
+    fn literal_or_null(&mut self, key: &str, value: Option<&'static str>) {
+        match value {
+            Some(value) => self.literal(key, value),
+            None => self.null(key),
+        }
+    }
+
+    fn literal_if(&mut self, key: &str, value: Option<&'static str>) {
+        if let Some(value) = value {
+            self.literal(key, value);
+        }
+    }
+
     fn string_or_null(&mut self, key: &str, value: Option<&str>) -> serde_json::Result<()> {
         match value {
             Some(value) => self.string(key, value),
@@ -267,16 +485,9 @@ impl<'a> Members<'a> {
         }
     }
 
-    fn string_if(&mut self, key: &str, value: Option<&str>) -> serde_json::Result<()> {
-        match value {
-            Some(value) => self.string(key, value),
-            None => Ok(()),
-        }
-    }
-
     fn boolean(&mut self, key: &str, value: bool) {
         self.key(key);
-        self.out.extend_from_slice(if value { b"true" } else { b"false" });
+        put(self.out, if value { b"true" } else { b"false" });
     }
 
     /// A member whose value is an object, written through the returned writer.
@@ -287,7 +498,7 @@ impl<'a> Members<'a> {
 
     fn null(&mut self, key: &str) {
         self.key(key);
-        self.out.extend_from_slice(b"null");
+        put(self.out, b"null");
     }
 
     fn close(self) {
@@ -313,16 +524,16 @@ impl ConnectionFacts {
         let mut m = Members::open(out);
         m.number_or_null(key!("pid"), self.pid);
         m.string_or_null(key!("comm"), self.comm.as_deref())?;
-        m.string(key!("family"), self.family)?;
-        m.string(key!("src_addr"), &self.src_addr)?;
+        m.literal(key!("family"), self.family);
+        m.ascii(key!("src_addr"), self.src_addr.as_bytes());
         m.number(key!("src_port"), self.src_port);
-        m.string(key!("dst_addr"), &self.dst_addr)?;
+        m.ascii(key!("dst_addr"), self.dst_addr.as_bytes());
         m.number(key!("dst_port"), self.dst_port);
         m.number_if(key!("errno"), self.errno);
         if let Some(soft) = self.soft_error {
             m.boolean(key!("soft_error"), soft);
         }
-        m.string_if(key!("tcp_state"), self.tcp_state)?;
+        m.literal_if(key!("tcp_state"), self.tcp_state);
         m.number_if(key!("syn_retries"), self.syn_retries);
         m.number_if(key!("connect_duration_ns"), self.connect_duration_ns);
         m.number_if(key!("bytes_acked"), self.bytes_acked);
@@ -511,9 +722,11 @@ pub struct DnsFacts {
     pub family: &'static str,
     /// udp or tcp.
     pub transport: &'static str,
-    pub server_addr: String,
+    #[serde(serialize_with = "text")]
+    pub server_addr: AddrText,
     pub server_port: u16,
-    pub client_addr: String,
+    #[serde(serialize_with = "text")]
+    pub client_addr: AddrText,
     pub client_port: u16,
     pub transaction_id: u16,
     /// Latest transmission of the query to its answer; null for a timeout.
@@ -538,12 +751,12 @@ impl StorageFacts {
         m.number(key!("dev_major"), self.dev_major);
         m.number(key!("dev_minor"), self.dev_minor);
         m.string_or_null(key!("disk"), self.disk.as_deref())?;
-        m.string(key!("op"), self.op)?;
+        m.literal(key!("op"), self.op);
         m.number(key!("op_code"), self.op_code);
         m.number(key!("sector"), self.sector);
         m.number(key!("bytes"), self.bytes);
         m.number_if(key!("errno"), self.errno);
-        m.string_if(key!("errno_name"), self.errno_name)?;
+        m.literal_if(key!("errno_name"), self.errno_name);
         m.number_if(key!("blk_status"), self.blk_status);
         m.number_if(key!("partial_bytes"), self.partial_bytes);
         m.number_or_null(key!("latency_ns"), self.latency_ns);
@@ -565,14 +778,14 @@ impl DnsFacts {
             m.boolean(key!("query_name_truncated"), true);
         }
         m.number(key!("query_type"), self.query_type);
-        m.string_or_null(key!("query_type_name"), self.query_type_name)?;
+        m.literal_or_null(key!("query_type_name"), self.query_type_name);
         m.number_or_null(key!("rcode"), self.rcode);
-        m.string_or_null(key!("rcode_name"), self.rcode_name)?;
-        m.string(key!("family"), self.family)?;
-        m.string(key!("transport"), self.transport)?;
-        m.string(key!("server_addr"), &self.server_addr)?;
+        m.literal_or_null(key!("rcode_name"), self.rcode_name);
+        m.literal(key!("family"), self.family);
+        m.literal(key!("transport"), self.transport);
+        m.ascii(key!("server_addr"), self.server_addr.as_bytes());
         m.number(key!("server_port"), self.server_port);
-        m.string(key!("client_addr"), &self.client_addr)?;
+        m.ascii(key!("client_addr"), self.client_addr.as_bytes());
         m.number(key!("client_port"), self.client_port);
         m.number(key!("transaction_id"), self.transaction_id);
         m.number_or_null(key!("latency_ns"), self.latency_ns);
@@ -622,9 +835,9 @@ mod tests {
             pid: Some(u32::MAX),
             comm: Some("we\"ird\\ \u{1}é".into()),
             family: "ipv6",
-            src_addr: "fd00::1".into(),
+            src_addr: "fd00::1".parse::<std::net::IpAddr>().unwrap().into(),
             src_port: 65535,
-            dst_addr: "fd00::2".into(),
+            dst_addr: "fd00::2".parse::<std::net::IpAddr>().unwrap().into(),
             dst_port: 0,
             errno: Some(111),
             soft_error: Some(true),
@@ -645,9 +858,9 @@ mod tests {
             pid: Some(11100),
             comm: Some("curl".into()),
             family: "ipv4",
-            src_addr: "127.0.0.1".into(),
+            src_addr: AddrText::ipv4([127, 0, 0, 1]),
             src_port: 48906,
-            dst_addr: "127.0.0.1".into(),
+            dst_addr: AddrText::ipv4([127, 0, 0, 1]),
             dst_port: 1,
             errno: Some(111),
             soft_error: Some(false),
@@ -723,9 +936,9 @@ mod tests {
             rcode_name: Some("SERVFAIL"),
             family: "ipv6",
             transport: "tcp",
-            server_addr: "fd00::53".into(),
+            server_addr: "fd00::53".parse::<std::net::IpAddr>().unwrap().into(),
             server_port: 53,
-            client_addr: "fd00::1".into(),
+            client_addr: "fd00::1".parse::<std::net::IpAddr>().unwrap().into(),
             client_port: 40_000,
             transaction_id: 65_535,
             latency_ns: Some(u64::MAX),

@@ -42,19 +42,8 @@ impl Encoded {
     /// Encodes `ev` in place of what this buffer held (its `workload` is left to the sink
     /// stage and must still be empty).
     pub fn encode(&mut self, ev: &Evidence) -> serde_json::Result<()> {
-        let out = &mut self.0;
-        out.clear();
-        out.extend_from_slice(&ev.workload_ids.cgroup_id.to_le_bytes());
-        out.extend_from_slice(&ev.workload_ids.mem_cgroup_id.to_le_bytes());
-        out.extend_from_slice(&[0; 4]);
-        ev.write_head(out)?;
-        out.extend_from_slice(WORKLOAD_KEY);
-        let split = (out.len() - HEADER) as u32;
-        out[16..HEADER].copy_from_slice(&split.to_le_bytes());
-        out.extend_from_slice(b",\"facts\":");
-        ev.facts.write_json(out)?;
-        out.push(b'}');
-        Ok(())
+        self.0.clear();
+        encode_into(&mut self.0, ev)
     }
 
     /// The kernel's ids of the record's workload, for the sink stage to resolve.
@@ -82,6 +71,22 @@ impl Encoded {
     pub fn size(&self) -> usize {
         FRAME + self.0.len()
     }
+}
+
+/// Appends `ev` to `out` as an [`Encoded`] holds it. On an error `out` may hold part of it.
+fn encode_into(out: &mut Vec<u8>, ev: &Evidence) -> serde_json::Result<()> {
+    let start = out.len();
+    out.extend_from_slice(&ev.workload_ids.cgroup_id.to_le_bytes());
+    out.extend_from_slice(&ev.workload_ids.mem_cgroup_id.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    ev.write_head(out)?;
+    out.extend_from_slice(WORKLOAD_KEY);
+    let split = (out.len() - start - HEADER) as u32;
+    out[start + 16..start + HEADER].copy_from_slice(&split.to_le_bytes());
+    out.extend_from_slice(b",\"facts\":");
+    ev.facts.write_json(out)?;
+    out.push(b'}');
+    Ok(())
 }
 
 fn u64_at(bytes: &[u8], at: usize) -> u64 {
@@ -185,14 +190,16 @@ fn with_encoded(counters: &Counters, ev: &Evidence, then: impl FnOnce(&Encoded))
         let mut encoded = scratch.borrow_mut();
         match encoded.encode(ev) {
             Ok(()) => then(&encoded),
-            Err(e) => {
-                // Cannot happen for these types (no maps with non-string keys, no failing
-                // writer).
-                log::error!("encoding evidence: {e}");
-                counters.queue_overflow_total.fetch_add(1, Ordering::Relaxed);
-            }
+            Err(e) => encoding_failed(counters, &e),
         }
     })
+}
+
+/// A record that could not be encoded is lost at the queue, and counted there. (Cannot
+/// happen for these types: no maps with non-string keys, no failing writer.)
+fn encoding_failed(counters: &Counters, e: &serde_json::Error) {
+    log::error!("encoding evidence: {e}");
+    counters.queue_overflow_total.fetch_add(1, Ordering::Relaxed);
 }
 
 impl QueueSender {
@@ -216,13 +223,25 @@ impl QueueSender {
     /// real-time drain waiting for it would wait for that stage's next time slice while its
     /// rings fill.) Counts `events_total` or `queue_overflow_total` at the hand-over.
     pub fn offer_batched(&self, counters: &Counters, ev: &Evidence) {
-        with_encoded(counters, ev, |encoded| {
-            let mut pending = self.pending.borrow_mut();
-            pending.bytes.extend((encoded.0.len() as u32).to_le_bytes());
-            pending.bytes.extend_from_slice(&encoded.0);
-            pending.records += 1;
-        });
-        if self.pending.borrow().bytes.len() >= HANDOVER_AT_BYTES {
+        let mut pending = self.pending.borrow_mut();
+        // Encoded in place, behind its frame (its length, written once known): copied from
+        // a scratch buffer, each record's bytes were copied once more on the drain.
+        let frame_at = pending.bytes.len();
+        pending.bytes.extend_from_slice(&[0; FRAME]);
+        match encode_into(&mut pending.bytes, ev) {
+            Ok(()) => {
+                let len = (pending.bytes.len() - frame_at - FRAME) as u32;
+                pending.bytes[frame_at..frame_at + FRAME].copy_from_slice(&len.to_le_bytes());
+                pending.records += 1;
+            }
+            Err(e) => {
+                pending.bytes.truncate(frame_at);
+                encoding_failed(counters, &e);
+            }
+        }
+        let hand_over = pending.bytes.len() >= HANDOVER_AT_BYTES;
+        drop(pending);
+        if hand_over {
             self.hand_over(counters);
         }
     }
@@ -369,15 +388,15 @@ fn take(state: &mut State, into: &mut Encoded) -> bool {
     let mut len = [0u8; FRAME];
     copy_front(&state.ring, &mut len);
     let len = u32::from_le_bytes(len) as usize;
-    into.0.resize(len, 0);
     let (a, b) = state.ring.as_slices();
     // The record starts FRAME bytes in; the ring's two slices may split it anywhere.
     let skip = FRAME.min(a.len());
     let a = &a[skip..];
     let b = &b[FRAME - skip..];
     let from_a = len.min(a.len());
-    into.0[..from_a].copy_from_slice(&a[..from_a]);
-    into.0[from_a..].copy_from_slice(&b[..len - from_a]);
+    into.0.clear();
+    into.0.extend_from_slice(&a[..from_a]);
+    into.0.extend_from_slice(&b[..len - from_a]);
     state.ring.drain(..FRAME + len);
     state.records -= 1;
     true
@@ -400,13 +419,13 @@ pub(crate) mod tests {
 
     pub(crate) fn evidence(message: &str) -> Evidence {
         Evidence {
-            id: "01M7YCHQHDA8Q5QBQCRKCQWTAQ".into(),
+            id: crate::ulid::UlidGen::new().generate(1_795_242_384_941_531_851),
             kind: "kernel.network.connection_refused",
             observer: "network",
             severity: Severity::Warning,
             outcome: Outcome::Failure,
             error: ErrorInfo { code: "ECONNREFUSED", message: message.into() },
-            timestamp: "2026-11-21T06:26:24.941531851Z".into(),
+            timestamp: tapio_util::time::Rfc3339Nanos::default().format_text(1_795_242_384_941_531_851),
             timestamp_unix_nanos: 1_795_242_384_941_531_851,
             node: "node \"a\"".into(),
             config_generation: 7,
@@ -416,9 +435,9 @@ pub(crate) mod tests {
                 pid: Some(11100),
                 comm: Some("curl".into()),
                 family: "ipv4",
-                src_addr: "127.0.0.1".into(),
+                src_addr: crate::evidence::AddrText::ipv4([127, 0, 0, 1]),
                 src_port: 48906,
-                dst_addr: "127.0.0.1".into(),
+                dst_addr: crate::evidence::AddrText::ipv4([127, 0, 0, 1]),
                 dst_port: 1,
                 errno: Some(111),
                 ..Default::default()

@@ -52,7 +52,7 @@ impl Stamper {
             severity: d.severity,
             outcome: d.outcome,
             error: ErrorInfo { code: d.code, message: d.message },
-            timestamp: self.timestamps.format(unix_ns),
+            timestamp: self.timestamps.format_text(unix_ns),
             timestamp_unix_nanos: unix_ns,
             node: self.node.clone(),
             config_generation: d.generation,

@@ -34,7 +34,7 @@ impl UlidGen {
     }
 
     /// A ULID for an event that happened at `unix_ns`.
-    pub fn generate(&mut self, unix_ns: u64) -> String {
+    pub fn generate(&mut self, unix_ns: u64) -> Ulid {
         let millis = (unix_ns / 1_000_000) & ((1 << 48) - 1);
         if millis != self.millis {
             self.time_digits.copy_from_slice(&encode(u128::from(millis) << 80).as_bytes()[..10]);
@@ -46,7 +46,42 @@ impl UlidGen {
         out[..10].copy_from_slice(&self.time_digits);
         encode_40_bits(&mut out[10..18], high >> 24);
         encode_40_bits(&mut out[18..], (high & 0xff_ffff) << 16 | low);
-        std::str::from_utf8(&out).map(String::from).unwrap_or_default()
+        Ulid(out)
+    }
+}
+
+/// One id, held inline: every evidence record carries one, and as a `String` it was an
+/// allocation and a free per record on the agent's drain. Ordered as its text.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ulid([u8; 26]);
+
+impl Ulid {
+    /// The text's bytes, without the UTF-8 check `as_str` makes.
+    pub fn as_bytes(&self) -> &[u8; 26] {
+        &self.0
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only `UlidGen` makes one, from the ASCII alphabet: this never falls back.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl AsRef<str> for Ulid {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for Ulid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for Ulid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
@@ -89,9 +124,9 @@ mod tests {
     fn encodes_the_timestamp_prefix() {
         // 1469918176385 ms is "01ARYZ6S41" in the ULID spec's example.
         let id = UlidGen::new().generate(1_469_918_176_385 * 1_000_000);
-        assert_eq!(&id[..10], "01ARYZ6S41");
-        assert_eq!(id.len(), 26);
-        assert!(id.bytes().all(|b| ALPHABET.contains(&b)));
+        assert_eq!(&id.as_str()[..10], "01ARYZ6S41");
+        assert_eq!(id.as_str().len(), 26);
+        assert!(id.as_str().bytes().all(|b| ALPHABET.contains(&b)));
     }
 
     #[test]
@@ -118,7 +153,7 @@ mod tests {
         {
             let millis = u128::from(unix_ns / 1_000_000) & ((1 << 48) - 1);
             let random = (u128::from(replay.next_u64()) << 16 | u128::from(replay.next_u64() >> 48)) & ((1 << 80) - 1);
-            assert_eq!(g.generate(unix_ns), encode(millis << 80 | random), "{unix_ns}");
+            assert_eq!(g.generate(unix_ns).as_str(), encode(millis << 80 | random), "{unix_ns}");
         }
     }
 

@@ -4,7 +4,7 @@
 //! gave up after its SYN retries), or unreachable (an ICMP error ended it). A connect whose
 //! outcome cannot be told apart without guessing is dropped and counted instead.
 
-use crate::evidence::{ConnectionFacts, Facts, Outcome, Severity, WorkloadIds};
+use crate::evidence::{AddrText, ConnectionFacts, Facts, Message, Outcome, Severity, WorkloadIds};
 use crate::stamp::{Draft, Stamper, Verdict};
 use std::net::Ipv6Addr;
 use tapio_bpf::abi::{
@@ -58,41 +58,40 @@ pub fn tcp_state_name(state: u32) -> &'static str {
 /// `addr:port` (IPv6 in brackets) of a kernel address (IPv4 in the first 4 bytes).
 pub(crate) fn endpoint(family: u16, raw: &[u8; 16], port: u16) -> String {
     let mut out = String::with_capacity(47);
-    if family == AF_INET6 {
-        out.push('[');
-        push_addr(&mut out, family, raw);
-        out.push(']');
-    } else {
-        push_addr(&mut out, family, raw);
-    }
-    out.push(':');
-    out.push_str(itoa::Buffer::new().format(port));
+    Endpoint { ipv6: family == AF_INET6, addr: addr(family, raw), port }.push_to(&mut out);
     out
+}
+
+/// An address and port, written into a record's message where it is needed: as a `String`
+/// of its own it was an allocation per record.
+#[derive(Clone, Copy)]
+pub(crate) struct Endpoint {
+    pub ipv6: bool,
+    pub addr: AddrText,
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// Appends `addr:port` (IPv6 in brackets).
+    pub fn push_to(self, out: &mut String) {
+        if self.ipv6 {
+            out.push('[');
+        }
+        out.push_str(self.addr.as_str());
+        if self.ipv6 {
+            out.push(']');
+        }
+        out.push(':');
+        out.push_str(itoa::Buffer::new().format(self.port));
+    }
 }
 
 /// The text of a kernel address (IPv4 in the first 4 bytes).
-pub(crate) fn addr(family: u16, raw: &[u8; 16]) -> String {
-    let mut out = String::with_capacity(if family == AF_INET6 { 39 } else { 15 });
-    push_addr(&mut out, family, raw);
-    out
-}
-
-/// Appends an address's text. IPv4, the common case and the one a flood repeats, is written
-/// octet by octet: through the formatting machinery, a record's three IPv4 texts cost about
-/// a fifth of its classification and serialization (`scripts/bench pipeline`).
-fn push_addr(out: &mut String, family: u16, raw: &[u8; 16]) {
+pub(crate) fn addr(family: u16, raw: &[u8; 16]) -> AddrText {
     if family == AF_INET6 {
-        use std::fmt::Write;
-        // Writing into a String cannot fail.
-        let _ = write!(out, "{}", Ipv6Addr::from(*raw));
-        return;
-    }
-    let mut digits = itoa::Buffer::new();
-    for (i, octet) in raw[..4].iter().enumerate() {
-        if i > 0 {
-            out.push('.');
-        }
-        out.push_str(digits.format(*octet));
+        AddrText::ipv6(Ipv6Addr::from(*raw))
+    } else {
+        AddrText::ipv4([raw[0], raw[1], raw[2], raw[3]])
     }
 }
 
@@ -122,9 +121,9 @@ pub fn classify_with(ev: &tapio_net_event, stamper: &mut Stamper, resets_seen: b
     if ev.family != AF_INET && ev.family != AF_INET6 {
         return Verdict::Drop("unknown_address_family");
     }
-    let dst = endpoint(ev.family, &ev.daddr, ev.dport);
     let workload = WorkloadIds { cgroup_id: ev.task.cgroup_id, mem_cgroup_id: ev.task.mem_cgroup_id };
     let mut facts = base_facts(ev);
+    let dst = Endpoint { ipv6: ev.family == AF_INET6, addr: facts.dst_addr, port: ev.dport };
     let flags = u32::from(ev.flags);
     let (kind, severity, outcome, code, message) = match ev.hdr.kind {
         TAPIO_NET_CONNECT_FAILED => {
@@ -141,7 +140,10 @@ pub fn classify_with(ev: &tapio_net_event, stamper: &mut Stamper, resets_seen: b
                     Severity::Warning,
                     Outcome::Failure,
                     "ECONNREFUSED",
-                    format!("TCP connect to {dst} was refused: the peer answered the SYN with RST"),
+                    Message::new("TCP connect to ")
+                        .with(|out| dst.push_to(out))
+                        .text(" was refused: the peer answered the SYN with RST")
+                        .done(),
                 )
             } else if ev.sk_err == ETIMEDOUT && !soft {
                 (
@@ -149,7 +151,12 @@ pub fn classify_with(ev: &tapio_net_event, stamper: &mut Stamper, resets_seen: b
                     Severity::Error,
                     Outcome::Timeout,
                     "ETIMEDOUT",
-                    format!("TCP connect to {dst} timed out after {} SYN retransmits with no answer", ev.syn_retries),
+                    Message::new("TCP connect to ")
+                        .with(|out| dst.push_to(out))
+                        .text(" timed out after ")
+                        .number(ev.syn_retries)
+                        .text(" SYN retransmits with no answer")
+                        .done(),
                 )
             } else if ev.sk_err == ECONNREFUSED && (!start_known || !resets_seen) && !soft {
                 // Refused by RST or by ICMP port unreachable: without the connect's start, or
@@ -162,7 +169,13 @@ pub fn classify_with(ev: &tapio_net_event, stamper: &mut Stamper, resets_seen: b
                     Severity::Error,
                     Outcome::Failure,
                     name,
-                    format!("TCP connect to {dst} failed on an ICMP unreachable ({name}){how}"),
+                    Message::new("TCP connect to ")
+                        .with(|out| dst.push_to(out))
+                        .text(" failed on an ICMP unreachable (")
+                        .text(name)
+                        .text(")")
+                        .text(how)
+                        .done(),
                 )
             } else {
                 return Verdict::Drop("unclassified_connect_error");
@@ -188,7 +201,11 @@ pub fn classify_with(ev: &tapio_net_event, stamper: &mut Stamper, resets_seen: b
                 Severity::Warning,
                 Outcome::Failure,
                 "ECONNRESET",
-                format!("TCP connection with {dst} was reset by the peer in state {state}"),
+                Message::new("TCP connection with ")
+                    .with(|out| dst.push_to(out))
+                    .text(" was reset by the peer in state ")
+                    .text(state)
+                    .done(),
             )
         }
         TAPIO_NET_RETRANSMIT_SPIKE => {
@@ -203,10 +220,14 @@ pub fn classify_with(ev: &tapio_net_event, stamper: &mut Stamper, resets_seen: b
                 Severity::Warning,
                 Outcome::Degraded,
                 "RETRANSMIT_SPIKE",
-                format!(
-                    "TCP connection with {dst} retransmitted {} segments within {} ms",
-                    ev.retransmits_in_window, ev.window_ms
-                ),
+                Message::new("TCP connection with ")
+                    .with(|out| dst.push_to(out))
+                    .text(" retransmitted ")
+                    .number(ev.retransmits_in_window)
+                    .text(" segments within ")
+                    .number(ev.window_ms)
+                    .text(" ms")
+                    .done(),
             )
         }
         TAPIO_NET_RTT_DEGRADED => {
@@ -219,10 +240,14 @@ pub fn classify_with(ev: &tapio_net_event, stamper: &mut Stamper, resets_seen: b
                 Severity::Warning,
                 Outcome::Degraded,
                 "RTT_DEGRADATION",
-                format!(
-                    "smoothed RTT to {dst} is {} us against a learned baseline of {} us",
-                    ev.srtt_us, ev.baseline_us
-                ),
+                Message::new("smoothed RTT to ")
+                    .with(|out| dst.push_to(out))
+                    .text(" is ")
+                    .number(ev.srtt_us)
+                    .text(" us against a learned baseline of ")
+                    .number(ev.baseline_us)
+                    .text(" us")
+                    .done(),
             )
         }
         _ => return Verdict::Drop("unknown_record_kind"),
@@ -252,13 +277,42 @@ mod tests {
             let mut raw = [0u8; 16];
             raw[..4].copy_from_slice(&v4);
             let std = std::net::Ipv4Addr::from(v4);
-            assert_eq!(addr(AF_INET, &raw), std.to_string());
+            assert_eq!(addr(AF_INET, &raw).as_str(), std.to_string());
             assert_eq!(endpoint(AF_INET, &raw, 65535), format!("{std}:65535"));
             assert_eq!(endpoint(AF_INET, &raw, 0), format!("{std}:0"));
         }
-        for v6 in ["::1", "::ffff:10.1.2.3", "2001:db8::8a2e:370:7334", "fe80::1"] {
+        // Every octet value in every position, and addresses of every text length.
+        for octet in 0..=255u8 {
+            for at in 0..4 {
+                let mut raw = [0u8; 16];
+                raw[..4].copy_from_slice(&[9, 99, 199, 255]);
+                raw[at] = octet;
+                let std = std::net::Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]);
+                assert_eq!(addr(AF_INET, &raw).as_str(), std.to_string());
+            }
+        }
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..2000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            // Sparse groups too, so that runs of zeros are compressed ("::") in varied places.
+            let mask = seed.rotate_left(17) | seed.rotate_left(31);
+            let raw: [u8; 16] = (u128::from(seed) << 64 | u128::from(seed & mask)).to_be_bytes();
+            let std = Ipv6Addr::from(raw);
+            assert_eq!(addr(AF_INET6, &raw).as_str(), std.to_string());
+        }
+        for v6 in [
+            "::1",
+            "::",
+            "::ffff:10.1.2.3",
+            "::ffff:255.255.255.255",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "2001:db8::8a2e:370:7334",
+            "fe80::1",
+        ] {
             let std: Ipv6Addr = v6.parse().unwrap();
-            assert_eq!(addr(AF_INET6, &std.octets()), std.to_string());
+            assert_eq!(addr(AF_INET6, &std.octets()).as_str(), std.to_string());
             assert_eq!(endpoint(AF_INET6, &std.octets(), 53), format!("[{std}]:53"));
         }
     }
@@ -392,6 +446,46 @@ mod tests {
         let e = emitted(classify(&ev, &mut stamper()));
         let Facts::Connection(f) = e.facts else { panic!() };
         assert_eq!((f.srtt_us, f.baseline_us), (Some(9000), Some(100)));
+    }
+
+    /// Every message, whole: they are written piece by piece (`Message`), and read as the
+    /// one line each always was.
+    #[test]
+    fn each_kind_says_its_message_in_full() {
+        let message = |ev: &tapio_net_event| emitted(classify(ev, &mut stamper())).error.message;
+        let known = TAPIO_NET_F_TASK_KNOWN | TAPIO_NET_F_START_KNOWN;
+        let mut ev = connect_failure(ECONNREFUSED, known | TAPIO_NET_F_RST_IN_SYN_SENT);
+        ev.daddr[..4].copy_from_slice(&[192, 168, 100, 9]);
+        ev.dport = 65535;
+        assert_eq!(message(&ev), "TCP connect to 192.168.100.9:65535 was refused: the peer answered the SYN with RST");
+        let mut ev = connect_failure(ETIMEDOUT, known);
+        ev.syn_retries = 6;
+        assert_eq!(message(&ev), "TCP connect to 10.0.0.2:5432 timed out after 6 SYN retransmits with no answer");
+        ev.family = AF_INET6;
+        ev.daddr = "2001:db8::8a2e:370:7334".parse::<Ipv6Addr>().unwrap().octets();
+        assert_eq!(
+            message(&ev),
+            "TCP connect to [2001:db8::8a2e:370:7334]:5432 timed out after 6 SYN retransmits with no answer"
+        );
+        let ev = connect_failure(113, known);
+        assert_eq!(message(&ev), "TCP connect to 10.0.0.2:5432 failed on an ICMP unreachable (EHOSTUNREACH)");
+        let ev = connect_failure(101, known | TAPIO_NET_F_SOFT_ERROR);
+        assert_eq!(
+            message(&ev),
+            "TCP connect to 10.0.0.2:5432 failed on an ICMP unreachable (ENETUNREACH); the application then gave up the connect"
+        );
+        let mut ev = connect_failure(0, 0);
+        ev.daddr[..4].copy_from_slice(&[0, 0, 0, 0]);
+        ev.dport = 0;
+        ev.hdr.kind = TAPIO_NET_RESET;
+        ev.state = 8;
+        assert_eq!(message(&ev), "TCP connection with 0.0.0.0:0 was reset by the peer in state CLOSE_WAIT");
+        ev.hdr.kind = TAPIO_NET_RETRANSMIT_SPIKE;
+        (ev.retransmits_in_window, ev.window_ms) = (12, 4294967295);
+        assert_eq!(message(&ev), "TCP connection with 0.0.0.0:0 retransmitted 12 segments within 4294967295 ms");
+        ev.hdr.kind = TAPIO_NET_RTT_DEGRADED;
+        (ev.srtt_us, ev.baseline_us) = (9000, 100);
+        assert_eq!(message(&ev), "smoothed RTT to 0.0.0.0:0 is 9000 us against a learned baseline of 100 us");
     }
 
     #[test]
