@@ -599,6 +599,27 @@ pub(crate) mod tests {
         assert!(!waiting(&rx), "a plain offer wakes at once");
     }
 
+    /// A batched record is encoded straight into the batch behind its frame: what the sink
+    /// stage takes out is, record for record, what encoding it alone gives.
+    #[test]
+    fn batched_records_arrive_as_they_encode_alone() {
+        let counters = Counters::default();
+        let (tx, rx) = bounded(10_000, usize::MAX);
+        let records: Vec<Evidence> = (0..300).map(|i| evidence(&"x".repeat(i * 7 % 500))).collect();
+        for ev in &records {
+            tx.offer_batched(&counters, ev);
+        }
+        tx.hand_over_all(&counters);
+        let (mut got, mut alone) = (Encoded::default(), Encoded::default());
+        for ev in &records {
+            assert!(rx.try_recv(&mut got));
+            alone.encode(ev).unwrap();
+            assert_eq!(got.0, alone.0);
+        }
+        assert!(!rx.try_recv(&mut got));
+        assert_eq!(counters.events_total.load(Ordering::Relaxed), 300);
+    }
+
     /// The drain never waits for the lock while it holds little: with the lock taken (by a
     /// sink stage that lost its CPU), a hand-over keeps the records for the next one. Past
     /// PENDING_MAX_BYTES it waits, and what does not fit the queue is counted at once.
