@@ -73,53 +73,40 @@ impl Message {
 }
 
 /// An IP address's text, held inline: a connection record carries two, and as `String`s
-/// they were two allocations and frees per record on the drain. Only made from an address
-/// (so it is always the address's plain ASCII text), ordered and compared as that text.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct AddrText {
-    len: u8,
-    /// The longest IPv6 text, an IPv4-mapped one of eight groups, is 45 bytes.
-    bytes: [u8; 45],
+/// they were two allocations and frees per record on the drain. The longest IPv6 text, an
+/// IPv4-mapped one of eight groups, is 45 bytes.
+pub type AddrText = tapio_util::text::AsciiText<45>;
+
+/// The dotted text of an IPv4 address, each octet's digits taken from a table: IPv4 is the
+/// common case and the one a flood repeats, and through the formatting machinery (or a
+/// number formatter per octet) a record's addresses cost about as much as the rest of its
+/// classification.
+pub fn ipv4_text(octets: [u8; 4]) -> AddrText {
+    // Each octet's digits and a dot, four bytes whatever its length (the buffer has room
+    // past the longest text): the next octet's digits land on what follows the dot.
+    let mut text = [0u8; 16];
+    let mut len = 0;
+    for octet in octets {
+        let (digits, width) = OCTET_TEXT[usize::from(octet)];
+        text[len..len + 4].copy_from_slice(&digits);
+        len += usize::from(width) + 1;
+    }
+    // Without the last octet's dot; digits and dots: this never falls back.
+    AddrText::from_ascii(&text[..len - 1]).unwrap_or_default()
 }
 
-impl AddrText {
-    /// The dotted text of an IPv4 address, each octet's digits taken from a table: IPv4 is
-    /// the common case and the one a flood repeats, and through the formatting machinery (or
-    /// a number formatter per octet) a record's addresses cost about as much as the rest of
-    /// its classification.
-    pub fn ipv4(octets: [u8; 4]) -> Self {
-        let mut text = Self { len: 0, bytes: [0; 45] };
-        let mut len = 0;
-        for octet in octets {
-            // Its digits and a dot, four bytes whatever its length (the buffer has room past
-            // the longest text): the next octet's digits land on what follows the dot.
-            let (digits, width) = OCTET_TEXT[usize::from(octet)];
-            text.bytes[len..len + 4].copy_from_slice(&digits);
-            len += usize::from(width) + 1;
+/// An IP address's text as the standard library writes it (RFC 5952 for IPv6).
+pub fn ip_text(addr: std::net::IpAddr) -> AddrText {
+    use std::fmt::Write;
+    match addr {
+        std::net::IpAddr::V4(v4) => ipv4_text(v4.octets()),
+        std::net::IpAddr::V6(v6) => {
+            let mut text = AddrText::default();
+            // The standard library writes at most 45 ASCII bytes of an address: this never
+            // fails.
+            let _ = write!(text, "{v6}");
+            text
         }
-        // Without the last octet's dot.
-        text.len = (len - 1) as u8;
-        text
-    }
-
-    /// An IPv6 address as the standard library writes it (RFC 5952).
-    pub fn ipv6(addr: std::net::Ipv6Addr) -> Self {
-        use std::fmt::Write;
-        let mut text = Self { len: 0, bytes: [0; 45] };
-        // The standard library writes at most 45 ASCII bytes of an address (so this never
-        // fails; see `write_str`).
-        let _ = write!(text, "{addr}");
-        text
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.len)]
-    }
-
-    pub fn as_str(&self) -> &str {
-        // SAFETY: only `ipv4` (digits and dots) and `ipv6` (through `write_str`, which takes
-        // ASCII only) write the bytes, so the first `len` are ASCII, hence UTF-8.
-        unsafe { std::str::from_utf8_unchecked(self.as_bytes()) }
     }
 }
 
@@ -141,54 +128,6 @@ const OCTET_TEXT: [([u8; 4], u8); 256] = {
     }
     table
 };
-
-impl std::fmt::Write for AddrText {
-    /// Appends ASCII text that fits; anything else is refused and leaves the text as it was.
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        let at = usize::from(self.len);
-        let room = self.bytes.get_mut(at..at + s.len()).ok_or(std::fmt::Error)?;
-        if !s.is_ascii() {
-            return Err(std::fmt::Error);
-        }
-        room.copy_from_slice(s.as_bytes());
-        self.len += s.len() as u8;
-        Ok(())
-    }
-}
-
-impl From<std::net::IpAddr> for AddrText {
-    fn from(addr: std::net::IpAddr) -> Self {
-        match addr {
-            std::net::IpAddr::V4(v4) => Self::ipv4(v4.octets()),
-            std::net::IpAddr::V6(v6) => Self::ipv6(v6),
-        }
-    }
-}
-
-impl Default for AddrText {
-    /// The unspecified IPv4 address, 0.0.0.0.
-    fn default() -> Self {
-        Self::ipv4([0; 4])
-    }
-}
-
-impl AsRef<str> for AddrText {
-    fn as_ref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl std::fmt::Display for AddrText {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::fmt::Debug for AddrText {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self.as_str(), f)
-    }
-}
 
 /// What the kernel told us about the workload, before identity resolution.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -835,9 +774,9 @@ mod tests {
             pid: Some(u32::MAX),
             comm: Some("we\"ird\\ \u{1}é".into()),
             family: "ipv6",
-            src_addr: "fd00::1".parse::<std::net::IpAddr>().unwrap().into(),
+            src_addr: ip_text("fd00::1".parse().unwrap()),
             src_port: 65535,
-            dst_addr: "fd00::2".parse::<std::net::IpAddr>().unwrap().into(),
+            dst_addr: ip_text("fd00::2".parse().unwrap()),
             dst_port: 0,
             errno: Some(111),
             soft_error: Some(true),
@@ -858,9 +797,9 @@ mod tests {
             pid: Some(11100),
             comm: Some("curl".into()),
             family: "ipv4",
-            src_addr: AddrText::ipv4([127, 0, 0, 1]),
+            src_addr: ipv4_text([127, 0, 0, 1]),
             src_port: 48906,
-            dst_addr: AddrText::ipv4([127, 0, 0, 1]),
+            dst_addr: ipv4_text([127, 0, 0, 1]),
             dst_port: 1,
             errno: Some(111),
             soft_error: Some(false),
@@ -936,9 +875,9 @@ mod tests {
             rcode_name: Some("SERVFAIL"),
             family: "ipv6",
             transport: "tcp",
-            server_addr: "fd00::53".parse::<std::net::IpAddr>().unwrap().into(),
+            server_addr: ip_text("fd00::53".parse().unwrap()),
             server_port: 53,
-            client_addr: "fd00::1".parse::<std::net::IpAddr>().unwrap().into(),
+            client_addr: ip_text("fd00::1".parse().unwrap()),
             client_port: 40_000,
             transaction_id: 65_535,
             latency_ns: Some(u64::MAX),

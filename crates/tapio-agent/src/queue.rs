@@ -435,9 +435,9 @@ pub(crate) mod tests {
                 pid: Some(11100),
                 comm: Some("curl".into()),
                 family: "ipv4",
-                src_addr: crate::evidence::AddrText::ipv4([127, 0, 0, 1]),
+                src_addr: crate::evidence::ipv4_text([127, 0, 0, 1]),
                 src_port: 48906,
-                dst_addr: crate::evidence::AddrText::ipv4([127, 0, 0, 1]),
+                dst_addr: crate::evidence::ipv4_text([127, 0, 0, 1]),
                 dst_port: 1,
                 errno: Some(111),
                 ..Default::default()

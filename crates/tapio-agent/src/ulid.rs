@@ -46,42 +46,8 @@ impl UlidGen {
         out[..10].copy_from_slice(&self.time_digits);
         encode_40_bits(&mut out[10..18], high >> 24);
         encode_40_bits(&mut out[18..], (high & 0xff_ffff) << 16 | low);
-        Ulid(out)
-    }
-}
-
-/// One id, held inline: every evidence record carries one, and as a `String` it was an
-/// allocation and a free per record on the agent's drain. Ordered as its text.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Ulid([u8; 26]);
-
-impl Ulid {
-    /// The text's bytes, without the UTF-8 check `as_str` makes.
-    pub fn as_bytes(&self) -> &[u8; 26] {
-        &self.0
-    }
-
-    pub fn as_str(&self) -> &str {
-        // Only `UlidGen` makes one, from the ASCII alphabet: this never falls back.
-        std::str::from_utf8(&self.0).unwrap_or_default()
-    }
-}
-
-impl AsRef<str> for Ulid {
-    fn as_ref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl std::fmt::Display for Ulid {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::fmt::Debug for Ulid {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self.as_str(), f)
+        // The alphabet is ASCII: this never falls back.
+        Ulid::from_ascii(&out).unwrap_or_default()
     }
 }
 
@@ -90,6 +56,9 @@ impl Default for UlidGen {
         Self::new()
     }
 }
+
+/// One id, held inline (every evidence record carries one); ordered as its text.
+pub type Ulid = tapio_util::text::AsciiText<26>;
 
 /// Eight digits of 40 bits, most significant first.
 fn encode_40_bits(out: &mut [u8], bits: u64) {

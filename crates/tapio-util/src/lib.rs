@@ -13,6 +13,7 @@
 //! - [`perf`]: `perf_event_open(2)` with the first `perf_event_attr` ABI.
 //! - [`logger`]: the one stderr log line format of the agent and the controller.
 //! - [`cpus`]: the kernel's CPU lists, as slots of per-CPU maps.
+//! - [`text`]: short ASCII text held inline (an evidence record's id, timestamp, addresses).
 
 pub mod cpus;
 pub mod http;
@@ -20,4 +21,5 @@ pub mod logger;
 pub mod mountinfo;
 pub mod perf;
 pub mod rotate;
+pub mod text;
 pub mod time;

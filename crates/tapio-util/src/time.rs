@@ -47,46 +47,8 @@ impl Default for Rfc3339Nanos {
     }
 }
 
-/// One instant as [`Rfc3339Nanos`] writes it, held inline: every evidence record carries
-/// one, and as a `String` it was an allocation and a free per record on the agent's drain.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Rfc3339Text([u8; 30]);
-
-impl Rfc3339Text {
-    /// The text's bytes, without the UTF-8 check `as_str` makes.
-    pub fn as_bytes(&self) -> &[u8; 30] {
-        &self.0
-    }
-
-    pub fn as_str(&self) -> &str {
-        // Digits and ASCII punctuation (only `Rfc3339Nanos` makes one): this never falls back.
-        std::str::from_utf8(&self.0).unwrap_or_default()
-    }
-}
-
-impl AsRef<str> for Rfc3339Text {
-    fn as_ref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl std::fmt::Display for Rfc3339Text {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::fmt::Debug for Rfc3339Text {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self.as_str(), f)
-    }
-}
-
-impl PartialEq<&str> for Rfc3339Text {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
-}
+/// One instant as [`Rfc3339Nanos`] writes it, held inline (every evidence record carries one).
+pub type Rfc3339Text = crate::text::AsciiText<30>;
 
 impl Rfc3339Nanos {
     pub fn format(&mut self, unix_ns: u64) -> String {
@@ -113,7 +75,8 @@ impl Rfc3339Nanos {
         }
         // A u64 of nanoseconds ends in 2554: four digits of year are always enough.
         write_digits(&mut self.text[20..29], unix_ns % 1_000_000_000);
-        Rfc3339Text(self.text)
+        // Digits and ASCII punctuation: this never falls back.
+        Rfc3339Text::from_ascii(&self.text).unwrap_or_default()
     }
 }
 

@@ -4,7 +4,7 @@
 //! gave up after its SYN retries), or unreachable (an ICMP error ended it). A connect whose
 //! outcome cannot be told apart without guessing is dropped and counted instead.
 
-use crate::evidence::{AddrText, ConnectionFacts, Facts, Message, Outcome, Severity, WorkloadIds};
+use crate::evidence::{ip_text, ipv4_text, AddrText, ConnectionFacts, Facts, Message, Outcome, Severity, WorkloadIds};
 use crate::stamp::{Draft, Stamper, Verdict};
 use std::net::Ipv6Addr;
 use tapio_bpf::abi::{
@@ -89,9 +89,9 @@ impl Endpoint {
 /// The text of a kernel address (IPv4 in the first 4 bytes).
 pub(crate) fn addr(family: u16, raw: &[u8; 16]) -> AddrText {
     if family == AF_INET6 {
-        AddrText::ipv6(Ipv6Addr::from(*raw))
+        ip_text(Ipv6Addr::from(*raw).into())
     } else {
-        AddrText::ipv4([raw[0], raw[1], raw[2], raw[3]])
+        ipv4_text([raw[0], raw[1], raw[2], raw[3]])
     }
 }
 
