@@ -73,8 +73,8 @@ impl Message {
 }
 
 /// An IP address's text, held inline: a connection record carries two, and as `String`s
-/// they were two allocations and frees per record on the drain. The longest IPv6 text, an
-/// IPv4-mapped one of eight groups, is 45 bytes.
+/// they were two allocations and frees per record on the drain. 45 bytes: an IPv6 text's
+/// most (INET6_ADDRSTRLEN without its NUL).
 pub type AddrText = tapio_util::text::AsciiText<45>;
 
 /// The dotted text of an IPv4 address, each octet's digits taken from a table: IPv4 is the
@@ -161,7 +161,7 @@ pub struct Evidence {
     pub facts: Facts,
 }
 
-/// Serializes a value held as text inline (the id, the timestamp) as its text.
+/// Serializes a value held as text inline (the id, the timestamp, an address) as its text.
 fn text<S: serde::Serializer>(value: &impl AsRef<str>, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(value.as_ref())
 }
