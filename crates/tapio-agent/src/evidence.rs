@@ -220,7 +220,7 @@ impl Evidence {
 /// name (a constant length) becomes a few moves. (`callgrind` counted the drain's encoding
 /// of a record, per record, before and after: see the bench README.)
 #[inline(always)]
-pub(crate) fn put(out: &mut Vec<u8>, bytes: &[u8]) {
+fn put(out: &mut Vec<u8>, bytes: &[u8]) {
     out.reserve(bytes.len());
     let len = out.len();
     // SAFETY: `reserve` left room for `bytes.len()` more bytes after `len`; they are written
