@@ -10,7 +10,7 @@ use crate::agent::{self, Agent, Scratch};
 use crate::floor;
 use crate::load;
 use crate::procfs;
-use crate::report::{thousands, Report, Verdict};
+use crate::report::{median, thousands, Report, Verdict};
 use aya::programs::loaded_programs;
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
@@ -201,9 +201,7 @@ impl Rounds {
 
     /// The median window mean (the lower middle one of an even count).
     fn median(&self) -> f64 {
-        let mut sorted = self.means.clone();
-        sorted.sort_by(f64::total_cmp);
-        sorted.get(sorted.len().saturating_sub(1) / 2).copied().unwrap_or(f64::NAN)
+        median(&self.means)
     }
 
     /// The row's value: the median, and the runs behind it.

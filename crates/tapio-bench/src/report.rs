@@ -155,9 +155,26 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
+/// The median of repeated figures (the lower middle one of an even count; NaN for none):
+/// what a window or a round set is judged by, since one stalled by the host moves a mean
+/// by more than the effect measured.
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len().saturating_sub(1) / 2).copied().unwrap_or(f64::NAN)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn median_takes_the_lower_middle_and_ignores_one_outlier() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.0);
+        assert_eq!(median(&[5.0, 5.1, 598.0, 4.9, 5.0]), 5.0);
+        assert!(median(&[]).is_nan());
+    }
 
     #[test]
     fn thousands_groups_digits() {
