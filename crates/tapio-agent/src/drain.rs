@@ -9,6 +9,7 @@ use crate::counters::Counters;
 use crate::drain_priority::Governor;
 use crate::observers::{read_kernel_counters, Classifier, Running};
 use crate::queue::QueueSender;
+use crate::ring::Ring;
 use crate::stamp::{Stamper, Verdict};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,26 +41,29 @@ pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
 pub trait RecordSource {
     /// Hands the next record to `f`; false when there is none.
     fn take_one(&mut self, f: &mut dyn FnMut(&[u8])) -> bool;
+    /// Gives the room of the records taken back to their producers (a ring publishes it in
+    /// batches, [`Ring::publish`]).
+    fn publish(&mut self) {}
 }
 
-impl RecordSource for aya::maps::RingBuf<aya::maps::MapData> {
+impl RecordSource for Ring {
     fn take_one(&mut self, f: &mut dyn FnMut(&[u8])) -> bool {
-        match self.next() {
-            Some(item) => {
-                f(&item);
-                true
-            }
-            None => false,
-        }
+        Ring::take_one(self, f)
+    }
+
+    fn publish(&mut self) {
+        Ring::publish(self)
     }
 }
 
-/// Takes up to `limit` records, handing each to `handle`. Returns how many it took.
+/// Takes up to `limit` records, handing each to `handle`, and gives their room back. Returns
+/// how many it took.
 pub fn take_records(source: &mut dyn RecordSource, limit: usize, handle: &mut dyn FnMut(&[u8])) -> usize {
     let mut taken = 0;
     while taken < limit && source.take_one(handle) {
         taken += 1;
     }
+    source.publish();
     taken
 }
 
@@ -81,6 +85,7 @@ pub fn take_until_empty(source: &mut dyn RecordSource, deadline: Instant, handle
     while source.take_one(&mut |_| {}) {
         unread += 1;
     }
+    source.publish();
     (handled, unread)
 }
 

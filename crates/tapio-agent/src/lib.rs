@@ -14,6 +14,7 @@ pub mod evidence;
 pub mod logger;
 pub mod observers;
 pub mod queue;
+pub mod ring;
 pub mod runtime;
 pub mod shutdown;
 pub mod sink_stage;

@@ -32,8 +32,9 @@ pub fn find(name: &str) -> Option<&'static Observer> {
 }
 
 use crate::counters::Counters;
+use crate::ring::Ring;
 use crate::stamp::{Stamper, Verdict};
-use aya::maps::{Array, ArrayOfMaps, Map, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, ArrayOfMaps, Map, MapData, PerCpuArray};
 use aya::programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, TracePoint};
 use aya::programs::{ProgramError, TracePointError};
 use aya::{Btf, BtfError, Ebpf, EbpfError, EbpfLoader, Pod};
@@ -122,7 +123,7 @@ pub struct Loaded {
     /// `None` once detached at shutdown.
     pub ebpf: Option<Ebpf>,
     /// Its one shared ring, or one ring per CPU (see [`EventRings`]).
-    pub rings: Vec<RingBuf<MapData>>,
+    pub rings: Vec<Ring>,
     /// The array of per-CPU rings, held open: programs are loaded (at attach) with the map
     /// descriptors the object was relocated with.
     pub ring_slots: Option<ArrayOfMaps<MapData, MapData>>,
@@ -450,15 +451,17 @@ fn load_with<C>(
     Ok((Loaded { ebpf: Some(ebpf), rings, ring_slots, counters, drain_asleep, programs }, carrier))
 }
 
-type OpenedRings = (Vec<RingBuf<MapData>>, Option<ArrayOfMaps<MapData, MapData>>);
+type OpenedRings = (Vec<Ring>, Option<ArrayOfMaps<MapData, MapData>>);
 
 /// The object's event rings from its `events` map, as the observer declares it holds them:
 /// the one ring, or a ring created for each of `cpus` CPUs and put in its slot.
 fn open_event_rings(events: Map, declared: EventRings, cpus: u32) -> Result<OpenedRings, LoadError> {
     let ring_error = |e: aya::maps::MapError| LoadError::Other(format!("creating a per-CPU ring: {e}"));
     match (declared, events) {
-        (EventRings::Shared, events @ Map::RingBuf(_)) => {
-            Ok((vec![RingBuf::try_from(events).map_err(|e| LoadError::Other(format!("events ring: {e}")))?], None))
+        (EventRings::Shared, Map::RingBuf(events)) => {
+            let ring_error = |e: String| LoadError::Other(format!("events ring: {e}"));
+            let size = events.info().map_err(|e| ring_error(e.to_string()))?.max_entries();
+            Ok((vec![Ring::new(events, size).map_err(|e| ring_error(e.to_string()))?], None))
         }
         (EventRings::PerCpu { total_bytes }, events @ Map::ArrayOfMaps(_)) => {
             let mut slots: ArrayOfMaps<MapData, MapData> = ArrayOfMaps::try_from(events)
@@ -476,7 +479,9 @@ fn open_event_rings(events: Map, declared: EventRings, cpus: u32) -> Result<Open
                 );
                 let ring = MapData::create(definition, tapio_bpf::maps::EVENTS, None).map_err(ring_error)?;
                 slots.set(cpu, &ring, 0).map_err(ring_error)?;
-                rings.push(RingBuf::try_from(Map::RingBuf(ring)).map_err(ring_error)?);
+                rings.push(
+                    Ring::new(ring, bytes).map_err(|e| LoadError::Other(format!("mapping a per-CPU ring: {e}")))?,
+                );
             }
             Ok((rings, Some(slots)))
         }

@@ -77,16 +77,14 @@ fn ten_thousand_config_rewrites_while_exits_flow_judge_every_event_by_one_writte
         let mut ring = loaded.rings.remove(0);
         std::thread::spawn(move || loop {
             let finishing = done.load(Ordering::Acquire);
-            let mut got = 0;
-            while let Some(item) = ring.next() {
-                got += 1;
-                match tapio_bpf::container::decode(&item).expect("well-formed record") {
+            let got = tapio_agent::drain::take_records(&mut ring, usize::MAX, &mut |record| {
+                match tapio_bpf::container::decode(record).expect("well-formed record") {
                     ContainerRecord::Exit(ev) => {
                         seen.lock().unwrap().entry(ev.task.pid).or_default().push((ev.exit_status, ev.hdr.generation))
                     }
                     other => panic!("only exits are enabled: {other:?}"),
                 }
-            }
+            });
             if finishing && got == 0 {
                 return;
             }
