@@ -24,7 +24,8 @@
 //! (the kernel config carrier under rewrites), `startup` and `shutdown` (what an operator
 //! sees), `controller_link` and `profile_rollout` (controller mode end to end), `dns` (the DNS
 //! observer's evidence against the laboratory's real servers and clients), `dns_lab`
-//! (the DNS laboratory of `support::dns` proves its own scenarios, without the agent).
+//! (the DNS laboratory of `support::dns` proves its own scenarios, without the agent), `ring`
+//! (what the agent's ring reader keeps resident).
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -38,6 +39,7 @@ mod network;
 mod node;
 mod pressure;
 mod profile_rollout;
+mod ring;
 mod shutdown;
 mod startup;
 mod storage;
