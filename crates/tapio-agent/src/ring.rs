@@ -16,6 +16,7 @@
 //! whose first word is its length and two flags (busy: not yet committed; discarded), and
 //! takes its length plus the header, rounded up to 8 bytes.
 
+use crate::observers::container::classify::PageSize;
 use aya::maps::MapData;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
@@ -174,8 +175,7 @@ impl Ring {
     /// Maps `map`, a ring buffer whose data area is `size` bytes.
     pub fn new(map: MapData, size: u32) -> std::io::Result<Ring> {
         let size = size as usize;
-        // SAFETY: sysconf has no preconditions.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let page = usize::try_from(PageSize::of_this_system().0).unwrap_or(4096);
         if !size.is_power_of_two() || size < page {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,

@@ -15,7 +15,7 @@ use crate::floor;
 use crate::kernel::{deltas, goal_ns, snapshot, StatsOn};
 use crate::load::{self, ClosedPort, Flood};
 use crate::procfs;
-use crate::report::{median, thousands, Report, Verdict};
+use crate::report::{median, quartile, thousands, Report, Verdict};
 use std::path::Path;
 use std::time::Duration;
 
@@ -49,14 +49,6 @@ fn flood(port: u16) -> Result<Flood, String> {
     Ok(f)
 }
 
-/// The middle half of a run's sets, as (lower quartile, upper quartile) of their figures.
-fn middle_half(values: &[f64]) -> (f64, f64) {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let at = |q: usize| sorted.get(sorted.len().saturating_sub(1) * q / 4).copied().unwrap_or(f64::NAN);
-    (at(1), at(3))
-}
-
 /// Why a run's figures cannot judge the goal, if they cannot: empty programs on the hooks
 /// cannot make a connect cheaper than no programs, nor can the agent's programs, which do
 /// more on the same hooks, cost less than empty ones; and sets whose middle half spreads
@@ -76,7 +68,8 @@ fn drift_exceeds_effect(agent_sets: &[f64], floor_sets: &[f64]) -> Option<String
              more than the programs cost"
         ));
     }
-    let (low, high) = middle_half(agent_sets);
+    // The middle half of the sets: lower to upper quartile.
+    let (low, high) = (quartile(agent_sets, 1), quartile(agent_sets, 3));
     // No sets give NaN quartiles: as unable to judge as a wide spread.
     let spread_within_goal = (high - low).partial_cmp(&GOAL_PERCENT).is_some_and(|o| o.is_le());
     if !spread_within_goal {
@@ -310,12 +303,6 @@ mod tests {
         assert!(wide.contains("-13.9") && wide.contains("+13.8"), "{wide}");
         // No sets at all: nothing judged.
         assert!(drift_exceeds_effect(&[], &[]).is_some());
-    }
-
-    #[test]
-    fn the_middle_half_is_between_the_quartiles() {
-        assert_eq!(middle_half(&[9.0, 1.0, 5.0, 3.0, 7.0]), (3.0, 7.0));
-        assert_eq!(middle_half(&[28.8, 0.2, -13.9, -24.0, 0.5, 36.2, -14.7, -3.8, 13.8]), (-13.9, 13.8));
     }
 
     #[test]

@@ -159,9 +159,15 @@ pub fn thousands(n: u64) -> String {
 /// what a window or a round set is judged by, since one stalled by the host moves a mean
 /// by more than the effect measured.
 pub fn median(values: &[f64]) -> f64 {
+    quartile(values, 2)
+}
+
+/// Quartile `q` (0 to 4: the least, the lower quartile, the median, the upper quartile, the
+/// greatest) of repeated figures, taken at the sorted index at or below it; NaN for none.
+pub fn quartile(values: &[f64], q: usize) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
-    sorted.get(sorted.len().saturating_sub(1) / 2).copied().unwrap_or(f64::NAN)
+    sorted.get(sorted.len().saturating_sub(1) * q.min(4) / 4).copied().unwrap_or(f64::NAN)
 }
 
 #[cfg(test)]
@@ -174,6 +180,14 @@ mod tests {
         assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.0);
         assert_eq!(median(&[5.0, 5.1, 598.0, 4.9, 5.0]), 5.0);
         assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn quartiles_run_from_the_least_to_the_greatest() {
+        let sets = [28.8, 0.2, -13.9, -24.0, 0.5, 36.2, -14.7, -3.8, 13.8];
+        let quartiles: Vec<f64> = (0..=4).map(|q| quartile(&sets, q)).collect();
+        assert_eq!(quartiles, [-24.0, -13.9, 0.2, 13.8, 36.2]);
+        assert!(quartile(&[], 1).is_nan());
     }
 
     #[test]
