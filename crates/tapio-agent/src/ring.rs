@@ -3,8 +3,9 @@
 //! Written here instead of taking aya's `RingBuf`, for two costs that one pays on every node:
 //! - aya publishes the consumer position after every record. A program reserving its next
 //!   record reads that position first, so on a busy CPU each record fetched the position's
-//!   cache line back from the drain's CPU. This reader publishes it every
-//!   [`PUBLISH_EVERY`] records and when it stops reading ([`Ring::publish`]).
+//!   cache line back from the drain's CPU. This reader publishes it once the records taken
+//!   since fill a [`PUBLISH_SHARE`]th of the ring, and when it stops reading
+//!   ([`Ring::publish`]).
 //! - aya maps the data pages twice, as the kernel offers them (the second copy lets a record
 //!   that wraps past the end be read in one piece), and a mapped page counts in the agent's
 //!   RSS whether read or not: every ring counted twice. This reader maps the data once and
@@ -24,11 +25,12 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 const BUSY_BIT: u32 = 1 << 31;
 const DISCARD_BIT: u32 = 1 << 30;
 const HEADER_BYTES: usize = 8;
-/// Records taken between publications of the consumer position: a program re-reads the
-/// drain's line once per this many of its records, and the room a ring has left lags what
-/// the drain has read by at most this many records (64 IPv4 connect failures are 6 KB of a
-/// CPU's 256 KiB ring).
-pub const PUBLISH_EVERY: u32 = 64;
+/// The consumer position is published once the records taken since fill this share of the
+/// ring (a sixteenth: 16 KiB of a CPU's 256 KiB network ring, about 170 IPv4 connect
+/// failures; 4 KiB of the 64 KiB DNS ring). A program re-reads the drain's line once per
+/// that many of its records, and the room a ring has left lags what the drain has read by
+/// at most that share of it.
+pub const PUBLISH_SHARE: usize = 16;
 
 /// One `mmap` of a ring's pages, unmapped when dropped.
 struct Mapping {
@@ -69,8 +71,9 @@ struct Reader {
     pos: usize,
     /// The producer position last read: records up to it are committed or busy.
     producer_seen: usize,
-    /// Records taken since the last publication.
-    unpublished: u32,
+    /// Bytes taken since the last publication, and how many trigger one.
+    unpublished: usize,
+    publish_at: usize,
     /// A record that wraps past the data's end, put back together.
     wrapped: Vec<u8>,
 }
@@ -84,7 +87,8 @@ impl Reader {
         // with these acquires.
         let (pos, producer_seen) =
             unsafe { ((*consumer).load(Ordering::Acquire), (*producer).load(Ordering::Acquire)) };
-        Reader { consumer, producer, data, size, pos, producer_seen, unpublished: 0, wrapped: Vec::new() }
+        let publish_at = size / PUBLISH_SHARE;
+        Reader { consumer, producer, data, size, pos, producer_seen, unpublished: 0, publish_at, wrapped: Vec::new() }
     }
 
     /// Hands the next committed record to `f`; false when there is none (yet).
@@ -110,8 +114,9 @@ impl Reader {
                 // Not a record the kernel could have written: nothing after it can be found
                 // either. Skip to the producer and hand over an empty record, which the
                 // classifier counts as malformed.
+                let skipped = self.producer_seen.wrapping_sub(self.pos);
                 self.pos = self.producer_seen;
-                self.count_taken();
+                self.count_taken(skipped);
                 f(&[]);
                 return true;
             }
@@ -132,17 +137,18 @@ impl Reader {
                     f(&self.wrapped);
                 }
             }
-            self.pos = self.pos.wrapping_add((len + HEADER_BYTES + 7) & !7);
-            self.count_taken();
+            let occupied = (len + HEADER_BYTES + 7) & !7;
+            self.pos = self.pos.wrapping_add(occupied);
+            self.count_taken(occupied);
             if committed {
                 return true;
             }
         }
     }
 
-    fn count_taken(&mut self) {
-        self.unpublished += 1;
-        if self.unpublished >= PUBLISH_EVERY {
+    fn count_taken(&mut self, bytes: usize) {
+        self.unpublished += bytes;
+        if self.unpublished >= self.publish_at {
             self.publish();
         }
     }
@@ -200,8 +206,9 @@ impl Ring {
         Ok(Ring { reader, _consumer_page: consumer_page, _producer_and_data: producer_and_data, map })
     }
 
-    /// Hands the next committed record to `f`; false when there is none (yet). Every
-    /// [`PUBLISH_EVERY`] records the room they took is given back to the kernel.
+    /// Hands the next committed record to `f`; false when there is none (yet). Once the
+    /// records taken fill a [`PUBLISH_SHARE`]th of the ring, their room is given back to the
+    /// kernel.
     pub fn take_one(&mut self, f: &mut dyn FnMut(&[u8])) -> bool {
         self.reader.take_one(f)
     }
@@ -314,25 +321,25 @@ mod tests {
     }
 
     #[test]
-    fn the_consumer_position_is_published_every_few_records_and_when_asked() {
-        let mut ring = FakeRing::new(1 << 16);
+    fn the_consumer_position_is_published_once_a_sixteenth_of_the_ring_is_taken_and_when_asked() {
+        // 4,096 bytes: a sixteenth is 256 bytes, sixteen records of 16 (8 of header, 8 of body).
+        let mut ring = FakeRing::new(4096);
         let mut reader = ring.reader();
-        for i in 0..(PUBLISH_EVERY + 3) {
+        for i in 0..20u64 {
             ring.push(&i.to_le_bytes(), 0);
         }
         let mut got = 0;
-        for _ in 0..PUBLISH_EVERY - 1 {
+        for _ in 0..15 {
             assert!(reader.take_one(&mut |_| got += 1));
         }
         assert_eq!(ring.consumer.load(Ordering::Relaxed), 0, "not yet");
         assert!(reader.take_one(&mut |_| got += 1));
-        let after_batch = PUBLISH_EVERY as usize * 16;
-        assert_eq!(ring.consumer.load(Ordering::Relaxed), after_batch, "a whole batch, published");
+        assert_eq!(ring.consumer.load(Ordering::Relaxed), 256, "a sixteenth of the ring, published");
         assert!(reader.take_one(&mut |_| got += 1));
-        assert_eq!(ring.consumer.load(Ordering::Relaxed), after_batch);
+        assert_eq!(ring.consumer.load(Ordering::Relaxed), 256);
         reader.publish();
-        assert_eq!(ring.consumer.load(Ordering::Relaxed), after_batch + 16);
-        assert_eq!(got, PUBLISH_EVERY + 1);
+        assert_eq!(ring.consumer.load(Ordering::Relaxed), 272);
+        assert_eq!(got, 17);
     }
 
     #[test]
