@@ -9,7 +9,6 @@ use crate::counters::Counters;
 use crate::drain_priority::Governor;
 use crate::observers::{read_kernel_counters, Classifier, Running};
 use crate::queue::QueueSender;
-use crate::ring::Ring;
 use crate::stamp::{Stamper, Verdict};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,19 +40,9 @@ pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
 pub trait RecordSource {
     /// Hands the next record to `f`; false when there is none.
     fn take_one(&mut self, f: &mut dyn FnMut(&[u8])) -> bool;
-    /// Gives the room of the records taken back to their producers (a ring publishes it in
-    /// batches, [`Ring::publish`]).
+    /// Gives the room of the records taken back to their producers (a ring gives it back in
+    /// batches: `crate::ring`).
     fn publish(&mut self) {}
-}
-
-impl RecordSource for Ring {
-    fn take_one(&mut self, f: &mut dyn FnMut(&[u8])) -> bool {
-        Ring::take_one(self, f)
-    }
-
-    fn publish(&mut self) {
-        Ring::publish(self)
-    }
 }
 
 /// Takes up to `limit` records, handing each to `handle`, and gives their room back. Returns

@@ -5,7 +5,7 @@
 //!   record reads that position first, so on a busy CPU each record fetched the position's
 //!   cache line back from the drain's CPU. This reader publishes it once the records taken
 //!   since fill a [`PUBLISH_SHARE`]th of the ring, and when it stops reading
-//!   ([`Ring::publish`]).
+//!   ([`RecordSource::publish`]).
 //! - aya maps the data pages twice, as the kernel offers them (the second copy lets a record
 //!   that wraps past the end be read in one piece), and a mapped page counts in the agent's
 //!   RSS whether read or not: every ring counted twice. This reader maps the data once and
@@ -17,6 +17,7 @@
 //! whose first word is its length and two flags (busy: not yet committed; discarded), and
 //! takes its length plus the header, rounded up to 8 bytes.
 
+use crate::drain::RecordSource;
 use crate::observers::container::classify::PageSize;
 use aya::maps::MapData;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
@@ -205,18 +206,18 @@ impl Ring {
         };
         Ok(Ring { reader, _consumer_page: consumer_page, _producer_and_data: producer_and_data, map })
     }
+}
 
-    /// Hands the next committed record to `f`; false when there is none (yet). Once the
-    /// records taken fill a [`PUBLISH_SHARE`]th of the ring, their room is given back to the
-    /// kernel.
-    pub fn take_one(&mut self, f: &mut dyn FnMut(&[u8])) -> bool {
+/// Once the records taken fill a [`PUBLISH_SHARE`]th of the ring, their room is given back
+/// to the kernel; `publish` gives back the rest, whenever the drain stops reading (else a
+/// program would see the ring fuller than it is, and the drain's epoll would find it still
+/// readable).
+impl RecordSource for Ring {
+    fn take_one(&mut self, f: &mut dyn FnMut(&[u8])) -> bool {
         self.reader.take_one(f)
     }
 
-    /// Gives the room of every record taken so far back to the kernel: called whenever the
-    /// reader stops, or a program would see the ring fuller than it is (and the drain's
-    /// epoll would find it still readable).
-    pub fn publish(&mut self) {
+    fn publish(&mut self) {
         self.reader.publish()
     }
 }
