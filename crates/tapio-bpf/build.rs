@@ -1,5 +1,6 @@
 //! Builds Tapio's kernel side: finds every observer folder (`src/<name>/` holding
-//! `<name>.bpf.c`), compiles its program to a CO-RE eBPF object with clang, declares its
+//! `<name>.bpf.c`), compiles its program to a CO-RE eBPF object with clang (debug info and
+//! BTF line info taken out, deflated for embedding), declares its
 //! Rust module (`$OUT_DIR/observers.rs`, included by lib.rs), and generates the Rust mirror
 //! of the ABI headers with bindgen, laid out for the BPF target so the generated layout
 //! assertions prove both sides agree. Adding an observer's kernel half is adding its folder.
@@ -7,6 +8,9 @@
 use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+#[path = "build/btf_lines.rs"]
+mod btf_lines;
 
 /// The observer folders under `src/`: each holds `<name>.bpf.c`, `<name>.h` and `mod.rs`.
 /// Sorted, so the generated files do not depend on directory order.
@@ -52,6 +56,8 @@ fn main() {
     let include = src.join("include");
     println!("cargo:rerun-if-changed={}", src.display());
     println!("cargo:rerun-if-env-changed=CLANG");
+    println!("cargo:rerun-if-env-changed=TAPIO_KEEP_BTF_LINE_INFO");
+    println!("cargo:rerun-if-changed=build");
 
     let clang = env::var("CLANG").unwrap_or_else(|_| "clang".to_string());
     check_toolchain(&clang);
@@ -97,6 +103,9 @@ fn compile_bpf(clang: &str, include: &Path, dir: &Path, name: &str, out: &Path) 
         panic!("clang failed to compile {}", source.display());
     }
     strip_debug_info(&object);
+    if env::var_os("TAPIO_KEEP_BTF_LINE_INFO").is_none() {
+        drop_line_info(&object, out, name);
+    }
     compress_object(&object, out, name);
 }
 
@@ -132,6 +141,39 @@ fn strip_debug_info(object: &Path) {
         }
     }
     println!("cargo:warning=llvm-strip not found: eBPF objects keep their DWARF (install llvm)");
+}
+
+/// Takes the BTF line info out of the object (`build/btf_lines.rs`): a third of it, and
+/// of what the kernel keeps per loaded program, for source lines that only a verifier log
+/// or `bpftool prog dump` would show. `TAPIO_KEEP_BTF_LINE_INFO=1` at build time keeps
+/// them: the same instructions, with their lines. Without llvm-objcopy the object keeps
+/// them too, with a warning; an object whose BTF this build cannot read fails the build.
+fn drop_line_info(object: &Path, out: &Path, name: &str) {
+    let elf = std::fs::read(object).unwrap_or_else(|e| panic!("reading {}: {e}", object.display()));
+    let sections = btf_lines::without_line_info(&elf).unwrap_or_else(|e| {
+        panic!("{name}.bpf.o: its BTF cannot be read to drop its line info ({e}); TAPIO_KEEP_BTF_LINE_INFO=1 builds it with them")
+    });
+    let Some(sections) = sections else { return };
+    // The object as clang made it, for the test that compares the two.
+    std::fs::copy(object, out.join(format!("{name}.with-lines.bpf.o"))).expect("keeping the object with its lines");
+    let (btf, ext) = (out.join(format!("{name}.BTF")), out.join(format!("{name}.BTF.ext")));
+    std::fs::write(&btf, &sections.btf).expect("writing the new .BTF");
+    std::fs::write(&ext, &sections.btf_ext).expect("writing the new .BTF.ext");
+    let update = [format!(".BTF={}", btf.display()), format!(".BTF.ext={}", ext.display())];
+    for tool in ["llvm-objcopy", "llvm-objcopy-19", "llvm-objcopy-14"] {
+        let status = Command::new(tool)
+            .args(["--update-section", &update[0], "--update-section", &update[1]])
+            .arg(object)
+            .status();
+        if status.is_ok_and(|s| s.success()) {
+            let rebuilt = std::fs::read(object).unwrap_or_else(|e| panic!("reading {}: {e}", object.display()));
+            match btf_lines::line_info_len(&rebuilt) {
+                Ok(0) => return,
+                other => panic!("{name}.bpf.o still has line info after {tool}: {other:?}"),
+            }
+        }
+    }
+    println!("cargo:warning=llvm-objcopy not found: eBPF objects keep their BTF line info (install llvm)");
 }
 
 fn generate_abi(include: &Path, src: &Path, names: &[String], out: &Path) {

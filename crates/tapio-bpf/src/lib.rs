@@ -37,7 +37,7 @@ impl EmbeddedObject {
 }
 
 /// An inflated eBPF object, 8-byte aligned as ELF parsing expects. Owned by whoever loads
-/// it: the loader copies what it keeps, so the object's bytes (over 170 KB for the four)
+/// it: the loader copies what it keeps, so the object's bytes (about 120 KB for the four)
 /// go back to the allocator after loading instead of staying resident on every node.
 pub struct Object {
     words: Box<[u64]>,
@@ -147,6 +147,10 @@ pub const COUNTER_NAMES: [(u32, &str); 6] = [
     (abi::TAPIO_CNT_CONFIG_TORN, "config_torn_read"),
 ];
 #[cfg(test)]
+#[path = "../build/btf_lines.rs"]
+mod btf_lines;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -182,6 +186,69 @@ mod tests {
             let deflated = std::fs::metadata(format!("{out}/{name}.bpf.o.zlib")).expect("deflated object").len();
             assert!(deflated * 2 < built.len() as u64, "{name}: {deflated} B deflated of {} B raw", built.len());
         }
+    }
+
+    /// build.rs takes the BTF line info out of each object (unless built with
+    /// TAPIO_KEEP_BTF_LINE_INFO): what is left names the same strings from the same places,
+    /// the types, function info and CO-RE records are otherwise byte for byte clang's, the
+    /// string table holds little more than those names, and aya's parser reads the result.
+    #[test]
+    fn embedded_objects_lose_their_line_info_and_keep_every_type_function_and_relocation() {
+        let out = env!("OUT_DIR");
+        let kept = option_env!("TAPIO_KEEP_BTF_LINE_INFO").is_some();
+        // Tapio needs kernel BTF to run at all; so do its tests.
+        let vmlinux = aya_obj::btf::Btf::from_sys_fs().expect("this kernel's BTF (/sys/kernel/btf/vmlinux)");
+        for embedded in OBJECTS {
+            let name = embedded.name();
+            let object = embedded.inflate();
+            let lines = btf_lines::line_info_len(&object).expect("readable BTF");
+            if kept {
+                assert!(lines > 0, "{name}: built with TAPIO_KEEP_BTF_LINE_INFO, yet without line info");
+                continue;
+            }
+            assert_eq!(lines, 0, "{name}: line info left in the embedded object (is llvm-objcopy installed?)");
+            let clangs =
+                std::fs::read(format!("{out}/{name}.with-lines.bpf.o")).expect("build.rs keeps clang's object");
+            assert!(btf_lines::line_info_len(&clangs).expect("readable BTF") > 0, "{name}: clang wrote no line info");
+            let (names, rest) = btf_lines::kept_parts(&object).expect("readable BTF");
+            let (clang_names, clang_rest) = btf_lines::kept_parts(&clangs).expect("readable BTF");
+            assert_eq!(names, clang_names, "{name}: a type, function or relocation names another string");
+            assert!(rest == clang_rest, "{name}: types, function info or CO-RE records changed");
+            assert!(names.iter().any(|n| n.as_slice() == b"LICENSE"), "{name}: the names were not read");
+            let table = btf_lines::string_table_len(&object).expect("readable BTF");
+            let names_len: usize = names.iter().map(|n| n.len() + 1).sum();
+            assert!(table <= names_len + 1, "{name}: {table} B of strings for {names_len} B of names");
+            assert!(object.len() < clangs.len(), "{name}");
+            // Nothing left to take out: a second pass gives the same sections.
+            let again = btf_lines::without_line_info(&object).expect("readable BTF").expect("BTF");
+            let section = |name| btf_lines::section(&object, name).expect("ELF").expect("the section");
+            assert!(again.btf == section(".BTF") && again.btf_ext == section(".BTF.ext"), "{name}");
+            // Independently of the walk above: aya's parser and CO-RE relocation against this
+            // kernel make the same instructions of both objects.
+            assert_eq!(relocated(&object, &vmlinux), relocated(&clangs, &vmlinux), "{name}");
+        }
+    }
+
+    /// An instruction's code, destination and source registers, offset and immediate.
+    type Instruction = (u8, u8, u8, i16, i32);
+
+    /// Every function of an object, relocated against `target` by aya's object parser, by
+    /// name.
+    fn relocated(elf: &[u8], target: &aya_obj::btf::Btf) -> Vec<(String, Vec<Instruction>)> {
+        let mut object = aya_obj::Object::parse(elf).unwrap_or_else(|e| panic!("aya cannot parse it: {e}"));
+        object.relocate_btf(target).unwrap_or_else(|e| panic!("aya cannot relocate it: {e}"));
+        let mut functions: Vec<_> = object
+            .functions
+            .values()
+            .map(|f| {
+                let insns: Vec<_> =
+                    f.instructions.iter().map(|i| (i.code, i.dst_reg(), i.src_reg(), i.off, i.imm)).collect();
+                (f.name.clone(), insns)
+            })
+            .collect();
+        functions.sort();
+        assert!(functions.iter().any(|(_, insns)| !insns.is_empty()), "no instructions read");
+        functions
     }
 
     #[test]
