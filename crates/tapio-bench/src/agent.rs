@@ -285,7 +285,12 @@ pub struct Scratch(pub PathBuf);
 
 impl Scratch {
     pub fn new(label: &str) -> Result<Self, String> {
-        let dir = std::env::temp_dir().join(format!("tapio-bench-{label}-{}", std::process::id()));
+        Self::under(&std::env::temp_dir(), label)
+    }
+
+    /// The same, under `base` (for files that must be on a given filesystem).
+    pub fn under(base: &Path, label: &str) -> Result<Self, String> {
+        let dir = base.join(format!("tapio-bench-{label}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         Ok(Self(dir))

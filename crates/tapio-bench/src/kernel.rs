@@ -135,9 +135,13 @@ fn network_programs() -> impl Iterator<Item = &'static str> {
     typed.chain(tapio_bpf::network::TRACEPOINTS.iter().map(|t| t.0))
 }
 
+/// A program's full name, its runs over a window and their mean cost in ns (`None`: it did
+/// not run).
+pub type ProgramCost = (String, u64, Option<f64>);
+
 /// Per-program (runs, mean ns) over the window between two snapshots.
-pub fn deltas(before: &BTreeMap<u32, ProgStats>, after: &BTreeMap<u32, ProgStats>) -> Vec<(String, u64, Option<f64>)> {
-    let mut out: Vec<(String, u64, Option<f64>)> = after
+pub fn deltas(before: &BTreeMap<u32, ProgStats>, after: &BTreeMap<u32, ProgStats>) -> Vec<ProgramCost> {
+    let mut out: Vec<ProgramCost> = after
         .iter()
         .map(|(id, a)| {
             let (t0, c0) = before.get(id).map(|b| (b.run_time_ns, b.run_count)).unwrap_or((0, 0));
