@@ -391,11 +391,11 @@ fn few_runs_row(
         );
         return;
     }
+    let paced_mean = mean_of(paced_runs, paced_ns as f64 / paced_runs.max(1) as f64);
     let why = match saturating {
         Ok((ios, _)) if paced_runs + saturating_runs > 0 => format!(
-            "too few runs to judge: {paced_runs} in the paced loop-device I/O{}, {saturating_runs} in {} I/Os of \
-             {SATURATING_THREADS} threads over {SATURATING_SECS} s on the disk under {SATURATING_DIR}{}",
-            mean_of(paced_runs, paced_ns as f64 / paced_runs.max(1) as f64),
+            "too few runs to judge: {paced_runs} in the paced loop-device I/O{paced_mean}, {saturating_runs} in {} I/Os \
+             of {SATURATING_THREADS} threads over {SATURATING_SECS} s on the disk under {SATURATING_DIR}{}",
             thousands(*ios),
             mean_of(saturating_runs, saturating_mean.unwrap_or(0.0)),
         ),
@@ -405,8 +405,8 @@ fn few_runs_row(
             thousands(*ios)
         ),
         Err(e) => format!(
-            "{paced_runs} runs in the paced loop-device I/O{}, too few to judge, and the saturating window failed: {e}",
-            mean_of(paced_runs, paced_ns as f64 / paced_runs.max(1) as f64)
+            "{paced_runs} runs in the paced loop-device I/O{paced_mean}, too few to judge, and the saturating window \
+             failed: {e}"
         ),
     };
     report.not_measured("storage", &measure, &goal, why);
