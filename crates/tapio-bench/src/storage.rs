@@ -57,11 +57,7 @@ impl LoopOnTmpfs {
         sh(&["mount", "-t", "tmpfs", "-o", "size=160m", "tapio-bench", &mount.to_string_lossy()])?;
         let mut me = Self { mount, device: None };
         let file = me.mount.join("backing.img");
-        let f = std::fs::File::create(&file).map_err(|e| format!("creating {}: {e}", file.display()))?;
-        let chunk = vec![0x5au8; 1 << 20];
-        for i in 0..FILE_BYTES >> 20 {
-            f.write_all_at(&chunk, i << 20).map_err(|e| format!("filling {}: {e}", file.display()))?;
-        }
+        written_file(&file, FILE_BYTES)?;
         me.device = Some(sh(&["losetup", "-f", "--show", &file.to_string_lossy()])?);
         Ok(me)
     }
@@ -74,6 +70,36 @@ impl Drop for LoopOnTmpfs {
         }
         let _ = sh(&["umount", &self.mount.to_string_lossy()]);
     }
+}
+
+/// A new file of `bytes` (a whole number of MiB) written out, not sparse: reads of it are
+/// real reads.
+fn written_file(path: &Path, bytes: u64) -> Result<std::fs::File, String> {
+    let file = std::fs::File::create(path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+    let chunk = vec![0x5au8; 1 << 20];
+    for i in 0..bytes >> 20 {
+        file.write_all_at(&chunk, i << 20).map_err(|e| format!("filling {}: {e}", path.display()))?;
+    }
+    Ok(file)
+}
+
+/// `path` for reading and writing with O_DIRECT: every I/O a block request, no page cache.
+fn open_direct(path: &Path) -> Result<std::fs::File, String> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .map_err(|e| format!("opening {}: {e}", path.display()))
+}
+
+/// The I/Os the worker threads did, all of them, or the first failure.
+fn io_done(workers: Vec<std::thread::JoinHandle<Result<u64, String>>>) -> Result<u64, String> {
+    let mut total = 0;
+    for w in workers {
+        total += w.join().map_err(|_| "I/O thread panicked".to_string())??;
+    }
+    Ok(total)
 }
 
 /// A 4096-aligned buffer for O_DIRECT.
@@ -108,12 +134,7 @@ fn random_io(dev: &str, secs: u64) -> Result<u64, String> {
         .map(|t| {
             let dev = dev.to_string();
             std::thread::spawn(move || -> Result<u64, String> {
-                let f = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .custom_flags(libc::O_DIRECT)
-                    .open(&dev)
-                    .map_err(|e| format!("opening {dev}: {e}"))?;
+                let f = open_direct(Path::new(&dev))?;
                 let mut block = Block::new(BLOCK);
                 let mut seed = 0x2545_f491_4f6c_dd1du64 ^ ((t + 1) << 32);
                 let mut next = Instant::now();
@@ -136,11 +157,7 @@ fn random_io(dev: &str, secs: u64) -> Result<u64, String> {
             })
         })
         .collect();
-    let mut total = 0;
-    for w in workers {
-        total += w.join().map_err(|_| "I/O thread panicked".to_string())??;
-    }
-    Ok(total)
+    io_done(workers)
 }
 
 /// The window that fills a real disk's queue: threads, seconds, I/O size, file size.
@@ -156,11 +173,7 @@ const SATURATING_DIR: &str = "/var/tmp";
 /// is written out first, so that reads reach the disk. Returns the I/Os done.
 fn saturating_io(dir: &Path) -> Result<u64, String> {
     let path = dir.join("saturate.dat");
-    let file = std::fs::File::create(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
-    let chunk = vec![0xa5u8; 1 << 20];
-    for i in 0..SATURATING_FILE_BYTES >> 20 {
-        file.write_all_at(&chunk, i << 20).map_err(|e| format!("filling {}: {e}", path.display()))?;
-    }
+    let file = written_file(&path, SATURATING_FILE_BYTES)?;
     file.sync_all().map_err(|e| format!("syncing {}: {e}", path.display()))?;
     let deadline = Instant::now() + Duration::from_secs(SATURATING_SECS);
     let blocks = SATURATING_FILE_BYTES / SATURATING_BLOCK as u64;
@@ -168,12 +181,7 @@ fn saturating_io(dir: &Path) -> Result<u64, String> {
         .map(|t| {
             let path = path.clone();
             std::thread::spawn(move || -> Result<u64, String> {
-                let f = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .custom_flags(libc::O_DIRECT)
-                    .open(&path)
-                    .map_err(|e| format!("opening {}: {e}", path.display()))?;
+                let f = open_direct(&path)?;
                 let mut block = Block::new(SATURATING_BLOCK);
                 let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ ((t + 1) << 17);
                 let mut done = 0;
@@ -188,11 +196,7 @@ fn saturating_io(dir: &Path) -> Result<u64, String> {
             })
         })
         .collect();
-    let mut total = 0;
-    for w in workers {
-        total += w.join().map_err(|_| "I/O thread panicked".to_string())??;
-    }
-    Ok(total)
+    io_done(workers)
 }
 
 /// The storage program a (15-character) kernel name belongs to.
