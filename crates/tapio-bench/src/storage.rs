@@ -102,18 +102,22 @@ fn io_done(workers: Vec<std::thread::JoinHandle<Result<u64, String>>>) -> Result
     Ok(total)
 }
 
-/// A 4096-aligned buffer for O_DIRECT.
-struct Block(Box<[u8]>, usize, usize);
+/// A 4096-aligned buffer for O_DIRECT: `len` bytes at `start` of an allocation a page longer.
+struct Block {
+    raw: Box<[u8]>,
+    start: usize,
+    len: usize,
+}
 
 impl Block {
     fn new(len: usize) -> Self {
         let raw = vec![0x33u8; len + 4096].into_boxed_slice();
-        let offset = (4096 - (raw.as_ptr() as usize % 4096)) % 4096;
-        Self(raw, offset, len)
+        let start = (4096 - (raw.as_ptr() as usize % 4096)) % 4096;
+        Self { raw, start, len }
     }
 
     fn get(&mut self) -> &mut [u8] {
-        &mut self.0[self.1..self.1 + self.2]
+        &mut self.raw[self.start..self.start + self.len]
     }
 }
 

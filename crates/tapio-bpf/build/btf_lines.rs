@@ -93,11 +93,10 @@ fn type_name_fields(types: &[u8]) -> Result<Vec<usize>, String> {
             // INT, VAR, DECL_TAG: one u32; ARRAY: struct btf_array
             1 | 14 | 17 => (4, None),
             3 => (12, None),
-            // STRUCT, UNION: members (name, type, offset); ENUM: (name, value); FUNC_PROTO:
-            // params (name, type); ENUM64: (name, value low, value high)
-            4 | 5 => (vlen * 12, Some(12)),
+            // STRUCT, UNION: members (name, type, offset); ENUM64: (name, value low, value
+            // high); ENUM: (name, value); FUNC_PROTO: params (name, type)
+            4 | 5 | 19 => (vlen * 12, Some(12)),
             6 | 13 => (vlen * 8, Some(8)),
-            19 => (vlen * 12, Some(12)),
             // DATASEC: (var type, offset, size), no names
             15 => (vlen * 12, None),
             other => return Err(format!("BTF kind {other} at byte {at} is not one this build knows")),
