@@ -33,14 +33,15 @@ const HEADER_BYTES: usize = 8;
 /// at most that share of it.
 pub const PUBLISH_SHARE: usize = 16;
 
-/// One `mmap` of a ring's pages, unmapped when dropped.
-struct Mapping {
+/// One shared `mmap` of a map's pages (a ring's, or the storage observer's in-flight slots),
+/// unmapped when dropped.
+pub(crate) struct Mapping {
     addr: *mut libc::c_void,
     len: usize,
 }
 
 impl Mapping {
-    fn new(fd: RawFd, len: usize, writable: bool, offset: usize) -> std::io::Result<Mapping> {
+    pub(crate) fn new(fd: RawFd, len: usize, writable: bool, offset: usize) -> std::io::Result<Mapping> {
         let prot = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
         let offset =
             libc::off_t::try_from(offset).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
@@ -50,6 +51,11 @@ impl Mapping {
             return Err(std::io::Error::last_os_error());
         }
         Ok(Mapping { addr, len })
+    }
+
+    /// The mapping's first byte.
+    pub(crate) fn addr(&self) -> *mut libc::c_void {
+        self.addr
     }
 }
 

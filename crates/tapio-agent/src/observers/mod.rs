@@ -346,7 +346,9 @@ pub fn load_object(object: &[u8], btf: Option<&Btf>, abi_version: u32) -> Result
 }
 
 /// [`load_object`], with the `events` array of per-CPU rings sized to `per_cpu_slots` and
-/// each of `sized_maps` (name, entries) to its entries.
+/// each of `sized_maps` (name, entries) to its entries. A sized map whose object declares a
+/// `<map>_mask` global (a table its programs index by a hash: `entries` is then a power of
+/// two) gets that global set to `entries - 1`.
 fn load_object_with(
     object: &[u8],
     btf: Option<&Btf>,
@@ -360,8 +362,13 @@ fn load_object_with(
     if let Some(slots) = per_cpu_slots {
         loader.map_max_entries(tapio_bpf::maps::EVENTS, slots);
     }
+    let masks: Vec<(String, u32)> =
+        sized_maps.iter().map(|&(name, entries)| (format!("{name}_mask"), entries.wrapping_sub(1))).collect();
     for &(name, entries) in sized_maps {
         loader.map_max_entries(name, entries);
+    }
+    for (global, mask) in &masks {
+        loader.override_global(global.as_str(), mask, false);
     }
     loader.load(object).map_err(|e| match &e {
         EbpfError::ParseError(aya_obj::ParseError::SymbolNotFound { name }) if *name == abi_symbol => {

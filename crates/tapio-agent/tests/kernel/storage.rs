@@ -2,8 +2,8 @@
 //! for real (loop devices on a full tmpfs, on a shut-down ext4, behind a blkio throttle)
 //! and checks the exact events, their facts against what the test itself measured, and the
 //! absence of wrong ones; a heavy-I/O run on the VM's own disk checks that requeued
-//! requests stay one request, and a table filled through its map that requests still get
-//! entries once it has run full.
+//! requests stay one request, and a table filled through its maps that requests still get
+//! slots once it has run full and that the agent takes idle slots back.
 
 use crate::support::agent::{periodic_counters, PERIODIC_COUNTERS};
 use crate::support::block::{self, Aligned, Loop, Mount};
@@ -55,6 +55,17 @@ impl FullTmpfsDisk {
         let backing = mnt.path.join("backing.img");
         block::sparse_file(&backing, 32 << 20);
         FullTmpfsDisk { dev: Loop::attach(&backing, false), _mnt: mnt, _dir: dir }
+    }
+
+    /// Writes `pages` pages, one at a time, over and over the disk's first 512 KiB: writes
+    /// that fit, each one request.
+    fn write_pages_that_fit(&self, pages: u64) {
+        let f = block::open_direct(&self.dev.path, true);
+        let page = Aligned::new(4096, 0x11);
+        for i in 0..pages {
+            let (r, _) = block::timed_write(&f, &page, (i % 128) * 4096);
+            r.expect("a write that fits the tmpfs");
+        }
     }
 
     /// Writes 12 MiB, 1 MiB at a time; returns the offsets of the writes that failed (each
@@ -122,22 +133,33 @@ fn a_write_into_a_full_tmpfs_is_an_enospc_io_error_of_the_writing_process() {
     assert!(on_device(&run.events, "kernel.storage.latency_spike", dev).is_empty());
 }
 
-/// The running agent's in-flight request table and its "ran full" flag, found among the
-/// kernel's maps by name (one agent runs at a time in these tests).
-fn inflight_maps(
-) -> (aya::maps::HashMap<aya::maps::MapData, u64, [u8; INFLIGHT_VALUE]>, aya::maps::Array<aya::maps::MapData, u32>) {
-    let table =
-        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(support::loaded_map(tapio_bpf::storage::INFLIGHT_MAP)))
-            .expect("the in-flight table is a hash of u64 to the inflight record");
-    let ran_full =
-        aya::maps::Array::try_from(aya::maps::Map::Array(support::loaded_map(tapio_bpf::storage::INFLIGHT_FULL_MAP)))
-            .expect("inflight_full is an array of u32");
-    (table, ran_full)
+type SlotValue = [u8; SLOT_BYTES];
+
+type Slots = aya::maps::Array<aya::maps::MapData, SlotValue>;
+type Claims = aya::maps::HashMap<aya::maps::MapData, u32, u64>;
+type RanFull = aya::maps::Array<aya::maps::MapData, u32>;
+
+/// The running agent's in-flight table (its slots and their claims) and its "ran full" flag,
+/// found among the kernel's maps by name (one agent runs at a time in these tests).
+fn inflight_maps() -> (Slots, Claims, RanFull) {
+    let slots = Slots::try_from(aya::maps::Map::Array(support::loaded_map(tapio_bpf::storage::INFLIGHT_MAP)))
+        .expect("the in-flight table is an array of slots");
+    let claims =
+        Claims::try_from(aya::maps::Map::HashMap(support::loaded_map(tapio_bpf::storage::INFLIGHT_CLAIMS_MAP)))
+            .expect("inflight_claims is a hash of slot index to owner");
+    let ran_full = RanFull::try_from(aya::maps::Map::Array(support::loaded_map(tapio_bpf::storage::INFLIGHT_FULL_MAP)))
+        .expect("inflight_full is an array of u32");
+    (slots, claims, ran_full)
+}
+
+/// The size the running agent created a map of its in-flight table with.
+fn loaded_entries(map: &str) -> u32 {
+    support::loaded_map(map).info().expect("the map's info").max_entries()
 }
 
 /// The size the running agent created its in-flight table with.
 fn loaded_inflight_entries() -> u32 {
-    support::loaded_map(tapio_bpf::storage::INFLIGHT_MAP).info().expect("the in-flight table's info").max_entries()
+    loaded_entries(tapio_bpf::storage::INFLIGHT_MAP)
 }
 
 #[test]
@@ -158,6 +180,10 @@ fn the_inflight_table_is_sized_at_load_for_the_request_structs_of_this_nodes_dis
         [before, after].iter().any(|&s| inflight_entries(s, max) == entries),
         "a table of {entries} entries for {before} (then {after}) request structs"
     );
+    // A claim per slot, facts beside each slot.
+    for map in [tapio_bpf::storage::INFLIGHT_CLAIMS_MAP, tapio_bpf::storage::INFLIGHT_FACTS_MAP] {
+        assert_eq!(loaded_entries(map), entries, "{map} is sized with the slots");
+    }
     // Every disk with blk-mq requests counts: this node has at least its loop devices.
     assert!(before > 0, "no request structs found under /sys/block");
     agent.wait_for_log(&format!("storage: in-flight table of {entries} entries, for "), Duration::from_secs(5));
@@ -165,7 +191,7 @@ fn the_inflight_table_is_sized_at_load_for_the_request_structs_of_this_nodes_dis
     assert!(run.exit_ok, "agent exit: {}", run.stderr);
 }
 
-const INFLIGHT_VALUE: usize = std::mem::size_of::<tapio_bpf::abi::tapio_sto_inflight>();
+const SLOT_BYTES: usize = std::mem::size_of::<tapio_bpf::abi::tapio_sto_inflight>();
 
 fn boot_now_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -174,92 +200,98 @@ fn boot_now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-fn inflight_flags(value: &[u8; INFLIGHT_VALUE]) -> u32 {
-    let e = tapio_bpf::abi::tapio_sto_inflight::default();
-    let at = std::ptr::addr_of!(e.flags) as usize - std::ptr::addr_of!(e) as usize;
-    u32::from(u16::from_ne_bytes([value[at], value[at + 1]]))
+fn slot_of(value: &SlotValue) -> tapio_bpf::abi::tapio_sto_inflight {
+    let mut slot = tapio_bpf::abi::tapio_sto_inflight::default();
+    // SAFETY: an ABI record (integers only) of exactly SLOT_BYTES, read from the map's bytes.
+    unsafe { std::ptr::copy_nonoverlapping(value.as_ptr(), std::ptr::addr_of_mut!(slot).cast::<u8>(), SLOT_BYTES) };
+    slot
+}
+
+/// Owners no request can have: a request's key is its distance from the slot array (both
+/// kernel addresses, less than 2^47 apart, either way round), never near 2^62.
+const FAKE_OWNER_BASE: u64 = 1 << 62;
+
+fn is_fake_owner(owner: u64) -> bool {
+    (FAKE_OWNER_BASE..FAKE_OWNER_BASE + (1 << 32)).contains(&owner)
 }
 
 #[test]
 #[ignore = "needs root"]
-fn a_full_inflight_table_makes_completions_free_their_entries_and_errors_are_still_reported() {
+fn a_full_inflight_table_makes_completions_release_their_slots_and_idle_slots_are_taken_back() {
     let _turn = kernel_test("storage_table_full");
     let disk = FullTmpfsDisk::new("tablefull");
     let dev = &disk.dev;
 
     let mut agent = Agent::start(STORAGE_ONLY);
-    let (mut table, ran_full) = inflight_maps();
+    let (mut slots, mut claims, ran_full) = inflight_maps();
     let entries = loaded_inflight_entries();
-    let write_pages = |pages: u64| {
-        let f = block::open_direct(&dev.path, true);
-        let page = Aligned::new(4096, 0x11);
-        for i in 0..pages {
-            let (r, _) = block::timed_write(&f, &page, (i % 128) * 4096);
-            r.expect("a write that fits the tmpfs");
-        }
-    };
 
-    // What a node with more request structs than the table looks like: the table full of
-    // entries kept for structs that are not coming back (their keys are no kernel address),
-    // stamped now so that the usual 30 s reclaim would leave them for this whole test.
+    // What a node with more request structs than the table looks like: every slot held by
+    // a struct that is not coming back (an owner no request has), completed and stamped now,
+    // so that the usual 30 s reclaim would leave them for this whole test. Slots of requests
+    // in flight on the node's other disks are left to them.
     assert_eq!(ran_full.get(&0, 0).expect("read inflight_full"), 0, "a fresh table has not run full");
-    // Entries kept since the agent started (the device's probing at attach, say) are
-    // reclaimed first, as the sweep would: the test's own writes must find no entry to reuse.
-    let reclaimed: Vec<u64> = table
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(_, v)| inflight_flags(v) & tapio_bpf::abi::TAPIO_STO_IF_COMPLETED != 0)
-        .map(|(k, _)| k)
-        .collect();
-    for key in &reclaimed {
-        let _ = table.remove(key);
-    }
-    let existing: std::collections::HashSet<u64> = table.keys().map(|k| k.expect("read a key")).collect();
-    let mut kept = tapio_bpf::abi::tapio_sto_inflight {
+    let mut fake = tapio_bpf::abi::tapio_sto_inflight {
         flags: tapio_bpf::abi::TAPIO_STO_IF_COMPLETED as u16,
         stamp_ns: boot_now_ns(),
         ..Default::default()
     };
-    kept.task.pid = 1;
-    let mut value = [0u8; INFLIGHT_VALUE];
-    value.copy_from_slice(tapio_bpf::record::as_bytes(&kept));
+    fake.task.pid = 1;
+    let mut in_flight_before = std::collections::HashSet::new();
     let mut fakes = Vec::new();
-    for key in 1..=u64::from(entries) {
-        if table.insert(key, value, 0).is_err() {
-            break;
+    for idx in 0..entries {
+        let held = slot_of(&slots.get(&idx, 0).expect("read a slot"));
+        if held.owner != 0 && u32::from(held.flags) & tapio_bpf::abi::TAPIO_STO_IF_COMPLETED == 0 {
+            in_flight_before.insert(held.owner);
+            continue;
         }
-        fakes.push(key);
+        fake.owner = FAKE_OWNER_BASE + 8 * u64::from(idx);
+        let mut value = [0u8; SLOT_BYTES];
+        value.copy_from_slice(tapio_bpf::record::as_bytes(&fake));
+        claims.insert(idx, fake.owner, 0).expect("claim a slot");
+        slots.set(idx, value, 0).expect("hold a slot");
+        fakes.push(idx);
     }
-    assert!(table.insert(u64::MAX >> 1, value, 0).is_err(), "the table is full");
+    assert!(fakes.len() as u32 > entries / 2, "{} of {entries} slots taken", fakes.len());
 
-    // Requests on structs without an entry find it full: the kernel says so.
-    write_pages(300);
-    assert_eq!(ran_full.get(&0, 0).expect("read inflight_full"), 1, "an insert found the table full");
+    // Requests on structs without a slot find none free: the kernel says so.
+    disk.write_pages_that_fit(300);
+    assert_eq!(ran_full.get(&0, 0).expect("read inflight_full"), 1, "a request found no free slot");
 
-    // With room again, requests get entries and free them at completion instead of keeping
-    // them: after the writes, no entry of a request made since then is left completed.
-    for key in fakes.drain(..64) {
-        table.remove(&key).expect("make room");
+    // With room again (all but 64 of the held slots freed: the claim first, as the agent
+    // frees them), requests get slots and release them at completion instead of keeping
+    // them: after the writes, no slot of a request made since is left completed.
+    let kept_fakes: Vec<u32> = fakes.split_off(fakes.len() - 64);
+    for idx in fakes.drain(..) {
+        claims.remove(&idx).expect("drop a held slot's claim");
+        slots.set(idx, [0u8; SLOT_BYTES], 0).expect("free a held slot");
     }
-    write_pages(600);
-    let fake_set: std::collections::HashSet<u64> = fakes.iter().copied().collect();
-    let kept_since: Vec<u64> = table
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(k, v)| {
-            !fake_set.contains(k)
-                && !existing.contains(k)
-                && inflight_flags(v) & tapio_bpf::abi::TAPIO_STO_IF_COMPLETED != 0
+    disk.write_pages_that_fit(600);
+    let kept_since: Vec<u64> = (0..entries)
+        .map(|idx| slot_of(&slots.get(&idx, 0).expect("read a slot")))
+        .filter(|slot| {
+            slot.owner != 0
+                && !is_fake_owner(slot.owner)
+                && !in_flight_before.contains(&slot.owner)
+                && u32::from(slot.flags) & tapio_bpf::abi::TAPIO_STO_IF_COMPLETED != 0
         })
-        .map(|(k, _)| k)
+        .map(|slot| slot.owner)
         .collect();
-    assert!(kept_since.is_empty(), "completed requests kept their entries in a table that ran full: {kept_since:x?}");
+    assert!(kept_since.is_empty(), "completed requests kept their slots in a table that ran full: {kept_since:x?}");
 
-    // The agent's sweep (every 15 s) then reclaims kept entries idle for a second, not 30.
-    agent.wait_for_log(&format!("in-flight table ({entries} entries) ran full"), Duration::from_secs(20));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while fakes.iter().any(|k| table.get(k, 0).is_ok()) {
-        assert!(Instant::now() < deadline, "kept entries idle for seconds were not reclaimed");
+    // The agent's sweep (every 15 s) then takes back slots idle for a second, not 30: it
+    // marks them at one pass and frees them (owner and claim) at the next.
+    let retired = u64::from(tapio_bpf::abi::TAPIO_STO_OWNER_RETIRED);
+    agent.wait_for_log(&format!("in-flight table ({entries} slots) ran full"), Duration::from_secs(20));
+    let owner_of = |slots: &Slots, idx: u32| slot_of(&slots.get(&idx, 0).expect("read a slot")).owner;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !kept_fakes.iter().all(|&idx| owner_of(&slots, idx) & retired != 0 || owner_of(&slots, idx) == 0) {
+        assert!(Instant::now() < deadline, "slots idle for seconds were not marked to be taken back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while kept_fakes.iter().any(|&idx| owner_of(&slots, idx) != 0 || claims.get(&idx, 0).is_ok()) {
+        assert!(Instant::now() < deadline, "marked slots were not freed at the sweep after");
         std::thread::sleep(Duration::from_millis(100));
     }
 
@@ -268,6 +300,55 @@ fn a_full_inflight_table_makes_completions_free_their_entries_and_errors_are_sti
     let run = agent.stop();
     assert!(run.exit_ok, "agent exit: {}", run.stderr);
     assert!(run.counter(&["kernel", "storage.inflight_table_full"]) >= 1, "{}", run.counters);
+    assert_each_failed_write_reported(&on_device(&run.events, "kernel.storage.io_error", dev), &failed_offsets);
+}
+
+/// What the agent's sweep does to a slot it takes back, done here to every slot a finished
+/// request left: the owner word marked. Marked slots must never be matched again (a hook
+/// that found a struct's slot by its bare owner would write into a slot about to be freed
+/// and given to another struct), so each struct claims a new slot and its requests are
+/// still reported, with their submitter.
+#[test]
+#[ignore = "needs root"]
+fn slots_marked_to_be_taken_back_are_never_matched_again_and_their_structs_claim_new_ones() {
+    let _turn = kernel_test("storage_slot_marked");
+    let disk = FullTmpfsDisk::new("slotmarked");
+    let dev = &disk.dev;
+
+    let agent = Agent::start(STORAGE_ONLY);
+    let (mut slots, _claims, _ran_full) = inflight_maps();
+    let entries = loaded_inflight_entries();
+    // The device's structs get slots of their own: the writes fit, so nothing is reported.
+    disk.write_pages_that_fit(256);
+    let retired = u64::from(tapio_bpf::abi::TAPIO_STO_OWNER_RETIRED);
+    let mut marked = Vec::new();
+    for idx in 0..entries {
+        let mut slot = slot_of(&slots.get(&idx, 0).expect("read a slot"));
+        if slot.owner == 0 || u32::from(slot.flags) & tapio_bpf::abi::TAPIO_STO_IF_COMPLETED == 0 {
+            continue;
+        }
+        slot.owner |= retired;
+        let mut value = [0u8; SLOT_BYTES];
+        value.copy_from_slice(tapio_bpf::record::as_bytes(&slot));
+        slots.set(idx, value, 0).expect("mark a slot");
+        marked.push((idx, value));
+    }
+    assert!(marked.len() >= 8, "the device's writes left only {} finished slots", marked.len());
+
+    let failed_offsets = disk.write_past_its_room();
+    let run = agent.stop();
+    assert!(run.exit_ok, "agent exit: {}", run.stderr);
+    let rewritten: Vec<u32> = marked
+        .iter()
+        .filter(|(idx, value)| slots.get(idx, 0).expect("read a marked slot") != *value)
+        .map(|(idx, _)| *idx)
+        .collect();
+    assert!(rewritten.is_empty(), "marked slots were matched and written: {rewritten:?}");
+    let claimed_since = (0..entries)
+        .map(|idx| slot_of(&slots.get(&idx, 0).expect("read a slot")).owner)
+        .filter(|&owner| owner != 0 && owner & retired == 0)
+        .count();
+    assert!(claimed_since > 0, "no struct claimed a new slot");
     assert_each_failed_write_reported(&on_device(&run.events, "kernel.storage.io_error", dev), &failed_offsets);
 }
 

@@ -27,10 +27,16 @@ pub const BTF_TRACEPOINTS: &[(&str, &str)] = &[
     ("tapio_rq_complete", "block_rq_complete"),
 ];
 
-/// The in-flight request table (key: the request's address).
+/// The in-flight table: an array of one-line slots (`tapio_sto_inflight`), each owned by the
+/// request struct whose address it names (`storage.bpf.c`).
 pub const INFLIGHT_MAP: &str = "inflight";
-/// One u32, nonzero once the in-flight table has run full (completions then delete their
-/// entries instead of keeping them for reuse: `storage.bpf.c`).
+/// The slots that have an owner (key: slot index, value: the owner): how a program claims
+/// a free slot without compare-and-swap.
+pub const INFLIGHT_CLAIMS_MAP: &str = "inflight_claims";
+/// Beside each slot, what a judged completion reads of its request.
+pub const INFLIGHT_FACTS_MAP: &str = "inflight_facts";
+/// One u32, nonzero once a request's struct found no free slot (completions then release
+/// their slots instead of keeping them for reuse: `storage.bpf.c`).
 pub const INFLIGHT_FULL_MAP: &str = "inflight_full";
 
 /// Correlation drop reasons counted in the kernel, by counter slot.

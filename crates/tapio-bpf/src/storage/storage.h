@@ -80,37 +80,47 @@ enum tapio_sto_inflight_flag {
 	/* Part of a flush sequence whose data phase has completed and was judged; the block
 	 * layer completes it once more when the sequence ends. */
 	TAPIO_STO_IF_DATA_DONE = 1 << 10,
-	/* The request completed (or was merged away): a dead entry, kept to be reused in
-	 * place by the next request built on the same struct (until the table first runs
-	 * full: see "inflight_full" in storage.bpf.c). */
+	/* The request completed (or was merged away): the slot waits, still its struct's, for
+	 * the next request built on that struct (until the table first runs full: see
+	 * "inflight_full" in storage.bpf.c). */
 	TAPIO_STO_IF_COMPLETED = 1 << 11,
 	/* The request reached the driver: stamp_ns is its last issue (else its submission). */
 	TAPIO_STO_IF_ISSUED = 1 << 12,
-	/* dev, sector, bytes and cmd_flags hold this request's (read at its first completion,
-	 * only when that completion is judged). */
+	/* dev and the slot's inflight_facts hold this request's (read at its first
+	 * completion, only when that completion is judged). */
 	TAPIO_STO_IF_FACTS = 1 << 13,
 };
 
-/* Entries of the in-flight table ("inflight" below) at most: the agent sizes it at load for
- * the node's disks (observers/storage/table_size.rs), from 4,096 up to this. */
+/* Slots of the in-flight table ("inflight" below) at most: the agent sizes it at load for
+ * the node's disks (observers/storage/table_size.rs), a power of two from 4,096 up to this. */
 enum tapio_sto_table {
 	TAPIO_STO_INFLIGHT_ENTRIES = 16384,
+	/* Slots a request struct may take, from its home slot on (a lookup that finds the struct
+	 * stops there, at its home slot or the next one, mostly). With the table sized for twice
+	 * the node's structs, at most half its slots are taken; a simulation of that many
+	 * structs given slots at random, each in the first free one of its probes, found all
+	 * of a struct's probes taken 222 times per filling of 16,384 slots with 4 probes, 3.2
+	 * times with 16 and 0.05 with 32 (and none with 16 at 35 % taken). */
+	TAPIO_STO_INFLIGHT_PROBES = 32,
 };
 
+/* tapio_sto_inflight.owner: the sweeper's mark on a slot it is taking back (request structs
+ * are 8-byte aligned, so no owner has this bit). No hook matches a marked slot; the sweeper
+ * frees it at its next pass. */
+#define TAPIO_STO_OWNER_RETIRED 1ULL
+
 /*
- * One request, in the "inflight" hash map keyed by the address of its struct request:
- * unique while the request lives, and unchanged when the driver requeues it. The agent
- * reads entries only to reclaim completed ones that sit idle and to age out those whose
- * completion never comes.
- *
- * 72 bytes: the kernel's hash element (a 48-byte header, the 8-byte key, this) is then 128
- * bytes, and the table's 16,384 preallocated elements lock 2 MiB of kernel memory instead
- * of the 2.25 MiB an 88-byte value did (one stamp serves submission and issue, the disk is
- * one dev_t, requeues count to 65,535). The first 8 bytes share the element's first cache
- * line with its key: the flags every hook tests first sit there, so testing them needs only
- * the line the lookup has just read.
+ * One request struct's slot in the "inflight" array, found from the struct's address
+ * (storage.bpf.c): one cache line, holding everything the hooks of an unremarkable request
+ * read and write, so the first touch of a request costs one line where a hash element
+ * cost its bucket and two. The slot belongs to its struct (its owner) from the first
+ * request built on it until the struct idles long enough for the agent to take it back; each
+ * request on the struct reuses it in place. The agent reads slots, in place, only to take
+ * back idle ones and to age out requests whose completion never comes.
  */
 struct tapio_sto_inflight {
+	/* The struct request's address; 0 while the slot is free. */
+	__u64 owner;
 	/* Saturates at 65535. */
 	__u16 requeues;
 	__u16 flags;
@@ -120,12 +130,17 @@ struct tapio_sto_inflight {
 	/* The last issue to the driver with TAPIO_STO_IF_ISSUED; else when the submitter's bio
 	 * became this request (0 if neither was seen). */
 	__u64 stamp_ns;
+};
+
+_Static_assert(sizeof(struct tapio_sto_inflight) == 64, "an in-flight slot is one cache line");
+
+/* What only a judged completion needs of its request, beside its slot ("inflight_facts",
+ * same index): read at the request's first completion, when that completion is judged. */
+struct tapio_sto_inflight_facts {
 	__u64 sector;
 	__u32 bytes;
 	__u32 cmd_flags;
 };
-
-_Static_assert(sizeof(struct tapio_sto_inflight) == 72, "the inflight table's memory budget assumes 72-byte values");
 
 /* The kernel's dev_t packing (MINORBITS). */
 #define TAPIO_STO_MINOR_BITS 20
@@ -142,14 +157,15 @@ enum tapio_sto_counter {
 	TAPIO_STO_CNT_UNMATCHED_COMPLETION = TAPIO_CNT_OBSERVER_BASE + 1,
 	/* A request was reused for new I/O while its previous issue had no completion. */
 	TAPIO_STO_CNT_INFLIGHT_REPLACED = TAPIO_CNT_OBSERVER_BASE + 2,
-	/* The in-flight table was full; that request's completion counts as unmatched. The
-	 * first time, completed requests start freeing their entries (storage.bpf.c). */
+	/* No slot of the in-flight table was free for a request's struct; that request's
+	 * completion counts as unmatched. The first time, completed requests start freeing
+	 * their slots (storage.bpf.c). */
 	TAPIO_STO_CNT_INFLIGHT_FULL = TAPIO_CNT_OBSERVER_BASE + 3,
 	/* Requeues seen (the driver gave a request back; not a loss). */
 	TAPIO_STO_CNT_REQUEUES = TAPIO_CNT_OBSERVER_BASE + 4,
-	/* An insert found its bucket locked by the program this hook interrupted on the same
-	 * CPU (a completion in an interrupt). Not a loss by itself: a request whose entry could
-	 * not be made at submission gets one at issue (its submitter then unknown). */
+	/* A slot's claim found its bucket locked by the program this hook interrupted on the
+	 * same CPU (a completion in an interrupt). Not a loss by itself: a request whose slot
+	 * could not be claimed at submission claims one at issue (its submitter then unknown). */
 	TAPIO_STO_CNT_INFLIGHT_BUSY = TAPIO_CNT_OBSERVER_BASE + 5,
 };
 

@@ -1,5 +1,6 @@
-//! Storage observer (userspace half): the hooks it attaches, its classifier, and the ageing
-//! of in-flight requests whose completion never comes.
+//! Storage observer (userspace half): the hooks it attaches, its classifier, and the upkeep
+//! of its in-flight table: slots taken back from request structs that went idle, and
+//! requests whose completion never comes aged out.
 
 pub mod classify;
 pub mod disks;
@@ -11,17 +12,20 @@ use super::{
     Userspace,
 };
 use crate::config::LocalKnobs;
+use crate::observers::container::classify::PageSize;
+use crate::ring::Mapping;
 use crate::stamp::{Stamper, Verdict};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData};
-use aya::Pod;
 use disks::DiskNames;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tapio_bpf::abi::{
     tapio_sto_config, tapio_sto_inflight, TAPIO_STO_EN_ERRORS, TAPIO_STO_EN_LATENCY, TAPIO_STO_IF_COMPLETED,
-    TAPIO_STO_INFLIGHT_ENTRIES,
+    TAPIO_STO_INFLIGHT_ENTRIES, TAPIO_STO_OWNER_RETIRED,
 };
+use tapio_bpf::storage::{INFLIGHT_CLAIMS_MAP, INFLIGHT_FACTS_MAP, INFLIGHT_FULL_MAP, INFLIGHT_MAP};
 use tapio_wire::CompiledConfig;
 
 pub const NAME: &str = "storage";
@@ -103,7 +107,8 @@ impl Follower for InflightMaxAge {
     }
 }
 
-/// The in-flight table, sized for this node's disks ([`table_size`]).
+/// The in-flight table (its slots, their claims and their facts), sized for this node's
+/// disks ([`table_size`]).
 fn sized_maps() -> Vec<(&'static str, u32)> {
     let max = TAPIO_STO_INFLIGHT_ENTRIES;
     let enough = u64::from(max);
@@ -119,7 +124,7 @@ fn sized_maps() -> Vec<(&'static str, u32)> {
             max
         }
     };
-    vec![(tapio_bpf::storage::INFLIGHT_MAP, entries)]
+    vec![(INFLIGHT_MAP, entries), (INFLIGHT_CLAIMS_MAP, entries), (INFLIGHT_FACTS_MAP, entries)]
 }
 
 /// The userspace half: the sweeper of the in-flight table, which it takes from the object.
@@ -127,16 +132,11 @@ fn start_sweeper(start: &mut Start<'_>) -> Result<Userspace, String> {
     let mut take = |name: &str| {
         start.ebpf.as_mut().and_then(|e| e.take_map(name)).ok_or(format!("storage object has no {name} map"))
     };
-    let inflight = take(tapio_bpf::storage::INFLIGHT_MAP)?;
-    let ran_full = take(tapio_bpf::storage::INFLIGHT_FULL_MAP)?;
-    // The size the table was created with (sized_maps), as the kernel reports it.
-    let entries = match &inflight {
-        aya::maps::Map::HashMap(data) => data.info().map(|info| info.max_entries()).ok(),
-        _ => None,
-    }
-    .unwrap_or(TAPIO_STO_INFLIGHT_ENTRIES);
+    let slots = take(INFLIGHT_MAP)?;
+    let claims = take(INFLIGHT_CLAIMS_MAP)?;
+    let ran_full = take(INFLIGHT_FULL_MAP)?;
     let max_age = InflightMaxAge::new(*start.local, start.config);
-    let sweeper = InflightSweeper::new(inflight, ran_full, entries, Arc::clone(&max_age))?;
+    let sweeper = InflightSweeper::new(slots, claims, ran_full, Arc::clone(&max_age))?;
     Ok(Userspace { pollers: vec![Box::new(sweeper)], followers: vec![max_age], state: None })
 }
 
@@ -171,57 +171,112 @@ impl Classifier for StorageClassifier {
     }
 }
 
-/// An in-flight table value, as aya reads it.
-#[derive(Clone, Copy)]
-#[repr(transparent)]
-pub struct Inflight(pub tapio_sto_inflight);
-
-// SAFETY: an ABI record: plain old data (`tapio_bpf::Record`).
-unsafe impl Pod for Inflight {}
-
-/// The moment an entry was last touched: its last issue, or its submission if not issued
-/// (the kernel keeps one stamp for both).
-pub fn last_seen_ns(e: &tapio_sto_inflight) -> u64 {
-    e.stamp_ns
-}
-
-/// Whether an entry last touched at `seen_ns` is older than `max_age_ns` at `now_ns`.
+/// Whether a slot last touched at `seen_ns` (its stamp: the request's last issue, or its
+/// submission if not issued) is older than `max_age_ns` at `now_ns`.
 pub fn expired(seen_ns: u64, now_ns: u64, max_age_ns: u64) -> bool {
     now_ns.saturating_sub(seen_ns) > max_age_ns
 }
 
-/// Keeps the kernel's request table bounded: reclaims the entries of completed requests
-/// whose struct request has not been reused for a while (the kernel keeps them to reuse in
-/// place), and ages out in-flight entries whose completion never came, each counted as
-/// `inflight_expired`. Once the table has run full (the kernel then deletes entries at
-/// completion), kept entries are reclaimed after a second idle: they belong to structs the
-/// node stopped using and hold room that requests on other structs need.
-///
-/// The kernel may reuse a request struct between this reading its entry and deleting it;
-/// then the fresh entry is deleted, and that request is attributed at its issue (submitter
-/// unknown) or, if already issued, its completion is counted as unmatched. The window is a
-/// few microseconds on a struct idle for at least `RECLAIM_IDLE`, and nothing is lost
-/// silently.
-pub struct InflightSweeper {
-    map: BpfHashMap<MapData, u64, Inflight>,
-    ran_full: Array<MapData, u32>,
-    /// The table's size.
+/// The kernel's in-flight slots, mapped into the agent: read, and marked, in place (a pass
+/// over every slot costs no system call; the kernel's programs write the same memory).
+pub struct SlotTable {
+    mapping: Mapping,
     entries: u32,
+    /// The map the mapping belongs to, kept open as long as the mapping is used.
+    _map: MapData,
+}
+
+// SAFETY: the mapping is plain shared memory, only ever accessed through atomics.
+unsafe impl Send for SlotTable {}
+
+/// Offsets in a slot of the words the sweeper reads: each an aligned atomic word.
+const OWNER_AT: usize = std::mem::offset_of!(tapio_sto_inflight, owner);
+const FLAGS_AT: usize = std::mem::offset_of!(tapio_sto_inflight, flags);
+const STAMP_AT: usize = std::mem::offset_of!(tapio_sto_inflight, stamp_ns);
+const SLOT_BYTES: usize = std::mem::size_of::<tapio_sto_inflight>();
+
+impl SlotTable {
+    /// Maps the "inflight" array (created `BPF_F_MMAPABLE`), of the size the kernel reports.
+    pub fn new(map: aya::maps::Map) -> Result<Self, String> {
+        let aya::maps::Map::Array(data) = map else {
+            return Err("the inflight map is not an array: not this agent's object".to_string());
+        };
+        let info = data.info().map_err(|e| format!("inflight map info: {e}"))?;
+        if info.value_size() as usize != SLOT_BYTES {
+            return Err(format!("inflight slots of {} bytes, this agent's are {SLOT_BYTES}", info.value_size()));
+        }
+        let entries = info.max_entries();
+        // The kernel lays the slots out from a page boundary and maps whole pages of them.
+        let page = usize::try_from(PageSize::of_this_system().0).unwrap_or(4096);
+        let len = (entries as usize * SLOT_BYTES).div_ceil(page) * page;
+        let mapping = Mapping::new(data.fd().as_fd().as_raw_fd(), len, true, 0)
+            .map_err(|e| format!("mapping the inflight slots: {e}"))?;
+        Ok(Self { mapping, entries, _map: data })
+    }
+
+    pub fn entries(&self) -> u32 {
+        self.entries
+    }
+
+    fn word<T>(&self, idx: u32, at: usize) -> *mut T {
+        debug_assert!(idx < self.entries);
+        // SAFETY: within the mapping (idx < entries, and `at` within a slot).
+        unsafe { self.mapping.addr().cast::<u8>().add(idx as usize * SLOT_BYTES + at).cast::<T>() }
+    }
+
+    fn owner(&self, idx: u32) -> &AtomicU64 {
+        // SAFETY: an 8-aligned word of a live shared mapping (slots are page-aligned), which
+        // the kernel writes only as whole words.
+        unsafe { AtomicU64::from_ptr(self.word(idx, OWNER_AT)) }
+    }
+
+    fn flags(&self, idx: u32) -> u16 {
+        // SAFETY: as `owner`, a 2-aligned half-word.
+        unsafe { AtomicU16::from_ptr(self.word(idx, FLAGS_AT)) }.load(Ordering::Relaxed)
+    }
+
+    fn stamp_ns(&self, idx: u32) -> u64 {
+        // SAFETY: as `owner`.
+        unsafe { AtomicU64::from_ptr(self.word(idx, STAMP_AT)) }.load(Ordering::Relaxed)
+    }
+}
+
+/// Keeps the kernel's in-flight table bounded. A slot stays its request struct's between
+/// requests (the kernel reuses it in place); the sweeper takes back slots whose struct has
+/// not been reused for a while, and ages out requests whose completion never came, each
+/// counted as `inflight_expired`. Once a struct has found no free slot (the kernel then
+/// releases slots at completion), idle slots are taken back after a second: they belong to
+/// structs the node stopped using and hold room that other structs need.
+///
+/// Taking a slot back is two steps a pass apart, so that it never races its owner's hooks:
+/// the sweeper marks the owner word (`TAPIO_STO_OWNER_RETIRED`, by compare-and-swap, so a
+/// slot that changed hands meanwhile is left alone), after which no hook matches it; a hook
+/// that matched it just before is done with it long before the next pass deletes the claim
+/// and frees the slot. A struct whose slot was marked claims another at its next request
+/// (an issue-time claim: submitter unknown; a completion then: unmatched, counted).
+pub struct InflightSweeper {
+    slots: SlotTable,
+    claims: BpfHashMap<MapData, u32, u64>,
+    ran_full: Array<MapData, u32>,
     /// Whether the table's running full has been logged (once per agent).
     ran_full_logged: bool,
     /// Follows the applied config: a new config's thresholds can lengthen it.
     max_age_ns: Arc<InflightMaxAge>,
-    keys: Vec<u64>,
+    /// Slots marked at the previous pass, freed at this one.
+    marked: Vec<u32>,
 }
 
-/// How often the table is scanned: one syscall or two per entry, so not often.
+/// The owner word's mark on a slot being taken back.
+const RETIRED: u64 = TAPIO_STO_OWNER_RETIRED as u64;
+
+/// How often the table is swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(15);
-/// A completed request's entry is reclaimed once its struct has been idle this long…
+/// A completed request's slot is taken back once its struct has been idle this long…
 const RECLAIM_IDLE_NS: u64 = 30_000_000_000;
 /// … or this long once the table has run full.
 const RECLAIM_IDLE_AFTER_FULL_NS: u64 = 1_000_000_000;
 
-/// How long a completed request's entry may sit idle before it is reclaimed.
+/// How long a completed request's slot may sit idle before it is taken back.
 fn reclaim_idle_ns(table_ran_full: bool) -> u64 {
     if table_ran_full {
         RECLAIM_IDLE_AFTER_FULL_NS
@@ -232,56 +287,69 @@ fn reclaim_idle_ns(table_ran_full: bool) -> u64 {
 
 impl InflightSweeper {
     pub fn new(
-        map: aya::maps::Map,
+        slots: aya::maps::Map,
+        claims: aya::maps::Map,
         ran_full: aya::maps::Map,
-        entries: u32,
         max_age_ns: Arc<InflightMaxAge>,
     ) -> Result<Self, String> {
-        let map =
-            BpfHashMap::try_from(map).map_err(|e| format!("inflight map does not match this agent's ABI: {e}"))?;
+        let slots = SlotTable::new(slots)?;
+        let claims = BpfHashMap::try_from(claims)
+            .map_err(|e| format!("inflight_claims map does not match this agent's ABI: {e}"))?;
         let ran_full =
             Array::try_from(ran_full).map_err(|e| format!("inflight_full map does not match this agent's ABI: {e}"))?;
-        Ok(Self { map, ran_full, entries, ran_full_logged: false, max_age_ns, keys: Vec::new() })
+        Ok(Self { slots, claims, ran_full, ran_full_logged: false, max_age_ns, marked: Vec::new() })
     }
 
-    /// Whether the kernel found the table full at least once (unreadable: as if not).
+    /// Whether a struct found no free slot at least once (unreadable: as if not).
     fn table_ran_full(&self) -> bool {
         self.ran_full.get(&0, 0).is_ok_and(|v| v != 0)
     }
 
-    /// Deletes expired entries; returns how many.
+    /// Frees the slots marked at the previous pass, and marks the slots idle too long;
+    /// returns how many of those held a request that never completed.
     pub fn sweep(&mut self, now_ns: u64) -> u64 {
         let ran_full = self.table_ran_full();
         if ran_full && !self.ran_full_logged {
             self.ran_full_logged = true;
             log::warn!(
-                "storage: the in-flight table ({} entries) ran full: this node uses more \
-                 block request structs than the table holds; completed requests now free their entries, at the \
-                 cost of an insert and a delete per request, and requests that found it full are counted \
+                "storage: the in-flight table ({} slots) ran full: this node uses more \
+                 block request structs than the table holds; completed requests now release their slots, at the \
+                 cost of a claim and a release per request, and requests that found no slot are counted \
                  (inflight_table_full)",
-                self.entries
+                self.slots.entries()
             );
         }
-        let reclaim_idle = reclaim_idle_ns(ran_full);
-        self.keys.clear();
-        // Never more keys than twice the table's size: keys deleted while iterating restart
-        // the kernel's iteration.
-        for key in self.map.keys().take(self.entries as usize * 2) {
-            match key {
-                Ok(k) => self.keys.push(k),
-                Err(_) => break,
-            }
-        }
-        let mut expired_count = 0;
-        let inflight_max_age = self.max_age_ns.get();
-        for key in &self.keys {
-            let Ok(entry) = self.map.get(key, 0) else { continue };
-            let completed = u32::from(entry.0.flags) & TAPIO_STO_IF_COMPLETED != 0;
-            let max_age = if completed { reclaim_idle } else { inflight_max_age };
-            if !expired(last_seen_ns(&entry.0), now_ns, max_age) || self.map.remove(key).is_err() {
+        for idx in std::mem::take(&mut self.marked) {
+            let owner = self.slots.owner(idx);
+            if owner.load(Ordering::Acquire) & RETIRED == 0 {
                 continue;
             }
-            // Reclaiming a completed request's entry loses nothing.
+            // The claim goes first: while the owner word is still marked no program claims
+            // the slot, and once it is 0 the claim is there to be made.
+            match self.claims.remove(&idx) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => owner.store(0, Ordering::Release),
+                Err(_) => self.marked.push(idx),
+            }
+        }
+        let reclaim_idle = reclaim_idle_ns(ran_full);
+        let inflight_max_age = self.max_age_ns.get();
+        let mut expired_count = 0;
+        for idx in 0..self.slots.entries() {
+            let owner = self.slots.owner(idx);
+            let held = owner.load(Ordering::Acquire);
+            if held == 0 || held & RETIRED != 0 {
+                continue;
+            }
+            let completed = u32::from(self.slots.flags(idx)) & TAPIO_STO_IF_COMPLETED != 0;
+            let max_age = if completed { reclaim_idle } else { inflight_max_age };
+            if !expired(self.slots.stamp_ns(idx), now_ns, max_age) {
+                continue;
+            }
+            if owner.compare_exchange(held, held | RETIRED, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+                continue;
+            }
+            self.marked.push(idx);
+            // Taking back a completed request's slot loses nothing.
             if !completed {
                 expired_count += 1;
             }
@@ -355,11 +423,9 @@ mod tests {
     }
 
     #[test]
-    fn entries_expire_by_their_last_issue_or_submission() {
-        let e = tapio_sto_inflight { stamp_ns: 5_000, ..Default::default() };
-        assert_eq!(last_seen_ns(&e), 5_000);
+    fn slots_expire_by_their_stamp() {
         assert!(!expired(5_000, 15_000, 10_000));
         assert!(expired(5_000, 15_001, 10_000));
-        assert!(!expired(20_000, 15_000, 10_000), "clock skew never expires an entry");
+        assert!(!expired(20_000, 15_000, 10_000), "clock skew never expires a slot");
     }
 }

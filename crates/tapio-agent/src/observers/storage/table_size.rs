@@ -1,21 +1,21 @@
 //! The in-flight table's size for this node, from the block request structs its disks have
 //! (sysfs), chosen once at load.
 //!
-//! The table keeps a completed request's entry for the next request on the same struct
-//! (see storage.bpf.c), so it never runs full while it holds every struct the node's disks
-//! have. Those are known: each hardware queue has a struct per tag (`mq/<n>/nr_tags`,
+//! A request struct keeps its slot between requests (see storage.bpf.c), so the table never
+//! runs full while it holds every struct the node's disks have. Those are known: each hardware queue has a struct per tag (`mq/<n>/nr_tags`,
 //! `nr_reserved_tags`) and one for flushes, and a disk with an I/O scheduler one per
 //! scheduler tag (`queue/nr_requests`, per hardware queue). A table no larger than that
 //! keeps the hooks' cache and TLB footprint small: on the bench's VM a 4,096-entry table
 //! measured about 10–25 ns less per block hook than the 16,384 entries every node got before
-//! (crates/tapio-bench/README.md, fifteenth round). Disks added later, or a scheduler
+//! (crates/tapio-bench/README.md, fifteenth round, when the table was a hash map). Disks added later, or a scheduler
 //! switched on, can bring more structs than that: room for twice the structs at load covers
 //! most of it, and past it the table switches to its full-table mode (correct, slower).
 
 use std::path::Path;
 
 /// The smallest table: once a table has run full it holds only requests in flight, and a
-/// node with few disks may still have thousands of those at once.
+/// node with few disks may still have thousands of those at once. (A power of two, as every
+/// size here: the programs index the table by a hash masked to its size.)
 pub const MIN_INFLIGHT_ENTRIES: u32 = 4096;
 
 /// Entries for a node whose disks have `structs` request structs: room for twice as many,
