@@ -291,14 +291,15 @@ static __always_inline const struct tapio_sto_config *config_live(void)
 
 /* rq is the tracepoint's typed argument: plain loads (relocated by CO-RE and guarded by the
  * kernel's fault handling) instead of a helper call per field. */
-static __always_inline void fill_request(struct slot s, struct tapio_sto_inflight_facts *facts, struct request *rq)
+static __always_inline void fill_request(struct tapio_sto_inflight *e, struct tapio_sto_inflight_facts *facts,
+					 struct request *rq)
 {
 	struct gendisk *disk;
 	if (bpf_core_field_exists(struct request_queue, disk))
 		disk = rq->q->disk;
 	else
 		disk = ((struct request___old *)rq)->rq_disk;
-	s.e->dev = disk ? ((__u32)disk->major << TAPIO_STO_MINOR_BITS) | (__u32)disk->first_minor : 0;
+	e->dev = disk ? ((__u32)disk->major << TAPIO_STO_MINOR_BITS) | (__u32)disk->first_minor : 0;
 	facts->sector = rq->__sector;
 	facts->bytes = rq->__data_len;
 	facts->cmd_flags = rq->cmd_flags;
@@ -479,7 +480,7 @@ static __noinline int complete_judged(struct tapio_sto_inflight *e, struct reque
 	/* Its first completion: the facts are still the whole request's (the tracepoint fires
 	 * before the request is advanced). A partial completion's rest keeps them. */
 	if (!(e->flags & TAPIO_STO_IF_FACTS)) {
-		fill_request(s, facts, rq);
+		fill_request(e, facts, rq);
 		e->flags |= TAPIO_STO_IF_FACTS;
 	}
 
