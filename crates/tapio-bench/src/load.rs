@@ -107,6 +107,23 @@ impl Flood {
 /// port returns ECONNREFUSED within the call (the RST is processed before it returns), so
 /// every counted refusal is one complete SYN_SENT → CLOSE transition the agent must report.
 pub fn refused_flood(port: u16, threads: usize, duration: Duration, max_per_thread: u64) -> Flood {
+    flood_threads(port, threads, duration, max_per_thread, None).0
+}
+
+/// Like [`refused_flood`], and also each thread's CPU per attempt over every `window`
+/// consecutive attempts (in ns; a last, shorter window is left out): the host's interference
+/// comes and goes within a round, and windows show the stretches it spared.
+pub fn refused_flood_windows(port: u16, threads: usize, duration: Duration, window: u64) -> (Flood, Vec<f64>) {
+    flood_threads(port, threads, duration, u64::MAX, Some(window.max(1)))
+}
+
+fn flood_threads(
+    port: u16,
+    threads: usize,
+    duration: Duration,
+    max_per_thread: u64,
+    window: Option<u64>,
+) -> (Flood, Vec<f64>) {
     let start = Instant::now();
     let deadline = start + duration;
     let handles: Vec<_> = (0..threads.max(1))
@@ -114,9 +131,16 @@ pub fn refused_flood(port: u16, threads: usize, duration: Duration, max_per_thre
             std::thread::spawn(move || {
                 let addr = sockaddr(port);
                 let mut f = Flood::default();
+                let mut windows = Vec::new();
                 let cpu_start = thread_cpu_ns();
+                let mut window_start = cpu_start;
                 let mut attempts = 0u64;
                 while attempts < max_per_thread {
+                    if let Some(window) = window.filter(|w| attempts > 0 && attempts.is_multiple_of(*w)) {
+                        let now = thread_cpu_ns();
+                        windows.push(now.saturating_sub(window_start) as f64 / window as f64);
+                        window_start = now;
+                    }
                     // Reading the clock every 64 connects keeps it off the profile.
                     if attempts.is_multiple_of(64) && Instant::now() >= deadline {
                         break;
@@ -143,21 +167,23 @@ pub fn refused_flood(port: u16, threads: usize, duration: Duration, max_per_thre
                     }
                 }
                 f.cpu_ns = thread_cpu_ns().saturating_sub(cpu_start);
-                f
+                (f, windows)
             })
         })
         .collect();
     let mut total = Flood::default();
+    let mut all_windows = Vec::new();
     for h in handles {
-        if let Ok(f) = h.join() {
+        if let Ok((f, windows)) = h.join() {
             total.refused += f.refused;
             total.connected += f.connected;
             total.other_errors += f.other_errors;
             total.cpu_ns += f.cpu_ns;
+            all_windows.extend(windows);
         }
     }
     total.elapsed = start.elapsed();
-    total
+    (total, all_windows)
 }
 
 /// Request/response rounds of 64 bytes over one loopback connection. Returns the rounds made.
@@ -454,6 +480,19 @@ mod tests {
         let f = refused_flood(port.port, 2, Duration::from_secs(5), 50);
         assert_eq!(f.refused, 100, "{f:?}");
         assert_eq!(f.connected + f.other_errors, 0);
+    }
+
+    #[test]
+    fn a_windowed_flood_measures_every_whole_window_it_made() {
+        let port = ClosedPort::reserve().unwrap();
+        let (f, windows) = refused_flood_windows(port.port, 2, Duration::from_millis(200), 128);
+        assert!(f.refused >= 128, "{f:?}");
+        assert_eq!(f.connected + f.other_errors, 0);
+        // The deadline is checked every 64 attempts, so each thread stops on a multiple of
+        // 64: every window of 128 it completed is counted, and at most half of one is not.
+        let whole = windows.len() as u64 * 128;
+        assert!(whole <= f.refused && f.refused - whole <= 2 * 64, "{} windows, {f:?}", windows.len());
+        assert!(windows.iter().all(|ns| *ns > 0.0), "{windows:?}");
     }
 
     #[test]
