@@ -88,10 +88,15 @@ pub fn write_stdout_config(dir: &Path) -> Result<PathBuf, String> {
 /// Writes the agent's config: file sink only, and no rotation within a run (the largest
 /// `max_bytes` the agent accepts), so every line can be counted afterwards.
 pub fn write_config(dir: &Path, evidence: &Path) -> Result<PathBuf, String> {
-    let path = dir.join("agent.toml");
+    write_config_named(dir, evidence, "agent.toml", "")
+}
+
+/// Like [`write_config`], to `dir/file_name`, with `sections` (whole TOML sections) after it.
+pub fn write_config_named(dir: &Path, evidence: &Path, file_name: &str, sections: &str) -> Result<PathBuf, String> {
+    let path = dir.join(file_name);
     let quoted = toml_string(&evidence.to_string_lossy());
     let text = format!(
-        "node_name = \"tapio-bench\"\n\n[sinks]\nstdout = false\n\n[sinks.file]\npath = {quoted}\nmax_bytes = {}\nkeep_files = 1\n",
+        "node_name = \"tapio-bench\"\n\n[sinks]\nstdout = false\n\n[sinks.file]\npath = {quoted}\nmax_bytes = {}\nkeep_files = 1\n{sections}",
         1u64 << 40
     );
     std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;

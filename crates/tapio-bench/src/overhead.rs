@@ -156,6 +156,7 @@ enum Side {
     Without,
     Floor,
     Agent,
+    AgentWithoutDns,
 }
 
 pub fn measure(binary: &Path, report: &mut Report) {
@@ -172,15 +173,19 @@ fn run(binary: &Path, report: &mut Report) -> Result<(), String> {
     let scratch = Scratch::new("overhead")?;
     let evidence = scratch.0.join("evidence.jsonl");
     let config = agent::write_config(&scratch.0, &evidence)?;
+    // What the DNS observer's share is: its programs are on every packet and every connect.
+    let config_without_dns =
+        agent::write_config_named(&scratch.0, &evidence, "agent-without-dns.toml", "\n[dns]\nenabled = false\n")?;
     let closed = ClosedPort::reserve().map_err(|e| format!("reserving a closed port: {e}"))?;
-    let (mut with, mut without, mut floors) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut with, mut without, mut floors, mut without_dns) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut agent_pairs, mut floor_pairs) = (Vec::new(), Vec::new());
     let mut lost_in_rounds = Vec::new();
     for set in 0..SETS {
         // Rotated order: no side always runs first (warmer caches, a rising load).
-        let mut order = [Side::Without, Side::Floor, Side::Agent];
-        order.rotate_left(set % 3);
-        let (mut w, mut wo, mut fl) = (None, None, None);
+        let mut order = [Side::Without, Side::Floor, Side::Agent, Side::AgentWithoutDns];
+        let sides = order.len();
+        order.rotate_left(set % sides);
+        let (mut w, mut wo, mut fl, mut wd) = (None, None, None, None);
         for side in order {
             match side {
                 Side::Without => wo = Some(flood(closed.port)?),
@@ -190,9 +195,16 @@ fn run(binary: &Path, report: &mut Report) -> Result<(), String> {
                     w = Some(round);
                     lost_in_rounds.push(lost);
                 }
+                Side::AgentWithoutDns => {
+                    let (round, lost) = round_with_agent(binary, &config_without_dns, &evidence, closed.port)?;
+                    wd = Some(round);
+                    lost_in_rounds.push(lost);
+                }
             }
         }
-        let (Some(w), Some(wo), Some(fl)) = (w, wo, fl) else { return Err("a set of rounds missed a side".into()) };
+        let (Some(w), Some(wo), Some(fl), Some(wd)) = (w, wo, fl, wd) else {
+            return Err("a set of rounds missed a side".into());
+        };
         let (Some(none_ns), Some(agent_ns), Some(floor_ns)) =
             (per_connect(&[wo.flood]), per_connect(&[w.flood]), per_connect(&[fl.flood]))
         else {
@@ -203,6 +215,7 @@ fn run(binary: &Path, report: &mut Report) -> Result<(), String> {
         with.push(w);
         without.push(wo);
         floors.push(fl);
+        without_dns.push(wd);
     }
     let floods = |rounds: &[Round]| rounds.iter().map(|r| r.flood).collect::<Vec<_>>();
     let (Some(without_mean), Some(with_mean), Some(floor_mean)) =
@@ -210,7 +223,8 @@ fn run(binary: &Path, report: &mut Report) -> Result<(), String> {
     else {
         return Err("no connect was made".into());
     };
-    let (Some(without_ns), Some(with_ns), Some(floor_ns)) = (side_ns(&without), side_ns(&with), side_ns(&floors))
+    let (Some(without_ns), Some(with_ns), Some(floor_ns), Some(without_dns_ns)) =
+        (side_ns(&without), side_ns(&with), side_ns(&floors), side_ns(&without_dns))
     else {
         return Err("no window was measured".into());
     };
@@ -252,6 +266,16 @@ fn run(binary: &Path, report: &mut Report) -> Result<(), String> {
         "(diagnostic)",
         Verdict::Info,
     );
+    report.row(
+        "overhead",
+        format!(
+            "the agent with its DNS observer off (no programs on cgroup hooks) vs none, generator CPU per connect \
+             ({percentile_name})"
+        ),
+        format!("{:+.1} % ({without_dns_ns:.0} ns)", overhead_percent(without_ns, without_dns_ns)),
+        "(diagnostic)",
+        Verdict::Info,
+    );
     let listed = |pairs: &[f64]| pairs.iter().map(|p| format!("{p:+.1}")).collect::<Vec<_>>().join(", ");
     report.note(format!(
         "overhead: the agent vs none, even sets {:+.1} %, odd sets {:+.1} %; means pooled per side: agent {:+.1} % \
@@ -275,8 +299,8 @@ fn run(binary: &Path, report: &mut Report) -> Result<(), String> {
     let connects = |rounds: &[Round]| thousands(rounds.iter().map(|r| r.flood.refused).sum());
     let hooks: Vec<String> = floor::CONNECT.iter().map(|(_, hook)| hook.to_string()).collect();
     report.note(format!(
-        "overhead: {SETS} sets of {} s rounds (none, floor, agent; the order rotated each set), {} connects with \
-         the agent, {} without, {} with empty programs on {}; CPU is the sender threads' own \
+        "overhead: {SETS} sets of {} s rounds (none, floor, agent, agent without DNS; the order rotated each set), \
+         {} connects with the agent, {} without, {} with empty programs on {}; CPU is the sender threads' own \
          (CLOCK_THREAD_CPUTIME_ID, read every {WINDOW} connects: {} windows with the agent, {} without), run-time \
          stats off",
         ROUND.as_secs(),
