@@ -5,7 +5,8 @@
 //! agent running against the same without it, in alternating rounds of one run so that the
 //! machine's drift hits both sides alike. A third kind of round, with empty programs alone on
 //! the same hooks instead of the agent ([`floor::CONNECT`]), gives the floor: what merely
-//! having programs on those hooks costs the workload, which no program there could avoid.
+//! having programs on those hooks costs the workload, which no program there could avoid. A
+//! fourth, the agent with its DNS observer off, shows that observer's share (a diagnostic).
 //!
 //! Each thread's CPU is read every [`WINDOW`] connects, and a side's figure is the
 //! [`LOW_PERCENTILE`]th percentile of all its windows over the run. The host takes this VM's
@@ -19,6 +20,7 @@
 //! Run-time stats stay off in these rounds (their accounting is a cost of its own); one
 //! extra round with the agent and stats on gives the network hooks' cost under exactly this
 //! workload.
+
 use crate::agent::{self, Agent, Scratch};
 use crate::floor;
 use crate::kernel::{deltas, goal_ns, snapshot, StatsOn};
@@ -30,8 +32,8 @@ use std::time::Duration;
 
 /// Goal: the generator's CPU per connect with the agent, over without, in percent.
 pub const GOAL_PERCENT: f64 = 5.0;
-/// Round sets (one round without the agent, one with, one with the empty programs, each set
-/// in a rotated order).
+/// Round sets: one round without the agent, one with it, one with the empty programs and one
+/// with the agent's DNS observer off, in an order rotated each set.
 const SETS: usize = 15;
 const ROUND: Duration = Duration::from_secs(1);
 const THREADS: usize = 2;
