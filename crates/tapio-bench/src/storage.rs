@@ -201,7 +201,8 @@ fn saturating_io(dir: &Path) -> Result<u64, String> {
                 while Instant::now() < deadline {
                     let seed = next_random(&mut seed);
                     let r = if seed & 1 == 0 {
-                        f.read_at(block.get(), (seed % blocks) * SATURATING_BLOCK as u64)
+                        // Without the bit that chose the read, which would leave odd blocks unread.
+                        f.read_at(block.get(), ((seed >> 1) % blocks) * SATURATING_BLOCK as u64)
                     } else {
                         let written = next_write.fetch_add(1, Ordering::Relaxed) % blocks;
                         f.write_at(block.get(), written * SATURATING_BLOCK as u64)
