@@ -3,6 +3,7 @@
 
 use crate::support::netns::{ns_counter, tcp_retrans_segs, NetnsPair};
 use crate::support::{self, closed_port, gettid, kernel_test, our_pid, Agent};
+use aya::util::KernelVersion;
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream};
@@ -86,6 +87,31 @@ impl NetworkMaps {
             .map(|e| e["formatted"]["value"].clone())
             .filter(|v| v["tid"] == tid || v["task"]["tid"] == tid)
             .collect()
+    }
+
+    /// Whether the agent's network programs use map `name`.
+    fn uses(&self, name: &str) -> bool {
+        self.ids.iter().any(|(n, _)| n == name)
+    }
+
+    /// Connect starts in SYN_SENT, from whichever table this kernel's agent uses (only its
+    /// programs' maps are known here): the `connects` hash, or the slots of `connect_slots`
+    /// a socket owns (a freed slot keeps its last start, with owner 0).
+    fn connect_starts(&self) -> Vec<Value> {
+        if self.uses("connects") {
+            return self.dump("connects").into_iter().map(|e| e["formatted"]["value"].clone()).collect();
+        }
+        self.dump("connect_slots")
+            .into_iter()
+            .map(|e| e["formatted"]["value"].clone())
+            .filter(|v| v["owner"] != 0)
+            .map(|v| v["start"].clone())
+            .collect()
+    }
+
+    /// [`Self::connect_starts`] of thread `tid`.
+    fn connect_starts_of_thread(&self, tid: u64) -> Vec<Value> {
+        self.connect_starts().into_iter().filter(|v| v["task"]["tid"] == tid).collect()
     }
 
     /// Overwrites every slot of the config carrier with zeros, so that the kernel side cannot
@@ -491,14 +517,20 @@ fn socket_bookkeeping_does_not_depend_on_a_readable_config() {
     let dropped: SocketAddr = format!("{}:7010", pair.b_addr).parse().unwrap();
     let pending = pair.spawn_in(&pair.a.clone(), move || {
         tid_tx.send(u64::from(gettid())).expect("send tid");
-        TcpStream::connect_timeout(&dropped, Duration::from_millis(1500))
+        // Long enough for a few reads of the slot table (a dump of 16,384 slots and its
+        // parsing take about a second in a test build).
+        TcpStream::connect_timeout(&dropped, Duration::from_secs(6))
     });
     let pending_tid = tid_rx.recv().expect("tid");
-    let deadline = std::time::Instant::now() + Duration::from_secs(1);
-    while maps.entries_of_thread("connects", pending_tid).is_empty() && std::time::Instant::now() < deadline {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while maps.connect_starts_of_thread(pending_tid).is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(maps.entries_of_thread("connects", pending_tid).len(), 1, "connect start recorded");
+    assert_eq!(maps.connect_starts_of_thread(pending_tid).len(), 1, "connect start recorded");
+    // In the table this kernel calls for: slots where BPF has compare-and-swap (5.12 on).
+    let slots = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 12, 0));
+    assert_eq!(maps.uses("connect_slots"), slots, "the slot table on a kernel with slots={slots}");
+    assert_eq!(maps.uses("connects"), !slots, "the hash on a kernel with slots={slots}");
 
     // Now the config cannot be read; both sockets end meanwhile.
     let saved = maps.blank_config();
@@ -517,8 +549,8 @@ fn socket_bookkeeping_does_not_depend_on_a_readable_config() {
     .join()
     .expect("refused connect thread");
     std::thread::sleep(Duration::from_millis(200));
-    let leaked_refused = maps.entries_of_thread("connects", refused_tid);
-    let leaked_connects = maps.entries_of_thread("connects", pending_tid);
+    let leaked_refused = maps.connect_starts_of_thread(refused_tid);
+    let leaked_connects = maps.connect_starts_of_thread(pending_tid);
     let stale_owners = maps.entries_of_thread("owners", client_tid);
     maps.restore_config(&saved);
     let run = agent.stop();
@@ -976,6 +1008,7 @@ fn a_flood_of_refused_connects_is_fully_accounted_for() {
     let agent = Agent::start(&format!(
         "{BASE}[container]\nenabled = false\n[storage]\nenabled = false\n[node]\nenabled = false\n[dns]\nenabled = false\n[container_pressure]\nenabled = false\n"
     ));
+    let maps = NetworkMaps::of_agent(agent.pid());
     let port = closed_port();
     let started = std::time::Instant::now();
     let senders: Vec<_> = (0..THREADS)
@@ -994,7 +1027,10 @@ fn a_flood_of_refused_connects_is_fully_accounted_for() {
     let made: usize = senders.into_iter().map(|h| h.join().expect("sender")).sum();
     let secs = started.elapsed().as_secs_f64();
     assert_eq!(made, PER_THREAD * THREADS, "every connect must be refused");
+    // Every start taken, whichever CPUs the four threads raced on, was given back.
+    let left: Vec<Value> = maps.connect_starts().into_iter().filter(|v| v["task"]["pid"] == our_pid()).collect();
     let run = agent.stop();
+    assert_eq!(left, Vec::<Value>::new(), "connect starts outlived their refused sockets");
     let observers = run.status["observers"].as_array().expect("observers in the start-up status");
     let running: Vec<&Value> = observers.iter().filter(|o| o["state"] == "running").map(|o| &o["name"]).collect();
     assert_eq!(running, ["network"], "only the network observer may run: {}", run.status);
@@ -1005,6 +1041,9 @@ fn a_flood_of_refused_connects_is_fully_accounted_for() {
     );
     let received = run.to_port(port).len() as u64;
     assert!(run.to_port(port).iter().all(|e| e["type"] == "kernel.network.connection_refused"));
+    // Each start was found again by its own socket: every event names this process.
+    let unattributed = run.to_port(port).iter().filter(|e| e["facts"]["pid"] != our_pid()).count();
+    assert_eq!(unattributed, 0, "refused connects without their connecting process");
     let losses = run.counter(&["lost_events_total"])
         + run.counter(&["malformed_events_total"])
         + run.counter(&["correlation_drops_total"])

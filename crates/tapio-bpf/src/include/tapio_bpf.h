@@ -66,6 +66,18 @@ static __always_inline void tapio_count(void *counters_map, __u32 idx)
 #define TAPIO_READ_ONCE_U64(p) (*(volatile __u64 *)(p))
 #define TAPIO_COMPILER_BARRIER() asm volatile("" ::: "memory")
 
+/* BPF_F_MMAPABLE (uapi bpf.h; the trimmed vmlinux.h lacks it): the kernel page-aligns such
+ * an array's values, so a 64-byte value is one cache line. */
+#define TAPIO_BPF_F_MMAPABLE (1U << 10)
+
+/* The first slot of an object's probes in a table indexed by a hash of its key: the high
+ * half of a multiplicative hash (kernel structs sit at a fixed stride in their slabs, which
+ * the low bits would repeat). */
+static __always_inline __u32 tapio_home_slot(__u64 key)
+{
+	return (__u32)((key * 0x9E3779B97F4A7C15ULL) >> 32);
+}
+
 /* Copies a reader makes before it gives up on a config that keeps changing under it (each
  * retry needs the agent to have rewritten the config during the previous copy). */
 #define TAPIO_CONFIG_TRIES 4

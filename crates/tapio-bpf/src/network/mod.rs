@@ -26,6 +26,14 @@ pub const BTF_TRACEPOINTS: &[(&str, &str)] = &[
     ("tapio_tcp_probe", "tcp_probe"),
 ];
 
+/// The hashed twins of the two programs that keep the table of connects in SYN_SENT
+/// (program, twin): the same hooks, with a hash instead of the slot array, for kernels
+/// whose BPF has no compare-and-swap (before 5.12; network.bpf.c).
+pub const HASHED_TWINS: &[(&str, &str)] = &[
+    ("tapio_inet_sock_set_state", "tapio_inet_sock_set_state_hashed"),
+    ("tapio_tcp_receive_reset", "tapio_tcp_receive_reset_hashed"),
+];
+
 /// The compiled CO-RE object.
 pub static OBJECT: crate::EmbeddedObject = crate::include_object!("network");
 

@@ -49,13 +49,145 @@ struct connect_start {
 	__u16 _pad[3];
 };
 
-/* Exact, not LRU: an entry leaves only when its connect leaves SYN_SENT. */
+/*
+ * Connects in SYN_SENT, exact (not LRU): an entry leaves only when its connect leaves
+ * SYN_SENT. Two tables, one in use: where the kernel has BPF compare-and-swap (5.12 and
+ * later) an array of one-line slots, else a hash. A kernel without it refuses a program
+ * that holds the instruction at all, reachable or not, so the two hooks that keep the
+ * table come twice: as `tapio_inet_sock_set_state` and `tapio_tcp_receive_reset` (slots)
+ * and as their `_hashed` twins. The agent loads one pair, sizes its table at load and
+ * leaves the other table at one entry. A hash insert and delete per connect (their bucket
+ * and free-list locks) measured about 110 ns more per state change than a slot (bench
+ * README, twenty-second round).
+ */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
+	__uint(max_entries, 1);
 	__type(key, __u64);
 	__type(value, struct connect_start);
 } connects SEC(".maps");
+
+/* A connect's slot: its socket's key (0: free), then its start. One cache line. */
+struct connect_slot {
+	__u64 owner;
+	struct connect_start start;
+};
+_Static_assert(sizeof(struct connect_slot) == 64, "a connect slot is one cache line");
+
+/* Mmapable only for its layout (see TAPIO_BPF_F_MMAPABLE): each slot is one line. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, TAPIO_NET_CONNECT_SLOTS);
+	__uint(map_flags, TAPIO_BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct connect_slot);
+} connect_slots SEC(".maps");
+
+/* The slots less one, set by the agent at load (a power of two of them). */
+const volatile __u32 connect_slots_mask = TAPIO_NET_CONNECT_SLOTS - 1;
+
+/* A socket's slot is its home slot or one of the 15 after it. */
+#define CONNECT_SLOT_PROBES 16
+
+/* The socket's address as a number for the slots' hash: its distance from the slot array
+ * (see request_key in the storage observer: the verifier allows a privileged loader this
+ * subtraction on a typed pointer, and no other arithmetic). */
+static __always_inline __u64 connect_slot_key(struct sock *sk)
+{
+	return (__u64)sk - (__u64)&connect_slots;
+}
+
+/*
+ * The slot socket `key` owns; with `claim`, else the first free one, taken by
+ * compare-and-swap (two sockets may find it free at once, on two CPUs). The first slot of
+ * the probes that is the socket's or free is the one it gets, so a slot left behind by an
+ * earlier socket at the same address (a state change the kernel skipped) is reused
+ * before any further one, and the first slot a lookup finds is the live one. Only the
+ * socket's own hooks write its slot once taken, and a socket's state changes are
+ * serialized by its lock.
+ */
+static __always_inline struct connect_slot *connect_slot_find(__u64 key, const int claim)
+{
+	__u32 home = tapio_home_slot(key);
+#pragma clang loop unroll(disable)
+	for (__u32 i = 0; i < CONNECT_SLOT_PROBES; i++) {
+		__u32 idx = (home + i) & connect_slots_mask;
+		struct connect_slot *slot = bpf_map_lookup_elem(&connect_slots, &idx);
+		if (!slot)
+			return NULL;
+		__u64 owner = TAPIO_READ_ONCE_U64(&slot->owner);
+		if (owner == key)
+			return slot;
+		if (claim && owner == 0 && __sync_val_compare_and_swap(&slot->owner, 0, key) == 0)
+			return slot;
+	}
+	return NULL;
+}
+
+/* Frees a slot once its start has been copied out: an exchange, whose full ordering keeps
+ * those reads before the slot can be taken (and rewritten) by another socket. */
+static __always_inline void connect_slot_release(struct connect_slot *slot)
+{
+	__sync_lock_test_and_set(&slot->owner, 0);
+}
+
+/* Records a connect's start (or only an RST's mark) for socket `sk`; a full table is
+ * counted. `slots` (a constant in each program) picks the table, here and below. */
+static __always_inline void connect_remember(struct sock *sk, const struct connect_start *start, const int slots)
+{
+	if (slots) {
+		struct connect_slot *slot = connect_slot_find(connect_slot_key(sk), 1);
+		if (slot)
+			slot->start = *start;
+		else
+			tapio_count(&counters, TAPIO_CNT_TABLE_FULL);
+		return;
+	}
+	__u64 key = (__u64)sk;
+	if (bpf_map_update_elem(&connects, &key, start, BPF_ANY))
+		tapio_count(&counters, TAPIO_CNT_TABLE_FULL);
+}
+
+/* Takes socket `sk`'s connect start out of its table into *out: 1 if there was one. */
+static __always_inline int connect_take(struct sock *sk, struct connect_start *out, const int slots)
+{
+	if (slots) {
+		struct connect_slot *slot = connect_slot_find(connect_slot_key(sk), 0);
+		if (!slot)
+			return 0;
+		*out = slot->start;
+		connect_slot_release(slot);
+		return 1;
+	}
+	__u64 key = (__u64)sk;
+	struct connect_start *start = bpf_map_lookup_elem(&connects, &key);
+	if (!start)
+		return 0;
+	*out = *start;
+	bpf_map_delete_elem(&connects, &key);
+	return 1;
+}
+
+/* Marks socket `sk`'s connect as refused by an RST, remembering the mark alone when its
+ * start was not seen. */
+static __always_inline void connect_mark_rst(struct sock *sk, const int slots)
+{
+	struct connect_start *start;
+	if (slots) {
+		struct connect_slot *slot = connect_slot_find(connect_slot_key(sk), 0);
+		start = slot ? &slot->start : NULL;
+	} else {
+		__u64 key = (__u64)sk;
+		start = bpf_map_lookup_elem(&connects, &key);
+	}
+	if (start) {
+		start->flags |= TAPIO_NET_F_RST_IN_SYN_SENT;
+		return;
+	}
+	struct connect_start fresh = {};
+	fresh.flags = TAPIO_NET_F_RST_IN_SYN_SENT;
+	connect_remember(sk, &fresh, slots);
+}
 
 /* Owner of an established active connection, for reset attribution. Losing one only
  * loses the attribution (the event then says the task is unknown). */
@@ -287,8 +419,7 @@ static __always_inline void emit_connect_failed(struct sock *sk, const struct ta
  * (a raw tracepoint with typed arguments): the kernel builds no tracepoint record for it,
  * and the socket's fields are plain loads instead of helper calls.
  */
-SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(tapio_inet_sock_set_state, struct sock *sk, int oldstate, int newstate)
+static __always_inline int on_set_state(struct sock *sk, int oldstate, int newstate, const int slots)
 {
 	/* Most transitions of a connection's life neither start, end nor close a connect. */
 	if (newstate != TCP_SYN_SENT && oldstate != TCP_SYN_SENT && newstate != TCP_CLOSE)
@@ -310,13 +441,13 @@ int BPF_PROG(tapio_inet_sock_set_state, struct sock *sk, int oldstate, int newst
 		tapio_task_current(&start.task, live && live->capture_memcg);
 		start.start_ns = bpf_ktime_get_boot_ns();
 		start.flags = TAPIO_NET_F_TASK_KNOWN;
-		if (bpf_map_update_elem(&connects, &key, &start, BPF_ANY))
-			tapio_count(&counters, TAPIO_CNT_TABLE_FULL);
+		connect_remember(sk, &start, slots);
 		return 0;
 	}
 
 	if (oldstate == TCP_SYN_SENT) {
-		struct connect_start *start = bpf_map_lookup_elem(&connects, &key);
+		struct connect_start taken;
+		struct connect_start *start = connect_take(sk, &taken, slots) ? &taken : NULL;
 		if (newstate == TCP_CLOSE) {
 			int sk_err = sk->sk_err;
 			__u16 flags = 0;
@@ -333,8 +464,6 @@ int BPF_PROG(tapio_inet_sock_set_state, struct sock *sk, int oldstate, int newst
 		} else if (newstate == TCP_ESTABLISHED && start) {
 			bpf_map_update_elem(&owners, &key, &start->task, BPF_ANY);
 		}
-		if (start)
-			bpf_map_delete_elem(&connects, &key);
 	}
 
 	/* A connect that never left SYN_SENT has no owner or retransmit state to forget. Most
@@ -350,13 +479,24 @@ int BPF_PROG(tapio_inet_sock_set_state, struct sock *sk, int oldstate, int newst
 	return 0;
 }
 
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(tapio_inet_sock_set_state, struct sock *sk, int oldstate, int newstate)
+{
+	return on_set_state(sk, oldstate, newstate, 1);
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(tapio_inet_sock_set_state_hashed, struct sock *sk, int oldstate, int newstate)
+{
+	return on_set_state(sk, oldstate, newstate, 0);
+}
+
 #define RCV_SHUTDOWN 1
 
 /* Every RST a socket accepts, including the refusal of each refused connect: a BTF
  * tracepoint, so the kernel builds no record for it (the classic one, on current kernels,
  * also generates the socket's cookie). */
-SEC("tp_btf/tcp_receive_reset")
-int BPF_PROG(tapio_tcp_receive_reset, struct sock *sk)
+static __always_inline int on_receive_reset(struct sock *sk, const int slots)
 {
 	__u64 key = (__u64)sk;
 	int state = sk->__sk_common.skc_state;
@@ -364,15 +504,7 @@ int BPF_PROG(tapio_tcp_receive_reset, struct sock *sk)
 	if (state == TCP_SYN_SENT) {
 		/* Mark it, config or not (the mark is what tells a refusal from an ICMP error);
 		 * the one event comes when the connect leaves SYN_SENT. */
-		struct connect_start *start = bpf_map_lookup_elem(&connects, &key);
-		if (start) {
-			start->flags |= TAPIO_NET_F_RST_IN_SYN_SENT;
-		} else {
-			struct connect_start fresh = {};
-			fresh.flags = TAPIO_NET_F_RST_IN_SYN_SENT;
-			if (bpf_map_update_elem(&connects, &key, &fresh, BPF_NOEXIST))
-				tapio_count(&counters, TAPIO_CNT_TABLE_FULL);
-		}
+		connect_mark_rst(sk, slots);
 		return 0;
 	}
 	/* Only synchronized connections are "reset by the peer". */
@@ -409,6 +541,18 @@ int BPF_PROG(tapio_tcp_receive_reset, struct sock *sk)
 	attach_owner(ev, key);
 	tapio_submit_to_cpu_ring(ring, ev);
 	return 0;
+}
+
+SEC("tp_btf/tcp_receive_reset")
+int BPF_PROG(tapio_tcp_receive_reset, struct sock *sk)
+{
+	return on_receive_reset(sk, 1);
+}
+
+SEC("tp_btf/tcp_receive_reset")
+int BPF_PROG(tapio_tcp_receive_reset_hashed, struct sock *sk)
+{
+	return on_receive_reset(sk, 0);
 }
 
 static __always_inline int on_retransmit(struct sock *sk, int state, struct sk_buff *skb)

@@ -12,6 +12,12 @@
  * two of its resident set. */
 #define TAPIO_NET_EVENTS_RING_BYTES (1 << 19)
 
+/* Entries of the table of connects in SYN_SENT (network.bpf.c: `connect_slots`, or the
+ * `connects` hash on kernels without BPF compare-and-swap), as the agent sizes it at load. */
+enum tapio_net_table {
+	TAPIO_NET_CONNECT_SLOTS = 16384,
+};
+
 /* Bits of tapio_net_config.enabled: each evidence family can be switched off. */
 enum tapio_net_enable {
 	TAPIO_NET_EN_CONNECT = 1 << 0,

@@ -74,9 +74,8 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, TAPIO_STO_INFLIGHT_ENTRIES);
-	/* BPF_F_MMAPABLE (uapi bpf.h; the trimmed vmlinux.h lacks it): page-aligned slots, so
-	 * each is one line, read and marked by the agent in place. */
-	__uint(map_flags, 1U << 10);
+	/* Page-aligned slots, so each is one line, read and marked by the agent in place. */
+	__uint(map_flags, TAPIO_BPF_F_MMAPABLE);
 	__type(key, __u32);
 	__type(value, struct tapio_sto_inflight);
 } inflight SEC(".maps");
@@ -156,13 +155,6 @@ static __always_inline __u64 request_key(struct request *rq)
 	return (__u64)rq - (__u64)&inflight;
 }
 
-/* The first of a struct's slots: the high half of a multiplicative hash of its key
- * (request structs are laid out at a fixed stride, which the low bits would repeat). */
-static __always_inline __u32 home_slot(__u64 key)
-{
-	return (__u32)((key * 0x9E3779B97F4A7C15ULL) >> 32);
-}
-
 /* Struct `key`'s home slot, if the struct owns it: where most structs' slots are. */
 static __always_inline struct slot owned_home_slot(__u64 key, __u32 home)
 {
@@ -206,7 +198,7 @@ static __always_inline int take_free_slot(struct tapio_sto_inflight *e, __u32 id
  */
 static __always_inline struct slot scan_slots(__u64 key, const int claim)
 {
-	__u32 home = home_slot(key);
+	__u32 home = tapio_home_slot(key);
 	struct slot s = owned_home_slot(key, home);
 	if (s.e)
 		return s;

@@ -4,12 +4,14 @@
 pub mod classify;
 
 use super::{
-    no_sized_maps, no_userspace, open_carrier, CarrierLayout, Classifier, ClassifierContext, EventRings, Hook,
-    KernelHalf, Observer, ProgramStatus, RuntimeFacts,
+    no_userspace, open_carrier, CarrierLayout, Classifier, ClassifierContext, EventRings, Hook, KernelHalf, Observer,
+    ProgramStatus, RuntimeFacts,
 };
 use crate::stamp::{Stamper, Verdict};
+use aya::util::KernelVersion;
 use tapio_bpf::abi::{
-    tapio_net_config, TAPIO_NET_EN_CONNECT, TAPIO_NET_EN_RESET, TAPIO_NET_EN_RETRANSMIT, TAPIO_NET_EN_RTT,
+    tapio_net_config, TAPIO_NET_CONNECT_SLOTS, TAPIO_NET_EN_CONNECT, TAPIO_NET_EN_RESET, TAPIO_NET_EN_RETRANSMIT,
+    TAPIO_NET_EN_RTT,
 };
 use tapio_wire::CompiledConfig;
 
@@ -28,10 +30,39 @@ pub static OBSERVER: Observer = Observer {
         counters: &[],
         correlation_counters: &[],
         event_rings: EventRings::PerCpu { total_bytes: tapio_bpf::abi::TAPIO_NET_EVENTS_RING_BYTES },
-        sized_maps: no_sized_maps,
+        sized_maps,
     }),
     userspace: no_userspace,
 };
+
+/// Whether this kernel's BPF has compare-and-swap (Linux 5.12 and later), which the slot
+/// table of connects in SYN_SENT needs (network.bpf.c). An unknown version takes the hash,
+/// which every kernel runs.
+fn connect_slots_supported() -> bool {
+    slots_supported_by(KernelVersion::current().ok())
+}
+
+fn slots_supported_by(version: Option<KernelVersion>) -> bool {
+    version.is_some_and(|v| v >= KernelVersion::new(5, 12, 0))
+}
+
+/// The table of connects in SYN_SENT: the slot array, or the hash, at the table's size; the
+/// other one keeps its single declared entry.
+fn sized_maps() -> Vec<(&'static str, u32)> {
+    connect_table(connect_slots_supported())
+}
+
+fn connect_table(slots: bool) -> Vec<(&'static str, u32)> {
+    if slots {
+        vec![(CONNECT_SLOTS_MAP, TAPIO_NET_CONNECT_SLOTS)]
+    } else {
+        log::info!("network: connects in SYN_SENT kept in a hash (this kernel's BPF predates compare-and-swap)");
+        vec![(CONNECT_SLOTS_MAP, 1), (CONNECTS_HASH_MAP, TAPIO_NET_CONNECT_SLOTS)]
+    }
+}
+
+const CONNECT_SLOTS_MAP: &str = "connect_slots";
+const CONNECTS_HASH_MAP: &str = "connects";
 
 /// Saturates a wide setting into the kernel's 32-bit field; every accepted range fits.
 fn narrow(v: u64) -> u32 {
@@ -73,13 +104,23 @@ impl CarrierLayout for tapio_net_config {
 }
 
 pub fn hooks() -> Vec<(&'static str, Hook)> {
-    use tapio_bpf::network::{BTF_TRACEPOINTS, TRACEPOINTS};
-    let typed = BTF_TRACEPOINTS.iter().map(|&(prog, tp)| (prog, Hook::BtfTracePoint(tp)));
+    hooks_for(connect_slots_supported())
+}
+
+/// The hooks, with the hashed twins of the table's two programs where `slots` is false.
+fn hooks_for(slots: bool) -> Vec<(&'static str, Hook)> {
+    use tapio_bpf::network::{BTF_TRACEPOINTS, HASHED_TWINS, TRACEPOINTS};
+    let program = |prog: &'static str| match HASHED_TWINS.iter().find(|&&(p, _)| p == prog) {
+        Some(&(_, twin)) if !slots => twin,
+        _ => prog,
+    };
+    let typed = BTF_TRACEPOINTS.iter().map(|&(prog, tp)| (program(prog), Hook::BtfTracePoint(tp)));
     typed.chain(TRACEPOINTS.iter().map(|&(prog, cat, tp)| (prog, Hook::TracePoint(cat, tp)))).collect()
 }
 
-/// The RST hook's program: without it, refused connects cannot be told from ICMP ones.
-const RESET_PROGRAM: &str = "tapio_tcp_receive_reset";
+/// The RST hook's program and its hashed twin: without one of them, refused connects
+/// cannot be told from ICMP ones.
+const RESET_PROGRAMS: [&str; 2] = ["tapio_tcp_receive_reset", "tapio_tcp_receive_reset_hashed"];
 
 /// The classifier for an observer whose every hook attached.
 pub struct NetworkClassifier;
@@ -102,10 +143,14 @@ impl Classifier for NoResetHookClassifier {
     }
 }
 
+/// Whether an RST program attached (`None`: assume it did).
+fn reset_hook_attached(programs: Option<&[ProgramStatus]>) -> bool {
+    programs.is_none_or(|ps| ps.iter().any(|p| RESET_PROGRAMS.contains(&p.program) && p.result.is_ok()))
+}
+
 /// The classifier that fits what actually attached (`None`: assume everything did).
 pub fn classifier_for(programs: Option<&[ProgramStatus]>) -> Box<dyn Classifier> {
-    let resets = programs.is_none_or(|ps| ps.iter().any(|p| p.program == RESET_PROGRAM && p.result.is_ok()));
-    if resets {
+    if reset_hook_attached(programs) {
         Box::new(NetworkClassifier)
     } else {
         Box::new(NoResetHookClassifier)
@@ -129,5 +174,45 @@ mod tests {
         assert_eq!((c.rtt_min_increase_us, c.rtt_ceiling_us, c.retransmit_window_ms), (2_500, 500_000, 10_000));
         config.network.enabled = false;
         assert_eq!(tapio_net_config::build(&config, 0, &RuntimeFacts::default()).enabled, 0);
+    }
+
+    #[test]
+    fn connects_take_the_slot_table_from_5_12_and_the_hash_before_or_when_unknown() {
+        assert!(slots_supported_by(Some(KernelVersion::new(6, 18, 44))));
+        assert!(slots_supported_by(Some(KernelVersion::new(5, 12, 0))));
+        assert!(!slots_supported_by(Some(KernelVersion::new(5, 11, 22))));
+        assert!(!slots_supported_by(Some(KernelVersion::new(5, 10, 240))));
+        assert!(!slots_supported_by(None));
+        assert_eq!(connect_table(true), [(CONNECT_SLOTS_MAP, TAPIO_NET_CONNECT_SLOTS)]);
+        assert_eq!(connect_table(false), [(CONNECT_SLOTS_MAP, 1), (CONNECTS_HASH_MAP, TAPIO_NET_CONNECT_SLOTS)]);
+    }
+
+    #[test]
+    fn without_slots_the_tables_two_programs_are_their_hashed_twins_on_the_same_hooks() {
+        let names = |slots| hooks_for(slots).into_iter().map(|(p, _)| p).collect::<Vec<_>>();
+        let (with, without) = (names(true), names(false));
+        assert_eq!(with.len(), without.len());
+        assert!(with.contains(&"tapio_inet_sock_set_state") && with.contains(&"tapio_tcp_receive_reset"));
+        assert!(without.contains(&"tapio_inet_sock_set_state_hashed"));
+        assert!(without.contains(&"tapio_tcp_receive_reset_hashed"));
+        assert!(!without.contains(&"tapio_inet_sock_set_state") && !without.contains(&"tapio_tcp_receive_reset"));
+        // Each twin takes its program's place, on the same hook.
+        let hooks = |slots| hooks_for(slots).into_iter().map(|(_, h)| format!("{h:?}")).collect::<Vec<_>>();
+        assert_eq!(hooks(true), hooks(false));
+    }
+
+    #[test]
+    fn either_rst_program_attached_lets_refusals_be_told_from_icmp_errors() {
+        let status = |program, ok: bool| ProgramStatus {
+            program,
+            hook: Hook::BtfTracePoint("tcp_receive_reset"),
+            result: if ok { Ok(()) } else { Err(super::super::LoadError::MissingHook("test".into())) },
+        };
+        for program in RESET_PROGRAMS {
+            assert!(reset_hook_attached(Some(&[status(program, true)])), "{program}");
+            assert!(!reset_hook_attached(Some(&[status(program, false)])), "{program}");
+        }
+        assert!(!reset_hook_attached(Some(&[status("tapio_tcp_probe", true)])));
+        assert!(reset_hook_attached(None));
     }
 }
