@@ -118,9 +118,15 @@ fn hooks_for(slots: bool) -> Vec<(&'static str, Hook)> {
     typed.chain(TRACEPOINTS.iter().map(|&(prog, cat, tp)| (prog, Hook::TracePoint(cat, tp)))).collect()
 }
 
-/// The RST hook's program and its hashed twin: without one of them, refused connects
-/// cannot be told from ICMP ones.
-const RESET_PROGRAMS: [&str; 2] = ["tapio_tcp_receive_reset", "tapio_tcp_receive_reset_hashed"];
+/// The RST hook's program: without it (or its hashed twin), refused connects cannot be
+/// told from ICMP ones.
+const RESET_PROGRAM: &str = "tapio_tcp_receive_reset";
+
+/// Whether `program` is the RST hook's program or its hashed twin.
+fn is_reset_program(program: &str) -> bool {
+    program == RESET_PROGRAM
+        || tapio_bpf::network::HASHED_TWINS.iter().any(|&(p, twin)| p == RESET_PROGRAM && twin == program)
+}
 
 /// The classifier for an observer whose every hook attached.
 pub struct NetworkClassifier;
@@ -145,7 +151,7 @@ impl Classifier for NoResetHookClassifier {
 
 /// Whether an RST program attached (`None`: assume it did).
 fn reset_hook_attached(programs: Option<&[ProgramStatus]>) -> bool {
-    programs.is_none_or(|ps| ps.iter().any(|p| RESET_PROGRAMS.contains(&p.program) && p.result.is_ok()))
+    programs.is_none_or(|ps| ps.iter().any(|p| is_reset_program(p.program) && p.result.is_ok()))
 }
 
 /// The classifier that fits what actually attached (`None`: assume everything did).
@@ -208,7 +214,7 @@ mod tests {
             hook: Hook::BtfTracePoint("tcp_receive_reset"),
             result: if ok { Ok(()) } else { Err(super::super::LoadError::MissingHook("test".into())) },
         };
-        for program in RESET_PROGRAMS {
+        for program in [RESET_PROGRAM, "tapio_tcp_receive_reset_hashed"] {
             assert!(reset_hook_attached(Some(&[status(program, true)])), "{program}");
             assert!(!reset_hook_attached(Some(&[status(program, false)])), "{program}");
         }
