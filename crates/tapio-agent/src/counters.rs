@@ -8,6 +8,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use tapio_util::collect::btree_map;
 
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -184,9 +185,9 @@ impl Counters {
             controller_events_sent_total: self.controller_events_sent_total.load(Ordering::Relaxed),
             config_rejected_total: self.config_rejected_total.load(Ordering::Relaxed),
             config_unchanged_total: self.config_unchanged_total.load(Ordering::Relaxed),
-            kernel: kernel.into_iter().map(|((o, n), v)| (format!("{o}.{n}"), v)).collect(),
+            kernel: btree_map(kernel.into_iter().map(|((o, n), v)| (format!("{o}.{n}"), v))),
             correlation_drops: by_reason,
-            sinks: sinks.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            sinks: btree_map(sinks.into_iter().map(|(k, v)| (k.to_string(), v))),
         }
     }
 }

@@ -21,6 +21,7 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tapio_util::collect::btree_map;
 
 /// Shutdown bounds. From SIGTERM/SIGINT the agent exits within their sum plus one
 /// 200 ms tick (at most about 15 s; README "Start-up, status and shutdown"): whatever a step could
@@ -303,11 +304,12 @@ impl ControllerSetup {
     }
 
     fn into_client(self, node: &str, report: &StartupReport, counters: Arc<Counters>, carriers: Carriers) -> Client {
-        let observers = report
-            .observers
-            .iter()
-            .map(|(name, state)| (name.to_string(), tapio_wire::ObserverStatus::from(state.label())))
-            .collect();
+        let observers = btree_map(
+            report
+                .observers
+                .iter()
+                .map(|(name, state)| (name.to_string(), tapio_wire::ObserverStatus::from(state.label()))),
+        );
         let mut object_sizes = BTreeMap::new();
         for o in REGISTRY {
             if let Some(k) = &o.kernel {

@@ -63,8 +63,11 @@ fn is_hierarchy_root(dir: &Path) -> bool {
 
 /// [`parse_mountinfo`] with the hierarchy-root check passed in (tests).
 fn parse_mountinfo_with(text: &str, is_root: &dyn Fn(&Path) -> bool) -> Vec<CgroupMount> {
-    let mut mounts: Vec<CgroupMount> = text.lines().filter_map(|l| parse_line(l, is_root)).collect();
-    mounts.sort_by_key(|m| m.root != "/");
+    // Root mounts first, each group in file order: a partition, not a stable sort, whose
+    // code the agent's binary would carry for this one type.
+    let (mut mounts, others): (Vec<CgroupMount>, Vec<CgroupMount>) =
+        text.lines().filter_map(|l| parse_line(l, is_root)).partition(|m| m.root == "/");
+    mounts.extend(others);
     mounts
 }
 

@@ -14,7 +14,9 @@
 //! - [`logger`]: the one stderr log line format of the agent and the controller.
 //! - [`cpus`]: the kernel's CPU lists, as slots of per-CPU maps.
 //! - [`text`]: short ASCII text held inline (an evidence record's id, timestamp, addresses).
+//! - [`collect`]: a `BTreeMap` built by insertion, without `collect()`'s sort code.
 
+pub mod collect;
 pub mod cpus;
 pub mod http;
 pub mod logger;
