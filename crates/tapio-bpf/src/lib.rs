@@ -229,6 +229,57 @@ mod tests {
         }
     }
 
+    /// build.rs strips the symbols clang gives branch targets (`LBB0_3`); every function
+    /// keeps its symbol, the static `__noinline` ones of the sources included (aya finds a
+    /// BPF-to-BPF call's target by it), and aya's parser finds each function by name.
+    #[test]
+    fn embedded_objects_lose_their_branch_labels_and_keep_every_function_symbol() {
+        let sources = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
+        let mut statics = Vec::new();
+        for dir in std::fs::read_dir(sources).expect("src/") {
+            let dir = dir.expect("src/ entry").path();
+            let Some(name) = dir.file_name().and_then(|n| n.to_str()) else { continue };
+            let Ok(text) = std::fs::read_to_string(dir.join(format!("{name}.bpf.c"))) else { continue };
+            // Definitions only: a declaration ends in ';'.
+            for line in text.lines().filter(|l| l.starts_with("static __noinline") && !l.trim_end().ends_with(';')) {
+                let before_args = line.split('(').next().unwrap_or_default();
+                statics.push(before_args.rsplit(' ').next().unwrap_or_default().to_string());
+            }
+        }
+        assert!(statics.iter().any(|s| s == "exit_judged"), "static functions not found: {statics:?}");
+        let mut functions_seen = Vec::new();
+        for embedded in OBJECTS {
+            let name = embedded.name();
+            let object = embedded.inflate();
+            let section = |s| btf_lines::section(&object, s).expect("ELF").unwrap_or_else(|| panic!("{name}: no {s}"));
+            let (symtab, strtab) = (section(".symtab"), section(".strtab"));
+            // Elf64_Sym: st_name (u32) at 0, st_info at 4; 24 bytes each.
+            let symbols: Vec<(String, u8)> = symtab
+                .chunks_exact(24)
+                .map(|sym| {
+                    let at = u32::from_le_bytes([sym[0], sym[1], sym[2], sym[3]]) as usize;
+                    let text = &strtab[at..];
+                    let end = text.iter().position(|&b| b == 0).expect("a terminated name");
+                    (String::from_utf8_lossy(&text[..end]).into_owned(), sym[4] & 0xf)
+                })
+                .collect();
+            assert!(symbols.len() > 4, "{name}: symbols not read");
+            let labels: Vec<_> = symbols.iter().filter(|(s, _)| s.starts_with("LBB")).collect();
+            assert!(labels.is_empty(), "{name}: branch labels left: {labels:?}");
+            const STT_FUNC: u8 = 2;
+            let functions: Vec<&str> =
+                symbols.iter().filter(|(_, t)| *t == STT_FUNC).map(|(s, _)| s.as_str()).collect();
+            let parsed = aya_obj::Object::parse(&object).unwrap_or_else(|e| panic!("{name}: aya cannot parse it: {e}"));
+            for f in &functions {
+                assert!(parsed.functions.values().any(|p| p.name == *f), "{name}: aya does not find {f}");
+            }
+            functions_seen.extend(functions.iter().map(|f| f.to_string()));
+        }
+        for s in &statics {
+            assert!(functions_seen.contains(s), "static function {s} lost its symbol");
+        }
+    }
+
     /// An instruction's code, destination and source registers, offset and immediate.
     type Instruction = (u8, u8, u8, i16, i32);
 
