@@ -131,7 +131,7 @@ fn compress_object(object: &Path, out: &Path, name: &str) {
 /// apply (libbpf and aya read BTF.ext offsets as section offsets; aya relocates program
 /// sections only): a fifth of each object. Also the symbols clang 14 gives each branch
 /// target (`LBB0_3`: local, untyped, named by no relocation; the jumps are relative), a
-/// ninth of the object once deflated; functions, maps and sections keep theirs. Without
+/// seventh of the object, raw and deflated; functions, maps and sections keep theirs. Without
 /// llvm-strip the object is only larger, so that is a warning.
 fn strip_debug_info(object: &Path) {
     let unused = [
