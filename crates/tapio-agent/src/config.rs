@@ -12,9 +12,12 @@
 //! a bad value fails loudly at start instead of silently running with defaults.
 
 use serde::Deserialize;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tapio_profile::{Builtin, ProfileError};
 use tapio_wire::CompiledConfig;
+
+// The knobs the observers and the file sink read, declared with them in tapio-pipeline.
+pub use tapio_pipeline::knobs::{FileSinkConfig, LocalKnobs};
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -58,41 +61,6 @@ impl Default for AgentConfig {
     }
 }
 
-/// Knobs of this agent's own that sit in an observer section but are not part of the
-/// fleet-wide config (a controller's config leaves them as the file set them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LocalKnobs {
-    /// `storage.inflight_max_age_secs`: an in-flight request whose completion has not come
-    /// after this long is dropped from the kernel's table (counted as `inflight_expired`), so
-    /// the table stays bounded even if completions are lost. Never shorter than the critical
-    /// threshold plus a second (see `observers::storage::inflight_max_age_ns`).
-    pub inflight_max_age_secs: u32,
-    /// `node.poll_interval_ms`: how often /proc/pressure/* and the hardware counters are
-    /// sampled.
-    pub poll_interval_ms: u32,
-    /// `container_pressure.poll_interval_ms`: how often each watched container's cpu.stat
-    /// and pressure files are read.
-    pub pressure_poll_interval_ms: u32,
-    /// `container_pressure.rescan_interval_ms`: how often the cgroup hierarchies are walked
-    /// again for new and removed containers.
-    pub pressure_rescan_interval_ms: u32,
-    /// `container_pressure.max_containers`: most containers watched at once; those beyond
-    /// are counted (`container_pressure.container_not_watched`).
-    pub pressure_max_containers: u32,
-}
-
-impl Default for LocalKnobs {
-    fn default() -> Self {
-        Self {
-            inflight_max_age_secs: 600,
-            poll_interval_ms: 2_000,
-            pressure_poll_interval_ms: 5_000,
-            pressure_rescan_interval_ms: 10_000,
-            pressure_max_containers: 1_000,
-        }
-    }
-}
-
 /// One agent-only key of an observer section: (section, key, min, max).
 struct LocalKey(&'static str, &'static str, u64, u64);
 
@@ -104,28 +72,30 @@ const LOCAL_KEYS: [LocalKey; 5] = [
     LocalKey("container_pressure", "max_containers", 1, 100_000),
 ];
 
-impl LocalKnobs {
-    /// Sets the agent-only key `name` of `section`, if it is one; false when it is not
-    /// (then it is a profile field, or unknown).
-    fn set(&mut self, section: &str, name: &str, value: &serde_json::Value) -> Result<bool, ConfigError> {
-        let Some(LocalKey(_, _, min, max)) = LOCAL_KEYS.iter().find(|k| k.0 == section && k.1 == name) else {
-            return Ok(false);
-        };
-        let n = value
-            .as_u64()
-            .ok_or_else(|| ConfigError(format!("{section}.{name}: invalid type: expected an integer")))?;
-        check_range(&format!("{section}.{name}"), n, *min, *max)?;
-        // In range means it fits: every bound above is far below u32::MAX.
-        let n = u32::try_from(n).unwrap_or(u32::MAX);
-        match (section, name) {
-            ("storage", _) => self.inflight_max_age_secs = n,
-            ("node", _) => self.poll_interval_ms = n,
-            (_, "poll_interval_ms") => self.pressure_poll_interval_ms = n,
-            (_, "rescan_interval_ms") => self.pressure_rescan_interval_ms = n,
-            _ => self.pressure_max_containers = n,
-        }
-        Ok(true)
+/// Sets the agent-only key `name` of `section` in `knobs`, if it is one; false when it is
+/// not (then it is a profile field, or unknown).
+fn set_local_knob(
+    knobs: &mut LocalKnobs,
+    section: &str,
+    name: &str,
+    value: &serde_json::Value,
+) -> Result<bool, ConfigError> {
+    let Some(LocalKey(_, _, min, max)) = LOCAL_KEYS.iter().find(|k| k.0 == section && k.1 == name) else {
+        return Ok(false);
+    };
+    let n =
+        value.as_u64().ok_or_else(|| ConfigError(format!("{section}.{name}: invalid type: expected an integer")))?;
+    check_range(&format!("{section}.{name}"), n, *min, *max)?;
+    // In range means it fits: every bound above is far below u32::MAX.
+    let n = u32::try_from(n).unwrap_or(u32::MAX);
+    match (section, name) {
+        ("storage", _) => knobs.inflight_max_age_secs = n,
+        ("node", _) => knobs.poll_interval_ms = n,
+        (_, "poll_interval_ms") => knobs.pressure_poll_interval_ms = n,
+        (_, "rescan_interval_ms") => knobs.pressure_rescan_interval_ms = n,
+        _ => knobs.pressure_max_containers = n,
     }
+    Ok(true)
 }
 
 /// A parsed TOML value as tapio-profile's document tree.
@@ -187,30 +157,6 @@ impl Default for SinksConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileSinkConfig {
-    pub path: PathBuf,
-    /// Rotate when the file would grow past this size.
-    #[serde(default = "FileSinkConfig::default_max_bytes")]
-    pub max_bytes: u64,
-    /// Rotated files kept (`path.1` … `path.N`); older ones are deleted.
-    #[serde(default = "FileSinkConfig::default_keep_files")]
-    pub keep_files: u32,
-}
-
-impl FileSinkConfig {
-    fn default_max_bytes() -> u64 {
-        64 * 1024 * 1024
-    }
-    fn default_keep_files() -> u32 {
-        5
-    }
-    pub fn at(path: PathBuf) -> Self {
-        Self { path, max_bytes: Self::default_max_bytes(), keep_files: Self::default_keep_files() }
-    }
-}
-
 /// A config that cannot be used, with the key at fault.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError(pub String);
@@ -257,7 +203,7 @@ impl AgentConfig {
                 serde_json::Value::Object(fields) => {
                     let mut kept = Vec::new();
                     for (name, v) in fields {
-                        if !local.set(&key, &name, &v)? {
+                        if !set_local_knob(&mut local, &key, &name, &v)? {
                             kept.push((tapio_profile::Value::Str(name), profile_value(v)));
                         }
                     }

@@ -54,7 +54,7 @@ struct LogState {
 
 const KEPT_SCHEDULING_LINES: usize = 20;
 /// The agent's log lines about its drain's scheduling carry this module path.
-pub const DRAIN_PRIORITY_LOG: &str = "tapio_agent::drain_priority: ";
+pub const DRAIN_PRIORITY_LOG: &str = "tapio_pipeline::drain_priority: ";
 
 /// A running agent; killed (SIGKILL) if dropped without [`Agent::stop`].
 pub struct Agent {

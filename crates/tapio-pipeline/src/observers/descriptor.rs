@@ -5,7 +5,7 @@
 
 use super::poll::Poller;
 use super::{Classifier, Hook, LoadError, ObserverState, ProgramStatus};
-use crate::config::LocalKnobs;
+use crate::knobs::LocalKnobs;
 use aya::Ebpf;
 use std::sync::Arc;
 use tapio_bpf::record::Record;

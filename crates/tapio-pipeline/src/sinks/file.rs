@@ -7,7 +7,7 @@
 
 use super::lines::Lines;
 use super::{Delivered, Sink};
-use crate::config::FileSinkConfig;
+use crate::knobs::FileSinkConfig;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::PathBuf;

@@ -11,7 +11,7 @@ use super::{
     open_carrier, CarrierLayout, Classifier, EventRings, Follower, Hook, KernelHalf, Observer, RuntimeFacts, Start,
     Userspace,
 };
-use crate::config::LocalKnobs;
+use crate::knobs::LocalKnobs;
 use crate::observers::container::classify::PageSize;
 use crate::ring::Mapping;
 use crate::stamp::{Stamper, Verdict};

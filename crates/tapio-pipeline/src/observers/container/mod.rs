@@ -178,11 +178,16 @@ impl Classifier for ContainerClassifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::AgentConfig;
 
-    fn carrier(toml: &str) -> Result<tapio_ctr_config, String> {
-        let config = AgentConfig::from_toml(toml).map_err(|e| e.to_string())?;
-        Ok(tapio_ctr_config::build(&config.observers, 1, &RuntimeFacts::default()))
+    /// The carrier of a config whose `[container]` section sets `key = [value]`, laid over
+    /// `production-default` as the agent's config file and a controller's profile are.
+    fn carrier(key: &str, value: u16) -> Result<tapio_ctr_config, String> {
+        use tapio_profile::{Builtin, Value};
+        let list = Value::Seq(vec![Value::Int(value.into())]);
+        let section = Value::Map(vec![(Value::Str(key.into()), list)]);
+        let overrides = Value::Map(vec![(Value::Str("container".into()), section)]);
+        let config = tapio_profile::overlay(Builtin::ProductionDefault, &overrides, "").map_err(|e| e.to_string())?;
+        Ok(tapio_ctr_config::build(&config, 1, &RuntimeFacts::default()))
     }
 
     /// Every ignore value the config accepts sets exactly the bit the container program
@@ -191,13 +196,13 @@ mod tests {
     #[test]
     fn every_accepted_ignore_value_sets_the_bit_the_kernel_reads() {
         for code in 1u16..=255 {
-            let c = carrier(&format!("[container]\nexit_ignore_codes = [{code}]\n")).unwrap();
+            let c = carrier("exit_ignore_codes", code).unwrap();
             let mut want = [0u64; 4];
             want[usize::from(code >> 6) & 3] = 1 << (code & 63);
             assert_eq!(c.ignored_exit_codes, want, "exit code {code}");
         }
         for sig in 1u16..=127 {
-            match carrier(&format!("[container]\nexit_ignore_signals = [{sig}]\n")) {
+            match carrier("exit_ignore_signals", sig) {
                 Ok(c) => {
                     assert_eq!(c.ignored_signals, 1u64 << (sig & 63), "signal {sig}");
                     assert!(sig < 64, "signal {sig} accepted but the kernel's mask has no bit for it");

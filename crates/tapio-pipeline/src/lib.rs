@@ -1,0 +1,26 @@
+//! The node agent's per-event path: the observers (loading, attaching and each one's
+//! userspace half), the ring-buffer drain, classification, stamping, the evidence queue and
+//! the sinks, with the counters of every place evidence can be lost.
+//!
+//! A crate of its own so that it can be built for speed while the rest of the agent
+//! (start-up, the config file, the controller link: `tapio-agent`) is built for size: the
+//! `agent` profile compiles each crate at one opt-level, and code is compiled in the crate
+//! that instantiates it (the JSON encoder for Tapio's records, here). `tapio-agent`
+//! re-exports these modules under its own name.
+
+pub mod clock;
+pub mod counters;
+pub mod drain;
+pub mod drain_priority;
+pub mod evidence;
+pub mod knobs;
+pub mod observers;
+pub mod queue;
+pub mod ring;
+pub mod sink_stage;
+pub mod sinks;
+pub mod stamp;
+pub mod ulid;
+
+#[cfg(test)]
+pub(crate) mod test_dirs;
