@@ -5,6 +5,8 @@
 
 mod file;
 mod lines;
+/// The controller link's sink (it runs per record; the link itself is in tapio-control).
+pub mod outbox;
 mod stdout;
 
 pub use file::FileSink;

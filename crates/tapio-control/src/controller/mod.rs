@@ -8,7 +8,8 @@
 pub mod apply;
 pub mod client;
 pub mod http;
-pub mod outbox;
+// The outbox runs per record, so it is the per-event path's (a sink there).
+pub use tapio_pipeline::sinks::outbox;
 pub mod state;
 
 use serde::Deserialize;
