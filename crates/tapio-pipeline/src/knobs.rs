@@ -1,6 +1,6 @@
 //! The few settings of the agent's own that the per-event pipeline reads: the agent-only
 //! knobs written in observer sections and the file sink's. The agent's config file
-//! (`tapio-agent`'s `config` module) parses and range-checks them; they are declared here,
+//! (`tapio-control`'s `config` module) parses and range-checks them; they are declared here,
 //! beside the observers and the sink that use them.
 
 use serde::Deserialize;

@@ -2,11 +2,11 @@
 //! userspace half), the ring-buffer drain, classification, stamping, the evidence queue and
 //! the sinks, with the counters of every place evidence can be lost.
 //!
-//! A crate of its own so that it can be built for speed while the rest of the agent
-//! (start-up, the config file, the controller link: `tapio-agent`) is built for size: the
-//! `agent` profile compiles each crate at one opt-level, and code is compiled in the crate
-//! that instantiates it (the JSON encoder for Tapio's records, here). `tapio-agent`
-//! re-exports these modules under its own name.
+//! A crate of its own, apart from the agent's control plane (`tapio-control`), so that the
+//! `agent` profile can build that one for size and keep this one built for speed: cargo
+//! sets an opt-level per crate, and code is compiled in the crate that instantiates it (the
+//! JSON encoder for Tapio's records, here). `tapio-agent` re-exports these modules under
+//! its own name.
 
 pub mod clock;
 pub mod counters;
