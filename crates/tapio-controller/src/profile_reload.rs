@@ -58,13 +58,14 @@ impl Watcher {
         let result = seen.and_then(|bytes| parse(&self.path, &bytes).map_err(|e| e.to_string()));
         match result {
             Err(message) => {
-                state.metrics.profile_reload_failures.inc();
                 let current = state.config();
                 log::error!(
                     "profile reload refused; still serving generation {} ({}): {message}",
                     current.version,
                     current.hash
                 );
+                // Counted after the log line is written: whoever sees the count finds the reason.
+                state.metrics.profile_reload_failures.inc();
                 Reload::Refused(message)
             }
             Ok(loaded) => match state.replace_config(loaded.config) {

@@ -179,6 +179,7 @@ fn sighup_reloads_and_a_bad_profile_keeps_the_applied_hash() {
     wait_until("the refusal to be counted", Duration::from_secs(5), || {
         controller.metrics().contains("tapio_controller_profile_reload_failures_total 1")
     });
+    // The reason is logged before the refusal is counted.
     assert!(
         controller.log().contains("overrides.storage.latency_critical_ms: 0 is out of range"),
         "{}",
