@@ -95,6 +95,13 @@ pub fn ipv4_text(octets: [u8; 4]) -> AddrText {
     AddrText::from_ascii(&text[..len - 1]).unwrap_or_default()
 }
 
+/// A duration in nanoseconds as milliseconds with one decimal ("12.3 ms", rounded half
+/// up), for evidence messages; integer arithmetic, so no float formatting is linked for it.
+pub fn millis_text(ns: u64) -> String {
+    let tenths = ns.saturating_add(50_000) / 100_000;
+    format!("{}.{} ms", tenths / 10, tenths % 10)
+}
+
 /// An IP address's text as the standard library writes it (RFC 5952 for IPv6).
 pub fn ip_text(addr: std::net::IpAddr) -> AddrText {
     use std::fmt::Write;
@@ -748,6 +755,16 @@ mod tests {
     /// Every byte value, at every position of every length up to three words, in a string
     /// of harmless bytes (plain and UTF-8 lead/continuation bytes) is judged as one byte at
     /// a time would judge it.
+    #[test]
+    fn millis_text_has_one_decimal_rounded_half_up() {
+        assert_eq!(millis_text(0), "0.0 ms");
+        assert_eq!(millis_text(49_999), "0.0 ms");
+        assert_eq!(millis_text(50_000), "0.1 ms");
+        assert_eq!(millis_text(1_234_567), "1.2 ms");
+        assert_eq!(millis_text(2_000_000_000), "2000.0 ms");
+        assert_eq!(millis_text(u64::MAX), "18446744073709.5 ms", "saturates: kernel input never overflows");
+    }
+
     #[test]
     fn needs_escape_agrees_with_the_bytewise_check() {
         for filler in [b'a', 0xc3, 0xa9, 0x7f, b' ', 0xff] {

@@ -1,7 +1,7 @@
 //! DNS records → evidence: answers the kernel judged, and queries the sweep found
 //! unanswered. Pure: unit-tested with crafted records.
 
-use crate::evidence::{DnsFacts, Facts, Outcome, Severity, WorkloadIds};
+use crate::evidence::{millis_text, DnsFacts, Facts, Outcome, Severity, WorkloadIds};
 use crate::observers::network::classify::{addr, endpoint};
 use crate::stamp::{Draft, Stamper, Verdict};
 use tapio_bpf::abi::{
@@ -48,12 +48,6 @@ pub fn qtype_name(qtype: u16) -> Option<&'static str> {
         255 => "ANY",
         _ => return None,
     })
-}
-
-/// Nanoseconds as milliseconds with one decimal, in integer arithmetic.
-fn ms(ns: u64) -> String {
-    let tenths = (ns + 50_000) / 100_000;
-    format!("{}.{} ms", tenths / 10, tenths % 10)
 }
 
 fn base_facts(q: &tapio_dns_query) -> DnsFacts {
@@ -119,15 +113,18 @@ pub fn answer(ev: &tapio_dns_event, stamper: &mut Stamper) -> Verdict {
     let what = describe(&facts, q);
     let (kind, severity, outcome, code, message) = if verdict & TAPIO_DNS_V_LATE != 0 {
         facts.threshold_ns = Some(ev.threshold_ns);
-        let message =
-            format!("{what} got no answer within {}; the answer came after {}", ms(ev.threshold_ns), ms(ev.latency_ns));
+        let message = format!(
+            "{what} got no answer within {}; the answer came after {}",
+            millis_text(ev.threshold_ns),
+            millis_text(ev.latency_ns)
+        );
         ("kernel.dns.timeout", Severity::Error, Outcome::Timeout, "DNS_TIMEOUT", message)
     } else if verdict & TAPIO_DNS_V_FAILURE != 0 {
         if ev.rcode == 0 {
             return Verdict::Drop("invalid_failure_record");
         }
         let name = facts.rcode_name.map(str::to_string).unwrap_or_else(|| format!("rcode {}", ev.rcode));
-        let message = format!("{what} was answered {name} after {}", ms(ev.latency_ns));
+        let message = format!("{what} was answered {name} after {}", millis_text(ev.latency_ns));
         // NXDOMAIN is reported only on request, and says less about the resolver's health.
         let severity = if ev.rcode == 3 { Severity::Warning } else { Severity::Error };
         ("kernel.dns.failure", severity, Outcome::Failure, facts.rcode_name.unwrap_or("DNS_ERROR"), message)
@@ -139,8 +136,11 @@ pub fn answer(ev: &tapio_dns_event, stamper: &mut Stamper) -> Verdict {
         let critical = verdict & TAPIO_DNS_V_LATENCY_CRITICAL != 0;
         facts.threshold_ns = Some(ev.threshold_ns);
         let level = if critical { "critical" } else { "warning" };
-        let message =
-            format!("{what} was answered after {} ({level} threshold {})", ms(ev.latency_ns), ms(ev.threshold_ns));
+        let message = format!(
+            "{what} was answered after {} ({level} threshold {})",
+            millis_text(ev.latency_ns),
+            millis_text(ev.threshold_ns)
+        );
         let severity = if critical { Severity::Critical } else { Severity::Warning };
         ("kernel.dns.latency_spike", severity, Outcome::Degraded, "SLOW_DNS_ANSWER", message)
     } else {
@@ -167,7 +167,7 @@ pub fn timeout(q: &tapio_dns_query, now_ns: u64, timeout_ns: u64, generation: u3
     facts.waited_ns = now_ns.saturating_sub(q.first_sent_ns);
     facts.threshold_ns = Some(timeout_ns);
     let sent = if q.transmissions > 1 { format!(" (sent {} times)", q.transmissions) } else { String::new() };
-    let message = format!("{}{sent} got no answer within {}", describe(&facts, q), ms(timeout_ns));
+    let message = format!("{}{sent} got no answer within {}", describe(&facts, q), millis_text(timeout_ns));
     stamper.stamp(Draft {
         kind: "kernel.dns.timeout",
         observer: OBSERVER,

@@ -1,7 +1,7 @@
 //! Storage records → evidence. Pure (the disk name is passed in): unit-tested with crafted
 //! records.
 
-use crate::evidence::{Facts, Outcome, Severity, StorageFacts, WorkloadIds};
+use crate::evidence::{millis_text, Facts, Outcome, Severity, StorageFacts, WorkloadIds};
 use crate::stamp::{Draft, Stamper, Verdict};
 use tapio_bpf::abi::{
     tapio_sto_event, TAPIO_STO_F_BLK_STATUS, TAPIO_STO_F_CRITICAL, TAPIO_STO_F_ISSUED, TAPIO_STO_F_PARTIAL,
@@ -79,12 +79,6 @@ pub fn errno_name(errno: u32) -> Option<&'static str> {
     })
 }
 
-/// Nanoseconds as milliseconds with one decimal, in integer arithmetic.
-fn ms(ns: u64) -> String {
-    let tenths = (ns + 50_000) / 100_000;
-    format!("{}.{} ms", tenths / 10, tenths % 10)
-}
-
 /// (errno, blk_status) of an error record: newer kernels pass a blk_status_t, older ones a
 /// negative errno; anything else is not a value the kernel produces.
 fn error_of(ev: &tapio_sto_event) -> Option<(Option<u32>, Option<u8>)> {
@@ -151,8 +145,11 @@ pub fn classify(ev: &tapio_sto_event, disk: Option<&str>, stamper: &mut Stamper)
                 (None, None, Some(s)) => format!("block status {s}"),
                 (None, None, None) => "an error".to_string(),
             };
-            let when =
-                if issued { format!(" after {}", ms(ev.latency_ns)) } else { " before reaching the driver".into() };
+            let when = if issued {
+                format!(" after {}", millis_text(ev.latency_ns))
+            } else {
+                " before reaching the driver".into()
+            };
             let code = facts.errno_name.unwrap_or("IO_ERROR");
             let message =
                 format!("{op} of {} bytes at sector {} on {device} failed with {what}{when}", ev.bytes, ev.sector);
@@ -170,8 +167,8 @@ pub fn classify(ev: &tapio_sto_event, disk: Option<&str>, stamper: &mut Stamper)
                 "{op} of {} bytes at sector {} on {device} took {} from issue to completion ({level} threshold {})",
                 ev.bytes,
                 ev.sector,
-                ms(ev.latency_ns),
-                ms(ev.threshold_ns)
+                millis_text(ev.latency_ns),
+                millis_text(ev.threshold_ns)
             );
             let severity = if critical { Severity::Critical } else { Severity::Warning };
             ("kernel.storage.latency_spike", severity, Outcome::Degraded, "SLOW_IO", message)
