@@ -752,9 +752,6 @@ mod tests {
         s.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\')
     }
 
-    /// Every byte value, at every position of every length up to three words, in a string
-    /// of harmless bytes (plain and UTF-8 lead/continuation bytes) is judged as one byte at
-    /// a time would judge it.
     #[test]
     fn millis_text_has_one_decimal_rounded_half_up() {
         assert_eq!(millis_text(0), "0.0 ms");
@@ -765,6 +762,9 @@ mod tests {
         assert_eq!(millis_text(u64::MAX), "18446744073709.5 ms", "saturates: kernel input never overflows");
     }
 
+    /// Every byte value, at every position of every length up to three words, in a string
+    /// of harmless bytes (plain and UTF-8 lead/continuation bytes) is judged as one byte at
+    /// a time would judge it.
     #[test]
     fn needs_escape_agrees_with_the_bytewise_check() {
         for filler in [b'a', 0xc3, 0xa9, 0x7f, b' ', 0xff] {
