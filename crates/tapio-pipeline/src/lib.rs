@@ -21,6 +21,3 @@ pub mod sink_stage;
 pub mod sinks;
 pub mod stamp;
 pub mod ulid;
-
-#[cfg(test)]
-pub(crate) mod test_dirs;

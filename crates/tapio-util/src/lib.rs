@@ -15,6 +15,7 @@
 //! - [`cpus`]: the kernel's CPU lists, as slots of per-CPU maps.
 //! - [`text`]: short ASCII text held inline (an evidence record's id, timestamp, addresses).
 //! - [`collect`]: a `BTreeMap` built by insertion, without `collect()`'s sort code.
+//! - `test_dirs` (feature `test-support`, for tests only): empty scratch directories.
 
 pub mod collect;
 pub mod cpus;
@@ -23,5 +24,7 @@ pub mod logger;
 pub mod mountinfo;
 pub mod perf;
 pub mod rotate;
+#[cfg(feature = "test-support")]
+pub mod test_dirs;
 pub mod text;
 pub mod time;

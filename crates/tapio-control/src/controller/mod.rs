@@ -125,8 +125,7 @@ mod tests {
 
     #[test]
     fn tokens_never_show_in_debug_output() {
-        let dir = std::env::temp_dir().join(format!("tapio-token-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = tapio_util::test_dirs::scratch("token");
         let path = dir.join("token");
         std::fs::write(&path, "s3cr3t-value\n").unwrap();
         let token = Token::read(&path).unwrap();

@@ -39,8 +39,7 @@ mod tests {
 
     #[test]
     fn round_trips_and_reports_missing_and_corrupt_files() {
-        let dir = std::env::temp_dir().join(format!("tapio-state-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = tapio_util::test_dirs::scratch("state");
         let path = dir.join("state.json");
         assert_eq!(load(&path).unwrap(), None);
         let applied =

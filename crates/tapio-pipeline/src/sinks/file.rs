@@ -142,7 +142,7 @@ mod tests {
     }
 
     fn temp_dir(name: &str) -> PathBuf {
-        crate::test_dirs::scratch(&format!("file-sink-{name}"))
+        tapio_util::test_dirs::scratch(&format!("file-sink-{name}"))
     }
 
     #[test]

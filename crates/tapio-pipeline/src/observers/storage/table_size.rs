@@ -81,8 +81,8 @@ fn read_short(path: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_dirs::scratch;
     use std::fs;
+    use tapio_util::test_dirs::scratch;
 
     fn disk(root: &Path, name: &str, queues: &[(u64, u64)], scheduler: &str, nr_requests: u64) {
         let d = root.join(name);

@@ -1,5 +1,6 @@
 //! Scratch directories for unit tests that need files: one per test tag and process, made
-//! empty at the start of the test.
+//! empty at the start of the test. Only with the `test-support` feature, which crates enable
+//! for their tests alone (dev-dependencies), so no shipped binary compiles it.
 
 use std::path::PathBuf;
 
