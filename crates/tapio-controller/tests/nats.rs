@@ -113,6 +113,45 @@ async fn every_record_arrives_once_on_its_subject_and_a_resent_batch_is_dropped_
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A batch bigger than `--nats-max-in-flight`, and more concurrent batches than the bound
+/// admits, are all stored: a batch takes its chunk's permits in one call and frees them at
+/// its PubAcks, so no batch sits on permits while waiting for more. (Taking one permit per
+/// record and freeing them only after the whole batch had its permits hung the first batch
+/// of 50 records under a bound of 8 for good, and every later one behind it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_over_the_in_flight_bound_and_more_than_it_admits_at_once_are_all_stored() {
+    let dir = temp_dir("i16-nats-bound");
+    let port = free_port();
+    let _nats = nats(&dir, port);
+    let mut config = nats_config(port, "TAPIO_I16_BOUND");
+    config.max_in_flight = 8;
+    let settings = Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        sinks: vec![SinkTarget::Nats(Box::new(config))],
+        sink_ack_timeout: Duration::from_secs(5),
+        max_batch_events: 512,
+        ..Settings::default()
+    };
+    let server = RunningServer::start(settings).await.expect("controller starts with the nats sink");
+    let addr = server.addr;
+    let mut acked = Vec::new();
+    let mut posts = Vec::new();
+    for agent in 1..=6 {
+        let (body, ids) = id_batch(&format!("n{agent}"), 1, &format!("bound-{agent}"), 50);
+        acked.extend(ids);
+        posts.push(tokio::spawn(async move { try_post(addr, &body).await }));
+    }
+    for post in posts {
+        assert_eq!(post.await.unwrap(), Some(200), "each batch acknowledged within the sink's ack timeout");
+    }
+    assert_eq!(scrape(server.addr, "tapio_controller_sink_records_written_total{sink=\"nats\"}").await, Some(300.0));
+    server.stop().await.unwrap();
+    let ids: Vec<String> = read_stream(port, "TAPIO_I16_BOUND").await.into_iter().map(|m| m.id).collect();
+    assert_eq!(ids.len(), 300);
+    assert_eq!(check_all_kept(&acked, &ids), 0);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_stream_is_refused_at_start_unless_creation_is_asked() {
     let dir = temp_dir("i12-nats-nostream");

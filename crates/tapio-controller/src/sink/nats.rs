@@ -31,6 +31,8 @@ pub struct Publisher {
     js: jetstream::Context,
     prefix: String,
     in_flight: Arc<Semaphore>,
+    /// The semaphore's size: the most records one chunk of a batch may take.
+    max_in_flight: usize,
     /// The connection (its state drives recovery of readiness).
     client: async_nats::Client,
 }
@@ -89,6 +91,7 @@ impl Publisher {
             js,
             prefix: cfg.subject_prefix.clone(),
             in_flight: Arc::new(Semaphore::new(cfg.max_in_flight)),
+            max_in_flight: cfg.max_in_flight,
             client,
         })
     }
@@ -121,7 +124,8 @@ impl Publisher {
                     let prefix = self.prefix.clone();
                     let sem = Arc::clone(&self.in_flight);
                     let shared = Arc::clone(shared);
-                    tasks.spawn(async move { deliver(&js, &prefix, &sem, d, &shared).await });
+                    let max_in_flight = self.max_in_flight;
+                    tasks.spawn(async move { deliver(&js, &prefix, &sem, max_in_flight, d, &shared).await });
                 }
                 Msg::Close => break,
             }
@@ -180,8 +184,15 @@ async fn ensure_stream(js: &jetstream::Context, name: &str, cfg: &NatsConfig) ->
 }
 
 /// Publishes one batch and reports whether every record was acknowledged.
-async fn deliver(js: &jetstream::Context, prefix: &str, sem: &Arc<Semaphore>, d: Delivery, shared: &SinkShared) {
-    let result = publish_batch(js, prefix, sem, &d.batch).await;
+async fn deliver(
+    js: &jetstream::Context,
+    prefix: &str,
+    sem: &Arc<Semaphore>,
+    max_in_flight: usize,
+    d: Delivery,
+    shared: &SinkShared,
+) {
+    let result = publish_batch(js, prefix, sem, max_in_flight, &d.batch).await;
     let records = d.batch.records;
     let ok = match result {
         Ok(duplicates) => {
@@ -204,30 +215,39 @@ async fn deliver(js: &jetstream::Context, prefix: &str, sem: &Arc<Semaphore>, d:
 }
 
 /// Returns how many records the stream reported as duplicates.
+///
+/// Records go out in chunks of at most `max_in_flight`, each chunk's permits taken in one
+/// call and released once its PubAcks are in. A task never holds permits while it waits
+/// for more, so batches larger than the bound, or more concurrent batches than it admits,
+/// cannot leave every permit with a batch that is still waiting.
 async fn publish_batch(
     js: &jetstream::Context,
     prefix: &str,
     sem: &Arc<Semaphore>,
+    max_in_flight: usize,
     batch: &Batch,
 ) -> Result<u64, String> {
-    let mut pending = Vec::with_capacity(usize::try_from(batch.records).unwrap_or(0));
-    for line in batch.record_lines() {
-        let key: RecordKey<'_> =
-            serde_json::from_slice(line).map_err(|e| format!("record without observer/type: {e}"))?;
-        let subject = subject_for(prefix, &key.observer, &key.event_type);
-        let permit = Arc::clone(sem).acquire_owned().await.map_err(|_| "publisher closed".to_string())?;
-        let mut publish = PublishMessage::build().payload(Bytes::copy_from_slice(line));
-        if let Some(id) = key.id.as_deref().filter(|id| !id.is_empty()) {
-            publish = publish.message_id(id);
-        }
-        let ack = js.send_publish(subject, publish).await.map_err(|e| format!("publish failed: {e}"))?;
-        pending.push((ack, permit));
-    }
+    let lines: Vec<&[u8]> = batch.record_lines().collect();
     let mut duplicates = 0;
-    for (ack, permit) in pending {
-        let ack = ack.await.map_err(|e| format!("no PubAck: {e}"))?;
-        duplicates += u64::from(ack.duplicate);
-        drop(permit);
+    for chunk in lines.chunks(max_in_flight.max(1)) {
+        let wanted = u32::try_from(chunk.len()).map_err(|_| "chunk over u32 records".to_string())?;
+        let permits = Arc::clone(sem).acquire_many_owned(wanted).await.map_err(|_| "publisher closed".to_string())?;
+        let mut pending = Vec::with_capacity(chunk.len());
+        for line in chunk {
+            let key: RecordKey<'_> =
+                serde_json::from_slice(line).map_err(|e| format!("record without observer/type: {e}"))?;
+            let subject = subject_for(prefix, &key.observer, &key.event_type);
+            let mut publish = PublishMessage::build().payload(Bytes::copy_from_slice(line));
+            if let Some(id) = key.id.as_deref().filter(|id| !id.is_empty()) {
+                publish = publish.message_id(id);
+            }
+            pending.push(js.send_publish(subject, publish).await.map_err(|e| format!("publish failed: {e}"))?);
+        }
+        for ack in pending {
+            let ack = ack.await.map_err(|e| format!("no PubAck: {e}"))?;
+            duplicates += u64::from(ack.duplicate);
+        }
+        drop(permits);
     }
     Ok(duplicates)
 }
