@@ -348,7 +348,8 @@ fn read_chunked(r: &mut impl BufRead, max_body: usize) -> Result<Vec<u8>, HttpEr
                 }
             }
         }
-        if body.len() + size > max_body {
+        // The size is the peer's: compared without an addition that a huge one could wrap.
+        if size > max_body.saturating_sub(body.len()) {
             return Err(HttpError::TooLarge("body"));
         }
         let start = body.len();
@@ -462,6 +463,12 @@ mod tests {
         let chunks =
             read_response(Cursor::new(&b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n65\r\n"[..]), 100);
         assert!(matches!(chunks, Err(HttpError::TooLarge("body"))));
+        // A chunk size that would wrap the running total past zero is refused as too large.
+        let wrapping = read_response(
+            Cursor::new(&b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nA\r\nffffffffffffffff\r\n"[..]),
+            100,
+        );
+        assert!(matches!(wrapping, Err(HttpError::TooLarge("body"))));
         let mut huge = b"HTTP/1.1 200 OK\r\n".to_vec();
         huge.extend(std::iter::repeat_n(b'a', MAX_HEADER_BYTES + 10));
         assert!(matches!(read_response(Cursor::new(huge), 100), Err(HttpError::TooLarge("headers"))));
