@@ -18,6 +18,7 @@
 pub mod cgroups;
 pub mod stat;
 
+use super::container::classify::PageSize;
 use super::node::psi::{self, percent_text, Crossing, PsiReading, Threshold};
 use super::node::{pct, pressure_facts, Resource};
 use super::poll::{PollContext, Poller, SharedSettings};
@@ -312,7 +313,7 @@ impl Watched {
             Version::V1 => MemoryUse {
                 usage_bytes: read_number(&dir.join("memory.usage_in_bytes"), buf, stat::parse_bytes),
                 limit_bytes: read_number(&dir.join("memory.limit_in_bytes"), buf, |t| {
-                    stat::parse_bytes(t).and_then(stat::v1_limit)
+                    stat::parse_bytes(t).and_then(|bytes| stat::v1_limit(bytes, PageSize::of_this_system().0))
                 }),
                 high_bytes: None,
             },

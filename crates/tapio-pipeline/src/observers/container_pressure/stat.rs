@@ -51,9 +51,12 @@ pub fn parse_bytes(text: &str) -> Option<u64> {
     text.trim().parse().ok()
 }
 
-/// cgroup1 reports "no limit" as the largest page-aligned value below i64::MAX.
-pub fn v1_limit(bytes: u64) -> Option<u64> {
-    (bytes < (i64::MAX as u64) & !0xfff_u64).then_some(bytes)
+/// cgroup1 keeps a limit in pages and reports "no limit" as its page counter's maximum
+/// (i64::MAX / page size pages) in bytes: a value that depends on the page size (4 KiB:
+/// 0x7FFFFFFFFFFFF000; 64 KiB: 0x7FFFFFFFFFFF0000), so it is judged with the running one.
+pub fn v1_limit(bytes: u64, page_size: u64) -> Option<u64> {
+    let page = page_size.max(1);
+    (bytes / page < i64::MAX as u64 / page).then_some(bytes)
 }
 
 /// One interval's throttling: deltas between two reads.
@@ -136,8 +139,11 @@ mod tests {
         assert_eq!(parse_v1_quota("10000\n"), Some(Some(10_000)));
         assert_eq!(parse_bytes("max\n"), None);
         assert_eq!(parse_bytes("67108864\n"), Some(67_108_864));
-        assert_eq!(v1_limit(9_223_372_036_854_771_712), None, "cgroup1's 'no limit'");
-        assert_eq!(v1_limit(67_108_864), Some(67_108_864));
+        assert_eq!(v1_limit(9_223_372_036_854_771_712, 4096), None, "cgroup1's 'no limit', 4 KiB pages");
+        assert_eq!(v1_limit(0x7FFF_FFFF_FFFF_0000, 65_536), None, "cgroup1's 'no limit', 64 KiB pages");
+        assert_eq!(v1_limit(0x7FFF_FFFF_FFFF_0000, 4096), Some(0x7FFF_FFFF_FFFF_0000), "a real limit with 4 KiB pages");
+        assert_eq!(v1_limit(67_108_864, 4096), Some(67_108_864));
+        assert_eq!(v1_limit(67_108_864, 65_536), Some(67_108_864));
     }
 
     #[test]
