@@ -69,7 +69,9 @@ pub fn signal_name(sig: u8) -> Option<&'static str> {
 
 /// Bytes as MiB with one decimal, in integer arithmetic (no float formatting code).
 fn mib(bytes: u64) -> String {
-    let tenths = (bytes.saturating_mul(10) + (1 << 19)) >> 20;
+    // In u128: a limit near u64::MAX (the kernel's value, not one Tapio chose) times ten
+    // would wrap u64 and print as nothing.
+    let tenths = (u128::from(bytes) * 10 + (1 << 19)) >> 20;
     format!("{}.{} MiB", tenths / 10, tenths % 10)
 }
 
@@ -222,6 +224,11 @@ mod tests {
         assert_eq!(f.anon_rss_bytes, Some(64 << 20));
         assert_eq!(f.memory_cgroup_limit_bytes, Some(64 << 20));
         assert!(e.error.message.contains("64.0 MiB"), "{}", e.error.message);
+
+        // The largest real limit (one page under the counter's maximum) is printed as itself.
+        ev.memcg_limit_pages = i64::MAX as u64 / 4096 - 1;
+        let e = emitted(classify_oom(&ev, &pages, &mut stamper()));
+        assert!(e.error.message.contains("limited to 8796093022208.0 MiB"), "{}", e.error.message);
 
         ev.memcg_limit_pages = i64::MAX as u64 / 4096; // PAGE_COUNTER_MAX
         let e = emitted(classify_oom(&ev, &pages, &mut stamper()));
