@@ -24,6 +24,29 @@ VALIDATE = TOOLS / "venv" / "bin" / "kubernetes-validate"
 AGENT_BINARY = REPO / "target" / "agent" / "tapio-agent"
 
 
+class StrictLoader(yaml.SafeLoader):
+    """A safe loader that refuses a mapping with a key twice: PyYAML keeps the last one
+    silently, while the API server's decoder and kubectl's strict mode refuse or warn."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, StrictLoader.construct_mapping)
+
+
+def load_all(text):
+    """Every non-empty YAML document of `text`, duplicate keys refused."""
+    return [d for d in yaml.load_all(text, Loader=StrictLoader) if d]
+
+
 def run(args, **kwargs):
     """Runs a command, returning the CompletedProcess (text, output captured)."""
     return subprocess.run([str(a) for a in args], capture_output=True, text=True, **kwargs)
@@ -35,7 +58,7 @@ def helm_template(*set_args, namespace="tapio-system"):
     for s in set_args:
         args += ["--set", s]
     out = run(args)
-    docs = [d for d in yaml.safe_load_all(out.stdout) if d] if out.returncode == 0 else []
+    docs = load_all(out.stdout) if out.returncode == 0 else []
     return out, docs
 
 
@@ -50,7 +73,7 @@ def find(docs, kind, name):
 def committed_daemonset():
     """The agent DaemonSet of the committed plain manifests (the drift test keeps them equal
     to the chart's default rendering)."""
-    return find([d for d in yaml.safe_load_all(MANIFESTS.read_text()) if d], "DaemonSet", "tapio-agent")
+    return find(load_all(MANIFESTS.read_text()), "DaemonSet", "tapio-agent")
 
 
 class Privileges:

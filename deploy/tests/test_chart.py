@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from support import (AGENT_BINARY, CHART, HELM, MANIFESTS, REPO, VALIDATE, find, helm_template, run)
+from support import (AGENT_BINARY, CHART, HELM, MANIFESTS, REPO, VALIDATE, find, helm_template, load_all, run)
 
 # Value sets the chart must render into valid objects (each a list of --set arguments).
 VALUE_SETS = {
@@ -23,6 +23,8 @@ VALUE_SETS = {
         "agent.seccompProfile=RuntimeDefault",
         "agent.capabilities={BPF,PERFMON,NET_ADMIN,DAC_READ_SEARCH,SYS_NICE,SYS_ADMIN}",
     ],
+    # Top-level keys ahead of a table: they must stay top-level, not land in [controller].
+    "extra-top-level-keys": ["agent.extraConfig=queue_capacity = 8192\ndrain_realtime = false\n[network]\nretransmit_count = 15"],
     "agent-only": ["controller.enabled=false"],
     "controller-only": ["agent.enabled=false"],
     "tuned": [
@@ -73,7 +75,7 @@ class ChartTest(unittest.TestCase):
     def test_the_validator_rejects_an_unknown_field(self):
         # The schema check above can fail: an unknown field in the agent's securityContext
         # is refused under --strict.
-        ds = find([d for d in yaml.safe_load_all(MANIFESTS.read_text()) if d], "DaemonSet", "tapio-agent")
+        ds = find(load_all(MANIFESTS.read_text()), "DaemonSet", "tapio-agent")
         ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]["privilegedd"] = True
         failures = validate(yaml.safe_dump(ds))
         self.assertEqual(len(failures), len(KUBERNETES_VERSIONS))
@@ -304,7 +306,7 @@ class ControllerTest(unittest.TestCase):
         role = find(self.docs, "ClusterRole", "tapio-controller-tapio-system")
         rules = {(r["apiGroups"][0], tuple(r["resources"]), tuple(r["verbs"])) for r in role["rules"]}
         self.assertEqual(rules, {
-            ("", ("pods",), ("list", "watch")),
+            ("", ("pods",), ("get", "list", "watch")),
             ("apps", ("replicasets",), ("get",)),
             ("batch", ("jobs",), ("get",)),
             ("authentication.k8s.io", ("tokenreviews",), ("create",)),

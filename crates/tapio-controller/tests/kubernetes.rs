@@ -403,6 +403,8 @@ async fn a_token_bound_only_to_a_pod_is_bound_to_that_pods_node() {
         let c = t.client().with_header("Authorization", &format!("Bearer {stale}"));
         let r = c.post_json("/v1/agents/hello", &hello("a1")).await;
         assert_eq!((r.status, r.error_code().as_str()), (403, "FORBIDDEN"), "store {with_pod_store}");
+        // Without the store the node came from a GET of the pod, which the chart must allow.
+        assert_eq!(api.forbidden(), 0, "store {with_pod_store}: a call the chart's ClusterRole does not grant");
         t.stop().await;
     }
 }

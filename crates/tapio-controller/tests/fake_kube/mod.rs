@@ -7,6 +7,11 @@
 //! the kept history, as etcd compaction causes), GET of ReplicaSets and Jobs (404 Status
 //! when absent), and TokenReview (authentication.k8s.io/v1) judged against fixture tokens
 //! the way the API server does (unknown, expired, audience mismatch, pod-bound extras).
+//! Every request is first authorized the way RBAC would: against the rules of the
+//! controller's ClusterRole in `deploy/manifests/tapio.yaml` (the chart's default render,
+//! which deploy/tests keeps equal to the chart), a 403 `Forbidden` Status for any
+//! (API group, resource, verb) it does not grant. So a call the chart forgets to allow
+//! fails here as it would in a cluster.
 
 #![allow(dead_code)] // each test binary uses a different subset
 
@@ -90,6 +95,82 @@ struct Shared {
     watches: AtomicU64,
     bookmarks: AtomicU64,
     owner_gets: AtomicU64,
+    /// (API group, resource, verb) the chart grants the controller.
+    grants: Vec<(String, String, String)>,
+    /// Requests refused for want of a grant.
+    forbidden: AtomicU64,
+}
+
+/// The rules of the controller's ClusterRole in the rendered manifests, one tuple per
+/// (API group, resource, verb) they name.
+fn chart_grants() -> Vec<(String, String, String)> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/manifests/tapio.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let strings = |v: &serde_yaml_ng::Value| -> Vec<String> {
+        v.as_sequence().into_iter().flatten().filter_map(|s| s.as_str().map(str::to_string)).collect()
+    };
+    let mut grants = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+        let v = serde_yaml_ng::Value::deserialize(doc).unwrap();
+        let controller_role = v["kind"].as_str() == Some("ClusterRole")
+            && v["metadata"]["name"].as_str().is_some_and(|n| n.starts_with("tapio-controller"));
+        if !controller_role {
+            continue;
+        }
+        for rule in v["rules"].as_sequence().into_iter().flatten() {
+            for group in strings(&rule["apiGroups"]) {
+                for resource in strings(&rule["resources"]) {
+                    for verb in strings(&rule["verbs"]) {
+                        grants.push((group.clone(), resource.clone(), verb));
+                    }
+                }
+            }
+        }
+    }
+    assert!(!grants.is_empty(), "no tapio-controller ClusterRole in {}", path.display());
+    grants
+}
+
+/// The (API group, resource, verb) RBAC judges a request by: `/api/v1/...` is the core
+/// group, `/apis/<group>/<version>/...` another; a GET of a named object is `get`, of a
+/// collection `list`, or `watch` with `watch=true`; a POST is `create`.
+fn request_attributes(method: &axum::http::Method, uri: &axum::http::Uri) -> (String, String, String) {
+    let segments: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
+    let (group, rest) = match segments.as_slice() {
+        ["api", _version, rest @ ..] => ("", rest),
+        ["apis", group, _version, rest @ ..] => (*group, rest),
+        _ => ("", &[][..]),
+    };
+    let (resource, name) = match rest {
+        ["namespaces", _ns, resource, name @ ..] => (*resource, name.first()),
+        [resource, name @ ..] => (*resource, name.first()),
+        [] => ("", None),
+    };
+    let watch = uri.query().is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
+    let verb = match (method.as_str(), name, watch) {
+        ("POST", _, _) => "create",
+        ("GET", Some(_), _) => "get",
+        ("GET", None, true) => "watch",
+        ("GET", None, false) => "list",
+        (other, _, _) => other,
+    };
+    (group.to_string(), resource.to_string(), verb.to_string())
+}
+
+async fn authorize(
+    State(s): State<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (group, resource, verb) = request_attributes(request.method(), request.uri());
+    if !s.grants.iter().any(|(g, r, v)| (g, r, v) == (&group, &resource, &verb)) {
+        s.forbidden.fetch_add(1, Ordering::Relaxed);
+        let message = format!(
+            "User \"system:serviceaccount:tapio-system:tapio-controller\" cannot {verb} resource \"{resource}\" in API group \"{group}\""
+        );
+        return status_response(StatusCode::FORBIDDEN, "Forbidden", &message);
+    }
+    next.run(request).await
 }
 
 /// The running stand-in.
@@ -120,6 +201,8 @@ impl FakeKube {
             watches: AtomicU64::new(0),
             bookmarks: AtomicU64::new(0),
             owner_gets: AtomicU64::new(0),
+            grants: chart_grants(),
+            forbidden: AtomicU64::new(0),
         });
         let app = Router::new()
             .route("/api/v1/pods", get(pods))
@@ -130,6 +213,7 @@ impl FakeKube {
             .fallback(|| async {
                 status_response(StatusCode::NOT_FOUND, "NotFound", "the server could not find the requested resource")
             })
+            .layer(axum::middleware::from_fn_with_state(Arc::clone(&shared), authorize))
             .with_state(Arc::clone(&shared));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -248,6 +332,11 @@ impl FakeKube {
     }
 
     /// Owner GETs served.
+    /// Requests the chart's ClusterRole did not allow.
+    pub fn forbidden(&self) -> u64 {
+        self.shared.forbidden.load(Ordering::Relaxed)
+    }
+
     pub fn owner_gets(&self) -> u64 {
         self.shared.owner_gets.load(Ordering::SeqCst)
     }
