@@ -181,6 +181,40 @@ fn a_slow_answer_is_a_latency_spike_whose_latency_matches_what_the_client_measur
     assert_eq!(e["facts"]["threshold_ns"], 300_000_000u64);
 }
 
+/// A query to a Service address that NAT in the OUTPUT hook sends to its backend, as
+/// kube-proxy does for the node's own processes and hostNetwork pods: the egress program
+/// sees the query going to the backend, the ingress program sees the answer coming from the
+/// Service address. The failure is judged, naming the address the client asked and that
+/// answered, and an answered query is no timeout. (With the server in the table's key the
+/// answers never matched: both queries became timeouts.)
+#[test]
+#[ignore = "needs root"]
+fn queries_to_a_service_address_translated_to_its_backend_are_matched_with_their_answers() {
+    let _turn = kernel_test("dns_service_nat");
+    let lab = DnsLab::start("i16n");
+    let service = std::net::Ipv4Addr::new(10, 96, 0, 10);
+    lab.service_nat(service, Server::Main);
+    let agent =
+        started(&format!("{ONLY_DNS}[dns]\ntimeout_ms = 1000\nlatency_warning_ms = 300\nlatency_critical_ms = 900\n"));
+    let failed = lab.query(&Query::new(dns::SERVFAIL).via(service.into()));
+    let answered = lab.query(&Query::new(dns::ANSWERED).via(service.into()));
+    assert_eq!((failed.rcode(), answered.rcode()), ("SERVFAIL", "NOERROR"), "{}", failed.output);
+    // Past the timeout and its sweep: an unmatched query would be judged a timeout by now.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let finished = agent.stop();
+    let events = dns_events(&finished);
+    let e = named(&events, dns::SERVFAIL);
+    assert_eq!(e.len(), 1, "{events:#?}");
+    assert_eq!((e[0]["type"].as_str(), e[0]["error"]["code"].as_str()), (Some("kernel.dns.failure"), Some("SERVFAIL")));
+    let f = &e[0]["facts"];
+    assert_eq!((f["server_addr"].as_str(), f["server_port"].as_u64()), (Some("10.96.0.10"), Some(53)), "{}", e[0]);
+    assert_eq!(f["pid"], failed.client_pid);
+    assert_eq!(f["transaction_id"], failed.id.expect("answer id"));
+    assert!(named(&events, dns::ANSWERED).is_empty(), "an answered query is no timeout: {events:#?}");
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(finished.counter(&["kernel", "dns.unmatched_answer"]), 0);
+}
+
 #[test]
 #[ignore = "needs root"]
 fn ipv6_queries_are_judged_like_ipv4() {

@@ -136,6 +136,9 @@ pub struct Query<'a> {
     pub source_port: Option<u16>,
     /// Ask from this pod's namespace and cgroup instead of the lab's client namespace.
     pub pod: Option<&'a Pod>,
+    /// Ask this address instead of the server's own: a Service address that
+    /// [`DnsLab::service_nat`] translates to the server in the client's OUTPUT hook.
+    pub via: Option<IpAddr>,
 }
 
 impl<'a> Query<'a> {
@@ -150,6 +153,7 @@ impl<'a> Query<'a> {
             tries: 1,
             source_port: None,
             pod: None,
+            via: None,
         }
     }
     pub fn qtype(mut self, qtype: &str) -> Self {
@@ -185,6 +189,10 @@ impl<'a> Query<'a> {
     }
     pub fn in_pod(mut self, pod: &'a Pod) -> Self {
         self.pod = Some(pod);
+        self
+    }
+    pub fn via(mut self, service: IpAddr) -> Self {
+        self.via = Some(service);
         self
     }
 }
@@ -548,6 +556,22 @@ impl DnsLab {
         }
     }
 
+    /// Makes `service` a Service address of `server` for the lab's client namespace, as
+    /// kube-proxy does for a node's own processes and hostNetwork pods: nftables DNAT in the
+    /// OUTPUT hook (UDP and TCP port 53), so a query to `service` leaves for the server and
+    /// its answer comes back from `service` once conntrack has undone the translation. The
+    /// table goes with the namespace.
+    pub fn service_nat(&self, service: Ipv4Addr, server: Server) {
+        let target = self.server_addr(server, Family::V4);
+        let ruleset = format!(
+            "table ip tapio_dnslab_service {{\n chain output {{\n  type nat hook output priority -100;\n  \
+             ip daddr {service} udp dport 53 dnat to {target}\n  ip daddr {service} tcp dport 53 dnat to {target}\n }}\n}}\n"
+        );
+        let path = self.dir.join("service-nat.nft");
+        fs::write(&path, ruleset).expect("write nft ruleset");
+        run(&["ip", "netns", "exec", &self.client.netns, "nft", "-f", &path.display().to_string()]);
+    }
+
     /// Packets the black hole of `server` has swallowed since it was last turned on (0 when
     /// it is off): proof of how many queries went unanswered, retransmissions included.
     pub fn blackholed_packets(&self, server: Server) -> u64 {
@@ -566,7 +590,7 @@ impl DnsLab {
     /// Runs one `dig` query as the [`Query`] says and reports what the client saw.
     pub fn query(&self, q: &Query) -> Answer {
         let link = q.pod.map(|p| &p.link).unwrap_or(&self.client);
-        let server = self.server_socket(q.server, q.family);
+        let server = SocketAddr::new(q.via.unwrap_or(self.server_addr(q.server, q.family)), 53);
         let mut argv: Vec<String> = vec!["dig".into()];
         argv.push(if q.family == Family::V4 { "-4" } else { "-6" }.into());
         let client_ip = link.addr(q.family);

@@ -428,9 +428,6 @@ int tapio_dns_out(struct __sk_buff *skb)
 	__u64 now = bpf_ktime_get_boot_ns();
 	__u64 cookie = bpf_get_socket_cookie(skb);
 	s->key.sock_cookie = cookie;
-	__builtin_memcpy(s->key.server, q->server, 16);
-	s->key.server_port = l.dport;
-	s->key.family = l.family;
 	q->client_port = l.sport;
 	q->server_port = l.dport;
 	q->family = l.family;
@@ -441,7 +438,7 @@ int tapio_dns_out(struct __sk_buff *skb)
 
 	struct tapio_dns_query *known = bpf_map_lookup_elem(&queries, &s->key);
 	if (known) {
-		/* The same query again on the same socket to the same server: one query. */
+		/* The same query again on the same socket: one query. */
 		__sync_fetch_and_add(&known->transmissions, 1);
 		known->last_sent_ns = now;
 		tapio_count(&counters, TAPIO_DNS_CNT_RETRANSMISSION);
@@ -486,9 +483,6 @@ int tapio_dns_in(struct __sk_buff *skb)
 		return 1;
 	__u64 now = bpf_ktime_get_boot_ns();
 	s->key.sock_cookie = bpf_get_socket_cookie(skb);
-	__builtin_memcpy(s->key.server, q->server, 16);
-	s->key.server_port = l.sport;
-	s->key.family = l.family;
 
 	struct tapio_dns_query *known = bpf_map_lookup_elem(&queries, &s->key);
 	if (!known) {
@@ -532,6 +526,10 @@ int tapio_dns_in(struct __sk_buff *skb)
 		return 1;
 	}
 	__builtin_memcpy(&ev->query, known, sizeof(*known));
+	/* The server is the one that answered, as the client saw it: after NAT in the OUTPUT
+	 * hook the query went to a backend and the answer came from the address asked. */
+	__builtin_memcpy(ev->query.server, s->ev.query.server, sizeof(ev->query.server));
+	ev->query.server_port = l.sport;
 	/* Whoever deletes the entry judges the query (the agent's timeout sweep races this). */
 	if (bpf_map_delete_elem(&queries, &s->key)) {
 		bpf_ringbuf_discard(ev, BPF_RB_NO_WAKEUP);

@@ -49,20 +49,19 @@ enum tapio_dns_query_flag {
 
 /*
  * Key of an outstanding query. The socket cookie names one socket for the life of the
- * system (and so its network namespace, client address and port); the server address and
- * port keep an answer from another server from matching; the id, qtype and a hash of the
- * whole (lower-cased) question name keep a reused id for another question from matching.
- * A retransmission of the same query on the same socket to the same server is the same key.
+ * system (and so its network namespace, client address and port); the id, qtype and a
+ * hash of the whole (lower-cased) question name keep a reused id for another question
+ * from matching. The server is not part of it: the egress hook sees a query after the
+ * OUTPUT hook's DNAT (a node process asking a Service address is seen asking the backend),
+ * the ingress hook sees its answer after that NAT is undone (from the Service address),
+ * so a key with the server would never match and every such answered query would time
+ * out. The same query sent again on the same socket, to any server, is one query.
  */
 struct tapio_dns_key {
 	__u64 sock_cookie;
-	__u8 server[16];
-	__u16 server_port;
-	__u16 family;
 	__u16 txid;
 	__u16 qtype;
 	__u32 qname_hash;
-	__u32 _pad;
 };
 
 /* One outstanding query: everything its evidence needs, whoever judges it (the kernel at
@@ -120,10 +119,12 @@ enum tapio_dns_counter {
 	/* A port-53 packet that is not a DNS message this program can read (too short, no
 	 * single question, a compression pointer or an over-long name in the question). */
 	TAPIO_DNS_CNT_UNPARSABLE = TAPIO_CNT_OBSERVER_BASE + 0,
-	/* An answer no outstanding query matches (late after the agent's timeout, from
-	 * another server, a duplicate, or the query was sent before the agent started). */
+	/* An answer no outstanding query matches (late after the agent's timeout, a second
+	 * server's after the first one's was judged, a duplicate, or the query was sent
+	 * before the agent started). */
 	TAPIO_DNS_CNT_UNMATCHED_ANSWER = TAPIO_CNT_OBSERVER_BASE + 1,
-	/* A query retransmitted on the same socket to the same server (informational). */
+	/* A query sent again on the same socket, to the same or another server
+	 * (informational). */
 	TAPIO_DNS_CNT_RETRANSMISSION = TAPIO_CNT_OBSERVER_BASE + 2,
 	/* A query whose socket's owner was not seen (sent on a socket connected before the
 	 * agent started, or on a kernel whose owner hooks did not attach): pid unknown. */
