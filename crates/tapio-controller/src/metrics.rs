@@ -342,7 +342,6 @@ impl Metrics {
             "1 per agent and observer, labelled with the status the agent reports",
             m.agent_observers.clone(),
         );
-        m.config_generation.set(1);
         Self { registry, ..m }
     }
 
@@ -434,7 +433,7 @@ mod tests {
         assert!(text.contains("tapio_controller_events_accepted_total 3"), "{text}");
         assert!(text.contains("tapio_controller_errors_total{code=\"MALFORMED_JSON\"} 1"));
         assert!(text.contains("tapio_controller_agents{state=\"registered\"} 2"));
-        assert!(text.contains("tapio_controller_config_generation 1"), "{text}");
+        assert!(text.contains("tapio_controller_config_generation 0"), "{text}");
         assert!(text.contains("tapio_controller_profile_reload_failures_total 0"), "{text}");
         assert!(text.ends_with("# EOF\n"));
     }

@@ -52,14 +52,13 @@ impl AppState {
         let started_at_unix = unix_now();
         let batching =
             Batching { send_interval_ms: settings.send_interval_ms, max_batch_events: settings.max_batch_events };
+        let generation = crate::profile::next_generation(None, started_at_unix);
+        // The gauge shows the generation served from the first request, as /v1/status does.
+        metrics.config_generation.set(i64::from(generation));
         Self {
             controller_id: settings.controller_id.clone().unwrap_or_else(|| default_controller_id(started_at_unix)),
             started_at_unix,
-            config: RwLock::new(Arc::new(ActiveConfig::new(
-                settings.config.clone(),
-                crate::profile::next_generation(None, started_at_unix),
-                batching,
-            ))),
+            config: RwLock::new(Arc::new(ActiveConfig::new(settings.config.clone(), generation, batching))),
             registry: Registry::new(settings.max_agents, settings.max_unregistered_agents),
             metrics,
             sinks,

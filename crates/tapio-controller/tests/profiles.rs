@@ -95,7 +95,12 @@ async fn profile_changes_become_generations_and_bad_ones_are_refused_and_counted
     assert_eq!(c.post_json("/v1/agents/heartbeat", &hb).await.status, 200);
     let status = c.get("/v1/status").await.json();
     assert_eq!(status["agents"][0]["config_current"], true);
-    assert!(metrics(&t).await.contains("tapio_controller_agents_config{state=\"current\"} 1"));
+    let m = metrics(&t).await;
+    assert!(m.contains("tapio_controller_agents_config{state=\"current\"} 1"), "{m}");
+    assert!(
+        m.contains(&format!("tapio_controller_config_generation {g1}\n")),
+        "the first generation, before any reload: {m}"
+    );
 
     // An effective change: a later generation, new hash; the agent is now behind.
     let body2 = "base: production-default\noverrides:\n  container:\n    exit_ignore_codes: [3, 42]\n";
