@@ -616,6 +616,14 @@ impl Cli {
         if self.nats_url.trim().is_empty() {
             return invalid("--nats-url is empty");
         }
+        if self.nats_url.split(',').any(url_has_userinfo) {
+            // Secrets in a URL end up in the process's command line, the pod spec and any
+            // log line that names the server: they go in files.
+            return invalid(
+                "--nats-url must not carry credentials (user:password@ or token@): use --nats-creds-file, \
+                 --nats-token-file or --nats-user with --nats-password-file",
+            );
+        }
         if !valid_subject(&self.nats_subject_prefix) {
             return invalid("--nats-subject-prefix must be dot-separated tokens without spaces, '*' or '>'");
         }
@@ -725,6 +733,12 @@ fn token_from(text: &str, source: &str) -> Result<BearerToken, SettingsError> {
     Ok(BearerToken::new(token.to_string()))
 }
 
+/// Whether a URL's authority (`scheme://` up to the first `/`) names a user or token.
+fn url_has_userinfo(url: &str) -> bool {
+    let rest = url.trim().split_once("://").map_or(url.trim(), |(_, rest)| rest);
+    rest.split('/').next().is_some_and(|authority| authority.contains('@'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -785,6 +799,13 @@ mod tests {
         assert!(wild.is_err());
         let half = cli(&["--sink", "nats", "--nats-user", "u"]).into_settings(None);
         assert!(half.is_err());
+        for url in ["nats://u:s3cret@n:4222", "n1:4222,tls://t0ken@n2:4222", "s3cret@n:4222"] {
+            let secret_in_url = cli(&["--sink", "nats", "--nats-url", url]).into_settings(None).unwrap_err();
+            assert!(secret_in_url.to_string().contains("must not carry credentials"), "{url}: {secret_in_url}");
+            assert!(!secret_in_url.to_string().contains("s3cret") && !secret_in_url.to_string().contains("t0ken"));
+        }
+        let plain = cli(&["--sink", "nats", "--nats-url", "nats://n1:4222, tls://n2:4222/x@y"]).into_settings(None);
+        assert!(plain.is_ok(), "{plain:?}");
         let s = cli(&["--sink", "nats", "--sink", "otlp", "--otlp-endpoint", "http://127.0.0.1:4318/v1/logs"])
             .into_settings(None)
             .unwrap();
