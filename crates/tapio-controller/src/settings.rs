@@ -564,6 +564,12 @@ impl Cli {
     }
 }
 
+/// The most encoding adds to one record: `node` (an identity, at most 253 bytes) and
+/// `timestamp` when the agent left them out, and the `k8s` names (namespace, pod, uid,
+/// node, container and owners: Kubernetes names of at most 253 bytes under keys of at most
+/// 32), with their JSON punctuation: about 2.9 KiB, rounded up.
+const MAX_RECORD_GROWTH_BYTES: usize = 4096;
+
 impl Cli {
     /// Validates the sink flags into targets; each kind may appear once.
     fn sink_targets(&self) -> Result<Vec<SinkTarget>, SettingsError> {
@@ -571,8 +577,17 @@ impl Cli {
         if self.sink_ack_timeout_secs == 0 || self.sink_ack_timeout_secs > 300 {
             return invalid("--sink-ack-timeout-secs must be in 1..=300".into());
         }
-        if self.sink_queue_bytes < 1024 {
-            return invalid("--sink-queue-bytes must be at least 1024".into());
+        // A sink takes a batch only if its queue has room for all of it, so a budget below
+        // the largest encoded batch would refuse such a batch on every retry.
+        let largest_batch = self.body_limit_bytes.saturating_add(
+            usize::try_from(self.max_batch_events).unwrap_or(usize::MAX).saturating_mul(MAX_RECORD_GROWTH_BYTES),
+        );
+        if self.sink_queue_bytes < largest_batch {
+            return invalid(format!(
+                "--sink-queue-bytes {} is below the largest batch once encoded ({largest_batch} B: --body-limit-bytes \
+                 plus {MAX_RECORD_GROWTH_BYTES} B per record for --max-batch-events records): raise it or lower those",
+                self.sink_queue_bytes
+            ));
         }
         let mut targets = Vec::new();
         for (i, kind) in self.sinks.iter().enumerate() {
@@ -797,6 +812,10 @@ mod tests {
         assert!(https.is_err());
         let wild = cli(&["--sink", "nats", "--nats-subject-prefix", "tapio.*"]).into_settings(None);
         assert!(wild.is_err());
+        let small_queue = cli(&["--sink-queue-bytes", "1048576"]).into_settings(None).unwrap_err();
+        assert!(small_queue.to_string().contains("below the largest batch once encoded (1310720 B"), "{small_queue}");
+        let fits = cli(&["--sink-queue-bytes", "1048576", "--max-batch-events", "64"]).into_settings(None);
+        assert!(fits.is_ok(), "256 KiB + 64 x 4 KiB fits in 1 MiB");
         let half = cli(&["--sink", "nats", "--nats-user", "u"]).into_settings(None);
         assert!(half.is_err());
         for url in ["nats://u:s3cret@n:4222", "n1:4222,tls://t0ken@n2:4222", "s3cret@n:4222"] {

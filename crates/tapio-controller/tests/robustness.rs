@@ -130,6 +130,12 @@ async fn shutdown_flushes_the_sink() {
         let events = (0..10).map(|i| event(seq * 10 + i)).collect();
         assert_eq!(c.post_json("/v1/events", &batch("a1", seq, events)).await.status, 200);
     }
+    // Every batch is written: nothing waits for the sink, and its queue gauge comes back to 0.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&c, "tapio_controller_sink_queue_bytes{sink=\"file\"}").await != Some(0.0) {
+        assert!(Instant::now() < deadline, "the file sink's queue gauge stayed above 0");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let path = t.sink_path.clone();
     let dir = t.dir.clone();
     t.server.stop().await.unwrap();

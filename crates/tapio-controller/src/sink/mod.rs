@@ -118,9 +118,12 @@ impl SinkShared {
 
     /// Releases a handled batch's bytes from the budget.
     pub fn dequeued(&self, bytes: usize, records: u64) {
-        let left = self.queued.fetch_sub(bytes, Ordering::AcqRel).saturating_sub(bytes);
-        self.queued_records.fetch_sub(records, Ordering::AcqRel);
-        self.queue_gauge.set(gauge_value(left));
+        self.queued.fetch_sub(bytes, Ordering::AcqRel);
+        // Saturating: a worker that finishes after shutdown gave up on it (abandon) finds
+        // the count already taken to 0.
+        let _ =
+            self.queued_records.fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| Some(r.saturating_sub(records)));
+        self.queue_gauge.dec_by(gauge_value(bytes));
     }
 
     /// Records whether the last attempt to keep records worked (readiness).
@@ -188,21 +191,23 @@ impl SinkHandle {
             self.shared.queued.fetch_sub(len, Ordering::AcqRel);
             return false;
         }
+        // Counted before the hand-off: the worker may be done with the batch (and take it
+        // off these counts) before try_send returns. Additions and subtractions commute, so
+        // the gauge cannot be left at a stale value.
+        self.shared.queued_records.fetch_add(records, Ordering::AcqRel);
+        self.shared.queue_gauge.inc_by(gauge_value(len));
         let sent = match &self.queue {
             Queue::Thread(tx) => tx.try_send(Msg::Deliver(d)).is_ok(),
             Queue::Task(tx) => tx.try_send(Msg::Deliver(d)).is_ok(),
             Queue::Discard => {
-                self.shared.written.inc_by(d.batch.records);
-                self.shared.queued.fetch_sub(len, Ordering::AcqRel);
+                self.shared.written.inc_by(records);
+                self.shared.dequeued(len, records);
                 d.finish(true);
                 return true;
             }
         };
-        if sent {
-            self.shared.queued_records.fetch_add(records, Ordering::AcqRel);
-            self.shared.queue_gauge.set(gauge_value(before + len));
-        } else {
-            self.shared.queued.fetch_sub(len, Ordering::AcqRel);
+        if !sent {
+            self.shared.dequeued(len, records);
         }
         sent
     }
