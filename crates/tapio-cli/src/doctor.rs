@@ -46,8 +46,15 @@ struct Facts {
     pmu: bool,
     psi: bool,
     tracefs: Option<String>,
+    /// CAP_NET_ADMIN: the kernel requires it for the DNS observer's cgroup socket programs.
+    net_admin: bool,
+    /// Where the cgroup2 hierarchy is mounted: the DNS observer attaches at its root.
+    cgroup2: Option<String>,
+    /// Whether any cgroup filesystem is mounted: the container pressure observer reads it.
+    cgroups: bool,
 }
 
+const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_SYS_RESOURCE: u32 = 24;
 const CAP_PERFMON: u32 = 38;
@@ -82,10 +89,7 @@ fn check_kernel(f: &mut Facts) -> Check {
     let (level, detail) = match f.kernel {
         None => (Level::Warn, format!("cannot read the kernel version ({release:?})")),
         Some(v) if v < (5, 8) => (Level::Fail, format!("{release}: BPF ring buffers need Linux 5.8 or later")),
-        Some(v) if v < (6, 9) => {
-            (Level::Warn, format!("{release}: runs; the OOM hook needs 6.9+ (mark_victim with the victim task)"))
-        }
-        Some(_) => (Level::Ok, format!("{release} (ring buffers ≥ 5.8, OOM hook ≥ 6.9)")),
+        Some(_) => (Level::Ok, format!("{release} (BPF ring buffers need 5.8 or later)")),
     };
     Check { name: "kernel", level, detail }
 }
@@ -141,6 +145,7 @@ fn check_caps(f: &mut Facts) -> Check {
         (CAP_PERFMON, "CAP_PERFMON"),
         (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
         (CAP_SYS_RESOURCE, "CAP_SYS_RESOURCE"),
+        (CAP_NET_ADMIN, "CAP_NET_ADMIN"),
     ]
     .iter()
     .filter(|(b, _)| has(*b))
@@ -149,6 +154,7 @@ fn check_caps(f: &mut Facts) -> Check {
     let held =
         if names.is_empty() { "none of CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN".to_string() } else { names.join(", ") };
     f.can_load = (has(CAP_BPF) && has(CAP_PERFMON)) || has(CAP_SYS_ADMIN);
+    f.net_admin = has(CAP_NET_ADMIN);
     if !f.can_load {
         return Check {
             name: "capabilities",
@@ -160,12 +166,18 @@ fn check_caps(f: &mut Facts) -> Check {
     if !has(CAP_SYS_RESOURCE) {
         detail.push_str(" (CAP_SYS_RESOURCE absent: fine on 5.11+, where BPF memory is cgroup-accounted)");
     }
+    if !f.net_admin {
+        detail.push_str(" (CAP_NET_ADMIN absent: the DNS observer cannot attach; the others run)");
+        return Check { name: "capabilities", level: Level::Warn, detail };
+    }
     Check { name: "capabilities", level: Level::Ok, detail }
 }
 
-fn check_cgroups(mounts: &[Mount]) -> Check {
+fn check_cgroups(f: &mut Facts, mounts: &[Mount]) -> Check {
     let v2: Vec<&Mount> = mounts.iter().filter(|m| m.fstype == "cgroup2").collect();
     let v1: Vec<&Mount> = mounts.iter().filter(|m| m.fstype == "cgroup").collect();
+    f.cgroup2 = v2.first().map(|m| m.point.clone());
+    f.cgroups = !v2.is_empty() || !v1.is_empty();
     let v1_memory = v1.iter().find(|m| m.options.split(',').any(|o| o == "memory"));
     let v2_memory = v2.iter().find(|m| {
         std::fs::read_to_string(format!("{}/cgroup.controllers", m.point))
@@ -247,20 +259,46 @@ fn verdicts(f: &Facts) -> Vec<(&'static str, bool, String)> {
             "the agent cannot load eBPF programs here (see the checks above)".to_string()
         }
     };
-    let oom = f.kernel.is_none_or(|v| v >= (6, 9));
-    let block = f.tracefs.as_ref().map(|t| std::path::Path::new(&format!("{t}/events/block")).exists());
+    let tracepoint =
+        |event: &str| f.tracefs.as_ref().map(|t| std::path::Path::new(&format!("{t}/events/{event}")).exists());
+    // Both OOM hooks (the typed one of 6.9+ and the pid one before it) are oom:mark_victim.
+    let oom = tracepoint("oom/mark_victim");
+    let block = tracepoint("block");
+    let reader = tracepoint("block/block_io_start");
     vec![
         ("network", base, why_not("")),
         ("container: abnormal_exit", base, why_not("")),
         (
             "container: oom_kill",
-            base && oom,
-            if base && !oom { "needs Linux 6.9+ (mark_victim with the victim task)".into() } else { why_not("") },
+            base && oom != Some(false),
+            if base && oom == Some(false) {
+                "no oom:mark_victim tracepoint on this kernel".into()
+            } else {
+                why_not("")
+            },
         ),
         (
             "storage",
             base && block != Some(false),
-            if base && block == Some(false) { "no block tracepoints on this kernel".into() } else { why_not("") },
+            match (base, block, reader) {
+                (true, Some(false), _) => "no block tracepoints on this kernel".into(),
+                (true, _, Some(false)) => "works; the reader's pid stays unknown (no block_io_start before 6.5)".into(),
+                _ => why_not(""),
+            },
+        ),
+        (
+            "dns",
+            base && f.net_admin && f.cgroup2.is_some(),
+            match (base, f.net_admin, &f.cgroup2) {
+                (true, false, _) => "needs CAP_NET_ADMIN (cgroup socket programs)".into(),
+                (true, true, None) => "needs a cgroup2 hierarchy (its programs attach at its root)".into(),
+                _ => why_not(""),
+            },
+        ),
+        (
+            "container_pressure",
+            f.cgroups,
+            if f.cgroups { String::new() } else { "no cgroup filesystem mounted: no containers to read".into() },
         ),
         (
             "node: pressure (psi)",
@@ -288,7 +326,7 @@ pub fn run(as_json: bool) -> Result<ExitCode, String> {
         check_tracefs(&mut f, &m),
         check_bpffs(&m),
         check_caps(&mut f),
-        check_cgroups(&m),
+        check_cgroups(&mut f, &m),
         check_pmu(&mut f),
         check_psi(&mut f),
     ];
@@ -326,6 +364,40 @@ pub fn run(as_json: bool) -> Result<ExitCode, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verdicts_follow_the_facts_found() {
+        let dir = std::env::temp_dir().join(format!("tapio-doctor-verdicts-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("events/oom/mark_victim")).unwrap();
+        std::fs::create_dir_all(dir.join("events/block/block_rq_issue")).unwrap();
+        let mut f = Facts {
+            kernel: Some((6, 1)),
+            btf: true,
+            can_load: true,
+            tracefs: Some(dir.display().to_string()),
+            cgroups: true,
+            cgroup2: Some("/sys/fs/cgroup".into()),
+            ..Facts::default()
+        };
+        let verdict = |f: &Facts, name: &str| verdicts(f).into_iter().find(|(n, ..)| *n == name).unwrap();
+        assert!(verdict(&f, "container: oom_kill").1, "6.1 has oom:mark_victim: the pid hook reports OOM kills");
+        let (_, works, why) = verdict(&f, "storage");
+        assert!(works && why.contains("before 6.5"), "{why}");
+        let (_, works, why) = verdict(&f, "dns");
+        assert!(!works && why.contains("CAP_NET_ADMIN"), "{why}");
+        f.net_admin = true;
+        assert!(verdict(&f, "dns").1);
+        f.cgroup2 = None;
+        let (_, works, why) = verdict(&f, "dns");
+        assert!(!works && why.contains("cgroup2"), "{why}");
+        std::fs::remove_dir_all(dir.join("events/oom")).unwrap();
+        let (_, works, why) = verdict(&f, "container: oom_kill");
+        assert!(!works && why.contains("mark_victim"), "{why}");
+        assert!(verdict(&f, "container_pressure").1);
+        f.cgroups = false;
+        assert!(!verdict(&f, "container_pressure").1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn kernel_versions() {

@@ -610,6 +610,16 @@ fn doctor_reports_the_facts_of_this_machine() {
         assert_eq!(o.status.code(), Some(0), "{text}");
         assert!(text.contains("verdict: the agent can run here"), "{text}");
     }
+    // As root on a cgroup2 node every eBPF evidence family but the PMU's works, DNS included;
+    // OOM kills whatever the kernel's mark_victim passes (typed or pid hook).
+    let cgroup2 = cgroup_layout() != "legacy";
+    if root && btf && cgroup2 {
+        for evidence in ["network", "container: oom_kill", "storage", "dns", "container_pressure"] {
+            let row = text.lines().find(|l| l.starts_with(&format!("{evidence} "))).unwrap_or_else(|| panic!("{text}"));
+            assert!(row.contains(" yes"), "{row}");
+        }
+        assert!(check("capabilities").contains("CAP_NET_ADMIN"), "{text}");
+    }
     let v = json_out(&tapio(&["doctor", "--json"]));
     assert_eq!(v["agent_can_run"], o.status.code() == Some(0));
     let pmc = v["observers"].as_array().unwrap().iter().find(|x| x["name"].as_str().unwrap().contains("pmc")).unwrap();
