@@ -169,7 +169,9 @@ static __always_inline void *reserve(__u64 size, __u32 kind, __u32 generation)
 
 static __always_inline __u64 positive(__s64 v)
 {
-	return v > 0 ? v : 0; /* what percpu_counter_read_positive() reports */
+	/* What the kernel's OOM line reports: percpu_counter_read_positive() from 6.2, and
+	 * before it get_mm_counter(), which clamps a split counter's transient negative. */
+	return v > 0 ? v : 0;
 }
 
 /* Indexes of mm->rss_stat[]. */
@@ -184,7 +186,7 @@ static __always_inline __u64 positive(__s64 v)
  */
 #define MM_COUNTER(mm, member)                                                                     \
 	(bpf_core_type_exists(struct mm_rss_stat)                                                  \
-		 ? (__u64)BPF_CORE_READ((struct mm_struct___pre62 *)(mm), rss_stat.count[member].counter) \
+		 ? positive(BPF_CORE_READ((struct mm_struct___pre62 *)(mm), rss_stat.count[member].counter)) \
 		 : positive(BPF_CORE_READ((mm), rss_stat[member].count)))
 
 static __always_inline int same_process(const struct exit_key *a, const struct exit_key *b)
