@@ -158,10 +158,11 @@ fn ensure_tracefs() {
     }
 }
 
-fn build_sinks(config: &AgentConfig) -> Result<Vec<Box<dyn Sink>>, String> {
+fn build_sinks(config: &AgentConfig, counters: &Arc<Counters>) -> Result<Vec<Box<dyn Sink>>, String> {
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     if config.sinks.stdout {
-        sinks.push(Box::new(StdoutSink::new()));
+        let stdout = StdoutSink::new(Arc::clone(counters)).map_err(|e| format!("starting the stdout writer: {e}"))?;
+        sinks.push(Box::new(stdout));
     }
     if let Some(file) = &config.sinks.file {
         let sink = FileSink::open(file).map_err(|e| format!("opening file sink {}: {e}", file.path.display()))?;
@@ -344,7 +345,8 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
     let shutdown = Arc::new(AtomicBool::new(false));
     let signal = ShutdownSignal::install(Arc::clone(&shutdown))?;
 
-    let mut sinks = build_sinks(&config)?;
+    let counters = Arc::new(Counters::default());
+    let mut sinks = build_sinks(&config, &counters)?;
     let controller = match &config.controller {
         Some(c) => Some(ControllerSetup::prepare(c)?),
         None => None,
@@ -392,7 +394,6 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
     // SAFETY: malloc_trim only releases free heap memory.
     unsafe { libc::malloc_trim(0) };
 
-    let counters = Arc::new(Counters::default());
     let client_outbox = controller.as_ref().map(|setup| Arc::clone(&setup.outbox));
     let client_thread = match controller {
         Some(setup) => {

@@ -124,3 +124,37 @@ fn a_stdout_pipe_nobody_reads_still_exits_in_bounded_time_with_exact_accounting(
     assert!(log.contains("could not be written to sink stdout in time"), "{log}");
     assert!(events_to(&text, port) <= written);
 }
+
+/// A stdout pipe nobody reads beside a file sink: the stdout writer blocks, but the file
+/// gets every record (the sink stage only hands stdout's lines to its own writer thread,
+/// and drops what its full backlog cannot take, counted). Every record still has one
+/// outcome per sink, and the agent exits within the bound.
+#[test]
+#[ignore = "needs root"]
+fn a_stdout_pipe_nobody_reads_does_not_stop_the_file_sink() {
+    let _turn = kernel_test("shutdown_stdout_blocked_file_goes_on");
+    let file = tmp::path("beside-blocked-stdout.jsonl");
+    let config = format!("{NETWORK_ONLY}[sinks]\nstdout = true\n[sinks.file]\npath = \"{}\"\n", file.display());
+    let mut agent = Launch::with_config(&config).stdout(Stdout::To(Stdio::piped())).start();
+    let pipe = agent.take_stdout();
+    let port = closed_port();
+    // About 700 bytes per record: 3,000 are 2 MB, over the 64 KiB pipe and the 1 MiB backlog.
+    refuse(port, 3_000);
+    std::thread::sleep(Duration::from_millis(1_000));
+    let (ok, took, counters, log) = terminate(agent);
+    drop(pipe);
+    let text = std::fs::read_to_string(&file).unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert!(ok, "{log}");
+    let events = counter_at(&counters, &["events_total"]);
+    let in_file = events_to(&text, port);
+    let stdout_failed = counter_at(&counters, &["sinks", "stdout", "failed"]);
+    eprintln!("blocked stdout beside a file: exit {took:?}; {events} events, {in_file} in the file, {stdout_failed} failed on stdout");
+    assert!(in_file >= 3_000, "every refused connect in the file: {in_file}\n{counters}");
+    assert_eq!(counter_at(&counters, &["sinks", "file", "written"]), events, "{counters}");
+    assert_eq!(counter_at(&counters, &["sinks", "file", "failed"]), 0, "{counters}");
+    assert_eq!(counter_at(&counters, &["queue_overflow_total"]), 0, "the stage never stalled: {counters}");
+    assert!(stdout_failed > 0, "{counters}");
+    assert_eq!(counter_at(&counters, &["sinks", "stdout", "written"]) + stdout_failed, events, "{counters}");
+    assert!(log.contains("lines dropped (counted failed)"), "{log}");
+}

@@ -46,6 +46,25 @@ impl Lines {
         self.ends.push(self.buf.len());
     }
 
+    /// Moves every line of `other` to the end of these, leaving `other` empty.
+    pub fn append(&mut self, other: &mut Lines) {
+        if self.ends.is_empty() {
+            // Nothing here: take the other's buffers whole (and leave it these, emptied).
+            self.buf.clear();
+            std::mem::swap(self, other);
+            return;
+        }
+        let base = self.buf.len();
+        self.buf.extend_from_slice(&other.buf);
+        self.ends.extend(other.ends.iter().map(|end| end + base));
+        other.clear();
+    }
+
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.ends.clear();
+    }
+
     pub fn bytes(&self) -> usize {
         self.buf.len()
     }
@@ -167,6 +186,23 @@ mod tests {
         let w = lines.write_to(&mut roomy, None, &mut |_| {});
         assert_eq!((w.delivered, w.torn_bytes, w.error.is_none()), (Delivered { written: 1, failed: 0 }, 0, true));
         assert_eq!(roomy.taken, b"ab\n");
+    }
+
+    #[test]
+    fn appended_lines_keep_their_bounds_and_the_source_is_left_empty() {
+        let mut a = Lines::default();
+        let mut b = Lines::default();
+        b.push(b"one\n");
+        a.append(&mut b);
+        assert_eq!((a.lines(), a.bytes(), b.lines(), b.bytes()), (1, 4, 0, 0), "into an empty one: taken whole");
+        b.push(b"two\n");
+        b.push(b"three\n");
+        a.append(&mut b);
+        assert_eq!((a.lines(), b.lines(), b.bytes()), (3, 0, 0));
+        let mut calls = Calls(Vec::new());
+        let w = a.write_to(&mut calls, Some(8), &mut |_| {});
+        assert_eq!(calls.0, vec![8, 6], "whole lines per write: the appended bounds are right");
+        assert_eq!(w.delivered.failed, 0);
     }
 
     /// Records the size of every write call.
