@@ -789,9 +789,28 @@ fn a_slow_and_a_fast_connection_to_one_endpoint_are_one_crossing_not_a_storm() {
 #[ignore = "needs root"]
 fn delayed_acks_of_a_request_response_client_are_not_rtt_degradation_but_a_path_delay_is() {
     let _turn = kernel_test("rtt_delayed_ack");
-    let pair = NetnsPair::new("i14nda", 19);
+    delayed_acks_are_not_judged_but_a_path_delay_is("i14nda", 19, 7021);
+}
+
+/// The same with the service listening inside the ephemeral range (gRPC's 50051 under the
+/// default 32768–60999), where both of the server-side socket's ports look ephemeral: it
+/// is still not judged, and the client side, which made its own connect, still is.
+#[test]
+#[ignore = "needs root"]
+fn a_service_port_in_the_ephemeral_range_still_keeps_server_sockets_unjudged() {
+    let _turn = kernel_test("rtt_delayed_ack_ephemeral_service");
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+    let bounds: Vec<u16> = range.split_whitespace().map(|p| p.parse().unwrap()).collect();
+    assert!((bounds[0]..=bounds[1]).contains(&50051), "50051 is not ephemeral here ({range}): the test tests nothing");
+    delayed_acks_are_not_judged_but_a_path_delay_is("i16eph", 32, 50051);
+}
+
+/// A client pausing between requests (its delayed ACKs raise the server socket's srtt),
+/// then a real path delay: one rtt_degradation, the client's, and none for the server.
+fn delayed_acks_are_not_judged_but_a_path_delay_is(tag: &str, subnet: u8, port: u16) {
+    let pair = NetnsPair::new(tag, subnet);
     let agent = Agent::start(&format!("{BASE}{RTT_CONFIG}"));
-    let (bind, listener) = listen_in(&pair, 7021);
+    let (bind, listener) = listen_in(&pair, port);
     let server = echo_server(listener, 1);
     let (a_ns, a_dev) = (pair.a.clone(), pair.a_dev.clone());
     let client = pair.spawn_in(&pair.a.clone(), move || {
@@ -809,14 +828,16 @@ fn delayed_acks_of_a_request_response_client_are_not_rtt_degradation_but_a_path_
     drop(pair);
     server.join().expect("server");
     let run = agent.stop();
-    let events = rtt_events(&run, 19);
+    let events = rtt_events(&run, subnet);
+    let client_addr = format!("10.99.{subnet}.1");
     assert!(
-        events.iter().all(|e| e["facts"]["dst_addr"] != "10.99.19.1"),
+        events.iter().all(|e| e["facts"]["dst_addr"] != client_addr.as_str()),
         "a server-side socket's delayed ACKs reported as RTT degradation: {events:#?}"
     );
     assert_eq!(events.len(), 1, "the path delay is one crossing: {events:#?}");
     let f = &events[0]["facts"];
-    assert_eq!((f["dst_addr"].as_str(), f["dst_port"].as_u64()), (Some("10.99.19.2"), Some(7021)));
+    let server_addr = format!("10.99.{subnet}.2");
+    assert_eq!((f["dst_addr"].as_str(), f["dst_port"].as_u64()), (Some(server_addr.as_str()), Some(u64::from(port))));
     assert!(f["srtt_us"].as_u64().unwrap() > f["baseline_us"].as_u64().unwrap() * 3, "{f}");
     assert_eq!(f["pid"], our_pid());
 }

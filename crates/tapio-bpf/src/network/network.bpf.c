@@ -670,6 +670,14 @@ int BPF_PROG(tapio_tcp_probe, struct sock *sk, struct sk_buff *skb)
 	int remote_ephemeral = dport >= cfg.ephemeral_port_min && dport <= cfg.ephemeral_port_max;
 	if (remote_ephemeral && !local_ephemeral)
 		return 0;
+	/* Both ephemeral: a service listening in the range (gRPC's 50051 under the default
+	 * 32768-60999) would pass for a client. Only a socket seen making its own connect (it
+	 * has an owner) is the client side then; any other is left unjudged. */
+	if (remote_ephemeral) {
+		__u64 sock = (__u64)sk;
+		if (!bpf_map_lookup_elem(&owners, &sock))
+			return 0;
+	}
 
 	struct rtt_key key = {};
 	__u16 family = sk->__sk_common.skc_family;
