@@ -1,7 +1,8 @@
 //! Memory under a slow consumer: the agent writes evidence to stdout, read by a consumer
-//! far slower than a refused-connect flood, so its sink stage blocks and the drain → sink
-//! queue stays full (the overflow is counted). The figure is the agent's peak resident set
-//! while that lasts: what a node pays when its log collector falls behind.
+//! far slower than a refused-connect flood, so its stdout writer blocks and its backlog
+//! stays full (what finds it full is counted failed; the queue overflows if the sink stage
+//! falls behind too, also counted). The figure is the agent's peak resident set while that
+//! lasts: what a node pays when its log collector falls behind.
 
 use crate::agent::{self, Agent, Scratch};
 use crate::load;

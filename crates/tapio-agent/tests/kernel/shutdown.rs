@@ -138,7 +138,7 @@ fn a_stdout_pipe_nobody_reads_does_not_stop_the_file_sink() {
     let mut agent = Launch::with_config(&config).stdout(Stdout::To(Stdio::piped())).start();
     let pipe = agent.take_stdout();
     let port = closed_port();
-    // About 700 bytes per record: 3,000 are 2 MB, over the 64 KiB pipe and the 1 MiB backlog.
+    // About 700 bytes per record: 3,000 are 2 MB, over the 64 KiB pipe and the 512 KiB backlog.
     refuse(port, 3_000);
     std::thread::sleep(Duration::from_millis(1_000));
     let (ok, took, counters, log) = terminate(agent);

@@ -23,7 +23,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// The most bytes of lines waiting for the writer thread (besides the write it is in).
-pub const BACKLOG_BYTES: usize = 1024 * 1024;
+pub const BACKLOG_BYTES: usize = 512 * 1024;
 
 /// How long dropping the sink (the sink stage's end, at shutdown) waits for the writer to
 /// write out its backlog: within the runtime's bound for the whole stage. A writer blocked
@@ -206,7 +206,7 @@ mod tests {
         let mut sink = StdoutSink::on_fd(write_end, Arc::clone(&counters)).unwrap();
         let line = format!("{{\"pad\":\"{}\"}}\n", "x".repeat(500));
         let line_len = line.len() - 1;
-        const LINES: u64 = 8_000; // 4 MB: the 64 KiB pipe and the 1 MiB backlog many times over
+        const LINES: u64 = 8_000; // 4 MB: the 64 KiB pipe and the 512 KiB backlog many times over
         let (done_tx, done_rx) = mpsc::channel();
         let stage = std::thread::spawn(move || {
             let mut dropped = 0;
