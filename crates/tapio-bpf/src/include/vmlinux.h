@@ -254,12 +254,20 @@ struct request_queue {
 	struct gendisk *disk;
 };
 
+/* Only its flags, to tell a device-mapper clone (BIO_CLONED) from a request's own bio. */
+struct bio {
+	unsigned short bi_flags;
+};
+
 struct request {
 	struct request_queue *q;
 	unsigned int cmd_flags;
 	unsigned int rq_flags;
 	unsigned int __data_len;
 	__u64 __sector;
+	struct bio *bio;
+	/* A function pointer in the kernel; only whether it is set is read. */
+	void *end_io;
 };
 
 /* Older kernels named the disk in the request itself (rq_disk), not in its queue. */

@@ -322,6 +322,22 @@ static __always_inline int failed_with_its_flush(__u32 cmd_flags)
 	return ((cmd_flags >> (preflush & 31)) & 1) || ((cmd_flags >> (fua & 31)) & 1);
 }
 
+/*
+ * A request-based device-mapper clone (dm-multipath's request on a path device): dm set its
+ * end_io and cloned every bio of the original request (blk_rq_prep_clone, which only dm
+ * calls). It starts when dm dispatches it, in whatever task runs that dispatch, so the
+ * current task is not the one whose bio it carries. Other requests with an end_io
+ * (passthrough) carry bios of their own, not clones; plain ones have none. BIO_CLONED is
+ * bit 1 of bi_flags in every kernel that has block_io_start (6.5+).
+ */
+static __always_inline int dm_clone(struct request *rq)
+{
+	if (!rq->end_io)
+		return 0;
+	struct bio *bio = rq->bio;
+	return bio && ((bio->bi_flags >> 1) & 1);
+}
+
 SEC("tp_btf/block_io_start")
 int BPF_PROG(tapio_io_start, struct request *rq)
 {
@@ -336,9 +352,14 @@ int BPF_PROG(tapio_io_start, struct request *rq)
 	if ((s.e->flags & TAPIO_STO_IF_ISSUED) && !(s.e->flags & (TAPIO_STO_IF_DATA_DONE | TAPIO_STO_IF_COMPLETED)))
 		tapio_count(&counters, TAPIO_STO_CNT_INFLIGHT_REPLACED);
 	/* Written in place: no copy of a whole slot per I/O. */
-	s.e->task.mem_cgroup_id = 0;
-	tapio_task_current(&s.e->task, cfg->capture_memcg);
-	s.e->flags = TAPIO_STO_F_TASK_KNOWN; /* not issued yet */
+	if (dm_clone(rq)) {
+		__builtin_memset(&s.e->task, 0, sizeof(s.e->task));
+		s.e->flags = 0; /* not issued yet, submitter unknown */
+	} else {
+		s.e->task.mem_cgroup_id = 0;
+		tapio_task_current(&s.e->task, cfg->capture_memcg);
+		s.e->flags = TAPIO_STO_F_TASK_KNOWN; /* not issued yet */
+	}
 	s.e->stamp_ns = bpf_ktime_get_boot_ns();
 	s.e->requeues = 0;
 	/* The request's device, sector and size are read at its first completion, and only
