@@ -211,8 +211,10 @@ async fn kubernetes_attributes_of_an_enriched_record_are_exported_verbatim() {
     let (sinks, writers) = sink::start(&[SinkTarget::Otlp(otlp(&endpoint, 0))], &opts, &m).await.unwrap();
     let k8s = json!({"k8s.namespace.name": "shop", "k8s.pod.name": "web-1", "k8s.pod.uid": "uid-1",
                      "k8s.container.name": "app", "k8s.node.name": "n1", "k8s.deployment.name": "web"});
+    // As the controller stores it: the workload's pod UID, and the same UID among the names.
     let record = json!({"id": "01K", "type": "kernel.container.oom_kill", "observer": "container",
                         "severity": "critical", "timestamp_unix_nanos": 9u64, "node": "n1", "k8s": k8s,
+                        "workload": {"cgroup_id": 7, "pod_uid": "uid-1", "container_id": "c7"},
                         "facts": {"pid": 1, "exit_code": 137}});
     sinks.deliver(format!("{record}\n").into_bytes(), 1).await.unwrap();
     wait_written(&m, "otlp", 1).await;
@@ -225,6 +227,11 @@ async fn kubernetes_attributes_of_an_enriched_record_are_exported_verbatim() {
         assert_eq!(a.get(k), Some(&json!({"string_value": v})), "{k}");
     }
     assert_eq!(a.get("process.exit.code"), Some(&json!({"int_value": "137"})));
+    let keys: Vec<&str> = r["attributes"].as_array().unwrap().iter().map(|kv| kv["key"].as_str().unwrap()).collect();
+    let mut unique = keys.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), keys.len(), "OTLP attribute keys are unique: {keys:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -407,8 +407,13 @@ pub fn log_record(r: &Map<String, Value>, observed_nanos: u64) -> LogRecord {
         .and_then(|e| e.get("message"))
         .and_then(Value::as_str)
         .map(|m| AnyValue { value: Some(any_value::Value::StringValue(m.to_string())) });
-    let mut attributes = Vec::new();
+    let mut attributes: Vec<KeyValue> = Vec::new();
+    // OTLP attribute keys must be unique: the first source of a key wins (an enriched
+    // record's `k8s.pod.uid` is its workload's pod UID again).
     let mut put = |key: &str, v: Option<&Value>| {
+        if attributes.iter().any(|a| a.key == key) {
+            return;
+        }
         if let Some(value) = v.and_then(any_value_of) {
             attributes.push(KeyValue { key: key.to_string(), value: Some(value) });
         }
