@@ -195,6 +195,9 @@ pub struct Metrics {
     pub sink_refused: Family<SinkReasonLabels, Counter>,
     /// Torn file tails set aside at start.
     pub sink_torn_tails: Family<SinkLabels, Counter>,
+    /// fsyncs of the file sink that succeeded (per group under `always`, every interval
+    /// under `interval`): what makes an acknowledged batch survive a power loss.
+    pub sink_fsyncs: Family<SinkLabels, Counter>,
     /// Export attempts repeated after a retryable answer or a connection failure.
     pub sink_retries: Family<SinkLabels, Counter>,
     /// Open client connections.
@@ -256,6 +259,7 @@ impl Metrics {
             sink_queue_bytes: Family::default(),
             sink_refused: Family::default(),
             sink_torn_tails: Family::default(),
+            sink_fsyncs: Family::default(),
             sink_retries: Family::default(),
             connections_open: Gauge::default(),
             connections_shed: Family::default(),
@@ -306,6 +310,7 @@ impl Metrics {
             "Partial records set aside from the sink file at start",
             m.sink_torn_tails.clone(),
         );
+        registry.register("sink_fsyncs", "fsyncs of the file sink that succeeded", m.sink_fsyncs.clone());
         registry.register("sink_retries", "Sink export attempts repeated", m.sink_retries.clone());
         registry.register("connections_open", "Open client connections", m.connections_open.clone());
         registry.register(

@@ -24,6 +24,7 @@ use std::time::Instant;
 use super::config::{FileSinkConfig, FsyncPolicy};
 use super::{Delivery, Msg, SinkShared};
 use crate::metrics::{Metrics, SinkLabels};
+use prometheus_client::metrics::counter::Counter;
 use tapio_util::rotate::{repair_torn_tail, RotatingFile};
 
 /// Most bytes appended (and synced) in one group.
@@ -33,6 +34,8 @@ pub const GROUP_MAX_BYTES: usize = 8 * 1024 * 1024;
 pub struct DurableFile {
     file: RotatingFile,
     fsync: FsyncPolicy,
+    /// Successful fsyncs (`tapio_controller_sink_fsyncs_total{sink="file"}`).
+    fsyncs: Counter,
     buf: Vec<u8>,
     /// Size of the last group whose write failed (the probe waits for that much room).
     failed_bytes: usize,
@@ -52,6 +55,7 @@ impl DurableFile {
         Ok(Self {
             file: RotatingFile::open(cfg.path.clone(), cfg.max_bytes, cfg.keep_files)?,
             fsync: cfg.fsync,
+            fsyncs: metrics.sink_fsyncs.get_or_create(&SinkLabels { sink: "file" }).clone(),
             buf: Vec::new(),
             failed_bytes: 0,
         })
@@ -120,6 +124,14 @@ impl DurableFile {
                 self.failed_bytes = bytes;
             }
             finish_group(group, outcome, shared);
+            // A queue that never runs dry never lets the wait above time out: the interval
+            // sync is due here then.
+            if let (FsyncPolicy::Interval(every), Some(since)) = (self.fsync, unsynced_since) {
+                if since.elapsed() >= every {
+                    self.sync_or_flag(shared);
+                    unsynced_since = None;
+                }
+            }
         }
         self.sync_or_flag(shared);
     }
@@ -144,14 +156,20 @@ impl DurableFile {
             return Outcome { appended: false, error: Some(e) };
         }
         let error = match self.fsync {
-            FsyncPolicy::Always => self.file.sync().err(),
+            FsyncPolicy::Always => self.sync().err(),
             FsyncPolicy::Interval(_) => None,
         };
         Outcome { appended: true, error }
     }
 
+    fn sync(&mut self) -> io::Result<()> {
+        self.file.sync()?;
+        self.fsyncs.inc();
+        Ok(())
+    }
+
     fn sync_or_flag(&mut self, shared: &SinkShared) {
-        if let Err(e) = self.file.sync() {
+        if let Err(e) = self.sync() {
             log::warn!("sink file fsync failed: {e}");
             shared.set_health(Err(format!("fsync failed: {e}")));
         }
@@ -225,7 +243,8 @@ fn finish_group(group: Vec<Delivery>, outcome: Outcome, shared: &SinkShared) {
 mod tests {
     use super::*;
     use crate::sink::config::SinkTarget;
-    use crate::sink::{start, SinkOptions};
+    use crate::sink::{start, Batch, SinkOptions};
+    use std::sync::Arc;
     use std::time::Duration;
 
     fn temp_dir(tag: &str) -> PathBuf {
@@ -250,6 +269,38 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"{\"a\":1}\n{\"n\":1}\n{\"n\":2}\n");
         assert_eq!(m.sink_written.get_or_create(&SinkLabels { sink: "file" }).get(), 2);
         writers.close(Duration::from_secs(5)).await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// 16 MB of batches queued at once, so the queue never runs dry while they are
+    /// written: the interval fsync still comes every interval, not only once the queue
+    /// is idle (it used to wait for a receive to time out, which a busy queue never does).
+    #[test]
+    fn under_a_queue_that_never_runs_dry_the_interval_fsync_still_comes() {
+        let dir = temp_dir("interval");
+        let m = Metrics::new();
+        let every = Duration::from_millis(1);
+        let cfg = FileSinkConfig {
+            path: dir.join("e.jsonl"),
+            max_bytes: 1 << 30,
+            keep_files: 1,
+            fsync: FsyncPolicy::Interval(every),
+        };
+        let writer = DurableFile::open(&cfg, &m).unwrap();
+        let shared = SinkShared::new("file", &m);
+        let (tx, rx) = std::sync::mpsc::sync_channel(5_000);
+        let lines = b"{\"n\":1}\n".repeat(512);
+        for _ in 0..4_000 {
+            let batch = Arc::new(Batch { lines: lines.clone(), records: 512 });
+            tx.send(Msg::Deliver(Delivery { batch, done: None })).unwrap();
+        }
+        tx.send(Msg::Close).unwrap();
+        let started = Instant::now();
+        writer.run(rx, &shared);
+        let took = started.elapsed();
+        let fsyncs = m.sink_fsyncs.get_or_create(&SinkLabels { sink: "file" }).get();
+        assert!(took > every * 2, "written in {took:?}: too fast to tell");
+        assert!(fsyncs >= 2, "{fsyncs} fsync(s) in {took:?} of writing: the interval sync waited for an idle queue");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
