@@ -37,8 +37,10 @@ pub fn is_reasoning_key(key: &str) -> bool {
     let mut buf = [0u8; MAX_KEY_LEN];
     let mut len = 0;
     for c in key.chars().filter(|c| *c != '_' && *c != '-') {
-        // Full Unicode lowercasing: a non-ASCII letter can fold to an ASCII one.
+        // Full Unicode lowercasing: a non-ASCII letter can fold to an ASCII one (the Kelvin
+        // sign to k). The long s is already lowercase; case folding makes it s.
         for lower in c.to_lowercase() {
+            let lower = if lower == '\u{17F}' { 's' } else { lower };
             if !lower.is_ascii() || len == MAX_KEY_LEN {
                 return false;
             }
