@@ -68,7 +68,7 @@ fn unicode_case_folding_is_applied() {
     assert!(!is_reasoning_key("\u{212A}ernel"));
     assert!(!is_reasoning_key("\u{130}reasoning")); // İ lowercases to two chars
     assert!(is_reasoning_key("RE\u{41}SONING")); // 'A' written as an escape
-    // U+017F LATIN SMALL LETTER LONG S case-folds to 's' (it has no lowercase of its own).
+                                                 // U+017F LATIN SMALL LETTER LONG S case-folds to 's' (it has no lowercase of its own).
     assert!(is_reasoning_key("rea\u{17F}oning"));
     assert!(is_reasoning_key("root_cau\u{17F}e"));
 }

@@ -5,7 +5,10 @@
 //! ReplicaSet or Job go to the API server once and are kept in a bounded cache (oldest
 //! out first, each entry for a limited time), so a relist of 100,000 pods costs one GET
 //! per ReplicaSet, not per pod. A failed lookup is not cached and not guessed at: the pod
-//! keeps the owner it names itself, and the failure is counted.
+//! keeps the owner it names itself, and the failure is counted. After a failure no lookup
+//! is made for [`RETRY_AFTER`] (each skipped one counted): the watch resolves owners in line,
+//! and an API server that times every GET out would otherwise hold a relist of thousands
+//! of pods for 5 s each.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -21,6 +24,9 @@ use super::store::{owner_key, OwnerRef};
 /// How long one GET of an owner may take before the pod is stored without it.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long lookups pause after one failed.
+pub const RETRY_AFTER: Duration = Duration::from_secs(10);
+
 type CacheKey = (Box<str>, &'static str, Box<str>);
 
 /// Resolves owner chains with a bounded cache.
@@ -30,12 +36,21 @@ pub struct OwnerResolver {
     order: VecDeque<CacheKey>,
     capacity: usize,
     ttl: Duration,
+    /// Until when lookups are skipped, after a failure.
+    paused_until: Option<Instant>,
 }
 
 impl OwnerResolver {
     /// A resolver that asks `client` (None: no lookups, only the pod's own owner).
     pub fn new(client: Option<kube::Client>, capacity: usize, ttl: Duration) -> Self {
-        Self { client, cache: HashMap::new(), order: VecDeque::new(), capacity: capacity.max(1), ttl }
+        Self {
+            client,
+            cache: HashMap::new(),
+            order: VecDeque::new(),
+            capacity: capacity.max(1),
+            ttl,
+            paused_until: None,
+        }
     }
 
     /// Entries in the cache.
@@ -80,6 +95,10 @@ impl OwnerResolver {
             }
         }
         let client = self.client.clone()?;
+        if self.paused_until.is_some_and(|until| now < until) {
+            m.owner_lookup("skipped");
+            return None;
+        }
         let fetched = match kind {
             "ReplicaSet" => {
                 let api: Api<ReplicaSet> = Api::namespaced(client, namespace);
@@ -97,10 +116,12 @@ impl OwnerResolver {
             Ok(Err(e)) => {
                 m.owner_lookup("error");
                 log::debug!("owner lookup {kind} {namespace}/{name} failed: {e}");
+                self.paused_until = Some(Instant::now() + RETRY_AFTER);
                 return None;
             }
             Err(_) => {
                 m.owner_lookup("error");
+                self.paused_until = Some(Instant::now() + RETRY_AFTER);
                 return None;
             }
         };
@@ -143,6 +164,30 @@ mod tests {
         // Without a client a ReplicaSet is named but its Deployment is not guessed.
         let rs = r.chain("ns", Some(OwnerRef { kind: "ReplicaSet".into(), name: "web-5d".into() }), &m).await;
         assert_eq!(&*rs, &[("k8s.replicaset.name", std::sync::Arc::<str>::from("web-5d"))]);
+    }
+
+    /// An API server that cannot be reached: the first lookup fails (counted), the next
+    /// ones within RETRY_AFTER are skipped without a request (counted), and once the pause
+    /// is over the resolver asks again.
+    #[tokio::test]
+    async fn after_a_failed_lookup_lookups_pause_then_resume() {
+        let m = K8sMetrics::default();
+        // A port nothing listens on: every request fails at once.
+        let unreachable = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let config = kube::Config::new(format!("http://{unreachable}").parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        let mut r = OwnerResolver::new(Some(client), 4, Duration::from_secs(60));
+        let lookups = |result: &'static str| {
+            m.owner_lookups.get_or_create(&super::super::metrics::OutcomeLabels { result }).get()
+        };
+        for name in ["a", "b", "c"] {
+            let rs = r.chain("ns", Some(OwnerRef { kind: "ReplicaSet".into(), name: name.into() }), &m).await;
+            assert_eq!(rs.len(), 1, "the ReplicaSet is still named, its Deployment not guessed");
+        }
+        assert_eq!((lookups("error"), lookups("skipped")), (1, 2));
+        r.paused_until = Some(Instant::now());
+        let _ = r.chain("ns", Some(OwnerRef { kind: "ReplicaSet".into(), name: "d".into() }), &m).await;
+        assert_eq!((lookups("error"), lookups("skipped")), (2, 2), "asked again after the pause");
     }
 
     #[test]
