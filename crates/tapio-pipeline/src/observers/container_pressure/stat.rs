@@ -68,14 +68,17 @@ pub struct Interval {
 }
 
 impl Interval {
-    /// None when a counter went backwards (the cgroup was replaced under the same path):
-    /// the next read starts a fresh baseline instead of a guess.
+    /// None when the two reads cannot be of one cgroup (it was replaced under the same
+    /// path between them): a counter went backwards, or more periods were throttled than
+    /// ran (a new cgroup's counts past an old one's). The next read starts a fresh baseline
+    /// instead of a guess.
     pub fn between(prev: &CpuStat, cur: &CpuStat) -> Option<Self> {
-        Some(Self {
+        let interval = Self {
             periods: cur.nr_periods.checked_sub(prev.nr_periods)?,
             throttled: cur.nr_throttled.checked_sub(prev.nr_throttled)?,
             throttled_us: cur.throttled_us.checked_sub(prev.throttled_us)?,
-        })
+        };
+        (interval.throttled <= interval.periods).then_some(interval)
     }
 
     /// Throttled share of the interval's periods in hundredths of a percent.
@@ -154,6 +157,11 @@ mod tests {
         assert_eq!(d, Interval { periods: 50, throttled: 40, throttled_us: 4_000 });
         assert_eq!(d.throttled_hundredths(), 8_000);
         assert_eq!(Interval::between(&b, &a), None);
+        // Replaced between the reads: the old cgroup died at 30 periods and 0 throttled,
+        // the new one is at 50 and 45. No counter went backwards, but 45 throttled of 20.
+        let old = CpuStat { nr_periods: 30, nr_throttled: 0, throttled_us: 0 };
+        let new = CpuStat { nr_periods: 50, nr_throttled: 45, throttled_us: 400_000 };
+        assert_eq!(Interval::between(&old, &new), None);
     }
 
     /// Throttled shares of a container whose busy loop starts, hovers around a 25%
