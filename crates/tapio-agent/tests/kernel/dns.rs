@@ -156,6 +156,33 @@ fn a_black_holed_server_gives_one_timeout_per_unanswered_query_and_none_for_answ
     assert_eq!(events.len(), 3, "{events:#?}");
 }
 
+/// Timeouts off, latency spikes on: a query the sweep ages out unanswered is no evidence,
+/// but the latency spike its late answer could have been is counted as lost
+/// (`dns.query_expired`), one per query, and an answered query is neither.
+#[test]
+#[ignore = "needs root"]
+fn with_timeouts_off_an_aged_out_query_is_counted_not_silent() {
+    let _turn = kernel_test("dns_timeouts_off");
+    let lab = DnsLab::start("i16o");
+    let agent = started(&format!(
+        "{ONLY_DNS}[dns]\ntimeouts = false\ntimeout_ms = 1000\nlatency_warning_ms = 300\nlatency_critical_ms = 900\n"
+    ));
+    lab.blackhole(true);
+    for i in 0..3 {
+        let a = lab.query(&Query::new(&format!("off{i}.dnslab.test")).wait(Duration::from_secs(2)));
+        assert!(a.rcode.is_none(), "{}", a.output);
+    }
+    assert_eq!(lab.blackholed_packets(Server::Main), 3, "one packet per unanswered query");
+    lab.blackhole(false);
+    assert_eq!(lab.query(&Query::new(dns::ANSWERED)).rcode(), "NOERROR");
+    // Past the timeout and its sweep.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let finished = agent.stop();
+    let events = dns_events(&finished);
+    assert!(events.is_empty(), "no timeout evidence with timeouts off: {events:#?}");
+    assert_eq!(finished.counter(&["correlation_drops", "dns.query_expired"]), 3);
+}
+
 #[test]
 #[ignore = "needs root"]
 fn a_slow_answer_is_a_latency_spike_whose_latency_matches_what_the_client_measured() {

@@ -141,6 +141,9 @@ unsafe impl Pod for Query {}
 /// sends its retry this long at most after the sweep could first judge the query: the
 /// retry then folds into the same query instead of racing the sweep.
 const RETRY_GRACE_NS: u64 = 100_000_000;
+/// The correlation drop reason of a query aged out of the table unjudged while timeouts
+/// are not reported and latency spikes are: its answer, if one came later, was lost.
+pub const QUERY_EXPIRED: &str = "query_expired";
 /// The kernel table's size: a sweep never reads more keys than twice this (keys deleted
 /// while iterating restart the kernel's iteration).
 const MAX_KEYS: usize = 4096 * 2;
@@ -198,6 +201,10 @@ impl Poller for TimeoutSweeper {
             if config.enabled && config.timeouts {
                 let verdict = classify::timeout(&entry.0, now, timeout_ns, generation, ctx.stamper);
                 ctx.deliver(NAME, verdict);
+            } else if config.enabled && config.latency_spikes {
+                // Timeouts are not reported, but an answer may still come: with the entry
+                // gone it could no longer be judged a latency spike, so that is counted.
+                ctx.counters.correlation_drop(NAME, QUERY_EXPIRED);
             }
         }
     }
