@@ -358,6 +358,23 @@ pub fn repair_torn_tail(path: &Path) -> io::Result<Option<(u64, PathBuf)>> {
     Ok(Some((torn, aside)))
 }
 
+/// Replaces `path` with `bytes` so that a crash leaves the old file or the new one, whole,
+/// and the new one survives a power loss once this returns: written to `<path>.tmp`,
+/// synced, renamed over `path`, and the directory entry synced.
+pub fn replace_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    sync_parent(path);
+    Ok(())
+}
+
 /// Makes a created or renamed directory entry durable; best effort (some filesystems
 /// refuse fsync on directories, and the data itself is synced separately).
 fn sync_parent(path: &Path) {
@@ -385,6 +402,20 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tapio-rotate-{tag}-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn a_durable_replacement_leaves_the_new_bytes_and_no_temporary_file() {
+        let dir = temp_dir("replace");
+        let path = dir.join("state.json");
+        replace_durably(&path, b"old").unwrap();
+        replace_durably(&path, b"new").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        assert!(!dir.join("state.json.tmp").exists());
+        // A directory where the file should be: the error says so, nothing is half-written.
+        std::fs::create_dir(dir.join("busy")).unwrap();
+        assert!(replace_durably(&dir.join("busy"), b"x").is_err());
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     /// Which pages of the first `len` bytes of `file` are in the page cache.

@@ -25,12 +25,11 @@ pub fn load(path: &Path) -> Result<Option<AppliedConfig>, String> {
     }
 }
 
+/// Saves the applied config durably: a crash or power loss leaves the previous state file
+/// or this one, whole.
 pub fn save(path: &Path, applied: &AppliedConfig) -> Result<(), String> {
     let bytes = serde_json::to_vec_pretty(applied).map_err(|e| e.to_string())?;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| format!("writing {}: {e}", Path::new(&tmp).display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("replacing {}: {e}", path.display()))
+    tapio_util::rotate::replace_durably(path, &bytes).map_err(|e| format!("saving {}: {e}", path.display()))
 }
 
 #[cfg(test)]
