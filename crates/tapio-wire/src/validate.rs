@@ -98,8 +98,8 @@ impl WireError {
     }
 }
 
-/// Shortens client-supplied text before it is echoed in a message.
-fn clip(s: &str) -> String {
+/// Shortens peer-supplied text before it is echoed in a message or a log line.
+pub fn clip(s: &str) -> String {
     if s.len() <= MAX_ECHO {
         return s.to_string();
     }

@@ -118,16 +118,22 @@ fn kernel_release() -> String {
 
 impl Client {
     pub fn run(self) {
+        Loop::new(self).run();
+    }
+}
+
+impl Loop {
+    fn new(c: Client) -> Self {
         let now = Instant::now();
         let limits = Limits {
-            connect_timeout: Duration::from_millis(self.settings.connect_timeout_ms),
-            io_timeout: Duration::from_millis(self.settings.io_timeout_ms),
-            request_timeout: Duration::from_millis(self.settings.request_timeout_ms),
-            max_response_bytes: self.settings.max_response_bytes,
+            connect_timeout: Duration::from_millis(c.settings.connect_timeout_ms),
+            io_timeout: Duration::from_millis(c.settings.io_timeout_ms),
+            request_timeout: Duration::from_millis(c.settings.request_timeout_ms),
+            max_response_bytes: c.settings.max_response_bytes,
             user_agent: http::USER_AGENT,
         };
         let mut l = Loop {
-            c: self,
+            c,
             limits,
             started: now,
             registered: false,
@@ -148,11 +154,9 @@ impl Client {
         if let Some(path) = &l.c.settings.token_file {
             l.token_stamp = FileStamp::of(path);
         }
-        l.run();
+        l
     }
-}
 
-impl Loop {
     fn run(&mut self) {
         while !self.c.outbox.stopped() {
             let now = Instant::now();
@@ -345,8 +349,11 @@ impl Loop {
             Ok(resp) if resp.status == 200 => match serde_json::from_slice::<ConfigResponse>(&resp.body) {
                 Ok(cfg) => {
                     self.succeeded();
-                    self.set_batching(cfg.batching.send_interval_ms, cfg.batching.max_batch_events);
-                    self.apply(cfg);
+                    // Batching comes with the config: a refused config changes nothing.
+                    let batching = (cfg.batching.send_interval_ms, cfg.batching.max_batch_events);
+                    if self.apply(cfg) {
+                        self.set_batching(batching.0, batching.1);
+                    }
                 }
                 Err(e) => self.failure("config fetch", format!("unreadable config: {e}")),
             },
@@ -355,25 +362,30 @@ impl Loop {
         }
     }
 
-    fn apply(&mut self, cfg: ConfigResponse) {
-        let Ok(generation) = cfg.version.parse::<u32>() else {
-            log::warn!("controller config version {:?} is not a u32: keeping the current config", cfg.version);
-            self.c.counters.config_rejected_total.fetch_add(1, Ordering::Relaxed);
-            return;
+    /// Applies `cfg`; false (logged and counted) when it is refused and the current config
+    /// stays.
+    fn apply(&mut self, cfg: ConfigResponse) -> bool {
+        let generation = match generation_of(&cfg) {
+            Ok(generation) => generation,
+            Err(e) => {
+                log::warn!("controller config refused ({e}): keeping the current config");
+                self.c.counters.config_rejected_total.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
         };
         let settings = match settings_from(generation, &cfg.config) {
             Ok(s) => s,
             Err(e) => {
                 log::warn!("controller config {generation} refused ({e}): keeping the current config");
                 self.c.counters.config_rejected_total.fetch_add(1, Ordering::Relaxed);
-                return;
+                return false;
             }
         };
         let result = self.c.carriers.lock().unwrap_or_else(|p| p.into_inner()).apply(&settings);
         if let Err(e) = result {
             log::error!("applying controller config {generation} to the kernel: {e}");
             self.c.counters.config_rejected_total.fetch_add(1, Ordering::Relaxed);
-            return;
+            return false;
         }
         let applied = AppliedConfig { generation, config_hash: cfg.config_hash, config: cfg.config };
         log::info!("applied controller config {generation} ({})", applied.config_hash);
@@ -383,6 +395,7 @@ impl Loop {
             }
         }
         *self.c.applied.lock().unwrap_or_else(|p| p.into_inner()) = Some(applied);
+        true
     }
 
     fn heartbeat(&mut self) {
@@ -548,6 +561,29 @@ impl Loop {
     }
 }
 
+/// The generation of a config response, if the response is one the spec allows: the
+/// wire version, a generation from 1 (0 means "unconfigured" in heartbeats), and a hash of
+/// the spec's form (it is saved, reported and sent back in `If-None-Match`).
+fn generation_of(cfg: &ConfigResponse) -> Result<u32, String> {
+    if cfg.wire_version != tapio_wire::WIRE_VERSION {
+        return Err(format!("wire version {:?}", tapio_wire::validate::clip(&cfg.wire_version)));
+    }
+    let generation = match cfg.version.parse::<u32>() {
+        Ok(0) | Err(_) => {
+            return Err(format!("version {:?} is not a generation from 1", tapio_wire::validate::clip(&cfg.version)))
+        }
+        Ok(generation) => generation,
+    };
+    let hex = cfg.config_hash.strip_prefix("sha256:").unwrap_or_default();
+    if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(format!(
+            "config_hash {:?} is not sha256:<64 lowercase hex>",
+            tapio_wire::validate::clip(&cfg.config_hash)
+        ));
+    }
+    Ok(generation)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -577,6 +613,70 @@ mod tests {
         // …and the next line, a period later, counts them.
         assert_eq!(l.admit(t0 + period, period), Some(15));
         assert_eq!(l.admit(t0 + period + Duration::from_secs(1), period), None);
+    }
+
+    /// Answers one request on `listener` with a 200 carrying `body`.
+    fn answer_once(listener: std::net::TcpListener, body: String) -> std::thread::JoinHandle<()> {
+        use std::io::{BufRead, BufReader, Write};
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap() > 2 {
+                line.clear();
+            }
+            let mut out = stream;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            out.write_all(head.as_bytes()).unwrap();
+            out.write_all(body.as_bytes()).unwrap();
+        })
+    }
+
+    /// One config poll answered with `version`/`config_hash` and batching of one event per
+    /// batch: returns (the loop's batch size after it, configs refused, generation applied).
+    fn poll_once(version: &str, config_hash: &str) -> (u64, u64, Option<u32>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let body = serde_json::json!({
+            "wire_version": tapio_wire::WIRE_VERSION, "version": version, "config_hash": config_hash,
+            "config": tapio_wire::CompiledConfig::default(),
+            "batching": {"send_interval_ms": 50, "max_batch_events": 1},
+        });
+        let server = answer_once(listener, body.to_string());
+        let counters = Arc::new(Counters::default());
+        let applied = Arc::new(Mutex::new(None));
+        let client = Client {
+            settings: ControllerConfig { url: url.clone(), ..ControllerConfig::default() },
+            endpoint: Endpoint::parse(&url).unwrap(),
+            token: None,
+            agent_id: "a1".into(),
+            node: "n1".into(),
+            outbox: Outbox::new(16),
+            counters: Arc::clone(&counters),
+            carriers: Arc::new(Mutex::new(Carriers::default())),
+            applied: Arc::clone(&applied),
+            observers: BTreeMap::new(),
+            object_sizes: BTreeMap::new(),
+        };
+        let mut l = Loop::new(client);
+        l.fetch_config();
+        server.join().unwrap();
+        let generation = applied.lock().unwrap().as_ref().map(|a: &AppliedConfig| a.generation);
+        (l.max_batch_events, counters.config_rejected_total.load(Ordering::Relaxed), generation)
+    }
+
+    #[test]
+    fn a_refused_config_changes_neither_the_config_nor_the_batching() {
+        let hash = format!("sha256:{}", "0a".repeat(32));
+        assert_eq!(poll_once("7", &hash), (1, 0, Some(7)), "a good config brings its batching");
+        for (version, config_hash) in
+            [("0", hash.as_str()), ("x", hash.as_str()), ("7", ""), ("7", "sha256:AB\r\nX: y")]
+        {
+            assert_eq!(poll_once(version, config_hash), (500, 1, None), "version {version:?}, hash {config_hash:?}");
+        }
     }
 
     #[test]
