@@ -602,6 +602,8 @@ pub struct PressureFacts {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PmcFacts {
     pub cpu: u32,
+    /// How long the counters counted: the sample interval, or less when the PMU was shared
+    /// (multiplexed); the counts cover exactly this time.
     pub interval_ns: u64,
     pub cycles: u64,
     pub instructions: u64,

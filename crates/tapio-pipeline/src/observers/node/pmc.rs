@@ -30,6 +30,8 @@ pub struct Delta {
     pub cycles: u64,
     pub instructions: u64,
     pub stalled_backend: Option<u64>,
+    /// How long the counters counted (time running): the sample interval itself unless the
+    /// PMU was shared and the group multiplexed, when the counts cover only this much.
     pub interval_ns: u64,
 }
 
@@ -50,7 +52,7 @@ pub fn delta(prev: &Reading, cur: &Reading) -> Option<Delta> {
         cycles: cur.cycles.checked_sub(prev.cycles)?,
         instructions: cur.instructions.checked_sub(prev.instructions)?,
         stalled_backend,
-        interval_ns: cur.time_enabled.checked_sub(prev.time_enabled)?,
+        interval_ns: running,
     })
 }
 
@@ -225,6 +227,23 @@ mod tests {
             }
         }
         assert_eq!(fired, vec![(2, "ipc", 240), (2, "stall", 7800), (6, "ipc", 250), (6, "stall", 7800)]);
+    }
+
+    /// The PMU shared with another user: the group counted half of a 2 s interval. The
+    /// counts cover that second, and so does the interval reported with them.
+    #[test]
+    fn a_multiplexed_interval_is_the_time_the_counters_counted() {
+        let prev = Reading { cycles: 0, instructions: 0, stalled_backend: None, time_enabled: 0, time_running: 0 };
+        let cur = Reading {
+            cycles: 3_000_000_000,
+            instructions: 6_000_000_000,
+            stalled_backend: None,
+            time_enabled: 2_000_000_000,
+            time_running: 1_000_000_000,
+        };
+        let d = delta(&prev, &cur).unwrap();
+        assert_eq!((d.cycles, d.interval_ns), (3_000_000_000, 1_000_000_000), "3 GHz, not 1.5");
+        assert_eq!(ipc_milli(&d), 2_000, "ratios need no scaling");
     }
 
     #[test]
