@@ -41,9 +41,13 @@ fn nats_config(port: u16, stream: &str) -> NatsConfig {
 }
 
 async fn start_controller(port: u16, stream: &str) -> RunningServer {
+    start_controller_with(nats_config(port, stream)).await
+}
+
+async fn start_controller_with(config: NatsConfig) -> RunningServer {
     let settings = Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
-        sinks: vec![SinkTarget::Nats(Box::new(nats_config(port, stream)))],
+        sinks: vec![SinkTarget::Nats(Box::new(config))],
         sink_ack_timeout: Duration::from_secs(3),
         max_batch_events: 512,
         ..Settings::default()
@@ -125,14 +129,7 @@ async fn batches_over_the_in_flight_bound_and_more_than_it_admits_at_once_are_al
     let _nats = nats(&dir, port);
     let mut config = nats_config(port, "TAPIO_I16_BOUND");
     config.max_in_flight = 8;
-    let settings = Settings {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        sinks: vec![SinkTarget::Nats(Box::new(config))],
-        sink_ack_timeout: Duration::from_secs(5),
-        max_batch_events: 512,
-        ..Settings::default()
-    };
-    let server = RunningServer::start(settings).await.expect("controller starts with the nats sink");
+    let server = start_controller_with(config).await;
     let addr = server.addr;
     let mut acked = Vec::new();
     let mut posts = Vec::new();

@@ -354,11 +354,12 @@ static __always_inline void fill_addrs_typed(struct tapio_net_event *ev, struct 
 		if (start) {                                                       \
 			(ev)->task = (start)->task;                                \
 			(ev)->flags |= (start)->flags;                             \
-		}                                                                  \
-		/* An entry made by the RST mark alone has no start. */           \
-		if (start && (start)->start_ns) {                                  \
-			(ev)->flags |= TAPIO_NET_F_START_KNOWN;                    \
-			(ev)->duration_ns = (ev)->hdr.boot_ns - (start)->start_ns; \
+			/* An entry made by the RST mark alone has no start. */   \
+			if ((start)->start_ns) {                                   \
+				(ev)->flags |= TAPIO_NET_F_START_KNOWN;            \
+				(ev)->duration_ns =                                \
+					(ev)->hdr.boot_ns - (start)->start_ns;     \
+			}                                                          \
 		}                                                                  \
 	} while (0)
 
