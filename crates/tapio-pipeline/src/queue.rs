@@ -375,6 +375,16 @@ impl QueueReceiver {
         take(&mut self.shared.lock(), into)
     }
 
+    /// Whether the queue is under three quarters full (by records and by bytes): the sink
+    /// stage may still wait for a slow sink, with the last quarter kept for what arrives
+    /// meanwhile, so a slow sink delays a burst but never makes the queue overflow for all.
+    pub fn has_room_to_wait(&self) -> bool {
+        let state = self.shared.lock();
+        let three_quarters = |bound: usize| bound - bound / 4;
+        state.records < three_quarters(self.shared.max_records)
+            && state.ring.len() < three_quarters(self.shared.max_bytes)
+    }
+
     /// Encoded bytes in the queue now.
     pub fn queued_bytes(&self) -> usize {
         self.shared.lock().ring.len()
@@ -522,6 +532,28 @@ pub(crate) mod tests {
         assert!(rx.recv(&mut got));
         assert!(!rx.recv(&mut got), "every sender is gone and the queue is empty");
         assert_eq!(rx.queued_bytes(), 0);
+    }
+
+    /// The stage may wait for a slow sink while the queue is under three quarters full, by
+    /// records and by bytes.
+    #[test]
+    fn there_is_room_to_wait_under_three_quarters_of_either_bound() {
+        let counters = Counters::default();
+        let ev = evidence("m");
+        let mut got = Encoded::default();
+        got.encode(&ev).unwrap();
+        let size = got.size();
+        for (tx, rx) in [bounded(4, usize::MAX), bounded(100, 4 * size)] {
+            assert!(rx.has_room_to_wait());
+            for _ in 0..2 {
+                tx.offer(&counters, &ev);
+            }
+            assert!(rx.has_room_to_wait(), "half full");
+            tx.offer(&counters, &ev);
+            assert!(!rx.has_room_to_wait(), "three quarters full");
+            assert!(rx.try_recv(&mut got));
+            assert!(rx.has_room_to_wait(), "taken back under three quarters");
+        }
     }
 
     /// A backlog's room stays while the queue only runs dry between bursts, and is given

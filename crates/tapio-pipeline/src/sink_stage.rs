@@ -161,9 +161,11 @@ impl SinkStage {
 
     fn flush(&mut self) {
         let counters = &self.counters;
+        let queue = &self.queue;
+        let may_wait = || queue.has_room_to_wait();
         for sink in &mut self.sinks {
             let name = sink.name();
-            sink.flush(&mut |d: Delivered| {
+            sink.flush(&may_wait, &mut |d: Delivered| {
                 if d.written > 0 || d.failed > 0 {
                     counters.sink_delivered(name, d.written, d.failed);
                 }
@@ -239,7 +241,7 @@ mod tests {
         fn buffered_bytes(&self) -> usize {
             self.buffered.iter().sum()
         }
-        fn flush(&mut self, report: &mut dyn FnMut(Delivered)) {
+        fn flush(&mut self, _may_wait: &dyn Fn() -> bool, report: &mut dyn FnMut(Delivered)) {
             if self.buffered.is_empty() {
                 return;
             }

@@ -126,8 +126,9 @@ fn a_stdout_pipe_nobody_reads_still_exits_in_bounded_time_with_exact_accounting(
 }
 
 /// A stdout pipe nobody reads beside a file sink: the stdout writer blocks, but the file
-/// gets every record (the sink stage only hands stdout's lines to its own writer thread,
-/// and drops what its full backlog cannot take, counted). Every record still has one
+/// gets every record (the sink stage only hands stdout's lines to its own writer thread;
+/// it waits for backlog room once, while the writer might still move, then drops what the
+/// full backlog cannot take, counted). Every record still has one
 /// outcome per sink, and the agent exits within the bound.
 #[test]
 #[ignore = "needs root"]
@@ -153,7 +154,11 @@ fn a_stdout_pipe_nobody_reads_does_not_stop_the_file_sink() {
     assert!(in_file >= 3_000, "every refused connect in the file: {in_file}\n{counters}");
     assert_eq!(counter_at(&counters, &["sinks", "file", "written"]), events, "{counters}");
     assert_eq!(counter_at(&counters, &["sinks", "file", "failed"]), 0, "{counters}");
-    assert_eq!(counter_at(&counters, &["queue_overflow_total"]), 0, "the stage never stalled: {counters}");
+    assert_eq!(
+        counter_at(&counters, &["queue_overflow_total"]),
+        0,
+        "the queue absorbed the stage's one wait: {counters}"
+    );
     assert!(stdout_failed > 0, "{counters}");
     assert_eq!(counter_at(&counters, &["sinks", "stdout", "written"]) + stdout_failed, events, "{counters}");
     assert!(log.contains("lines dropped (counted failed)"), "{log}");

@@ -101,7 +101,7 @@ impl Sink for FileSink {
         self.lines.bytes()
     }
 
-    fn flush(&mut self, report: &mut dyn FnMut(Delivered)) {
+    fn flush(&mut self, _may_wait: &dyn Fn() -> bool, report: &mut dyn FnMut(Delivered)) {
         self.write_out();
         report(std::mem::take(&mut self.delivered));
     }
@@ -137,7 +137,7 @@ mod tests {
 
     fn flush(sink: &mut FileSink) -> Delivered {
         let mut total = Delivered::default();
-        sink.flush(&mut |d| total.add(d));
+        sink.flush(&|| true, &mut |d| total.add(d));
         total
     }
 

@@ -26,6 +26,8 @@ pub trait Sink: Send {
     fn buffered_bytes(&self) -> usize;
     /// Writes out what is buffered, and passes to `report` the lines that reached the
     /// destination and those that failed since the last call (as soon as it knows them: a
-    /// write that blocks for good leaves what came before it counted).
-    fn flush(&mut self, report: &mut dyn FnMut(Delivered));
+    /// write that blocks for good leaves what came before it counted). `may_wait` says, as
+    /// long as it is asked, whether the queue in front still has room for the stage to wait
+    /// on a slow destination (the file sink writes in the stage and does not ask).
+    fn flush(&mut self, may_wait: &dyn Fn() -> bool, report: &mut dyn FnMut(Delivered));
 }

@@ -137,7 +137,7 @@ impl Sink for OutboxSink {
         0
     }
 
-    fn flush(&mut self, report: &mut dyn FnMut(Delivered)) {
+    fn flush(&mut self, _may_wait: &dyn Fn() -> bool, report: &mut dyn FnMut(Delivered)) {
         report(std::mem::take(&mut self.delivered));
     }
 }
@@ -156,7 +156,7 @@ mod tests {
         }
         sink.write_line(b"{}\n");
         let mut d = Delivered::default();
-        sink.flush(&mut |x| d.add(x));
+        sink.flush(&|| true, &mut |x| d.add(x));
         assert_eq!(d, Delivered { written: 3, failed: 1 }, "a full outbox refuses, never blocks");
         assert_eq!(outbox.take_batch(2, 1000), vec![b"{\"a\":1}".to_vec(); 2]);
         assert_eq!(outbox.len(), 1);

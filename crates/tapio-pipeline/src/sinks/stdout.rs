@@ -3,9 +3,14 @@
 //! A pipe nobody reads blocks a write for good. Written from the sink stage, that would
 //! stop every other sink with it (the file, the controller's outbox), and the queue in
 //! front of the stage would then overflow for all of them. So the stage only hands this
-//! sink's lines to its writer thread, through a backlog of at most [`BACKLOG_BYTES`]:
-//! lines that find the backlog full are counted failed at once and the stage goes on. The
-//! writer counts each line it writes (or fails to write) as its write returns.
+//! sink's lines to its writer thread, through a backlog of at most [`BACKLOG_BYTES`]. A
+//! full backlog in front of a writer that moves (a file on a busy disk, a slow reader)
+//! makes the stage wait for room while the queue in front has room for the wait: a burst
+//! is delayed, not lost, and a reader slower than the evidence loses stdout's lines, not
+//! the other sinks'. A writer that has moved no line for [`STUCK_AFTER`] (a reader that
+//! does not read) is not waited for until it moves again. Lines that find the backlog full
+//! and may not wait are counted failed at once. The writer counts each line it writes (or
+//! fails to write) as its write returns.
 //!
 //! It writes to file descriptor 1 directly rather than through `std::io::stdout()`: a
 //! write blocked on a pipe nobody reads then holds no lock that the exit path or anything
@@ -19,16 +24,27 @@ use crate::counters::Counters;
 use std::fs::File;
 use std::mem::ManuallyDrop;
 use std::os::fd::{FromRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// The most bytes of lines waiting for the writer thread (besides the write it is in).
-pub const BACKLOG_BYTES: usize = 512 * 1024;
+/// The most bytes of lines waiting for the writer thread (besides the write it is in): a
+/// hand-over, not a store (a burst waits in the queue in front), so it stays small: it and
+/// the batch in the write are both resident.
+pub const BACKLOG_BYTES: usize = 128 * 1024;
+
+/// How long a writer may go without moving a line before it is no longer waited for: a
+/// slow reader moves a line far more often than this.
+pub const STUCK_AFTER: Duration = Duration::from_secs(1);
+
+/// How often a waiting flush looks at the queue in front: a flood fills its last quarter in
+/// tens of milliseconds.
+const WAIT_STEP: Duration = Duration::from_millis(5);
 
 /// How long dropping the sink (the sink stage's end, at shutdown) waits for the writer to
 /// write out its backlog: within the runtime's bound for the whole stage. A writer blocked
 /// for good is left to the process's exit; the books count what it held as failed.
-const FINISH_WITHIN: Duration = Duration::from_secs(4);
+const FINISH_WITHIN: Duration = Duration::from_secs(3);
 
 const NAME: &str = "stdout";
 
@@ -36,6 +52,9 @@ pub struct StdoutSink {
     /// Lines taken since the last flush.
     lines: Lines,
     shared: Arc<Shared>,
+    /// Whether the writer has moved nothing for [`STUCK_AFTER`] while a flush waited: it is
+    /// not waited for again until its backlog has room.
+    stuck: bool,
     /// Whether lines are being dropped for want of backlog room (logged on change only).
     dropping: bool,
 }
@@ -45,8 +64,10 @@ struct Shared {
     state: Mutex<State>,
     /// The writer waits here for lines (or the close).
     work: Condvar,
-    /// The closing sink waits here for the writer to go idle.
+    /// The closing sink waits here for the writer to go idle, and a flush for backlog room.
     idle: Condvar,
+    /// Lines the writer has written or failed: a flush waiting for room sees it move.
+    moved: AtomicU64,
 }
 
 #[derive(Default)]
@@ -86,7 +107,7 @@ impl StdoutSink {
         std::thread::Builder::new()
             .name("tapio-stdout".into())
             .spawn(move || write_out(out, atomic_writes, &theirs, &counters))?;
-        Ok(Self { lines: Lines::default(), shared, dropping: false })
+        Ok(Self { lines: Lines::default(), shared, stuck: false, dropping: false })
     }
 }
 
@@ -108,17 +129,24 @@ fn write_out(mut out: ManuallyDrop<File>, atomic_writes: Option<usize>, shared: 
             // The emptied batch goes back as the next backlog: the two buffers take turns.
             std::mem::swap(&mut batch, &mut st.backlog);
             st.writing = true;
+            // The backlog has room again.
+            shared.idle.notify_all();
         }
-        let w = batch.write_to(&mut *out, atomic_writes, &mut |d| count(counters, d));
-        count(counters, w.delivered);
+        let w = batch.write_to(&mut *out, atomic_writes, &mut |d| count(counters, shared, d));
+        count(counters, shared, w.delivered);
         failing = super::file::log_transition(NAME, failing, w.error.as_ref(), w.delivered.failed);
     }
 }
 
-fn count(counters: &Counters, d: Delivered) {
+fn count(counters: &Counters, shared: &Shared, d: Delivered) {
     if d.written > 0 || d.failed > 0 {
         counters.sink_delivered(NAME, d.written, d.failed);
+        shared.moved.fetch_add(d.written + d.failed, Ordering::Relaxed);
     }
+}
+
+fn has_room(st: &State, adding: usize) -> bool {
+    st.backlog.lines() == 0 || st.backlog.bytes() + adding <= BACKLOG_BYTES
 }
 
 impl Sink for StdoutSink {
@@ -134,16 +162,35 @@ impl Sink for StdoutSink {
         self.lines.bytes()
     }
 
-    fn flush(&mut self, report: &mut dyn FnMut(Delivered)) {
+    fn flush(&mut self, may_wait: &dyn Fn() -> bool, report: &mut dyn FnMut(Delivered)) {
         if self.lines.lines() == 0 {
             return;
         }
+        let adding = self.lines.bytes();
         let mut st = lock(&self.shared.state);
-        let room = st.backlog.lines() == 0 || st.backlog.bytes() + self.lines.bytes() <= BACKLOG_BYTES;
-        if room {
+        if !self.stuck {
+            // Wait for room while the writer moves and the queue can hold what arrives
+            // meanwhile.
+            let mut moved = self.shared.moved.load(Ordering::Relaxed);
+            let mut last_move = Instant::now();
+            while !has_room(&st, adding) && may_wait() {
+                if last_move.elapsed() >= STUCK_AFTER {
+                    self.stuck = true;
+                    break;
+                }
+                st = self.shared.idle.wait_timeout(st, WAIT_STEP).unwrap_or_else(|p| p.into_inner()).0;
+                let now_moved = self.shared.moved.load(Ordering::Relaxed);
+                if now_moved != moved {
+                    moved = now_moved;
+                    last_move = Instant::now();
+                }
+            }
+        }
+        if has_room(&st, adding) {
             st.backlog.append(&mut self.lines);
             drop(st);
             self.shared.work.notify_one();
+            self.stuck = false;
             if self.dropping {
                 log::info!("sink {NAME}: the writer keeps up again");
                 self.dropping = false;
@@ -154,9 +201,10 @@ impl Sink for StdoutSink {
         let lost = self.lines.lines() as u64;
         self.lines.clear();
         if !self.dropping {
+            let why = if self.stuck { "its write has moved nothing for 1 s" } else { "the queue has no room to wait" };
             log::warn!(
-                "sink {NAME}: {BACKLOG_BYTES} bytes wait for a write that does not return (a reader that does not \
-                 read?): {lost} lines dropped (counted failed), and later ones until it moves; the other sinks go on"
+                "sink {NAME}: the writer is behind and {why}: {lost} lines dropped (counted failed), and later \
+                 ones until it catches up; the other sinks go on"
             );
             self.dropping = true;
         }
@@ -192,36 +240,56 @@ mod tests {
         snapshot.sinks.get(NAME).map(|c| (c.written, c.failed)).unwrap_or_default()
     }
 
-    /// A pipe nobody reads: the sink's flushes all return (the stage is never blocked),
-    /// what finds the backlog full is counted failed at once, and once the pipe is read,
-    /// every line is written or failed exactly once and the pipe holds exactly those
-    /// counted written.
-    #[test]
-    fn a_pipe_nobody_reads_never_blocks_the_stage_and_every_line_has_one_outcome() {
+    /// Opens a pipe and starts a sink writing into it: (sink, read end, write end).
+    fn sink_on_a_pipe(counters: &Arc<Counters>) -> (StdoutSink, RawFd, RawFd) {
         let mut fds = [0; 2];
         // SAFETY: pipe writes two descriptors into the array.
         assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
         let [read_end, write_end] = fds;
-        let counters = Arc::new(Counters::default());
-        let mut sink = StdoutSink::on_fd(write_end, Arc::clone(&counters)).unwrap();
+        (StdoutSink::on_fd(write_end, Arc::clone(counters)).unwrap(), read_end, write_end)
+    }
+
+    const LINES: u64 = 8_000; // 4 MB: the 64 KiB pipe and the 128 KiB backlog many times over
+
+    /// Runs the stage's side on its own thread: `LINES` lines, a flush every 100, with a
+    /// queue in front that has room to wait (`queue_has_room`) or not; sends the lines its
+    /// flushes reported dropped when it is done.
+    fn stage(
+        mut sink: StdoutSink,
+        queue_has_room: bool,
+        done: mpsc::Sender<u64>,
+    ) -> std::thread::JoinHandle<StdoutSink> {
         let line = format!("{{\"pad\":\"{}\"}}\n", "x".repeat(500));
-        let line_len = line.len() - 1;
-        const LINES: u64 = 8_000; // 4 MB: the 64 KiB pipe and the 512 KiB backlog many times over
-        let (done_tx, done_rx) = mpsc::channel();
-        let stage = std::thread::spawn(move || {
+        std::thread::spawn(move || {
             let mut dropped = 0;
             for i in 0..LINES {
                 sink.write_line(line.as_bytes());
                 if i % 100 == 99 {
-                    sink.flush(&mut |d| dropped += d.failed);
+                    sink.flush(&|| queue_has_room, &mut |d| dropped += d.failed);
                 }
             }
-            done_tx.send(dropped).unwrap();
+            done.send(dropped).unwrap();
             sink
-        });
-        let dropped = done_rx.recv_timeout(Duration::from_secs(20)).expect("the stage's flushes never block");
-        assert!(dropped > 0, "a full backlog drops at once");
+        })
+    }
+
+    /// A pipe nobody reads: the stage waits for room once, for [`STUCK_AFTER`], then its
+    /// flushes return at once and what finds the backlog full is counted failed; once the
+    /// pipe is read, every line is written or failed exactly once and the pipe holds
+    /// exactly those counted written.
+    #[test]
+    fn a_pipe_nobody_reads_holds_the_stage_only_until_it_is_stuck_and_every_line_has_one_outcome() {
+        let counters = Arc::new(Counters::default());
+        let (sink, read_end, write_end) = sink_on_a_pipe(&counters);
+        let line_len = 510; // `{"pad":"…"}` around 500 bytes
+        let (done_tx, done_rx) = mpsc::channel();
+        let started = Instant::now();
+        let stage = stage(sink, true, done_tx);
+        let dropped = done_rx.recv_timeout(Duration::from_secs(20)).expect("the stage is held once, not for good");
+        assert!(started.elapsed() >= STUCK_AFTER, "the stage waited for a writer that might still move");
+        assert!(dropped > 0, "a stuck writer's full backlog drops");
         let sink = stage.join().unwrap();
+        assert!(sink.stuck, "the writer was found stuck");
         // Now read the pipe: the writer finishes its backlog, and dropping the sink waits
         // for that.
         // SAFETY: read_end is ours, and this File is its only owner.
@@ -240,5 +308,57 @@ mod tests {
         assert_eq!(failed_by_writer, 0, "the writer failed nothing: the drops are the stage's, reported by flush");
         assert_eq!(written + dropped, LINES, "every line written or dropped, once");
         assert!(text.lines().all(|l| l.len() == line_len), "no torn line");
+    }
+
+    /// A reader slower than the stage that keeps reading: a burst far beyond the backlog
+    /// waits for room and loses nothing.
+    #[test]
+    fn a_slow_reader_that_keeps_reading_loses_no_line() {
+        let counters = Arc::new(Counters::default());
+        let (sink, read_end, write_end) = sink_on_a_pipe(&counters);
+        // SAFETY: read_end is ours, and this File is its only owner.
+        let mut reader = unsafe { File::from_raw_fd(read_end) };
+        let read = std::thread::spawn(move || {
+            let (mut text, mut chunk) = (Vec::new(), [0u8; 4096]);
+            loop {
+                match reader.read(&mut chunk).unwrap() {
+                    0 => return String::from_utf8(text).unwrap(),
+                    n => text.extend_from_slice(&chunk[..n]),
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        let (done_tx, done_rx) = mpsc::channel();
+        let stage = stage(sink, true, done_tx);
+        let dropped = done_rx.recv_timeout(Duration::from_secs(60)).expect("the slow reader finishes");
+        drop(stage.join().unwrap());
+        let (written, failed) = stdout_counts(&counters);
+        // SAFETY: write_end is ours; closing it ends the reader.
+        unsafe { libc::close(write_end) };
+        let text = read.join().unwrap();
+        assert_eq!((dropped, failed), (0, 0), "nothing dropped or failed");
+        assert_eq!(written, LINES);
+        assert_eq!(text.lines().count() as u64, LINES, "every line in the pipe");
+    }
+
+    /// A queue in front without room to wait: a full backlog is not waited for, even for a
+    /// writer that may still move; its lines are counted failed at once.
+    #[test]
+    fn a_full_backlog_is_not_waited_for_when_the_queue_has_no_room() {
+        let counters = Arc::new(Counters::default());
+        let (sink, read_end, write_end) = sink_on_a_pipe(&counters);
+        let (done_tx, done_rx) = mpsc::channel();
+        let stage = stage(sink, false, done_tx);
+        let dropped = done_rx.recv_timeout(Duration::from_secs(20)).expect("the stage is not held");
+        let sink = stage.join().unwrap();
+        assert!(dropped > 0, "a full backlog drops");
+        assert!(!sink.stuck, "the stage never waited out a writer that might move");
+        // SAFETY: both ends are ours. Closing the read end fails the writer's blocked write
+        // (EPIPE), so dropping the sink does not wait out its bound; the write end is closed
+        // once the writer is gone.
+        unsafe { libc::close(read_end) };
+        drop(sink);
+        // SAFETY: as above; the closed sink's writer writes no more.
+        unsafe { libc::close(write_end) };
     }
 }
