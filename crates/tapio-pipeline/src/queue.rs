@@ -495,15 +495,21 @@ pub(crate) mod tests {
         }
     }
 
+    /// A small record, a buffer holding it encoded, and its size in the queue.
+    fn small_record() -> (Evidence, Encoded, usize) {
+        let ev = evidence("m");
+        let mut encoded = Encoded::default();
+        encoded.encode(&ev).unwrap();
+        let size = encoded.size();
+        (ev, encoded, size)
+    }
+
     /// The record bound and the byte bound each refuse what does not fit, counted as
     /// overflow; what was taken frees its bytes for the next.
     #[test]
     fn both_bounds_refuse_and_count_and_taking_frees_space() {
         let counters = Counters::default();
-        let ev = evidence("m");
-        let mut got = Encoded::default();
-        got.encode(&ev).unwrap();
-        let size = got.size();
+        let (ev, mut got, size) = small_record();
 
         let (tx, rx) = bounded(2, usize::MAX);
         for _ in 0..3 {
@@ -539,10 +545,7 @@ pub(crate) mod tests {
     #[test]
     fn there_is_room_to_wait_under_three_quarters_of_either_bound() {
         let counters = Counters::default();
-        let ev = evidence("m");
-        let mut got = Encoded::default();
-        got.encode(&ev).unwrap();
-        let size = got.size();
+        let (ev, mut got, size) = small_record();
         for (tx, rx) in [bounded(4, usize::MAX), bounded(100, 4 * size)] {
             assert!(rx.has_room_to_wait());
             for _ in 0..2 {
