@@ -237,10 +237,14 @@ impl Connections {
     /// Admits a connection from `peer`, closing the oldest waiting connection (of that
     /// peer at the per-peer bound, of anyone at the total bound) when needed.
     pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<(Slot, Admitted), Refusal> {
+        self.admit_at(peer, millis_since(self.epoch))
+    }
+
+    /// [`Connections::admit`] at `now_ms` since the table's epoch (tests give their own clock).
+    fn admit_at(self: &Arc<Self>, peer: IpAddr, now_ms: u64) -> Result<(Slot, Admitted), Refusal> {
         let peer = peer.to_canonical();
         let mut t = self.lock();
         let mut how = Admitted::Free;
-        let now_ms = millis_since(self.epoch);
         if t.per_peer.get(&peer).copied().unwrap_or(0) >= self.max_per_peer {
             let victim = t.victim(Some(peer), now_ms).ok_or(Refusal::PeerFull)?;
             t.evict(victim);
@@ -256,7 +260,7 @@ impl Connections {
         let activity = Arc::new(Activity {
             epoch: self.epoch,
             busy: AtomicUsize::new(0),
-            waiting_since_ms: AtomicU64::new(millis_since(self.epoch)),
+            waiting_since_ms: AtomicU64::new(now_ms),
             body_since_ms: AtomicU64::new(NO_BODY),
             cut_body_since_ms: AtomicU64::new(NOT_CUT),
         });
@@ -305,15 +309,14 @@ mod tests {
 
     #[test]
     fn total_bound_evicts_the_oldest_waiting_connection() {
+        let grace = WAITING_GRACE.as_millis() as u64;
         let table = Connections::new(2, 10);
-        let (a, _) = table.admit(ip(1)).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        let (b, _) = table.admit(ip(2)).unwrap();
+        let (a, _) = table.admit_at(ip(1), 1_000).unwrap();
+        let (b, _) = table.admit_at(ip(2), 1_020).unwrap();
         // Fresh connections are safe for a moment.
-        assert_eq!(table.admit(ip(3)).unwrap_err(), Refusal::Full);
-        std::thread::sleep(WAITING_GRACE);
-        // a is older, so a goes.
-        let (c, how) = table.admit(ip(3)).unwrap();
+        assert_eq!(table.admit_at(ip(3), 1_020 + grace / 2).unwrap_err(), Refusal::Full);
+        // Both have waited past the grace; a is older, so a goes.
+        let (c, how) = table.admit_at(ip(3), 1_020 + grace + 1).unwrap();
         assert_eq!(how, Admitted::Evicted);
         assert_eq!(table.open(), 2);
         // The evicted slot's drop does not free a second slot.
@@ -324,9 +327,14 @@ mod tests {
         let _gc = c.activity.begin(false);
         assert_eq!(table.admit(ip(4)).unwrap_err(), Refusal::Full);
         drop(_gb);
-        assert_eq!(table.admit(ip(4)).unwrap_err(), Refusal::Full, "b waits again, but only just");
-        std::thread::sleep(WAITING_GRACE + std::time::Duration::from_millis(20));
-        assert_eq!(table.admit(ip(4)).unwrap().1, Admitted::Evicted, "b has waited, so it can go");
+        // b waits again from when its request ended.
+        let since = b.activity.waiting_since_ms.load(Ordering::Acquire);
+        assert_eq!(table.admit_at(ip(4), since + grace / 2).unwrap_err(), Refusal::Full, "b waits, but only just");
+        assert_eq!(
+            table.admit_at(ip(4), since + grace + 1).unwrap().1,
+            Admitted::Evicted,
+            "b has waited, so it can go"
+        );
     }
 
     #[test]
@@ -356,15 +364,22 @@ mod tests {
         let (b, _) = table.admit(ip(2)).unwrap();
         let ga = a.activity.begin(true); // body arriving
         let gb = b.activity.begin(false); // being handled
-        assert_eq!(table.admit(ip(3)).unwrap_err(), Refusal::Full, "within the grace nothing is cut");
-        std::thread::sleep(SLOW_BODY_GRACE + std::time::Duration::from_millis(50));
-        let (_c, how) = table.admit(ip(3)).unwrap();
+        let body_since = a.activity.body_since_ms.load(Ordering::Acquire);
+        let grace = SLOW_BODY_GRACE.as_millis() as u64;
+        assert_eq!(
+            table.admit_at(ip(3), body_since + grace / 2).unwrap_err(),
+            Refusal::Full,
+            "within the grace nothing is cut"
+        );
+        let (_c, how) = table.admit_at(ip(3), body_since + grace + 1).unwrap();
         assert_eq!(how, Admitted::Evicted);
         assert!(a.activity.may_drop(), "the slow body was cut");
         assert!(!b.activity.may_drop(), "a request being handled is never cut");
         // Had that body arrived and a next request begun before the connection's task
         // acted on the cut, the next request would not be cut.
         drop(ga);
+        // (In a later millisecond, as a real next request is: the cut one began a grace ago.)
+        std::thread::sleep(std::time::Duration::from_millis(2));
         let _next = a.activity.begin(true);
         assert!(!a.activity.may_drop());
         // Once its body has arrived, a request is no longer cuttable.

@@ -435,11 +435,12 @@ async fn the_cache_is_bounded_never_outlives_the_token_and_rotation_needs_no_res
 
     t.stop().await;
 
-    // A token that lives 3 more seconds is cached (300 s TTL, room to spare) no longer
-    // than that: after its exp the next request asks the API server again, which refuses
-    // it. The agent's rotated token (same ServiceAccount, same node) is accepted at once.
+    // A token that lives 6 more seconds (5 to 6: exp is whole seconds; room for a loaded
+    // machine's two requests) is cached (300 s TTL, room to spare) no longer than that:
+    // after its exp the next request asks the API server again, which refuses it. The
+    // agent's rotated token (same ServiceAccount, same node) is accepted at once.
     let t = authenticating_controller("k8s-auth-expiry", &api, 100, false).await;
-    let exp = unix_now() + 3;
+    let exp = unix_now() + 6;
     let short = jwt("short", exp);
     api.put_token(&short, TokenFixture { exp, ..fixture(Some("node-a1")) });
     let c = t.client().with_header("Authorization", &format!("Bearer {short}"));

@@ -153,7 +153,8 @@ async fn heartbeat_from_unknown_agent_is_not_accepted_then_known_after_hello() {
     assert_eq!(a["observers"]["network"], "running");
     assert_eq!(a["reported_counters"]["controller_send_failures_total"], 2);
     assert_eq!(a["degraded_reasons"][1], "brand-new-reason");
-    assert_eq!(a["last_heartbeat_age_seconds"], 0);
+    let age = a["last_heartbeat_age_seconds"].as_u64().expect("an age in seconds");
+    assert!(age <= 2, "the heartbeat was just made (whole seconds, on a loaded machine): {age}");
     t.stop().await;
 }
 

@@ -117,7 +117,12 @@ async fn profile_changes_become_generations_and_bad_ones_are_refused_and_counted
     let m = metrics(&t).await;
     assert!(m.contains("tapio_controller_agents_config{state=\"outdated\"} 1"), "{m}");
     assert!(m.contains(&format!("tapio_controller_config_generation {g2}\n")), "{m}");
-    assert!(m.contains("tapio_controller_profile_reloads_total{result=\"applied\"} 1"), "{m}");
+    // Counted just after the generation is published.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !metrics(&t).await.contains("tapio_controller_profile_reloads_total{result=\"applied\"} 1") {
+        assert!(Instant::now() < deadline, "the reload was not counted: {}", metrics(&t).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Same config, different text (a comment, reordered list): no new generation.
     profile(&dir, "p.yaml", &format!("# tuned for payments\n{}", body2.replace("[3, 42]", "[42, 3, 42]")));
@@ -141,7 +146,10 @@ async fn profile_changes_become_generations_and_bad_ones_are_refused_and_counted
     assert_eq!((generation(&still["version"]), still["config_hash"].clone()), (g2, v2["config_hash"].clone()));
 
     // Not YAML at all, then a vanished file: each refused and counted once more.
-    std::fs::write(&path, "base: [unclosed\n").unwrap();
+    // Written then renamed, as the helper does: a poll must not see the file half written.
+    let tmp = dir.join(".p.yaml.tmp");
+    std::fs::write(&tmp, "base: [unclosed\n").unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !metrics(&t).await.contains("tapio_controller_profile_reload_failures_total 2") {
         assert!(Instant::now() < deadline, "syntax error not counted");
@@ -195,15 +203,18 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn get_json(port: u16, path: &str) -> Option<Value> {
+fn get_body(port: u16, path: &str) -> Option<Vec<u8>> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").ok()?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).ok()?;
-    let resp = common::parse_response(&raw);
-    serde_json::from_slice(&resp.body).ok()
+    Some(common::parse_response(&raw).body)
+}
+
+fn get_json(port: u16, path: &str) -> Option<Value> {
+    serde_json::from_slice(&get_body(port, path)?).ok()
 }
 
 #[test]
@@ -244,11 +255,18 @@ fn sighup_reloads_the_profile_of_the_running_binary() {
     }
     let first = status("version").map(|v| generation(&v)).unwrap_or(0);
     assert_fresh_generation(first);
+    // The watcher's first look (at start) must be over before the file changes, or it
+    // would see the change without a SIGHUP.
+    let first_look = "tapio_controller_profile_reloads_total{result=\"unchanged\"} 1";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !get_body(port, "/metrics").is_some_and(|m| String::from_utf8_lossy(&m).contains(first_look)) {
+        assert!(Instant::now() < deadline, "the watcher's first look was not counted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     profile(&dir, "p.yaml", "base: sensitive\n");
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(status("version").map(|v| generation(&v)), Some(first), "no reload without SIGHUP");
-    // SAFETY: signalling our own child.
-    // SAFETY: kill takes plain integers and touches no memory of ours.
+    // SAFETY: kill takes plain integers and touches no memory of ours (our own child).
     unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
     let deadline = Instant::now() + Duration::from_secs(10);
     while status("version").map(|v| generation(&v)).unwrap_or(0) <= first {
@@ -279,8 +297,7 @@ fn sighup_reloads_the_profile_of_the_running_binary() {
     }
     assert_eq!(status("version"), Some(reloaded));
     assert!(child.try_wait().unwrap().is_none(), "SIGHUP must not stop the controller");
-    // SAFETY: signalling our own child.
-    // SAFETY: kill takes plain integers and touches no memory of ours.
+    // SAFETY: kill takes plain integers and touches no memory of ours (our own child).
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
     let _ = std::fs::remove_dir_all(&dir);

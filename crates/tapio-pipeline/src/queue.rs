@@ -425,6 +425,7 @@ fn copy_front(ring: &VecDeque<u8>, out: &mut [u8]) {
 pub(crate) mod tests {
     use super::*;
     use crate::evidence::{ConnectionFacts, ErrorInfo, Facts, Outcome, Severity};
+    use std::time::Instant;
     use tapio_identity::Workload;
 
     pub(crate) fn evidence(message: &str) -> Evidence {
@@ -565,7 +566,8 @@ pub(crate) mod tests {
     fn room_is_given_back_only_after_the_queue_stays_empty() {
         let counters = Arc::new(Counters::default());
         let ev = evidence(&"x".repeat(1000));
-        let (tx, rx) = bounded_releasing_after(1000, usize::MAX, Duration::from_millis(300));
+        const RELEASE_AFTER: Duration = Duration::from_secs(2);
+        let (tx, rx) = bounded_releasing_after(1000, usize::MAX, RELEASE_AFTER);
         for _ in 0..200 {
             tx.offer(&counters, &ev);
         }
@@ -580,16 +582,19 @@ pub(crate) mod tests {
             }
             (taken, rx)
         });
-        // The receiver empties the queue and waits; a record 50 ms later finds the room kept.
+        // The receiver empties the queue and waits; a record 50 ms later finds the room kept
+        // (the delay is far longer than that, for a loaded machine's sake).
         std::thread::sleep(Duration::from_millis(50));
         tx.offer(&counters, &ev);
         std::thread::sleep(Duration::from_millis(50));
         let kept = room_of(&tx);
         assert!(kept >= backlog_room, "room kept between bursts: {kept} < {backlog_room}");
         // Empty for longer than the delay: given back.
-        std::thread::sleep(Duration::from_millis(900));
-        let released = room_of(&tx);
-        assert!(released <= KEPT_BYTES, "room given back after the delay: {released}");
+        let given_back_by = Instant::now() + RELEASE_AFTER + Duration::from_secs(20);
+        while room_of(&tx) > KEPT_BYTES {
+            assert!(Instant::now() < given_back_by, "room never given back: {}", room_of(&tx));
+            std::thread::sleep(Duration::from_millis(20));
+        }
         drop(tx);
         let (taken, _rx) = receiver.join().unwrap();
         assert_eq!(taken, 201);
@@ -678,10 +683,11 @@ pub(crate) mod tests {
         // Held longer, by another thread: records up to PENDING_MAX_BYTES are kept, and the
         // one past it waits until the lock is free; the queue (3 records) counts the rest.
         let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
         let holder = std::thread::spawn(move || {
             let held = rx.shared.lock();
             locked_tx.send(()).unwrap();
-            std::thread::sleep(Duration::from_millis(300));
+            release_rx.recv().unwrap();
             drop(held);
             rx
         });
@@ -692,10 +698,21 @@ pub(crate) mod tests {
             tx.hand_over(&counters);
         }
         assert_eq!(events(&counters), 1, "nothing handed over while the lock is held");
-        let started = std::time::Instant::now();
-        tx.offer_batched(&counters, &ev);
-        tx.hand_over(&counters);
-        assert!(started.elapsed() >= Duration::from_millis(100), "past the bound it waited for the lock");
+        // One more: past the bound the hand-over waits for the lock, until it is released.
+        let (handed_tx, handed_rx) = std::sync::mpsc::channel();
+        let sender = std::thread::spawn({
+            let counters = Arc::clone(&counters);
+            move || {
+                tx.offer_batched(&counters, &ev);
+                tx.hand_over(&counters);
+                handed_tx.send(()).unwrap();
+            }
+        });
+        let waited = handed_rx.recv_timeout(Duration::from_millis(200));
+        assert_eq!(waited, Err(std::sync::mpsc::RecvTimeoutError::Timeout), "past the bound it waited for the lock");
+        release_tx.send(()).unwrap();
+        handed_rx.recv_timeout(Duration::from_secs(20)).expect("handed over once the lock was free");
+        sender.join().unwrap();
         let rx = holder.join().unwrap();
         assert_eq!(events(&counters), 3, "the queue's three records");
         assert_eq!(counters.queue_overflow_total.load(Ordering::Relaxed), kept as u64 + 1 - 2, "the rest counted");

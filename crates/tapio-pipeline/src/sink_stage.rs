@@ -263,7 +263,8 @@ mod tests {
             sinks: vec![Box::new(RecordingSink { buffered: Vec::new(), writes: Arc::clone(&writes) })],
             identity: None,
             counters: Arc::clone(&counters),
-            linger: Duration::from_millis(400),
+            // Long, so that a loaded machine's stalls stay well inside it.
+            linger: Duration::from_secs(3),
         };
         let thread = std::thread::spawn(move || stage.run());
         let ev = crate::queue::tests::evidence("m");
@@ -271,7 +272,11 @@ mod tests {
         std::thread::sleep(Duration::from_millis(100));
         assert!(writes.lock().unwrap().is_empty(), "the first line lingers");
         tx.offer(&counters, &ev);
-        std::thread::sleep(Duration::from_millis(900));
+        let written_by = std::time::Instant::now() + Duration::from_secs(30);
+        while writes.lock().unwrap().is_empty() {
+            assert!(std::time::Instant::now() < written_by, "the lines were never written");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         assert_eq!(*writes.lock().unwrap(), [2], "both lines in one write, once the linger is over");
         tx.offer(&counters, &ev);
         drop(tx);

@@ -282,7 +282,8 @@ fn a_throttled_container_is_one_cpu_throttling_matching_cpu_stat_and_a_healthy_o
     let share = f["throttled_periods_percent"].as_f64().expect("share");
     assert!((share - (throttled_periods * 100) as f64 / periods as f64).abs() < 0.01, "{e}");
     assert!(throttled_us > 0, "{e}");
-    assert!(num("interval_ns") >= 400_000_000, "one poll interval (500 ms) apart: {e}");
+    // Polls keep to a 500 ms grid: a late one and the next on time are closer, never this close.
+    assert!(num("interval_ns") >= 250_000_000, "one poll interval (500 ms) apart: {e}");
 
     assert_eq!(healthy.all_evidence(&run.events), Vec::<&Value>::new(), "a healthy container is not evidence");
     assert_eq!(run.counter(&["malformed_events_total"]), 0, "every cgroup file parsed");

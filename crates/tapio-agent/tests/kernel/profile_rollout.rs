@@ -118,10 +118,11 @@ fn a_profile_change_reaches_the_kernel_within_two_polls() {
     assert!(g2 > g1, "generations rise: {g1} then {g2}");
     assert_ne!(h1, h2);
     assert_eq!(cli_hash(&profile), h2);
-    // Two config polls (1 s each), plus the request itself and the log line's way here.
-    agent.wait_for_log(&format!("applied controller config {g2} ({h2})"), Duration::from_millis(2_500));
+    // Two config polls (1 s each), plus the request itself and the log line's way here (on
+    // a loaded machine, up to 2 s of it).
+    agent.wait_for_log(&format!("applied controller config {g2} ({h2})"), Duration::from_secs(4));
     let applied_after = served.elapsed();
-    wait_until("a heartbeat with the new hash", Duration::from_secs(3), || {
+    wait_until("a heartbeat with the new hash", Duration::from_secs(5), || {
         controller.agent_status("agent-rollout").is_some_and(|a| a["reported_config_hash"] == h2.as_str())
     });
     assert!(controller.metrics().contains("tapio_controller_agents_config{state=\"current\"} 1"));
@@ -201,7 +202,7 @@ fn sighup_reloads_and_a_bad_profile_keeps_the_applied_hash() {
     let (v2, h2) = controller.target();
     assert!(v2.parse::<u32>().expect("generation is a base-10 u32") > g1, "generations rise: {v1} then {v2}");
     assert_eq!(cli_hash(&profile), h2);
-    agent.wait_for_log(&format!("applied controller config {v2} ({h2})"), Duration::from_millis(2_500));
+    agent.wait_for_log(&format!("applied controller config {v2} ({h2})"), Duration::from_secs(4));
     let exit42_ignored = exit_with(42);
     let run = agent.stop();
     assert!(!run.stderr.contains("refused"), "the agent never saw the bad profile: {}", run.stderr);

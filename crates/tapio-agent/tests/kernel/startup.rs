@@ -140,16 +140,27 @@ fn an_idle_drain_sleeps_and_the_first_record_after_a_quiet_spell_wakes_it() {
     let out = tmp::Dir::scratch("drain-asleep");
     let lines = out.path().join("evidence.jsonl");
     let file = std::fs::File::create(&lines).unwrap();
-    let agent = Launch::with_config("[sinks]\nstdout = true\n[network]\nenabled = false\n")
-        .stdout(Stdout::To(Stdio::from(file)))
-        .start();
+    // Only the container observer (for the exits below): the others' records of what the
+    // rest of the machine does would wake the drain too.
+    let config = "[sinks]\nstdout = true\n[network]\nenabled = false\n[storage]\nenabled = false\n[node]\n\
+                  enabled = false\n[dns]\nenabled = false\n[container_pressure]\nenabled = false\n";
+    let agent = Launch::with_config(config).stdout(Stdout::To(Stdio::from(file))).start();
     // A second without records puts the drain to sleep; then it runs about once a second
     // (its backstop) plus once per record, where a 100 ms poll period would run it 30 times.
+    // A record from elsewhere on the machine (a cgroup made, a process failing) keeps it
+    // awake for a second: one quiet window of three is enough, a drain that never sleeps
+    // has none.
     std::thread::sleep(Duration::from_millis(2500));
-    let before = drain_runs(agent.pid());
-    std::thread::sleep(Duration::from_secs(3));
-    let runs = drain_runs(agent.pid()) - before;
-    assert!(runs <= 15, "the idle drain ran {runs} times in 3 s");
+    let mut windows = Vec::new();
+    for _ in 0..3 {
+        let before = drain_runs(agent.pid());
+        std::thread::sleep(Duration::from_secs(3));
+        windows.push(drain_runs(agent.pid()) - before);
+        if windows.last().is_some_and(|&runs| runs <= 15) {
+            break;
+        }
+    }
+    assert!(windows.iter().any(|&runs| runs <= 15), "the idle drain ran {windows:?} times in windows of 3 s");
 
     // A lone abnormal exit after each quiet spell reaches the sink at once: the program saw
     // the drain asleep and woke it (asleep, the drain's own backstop is a second).
@@ -169,7 +180,9 @@ fn an_idle_drain_sleeps_and_the_first_record_after_a_quiet_spell_wakes_it() {
         latencies.push(started.elapsed());
     }
     latencies.sort();
-    assert!(latencies[2] < Duration::from_millis(100), "lone records took {latencies:?} to reach the sink");
+    // Woken, a record takes milliseconds (and a drain kept awake by a record from elsewhere
+    // polls every 100 ms); left to the backstop it takes up to a second.
+    assert!(latencies[2] < Duration::from_millis(150), "lone records took {latencies:?} to reach the sink");
     let run = agent.stop();
     assert!(run.exit_ok, "{}", run.stderr);
 }

@@ -500,6 +500,16 @@ impl DnsLab {
         self.client.addr(family)
     }
 
+    /// Whether `addr` is one of the lab's (10.53.<lab>.0/24, fd00:d5:1ab:<lab>::/64): the
+    /// agent also sees the rest of the machine's DNS traffic.
+    pub fn holds(&self, addr: &str) -> bool {
+        match addr.parse::<IpAddr>() {
+            Ok(IpAddr::V4(a)) => a.octets()[..3] == [10, 53, self.lab],
+            Ok(IpAddr::V6(a)) => a.segments()[..4] == [0xfd00, 0xd5, 0x1ab, u16::from(self.lab)],
+            Err(_) => false,
+        }
+    }
+
     /// The pid of BIND (in the server namespace).
     pub fn named_pid(&self) -> u32 {
         self.named.as_ref().map(Child::id).unwrap_or(0)

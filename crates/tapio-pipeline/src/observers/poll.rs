@@ -157,6 +157,11 @@ mod tests {
             shutdown: Arc::clone(&shutdown),
         };
         let handle = std::thread::spawn(move || thread.run());
+        let polled_by = Instant::now() + Duration::from_secs(20);
+        while polls.load(Ordering::Relaxed) == 0 {
+            assert!(Instant::now() < polled_by, "never polled at start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(polls.load(Ordering::Relaxed), 1, "polled once at start, then asleep until due");
         assert!(!handle.is_finished());
