@@ -23,6 +23,11 @@ fn start(stdout: Stdio) -> Agent {
     Launch::with_config(NETWORK_ONLY).stdout(Stdout::To(stdout)).start()
 }
 
+/// [`NETWORK_ONLY`] with the file sink at `path`, and stdout on or off.
+fn with_file_sink(path: &std::path::Path, stdout: bool) -> String {
+    format!("{NETWORK_ONLY}[sinks]\nstdout = {stdout}\n[sinks.file]\npath = \"{}\"\n", path.display())
+}
+
 /// SIGTERM (and SIGCONT, for a stopped agent); waits for the exit within [`EXIT_BOUND`]
 /// and returns (exit success, time to exit, final counters, log).
 fn terminate(agent: Agent) -> (bool, Duration, Value, String) {
@@ -55,8 +60,7 @@ fn a_ring_filled_while_the_agent_was_stopped_is_emptied_at_shutdown_and_fully_ac
     let out_path = tmp::path("flood.jsonl");
     // The file sink, written in the sink stage: what is counted here is the drain's and the
     // queue's doing, not how soon a writer thread is scheduled.
-    let config = format!("{NETWORK_ONLY}[sinks]\nstdout = false\n[sinks.file]\npath = \"{}\"\n", out_path.display());
-    let agent = Launch::with_config(&config).stdout(Stdout::To(Stdio::null())).start();
+    let agent = Launch::with_config(&with_file_sink(&out_path, false)).stdout(Stdout::To(Stdio::null())).start();
     agent.signal(libc::SIGSTOP);
     let port = closed_port();
     const CONNECTS: usize = 30_000;
@@ -138,11 +142,10 @@ fn a_stdout_pipe_nobody_reads_still_exits_in_bounded_time_with_exact_accounting(
 fn a_stdout_pipe_nobody_reads_does_not_stop_the_file_sink() {
     let _turn = kernel_test("shutdown_stdout_blocked_file_goes_on");
     let file = tmp::path("beside-blocked-stdout.jsonl");
-    let config = format!("{NETWORK_ONLY}[sinks]\nstdout = true\n[sinks.file]\npath = \"{}\"\n", file.display());
-    let mut agent = Launch::with_config(&config).stdout(Stdout::To(Stdio::piped())).start();
+    let mut agent = Launch::with_config(&with_file_sink(&file, true)).stdout(Stdout::To(Stdio::piped())).start();
     let pipe = agent.take_stdout();
     let port = closed_port();
-    // About 700 bytes per record: 3,000 are 2 MB, over the 64 KiB pipe and the 512 KiB backlog.
+    // About 700 bytes per record: 3,000 are 2 MB, over the 64 KiB pipe and the 128 KiB backlog.
     refuse(port, 3_000);
     std::thread::sleep(Duration::from_millis(1_000));
     let (ok, took, counters, log) = terminate(agent);
