@@ -7,7 +7,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::ingest::{check_all_kept, id_batch, try_post, Ingest};
@@ -86,11 +86,18 @@ fn nats(dir: &Path, port: u16) -> Proc {
     nats_server(port, &dir.join("jetstream"), &dir.join("nats.log"))
 }
 
+/// A scratch directory named `tag`, a free port, and a NATS server with JetStream on it
+/// (stopped when the returned process is dropped).
+fn scratch_nats(tag: &str) -> (PathBuf, u16, Proc) {
+    let dir = temp_dir(tag);
+    let port = free_port();
+    let server = nats(&dir, port);
+    (dir, port, server)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_record_arrives_once_on_its_subject_and_a_resent_batch_is_dropped_by_the_server() {
-    let dir = temp_dir("i12-nats-once");
-    let port = free_port();
-    let _nats = nats(&dir, port);
+    let (dir, port, _nats) = scratch_nats("i12-nats-once");
     let server = start_controller(port, "TAPIO_I12_ONCE").await;
     let mut acked = Vec::new();
     let mut first_body = None;
@@ -124,9 +131,7 @@ async fn every_record_arrives_once_on_its_subject_and_a_resent_batch_is_dropped_
 /// of 50 records under a bound of 8 for good, and every later one behind it.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_over_the_in_flight_bound_and_more_than_it_admits_at_once_are_all_stored() {
-    let dir = temp_dir("i16-nats-bound");
-    let port = free_port();
-    let _nats = nats(&dir, port);
+    let (dir, port, _nats) = scratch_nats("i16-nats-bound");
     let mut config = nats_config(port, "TAPIO_I16_BOUND");
     config.max_in_flight = 8;
     let server = start_controller_with(config).await;
@@ -151,9 +156,7 @@ async fn batches_over_the_in_flight_bound_and_more_than_it_admits_at_once_are_al
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_stream_is_refused_at_start_unless_creation_is_asked() {
-    let dir = temp_dir("i12-nats-nostream");
-    let port = free_port();
-    let _nats = nats(&dir, port);
+    let (dir, port, _nats) = scratch_nats("i12-nats-nostream");
     let mut cfg = nats_config(port, "TAPIO_I12_ABSENT");
     cfg.create_stream = false;
     let settings = Settings {
@@ -216,9 +219,7 @@ async fn a_nats_server_restart_mid_stream_loses_nothing_acknowledged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_share_the_stream_and_killing_one_during_ingest_loses_nothing() {
-    let dir = temp_dir("i12-replicas");
-    let port = free_port();
-    let _nats = nats(&dir, port);
+    let (dir, port, _nats) = scratch_nats("i12-replicas");
     let args: Vec<String> = [
         "--sink",
         "nats",
