@@ -4,8 +4,11 @@
 //! events, their facts against what the client saw, and the absence of wrong ones.
 
 use crate::support::dns::{self, DnsLab, Family, Query, Server};
+use crate::support::netns::NetnsPair;
 use crate::support::{kernel_test, Agent, Finished};
 use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 /// Only the DNS observer: the others' evidence is not what these tests are about.
@@ -267,4 +270,110 @@ fn ipv6_queries_are_judged_like_ipv4() {
     assert_eq!((f["family"].as_str(), &f["server_addr"]), (Some("ipv6"), &Value::from(lab.server_v6().to_string())));
     assert_eq!(f["client_addr"], lab.client_addr(Family::V6).to_string());
     assert_eq!((f["pid"].as_u64(), e[0]["error"]["code"].as_str()), (Some(u64::from(a.client_pid)), Some("REFUSED")));
+}
+
+/// Reads one length-prefixed DNS message from a TCP stream.
+fn read_tcp_message(conn: &mut TcpStream) -> Vec<u8> {
+    let mut len = [0u8; 2];
+    conn.read_exact(&mut len).expect("a message's length");
+    let mut message = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    conn.read_exact(&mut message).expect("a message");
+    message
+}
+
+/// `message` with its TCP length prefix.
+fn framed(message: &[u8]) -> Vec<u8> {
+    let len = u16::try_from(message.len()).expect("a short message");
+    [&len.to_be_bytes()[..], message].concat()
+}
+
+/// An answer with no records and rcode `rcode` to `query` (its header and question echoed).
+fn empty_answer(query: &[u8], rcode: u8) -> Vec<u8> {
+    let mut answer = query.to_vec();
+    answer[2] |= 0x80; // QR
+    answer[3] = 0x80 | rcode; // RA
+    answer
+}
+
+/// Pipelined queries on one TCP connection: the kernel reads up to four messages a
+/// segment, both ways. Four queries written at once, as glibc writes its A and AAAA
+/// queries, and a fifth in a segment of its own; the server answers all five in one write,
+/// the second SERVFAIL. The second answer is judged from the middle of its segment; the
+/// fifth is not read (a fifth message in one segment), and its query is not judged timed
+/// out (it was answered): it is counted as `dns.tcp_answer_unread`. On a second
+/// connection, two queries written at once, and only the first answered: a segment read
+/// whole keeps no query from timing out, and the second times out.
+#[test]
+#[ignore = "needs root"]
+fn pipelined_tcp_queries_are_read_from_shared_segments_and_an_unread_answer_is_counted_not_judged_timed_out() {
+    let _turn = kernel_test("dns_tcp_pipelined");
+    let pair = NetnsPair::new("i16dp", 32);
+    let server: SocketAddr = format!("{}:53", pair.b_addr).parse().expect("server address");
+    let listener = pair.listen_in_b(server);
+    let agent =
+        started(&format!("{ONLY_DNS}[dns]\ntimeout_ms = 1000\nlatency_warning_ms = 300\nlatency_critical_ms = 900\n"));
+    // (name, queries written together then one by one, answers sent in one write)
+    let cases: [(&str, &[usize], usize); 2] = [("together", &[4, 1], 5), ("alone", &[2], 1)];
+    let serving = std::thread::spawn(move || {
+        for (_, writes, answered) in cases {
+            let (mut conn, _) = listener.accept().expect("accept");
+            let queries: Vec<Vec<u8>> = (0..writes.iter().sum()).map(|_| read_tcp_message(&mut conn)).collect();
+            let rcode = |i: usize| if i == 1 { 2 } else { 0 };
+            let reply: Vec<u8> =
+                queries[..answered].iter().enumerate().flat_map(|(i, q)| framed(&empty_answer(q, rcode(i)))).collect();
+            conn.write_all(&reply).expect("answer");
+            // Open until the client is done.
+            let _ = conn.read(&mut [0u8; 1]);
+        }
+    });
+    let asking = pair.spawn_in(&pair.a, move || {
+        let mut answers = Vec::new();
+        for (case, writes, answered) in cases {
+            let mut conn = TcpStream::connect_timeout(&server, Duration::from_secs(5)).expect("connect");
+            conn.set_nodelay(true).expect("nodelay");
+            let mut n = 0u16;
+            for &together in writes {
+                let mut write = Vec::new();
+                for _ in 0..together {
+                    n += 1;
+                    write.extend(framed(&dns::query_packet(0x1600 + n, &format!("pipe{n}-{case}.dnslab.test"), 1)));
+                }
+                conn.write_all(&write).expect("queries");
+                // The next write goes in a segment of its own.
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            conn.set_read_timeout(Some(Duration::from_secs(5))).expect("read timeout");
+            for _ in 0..answered {
+                let a = read_tcp_message(&mut conn);
+                answers.push((u16::from_be_bytes([a[0], a[1]]), a[3] & 0x0f));
+            }
+        }
+        answers
+    });
+    let answers = asking.join().expect("the client");
+    let sent = [(0x1601, 0), (0x1602, 2), (0x1603, 0), (0x1604, 0), (0x1605, 0), (0x1601, 0)];
+    assert_eq!(answers, sent, "the client read every answer sent");
+    serving.join().expect("the server");
+    // Past the timeout and its sweep.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let finished = agent.stop();
+    let events: Vec<&Value> = finished
+        .events
+        .iter()
+        .filter(|e| e["observer"] == "dns" && e["facts"]["client_addr"] == pair.a_addr.as_str())
+        .collect();
+    let failed = named(&events, "pipe2-together.dnslab.test");
+    assert_eq!(failed.len(), 1, "the second answer in its segment is read: {events:#?}");
+    assert_eq!(
+        (failed[0]["type"].as_str(), failed[0]["error"]["code"].as_str()),
+        (Some("kernel.dns.failure"), Some("SERVFAIL"))
+    );
+    let timed_out = named(&events, "pipe2-alone.dnslab.test");
+    assert_eq!(timed_out.len(), 1, "the unanswered pipelined query times out: {events:#?}");
+    assert_eq!(
+        (timed_out[0]["type"].as_str(), timed_out[0]["facts"]["transport"].as_str()),
+        (Some("kernel.dns.timeout"), Some("tcp"))
+    );
+    assert_eq!(events.len(), 2, "no other query is evidence: {events:#?}");
+    assert_eq!(finished.counter(&["correlation_drops", "dns.tcp_answer_unread"]), 1);
 }

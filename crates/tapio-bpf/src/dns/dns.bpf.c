@@ -8,9 +8,12 @@
  *    is connected to, or sends to, port 53: they record the socket's owner (pid, comm,
  *    cgroup) by socket cookie. They never change or refuse anything (always return 1).
  *  - cgroup_skb/egress parses a query leaving a socket for port 53 (UDP, or TCP with its
- *    length prefix) and keeps it in a bounded table with the owner recorded for its socket.
- *  - cgroup_skb/ingress parses an answer arriving from port 53, takes its query out of the
- *    table and judges it (error rcode, latency, answered after the timeout).
+ *    length prefix: up to four queries a segment) and keeps it in a bounded table with the
+ *    owner recorded for its socket.
+ *  - cgroup_skb/ingress parses an answer arriving from port 53 (up to four a TCP segment),
+ *    takes its query out of the table and judges it (error rcode, latency, answered after
+ *    the timeout); a TCP segment not read whole as answers marks its connection
+ *    (tcp_unread).
  * Unanswered queries are judged by the agent, which sweeps the table (see the agent's
  * observers/dns). Whoever deletes an entry first judges it, so a query is judged once.
  */
@@ -131,12 +134,39 @@ struct {
 	__type(value, struct tapio_dns_query);
 } queries SEC(".maps");
 
+/* TCP connections that brought bytes this program did not read as answers, by socket
+ * cookie: the boot-clock time of the latest such segment. Messages are read from a
+ * segment's first byte on, so one that starts inside a segment after a long answer
+ * continued there, a fifth in one segment, or anything no query waits for is not read as
+ * an answer. The agent's sweep does not judge a TCP query timed out when its connection
+ * brought such bytes after the query's latest transmission: its answer may be among them
+ * (counted: dns.tcp_answer_unread). As many as the query table can hold queries; the least
+ * recently marked connection goes first. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, __u64);
+} tcp_unread SEC(".maps");
+
 /* Per-CPU scratch: the packet bytes being parsed and the record being built (too large
  * for the 512-byte stack). */
+/* What the IP and transport headers said. */
+struct l4 {
+	__u32 payload; /* offset of the DNS message */
+	__u32 addrs; /* offset of the source address; the destination follows it */
+	__u16 sport;
+	__u16 dport;
+	__u16 family;
+	__u8 transport;
+};
+
 struct scratch {
 	__u8 buf[BUF_SIZE];
 	struct tapio_dns_key key;
 	struct tapio_dns_event ev;
+	/* The packet's headers, for the global functions below (they take scalars only). */
+	struct l4 pkt;
 	/* The question name's wire length, passed through memory on purpose (see below). */
 	__u32 name_len;
 };
@@ -201,16 +231,6 @@ int tapio_dns_send6(struct bpf_sock_addr *ctx)
 }
 
 /* ---- packets ---- */
-
-/* What the IP and transport headers said. */
-struct l4 {
-	__u32 payload; /* offset of the DNS message */
-	__u32 addrs; /* offset of the source address; the destination follows it */
-	__u16 sport;
-	__u16 dport;
-	__u16 family;
-	__u8 transport;
-};
 
 /*
  * Reads the IP and transport headers; 0 when the packet is not UDP or TCP (IPv6 extension
@@ -398,6 +418,7 @@ static __always_inline struct scratch *dns_packet(struct __sk_buff *skb, struct 
 		return NULL;
 	__builtin_memset(&s->key, 0, sizeof(s->key));
 	__builtin_memset(&s->ev, 0, sizeof(s->ev));
+	s->pkt = *l;
 	/* An answer comes from the server (source) to the client (destination). */
 	__u8 *src = answer ? s->ev.query.server : s->ev.query.client;
 	__u8 *dst = answer ? s->ev.query.client : s->ev.query.server;
@@ -408,30 +429,60 @@ static __always_inline struct scratch *dns_packet(struct __sk_buff *skb, struct 
 	return s;
 }
 
-SEC("cgroup_skb/egress")
-int tapio_dns_out(struct __sk_buff *skb)
+/* Messages read from one TCP segment: a client may write pipelined queries together (glibc
+ * writes its A and AAAA queries at once), a server their answers, and GRO merges segments.
+ * What a segment holds beyond them is not read (an answer among it is counted by the
+ * agent's sweep, see tcp_unread). */
+#define TCP_MESSAGES_MAX 4
+/* The loops over a segment's messages are unrolled: 5.10 and 6.1 refuse a loop whose way
+ * back is a helper call's fall-through ("back-edge from insn …"), however bounded. */
+
+/*
+ * Where the TCP message at `payload` ends: 0 when the segment ends with it, the offset of
+ * the next message when one follows in the segment, -1 when the segment does not end at a
+ * message's end (the message goes on in a later segment, or the next one's length is cut).
+ */
+static __always_inline long tcp_next_message(struct __sk_buff *skb, __u32 payload)
 {
-	struct l4 l = {};
-	struct scratch *s = dns_packet(skb, &l, 0);
+	__u16 prefix;
+	if (bpf_skb_load_bytes(skb, payload - 2, &prefix, sizeof(prefix)))
+		return -1;
+	__u64 end = (__u64)payload + bpf_ntohs(prefix);
+	if (end == skb->len)
+		return 0;
+	if (end + 2 >= skb->len)
+		return -1;
+	return end + 2;
+}
+
+/*
+ * Records the query at `payload` in the table (or a retransmission of one it holds). A
+ * global function, verified once whatever calls it: the unrolled loop over a segment's
+ * messages stays a few calls. The packet's headers are in this CPU's scratch.
+ */
+__attribute__((noinline)) int tapio_dns_query_out(struct __sk_buff *skb, __u32 payload, __u64 now, __u64 cookie)
+{
+	__u32 zero = 0;
+	struct scratch *s = bpf_map_lookup_elem(&scratch_map, &zero);
 	if (!s)
-		return 1;
+		return 0;
+	struct l4 *l = &s->pkt;
 	struct tapio_dns_query *q = &s->ev.query;
-	int flags = tapio_dns_parse(skb, l.payload);
+	q->flags = 0;
+	int flags = tapio_dns_parse(skb, payload);
 	if (flags < 0) {
 		tapio_count(&counters, TAPIO_DNS_CNT_UNPARSABLE);
-		return 1;
+		return 0;
 	}
 	/* Only standard queries (QR = 0, opcode QUERY) are timed. */
 	if (flags & 0xf800)
-		return 1;
+		return 0;
 
-	__u64 now = bpf_ktime_get_boot_ns();
-	__u64 cookie = bpf_get_socket_cookie(skb);
 	s->key.sock_cookie = cookie;
-	q->client_port = l.sport;
-	q->server_port = l.dport;
-	q->family = l.family;
-	q->transport = l.transport;
+	q->client_port = l->sport;
+	q->server_port = l->dport;
+	q->family = l->family;
+	q->transport = l->transport;
 	q->first_sent_ns = now;
 	q->last_sent_ns = now;
 	q->transmissions = 1;
@@ -450,6 +501,7 @@ int tapio_dns_out(struct __sk_buff *skb)
 		q->flags |= TAPIO_DNS_Q_TASK_KNOWN;
 	} else {
 		/* The socket's own cgroup (set when it was created), never the current task's. */
+		__builtin_memset(&q->task, 0, sizeof(q->task));
 		q->task.cgroup_id = bpf_skb_cgroup_id(skb);
 		tapio_count(&counters, TAPIO_DNS_CNT_OWNER_UNKNOWN);
 	}
@@ -465,29 +517,56 @@ int tapio_dns_out(struct __sk_buff *skb)
 	return 1;
 }
 
-SEC("cgroup_skb/ingress")
-int tapio_dns_in(struct __sk_buff *skb)
+SEC("cgroup_skb/egress")
+int tapio_dns_out(struct __sk_buff *skb)
 {
 	struct l4 l = {};
-	struct scratch *s = dns_packet(skb, &l, 1);
+	struct scratch *s = dns_packet(skb, &l, 0);
 	if (!s)
 		return 1;
-	struct tapio_dns_query *q = &s->ev.query;
-	int flags = tapio_dns_parse(skb, l.payload);
+	__u64 now = bpf_ktime_get_boot_ns();
+	__u64 cookie = bpf_get_socket_cookie(skb);
+	__u32 payload = l.payload;
+#pragma unroll
+	for (int i = 0; i < TCP_MESSAGES_MAX; i++) {
+		tapio_dns_query_out(skb, payload, now, cookie);
+		if (l.transport != TAPIO_DNS_TCP)
+			break;
+		long next = tcp_next_message(skb, payload);
+		if (next <= 0)
+			break;
+		payload = next;
+	}
+	return 1;
+}
+
+/*
+ * Reads the answer at `payload` in an ingress packet, takes its query out of the table and
+ * judges it. Returns 1 when the message was an answer to an outstanding query (judged here,
+ * or by the sweep that won the race for its entry), 0 for anything else. A global function,
+ * as tapio_dns_query_out.
+ */
+__attribute__((noinline)) int tapio_dns_answer(struct __sk_buff *skb, __u32 payload, __u64 now, __u64 cookie)
+{
+	__u32 zero = 0;
+	struct scratch *s = bpf_map_lookup_elem(&scratch_map, &zero);
+	if (!s)
+		return 0;
+	struct l4 *l = &s->pkt;
+	int flags = tapio_dns_parse(skb, payload);
 	if (flags < 0) {
 		tapio_count(&counters, TAPIO_DNS_CNT_UNPARSABLE);
-		return 1;
+		return 0;
 	}
 	/* Only answers (QR = 1) to standard queries. */
 	if (!(flags & 0x8000) || (flags & 0x7800))
-		return 1;
-	__u64 now = bpf_ktime_get_boot_ns();
-	s->key.sock_cookie = bpf_get_socket_cookie(skb);
+		return 0;
+	s->key.sock_cookie = cookie;
 
 	struct tapio_dns_query *known = bpf_map_lookup_elem(&queries, &s->key);
 	if (!known) {
 		tapio_count(&counters, TAPIO_DNS_CNT_UNMATCHED_ANSWER);
-		return 1;
+		return 0;
 	}
 	struct tapio_dns_config cfg;
 	if (!TAPIO_READ_CONFIG(&config, &counters, &cfg)) {
@@ -529,7 +608,7 @@ int tapio_dns_in(struct __sk_buff *skb)
 	/* The server is the one that answered, as the client saw it: after NAT in the OUTPUT
 	 * hook the query went to a backend and the answer came from the address asked. */
 	__builtin_memcpy(ev->query.server, s->ev.query.server, sizeof(ev->query.server));
-	ev->query.server_port = l.sport;
+	ev->query.server_port = l->sport;
 	/* Whoever deletes the entry judges the query (the agent's timeout sweep races this). */
 	if (bpf_map_delete_elem(&queries, &s->key)) {
 		bpf_ringbuf_discard(ev, BPF_RB_NO_WAKEUP);
@@ -546,5 +625,39 @@ int tapio_dns_in(struct __sk_buff *skb)
 	ev->_pad = 0;
 	ev->_pad2 = 0;
 	tapio_submit(&events, ev, EVENTS_WAKEUP_BYTES);
+	return 1;
+}
+
+SEC("cgroup_skb/ingress")
+int tapio_dns_in(struct __sk_buff *skb)
+{
+	struct l4 l = {};
+	struct scratch *s = dns_packet(skb, &l, 1);
+	if (!s)
+		return 1;
+	__u64 now = bpf_ktime_get_boot_ns();
+	__u64 cookie = bpf_get_socket_cookie(skb);
+	/* Whether every byte of a TCP segment was read as answers to outstanding queries. */
+	int all_read = 1;
+	__u32 payload = l.payload;
+#pragma unroll
+	for (int i = 0; i < TCP_MESSAGES_MAX; i++) {
+		if (!tapio_dns_answer(skb, payload, now, cookie))
+			all_read = 0;
+		if (l.transport != TAPIO_DNS_TCP)
+			return 1;
+		long next = tcp_next_message(skb, payload);
+		if (next <= 0) {
+			if (next < 0)
+				all_read = 0;
+			break;
+		}
+		/* More messages than are read. */
+		if (i == TCP_MESSAGES_MAX - 1)
+			all_read = 0;
+		payload = next;
+	}
+	if (!all_read)
+		bpf_map_update_elem(&tcp_unread, &cookie, &now, BPF_ANY);
 	return 1;
 }

@@ -26,6 +26,10 @@ pub const PACKET_PROGRAMS: &[(&str, bool)] = &[("tapio_dns_out", true), ("tapio_
 /// The outstanding-query table (key `tapio_dns_key`, value `tapio_dns_query`).
 pub const QUERIES_MAP: &str = "queries";
 
+/// TCP connections that brought bytes the kernel did not read as an answer (key: socket
+/// cookie, value: boot-clock ns of the latest such segment).
+pub const TCP_UNREAD_MAP: &str = "tcp_unread";
+
 /// A port-53 packet the kernel could not read as a DNS message (a correlation drop).
 pub const UNPARSABLE: &str = "unparsable_message";
 /// Informational counters (see `dns.h`).

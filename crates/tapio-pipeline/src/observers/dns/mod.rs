@@ -5,7 +5,9 @@
 //! silence has no packet, so the agent reads the table and judges a query timed out once
 //! `timeout_ms` has passed since its latest transmission. The kernel's answer path and this
 //! sweep both delete the entry before they judge it, and only the one whose delete succeeds
-//! emits: a query is judged once.
+//! emits: a query is judged once. A TCP query is not judged timed out when its connection
+//! brought bytes the kernel could not read as its answer after it was sent (see
+//! `tcp_unread` in the kernel half): the answer may be among them.
 
 pub mod classify;
 
@@ -21,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tapio_bpf::abi::{
     tapio_dns_config, tapio_dns_key, tapio_dns_query, TAPIO_DNS_EN_FAILURE, TAPIO_DNS_EN_LATENCY,
-    TAPIO_DNS_EN_NXDOMAIN, TAPIO_DNS_EN_TIMEOUT,
+    TAPIO_DNS_EN_NXDOMAIN, TAPIO_DNS_EN_TIMEOUT, TAPIO_DNS_TCP,
 };
 use tapio_wire::compiled::DnsConfig;
 use tapio_wire::CompiledConfig;
@@ -77,13 +79,12 @@ impl CarrierLayout for tapio_dns_config {
 
 /// The userspace half: the timeout sweep of the query table, which it takes from the object.
 fn start_sweeper(start: &mut Start<'_>) -> Result<Userspace, String> {
-    let queries = start
-        .ebpf
-        .as_mut()
-        .and_then(|e| e.take_map(tapio_bpf::dns::QUERIES_MAP))
-        .ok_or("dns object has no queries map")?;
+    let mut take =
+        |name: &str| start.ebpf.as_mut().and_then(|e| e.take_map(name)).ok_or(format!("dns object has no {name} map"));
+    let queries = take(tapio_bpf::dns::QUERIES_MAP)?;
+    let tcp_unread = take(tapio_bpf::dns::TCP_UNREAD_MAP)?;
     let settings = SweepSettings::new(start.generation, start.config.dns.clone());
-    let sweeper = TimeoutSweeper::new(queries, Arc::clone(&settings))?;
+    let sweeper = TimeoutSweeper::new(queries, tcp_unread, Arc::clone(&settings))?;
     Ok(Userspace { pollers: vec![Box::new(sweeper)], followers: vec![settings], state: None })
 }
 
@@ -144,6 +145,10 @@ const RETRY_GRACE_NS: u64 = 100_000_000;
 /// The correlation drop reason of a query aged out of the table unjudged while timeouts
 /// are not reported and latency spikes are: its answer, if one came later, was lost.
 pub const QUERY_EXPIRED: &str = "query_expired";
+/// The correlation drop reason of a TCP query not judged timed out because its connection
+/// brought bytes after it that the kernel could not read as its answer (a second message in
+/// one segment, or one starting inside a segment): it may have been answered.
+pub const TCP_ANSWER_UNREAD: &str = "tcp_answer_unread";
 /// The kernel table's size: a sweep never reads more keys than twice this (keys deleted
 /// while iterating restart the kernel's iteration).
 const MAX_KEYS: usize = 4096 * 2;
@@ -151,6 +156,13 @@ const MAX_KEYS: usize = 4096 * 2;
 /// Whether a query last sent at `last_sent_ns` is due to be judged at `now_ns`.
 pub fn due(last_sent_ns: u64, now_ns: u64, timeout_ns: u64) -> bool {
     now_ns.saturating_sub(last_sent_ns) >= timeout_ns + RETRY_GRACE_NS
+}
+
+/// Whether a query's answer may have come unread: a TCP query whose connection brought
+/// bytes the kernel did not read as an answer (at `unread_ns`, the latest such segment)
+/// at or after the query's latest transmission.
+pub fn answer_may_be_unread(query: &tapio_dns_query, unread_ns: Option<u64>) -> bool {
+    u32::from(query.transport) == TAPIO_DNS_TCP && unread_ns.is_some_and(|t| t >= query.last_sent_ns)
 }
 
 /// How often the table is read: a tenth of the timeout, between 100 ms and 1 s (a timeout
@@ -161,14 +173,17 @@ pub fn sweep_interval(timeout_ms: u64) -> Duration {
 
 pub struct TimeoutSweeper {
     map: BpfHashMap<MapData, Key, Query>,
+    tcp_unread: BpfHashMap<MapData, u64, u64>,
     settings: Arc<SweepSettings>,
     keys: Vec<Key>,
 }
 
 impl TimeoutSweeper {
-    pub fn new(map: aya::maps::Map, settings: Arc<SweepSettings>) -> Result<Self, String> {
+    pub fn new(map: aya::maps::Map, tcp_unread: aya::maps::Map, settings: Arc<SweepSettings>) -> Result<Self, String> {
         let map = BpfHashMap::try_from(map).map_err(|e| format!("queries map does not match this agent's ABI: {e}"))?;
-        Ok(Self { map, settings, keys: Vec::new() })
+        let tcp_unread = BpfHashMap::try_from(tcp_unread)
+            .map_err(|e| format!("tcp_unread map does not match this agent's ABI: {e}"))?;
+        Ok(Self { map, tcp_unread, settings, keys: Vec::new() })
     }
 }
 
@@ -198,7 +213,11 @@ impl Poller for TimeoutSweeper {
             if !due(entry.0.last_sent_ns, now, timeout_ns) || self.map.remove(key).is_err() {
                 continue;
             }
-            if config.enabled && config.timeouts {
+            // Read after the delete: bytes that arrive later came after the timeout.
+            let unread_ns = self.tcp_unread.get(&key.0.sock_cookie, 0).ok();
+            if config.enabled && answer_may_be_unread(&entry.0, unread_ns) {
+                ctx.counters.correlation_drop(NAME, TCP_ANSWER_UNREAD);
+            } else if config.enabled && config.timeouts {
                 let verdict = classify::timeout(&entry.0, now, timeout_ns, generation, ctx.stamper);
                 ctx.deliver(NAME, verdict);
             } else if config.enabled && config.latency_spikes {
@@ -242,5 +261,16 @@ mod tests {
         assert_eq!(sweep_interval(5_000), Duration::from_millis(500));
         assert_eq!(sweep_interval(100), Duration::from_millis(100));
         assert_eq!(sweep_interval(60_000), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn only_a_tcp_query_with_unread_bytes_after_its_latest_transmission_may_have_an_unread_answer() {
+        let mut q = tapio_dns_query { last_sent_ns: 5_000, transport: TAPIO_DNS_TCP as u8, ..Default::default() };
+        assert!(answer_may_be_unread(&q, Some(5_000)));
+        assert!(answer_may_be_unread(&q, Some(9_000)));
+        assert!(!answer_may_be_unread(&q, Some(4_999)), "bytes before the query are not its answer");
+        assert!(!answer_may_be_unread(&q, None), "nothing unread on its connection");
+        q.transport = tapio_bpf::abi::TAPIO_DNS_UDP as u8;
+        assert!(!answer_may_be_unread(&q, Some(9_000)), "a datagram is one message");
     }
 }
