@@ -26,6 +26,7 @@ pub mod api;
 pub mod auth;
 pub mod config_hash;
 pub mod connections;
+pub mod hyper_errors;
 pub mod io_timeout;
 pub mod k8s;
 pub mod metrics;

@@ -31,6 +31,7 @@ use tower::ServiceExt;
 
 use crate::api;
 use crate::connections::{Activity, Admitted, Connections, Refusal};
+use crate::hyper_errors::EnvelopeHyperErrors;
 use crate::io_timeout::WriteTimeout;
 use crate::metrics::Metrics;
 use crate::metrics::ReasonLabels;
@@ -38,6 +39,7 @@ use crate::profile_reload;
 use crate::settings::Settings;
 use crate::sink::{self, SinkOptions, SinkWriters};
 use crate::state::AppState;
+use tapio_wire::ErrorCode;
 
 /// A bound, not yet running server.
 pub struct Server {
@@ -171,7 +173,11 @@ impl Server {
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            let io = TokioIo::new(WriteTimeout::new(stream, settings.write_timeout));
+            let metrics = Arc::clone(&state.metrics);
+            let io = TokioIo::new(EnvelopeHyperErrors::new(
+                WriteTimeout::new(stream, settings.write_timeout),
+                move |code: &ErrorCode| metrics.count_error(code.as_str()),
+            ));
             let activity = Arc::clone(&slot.activity);
             let router = router.clone();
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {

@@ -303,16 +303,30 @@ async fn slow_bodies_from_many_peers_beyond_the_bound_are_cut_for_new_clients() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_head_over_the_bound_is_refused_with_431() {
+async fn a_request_head_over_the_bound_or_not_http_is_refused_with_the_envelope() {
     let t = TestServer::start("bighead-i13").await; // 16 KiB heads
     let c = t.client();
     let fits = c.send("GET", "/healthz", &[("X-Pad", &"p".repeat(12 * 1024))], None).await;
     assert_eq!(fits.status, 200);
-    let mut s = TcpStream::connect(t.server.addr).await.unwrap();
     let big = format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n", "p".repeat(20 * 1024));
-    let _ = s.write_all(big.as_bytes()).await;
-    let (_, bytes) = read_until_closed(&mut s, Duration::from_secs(5)).await.expect("closed after the answer");
-    assert!(bytes.starts_with(b"HTTP/1.1 431"), "{:?}", String::from_utf8_lossy(&bytes[..bytes.len().min(80)]));
+    // hyper refuses both before any handler sees them; they still get the v1 envelope.
+    for (request, status, code) in [
+        (big.into_bytes(), "431", "HEADERS_TOO_LARGE"),
+        (b"\x16\x03\x01\x02\x00 a TLS hello\r\n\r\n".to_vec(), "400", "MALFORMED_REQUEST"),
+    ] {
+        let mut s = TcpStream::connect(t.server.addr).await.unwrap();
+        let _ = s.write_all(&request).await;
+        let (_, bytes) = read_until_closed(&mut s, Duration::from_secs(5)).await.expect("closed after the answer");
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "{text}");
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+        let envelope: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert_eq!(envelope["error"]["code"], code, "{text}");
+    }
+    let metrics = String::from_utf8_lossy(&c.get("/metrics").await.body).into_owned();
+    for code in ["HEADERS_TOO_LARGE", "MALFORMED_REQUEST"] {
+        assert!(metrics.contains(&format!("tapio_controller_errors_total{{code=\"{code}\"}} 1")), "{metrics}");
+    }
     t.stop().await;
 }
 

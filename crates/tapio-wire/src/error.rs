@@ -34,6 +34,12 @@ pub enum ErrorCode {
     InternalError,
     /// 503 (extension): the controller cannot take work yet (readiness probe).
     NotReady,
+    /// 400 (extension): the request head is not HTTP/1.1 the server can read.
+    MalformedRequest,
+    /// 414 (extension): the request target is longer than the server reads.
+    UriTooLong,
+    /// 431 (extension): the request head is larger than the server reads.
+    HeadersTooLarge,
     /// A code this build does not know, kept verbatim.
     Other(String),
 }
@@ -56,6 +62,9 @@ impl ErrorCode {
             Self::TooManyAgents => "TOO_MANY_AGENTS",
             Self::InternalError => "INTERNAL_ERROR",
             Self::NotReady => "NOT_READY",
+            Self::MalformedRequest => "MALFORMED_REQUEST",
+            Self::UriTooLong => "URI_TOO_LONG",
+            Self::HeadersTooLarge => "HEADERS_TOO_LARGE",
             Self::Other(s) => s.as_str(),
         }
     }
@@ -63,7 +72,11 @@ impl ErrorCode {
     /// The HTTP status the spec pairs with this code (500 for unknown codes).
     pub fn http_status(&self) -> u16 {
         match self {
-            Self::MissingField | Self::UnsupportedVersion | Self::InvalidField | Self::MalformedJson => 400,
+            Self::MissingField
+            | Self::UnsupportedVersion
+            | Self::InvalidField
+            | Self::MalformedJson
+            | Self::MalformedRequest => 400,
             Self::Unauthenticated => 401,
             Self::Forbidden => 403,
             Self::UnknownEndpoint => 404,
@@ -72,6 +85,8 @@ impl ErrorCode {
             Self::PayloadTooLarge => 413,
             Self::ReasoningField => 422,
             Self::TooManyAgents => 429,
+            Self::UriTooLong => 414,
+            Self::HeadersTooLarge => 431,
             Self::InternalError | Self::Other(_) => 500,
             Self::NotReady => 503,
         }
@@ -95,6 +110,9 @@ impl From<&str> for ErrorCode {
             "TOO_MANY_AGENTS" => Self::TooManyAgents,
             "INTERNAL_ERROR" => Self::InternalError,
             "NOT_READY" => Self::NotReady,
+            "MALFORMED_REQUEST" => Self::MalformedRequest,
+            "URI_TOO_LONG" => Self::UriTooLong,
+            "HEADERS_TOO_LARGE" => Self::HeadersTooLarge,
             other => Self::Other(other.to_string()),
         }
     }

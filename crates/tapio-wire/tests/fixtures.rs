@@ -201,6 +201,9 @@ fn error_codes_round_trip_with_statuses() {
         // Extensions.
         ("REQUEST_TIMEOUT", 408),
         ("NOT_READY", 503),
+        ("MALFORMED_REQUEST", 400),
+        ("URI_TOO_LONG", 414),
+        ("HEADERS_TOO_LARGE", 431),
     ];
     for (text, status) in table {
         let code = ErrorCode::from(text);
