@@ -377,3 +377,63 @@ fn pipelined_tcp_queries_are_read_from_shared_segments_and_an_unread_answer_is_c
     assert_eq!(events.len(), 2, "no other query is evidence: {events:#?}");
     assert_eq!(finished.counter(&["correlation_drops", "dns.tcp_answer_unread"]), 1);
 }
+
+/// A Service whose target port is not 53, asked by a process in whose own namespace NAT
+/// rewrites the query (a host-network process and kube-proxy in iptables mode): the query
+/// leaves for the other port and is not read, so it is missing, not wrong. Its SERVFAIL is
+/// no evidence, nor is it a timeout; the answer, from port 53 again once the NAT is undone,
+/// is counted as unmatched.
+#[test]
+#[ignore = "needs root"]
+fn a_query_nat_sends_to_another_port_is_not_read_and_never_a_timeout() {
+    let _turn = kernel_test("dns_service_port_nat");
+    let pair = NetnsPair::new("i16dn", 33);
+    let backend: SocketAddr = format!("{}:5353", pair.b_addr).parse().expect("backend address");
+    let service: SocketAddr = "10.96.0.10:53".parse().expect("service address");
+    // The Service address is routed (routing comes before the NAT) as a node routes it.
+    crate::support::run(&["ip", "-n", &pair.a, "route", "add", "default", "via", &pair.b_addr]);
+    pair.nft(
+        &pair.a,
+        &format!(
+            "table ip tapio_test_service {{\n chain output {{\n  type nat hook output priority -100;\n  \
+             ip daddr {} udp dport 53 dnat to {backend}\n }}\n}}\n",
+            service.ip()
+        ),
+    );
+    let server = pair
+        .spawn_in(&pair.b, move || std::net::UdpSocket::bind(backend).expect("bind the backend"))
+        .join()
+        .expect("bind thread");
+    let agent =
+        started(&format!("{ONLY_DNS}[dns]\ntimeout_ms = 1000\nlatency_warning_ms = 300\nlatency_critical_ms = 900\n"));
+    let serving = std::thread::spawn(move || {
+        let mut query = [0u8; 512];
+        server.set_read_timeout(Some(Duration::from_secs(5))).expect("read timeout");
+        let (n, from) = server.recv_from(&mut query).expect("the query reaches the backend");
+        server.send_to(&empty_answer(&query[..n], 2), from).expect("answer");
+    });
+    let rcode = pair
+        .spawn_in(&pair.a, move || {
+            let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+            socket.set_read_timeout(Some(Duration::from_secs(5))).expect("read timeout");
+            socket.send_to(&dns::query_packet(0x1653, "ported.dnslab.test", 1), service).expect("query");
+            let mut answer = [0u8; 512];
+            let (_, from) = socket.recv_from(&mut answer).expect("the answer");
+            assert_eq!(from, service, "the answer comes from the address asked");
+            answer[3] & 0x0f
+        })
+        .join()
+        .expect("the client");
+    assert_eq!(rcode, 2, "SERVFAIL reached the client");
+    serving.join().expect("the backend");
+    // Past the timeout and its sweep.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let finished = agent.stop();
+    let events: Vec<&Value> = finished
+        .events
+        .iter()
+        .filter(|e| e["observer"] == "dns" && e["facts"]["client_addr"] == pair.a_addr.as_str())
+        .collect();
+    assert!(events.is_empty(), "neither a failure nor a timeout: {events:#?}");
+    assert!(finished.counter(&["kernel", "dns.unmatched_answer"]) >= 1, "the answer was seen, unmatched");
+}
