@@ -5,7 +5,7 @@
 //! flood, 4–7 ms at the 99th percentile and up to 12 ms, while a CPU's ring holds about
 //! 20 ms of that flood (tapio-bench e2e). At the lowest SCHED_FIFO priority it runs at the
 //! next preemption point instead, and the rings lost records in one of 24 such floods (159
-//! records) instead of in 7 of 10 (tapio-bench README, eighth round). The work per record
+//! records) instead of in 8 of 10 (tapio-bench README, eighth round). The work per record
 //! is the same either way, only when it runs changes; so that a flood cannot let it keep a
 //! CPU from the workloads for long, it returns to normal scheduling for [`COOL_DOWN`]
 //! whenever it used more than [`BUDGET_PERCENT`] % of a CPU over a period (a real-time

@@ -6,8 +6,8 @@
 #include "tapio_common.h"
 
 /* The network object's event rings together, shared by the CPUs' rings (the agent gives
- * each CPU a power-of-two share, `tapio_bpf::per_cpu_ring_bytes`). 512 KiB: 4,096 connect
- * failures (128 bytes each in a ring), tens of milliseconds of the fastest refused-connect
+ * each CPU a power-of-two share, `tapio_bpf::per_cpu_ring_bytes`). 512 KiB: 5,460 IPv4
+ * connect failures (96 bytes each in a ring, 4,096 of the 128-byte others), tens of milliseconds of the fastest refused-connect
  * flood this project's machine makes. The agent maps a ring's data twice, so every byte is
  * two of its resident set. */
 #define TAPIO_NET_EVENTS_RING_BYTES (1 << 19)

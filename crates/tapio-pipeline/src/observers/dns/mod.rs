@@ -146,7 +146,7 @@ const RETRY_GRACE_NS: u64 = 100_000_000;
 /// are not reported and latency spikes are: its answer, if one came later, was lost.
 pub const QUERY_EXPIRED: &str = "query_expired";
 /// The correlation drop reason of a TCP query not judged timed out because its connection
-/// brought bytes after it that the kernel could not read as its answer (a second message in
+/// brought bytes after it that the kernel could not read as its answer (a fifth message in
 /// one segment, or one starting inside a segment): it may have been answered.
 pub const TCP_ANSWER_UNREAD: &str = "tcp_answer_unread";
 /// The kernel table's size: a sweep never reads more keys than twice this (keys deleted
