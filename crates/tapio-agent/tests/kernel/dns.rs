@@ -437,3 +437,55 @@ fn a_query_nat_sends_to_another_port_is_not_read_and_never_a_timeout() {
     assert!(events.is_empty(), "neither a failure nor a timeout: {events:#?}");
     assert!(finished.counter(&["kernel", "dns.unmatched_answer"]) >= 1, "the answer was seen, unmatched");
 }
+
+/// A TCP answer longer than its first segment: judged from that segment (its header and
+/// question), and the rest of it, in a segment of its own, is neither an unparsable message
+/// nor an unread answer.
+#[test]
+#[ignore = "needs root"]
+fn a_tcp_answer_split_over_segments_is_judged_once_and_its_rest_is_no_loss() {
+    let _turn = kernel_test("dns_tcp_split");
+    let pair = NetnsPair::new("i16dl", 34);
+    let server: SocketAddr = format!("{}:53", pair.b_addr).parse().expect("server address");
+    let listener = pair.listen_in_b(server);
+    let agent =
+        started(&format!("{ONLY_DNS}[dns]\ntimeout_ms = 1000\nlatency_warning_ms = 300\nlatency_critical_ms = 900\n"));
+    let serving = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        conn.set_nodelay(true).expect("nodelay");
+        let mut answer = empty_answer(&read_tcp_message(&mut conn), 2);
+        // Bytes past the question, as records would be: 600 in all.
+        answer.resize(600, 0);
+        let framed = framed(&answer);
+        conn.write_all(&framed[..302]).expect("the first segment");
+        std::thread::sleep(Duration::from_millis(100));
+        conn.write_all(&framed[302..]).expect("the rest");
+        let _ = conn.read(&mut [0u8; 1]);
+    });
+    let answer = pair
+        .spawn_in(&pair.a, move || {
+            let mut conn = TcpStream::connect_timeout(&server, Duration::from_secs(5)).expect("connect");
+            conn.set_read_timeout(Some(Duration::from_secs(5))).expect("read timeout");
+            conn.write_all(&framed(&dns::query_packet(0x1660, "long.dnslab.test", 1))).expect("query");
+            read_tcp_message(&mut conn)
+        })
+        .join()
+        .expect("the client");
+    assert_eq!((answer.len(), answer[3] & 0x0f), (600, 2), "the client read the whole SERVFAIL");
+    serving.join().expect("the server");
+    std::thread::sleep(Duration::from_millis(1_500));
+    let finished = agent.stop();
+    let events: Vec<&Value> = finished
+        .events
+        .iter()
+        .filter(|e| e["observer"] == "dns" && e["facts"]["client_addr"] == pair.a_addr.as_str())
+        .collect();
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(
+        (events[0]["type"].as_str(), events[0]["error"]["code"].as_str()),
+        (Some("kernel.dns.failure"), Some("SERVFAIL"))
+    );
+    assert_eq!(finished.counter(&["kernel", "dns.unparsable_message"]), 0, "the rest of an answer is no message");
+    // Nor an unread answer (`dns.tcp_answer_unread`, listed once counted): nothing was lost.
+    assert_eq!(finished.counter(&["correlation_drops_total"]), 0);
+}

@@ -555,7 +555,11 @@ __attribute__((noinline)) int tapio_dns_answer(struct __sk_buff *skb, __u32 payl
 	struct l4 *l = &s->pkt;
 	int flags = tapio_dns_parse(skb, payload);
 	if (flags < 0) {
-		tapio_count(&counters, TAPIO_DNS_CNT_UNPARSABLE);
+		/* Over TCP, bytes that do not start a message are mostly the rest of a long one, not
+		 * a loss: they only mark the connection (the caller), and an answer among them is
+		 * counted when its query would time out. */
+		if (l->transport != TAPIO_DNS_TCP)
+			tapio_count(&counters, TAPIO_DNS_CNT_UNPARSABLE);
 		return 0;
 	}
 	/* Only answers (QR = 1) to standard queries. */

@@ -117,7 +117,9 @@ struct tapio_dns_event {
 /* Observer-specific counter slots (from TAPIO_CNT_OBSERVER_BASE). */
 enum tapio_dns_counter {
 	/* A port-53 packet that is not a DNS message this program can read (too short, no
-	 * single question, a compression pointer or an over-long name in the question). */
+	 * single question, a compression pointer or an over-long name in the question). An
+	 * arriving TCP segment is not counted here: what does not start a message there is
+	 * mostly the rest of a long one (see tcp_unread in dns.bpf.c). */
 	TAPIO_DNS_CNT_UNPARSABLE = TAPIO_CNT_OBSERVER_BASE + 0,
 	/* An answer no outstanding query matches (late after the agent's timeout, a second
 	 * server's after the first one's was judged, a duplicate, or the query was sent
