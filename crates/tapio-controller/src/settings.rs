@@ -218,7 +218,8 @@ pub struct Cli {
     /// Default: in-cluster config, else the kubeconfig.
     #[arg(long)]
     pub k8s_api_server: Option<String>,
-    /// Most pods kept (live and recently deleted); pods beyond it are counted, not stored.
+    /// Most pods kept (live and recently deleted); at the bound a new pod takes the
+    /// longest-deleted one's place, and with none deleted it is counted, not stored.
     #[arg(long, default_value_t = 200_000)]
     pub k8s_max_pods: usize,
     /// How long a deleted pod's names stay available for late evidence.

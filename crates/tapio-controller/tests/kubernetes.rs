@@ -65,9 +65,13 @@ fn seed(api: &FakeKube) {
 }
 
 async fn enriching_controller(tag: &str, api_url: String, grace: Duration) -> TestServer {
+    enriching_controller_of(tag, api_url, grace, 1_000).await
+}
+
+async fn enriching_controller_of(tag: &str, api_url: String, grace: Duration, max_pods: usize) -> TestServer {
     TestServer::start_with(tag, |s| {
         s.k8s_api_server = Some(api_url);
-        s.pod_watch = Some(PodWatchSettings { max_pods: 1_000, deleted_grace: grace, owner_cache_entries: 100 });
+        s.pod_watch = Some(PodWatchSettings { max_pods, deleted_grace: grace, owner_cache_entries: 100 });
     })
     .await
 }
@@ -226,6 +230,33 @@ async fn a_watch_that_gets_410_gone_relists_and_catches_up() {
     // Gone from the relist: kept as deleted for the grace period.
     assert_eq!(out[1]["k8s"]["k8s.pod.name"], "fluentd-7xk2p");
     assert_eq!(enrichment(&t, "enriched_deleted_pod"), 1);
+    t.stop().await;
+}
+
+/// A full store (`--k8s-max-pods` 4, the four seeded pods): a pod that came while the watch
+/// was down does not fit during the relist, which still holds the pod that went; it is set
+/// aside, and stored in that pod's place once the relist ends and the gone pod counts as
+/// deleted. Nothing is dropped; the deleted pod's early end is counted.
+#[tokio::test]
+async fn a_pod_that_does_not_fit_during_a_relist_is_stored_in_the_place_of_one_that_went() {
+    let api = FakeKube::start().await;
+    seed(&api);
+    let t = enriching_controller_of("k8s-full-relist", api.url(), Duration::from_secs(300), 4).await;
+    let m = &t.server.state.metrics.k8s;
+    wait_for("the first pod list", || m.synced.get() == 1).await;
+    api.close_watches();
+    api.delete_pod(UID_DS);
+    let late = "9f6e7a5c-2b8d-4e0f-9a4b-5c6d7e8f9012";
+    api.put_pod(pod("shop", "db-1", late, "node-b", &[("postgres", CID_JOB)], Some(("StatefulSet", "db"))));
+    api.compact();
+    wait_for("a relist", || m.lists.get() >= 2).await;
+
+    let out = send(&t, 1, vec![ev(Some(late), Some(CID_JOB)), ev(Some(UID_DS), None), ev(Some(UID_WEB), None)]).await;
+    assert_eq!(out[0]["k8s"]["k8s.pod.name"], "db-1", "the pod that came is named");
+    assert!(out[1].get("k8s").is_none(), "the pod that went made room: {}", out[1]);
+    assert_eq!(out[2]["k8s"]["k8s.pod.name"], "web-6d4b9c7f5d-x2x7q");
+    assert_eq!((m.pods_dropped.get(), m.pods_displaced.get()), (0, 1));
+    assert_eq!(m.pods_live.get(), 4);
     t.stop().await;
 }
 

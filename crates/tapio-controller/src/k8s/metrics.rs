@@ -36,6 +36,8 @@ pub struct K8sMetrics {
     pub pods_deleted_kept: Gauge,
     /// Pods not stored because the store was full.
     pub pods_dropped: Counter,
+    /// Deleted pods forgotten before their grace period to make room for live ones.
+    pub pods_displaced: Counter,
     /// Pod objects without UID or name, ignored.
     pub pods_malformed: Counter,
     /// Owner lookups by result (hit, miss, error).
@@ -67,6 +69,11 @@ impl K8sMetrics {
         r.register("k8s_pods_live", "Live pods in the store", self.pods_live.clone());
         r.register("k8s_pods_deleted_kept", "Deleted pods kept for the grace period", self.pods_deleted_kept.clone());
         r.register("k8s_pods_dropped", "Pods not stored because the store was full", self.pods_dropped.clone());
+        r.register(
+            "k8s_pods_displaced",
+            "Deleted pods forgotten before their grace period to make room for live ones",
+            self.pods_displaced.clone(),
+        );
         r.register("k8s_pods_malformed", "Pod objects without UID or name", self.pods_malformed.clone());
         r.register("k8s_owner_lookups", "Owner lookups by result", self.owner_lookups.clone());
         r.register("k8s_token_reviews", "Kubernetes token checks by result", self.token_reviews.clone());

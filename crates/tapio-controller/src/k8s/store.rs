@@ -3,11 +3,16 @@
 //! A deleted pod is kept for a grace period (evidence about a pod, an OOM kill above
 //! all, often arrives after the pod object is gone), then forgotten. A relist marks every
 //! entry with the list's generation; entries the new list did not contain are treated as
-//! deleted when it completes. The store never grows past its capacity: a pod that does not
-//! fit is not stored and is counted. Names that many pods share (namespace, node, container
-//! and owner names) are stored once and shared.
+//! deleted when it completes. The store never grows past its capacity. A live pod that does
+//! not fit takes the place of the longest-deleted one (forgotten before its grace period,
+//! counted): a live pod's names serve all of its evidence, a deleted one's only late
+//! evidence. During a list, a pod that still does not fit is set aside (at most as many as
+//! the store holds) and stored when the list ends, once the pods it did not contain count as
+//! deleted and make room; only a pod that fits nowhere then is not stored, and is counted.
+//! Names that many pods share (namespace, node, container and owner names) are stored once
+//! and shared.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -162,8 +167,25 @@ pub enum Lookup<'a> {
 pub enum Upsert {
     /// Stored (new or replaced).
     Stored,
+    /// Stored in the place of the longest-deleted pod, forgotten before its grace period.
+    StoredDisplacing,
+    /// The store is full during a list: set aside, stored when the list ends if it fits then.
+    Deferred,
     /// The store is full: not stored.
     Full,
+}
+
+/// What the end of a list did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListEnd {
+    /// Pods the list did not contain, now deleted.
+    pub gone: usize,
+    /// Pods set aside during the list and stored at its end.
+    pub stored: usize,
+    /// Of those, how many took a deleted pod's place.
+    pub displacing: usize,
+    /// Pods set aside during the list that did not fit at its end either: not stored.
+    pub dropped: usize,
 }
 
 /// Bounded pod store. Not synchronized: the owner wraps it in a lock.
@@ -176,12 +198,29 @@ pub struct PodStore {
     synced: bool,
     /// Shared names; one no pod uses any more is dropped at the next expiry.
     names: HashSet<Arc<str>>,
+    /// Deleted pods, longest-deleted first: (when, uid). An entry whose pod was forgotten
+    /// or is live again is skipped; entries leave once past the grace period.
+    deleted_order: VecDeque<(Instant, String)>,
+    /// A list is under way.
+    listing: bool,
+    /// New pods that did not fit during the list under way (at most `capacity`).
+    deferred: Vec<PodFacts>,
 }
 
 impl PodStore {
     /// An empty, not yet synced store.
     pub fn new(capacity: usize, grace: Duration) -> Self {
-        Self { pods: HashMap::new(), capacity, grace, generation: 0, synced: false, names: HashSet::new() }
+        Self {
+            pods: HashMap::new(),
+            capacity,
+            grace,
+            generation: 0,
+            synced: false,
+            names: HashSet::new(),
+            deleted_order: VecDeque::new(),
+            listing: false,
+            deferred: Vec::new(),
+        }
     }
 
     /// Whether an initial list has completed.
@@ -196,41 +235,77 @@ impl PodStore {
     }
 
     /// A (re)list begins: entries it does not contain will count as deleted when it ends.
+    /// Pods an interrupted list set aside come again in this one.
     pub fn begin_list(&mut self) {
         self.generation += 1;
+        self.listing = true;
+        self.deferred.clear();
     }
 
-    /// The list completed: pods it did not contain are deleted as of `now`.
-    /// Returns how many were marked.
-    pub fn end_list(&mut self, now: Instant) -> usize {
-        let mut marked = 0;
-        for e in self.pods.values_mut() {
+    /// The list completed: pods it did not contain are deleted as of `now`, then the pods
+    /// set aside during it are stored where they fit.
+    pub fn end_list(&mut self, now: Instant) -> ListEnd {
+        let mut end = ListEnd::default();
+        for (uid, e) in self.pods.iter_mut() {
             if e.deleted_at.is_none() && e.generation != self.generation {
                 e.deleted_at = Some(now);
-                marked += 1;
+                self.deleted_order.push_back((now, uid.clone()));
+                end.gone += 1;
             }
         }
         self.synced = true;
-        marked
+        self.listing = false;
+        for facts in std::mem::take(&mut self.deferred) {
+            match self.upsert(facts, now) {
+                Upsert::Stored => end.stored += 1,
+                Upsert::StoredDisplacing => {
+                    end.stored += 1;
+                    end.displacing += 1;
+                }
+                Upsert::Deferred | Upsert::Full => end.dropped += 1,
+            }
+        }
+        end
     }
 
-    /// Adds or replaces a live pod. A full store first forgets expired deleted pods, then
-    /// refuses the new one (an existing pod is always updated in place).
+    /// Adds or replaces a live pod (an existing pod is always updated in place). A full
+    /// store first forgets expired deleted pods, then forgets the longest-deleted pod in its
+    /// place; with no deleted pod to forget, it sets the new one aside during a list and
+    /// refuses it otherwise.
     pub fn upsert(&mut self, mut facts: PodFacts, now: Instant) -> Upsert {
         self.share_names(&mut facts);
         if let Some(e) = self.pods.get_mut(&facts.uid) {
             *e = Entry { facts, deleted_at: None, generation: self.generation };
             return Upsert::Stored;
         }
+        let mut stored = Upsert::Stored;
         if self.pods.len() >= self.capacity {
             self.expire(now);
             if self.pods.len() >= self.capacity {
-                return Upsert::Full;
+                if self.forget_longest_deleted() {
+                    stored = Upsert::StoredDisplacing;
+                } else if self.listing && self.deferred.len() < self.capacity {
+                    self.deferred.push(facts);
+                    return Upsert::Deferred;
+                } else {
+                    return Upsert::Full;
+                }
             }
         }
         let uid = facts.uid.clone();
         self.pods.insert(uid, Entry { facts, deleted_at: None, generation: self.generation });
-        Upsert::Stored
+        stored
+    }
+
+    /// Forgets the deleted pod deleted longest ago; false when no pod is deleted.
+    fn forget_longest_deleted(&mut self) -> bool {
+        while let Some((at, uid)) = self.deleted_order.pop_front() {
+            if self.pods.get(&uid).is_some_and(|e| e.deleted_at == Some(at)) {
+                self.pods.remove(&uid);
+                return true;
+            }
+        }
+        false
     }
 
     fn share_names(&mut self, facts: &mut PodFacts) {
@@ -256,6 +331,7 @@ impl PodStore {
         if let Some(e) = self.pods.get_mut(uid) {
             if e.deleted_at.is_none() {
                 e.deleted_at = Some(now);
+                self.deleted_order.push_back((now, uid.to_string()));
             }
         }
     }
@@ -265,6 +341,10 @@ impl PodStore {
         let before = self.pods.len();
         let grace = self.grace;
         self.pods.retain(|_, e| e.deleted_at.is_none_or(|at| now.saturating_duration_since(at) < grace));
+        // In deletion order: what is past the grace period is at the front.
+        while self.deleted_order.front().is_some_and(|(at, _)| now.saturating_duration_since(*at) >= grace) {
+            self.deleted_order.pop_front();
+        }
         // Held only by the set itself: no stored pod uses the name.
         self.names.retain(|n| Arc::strong_count(n) > 1);
         before - self.pods.len()
@@ -316,10 +396,83 @@ mod tests {
         assert_eq!(s.upsert(facts("c"), t0), Upsert::Full);
         assert_eq!(s.upsert(facts("a"), t0), Upsert::Stored);
         s.delete("b", t0);
-        // The deleted pod still holds its slot until its grace period is over.
-        assert_eq!(s.upsert(facts("c"), t0), Upsert::Full);
+        // Past its grace period a deleted pod is simply gone.
         assert_eq!(s.upsert(facts("c"), t0 + Duration::from_secs(61)), Upsert::Stored);
         assert_eq!(s.counts(), (2, 0));
+        assert_eq!(s.deleted_order.len(), 0, "the expiry took its place in the order too");
+    }
+
+    #[test]
+    fn a_live_pod_takes_the_place_of_the_longest_deleted_one() {
+        let mut s = PodStore::new(3, Duration::from_secs(60));
+        let t0 = Instant::now();
+        for uid in ["a", "b", "c"] {
+            assert_eq!(s.upsert(facts(uid), t0), Upsert::Stored);
+        }
+        s.delete("b", t0 + Duration::from_secs(1));
+        s.delete("a", t0 + Duration::from_secs(2));
+        let t = t0 + Duration::from_secs(3);
+        assert_eq!(s.upsert(facts("d"), t), Upsert::StoredDisplacing);
+        assert_eq!(s.get("b"), Lookup::Unknown, "deleted first, forgotten first");
+        assert!(matches!(s.get("a"), Lookup::Deleted(_)));
+        assert_eq!(s.upsert(facts("e"), t), Upsert::StoredDisplacing);
+        assert_eq!(s.get("a"), Lookup::Unknown);
+        // Every pod is live: nothing to forget.
+        assert_eq!(s.upsert(facts("f"), t), Upsert::Full);
+        assert_eq!(s.counts(), (3, 0));
+    }
+
+    #[test]
+    fn a_pod_deleted_then_seen_again_is_not_forgotten_for_its_old_deletion() {
+        let mut s = PodStore::new(2, Duration::from_secs(60));
+        let t0 = Instant::now();
+        s.upsert(facts("a"), t0);
+        s.upsert(facts("b"), t0);
+        s.delete("a", t0);
+        // A relist finds it after all: live again, its deletion no longer counts.
+        s.upsert(facts("a"), t0);
+        assert_eq!(s.upsert(facts("c"), t0), Upsert::Full);
+        assert!(matches!(s.get("a"), Lookup::Live(_)));
+    }
+
+    #[test]
+    fn pods_that_do_not_fit_during_a_relist_are_stored_once_the_gone_ones_make_room() {
+        let mut s = PodStore::new(3, Duration::from_secs(60));
+        let t0 = Instant::now();
+        s.begin_list();
+        for uid in ["a", "b", "c"] {
+            s.upsert(facts(uid), t0);
+        }
+        s.end_list(t0);
+        // While the watch was down, b and c went and d, e, f, g came. The relist holds the
+        // stale b and c until it ends, so the new pods do not fit during it.
+        s.begin_list();
+        assert_eq!(s.upsert(facts("a"), t0), Upsert::Stored);
+        for uid in ["d", "e", "f"] {
+            assert_eq!(s.upsert(facts(uid), t0), Upsert::Deferred, "{uid}");
+        }
+        assert_eq!(s.upsert(facts("g"), t0), Upsert::Full, "no more set aside than the store holds");
+        let end = s.end_list(t0);
+        assert_eq!(end, ListEnd { gone: 2, stored: 2, displacing: 2, dropped: 1 });
+        for uid in ["a", "d", "e"] {
+            assert!(matches!(s.get(uid), Lookup::Live(_)), "{uid}");
+        }
+        assert_eq!((s.get("b"), s.get("c"), s.get("f")), (Lookup::Unknown, Lookup::Unknown, Lookup::Unknown));
+        // Outside a list a pod that does not fit is refused at once.
+        assert_eq!(s.upsert(facts("h"), t0), Upsert::Full);
+    }
+
+    #[test]
+    fn a_restarted_list_forgets_what_the_interrupted_one_set_aside() {
+        let mut s = PodStore::new(1, Duration::from_secs(60));
+        let t0 = Instant::now();
+        s.begin_list();
+        s.upsert(facts("a"), t0);
+        assert_eq!(s.upsert(facts("b"), t0), Upsert::Deferred);
+        s.begin_list();
+        s.upsert(facts("a"), t0);
+        assert_eq!(s.end_list(t0), ListEnd::default(), "b comes again if it still exists");
+        assert_eq!(s.get("b"), Lookup::Unknown);
     }
 
     #[test]
@@ -330,11 +483,11 @@ mod tests {
         s.upsert(facts("a"), t0);
         s.upsert(facts("b"), t0);
         assert!(!s.synced());
-        assert_eq!(s.end_list(t0), 0);
+        assert_eq!(s.end_list(t0).gone, 0);
         assert!(s.synced());
         s.begin_list();
         s.upsert(facts("a"), t0);
-        assert_eq!(s.end_list(t0), 1);
+        assert_eq!(s.end_list(t0).gone, 1);
         assert!(matches!(s.get("a"), Lookup::Live(_)));
         assert!(matches!(s.get("b"), Lookup::Deleted(_)));
     }

@@ -52,10 +52,17 @@ pub async fn run(client: kube::Client, index: Arc<PodIndex>, metrics: Arc<Metric
                 store_pod(&pod, &index, &mut owners, &metrics).await;
             }
             Some(Ok(Event::InitDone)) => {
-                let marked = index.write().end_list(Instant::now());
+                let end = index.write().end_list(Instant::now());
+                m.pods_dropped.inc_by(end.dropped as u64);
+                m.pods_displaced.inc_by(end.displacing as u64);
                 m.lists.inc();
                 m.synced.set(1);
-                log::info!("pod list complete ({marked} pods gone since the previous list)");
+                log::info!(
+                    "pod list complete ({} pods gone since the previous list; {} stored after it, {} not stored: the store is full)",
+                    end.gone,
+                    end.stored,
+                    end.dropped
+                );
                 index.sweep(Instant::now(), m);
             }
             Some(Ok(Event::Apply(pod))) => {
@@ -79,7 +86,13 @@ async fn store_pod(pod: &Pod, index: &PodIndex, owners: &mut OwnerResolver, metr
         return;
     };
     facts.owners = owners.chain(&facts.namespace, owner, m).await;
-    if index.write().upsert(facts, Instant::now()) == Upsert::Full {
-        m.pods_dropped.inc();
+    match index.write().upsert(facts, Instant::now()) {
+        Upsert::Full => {
+            m.pods_dropped.inc();
+        }
+        Upsert::StoredDisplacing => {
+            m.pods_displaced.inc();
+        }
+        Upsert::Stored | Upsert::Deferred => {}
     }
 }
