@@ -149,8 +149,6 @@ struct {
 	__type(value, __u64);
 } tcp_unread SEC(".maps");
 
-/* Per-CPU scratch: the packet bytes being parsed and the record being built (too large
- * for the 512-byte stack). */
 /* What the IP and transport headers said. */
 struct l4 {
 	__u32 payload; /* offset of the DNS message */
@@ -161,6 +159,8 @@ struct l4 {
 	__u8 transport;
 };
 
+/* Per-CPU scratch: the packet bytes being parsed and the record being built (too large
+ * for the 512-byte stack). */
 struct scratch {
 	__u8 buf[BUF_SIZE];
 	struct tapio_dns_key key;
