@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::{batch, heartbeat, hello, TestServer};
 use fake_kube::{jwt, pod, restarted, unix_now, FakeKube, TokenFixture};
 use serde_json::{json, Value};
-use tapio_controller::k8s::metrics::OutcomeLabels;
+use tapio_controller::k8s::metrics::{K8sMetrics, OutcomeLabels};
 use tapio_controller::k8s::tokenreview::ReviewSettings;
 use tapio_controller::settings::PodWatchSettings;
 
@@ -203,6 +203,19 @@ async fn deleted_pods_are_forgotten_after_the_grace_period() {
     t.stop().await;
 }
 
+/// While the watch is down, the DaemonSet's pod goes, a pod comes (`db-1`, its UID
+/// returned), and the history is compacted: resuming from the last version seen gets 410
+/// Gone, so the controller must relist. Returns once the relist is done.
+async fn a_pod_goes_and_one_comes_while_the_watch_is_down(api: &FakeKube, m: &K8sMetrics) -> &'static str {
+    api.close_watches();
+    api.delete_pod(UID_DS);
+    let late = "9f6e7a5c-2b8d-4e0f-9a4b-5c6d7e8f9012";
+    api.put_pod(pod("shop", "db-1", late, "node-b", &[("postgres", CID_JOB)], Some(("StatefulSet", "db"))));
+    api.compact();
+    wait_for("a relist", || m.lists.get() >= 2).await;
+    late
+}
+
 #[tokio::test]
 async fn a_watch_that_gets_410_gone_relists_and_catches_up() {
     let api = FakeKube::start().await;
@@ -214,14 +227,7 @@ async fn a_watch_that_gets_410_gone_relists_and_catches_up() {
     // The watch asked for bookmarks and got them (the stand-in sends one every 500 ms).
     wait_for("a bookmark", || api.bookmarks() >= 1).await;
 
-    // While the watch is down, a pod goes, a pod comes, and the history is compacted:
-    // resuming from the last version seen gets 410 Gone, so the controller must relist.
-    api.close_watches();
-    api.delete_pod(UID_DS);
-    let late = "9f6e7a5c-2b8d-4e0f-9a4b-5c6d7e8f9012";
-    api.put_pod(pod("shop", "db-1", late, "node-b", &[("postgres", CID_JOB)], Some(("StatefulSet", "db"))));
-    api.compact();
-    wait_for("a relist", || m.lists.get() >= 2).await;
+    let late = a_pod_goes_and_one_comes_while_the_watch_is_down(&api, m).await;
     assert!(api.lists() >= 2);
     assert!(m.watch_errors.get() >= 1, "the 410 is counted");
 
@@ -244,12 +250,7 @@ async fn a_pod_that_does_not_fit_during_a_relist_is_stored_in_the_place_of_one_t
     let t = enriching_controller_of("k8s-full-relist", api.url(), Duration::from_secs(300), 4).await;
     let m = &t.server.state.metrics.k8s;
     wait_for("the first pod list", || m.synced.get() == 1).await;
-    api.close_watches();
-    api.delete_pod(UID_DS);
-    let late = "9f6e7a5c-2b8d-4e0f-9a4b-5c6d7e8f9012";
-    api.put_pod(pod("shop", "db-1", late, "node-b", &[("postgres", CID_JOB)], Some(("StatefulSet", "db"))));
-    api.compact();
-    wait_for("a relist", || m.lists.get() >= 2).await;
+    let late = a_pod_goes_and_one_comes_while_the_watch_is_down(&api, m).await;
 
     let out = send(&t, 1, vec![ev(Some(late), Some(CID_JOB)), ev(Some(UID_DS), None), ev(Some(UID_WEB), None)]).await;
     assert_eq!(out[0]["k8s"]["k8s.pod.name"], "db-1", "the pod that came is named");

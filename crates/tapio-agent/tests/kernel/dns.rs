@@ -29,6 +29,24 @@ fn dns_events<'a>(f: &'a Finished, lab: &DnsLab) -> Vec<&'a Value> {
         .collect()
 }
 
+/// The DNS evidence of queries from `client_addr` (a test's own client namespace).
+fn dns_events_from<'a>(f: &'a Finished, client_addr: &str) -> Vec<&'a Value> {
+    f.events.iter().filter(|e| e["observer"] == "dns" && e["facts"]["client_addr"] == client_addr).collect()
+}
+
+/// A timeout short enough to wait for (and latency thresholds below it).
+const SHORT_TIMEOUT: &str = "[dns]\ntimeout_ms = 1000\nlatency_warning_ms = 300\nlatency_critical_ms = 900\n";
+
+/// Only the DNS observer, with [`SHORT_TIMEOUT`].
+fn started_with_short_timeout() -> Agent {
+    started(&format!("{ONLY_DNS}{SHORT_TIMEOUT}"))
+}
+
+/// Sleeps past [`SHORT_TIMEOUT`] and the sweep that judges it.
+fn past_the_timeout_and_its_sweep() {
+    std::thread::sleep(Duration::from_millis(1_500));
+}
+
 fn named<'a>(events: &[&'a Value], name: &str) -> Vec<&'a Value> {
     events.iter().copied().filter(|e| e["facts"]["query_name"] == name).collect()
 }
@@ -131,8 +149,7 @@ fn nxdomain_is_evidence_only_when_switched_on_and_a_search_list_ending_in_an_ans
 fn a_black_holed_server_gives_one_timeout_per_unanswered_query_and_none_for_answered_ones() {
     let _turn = kernel_test("dns_black_hole");
     let lab = DnsLab::start("i10t");
-    let agent =
-        started(&format!("{ONLY_DNS}[dns]\ntimeout_ms = 1000\nlatency_warning_ms = 300\nlatency_critical_ms = 900\n"));
+    let agent = started_with_short_timeout();
     lab.blackhole(true);
     let mut unanswered = Vec::new();
     for i in 0..3 {
@@ -145,8 +162,7 @@ fn a_black_holed_server_gives_one_timeout_per_unanswered_query_and_none_for_answ
     lab.blackhole(false);
     let answered = lab.query(&Query::new(dns::ANSWERED));
     assert_eq!(answered.rcode(), "NOERROR");
-    // Past the timeout and its sweep.
-    std::thread::sleep(Duration::from_millis(1_500));
+    past_the_timeout_and_its_sweep();
     let finished = agent.stop();
     let events = dns_events(&finished, &lab);
     for (name, pid) in &unanswered {
@@ -171,9 +187,7 @@ fn a_black_holed_server_gives_one_timeout_per_unanswered_query_and_none_for_answ
 fn with_timeouts_off_an_aged_out_query_is_counted_not_silent() {
     let _turn = kernel_test("dns_timeouts_off");
     let lab = DnsLab::start("i16o");
-    let agent = started(&format!(
-        "{ONLY_DNS}[dns]\ntimeouts = false\ntimeout_ms = 1000\nlatency_warning_ms = 300\nlatency_critical_ms = 900\n"
-    ));
+    let agent = started(&format!("{ONLY_DNS}{SHORT_TIMEOUT}timeouts = false\n"));
     lab.blackhole(true);
     for i in 0..3 {
         let a = lab.query(&Query::new(&format!("off{i}.dnslab.test")).wait(Duration::from_secs(2)));
@@ -182,8 +196,7 @@ fn with_timeouts_off_an_aged_out_query_is_counted_not_silent() {
     assert_eq!(lab.blackholed_packets(Server::Main), 3, "one packet per unanswered query");
     lab.blackhole(false);
     assert_eq!(lab.query(&Query::new(dns::ANSWERED)).rcode(), "NOERROR");
-    // Past the timeout and its sweep.
-    std::thread::sleep(Duration::from_millis(1_500));
+    past_the_timeout_and_its_sweep();
     let finished = agent.stop();
     let events = dns_events(&finished, &lab);
     assert!(events.is_empty(), "no timeout evidence with timeouts off: {events:#?}");
@@ -233,13 +246,12 @@ fn queries_to_a_service_address_translated_to_its_backend_are_matched_with_their
     let lab = DnsLab::start("i16n");
     let service = std::net::Ipv4Addr::new(10, 96, 0, 10);
     lab.service_nat(service, Server::Main);
-    let agent =
-        started(&format!("{ONLY_DNS}[dns]\ntimeout_ms = 1000\nlatency_warning_ms = 300\nlatency_critical_ms = 900\n"));
+    let agent = started_with_short_timeout();
     let failed = lab.query(&Query::new(dns::SERVFAIL).via(service.into()));
     let answered = lab.query(&Query::new(dns::ANSWERED).via(service.into()));
     assert_eq!((failed.rcode(), answered.rcode()), ("SERVFAIL", "NOERROR"), "{}", failed.output);
-    // Past the timeout and its sweep: an unmatched query would be judged a timeout by now.
-    std::thread::sleep(Duration::from_millis(1_500));
+    // An unmatched query would be judged a timeout by then.
+    past_the_timeout_and_its_sweep();
     let finished = agent.stop();
     let events = dns_events(&finished, &lab);
     let e = named(&events, dns::SERVFAIL);
@@ -310,8 +322,7 @@ fn pipelined_tcp_queries_are_read_from_shared_segments_and_an_unread_answer_is_c
     let pair = NetnsPair::new("i16dp", 32);
     let server: SocketAddr = format!("{}:53", pair.b_addr).parse().expect("server address");
     let listener = pair.listen_in_b(server);
-    let agent =
-        started(&format!("{ONLY_DNS}[dns]\ntimeout_ms = 1000\nlatency_warning_ms = 300\nlatency_critical_ms = 900\n"));
+    let agent = started_with_short_timeout();
     // (name, queries written together then one by one, answers sent in one write)
     let cases: [(&str, &[usize], usize); 2] = [("together", &[4, 1], 5), ("alone", &[2], 1)];
     let serving = std::thread::spawn(move || {
@@ -354,14 +365,9 @@ fn pipelined_tcp_queries_are_read_from_shared_segments_and_an_unread_answer_is_c
     let sent = [(0x1601, 0), (0x1602, 2), (0x1603, 0), (0x1604, 0), (0x1605, 0), (0x1601, 0)];
     assert_eq!(answers, sent, "the client read every answer sent");
     serving.join().expect("the server");
-    // Past the timeout and its sweep.
-    std::thread::sleep(Duration::from_millis(1_500));
+    past_the_timeout_and_its_sweep();
     let finished = agent.stop();
-    let events: Vec<&Value> = finished
-        .events
-        .iter()
-        .filter(|e| e["observer"] == "dns" && e["facts"]["client_addr"] == pair.a_addr.as_str())
-        .collect();
+    let events = dns_events_from(&finished, &pair.a_addr);
     let failed = named(&events, "pipe2-together.dnslab.test");
     assert_eq!(failed.len(), 1, "the second answer in its segment is read: {events:#?}");
     assert_eq!(
@@ -404,8 +410,7 @@ fn a_query_nat_sends_to_another_port_is_not_read_and_never_a_timeout() {
         .spawn_in(&pair.b, move || std::net::UdpSocket::bind(backend).expect("bind the backend"))
         .join()
         .expect("bind thread");
-    let agent =
-        started(&format!("{ONLY_DNS}[dns]\ntimeout_ms = 1000\nlatency_warning_ms = 300\nlatency_critical_ms = 900\n"));
+    let agent = started_with_short_timeout();
     let serving = std::thread::spawn(move || {
         let mut query = [0u8; 512];
         server.set_read_timeout(Some(Duration::from_secs(5))).expect("read timeout");
@@ -426,14 +431,9 @@ fn a_query_nat_sends_to_another_port_is_not_read_and_never_a_timeout() {
         .expect("the client");
     assert_eq!(rcode, 2, "SERVFAIL reached the client");
     serving.join().expect("the backend");
-    // Past the timeout and its sweep.
-    std::thread::sleep(Duration::from_millis(1_500));
+    past_the_timeout_and_its_sweep();
     let finished = agent.stop();
-    let events: Vec<&Value> = finished
-        .events
-        .iter()
-        .filter(|e| e["observer"] == "dns" && e["facts"]["client_addr"] == pair.a_addr.as_str())
-        .collect();
+    let events = dns_events_from(&finished, &pair.a_addr);
     assert!(events.is_empty(), "neither a failure nor a timeout: {events:#?}");
     assert!(finished.counter(&["kernel", "dns.unmatched_answer"]) >= 1, "the answer was seen, unmatched");
 }
@@ -448,8 +448,7 @@ fn a_tcp_answer_split_over_segments_is_judged_once_and_its_rest_is_no_loss() {
     let pair = NetnsPair::new("i16dl", 34);
     let server: SocketAddr = format!("{}:53", pair.b_addr).parse().expect("server address");
     let listener = pair.listen_in_b(server);
-    let agent =
-        started(&format!("{ONLY_DNS}[dns]\ntimeout_ms = 1000\nlatency_warning_ms = 300\nlatency_critical_ms = 900\n"));
+    let agent = started_with_short_timeout();
     let serving = std::thread::spawn(move || {
         let (mut conn, _) = listener.accept().expect("accept");
         conn.set_nodelay(true).expect("nodelay");
@@ -473,13 +472,9 @@ fn a_tcp_answer_split_over_segments_is_judged_once_and_its_rest_is_no_loss() {
         .expect("the client");
     assert_eq!((answer.len(), answer[3] & 0x0f), (600, 2), "the client read the whole SERVFAIL");
     serving.join().expect("the server");
-    std::thread::sleep(Duration::from_millis(1_500));
+    past_the_timeout_and_its_sweep();
     let finished = agent.stop();
-    let events: Vec<&Value> = finished
-        .events
-        .iter()
-        .filter(|e| e["observer"] == "dns" && e["facts"]["client_addr"] == pair.a_addr.as_str())
-        .collect();
+    let events = dns_events_from(&finished, &pair.a_addr);
     assert_eq!(events.len(), 1, "{events:#?}");
     assert_eq!(
         (events[0]["type"].as_str(), events[0]["error"]["code"].as_str()),
