@@ -159,10 +159,10 @@ pub fn due(last_sent_ns: u64, now_ns: u64, timeout_ns: u64) -> bool {
 }
 
 /// Whether a query's answer may have come unread: a TCP query whose connection brought
-/// bytes the kernel did not read as an answer (at `unread_ns`, the latest such segment)
-/// at or after the query's latest transmission.
-pub fn answer_may_be_unread(query: &tapio_dns_query, unread_ns: Option<u64>) -> bool {
-    u32::from(query.transport) == TAPIO_DNS_TCP && unread_ns.is_some_and(|t| t >= query.last_sent_ns)
+/// bytes the kernel did not read as an answer (`unread_ns`: when the latest such segment
+/// came, looked up only for a TCP query) at or after the query's latest transmission.
+pub fn answer_may_be_unread(query: &tapio_dns_query, unread_ns: impl FnOnce() -> Option<u64>) -> bool {
+    u32::from(query.transport) == TAPIO_DNS_TCP && unread_ns().is_some_and(|t| t >= query.last_sent_ns)
 }
 
 /// How often the table is read: a tenth of the timeout, between 100 ms and 1 s (a timeout
@@ -214,7 +214,7 @@ impl Poller for TimeoutSweeper {
                 continue;
             }
             // Read after the delete: bytes that arrive later came after the timeout.
-            let unread_ns = self.tcp_unread.get(&key.0.sock_cookie, 0).ok();
+            let unread_ns = || self.tcp_unread.get(&key.0.sock_cookie, 0).ok();
             if config.enabled && answer_may_be_unread(&entry.0, unread_ns) {
                 ctx.counters.correlation_drop(NAME, TCP_ANSWER_UNREAD);
             } else if config.enabled && config.timeouts {
@@ -266,11 +266,11 @@ mod tests {
     #[test]
     fn only_a_tcp_query_with_unread_bytes_after_its_latest_transmission_may_have_an_unread_answer() {
         let mut q = tapio_dns_query { last_sent_ns: 5_000, transport: TAPIO_DNS_TCP as u8, ..Default::default() };
-        assert!(answer_may_be_unread(&q, Some(5_000)));
-        assert!(answer_may_be_unread(&q, Some(9_000)));
-        assert!(!answer_may_be_unread(&q, Some(4_999)), "bytes before the query are not its answer");
-        assert!(!answer_may_be_unread(&q, None), "nothing unread on its connection");
+        assert!(answer_may_be_unread(&q, || Some(5_000)));
+        assert!(answer_may_be_unread(&q, || Some(9_000)));
+        assert!(!answer_may_be_unread(&q, || Some(4_999)), "bytes before the query are not its answer");
+        assert!(!answer_may_be_unread(&q, || None), "nothing unread on its connection");
         q.transport = tapio_bpf::abi::TAPIO_DNS_UDP as u8;
-        assert!(!answer_may_be_unread(&q, Some(9_000)), "a datagram is one message");
+        assert!(!answer_may_be_unread(&q, || Some(9_000)), "a datagram is one message");
     }
 }
