@@ -812,16 +812,69 @@ fn a_service_port_in_the_ephemeral_range_still_keeps_server_sockets_unjudged() {
     delayed_acks_are_not_judged_but_a_path_delay_is("i16eph", 32, 50051);
 }
 
+/// The same with the client connecting from a port outside this node's ephemeral range, as
+/// a client behind NAT or on another OS does (Windows and macOS take 49152–65535): neither
+/// of the server-side socket's ports looks ephemeral, and it is still not judged.
+#[test]
+#[ignore = "needs root"]
+fn a_client_port_outside_the_ephemeral_range_still_keeps_server_sockets_unjudged() {
+    let _turn = kernel_test("rtt_delayed_ack_foreign_client_port");
+    let range = local_port_range();
+    let client_port: u16 = if *range.end() < 62_000 { 62_000 } else { 20_000 };
+    assert!(!range.contains(&u64::from(client_port)) && !range.contains(&7027), "{range:?}: the test tests nothing");
+    delayed_acks_are_not_judged_but_a_path_delay_is_from("i16fcp", 36, 7027, Some(client_port));
+}
+
 /// A client pausing between requests (its delayed ACKs raise the server socket's srtt),
 /// then a real path delay: one rtt_degradation, the client's, and none for the server.
 fn delayed_acks_are_not_judged_but_a_path_delay_is(tag: &str, subnet: u8, port: u16) {
+    delayed_acks_are_not_judged_but_a_path_delay_is_from(tag, subnet, port, None);
+}
+
+/// A TCP connection to `remote` from `local_ip`:`local_port` (bound before the connect).
+fn connect_from(local_ip: &str, local_port: u16, remote: SocketAddr) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(remote) = remote else { panic!("an IPv4 test: {remote}") };
+    let local: std::net::Ipv4Addr = local_ip.parse().expect("local address");
+    let sockaddr = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: a new socket, owned by the TcpStream made of it; bind and connect get
+    // sockaddr_in values of their own size.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let stream = TcpStream::from_raw_fd(fd);
+        let from = sockaddr(local, local_port);
+        let rc = libc::bind(fd, (&from as *const libc::sockaddr_in).cast(), len);
+        assert_eq!(rc, 0, "bind {local_ip}:{local_port}: {}", std::io::Error::last_os_error());
+        let to = sockaddr(*remote.ip(), remote.port());
+        let rc = libc::connect(fd, (&to as *const libc::sockaddr_in).cast(), len);
+        assert_eq!(rc, 0, "connect {remote}: {}", std::io::Error::last_os_error());
+        stream
+    }
+}
+
+/// As above, the client connecting from `client_port` if given (else an ephemeral port).
+fn delayed_acks_are_not_judged_but_a_path_delay_is_from(tag: &str, subnet: u8, port: u16, client_port: Option<u16>) {
     let pair = NetnsPair::new(tag, subnet);
     let agent = Agent::start(&format!("{BASE}{RTT_CONFIG}"));
     let (bind, listener) = listen_in(&pair, port);
     let server = echo_server(listener, 1);
     let (a_ns, a_dev) = (pair.a.clone(), pair.a_dev.clone());
+    let a_addr = pair.a_addr.clone();
     let client = pair.spawn_in(&pair.a.clone(), move || {
-        let mut c = TcpStream::connect(bind).expect("connect");
+        let mut c = match client_port {
+            Some(p) => connect_from(&a_addr, p, bind),
+            None => TcpStream::connect(bind).expect("connect"),
+        };
+        if let Some(p) = client_port {
+            assert_eq!(c.local_addr().expect("local address").port(), p);
+        }
         c.set_nodelay(true).expect("nodelay");
         ping_pong(&mut c, 300, Duration::ZERO);
         // A client that pauses between requests acknowledges each response late (its delayed

@@ -663,22 +663,23 @@ int BPF_PROG(tapio_tcp_probe, struct sock *sk, struct sk_buff *skb)
 		return 0;
 	__u16 sport = sk->__sk_common.skc_num;
 	__u16 dport = bpf_ntohs(sk->__sk_common.skc_dport);
-	/* A server-side socket (local service port, remote ephemeral port) is not judged: its
-	 * srtt is the time its client takes to acknowledge a response, which a delayed ACK or
-	 * the client's own pause between requests sets, not the path. The path is judged from
-	 * the client's side, per service endpoint. */
+	/* A server-side socket is not judged: its srtt is the time its client takes to
+	 * acknowledge a response, which a delayed ACK or the client's own pause between
+	 * requests sets, not the path. The path is judged from the client's side, per service
+	 * endpoint, and only a socket seen making its own connect (it has an owner) is known to
+	 * be a client: ports cannot say it. A client behind NAT, on another OS (Windows and
+	 * macOS take 49152-65535) or with a port range of its own connects from outside this
+	 * node's ephemeral range, and a service may listen inside it (gRPC's 50051 under the
+	 * default 32768-60999). A socket without an owner (a server's, or a client's that
+	 * connected before the agent started) is left unjudged. The plain server socket
+	 * (remote port ephemeral, local not) is let go on its ports, before the lookup. */
 	int local_ephemeral = sport >= cfg.ephemeral_port_min && sport <= cfg.ephemeral_port_max;
 	int remote_ephemeral = dport >= cfg.ephemeral_port_min && dport <= cfg.ephemeral_port_max;
 	if (remote_ephemeral && !local_ephemeral)
 		return 0;
-	/* Both ephemeral: a service listening in the range (gRPC's 50051 under the default
-	 * 32768-60999) would pass for a client. Only a socket seen making its own connect (it
-	 * has an owner) is the client side then; any other is left unjudged. */
-	if (remote_ephemeral) {
-		__u64 sock = (__u64)sk;
-		if (!bpf_map_lookup_elem(&owners, &sock))
-			return 0;
-	}
+	__u64 sock = (__u64)sk;
+	if (!bpf_map_lookup_elem(&owners, &sock))
+		return 0;
 
 	struct rtt_key key = {};
 	__u16 family = sk->__sk_common.skc_family;
