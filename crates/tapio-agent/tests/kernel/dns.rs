@@ -4,7 +4,7 @@
 //! events, their facts against what the client saw, and the absence of wrong ones.
 
 use crate::support::dns::{self, DnsLab, Family, Query, Server};
-use crate::support::netns::NetnsPair;
+use crate::support::netns::{tcp_retrans_segs, NetnsPair};
 use crate::support::{kernel_test, Agent, Finished};
 use serde_json::Value;
 use std::io::{Read, Write};
@@ -483,4 +483,44 @@ fn a_tcp_answer_split_over_segments_is_judged_once_and_its_rest_is_no_loss() {
     assert_eq!(finished.counter(&["kernel", "dns.unparsable_message"]), 0, "the rest of an answer is no message");
     // Nor an unread answer (`dns.tcp_answer_unread`, listed once counted): nothing was lost.
     assert_eq!(finished.counter(&["correlation_drops_total"]), 0);
+}
+
+/// A server that stops answering mid-connection (its pod deleted, its node gone): the
+/// kernel retransmits the query's segment for as long as the socket lives, which is not the
+/// application asking again. One query, sent once: one timeout, judged from the write, and
+/// no new query (nor another timeout) for the retransmissions after it was judged.
+#[test]
+#[ignore = "needs root"]
+fn a_query_whose_tcp_segment_the_kernel_retransmits_is_one_query_and_one_timeout() {
+    let _turn = kernel_test("dns_tcp_retransmitted");
+    let pair = NetnsPair::new("i16dr", 37);
+    let server: SocketAddr = format!("{}:53", pair.b_addr).parse().expect("server address");
+    let listener = pair.listen_in_b(server);
+    let agent = started_with_short_timeout();
+    let serving = std::thread::spawn(move || listener.accept().expect("accept").0);
+    let mut conn = pair
+        .spawn_in(&pair.a, move || TcpStream::connect_timeout(&server, Duration::from_secs(5)).expect("connect"))
+        .join()
+        .expect("the client");
+    let accepted = serving.join().expect("the server");
+    // From now on nothing reaches the server: the query's segment is never acknowledged.
+    pair.nft_input(&pair.b, "tcp dport 53 drop");
+    let retransmitted_before = tcp_retrans_segs(&pair.a);
+    conn.write_all(&framed(&dns::query_packet(0x1670, "retx.dnslab.test", 1))).expect("query");
+    // Retransmissions about 0.2, 0.6, 1.4 and 3 s after the write; the first timeout is
+    // judged 1 s after it (the last two come after that).
+    std::thread::sleep(Duration::from_millis(4_500));
+    let retransmitted = tcp_retrans_segs(&pair.a) - retransmitted_before;
+    assert!(retransmitted >= 4, "the kernel retransmitted the query {retransmitted} times: the test tests nothing");
+    past_the_timeout_and_its_sweep();
+    let finished = agent.stop();
+    drop((conn, accepted));
+    let events = dns_events_from(&finished, &pair.a_addr);
+    assert_eq!(events.len(), 1, "one query, one timeout: {events:#?}");
+    let f = &events[0]["facts"];
+    assert_eq!(
+        (events[0]["type"].as_str(), f["query_name"].as_str(), f["transport"].as_str(), f["transmissions"].as_u64()),
+        (Some("kernel.dns.timeout"), Some("retx.dnslab.test"), Some("tcp"), Some(1))
+    );
+    assert!(finished.counter(&["kernel", "dns.retransmissions"]) >= 4, "{}", finished.counters);
 }

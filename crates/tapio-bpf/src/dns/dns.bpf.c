@@ -81,6 +81,16 @@ struct bpf_sock {
 	__u16 dst_port;
 };
 
+/* A TCP socket's counters (bpf_tcp_sock), up to the last field read. */
+struct bpf_tcp_sock {
+	__u32 snd_cwnd;
+	__u32 srtt_us;
+	__u32 rtt_min;
+	__u32 snd_ssthresh;
+	__u32 rcv_nxt;
+	__u32 snd_nxt;
+};
+
 struct bpf_sock_addr {
 	__u32 user_family;
 	__u32 user_ip4;
@@ -153,6 +163,7 @@ struct {
 struct l4 {
 	__u32 payload; /* offset of the DNS message */
 	__u32 addrs; /* offset of the source address; the destination follows it */
+	__u32 tcp; /* offset of the TCP header (TCP only) */
 	__u16 sport;
 	__u16 dport;
 	__u16 family;
@@ -290,6 +301,7 @@ static __always_inline int read_l4(struct __sk_buff *skb, struct l4 *l)
 		if (bpf_skb_load_bytes(skb, off + 12, &doff_res, 1))
 			return 0;
 		/* DNS over TCP: a two-byte length, then the message. */
+		l->tcp = off;
 		l->payload = off + (doff_res >> 4) * 4 + 2;
 		l->transport = TAPIO_DNS_TCP;
 	}
@@ -517,6 +529,31 @@ __attribute__((noinline)) int tapio_dns_query_out(struct __sk_buff *skb, __u32 p
 	return 1;
 }
 
+/*
+ * Whether a TCP segment leaving is one the kernel sends again: it starts before the
+ * socket's next new byte (the hook runs inside the transmission, before a new segment
+ * advances snd_nxt). The application wrote its queries once; read again, a retransmission
+ * would move their latency's start, and one sent after its query was judged `timeout`
+ * (a server gone mid-connection is retransmitted to for minutes) would be a new query
+ * and another timeout. Unknown (no full socket) counts as new.
+ */
+static __always_inline int tcp_sent_again(struct __sk_buff *skb, const struct l4 *l)
+{
+	struct bpf_sock *sk = skb->sk;
+	if (!sk)
+		return 0;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk)
+		return 0;
+	struct bpf_tcp_sock *tp = bpf_tcp_sock(sk);
+	if (!tp)
+		return 0;
+	__u32 seq;
+	if (bpf_skb_load_bytes(skb, l->tcp + 4, &seq, sizeof(seq)))
+		return 0;
+	return (__s32)(bpf_ntohl(seq) - tp->snd_nxt) < 0;
+}
+
 SEC("cgroup_skb/egress")
 int tapio_dns_out(struct __sk_buff *skb)
 {
@@ -524,6 +561,10 @@ int tapio_dns_out(struct __sk_buff *skb)
 	struct scratch *s = dns_packet(skb, &l, 0);
 	if (!s)
 		return 1;
+	if (l.transport == TAPIO_DNS_TCP && tcp_sent_again(skb, &l)) {
+		tapio_count(&counters, TAPIO_DNS_CNT_RETRANSMISSION);
+		return 1;
+	}
 	__u64 now = bpf_ktime_get_boot_ns();
 	__u64 cookie = bpf_get_socket_cookie(skb);
 	__u32 payload = l.payload;

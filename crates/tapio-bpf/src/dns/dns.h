@@ -125,8 +125,8 @@ enum tapio_dns_counter {
 	 * server's after the first one's was judged, a duplicate, or the query was sent
 	 * before the agent started). */
 	TAPIO_DNS_CNT_UNMATCHED_ANSWER = TAPIO_CNT_OBSERVER_BASE + 1,
-	/* A query sent again on the same socket, to the same or another server
-	 * (informational). */
+	/* A query sent again on the same socket, to the same or another server, or a TCP
+	 * segment of queries the kernel sent again (not read again; informational). */
 	TAPIO_DNS_CNT_RETRANSMISSION = TAPIO_CNT_OBSERVER_BASE + 2,
 	/* A query whose socket's owner was not seen (sent on a socket connected before the
 	 * agent started, or on a kernel whose owner hooks did not attach): pid unknown. */
