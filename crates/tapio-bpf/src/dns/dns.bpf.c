@@ -148,10 +148,11 @@ struct {
  * cookie: the boot-clock time of the latest such segment. Messages are read from a
  * segment's first byte on, so one that starts inside a segment after a long answer
  * continued there, a fifth in one segment, or anything no query waits for is not read as
- * an answer. The agent's sweep does not judge a TCP query timed out when its connection
- * brought such bytes after the query's latest transmission: its answer may be among them
- * (counted: dns.tcp_answer_unread). As many as the query table can hold queries; the least
- * recently marked connection goes first. */
+ * an answer. Also any socket, UDP too, whose answer's reading another packet's program
+ * interrupted (see struct scratch). The agent's sweep does not judge a query timed out
+ * when its socket brought such bytes after the query's latest transmission: its answer may
+ * be among them (counted: dns.tcp_answer_unread, or dns.packet_interrupted for UDP). As
+ * many as the query table can hold queries; the least recently marked socket goes first. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 4096);
@@ -170,8 +171,23 @@ struct l4 {
 	__u8 transport;
 };
 
-/* Per-CPU scratch: the packet bytes being parsed and the record being built (too large
- * for the 512-byte stack). */
+/*
+ * Per-CPU scratch: the packet bytes being parsed and the record being built (too large
+ * for the 512-byte stack). One for queries leaving and one for answers arriving: a packet
+ * program is not protected from another on its CPU. A query's program runs in the sending
+ * task's context and a softirq can interrupt it, receive an answer and run the answer's
+ * program there; with one scratch the answer's would overwrite the query being read, and
+ * the query's program would then record the answer's name and addresses under its owner
+ * (a false timeout of the wrong process). Answers arrive in softirq, which does not nest.
+ * The rarer nestings left (a query sent from softirq while a task's query is being read,
+ * or, on a fully preemptible kernel, a task preempted inside the program) are caught by
+ * `token`: each packet writes a random one when it takes the scratch and checks it before
+ * the table is touched; a query whose token was overwritten is not read, and counted
+ * (`dns.packet_interrupted`); an answer marks its socket (see tcp_unread).
+ */
+#define SCRATCH_QUERIES 0
+#define SCRATCH_ANSWERS 1
+
 struct scratch {
 	__u8 buf[BUF_SIZE];
 	struct tapio_dns_key key;
@@ -180,11 +196,13 @@ struct scratch {
 	struct l4 pkt;
 	/* The question name's wire length, passed through memory on purpose (see below). */
 	__u32 name_len;
+	/* Written by the packet that took this scratch (see above). */
+	__u32 token;
 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, struct scratch);
 } scratch_map SEC(".maps");
@@ -310,7 +328,7 @@ static __always_inline int read_l4(struct __sk_buff *skb, struct l4 *l)
 
 /*
  * Parses the DNS header and the single question of the message at `payload` into this
- * CPU's scratch (key fields, query name, qtype, answer count). Returns the header's flags
+ * CPU's scratch `which` (key fields, query name, qtype, answer count). Returns the header's flags
  * word, or -1 when the message cannot be read.
  *
  * A global (not inlined) function: the verifier checks it once, on its own, instead of once
@@ -320,10 +338,9 @@ static __always_inline int read_l4(struct __sk_buff *skb, struct l4 *l)
 /* Labels a name can have: 255 bytes on the wire hold at most 127 one-byte labels. */
 #define DNS_LABELS_MAX 128
 
-__attribute__((noinline)) int tapio_dns_parse(struct __sk_buff *skb, __u32 payload)
+__attribute__((noinline)) int tapio_dns_parse(struct __sk_buff *skb, __u32 payload, __u32 which)
 {
-	__u32 zero = 0;
-	struct scratch *s = bpf_map_lookup_elem(&scratch_map, &zero);
+	struct scratch *s = bpf_map_lookup_elem(&scratch_map, &which);
 	if (!s)
 		return -1;
 	__u32 len = skb->len;
@@ -397,13 +414,14 @@ __attribute__((noinline)) int tapio_dns_parse(struct __sk_buff *skb, __u32 paylo
 }
 
 /*
- * The start both packet programs share: this CPU's scratch, cleared, with the packet's
- * addresses in the query record, when the packet is DNS in the direction asked (a query
- * to port 53, or an answer from it) and carries a message; NULL for anything else. The
- * port is judged before anything is cleared or copied: almost no packet is DNS.
+ * The start both packet programs share: this CPU's scratch for the direction, cleared,
+ * with the packet's addresses in the query record and a new token (also in *token), when
+ * the packet is DNS in the direction asked (a query to port 53, or an answer from it) and
+ * carries a message; NULL for anything else. The port is judged before anything is
+ * cleared or copied: almost no packet is DNS.
  */
 static __always_inline struct scratch *dns_packet(struct __sk_buff *skb, struct l4 *l,
-						  int answer)
+						  int answer, __u32 *token)
 {
 	/* A TCP connection's segments all go to, and come from, its peer's port: a connection
 	 * whose peer port is not 53 carries no query and no answer, and is told from its socket
@@ -424,10 +442,12 @@ static __always_inline struct scratch *dns_packet(struct __sk_buff *skb, struct 
 	/* A TCP segment without data (handshake, acknowledgements) is not a message. */
 	if (l->transport == TAPIO_DNS_TCP && skb->len <= l->payload)
 		return NULL;
-	__u32 zero = 0;
-	struct scratch *s = bpf_map_lookup_elem(&scratch_map, &zero);
+	__u32 which = answer ? SCRATCH_ANSWERS : SCRATCH_QUERIES;
+	struct scratch *s = bpf_map_lookup_elem(&scratch_map, &which);
 	if (!s)
 		return NULL;
+	*token = bpf_get_prandom_u32();
+	s->token = *token;
 	__builtin_memset(&s->key, 0, sizeof(s->key));
 	__builtin_memset(&s->ev, 0, sizeof(s->ev));
 	s->pkt = *l;
@@ -472,16 +492,17 @@ static __always_inline long tcp_next_message(struct __sk_buff *skb, __u32 payloa
  * global function, verified once whatever calls it: the unrolled loop over a segment's
  * messages stays a few calls. The packet's headers are in this CPU's scratch.
  */
-__attribute__((noinline)) int tapio_dns_query_out(struct __sk_buff *skb, __u32 payload, __u64 now, __u64 cookie)
+__attribute__((noinline)) int tapio_dns_query_out(struct __sk_buff *skb, __u32 payload, __u64 now, __u64 cookie,
+					      __u32 token)
 {
-	__u32 zero = 0;
-	struct scratch *s = bpf_map_lookup_elem(&scratch_map, &zero);
+	__u32 which = SCRATCH_QUERIES;
+	struct scratch *s = bpf_map_lookup_elem(&scratch_map, &which);
 	if (!s)
 		return 0;
 	struct l4 *l = &s->pkt;
 	struct tapio_dns_query *q = &s->ev.query;
 	q->flags = 0;
-	int flags = tapio_dns_parse(skb, payload);
+	int flags = tapio_dns_parse(skb, payload, SCRATCH_QUERIES);
 	if (flags < 0) {
 		tapio_count(&counters, TAPIO_DNS_CNT_UNPARSABLE);
 		return 0;
@@ -499,6 +520,12 @@ __attribute__((noinline)) int tapio_dns_query_out(struct __sk_buff *skb, __u32 p
 	q->last_sent_ns = now;
 	q->transmissions = 1;
 
+	/* Another packet's program took the scratch meanwhile (see struct scratch): what it
+	 * holds may be that packet's. */
+	if (s->token != token) {
+		tapio_count(&counters, TAPIO_DNS_CNT_INTERRUPTED);
+		return 0;
+	}
 	struct tapio_dns_query *known = bpf_map_lookup_elem(&queries, &s->key);
 	if (known) {
 		/* The same query again on the same socket: one query. */
@@ -558,7 +585,8 @@ SEC("cgroup_skb/egress")
 int tapio_dns_out(struct __sk_buff *skb)
 {
 	struct l4 l = {};
-	struct scratch *s = dns_packet(skb, &l, 0);
+	__u32 token = 0;
+	struct scratch *s = dns_packet(skb, &l, 0, &token);
 	if (!s)
 		return 1;
 	if (l.transport == TAPIO_DNS_TCP && tcp_sent_again(skb, &l)) {
@@ -570,7 +598,7 @@ int tapio_dns_out(struct __sk_buff *skb)
 	__u32 payload = l.payload;
 #pragma unroll
 	for (int i = 0; i < TCP_MESSAGES_MAX; i++) {
-		tapio_dns_query_out(skb, payload, now, cookie);
+		tapio_dns_query_out(skb, payload, now, cookie, token);
 		if (l.transport != TAPIO_DNS_TCP)
 			break;
 		long next = tcp_next_message(skb, payload);
@@ -587,14 +615,15 @@ int tapio_dns_out(struct __sk_buff *skb)
  * or by the sweep that won the race for its entry), 0 for anything else. A global function,
  * as tapio_dns_query_out.
  */
-__attribute__((noinline)) int tapio_dns_answer(struct __sk_buff *skb, __u32 payload, __u64 now, __u64 cookie)
+__attribute__((noinline)) int tapio_dns_answer(struct __sk_buff *skb, __u32 payload, __u64 now, __u64 cookie,
+					   __u32 token)
 {
-	__u32 zero = 0;
-	struct scratch *s = bpf_map_lookup_elem(&scratch_map, &zero);
+	__u32 which = SCRATCH_ANSWERS;
+	struct scratch *s = bpf_map_lookup_elem(&scratch_map, &which);
 	if (!s)
 		return 0;
 	struct l4 *l = &s->pkt;
-	int flags = tapio_dns_parse(skb, payload);
+	int flags = tapio_dns_parse(skb, payload, SCRATCH_ANSWERS);
 	if (flags < 0) {
 		/* Over TCP, bytes that do not start a message are mostly the rest of a long one, not
 		 * a loss: they only mark the connection (the caller), and an answer among them is
@@ -607,6 +636,13 @@ __attribute__((noinline)) int tapio_dns_answer(struct __sk_buff *skb, __u32 payl
 	if (!(flags & 0x8000) || (flags & 0x7800))
 		return 0;
 	s->key.sock_cookie = cookie;
+	/* Its reading interrupted (see struct scratch): the answer is not judged, and its
+	 * socket is marked, so that the sweep does not judge its query timed out (it counts
+	 * it). A TCP caller marks the connection as well. */
+	if (s->token != token) {
+		bpf_map_update_elem(&tcp_unread, &cookie, &now, BPF_ANY);
+		return 0;
+	}
 
 	struct tapio_dns_query *known = bpf_map_lookup_elem(&queries, &s->key);
 	if (!known) {
@@ -677,7 +713,8 @@ SEC("cgroup_skb/ingress")
 int tapio_dns_in(struct __sk_buff *skb)
 {
 	struct l4 l = {};
-	struct scratch *s = dns_packet(skb, &l, 1);
+	__u32 token = 0;
+	struct scratch *s = dns_packet(skb, &l, 1, &token);
 	if (!s)
 		return 1;
 	__u64 now = bpf_ktime_get_boot_ns();
@@ -687,7 +724,7 @@ int tapio_dns_in(struct __sk_buff *skb)
 	__u32 payload = l.payload;
 #pragma unroll
 	for (int i = 0; i < TCP_MESSAGES_MAX; i++) {
-		if (!tapio_dns_answer(skb, payload, now, cookie))
+		if (!tapio_dns_answer(skb, payload, now, cookie, token))
 			all_read = 0;
 		if (l.transport != TAPIO_DNS_TCP)
 			return 1;

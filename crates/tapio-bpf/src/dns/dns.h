@@ -131,6 +131,11 @@ enum tapio_dns_counter {
 	/* A query whose socket's owner was not seen (sent on a socket connected before the
 	 * agent started, or on a kernel whose owner hooks did not attach): pid unknown. */
 	TAPIO_DNS_CNT_OWNER_UNKNOWN = TAPIO_CNT_OBSERVER_BASE + 3,
+	/* A query not read because another packet's program on the same CPU took the scratch
+	 * it was being read in (see struct scratch in dns.bpf.c). An answer interrupted that
+	 * way marks its socket instead, and the agent's sweep counts it when its query would
+	 * have timed out (under this name for UDP, as tcp_answer_unread for TCP). */
+	TAPIO_DNS_CNT_INTERRUPTED = TAPIO_CNT_OBSERVER_BASE + 4,
 };
 
 #endif

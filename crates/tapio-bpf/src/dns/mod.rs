@@ -2,8 +2,9 @@
 //! decoding.
 
 use crate::abi::{
-    tapio_dns_config, tapio_dns_event, tapio_dns_key, tapio_dns_query, TAPIO_DNS_ANSWER, TAPIO_DNS_CNT_OWNER_UNKNOWN,
-    TAPIO_DNS_CNT_RETRANSMISSION, TAPIO_DNS_CNT_UNMATCHED_ANSWER, TAPIO_DNS_CNT_UNPARSABLE,
+    tapio_dns_config, tapio_dns_event, tapio_dns_key, tapio_dns_query, TAPIO_DNS_ANSWER, TAPIO_DNS_CNT_INTERRUPTED,
+    TAPIO_DNS_CNT_OWNER_UNKNOWN, TAPIO_DNS_CNT_RETRANSMISSION, TAPIO_DNS_CNT_UNMATCHED_ANSWER,
+    TAPIO_DNS_CNT_UNPARSABLE,
 };
 use crate::record::{decode_as, read_header, DecodeError, Record};
 
@@ -32,6 +33,9 @@ pub const TCP_UNREAD_MAP: &str = "tcp_unread";
 
 /// A port-53 packet the kernel could not read as a DNS message (a correlation drop).
 pub const UNPARSABLE: &str = "unparsable_message";
+/// A DNS message not read because another packet's program on the same CPU took its
+/// scratch meanwhile (a correlation drop).
+pub const INTERRUPTED: &str = "packet_interrupted";
 /// Informational counters (see `dns.h`).
 pub const UNMATCHED_ANSWER: &str = "unmatched_answer";
 pub const RETRANSMISSIONS: &str = "retransmissions";
@@ -43,6 +47,7 @@ pub const COUNTER_NAMES: &[(u32, &str)] = &[
     (TAPIO_DNS_CNT_UNMATCHED_ANSWER, UNMATCHED_ANSWER),
     (TAPIO_DNS_CNT_RETRANSMISSION, RETRANSMISSIONS),
     (TAPIO_DNS_CNT_OWNER_UNKNOWN, OWNER_UNKNOWN),
+    (TAPIO_DNS_CNT_INTERRUPTED, INTERRUPTED),
 ];
 
 /// The compiled CO-RE object.

@@ -42,7 +42,7 @@ pub static OBSERVER: Observer = Observer {
         counters: tapio_bpf::dns::COUNTER_NAMES,
         // The others lose no evidence: an unmatched answer was judged already (or is not
         // ours), a retransmission folds into its query, an unseen owner is a null pid.
-        correlation_counters: &[tapio_bpf::dns::UNPARSABLE],
+        correlation_counters: &[tapio_bpf::dns::UNPARSABLE, tapio_bpf::dns::INTERRUPTED],
         event_rings: EventRings::Shared,
         sized_maps: no_sized_maps,
     }),
@@ -158,11 +158,23 @@ pub fn due(last_sent_ns: u64, now_ns: u64, timeout_ns: u64) -> bool {
     now_ns.saturating_sub(last_sent_ns) >= timeout_ns + RETRY_GRACE_NS
 }
 
-/// Whether a query's answer may have come unread: a TCP query whose connection brought
-/// bytes the kernel did not read as an answer (`unread_ns`: when the latest such segment
-/// came, looked up only for a TCP query) at or after the query's latest transmission.
+/// Whether a query's answer may have come unread: its socket brought bytes the kernel did
+/// not read as an answer (`unread_ns`: when the latest such segment came) at or after the
+/// query's latest transmission. A TCP connection is marked for bytes not read as messages,
+/// any socket for an answer whose reading another packet's program interrupted.
 pub fn answer_may_be_unread(query: &tapio_dns_query, unread_ns: impl FnOnce() -> Option<u64>) -> bool {
-    u32::from(query.transport) == TAPIO_DNS_TCP && unread_ns().is_some_and(|t| t >= query.last_sent_ns)
+    unread_ns().is_some_and(|t| t >= query.last_sent_ns)
+}
+
+/// The counter of a query not judged because its answer may have come unread: a TCP
+/// connection's bytes not read as messages, or (the only way a UDP socket is marked) an
+/// answer whose reading was interrupted, which the kernel counts for queries itself.
+pub fn unread_answer_counter(query: &tapio_dns_query) -> &'static str {
+    if u32::from(query.transport) == TAPIO_DNS_TCP {
+        TCP_ANSWER_UNREAD
+    } else {
+        tapio_bpf::dns::INTERRUPTED
+    }
 }
 
 /// How often the table is read: a tenth of the timeout, between 100 ms and 1 s (a timeout
@@ -216,7 +228,7 @@ impl Poller for TimeoutSweeper {
             // Read after the delete: bytes that arrive later came after the timeout.
             let unread_ns = || self.tcp_unread.get(&key.0.sock_cookie, 0).ok();
             if config.enabled && answer_may_be_unread(&entry.0, unread_ns) {
-                ctx.counters.correlation_drop(NAME, TCP_ANSWER_UNREAD);
+                ctx.counters.correlation_drop(NAME, unread_answer_counter(&entry.0));
             } else if config.enabled && config.timeouts {
                 let verdict = classify::timeout(&entry.0, now, timeout_ns, generation, ctx.stamper);
                 ctx.deliver(NAME, verdict);
@@ -264,13 +276,17 @@ mod tests {
     }
 
     #[test]
-    fn only_a_tcp_query_with_unread_bytes_after_its_latest_transmission_may_have_an_unread_answer() {
+    fn only_a_query_whose_socket_was_marked_after_its_latest_transmission_may_have_an_unread_answer() {
         let mut q = tapio_dns_query { last_sent_ns: 5_000, transport: TAPIO_DNS_TCP as u8, ..Default::default() };
         assert!(answer_may_be_unread(&q, || Some(5_000)));
         assert!(answer_may_be_unread(&q, || Some(9_000)));
         assert!(!answer_may_be_unread(&q, || Some(4_999)), "bytes before the query are not its answer");
         assert!(!answer_may_be_unread(&q, || None), "nothing unread on its connection");
+        assert_eq!(unread_answer_counter(&q), TCP_ANSWER_UNREAD);
+        // A UDP socket is marked only by an answer whose reading was interrupted.
         q.transport = tapio_bpf::abi::TAPIO_DNS_UDP as u8;
-        assert!(!answer_may_be_unread(&q, || Some(9_000)), "a datagram is one message");
+        assert!(answer_may_be_unread(&q, || Some(9_000)));
+        assert!(!answer_may_be_unread(&q, || None));
+        assert_eq!(unread_answer_counter(&q), tapio_bpf::dns::INTERRUPTED);
     }
 }
