@@ -13,7 +13,12 @@ use tapio_bpf::record::comm_str;
 const OBSERVER: &str = "dns";
 const AF_INET6: u16 = 10;
 
-/// The names of the rcodes an answer's header can carry (RFC 1035, 2136).
+/// The names of the rcodes the header of an answer to a standard query can carry (RFC 1035;
+/// YXDOMAIN for a DNAME substitution too long, RFC 6672; NOTAUTH for a TSIG failure, RFC
+/// 8945). The header holds only an rcode's low four bits: an answer with EDNS may carry the
+/// rest in its OPT record, which is not read, so the update-only codes (RFC 2136) are not
+/// named here. 7 (YXRRSET to an update) is what BADCOOKIE (23) leaves in the header; such
+/// codes are reported by number.
 pub fn rcode_name(rcode: u16) -> Option<&'static str> {
     Some(match rcode {
         0 => "NOERROR",
@@ -23,10 +28,7 @@ pub fn rcode_name(rcode: u16) -> Option<&'static str> {
         4 => "NOTIMP",
         5 => "REFUSED",
         6 => "YXDOMAIN",
-        7 => "YXRRSET",
-        8 => "NXRRSET",
         9 => "NOTAUTH",
-        10 => "NOTZONE",
         _ => return None,
     })
 }
@@ -292,5 +294,16 @@ mod tests {
     fn names_of_types_and_codes() {
         assert_eq!((qtype_name(1), qtype_name(65), qtype_name(999)), (Some("A"), Some("HTTPS"), None));
         assert_eq!((rcode_name(2), rcode_name(5), rcode_name(11)), (Some("SERVFAIL"), Some("REFUSED"), None));
+        // BADCOOKIE (23) leaves 7 in the header: not an update's YXRRSET.
+        assert_eq!((rcode_name(7), rcode_name(8), rcode_name(10)), (None, None, None));
+    }
+
+    #[test]
+    fn an_rcode_whose_high_bits_are_not_read_is_reported_by_number_not_misnamed() {
+        let e = emitted(answer(&answered(7, TAPIO_DNS_V_FAILURE, 1_000_000, 0), &mut stamper()));
+        assert_eq!((e.kind, e.error.code), ("kernel.dns.failure", "DNS_ERROR"));
+        assert!(e.error.message.contains("was answered rcode 7 after"), "{}", e.error.message);
+        let Facts::Dns(f) = &e.facts else { panic!("dns facts expected") };
+        assert_eq!((f.rcode, f.rcode_name), (Some(7), None));
     }
 }
