@@ -50,8 +50,8 @@ enum tapio_dns_query_flag {
 /*
  * Key of an outstanding query. The socket cookie names one socket for the life of the
  * system (and so its network namespace, client address and port); the id, qtype and a
- * hash of the whole (lower-cased) question name keep a reused id for another question
- * from matching. The server is not part of it: the egress hook sees a query after the
+ * hash of the whole question name, as sent (a server echoes the question byte for byte,
+ * its case too), keep a reused id for another question from matching. The server is not part of it: the egress hook sees a query after the
  * OUTPUT hook's DNAT (a node process asking a Service address is seen asking the backend),
  * the ingress hook sees its answer after that NAT is undone (from the Service address),
  * so a key with the server would never match and every such answered query would time
