@@ -524,3 +524,59 @@ fn a_query_whose_tcp_segment_the_kernel_retransmits_is_one_query_and_one_timeout
     );
     assert!(finished.counter(&["kernel", "dns.retransmissions"]) >= 4, "{}", finished.counters);
 }
+
+/// A query that a segment boundary splits: the next segment begins inside it. Read from
+/// that segment's first byte, the query's rest would be taken for a length and a message,
+/// and a query's own bytes (here an EDNS option's) can read as another query: a phantom
+/// nobody answers, judged `timeout`. The segment is read from the next message's start.
+#[test]
+#[ignore = "needs root"]
+fn a_segment_that_begins_inside_a_query_is_read_from_the_next_message_not_its_first_byte() {
+    let _turn = kernel_test("dns_tcp_resume");
+    let pair = NetnsPair::new("i16dq", 39);
+    let server: SocketAddr = format!("{}:53", pair.b_addr).parse().expect("server address");
+    let listener = pair.listen_in_b(server);
+    let agent = started_with_short_timeout();
+    let serving = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        let queries = [read_tcp_message(&mut conn), read_tcp_message(&mut conn)];
+        let reply: Vec<u8> = queries.iter().flat_map(|q| framed(&empty_answer(q, 0))).collect();
+        conn.write_all(&reply).expect("answers");
+        let _ = conn.read(&mut [0u8; 1]);
+    });
+    // The first query carries, as an EDNS option's data at its end, the bytes of another
+    // query framed for TCP; the first write ends just before them.
+    let phantom = framed(&dns::query_packet(0x1234, "phantom.dnslab.test", 1));
+    let mut first = dns::query_packet(0x1690, "split.dnslab.test", 1);
+    first[10..12].copy_from_slice(&1u16.to_be_bytes()); // one additional record: the OPT
+    let option_len = u16::try_from(phantom.len()).expect("short");
+    first.extend_from_slice(&[0, 0, 41, 0x10, 0, 0, 0, 0, 0]); // root, OPT, 4096, ttl 0
+    first.extend_from_slice(&(option_len + 4).to_be_bytes());
+    first.extend_from_slice(&65001u16.to_be_bytes()); // a local option code
+    first.extend_from_slice(&option_len.to_be_bytes());
+    let split = 2 + first.len();
+    first.extend_from_slice(&phantom);
+    let stream = [framed(&first), framed(&dns::query_packet(0x1691, "after.dnslab.test", 1))].concat();
+    let answers = pair
+        .spawn_in(&pair.a, move || {
+            let mut conn = TcpStream::connect_timeout(&server, Duration::from_secs(5)).expect("connect");
+            conn.set_nodelay(true).expect("nodelay");
+            conn.set_read_timeout(Some(Duration::from_secs(5))).expect("read timeout");
+            conn.write_all(&stream[..split]).expect("the first part");
+            // The rest goes in a segment of its own, beginning inside the first query.
+            std::thread::sleep(Duration::from_millis(100));
+            conn.write_all(&stream[split..]).expect("the rest");
+            [read_tcp_message(&mut conn), read_tcp_message(&mut conn)].map(|a| u16::from_be_bytes([a[0], a[1]]))
+        })
+        .join()
+        .expect("the client");
+    assert_eq!(answers, [0x1690, 0x1691], "both queries answered");
+    serving.join().expect("the server");
+    past_the_timeout_and_its_sweep();
+    let finished = agent.stop();
+    let events = dns_events_from(&finished, &pair.a_addr);
+    assert_eq!(events, Vec::<&Value>::new(), "both queries were answered; no other was asked");
+    assert_eq!(finished.counter(&["kernel", "dns.unparsable_message"]), 0);
+    assert_eq!(finished.counter(&["kernel", "dns.tcp_query_unread"]), 0);
+    assert_eq!(finished.counter(&["kernel", "dns.unmatched_answer"]), 0, "both answers matched their queries");
+}

@@ -160,6 +160,26 @@ struct {
 	__type(value, __u64);
 } tcp_unread SEC(".maps");
 
+/*
+ * TCP connections whose queries were read up to a message that goes on in a later segment,
+ * by socket cookie: the sequence number where the next message begins, or TCP_RESUME_LOST
+ * when that is not known (a length cut by the segment's end, more messages in a segment
+ * than are followed, or bytes this program did not see). A segment is read from that
+ * message on, never from a byte inside one: read from the segment's first byte, the rest of
+ * a message would be taken for a length and a message, and bytes of a query (its name, an
+ * option) can read as another query, a phantom nobody answers, judged `timeout` by the
+ * sweep. A lost connection's queries are not read again (dns.tcp_query_unread). An LRU
+ * map: a connection whose mark was pushed out is read from its next segment's first byte.
+ */
+#define TCP_RESUME_LOST (1ULL << 32)
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u64);
+	__type(value, __u64);
+} tcp_query_resume SEC(".maps");
+
 /* What the IP and transport headers said. */
 struct l4 {
 	__u32 payload; /* offset of the DNS message */
@@ -469,6 +489,16 @@ static __always_inline struct scratch *dns_packet(struct __sk_buff *skb, struct 
 /* The loops over a segment's messages are unrolled: 5.10 and 6.1 refuse a loop whose way
  * back is a helper call's fall-through ("back-edge from insn …"), however bounded. */
 
+/* The offset where the TCP message whose body starts at `payload` ends (by its length
+ * prefix, the two bytes before), or 0 when the prefix cannot be read. */
+static __always_inline __u64 tcp_message_end(struct __sk_buff *skb, __u32 payload)
+{
+	__u16 prefix;
+	if (bpf_skb_load_bytes(skb, payload - 2, &prefix, sizeof(prefix)))
+		return 0;
+	return (__u64)payload + bpf_ntohs(prefix);
+}
+
 /*
  * Where the TCP message at `payload` ends: 0 when the segment ends with it, the offset of
  * the next message when one follows in the segment, -1 when the segment does not end at a
@@ -476,10 +506,9 @@ static __always_inline struct scratch *dns_packet(struct __sk_buff *skb, struct 
  */
 static __always_inline long tcp_next_message(struct __sk_buff *skb, __u32 payload)
 {
-	__u16 prefix;
-	if (bpf_skb_load_bytes(skb, payload - 2, &prefix, sizeof(prefix)))
+	__u64 end = tcp_message_end(skb, payload);
+	if (!end)
 		return -1;
-	__u64 end = (__u64)payload + bpf_ntohs(prefix);
 	if (end == skb->len)
 		return 0;
 	if (end + 2 >= skb->len)
@@ -581,6 +610,87 @@ static __always_inline int tcp_sent_again(struct __sk_buff *skb, const struct l4
 	return (__s32)(bpf_ntohl(seq) - tp->snd_nxt) < 0;
 }
 
+/* Messages of a segment past the TCP_MESSAGES_MAX read whose lengths are followed (not
+ * read, counted), so that the next segment is still read from a message's start. */
+#define TCP_MESSAGES_SKIPPED_MAX 12
+
+/* Marks connection `cookie`'s queries as no longer followed (see tcp_query_resume). */
+static __always_inline void tcp_queries_lost(__u64 cookie)
+{
+	__u64 lost = TCP_RESUME_LOST;
+	bpf_map_update_elem(&tcp_query_resume, &cookie, &lost, BPF_ANY);
+	tapio_count(&counters, TAPIO_DNS_CNT_TCP_QUERY_UNREAD);
+}
+
+/*
+ * Records the queries of a TCP segment sent for the first time, message after message
+ * from where the connection's last message ended (tcp_query_resume), and marks where the
+ * next segment's first message begins when this one ends inside a message.
+ */
+static __always_inline void tcp_queries_out(struct __sk_buff *skb, const struct l4 *l, __u64 now,
+					    __u64 cookie, __u32 token)
+{
+	__u32 seq;
+	if (bpf_skb_load_bytes(skb, l->tcp + 4, &seq, sizeof(seq)))
+		return;
+	seq = bpf_ntohl(seq);
+	/* Offsets in the packet: where the segment's data begins, and the next message. */
+	__u32 data = l->payload - 2;
+	__u64 len = skb->len;
+	__u64 at = data;
+	__u64 *mark = bpf_map_lookup_elem(&tcp_query_resume, &cookie);
+	if (mark) {
+		__u64 resume = *mark;
+		if (resume & TCP_RESUME_LOST) {
+			tapio_count(&counters, TAPIO_DNS_CNT_TCP_QUERY_UNREAD);
+			return;
+		}
+		__s32 ahead = (__s32)((__u32)resume - seq);
+		if (ahead < 0) {
+			/* The message began in bytes not seen here. */
+			tcp_queries_lost(cookie);
+			return;
+		}
+		/* The whole segment is inside the message that goes on: the mark stands. */
+		if ((__u64)ahead >= len - data)
+			return;
+		at = data + ahead;
+		bpf_map_delete_elem(&tcp_query_resume, &cookie);
+	}
+	int goes_on = 0;
+#pragma unroll
+	for (int i = 0; i < TCP_MESSAGES_MAX + TCP_MESSAGES_SKIPPED_MAX; i++) {
+		if (at == len)
+			return;
+		/* The next message's length is cut: it begins at `at`. */
+		if (at + 2 > len) {
+			goes_on = 1;
+			break;
+		}
+		if (i < TCP_MESSAGES_MAX)
+			tapio_dns_query_out(skb, at + 2, now, cookie, token);
+		else
+			tapio_count(&counters, TAPIO_DNS_CNT_TCP_QUERY_UNREAD);
+		__u64 end = tcp_message_end(skb, at + 2);
+		if (!end)
+			break;
+		at = end;
+		/* The message goes on in a later segment; the next one begins at its end. */
+		if (end > len) {
+			goes_on = 1;
+			break;
+		}
+	}
+	if (at == len)
+		return;
+	if (!goes_on) {
+		tcp_queries_lost(cookie);
+		return;
+	}
+	__u64 next = (__u32)(seq + (__u32)(at - data));
+	bpf_map_update_elem(&tcp_query_resume, &cookie, &next, BPF_ANY);
+}
+
 SEC("cgroup_skb/egress")
 int tapio_dns_out(struct __sk_buff *skb)
 {
@@ -589,23 +699,17 @@ int tapio_dns_out(struct __sk_buff *skb)
 	struct scratch *s = dns_packet(skb, &l, 0, &token);
 	if (!s)
 		return 1;
-	if (l.transport == TAPIO_DNS_TCP && tcp_sent_again(skb, &l)) {
+	__u64 now = bpf_ktime_get_boot_ns();
+	__u64 cookie = bpf_get_socket_cookie(skb);
+	if (l.transport != TAPIO_DNS_TCP) {
+		tapio_dns_query_out(skb, l.payload, now, cookie, token);
+		return 1;
+	}
+	if (tcp_sent_again(skb, &l)) {
 		tapio_count(&counters, TAPIO_DNS_CNT_RETRANSMISSION);
 		return 1;
 	}
-	__u64 now = bpf_ktime_get_boot_ns();
-	__u64 cookie = bpf_get_socket_cookie(skb);
-	__u32 payload = l.payload;
-#pragma unroll
-	for (int i = 0; i < TCP_MESSAGES_MAX; i++) {
-		tapio_dns_query_out(skb, payload, now, cookie, token);
-		if (l.transport != TAPIO_DNS_TCP)
-			break;
-		long next = tcp_next_message(skb, payload);
-		if (next <= 0)
-			break;
-		payload = next;
-	}
+	tcp_queries_out(skb, &l, now, cookie, token);
 	return 1;
 }
 

@@ -136,6 +136,9 @@ enum tapio_dns_counter {
 	 * way marks its socket instead, and the agent's sweep counts it when its query would
 	 * have timed out (under this name for UDP, as tcp_answer_unread for TCP). */
 	TAPIO_DNS_CNT_INTERRUPTED = TAPIO_CNT_OBSERVER_BASE + 4,
+	/* A TCP segment's queries not read: past the messages one segment is read for, or on a
+	 * connection whose message boundaries were lost (see tcp_query_resume in dns.bpf.c). */
+	TAPIO_DNS_CNT_TCP_QUERY_UNREAD = TAPIO_CNT_OBSERVER_BASE + 5,
 };
 
 #endif

@@ -3,8 +3,8 @@
 
 use crate::abi::{
     tapio_dns_config, tapio_dns_event, tapio_dns_key, tapio_dns_query, TAPIO_DNS_ANSWER, TAPIO_DNS_CNT_INTERRUPTED,
-    TAPIO_DNS_CNT_OWNER_UNKNOWN, TAPIO_DNS_CNT_RETRANSMISSION, TAPIO_DNS_CNT_UNMATCHED_ANSWER,
-    TAPIO_DNS_CNT_UNPARSABLE,
+    TAPIO_DNS_CNT_OWNER_UNKNOWN, TAPIO_DNS_CNT_RETRANSMISSION, TAPIO_DNS_CNT_TCP_QUERY_UNREAD,
+    TAPIO_DNS_CNT_UNMATCHED_ANSWER, TAPIO_DNS_CNT_UNPARSABLE,
 };
 use crate::record::{decode_as, read_header, DecodeError, Record};
 
@@ -36,6 +36,9 @@ pub const UNPARSABLE: &str = "unparsable_message";
 /// A DNS message not read because another packet's program on the same CPU took its
 /// scratch meanwhile (a correlation drop).
 pub const INTERRUPTED: &str = "packet_interrupted";
+/// TCP queries not read: past the messages one segment is read for, or on a connection
+/// whose message boundaries were lost (a correlation drop).
+pub const TCP_QUERY_UNREAD: &str = "tcp_query_unread";
 /// Informational counters (see `dns.h`).
 pub const UNMATCHED_ANSWER: &str = "unmatched_answer";
 pub const RETRANSMISSIONS: &str = "retransmissions";
@@ -48,6 +51,7 @@ pub const COUNTER_NAMES: &[(u32, &str)] = &[
     (TAPIO_DNS_CNT_RETRANSMISSION, RETRANSMISSIONS),
     (TAPIO_DNS_CNT_OWNER_UNKNOWN, OWNER_UNKNOWN),
     (TAPIO_DNS_CNT_INTERRUPTED, INTERRUPTED),
+    (TAPIO_DNS_CNT_TCP_QUERY_UNREAD, TCP_QUERY_UNREAD),
 ];
 
 /// The compiled CO-RE object.

@@ -42,7 +42,11 @@ pub static OBSERVER: Observer = Observer {
         counters: tapio_bpf::dns::COUNTER_NAMES,
         // The others lose no evidence: an unmatched answer was judged already (or is not
         // ours), a retransmission folds into its query, an unseen owner is a null pid.
-        correlation_counters: &[tapio_bpf::dns::UNPARSABLE, tapio_bpf::dns::INTERRUPTED],
+        correlation_counters: &[
+            tapio_bpf::dns::UNPARSABLE,
+            tapio_bpf::dns::INTERRUPTED,
+            tapio_bpf::dns::TCP_QUERY_UNREAD,
+        ],
         event_rings: EventRings::Shared,
         sized_maps: no_sized_maps,
     }),
