@@ -147,7 +147,8 @@ unsafe impl Pod for Query {}
 /// retry then folds into the same query instead of racing the sweep.
 const RETRY_GRACE_NS: u64 = 100_000_000;
 /// The correlation drop reason of a query aged out of the table unjudged while timeouts
-/// are not reported and latency spikes are: its answer, if one came later, was lost.
+/// are not reported and latency spikes or failures are: its answer, if one came later,
+/// could no longer be judged.
 pub const QUERY_EXPIRED: &str = "query_expired";
 /// The correlation drop reason of a TCP query not judged timed out because its connection
 /// brought bytes after it that the kernel could not read as its answer (a fifth message in
@@ -178,6 +179,36 @@ pub fn unread_answer_counter(query: &tapio_dns_query) -> &'static str {
         TCP_ANSWER_UNREAD
     } else {
         tapio_bpf::dns::INTERRUPTED
+    }
+}
+
+/// What becomes of a query the sweep took out of the table unanswered.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AgedOut {
+    /// Its answer may have come unread: counted, not judged.
+    Unread,
+    /// A `timeout`.
+    TimedOut,
+    /// Timeouts are not reported, but an answer may still come, which could no longer be
+    /// judged a latency spike or a failure: counted (`query_expired`).
+    Expired,
+    /// Nothing this config reports was lost.
+    Nothing,
+}
+
+/// What becomes of an aged-out query under `config` (`may_be_unread` is asked only when
+/// the observer is on).
+pub fn aged_out(config: &DnsConfig, may_be_unread: impl FnOnce() -> bool) -> AgedOut {
+    if !config.enabled {
+        AgedOut::Nothing
+    } else if may_be_unread() {
+        AgedOut::Unread
+    } else if config.timeouts {
+        AgedOut::TimedOut
+    } else if config.latency_spikes || config.failures {
+        AgedOut::Expired
+    } else {
+        AgedOut::Nothing
     }
 }
 
@@ -231,15 +262,14 @@ impl Poller for TimeoutSweeper {
             }
             // Read after the delete: bytes that arrive later came after the timeout.
             let unread_ns = || self.tcp_unread.get(&key.0.sock_cookie, 0).ok();
-            if config.enabled && answer_may_be_unread(&entry.0, unread_ns) {
-                ctx.counters.correlation_drop(NAME, unread_answer_counter(&entry.0));
-            } else if config.enabled && config.timeouts {
-                let verdict = classify::timeout(&entry.0, now, timeout_ns, generation, ctx.stamper);
-                ctx.deliver(NAME, verdict);
-            } else if config.enabled && config.latency_spikes {
-                // Timeouts are not reported, but an answer may still come: with the entry
-                // gone it could no longer be judged a latency spike, so that is counted.
-                ctx.counters.correlation_drop(NAME, QUERY_EXPIRED);
+            match aged_out(&config, || answer_may_be_unread(&entry.0, unread_ns)) {
+                AgedOut::Unread => ctx.counters.correlation_drop(NAME, unread_answer_counter(&entry.0)),
+                AgedOut::TimedOut => {
+                    let verdict = classify::timeout(&entry.0, now, timeout_ns, generation, ctx.stamper);
+                    ctx.deliver(NAME, verdict);
+                }
+                AgedOut::Expired => ctx.counters.correlation_drop(NAME, QUERY_EXPIRED),
+                AgedOut::Nothing => {}
             }
         }
     }
@@ -277,6 +307,23 @@ mod tests {
         assert_eq!(sweep_interval(5_000), Duration::from_millis(500));
         assert_eq!(sweep_interval(100), Duration::from_millis(100));
         assert_eq!(sweep_interval(60_000), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn an_aged_out_query_is_a_timeout_or_counted_whenever_its_answer_could_have_been_evidence() {
+        let on =
+            DnsConfig { enabled: true, timeouts: true, failures: true, latency_spikes: true, ..Default::default() };
+        assert_eq!(aged_out(&on, || false), AgedOut::TimedOut);
+        assert_eq!(aged_out(&on, || true), AgedOut::Unread);
+        let no_timeouts = DnsConfig { timeouts: false, ..on.clone() };
+        assert_eq!(aged_out(&no_timeouts, || false), AgedOut::Expired);
+        // Failures alone: a late SERVFAIL could no longer be judged either.
+        let failures_only = DnsConfig { latency_spikes: false, ..no_timeouts.clone() };
+        assert_eq!(aged_out(&failures_only, || false), AgedOut::Expired);
+        let nothing = DnsConfig { failures: false, ..failures_only };
+        assert_eq!(aged_out(&nothing, || false), AgedOut::Nothing);
+        let off = DnsConfig { enabled: false, ..on };
+        assert_eq!(aged_out(&off, || panic!("not asked when off")), AgedOut::Nothing);
     }
 
     #[test]
