@@ -86,8 +86,10 @@ impl FullTmpfsDisk {
 }
 
 /// Every failed 1 MiB write at `failed_offsets` shows up: an io_error of this process for
-/// one of its requests at least starts inside it.
-fn assert_each_failed_write_reported(errors: &[&Value], failed_offsets: &[u64]) {
+/// one of its requests at least starts inside it. A failure shows the run's counters too:
+/// what the kernel side counted instead (a claim that found its bucket busy, an unmatched
+/// completion) tells a counted loss from an uncounted one.
+fn assert_each_failed_write_reported(errors: &[&Value], failed_offsets: &[u64], counters: &Value) {
     for off in failed_offsets {
         let (start, end) = (off / 512, (off + (1 << 20)) / 512);
         assert!(
@@ -95,7 +97,7 @@ fn assert_each_failed_write_reported(errors: &[&Value], failed_offsets: &[u64]) 
                 (start..end).contains(&e["facts"]["sector"].as_u64().unwrap_or(u64::MAX))
                     && e["facts"]["pid"] == our_pid()
             }),
-            "no io_error of this process for the failed write at {off}: {errors:#?}"
+            "no io_error of this process for the failed write at {off}: {errors:#?}\ncounters: {counters}"
         );
     }
 }
@@ -129,7 +131,7 @@ fn a_write_into_a_full_tmpfs_is_an_enospc_io_error_of_the_writing_process() {
         let bytes = f["bytes"].as_u64().expect("bytes");
         assert!(bytes > 0 && bytes <= 1 << 20 && sector * 512 < 12 << 20, "within what we wrote: {e}");
     }
-    assert_each_failed_write_reported(&errors, &failed_offsets);
+    assert_each_failed_write_reported(&errors, &failed_offsets, &run.counters);
     assert!(on_device(&run.events, "kernel.storage.latency_spike", dev).is_empty());
 }
 
@@ -300,7 +302,8 @@ fn a_full_inflight_table_makes_completions_release_their_slots_and_idle_slots_ar
     let run = agent.stop();
     assert!(run.exit_ok, "agent exit: {}", run.stderr);
     assert!(run.counter(&["kernel", "storage.inflight_table_full"]) >= 1, "{}", run.counters);
-    assert_each_failed_write_reported(&on_device(&run.events, "kernel.storage.io_error", dev), &failed_offsets);
+    let errors = on_device(&run.events, "kernel.storage.io_error", dev);
+    assert_each_failed_write_reported(&errors, &failed_offsets, &run.counters);
 }
 
 /// What the agent's sweep does to a slot it takes back, done here to every slot a finished
@@ -349,7 +352,8 @@ fn slots_marked_to_be_taken_back_are_never_matched_again_and_their_structs_claim
         .filter(|&owner| owner != 0 && owner & retired == 0)
         .count();
     assert!(claimed_since > 0, "no struct claimed a new slot");
-    assert_each_failed_write_reported(&on_device(&run.events, "kernel.storage.io_error", dev), &failed_offsets);
+    let errors = on_device(&run.events, "kernel.storage.io_error", dev);
+    assert_each_failed_write_reported(&errors, &failed_offsets, &run.counters);
 }
 
 #[test]
