@@ -586,14 +586,14 @@ __attribute__((noinline)) int tapio_dns_query_out(struct __sk_buff *skb, __u32 p
 }
 
 /*
- * Whether a TCP segment leaving is one the kernel sends again: it starts before the
- * socket's next new byte (the hook runs inside the transmission, before a new segment
- * advances snd_nxt). The application wrote its queries once; read again, a retransmission
+ * Whether a TCP segment leaving, starting at sequence number `seq`, is one the kernel
+ * sends again: it starts before the socket's next new byte (the hook runs inside the
+ * transmission, before a new segment advances snd_nxt). The application wrote its queries once; read again, a retransmission
  * would move their latency's start, and one sent after its query was judged `timeout`
  * (a server gone mid-connection is retransmitted to for minutes) would be a new query
  * and another timeout. Unknown (no full socket) counts as new.
  */
-static __always_inline int tcp_sent_again(struct __sk_buff *skb, const struct l4 *l)
+static __always_inline int tcp_sent_again(struct __sk_buff *skb, __u32 seq)
 {
 	struct bpf_sock *sk = skb->sk;
 	if (!sk)
@@ -604,10 +604,7 @@ static __always_inline int tcp_sent_again(struct __sk_buff *skb, const struct l4
 	struct bpf_tcp_sock *tp = bpf_tcp_sock(sk);
 	if (!tp)
 		return 0;
-	__u32 seq;
-	if (bpf_skb_load_bytes(skb, l->tcp + 4, &seq, sizeof(seq)))
-		return 0;
-	return (__s32)(bpf_ntohl(seq) - tp->snd_nxt) < 0;
+	return (__s32)(seq - tp->snd_nxt) < 0;
 }
 
 /* Messages of a segment past the TCP_MESSAGES_MAX read whose lengths are followed (not
@@ -627,13 +624,9 @@ static __always_inline void tcp_queries_lost(__u64 cookie)
  * from where the connection's last message ended (tcp_query_resume), and marks where the
  * next segment's first message begins when this one ends inside a message.
  */
-static __always_inline void tcp_queries_out(struct __sk_buff *skb, const struct l4 *l, __u64 now,
-					    __u64 cookie, __u32 token)
+static __always_inline void tcp_queries_out(struct __sk_buff *skb, const struct l4 *l, __u32 seq,
+					    __u64 now, __u64 cookie, __u32 token)
 {
-	__u32 seq;
-	if (bpf_skb_load_bytes(skb, l->tcp + 4, &seq, sizeof(seq)))
-		return;
-	seq = bpf_ntohl(seq);
 	/* Offsets in the packet: where the segment's data begins, and the next message. */
 	__u32 data = l->payload - 2;
 	__u64 len = skb->len;
@@ -705,11 +698,16 @@ int tapio_dns_out(struct __sk_buff *skb)
 		tapio_dns_query_out(skb, l.payload, now, cookie, token);
 		return 1;
 	}
-	if (tcp_sent_again(skb, &l)) {
+	/* The segment's sequence number, read once for both tests below. */
+	__u32 seq;
+	if (bpf_skb_load_bytes(skb, l.tcp + 4, &seq, sizeof(seq)))
+		return 1;
+	seq = bpf_ntohl(seq);
+	if (tcp_sent_again(skb, seq)) {
 		tapio_count(&counters, TAPIO_DNS_CNT_RETRANSMISSION);
 		return 1;
 	}
-	tcp_queries_out(skb, &l, now, cookie, token);
+	tcp_queries_out(skb, &l, seq, now, cookie, token);
 	return 1;
 }
 
