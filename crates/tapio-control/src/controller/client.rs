@@ -7,7 +7,7 @@
 
 use super::apply::settings_from;
 use super::http::{self, percent_encode, Endpoint, HttpError, Limits, Request, Response};
-use super::outbox::Outbox;
+use super::outbox::{Outbox, WakeOn};
 use super::state::{self, AppliedConfig};
 use super::{ControllerConfig, FileStamp, Token};
 use crate::carriers::Carriers;
@@ -154,6 +154,7 @@ impl Loop {
         if let Some(path) = &l.c.settings.token_file {
             l.token_stamp = FileStamp::of(path);
         }
+        l.c.outbox.set_full_batch(l.max_batch_events as usize, l.c.settings.max_batch_bytes);
         l
     }
 
@@ -186,18 +187,18 @@ impl Loop {
         } else {
             at = at.min(self.next_hello);
         }
-        let for_lines = match &self.pending {
+        let wake = match &self.pending {
             Some(p) => {
                 at = at.min(p.retry_at);
-                false
+                WakeOn::Deadline
             }
-            None if self.c.outbox.is_empty() => true,
+            None if self.c.outbox.is_empty() => WakeOn::AnyLine,
             None => {
                 at = at.min(self.next_send);
-                false
+                WakeOn::FullBatch
             }
         };
-        self.c.outbox.wait(at, for_lines);
+        self.c.outbox.wait(at, wake);
     }
 
     fn jitter(&mut self, d: Duration) -> Duration {
@@ -329,6 +330,7 @@ impl Loop {
     fn set_batching(&mut self, send_interval_ms: u64, max_batch_events: u64) {
         self.send_interval = Duration::from_millis(send_interval_ms.clamp(50, 60_000));
         self.max_batch_events = max_batch_events.clamp(1, MAX_BATCH_EVENTS);
+        self.c.outbox.set_full_batch(self.max_batch_events as usize, self.c.settings.max_batch_bytes);
     }
 
     fn fetch_config(&mut self) {
@@ -443,7 +445,9 @@ impl Loop {
     fn send_due(&mut self) {
         let now = Instant::now();
         if self.pending.is_none() {
-            if now < self.next_send || self.c.outbox.is_empty() {
+            // A full batch leaves at once: the interval only holds a partial one back, so
+            // a node's evidence is not capped at one batch per interval.
+            if self.c.outbox.is_empty() || (now < self.next_send && !self.c.outbox.holds_full_batch()) {
                 return;
             }
             self.next_send = now + self.send_interval;
@@ -615,24 +619,60 @@ mod tests {
         assert_eq!(l.admit(t0 + period + Duration::from_secs(1), period), None);
     }
 
-    /// Answers one request on `listener` with a 200 carrying `body`.
-    fn answer_once(listener: std::net::TcpListener, body: String) -> std::thread::JoinHandle<()> {
-        use std::io::{BufRead, BufReader, Write};
+    /// Answers every request on `listener`, one per connection, with a 200 whose body
+    /// `answer` makes from the request's body; each request body goes to the receiver.
+    fn answer_each(
+        listener: std::net::TcpListener,
+        answer: impl Fn(&[u8]) -> String + Send + 'static,
+    ) -> std::sync::mpsc::Receiver<Vec<u8>> {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let (stream, _) = listener.accept().unwrap();
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut line = String::new();
-            while reader.read_line(&mut line).unwrap() > 2 {
-                line.clear();
+            for stream in listener.incoming() {
+                let stream = stream.unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let (mut line, mut length) = (String::new(), 0);
+                while reader.read_line(&mut line).unwrap() > 2 {
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap();
+                    }
+                    line.clear();
+                }
+                let mut request = vec![0; length];
+                reader.read_exact(&mut request).unwrap();
+                let body = answer(&request);
+                // Passed on before the answer, so a request the client has seen answered
+                // is already in the receiver.
+                if tx.send(request).is_err() {
+                    return;
+                }
+                let mut out = stream;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                out.write_all(head.as_bytes()).unwrap();
+                out.write_all(body.as_bytes()).unwrap();
             }
-            let mut out = stream;
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            out.write_all(head.as_bytes()).unwrap();
-            out.write_all(body.as_bytes()).unwrap();
-        })
+        });
+        rx
+    }
+
+    /// A client of the controller at `url`, with `outbox`, counting into `counters`.
+    fn client_of(url: &str, outbox: Arc<Outbox>, counters: &Arc<Counters>) -> Client {
+        Client {
+            settings: ControllerConfig { url: url.to_owned(), ..ControllerConfig::default() },
+            endpoint: Endpoint::parse(url).unwrap(),
+            token: None,
+            agent_id: "a1".into(),
+            node: "n1".into(),
+            outbox,
+            counters: Arc::clone(counters),
+            carriers: Arc::new(Mutex::new(Carriers::default())),
+            applied: Arc::new(Mutex::new(None)),
+            observers: BTreeMap::new(),
+            object_sizes: BTreeMap::new(),
+        }
     }
 
     /// One config poll answered with `version`/`config_hash` and batching of one event per
@@ -645,25 +685,14 @@ mod tests {
             "config": tapio_wire::CompiledConfig::default(),
             "batching": {"send_interval_ms": 50, "max_batch_events": 1},
         });
-        let server = answer_once(listener, body.to_string());
+        let body = body.to_string();
+        let requests = answer_each(listener, move |_| body.clone());
         let counters = Arc::new(Counters::default());
-        let applied = Arc::new(Mutex::new(None));
-        let client = Client {
-            settings: ControllerConfig { url: url.clone(), ..ControllerConfig::default() },
-            endpoint: Endpoint::parse(&url).unwrap(),
-            token: None,
-            agent_id: "a1".into(),
-            node: "n1".into(),
-            outbox: Outbox::new(16),
-            counters: Arc::clone(&counters),
-            carriers: Arc::new(Mutex::new(Carriers::default())),
-            applied: Arc::clone(&applied),
-            observers: BTreeMap::new(),
-            object_sizes: BTreeMap::new(),
-        };
+        let client = client_of(&url, Outbox::new(16), &counters);
+        let applied = Arc::clone(&client.applied);
         let mut l = Loop::new(client);
         l.fetch_config();
-        server.join().unwrap();
+        requests.recv_timeout(Duration::from_secs(30)).expect("the config request");
         let generation = applied.lock().unwrap().as_ref().map(|a: &AppliedConfig| a.generation);
         (l.max_batch_events, counters.config_rejected_total.load(Ordering::Relaxed), generation)
     }
@@ -677,6 +706,36 @@ mod tests {
         {
             assert_eq!(poll_once(version, config_hash), (500, 1, None), "version {version:?}, hash {config_hash:?}");
         }
+    }
+
+    #[test]
+    fn a_full_batch_leaves_at_once_and_a_partial_one_waits_for_its_interval() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let events_of = |body: &[u8]| {
+            let batch: serde_json::Value = serde_json::from_slice(body).unwrap();
+            batch["events"].as_array().map_or(0, Vec::len)
+        };
+        let requests = answer_each(listener, move |body| {
+            serde_json::json!({"wire_version": WIRE_VERSION, "accepted": events_of(body), "rejected": 0,
+                               "next_config_version": "0"})
+            .to_string()
+        });
+        let counters = Arc::new(Counters::default());
+        let outbox = Outbox::new(64);
+        let mut l = Loop::new(client_of(&url, Arc::clone(&outbox), &counters));
+        // A minute between batches, four events each: nine events waiting.
+        l.set_batching(60_000, 4);
+        for _ in 0..9 {
+            assert!(outbox.push(br#"{"type":"kernel.test"}"#.to_vec()));
+        }
+        l.send_due(); // the first batch: nothing was sent yet
+        l.send_due(); // five waiting: a full batch, sent before the interval is up
+        l.send_due(); // one waiting: it waits for the interval
+        let sent: Vec<usize> = requests.try_iter().map(|body| events_of(&body)).collect();
+        assert_eq!(sent, vec![4, 4]);
+        assert_eq!(outbox.len(), 1);
+        assert_eq!(counters.controller_events_sent_total.load(Ordering::Relaxed), 8);
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //!
 //! The sink stage hands each line to [`OutboxSink`] without waiting; when the outbox is full
 //! (controller slow or down for long) the line is refused and counted as a sink failure of
-//! the `controller` sink, so observation and the local sinks never stall.
+//! the `controller` sink, so observation and the local sinks never stall. A full batch
+//! waiting wakes the client at once: the send interval is how long a partial batch waits,
+//! not a cap on how fast evidence leaves the node.
 
 use crate::counters::CONTROLLER_SINK;
 use crate::sinks::{Delivered, Sink};
@@ -12,22 +14,63 @@ use std::time::Instant;
 
 pub struct Outbox {
     state: Mutex<State>,
-    /// Signalled when a line lands in an empty outbox, and by [`Outbox::stop`].
+    /// Signalled when a line lands in an empty outbox, when a full batch is waiting, and by
+    /// [`Outbox::stop`].
     changed: Condvar,
     capacity: usize,
 }
 
-#[derive(Default)]
+/// What a client's wait ends on, besides its deadline and [`Outbox::stop`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WakeOn {
+    /// Any line waiting (the client has nothing to send).
+    AnyLine,
+    /// A full batch waiting (the client holds a partial batch until its send time).
+    FullBatch,
+    /// Only the deadline (a batch is in flight or waiting to be retried).
+    Deadline,
+}
+
 struct State {
     lines: VecDeque<Vec<u8>>,
+    /// The lines' bytes, each with its separator (as a batch counts them).
+    bytes: usize,
+    /// A full batch: this many lines, or this many bytes (see [`Outbox::set_full_batch`]).
+    batch_events: usize,
+    batch_bytes: usize,
     /// Set by [`Outbox::stop`]: the client is to flush and end; every wait from then on
     /// returns at once.
     stopped: bool,
 }
 
+impl State {
+    fn holds_full_batch(&self) -> bool {
+        self.lines.len() >= self.batch_events || self.bytes >= self.batch_bytes
+    }
+}
+
 impl Outbox {
     pub fn new(capacity: usize) -> Arc<Self> {
-        Arc::new(Self { state: Mutex::new(State::default()), changed: Condvar::new(), capacity })
+        let state = State {
+            lines: VecDeque::new(),
+            bytes: 0,
+            batch_events: usize::MAX,
+            batch_bytes: usize::MAX,
+            stopped: false,
+        };
+        Arc::new(Self { state: Mutex::new(state), changed: Condvar::new(), capacity })
+    }
+
+    /// Sets what a full batch is (the client's batch size and byte limit).
+    pub fn set_full_batch(&self, max_events: usize, max_bytes: usize) {
+        let mut state = self.lock();
+        state.batch_events = max_events.max(1);
+        state.batch_bytes = max_bytes.max(1);
+    }
+
+    /// True when a full batch is waiting.
+    pub fn holds_full_batch(&self) -> bool {
+        self.lock().holds_full_batch()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -39,9 +82,11 @@ impl Outbox {
         if state.lines.len() >= self.capacity {
             return false;
         }
+        let was_full = state.holds_full_batch();
+        state.bytes += line.len() + 1;
         state.lines.push_back(line);
-        // Only a waiter for lines needs telling, and it waits only on an empty outbox.
-        if state.lines.len() == 1 {
+        // Only the first line and the one that makes a full batch can end a wait.
+        if state.lines.len() == 1 || (!was_full && state.holds_full_batch()) {
             self.changed.notify_all();
         }
         true
@@ -51,13 +96,18 @@ impl Outbox {
         self.lock().lines.len()
     }
 
-    /// Sleeps until `deadline`, or sooner: when `for_lines` and the outbox holds a line (or
-    /// gets one), or once [`Outbox::stop`] was called. The client's loop sleeps here
-    /// instead of waking every few milliseconds to look.
-    pub fn wait(&self, deadline: Instant, for_lines: bool) {
+    /// Sleeps until `deadline`, or sooner: when what `wake` names is waiting (or arrives),
+    /// or once [`Outbox::stop`] was called. The client's loop sleeps here instead of waking
+    /// every few milliseconds to look.
+    pub fn wait(&self, deadline: Instant, wake: WakeOn) {
         let mut state = self.lock();
         loop {
-            if state.stopped || (for_lines && !state.lines.is_empty()) {
+            let woken = match wake {
+                WakeOn::AnyLine => !state.lines.is_empty(),
+                WakeOn::FullBatch => state.holds_full_batch(),
+                WakeOn::Deadline => false,
+            };
+            if state.stopped || woken {
                 return;
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -100,6 +150,7 @@ impl Outbox {
                 batch.push(line);
             }
         }
+        state.bytes -= bytes;
         batch
     }
 }
@@ -171,7 +222,7 @@ mod tests {
     fn a_wait_for_lines_ends_when_one_arrives_and_any_wait_ends_once_woken() {
         let outbox = Outbox::new(8);
         let started = Instant::now();
-        outbox.wait(started + Duration::from_millis(30), true);
+        outbox.wait(started + Duration::from_millis(30), WakeOn::AnyLine);
         assert!(started.elapsed() >= Duration::from_millis(30), "nothing arrived: it waited out its deadline");
 
         let pusher = {
@@ -182,14 +233,14 @@ mod tests {
             })
         };
         let started = Instant::now();
-        outbox.wait(started + Duration::from_secs(60), true);
+        outbox.wait(started + Duration::from_secs(60), WakeOn::AnyLine);
         assert_eq!(outbox.len(), 1, "woken by the line");
         assert!(started.elapsed() < Duration::from_secs(30));
         pusher.join().expect("pusher");
 
         // Lines waiting do not end a wait that is not for lines (the client is not due).
         let started = Instant::now();
-        outbox.wait(started + Duration::from_millis(30), false);
+        outbox.wait(started + Duration::from_millis(30), WakeOn::Deadline);
         assert!(started.elapsed() >= Duration::from_millis(30));
 
         let waker = {
@@ -200,11 +251,48 @@ mod tests {
             })
         };
         let started = Instant::now();
-        outbox.wait(started + Duration::from_secs(60), false);
+        outbox.wait(started + Duration::from_secs(60), WakeOn::Deadline);
         assert!(started.elapsed() < Duration::from_secs(30), "woken to stop");
         waker.join().expect("waker");
         let started = Instant::now();
-        outbox.wait(started + Duration::from_secs(60), false);
+        outbox.wait(started + Duration::from_secs(60), WakeOn::Deadline);
         assert!(started.elapsed() < Duration::from_secs(30), "and every later wait returns at once");
+    }
+
+    #[test]
+    fn a_full_batch_ends_a_wait_for_one_by_count_or_by_bytes() {
+        let outbox = Outbox::new(64);
+        outbox.set_full_batch(3, 1000);
+        outbox.push(b"{}".to_vec());
+        // A partial batch does not end the wait.
+        let started = Instant::now();
+        outbox.wait(started + Duration::from_millis(30), WakeOn::FullBatch);
+        assert!(started.elapsed() >= Duration::from_millis(30));
+        assert!(!outbox.holds_full_batch());
+
+        let pusher = {
+            let outbox = Arc::clone(&outbox);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                outbox.push(b"{}".to_vec());
+                outbox.push(b"{}".to_vec());
+            })
+        };
+        let started = Instant::now();
+        outbox.wait(started + Duration::from_secs(60), WakeOn::FullBatch);
+        assert!(outbox.holds_full_batch(), "woken by the third line");
+        assert!(started.elapsed() < Duration::from_secs(30));
+        pusher.join().expect("pusher");
+
+        // Taking a batch takes its bytes too; a few large lines are a full batch by bytes.
+        assert_eq!(outbox.take_batch(3, 1000).len(), 3);
+        assert!(!outbox.holds_full_batch());
+        outbox.set_full_batch(100, 40);
+        outbox.push(vec![b'x'; 30]);
+        assert!(!outbox.holds_full_batch(), "31 of 40 bytes");
+        outbox.push(vec![b'x'; 30]);
+        assert!(outbox.holds_full_batch(), "62 of 40 bytes");
+        assert_eq!(outbox.take_batch(100, 40).len(), 1);
+        assert!(!outbox.holds_full_batch(), "the rest is 31 bytes again");
     }
 }
