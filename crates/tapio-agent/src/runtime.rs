@@ -378,6 +378,9 @@ pub fn run(config: AgentConfig, node: String) -> Result<(), String> {
     let learner = identity.as_ref().map(|r| r.learner(&named));
     let observers = start_observers(&settings, &config.local, &mut carriers, &mut report, &mut pollers, learner);
     if let Some(resolver) = identity.as_mut() {
+        for h in named.iter().filter(|h| resolver.mounted_in_cgroup_namespace(h)) {
+            log::warn!("workload identity: {h:?} is mounted inside a cgroup namespace; kernel-reported cgroup paths are not used for it");
+        }
         let (learned, complete) = resolver.learn_existing(&named);
         if complete {
             log::info!("workload identity: {learned} existing cgroups learned");

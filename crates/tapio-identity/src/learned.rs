@@ -23,6 +23,10 @@ pub struct LearnedStats {
     pub learned: u64,
     /// Kernel reports about a hierarchy that workloads are not named by (ignored, by design).
     pub other_hierarchy: u64,
+    /// Kernel reports about a hierarchy mounted from inside a cgroup namespace (ignored):
+    /// the kernel's path is from the hierarchy root, the mount shows the namespace's root,
+    /// and the path would name the namespace's container (e.g. a kind node) as the workload.
+    pub namespace_relative: u64,
     /// Learned entries pushed out by the capacity before anything asked for them again.
     pub evictions: u64,
     /// Lookups answered from what was learned.
@@ -68,31 +72,50 @@ impl Learned {
     }
 }
 
+/// What the learner does with a kernel report about one hierarchy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LearnTarget {
+    /// Keep the path, under this resolver index of the hierarchy.
+    Index(usize),
+    /// Ignore it (counted): the hierarchy is mounted from inside a cgroup namespace, so the
+    /// kernel's paths do not match the resolver's.
+    NamespaceRelative,
+}
+
 /// The handle the agent's kernel-record reader uses to teach the resolver: cheap to clone
 /// and `Send`.
 #[derive(Clone)]
 pub struct Learner {
     shared: Shared,
-    /// Kernel hierarchy id (cgroup_root.hierarchy_id: 0 for cgroup2) → the resolver's index
-    /// of that hierarchy, for the hierarchies workloads are named by.
-    by_kernel_id: Arc<HashMap<u32, usize>>,
+    /// Kernel hierarchy id (cgroup_root.hierarchy_id: 0 for cgroup2) → what to do with its
+    /// reports, for the hierarchies workloads are named by.
+    by_kernel_id: Arc<HashMap<u32, LearnTarget>>,
 }
 
 impl Learner {
-    pub(crate) fn new(shared: Shared, by_kernel_id: HashMap<u32, usize>) -> Self {
+    pub(crate) fn new(shared: Shared, by_kernel_id: HashMap<u32, LearnTarget>) -> Self {
         Learner { shared, by_kernel_id: Arc::new(by_kernel_id) }
     }
 
     /// Records that the cgroup with id `cgroup_id` in kernel hierarchy `hierarchy_id` has
     /// `path` (from the hierarchy root, as the kernel's `cgroup_mkdir` event gives it).
-    /// Returns false when that hierarchy is not one workloads are named by (nothing kept).
+    /// Returns false when nothing was kept: that hierarchy is not one workloads are named
+    /// by, or its mount is namespace-relative.
     pub fn learn(&self, hierarchy_id: u32, cgroup_id: u64, path: &str) -> bool {
-        let Some(&index) = self.by_kernel_id.get(&hierarchy_id) else {
-            lock(&self.shared).stats.other_hierarchy += 1;
-            return false;
-        };
-        lock(&self.shared).insert((index, cgroup_id), path.to_owned());
-        true
+        match self.by_kernel_id.get(&hierarchy_id) {
+            Some(&LearnTarget::Index(index)) => {
+                lock(&self.shared).insert((index, cgroup_id), path.to_owned());
+                true
+            }
+            Some(LearnTarget::NamespaceRelative) => {
+                lock(&self.shared).stats.namespace_relative += 1;
+                false
+            }
+            None => {
+                lock(&self.shared).stats.other_hierarchy += 1;
+                false
+            }
+        }
     }
 
     pub fn stats(&self) -> LearnedStats {
@@ -158,13 +181,17 @@ mod tests {
     #[test]
     fn learning_is_bounded_and_counted() {
         let shared = shared(2);
-        let learner = Learner::new(shared.clone(), HashMap::from([(0, 0)]));
+        let learner = Learner::new(
+            shared.clone(),
+            HashMap::from([(0, LearnTarget::Index(0)), (4, LearnTarget::NamespaceRelative)]),
+        );
         assert!(learner.learn(0, 10, "/a"));
         assert!(learner.learn(0, 11, "/b"));
         assert!(learner.learn(0, 12, "/c"));
         assert!(!learner.learn(7, 13, "/d"), "hierarchy 7 names no workloads");
+        assert!(!learner.learn(4, 14, "/system.slice/docker-x.scope/e"), "hierarchy 4 is namespace-relative");
         let s = learner.stats();
-        assert_eq!((s.learned, s.evictions, s.other_hierarchy, s.entries), (3, 1, 1, 2));
+        assert_eq!((s.learned, s.evictions, s.other_hierarchy, s.namespace_relative, s.entries), (3, 1, 1, 1, 2));
         assert_eq!(lock(&shared).get(&(0, 12)).and_then(|w| w.cgroup_path).as_deref(), Some("/c"));
         assert_eq!(lock(&shared).get(&(0, 99)), None);
         assert_eq!(learner.stats().hits, 1);

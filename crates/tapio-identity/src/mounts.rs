@@ -56,8 +56,9 @@ pub fn whole_mount_point(mountinfo: &str, hierarchy: &CgroupHierarchy) -> Option
 }
 
 /// True when `dir` is the root directory of its cgroup hierarchy: kernfs gives that
-/// directory inode number 1.
-fn is_hierarchy_root(dir: &Path) -> bool {
+/// directory inode number 1. A root of "/" in mountinfo is not enough: inside a cgroup
+/// namespace it is the namespace's root cgroup (e.g. a kind node's own container).
+pub(crate) fn is_hierarchy_root(dir: &Path) -> bool {
     std::fs::metadata(dir).is_ok_and(|m| m.ino() == 1)
 }
 

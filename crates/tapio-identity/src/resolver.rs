@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::cache::ClockCache;
 use crate::handle::{self, HandleError};
-use crate::learned::{self, LearnedStats, Learner};
+use crate::learned::{self, LearnTarget, LearnedStats, Learner};
 use crate::mounts::{self, CgroupHierarchy, CgroupMount};
 use crate::walk::{self, WalkOutcome};
 use crate::Workload;
@@ -86,6 +86,10 @@ enum Access {
 struct Hierarchy {
     mount: CgroupMount,
     access: Access,
+    /// Mounted from inside a cgroup namespace: mountinfo says "/", but the mount point is
+    /// the namespace's root cgroup. Paths read through the mount are from that cgroup, the
+    /// kernel's `cgroup_mkdir` paths from the hierarchy root, so the latter are not learned.
+    namespace_relative: bool,
 }
 
 /// Resolves cgroup ids to workloads. Not thread-safe by itself (`&mut self`); one per
@@ -106,19 +110,30 @@ impl Resolver {
     /// A resolver for the cgroup mounts in `/proc/self/mountinfo`.
     pub fn new(config: Config) -> io::Result<Self> {
         let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
-        let mut resolver = Self::from_mountinfo(&mountinfo, config);
+        let mut resolver = Self::with_root_check(&mountinfo, config, &mounts::is_hierarchy_root);
         // Unreadable: nothing is learned for v1 hierarchies, which only costs those misses.
         resolver.v1_kernel_ids = learned::v1_hierarchy_ids(&fs::read_to_string("/proc/cgroups").unwrap_or_default());
         Ok(resolver)
     }
 
     /// A resolver for the cgroup mounts listed in `mountinfo` (the format of
-    /// `/proc/<pid>/mountinfo`; mount points must be valid in this process).
+    /// `/proc/<pid>/mountinfo`; mount points must be valid in this process). A mount whose
+    /// root is "/" is taken to be its hierarchy's root, as mountinfo says: unlike
+    /// [`Resolver::new`], no check that it is not a cgroup namespace's root.
     pub fn from_mountinfo(mountinfo: &str, config: Config) -> Self {
+        Self::with_root_check(mountinfo, config, &|_: &Path| true)
+    }
+
+    /// [`Resolver::from_mountinfo`], with `is_root` telling whether a mount point whose
+    /// mountinfo root is "/" really is its hierarchy's root (else: namespace-relative).
+    pub(crate) fn with_root_check(mountinfo: &str, config: Config, is_root: &dyn Fn(&Path) -> bool) -> Self {
         Resolver {
             hierarchies: mounts::parse_mountinfo(mountinfo)
                 .into_iter()
-                .map(|mount| Hierarchy { mount, access: Access::Unprobed })
+                .map(|mount| {
+                    let namespace_relative = mount.root == "/" && !is_root(&mount.mount_point);
+                    Hierarchy { mount, access: Access::Unprobed, namespace_relative }
+                })
                 .collect(),
             positive: ClockCache::new(config.capacity),
             negative: ClockCache::new(config.negative_capacity),
@@ -146,7 +161,9 @@ impl Resolver {
 
     /// A handle that teaches this resolver the paths of cgroups the kernel reports as
     /// created, for the `hierarchies` workloads are named by (mounted ones only; others
-    /// are ignored when reported).
+    /// are ignored when reported, and so are those [mounted inside a cgroup namespace]).
+    ///
+    /// [mounted inside a cgroup namespace]: Resolver::mounted_in_cgroup_namespace
     pub fn learner(&self, hierarchies: &[CgroupHierarchy]) -> Learner {
         let mut by_kernel_id = HashMap::new();
         for hierarchy in hierarchies {
@@ -155,9 +172,11 @@ impl Resolver {
                 CgroupHierarchy::Unified => Some(0),
                 CgroupHierarchy::V1(controller) => self.v1_kernel_ids.get(controller).copied(),
             };
-            if let (Some(kernel_id), Some(index)) = (kernel_id, self.index_of(hierarchy)) {
-                by_kernel_id.insert(kernel_id, index);
-            }
+            let Some(kernel_id) = kernel_id else { continue };
+            let Some(index) = self.index_of(hierarchy) else { continue };
+            let namespace_relative = self.hierarchies.get(index).is_some_and(|h| h.namespace_relative);
+            let target = if namespace_relative { LearnTarget::NamespaceRelative } else { LearnTarget::Index(index) };
+            by_kernel_id.insert(kernel_id, target);
         }
         Learner::new(self.learned.clone(), by_kernel_id)
     }
@@ -193,6 +212,13 @@ impl Resolver {
             Access::Handles { .. } => AccessMode::Handles,
             Access::Walk { .. } => AccessMode::Walk,
         })
+    }
+
+    /// True when `hierarchy` is mounted from inside a cgroup namespace (the agent in a
+    /// container with a private cgroupns, e.g. a kind node): its ids still resolve through
+    /// the mount, but cgroup paths the kernel reports for it are not learned.
+    pub fn mounted_in_cgroup_namespace(&self, hierarchy: &CgroupHierarchy) -> bool {
+        self.index_of(hierarchy).and_then(|i| self.hierarchies.get(i)).is_some_and(|h| h.namespace_relative)
     }
 
     /// Where `hierarchy` is mounted; `None` if it is not.
@@ -390,6 +416,67 @@ mod tests {
         // Never learned and gone: unknown, as before.
         fs::remove_dir(&gone).unwrap();
         assert_eq!(r.workload(&h, gone_id), Workload::unknown(gone_id));
+    }
+
+    /// A kind node's pod cgroup below the node's cgroup namespace root.
+    fn kind_pod_scope(cid: &str) -> String {
+        let uid = UID.replace('-', "_");
+        format!(
+            "kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod{uid}.slice/cri-containerd-{cid}.scope"
+        )
+    }
+
+    #[test]
+    fn namespace_relative_mount_learns_nothing_from_the_kernel_but_still_resolves() {
+        let t = TestDir::new("res-cgroupns");
+        let before = t.mkdirs(&kind_pod_scope(CID));
+        let mountinfo = format!("99 1 0:99 / {} rw - cgroup2 cgroup2 rw\n", t.path().display());
+        // The check Resolver::new makes: the mount point is not inode 1 of its hierarchy.
+        let mut r = Resolver::with_root_check(&mountinfo, walk_config(), &|_: &Path| false);
+        let h = CgroupHierarchy::Unified;
+        assert!(r.mounted_in_cgroup_namespace(&h));
+        // The start walk reads through the mount: its paths are the namespace's, consistently.
+        assert_eq!(r.learn_existing(std::slice::from_ref(&h)), (6, true), "the root and five below it");
+        // A pod made later, as the kernel reports it: from the real hierarchy root, through
+        // the node's own container scope, which would be named as the pod's container.
+        let later_cid = "cd".repeat(32);
+        let later = t.mkdirs(&kind_pod_scope(&later_cid));
+        let node = "ab".repeat(32);
+        let kernel_path = format!("/system.slice/docker-{node}.scope/{}", kind_pod_scope(&later_cid));
+        let learner = r.learner(std::slice::from_ref(&h));
+        assert!(!learner.learn(0, ino(&later), &kernel_path), "a namespace-relative hierarchy learns nothing");
+        let s = learner.stats();
+        assert_eq!((s.learned, s.namespace_relative, s.other_hierarchy), (6, 1, 0), "{s:?}");
+        // Resolved through the mount instead: the pod's own container.
+        let w = r.workload(&h, ino(&later));
+        assert_eq!(w.cgroup_path, Some(format!("/{}", kind_pod_scope(&later_cid))));
+        assert_eq!((w.container_id, w.pod_uid.as_deref()), (Some(later_cid), Some(UID)));
+        assert_eq!(r.stats().misses, 1, "asked the kernel, not the learned table");
+        // What the start walk learned still names a cgroup that is gone.
+        let before_id = ino(&before);
+        fs::remove_dir(&before).unwrap();
+        let w = r.workload(&h, before_id);
+        assert_eq!((w.container_id.as_deref(), w.pod_uid.as_deref()), (Some(CID), Some(UID)));
+    }
+
+    #[test]
+    fn hierarchy_root_mount_learns_from_the_kernel() {
+        let t = TestDir::new("res-realroot");
+        let later = t.mkdirs(&kind_pod_scope(CID));
+        let mountinfo = format!("99 1 0:99 / {} rw - cgroup2 cgroup2 rw\n", t.path().display());
+        let mut r = Resolver::with_root_check(&mountinfo, walk_config(), &|_: &Path| true);
+        let h = CgroupHierarchy::Unified;
+        assert!(!r.mounted_in_cgroup_namespace(&h));
+        let learner = r.learner(std::slice::from_ref(&h));
+        assert!(learner.learn(0, ino(&later), &format!("/{}", kind_pod_scope(CID))));
+        let s = learner.stats();
+        assert_eq!((s.learned, s.namespace_relative), (1, 0));
+        assert_eq!(r.workload(&h, ino(&later)).container_id.as_deref(), Some(CID));
+        assert_eq!(r.stats().misses, 0, "answered from what was learned");
+        // from_mountinfo trusts a "/" root, as before.
+        let r = Resolver::from_mountinfo(&mountinfo, walk_config());
+        assert!(!r.mounted_in_cgroup_namespace(&h));
+        assert!(!r.mounted_in_cgroup_namespace(&CgroupHierarchy::v1("memory")), "not mounted");
     }
 
     #[test]
