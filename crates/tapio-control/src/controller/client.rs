@@ -29,6 +29,8 @@ pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(3);
 /// Longest sleep of the loop when nothing is due sooner (a backstop: every step it waits
 /// for has a time of its own).
 const LONGEST_SLEEP: Duration = Duration::from_secs(5);
+/// Versions remembered as serving the applied config (see `Loop::same_config_versions`).
+const SAME_CONFIG_VERSIONS: usize = 8;
 /// At most one failure log line per this period (a changed failure included); the ones in
 /// between are counted in `controller_send_failures_total` and summed in the next line.
 const FAILURE_LOG_PERIOD: Duration = Duration::from_secs(30);
@@ -75,6 +77,12 @@ struct Loop {
     /// Version of the token file the token in use was read from.
     token_stamp: Option<FileStamp>,
     failure_log: LogLimiter,
+    /// Versions under which a controller answered 304 for the applied config's hash: a
+    /// restarted controller, or another replica, serves the same config under a generation
+    /// of its own, and a heartbeat naming one must not bring a fetch every time.
+    same_config_versions: Vec<String>,
+    /// The version a heartbeat named when it asked for a fetch.
+    fetch_for_version: Option<String>,
 }
 
 /// Rate-limits a repeated warning: the first, then at most one per period, each saying how
@@ -149,6 +157,8 @@ impl Loop {
             rng: crate::clock::wall_now_ns() | 1,
             last_error: None,
             failure_log: LogLimiter::default(),
+            same_config_versions: Vec::new(),
+            fetch_for_version: None,
             token_stamp: None,
         };
         if let Some(path) = &l.c.settings.token_file {
@@ -347,6 +357,12 @@ impl Loop {
             Ok(resp) if resp.status == 304 => {
                 self.succeeded();
                 self.c.counters.config_unchanged_total.fetch_add(1, Ordering::Relaxed);
+                if let Some(version) = self.fetch_for_version.take() {
+                    if self.same_config_versions.len() >= SAME_CONFIG_VERSIONS {
+                        self.same_config_versions.remove(0);
+                    }
+                    self.same_config_versions.push(version);
+                }
             }
             Ok(resp) if resp.status == 200 => match serde_json::from_slice::<ConfigResponse>(&resp.body) {
                 Ok(cfg) => {
@@ -397,6 +413,7 @@ impl Loop {
             }
         }
         *self.c.applied.lock().unwrap_or_else(|p| p.into_inner()) = Some(applied);
+        self.same_config_versions.clear();
         true
     }
 
@@ -431,7 +448,9 @@ impl Loop {
                 Ok(hb) => {
                     self.succeeded();
                     let current = applied.as_ref().map(|a| a.generation.to_string());
-                    if current.as_deref() != Some(hb.next_config_version.as_str()) {
+                    let next = hb.next_config_version;
+                    if current.as_deref() != Some(next.as_str()) && !self.same_config_versions.contains(&next) {
+                        self.fetch_for_version = Some(next);
                         self.next_config = Instant::now();
                     }
                 }
@@ -619,11 +638,11 @@ mod tests {
         assert_eq!(l.admit(t0 + period + Duration::from_secs(1), period), None);
     }
 
-    /// Answers every request on `listener`, one per connection, with a 200 whose body
+    /// Answers every request on `listener`, one per connection, with the status and body
     /// `answer` makes from the request's body; each request body goes to the receiver.
     fn answer_each(
         listener: std::net::TcpListener,
-        answer: impl Fn(&[u8]) -> String + Send + 'static,
+        answer: impl Fn(&[u8]) -> (u16, String) + Send + 'static,
     ) -> std::sync::mpsc::Receiver<Vec<u8>> {
         use std::io::{BufRead, BufReader, Read, Write};
         let (tx, rx) = std::sync::mpsc::channel();
@@ -640,7 +659,7 @@ mod tests {
                 }
                 let mut request = vec![0; length];
                 reader.read_exact(&mut request).unwrap();
-                let body = answer(&request);
+                let (status, body) = answer(&request);
                 // Passed on before the answer, so a request the client has seen answered
                 // is already in the receiver.
                 if tx.send(request).is_err() {
@@ -648,7 +667,7 @@ mod tests {
                 }
                 let mut out = stream;
                 let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                     body.len()
                 );
                 out.write_all(head.as_bytes()).unwrap();
@@ -686,7 +705,7 @@ mod tests {
             "batching": {"send_interval_ms": 50, "max_batch_events": 1},
         });
         let body = body.to_string();
-        let requests = answer_each(listener, move |_| body.clone());
+        let requests = answer_each(listener, move |_| (200, body.clone()));
         let counters = Arc::new(Counters::default());
         let client = client_of(&url, Outbox::new(16), &counters);
         let applied = Arc::clone(&client.applied);
@@ -717,9 +736,9 @@ mod tests {
             batch["events"].as_array().map_or(0, Vec::len)
         };
         let requests = answer_each(listener, move |body| {
-            serde_json::json!({"wire_version": WIRE_VERSION, "accepted": events_of(body), "rejected": 0,
-                               "next_config_version": "0"})
-            .to_string()
+            let answer = serde_json::json!({"wire_version": WIRE_VERSION, "accepted": events_of(body), "rejected": 0,
+                                            "next_config_version": "0"});
+            (200, answer.to_string())
         });
         let counters = Arc::new(Counters::default());
         let outbox = Outbox::new(64);
@@ -736,6 +755,36 @@ mod tests {
         assert_eq!(sent, vec![4, 4]);
         assert_eq!(outbox.len(), 1);
         assert_eq!(counters.controller_events_sent_total.load(Ordering::Relaxed), 8);
+    }
+
+    #[test]
+    fn a_version_that_served_the_applied_config_brings_no_second_fetch() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        // Another replica serves the applied config as generation 9: heartbeats name 9, and
+        // a fetch (the only request without a body) gets 304.
+        let requests = answer_each(listener, |body| {
+            if body.is_empty() {
+                return (304, String::new());
+            }
+            let answer =
+                serde_json::json!({"wire_version": WIRE_VERSION, "accepted": true, "next_config_version": "9"});
+            (200, answer.to_string())
+        });
+        let counters = Arc::new(Counters::default());
+        let client = client_of(&url, Outbox::new(16), &counters);
+        let hash = format!("sha256:{}", "0a".repeat(32));
+        let applied = AppliedConfig { generation: 7, config_hash: hash, config: Default::default() };
+        *client.applied.lock().unwrap() = Some(applied);
+        let mut l = Loop::new(client);
+        l.registered = true;
+        l.heartbeat();
+        assert!(l.next_config <= Instant::now(), "a new version named: fetched at once");
+        l.fetch_config();
+        assert_eq!(counters.config_unchanged_total.load(Ordering::Relaxed), 1);
+        l.heartbeat();
+        assert!(l.next_config > Instant::now(), "the same config under 9: no fetch until the next poll");
+        assert_eq!(requests.try_iter().count(), 3);
     }
 
     #[test]
