@@ -224,8 +224,12 @@ static __always_inline int forget_oom_victim(const struct exit_key *key)
 		return 0;
 	for (int i = 0; i < TAPIO_CTR_OOM_VICTIM_WAYS; i++) {
 		if (same_process(&b->slot[i], key)) {
-			b->slot[i].tgid = 0;
+			/* The slot is free once its tgid is 0, and a mark may take it at once (an
+			 * earlier victim exits while the next one is marked): the time goes first,
+			 * so a clear never lands on the new victim's slot. */
 			b->slot[i].start_boottime = 0;
+			TAPIO_COMPILER_BARRIER();
+			b->slot[i].tgid = 0;
 			return 1;
 		}
 	}
