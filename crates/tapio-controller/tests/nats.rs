@@ -14,7 +14,9 @@ use common::ingest::{check_all_kept, id_batch, try_post, Ingest};
 use common::servers::{controller, free_port, http_get, nats_server, nats_server_with, scrape, Proc};
 use common::temp_dir;
 use serde_json::Value;
+use tapio_controller::metrics::{Metrics, SinkLabels, SinkReasonLabels};
 use tapio_controller::settings::{NatsConfig, Secret};
+use tapio_controller::sink::{start, SinkOptions, DROPPED_REFUSED};
 use tapio_controller::{RunningServer, Settings, SinkTarget};
 
 const SUBJECT: &str = "tapio.evidence.network.kernel.network.connection_refused";
@@ -257,6 +259,45 @@ async fn two_replicas_share_the_stream_and_killing_one_during_ingest_loses_nothi
         stored.len()
     );
     assert_eq!(duplicates, 0, "JetStream drops ids published through both replicas");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A batch whose request gave up while it waited for the publisher is not published when
+/// the publisher gets to it (the agent resends it); one already published when its request
+/// gave up stays, and its retry is dropped by `Nats-Msg-Id`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_request_gave_up_before_it_was_published_is_not_published() {
+    let (dir, port, nats_proc) = scratch_nats("nats-gone");
+    let mut cfg = nats_config(port, "TAPIO_GONE");
+    // One permit: a batch awaiting its PubAck holds back the next one.
+    cfg.max_in_flight = 1;
+    cfg.ack_timeout = Duration::from_secs(60);
+    let m = Metrics::new();
+    let opts = SinkOptions { queue_bytes: 1 << 20, ack_timeout: Duration::from_secs(1) };
+    let (sinks, writers) = start(&[SinkTarget::Nats(Box::new(cfg))], &opts, &m).await.unwrap();
+    let line = |id: &str| {
+        format!("{{\"id\":\"{id}\",\"observer\":\"network\",\"type\":\"kernel.network.connection_refused\"}}\n")
+            .into_bytes()
+    };
+    let signal = |sig| {
+        // SAFETY: kill takes plain integers and touches no memory of ours.
+        assert_eq!(unsafe { libc::kill(nats_proc.pid() as i32, sig) }, 0);
+    };
+    // The server stopped: the first batch goes out and waits for its PubAck, holding the
+    // permit, so the second waits for the permit. Both requests give up.
+    signal(libc::SIGSTOP);
+    let first = sinks.deliver(line("gone-1"), 1).await;
+    let second = sinks.deliver(line("gone-2"), 1).await;
+    signal(libc::SIGCONT);
+    assert_eq!(first.map_err(|r| r.reason), Err("ack_timeout"));
+    assert_eq!(second.map_err(|r| r.reason), Err("ack_timeout"));
+    let written = || m.sink_written.get_or_create(&SinkLabels { sink: "nats" }).get();
+    let refused = || m.sink_dropped.get_or_create(&SinkReasonLabels { sink: "nats", reason: DROPPED_REFUSED }).get();
+    wait_for(|| written() + refused() == 2, Duration::from_secs(30)).await;
+    assert_eq!((written(), refused()), (1, 1), "the first batch was published, the second skipped");
+    writers.close(Duration::from_secs(5)).await;
+    let stored: Vec<String> = read_stream(port, "TAPIO_GONE").await.into_iter().map(|m| m.id).collect();
+    assert_eq!(stored, ["gone-1"]);
     let _ = std::fs::remove_dir_all(dir);
 }
 

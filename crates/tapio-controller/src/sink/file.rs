@@ -11,6 +11,12 @@
 //! dropped (`reason="write_error"`), refuses those batches so agents retry them, and marks
 //! the sink not ready until an append works again.
 //!
+//! A batch whose request ended without a 200 before the writer got to it (the ack
+//! timeout passed, or another durable sink refused it) is left out of the write and
+//! counted as dropped (`reason="refused"`): the agent resends it. The check is made per
+//! batch just before the group is written; a batch already written when its request gave
+//! up stays in the file, and its retry is a duplicate (recognisable by id).
+//!
 //! At start a file that does not end in a newline (a write torn by a crash) has its
 //! fragment moved to `<path>.torn-<unix nanos>` and counted in
 //! `tapio_controller_sink_torn_tails_total`, so every line of the file parses and new
@@ -113,17 +119,24 @@ impl DurableFile {
                     Err(_) => break,
                 }
             }
-            if group.is_empty() {
-                continue;
+            // Checked as late as possible, right before the write: a request that gave up
+            // while its batch waited here (behind a slow fsync, say) has it resent by the
+            // agent, so writing it now would store it twice.
+            let (gone, group): (Vec<_>, Vec<_>) = group.into_iter().partition(Delivery::abandoned);
+            for d in gone {
+                bytes -= d.batch.lines.len();
+                shared.skip_abandoned(d);
             }
-            let outcome = self.append_group(&group);
-            if outcome.appended && matches!(self.fsync, FsyncPolicy::Interval(_)) && unsynced_since.is_none() {
-                unsynced_since = Some(Instant::now());
+            if !group.is_empty() {
+                let outcome = self.append_group(&group);
+                if outcome.appended && matches!(self.fsync, FsyncPolicy::Interval(_)) && unsynced_since.is_none() {
+                    unsynced_since = Some(Instant::now());
+                }
+                if outcome.error.is_some() {
+                    self.failed_bytes = bytes;
+                }
+                finish_group(group, outcome, shared);
             }
-            if outcome.error.is_some() {
-                self.failed_bytes = bytes;
-            }
-            finish_group(group, outcome, shared);
             // A queue that never runs dry never lets the wait above time out: the interval
             // sync is due here then.
             if let (FsyncPolicy::Interval(every), Some(since)) = (self.fsync, unsynced_since) {
@@ -242,10 +255,14 @@ fn finish_group(group: Vec<Delivery>, outcome: Outcome, shared: &SinkShared) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::SinkReasonLabels;
     use crate::sink::config::SinkTarget;
-    use crate::sink::{start, Batch, SinkOptions};
+    use crate::sink::{start, Batch, Queue, Refusal, SinkHandle, SinkOptions, Sinks, DROPPED_REFUSED};
+    use std::sync::atomic::Ordering;
+    use std::sync::mpsc::sync_channel;
     use std::sync::Arc;
     use std::time::Duration;
+    use tokio::sync::oneshot;
 
     fn temp_dir(tag: &str) -> PathBuf {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
@@ -301,6 +318,119 @@ mod tests {
         let fsyncs = m.sink_fsyncs.get_or_create(&SinkLabels { sink: "file" }).get();
         assert!(took > every * 2, "written in {took:?}: too fast to tell");
         assert!(fsyncs >= 2, "{fsyncs} fsync(s) in {took:?} of writing: the interval sync waited for an idle queue");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A durable file sink (fsync always) whose writer is not running: the test runs it
+    /// when it wants the writer to catch up, as after a slow fsync.
+    fn held_file_sink(path: &Path, m: &Metrics) -> (SinkHandle, DurableFile, Receiver<Msg>) {
+        let cfg =
+            FileSinkConfig { path: path.to_path_buf(), max_bytes: 1 << 20, keep_files: 1, fsync: FsyncPolicy::Always };
+        let writer = DurableFile::open(&cfg, m).unwrap();
+        let (tx, rx) = sync_channel(16);
+        let shared = Arc::new(SinkShared::new("file", m));
+        (SinkHandle { shared, queue: Queue::Thread(tx), budget: 1 << 20, durable: true }, writer, rx)
+    }
+
+    fn delivery(lines: &[u8], records: u64, done: Option<oneshot::Sender<bool>>) -> Delivery {
+        Delivery { batch: Arc::new(Batch { lines: lines.to_vec(), records }), done }
+    }
+
+    fn refused_records(m: &Metrics) -> u64 {
+        m.sink_dropped.get_or_create(&SinkReasonLabels { sink: "file", reason: DROPPED_REFUSED }).get()
+    }
+
+    /// Released from the budget and the queue gauge, whether written or skipped.
+    fn assert_nothing_queued(h: &SinkHandle, m: &Metrics) {
+        assert_eq!(h.shared.queued.load(Ordering::Acquire), 0);
+        assert_eq!(h.shared.queued_records.load(Ordering::Acquire), 0);
+        assert_eq!(m.sink_queue_bytes.get_or_create(&SinkLabels { sink: "file" }).get(), 0);
+    }
+
+    /// In one group, the batch whose request has gone is left out of the write and counted;
+    /// the one still awaited and a best-effort one (no request) are written.
+    #[test]
+    fn a_batch_whose_request_has_gone_is_left_out_of_the_write_and_counted() {
+        let dir = temp_dir("gone");
+        let path = dir.join("e.jsonl");
+        let m = Metrics::new();
+        let (handle, writer, rx) = held_file_sink(&path, &m);
+        let (kept_tx, mut kept_rx) = oneshot::channel();
+        let (gone_tx, gone_rx) = oneshot::channel();
+        drop(gone_rx);
+        assert!(handle.enqueue(delivery(b"{\"n\":1}\n", 1, Some(kept_tx))));
+        assert!(handle.enqueue(delivery(b"{\"n\":2}\n{\"n\":3}\n", 2, Some(gone_tx))));
+        assert!(handle.enqueue(delivery(b"{\"n\":4}\n", 1, None)));
+        let Queue::Thread(tx) = &handle.queue else { unreachable!() };
+        tx.send(Msg::Close).unwrap();
+        writer.run(rx, &handle.shared);
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"n\":1}\n{\"n\":4}\n");
+        assert_eq!(kept_rx.try_recv(), Ok(true));
+        assert_eq!(refused_records(&m), 2);
+        assert_eq!(handle.shared.written.get(), 2);
+        assert_nothing_queued(&handle, &m);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The writer held up past the ack timeout: the request is refused (the agent will
+    /// resend the batch), and once the writer catches up that batch is not written too.
+    #[tokio::test]
+    async fn a_batch_refused_while_the_writer_is_held_up_is_not_written_when_it_catches_up() {
+        let dir = temp_dir("held");
+        let path = dir.join("e.jsonl");
+        let m = Metrics::new();
+        let (handle, writer, rx) = held_file_sink(&path, &m);
+        let impatient = Sinks {
+            handles: vec![handle.clone()],
+            ack_timeout: Duration::from_millis(50),
+            refused: m.sink_refused.clone(),
+        };
+        let refused = impatient.deliver(b"{\"n\":1}\n".to_vec(), 1).await;
+        assert_eq!(refused, Err(Refusal { sink: "file", reason: "ack_timeout" }));
+        let shared = Arc::clone(&handle.shared);
+        let thread = std::thread::spawn(move || writer.run(rx, &shared));
+        // The queue is FIFO: once this batch is acknowledged the refused one was handled.
+        let patient = Sinks { ack_timeout: Duration::from_secs(30), ..impatient };
+        patient.deliver(b"{\"n\":2}\n".to_vec(), 1).await.unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"n\":2}\n");
+        assert_eq!(refused_records(&m), 1);
+        assert_eq!(handle.shared.written.get(), 1);
+        assert_nothing_queued(&handle, &m);
+        let Queue::Thread(tx) = &handle.queue else { unreachable!() };
+        tx.send(Msg::Close).unwrap();
+        thread.join().unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// `--sink file --sink nats` with the second refusing at enqueue after the file sink
+    /// already queued the batch: the file sink does not keep it either.
+    #[tokio::test]
+    async fn a_batch_another_durable_sink_refuses_is_not_written_by_the_file_sink() {
+        let dir = temp_dir("other");
+        let path = dir.join("e.jsonl");
+        let m = Metrics::new();
+        let (file, writer, rx) = held_file_sink(&path, &m);
+        // A zero byte budget: every batch is refused at enqueue as queue_full.
+        let full = SinkHandle {
+            shared: Arc::new(SinkShared::new("nats", &m)),
+            queue: Queue::Discard,
+            budget: 0,
+            durable: true,
+        };
+        let sinks = Sinks {
+            handles: vec![file.clone(), full],
+            ack_timeout: Duration::from_secs(30),
+            refused: m.sink_refused.clone(),
+        };
+        let refused = sinks.deliver(b"{\"n\":1}\n".to_vec(), 1).await;
+        assert_eq!(refused, Err(Refusal { sink: "nats", reason: "queue_full" }));
+        let Queue::Thread(tx) = &file.queue else { unreachable!() };
+        tx.send(Msg::Close).unwrap();
+        writer.run(rx, &file.shared);
+        assert_eq!(std::fs::read(&path).unwrap(), b"");
+        assert_eq!(refused_records(&m), 1);
+        assert_eq!(file.shared.written.get(), 0);
+        assert_nothing_queued(&file, &m);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -6,7 +6,10 @@
 //!   `--sink-fsync always`; JetStream: every record's PubAck). A full queue, a failed
 //!   write or no acknowledgement within `--sink-ack-timeout-secs` refuses the batch with
 //!   503 `NOT_READY`: the agent keeps it and retries, so nothing is acknowledged into the
-//!   void. Refusals are counted in `sink_batches_refused_total{sink,reason}`.
+//!   void. Refusals are counted in `sink_batches_refused_total{sink,reason}`. A durable
+//!   sink that reaches a batch after its request has ended without a 200 skips it (the
+//!   agent resends it; keeping it too would store it twice) and counts its records in
+//!   `sink_records_dropped_total{sink,reason="refused"}`.
 //! * Best-effort sinks (`stdout`, `otlp`) get the batch only after the durable ones
 //!   acknowledged it; when their queue is full the records are dropped and counted
 //!   (`sink_records_dropped_total{sink,reason="queue_full"}`), never stalling ingest.
@@ -62,6 +65,13 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// True when a request waited for this batch and has ended without its answer (refused
+    /// by the ack timeout or by another durable sink, or its connection closed): the agent
+    /// resends the batch, so a sink that kept it now would store it twice.
+    pub fn abandoned(&self) -> bool {
+        self.done.as_ref().is_some_and(|tx| tx.is_closed())
+    }
+
     /// Reports the outcome to the waiting request, if any (it may have timed out).
     pub fn finish(self, ok: bool) {
         if let Some(done) = self.done {
@@ -69,6 +79,10 @@ impl Delivery {
         }
     }
 }
+
+/// `sink_records_dropped_total` reason for the records of an [abandoned](Delivery::abandoned)
+/// batch that a durable sink skipped.
+pub const DROPPED_REFUSED: &str = "refused";
 
 /// What a sink's worker receives.
 pub enum Msg {
@@ -114,6 +128,13 @@ impl SinkShared {
     /// Counts `records` dropped for `reason`.
     pub fn dropped(&self, reason: &'static str, records: u64) {
         self.dropped.get_or_create(&SinkReasonLabels { sink: self.name, reason }).inc_by(records);
+    }
+
+    /// Lets go of an [abandoned](Delivery::abandoned) delivery without keeping it: its
+    /// bytes leave the budget and its records are counted as dropped (`refused`).
+    pub fn skip_abandoned(&self, d: Delivery) {
+        self.dropped(DROPPED_REFUSED, d.batch.records);
+        self.dequeued(d.batch.lines.len(), d.batch.records);
     }
 
     /// Releases a handled batch's bytes from the budget.
@@ -258,6 +279,10 @@ pub struct Sinks {
 impl Sinks {
     /// Hands a batch to every sink. Ok once every durable sink holds it; the best-effort
     /// sinks get it only then (a refused batch comes back, and would be a duplicate there).
+    ///
+    /// Every early return drops the receivers still held (in `waits`, or inside the timed
+    /// out wait): that closes their senders, so a durable sink that has not written the
+    /// batch yet skips it instead of storing what the agent will resend.
     pub async fn deliver(&self, lines: Vec<u8>, records: u64) -> Result<(), Refusal> {
         let batch = Arc::new(Batch { lines, records });
         let mut waits = Vec::new();

@@ -11,6 +11,11 @@
 //! published concurrently within that bound. The client reconnects by itself with
 //! exponential backoff (100 ms doubling to 10 s); while it is away publishes fail fast,
 //! the sink reports not ready and batches are refused rather than held.
+//!
+//! Before each chunk of a batch is published (after its in-flight permits, the wait that
+//! can be long) the sink checks that the request still waits for it: one that ended
+//! without a 200 has its batch resent by the agent, so the rest is not published and is
+//! counted as dropped (`reason="refused"`).
 
 use std::borrow::Cow;
 use std::io;
@@ -24,7 +29,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
 use super::config::NatsConfig;
-use super::{Batch, Delivery, Msg, SinkShared};
+use super::{Delivery, Msg, SinkShared, DROPPED_REFUSED};
 
 /// A connected JetStream publisher.
 pub struct Publisher {
@@ -192,10 +197,17 @@ async fn deliver(
     d: Delivery,
     shared: &SinkShared,
 ) {
-    let result = publish_batch(js, prefix, sem, max_in_flight, &d.batch).await;
+    let result = publish_batch(js, prefix, sem, max_in_flight, &d).await;
     let records = d.batch.records;
     let ok = match result {
-        Ok(duplicates) => {
+        Ok(Published { acked, abandoned: true, .. }) => {
+            // The stream holds what went out before the request gave up; the agent's
+            // retry re-publishes it and the stream drops it by Nats-Msg-Id.
+            shared.written.inc_by(acked);
+            shared.dropped(DROPPED_REFUSED, records.saturating_sub(acked));
+            false
+        }
+        Ok(Published { duplicates, .. }) => {
             shared.written.inc_by(records);
             if duplicates > 0 {
                 // Already in the stream (a retried batch): held, and not stored twice.
@@ -214,7 +226,17 @@ async fn deliver(
     d.finish(ok);
 }
 
-/// Returns how many records the stream reported as duplicates.
+/// What became of a batch's records.
+struct Published {
+    /// Records the stream acknowledged.
+    acked: u64,
+    /// Of those, records the stream already held.
+    duplicates: u64,
+    /// The request stopped waiting before every chunk was published: the rest was not.
+    abandoned: bool,
+}
+
+/// Publishes the batch chunk by chunk, stopping early when its request has gone.
 ///
 /// Records go out in chunks of at most `max_in_flight`, each chunk's permits taken in one
 /// call and released once its PubAcks are in. A task never holds permits while it waits
@@ -225,13 +247,18 @@ async fn publish_batch(
     prefix: &str,
     sem: &Arc<Semaphore>,
     max_in_flight: usize,
-    batch: &Batch,
-) -> Result<u64, String> {
-    let lines: Vec<&[u8]> = batch.record_lines().collect();
-    let mut duplicates = 0;
+    d: &Delivery,
+) -> Result<Published, String> {
+    let lines: Vec<&[u8]> = d.batch.record_lines().collect();
+    let mut published = Published { acked: 0, duplicates: 0, abandoned: false };
     for chunk in lines.chunks(max_in_flight.max(1)) {
         let wanted = u32::try_from(chunk.len()).map_err(|_| "chunk over u32 records".to_string())?;
         let permits = Arc::clone(sem).acquire_many_owned(wanted).await.map_err(|_| "publisher closed".to_string())?;
+        // Checked after the permits, as late as possible before publishing.
+        if d.abandoned() {
+            published.abandoned = true;
+            return Ok(published);
+        }
         let mut pending = Vec::with_capacity(chunk.len());
         for line in chunk {
             let key: RecordKey<'_> =
@@ -245,11 +272,12 @@ async fn publish_batch(
         }
         for ack in pending {
             let ack = ack.await.map_err(|e| format!("no PubAck: {e}"))?;
-            duplicates += u64::from(ack.duplicate);
+            published.acked += 1;
+            published.duplicates += u64::from(ack.duplicate);
         }
         drop(permits);
     }
-    Ok(duplicates)
+    Ok(published)
 }
 
 /// `<prefix>.<observer>.<type>` with each token made subject-safe: whitespace, `*` and
