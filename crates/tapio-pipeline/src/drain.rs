@@ -56,6 +56,19 @@ pub fn take_records(source: &mut dyn RecordSource, limit: usize, handle: &mut dy
     taken
 }
 
+/// Waits until no program that started before its detach is still running: one may hold a
+/// reservation in a ring, which would stop the last drain at that record (and leave it and
+/// everything after it neither read nor counted). Programs run inside RCU read-side
+/// sections and a global membarrier waits for an RCU grace period; where the kernel refuses
+/// it (nohz_full CPUs), a pause far longer than any program runs.
+fn wait_out_running_programs() {
+    // SAFETY: membarrier takes no pointers.
+    let waited = unsafe { libc::syscall(libc::SYS_membarrier, libc::MEMBARRIER_CMD_GLOBAL, 0, 0) } == 0;
+    if !waited {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Empties a source whose producers have stopped: records are handled until it is empty or
 /// `deadline` passes; the rest are read without handling and counted. Returns (handled,
 /// unread).
@@ -177,6 +190,7 @@ impl Drain {
             // counters were taken out of it and stay readable.
             drop(obs.loaded.ebpf.take());
         }
+        wait_out_running_programs();
         let deadline = Instant::now() + SHUTDOWN_DRAIN;
         let Self { observers, stamper, queue, counters, .. } = &mut self;
         for obs in observers.iter_mut() {
