@@ -637,8 +637,9 @@ pub struct ThrottlingFacts {
     pub rearm_below_percent: f64,
 }
 
-/// A container's memory use and limits as its memory cgroup reports them; each null when
-/// unreadable, a limit also when there is none.
+/// A container's memory use and limits as its memory cgroup reports them; a limit is null
+/// when there is none. When a file cannot be read the whole object is left out (counted as
+/// malformed), never a null that would say there is no limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct MemoryUse {
     /// cgroup2 memory.current, cgroup1 memory.usage_in_bytes.

@@ -123,6 +123,17 @@ pub struct ContainerFiles {
     /// What names the workload (see `sink_stage::pick_cgroup`): the cgroup2 directory's id,
     /// else the cgroup1 memory directory's.
     pub ids: WorkloadIds,
+    /// The inode of [`dir`](Self::dir), the cgroup's id: a cgroup removed and made again
+    /// under the same path (a restarted container) has another.
+    pub ino: u64,
+}
+
+impl ContainerFiles {
+    /// The directory that stands for the container: the one with the CFS counters, else
+    /// the PSI one.
+    pub fn dir(&self) -> Option<&PathBuf> {
+        self.cpu.as_ref().map(|(dir, _)| dir).or(self.psi.as_ref())
+    }
 }
 
 fn dir_of(root: &Option<PathBuf>, rel: &str) -> Option<(PathBuf, u64)> {
@@ -141,11 +152,12 @@ pub fn locate(layout: &Layout, rel: &str) -> Option<ContainerFiles> {
         std::fs::read_to_string(dir.join("cpu.stat")).ok().and_then(|t| super::stat::parse_cpu_stat(&t)).is_some()
     };
     let cpu = match (&v2, &v1_cpu) {
-        (Some((dir, _)), _) if has_bandwidth(dir) => Some((dir.clone(), Version::V2)),
-        (_, Some((dir, _))) if has_bandwidth(dir) => Some((dir.clone(), Version::V1)),
+        (Some(d), _) if has_bandwidth(&d.0) => Some((d, Version::V2)),
+        (_, Some(d)) if has_bandwidth(&d.0) => Some((d, Version::V1)),
         _ => None,
     };
-    let psi = v2.as_ref().map(|(dir, _)| dir).filter(|dir| dir.join("cpu.pressure").exists()).cloned();
+    let psi = v2.as_ref().filter(|(dir, _)| dir.join("cpu.pressure").exists());
+    let ino = cpu.map(|((_, ino), _)| *ino).or(psi.map(|(_, ino)| *ino))?;
     let memory = match (&v2, &v1_memory) {
         (Some((dir, _)), _) if dir.join("memory.current").exists() => Some((dir.clone(), Version::V2)),
         (_, Some((dir, _))) => Some((dir.clone(), Version::V1)),
@@ -155,7 +167,13 @@ pub fn locate(layout: &Layout, rel: &str) -> Option<ContainerFiles> {
         cgroup_id: v2.as_ref().map_or(0, |(_, id)| *id),
         mem_cgroup_id: v1_memory.as_ref().map_or(0, |(_, id)| *id),
     };
-    (cpu.is_some() || psi.is_some()).then_some(ContainerFiles { cpu, psi, memory, ids })
+    Some(ContainerFiles {
+        cpu: cpu.map(|((dir, _), v)| (dir.clone(), v)),
+        psi: psi.map(|(dir, _)| dir.clone()),
+        memory,
+        ids,
+        ino,
+    })
 }
 
 #[cfg(test)]

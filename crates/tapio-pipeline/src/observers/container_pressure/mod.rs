@@ -9,7 +9,9 @@
 //! `rescan_interval_ms` (see [`cgroups`]). At most `max_containers` are watched; each one
 //! beyond is counted once as a correlation drop (`container_not_watched`). A container whose
 //! files vanish (it was removed) is dropped from the watch list without an error or an
-//! event.
+//! event. One removed and made again under the same path between two polls (a restarted
+//! container: its directory's inode, the cgroup id, changed) is watched afresh, as a new
+//! container, and counted (`cgroup_replaced`): the interval across the restart is not judged.
 //!
 //! Status: running; degraded when the node has no per-cgroup PSI (no cgroup2 mount, or PSI
 //! off in the kernel): then only throttling is judged and the reason says so; unsupported
@@ -29,6 +31,7 @@ use crate::stamp::{Draft, Stamper, Verdict};
 use cgroups::{ContainerFiles, Layout, Version};
 use stat::{CpuStat, Interval, ThrottleJudge};
 use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -42,6 +45,9 @@ pub const NAME: &str = "container_pressure";
 const EVIDENCE_OBSERVER: &str = "container";
 /// The correlation-drop reason of a container found beyond `max_containers`.
 pub const NOT_WATCHED: &str = "container_not_watched";
+/// The correlation-drop reason of a container's cgroup made again under its path between
+/// two polls: the interval across it is not judged.
+pub const REPLACED: &str = "cgroup_replaced";
 /// Directories one rescan reads at most per hierarchy (a node runs a few hundred pods).
 const MAX_WALK_DIRS: usize = 20_000;
 /// The files read are a few hundred bytes; a longer one is not what the kernel writes.
@@ -207,14 +213,23 @@ enum Fault {
     Gone,
     /// Unreadable or not what the kernel writes: counted as malformed.
     Bad,
+    /// Another cgroup is at the container's path: watch it afresh.
+    Replaced,
+}
+
+fn fault(e: &std::io::Error) -> Fault {
+    if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENODEV) {
+        Fault::Gone
+    } else {
+        Fault::Bad
+    }
 }
 
 /// Reads a small cgroup file into `buf`. Files are opened per read rather than kept open:
 /// hundreds of containers times four files would outgrow a default descriptor limit, and
 /// an open+read+close of a kernfs file costs microseconds.
 fn read_into<'a>(path: &Path, buf: &'a mut [u8]) -> Result<&'a str, Fault> {
-    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENODEV);
-    let mut file = std::fs::File::open(path).map_err(|e| if gone(&e) { Fault::Gone } else { Fault::Bad })?;
+    let mut file = std::fs::File::open(path).map_err(|e| fault(&e))?;
     let mut len = 0;
     loop {
         match file.read(&mut buf[len..]) {
@@ -226,15 +241,15 @@ fn read_into<'a>(path: &Path, buf: &'a mut [u8]) -> Result<&'a str, Fault> {
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(if gone(&e) { Fault::Gone } else { Fault::Bad }),
+            Err(e) => return Err(fault(&e)),
         }
     }
     std::str::from_utf8(&buf[..len]).map_err(|_| Fault::Bad)
 }
 
-/// A number from a small file; None when absent, unreadable or "max".
-fn read_number(path: &Path, buf: &mut [u8], parse: fn(&str) -> Option<u64>) -> Option<u64> {
-    read_into(path, buf).ok().and_then(parse)
+/// A value from a small file; Err(Bad) when it is not one the kernel writes.
+fn read_value<T>(path: &Path, buf: &mut [u8], parse: fn(&str) -> Option<T>) -> Result<T, Fault> {
+    read_into(path, buf).and_then(|text| parse(text).ok_or(Fault::Bad))
 }
 
 /// One watched container.
@@ -268,7 +283,12 @@ impl Watched {
     /// Takes the container's files as found now, keeping what was judged so far: a part
     /// found later (a runtime makes a container's groups one hierarchy at a time) starts
     /// fresh, as it had no state.
-    fn relocate(&mut self, files: ContainerFiles) {
+    fn relocate(&mut self, mut files: ContainerFiles) {
+        // Another cgroup at the same directory is the next poll's to find (it starts the
+        // container afresh, counted): until then this is the one judged.
+        if files.dir() == self.files.dir() {
+            files.ino = self.files.ino;
+        }
         let dir_of = |part: &Option<(PathBuf, Version)>| part.as_ref().map(|(dir, _)| dir.clone());
         if dir_of(&files.cpu) != dir_of(&self.files.cpu) || self.cpu_stat.is_none() {
             self.cpu_stat = files.cpu.as_ref().map(|(dir, _)| dir.join("cpu.stat"));
@@ -295,36 +315,39 @@ impl Watched {
                 None => (None, None),
             },
             Some((dir, Version::V1)) => (
-                read_number(&dir.join("cpu.cfs_quota_us"), buf, |t| stat::parse_v1_quota(t).flatten()),
-                read_number(&dir.join("cpu.cfs_period_us"), buf, stat::parse_bytes),
+                read_value(&dir.join("cpu.cfs_quota_us"), buf, stat::parse_v1_quota).ok().flatten(),
+                read_value(&dir.join("cpu.cfs_period_us"), buf, stat::parse_bytes).ok(),
             ),
             None => (None, None),
         }
     }
 
-    fn memory(&self, buf: &mut [u8]) -> Option<MemoryUse> {
-        let (dir, version) = self.files.memory.as_ref()?;
-        Some(match version {
+    /// The container's memory figures; Err when a file could not be read, as a null limit
+    /// would say there is none.
+    fn memory(&self, buf: &mut [u8]) -> Result<Option<MemoryUse>, Fault> {
+        let Some((dir, version)) = self.files.memory.as_ref() else { return Ok(None) };
+        Ok(Some(match version {
             Version::V2 => MemoryUse {
-                usage_bytes: read_number(&dir.join("memory.current"), buf, stat::parse_bytes),
-                limit_bytes: read_number(&dir.join("memory.max"), buf, stat::parse_bytes),
-                high_bytes: read_number(&dir.join("memory.high"), buf, stat::parse_bytes),
+                usage_bytes: Some(read_value(&dir.join("memory.current"), buf, stat::parse_bytes)?),
+                limit_bytes: read_value(&dir.join("memory.max"), buf, stat::parse_limit)?,
+                high_bytes: read_value(&dir.join("memory.high"), buf, stat::parse_limit)?,
             },
             Version::V1 => MemoryUse {
-                usage_bytes: read_number(&dir.join("memory.usage_in_bytes"), buf, stat::parse_bytes),
-                limit_bytes: read_number(&dir.join("memory.limit_in_bytes"), buf, |t| {
-                    stat::parse_bytes(t).and_then(|bytes| stat::v1_limit(bytes, PageSize::of_this_system().0))
-                }),
+                usage_bytes: Some(read_value(&dir.join("memory.usage_in_bytes"), buf, stat::parse_bytes)?),
+                limit_bytes: read_value(&dir.join("memory.limit_in_bytes"), buf, |t| {
+                    stat::parse_bytes(t).map(|bytes| stat::v1_limit(bytes, PageSize::of_this_system().0))
+                })?,
                 high_bytes: None,
             },
-        })
+        }))
     }
 
     fn subject(&self, generation: u32) -> Subject {
         Subject { ids: self.files.ids, generation, boot_ns: crate::clock::boot_now_ns() }
     }
 
-    /// Reads and judges this container once. Err(Gone) when it was removed.
+    /// Reads and judges this container once. Err(Gone) when it was removed, Err(Replaced)
+    /// when another cgroup is at its path.
     fn poll(
         &mut self,
         config: &ContainerPressureConfig,
@@ -332,6 +355,16 @@ impl Watched {
         buf: &mut [u8],
         ctx: &mut PollContext,
     ) -> Result<(), Fault> {
+        // A restarted container's new cgroup may already have run more periods than the old
+        // one had: no guard on the counters tells it from the old one, its identity does.
+        if let Some(dir) = self.files.dir() {
+            match std::fs::metadata(dir) {
+                Ok(meta) if meta.ino() != self.files.ino => return Err(Fault::Replaced),
+                Err(e) if matches!(fault(&e), Fault::Gone) => return Err(Fault::Gone),
+                // Otherwise the reads below count what they cannot read.
+                _ => {}
+            }
+        }
         self.poll_throttling(config, generation, buf, ctx)?;
         self.poll_psi(config, generation, buf, ctx)
     }
@@ -352,7 +385,7 @@ impl Watched {
         let cur = match read_into(path, buf).map(stat::parse_cpu_stat) {
             Err(Fault::Gone) => return Err(Fault::Gone),
             Ok(Some(cur)) => cur,
-            Err(Fault::Bad) | Ok(None) => {
+            Err(_) | Ok(None) => {
                 ctx.counters.malformed_events_total.fetch_add(1, Ordering::Relaxed);
                 return Ok(());
             }
@@ -404,7 +437,7 @@ impl Watched {
             }
             let reading = match read_into(&files[i], buf) {
                 Err(Fault::Gone) => return Err(Fault::Gone),
-                Err(Fault::Bad) => None,
+                Err(_) => None,
                 Ok(text) => psi::parse(text),
             };
             let Some(reading) = reading else {
@@ -414,7 +447,16 @@ impl Watched {
             let threshold = Threshold { percent, margin_percent: config.rearm_margin_percent };
             let avg10 = reading.some.avg10;
             if self.pressure[i].observe(threshold.over(avg10), avg10 < threshold.rearm_below()) {
-                let memory = (resource == Resource::Memory).then(|| self.memory(buf)).flatten();
+                let memory = match (resource == Resource::Memory).then(|| self.memory(buf)) {
+                    Some(Err(Fault::Gone)) => return Err(Fault::Gone),
+                    // Left out rather than null, which would say there is no limit.
+                    Some(Err(_)) => {
+                        ctx.counters.malformed_events_total.fetch_add(1, Ordering::Relaxed);
+                        None
+                    }
+                    Some(Ok(memory)) => memory,
+                    None => None,
+                };
                 let v = pressure_evidence(resource, &reading, threshold, memory, self.subject(generation), ctx.stamper);
                 ctx.deliver(NAME, v);
             }
@@ -551,8 +593,19 @@ impl Poller for PressureObserver {
         for _ in 0..std::mem::take(&mut self.uncounted) {
             ctx.counters.correlation_drop(NAME, NOT_WATCHED);
         }
-        let buf = &mut self.buf;
-        self.watched.retain_mut(|w| !matches!(w.poll(&config, generation, buf, ctx), Err(Fault::Gone)));
+        let (layout, buf) = (&self.layout, &mut self.buf);
+        self.watched.retain_mut(|w| match w.poll(&config, generation, buf, ctx) {
+            Err(Fault::Gone) => false,
+            Err(Fault::Replaced) => {
+                ctx.counters.correlation_drop(NAME, REPLACED);
+                let Some(files) = cgroups::locate(layout, &w.path) else { return false };
+                // As any new container: no state of the old one, and a first read now that
+                // is its baseline.
+                *w = Watched::new(std::mem::take(&mut w.path), files);
+                !matches!(w.poll(&config, generation, buf, ctx), Err(Fault::Gone))
+            }
+            _ => true,
+        });
     }
 }
 
@@ -647,6 +700,124 @@ mod tests {
         let w = &observer.watched[0];
         assert_eq!(w.psi_files.as_ref().map(|f| f[1].clone()), Some(v2.join("cpu.pressure")));
         std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    /// A fake cgroup2 tree with one container, its observer, and what a poll emits.
+    struct Fake {
+        base: PathBuf,
+        dir: PathBuf,
+        observer: PressureObserver,
+        stamper: Stamper,
+        queue: crate::queue::QueueSender,
+        rx: crate::queue::QueueReceiver,
+        counters: crate::counters::Counters,
+    }
+
+    impl Fake {
+        fn new(name: &str, files: &[(&str, &str)]) -> Self {
+            let base = std::env::temp_dir().join(format!("tapio-pressure-{name}-{}", std::process::id()));
+            let dir = base.join("unified/kubepods/pod1b2c3d4e-5f60-4718-89ab-cdef01234567").join("ab".repeat(32));
+            std::fs::create_dir_all(&dir).unwrap();
+            for (file, text) in files {
+                std::fs::write(dir.join(file), text).unwrap();
+            }
+            let layout = Layout { unified: Some(base.join("unified")), ..Layout::default() };
+            let settings = PressureSettings::new(0, ContainerPressureConfig::default());
+            let observer = PressureObserver::start_with(settings, knobs(), layout).1.unwrap();
+            assert_eq!(observer.watched(), 1);
+            let (queue, rx) = crate::queue::bounded(16, 1 << 16);
+            Self { base, dir, observer, stamper: stamper(), queue, rx, counters: Default::default() }
+        }
+
+        /// Polls once; the evidence emitted, each with the cgroup id it names.
+        fn poll(&mut self) -> Vec<(u64, serde_json::Value)> {
+            let mut ctx = PollContext { stamper: &mut self.stamper, queue: &self.queue, counters: &self.counters };
+            self.observer.poll(&mut ctx);
+            let (mut out, mut encoded) = (Vec::new(), crate::queue::Encoded::default());
+            while self.rx.try_recv(&mut encoded) {
+                let mut line = Vec::new();
+                encoded
+                    .write_line(&mut line, |l| {
+                        l.extend_from_slice(b"null");
+                        Ok::<_, ()>(())
+                    })
+                    .unwrap();
+                out.push((encoded.workload_ids().cgroup_id, serde_json::from_slice(&line).unwrap()));
+            }
+            out
+        }
+    }
+
+    impl Drop for Fake {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.base);
+        }
+    }
+
+    fn cpu_stat(periods: u64, throttled: u64) -> String {
+        format!("usage_usec 1\nnr_periods {periods}\nnr_throttled {throttled}\nthrottled_usec {}\n", throttled * 1000)
+    }
+
+    /// `docker restart` between two polls: the cgroup is removed and made again under the
+    /// same path. The new one's counters (30 more periods, 9 throttled: 30 %) paired with the
+    /// old one's would cross the 25 % threshold in facts of neither cgroup.
+    #[test]
+    fn a_cgroup_made_again_under_the_same_path_is_a_new_container() {
+        let mut f = Fake::new("restart", &[("cpu.stat", &cpu_stat(10, 0))]);
+        let ino = |dir: &Path| std::fs::metadata(dir).unwrap().ino();
+        let old_id = ino(&f.dir);
+        assert!(f.poll().is_empty(), "the first read is a baseline");
+        // Made beside and moved into place, so that the old and new directories exist at
+        // once and cannot share an inode.
+        let new = f.base.join("new");
+        std::fs::create_dir_all(&new).unwrap();
+        std::fs::write(new.join("cpu.stat"), cpu_stat(40, 9)).unwrap();
+        std::fs::remove_dir_all(&f.dir).unwrap();
+        std::fs::rename(&new, &f.dir).unwrap();
+        let new_id = ino(&f.dir);
+        assert_ne!(new_id, old_id);
+        assert!(f.poll().is_empty(), "the first read of the new cgroup is its baseline");
+        assert_eq!(f.counters.snapshot().correlation_drops.get("container_pressure.cgroup_replaced"), Some(&1));
+        std::fs::write(f.dir.join("cpu.stat"), cpu_stat(80, 29)).unwrap();
+        let events = f.poll();
+        assert_eq!(events.len(), 1);
+        let (id, e) = &events[0];
+        assert_eq!((*id, e["type"].as_str()), (new_id, Some("kernel.container.cpu_throttling")));
+        assert_eq!((e["facts"]["periods"].as_u64(), e["facts"]["throttled_periods"].as_u64()), (Some(40), Some(20)));
+    }
+
+    /// An unreadable memory limit is left out and counted, never reported as "no limit";
+    /// "max" is no limit.
+    #[test]
+    fn a_memory_limit_that_cannot_be_read_is_not_reported_as_none() {
+        let psi = |avg10| {
+            format!("some avg10={avg10}.00 avg60=0.00 avg300=0.00 total=1\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")
+        };
+        let mut f = Fake::new(
+            "memory",
+            &[
+                ("cpu.pressure", &psi(0)),
+                ("io.pressure", &psi(0)),
+                ("memory.pressure", &psi(40)),
+                ("memory.current", "1048576\n"),
+                ("memory.max", "garbage\n"),
+                ("memory.high", "max\n"),
+            ],
+        );
+        let events = f.poll();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].1["type"], "kernel.container.memory_pressure");
+        assert!(events[0].1["facts"].get("memory").is_none(), "{}", events[0].1);
+        assert_eq!(f.counters.snapshot().malformed_events_total, 1);
+        // Re-armed, then a crossing with no limit.
+        std::fs::write(f.dir.join("memory.pressure"), psi(0)).unwrap();
+        assert!(f.poll().is_empty());
+        std::fs::write(f.dir.join("memory.pressure"), psi(40)).unwrap();
+        std::fs::write(f.dir.join("memory.max"), "max\n").unwrap();
+        let events = f.poll();
+        let memory = &events[0].1["facts"]["memory"];
+        assert_eq!((memory["usage_bytes"].as_u64(), memory["limit_bytes"].is_null()), (Some(1 << 20), true));
+        assert_eq!(f.counters.snapshot().malformed_events_total, 1);
     }
 
     #[test]

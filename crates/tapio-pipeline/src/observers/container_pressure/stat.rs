@@ -46,9 +46,17 @@ pub fn parse_v1_quota(text: &str) -> Option<Option<u64>> {
     Some(u64::try_from(q).ok())
 }
 
-/// A byte count from a memory file; None for "max" (cgroup2: no limit) or garbage.
+/// A byte count from a memory file; None when it is not one.
 pub fn parse_bytes(text: &str) -> Option<u64> {
     text.trim().parse().ok()
+}
+
+/// A cgroup2 memory limit: Some(None) for "max" (no limit), None when it is neither.
+pub fn parse_limit(text: &str) -> Option<Option<u64>> {
+    match text.trim() {
+        "max" => Some(None),
+        _ => parse_bytes(text).map(Some),
+    }
 }
 
 /// cgroup1 keeps a limit in pages and reports "no limit" as its page counter's maximum
@@ -142,6 +150,9 @@ mod tests {
         assert_eq!(parse_v1_quota("10000\n"), Some(Some(10_000)));
         assert_eq!(parse_bytes("max\n"), None);
         assert_eq!(parse_bytes("67108864\n"), Some(67_108_864));
+        assert_eq!(parse_limit("max\n"), Some(None), "no limit");
+        assert_eq!(parse_limit("67108864\n"), Some(Some(67_108_864)));
+        assert_eq!(parse_limit("garbage\n"), None, "not a limit, and not 'no limit' either");
         assert_eq!(v1_limit(9_223_372_036_854_771_712, 4096), None, "cgroup1's 'no limit', 4 KiB pages");
         assert_eq!(v1_limit(0x7FFF_FFFF_FFFF_0000, 65_536), None, "cgroup1's 'no limit', 64 KiB pages");
         assert_eq!(v1_limit(0x7FFF_FFFF_FFFF_0000, 4096), Some(0x7FFF_FFFF_FFFF_0000), "a real limit with 4 KiB pages");
