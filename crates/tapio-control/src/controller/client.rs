@@ -83,6 +83,9 @@ struct Loop {
     same_config_versions: Vec<String>,
     /// The version a heartbeat named when it asked for a fetch.
     fetch_for_version: Option<String>,
+    /// Bytes of lines per batch: `max_batch_bytes`, lowered when the controller answers
+    /// 413 (its body limit is below it), until the next hello.
+    batch_bytes: usize,
 }
 
 /// Rate-limits a repeated warning: the first, then at most one per period, each saying how
@@ -159,12 +162,14 @@ impl Loop {
             failure_log: LogLimiter::default(),
             same_config_versions: Vec::new(),
             fetch_for_version: None,
+            batch_bytes: 0,
             token_stamp: None,
         };
         if let Some(path) = &l.c.settings.token_file {
             l.token_stamp = FileStamp::of(path);
         }
-        l.c.outbox.set_full_batch(l.max_batch_events as usize, l.c.settings.max_batch_bytes);
+        l.batch_bytes = l.c.settings.max_batch_bytes;
+        l.c.outbox.set_full_batch(l.max_batch_events as usize, l.batch_bytes);
         l
     }
 
@@ -320,6 +325,8 @@ impl Loop {
                     self.succeeded();
                     self.registered = true;
                     self.hello_attempts = 0;
+                    // A controller that registers the agent anew may take larger bodies.
+                    self.batch_bytes = self.c.settings.max_batch_bytes;
                     self.set_batching(h.send_interval_ms, h.max_batch_events);
                     log::info!("registered with controller {} as {}", h.controller_id, self.c.agent_id);
                     self.next_config = Instant::now();
@@ -340,7 +347,7 @@ impl Loop {
     fn set_batching(&mut self, send_interval_ms: u64, max_batch_events: u64) {
         self.send_interval = Duration::from_millis(send_interval_ms.clamp(50, 60_000));
         self.max_batch_events = max_batch_events.clamp(1, MAX_BATCH_EVENTS);
-        self.c.outbox.set_full_batch(self.max_batch_events as usize, self.c.settings.max_batch_bytes);
+        self.c.outbox.set_full_batch(self.max_batch_events as usize, self.batch_bytes);
     }
 
     fn fetch_config(&mut self) {
@@ -470,7 +477,7 @@ impl Loop {
                 return;
             }
             self.next_send = now + self.send_interval;
-            let lines = self.c.outbox.take_batch(self.max_batch_events as usize, self.c.settings.max_batch_bytes);
+            let lines = self.c.outbox.take_batch(self.max_batch_events as usize, self.batch_bytes);
             if lines.is_empty() {
                 return;
             }
@@ -527,6 +534,22 @@ impl Loop {
                 self.c.counters.controller_sent(n - rejected);
                 return true;
             }
+            // Larger than the controller's body limit: its lines go back to the front of the
+            // outbox, to leave again in batches of at most half its bytes (a limit kept
+            // until the next hello), under the same sequence number (a refused batch does
+            // not advance the controller's). Only a single line too large alone is dropped.
+            Ok(resp) if resp.status == 413 && p.lines.len() > 1 => {
+                let bytes: usize = p.lines.iter().map(|l| l.len() + 1).sum();
+                self.failure(
+                    "event batch",
+                    format!("{} for batch {} of {n} events: sent again in halves", Self::describe(&resp), p.sequence),
+                );
+                self.batch_bytes = (self.batch_bytes.min(bytes) / 2).max(1);
+                self.c.outbox.set_full_batch(self.max_batch_events as usize, self.batch_bytes);
+                self.c.outbox.put_back(p.lines);
+                self.sequence = p.sequence;
+                return true;
+            }
             // The controller will never take this batch as it is (malformed, too large,
             // reasoning in facts): retrying cannot help. Dropped and counted.
             Ok(resp) if matches!(resp.status, 400 | 404 | 413 | 422) => {
@@ -562,7 +585,7 @@ impl Loop {
             }
             self.limits.request_timeout = request_timeout.min(left);
             if self.pending.is_none() {
-                let lines = self.c.outbox.take_batch(self.max_batch_events as usize, self.c.settings.max_batch_bytes);
+                let lines = self.c.outbox.take_batch(self.max_batch_events as usize, self.batch_bytes);
                 if lines.is_empty() {
                     return;
                 }
@@ -755,6 +778,49 @@ mod tests {
         assert_eq!(sent, vec![4, 4]);
         assert_eq!(outbox.len(), 1);
         assert_eq!(counters.controller_events_sent_total.load(Ordering::Relaxed), 8);
+    }
+
+    #[test]
+    fn a_batch_over_the_controllers_body_limit_is_sent_again_in_halves_not_dropped() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        // A controller whose body limit takes two of these lines with the envelope, not four.
+        let requests = answer_each(listener, |body| {
+            if body.len() > 500 {
+                let envelope =
+                    serde_json::json!({"error": {"code": "PAYLOAD_TOO_LARGE", "message": "body over 500 bytes"}});
+                return (413, envelope.to_string());
+            }
+            let batch: serde_json::Value = serde_json::from_slice(body).unwrap();
+            let n = batch["events"].as_array().map_or(0, Vec::len);
+            let answer = serde_json::json!({"wire_version": WIRE_VERSION, "accepted": n, "rejected": 0,
+                                            "next_config_version": "0"});
+            (200, answer.to_string())
+        });
+        let counters = Arc::new(Counters::default());
+        let outbox = Outbox::new(64);
+        let mut l = Loop::new(client_of(&url, Arc::clone(&outbox), &counters));
+        l.set_batching(60_000, 8);
+        for i in 0..8 {
+            let line = format!(r#"{{"type":"kernel.test","n":{i},"pad":"{}"}}"#, "x".repeat(70));
+            assert!(outbox.push(line.into_bytes()));
+        }
+        for _ in 0..8 {
+            l.send_due();
+        }
+        let sent: Vec<serde_json::Value> =
+            requests.try_iter().map(|body| serde_json::from_slice(&body).unwrap()).collect();
+        let sizes: Vec<usize> = sent.iter().map(|b| b["events"].as_array().map_or(0, Vec::len)).collect();
+        assert_eq!(sizes, vec![8, 4, 2, 2, 2, 2], "refused whole, then halves until they fit");
+        let sequences: Vec<u64> = sent.iter().filter_map(|b| b["sequence"].as_u64()).collect();
+        assert_eq!(sequences, vec![1, 1, 1, 2, 3, 4], "a refused batch's number is used again");
+        let order: Vec<u64> = sent[2..]
+            .iter()
+            .flat_map(|b| b["events"].as_array().unwrap().iter().map(|e| e["n"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(order, (0..8).collect::<Vec<u64>>(), "every line, once, in order");
+        assert_eq!(counters.controller_events_sent_total.load(Ordering::Relaxed), 8);
+        assert!(outbox.is_empty());
     }
 
     #[test]

@@ -118,6 +118,17 @@ impl Outbox {
         }
     }
 
+    /// Puts `lines` back at the front, in their order: a batch the controller could not
+    /// take whole. They came from the outbox, so it holds at most one batch more than its
+    /// capacity.
+    pub fn put_back(&self, lines: Vec<Vec<u8>>) {
+        let mut state = self.lock();
+        for line in lines.into_iter().rev() {
+            state.bytes += line.len() + 1;
+            state.lines.push_front(line);
+        }
+    }
+
     /// Tells the client to stop (once the sink stage has flushed into the outbox): ends
     /// every wait, now and later.
     pub fn stop(&self) {
