@@ -261,16 +261,21 @@ impl RotatingFile {
     }
 
     fn rotate(&mut self) -> io::Result<()> {
-        if let Some(f) = self.file.take() {
+        match self.file.take() {
             // The old file's records were acknowledged under the fsync policy; make the
             // renamed file complete on disk before the name moves.
-            f.sync_data()?;
+            Some(f) => f.sync_data()?,
+            // A failed append may have left a fragment: set it aside while it is in reach.
+            None => drop(repair_torn_tail(&self.path)?),
         }
         if self.keep_files == 0 {
             std::fs::remove_file(&self.path).or_else(ignore_missing)?;
         } else {
             shift(&self.path, self.keep_files)?;
         }
+        // `path` is gone. Until a fresh one opens the active file is empty: the next append
+        // retries the open, not another shift, which would delete one more kept file.
+        self.size = 0;
         self.reopen()
     }
 
@@ -309,6 +314,27 @@ impl RotatingFile {
     }
 }
 
+/// The length of the whole lines of `file`'s first `len` bytes: up to and including the
+/// last newline (`len` when they end in one, 0 when there is none). Reads backwards.
+pub fn whole_lines_len(file: &File, len: u64) -> io::Result<u64> {
+    let mut chunk = [0u8; 4096];
+    let mut end = len;
+    while end > 0 {
+        let start = end.saturating_sub(chunk.len() as u64);
+        let part = &mut chunk[..(end - start) as usize];
+        // One pread (not read_exact_at: its retry loop costs the agent's size budget); a
+        // regular file returns all the bytes asked for below its length.
+        if file.read_at(part, start)? < part.len() {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        if let Some(i) = part.iter().rposition(|b| *b == b'\n') {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
 /// If `path` does not end in a newline, moves the bytes after its last newline to
 /// `<path>.torn-<unix nanos>` and cuts the file there. Returns the bytes set aside and
 /// where they went; None when the file is absent, empty or whole.
@@ -319,25 +345,12 @@ pub fn repair_torn_tail(path: &Path) -> io::Result<Option<(u64, PathBuf)>> {
         Err(e) => return Err(e),
     };
     let len = file.metadata()?.len();
-    let mut chunk = vec![0u8; 64 * 1024];
-    let mut end = len;
-    // Scan backwards for the last newline; `keep` is the length of the whole-line prefix.
-    let keep = loop {
-        if end == 0 {
-            break 0;
-        }
-        let start = end.saturating_sub(chunk.len() as u64);
-        let part = &mut chunk[..(end - start) as usize];
-        file.read_exact_at(part, start)?;
-        if end == len && part.last() == Some(&b'\n') {
-            return Ok(None);
-        }
-        if let Some(i) = part.iter().rposition(|b| *b == b'\n') {
-            break start + i as u64 + 1;
-        }
-        end = start;
-    };
+    let keep = whole_lines_len(&file, len)?;
+    if keep == len {
+        return Ok(None);
+    }
     let torn = len - keep;
+    let mut chunk = vec![0u8; 64 * 1024];
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let mut aside_name = path.as_os_str().to_owned();
     aside_name.push(format!(".torn-{nanos}"));
@@ -556,6 +569,90 @@ mod tests {
         assert_eq!(repair_torn_tail(&frag).unwrap().unwrap().0, 200_000);
         assert_eq!(std::fs::metadata(&frag).unwrap().len(), 0);
         assert!(repair_torn_tail(&dir.join("absent")).unwrap().is_none());
+        // A fragment longer than one step of the backwards scan.
+        std::fs::write(&frag, [&b"a\n"[..], &[b'x'; 10_000]].concat()).unwrap();
+        assert_eq!(whole_lines_len(&File::open(&frag).unwrap(), 10_002).unwrap(), 2);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A fragment a failed cut left (the file closed, as `append` leaves it) is set aside
+    /// before a rotation moves its file out of reach.
+    #[test]
+    fn a_fragment_is_set_aside_before_its_file_is_rotated() {
+        let dir = temp_dir("torn-rotate");
+        let path = dir.join("e.jsonl");
+        let mut f = RotatingFile::open(path.clone(), 10, 1).unwrap();
+        f.append(b"aaaa\n").unwrap();
+        OpenOptions::new().append(true).open(&path).unwrap().write_all(b"bb").unwrap();
+        f.file = None;
+        f.append(b"cccccc\n").unwrap();
+        assert_eq!(std::fs::read(rotated(&path, 1)).unwrap(), b"aaaa\n");
+        assert_eq!(std::fs::read(&path).unwrap(), b"cccccc\n");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Runs the calling test again, alone, in a child process (where the descriptor limit
+    /// can be cut without failing other tests' opens). Returns whether this is the child.
+    fn alone_in_a_child(test: &str) -> bool {
+        if std::env::var_os("TAPIO_TEST_CHILD").is_some() {
+            return true;
+        }
+        let name = format!("{}::{test}", module_path!().split_once("::").unwrap().1);
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([&name, "--exact", "--test-threads=1"])
+            .env("TAPIO_TEST_CHILD", "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        false
+    }
+
+    /// Sets the soft limit of open descriptors: at 0 every open fails with EMFILE.
+    fn set_nofile(soft: libc::rlim_t) -> libc::rlim_t {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit and setrlimit read and write only this struct.
+        unsafe {
+            assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+            let old = std::mem::replace(&mut lim.rlim_cur, soft);
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+            old
+        }
+    }
+
+    /// A rotation whose shift worked but whose fresh file could not be opened (EMFILE)
+    /// retries the open, not the shift: the kept files survive any number of appends.
+    #[test]
+    fn a_failed_open_after_a_rotation_keeps_the_rotated_files() {
+        use std::os::unix::fs::MetadataExt;
+        if !alone_in_a_child("a_failed_open_after_a_rotation_keeps_the_rotated_files") {
+            return;
+        }
+        let dir = temp_dir("emfile");
+        let path = dir.join("e.jsonl");
+        let mut f = RotatingFile::open(path.clone(), 100, 2).unwrap();
+        let line = format!("{}\n", "x".repeat(39)); // 40 bytes: two lines per file
+        for _ in 0..10 {
+            f.append(line.as_bytes()).unwrap(); // e.jsonl, .1 and .2, 80 bytes each
+        }
+        let ino = |p: &Path| std::fs::metadata(p).map(|m| m.ino()).ok();
+        let files = || [ino(&path), ino(&rotated(&path, 1)), ino(&rotated(&path, 2))];
+        let shifted = [None, ino(&path), ino(&rotated(&path, 1))];
+
+        let soft = set_nofile(0);
+        let refused = (0..5).filter(|_| f.append(line.as_bytes()).is_err()).count();
+        let after_failure = files();
+        set_nofile(soft);
+        assert_eq!(refused, 5);
+        assert_eq!(after_failure, shifted, "one shift, however many appends");
+
+        f.append(line.as_bytes()).unwrap();
+        assert_eq!(files()[1..], shifted[1..], "the open is retried, and the kept files stay");
+        assert_eq!(std::fs::read(&path).unwrap(), line.as_bytes());
         std::fs::remove_dir_all(dir).unwrap();
     }
 

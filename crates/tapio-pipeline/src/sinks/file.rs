@@ -3,32 +3,46 @@
 //! Unlike the controller's all-or-nothing appends, lines are buffered and written in
 //! batches, and a write that fails part way keeps (and counts written) the whole lines
 //! that reached the file. What is written leaves the page cache once it is on disk
-//! ([`DropBehind`]).
+//! ([`DropBehind`]). A file that does not end in a newline (a write torn by a crash, or a
+//! torn line whose first cut failed) has that fragment cut off (logged) before the next line
+//! is written, so no line joins it.
 
-use super::lines::Lines;
+use super::lines::{Lines, WriteOut};
 use super::{Delivered, Sink};
 use crate::knobs::FileSinkConfig;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::PathBuf;
-use tapio_util::rotate::DropBehind;
+use tapio_util::rotate::{whole_lines_len, DropBehind};
 
 pub struct FileSink {
     path: PathBuf,
     max_bytes: u64,
     keep_files: u32,
     file: File,
-    /// Bytes in the live file: whole lines only (a torn tail is cut off again).
+    /// Bytes in the live file: whole lines only (a torn tail is cut off).
     size: u64,
     lines: Lines,
     delivered: Delivered,
     failing: bool,
     drop_behind: DropBehind,
+    /// `file` must not be written: it may end in a fragment a failed cut left, or it was
+    /// rotated away and no fresh file opened. `path` is opened again first ([`Self::reopen`]).
+    stale: bool,
 }
 
+/// Opens `path` for appending. A fragment at its end (a write torn by a crash, or a torn
+/// line whose cut failed) would join the next line into one malformed line: it is cut off
+/// and logged. The controller's sink sets fragments aside (`repair_torn_tail`); linked here
+/// that costs the agent over 1 KB more of its size budget, for bytes of one lost record.
 fn open_append(path: &PathBuf) -> io::Result<(File, u64)> {
-    let file = OpenOptions::new().create(true).append(true).open(path)?;
-    let size = file.metadata()?.len();
+    let file = OpenOptions::new().create(true).read(true).append(true).open(path)?;
+    let len = file.metadata()?.len();
+    let size = whole_lines_len(&file, len)?;
+    if size < len {
+        file.set_len(size)?;
+        log::warn!("sink file: cut off a partial line ({} bytes) at the end of {}", len - size, path.display());
+    }
     Ok((file, size))
 }
 
@@ -61,17 +75,32 @@ impl FileSink {
             delivered: Delivered::default(),
             failing: false,
             drop_behind: DropBehind::starting_at(size),
+            stale: false,
         })
     }
 
     fn rotate(&mut self) -> io::Result<()> {
+        if self.stale {
+            // Cut a fragment off before its file is rotated out of the sink's reach.
+            self.reopen()?;
+        }
         // The workspace's one rotation (tapio_util::rotate): names and order are the ones
         // the controller's file sink writes and `tapio events` reads.
         tapio_util::rotate::shift(&self.path, self.keep_files as usize)?;
+        // `path` is gone. Until a fresh one opens the live file is empty: lines wait for
+        // the open (retried before the next write), not for another shift, which would
+        // delete one more kept file each time.
+        self.stale = true;
+        self.size = 0;
+        self.reopen()
+    }
+
+    fn reopen(&mut self) -> io::Result<()> {
         let (file, size) = open_append(&self.path)?;
         self.file = file;
         self.size = size;
         self.drop_behind.restart_at(size);
+        self.stale = false;
         Ok(())
     }
 }
@@ -113,15 +142,29 @@ impl FileSink {
         if self.lines.lines() == 0 {
             return;
         }
-        let w = self.lines.write_to(&mut self.file, None, &mut |_| {});
+        let w = match self.stale.then(|| self.reopen()) {
+            // No file a line could be written to without joining a fragment: every line fails.
+            Some(Err(e)) => {
+                let failed = self.lines.lines() as u64;
+                self.lines.clear();
+                WriteOut {
+                    delivered: Delivered { written: 0, failed },
+                    complete_bytes: 0,
+                    torn_bytes: 0,
+                    error: Some(e),
+                }
+            }
+            _ => self.lines.write_to(&mut self.file, None, &mut |_| {}),
+        };
         self.size += w.complete_bytes as u64;
         if w.torn_bytes > 0 {
             // A torn line would be a malformed record for every reader: cut it off (the
             // file is opened for append, so the next write lands right after the last
             // whole line).
             if let Err(e) = self.file.set_len(self.size) {
+                // The next line would join the fragment: cut it off at the reopen first.
                 log::warn!("sink file: removing a partly written line from {}: {e}", self.path.display());
-                self.size += w.torn_bytes as u64;
+                self.stale = true;
             }
         }
         self.drop_behind.advance(&self.file, self.size);
@@ -134,6 +177,7 @@ impl FileSink {
 mod tests {
     use super::*;
     use std::fs;
+    use std::io::Write;
 
     fn flush(sink: &mut FileSink) -> Delivered {
         let mut total = Delivered::default();
@@ -179,6 +223,128 @@ mod tests {
         flush(&mut sink);
         assert_eq!(fs::read(&path).unwrap(), b"{}\n");
         assert_eq!(fs::read(dir.join("e.jsonl.1")).unwrap(), b"{}\n{}\n");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Every line of `path` is a whole JSON value (the file ends in a newline).
+    fn json_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+        let text = fs::read_to_string(path).unwrap();
+        assert!(text.ends_with('\n'), "{text:?} ends in a fragment");
+        text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}"))).collect()
+    }
+
+    /// An agent killed in the middle of a write leaves a fragment: after the restart the
+    /// first line does not join it; the fragment is cut off and every line parses.
+    #[test]
+    fn a_fragment_left_by_a_killed_agent_is_cut_off_at_open() {
+        let dir = temp_dir("torn-open");
+        let path = dir.join("e.jsonl");
+        // Longer than one step of the backwards scan.
+        let fragment = format!("{{\"b\":\"{}", "x".repeat(10_000));
+        fs::write(&path, format!("{{\"a\":1}}\n{fragment}")).unwrap();
+        let mut sink =
+            FileSink::open(&FileSinkConfig { path: path.clone(), max_bytes: 1 << 20, keep_files: 1 }).unwrap();
+        sink.write_line(b"{\"c\":3}\n");
+        assert_eq!(flush(&mut sink), Delivered { written: 1, failed: 0 });
+        assert_eq!(json_lines(&path), [serde_json::json!({"a": 1}), serde_json::json!({"c": 3})]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A torn line that could not be cut off (the failed `set_len` marks the file stale) is
+    /// cut off before the next write, also when that write starts with a rotation.
+    #[test]
+    fn a_fragment_a_failed_cut_left_is_cut_off_before_the_next_write() {
+        let dir = temp_dir("torn-cut");
+        let path = dir.join("e.jsonl");
+        for rotate in [false, true] {
+            let config = FileSinkConfig { path: path.clone(), max_bytes: if rotate { 10 } else { 100 }, keep_files: 1 };
+            let mut sink = FileSink::open(&config).unwrap();
+            sink.write_line(b"{\"a\":1}\n");
+            flush(&mut sink);
+            // What write_out leaves after a torn write whose cut failed.
+            fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"b\":").unwrap();
+            sink.stale = true;
+            sink.write_line(b"{\"c\":3}\n");
+            assert_eq!(flush(&mut sink), Delivered { written: 1, failed: 0 });
+            let files = tapio_util::rotate::oldest_first(&path, 1);
+            assert_eq!(files.len(), if rotate { 2 } else { 1 });
+            let lines: Vec<_> = files.iter().flat_map(|p| json_lines(p)).collect();
+            assert_eq!(lines, [serde_json::json!({"a": 1}), serde_json::json!({"c": 3})], "rotated: {rotate}");
+            for p in files {
+                fs::remove_file(p).unwrap();
+            }
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Runs the calling test again, alone, in a child process (where the descriptor limit
+    /// can be cut without failing other tests' opens). Returns whether this is the child.
+    fn alone_in_a_child(test: &str) -> bool {
+        if std::env::var_os("TAPIO_TEST_CHILD").is_some() {
+            return true;
+        }
+        let name = format!("{}::{test}", module_path!().split_once("::").unwrap().1);
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([&name, "--exact", "--test-threads=1"])
+            .env("TAPIO_TEST_CHILD", "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        false
+    }
+
+    /// Sets the soft limit of open descriptors: at 0 every open fails with EMFILE.
+    fn set_nofile(soft: libc::rlim_t) -> libc::rlim_t {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit and setrlimit read and write only this struct.
+        unsafe {
+            assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+            let old = std::mem::replace(&mut lim.rlim_cur, soft);
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+            old
+        }
+    }
+
+    /// A rotation whose shift worked but whose fresh file could not be opened (EMFILE)
+    /// retries the open, not the shift: the kept files survive any number of lines.
+    #[test]
+    fn a_failed_open_after_a_rotation_keeps_the_rotated_files() {
+        use std::os::unix::fs::MetadataExt;
+        if !alone_in_a_child("a_failed_open_after_a_rotation_keeps_the_rotated_files") {
+            return;
+        }
+        let dir = temp_dir("rotate-emfile");
+        let path = dir.join("e.jsonl");
+        let mut sink = FileSink::open(&FileSinkConfig { path: path.clone(), max_bytes: 100, keep_files: 2 }).unwrap();
+        let line = [b'x'; 39].iter().copied().chain([b'\n']).collect::<Vec<u8>>(); // 40 bytes
+        for _ in 0..10 {
+            sink.write_line(&line);
+        }
+        flush(&mut sink); // e.jsonl, .1 and .2, 80 bytes each
+        let ino = |p: &std::path::Path| fs::metadata(p).map(|m| m.ino()).ok();
+        let shifted = [None, ino(&path), ino(&tapio_util::rotate::rotated(&path, 1))];
+        let files =
+            || [ino(&path), ino(&tapio_util::rotate::rotated(&path, 1)), ino(&tapio_util::rotate::rotated(&path, 2))];
+
+        let soft = set_nofile(0);
+        for _ in 0..6 {
+            sink.write_line(&line); // the first one rotates, and its open fails
+        }
+        let lost = flush(&mut sink);
+        let after_failure = files();
+        set_nofile(soft);
+        assert_eq!(lost, Delivered { written: 0, failed: 6 }, "every refused line is counted");
+        assert_eq!(after_failure, shifted, "one shift, however many lines");
+
+        sink.write_line(&line);
+        assert_eq!(flush(&mut sink), Delivered { written: 1, failed: 0 }, "the open is retried");
+        assert_eq!(files()[1..], shifted[1..], "and the kept files stay");
+        assert_eq!(fs::read(&path).unwrap(), line);
         fs::remove_dir_all(&dir).unwrap();
     }
 
