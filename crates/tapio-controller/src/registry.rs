@@ -198,6 +198,11 @@ impl Registry {
         Ok(outcome)
     }
 
+    /// The node an agent id is held for, if the registry knows it.
+    pub fn node_of(&self, agent_id: &str) -> Option<String> {
+        self.lock().agents.get(agent_id).map(|a| a.node_name.clone())
+    }
+
     /// Records a heartbeat. False when the agent is not registered ("I do not know you").
     pub fn heartbeat(&self, req: &HeartbeatRequest, now: Instant) -> bool {
         let mut inner = self.lock();

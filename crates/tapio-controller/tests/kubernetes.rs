@@ -357,6 +357,42 @@ async fn token_review_accepts_the_agent_for_its_own_node_only() {
 }
 
 #[tokio::test]
+async fn a_token_for_one_node_cannot_take_over_another_nodes_agent_id() {
+    let api = FakeKube::start().await;
+    let (token_a, token_b) = (jwt("a", unix_now() + 3_600), jwt("b", unix_now() + 3_600));
+    api.put_token(&token_a, fixture(Some("node-a1")));
+    api.put_token(&token_b, fixture(Some("node-b2")));
+    let t = authenticating_controller("k8s-auth-agent", &api, 100, false).await;
+    let a = t.client().with_header("Authorization", &format!("Bearer {token_a}"));
+    let b = t.client().with_header("Authorization", &format!("Bearer {token_b}"));
+    assert_eq!(b.post_json("/v1/agents/hello", &hello("b2")).await.status, 200);
+    assert_eq!(b.post_json("/v1/agents/heartbeat", &heartbeat("b2")).await.status, 200);
+    assert_eq!(b.post_json("/v1/events", &batch("b2", 1, vec![ev(None, None)])).await.status, 200);
+
+    // Node a1's token, naming b2's agent id with its own node: refused, b2 untouched.
+    let as_b2 = |mut v: Value| {
+        v["node_name"] = json!("node-a1");
+        v
+    };
+    for path in ["/v1/agents/hello", "/v1/agents/heartbeat"] {
+        let body = if path.ends_with("hello") { hello("b2") } else { heartbeat("b2") };
+        let r = a.post_json(path, &as_b2(body)).await;
+        assert_eq!((r.status, r.error_code().as_str()), (403, "FORBIDDEN"), "{path}");
+    }
+    assert_eq!(a.get("/v1/agents/config?agent_id=b2&node_name=node-a1").await.status, 403);
+    // Its evidence is kept (it is node a1's), but b2's sequence is not its to move.
+    let r = a.post_json("/v1/events", &as_b2(batch("b2", 9, vec![ev(None, None)]))).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(t.sink_lines(2).await.len(), 2);
+    assert_eq!(t.server.state.registry.node_of("b2").as_deref(), Some("node-b2"));
+    assert_eq!(reviews(&t, "wrong_agent"), 4);
+    // b2 itself goes on as before: its next batch is in order (no gap from a1's 9).
+    assert_eq!(b.post_json("/v1/events", &batch("b2", 2, vec![ev(None, None)])).await.status, 200);
+    assert_eq!(t.server.state.metrics.sequence_gaps.get(), 0);
+    t.stop().await;
+}
+
+#[tokio::test]
 async fn token_review_refuses_unknown_expired_wrong_audience_and_wrong_service_account() {
     let api = FakeKube::start().await;
     let now = unix_now();

@@ -2,9 +2,9 @@
 //!
 //! A batch is accepted or rejected whole (the spec's errors are per batch), so a 200
 //! always reports `rejected: 0`. A rejected batch does not touch sequence tracking.
-//! A 200 means safe: every durable sink (file, JetStream) holds every record of the
-//! batch. When one cannot, the batch is refused with 503 `NOT_READY` and the agent
-//! retries it (see `crate::sink`).
+//! A 200 means safe: every durable sink (file, JetStream, and an OTLP collector unless
+//! `--otlp-best-effort`) holds every record of the batch. When one cannot, the batch is
+//! refused with 503 `NOT_READY` and the agent retries it (see `crate::sink`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -67,7 +67,15 @@ pub async fn events(
             ),
         ));
     }
-    match st.registry.batch(&agent_id, &node_name, sequence, Instant::now()) {
+    // Evidence is never dropped for bookkeeping: a batch naming another node's agent id is
+    // kept, but does not touch that agent's sequence.
+    let tracking = if super::agent_of_other_node(bound, &agent_id, &st.registry) {
+        m.k8s.token_review("wrong_agent");
+        BatchTracking::Untracked
+    } else {
+        st.registry.batch(&agent_id, &node_name, sequence, Instant::now())
+    };
+    match tracking {
         BatchTracking::Tracked(SeqObservation::Gap) => {
             m.sequence_gaps.inc();
         }

@@ -164,6 +164,36 @@ async fn track(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Res
     resp
 }
 
+/// True when the agent's token is bound to a node and the registry holds `agent_id` for
+/// another node: such a request must not re-register that agent or replace its counters,
+/// observers or sequence (a token for one node would otherwise rewrite another node's
+/// status). Without node binding every agent id is allowed.
+pub(crate) fn agent_of_other_node(
+    bound: Option<&crate::auth::AuthorizedNode>,
+    agent_id: &str,
+    registry: &crate::registry::Registry,
+) -> bool {
+    bound.is_some_and(|b| registry.node_of(agent_id).is_some_and(|node| node != b.0.node))
+}
+
+/// Refuses (403 FORBIDDEN) a node-bound agent's request for an agent id the registry holds
+/// for another node (see [`agent_of_other_node`]).
+pub(crate) fn check_agent(
+    bound: Option<&crate::auth::AuthorizedNode>,
+    agent_id: &str,
+    registry: &crate::registry::Registry,
+    m: &crate::metrics::Metrics,
+) -> Result<(), error::ApiError> {
+    if agent_of_other_node(bound, agent_id, registry) {
+        m.k8s.token_review("wrong_agent");
+        return Err(error::ApiError::new(
+            tapio_wire::ErrorCode::Forbidden,
+            format!("agent_id {agent_id:?} is registered for another node than this token's"),
+        ));
+    }
+    Ok(())
+}
+
 /// Refuses (403 FORBIDDEN) a request that names a node other than the one the agent's
 /// token is bound to. Without node binding (shared token or no auth) every node is allowed.
 pub(crate) fn check_node(
