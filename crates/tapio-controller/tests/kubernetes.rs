@@ -32,6 +32,12 @@ fn ev(pod_uid: Option<&str>, container_id: Option<&str>) -> Value {
         "facts": {"pid": 77, "comm": "java"}})
 }
 
+/// `record` as one of `node`'s records (its own `node`, not the batch's).
+fn on_node(mut record: Value, node: &str) -> Value {
+    record["node"] = json!(node);
+    record
+}
+
 /// A cluster shaped like a real one: a Deployment's pod (two containers), a
 /// StatefulSet's, a CronJob's Job's, a DaemonSet's.
 fn seed(api: &FakeKube) {
@@ -112,11 +118,14 @@ async fn records_gain_pod_container_node_and_owner_names() {
         1,
         vec![
             ev(Some(UID_WEB), Some(CID_SIDECAR)),
-            ev(Some(UID_DB), Some(CID_DB)),
+            // The database pod runs on node-b: a record of that node's (its `node`).
+            on_node(ev(Some(UID_DB), Some(CID_DB)), "node-b"),
             ev(Some(UID_JOB), Some(CID_JOB)),
             ev(Some(UID_DS), Some(CID_DS)),
             ev(Some("0f0f0f0f-0000-4000-8000-000000000000"), None),
             ev(None, None),
+            // The same pod in a record of node-a1's: not a pod that node runs, not named.
+            ev(Some(UID_DB), Some(CID_DB)),
         ],
     )
     .await;
@@ -142,6 +151,7 @@ async fn records_gain_pod_container_node_and_owner_names() {
     assert_eq!(enrichment(&t, "enriched"), 4);
     assert_eq!(enrichment(&t, "pod_unknown"), 1);
     assert_eq!(enrichment(&t, "no_pod_uid"), 1);
+    assert_eq!(enrichment(&t, "pod_on_other_node"), 1);
     // One GET per owner that has a parent, cached afterwards.
     assert_eq!(api.owner_gets(), 2);
     let text = t.client().get("/metrics").await;
@@ -210,7 +220,7 @@ async fn a_pod_goes_and_one_comes_while_the_watch_is_down(api: &FakeKube, m: &K8
     api.close_watches();
     api.delete_pod(UID_DS);
     let late = "9f6e7a5c-2b8d-4e0f-9a4b-5c6d7e8f9012";
-    api.put_pod(pod("shop", "db-1", late, "node-b", &[("postgres", CID_JOB)], Some(("StatefulSet", "db"))));
+    api.put_pod(pod("shop", "db-1", late, "node-a1", &[("postgres", CID_JOB)], Some(("StatefulSet", "db"))));
     api.compact();
     wait_for("a relist", || m.lists.get() >= 2).await;
     late

@@ -55,7 +55,7 @@ pub async fn events(
     // sequence, and must not count as a regression then.
     let (agent_id, node_name, sequence) = (batch.agent_id.clone(), batch.node_name.clone(), batch.sequence);
     // Names are added before the sinks see the records, so every sink stores the same record.
-    crate::k8s::enrich_batch(st.pods.as_deref(), &mut batch.events, &m.k8s);
+    crate::k8s::enrich_batch(st.pods.as_deref(), &mut batch.events, &node_name, &m.k8s);
     let evidence = evidence_counts(&batch);
     let (lines, records) = encode_batch(batch);
     if let Err(refusal) = st.sinks.deliver(lines, records).await {

@@ -75,8 +75,10 @@ impl PodIndex {
     /// Sets `k8s` on every record whose workload names a known pod (the events path's one
     /// call into this module, through [`enrich_batch`]). Any `k8s` an agent
     /// sent is removed first: these names are the controller's to give. A record that
-    /// cannot be enriched passes through otherwise unchanged, counted by reason.
-    pub fn enrich(&self, events: &mut [WireEvent], m: &K8sMetrics) {
+    /// cannot be enriched passes through otherwise unchanged, counted by reason: among them
+    /// a record naming a pod the API server places on another node than the record's own
+    /// (`node`, or the batch's `batch_node`): an agent sees only its node's pods.
+    pub fn enrich(&self, events: &mut [WireEvent], batch_node: &str, m: &K8sMetrics) {
         let store = self.store.read().unwrap_or_else(|p| p.into_inner());
         for event in events {
             event.k8s = None;
@@ -92,6 +94,10 @@ impl PodIndex {
                     continue;
                 }
             };
+            if !pod.node.is_empty() && *pod.node != *event.node.as_deref().unwrap_or(batch_node) {
+                m.enrichment("pod_on_other_node");
+                continue;
+            }
             let mut names = BTreeMap::new();
             names.insert(keys::NAMESPACE.to_string(), pod.namespace.to_string());
             names.insert(keys::POD_NAME.to_string(), pod.name.to_string());
@@ -120,9 +126,9 @@ impl PodIndex {
 
 /// The events path's call: enrich from `pods` when the pod watch is on; without it,
 /// remove any `k8s` an agent sent, since only the controller gives those names.
-pub fn enrich_batch(pods: Option<&PodIndex>, events: &mut [WireEvent], m: &K8sMetrics) {
+pub fn enrich_batch(pods: Option<&PodIndex>, events: &mut [WireEvent], batch_node: &str, m: &K8sMetrics) {
     match pods {
-        Some(index) => index.enrich(events, m),
+        Some(index) => index.enrich(events, batch_node, m),
         None => events.iter_mut().for_each(|e| e.k8s = None),
     }
 }
@@ -155,7 +161,7 @@ mod tests {
         let index = PodIndex::new(10, Duration::from_secs(60));
         let m = K8sMetrics::default();
         let mut events = vec![event(json!({"pod_uid": "u1", "container_id": "c1"})), event(json!({"pod_uid": "u2"}))];
-        index.enrich(&mut events, &m);
+        index.enrich(&mut events, "node-a", &m);
         assert!(events.iter().all(|e| e.k8s.is_none()), "agent-sent names are removed");
         {
             let mut s = index.write();
@@ -179,7 +185,7 @@ mod tests {
             event(json!({"cgroup_id": 5})),
             event(json!({"pod_uid": "u1", "container_id": "other"})),
         ];
-        index.enrich(&mut events, &m);
+        index.enrich(&mut events, "node-a", &m);
         let k = events[0].k8s.as_ref().unwrap();
         assert_eq!(k["k8s.namespace.name"], "shop");
         assert_eq!(k["k8s.pod.name"], "web-5d-x");
@@ -198,5 +204,12 @@ mod tests {
         assert_eq!(get("pod_unknown"), 1);
         assert_eq!(get("no_pod_uid"), 1);
         assert_eq!(m.container_unknown.get(), 1);
+        // A pod the API server places on another node than the record's: not named.
+        let mut other_node = event(json!({"pod_uid": "u1", "container_id": "c1"}));
+        other_node.node = Some("node-b".into());
+        let mut events = vec![other_node, event(json!({"pod_uid": "u1"}))];
+        index.enrich(&mut events, "node-b", &m);
+        assert!(events.iter().all(|e| e.k8s.is_none()), "the record's node, or the batch's");
+        assert_eq!(get("pod_on_other_node"), 2);
     }
 }
