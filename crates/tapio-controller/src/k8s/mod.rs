@@ -101,7 +101,7 @@ impl PodIndex {
             let mut names = BTreeMap::new();
             names.insert(keys::NAMESPACE.to_string(), pod.namespace.to_string());
             names.insert(keys::POD_NAME.to_string(), pod.name.to_string());
-            names.insert(keys::POD_UID.to_string(), pod.uid.clone());
+            names.insert(keys::POD_UID.to_string(), pod.api_uid().to_owned());
             if !pod.node.is_empty() {
                 names.insert(keys::NODE_NAME.to_string(), pod.node.to_string());
             }
@@ -169,6 +169,7 @@ mod tests {
             s.upsert(
                 PodFacts {
                     uid: "u1".into(),
+                    api_uid: None,
                     namespace: "shop".into(),
                     name: "web-5d-x".into(),
                     node: "node-a".into(),
@@ -211,5 +212,23 @@ mod tests {
         index.enrich(&mut events, "node-b", &m);
         assert!(events.iter().all(|e| e.k8s.is_none()), "the record's node, or the batch's");
         assert_eq!(get("pod_on_other_node"), 2);
+        // A static pod's record names it by its cgroup UID; its names carry the mirror's.
+        let mirror = PodFacts {
+            uid: "6b3ec1f8c2a54f0e9a7d8b2c4e6f1a3d".into(),
+            api_uid: Some("0c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f".into()),
+            namespace: "kube-system".into(),
+            name: "etcd-node-a".into(),
+            node: "node-a".into(),
+            containers: Box::new([]),
+            owners: Box::new([]),
+        };
+        index.write().upsert(mirror, Instant::now());
+        let mut events = vec![event(json!({"pod_uid": "6b3ec1f8c2a54f0e9a7d8b2c4e6f1a3d"}))];
+        index.enrich(&mut events, "node-a", &m);
+        let k = events[0].k8s.as_ref().unwrap();
+        assert_eq!(
+            (k["k8s.pod.name"].as_str(), k["k8s.pod.uid"].as_str()),
+            ("etcd-node-a", "0c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f")
+        );
     }
 }

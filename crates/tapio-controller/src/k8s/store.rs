@@ -69,8 +69,12 @@ pub struct OwnerRef {
 /// What the store keeps of one pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodFacts {
-    /// `metadata.uid`.
+    /// The UID the kubelet names the pod's cgroups after, and the store's key: `metadata.uid`,
+    /// or for a static pod's mirror its `kubernetes.io/config.mirror` annotation (the
+    /// static pod's own UID, which the API server never shows as a `metadata.uid`).
     pub uid: String,
+    /// A mirror pod's `metadata.uid` (the `k8s.pod.uid` other telemetry knows it by).
+    pub api_uid: Option<Box<str>>,
     /// `metadata.namespace`.
     pub namespace: Arc<str>,
     /// `metadata.name`.
@@ -90,7 +94,11 @@ impl PodFacts {
     /// Extracts the facts from a Pod object; None when it has no UID, name or namespace.
     pub fn from_pod(pod: &Pod) -> Option<(Self, Option<OwnerRef>)> {
         let meta = &pod.metadata;
-        let uid = meta.uid.clone().filter(|u| !u.is_empty())?;
+        let api_uid = meta.uid.clone().filter(|u| !u.is_empty())?;
+        let (uid, api_uid) = match static_pod_uid(pod) {
+            Some(kubelet_uid) => (kubelet_uid.to_owned(), Some(api_uid.into())),
+            None => (api_uid, None),
+        };
         let name = meta.name.clone().filter(|n| !n.is_empty())?;
         let namespace = meta.namespace.clone().unwrap_or_else(|| "default".to_string());
         let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
@@ -111,6 +119,7 @@ impl PodFacts {
             .map(|r| OwnerRef { kind: r.kind.clone(), name: r.name.clone() });
         let facts = Self {
             uid,
+            api_uid,
             namespace: namespace.into(),
             name: name.into(),
             node: node.into(),
@@ -120,10 +129,28 @@ impl PodFacts {
         Some((facts, owner))
     }
 
+    /// The pod's UID as evidence names it (`k8s.pod.uid`): the API object's.
+    pub fn api_uid(&self) -> &str {
+        self.api_uid.as_deref().unwrap_or(&self.uid)
+    }
+
     /// The name of the container with this runtime id.
     pub fn container_name(&self, container_id: &str) -> Option<&str> {
         self.containers.iter().find(|(id, _)| &**id == container_id).map(|(_, n)| &**n)
     }
+}
+
+/// The annotation a mirror pod carries: the UID of the static pod it mirrors, the one the
+/// kubelet runs (and names its cgroups after).
+const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+
+fn static_pod_uid(pod: &Pod) -> Option<&str> {
+    pod.metadata.annotations.as_ref()?.get(MIRROR_ANNOTATION).map(String::as_str).filter(|u| !u.is_empty())
+}
+
+/// The key a pod is stored under (see [`PodFacts::uid`]).
+pub fn store_key(pod: &Pod) -> Option<&str> {
+    static_pod_uid(pod).or(pod.metadata.uid.as_deref())
 }
 
 fn push_container_ids(cs: &ContainerStatus, out: &mut Vec<(Box<str>, Arc<str>)>) {
@@ -367,12 +394,39 @@ mod tests {
     fn facts(uid: &str) -> PodFacts {
         PodFacts {
             uid: uid.into(),
+            api_uid: None,
             namespace: "ns".into(),
             name: format!("pod-{uid}").into(),
             node: "n".into(),
             containers: Box::new([]),
             owners: Box::new([]),
         }
+    }
+
+    /// A static pod's mirror is stored under the static pod's UID (its cgroups'), and named
+    /// by its own `metadata.uid`.
+    #[test]
+    fn a_mirror_pod_is_kept_under_the_static_pods_uid() {
+        let static_uid = "6b3ec1f8c2a54f0e9a7d8b2c4e6f1a3d";
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "etcd-node-a", "namespace": "kube-system",
+                         "uid": "0c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f",
+                         "annotations": {"kubernetes.io/config.mirror": static_uid,
+                                         "kubernetes.io/config.hash": static_uid}},
+            "spec": {"nodeName": "node-a", "containers": []}
+        }))
+        .unwrap();
+        let (facts, _) = PodFacts::from_pod(&pod).unwrap();
+        assert_eq!((facts.uid.as_str(), facts.api_uid()), (static_uid, "0c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f"));
+        assert_eq!(store_key(&pod), Some(static_uid), "deleted by the same key");
+        let mut s = PodStore::new(10, Duration::from_secs(60));
+        s.upsert(facts, Instant::now());
+        assert!(matches!(s.get(static_uid), Lookup::Live(_)));
+        // A pod that mirrors nothing is kept under its own UID.
+        pod.metadata.annotations = None;
+        let (facts, _) = PodFacts::from_pod(&pod).unwrap();
+        assert_eq!((facts.uid.as_str(), facts.api_uid.as_deref()), ("0c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f", None));
+        assert_eq!(store_key(&pod), Some("0c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f"));
     }
 
     #[test]

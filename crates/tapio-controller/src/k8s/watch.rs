@@ -71,8 +71,8 @@ pub async fn run(client: kube::Client, index: Arc<PodIndex>, metrics: Arc<Metric
             }
             Some(Ok(Event::Delete(pod))) => {
                 m.watch_event("delete");
-                if let Some(uid) = pod.metadata.uid.as_deref() {
-                    index.write().delete(uid, Instant::now());
+                if let Some(key) = super::store::store_key(&pod) {
+                    index.write().delete(key, Instant::now());
                 }
             }
         }
