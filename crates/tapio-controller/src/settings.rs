@@ -50,7 +50,8 @@ pub struct Cli {
     #[arg(long)]
     pub auth_token_file: Option<PathBuf>,
     /// Where accepted events go; repeat for several sinks (`--sink file --sink nats`).
-    /// `file` and `nats` are durable: a batch is acknowledged only once they hold it.
+    /// `file`, `nats` and `otlp` (unless --otlp-best-effort) are durable: a batch is
+    /// acknowledged only once they hold it.
     #[arg(long = "sink", value_enum, default_values_t = vec![SinkKind::Stdout])]
     pub sinks: Vec<SinkKind>,
     /// File for `--sink file`.
@@ -145,6 +146,11 @@ pub struct Cli {
     /// Time one export request may take.
     #[arg(long, default_value_t = 10)]
     pub otlp_timeout_secs: u64,
+    /// Make `--sink otlp` best effort: fed after the 200 (which then does not wait for the
+    /// collector's 2xx), its overflow and failed exports dropped and counted, and never
+    /// failing readiness.
+    #[arg(long)]
+    pub otlp_best_effort: bool,
     /// Evidence Profile to compile and serve (YAML `.yaml`/`.yml` or JSON `.json`); reloaded
     /// on SIGHUP and when the file changes. Default: the production-default profile.
     #[arg(long, conflicts_with = "config_file")]
@@ -288,7 +294,8 @@ pub enum SinkKind {
     File,
     /// NATS JetStream, one message per record (durable: PubAck).
     Nats,
-    /// OTLP/HTTP logs, protobuf + gzip (best effort, retried).
+    /// OTLP/HTTP logs, protobuf + gzip (durable: the collector's 2xx; retried;
+    /// `--otlp-best-effort` makes it best effort).
     Otlp,
 }
 
@@ -590,6 +597,9 @@ impl Cli {
                 self.sink_queue_bytes
             ));
         }
+        if self.otlp_best_effort && !self.sinks.contains(&SinkKind::Otlp) {
+            return invalid("--otlp-best-effort is only for --sink otlp".into());
+        }
         let mut targets = Vec::new();
         for (i, kind) in self.sinks.iter().enumerate() {
             if self.sinks[..i].contains(kind) {
@@ -719,6 +729,7 @@ impl Cli {
             max_retries: self.otlp_max_retries,
             max_retry_delay: Duration::from_secs(self.otlp_max_retry_delay_secs),
             timeout: Duration::from_secs(self.otlp_timeout_secs),
+            best_effort: self.otlp_best_effort,
         })
     }
 }
@@ -826,10 +837,21 @@ mod tests {
         }
         let plain = cli(&["--sink", "nats", "--nats-url", "nats://n1:4222, tls://n2:4222/x@y"]).into_settings(None);
         assert!(plain.is_ok(), "{plain:?}");
-        let s = cli(&["--sink", "nats", "--sink", "otlp", "--otlp-endpoint", "http://127.0.0.1:4318/v1/logs"])
-            .into_settings(None)
-            .unwrap();
-        assert!(s.sinks[0].is_durable() && !s.sinks[1].is_durable());
+    }
+
+    #[test]
+    fn otlp_is_durable_unless_opted_out_for_an_otlp_sink_only() {
+        let endpoint = "http://127.0.0.1:4318/v1/logs";
+        let s = cli(&["--sink", "nats", "--sink", "otlp", "--otlp-endpoint", endpoint]).into_settings(None).unwrap();
+        assert!(s.sinks[0].is_durable() && s.sinks[1].is_durable(), "{:?}", s.sinks);
+        assert!(matches!(&s.sinks[1], SinkTarget::Otlp(OtlpConfig { best_effort: false, .. })));
+        let s =
+            cli(&["--sink", "otlp", "--otlp-endpoint", endpoint, "--otlp-best-effort"]).into_settings(None).unwrap();
+        assert!(matches!(&s.sinks[..], [SinkTarget::Otlp(OtlpConfig { best_effort: true, .. })]), "{:?}", s.sinks);
+        assert!(!s.sinks[0].is_durable());
+        let stray = cli(&["--sink", "file", "--sink-path", "/tmp/x", "--otlp-best-effort"]).into_settings(None);
+        assert!(stray.unwrap_err().to_string().contains("--otlp-best-effort is only for --sink otlp"));
+        assert!(Cli::try_parse_from(["c", "--otlp-best-effort=yes"]).is_err(), "a switch, not a value");
     }
 
     #[test]

@@ -1,11 +1,17 @@
 //! The OTLP logs sink against a scripted receiver on loopback. What the controller sent is
 //! decoded by an independent decoder, the reference types of the PyPI package
 //! `opentelemetry-proto` (installed by scripts/setup), and every field is checked; retries
-//! on 429/503 honour `Retry-After`, are bounded, and are counted.
+//! on 429/503 honour `Retry-After`, are bounded, and are counted. The sink is durable: a
+//! 200 to the agent comes only after the collector's 2xx, a collector that does not take
+//! the records gets the batch refused (and the replica not ready until it is back), and
+//! `--otlp-best-effort` brings back acknowledging before the export.
 
 mod common;
 
 use std::collections::VecDeque;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,13 +19,17 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use common::ingest::try_post;
-use common::servers::scrape;
+use common::ingest::{id_batch, try_post};
+use common::servers::{controller, free_port, http_get, scrape};
 use common::{temp_dir, TestServer};
+use prost::Message;
 use serde_json::{json, Value};
 use tapio_controller::metrics::{Metrics, SinkLabels, SinkReasonLabels};
 use tapio_controller::settings::OtlpConfig;
-use tapio_controller::sink::{self, SinkOptions};
+use tapio_controller::sink::otlp_proto::{
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use tapio_controller::sink::{self, Refusal, SinkOptions};
 use tapio_controller::SinkTarget;
 
 /// One request the receiver got.
@@ -30,25 +40,74 @@ struct Received {
     body: Vec<u8>,
 }
 
-#[derive(Default)]
 struct Receiver {
-    /// Answers to give, in order; 200 once empty.
+    /// Answers to give, in order; `otherwise` once empty.
     script: Mutex<VecDeque<(u16, Option<&'static str>)>>,
+    /// The status once the script is done (200 unless a test sets it), with `Retry-After: 0`
+    /// when it is not a 2xx.
+    otherwise: AtomicU16,
+    /// Records a 2xx reports rejected in a partial success (0: a plain 2xx).
+    partial_rejected: AtomicI64,
+    /// While set, an export is recorded, then its answer waits for a permit of `gate`.
+    hold: AtomicBool,
+    gate: tokio::sync::Semaphore,
+    /// Exports with records, as received.
     got: Mutex<Vec<Received>>,
+    /// Exports without records (the sink's readiness probe): answered `otherwise`, never
+    /// held, not recorded in `got`.
+    probes: AtomicUsize,
 }
 
 async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) -> Response {
+    if log_records(&body).is_empty() {
+        r.probes.fetch_add(1, Ordering::SeqCst);
+        return answer(r.otherwise.load(Ordering::SeqCst), Some("0"), 0);
+    }
     r.got.lock().unwrap().push(Received { at: Instant::now(), headers, body: body.to_vec() });
-    let (status, retry_after) = r.script.lock().unwrap().pop_front().unwrap_or((200, None));
-    let mut resp = (StatusCode::from_u16(status).unwrap(), "").into_response();
-    if let Some(ra) = retry_after {
+    if r.hold.load(Ordering::SeqCst) {
+        r.gate.acquire().await.unwrap().forget();
+    }
+    let otherwise = r.otherwise.load(Ordering::SeqCst);
+    let (status, retry_after) = r.script.lock().unwrap().pop_front().unwrap_or((otherwise, Some("0")));
+    answer(status, retry_after, r.partial_rejected.load(Ordering::SeqCst))
+}
+
+fn answer(status: u16, retry_after: Option<&'static str>, partial_rejected: i64) -> Response {
+    let mut resp = if (200..300).contains(&status) && partial_rejected > 0 {
+        let partial = ExportLogsPartialSuccess {
+            rejected_log_records: partial_rejected,
+            error_message: "dropped by a filter".into(),
+        };
+        let body = ExportLogsServiceResponse { partial_success: Some(partial) }.encode_to_vec();
+        (StatusCode::from_u16(status).unwrap(), [("content-type", "application/x-protobuf")], body).into_response()
+    } else {
+        (StatusCode::from_u16(status).unwrap(), "").into_response()
+    };
+    if let (Some(ra), false) = (retry_after, (200..300).contains(&status)) {
         resp.headers_mut().insert("retry-after", ra.parse().unwrap());
     }
     resp
 }
 
+/// The LogRecords of a gzip'd export request, decoded with the controller's own types
+/// (the field-by-field check uses the reference decoder).
+fn log_records(gz: &[u8]) -> Vec<tapio_controller::sink::otlp_proto::LogRecord> {
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(gz).read_to_end(&mut raw).expect("a gzip body");
+    let req = ExportLogsServiceRequest::decode(&raw[..]).expect("an ExportLogsServiceRequest");
+    req.resource_logs.into_iter().flat_map(|r| r.scope_logs).flat_map(|s| s.log_records).collect()
+}
+
 async fn start_receiver(script: Vec<(u16, Option<&'static str>)>) -> (String, Arc<Receiver>) {
-    let r = Arc::new(Receiver { script: Mutex::new(script.into()), got: Mutex::new(Vec::new()) });
+    let r = Arc::new(Receiver {
+        script: Mutex::new(script.into()),
+        otherwise: AtomicU16::new(200),
+        partial_rejected: AtomicI64::new(0),
+        hold: AtomicBool::new(false),
+        gate: tokio::sync::Semaphore::new(0),
+        got: Mutex::new(Vec::new()),
+        probes: AtomicUsize::new(0),
+    });
     let app = axum::Router::new().route("/v1/logs", axum::routing::post(receive)).with_state(Arc::clone(&r));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -63,7 +122,55 @@ fn otlp(endpoint: &str, max_retries: u32) -> OtlpConfig {
         max_retries,
         max_retry_delay: Duration::from_secs(2),
         timeout: Duration::from_secs(5),
+        best_effort: false,
     }
+}
+
+fn otlp_best_effort(endpoint: &str, max_retries: u32) -> OtlpConfig {
+    OtlpConfig { best_effort: true, ..otlp(endpoint, max_retries) }
+}
+
+/// An endpoint where nothing listens (connections are refused).
+fn dead_endpoint() -> String {
+    format!("http://127.0.0.1:{}/v1/logs", free_port())
+}
+
+/// Waits for `cond`, failing after 20 s (a backstop: the conditions come true in well
+/// under a second when the code is right).
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn dropped(m: &Metrics, reason: &'static str) -> u64 {
+    m.sink_dropped.get_or_create(&SinkReasonLabels { sink: "otlp", reason }).get()
+}
+
+fn written(m: &Metrics) -> u64 {
+    m.sink_written.get_or_create(&SinkLabels { sink: "otlp" }).get()
+}
+
+/// A test server whose only sink is OTLP to `cfg`.
+async fn otlp_only_server(
+    tag: &str,
+    cfg: OtlpConfig,
+    tweak: impl FnOnce(&mut tapio_controller::Settings),
+) -> TestServer {
+    TestServer::start_with(tag, |s| {
+        s.sinks = vec![SinkTarget::Otlp(cfg)];
+        tweak(s);
+    })
+    .await
+}
+
+/// `/v1/status`'s entry for the otlp sink.
+async fn otlp_status(addr: SocketAddr) -> Value {
+    let (_, body) = http_get(addr, "/v1/status").await.unwrap();
+    let status: Value = serde_json::from_str(&body).unwrap();
+    status["sinks"].as_array().unwrap().iter().find(|s| s["name"] == "otlp").cloned().expect("an otlp sink")
 }
 
 /// Decodes a gzip'd ExportLogsServiceRequest with the reference Python types, as JSON
@@ -259,33 +366,26 @@ async fn retries_honour_retry_after_are_bounded_and_counted() {
     }
     assert_eq!(m.sink_retries.get_or_create(&SinkLabels { sink: "otlp" }).get(), 2);
 
-    // A collector that keeps answering 503: two retries, then the records are dropped and counted.
+    // A collector that keeps answering 503: two retries, then the records are dropped and
+    // counted, and the batch refused (the agent keeps it).
     receiver.script.lock().unwrap().extend([(503, Some("0")), (503, Some("0")), (503, Some("0")), (503, Some("0"))]);
     drop((sinks, writers));
     let (sinks, writers) = sink::start(&[SinkTarget::Otlp(otlp(&endpoint, 2))], &opts, &m).await.unwrap();
     let before = receiver.got.lock().unwrap().len();
-    sinks.deliver(line("c").into_bytes(), 1).await.unwrap();
-    let dropped =
-        || m.sink_dropped.get_or_create(&SinkReasonLabels { sink: "otlp", reason: "retries_exhausted" }).get();
-    let end = Instant::now() + Duration::from_secs(20);
-    while dropped() < 1 {
-        assert!(Instant::now() < end, "the export was not given up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let refused = sinks.deliver(line("c").into_bytes(), 1).await;
+    assert_eq!(refused, Err(Refusal { sink: "otlp", reason: "write_failed" }));
+    assert_eq!(dropped(&m, "retries_exhausted"), 1, "counted before the refusal");
     assert_eq!(receiver.got.lock().unwrap().len() - before, 3, "one try and two retries, no more");
     assert_eq!(m.sink_retries.get_or_create(&SinkLabels { sink: "otlp" }).get(), 4);
-    // A collector that refuses outright (400) is not retried.
+    // A collector that refuses outright (400) is not retried; the batch is refused too.
     receiver.script.lock().unwrap().clear();
     receiver.script.lock().unwrap().push_back((400, None));
     let before = receiver.got.lock().unwrap().len();
-    sinks.deliver(line("d").into_bytes(), 1).await.unwrap();
-    let rejected = || m.sink_dropped.get_or_create(&SinkReasonLabels { sink: "otlp", reason: "rejected" }).get();
-    let end = Instant::now() + Duration::from_secs(20);
-    while rejected() < 1 {
-        assert!(Instant::now() < end, "the refusal was not counted");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let refused = sinks.deliver(line("d").into_bytes(), 1).await;
+    assert_eq!(refused, Err(Refusal { sink: "otlp", reason: "write_failed" }));
+    assert_eq!(dropped(&m, "rejected"), 1);
     assert_eq!(receiver.got.lock().unwrap().len() - before, 1);
+    assert_eq!(written(&m), 2, "only the first batch was taken");
     writers.close(Duration::from_secs(5)).await;
 }
 
@@ -300,9 +400,10 @@ async fn a_collector_that_never_answers_stalls_neither_ingest_nor_the_file_sink(
             held.push(s);
         }
     });
+    // Best effort (`--otlp-best-effort`): durable, the stuck collector would refuse every batch.
     let t = TestServer::start_with("i12-otlp-slow", |s| {
         s.sink_queue_bytes = 16 * 1024;
-        s.sinks.push(SinkTarget::Otlp(otlp(&endpoint, 100)));
+        s.sinks.push(SinkTarget::Otlp(otlp_best_effort(&endpoint, 100)));
     })
     .await;
     let started = Instant::now();
@@ -327,4 +428,155 @@ async fn a_collector_that_never_answers_stalls_neither_ingest_nor_the_file_sink(
     let queue_full = metrics.sink_dropped.get_or_create(&SinkReasonLabels { sink: "otlp", reason: "queue_full" }).get();
     let shutdown = metrics.sink_dropped.get_or_create(&SinkReasonLabels { sink: "otlp", reason: "shutdown" }).get();
     assert_eq!(queue_full + shutdown, 1200, "every record the otlp sink did not export is counted");
+}
+
+/// The status and error code of a POST /v1/events.
+async fn post_events(t: &TestServer, body: &[u8]) -> (u16, Option<String>) {
+    let resp = t.client().post_bytes("/v1/events", body).await;
+    let code = (resp.status != 200).then(|| resp.error_code());
+    (resp.status, code)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_refuses_every_export_gets_the_batch_refused_until_it_is_back() {
+    let (endpoint, receiver) = start_receiver(vec![]).await;
+    receiver.otherwise.store(503, Ordering::SeqCst);
+    let t = otlp_only_server("i12-otlp-refusing", otlp(&endpoint, 2), |_| {}).await;
+    let (addr, m) = (t.server.addr, Arc::clone(&t.server.state.metrics));
+    let (body, _) = id_batch("down", 1, "down", 5);
+    assert_eq!(post_events(&t, &body).await, (503, Some("NOT_READY".into())), "refused: the agent keeps the batch");
+    assert_eq!(receiver.got.lock().unwrap().len(), 3, "one try and two retries");
+    assert_eq!(written(&m), 0, "nothing is counted written");
+    assert_eq!(dropped(&m, "retries_exhausted"), 5);
+    assert_eq!(scrape(addr, "tapio_controller_events_accepted_total").await, Some(0.0));
+    let refused = "tapio_controller_sink_batches_refused_total{sink=\"otlp\",reason=\"write_failed\"}";
+    assert_eq!(scrape(addr, refused).await, Some(1.0));
+    // Durable: readiness follows the collector, and /v1/status says so.
+    let (status, why) = http_get(addr, "/readyz").await.unwrap();
+    assert_eq!(status, 503, "{why}");
+    assert!(why.contains("otlp") && why.contains("503"), "{why}");
+    let s = otlp_status(addr).await;
+    assert_eq!((&s["durable"], &s["ready"]), (&json!(true), &json!(false)), "{s}");
+
+    // The collector is back: the sink's probe (no batch needed) makes the replica ready,
+    // and the batch the agent resends is acknowledged once the collector holds it.
+    receiver.otherwise.store(200, Ordering::SeqCst);
+    let end = Instant::now() + Duration::from_secs(20);
+    while http_get(addr, "/readyz").await.unwrap().0 != 200 {
+        assert!(Instant::now() < end, "readiness did not return once the collector took exports");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(receiver.probes.load(Ordering::SeqCst) > 0, "found out by probing");
+    assert_eq!(receiver.got.lock().unwrap().len(), 3, "probes carry no records");
+    assert_eq!(post_events(&t, &body).await, (200, None));
+    assert_eq!(written(&m), 5);
+    assert_eq!(otlp_status(addr).await["ready"], json!(true));
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_200_comes_only_after_the_collector_holds_the_records() {
+    let (endpoint, receiver) = start_receiver(vec![]).await;
+    receiver.hold.store(true, Ordering::SeqCst);
+    // Long timeouts: only the collector's answer may end the request here.
+    let t = otlp_only_server("i12-otlp-held", otlp(&endpoint, 0), |s| {
+        s.sink_ack_timeout = Duration::from_secs(60);
+        s.request_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let m = Arc::clone(&t.server.state.metrics);
+    let (body, ids) = id_batch("held", 1, "held", 7);
+    let addr = t.server.addr;
+    let post = tokio::spawn(async move { try_post(addr, &body).await });
+    wait_for("the export reaches the collector", || !receiver.got.lock().unwrap().is_empty()).await;
+    // The collector has the records and has not answered: the agent has no answer either.
+    let held = log_records(&receiver.got.lock().unwrap()[0].body);
+    let uids: Vec<String> = held
+        .iter()
+        .map(|r| {
+            let uid = r.attributes.iter().find(|a| a.key == "log.record.uid").unwrap();
+            match uid.value.as_ref().unwrap().value.as_ref().unwrap() {
+                tapio_controller::sink::otlp_proto::any_value::Value::StringValue(s) => s.clone(),
+                other => panic!("{other:?}"),
+            }
+        })
+        .collect();
+    assert_eq!(uids, ids, "the held export carries the batch");
+    assert!(!post.is_finished(), "no answer to the agent while the collector holds its answer");
+    assert_eq!(m.batches_accepted.get(), 0, "not acknowledged while the collector holds its answer");
+    assert_eq!(written(&m), 0);
+    receiver.gate.add_permits(1);
+    assert_eq!(post.await.unwrap(), Some(200), "acknowledged once the collector answered 2xx");
+    assert_eq!(written(&m), 7);
+    assert_eq!(m.batches_accepted.get(), 1);
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_success_acknowledges_and_counts_what_the_collector_rejected() {
+    let (endpoint, receiver) = start_receiver(vec![]).await;
+    receiver.partial_rejected.store(2, Ordering::SeqCst);
+    let m = Metrics::new();
+    let opts = SinkOptions { queue_bytes: 1 << 20, ack_timeout: Duration::from_secs(5) };
+    let (sinks, writers) = sink::start(&[SinkTarget::Otlp(otlp(&endpoint, 3))], &opts, &m).await.unwrap();
+    let (body, _) = id_batch("partial", 1, "partial", 5);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    let lines: String = v["events"].as_array().unwrap().iter().map(|e| format!("{e}\n")).collect();
+    // The collector will never take the two it rejected: a retry cannot help, so the batch
+    // is acknowledged and those two are counted.
+    assert_eq!(sinks.deliver(lines.into_bytes(), 5).await, Ok(()));
+    assert_eq!((written(&m), dropped(&m, "rejected")), (3, 2));
+    assert_eq!(receiver.got.lock().unwrap().len(), 1, "not retried");
+    assert_eq!(m.sink_retries.get_or_create(&SinkLabels { sink: "otlp" }).get(), 0);
+    writers.close(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_no_request_waits_for_stops_retrying() {
+    // Nothing listens: every attempt fails at once, and up to 100 retries are allowed.
+    let m = Metrics::new();
+    let opts = SinkOptions { queue_bytes: 1 << 20, ack_timeout: Duration::from_secs(1) };
+    let (sinks, writers) = sink::start(&[SinkTarget::Otlp(otlp(&dead_endpoint(), 100))], &opts, &m).await.unwrap();
+    let (body, _) = id_batch("gone", 1, "gone", 4);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    let lines: String = v["events"].as_array().unwrap().iter().map(|e| format!("{e}\n")).collect();
+    assert_eq!(sinks.deliver(lines.into_bytes(), 4).await, Err(Refusal { sink: "otlp", reason: "ack_timeout" }));
+    // The request has gone: the export stops at its next retry, its records counted as
+    // refused (the agent resends them), not as retries exhausted.
+    wait_for("the export is given up", || dropped(&m, "refused") == 4).await;
+    assert_eq!(dropped(&m, "retries_exhausted"), 0);
+    let retries = m.sink_retries.get_or_create(&SinkLabels { sink: "otlp" }).get();
+    assert!(retries <= 2, "stopped long before its 100 retries: {retries}");
+    assert_eq!(m.sink_queue_bytes.get_or_create(&SinkLabels { sink: "otlp" }).get(), 0, "its bytes left the queue");
+    assert!(sinks.not_ready().is_some_and(|why| why.contains("otlp")), "the collector is still unreachable");
+    writers.close(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_otlp_best_effort_a_down_collector_is_acknowledged_and_the_loss_counted() {
+    // The real binary and flags: a collector that is not listening.
+    let dir = temp_dir("i12-otlp-best-effort");
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let endpoint = dead_endpoint();
+    let args: Vec<String> =
+        ["--sink", "otlp", "--otlp-endpoint", &endpoint, "--otlp-max-retries", "0", "--otlp-best-effort"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    let _controller = controller(&dir, "controller.log", addr, &args);
+    let (body, _) = id_batch("be", 1, "be", 6);
+    assert_eq!(try_post(addr, &body).await, Some(200), "acknowledged before the export, as before");
+    let lost = "tapio_controller_sink_records_dropped_total{sink=\"otlp\",reason=\"retries_exhausted\"}";
+    let end = Instant::now() + Duration::from_secs(20);
+    while scrape(addr, lost).await != Some(6.0) {
+        assert!(Instant::now() < end, "the failed export was not counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(scrape(addr, "tapio_controller_sink_records_written_total{sink=\"otlp\"}").await, Some(0.0));
+    assert_eq!(scrape(addr, "tapio_controller_events_accepted_total").await, Some(6.0));
+    assert_eq!(http_get(addr, "/readyz").await.unwrap().0, 200, "best effort: readiness ignores the collector");
+    let s = otlp_status(addr).await;
+    assert_eq!((&s["durable"], &s["ready"]), (&json!(false), &json!(false)), "{s}");
+    drop(_controller);
+    let _ = std::fs::remove_dir_all(dir);
 }

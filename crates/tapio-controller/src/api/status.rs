@@ -95,7 +95,8 @@ pub async fn healthz() -> Response {
 }
 
 /// `GET /readyz`: ready while every sink runs and every durable sink's last write worked
-/// (a full disk or an unreachable JetStream makes it fail, so traffic moves elsewhere).
+/// (a full disk, an unreachable JetStream or an OTLP collector that does not take exports
+/// makes it fail, so traffic moves elsewhere).
 pub async fn readyz(State(st): State<Arc<AppState>>) -> Response {
     match st.sinks.not_ready() {
         None => json_bytes(StatusCode::OK, &br#"{"status":"ready"}"#[..]),

@@ -86,6 +86,9 @@ pub struct OtlpConfig {
     pub max_retry_delay: Duration,
     /// Time one request may take.
     pub timeout: Duration,
+    /// `--otlp-best-effort`: fed after the acknowledgement instead of before it (a 200 then
+    /// does not wait for the collector; its overflow is dropped and counted).
+    pub best_effort: bool,
 }
 
 /// Where accepted events are written.
@@ -115,9 +118,13 @@ impl SinkTarget {
         }
     }
 
-    /// Whether a 200 waits for this sink.
+    /// Whether a 200 waits for this sink: file, nats, and otlp unless `--otlp-best-effort`.
     pub fn is_durable(&self) -> bool {
-        matches!(self, Self::File(_) | Self::Nats(_))
+        match self {
+            Self::File(_) | Self::Nats(_) => true,
+            Self::Otlp(cfg) => !cfg.best_effort,
+            Self::Stdout | Self::Discard => false,
+        }
     }
 }
 

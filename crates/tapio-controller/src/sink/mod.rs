@@ -1,18 +1,20 @@
 //! Event sinks: every accepted batch goes to each configured sink through that sink's own
 //! bounded queue, and `/v1/events` answers 200 only once every *durable* sink holds it.
 //!
-//! * Durable sinks (`file`, `nats`) acknowledge each batch back to the request handler
-//!   after the records are safe (file: written to the file, and fsynced under
-//!   `--sink-fsync always`; JetStream: every record's PubAck). A full queue, a failed
+//! * Durable sinks (`file`, `nats`, and `otlp` unless `--otlp-best-effort`) acknowledge
+//!   each batch back to the request handler after the records are safe (file: written to
+//!   the file, and fsynced under `--sink-fsync always`; JetStream: every record's PubAck;
+//!   OTLP: the collector's 2xx for the export holding the batch). A full queue, a failed
 //!   write or no acknowledgement within `--sink-ack-timeout-secs` refuses the batch with
 //!   503 `NOT_READY`: the agent keeps it and retries, so nothing is acknowledged into the
 //!   void. Refusals are counted in `sink_batches_refused_total{sink,reason}`. A durable
 //!   sink that reaches a batch after its request has ended without a 200 skips it (the
 //!   agent resends it; keeping it too would store it twice) and counts its records in
 //!   `sink_records_dropped_total{sink,reason="refused"}`.
-//! * Best-effort sinks (`stdout`, `otlp`) get the batch only after the durable ones
-//!   acknowledged it; when their queue is full the records are dropped and counted
-//!   (`sink_records_dropped_total{sink,reason="queue_full"}`), never stalling ingest.
+//! * Best-effort sinks (`stdout`, and `otlp` with `--otlp-best-effort`) get the batch only
+//!   after the durable ones acknowledged it; when their queue is full the records are
+//!   dropped and counted (`sink_records_dropped_total{sink,reason="queue_full"}`), never
+//!   stalling ingest.
 //!
 //! Each sink has its own byte budget (`--sink-queue-bytes`), so a slow sink delays only
 //! the requests that wait for it (durable: at most the ack timeout) and never another
@@ -70,6 +72,15 @@ impl Delivery {
     /// resends the batch, so a sink that kept it now would store it twice.
     pub fn abandoned(&self) -> bool {
         self.done.as_ref().is_some_and(|tx| tx.is_closed())
+    }
+
+    /// Resolves once this delivery is [abandoned](Self::abandoned); never for a
+    /// best-effort delivery (no request waits for it).
+    pub async fn wait_abandoned(&mut self) {
+        match self.done.as_mut() {
+            Some(tx) => tx.closed().await,
+            None => std::future::pending().await,
+        }
     }
 
     /// Reports the outcome to the waiting request, if any (it may have timed out).
@@ -405,8 +416,12 @@ async fn start_one(
 ) -> io::Result<(SinkHandle, Option<Worker>)> {
     let name = target.name();
     let shared = Arc::new(SinkShared::new(name, metrics));
-    let mut handle =
-        SinkHandle { shared: Arc::clone(&shared), queue: Queue::Discard, budget: opts.queue_bytes, durable: false };
+    let mut handle = SinkHandle {
+        shared: Arc::clone(&shared),
+        queue: Queue::Discard,
+        budget: opts.queue_bytes,
+        durable: target.is_durable(),
+    };
     let worker = match target {
         SinkTarget::Discard => None,
         SinkTarget::Stdout => {
@@ -430,7 +445,6 @@ async fn start_one(
                 writer.run(rx, &s);
             })?;
             handle.queue = Queue::Thread(tx.clone());
-            handle.durable = true;
             Some(Worker::Thread { tx, thread })
         }
         SinkTarget::Nats(cfg) => {
@@ -443,7 +457,6 @@ async fn start_one(
                 drop(guard);
             });
             handle.queue = Queue::Task(tx.clone());
-            handle.durable = true;
             Some(Worker::Task { tx, task })
         }
         SinkTarget::Otlp(cfg) => {

@@ -13,18 +13,35 @@
 //!   everything else under `tapio.` (`tapio.observer`, `tapio.fact.<name>`, …).
 //! * one ResourceLogs per node: `host.name` = node, `service.name` = `tapio`.
 //!
-//! Best effort, not durable: batches reach it after the durable sinks acknowledged them,
-//! its queue is bounded (overflow dropped and counted), up to four exports run at once
-//! (each on its own keep-alive connection, so records may arrive out of order), and an
-//! export is retried on
-//! 429/502/503/504 and on connection failures, honouring `Retry-After` (seconds or an
-//! HTTP date) up to `--otlp-max-retry-delay-secs`, at most `--otlp-max-retries` times,
-//! each retry counted in `sink_retries_total{sink="otlp"}`. Records of an export that
-//! still fails are dropped and counted (`retries_exhausted`, or `rejected` for other
-//! statuses and for a collector's partial-success rejections).
+//! Durable by default: a batch is acknowledged to its request only once the collector
+//! answered 2xx to the export holding its records. A full queue, an export that still fails
+//! after its retries (or is refused outright: another status than the retried ones) or no
+//! answer within `--sink-ack-timeout-secs` refuses the batch with 503 and the agent resends
+//! it. A 2xx whose partial success reports rejected records acknowledges the batch all the
+//! same, those records counted as dropped `rejected`: the collector has said it will never
+//! take them, so a retry cannot help. With `--otlp-best-effort` the sink is fed after the
+//! acknowledgement instead, like `stdout`: its overflow is dropped and counted, and an
+//! export that fails loses its records (counted).
+//!
+//! Up to four exports run at once (each on its own keep-alive connection, so records may
+//! arrive out of order), each grouping the batches queued at the time up to
+//! `--otlp-max-batch-records`. Right before a group is encoded, a batch whose request has
+//! already ended without a 200 is left out (the agent resends it) and counted as dropped
+//! `refused`. An export is retried on 429/502/503/504 and on connection failures,
+//! honouring `Retry-After` (seconds or an HTTP date) up to `--otlp-max-retry-delay-secs`,
+//! at most `--otlp-max-retries` times, each retry counted in
+//! `sink_retries_total{sink="otlp"}`; between attempts it stops once no request waits for
+//! any of its batches any more (records counted `refused`), so an export outliving its
+//! requests' ack timeout goes on only while some request still waits for it. Records of an
+//! export that still fails are dropped and counted (`retries_exhausted`, or `rejected` for
+//! other statuses and for a collector's partial-success rejections). A failed export makes
+//! the sink not ready; while it is, an empty export request every second (when no export is
+//! in flight) finds out when the collector takes exports again.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io::{self, Write};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -44,7 +61,7 @@ use super::otlp_proto::{
     any_value, severity, AnyValue, ArrayValue, ExportLogsServiceRequest, InstrumentationScope, KeyValue, KeyValueList,
     LogRecord, Resource, ResourceLogs, ScopeLogs,
 };
-use super::{Delivery, Msg, SinkShared};
+use super::{Batch, Delivery, Msg, SinkShared, DROPPED_REFUSED};
 use crate::metrics::{Metrics, SinkLabels};
 
 /// Facts whose OpenTelemetry semantic-convention name exists.
@@ -123,11 +140,16 @@ pub struct Exporter {
 /// another's round trip, and one slow answer does not hold up the rest.
 const EXPORTS_IN_FLIGHT: usize = 4;
 
+/// How often a durable sink that is not ready checks whether the collector is back.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
 /// Why an export ended without the collector holding every record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Failure {
     RetriesExhausted,
     Rejected,
+    /// Every request waiting for the export had given up before a retry.
+    Abandoned,
 }
 
 impl Exporter {
@@ -148,10 +170,27 @@ impl Exporter {
     /// until Close; what is queued before Close is exported first.
     pub async fn run(self, mut rx: mpsc::Receiver<Msg>, shared: &Arc<SinkShared>) {
         let me = Arc::new(self);
+        let durable = !me.cfg.best_effort;
         let mut tasks = tokio::task::JoinSet::new();
+        // While a durable sink is not ready and nothing is being exported, a probe finds out
+        // when the collector is back: a replica out of its Service's endpoints gets no batch
+        // that could show it.
+        let mut probe = tokio::time::interval(PROBE_EVERY);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut closing = false;
         while !closing {
-            let Some(first) = rx.recv().await else { break };
+            let first = tokio::select! {
+                m = rx.recv() => match m {
+                    Some(m) => m,
+                    None => break,
+                },
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+                _ = probe.tick(), if durable && tasks.is_empty() && !shared.is_healthy() => {
+                    let (me, shared) = (Arc::clone(&me), Arc::clone(shared));
+                    tasks.spawn(async move { me.probe(&shared).await });
+                    continue;
+                }
+            };
             let mut group: Vec<Delivery> = Vec::new();
             let mut records = 0u64;
             match first {
@@ -178,22 +217,49 @@ impl Exporter {
                 tasks.join_next().await;
             }
             let (me, shared) = (Arc::clone(&me), Arc::clone(shared));
-            tasks.spawn(async move {
-                me.export_group(&group, &shared).await;
-                let bytes: usize = group.iter().map(|d| d.batch.lines.len()).sum();
-                shared.dequeued(bytes, records);
-                for d in group {
-                    d.finish(true);
-                }
-            });
+            tasks.spawn(async move { me.export_group(group, &shared).await });
         }
         while tasks.join_next().await.is_some() {}
     }
 
-    async fn export_group(&self, group: &[Delivery], shared: &SinkShared) {
+    /// Exports a group of deliveries and reports the outcome to each: true once the
+    /// collector holds their records (a partial success included: what it rejected it will
+    /// never take), false when it does not.
+    async fn export_group(&self, group: Vec<Delivery>, shared: &SinkShared) {
+        // Checked as late as possible, right before encoding: a request that gave up while
+        // its batch waited here has it resent by the agent, so exporting it now would store
+        // it twice.
+        let (gone, mut group): (Vec<_>, Vec<_>) = group.into_iter().partition(Delivery::abandoned);
+        for d in gone {
+            shared.skip_abandoned(d);
+        }
+        if group.is_empty() {
+            return;
+        }
+        let bytes: usize = group.iter().map(|d| d.batch.lines.len()).sum();
+        let records: u64 = group.iter().map(|d| d.batch.records).sum();
+        let batches: Vec<_> = group.iter().map(|d| Arc::clone(&d.batch)).collect();
+        let ok = {
+            let gone = all_abandoned(&mut group);
+            tokio::pin!(gone);
+            self.export(batches, gone, shared).await
+        };
+        shared.dequeued(bytes, records);
+        for d in group {
+            d.finish(ok);
+        }
+    }
+
+    /// Encodes and exports the batches; true when the collector holds every record it will
+    /// ever take. `gone` resolves once no request waits for them any more.
+    async fn export<F: Future<Output = ()>>(
+        &self,
+        batches: Vec<Arc<Batch>>,
+        gone: Pin<&mut F>,
+        shared: &SinkShared,
+    ) -> bool {
         // Parsing, encoding and compressing is CPU work: keep it off the async workers
         // that serve agents' requests.
-        let batches: Vec<_> = group.iter().map(|d| Arc::clone(&d.batch)).collect();
         let group_records: u64 = batches.iter().map(|b| b.records).sum();
         let encoded = tokio::task::spawn_blocking(move || {
             let lines = batches.iter().flat_map(|b| b.record_lines());
@@ -213,18 +279,20 @@ impl Exporter {
             Ok((Err(e), records, _)) => {
                 log::warn!("otlp: cannot compress an export: {e}");
                 shared.dropped("encode_error", records);
-                return;
+                return false;
             }
             Err(e) => {
                 log::warn!("otlp: encoding an export failed: {e}");
                 shared.dropped("encode_error", group_records);
-                return;
+                return false;
             }
         };
         if records == 0 {
-            return;
+            // Only lines that are not records (counted as malformed): nothing a collector
+            // could take, now or on a retry.
+            return true;
         }
-        match self.export_with_retries(Bytes::from(body)).await {
+        match self.export_with_retries(Bytes::from(body), gone).await {
             Ok(rejected) => {
                 let rejected = rejected.min(records);
                 shared.written.inc_by(records - rejected);
@@ -232,20 +300,39 @@ impl Exporter {
                     shared.dropped("rejected", rejected);
                 }
                 shared.set_health(Ok(()));
+                true
             }
             Err((failure, why)) => {
                 let reason = match failure {
                     Failure::RetriesExhausted => "retries_exhausted",
                     Failure::Rejected => "rejected",
+                    Failure::Abandoned => DROPPED_REFUSED,
                 };
                 shared.dropped(reason, records);
                 shared.set_health(Err(why));
+                false
             }
         }
     }
 
-    /// Returns the records the collector reported rejected in a partial success.
-    async fn export_with_retries(&self, body: Bytes) -> Result<u64, (Failure, String)> {
+    /// While the sink is not ready: an export request without records, which a collector
+    /// answers without its pipeline; a 2xx makes the sink ready again.
+    async fn probe(&self, shared: &SinkShared) {
+        let Ok(body) = gzip(&ExportLogsServiceRequest::default().encode_to_vec()) else { return };
+        match tokio::time::timeout(self.cfg.timeout, self.post(Bytes::from(body))).await {
+            Ok(Ok(answer)) if (200..300).contains(&answer.status) => shared.set_health(Ok(())),
+            _ => {}
+        }
+    }
+
+    /// Returns the records the collector reported rejected in a partial success. Between
+    /// attempts it gives up as soon as `gone` resolves: no request waits for the records any
+    /// more, so a retry could not lead to an acknowledgement and the agents resend them.
+    async fn export_with_retries<F: Future<Output = ()>>(
+        &self,
+        body: Bytes,
+        mut gone: Pin<&mut F>,
+    ) -> Result<u64, (Failure, String)> {
         let mut attempt = 0u32;
         loop {
             let outcome = tokio::time::timeout(self.cfg.timeout, self.post(body.clone())).await;
@@ -265,10 +352,18 @@ impl Exporter {
                 log::warn!("otlp: giving up an export after {} retries: {why}", attempt);
                 return Err((Failure::RetriesExhausted, why));
             }
+            let delay = delay.min(self.cfg.max_retry_delay);
+            log::debug!("otlp: {why}; retry {} in {delay:?}", attempt + 1);
+            tokio::select! {
+                biased;
+                () = gone.as_mut() => {
+                    log::debug!("otlp: no request waits for this export any more; not retrying it");
+                    return Err((Failure::Abandoned, why));
+                }
+                () = tokio::time::sleep(delay) => {}
+            }
             attempt += 1;
             self.retries.inc();
-            log::debug!("otlp: {why}; retry {attempt} in {delay:?}");
-            tokio::time::sleep(delay.min(self.cfg.max_retry_delay)).await;
         }
     }
 
@@ -328,6 +423,13 @@ struct Answer {
     status: u16,
     retry_after: Option<Duration>,
     rejected: u64,
+}
+
+/// Resolves once every delivery of a group is abandoned; never when one is best effort.
+async fn all_abandoned(group: &mut [Delivery]) {
+    for d in group {
+        d.wait_abandoned().await;
+    }
 }
 
 /// 1 s doubling, before the cap.
