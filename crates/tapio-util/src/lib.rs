@@ -16,6 +16,7 @@
 //! - [`text`]: short ASCII text held inline (an evidence record's id, timestamp, addresses).
 //! - [`collect`]: a `BTreeMap` built by insertion, without `collect()`'s sort code.
 //! - `test_dirs` (feature `test-support`, for tests only): empty scratch directories.
+//! - `test_process` (feature `test-support`, for tests only): a test alone in a child process.
 
 pub mod collect;
 pub mod cpus;
@@ -26,5 +27,7 @@ pub mod perf;
 pub mod rotate;
 #[cfg(feature = "test-support")]
 pub mod test_dirs;
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_process;
 pub mod text;
 pub mod time;

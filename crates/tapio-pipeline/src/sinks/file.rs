@@ -277,45 +277,15 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// Runs the calling test again, alone, in a child process (where the descriptor limit
-    /// can be cut without failing other tests' opens). Returns whether this is the child.
-    fn alone_in_a_child(test: &str) -> bool {
-        if std::env::var_os("TAPIO_TEST_CHILD").is_some() {
-            return true;
-        }
-        let name = format!("{}::{test}", module_path!().split_once("::").unwrap().1);
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([&name, "--exact", "--test-threads=1"])
-            .env("TAPIO_TEST_CHILD", "1")
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && stdout.contains("1 passed"),
-            "{stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        false
-    }
-
-    /// Sets the soft limit of open descriptors: at 0 every open fails with EMFILE.
-    fn set_nofile(soft: libc::rlim_t) -> libc::rlim_t {
-        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        // SAFETY: getrlimit and setrlimit read and write only this struct.
-        unsafe {
-            assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
-            let old = std::mem::replace(&mut lim.rlim_cur, soft);
-            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
-            old
-        }
-    }
-
     /// A rotation whose shift worked but whose fresh file could not be opened (EMFILE)
     /// retries the open, not the shift: the kept files survive any number of lines.
     #[test]
     fn a_failed_open_after_a_rotation_keeps_the_rotated_files() {
         use std::os::unix::fs::MetadataExt;
-        if !alone_in_a_child("a_failed_open_after_a_rotation_keeps_the_rotated_files") {
+        if !tapio_util::test_process::alone_in_a_child(
+            module_path!(),
+            "a_failed_open_after_a_rotation_keeps_the_rotated_files",
+        ) {
             return;
         }
         let dir = temp_dir("rotate-emfile");
@@ -331,13 +301,13 @@ mod tests {
         let files =
             || [ino(&path), ino(&tapio_util::rotate::rotated(&path, 1)), ino(&tapio_util::rotate::rotated(&path, 2))];
 
-        let soft = set_nofile(0);
+        let soft = tapio_util::test_process::set_nofile(0);
         for _ in 0..6 {
             sink.write_line(&line); // the first one rotates, and its open fails
         }
         let lost = flush(&mut sink);
         let after_failure = files();
-        set_nofile(soft);
+        tapio_util::test_process::set_nofile(soft);
         assert_eq!(lost, Delivered { written: 0, failed: 6 }, "every refused line is counted");
         assert_eq!(after_failure, shifted, "one shift, however many lines");
 
