@@ -233,9 +233,11 @@ pub fn send(endpoint: &Endpoint, limits: &Limits, req: &Request<'_>) -> Result<R
     }
     head.push_str("\r\n");
     let mut conn = Deadlined { stream: &stream, deadline, io_timeout: limits.io_timeout };
-    conn.write_all(head.as_bytes()).map_err(HttpError::Io)?;
-    if let Some(body) = req.body {
-        conn.write_all(body).map_err(HttpError::Io)?;
+    let written = conn.write_all(head.as_bytes()).and_then(|()| req.body.map_or(Ok(()), |body| conn.write_all(body)));
+    if let Err(e) = written {
+        // A server may answer before it has read the whole request and close (a 413 for a
+        // declared length over its limit): that answer, already here, is the outcome.
+        return read_response(BufReader::new(conn), limits.max_response_bytes).map_err(|_| HttpError::Io(e));
     }
     read_response(BufReader::new(conn), limits.max_response_bytes)
 }
@@ -277,8 +279,21 @@ fn read_line(r: &mut impl BufRead, line: &mut Vec<u8>, budget: &mut usize) -> Re
 pub fn read_response(mut r: impl BufRead, max_body: usize) -> Result<Response, HttpError> {
     let mut budget = MAX_HEADER_BYTES;
     let mut line = Vec::new();
-    read_line(&mut r, &mut line, &mut budget)?;
-    let status_line = String::from_utf8_lossy(&line).into_owned();
+    loop {
+        let resp = read_head(&mut r, &mut line, &mut budget)?;
+        // An interim answer (100 Continue, 103 Early Hints) comes before the real one, in
+        // the same header budget; 101 would switch protocols, which no request here asks.
+        if (100..200).contains(&resp.status) && resp.status != 101 {
+            continue;
+        }
+        return read_body(r, resp, max_body);
+    }
+}
+
+/// A response's status line and headers.
+fn read_head(r: &mut impl BufRead, line: &mut Vec<u8>, budget: &mut usize) -> Result<Response, HttpError> {
+    read_line(r, line, budget)?;
+    let status_line = String::from_utf8_lossy(line).into_owned();
     // Whatever the peer sent is quoted in errors (which reach the log) only in part.
     let quoted = || match status_line.char_indices().nth(QUOTED_STATUS_CHARS) {
         Some((cut, _)) => format!("status line {:?}…", &status_line[..cut]),
@@ -296,15 +311,20 @@ pub fn read_response(mut r: impl BufRead, max_body: usize) -> Result<Response, H
         .ok_or_else(|| HttpError::Protocol(quoted()))?;
     let mut headers = Vec::new();
     loop {
-        read_line(&mut r, &mut line, &mut budget)?;
+        read_line(r, line, budget)?;
         if line.is_empty() {
             break;
         }
-        let text = String::from_utf8_lossy(&line);
+        let text = String::from_utf8_lossy(line);
         let (k, v) = text.split_once(':').ok_or_else(|| HttpError::Protocol("header without ':'".into()))?;
         headers.push((k.trim().to_string(), v.trim().to_string()));
     }
-    let mut resp = Response { status, headers, body: Vec::new() };
+    Ok(Response { status, headers, body: Vec::new() })
+}
+
+/// The body that follows `resp`'s head.
+fn read_body(mut r: impl BufRead, mut resp: Response, max_body: usize) -> Result<Response, HttpError> {
+    let status = resp.status;
     if status == 204 || status == 304 || (100..200).contains(&status) {
         return Ok(resp);
     }
@@ -457,6 +477,22 @@ mod tests {
     }
 
     #[test]
+    fn interim_answers_are_passed_over_for_the_real_one() {
+        let r = read_response(
+            Cursor::new(
+                &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n\
+                   HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"[..],
+            ),
+            100,
+        )
+        .unwrap();
+        assert_eq!((r.status, r.body.as_slice(), r.header("link")), (200, &b"{}"[..], None));
+        // Interim answers share the header budget: endless ones end in an error, not a loop.
+        let endless = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(MAX_HEADER_BYTES);
+        assert!(matches!(read_response(Cursor::new(&endless[..]), 100), Err(HttpError::TooLarge(_))));
+    }
+
+    #[test]
     fn caps_bodies_headers_and_rejects_garbage() {
         let big = read_response(Cursor::new(&b"HTTP/1.1 200 OK\r\nContent-Length: 101\r\n\r\n"[..]), 100);
         assert!(matches!(big, Err(HttpError::TooLarge("body"))));
@@ -490,6 +526,41 @@ mod tests {
 
     /// A peer that trickles its headers a byte at a time (each read well within the io
     /// timeout) is cut off at the request deadline, not after 16 KiB of trickle.
+    #[test]
+    fn an_answer_sent_before_the_body_was_read_is_the_outcome_not_the_broken_write() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // A server that refuses the declared length from the head alone and closes with the
+        // body unread (its kernel then resets the connection under the client's writes).
+        let peer = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = conn.read(&mut buf).unwrap();
+                assert!(n > 0, "closed early");
+                got.extend_from_slice(&buf[..n]);
+            }
+            conn.write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+                .unwrap();
+        });
+        let endpoint = Endpoint::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+        let limits = Limits {
+            connect_timeout: Duration::from_secs(5),
+            io_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(20),
+            max_response_bytes: 1024,
+            user_agent: "t/1",
+        };
+        // Far more than the socket buffers hold, so the write is still going when the
+        // server closes.
+        let body = vec![b'x'; 16 << 20];
+        let req = Request { method: "POST", path: "/v1/events", headers: &[], body: Some(&body) };
+        let resp = send(&endpoint, &limits, &req).unwrap();
+        assert_eq!(resp.status, 413);
+        peer.join().unwrap();
+    }
+
     #[test]
     fn a_trickling_peer_is_cut_off_at_the_request_deadline() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
