@@ -519,21 +519,21 @@ impl Loop {
         let body = self.batch_body(&p);
         let n = p.lines.len() as u64;
         match self.request("POST", "/v1/events", Some(&body), &[]) {
-            Ok(resp) if resp.status == 200 => {
-                self.succeeded();
-                // Events the controller rejected one by one are failed, not sent: each line
-                // of the batch has exactly one outcome.
-                let rejected = match serde_json::from_slice::<EventsResponse>(&resp.body) {
-                    Ok(r) => r.rejected.min(n),
-                    Err(e) => {
-                        log::warn!("controller accepted batch {} with an unreadable response: {e}", p.sequence);
-                        0
-                    }
-                };
-                self.c.counters.sink_failures(CONTROLLER_SINK, rejected);
-                self.c.counters.controller_sent(n - rejected);
-                return true;
-            }
+            // Only the controller's own answer acknowledges a batch: a 200 from something
+            // else on the way (a proxy's page, a wrong Service) is a failure, retried.
+            Ok(resp) if resp.status == 200 => match serde_json::from_slice::<EventsResponse>(&resp.body) {
+                Ok(r) if r.wire_version == WIRE_VERSION => {
+                    self.succeeded();
+                    // Events the controller rejected one by one are failed, not sent: each
+                    // line of the batch has exactly one outcome.
+                    let rejected = r.rejected.min(n);
+                    self.c.counters.sink_failures(CONTROLLER_SINK, rejected);
+                    self.c.counters.controller_sent(n - rejected);
+                    return true;
+                }
+                Ok(r) => self.failure("event batch", format!("a 200 of wire version {:?}", r.wire_version)),
+                Err(e) => self.failure("event batch", format!("a 200 that is not the controller's answer: {e}")),
+            },
             // Larger than the controller's body limit: its lines go back to the front of the
             // outbox, to leave again in batches of at most half its bytes (a limit kept
             // until the next hello), under the same sequence number (a refused batch does
@@ -821,6 +821,37 @@ mod tests {
         assert_eq!(order, (0..8).collect::<Vec<u64>>(), "every line, once, in order");
         assert_eq!(counters.controller_events_sent_total.load(Ordering::Relaxed), 8);
         assert!(outbox.is_empty());
+    }
+
+    #[test]
+    fn a_200_that_is_not_the_controllers_answer_is_no_acknowledgement() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let page = std::sync::atomic::AtomicBool::new(true);
+        // A proxy's page first, then the controller itself.
+        let requests = answer_each(listener, move |_| {
+            if page.swap(false, Ordering::Relaxed) {
+                return (200, "<html>welcome</html>".into());
+            }
+            let answer = serde_json::json!({"wire_version": WIRE_VERSION, "accepted": 1, "rejected": 0,
+                                            "next_config_version": "0"});
+            (200, answer.to_string())
+        });
+        let counters = Arc::new(Counters::default());
+        let outbox = Outbox::new(16);
+        let mut l = Loop::new(client_of(&url, Arc::clone(&outbox), &counters));
+        assert!(outbox.push(br#"{"type":"kernel.test"}"#.to_vec()));
+        l.send_due();
+        assert_eq!(counters.controller_events_sent_total.load(Ordering::Relaxed), 0, "the page acknowledged nothing");
+        assert!(l.pending.is_some(), "the batch waits for its retry");
+        l.pending.as_mut().unwrap().retry_at = Instant::now();
+        l.send_due();
+        assert_eq!(counters.controller_events_sent_total.load(Ordering::Relaxed), 1);
+        let sequences: Vec<u64> = requests
+            .try_iter()
+            .map(|b| serde_json::from_slice::<serde_json::Value>(&b).unwrap()["sequence"].as_u64().unwrap())
+            .collect();
+        assert_eq!(sequences, vec![1, 1], "the same batch, sent again");
     }
 
     #[test]
