@@ -620,8 +620,7 @@ fn generation_of(cfg: &ConfigResponse) -> Result<u32, String> {
         }
         Ok(generation) => generation,
     };
-    let hex = cfg.config_hash.strip_prefix("sha256:").unwrap_or_default();
-    if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+    if !state::is_config_hash(&cfg.config_hash) {
         return Err(format!(
             "config_hash {:?} is not sha256:<64 lowercase hex>",
             tapio_wire::validate::clip(&cfg.config_hash)
