@@ -122,6 +122,10 @@ impl Server {
             ))),
             _ => None,
         };
+        let token_watcher =
+            settings.auth_token_file.clone().filter(|_| state.auth.is_some()).map(|path| {
+                tokio::spawn(crate::auth::watch_token_file(Arc::clone(&state), path, settings.profile_poll))
+            });
         let watcher = settings.profile.clone().map(|path| {
             tokio::spawn(profile_reload::watch(
                 Arc::clone(&state),
@@ -234,6 +238,9 @@ impl Server {
         evictor.abort();
         trimmer.abort();
         if let Some(w) = pod_watcher {
+            w.abort();
+        }
+        if let Some(w) = token_watcher {
             w.abort();
         }
         if let Some(w) = watcher {

@@ -325,6 +325,8 @@ pub struct Settings {
     pub evict_after: Duration,
     /// Bearer token, if auth is on.
     pub auth_token: Option<BearerToken>,
+    /// The file it was read from, re-read when it changes (a rotated Secret).
+    pub auth_token_file: Option<PathBuf>,
     /// Sinks, each fed every accepted batch.
     pub sinks: Vec<SinkTarget>,
     /// Byte budget of each sink's queue.
@@ -375,6 +377,7 @@ impl Default for Settings {
             stale_after: Duration::from_secs(30),
             evict_after: Duration::from_secs(600),
             auth_token: None,
+            auth_token_file: None,
             sinks: vec![SinkTarget::Stdout],
             sink_queue_bytes: 64 * 1024 * 1024,
             sink_ack_timeout: Duration::from_secs(4),
@@ -549,6 +552,7 @@ impl Cli {
             stale_after: Duration::from_secs(self.stale_after_secs),
             evict_after: Duration::from_secs(self.evict_after_secs),
             auth_token,
+            auth_token_file: self.auth_token_file,
             sinks,
             sink_queue_bytes: self.sink_queue_bytes,
             sink_ack_timeout: Duration::from_secs(self.sink_ack_timeout_secs),
@@ -749,7 +753,7 @@ fn read_secret(path: &std::path::Path, flag: &str) -> Result<String, SettingsErr
 }
 
 /// A token is the text with surrounding whitespace (a trailing newline) removed.
-fn token_from(text: &str, source: &str) -> Result<BearerToken, SettingsError> {
+pub fn token_from(text: &str, source: &str) -> Result<BearerToken, SettingsError> {
     let token = text.trim();
     if token.is_empty() {
         return Err(SettingsError::Invalid(format!("{source} holds an empty token")));

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tapio_wire::{Batching, CompiledConfig};
 
-use crate::auth::BearerToken;
+use crate::auth::SharedToken;
 use crate::config_hash::ActiveConfig;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -28,8 +28,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Where accepted records go.
     pub sinks: Sinks,
-    /// Bearer token, if auth is on.
-    pub auth: Option<BearerToken>,
+    /// Bearer token, if auth is on (re-read when its file changes).
+    pub auth: Option<SharedToken>,
     /// Body limit.
     pub body_limit: usize,
     /// Batch interval handed to agents.
@@ -62,7 +62,7 @@ impl AppState {
             registry: Registry::new(settings.max_agents, settings.max_unregistered_agents),
             metrics,
             sinks,
-            auth: settings.auth_token.clone(),
+            auth: settings.auth_token.clone().map(SharedToken::new),
             body_limit: settings.body_limit_bytes,
             send_interval_ms: settings.send_interval_ms,
             max_batch_events: settings.max_batch_events,

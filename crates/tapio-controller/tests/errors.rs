@@ -262,6 +262,42 @@ async fn registry_bound_is_429() {
     t.stop().await;
 }
 
+/// A shared token rotated under a running controller (a Secret updated in place): the new
+/// one is in force within a poll, the old one stays valid while agents catch up, and a file
+/// emptied by mistake keeps the token in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_token_file_is_picked_up_while_the_old_token_stays_valid_a_while() {
+    let dir = temp_dir("token-rotate");
+    let path = dir.join("token");
+    std::fs::write(&path, "first-token\n").unwrap();
+    let file = path.clone();
+    let t = TestServer::start_with("token-rotate", move |s| {
+        s.auth_token = Some(tapio_controller::auth::BearerToken::new("first-token".into()));
+        s.auth_token_file = Some(file);
+        s.profile_poll = std::time::Duration::from_millis(50);
+    })
+    .await;
+    let first = t.client().with_header("Authorization", "Bearer first-token");
+    let second = t.client().with_header("Authorization", "Bearer second-token");
+    assert_eq!(first.post_json("/v1/agents/hello", &hello("a1")).await.status, 200);
+    assert_eq!(second.post_json("/v1/agents/hello", &hello("a1")).await.status, 401);
+
+    std::fs::write(&path, "second-token\n").unwrap();
+    let started = std::time::Instant::now();
+    while second.post_json("/v1/agents/hello", &hello("a1")).await.status != 200 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "the new token was never picked up");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(first.post_json("/v1/agents/hello", &hello("a1")).await.status, 200, "the old one, for its grace");
+
+    // An empty file is no token: the one in force stays (several polls later).
+    std::fs::write(&path, "\n").unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(second.post_json("/v1/agents/hello", &hello("a1")).await.status, 200);
+    t.stop().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bearer_auth_guards_agent_routes_only() {
     let t = TestServer::start_with("auth", |s| {

@@ -130,7 +130,7 @@ async fn require_auth(State(st): State<Arc<AppState>>, mut req: Request, next: N
     }
     if let Some(token) = &st.auth {
         let presented = req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
-        if !token.authorizes(presented) {
+        if !token.authorizes(presented, std::time::Instant::now()) {
             let mut resp = ApiError::new(ErrorCode::Unauthenticated, "a valid Authorization: Bearer token is required")
                 .into_response();
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
