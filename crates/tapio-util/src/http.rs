@@ -60,6 +60,11 @@ impl Endpoint {
     /// Tapio has no TLS compiled in, and silently speaking plaintext to an https URL would
     /// be a downgrade.
     pub fn parse(url: &str) -> Result<Self, HttpError> {
+        // Every byte goes into a request's head: a space or a control character there would
+        // break the request line or add a header, so it is a config error, said at start.
+        if url.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return Err(HttpError::Url(format!("{url:?} holds a space or a control character")));
+        }
         let rest = if let Some(rest) = url.strip_prefix("http://") {
             rest
         } else if url.starts_with("https://") {
@@ -97,6 +102,9 @@ impl Endpoint {
             Some(p) => p.parse().map_err(|_| HttpError::Url(format!("bad port {p:?}")))?,
             None => 80,
         };
+        if host.is_empty() {
+            return Err(HttpError::Url("missing host".into()));
+        }
         let host = host.to_string();
         if path.contains(['?', '#']) {
             return Err(HttpError::Url("the URL must not carry a query or fragment".into()));
@@ -408,6 +416,10 @@ mod tests {
         assert_eq!(normalize("c:7470"), "c:7470");
         assert!(Endpoint::parse("c:7470").is_err());
         assert!(Endpoint::parse("http://").is_err());
+        // Nothing that would break a request's head, and a host there must be.
+        for bad in ["http://c:7470/x\r\nX-Evil: 1", "http://c/a b", "http://c\t/", "http://c/\u{7f}", "http://:7470/"] {
+            assert!(Endpoint::parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
