@@ -4,6 +4,7 @@ drift between the chart and deploy/manifests, and the shape of what the agent an
 controller are granted. No cluster and no root needed."""
 
 import os
+import re
 import subprocess
 import tempfile
 import threading
@@ -29,14 +30,58 @@ VALUE_SETS = {
     "extra-top-level-keys": ["agent.extraConfig=queue_capacity = 8192\ndrain_realtime = false\n[network]\nretransmit_count = 15"],
     "agent-only": ["controller.enabled=false"],
     "controller-only": ["agent.enabled=false"],
+    # RBAC without the pod watch: TokenReviews cluster-wide, pods get in a namespaced Role.
+    "kubernetes-auth-without-pod-names": ["controller.podNames=false"],
+    # Nothing left for the controller to read from the API: no RBAC objects.
+    "token-auth-without-pod-names": ["auth.mode=token", "controller.podNames=false"],
+    "no-priority-class": ["agent.priorityClassName="],
+    "custom-priority-class": ["agent.priorityClassName=tapio-node", "agent.priorityClassQuota.pods=20000"],
     "tuned": [
         "controller.allowFrom[0].ipBlock.cidr=10.0.0.0/16",
+        "controller.allowFrom[1].ipBlock.cidr=10.244.0.0/16",
         "agent.extraConfig=[network]\nretransmit_count = 15",
         "image.agent.tag=dev",
-        "agent.nodeSelector.kubernetes\\.io/os=linux",
+        "agent.nodeSelector.tapio\\.dev/agent=enabled",
         "controller.extraArgs={--max-agents=5000}",
     ],
 }
+
+MIB = 1024 * 1024
+QUANTITY_SUFFIXES = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+
+
+def quantity(value):
+    """A Kubernetes quantity without a fraction ("512Mi", "100k", 20000) as a number."""
+    m = re.fullmatch(r"(\d+)([kMG]i?|Ki)?", str(value))
+    if not m:
+        raise AssertionError(f"quantity {value!r} not understood")
+    return int(m.group(1)) * QUANTITY_SUFFIXES[m.group(2) or ""]
+
+
+def rust_default(path, field):
+    """The clap `default_value_t` of the `usize` field `field` in a Rust source file."""
+    m = re.search(r"default_value_t = ([0-9_ *]+)\)\]\s*pub " + field + r": usize", path.read_text())
+    if not m:
+        raise AssertionError(f"no default_value_t for {field} in {path}")
+    product = 1
+    for factor in m.group(1).split("*"):
+        product *= int(factor.strip().replace("_", ""))
+    return product
+
+
+def rbac_grants(docs):
+    """(scope, API group, resource, verb) of every rule of the controller's roles: scope is
+    "cluster" for the ClusterRole, else the Role's namespace."""
+    grants = set()
+    for d in docs:
+        if d["kind"] in ("ClusterRole", "Role") and d["metadata"]["name"].startswith("tapio-controller"):
+            scope = d["metadata"].get("namespace", "cluster")
+            for rule in d["rules"]:
+                for group in rule["apiGroups"]:
+                    for resource in rule["resources"]:
+                        for verb in rule["verbs"]:
+                            grants.add((scope, group, resource, verb))
+    return grants
 
 # Oldest Kubernetes the chart declares (Chart.yaml kubeVersion), kubectl's, and the newest
 # schema kubernetes-validate ships.
@@ -118,6 +163,26 @@ class ChartTest(unittest.TestCase):
             "deploy/manifests/tapio.yaml differs from the chart: run scripts/render-manifests",
         )
 
+    def test_both_workloads_run_on_linux_nodes_only(self):
+        # The agent tolerates every taint: without the selector it would land on Windows and
+        # virtual-kubelet nodes, never become Ready there, and (maxUnavailable: 1) block
+        # every later rollout of the DaemonSet.
+        for sets, expected in [
+            ([], {"kubernetes.io/os": "linux"}),
+            (["agent.nodeSelector.tapio\\.dev/agent=enabled"], {"kubernetes.io/os": "linux", "tapio.dev/agent": "enabled"}),
+        ]:
+            with self.subTest(sets=sets):
+                out, docs = helm_template(*sets)
+                self.assertEqual(out.returncode, 0, out.stderr)
+                ds = find(docs, "DaemonSet", "tapio-agent")
+                self.assertEqual(ds["spec"]["template"]["spec"]["nodeSelector"], expected)
+                self.assertEqual(ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"], 1)
+                ctl = find(docs, "Deployment", "tapio-controller")["spec"]["template"]["spec"]
+                self.assertEqual(ctl["nodeSelector"], {"kubernetes.io/os": "linux"})
+        # Removable when a cluster labels its nodes otherwise.
+        _, docs = helm_template("agent.nodeSelector=null")
+        self.assertNotIn("nodeSelector", find(docs, "DaemonSet", "tapio-agent")["spec"]["template"]["spec"])
+
     def test_bad_values_fail_with_the_value_named(self):
         for sets, message in [
             (["auth.mode=oidc"], "auth.mode must be kubernetes, token or none"),
@@ -172,6 +237,20 @@ class AgentDaemonSetTest(unittest.TestCase):
     def test_every_node_at_node_critical_priority(self):
         self.assertEqual(self.pod["tolerations"], [{"operator": "Exists"}])
         self.assertEqual(self.pod["priorityClassName"], "system-node-critical")
+
+    def test_state_volume_holds_a_saved_config_and_its_temporary_copy(self):
+        # The saved config may be up to CONFIG_BYTES as received, is written as pretty JSON
+        # (larger), and the durable replace writes a temporary copy beside it: room for two
+        # files of twice the cap, or the kubelet evicts the agent for using its emptyDir.
+        m = re.search(r"CONFIG_BYTES: u64 = ([0-9 *]+);", (REPO / "crates/tapio-wire/src/capped.rs").read_text())
+        config_bytes = 1
+        for factor in m.group(1).split("*"):
+            config_bytes *= int(factor)
+        state = next(v for v in self.pod["volumes"] if v["name"] == "state")
+        self.assertGreaterEqual(quantity(state["emptyDir"]["sizeLimit"]), 2 * 2 * config_bytes)
+        mount = next(m for m in self.container["volumeMounts"] if m["name"] == "state")
+        config = find(self.docs, "ConfigMap", "tapio-agent")["data"]["agent.toml"]
+        self.assertIn(f'state_file = "{mount["mountPath"]}/controller-state.json"', config)
 
     def test_requests_and_limits(self):
         res = self.container["resources"]
@@ -289,6 +368,49 @@ class AuthModesTest(unittest.TestCase):
         self.assertNotIn("token_file", config)
 
 
+class PriorityClassQuotaTest(unittest.TestCase):
+    """GKE admits system-node-critical pods only in namespaces with a ResourceQuota scoped to
+    that class ("insufficient quota to match these scopes" elsewhere): the chart brings one."""
+
+    def quotas(self, *sets, namespace="tapio-system"):
+        out, docs = helm_template(*sets, namespace=namespace)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        return docs, [d for d in docs if d["kind"] == "ResourceQuota"]
+
+    def assert_scoped_to(self, quota, priority_class, namespace, pods):
+        self.assertEqual(quota["metadata"]["namespace"], namespace)
+        self.assertEqual(quota["spec"]["scopeSelector"], {"matchExpressions": [
+            {"operator": "In", "scopeName": "PriorityClass", "values": [priority_class]},
+        ]})
+        # Pods only: a quota on cpu or memory would make every pod in scope declare them.
+        self.assertEqual(list(quota["spec"]["hard"]), ["pods"])
+        self.assertEqual(quantity(quota["spec"]["hard"]["pods"]), pods)
+
+    def test_the_agents_class_is_allowed_by_default(self):
+        docs, (quota,) = self.quotas()
+        pod = find(docs, "DaemonSet", "tapio-agent")["spec"]["template"]["spec"]
+        self.assert_scoped_to(quota, pod["priorityClassName"], "tapio-system", 100_000)
+        # More than the largest clusters' nodes (one agent each): never what keeps an agent off.
+        self.assertGreater(quantity(quota["spec"]["hard"]["pods"]), 65_000)
+        # The plain manifests create it before the DaemonSet whose pods it admits.
+        kinds = [d["kind"] for d in load_all(MANIFESTS.read_text())]
+        self.assertLess(kinds.index("ResourceQuota"), kinds.index("DaemonSet"))
+
+    def test_quota_follows_the_class_and_namespace(self):
+        _, (quota,) = self.quotas("agent.priorityClassName=tapio-node", "agent.priorityClassQuota.pods=20000",
+                                  namespace="observability")
+        self.assert_scoped_to(quota, "tapio-node", "observability", 20_000)
+
+    def test_no_quota_without_a_class_or_an_agent_or_when_disabled(self):
+        for sets in (["agent.priorityClassName="], ["agent.priorityClassQuota.enabled=false"],
+                     ["agent.enabled=false"]):
+            with self.subTest(sets=sets):
+                docs, quotas = self.quotas(*sets)
+                self.assertEqual(quotas, [])
+        docs, _ = self.quotas("agent.priorityClassName=")
+        self.assertNotIn("priorityClassName", find(docs, "DaemonSet", "tapio-agent")["spec"]["template"]["spec"])
+
+
 class ControllerTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -340,6 +462,75 @@ class ControllerTest(unittest.TestCase):
         self.assertEqual(binding["subjects"], [
             {"kind": "ServiceAccount", "name": "tapio-controller", "namespace": "tapio-system"},
         ])
+
+    def test_memory_limit_covers_what_the_defaults_hold(self):
+        # crates/tapio-controller/README.md: ~930 bytes per stored pod (up to --k8s-max-pods)
+        # over a baseline measured without the pod watch, plus up to --sink-queue-bytes of
+        # records per sink; the limit must hold that with headroom, or the controller is
+        # OOM-killed in the large clusters its defaults are made for.
+        readme = (REPO / "crates/tapio-controller/README.md").read_text()
+        per_pod = int(re.search(r"about ([\d,]+) bytes per pod", readme).group(1).replace(",", ""))
+        baseline = float(re.search(r"\| without `--k8s-pods` \| ([\d.]+) MiB", readme).group(1)) * MIB
+        settings = REPO / "crates/tapio-controller/src/settings.rs"
+        max_pods = rust_default(settings, "k8s_max_pods")
+        queue_bytes = rust_default(settings, "sink_queue_bytes")
+        args = self.container["args"]
+
+        def flag(name):
+            values = [a.split("=", 1)[1] for a in args if a.startswith(name + "=")]
+            values += [args[i + 1] for i, a in enumerate(args[:-1]) if a == name]
+            return values
+
+        pods = int((flag("--k8s-max-pods") or [max_pods])[-1]) if "--k8s-pods" in args else 0
+        sinks = len(flag("--sink")) or 1  # stdout alone by default
+        queue_bytes = int((flag("--sink-queue-bytes") or [queue_bytes])[-1])
+        need = baseline + per_pod * pods + sinks * queue_bytes
+        limit = quantity(self.container["resources"]["limits"]["memory"])
+        self.assertGreaterEqual(limit, 1.5 * need,
+                                f"limit {limit / MIB:.0f} MiB, defaults hold {need / MIB:.0f} MiB")
+
+    def test_rbac_follows_pod_names_and_auth_mode(self):
+        cluster_pods = {("cluster", "", "pods", v) for v in ("list", "watch")}
+        owners = {("cluster", "apps", "replicasets", "get"), ("cluster", "batch", "jobs", "get")}
+        reviews = {("cluster", "authentication.k8s.io", "tokenreviews", "create")}
+        for pod_names, mode, expected in [
+            (True, "kubernetes", cluster_pods | owners | reviews | {("cluster", "", "pods", "get")}),
+            (True, "token", cluster_pods | owners),
+            (True, "none", cluster_pods | owners),
+            # The TokenReview path GETs only the agent's own pod, in the release namespace.
+            (False, "kubernetes", reviews | {("tapio-system", "", "pods", "get")}),
+            (False, "token", set()),
+            (False, "none", set()),
+        ]:
+            with self.subTest(podNames=pod_names, auth=mode):
+                out, docs = helm_template(f"controller.podNames={str(pod_names).lower()}", f"auth.mode={mode}")
+                self.assertEqual(out.returncode, 0, out.stderr)
+                self.assertEqual(rbac_grants(docs), expected)
+                roles = {(d["kind"], d["metadata"]["name"]) for d in docs if d["kind"] in ("ClusterRole", "Role")}
+                bindings = [d for d in docs if d["kind"] in ("ClusterRoleBinding", "RoleBinding")]
+                # Every role bound to the controller alone, and no binding without a role.
+                self.assertEqual({(b["roleRef"]["kind"], b["roleRef"]["name"]) for b in bindings}, roles)
+                for b in bindings:
+                    self.assertEqual(b["subjects"], [
+                        {"kind": "ServiceAccount", "name": "tapio-controller", "namespace": "tapio-system"},
+                    ])
+                if not expected:
+                    self.assertEqual(roles, set())
+
+    def test_allow_from_advice_covers_overlays_and_cilium(self):
+        # hostNetwork agents on other nodes may arrive from tunnel addresses in the pod CIDR,
+        # and Cilium's ipBlock ignores node addresses unless told: advising node CIDRs alone
+        # cut agents off. The advice says so, and an empty list allows any source.
+        values = (CHART / "values.yaml").read_text()
+        advice = re.search(r"((?:  #.*\n)+)  allowFrom: \[\]", values).group(1)
+        for needed in ("any source", "pod CIDR", "flannel", "Calico", "policy-cidr-match-mode=nodes"):
+            self.assertIn(needed, advice)
+        (rule,) = find(self.docs, "NetworkPolicy", "tapio-controller")["spec"]["ingress"]
+        self.assertNotIn("from", rule)
+        _, docs = helm_template("controller.allowFrom[0].ipBlock.cidr=10.0.0.0/16",
+                                "controller.allowFrom[1].ipBlock.cidr=10.244.0.0/16")
+        (rule,) = find(docs, "NetworkPolicy", "tapio-controller")["spec"]["ingress"]
+        self.assertEqual(rule["from"], [{"ipBlock": {"cidr": "10.0.0.0/16"}}, {"ipBlock": {"cidr": "10.244.0.0/16"}}])
 
     def test_network_policy_opens_only_the_controller_port(self):
         policy = find(self.docs, "NetworkPolicy", "tapio-controller")["spec"]
