@@ -39,7 +39,8 @@ pub fn is_config_hash(hash: &str) -> bool {
 /// Saves the applied config durably: a crash or power loss leaves the previous state file
 /// or this one, whole.
 pub fn save(path: &Path, applied: &AppliedConfig) -> Result<(), String> {
-    let bytes = serde_json::to_vec_pretty(applied).map_err(|e| e.to_string())?;
+    // Compact, as received: pretty JSON of a config near the read cap would outgrow it.
+    let bytes = serde_json::to_vec(applied).map_err(|e| e.to_string())?;
     tapio_util::rotate::replace_durably(path, &bytes).map_err(|e| format!("saving {}: {e}", path.display()))
 }
 
