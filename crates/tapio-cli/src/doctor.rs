@@ -2,13 +2,16 @@
 //!
 //! Each check reads the kernel's own interfaces (`/proc`, `/sys`, one `perf_event_open`);
 //! nothing is loaded or changed. Run it with the agent's privileges (root, or its
-//! capabilities): capabilities are those of this process. The exit status is 1 when the
-//! agent cannot run at all (kernel without ring buffers or BTF, or no privilege to load
-//! eBPF programs), else 0.
+//! capabilities): capabilities and limits are those of this process. The exit status is 1
+//! when the agent cannot run at all (kernel without ring buffers or BTF, no privilege to load
+//! eBPF programs, or before 5.11 a locked-memory limit below its maps), else 0.
 
+use std::io;
+use std::os::fd::OwnedFd;
 use std::process::ExitCode;
 
 use serde_json::json;
+use tapio_util::perf::PerfEventAttr;
 
 use crate::{out, table};
 
@@ -123,6 +126,29 @@ fn check_tracefs(f: &mut Facts, mounts: &[Mount]) -> Check {
     }
 }
 
+/// The memory the agent's eBPF maps declare, all together (README "Budgets": the kernel
+/// memory the agent asks to lock is held to this; the kernel's own overhead comes on top).
+const MAP_BYTES: u64 = 7_340_032;
+
+fn check_memlock(f: &Facts) -> Check {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes only this struct.
+    unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) };
+    memlock(f.kernel, lim.rlim_cur)
+}
+
+/// Before 5.11 the kernel charges eBPF maps to RLIMIT_MEMLOCK, which the agent does not raise.
+fn memlock(kernel: Option<(u32, u32)>, limit: u64) -> Check {
+    let (level, detail) = match kernel {
+        Some(v) if v >= (5, 11) => (Level::Ok, "not used: eBPF maps are charged to the memory cgroup (5.11+)".into()),
+        _ if limit < MAP_BYTES => {
+            (Level::Fail, format!("{limit} B: the eBPF maps need {MAP_BYTES} B and more before 5.11"))
+        }
+        _ => (Level::Ok, "covers the eBPF maps (charged to it before 5.11)".into()),
+    };
+    Check { name: "memlock", level, detail }
+}
+
 fn check_bpffs(mounts: &[Mount]) -> Check {
     match mounts.iter().find(|m| m.fstype == "bpf") {
         Some(m) => Check { name: "bpffs", level: Level::Ok, detail: format!("mounted at {}", m.point) },
@@ -200,19 +226,27 @@ fn check_cgroups(f: &mut Facts, mounts: &[Mount]) -> Check {
     Check { name: "cgroups", level, detail: format!("{layout}; {memory}") }
 }
 
+/// Opens the counter group the agent opens on each CPU (`tapio-pipeline`'s
+/// `observers/node/pmc.rs`): cycles leading instructions, every task of the CPU (pid -1,
+/// kernel included), here on CPU 0; closed at once.
+fn probe_pmu(
+    open: impl Fn(&PerfEventAttr, libc::pid_t, libc::c_int, Option<&OwnedFd>) -> io::Result<OwnedFd>,
+) -> io::Result<()> {
+    use tapio_util::perf::*;
+    let attr = |config| PerfEventAttr {
+        read_format: PERF_FORMAT_GROUP | PERF_FORMAT_TOTAL_TIME_ENABLED | PERF_FORMAT_TOTAL_TIME_RUNNING,
+        ..PerfEventAttr::hardware(config)
+    };
+    let leader = open(&attr(PERF_COUNT_HW_CPU_CYCLES), -1, 0, None)?;
+    open(&attr(PERF_COUNT_HW_INSTRUCTIONS), -1, 0, Some(&leader)).map(drop)
+}
+
 fn check_pmu(f: &mut Facts) -> Check {
-    use tapio_util::perf::{
-        perf_event_open, PerfEventAttr, ATTR_DISABLED, ATTR_EXCLUDE_HV, ATTR_EXCLUDE_KERNEL, PERF_COUNT_HW_CPU_CYCLES,
-    };
-    // This process's own cycle counter (pid 0, any cpu), created disabled, closed at once.
-    let attr = PerfEventAttr {
-        flags: ATTR_DISABLED | ATTR_EXCLUDE_KERNEL | ATTR_EXCLUDE_HV,
-        ..PerfEventAttr::hardware(PERF_COUNT_HW_CPU_CYCLES)
-    };
-    let err = match perf_event_open(&attr, 0, -1, None, 0) {
-        Ok(_counter) => {
+    use tapio_util::perf::{perf_event_open, PERF_FLAG_FD_CLOEXEC};
+    let err = match probe_pmu(|a, pid, cpu, g| perf_event_open(a, pid, cpu, g, PERF_FLAG_FD_CLOEXEC)) {
+        Ok(()) => {
             f.pmu = true;
-            return Check { name: "pmu", level: Level::Ok, detail: "hardware cycle counter opens".into() };
+            return Check { name: "pmu", level: Level::Ok, detail: "CPU 0's cycles + instructions group opens".into() };
         }
         Err(e) => e,
     };
@@ -222,7 +256,10 @@ fn check_pmu(f: &mut Facts) -> Check {
         }
         Some(libc::EACCES | libc::EPERM) => {
             let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid").unwrap_or_default();
-            format!("not permitted ({err}; perf_event_paranoid = {})", paranoid.trim())
+            format!(
+                "not permitted ({err}; perf_event_paranoid = {}): CPU-wide counters need CAP_PERFMON or it <= 0",
+                paranoid.trim()
+            )
         }
         _ => format!("perf_event_open failed: {err}"),
     };
@@ -249,8 +286,8 @@ fn check_psi(f: &mut Facts) -> Check {
     }
 }
 
-/// (observer or evidence, works, why).
-fn verdicts(f: &Facts) -> Vec<(&'static str, bool, String)> {
+/// (observer or evidence, works (None: cannot be told here), why).
+fn verdicts(f: &Facts) -> Vec<(&'static str, Option<bool>, String)> {
     let base = f.btf && f.can_load && f.kernel.is_none_or(|v| v >= (5, 8));
     let why_not = |extra: &str| {
         if base {
@@ -262,33 +299,41 @@ fn verdicts(f: &Facts) -> Vec<(&'static str, bool, String)> {
     let tracepoint =
         |event: &str| f.tracefs.as_ref().map(|t| std::path::Path::new(&format!("{t}/events/{event}")).exists());
     // Both OOM hooks (the typed one of 6.9+ and the pid one before it) are oom:mark_victim.
+    // Without tracefs which tracepoints exist cannot be read (None), and the classic ones,
+    // attached by name through it, do not attach.
     let oom = tracepoint("oom/mark_victim");
     let block = tracepoint("block");
     let reader = tracepoint("block/block_io_start");
+    let works = |w: Option<bool>| if base { w } else { Some(false) };
     vec![
-        ("network", base, why_not("")),
-        ("container: abnormal_exit", base, why_not("")),
+        (
+            "network",
+            Some(base),
+            if base && f.tracefs.is_none() { "works; retransmits need tracefs".into() } else { why_not("") },
+        ),
+        ("container: abnormal_exit", Some(base), why_not("")),
         (
             "container: oom_kill",
-            base && oom != Some(false),
-            if base && oom == Some(false) {
-                "no oom:mark_victim tracepoint on this kernel".into()
-            } else {
-                why_not("")
+            works(oom),
+            match (base, oom) {
+                (true, Some(false)) => "no oom:mark_victim tracepoint on this kernel".into(),
+                (true, None) => "no tracefs: the pid hook (before 6.9) needs it".into(),
+                _ => why_not(""),
             },
         ),
         (
             "storage",
-            base && block != Some(false),
+            works(block),
             match (base, block, reader) {
                 (true, Some(false), _) => "no block tracepoints on this kernel".into(),
+                (true, None, _) => "no tracefs to find its tracepoints in".into(),
                 (true, _, Some(false)) => "works; the reader's pid stays unknown (no block_io_start before 6.5)".into(),
                 _ => why_not(""),
             },
         ),
         (
             "dns",
-            base && f.net_admin && f.cgroup2.is_some(),
+            Some(base && f.net_admin && f.cgroup2.is_some()),
             match (base, f.net_admin, &f.cgroup2) {
                 (true, false, _) => "needs CAP_NET_ADMIN (cgroup socket programs)".into(),
                 (true, true, None) => "needs a cgroup2 hierarchy (its programs attach at its root)".into(),
@@ -297,17 +342,17 @@ fn verdicts(f: &Facts) -> Vec<(&'static str, bool, String)> {
         ),
         (
             "container_pressure",
-            f.cgroups,
+            Some(f.cgroups),
             if f.cgroups { String::new() } else { "no cgroup filesystem mounted: no containers to read".into() },
         ),
         (
             "node: pressure (psi)",
-            f.psi,
+            Some(f.psi),
             if f.psi { String::new() } else { "no /proc/pressure: PSI is off in this kernel".into() },
         ),
         (
             "node: cpu_stall / ipc_degradation (pmc)",
-            f.pmu,
+            Some(f.pmu),
             if f.pmu {
                 String::new()
             } else {
@@ -326,6 +371,7 @@ pub fn run(as_json: bool) -> Result<ExitCode, String> {
         check_tracefs(&mut f, &m),
         check_bpffs(&m),
         check_caps(&mut f),
+        check_memlock(&f),
         check_cgroups(&mut f, &m),
         check_pmu(&mut f),
         check_psi(&mut f),
@@ -347,7 +393,9 @@ pub fn run(as_json: bool) -> Result<ExitCode, String> {
         text.push('\n');
         let rows: Vec<Vec<String>> = verdicts
             .iter()
-            .map(|(n, w, d)| vec![n.to_string(), if *w { "yes" } else { "no" }.to_string(), d.clone()])
+            .map(|(n, w, d)| {
+                vec![n.to_string(), w.map_or("unknown", |w| if w { "yes" } else { "no" }).into(), d.clone()]
+            })
             .collect();
         text.push_str(&table::render(&["EVIDENCE", "WORKS", "WHY NOT"], &rows));
         text.push('\n');
@@ -380,23 +428,74 @@ mod tests {
             ..Facts::default()
         };
         let verdict = |f: &Facts, name: &str| verdicts(f).into_iter().find(|(n, ..)| *n == name).unwrap();
-        assert!(verdict(&f, "container: oom_kill").1, "6.1 has oom:mark_victim: the pid hook reports OOM kills");
+        assert_eq!(verdict(&f, "container: oom_kill").1, Some(true), "6.1 has oom:mark_victim: the pid hook works");
         let (_, works, why) = verdict(&f, "storage");
-        assert!(works && why.contains("before 6.5"), "{why}");
+        assert!(works == Some(true) && why.contains("before 6.5"), "{why}");
         let (_, works, why) = verdict(&f, "dns");
-        assert!(!works && why.contains("CAP_NET_ADMIN"), "{why}");
+        assert!(works == Some(false) && why.contains("CAP_NET_ADMIN"), "{why}");
         f.net_admin = true;
-        assert!(verdict(&f, "dns").1);
+        assert_eq!(verdict(&f, "dns").1, Some(true));
         f.cgroup2 = None;
         let (_, works, why) = verdict(&f, "dns");
-        assert!(!works && why.contains("cgroup2"), "{why}");
+        assert!(works == Some(false) && why.contains("cgroup2"), "{why}");
         std::fs::remove_dir_all(dir.join("events/oom")).unwrap();
         let (_, works, why) = verdict(&f, "container: oom_kill");
-        assert!(!works && why.contains("mark_victim"), "{why}");
-        assert!(verdict(&f, "container_pressure").1);
+        assert!(works == Some(false) && why.contains("mark_victim"), "{why}");
+        assert_eq!(verdict(&f, "container_pressure").1, Some(true));
         f.cgroups = false;
-        assert!(!verdict(&f, "container_pressure").1);
+        assert_eq!(verdict(&f, "container_pressure").1, Some(false));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Without tracefs nothing says whether a tracepoint exists, and the classic tracepoints
+    /// (the pid OOM hook, tcp_retransmit_skb) cannot attach: never a plain "yes".
+    #[test]
+    fn without_tracefs_tracepoint_verdicts_are_unknown_not_yes() {
+        let mut f = Facts { kernel: Some((5, 10)), btf: true, can_load: true, ..Facts::default() };
+        let verdict = |f: &Facts, name: &str| verdicts(f).into_iter().find(|(n, ..)| *n == name).unwrap();
+        let (_, works, why) = verdict(&f, "container: oom_kill");
+        assert!(works.is_none() && why.contains("tracefs"), "{why}");
+        let (_, works, why) = verdict(&f, "storage");
+        assert!(works.is_none() && why.contains("tracefs"), "{why}");
+        let (_, works, why) = verdict(&f, "network");
+        assert!(works == Some(true) && why.contains("retransmit"), "{why}");
+        f.can_load = false;
+        assert_eq!(verdict(&f, "container: oom_kill").1, Some(false), "nothing loads: no, not unknown");
+    }
+
+    /// Before 5.11 eBPF maps are charged to RLIMIT_MEMLOCK (a container runtime's default
+    /// is often 64 KiB, or 8 MiB): below the maps' total the agent cannot run.
+    #[test]
+    fn a_memlock_limit_below_the_maps_fails_only_before_5_11() {
+        assert_eq!(memlock(Some((5, 10)), 64 << 10).level, Level::Fail);
+        assert_eq!(memlock(Some((5, 8)), MAP_BYTES - 1).level, Level::Fail);
+        assert_eq!(memlock(None, 64 << 10).level, Level::Fail, "an unknown kernel may be an old one");
+        assert_eq!(memlock(Some((5, 10)), 8 << 20).level, Level::Ok);
+        assert_eq!(memlock(Some((5, 10)), libc::RLIM_INFINITY).level, Level::Ok);
+        assert_eq!(memlock(Some((5, 11)), 64 << 10).level, Level::Ok, "5.11+: the memory cgroup is charged");
+    }
+
+    /// The probe opens what the agent opens: CPU 0's cycles + instructions group, counting
+    /// every task (pid -1) in kernel and user mode, read as a group.
+    #[test]
+    fn the_pmu_probe_opens_the_agents_cpu_wide_group() {
+        use tapio_util::perf::*;
+        let calls = std::cell::RefCell::new(Vec::new());
+        probe_pmu(|a, pid, cpu, group| {
+            calls.borrow_mut().push((a.kind, a.config, a.flags, a.read_format, pid, cpu, group.is_some()));
+            Ok(std::fs::File::open("/dev/null")?.into())
+        })
+        .unwrap();
+        let group = PERF_FORMAT_GROUP | PERF_FORMAT_TOTAL_TIME_ENABLED | PERF_FORMAT_TOTAL_TIME_RUNNING;
+        assert_eq!(
+            calls.into_inner(),
+            [
+                (PERF_TYPE_HARDWARE, PERF_COUNT_HW_CPU_CYCLES, 0, group, -1, 0, false),
+                (PERF_TYPE_HARDWARE, PERF_COUNT_HW_INSTRUCTIONS, 0, group, -1, 0, true),
+            ]
+        );
+        let refused = probe_pmu(|_, _, _, _| Err(io::Error::from_raw_os_error(libc::EACCES)));
+        assert_eq!(refused.unwrap_err().raw_os_error(), Some(libc::EACCES));
     }
 
     #[test]
