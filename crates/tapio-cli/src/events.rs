@@ -685,6 +685,17 @@ mod tests {
     }
 
     /// A file whose every append after the first rotates: one record a file.
+    /// A writer keeping `keep` rotated files in a scratch directory, and a follower of its
+    /// file opened after the first line, `0`: (directory, file, writer, follower).
+    fn followed(tag: &str, keep: usize) -> (std::path::PathBuf, std::path::PathBuf, RotatingFile, Source) {
+        let dir = temp(tag);
+        let path = dir.join("e.jsonl");
+        let mut file = writer(&path, keep);
+        file.append(b"0\n").unwrap();
+        let src = open(path.to_str().unwrap()).unwrap();
+        (dir, path, file, src)
+    }
+
     fn writer(path: &Path, keep: usize) -> RotatingFile {
         RotatingFile::open(path.to_path_buf(), 3, keep).unwrap()
     }
@@ -693,6 +704,17 @@ mod tests {
         let mut s = String::new();
         src.lines.inner.read_to_string(&mut s).unwrap();
         s
+    }
+
+    /// What a catch-up reads, file by file, and the gaps it counts.
+    fn read_all(src: &mut Source, list: impl FnMut(&str) -> Vec<(usize, Id)>) -> (Vec<String>, u64) {
+        let mut read = Vec::new();
+        let gone = catch_up(src, list, |f| {
+            read.push(text(f));
+            Ok(true)
+        })
+        .unwrap();
+        (read, gone)
     }
 
     fn id(path: &Path) -> Id {
@@ -721,12 +743,7 @@ mod tests {
     /// `2`, listed as `path`, is `.1` now, and still read, before the new `3`.
     #[test]
     fn a_rotation_while_a_rotated_file_is_read_skips_nothing() {
-        let dir = temp("during-read");
-        let path = dir.join("e.jsonl");
-        let name = path.to_str().unwrap();
-        let mut file = writer(&path, 5);
-        file.append(b"0\n").unwrap();
-        let mut src = open(name).unwrap();
+        let (dir, path, mut file, mut src) = followed("during-read", 5);
         file.append(b"1\n").unwrap();
         file.append(b"2\n").unwrap();
         let mut read = Vec::new();
@@ -747,12 +764,7 @@ mod tests {
     /// file, which is not taken for the one listed.
     #[test]
     fn a_file_is_read_only_if_it_is_still_the_one_listed() {
-        let dir = temp("after-listing");
-        let path = dir.join("e.jsonl");
-        let name = path.to_str().unwrap();
-        let mut file = writer(&path, 5);
-        file.append(b"0\n").unwrap();
-        let mut src = open(name).unwrap();
+        let (dir, _, mut file, mut src) = followed("after-listing", 5);
         file.append(b"1\n").unwrap();
         let mut lists = 0;
         let list = |p: &str| {
@@ -763,12 +775,7 @@ mod tests {
             }
             files
         };
-        let mut read = Vec::new();
-        let gone = catch_up(&mut src, list, |f| {
-            read.push(text(f));
-            Ok(true)
-        })
-        .unwrap();
+        let (read, gone) = read_all(&mut src, list);
         assert_eq!((read, gone), (vec!["1\n".to_string()], 0));
         assert_eq!(text(&mut src), "2\n");
         std::fs::remove_dir_all(&dir).unwrap();
@@ -779,21 +786,11 @@ mod tests {
     /// unread (another); what is left is read in order.
     #[test]
     fn files_rotated_away_before_they_are_read_are_counted() {
-        let dir = temp("gone");
-        let path = dir.join("e.jsonl");
-        let name = path.to_str().unwrap();
-        let mut file = writer(&path, 2);
-        file.append(b"0\n").unwrap();
-        let mut src = open(name).unwrap();
+        let (dir, path, mut file, mut src) = followed("gone", 2);
         for n in 1..=3 {
             file.append(format!("{n}\n").as_bytes()).unwrap();
         }
-        let mut read = Vec::new();
-        let gone = catch_up(&mut src, listing, |f| {
-            read.push(text(f));
-            Ok(true)
-        })
-        .unwrap();
+        let (read, gone) = read_all(&mut src, listing);
         assert_eq!((read, gone), (vec!["1\n".to_string(), "2\n".into()], 1));
         assert_eq!(text(&mut src), "3\n");
 
@@ -814,12 +811,7 @@ mod tests {
             }
             files
         };
-        let mut read = Vec::new();
-        let gone = catch_up(&mut src, list, |f| {
-            read.push(text(f));
-            Ok(true)
-        })
-        .unwrap();
+        let (read, gone) = read_all(&mut src, list);
         assert_eq!((read, gone), (vec!["5\n".to_string(), "6\n".into()], 1), "4 rotated away unread");
         assert_eq!(text(&mut src), "7\n");
         std::fs::remove_dir_all(&dir).unwrap();

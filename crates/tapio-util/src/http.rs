@@ -430,6 +430,18 @@ mod tests {
         assert_eq!(percent_encode(""), "");
     }
 
+    /// What a peer reads of a request until `done` says it has enough.
+    fn read_until(conn: &mut std::net::TcpStream, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !done(&got) {
+            let n = conn.read(&mut buf).unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+
     /// The request as a peer receives it: method, prefixed path, Host, the caller's
     /// headers, a JSON body with its length.
     #[test]
@@ -438,13 +450,7 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let peer = std::thread::spawn(move || {
             let (mut conn, _) = listener.accept().unwrap();
-            let mut got = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !got.ends_with(b"{\"a\":1}") {
-                let n = conn.read(&mut buf).unwrap();
-                assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
-                got.extend_from_slice(&buf[..n]);
-            }
+            let got = read_until(&mut conn, |got| got.ends_with(b"{\"a\":1}"));
             conn.write_all(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n{}").unwrap();
             String::from_utf8(got).unwrap()
         });
@@ -536,23 +542,16 @@ mod tests {
         assert!(err.len() < 100 && err.contains('…'), "{} chars: {err}", err.len());
     }
 
-    /// A peer that trickles its headers a byte at a time (each read well within the io
-    /// timeout) is cut off at the request deadline, not after 16 KiB of trickle.
+    /// A server that refuses the declared length from the head alone and closes with the
+    /// body unread (its kernel then resets the connection under the client's writes): its
+    /// answer is the outcome.
     #[test]
     fn an_answer_sent_before_the_body_was_read_is_the_outcome_not_the_broken_write() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        // A server that refuses the declared length from the head alone and closes with the
-        // body unread (its kernel then resets the connection under the client's writes).
         let peer = std::thread::spawn(move || {
             let (mut conn, _) = listener.accept().unwrap();
-            let mut got = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                let n = conn.read(&mut buf).unwrap();
-                assert!(n > 0, "closed early");
-                got.extend_from_slice(&buf[..n]);
-            }
+            read_until(&mut conn, |got| got.windows(4).any(|w| w == b"\r\n\r\n"));
             conn.write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
                 .unwrap();
         });
@@ -573,6 +572,8 @@ mod tests {
         peer.join().unwrap();
     }
 
+    /// A peer that trickles its headers a byte at a time (each read well within the io
+    /// timeout) is cut off at the request deadline, not after 16 KiB of trickle.
     #[test]
     fn a_trickling_peer_is_cut_off_at_the_request_deadline() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
