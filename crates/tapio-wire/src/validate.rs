@@ -118,6 +118,11 @@ pub fn clip(s: &str) -> String {
 /// version may have a different shape); an absent required field → `MISSING_FIELD`;
 /// anything else → `MALFORMED_JSON`.
 pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
+    // Serde's derived structs also take an array of their fields in order; the protocol's
+    // bodies are objects, named fields only.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(WireError::MalformedJson("a request body is a JSON object, not an array".into()));
+    }
     match serde_json::from_slice::<T>(bytes) {
         Ok(v) => Ok(v),
         Err(e) => Err(classify_parse_error(bytes, &e)),

@@ -121,6 +121,9 @@ fn malformed_json_variants() {
         let err = parse_body::<HelloRequest>(body.as_bytes()).unwrap_err();
         assert_eq!(err.code(), ErrorCode::MalformedJson, "{body:?}");
     }
+    // The fields in order, as an array: a struct serde would fill, not a body of the spec's.
+    let fields = json!(["tapio-wire/v1", "a1", "n1", "0.1.0", "6.8.0", "x86_64"]).to_string();
+    assert_eq!(parse_body::<HelloRequest>(fields.as_bytes()).unwrap_err().code(), ErrorCode::MalformedJson);
     // Valid JSON, right version, wrong type for a field.
     let mut v = hello();
     v["agent_id"] = json!(42);
