@@ -152,7 +152,7 @@ async fn a_real_prometheus_scrapes_known_evidence_and_agent_health() {
     let (_, rules) = http_get(prom, "/api/v1/rules").await.unwrap();
     let rules: Value = serde_json::from_str(&rules).unwrap();
     let loaded: Vec<&Value> = rules["data"]["groups"][0]["rules"].as_array().unwrap().iter().collect();
-    assert_eq!(loaded.len(), 5, "{rules}");
+    assert_eq!(loaded.len(), 7, "{rules}");
     for r in loaded {
         assert_eq!(r["health"], "ok", "{r}");
     }
