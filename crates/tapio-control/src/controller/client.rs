@@ -136,6 +136,7 @@ impl Client {
 impl Loop {
     fn new(c: Client) -> Self {
         let now = Instant::now();
+        let batch_bytes = c.settings.max_batch_bytes;
         let limits = Limits {
             connect_timeout: Duration::from_millis(c.settings.connect_timeout_ms),
             io_timeout: Duration::from_millis(c.settings.io_timeout_ms),
@@ -162,14 +163,13 @@ impl Loop {
             failure_log: LogLimiter::default(),
             same_config_versions: Vec::new(),
             fetch_for_version: None,
-            batch_bytes: 0,
+            batch_bytes,
             token_stamp: None,
         };
         if let Some(path) = &l.c.settings.token_file {
             l.token_stamp = FileStamp::of(path);
         }
-        l.batch_bytes = l.c.settings.max_batch_bytes;
-        l.c.outbox.set_full_batch(l.max_batch_events as usize, l.batch_bytes);
+        l.tell_outbox_the_batch_size();
         l
     }
 
@@ -347,6 +347,11 @@ impl Loop {
     fn set_batching(&mut self, send_interval_ms: u64, max_batch_events: u64) {
         self.send_interval = Duration::from_millis(send_interval_ms.clamp(50, 60_000));
         self.max_batch_events = max_batch_events.clamp(1, MAX_BATCH_EVENTS);
+        self.tell_outbox_the_batch_size();
+    }
+
+    /// What a full batch is, for the outbox to wake the loop when one is waiting.
+    fn tell_outbox_the_batch_size(&self) {
         self.c.outbox.set_full_batch(self.max_batch_events as usize, self.batch_bytes);
     }
 
@@ -545,7 +550,7 @@ impl Loop {
                     format!("{} for batch {} of {n} events: sent again in halves", Self::describe(&resp), p.sequence),
                 );
                 self.batch_bytes = (self.batch_bytes.min(bytes) / 2).max(1);
-                self.c.outbox.set_full_batch(self.max_batch_events as usize, self.batch_bytes);
+                self.tell_outbox_the_batch_size();
                 self.c.outbox.put_back(p.lines);
                 self.sequence = p.sequence;
                 return true;
