@@ -35,6 +35,13 @@ VALUE_SETS = {
     # Nothing left for the controller to read from the API: no RBAC objects.
     "token-auth-without-pod-names": ["auth.mode=token", "controller.podNames=false"],
     "no-priority-class": ["agent.priorityClassName="],
+    "registry-pinned": [
+        "image.agent.repository=registry.example.com/tapio/agent",
+        f"image.agent.digest=sha256:{'a' * 64}",
+        "image.controller.repository=registry.example.com/tapio/controller",
+        f"image.controller.digest=sha256:{'b' * 64}",
+        "image.pullSecrets[0].name=regcred",
+    ],
     "custom-priority-class": ["agent.priorityClassName=tapio-node", "agent.priorityClassQuota.pods=20000"],
     "tuned": [
         "controller.allowFrom[0].ipBlock.cidr=10.0.0.0/16",
@@ -183,10 +190,34 @@ class ChartTest(unittest.TestCase):
         _, docs = helm_template("agent.nodeSelector=null")
         self.assertNotIn("nodeSelector", find(docs, "DaemonSet", "tapio-agent")["spec"]["template"]["spec"])
 
+    def test_images_by_tag_or_pinned_by_digest_with_pull_secrets(self):
+        def pods(*sets):
+            out, docs = helm_template(*sets)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            return [find(docs, kind, name)["spec"]["template"]["spec"]
+                    for kind, name in [("DaemonSet", "tapio-agent"), ("Deployment", "tapio-controller")]]
+
+        agent, controller = pods()
+        version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+        self.assertEqual(agent["containers"][0]["image"], f"localhost/tapio-agent:{version}")
+        self.assertEqual(controller["containers"][0]["image"], f"localhost/tapio-controller:{version}")
+        self.assertNotIn("imagePullSecrets", agent)
+        self.assertNotIn("imagePullSecrets", controller)
+
+        agent, controller = pods(*VALUE_SETS["registry-pinned"], "image.agent.tag=ignored")
+        self.assertEqual(agent["containers"][0]["image"], f"registry.example.com/tapio/agent@sha256:{'a' * 64}")
+        self.assertEqual(controller["containers"][0]["image"], f"registry.example.com/tapio/controller@sha256:{'b' * 64}")
+        self.assertEqual(agent["imagePullSecrets"], [{"name": "regcred"}])
+        self.assertEqual(controller["imagePullSecrets"], [{"name": "regcred"}])
+
     def test_bad_values_fail_with_the_value_named(self):
         for sets, message in [
             (["auth.mode=oidc"], "auth.mode must be kubernetes, token or none"),
             (["agent.seccompProfile=Localhost"], "agent.seccompProfile must be Unconfined or RuntimeDefault"),
+            # A tag in the digest field, or a digest without its algorithm, would render an
+            # image reference the runtime refuses only when the pod is scheduled.
+            (["image.agent.digest=v1.2"], "image.agent.digest must be sha256:"),
+            ([f"image.controller.digest={'c' * 64}"], "image.controller.digest must be sha256:"),
         ]:
             with self.subTest(sets=sets):
                 out, _ = helm_template(*sets)
