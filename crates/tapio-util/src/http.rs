@@ -6,12 +6,15 @@
 //! connection with an optional JSON body and a bounded JSON response, so this client does that:
 //! plain `http://` only (an `https://` URL is refused when the URL is parsed — no silent
 //! downgrade), connect/read/write timeouts and a deadline for the whole request (a peer that
-//! trickles its answer a byte at a time cannot hold it longer), capped header and body
+//! trickles its answer a byte at a time cannot hold it longer, nor, with [`resolve_within`],
+//! a resolver that never answers), capped header and body
 //! sizes, Content-Length and chunked responses, and no redirects (a 3xx is returned as a
 //! status, never followed).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Response headers larger than this are refused.
@@ -223,9 +226,89 @@ impl Write for Deadlined<'_> {
     }
 }
 
+/// How a request finds its peer's addresses, given the request's deadline.
+pub type Resolve = fn(&Endpoint, Instant) -> Result<Vec<SocketAddr>, HttpError>;
+
+/// One request, its host name resolved by the system resolver in this thread (with the
+/// resolver's own timeouts: fine for a person's command, who can interrupt it).
 pub fn send(endpoint: &Endpoint, limits: &Limits, req: &Request<'_>) -> Result<Response, HttpError> {
+    send_with(endpoint, limits, req, |endpoint, _| endpoint.addrs())
+}
+
+/// Name lookups that outlived the request that asked for them (their threads wait on the
+/// resolver); at this many, a request fails at once instead of parking another thread.
+const MAX_LOOKUPS_IN_FLIGHT: usize = 2;
+static LOOKUPS_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Resolves the endpoint's host no later than `deadline`: the lookup runs in a thread of its
+/// own, which the request stops waiting for at the deadline. getaddrinfo cannot be
+/// cancelled, and a resolver that drops queries holds it for its timeouts times its
+/// attempts times every search domain (tens of seconds with Kubernetes' `ndots:5`), which a
+/// daemon's request deadline must bound. An address literal is used as it is.
+pub fn resolve_within(endpoint: &Endpoint, deadline: Instant) -> Result<Vec<SocketAddr>, HttpError> {
+    resolve_in_thread(endpoint, deadline, |host, port| (host, port).to_socket_addrs().map(Iterator::collect))
+}
+
+/// A name lookup's answer.
+type Lookup = io::Result<Vec<SocketAddr>>;
+
+fn resolve_in_thread(
+    endpoint: &Endpoint,
+    deadline: Instant,
+    lookup: fn(&str, u16) -> Lookup,
+) -> Result<Vec<SocketAddr>, HttpError> {
+    if let Ok(ip) = endpoint.host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, endpoint.port)]);
+    }
+    if LOOKUPS_IN_FLIGHT.fetch_add(1, Ordering::AcqRel) >= MAX_LOOKUPS_IN_FLIGHT {
+        LOOKUPS_IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
+        return Err(HttpError::Connect(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "earlier lookups of the controller's name are still unanswered",
+        )));
+    }
+    // A slot and a condition variable rather than a channel: the agent already carries
+    // Mutex and Condvar code, and a channel of this type measured 12.5 KB more of it.
+    let answer: Arc<(Mutex<Option<Lookup>>, Condvar)> = Arc::default();
+    let (host, port, answered) = (endpoint.host.clone(), endpoint.port, Arc::clone(&answer));
+    let spawned = std::thread::Builder::new().name("tapio-resolve".into()).spawn(move || {
+        let addrs = lookup(&host, port);
+        LOOKUPS_IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
+        // The request may have stopped waiting: then the answer is dropped with the slot.
+        let (slot, ready) = &*answered;
+        *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(addrs);
+        ready.notify_one();
+    });
+    if let Err(e) = spawned {
+        LOOKUPS_IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
+        return Err(HttpError::Connect(e));
+    }
+    let (slot, ready) = &*answer;
+    let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+    loop {
+        if let Some(addrs) = slot.take() {
+            return addrs.map_err(HttpError::Connect);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(HttpError::Connect(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the name lookup passed the request deadline",
+            )));
+        }
+        slot = ready.wait_timeout(slot, left).unwrap_or_else(PoisonError::into_inner).0;
+    }
+}
+
+/// One request, its peer's addresses found by `resolve` (e.g. [`resolve_within`]).
+pub fn send_with(
+    endpoint: &Endpoint,
+    limits: &Limits,
+    req: &Request<'_>,
+    resolve: Resolve,
+) -> Result<Response, HttpError> {
     let deadline = Instant::now() + limits.request_timeout;
-    let stream = connect(endpoint, limits, deadline)?;
+    let stream = connect(resolve(endpoint, deadline)?, limits, deadline)?;
     let mut head = format!(
         "{} {}{} HTTP/1.1\r\nHost: {}\r\nUser-Agent: {}\r\nAccept: application/json\r\nConnection: close\r\n",
         req.method, endpoint.base_path, req.path, endpoint.authority, limits.user_agent,
@@ -250,9 +333,9 @@ pub fn send(endpoint: &Endpoint, limits: &Limits, req: &Request<'_>) -> Result<R
     read_response(BufReader::new(conn), limits.max_response_bytes)
 }
 
-fn connect(endpoint: &Endpoint, limits: &Limits, deadline: Instant) -> Result<TcpStream, HttpError> {
+fn connect(addrs: Vec<SocketAddr>, limits: &Limits, deadline: Instant) -> Result<TcpStream, HttpError> {
     let mut last = None;
-    for addr in endpoint.addrs()? {
+    for addr in addrs {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             break;
@@ -604,6 +687,43 @@ mod tests {
         // Generous: the bound is the deadline plus one scheduling delay, not the trickle.
         assert!(took < Duration::from_secs(5), "took {took:?}");
         trickler.join().unwrap();
+    }
+
+    /// A resolver that never answers holds a request no longer than its deadline, and
+    /// parks at most MAX_LOOKUPS_IN_FLIGHT threads however many requests give up on it.
+    #[test]
+    fn a_lookup_is_bounded_by_the_request_deadline_and_stuck_lookups_are_bounded() {
+        fn slow_lookup(_: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+            std::thread::sleep(Duration::from_millis(1500));
+            Ok(vec![SocketAddr::from(([127, 0, 0, 1], port))])
+        }
+        fn quick_lookup(_: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+            Ok(vec![SocketAddr::from(([127, 0, 0, 2], port))])
+        }
+        let endpoint = Endpoint::parse("http://tapio-controller.tapio-system.svc:8080").unwrap();
+        for _ in 0..MAX_LOOKUPS_IN_FLIGHT {
+            let started = Instant::now();
+            let deadline = started + Duration::from_millis(200);
+            let err = resolve_in_thread(&endpoint, deadline, slow_lookup).unwrap_err();
+            assert!(err.to_string().contains("passed the request deadline"), "{err}");
+            // Generous: the bound is the deadline plus one scheduling delay, not the lookup.
+            assert!(started.elapsed() < Duration::from_millis(1200), "took {:?}", started.elapsed());
+        }
+        assert_eq!(LOOKUPS_IN_FLIGHT.load(Ordering::Acquire), MAX_LOOKUPS_IN_FLIGHT);
+        let err = resolve_in_thread(&endpoint, Instant::now() + Duration::from_secs(5), quick_lookup).unwrap_err();
+        assert!(err.to_string().contains("still unanswered"), "{err}");
+        // An address literal needs no lookup, stuck or not.
+        let literal = Endpoint::parse("http://[::1]:9").unwrap();
+        assert_eq!(resolve_within(&literal, Instant::now()).unwrap(), vec!["[::1]:9".parse().unwrap()]);
+        // Once the stuck lookups end, lookups run again, and an answer in time is used.
+        let waited = Instant::now();
+        while LOOKUPS_IN_FLIGHT.load(Ordering::Acquire) > 0 {
+            assert!(waited.elapsed() < Duration::from_secs(30), "the stuck lookups never ended");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let addrs = resolve_in_thread(&endpoint, Instant::now() + Duration::from_secs(30), quick_lookup).unwrap();
+        assert_eq!(addrs, vec!["127.0.0.2:8080".parse().unwrap()]);
+        assert_eq!(LOOKUPS_IN_FLIGHT.load(Ordering::Acquire), 0);
     }
 
     #[test]

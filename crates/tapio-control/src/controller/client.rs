@@ -243,7 +243,8 @@ impl Loop {
         if let Some(a) = &auth {
             headers.push(("Authorization", a.as_str()));
         }
-        let result = http::send(&self.c.endpoint, &self.limits, &Request { method, path, headers: &headers, body });
+        let request = Request { method, path, headers: &headers, body };
+        let result = http::send_with(&self.c.endpoint, &self.limits, &request, http::resolve_within);
         if let Ok(resp) = &result {
             if resp.status == 401 {
                 self.reload_token();
