@@ -140,8 +140,12 @@ pub(crate) fn v1_hierarchy_ids(proc_cgroups: &str) -> HashMap<String, u32> {
 
 /// Every directory below `root` (included) with its path relative to `root` ("" for the
 /// root), reading at most `max_dirs` directories. Returns false if it stopped at the bound.
+/// Stays on `root`'s filesystem: below a directory where something else is mounted (a
+/// runtime's bind mount, a tmpfs), inode numbers are another filesystem's and would name
+/// cgroup ids after unrelated paths; the mount point itself is still a cgroup.
 pub(crate) fn each_dir(root: &Path, max_dirs: usize, mut f: impl FnMut(u64, &str)) -> bool {
     let Ok(meta) = fs::symlink_metadata(root) else { return true };
+    let root_dev = meta.dev();
     f(meta.ino(), "");
     let mut pending = vec![root.to_path_buf()];
     let mut visited = 0usize;
@@ -159,7 +163,10 @@ pub(crate) fn each_dir(root: &Path, max_dirs: usize, mut f: impl FnMut(u64, &str
             if let Some(rel) = path.strip_prefix(root).ok().and_then(|r| r.to_str()) {
                 f(entry.ino(), rel);
             }
-            pending.push(path);
+            // d_ino is the mount point's own inode; a stat crosses into what is mounted there.
+            if entry.metadata().is_ok_and(|m| m.dev() == root_dev) {
+                pending.push(path);
+            }
         }
     }
     true
@@ -176,6 +183,39 @@ mod tests {
         assert_eq!(ids.get("memory"), Some(&4));
         assert_eq!(ids.get("cpu"), Some(&1));
         assert_eq!(ids.get("hugetlb"), None, "a controller on cgroup2 has no v1 hierarchy");
+    }
+
+    /// Below a mount inside the tree, inode numbers are another filesystem's: the walk
+    /// reports the mount point (a cgroup of the tree) and does not go in.
+    #[test]
+    #[ignore = "needs root"]
+    fn the_walk_stays_on_the_roots_filesystem() {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "needs root (it mounts a tmpfs)");
+        let tree = crate::testdir::TestDir::new("xdev");
+        tree.mkdirs("a/b");
+        let mount_point = tree.mkdirs("a/m");
+        let target = CString::new(mount_point.as_os_str().as_bytes()).unwrap();
+        // SAFETY: valid NUL-terminated strings; a null data pointer is allowed for tmpfs.
+        let mounted =
+            unsafe { libc::mount(c"tmpfs".as_ptr(), target.as_ptr(), c"tmpfs".as_ptr(), 0, std::ptr::null()) };
+        assert_eq!(mounted, 0, "mount tmpfs: {}", std::io::Error::last_os_error());
+        struct Unmount(CString);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                // SAFETY: a valid NUL-terminated path; MNT_DETACH even if something is busy.
+                unsafe { libc::umount2(self.0.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+        let _unmount = Unmount(target);
+        fs::create_dir_all(mount_point.join("inside/deeper")).unwrap();
+
+        let mut seen = Vec::new();
+        assert!(each_dir(tree.path(), 100, |_, rel| seen.push(rel.to_owned())));
+        seen.sort();
+        assert_eq!(seen, ["", "a", "a/b", "a/m"]);
     }
 
     #[test]
