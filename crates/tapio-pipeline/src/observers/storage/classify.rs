@@ -28,28 +28,65 @@ pub fn op_name(op: u32) -> &'static str {
     }
 }
 
-/// The errno the kernel's blk_status_to_errno() gives for a block status. Only statuses
-/// whose number has never changed are mapped; later ones were renumbered between releases
-/// (BLK_STS_INVAL moved from 19 to 18), so for them the errno is left unknown rather than
-/// guessed, and the raw status is reported.
-pub fn blk_status_errno(status: u8) -> Option<u32> {
+/// How the running kernel numbers the block statuses above BLK_STS_DEV_RESOURCE (13): 6.10
+/// removed BLK_STS_ZONE_RESOURCE (14) and moved every later status down by one, so a
+/// status of 16 is "device offline" from 6.10 on but "too many active zones" before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusNumbering {
+    /// 5.18-6.9 (older kernels pass an errno, never a status).
+    Before6_10,
+    Since6_10,
+    /// The release could not be read: only the statuses every kernel numbers alike are named.
+    Unknown,
+}
+
+impl StatusNumbering {
+    /// From the kernel's release. A distribution kernel older than 6.10 that took the
+    /// renumbering in a backport would be misread; none is known.
+    pub fn of(version: Option<aya::util::KernelVersion>) -> Self {
+        use aya::util::KernelVersion;
+        match version {
+            Some(v) if v >= KernelVersion::new(6, 10, 0) => Self::Since6_10,
+            Some(_) => Self::Before6_10,
+            None => Self::Unknown,
+        }
+    }
+}
+
+/// The errno the kernel's blk_status_to_errno() gives for a block status. Statuses 1-13
+/// have had one number since they exist; the zone and offline statuses after them are
+/// read by the kernel's numbering, and anything else is left unknown rather than guessed
+/// (the raw status is reported).
+pub fn blk_status_errno(status: u8, numbering: StatusNumbering) -> Option<u32> {
+    // The zone and offline statuses counted from 14 (6.10 on) or from 15 (before).
+    let past_dev_resource = match (numbering, status) {
+        (_, 0..=13) => None,
+        (StatusNumbering::Since6_10, s) => Some(s - 13),
+        (StatusNumbering::Before6_10, s) => Some(s - 14),
+        (StatusNumbering::Unknown, _) => return None,
+    };
+    if let Some(n) = past_dev_resource {
+        return match n {
+            1 => Some(109), // ZONE_OPEN_RESOURCE: ETOOMANYREFS
+            2 => Some(75),  // ZONE_ACTIVE_RESOURCE: EOVERFLOW
+            3 => Some(19),  // OFFLINE: ENODEV
+            _ => None,      // ZONE_RESOURCE (before 6.10) and the statuses after OFFLINE
+        };
+    }
     Some(match status {
-        1 => 95,   // NOTSUPP: EOPNOTSUPP
-        2 => 110,  // TIMEOUT: ETIMEDOUT
-        3 => 28,   // NOSPC: ENOSPC
-        4 => 67,   // TRANSPORT: ENOLINK
-        5 => 121,  // TARGET: EREMOTEIO
-        6 => 52,   // NEXUS / RESV_CONFLICT: EBADE
-        7 => 61,   // MEDIUM: ENODATA
-        8 => 84,   // PROTECTION: EILSEQ
-        9 => 12,   // RESOURCE: ENOMEM
-        10 => 5,   // IOERR: EIO
-        11 => 78,  // DM_REQUEUE: EREMCHG
-        12 => 11,  // AGAIN: EAGAIN
-        13 => 16,  // DEV_RESOURCE: EBUSY
-        14 => 109, // ZONE_OPEN_RESOURCE: ETOOMANYREFS
-        15 => 75,  // ZONE_ACTIVE_RESOURCE: EOVERFLOW
-        16 => 19,  // OFFLINE: ENODEV
+        1 => 95,  // NOTSUPP: EOPNOTSUPP
+        2 => 110, // TIMEOUT: ETIMEDOUT
+        3 => 28,  // NOSPC: ENOSPC
+        4 => 67,  // TRANSPORT: ENOLINK
+        5 => 121, // TARGET: EREMOTEIO
+        6 => 52,  // NEXUS / RESV_CONFLICT: EBADE
+        7 => 61,  // MEDIUM: ENODATA
+        8 => 84,  // PROTECTION: EILSEQ
+        9 => 12,  // RESOURCE: ENOMEM
+        10 => 5,  // IOERR: EIO
+        11 => 78, // DM_REQUEUE: EREMCHG
+        12 => 11, // AGAIN: EAGAIN
+        13 => 16, // DEV_RESOURCE: EBUSY
         _ => return None,
     })
 }
@@ -81,10 +118,10 @@ pub fn errno_name(errno: u32) -> Option<&'static str> {
 
 /// (errno, blk_status) of an error record: newer kernels pass a blk_status_t, older ones a
 /// negative errno; anything else is not a value the kernel produces.
-fn error_of(ev: &tapio_sto_event) -> Option<(Option<u32>, Option<u8>)> {
+fn error_of(ev: &tapio_sto_event, numbering: StatusNumbering) -> Option<(Option<u32>, Option<u8>)> {
     if u32::from(ev.flags) & TAPIO_STO_F_BLK_STATUS != 0 {
         let status = u8::try_from(ev.error).ok().filter(|&s| s != 0)?;
-        Some((blk_status_errno(status), Some(status)))
+        Some((blk_status_errno(status, numbering), Some(status)))
     } else if ev.error < 0 {
         Some((Some(ev.error.unsigned_abs()), None))
     } else {
@@ -92,8 +129,14 @@ fn error_of(ev: &tapio_sto_event) -> Option<(Option<u32>, Option<u8>)> {
     }
 }
 
-/// Classifies one storage record; `disk` is the disk's name, if known.
-pub fn classify(ev: &tapio_sto_event, disk: Option<&str>, stamper: &mut Stamper) -> Verdict {
+/// Classifies one storage record; `disk` is the disk's name, if known, and `numbering` the
+/// running kernel's block statuses.
+pub fn classify(
+    ev: &tapio_sto_event,
+    disk: Option<&str>,
+    numbering: StatusNumbering,
+    stamper: &mut Stamper,
+) -> Verdict {
     let flags = u32::from(ev.flags);
     let task_known = flags & TAPIO_STO_F_TASK_KNOWN != 0;
     let issued = flags & TAPIO_STO_F_ISSUED != 0;
@@ -130,7 +173,7 @@ pub fn classify(ev: &tapio_sto_event, disk: Option<&str>, stamper: &mut Stamper)
     let (kind, severity, outcome, code, message) = match ev.hdr.kind {
         TAPIO_STO_IO_ERROR => {
             // A record that says "error" without an error value is malformed, not evidence.
-            let Some((errno, status)) = error_of(ev) else {
+            let Some((errno, status)) = error_of(ev, numbering) else {
                 return Verdict::Drop("invalid_error_status");
             };
             facts.errno = errno;
@@ -196,6 +239,9 @@ mod tests {
     use crate::evidence::Evidence;
     use crate::stamp::testing::{emitted, stamper};
 
+    /// The numbering of the kernels these records stand for.
+    const NOW: StatusNumbering = StatusNumbering::Since6_10;
+
     fn record(kind: u32) -> tapio_sto_event {
         let mut ev = tapio_sto_event::default();
         ev.hdr.kind = kind;
@@ -226,7 +272,7 @@ mod tests {
         let mut ev = record(TAPIO_STO_IO_ERROR);
         ev.error = 3; // BLK_STS_NOSPC
         ev.flags |= TAPIO_STO_F_BLK_STATUS as u16;
-        let e = emitted(classify(&ev, Some("loop3"), &mut stamper()));
+        let e = emitted(classify(&ev, Some("loop3"), NOW, &mut stamper()));
         assert_eq!(
             (e.kind, e.severity, e.outcome, e.error.code),
             ("kernel.storage.io_error", Severity::Error, Outcome::Failure, "ENOSPC")
@@ -248,7 +294,7 @@ mod tests {
     fn older_kernels_negative_errno_is_taken_as_is() {
         let mut ev = record(TAPIO_STO_IO_ERROR);
         ev.error = -5;
-        let e = emitted(classify(&ev, None, &mut stamper()));
+        let e = emitted(classify(&ev, None, NOW, &mut stamper()));
         let f = storage(&e);
         assert_eq!((f.errno, f.errno_name, f.blk_status, e.error.code), (Some(5), Some("EIO"), None, "EIO"));
         assert!(e.error.message.contains("on 7:3 failed with EIO"), "{}", e.error.message);
@@ -259,7 +305,7 @@ mod tests {
         let mut ev = record(TAPIO_STO_IO_ERROR);
         ev.error = 18;
         ev.flags |= TAPIO_STO_F_BLK_STATUS as u16;
-        let e = emitted(classify(&ev, None, &mut stamper()));
+        let e = emitted(classify(&ev, None, NOW, &mut stamper()));
         let f = storage(&e);
         assert_eq!((f.errno, f.blk_status, e.error.code), (None, Some(18), "IO_ERROR"));
         assert!(e.error.message.contains("block status 18"), "{}", e.error.message);
@@ -269,13 +315,13 @@ mod tests {
     fn impossible_error_values_are_dropped_not_guessed() {
         let mut ev = record(TAPIO_STO_IO_ERROR);
         ev.error = 0;
-        assert!(matches!(classify(&ev, None, &mut stamper()), Verdict::Drop("invalid_error_status")));
+        assert!(matches!(classify(&ev, None, NOW, &mut stamper()), Verdict::Drop("invalid_error_status")));
         ev.error = 300; // not a u8 blk_status_t
         ev.flags |= TAPIO_STO_F_BLK_STATUS as u16;
-        assert!(matches!(classify(&ev, None, &mut stamper()), Verdict::Drop("invalid_error_status")));
+        assert!(matches!(classify(&ev, None, NOW, &mut stamper()), Verdict::Drop("invalid_error_status")));
         ev.flags &= !(TAPIO_STO_F_BLK_STATUS as u16);
         ev.error = 5; // positive without the blk_status flag
-        assert!(matches!(classify(&ev, None, &mut stamper()), Verdict::Drop("invalid_error_status")));
+        assert!(matches!(classify(&ev, None, NOW, &mut stamper()), Verdict::Drop("invalid_error_status")));
     }
 
     #[test]
@@ -283,7 +329,7 @@ mod tests {
         let mut ev = record(TAPIO_STO_IO_ERROR);
         ev.error = 10;
         ev.flags = TAPIO_STO_F_BLK_STATUS as u16;
-        let e = emitted(classify(&ev, None, &mut stamper()));
+        let e = emitted(classify(&ev, None, NOW, &mut stamper()));
         let f = storage(&e);
         assert_eq!((f.pid, f.comm.as_deref(), f.latency_ns), (None, None, None));
         assert!(e.error.message.ends_with("failed with EIO before reaching the driver"), "{}", e.error.message);
@@ -295,7 +341,7 @@ mod tests {
         ev.error = 7;
         ev.done_bytes = 4096;
         ev.flags |= (TAPIO_STO_F_BLK_STATUS | TAPIO_STO_F_PARTIAL) as u16;
-        let e = emitted(classify(&ev, None, &mut stamper()));
+        let e = emitted(classify(&ev, None, NOW, &mut stamper()));
         assert_eq!((storage(&e).partial_bytes, storage(&e).errno_name), (Some(4096), Some("ENODATA")));
     }
 
@@ -305,7 +351,7 @@ mod tests {
         ev.latency_ns = 251_300_000;
         ev.threshold_ns = 100_000_000;
         ev.requeues = 2;
-        let e = emitted(classify(&ev, Some("loop5"), &mut stamper()));
+        let e = emitted(classify(&ev, Some("loop5"), NOW, &mut stamper()));
         assert_eq!(
             (e.kind, e.severity, e.outcome, e.error.code),
             ("kernel.storage.latency_spike", Severity::Warning, Outcome::Degraded, "SLOW_IO")
@@ -324,7 +370,7 @@ mod tests {
         ev.flags |= TAPIO_STO_F_CRITICAL as u16;
         ev.latency_ns = 1_500_000_000;
         ev.threshold_ns = 1_000_000_000;
-        let e = emitted(classify(&ev, None, &mut stamper()));
+        let e = emitted(classify(&ev, None, NOW, &mut stamper()));
         assert_eq!(e.severity, Severity::Critical);
     }
 
@@ -333,18 +379,44 @@ mod tests {
         let mut ev = record(TAPIO_STO_LATENCY);
         ev.latency_ns = 50;
         ev.threshold_ns = 100;
-        assert!(matches!(classify(&ev, None, &mut stamper()), Verdict::Drop("invalid_latency_record")));
+        assert!(matches!(classify(&ev, None, NOW, &mut stamper()), Verdict::Drop("invalid_latency_record")));
         ev.latency_ns = 500;
         ev.flags = TAPIO_STO_F_TASK_KNOWN as u16; // not issued: no latency to judge
-        assert!(matches!(classify(&ev, None, &mut stamper()), Verdict::Drop("invalid_latency_record")));
+        assert!(matches!(classify(&ev, None, NOW, &mut stamper()), Verdict::Drop("invalid_latency_record")));
     }
 
     #[test]
     fn op_names_cover_the_stable_operations_only() {
         assert_eq!((op_name(0), op_name(2), op_name(3), op_name(9)), ("read", "flush", "discard", "write_zeroes"));
         assert_eq!(op_name(13), "other");
-        assert_eq!(blk_status_errno(10), Some(5));
-        assert_eq!(blk_status_errno(17), None);
         assert_eq!(errno_name(28), Some("ENOSPC"));
+    }
+
+    /// 6.10 removed BLK_STS_ZONE_RESOURCE (14) and moved the later statuses down by one:
+    /// the same number is another error on either side, and neither side is guessed.
+    #[test]
+    fn block_statuses_are_read_by_the_running_kernels_numbering() {
+        use aya::util::KernelVersion;
+        use StatusNumbering::*;
+        assert_eq!(StatusNumbering::of(Some(KernelVersion::new(6, 1, 158))), Before6_10);
+        assert_eq!(StatusNumbering::of(Some(KernelVersion::new(6, 9, 12))), Before6_10);
+        assert_eq!(StatusNumbering::of(Some(KernelVersion::new(6, 10, 0))), Since6_10);
+        assert_eq!(StatusNumbering::of(None), Unknown);
+        for numbering in [Before6_10, Since6_10, Unknown] {
+            assert_eq!(blk_status_errno(10, numbering), Some(5), "IOERR is EIO on every kernel");
+            assert_eq!(blk_status_errno(13, numbering), Some(16), "DEV_RESOURCE is EBUSY on every kernel");
+        }
+        let named =
+            |numbering| (14..=18).map(|s| blk_status_errno(s, numbering).and_then(errno_name)).collect::<Vec<_>>();
+        assert_eq!(named(Since6_10), [Some("ETOOMANYREFS"), Some("EOVERFLOW"), Some("ENODEV"), None, None]);
+        assert_eq!(named(Before6_10), [None, Some("ETOOMANYREFS"), Some("EOVERFLOW"), Some("ENODEV"), None]);
+        assert_eq!(named(Unknown), [None, None, None, None, None]);
+        // Through the classifier: a 6.6 kernel's 16 is too many active zones, not offline.
+        let mut ev = record(TAPIO_STO_IO_ERROR);
+        ev.flags = (TAPIO_STO_F_TASK_KNOWN | TAPIO_STO_F_BLK_STATUS | TAPIO_STO_F_ISSUED) as u16;
+        ev.error = 16;
+        let e = emitted(classify(&ev, None, Before6_10, &mut stamper()));
+        let Facts::Storage(f) = &e.facts else { panic!("{e:?}") };
+        assert_eq!((f.errno, f.blk_status), (Some(75), Some(16)));
     }
 }

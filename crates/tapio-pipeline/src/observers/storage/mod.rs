@@ -149,11 +149,13 @@ pub fn hooks() -> Vec<(&'static str, Hook)> {
 
 pub struct StorageClassifier {
     disks: DiskNames,
+    numbering: classify::StatusNumbering,
 }
 
 impl StorageClassifier {
     pub fn new() -> Self {
-        Self { disks: DiskNames::system() }
+        let numbering = classify::StatusNumbering::of(aya::util::KernelVersion::current().ok());
+        Self { disks: DiskNames::system(), numbering }
     }
 }
 
@@ -167,7 +169,7 @@ impl Classifier for StorageClassifier {
     fn classify(&mut self, record: &[u8], stamper: &mut Stamper) -> Result<Verdict, tapio_bpf::DecodeError> {
         let ev = tapio_bpf::storage::decode(record)?;
         let disk = self.disks.name(ev.dev_major, ev.dev_minor);
-        Ok(classify::classify(&ev, disk.as_deref(), stamper))
+        Ok(classify::classify(&ev, disk.as_deref(), self.numbering, stamper))
     }
 }
 
