@@ -92,7 +92,7 @@ async fn a_real_prometheus_scrapes_known_evidence_and_agent_health() {
     for a in ["p1", "p2"] {
         assert_eq!(c.post_json("/v1/agents/hello", &hello(a)).await.status, 200);
     }
-    assert_eq!(c.post_json("/v1/agents/heartbeat", &heartbeat("p1", 7, "degraded")).await.status, 200);
+    assert_eq!(c.post_json("/v1/agents/heartbeat", &heartbeat("p1", 7, "failed")).await.status, 200);
     assert_eq!(c.post_json("/v1/agents/heartbeat", &heartbeat("p2", 0, "running")).await.status, 200);
     let refused = "kernel.network.connection_refused";
     let events = vec![
@@ -145,19 +145,19 @@ async fn a_real_prometheus_scrapes_known_evidence_and_agent_health() {
     expect(prom, "tapio_controller_agent_losses_total{agent_id=\"p1\",kind=\"lost_events\"}", 7.0).await;
     expect(prom, "sum(tapio_controller_agent_losses_total{kind=\"sink_drops\"})", 8.0).await;
     expect(prom, "count(tapio_controller_agent_heartbeat_age_seconds < 60)", 2.0).await;
-    expect(prom, "tapio_controller_agent_observers{agent_id=\"p1\",observer=\"network\",status=\"degraded\"}", 1.0)
+    expect(prom, "tapio_controller_agent_observers{agent_id=\"p1\",observer=\"network\",status=\"failed\"}", 1.0)
         .await;
     expect(prom, "count(tapio_controller_agent_observers{status=\"running\"})", 3.0).await;
     // The alert rules loaded and evaluate without errors.
     let (_, rules) = http_get(prom, "/api/v1/rules").await.unwrap();
     let rules: Value = serde_json::from_str(&rules).unwrap();
     let loaded: Vec<&Value> = rules["data"]["groups"][0]["rules"].as_array().unwrap().iter().collect();
-    assert_eq!(loaded.len(), 7, "{rules}");
+    assert_eq!(loaded.len(), 8, "{rules}");
     for r in loaded {
         assert_eq!(r["health"], "ok", "{r}");
     }
-    // The degraded observer is pending (its `for` is 5 min) once a rule evaluation saw it.
-    expect(prom, "count(ALERTS{alertname=\"TapioObserverDegraded\",alertstate=\"pending\",agent_id=\"p1\"})", 1.0)
+    // The failed observer is pending (its `for` is 5 min) once a rule evaluation saw it.
+    expect(prom, "count(ALERTS{alertname=\"TapioObserverFailed\",alertstate=\"pending\",agent_id=\"p1\"})", 1.0)
         .await;
     drop(_prom_proc);
     t.stop().await;
