@@ -51,6 +51,14 @@ VALUE_SETS = {
         "agent.nodeSelector.tapio\\.dev/agent=enabled",
         "controller.extraArgs={--max-agents=5000}",
     ],
+    # A durable file sink on a claim: the read-only root needs a volume for it.
+    "file-sink": [
+        "controller.extraArgs={--sink=file,--sink-path=/var/lib/tapio-events/events.jsonl}",
+        "controller.extraVolumes[0].name=events",
+        "controller.extraVolumes[0].persistentVolumeClaim.claimName=tapio-events",
+        "controller.extraVolumeMounts[0].name=events",
+        "controller.extraVolumeMounts[0].mountPath=/var/lib/tapio-events",
+    ],
 }
 
 MIB = 1024 * 1024
@@ -210,6 +218,30 @@ class ChartTest(unittest.TestCase):
         self.assertEqual(agent["imagePullSecrets"], [{"name": "regcred"}])
         self.assertEqual(controller["imagePullSecrets"], [{"name": "regcred"}])
 
+    def test_namespace_advice_keeps_the_pod_security_label(self):
+        # Helm's --create-namespace makes a namespace without the label the agent needs:
+        # the advice is to create and label it, as README shows, with the label the
+        # rendered Namespace carries.
+        values = (CHART / "values.yaml").read_text()
+        advice = re.search(r"((?:# .*\n)+)createNamespace: false", values).group(1)
+        self.assertIn("create and label the namespace first", advice)
+        self.assertNotRegex(advice, r"with Helm use --create-namespace")
+        _, docs = helm_template("createNamespace=true")
+        labels = find(docs, "Namespace", "tapio-system")["metadata"]["labels"]
+        self.assertEqual(labels["pod-security.kubernetes.io/enforce"], "privileged")
+        self.assertIn("pod-security.kubernetes.io/enforce=privileged", advice)
+        readme = (REPO / "README.md").read_text()
+        self.assertIn("kubectl label namespace tapio-system pod-security.kubernetes.io/enforce=privileged", readme)
+
+    def test_readme_counts_the_value_sets(self):
+        words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+                 "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen",
+                 "eighteen", "nineteen", "twenty"]
+        readme = (REPO / "README.md").read_text()
+        m = re.search(r"under (\w+) value sets", readme)
+        self.assertIsNotNone(m, "README no longer says how many value sets the chart is rendered under")
+        self.assertEqual(m.group(1), words[len(VALUE_SETS)])
+
     def test_bad_values_fail_with_the_value_named(self):
         for sets, message in [
             (["auth.mode=oidc"], "auth.mode must be kubernetes, token or none"),
@@ -304,7 +336,10 @@ class AgentDaemonSetTest(unittest.TestCase):
         self.assertEqual(build.returncode, 0, build.stderr)
         for name, sets in VALUE_SETS.items():
             out, docs = helm_template(*sets)
+            self.assertEqual(out.returncode, 0, f"{name}: {out.stderr}")
             configs = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "tapio-agent"]
+            # One config wherever the agent is rendered: an empty list would check nothing.
+            self.assertEqual(len(configs), 0 if "agent.enabled=false" in sets else 1, name)
             for cm in configs:
                 with self.subTest(values=name), tempfile.TemporaryDirectory(prefix="tapio-i11d-") as tmp:
                     path = Path(tmp) / "agent.toml"
@@ -323,8 +358,10 @@ class AgentDaemonSetTest(unittest.TestCase):
         self.assertEqual(build.returncode, 0, build.stderr)
         binary = REPO / "target" / "debug" / "tapio-controller"
         for name, sets in VALUE_SETS.items():
-            _, docs = helm_template(*sets)
+            out, docs = helm_template(*sets)
+            self.assertEqual(out.returncode, 0, f"{name}: {out.stderr}")
             deployments = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "tapio-controller"]
+            self.assertEqual(len(deployments), 0 if "controller.enabled=false" in sets else 1, name)
             for deployment in deployments:
                 args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
                 with self.subTest(values=name), tempfile.TemporaryDirectory(prefix="tapio-i11d-") as tmp:
@@ -340,6 +377,8 @@ class AgentDaemonSetTest(unittest.TestCase):
                             a = f"--profile={profile}"
                         elif a.startswith("--auth-token-file="):
                             a = f"--auth-token-file={token}"
+                        elif a.startswith("--sink-path="):
+                            a = f"--sink-path={Path(tmp) / 'events.jsonl'}"
                         local.append(a)
                     env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
                     env["KUBECONFIG"] = str(Path(tmp) / "no-kubeconfig")
@@ -451,11 +490,37 @@ class ControllerTest(unittest.TestCase):
         cls.pod = cls.deploy["spec"]["template"]["spec"]
         (cls.container,) = cls.pod["containers"]
 
-    def test_one_replica_with_probes(self):
+    def test_the_one_replica_stays_in_its_service_while_a_sink_fails(self):
+        # /readyz fails while a durable sink's last write failed. As readiness it would take
+        # the only endpoint out of the Service: every agent's heartbeat would fail
+        # (TapioAgentSilent for all) and the refusals TapioSinkRefusingBatches counts would
+        # stop. Readiness is "serving" (/healthz); the Service keeps only ready endpoints.
         self.assertEqual(self.deploy["spec"]["replicas"], 1)
         self.assertEqual(self.container["livenessProbe"]["httpGet"]["path"], "/healthz")
-        self.assertEqual(self.container["readinessProbe"]["httpGet"]["path"], "/readyz")
+        self.assertEqual(self.container["readinessProbe"]["httpGet"]["path"], "/healthz")
+        self.assertNotIn("publishNotReadyAddresses", find(self.docs, "Service", "tapio-controller")["spec"])
         self.assertEqual(set(self.container["resources"]), {"requests", "limits"})
+
+    def test_extra_volumes_are_rendered_as_given_and_absent_by_default(self):
+        # The root filesystem is read-only: a file sink (or NATS credentials) needs a volume.
+        self.assertEqual([v["name"] for v in self.pod["volumes"]], ["profile"])
+        self.assertEqual([m["name"] for m in self.container["volumeMounts"]], ["profile"])
+        out, docs = helm_template(*VALUE_SETS["file-sink"])
+        self.assertEqual(out.returncode, 0, out.stderr)
+        pod = find(docs, "Deployment", "tapio-controller")["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        self.assertEqual(pod["volumes"][1:], [{"name": "events", "persistentVolumeClaim": {"claimName": "tapio-events"}}])
+        self.assertEqual(container["volumeMounts"][1:], [{"name": "events", "mountPath": "/var/lib/tapio-events"}])
+        sink_path = next(a.split("=", 1)[1] for a in container["args"] if a.startswith("--sink-path="))
+        self.assertTrue(sink_path.startswith(container["volumeMounts"][1]["mountPath"] + "/"), sink_path)
+        # A claim's root is often root's: the controller's group gets it (uid/gid 65532).
+        self.assertEqual(pod["securityContext"]["fsGroup"], pod["securityContext"]["runAsGroup"])
+        # The example in values.yaml is the one tested here.
+        values = (CHART / "values.yaml").read_text()
+        for line in ("extraArgs: [--sink=file, --sink-path=/var/lib/tapio-events/events.jsonl]",
+                     "extraVolumes: [{name: events, persistentVolumeClaim: {claimName: tapio-events}}]",
+                     "extraVolumeMounts: [{name: events, mountPath: /var/lib/tapio-events}]"):
+            self.assertIn(f"  #   {line}\n", values)
 
     def test_unprivileged(self):
         sc = self.container["securityContext"]

@@ -202,10 +202,6 @@ class AgentImageTest(KernelRuns):
             run(PODMAN + ["rm", "--force", "--ignore", container])
 
 
-if __name__ == "__main__":
-    unittest.main()
-
-
 class ImagesEndToEndTest(unittest.TestCase):
     """Both images as the chart runs them (auth.mode=token): the controller with the
     Deployment's args, user and profile ConfigMap, the agent with the DaemonSet's
@@ -264,7 +260,7 @@ class ImagesEndToEndTest(unittest.TestCase):
             stop=PODMAN + ["kill", "--signal", "INT", ctl_name], name="controller")
         agent = None
         try:
-            self.wait_ready_endpoint(port, controller)
+            self.wait_ready_endpoint(port, ctl["readinessProbe"]["httpGet"]["path"], controller)
             privileges = Privileges(daemonset)
             agent = AgentRun(
                 PODMAN + ["run", "--rm", "--name", agent_name] + HOST_ONLY_ARGS + privileges.podman_args() + [
@@ -300,12 +296,12 @@ class ImagesEndToEndTest(unittest.TestCase):
             shutil.rmtree(work, ignore_errors=True)
 
     @staticmethod
-    def wait_ready_endpoint(port, controller, timeout=60):
-        """Polls the controller's /readyz (the Deployment's readiness probe) until 200."""
+    def wait_ready_endpoint(port, path, controller, timeout=60):
+        """Polls the controller's `path` (the Deployment's readiness probe) until 200."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
                     if response.status == 200:
                         return
             except OSError:
@@ -314,3 +310,7 @@ class ImagesEndToEndTest(unittest.TestCase):
                 raise AssertionError(f"controller exited ({controller.proc.returncode}):\n{controller.stderr()}")
             time.sleep(0.3)
         raise AssertionError(f"controller not ready within {timeout}s:\n{controller.stderr()}")
+
+
+if __name__ == "__main__":
+    unittest.main()
