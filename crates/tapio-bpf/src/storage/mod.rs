@@ -4,7 +4,7 @@
 use crate::abi::{
     tapio_sto_config, tapio_sto_event, tapio_sto_inflight, TAPIO_STO_CNT_AMBIGUOUS_INFLIGHT,
     TAPIO_STO_CNT_INFLIGHT_BUSY, TAPIO_STO_CNT_INFLIGHT_FULL, TAPIO_STO_CNT_INFLIGHT_REPLACED, TAPIO_STO_CNT_REQUEUES,
-    TAPIO_STO_CNT_UNMATCHED_COMPLETION, TAPIO_STO_IO_ERROR, TAPIO_STO_LATENCY,
+    TAPIO_STO_CNT_UNISSUED_FLUSH_FAILURE, TAPIO_STO_CNT_UNMATCHED_COMPLETION, TAPIO_STO_IO_ERROR, TAPIO_STO_LATENCY,
 };
 use crate::record::{decode_as, read_header, DecodeError, Record};
 
@@ -43,6 +43,7 @@ pub const INFLIGHT_FULL_MAP: &str = "inflight_full";
 pub const AMBIGUOUS_INFLIGHT_IO: &str = "ambiguous_inflight_io";
 pub const UNMATCHED_COMPLETION: &str = "unmatched_completion";
 pub const INFLIGHT_REPLACED: &str = "inflight_replaced";
+pub const UNISSUED_FLUSH_FAILURE: &str = "unissued_flush_failure";
 
 /// This object's own counter slots and their names (see `storage.h`).
 pub const COUNTER_NAMES: &[(u32, &str)] = &[
@@ -52,6 +53,7 @@ pub const COUNTER_NAMES: &[(u32, &str)] = &[
     (TAPIO_STO_CNT_INFLIGHT_FULL, "inflight_table_full"),
     (TAPIO_STO_CNT_REQUEUES, "requeues"),
     (TAPIO_STO_CNT_INFLIGHT_BUSY, "inflight_busy"),
+    (TAPIO_STO_CNT_UNISSUED_FLUSH_FAILURE, UNISSUED_FLUSH_FAILURE),
 ];
 
 /// The compiled CO-RE object.

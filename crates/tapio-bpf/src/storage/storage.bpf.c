@@ -306,9 +306,11 @@ static __always_inline int in_flush_sequence(struct request *rq)
 }
 
 /*
- * A request the block layer completes without ever issuing it, with an error, failed
- * because its flush sequence's flush failed; that flush is a request of its own, issued and
- * reported on its own completion, so this one is not reported a second time.
+ * A request the block layer completes without ever issuing it, with an error, most often
+ * failed because its flush sequence's flush failed; that flush is a request of its own,
+ * issued and reported on its own completion, so this one is not reported a second time. It
+ * may also have failed at its own dispatch, which nothing else reports: each one is counted
+ * (TAPIO_STO_CNT_UNISSUED_FLUSH_FAILURE).
  */
 static __always_inline int failed_with_its_flush(__u32 cmd_flags)
 {
@@ -518,9 +520,13 @@ static __noinline int complete_judged(struct tapio_sto_inflight *e, struct reque
 	}
 
 	if (error != 0) {
-		if ((cfg.enabled & TAPIO_STO_EN_ERRORS) && (issued || !failed_with_its_flush(facts->cmd_flags)))
+		if (!(cfg.enabled & TAPIO_STO_EN_ERRORS))
+			goto done;
+		if (issued || !failed_with_its_flush(facts->cmd_flags))
 			emit(e, facts, &cfg, TAPIO_STO_IO_ERROR, now, error, nr_bytes,
 			     status_flag | (partial ? TAPIO_STO_F_PARTIAL : 0), 0);
+		else
+			tapio_count(&counters, TAPIO_STO_CNT_UNISSUED_FLUSH_FAILURE);
 	} else if (!partial && issued && (cfg.enabled & TAPIO_STO_EN_LATENCY)) {
 		__u64 latency = now - e->stamp_ns;
 		if (latency > cfg.latency_warning_ns) {
@@ -530,6 +536,7 @@ static __noinline int complete_judged(struct tapio_sto_inflight *e, struct reque
 			     critical ? cfg.latency_critical_ns : cfg.latency_warning_ns);
 		}
 	}
+done:
 	if (!keep)
 		finish(s);
 	return 0;

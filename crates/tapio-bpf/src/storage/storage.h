@@ -167,6 +167,11 @@ enum tapio_sto_counter {
 	 * same CPU (a completion in an interrupt). Not a loss by itself: a request whose slot
 	 * could not be claimed at submission claims one at issue (its submitter then unknown). */
 	TAPIO_STO_CNT_INFLIGHT_BUSY = TAPIO_CNT_OBSERVER_BASE + 5,
+	/* A flush or a PREFLUSH/FUA write completed with an error without ever being issued:
+	 * not reported, since its flush sequence's failed flush may be (a request of its own);
+	 * but it may also have failed at its own dispatch (a device gone offline), so each one
+	 * is counted as evidence that may be missing. */
+	TAPIO_STO_CNT_UNISSUED_FLUSH_FAILURE = TAPIO_CNT_OBSERVER_BASE + 6,
 };
 
 #endif

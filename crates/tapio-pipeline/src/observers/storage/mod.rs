@@ -45,6 +45,7 @@ pub static OBSERVER: Observer = Observer {
             tapio_bpf::storage::AMBIGUOUS_INFLIGHT_IO,
             tapio_bpf::storage::UNMATCHED_COMPLETION,
             tapio_bpf::storage::INFLIGHT_REPLACED,
+            tapio_bpf::storage::UNISSUED_FLUSH_FAILURE,
         ],
         event_rings: EventRings::Shared,
         sized_maps,
