@@ -301,6 +301,47 @@ async fn a_batch_whose_request_gave_up_before_it_was_published_is_not_published(
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// An event id with a line break: `/v1/events` refuses the batch (400 `INVALID_FIELD`, the
+/// envelope, nothing published); and a record that reaches the sink with such an id anyway
+/// is published without `Nats-Msg-Id` instead of panicking the client. Before, the panic
+/// left the batch's bytes in the sink's queue budget for good (about 55 such batches
+/// filled the default budget, and every later batch got 503 `queue_full`) and its records
+/// counted nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_id_no_header_can_hold_is_refused_and_never_panics_the_publisher() {
+    let (dir, port, _nats) = scratch_nats("nats-crlf-id");
+    let server = start_controller(port, "TAPIO_CRLF").await;
+    let (body, _) = id_batch("n1", 1, "crlf", 3);
+    let mut v: Value = serde_json::from_slice(&body).unwrap();
+    v["events"][1]["id"] = Value::String("crlf-1\r\nNats-Expected-Stream: OTHER".into());
+    let r = common::Client { addr: server.addr, headers: Vec::new() }.post_json("/v1/events", &v).await;
+    assert_eq!((r.status, r.error_code().as_str()), (400, "INVALID_FIELD"));
+    assert!(String::from_utf8_lossy(&r.body).contains("events[1].id"), "{:?}", String::from_utf8_lossy(&r.body));
+    // Later batches are kept as usual.
+    let (body, ids) = id_batch("n1", 2, "after", 3);
+    assert_eq!(try_post(server.addr, &body).await, Some(200));
+    assert_eq!(scrape(server.addr, "tapio_controller_events_rejected_total").await, Some(3.0));
+    server.stop().await.unwrap();
+    let stored: Vec<String> = read_stream(port, "TAPIO_CRLF").await.into_iter().map(|m| m.id).collect();
+    assert_eq!(stored, ids);
+
+    // Past validation, straight to the sink: kept, without the header, budget released.
+    let m = Metrics::new();
+    let opts = SinkOptions { queue_bytes: 1 << 20, ack_timeout: Duration::from_secs(5) };
+    let (sinks, writers) =
+        start(&[SinkTarget::Nats(Box::new(nats_config(port, "TAPIO_CRLF")))], &opts, &m).await.unwrap();
+    let line = b"{\"id\":\"raw\\nid\",\"observer\":\"network\",\"type\":\"kernel.network.connection_refused\"}\n";
+    for _ in 0..3 {
+        assert_eq!(sinks.deliver(line.to_vec(), 1).await, Ok(()));
+    }
+    assert_eq!(m.sink_queue_bytes.get_or_create(&SinkLabels { sink: "nats" }).get(), 0);
+    writers.close(Duration::from_secs(5)).await;
+    let stored = read_stream(port, "TAPIO_CRLF").await;
+    assert_eq!(stored.len(), 6, "three before, and the raw record each time (no id to drop it by)");
+    assert!(stored[3..].iter().all(|m| m.id == "raw\nid" && m.msg_id.is_none()));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 async fn wait_for(cond: impl Fn() -> bool, within: Duration) {
     let end = Instant::now() + within;
     while !cond() {

@@ -36,6 +36,10 @@ pub const MAX_DEGRADED_REASON_LEN: usize = 128;
 /// algorithm's spelling).
 pub const MAX_CONFIG_HASH_LEN: usize = 128;
 
+/// Longest event `id`. The spec's id is a ULID (26 characters); the bound leaves room for
+/// another implementation's id form (a UUID is 36) while keeping stored ids small.
+pub const MAX_EVENT_ID_LEN: usize = 64;
+
 /// Longest piece of client-supplied text echoed back in an error message.
 const MAX_ECHO: usize = 96;
 
@@ -267,11 +271,34 @@ pub fn validate_batch(batch: &EventBatch, max_batch_events: usize) -> Result<(),
         if event.observer.trim().is_empty() {
             return Err(WireError::MissingField(format!("events[{i}].observer")));
         }
+        if let Some(id) = &event.id {
+            check_event_id(i, id)?;
+        }
     }
     for (i, event) in batch.events.iter().enumerate() {
         if let Some(hit) = find_reasoning(&event.facts) {
             return Err(WireError::ReasoningField { event: i, key: clip(&hit.key), path: clip(&hit.path) });
         }
+    }
+    Ok(())
+}
+
+/// An event id (when sent) is 1..=[`MAX_EVENT_ID_LEN`] visible ASCII characters: it
+/// becomes a NATS `Nats-Msg-Id` header and an OTLP `log.record.uid`, where a line break or
+/// a control character has no place (a ULID is 26 of them).
+fn check_event_id(i: usize, id: &str) -> Result<(), WireError> {
+    let field = || format!("events[{i}].id");
+    if id.is_empty() {
+        return Err(WireError::invalid(field(), "is empty; send a ULID or leave the field out"));
+    }
+    if id.len() > MAX_EVENT_ID_LEN {
+        return Err(WireError::invalid(field(), format!("is longer than {MAX_EVENT_ID_LEN} bytes (a ULID is 26)")));
+    }
+    if let Some(pos) = id.bytes().position(|b| !b.is_ascii_graphic()) {
+        return Err(WireError::invalid(
+            field(),
+            format!("holds a character that is not visible ASCII at byte {pos} (a ULID is 26 of 0-9 and A-Z)"),
+        ));
     }
     Ok(())
 }

@@ -224,6 +224,43 @@ fn event_type_rules() {
     assert_eq!(code(batch_result(&batch(vec![e]), 10)), ErrorCode::MissingField);
 }
 
+/// An event id becomes a NATS header and an OTLP attribute: a line break in one panicked
+/// the NATS client (and stopped the sink's worker for that batch). Ids are bounded,
+/// visible ASCII; a ULID, a UUID, or no id at all pass.
+#[test]
+fn event_ids_are_bounded_visible_ascii() {
+    let max = "x".repeat(MAX_EVENT_ID_LEN);
+    let over = "x".repeat(MAX_EVENT_ID_LEN + 1);
+    for (id, ok) in [
+        ("01ARZ3NDEKTSV4RRFFQ69G5FAV", true),
+        ("5b2a3c1e-8d4f-4a6b-9c0d-1e2f3a4b5c6d", true),
+        (max.as_str(), true),
+        ("a\nb", false),
+        ("a\r\nNats-Expected-Stream: X", false),
+        ("a b", false),
+        ("tab\there", false),
+        ("nul\u{0}", false),
+        ("del\u{7f}", false),
+        ("ülid", false),
+        ("", false),
+        (over.as_str(), false),
+    ] {
+        let mut e = event(json!({}));
+        e["id"] = json!(id);
+        let r = batch_result(&batch(vec![event(json!({})), e]), 10);
+        if ok {
+            r.unwrap_or_else(|e| panic!("id {id:?}: {e}"));
+        } else {
+            let err = r.expect_err(id);
+            assert_eq!(err.code(), ErrorCode::InvalidField, "id {id:?}");
+            assert!(matches!(&err, WireError::InvalidField { field, .. } if field == "events[1].id"), "{err}");
+            assert!(!err.to_string().contains('\n'), "the message is one line: {err}");
+        }
+    }
+    // No id: fine (the id is an extension).
+    batch_result(&batch(vec![event(json!({}))]), 10).unwrap();
+}
+
 #[test]
 fn unknown_severity_and_outcome_are_accepted() {
     let mut e = event(json!({}));

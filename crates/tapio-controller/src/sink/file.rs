@@ -230,7 +230,6 @@ fn free_bytes(dir: &Path) -> Option<u64> {
 /// durable), and its retry will be a duplicate, recognisable by id.
 fn finish_group(group: Vec<Delivery>, outcome: Outcome, shared: &SinkShared) {
     let records: u64 = group.iter().map(|d| d.batch.records).sum();
-    let bytes: usize = group.iter().map(|d| d.batch.lines.len()).sum();
     if outcome.appended {
         shared.written.inc_by(records);
     } else {
@@ -246,7 +245,6 @@ fn finish_group(group: Vec<Delivery>, outcome: Outcome, shared: &SinkShared) {
             false
         }
     };
-    shared.dequeued(bytes, records);
     for d in group {
         d.finish(ok);
     }
@@ -309,7 +307,7 @@ mod tests {
         let lines = b"{\"n\":1}\n".repeat(512);
         for _ in 0..4_000 {
             let batch = Arc::new(Batch { lines: lines.clone(), records: 512 });
-            tx.send(Msg::Deliver(Delivery { batch, done: None })).unwrap();
+            tx.send(Msg::Deliver(Delivery::new(batch, None))).unwrap();
         }
         tx.send(Msg::Close).unwrap();
         let started = Instant::now();
@@ -333,7 +331,7 @@ mod tests {
     }
 
     fn delivery(lines: &[u8], records: u64, done: Option<oneshot::Sender<bool>>) -> Delivery {
-        Delivery { batch: Arc::new(Batch { lines: lines.to_vec(), records }), done }
+        Delivery::new(Arc::new(Batch { lines: lines.to_vec(), records }), done)
     }
 
     fn refused_records(m: &Metrics) -> u64 {

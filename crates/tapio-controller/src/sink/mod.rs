@@ -59,14 +59,39 @@ impl Batch {
 }
 
 /// A batch handed to one sink; `done` carries a durable sink's verdict back (true: safe).
+///
+/// Once enqueued, a delivery holds its bytes in its sink's queue budget until it is
+/// [finished](Self::finish) or [skipped](SinkShared::skip_abandoned). Dropping it any
+/// other way (a worker that panics with it, or stops with it still queued) releases the
+/// bytes all the same and counts its records dropped (`reason="unhandled"`): otherwise
+/// each such batch would keep its share of the budget for good, until every later batch
+/// were refused as `queue_full`.
 pub struct Delivery {
     /// The batch.
     pub batch: Arc<Batch>,
     /// Where the durable outcome goes; None for best-effort sinks.
     pub done: Option<oneshot::Sender<bool>>,
+    /// The sink whose budget holds this batch's bytes; None before it is enqueued.
+    held: Option<Arc<SinkShared>>,
 }
 
+/// `sink_records_dropped_total` reason for the records of a delivery its worker let go of
+/// without handling it (a panic, or a worker that stopped with it still queued).
+pub const DROPPED_UNHANDLED: &str = "unhandled";
+
 impl Delivery {
+    /// A delivery of `batch`, not yet in any sink's queue.
+    pub fn new(batch: Arc<Batch>, done: Option<oneshot::Sender<bool>>) -> Self {
+        Self { batch, done, held: None }
+    }
+
+    /// Gives the batch's bytes back to its sink's budget (once).
+    fn release(&mut self) {
+        if let Some(shared) = self.held.take() {
+            shared.dequeued(self.batch.lines.len(), self.batch.records);
+        }
+    }
+
     /// True when a request waited for this batch and has ended without its answer (refused
     /// by the ack timeout or by another durable sink, or its connection closed): the agent
     /// resends the batch, so a sink that kept it now would store it twice.
@@ -83,11 +108,28 @@ impl Delivery {
         }
     }
 
-    /// Reports the outcome to the waiting request, if any (it may have timed out).
-    pub fn finish(self, ok: bool) {
-        if let Some(done) = self.done {
+    /// Releases the batch's bytes from its sink's budget and reports the outcome to the
+    /// waiting request, if any (it may have timed out). The worker has counted the
+    /// records (written or dropped) before.
+    pub fn finish(mut self, ok: bool) {
+        self.release();
+        if let Some(done) = self.done.take() {
             let _ = done.send(ok);
         }
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        let Some(shared) = self.held.take() else { return };
+        // Not finished: nobody counted these records. Only what is still in the queued
+        // count is counted here, so records a shutdown already counted as `shutdown`
+        // (abandon) are not counted twice. A durable request sees its sender dropped and
+        // refuses the batch (`stopped`): the agent resends it.
+        let records = self.batch.records;
+        let before = shared.take_queued_records(records);
+        shared.dropped(DROPPED_UNHANDLED, before.min(records));
+        shared.release_bytes(self.batch.lines.len());
     }
 }
 
@@ -143,18 +185,28 @@ impl SinkShared {
 
     /// Lets go of an [abandoned](Delivery::abandoned) delivery without keeping it: its
     /// bytes leave the budget and its records are counted as dropped (`refused`).
-    pub fn skip_abandoned(&self, d: Delivery) {
+    pub fn skip_abandoned(&self, mut d: Delivery) {
         self.dropped(DROPPED_REFUSED, d.batch.records);
-        self.dequeued(d.batch.lines.len(), d.batch.records);
+        d.release();
     }
 
-    /// Releases a handled batch's bytes from the budget.
-    pub fn dequeued(&self, bytes: usize, records: u64) {
+    /// Releases a handled batch's bytes and records from the queue's counts.
+    fn dequeued(&self, bytes: usize, records: u64) {
+        self.take_queued_records(records);
+        self.release_bytes(bytes);
+    }
+
+    /// Takes `records` off the queued-records count, returning the count before.
+    /// Saturating: a worker that finishes after shutdown gave up on it (abandon) finds the
+    /// count already taken to 0.
+    fn take_queued_records(&self, records: u64) -> u64 {
+        self.queued_records
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| Some(r.saturating_sub(records)))
+            .unwrap_or_else(|r| r)
+    }
+
+    fn release_bytes(&self, bytes: usize) {
         self.queued.fetch_sub(bytes, Ordering::AcqRel);
-        // Saturating: a worker that finishes after shutdown gave up on it (abandon) finds
-        // the count already taken to 0.
-        let _ =
-            self.queued_records.fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| Some(r.saturating_sub(records)));
         self.queue_gauge.dec_by(gauge_value(bytes));
     }
 
@@ -214,8 +266,9 @@ pub struct SinkHandle {
 }
 
 impl SinkHandle {
-    /// Enqueues without blocking; false when the budget or the queue is full.
-    fn enqueue(&self, d: Delivery) -> bool {
+    /// Enqueues without blocking; false when the budget or the queue is full (the caller
+    /// counts or refuses the batch then).
+    fn enqueue(&self, mut d: Delivery) -> bool {
         let len = d.batch.lines.len();
         let records = d.batch.records;
         let before = self.shared.queued.fetch_add(len, Ordering::AcqRel);
@@ -228,20 +281,27 @@ impl SinkHandle {
         // the gauge cannot be left at a stale value.
         self.shared.queued_records.fetch_add(records, Ordering::AcqRel);
         self.shared.queue_gauge.inc_by(gauge_value(len));
-        let sent = match &self.queue {
-            Queue::Thread(tx) => tx.try_send(Msg::Deliver(d)).is_ok(),
-            Queue::Task(tx) => tx.try_send(Msg::Deliver(d)).is_ok(),
+        d.held = Some(Arc::clone(&self.shared));
+        let refused = match &self.queue {
+            Queue::Thread(tx) => tx.try_send(Msg::Deliver(d)).err().map(|e| match e {
+                mpsc::TrySendError::Full(m) | mpsc::TrySendError::Disconnected(m) => m,
+            }),
+            Queue::Task(tx) => tx.try_send(Msg::Deliver(d)).err().map(|e| e.into_inner()),
             Queue::Discard => {
                 self.shared.written.inc_by(records);
-                self.shared.dequeued(len, records);
                 d.finish(true);
                 return true;
             }
         };
-        if !sent {
-            self.shared.dequeued(len, records);
+        match refused {
+            // Back from a full or closed queue: released here, not counted (the caller does).
+            Some(Msg::Deliver(mut d)) => {
+                d.release();
+                false
+            }
+            Some(Msg::Close) => false,
+            None => true,
         }
-        sent
     }
 
     /// The sink's name.
@@ -299,7 +359,7 @@ impl Sinks {
         let mut waits = Vec::new();
         for h in self.handles.iter().filter(|h| h.durable) {
             let (tx, rx) = oneshot::channel();
-            if !h.enqueue(Delivery { batch: Arc::clone(&batch), done: Some(tx) }) {
+            if !h.enqueue(Delivery::new(Arc::clone(&batch), Some(tx))) {
                 return Err(self.refuse(h.name(), if h.is_alive() { "queue_full" } else { "stopped" }));
             }
             waits.push((h.name(), rx));
@@ -314,7 +374,7 @@ impl Sinks {
             }
         }
         for h in self.handles.iter().filter(|h| !h.durable) {
-            if !h.enqueue(Delivery { batch: Arc::clone(&batch), done: None }) {
+            if !h.enqueue(Delivery::new(Arc::clone(&batch), None)) {
                 h.shared.dropped("queue_full", records);
             }
         }
@@ -509,7 +569,6 @@ fn stdout_loop(rx: mpsc::Receiver<Msg>, shared: &SinkShared) {
                         shared.dropped("write_error", d.batch.records);
                     }
                 }
-                shared.dequeued(d.batch.lines.len(), d.batch.records);
                 d.finish(true);
                 dirty = true;
             }
@@ -585,6 +644,50 @@ mod tests {
         writers.close(Duration::from_secs(5)).await;
         assert_eq!(written(&m, "discard"), 2);
         assert!(sinks.not_ready().is_none());
+    }
+
+    /// A worker that panics while it holds a batch (the NATS client once did on an id with a
+    /// line break) still gives the batch's bytes back and counts its records dropped: before,
+    /// each such batch kept its bytes in the budget for good, and once they filled it every
+    /// later batch was refused as `queue_full`.
+    #[tokio::test]
+    async fn a_batch_a_worker_panics_with_is_released_and_counted_dropped() {
+        let m = Metrics::new();
+        let shared = Arc::new(SinkShared::new("nats", &m));
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Msg>(16);
+        let worker = tokio::spawn(async move {
+            if let Some(Msg::Deliver(d)) = rx.recv().await {
+                let _holding = d;
+                panic!("a worker that panics holding the batch");
+            }
+        });
+        let budget = 100;
+        let handle = SinkHandle { shared: Arc::clone(&shared), queue: Queue::Task(tx), budget, durable: true };
+        let sinks =
+            Sinks { handles: vec![handle], ack_timeout: Duration::from_secs(5), refused: m.sink_refused.clone() };
+        let refusal = sinks.deliver(vec![b'x'; 60], 3).await.unwrap_err();
+        assert_eq!(refusal.reason, "stopped", "the request learns the batch was not kept");
+        assert!(worker.await.unwrap_err().is_panic());
+        assert_eq!(shared.queued.load(Ordering::Acquire), 0, "bytes back in the budget");
+        assert_eq!(shared.queued_records.load(Ordering::Acquire), 0);
+        assert_eq!(m.sink_queue_bytes.get_or_create(&SinkLabels { sink: "nats" }).get(), 0);
+        let dropped = |reason| m.sink_dropped.get_or_create(&SinkReasonLabels { sink: "nats", reason }).get();
+        assert_eq!(dropped(DROPPED_UNHANDLED), 3, "its records counted");
+
+        // What the dead worker's queue still held is released and counted the same way
+        // when the queue goes; a batch refused at the door is not counted here.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Msg>(1);
+        let handle = SinkHandle { shared: Arc::clone(&shared), queue: Queue::Task(tx), budget, durable: false };
+        assert!(handle.enqueue(Delivery::new(Arc::new(Batch { lines: vec![b'y'; 40], records: 2 }), None)));
+        assert!(!handle.enqueue(Delivery::new(Arc::new(Batch { lines: vec![b'z'; 10], records: 1 }), None)));
+        assert_eq!(shared.queued.load(Ordering::Acquire), 40, "the refused one is back out of the budget");
+        drop(rx);
+        assert_eq!(shared.queued.load(Ordering::Acquire), 0);
+        assert_eq!(dropped(DROPPED_UNHANDLED), 5);
+        // The whole budget is there again.
+        let (tx, _rx) = tokio::sync::mpsc::channel::<Msg>(1);
+        let handle = SinkHandle { shared, queue: Queue::Task(tx), budget, durable: false };
+        assert!(handle.enqueue(Delivery::new(Arc::new(Batch { lines: vec![b'w'; budget], records: 1 }), None)));
     }
 
     #[tokio::test]

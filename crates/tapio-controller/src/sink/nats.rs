@@ -222,7 +222,6 @@ async fn deliver(
             false
         }
     };
-    shared.dequeued(d.batch.lines.len(), records);
     d.finish(ok);
 }
 
@@ -266,7 +265,7 @@ async fn publish_batch(
             let subject = subject_for(prefix, &key.observer, &key.event_type);
             let mut publish = PublishMessage::build().payload(Bytes::copy_from_slice(line));
             if let Some(id) = key.id.as_deref().filter(|id| !id.is_empty()) {
-                publish = publish.message_id(id);
+                publish = with_message_id(publish, id);
             }
             pending.push(js.send_publish(subject, publish).await.map_err(|e| format!("publish failed: {e}"))?);
         }
@@ -278,6 +277,20 @@ async fn publish_batch(
         drop(permits);
     }
     Ok(published)
+}
+
+/// Sets `Nats-Msg-Id` to `id`. The client's own `message_id` asserts that a value holds no
+/// CR or LF (a panic on input); this parses it instead. Batch validation already refuses
+/// such ids, so an id that still does not parse is published without the header: the
+/// record is kept, only the stream's duplicate check is lost for it.
+fn with_message_id(publish: PublishMessage, id: &str) -> PublishMessage {
+    match id.parse::<async_nats::HeaderValue>() {
+        Ok(value) => publish.header(async_nats::header::NATS_MESSAGE_ID, value),
+        Err(_) => {
+            log::warn!("nats: a record id is not a valid header value; published without Nats-Msg-Id");
+            publish
+        }
+    }
 }
 
 /// `<prefix>.<observer>.<type>` with each token made subject-safe: whitespace, `*` and
@@ -313,6 +326,14 @@ mod tests {
         );
         assert_eq!(subject_for("p", "a b.c", "kernel..x>*"), "p.a_b_c.kernel._.x__");
         assert!(crate::sink::config::valid_subject(&subject_for("p", "", "")));
+    }
+
+    /// The client's `message_id` panics on a CR or LF; ours never does, whatever the id.
+    #[test]
+    fn a_message_id_no_header_can_hold_does_not_panic() {
+        for id in ["a\nb", "a\r\nNats-Expected-Stream: X", "\r", "01ARZ3NDEKTSV4RRFFQ69G5FAV"] {
+            let _ = with_message_id(PublishMessage::build(), id);
+        }
     }
 
     #[test]

@@ -236,15 +236,12 @@ impl Exporter {
         if group.is_empty() {
             return;
         }
-        let bytes: usize = group.iter().map(|d| d.batch.lines.len()).sum();
-        let records: u64 = group.iter().map(|d| d.batch.records).sum();
         let batches: Vec<_> = group.iter().map(|d| Arc::clone(&d.batch)).collect();
         let ok = {
             let gone = all_abandoned(&mut group);
             tokio::pin!(gone);
             self.export(batches, gone, shared).await
         };
-        shared.dequeued(bytes, records);
         for d in group {
             d.finish(ok);
         }
