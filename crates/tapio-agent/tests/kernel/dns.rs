@@ -528,7 +528,10 @@ fn a_query_whose_tcp_segment_the_kernel_retransmits_is_one_query_and_one_timeout
 /// A query that a segment boundary splits: the next segment begins inside it. Read from
 /// that segment's first byte, the query's rest would be taken for a length and a message,
 /// and a query's own bytes (here an EDNS option's) can read as another query: a phantom
-/// nobody answers, judged `timeout`. The segment is read from the next message's start.
+/// nobody answers, judged `timeout`. The segment is read from the next message's start:
+/// the query after the split one is answered SERVFAIL, and that one failure, judged from
+/// the second segment, shows the segment was read (an observer that read no TCP segment at
+/// all would pass every other check here).
 #[test]
 #[ignore = "needs root"]
 fn a_segment_that_begins_inside_a_query_is_read_from_the_next_message_not_its_first_byte() {
@@ -540,7 +543,9 @@ fn a_segment_that_begins_inside_a_query_is_read_from_the_next_message_not_its_fi
     let serving = std::thread::spawn(move || {
         let (mut conn, _) = listener.accept().expect("accept");
         let queries = [read_tcp_message(&mut conn), read_tcp_message(&mut conn)];
-        let reply: Vec<u8> = queries.iter().flat_map(|q| framed(&empty_answer(q, 0))).collect();
+        // The first NOERROR, the second (after.dnslab.test) SERVFAIL.
+        let reply: Vec<u8> =
+            queries.iter().zip([0, 2]).flat_map(|(q, rcode)| framed(&empty_answer(q, rcode))).collect();
         conn.write_all(&reply).expect("answers");
         let _ = conn.read(&mut [0u8; 1]);
     });
@@ -566,16 +571,31 @@ fn a_segment_that_begins_inside_a_query_is_read_from_the_next_message_not_its_fi
             // The rest goes in a segment of its own, beginning inside the first query.
             std::thread::sleep(Duration::from_millis(100));
             conn.write_all(&stream[split..]).expect("the rest");
-            [read_tcp_message(&mut conn), read_tcp_message(&mut conn)].map(|a| u16::from_be_bytes([a[0], a[1]]))
+            [read_tcp_message(&mut conn), read_tcp_message(&mut conn)]
+                .map(|a| (u16::from_be_bytes([a[0], a[1]]), a[3] & 0x0f))
         })
         .join()
         .expect("the client");
-    assert_eq!(answers, [0x1690, 0x1691], "both queries answered");
+    assert_eq!(answers, [(0x1690, 0), (0x1691, 2)], "both queries answered, the second SERVFAIL");
     serving.join().expect("the server");
     past_the_timeout_and_its_sweep();
     let finished = agent.stop();
+    assert!(finished.exit_ok, "agent exit: {}", finished.stderr);
     let events = dns_events_from(&finished, &pair.a_addr);
-    assert_eq!(events, Vec::<&Value>::new(), "both queries were answered; no other was asked");
+    // The one failure: the second segment's query, read from its own start. No phantom
+    // (nor any timeout): no other query was asked.
+    assert_eq!(events.len(), 1, "one SERVFAIL, no other evidence: {events:#?}");
+    let f = &events[0]["facts"];
+    assert_eq!(
+        (events[0]["type"].as_str(), events[0]["error"]["code"].as_str()),
+        (Some("kernel.dns.failure"), Some("SERVFAIL")),
+        "{events:#?}"
+    );
+    assert_eq!(
+        (f["query_name"].as_str(), f["transport"].as_str(), f["rcode"].as_u64()),
+        (Some("after.dnslab.test"), Some("tcp"), Some(2)),
+        "{f}"
+    );
     assert_eq!(finished.counter(&["kernel", "dns.unparsable_message"]), 0);
     assert_eq!(finished.counter(&["kernel", "dns.tcp_query_unread"]), 0);
     assert_eq!(finished.counter(&["kernel", "dns.unmatched_answer"]), 0, "both answers matched their queries");
