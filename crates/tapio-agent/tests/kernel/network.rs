@@ -1,6 +1,7 @@
 //! Network evidence on the real kernel: each scenario makes the fact happen for real and
 //! checks the exact events, their key facts, and the absence of wrong ones.
 
+use crate::support::agent::observer_state;
 use crate::support::netns::{ns_counter, tcp_retrans_segs, NetnsPair};
 use crate::support::{self, closed_port, gettid, kernel_test, our_pid, Agent};
 use aya::util::KernelVersion;
@@ -251,10 +252,28 @@ fn an_application_that_cancels_its_connect_is_not_evidence() {
     let dst: SocketAddr = format!("{}:7001", pair.b_addr).parse().unwrap();
     let h = pair.spawn_in(&pair.a.clone(), move || TcpStream::connect_timeout(&dst, Duration::from_millis(300)));
     let res = h.join().expect("connect thread");
-    assert!(res.is_err(), "connect should have been given up");
+    let err = res.expect_err("connect should have been given up");
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "the app gave up, the kernel did not answer: {err}");
+    // The positive control, in the same run and namespaces: a connect that b refuses (nothing
+    // listens on 7011, which no rule drops) is evidence, so the silence for 7001 is the
+    // observer judging, not an observer that saw nothing.
+    let refused: SocketAddr = format!("{}:7011", pair.b_addr).parse().unwrap();
+    let h = pair.spawn_in(&pair.a.clone(), move || TcpStream::connect_timeout(&refused, Duration::from_secs(5)));
+    let err = h.join().expect("connect thread").expect_err("nothing listens on 7011");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
     std::thread::sleep(Duration::from_millis(300));
     let run = agent.stop();
+    assert!(run.exit_ok, "agent exit: {}", run.stderr);
+    assert_eq!(observer_state(&run.status, "network"), "running", "{}", run.status);
     assert_eq!(run.to_port(7001), Vec::<&Value>::new(), "a cancelled connect produced evidence");
+    let control = run.to_port(7011);
+    assert_eq!(control.len(), 1, "the refused connect is one event: {control:#?}");
+    assert_eq!(
+        (control[0]["type"].as_str(), control[0]["facts"]["dst_addr"].as_str()),
+        (Some("kernel.network.connection_refused"), Some(pair.b_addr.as_str())),
+        "{}",
+        control[0]
+    );
 }
 
 #[test]
