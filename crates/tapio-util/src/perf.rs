@@ -75,11 +75,46 @@ mod tests {
         assert_eq!((a.kind, a.size, a.config), (PERF_TYPE_HARDWARE, 64, 1));
     }
 
+    const PERF_EVENT_IOC_ENABLE: libc::c_ulong = 0x2400;
+    const PERF_EVENT_IOC_DISABLE: libc::c_ulong = 0x2401;
+
+    fn is_root() -> bool {
+        // SAFETY: geteuid has no memory effects.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    /// Enables the counter `fd` (opened disabled), spins this thread for `work`, disables
+    /// it and reads its one value (read_format 0).
+    fn count_over(fd: &OwnedFd, work: std::time::Duration) -> u64 {
+        use std::os::fd::AsRawFd;
+        // SAFETY: ioctls without an argument on a perf event descriptor we own.
+        assert_eq!(unsafe { libc::ioctl(fd.as_raw_fd(), PERF_EVENT_IOC_ENABLE, 0) }, 0, "enable");
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < work {
+            x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
+        }
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::ioctl(fd.as_raw_fd(), PERF_EVENT_IOC_DISABLE, 0) }, 0, "disable");
+        let mut value = 0u64;
+        // SAFETY: reading 8 bytes into a u64 we own.
+        let n = unsafe { libc::read(fd.as_raw_fd(), (&mut value as *mut u64).cast(), 8) };
+        assert_eq!(n, 8, "read the counter: {}", std::io::Error::last_os_error());
+        value
+    }
+
+    /// A refusal for want of privilege, which only an unprivileged user may get
+    /// (`perf_event_paranoid` 3 on some distributions refuses them even their own counters).
+    fn refused_as_unprivileged(e: &std::io::Error) -> bool {
+        matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)) && !is_root()
+    }
+
     /// A software clock counter exists on every kernel with perf events (VMs without a
-    /// PMU included), so the syscall path itself is tested here; a refusal must be an
-    /// error, never a descriptor.
+    /// PMU included), so the syscall path itself is tested here: the counter opens (or,
+    /// for an unprivileged user only, is refused), counts this thread's busy time, and a
+    /// bogus event type is an error, never a descriptor.
     #[test]
-    fn opens_a_counter_or_says_why_not() {
+    fn opens_a_counter_that_counts_or_says_why_not() {
         const PERF_TYPE_SOFTWARE: u32 = 1;
         const PERF_COUNT_SW_TASK_CLOCK: u64 = 1;
         let attr = PerfEventAttr {
@@ -89,13 +124,42 @@ mod tests {
         };
         match perf_event_open(&attr, 0, -1, None, PERF_FLAG_FD_CLOEXEC) {
             Ok(fd) => {
-                use std::os::fd::AsRawFd;
-                assert!(fd.as_raw_fd() >= 0);
+                let ns = count_over(&fd, std::time::Duration::from_millis(20));
+                // At least a few ms of the 20 ms spun, at most a generous bound.
+                assert!((1_000_000..10_000_000_000).contains(&ns), "task clock counted {ns} ns over 20 ms of work");
             }
-            // perf_event_paranoid 3 (some distributions) refuses unprivileged users.
-            Err(e) => assert!(matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)), "{e}"),
+            Err(e) => assert!(refused_as_unprivileged(&e), "task-clock counter (euid root: {}): {e}", is_root()),
         }
         let bogus = PerfEventAttr { kind: 0xffff, ..attr };
         assert!(perf_event_open(&bogus, 0, -1, None, PERF_FLAG_FD_CLOEXEC).is_err());
+    }
+
+    /// The hardware cycles counter, as the node observer opens them (this process here):
+    /// where the machine has a PMU it counts; where it has none (many VMs, this test bed's
+    /// too) the open fails with the errors the node observer reads as "no PMU", and the
+    /// kernel lists no CPU PMU either.
+    #[test]
+    fn a_hardware_counter_counts_or_the_machine_has_no_pmu() {
+        let attr = PerfEventAttr {
+            flags: ATTR_DISABLED | ATTR_EXCLUDE_KERNEL | ATTR_EXCLUDE_HV,
+            ..PerfEventAttr::hardware(PERF_COUNT_HW_CPU_CYCLES)
+        };
+        match perf_event_open(&attr, 0, -1, None, PERF_FLAG_FD_CLOEXEC) {
+            Ok(fd) => {
+                let cycles = count_over(&fd, std::time::Duration::from_millis(20));
+                assert!(cycles > 0, "20 ms of work counted no cycles");
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EOPNOTSUPP | libc::ENODEV)) => {
+                // x86's core PMU registers as `cpu` (hybrid parts: `cpu_core`, `cpu_atom`).
+                if cfg!(target_arch = "x86_64") {
+                    for pmu in ["cpu", "cpu_core", "cpu_atom"] {
+                        let dir = std::path::Path::new("/sys/bus/event_source/devices").join(pmu);
+                        assert!(!dir.exists(), "{} exists, yet cycles cannot be opened: {e}", dir.display());
+                    }
+                }
+                eprintln!("no hardware PMU here ({e}): the cycles count is not checked");
+            }
+            Err(e) => assert!(refused_as_unprivileged(&e), "cycles counter (euid root: {}): {e}", is_root()),
+        }
     }
 }
