@@ -324,6 +324,13 @@ async fn authenticating_controller(tag: &str, api: &FakeKube, entries: usize, po
     .await
 }
 
+/// `v` sent under its node's name, as a node-bound agent must: agent "a1" on "node-a1"
+/// becomes agent "node-a1".
+fn own(mut v: Value) -> Value {
+    v["agent_id"] = v["node_name"].clone();
+    v
+}
+
 fn reviews(t: &TestServer, result: &'static str) -> u64 {
     t.server.state.metrics.k8s.token_reviews.get_or_create(&OutcomeLabels { result }).get()
 }
@@ -336,10 +343,10 @@ async fn token_review_accepts_the_agent_for_its_own_node_only() {
     let t = authenticating_controller("k8s-auth-node", &api, 100, false).await;
     let c = t.client().with_header("Authorization", &format!("Bearer {good}"));
 
-    assert_eq!(c.post_json("/v1/agents/hello", &hello("a1")).await.status, 200);
-    assert_eq!(c.post_json("/v1/agents/heartbeat", &heartbeat("a1")).await.status, 200);
-    assert_eq!(c.get("/v1/agents/config?agent_id=a1&node_name=node-a1").await.status, 200);
-    let r = c.post_json("/v1/events", &batch("a1", 1, vec![ev(None, None)])).await;
+    assert_eq!(c.post_json("/v1/agents/hello", &own(hello("a1"))).await.status, 200);
+    assert_eq!(c.post_json("/v1/agents/heartbeat", &own(heartbeat("a1"))).await.status, 200);
+    assert_eq!(c.get("/v1/agents/config?agent_id=node-a1&node_name=node-a1").await.status, 200);
+    let r = c.post_json("/v1/events", &own(batch("a1", 1, vec![ev(None, None)]))).await;
     assert_eq!(r.status, 200);
 
     // The same token reporting for another node: 403 with the envelope, nothing stored.
@@ -348,12 +355,12 @@ async fn token_review_accepts_the_agent_for_its_own_node_only() {
     assert_eq!(r.error_code(), "FORBIDDEN");
     let r = c.post_json("/v1/events", &batch("b2", 1, vec![ev(None, None)])).await;
     assert_eq!((r.status, r.error_code().as_str()), (403, "FORBIDDEN"));
-    let r = c.get("/v1/agents/config?agent_id=a1&node_name=node-b2").await;
+    let r = c.get("/v1/agents/config?agent_id=node-a1&node_name=node-b2").await;
     assert_eq!(r.status, 403);
     // A batch for its own node whose records claim another node.
     let mut foreign = ev(None, None);
     foreign["node"] = json!("node-b2");
-    let r = c.post_json("/v1/events", &batch("a1", 2, vec![foreign])).await;
+    let r = c.post_json("/v1/events", &own(batch("a1", 2, vec![foreign]))).await;
     assert_eq!(r.status, 403);
     assert_eq!(t.sink_lines(1).await.len(), 1);
     assert_eq!(reviews(&t, "wrong_node"), 4);
@@ -366,8 +373,13 @@ async fn token_review_accepts_the_agent_for_its_own_node_only() {
     t.stop().await;
 }
 
+/// Under node binding an agent's id is its node's name. Node b2's token cannot take node
+/// a1's id, not even before a1's agent has said hello (after a controller restart or an
+/// eviction, which used to let it squat the id and lock a1's agent out with 403 for good),
+/// and cannot invent ids to fill the registry's slots. Every operation is refused with 403
+/// and nothing is stored or registered.
 #[tokio::test]
-async fn a_token_for_one_node_cannot_take_over_another_nodes_agent_id() {
+async fn a_node_bound_agent_id_must_be_its_node_name_so_no_token_squats_another_nodes_id() {
     let api = FakeKube::start().await;
     let (token_a, token_b) = (jwt("a", unix_now() + 3_600), jwt("b", unix_now() + 3_600));
     api.put_token(&token_a, fixture(Some("node-a1")));
@@ -375,30 +387,64 @@ async fn a_token_for_one_node_cannot_take_over_another_nodes_agent_id() {
     let t = authenticating_controller("k8s-auth-agent", &api, 100, false).await;
     let a = t.client().with_header("Authorization", &format!("Bearer {token_a}"));
     let b = t.client().with_header("Authorization", &format!("Bearer {token_b}"));
-    assert_eq!(b.post_json("/v1/agents/hello", &hello("b2")).await.status, 200);
-    assert_eq!(b.post_json("/v1/agents/heartbeat", &heartbeat("b2")).await.status, 200);
-    assert_eq!(b.post_json("/v1/events", &batch("b2", 1, vec![ev(None, None)])).await.status, 200);
 
-    // Node a1's token, naming b2's agent id with its own node: refused, b2 untouched.
-    let as_b2 = |mut v: Value| {
-        v["node_name"] = json!("node-a1");
+    // b2's token, first to claim node-a1's id (reporting its own node): refused everywhere.
+    let squat = |mut v: Value| {
+        v["agent_id"] = json!("node-a1");
+        v["node_name"] = json!("node-b2");
         v
     };
-    for path in ["/v1/agents/hello", "/v1/agents/heartbeat"] {
-        let body = if path.ends_with("hello") { hello("b2") } else { heartbeat("b2") };
-        let r = a.post_json(path, &as_b2(body)).await;
-        assert_eq!((r.status, r.error_code().as_str()), (403, "FORBIDDEN"), "{path}");
+    let forbidden = |r: &common::Resp, what: &str| {
+        assert_eq!((r.status, r.error_code().as_str()), (403, "FORBIDDEN"), "{what}");
+        let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(message.contains("agent_id must be that node's name"), "{what}: {message}");
+    };
+    forbidden(&b.post_json("/v1/agents/hello", &squat(hello("x"))).await, "hello");
+    forbidden(&b.post_json("/v1/agents/heartbeat", &squat(heartbeat("x"))).await, "heartbeat");
+    forbidden(&b.get("/v1/agents/config?agent_id=node-a1&node_name=node-b2").await, "config");
+    forbidden(&b.post_json("/v1/events", &squat(batch("x", 1, vec![ev(None, None)]))).await, "events");
+    assert_eq!(t.server.state.registry.node_of("node-a1"), None, "the id was not taken");
+
+    // The real agent of node-a1 says hello, heartbeats and sends evidence as usual.
+    assert_eq!(a.post_json("/v1/agents/hello", &own(hello("a1"))).await.status, 200);
+    assert_eq!(a.post_json("/v1/agents/heartbeat", &own(heartbeat("a1"))).await.status, 200);
+    assert_eq!(a.post_json("/v1/events", &own(batch("a1", 1, vec![ev(None, None)]))).await.status, 200);
+
+    // Invented ids from b2's token (its own node) cannot fill the registry either.
+    for i in 0..5 {
+        let mut v = own(hello("b2"));
+        v["agent_id"] = json!(format!("invented-{i}"));
+        forbidden(&b.post_json("/v1/agents/hello", &v).await, "an invented id");
+        let mut v = own(batch("b2", 1, vec![ev(None, None)]));
+        v["agent_id"] = json!(format!("invented-{i}"));
+        forbidden(&b.post_json("/v1/events", &v).await, "an invented id's batch");
     }
-    assert_eq!(a.get("/v1/agents/config?agent_id=b2&node_name=node-a1").await.status, 403);
-    // Its evidence is kept (it is node a1's), but b2's sequence is not its to move.
-    let r = a.post_json("/v1/events", &as_b2(batch("b2", 9, vec![ev(None, None)]))).await;
-    assert_eq!(r.status, 200);
-    assert_eq!(t.sink_lines(2).await.len(), 2);
-    assert_eq!(t.server.state.registry.node_of("b2").as_deref(), Some("node-b2"));
-    assert_eq!(reviews(&t, "wrong_agent"), 4);
-    // b2 itself goes on as before: its next batch is in order (no gap from a1's 9).
-    assert_eq!(b.post_json("/v1/events", &batch("b2", 2, vec![ev(None, None)])).await.status, 200);
-    assert_eq!(t.server.state.metrics.sequence_gaps.get(), 0);
+    // b2's own name is fine.
+    assert_eq!(b.post_json("/v1/agents/hello", &own(hello("b2"))).await.status, 200);
+
+    let census = t.server.state.registry.census(std::time::Instant::now(), Duration::from_secs(30), "");
+    assert_eq!((census.registered, census.unregistered), (2, 0));
+    assert_eq!(t.sink_lines(1).await.len(), 1, "only node-a1's evidence");
+    assert_eq!(reviews(&t, "wrong_agent"), 14);
+    assert_eq!(reviews(&t, "wrong_node"), 0);
+    t.stop().await;
+}
+
+/// Without node binding (one shared token) agent ids are the agents' own choice.
+#[tokio::test]
+async fn with_a_shared_token_any_agent_id_is_accepted() {
+    let t = TestServer::start_with("k8s-shared-ids", |s| {
+        s.auth_token = Some(tapio_controller::auth::BearerToken::new("shared".into()));
+    })
+    .await;
+    assert_eq!(t.client().post_json("/v1/agents/hello", &hello("a1")).await.status, 401, "auth is on");
+    let c = t.client().with_header("Authorization", "Bearer shared");
+    for id in ["a1", "node-a1", "whatever"] {
+        let mut v = hello(id);
+        v["node_name"] = json!("node-a1");
+        assert_eq!(c.post_json("/v1/agents/hello", &v).await.status, 200, "{id}");
+        assert_eq!(c.post_json("/v1/events", &batch(id, 1, vec![ev(None, None)])).await.status, 200, "{id}");
+    }
     t.stop().await;
 }
 
@@ -476,10 +522,10 @@ async fn a_token_bound_only_to_a_pod_is_bound_to_that_pods_node() {
             wait_for("the first pod list", || m.synced.get() == 1).await;
         }
         let c = t.client().with_header("Authorization", &format!("Bearer {token}"));
-        assert_eq!(c.post_json("/v1/agents/hello", &hello("a1")).await.status, 200, "store {with_pod_store}");
+        assert_eq!(c.post_json("/v1/agents/hello", &own(hello("a1"))).await.status, 200, "store {with_pod_store}");
         assert_eq!(c.post_json("/v1/agents/hello", &hello("b2")).await.status, 403);
         let c = t.client().with_header("Authorization", &format!("Bearer {stale}"));
-        let r = c.post_json("/v1/agents/hello", &hello("a1")).await;
+        let r = c.post_json("/v1/agents/hello", &own(hello("a1"))).await;
         assert_eq!((r.status, r.error_code().as_str()), (403, "FORBIDDEN"), "store {with_pod_store}");
         // Without the store the node came from a GET of the pod, which the chart must allow.
         assert_eq!(api.forbidden(), 0, "store {with_pod_store}: a call the chart's ClusterRole does not grant");
@@ -500,15 +546,15 @@ async fn the_cache_is_bounded_never_outlives_the_token_and_rotation_needs_no_res
 
     for tok in &tokens {
         let c = t.client().with_header("Authorization", &format!("Bearer {tok}"));
-        assert_eq!(c.post_json("/v1/agents/heartbeat", &heartbeat("a1")).await.status, 200);
+        assert_eq!(c.post_json("/v1/agents/heartbeat", &own(heartbeat("a1"))).await.status, 200);
     }
     assert!(m.token_cache_entries.get() <= 2, "cache bound");
     // The token that did not fit is reviewed again; the cached ones are not.
     let before = api.reviews();
     let c = t.client().with_header("Authorization", &format!("Bearer {}", tokens[0]));
-    assert_eq!(c.post_json("/v1/agents/heartbeat", &heartbeat("a1")).await.status, 200);
+    assert_eq!(c.post_json("/v1/agents/heartbeat", &own(heartbeat("a1"))).await.status, 200);
     let c2 = t.client().with_header("Authorization", &format!("Bearer {}", tokens[2]));
-    assert_eq!(c2.post_json("/v1/agents/heartbeat", &heartbeat("a1")).await.status, 200);
+    assert_eq!(c2.post_json("/v1/agents/heartbeat", &own(heartbeat("a1"))).await.status, 200);
     assert_eq!(api.reviews(), before + 1);
 
     t.stop().await;
@@ -523,19 +569,19 @@ async fn the_cache_is_bounded_never_outlives_the_token_and_rotation_needs_no_res
     api.put_token(&short, TokenFixture { exp, ..fixture(Some("node-a1")) });
     let c = t.client().with_header("Authorization", &format!("Bearer {short}"));
     let before = api.reviews();
-    assert_eq!(c.post_json("/v1/agents/heartbeat", &heartbeat("a1")).await.status, 200);
-    assert_eq!(c.post_json("/v1/agents/heartbeat", &heartbeat("a1")).await.status, 200);
+    assert_eq!(c.post_json("/v1/agents/heartbeat", &own(heartbeat("a1"))).await.status, 200);
+    assert_eq!(c.post_json("/v1/agents/heartbeat", &own(heartbeat("a1"))).await.status, 200);
     assert_eq!(api.reviews(), before + 1, "the second request came from the cache");
     while unix_now() <= exp {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let r = c.post_json("/v1/agents/heartbeat", &heartbeat("a1")).await;
+    let r = c.post_json("/v1/agents/heartbeat", &own(heartbeat("a1"))).await;
     assert_eq!((r.status, r.error_code().as_str()), (401, "UNAUTHENTICATED"));
     assert_eq!(api.reviews(), before + 2, "the expired token was not served from the cache");
     let next = jwt("next", unix_now() + 3_600);
     api.put_token(&next, fixture(Some("node-a1")));
     let c = t.client().with_header("Authorization", &format!("Bearer {next}"));
-    assert_eq!(c.post_json("/v1/agents/heartbeat", &heartbeat("a1")).await.status, 200);
+    assert_eq!(c.post_json("/v1/agents/heartbeat", &own(heartbeat("a1"))).await.status, 200);
     t.stop().await;
 }
 
@@ -546,15 +592,15 @@ async fn with_the_api_server_down_an_unknown_token_gets_503_and_a_cached_one_sti
     api.put_token(&good, fixture(Some("node-a1")));
     let t = authenticating_controller("k8s-auth-down", &api, 100, false).await;
     let c = t.client().with_header("Authorization", &format!("Bearer {good}"));
-    assert_eq!(c.post_json("/v1/agents/hello", &hello("a1")).await.status, 200);
+    assert_eq!(c.post_json("/v1/agents/hello", &own(hello("a1"))).await.status, 200);
     api.stop();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(c.post_json("/v1/agents/heartbeat", &heartbeat("a1")).await.status, 200);
+    assert_eq!(c.post_json("/v1/agents/heartbeat", &own(heartbeat("a1"))).await.status, 200);
     let other = jwt("other", unix_now() + 3_600);
     let r = t
         .client()
         .with_header("Authorization", &format!("Bearer {other}"))
-        .post_json("/v1/agents/hello", &hello("a1"))
+        .post_json("/v1/agents/hello", &own(hello("a1")))
         .await;
     assert_eq!((r.status, r.error_code().as_str()), (503, "NOT_READY"));
     assert_eq!(reviews(&t, "unavailable"), 1);

@@ -167,8 +167,9 @@ async fn a_real_agent_is_authenticated_bound_to_its_node_and_its_evidence_carrie
 
     let token_file = t.dir.join("token");
     write_token(&token_file, &first);
+    // No agent_id: the agent's default, its node's name, the only id node-bound auth accepts.
     let config = format!(
-        "node_name = \"{NODE}\"\n[sinks]\nstdout = false\n[controller]\nurl = \"http://{}\"\nagent_id = \"agent-i11k\"\n\
+        "node_name = \"{NODE}\"\n[sinks]\nstdout = false\n[controller]\nurl = \"http://{}\"\n\
          token_file = \"{}\"\nstate_file = \"{}\"\nheartbeat_interval_secs = 1\nconfig_poll_interval_secs = 1\n\
          connect_timeout_ms = 500\nio_timeout_ms = 2000\nmax_backoff_ms = 1000\n",
         t.server.addr,

@@ -31,7 +31,7 @@ pub async fn hello(
     let req: HelloRequest = parse_body(&bytes)?;
     validate_hello(&req)?;
     super::check_node(bound.as_deref(), &req.node_name, &st.metrics)?;
-    super::check_agent(bound.as_deref(), &req.agent_id, &st.registry, &st.metrics)?;
+    super::check_agent(bound.as_deref(), &req.agent_id, &st.metrics)?;
     let result = match st.registry.hello(&req, Instant::now(), unix_now()) {
         Ok(outcome) => {
             if outcome == HelloOutcome::Registered {
@@ -75,7 +75,7 @@ pub async fn config(
     })?;
     let (agent_id, node) = validate_config_query(&query)?;
     super::check_node(bound.as_deref(), node, &st.metrics)?;
-    super::check_agent(bound.as_deref(), agent_id, &st.registry, &st.metrics)?;
+    super::check_agent(bound.as_deref(), agent_id, &st.metrics)?;
     st.registry.touch(agent_id, Instant::now());
 
     let cfg = st.config();
@@ -99,7 +99,7 @@ pub async fn heartbeat(
     let req: HeartbeatRequest = parse_body(&bytes)?;
     validate_heartbeat(&req)?;
     super::check_node(bound.as_deref(), &req.node_name, &st.metrics)?;
-    super::check_agent(bound.as_deref(), &req.agent_id, &st.registry, &st.metrics)?;
+    super::check_agent(bound.as_deref(), &req.agent_id, &st.metrics)?;
     let accepted = st.registry.heartbeat(&req, Instant::now());
     let result = if accepted { "accepted" } else { "unknown_agent" };
     st.metrics.heartbeats.get_or_create(&ResultLabels { result }).inc();

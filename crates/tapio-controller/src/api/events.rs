@@ -43,12 +43,14 @@ pub async fn events(
     let mut batch: EventBatch = parse_body(&bytes).map_err(|e| reject(0, e.into()))?;
     let max = usize::try_from(st.max_batch_events).unwrap_or(usize::MAX);
     validate_batch(&batch, max).map_err(|e| reject(batch.events.len(), e.into()))?;
-    // A node-bound agent reports for its own node only, in the batch and in every record.
+    // A node-bound agent reports for its own node only, in the batch and in every record,
+    // under its node's name.
     let bound = bound.as_deref();
     super::check_node(bound, &batch.node_name, m).map_err(|e| reject(batch.events.len(), e))?;
     for node in batch.events.iter().filter_map(|e| e.node.as_deref()) {
         super::check_node(bound, node, m).map_err(|e| reject(batch.events.len(), e))?;
     }
+    super::check_agent(bound, &batch.agent_id, m).map_err(|e| reject(batch.events.len(), e))?;
 
     let n = batch.events.len() as u64;
     // Sequence tracking waits for the sinks: a refused batch comes back with the same
@@ -67,15 +69,7 @@ pub async fn events(
             ),
         ));
     }
-    // Evidence is never dropped for bookkeeping: a batch naming another node's agent id is
-    // kept, but does not touch that agent's sequence.
-    let tracking = if super::agent_of_other_node(bound, &agent_id, &st.registry) {
-        m.k8s.token_review("wrong_agent");
-        BatchTracking::Untracked
-    } else {
-        st.registry.batch(&agent_id, &node_name, sequence, Instant::now())
-    };
-    match tracking {
+    match st.registry.batch(&agent_id, &node_name, sequence, Instant::now()) {
         BatchTracking::Tracked(SeqObservation::Gap) => {
             m.sequence_gaps.inc();
         }

@@ -164,34 +164,30 @@ async fn track(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Res
     resp
 }
 
-/// True when the agent's token is bound to a node and the registry holds `agent_id` for
-/// another node: such a request must not re-register that agent or replace its counters,
-/// observers or sequence (a token for one node would otherwise rewrite another node's
-/// status). Without node binding every agent id is allowed.
-pub(crate) fn agent_of_other_node(
-    bound: Option<&crate::auth::AuthorizedNode>,
-    agent_id: &str,
-    registry: &crate::registry::Registry,
-) -> bool {
-    bound.is_some_and(|b| registry.node_of(agent_id).is_some_and(|node| node != b.0.node))
-}
-
-/// Refuses (403 FORBIDDEN) a node-bound agent's request for an agent id the registry holds
-/// for another node (see [`agent_of_other_node`]).
+/// Refuses (403 FORBIDDEN) a node-bound agent's request whose `agent_id` is not its bound
+/// node's name. Under node-bound auth an agent's id is its node's name (the agent's default,
+/// and the chart sets no other): otherwise a token for node B could take node A's id
+/// before A's agent does (after a restart or an eviction) and lock it out, or fill every
+/// `--max-agents` slot with invented ids. Without node binding every agent id is allowed.
 pub(crate) fn check_agent(
     bound: Option<&crate::auth::AuthorizedNode>,
     agent_id: &str,
-    registry: &crate::registry::Registry,
     m: &crate::metrics::Metrics,
 ) -> Result<(), error::ApiError> {
-    if agent_of_other_node(bound, agent_id, registry) {
-        m.k8s.token_review("wrong_agent");
-        return Err(error::ApiError::new(
-            tapio_wire::ErrorCode::Forbidden,
-            format!("agent_id {agent_id:?} is registered for another node than this token's"),
-        ));
+    match bound {
+        Some(b) if b.0.node != agent_id => {
+            m.k8s.token_review("wrong_agent");
+            Err(error::ApiError::new(
+                tapio_wire::ErrorCode::Forbidden,
+                format!(
+                    "this agent's token is bound to node {:?}: its agent_id must be that node's name, not {:?}",
+                    b.0.node,
+                    tapio_wire::validate::clip(agent_id)
+                ),
+            ))
+        }
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// Refuses (403 FORBIDDEN) a request that names a node other than the one the agent's
