@@ -374,7 +374,8 @@ impl Metrics {
         }
     }
 
-    /// OpenMetrics text with the per-agent series rebuilt from `agents` first.
+    /// OpenMetrics text with the per-agent series rebuilt from `agents` first (the
+    /// registered agents: their number is bounded by `--max-agents`).
     pub fn encode_with_agents(&self, agents: &[tapio_wire::AgentStatus]) -> String {
         let _one_scrape_at_a_time = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         self.agent_heartbeat_age.clear();

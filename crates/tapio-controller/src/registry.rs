@@ -299,6 +299,18 @@ impl Registry {
         self.lock().agents.iter().map(|(id, a)| a.status(id, now, target_hash)).collect()
     }
 
+    /// The status view of every registered agent, sorted by id. Per-agent metric series are
+    /// built from this: registered agents are bounded by `--max-agents` and each one said
+    /// hello, while anyone who can post a batch can invent unregistered ones.
+    pub fn registered_snapshot(&self, now: Instant, target_hash: &str) -> Vec<AgentStatus> {
+        self.lock()
+            .agents
+            .iter()
+            .filter(|(_, a)| a.registration.is_some())
+            .map(|(id, a)| a.status(id, now, target_hash))
+            .collect()
+    }
+
     /// One status page: up to `limit` agents with ids after `after`, in id order, that
     /// are in `state` (any when None). The second value is the last id returned when
     /// more matching agents follow (the next page's `after`).

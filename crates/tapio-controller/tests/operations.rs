@@ -331,6 +331,43 @@ async fn health_readiness_and_metrics() {
     t.stop().await;
 }
 
+/// Per-agent series come from registered agents only: batches with invented agent ids and
+/// no hello (no token needed without auth) used to add five `agent_losses` series each, so
+/// 20,000 of them made about 100,000 series. They are still counted in `agents` and listed
+/// in `/v1/status`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_registered_agents_have_per_agent_series() {
+    let t = TestServer::start("agent-series").await;
+    let c = t.client();
+    assert_eq!(c.post_json("/v1/agents/hello", &hello("real")).await.status, 200);
+    assert_eq!(c.post_json("/v1/agents/heartbeat", &heartbeat("real")).await.status, 200);
+    for i in 0..50 {
+        let id = format!("random-{i:08x}");
+        assert_eq!(c.post_json("/v1/events", &batch(&id, 1, vec![event(i)])).await.status, 200);
+    }
+    let text = String::from_utf8(c.get("/metrics").await.body).unwrap();
+    let per_agent: Vec<&str> = text.lines().filter(|l| l.contains("agent_id=")).collect();
+    assert!(per_agent.iter().all(|l| l.contains("agent_id=\"real\"")), "{per_agent:#?}");
+    for series in [
+        "tapio_controller_agent_losses_total{agent_id=\"real\",node=\"node-real\",kind=\"lost_events\"}",
+        "tapio_controller_agent_observers{agent_id=\"real\",node=\"node-real\",observer=\"network\",status=\"running\"}",
+    ] {
+        assert!(text.lines().any(|l| l.starts_with(series)), "{series} missing:\n{text}");
+    }
+    assert!(text.lines().any(|l| l.starts_with("tapio_controller_agent_heartbeat_age_seconds{agent_id=\"real\"")));
+    assert_eq!(per_agent.len(), 7, "age, five losses, one observer: {per_agent:#?}");
+    assert_eq!(metric(&c, "tapio_controller_agents{state=\"unregistered\"}").await, Some(50.0));
+    // A batch-only agent that says hello gets its series.
+    assert_eq!(c.post_json("/v1/agents/hello", &hello("random-00000000")).await.status, 200);
+    assert!(metric(
+        &c,
+        "tapio_controller_agent_heartbeat_age_seconds{agent_id=\"random-00000000\",node=\"node-random-00000000\"}"
+    )
+    .await
+    .is_some());
+    t.stop().await;
+}
+
 /// The generation the controller serves (from /v1/status): a base-10 u32 from the clock at
 /// which its config was first served, so a restarted controller never serves an old number.
 async fn served_generation(c: &Client) -> serde_json::Value {

@@ -113,7 +113,9 @@ pub async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     st.metrics.set_agents_config("current", census.config_current);
     st.metrics.set_agents_config("outdated", census.config_outdated);
     st.metrics.set_agents_config("unreported", census.config_unreported);
-    let agents = st.registry.snapshot(Instant::now(), &st.config().hash);
+    // Registered agents only: a series per batch-only agent would let unauthenticated
+    // batches with invented ids grow the scrape without bound.
+    let agents = st.registry.registered_snapshot(Instant::now(), &st.config().hash);
     let mut resp = (StatusCode::OK, st.metrics.encode_with_agents(&agents)).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
