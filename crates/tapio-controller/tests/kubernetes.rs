@@ -430,6 +430,21 @@ async fn a_node_bound_agent_id_must_be_its_node_name_so_no_token_squats_another_
     t.stop().await;
 }
 
+/// The config query is percent-decoded only: `?agent_id=a+b` names the agent `a+b` (form
+/// decoding made it `a b`, which a token bound to node `a+b` may not report as).
+#[tokio::test]
+async fn a_plus_in_the_config_query_is_a_plus() {
+    let api = FakeKube::start().await;
+    let token = jwt("plus", unix_now() + 3_600);
+    api.put_token(&token, fixture(Some("a+b")));
+    let t = authenticating_controller("k8s-auth-plus", &api, 100, false).await;
+    let c = t.client().with_header("Authorization", &format!("Bearer {token}"));
+    assert_eq!(c.get("/v1/agents/config?agent_id=a+b&node_name=a%2Bb").await.status, 200);
+    let r = c.get("/v1/agents/config?agent_id=a%20b&node_name=a+b").await;
+    assert_eq!((r.status, r.error_code().as_str()), (403, "FORBIDDEN"), "`a b` is another agent");
+    t.stop().await;
+}
+
 /// Without node binding (one shared token) agent ids are the agents' own choice.
 #[tokio::test]
 async fn with_a_shared_token_any_agent_id_is_accepted() {

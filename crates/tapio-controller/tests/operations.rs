@@ -120,6 +120,14 @@ async fn config_query_parameters_are_required_and_percent_decoded() {
     // Encoded but non-blank values are fine.
     let r = c.get("/v1/agents/config?agent_id=a%2F1%20x&node_name=node%2Da").await;
     assert_eq!(r.status, 200);
+    // Percent-decoding only (wire-v1): a `+` is a plus sign, not a space (form decoding
+    // made `+` a blank id, and `a+b` the agent `a b`; see `api::agents` tests).
+    assert_eq!(c.get("/v1/agents/config?agent_id=+&node_name=+").await.status, 200);
+    // A malformed escape, or a parameter given twice, is a clear 400.
+    for q in ["?agent_id=a%2&node_name=n1", "?agent_id=%ff&node_name=n1", "?agent_id=a&agent_id=b&node_name=n1"] {
+        let r = c.get(&format!("/v1/agents/config{q}")).await;
+        assert_eq!((r.status, r.error_code().as_str()), (400, "INVALID_FIELD"), "{q}");
+    }
     t.stop().await;
 }
 
