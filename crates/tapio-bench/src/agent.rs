@@ -49,10 +49,14 @@ struct LogState {
     /// The drain's scheduling changes (real-time, demoted, promoted), the first
     /// [`KEPT_SCHEDULING_LINES`] of them.
     scheduling_lines: Vec<String>,
+    /// The lines before "ready:" (what each observer found and attached), the first
+    /// [`KEPT_STARTUP_LINES`] of them.
+    startup_lines: Vec<String>,
     closed: bool,
 }
 
 const KEPT_SCHEDULING_LINES: usize = 20;
+const KEPT_STARTUP_LINES: usize = 500;
 /// The agent's log lines about its drain's scheduling carry this module path.
 pub const DRAIN_PRIORITY_LOG: &str = "tapio_pipeline::drain_priority: ";
 
@@ -158,6 +162,9 @@ impl Agent {
                 if s.ready.is_none() && line.contains("ready:") {
                     s.ready = Some(line.clone());
                 }
+                if s.ready.is_none() && s.startup_lines.len() < KEPT_STARTUP_LINES {
+                    s.startup_lines.push(line.clone());
+                }
                 if let Some(at) = line.find("counters final ") {
                     s.final_counters = Some(line[at + "counters final ".len()..].to_string());
                 }
@@ -208,6 +215,13 @@ impl Agent {
         // SAFETY: signalling our own unreaped child.
         unsafe { libc::kill(self.pid, libc::SIGSTOP) };
         Paused(self.pid)
+    }
+
+    /// The first line the agent logged before "ready:" that contains `needle` (an
+    /// observer's start-up report, e.g. what it found to watch).
+    pub fn startup_line(&self, needle: &str) -> Option<String> {
+        let s = self.log.0.lock().unwrap_or_else(|p| p.into_inner());
+        s.startup_lines.iter().find(|l| l.contains(needle)).cloned()
     }
 
     /// Whether start-up attached every program of every observer.

@@ -36,8 +36,17 @@ fn run(binary: &Path, window: Duration, report: &mut Report) -> Result<(), Strin
     let scratch = Scratch::new("idle")?;
     let config = agent::write_config(&scratch.0, &scratch.0.join("evidence.jsonl"))?;
     let agent = Agent::start(binary, &config)?;
+    // The idle footprint is the whole agent's: with an observer missing that this machine
+    // could run, it is a smaller agent's and not measured.
+    let short = short_of_this_machine(&agent.ready_line);
+    if !short.is_empty() {
+        return Err(format!("not every observer this machine supports attached: {}", short.join("; ")));
+    }
     if !agent.fully_attached() {
-        report.note(format!("idle: not every observer attached: {}", agent.ready_line));
+        report.note(format!(
+            "idle: the node observer runs as far as this machine allows (no hardware PMU or no PSI here): {}",
+            agent.ready_line
+        ));
     }
     let pid = agent.pid();
     std::thread::sleep(SETTLE);
@@ -97,6 +106,71 @@ fn run(binary: &Path, window: Duration, report: &mut Report) -> Result<(), Strin
     Ok(())
 }
 
+/// The observers of a `ready:` line (`observers [network=running, node=degraded, …]`) that
+/// are not as far along as this machine allows, each as `name=state (expected …)`; empty
+/// when every one is.
+///
+/// The rule: every observer must be `running`, except the node observer, whose state is
+/// expected from what the bench itself finds on the machine, as the agent looks for it:
+/// a hardware PMU (the cycles counter of CPU 0 for every task, the agent's group leader,
+/// failing with ENOENT, EOPNOTSUPP or ENODEV: none, as on VMs without PMU passthrough such as
+/// the test VM) and pressure stall information (/proc/pressure/{memory,cpu,io}). With
+/// both it must run, with one of them it is `degraded`, with neither `unsupported`. Any other
+/// failure to open the counter (a refusal) counts as a machine that has one. Every other
+/// observer short of `running` (a kernel without one of its hooks, a refused program,
+/// cgroups without PSI) leaves the rows unmeasured: the footprint is then not the full
+/// agent's, and the reason names the observer.
+fn short_of_this_machine(ready_line: &str) -> Vec<String> {
+    let Some((list, _)) = ready_line.split_once("observers [").and_then(|(_, rest)| rest.split_once(']')) else {
+        return vec![format!("no observer list in the ready line: {ready_line}")];
+    };
+    let mut short = Vec::new();
+    for entry in list.split(", ") {
+        let Some((name, state)) = entry.split_once('=') else {
+            short.push(format!("unreadable entry {entry:?} in the ready line"));
+            continue;
+        };
+        let expected = if name == "node" { node_state_on_this_machine() } else { "running" };
+        if state != expected {
+            short.push(format!("{name}={state} (expected {expected} on this machine)"));
+        }
+    }
+    short
+}
+
+/// The node observer's state on this machine: `running` with a PMU and PSI, `degraded`
+/// with one of them, `unsupported` with neither.
+fn node_state_on_this_machine() -> &'static str {
+    let pmu = !no_pmu(&open_cycles_counter());
+    let psi = ["memory", "cpu", "io"].iter().all(|r| std::fs::File::open(format!("/proc/pressure/{r}")).is_ok());
+    match (pmu, psi) {
+        (true, true) => "running",
+        (false, false) => "unsupported",
+        _ => "degraded",
+    }
+}
+
+/// Opens (and closes) the counter the node observer leads each CPU's group with.
+fn open_cycles_counter() -> std::io::Result<()> {
+    use tapio_util::perf::{
+        perf_event_open, PerfEventAttr, PERF_COUNT_HW_CPU_CYCLES, PERF_FLAG_FD_CLOEXEC, PERF_FORMAT_GROUP,
+        PERF_FORMAT_TOTAL_TIME_ENABLED, PERF_FORMAT_TOTAL_TIME_RUNNING,
+    };
+    let attr = PerfEventAttr {
+        read_format: PERF_FORMAT_GROUP | PERF_FORMAT_TOTAL_TIME_ENABLED | PERF_FORMAT_TOTAL_TIME_RUNNING,
+        ..PerfEventAttr::hardware(PERF_COUNT_HW_CPU_CYCLES)
+    };
+    perf_event_open(&attr, -1, 0, None, PERF_FLAG_FD_CLOEXEC).map(drop)
+}
+
+/// Whether opening a hardware counter failed because the machine has no PMU.
+fn no_pmu(opened: &std::io::Result<()>) -> bool {
+    matches!(
+        opened.as_ref().map_err(std::io::Error::raw_os_error),
+        Err(Some(libc::ENOENT | libc::EOPNOTSUPP | libc::ENODEV))
+    )
+}
+
 /// A controller on a loopback port, killed on drop.
 struct Controller(Child);
 
@@ -144,6 +218,10 @@ fn run_connected(binary: &Path, controller: &Path, window: Duration, report: &mu
     ));
     std::fs::write(&config, text).map_err(|e| format!("writing {}: {e}", config.display()))?;
     let agent = Agent::start(binary, &config)?;
+    let short = short_of_this_machine(&agent.ready_line);
+    if !short.is_empty() {
+        return Err(format!("not every observer this machine supports attached: {}", short.join("; ")));
+    }
     let (cpu_ns, wall) = procfs::cpu_sched_ns_over(agent.pid(), SETTLE, window)?;
     agent.stop()?;
     // The agent saves the controller's config once it registered and fetched it: proof the
@@ -164,4 +242,38 @@ fn run_connected(binary: &Path, controller: &Path, window: Duration, report: &mu
          (default heartbeat and config-poll intervals)"
     ));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_observer_short_of_running_is_named_and_the_node_is_judged_by_the_machine() {
+        let line = |node: &str, dns: &str| {
+            format!(
+                "INFO tapio_agent::runtime: ready: node x, observers [network=running, container=running, \
+                 storage=running, node={node}, container_pressure=running, dns={dns}], sinks [stdout]"
+            )
+        };
+        let node_here = node_state_on_this_machine();
+        assert_eq!(short_of_this_machine(&line(node_here, "running")), Vec::<String>::new());
+        let short = short_of_this_machine(&line(node_here, "failed"));
+        assert_eq!(short, vec!["dns=failed (expected running on this machine)".to_string()]);
+        let other = if node_here == "running" { "degraded" } else { "running" };
+        let short = short_of_this_machine(&line(other, "running"));
+        assert_eq!(short, vec![format!("node={other} (expected {node_here} on this machine)")]);
+        assert_eq!(short_of_this_machine("ready: nothing").len(), 1);
+    }
+
+    #[test]
+    fn only_the_errors_of_a_machine_without_a_pmu_mean_none() {
+        for errno in [libc::ENOENT, libc::EOPNOTSUPP, libc::ENODEV] {
+            assert!(no_pmu(&Err(std::io::Error::from_raw_os_error(errno))));
+        }
+        for errno in [libc::EACCES, libc::EPERM, libc::EINVAL] {
+            assert!(!no_pmu(&Err(std::io::Error::from_raw_os_error(errno))));
+        }
+        assert!(!no_pmu(&Ok(())));
+    }
 }

@@ -87,6 +87,9 @@ fn run(binary: &Path, window: Duration, report: &mut Report) -> Result<(), Strin
     ));
     std::fs::write(&config, text).map_err(|e| e.to_string())?;
     let agent = Agent::start(binary, &config)?;
+    // A poller that found none of the containers costs next to nothing and would pass: the
+    // row is measured only if the observer runs and watches every one of them.
+    let watched = watched_containers(&agent)?;
     let (cpu_ns, wall) = procfs::cpu_sched_ns_over(agent.pid(), SETTLE, window)?;
     let stopped = agent.stop()?;
     drop(containers);
@@ -108,13 +111,55 @@ fn run(binary: &Path, window: Duration, report: &mut Report) -> Result<(), Strin
     let events = stopped.counters.as_ref().map(|c| agent::counter(c, "events_total")).unwrap_or(0);
     let malformed = stopped.counters.as_ref().map(|c| agent::counter(c, "malformed_events_total")).unwrap_or(0);
     report.note(format!(
-        "pressure: {CONTAINERS} empty container cgroups in {} hierarch{}, polled every {POLL_MS} ms for {} s \
-         (schedstat CPU of the whole agent, every other observer off, rescans every 10 s included); {events} \
-         evidence records, {malformed} malformed reads; agent {}",
+        "pressure: {CONTAINERS} empty container cgroups in {} hierarch{} (the agent watched {watched} containers), \
+         polled every {POLL_MS} ms for {} s (schedstat CPU of the whole agent, every other observer off, rescans \
+         every 10 s included); {events} evidence records, {malformed} malformed reads; agent {}",
         roots().len(),
         if roots().len() == 1 { "y" } else { "ies" },
         wall.as_secs(),
         stopped.exit
     ));
     Ok(())
+}
+
+/// What the agent's start-up says of the container pressure observer: it must be running
+/// (`container_pressure=running` in its ready line) and watching at least the containers
+/// made here (`observer container_pressure: watching N containers`). The count of
+/// containers it watches, or why the row cannot be measured.
+fn watched_containers(agent: &Agent) -> Result<u64, String> {
+    if !agent.ready_line.contains("container_pressure=running") {
+        return Err(format!("the container pressure observer is not running: {}", agent.ready_line));
+    }
+    const WATCHING: &str = "observer container_pressure: watching ";
+    let line = agent
+        .startup_line(WATCHING)
+        .ok_or_else(|| format!("the agent did not log how many containers it watches ({WATCHING:?})"))?;
+    let count = watching_count(&line).ok_or_else(|| format!("no container count in {line:?}"))?;
+    if count < u64::from(CONTAINERS) {
+        return Err(format!("the agent watches {count} containers, not the {CONTAINERS} made here: {line}"));
+    }
+    Ok(count)
+}
+
+/// N in a `… watching N containers, …` line.
+fn watching_count(line: &str) -> Option<u64> {
+    let (_, rest) = line.split_once("watching ")?;
+    let (n, rest) = rest.split_once(' ')?;
+    rest.starts_with("containers").then(|| n.parse().ok()).flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watched_count_is_read_from_the_start_up_line() {
+        let line = "2026-01-01T00:00:00Z INFO tapio_pipeline::observers::container_pressure: observer \
+                    container_pressure: watching 500 containers, 0 beyond max_containers not watched, 0 without \
+                    per-cgroup PSI (throttling only)";
+        assert_eq!(watching_count(line), Some(500));
+        assert_eq!(watching_count("observer container_pressure: watching 0 containers, …"), Some(0));
+        assert_eq!(watching_count("observer container_pressure: watching many containers"), None);
+        assert_eq!(watching_count("observer container_pressure: watching 5 pods"), None);
+    }
 }
