@@ -383,3 +383,66 @@ async fn a_panicking_handler_gives_a_bare_500_envelope() {
     assert_eq!(ok.status().as_u16(), 200);
     writer.close(std::time::Duration::from_secs(5)).await;
 }
+
+/// Every code the controller can send that wire-v1's table lacks is documented in this
+/// crate's README as an extension, with its status and what a client should do. The match
+/// is exhaustive, so a new code does not compile until it is placed on one side.
+#[test]
+fn every_code_beyond_the_spec_table_is_documented_with_its_status() {
+    use tapio_wire::ErrorCode;
+    fn in_spec_table(code: &ErrorCode) -> bool {
+        match code {
+            ErrorCode::MissingField
+            | ErrorCode::UnsupportedVersion
+            | ErrorCode::InvalidField
+            | ErrorCode::MalformedJson
+            | ErrorCode::Unauthenticated
+            | ErrorCode::UnknownEndpoint
+            | ErrorCode::MethodNotAllowed
+            | ErrorCode::PayloadTooLarge
+            | ErrorCode::ReasoningField
+            | ErrorCode::TooManyAgents
+            | ErrorCode::InternalError => true,
+            ErrorCode::Forbidden
+            | ErrorCode::RequestTimeout
+            | ErrorCode::NotReady
+            | ErrorCode::MalformedRequest
+            | ErrorCode::UriTooLong
+            | ErrorCode::HeadersTooLarge
+            | ErrorCode::Other(_) => false,
+        }
+    }
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let known = [
+        "MISSING_FIELD",
+        "UNSUPPORTED_VERSION",
+        "INVALID_FIELD",
+        "MALFORMED_JSON",
+        "UNAUTHENTICATED",
+        "FORBIDDEN",
+        "UNKNOWN_ENDPOINT",
+        "METHOD_NOT_ALLOWED",
+        "REQUEST_TIMEOUT",
+        "PAYLOAD_TOO_LARGE",
+        "REASONING_FIELD",
+        "TOO_MANY_AGENTS",
+        "INTERNAL_ERROR",
+        "NOT_READY",
+        "MALFORMED_REQUEST",
+        "URI_TOO_LONG",
+        "HEADERS_TOO_LARGE",
+    ];
+    let mut extensions = 0;
+    for name in known {
+        let code = ErrorCode::from(name);
+        assert!(!matches!(code, ErrorCode::Other(_)), "{name} is a known code");
+        if in_spec_table(&code) {
+            continue;
+        }
+        extensions += 1;
+        let row = format!("| {} | `{name}` | ", code.http_status());
+        let line = readme.lines().find(|l| l.starts_with(&row)).unwrap_or_else(|| panic!("no README row `{row}`"));
+        assert_eq!(line.matches(" | ").count(), 3, "status, code, when, what a client should do: {line}");
+    }
+    assert_eq!(extensions, 6);
+}
