@@ -44,7 +44,14 @@ pub struct AppState {
     pub pods: Option<Arc<crate::k8s::PodIndex>>,
     /// TokenReview checker (`--auth kubernetes`).
     pub kubernetes_auth: Option<Arc<crate::k8s::tokenreview::TokenReviewer>>,
+    /// Status requests without `limit` building the whole agent list at once; the rest
+    /// wait (within the request timeout). Each holds a copy of every agent's status and
+    /// its JSON, so their number, not just the registry, bounds the memory they take.
+    pub full_status: tokio::sync::Semaphore,
 }
+
+/// Whole-list status requests served at once (see [`AppState::full_status`]).
+pub const FULL_STATUS_AT_ONCE: usize = 2;
 
 impl AppState {
     /// Builds the state from settings, metrics and a started sink.
@@ -70,6 +77,7 @@ impl AppState {
             request_timeout: settings.request_timeout,
             pods: None,
             kubernetes_auth: None,
+            full_status: tokio::sync::Semaphore::new(FULL_STATUS_AT_ONCE),
         }
     }
 }

@@ -405,12 +405,43 @@ async fn status_pages_in_id_order_filters_by_state_and_summarises_the_fleet() {
     let summary_only = c.get("/v1/status?limit=0").await.json();
     assert!(summary_only["agents"].as_array().unwrap().is_empty());
     assert_eq!(summary_only["summary"]["agents_total"], 28);
-    // A plain v1 query (no parameters) gets the whole first page: all 28 here.
+    // A plain v1 query (no parameters) gets every agent.
     assert_eq!(ids(c.get("/v1/status").await.json()).len(), 28);
 
     for bad in ["limit=5001", "limit=abc", "state=sleepy", "limit=1&limit=2"] {
         let r = c.get(&format!("/v1/status?{bad}")).await;
         assert_eq!((r.status, r.error_code().as_str()), (400, "INVALID_FIELD"), "{bad}");
     }
+    t.stop().await;
+}
+
+/// wire-v1's `agents` is the whole list, with no paging: a plain v1 client (no `limit`)
+/// gets every agent, registered or known from batches only (it used to get the first
+/// 1,000 and a `next_after` it does not know). A `limit` still pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_without_a_limit_lists_every_agent() {
+    let t = TestServer::start_with("status-whole", |s| s.max_agents = 1_500).await;
+    let registry = &t.server.state.registry;
+    let now = std::time::Instant::now();
+    for i in 0..1_200 {
+        let req: tapio_wire::HelloRequest = serde_json::from_value(hello(&format!("agent-{i:04}"))).unwrap();
+        registry.hello(&req, now, 1).unwrap();
+    }
+    for i in 0..30 {
+        registry.batch(&format!("batch-only-{i:02}"), "n", 1, now);
+    }
+    let c = t.client();
+    let all = c.get("/v1/status").await.json();
+    assert_eq!(all["agents"].as_array().unwrap().len(), 1_230);
+    assert!(all.get("next_after").is_none(), "nothing more to fetch");
+    let registered = c.get("/v1/status?state=registered").await.json();
+    assert_eq!(registered["agents"].as_array().unwrap().len(), 1_200);
+
+    let page = c.get("/v1/status?limit=1000").await.json();
+    assert_eq!(page["agents"].as_array().unwrap().len(), 1_000);
+    assert_eq!(page["next_after"], "agent-0999");
+    let rest = c.get("/v1/status?limit=1000&after=agent-0999").await.json();
+    assert_eq!(rest["agents"].as_array().unwrap().len(), 230);
+    assert!(rest.get("next_after").is_none());
     t.stop().await;
 }

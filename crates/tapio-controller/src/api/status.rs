@@ -9,7 +9,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use tapio_wire::status::{STATUS_PAGE_DEFAULT, STATUS_PAGE_MAX};
+use tapio_wire::status::STATUS_PAGE_MAX;
 use tapio_wire::validate::MAX_IDENTITY_LEN;
 use tapio_wire::{
     AgentState, ErrorCode, StatusConfig, StatusQuery, StatusResponse, StatusSummary, StatusTotals, WIRE_VERSION,
@@ -31,8 +31,7 @@ pub async fn status(
             "query string is limit=<0..=5000>&after=<agent id>&state=<state> (each optional, given once)",
         )
     })?;
-    let limit = query.limit.unwrap_or(STATUS_PAGE_DEFAULT);
-    if limit > STATUS_PAGE_MAX {
+    if query.limit.is_some_and(|l| l > STATUS_PAGE_MAX) {
         return Err(ApiError::new(ErrorCode::InvalidField, format!("limit must be at most {STATUS_PAGE_MAX}")));
     }
     let state = match query.state.as_deref() {
@@ -45,6 +44,14 @@ pub async fn status(
     if query.after.as_ref().is_some_and(|a| a.len() > MAX_IDENTITY_LEN) {
         return Err(ApiError::new(ErrorCode::InvalidField, format!("after is longer than {MAX_IDENTITY_LEN} bytes")));
     }
+    // wire-v1's `agents` is the whole list: without `limit` (a plain v1 client) every
+    // matching agent is listed, which the registry's bounds (`--max-agents` plus
+    // `--max-unregistered-agents`) keep finite; few such requests run at once.
+    let _whole_list = match query.limit {
+        Some(_) => None,
+        None => Some(st.full_status.acquire().await.map_err(|_| ApiError::internal())?),
+    };
+    let limit = query.limit.unwrap_or(usize::MAX);
     let m = &st.metrics;
     let config = st.config();
     let now = Instant::now();
