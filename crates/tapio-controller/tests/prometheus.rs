@@ -145,8 +145,7 @@ async fn a_real_prometheus_scrapes_known_evidence_and_agent_health() {
     expect(prom, "tapio_controller_agent_losses_total{agent_id=\"p1\",kind=\"lost_events\"}", 7.0).await;
     expect(prom, "sum(tapio_controller_agent_losses_total{kind=\"sink_drops\"})", 8.0).await;
     expect(prom, "count(tapio_controller_agent_heartbeat_age_seconds < 60)", 2.0).await;
-    expect(prom, "tapio_controller_agent_observers{agent_id=\"p1\",observer=\"network\",status=\"failed\"}", 1.0)
-        .await;
+    expect(prom, "tapio_controller_agent_observers{agent_id=\"p1\",observer=\"network\",status=\"failed\"}", 1.0).await;
     expect(prom, "count(tapio_controller_agent_observers{status=\"running\"})", 3.0).await;
     // The alert rules loaded and evaluate without errors.
     let (_, rules) = http_get(prom, "/api/v1/rules").await.unwrap();
@@ -157,8 +156,7 @@ async fn a_real_prometheus_scrapes_known_evidence_and_agent_health() {
         assert_eq!(r["health"], "ok", "{r}");
     }
     // The failed observer is pending (its `for` is 5 min) once a rule evaluation saw it.
-    expect(prom, "count(ALERTS{alertname=\"TapioObserverFailed\",alertstate=\"pending\",agent_id=\"p1\"})", 1.0)
-        .await;
+    expect(prom, "count(ALERTS{alertname=\"TapioObserverFailed\",alertstate=\"pending\",agent_id=\"p1\"})", 1.0).await;
     drop(_prom_proc);
     t.stop().await;
     let _ = std::fs::remove_dir_all(dir);
