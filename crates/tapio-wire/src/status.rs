@@ -3,7 +3,7 @@
 //! Extension for fleets: the agent list is paged (`?limit=&after=`, in agent id order) and
 //! may be filtered by state (`?state=`); every response carries a `summary` of agent
 //! counts by state over the whole registry, and `next_after` while more agents follow.
-//! A plain v1 client that sends no query gets the first [`STATUS_PAGE_DEFAULT`] agents.
+//! A plain v1 client that sends no `limit` gets every agent, as wire-v1 promises.
 
 use std::collections::BTreeMap;
 
@@ -53,17 +53,14 @@ pub struct SinkStatus {
     pub last_error: Option<String>,
 }
 
-/// Agents per status page when the query names no `limit`.
-pub const STATUS_PAGE_DEFAULT: usize = 1_000;
-
 /// Largest `limit` a status query may ask for.
 pub const STATUS_PAGE_MAX: usize = 5_000;
 
 /// Query of `GET /v1/status` (extension; every parameter optional).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusQuery {
-    /// Agents per page, 0..=[`STATUS_PAGE_MAX`] (0: the summary only); default
-    /// [`STATUS_PAGE_DEFAULT`].
+    /// Agents per page, 0..=[`STATUS_PAGE_MAX`] (0: the summary only); absent, every agent
+    /// (no `next_after`).
     pub limit: Option<usize>,
     /// Start after this agent id (the previous page's `next_after`).
     pub after: Option<String>,
