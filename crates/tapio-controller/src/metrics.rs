@@ -141,6 +141,19 @@ pub struct AgentLossLabels {
     pub kind: &'static str,
 }
 
+/// An agent's correlation drops of one reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AgentDropReasonLabels {
+    /// Agent id.
+    pub agent_id: String,
+    /// Node name.
+    pub node: String,
+    /// The observer whose facts could not be judged (closed set; others as `other`).
+    pub observer: &'static str,
+    /// Why (validated on the wire: lower-case letters, digits and `_`).
+    pub reason: String,
+}
+
 /// An agent's observer state.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AgentObserverLabels {
@@ -226,6 +239,9 @@ pub struct Metrics {
     pub agent_losses: Family<AgentLossLabels, Counter>,
     /// 1 per agent and observer, labelled with the observer's reported status.
     pub agent_observers: Family<AgentObserverLabels, Gauge>,
+    /// Each agent's reported correlation drops by observer and reason (refreshed at scrape):
+    /// the catalog's `tapio_correlation_drops_total{observer,reason}`, per agent.
+    pub agent_correlation_drops: Family<AgentDropReasonLabels, Counter>,
     /// Serializes the per-agent refresh and encoding of concurrent scrapes.
     scrape: std::sync::Mutex<()>,
 }
@@ -239,7 +255,9 @@ impl Default for Metrics {
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("tapio_controller");
+        // The controller's own metrics are `tapio_controller_*`; the evidence catalog names
+        // one metric outside that prefix (`tapio_correlation_drops_total`).
+        let mut root = Registry::default();
         let m = Self {
             requests: Family::default(),
             errors: Family::default(),
@@ -272,9 +290,16 @@ impl Metrics {
             agent_heartbeat_age: Family::default(),
             agent_losses: Family::default(),
             agent_observers: Family::default(),
+            agent_correlation_drops: Family::default(),
             scrape: std::sync::Mutex::new(()),
             registry: Registry::default(),
         };
+        root.register(
+            "tapio_correlation_drops",
+            "Facts each agent could not judge without guessing, by observer and reason (its own counters)",
+            m.agent_correlation_drops.clone(),
+        );
+        let registry = root.sub_registry_with_prefix("tapio_controller");
         // Counter names get their `_total` suffix from the encoder.
         registry.register("requests", "HTTP requests handled", m.requests.clone());
         registry.register("errors", "Error responses by error code", m.errors.clone());
@@ -330,7 +355,7 @@ impl Metrics {
             "Profile reloads refused (unreadable or invalid); the served config stays",
             m.profile_reload_failures.clone(),
         );
-        m.k8s.register(&mut registry);
+        m.k8s.register(registry);
         registry.register("evidence", "Accepted evidence by type and severity", m.evidence.clone());
         registry.register(
             "agent_heartbeat_age_seconds",
@@ -347,7 +372,7 @@ impl Metrics {
             "1 per agent and observer, labelled with the status the agent reports",
             m.agent_observers.clone(),
         );
-        Self { registry, ..m }
+        Self { registry: root, ..m }
     }
 
     /// Counts an error response.
@@ -381,6 +406,7 @@ impl Metrics {
         self.agent_heartbeat_age.clear();
         self.agent_losses.clear();
         self.agent_observers.clear();
+        self.agent_correlation_drops.clear();
         for a in agents {
             let id = || AgentLabels { agent_id: a.agent_id.clone(), node: a.node_name.clone() };
             // An agent that said hello but never heartbeated is as silent as its age
@@ -411,6 +437,20 @@ impl Metrics {
                     status: closed(KNOWN_OBSERVER_STATES, status.as_str()),
                 };
                 self.agent_observers.get_or_create(&labels).set(1);
+            }
+            for (key, n) in &a.reported_correlation_drops {
+                // The wire check holds every key to `observer.reason`.
+                let Some((observer, reason)) = tapio_wire::validate::correlation_drop_key(key) else { continue };
+                let labels = AgentDropReasonLabels {
+                    agent_id: a.agent_id.clone(),
+                    node: a.node_name.clone(),
+                    observer: closed(KNOWN_OBSERVERS, observer),
+                    reason: reason.to_owned(),
+                };
+                self.agent_correlation_drops
+                    .get_or_create(&labels)
+                    .inner()
+                    .store(*n, std::sync::atomic::Ordering::Relaxed);
             }
         }
         self.encode()

@@ -80,6 +80,7 @@ struct Report {
     counters: HeartbeatCounters,
     observers: BTreeMap<String, ObserverStatus>,
     degraded_reasons: Vec<DegradedReason>,
+    correlation_drops: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -133,6 +134,7 @@ impl Agent {
             config_current: report.map(|r| r.config_hash == target_hash),
             registered: Some(self.registration.is_some()),
             degraded_reasons: report.map(|r| r.degraded_reasons.clone()),
+            reported_correlation_drops: report.map(|r| r.correlation_drops.clone()).unwrap_or_default(),
         }
     }
 
@@ -221,6 +223,7 @@ impl Registry {
             counters: req.counters.clone(),
             observers: req.observers.clone(),
             degraded_reasons: req.degraded_reasons.clone(),
+            correlation_drops: req.correlation_drops.clone(),
         });
         true
     }
@@ -374,6 +377,7 @@ mod tests {
             observers: BTreeMap::from([("network".to_string(), ObserverStatus::Running)]),
             counters: HeartbeatCounters::default(),
             degraded_reasons: vec![],
+            correlation_drops: BTreeMap::new(),
         }
     }
 

@@ -387,3 +387,52 @@ async fn served_generation(c: &Client) -> serde_json::Value {
     assert!(g.abs_diff(now) < 600, "generation {g} is not the serving time ({now})");
     version
 }
+
+/// The catalog's `tapio_correlation_drops_total{observer,reason}`: each agent's drops by
+/// reason from its heartbeat, on /metrics (outside the controller's own prefix) and in
+/// /v1/status; a reason not shaped `observer.reason`, or too many, is refused whole.
+#[tokio::test]
+async fn correlation_drops_reach_the_metrics_by_observer_and_reason() {
+    let t = TestServer::start("drop-reasons").await;
+    let c = t.client();
+    assert_eq!(c.post_json("/v1/agents/hello", &hello("a1")).await.status, 200);
+    let mut hb = heartbeat("a1");
+    hb["counters"]["correlation_drops_total"] = json!(5);
+    hb["correlation_drops"] = json!({"storage.ambiguous_inflight_io": 3, "dns.query_expired": 2});
+    assert_eq!(c.post_json("/v1/agents/heartbeat", &hb).await.status, 200);
+    for (series, value) in [
+        ("tapio_correlation_drops_total{agent_id=\"a1\",node=\"node-a1\",observer=\"storage\",reason=\"ambiguous_inflight_io\"}", 3.0),
+        ("tapio_correlation_drops_total{agent_id=\"a1\",node=\"node-a1\",observer=\"dns\",reason=\"query_expired\"}", 2.0),
+        ("tapio_controller_agent_losses_total{agent_id=\"a1\",node=\"node-a1\",kind=\"correlation_drops\"}", 5.0),
+    ] {
+        assert_eq!(metric(&c, series).await, Some(value), "{series}");
+    }
+    let status = c.get("/v1/status").await.json();
+    assert_eq!(status["agents"][0]["reported_correlation_drops"]["storage.ambiguous_inflight_io"], 3);
+
+    for (drops, field_hint) in [
+        (json!({"storage": 1}), "observer.reason"),
+        (json!({"Storage.x": 1}), "observer.reason"),
+        (json!({"storage.a\"b": 1}), "observer.reason"),
+        (json!({format!("storage.{}", "x".repeat(49)): 1}), "observer.reason"),
+        (json!((0..33).map(|i| (format!("storage.r{i}"), json!(1))).collect::<serde_json::Map<_, _>>()), "at most 32"),
+    ] {
+        let mut bad = heartbeat("a1");
+        bad["correlation_drops"] = drops;
+        let resp = c.post_json("/v1/agents/heartbeat", &bad).await;
+        assert_eq!(resp.status, 400, "{}", String::from_utf8_lossy(&resp.body));
+        let body = resp.json();
+        assert_eq!(body["error"]["code"], "INVALID_FIELD");
+        assert!(body["error"]["message"].as_str().unwrap().contains(field_hint), "{body}");
+    }
+    // The refused heartbeats replaced nothing.
+    assert_eq!(
+        metric(
+            &c,
+            "tapio_correlation_drops_total{agent_id=\"a1\",node=\"node-a1\",observer=\"dns\",reason=\"query_expired\"}"
+        )
+        .await,
+        Some(2.0)
+    );
+    t.stop().await;
+}

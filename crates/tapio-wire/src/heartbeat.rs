@@ -29,6 +29,11 @@ pub struct HeartbeatRequest {
     /// Why the agent is degraded, if it is.
     #[serde(default)]
     pub degraded_reasons: Vec<DegradedReason>,
+    /// Extension (additive; absent from older agents): `counters.correlation_drops_total`
+    /// by `observer.reason` (`storage.ambiguous_inflight_io`), the reasons that counted
+    /// only, so that each can be told apart downstream. Sent only when non-empty.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub correlation_drops: BTreeMap<String, u64>,
 }
 
 /// The agent's cumulative counters. Every place evidence can be lost has one.

@@ -199,6 +199,10 @@ pub struct AgentStatus {
     /// Extension: degraded reasons from its last heartbeat.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub degraded_reasons: Option<Vec<DegradedReason>>,
+    /// Extension: its correlation drops by `observer.reason` from its last heartbeat
+    /// (absent when it reported none).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reported_correlation_drops: BTreeMap<String, u64>,
 }
 
 /// Per-agent batch sequence facts.

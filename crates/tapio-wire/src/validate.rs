@@ -32,6 +32,12 @@ pub const MAX_DEGRADED_REASONS: usize = 32;
 /// Longest degraded reason.
 pub const MAX_DEGRADED_REASON_LEN: usize = 128;
 
+/// Most correlation drop reasons a heartbeat may carry (an agent sends those that counted,
+/// the largest first if more did), and the longest `observer` and `reason` of one: the
+/// registry keeps them per agent and each becomes a metric label.
+pub const MAX_CORRELATION_DROP_REASONS: usize = 32;
+pub const MAX_CORRELATION_DROP_NAME_LEN: usize = 48;
+
 /// Longest `config_hash` (`sha256:` plus 64 hex digits is 71 bytes; room for another
 /// algorithm's spelling).
 pub const MAX_CONFIG_HASH_LEN: usize = 128;
@@ -250,7 +256,37 @@ pub fn validate_heartbeat(req: &HeartbeatRequest) -> Result<(), WireError> {
             format!("longer than {MAX_DEGRADED_REASON_LEN} bytes"),
         ));
     }
+    if req.correlation_drops.len() > MAX_CORRELATION_DROP_REASONS {
+        return Err(WireError::invalid(
+            "correlation_drops",
+            format!(
+                "carries {} reasons; at most {MAX_CORRELATION_DROP_REASONS} are accepted",
+                req.correlation_drops.len()
+            ),
+        ));
+    }
+    if let Some(key) = req.correlation_drops.keys().find(|k| correlation_drop_key(k).is_none()) {
+        return Err(WireError::invalid(
+            "correlation_drops",
+            format!(
+                "`{}` is not `observer.reason` (lower-case letters, digits and `_`, each at most \
+                 {MAX_CORRELATION_DROP_NAME_LEN} bytes)",
+                clip(key)
+            ),
+        ));
+    }
     Ok(())
+}
+
+/// The `(observer, reason)` of a heartbeat's correlation drop key `observer.reason`, if it
+/// has that shape.
+pub fn correlation_drop_key(key: &str) -> Option<(&str, &str)> {
+    let (observer, reason) = key.split_once('.')?;
+    let name = |s: &str| {
+        (1..=MAX_CORRELATION_DROP_NAME_LEN).contains(&s.len())
+            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    };
+    (name(observer) && name(reason)).then_some((observer, reason))
 }
 
 /// Event batch: version, identity, 1..=`max_batch_events` events, each with a

@@ -185,6 +185,33 @@ fn heartbeat_fields_are_bounded_in_count_and_length() {
 }
 
 #[test]
+fn correlation_drop_reasons_are_bounded_label_safe_names() {
+    let with = |drops: Value| {
+        let mut hb = heartbeat();
+        hb["correlation_drops"] = drops;
+        heartbeat_result(&hb)
+    };
+    with(json!({"storage.ambiguous_inflight_io": 3, "dns.query_expired": 1})).unwrap();
+    assert_eq!(correlation_drop_key("storage.ambiguous_inflight_io"), Some(("storage", "ambiguous_inflight_io")));
+    // Absent (an older agent) is fine, and an empty map is not sent.
+    heartbeat_result(&heartbeat()).unwrap();
+    let req: HeartbeatRequest = parse_body(heartbeat().to_string().as_bytes()).unwrap();
+    assert!(serde_json::to_value(&req).unwrap().get("correlation_drops").is_none());
+    let longest = "x".repeat(MAX_CORRELATION_DROP_NAME_LEN);
+    with(json!({ format!("{longest}.{longest}"): 1 })).unwrap();
+    for key in ["storage", ".x", "storage.", "Storage.x", "storage.x y", "storage.a.b", "dns.\"", "n.\u{e9}"] {
+        assert_eq!(code(with(json!({ key: 1 }))), ErrorCode::InvalidField, "{key:?}");
+    }
+    assert_eq!(code(with(json!({ format!("s.{longest}x"): 1 }))), ErrorCode::InvalidField);
+    let full: serde_json::Map<String, Value> =
+        (0..MAX_CORRELATION_DROP_REASONS).map(|i| (format!("storage.r{i}"), json!(1))).collect();
+    with(Value::Object(full.clone())).unwrap();
+    let mut over = full;
+    over.insert("storage.one_more".into(), json!(1));
+    assert_eq!(code(with(Value::Object(over))), ErrorCode::InvalidField);
+}
+
+#[test]
 fn batch_size_bounds() {
     assert_eq!(code(batch_result(&batch(vec![]), 10)), ErrorCode::InvalidField);
     let three = batch(vec![event(json!({})), event(json!({})), event(json!({}))]);

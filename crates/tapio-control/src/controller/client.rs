@@ -121,6 +121,16 @@ pub fn heartbeat_counters(snap: &crate::counters::Snapshot) -> HeartbeatCounters
     }
 }
 
+/// The heartbeat's correlation drops by reason: those that counted, at most as many as the
+/// controller takes (the largest if more counted; the total still covers them all).
+pub fn heartbeat_correlation_drops(snap: &crate::counters::Snapshot) -> BTreeMap<String, u64> {
+    let mut counted: Vec<(&String, u64)> =
+        snap.correlation_drops.iter().filter(|(_, n)| **n > 0).map(|(k, n)| (k, *n)).collect();
+    counted.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    counted.truncate(tapio_wire::validate::MAX_CORRELATION_DROP_REASONS);
+    counted.into_iter().map(|(k, n)| (k.clone(), n)).collect()
+}
+
 fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
@@ -448,6 +458,7 @@ impl Loop {
             observers: self.c.observers.clone(),
             counters: heartbeat_counters(&snap),
             degraded_reasons,
+            correlation_drops: heartbeat_correlation_drops(&snap),
         };
         let body = serde_json::to_vec(&req).unwrap_or_default();
         match self.request("POST", "/v1/agents/heartbeat", Some(&body), &[]) {
@@ -649,6 +660,27 @@ mod tests {
         assert_eq!((hb.not_judged_total, hb.lost_events_total), (5, 2));
         let json = serde_json::to_value(&hb).unwrap();
         assert_eq!(json["not_judged_total"], 5);
+    }
+
+    /// Every reason that counted goes by name, the largest first when more counted than the
+    /// controller takes, and every key passes the controller's check.
+    #[test]
+    fn the_heartbeat_names_each_correlation_drop_reason_that_counted() {
+        let c = Counters::default();
+        c.set_kernel("storage", "ambiguous_inflight_io", 3);
+        c.set_kernel("storage", "unmatched_completion", 0);
+        c.correlation_drop("dns", "query_expired");
+        let drops = heartbeat_correlation_drops(&c.snapshot());
+        let expected = [("dns.query_expired".to_string(), 1), ("storage.ambiguous_inflight_io".to_string(), 3)];
+        assert_eq!(drops, BTreeMap::from(expected));
+        assert!(drops.keys().all(|k| tapio_wire::validate::correlation_drop_key(k).is_some()));
+
+        let max = tapio_wire::validate::MAX_CORRELATION_DROP_REASONS;
+        let mut snap = c.snapshot();
+        snap.correlation_drops = (0..max as u64 + 5).map(|i| (format!("storage.r{i:02}"), i + 1)).collect();
+        let drops = heartbeat_correlation_drops(&snap);
+        assert_eq!(drops.len(), max);
+        assert_eq!(drops.values().min(), Some(&6), "the {max} largest of {}", max + 5);
     }
 
     #[test]
