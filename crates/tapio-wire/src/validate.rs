@@ -33,7 +33,7 @@ pub const MAX_DEGRADED_REASONS: usize = 32;
 pub const MAX_DEGRADED_REASON_LEN: usize = 128;
 
 /// Most correlation drop reasons a heartbeat may carry (an agent sends those that counted,
-/// the largest first if more did), and the longest `observer` and `reason` of one: the
+/// the first by name if more did), and the longest `observer` and `reason` of one: the
 /// registry keeps them per agent and each becomes a metric label.
 pub const MAX_CORRELATION_DROP_REASONS: usize = 32;
 pub const MAX_CORRELATION_DROP_NAME_LEN: usize = 48;
