@@ -44,6 +44,11 @@ fn main() -> ExitCode {
     if args.no_stdout {
         config.sinks.stdout = false;
     }
+    // Checked with the file's own node_name: a blank or overlong name, which the
+    // controller refuses on every request, fails here, at start.
+    if let Some(node) = args.node {
+        config.node_name = Some(node);
+    }
     if let Err(e) = config.validate() {
         eprintln!("tapio-agent: invalid config: {e}");
         return ExitCode::from(2);
@@ -52,7 +57,7 @@ fn main() -> ExitCode {
         println!("config ok");
         return ExitCode::SUCCESS;
     }
-    let node = runtime::node_name(args.node.as_deref().or(config.node_name.as_deref()));
+    let node = runtime::node_name(config.node_name.as_deref());
     match runtime::run(config, node) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -268,10 +268,11 @@ impl AgentConfig {
         check_range("queue_capacity", self.queue_capacity as u64, 16, 1 << 20)?;
         check_range("counters_log_interval_secs", self.counters_log_interval_secs, 1, 86_400)?;
         check_range("identity_cache_capacity", self.identity_cache_capacity as u64, 16, 1 << 20)?;
+        // The names every controller request carries: what the controller refuses there
+        // (blank, or longer than a Kubernetes node name may be) is refused here, at start.
         if let Some(name) = &self.node_name {
-            if name.trim().is_empty() {
-                return Err(ConfigError("node_name must not be blank".into()));
-            }
+            tapio_wire::validate::check_identity("node_name", name)
+                .map_err(|e| ConfigError(format!("node_name (--node): {e}")))?;
         }
         if let Some(file) = &self.sinks.file {
             if file.path.as_os_str().is_empty() {
@@ -293,8 +294,9 @@ impl AgentConfig {
             check_range("controller.max_retries", c.max_retries.into(), 0, 100)?;
             check_range("controller.max_backoff_ms", c.max_backoff_ms, 100, 600_000)?;
             check_range("controller.max_response_bytes", c.max_response_bytes as u64, 1024, 64 << 20)?;
-            if c.agent_id.as_deref().is_some_and(|id| id.trim().is_empty()) {
-                return Err(ConfigError("controller.agent_id must not be blank".into()));
+            if let Some(id) = &c.agent_id {
+                tapio_wire::validate::check_identity("controller.agent_id", id)
+                    .map_err(|e| ConfigError(format!("controller.agent_id: {e}")))?;
             }
         }
         Ok(())

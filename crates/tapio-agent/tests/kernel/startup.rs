@@ -39,6 +39,31 @@ fn a_config_with_an_unknown_key_is_refused_at_start_naming_the_key() {
     assert_eq!(out.status.code(), Some(2), "unknown flags are errors");
 }
 
+/// A node name or agent id the controller would refuse on every request (blank, or longer
+/// than a Kubernetes node name) is refused at start, from the flag as from the file.
+#[test]
+fn a_node_name_or_agent_id_the_controller_refuses_fails_at_start() {
+    let dir = tmp::Dir::scratch("startup-names");
+    let long = "n".repeat(254);
+    for (args, config, named) in [
+        (vec!["--node", ""], "", "node_name"),
+        (vec!["--node", "  "], "", "node_name"),
+        (vec!["--node", long.as_str()], "", "node_name"),
+        (vec![], "node_name = \"\"\n", "node_name"),
+        (vec![], &*format!("[controller]\nurl = \"http://c:8080\"\nagent_id = \"{long}\"\n"), "agent_id"),
+    ] {
+        let path = write_config(&dir, "names", config);
+        let out = agent().arg("--config").arg(&path).args(&args).arg("--check-config").output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {config:?}: {stderr}");
+        assert!(stderr.contains(named), "{stderr}");
+    }
+    let path =
+        write_config(&dir, "names", &format!("[controller]\nurl = \"http://c:8080\"\nagent_id = \"{}\"\n", &long[1..]));
+    let out = agent().arg("--config").arg(&path).args(["--node", &long[1..]]).arg("--check-config").output().unwrap();
+    assert!(out.status.success(), "253 bytes is a valid name: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 #[test]
 #[ignore = "needs root"]
 fn without_privileges_the_agent_says_why_and_keeps_what_can_run() {
