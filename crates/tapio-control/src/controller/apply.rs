@@ -16,8 +16,9 @@ pub trait SettingsCarrier {
 }
 
 /// Writes `new` into every carrier, or leaves every carrier on `previous`: when a write
-/// fails, the carriers written before it get `previous` back, so no observer judges with a
-/// generation the heartbeat does not report.
+/// fails, the carriers written before it and the failing one itself (whose programs may
+/// already read the new copy if only its last step failed) get `previous` back, so no
+/// observer judges with a generation the heartbeat does not report.
 pub fn apply_all_or_none(
     carriers: &mut [&mut dyn SettingsCarrier],
     new: &ObserverSettings,
@@ -30,7 +31,7 @@ pub fn apply_all_or_none(
             return Err(failed);
         };
         let mut not_restored = Vec::new();
-        for c in carriers[..i].iter_mut().rev() {
+        for c in carriers[..=i].iter_mut().rev() {
             if let Err(e) = c.write_settings(previous) {
                 not_restored.push(format!("{}: {e}", c.name()));
             }
@@ -59,6 +60,9 @@ mod tests {
         name: &'static str,
         generation: u32,
         fail_generation: Option<u32>,
+        /// The failing write takes effect before it fails (a carrier whose last step
+        /// failed after its readers moved to the new copy).
+        takes_effect_then_fails: bool,
     }
 
     impl SettingsCarrier for Fake {
@@ -67,6 +71,9 @@ mod tests {
         }
         fn write_settings(&mut self, s: &ObserverSettings) -> Result<(), String> {
             if self.fail_generation == Some(s.generation) {
+                if self.takes_effect_then_fails {
+                    self.generation = s.generation;
+                }
                 return Err("injected failure".into());
             }
             self.generation = s.generation;
@@ -80,12 +87,20 @@ mod tests {
 
     #[test]
     fn a_failed_carrier_write_leaves_every_carrier_on_the_previous_generation() {
-        let fake = |name, fail_generation| Fake { name, generation: 1, fail_generation };
+        let fake =
+            |name, fail_generation| Fake { name, generation: 1, fail_generation, takes_effect_then_fails: false };
         let (mut net, mut ctr, mut sto) = (fake("network", None), fake("container", None), fake("storage", Some(2)));
         let err =
             apply_all_or_none(&mut [&mut net, &mut ctr, &mut sto], &generation(2), Some(&generation(1))).unwrap_err();
         assert!(err.contains("storage") && err.contains("injected failure"), "{err}");
         assert_eq!((net.generation, ctr.generation, sto.generation), (1, 1, 1), "all or none: none");
+
+        // The failing carrier's readers had moved to the new copy: it is restored too.
+        let (mut net, mut ctr) = (fake("network", None), fake("container", Some(2)));
+        ctr.takes_effect_then_fails = true;
+        let err = apply_all_or_none(&mut [&mut net, &mut ctr], &generation(2), Some(&generation(1))).unwrap_err();
+        assert!(err.contains("every observer stays on generation 1"), "{err}");
+        assert_eq!((net.generation, ctr.generation), (1, 1), "the failing carrier back on the previous one");
 
         let (mut net, mut ctr) = (fake("network", None), fake("container", None));
         apply_all_or_none(&mut [&mut net, &mut ctr], &generation(3), Some(&generation(1))).unwrap();
