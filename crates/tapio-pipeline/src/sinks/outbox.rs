@@ -12,6 +12,11 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
+/// The most encoded evidence the outbox holds, whatever its line capacity: with the
+/// controller down the outbox fills, and at ~0.5-1 KB a line the default 10,000 lines alone
+/// would double the agent's memory (the drain queue has the same bound).
+pub const OUTBOX_MAX_BYTES: usize = 4 << 20;
+
 pub struct Outbox {
     state: Mutex<State>,
     /// Signalled when a line lands in an empty outbox, when a full batch is waiting, and by
@@ -77,9 +82,11 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Queues `line`, or refuses it (false) when the outbox holds its capacity of lines or
+    /// [`OUTBOX_MAX_BYTES`].
     pub fn push(&self, line: Vec<u8>) -> bool {
         let mut state = self.lock();
-        if state.lines.len() >= self.capacity {
+        if state.lines.len() >= self.capacity || state.bytes + line.len() + 1 > OUTBOX_MAX_BYTES {
             return false;
         }
         let was_full = state.holds_full_batch();
@@ -227,6 +234,21 @@ mod tests {
         assert_eq!(outbox.take_batch(10, 10).len(), 1);
         assert_eq!(outbox.take_batch(10, 1).len(), 1, "an oversized line still leaves");
         assert!(outbox.is_empty());
+    }
+
+    /// Large lines fill the outbox's bytes before its line capacity: the next one is
+    /// refused (the sink counts it failed), and room comes back as lines leave.
+    #[test]
+    fn the_outbox_holds_at_most_its_bytes_whatever_its_line_capacity() {
+        let outbox = Outbox::new(1 << 20);
+        let line = vec![b'x'; 1023];
+        let fits = OUTBOX_MAX_BYTES / 1024;
+        assert!((0..fits).all(|_| outbox.push(line.clone())), "{fits} lines of 1 KiB fit");
+        assert!(!outbox.push(line.clone()), "one more is refused");
+        assert!(!outbox.push(vec![b'y'; 1]), "however small: the bytes are taken");
+        assert_eq!(outbox.len(), fits);
+        assert_eq!(outbox.take_batch(1, usize::MAX).len(), 1);
+        assert!(outbox.push(line), "room again once a line left");
     }
 
     #[test]
