@@ -39,7 +39,7 @@ fn main() -> ExitCode {
         None => config::AgentConfig::default(),
     };
     if let Some(path) = args.file {
-        config.sinks.file = Some(config::FileSinkConfig::at(path));
+        config.write_file_to(path);
     }
     if args.no_stdout {
         config.sinks.stdout = false;

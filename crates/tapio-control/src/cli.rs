@@ -10,7 +10,8 @@ USAGE: tapio-agent [OPTIONS]
 OPTIONS:
   --config FILE     strict TOML config (unknown keys and out-of-range values are errors)
   --node NAME       node name stamped on evidence (default: config, $NODE_NAME, hostname)
-  --file PATH       also write evidence as JSON lines to PATH (rotated by size)
+  --file PATH       also write evidence as JSON lines to PATH (rotated by size; this
+                    path replaces [sinks.file] path, whose rotation settings apply)
   --no-stdout       do not write evidence to standard output
   --check-config    validate the config and exit
   -h, --help        print this help

@@ -178,6 +178,15 @@ fn check_range(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigEr
 }
 
 impl AgentConfig {
+    /// Writes evidence to `path` (`--file`): the configured file sink's path is replaced,
+    /// its rotation settings kept.
+    pub fn write_file_to(&mut self, path: std::path::PathBuf) {
+        self.sinks.file = Some(match self.sinks.file.take() {
+            Some(file) => FileSinkConfig { path, ..file },
+            None => FileSinkConfig::at(path),
+        });
+    }
+
     /// Parses and validates a TOML document.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         // TOML → JSON value → config: the TOML parser is instantiated once (for Value) instead
@@ -311,6 +320,18 @@ mod tests {
     fn an_endless_config_file_fails_fast() {
         let err = AgentConfig::from_file(Path::new("/dev/zero")).unwrap_err();
         assert!(err.0.contains("/dev/zero") && err.0.contains("larger than"), "{err}");
+    }
+
+    #[test]
+    fn the_file_flag_names_the_file_and_keeps_the_configured_rotation() {
+        let mut c =
+            AgentConfig::from_toml("[sinks.file]\npath = \"/var/a\"\nmax_bytes = 8192\nkeep_files = 2\n").unwrap();
+        c.write_file_to("/var/b".into());
+        let file = c.sinks.file.as_ref().unwrap();
+        assert_eq!((file.path.to_str(), file.max_bytes, file.keep_files), (Some("/var/b"), 8192, 2));
+        let mut d = AgentConfig::default();
+        d.write_file_to("/var/b".into());
+        assert_eq!(d.sinks.file, Some(FileSinkConfig::at("/var/b".into())));
     }
 
     #[test]
