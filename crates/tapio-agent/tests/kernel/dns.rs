@@ -8,7 +8,7 @@ use crate::support::netns::{tcp_retrans_segs, NetnsPair};
 use crate::support::{kernel_test, Agent, Finished};
 use serde_json::Value;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
 /// Only the DNS observer: the others' evidence is not what these tests are about.
@@ -382,6 +382,57 @@ fn pipelined_tcp_queries_are_read_from_shared_segments_and_an_unread_answer_is_c
     );
     assert_eq!(events.len(), 2, "no other query is evidence: {events:#?}");
     assert_eq!(finished.counter(&["correlation_drops", "dns.tcp_answer_unread"]), 1);
+}
+
+/// A UDP error answer the kernel cannot read as a message (FORMERR without its question,
+/// as a server sends for a query it could not parse): its query was answered, so it is no
+/// timeout; it is counted (`dns.udp_answer_unparsable`, and the kernel's
+/// `dns.unparsable_message`). A query the same server leaves unanswered, on another
+/// socket, still times out.
+#[test]
+#[ignore = "needs root"]
+fn a_udp_answer_without_its_question_is_counted_not_judged_timed_out() {
+    let _turn = kernel_test("dns_udp_unparsable");
+    let pair = NetnsPair::new("i16du", 41);
+    let server: SocketAddr = format!("{}:53", pair.b_addr).parse().expect("server address");
+    let socket = pair.spawn_in(&pair.b, move || UdpSocket::bind(server).expect("bind in b")).join().expect("bind");
+    let agent = started_with_short_timeout();
+    let serving = std::thread::spawn(move || {
+        socket.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
+        let mut buf = [0u8; 512];
+        let (_, client) = socket.recv_from(&mut buf).expect("the first query");
+        // Its header only: QR, RA, FORMERR, no question.
+        let mut header = buf[..12].to_vec();
+        header[2] |= 0x80;
+        header[3] = 0x80 | 1;
+        header[4..].fill(0);
+        socket.send_to(&header, client).expect("answer");
+        socket.recv_from(&mut buf).expect("the second query");
+    });
+    let asking = pair.spawn_in(&pair.a, move || {
+        let answered = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        answered.connect(server).expect("connect");
+        answered.send(&dns::query_packet(0x1701, "formerr.dnslab.test", 1)).expect("query");
+        answered.set_read_timeout(Some(Duration::from_secs(5))).expect("read timeout");
+        let mut buf = [0u8; 512];
+        let n = answered.recv(&mut buf).expect("the FORMERR answer");
+        let unanswered = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        unanswered.connect(server).expect("connect");
+        unanswered.send(&dns::query_packet(0x1702, "silent.dnslab.test", 1)).expect("query");
+        (n, buf[3] & 0x0f)
+    });
+    assert_eq!(asking.join().expect("the client"), (12, 1), "the client got the header-only FORMERR");
+    serving.join().expect("the server");
+    past_the_timeout_and_its_sweep();
+    let finished = agent.stop();
+    let events = dns_events_from(&finished, &pair.a_addr);
+    assert!(named(&events, "formerr.dnslab.test").is_empty(), "an answered query is no timeout: {events:#?}");
+    let silent = named(&events, "silent.dnslab.test");
+    assert_eq!(silent.len(), 1, "{events:#?}");
+    assert_eq!(silent[0]["type"], "kernel.dns.timeout");
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(finished.counter(&["correlation_drops", "dns.udp_answer_unparsable"]), 1);
+    assert!(finished.counter(&["kernel", "dns.unparsable_message"]) >= 1);
 }
 
 /// A Service whose target port is not 53, asked by a process in whose own namespace NAT

@@ -160,6 +160,14 @@ struct {
 	__type(value, __u64);
 } tcp_unread SEC(".maps");
 
+/* A tcp_unread mark: when, its lowest bit saying why (the agent names the count by it): 1
+ * for a UDP datagram from the server that is no readable message, 0 for the rest. */
+static __always_inline void mark_unread(__u64 cookie, __u64 now, __u64 unparsable_udp)
+{
+	__u64 mark = (now & ~1ULL) | unparsable_udp;
+	bpf_map_update_elem(&tcp_unread, &cookie, &mark, BPF_ANY);
+}
+
 /*
  * TCP connections whose queries were read up to a message that goes on in a later segment,
  * by socket cookie: the sequence number where the next message begins, or TCP_RESUME_LOST
@@ -730,8 +738,14 @@ __attribute__((noinline)) int tapio_dns_answer(struct __sk_buff *skb, __u32 payl
 		/* Over TCP, bytes that do not start a message are mostly the rest of a long one, not
 		 * a loss: they only mark the connection (the caller), and an answer among them is
 		 * counted when its query would time out. */
-		if (l->transport != TAPIO_DNS_TCP)
+		if (l->transport != TAPIO_DNS_TCP) {
 			tapio_count(&counters, TAPIO_DNS_CNT_UNPARSABLE);
+			/* It may be the answer its socket's query waits for (an error answer
+			 * without the question, as a server sends for a query it could not read):
+			 * the socket is marked, so that the sweep counts that query rather than
+			 * judge it timed out. */
+			mark_unread(cookie, now, 1);
+		}
 		return 0;
 	}
 	/* Only answers (QR = 1) to standard queries. */
@@ -742,7 +756,7 @@ __attribute__((noinline)) int tapio_dns_answer(struct __sk_buff *skb, __u32 payl
 	 * socket is marked, so that the sweep does not judge its query timed out (it counts
 	 * it). A TCP caller marks the connection as well. */
 	if (s->token != token) {
-		bpf_map_update_elem(&tcp_unread, &cookie, &now, BPF_ANY);
+		mark_unread(cookie, now, 0);
 		return 0;
 	}
 
@@ -842,6 +856,6 @@ int tapio_dns_in(struct __sk_buff *skb)
 		payload = next;
 	}
 	if (!all_read)
-		bpf_map_update_elem(&tcp_unread, &cookie, &now, BPF_ANY);
+		mark_unread(cookie, now, 0);
 	return 1;
 }

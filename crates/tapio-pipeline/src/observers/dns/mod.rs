@@ -13,8 +13,8 @@ pub mod classify;
 
 use super::poll::{PollContext, Poller};
 use super::{
-    no_sized_maps, open_carrier, CarrierLayout, Classifier, EventRings, Follower, Hook, KernelHalf, Observer,
-    RuntimeFacts, Start, Userspace,
+    no_globals, no_sized_maps, open_carrier, CarrierLayout, Classifier, EventRings, Follower, Hook, KernelHalf,
+    Observer, RuntimeFacts, Start, Userspace,
 };
 use crate::stamp::{Stamper, Verdict};
 use aya::maps::{HashMap as BpfHashMap, MapData};
@@ -49,6 +49,7 @@ pub static OBSERVER: Observer = Observer {
         ],
         event_rings: EventRings::Shared,
         sized_maps: no_sized_maps,
+        globals: no_globals,
     }),
     userspace: start_sweeper,
 };
@@ -154,6 +155,10 @@ pub const QUERY_EXPIRED: &str = "query_expired";
 /// brought bytes after it that the kernel could not read as its answer (a fifth message in
 /// one segment, or one starting inside a segment): it may have been answered.
 pub const TCP_ANSWER_UNREAD: &str = "tcp_answer_unread";
+/// The correlation drop reason of a UDP query not judged timed out because its socket got
+/// a datagram from the server that is no readable answer (an error answer without its
+/// question, as a server sends for a query it could not parse): it may have been answered.
+pub const UDP_ANSWER_UNPARSABLE: &str = "udp_answer_unparsable";
 /// The kernel table's size: a sweep never reads more keys than twice this (keys deleted
 /// while iterating restart the kernel's iteration).
 const MAX_KEYS: usize = 4096 * 2;
@@ -172,11 +177,14 @@ pub fn answer_may_be_unread(query: &tapio_dns_query, unread_ns: impl FnOnce() ->
 }
 
 /// The counter of a query not judged because its answer may have come unread: a TCP
-/// connection's bytes not read as messages, or (the only way a UDP socket is marked) an
-/// answer whose reading was interrupted, which the kernel counts for queries itself.
-pub fn unread_answer_counter(query: &tapio_dns_query) -> &'static str {
+/// connection's bytes not read as messages; on a UDP socket, by the mark's lowest bit
+/// (`dns.bpf.c`, `mark_unread`), a datagram that is no readable message, or an answer
+/// whose reading was interrupted.
+pub fn unread_answer_counter(query: &tapio_dns_query, mark: u64) -> &'static str {
     if u32::from(query.transport) == TAPIO_DNS_TCP {
         TCP_ANSWER_UNREAD
+    } else if mark & 1 == 1 {
+        UDP_ANSWER_UNPARSABLE
     } else {
         tapio_bpf::dns::INTERRUPTED
     }
@@ -261,9 +269,12 @@ impl Poller for TimeoutSweeper {
                 continue;
             }
             // Read after the delete: bytes that arrive later came after the timeout.
-            let unread_ns = || self.tcp_unread.get(&key.0.sock_cookie, 0).ok();
-            match aged_out(&config, || answer_may_be_unread(&entry.0, unread_ns)) {
-                AgedOut::Unread => ctx.counters.correlation_drop(NAME, unread_answer_counter(&entry.0)),
+            let mark = || self.tcp_unread.get(&key.0.sock_cookie, 0).ok();
+            match aged_out(&config, || answer_may_be_unread(&entry.0, mark)) {
+                AgedOut::Unread => {
+                    let why = unread_answer_counter(&entry.0, mark().unwrap_or(0));
+                    ctx.counters.correlation_drop(NAME, why);
+                }
                 AgedOut::TimedOut => {
                     let verdict = classify::timeout(&entry.0, now, timeout_ns, generation, ctx.stamper);
                     ctx.deliver(NAME, verdict);
@@ -333,11 +344,14 @@ mod tests {
         assert!(answer_may_be_unread(&q, || Some(9_000)));
         assert!(!answer_may_be_unread(&q, || Some(4_999)), "bytes before the query are not its answer");
         assert!(!answer_may_be_unread(&q, || None), "nothing unread on its connection");
-        assert_eq!(unread_answer_counter(&q), TCP_ANSWER_UNREAD);
-        // A UDP socket is marked only by an answer whose reading was interrupted.
+        assert_eq!(unread_answer_counter(&q, 9_000), TCP_ANSWER_UNREAD);
+        assert_eq!(unread_answer_counter(&q, 9_001), TCP_ANSWER_UNREAD);
+        // A UDP socket is marked by an answer whose reading was interrupted (an even mark)
+        // or by a datagram that is no readable message (an odd one).
         q.transport = tapio_bpf::abi::TAPIO_DNS_UDP as u8;
         assert!(answer_may_be_unread(&q, || Some(9_000)));
         assert!(!answer_may_be_unread(&q, || None));
-        assert_eq!(unread_answer_counter(&q), tapio_bpf::dns::INTERRUPTED);
+        assert_eq!(unread_answer_counter(&q, 9_000), tapio_bpf::dns::INTERRUPTED);
+        assert_eq!(unread_answer_counter(&q, 9_001), UDP_ANSWER_UNPARSABLE);
     }
 }
