@@ -58,11 +58,13 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let node = runtime::node_name(config.node_name.as_deref());
-    match runtime::run(config, node) {
+    let code = match runtime::run(config, node) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
             ExitCode::FAILURE
         }
-    }
+    };
+    logger::finish();
+    code
 }

@@ -11,7 +11,7 @@
 
 use super::{assert_turn, counter_at, tmp};
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, PipeReader};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -92,6 +92,10 @@ pub enum Stdout {
     /// Handed to the agent as is (a file, `Stdio::null()`, or `Stdio::piped()` that the
     /// test takes with [`Agent::take_stdout`]).
     To(Stdio),
+    /// Stdout and stderr both into one pipe (`2>&1 |`), which the test takes with
+    /// [`Agent::take_output`]; nothing reads the log here, so the agent must be spawned
+    /// ([`Launch::spawn`]), not started, and stopped with [`Agent::wait_exit`].
+    WithStderr,
 }
 
 /// How to start an agent; [`Agent::start`] is the common case.
@@ -151,16 +155,22 @@ impl Launch {
             cmd.arg("--config").arg(path);
         }
         let capture = matches!(self.stdout, Stdout::Events);
-        let stdout = match self.stdout {
-            Stdout::Events => Stdio::piped(),
-            Stdout::To(stdio) => stdio,
+        let (stdout, stderr, output) = match self.stdout {
+            Stdout::Events => (Stdio::piped(), Stdio::piped(), None),
+            Stdout::To(stdio) => (stdio, Stdio::piped(), None),
+            Stdout::WithStderr => {
+                let (read, write) = std::io::pipe().expect("a pipe for the agent's output");
+                (Stdio::from(write.try_clone().expect("a second pipe end")), Stdio::from(write), Some(read))
+            }
         };
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(stdout)
-            .stderr(Stdio::piped())
+            .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        // The agent's ends of its pipes are open in the agent only: a read sees its exit.
+        drop(cmd);
         let events = capture.then(|| {
             let out = child.stdout.take().expect("agent stdout");
             let (tx, rx) = mpsc::channel();
@@ -176,9 +186,11 @@ impl Launch {
             });
             rx
         });
-        let err = child.stderr.take().expect("agent stderr");
         let (err_tx, err_rx) = mpsc::channel();
+        // With stderr in the shared pipe, the log here stays empty (its sender is dropped).
+        let err = child.stderr.take();
         std::thread::spawn(move || {
+            let Some(err) = err else { return };
             let mut reader = BufReader::new(err);
             let mut line = String::new();
             while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
@@ -187,7 +199,7 @@ impl Launch {
                 }
             }
         });
-        Agent { child, config_path, events, stderr: err_rx, log: String::new() }
+        Agent { child, config_path, events, stderr: err_rx, log: String::new(), output }
     }
 }
 
@@ -199,6 +211,8 @@ pub struct Agent {
     stderr: mpsc::Receiver<String>,
     /// Its stderr so far.
     log: String,
+    /// Its stdout and stderr in one pipe, with [`Stdout::WithStderr`].
+    output: Option<PipeReader>,
 }
 
 /// Everything an agent wrote, once it exited.
@@ -279,6 +293,12 @@ impl Agent {
     /// The agent's stdout pipe, for an agent launched with `Stdout::To(Stdio::piped())`.
     pub fn take_stdout(&mut self) -> ChildStdout {
         self.child.stdout.take().expect("the agent's stdout is a pipe the test has not taken yet")
+    }
+
+    /// The one pipe of the agent's stdout and stderr, for an agent launched with
+    /// [`Stdout::WithStderr`].
+    pub fn take_output(&mut self) -> PipeReader {
+        self.output.take().expect("the agent's output is a pipe the test has not taken yet")
     }
 
     /// Sends SIGTERM and collects everything the agent wrote.
