@@ -7,6 +7,7 @@
 //! kernel cannot disagree about a layout. The build script finds the observer folders
 //! and declares their modules, so adding one is adding its folder.
 
+pub mod kernel_btf;
 pub mod record;
 
 /// An observer's object as the binary carries it: deflated, with its raw length (what the

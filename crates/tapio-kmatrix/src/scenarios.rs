@@ -250,10 +250,33 @@ fn storage_io_error(agent: &Agent, running: bool) -> Result<String, String> {
         (Value::Null, false) => "reader unknown (null), as the degraded observer said".to_string(),
         (p, _) => return Err(format!("facts.pid = {p} (want {pid}): {e}")),
     };
+    let flush_bit = flush_sequence_bit(&agent.log())?;
     Ok(format!(
-        "1 io_error ({DISK} {major}:{minor}, sector {BAD_SECTOR}, 4096 B read, errno {errno} as the reader got, {} requeues, {reader})",
+        "1 io_error ({DISK} {major}:{minor}, sector {BAD_SECTOR}, 4096 B read, errno {errno} as the reader got, {} requeues, {reader}); {flush_bit}",
         f["requeues"]
     ))
+}
+
+/// From 6.12 the kernel numbers its request flags in an enum (anonymous until 6.15, where
+/// CO-RE cannot name it): the agent must have read RQF_FLUSH_SEQ's bit, 1, from the BTF.
+/// Before, the flags were plain bits (FLUSH_SEQ the fifth) and there is nothing to read.
+fn flush_sequence_bit(log: &[String]) -> Result<String, String> {
+    const SAID: &str = "the kernel's BTF numbers __RQF_FLUSH_SEQ ";
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").map_err(|e| format!("osrelease: {e}"))?;
+    let mut numbers = release.split(|c: char| !c.is_ascii_digit()).map(|n| n.parse::<u32>().unwrap_or(0));
+    let enum_era = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0)) >= (6, 12);
+    let said = log.iter().find_map(|l| l.split_once(SAID).map(|(_, rest)| rest.split(' ').next().unwrap_or("")));
+    match (enum_era, said) {
+        (true, Some("1")) => Ok("flush-sequence flag read from the BTF: bit 1".into()),
+        (false, None) => Ok("flush-sequence flag: the pre-6.12 bit 4 (no enumerator in the BTF)".into()),
+        (true, other) => Err(format!(
+            "kernel {}: the agent did not read __RQF_FLUSH_SEQ = 1 from the BTF ({other:?})",
+            release.trim()
+        )),
+        (false, Some(bit)) => {
+            Err(format!("kernel {}: an __RQF_FLUSH_SEQ enumerator ({bit}) where none exists", release.trim()))
+        }
+    }
 }
 
 fn of_type<'a>(events: &'a [Value], kind: &str) -> impl Iterator<Item = &'a Value> + 'a {

@@ -297,9 +297,17 @@ static __always_inline void fill_request(struct tapio_sto_inflight *e, struct ta
 	facts->cmd_flags = rq->cmd_flags;
 }
 
+/*
+ * The bit of RQF_FLUSH_SEQ in rq_flags: 4 while the flags were plain bits (to 6.11); from
+ * 6.12 an enumerator, in an enum CO-RE can name only from when it became `rqf_flags`. For
+ * the anonymous one (6.12 to 6.14) the agent reads the value from the kernel's BTF and sets
+ * this global at load (tapio_bpf::kernel_btf).
+ */
+const volatile __u32 rqf_flush_seq_bit = 4;
+
 static __always_inline int in_flush_sequence(struct request *rq)
 {
-	__u32 bit = 4;
+	__u32 bit = rqf_flush_seq_bit;
 	if (bpf_core_enum_value_exists(enum rqf_flags, __RQF_FLUSH_SEQ))
 		bit = bpf_core_enum_value(enum rqf_flags, __RQF_FLUSH_SEQ);
 	return (rq->rq_flags >> (bit & 31)) & 1;

@@ -48,10 +48,18 @@ pub struct KernelHalf {
     /// Maps sized for this node at load, as (map, entries): the object declares each one's
     /// largest size (what the budgets hold). [`no_sized_maps`] for none.
     pub sized_maps: fn() -> Vec<(&'static str, u32)>,
+    /// Read-only globals set at load from facts of the running kernel that CO-RE cannot
+    /// read, as (global, value). [`no_globals`] for none.
+    pub globals: fn() -> Vec<(&'static str, u32)>,
 }
 
 /// [`KernelHalf::sized_maps`] of an object whose maps keep their declared sizes.
 pub fn no_sized_maps() -> Vec<(&'static str, u32)> {
+    Vec::new()
+}
+
+/// [`KernelHalf::globals`] of an object that needs none.
+pub fn no_globals() -> Vec<(&'static str, u32)> {
     Vec::new()
 }
 

@@ -10,7 +10,7 @@ pub mod descriptor;
 pub mod poll;
 
 pub use descriptor::{
-    no_sized_maps, no_userspace, open_carrier, CarrierLayout, CarrierMaps, ClassifierContext, EventRings, Follower,
+    no_globals, no_sized_maps, no_userspace, open_carrier, CarrierLayout, CarrierMaps, ClassifierContext, EventRings, Follower,
     KernelCarrier, KernelHalf, Observer, RuntimeFacts, Start, Userspace,
 };
 
@@ -342,19 +342,21 @@ fn permission_hint(status: &str) -> String {
 /// `tapio_abi_v<version>` global by name, so an object of another ABI (which lacks that
 /// name) is refused here, loudly, before anything runs.
 pub fn load_object(object: &[u8], btf: Option<&Btf>, abi_version: u32) -> Result<Ebpf, LoadError> {
-    load_object_with(object, btf, abi_version, None, &[])
+    load_object_with(object, btf, abi_version, None, &[], &[])
 }
 
 /// [`load_object`], with the `events` array of per-CPU rings sized to `per_cpu_slots` and
 /// each of `sized_maps` (name, entries) to its entries. A sized map whose object declares a
 /// `<map>_mask` global (a table its programs index by a hash: `entries` is then a power of
-/// two) gets that global set to `entries - 1`.
+/// two) gets that global set to `entries - 1`. Each of `globals` (name, value) is set, if
+/// the object declares it.
 fn load_object_with(
     object: &[u8],
     btf: Option<&Btf>,
     abi_version: u32,
     per_cpu_slots: Option<u32>,
     sized_maps: &[(&'static str, u32)],
+    globals: &[(&'static str, u32)],
 ) -> Result<Ebpf, LoadError> {
     let abi_symbol = format!("tapio_abi_v{abi_version}");
     let mut loader = EbpfLoader::new();
@@ -369,6 +371,9 @@ fn load_object_with(
     }
     for (global, mask) in &masks {
         loader.override_global(global.as_str(), mask, false);
+    }
+    for (global, value) in globals {
+        loader.override_global(global, value, false);
     }
     loader.load(object).map_err(|e| match &e {
         EbpfError::ParseError(aya_obj::ParseError::SymbolNotFound { name }) if *name == abi_symbol => {
@@ -386,7 +391,7 @@ pub fn load<T: Record + 'static>(
     hooks: &[(&'static str, Hook)],
     initial: T,
 ) -> Result<(Loaded, ConfigCarrier<T>), LoadError> {
-    load_with(object, btf, hooks, EventRings::Shared, &[], |maps| {
+    load_with(object, btf, hooks, EventRings::Shared, &[], &[], |maps| {
         let mut carrier = ConfigCarrier::from_maps(maps.slots, maps.seq).map_err(LoadError::AbiMismatch)?;
         carrier.write(initial).map_err(LoadError::Other)?;
         Ok(carrier)
@@ -403,7 +408,8 @@ pub fn load_kernel_half(
     facts: RuntimeFacts,
 ) -> Result<(Loaded, Box<dyn KernelCarrier>), LoadError> {
     let sized_maps = (kernel.sized_maps)();
-    load_with(&kernel.object.inflate(), btf, &(kernel.hooks)(), kernel.event_rings, &sized_maps, |maps| {
+    let globals = (kernel.globals)();
+    load_with(&kernel.object.inflate(), btf, &(kernel.hooks)(), kernel.event_rings, &sized_maps, &globals, |maps| {
         let mut carrier = (kernel.carrier)(maps, facts)?;
         carrier.write(config, generation).map_err(LoadError::Other)?;
         Ok(carrier)
@@ -418,6 +424,7 @@ fn load_with<C>(
     hooks: &[(&'static str, Hook)],
     event_rings: EventRings,
     sized_maps: &[(&'static str, u32)],
+    globals: &[(&'static str, u32)],
     open: impl FnOnce(CarrierMaps) -> Result<C, LoadError>,
 ) -> Result<(Loaded, C), LoadError> {
     let cpus = match event_rings {
@@ -425,7 +432,7 @@ fn load_with<C>(
         // A slot for every CPU id the kernel may ever run a program on.
         EventRings::PerCpu { .. } => Some(tapio_util::cpus::possible_slots().map_err(LoadError::Other)?),
     };
-    let mut ebpf = load_object_with(object, btf, tapio_bpf::ABI_VERSION, cpus, sized_maps)?;
+    let mut ebpf = load_object_with(object, btf, tapio_bpf::ABI_VERSION, cpus, sized_maps, globals)?;
     // The rings are in place before any program runs: a record never finds its CPU's slot
     // empty.
     let events = ebpf.take_map(tapio_bpf::maps::EVENTS).ok_or("object has no events map")?;

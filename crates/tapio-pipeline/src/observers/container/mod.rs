@@ -4,8 +4,8 @@
 pub mod classify;
 
 use super::{
-    no_sized_maps, no_userspace, open_carrier, CarrierLayout, Classifier, EventRings, Hook, KernelHalf, Observer,
-    RuntimeFacts,
+    no_globals, no_sized_maps, no_userspace, open_carrier, CarrierLayout, Classifier, EventRings, Hook, KernelHalf,
+    Observer, RuntimeFacts,
 };
 use crate::stamp::{Stamper, Verdict};
 use classify::PageSize;
@@ -30,6 +30,7 @@ pub static OBSERVER: Observer = Observer {
         correlation_counters: &[],
         event_rings: EventRings::Shared,
         sized_maps: no_sized_maps,
+        globals: no_globals,
     }),
     userspace: no_userspace,
 };

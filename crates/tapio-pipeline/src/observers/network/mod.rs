@@ -4,8 +4,8 @@
 pub mod classify;
 
 use super::{
-    no_userspace, open_carrier, CarrierLayout, Classifier, ClassifierContext, EventRings, Hook, KernelHalf, Observer,
-    ProgramStatus, RuntimeFacts,
+    no_globals, no_userspace, open_carrier, CarrierLayout, Classifier, ClassifierContext, EventRings, Hook, KernelHalf,
+    Observer, ProgramStatus, RuntimeFacts,
 };
 use crate::stamp::{Stamper, Verdict};
 use aya::util::KernelVersion;
@@ -31,6 +31,7 @@ pub static OBSERVER: Observer = Observer {
         correlation_counters: &[],
         event_rings: EventRings::PerCpu { total_bytes: tapio_bpf::abi::TAPIO_NET_EVENTS_RING_BYTES },
         sized_maps,
+        globals: no_globals,
     }),
     userspace: no_userspace,
 };

@@ -49,6 +49,7 @@ pub static OBSERVER: Observer = Observer {
         ],
         event_rings: EventRings::Shared,
         sized_maps,
+        globals,
     }),
     userspace: start_sweeper,
 };
@@ -105,6 +106,25 @@ impl InflightMaxAge {
 impl Follower for InflightMaxAge {
     fn follow(&self, config: &CompiledConfig, _generation: u32) {
         self.ns.store(inflight_max_age_ns(&self.local, config), Ordering::Relaxed);
+    }
+}
+
+/// The bit of the flush-sequence flag in a request's flags, where the kernel numbers it
+/// in an enum CO-RE cannot name (6.12 to 6.14: `storage.bpf.c`, `rqf_flush_seq_bit`).
+/// Elsewhere the global keeps its default or CO-RE's value wins.
+fn globals() -> Vec<(&'static str, u32)> {
+    match tapio_bpf::kernel_btf::vmlinux_enumerator("__RQF_FLUSH_SEQ").map(u32::try_from) {
+        Some(Ok(bit)) if bit < 32 => {
+            log::info!("storage: the kernel's BTF numbers __RQF_FLUSH_SEQ {bit} (the flush-sequence bit of rq_flags)");
+            vec![("rqf_flush_seq_bit", bit)]
+        }
+        Some(_) => {
+            log::warn!(
+                "storage: this kernel's __RQF_FLUSH_SEQ is not a bit of rq_flags; flush sequences may be misread"
+            );
+            Vec::new()
+        }
+        None => Vec::new(),
     }
 }
 
