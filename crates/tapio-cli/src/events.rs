@@ -166,10 +166,11 @@ impl Printer {
         let mut text = String::new();
         if !self.header_done {
             self.header_done = true;
-            text.push_str(&format!(
-                "{:<24}  {:<8}  {:<34}  {:<16}  {:<40}  DETAIL\n",
-                "TIME", "SEVERITY", "TYPE", "NODE", "WORKLOAD"
-            ));
+            // The row's columns, padded as below: a literal, not formatted (size budget).
+            text.push_str(
+                "TIME                      SEVERITY  TYPE                                \
+                 NODE              WORKLOAD                                  DETAIL\n",
+            );
         }
         let kind = r.kind.strip_prefix("kernel.").unwrap_or(&r.kind);
         let sev = format!("{:<8}", table::truncate(&r.severity, 8));
@@ -269,11 +270,15 @@ struct Lines<R> {
     /// Inside an over-long line: drop bytes until its newline.
     discarding: bool,
     number: u64,
+    /// Bytes read from `inner`: every line's, an over-long one's that was dropped, and the
+    /// partial last line's. A file now shorter than that was truncated.
+    consumed: u64,
 }
 
 impl<R: Read> Lines<R> {
     fn new(inner: R) -> Self {
-        Self { inner, chunk: vec![0; READ_CHUNK], start: 0, end: 0, line: Vec::new(), discarding: false, number: 0 }
+        let chunk = vec![0; READ_CHUNK];
+        Self { inner, chunk, start: 0, end: 0, line: Vec::new(), discarding: false, number: 0, consumed: 0 }
     }
 
     fn next(&mut self) -> std::io::Result<Next> {
@@ -311,6 +316,7 @@ impl<R: Read> Lines<R> {
                 Ok(n) => {
                     self.start = 0;
                     self.end = n;
+                    self.consumed += n as u64;
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => return Ok(Next::Interrupted),
                 Err(e) => return Err(e),
@@ -357,10 +363,9 @@ fn install_stop_handler() {
 struct Source {
     name: String,
     lines: Lines<Box<dyn Read>>,
-    /// For files: device and inode of the open file, and bytes consumed, to notice
-    /// rotation and truncation while following.
+    /// For files: device and inode of the open file, to notice rotation while following
+    /// (and the bytes read, `lines.consumed`, truncation).
     identity: Option<(u64, u64)>,
-    consumed: u64,
 }
 
 fn open(name: &str) -> std::io::Result<Source> {
@@ -369,7 +374,6 @@ fn open(name: &str) -> std::io::Result<Source> {
             name: "stdin".into(),
             lines: Lines::new(Box::new(std::io::stdin().lock())),
             identity: None,
-            consumed: 0,
         });
     }
     let file = File::open(name)?;
@@ -377,12 +381,7 @@ fn open(name: &str) -> std::io::Result<Source> {
     if meta.is_dir() {
         return Err(std::io::Error::other("is a directory"));
     }
-    Ok(Source {
-        name: name.to_string(),
-        lines: Lines::new(Box::new(file)),
-        identity: Some((meta.dev(), meta.ino())),
-        consumed: 0,
-    })
+    Ok(Source { name: name.to_string(), lines: Lines::new(Box::new(file)), identity: Some((meta.dev(), meta.ino())) })
 }
 
 struct Run {
@@ -426,7 +425,6 @@ impl Run {
             let next = src.lines.next().map_err(|e| format!("reading {}: {e}", src.name))?;
             match next {
                 Next::Line => {
-                    src.consumed += src.lines.line.len() as u64 + 1;
                     let line = std::mem::take(&mut src.lines.line);
                     self.line(&src.name, src.lines.number, &line);
                     src.lines.line = line;
@@ -573,7 +571,7 @@ fn follow(run: &mut Run, sources: &mut [Source]) -> Result<(), String> {
                     return Ok(());
                 }
                 run.tally.gone += catch_up(src, listing, |f| run.drain(f, true))?;
-            } else if meta.len() < src.consumed {
+            } else if meta.len() < src.lines.consumed {
                 if let Ok(fresh) = open(&src.name) {
                     *src = fresh;
                 }

@@ -55,6 +55,9 @@ Options:
       --json     {\"valid\", \"file\", \"name\", \"base\", \"overrides\", \"config_hash\"} or
                  {\"valid\": false, \"error\": {\"code\", \"path\", \"message\"}}
   -h, --help     Print help
+
+A file that is not YAML or JSON is invalid too (code PARSE, exit 1); one that cannot
+be read fails (exit 2).
 ";
 
 /// `tapio profile compile --help`.

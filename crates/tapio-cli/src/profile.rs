@@ -24,10 +24,12 @@ pub fn config_hash(config: &CompiledConfig) -> String {
 
 /// Why a profile argument gave no profile.
 enum LoadError {
-    /// The file could not be read or parsed, or the argument is malformed.
+    /// The file could not be read, or the argument is malformed.
     Io(String),
-    /// A well-formed document that is not a valid profile.
-    Invalid(ProfileError),
+    /// A file that was read but is not a valid profile: its code (a [`ProfileError`]'s, or
+    /// `PARSE` for a file that is not YAML or JSON), the field's path ("" for `PARSE`) and the
+    /// message.
+    Invalid(&'static str, String, String),
 }
 
 fn load(arg: &str) -> Result<Profile, LoadError> {
@@ -50,24 +52,22 @@ fn load(arg: &str) -> Result<Profile, LoadError> {
             LoadError::Io(format!("cannot read {arg}: {e}"))
         }
     })?;
+    let parse = |m: String| LoadError::Invalid("PARSE", String::new(), m);
     let doc: Document = if yaml {
-        serde_yaml_ng::from_slice(&bytes).map_err(|e| LoadError::Io(format!("{arg} is not valid YAML: {e}")))?
+        serde_yaml_ng::from_slice(&bytes).map_err(|e| parse(format!("not valid YAML: {e}")))?
     } else {
-        serde_json::from_slice(&bytes).map_err(|e| LoadError::Io(format!("{arg} is not valid JSON: {e}")))?
+        serde_json::from_slice(&bytes).map_err(|e| parse(format!("not valid JSON: {e}")))?
     };
-    tapio_profile::validate(&doc).map_err(LoadError::Invalid)
+    tapio_profile::validate(&doc)
+        .map_err(|e: ProfileError| LoadError::Invalid(e.code(), e.path().into(), e.to_string()))
 }
 
 /// Loads for compile/diff, where an invalid profile is an error of the command.
 fn load_or_fail(arg: &str) -> Result<Profile, String> {
     load(arg).map_err(|e| match e {
         LoadError::Io(m) => m,
-        LoadError::Invalid(e) => format!("{arg}: {e}"),
+        LoadError::Invalid(_, _, m) => format!("{arg}: {m}"),
     })
-}
-
-fn error_json(e: &ProfileError) -> Json {
-    json!({"code": e.code(), "path": e.path(), "message": e.to_string()})
 }
 
 /// `tapio profile validate FILE`.
@@ -95,11 +95,12 @@ pub fn validate(arg: &str, as_json: bool) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Err(LoadError::Invalid(e)) => {
+        Err(LoadError::Invalid(code, path, message)) => {
             if as_json {
-                out(&format!("{}\n", json!({"valid": false, "file": arg, "error": error_json(&e)})));
+                let error = json!({"code": code, "path": path, "message": message});
+                out(&format!("{}\n", json!({"valid": false, "file": arg, "error": error})));
             } else {
-                eprintln!("{arg}: invalid: {e}");
+                eprintln!("{arg}: invalid: {message}");
             }
             Ok(ExitCode::from(1))
         }

@@ -18,7 +18,8 @@ use crate::{out, table};
 use tapio_util::http::percent_encode;
 
 /// Most pages fetched: far beyond any fleet (5,000 agents a page), a stop for a server
-/// that keeps answering `next_after`.
+/// that keeps answering `next_after`. Reaching it is an error, as is a `next_after` that
+/// does not move forward: either way what was read is only part of the fleet.
 const MAX_PAGES: usize = 1_000;
 
 pub fn run(
@@ -32,6 +33,7 @@ pub fn run(
     let timeout = Duration::from_secs(timeout_secs.clamp(1, 300));
     let mut merged: Option<Value> = None;
     let mut after = String::new();
+    let mut ended = false;
     for _ in 0..MAX_PAGES {
         let mut path = format!("{}?limit={page_size}", tapio_wire::paths::STATUS);
         if !after.is_empty() {
@@ -51,15 +53,27 @@ pub fn run(
             list.extend(more);
         }
         match next {
-            // A controller that ignores paging (or is done) sends no `next_after`; one that
-            // does not move forward would loop, so it ends the walk too.
             Some(next) if next > after => after = next,
-            _ => break,
+            // A controller that ignores paging (or is done) sends no `next_after`.
+            None => {
+                ended = true;
+                break;
+            }
+            // One that does not move forward would send the same page for ever.
+            Some(_) => break,
         }
     }
     let Some(mut status) = merged else {
         return Err(format!("{controller}: /v1/status sent no page"));
     };
+    if !ended {
+        return Err(format!(
+            "{controller}: /v1/status paging did not end (after {after:?}, {MAX_PAGES} pages at most): \
+             {} of {} agents read; a part of the fleet is not shown",
+            status["agents"].as_array().map_or(0, Vec::len),
+            num(&status["summary"]["agents_total"])
+        ));
+    }
     if let Some(obj) = status.as_object_mut() {
         obj.remove("next_after");
     }
@@ -75,7 +89,7 @@ pub fn run(
 fn fetch(controller: &str, url: &Endpoint, path: &str, timeout: Duration) -> Result<Value, String> {
     let resp = http::get(url, path, timeout)?;
     if (300..400).contains(&resp.status) {
-        let to = resp.header("location").unwrap_or("?");
+        let to = table::clean(resp.header("location").unwrap_or("?"));
         return Err(format!("{controller} answered {} (redirect to {to}); redirects are not followed", resp.status));
     }
     let body: Option<Value> = serde_json::from_slice(&resp.body).ok();
@@ -88,10 +102,10 @@ fn fetch(controller: &str, url: &Endpoint, path: &str, timeout: Duration) -> Res
         .ok_or_else(|| format!("{controller}: /v1/status did not answer a tapio-wire/v1 status"))
 }
 
-/// A string field, or "-".
+/// A string field ([`table::clean`]ed: it is printed), or "-".
 fn text(v: &Value) -> String {
     match v {
-        Value::String(s) => s.clone(),
+        Value::String(s) => table::clean(s),
         Value::Null => "-".into(),
         other => other.to_string(),
     }
@@ -178,7 +192,7 @@ pub fn render(s: &Value) -> String {
          {} events accepted, {} rejected\n{fleet_line}\n",
         text(&s["controller_id"]),
         text(&s["config"]["version"]),
-        target,
+        table::clean(target),
         agents.len(),
         count(ConfigState::Current),
         count(ConfigState::Outdated),

@@ -25,7 +25,7 @@ pub fn parse_since(text: &str, now: i128) -> Result<i128, String> {
 fn parse_relative(t: &str) -> Option<i128> {
     let unit_at = t.find(|c: char| !c.is_ascii_digit())?;
     let (digits, unit) = t.split_at(unit_at);
-    let n: i128 = digits.parse().ok().filter(|n| *n < 1_000_000_000)?;
+    let n = i128::from(tapio_util::time::digits(digits.as_bytes()).filter(|n| *n < 1_000_000_000)?);
     let secs = match unit {
         "s" => 1,
         "m" => 60,
@@ -51,6 +51,8 @@ mod tests {
         assert_eq!(parse_since("2026-11-21T06:26:24.941531851Z", 0), Ok(1_795_242_384_941_531_851));
         assert_eq!(format_ms(1_795_242_384_941_531_851), "2026-11-21T06:26:24.941Z");
         assert!(parse_since("2026-11-21", 0).is_err());
+        assert!(parse_since("2026-02-30T00:00:00Z", 0).is_err(), "not March 2");
+        assert!(parse_since("2026-11-21T06:00:00+99:99", 0).is_err());
     }
 
     #[test]
@@ -61,5 +63,9 @@ mod tests {
         assert_eq!(parse_since("1d", now), Ok(now - 86_400 * NS));
         assert!(parse_since("10 minutes", now).is_err());
         assert!(parse_since("", now).is_err());
+        assert!(parse_since("m", now).is_err());
+        assert!(parse_since("-5m", now).is_err());
+        assert!(parse_since("1000000000s", now).is_err());
+        assert_eq!(parse_since("999999999s", now), Ok(now - 999_999_999 * NS));
     }
 }

@@ -102,11 +102,38 @@ fn validate_reports_each_documented_error_with_path_and_range() {
     }
 }
 
+/// A file that was read but does not parse is an invalid profile (exit 1, code PARSE), as
+/// `validate --help` promises; one that cannot be read is a failed command (exit 2).
+#[test]
+fn validate_reports_a_file_that_does_not_parse_as_invalid() {
+    let dir = temp_dir("parse");
+    let bad_json = dir.join("p.json");
+    std::fs::write(&bad_json, "{\"apiVersion\": ").unwrap();
+    for (file, what) in [(fixture("not_yaml.yaml"), "YAML"), (bad_json.to_string_lossy().into_owned(), "JSON")] {
+        let o = tapio(&["profile", "validate", "--json", &file]);
+        assert_eq!(o.status.code(), Some(1), "{file}: {}", stderr(&o));
+        let v = json_out(&o);
+        assert_eq!(
+            (&v["valid"], &v["file"], &v["error"]["code"]),
+            (&Value::Bool(false), &Value::from(file.as_str()), &Value::from("PARSE"))
+        );
+        assert!(v["error"]["message"].as_str().unwrap().starts_with(&format!("not valid {what}: ")), "{v}");
+        let o = tapio(&["profile", "validate", &file]);
+        assert_eq!(o.status.code(), Some(1));
+        assert!(stderr(&o).contains(&format!("{file}: invalid: not valid {what}")), "{}", stderr(&o));
+        // Compiling it is still a failed command.
+        let o = tapio(&["profile", "compile", &file]);
+        assert_eq!(o.status.code(), Some(2));
+        assert!(stderr(&o).contains(&format!("{file}: not valid {what}")), "{}", stderr(&o));
+    }
+    let o = tapio(&["profile", "validate", "--json", "/nonexistent/p.yaml"]);
+    assert_eq!((o.status.code(), stdout(&o)), (Some(2), String::new()));
+    assert!(stderr(&o).contains("cannot read /nonexistent/p.yaml"), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn unreadable_inputs_are_command_errors() {
-    let o = tapio(&["profile", "validate", &fixture("not_yaml.yaml")]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("is not valid YAML"), "{}", stderr(&o));
     let o = tapio(&["profile", "compile", "/nonexistent/p.yaml"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("cannot read /nonexistent/p.yaml"), "{}", stderr(&o));
@@ -719,4 +746,196 @@ fn events_show_the_workload_and_filter_by_namespace_pod_and_container() {
     let line: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(line["k8s"]["k8s.deployment.name"], "web", "--json passes the record through unchanged");
     assert!(stderr(&o).contains("1 shown, 4 filtered out"), "{}", stderr(&o));
+}
+
+// ---- what records and controllers send is shown, never obeyed by the terminal ----
+
+/// A controller on a loopback port that answers every request with `answer(path)`: (HTTP
+/// status, body), one connection a request.
+fn fake_controller(answer: impl Fn(&str) -> (u16, String) + Send + 'static) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            let (mut request, mut buf) = (Vec::new(), [0u8; 4096]);
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let head = String::from_utf8_lossy(&request);
+            let (code, body) = answer(head.split_whitespace().nth(1).unwrap_or(""));
+            let _ = write!(
+                s,
+                "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    url
+}
+
+/// The value of `key` in a request path's query (not percent-decoded).
+fn query<'a>(path: &'a str, key: &str) -> &'a str {
+    let q = path.split_once('?').map_or("", |(_, q)| q);
+    q.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')).unwrap_or("")
+}
+
+fn status_page(agents: Value, next_after: Option<String>, total: u64) -> String {
+    let mut v = serde_json::json!({"wire_version": "tapio-wire/v1", "controller_id": "c", "config":
+        {"version": "1", "config_hash": "sha256:ab"}, "totals": {}, "agents": agents, "summary": {"agents_total": total}});
+    if let Some(next) = next_after {
+        v["next_after"] = next.into();
+    }
+    v.to_string()
+}
+
+fn no_terminal_control(o: &Output) {
+    for (name, bytes) in [("stdout", &o.stdout), ("stderr", &o.stderr)] {
+        assert!(!bytes.iter().any(|b| [0x1b, 0x07].contains(b)), "{name}: {:?}", String::from_utf8_lossy(bytes));
+        assert!(!String::from_utf8_lossy(bytes).contains('\u{9b}'), "{name} carries a C1 CSI");
+    }
+}
+
+/// comm can be set by any process (prctl PR_SET_NAME), node names and a controller's
+/// messages come from elsewhere: tables and messages show their control characters as
+/// `\u{1b}` text; `--json` passes the lines through byte for byte.
+#[test]
+fn control_characters_from_records_and_controllers_are_shown_escaped() {
+    let dir = temp_dir("escape");
+    let log = dir.join("e.jsonl");
+    let record = serde_json::json!({"type": "kernel.process.oom_kill", "severity": "error",
+        "timestamp": "2026-11-21T06:00:00Z", "node": "n\x1b]0;x\x07",
+        "k8s": {"k8s.namespace.name": "ns\x1b[8m", "k8s.pod.name": "p"},
+        "facts": {"comm": "evil\x1b[2J\u{9b}31m", "pid": 5}, "error": {"message": "gone\x07\x1b[H"}});
+    std::fs::write(&log, format!("{record}\n")).unwrap();
+    let o = tapio(&["events", log.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    no_terminal_control(&o);
+    let text = stdout(&o);
+    for shown in [r"n\u{1b}]0;x\u{7}", r"ns\u{1b}[8m/p", r"evil\u{1b}[2J\u{9b}31m[5] gone\u{7}\u{1b}[H"] {
+        assert!(text.contains(shown), "{shown} in {text}");
+    }
+    let o = tapio(&["events", "--json", log.to_str().unwrap()]);
+    assert_eq!(o.stdout, std::fs::read(&log).unwrap(), "--json is the line unchanged");
+
+    let agent = serde_json::json!({"agent_id": "a\u{9b}2J", "node_name": "n\x1b]0;x\x07", "last_heartbeat_age_seconds": 1,
+        "reported_config_version": "1\x1b[1m", "reported_config_hash": "sha256:ab\x1b[0m", "config_current": true,
+        "observers": {"dns\x1b[5m": "failed"}});
+    let url = fake_controller(move |_| (200, status_page(Value::Array(vec![agent.clone()]), None, 1)));
+    let o = tapio(&["status", "--controller", &url]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    no_terminal_control(&o);
+    let text = stdout(&o);
+    for shown in [r"a\u{9b}2J", r"n\u{1b}]0;x\u{7}", r"1\u{1b}[1m sha256:ab\u{1b}[0m current", r"dns\u{1b}[5m:failed"] {
+        assert!(text.contains(shown), "{shown} in {text}");
+    }
+    let url = fake_controller(|_| {
+        (503, serde_json::json!({"error": {"code": "INTERNAL\x07", "message": "\x1b[2Jboom"}}).to_string())
+    });
+    let o = tapio(&["status", "--controller", &url]);
+    assert_eq!(o.status.code(), Some(2));
+    no_terminal_control(&o);
+    assert!(stderr(&o).contains(r"answered HTTP 503 INTERNAL\u{7} \u{1b}[2Jboom"), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A controller whose paging does not end (a `next_after` that does not move forward, or
+/// pages past the CLI's cap) gives part of the fleet: that is an error, also with --json.
+#[test]
+fn status_refuses_a_paging_that_does_not_end() {
+    let agent = |id: &str| serde_json::json!({"agent_id": id, "node_name": "n"});
+    // Pages of one; the third one's next_after is the second's again.
+    let url = fake_controller(move |path| {
+        let after = query(path, "after").to_string();
+        let (page, next) = match after.as_str() {
+            "" => (0, "agent-0"),
+            "agent-0" => (1, "agent-1"),
+            _ => (2, "agent-1"),
+        };
+        (200, status_page(serde_json::json!([agent(&format!("agent-{page}"))]), Some(next.into()), 7))
+    });
+    for json in [false, true] {
+        let mut args = vec!["status", "--page-size", "1", "--controller", &url];
+        if json {
+            args.push("--json");
+        }
+        let o = tapio(&args);
+        assert_eq!((o.status.code(), stdout(&o)), (Some(2), String::new()), "{}", stderr(&o));
+        let e = stderr(&o);
+        assert!(e.contains("paging did not end (after \"agent-1\"") && e.contains("3 of 7 agents read"), "{e}");
+    }
+    // A next_after that always moves forward: the walk stops at its cap.
+    let url = fake_controller(|path| {
+        let n: u64 = query(path, "after").parse().unwrap_or(0);
+        (
+            200,
+            status_page(serde_json::json!([{"agent_id": format!("{n:07}")}]), Some(format!("{:07}", n + 1)), 9_999_999),
+        )
+    });
+    let o = tapio(&["status", "--json", "--controller", &url]);
+    assert_eq!((o.status.code(), stdout(&o)), (Some(2), String::new()), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("(after \"0001000\", 1000 pages at most): 1000 of 9999999 agents read"), "{e}");
+}
+
+/// A line over the limit is skipped, but its bytes were read: a truncation after it is
+/// seen, and what is written to the file afterwards is read from its start.
+#[test]
+fn events_follow_sees_a_truncation_after_an_over_long_line() {
+    let dir = temp_dir("follow-truncate");
+    let log = dir.join("e.jsonl");
+    {
+        let mut f = std::fs::File::create(&log).unwrap();
+        f.write_all(&vec![b'x'; 2 << 20]).unwrap();
+        writeln!(f, "\n{}", record(1)).unwrap();
+    }
+    let out_path = dir.join("out.txt");
+    let mut child = Command::new(BIN)
+        .args(["events", "-f", "--json"])
+        .arg(&log)
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert_eq!(wait_lines(&out_path, 1, Duration::from_secs(10)), 1);
+    // Truncated and written at once (no poll sees it empty): a record a little longer than
+    // the last line (counting the lines alone would see no truncation), far shorter than
+    // the file was.
+    std::fs::write(&log, format!("{}\n", record(123_456))).unwrap();
+    let shown = wait_lines(&out_path, 2, Duration::from_secs(10));
+    // SAFETY: signalling our own child.
+    unsafe { libc_kill(child.id() as i32, 2) };
+    assert!(child.wait().unwrap().success());
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(shown, 2, "the record after the truncation: {err}");
+    assert_eq!(std::fs::read_to_string(&out_path).unwrap(), format!("{}\n{}\n", record(1), record(123_456)));
+    assert!(
+        err.contains("2 shown, 0 filtered out, 1 malformed line skipped") && err.contains("1 over 1048576"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A day past its month's end, or an offset past 23:59, is no time: a record carrying one
+/// is malformed, a --since naming one an error.
+#[test]
+fn events_refuse_impossible_dates() {
+    let dir = temp_dir("dates");
+    let log = dir.join("e.jsonl");
+    let line = |t: &str| format!(r#"{{"type":"kernel.process.oom_kill","severity":"error","timestamp":"{t}"}}"#);
+    let lines = [line("2026-02-28T00:00:00Z"), line("2026-02-30T00:00:00Z"), line("2026-03-01T00:00:00+99:99")];
+    std::fs::write(&log, lines.join("\n")).unwrap();
+    let o = tapio(&["events", log.to_str().unwrap()]);
+    assert_eq!(rows(&o).len(), 1, "{}", stdout(&o));
+    assert!(stderr(&o).contains("1 shown, 0 filtered out, 2 malformed lines skipped"), "{}", stderr(&o));
+    for since in ["2026-02-30T00:00:00Z", "2025-02-29T00:00:00Z", "2026-03-01T00:00:00+24:00"] {
+        let o = tapio(&["events", "--since", since, log.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{since}");
+        assert!(stderr(&o).contains("is neither RFC 3339"), "{}", stderr(&o));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
