@@ -10,8 +10,8 @@ pub mod descriptor;
 pub mod poll;
 
 pub use descriptor::{
-    no_globals, no_sized_maps, no_userspace, open_carrier, CarrierLayout, CarrierMaps, ClassifierContext, EventRings, Follower,
-    KernelCarrier, KernelHalf, Observer, RuntimeFacts, Start, Userspace,
+    no_globals, no_sized_maps, no_userspace, open_carrier, CarrierLayout, CarrierMaps, ClassifierContext, EventRings,
+    Follower, KernelCarrier, KernelHalf, Observer, RuntimeFacts, Start, Userspace,
 };
 
 /// Declares the observer modules and [`REGISTRY`] from one list of folder names.
