@@ -182,7 +182,7 @@ impl TokenReviewer {
         };
         let node = match self.judge(status, m)? {
             Binding::Node(node) => Some(node),
-            Binding::Pod { name, uid } => self.node_of_pod(name.as_deref(), &uid).await,
+            Binding::Pod { name, uid } => self.node_of_pod(name.as_deref(), &uid).await?,
         };
         match node {
             Some(node) => Ok(Arc::new(AgentIdentity { node })),
@@ -194,8 +194,10 @@ impl TokenReviewer {
     }
 
     /// The node of the pod a token is bound to: from the pod store when it holds the pod,
-    /// else by a GET of the pod (in the ServiceAccount's namespace) whose UID must match.
-    async fn node_of_pod(&self, name: Option<&str>, uid: &str) -> Option<String> {
+    /// else by a GET of the pod (in the ServiceAccount's namespace) whose UID must match;
+    /// `None` when there is no such pod on a node. A GET that fails or times out says
+    /// nothing about the token: [`Denial::Unavailable`] (the agent retries), not a 403.
+    async fn node_of_pod(&self, name: Option<&str>, uid: &str) -> Result<Option<String>, Denial> {
         let stored = self.pods.as_ref().and_then(|pods| {
             pods.read(|s| match s.get(uid) {
                 Lookup::Live(p) if !p.node.is_empty() => Some(p.node.to_string()),
@@ -203,15 +205,22 @@ impl TokenReviewer {
             })
         });
         if stored.is_some() {
-            return stored;
+            return Ok(stored);
         }
-        let (namespace, _) = self.settings.service_account.split_once(':')?;
+        let (Some((namespace, _)), Some(name)) = (self.settings.service_account.split_once(':'), name) else {
+            return Ok(None);
+        };
         let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
-        let pod = tokio::time::timeout(REVIEW_TIMEOUT, api.get_opt(name?)).await.ok()?.ok()??;
+        let pod = match tokio::time::timeout(REVIEW_TIMEOUT, api.get_opt(name)).await {
+            Ok(Ok(Some(pod))) => pod,
+            Ok(Ok(None)) => return Ok(None),
+            Ok(Err(e)) => return Err(Denial::Unavailable(format!("reading the token's pod failed: {e}"))),
+            Err(_) => return Err(Denial::Unavailable("reading the token's pod timed out".into())),
+        };
         if pod.metadata.uid.as_deref() != Some(uid) {
-            return None; // a newer pod of the same name: not the one the token was bound to
+            return Ok(None); // a newer pod of the same name: not the one the token was bound to
         }
-        pod.spec?.node_name.filter(|n| !n.is_empty())
+        Ok(pod.spec.and_then(|s| s.node_name).filter(|n| !n.is_empty()))
     }
 
     /// Checks a TokenReview status; returns what the token is bound to.
@@ -311,6 +320,25 @@ mod tests {
         for (result, n) in [("wrong_audience", 1), ("wrong_service_account", 1), ("no_node", 1)] {
             assert_eq!(m.token_reviews.get_or_create(&super::super::metrics::OutcomeLabels { result }).get(), n);
         }
+    }
+
+    /// A pod-bound token whose pod the store does not hold: the API server is asked, and
+    /// when it cannot answer the agent is told to retry (503), not refused (403).
+    #[tokio::test]
+    async fn a_pod_lookup_that_fails_is_unavailable_not_a_denial() {
+        // A port nothing listens on: every request fails at once.
+        let unreachable = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let client = crate::k8s::client(Some(&format!("http://{unreachable}"))).await.unwrap();
+        let settings = ReviewSettings {
+            audience: "tapio".into(),
+            service_account: "tapio-system:tapio-agent".into(),
+            cache_ttl: Duration::from_secs(60),
+            cache_entries: 4,
+        };
+        let r = TokenReviewer::new(client, settings, None);
+        let e = r.node_of_pod(Some("tapio-agent-x1"), "u1").await.unwrap_err();
+        assert!(matches!(e, Denial::Unavailable(_)), "{e:?}");
+        assert_eq!(r.node_of_pod(None, "u1").await.unwrap(), None, "no pod name: no pod to ask for");
     }
 
     #[test]
