@@ -144,7 +144,21 @@ impl PodFacts {
 /// kubelet runs (and names its cgroups after).
 const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 
+/// The static pod's UID a mirror pod carries, if the pod is a mirror: its annotation is
+/// honoured only beside the controlling owner reference every kubelet since 1.17 gives a
+/// mirror (kind Node, the pod's own node), so that an ordinary pod carrying the annotation
+/// cannot take over another pod's entry (and name its evidence).
 fn static_pod_uid(pod: &Pod) -> Option<&str> {
+    let node = pod.spec.as_ref()?.node_name.as_deref().filter(|n| !n.is_empty())?;
+    let owned_by_its_node = pod
+        .metadata
+        .owner_references
+        .as_ref()?
+        .iter()
+        .any(|r| r.controller == Some(true) && r.kind == "Node" && r.api_version == "v1" && r.name == node);
+    if !owned_by_its_node {
+        return None;
+    }
     pod.metadata.annotations.as_ref()?.get(MIRROR_ANNOTATION).map(String::as_str).filter(|u| !u.is_empty())
 }
 
@@ -412,7 +426,9 @@ mod tests {
             "metadata": {"name": "etcd-node-a", "namespace": "kube-system",
                          "uid": "0c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f",
                          "annotations": {"kubernetes.io/config.mirror": static_uid,
-                                         "kubernetes.io/config.hash": static_uid}},
+                                         "kubernetes.io/config.hash": static_uid},
+                         "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": "node-a",
+                                              "uid": "9f8e7d6c-0000-4000-8000-000000000001", "controller": true}]},
             "spec": {"nodeName": "node-a", "containers": []}
         }))
         .unwrap();
@@ -422,6 +438,16 @@ mod tests {
         let mut s = PodStore::new(10, Duration::from_secs(60));
         s.upsert(facts, Instant::now());
         assert!(matches!(s.get(static_uid), Lookup::Live(_)));
+        // The annotation on a pod its node does not own (an ordinary pod claiming to mirror
+        // another, or one owned by another node) is not honoured: its own UID keys it.
+        for owner in [("Node", "node-b"), ("ReplicaSet", "node-a")] {
+            let mut claimant = pod.clone();
+            let refs = claimant.metadata.owner_references.as_mut().unwrap();
+            (refs[0].kind, refs[0].name) = (owner.0.into(), owner.1.into());
+            let (facts, _) = PodFacts::from_pod(&claimant).unwrap();
+            assert_eq!(facts.uid.as_str(), "0c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f", "{owner:?}");
+            assert_eq!(store_key(&claimant), Some("0c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f"));
+        }
         // A pod that mirrors nothing is kept under its own UID.
         pod.metadata.annotations = None;
         let (facts, _) = PodFacts::from_pod(&pod).unwrap();
