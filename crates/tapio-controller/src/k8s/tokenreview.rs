@@ -281,17 +281,22 @@ mod tests {
         format!("{}.{}.sig", enc(serde_json::json!({"alg": "RS256"})), enc(serde_json::json!({"exp": exp})))
     }
 
-    #[tokio::test]
-    async fn an_authenticator_that_ignores_audiences_is_not_trusted_and_bindings_are_required() {
-        use k8s_openapi::api::authentication::v1::UserInfo;
-        let client = crate::k8s::client(Some("http://127.0.0.1:9")).await.unwrap();
+    /// A reviewer for the chart's agents (audience `tapio`), without a pod store.
+    fn reviewer(client: kube::Client) -> TokenReviewer {
         let settings = ReviewSettings {
             audience: "tapio".into(),
             service_account: "tapio-system:tapio-agent".into(),
             cache_ttl: Duration::from_secs(60),
             cache_entries: 4,
         };
-        let r = TokenReviewer::new(client, settings, None);
+        TokenReviewer::new(client, settings, None)
+    }
+
+    #[tokio::test]
+    async fn an_authenticator_that_ignores_audiences_is_not_trusted_and_bindings_are_required() {
+        use k8s_openapi::api::authentication::v1::UserInfo;
+        let client = crate::k8s::client(Some("http://127.0.0.1:9")).await.unwrap();
+        let r = reviewer(client);
         let m = K8sMetrics::default();
         let user = |name: &str, extra: &[(&str, &str)]| UserInfo {
             username: Some(name.into()),
@@ -329,13 +334,7 @@ mod tests {
         // A port nothing listens on: every request fails at once.
         let unreachable = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let client = crate::k8s::client(Some(&format!("http://{unreachable}"))).await.unwrap();
-        let settings = ReviewSettings {
-            audience: "tapio".into(),
-            service_account: "tapio-system:tapio-agent".into(),
-            cache_ttl: Duration::from_secs(60),
-            cache_entries: 4,
-        };
-        let r = TokenReviewer::new(client, settings, None);
+        let r = reviewer(client);
         let e = r.node_of_pod(Some("tapio-agent-x1"), "u1").await.unwrap_err();
         assert!(matches!(e, Denial::Unavailable(_)), "{e:?}");
         assert_eq!(r.node_of_pod(None, "u1").await.unwrap(), None, "no pod name: no pod to ask for");
