@@ -3,8 +3,10 @@ validation of every object against the Kubernetes schemas (kubernetes-validate -
 drift between the chart and deploy/manifests, and the shape of what the agent and the
 controller are granted. No cluster and no root needed."""
 
+import json
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -59,7 +61,17 @@ VALUE_SETS = {
         "controller.extraVolumeMounts[0].name=events",
         "controller.extraVolumeMounts[0].mountPath=/var/lib/tapio-events",
     ],
+    # The Prometheus Operator's objects (kinds kubernetes-validate has no schema for: their
+    # shape is asserted in MonitoringTest).
+    "prometheus-operator": [
+        "metrics.serviceMonitor.enabled=true",
+        "metrics.serviceMonitor.labels.release=kube-prometheus-stack",
+        "metrics.prometheusRule.enabled=true",
+        "metrics.prometheusRule.labels.release=kube-prometheus-stack",
+    ],
 }
+
+ALERTS = REPO / "deploy" / "prometheus" / "tapio-alerts.yaml"
 
 MIB = 1024 * 1024
 QUANTITY_SUFFIXES = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
@@ -177,6 +189,66 @@ class ChartTest(unittest.TestCase):
             out.stdout == MANIFESTS.read_text(),
             "deploy/manifests/tapio.yaml differs from the chart: run scripts/render-manifests",
         )
+        # The chart's copy of the alert rules (its PrometheusRule reads no file outside it).
+        self.assertTrue(
+            (CHART / "files" / "tapio-alerts.yaml").read_text() == ALERTS.read_text(),
+            "deploy/helm/tapio/files/tapio-alerts.yaml differs from deploy/prometheus: run scripts/render-manifests",
+        )
+
+    def test_values_schema_refuses_what_the_chart_would_ignore_or_the_cluster_refuse(self):
+        # Without a schema Helm renders a misspelt key as if it were absent: the defaults
+        # apply and nothing says so (an agent without the toleration asked for, say).
+        for sets, named in [
+            (["agent.tolerationz[0].operator=Exists"], "'tolerationz'"),
+            (["controler.podNames=false"], "'controler'"),
+            (["controller.podName=false"], "'podName'"),
+            (["image.agent.tags=v2"], "'tags'"),
+            (["auth.tokenExpirationSecond=7200"], "'tokenExpirationSecond'"),
+            (["metrics.serviceMonitor.enable=true"], "'enable'"),
+            (["agent.priorityClassQuota.pod=10"], "'pod'"),
+            # The agent reads an unknown TAPIO_LOG as info, the controller exits at once.
+            (["agent.logLevel=warning"], "/agent/logLevel"),
+            (["controller.logLevel=warning"], "/controller/logLevel"),
+            # The API server refuses a projected token valid for under 10 minutes.
+            (["auth.tokenExpirationSeconds=300"], "/auth/tokenExpirationSeconds"),
+            (["controller.port=70000"], "/controller/port"),
+            (["metrics.serviceMonitor.interval=30"], "/metrics/serviceMonitor/interval"),
+        ]:
+            with self.subTest(sets=sets):
+                out, _ = helm_template(*sets)
+                self.assertNotEqual(out.returncode, 0, f"{sets} rendered")
+                self.assertIn(named, out.stderr)
+        # What the schema must still let through: a removed selector, a numeric tag.
+        for sets in (["agent.nodeSelector=null"], ["image.agent.tag=2"], ["image.controller.tag=1.2"],
+                     ["auth.tokenExpirationSeconds=600"]):
+            with self.subTest(sets=sets):
+                out, _ = helm_template(*sets)
+                self.assertEqual(out.returncode, 0, out.stderr)
+
+    def test_every_value_in_the_schema_is_in_values_yaml(self):
+        # Every key the schema allows is documented by a default in values.yaml, and every
+        # default is allowed (helm template of the defaults would fail otherwise).
+        schema = json.loads((CHART / "values.schema.json").read_text())
+        values = yaml.safe_load((CHART / "values.yaml").read_text())
+
+        def resolve(node):
+            ref = node.get("$ref")
+            return schema["definitions"][ref.rsplit("/", 1)[1]] if ref else node
+
+        def walk(node, value, path):
+            node = resolve(node)
+            if "properties" not in node or node.get("additionalProperties", True) is not False:
+                return
+            self.assertIsInstance(value, dict, path)
+            for key, sub in node["properties"].items():
+                if path == "" and key == "global":
+                    continue  # Helm's own, for parent charts
+                self.assertIn(key, value, f"{path}.{key} is in values.schema.json, not in values.yaml")
+                walk(sub, value[key], f"{path}.{key}")
+            for key in value:
+                self.assertIn(key, node["properties"], f"{path}.{key} is in values.yaml, not in values.schema.json")
+
+        walk(schema, values, "")
 
     def test_both_workloads_run_on_linux_nodes_only(self):
         # The agent tolerates every taint: without the selector it would land on Windows and
@@ -602,6 +674,9 @@ class ControllerTest(unittest.TestCase):
                 out, docs = helm_template(f"controller.podNames={str(pod_names).lower()}", f"auth.mode={mode}")
                 self.assertEqual(out.returncode, 0, out.stderr)
                 self.assertEqual(rbac_grants(docs), expected)
+                # An API token only where there is API access to use it with.
+                pod = find(docs, "Deployment", "tapio-controller")["spec"]["template"]["spec"]
+                self.assertIs(pod["automountServiceAccountToken"], bool(expected))
                 roles = {(d["kind"], d["metadata"]["name"]) for d in docs if d["kind"] in ("ClusterRole", "Role")}
                 bindings = [d for d in docs if d["kind"] in ("ClusterRoleBinding", "RoleBinding")]
                 # Every role bound to the controller alone, and no binding without a role.
@@ -635,6 +710,56 @@ class ControllerTest(unittest.TestCase):
         self.assertEqual(rule["ports"], [{"port": 7470, "protocol": "TCP"}])
         service = find(self.docs, "Service", "tapio-controller")["spec"]
         self.assertEqual(service["ports"][0]["port"], 7470)
+
+
+class MonitoringTest(unittest.TestCase):
+    """The Prometheus Operator's ServiceMonitor and PrometheusRule: off by default, and when
+    on, scraping the controller's Service and carrying exactly deploy/prometheus's rules."""
+
+    def test_off_by_default_and_without_a_controller(self):
+        for sets in ([], ["controller.enabled=false", *VALUE_SETS["prometheus-operator"]]):
+            with self.subTest(sets=sets):
+                out, docs = helm_template(*sets)
+                self.assertEqual(out.returncode, 0, out.stderr)
+                self.assertEqual([d for d in docs if d["apiVersion"].startswith("monitoring.coreos.com/")], [])
+
+    def test_service_monitor_scrapes_the_controllers_service(self):
+        out, docs = helm_template(*VALUE_SETS["prometheus-operator"], "metrics.serviceMonitor.interval=15s")
+        self.assertEqual(out.returncode, 0, out.stderr)
+        monitor = find(docs, "ServiceMonitor", "tapio-controller")
+        self.assertEqual(monitor["apiVersion"], "monitoring.coreos.com/v1")
+        self.assertEqual(monitor["metadata"]["namespace"], "tapio-system")
+        self.assertEqual(monitor["metadata"]["labels"]["release"], "kube-prometheus-stack")
+        service = find(docs, "Service", "tapio-controller")
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        # It selects the controller's Service and nothing else the chart renders.
+        self.assertLessEqual(selector.items(), service["metadata"]["labels"].items())
+        for d in docs:
+            if d["kind"] == "Service" and d is not service:
+                self.assertFalse(selector.items() <= d["metadata"].get("labels", {}).items())
+        (endpoint,) = monitor["spec"]["endpoints"]
+        self.assertIn(endpoint["port"], [p["name"] for p in service["spec"]["ports"]])
+        self.assertEqual(endpoint["path"], "/metrics")
+        self.assertEqual(endpoint["interval"], "15s")
+
+    def test_prometheus_rule_carries_the_alert_rules_as_they_are(self):
+        out, docs = helm_template(*VALUE_SETS["prometheus-operator"], namespace="observability")
+        self.assertEqual(out.returncode, 0, out.stderr)
+        rule = find(docs, "PrometheusRule", "tapio")
+        self.assertEqual(rule["apiVersion"], "monitoring.coreos.com/v1")
+        self.assertEqual(rule["metadata"]["namespace"], "observability")
+        self.assertEqual(rule["metadata"]["labels"]["release"], "kube-prometheus-stack")
+        groups = yaml.safe_load(ALERTS.read_text())["groups"]
+        self.assertEqual(rule["spec"]["groups"], groups)
+        self.assertGreater(sum(len(g["rules"]) for g in groups), 0)
+        # Prometheus loads the rendered rules (promtool checks them as a rule file).
+        promtool = shutil.which("promtool")
+        self.assertIsNotNone(promtool, "promtool not found: run scripts/setup")
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="tapio-i11d-") as f:
+            yaml.safe_dump({"groups": rule["spec"]["groups"]}, f)
+            f.flush()
+            check = run([promtool, "check", "rules", f.name])
+            self.assertEqual(check.returncode, 0, check.stdout + check.stderr)
 
 
 if __name__ == "__main__":
