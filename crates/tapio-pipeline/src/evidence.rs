@@ -544,7 +544,9 @@ pub struct StorageFacts {
     /// read, write, flush, discard, secure_erase, write_zeroes, driver_in, driver_out, other.
     pub op: &'static str,
     pub op_code: u32,
-    pub sector: u64,
+    /// The request's first sector; null when it has none: a flush, or a request the kernel
+    /// built with no position ((sector_t)-1, e.g. a driver's passthrough command).
+    pub sector: Option<u64>,
     pub bytes: u32,
     /// Positive errno of an io_error; null when the kernel's status has no errno this agent
     /// knows (blk_status says which).
@@ -702,7 +704,7 @@ impl StorageFacts {
         m.string_or_null(key!("disk"), self.disk.as_deref())?;
         m.literal(key!("op"), self.op);
         m.number(key!("op_code"), self.op_code);
-        m.number(key!("sector"), self.sector);
+        m.number_or_null(key!("sector"), self.sector);
         m.number(key!("bytes"), self.bytes);
         m.number_if(key!("errno"), self.errno);
         m.literal_if(key!("errno_name"), self.errno_name);
@@ -853,7 +855,7 @@ mod tests {
             disk: Some("nvme0n1".into()),
             op: "write",
             op_code: 1,
-            sector: u64::MAX,
+            sector: Some(u64::MAX - 1),
             bytes: 4096,
             errno: Some(5),
             errno_name: Some("EIO"),
@@ -868,6 +870,7 @@ mod tests {
             tid: None,
             comm: None,
             disk: None,
+            sector: None,
             errno: None,
             errno_name: None,
             blk_status: None,

@@ -501,6 +501,80 @@ fn throttled_writes_are_latency_spikes_matching_what_the_writer_measured() {
     }
 }
 
+/// A write throttle on one device for every task without one of its own (the root blkio
+/// cgroup's rule), so the kernel's own writers, such as a loop device's worker writing back
+/// its backing file at a flush, wait for it too. Lifted on drop.
+struct RootWriteThrottle {
+    rule: String,
+}
+
+impl RootWriteThrottle {
+    const FILE: &'static str = "/sys/fs/cgroup/blkio/blkio.throttle.write_bps_device";
+
+    fn new(dev: &Loop, bytes_per_second: u64) -> RootWriteThrottle {
+        let rule = format!("{}:{}", dev.major, dev.minor);
+        std::fs::write(Self::FILE, format!("{rule} {bytes_per_second}"))
+            .unwrap_or_else(|e| panic!("throttle {rule} in the root blkio cgroup: {e}"));
+        RootWriteThrottle { rule }
+    }
+}
+
+impl Drop for RootWriteThrottle {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::FILE, format!("{} 0", self.rule));
+    }
+}
+
+/// A flush is a request the block layer builds itself, with no position and no data: a slow
+/// one is a latency spike whose sector is null (the raw position read as a sector was
+/// 18446744073709551615), of 0 bytes, with no submitter, and no slower than the fsync that
+/// waited for it.
+#[test]
+#[ignore = "needs root"]
+fn a_slow_flush_is_a_latency_spike_that_names_no_sector() {
+    let _turn = kernel_test("storage_flush");
+    let dir = Dir::scratch("flush");
+    let outer = Mount::tmpfs(dir.path(), "96m");
+    let image = outer.path.join("ext4.img");
+    block::sparse_file(&image, 64 << 20);
+    let fs_dev = Loop::attach(&image, false);
+    block::mkfs_ext4(&fs_dev.path);
+    let mnt_dir = Dir::new(outer.path.join("mnt"));
+    let fs = Mount::device(&fs_dev.path, mnt_dir.path());
+    let data = fs.path.join("data.img");
+    block::filled_file(&data, 8 << 20);
+    // Buffered: what is written to it waits in the backing file's page cache, and its flush
+    // (an fsync of that file) writes it out to the throttled disk below.
+    let dev = Loop::attach(&data, false);
+    let _throttle = RootWriteThrottle::new(&fs_dev, 512 << 10);
+
+    let agent =
+        Agent::start(&format!("{STORAGE_ONLY}[storage]\nlatency_warning_ms = 100\nlatency_critical_ms = 60000\n"));
+    let f = block::open_direct(&dev.path, true);
+    let (r, _) = block::timed_write(&f, &Aligned::new(512 << 10, 0x42), 0);
+    assert_eq!(r.expect("write"), 512 << 10);
+    let started = Instant::now();
+    f.sync_all().expect("fsync of the loop device");
+    let took = started.elapsed();
+    drop(f);
+    let run = agent.stop();
+    assert!(run.exit_ok, "agent exit: {}", run.stderr);
+
+    assert!(took > Duration::from_millis(300), "512 KiB at 512 KiB/s made no slow flush: {took:?}");
+    let spikes = on_device(&run.events, "kernel.storage.latency_spike", &dev);
+    let flushes: Vec<&&Value> = spikes.iter().filter(|e| e["facts"]["op"] == "flush").collect();
+    assert!(!flushes.is_empty(), "a {took:?} fsync and no flush spike: {spikes:#?}");
+    for e in flushes {
+        let f = &e["facts"];
+        assert!(f.get("sector").is_some_and(Value::is_null), "a flush names no sector: {e:#}");
+        assert_eq!((f["bytes"].as_u64(), &f["pid"]), (Some(0), &Value::Null), "{e:#}");
+        let latency = f["latency_ns"].as_u64().expect("latency_ns");
+        assert!(latency > 100_000_000 && latency <= took.as_nanos() as u64, "{latency} ns against {took:?}: {e:#}");
+        let message = e["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.starts_with(&format!("flush on {} (", dev.name())), "{message}");
+    }
+}
+
 /// The VM's disk (the one / lives on): a virtio disk whose driver requeues requests when
 /// its queue is full.
 fn root_disk() -> Option<(u32, u32, String)> {

@@ -91,6 +91,17 @@ pub fn blk_status_errno(status: u8, numbering: StatusNumbering) -> Option<u32> {
     })
 }
 
+/// REQ_OP_FLUSH: a cache flush, which covers no sectors.
+const OP_FLUSH: u32 = 2;
+
+/// The request's first sector, or None where it has none: a flush (the block layer builds
+/// the flush of a flush sequence with no position), or any request still at (sector_t)-1,
+/// the position the kernel gives a request built without one (a passthrough command).
+/// Reported as the number it is, that would name a sector the request never touched.
+pub fn sector_of(op_code: u32, raw: u64) -> Option<u64> {
+    (op_code != OP_FLUSH && raw != u64::MAX).then_some(raw)
+}
+
 /// The symbolic name of the errnos block I/O can fail with.
 pub fn errno_name(errno: u32) -> Option<&'static str> {
     Some(match errno {
@@ -146,6 +157,13 @@ pub fn classify(
         Some(name) => format!("{name} ({}:{})", ev.dev_major, ev.dev_minor),
         None => format!("{}:{}", ev.dev_major, ev.dev_minor),
     };
+    let sector = sector_of(op_code, ev.sector);
+    // "write of 4096 bytes at sector 2048", "flush": what the request covered, as known.
+    let what = match sector {
+        Some(at) => format!("{op} of {} bytes at sector {at}", ev.bytes),
+        None if ev.bytes == 0 => op.to_string(),
+        None => format!("{op} of {} bytes", ev.bytes),
+    };
     let mut facts = StorageFacts {
         pid: task_known.then_some(ev.task.pid),
         tid: task_known.then_some(ev.task.tid),
@@ -155,7 +173,7 @@ pub fn classify(
         disk: disk.map(str::to_string),
         op,
         op_code,
-        sector: ev.sector,
+        sector,
         bytes: ev.bytes,
         errno: None,
         errno_name: None,
@@ -182,7 +200,7 @@ pub fn classify(
             if flags & TAPIO_STO_F_PARTIAL != 0 {
                 facts.partial_bytes = Some(ev.done_bytes);
             }
-            let what = match (facts.errno_name, errno, status) {
+            let cause = match (facts.errno_name, errno, status) {
                 (Some(name), _, _) => name.to_string(),
                 (None, Some(e), _) => format!("errno {e}"),
                 (None, None, Some(s)) => format!("block status {s}"),
@@ -194,8 +212,7 @@ pub fn classify(
                 " before reaching the driver".into()
             };
             let code = facts.errno_name.unwrap_or("IO_ERROR");
-            let message =
-                format!("{op} of {} bytes at sector {} on {device} failed with {what}{when}", ev.bytes, ev.sector);
+            let message = format!("{what} on {device} failed with {cause}{when}");
             ("kernel.storage.io_error", Severity::Error, Outcome::Failure, code, message)
         }
         TAPIO_STO_LATENCY => {
@@ -207,9 +224,7 @@ pub fn classify(
             facts.threshold_ns = Some(ev.threshold_ns);
             let level = if critical { "critical" } else { "warning" };
             let message = format!(
-                "{op} of {} bytes at sector {} on {device} took {} from issue to completion ({level} threshold {})",
-                ev.bytes,
-                ev.sector,
+                "{what} on {device} took {} from issue to completion ({level} threshold {})",
                 millis_text(ev.latency_ns),
                 millis_text(ev.threshold_ns)
             );
@@ -383,6 +398,49 @@ mod tests {
         ev.latency_ns = 500;
         ev.flags = TAPIO_STO_F_TASK_KNOWN as u16; // not issued: no latency to judge
         assert!(matches!(classify(&ev, None, NOW, &mut stamper()), Verdict::Drop("invalid_latency_record")));
+    }
+
+    /// The flush of a flush sequence is built with no position ((sector_t)-1) and covers no
+    /// sectors; a passthrough command keeps that position too. Neither names a sector: the
+    /// raw value read as one was sector 18446744073709551615. Sector 0 of a read is real.
+    #[test]
+    fn a_flush_or_a_request_without_a_position_names_no_sector() {
+        let mut ev = record(TAPIO_STO_LATENCY);
+        ev.cmd_flags = 2; // REQ_OP_FLUSH
+        ev.sector = u64::MAX;
+        ev.bytes = 0;
+        ev.latency_ns = 250_000_000;
+        ev.threshold_ns = 100_000_000;
+        ev.flags = TAPIO_STO_F_ISSUED as u16; // built by the block layer: no submitter
+        let e = emitted(classify(&ev, Some("loop5"), NOW, &mut stamper()));
+        assert_eq!((storage(&e).op, storage(&e).sector, storage(&e).bytes), ("flush", None, 0));
+        assert_eq!(
+            e.error.message,
+            "flush on loop5 (7:3) took 250.0 ms from issue to completion (warning threshold 100.0 ms)"
+        );
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(json["facts"]["sector"], serde_json::Value::Null, "{json}");
+
+        // Whatever position a flush carries, it covers no sector.
+        ev.sector = 0;
+        assert_eq!(storage(&emitted(classify(&ev, None, NOW, &mut stamper()))).sector, None);
+
+        let mut ev = record(TAPIO_STO_IO_ERROR);
+        ev.cmd_flags = 34; // REQ_OP_DRV_IN
+        ev.sector = u64::MAX;
+        ev.bytes = 512;
+        ev.error = -5;
+        let e = emitted(classify(&ev, None, NOW, &mut stamper()));
+        assert_eq!((storage(&e).op, storage(&e).sector), ("driver_in", None));
+        assert_eq!(e.error.message, "driver_in of 512 bytes on 7:3 failed with EIO after 1.2 ms");
+
+        let mut ev = record(TAPIO_STO_IO_ERROR);
+        ev.cmd_flags = 0; // a read
+        ev.sector = 0;
+        ev.error = -5;
+        let e = emitted(classify(&ev, None, NOW, &mut stamper()));
+        assert_eq!(storage(&e).sector, Some(0), "sector 0 of a data request is a sector");
+        assert!(e.error.message.starts_with("read of 65536 bytes at sector 0 on 7:3"), "{}", e.error.message);
     }
 
     #[test]
