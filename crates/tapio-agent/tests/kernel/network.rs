@@ -238,7 +238,49 @@ fn refused_connects_give_exactly_one_refused_event_each_v4_and_v6() {
         assert_eq!(e["facts"]["errno"], 111);
         assert_eq!(e["config_generation"], 0);
         assert!(e["id"].as_str().is_some_and(|id| id.len() == 26));
+        if family == "ipv4" {
+            assert_shaped_as_the_readme_example(e, port);
+        }
     }
+}
+
+/// The README's example record (its "Evidence" section) against a real refused connect to
+/// 127.0.0.1:`port`: the same members at every level, each of the same JSON type (a real
+/// workload may leave out what this node does not know: null), the same judgement, and the
+/// same message.
+fn assert_shaped_as_the_readme_example(real: &Value, port: u16) {
+    fn same_shape(at: &str, real: &Value, example: &Value, may_be_null: bool) {
+        match (real, example) {
+            (Value::Object(r), Value::Object(x)) => {
+                let keys = |o: &serde_json::Map<String, Value>| o.keys().cloned().collect::<Vec<_>>();
+                let (mut rk, mut xk) = (keys(r), keys(x));
+                rk.sort();
+                xk.sort();
+                assert_eq!(rk, xk, "members of {at}: the agent's against the README's");
+                for (k, v) in r {
+                    same_shape(&format!("{at}.{k}"), v, &x[k], may_be_null || k == "workload");
+                }
+            }
+            (Value::Null, _) if may_be_null => {}
+            (r, x) => assert_eq!(
+                std::mem::discriminant(r),
+                std::mem::discriminant(x),
+                "{at} is {r} in the agent's record, {x} in the README's"
+            ),
+        }
+    }
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).expect("README.md");
+    let section = &readme[readme.find("\n## Evidence\n").expect("the README's Evidence section")..];
+    let start = section.find("```json\n").expect("its example record") + "```json\n".len();
+    let end = start + section[start..].find("```").expect("the example's end");
+    let example: Value = serde_json::from_str(&section[start..end]).expect("the README's example is JSON");
+    same_shape("record", real, &example, false);
+    for key in ["type", "observer", "severity", "outcome"] {
+        assert_eq!(real[key], example[key], "{key}");
+    }
+    assert_eq!(real["error"]["code"], example["error"]["code"]);
+    let message = example["error"]["message"].as_str().expect("the example's message");
+    assert_eq!(real["error"]["message"], message.replace("127.0.0.1:1 ", &format!("127.0.0.1:{port} ")));
 }
 
 #[test]
