@@ -52,6 +52,7 @@ VALUE_SETS = {
         "image.agent.tag=dev",
         "agent.nodeSelector.tapio\\.dev/agent=enabled",
         "controller.extraArgs={--max-agents=5000}",
+        "agent.maxUnavailable=10%",
     ],
     # A durable file sink on a claim: the read-only root needs a volume for it.
     "file-sink": [
@@ -213,6 +214,10 @@ class ChartTest(unittest.TestCase):
             (["auth.tokenExpirationSeconds=300"], "/auth/tokenExpirationSeconds"),
             (["controller.port=70000"], "/controller/port"),
             (["metrics.serviceMonitor.interval=30"], "/metrics/serviceMonitor/interval"),
+            # The API server refuses a DaemonSet that may replace no agent (maxSurge is 0).
+            (["agent.maxUnavailable=0"], "/agent/maxUnavailable"),
+            (["agent.maxUnavailable=0%"], "/agent/maxUnavailable"),
+            (["agent.maxUnavailable=150%"], "/agent/maxUnavailable"),
         ]:
             with self.subTest(sets=sets):
                 out, _ = helm_template(*sets)
@@ -266,6 +271,10 @@ class ChartTest(unittest.TestCase):
                 self.assertEqual(ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"], 1)
                 ctl = find(docs, "Deployment", "tapio-controller")["spec"]["template"]["spec"]
                 self.assertEqual(ctl["nodeSelector"], {"kubernetes.io/os": "linux"})
+        # Faster rollouts on large clusters, by number or share of the nodes.
+        for value, expected in (("3", 3), ("10%", "10%")):
+            _, docs = helm_template(f"agent.maxUnavailable={value}")
+            self.assertEqual(find(docs, "DaemonSet", "tapio-agent")["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"], expected)
         # Removable when a cluster labels its nodes otherwise.
         _, docs = helm_template("agent.nodeSelector=null")
         self.assertNotIn("nodeSelector", find(docs, "DaemonSet", "tapio-agent")["spec"]["template"]["spec"])
