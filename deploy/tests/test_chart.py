@@ -62,6 +62,8 @@ VALUE_SETS = {
         "controller.extraVolumeMounts[0].name=events",
         "controller.extraVolumeMounts[0].mountPath=/var/lib/tapio-events",
     ],
+    # An IPv6 single-stack cluster: the pod has no IPv4 address to listen on.
+    "ipv6-single-stack": ["controller.listenAddress=::"],
     # The Prometheus Operator's objects (kinds kubernetes-validate has no schema for: their
     # shape is asserted in MonitoringTest).
     "prometheus-operator": [
@@ -610,6 +612,29 @@ class ControllerTest(unittest.TestCase):
         self.assertIs(sc["allowPrivilegeEscalation"], False)
         self.assertIs(self.pod["securityContext"]["runAsNonRoot"], True)
         self.assertEqual(self.pod["securityContext"]["seccompProfile"], {"type": "RuntimeDefault"})
+
+    def test_listen_address_for_ipv4_and_ipv6_clusters(self):
+        # The pod's IPv4 wildcard by default; "::" for a pod with only an IPv6 address (a
+        # second --listen in extraArgs is refused by the controller, so this is the way).
+        build = run(["cargo", "build", "--quiet", "-p", "tapio-controller"], cwd=REPO)
+        self.assertEqual(build.returncode, 0, build.stderr)
+        binary = REPO / "target" / "debug" / "tapio-controller"
+        for sets, expected in [([], "--listen=0.0.0.0:7470"), (VALUE_SETS["ipv6-single-stack"], "--listen=[::]:7470"),
+                               (["controller.listenAddress=fd00::7", "controller.port=9000"], "--listen=[fd00::7]:9000")]:
+            with self.subTest(sets=sets):
+                out, docs = helm_template(*sets)
+                self.assertEqual(out.returncode, 0, out.stderr)
+                args = find(docs, "Deployment", "tapio-controller")["spec"]["template"]["spec"]["containers"][0]["args"]
+                self.assertIn(expected, args)
+                # The controller takes the address: it gets past its flags to the (missing)
+                # profile, which it reads before it binds.
+                check = run([binary, expected, "--profile=/nonexistent/tapio-profile.yaml"])
+                self.assertIn("cannot read profile", check.stderr)
+        for bad in ("[::]", "localhost"):
+            with self.subTest(bad=bad):
+                out, _ = helm_template(f"controller.listenAddress={bad}")
+                self.assertNotEqual(out.returncode, 0)
+                self.assertIn("/controller/listenAddress", out.stderr)
 
     def test_pod_names_on_by_default(self):
         self.assertIn("--k8s-pods", self.container["args"])
