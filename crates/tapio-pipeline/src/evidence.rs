@@ -537,8 +537,10 @@ pub struct StorageFacts {
     pub pid: Option<u32>,
     pub tid: Option<u32>,
     pub comm: Option<String>,
-    pub dev_major: u32,
-    pub dev_minor: u32,
+    /// The disk's device numbers; null when the request's queue has no disk (a controller's
+    /// own queue, as NVMe's admin queue that passthrough commands use).
+    pub dev_major: Option<u32>,
+    pub dev_minor: Option<u32>,
     /// The disk's name (from /sys/dev/block/M:m/uevent); null if the disk is gone.
     pub disk: Option<String>,
     /// read, write, flush, discard, secure_erase, write_zeroes, driver_in, driver_out, other.
@@ -699,8 +701,8 @@ impl StorageFacts {
         m.number_or_null(key!("pid"), self.pid);
         m.number_or_null(key!("tid"), self.tid);
         m.string_or_null(key!("comm"), self.comm.as_deref())?;
-        m.number(key!("dev_major"), self.dev_major);
-        m.number(key!("dev_minor"), self.dev_minor);
+        m.number_or_null(key!("dev_major"), self.dev_major);
+        m.number_or_null(key!("dev_minor"), self.dev_minor);
         m.string_or_null(key!("disk"), self.disk.as_deref())?;
         m.literal(key!("op"), self.op);
         m.number(key!("op_code"), self.op_code);
@@ -850,8 +852,8 @@ mod tests {
             pid: Some(1),
             tid: Some(2),
             comm: Some("dd \"x\"".into()),
-            dev_major: 259,
-            dev_minor: 0,
+            dev_major: Some(259),
+            dev_minor: Some(0),
             disk: Some("nvme0n1".into()),
             op: "write",
             op_code: 1,
@@ -869,6 +871,8 @@ mod tests {
             pid: None,
             tid: None,
             comm: None,
+            dev_major: None,
+            dev_minor: None,
             disk: None,
             sector: None,
             errno: None,
