@@ -48,6 +48,10 @@ struct Receiver {
     otherwise: AtomicU16,
     /// Records a 2xx reports rejected in a partial success (0: a plain 2xx).
     partial_rejected: AtomicI64,
+    /// A partial success is sent gzip'd (`Content-Encoding: gzip`).
+    gzip_answers: AtomicBool,
+    /// Bytes of filler making up the body of every answer that has no partial success.
+    filler_bytes: AtomicUsize,
     /// While set, an export is recorded, then its answer waits for a permit of `gate`.
     hold: AtomicBool,
     gate: tokio::sync::Semaphore,
@@ -61,7 +65,7 @@ struct Receiver {
 async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes) -> Response {
     if log_records(&body).is_empty() {
         r.probes.fetch_add(1, Ordering::SeqCst);
-        return answer(r.otherwise.load(Ordering::SeqCst), Some("0"), 0);
+        return answer(&r, r.otherwise.load(Ordering::SeqCst), Some("0"), 0);
     }
     r.got.lock().unwrap().push(Received { at: Instant::now(), headers, body: body.to_vec() });
     if r.hold.load(Ordering::SeqCst) {
@@ -69,19 +73,28 @@ async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Bytes
     }
     let otherwise = r.otherwise.load(Ordering::SeqCst);
     let (status, retry_after) = r.script.lock().unwrap().pop_front().unwrap_or((otherwise, Some("0")));
-    answer(status, retry_after, r.partial_rejected.load(Ordering::SeqCst))
+    answer(&r, status, retry_after, r.partial_rejected.load(Ordering::SeqCst))
 }
 
-fn answer(status: u16, retry_after: Option<&'static str>, partial_rejected: i64) -> Response {
+fn answer(r: &Receiver, status: u16, retry_after: Option<&'static str>, partial_rejected: i64) -> Response {
+    let code = StatusCode::from_u16(status).unwrap();
     let mut resp = if (200..300).contains(&status) && partial_rejected > 0 {
         let partial = ExportLogsPartialSuccess {
             rejected_log_records: partial_rejected,
             error_message: "dropped by a filter".into(),
         };
         let body = ExportLogsServiceResponse { partial_success: Some(partial) }.encode_to_vec();
-        (StatusCode::from_u16(status).unwrap(), [("content-type", "application/x-protobuf")], body).into_response()
+        if r.gzip_answers.load(Ordering::SeqCst) {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            std::io::Write::write_all(&mut gz, &body).unwrap();
+            let headers = [("content-type", "application/x-protobuf"), ("content-encoding", "gzip")];
+            (code, headers, gz.finish().unwrap()).into_response()
+        } else {
+            (code, [("content-type", "application/x-protobuf")], body).into_response()
+        }
     } else {
-        (StatusCode::from_u16(status).unwrap(), "").into_response()
+        let filler = vec![b'x'; r.filler_bytes.load(Ordering::SeqCst)];
+        (code, [("content-type", "application/x-protobuf")], filler).into_response()
     };
     if let (Some(ra), false) = (retry_after, (200..300).contains(&status)) {
         resp.headers_mut().insert("retry-after", ra.parse().unwrap());
@@ -103,6 +116,8 @@ async fn start_receiver(script: Vec<(u16, Option<&'static str>)>) -> (String, Ar
         script: Mutex::new(script.into()),
         otherwise: AtomicU16::new(200),
         partial_rejected: AtomicI64::new(0),
+        gzip_answers: AtomicBool::new(false),
+        filler_bytes: AtomicUsize::new(0),
         hold: AtomicBool::new(false),
         gate: tokio::sync::Semaphore::new(0),
         got: Mutex::new(Vec::new()),
@@ -238,6 +253,7 @@ async fn evidence_posted_to_the_controller_reaches_the_collector_field_by_field(
     let h = &got[0].headers;
     assert_eq!(h["content-type"], "application/x-protobuf");
     assert_eq!(h["content-encoding"], "gzip");
+    assert_eq!(h["user-agent"], concat!("tapio-controller/", env!("CARGO_PKG_VERSION")), "OTLP/HTTP asks for one");
     let req = decode_with_reference_types(&got[0].body);
 
     let rls = req["resource_logs"].as_array().unwrap();
@@ -579,4 +595,126 @@ async fn with_otlp_best_effort_a_down_collector_is_acknowledged_and_the_loss_cou
     assert_eq!((&s["durable"], &s["ready"]), (&json!(false), &json!(false)), "{s}");
     drop(_controller);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A static pod's record: the node knows it by the UID its cgroups carry, the controller
+/// names it with its mirror pod, whose UID is the one the API server and other telemetry
+/// know. `k8s.pod.uid` is the mirror's, and the node's UID is kept beside it. (Before, the
+/// node's UID took `k8s.pod.uid` and the mirror's was dropped without a trace.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_pods_record_carries_its_mirrors_uid_and_keeps_the_nodes() {
+    let (endpoint, receiver) = start_receiver(vec![]).await;
+    let m = Metrics::new();
+    let opts = SinkOptions { queue_bytes: 1 << 20, ack_timeout: Duration::from_secs(5) };
+    let (sinks, writers) = sink::start(&[SinkTarget::Otlp(otlp(&endpoint, 0))], &opts, &m).await.unwrap();
+    let record = |id: &str, node_uid: &str| {
+        json!({"id": id, "type": "kernel.container.abnormal_exit", "observer": "container", "severity": "error",
+               "timestamp_unix_nanos": 9u64, "node": "n1",
+               "k8s": {"k8s.namespace.name": "kube-system", "k8s.pod.name": "etcd-n1", "k8s.pod.uid": "mirror-uid"},
+               "workload": {"pod_uid": node_uid, "container_id": "c1"}, "facts": {"pid": 1}})
+    };
+    let lines = format!("{}\n{}\n", record("static", "static-uid"), record("same", "mirror-uid"));
+    sinks.deliver(lines.into_bytes(), 2).await.unwrap();
+    wait_written(&m, "otlp", 2).await;
+    writers.close(Duration::from_secs(5)).await;
+    let req = decode_with_reference_types(&receiver.got.lock().unwrap()[0].body);
+    let recs = req["resource_logs"][0]["scope_logs"][0]["log_records"].as_array().unwrap().clone();
+    let by_uid = |uid: &str| {
+        let r = recs.iter().find(|r| attrs(r)["log.record.uid"] == json!({"string_value": uid})).unwrap();
+        (attrs(r), r.get("dropped_attributes_count").cloned())
+    };
+    let (a, dropped) = by_uid("static");
+    assert_eq!(a["k8s.pod.uid"], json!({"string_value": "mirror-uid"}), "{a:?}");
+    assert_eq!(a["tapio.workload.pod_uid"], json!({"string_value": "static-uid"}), "{a:?}");
+    assert_eq!(dropped, None, "nothing dropped");
+    // An ordinary pod's two UIDs are one: said once.
+    let (a, _) = by_uid("same");
+    assert_eq!(a["k8s.pod.uid"], json!({"string_value": "mirror-uid"}));
+    assert!(!a.contains_key("tapio.workload.pod_uid"), "{a:?}");
+}
+
+/// Every kind of JSON value a record's facts may hold reaches the collector as itself:
+/// nested maps and arrays, integers of both signs and above i64::MAX (exact, as text),
+/// floats, booleans, empty and non-ASCII strings; a null inside an array keeps its place
+/// as an empty value (before, it was left out and the elements after it moved up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_fact_value_reaches_the_collector_as_itself() {
+    let (endpoint, receiver) = start_receiver(vec![]).await;
+    let m = Metrics::new();
+    let opts = SinkOptions { queue_bytes: 1 << 20, ack_timeout: Duration::from_secs(5) };
+    let (sinks, writers) = sink::start(&[SinkTarget::Otlp(otlp(&endpoint, 0))], &opts, &m).await.unwrap();
+    let record = json!({"id": "01V", "type": "kernel.x.y", "observer": "x", "severity": "info",
+                        "timestamp_unix_nanos": u64::MAX, "node": "Köln-節点",
+                        "facts": {"list": [1, null, 3], "nested": {"a": -5, "b": [true, ""], "gone": null},
+                                  "big": u64::MAX, "min": i64::MIN, "f": 0.25, "empty": "", "utf8": "köln ☃ \u{1F600}",
+                                  "absent": null}});
+    sinks.deliver(format!("{record}\n").into_bytes(), 1).await.unwrap();
+    wait_written(&m, "otlp", 1).await;
+    writers.close(Duration::from_secs(5)).await;
+    let req = decode_with_reference_types(&receiver.got.lock().unwrap()[0].body);
+    let rl = &req["resource_logs"][0];
+    assert_eq!(attrs(&rl["resource"])["host.name"], json!({"string_value": "Köln-節点"}));
+    let r = &rl["scope_logs"][0]["log_records"][0];
+    assert_eq!(r["time_unix_nano"], u64::MAX.to_string(), "fixed64 holds every u64");
+    let a = attrs(r);
+    let int = |v: i64| json!({"int_value": v.to_string()});
+    assert_eq!(a["tapio.fact.list"], json!({"array_value": {"values": [int(1), {}, int(3)]}}));
+    assert_eq!(
+        a["tapio.fact.nested"],
+        json!({"kvlist_value": {"values": [
+            {"key": "a", "value": int(-5)},
+            {"key": "b", "value": {"array_value": {"values": [{"bool_value": true}, {"string_value": ""}]}}}
+        ]}})
+    );
+    assert_eq!(a["tapio.fact.big"], json!({"string_value": u64::MAX.to_string()}));
+    assert_eq!(a["tapio.fact.min"], int(i64::MIN));
+    assert_eq!(a["tapio.fact.f"], json!({"double_value": 0.25}));
+    assert_eq!(a["tapio.fact.empty"], json!({"string_value": ""}));
+    assert_eq!(a["tapio.fact.utf8"], json!({"string_value": "köln ☃ \u{1F600}"}));
+    assert!(!a.contains_key("tapio.fact.absent"), "a null attribute is left out, as absent says the same");
+}
+
+/// The status is the collector's answer: a 2xx whose body is over the 64 KiB the sink
+/// reads has still taken the records (before, the unread body made it a failed export,
+/// retried: the collector got the records twice), and a 503's `Retry-After` is honoured
+/// whatever its body (before, the same error replaced it with the 1 s backoff).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_decides_whatever_the_size_of_the_body_after_it() {
+    let (endpoint, receiver) = start_receiver(vec![(503, Some("2"))]).await;
+    receiver.filler_bytes.store(100 * 1024, Ordering::SeqCst);
+    let m = Metrics::new();
+    let opts = SinkOptions { queue_bytes: 1 << 20, ack_timeout: Duration::from_secs(10) };
+    let (sinks, writers) = sink::start(&[SinkTarget::Otlp(otlp(&endpoint, 3))], &opts, &m).await.unwrap();
+    let (body, _) = id_batch("big-answer", 1, "big-answer", 3);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    let lines: String = v["events"].as_array().unwrap().iter().map(|e| format!("{e}\n")).collect();
+    assert_eq!(sinks.deliver(lines.into_bytes(), 3).await, Ok(()));
+    {
+        let got = receiver.got.lock().unwrap();
+        assert_eq!(got.len(), 2, "a 503, then a 200 taken at its word");
+        assert!(got[1].at - got[0].at >= Duration::from_millis(1900), "Retry-After: 2 is honoured");
+    }
+    assert_eq!(m.sink_retries.get_or_create(&SinkLabels { sink: "otlp" }).get(), 1);
+    assert_eq!((written(&m), dropped(&m, "rejected")), (3, 0));
+    writers.close(Duration::from_secs(5)).await;
+}
+
+/// A partial success sent gzip'd is read like a plain one: its rejected records are
+/// counted lost, not written (before, the compressed body did not decode and every record
+/// was counted written).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gzipped_partial_success_counts_what_the_collector_rejected() {
+    let (endpoint, receiver) = start_receiver(vec![]).await;
+    receiver.partial_rejected.store(2, Ordering::SeqCst);
+    receiver.gzip_answers.store(true, Ordering::SeqCst);
+    let m = Metrics::new();
+    let opts = SinkOptions { queue_bytes: 1 << 20, ack_timeout: Duration::from_secs(5) };
+    let (sinks, writers) = sink::start(&[SinkTarget::Otlp(otlp(&endpoint, 3))], &opts, &m).await.unwrap();
+    let (body, _) = id_batch("gz-partial", 1, "gz-partial", 5);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    let lines: String = v["events"].as_array().unwrap().iter().map(|e| format!("{e}\n")).collect();
+    assert_eq!(sinks.deliver(lines.into_bytes(), 5).await, Ok(()));
+    assert_eq!((written(&m), dropped(&m, "rejected")), (3, 2));
+    assert_eq!(receiver.got.lock().unwrap().len(), 1, "not retried");
+    writers.close(Duration::from_secs(5)).await;
 }

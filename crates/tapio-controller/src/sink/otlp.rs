@@ -9,17 +9,22 @@
 //! * `body` = the error message, when the record has one.
 //! * attributes named by the OpenTelemetry semantic conventions where a name exists
 //!   ([`FACT_ATTRIBUTES`], `log.record.uid` = id, `error.type` = error code,
-//!   `container.id`, `k8s.pod.uid`, and every key of the record's `k8s` object verbatim);
-//!   everything else under `tapio.` (`tapio.observer`, `tapio.fact.<name>`, …).
+//!   `container.id`, every key of the record's `k8s` object verbatim, and `k8s.pod.uid` =
+//!   the workload's pod UID unless the `k8s` names carry another: a static pod's mirror
+//!   UID, with the node's then under `tapio.workload.pod_uid`); everything else under
+//!   `tapio.` (`tapio.observer`, `tapio.fact.<name>`, …). A null is left out, except in
+//!   an array, where it stays as an empty value so that positions hold.
 //! * one ResourceLogs per node: `host.name` = node, `service.name` = `tapio`.
 //!
 //! Durable by default: a batch is acknowledged to its request only once the collector
 //! answered 2xx to the export holding its records. A full queue, an export that still fails
 //! after its retries (or is refused outright: another status than the retried ones) or no
 //! answer within `--sink-ack-timeout-secs` refuses the batch with 503 and the agent resends
-//! it. A 2xx whose partial success reports rejected records acknowledges the batch all the
-//! same, those records counted as dropped `rejected`: the collector has said it will never
-//! take them, so a retry cannot help. With `--otlp-best-effort` the sink is fed after the
+//! it. A 2xx whose partial success (plain or gzip'd) reports rejected records acknowledges
+//! the batch all the same, those records counted as dropped `rejected`: the collector has
+//! said it will never take them, so a retry cannot help. A 2xx is the collector's word
+//! whatever its body (over 64 KiB, cut off, late): never taken for a failure and exported
+//! again. With `--otlp-best-effort` the sink is fed after the
 //! acknowledgement instead, like `stdout`: its overflow is dropped and counted, and an
 //! export that fails loses its records (counted).
 //!
@@ -40,7 +45,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -49,7 +54,7 @@ use bytes::Bytes;
 use flate2::write::GzEncoder;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{CONTENT_ENCODING, CONTENT_TYPE, HOST, RETRY_AFTER};
+use hyper::header::{CONTENT_ENCODING, CONTENT_TYPE, HOST, RETRY_AFTER, USER_AGENT};
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
 use prost::Message;
@@ -79,8 +84,11 @@ pub const FACT_ATTRIBUTES: &[(&str, &str)] = &[
 /// Semantic-conventions version the attribute names follow.
 const SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.26.0";
 
-/// Largest response body read from the collector.
+/// Largest response body read from the collector (and inflated, when gzip'd).
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// `User-Agent` of every export, as OTLP/HTTP asks of exporters.
+const USER_AGENT_VALUE: &str = concat!("tapio-controller/", env!("CARGO_PKG_VERSION"));
 
 /// A parsed `http://host:port/path`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -316,9 +324,8 @@ impl Exporter {
     /// answers without its pipeline; a 2xx makes the sink ready again.
     async fn probe(&self, shared: &SinkShared) {
         let Ok(body) = gzip(&ExportLogsServiceRequest::default().encode_to_vec()) else { return };
-        match tokio::time::timeout(self.cfg.timeout, self.post(Bytes::from(body))).await {
-            Ok(Ok(answer)) if (200..300).contains(&answer.status) => shared.set_health(Ok(())),
-            _ => {}
+        if self.post(Bytes::from(body)).await.is_ok_and(|answer| (200..300).contains(&answer.status)) {
+            shared.set_health(Ok(()));
         }
     }
 
@@ -332,18 +339,16 @@ impl Exporter {
     ) -> Result<u64, (Failure, String)> {
         let mut attempt = 0u32;
         loop {
-            let outcome = tokio::time::timeout(self.cfg.timeout, self.post(body.clone())).await;
-            let (delay, why) = match outcome {
-                Ok(Ok(answer)) if (200..300).contains(&answer.status) => return Ok(answer.rejected),
-                Ok(Ok(answer)) if matches!(answer.status, 429 | 502 | 503 | 504) => (
+            let (delay, why) = match self.post(body.clone()).await {
+                Ok(answer) if (200..300).contains(&answer.status) => return Ok(answer.rejected),
+                Ok(answer) if matches!(answer.status, 429 | 502 | 503 | 504) => (
                     answer.retry_after.unwrap_or_else(|| backoff(attempt)),
                     format!("collector answered {}", answer.status),
                 ),
-                Ok(Ok(answer)) => {
+                Ok(answer) => {
                     return Err((Failure::Rejected, format!("collector answered {} (not retryable)", answer.status)));
                 }
-                Ok(Err(e)) => (backoff(attempt), format!("export failed: {e}")),
-                Err(_) => (backoff(attempt), format!("export took over {:?}", self.cfg.timeout)),
+                Err(e) => (backoff(attempt), format!("export failed: {e}")),
             };
             if attempt >= self.cfg.max_retries {
                 log::warn!("otlp: giving up an export after {} retries: {why}", attempt);
@@ -364,7 +369,62 @@ impl Exporter {
         }
     }
 
+    /// One export request. The status decides: once the collector has answered 2xx the
+    /// records are its, whatever becomes of the body after it (too large, cut off, late,
+    /// undecodable: logged, nothing counted rejected), so that such an answer is never
+    /// taken for a failure and exported again. Another status's body is not read at all
+    /// (its connection is not reused), so that it cannot hide a `Retry-After`.
     async fn post(&self, body: Bytes) -> Result<Answer, String> {
+        let deadline = tokio::time::Instant::now() + self.cfg.timeout;
+        let (sender, response) = match tokio::time::timeout_at(deadline, self.send(body)).await {
+            Ok(sent) => sent?,
+            Err(_) => return Err(format!("export took over {:?}", self.cfg.timeout)),
+        };
+        let (parts, incoming) = response.into_parts();
+        let status = parts.status.as_u16();
+        let retry_after = parts.headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
+        if !(200..300).contains(&status) {
+            return Ok(Answer { status, retry_after, rejected: 0 });
+        }
+        let header = |name| parts.headers.get(name).and_then(|v: &hyper::header::HeaderValue| v.to_str().ok());
+        let protobuf = header(CONTENT_TYPE)
+            .is_some_and(|v| v.starts_with("application/x-protobuf") || v.starts_with("application/protobuf"));
+        let gzipped = header(CONTENT_ENCODING).is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
+        let bytes = match tokio::time::timeout_at(deadline, Limited::new(incoming, MAX_RESPONSE_BYTES).collect()).await
+        {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(e)) => {
+                log::warn!("otlp: the collector answered {status}, its body unread ({e}): no partial success seen");
+                return Ok(Answer { status, retry_after, rejected: 0 });
+            }
+            Err(_) => {
+                log::warn!("otlp: the collector answered {status}, its body late: no partial success seen");
+                return Ok(Answer { status, retry_after, rejected: 0 });
+            }
+        };
+        // Read to its end: the connection can carry the next export.
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < EXPORTS_IN_FLIGHT {
+            pool.push(sender);
+        }
+        drop(pool);
+        let rejected = if protobuf && !bytes.is_empty() {
+            partial_success_rejected(&bytes, gzipped).unwrap_or_else(|e| {
+                log::warn!("otlp: the collector answered {status} with a body that is no export response: {e}");
+                0
+            })
+        } else {
+            0
+        };
+        Ok(Answer { status, retry_after, rejected })
+    }
+
+    /// Sends one export on an idle connection or a new one; the connection comes back with
+    /// the response, to be pooled once the response is read.
+    async fn send(
+        &self,
+        body: Bytes,
+    ) -> Result<(SendRequest<Full<Bytes>>, hyper::Response<hyper::body::Incoming>), String> {
         let idle = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let reusable = match idle {
             Some(mut s) => s.ready().await.is_ok().then_some(s),
@@ -389,31 +449,32 @@ impl Exporter {
             .header(HOST, self.endpoint.authority.as_str())
             .header(CONTENT_TYPE, "application/x-protobuf")
             .header(CONTENT_ENCODING, "gzip")
+            .header(USER_AGENT, USER_AGENT_VALUE)
             .body(Full::new(body))
             .map_err(|e| e.to_string())?;
         let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
-        let status = response.status().as_u16();
-        let retry_after = response.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
-        let protobuf = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/x-protobuf"));
-        let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES).collect().await.map_err(|e| e.to_string())?;
-        let rejected = if protobuf && (200..300).contains(&status) {
-            super::otlp_proto::ExportLogsServiceResponse::decode(body.to_bytes())
-                .ok()
-                .and_then(|r| r.partial_success)
-                .map_or(0, |p| u64::try_from(p.rejected_log_records).unwrap_or(0))
-        } else {
-            0
-        };
-        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() < EXPORTS_IN_FLIGHT {
-            pool.push(sender);
-        }
-        Ok(Answer { status, retry_after, rejected })
+        Ok((sender, response))
     }
+}
+
+/// The records an export response's partial success reports rejected (0 without one);
+/// a gzip'd body is inflated up to [`MAX_RESPONSE_BYTES`].
+fn partial_success_rejected(body: &[u8], gzipped: bool) -> Result<u64, String> {
+    let inflated;
+    let raw = if gzipped {
+        let mut out = Vec::new();
+        let limit = u64::try_from(MAX_RESPONSE_BYTES).unwrap_or(u64::MAX);
+        flate2::read::GzDecoder::new(body).take(limit + 1).read_to_end(&mut out).map_err(|e| format!("gzip: {e}"))?;
+        if out.len() > MAX_RESPONSE_BYTES {
+            return Err(format!("inflates past {MAX_RESPONSE_BYTES} bytes"));
+        }
+        inflated = out;
+        &inflated[..]
+    } else {
+        body
+    };
+    let response = super::otlp_proto::ExportLogsServiceResponse::decode(raw).map_err(|e| e.to_string())?;
+    Ok(response.partial_success.map_or(0, |p| u64::try_from(p.rejected_log_records).unwrap_or(0)))
 }
 
 struct Answer {
@@ -507,14 +568,15 @@ pub fn log_record(r: &Map<String, Value>, observed_nanos: u64) -> LogRecord {
         .and_then(Value::as_str)
         .map(|m| AnyValue { value: Some(any_value::Value::StringValue(m.to_string())) });
     let mut attributes: Vec<KeyValue> = Vec::new();
-    // OTLP attribute keys must be unique: the first source of a key wins (an enriched
-    // record's `k8s.pod.uid` is its workload's pod UID again).
+    let mut dropped_attributes_count = 0u32;
+    // OTLP attribute keys must be unique: the first source of a key wins, and a later one
+    // with another value is counted in `dropped_attributes_count` rather than lost unseen.
     let mut put = |key: &str, v: Option<&Value>| {
-        if attributes.iter().any(|a| a.key == key) {
-            return;
-        }
-        if let Some(value) = v.and_then(any_value_of) {
-            attributes.push(KeyValue { key: key.to_string(), value: Some(value) });
+        let Some(value) = v.and_then(any_value_of) else { return };
+        match attributes.iter().find(|a| a.key == key) {
+            Some(kept) if kept.value.as_ref() == Some(&value) => {}
+            Some(_) => dropped_attributes_count = dropped_attributes_count.saturating_add(1),
+            None => attributes.push(KeyValue { key: key.to_string(), value: Some(value) }),
         }
     };
     put("log.record.uid", r.get("id"));
@@ -523,16 +585,24 @@ pub fn log_record(r: &Map<String, Value>, observed_nanos: u64) -> LogRecord {
     put("error.type", error.and_then(|e| e.get("code")));
     put("tapio.config_generation", r.get("config_generation"));
     put("tapio.node", r.get("node"));
-    if let Some(w) = r.get("workload").and_then(Value::as_object) {
-        put("container.id", w.get("container_id"));
-        put("k8s.pod.uid", w.get("pod_uid"));
-        put("tapio.workload.cgroup_id", w.get("cgroup_id"));
-        put("tapio.workload.cgroup_path", w.get("cgroup_path"));
-    }
-    if let Some(k8s) = r.get("k8s").and_then(Value::as_object) {
+    // The controller's Kubernetes names come before the node's workload ids: for a static
+    // pod `k8s.pod.uid` there is its mirror's UID, the one the API server and other
+    // telemetry know, while the node knows the pod by the UID its cgroups carry.
+    let k8s = r.get("k8s").and_then(Value::as_object);
+    if let Some(k8s) = k8s {
         for (k, v) in k8s {
             put(k, Some(v));
         }
+    }
+    if let Some(w) = r.get("workload").and_then(Value::as_object) {
+        put("container.id", w.get("container_id"));
+        let named_uid = k8s.and_then(|k| k.get("k8s.pod.uid"));
+        match w.get("pod_uid") {
+            Some(uid) if named_uid.is_some_and(|named| named != uid) => put("tapio.workload.pod_uid", Some(uid)),
+            uid => put("k8s.pod.uid", uid),
+        }
+        put("tapio.workload.cgroup_id", w.get("cgroup_id"));
+        put("tapio.workload.cgroup_path", w.get("cgroup_path"));
     }
     if let Some(facts) = r.get("facts").and_then(Value::as_object) {
         for (k, v) in facts {
@@ -549,7 +619,7 @@ pub fn log_record(r: &Map<String, Value>, observed_nanos: u64) -> LogRecord {
         severity_text,
         body,
         attributes,
-        dropped_attributes_count: 0,
+        dropped_attributes_count,
         flags: 0,
         event_name: s("type").unwrap_or_default().to_string(),
     }
@@ -559,7 +629,9 @@ fn kv_str(key: &str, v: &str) -> KeyValue {
     KeyValue { key: key.into(), value: Some(AnyValue { value: Some(any_value::Value::StringValue(v.into())) }) }
 }
 
-/// JSON → AnyValue; null has no value and is left out.
+/// JSON → AnyValue. A null named by a key (an attribute, a map entry) is left out, which
+/// says the same; inside an array it stays as an empty AnyValue, so that every later
+/// element keeps its position.
 fn any_value_of(v: &Value) -> Option<AnyValue> {
     let value = match v {
         Value::Null => return None,
@@ -572,9 +644,9 @@ fn any_value_of(v: &Value) -> Option<AnyValue> {
             _ => any_value::Value::StringValue(n.to_string()),
         },
         Value::String(s) => any_value::Value::StringValue(s.clone()),
-        Value::Array(a) => {
-            any_value::Value::ArrayValue(ArrayValue { values: a.iter().filter_map(any_value_of).collect() })
-        }
+        Value::Array(a) => any_value::Value::ArrayValue(ArrayValue {
+            values: a.iter().map(|v| any_value_of(v).unwrap_or_default()).collect(),
+        }),
         Value::Object(o) => any_value::Value::KvlistValue(KeyValueList {
             values: o
                 .iter()
@@ -624,5 +696,19 @@ mod tests {
         assert_eq!(attr("tapio.fact.big"), Some(any_value::Value::StringValue("18446744073709551615".into())));
         assert_eq!(attr("tapio.fact.weird"), None, "null is left out");
         assert_eq!(attr("error.type"), Some(any_value::Value::StringValue("ECONNREFUSED".into())));
+        assert_eq!(rec.dropped_attributes_count, 0);
+    }
+
+    /// A key two sources give different values keeps the first, and the other is counted
+    /// in `dropped_attributes_count` instead of vanishing; the same value twice is no loss.
+    #[test]
+    fn a_second_value_for_a_key_is_counted_dropped() {
+        let r = serde_json::json!({"id": "01J", "type": "kernel.x.y", "k8s": {"log.record.uid": "other", "tapio.node": "n"},
+                                   "node": "n", "facts": {}});
+        let rec = log_record(r.as_object().unwrap(), 0);
+        let uid = rec.attributes.iter().find(|a| a.key == "log.record.uid").and_then(|a| a.value.clone()?.value);
+        assert_eq!(uid, Some(any_value::Value::StringValue("01J".into())));
+        assert_eq!(rec.attributes.iter().filter(|a| a.key == "tapio.node").count(), 1);
+        assert_eq!(rec.dropped_attributes_count, 1);
     }
 }
