@@ -468,3 +468,30 @@ async fn tls_to_nats_verifies_the_server_with_the_given_ca() {
     assert_eq!(info.state.messages, ids.len() as u64);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A type or observer long enough that `<prefix>.<observer>.<type>` would pass the NATS
+/// server's control-line limit (4 KiB): the record is stored under a subject cut to a
+/// bound, and the connection every other batch shares is not broken by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_type_too_long_for_a_subject_is_stored_under_a_bounded_subject_without_breaking_the_connection() {
+    let (dir, port, _nats) = scratch_nats("nats-long-subject");
+    let server = start_controller(port, "TAPIO_LONG").await;
+    let (body, mut ids) = id_batch("n1", 1, "long", 2);
+    let mut v: Value = serde_json::from_slice(&body).unwrap();
+    let long_type = format!("kernel.network.{}", "x".repeat(6000));
+    v["events"][1]["type"] = Value::String(long_type.clone());
+    v["events"][1]["observer"] = Value::String("o".repeat(3000));
+    let r = common::Client { addr: server.addr, headers: Vec::new() }.post_json("/v1/events", &v).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let (body, more) = id_batch("n1", 2, "after-long", 3);
+    assert_eq!(try_post(server.addr, &body).await, Some(200));
+    ids.extend(more);
+    server.stop().await.unwrap();
+    let stored = read_stream(port, "TAPIO_LONG").await;
+    assert_eq!(stored.iter().map(|m| m.id.clone()).collect::<Vec<_>>(), ids);
+    let long = &stored[1];
+    assert!(long.subject.len() <= 256, "a bounded subject: {} bytes", long.subject.len());
+    assert!(long.subject.starts_with("tapio.evidence.ooo"), "{}", &long.subject[..40]);
+    assert!(tapio_controller::settings::valid_subject(&long.subject));
+    let _ = std::fs::remove_dir_all(dir);
+}

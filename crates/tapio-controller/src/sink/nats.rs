@@ -293,24 +293,45 @@ fn with_message_id(publish: PublishMessage, id: &str) -> PublishMessage {
     }
 }
 
+/// Longest `.<observer>.<type>` part of a subject, in bytes. Neither is bounded on the wire,
+/// and a subject that takes the server's control line (4 KiB) past its limit makes it
+/// close the connection every batch shares; a real one is a few dozen bytes.
+pub const MAX_SUBJECT_TAIL_BYTES: usize = 192;
+
 /// `<prefix>.<observer>.<type>` with each token made subject-safe: whitespace, `*` and
-/// `>` become `_`, and an empty token becomes `_`.
+/// `>` become `_`, and an empty token becomes `_`. The part after the prefix is cut to
+/// [`MAX_SUBJECT_TAIL_BYTES`] at a character boundary (the record itself keeps its type).
 pub fn subject_for(prefix: &str, observer: &str, event_type: &str) -> String {
-    let mut s = String::with_capacity(prefix.len() + observer.len() + event_type.len() + 2);
-    s.push_str(prefix);
+    let mut tail = String::with_capacity((observer.len() + event_type.len() + 2).min(MAX_SUBJECT_TAIL_BYTES + 4));
     for token in std::iter::once(observer).chain(event_type.split('.')) {
-        s.push('.');
-        if token.is_empty() {
-            s.push('_');
+        if tail.len() > MAX_SUBJECT_TAIL_BYTES {
+            break;
         }
-        s.extend(token.chars().map(|c| {
-            if c.is_whitespace() || c.is_control() || c == '*' || c == '>' || c == '.' {
-                '_'
-            } else {
-                c
+        tail.push('.');
+        if token.is_empty() {
+            tail.push('_');
+        }
+        for c in token.chars() {
+            if tail.len() > MAX_SUBJECT_TAIL_BYTES {
+                break;
             }
-        }));
+            tail.push(if c.is_whitespace() || c.is_control() || c == '*' || c == '>' || c == '.' { '_' } else { c });
+        }
     }
+    if tail.len() > MAX_SUBJECT_TAIL_BYTES {
+        let mut cut = MAX_SUBJECT_TAIL_BYTES;
+        while !tail.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        tail.truncate(cut);
+        // A cut right after a separator would leave an empty last token.
+        while tail.len() > 2 && tail.ends_with('.') {
+            tail.pop();
+        }
+    }
+    let mut s = String::with_capacity(prefix.len() + tail.len());
+    s.push_str(prefix);
+    s.push_str(&tail);
     s
 }
 
@@ -326,6 +347,27 @@ mod tests {
         );
         assert_eq!(subject_for("p", "a b.c", "kernel..x>*"), "p.a_b_c.kernel._.x__");
         assert!(crate::sink::config::valid_subject(&subject_for("p", "", "")));
+    }
+
+    /// Before the bound a type of any length became a subject of that length, and a
+    /// subject past the server's 4 KiB control line had it close the shared connection.
+    #[test]
+    fn subjects_are_bounded_whatever_the_type_and_stay_valid() {
+        let long = format!("kernel.{}", "é".repeat(3000));
+        for (observer, event_type) in [
+            ("network", long.as_str()),
+            (&*"o".repeat(5000), "kernel.x"),
+            ("n", &*format!("kernel.{}", ".".repeat(4000))),
+            ("n", &*format!("kernel.{}.y", "x".repeat(MAX_SUBJECT_TAIL_BYTES - 10))),
+        ] {
+            let subject = subject_for("tapio.evidence", observer, event_type);
+            assert!(subject.len() <= "tapio.evidence".len() + MAX_SUBJECT_TAIL_BYTES, "{}", subject.len());
+            assert!(subject.starts_with("tapio.evidence."));
+            assert!(crate::sink::config::valid_subject(&subject), "{subject}");
+        }
+        // A subject under the bound is unchanged by it.
+        let kernel = "kernel.network.connection_refused";
+        assert_eq!(subject_for("p", "network", kernel), format!("p.network.{kernel}"));
     }
 
     /// The client's `message_id` panics on a CR or LF; ours never does, whatever the id.
