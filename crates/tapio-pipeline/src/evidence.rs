@@ -614,8 +614,12 @@ pub struct PmcFacts {
     pub ipc: f64,
     pub stalled_cycles_backend: Option<u64>,
     pub stall_percent: Option<f64>,
-    /// ipc_degradation: the minimum IPC; cpu_stall: the maximum stall share in percent.
-    pub threshold: f64,
+    /// cpu_stall's threshold: the most backend-stalled share of cycles, in percent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold_percent: Option<u32>,
+    /// ipc_degradation's threshold: the fewest instructions per cycle (the unit of `ipc`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold_ipc: Option<f64>,
 }
 
 /// A container's CFS bandwidth throttling over one poll interval: deltas of its cpu.stat
