@@ -20,8 +20,14 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+/// The mode of an evidence file either file sink creates (the first, each after a
+/// rotation, a torn tail set aside): the owner writes, its group (a log shipper) reads,
+/// others nothing, since evidence names pods, processes and addresses. The umask may take
+/// more away, never add. A file that already exists keeps its mode.
+pub const EVIDENCE_FILE_MODE: u32 = 0o640;
 
 /// `path.n`: the `n`th newest rotated file (1 is the newest).
 pub fn rotated(path: &Path, n: usize) -> PathBuf {
@@ -252,7 +258,7 @@ impl RotatingFile {
     }
 
     fn reopen(&mut self) -> io::Result<()> {
-        let file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+        let file = OpenOptions::new().create(true).append(true).mode(EVIDENCE_FILE_MODE).open(&self.path)?;
         self.size = file.metadata()?.len();
         self.drop_behind.restart_at(self.size);
         self.file = Some(file);
@@ -282,6 +288,13 @@ impl RotatingFile {
     /// Appends `buf` (whole lines) entirely or not at all.
     pub fn append(&mut self, buf: &[u8]) -> io::Result<()> {
         let len = buf.len() as u64;
+        if self.file.as_ref().is_some_and(|f| f.metadata().is_ok_and(|m| m.nlink() == 0)) {
+            // Deleted (or its directory was): records written to it would be acknowledged
+            // and read by nobody. A fresh `path` takes them, or they are refused.
+            log::warn!("sink file: {} was deleted; creating it again", self.path.display());
+            self.file = None;
+            self.size = 0;
+        }
         if self.size > 0 && self.size + len > self.max_bytes {
             self.rotate()?;
         }
@@ -356,7 +369,7 @@ pub fn repair_torn_tail(path: &Path) -> io::Result<Option<(u64, PathBuf)>> {
     aside_name.push(format!(".torn-{nanos}"));
     let aside = PathBuf::from(aside_name);
     {
-        let mut out = OpenOptions::new().create_new(true).write(true).open(&aside)?;
+        let mut out = OpenOptions::new().create_new(true).write(true).mode(EVIDENCE_FILE_MODE).open(&aside)?;
         let mut at = keep;
         while at < len {
             let n = ((len - at) as usize).min(chunk.len());

@@ -287,6 +287,35 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    /// A file deleted under the sink is created again before the next append: no batch is
+    /// acknowledged into a file nobody can read. While its directory is gone batches are
+    /// refused (the agent resends them) and counted; once it is back they are kept again.
+    #[tokio::test]
+    async fn a_deleted_file_is_created_again_and_while_its_directory_is_gone_batches_are_refused() {
+        let dir = temp_dir("deleted");
+        let path = dir.join("e.jsonl");
+        let m = Metrics::new();
+        let cfg = FileSinkConfig { path: path.clone(), max_bytes: 1 << 20, keep_files: 1, fsync: FsyncPolicy::Always };
+        let opts = SinkOptions { queue_bytes: 1 << 20, ack_timeout: Duration::from_secs(5) };
+        let (sinks, writers) = start(&[SinkTarget::File(cfg)], &opts, &m).await.unwrap();
+        sinks.deliver(b"{\"n\":1}\n".to_vec(), 1).await.unwrap();
+        std::fs::remove_file(&path).unwrap();
+        sinks.deliver(b"{\"n\":2}\n".to_vec(), 1).await.unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"n\":2}\n", "acknowledged means in a file at its path");
+
+        std::fs::remove_dir_all(&dir).unwrap();
+        let refused = sinks.deliver(b"{\"n\":3}\n".to_vec(), 1).await;
+        assert_eq!(refused, Err(Refusal { sink: "file", reason: "write_failed" }));
+        let write_errors = m.sink_dropped.get_or_create(&SinkReasonLabels { sink: "file", reason: "write_error" });
+        assert_eq!(write_errors.get(), 1);
+        std::fs::create_dir_all(&dir).unwrap();
+        sinks.deliver(b"{\"n\":4}\n".to_vec(), 1).await.unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"n\":4}\n");
+        assert_eq!(m.sink_written.get_or_create(&SinkLabels { sink: "file" }).get(), 3);
+        writers.close(Duration::from_secs(5)).await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     /// 16 MB of batches queued at once, so the queue never runs dry while they are
     /// written: the interval fsync still comes every interval, not only once the queue
     /// is idle (it used to wait for a receive to time out, which a busy queue never does).

@@ -5,15 +5,18 @@
 //! that reached the file. What is written leaves the page cache once it is on disk
 //! ([`DropBehind`]). A file that does not end in a newline (a write torn by a crash, or a
 //! torn line whose first cut failed) has that fragment cut off (logged) before the next line
-//! is written, so no line joins it.
+//! is written, so no line joins it. Files the sink creates (the first, and each after a
+//! rotation) are 0640 whatever the umask allows beyond that: evidence names pods, processes
+//! and addresses. A file that already exists keeps the mode it has.
 
 use super::lines::{Lines, WriteOut};
 use super::{Delivered, Sink};
 use crate::knobs::FileSinkConfig;
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
-use tapio_util::rotate::{whole_lines_len, DropBehind};
+use tapio_util::rotate::{whole_lines_len, DropBehind, EVIDENCE_FILE_MODE};
 
 pub struct FileSink {
     path: PathBuf,
@@ -29,6 +32,10 @@ pub struct FileSink {
     /// `file` must not be written: it may end in a fragment a failed cut left, or it was
     /// rotated away and no fresh file opened. `path` is opened again first ([`Self::reopen`]).
     stale: bool,
+    /// A rotation failed since the last flush: lines that need one are refused (counted)
+    /// until the next flush retries it. A rename that keeps failing would otherwise cost a
+    /// rename per kept file, and a log line, per line.
+    rotation_failed: bool,
 }
 
 /// Opens `path` for appending. A fragment at its end (a write torn by a crash, or a torn
@@ -36,7 +43,7 @@ pub struct FileSink {
 /// and logged. The controller's sink sets fragments aside (`repair_torn_tail`); linked here
 /// that costs the agent over 1 KB more of its size budget, for bytes of one lost record.
 fn open_append(path: &PathBuf) -> io::Result<(File, u64)> {
-    let file = OpenOptions::new().create(true).read(true).append(true).open(path)?;
+    let file = OpenOptions::new().create(true).read(true).append(true).mode(EVIDENCE_FILE_MODE).open(path)?;
     let len = file.metadata()?.len();
     let size = whole_lines_len(&file, len)?;
     if size < len {
@@ -76,6 +83,7 @@ impl FileSink {
             failing: false,
             drop_behind: DropBehind::starting_at(size),
             stale: false,
+            rotation_failed: false,
         })
     }
 
@@ -113,11 +121,22 @@ impl Sink for FileSink {
     fn write_line(&mut self, line: &[u8]) {
         let after = self.size + self.lines.bytes() as u64 + line.len() as u64;
         if after > self.max_bytes && self.size + self.lines.bytes() as u64 > 0 {
+            if self.rotation_failed {
+                self.delivered.failed += 1;
+                return;
+            }
             self.write_out();
             if self.size > 0 {
                 if let Err(e) = self.rotate() {
                     // The size bound holds: the line is refused (counted), not appended.
-                    log::warn!("sink file: rotating {}: {e}", self.path.display());
+                    if !self.failing {
+                        log::warn!(
+                            "sink file: rotating {}: {e}; lines are refused (counted) until it works",
+                            self.path.display()
+                        );
+                    }
+                    self.failing = true;
+                    self.rotation_failed = true;
                     self.delivered.failed += 1;
                     return;
                 }
@@ -132,6 +151,7 @@ impl Sink for FileSink {
 
     fn flush(&mut self, _may_wait: &dyn Fn() -> bool, report: &mut dyn FnMut(Delivered)) {
         self.write_out();
+        self.rotation_failed = false;
         report(std::mem::take(&mut self.delivered));
     }
 }
@@ -141,6 +161,13 @@ impl FileSink {
     fn write_out(&mut self) {
         if self.lines.lines() == 0 {
             return;
+        }
+        if !self.stale && self.file.metadata().is_ok_and(|m| m.nlink() == 0) {
+            // Deleted (or its directory was): lines written to it would be counted written
+            // and read by nobody. They go to a fresh `path`, or fail, counted, until one opens.
+            log::warn!("sink file: {} was deleted; creating it again", self.path.display());
+            self.stale = true;
+            self.size = 0;
         }
         let w = match self.stale.then(|| self.reopen()) {
             // No file a line could be written to without joining a fragment: every line fails.
@@ -314,6 +341,143 @@ mod tests {
         sink.write_line(&line);
         assert_eq!(flush(&mut sink), Delivered { written: 1, failed: 0 }, "the open is retried");
         assert_eq!(files()[1..], shifted[1..], "and the kept files stay");
+        assert_eq!(fs::read(&path).unwrap(), line);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn mode(path: &std::path::Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    /// With a umask of 0 (set in a child process: the umask is the process's), the file the
+    /// sink creates and each one a rotation creates are 0640; a file the operator made
+    /// keeps its own mode, also once rotated.
+    #[test]
+    fn created_and_rotated_files_are_0640_whatever_the_umask_and_existing_ones_keep_their_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        if !tapio_util::test_process::alone_in_a_child(
+            module_path!(),
+            "created_and_rotated_files_are_0640_whatever_the_umask_and_existing_ones_keep_their_mode",
+        ) {
+            return;
+        }
+        // SAFETY: umask only sets the process's file mode mask; this child runs this test alone.
+        unsafe { libc::umask(0) };
+        let dir = temp_dir("mode");
+        let line = [b'x'; 39].iter().copied().chain([b'\n']).collect::<Vec<u8>>(); // 40 bytes
+        let created = dir.join("created.jsonl");
+        let mut sink =
+            FileSink::open(&FileSinkConfig { path: created.clone(), max_bytes: 100, keep_files: 2 }).unwrap();
+        assert_eq!(mode(&created), 0o640, "the first file");
+        for _ in 0..6 {
+            sink.write_line(&line);
+        }
+        assert_eq!(flush(&mut sink), Delivered { written: 6, failed: 0 });
+        for p in tapio_util::rotate::oldest_first(&created, 2) {
+            assert_eq!(mode(&p), 0o640, "{}", p.display());
+        }
+        assert!(tapio_util::rotate::rotated(&created, 2).exists(), "two rotations");
+
+        let existing = dir.join("existing.jsonl");
+        fs::write(&existing, b"").unwrap();
+        fs::set_permissions(&existing, fs::Permissions::from_mode(0o600)).unwrap();
+        let mut sink =
+            FileSink::open(&FileSinkConfig { path: existing.clone(), max_bytes: 100, keep_files: 2 }).unwrap();
+        assert_eq!(mode(&existing), 0o600, "not chmodded when opened");
+        for _ in 0..3 {
+            sink.write_line(&line);
+        }
+        flush(&mut sink);
+        assert_eq!(mode(&tapio_util::rotate::rotated(&existing, 1)), 0o600, "nor when rotated");
+        assert_eq!(mode(&existing), 0o640, "its successor is created 0640");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A file deleted under the sink is created again before the next write: lines are not
+    /// counted written into a file nobody can read. With its directory gone every line
+    /// fails, counted; once the directory is back writing resumes.
+    #[test]
+    fn a_deleted_file_is_created_again_and_lines_fail_counted_while_its_directory_is_gone() {
+        let dir = temp_dir("deleted");
+        let path = dir.join("e.jsonl");
+        let mut sink =
+            FileSink::open(&FileSinkConfig { path: path.clone(), max_bytes: 1 << 20, keep_files: 1 }).unwrap();
+        sink.write_line(b"{\"a\":1}\n");
+        assert_eq!(flush(&mut sink), Delivered { written: 1, failed: 0 });
+        fs::remove_file(&path).unwrap();
+        sink.write_line(b"{\"b\":2}\n");
+        assert_eq!(flush(&mut sink), Delivered { written: 1, failed: 0 });
+        assert_eq!(json_lines(&path), [serde_json::json!({"b": 2})], "in a file at its path");
+
+        fs::remove_dir_all(&dir).unwrap();
+        sink.write_line(b"{\"c\":3}\n");
+        sink.write_line(b"{\"d\":4}\n");
+        assert_eq!(flush(&mut sink), Delivered { written: 0, failed: 2 }, "no file to write to");
+        sink.write_line(b"{\"e\":5}\n");
+        assert_eq!(flush(&mut sink), Delivered { written: 0, failed: 1 }, "still none");
+        fs::create_dir_all(&dir).unwrap();
+        sink.write_line(b"{\"f\":6}\n");
+        assert_eq!(flush(&mut sink), Delivered { written: 1, failed: 0 }, "writing resumes");
+        assert_eq!(json_lines(&path), [serde_json::json!({"f": 6})]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Counts the warnings logged (installed in a child process: the logger is the process's).
+    struct Warnings(std::sync::atomic::AtomicUsize);
+
+    impl log::Log for Warnings {
+        fn enabled(&self, _: &log::Metadata) -> bool {
+            true
+        }
+        fn log(&self, record: &log::Record) {
+            if record.level() <= log::Level::Warn {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        fn flush(&self) {}
+    }
+
+    static WARNINGS: Warnings = Warnings(std::sync::atomic::AtomicUsize::new(0));
+
+    /// A rotation whose rename keeps failing (a directory where `path.1` should be) refuses
+    /// the lines that need it, each counted once, and is retried once per flush, not once
+    /// per line: one warning for a thousand lines, and writing resumes once it works.
+    #[test]
+    fn a_rotation_that_keeps_failing_is_retried_once_per_flush_and_warned_of_once() {
+        if !tapio_util::test_process::alone_in_a_child(
+            module_path!(),
+            "a_rotation_that_keeps_failing_is_retried_once_per_flush_and_warned_of_once",
+        ) {
+            return;
+        }
+        log::set_logger(&WARNINGS).unwrap();
+        log::set_max_level(log::LevelFilter::Warn);
+        let warnings = || WARNINGS.0.load(std::sync::atomic::Ordering::Relaxed);
+        let dir = temp_dir("rotate-fails");
+        let path = dir.join("e.jsonl");
+        let blocker = tapio_util::rotate::rotated(&path, 1);
+        fs::create_dir_all(blocker.join("not-empty")).unwrap();
+        let mut sink = FileSink::open(&FileSinkConfig { path: path.clone(), max_bytes: 100, keep_files: 1 }).unwrap();
+        let line = [b'x'; 39].iter().copied().chain([b'\n']).collect::<Vec<u8>>(); // 40 bytes
+        for _ in 0..2 {
+            sink.write_line(&line);
+        }
+        assert_eq!(flush(&mut sink), Delivered { written: 2, failed: 0 });
+        for _ in 0..1000 {
+            sink.write_line(&line);
+        }
+        // The rename would work now, but it is not retried before the flush.
+        fs::remove_dir_all(&blocker).unwrap();
+        sink.write_line(&line);
+        assert_eq!(flush(&mut sink), Delivered { written: 0, failed: 1001 }, "each refused line counted once");
+        assert_eq!(warnings(), 1, "one warning, not one per line");
+        assert_eq!(fs::read(&path).unwrap().len(), 80, "the size bound holds");
+        assert!(!blocker.exists(), "no rotation since the one that failed");
+
+        sink.write_line(&line);
+        assert_eq!(flush(&mut sink), Delivered { written: 1, failed: 0 }, "retried at the next flush");
+        assert_eq!(fs::read(&blocker).unwrap().len(), 80);
         assert_eq!(fs::read(&path).unwrap(), line);
         fs::remove_dir_all(&dir).unwrap();
     }
