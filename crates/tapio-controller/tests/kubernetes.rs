@@ -9,7 +9,7 @@ mod fake_kube;
 use std::time::Duration;
 
 use common::{batch, heartbeat, hello, TestServer};
-use fake_kube::{jwt, pod, restarted, unix_now, FakeKube, TokenFixture};
+use fake_kube::{jwt, mirror, owner_uid, pod, restarted, unix_now, with_owner_uid, FakeKube, TokenFixture};
 use serde_json::{json, Value};
 use tapio_controller::k8s::metrics::{K8sMetrics, OutcomeLabels};
 use tapio_controller::k8s::tokenreview::ReviewSettings;
@@ -286,6 +286,94 @@ async fn with_the_api_server_down_ingest_goes_on_and_records_pass_through_counte
     assert_eq!(enrichment(&t, "not_synced"), 1);
     wait_for("a counted watch error", || m.watch_errors.get() >= 1).await;
     assert_eq!(m.synced.get(), 0);
+    t.stop().await;
+}
+
+/// A ReplicaSet deleted and made again under the same name (`kubectl replace --force`, a
+/// GitOps re-creation) belongs to another Deployment. A pod of the new one is named after
+/// the new Deployment, not the one cached for the old ReplicaSet's name; a pod that still
+/// names the old ReplicaSet (by its UID) is not named after the new one's Deployment
+/// (counted), and keeps the ReplicaSet it names itself.
+#[tokio::test]
+async fn a_replicaset_made_again_under_the_same_name_is_not_named_after_the_old_ones_deployment() {
+    let api = FakeKube::start().await;
+    seed(&api);
+    let t = enriching_controller("k8s-owner-uid", api.url(), Duration::from_secs(300)).await;
+    let m = &t.server.state.metrics.k8s;
+    wait_for("the first pod list", || m.synced.get() == 1).await;
+    let lookups = |result: &'static str| m.owner_lookups.get_or_create(&OutcomeLabels { result }).get();
+    assert_eq!(lookups("miss"), 2, "web-6d4b9c7f5d → web is cached, and nightly's Job");
+
+    let rs = "web-6d4b9c7f5d";
+    let (new_rs_uid, new_pod, stale_pod) = (
+        "0a7b6c5d-0000-4000-8000-00000000aaaa",
+        "1e2d3c4b-0000-4000-8000-00000000bbbb",
+        "2f3e4d5c-0000-4000-8000-00000000cccc",
+    );
+    api.put_replicaset_with_uid("shop", rs, new_rs_uid, Some("web-canary"));
+    let cid_new = "ab1c0a1b2c3d4e5f60718293a4b5c6d7e8f90112233445566778899aabbccdd06";
+    let cid_stale = "ac1c0a1b2c3d4e5f60718293a4b5c6d7e8f90112233445566778899aabbccdd07";
+    api.put_pod(with_owner_uid(
+        pod("shop", "web-6d4b9c7f5d-n3w00", new_pod, "node-a1", &[("app", cid_new)], Some(("ReplicaSet", rs))),
+        new_rs_uid,
+    ));
+    // Owned by a third ReplicaSet of that name, already gone: the API server's is not it.
+    api.put_pod(with_owner_uid(
+        pod("shop", "web-6d4b9c7f5d-01d00", stale_pod, "node-a1", &[("app", cid_stale)], Some(("ReplicaSet", rs))),
+        "3a4b5c6d-0000-4000-8000-00000000dddd",
+    ));
+    wait_for("both pods", || m.watch_events.get_or_create(&OutcomeLabels { result: "apply" }).get() >= 2).await;
+
+    let out = send(
+        &t,
+        1,
+        vec![ev(Some(new_pod), Some(cid_new)), ev(Some(stale_pod), Some(cid_stale)), ev(Some(UID_WEB), Some(CID_WEB))],
+    )
+    .await;
+    assert_eq!(out[0]["k8s"]["k8s.replicaset.name"], rs);
+    assert_eq!(out[0]["k8s"]["k8s.deployment.name"], "web-canary", "{}", out[0]);
+    assert_eq!(out[1]["k8s"]["k8s.pod.name"], "web-6d4b9c7f5d-01d00");
+    assert_eq!(out[1]["k8s"]["k8s.replicaset.name"], rs);
+    assert!(out[1]["k8s"].get("k8s.deployment.name").is_none(), "{}", out[1]);
+    // The first pod's ReplicaSet (its UID) is still the one cached: named as before.
+    assert_eq!(out[2]["k8s"]["k8s.deployment.name"], "web");
+    assert_eq!(lookups("uid_mismatch"), 1);
+    assert_eq!(lookups("miss"), 3, "the new ReplicaSet was looked up, the mismatch not cached");
+    assert_eq!(owner_uid(rs), "uid-web-6d4b9c7f5d", "the seeded pod's reference");
+    t.stop().await;
+}
+
+/// A static pod's records carry the UID the kubelet gave it, which its mirror pod names in
+/// an annotation. A second pod claiming that UID the same way (its node as owner too) makes
+/// the records ambiguous: named after neither while both exist (counted), and after the
+/// mirror again once the other is deleted. Its deletion does not end the mirror.
+#[tokio::test]
+async fn a_static_pods_uid_claimed_by_two_pods_is_named_after_neither_until_one_is_left() {
+    let api = FakeKube::start().await;
+    let static_uid = "6b3ec1f8c2a54f0e9a7d8b2c4e6f1a3d";
+    let (mirror_uid, copycat_uid) = ("0c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f", "4d5e6f70-0000-4000-8000-00000000eeee");
+    let cid = "ef1c0a1b2c3d4e5f60718293a4b5c6d7e8f90112233445566778899aabbccdd08";
+    api.put_pod(mirror(pod("kube-system", "etcd-node-a1", mirror_uid, "node-a1", &[("etcd", cid)], None), static_uid));
+    let t = enriching_controller("k8s-uid-conflict", api.url(), Duration::from_secs(300)).await;
+    let m = &t.server.state.metrics.k8s;
+    wait_for("the first pod list", || m.synced.get() == 1).await;
+    let out = send(&t, 1, vec![ev(Some(static_uid), Some(cid))]).await;
+    assert_eq!(out[0]["k8s"]["k8s.pod.name"], "etcd-node-a1");
+    assert_eq!(out[0]["k8s"]["k8s.pod.uid"], mirror_uid);
+
+    api.put_pod(mirror(pod("default", "not-etcd", copycat_uid, "node-a1", &[("etcd", cid)], None), static_uid));
+    wait_for("the conflict", || m.pod_uid_conflicts.get() == 1).await;
+    let out = send(&t, 2, vec![ev(Some(static_uid), Some(cid))]).await;
+    assert!(out[0].get("k8s").is_none(), "{}", out[0]);
+    assert_eq!(out[0]["workload"]["pod_uid"], static_uid, "passed on as the agent knew it");
+    assert_eq!(enrichment(&t, "pod_uid_conflict"), 1);
+
+    api.delete_pod(copycat_uid);
+    wait_for("the delete", || m.watch_events.get_or_create(&OutcomeLabels { result: "delete" }).get() == 1).await;
+    let out = send(&t, 3, vec![ev(Some(static_uid), Some(cid))]).await;
+    assert_eq!(out[0]["k8s"]["k8s.pod.name"], "etcd-node-a1", "{}", out[0]);
+    assert_eq!(enrichment(&t, "enriched"), 2);
+    assert_eq!(m.pods_live.get(), 1);
     t.stop().await;
 }
 

@@ -18,7 +18,7 @@ pub struct OutcomeLabels {
 #[derive(Debug, Default)]
 pub struct K8sMetrics {
     /// Records by enrichment result: enriched, enriched_deleted_pod, no_pod_uid,
-    /// pod_unknown, not_synced.
+    /// pod_unknown, pod_uid_conflict, not_synced, pod_on_other_node.
     pub enrichment: Family<OutcomeLabels, Counter>,
     /// Enriched records whose container id the pod does not list (no container name).
     pub container_unknown: Counter,
@@ -38,9 +38,13 @@ pub struct K8sMetrics {
     pub pods_dropped: Counter,
     /// Deleted pods forgotten before their grace period to make room for live ones.
     pub pods_displaced: Counter,
-    /// Pod objects without UID or name, ignored.
+    /// Pod objects without UID or name, or with names longer than the API server allows,
+    /// ignored.
     pub pods_malformed: Counter,
-    /// Owner lookups by result (hit, miss, error).
+    /// Pods claiming a store key (pod UID) that another existing pod holds: the key's
+    /// records are then named after neither.
+    pub pod_uid_conflicts: Counter,
+    /// Owner lookups by result (hit, miss, error, skipped, uid_mismatch).
     pub owner_lookups: Family<OutcomeLabels, Counter>,
     /// TokenReview decisions by result.
     pub token_reviews: Family<OutcomeLabels, Counter>,
@@ -74,7 +78,16 @@ impl K8sMetrics {
             "Deleted pods forgotten before their grace period to make room for live ones",
             self.pods_displaced.clone(),
         );
-        r.register("k8s_pods_malformed", "Pod objects without UID or name", self.pods_malformed.clone());
+        r.register(
+            "k8s_pods_malformed",
+            "Pod objects without UID or name, or with over-long names",
+            self.pods_malformed.clone(),
+        );
+        r.register(
+            "k8s_pod_uid_conflicts",
+            "Pods claiming a pod UID another existing pod holds (its records named after neither)",
+            self.pod_uid_conflicts.clone(),
+        );
         r.register("k8s_owner_lookups", "Owner lookups by result", self.owner_lookups.clone());
         r.register("k8s_token_reviews", "Kubernetes token checks by result", self.token_reviews.clone());
         r.register("k8s_token_cache_hits", "Token checks answered from the cache", self.token_cache_hits.clone());

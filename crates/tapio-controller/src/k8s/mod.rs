@@ -93,6 +93,10 @@ impl PodIndex {
                     m.enrichment(if store.synced() { "pod_unknown" } else { "not_synced" });
                     continue;
                 }
+                Lookup::Contested => {
+                    m.enrichment("pod_uid_conflict");
+                    continue;
+                }
             };
             if !pod.node.is_empty() && *pod.node != *event.node.as_deref().unwrap_or(batch_node) {
                 m.enrichment("pod_on_other_node");

@@ -4,8 +4,13 @@
 //! StatefulSet and DaemonSet own their pods directly and need no lookup. Lookups of a
 //! ReplicaSet or Job go to the API server once and are kept in a bounded cache (oldest
 //! out first, each entry for a limited time), so a relist of 100,000 pods costs one GET
-//! per ReplicaSet, not per pod. A failed lookup is not cached and not guessed at: the pod
-//! keeps the owner it names itself, and the failure is counted. After a failure no lookup
+//! per ReplicaSet, not per pod. The cache is keyed by the owner's UID from the pod's
+//! owner reference (with its namespace, kind and name): a ReplicaSet or Job deleted and
+//! made again under the same name (`kubectl replace --force`, GitOps, a re-run Job) is
+//! another object, possibly of another Deployment or CronJob, and is looked up afresh.
+//! An object whose UID is not the one the pod names is not the pod's owner: its own owner
+//! is neither cached nor used (counted as `uid_mismatch`). A failed lookup is not cached
+//! and not guessed at: the pod keeps the owner it names itself, and the failure is counted. After a failure no lookup
 //! is made for [`RETRY_AFTER`] (each skipped one counted): the watch resolves owners in line,
 //! and an API server that times every GET out would otherwise hold a relist of thousands
 //! of pods for 5 s each.
@@ -27,7 +32,10 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long lookups pause after one failed.
 pub const RETRY_AFTER: Duration = Duration::from_secs(10);
 
-type CacheKey = (Box<str>, &'static str, Box<str>);
+/// The owner's UID, namespace, kind and name: a hit needs all four to match, so neither a
+/// same-named successor nor a reference that borrows another object's UID is named
+/// after a cached parent that is not its own.
+type CacheKey = (Box<str>, Box<str>, &'static str, Box<str>);
 
 /// Resolves owner chains with a bounded cache.
 pub struct OwnerResolver {
@@ -77,7 +85,7 @@ impl OwnerResolver {
             "Job" => "Job",
             _ => return chain.into_boxed_slice(),
         };
-        if let Some(parent) = self.parent(namespace, kind, &owner.name, metrics).await {
+        if let Some(parent) = self.parent(namespace, kind, &owner, metrics).await {
             if let Some(parent_key) = owner_key(&parent.kind) {
                 chain.push((parent_key, parent.name.into()));
             }
@@ -85,8 +93,15 @@ impl OwnerResolver {
         chain.into_boxed_slice()
     }
 
-    async fn parent(&mut self, namespace: &str, kind: &'static str, name: &str, m: &K8sMetrics) -> Option<OwnerRef> {
-        let key: CacheKey = (namespace.into(), kind, name.into());
+    async fn parent(
+        &mut self,
+        namespace: &str,
+        kind: &'static str,
+        owner: &OwnerRef,
+        m: &K8sMetrics,
+    ) -> Option<OwnerRef> {
+        let name = owner.name.as_str();
+        let key: CacheKey = (owner.uid.as_str().into(), namespace.into(), kind, name.into());
         let now = Instant::now();
         if let Some((parent, at)) = self.cache.get(&key) {
             if now.saturating_duration_since(*at) < self.ttl {
@@ -110,8 +125,16 @@ impl OwnerResolver {
             }
         };
         let parent = match fetched {
+            // Another object under the owner's name (the pod's was deleted and a new one
+            // made): its parent is not the pod's. Not cached: the pod's owner may still
+            // be looked up correctly through another pod's reference.
+            Ok(Ok(Some(meta))) if meta.uid.as_deref() != Some(owner.uid.as_str()) => {
+                m.owner_lookup("uid_mismatch");
+                return None;
+            }
             Ok(Ok(Some(meta))) => controller_of(meta.owner_references.as_deref()),
-            // Gone already (the pod outlived its ReplicaSet): nothing more to name.
+            // Gone already (the pod outlived its ReplicaSet): nothing more to name; the
+            // UID never comes back, so caching that is right.
             Ok(Ok(None)) => None,
             Ok(Err(e)) => {
                 m.owner_lookup("error");
@@ -146,23 +169,27 @@ impl OwnerResolver {
 }
 
 fn controller_of(refs: Option<&[OwnerReference]>) -> Option<OwnerRef> {
-    refs?.iter().find(|r| r.controller == Some(true)).map(|r| OwnerRef { kind: r.kind.clone(), name: r.name.clone() })
+    refs?.iter().find(|r| r.controller == Some(true)).and_then(OwnerRef::from_reference)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn owner(kind: &str, name: &str) -> OwnerRef {
+        OwnerRef { kind: kind.into(), name: name.into(), uid: format!("uid-{name}") }
+    }
+
     #[tokio::test]
     async fn direct_owners_need_no_lookup_and_unknown_kinds_are_not_named() {
         let m = K8sMetrics::default();
         let mut r = OwnerResolver::new(None, 4, Duration::from_secs(60));
-        let ss = r.chain("ns", Some(OwnerRef { kind: "StatefulSet".into(), name: "db".into() }), &m).await;
+        let ss = r.chain("ns", Some(owner("StatefulSet", "db")), &m).await;
         assert_eq!(&*ss, &[("k8s.statefulset.name", std::sync::Arc::<str>::from("db"))]);
-        let node = r.chain("ns", Some(OwnerRef { kind: "Node".into(), name: "n1".into() }), &m).await;
+        let node = r.chain("ns", Some(owner("Node", "n1")), &m).await;
         assert!(node.is_empty());
         // Without a client a ReplicaSet is named but its Deployment is not guessed.
-        let rs = r.chain("ns", Some(OwnerRef { kind: "ReplicaSet".into(), name: "web-5d".into() }), &m).await;
+        let rs = r.chain("ns", Some(owner("ReplicaSet", "web-5d")), &m).await;
         assert_eq!(&*rs, &[("k8s.replicaset.name", std::sync::Arc::<str>::from("web-5d"))]);
     }
 
@@ -181,12 +208,12 @@ mod tests {
             m.owner_lookups.get_or_create(&super::super::metrics::OutcomeLabels { result }).get()
         };
         for name in ["a", "b", "c"] {
-            let rs = r.chain("ns", Some(OwnerRef { kind: "ReplicaSet".into(), name: name.into() }), &m).await;
+            let rs = r.chain("ns", Some(owner("ReplicaSet", name)), &m).await;
             assert_eq!(rs.len(), 1, "the ReplicaSet is still named, its Deployment not guessed");
         }
         assert_eq!((lookups("error"), lookups("skipped")), (1, 2));
         r.paused_until = Some(Instant::now());
-        let _ = r.chain("ns", Some(OwnerRef { kind: "ReplicaSet".into(), name: "d".into() }), &m).await;
+        let _ = r.chain("ns", Some(owner("ReplicaSet", "d")), &m).await;
         assert_eq!((lookups("error"), lookups("skipped")), (2, 2), "asked again after the pause");
     }
 
@@ -194,11 +221,12 @@ mod tests {
     fn the_cache_keeps_at_most_its_capacity_oldest_out_first() {
         let mut r = OwnerResolver::new(None, 2, Duration::from_secs(60));
         let now = Instant::now();
+        let key = |name: &str| -> CacheKey { (format!("uid-{name}").into(), "ns".into(), "ReplicaSet", name.into()) };
         for name in ["a", "b", "c"] {
-            r.insert(("ns".into(), "ReplicaSet", name.into()), None, now);
+            r.insert(key(name), None, now);
         }
         assert_eq!(r.cached(), 2);
-        assert!(!r.cache.contains_key(&(Box::<str>::from("ns"), "ReplicaSet", Box::<str>::from("a"))));
-        assert!(r.cache.contains_key(&(Box::<str>::from("ns"), "ReplicaSet", Box::<str>::from("c"))));
+        assert!(!r.cache.contains_key(&key("a")));
+        assert!(r.cache.contains_key(&key("c")));
     }
 }

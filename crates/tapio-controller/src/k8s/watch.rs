@@ -55,6 +55,7 @@ pub async fn run(client: kube::Client, index: Arc<PodIndex>, metrics: Arc<Metric
                 let end = index.write().end_list(Instant::now());
                 m.pods_dropped.inc_by(end.dropped as u64);
                 m.pods_displaced.inc_by(end.displacing as u64);
+                m.pod_uid_conflicts.inc_by(end.conflicts as u64);
                 m.lists.inc();
                 m.synced.set(1);
                 log::info!(
@@ -71,8 +72,8 @@ pub async fn run(client: kube::Client, index: Arc<PodIndex>, metrics: Arc<Metric
             }
             Some(Ok(Event::Delete(pod))) => {
                 m.watch_event("delete");
-                if let Some(key) = super::store::store_key(&pod) {
-                    index.write().delete(key, Instant::now());
+                if let (Some(key), Some(api_uid)) = (super::store::store_key(&pod), pod.metadata.uid.as_deref()) {
+                    index.write().delete(key, api_uid, Instant::now());
                 }
             }
         }
@@ -93,6 +94,9 @@ async fn store_pod(pod: &Pod, index: &PodIndex, owners: &mut OwnerResolver, metr
         Upsert::StoredDisplacing => {
             m.pods_displaced.inc();
         }
-        Upsert::Stored | Upsert::Deferred => {}
+        Upsert::Conflict => {
+            m.pod_uid_conflicts.inc();
+        }
+        Upsert::Stored | Upsert::Deferred | Upsert::StillContested => {}
     }
 }

@@ -283,19 +283,27 @@ impl FakeKube {
         let _ = self.shared.live.send(Line::Close);
     }
 
-    /// Registers a ReplicaSet owned by a Deployment (when `deployment` is given).
+    /// Registers a ReplicaSet owned by a Deployment (when `deployment` is given), with the
+    /// UID [`pod`]'s owner references give it (`uid-<name>`).
     pub fn put_replicaset(&self, ns: &str, name: &str, deployment: Option<&str>) {
+        self.put_replicaset_with_uid(ns, name, &owner_uid(name), deployment);
+    }
+
+    /// Registers (or replaces, as a delete and re-create under the same name does) a
+    /// ReplicaSet with the given UID.
+    pub fn put_replicaset_with_uid(&self, ns: &str, name: &str, uid: &str, deployment: Option<&str>) {
         let rs = ReplicaSet {
-            metadata: meta(ns, name, &format!("rs-{name}"), deployment.map(|d| ("apps/v1", "Deployment", d))),
+            metadata: meta(ns, name, uid, deployment.map(|d| ("apps/v1", "Deployment", d))),
             ..ReplicaSet::default()
         };
         self.shared.inner.lock().unwrap().replicasets.insert((ns.into(), name.into()), rs);
     }
 
-    /// Registers a Job owned by a CronJob (when `cronjob` is given).
+    /// Registers a Job owned by a CronJob (when `cronjob` is given), with the UID [`pod`]'s
+    /// owner references give it (`uid-<name>`).
     pub fn put_job(&self, ns: &str, name: &str, cronjob: Option<&str>) {
         let job = Job {
-            metadata: meta(ns, name, &format!("job-{name}"), cronjob.map(|c| ("batch/v1", "CronJob", c))),
+            metadata: meta(ns, name, &owner_uid(name), cronjob.map(|c| ("batch/v1", "CronJob", c))),
             ..Job::default()
         };
         self.shared.inner.lock().unwrap().jobs.insert((ns.into(), name.into()), job);
@@ -331,12 +339,12 @@ impl FakeKube {
         self.shared.bookmarks.load(Ordering::SeqCst)
     }
 
-    /// Owner GETs served.
     /// Requests the chart's ClusterRole did not allow.
     pub fn forbidden(&self) -> u64 {
         self.shared.forbidden.load(Ordering::Relaxed)
     }
 
+    /// Owner GETs served.
     pub fn owner_gets(&self) -> u64 {
         self.shared.owner_gets.load(Ordering::SeqCst)
     }
@@ -358,13 +366,48 @@ fn meta(ns: &str, name: &str, uid: &str, owner: Option<(&str, &str, &str)>) -> O
                 api_version: api_version.into(),
                 kind: kind.into(),
                 name: owner_name.into(),
-                uid: format!("uid-{owner_name}"),
+                uid: owner_uid(owner_name),
                 controller: Some(true),
                 block_owner_deletion: Some(true),
             }]
         }),
         ..ObjectMeta::default()
     }
+}
+
+/// The UID fixtures give the owner named `name` unless a test says otherwise.
+pub fn owner_uid(name: &str) -> String {
+    format!("uid-{name}")
+}
+
+/// `p` with its controlling owner reference naming the owner object of UID `uid`.
+pub fn with_owner_uid(mut p: Pod, uid: &str) -> Pod {
+    for r in p.metadata.owner_references.iter_mut().flatten() {
+        r.uid = uid.into();
+    }
+    p
+}
+
+/// `p` as a kubelet's mirror of the static pod whose UID is `static_uid`: the annotation
+/// naming it, and its node as controlling owner (as kubelets since 1.17 make mirrors).
+pub fn mirror(mut p: Pod, static_uid: &str) -> Pod {
+    let node = p.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+    p.metadata.annotations = Some(
+        [
+            ("kubernetes.io/config.mirror".to_string(), static_uid.to_string()),
+            ("kubernetes.io/config.source".to_string(), "file".to_string()),
+        ]
+        .into(),
+    );
+    p.metadata.owner_references = Some(vec![OwnerReference {
+        api_version: "v1".into(),
+        kind: "Node".into(),
+        name: node.clone(),
+        uid: owner_uid(&node),
+        controller: Some(true),
+        block_owner_deletion: None,
+    }]);
+    p
 }
 
 /// A scheduled, running pod with one container per `(name, containerd id)` and an
