@@ -129,7 +129,13 @@ pub fn pressure_evidence(
     stamper: &mut Stamper,
 ) -> Verdict {
     let some = reading.some;
-    let facts = pressure_facts(resource, reading, threshold);
+    let mut facts = pressure_facts(resource, reading, threshold);
+    if resource == Resource::Cpu {
+        // CPU "full" is undefined for the whole node: since 5.13 the kernel prints a line of
+        // zeros there only for the file's format (a cgroup's is measured). Not a reading.
+        (facts.full_avg10_percent, facts.full_avg60_percent, facts.full_avg300_percent, facts.full_total_us) =
+            (None, None, None, None);
+    }
     let message = format!(
         "some tasks were stalled on {} {}% of the last 10 s (threshold {}%)",
         resource.name(),
@@ -400,6 +406,34 @@ mod tests {
         assert_eq!(json["facts"]["threshold_percent"], 10);
         assert_eq!(json["facts"]["rearm_below_percent"], 5.0);
         assert_eq!(json["workload"], serde_json::Value::Null);
+    }
+
+    /// The node's cpu file has a "full" line of zeros the kernel writes only for its format
+    /// (CPU full is undefined system-wide): reported as null, not as a measured 0 %. Memory
+    /// and io "full" are measured, and kept.
+    #[test]
+    fn the_nodes_cpu_full_line_is_not_reported_as_a_reading() {
+        let t = Threshold { percent: 10, margin_percent: 5 };
+        let cpu = psi::parse(
+            "some avg10=16.53 avg60=11.41 avg300=14.23 total=316144448\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n",
+        )
+        .unwrap();
+        let e = emitted(pressure_evidence(Resource::Cpu, &cpu, t, 0, 1, &mut stamper()));
+        let json = serde_json::to_value(&e).unwrap();
+        for key in ["full_avg10_percent", "full_avg60_percent", "full_avg300_percent", "full_total_us"] {
+            assert_eq!(json["facts"].get(key), Some(&serde_json::Value::Null), "{key}: {json}");
+        }
+        assert_eq!(json["facts"]["some_avg10_percent"], 16.53);
+        let io = psi::parse(
+            "some avg10=12.00 avg60=3.00 avg300=1.00 total=900\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n",
+        )
+        .unwrap();
+        let e = emitted(pressure_evidence(Resource::Io, &io, t, 0, 1, &mut stamper()));
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(
+            (json["facts"]["full_avg10_percent"].as_f64(), json["facts"]["full_total_us"].as_u64()),
+            (Some(0.0), Some(0))
+        );
     }
 
     #[test]
