@@ -495,3 +495,77 @@ async fn a_type_too_long_for_a_subject_is_stored_under_a_bounded_subject_without
     assert!(tapio_controller::settings::valid_subject(&long.subject));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A stream that refuses part of a batch (full, discarding new messages): the batch is
+/// refused, the records the stream acknowledged are counted written and only the others
+/// `publish_error` (before, every record of the batch was counted dropped, those the
+/// stream holds included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_takes_part_of_a_batch_has_only_the_rest_counted_dropped() {
+    let (dir, port, _nats) = scratch_nats("nats-partly-full");
+    let client = async_nats::connect(format!("127.0.0.1:{port}")).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "TAPIO_FULL".into(),
+        subjects: vec!["tapio.evidence.>".into()],
+        max_messages: 3,
+        discard: async_nats::jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut cfg = nats_config(port, "TAPIO_FULL");
+    cfg.create_stream = false;
+    let m = Metrics::new();
+    let opts = SinkOptions { queue_bytes: 1 << 20, ack_timeout: Duration::from_secs(10) };
+    let (sinks, writers) = start(&[SinkTarget::Nats(Box::new(cfg))], &opts, &m).await.unwrap();
+    let lines: String = (0..5)
+        .map(|i| {
+            format!("{{\"id\":\"full-{i}\",\"observer\":\"network\",\"type\":\"kernel.network.connection_refused\"}}\n")
+        })
+        .collect();
+    let refused = sinks.deliver(lines.into_bytes(), 5).await;
+    assert_eq!(refused.map_err(|r| r.reason), Err("write_failed"), "not every record is held");
+    let written = m.sink_written.get_or_create(&SinkLabels { sink: "nats" }).get();
+    let failed = m.sink_dropped.get_or_create(&SinkReasonLabels { sink: "nats", reason: "publish_error" }).get();
+    assert_eq!((written, failed), (3, 2), "what the stream acknowledged is held, the rest lost");
+    writers.close(Duration::from_secs(5)).await;
+    let stored: Vec<String> = read_stream(port, "TAPIO_FULL").await.into_iter().map(|m| m.id).collect();
+    assert_eq!(stored, ["full-0", "full-1", "full-2"]);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A server that stops answering: a chunk's PubAcks are all given up within one ack
+/// timeout of its sending, not one timeout after another (each PubAck's own timeout only
+/// starts when it is awaited), so the chunk does not hold its permits for long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pubacks_of_a_chunk_are_awaited_within_one_ack_timeout() {
+    let (dir, port, nats_proc) = scratch_nats("nats-stopped-acks");
+    let mut cfg = nats_config(port, "TAPIO_STOPPED");
+    cfg.ack_timeout = Duration::from_millis(500);
+    let m = Metrics::new();
+    let opts = SinkOptions { queue_bytes: 1 << 20, ack_timeout: Duration::from_secs(30) };
+    let (sinks, writers) = start(&[SinkTarget::Nats(Box::new(cfg))], &opts, &m).await.unwrap();
+    let lines: String = (0..20)
+        .map(|i| {
+            format!(
+                "{{\"id\":\"stopped-{i}\",\"observer\":\"network\",\"type\":\"kernel.network.connection_refused\"}}\n"
+            )
+        })
+        .collect();
+    let signal = |sig| {
+        // SAFETY: kill takes plain integers and touches no memory of ours.
+        assert_eq!(unsafe { libc::kill(nats_proc.pid() as i32, sig) }, 0);
+    };
+    signal(libc::SIGSTOP);
+    let started = Instant::now();
+    let refused = sinks.deliver(lines.into_bytes(), 20).await;
+    let took = started.elapsed();
+    signal(libc::SIGCONT);
+    assert_eq!(refused.map_err(|r| r.reason), Err("write_failed"));
+    assert!(took < Duration::from_secs(5), "20 PubAcks given up in {took:?}, not 20 × 500 ms");
+    let failed = m.sink_dropped.get_or_create(&SinkReasonLabels { sink: "nats", reason: "publish_error" }).get();
+    assert_eq!(failed, 20);
+    writers.close(Duration::from_secs(5)).await;
+    let _ = std::fs::remove_dir_all(dir);
+}

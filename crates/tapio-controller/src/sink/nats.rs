@@ -6,7 +6,10 @@
 //! after a lost acknowledgement, or the same batch sent through two replicas).
 //!
 //! A batch is acknowledged to the request only when every record's PubAck has arrived:
-//! the stream holds it. A failed or late PubAck refuses the batch (the agent retries).
+//! the stream holds it. A failed or late PubAck refuses the batch (the agent retries);
+//! the records the stream did acknowledge are counted written, the others
+//! `publish_error`. A chunk's PubAcks are all awaited within one `--sink-ack-timeout-secs`
+//! of its sending.
 //! Publishes awaiting a PubAck are bounded by `--nats-max-in-flight`; batches are
 //! published concurrently within that bound. The client reconnects by itself with
 //! exponential backoff (100 ms doubling to 10 s); while it is away publishes fail fast,
@@ -18,6 +21,7 @@
 //! counted as dropped (`reason="refused"`).
 
 use std::borrow::Cow;
+use std::future::IntoFuture;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +42,8 @@ pub struct Publisher {
     in_flight: Arc<Semaphore>,
     /// The semaphore's size: the most records one chunk of a batch may take.
     max_in_flight: usize,
+    /// Longest wait for a chunk's PubAcks, from the moment it was sent.
+    ack_timeout: Duration,
     /// The connection (its state drives recovery of readiness).
     client: async_nats::Client,
 }
@@ -97,6 +103,7 @@ impl Publisher {
             prefix: cfg.subject_prefix.clone(),
             in_flight: Arc::new(Semaphore::new(cfg.max_in_flight)),
             max_in_flight: cfg.max_in_flight,
+            ack_timeout: cfg.ack_timeout,
             client,
         })
     }
@@ -129,8 +136,8 @@ impl Publisher {
                     let prefix = self.prefix.clone();
                     let sem = Arc::clone(&self.in_flight);
                     let shared = Arc::clone(shared);
-                    let max_in_flight = self.max_in_flight;
-                    tasks.spawn(async move { deliver(&js, &prefix, &sem, max_in_flight, d, &shared).await });
+                    let bounds = Bounds { max_in_flight: self.max_in_flight, ack_timeout: self.ack_timeout };
+                    tasks.spawn(async move { deliver(&js, &prefix, &sem, bounds, d, &shared).await });
                 }
                 Msg::Close => break,
             }
@@ -188,41 +195,55 @@ async fn ensure_stream(js: &jetstream::Context, name: &str, cfg: &NatsConfig) ->
     }
 }
 
-/// Publishes one batch and reports whether every record was acknowledged.
+/// Publishes one batch and reports whether every record was acknowledged. A batch that
+/// fails part-way counts what the stream acknowledged before as written and only the rest
+/// as dropped: the stream holds the former (and drops them by `Nats-Msg-Id` when the agent
+/// resends the batch).
 async fn deliver(
     js: &jetstream::Context,
     prefix: &str,
     sem: &Arc<Semaphore>,
-    max_in_flight: usize,
+    bounds: Bounds,
     d: Delivery,
     shared: &SinkShared,
 ) {
-    let result = publish_batch(js, prefix, sem, max_in_flight, &d).await;
+    let mut published = Published { acked: 0, duplicates: 0, abandoned: false };
+    let result = publish_batch(js, prefix, sem, bounds, &d, &mut published).await;
     let records = d.batch.records;
     let ok = match result {
-        Ok(Published { acked, abandoned: true, .. }) => {
-            // The stream holds what went out before the request gave up; the agent's
-            // retry re-publishes it and the stream drops it by Nats-Msg-Id.
-            shared.written.inc_by(acked);
-            shared.dropped(DROPPED_REFUSED, records.saturating_sub(acked));
+        Err(e) => {
+            shared.written.inc_by(published.acked);
+            shared.dropped("publish_error", records.saturating_sub(published.acked));
+            shared.set_health(Err(e));
             false
         }
-        Ok(Published { duplicates, .. }) => {
+        Ok(()) if published.abandoned => {
+            // The stream holds what went out before the request gave up; the agent's
+            // retry re-publishes it and the stream drops it by Nats-Msg-Id.
+            shared.written.inc_by(published.acked);
+            shared.dropped(DROPPED_REFUSED, records.saturating_sub(published.acked));
+            false
+        }
+        Ok(()) => {
             shared.written.inc_by(records);
-            if duplicates > 0 {
+            if published.duplicates > 0 {
                 // Already in the stream (a retried batch): held, and not stored twice.
-                log::debug!("nats: {duplicates} records were duplicates the stream dropped");
+                log::debug!("nats: {} records were duplicates the stream dropped", published.duplicates);
             }
             shared.set_health(Ok(()));
             true
         }
-        Err(e) => {
-            shared.dropped("publish_error", records);
-            shared.set_health(Err(e));
-            false
-        }
     };
     d.finish(ok);
+}
+
+/// How much of a batch is in flight at once, and for how long.
+#[derive(Clone, Copy)]
+struct Bounds {
+    /// Records of one chunk (the in-flight semaphore's size).
+    max_in_flight: usize,
+    /// Longest wait for a chunk's PubAcks once it is sent.
+    ack_timeout: Duration,
 }
 
 /// What became of a batch's records.
@@ -235,7 +256,8 @@ struct Published {
     abandoned: bool,
 }
 
-/// Publishes the batch chunk by chunk, stopping early when its request has gone.
+/// Publishes the batch chunk by chunk, stopping early when its request has gone, and
+/// notes in `published` what the stream acknowledged (also when it fails part-way).
 ///
 /// Records go out in chunks of at most `max_in_flight`, each chunk's permits taken in one
 /// call and released once its PubAcks are in. A task never holds permits while it waits
@@ -245,38 +267,66 @@ async fn publish_batch(
     js: &jetstream::Context,
     prefix: &str,
     sem: &Arc<Semaphore>,
-    max_in_flight: usize,
+    bounds: Bounds,
     d: &Delivery,
-) -> Result<Published, String> {
+    published: &mut Published,
+) -> Result<(), String> {
     let lines: Vec<&[u8]> = d.batch.record_lines().collect();
-    let mut published = Published { acked: 0, duplicates: 0, abandoned: false };
-    for chunk in lines.chunks(max_in_flight.max(1)) {
+    for chunk in lines.chunks(bounds.max_in_flight.max(1)) {
         let wanted = u32::try_from(chunk.len()).map_err(|_| "chunk over u32 records".to_string())?;
         let permits = Arc::clone(sem).acquire_many_owned(wanted).await.map_err(|_| "publisher closed".to_string())?;
         // Checked after the permits, as late as possible before publishing.
         if d.abandoned() {
             published.abandoned = true;
-            return Ok(published);
+            return Ok(());
         }
         let mut pending = Vec::with_capacity(chunk.len());
+        let mut failed = None;
         for line in chunk {
-            let key: RecordKey<'_> =
-                serde_json::from_slice(line).map_err(|e| format!("record without observer/type: {e}"))?;
+            let key: RecordKey<'_> = match serde_json::from_slice(line) {
+                Ok(key) => key,
+                Err(e) => {
+                    failed = Some(format!("record without observer/type: {e}"));
+                    break;
+                }
+            };
             let subject = subject_for(prefix, &key.observer, &key.event_type);
             let mut publish = PublishMessage::build().payload(Bytes::copy_from_slice(line));
             if let Some(id) = key.id.as_deref().filter(|id| !id.is_empty()) {
                 publish = with_message_id(publish, id);
             }
-            pending.push(js.send_publish(subject, publish).await.map_err(|e| format!("publish failed: {e}"))?);
+            match js.send_publish(subject, publish).await {
+                Ok(ack) => pending.push(ack),
+                Err(e) => {
+                    failed = Some(format!("publish failed: {e}"));
+                    break;
+                }
+            }
         }
+        // Every publish that went out is awaited, also after a failure, so that what the
+        // stream took is known and counted as held; all of them within one ack timeout
+        // of the sending (each PubAck's own timeout starts only when it is awaited).
+        let deadline = tokio::time::Instant::now() + bounds.ack_timeout;
         for ack in pending {
-            let ack = ack.await.map_err(|e| format!("no PubAck: {e}"))?;
-            published.acked += 1;
-            published.duplicates += u64::from(ack.duplicate);
+            match tokio::time::timeout_at(deadline, ack.into_future()).await {
+                Ok(Ok(ack)) => {
+                    published.acked += 1;
+                    published.duplicates += u64::from(ack.duplicate);
+                }
+                Ok(Err(e)) => {
+                    failed.get_or_insert_with(|| format!("no PubAck: {e}"));
+                }
+                Err(_) => {
+                    failed.get_or_insert_with(|| format!("no PubAck within {:?}", bounds.ack_timeout));
+                }
+            }
         }
         drop(permits);
+        if let Some(e) = failed {
+            return Err(e);
+        }
     }
-    Ok(published)
+    Ok(())
 }
 
 /// Sets `Nats-Msg-Id` to `id`. The client's own `message_id` asserts that a value holds no
