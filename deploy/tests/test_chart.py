@@ -232,6 +232,37 @@ class ChartTest(unittest.TestCase):
                 out, _ = helm_template(*sets)
                 self.assertEqual(out.returncode, 0, out.stderr)
 
+    def test_recommended_labels_on_every_object(self):
+        # Kubernetes' recommended labels, so `kubectl get -l app.kubernetes.io/component=agent`
+        # and dashboards find each part; label values stay within 63 characters with the
+        # longest release name Helm allows (53).
+        version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+        release = "r" * 53
+        for name, sets in VALUE_SETS.items():
+            with self.subTest(values=name):
+                args = [HELM, "template", release, CHART, "--namespace", "tapio-system"]
+                for s in sets:
+                    args += ["--set", s]
+                out = run(args)
+                self.assertEqual(out.returncode, 0, out.stderr)
+                for d in load_all(out.stdout):
+                    labels = d["metadata"]["labels"]
+                    for value in labels.values():
+                        self.assertLessEqual(len(value), 63, (d["kind"], value))
+                    self.assertEqual(labels["app.kubernetes.io/instance"], release)
+                    self.assertEqual(labels["app.kubernetes.io/version"], version)
+                    self.assertEqual(labels["app.kubernetes.io/part-of"], "tapio")
+                    self.assertEqual(labels["app.kubernetes.io/managed-by"], "Helm")
+                    if d["kind"] == "Namespace":
+                        continue
+                    self.assertIn(labels["app.kubernetes.io/component"], ("agent", "controller"), d["kind"])
+                    self.assertEqual(labels["app.kubernetes.io/name"], "tapio-" + labels["app.kubernetes.io/component"])
+                    if d["kind"] in ("DaemonSet", "Deployment"):
+                        pod_labels = d["spec"]["template"]["metadata"]["labels"]
+                        self.assertEqual({k: v for k, v in pod_labels.items() if k.startswith("app.kubernetes.io/")},
+                                         {k: v for k, v in labels.items() if k.startswith("app.kubernetes.io/")})
+                        self.assertLessEqual(d["spec"]["selector"]["matchLabels"].items(), pod_labels.items())
+
     def test_every_value_in_the_schema_is_in_values_yaml(self):
         # Every key the schema allows is documented by a default in values.yaml, and every
         # default is allowed (helm template of the defaults would fail otherwise).
