@@ -77,7 +77,7 @@ impl PodIndex {
     /// sent is removed first: these names are the controller's to give. A record that
     /// cannot be enriched passes through otherwise unchanged, counted by reason: among them
     /// a record naming a pod the API server places on another node than the record's own
-    /// (`node`, or the batch's `batch_node`): an agent sees only its node's pods.
+    /// (`node`, or the batch's `batch_node`), or on none: an agent sees only its node's pods.
     pub fn enrich(&self, events: &mut [WireEvent], batch_node: &str, m: &K8sMetrics) {
         let store = self.store.read().unwrap_or_else(|p| p.into_inner());
         for event in events {
@@ -98,7 +98,8 @@ impl PodIndex {
                     continue;
                 }
             };
-            if !pod.node.is_empty() && *pod.node != *event.node.as_deref().unwrap_or(batch_node) {
+            // A pod not (yet) scheduled runs on no node: nothing an agent reports is its.
+            if pod.node.is_empty() || *pod.node != *event.node.as_deref().unwrap_or(batch_node) {
                 m.enrichment("pod_on_other_node");
                 continue;
             }
@@ -106,9 +107,7 @@ impl PodIndex {
             names.insert(keys::NAMESPACE.to_string(), pod.namespace.to_string());
             names.insert(keys::POD_NAME.to_string(), pod.name.to_string());
             names.insert(keys::POD_UID.to_string(), pod.api_uid().to_owned());
-            if !pod.node.is_empty() {
-                names.insert(keys::NODE_NAME.to_string(), pod.node.to_string());
-            }
+            names.insert(keys::NODE_NAME.to_string(), pod.node.to_string());
             if let Some(cid) = event.workload.as_ref().and_then(|w| w.container_id.as_deref()) {
                 match pod.container_name(cid) {
                     Some(name) => {
@@ -158,6 +157,13 @@ mod tests {
             "severity": "critical", "timestamp_unix_nanos": 1, "workload": workload, "facts": {},
             "k8s": {"k8s.pod.name": "spoofed"}}))
         .unwrap()
+    }
+
+    fn facts_of(index: &PodIndex, uid: &str) -> PodFacts {
+        index.read(|s| match s.get(uid) {
+            Lookup::Live(p) | Lookup::Deleted(p) => p.clone(),
+            other => panic!("{uid}: {other:?}"),
+        })
     }
 
     #[test]
@@ -216,6 +222,14 @@ mod tests {
         index.enrich(&mut events, "node-b", &m);
         assert!(events.iter().all(|e| e.k8s.is_none()), "the record's node, or the batch's");
         assert_eq!(get("pod_on_other_node"), 2);
+        // A pod not scheduled yet is on no node: not any record's, not even one without a node.
+        let pending = PodFacts { uid: "u3".into(), node: "".into(), name: "pending".into(), ..facts_of(&index, "u1") };
+        index.write().upsert(pending, Instant::now());
+        let mut events = vec![event(json!({"pod_uid": "u3"}))];
+        index.enrich(&mut events, "node-a", &m);
+        index.enrich(&mut events, "", &m);
+        assert!(events[0].k8s.is_none());
+        assert_eq!(get("pod_on_other_node"), 4);
         // A static pod's record names it by its cgroup UID; its names carry the mirror's.
         let mirror = PodFacts {
             uid: "6b3ec1f8c2a54f0e9a7d8b2c4e6f1a3d".into(),

@@ -24,7 +24,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::Api;
 
 use super::metrics::K8sMetrics;
-use super::store::{owner_key, OwnerRef};
+use super::store::{keys, owner_key, OwnerRef};
 
 /// How long one GET of an owner may take before the pod is stored without it.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -76,17 +76,17 @@ impl OwnerResolver {
         let Some(owner) = owner else {
             return Box::new([]);
         };
-        let Some(key) = owner_key(&owner.kind) else {
+        let Some(key) = owner_key(&owner.api_version, &owner.kind) else {
             return Box::new([]);
         };
         let mut chain = vec![(key, std::sync::Arc::<str>::from(owner.name.as_str()))];
-        let kind: &'static str = match owner.kind.as_str() {
-            "ReplicaSet" => "ReplicaSet",
-            "Job" => "Job",
+        let kind: &'static str = match key {
+            keys::REPLICASET => "ReplicaSet",
+            keys::JOB => "Job",
             _ => return chain.into_boxed_slice(),
         };
         if let Some(parent) = self.parent(namespace, kind, &owner, metrics).await {
-            if let Some(parent_key) = owner_key(&parent.kind) {
+            if let Some(parent_key) = owner_key(&parent.api_version, &parent.kind) {
                 chain.push((parent_key, parent.name.into()));
             }
         }
@@ -177,7 +177,8 @@ mod tests {
     use super::*;
 
     fn owner(kind: &str, name: &str) -> OwnerRef {
-        OwnerRef { kind: kind.into(), name: name.into(), uid: format!("uid-{name}") }
+        let api_version = if kind == "Job" { "batch/v1" } else { "apps/v1" };
+        OwnerRef { api_version: api_version.into(), kind: kind.into(), name: name.into(), uid: format!("uid-{name}") }
     }
 
     #[tokio::test]
@@ -188,6 +189,16 @@ mod tests {
         assert_eq!(&*ss, &[("k8s.statefulset.name", std::sync::Arc::<str>::from("db"))]);
         let node = r.chain("ns", Some(owner("Node", "n1")), &m).await;
         assert!(node.is_empty());
+        // Custom resources that share a built-in kind's name are not that kind: not named
+        // (and so never looked up as one).
+        for (api_version, kind) in
+            [("apps.kruise.io/v1beta1", "StatefulSet"), ("batch.volcano.sh/v1alpha1", "Job"), ("v1", "ReplicaSet")]
+        {
+            let custom = OwnerRef { api_version: api_version.into(), ..owner(kind, "x") };
+            assert!(r.chain("ns", Some(custom), &m).await.is_empty(), "{api_version} {kind}");
+        }
+        let old_group = OwnerRef { api_version: "extensions/v1beta1".into(), ..owner("ReplicaSet", "old-5d") };
+        assert_eq!(r.chain("ns", Some(old_group), &m).await.len(), 1);
         // Without a client a ReplicaSet is named but its Deployment is not guessed.
         let rs = r.chain("ns", Some(owner("ReplicaSet", "web-5d")), &m).await;
         assert_eq!(&*rs, &[("k8s.replicaset.name", std::sync::Arc::<str>::from("web-5d"))]);

@@ -45,15 +45,20 @@ pub mod keys {
     pub const CRONJOB: &str = "k8s.cronjob.name";
 }
 
-/// The attribute key of an owner kind, or None for kinds OpenTelemetry has no name for.
-pub fn owner_key(kind: &str) -> Option<&'static str> {
-    Some(match kind {
-        "Deployment" => keys::DEPLOYMENT,
-        "ReplicaSet" => keys::REPLICASET,
-        "StatefulSet" => keys::STATEFULSET,
-        "DaemonSet" => keys::DAEMONSET,
-        "Job" => keys::JOB,
-        "CronJob" => keys::CRONJOB,
+/// The attribute key of an owner kind of the given `apiVersion`, or None for kinds
+/// OpenTelemetry has no name for. The API group counts: a custom resource of the same kind
+/// (OpenKruise's StatefulSet and DaemonSet, Volcano's Job, …) is not the Kubernetes one
+/// those names mean.
+pub fn owner_key(api_version: &str, kind: &str) -> Option<&'static str> {
+    let group = api_version.rsplit_once('/').map_or("", |(group, _)| group);
+    Some(match (group, kind) {
+        // `extensions` is where these lived before apps/v1; old references may still say so.
+        ("apps" | "extensions", "Deployment") => keys::DEPLOYMENT,
+        ("apps" | "extensions", "ReplicaSet") => keys::REPLICASET,
+        ("apps", "StatefulSet") => keys::STATEFULSET,
+        ("apps" | "extensions", "DaemonSet") => keys::DAEMONSET,
+        ("batch", "Job") => keys::JOB,
+        ("batch", "CronJob") => keys::CRONJOB,
         _ => return None,
     })
 }
@@ -61,6 +66,8 @@ pub fn owner_key(kind: &str) -> Option<&'static str> {
 /// The pod's controlling owner as written in its metadata (kind, name and UID).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnerRef {
+    /// `apps/v1`, `batch/v1`, …
+    pub api_version: String,
     /// `ReplicaSet`, `Job`, …
     pub kind: String,
     /// Its name.
@@ -73,7 +80,12 @@ impl OwnerRef {
     /// The owner an owner reference names; None when its name is longer than any the API
     /// server accepts (never cut short: a shortened name would be another object's).
     pub fn from_reference(r: &OwnerReference) -> Option<Self> {
-        (r.name.len() <= MAX_NAME_LEN).then(|| Self { kind: r.kind.clone(), name: r.name.clone(), uid: r.uid.clone() })
+        (r.name.len() <= MAX_NAME_LEN).then(|| Self {
+            api_version: r.api_version.clone(),
+            kind: r.kind.clone(),
+            name: r.name.clone(),
+            uid: r.uid.clone(),
+        })
     }
 }
 
