@@ -288,12 +288,22 @@ impl RotatingFile {
     /// Appends `buf` (whole lines) entirely or not at all.
     pub fn append(&mut self, buf: &[u8]) -> io::Result<()> {
         let len = buf.len() as u64;
-        if self.file.as_ref().is_some_and(|f| f.metadata().is_ok_and(|m| m.nlink() == 0)) {
-            // Deleted (or its directory was): records written to it would be acknowledged
-            // and read by nobody. A fresh `path` takes them, or they are refused.
-            log::warn!("sink file: {} was deleted; creating it again", self.path.display());
-            self.file = None;
-            self.size = 0;
+        match self.file.as_ref().map(File::metadata) {
+            Some(Ok(meta)) if meta.nlink() == 0 => {
+                // Deleted (or its directory was): records written to it would be acknowledged
+                // and read by nobody. A fresh `path` takes them, or they are refused.
+                log::warn!("sink file: {} was deleted; creating it again", self.path.display());
+                self.file = None;
+                self.size = 0;
+            }
+            Some(Ok(meta)) if meta.len() < self.size => {
+                // Truncated (logrotate's copytruncate): appends land at its new end. A stale
+                // size would rotate a near-empty file out, and cutting a failed append back
+                // to it would fill the file up to it with zeros.
+                self.size = meta.len();
+                self.drop_behind.restart_at(self.size);
+            }
+            _ => {}
         }
         if self.size > 0 && self.size + len > self.max_bytes {
             self.rotate()?;

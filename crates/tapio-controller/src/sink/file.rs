@@ -316,6 +316,34 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    /// A file truncated under the sink (logrotate's copytruncate) is followed to its new
+    /// length: it is not rotated out nearly empty, and it rotates once it really is full.
+    #[tokio::test]
+    async fn a_file_truncated_under_the_sink_is_followed_to_its_new_length() {
+        let dir = temp_dir("truncated");
+        let path = dir.join("e.jsonl");
+        let m = Metrics::new();
+        let cfg = FileSinkConfig { path: path.clone(), max_bytes: 100, keep_files: 2, fsync: FsyncPolicy::Always };
+        let opts = SinkOptions { queue_bytes: 1 << 20, ack_timeout: Duration::from_secs(5) };
+        let (sinks, writers) = start(&[SinkTarget::File(cfg)], &opts, &m).await.unwrap();
+        let record = format!("{{\"n\":\"{}\"}}\n", "x".repeat(30)).into_bytes(); // 40 bytes
+        for _ in 0..2 {
+            sinks.deliver(record.clone(), 1).await.unwrap();
+        }
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(0).unwrap();
+        for _ in 0..2 {
+            sinks.deliver(record.clone(), 1).await.unwrap();
+        }
+        let rotated = tapio_util::rotate::rotated(&path, 1);
+        assert!(!rotated.exists(), "a file of 0 bytes was rotated out");
+        assert_eq!(std::fs::read(&path).unwrap(), record.repeat(2));
+        sinks.deliver(record.clone(), 1).await.unwrap();
+        assert_eq!(std::fs::read(&rotated).unwrap(), record.repeat(2), "rotated once full");
+        assert_eq!(std::fs::read(&path).unwrap(), record);
+        writers.close(Duration::from_secs(5)).await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     /// 16 MB of batches queued at once, so the queue never runs dry while they are
     /// written: the interval fsync still comes every interval, not only once the queue
     /// is idle (it used to wait for a receive to time out, which a busy queue never does).

@@ -9,7 +9,7 @@
 //! rotation) are 0640 whatever the umask allows beyond that: evidence names pods, processes
 //! and addresses. A file that already exists keeps the mode it has.
 
-use super::lines::{Lines, WriteOut};
+use super::lines::Lines;
 use super::{Delivered, Sink};
 use crate::knobs::FileSinkConfig;
 use std::fs::{File, OpenOptions};
@@ -103,6 +103,25 @@ impl FileSink {
         self.reopen()
     }
 
+    /// Takes in what others did to the file since the last write.
+    fn follow_file(&mut self) {
+        // A stale file is opened again before anything is written to it.
+        let Some(Ok(meta)) = (!self.stale).then(|| self.file.metadata()) else { return };
+        if meta.nlink() == 0 {
+            // Deleted (or its directory was): lines written to it would be counted written
+            // and read by nobody. They go to a fresh `path`, or fail, counted, until one opens.
+            log::warn!("sink file: {} was deleted; creating it again", self.path.display());
+            self.stale = true;
+            self.size = 0;
+        } else if meta.len() < self.size {
+            // Truncated (logrotate's copytruncate): appends land at its new end. A stale size
+            // would rotate a near-empty file out, and cutting a torn line back to it would
+            // fill the file up to it with zeros.
+            self.size = meta.len();
+            self.drop_behind.restart_at(self.size);
+        }
+    }
+
     fn reopen(&mut self) -> io::Result<()> {
         let (file, size) = open_append(&self.path)?;
         self.file = file;
@@ -126,6 +145,7 @@ impl Sink for FileSink {
                 return;
             }
             self.write_out();
+            self.follow_file();
             if self.size > 0 {
                 if let Err(e) = self.rotate() {
                     // The size bound holds: the line is refused (counted), not appended.
@@ -162,25 +182,10 @@ impl FileSink {
         if self.lines.lines() == 0 {
             return;
         }
-        if !self.stale && self.file.metadata().is_ok_and(|m| m.nlink() == 0) {
-            // Deleted (or its directory was): lines written to it would be counted written
-            // and read by nobody. They go to a fresh `path`, or fail, counted, until one opens.
-            log::warn!("sink file: {} was deleted; creating it again", self.path.display());
-            self.stale = true;
-            self.size = 0;
-        }
+        self.follow_file();
         let w = match self.stale.then(|| self.reopen()) {
             // No file a line could be written to without joining a fragment: every line fails.
-            Some(Err(e)) => {
-                let failed = self.lines.lines() as u64;
-                self.lines.clear();
-                WriteOut {
-                    delivered: Delivered { written: 0, failed },
-                    complete_bytes: 0,
-                    torn_bytes: 0,
-                    error: Some(e),
-                }
-            }
+            Some(Err(e)) => self.lines.fail_all(e),
             _ => self.lines.write_to(&mut self.file, None, &mut |_| {}),
         };
         self.size += w.complete_bytes as u64;
@@ -420,6 +425,32 @@ mod tests {
         sink.write_line(b"{\"f\":6}\n");
         assert_eq!(flush(&mut sink), Delivered { written: 1, failed: 0 }, "writing resumes");
         assert_eq!(json_lines(&path), [serde_json::json!({"f": 6})]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A file truncated under the sink (logrotate's copytruncate) is followed to its new
+    /// length: it is not rotated out nearly empty, and it rotates once it really is full.
+    #[test]
+    fn a_file_truncated_under_the_sink_is_followed_to_its_new_length() {
+        let dir = temp_dir("truncated");
+        let path = dir.join("e.jsonl");
+        let mut sink = FileSink::open(&FileSinkConfig { path: path.clone(), max_bytes: 100, keep_files: 2 }).unwrap();
+        let line = [b'x'; 39].iter().copied().chain([b'\n']).collect::<Vec<u8>>(); // 40 bytes
+        for _ in 0..2 {
+            sink.write_line(&line);
+        }
+        flush(&mut sink);
+        fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(0).unwrap();
+        for _ in 0..2 {
+            sink.write_line(&line);
+        }
+        assert_eq!(flush(&mut sink), Delivered { written: 2, failed: 0 });
+        assert!(!tapio_util::rotate::rotated(&path, 1).exists(), "a file of 0 bytes was rotated out");
+        assert_eq!(fs::read(&path).unwrap().len(), 80);
+        sink.write_line(&line);
+        flush(&mut sink);
+        assert_eq!(fs::read(tapio_util::rotate::rotated(&path, 1)).unwrap().len(), 80, "rotated once full");
+        assert_eq!(fs::read(&path).unwrap(), line);
         fs::remove_dir_all(&dir).unwrap();
     }
 

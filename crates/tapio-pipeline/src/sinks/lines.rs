@@ -73,6 +73,13 @@ impl Lines {
         self.ends.len()
     }
 
+    /// Drops every buffered line as failed: the outcome of a write-out that could not begin.
+    pub fn fail_all(&mut self, error: io::Error) -> WriteOut {
+        let failed = self.lines() as u64;
+        self.clear();
+        WriteOut { delivered: Delivered { written: 0, failed }, complete_bytes: 0, torn_bytes: 0, error: Some(error) }
+    }
+
     /// Writes every buffered line to `out` and empties the buffer, whatever happens.
     ///
     /// With `atomic_writes` (for a pipe, where a write of at most `PIPE_BUF` bytes is all or

@@ -16,12 +16,15 @@
 //! write blocked on a pipe nobody reads then holds no lock that the exit path or anything
 //! else could wait for, so the agent can still count what it could not write and exit. On
 //! a pipe (a container's stdout) it writes whole lines at most `PIPE_BUF` bytes at a time,
-//! so a write blocked for good has delivered none of its lines.
+//! so a write blocked for good has delivered none of its lines. Elsewhere (a file) a write
+//! that fails part way through a line leaves a fragment: a newline ends it before the next
+//! line, which would otherwise join it into one malformed line.
 
 use super::lines::Lines;
 use super::{Delivered, Sink};
 use crate::counters::Counters;
 use std::fs::File;
+use std::io::Write;
 use std::mem::ManuallyDrop;
 use std::os::fd::{FromRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -115,6 +118,9 @@ impl StdoutSink {
 fn write_out(mut out: ManuallyDrop<File>, atomic_writes: Option<usize>, shared: &Shared, counters: &Counters) {
     let mut batch = Lines::default();
     let mut failing = false;
+    // A write that failed part way through a line (stdout a file on a full disk) left a
+    // fragment there: it is ended with a newline first, or the next line would join it.
+    let mut torn = false;
     loop {
         {
             let mut st = lock(&shared.state);
@@ -132,7 +138,16 @@ fn write_out(mut out: ManuallyDrop<File>, atomic_writes: Option<usize>, shared: 
             // The backlog has room again.
             shared.idle.notify_all();
         }
-        let w = batch.write_to(&mut *out, atomic_writes, &mut |d| count(counters, shared, d));
+        let w = match if torn { out.write(b"\n") } else { Ok(1) } {
+            Ok(1) => {
+                let w = batch.write_to(&mut *out, atomic_writes, &mut |d| count(counters, shared, d));
+                torn = w.torn_bytes > 0;
+                w
+            }
+            // Still no way to end the fragment: these lines would join it.
+            Ok(_) => batch.fail_all(std::io::ErrorKind::WriteZero.into()),
+            Err(e) => batch.fail_all(e),
+        };
         count(counters, shared, w.delivered);
         failing = super::file::log_transition(NAME, failing, w.error.as_ref(), w.delivered.failed);
     }
@@ -339,6 +354,62 @@ mod tests {
         assert_eq!((dropped, failed), (0, 0), "nothing dropped or failed");
         assert_eq!(written, LINES);
         assert_eq!(text.lines().count() as u64, LINES, "every line in the pipe");
+    }
+
+    /// Stdout a file whose writes fail part way (a file size limit, as a full disk): the
+    /// line torn by the failed write is counted failed, and its fragment is ended with a
+    /// newline before the next line, so every line counted written is whole in the file.
+    #[test]
+    fn a_fragment_a_failed_write_left_in_a_file_is_ended_before_the_next_line() {
+        if !tapio_util::test_process::alone_in_a_child(
+            module_path!(),
+            "a_fragment_a_failed_write_left_in_a_file_is_ended_before_the_next_line",
+        ) {
+            return;
+        }
+        use std::os::fd::IntoRawFd;
+        let dir = tapio_util::test_dirs::scratch("stdout-torn");
+        let path = dir.join("stdout.jsonl");
+        let fd = std::fs::File::create(&path).unwrap().into_raw_fd(); // open until the child exits
+        let set_file_size_limit = |soft: libc::rlim_t| {
+            let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            // SAFETY: getrlimit and setrlimit read and write only this struct; ignoring
+            // SIGXFSZ makes a write past the limit fail with EFBIG instead of killing us.
+            unsafe {
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                assert_eq!(libc::getrlimit(libc::RLIMIT_FSIZE, &mut lim), 0);
+                lim.rlim_cur = soft.min(lim.rlim_max);
+                assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0);
+            }
+        };
+        let counters = Arc::new(Counters::default());
+        let mut sink = StdoutSink::on_fd(fd, Arc::clone(&counters)).unwrap();
+        let line = format!("{{\"pad\":\"{}\"}}\n", "x".repeat(29)); // 40 bytes
+        let settled = |lines: u64| {
+            let until = Instant::now() + Duration::from_secs(10);
+            while stdout_counts(&counters).0 + stdout_counts(&counters).1 < lines && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            stdout_counts(&counters)
+        };
+        set_file_size_limit(100); // two lines and half of the third
+        for _ in 0..5 {
+            sink.write_line(line.as_bytes());
+        }
+        sink.flush(&|| true, &mut |_| {});
+        assert_eq!(settled(5), (2, 3), "the torn line and the two after it failed");
+        set_file_size_limit(libc::RLIM_INFINITY);
+        for _ in 0..2 {
+            sink.write_line(line.as_bytes());
+        }
+        sink.flush(&|| true, &mut |_| {});
+        assert_eq!(settled(7), (4, 3));
+        drop(sink);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let whole: Vec<_> = text.lines().filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()).collect();
+        assert_eq!(whole.len(), 4, "every line counted written is whole: {text:?}");
+        assert_eq!(text.lines().count(), 5, "and the fragment is a line of its own: {text:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// A queue in front without room to wait: a full backlog is not waited for, even for a
