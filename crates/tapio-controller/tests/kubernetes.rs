@@ -289,6 +289,44 @@ async fn with_the_api_server_down_ingest_goes_on_and_records_pass_through_counte
     t.stop().await;
 }
 
+/// A StatefulSet's pod is deleted and made again under its name, with a new UID and a new
+/// container: each pod's records are named after their own pod (by UID), the old one's
+/// late ones as a deleted pod's, and neither takes the other's container.
+#[tokio::test]
+async fn a_pod_made_again_under_its_name_names_only_its_own_records() {
+    let api = FakeKube::start().await;
+    seed(&api);
+    let t = enriching_controller("k8s-same-name", api.url(), Duration::from_secs(300)).await;
+    let m = &t.server.state.metrics.k8s;
+    wait_for("the first pod list", || m.synced.get() == 1).await;
+    api.delete_pod(UID_DB);
+    let (new_uid, new_cid) =
+        ("5a6b7c8d-0000-4000-8000-00000000ffff", "fa1c0a1b2c3d4e5f60718293a4b5c6d7e8f90112233445566778899aabbccdd09");
+    api.put_pod(pod("shop", "db-0", new_uid, "node-b", &[("postgres", new_cid)], Some(("StatefulSet", "db"))));
+    wait_for("the new pod", || m.watch_events.get_or_create(&OutcomeLabels { result: "apply" }).get() == 1).await;
+
+    let out = send(
+        &t,
+        1,
+        vec![
+            on_node(ev(Some(UID_DB), Some(CID_DB)), "node-b"),
+            on_node(ev(Some(new_uid), Some(new_cid)), "node-b"),
+            on_node(ev(Some(new_uid), Some(CID_DB)), "node-b"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (out[0]["k8s"]["k8s.pod.uid"].as_str(), out[1]["k8s"]["k8s.pod.uid"].as_str()),
+        (Some(UID_DB), Some(new_uid))
+    );
+    assert_eq!(out[0]["k8s"]["k8s.container.name"], "postgres");
+    assert_eq!(out[1]["k8s"]["k8s.container.name"], "postgres");
+    assert!(out[2]["k8s"].get("k8s.container.name").is_none(), "the old pod's container is not the new one's");
+    assert_eq!((enrichment(&t, "enriched"), enrichment(&t, "enriched_deleted_pod")), (2, 1));
+    assert_eq!(m.container_unknown.get(), 1);
+    t.stop().await;
+}
+
 /// A ReplicaSet deleted and made again under the same name (`kubectl replace --force`, a
 /// GitOps re-creation) belongs to another Deployment. A pod of the new one is named after
 /// the new Deployment, not the one cached for the old ReplicaSet's name; a pod that still

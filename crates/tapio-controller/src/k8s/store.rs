@@ -126,8 +126,8 @@ pub struct PodFacts {
 }
 
 impl PodFacts {
-    /// Extracts the facts from a Pod object; None when it has no UID or name, or a UID or
-    /// name longer than the API server allows (such an object is not stored at all rather
+    /// Extracts the facts from a Pod object; None when it has no UID, name or namespace, or
+    /// a UID or name longer than the API server allows (such an object is not stored at all rather
     /// than named in part).
     pub fn from_pod(pod: &Pod) -> Option<(Self, Option<OwnerRef>)> {
         let meta = &pod.metadata;
@@ -137,7 +137,9 @@ impl PodFacts {
             None => (api_uid, None),
         };
         let name = meta.name.clone().filter(|n| !n.is_empty() && n.len() <= MAX_NAME_LEN)?;
-        let namespace = meta.namespace.clone().unwrap_or_else(|| "default".to_string());
+        // The API server always gives a pod its namespace: one without is not named after a
+        // guessed one.
+        let namespace = meta.namespace.clone().filter(|n| !n.is_empty())?;
         let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
         if namespace.len() > MAX_NAME_LEN || node.len() > MAX_NAME_LEN {
             return None;
@@ -883,6 +885,9 @@ mod tests {
             .unwrap()
         };
         assert!(PodFacts::from_pod(&base("web")).is_some());
+        let mut no_namespace = base("web");
+        no_namespace.metadata.namespace = None;
+        assert!(PodFacts::from_pod(&no_namespace).is_none(), "not guessed to be `default`");
         assert!(PodFacts::from_pod(&base(&"w".repeat(MAX_NAME_LEN + 1))).is_none());
         let mut long_uid = base("web");
         long_uid.metadata.uid = Some("u".repeat(MAX_UID_LEN + 1));
