@@ -45,6 +45,7 @@ VALUE_SETS = {
         "image.pullSecrets[0].name=regcred",
     ],
     "custom-priority-class": ["agent.priorityClassName=tapio-node", "agent.priorityClassQuota.pods=20000"],
+    "controller-priority-class": ["controller.priorityClassName=system-cluster-critical"],
     "tuned": [
         "controller.allowFrom[0].ipBlock.cidr=10.0.0.0/16",
         "controller.allowFrom[1].ipBlock.cidr=10.244.0.0/16",
@@ -584,6 +585,27 @@ class PriorityClassQuotaTest(unittest.TestCase):
         _, (quota,) = self.quotas("agent.priorityClassName=tapio-node", "agent.priorityClassQuota.pods=20000",
                                   namespace="observability")
         self.assert_scoped_to(quota, "tapio-node", "observability", 20_000)
+
+    def test_the_controllers_class_is_allowed_when_it_has_one(self):
+        # None by default; a class given to the controller (system-cluster-critical is as
+        # restricted on GKE as the agents') is in the same quota's scope.
+        docs, (quota,) = self.quotas()
+        self.assertNotIn("priorityClassName", find(docs, "Deployment", "tapio-controller")["spec"]["template"]["spec"])
+        for sets, classes in [
+            (VALUE_SETS["controller-priority-class"], ["system-node-critical", "system-cluster-critical"]),
+            (["controller.priorityClassName=system-node-critical"], ["system-node-critical"]),
+            (["agent.enabled=false", "controller.priorityClassName=tapio-control"], ["tapio-control"]),
+            (["agent.priorityClassName=", "controller.priorityClassName=tapio-control"], ["tapio-control"]),
+        ]:
+            with self.subTest(sets=sets):
+                docs, (quota,) = self.quotas(*sets)
+                pod = find(docs, "Deployment", "tapio-controller")["spec"]["template"]["spec"]
+                self.assertEqual(pod["priorityClassName"], sets[-1].split("=", 1)[1])
+                (expression,) = quota["spec"]["scopeSelector"]["matchExpressions"]
+                self.assertEqual(expression, {"operator": "In", "scopeName": "PriorityClass", "values": classes})
+                self.assertEqual(list(quota["spec"]["hard"]), ["pods"])
+        docs, quotas = self.quotas("controller.priorityClassName=x", "agent.priorityClassQuota.enabled=false")
+        self.assertEqual(quotas, [])
 
     def test_no_quota_without_a_class_or_an_agent_or_when_disabled(self):
         for sets in (["agent.priorityClassName="], ["agent.priorityClassQuota.enabled=false"],
