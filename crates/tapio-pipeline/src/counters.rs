@@ -67,9 +67,14 @@ fn is_correlation(observer: &str, name: &str) -> bool {
             .and_then(|o| o.kernel.as_ref())
             .is_some_and(|k| k.correlation_counters.contains(&name))
 }
+/// Runs of an observer's programs the kernel skipped because the same program was already
+/// running on that CPU (read from the kernel's program info, not from the counters map).
+pub const RECURSION_MISSES: &str = "recursion_misses";
+
 /// Kernel counters of facts a program saw but could not judge, so no evidence was produced:
-/// a config carrier of another ABI, or a kernel lacking what the hook needs to read.
-const KERNEL_NOT_JUDGED: &[&str] = &["abi_mismatch", "unsupported_kernel"];
+/// a config carrier of another ABI, or a kernel lacking what the hook needs to read; and
+/// hook events the kernel never let a program see (whether they held evidence is unknown).
+const KERNEL_NOT_JUDGED: &[&str] = &["abi_mismatch", "unsupported_kernel", RECURSION_MISSES];
 /// Kernel counters that lose nothing themselves (what they lead to is counted elsewhere:
 /// a full in-flight table shows up as unmatched completions). The test below holds every
 /// kernel counter to one of these lists.
@@ -200,7 +205,7 @@ pub struct Snapshot {
     pub lost_events_total: u64,
     pub correlation_drops_total: u64,
     /// Facts the kernel side saw but could not judge (`kernel`: `*.abi_mismatch`,
-    /// `*.unsupported_kernel`).
+    /// `*.unsupported_kernel`), or never saw (`*.recursion_misses`).
     pub not_judged_total: u64,
     pub sink_drops_total: u64,
     pub queue_overflow_total: u64,
@@ -267,7 +272,8 @@ mod tests {
         let kernel_halves = crate::observers::REGISTRY.iter().filter_map(|o| o.kernel.as_ref().map(|k| (o.name, k)));
         for (observer, half) in kernel_halves {
             let own = half.counters.iter().copied();
-            for (_, name) in tapio_bpf::COUNTER_NAMES.into_iter().chain(own) {
+            let read_elsewhere = [(0, RECURSION_MISSES)];
+            for (_, name) in tapio_bpf::COUNTER_NAMES.into_iter().chain(own).chain(read_elsewhere) {
                 let c = Counters::default();
                 c.set_kernel(observer, name, 7);
                 let s = c.snapshot();
@@ -282,7 +288,11 @@ mod tests {
         let c = Counters::default();
         c.set_kernel("container", "unsupported_kernel", 2);
         c.set_kernel("network", "abi_mismatch", 3);
-        assert_eq!(c.snapshot().not_judged_total, 5);
+        c.set_kernel("storage", RECURSION_MISSES, 4);
+        let s = c.snapshot();
+        assert_eq!(s.not_judged_total, 9);
+        assert_eq!(s.kernel["storage.recursion_misses"], 4);
+        assert_eq!(s.lost_events_total + s.correlation_drops_total, 0, "a skipped run is not known to be a loss");
     }
 
     #[test]

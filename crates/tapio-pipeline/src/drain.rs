@@ -219,7 +219,7 @@ impl Drain {
     fn refresh(&mut self) {
         self.clock.remeasure();
         for obs in &self.observers {
-            read_kernel_counters(obs.name, obs.counters, &obs.loaded.counters, &self.counters);
+            read_kernel_counters(obs.name, obs.counters, &obs.loaded, &self.counters);
         }
     }
 

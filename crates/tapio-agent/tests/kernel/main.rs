@@ -25,7 +25,8 @@
 //! sees), `controller_link` and `profile_rollout` (controller mode end to end), `dns` (the DNS
 //! observer's evidence against the laboratory's real servers and clients), `dns_lab`
 //! (the DNS laboratory of `support::dns` proves its own scenarios, without the agent), `ring`
-//! (what the agent's ring reader keeps resident).
+//! (what the agent's ring reader keeps resident), `recursion` (the kernel's skipped runs of
+//! the agent's programs in its counters).
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -39,6 +40,7 @@ mod network;
 mod node;
 mod pressure;
 mod profile_rollout;
+mod recursion;
 mod ring;
 mod shutdown;
 mod startup;

@@ -8,6 +8,7 @@
 
 pub mod descriptor;
 pub mod poll;
+mod recursion;
 
 pub use descriptor::{
     no_globals, no_sized_maps, no_userspace, open_carrier, CarrierLayout, CarrierMaps, ClassifierContext, EventRings,
@@ -36,9 +37,10 @@ use crate::ring::Ring;
 use crate::stamp::{Stamper, Verdict};
 use aya::maps::{Array, ArrayOfMaps, Map, MapData, PerCpuArray};
 use aya::programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, TracePoint};
-use aya::programs::{ProgramError, TracePointError};
+use aya::programs::{ProgramError, ProgramFd, TracePointError};
 use aya::{Btf, BtfError, Ebpf, EbpfError, EbpfLoader, Pod};
 use std::fmt;
+use std::os::fd::AsFd;
 use tapio_bpf::record::Record;
 
 /// What an observer's status says, as the heartbeat will report it.
@@ -131,6 +133,11 @@ pub struct Loaded {
     /// Raised while the drain sleeps without a timer (`tapio_bpf.h`, `drain_asleep`).
     pub drain_asleep: Array<MapData, u32>,
     pub programs: Vec<ProgramStatus>,
+    /// Its loaded programs, held apart from the object so that their recursion misses stay
+    /// readable after it is dropped at shutdown. `None` if one could not be held (only at
+    /// the descriptor limit, which fails loading first): then no sum is reported rather
+    /// than an undercount.
+    pub program_fds: Option<Vec<ProgramFd>>,
 }
 
 /// An object's config carrier, taken out of the object so it stays writable at any time
@@ -462,7 +469,13 @@ fn load_with<C>(
         .take_map(tapio_bpf::maps::DRAIN_ASLEEP)
         .ok_or("object has no drain_asleep map")
         .and_then(|m| Array::try_from(m).map_err(|_| "drain_asleep map has the wrong type"))?;
-    Ok((Loaded { ebpf: Some(ebpf), rings, ring_slots, counters, drain_asleep, programs }, carrier))
+    let program_fds = ebpf
+        .programs()
+        .filter_map(|(_, p)| p.fd().ok())
+        .map(ProgramFd::try_clone)
+        .collect::<Result<_, _>>()
+        .ok();
+    Ok((Loaded { ebpf: Some(ebpf), rings, ring_slots, counters, drain_asleep, programs, program_fds }, carrier))
 }
 
 type OpenedRings = (Vec<Ring>, Option<ArrayOfMaps<MapData, MapData>>);
@@ -619,18 +632,22 @@ pub fn state_of(programs: &[ProgramStatus]) -> ObserverState {
 }
 
 /// Sums the per-CPU kernel counters of `observer` (the common ones and `own`) into
-/// `counters`.
+/// `counters`, with the kernel's recursion misses of its programs where it reports them.
 pub fn read_kernel_counters(
     observer: &'static str,
     own: &'static [(u32, &'static str)],
-    map: &PerCpuArray<MapData, u64>,
+    loaded: &Loaded,
     counters: &Counters,
 ) {
     let own = own.iter().copied();
     for (index, name) in tapio_bpf::COUNTER_NAMES.into_iter().chain(own) {
-        if let Ok(values) = map.get(&index, 0) {
+        if let Ok(values) = loaded.counters.get(&index, 0) {
             counters.set_kernel(observer, name, values.iter().sum());
         }
+    }
+    let programs = loaded.program_fds.iter().flatten();
+    if let Some(misses) = recursion::summed(programs.map(|p| recursion::of_program(p.as_fd()))) {
+        counters.set_kernel(observer, crate::counters::RECURSION_MISSES, misses);
     }
 }
 
