@@ -126,8 +126,7 @@ impl OwnerResolver {
         };
         let parent = match fetched {
             // Another object under the owner's name (the pod's was deleted and a new one
-            // made): its parent is not the pod's. Not cached: the pod's owner may still
-            // be looked up correctly through another pod's reference.
+            // made): its parent is not the pod's owner's, so it is neither used nor cached.
             Ok(Ok(Some(meta))) if meta.uid.as_deref() != Some(owner.uid.as_str()) => {
                 m.owner_lookup("uid_mismatch");
                 return None;
