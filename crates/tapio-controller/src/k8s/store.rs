@@ -127,8 +127,8 @@ pub struct PodFacts {
 
 impl PodFacts {
     /// Extracts the facts from a Pod object; None when it has no UID, name or namespace, or
-    /// a UID or name longer than the API server allows (such an object is not stored at all rather
-    /// than named in part).
+    /// a UID or name longer than the API server allows (such an object is not stored at
+    /// all rather than named in part).
     pub fn from_pod(pod: &Pod) -> Option<(Self, Option<OwnerRef>)> {
         let meta = &pod.metadata;
         let api_uid = meta.uid.clone().filter(|u| !u.is_empty() && u.len() <= MAX_UID_LEN)?;
