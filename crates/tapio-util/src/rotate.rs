@@ -297,7 +297,7 @@ impl RotatingFile {
                 self.size = 0;
             }
             Some(Ok(meta)) if meta.len() < self.size => {
-                // Truncated (logrotate's copytruncate): appends land at its new end. A stale
+                // Truncated (logrotate's copytruncate): appends land at its new end. The old
                 // size would rotate a near-empty file out, and cutting a failed append back
                 // to it would fill the file up to it with zeros.
                 self.size = meta.len();

@@ -7,7 +7,9 @@
 //! torn line whose first cut failed) has that fragment cut off (logged) before the next line
 //! is written, so no line joins it. Files the sink creates (the first, and each after a
 //! rotation) are 0640 whatever the umask allows beyond that: evidence names pods, processes
-//! and addresses. A file that already exists keeps the mode it has.
+//! and addresses. A file that already exists keeps the mode it has. A file deleted under
+//! the sink is created again before the next write, and a truncated one followed to its
+//! new length ([`FileSink::follow_file`]).
 
 use super::lines::Lines;
 use super::{Delivered, Sink};
@@ -114,7 +116,7 @@ impl FileSink {
             self.stale = true;
             self.size = 0;
         } else if meta.len() < self.size {
-            // Truncated (logrotate's copytruncate): appends land at its new end. A stale size
+            // Truncated (logrotate's copytruncate): appends land at its new end. The old size
             // would rotate a near-empty file out, and cutting a torn line back to it would
             // fill the file up to it with zeros.
             self.size = meta.len();
