@@ -279,16 +279,12 @@ async fn a_batch_whose_request_gave_up_before_it_was_published_is_not_published(
         format!("{{\"id\":\"{id}\",\"observer\":\"network\",\"type\":\"kernel.network.connection_refused\"}}\n")
             .into_bytes()
     };
-    let signal = |sig| {
-        // SAFETY: kill takes plain integers and touches no memory of ours.
-        assert_eq!(unsafe { libc::kill(nats_proc.pid() as i32, sig) }, 0);
-    };
     // The server stopped: the first batch goes out and waits for its PubAck, holding the
     // permit, so the second waits for the permit. Both requests give up.
-    signal(libc::SIGSTOP);
+    nats_proc.stop();
     let first = sinks.deliver(line("gone-1"), 1).await;
     let second = sinks.deliver(line("gone-2"), 1).await;
-    signal(libc::SIGCONT);
+    nats_proc.resume();
     assert_eq!(first.map_err(|r| r.reason), Err("ack_timeout"));
     assert_eq!(second.map_err(|r| r.reason), Err("ack_timeout"));
     let written = || m.sink_written.get_or_create(&SinkLabels { sink: "nats" }).get();
@@ -553,15 +549,11 @@ async fn the_pubacks_of_a_chunk_are_awaited_within_one_ack_timeout() {
             )
         })
         .collect();
-    let signal = |sig| {
-        // SAFETY: kill takes plain integers and touches no memory of ours.
-        assert_eq!(unsafe { libc::kill(nats_proc.pid() as i32, sig) }, 0);
-    };
-    signal(libc::SIGSTOP);
+    nats_proc.stop();
     let started = Instant::now();
     let refused = sinks.deliver(lines.into_bytes(), 20).await;
     let took = started.elapsed();
-    signal(libc::SIGCONT);
+    nats_proc.resume();
     assert_eq!(refused.map_err(|r| r.reason), Err("write_failed"));
     assert!(took < Duration::from_secs(5), "20 PubAcks given up in {took:?}, not 20 × 500 ms");
     let failed = m.sink_dropped.get_or_create(&SinkReasonLabels { sink: "nats", reason: "publish_error" }).get();

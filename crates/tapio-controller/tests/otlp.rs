@@ -718,3 +718,47 @@ async fn a_gzipped_partial_success_counts_what_the_collector_rejected() {
     assert_eq!(receiver.got.lock().unwrap().len(), 1, "not retried");
     writers.close(Duration::from_secs(5)).await;
 }
+
+/// A sink that does not finish within the shutdown bound is stopped, not left running:
+/// what it held is counted once, as `shutdown`, and no export of it goes on afterwards.
+/// (Before, its task went on in the background: it kept connecting to the collector and
+/// would count the same records again as written or `retries_exhausted`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_stopped_at_shutdown_exports_nothing_afterwards_and_counts_its_records_once() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}/v1/logs", silent.local_addr().unwrap());
+    let connections = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&connections);
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            seen.fetch_add(1, Ordering::SeqCst);
+            held.push(s);
+        }
+    });
+    let cfg = OtlpConfig {
+        timeout: Duration::from_millis(300),
+        max_retry_delay: Duration::from_millis(100),
+        ..otlp_best_effort(&endpoint, 1000)
+    };
+    let m = Metrics::new();
+    let opts = SinkOptions { queue_bytes: 1 << 20, ack_timeout: Duration::from_secs(5) };
+    let (sinks, writers) = sink::start(&[SinkTarget::Otlp(cfg)], &opts, &m).await.unwrap();
+    let (body, _) = id_batch("stuck", 1, "stuck", 4);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    let lines: String = v["events"].as_array().unwrap().iter().map(|e| format!("{e}\n")).collect();
+    assert_eq!(sinks.deliver(lines.into_bytes(), 4).await, Ok(()), "best effort");
+    wait_for("the export reaches the collector", || connections.load(Ordering::SeqCst) > 0).await;
+    writers.close(Duration::from_millis(500)).await;
+    assert_eq!(dropped(&m, "shutdown"), 4);
+    let (after_close, retries) =
+        (connections.load(Ordering::SeqCst), m.sink_retries.get_or_create(&SinkLabels { sink: "otlp" }).get());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(connections.load(Ordering::SeqCst), after_close, "no export after the sink was stopped");
+    assert_eq!(m.sink_retries.get_or_create(&SinkLabels { sink: "otlp" }).get(), retries);
+    for reason in ["retries_exhausted", "rejected", "refused", "unhandled"] {
+        assert_eq!(dropped(&m, reason), 0, "{reason}: counted once, as shutdown");
+    }
+    assert_eq!(written(&m), 0);
+    hold.abort();
+}

@@ -602,14 +602,19 @@ impl SinkWriters {
                         abandon(&shared, timeout);
                     }
                 }
-                Worker::Task { tx, task } => {
-                    let stopped = tokio::time::timeout(timeout, async move {
+                Worker::Task { tx, mut task } => {
+                    let stopped = tokio::time::timeout(timeout, async {
                         let _ = tx.send(Msg::Close).await;
-                        let _ = task.await;
+                        let _ = (&mut task).await;
                     })
                     .await;
                     if stopped.is_err() {
+                        // Counted first, then stopped: left running, the task would go on
+                        // exporting what is counted here and count it a second time. Its
+                        // batches, dropped with it, find nothing left to count.
                         abandon(&shared, timeout);
+                        task.abort();
+                        let _ = tokio::time::timeout(timeout, task).await;
                     }
                 }
             }

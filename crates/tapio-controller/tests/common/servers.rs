@@ -39,6 +39,35 @@ impl Proc {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// SIGSTOP, and wait until every thread has stopped: the signal only asks, and a
+    /// thread running on another CPU goes on until it next enters the kernel, long enough
+    /// on a loaded machine to answer a request sent right after `kill` returned.
+    pub fn stop(&self) {
+        // SAFETY: kill takes plain integers and touches no memory of ours.
+        assert_eq!(unsafe { libc::kill(self.pid() as i32, libc::SIGSTOP) }, 0);
+        let tasks = PathBuf::from(format!("/proc/{}/task", self.pid()));
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let stopped = std::fs::read_dir(&tasks).unwrap().flatten().all(|t| {
+                let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                // The state follows the command's closing parenthesis.
+                stat.rsplit_once(')')
+                    .is_some_and(|(_, rest)| matches!(rest.trim_start().chars().next(), Some('T' | 't')))
+            });
+            if stopped {
+                return;
+            }
+            assert!(Instant::now() < end, "{} did not stop", self.name);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self) {
+        // SAFETY: kill takes plain integers and touches no memory of ours.
+        assert_eq!(unsafe { libc::kill(self.pid() as i32, libc::SIGCONT) }, 0);
+    }
 }
 
 impl Drop for Proc {
