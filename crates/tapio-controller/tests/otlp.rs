@@ -762,3 +762,44 @@ async fn a_sink_stopped_at_shutdown_exports_nothing_afterwards_and_counts_its_re
     assert_eq!(written(&m), 0);
     hold.abort();
 }
+
+/// A burst queued behind a slow collector goes out in requests of at most about 4 MiB of
+/// records each, not as one request holding the whole burst (which a collector's body
+/// limit, 20 MiB by default, would refuse together with every batch in it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_queued_behind_a_slow_collector_goes_out_in_bounded_requests() {
+    let (endpoint, receiver) = start_receiver(vec![]).await;
+    receiver.hold.store(true, Ordering::SeqCst);
+    let m = Metrics::new();
+    let opts = SinkOptions { queue_bytes: 64 << 20, ack_timeout: Duration::from_secs(30) };
+    let (sinks, writers) = sink::start(&[SinkTarget::Otlp(otlp_best_effort(&endpoint, 0))], &opts, &m).await.unwrap();
+    let line = |id: String, blob: usize| {
+        let record = json!({"id": id, "type": "kernel.x.y", "observer": "x", "severity": "info",
+                            "timestamp_unix_nanos": 1u64, "node": "n", "facts": {"blob": "b".repeat(blob)}});
+        format!("{record}\n")
+    };
+    // Four exports the collector holds, so that what follows queues up behind them.
+    for i in 0..4 {
+        sinks.deliver(line(format!("small-{i}"), 10).into_bytes(), 1).await.unwrap();
+        wait_for("an export held", || receiver.got.lock().unwrap().len() == i + 1).await;
+    }
+    for b in 0..4 {
+        let batch: String = (0..2).map(|i| line(format!("big-{b}-{i}"), 1 << 20)).collect();
+        sinks.deliver(batch.into_bytes(), 2).await.unwrap();
+    }
+    receiver.hold.store(false, Ordering::SeqCst);
+    receiver.gate.add_permits(64);
+    wait_written(&m, "otlp", 12).await;
+    writers.close(Duration::from_secs(5)).await;
+    let got = receiver.got.lock().unwrap().clone();
+    let sizes: Vec<usize> = got
+        .iter()
+        .map(|g| {
+            let mut raw = Vec::new();
+            flate2::read::GzDecoder::new(&g.body[..]).read_to_end(&mut raw).unwrap();
+            raw.len()
+        })
+        .collect();
+    assert!(sizes.iter().all(|s| *s < 4_500_000), "every export request bounded: {sizes:?}");
+    assert_eq!(got.iter().map(|g| log_records(&g.body).len()).sum::<usize>(), 12, "every record exported once");
+}

@@ -30,7 +30,8 @@
 //!
 //! Up to four exports run at once (each on its own keep-alive connection, so records may
 //! arrive out of order), each grouping the batches queued at the time up to
-//! `--otlp-max-batch-records`. Right before a group is encoded, a batch whose request has
+//! `--otlp-max-batch-records` records and [`MAX_EXPORT_LINE_BYTES`] of them (a single
+//! larger batch goes whole). Right before a group is encoded, a batch whose request has
 //! already ended without a 200 is left out (the agent resends it) and counted as dropped
 //! `refused`. An export is retried on 429/502/503/504 and on connection failures,
 //! honouring `Retry-After` (seconds or an HTTP date) up to `--otlp-max-retry-delay-secs`,
@@ -144,6 +145,12 @@ pub struct Exporter {
     pool: std::sync::Mutex<Vec<SendRequest<Full<Bytes>>>>,
 }
 
+/// Most record bytes (as JSON lines) one export request groups, so that a burst queued
+/// behind a slow collector does not become one request past the body limit collectors
+/// set (the OpenTelemetry Collector's default is 20 MiB) and get every batch in it refused
+/// together. A single batch larger than this still goes whole.
+pub const MAX_EXPORT_LINE_BYTES: usize = 4 * 1024 * 1024;
+
 /// Exports in flight at once, each on its own connection: one export's encoding overlaps
 /// another's round trip, and one slow answer does not hold up the rest.
 const EXPORTS_IN_FLIGHT: usize = 4;
@@ -186,36 +193,48 @@ impl Exporter {
         let mut probe = tokio::time::interval(PROBE_EVERY);
         probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut closing = false;
-        while !closing {
-            let first = tokio::select! {
-                m = rx.recv() => match m {
-                    Some(m) => m,
-                    None => break,
+        // A batch that would have taken a group past its bounds: it starts the next one.
+        let mut carried: Option<Delivery> = None;
+        loop {
+            let first = match carried.take() {
+                Some(d) => Msg::Deliver(d),
+                None if closing => break,
+                None => tokio::select! {
+                    m = rx.recv() => match m {
+                        Some(m) => m,
+                        None => break,
+                    },
+                    Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+                    _ = probe.tick(), if durable && tasks.is_empty() && !shared.is_healthy() => {
+                        let (me, shared) = (Arc::clone(&me), Arc::clone(shared));
+                        tasks.spawn(async move { me.probe(&shared).await });
+                        continue;
+                    }
                 },
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
-                _ = probe.tick(), if durable && tasks.is_empty() && !shared.is_healthy() => {
-                    let (me, shared) = (Arc::clone(&me), Arc::clone(shared));
-                    tasks.spawn(async move { me.probe(&shared).await });
-                    continue;
-                }
             };
             let mut group: Vec<Delivery> = Vec::new();
-            let mut records = 0u64;
-            match first {
-                Msg::Deliver(d) => {
-                    records += d.batch.records;
-                    group.push(d);
-                }
-                Msg::Close => closing = true,
-            }
-            while !closing && records < me.cfg.max_batch_records as u64 {
-                match rx.try_recv() {
-                    Ok(Msg::Deliver(d)) => {
-                        records += d.batch.records;
-                        group.push(d);
+            let (mut records, mut bytes) = (0u64, 0usize);
+            let max_records = me.cfg.max_batch_records as u64;
+            let mut next = Some(first);
+            while let Some(msg) = next.take() {
+                let d = match msg {
+                    Msg::Deliver(d) => d,
+                    Msg::Close => {
+                        closing = true;
+                        break;
                     }
-                    Ok(Msg::Close) => closing = true,
-                    Err(_) => break,
+                };
+                let over =
+                    records + d.batch.records > max_records || bytes + d.batch.lines.len() > MAX_EXPORT_LINE_BYTES;
+                if over && !group.is_empty() {
+                    carried = Some(d);
+                    break;
+                }
+                records += d.batch.records;
+                bytes += d.batch.lines.len();
+                group.push(d);
+                if !closing && records < max_records && bytes < MAX_EXPORT_LINE_BYTES {
+                    next = rx.try_recv().ok();
                 }
             }
             if group.is_empty() {
