@@ -561,3 +561,38 @@ async fn the_pubacks_of_a_chunk_are_awaited_within_one_ack_timeout() {
     writers.close(Duration::from_secs(5)).await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A stream that disappears while the server stays connected: the batches are refused and
+/// the replica stays not ready until the stream is back. (Before, readiness came back a
+/// second after each refusal because the connection was up, although every publish still
+/// failed, so a Service kept sending agents to a replica that could keep nothing.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_stream_not_just_the_connection() {
+    let (dir, port, _nats) = scratch_nats("nats-stream-gone");
+    let server = start_controller(port, "TAPIO_GONE_STREAM").await;
+    let client = async_nats::connect(format!("127.0.0.1:{port}")).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let config = js.get_stream("TAPIO_GONE_STREAM").await.unwrap().cached_info().config.clone();
+    assert!(js.delete_stream("TAPIO_GONE_STREAM").await.unwrap().success);
+    let (body, _) = id_batch("n1", 1, "no-stream", 3);
+    assert_eq!(try_post(server.addr, &body).await, Some(503), "nothing can keep the batch");
+    // Longer than the probe's period: readiness must not come back while the stream is gone.
+    for _ in 0..5 {
+        let (status, why) = http_get(server.addr, "/readyz").await.unwrap();
+        assert_eq!(status, 503, "{why}");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    js.create_stream(config).await.unwrap();
+    wait_for_async(|| async { http_get(server.addr, "/readyz").await.is_some_and(|(s, _)| s == 200) }).await;
+    assert_eq!(try_post(server.addr, &body).await, Some(200));
+    server.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+async fn wait_for_async<F: std::future::Future<Output = bool>>(mut cond: impl FnMut() -> F) {
+    let end = Instant::now() + Duration::from_secs(20);
+    while !cond().await {
+        assert!(Instant::now() < end, "condition not met within 20 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

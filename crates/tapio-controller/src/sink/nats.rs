@@ -13,7 +13,9 @@
 //! Publishes awaiting a PubAck are bounded by `--nats-max-in-flight`; batches are
 //! published concurrently within that bound. The client reconnects by itself with
 //! exponential backoff (100 ms doubling to 10 s); while it is away publishes fail fast,
-//! the sink reports not ready and batches are refused rather than held.
+//! the sink reports not ready and batches are refused rather than held. Once not ready,
+//! a probe every second (batches or none) makes it ready again when JetStream can take
+//! records: connected, and the stream (`--nats-stream`) there, or JetStream answering.
 //!
 //! Before each chunk of a batch is published (after its in-flight permits, the wait that
 //! can be long) the sink checks that the request still waits for it: one that ended
@@ -44,6 +46,8 @@ pub struct Publisher {
     max_in_flight: usize,
     /// Longest wait for a chunk's PubAcks, from the moment it was sent.
     ack_timeout: Duration,
+    /// `--nats-stream`: what the readiness probe asks about.
+    stream: Option<String>,
     /// The connection (its state drives recovery of readiness).
     client: async_nats::Client,
 }
@@ -104,6 +108,7 @@ impl Publisher {
             in_flight: Arc::new(Semaphore::new(cfg.max_in_flight)),
             max_in_flight: cfg.max_in_flight,
             ack_timeout: cfg.ack_timeout,
+            stream: cfg.stream.clone(),
             client,
         })
     }
@@ -111,20 +116,32 @@ impl Publisher {
     /// Publishes every delivered batch until Close, then waits for those in flight.
     pub async fn run(self, mut rx: mpsc::Receiver<Msg>, shared: &Arc<SinkShared>) {
         let mut tasks = JoinSet::new();
-        // While unhealthy, a reconnected client makes the sink ready again: a replica out
-        // of its Service's endpoints gets no batch that could show it.
+        // While unhealthy, a probe makes the sink ready again once JetStream can take
+        // records: a replica out of its Service's endpoints gets no batch that could show
+        // it. The tick is always polled and the health read at each one: a select branch
+        // guarded by it would keep the health read when the select began, before the
+        // batch that failed, and the probe never run without a next batch.
         let mut probe = tokio::time::interval(Duration::from_secs(1));
         probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let probing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         loop {
             let msg = tokio::select! {
                 m = rx.recv() => match m {
                     Some(m) => m,
                     None => break,
                 },
-                _ = probe.tick(), if !shared.is_healthy() => {
-                    if self.client.connection_state() == async_nats::connection::State::Connected {
-                        shared.set_health(Ok(()));
+                _ = probe.tick() => {
+                    if !shared.is_healthy() && !probing.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                        let (js, client, stream) = (self.js.clone(), self.client.clone(), self.stream.clone());
+                        let (shared, probing, timeout) = (Arc::clone(shared), Arc::clone(&probing), self.ack_timeout);
+                        tasks.spawn(async move {
+                            if can_publish(&js, &client, stream.as_deref(), timeout).await {
+                                shared.set_health(Ok(()));
+                            }
+                            probing.store(false, std::sync::atomic::Ordering::Release);
+                        });
                     }
+                    while tasks.try_join_next().is_some() {}
                     continue;
                 }
             };
@@ -143,6 +160,24 @@ impl Publisher {
             }
         }
         while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Whether JetStream can take records again: connected, and the stream (`--nats-stream`)
+/// there, or without one, JetStream answering for the account. A connection alone is not
+/// enough: a deleted stream or a JetStream without quorum fails every publish on it.
+async fn can_publish(
+    js: &jetstream::Context,
+    client: &async_nats::Client,
+    stream: Option<&str>,
+    within: Duration,
+) -> bool {
+    if client.connection_state() != async_nats::connection::State::Connected {
+        return false;
+    }
+    match stream {
+        Some(name) => tokio::time::timeout(within, js.get_stream(name)).await.is_ok_and(|r| r.is_ok()),
+        None => tokio::time::timeout(within, js.query_account()).await.is_ok_and(|r| r.is_ok()),
     }
 }
 
