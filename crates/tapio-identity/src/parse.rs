@@ -18,7 +18,8 @@ pub struct PathIdentity {
 const MAX_PATH_LEN: usize = 4096;
 
 /// Container id and pod UID encoded in `path`, a cgroup path relative to its hierarchy
-/// root (e.g. `/kubepods.slice/...`). Sub-cgroups below a container keep its identity.
+/// root (e.g. `/kubepods.slice/...`). Sub-cgroups below a Kubernetes container keep its
+/// identity; below a plain Docker container, none: that container is their node.
 pub fn parse_cgroup_path(path: &str) -> PathIdentity {
     if path.len() > MAX_PATH_LEN {
         return PathIdentity::default();
@@ -97,11 +98,14 @@ fn cgroupfs_kubepods(segments: &[&str]) -> Option<PathIdentity> {
     Some(PathIdentity { container_id, pod_uid: Some(pod_uid) })
 }
 
-/// Docker without Kubernetes: `/docker/<id>` (cgroupfs) or `/system.slice/docker-<id>.scope`.
+/// Docker without Kubernetes: `/docker/<id>` (cgroupfs) or `/system.slice/docker-<id>.scope`,
+/// the container's own cgroup only. Cgroups below it are made by what runs inside (systemd,
+/// the kubelet of a kind or k3d node, another runtime): the Docker container is their node,
+/// and naming it would name one container for all of their workloads.
 fn plain_docker(segments: &[&str]) -> Option<PathIdentity> {
     let container_id = match segments {
-        ["docker", id, ..] => container_hex(id),
-        ["system.slice", scope, ..] => container_hex(scope.strip_prefix("docker-")?.strip_suffix(".scope")?),
+        ["docker", id] => container_hex(id),
+        ["system.slice", scope] => container_hex(scope.strip_prefix("docker-")?.strip_suffix(".scope")?),
         _ => None,
     }?;
     Some(PathIdentity { container_id: Some(container_id), pod_uid: None })
@@ -337,11 +341,114 @@ mod tests {
     fn plain_docker_layouts() {
         let only_cid = (Some(CID.to_owned()), None);
         assert_eq!(both(&format!("/docker/{CID}")), only_cid);
-        assert_eq!(both(&format!("/docker/{CID}/nested")), only_cid);
         assert_eq!(both(&format!("/system.slice/docker-{CID}.scope")), only_cid);
-        assert_eq!(both(&format!("/system.slice/docker-{CID}.scope/init.scope")), only_cid);
         assert_eq!(both("/system.slice/docker.service"), NOTHING);
         assert_eq!(both("/docker"), NOTHING);
+    }
+
+    /// A kind or k3d node is a Docker container and its kubelet's pods are below it: as
+    /// the host sees them, and as an agent in a node with the host's cgroup namespace (kind
+    /// on cgroup v1) sees them. The node is not the pods' container.
+    #[test]
+    fn cgroups_made_inside_a_docker_container_are_not_named_after_it() {
+        let node = "fe".repeat(32);
+        for p in [
+            format!("/docker/{node}/kubelet/kubepods/burstable/pod{UID}/{CID}"),
+            format!("/docker/{node}/kubelet/kubepods/burstable/pod{UID}"),
+            format!("/docker/{node}/kubepods/besteffort/pod{UID}/{CID}"),
+            format!("/docker/{node}/kubepods/pod{UID}/{CID}/sub"),
+            format!("/system.slice/docker-{node}.scope/kubepods/burstable/pod{UID}/{CID}"),
+            format!(
+                "/system.slice/docker-{node}.scope/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod{UID_US}.slice/cri-containerd-{CID}.scope"
+            ),
+            format!("/system.slice/docker-{node}.scope/kubepods.slice/kubepods-pod{UID_US}.slice/crio-{CID}.scope/container"),
+            // Docker in Docker, and CRI-O's monitor of a nested container.
+            format!("/docker/{node}/docker/{CID}"),
+            format!("/system.slice/docker-{node}.scope/system.slice/docker-{CID}.scope"),
+            format!("/system.slice/docker-{node}.scope/crio-conmon-{CID}.scope"),
+        ] {
+            assert_eq!(both(&p), NOTHING, "{p}");
+        }
+        // Nor is any other cgroup made inside it: systemd's units in a kind node, a nested
+        // runtime's own service, a kubelet's cgroup root before its pods exist.
+        for p in [
+            format!("/docker/{node}/system.slice/containerd.service"),
+            format!("/system.slice/docker-{node}.scope/init.scope"),
+            format!("/system.slice/docker-{node}.scope/kubelet.slice"),
+            format!("/docker/{node}/nested"),
+        ] {
+            assert_eq!(both(&p), NOTHING, "{p}");
+        }
+        // The node's own cgroup is the node container.
+        assert_eq!(both(&format!("/docker/{node}")), (Some(node.clone()), None));
+    }
+
+    /// Only 64 lowercase hex characters are an id, in every layout that carries one.
+    #[test]
+    fn ids_of_the_wrong_length_or_case_are_refused_in_every_layout() {
+        let layouts = [
+            format!(
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_US}.slice/cri-containerd-ID.scope"
+            ),
+            format!("/kubepods.slice/kubepods-pod{UID_US}.slice/crio-ID.scope"),
+            format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_US}.slice/docker-ID.scope"),
+            format!("/kubepods/burstable/pod{UID}/ID"),
+            format!("/kubepods/pod{UID}/crio-ID"),
+        ];
+        for layout in &layouts {
+            assert_eq!(both(&layout.replace("ID", CID)), full(), "{layout}");
+            for bad in [&CID[..63], &format!("{CID}0"), &CID.to_uppercase(), &format!("{}A", &CID[..63])] {
+                assert_eq!(both(&layout.replace("ID", bad)), pod_only(), "{layout} {bad}");
+            }
+        }
+        for docker in ["/docker/ID", "/system.slice/docker-ID.scope"] {
+            assert_eq!(both(&docker.replace("ID", CID)), (Some(CID.to_owned()), None));
+            for bad in [&CID[..63], &format!("{CID}0"), &CID.to_uppercase()] {
+                assert_eq!(both(&docker.replace("ID", bad)), NOTHING, "{docker} {bad}");
+            }
+        }
+    }
+
+    #[test]
+    fn crio_runc_container_subcgroup_keeps_the_container() {
+        let p = format!(
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_US}.slice/crio-{CID}.scope/container"
+        );
+        assert_eq!(both(&p), full());
+    }
+
+    /// Podman, nerdctl and systemd-nspawn layouts are not known: unnamed, and a monitor
+    /// (conmon) is never taken for its container.
+    #[test]
+    fn runtimes_outside_the_known_layouts_are_unnamed() {
+        for p in [
+            format!("/machine.slice/libpod-{CID}.scope"),
+            format!("/machine.slice/libpod-{CID}.scope/container"),
+            format!("/machine.slice/libpod-conmon-{CID}.scope"),
+            format!("/libpod_parent/libpod-{CID}"),
+            format!("/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{CID}.scope"),
+            format!("/system.slice/nerdctl-{CID}.scope"),
+            format!("/default/{CID}"),
+            format!("/machine.slice/machine-kind.scope/payload/kubepods/pod{UID}/{CID}"),
+            format!("/system.slice/crio-{CID}.scope"),
+            format!("/system.slice/docker-conmon-{CID}.scope"),
+        ] {
+            assert_eq!(both(&p), NOTHING, "{p}");
+        }
+    }
+
+    #[test]
+    fn malformed_pod_uids_are_rejected_under_systemd_too() {
+        for bad in [
+            "1b2c3d4e_5f60_4718_89ab_cdef0123456",
+            "1b2c3d4e_5f60_4718_89ab_cdef012345678",
+            "1b2c3d4e5_f60_4718_89ab_cdef01234567",
+            "1b2c3d4e_5f60_4718_89ab_cdef0123456z",
+            "0f1e2d3c4b5a69788796a5b4c3d2e1f",
+        ] {
+            let p = format!("/kubepods.slice/kubepods-pod{bad}.slice/cri-containerd-{CID}.scope");
+            assert_eq!(both(&p), NOTHING, "{bad}");
+        }
     }
 
     #[test]

@@ -172,3 +172,98 @@ fn cgroup2_ids_resolve() {
 fn v1_memory_ids_resolve() {
     exercise(CgroupHierarchy::v1("memory"));
 }
+
+/// A test's cgroups and ids: `mount` of `hierarchy`, a name no other run uses.
+fn setup(hierarchy: &CgroupHierarchy, what: &str) -> (PathBuf, u64) {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    can_run(what, (euid != 0).then(|| format!("needs root (euid {euid})")));
+    let resolver = Resolver::new(Config::default()).expect("read mountinfo");
+    let mount = resolver.mount_point(hierarchy).map(Path::to_path_buf);
+    can_run(what, mount.is_none().then(|| format!("{hierarchy:?} is not mounted")));
+    (mount.unwrap_or_default(), unique())
+}
+
+/// cgroup2 refuses renames (what keeping a resolved id's path for good relies on; cgroup v1
+/// allows them within one parent, and a renamed v1 cgroup keeps the name it was resolved
+/// under). A cgroup made again under a removed one's path is a new id: the old id never
+/// resolves to it, through handles or the walk.
+#[test]
+#[ignore = "needs root"]
+fn cgroup2_refuses_rename_and_a_path_made_again_is_a_new_id() {
+    let hierarchy = CgroupHierarchy::Unified;
+    let (mount, u) = setup(&hierarchy, "rename and re-creation");
+    let _turn = ONE_KERNEL_TEST_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut dirs = Cgroups(Vec::new());
+    let name = format!("tapio-identity-test-{u:016x}");
+    let first = dirs.mkdir(mount.join(&name));
+    let first_id = ino(&first);
+    let err = fs::rename(&first, mount.join(format!("{name}-renamed"))).expect_err("cgroup2 renamed a cgroup");
+    assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
+
+    let mut cached = Resolver::new(Config::default()).expect("read mountinfo");
+    let named = cached.workload(&hierarchy, first_id);
+    assert_eq!(named.cgroup_path, Some(format!("/{name}")));
+    dirs.rmdir(&first);
+    let again = dirs.mkdir(mount.join(&name));
+    let again_id = ino(&again);
+    assert_ne!(again_id, first_id, "an id was reused");
+    for use_handles in [true, false] {
+        let mut fresh = Resolver::new(Config { use_handles, ..Config::default() }).expect("read mountinfo");
+        assert_eq!(fresh.workload(&hierarchy, first_id), Workload::unknown(first_id), "handles: {use_handles}");
+        assert_eq!(fresh.workload(&hierarchy, again_id).cgroup_path, Some(format!("/{name}")));
+    }
+    // What was resolved while the first one existed still names it (true of that cgroup).
+    assert_eq!(cached.workload(&hierarchy, first_id), named);
+}
+
+/// A kind or k3d node on a cgroup v1 node (the host's cgroup namespace): its pods are made
+/// below the node's Docker cgroup, and an agent in the node sees that cgroup mounted as
+/// the hierarchy (mountinfo root `/docker/<node>`). Its pods are not the node container's.
+fn pods_below_a_docker_node_are_not_named_after_it(hierarchy: CgroupHierarchy) {
+    let what = format!("kind node pods in {hierarchy:?}");
+    let (mount, u) = setup(&hierarchy, &what);
+    let _turn = ONE_KERNEL_TEST_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let node = format!("{u:016x}{:016x}{:016x}{:016x}", !u, u.rotate_left(9), u ^ 0xa5);
+    let cid = format!("{:016x}{u:016x}{:016x}{:016x}", !u, u.rotate_left(23), u ^ 0x3c);
+    let uid =
+        format!("{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", u >> 32, u & 0xffff, u & 0xfff, (u >> 12) & 0xfff, u >> 16);
+    let mut dirs = Cgroups(Vec::new());
+    let docker = dirs.mkdir(mount.join("docker"));
+    let node_dir = dirs.mkdir(docker.join(&node));
+    let mut dir = node_dir.clone();
+    for part in ["kubelet", "kubepods", "burstable", &format!("pod{uid}"), &cid] {
+        dir = dirs.mkdir(dir.join(part));
+    }
+    let controllers = match &hierarchy {
+        CgroupHierarchy::Unified => "- cgroup2 cgroup2 rw".to_owned(),
+        CgroupHierarchy::V1(c) => format!("- cgroup cgroup rw,{c}"),
+    };
+    // The node's view: its own cgroup mounted as the hierarchy; and the host's view.
+    let node_view = format!("99 1 0:99 /docker/{node} {} rw {controllers}\n", node_dir.display());
+    let host_view = format!("99 1 0:99 / {} rw {controllers}\n", mount.display());
+    let path = format!("/docker/{node}/kubelet/kubepods/burstable/pod{uid}/{cid}");
+    for (view, mountinfo) in [("node", node_view), ("host", host_view)] {
+        for use_handles in [true, false] {
+            let mut r = Resolver::from_mountinfo(&mountinfo, Config { use_handles, ..Config::default() });
+            let w = r.workload(&hierarchy, ino(&dir));
+            let expected =
+                Workload { cgroup_id: ino(&dir), cgroup_path: Some(path.clone()), container_id: None, pod_uid: None };
+            assert_eq!(w, expected, "{view} view, handles {use_handles}");
+            // The node's own cgroup is the node container.
+            assert_eq!(r.workload(&hierarchy, ino(&node_dir)).container_id.as_deref(), Some(node.as_str()));
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn cgroup2_pods_below_a_docker_node_are_not_named_after_it() {
+    pods_below_a_docker_node_are_not_named_after_it(CgroupHierarchy::Unified);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn v1_memory_pods_below_a_docker_node_are_not_named_after_it() {
+    pods_below_a_docker_node_are_not_named_after_it(CgroupHierarchy::v1("memory"));
+}
