@@ -238,7 +238,7 @@ async fn evidence_posted_to_the_controller_reaches_the_collector_field_by_field(
         "error": {"code": "ECONNREFUSED", "message": "TCP connect to 10.0.0.9:5432 was refused"},
         "timestamp_unix_nanos": 1_763_700_000_123_456_789u64, "node": "node-7", "config_generation": 3,
         "workload": {"cgroup_id": 2675, "cgroup_path": "/kubepods/p1/c1", "container_id": "c1", "pod_uid": "p1"},
-        "facts": {"pid": 4242, "comm": "psql", "family": "ipv4", "src_addr": "10.0.0.2", "src_port": 40000,
+        "facts": {"pid": 4242, "tid": 4243, "comm": "psql", "family": "ipv4", "src_addr": "10.0.0.2", "src_port": 40000,
                   "dst_addr": "10.0.0.9", "dst_port": 5432, "errno": 111, "soft_error": false, "ratio": 1.5}
     });
     let bare = json!({"type": "kernel.node.memory_pressure", "observer": "node", "severity": "novel",
@@ -297,7 +297,8 @@ async fn evidence_posted_to_the_controller_reaches_the_collector_field_by_field(
         ("tapio.workload.cgroup_id", i(2675)),
         ("tapio.workload.cgroup_path", s("/kubepods/p1/c1")),
         ("process.pid", i(4242)),
-        ("process.executable.name", s("psql")),
+        ("thread.id", i(4243)),
+        ("thread.name", s("psql")),
         ("network.type", s("ipv4")),
         ("network.local.address", s("10.0.0.2")),
         ("network.local.port", i(40000)),

@@ -70,10 +70,14 @@ use super::otlp_proto::{
 use super::{Batch, Delivery, Msg, SinkShared, DROPPED_REFUSED};
 use crate::metrics::{Metrics, SinkLabels};
 
-/// Facts whose OpenTelemetry semantic-convention name exists.
+/// Facts whose OpenTelemetry semantic-convention name exists. `comm` is the name of the
+/// thread the fact is about (the kernel's `task->comm`), which a process's threads may set
+/// to anything (`tokio-runtime-w`, `http-nio-8080-e`): `thread.name`, not the executable's
+/// name that `process.executable.name` claims.
 pub const FACT_ATTRIBUTES: &[(&str, &str)] = &[
     ("pid", "process.pid"),
-    ("comm", "process.executable.name"),
+    ("tid", "thread.id"),
+    ("comm", "thread.name"),
     ("exit_code", "process.exit.code"),
     ("src_addr", "network.local.address"),
     ("src_port", "network.local.port"),
@@ -722,8 +726,8 @@ mod tests {
     /// in `dropped_attributes_count` instead of vanishing; the same value twice is no loss.
     #[test]
     fn a_second_value_for_a_key_is_counted_dropped() {
-        let r = serde_json::json!({"id": "01J", "type": "kernel.x.y", "k8s": {"log.record.uid": "other", "tapio.node": "n"},
-                                   "node": "n", "facts": {}});
+        let r = serde_json::json!({"id": "01J", "type": "kernel.x.y", "node": "n", "facts": {},
+                                   "k8s": {"log.record.uid": "other", "tapio.node": "n"}});
         let rec = log_record(r.as_object().unwrap(), 0);
         let uid = rec.attributes.iter().find(|a| a.key == "log.record.uid").and_then(|a| a.value.clone()?.value);
         assert_eq!(uid, Some(any_value::Value::StringValue("01J".into())));
