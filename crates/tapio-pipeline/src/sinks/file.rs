@@ -16,7 +16,8 @@ use super::{Delivered, Sink};
 use crate::knobs::FileSinkConfig;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use tapio_util::rotate::{whole_lines_len, DropBehind, EVIDENCE_FILE_MODE};
 
@@ -108,18 +109,29 @@ impl FileSink {
     /// Takes in what others did to the file since the last write.
     fn follow_file(&mut self) {
         // A stale file is opened again before anything is written to it.
-        let Some(Ok(meta)) = (!self.stale).then(|| self.file.metadata()) else { return };
-        if meta.nlink() == 0 {
+        if self.stale {
+            return;
+        }
+        // SAFETY: fstat writes only into the struct passed. (Plain fstat rather than
+        // `File::metadata`: a second inlined copy of its statx path costs the agent's size.)
+        let st = unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::fstat(self.file.as_raw_fd(), &mut st) != 0 {
+                return;
+            }
+            st
+        };
+        if st.st_nlink == 0 {
             // Deleted (or its directory was): lines written to it would be counted written
             // and read by nobody. They go to a fresh `path`, or fail, counted, until one opens.
             log::warn!("sink file: {} was deleted; creating it again", self.path.display());
             self.stale = true;
             self.size = 0;
-        } else if meta.len() < self.size {
+        } else if (st.st_size as u64) < self.size {
             // Truncated (logrotate's copytruncate): appends land at its new end. The old size
             // would rotate a near-empty file out, and cutting a torn line back to it would
             // fill the file up to it with zeros.
-            self.size = meta.len();
+            self.size = st.st_size as u64;
             self.drop_behind.restart_at(self.size);
         }
     }
@@ -147,7 +159,6 @@ impl Sink for FileSink {
                 return;
             }
             self.write_out();
-            self.follow_file();
             if self.size > 0 {
                 if let Err(e) = self.rotate() {
                     // The size bound holds: the line is refused (counted), not appended.
@@ -181,10 +192,11 @@ impl Sink for FileSink {
 impl FileSink {
     /// Writes the buffered lines to the file; their outcomes wait in `delivered`.
     fn write_out(&mut self) {
+        // Also with no lines: a rotation follows this, and must see the file as it is.
+        self.follow_file();
         if self.lines.lines() == 0 {
             return;
         }
-        self.follow_file();
         let w = match self.stale.then(|| self.reopen()) {
             // No file a line could be written to without joining a fragment: every line fails.
             Some(Err(e)) => self.lines.fail_all(e),
