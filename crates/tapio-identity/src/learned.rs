@@ -164,7 +164,10 @@ pub(crate) fn each_dir(root: &Path, max_dirs: usize, mut f: impl FnMut(u64, &str
                 f(entry.ino(), rel);
             }
             // d_ino is the mount point's own inode; a stat crosses into what is mounted there.
-            if entry.metadata().is_ok_and(|m| m.dev() == root_dev) {
+            // A bind mount of this filesystem (a kind node mounts its cgroup below itself)
+            // keeps the device but not the inode: its cgroups would be learned again, under a
+            // path that is not theirs.
+            if entry.metadata().is_ok_and(|m| m.dev() == root_dev && m.ino() == entry.ino()) {
                 pending.push(path);
             }
         }

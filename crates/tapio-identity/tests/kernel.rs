@@ -267,3 +267,93 @@ fn cgroup2_pods_below_a_docker_node_are_not_named_after_it() {
 fn v1_memory_pods_below_a_docker_node_are_not_named_after_it() {
     pods_below_a_docker_node_are_not_named_after_it(CgroupHierarchy::v1("memory"));
 }
+
+/// Leaves this thread's mount namespace private to it, so what the test mounts is seen by
+/// nothing else and is gone with the thread even if the test is killed.
+fn private_mount_namespace() {
+    // SAFETY: plain syscalls with valid arguments; CLONE_NEWNS only affects this thread.
+    unsafe {
+        assert_eq!(libc::unshare(libc::CLONE_NEWNS), 0, "unshare: {}", std::io::Error::last_os_error());
+        let private = libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        );
+        assert_eq!(private, 0, "make / private: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// Unmounts on drop (also on panic), before the cgroups below it are removed.
+struct Unmount(std::ffi::CString);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        // SAFETY: a valid NUL-terminated path.
+        unsafe { libc::umount2(self.0.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// A kind node on cgroup v1 bind-mounts its cgroup onto `docker/<node>` below itself (so
+/// its kubelet finds the path `/proc/self/cgroup` shows). Neither the start walk nor the
+/// lookup walk goes into it: they would find the node's cgroups again, under paths that
+/// are not theirs.
+fn walks_do_not_enter_a_bind_mount_of_the_hierarchy(hierarchy: CgroupHierarchy) {
+    use std::os::unix::ffi::OsStrExt;
+    let what = format!("bind mount loop in {hierarchy:?}");
+    let (mount, u) = setup(&hierarchy, &what);
+    let _turn = ONE_KERNEL_TEST_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    private_mount_namespace();
+    let node_id = format!("{u:016x}{:016x}{:016x}{:016x}", !u, u.rotate_left(5), u ^ 0x77);
+    let cid = format!("{:016x}{u:016x}{:016x}{:016x}", u ^ 0x11, !u, u.rotate_left(31));
+    let uid =
+        format!("{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", u >> 32, u & 0xffff, u & 0xfff, (u >> 12) & 0xfff, u >> 16);
+    let mut dirs = Cgroups(Vec::new());
+    let node = dirs.mkdir(mount.join(format!("tapio-identity-test-{u:016x}")));
+    let docker = dirs.mkdir(node.join("docker"));
+    let target = dirs.mkdir(docker.join(&node_id));
+    let mut dir = node.clone();
+    for part in ["kubepods", &format!("pod{uid}"), &cid] {
+        dir = dirs.mkdir(dir.join(part));
+    }
+    let target_c = std::ffi::CString::new(target.as_os_str().as_bytes()).unwrap_or_default();
+    let source_c = std::ffi::CString::new(node.as_os_str().as_bytes()).unwrap_or_default();
+    // SAFETY: valid NUL-terminated paths; a bind mount takes no type or data.
+    let bound =
+        unsafe { libc::mount(source_c.as_ptr(), target_c.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) };
+    assert_eq!(bound, 0, "bind mount: {}", std::io::Error::last_os_error());
+    let _unmount = Unmount(target_c);
+
+    let controllers = match &hierarchy {
+        CgroupHierarchy::Unified => "- cgroup2 cgroup2 rw".to_owned(),
+        CgroupHierarchy::V1(c) => format!("- cgroup cgroup rw,{c}"),
+    };
+    // The node's view: its cgroup is the hierarchy's root (trusted as such here).
+    let mountinfo = format!("99 1 0:99 / {} rw {controllers}\n", node.display());
+    let path = format!("/kubepods/pod{uid}/{cid}");
+    let config = Config { use_handles: false, max_walk_dirs: 256, ..Config::default() };
+
+    let mut learner = Resolver::from_mountinfo(&mountinfo, config.clone());
+    // The node, docker, its <node> (the mount point: a cgroup itself), kubepods, pod, container.
+    assert_eq!(learner.learn_existing(std::slice::from_ref(&hierarchy)), (6, true), "the walk went round the mount");
+    let id = ino(&dir);
+    let w = learner.workload(&hierarchy, id);
+    assert_eq!((w.cgroup_path.as_deref(), w.container_id.as_deref()), (Some(path.as_str()), Some(cid.as_str())));
+    assert_eq!(learner.stats().misses, 0, "answered from what the walk learned");
+
+    let mut walker = Resolver::from_mountinfo(&mountinfo, config);
+    assert_eq!(walker.workload(&hierarchy, id).cgroup_path, Some(path));
+}
+
+#[test]
+#[ignore = "needs root"]
+fn cgroup2_walks_do_not_enter_a_bind_mount_of_the_hierarchy() {
+    walks_do_not_enter_a_bind_mount_of_the_hierarchy(CgroupHierarchy::Unified);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn v1_memory_walks_do_not_enter_a_bind_mount_of_the_hierarchy() {
+    walks_do_not_enter_a_bind_mount_of_the_hierarchy(CgroupHierarchy::v1("memory"));
+}
