@@ -804,3 +804,23 @@ async fn a_burst_queued_behind_a_slow_collector_goes_out_in_bounded_requests() {
     assert!(sizes.iter().all(|s| *s < 4_500_000), "every export request bounded: {sizes:?}");
     assert_eq!(got.iter().map(|g| log_records(&g.body).len()).sum::<usize>(), 12, "every record exported once");
 }
+
+/// A `Retry-After` longer than `--otlp-max-retry-delay-secs` is waited for only that long:
+/// a collector asking for an hour does not hold the export (and its batch) for an hour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_past_the_cap_waits_only_the_cap() {
+    let (endpoint, receiver) = start_receiver(vec![(429, Some("3600"))]).await;
+    let m = Metrics::new();
+    let opts = SinkOptions { queue_bytes: 1 << 20, ack_timeout: Duration::from_secs(30) };
+    let cfg = OtlpConfig { max_retry_delay: Duration::from_secs(1), ..otlp(&endpoint, 3) };
+    let (sinks, writers) = sink::start(&[SinkTarget::Otlp(cfg)], &opts, &m).await.unwrap();
+    let (body, _) = id_batch("capped", 1, "capped", 2);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    let lines: String = v["events"].as_array().unwrap().iter().map(|e| format!("{e}\n")).collect();
+    assert_eq!(sinks.deliver(lines.into_bytes(), 2).await, Ok(()));
+    let got = receiver.got.lock().unwrap().clone();
+    assert_eq!(got.len(), 2);
+    let waited = got[1].at - got[0].at;
+    assert!(waited >= Duration::from_millis(950) && waited < Duration::from_secs(15), "waited {waited:?}");
+    writers.close(Duration::from_secs(5)).await;
+}
