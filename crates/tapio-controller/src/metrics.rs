@@ -425,6 +425,10 @@ impl Metrics {
                 ("correlation_drops", c.correlation_drops_total),
                 ("sink_drops", c.sink_drops_total),
                 ("controller_send_failures", c.controller_send_failures_total),
+                // Facts the kernel saw but never judged (a config of another ABI, a kernel
+                // lacking a field, runs the kernel skipped as recursion): not lost records,
+                // so no alert selects it, but evidence of them may be missing.
+                ("not_judged", c.not_judged_total),
             ] {
                 let labels = AgentLossLabels { agent_id: a.agent_id.clone(), node: a.node_name.clone(), kind };
                 self.agent_losses.get_or_create(&labels).inner().store(v, std::sync::atomic::Ordering::Relaxed);

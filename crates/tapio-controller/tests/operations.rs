@@ -398,12 +398,14 @@ async fn correlation_drops_reach_the_metrics_by_observer_and_reason() {
     assert_eq!(c.post_json("/v1/agents/hello", &hello("a1")).await.status, 200);
     let mut hb = heartbeat("a1");
     hb["counters"]["correlation_drops_total"] = json!(5);
+    hb["counters"]["not_judged_total"] = json!(4);
     hb["correlation_drops"] = json!({"storage.ambiguous_inflight_io": 3, "dns.query_expired": 2});
     assert_eq!(c.post_json("/v1/agents/heartbeat", &hb).await.status, 200);
     for (series, value) in [
         ("tapio_correlation_drops_total{agent_id=\"a1\",node=\"node-a1\",observer=\"storage\",reason=\"ambiguous_inflight_io\"}", 3.0),
         ("tapio_correlation_drops_total{agent_id=\"a1\",node=\"node-a1\",observer=\"dns\",reason=\"query_expired\"}", 2.0),
         ("tapio_controller_agent_losses_total{agent_id=\"a1\",node=\"node-a1\",kind=\"correlation_drops\"}", 5.0),
+        ("tapio_controller_agent_losses_total{agent_id=\"a1\",node=\"node-a1\",kind=\"not_judged\"}", 4.0),
     ] {
         assert_eq!(metric(&c, series).await, Some(value), "{series}");
     }
