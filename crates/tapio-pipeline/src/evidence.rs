@@ -677,7 +677,8 @@ pub struct DnsFacts {
     pub query_type: u16,
     /// A, AAAA, … for the common types; null for others (`query_type` has the number).
     pub query_type_name: Option<&'static str>,
-    /// The answer's rcode; null for a timeout (no answer).
+    /// The answer's rcode; null when no answer came (a timeout the sweep judged; a timeout
+    /// judged on an answer that came too late carries that answer's).
     pub rcode: Option<u16>,
     pub rcode_name: Option<&'static str>,
     pub family: &'static str,
@@ -690,7 +691,7 @@ pub struct DnsFacts {
     pub client_addr: AddrText,
     pub client_port: u16,
     pub transaction_id: u16,
-    /// Latest transmission of the query to its answer; null for a timeout.
+    /// Latest transmission of the query to its answer; null when no answer came.
     pub latency_ns: Option<u64>,
     /// First transmission to the answer, or to the moment the timeout was judged.
     pub waited_ns: u64,

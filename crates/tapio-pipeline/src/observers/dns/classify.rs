@@ -280,6 +280,9 @@ mod tests {
     fn an_answer_after_the_timeout_is_a_timeout_and_so_is_silence() {
         let e = emitted(answer(&answered(0, TAPIO_DNS_V_LATE, 5_200_000_000, 5_000_000_000), &mut stamper()));
         assert_eq!((e.kind, e.outcome, e.error.code), ("kernel.dns.timeout", Outcome::Timeout, "DNS_TIMEOUT"));
+        // The late answer is a fact of this timeout: its rcode and latency are reported.
+        let Facts::Dns(f) = &e.facts else { panic!("dns facts expected") };
+        assert_eq!((f.rcode, f.latency_ns, f.threshold_ns), (Some(0), Some(5_200_000_000), Some(5_000_000_000)));
         let mut q = query();
         q.transmissions = 2;
         q.last_sent_ns = q.first_sent_ns + 5_000_000_000;
