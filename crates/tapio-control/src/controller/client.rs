@@ -189,16 +189,22 @@ impl Loop {
     }
 
     fn run(&mut self) {
+        // Looked at before every step, not once a round: each step is a request that may
+        // take up to `request_timeout_ms`, and once shutdown began the outbox's flush is the
+        // only one worth that time.
         while !self.c.outbox.stopped() {
             let now = Instant::now();
             if !self.registered && now >= self.next_hello {
                 self.hello();
             }
-            if self.registered && now >= self.next_config {
+            if self.registered && now >= self.next_config && !self.c.outbox.stopped() {
                 self.fetch_config();
             }
-            if self.registered && now >= self.next_heartbeat {
+            if self.registered && now >= self.next_heartbeat && !self.c.outbox.stopped() {
                 self.heartbeat();
+            }
+            if self.c.outbox.stopped() {
+                break;
             }
             self.send_due();
             self.sleep_until_due();
@@ -243,6 +249,18 @@ impl Loop {
         let base = 500u64.saturating_mul(1 << attempts.min(16));
         let capped = Duration::from_millis(base.min(self.c.settings.max_backoff_ms));
         self.jitter(capped)
+    }
+
+    /// The wait before attempt `attempts + 1`: the backoff, or what a 429 or 503 asked for
+    /// in `Retry-After` when that is longer (retrying sooner only meets the same refusal),
+    /// never past `max_backoff_ms` (a peer must not park the link for hours).
+    fn retry_wait(&mut self, attempts: u32, outcome: &Result<Response, HttpError>) -> Duration {
+        let backoff = self.backoff(attempts);
+        let cap = Duration::from_millis(self.c.settings.max_backoff_ms);
+        match outcome {
+            Ok(resp) if matches!(resp.status, 429 | 503) => backoff.max(retry_after(resp).min(cap)),
+            _ => backoff,
+        }
     }
 
     fn request(
@@ -335,7 +353,7 @@ impl Loop {
         };
         let body = serde_json::to_vec(&req).unwrap_or_default();
         let outcome = self.request("POST", "/v1/agents/hello", Some(&body), &[]);
-        match outcome {
+        match &outcome {
             Ok(resp) if resp.status == 200 => match serde_json::from_slice::<HelloResponse>(&resp.body) {
                 Ok(h) if h.accepted => {
                     self.succeeded();
@@ -352,11 +370,11 @@ impl Loop {
                 Ok(_) => self.failure("hello", "the controller refused this agent".into()),
                 Err(e) => self.failure("hello", format!("unreadable response: {e}")),
             },
-            Ok(resp) => self.failure("hello", Self::describe(&resp)),
+            Ok(resp) => self.failure("hello", Self::describe(resp)),
             Err(e) => self.failure("hello", e.to_string()),
         }
-        self.hello_attempts += 1;
-        let wait = self.backoff(self.hello_attempts);
+        self.hello_attempts = self.hello_attempts.saturating_add(1);
+        let wait = self.retry_wait(self.hello_attempts, &outcome);
         self.next_hello = Instant::now() + wait;
     }
 
@@ -401,6 +419,13 @@ impl Loop {
                         self.set_batching(batching.0, batching.1);
                     }
                 }
+                // JSON of another shape (a retyped field, a number past its type, another
+                // schema) is a served config this agent refuses, not a failed request.
+                Err(e) if e.is_data() => {
+                    self.succeeded();
+                    // serde quotes the offending value: the peer's text, clipped for the log.
+                    self.refuse_config(tapio_wire::validate::clip(&e.to_string()));
+                }
                 Err(e) => self.failure("config fetch", format!("unreadable config: {e}")),
             },
             Ok(resp) => self.failure("config fetch", Self::describe(&resp)),
@@ -414,16 +439,14 @@ impl Loop {
         let generation = match generation_of(&cfg) {
             Ok(generation) => generation,
             Err(e) => {
-                log::warn!("controller config refused ({e}): keeping the current config");
-                self.c.counters.config_rejected_total.fetch_add(1, Ordering::Relaxed);
+                self.refuse_config(e);
                 return false;
             }
         };
         let settings = match settings_from(generation, &cfg.config) {
             Ok(s) => s,
             Err(e) => {
-                log::warn!("controller config {generation} refused ({e}): keeping the current config");
-                self.c.counters.config_rejected_total.fetch_add(1, Ordering::Relaxed);
+                self.refuse_config(format!("generation {generation}: {e}"));
                 return false;
             }
         };
@@ -443,6 +466,12 @@ impl Loop {
         *self.c.applied.lock().unwrap_or_else(|p| p.into_inner()) = Some(applied);
         self.same_config_versions.clear();
         true
+    }
+
+    /// A served config refused: said and counted, the current config stays.
+    fn refuse_config(&self, why: String) {
+        log::warn!("controller config refused ({why}): keeping the current config");
+        self.c.counters.config_rejected_total.fetch_add(1, Ordering::Relaxed);
     }
 
     fn heartbeat(&mut self) {
@@ -540,17 +569,19 @@ impl Loop {
         let Some(mut p) = self.pending.take() else { return true };
         let body = self.batch_body(&p);
         let n = p.lines.len() as u64;
-        match self.request("POST", "/v1/events", Some(&body), &[]) {
+        let outcome = self.request("POST", "/v1/events", Some(&body), &[]);
+        match &outcome {
             // Only the controller's own answer acknowledges a batch: a 200 from something
             // else on the way (a proxy's page, a wrong Service) is a failure, retried.
             Ok(resp) if resp.status == 200 => match serde_json::from_slice::<EventsResponse>(&resp.body) {
                 Ok(r) if r.wire_version == WIRE_VERSION => {
                     self.succeeded();
-                    // Events the controller rejected one by one are failed, not sent: each
-                    // line of the batch has exactly one outcome.
-                    let rejected = r.rejected.min(n);
-                    self.c.counters.sink_failures(CONTROLLER_SINK, rejected);
-                    self.c.counters.controller_sent(n - rejected);
+                    // Sent is what the controller says it accepted, no more: events it
+                    // rejected one by one, or left out of its counts, are failed. Each line
+                    // of the batch has exactly one outcome.
+                    let sent = r.accepted.min(n - r.rejected.min(n));
+                    self.c.counters.sink_failures(CONTROLLER_SINK, n - sent);
+                    self.c.counters.controller_sent(sent);
                     return true;
                 }
                 Ok(r) => self.failure("event batch", format!("a 200 of wire version {:?}", r.wire_version)),
@@ -564,7 +595,7 @@ impl Loop {
                 let bytes: usize = p.lines.iter().map(|l| l.len() + 1).sum();
                 self.failure(
                     "event batch",
-                    format!("{} for batch {} of {n} events: sent again in halves", Self::describe(&resp), p.sequence),
+                    format!("{} for batch {} of {n} events: sent again in halves", Self::describe(resp), p.sequence),
                 );
                 self.batch_bytes = (self.batch_bytes.min(bytes) / 2).max(1);
                 self.tell_outbox_the_batch_size();
@@ -577,12 +608,12 @@ impl Loop {
             Ok(resp) if matches!(resp.status, 400 | 404 | 413 | 422) => {
                 self.failure(
                     "event batch",
-                    format!("{} for batch {} of {n} events: dropped", Self::describe(&resp), p.sequence),
+                    format!("{} for batch {} of {n} events: dropped", Self::describe(resp), p.sequence),
                 );
                 self.c.counters.sink_failures(CONTROLLER_SINK, n);
                 return true;
             }
-            Ok(resp) => self.failure("event batch", Self::describe(&resp)),
+            Ok(resp) => self.failure("event batch", Self::describe(resp)),
             Err(e) => self.failure("event batch", e.to_string()),
         }
         p.attempts += 1;
@@ -591,7 +622,7 @@ impl Loop {
             self.c.counters.sink_failures(CONTROLLER_SINK, n);
             return true;
         }
-        p.retry_at = Instant::now() + self.backoff(p.attempts);
+        p.retry_at = Instant::now() + self.retry_wait(p.attempts, &outcome);
         self.pending = Some(p);
         false
     }
@@ -632,6 +663,12 @@ impl Loop {
 /// The generation of a config response, if the response is one the spec allows: the
 /// wire version, a generation from 1 (0 means "unconfigured" in heartbeats), and a hash of
 /// the spec's form (it is saved, reported and sent back in `If-None-Match`).
+/// `Retry-After` in delta-seconds (its HTTP-date form, which needs the peer's clock, counts
+/// as absent); zero when absent.
+fn retry_after(resp: &Response) -> Duration {
+    Duration::from_secs(resp.header("retry-after").and_then(|v| v.parse().ok()).unwrap_or(0))
+}
+
 fn generation_of(cfg: &ConfigResponse) -> Result<u32, String> {
     if cfg.wire_version != tapio_wire::WIRE_VERSION {
         return Err(format!("wire version {:?}", tapio_wire::validate::clip(&cfg.wire_version)));
@@ -709,6 +746,15 @@ mod tests {
         listener: std::net::TcpListener,
         answer: impl Fn(&[u8]) -> (u16, String) + Send + 'static,
     ) -> std::sync::mpsc::Receiver<Vec<u8>> {
+        answer_each_with(listener, "", answer)
+    }
+
+    /// [`answer_each`], every answer's head carrying `extra_head` (whole header lines).
+    fn answer_each_with(
+        listener: std::net::TcpListener,
+        extra_head: &'static str,
+        answer: impl Fn(&[u8]) -> (u16, String) + Send + 'static,
+    ) -> std::sync::mpsc::Receiver<Vec<u8>> {
         use std::io::{BufRead, BufReader, Read, Write};
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -732,7 +778,7 @@ mod tests {
                 }
                 let mut out = stream;
                 let head = format!(
-                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{extra_head}\r\n",
                     body.len()
                 );
                 out.write_all(head.as_bytes()).unwrap();
@@ -762,14 +808,20 @@ mod tests {
     /// One config poll answered with `version`/`config_hash` and batching of one event per
     /// batch: returns (the loop's batch size after it, configs refused, generation applied).
     fn poll_once(version: &str, config_hash: &str) -> (u64, u64, Option<u32>) {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
         let body = serde_json::json!({
             "wire_version": tapio_wire::WIRE_VERSION, "version": version, "config_hash": config_hash,
             "config": tapio_wire::CompiledConfig::default(),
             "batching": {"send_interval_ms": 50, "max_batch_events": 1},
         });
-        let body = body.to_string();
+        let (batch, rejected, generation, _) = poll_answered(body.to_string());
+        (batch, rejected, generation)
+    }
+
+    /// One config poll answered 200 with `body`: (the loop's batch size after it, configs
+    /// refused, generation applied, failed requests).
+    fn poll_answered(body: String) -> (u64, u64, Option<u32>, u64) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
         let requests = answer_each(listener, move |_| (200, body.clone()));
         let counters = Arc::new(Counters::default());
         let client = client_of(&url, Outbox::new(16), &counters);
@@ -778,7 +830,141 @@ mod tests {
         l.fetch_config();
         requests.recv_timeout(Duration::from_secs(30)).expect("the config request");
         let generation = applied.lock().unwrap().as_ref().map(|a: &AppliedConfig| a.generation);
-        (l.max_batch_events, counters.config_rejected_total.load(Ordering::Relaxed), generation)
+        let failures = counters.controller_send_failures_total.load(Ordering::Relaxed);
+        (l.max_batch_events, counters.config_rejected_total.load(Ordering::Relaxed), generation, failures)
+    }
+
+    /// A served config the agent cannot read as one (a field of another type, a number past
+    /// its type, another schema's shape) is a refused config, counted as such; a body that
+    /// is not JSON at all (a proxy's page) is a failed request.
+    #[test]
+    fn a_config_of_another_shape_is_refused_and_counted_as_refused() {
+        let hash = format!("sha256:{}", "0a".repeat(32));
+        let good = serde_json::json!({
+            "wire_version": tapio_wire::WIRE_VERSION, "version": "7", "config_hash": hash,
+            "config": tapio_wire::CompiledConfig::default(),
+            "batching": {"send_interval_ms": 50, "max_batch_events": 1},
+        });
+        let mut retyped = good.clone();
+        retyped["config"]["network"]["retransmit_window_ms"] = serde_json::json!("1s");
+        let mut too_large = good.clone();
+        too_large["config"]["network"]["retransmit_window_ms"] = serde_json::json!(-1);
+        let mut numbered = good.clone();
+        numbered["version"] = serde_json::json!(7);
+        let mut other_schema = good.clone();
+        other_schema["wire_version"] = serde_json::json!("tapio-wire/v2");
+        other_schema.as_object_mut().unwrap().remove("batching");
+        for (what, body) in
+            [("retyped", retyped), ("out of its type", too_large), ("numbered", numbered), ("v2", other_schema)]
+        {
+            assert_eq!(poll_answered(body.to_string()), (500, 1, None, 0), "{what}");
+        }
+        assert_eq!(poll_answered("<html>welcome</html>".into()), (500, 0, None, 1), "not a config at all");
+        assert_eq!(poll_answered(good.to_string()), (1, 0, Some(7), 0), "the same config, well formed");
+    }
+
+    /// 429 and 503 with `Retry-After` hold the next attempt back that long (hello and
+    /// batches alike), never past `max_backoff_ms`; other statuses keep the backoff.
+    #[test]
+    fn retry_after_of_a_429_or_503_is_honoured_up_to_the_longest_backoff() {
+        // (status, Retry-After, the least and the most the next attempt may wait)
+        let cases = [
+            (503, 20, Duration::from_secs(19), Duration::from_secs(20)),
+            (429, 20, Duration::from_secs(19), Duration::from_secs(20)),
+            (503, 100_000, Duration::from_secs(29), Duration::from_secs(30)),
+            (500, 20, Duration::ZERO, Duration::from_secs(1)),
+        ];
+        for (status, seconds, least, most) in cases {
+            let head: &'static str = Box::leak(format!("Retry-After: {seconds}\r\n").into_boxed_str());
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            let _requests = answer_each_with(listener, head, move |_| (status, String::new()));
+            let counters = Arc::new(Counters::default());
+            let outbox = Outbox::new(16);
+            let mut l = Loop::new(client_of(&url, Arc::clone(&outbox), &counters));
+            assert!(outbox.push(br#"{"type":"kernel.test"}"#.to_vec()));
+            let before = Instant::now();
+            l.send_due();
+            l.hello();
+            let after = Instant::now();
+            let batch_wait = l.pending.as_ref().expect("the batch waits for its retry").retry_at;
+            for (what, at) in [("batch", batch_wait), ("hello", l.next_hello)] {
+                assert!(
+                    at >= before + least && at <= after + most,
+                    "{status} Retry-After {seconds}: {what} again after {:?}",
+                    at.saturating_duration_since(before)
+                );
+            }
+            assert_eq!(counters.controller_send_failures_total.load(Ordering::Relaxed), 2);
+        }
+    }
+
+    /// The controller's counts are the batch's outcome: what it did not say it accepted is
+    /// failed, never sent, and every line has exactly one outcome.
+    #[test]
+    fn only_what_the_controller_says_it_accepted_counts_as_sent() {
+        // (accepted, rejected) of a batch of 5 → (sent, failed)
+        for ((accepted, rejected), expected) in
+            [((5, 0), (5, 0)), ((3, 1), (3, 2)), ((3, 0), (3, 2)), ((5, 2), (3, 2)), ((0, 9), (0, 5))]
+        {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            let answer = serde_json::json!({"wire_version": WIRE_VERSION, "accepted": accepted, "rejected": rejected,
+                                            "next_config_version": "0"});
+            let _requests = answer_each(listener, move |_| (200, answer.to_string()));
+            let counters = Arc::new(Counters::default());
+            let outbox = Outbox::new(16);
+            let mut l = Loop::new(client_of(&url, Arc::clone(&outbox), &counters));
+            for _ in 0..5 {
+                assert!(outbox.push(br#"{"type":"kernel.test"}"#.to_vec()));
+            }
+            l.send_due();
+            assert!(l.pending.is_none() && outbox.is_empty());
+            let snap = counters.snapshot();
+            let failed = snap.sinks.get(CONTROLLER_SINK).map_or(0, |c| c.failed);
+            assert_eq!(
+                (snap.controller_events_sent_total, failed),
+                expected,
+                "accepted {accepted}, rejected {rejected}"
+            );
+        }
+    }
+
+    /// Once shutdown began, the link makes no request but the outbox's flush: a config
+    /// fetch that was in flight is not followed by a heartbeat (which may take a whole
+    /// request timeout of the shutdown's bound).
+    #[test]
+    fn after_shutdown_began_only_the_outbox_is_flushed() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let outbox = Outbox::new(16);
+        let stopping = Arc::clone(&outbox);
+        let requests = answer_each(listener, move |body| {
+            // SIGTERM arrives while the config fetch (the only request without a body) is
+            // in flight.
+            if body.is_empty() {
+                stopping.stop();
+                return (304, String::new());
+            }
+            let answer = serde_json::json!({"wire_version": WIRE_VERSION, "accepted": 1, "rejected": 0,
+                                            "next_config_version": "0"});
+            (200, answer.to_string())
+        });
+        let counters = Arc::new(Counters::default());
+        assert!(outbox.push(br#"{"type":"kernel.test"}"#.to_vec()));
+        let mut l = Loop::new(client_of(&url, Arc::clone(&outbox), &counters));
+        l.registered = true; // a config fetch and a heartbeat are due
+        l.run();
+        let kinds: Vec<&str> = requests
+            .try_iter()
+            .map(|b| match serde_json::from_slice::<serde_json::Value>(&b) {
+                Err(_) => "config",
+                Ok(v) if v.get("sequence").is_some() => "batch",
+                Ok(_) => "other",
+            })
+            .collect();
+        assert_eq!(kinds, ["config", "batch"]);
+        assert_eq!(counters.controller_events_sent_total.load(Ordering::Relaxed), 1);
     }
 
     #[test]
