@@ -1,6 +1,6 @@
 //! Container records → evidence. Pure: unit-tested with crafted records.
 
-use crate::evidence::{ExitFacts, Facts, OomFacts, Outcome, Severity, WorkloadIds};
+use crate::evidence::{one_line, ExitFacts, Facts, OomFacts, Outcome, Severity, WorkloadIds};
 use crate::stamp::{Draft, Stamper, Verdict};
 use tapio_bpf::abi::{
     tapio_exit_event, tapio_oom_event, TAPIO_CTR_F_MEMCG_KNOWN, TAPIO_CTR_F_MM_KNOWN, TAPIO_CTR_F_START_KNOWN,
@@ -116,7 +116,7 @@ fn classify_oom(ev: &tapio_oom_event, pages: &PageSize, stamper: &mut Stamper) -
         severity: Severity::Critical,
         outcome: Outcome::Failure,
         code: "OOM_KILLED",
-        message,
+        message: one_line(message),
         boot_ns: ev.hdr.boot_ns,
         generation: ev.hdr.generation,
         workload: WorkloadIds { cgroup_id: ev.task.cgroup_id, mem_cgroup_id: ev.task.mem_cgroup_id },
@@ -154,7 +154,7 @@ fn classify_exit(ev: &tapio_exit_event, stamper: &mut Stamper) -> Verdict {
         severity,
         outcome: Outcome::Failure,
         code: err_code,
-        message,
+        message: one_line(message),
         boot_ns: ev.hdr.boot_ns,
         generation: ev.hdr.generation,
         workload: WorkloadIds { cgroup_id: ev.task.cgroup_id, mem_cgroup_id: ev.task.mem_cgroup_id },
@@ -204,6 +204,23 @@ mod tests {
         assert!(e.error.message.ends_with("killed by SIGSEGV (core dumped)"), "{}", e.error.message);
         let Facts::Exit(f) = e.facts else { panic!() };
         assert_eq!((f.exit_code, f.signal, f.core_dumped), (None, Some(11), true));
+    }
+
+    /// A process may name itself with a line break (prctl, or an executable's file name):
+    /// the message stays one line, the comm fact keeps the name as the kernel has it.
+    #[test]
+    fn a_name_with_line_breaks_keeps_the_message_one_line() {
+        let mut ev = exit(3 << 8);
+        ev.task.comm = [0; 16];
+        ev.task.comm[..9].copy_from_slice(b"a\nfake\rok");
+        let e = emitted(classify_exit(&ev, &mut stamper()));
+        assert_eq!(e.error.message, "process a fake ok (pid 100) exited with code 3");
+        let Facts::Exit(f) = &e.facts else { panic!() };
+        assert_eq!(f.comm, "a\nfake\rok");
+        let mut oom = tapio_oom_event::default();
+        oom.task.comm = ev.task.comm;
+        let e = emitted(classify_oom(&oom, &PageSize(4096), &mut stamper()));
+        assert_eq!(e.error.message, "the OOM killer killed a fake ok (pid 0)");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! DNS records → evidence: answers the kernel judged, and queries the sweep found
 //! unanswered. Pure: unit-tested with crafted records.
 
-use crate::evidence::{millis_text, DnsFacts, Facts, Outcome, Severity, WorkloadIds};
+use crate::evidence::{millis_text, one_line, DnsFacts, Facts, Outcome, Severity, WorkloadIds};
 use crate::observers::network::classify::{addr, endpoint};
 use crate::stamp::{Draft, Stamper, Verdict};
 use tapio_bpf::abi::{
@@ -94,12 +94,13 @@ fn describe(f: &DnsFacts, q: &tapio_dns_query) -> String {
         (Some(comm), Some(pid)) => format!(" from {comm} (pid {pid})"),
         _ => String::new(),
     };
-    format!(
+    // The comm is text a process chose (the name's bytes come escaped): one line all the same.
+    one_line(format!(
         "DNS query {} {qtype}{who} to {} over {}",
         f.query_name,
         endpoint(q.family, &q.server, q.server_port),
         f.transport
-    )
+    ))
 }
 
 /// Classifies an answer the kernel judged evidence.
@@ -291,6 +292,22 @@ mod tests {
         let Facts::Dns(f) = &e.facts else { panic!("dns facts expected") };
         assert_eq!((f.latency_ns, f.rcode, f.transmissions, f.waited_ns), (None, None, 2, 10_300_000_000));
         assert!(e.error.message.contains("(sent 2 times) got no answer within 5000.0 ms"), "{}", e.error.message);
+    }
+
+    /// A comm may hold a line break (a label's bytes are escaped by the name's decoding):
+    /// the message stays one line; the comm fact keeps the name as it was.
+    #[test]
+    fn a_comm_with_line_breaks_keeps_the_message_one_line() {
+        let mut ev = answered(2, TAPIO_DNS_V_FAILURE, 1_000_000, 0);
+        ev.query.task.comm[..4].copy_from_slice(b"c\rl\n");
+        let e = emitted(answer(&ev, &mut stamper()));
+        assert!(
+            e.error.message.starts_with("DNS query api.example.org AAAA from c l  (pid 42) to 10.99.0.1:53"),
+            "{:?}",
+            e.error.message
+        );
+        let Facts::Dns(f) = &e.facts else { panic!("dns facts expected") };
+        assert_eq!(f.comm.as_deref(), Some("c\rl\n"));
     }
 
     #[test]

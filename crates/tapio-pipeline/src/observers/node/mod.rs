@@ -169,8 +169,7 @@ pub fn pmc_evidence(
     let ipc = pmc::ipc_milli(d);
     let stall_share = pmc::stall_hundredths(d);
     let secs = format!("{}.{}", d.interval_ns / 1_000_000_000, (d.interval_ns / 100_000_000) % 10);
-    // Each kind's threshold in its own unit, named by it.
-    let (kind, code, message, threshold_percent, threshold_ipc) = if stall {
+    let (kind, code, message, threshold) = if stall {
         let share = stall_share.unwrap_or(0);
         (
             "kernel.node.cpu_stall",
@@ -180,8 +179,7 @@ pub fn pmc_evidence(
                 percent_text(share as u32),
                 t.stall_max_percent
             ),
-            Some(t.stall_max_percent),
-            None,
+            f64::from(t.stall_max_percent),
         )
     } else {
         (
@@ -194,8 +192,7 @@ pub fn pmc_evidence(
                 t.ipc_min_percent / 100,
                 t.ipc_min_percent % 100
             ),
-            None,
-            Some(f64::from(t.ipc_min_percent) / 100.0),
+            f64::from(t.ipc_min_percent) / 100.0,
         )
     };
     stamper.stamp(Draft {
@@ -216,8 +213,7 @@ pub fn pmc_evidence(
             ipc: ipc as f64 / 1000.0,
             stalled_cycles_backend: d.stalled_backend,
             stall_percent: stall_share.map(|s| s as f64 / 100.0),
-            threshold_percent,
-            threshold_ipc,
+            threshold,
         })),
     })
 }
@@ -448,17 +444,15 @@ mod tests {
         let e = emitted(pmc_evidence(1, &d, false, &t, 0, 1, &mut stamper()));
         assert_eq!(e.kind, "kernel.node.ipc_degradation");
         assert_eq!(e.error.message, "cpu 1: 0.240 instructions per cycle over 2.0 s (threshold 0.50)");
-        let json = serde_json::to_value(&e).unwrap();
-        // The threshold in the unit of the value it judged, and the unit in its name.
-        assert_eq!((json["facts"]["ipc"].as_f64(), json["facts"]["threshold_ipc"].as_f64()), (Some(0.24), Some(0.5)));
-        assert!(json["facts"].get("threshold_percent").is_none() && json["facts"].get("threshold").is_none());
         let e = emitted(pmc_evidence(1, &d, true, &t, 0, 1, &mut stamper()));
         assert_eq!(e.kind, "kernel.node.cpu_stall");
         assert_eq!(e.error.message, "cpu 1: 78.00% of cycles stalled in the backend over 2.0 s (threshold 60%)");
         let json = serde_json::to_value(&e).unwrap();
         assert_eq!((json["facts"]["ipc"].as_f64(), json["facts"]["stall_percent"].as_f64()), (Some(0.24), Some(78.0)));
-        assert_eq!(json["facts"]["threshold_percent"].as_u64(), Some(60));
-        assert!(json["facts"].get("threshold_ipc").is_none() && json["facts"].get("threshold").is_none());
+        // The threshold in the unit of the value judged (the README says which).
+        assert_eq!(json["facts"]["threshold"].as_f64(), Some(60.0));
+        let e = emitted(pmc_evidence(1, &d, false, &t, 0, 1, &mut stamper()));
+        assert_eq!(serde_json::to_value(&e).unwrap()["facts"]["threshold"].as_f64(), Some(0.5));
     }
 
     #[test]
