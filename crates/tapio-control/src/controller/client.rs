@@ -77,9 +77,11 @@ struct Loop {
     /// Version of the token file the token in use was read from.
     token_stamp: Option<FileStamp>,
     failure_log: LogLimiter,
-    /// Versions under which a controller answered 304 for the applied config's hash: a
-    /// restarted controller, or another replica, serves the same config under a generation
-    /// of its own, and a heartbeat naming one must not bring a fetch every time.
+    /// Versions a heartbeat may name without bringing a fetch at once (the regular poll
+    /// still fetches): ones under which a controller answered 304 for the applied config's
+    /// hash (a restarted controller, or another replica, serves the same config under a
+    /// generation of its own), and ones whose config was refused (fetched at every
+    /// heartbeat, it would only be refused, logged and counted again and again).
     same_config_versions: Vec<String>,
     /// The version a heartbeat named when it asked for a fetch.
     fetch_for_version: Option<String>,
@@ -403,12 +405,7 @@ impl Loop {
             Ok(resp) if resp.status == 304 => {
                 self.succeeded();
                 self.c.counters.config_unchanged_total.fetch_add(1, Ordering::Relaxed);
-                if let Some(version) = self.fetch_for_version.take() {
-                    if self.same_config_versions.len() >= SAME_CONFIG_VERSIONS {
-                        self.same_config_versions.remove(0);
-                    }
-                    self.same_config_versions.push(version);
-                }
+                self.remember_named_version();
             }
             Ok(resp) if resp.status == 200 => match serde_json::from_slice::<ConfigResponse>(&resp.body) {
                 Ok(cfg) => {
@@ -417,6 +414,8 @@ impl Loop {
                     let batching = (cfg.batching.send_interval_ms, cfg.batching.max_batch_events);
                     if self.apply(cfg) {
                         self.set_batching(batching.0, batching.1);
+                    } else {
+                        self.remember_named_version();
                     }
                 }
                 // JSON of another shape (a retyped field, a number past its type, another
@@ -425,6 +424,7 @@ impl Loop {
                     self.succeeded();
                     // serde quotes the offending value: the peer's text, clipped for the log.
                     self.refuse_config(tapio_wire::validate::clip(&e.to_string()));
+                    self.remember_named_version();
                 }
                 Err(e) => self.failure("config fetch", format!("unreadable config: {e}")),
             },
@@ -466,6 +466,17 @@ impl Loop {
         *self.c.applied.lock().unwrap_or_else(|p| p.into_inner()) = Some(applied);
         self.same_config_versions.clear();
         true
+    }
+
+    /// Remembers the version the heartbeat that asked for this fetch named (see
+    /// `same_config_versions`).
+    fn remember_named_version(&mut self) {
+        if let Some(version) = self.fetch_for_version.take() {
+            if self.same_config_versions.len() >= SAME_CONFIG_VERSIONS {
+                self.same_config_versions.remove(0);
+            }
+            self.same_config_versions.push(version);
+        }
     }
 
     /// A served config refused: said and counted, the current config stays.
@@ -1110,6 +1121,40 @@ mod tests {
         l.heartbeat();
         assert!(l.next_config > Instant::now(), "the same config under 9: no fetch until the next poll");
         assert_eq!(requests.try_iter().count(), 3);
+    }
+
+    /// A heartbeat naming a version whose config was refused brings one fetch, not one per
+    /// heartbeat: the refusal is logged and counted once, and the regular poll still asks.
+    #[test]
+    fn a_refused_version_brings_no_fetch_at_every_heartbeat() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        // Generation 9 is served with a hash of no spec form: refused.
+        let requests = answer_each(listener, |body| {
+            let answer = if body.is_empty() {
+                serde_json::json!({"wire_version": WIRE_VERSION, "version": "9", "config_hash": "sha256:x",
+                    "config": tapio_wire::CompiledConfig::default(),
+                    "batching": {"send_interval_ms": 50, "max_batch_events": 1}})
+            } else {
+                serde_json::json!({"wire_version": WIRE_VERSION, "accepted": true, "next_config_version": "9"})
+            };
+            (200, answer.to_string())
+        });
+        let counters = Arc::new(Counters::default());
+        let mut l = Loop::new(client_of(&url, Outbox::new(16), &counters));
+        l.registered = true;
+        l.heartbeat();
+        assert!(l.next_config <= Instant::now(), "a new version named: fetched at once");
+        l.fetch_config();
+        assert_eq!(counters.config_rejected_total.load(Ordering::Relaxed), 1);
+        for _ in 0..3 {
+            l.heartbeat();
+            assert!(l.next_config > Instant::now(), "the refused version named again: no fetch until the poll");
+        }
+        assert_eq!(requests.try_iter().count(), 5);
+        // The regular poll still asks, and still refuses.
+        l.fetch_config();
+        assert_eq!(counters.config_rejected_total.load(Ordering::Relaxed), 2);
     }
 
     #[test]
