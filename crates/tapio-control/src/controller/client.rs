@@ -402,7 +402,9 @@ impl Loop {
             self.c.applied.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|a| format!("\"{}\"", a.config_hash));
         let headers: Vec<(&str, &str)> = etag.iter().map(|e| ("If-None-Match", e.as_str())).collect();
         match self.request("GET", &path, None, &headers) {
-            Ok(resp) if resp.status == 304 => {
+            // Only an If-None-Match can be answered "unchanged": a 304 to a request without
+            // one (no config applied yet) says nothing about any config.
+            Ok(resp) if resp.status == 304 && etag.is_some() => {
                 self.succeeded();
                 self.c.counters.config_unchanged_total.fetch_add(1, Ordering::Relaxed);
                 self.remember_named_version();
@@ -1155,6 +1157,31 @@ mod tests {
         // The regular poll still asks, and still refuses.
         l.fetch_config();
         assert_eq!(counters.config_rejected_total.load(Ordering::Relaxed), 2);
+    }
+
+    /// Before any config is applied the fetch carries no If-None-Match, so a 304 answers
+    /// nothing: a failed request, and the version the heartbeat named is fetched again.
+    #[test]
+    fn a_304_to_a_fetch_without_if_none_match_is_no_answer() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let _requests = answer_each(listener, |body| {
+            if body.is_empty() {
+                return (304, String::new());
+            }
+            let answer =
+                serde_json::json!({"wire_version": WIRE_VERSION, "accepted": true, "next_config_version": "9"});
+            (200, answer.to_string())
+        });
+        let counters = Arc::new(Counters::default());
+        let mut l = Loop::new(client_of(&url, Outbox::new(16), &counters));
+        l.registered = true;
+        l.heartbeat();
+        l.fetch_config();
+        assert_eq!(counters.config_unchanged_total.load(Ordering::Relaxed), 0);
+        assert_eq!(counters.controller_send_failures_total.load(Ordering::Relaxed), 1);
+        l.heartbeat();
+        assert!(l.next_config <= Instant::now(), "still unconfigured: the named version is fetched at once");
     }
 
     #[test]
