@@ -759,13 +759,13 @@ mod tests {
         listener: std::net::TcpListener,
         answer: impl Fn(&[u8]) -> (u16, String) + Send + 'static,
     ) -> std::sync::mpsc::Receiver<Vec<u8>> {
-        answer_each_with(listener, "", answer)
+        answer_each_with(listener, String::new(), answer)
     }
 
     /// [`answer_each`], every answer's head carrying `extra_head` (whole header lines).
     fn answer_each_with(
         listener: std::net::TcpListener,
-        extra_head: &'static str,
+        extra_head: String,
         answer: impl Fn(&[u8]) -> (u16, String) + Send + 'static,
     ) -> std::sync::mpsc::Receiver<Vec<u8>> {
         use std::io::{BufRead, BufReader, Read, Write};
@@ -888,7 +888,7 @@ mod tests {
             (500, 20, Duration::ZERO, Duration::from_secs(1)),
         ];
         for (status, seconds, least, most) in cases {
-            let head: &'static str = Box::leak(format!("Retry-After: {seconds}\r\n").into_boxed_str());
+            let head = format!("Retry-After: {seconds}\r\n");
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let url = format!("http://{}", listener.local_addr().unwrap());
             let _requests = answer_each_with(listener, head, move |_| (status, String::new()));
