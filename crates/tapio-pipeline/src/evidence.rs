@@ -554,10 +554,8 @@ pub struct StorageFacts {
     pub pid: Option<u32>,
     pub tid: Option<u32>,
     pub comm: Option<String>,
-    /// The disk's device numbers; null when the request's queue has no disk (a controller's
-    /// own queue, as NVMe's admin queue that passthrough commands use).
-    pub dev_major: Option<u32>,
-    pub dev_minor: Option<u32>,
+    pub dev_major: u32,
+    pub dev_minor: u32,
     /// The disk's name (from /sys/dev/block/M:m/uevent); null if the disk is gone.
     pub disk: Option<String>,
     /// read, write, flush, discard, secure_erase, write_zeroes, driver_in, driver_out, other.
@@ -650,12 +648,8 @@ pub struct ThrottlingFacts {
     pub nr_periods_total: u64,
     pub nr_throttled_total: u64,
     pub throttled_time_total_us: u64,
-    /// CPU time the container may use per period; null when unlimited. Left out, with
-    /// `period_us`, when its files could not be read (counted as malformed): a null would
-    /// say the container has no quota.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub quota_us: Option<Option<u64>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// CPU time the container may use per period; null when unlimited or unreadable.
+    pub quota_us: Option<u64>,
     pub period_us: Option<u64>,
     pub threshold_percent: u32,
     /// The throttled share must fall below this before another crossing is reported.
@@ -723,8 +717,8 @@ impl StorageFacts {
         m.number_or_null(key!("pid"), self.pid);
         m.number_or_null(key!("tid"), self.tid);
         m.string_or_null(key!("comm"), self.comm.as_deref())?;
-        m.number_or_null(key!("dev_major"), self.dev_major);
-        m.number_or_null(key!("dev_minor"), self.dev_minor);
+        m.number(key!("dev_major"), self.dev_major);
+        m.number(key!("dev_minor"), self.dev_minor);
         m.string_or_null(key!("disk"), self.disk.as_deref())?;
         m.literal(key!("op"), self.op);
         m.number(key!("op_code"), self.op_code);
@@ -874,8 +868,8 @@ mod tests {
             pid: Some(1),
             tid: Some(2),
             comm: Some("dd \"x\"".into()),
-            dev_major: Some(259),
-            dev_minor: Some(0),
+            dev_major: 259,
+            dev_minor: 0,
             disk: Some("nvme0n1".into()),
             op: "write",
             op_code: 1,
@@ -893,8 +887,6 @@ mod tests {
             pid: None,
             tid: None,
             comm: None,
-            dev_major: None,
-            dev_minor: None,
             disk: None,
             sector: None,
             errno: None,
