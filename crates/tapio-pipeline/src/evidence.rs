@@ -648,8 +648,12 @@ pub struct ThrottlingFacts {
     pub nr_periods_total: u64,
     pub nr_throttled_total: u64,
     pub throttled_time_total_us: u64,
-    /// CPU time the container may use per period; null when unlimited or unreadable.
-    pub quota_us: Option<u64>,
+    /// CPU time the container may use per period; null when unlimited. Left out, with
+    /// `period_us`, when its files could not be read (counted as malformed): a null would
+    /// say the container has no quota.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota_us: Option<Option<u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub period_us: Option<u64>,
     pub threshold_percent: u32,
     /// The throttled share must fall below this before another crossing is reported.

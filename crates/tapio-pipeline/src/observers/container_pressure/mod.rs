@@ -121,8 +121,8 @@ pub struct Throttled {
     pub interval_ns: u64,
     /// The counters at the end of the interval.
     pub totals: CpuStat,
-    pub quota_us: Option<u64>,
-    pub period_us: Option<u64>,
+    /// The quota (None: unlimited) and period, or None when they could not be read.
+    pub quota: Option<(Option<u64>, u64)>,
 }
 
 /// Whose evidence it is and when: the container's ids, the config generation judged with,
@@ -148,8 +148,8 @@ pub fn throttling_evidence(t: &Throttled, threshold: Threshold, who: Subject, st
         nr_periods_total: t.totals.nr_periods,
         nr_throttled_total: t.totals.nr_throttled,
         throttled_time_total_us: t.totals.throttled_us,
-        quota_us: t.quota_us,
-        period_us: t.period_us,
+        quota_us: t.quota.map(|(quota, _)| quota),
+        period_us: t.quota.map(|(_, period)| period),
         threshold_percent: threshold.percent,
         rearm_below_percent: pct(threshold.rearm_below()),
     };
@@ -308,17 +308,16 @@ impl Watched {
         self.cpu_stat.is_none() || self.psi_files.is_none()
     }
 
-    fn quota(&self, buf: &mut [u8]) -> (Option<u64>, Option<u64>) {
+    /// The CFS quota (None: unlimited) and period; Err when they could not be read, as a
+    /// missing quota would say there is none.
+    fn quota(&self, buf: &mut [u8]) -> Result<(Option<u64>, u64), Fault> {
         match &self.files.cpu {
-            Some((dir, Version::V2)) => match read_into(&dir.join("cpu.max"), buf).ok().and_then(stat::parse_cpu_max) {
-                Some((quota, period)) => (quota, Some(period)),
-                None => (None, None),
-            },
-            Some((dir, Version::V1)) => (
-                read_value(&dir.join("cpu.cfs_quota_us"), buf, stat::parse_v1_quota).ok().flatten(),
-                read_value(&dir.join("cpu.cfs_period_us"), buf, stat::parse_bytes).ok(),
-            ),
-            None => (None, None),
+            Some((dir, Version::V2)) => read_value(&dir.join("cpu.max"), buf, stat::parse_cpu_max),
+            Some((dir, Version::V1)) => Ok((
+                read_value(&dir.join("cpu.cfs_quota_us"), buf, stat::parse_v1_quota)?,
+                read_value(&dir.join("cpu.cfs_period_us"), buf, stat::parse_bytes)?,
+            )),
+            None => Err(Fault::Bad),
         }
     }
 
@@ -403,14 +402,21 @@ impl Watched {
         };
         let (over, rearm) = judge.judge(&interval);
         if self.throttling.observe(over, rearm) {
-            let (quota_us, period_us) = self.quota(buf);
+            let quota = match self.quota(buf) {
+                Ok(quota) => Some(quota),
+                // Removed since cpu.stat was read: the throttling was real all the same.
+                Err(Fault::Gone) => None,
+                Err(_) => {
+                    ctx.counters.malformed_events_total.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+            };
             let t = Throttled {
                 version: self.files.cpu.as_ref().map_or(Version::V2, |(_, v)| *v),
                 interval,
                 interval_ns: now.duration_since(at).as_nanos() as u64,
                 totals: cur,
-                quota_us,
-                period_us,
+                quota,
             };
             let v = throttling_evidence(&t, judge.threshold, self.subject(generation), ctx.stamper);
             ctx.deliver(NAME, v);
@@ -621,8 +627,7 @@ mod tests {
             interval: Interval { periods: 20, throttled: 19, throttled_us: 1_710_000 },
             interval_ns: 2_000_000_000,
             totals: CpuStat { nr_periods: 120, nr_throttled: 110, throttled_us: 9_900_000 },
-            quota_us: Some(10_000),
-            period_us: Some(100_000),
+            quota: Some((Some(10_000), 100_000)),
         };
         let threshold = Threshold { percent: 25, margin_percent: 5 };
         let ids = WorkloadIds { cgroup_id: 0, mem_cgroup_id: 42 };
@@ -784,6 +789,39 @@ mod tests {
         let (id, e) = &events[0];
         assert_eq!((*id, e["type"].as_str()), (new_id, Some("kernel.container.cpu_throttling")));
         assert_eq!((e["facts"]["periods"].as_u64(), e["facts"]["throttled_periods"].as_u64()), (Some(40), Some(20)));
+    }
+
+    /// An unreadable quota is left out and counted, never reported as null, which says the
+    /// container has none; "max" is no quota.
+    #[test]
+    fn a_quota_that_cannot_be_read_is_not_reported_as_none() {
+        let mut f = Fake::new("quota", &[("cpu.stat", &cpu_stat(10, 0)), ("cpu.max", "garbage\n")]);
+        assert!(f.poll().is_empty(), "the first read is a baseline");
+        std::fs::write(f.dir.join("cpu.stat"), cpu_stat(50, 20)).unwrap();
+        let events = f.poll();
+        assert_eq!(events.len(), 1);
+        let facts = &events[0].1["facts"];
+        assert_eq!(events[0].1["type"], "kernel.container.cpu_throttling");
+        assert!(facts.get("quota_us").is_none() && facts.get("period_us").is_none(), "{facts}");
+        assert_eq!(f.counters.snapshot().malformed_events_total, 1);
+        // Re-armed, then crossings with no quota and with one.
+        std::fs::write(f.dir.join("cpu.stat"), cpu_stat(90, 20)).unwrap();
+        assert!(f.poll().is_empty());
+        std::fs::write(f.dir.join("cpu.stat"), cpu_stat(130, 40)).unwrap();
+        std::fs::write(f.dir.join("cpu.max"), "max 100000\n").unwrap();
+        let events = f.poll();
+        let facts = &events[0].1["facts"];
+        assert_eq!(
+            (facts.get("quota_us"), facts["period_us"].as_u64()),
+            (Some(&serde_json::Value::Null), Some(100_000))
+        );
+        std::fs::write(f.dir.join("cpu.stat"), cpu_stat(170, 40)).unwrap();
+        assert!(f.poll().is_empty());
+        std::fs::write(f.dir.join("cpu.stat"), cpu_stat(210, 60)).unwrap();
+        std::fs::write(f.dir.join("cpu.max"), "50000 100000\n").unwrap();
+        let events = f.poll();
+        assert_eq!(events[0].1["facts"]["quota_us"].as_u64(), Some(50_000));
+        assert_eq!(f.counters.snapshot().malformed_events_total, 1);
     }
 
     /// An unreadable memory limit is left out and counted, never reported as "no limit";
