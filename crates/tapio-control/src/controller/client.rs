@@ -401,24 +401,26 @@ impl Loop {
         let etag =
             self.c.applied.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|a| format!("\"{}\"", a.config_hash));
         let headers: Vec<(&str, &str)> = etag.iter().map(|e| ("If-None-Match", e.as_str())).collect();
-        match self.request("GET", &path, None, &headers) {
+        // True when the version a heartbeat named is to bring no fetch at once again (see
+        // `same_config_versions`): it served the applied config, or a refused one.
+        let remember = match self.request("GET", &path, None, &headers) {
             // Only an If-None-Match can be answered "unchanged": a 304 to a request without
             // one (no config applied yet) says nothing about any config.
             Ok(resp) if resp.status == 304 && etag.is_some() => {
                 self.succeeded();
                 self.c.counters.config_unchanged_total.fetch_add(1, Ordering::Relaxed);
-                self.remember_named_version();
+                true
             }
             Ok(resp) if resp.status == 200 => match serde_json::from_slice::<ConfigResponse>(&resp.body) {
                 Ok(cfg) => {
                     self.succeeded();
                     // Batching comes with the config: a refused config changes nothing.
                     let batching = (cfg.batching.send_interval_ms, cfg.batching.max_batch_events);
-                    if self.apply(cfg) {
+                    let applied = self.apply(cfg);
+                    if applied {
                         self.set_batching(batching.0, batching.1);
-                    } else {
-                        self.remember_named_version();
                     }
+                    !applied
                 }
                 // JSON of another shape (a retyped field, a number past its type, another
                 // schema) is a served config this agent refuses, not a failed request.
@@ -426,12 +428,31 @@ impl Loop {
                     self.succeeded();
                     // serde quotes the offending value: the peer's text, clipped for the log.
                     self.refuse_config(tapio_wire::validate::clip(&e.to_string()));
-                    self.remember_named_version();
+                    true
                 }
-                Err(e) => self.failure("config fetch", format!("unreadable config: {e}")),
+                Err(e) => {
+                    self.failure("config fetch", format!("unreadable config: {e}"));
+                    false
+                }
             },
-            Ok(resp) => self.failure("config fetch", Self::describe(&resp)),
-            Err(e) => self.failure("config fetch", e.to_string()),
+            Ok(resp) => {
+                self.failure("config fetch", Self::describe(&resp));
+                false
+            }
+            Err(e) => {
+                self.failure("config fetch", e.to_string());
+                false
+            }
+        };
+        match self.fetch_for_version.take() {
+            Some(version) if remember => {
+                if self.same_config_versions.len() >= SAME_CONFIG_VERSIONS {
+                    self.same_config_versions.remove(0);
+                }
+                self.same_config_versions.push(version);
+            }
+            // A failed fetch leaves the named version to the next 304 or refusal.
+            kept => self.fetch_for_version = kept,
         }
     }
 
@@ -468,17 +489,6 @@ impl Loop {
         *self.c.applied.lock().unwrap_or_else(|p| p.into_inner()) = Some(applied);
         self.same_config_versions.clear();
         true
-    }
-
-    /// Remembers the version the heartbeat that asked for this fetch named (see
-    /// `same_config_versions`).
-    fn remember_named_version(&mut self) {
-        if let Some(version) = self.fetch_for_version.take() {
-            if self.same_config_versions.len() >= SAME_CONFIG_VERSIONS {
-                self.same_config_versions.remove(0);
-            }
-            self.same_config_versions.push(version);
-        }
     }
 
     /// A served config refused: said and counted, the current config stays.
