@@ -469,12 +469,8 @@ fn load_with<C>(
         .take_map(tapio_bpf::maps::DRAIN_ASLEEP)
         .ok_or("object has no drain_asleep map")
         .and_then(|m| Array::try_from(m).map_err(|_| "drain_asleep map has the wrong type"))?;
-    let program_fds = ebpf
-        .programs()
-        .filter_map(|(_, p)| p.fd().ok())
-        .map(ProgramFd::try_clone)
-        .collect::<Result<_, _>>()
-        .ok();
+    let program_fds =
+        ebpf.programs().filter_map(|(_, p)| p.fd().ok()).map(ProgramFd::try_clone).collect::<Result<_, _>>().ok();
     Ok((Loaded { ebpf: Some(ebpf), rings, ring_slots, counters, drain_asleep, programs, program_fds }, carrier))
 }
 
