@@ -340,9 +340,9 @@ async fn health_readiness_and_metrics() {
 }
 
 /// Per-agent series come from registered agents only: batches with invented agent ids and
-/// no hello (no token needed without auth) used to add five `agent_losses` series each, so
-/// 20,000 of them made about 100,000 series. They are still counted in `agents` and listed
-/// in `/v1/status`.
+/// no hello (no token needed without auth) used to add an `agent_losses` series per kind
+/// each (five then), so 20,000 of them made about 100,000 series. They are still counted in
+/// `agents` and listed in `/v1/status`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_registered_agents_have_per_agent_series() {
     let t = TestServer::start("agent-series").await;
@@ -363,7 +363,7 @@ async fn only_registered_agents_have_per_agent_series() {
         assert!(text.lines().any(|l| l.starts_with(series)), "{series} missing:\n{text}");
     }
     assert!(text.lines().any(|l| l.starts_with("tapio_controller_agent_heartbeat_age_seconds{agent_id=\"real\"")));
-    assert_eq!(per_agent.len(), 7, "age, five losses, one observer: {per_agent:#?}");
+    assert_eq!(per_agent.len(), 8, "age, six losses, one observer: {per_agent:#?}");
     assert_eq!(metric(&c, "tapio_controller_agents{state=\"unregistered\"}").await, Some(50.0));
     // A batch-only agent that says hello gets its series.
     assert_eq!(c.post_json("/v1/agents/hello", &hello("random-00000000")).await.status, 200);
