@@ -360,17 +360,8 @@ fn slots_marked_to_be_taken_back_are_never_matched_again_and_their_structs_claim
 #[ignore = "needs root"]
 fn a_direct_io_loop_on_a_shut_down_ext4_gives_eio_for_the_writing_process() {
     let _turn = kernel_test("storage_eio");
-    let dir = Dir::scratch("eio");
-    let outer = Mount::tmpfs(dir.path(), "96m");
-    let image = outer.path.join("ext4.img");
-    block::sparse_file(&image, 64 << 20);
-    let fs_dev = Loop::attach(&image, false);
-    block::mkfs_ext4(&fs_dev.path);
-    let mnt_dir = Dir::new(outer.path.join("mnt"));
-    let fs = Mount::device(&fs_dev.path, mnt_dir.path());
-    let data = fs.path.join("data.img");
-    block::filled_file(&data, 8 << 20);
-    let dev = Loop::attach(&data, true);
+    let stack = LoopOnExt4::new("eio", true);
+    let (fs, dev) = (&stack.fs, &stack.dev);
 
     let agent = Agent::start(STORAGE_ONLY);
     let f = block::open_direct(&dev.path, true);
@@ -384,7 +375,7 @@ fn a_direct_io_loop_on_a_shut_down_ext4_gives_eio_for_the_writing_process() {
     let run = agent.stop();
     assert!(run.exit_ok, "agent exit: {}", run.stderr);
 
-    let errors = on_device(&run.events, "kernel.storage.io_error", &dev);
+    let errors = on_device(&run.events, "kernel.storage.io_error", dev);
     assert_eq!(errors.len(), 1, "one failed request, one event: {errors:#?}");
     let e = errors[0];
     let f = &e["facts"];
@@ -400,7 +391,7 @@ fn a_direct_io_loop_on_a_shut_down_ext4_gives_eio_for_the_writing_process() {
     assert_eq!(f["requeues"], 0);
     assert_eq!(e["config_generation"], 0);
     // The write before the shutdown was fine: no evidence for it.
-    assert!(on_device(&run.events, "kernel.storage.latency_spike", &dev).is_empty());
+    assert!(on_device(&run.events, "kernel.storage.latency_spike", dev).is_empty());
 }
 
 #[test]
@@ -533,20 +524,11 @@ impl Drop for RootWriteThrottle {
 #[ignore = "needs root"]
 fn a_slow_flush_is_a_latency_spike_that_names_no_sector() {
     let _turn = kernel_test("storage_flush");
-    let dir = Dir::scratch("flush");
-    let outer = Mount::tmpfs(dir.path(), "96m");
-    let image = outer.path.join("ext4.img");
-    block::sparse_file(&image, 64 << 20);
-    let fs_dev = Loop::attach(&image, false);
-    block::mkfs_ext4(&fs_dev.path);
-    let mnt_dir = Dir::new(outer.path.join("mnt"));
-    let fs = Mount::device(&fs_dev.path, mnt_dir.path());
-    let data = fs.path.join("data.img");
-    block::filled_file(&data, 8 << 20);
     // Buffered: what is written to it waits in the backing file's page cache, and its flush
     // (an fsync of that file) writes it out to the throttled disk below.
-    let dev = Loop::attach(&data, false);
-    let _throttle = RootWriteThrottle::new(&fs_dev, 512 << 10);
+    let stack = LoopOnExt4::new("flush", false);
+    let (fs_dev, dev) = (&stack.fs_dev, &stack.dev);
+    let _throttle = RootWriteThrottle::new(fs_dev, 512 << 10);
 
     let agent =
         Agent::start(&format!("{STORAGE_ONLY}[storage]\nlatency_warning_ms = 100\nlatency_critical_ms = 60000\n"));
@@ -561,7 +543,7 @@ fn a_slow_flush_is_a_latency_spike_that_names_no_sector() {
     assert!(run.exit_ok, "agent exit: {}", run.stderr);
 
     assert!(took > Duration::from_millis(300), "512 KiB at 512 KiB/s made no slow flush: {took:?}");
-    let spikes = on_device(&run.events, "kernel.storage.latency_spike", &dev);
+    let spikes = on_device(&run.events, "kernel.storage.latency_spike", dev);
     let flushes: Vec<&&Value> = spikes.iter().filter(|e| e["facts"]["op"] == "flush").collect();
     assert!(!flushes.is_empty(), "a {took:?} fsync and no flush spike: {spikes:#?}");
     for e in flushes {
@@ -572,6 +554,35 @@ fn a_slow_flush_is_a_latency_spike_that_names_no_sector() {
         assert!(latency > 100_000_000 && latency <= took.as_nanos() as u64, "{latency} ns against {took:?}: {e:#}");
         let message = e["error"]["message"].as_str().unwrap_or_default();
         assert!(message.starts_with(&format!("flush on {} (", dev.name())), "{message}");
+    }
+}
+
+/// A loop device on an 8 MiB file of an ext4 filesystem, itself on a loop device over a
+/// tmpfs image: a disk whose filesystem a test can shut down or throttle. Fields drop in
+/// order: the top device is detached before the filesystem under it is unmounted.
+struct LoopOnExt4 {
+    dev: Loop,
+    fs: Mount,
+    _mnt_dir: Dir,
+    fs_dev: Loop,
+    _outer: Mount,
+    _dir: Dir,
+}
+
+impl LoopOnExt4 {
+    fn new(tag: &str, direct_io: bool) -> Self {
+        let dir = Dir::scratch(tag);
+        let outer = Mount::tmpfs(dir.path(), "96m");
+        let image = outer.path.join("ext4.img");
+        block::sparse_file(&image, 64 << 20);
+        let fs_dev = Loop::attach(&image, false);
+        block::mkfs_ext4(&fs_dev.path);
+        let mnt_dir = Dir::new(outer.path.join("mnt"));
+        let fs = Mount::device(&fs_dev.path, mnt_dir.path());
+        let data = fs.path.join("data.img");
+        block::filled_file(&data, 8 << 20);
+        let dev = Loop::attach(&data, direct_io);
+        Self { dev, fs, _mnt_dir: mnt_dir, fs_dev, _outer: outer, _dir: dir }
     }
 }
 
