@@ -20,7 +20,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// The mode of an evidence file either file sink creates (the first, each after a
@@ -28,6 +28,38 @@ use std::path::{Path, PathBuf};
 /// others nothing, since evidence names pods, processes and addresses. The umask may take
 /// more away, never add. A file that already exists keeps its mode.
 pub const EVIDENCE_FILE_MODE: u32 = 0o640;
+
+/// What others did to an open sink file since it was `known_size` bytes long.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FileChange {
+    /// Nothing a writer must act on (or the file could not be asked).
+    Unchanged,
+    /// Deleted, or its directory was: what is written to it is read by nobody.
+    Deleted,
+    /// Truncated to this length (logrotate's copytruncate): appends land at its new end.
+    Truncated(u64),
+}
+
+/// How `file` changed under its writer, which last knew it `known_size` bytes long.
+pub fn file_change(file: &File, known_size: u64) -> FileChange {
+    // SAFETY: fstat writes only into the struct passed. (Plain fstat rather than
+    // `File::metadata`: a second inlined copy of its statx path costs the agent's size.)
+    let st = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(file.as_raw_fd(), &mut st) != 0 {
+            return FileChange::Unchanged;
+        }
+        st
+    };
+    let size = st.st_size as u64;
+    if st.st_nlink == 0 {
+        FileChange::Deleted
+    } else if size < known_size {
+        FileChange::Truncated(size)
+    } else {
+        FileChange::Unchanged
+    }
+}
 
 /// `path.n`: the `n`th newest rotated file (1 is the newest).
 pub fn rotated(path: &Path, n: usize) -> PathBuf {
@@ -288,22 +320,21 @@ impl RotatingFile {
     /// Appends `buf` (whole lines) entirely or not at all.
     pub fn append(&mut self, buf: &[u8]) -> io::Result<()> {
         let len = buf.len() as u64;
-        match self.file.as_ref().map(File::metadata) {
-            Some(Ok(meta)) if meta.nlink() == 0 => {
-                // Deleted (or its directory was): records written to it would be acknowledged
-                // and read by nobody. A fresh `path` takes them, or they are refused.
+        match self.file.as_ref().map(|f| file_change(f, self.size)) {
+            Some(FileChange::Deleted) => {
+                // Records written to it would be acknowledged and read by nobody. A fresh
+                // `path` takes them, or they are refused.
                 log::warn!("sink file: {} was deleted; creating it again", self.path.display());
                 self.file = None;
                 self.size = 0;
             }
-            Some(Ok(meta)) if meta.len() < self.size => {
-                // Truncated (logrotate's copytruncate): appends land at its new end. The old
-                // size would rotate a near-empty file out, and cutting a failed append back
-                // to it would fill the file up to it with zeros.
-                self.size = meta.len();
-                self.drop_behind.restart_at(self.size);
+            Some(FileChange::Truncated(size)) => {
+                // The old size would rotate a near-empty file out, and cutting a failed
+                // append back to it would fill the file up to it with zeros.
+                self.size = size;
+                self.drop_behind.restart_at(size);
             }
-            _ => {}
+            Some(FileChange::Unchanged) | None => {}
         }
         if self.size > 0 && self.size + len > self.max_bytes {
             self.rotate()?;

@@ -16,10 +16,9 @@ use super::{Delivered, Sink};
 use crate::knobs::FileSinkConfig;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
-use tapio_util::rotate::{whole_lines_len, DropBehind, EVIDENCE_FILE_MODE};
+use tapio_util::rotate::{file_change, whole_lines_len, DropBehind, FileChange, EVIDENCE_FILE_MODE};
 
 pub struct FileSink {
     path: PathBuf,
@@ -112,27 +111,21 @@ impl FileSink {
         if self.stale {
             return;
         }
-        // SAFETY: fstat writes only into the struct passed. (Plain fstat rather than
-        // `File::metadata`: a second inlined copy of its statx path costs the agent's size.)
-        let st = unsafe {
-            let mut st: libc::stat = std::mem::zeroed();
-            if libc::fstat(self.file.as_raw_fd(), &mut st) != 0 {
-                return;
+        match file_change(&self.file, self.size) {
+            FileChange::Deleted => {
+                // Lines written to it would be counted written and read by nobody. They go
+                // to a fresh `path`, or fail, counted, until one opens.
+                log::warn!("sink file: {} was deleted; creating it again", self.path.display());
+                self.stale = true;
+                self.size = 0;
             }
-            st
-        };
-        if st.st_nlink == 0 {
-            // Deleted (or its directory was): lines written to it would be counted written
-            // and read by nobody. They go to a fresh `path`, or fail, counted, until one opens.
-            log::warn!("sink file: {} was deleted; creating it again", self.path.display());
-            self.stale = true;
-            self.size = 0;
-        } else if (st.st_size as u64) < self.size {
-            // Truncated (logrotate's copytruncate): appends land at its new end. The old size
-            // would rotate a near-empty file out, and cutting a torn line back to it would
-            // fill the file up to it with zeros.
-            self.size = st.st_size as u64;
-            self.drop_behind.restart_at(self.size);
+            FileChange::Truncated(size) => {
+                // The old size would rotate a near-empty file out, and cutting a torn line
+                // back to it would fill the file up to it with zeros.
+                self.size = size;
+                self.drop_behind.restart_at(size);
+            }
+            FileChange::Unchanged => {}
         }
     }
 
