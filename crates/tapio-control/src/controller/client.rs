@@ -763,6 +763,22 @@ mod tests {
         assert_eq!(l.admit(t0 + period + Duration::from_secs(1), period), None);
     }
 
+    /// A fake controller whose answers name config version 9 and that answers every fetch
+    /// (the only request without a body) 304: its URL and the request bodies it got.
+    fn naming_version_9_and_answering_fetches_304() -> (String, std::sync::mpsc::Receiver<Vec<u8>>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let requests = answer_each(listener, |body| {
+            if body.is_empty() {
+                return (304, String::new());
+            }
+            let answer =
+                serde_json::json!({"wire_version": WIRE_VERSION, "accepted": true, "next_config_version": "9"});
+            (200, answer.to_string())
+        });
+        (url, requests)
+    }
+
     /// Answers every request on `listener`, one per connection, with the status and body
     /// `answer` makes from the request's body; each request body goes to the receiver.
     fn answer_each(
@@ -1107,18 +1123,8 @@ mod tests {
 
     #[test]
     fn a_version_that_served_the_applied_config_brings_no_second_fetch() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        // Another replica serves the applied config as generation 9: heartbeats name 9, and
-        // a fetch (the only request without a body) gets 304.
-        let requests = answer_each(listener, |body| {
-            if body.is_empty() {
-                return (304, String::new());
-            }
-            let answer =
-                serde_json::json!({"wire_version": WIRE_VERSION, "accepted": true, "next_config_version": "9"});
-            (200, answer.to_string())
-        });
+        // Another replica serves the applied config as generation 9.
+        let (url, requests) = naming_version_9_and_answering_fetches_304();
         let counters = Arc::new(Counters::default());
         let client = client_of(&url, Outbox::new(16), &counters);
         let hash = format!("sha256:{}", "0a".repeat(32));
@@ -1173,16 +1179,7 @@ mod tests {
     /// nothing: a failed request, and the version the heartbeat named is fetched again.
     #[test]
     fn a_304_to_a_fetch_without_if_none_match_is_no_answer() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let _requests = answer_each(listener, |body| {
-            if body.is_empty() {
-                return (304, String::new());
-            }
-            let answer =
-                serde_json::json!({"wire_version": WIRE_VERSION, "accepted": true, "next_config_version": "9"});
-            (200, answer.to_string())
-        });
+        let (url, _requests) = naming_version_9_and_answering_fetches_304();
         let counters = Arc::new(Counters::default());
         let mut l = Loop::new(client_of(&url, Outbox::new(16), &counters));
         l.registered = true;
